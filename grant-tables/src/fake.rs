@@ -1,0 +1,294 @@
+//! An in-memory platform for unit tests, fuzzing and examples (feature
+//! `fake`): heap pages with made-up frame numbers, a heap grant table that a
+//! simulated peer can map through [`crate::emulated::ForeignTable`], and
+//! event channels between domains that share one [`FakeEventHub`].
+//! Blocking is a bounded spin: there is no clock.
+
+use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use crate::abi::{GrantEntryV1, PAGE_SIZE};
+use crate::emulated::ForeignTable;
+use crate::platform::{
+    DomId, EventChannels, Gfn, GrantTableFrames, PageAllocator, Platform, PlatformError, Port, SharedPages,
+};
+use crate::ring::RingMemory;
+
+static NEXT_GFN: AtomicU64 = AtomicU64::new(0x1000);
+
+/// Zeroed heap pages with made-up frame numbers.
+pub struct FakePages {
+    ptr: NonNull<u8>,
+    pages: usize,
+    first_gfn: u64,
+}
+
+// SAFETY: plain heap memory owned by this value.
+unsafe impl Send for FakePages {}
+
+impl FakePages {
+    fn layout(pages: usize) -> Option<Layout> {
+        Layout::from_size_align(pages.checked_mul(PAGE_SIZE)?, PAGE_SIZE).ok()
+    }
+
+    /// Allocates `pages` zeroed pages.
+    pub fn new(pages: usize) -> Result<Self, PlatformError> {
+        let layout = Self::layout(pages.max(1)).ok_or(PlatformError::OutOfMemory { pages })?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).ok_or(PlatformError::OutOfMemory { pages })?;
+        let first_gfn = NEXT_GFN.fetch_add(pages as u64, Ordering::Relaxed);
+        Ok(FakePages { ptr, pages: pages.max(1), first_gfn })
+    }
+}
+
+impl Drop for FakePages {
+    fn drop(&mut self) {
+        if let Some(layout) = Self::layout(self.pages) {
+            // SAFETY: allocated in `new` with this very layout.
+            unsafe { dealloc(self.ptr.as_ptr(), layout) }
+        }
+    }
+}
+
+// SAFETY: page-aligned, zeroed, owned heap memory of `pages` pages.
+unsafe impl SharedPages for FakePages {
+    fn as_ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+    fn page_count(&self) -> usize {
+        self.pages
+    }
+    fn gfn(&self, index: usize) -> Option<Gfn> {
+        (index < self.pages).then(|| Gfn(self.first_gfn + index as u64))
+    }
+}
+
+// SAFETY: page-aligned heap memory valid for `pages * PAGE_SIZE` bytes while
+// `self` lives; tests access it only through rings.
+unsafe impl RingMemory for FakePages {
+    fn ring_ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+    fn ring_len(&self) -> usize {
+        self.pages * PAGE_SIZE
+    }
+}
+
+/// A heap grant table that tests can also look at from the peer's side.
+#[derive(Clone)]
+pub struct FakeGrantFrames {
+    mem: Arc<FakeGrantMem>,
+}
+
+struct FakeGrantMem {
+    ptr: NonNull<GrantEntryV1>,
+    count: u32,
+    _pages: FakePages,
+}
+
+// SAFETY: the entries are accessed only atomically.
+unsafe impl Send for FakeGrantMem {}
+// SAFETY: as above.
+unsafe impl Sync for FakeGrantMem {}
+
+impl FakeGrantFrames {
+    /// A table of `frames` pages of v1 entries.
+    pub fn new(frames: usize) -> Result<Self, PlatformError> {
+        let pages = FakePages::new(frames)?;
+        let count = (pages.len_bytes() / core::mem::size_of::<GrantEntryV1>()) as u32;
+        let ptr = pages.as_ptr().cast::<GrantEntryV1>();
+        Ok(FakeGrantFrames { mem: Arc::new(FakeGrantMem { ptr, count, _pages: pages }) })
+    }
+
+    /// The table as a peer's hypervisor sees it, to map and copy grants.
+    pub fn foreign_view(&self) -> ForeignTable {
+        // SAFETY: the entries live as long as `self.mem`; the view is only
+        // used while the test holds this `FakeGrantFrames` (documented), and
+        // everything accesses the entries atomically.
+        unsafe { ForeignTable::new(self.mem.ptr, self.mem.count) }
+    }
+
+    /// Overwrites an entry's flags, as a hostile or buggy hypervisor view
+    /// could: for fuzzing end-access against arbitrary flag words.
+    pub fn poke_flags(&self, gref: u32, flags: u16) {
+        if gref < self.mem.count {
+            // SAFETY: in-range, aligned u16 of the live table, accessed
+            // atomically.
+            let a = unsafe { core::sync::atomic::AtomicU16::from_ptr(self.mem.ptr.as_ptr().add(gref as usize).cast()) };
+            a.store(flags, Ordering::Release);
+        }
+    }
+
+    /// Reads an entry (a copy).
+    pub fn entry(&self, gref: u32) -> Option<GrantEntryV1> {
+        // SAFETY: in-range, aligned entry; one volatile copy.
+        (gref < self.mem.count).then(|| unsafe { self.mem.ptr.as_ptr().add(gref as usize).read_volatile() })
+    }
+}
+
+// SAFETY: `count` aligned entries that live as long as the `Arc`.
+unsafe impl GrantTableFrames for FakeGrantFrames {
+    fn entries(&self) -> NonNull<GrantEntryV1> {
+        self.mem.ptr
+    }
+    fn entry_count(&self) -> u32 {
+        self.mem.count
+    }
+}
+
+const HUB_PORTS: usize = 256;
+
+struct FakePort {
+    owner: AtomicU32,
+    /// `u32::MAX`: free.
+    remote: AtomicU32,
+    pending: AtomicBool,
+    masked: AtomicBool,
+}
+
+const FREE: u32 = u32::MAX;
+const UNBOUND: u32 = u32::MAX - 1;
+
+/// Event channel ports of every fake domain in a test.
+pub struct FakeEventHub {
+    ports: Vec<FakePort>,
+    /// Who may bind to an unbound port.
+    allowed: Vec<AtomicU32>,
+}
+
+impl FakeEventHub {
+    /// An empty hub.
+    pub fn new() -> Arc<Self> {
+        let ports = (0..HUB_PORTS)
+            .map(|_| FakePort {
+                owner: AtomicU32::new(FREE),
+                remote: AtomicU32::new(FREE),
+                pending: AtomicBool::new(false),
+                masked: AtomicBool::new(false),
+            })
+            .collect();
+        let allowed = (0..HUB_PORTS).map(|_| AtomicU32::new(FREE)).collect();
+        Arc::new(FakeEventHub { ports, allowed })
+    }
+
+    fn claim(&self, owner: DomId) -> Result<u32, PlatformError> {
+        for (i, p) in self.ports.iter().enumerate().skip(1) {
+            if p.owner.compare_exchange(FREE, owner.0 as u32, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                p.pending.store(false, Ordering::Relaxed);
+                p.masked.store(false, Ordering::Relaxed);
+                return Ok(i as u32);
+            }
+        }
+        Err(PlatformError::NoFreePorts)
+    }
+
+    fn port(&self, owner: DomId, port: Port) -> Result<&FakePort, PlatformError> {
+        self.ports
+            .get(port.0 as usize)
+            .filter(|p| p.owner.load(Ordering::Acquire) == owner.0 as u32)
+            .ok_or(PlatformError::BadPort(port))
+    }
+}
+
+/// A fake domain.
+pub struct FakePlatform {
+    domid: DomId,
+    hub: Arc<FakeEventHub>,
+}
+
+impl FakePlatform {
+    /// A domain `domid` whose event channels live in `hub`.
+    pub fn new(domid: DomId, hub: Arc<FakeEventHub>) -> Self {
+        FakePlatform { domid, hub }
+    }
+}
+
+impl PageAllocator for FakePlatform {
+    type Pages = FakePages;
+    fn alloc_zeroed_pages(&self, count: usize) -> Result<FakePages, PlatformError> {
+        FakePages::new(count)
+    }
+}
+
+impl EventChannels for FakePlatform {
+    fn alloc_unbound(&self, remote: DomId) -> Result<Port, PlatformError> {
+        let p = self.hub.claim(self.domid)?;
+        self.hub.ports[p as usize].remote.store(UNBOUND, Ordering::Release);
+        self.hub.allowed[p as usize].store(remote.0 as u32, Ordering::Release);
+        Ok(Port(p))
+    }
+
+    fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Port, PlatformError> {
+        let rp = self
+            .hub
+            .port(remote, remote_port)
+            .map_err(|_| PlatformError::BindRefused { remote, reason: "no such port" })?;
+        if self.hub.allowed[remote_port.0 as usize].load(Ordering::Acquire) != self.domid.0 as u32 {
+            return Err(PlatformError::BindRefused { remote, reason: "port is not offered to this domain" });
+        }
+        let local = self.hub.claim(self.domid)?;
+        if rp.remote.compare_exchange(UNBOUND, local, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            self.hub.ports[local as usize].owner.store(FREE, Ordering::Release);
+            return Err(PlatformError::BindRefused { remote, reason: "port is already bound" });
+        }
+        self.hub.ports[local as usize].remote.store(remote_port.0, Ordering::Release);
+        Ok(Port(local))
+    }
+
+    fn notify(&self, port: Port) -> Result<(), PlatformError> {
+        let p = self.hub.port(self.domid, port)?;
+        let remote = p.remote.load(Ordering::Acquire);
+        if let Some(r) = self.hub.ports.get(remote as usize) {
+            r.pending.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn mask(&self, port: Port) -> Result<(), PlatformError> {
+        self.hub.port(self.domid, port)?.masked.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn unmask(&self, port: Port) -> Result<(), PlatformError> {
+        self.hub.port(self.domid, port)?.masked.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn poll(&self, port: Port) -> Result<bool, PlatformError> {
+        Ok(self.hub.port(self.domid, port)?.pending.swap(false, Ordering::AcqRel))
+    }
+
+    fn block(&self, port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError> {
+        // No clock: a timeout becomes a bounded number of polls.
+        let spins = timeout_ns.map_or(u64::MAX, |t| t / 10 + 1);
+        let p = self.hub.port(self.domid, port)?;
+        for _ in 0..spins {
+            if !p.masked.load(Ordering::Acquire) && p.pending.swap(false, Ordering::AcqRel) {
+                return Ok(true);
+            }
+            core::hint::spin_loop();
+        }
+        Ok(false)
+    }
+
+    fn close(&self, port: Port) -> Result<(), PlatformError> {
+        let p = self.hub.port(self.domid, port)?;
+        let remote = p.remote.swap(FREE, Ordering::AcqRel);
+        if let Some(r) = self.hub.ports.get(remote as usize) {
+            let _ = r.remote.compare_exchange(port.0, UNBOUND, Ordering::AcqRel, Ordering::Acquire);
+        }
+        p.owner.store(FREE, Ordering::Release);
+        Ok(())
+    }
+}
+
+impl Platform for FakePlatform {
+    type GrantFrames = FakeGrantFrames;
+    fn domid(&self) -> DomId {
+        self.domid
+    }
+}

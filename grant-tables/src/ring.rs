@@ -1,0 +1,617 @@
+//! Shared rings with the exact semantics of Xen's `io/ring.h`.
+//!
+//! A shared ring is one or more contiguous pages: a 64-byte header of four
+//! free-running indices ([`SharedRingHeader`]) followed by `nr_ents` entries,
+//! each the size of the larger of the request and response types (a C union),
+//! where `nr_ents` is the largest power of two that fits. The front produces
+//! requests and consumes responses; the back does the opposite; each writes a
+//! response into the slot of a request it has consumed.
+//!
+//! Rules kept here (see the crate docs for the hostile-peer rules):
+//! - own slots are written in place with one volatile write of the whole
+//!   entry (no staging copy); entry types implement `IntoBytes`, so no
+//!   uninitialised padding reaches the peer;
+//! - the peer's producer index is acquire-loaded once per poll into a local
+//!   snapshot and checked: more responses than requests we published, or
+//!   more requests than the ring can hold, is a [`RingError`] that leaves the
+//!   ring [broken](FrontRing::is_broken) for good, never a loop or a panic;
+//! - peer slots are copied out with one volatile read into a local value
+//!   (types implement `FromBytes`: every bit pattern is a valid value), and
+//!   the shared slot is never read again;
+//! - our producer index is release-stored after the slots it covers, and a
+//!   full fence separates publishing from reading the peer's event index
+//!   (the notification-suppression handshake).
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::mem::{align_of, size_of};
+use core::ptr::NonNull;
+use core::sync::atomic::{fence, AtomicU32, Ordering};
+
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::abi::{RingIdx, PAGE_SIZE, SRING_HEADER_SIZE};
+
+/// Most pages a ring may span (`max-ring-page-order` 4).
+pub const MAX_RING_PAGES: usize = 16;
+
+const REQ_PROD: usize = 0;
+const REQ_EVENT: usize = 4;
+const RSP_PROD: usize = 8;
+const RSP_EVENT: usize = 12;
+
+/// Memory that holds a shared ring: contiguous, page-aligned, 1 to 16 pages.
+///
+/// # Safety
+/// Implementors guarantee that `ring_ptr()` is page-aligned, valid for reads
+/// and writes of `ring_len()` bytes for as long as the value lives, and never
+/// accessed through Rust references (the peer writes it concurrently).
+pub unsafe trait RingMemory {
+    /// The first byte of the ring.
+    fn ring_ptr(&self) -> NonNull<u8>;
+    /// The length in bytes.
+    fn ring_len(&self) -> usize;
+}
+
+/// A raw memory region that holds a ring, for callers that manage the memory
+/// themselves (a page mapped from a peer, say).
+#[derive(Debug)]
+pub struct RawRingMemory {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl RawRingMemory {
+    /// Wraps a raw region.
+    ///
+    /// # Safety
+    /// `ptr` must be page-aligned and valid for reads and writes of `len`
+    /// bytes for as long as the returned value (and any ring built on it)
+    /// lives, and must not be accessed through Rust references meanwhile.
+    pub unsafe fn new(ptr: NonNull<u8>, len: usize) -> Self {
+        RawRingMemory { ptr, len }
+    }
+}
+
+// SAFETY: the contract of `RawRingMemory::new` is exactly the contract of
+// `RingMemory`.
+unsafe impl RingMemory for RawRingMemory {
+    fn ring_ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+    fn ring_len(&self) -> usize {
+        self.len
+    }
+}
+
+// SAFETY: the region is plain memory shared with another domain; moving the
+// handle to another thread does not change who may access it.
+unsafe impl Send for RawRingMemory {}
+
+/// Why a ring operation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RingError {
+    /// The memory is not a whole number of pages between 1 and 16, or is not
+    /// page-aligned.
+    BadRegion {
+        /// The region's length in bytes.
+        len: usize,
+        /// Its address.
+        addr: usize,
+    },
+    /// The entry type cannot live in a ring (zero-sized, or aligned above 64).
+    BadEntryType {
+        /// Size of the larger entry.
+        size: usize,
+        /// Largest alignment.
+        align: usize,
+    },
+    /// No free slot: the front has `size` requests outstanding.
+    Full,
+    /// The back tried to answer with no consumed request left to answer.
+    NoRequestToAnswer,
+    /// Peer fault: the back published more responses than the front had
+    /// published requests for. The ring is broken.
+    ResponseOverflow {
+        /// The back's `rsp_prod` as read.
+        rsp_prod: RingIdx,
+        /// Our consumer index.
+        rsp_cons: RingIdx,
+        /// Requests we had published and not yet seen answered.
+        outstanding: u32,
+    },
+    /// Peer fault: the front published more requests than the ring can hold.
+    /// The ring is broken.
+    RequestOverflow {
+        /// The front's `req_prod` as read.
+        req_prod: RingIdx,
+        /// Our consumer index.
+        req_cons: RingIdx,
+        /// Our private response producer.
+        rsp_prod_pvt: RingIdx,
+        /// Ring size.
+        size: u32,
+    },
+}
+
+impl RingError {
+    /// Whether the error is the peer's fault (the ring is then broken).
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(self, RingError::ResponseOverflow { .. } | RingError::RequestOverflow { .. })
+    }
+}
+
+impl fmt::Display for RingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RingError::BadRegion { len, addr } => write!(
+                f,
+                "ring memory at {addr:#x} of {len} bytes is not 1 to {MAX_RING_PAGES} whole, page-aligned pages; allocate the ring with the platform's page allocator"
+            ),
+            RingError::BadEntryType { size, align } => write!(
+                f,
+                "ring entry of {size} bytes aligned to {align} cannot live in a ring (must be non-empty and aligned to at most 64)"
+            ),
+            RingError::Full => write!(f, "the ring is full; consume responses before producing more requests"),
+            RingError::NoRequestToAnswer => write!(
+                f,
+                "no consumed request is waiting for a response; take a request before pushing a response"
+            ),
+            RingError::ResponseOverflow { rsp_prod, rsp_cons, outstanding } => write!(
+                f,
+                "peer fault: back end published rsp_prod={rsp_prod} but only {outstanding} request(s) from rsp_cons={rsp_cons} were outstanding; the ring is broken, reset the device"
+            ),
+            RingError::RequestOverflow { req_prod, req_cons, rsp_prod_pvt, size } => write!(
+                f,
+                "peer fault: front end published req_prod={req_prod} (req_cons={req_cons}, rsp_prod_pvt={rsp_prod_pvt}) which is more than the {size} slots of the ring; the ring is broken, reset the device"
+            ),
+        }
+    }
+}
+
+/// Ring geometry shared by both ends: the memory, entry size and count.
+struct RingCore<M: RingMemory> {
+    mem: M,
+    nr_ents: u32,
+    entry_size: usize,
+}
+
+/// Largest power of two not above `x` (`__RD32`); 0 for 0.
+pub const fn round_down_pow2(x: u32) -> u32 {
+    if x == 0 {
+        0
+    } else {
+        1 << (31 - x.leading_zeros())
+    }
+}
+
+/// Size in bytes of one ring entry for requests `Req` and responses `Rsp`:
+/// the size of their C union.
+pub const fn entry_size<Req, Rsp>() -> usize {
+    let size = if size_of::<Req>() > size_of::<Rsp>() { size_of::<Req>() } else { size_of::<Rsp>() };
+    let align = if align_of::<Req>() > align_of::<Rsp>() { align_of::<Req>() } else { align_of::<Rsp>() };
+    size.div_ceil(align) * align
+}
+
+/// Number of entries in a ring of `ring_bytes` bytes whose entries are
+/// `entry_size` bytes (`__CONST_RING_SIZE`).
+pub const fn ring_entries(ring_bytes: usize, entry_size: usize) -> u32 {
+    if ring_bytes <= SRING_HEADER_SIZE || entry_size == 0 {
+        return 0;
+    }
+    let n = (ring_bytes - SRING_HEADER_SIZE) / entry_size;
+    let n = if n > u32::MAX as usize { u32::MAX } else { n as u32 };
+    round_down_pow2(n)
+}
+
+impl<M: RingMemory> RingCore<M> {
+    fn new<Req, Rsp>(mem: M) -> Result<Self, RingError> {
+        let len = mem.ring_len();
+        let addr = mem.ring_ptr().as_ptr() as usize;
+        let pages = len / PAGE_SIZE;
+        if len % PAGE_SIZE != 0 || !(1..=MAX_RING_PAGES).contains(&pages) || addr % PAGE_SIZE != 0 {
+            return Err(RingError::BadRegion { len, addr });
+        }
+        let align = align_of::<Req>().max(align_of::<Rsp>());
+        let entry_size = entry_size::<Req, Rsp>();
+        let nr_ents = ring_entries(len, entry_size);
+        if entry_size == 0 || align > SRING_HEADER_SIZE || nr_ents == 0 {
+            return Err(RingError::BadEntryType { size: entry_size, align });
+        }
+        Ok(RingCore { mem, nr_ents, entry_size })
+    }
+
+    /// One of the four header indices.
+    fn index(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset <= RSP_EVENT && offset % 4 == 0);
+        // SAFETY: `RingMemory` guarantees the region is valid and page-aligned
+        // for at least one page, so `offset` (0..=12, a multiple of 4) names
+        // an aligned u32 inside it. The region is only ever accessed
+        // atomically or volatilely, never through a `&`/`&mut` to plain data,
+        // and it outlives `&self`.
+        unsafe { AtomicU32::from_ptr(self.mem.ring_ptr().as_ptr().add(offset).cast::<u32>()) }
+    }
+
+    /// Pointer to the slot of free-running index `idx`.
+    fn slot(&self, idx: RingIdx) -> *mut u8 {
+        let i = (idx & (self.nr_ents - 1)) as usize;
+        // SAFETY: `i < nr_ents` and `ring_entries` made
+        // `SRING_HEADER_SIZE + nr_ents * entry_size <= ring_len`, so the
+        // offset stays inside the region.
+        unsafe { self.mem.ring_ptr().as_ptr().add(SRING_HEADER_SIZE + i * self.entry_size) }
+    }
+
+    /// Writes our own slot in place.
+    fn write_slot<T: IntoBytes + Immutable>(&self, idx: RingIdx, value: T) {
+        let p = self.slot(idx).cast::<T>();
+        // SAFETY: `p` is inside the region (see `slot`), aligned for `T`
+        // (the region is page-aligned, the header is 64 bytes and
+        // `entry_size` is a multiple of `T`'s alignment, which is at most
+        // 64), and valid for writes of `size_of::<T>() <= entry_size` bytes.
+        // The peer may read it concurrently; the volatile write is the only
+        // access and `T: IntoBytes` means no uninitialised byte is written.
+        unsafe { p.write_volatile(value) }
+    }
+
+    /// Copies a peer slot out; the shared slot is not read again.
+    fn read_slot<T: FromBytes>(&self, idx: RingIdx) -> T {
+        let p = self.slot(idx).cast::<T>();
+        // SAFETY: as in `write_slot`, `p` is aligned and in bounds. The peer
+        // may write the slot concurrently, so we take one volatile copy;
+        // `T: FromBytes` makes any bytes it holds a valid `T`.
+        unsafe { p.read_volatile() }
+    }
+
+    /// SHARED_RING_INIT with every index at `idx` (0 for a fresh ring).
+    fn init_shared(&self, idx: RingIdx) {
+        let base = self.mem.ring_ptr().as_ptr();
+        // Zero the private union and padding (bytes 16..64).
+        for off in 16..SRING_HEADER_SIZE {
+            // SAFETY: `off < 64 <= ring_len`; a volatile byte write to
+            // memory the peer may read.
+            unsafe { base.add(off).write_volatile(0) }
+        }
+        self.index(REQ_PROD).store(idx, Ordering::Relaxed);
+        self.index(RSP_PROD).store(idx, Ordering::Relaxed);
+        self.index(REQ_EVENT).store(idx.wrapping_add(1), Ordering::Relaxed);
+        // Release: the whole header is visible before the ring is advertised
+        // (the caller publishes its grant ref after this).
+        self.index(RSP_EVENT).store(idx.wrapping_add(1), Ordering::Release);
+    }
+}
+
+/// The front end of a shared ring: produces `Req`, consumes `Rsp`.
+pub struct FrontRing<Req, Rsp, M: RingMemory> {
+    core: RingCore<M>,
+    req_prod_pvt: RingIdx,
+    /// The last `req_prod` we published.
+    req_prod_pub: RingIdx,
+    rsp_cons: RingIdx,
+    /// Snapshot of the peer's `rsp_prod` from the last validated read.
+    rsp_prod_seen: RingIdx,
+    broken: Option<RingError>,
+    _types: PhantomData<fn(Req) -> Rsp>,
+}
+
+impl<Req, Rsp, M> FrontRing<Req, Rsp, M>
+where
+    Req: IntoBytes + Immutable,
+    Rsp: FromBytes,
+    M: RingMemory,
+{
+    /// Initialises the shared header (`SHARED_RING_INIT`) and attaches
+    /// (`FRONT_RING_INIT`).
+    pub fn init(mem: M) -> Result<Self, RingError> {
+        Self::init_at(mem, 0)
+    }
+
+    /// Initialises the shared header with every index at `idx` and attaches
+    /// there: a fresh ring whose indices start at `idx` (useful to exercise
+    /// wrap-around at 2^32).
+    pub fn init_at(mem: M, idx: RingIdx) -> Result<Self, RingError> {
+        let core = RingCore::new::<Req, Rsp>(mem)?;
+        core.init_shared(idx);
+        Ok(Self::with_core(core, idx))
+    }
+
+    /// Attaches to a ring whose header is already live, with our private
+    /// indices at `idx` (`FRONT_RING_ATTACH`), e.g. after a reconnect.
+    pub fn attach(mem: M, idx: RingIdx) -> Result<Self, RingError> {
+        let core = RingCore::new::<Req, Rsp>(mem)?;
+        Ok(Self::with_core(core, idx))
+    }
+
+    fn with_core(core: RingCore<M>, idx: RingIdx) -> Self {
+        FrontRing {
+            core,
+            req_prod_pvt: idx,
+            req_prod_pub: idx,
+            rsp_cons: idx,
+            rsp_prod_seen: idx,
+            broken: None,
+            _types: PhantomData,
+        }
+    }
+
+    /// Entries in the ring (`RING_SIZE`).
+    pub fn size(&self) -> u32 {
+        self.core.nr_ents
+    }
+
+    /// Free request slots (`RING_FREE_REQUESTS`).
+    pub fn free_requests(&self) -> u32 {
+        self.core.nr_ents - self.req_prod_pvt.wrapping_sub(self.rsp_cons)
+    }
+
+    /// Whether no request slot is free (`RING_FULL`).
+    pub fn is_full(&self) -> bool {
+        self.free_requests() == 0
+    }
+
+    /// Our private request producer.
+    pub fn req_prod_pvt(&self) -> RingIdx {
+        self.req_prod_pvt
+    }
+
+    /// Our response consumer.
+    pub fn rsp_cons(&self) -> RingIdx {
+        self.rsp_cons
+    }
+
+    /// The peer fault that broke the ring, if any.
+    pub fn is_broken(&self) -> Option<&RingError> {
+        self.broken.as_ref()
+    }
+
+    /// The memory the ring lives in.
+    pub fn memory(&self) -> &M {
+        &self.core.mem
+    }
+
+    /// Takes the memory back.
+    pub fn into_memory(self) -> M {
+        self.core.mem
+    }
+
+    fn check_broken(&self) -> Result<(), RingError> {
+        match &self.broken {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `req` into the next free slot in place and returns its ring
+    /// index. Not visible to the back until [`Self::push_requests`].
+    pub fn put_request(&mut self, req: Req) -> Result<RingIdx, RingError> {
+        self.check_broken()?;
+        if self.is_full() {
+            return Err(RingError::Full);
+        }
+        let idx = self.req_prod_pvt;
+        self.core.write_slot(idx, req);
+        self.req_prod_pvt = idx.wrapping_add(1);
+        Ok(idx)
+    }
+
+    /// Publishes the requests put so far and says whether the back asked to
+    /// be notified (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`).
+    pub fn push_requests(&mut self) -> bool {
+        let old = self.req_prod_pub;
+        let new = self.req_prod_pvt;
+        if old == new {
+            return false;
+        }
+        // Release: the request slots written before are visible to the back
+        // before it sees the new req_prod (xen_wmb).
+        self.core.index(REQ_PROD).store(new, Ordering::Release);
+        self.req_prod_pub = new;
+        // Full fence: the back sees the new req_prod before we read its
+        // req_event (xen_mb), pairing with the fence in its final check.
+        fence(Ordering::SeqCst);
+        let event = self.core.index(REQ_EVENT).load(Ordering::Relaxed);
+        new.wrapping_sub(event) < new.wrapping_sub(old)
+    }
+
+    /// Reads the back's `rsp_prod` once, validates it, and returns how many
+    /// responses are waiting.
+    pub fn unconsumed_responses(&mut self) -> Result<u32, RingError> {
+        self.check_broken()?;
+        // Acquire: slot reads after this see what the back wrote before
+        // publishing rsp_prod (xen_rmb).
+        let rsp_prod = self.core.index(RSP_PROD).load(Ordering::Acquire);
+        let avail = rsp_prod.wrapping_sub(self.rsp_cons);
+        let outstanding = self.req_prod_pub.wrapping_sub(self.rsp_cons);
+        if avail > outstanding {
+            let e = RingError::ResponseOverflow { rsp_prod, rsp_cons: self.rsp_cons, outstanding };
+            log::error!("{e}");
+            self.broken = Some(e.clone());
+            return Err(e);
+        }
+        self.rsp_prod_seen = rsp_prod;
+        Ok(avail)
+    }
+
+    /// Copies out the next response, if any. Reads the back's producer index
+    /// only when the last validated snapshot is used up.
+    pub fn take_response(&mut self) -> Result<Option<Rsp>, RingError> {
+        self.check_broken()?;
+        if self.rsp_cons == self.rsp_prod_seen && self.unconsumed_responses()? == 0 {
+            return Ok(None);
+        }
+        let rsp = self.core.read_slot::<Rsp>(self.rsp_cons);
+        self.rsp_cons = self.rsp_cons.wrapping_add(1);
+        Ok(Some(rsp))
+    }
+
+    /// `RING_FINAL_CHECK_FOR_RESPONSES`: if no response waits, asks the back
+    /// to notify on the next one, then checks once more (closing the race
+    /// with a response published meanwhile). `true` means work is waiting.
+    pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
+        if self.unconsumed_responses()? > 0 {
+            return Ok(true);
+        }
+        self.core.index(RSP_EVENT).store(self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
+        // Full fence: the back sees our rsp_event before we re-read rsp_prod
+        // (xen_mb), pairing with the fence in its push.
+        fence(Ordering::SeqCst);
+        Ok(self.unconsumed_responses()? > 0)
+    }
+}
+
+/// The back end of a shared ring: consumes `Req`, produces `Rsp`.
+pub struct BackRing<Req, Rsp, M: RingMemory> {
+    core: RingCore<M>,
+    rsp_prod_pvt: RingIdx,
+    /// The last `rsp_prod` we published.
+    rsp_prod_pub: RingIdx,
+    req_cons: RingIdx,
+    /// Snapshot of the peer's `req_prod` from the last validated read.
+    req_prod_seen: RingIdx,
+    broken: Option<RingError>,
+    _types: PhantomData<fn(Rsp) -> Req>,
+}
+
+impl<Req, Rsp, M> BackRing<Req, Rsp, M>
+where
+    Req: FromBytes,
+    Rsp: IntoBytes + Immutable,
+    M: RingMemory,
+{
+    /// Attaches to a ring the front initialised (`BACK_RING_INIT`).
+    pub fn new(mem: M) -> Result<Self, RingError> {
+        Self::attach(mem, 0)
+    }
+
+    /// Attaches with our private indices at `idx` (`BACK_RING_ATTACH`).
+    pub fn attach(mem: M, idx: RingIdx) -> Result<Self, RingError> {
+        let core = RingCore::new::<Req, Rsp>(mem)?;
+        Ok(BackRing {
+            core,
+            rsp_prod_pvt: idx,
+            rsp_prod_pub: idx,
+            req_cons: idx,
+            req_prod_seen: idx,
+            broken: None,
+            _types: PhantomData,
+        })
+    }
+
+    /// Entries in the ring (`RING_SIZE`).
+    pub fn size(&self) -> u32 {
+        self.core.nr_ents
+    }
+
+    /// Our request consumer.
+    pub fn req_cons(&self) -> RingIdx {
+        self.req_cons
+    }
+
+    /// Our private response producer.
+    pub fn rsp_prod_pvt(&self) -> RingIdx {
+        self.rsp_prod_pvt
+    }
+
+    /// The peer fault that broke the ring, if any.
+    pub fn is_broken(&self) -> Option<&RingError> {
+        self.broken.as_ref()
+    }
+
+    /// The memory the ring lives in.
+    pub fn memory(&self) -> &M {
+        &self.core.mem
+    }
+
+    /// Takes the memory back.
+    pub fn into_memory(self) -> M {
+        self.core.mem
+    }
+
+    fn check_broken(&self) -> Result<(), RingError> {
+        match &self.broken {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the front's `req_prod` once, validates it, and returns how many
+    /// requests are waiting.
+    pub fn unconsumed_requests(&mut self) -> Result<u32, RingError> {
+        self.check_broken()?;
+        // Acquire: slot reads after this see what the front wrote before
+        // publishing req_prod (xen_rmb).
+        let req_prod = self.core.index(REQ_PROD).load(Ordering::Acquire);
+        let avail = req_prod.wrapping_sub(self.req_cons);
+        // Slots not holding a consumed-but-unanswered request.
+        let room = self.core.nr_ents - self.req_cons.wrapping_sub(self.rsp_prod_pvt);
+        if avail > room {
+            let e = RingError::RequestOverflow {
+                req_prod,
+                req_cons: self.req_cons,
+                rsp_prod_pvt: self.rsp_prod_pvt,
+                size: self.core.nr_ents,
+            };
+            log::error!("{e}");
+            self.broken = Some(e.clone());
+            return Err(e);
+        }
+        self.req_prod_seen = req_prod;
+        Ok(avail)
+    }
+
+    /// Copies out the next request, if any.
+    pub fn take_request(&mut self) -> Result<Option<Req>, RingError> {
+        self.check_broken()?;
+        if self.req_cons == self.req_prod_seen && self.unconsumed_requests()? == 0 {
+            return Ok(None);
+        }
+        let req = self.core.read_slot::<Req>(self.req_cons);
+        self.req_cons = self.req_cons.wrapping_add(1);
+        Ok(Some(req))
+    }
+
+    /// Writes `rsp` in place into the slot of the oldest unanswered request
+    /// and returns its ring index. Not visible until
+    /// [`Self::push_responses`].
+    pub fn put_response(&mut self, rsp: Rsp) -> Result<RingIdx, RingError> {
+        self.check_broken()?;
+        if self.rsp_prod_pvt == self.req_cons {
+            return Err(RingError::NoRequestToAnswer);
+        }
+        let idx = self.rsp_prod_pvt;
+        self.core.write_slot(idx, rsp);
+        self.rsp_prod_pvt = idx.wrapping_add(1);
+        Ok(idx)
+    }
+
+    /// Publishes the responses put so far and says whether the front asked
+    /// to be notified (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`).
+    pub fn push_responses(&mut self) -> bool {
+        let old = self.rsp_prod_pub;
+        let new = self.rsp_prod_pvt;
+        if old == new {
+            return false;
+        }
+        // Release: response slots are visible before rsp_prod (xen_wmb).
+        self.core.index(RSP_PROD).store(new, Ordering::Release);
+        self.rsp_prod_pub = new;
+        // Full fence: the front sees rsp_prod before we read rsp_event
+        // (xen_mb), pairing with the fence in its final check.
+        fence(Ordering::SeqCst);
+        let event = self.core.index(RSP_EVENT).load(Ordering::Relaxed);
+        new.wrapping_sub(event) < new.wrapping_sub(old)
+    }
+
+    /// `RING_FINAL_CHECK_FOR_REQUESTS`: if no request waits, asks the front
+    /// to notify on the next one, then checks once more. `true` means work
+    /// is waiting.
+    pub fn final_check_for_requests(&mut self) -> Result<bool, RingError> {
+        if self.unconsumed_requests()? > 0 {
+            return Ok(true);
+        }
+        self.core.index(REQ_EVENT).store(self.req_cons.wrapping_add(1), Ordering::Relaxed);
+        // Full fence: the front sees our req_event before we re-read
+        // req_prod (xen_mb), pairing with the fence in its push.
+        fence(Ordering::SeqCst);
+        Ok(self.unconsumed_requests()? > 0)
+    }
+}
