@@ -37,7 +37,9 @@ pub const GRANT_ENTRIES_V1_PER_PAGE: usize = PAGE_SIZE / core::mem::size_of::<Gr
 /// barrier) `flags`. The hypervisor sets and clears `GTF_reading` and
 /// `GTF_writing` in `flags` while a peer maps or copies the frame.
 #[repr(C)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct GrantEntryV1 {
     /// `GTF_*` flags; see [`GrantFlags`].
     pub flags: u16,
@@ -171,7 +173,9 @@ impl GntStatus {
 
 /// `struct gnttab_map_grant_ref`.
 #[repr(C)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct GnttabMapGrantRef {
     /// IN: where to map (meaning depends on `flags`).
     pub host_addr: u64,
@@ -191,7 +195,9 @@ pub struct GnttabMapGrantRef {
 
 /// `struct gnttab_unmap_grant_ref`.
 #[repr(C)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct GnttabUnmapGrantRef {
     /// IN: the address the grant was mapped at.
     pub host_addr: u64,
@@ -207,7 +213,9 @@ pub struct GnttabUnmapGrantRef {
 
 /// `struct gnttab_setup_table`.
 #[repr(C)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct GnttabSetupTable {
     /// IN: the domain (normally `DOMID_SELF`).
     pub dom: u16,
@@ -225,7 +233,9 @@ pub struct GnttabSetupTable {
 
 /// `struct gnttab_query_size`.
 #[repr(C)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct GnttabQuerySize {
     /// IN: the domain (normally `DOMID_SELF`).
     pub dom: u16,
@@ -243,7 +253,9 @@ pub struct GnttabQuerySize {
 
 /// `struct gnttab_copy_ptr`: one side of a grant copy.
 #[repr(C)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct GnttabCopyPtr {
     /// A grant ref (`GNTCOPY_*_gref`) or a local frame (`xen_pfn_t`).
     pub u: u64,
@@ -257,7 +269,9 @@ pub struct GnttabCopyPtr {
 
 /// `struct gnttab_copy`.
 #[repr(C)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct GnttabCopy {
     /// IN: where to copy from.
     pub source: GnttabCopyPtr,

@@ -35,11 +35,19 @@ impl core::fmt::Display for MapRefusal {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             MapRefusal::OutOfRange => write!(f, "grant ref is outside the granting domain's table"),
-            MapRefusal::NotGranted => write!(f, "grant entry is not a live access grant (ended or never granted)"),
+            MapRefusal::NotGranted => write!(
+                f,
+                "grant entry is not a live access grant (ended or never granted)"
+            ),
             MapRefusal::WrongDomain { granted_to } => {
-                write!(f, "grant entry is for domain {granted_to}, not the mapping domain")
+                write!(
+                    f,
+                    "grant entry is for domain {granted_to}, not the mapping domain"
+                )
             }
-            MapRefusal::ReadOnly => write!(f, "grant is read-only but a writable mapping was asked for"),
+            MapRefusal::ReadOnly => {
+                write!(f, "grant is read-only but a writable mapping was asked for")
+            }
             MapRefusal::Contended => write!(f, "grant entry flags kept changing; try again"),
         }
     }
@@ -73,12 +81,20 @@ impl ForeignTable {
         }
         // SAFETY: `gref < count`, so the entry and its field at `offset`
         // (0, 2 or 4) are inside the mapping.
-        Some(unsafe { self.entries.as_ptr().add(gref as usize).cast::<u8>().add(offset).cast::<T>() })
+        Some(unsafe {
+            self.entries
+                .as_ptr()
+                .add(gref as usize)
+                .cast::<u8>()
+                .add(offset)
+                .cast::<T>()
+        })
     }
 
     fn flags(&self, gref: u32) -> Option<&AtomicU16> {
         // SAFETY: an in-range, aligned u16 of live shared memory (see `new`).
-        self.field::<u16>(gref, 0).map(|p| unsafe { AtomicU16::from_ptr(p) })
+        self.field::<u16>(gref, 0)
+            .map(|p| unsafe { AtomicU16::from_ptr(p) })
     }
 
     /// Reads the granted frame and domid of an entry once.
@@ -124,7 +140,9 @@ impl ForeignTable {
     /// set. With `others_reading`/`others_writing` the caller says other
     /// mappings of the same entry remain (Xen keeps per-entry pin counts).
     pub fn release(&self, gref: u32, access: Access, others_reading: bool, others_writing: bool) {
-        let Some(flags) = self.flags(gref) else { return };
+        let Some(flags) = self.flags(gref) else {
+            return;
+        };
         let mut clear = 0u16;
         if !others_reading {
             clear |= GrantFlags::READING.bits();

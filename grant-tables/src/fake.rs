@@ -13,7 +13,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::abi::{GrantEntryV1, PAGE_SIZE};
 use crate::emulated::ForeignTable;
 use crate::platform::{
-    DomId, EventChannels, Gfn, GrantTableFrames, PageAllocator, Platform, PlatformError, Port, SharedPages,
+    DomId, EventChannels, Gfn, GrantTableFrames, PageAllocator, Platform, PlatformError, Port,
+    SharedPages,
 };
 use crate::ring::RingMemory;
 
@@ -41,7 +42,11 @@ impl FakePages {
         let ptr = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(ptr).ok_or(PlatformError::OutOfMemory { pages })?;
         let first_gfn = NEXT_GFN.fetch_add(pages as u64, Ordering::Relaxed);
-        Ok(FakePages { ptr, pages: pages.max(1), first_gfn })
+        Ok(FakePages {
+            ptr,
+            pages: pages.max(1),
+            first_gfn,
+        })
     }
 }
 
@@ -101,7 +106,13 @@ impl FakeGrantFrames {
         let pages = FakePages::new(frames)?;
         let count = (pages.len_bytes() / core::mem::size_of::<GrantEntryV1>()) as u32;
         let ptr = pages.as_ptr().cast::<GrantEntryV1>();
-        Ok(FakeGrantFrames { mem: Arc::new(FakeGrantMem { ptr, count, _pages: pages }) })
+        Ok(FakeGrantFrames {
+            mem: Arc::new(FakeGrantMem {
+                ptr,
+                count,
+                _pages: pages,
+            }),
+        })
     }
 
     /// The table as a peer's hypervisor sees it, to map and copy grants.
@@ -118,7 +129,11 @@ impl FakeGrantFrames {
         if gref < self.mem.count {
             // SAFETY: in-range, aligned u16 of the live table, accessed
             // atomically.
-            let a = unsafe { core::sync::atomic::AtomicU16::from_ptr(self.mem.ptr.as_ptr().add(gref as usize).cast()) };
+            let a = unsafe {
+                core::sync::atomic::AtomicU16::from_ptr(
+                    self.mem.ptr.as_ptr().add(gref as usize).cast(),
+                )
+            };
             a.store(flags, Ordering::Release);
         }
     }
@@ -126,7 +141,8 @@ impl FakeGrantFrames {
     /// Reads an entry (a copy).
     pub fn entry(&self, gref: u32) -> Option<GrantEntryV1> {
         // SAFETY: in-range, aligned entry; one volatile copy.
-        (gref < self.mem.count).then(|| unsafe { self.mem.ptr.as_ptr().add(gref as usize).read_volatile() })
+        (gref < self.mem.count)
+            .then(|| unsafe { self.mem.ptr.as_ptr().add(gref as usize).read_volatile() })
     }
 }
 
@@ -177,7 +193,10 @@ impl FakeEventHub {
 
     fn claim(&self, owner: DomId) -> Result<u32, PlatformError> {
         for (i, p) in self.ports.iter().enumerate().skip(1) {
-            if p.owner.compare_exchange(FREE, owner.0 as u32, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            if p.owner
+                .compare_exchange(FREE, owner.0 as u32, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
                 p.pending.store(false, Ordering::Relaxed);
                 p.masked.store(false, Ordering::Relaxed);
                 return Ok(i as u32);
@@ -217,7 +236,9 @@ impl PageAllocator for FakePlatform {
 impl EventChannels for FakePlatform {
     fn alloc_unbound(&self, remote: DomId) -> Result<Port, PlatformError> {
         let p = self.hub.claim(self.domid)?;
-        self.hub.ports[p as usize].remote.store(UNBOUND, Ordering::Release);
+        self.hub.ports[p as usize]
+            .remote
+            .store(UNBOUND, Ordering::Release);
         self.hub.allowed[p as usize].store(remote.0 as u32, Ordering::Release);
         Ok(Port(p))
     }
@@ -226,16 +247,33 @@ impl EventChannels for FakePlatform {
         let rp = self
             .hub
             .port(remote, remote_port)
-            .map_err(|_| PlatformError::BindRefused { remote, reason: "no such port" })?;
+            .map_err(|_| PlatformError::BindRefused {
+                remote,
+                reason: "no such port",
+            })?;
         if self.hub.allowed[remote_port.0 as usize].load(Ordering::Acquire) != self.domid.0 as u32 {
-            return Err(PlatformError::BindRefused { remote, reason: "port is not offered to this domain" });
+            return Err(PlatformError::BindRefused {
+                remote,
+                reason: "port is not offered to this domain",
+            });
         }
         let local = self.hub.claim(self.domid)?;
-        if rp.remote.compare_exchange(UNBOUND, local, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            self.hub.ports[local as usize].owner.store(FREE, Ordering::Release);
-            return Err(PlatformError::BindRefused { remote, reason: "port is already bound" });
+        if rp
+            .remote
+            .compare_exchange(UNBOUND, local, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.hub.ports[local as usize]
+                .owner
+                .store(FREE, Ordering::Release);
+            return Err(PlatformError::BindRefused {
+                remote,
+                reason: "port is already bound",
+            });
         }
-        self.hub.ports[local as usize].remote.store(remote_port.0, Ordering::Release);
+        self.hub.ports[local as usize]
+            .remote
+            .store(remote_port.0, Ordering::Release);
         Ok(Port(local))
     }
 
@@ -249,17 +287,27 @@ impl EventChannels for FakePlatform {
     }
 
     fn mask(&self, port: Port) -> Result<(), PlatformError> {
-        self.hub.port(self.domid, port)?.masked.store(true, Ordering::Release);
+        self.hub
+            .port(self.domid, port)?
+            .masked
+            .store(true, Ordering::Release);
         Ok(())
     }
 
     fn unmask(&self, port: Port) -> Result<(), PlatformError> {
-        self.hub.port(self.domid, port)?.masked.store(false, Ordering::Release);
+        self.hub
+            .port(self.domid, port)?
+            .masked
+            .store(false, Ordering::Release);
         Ok(())
     }
 
     fn poll(&self, port: Port) -> Result<bool, PlatformError> {
-        Ok(self.hub.port(self.domid, port)?.pending.swap(false, Ordering::AcqRel))
+        Ok(self
+            .hub
+            .port(self.domid, port)?
+            .pending
+            .swap(false, Ordering::AcqRel))
     }
 
     fn block(&self, port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError> {
@@ -279,7 +327,9 @@ impl EventChannels for FakePlatform {
         let p = self.hub.port(self.domid, port)?;
         let remote = p.remote.swap(FREE, Ordering::AcqRel);
         if let Some(r) = self.hub.ports.get(remote as usize) {
-            let _ = r.remote.compare_exchange(port.0, UNBOUND, Ordering::AcqRel, Ordering::Acquire);
+            let _ = r
+                .remote
+                .compare_exchange(port.0, UNBOUND, Ordering::AcqRel, Ordering::Acquire);
         }
         p.owner.store(FREE, Ordering::Release);
         Ok(())

@@ -30,6 +30,18 @@ pub mod platform;
 pub mod ring;
 pub mod table;
 
-pub use platform::{DomId, EventChannels, Gfn, GrantTableFrames, PageAllocator, Platform, PlatformError, Port, SharedPages};
+pub use platform::{
+    DomId, EventChannels, Gfn, GrantTableFrames, PageAllocator, Platform, PlatformError, Port,
+    SharedPages,
+};
 pub use ring::{BackRing, FrontRing, RawRingMemory, RingError, RingMemory};
 pub use table::{Access, EndAccessError, GrantError, GrantRef, GrantTable};
+
+#[cfg(test)]
+extern crate std;
+
+#[cfg(test)]
+mod tests {
+    mod ring;
+    mod table;
+}

@@ -137,7 +137,10 @@ pub enum RingError {
 impl RingError {
     /// Whether the error is the peer's fault (the ring is then broken).
     pub fn is_peer_fault(&self) -> bool {
-        matches!(self, RingError::ResponseOverflow { .. } | RingError::RequestOverflow { .. })
+        matches!(
+            self,
+            RingError::ResponseOverflow { .. } | RingError::RequestOverflow { .. }
+        )
     }
 }
 
@@ -188,8 +191,16 @@ pub const fn round_down_pow2(x: u32) -> u32 {
 /// Size in bytes of one ring entry for requests `Req` and responses `Rsp`:
 /// the size of their C union.
 pub const fn entry_size<Req, Rsp>() -> usize {
-    let size = if size_of::<Req>() > size_of::<Rsp>() { size_of::<Req>() } else { size_of::<Rsp>() };
-    let align = if align_of::<Req>() > align_of::<Rsp>() { align_of::<Req>() } else { align_of::<Rsp>() };
+    let size = if size_of::<Req>() > size_of::<Rsp>() {
+        size_of::<Req>()
+    } else {
+        size_of::<Rsp>()
+    };
+    let align = if align_of::<Req>() > align_of::<Rsp>() {
+        align_of::<Req>()
+    } else {
+        align_of::<Rsp>()
+    };
     size.div_ceil(align) * align
 }
 
@@ -200,7 +211,11 @@ pub const fn ring_entries(ring_bytes: usize, entry_size: usize) -> u32 {
         return 0;
     }
     let n = (ring_bytes - SRING_HEADER_SIZE) / entry_size;
-    let n = if n > u32::MAX as usize { u32::MAX } else { n as u32 };
+    let n = if n > u32::MAX as usize {
+        u32::MAX
+    } else {
+        n as u32
+    };
     round_down_pow2(n)
 }
 
@@ -216,9 +231,16 @@ impl<M: RingMemory> RingCore<M> {
         let entry_size = entry_size::<Req, Rsp>();
         let nr_ents = ring_entries(len, entry_size);
         if entry_size == 0 || align > SRING_HEADER_SIZE || nr_ents == 0 {
-            return Err(RingError::BadEntryType { size: entry_size, align });
+            return Err(RingError::BadEntryType {
+                size: entry_size,
+                align,
+            });
         }
-        Ok(RingCore { mem, nr_ents, entry_size })
+        Ok(RingCore {
+            mem,
+            nr_ents,
+            entry_size,
+        })
     }
 
     /// One of the four header indices.
@@ -238,7 +260,12 @@ impl<M: RingMemory> RingCore<M> {
         // SAFETY: `i < nr_ents` and `ring_entries` made
         // `SRING_HEADER_SIZE + nr_ents * entry_size <= ring_len`, so the
         // offset stays inside the region.
-        unsafe { self.mem.ring_ptr().as_ptr().add(SRING_HEADER_SIZE + i * self.entry_size) }
+        unsafe {
+            self.mem
+                .ring_ptr()
+                .as_ptr()
+                .add(SRING_HEADER_SIZE + i * self.entry_size)
+        }
     }
 
     /// Writes our own slot in place.
@@ -273,10 +300,12 @@ impl<M: RingMemory> RingCore<M> {
         }
         self.index(REQ_PROD).store(idx, Ordering::Relaxed);
         self.index(RSP_PROD).store(idx, Ordering::Relaxed);
-        self.index(REQ_EVENT).store(idx.wrapping_add(1), Ordering::Relaxed);
+        self.index(REQ_EVENT)
+            .store(idx.wrapping_add(1), Ordering::Relaxed);
         // Release: the whole header is visible before the ring is advertised
         // (the caller publishes its grant ref after this).
-        self.index(RSP_EVENT).store(idx.wrapping_add(1), Ordering::Release);
+        self.index(RSP_EVENT)
+            .store(idx.wrapping_add(1), Ordering::Release);
     }
 }
 
@@ -422,7 +451,11 @@ where
         let avail = rsp_prod.wrapping_sub(self.rsp_cons);
         let outstanding = self.req_prod_pub.wrapping_sub(self.rsp_cons);
         if avail > outstanding {
-            let e = RingError::ResponseOverflow { rsp_prod, rsp_cons: self.rsp_cons, outstanding };
+            let e = RingError::ResponseOverflow {
+                rsp_prod,
+                rsp_cons: self.rsp_cons,
+                outstanding,
+            };
             log::error!("{e}");
             self.broken = Some(e.clone());
             return Err(e);
@@ -450,7 +483,9 @@ where
         if self.unconsumed_responses()? > 0 {
             return Ok(true);
         }
-        self.core.index(RSP_EVENT).store(self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
+        self.core
+            .index(RSP_EVENT)
+            .store(self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
         // Full fence: the back sees our rsp_event before we re-read rsp_prod
         // (xen_mb), pairing with the fence in its push.
         fence(Ordering::SeqCst);
@@ -608,7 +643,9 @@ where
         if self.unconsumed_requests()? > 0 {
             return Ok(true);
         }
-        self.core.index(REQ_EVENT).store(self.req_cons.wrapping_add(1), Ordering::Relaxed);
+        self.core
+            .index(REQ_EVENT)
+            .store(self.req_cons.wrapping_add(1), Ordering::Relaxed);
         // Full fence: the front sees our req_event before we re-read
         // req_prod (xen_mb), pairing with the fence in its push.
         fence(Ordering::SeqCst);

@@ -131,7 +131,12 @@ impl<F: GrantTableFrames> GrantTable<F> {
         let count = frames.entry_count();
         let cap = (count.saturating_sub(GNTTAB_NR_RESERVED_ENTRIES) as usize).max(1);
         let free = ArrayQueue::new(cap);
-        let table = GrantTable { frames, free, quarantine: SegQueue::new(), quarantined: AtomicUsize::new(0) };
+        let table = GrantTable {
+            frames,
+            free,
+            quarantine: SegQueue::new(),
+            quarantined: AtomicUsize::new(0),
+        };
         for gref in GNTTAB_NR_RESERVED_ENTRIES..count {
             if table.flags(gref).load(Ordering::Acquire) == 0 {
                 // Cannot fail: the queue holds every non-reserved ref.
@@ -163,10 +168,19 @@ impl<F: GrantTableFrames> GrantTable<F> {
     }
 
     fn entry_ptr(&self, gref: GrantRefNum) -> *mut u8 {
-        assert!(gref < self.frames.entry_count(), "grant ref {gref} outside the table");
+        assert!(
+            gref < self.frames.entry_count(),
+            "grant ref {gref} outside the table"
+        );
         // SAFETY: `gref < entry_count`, and `GrantTableFrames` guarantees that
         // many consecutive entries.
-        unsafe { self.frames.entries().as_ptr().add(gref as usize).cast::<u8>() }
+        unsafe {
+            self.frames
+                .entries()
+                .as_ptr()
+                .add(gref as usize)
+                .cast::<u8>()
+        }
     }
 
     fn flags(&self, gref: GrantRefNum) -> &AtomicU16 {
@@ -207,20 +221,36 @@ impl<F: GrantTableFrames> GrantTable<F> {
     }
 
     fn no_free(&self) -> GrantError {
-        GrantError::NoFreeRefs { capacity: self.capacity(), quarantined: self.quarantined_count() }
+        GrantError::NoFreeRefs {
+            capacity: self.capacity(),
+            quarantined: self.quarantined_count(),
+        }
     }
 
     /// Grants `domid` access to `frame`.
-    pub fn grant_access(&self, domid: DomId, frame: Gfn, access: Access) -> Result<GrantRef, GrantError> {
+    pub fn grant_access(
+        &self,
+        domid: DomId,
+        frame: Gfn,
+        access: Access,
+    ) -> Result<GrantRef, GrantError> {
         let frame32 = Self::check_args(domid, frame)?;
         let gref = self.free.pop().ok_or_else(|| self.no_free())?;
         self.write_entry(gref, domid, frame32, access);
-        Ok(GrantRef { gref, table: self.id() })
+        Ok(GrantRef {
+            gref,
+            table: self.id(),
+        })
     }
 
     /// Grants `domid` access to every frame in `frames`, all or nothing:
     /// a pool of persistent grants for a device.
-    pub fn grant_batch(&self, domid: DomId, frames: &[Gfn], access: Access) -> Result<Vec<GrantRef>, GrantError> {
+    pub fn grant_batch(
+        &self,
+        domid: DomId,
+        frames: &[Gfn],
+        access: Access,
+    ) -> Result<Vec<GrantRef>, GrantError> {
         let mut checked = Vec::with_capacity(frames.len());
         for &f in frames {
             checked.push(Self::check_args(domid, f)?);
@@ -243,7 +273,10 @@ impl<F: GrantTableFrames> GrantTable<F> {
             .zip(checked)
             .map(|(gref, frame)| {
                 self.write_entry(gref, domid, frame, access);
-                GrantRef { gref, table: self.id() }
+                GrantRef {
+                    gref,
+                    table: self.id(),
+                }
             })
             .collect())
     }
@@ -256,11 +289,17 @@ impl<F: GrantTableFrames> GrantTable<F> {
 
     /// Whether the peer maps (or is copying) the frame right now.
     pub fn in_use_by_peer(&self, grant: &GrantRef) -> bool {
-        self.flags_of(grant).intersects(GrantFlags::READING | GrantFlags::WRITING)
+        self.flags_of(grant)
+            .intersects(GrantFlags::READING | GrantFlags::WRITING)
     }
 
     fn check_owner(&self, grant: &GrantRef) {
-        assert_eq!(grant.table, self.id(), "grant ref {} belongs to another grant table", grant.gref);
+        assert_eq!(
+            grant.table,
+            self.id(),
+            "grant ref {} belongs to another grant table",
+            grant.gref
+        );
     }
 
     /// Ends the peer's access. On success the ref goes back to the free
@@ -273,7 +312,11 @@ impl<F: GrantTableFrames> GrantTable<F> {
 
     /// Ends the peer's access and gives the page back when that succeeded.
     /// On failure the table keeps the page, and the ref, forever.
-    pub fn end_access_with_page<P: Send + 'static>(&self, grant: GrantRef, page: P) -> Result<P, EndAccessError> {
+    pub fn end_access_with_page<P: Send + 'static>(
+        &self,
+        grant: GrantRef,
+        page: P,
+    ) -> Result<P, EndAccessError> {
         let mut slot = Some(page);
         match self.try_end(&grant) {
             Ok(()) => {
@@ -288,7 +331,11 @@ impl<F: GrantTableFrames> GrantTable<F> {
         }
     }
 
-    fn end_access_inner(&self, grant: GrantRef, page: Option<Box<dyn Send>>) -> Result<(), EndAccessError> {
+    fn end_access_inner(
+        &self,
+        grant: GrantRef,
+        page: Option<Box<dyn Send>>,
+    ) -> Result<(), EndAccessError> {
         match self.try_end(&grant) {
             Ok(()) => {
                 self.release(grant);
@@ -310,7 +357,10 @@ impl<F: GrantTableFrames> GrantTable<F> {
         let mut seen = flags.load(Ordering::Acquire);
         for _ in 0..END_ACCESS_MAX_ATTEMPTS {
             if GrantFlags::from_bits_retain(seen).intersects(busy) {
-                return Err(EndAccessError { gref: grant.gref, flags: GrantFlags::from_bits_retain(seen) });
+                return Err(EndAccessError {
+                    gref: grant.gref,
+                    flags: GrantFlags::from_bits_retain(seen),
+                });
             }
             // AcqRel: on success, later reuse of the page happens after the
             // entry is dead; we read the flags Xen last wrote.
@@ -319,14 +369,20 @@ impl<F: GrantTableFrames> GrantTable<F> {
                 Err(now) => seen = now,
             }
         }
-        Err(EndAccessError { gref: grant.gref, flags: GrantFlags::from_bits_retain(seen) })
+        Err(EndAccessError {
+            gref: grant.gref,
+            flags: GrantFlags::from_bits_retain(seen),
+        })
     }
 
     fn release(&self, grant: GrantRef) {
         if self.free.push(grant.gref).is_err() {
             // Cannot happen: every ref out of the queue is unique and the
             // queue holds them all. Losing one ref is the safe failure.
-            log::error!("grant free list overflow releasing ref {}; ref dropped", grant.gref);
+            log::error!(
+                "grant free list overflow releasing ref {}; ref dropped",
+                grant.gref
+            );
         }
     }
 
@@ -336,6 +392,9 @@ impl<F: GrantTableFrames> GrantTable<F> {
             grant.gref
         );
         self.quarantined.fetch_add(1, Ordering::Relaxed);
-        self.quarantine.push(Quarantined { _gref: grant.gref, _page: page });
+        self.quarantine.push(Quarantined {
+            _gref: grant.gref,
+            _page: page,
+        });
     }
 }

@@ -1,3 +1,291 @@
-//! `cargo xtask ci` (being written).
-pub fn run(_a: &[String]) -> Result<(), String> { Err("todo".into()) }
-pub fn fuzz(_a: &[String]) -> Result<(), String> { Err("todo".into()) }
+//! `cargo xtask ci`: every check of the suite, on a fresh machine.
+//!
+//! It installs what it needs when missing (Debian's libxen-dev for Xen's
+//! headers, the `x86_64-unknown-none` target, the nightly toolchain's Miri,
+//! cargo-fuzz), then runs: clippy, the `no_std` builds of the driver
+//! crates, every test, Miri on the ring and grant table unit tests, a short
+//! smoke run of every fuzz target, and the Xen lab.
+//!
+//! Options: `--no-lab` skips the Xen lab; `--fuzz-seconds N` sets the smoke
+//! time of each fuzz target (default 10).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use crate::util::{cargo, output, root, run as sh};
+
+/// The crates that guest runtimes link: they must build without std.
+const NO_STD_CRATES: &[&str] = &[
+    "grant-tables",
+    "xenbus",
+    "netfront",
+    "blkfront",
+    "rdma-passthrough",
+    "lwdom",
+];
+
+fn have(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn apt_install(packages: &[&str]) -> Result<(), String> {
+    let root_user = output(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false);
+    let mut prefix: Vec<&str> = Vec::new();
+    if !root_user {
+        if !have("sudo", &["-n", "true"]) {
+            return Err(format!(
+                "{} must be installed and this user is not root and has no password-less sudo; run `apt-get install -y {}` as root",
+                packages.join(" "),
+                packages.join(" ")
+            ));
+        }
+        prefix.push("sudo");
+    }
+    let mk = |args: &[&str]| {
+        let mut all: Vec<&str> = prefix.clone();
+        all.extend_from_slice(args);
+        let mut c = Command::new(all[0]);
+        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    sh(&mut mk(&["apt-get", "update", "-q"]))?;
+    let mut args = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    sh(&mut mk(&args))
+}
+
+/// Installs what the checks need, when missing.
+pub fn ensure_tools() -> Result<(), String> {
+    if !Path::new("/usr/include/xen/io/ring.h").exists() {
+        eprintln!("xtask: Xen's public headers are missing; installing libxen-dev");
+        apt_install(&["libxen-dev"])?;
+    }
+    let targets = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if !targets.lines().any(|l| l.trim() == "x86_64-unknown-none") {
+        sh(Command::new("rustup").args(["target", "add", "x86_64-unknown-none"]))?;
+    }
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        sh(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    if !have("cargo", &["+nightly", "miri", "--version"]) {
+        sh(Command::new("rustup").args([
+            "component",
+            "add",
+            "--toolchain",
+            "nightly",
+            "miri",
+            "rust-src",
+        ]))?;
+    }
+    if !have("cargo", &["fuzz", "--version"]) {
+        sh(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    if !have("rustup", &["component", "list", "--installed"])
+        || !output(Command::new("rustup").args(["component", "list", "--installed"]))?
+            .contains("clippy")
+    {
+        sh(Command::new("rustup").args(["component", "add", "clippy"]))?;
+    }
+    Ok(())
+}
+
+struct Steps {
+    done: Vec<(String, f64)>,
+}
+
+impl Steps {
+    fn step(&mut self, name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+        eprintln!("\n==> {name}");
+        let t = Instant::now();
+        let r = f();
+        let secs = t.elapsed().as_secs_f64();
+        match &r {
+            Ok(()) => eprintln!("<== {name}: ok in {secs:.0} s"),
+            Err(e) => eprintln!("<== {name}: FAILED in {secs:.0} s: {e}"),
+        }
+        r?;
+        self.done.push((name.to_string(), secs));
+        Ok(())
+    }
+}
+
+/// `cargo xtask ci`.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let mut lab = true;
+    let mut fuzz_seconds = 10u64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--no-lab" => lab = false,
+            "--fuzz-seconds" => {
+                fuzz_seconds = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--fuzz-seconds takes a whole number of seconds")?
+            }
+            other => {
+                return Err(format!(
+                    "unknown option `{other}` (options: --no-lab, --fuzz-seconds N)"
+                ))
+            }
+        }
+    }
+    let start = Instant::now();
+    let mut s = Steps { done: Vec::new() };
+    s.step("install missing tools", ensure_tools)?;
+    s.step("clippy (all crates, all targets, warnings denied)", || {
+        sh(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    s.step("no_std builds for x86_64-unknown-none", || {
+        let mut c = cargo();
+        c.args(["build", "--target", "x86_64-unknown-none"]);
+        for k in NO_STD_CRATES {
+            c.args(["-p", k]);
+        }
+        sh(&mut c)
+    })?;
+    s.step("tests (workspace)", || {
+        sh(cargo()
+            .args(["test", "--workspace"])
+            .env("XEN_HEADERS_REQUIRED", "1"))
+    })?;
+    s.step("Miri: ring and grant table unit tests", || {
+        sh(cargo()
+            .args(["+nightly", "miri", "test", "-p", "grant-tables", "--lib"])
+            .env("MIRIFLAGS", "-Zmiri-disable-isolation"))
+    })?;
+    s.step("fuzz smoke (every target)", || {
+        fuzz(&["--seconds".into(), fuzz_seconds.to_string()])
+    })?;
+    if lab {
+        s.step("Xen lab (real Xen under QEMU)", || crate::lab::run(&[]))?;
+    }
+    eprintln!(
+        "\nxtask ci: all steps passed in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    for (name, secs) in &s.done {
+        eprintln!("  {secs:>6.0} s  {name}");
+    }
+    Ok(())
+}
+
+/// The fuzz targets, from `fuzz/Cargo.toml`.
+pub fn fuzz_targets() -> Result<Vec<String>, String> {
+    let manifest = root().join("fuzz/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
+    let mut in_bin = false;
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            in_bin = l == "[[bin]]";
+        } else if in_bin {
+            if let Some(v) = l
+                .strip_prefix("name")
+                .map(str::trim)
+                .and_then(|r| r.strip_prefix('='))
+            {
+                names.push(v.trim().trim_matches('"').to_string());
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(format!(
+            "no [[bin]] fuzz targets found in {}",
+            manifest.display()
+        ));
+    }
+    Ok(names)
+}
+
+/// `cargo xtask fuzz [--seconds N] [TARGET...]`.
+pub fn fuzz(args: &[String]) -> Result<(), String> {
+    let mut seconds = 10u64;
+    let mut chosen = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seconds" => {
+                seconds = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--seconds takes a whole number of seconds")?
+            }
+            t => chosen.push(t.to_string()),
+        }
+    }
+    let all = fuzz_targets()?;
+    for c in &chosen {
+        if !all.contains(c) {
+            return Err(format!(
+                "unknown fuzz target `{c}`; targets are: {}",
+                all.join(", ")
+            ));
+        }
+    }
+    let targets = if chosen.is_empty() { all } else { chosen };
+    let dir = root().join("fuzz");
+    sh(Command::new("cargo")
+        .current_dir(&dir)
+        .args(["+nightly", "fuzz", "build"]))?;
+    let mut report = Vec::new();
+    for t in &targets {
+        let out = Command::new("cargo")
+            .current_dir(&dir)
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                t,
+                "--",
+                &format!("-max_total_time={seconds}"),
+            ])
+            .output()
+            .map_err(|e| format!("could not run cargo fuzz: {e}"))?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        let runs = err
+            .lines()
+            .rev()
+            .find_map(|l| {
+                l.strip_prefix("Done ")
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "?".into());
+        if !out.status.success() {
+            let tail: Vec<&str> = err.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(format!(
+                "fuzz target `{t}` found a failure:\n{}\nreproduce with: cd fuzz && cargo +nightly fuzz run {t} <artifact>",
+                tail.join("\n")
+            ));
+        }
+        eprintln!("fuzz {t}: {runs} runs in {seconds} s, no finding");
+        report.push((t.clone(), runs));
+    }
+    eprintln!("fuzz: {} targets, no findings", report.len());
+    Ok(())
+}

@@ -1,0 +1,507 @@
+//! Ring unit tests: byte-level fixtures, hostile indices, notification
+//! suppression, and property tests of index arithmetic across 2^32.
+
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+
+use proptest::prelude::*;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::abi::{RingIdx, PAGE_SIZE};
+use crate::fake::FakePages;
+use crate::ring::{
+    entry_size, ring_entries, round_down_pow2, BackRing, FrontRing, RawRingMemory, RingError,
+    RingMemory,
+};
+
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
+struct Req {
+    id: u64,
+    value: u64,
+}
+
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
+struct Rsp {
+    id: u64,
+    status: i32,
+    _pad: u32,
+}
+
+/// A 112-byte request like blkif's, to check ring geometry.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy)]
+struct Big {
+    b: [u64; 14],
+}
+
+/// A 12-byte request like netif's tx request.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy)]
+struct Small12 {
+    a: u32,
+    b: u32,
+    c: u32,
+}
+
+type Front = FrontRing<Req, Rsp, FakePages>;
+type Back = BackRing<Req, Rsp, RawRingMemory>;
+
+/// A front ring on fresh pages and a back ring on the same memory.
+fn pair(pages: usize, start: RingIdx) -> (Front, Back) {
+    let mem = FakePages::new(pages).unwrap();
+    let ptr = mem.ring_ptr();
+    let len = mem.ring_len();
+    let front = Front::init_at(mem, start).unwrap();
+    // SAFETY: the memory is owned by `front`, which the test keeps alive for
+    // as long as `back`; both access it only through ring accessors.
+    let raw = unsafe { RawRingMemory::new(ptr, len) };
+    let back = Back::attach(raw, start).unwrap();
+    (front, back)
+}
+
+fn header(front: &Front) -> [u32; 4] {
+    let p = front.memory().ring_ptr().as_ptr().cast::<u32>();
+    // SAFETY: the header's four u32 are inside the live ring page.
+    core::array::from_fn(|i| unsafe { p.add(i).read_volatile() })
+}
+
+fn poke(front: &Front, word: usize, value: u32) {
+    let p = front.memory().ring_ptr().as_ptr().cast::<u32>();
+    // SAFETY: `word < 4`: a header index inside the live ring page.
+    unsafe { p.add(word).write_volatile(value) }
+}
+
+fn bytes(front: &Front, off: usize, len: usize) -> Vec<u8> {
+    let p = front.memory().ring_ptr().as_ptr();
+    // SAFETY: callers stay inside the first page of the ring.
+    (0..len)
+        .map(|i| unsafe { p.add(off + i).read_volatile() })
+        .collect()
+}
+
+#[test]
+fn geometry_matches_io_ring_h() {
+    assert_eq!(round_down_pow2(0), 0);
+    assert_eq!(round_down_pow2(1), 1);
+    assert_eq!(round_down_pow2(252), 128);
+    assert_eq!(round_down_pow2(u32::MAX), 1 << 31);
+    // blkif: 112-byte requests, 32 slots in one page.
+    assert_eq!(entry_size::<Big, Rsp>(), 112);
+    assert_eq!(ring_entries(PAGE_SIZE, 112), 32);
+    // netif tx: 12-byte requests, 4-byte responses: 256 slots.
+    assert_eq!(entry_size::<Small12, u32>(), 12);
+    assert_eq!(ring_entries(PAGE_SIZE, 12), 256);
+    // Union sizing: the larger member, rounded to the larger alignment.
+    assert_eq!(entry_size::<Small12, u64>(), 16);
+    assert_eq!(ring_entries(PAGE_SIZE, 16), 128);
+    assert_eq!(ring_entries(16 * PAGE_SIZE, 16), 2048);
+    assert_eq!(ring_entries(64, 16), 0);
+    let (front, back) = pair(1, 0);
+    assert_eq!(front.size(), 128);
+    assert_eq!(back.size(), 128);
+    let (front, _) = pair(4, 0);
+    // (16384 - 64) / 16 = 1020 -> 512.
+    assert_eq!(front.size(), 512);
+}
+
+#[test]
+fn init_writes_the_shared_header_like_shared_ring_init() {
+    let mem = FakePages::new(1).unwrap();
+    // Dirty the header first: init must clear private bytes too.
+    // SAFETY: 64 bytes inside the fresh page.
+    unsafe { mem.ring_ptr().as_ptr().write_bytes(0xAB, 64) };
+    let front = Front::init(mem).unwrap();
+    let mut expect = [0u8; 64];
+    expect[4] = 1; // req_event = 1
+    expect[12] = 1; // rsp_event = 1
+    assert_eq!(bytes(&front, 0, 64), expect);
+}
+
+#[test]
+fn requests_are_written_in_place_at_the_io_ring_h_offsets() {
+    let (mut front, _back) = pair(1, 0);
+    for i in 0..3u64 {
+        front
+            .put_request(Req {
+                id: i,
+                value: 0x1122_3344_5566_7788 + i,
+            })
+            .unwrap();
+    }
+    // Not yet published.
+    assert_eq!(header(&front)[0], 0);
+    let slot1 = bytes(&front, 64 + 16, 16);
+    let mut expect = Vec::new();
+    expect.extend_from_slice(&1u64.to_le_bytes());
+    expect.extend_from_slice(&0x1122_3344_5566_7789u64.to_le_bytes());
+    assert_eq!(slot1, expect);
+    front.push_requests();
+    assert_eq!(header(&front)[0], 3);
+}
+
+#[test]
+fn exchange_in_order_and_full_ring() {
+    let (mut front, mut back) = pair(1, 0);
+    let n = front.size();
+    for i in 0..n {
+        front
+            .put_request(Req {
+                id: i as u64,
+                value: 7,
+            })
+            .unwrap();
+    }
+    assert!(front.is_full());
+    assert_eq!(
+        front.put_request(Req { id: 0, value: 0 }),
+        Err(RingError::Full)
+    );
+    front.push_requests();
+    assert_eq!(back.unconsumed_requests().unwrap(), n);
+    for i in 0..n {
+        let r = back.take_request().unwrap().unwrap();
+        assert_eq!(r.id, i as u64);
+        back.put_response(Rsp {
+            id: r.id,
+            status: -(i as i32),
+            _pad: 0,
+        })
+        .unwrap();
+    }
+    assert_eq!(back.take_request().unwrap(), None);
+    assert_eq!(
+        back.put_response(Rsp {
+            id: 0,
+            status: 0,
+            _pad: 0
+        }),
+        Err(RingError::NoRequestToAnswer)
+    );
+    back.push_responses();
+    for i in 0..n {
+        let r = front.take_response().unwrap().unwrap();
+        assert_eq!((r.id, r.status), (i as u64, -(i as i32)));
+    }
+    assert_eq!(front.take_response().unwrap(), None);
+    assert_eq!(front.free_requests(), n);
+}
+
+#[test]
+fn notification_is_suppressed_until_the_consumer_asks() {
+    let (mut front, mut back) = pair(1, 0);
+    // Fresh ring: req_event = 1, so the first request notifies.
+    front.put_request(Req { id: 1, value: 0 }).unwrap();
+    assert!(front.push_requests());
+    // The back has not re-armed: further requests do not notify.
+    front.put_request(Req { id: 2, value: 0 }).unwrap();
+    assert!(!front.push_requests());
+    while back.take_request().unwrap().is_some() {}
+    // Back drained and re-arms: req_event = req_cons + 1.
+    assert!(!back.final_check_for_requests().unwrap());
+    assert_eq!(header(&front)[1], 3);
+    front.put_request(Req { id: 3, value: 0 }).unwrap();
+    assert!(front.push_requests());
+    // final check sees work that arrived: no re-arm needed.
+    assert!(back.final_check_for_requests().unwrap());
+    // Pushing with nothing new never notifies.
+    assert!(!front.push_requests());
+
+    // Responses: rsp_event starts at 1.
+    back.take_request().unwrap().unwrap();
+    for id in 1..=3 {
+        back.put_response(Rsp {
+            id,
+            status: 0,
+            _pad: 0,
+        })
+        .unwrap();
+    }
+    assert!(back.push_responses());
+    assert!(front.final_check_for_responses().unwrap());
+}
+
+#[test]
+fn response_overflow_breaks_the_front_ring() {
+    let (mut front, _back) = pair(1, 0);
+    front.put_request(Req { id: 1, value: 0 }).unwrap();
+    front.put_request(Req { id: 2, value: 0 }).unwrap();
+    front.push_requests();
+    // A hostile back claims 5 responses for 2 requests.
+    poke(&front, 2, 5);
+    let err = front.take_response().unwrap_err();
+    assert_eq!(
+        err,
+        RingError::ResponseOverflow {
+            rsp_prod: 5,
+            rsp_cons: 0,
+            outstanding: 2
+        }
+    );
+    assert!(err.is_peer_fault());
+    // Broken for good, even if the peer "fixes" the index.
+    poke(&front, 2, 1);
+    assert!(front.is_broken().is_some());
+    assert_eq!(front.take_response(), Err(err.clone()));
+    assert_eq!(front.put_request(Req { id: 3, value: 0 }), Err(err));
+}
+
+#[test]
+fn responses_to_unpublished_requests_are_refused() {
+    let (mut front, _back) = pair(1, 0);
+    // Written but not pushed: the back cannot have seen it.
+    front.put_request(Req { id: 1, value: 0 }).unwrap();
+    poke(&front, 2, 1);
+    assert!(matches!(
+        front.take_response(),
+        Err(RingError::ResponseOverflow { .. })
+    ));
+}
+
+#[test]
+fn backwards_rsp_prod_is_an_error_not_a_huge_count() {
+    let (mut front, mut back) = pair(1, 100);
+    front.put_request(Req { id: 1, value: 0 }).unwrap();
+    front.push_requests();
+    back.take_request().unwrap().unwrap();
+    back.put_response(Rsp {
+        id: 1,
+        status: 0,
+        _pad: 0,
+    })
+    .unwrap();
+    back.push_responses();
+    assert!(front.take_response().unwrap().is_some());
+    // rsp_prod moves backwards below rsp_cons.
+    poke(&front, 2, 50);
+    assert!(matches!(
+        front.unconsumed_responses(),
+        Err(RingError::ResponseOverflow { .. })
+    ));
+}
+
+#[test]
+fn request_overflow_breaks_the_back_ring() {
+    let (front, mut back) = pair(1, 0);
+    let size = back.size();
+    poke(&front, 0, size + 1);
+    let err = back.take_request().unwrap_err();
+    assert_eq!(
+        err,
+        RingError::RequestOverflow {
+            req_prod: size + 1,
+            req_cons: 0,
+            rsp_prod_pvt: 0,
+            size
+        }
+    );
+    assert_eq!(back.final_check_for_requests(), Err(err));
+    // Exactly a ring's worth is fine on a fresh ring.
+    let (front, mut back) = pair(1, 0);
+    poke(&front, 0, size);
+    assert_eq!(back.unconsumed_requests().unwrap(), size);
+}
+
+#[test]
+fn requests_beyond_unanswered_slots_are_refused() {
+    let (mut front, mut back) = pair(1, 0);
+    front.put_request(Req { id: 1, value: 0 }).unwrap();
+    front.push_requests();
+    back.take_request().unwrap().unwrap();
+    // One slot is taken by an unanswered request: size more is too many.
+    poke(&front, 0, 1 + back.size());
+    assert!(matches!(
+        back.unconsumed_requests(),
+        Err(RingError::RequestOverflow { .. })
+    ));
+}
+
+#[test]
+fn peer_slot_is_copied_once() {
+    let (mut front, mut back) = pair(1, 0);
+    front.put_request(Req { id: 9, value: 9 }).unwrap();
+    front.push_requests();
+    let r = back.take_request().unwrap().unwrap();
+    // The front scribbles on the slot after the back copied it.
+    front.memory().ring_ptr();
+    let p = front.memory().ring_ptr().as_ptr();
+    // SAFETY: the first slot of the live ring page.
+    unsafe { p.add(64).write_bytes(0xFF, 16) };
+    assert_eq!(r, Req { id: 9, value: 9 });
+}
+
+#[test]
+fn bad_regions_and_entry_types_are_refused() {
+    let mem = FakePages::new(1).unwrap();
+    let ptr = mem.ring_ptr();
+    // SAFETY: a sub-range of live memory that outlives the checks below.
+    let odd = unsafe { RawRingMemory::new(ptr, 100) };
+    assert!(matches!(
+        FrontRing::<Req, Rsp, _>::init(odd),
+        Err(RingError::BadRegion { .. })
+    ));
+    // SAFETY: as above; misaligned on purpose, refused before any access.
+    let mis = unsafe {
+        RawRingMemory::new(
+            NonNull::new(ptr.as_ptr().wrapping_add(8)).unwrap(),
+            PAGE_SIZE,
+        )
+    };
+    assert!(matches!(
+        FrontRing::<Req, Rsp, _>::init(mis),
+        Err(RingError::BadRegion { .. })
+    ));
+    // SAFETY: as above; 17 pages is refused before any access.
+    let big = unsafe { RawRingMemory::new(ptr, 17 * PAGE_SIZE) };
+    assert!(matches!(
+        BackRing::<Req, Rsp, _>::new(big),
+        Err(RingError::BadRegion { .. })
+    ));
+    // SAFETY: as above.
+    let ok = unsafe { RawRingMemory::new(ptr, PAGE_SIZE) };
+    assert!(matches!(
+        FrontRing::<(), (), _>::init(ok),
+        Err(RingError::BadEntryType { .. })
+    ));
+    drop(mem);
+}
+
+#[test]
+fn wraps_at_u32_max() {
+    let (mut front, mut back) = pair(1, u32::MAX - 5);
+    for round in 0..40u64 {
+        for i in 0..3 {
+            front
+                .put_request(Req {
+                    id: round * 3 + i,
+                    value: round,
+                })
+                .unwrap();
+        }
+        front.push_requests();
+        while let Some(r) = back.take_request().unwrap() {
+            back.put_response(Rsp {
+                id: r.id,
+                status: r.value as i32,
+                _pad: 0,
+            })
+            .unwrap();
+        }
+        back.push_responses();
+        for i in 0..3 {
+            let r = front.take_response().unwrap().unwrap();
+            assert_eq!(r.id, round * 3 + i);
+        }
+    }
+    assert_eq!(front.rsp_cons(), (u32::MAX - 5).wrapping_add(120));
+}
+
+/// One step of a random exchange.
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8),
+    PushReq,
+    Serve(u8),
+    PushRsp,
+    Take(u8),
+    FinalFront,
+    FinalBack,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        any::<u8>().prop_map(Op::Put),
+        Just(Op::PushReq),
+        any::<u8>().prop_map(Op::Serve),
+        Just(Op::PushRsp),
+        any::<u8>().prop_map(Op::Take),
+        Just(Op::FinalFront),
+        Just(Op::FinalBack),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 256 }, ..ProptestConfig::default() })]
+
+    /// Any interleaving of well-behaved ends, from any start index (so
+    /// across 2^32), delivers every request and response once, in order.
+    #[test]
+    fn random_exchanges_keep_order(start in prop_oneof![Just(u32::MAX - 3), Just(0u32), any::<u32>()],
+                                   ops in proptest::collection::vec(op(), 1..200)) {
+        let (mut front, mut back) = pair(1, start);
+        let size = front.size();
+        let (mut next_id, mut served, mut taken) = (0u64, 0u64, 0u64);
+        for op in ops {
+            match op {
+                Op::Put(n) => for _ in 0..n % 8 {
+                    match front.put_request(Req { id: next_id, value: next_id * 3 }) {
+                        Ok(_) => next_id += 1,
+                        Err(e) => { prop_assert_eq!(e, RingError::Full); prop_assert_eq!(front.free_requests(), 0); }
+                    }
+                },
+                Op::PushReq => { front.push_requests(); }
+                Op::Serve(n) => for _ in 0..n % 8 {
+                    match back.take_request().unwrap() {
+                        Some(r) => {
+                            prop_assert_eq!(r, Req { id: served, value: served * 3 });
+                            back.put_response(Rsp { id: r.id, status: 1, _pad: 0 }).unwrap();
+                            served += 1;
+                        }
+                        None => break,
+                    }
+                },
+                Op::PushRsp => { back.push_responses(); }
+                Op::Take(n) => for _ in 0..n % 8 {
+                    match front.take_response().unwrap() {
+                        Some(r) => { prop_assert_eq!(r.id, taken); taken += 1; }
+                        None => break,
+                    }
+                },
+                Op::FinalFront => { front.final_check_for_responses().unwrap(); }
+                Op::FinalBack => { back.final_check_for_requests().unwrap(); }
+            }
+            prop_assert!(taken <= served && served <= next_id);
+            prop_assert!(front.free_requests() <= size);
+            prop_assert_eq!(front.req_prod_pvt(), start.wrapping_add(next_id as u32));
+            prop_assert_eq!(front.rsp_cons(), start.wrapping_add(taken as u32));
+        }
+    }
+
+    /// Whatever the back writes as rsp_prod, the front either reports at
+    /// most the outstanding requests or breaks; draining terminates.
+    #[test]
+    fn arbitrary_rsp_prod_never_over_reads(start in any::<u32>(), pushed in 0u32..128, rsp_prod in any::<u32>()) {
+        let (mut front, _back) = pair(1, start);
+        for i in 0..pushed { front.put_request(Req { id: i as u64, value: 0 }).unwrap(); }
+        front.push_requests();
+        poke(&front, 2, rsp_prod);
+        let mut n = 0u32;
+        loop {
+            match front.take_response() {
+                Ok(Some(_)) => { n += 1; prop_assert!(n <= pushed); }
+                Ok(None) => break,
+                Err(e) => { prop_assert!(e.is_peer_fault()); break; }
+            }
+        }
+        prop_assert_eq!(n <= pushed, true);
+    }
+
+    /// Whatever the front writes as req_prod, the back takes at most one
+    /// ring's worth or breaks.
+    #[test]
+    fn arbitrary_req_prod_never_over_reads(start in any::<u32>(), req_prod in any::<u32>()) {
+        let (front, mut back) = pair(1, start);
+        poke(&front, 0, req_prod);
+        let mut n = 0u32;
+        loop {
+            match back.take_request() {
+                Ok(Some(_)) => { n += 1; prop_assert!(n <= back.size()); }
+                Ok(None) => break,
+                Err(e) => { prop_assert!(e.is_peer_fault()); break; }
+            }
+        }
+        let expect_ok = req_prod.wrapping_sub(start) <= back.size();
+        prop_assert_eq!(back.is_broken().is_none(), expect_ok);
+    }
+}

@@ -1,0 +1,212 @@
+//! Grant table unit tests: entry layout, free list, quarantine (XSA-396).
+
+use alloc::vec::Vec;
+
+use crate::abi::{GrantEntryV1, GrantFlags, GNTTAB_NR_RESERVED_ENTRIES};
+use crate::emulated::MapRefusal;
+use crate::fake::FakeGrantFrames;
+use crate::platform::{DomId, Gfn};
+use crate::table::{Access, EndAccessError, GrantError, GrantTable};
+
+const PEER: DomId = DomId(7);
+
+fn table() -> (GrantTable<FakeGrantFrames>, FakeGrantFrames) {
+    let frames = FakeGrantFrames::new(1).unwrap();
+    (GrantTable::new(frames.clone()), frames)
+}
+
+#[test]
+fn grant_writes_a_v1_entry() {
+    let (t, frames) = table();
+    let g = t
+        .grant_access(PEER, Gfn(0x1234), Access::ReadWrite)
+        .unwrap();
+    assert!(g.raw() >= GNTTAB_NR_RESERVED_ENTRIES);
+    assert_eq!(
+        frames.entry(g.raw()).unwrap(),
+        GrantEntryV1 {
+            flags: 1,
+            domid: 7,
+            frame: 0x1234
+        }
+    );
+    let r = t.grant_access(PEER, Gfn(0x99), Access::ReadOnly).unwrap();
+    assert_eq!(
+        frames.entry(r.raw()).unwrap().flags,
+        (GrantFlags::PERMIT_ACCESS | GrantFlags::READONLY).bits()
+    );
+    t.end_access(g).unwrap();
+    t.end_access(r).unwrap();
+}
+
+#[test]
+fn ending_clears_the_entry_and_recycles_the_ref() {
+    let (t, frames) = table();
+    let before = t.free_count();
+    let g = t.grant_access(PEER, Gfn(1), Access::ReadWrite).unwrap();
+    let n = g.raw();
+    assert_eq!(t.free_count(), before - 1);
+    t.end_access(g).unwrap();
+    assert_eq!(frames.entry(n).unwrap().flags, 0);
+    assert_eq!(t.free_count(), before);
+}
+
+#[test]
+fn refuses_reserved_domains_and_wide_frames() {
+    let (t, _) = table();
+    assert_eq!(
+        t.grant_access(DomId(0x7FF0), Gfn(1), Access::ReadWrite),
+        Err(GrantError::BadDomain(DomId(0x7FF0)))
+    );
+    assert_eq!(
+        t.grant_access(PEER, Gfn(1 << 32), Access::ReadWrite),
+        Err(GrantError::FrameTooLarge(Gfn(1 << 32)))
+    );
+}
+
+#[test]
+fn exhaustion_is_an_error_and_batches_are_all_or_nothing() {
+    let (t, _) = table();
+    let cap = t.free_count();
+    assert_eq!(cap, 512 - GNTTAB_NR_RESERVED_ENTRIES as usize);
+    let frames: Vec<Gfn> = (0..cap as u64 - 2).map(Gfn).collect();
+    let pool = t.grant_batch(PEER, &frames, Access::ReadWrite).unwrap();
+    assert_eq!(t.free_count(), 2);
+    // A batch of three cannot be met: nothing is taken.
+    let err = t
+        .grant_batch(PEER, &[Gfn(1), Gfn(2), Gfn(3)], Access::ReadWrite)
+        .unwrap_err();
+    assert!(matches!(err, GrantError::NoFreeRefs { .. }));
+    assert_eq!(t.free_count(), 2);
+    let a = t.grant_access(PEER, Gfn(1), Access::ReadOnly).unwrap();
+    let b = t.grant_access(PEER, Gfn(2), Access::ReadOnly).unwrap();
+    assert!(matches!(
+        t.grant_access(PEER, Gfn(3), Access::ReadOnly),
+        Err(GrantError::NoFreeRefs { .. })
+    ));
+    for g in pool.into_iter().chain([a, b]) {
+        t.end_access(g).unwrap();
+    }
+    assert_eq!(t.free_count(), cap);
+}
+
+#[test]
+fn a_peer_mapping_blocks_end_access_and_quarantines_forever() {
+    let (t, frames) = table();
+    let view = frames.foreign_view();
+    let g = t.grant_access(PEER, Gfn(0x42), Access::ReadWrite).unwrap();
+    let n = g.raw();
+    // The peer maps it (the emulated hypervisor sets GTF_reading|writing).
+    assert_eq!(view.acquire(n, PEER, Access::ReadWrite), Ok(0x42));
+    assert!(t.in_use_by_peer(&g));
+    let page = alloc::boxed::Box::new([0u8; 16]);
+    let err = t.end_access_with_page(g, page).unwrap_err();
+    assert_eq!(
+        err,
+        EndAccessError {
+            gref: n,
+            flags: GrantFlags::PERMIT_ACCESS | GrantFlags::READING | GrantFlags::WRITING
+        }
+    );
+    assert_eq!(t.quarantined_count(), 1);
+    // The entry is untouched: the peer's mapping stays valid.
+    assert_eq!(frames.entry(n).unwrap().frame, 0x42);
+    // Drain every ref: the quarantined one never comes back.
+    let mut all = Vec::new();
+    while let Ok(h) = t.grant_access(PEER, Gfn(1), Access::ReadOnly) {
+        assert_ne!(h.raw(), n, "quarantined ref handed out again");
+        all.push(h);
+    }
+    assert_eq!(all.len(), 512 - GNTTAB_NR_RESERVED_ENTRIES as usize - 1);
+    // Even after the peer unmaps, the ref stays out of circulation.
+    view.release(n, Access::ReadWrite, false, false);
+    for h in all {
+        t.end_access(h).unwrap();
+    }
+    let mut again = Vec::new();
+    while let Ok(h) = t.grant_access(PEER, Gfn(1), Access::ReadOnly) {
+        assert_ne!(h.raw(), n);
+        again.push(h);
+    }
+    for h in again {
+        t.end_access(h).unwrap();
+    }
+}
+
+#[test]
+fn end_succeeds_once_the_peer_unmaps() {
+    let (t, frames) = table();
+    let view = frames.foreign_view();
+    let g = t.grant_access(PEER, Gfn(5), Access::ReadOnly).unwrap();
+    let n = g.raw();
+    view.acquire(n, PEER, Access::ReadOnly).unwrap();
+    assert!(t.flags_of(&g).contains(GrantFlags::READING));
+    assert!(!t.flags_of(&g).contains(GrantFlags::WRITING));
+    view.release(n, Access::ReadOnly, false, false);
+    assert!(!t.in_use_by_peer(&g));
+    assert_eq!(t.end_access_with_page(g, 5u32), Ok(5));
+    // Ended: the peer can no longer map it.
+    assert_eq!(
+        view.acquire(n, PEER, Access::ReadOnly),
+        Err(MapRefusal::NotGranted)
+    );
+}
+
+#[test]
+fn the_emulated_hypervisor_checks_like_xen() {
+    let (t, frames) = table();
+    let view = frames.foreign_view();
+    let g = t.grant_access(PEER, Gfn(5), Access::ReadOnly).unwrap();
+    assert_eq!(
+        view.acquire(g.raw(), DomId(8), Access::ReadOnly),
+        Err(MapRefusal::WrongDomain { granted_to: 7 })
+    );
+    assert_eq!(
+        view.acquire(g.raw(), PEER, Access::ReadWrite),
+        Err(MapRefusal::ReadOnly)
+    );
+    assert_eq!(
+        view.acquire(100_000, PEER, Access::ReadOnly),
+        Err(MapRefusal::OutOfRange)
+    );
+    assert_eq!(
+        view.acquire(3, PEER, Access::ReadOnly),
+        Err(MapRefusal::NotGranted)
+    );
+    t.end_access(g).unwrap();
+}
+
+#[test]
+fn live_entries_at_start_up_are_never_handed_out() {
+    let frames = FakeGrantFrames::new(1).unwrap();
+    frames.poke_flags(20, GrantFlags::PERMIT_ACCESS.bits());
+    let t = GrantTable::new(frames.clone());
+    assert_eq!(
+        t.free_count(),
+        512 - GNTTAB_NR_RESERVED_ENTRIES as usize - 1
+    );
+    while let Ok(h) = t.grant_access(PEER, Gfn(1), Access::ReadOnly) {
+        assert_ne!(h.raw(), 20);
+        core::mem::forget(h);
+    }
+}
+
+#[test]
+fn arbitrary_flag_words_never_let_a_busy_grant_end() {
+    for flags in 0..=u16::MAX {
+        let (t, frames) = table();
+        let g = t.grant_access(PEER, Gfn(1), Access::ReadWrite).unwrap();
+        let n = g.raw();
+        frames.poke_flags(n, flags);
+        let busy = GrantFlags::from_bits_retain(flags)
+            .intersects(GrantFlags::READING | GrantFlags::WRITING);
+        let r = t.end_access(g);
+        assert_eq!(r.is_err(), busy, "flags {flags:#x}");
+        if !busy {
+            assert_eq!(frames.entry(n).unwrap().flags, 0);
+        }
+        if cfg!(miri) && flags > 64 {
+            break;
+        }
+    }
+}
