@@ -121,7 +121,11 @@ pub struct GrantTable<F: GrantTableFrames> {
     free: ArrayQueue<GrantRefNum>,
     quarantine: SegQueue<Quarantined>,
     quarantined: AtomicUsize,
+    /// Unique per table, so a ref cannot be ended through another table.
+    id: usize,
 }
+
+static NEXT_TABLE_ID: AtomicUsize = AtomicUsize::new(1);
 
 impl<F: GrantTableFrames> GrantTable<F> {
     /// Builds the table over `frames`. Every entry above the reserved ones
@@ -136,6 +140,7 @@ impl<F: GrantTableFrames> GrantTable<F> {
             free,
             quarantine: SegQueue::new(),
             quarantined: AtomicUsize::new(0),
+            id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
         };
         for gref in GNTTAB_NR_RESERVED_ENTRIES..count {
             if table.flags(gref).load(Ordering::Acquire) == 0 {
@@ -149,7 +154,7 @@ impl<F: GrantTableFrames> GrantTable<F> {
     }
 
     fn id(&self) -> usize {
-        self as *const Self as usize
+        self.id
     }
 
     /// Refs in the table (reserved ones included).

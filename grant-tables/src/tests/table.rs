@@ -210,3 +210,16 @@ fn arbitrary_flag_words_never_let_a_busy_grant_end() {
         }
     }
 }
+
+#[test]
+fn refs_survive_moving_the_table_and_are_bound_to_it() {
+    let (t, _) = table();
+    let g = t.grant_access(PEER, Gfn(1), Access::ReadWrite).unwrap();
+    let moved = alloc::boxed::Box::new(t);
+    moved.end_access(g).unwrap();
+    let (other, _) = table();
+    let g = moved.grant_access(PEER, Gfn(1), Access::ReadWrite).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| other.flags_of(&g)));
+    assert!(r.is_err(), "a ref was accepted by another table");
+    moved.end_access(g).unwrap();
+}
