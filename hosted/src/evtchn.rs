@@ -1,0 +1,659 @@
+//! Event channels: a pending bit in shared memory and an eventfd per port.
+//!
+//! # The event page
+//! Each domain has one memfd, mapped by itself and by every peer that talks
+//! to it (the emulated hypervisor's view), laid out as:
+//!
+//! | offset | what |
+//! |---|---|
+//! | 0 | header: magic, version, domid, `alive` (cleared by the hypervisor when the domain goes), port count |
+//! | 4096 | one 64-bit binding word per port (see [`Binding`]), written by the owner, and by a peer only to bind to or close an interdomain channel (compare-and-swap) |
+//! | 12288 | one 64-byte line per port: `pending`, `waiting`, `masked` |
+//!
+//! The per-port line is what the fast paths touch: `notify` writes the
+//! peer's `pending` and reads its `waiting` and `masked` (one cache line);
+//! `poll` reads and clears the owner's `pending`. The binding words live
+//! apart so that reading them (every `notify` reads its own) does not
+//! bounce the line the peer keeps writing.
+//!
+//! # Wakeups without needless system calls
+//! A port also has an eventfd, created by its owner and registered with
+//! the hypervisor so that peers can fetch it (`SCM_RIGHTS`; see
+//! [`crate::hypervisor`]). [`EventChannels::block`] sleeps on it.
+//! `notify` writes the peer's eventfd only when the peer has said it may be
+//! asleep: `block` raises `waiting` before its last check of `pending` and
+//! sleeping. A pure polling exchange therefore costs no system call at all;
+//! [`crate::HostedPlatform::event_stats`] counts the eventfd writes.
+//!
+//! The handshake is Dekker's: the notifier does `pending = 1; read waiting`,
+//! the waiter does `waiting += 1; read pending`, all four accesses
+//! sequentially consistent. In the single total order of SeqCst operations
+//! one of the two writes comes first, so at least one side sees the other's
+//! write: either the waiter sees `pending` and does not sleep, or the
+//! notifier sees `waiting` and writes the eventfd (which stays readable until
+//! the waiter drains it, so a write that lands before the waiter sleeps is
+//! not lost). On x86 the SeqCst read-modify-writes are `xchg`/`lock xadd`,
+//! which are full barriers, and SeqCst loads are plain loads: no separate
+//! `mfence` is needed. Masking joins the same handshake: `unmask` does
+//! `masked = 0; read pending and waiting` and wakes the owner's sleeper
+//! itself, so an event sent while the port was masked is delivered on
+//! unmask.
+//!
+//! # Xen semantics kept
+//! - Port 0 is never allocated.
+//! - `bind_interdomain` succeeds only on a port that is unbound and offered
+//!   to the binding domain; afterwards the new local port is marked pending
+//!   (Xen does this because events sent to the unbound port were lost).
+//! - Notifying an unbound port drops the event silently.
+//! - Closing one end of an interdomain channel makes the other end unbound
+//!   again (offered back to the closer).
+//! - Events coalesce in the pending bit: a storm of notifies is one event,
+//!   so it cannot queue up work in the receiver (XSA-391).
+//!
+//! Everything a peer can write in these pages (including our own binding
+//! words and lines) is validated when read; corrupt words make the
+//! operation fail with an error, never a panic or an unbounded loop.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use grant_tables::{DomId, EventChannels, PlatformError, Port};
+
+use crate::domain::{lock, Domain, LocalPort};
+use crate::hypervisor::{OP_PORT_CLEAR, OP_PORT_GET, OP_PORT_SET};
+use crate::sys::{self, PAGE};
+use crate::HostedPlatform;
+
+/// Ports per domain (port 0 is never used).
+pub const NR_PORTS: u32 = 1024;
+
+const MAGIC: u64 = u64::from_le_bytes(*b"XHEVTCH1");
+const VERSION: u32 = 1;
+const H_MAGIC: usize = 0;
+const H_VERSION: usize = 8;
+const H_DOMID: usize = 12;
+const H_ALIVE: usize = 16;
+const H_NR_PORTS: usize = 20;
+
+const BINDINGS_OFFSET: usize = PAGE;
+const EVENTS_OFFSET: usize = BINDINGS_OFFSET + (NR_PORTS as usize * 8).next_multiple_of(PAGE);
+const LINE: usize = 64;
+const E_PENDING: usize = 0;
+const E_WAITING: usize = 4;
+const E_MASKED: usize = 8;
+
+/// Size of a domain's event page memfd.
+pub(crate) const EVENT_PAGE_BYTES: usize = EVENTS_OFFSET + NR_PORTS as usize * LINE;
+
+/// What a port is bound to, as its binding word says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Binding {
+    /// Not allocated.
+    Free,
+    /// Allocated and offered to `remote`, which may bind to it.
+    Unbound {
+        /// The domain that may bind.
+        remote: u16,
+    },
+    /// Connected to `port` of `remote`.
+    Interdomain {
+        /// The other domain.
+        remote: u16,
+        /// Its port.
+        port: u16,
+    },
+}
+
+const ST_FREE: u64 = 0;
+const ST_UNBOUND: u64 = 1;
+const ST_INTERDOMAIN: u64 = 2;
+const SEQ_MASK: u64 = 0xFF_FFFF;
+
+impl Binding {
+    /// Encodes: state in bits 56..64, a change counter in 32..56, domid in
+    /// 16..32, port in 0..16. The counter makes every change of binding a
+    /// new word, so caches keyed by the word notice rebinding.
+    fn encode(self, seq: u32) -> u64 {
+        let seq = (u64::from(seq) & SEQ_MASK) << 32;
+        match self {
+            Binding::Free => (ST_FREE << 56) | seq,
+            Binding::Unbound { remote } => (ST_UNBOUND << 56) | seq | (u64::from(remote) << 16),
+            Binding::Interdomain { remote, port } => {
+                (ST_INTERDOMAIN << 56) | seq | (u64::from(remote) << 16) | u64::from(port)
+            }
+        }
+    }
+
+    /// Decodes a word (possibly written by a peer); `None` when corrupt.
+    fn decode(w: u64) -> Option<(Binding, u32)> {
+        let seq = ((w >> 32) & SEQ_MASK) as u32;
+        let remote = ((w >> 16) & 0xFFFF) as u16;
+        let port = (w & 0xFFFF) as u16;
+        let b = match w >> 56 {
+            ST_FREE => Binding::Free,
+            ST_UNBOUND => Binding::Unbound { remote },
+            ST_INTERDOMAIN if u32::from(port) < NR_PORTS && port != 0 => Binding::Interdomain { remote, port },
+            _ => return None,
+        };
+        Some((b, seq))
+    }
+}
+
+/// A view of a mapped event page: its header, binding words and lines.
+///
+/// Holds a raw pointer; whoever builds it guarantees the mapping outlives
+/// it (see [`EventView::new`]).
+#[derive(Clone, Copy)]
+pub(crate) struct EventView {
+    base: NonNull<u8>,
+}
+
+// SAFETY: the view is an address of shared memory that is only accessed
+// atomically.
+unsafe impl Send for EventView {}
+// SAFETY: as above.
+unsafe impl Sync for EventView {}
+
+/// One port's line.
+pub(crate) struct EventLine<'a> {
+    pub pending: &'a AtomicU32,
+    pub waiting: &'a AtomicU32,
+    pub masked: &'a AtomicU32,
+}
+
+impl EventView {
+    /// Wraps a mapping of an event page.
+    ///
+    /// # Safety
+    /// `base` must be the start of a readable and writable mapping of at
+    /// least [`EVENT_PAGE_BYTES`] bytes that stays mapped for as long as the
+    /// view (and every copy of it) is used, and that is only ever accessed
+    /// atomically.
+    pub(crate) unsafe fn new(base: NonNull<u8>) -> Self {
+        EventView { base }
+    }
+
+    pub(crate) fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+
+    fn u32_at(&self, off: usize) -> &AtomicU32 {
+        debug_assert!(off % 4 == 0 && off + 4 <= EVENT_PAGE_BYTES);
+        // SAFETY: every caller passes a constant or bounds-checked, 4-aligned
+        // offset inside the page (the mapping is page-aligned and at least
+        // EVENT_PAGE_BYTES long, per `new`); the memory is only accessed
+        // atomically and outlives the view.
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(off).cast()) }
+    }
+
+    fn u64_at(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off % 8 == 0 && off + 8 <= EVENT_PAGE_BYTES);
+        // SAFETY: as in `u32_at`, with an 8-aligned offset.
+        unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(off).cast()) }
+    }
+
+    pub(crate) fn alive(&self) -> &AtomicU32 {
+        self.u32_at(H_ALIVE)
+    }
+
+    /// The binding word of `port`, if the port exists.
+    pub(crate) fn binding(&self, port: u32) -> Option<&AtomicU64> {
+        (port != 0 && port < NR_PORTS).then(|| self.u64_at(BINDINGS_OFFSET + port as usize * 8))
+    }
+
+    /// The line of `port`, if the port exists.
+    pub(crate) fn line(&self, port: u32) -> Option<EventLine<'_>> {
+        (port != 0 && port < NR_PORTS).then(|| {
+            let off = EVENTS_OFFSET + port as usize * LINE;
+            EventLine {
+                pending: self.u32_at(off + E_PENDING),
+                waiting: self.u32_at(off + E_WAITING),
+                masked: self.u32_at(off + E_MASKED),
+            }
+        })
+    }
+
+    /// Writes the header of a new domain's page.
+    pub(crate) fn init_header(&self, domid: DomId) {
+        self.u64_at(H_MAGIC).store(MAGIC, Ordering::Relaxed);
+        self.u32_at(H_VERSION).store(VERSION, Ordering::Relaxed);
+        self.u32_at(H_DOMID).store(u32::from(domid.0), Ordering::Relaxed);
+        self.u32_at(H_NR_PORTS).store(NR_PORTS, Ordering::Relaxed);
+        self.alive().store(1, Ordering::Release);
+    }
+
+    /// Checks a peer's header (read once).
+    pub(crate) fn check_header(&self, domid: DomId) -> Result<(), String> {
+        let magic = self.u64_at(H_MAGIC).load(Ordering::Acquire);
+        let version = self.u32_at(H_VERSION).load(Ordering::Acquire);
+        let d = self.u32_at(H_DOMID).load(Ordering::Acquire);
+        let n = self.u32_at(H_NR_PORTS).load(Ordering::Acquire);
+        if magic != MAGIC || version != VERSION || n != NR_PORTS {
+            return Err(format!(
+                "event page has magic {magic:#x} version {version} with {n} ports; expected a version {VERSION} page with {NR_PORTS} ports"
+            ));
+        }
+        if d != u32::from(domid.0) {
+            return Err(format!("event page belongs to dom{d}, not {domid}"));
+        }
+        Ok(())
+    }
+}
+
+/// Marks the domain whose event page `map` is as gone.
+pub(crate) fn mark_dead(map: &sys::Mmap) {
+    if map.len() >= EVENT_PAGE_BYTES {
+        // SAFETY: `map` is a live, writable mapping of a whole event page,
+        // accessed only atomically; the view does not outlive it.
+        let view = unsafe { EventView::new(map.as_ptr()) };
+        view.alive().store(0, Ordering::Release);
+    }
+}
+
+/// Counters of the slow paths of event channels, for tests and benches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventStats {
+    /// eventfd writes: wakeups sent to a (possibly) sleeping waiter.
+    pub wakeups_sent: u64,
+    /// Times `block` went to sleep on its eventfd.
+    pub sleeps: u64,
+}
+
+fn os_err(op: &'static str, e: &std::io::Error) -> PlatformError {
+    PlatformError::Os { op, code: e.raw_os_error().unwrap_or(libc::EIO) }
+}
+
+fn corrupt(port: Port) -> PlatformError {
+    log::error!("event channel {port}: binding word is corrupt (written by a hostile peer?)");
+    PlatformError::Os { op: "event channel: corrupt binding word in shared memory", code: libc::EIO }
+}
+
+impl Domain {
+    fn own_binding(&self, port: Port) -> Result<&AtomicU64, PlatformError> {
+        self.events.binding(port.0).ok_or(PlatformError::BadPort(port))
+    }
+
+    fn own_line(&self, port: Port) -> Result<EventLine<'_>, PlatformError> {
+        self.events.line(port.0).ok_or(PlatformError::BadPort(port))
+    }
+
+    fn local(&self, port: Port) -> Result<&LocalPort, PlatformError> {
+        self.ports.get(port.0 as usize).ok_or(PlatformError::BadPort(port))
+    }
+
+    /// The port's binding, checked to be open.
+    fn open_binding(&self, port: Port) -> Result<(Binding, u64), PlatformError> {
+        let w = self.own_binding(port)?.load(Ordering::Acquire);
+        match Binding::decode(w) {
+            Some((Binding::Free, _)) => Err(PlatformError::BadPort(port)),
+            Some((b, _)) => Ok((b, w)),
+            None => Err(corrupt(port)),
+        }
+    }
+
+    /// Picks a free local port, gives it an eventfd registered with the
+    /// hypervisor and resets its line. The caller holds `port_alloc` and
+    /// publishes the binding word.
+    fn prepare_port(&self) -> Result<(Port, Arc<File>), PlatformError> {
+        let port = (1..NR_PORTS)
+            .find(|&p| self.ports.get(p as usize).is_some_and(|l| !lock(&l.state).open))
+            .map(Port)
+            .ok_or(PlatformError::NoFreePorts)?;
+        let efd = sys::eventfd().map_err(|e| os_err("eventfd", &e))?;
+        self.hv.call(OP_PORT_SET, 0, port.0, &[efd.as_fd()]).map_err(|e| os_err("registering an event channel with the hypervisor", &e))?;
+        let line = self.own_line(port)?;
+        line.pending.store(0, Ordering::Relaxed);
+        line.waiting.store(0, Ordering::Relaxed);
+        line.masked.store(0, Ordering::Relaxed);
+        Ok((port, Arc::new(efd)))
+    }
+
+    fn next_seq(&self, port: Port) -> u32 {
+        let w = self.own_binding(port).map_or(0, |b| b.load(Ordering::Acquire));
+        (((w >> 32) & SEQ_MASK) as u32).wrapping_add(1)
+    }
+
+    fn commit_port(&self, port: Port, efd: Arc<File>, binding: Binding) -> Result<(), PlatformError> {
+        let seq = self.next_seq(port);
+        let mut st = lock(&self.local(port)?.state);
+        st.open = true;
+        st.eventfd = Some(efd);
+        st.wake = None;
+        // Release: the reset line is visible before the port is.
+        self.own_binding(port)?.store(binding.encode(seq), Ordering::Release);
+        Ok(())
+    }
+
+    fn alloc_unbound(&self, remote: DomId) -> Result<Port, PlatformError> {
+        if !remote.is_real() {
+            return Err(PlatformError::BindRefused { remote, reason: "not a real domain id" });
+        }
+        let _alloc = lock(&self.port_alloc);
+        let (port, efd) = self.prepare_port()?;
+        self.commit_port(port, efd, Binding::Unbound { remote: remote.0 })?;
+        log::debug!("{}: {port} offered to {remote}", self.domid);
+        Ok(port)
+    }
+
+    fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Port, PlatformError> {
+        if !remote.is_real() {
+            return Err(PlatformError::BindRefused { remote, reason: "not a real domain id" });
+        }
+        let rport = u16::try_from(remote_port.0)
+            .ok()
+            .filter(|&p| p != 0 && u32::from(p) < NR_PORTS)
+            .ok_or(PlatformError::BindRefused { remote, reason: "no such port" })?;
+        let peer = self.fresh_peer(remote).map_err(|e| {
+            log::warn!("{}: cannot bind to {remote} {remote_port}: {e}", self.domid);
+            PlatformError::BindRefused { remote, reason: "the domain does not exist" }
+        })?;
+        let rb = peer.events.binding(remote_port.0).ok_or(PlatformError::BindRefused { remote, reason: "no such port" })?;
+
+        let _alloc = lock(&self.port_alloc);
+        let (port, efd) = self.prepare_port()?;
+        let local = u16::try_from(port.0).map_err(|_| PlatformError::NoFreePorts)?;
+        self.commit_port(port, efd, Binding::Interdomain { remote: remote.0, port: rport })?;
+
+        // Claim the remote port: only an unbound port offered to us, in one
+        // compare-and-swap (the peer may close it meanwhile). Bounded.
+        let mut cur = rb.load(Ordering::Acquire);
+        let mut refusal = "the remote port kept changing";
+        for _ in 0..16 {
+            match Binding::decode(cur) {
+                Some((Binding::Unbound { remote: offered }, seq)) if offered == self.domid.0 => {
+                    let new = Binding::Interdomain { remote: self.domid.0, port: local }.encode(seq.wrapping_add(1));
+                    match rb.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => {
+                            refusal = "";
+                            break;
+                        }
+                        Err(now) => cur = now,
+                    }
+                }
+                Some((Binding::Unbound { .. }, _)) => {
+                    refusal = "the port is offered to another domain";
+                    break;
+                }
+                Some((Binding::Interdomain { .. }, _)) => {
+                    refusal = "the port is already bound";
+                    break;
+                }
+                Some((Binding::Free, _)) => {
+                    refusal = "no such port (not allocated)";
+                    break;
+                }
+                None => {
+                    refusal = "the port's binding word is corrupt";
+                    break;
+                }
+            }
+        }
+        if !refusal.is_empty() {
+            self.release_port(port);
+            return Err(PlatformError::BindRefused { remote, reason: refusal });
+        }
+        // Xen marks the new local port pending: events sent to the unbound
+        // remote end before the bind were dropped.
+        self.own_line(port)?.pending.store(1, Ordering::Release);
+        log::debug!("{}: {port} bound to {remote} {remote_port}", self.domid);
+        Ok(port)
+    }
+
+    /// Frees a local port: binding word, eventfd, registration.
+    fn release_port(&self, port: Port) {
+        let seq = self.next_seq(port);
+        let Ok(local) = self.local(port) else { return };
+        let mut st = lock(&local.state);
+        if let Ok(b) = self.own_binding(port) {
+            b.store(Binding::Free.encode(seq), Ordering::Release);
+        }
+        st.open = false;
+        st.wake = None;
+        // Wake a thread blocked on the port so it sees the port closed.
+        if let Some(efd) = st.eventfd.take() {
+            if let Err(e) = sys::eventfd_signal(&efd) {
+                log::warn!("{}: waking waiters of closed {port}: {e}", self.domid);
+            }
+        }
+        drop(st);
+        if let Err(e) = self.hv.call(OP_PORT_CLEAR, 0, port.0, &[]) {
+            log::warn!("{}: unregistering {port} from the hypervisor: {e}", self.domid);
+        }
+    }
+
+    pub(crate) fn close_port(&self, port: Port) -> Result<(), PlatformError> {
+        let _alloc = lock(&self.port_alloc);
+        let (binding, _) = self.open_binding(port)?;
+        if !lock(&self.local(port)?.state).open {
+            return Err(PlatformError::BadPort(port));
+        }
+        if let Binding::Interdomain { remote, port: rport } = binding {
+            // The remote end becomes unbound, offered back to us; only if
+            // it still points at this port.
+            if let Ok(peer) = self.peer(DomId(remote)) {
+                if let Some(rb) = peer.events.binding(u32::from(rport)) {
+                    let cur = rb.load(Ordering::Acquire);
+                    if let Some((Binding::Interdomain { remote: r, port: p }, seq)) = Binding::decode(cur) {
+                        if r == self.domid.0 && u32::from(p) == port.0 {
+                            let new = Binding::Unbound { remote: self.domid.0 }.encode(seq.wrapping_add(1));
+                            let _ = rb.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        self.release_port(port);
+        log::debug!("{}: {port} closed", self.domid);
+        Ok(())
+    }
+
+    /// Ports open right now.
+    pub(crate) fn open_ports(&self) -> Vec<Port> {
+        (1..NR_PORTS).filter(|&p| self.ports.get(p as usize).is_some_and(|l| lock(&l.state).open)).map(Port).collect()
+    }
+
+    #[inline]
+    fn notify(&self, port: Port) -> Result<(), PlatformError> {
+        let word = self.own_binding(port)?.load(Ordering::Acquire);
+        let (remote, rport) = match Binding::decode(word) {
+            Some((Binding::Interdomain { remote, port }, _)) => (remote, port),
+            // Xen drops events sent on an unbound port.
+            Some((Binding::Unbound { .. }, _)) => return Ok(()),
+            Some((Binding::Free, _)) => return Err(PlatformError::BadPort(port)),
+            None => return Err(corrupt(port)),
+        };
+        let Some(view) = self.peer_events(remote) else {
+            // The peer is gone: nobody to notify.
+            return Ok(());
+        };
+        let Some(line) = view.line(u32::from(rport)) else { return Err(corrupt(port)) };
+        // Dekker, notifier side (see the module docs): publish the event,
+        // then look for a sleeper. SeqCst on both so that this read cannot
+        // be ordered before the write (store-load), pairing with `block`'s
+        // `waiting` increment and re-read of `pending`.
+        line.pending.swap(1, Ordering::SeqCst);
+        if line.waiting.load(Ordering::SeqCst) != 0 && line.masked.load(Ordering::SeqCst) == 0 {
+            self.wake_remote(port, word, remote, rport)?;
+        }
+        Ok(())
+    }
+
+    /// Slow path of `notify`: writes the eventfd of the peer's port,
+    /// fetching it from the hypervisor the first time for this binding.
+    #[cold]
+    fn wake_remote(&self, port: Port, word: u64, remote: u16, rport: u16) -> Result<(), PlatformError> {
+        let local = self.local(port)?;
+        let mut st = lock(&local.state);
+        let fd = match &st.wake {
+            Some((w, fd)) if *w == word => fd.clone(),
+            _ => match self.hv.call(OP_PORT_GET, remote, u32::from(rport), &[]) {
+                Ok(mut reply) if reply.fds.len() == 1 => {
+                    let Some(fd) = reply.fds.pop() else { return Ok(()) };
+                    sys::set_nonblocking(fd.as_fd()).map_err(|e| os_err("making a peer's eventfd non-blocking", &e))?;
+                    let fd = Arc::new(File::from(fd));
+                    st.wake = Some((word, fd.clone()));
+                    fd
+                }
+                Ok(_) => {
+                    log::warn!("{}: the hypervisor sent a bad reply for dom{remote} port {rport}", self.domid);
+                    return Ok(());
+                }
+                // The peer closed its port or left: nobody to wake.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) => return Err(os_err("fetching a peer's event channel from the hypervisor", &e)),
+            },
+        };
+        drop(st);
+        sys::eventfd_signal(&fd).map_err(|e| os_err("eventfd write", &e))?;
+        self.stats.wakeups_sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    #[inline]
+    fn poll(&self, port: Port) -> Result<bool, PlatformError> {
+        let line = self.own_line(port)?;
+        // A cheap check of our own binding word (a line only we and a
+        // binding peer write, so it stays in our cache).
+        if self.own_binding(port)?.load(Ordering::Relaxed) >> 56 == ST_FREE {
+            return Err(PlatformError::BadPort(port));
+        }
+        // Read first, swap only when set: a spinning poller keeps the line
+        // shared instead of stealing it from the notifier on every spin.
+        if line.pending.load(Ordering::Relaxed) == 0 {
+            return Ok(false);
+        }
+        // Acquire: what the notifier wrote before notifying is visible.
+        Ok(line.pending.swap(0, Ordering::Acquire) != 0)
+    }
+
+    fn block(&self, port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError> {
+        let line = self.own_line(port)?;
+        self.open_binding(port)?;
+        if line.masked.load(Ordering::Relaxed) == 0
+            && line.pending.load(Ordering::Relaxed) != 0
+            && line.pending.swap(0, Ordering::Acquire) != 0
+        {
+            return Ok(true);
+        }
+        let deadline = timeout_ns.map(|t| Instant::now().checked_add(Duration::from_nanos(t)));
+        let efd = lock(&self.local(port)?.state).eventfd.clone().ok_or(PlatformError::BadPort(port))?;
+        loop {
+            // Dekker, waiter side (see the module docs): announce that we
+            // may sleep, then check once more. SeqCst so that the read of
+            // `pending` cannot be ordered before the increment.
+            line.waiting.fetch_add(1, Ordering::SeqCst);
+            if line.masked.load(Ordering::SeqCst) == 0 && line.pending.swap(0, Ordering::SeqCst) != 0 {
+                line.waiting.fetch_sub(1, Ordering::SeqCst);
+                return Ok(true);
+            }
+            let remaining = match deadline {
+                None | Some(None) => None,
+                Some(Some(dl)) => {
+                    let now = Instant::now();
+                    if now >= dl {
+                        line.waiting.fetch_sub(1, Ordering::SeqCst);
+                        return Ok(false);
+                    }
+                    Some(dl - now)
+                }
+            };
+            self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+            let r = sys::wait_readable(efd.as_fd(), remaining);
+            line.waiting.fetch_sub(1, Ordering::SeqCst);
+            r.map_err(|e| os_err("waiting on an event channel eventfd", &e))?;
+            sys::eventfd_drain(&efd);
+            // Closed while we slept?
+            self.open_binding(port)?;
+        }
+    }
+
+    fn mask(&self, port: Port) -> Result<(), PlatformError> {
+        self.open_binding(port)?;
+        self.own_line(port)?.masked.store(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn unmask(&self, port: Port) -> Result<(), PlatformError> {
+        self.open_binding(port)?;
+        let line = self.own_line(port)?;
+        // Same handshake as notify: clear the mask, then look for an
+        // event that arrived while masked and a sleeper to deliver it to.
+        line.masked.store(0, Ordering::SeqCst);
+        if line.pending.load(Ordering::SeqCst) != 0 && line.waiting.load(Ordering::SeqCst) != 0 {
+            if let Some(efd) = lock(&self.local(port)?.state).eventfd.clone() {
+                sys::eventfd_signal(&efd).map_err(|e| os_err("eventfd write", &e))?;
+                self.stats.wakeups_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl EventChannels for HostedPlatform {
+    fn alloc_unbound(&self, remote: DomId) -> Result<Port, PlatformError> {
+        self.inner.alloc_unbound(remote)
+    }
+
+    fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Port, PlatformError> {
+        self.inner.bind_interdomain(remote, remote_port)
+    }
+
+    #[inline]
+    fn notify(&self, port: Port) -> Result<(), PlatformError> {
+        self.inner.notify(port)
+    }
+
+    fn mask(&self, port: Port) -> Result<(), PlatformError> {
+        self.inner.mask(port)
+    }
+
+    fn unmask(&self, port: Port) -> Result<(), PlatformError> {
+        self.inner.unmask(port)
+    }
+
+    #[inline]
+    fn poll(&self, port: Port) -> Result<bool, PlatformError> {
+        self.inner.poll(port)
+    }
+
+    fn block(&self, port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError> {
+        self.inner.block(port, timeout_ns)
+    }
+
+    fn close(&self, port: Port) -> Result<(), PlatformError> {
+        self.inner.close_port(port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_words_round_trip() {
+        for b in [
+            Binding::Free,
+            Binding::Unbound { remote: 7 },
+            Binding::Interdomain { remote: 0x7FEF, port: (NR_PORTS - 1) as u16 },
+        ] {
+            for seq in [0, 1, 0xFF_FFFF, 0x1FF_FFFF] {
+                let (d, s) = Binding::decode(b.encode(seq)).expect("valid word");
+                assert_eq!(d, b);
+                assert_eq!(s, seq & 0xFF_FFFF);
+            }
+        }
+        assert_eq!(Binding::decode(3 << 56), None);
+        assert_eq!(Binding::decode((ST_INTERDOMAIN << 56) | u64::from(NR_PORTS)), None);
+        assert_eq!(Binding::decode(ST_INTERDOMAIN << 56), None);
+    }
+
+    #[test]
+    fn layout_fits() {
+        assert_eq!(EVENTS_OFFSET % PAGE, 0);
+        assert_eq!(EVENT_PAGE_BYTES % PAGE, 0);
+    }
+}
