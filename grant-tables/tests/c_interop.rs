@@ -25,9 +25,9 @@ use grant_tables::ring::{entry_size, ring_entries};
 use grant_tables::{BackRing, FrontRing, RingMemory};
 use xen_c_reference::{
     attached_ring_size, const_ring_size, echo_back, echo_front, echo_payload_ok, echo_request,
-    echo_response, echo_response_ok, echo_ring_size, echo_sring_init, layout, EchoEvents,
-    EchoFailure, EchoParams, EchoRequest, EchoResponse, EchoStats, OddRequest, OddResponse,
-    RingTag, SharedPages, WideRequest, WideResponse, ECHO_USE_EVENTS, PAGE_SIZE,
+    echo_response, echo_response_ok, echo_ring_size, echo_sring_init, layout, EchoError,
+    EchoEvents, EchoFailure, EchoParams, EchoRequest, EchoResponse, EchoStats, OddRequest,
+    OddResponse, RingTag, SharedPages, WideRequest, WideResponse, ECHO_USE_EVENTS, PAGE_SIZE,
 };
 
 /// Time budget of one run, for both sides.
@@ -113,13 +113,13 @@ impl Case {
                 batch: 1,
                 ..c
             },
-            // A few in flight, small batches, sleeping; start so the wrap
-            // falls inside a batch.
+            // A few in flight, small batches, sleeping; another start, so
+            // the wrap at 2^32 lands elsewhere in the batching pattern.
             Case {
                 events: true,
                 in_flight: 3,
                 batch: 2,
-                start: u32::MAX - 999,
+                start: u32::MAX - 1002,
                 ..c
             },
             // One in flight: every message crosses an idle peer.
@@ -188,7 +188,7 @@ impl CPeer {
             thread::spawn(move || {
                 // SAFETY: `mem` is page-aligned, `params.pages` pages long and
                 // kept alive by this thread's Arc; it holds a ring initialised
-                // at `params.start` (by our front, or by `echo_sring_init`
+                // at `params.start_idx` (by our front, or by `echo_sring_init`
                 // before our back attached); the only other user is our ring,
                 // which uses atomic and volatile accesses.
                 let result = unsafe { run(mem.as_ptr(), &params, &events, &stop) };
@@ -247,13 +247,13 @@ impl Idle {
     fn step(
         &mut self,
         events: bool,
-        wait: impl FnOnce(Instant, &AtomicI32) -> Result<(), xen_c_reference::EchoError>,
+        wait: impl FnOnce(Instant, &AtomicI32) -> Result<(), EchoError>,
         exited: &AtomicI32,
     ) -> Result<bool, String> {
         if events {
             match wait(self.deadline, exited) {
                 Ok(()) => return Ok(true),
-                Err(xen_c_reference::EchoError::Stopped) => {}
+                Err(EchoError::Stopped) => {}
                 Err(e) => return Err(format!("waiting for a notification: {e}")),
             }
         } else {
@@ -353,8 +353,11 @@ fn rust_front_vs_c_back(case: Case) -> (Ours, EchoStats) {
             Ok(false) => {}
             Err(e) => peer.fail(&case, &ours, format!("final_check_for_responses: {e}")),
         }
-        let events = Arc::clone(&peer.events);
-        match idle.step(case.events, |d, x| events.wait_front(d, x), &peer.exited) {
+        match idle.step(
+            case.events,
+            |d, x| peer.events.wait_front(d, x),
+            &peer.exited,
+        ) {
             Ok(woken) => ours.wakeups += u64::from(woken),
             Err(why) => peer.fail(&case, &ours, why),
         }
@@ -442,8 +445,11 @@ fn rust_back_vs_c_front(case: Case) -> (Ours, EchoStats) {
             Ok(false) => {}
             Err(e) => peer.fail(&case, &ours, format!("final_check_for_requests: {e}")),
         }
-        let events = Arc::clone(&peer.events);
-        match idle.step(case.events, |d, x| events.wait_back(d, x), &peer.exited) {
+        match idle.step(
+            case.events,
+            |d, x| peer.events.wait_back(d, x),
+            &peer.exited,
+        ) {
             Ok(woken) => ours.wakeups += u64::from(woken),
             Err(why) => peer.fail(&case, &ours, why),
         }
