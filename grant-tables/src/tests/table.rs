@@ -185,15 +185,25 @@ fn live_entries_at_start_up_are_never_handed_out() {
         t.free_count(),
         512 - GNTTAB_NR_RESERVED_ENTRIES as usize - 1
     );
+    let mut all = Vec::new();
     while let Ok(h) = t.grant_access(PEER, Gfn(1), Access::ReadOnly) {
         assert_ne!(h.raw(), 20);
-        core::mem::forget(h);
+        all.push(h);
+    }
+    for h in all {
+        t.end_access(h).unwrap();
     }
 }
 
 #[test]
 fn arbitrary_flag_words_never_let_a_busy_grant_end() {
-    for flags in 0..=u16::MAX {
+    // Every word natively; under Miri, the interesting ones.
+    let words: Vec<u16> = if cfg!(miri) {
+        alloc::vec![0, 1, 5, 8, 9, 16, 17, 0x1d, 0xffe7, 0xffff]
+    } else {
+        (0..=u16::MAX).collect()
+    };
+    for flags in words {
         let (t, frames) = table();
         let g = t.grant_access(PEER, Gfn(1), Access::ReadWrite).unwrap();
         let n = g.raw();
@@ -204,9 +214,6 @@ fn arbitrary_flag_words_never_let_a_busy_grant_end() {
         assert_eq!(r.is_err(), busy, "flags {flags:#x}");
         if !busy {
             assert_eq!(frames.entry(n).unwrap().flags, 0);
-        }
-        if cfg!(miri) && flags > 64 {
-            break;
         }
     }
 }
