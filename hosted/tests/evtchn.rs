@@ -1,0 +1,329 @@
+//! Event channels across processes: the parent is dom1 (and the
+//! hypervisor), a child process is dom2.
+
+#[path = "platform_common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{child_dir, hear, param, role, say, ChildDomain, TestDir};
+use grant_tables::{DomId, EventChannels, PlatformError, Port};
+use hosted::{EventStats, HostedHypervisor, HostedPlatform};
+
+const FRONT: DomId = DomId(1);
+const BACK: DomId = DomId(2);
+const CHILD_TEST: &str = "child";
+const MS: u64 = 1_000_000;
+
+/// Spins on `poll` until the port is pending; bounded.
+fn spin_until_pending(p: &HostedPlatform, port: Port) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut spins = 0u32;
+    while !p.poll(port).unwrap() {
+        spins = spins.wrapping_add(1);
+        if spins % 1024 == 0 {
+            assert!(Instant::now() < deadline, "no event on {port} within 30 s");
+            // Two spinning processes may share fewer cores than that.
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn parse_port(s: &str) -> Port {
+    Port(s.parse().unwrap_or_else(|_| panic!("not a port: {s:?}")))
+}
+
+/// The child entry point: binds to the parent's port and runs the role.
+#[test]
+fn child() {
+    let Some(role) = role() else { return };
+    let back = HostedPlatform::join(child_dir(), BACK).expect("child joins as dom2");
+    let remote = Port(param("PORT") as u32);
+    let local = back.bind_interdomain(FRONT, remote).expect("bind to the parent's port");
+    // Xen marks a freshly bound port pending.
+    assert!(back.poll(local).unwrap(), "a new binding is pending");
+    assert!(!back.poll(local).unwrap());
+    say(&format!("bound {}", local.0));
+    match role.as_str() {
+        "basic" => child_basic(&back, local),
+        "pingpong" => child_pingpong(&back, local),
+        "blocking" => child_blocking(&back, local),
+        "mask" => child_mask(&back, local),
+        "close" => child_close(&back, local, remote),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn spawn(role: &str, dir: &TestDir, port: Port) -> (ChildDomain, Port) {
+    let mut child = ChildDomain::spawn(CHILD_TEST, role, dir, &[("PORT", port.0.to_string())]);
+    let bound = child.reply();
+    let local = parse_port(bound.strip_prefix("bound ").expect("bound reply"));
+    (child, local)
+}
+
+fn setup(tag: &str) -> (TestDir, HostedHypervisor, HostedPlatform, Port) {
+    let dir = TestDir::new(tag);
+    let hv = HostedHypervisor::create(&dir.0).unwrap();
+    let front = hv.join(FRONT).unwrap();
+    let port = front.alloc_unbound(BACK).unwrap();
+    (dir, hv, front, port)
+}
+
+#[test]
+fn notify_poll_and_block_with_timeout_across_processes() {
+    let (dir, _hv, front, port) = setup("ev-basic");
+    assert!(!front.poll(port).unwrap());
+    // Unbound: notifying drops the event.
+    front.notify(port).unwrap();
+    let (mut child, _) = spawn("basic", &dir, port);
+    front.notify(port).unwrap();
+    assert!(front.block(port, Some(5_000 * MS)).unwrap(), "the child's notify arrives");
+    child.expect("got it");
+    assert!(!front.poll(port).unwrap());
+    child.expect("timed out");
+    child.finish();
+}
+
+fn child_basic(back: &HostedPlatform, local: Port) {
+    assert!(back.block(local, Some(5_000 * MS)).unwrap(), "the parent's notify arrives");
+    back.notify(local).unwrap();
+    say("got it");
+    let t = Instant::now();
+    assert!(!back.block(local, Some(50 * MS)).unwrap());
+    assert!(t.elapsed() >= Duration::from_millis(50), "returned early: {:?}", t.elapsed());
+    assert!(!back.block(local, Some(0)).unwrap());
+    say("timed out");
+}
+
+#[test]
+fn pure_polling_exchange_sends_no_wakeups() {
+    const ROUNDS: u32 = 20_000;
+    let (dir, _hv, front, port) = setup("ev-pingpong");
+    let (mut child, _) = spawn("pingpong", &dir, port);
+    child.send(&ROUNDS.to_string());
+    for _ in 0..ROUNDS {
+        front.notify(port).unwrap();
+        spin_until_pending(&front, port);
+    }
+    child.expect("stats 0 0");
+    assert_eq!(front.event_stats(), EventStats { wakeups_sent: 0, sleeps: 0 }, "no eventfd write for a peer that never blocks");
+    child.finish();
+}
+
+fn child_pingpong(back: &HostedPlatform, local: Port) {
+    let rounds: u32 = hear().parse().unwrap();
+    for _ in 0..rounds {
+        spin_until_pending(back, local);
+        back.notify(local).unwrap();
+    }
+    let s = back.event_stats();
+    say(&format!("stats {} {}", s.wakeups_sent, s.sleeps));
+}
+
+#[test]
+fn a_sleeping_peer_is_woken_by_one_eventfd_write() {
+    let (dir, _hv, front, port) = setup("ev-block");
+    let (mut child, _) = spawn("blocking", &dir, port);
+    child.expect("blocking");
+    std::thread::sleep(Duration::from_millis(500));
+    front.notify(port).unwrap();
+    child.expect("woken");
+    assert_eq!(front.event_stats().wakeups_sent, 1, "the sleeping child needed exactly one eventfd write");
+    child.expect("blocking forever");
+    std::thread::sleep(Duration::from_millis(200));
+    front.notify(port).unwrap();
+    child.expect("woken");
+    assert_eq!(front.event_stats().wakeups_sent, 2);
+    child.finish();
+}
+
+fn child_blocking(back: &HostedPlatform, local: Port) {
+    say("blocking");
+    assert!(back.block(local, Some(10_000 * MS)).unwrap());
+    assert!(back.event_stats().sleeps >= 1);
+    say("woken");
+    say("blocking forever");
+    assert!(back.block(local, None).unwrap());
+    say("woken");
+}
+
+#[test]
+fn a_masked_port_stays_pending_and_does_not_wake() {
+    let (dir, _hv, front, port) = setup("ev-mask");
+    let (mut child, _) = spawn("mask", &dir, port);
+    child.expect("blocking masked");
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..100 {
+        front.notify(port).unwrap();
+    }
+    child.expect("not woken; pending");
+    assert_eq!(front.event_stats().wakeups_sent, 0, "masked ports get no eventfd write");
+    child.send("notify");
+    front.notify(port).unwrap();
+    child.send("sent");
+    child.expect("unmask delivered");
+    child.finish();
+}
+
+fn child_mask(back: &HostedPlatform, local: Port) {
+    back.mask(local).unwrap();
+    say("blocking masked");
+    let t = Instant::now();
+    assert!(!back.block(local, Some(500 * MS)).unwrap(), "a masked port does not wake the waiter");
+    assert!(t.elapsed() >= Duration::from_millis(500));
+    // The events stayed pending (and coalesced into one).
+    assert!(back.poll(local).unwrap());
+    assert!(!back.poll(local).unwrap());
+    say("not woken; pending");
+
+    // An event that arrives while masked wakes a sleeper on unmask.
+    assert_eq!(hear(), "notify");
+    assert_eq!(hear(), "sent");
+    let b2 = back.clone();
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        let got = b2.block(local, Some(10_000 * MS)).unwrap();
+        (got, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let before = back.event_stats().wakeups_sent;
+    back.unmask(local).unwrap();
+    let (got, took) = waiter.join().unwrap();
+    assert!(got, "unmask delivers the pending event");
+    assert!(took < Duration::from_secs(5), "woken by the unmask, not the timeout: {took:?}");
+    assert!(back.event_stats().wakeups_sent <= before + 1);
+    say("unmask delivered");
+}
+
+#[test]
+fn close_unbinds_the_other_end_and_binding_is_checked() {
+    let (dir, _hv, front, port) = setup("ev-close");
+    let for_dom3 = front.alloc_unbound(DomId(3)).unwrap();
+    let mut child = ChildDomain::spawn(
+        CHILD_TEST,
+        "close",
+        &dir,
+        &[("PORT", port.0.to_string()), ("DOM3_PORT", for_dom3.0.to_string())],
+    );
+    let _ = child.reply();
+    child.expect("closed");
+    // The child's end is gone: our port is unbound again, events drop.
+    front.notify(port).unwrap();
+    child.send("rebind");
+    child.expect("rebound");
+    front.notify(port).unwrap();
+    child.expect("got it");
+    // Now we close ours: the child's end becomes unbound, offered to us.
+    front.close(port).unwrap();
+    assert_eq!(front.poll(port), Err(PlatformError::BadPort(port)));
+    assert_eq!(front.notify(port), Err(PlatformError::BadPort(port)));
+    assert_eq!(front.close(port), Err(PlatformError::BadPort(port)));
+    child.send("parent closed");
+    let their = parse_port(&child.reply());
+    let again = front.bind_interdomain(BACK, their).expect("the child's unbound end is offered back to us");
+    assert!(front.poll(again).unwrap());
+    front.notify(again).unwrap();
+    child.expect("got it");
+    child.finish();
+}
+
+fn child_close(back: &HostedPlatform, local: Port, remote: Port) {
+    let dom3_port = Port(param("DOM3_PORT") as u32);
+    let refused = |r: Result<Port, PlatformError>| match r {
+        Err(PlatformError::BindRefused { reason, .. }) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(refused(back.bind_interdomain(FRONT, remote)), "the port is already bound");
+    assert_eq!(refused(back.bind_interdomain(FRONT, dom3_port)), "the port is offered to another domain");
+    assert_eq!(refused(back.bind_interdomain(FRONT, Port(500))), "no such port (not allocated)");
+    assert_eq!(refused(back.bind_interdomain(FRONT, Port(0))), "no such port");
+    assert_eq!(refused(back.bind_interdomain(FRONT, Port(1 << 20))), "no such port");
+    assert_eq!(refused(back.bind_interdomain(DomId(9), remote)), "the domain does not exist");
+    back.close(local).unwrap();
+    assert_eq!(back.notify(local), Err(PlatformError::BadPort(local)));
+    assert_eq!(back.block(local, Some(MS)), Err(PlatformError::BadPort(local)));
+    say("closed");
+    assert_eq!(hear(), "rebind");
+    let l2 = back.bind_interdomain(FRONT, remote).unwrap();
+    assert!(back.poll(l2).unwrap());
+    say("rebound");
+    assert!(back.block(l2, Some(5_000 * MS)).unwrap());
+    say("got it");
+    assert_eq!(hear(), "parent closed");
+    // Our end is now unbound: notifying drops the event.
+    back.notify(l2).unwrap();
+    say(&l2.0.to_string());
+    assert!(back.block(l2, Some(5_000 * MS)).unwrap(), "the parent rebinds and notifies");
+    say("got it");
+}
+
+/// Two domains in one process (threads), for what needs no process
+/// boundary.
+fn two_domains(tag: &str) -> (TestDir, HostedHypervisor, HostedPlatform, HostedPlatform, Port, Port) {
+    let dir = TestDir::new(tag);
+    let hv = HostedHypervisor::create(&dir.0).unwrap();
+    let a = hv.join(FRONT).unwrap();
+    let b = hv.join(BACK).unwrap();
+    let pa = a.alloc_unbound(BACK).unwrap();
+    let pb = b.bind_interdomain(FRONT, pa).unwrap();
+    assert!(b.poll(pb).unwrap());
+    (dir, hv, a, b, pa, pb)
+}
+
+#[test]
+fn closing_a_port_wakes_its_blocked_waiter_with_an_error() {
+    let (_dir, _hv, a, _b, pa, _pb) = two_domains("ev-close-wake");
+    let a2 = a.clone();
+    let waiter = std::thread::spawn(move || a2.block(pa, None));
+    std::thread::sleep(Duration::from_millis(100));
+    a.close(pa).unwrap();
+    assert_eq!(waiter.join().unwrap(), Err(PlatformError::BadPort(pa)));
+}
+
+#[test]
+fn a_notify_storm_coalesces_into_one_event() {
+    let (_dir, _hv, a, b, pa, pb) = two_domains("ev-storm");
+    for _ in 0..100_000 {
+        a.notify(pa).unwrap();
+    }
+    assert!(b.poll(pb).unwrap());
+    assert!(!b.poll(pb).unwrap());
+    assert_eq!(a.event_stats().wakeups_sent, 0);
+}
+
+#[test]
+fn loopback_channel_within_one_domain() {
+    let dir = TestDir::new("ev-loop");
+    let hv = HostedHypervisor::create(&dir.0).unwrap();
+    let a = hv.join(FRONT).unwrap();
+    let p = a.alloc_unbound(FRONT).unwrap();
+    let q = a.bind_interdomain(FRONT, p).unwrap();
+    assert!(a.poll(q).unwrap());
+    a.notify(q).unwrap();
+    assert!(a.block(p, Some(MS)).unwrap());
+    a.notify(p).unwrap();
+    assert!(a.poll(q).unwrap());
+}
+
+#[test]
+fn ports_are_bounded_and_reused_after_close() {
+    let (_dir, _hv, a, _b, _pa, _pb) = two_domains("ev-many");
+    let mut ports = Vec::new();
+    loop {
+        match a.alloc_unbound(BACK) {
+            Ok(p) => ports.push(p),
+            Err(PlatformError::NoFreePorts) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Port 0 is never used; one port was taken by the binding above.
+    assert_eq!(ports.len() as u32, hosted::NR_PORTS - 2);
+    assert!(ports.iter().all(|p| p.0 != 0));
+    let freed = ports.pop().unwrap();
+    a.close(freed).unwrap();
+    assert_eq!(a.alloc_unbound(BACK).unwrap(), freed);
+    assert_eq!(a.poll(Port(0)), Err(PlatformError::BadPort(Port(0))));
+    assert_eq!(a.poll(Port(u32::MAX)), Err(PlatformError::BadPort(Port(u32::MAX))));
+}
