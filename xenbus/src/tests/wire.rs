@@ -1,0 +1,186 @@
+use alloc::vec;
+use alloc::vec::Vec;
+
+use proptest::prelude::*;
+
+use crate::wire::*;
+
+fn msg(t: MsgType, req: u32, tx: u32, payload: &[u8]) -> Message {
+    Message::new(t, req, tx, payload.to_vec()).unwrap()
+}
+
+fn decode_all(dec: &mut Decoder, mut input: &[u8]) -> Vec<Result<Message, WireError>> {
+    let mut out = Vec::new();
+    loop {
+        let before = input.len();
+        match dec.decode(&mut input) {
+            Ok(Some(m)) => out.push(Ok(m)),
+            Ok(None) => break,
+            Err(e) => {
+                let fatal = e.is_fatal();
+                out.push(Err(e));
+                if fatal {
+                    break;
+                }
+            }
+        }
+        if input.is_empty() && before == 0 {
+            break;
+        }
+    }
+    out
+}
+
+#[test]
+fn header_layout_matches_xsd_sockmsg() {
+    let h = Header { msg_type: 2, req_id: 0x0102_0304, tx_id: 7, len: 5 };
+    let b = h.to_bytes();
+    assert_eq!(&b[0..4], &2u32.to_ne_bytes());
+    assert_eq!(&b[4..8], &0x0102_0304u32.to_ne_bytes());
+    assert_eq!(&b[8..12], &7u32.to_ne_bytes());
+    assert_eq!(&b[12..16], &5u32.to_ne_bytes());
+    assert_eq!(Header::from_bytes(&b), h);
+}
+
+#[test]
+fn message_types_round_trip_and_gaps_are_unknown() {
+    for t in MsgType::ALL {
+        assert_eq!(MsgType::from_raw(t.raw()), Some(t));
+    }
+    assert_eq!(MsgType::from_raw(20), None, "XS_RESTRICT was removed");
+    assert_eq!(MsgType::from_raw(XS_TYPE_COUNT), None);
+    assert_eq!(MsgType::from_raw(XS_INVALID), None);
+    assert_eq!(MsgType::ResetWatches.raw(), 21);
+    assert_eq!(MsgType::DirectoryPart.raw(), 22);
+}
+
+#[test]
+fn errno_names_round_trip() {
+    for e in Errno::ALL {
+        assert_eq!(Errno::from_name(e.name().as_bytes()), Some(e));
+        let mut p = e.name().as_bytes().to_vec();
+        p.push(0);
+        assert_eq!(Errno::from_payload(&p), Some(e));
+    }
+    assert_eq!(Errno::from_name(b"EWHATEVER"), None);
+    assert_eq!(Errno::from_name(b"einval"), None);
+}
+
+#[test]
+fn whole_message_in_one_chunk() {
+    let m = msg(MsgType::Read, 9, 0, b"/local/domain/1/name\0");
+    let mut d = Decoder::new();
+    let got = decode_all(&mut d, &m.encode());
+    assert_eq!(got, vec![Ok(m)]);
+    assert!(d.is_idle());
+}
+
+#[test]
+fn byte_by_byte_and_back_to_back() {
+    let a = msg(MsgType::Write, 1, 3, b"a\0value");
+    let b = msg(MsgType::WatchEvent, 0, 0, b"/x\0tok\0");
+    let c = msg(MsgType::TransactionStart, 2, 0, b"");
+    let mut bytes = a.encode();
+    bytes.extend(b.encode());
+    bytes.extend(c.encode());
+    let mut d = Decoder::new();
+    let mut got = Vec::new();
+    for byte in &bytes {
+        got.extend(decode_all(&mut d, core::slice::from_ref(byte)));
+    }
+    assert_eq!(got, vec![Ok(a.clone()), Ok(b.clone()), Ok(c.clone())]);
+    // And all at once.
+    let mut d = Decoder::new();
+    assert_eq!(decode_all(&mut d, &bytes), vec![Ok(a), Ok(b), Ok(c)]);
+}
+
+#[test]
+fn payload_limit_is_inclusive_and_overlong_is_fatal() {
+    let max = msg(MsgType::Write, 1, 0, &vec![b'x'; XENSTORE_PAYLOAD_MAX]);
+    let mut d = Decoder::new();
+    assert_eq!(decode_all(&mut d, &max.encode()), vec![Ok(max)]);
+
+    let mut h = Header { msg_type: 2, req_id: 1, tx_id: 0, len: XENSTORE_PAYLOAD_MAX as u32 + 1 }.to_bytes().to_vec();
+    h.extend_from_slice(&[0u8; 32]);
+    let mut d = Decoder::new();
+    let got = decode_all(&mut d, &h);
+    assert!(matches!(got.as_slice(), [Err(WireError::PayloadTooLong { len: 4097, .. })]));
+    // Stays failed: the stream is out of step for good.
+    let mut more: &[u8] = &[0u8; 16];
+    assert!(d.decode(&mut more).unwrap_err().is_fatal());
+    assert!(d.failure().is_some());
+
+    // u32::MAX length does not allocate or panic either.
+    let h = Header { msg_type: 2, req_id: 1, tx_id: 0, len: u32::MAX }.to_bytes();
+    let mut d = Decoder::new();
+    assert!(decode_all(&mut d, &h)[0].as_ref().unwrap_err().is_fatal());
+}
+
+#[test]
+fn unknown_type_is_skipped_and_stream_stays_in_step() {
+    let mut bytes = Header { msg_type: 20, req_id: 5, tx_id: 6, len: 3 }.to_bytes().to_vec();
+    bytes.extend_from_slice(b"abc");
+    let next = msg(MsgType::Read, 7, 0, b"/a\0");
+    bytes.extend(next.encode());
+    let mut d = Decoder::new();
+    let got = decode_all(&mut d, &bytes);
+    assert_eq!(got, vec![Err(WireError::UnknownType { msg_type: 20, req_id: 5, tx_id: 6 }), Ok(next)]);
+}
+
+#[test]
+fn strings_split_strictly() {
+    assert_eq!(split_strings(b"").unwrap(), Vec::<&[u8]>::new());
+    assert_eq!(split_strings(b"a\0").unwrap(), vec![&b"a"[..]]);
+    assert_eq!(split_strings(b"a\0\0").unwrap(), vec![&b"a"[..], &b""[..]]);
+    assert_eq!(split_strings(b"a\0b"), Err(WireError::UnterminatedString));
+    assert_eq!(join_strings(&["x", "yz"]), b"x\0yz\0".to_vec());
+}
+
+#[test]
+fn numbers_parse_strictly() {
+    assert_eq!(parse_u32_strict(b"0"), Some(0));
+    assert_eq!(parse_u32_strict(b"4294967295"), Some(u32::MAX));
+    for bad in [&b""[..], b"01", b"-1", b"+1", b" 1", b"1 ", b"4294967296", b"99999999999", b"1a"] {
+        assert_eq!(parse_u32_strict(bad), None, "{bad:?}");
+    }
+}
+
+proptest! {
+    /// Any sequence of valid messages, cut into arbitrary chunks, decodes
+    /// to the same messages.
+    #[test]
+    fn chunked_stream_decodes_identically(
+        msgs in proptest::collection::vec(
+            (0usize..MsgType::ALL.len(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..300)),
+            0..8),
+        cuts in proptest::collection::vec(1usize..64, 0..64),
+    ) {
+        let msgs: Vec<Message> = msgs.into_iter()
+            .map(|(t, r, x, p)| Message::new(MsgType::ALL[t], r, x, p).unwrap()).collect();
+        let mut bytes = Vec::new();
+        for m in &msgs { m.encode_into(&mut bytes); }
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        let mut rest: &[u8] = &bytes;
+        let mut cuts = cuts.into_iter().cycle();
+        while !rest.is_empty() {
+            let n = cuts.next().unwrap_or(1).min(rest.len());
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            got.extend(decode_all(&mut d, chunk));
+        }
+        let want: Vec<Result<Message, WireError>> = msgs.into_iter().map(Ok).collect();
+        prop_assert_eq!(got, want);
+    }
+
+    /// Arbitrary bytes never panic and never yield an over-long payload.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..9000), chunk in 1usize..100) {
+        let mut d = Decoder::new();
+        for c in bytes.chunks(chunk) {
+            for m in decode_all(&mut d, c).into_iter().flatten() {
+                prop_assert!(m.payload.len() <= XENSTORE_PAYLOAD_MAX);
+            }
+        }
+    }
+}
