@@ -46,6 +46,7 @@ mod grants;
 pub mod hypervisor;
 mod memory;
 mod sys;
+pub mod toolstack;
 pub mod xenstore;
 
 pub use domain::{DomainConfig, HostedError, HostedPlatform};
@@ -53,3 +54,4 @@ pub use evtchn::{EventStats, NR_PORTS};
 pub use grants::{HostedGrantFrames, MapError, MapFailure, MappedGrant, MappedRing};
 pub use hypervisor::HostedHypervisor;
 pub use memory::HostedPages;
+pub use toolstack::{add_device, remove_device, DeviceSpec, ToolstackError};

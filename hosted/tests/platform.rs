@@ -104,7 +104,7 @@ fn a_departed_domain_is_noticed_and_its_domid_can_come_back() {
     assert!(a.domain_exists(B));
 
     // B goes away (without ending its grant: its table goes with it).
-    std::mem::forget(g);
+    let _ = g;
     drop(page);
     drop(b);
     wait_until(|| !a.domain_exists(B));
