@@ -18,26 +18,42 @@
 //! channels have a pending bit in shared memory that polling reads without
 //! a system call, with an eventfd written only for a waiter that may sleep.
 //!
+//! # Where the emulation differs from Xen
+//! - Isolation is cooperative: every domain receives its peers' memfds from
+//!   the hypervisor socket, so a malicious process could map more than it
+//!   was granted. The checks above are what this code does, and what the
+//!   drivers under test see; they are not a sandbox.
+//! - A process that dies while mapping grants cannot release them: the
+//!   entries keep `GTF_reading`/`GTF_writing`, so the granting domain's
+//!   `end_access` fails and quarantines them (the safe outcome; Xen would
+//!   release them when destroying the domain).
+//! - A notify racing with the peer closing and reallocating the same port
+//!   can leave a spurious pending bit on the new port; drivers treat events
+//!   as hints anyway.
+//! - The hypervisor must outlive the domains' control operations (joining,
+//!   looking up peers, allocating and binding ports, the first wakeup of a
+//!   binding); established mappings and polling keep working without it.
+//!
 //! # Two processes as two domains
 //! ```no_run
 //! use grant_tables::{Access, DomId, EventChannels, PageAllocator, SharedPages};
 //! use hosted::{HostedHypervisor, HostedPlatform};
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Process A (the launcher) runs the hypervisor and is dom1.
-//! let hv = HostedHypervisor::create("/dev/shm/my-run")?;
-//! let front = hv.join(DomId(1))?;
-//! let page = front.alloc_zeroed_pages(1)?;
-//! let gref = front.grant_table().grant_access(DomId(2), page.gfn(0).unwrap(), Access::ReadWrite)?;
-//! let port = front.alloc_unbound(DomId(2))?;
+//! let hv = HostedHypervisor::create("/dev/shm/my-run").expect("hypervisor");
+//! let front = hv.join(DomId(1)).expect("dom1");
+//! let page = front.alloc_zeroed_pages(1).expect("page");
+//! let gfn = page.gfn(0).expect("one page");
+//! let gref = front.grant_table().grant_access(DomId(2), gfn, Access::ReadWrite).expect("grant");
+//! let port = front.alloc_unbound(DomId(2)).expect("port");
 //! // ... tell process B `gref.raw()` and `port` (xenstore, argv, ...) ...
 //!
-//! // Process B joins the same directory as dom2 and maps the grant.
-//! let back = HostedPlatform::join("/dev/shm/my-run", DomId(2))?;
-//! let map = back.map_grant(DomId(1), gref.raw(), Access::ReadWrite)?;
-//! let local = back.bind_interdomain(DomId(1), port)?;
-//! back.notify(local)?;
-//! # drop(map); Ok(()) }
+//! // Process B joins the same directory as dom2, maps the grant and binds.
+//! let back = HostedPlatform::join("/dev/shm/my-run", DomId(2)).expect("dom2");
+//! let map = back.map_grant(DomId(1), gref.raw(), Access::ReadWrite).expect("map");
+//! let local = back.bind_interdomain(DomId(1), port).expect("bind");
+//! back.notify(local).expect("notify");
+//! drop(map); // unmaps and releases GTF_reading/GTF_writing
 //! ```
 
 mod domain;
