@@ -1,8 +1,58 @@
-//! The lightweight domain: a minimal x86-64 PV guest runtime.
+//! The lightweight domain: a minimal x86-64 PV guest runtime for Xen.
 //!
-//! **Not implemented yet.** This crate will hold a `no_std` PV guest
-//! runtime (Xen ELF notes, entry point, hypercall page, start_info, console
-//! ring, event channels, page allocator, grant table frames, a xenstore
-//! transport over the store ring) implementing the platform traits of
-//! `grant-tables` with hypercalls.
-#![no_std]
+//! A guest program is a Rust function linked with this crate (built for
+//! `x86_64-unknown-none` and linked at address 0 with `guest.ld`; `cargo
+//! xtask lab` does both). The runtime:
+//!
+//! - carries Xen's ELF notes, the entry point, the hypercall page and the
+//!   boot stack (`rt::boot`);
+//! - reads `start_info`, maps the shared info page, and sets up the console
+//!   ring to xenconsoled ([`println!`]) and a xenstore client over the store
+//!   ring ([`xs`], [`rt::xs_read`], [`rt::xs_write`]);
+//! - reads its domid and name from xenstore, runs the program, and shuts the
+//!   domain down (poweroff on `Ok`, crash on `Err` or panic, with the reason
+//!   on the console);
+//! - implements `grant_tables`' platform traits ([`rt::platform::Lw`]):
+//!   shareable pages from a pool whose machine frames come from the P2M
+//!   list, this domain's grant table frames (set up with
+//!   `GNTTABOP_setup_table` and mapped with `update_va_mapping`), and event
+//!   channels polled in the shared info page, waiting with `SCHEDOP_poll`.
+//!
+//! The byte rings ([`ring_bytes`]) and the xenstore client ([`xs`]) are
+//! plain logic over shared memory and are tested on the host; everything
+//! that makes hypercalls is under `rt`, built for `target_os = "none"` only.
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! lwdom::program!(main);
+//! fn main() -> Result<(), alloc::string::String> {
+//!     lwdom::println!("hello from domain {}", lwdom::rt::domid().0);
+//!     Ok(())
+//! }
+//! ```
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod ring_bytes;
+pub mod xs;
+
+#[cfg(target_os = "none")]
+pub mod rt;
+
+/// Declares the guest program: `fn() -> Result<(), String>`, run once the
+/// runtime is up; `Ok` powers the domain off, `Err` crashes it with the
+/// message on the console.
+#[macro_export]
+macro_rules! program {
+    ($main:path) => {
+        #[no_mangle]
+        fn lwdom_program() -> ::core::result::Result<(), $crate::__String> {
+            $main()
+        }
+    };
+}
+
+#[doc(hidden)]
+pub use alloc::string::String as __String;

@@ -1,0 +1,69 @@
+# Helpers for the lab's scenario scripts (sourced).
+export PATH=/usr/lib/xen-4.17/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+# verdict PASS|FAIL detail...: records the scenario's verdict (first wins).
+verdict() {
+    [ -s /tmp/verdict ] || echo "$*" > /tmp/verdict
+}
+
+# fail detail...: records a failure and ends the scenario.
+fail() {
+    verdict FAIL "$*"
+    exit 1
+}
+
+# start_guest NAME: starts the lwdom guest /lab/guests/NAME, monitored by
+# `xl create -F` in the background (its output in /tmp/NAME.xl).
+start_guest() {
+    cat > /tmp/$1.cfg <<CFG
+name = "$1"
+type = "pv"
+kernel = "/lab/guests/$1"
+memory = 32
+vcpus = 1
+on_crash = "destroy"
+on_poweroff = "destroy"
+CFG
+    xl create -F /tmp/$1.cfg > /tmp/$1.xl 2>&1 &
+    XL_PID=$!
+    i=0
+    DOMID=""
+    while [ $i -lt 100 ]; do
+        DOMID=$(xl domid "$1" 2>/dev/null) && [ -n "$DOMID" ] && break
+        if ! kill -0 $XL_PID 2>/dev/null; then
+            cat /tmp/$1.xl
+            fail "xl create $1 failed: $(tail -n 3 /tmp/$1.xl | tr '\n' ' ')"
+        fi
+        sleep 0.2; i=$((i+1))
+    done
+    [ -n "$DOMID" ] || fail "domain $1 did not appear within 20 s"
+    echo "started $1 as domain $DOMID"
+}
+
+# xs_wait KEY SECONDS: waits for a xenstore key, prints its value.
+xs_wait() {
+    i=0
+    n=$(( $2 * 10 ))
+    while [ $i -lt $n ]; do
+        if v=$(xenstore-read "$1" 2>/dev/null); then
+            echo "$v"
+            return 0
+        fi
+        sleep 0.1; i=$((i+1))
+    done
+    return 1
+}
+
+# wait_shutdown NAME SECONDS: waits for the guest to end; prints the
+# shutdown reason code xl reported (0 poweroff, 1 reboot, 2 suspend,
+# 3 crash), or fails the scenario when it does not end in time.
+wait_shutdown() {
+    i=0
+    n=$(( $2 * 10 ))
+    while kill -0 $XL_PID 2>/dev/null; do
+        [ $i -lt $n ] || { xl destroy "$1" 2>/dev/null; fail "guest $1 did not shut down within $2 s"; }
+        sleep 0.1; i=$((i+1))
+    done
+    cat /tmp/$1.xl
+    REASON=$(sed -n 's/.*has shut down, reason code \([0-9]*\).*/\1/p' /tmp/$1.xl | head -n 1)
+}
