@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use grant_tables::abi::{GrantEntryV1, GRANT_ENTRIES_V1_PER_PAGE};
@@ -151,15 +151,20 @@ impl Peer {
     }
 }
 
-/// Per-port state private to the owning process.
+/// Per-port state private to the owning process: the authority on whether
+/// the port is open and which domain it belongs to (the shared binding word
+/// is checked against it, since peers can write that word).
+#[derive(Default)]
 pub(crate) struct LocalPort {
+    /// Allocated (unbound or bound). Written under `port_alloc`.
+    pub open: AtomicBool,
+    /// The domain the port is offered to or bound to.
+    pub remote: AtomicU32,
     pub state: Mutex<LocalPortState>,
 }
 
 #[derive(Default)]
 pub(crate) struct LocalPortState {
-    /// Allocated (unbound or bound).
-    pub open: bool,
     /// This port's eventfd (its waiters sleep on it).
     pub eventfd: Option<Arc<File>>,
     /// The peer port's eventfd, for the binding word it was fetched under.
@@ -372,7 +377,7 @@ impl HostedPlatform {
             grant_table: Arc::new(GrantTable::new(frames)),
             events,
             _event_map: event_map,
-            ports: (0..NR_PORTS).map(|_| LocalPort { state: Mutex::new(LocalPortState::default()) }).collect(),
+            ports: (0..NR_PORTS).map(|_| LocalPort::default()).collect(),
             port_alloc: Mutex::new(()),
             peers: Mutex::new(HashMap::new()),
             peer_events: (0..grant_tables::abi::DOMID_FIRST_RESERVED).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect(),

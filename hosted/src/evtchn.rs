@@ -285,13 +285,31 @@ impl Domain {
         self.ports.get(port.0 as usize).ok_or(PlatformError::BadPort(port))
     }
 
-    /// The port's binding, checked to be open.
+    /// The local state of an open port (this process's record, which a
+    /// peer cannot change).
+    #[inline]
+    fn open_local(&self, port: Port) -> Result<&LocalPort, PlatformError> {
+        match self.ports.get(port.0 as usize) {
+            Some(l) if l.open.load(Ordering::Acquire) => Ok(l),
+            _ => Err(PlatformError::BadPort(port)),
+        }
+    }
+
+    /// The binding of an open port, checked against what this process
+    /// recorded: a peer may only move it between unbound and bound to
+    /// itself.
+    #[inline]
     fn open_binding(&self, port: Port) -> Result<(Binding, u64), PlatformError> {
+        let local = self.open_local(port)?;
         let w = self.own_binding(port)?.load(Ordering::Acquire);
+        let owner = local.remote.load(Ordering::Relaxed);
         match Binding::decode(w) {
-            Some((Binding::Free, _)) => Err(PlatformError::BadPort(port)),
-            Some((b, _)) => Ok((b, w)),
-            None => Err(corrupt(port)),
+            Some((b @ (Binding::Unbound { remote } | Binding::Interdomain { remote, .. }), _))
+                if u32::from(remote) == owner =>
+            {
+                Ok((b, w))
+            }
+            _ => Err(corrupt(port)),
         }
     }
 
@@ -300,7 +318,7 @@ impl Domain {
     /// publishes the binding word.
     fn prepare_port(&self) -> Result<(Port, Arc<File>), PlatformError> {
         let port = (1..NR_PORTS)
-            .find(|&p| self.ports.get(p as usize).is_some_and(|l| !lock(&l.state).open))
+            .find(|&p| self.ports.get(p as usize).is_some_and(|l| !l.open.load(Ordering::Acquire)))
             .map(Port)
             .ok_or(PlatformError::NoFreePorts)?;
         let efd = sys::eventfd().map_err(|e| os_err("eventfd", &e))?;
@@ -317,14 +335,16 @@ impl Domain {
         (((w >> 32) & SEQ_MASK) as u32).wrapping_add(1)
     }
 
-    fn commit_port(&self, port: Port, efd: Arc<File>, binding: Binding) -> Result<(), PlatformError> {
+    fn commit_port(&self, port: Port, efd: Arc<File>, remote: DomId, binding: Binding) -> Result<(), PlatformError> {
         let seq = self.next_seq(port);
-        let mut st = lock(&self.local(port)?.state);
-        st.open = true;
+        let local = self.local(port)?;
+        let mut st = lock(&local.state);
         st.eventfd = Some(efd);
         st.wake = None;
+        local.remote.store(u32::from(remote.0), Ordering::Relaxed);
         // Release: the reset line is visible before the port is.
         self.own_binding(port)?.store(binding.encode(seq), Ordering::Release);
+        local.open.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -334,7 +354,7 @@ impl Domain {
         }
         let _alloc = lock(&self.port_alloc);
         let (port, efd) = self.prepare_port()?;
-        self.commit_port(port, efd, Binding::Unbound { remote: remote.0 })?;
+        self.commit_port(port, efd, remote, Binding::Unbound { remote: remote.0 })?;
         log::debug!("{}: {port} offered to {remote}", self.domid);
         Ok(port)
     }
@@ -356,7 +376,7 @@ impl Domain {
         let _alloc = lock(&self.port_alloc);
         let (port, efd) = self.prepare_port()?;
         let local = u16::try_from(port.0).map_err(|_| PlatformError::NoFreePorts)?;
-        self.commit_port(port, efd, Binding::Interdomain { remote: remote.0, port: rport })?;
+        self.commit_port(port, efd, remote, Binding::Interdomain { remote: remote.0, port: rport })?;
 
         // Claim the remote port: only an unbound port offered to us, in one
         // compare-and-swap (the peer may close it meanwhile). Bounded.
@@ -408,10 +428,10 @@ impl Domain {
         let seq = self.next_seq(port);
         let Ok(local) = self.local(port) else { return };
         let mut st = lock(&local.state);
+        local.open.store(false, Ordering::Release);
         if let Ok(b) = self.own_binding(port) {
             b.store(Binding::Free.encode(seq), Ordering::Release);
         }
-        st.open = false;
         st.wake = None;
         // Wake a thread blocked on the port so it sees the port closed.
         if let Some(efd) = st.eventfd.take() {
@@ -427,11 +447,12 @@ impl Domain {
 
     pub(crate) fn close_port(&self, port: Port) -> Result<(), PlatformError> {
         let _alloc = lock(&self.port_alloc);
-        let (binding, _) = self.open_binding(port)?;
-        if !lock(&self.local(port)?.state).open {
-            return Err(PlatformError::BadPort(port));
+        // A corrupt binding word still lets the port be closed.
+        let binding = self.open_binding(port).map(|(b, _)| b);
+        if let Err(PlatformError::BadPort(p)) = binding {
+            return Err(PlatformError::BadPort(p));
         }
-        if let Binding::Interdomain { remote, port: rport } = binding {
+        if let Ok(Binding::Interdomain { remote, port: rport }) = binding {
             // The remote end becomes unbound, offered back to us; only if
             // it still points at this port.
             if let Ok(peer) = self.peer(DomId(remote)) {
@@ -453,18 +474,18 @@ impl Domain {
 
     /// Ports open right now.
     pub(crate) fn open_ports(&self) -> Vec<Port> {
-        (1..NR_PORTS).filter(|&p| self.ports.get(p as usize).is_some_and(|l| lock(&l.state).open)).map(Port).collect()
+        (1..NR_PORTS)
+            .filter(|&p| self.ports.get(p as usize).is_some_and(|l| l.open.load(Ordering::Acquire)))
+            .map(Port)
+            .collect()
     }
 
     #[inline]
     fn notify(&self, port: Port) -> Result<(), PlatformError> {
-        let word = self.own_binding(port)?.load(Ordering::Acquire);
-        let (remote, rport) = match Binding::decode(word) {
-            Some((Binding::Interdomain { remote, port }, _)) => (remote, port),
+        let (remote, rport, word) = match self.open_binding(port)? {
+            (Binding::Interdomain { remote, port }, w) => (remote, port, w),
             // Xen drops events sent on an unbound port.
-            Some((Binding::Unbound { .. }, _)) => return Ok(()),
-            Some((Binding::Free, _)) => return Err(PlatformError::BadPort(port)),
-            None => return Err(corrupt(port)),
+            _ => return Ok(()),
         };
         let Some(view) = self.peer_events(remote) else {
             // The peer is gone: nobody to notify.
@@ -515,12 +536,8 @@ impl Domain {
 
     #[inline]
     fn poll(&self, port: Port) -> Result<bool, PlatformError> {
+        self.open_local(port)?;
         let line = self.own_line(port)?;
-        // A cheap check of our own binding word (a line only we and a
-        // binding peer write, so it stays in our cache).
-        if self.own_binding(port)?.load(Ordering::Relaxed) >> 56 == ST_FREE {
-            return Err(PlatformError::BadPort(port));
-        }
         // Read first, swap only when set: a spinning poller keeps the line
         // shared instead of stealing it from the notifier on every spin.
         if line.pending.load(Ordering::Relaxed) == 0 {
@@ -649,6 +666,56 @@ mod tests {
         assert_eq!(Binding::decode(3 << 56), None);
         assert_eq!(Binding::decode((ST_INTERDOMAIN << 56) | u64::from(NR_PORTS)), None);
         assert_eq!(Binding::decode(ST_INTERDOMAIN << 56), None);
+    }
+
+    /// A peer that scribbles on our binding words and lines: every
+    /// operation fails cleanly or ignores it, nothing panics.
+    #[test]
+    fn hostile_writes_to_our_event_page_are_contained() {
+        let dir = std::env::temp_dir().join(format!("hosted-evtchn-unit-{}", std::process::id()));
+        let hv = crate::HostedHypervisor::create(&dir).unwrap();
+        let a = hv.join(DomId(1)).unwrap();
+        let b = hv.join(DomId(2)).unwrap();
+        let pa = a.alloc_unbound(DomId(2)).unwrap();
+        let pb = b.bind_interdomain(DomId(1), pa).unwrap();
+        // B's view of A's event page, as the emulated hypervisor maps it.
+        let a_page = b.inner.peer(DomId(1)).unwrap().events;
+        let word = a_page.binding(pa.0).unwrap();
+        let good = word.load(Ordering::Acquire);
+
+        // Rebinding A's port to a third domain: refused as corrupt.
+        word.store(Binding::Interdomain { remote: 3, port: 5 }.encode(9), Ordering::Release);
+        assert!(matches!(a.notify(pa), Err(PlatformError::Os { .. })));
+        for garbage in [u64::MAX, 0, ST_INTERDOMAIN << 56, (7 << 56) | 1] {
+            word.store(garbage, Ordering::Release);
+            assert!(a.notify(pa).is_err(), "{garbage:#x}");
+            assert!(a.block(pa, Some(1_000)).is_err());
+            assert!(!a.poll(pa).unwrap(), "poll only reads the pending bit");
+        }
+        word.store(good, Ordering::Release);
+        a.notify(pa).unwrap();
+        assert!(b.poll(pb).unwrap());
+
+        // A free port made to look bound stays closed for A.
+        let free = Port(pa.0 + 7);
+        a_page.binding(free.0).unwrap().store(Binding::Interdomain { remote: 2, port: 1 }.encode(1), Ordering::Release);
+        assert_eq!(a.poll(free), Err(PlatformError::BadPort(free)));
+        assert_eq!(a.notify(free), Err(PlatformError::BadPort(free)));
+
+        // A huge waiting count only costs A's peer a needless wakeup.
+        let line = a_page.line(pa.0).unwrap();
+        line.waiting.store(u32::MAX, Ordering::Release);
+        line.pending.store(0xDEAD, Ordering::Release);
+        b.notify(pb).unwrap();
+        assert!(a.block(pa, Some(1_000_000)).unwrap());
+        line.waiting.store(0, Ordering::Release);
+
+        // A corrupt word does not stop A from closing the port.
+        word.store(u64::MAX, Ordering::Release);
+        a.close(pa).unwrap();
+        assert_eq!(a.poll(pa), Err(PlatformError::BadPort(pa)));
+        drop((a, b, hv));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
