@@ -71,3 +71,15 @@ pub use grants::{HostedGrantFrames, MapError, MapFailure, MappedGrant, MappedRin
 pub use hypervisor::HostedHypervisor;
 pub use memory::HostedPages;
 pub use toolstack::{add_device, remove_device, DeviceSpec, ToolstackError};
+
+/// Domains, mappings and pages move between threads (a backend's queues
+/// run on their own threads).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<HostedPlatform>();
+    send_sync::<MappedGrant>();
+    send_sync::<MappedRing>();
+    send_sync::<HostedPages>();
+    send_sync::<HostedGrantFrames>();
+    send_sync::<HostedHypervisor>();
+};
