@@ -10,6 +10,10 @@
 //!   dom0 introduces N (`XS_INTRODUCE`) if needed, then the connection
 //!   sends `XS_CONTROL hosted-connect-as N` and is domain N, unprivileged,
 //!   from then on (see [`engine`] for the rules).
+//! - [`XenstoreDaemon::serve`] serves a domain over any
+//!   [`xenbus::Transport`], typically the daemon's end of the domain's
+//!   store ring page, as xenstored does for real guests ([`ThreadSignal`]
+//!   links the two ends of a ring inside one process).
 //! - [`XenstoreCore`] is the socket-free request handling, for fuzzing and
 //!   in-process use.
 //!
@@ -20,10 +24,12 @@
 //! costs that client an error reply or its connection, never the daemon.
 
 pub mod engine;
+pub mod ring;
 pub mod server;
 pub mod store;
 pub mod unix;
 
 pub use engine::{ConnFault, ConnId, Quotas, XenstoreCore, CONNECT_AS_COMMAND};
-pub use server::XenstoreDaemon;
+pub use ring::ThreadSignal;
+pub use server::{ServedConnection, XenstoreDaemon};
 pub use unix::{connect, connect_as, ConnectError, UnixTransport, UnixXenstore};

@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use std::time::Duration;
+
 use xenbus::wire::Errno;
+use xenbus::{Transport, Wait};
 
 use super::engine::{ConnId, Quotas, XenstoreCore};
 use super::unix::{connect, connect_as, UnixXenstore};
@@ -110,6 +113,32 @@ impl XenstoreDaemon {
         r
     }
 
+    /// Serves domain `domid` over `transport` (typically the daemon's end
+    /// of the domain's store ring page, [`xenbus::StoreRing`] with
+    /// [`xenbus::Side::Server`]) on a thread of its own, as xenstored
+    /// serves a domain's ring. The domain is introduced if needed. The
+    /// connection ends when the returned handle is dropped, when the
+    /// domain is released, or when the peer breaks the transport.
+    pub fn serve<T: Transport + Send + 'static>(&self, domid: u16, transport: T) -> Result<ServedConnection, Errno> {
+        let id = {
+            let mut core = self.core();
+            core.introduce(domid, 0, 0)?;
+            core.connect(domid)
+        };
+        self.wake();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (shared, stop2) = (Arc::clone(&self.shared), Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name(format!("xenstored-dom{domid}"))
+            .spawn(move || serve_transport(&shared, id, transport, &stop2))
+            .map_err(|e| {
+                log::error!("xenstored: cannot start a thread for dom{domid}: {e}");
+                self.core().disconnect(id);
+                Errno::ENOMEM
+            })?;
+        Ok(ServedConnection { stop, thread: Some(thread), id })
+    }
+
     /// Runs `f` on the daemon's state (tests: inspect the tree, check
     /// invariants). Output it generates is flushed afterwards.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut XenstoreCore) -> R) -> R {
@@ -141,6 +170,97 @@ impl Drop for XenstoreDaemon {
         }
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// A domain served over a transport by [`XenstoreDaemon::serve`]; stops
+/// serving when dropped.
+pub struct ServedConnection {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    id: ConnId,
+}
+
+impl ServedConnection {
+    /// The daemon's connection id.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Whether the connection has ended (peer fault, release).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for ServedConnection {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("xenstored: a transport thread panicked");
+            }
+        }
+    }
+}
+
+/// How long a transport thread waits for its peer before looking for
+/// output produced by other connections (watch events).
+const TRANSPORT_POLL: Duration = Duration::from_millis(2);
+
+fn serve_transport<T: Transport>(shared: &Shared, id: ConnId, mut transport: T, stop: &AtomicBool) {
+    let mut input: Vec<u8> = Vec::new();
+    let mut output: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let reason = loop {
+        if stop.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst) {
+            break "stopped".to_string();
+        }
+        let mut moved = false;
+        if input.len() < MAX_PENDING_INPUT {
+            match transport.recv(&mut buf, Wait::NoWait) {
+                Ok(n) => {
+                    input.extend_from_slice(buf.get(..n).unwrap_or(&buf));
+                    moved |= n > 0;
+                }
+                Err(e) => break format!("{e}"),
+            }
+        }
+        {
+            let mut core = lock(shared);
+            if !input.is_empty() {
+                match core.feed(id, &input) {
+                    Ok(used) => {
+                        input.drain(..used.min(input.len()));
+                    }
+                    Err(e) => break format!("{e}"),
+                }
+            }
+            output.extend(core.take_output(id));
+            if core.is_closing(id) && output.is_empty() {
+                break "the domain was released".to_string();
+            }
+        }
+        if !output.is_empty() {
+            match transport.send(&output, Wait::NoWait) {
+                Ok(n) => {
+                    output.drain(..n.min(output.len()));
+                    moved |= n > 0;
+                }
+                Err(e) => break format!("{e}"),
+            }
+        }
+        if !moved {
+            // Wake on the peer's signal, or soon anyway for events that
+            // other connections produced for this one.
+            let mut one = [0u8; 1];
+            match transport.recv(&mut one, Wait::For(TRANSPORT_POLL)) {
+                Ok(n) => input.extend_from_slice(one.get(..n).unwrap_or(&[])),
+                Err(e) => break format!("{e}"),
+            }
+        }
+    };
+    log::info!("xenstored: connection {} over its transport ends: {reason}", id.0);
+    lock(shared).disconnect(id);
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, XenstoreCore> {

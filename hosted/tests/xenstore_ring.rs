@@ -1,0 +1,129 @@
+//! The guest's path to xenstore end to end: the xenbus client over a store
+//! ring page (`xenstore_domain_interface`), served by the hosted daemon on
+//! another thread, with watch events from socket clients arriving over the
+//! ring, transfers that wrap the 1 KiB rings many times, and a hostile
+//! guest that corrupts the ring (only its own connection ends).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hosted::xenstore::{connect, ThreadSignal, XenstoreDaemon};
+use xenbus::ring::{offsets, RingPage, Side, StoreRing, XENSTORE_SERVER_FEATURE_ERROR};
+use xenbus::{Perm, PermAccess, Wait, Xenstore};
+
+fn socket_path() -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!("xs-ring-{}-{}.sock", std::process::id(), N.fetch_add(1, Ordering::SeqCst)))
+}
+
+type GuestStore = Xenstore<StoreRing<ThreadSignal>>;
+
+/// A daemon serving dom1 over a ring page; returns the guest's client.
+fn guest(d: &XenstoreDaemon, page: &RingPage) -> (GuestStore, hosted::xenstore::ServedConnection) {
+    let mut xs0 = connect(d.socket()).unwrap();
+    xs0.mkdir("/local/domain/1").unwrap();
+    xs0.set_perms("/local/domain/1", &[Perm::new(1, PermAccess::None)]).unwrap();
+    let (guest_signal, server_signal) = ThreadSignal::pair();
+    // SAFETY: the page is 4096 bytes, page-aligned, outlives both ends (the
+    // test drops the served connection and the client before the page),
+    // and is only accessed through raw volatile/atomic accesses.
+    let server = unsafe { StoreRing::init_server(page.as_ptr(), XENSTORE_SERVER_FEATURE_ERROR, server_signal) };
+    let served = d.serve(1, server).unwrap();
+    // SAFETY: as above.
+    let ring = unsafe { StoreRing::new(page.as_ptr(), Side::Guest, guest_signal) };
+    (Xenstore::new(ring), served)
+}
+
+#[test]
+fn guest_client_over_the_ring() {
+    let page = RingPage::new().unwrap();
+    let d = XenstoreDaemon::spawn(socket_path()).unwrap();
+    let (mut xs, served) = guest(&d, &page);
+    xs.write("data/x", "1").unwrap();
+    assert_eq!(xs.read("data/x").unwrap(), b"1");
+    assert_eq!(xs.read_string("/local/domain/1/data/x").unwrap(), "1");
+    assert_eq!(xs.directory("data").unwrap(), ["x"]);
+    assert_eq!(xs.get_perms("data/x").unwrap()[0], Perm::new(1, PermAccess::None));
+    assert_eq!(xs.read("/tool/xenstored").unwrap_err().errno(), Some(xenbus::Errno::EACCES));
+    assert_eq!(xs.get_domain_path(1).unwrap(), "/local/domain/1");
+    // Values bigger than the ring, many times over: the indices wrap the
+    // 1 KiB rings again and again.
+    for i in 0..50u32 {
+        let v: Vec<u8> = (0..3000 + i).map(|j| (j * 31 + i) as u8).collect();
+        xs.write("big", &v).unwrap();
+        assert_eq!(xs.read("big").unwrap(), v);
+    }
+    assert!(page.read_u32(offsets::REQ_PROD) > 150_000);
+    // Transactions over the ring.
+    xs.write("counter", "0").unwrap();
+    for _ in 0..20 {
+        xs.transaction(|tx| {
+            let v: u32 = tx.read_string("counter")?.parse().unwrap();
+            tx.write("counter", (v + 1).to_string())
+        })
+        .unwrap();
+    }
+    assert_eq!(xs.read("counter").unwrap(), b"20");
+    drop(xs);
+    drop(served);
+}
+
+#[test]
+fn watch_events_from_other_clients_arrive_over_the_ring() {
+    let page = RingPage::new().unwrap();
+    let d = XenstoreDaemon::spawn(socket_path()).unwrap();
+    let (mut xs, _served) = guest(&d, &page);
+    let mut xs0 = connect(d.socket()).unwrap();
+    xs.watch("control", "ctl").unwrap();
+    let first = xs.wait_event(Wait::For(Duration::from_secs(2))).unwrap().unwrap();
+    assert_eq!((first.path.as_str(), first.token.as_str()), ("control", "ctl"));
+    for i in 0..30 {
+        xs0.write(&format!("/local/domain/1/control/k{i}"), "v").unwrap();
+    }
+    let mut got = Vec::new();
+    let end = Instant::now() + Duration::from_secs(5);
+    while got.len() < 30 && Instant::now() < end {
+        if let Some(e) = xs.wait_event(Wait::For(Duration::from_millis(50))).unwrap() {
+            got.push(e.path);
+        }
+    }
+    let want: Vec<String> = (0..30).map(|i| format!("control/k{i}")).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn hostile_guest_index_ends_only_its_connection() {
+    let page = RingPage::new().unwrap();
+    let d = XenstoreDaemon::spawn(socket_path()).unwrap();
+    let (mut xs, served) = guest(&d, &page);
+    xs.write("before", "ok").unwrap();
+    // The guest claims more request bytes than the ring holds.
+    let cons = page.read_u32(offsets::REQ_CONS);
+    page.write_u32(offsets::REQ_PROD, cons.wrapping_add(5000));
+    let end = Instant::now() + Duration::from_secs(5);
+    while !served.is_finished() {
+        assert!(Instant::now() < end, "the daemon did not notice the bad index");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Everyone else is still served, and the guest's data is intact.
+    let mut xs0 = connect(d.socket()).unwrap();
+    assert_eq!(xs0.read("/local/domain/1/before").unwrap(), b"ok");
+    assert!(d.with_core(|c| c.connections().len()) >= 1);
+    d.with_core(|c| c.check_tree()).unwrap();
+}
+
+#[test]
+fn release_ends_a_served_domain() {
+    let page = RingPage::new().unwrap();
+    let d = XenstoreDaemon::spawn(socket_path()).unwrap();
+    let (mut xs, served) = guest(&d, &page);
+    xs.write("x", "1").unwrap();
+    d.release(1).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while !served.is_finished() {
+        assert!(Instant::now() < end, "the served connection did not end");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    xs.set_timeout(Duration::from_millis(100));
+    assert!(xs.read("x").is_err());
+}
