@@ -345,6 +345,23 @@ fn frontend_close_is_orderly() {
 }
 
 #[test]
+fn device_removal_is_reported() {
+    let (_d, mut xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
+    let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::InitialisedFirst));
+    let mut dev = Device::new();
+    let clock = Clock(Instant::now());
+    drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
+    // Hot unplug: the toolstack removes both directories.
+    xs0.rm(&fe_abs(0)).unwrap();
+    xs0.rm(&be_abs(BE_DOM, 0)).unwrap();
+    let events = drive(&mut fe, &mut fxs, &mut dev, &mut [], &clock, |e| *e == HandshakeEvent::Removed);
+    assert_eq!(events, [HandshakeEvent::Removed]);
+    assert_eq!(fe.phase(), Phase::Shut);
+    // Nothing was written back.
+    assert!(xs0.read(&fe_abs(0)).unwrap_err().is_not_found());
+}
+
+#[test]
 fn backend_on_its_own_thread() {
     let d = XenstoreDaemon::spawn(socket_path()).unwrap();
     let mut xs0 = connect(d.socket()).unwrap();

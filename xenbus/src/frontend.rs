@@ -111,7 +111,7 @@ pub enum Phase {
     WaitBackendReturn,
     /// [`Frontend::close`] was called; waiting for the backend to close.
     Closing,
-    /// Closed on request; nothing more happens.
+    /// Closed on request, or the device was removed; nothing more happens.
     Shut,
     /// A wait ran out or an unrecoverable error happened; call
     /// [`Frontend::restart`] to try again.
@@ -160,6 +160,9 @@ pub enum HandshakeEvent {
     Disconnected(DisconnectReason),
     /// [`Frontend::close`] completed.
     Closed,
+    /// The toolstack removed the frontend's directory (the device was
+    /// unplugged): stop I/O and release everything; nothing more happens.
+    Removed,
 }
 
 /// What a device's publish callback may fail with.
@@ -222,6 +225,17 @@ pub enum HandshakeError {
         /// The frontend.
         frontend: String,
     },
+    /// A backend's wait ran out ([`crate::backend::Backend`]).
+    BackendTimeout {
+        /// The backend directory.
+        backend: String,
+        /// What it was waiting for.
+        phase: crate::backend::BackendPhase,
+        /// The last frontend state seen (`None`: no state node).
+        frontend_state: Option<XenbusState>,
+        /// How long it waited.
+        waited: Duration,
+    },
 }
 
 impl From<XsError> for HandshakeError {
@@ -253,6 +267,14 @@ impl fmt::Display for HandshakeError {
                 f,
                 "xenbus handshake of {frontend}: the publish transaction kept conflicting; retry later"
             ),
+            HandshakeError::BackendTimeout { backend, phase, frontend_state, waited } => {
+                write!(f, "xenbus backend {backend}: gave up {phase} after {waited:?} (frontend state: ")?;
+                match frontend_state {
+                    Some(s) => write!(f, "{s}")?,
+                    None => write!(f, "absent")?,
+                }
+                write!(f, "); check that the guest runs its frontend driver, then restart the handshake")
+            }
         }
     }
 }
@@ -444,10 +466,10 @@ impl Frontend {
             match self.poll(xs, clock(), &mut publish)? {
                 HandshakeEvent::Connected(info) => return Ok(info),
                 HandshakeEvent::Idle | HandshakeEvent::Disconnected(_) => {}
-                HandshakeEvent::Closed => {
+                HandshakeEvent::Closed | HandshakeEvent::Removed => {
                     return Err(HandshakeError::BadNode {
                         path: self.config.frontend.clone(),
-                        reason: "the device was closed while connecting".to_string(),
+                        reason: "the device was closed or removed while connecting".to_string(),
                     })
                 }
             }
@@ -624,11 +646,34 @@ impl Frontend {
         Ok(HandshakeEvent::Disconnected(reason))
     }
 
+    /// Whether the toolstack removed the frontend directory: `backend` is
+    /// gone and so is the directory.
+    fn removed<T: Transport>(&self, xs: &mut Xenstore<T>) -> Result<bool, HandshakeError> {
+        // Not being allowed to see our own nodes any more (a missing node
+        // under a parent that is not ours) means the same as them being
+        // gone.
+        let gone = |r: Result<alloc::vec::Vec<u8>, XsError>| match r {
+            Ok(_) => Ok(false),
+            Err(e) if matches!(e.errno(), Some(Errno::ENOENT | Errno::EACCES)) => Ok(true),
+            Err(e) => Err(HandshakeError::from(e)),
+        };
+        Ok(gone(xs.read(&self.fe_key("backend")))? && gone(xs.read(&self.config.frontend))?)
+    }
+
     fn step<T, F>(&mut self, xs: &mut Xenstore<T>, now: Duration, publish: &mut F) -> Result<HandshakeEvent, HandshakeError>
     where
         T: Transport,
         F: FnMut(&mut Transaction<'_, T>, &BackendInfo) -> Result<(), PublishError>,
     {
+        if matches!(
+            self.phase,
+            Phase::WaitBackendInitWait | Phase::WaitBackendConnected | Phase::Connected | Phase::WaitBackendReturn
+        ) && self.removed(xs)?
+        {
+            log::info!("xenbus {}: the device was removed", self.config.frontend);
+            self.enter(Phase::Shut, now, None);
+            return Ok(HandshakeEvent::Removed);
+        }
         match self.phase {
             Phase::FindBackend => {
                 if self.begin_attempt(xs, now)? {

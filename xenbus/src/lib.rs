@@ -10,11 +10,14 @@
 //!   watches with queued events, transactions with retry, domains);
 //! - [`state`]: [`XenbusState`], parsed strictly;
 //! - [`frontend`]: the handshake every device's frontend runs, as a
-//!   poll-driven state machine ([`Frontend`]).
+//!   poll-driven state machine ([`Frontend`]);
+//! - [`backend`]: its mirror for backends written with this suite
+//!   ([`Backend`]).
 #![no_std]
 
 extern crate alloc;
 
+pub mod backend;
 pub mod client;
 pub mod frontend;
 pub mod path;
@@ -26,6 +29,9 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
+pub use backend::{
+    Backend, BackendConfig, BackendDevice, BackendEvent, BackendPhase, ConnectWhen, FrontendInfo, FrontendLoss,
+};
 pub use client::{Transaction, TxId, WatchEvent, XsError, Xenstore};
 pub use frontend::{
     BackendInfo, ConnectStyle, DisconnectReason, Frontend, FrontendConfig, HandshakeError, HandshakeEvent, Phase,
