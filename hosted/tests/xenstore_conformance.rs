@@ -490,10 +490,14 @@ fn quotas_limit_unprivileged_domains() {
     let mut six = six;
     six[0] = Perm::new(1, PermAccess::None);
     assert_eq!(errno(one.set_perms("n4", &six)), Errno::ENOSPC);
+    // Entries are limited in size (value, child names, permissions).
+    assert_eq!(errno(one.write("n4", vec![b'x'; 2100])), Errno::ENOSPC);
+    one.write("n4", vec![b'x'; 2000]).unwrap();
     // dom0 has no quotas.
     for i in 0..20 {
         xs.write(&format!("/many/{i}"), "x").unwrap();
     }
+    xs.write("/local/domain/1/n4", vec![b'x'; 4000]).unwrap();
 }
 
 // ---------------------------------------------------------------- bad input

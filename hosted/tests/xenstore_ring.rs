@@ -47,13 +47,20 @@ fn guest_client_over_the_ring() {
     assert_eq!(xs.read("/tool/xenstored").unwrap_err().errno(), Some(xenbus::Errno::EACCES));
     assert_eq!(xs.get_domain_path(1).unwrap(), "/local/domain/1");
     // Values bigger than the ring, many times over: the indices wrap the
-    // 1 KiB rings again and again.
+    // 1 KiB rings again and again. A domain's entries are limited to 2 KiB;
+    // dom0 writes a bigger one for the guest to read.
     for i in 0..50u32 {
-        let v: Vec<u8> = (0..3000 + i).map(|j| (j * 31 + i) as u8).collect();
+        let v: Vec<u8> = (0..1500 + 10 * i).map(|j| (j * 31 + i) as u8).collect();
         xs.write("big", &v).unwrap();
         assert_eq!(xs.read("big").unwrap(), v);
     }
-    assert!(page.read_u32(offsets::REQ_PROD) > 150_000);
+    assert!(page.read_u32(offsets::REQ_PROD) > 80_000, "the request ring wrapped many times");
+    let huge: Vec<u8> = (0..4000u32).map(|j| (j % 251) as u8).collect();
+    connect(d.socket()).unwrap().write("/local/domain/1/huge", &huge).unwrap();
+    for _ in 0..10 {
+        assert_eq!(xs.read("huge").unwrap(), huge);
+    }
+    assert_eq!(xs.write("big", vec![0u8; 2100]).unwrap_err().errno(), Some(xenbus::Errno::ENOSPC));
     // Transactions over the ring.
     xs.write("counter", "0").unwrap();
     for _ in 0..20 {

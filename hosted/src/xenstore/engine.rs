@@ -57,6 +57,9 @@ pub struct Quotas {
     pub transactions_per_connection: usize,
     /// Entries in a node's permission list.
     pub perms_per_node: usize,
+    /// Size of one node's record (value, child names, permissions) a
+    /// domain may write.
+    pub entry_bytes: usize,
     /// Pending output bytes of a connection above which watch events for it
     /// are dropped (its replies are never dropped; the server stops reading
     /// its requests instead).
@@ -71,6 +74,7 @@ impl Default for Quotas {
             watches_per_domain: 128,
             transactions_per_connection: 10,
             perms_per_node: 5,
+            entry_bytes: 2048,
             output_bytes: 1 << 20,
         }
     }
@@ -811,6 +815,19 @@ fn canonical(caller: &Caller, raw: &[u8]) -> Result<String, Errno> {
     Ok(abs)
 }
 
+/// The size of a node's record as xenstored accounts it: value, NUL-
+/// terminated child names, and 8 bytes per permission entry.
+fn entry_size(node: &Node) -> usize {
+    node.value.len() + node.children.iter().map(|c| c.len() + 1).sum::<usize>() + 8 * node.perms.len()
+}
+
+fn check_entry(quotas: &Quotas, caller: &Caller, node: &Node) -> Result<(), Errno> {
+    if !caller.privileged && entry_size(node) > quotas.entry_bytes {
+        return Err(Errno::ENOSPC);
+    }
+    Ok(())
+}
+
 /// `get_node`: the node if the caller has `need` on it; otherwise `EACCES`,
 /// or `ENOENT` for a missing node when the closest existing ancestor grants
 /// an overlapping access (so that a missing node is not revealed to
@@ -866,6 +883,7 @@ fn node_op(
             match get_node(store, caller, &p, NEED_WRITE) {
                 Ok(mut node) => {
                     node.value = value.to_vec();
+                    check_entry(quotas, caller, &node)?;
                     let perms = node.perms.clone();
                     store.put(&p, node);
                     fires.push(Fire { path: p, exact: false, perms });
@@ -994,6 +1012,17 @@ fn create_node(quotas: &Quotas, caller: &Caller, store: &mut Store, p: &str, val
     }
     if !caller.privileged && store.owned_by(caller.domid) + missing.len() > quotas.nodes_per_domain {
         return Err(Errno::ENOSPC);
+    }
+    // Check the records that will grow before changing anything.
+    if !caller.privileged {
+        let top = path::parent(missing.last().map_or(p, |s| s.as_str())).to_string();
+        let mut parent = store.get(&top).cloned().ok_or(Errno::EIO)?;
+        if let Some(m) = missing.last() {
+            parent.children.push(path::basename(m).to_string());
+        }
+        check_entry(quotas, caller, &parent)?;
+        let probe = Node { value: value.clone(), children: Vec::new(), perms: parent.perms.clone(), generation: 0 };
+        check_entry(quotas, caller, &probe)?;
     }
     let mut value = Some(value);
     let mut perms_of_p = Vec::new();
