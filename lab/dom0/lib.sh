@@ -21,8 +21,9 @@ type = "pv"
 kernel = "/lab/guests/$1"
 memory = 32
 vcpus = 1
-on_crash = "destroy"
-on_poweroff = "destroy"
+on_crash = "preserve"
+on_poweroff = "preserve"
+on_reboot = "preserve"
 CFG
     xl create -F /tmp/$1.cfg > /tmp/$1.xl 2>&1 &
     XL_PID=$!
@@ -54,16 +55,25 @@ xs_wait() {
     return 1
 }
 
-# wait_shutdown NAME SECONDS: waits for the guest to end; prints the
-# shutdown reason code xl reported (0 poweroff, 1 reboot, 2 suspend,
-# 3 crash), or fails the scenario when it does not end in time.
+# wait_shutdown NAME SECONDS: waits for the guest to shut down; sets
+# REASON to the shutdown reason code xl reported (0 poweroff, 1 reboot,
+# 2 suspend, 3 crash), or fails the scenario when it does not shut down in
+# time. The domain is preserved (its xenstore keys stay readable) until
+# `end_guest`.
 wait_shutdown() {
     i=0
     n=$(( $2 * 10 ))
-    while kill -0 $XL_PID 2>/dev/null; do
+    while ! grep -q "has shut down, reason code" /tmp/$1.xl 2>/dev/null; do
+        kill -0 $XL_PID 2>/dev/null || break
         [ $i -lt $n ] || { xl destroy "$1" 2>/dev/null; fail "guest $1 did not shut down within $2 s"; }
         sleep 0.1; i=$((i+1))
     done
     cat /tmp/$1.xl
     REASON=$(sed -n 's/.*has shut down, reason code \([0-9]*\).*/\1/p' /tmp/$1.xl | head -n 1)
+}
+
+# end_guest NAME: destroys the (preserved) guest.
+end_guest() {
+    xl destroy "$1" >/dev/null 2>&1
+    kill $XL_PID 2>/dev/null
 }

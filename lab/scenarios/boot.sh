@@ -3,9 +3,10 @@
 . /lab/lib.sh
 G=lwdom-boot
 start_guest $G
-v=$(xs_wait /local/domain/$DOMID/data/result 30) || { xl destroy $G; fail "no data/result key from the guest within 30 s"; }
-echo "data/result = $v"
 wait_shutdown $G 30
+v=$(xenstore-read /local/domain/$DOMID/data/result 2>/dev/null) || { end_guest $G; fail "no data/result key from the guest"; }
+echo "data/result = $v"
+end_guest $G
 [ "$REASON" = "0" ] || fail "guest shut down with reason '${REASON:-none}', expected 0 (poweroff)"
 expect="domid=$DOMID name=$G"
 [ "$v" = "ok $expect" ] || fail "data/result is '$v', expected 'ok $expect'"

@@ -1,5 +1,8 @@
-//! The Xen lab's dom0 side.
-//!
-//! **Not implemented yet.** Programs that run in the lab's dom0 against
-//! `/dev/xen/gntdev` and `/dev/xen/evtchn` to check the lightweight domain
-//! on real Xen, and report verdicts to `cargo xtask lab`.
+//! The Xen lab's dom0 side: programs that run in the lab's dom0 against
+//! Linux's `/dev/xen/evtchn` and `/dev/xen/gntdev` to check the lightweight
+//! domain on real Xen. `cargo xtask lab` builds them for the host (Debian
+//! bookworm, like the lab's dom0) and copies them into dom0's initramfs;
+//! the scenario scripts (`scenarios/*.sh`) run them and turn their exit
+//! status into verdicts.
+
+pub mod xendev;

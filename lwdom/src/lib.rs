@@ -35,6 +35,7 @@
 
 extern crate alloc;
 
+pub mod lab_proto;
 pub mod ring_bytes;
 pub mod xs;
 
