@@ -311,3 +311,6 @@ pub const SRING_HEADER_SIZE: usize = core::mem::size_of::<SharedRingHeader>();
 
 const _: () = assert!(core::mem::size_of::<GrantEntryV1>() == 8);
 const _: () = assert!(SRING_HEADER_SIZE == 64);
+// Grant entries' `flags` and `domid` are accessed as one little-endian u32
+// (`flags | domid << 16`), as Xen does on x86.
+const _: () = assert!(cfg!(target_endian = "little"));

@@ -7,7 +7,7 @@
 //! side's end-access compare-and-swap races with them exactly as on Xen.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::abi::{GrantEntryV1, GrantFlags, GTF_TYPE_MASK};
 use crate::platform::DomId;
@@ -53,6 +53,8 @@ impl core::fmt::Display for MapRefusal {
     }
 }
 
+impl core::error::Error for MapRefusal {}
+
 /// A view of a granting domain's table, as the emulated hypervisor sees it.
 pub struct ForeignTable {
     entries: NonNull<GrantEntryV1>,
@@ -91,45 +93,54 @@ impl ForeignTable {
         })
     }
 
-    fn flags(&self, gref: u32) -> Option<&AtomicU16> {
-        // SAFETY: an in-range, aligned u16 of live shared memory (see `new`).
-        self.field::<u16>(gref, 0)
-            .map(|p| unsafe { AtomicU16::from_ptr(p) })
+    /// The entry's first word, `flags | domid << 16`: always accessed as one
+    /// 32-bit atomic, so a compare-and-swap on the flags also checks the
+    /// domid (Xen's `_set_status_v1`).
+    fn head(&self, gref: u32) -> Option<&AtomicU32> {
+        // SAFETY: an in-range, aligned u32 of live shared memory (see `new`).
+        self.field::<u32>(gref, 0)
+            .map(|p| unsafe { AtomicU32::from_ptr(p) })
     }
 
-    /// Reads the granted frame and domid of an entry once.
-    fn frame_and_domid(&self, gref: u32) -> Option<(u32, u16)> {
+    fn frame(&self, gref: u32) -> Option<u32> {
         let f = self.field::<u32>(gref, 4)?;
-        let d = self.field::<u16>(gref, 2)?;
-        // SAFETY: in-range, aligned fields of live shared memory.
-        let (f, d) = unsafe { (AtomicU32::from_ptr(f), AtomicU16::from_ptr(d)) };
-        Some((f.load(Ordering::Acquire), d.load(Ordering::Acquire)))
+        // SAFETY: an in-range, aligned u32 of live shared memory.
+        Some(unsafe { AtomicU32::from_ptr(f) }.load(Ordering::Acquire))
     }
 
     /// Pins the entry for access by `requester` (a map, or the duration of a
     /// copy): checks it and sets `GTF_reading` (and `GTF_writing` for
-    /// writable access) atomically. Returns the granted frame.
+    /// writable access) with one compare-and-swap over flags and domid, so
+    /// an entry ended and re-granted to another domain meanwhile cannot be
+    /// pinned. The frame is read only once pinned (the granter cannot end
+    /// the grant then). Returns the granted frame.
     pub fn acquire(&self, gref: u32, requester: DomId, access: Access) -> Result<u32, MapRefusal> {
-        let flags = self.flags(gref).ok_or(MapRefusal::OutOfRange)?;
-        let mut seen = flags.load(Ordering::Acquire);
+        let head = self.head(gref).ok_or(MapRefusal::OutOfRange)?;
+        let mut seen = head.load(Ordering::Acquire);
         for _ in 0..64 {
-            let f = GrantFlags::from_bits_retain(seen);
-            if seen & GTF_TYPE_MASK != GrantFlags::PERMIT_ACCESS.bits() {
+            let flags = seen as u16;
+            let domid = (seen >> 16) as u16;
+            let f = GrantFlags::from_bits_retain(flags);
+            if flags & GTF_TYPE_MASK != GrantFlags::PERMIT_ACCESS.bits() {
                 return Err(MapRefusal::NotGranted);
             }
-            let (frame, domid) = self.frame_and_domid(gref).ok_or(MapRefusal::OutOfRange)?;
             if domid != requester.0 {
                 return Err(MapRefusal::WrongDomain { granted_to: domid });
             }
             if access == Access::ReadWrite && f.contains(GrantFlags::READONLY) {
                 return Err(MapRefusal::ReadOnly);
             }
-            let mut new = f | GrantFlags::READING;
+            let mut pin = GrantFlags::READING;
             if access == Access::ReadWrite {
-                new |= GrantFlags::WRITING;
+                pin |= GrantFlags::WRITING;
             }
-            match flags.compare_exchange(seen, new.bits(), Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok(frame),
+            match head.compare_exchange(
+                seen,
+                seen | u32::from(pin.bits()),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return self.frame(gref).ok_or(MapRefusal::OutOfRange),
                 Err(now) => seen = now,
             }
         }
@@ -140,7 +151,7 @@ impl ForeignTable {
     /// set. With `others_reading`/`others_writing` the caller says other
     /// mappings of the same entry remain (Xen keeps per-entry pin counts).
     pub fn release(&self, gref: u32, access: Access, others_reading: bool, others_writing: bool) {
-        let Some(flags) = self.flags(gref) else {
+        let Some(head) = self.head(gref) else {
             return;
         };
         let mut clear = 0u16;
@@ -150,7 +161,7 @@ impl ForeignTable {
         if access == Access::ReadWrite && !others_writing {
             clear |= GrantFlags::WRITING.bits();
         }
-        flags.fetch_and(!clear, Ordering::AcqRel);
+        head.fetch_and(!u32::from(clear), Ordering::AcqRel);
     }
 
     /// Entries in the table.

@@ -127,14 +127,13 @@ impl FakeGrantFrames {
     /// could: for fuzzing end-access against arbitrary flag words.
     pub fn poke_flags(&self, gref: u32, flags: u16) {
         if gref < self.mem.count {
-            // SAFETY: in-range, aligned u16 of the live table, accessed
-            // atomically.
-            let a = unsafe {
-                core::sync::atomic::AtomicU16::from_ptr(
-                    self.mem.ptr.as_ptr().add(gref as usize).cast(),
-                )
-            };
-            a.store(flags, Ordering::Release);
+            // SAFETY: in-range, aligned first word (flags and domid) of a live
+            // entry, accessed atomically as a u32 like everywhere else.
+            let a = unsafe { AtomicU32::from_ptr(self.mem.ptr.as_ptr().add(gref as usize).cast()) };
+            // Flags and domid are one 32-bit word everywhere (see `table`).
+            let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some((w & 0xFFFF_0000) | u32::from(flags))
+            });
         }
     }
 

@@ -100,6 +100,8 @@ impl fmt::Display for PlatformError {
     }
 }
 
+impl core::error::Error for PlatformError {}
+
 /// Whole pages that this domain can grant to a peer.
 ///
 /// # Safety

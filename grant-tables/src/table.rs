@@ -18,7 +18,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
@@ -99,6 +99,9 @@ pub struct EndAccessError {
     pub flags: GrantFlags,
 }
 
+impl core::error::Error for GrantError {}
+impl core::error::Error for EndAccessError {}
+
 impl fmt::Display for EndAccessError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -143,7 +146,7 @@ impl<F: GrantTableFrames> GrantTable<F> {
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
         };
         for gref in GNTTAB_NR_RESERVED_ENTRIES..count {
-            if table.flags(gref).load(Ordering::Acquire) == 0 {
+            if table.flags_now(gref) == 0 {
                 // Cannot fail: the queue holds every non-reserved ref.
                 let _ = table.free.push(gref);
             } else {
@@ -188,16 +191,20 @@ impl<F: GrantTableFrames> GrantTable<F> {
         }
     }
 
-    fn flags(&self, gref: GrantRefNum) -> &AtomicU16 {
-        // SAFETY: `entry_ptr` is an 8-byte aligned, live entry; `flags` is its
-        // first u16. The hypervisor writes it concurrently, so it is only
-        // accessed atomically; it lives as long as `self.frames`.
-        unsafe { AtomicU16::from_ptr(self.entry_ptr(gref).cast::<u16>()) }
+    /// The entry's first word: `flags | domid << 16`. Flags and domid are
+    /// always accessed together through this 32-bit atomic, as Xen does,
+    /// so a compare-and-swap on the flags also checks who the grant is for.
+    fn head(&self, gref: GrantRefNum) -> &AtomicU32 {
+        // SAFETY: `entry_ptr` is an 8-byte aligned, live entry whose first
+        // four bytes are `flags` and `domid` (little-endian, checked at
+        // compile time in `abi`). The hypervisor writes them concurrently,
+        // so they are only ever accessed as this one atomic word; it lives
+        // as long as `self.frames`.
+        unsafe { AtomicU32::from_ptr(self.entry_ptr(gref).cast::<u32>()) }
     }
 
-    fn domid(&self, gref: GrantRefNum) -> &AtomicU16 {
-        // SAFETY: as in `flags`; `domid` is at byte offset 2, 2-aligned.
-        unsafe { AtomicU16::from_ptr(self.entry_ptr(gref).add(2).cast::<u16>()) }
+    fn flags_now(&self, gref: GrantRefNum) -> u16 {
+        self.head(gref).load(Ordering::Acquire) as u16
     }
 
     fn frame(&self, gref: GrantRefNum) -> &AtomicU32 {
@@ -207,15 +214,17 @@ impl<F: GrantTableFrames> GrantTable<F> {
 
     fn write_entry(&self, gref: GrantRefNum, domid: DomId, frame: u32, access: Access) {
         self.frame(gref).store(frame, Ordering::Relaxed);
-        self.domid(gref).store(domid.0, Ordering::Relaxed);
         let mut flags = GrantFlags::PERMIT_ACCESS;
         if access == Access::ReadOnly {
             flags |= GrantFlags::READONLY;
         }
-        // Release: frame and domid are visible before the entry becomes live
-        // (Xen reads flags first and trusts the rest once permit_access is
-        // set).
-        self.flags(gref).store(flags.bits(), Ordering::Release);
+        // Release: the frame is visible before the entry becomes live (Xen
+        // reads flags and domid first and trusts the frame once
+        // permit_access is set). Flags and domid go in one store.
+        self.head(gref).store(
+            u32::from(flags.bits()) | u32::from(domid.0) << 16,
+            Ordering::Release,
+        );
     }
 
     fn check_args(domid: DomId, frame: Gfn) -> Result<u32, GrantError> {
@@ -289,7 +298,7 @@ impl<F: GrantTableFrames> GrantTable<F> {
     /// The entry's flags as they are now.
     pub fn flags_of(&self, grant: &GrantRef) -> GrantFlags {
         self.check_owner(grant);
-        GrantFlags::from_bits_retain(self.flags(grant.gref).load(Ordering::Acquire))
+        GrantFlags::from_bits_retain(self.flags_now(grant.gref))
     }
 
     /// Whether the peer maps (or is copying) the frame right now.
@@ -357,26 +366,33 @@ impl<F: GrantTableFrames> GrantTable<F> {
     /// bounded.
     fn try_end(&self, grant: &GrantRef) -> Result<(), EndAccessError> {
         self.check_owner(grant);
-        let flags = self.flags(grant.gref);
+        let head = self.head(grant.gref);
         let busy = GrantFlags::READING | GrantFlags::WRITING;
-        let mut seen = flags.load(Ordering::Acquire);
+        let mut seen = head.load(Ordering::Acquire);
         for _ in 0..END_ACCESS_MAX_ATTEMPTS {
-            if GrantFlags::from_bits_retain(seen).intersects(busy) {
+            let flags = GrantFlags::from_bits_retain(seen as u16);
+            if flags.intersects(busy) {
                 return Err(EndAccessError {
                     gref: grant.gref,
-                    flags: GrantFlags::from_bits_retain(seen),
+                    flags,
                 });
             }
-            // AcqRel: on success, later reuse of the page happens after the
-            // entry is dead; we read the flags Xen last wrote.
-            match flags.compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Acquire) {
+            // Clear the flags, keep the domid. AcqRel: on success, later
+            // reuse of the page happens after the entry is dead; we read the
+            // flags Xen last wrote.
+            match head.compare_exchange(
+                seen,
+                seen & 0xFFFF_0000,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Ok(()),
                 Err(now) => seen = now,
             }
         }
         Err(EndAccessError {
             gref: grant.gref,
-            flags: GrantFlags::from_bits_retain(seen),
+            flags: GrantFlags::from_bits_retain(seen as u16),
         })
     }
 
