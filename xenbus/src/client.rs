@@ -304,10 +304,12 @@ impl<T: Transport> Xenstore<T> {
         self.watch_op(MsgType::Watch, path, token)
     }
 
-    /// Removes a watch registered with the same path and token.
+    /// Removes a watch registered with the same path and token, and the
+    /// queued events it produced (other watches sharing the token keep
+    /// theirs).
     pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         self.watch_op(MsgType::Unwatch, path, token)?;
-        self.events.retain(|e| e.token != token);
+        self.events.retain(|e| e.token != token || !crate::path::is_at_or_below(&e.path, path));
         Ok(())
     }
 

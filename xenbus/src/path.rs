@@ -164,6 +164,9 @@ pub fn is_at_or_below(child: &str, parent: &str) -> bool {
     if parent == "/" {
         return child.starts_with('/');
     }
+    if parent.is_empty() {
+        return false;
+    }
     match child.strip_prefix(parent) {
         Some("") => true,
         Some(rest) => rest.starts_with('/'),

@@ -269,3 +269,18 @@ fn directory_falls_back_to_parts() {
     });
     assert_eq!(xs.directory("/big").unwrap(), names2);
 }
+
+#[test]
+fn unwatch_drops_only_that_watchs_queued_events() {
+    let (_rig, mut xs) = rig(|m| match m.msg_type {
+        MsgType::Watch | MsgType::Unwatch => vec![reply(m, b"OK\0")],
+        MsgType::Read => vec![event("/a/x", "t"), event("/b/y", "t"), event("/a", "u"), reply(m, b"v")],
+        _ => vec![error(m, Errno::ENOSYS)],
+    });
+    xs.read("/r").unwrap();
+    assert_eq!(xs.queued_events(), 3);
+    xs.unwatch("/a", "t").unwrap();
+    assert_eq!(xs.take_event().unwrap().path, "/b/y");
+    assert_eq!(xs.take_event().unwrap().token, "u");
+    assert!(xs.take_event().is_none());
+}

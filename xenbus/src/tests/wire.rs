@@ -184,3 +184,65 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn path_relations_are_component_wise() {
+    use crate::path::{basename, is_at_or_below, join, parent};
+    assert!(is_at_or_below("/a/b", "/a"));
+    assert!(is_at_or_below("/a", "/a"));
+    assert!(!is_at_or_below("/ab", "/a"));
+    assert!(is_at_or_below("/x", "/"));
+    assert!(is_at_or_below("device/vif/0", "device"));
+    assert!(!is_at_or_below("devices", "device"));
+    assert!(!is_at_or_below("/a", ""));
+    assert_eq!(parent("/a/b"), "/a");
+    assert_eq!(parent("/a"), "/");
+    assert_eq!(parent("/"), "/");
+    assert_eq!(basename("/a/b"), "b");
+    assert_eq!(join("/", "a"), "/a");
+    assert_eq!(join("/a", "b"), "/a/b");
+}
+
+#[test]
+fn path_checks_follow_xenstored() {
+    use crate::path::{check_absolute, check_client_path, check_watch_path, PathError};
+    use alloc::string::String;
+    assert!(check_absolute("/").is_ok());
+    assert!(check_absolute("/local/domain/1/device/vif/0/state").is_ok());
+    assert!(check_absolute("/a/b-c_d@e").is_ok());
+    assert_eq!(check_absolute("/a//b"), Err(PathError::BadSlash));
+    assert_eq!(check_absolute("/a/"), Err(PathError::BadSlash));
+    assert!(matches!(check_absolute("/a b"), Err(PathError::BadChar { byte: b' ', at: 2 })));
+    assert!(check_absolute("relative").is_err());
+    let long = alloc::format!("/{}", "x".repeat(3071));
+    assert!(check_absolute(&long).is_ok());
+    assert!(matches!(check_absolute(&alloc::format!("{long}x")), Err(PathError::TooLong { .. })));
+    // Under a domain's home, the relative part is limited to 2048 bytes.
+    let rel: String = "y".repeat(2049);
+    assert!(matches!(check_absolute(&alloc::format!("/local/domain/7/{rel}")), Err(PathError::TooLong { max: 2048, .. })));
+    assert!(check_client_path("device/vif").is_ok());
+    assert!(matches!(check_client_path(&rel), Err(PathError::TooLong { .. })));
+    assert!(check_watch_path("@releaseDomain").is_ok());
+    assert_eq!(check_watch_path("@other"), Err(PathError::UnknownSpecial));
+}
+
+#[test]
+fn permissions_follow_perm_for_conn() {
+    use crate::path::{access_for, Effective, Perm, PermAccess};
+    let perms = [Perm::new(1, PermAccess::Read), Perm::new(2, PermAccess::Both), Perm::new(3, PermAccess::None)];
+    assert_eq!(access_for(&perms, 1, false), Effective::ALL, "the owner gets everything");
+    assert_eq!(access_for(&perms, 9, true), Effective::ALL, "dom0 gets everything");
+    let two = access_for(&perms, 2, false);
+    assert!(two.read && two.write && !two.owner);
+    let three = access_for(&perms, 3, false);
+    assert!(!three.read && !three.write);
+    let other = access_for(&perms, 4, false);
+    assert!(other.read && !other.write, "the owner entry's access applies to others");
+    assert_eq!(access_for(&[], 4, false), Effective::NONE);
+    for s in ["n0", "r1", "w65535", "b32"] {
+        assert_eq!(Perm::parse(s.as_bytes()).unwrap().to_wire(), s);
+    }
+    for bad in [&b""[..], b"r", b"x1", b"r-1", b"r65536", b"r01", b"R1"] {
+        assert!(Perm::parse(bad).is_none(), "{bad:?}");
+    }
+}
