@@ -134,3 +134,62 @@ fn release_ends_a_served_domain() {
     xs.set_timeout(Duration::from_millis(100));
     assert!(xs.read("x").is_err());
 }
+
+/// The real hosted path: the guest (dom1) grants its store page to dom0,
+/// dom0 maps the grant and binds an event channel; the daemon serves the
+/// ring through the mapping, the guest's client uses its own page. Both
+/// ends signal through the hosted event channels.
+#[test]
+fn store_ring_over_hosted_grants_and_event_channels() {
+    use std::sync::Arc;
+
+    use grant_tables::{Access, DomId, EventChannels, PageAllocator, SharedPages};
+    use hosted::HostedHypervisor;
+    use xenbus::ring::OwnedEvtchnSignal;
+
+    let dir = std::env::temp_dir().join(format!("xs-ring-hv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let hv = HostedHypervisor::create(&dir).unwrap();
+    let dom0 = Arc::new(hv.join(DomId(0)).unwrap());
+    let dom1 = Arc::new(hv.join(DomId(1)).unwrap());
+    let page = dom1.alloc_zeroed_pages(1).unwrap();
+    let gref = dom1.grant_table().grant_access(DomId(0), page.gfn(0).unwrap(), Access::ReadWrite).unwrap();
+    let guest_port = dom1.alloc_unbound(DomId(0)).unwrap();
+    let server_port = dom0.bind_interdomain(DomId(1), guest_port).unwrap();
+    let map = dom0.map_grant(DomId(1), gref.raw(), Access::ReadWrite).unwrap();
+
+    let d = XenstoreDaemon::spawn(socket_path()).unwrap();
+    let mut xs0 = connect(d.socket()).unwrap();
+    xs0.mkdir("/local/domain/1").unwrap();
+    xs0.set_perms("/local/domain/1", &[Perm::new(1, PermAccess::None)]).unwrap();
+    // SAFETY: the mapping is a whole page, page-aligned, valid until `map`
+    // is dropped, which happens after the served connection (declared
+    // later, dropped first); only raw volatile/atomic accesses touch it.
+    let server = unsafe {
+        StoreRing::init_server(map.as_ptr(), XENSTORE_SERVER_FEATURE_ERROR, OwnedEvtchnSignal::new(Arc::clone(&dom0), server_port))
+    };
+    let served = d.serve(1, server).unwrap();
+    // SAFETY: the guest's own page, valid until `page` is dropped, after
+    // the client; only raw volatile/atomic accesses touch it.
+    let ring = unsafe { StoreRing::new(page.as_ptr(), Side::Guest, OwnedEvtchnSignal::new(Arc::clone(&dom1), guest_port)) };
+    let mut xs = Xenstore::new(ring);
+
+    xs.write("name", "guest-one").unwrap();
+    assert_eq!(xs0.read("/local/domain/1/name").unwrap(), b"guest-one");
+    xs.watch("control/shutdown", "sd").unwrap();
+    assert_eq!(xs.wait_event(Wait::For(Duration::from_secs(2))).unwrap().unwrap().path, "control/shutdown");
+    xs0.write("/local/domain/1/control/shutdown", "poweroff").unwrap();
+    let e = xs.wait_event(Wait::For(Duration::from_secs(2))).unwrap().unwrap();
+    assert_eq!((e.path.as_str(), e.token.as_str()), ("control/shutdown", "sd"));
+    assert_eq!(xs.read("control/shutdown").unwrap(), b"poweroff");
+    for i in 0..40u32 {
+        let v: Vec<u8> = (0..1800u32).map(|j| (j ^ i) as u8).collect();
+        xs.write("blob", &v).unwrap();
+        assert_eq!(xs.read("blob").unwrap(), v);
+    }
+    drop(xs);
+    drop(served);
+    drop(map);
+    let _ = std::fs::remove_dir_all(&dir);
+}

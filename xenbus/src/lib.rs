@@ -71,7 +71,7 @@ pub use frontend::{
     PublishError,
 };
 pub use path::{Perm, PermAccess};
-pub use ring::{RingSignal, Side, StoreRing};
+pub use ring::{EvtchnSignal, OwnedEvtchnSignal, RingSignal, Side, StoreRing};
 pub use state::XenbusState;
 pub use transport::{Transport, TransportError, Wait};
 pub use wire::{Decoder, Errno, Message, MsgType, WireError};

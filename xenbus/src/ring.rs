@@ -161,19 +161,19 @@ impl<F: FnMut()> RingSignal for NotifyFn<F> {
 }
 
 /// A signal over an event channel of the platform.
-pub struct EvtchnSignal<'a, E: EventChannels> {
+pub struct EvtchnSignal<'a, E: EventChannels + ?Sized> {
     evtchn: &'a E,
     port: Port,
 }
 
-impl<'a, E: EventChannels> EvtchnSignal<'a, E> {
+impl<'a, E: EventChannels + ?Sized> EvtchnSignal<'a, E> {
     /// Signals through `port` of `evtchn`.
     pub fn new(evtchn: &'a E, port: Port) -> Self {
         EvtchnSignal { evtchn, port }
     }
 }
 
-impl<E: EventChannels> RingSignal for EvtchnSignal<'_, E> {
+impl<E: EventChannels + ?Sized> RingSignal for EvtchnSignal<'_, E> {
     fn notify(&mut self) -> Result<(), TransportError> {
         self.evtchn.notify(self.port).map_err(TransportError::Platform)
     }
@@ -184,6 +184,37 @@ impl<E: EventChannels> RingSignal for EvtchnSignal<'_, E> {
             Wait::Forever => None,
         };
         self.evtchn.block(self.port, timeout_ns).map_err(TransportError::Platform)
+    }
+}
+
+/// A signal over an event channel, holding any pointer-like handle to the
+/// platform (`Arc`, `Box`, `&`), for rings that move to another thread.
+pub struct OwnedEvtchnSignal<P> {
+    evtchn: P,
+    port: Port,
+}
+
+impl<P> OwnedEvtchnSignal<P>
+where
+    P: core::ops::Deref,
+    P::Target: EventChannels,
+{
+    /// Signals through `port` of the event channels behind `evtchn`.
+    pub fn new(evtchn: P, port: Port) -> Self {
+        OwnedEvtchnSignal { evtchn, port }
+    }
+}
+
+impl<P> RingSignal for OwnedEvtchnSignal<P>
+where
+    P: core::ops::Deref,
+    P::Target: EventChannels,
+{
+    fn notify(&mut self) -> Result<(), TransportError> {
+        EvtchnSignal::new(&*self.evtchn, self.port).notify()
+    }
+    fn wait(&mut self, wait: Wait) -> Result<bool, TransportError> {
+        EvtchnSignal::new(&*self.evtchn, self.port).wait(wait)
     }
 }
 
