@@ -235,11 +235,11 @@ fn interleaved_transactions_are_serializable() {
             call(&mut core, conn, 0, &op);
         }
         // Two transactions and outside writes, interleaved at random.
-        let mut txs: Vec<(u32, Vec<(Op, Outcome)>, bool)> = Vec::new();
+        let mut txs: Vec<OpenTx> = Vec::new();
         for _ in 0..2 {
             let reply = raw(&mut core, conn, MsgType::TransactionStart, 0, b"\0".to_vec());
             let id: u32 = std::str::from_utf8(reply.payload.strip_suffix(&[0]).unwrap()).unwrap().parse().unwrap();
-            txs.push((id, Vec::new(), false));
+            txs.push(OpenTx { id, done: Vec::new(), ended: false });
         }
         for _ in 0..(4 + r.below(12)) {
             match r.below(5) {
@@ -251,10 +251,10 @@ fn interleaved_transactions_are_serializable() {
                 }
                 k => {
                     let t = &mut txs[k % 2];
-                    if !t.2 {
+                    if !t.ended {
                         let op = random_op(&mut r);
-                        let got = call(&mut core, conn, t.0, &op);
-                        t.1.push((op, got));
+                        let got = call(&mut core, conn, t.id, &op);
+                        t.done.push((op, got));
                     }
                 }
             }
@@ -274,6 +274,14 @@ fn interleaved_transactions_are_serializable() {
     assert!(commits > 100 && conflicts > 50, "commits {commits}, conflicts {conflicts}");
 }
 
+/// A transaction in progress: its id, what it did and got, whether it
+/// ended.
+struct OpenTx {
+    id: u32,
+    done: Vec<(Op, Outcome)>,
+    ended: bool,
+}
+
 /// Commits a transaction; if the daemon accepts it, every result it gave
 /// must be what the model gives at this point (serializability), and the
 /// model takes its changes.
@@ -281,16 +289,16 @@ fn end(
     core: &mut XenstoreCore,
     conn: ConnId,
     model: &mut Model,
-    t: &mut (u32, Vec<(Op, Outcome)>, bool),
+    t: &mut OpenTx,
     seed: u64,
     commits: &mut u32,
     conflicts: &mut u32,
 ) {
-    if t.2 {
+    if t.ended {
         return;
     }
-    t.2 = true;
-    let reply = raw(core, conn, MsgType::TransactionEnd, t.0, b"T\0".to_vec());
+    t.ended = true;
+    let reply = raw(core, conn, MsgType::TransactionEnd, t.id, b"T\0".to_vec());
     if reply.msg_type == MsgType::Error {
         assert_eq!(reply.payload, b"EAGAIN\0", "seed {seed}");
         *conflicts += 1;
@@ -298,8 +306,8 @@ fn end(
     }
     *commits += 1;
     let mut replay = model.clone();
-    for (op, got) in &t.1 {
-        assert_eq!(&replay.apply(op), got, "seed {seed}: transaction {} is not serializable at {op:?}", t.0);
+    for (op, got) in &t.done {
+        assert_eq!(&replay.apply(op), got, "seed {seed}: transaction {} is not serializable at {op:?}", t.id);
     }
     *model = replay;
 }
