@@ -8,6 +8,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub const GRANT_REFS_KEY: &str = "data/grant-refs";
 /// `grant`: the unbound port dom0 binds to.
 pub const GRANT_PORT_KEY: &str = "data/grant-port";
+/// `grant`: the guest tried ending access while dom0 maps: dom0 may unmap.
+pub const GRANT_STEP_KEY: &str = "data/grant-step";
 /// `grant`: the guest's verdict.
 pub const GRANT_RESULT_KEY: &str = "data/grant-result";
 /// `ring`: the ring's grant ref.

@@ -7,8 +7,8 @@
 //! - carries Xen's ELF notes, the entry point, the hypercall page and the
 //!   boot stack (`rt::boot`);
 //! - reads `start_info`, maps the shared info page, and sets up the console
-//!   ring to xenconsoled ([`println!`]) and a xenstore client over the store
-//!   ring ([`xs`], [`rt::xs_read`], [`rt::xs_write`]);
+//!   ring to xenconsoled ([`println!`]) and the `xenbus` xenstore client
+//!   over the store ring (`rt::xs_read`, `rt::xs_write`, `rt::with_xenstore`);
 //! - reads its domid and name from xenstore, runs the program, and shuts the
 //!   domain down (poweroff on `Ok`, crash on `Err` or panic, with the reason
 //!   on the console);
@@ -18,9 +18,9 @@
 //!   `GNTTABOP_setup_table` and mapped with `update_va_mapping`), and event
 //!   channels polled in the shared info page, waiting with `SCHEDOP_poll`.
 //!
-//! The byte rings ([`ring_bytes`]) and the xenstore client ([`xs`]) are
-//! plain logic over shared memory and are tested on the host; everything
-//! that makes hypercalls is under `rt`, built for `target_os = "none"` only.
+//! The console ring ([`ring_bytes`]) and the lab's shared definitions
+//! ([`lab_proto`]) are plain logic, tested on the host; everything that
+//! makes hypercalls is under `rt`, built for `target_os = "none"` only.
 //!
 //! ```ignore
 //! #![no_std]
@@ -37,7 +37,6 @@ extern crate alloc;
 
 pub mod lab_proto;
 pub mod ring_bytes;
-pub mod xs;
 
 #[cfg(target_os = "none")]
 pub mod rt;

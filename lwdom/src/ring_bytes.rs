@@ -1,5 +1,5 @@
-//! Byte rings shared with a peer: the layout of Xen's console
-//! (`io/console.h`) and xenstore (`io/xs_wire.h`) rings. A ring is a
+//! Byte rings shared with a peer, as in Xen's console ring
+//! (`io/console.h`). A ring is a
 //! power-of-two byte array plus two free-running 32-bit indices; one side
 //! produces, the other consumes.
 //!
@@ -153,25 +153,6 @@ pub mod console_layout {
     pub const OUT_PROD: usize = 3084;
 }
 
-/// The xenstore page (`struct xenstore_domain_interface`): `req[1024]`,
-/// `rsp[1024]`, then `req_cons`, `req_prod`, `rsp_cons`, `rsp_prod`.
-pub mod xenstore_layout {
-    /// Offset of `req`.
-    pub const REQ: usize = 0;
-    /// Offset of `rsp`.
-    pub const RSP: usize = 1024;
-    /// Size of each ring.
-    pub const SIZE: u32 = 1024;
-    /// Offset of `req_cons`.
-    pub const REQ_CONS: usize = 2048;
-    /// Offset of `req_prod`.
-    pub const REQ_PROD: usize = 2052;
-    /// Offset of `rsp_cons`.
-    pub const RSP_CONS: usize = 2056;
-    /// Offset of `rsp_prod`.
-    pub const RSP_PROD: usize = 2060;
-}
-
 /// The console's output ring in a console page.
 ///
 /// # Safety
@@ -182,22 +163,6 @@ pub unsafe fn console_out(page: NonNull<u8>) -> ByteRing {
     // SAFETY: the offsets are those of `struct xencons_interface`, inside
     // the page the caller vouches for.
     unsafe { ByteRing::new(page, OUT, OUT_SIZE, OUT_CONS, OUT_PROD) }
-}
-
-/// The request (ours to produce) and response (ours to consume) rings of a
-/// xenstore page.
-///
-/// # Safety
-/// As for [`console_out`], for the xenstore page.
-pub unsafe fn xenstore_rings(page: NonNull<u8>) -> (ByteRing, ByteRing) {
-    use xenstore_layout::*;
-    // SAFETY: the offsets are those of `struct xenstore_domain_interface`.
-    unsafe {
-        (
-            ByteRing::new(page, REQ, SIZE, REQ_CONS, REQ_PROD),
-            ByteRing::new(page, RSP, SIZE, RSP_CONS, RSP_PROD),
-        )
-    }
 }
 
 #[cfg(test)]
@@ -237,10 +202,12 @@ mod tests {
         // SAFETY: a heap page used only through the ring.
         let out = unsafe { console_out(base) };
         assert!(out.write_some(b"a").is_err());
+        // The console's input ring, read by us: a producer index too far
+        // ahead is refused too.
         // SAFETY: as above.
-        let (_req, rsp) = unsafe { xenstore_rings(base) };
-        page[0].0[2060..2064].copy_from_slice(&4000u32.to_le_bytes());
+        let input = unsafe { ByteRing::new(base, console_layout::IN, console_layout::IN_SIZE, console_layout::IN_CONS, console_layout::IN_PROD) };
+        page[0].0[3076..3080].copy_from_slice(&4000u32.to_le_bytes());
         let mut buf = [0u8; 8];
-        assert!(rsp.read_some(&mut buf).is_err());
+        assert!(input.read_some(&mut buf).is_err());
     }
 }

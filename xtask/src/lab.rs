@@ -32,12 +32,18 @@ struct Scenario {
     name: &'static str,
     timeout_s: u64,
     what: &'static str,
+    /// Run when no `--scenario` is given. The others are negative controls:
+    /// they must FAIL, showing that a broken guest fails its scenario with
+    /// its console shown instead of hanging the run.
+    default: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "boot", timeout_s: 90, what: "lwdom boots, console, xenstore domid/name, result key, poweroff" },
-    Scenario { name: "grant", timeout_s: 120, what: "grant a page to dom0 (gntdev), reply, end access refused while mapped" },
-    Scenario { name: "ring", timeout_s: 600, what: "100000 FrontRing/BackRing round trips with dom0 over a granted page" },
+    Scenario { name: "boot", timeout_s: 90, what: "lwdom boots, console, xenstore domid/name, result key, poweroff", default: true },
+    Scenario { name: "grant", timeout_s: 120, what: "grant a page to dom0 (gntdev), reply, end access refused while mapped", default: true },
+    Scenario { name: "ring", timeout_s: 600, what: "100000 FrontRing/BackRing round trips with dom0 over a granted page", default: true },
+    Scenario { name: "panic", timeout_s: 60, what: "negative control: the guest panics; must FAIL with its console", default: false },
+    Scenario { name: "hang", timeout_s: 60, what: "negative control: the guest hangs; must FAIL, not hang the run", default: false },
 ];
 
 /// Time allowed from QEMU's start to dom0 announcing its toolstack is up.
@@ -67,7 +73,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         }
     }
     let scenarios = if names.is_empty() {
-        SCENARIOS.iter().collect()
+        SCENARIOS.iter().filter(|s| s.default).collect()
     } else {
         names
             .iter()

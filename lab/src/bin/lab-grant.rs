@@ -2,14 +2,14 @@
 //! `lab-grant DOMID REF_A REF_B PORT`.
 //!
 //! Maps both granted pages, checks the guest's pattern, writes a reply into
-//! page A and notifies; waits for the guest's event (it has tried to end
-//! access to page B while mapped), unmaps both pages and notifies again.
+//! page A and notifies; waits until the guest has tried to end access to
+//! page B while mapped (its step key), unmaps both pages and notifies again.
 
-use std::process::ExitCode;
-use std::time::Duration;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
 use lab::xendev::{arg_u32, EventChannel, GrantMapping};
-use lwdom::lab_proto::{pattern, PATTERN_LEN, REPLY, REPLY_OFFSET};
+use lwdom::lab_proto::{pattern, GRANT_STEP_KEY, PATTERN_LEN, REPLY, REPLY_OFFSET};
 
 fn run(args: &[String]) -> Result<(), String> {
     let domid = arg_u32(args, 1, "domid")?;
@@ -18,6 +18,9 @@ fn run(args: &[String]) -> Result<(), String> {
     let port = arg_u32(args, 4, "event channel port")?;
     let mut ch = EventChannel::bind(domid, port).map_err(|e| e.to_string())?;
     println!("lab-grant: bound to port {port} of domain {domid} as local port {}", ch.port);
+    // Xen marks the binding end pending when it binds (events sent to the
+    // unbound port could have been lost); that event is not the guest's.
+    let _ = ch.wait(Duration::from_millis(200));
     let a = GrantMapping::map(domid, ref_a).map_err(|e| format!("map ref {ref_a}: {e}"))?;
     let b = GrantMapping::map(domid, ref_b).map_err(|e| format!("map ref {ref_b}: {e}"))?;
     println!("lab-grant: mapped refs {ref_a} and {ref_b}");
@@ -34,10 +37,21 @@ fn run(args: &[String]) -> Result<(), String> {
         a.write(REPLY_OFFSET + i, *v);
     }
     ch.notify().map_err(|e| e.to_string())?;
-    if !ch.wait(Duration::from_secs(60)).map_err(|e| e.to_string())? {
-        return Err("no event from the guest within 60 s after the reply".into());
+    // The guest tries to end access while both pages are mapped, writes
+    // the step key, then notifies.
+    let step_key = format!("/local/domain/{domid}/{GRANT_STEP_KEY}");
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        if Instant::now() > until {
+            return Err(format!("the guest did not write {step_key} within 60 s after the reply"));
+        }
+        ch.wait(Duration::from_secs(1)).map_err(|e| e.to_string())?;
+        let out = Command::new("xenstore-read").arg(&step_key).output().map_err(|e| format!("cannot run xenstore-read: {e}"))?;
+        if out.status.success() {
+            println!("lab-grant: guest says {}", String::from_utf8_lossy(&out.stdout).trim());
+            break;
+        }
     }
-    println!("lab-grant: guest asked to unmap");
     a.unmap().map_err(|e| format!("unmap A: {e}"))?;
     b.unmap().map_err(|e| format!("unmap B: {e}"))?;
     ch.notify().map_err(|e| e.to_string())?;

@@ -74,6 +74,7 @@ fn run() -> Result<String, String> {
         Err(e) => println!("grant: end access of page B while dom0 maps it fails as it must: {e}"),
     }
     // dom0 unmaps both pages, then notifies.
+    lwdom::rt::xs_write(GRANT_STEP_KEY, "end-access-tried").map_err(|e| e.to_string())?;
     lw.notify(port).map_err(|e| e.to_string())?;
     if !lw.block(port, Some(WAIT_NS)).map_err(|e| e.to_string())? {
         return Err("dom0 did not notify within 60 s that it unmapped the pages".into());

@@ -21,9 +21,12 @@ use core::ptr::NonNull;
 
 use grant_tables::{DomId, Port};
 
-use crate::ring_bytes::{console_out, xenstore_rings, ByteRing};
-use crate::xs::{Doorbell, XenStore, XsError};
+use xenbus::ring::EvtchnSignal;
+use xenbus::{Side, StoreRing, Xenstore, XsError};
+
+use crate::ring_bytes::{console_out, ByteRing};
 use hypercall::{sched_op, SchedShutdown, SCHEDOP_SHUTDOWN};
+use platform::Lw;
 
 /// `SHUTDOWN_*` reasons.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +109,9 @@ impl<T> Global<T> {
 
 static START: Global<StartInfo> = Global::new();
 static CONSOLE: Global<ByteRing> = Global::new();
-static XENSTORE: Global<XenStore<StoreBell>> = Global::new();
+static XENSTORE: Global<Xenstore<StoreRing<EvtchnSignal<'static, Lw>>>> = Global::new();
+/// The platform the runtime's own xenstore connection signals through.
+static LW: Lw = Lw;
 static IDENTITY: Global<(DomId, String)> = Global::new();
 
 /// The start info the domain booted with.
@@ -190,40 +195,17 @@ macro_rules! println {
     }};
 }
 
-/// The xenstore doorbell: the store event channel, waiting up to a total
-/// per request.
-pub struct StoreBell {
-    port: Port,
-    waited_ns: u64,
-}
-
-/// How long a xenstore request may wait for the daemon.
-const XS_TIMEOUT_NS: u64 = 20_000_000_000;
-
-impl Doorbell for StoreBell {
-    fn notify(&mut self) {
-        let _ = events::notify(self.port);
-        self.waited_ns = 0;
-    }
-    fn wait(&mut self) -> Result<(), XsError> {
-        if self.waited_ns >= XS_TIMEOUT_NS {
-            return Err(XsError::TimedOut);
-        }
-        let t = time::now_ns();
-        let _ = events::block(self.port, Some(100_000_000));
-        self.waited_ns += time::now_ns().saturating_sub(t).max(1);
-        Ok(())
-    }
-}
+/// How long one wait for xenstored may last.
+const XS_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(20);
 
 /// Runs `f` with the xenstore connection.
-pub fn with_xenstore<R>(f: impl FnOnce(&mut XenStore<StoreBell>) -> R) -> R {
+pub fn with_xenstore<R>(f: impl FnOnce(&mut Xenstore<StoreRing<EvtchnSignal<'static, Lw>>>) -> R) -> R {
     f(XENSTORE.get().expect("xenstore set up at boot"))
 }
 
 /// Reads a xenstore key (relative to `/local/domain/<domid>` or absolute).
 pub fn xs_read(path: &str) -> Result<String, XsError> {
-    with_xenstore(|xs| xs.read(path))
+    with_xenstore(|xs| xs.read_string(path))
 }
 
 /// Writes a xenstore key.
@@ -237,9 +219,9 @@ pub fn xs_wait(path: &str, timeout_ns: u64) -> Result<String, XsError> {
     loop {
         match xs_read(path) {
             Ok(v) => return Ok(v),
-            Err(XsError::Daemon(e)) if e == "ENOENT" => {
+            Err(e) if e.is_not_found() => {
                 if time::now_ns() > until {
-                    return Err(XsError::TimedOut);
+                    return Err(e);
                 }
                 sleep_ns(20_000_000);
             }
@@ -289,9 +271,11 @@ unsafe extern "C" fn lwdom_rust_start(si: *const u8) -> ! {
     // xenconsoled, mapped by the builder at pfn * 4096; only this ring uses
     // it.
     CONSOLE.set(unsafe { console_out(pfn_to_va(mfn_to_pfn(info.console_mfn))) });
-    // SAFETY: likewise for the xenstore page.
-    let (req, rsp) = unsafe { xenstore_rings(pfn_to_va(mfn_to_pfn(info.store_mfn))) };
-    XENSTORE.set(XenStore::new(req, rsp, StoreBell { port: Port(info.store_evtchn), waited_ns: 0 }));
+    // SAFETY: likewise for the xenstore page, used only by this client.
+    let ring = unsafe { StoreRing::new(pfn_to_va(mfn_to_pfn(info.store_mfn)), Side::Guest, EvtchnSignal::new(&LW, Port(info.store_evtchn))) };
+    let mut xs = Xenstore::new(ring);
+    xs.set_timeout(XS_TIMEOUT);
+    XENSTORE.set(xs);
     crate::println!("lwdom: booted, {} pages, console on port {}, xenstore on port {}", info.nr_pages, info.console_evtchn, info.store_evtchn);
     let id = xs_read("domid").map_err(|e| e.to_string()).and_then(|d| d.trim().parse::<u16>().map_err(|e| alloc::format!("domid {d:?}: {e}")));
     let nm = xs_read("name");
