@@ -15,11 +15,17 @@ pub fn pin_to(cpu: usize) -> bool {
     }
 }
 
-/// Cores available to this process.
+/// Cores online on the machine. Not `available_parallelism`, which
+/// follows this thread's affinity: a process started from a pinned thread
+/// inherits that pin and would otherwise see one core.
 pub fn cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        1
+    }
 }
 
 /// The two cores the two ends run on: 0 and 1 when there are two or more.

@@ -1,14 +1,433 @@
-//! The ring entries of the ping-pong bench (being built: the hosted
-//! platform's grants and event channels, and the C `io/ring.h` peer, plug in
-//! here). Until then the bench measures the peers only and says the ring
-//! targets were not measured.
+//! The ring entries of the ping-pong bench.
+//!
+//! - `c-ring-h`: a front and a back built from Xen's own `io/ring.h` macros
+//!   (compiled from `xen-c-reference`), spinning, on two threads.
+//! - `ring-poll`, `ring-event`, `ring-adaptive`: our [`FrontRing`] in this
+//!   process (domain 1) and our [`BackRing`] in a child process (domain 0),
+//!   on the hosted platform, connected exactly as a driver connects: the
+//!   toolstack creates the device's xenstore nodes, the front allocates and
+//!   grants the ring page and an unbound event channel and publishes them
+//!   through the xenbus handshake, the back watches the frontend, maps the
+//!   grant, binds the channel and switches to Connected.
+//!
+//! Modes: `poll` spins on the peer's producer index and never notifies
+//! (after the handshake's first event); `event` asks for a notification and
+//! blocks on the event channel whenever the ring is empty; `adaptive` spins
+//! for [`ADAPTIVE_SPIN`] and then blocks.
 
-/// The ring entries: (name, message bytes, setup, runner).
-pub fn entries() -> Vec<(
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use grant_tables::{
+    Access, BackRing, DomId, EventChannels, FrontRing, GrantRef, PageAllocator, Port, SharedPages,
+};
+use hosted::toolstack::{add_device, DeviceSpec};
+use hosted::xenstore::{connect_as, XenstoreDaemon};
+use hosted::{HostedHypervisor, HostedPlatform};
+use xen_c_reference::{echo_request, echo_response, echo_response_ok, EchoRequest, EchoResponse};
+use xenbus::{ConnectStyle, Frontend, FrontendConfig, XenbusState};
+
+use crate::pin;
+
+/// The environment variable that turns the bench binary into the ring's
+/// backend process. Its value is `<dir>;<mode>;<requests>`.
+pub const BACKEND_ROLE_ENV: &str = "PINGPONG_RING_BACKEND";
+
+/// How long the adaptive mode spins before it blocks.
+pub const ADAPTIVE_SPIN: Duration = Duration::from_micros(50);
+
+/// No single wait of the bench may take longer than this.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+const FRONT: DomId = DomId(1);
+const BACK: DomId = DomId(0);
+const DEVICE: &str = "pingpong";
+
+/// How the two ends wait for each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Spin on the ring.
+    Poll,
+    /// Block on the event channel when the ring is empty.
+    Event,
+    /// Spin for a while, then block.
+    Adaptive,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Poll => "poll",
+            Mode::Event => "event",
+            Mode::Adaptive => "adaptive",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "poll" => Some(Mode::Poll),
+            "event" => Some(Mode::Event),
+            "adaptive" => Some(Mode::Adaptive),
+            _ => None,
+        }
+    }
+}
+
+/// A bench entry: name, message bytes, setup, runner.
+pub type Entry = (
     &'static str,
     usize,
     &'static str,
     fn(u64, u64) -> Result<Vec<u64>, String>,
-)> {
-    Vec::new()
+);
+
+/// The ring entries.
+pub fn entries() -> Vec<Entry> {
+    vec![
+        (
+            "c-ring-h",
+            std::mem::size_of::<EchoRequest>(),
+            "threads, C io/ring.h both ends, spinning",
+            c_ring_h,
+        ),
+        (
+            "ring-poll",
+            std::mem::size_of::<EchoRequest>(),
+            "2 processes (domains), hosted, spinning",
+            |n, w| ring(Mode::Poll, n, w),
+        ),
+        (
+            "ring-event",
+            std::mem::size_of::<EchoRequest>(),
+            "2 processes (domains), hosted, event channel",
+            |n, w| ring(Mode::Event, n, w),
+        ),
+        (
+            "ring-adaptive",
+            std::mem::size_of::<EchoRequest>(),
+            "2 processes (domains), hosted, spin 50us then block",
+            |n, w| ring(Mode::Adaptive, n, w),
+        ),
+    ]
+}
+
+/// Xen's own C ring on both ends, two threads, spinning.
+pub fn c_ring_h(iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
+    let mem = xen_c_reference::SharedPages::new(1);
+    let total = iters + warmup;
+    let addr = mem.as_ptr() as usize;
+    let (a, b) = pin::pair();
+    let back = std::thread::spawn(move || {
+        pin::pin_to(b);
+        // SAFETY: `mem` outlives this thread (joined below before it is
+        // dropped); the page is zeroed and only the two C ends touch it.
+        unsafe { xen_c_reference::pingpong_back(addr as *mut u8, 1, total) }
+    });
+    pin::pin_to(a);
+    let mut lat = vec![0u64; total as usize];
+    // SAFETY: as above: live, page-aligned, one page.
+    let r = unsafe { xen_c_reference::pingpong_front(mem.as_ptr(), 1, &mut lat) };
+    let b = back
+        .join()
+        .map_err(|_| "the C back end panicked".to_string())?;
+    r.map_err(|e| format!("C front end: {e:?}"))?;
+    b.map_err(|e| format!("C back end: {e:?}"))?;
+    drop(mem);
+    Ok(lat.split_off(warmup as usize))
+}
+
+fn fresh_dir() -> Result<PathBuf, String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!(
+        "pingpong-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn xs_err(what: &str) -> impl Fn(xenbus::XsError) -> String + '_ {
+    move |e| format!("xenstore: {what}: {e}")
+}
+
+/// Kills the child on every exit path.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits on the event channel or spins, per mode. `ready` polls the ring.
+fn wait_for<T>(
+    mode: Mode,
+    plat: &HostedPlatform,
+    port: Port,
+    deadline: Instant,
+    mut ready: impl FnMut(bool) -> Result<Option<T>, String>,
+) -> Result<T, String> {
+    let spin_until = match mode {
+        Mode::Poll => deadline,
+        Mode::Event => Instant::now(),
+        Mode::Adaptive => Instant::now() + ADAPTIVE_SPIN,
+    };
+    // Spin phase: poll the ring only.
+    loop {
+        if let Some(v) = ready(false)? {
+            return Ok(v);
+        }
+        if mode == Mode::Event {
+            break;
+        }
+        std::hint::spin_loop();
+        let now = Instant::now();
+        if now >= spin_until {
+            if mode == Mode::Poll {
+                return Err("timed out spinning on the ring: the peer stopped answering".into());
+            }
+            break;
+        }
+    }
+    // Block phase: ask for a notification (final check), then sleep.
+    loop {
+        if let Some(v) = ready(true)? {
+            return Ok(v);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out waiting for the peer's event".into());
+        }
+        plat.block(port, Some(left.as_nanos() as u64))
+            .map_err(|e| format!("block on {port}: {e}"))?;
+    }
+}
+
+/// The ring modes: front here (domain 1), back in a child (domain 0).
+pub fn ring(mode: Mode, iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
+    let dir = fresh_dir()?;
+    let result = ring_in(&dir, mode, iters, warmup);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn ring_in(dir: &Path, mode: Mode, iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
+    let total = iters + warmup;
+    let hv = HostedHypervisor::create(dir)
+        .map_err(|e| format!("hosted hypervisor in {}: {e}", dir.display()))?;
+    let sock = dir.join("xenstored.sock");
+    let daemon = XenstoreDaemon::spawn(&sock).map_err(|e| format!("xenstore daemon: {e}"))?;
+    let mut toolstack =
+        connect_as(&sock, BACK.0).map_err(|e| format!("toolstack xenstore: {e}"))?;
+    let dev = DeviceSpec::new(DEVICE, FRONT, BACK, 0);
+    add_device(&mut toolstack, &dev).map_err(|e| format!("toolstack: {e}"))?;
+
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the bench binary: {e}"))?;
+    let child = Command::new(exe)
+        .env(
+            BACKEND_ROLE_ENV,
+            format!("{};{};{total}", dir.display(), mode.name()),
+        )
+        .spawn()
+        .map_err(|e| format!("cannot start the backend process: {e}"))?;
+    let mut child = ChildGuard(Some(child));
+
+    let (a, _) = pin::pair();
+    pin::pin_to(a);
+    let plat = hv
+        .join(FRONT)
+        .map_err(|e| format!("joining as {FRONT}: {e}"))?;
+    let mut xs = connect_as(&sock, FRONT.0).map_err(|e| format!("frontend xenstore: {e}"))?;
+    let page = plat
+        .alloc_zeroed_pages(1)
+        .map_err(|e| format!("ring page: {e}"))?;
+    let gfn = page.gfn(0).ok_or("the ring page has no frame number")?;
+    let mut ring =
+        FrontRing::<EchoRequest, EchoResponse, _>::init(page).map_err(|e| e.to_string())?;
+
+    let mut grant: Option<GrantRef> = None;
+    let mut port: Option<Port> = None;
+    let mut fe = Frontend::new(FrontendConfig::new(
+        format!("device/{DEVICE}/0"),
+        ConnectStyle::InitialisedFirst,
+    ));
+    let start = Instant::now();
+    let mut clock = || start.elapsed();
+    let info = fe
+        .run_until_connected(&mut xs, &mut clock, |tx, info| {
+            let g = match &grant {
+                Some(g) => g.raw(),
+                None => {
+                    let g = plat
+                        .grant_table()
+                        .grant_access(info.backend_id, gfn, Access::ReadWrite)
+                        .map_err(|e| xenbus::PublishError::Device(e.to_string()))?;
+                    let raw = g.raw();
+                    grant = Some(g);
+                    raw
+                }
+            };
+            let p = match port {
+                Some(p) => p,
+                None => {
+                    let p = plat
+                        .alloc_unbound(info.backend_id)
+                        .map_err(|e| xenbus::PublishError::Device(e.to_string()))?;
+                    port = Some(p);
+                    p
+                }
+            };
+            tx.write(&info.frontend_key("ring-ref"), g.to_string())?;
+            tx.write(&info.frontend_key("event-channel"), p.0.to_string())?;
+            Ok(())
+        })
+        .map_err(|e| format!("xenbus handshake: {e}"))?;
+    let port = port.ok_or("connected without an event channel")?;
+    log::info!(
+        "ring connected to {} in {:?}",
+        info.backend,
+        start.elapsed()
+    );
+
+    let mut lat = Vec::with_capacity(iters as usize);
+    for i in 0..total {
+        let t = Instant::now();
+        ring.put_request(echo_request(i))
+            .map_err(|e| e.to_string())?;
+        if ring.push_requests() && mode != Mode::Poll {
+            plat.notify(port).map_err(|e| e.to_string())?;
+        }
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let rsp = wait_for(mode, &plat, port, deadline, |arm| {
+            if let Some(r) = ring.take_response().map_err(|e| e.to_string())? {
+                return Ok(Some(r));
+            }
+            if arm {
+                ring.final_check_for_responses()
+                    .map_err(|e| e.to_string())?;
+                return ring.take_response().map_err(|e| e.to_string());
+            }
+            Ok(None)
+        })?;
+        let dt = t.elapsed().as_nanos() as u64;
+        if !echo_response_ok(i, &rsp) {
+            return Err(format!("round trip {i}: wrong response {rsp:?}"));
+        }
+        if i >= warmup {
+            lat.push(dt);
+        }
+    }
+    if let Some(mut c) = child.0.take() {
+        let status = c
+            .wait()
+            .map_err(|e| format!("waiting for the backend: {e}"))?;
+        if !status.success() {
+            return Err(format!("the backend process failed: {status}"));
+        }
+    }
+    fe.close(&mut xs, start.elapsed()).ok();
+    if let Some(g) = grant {
+        plat.grant_table()
+            .end_access(g)
+            .map_err(|e| e.to_string())?;
+    }
+    drop(daemon);
+    Ok(lat)
+}
+
+/// The backend process: `PINGPONG_RING_BACKEND=<dir>;<mode>;<requests>`.
+pub fn backend_main(spec: &str) -> Result<(), String> {
+    let mut parts = spec.split(';');
+    let dir = PathBuf::from(parts.next().ok_or("missing directory")?);
+    let mode = parts
+        .next()
+        .and_then(Mode::parse)
+        .ok_or("missing or unknown mode")?;
+    let total: u64 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or("missing request count")?;
+    let (_, b) = pin::pair();
+    pin::pin_to(b);
+    let plat = HostedPlatform::join(&dir, BACK).map_err(|e| format!("joining as {BACK}: {e}"))?;
+    let mut xs = connect_as(dir.join("xenstored.sock"), BACK.0)
+        .map_err(|e| format!("backend xenstore: {e}"))?;
+    let be = format!("/local/domain/{}/backend/{DEVICE}/{}/0", BACK.0, FRONT.0);
+    let fe = xs
+        .read_string(&format!("{be}/frontend"))
+        .map_err(xs_err("reading frontend"))?;
+    let token = "pingpong-backend";
+    xs.watch(&format!("{fe}/state"), token)
+        .map_err(xs_err("watching the frontend"))?;
+    xs.write(&format!("{be}/state"), XenbusState::InitWait.as_str())
+        .map_err(xs_err("writing InitWait"))?;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    // Wait for the frontend to publish its keys (Initialised).
+    loop {
+        let st = xs
+            .read(&format!("{fe}/state"))
+            .map_err(xs_err("reading the frontend state"))?;
+        match XenbusState::parse(&st) {
+            Ok(XenbusState::Initialised) | Ok(XenbusState::Connected) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("frontend state: {e}")),
+        }
+        if Instant::now() >= deadline {
+            return Err("timed out waiting for the frontend to initialise".into());
+        }
+        xs.wait_event(xenbus::Wait::For(Duration::from_millis(100)))
+            .map_err(xs_err("waiting"))?;
+    }
+    let gref: u32 = xs
+        .read_string(&format!("{fe}/ring-ref"))
+        .map_err(xs_err("reading ring-ref"))?
+        .parse()
+        .map_err(|_| "ring-ref is not a number")?;
+    let rport: u32 = xs
+        .read_string(&format!("{fe}/event-channel"))
+        .map_err(xs_err("reading event-channel"))?
+        .parse()
+        .map_err(|_| "event-channel is not a number")?;
+    let mem = plat
+        .map_ring(FRONT, &[gref])
+        .map_err(|e| format!("mapping the ring: {e}"))?;
+    let port = plat
+        .bind_interdomain(FRONT, Port(rport))
+        .map_err(|e| format!("binding the event channel: {e}"))?;
+    let mut ring = BackRing::<EchoRequest, EchoResponse, _>::new(mem).map_err(|e| e.to_string())?;
+    xs.write(&format!("{be}/state"), XenbusState::Connected.as_str())
+        .map_err(xs_err("writing Connected"))?;
+
+    for _ in 0..total {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let req = wait_for(mode, &plat, port, deadline, |arm| {
+            if let Some(r) = ring.take_request().map_err(|e| e.to_string())? {
+                return Ok(Some(r));
+            }
+            if arm {
+                ring.final_check_for_requests().map_err(|e| e.to_string())?;
+                return ring.take_request().map_err(|e| e.to_string());
+            }
+            Ok(None)
+        })?;
+        ring.put_response(echo_response(&req))
+            .map_err(|e| e.to_string())?;
+        if ring.push_responses() && mode != Mode::Poll {
+            plat.notify(port).map_err(|e| e.to_string())?;
+        }
+    }
+    xs.write(&format!("{be}/state"), XenbusState::Closed.as_str())
+        .ok();
+    Ok(())
 }

@@ -73,6 +73,16 @@ fn ratio(r: &[Summary], a: &str, b: &str) -> Option<f64> {
 }
 
 fn main() -> ExitCode {
+    // The same binary is the ring's backend process (another domain).
+    if let Ok(spec) = std::env::var(benches::ring::BACKEND_ROLE_ENV) {
+        return match benches::ring::backend_main(&spec) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pingpong backend: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
