@@ -97,9 +97,12 @@ fn guest_name(scenario: &str) -> String {
     format!("lwdom-{scenario}")
 }
 
+/// Built programs: (name, path).
+type Built = Vec<(String, PathBuf)>;
+
 /// Builds the guest kernels (x86_64-unknown-none, linked at address 0 for
 /// Xen's PV domain builder) and the dom0 programs (host target).
-fn build_programs(scenarios: &[&Scenario]) -> Result<(Vec<(String, PathBuf)>, Vec<(String, PathBuf)>), String> {
+fn build_programs(scenarios: &[&Scenario]) -> Result<(Built, Built), String> {
     let td = target_dir();
     let script = root().join("lwdom/guest.ld");
     let flags = [
