@@ -338,8 +338,10 @@ impl Domain {
     fn commit_port(&self, port: Port, efd: Arc<File>, remote: DomId, binding: Binding) -> Result<(), PlatformError> {
         let seq = self.next_seq(port);
         let local = self.local(port)?;
+        let ep = sys::epoll_for(&efd).map_err(|e| os_err("epoll on an event channel eventfd", &e))?;
         let mut st = lock(&local.state);
         st.eventfd = Some(efd);
+        st.epoll = Some(Arc::new(ep));
         st.wake = None;
         local.remote.store(u32::from(remote.0), Ordering::Relaxed);
         // Release: the reset line is visible before the port is.
@@ -433,6 +435,7 @@ impl Domain {
             b.store(Binding::Free.encode(seq), Ordering::Release);
         }
         st.wake = None;
+        st.epoll = None;
         // Wake a thread blocked on the port so it sees the port closed.
         if let Some(efd) = st.eventfd.take() {
             if let Err(e) = sys::eventfd_signal(&efd) {
@@ -557,7 +560,13 @@ impl Domain {
             return Ok(true);
         }
         let deadline = timeout_ns.map(|t| Instant::now().checked_add(Duration::from_nanos(t)));
-        let efd = lock(&self.local(port)?.state).eventfd.clone().ok_or(PlatformError::BadPort(port))?;
+        let (efd, ep) = {
+            let st = lock(&self.local(port)?.state);
+            match (st.eventfd.clone(), st.epoll.clone()) {
+                (Some(e), Some(p)) => (e, p),
+                _ => return Err(PlatformError::BadPort(port)),
+            }
+        };
         loop {
             // Dekker, waiter side (see the module docs): announce that we
             // may sleep, then check once more. SeqCst so that the read of
@@ -579,12 +588,20 @@ impl Domain {
                 }
             };
             self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
-            let r = sys::wait_readable(efd.as_fd(), remaining);
+            // One system call per sleep: every eventfd write is a new edge,
+            // so the counter is never read on the way (it only grows, by
+            // one a wakeup; see the drain below).
+            let r = sys::epoll_wait_one(ep.as_fd(), remaining);
             line.waiting.fetch_sub(1, Ordering::SeqCst);
-            r.map_err(|e| os_err("waiting on an event channel eventfd", &e))?;
-            sys::eventfd_drain(&efd);
+            let woken = r.map_err(|e| os_err("waiting on an event channel eventfd", &e))?;
             // Closed while we slept?
             self.open_binding(port)?;
+            if woken && line.pending.load(Ordering::SeqCst) == 0 {
+                // Woken with nothing pending (an edge left from an earlier
+                // wakeup, or a peer writing the eventfd itself): reset the
+                // counter so a peer that saturates it cannot silence us.
+                sys::eventfd_drain(&efd);
+            }
         }
     }
 

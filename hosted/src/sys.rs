@@ -261,24 +261,6 @@ pub(crate) fn eventfd_drain(f: &File) {
     }
 }
 
-/// Waits until `fd` is readable or `timeout` passes (`None`: forever).
-/// Returns whether it is readable; an interrupted wait returns `false`.
-pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_nsec: t.subsec_nanos() as libc::c_long,
-    });
-    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `pfd` is one valid pollfd and `ts_ptr` is null or points to a
-    // timespec; both outlive the call. No signal mask is passed.
-    let r = unsafe { libc::ppoll(&mut pfd, 1, ts_ptr, std::ptr::null()) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
-    }
-    Ok(r > 0)
-}
 
 fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
@@ -450,4 +432,36 @@ pub(crate) fn recv_msg(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usiz
 pub(crate) fn shutdown(sock: BorrowedFd<'_>) {
     // SAFETY: shutdown takes integers only; `sock` is open.
     unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
+}
+
+/// An edge-triggered epoll instance watching `efd` for readability.
+pub(crate) fn epoll_for(efd: &File) -> io::Result<OwnedFd> {
+    // SAFETY: epoll_create1 takes an integer flag.
+    let ep = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    // SAFETY: epoll_create1 just returned this descriptor; nothing else owns it.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: 0 };
+    // SAFETY: both descriptors are open and `ev` is a valid epoll_event that
+    // outlives the call.
+    cvt(unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, efd.as_raw_fd(), &mut ev) })?;
+    Ok(ep)
+}
+
+/// Sleeps in `epoll_wait` on a one-descriptor epoll instance until it
+/// reports an event or `timeout` passes (`None`: forever). Returns whether
+/// an event came; an interrupted wait returns `false`.
+pub(crate) fn epoll_wait_one(ep: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let ms = match timeout {
+        None => -1,
+        // Round up so a short timeout still sleeps rather than spins.
+        Some(t) => i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+    };
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: `ep` is open and `ev` is room for the one event asked for.
+    let r = unsafe { libc::epoll_wait(ep.as_raw_fd(), &mut ev, 1, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+    }
+    Ok(r > 0)
 }
