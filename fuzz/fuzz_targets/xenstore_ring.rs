@@ -54,13 +54,24 @@ const FIELDS: [usize; 7] = [
     offsets::ERROR,
 ];
 
-const PATHS: [&str; 4] = ["/local/domain/1/device/vif/0/state", "device/vbd", "/", "@releaseDomain"];
+const PATHS: [&str; 4] = [
+    "/local/domain/1/device/vif/0/state",
+    "device/vbd",
+    "/",
+    "@releaseDomain",
+];
 
 fn apply(page: &RingPage, p: &Poke) {
     match p {
-        Poke::Index { field, value } => page.write_u32(FIELDS[usize::from(*field) % FIELDS.len()], *value),
+        Poke::Index { field, value } => {
+            page.write_u32(FIELDS[usize::from(*field) % FIELDS.len()], *value)
+        }
         Poke::Advance { rsp, by } => {
-            let off = if *rsp { offsets::RSP_PROD } else { offsets::REQ_CONS };
+            let off = if *rsp {
+                offsets::RSP_PROD
+            } else {
+                offsets::REQ_CONS
+            };
             page.write_u32(off, page.read_u32(off).wrapping_add(u32::from(*by)));
         }
         Poke::Bytes { offset, bytes } => page.fill(usize::from(*offset) % INTERFACE_SIZE, bytes),
@@ -106,7 +117,9 @@ fuzz_target!(|input: Input| {
             }
             Step::Peer(p) => apply(&page, p),
             Step::Read { path } => drop(xs.read(PATHS[usize::from(*path) % PATHS.len()])),
-            Step::Write { path, value } => drop(xs.write(PATHS[usize::from(*path) % PATHS.len()], value)),
+            Step::Write { path, value } => {
+                drop(xs.write(PATHS[usize::from(*path) % PATHS.len()], value))
+            }
             Step::Directory { path } => drop(xs.directory(PATHS[usize::from(*path) % PATHS.len()])),
             Step::Watch { path } => drop(xs.watch(PATHS[usize::from(*path) % PATHS.len()], "tok")),
             Step::Transaction => drop(xs.transaction(|tx| tx.write("/a", "b"))),

@@ -12,7 +12,8 @@ fn run(data: &[u8], cuts: &[u8]) -> (Vec<Message>, Option<WireError>) {
     let mut rest = data;
     let mut i = 0;
     while !rest.is_empty() {
-        let n = (usize::from(cuts.get(i % cuts.len().max(1)).copied().unwrap_or(255)) + 1).min(rest.len());
+        let n = (usize::from(cuts.get(i % cuts.len().max(1)).copied().unwrap_or(255)) + 1)
+            .min(rest.len());
         i += 1;
         let (mut chunk, tail) = rest.split_at(n);
         rest = tail;

@@ -22,13 +22,30 @@ enum Arg {
 #[derive(Arbitrary, Debug)]
 enum Step {
     /// Raw bytes to a connection.
-    Raw { conn: u8, bytes: Vec<u8> },
+    Raw {
+        conn: u8,
+        bytes: Vec<u8>,
+    },
     /// A framed request.
-    Request { conn: u8, msg_type: u8, tx: u8, args: Vec<Arg>, trailing_nul: bool },
-    Connect { domid: u8 },
-    Disconnect { conn: u8 },
-    Introduce { domid: u8 },
-    Release { domid: u8 },
+    Request {
+        conn: u8,
+        msg_type: u8,
+        tx: u8,
+        args: Vec<Arg>,
+        trailing_nul: bool,
+    },
+    Connect {
+        domid: u8,
+    },
+    Disconnect {
+        conn: u8,
+    },
+    Introduce {
+        domid: u8,
+    },
+    Release {
+        domid: u8,
+    },
 }
 
 const PATHS: [&str; 12] = [
@@ -50,7 +67,12 @@ fn arg_bytes(a: &Arg) -> Vec<u8> {
     match a {
         Arg::Path(i) => PATHS[usize::from(*i) % PATHS.len()].as_bytes().to_vec(),
         Arg::Number(n) => n.to_string().into_bytes(),
-        Arg::Perm(l, d) => format!("{}{}", ['n', 'r', 'w', 'b', 'x'][usize::from(*l) % 5], d % 4).into_bytes(),
+        Arg::Perm(l, d) => format!(
+            "{}{}",
+            ['n', 'r', 'w', 'b', 'x'][usize::from(*l) % 5],
+            d % 4
+        )
+        .into_bytes(),
         Arg::Bytes(b) => b.clone(),
     }
 }
@@ -60,14 +82,21 @@ fn check_output(bytes: &[u8]) {
     let mut d = Decoder::new();
     let mut input = bytes;
     while !input.is_empty() {
-        let m = d.decode(&mut input).expect("daemon output is well-framed").expect("whole messages only");
+        let m = d
+            .decode(&mut input)
+            .expect("daemon output is well-framed")
+            .expect("whole messages only");
         assert!(m.payload.len() <= XENSTORE_PAYLOAD_MAX);
         assert!(m.msg_type != MsgType::Error || m.payload.ends_with(&[0]));
     }
 }
 
 fuzz_target!(|steps: Vec<Step>| {
-    let quotas = Quotas { nodes_per_domain: 50, watches_per_domain: 8, ..Quotas::default() };
+    let quotas = Quotas {
+        nodes_per_domain: 50,
+        watches_per_domain: 8,
+        ..Quotas::default()
+    };
     let mut core = XenstoreCore::new(quotas);
     let _ = core.introduce(1, 0, 0);
     let mut conns: Vec<ConnId> = vec![core.connect(0), core.connect(1)];
@@ -81,8 +110,16 @@ fuzz_target!(|steps: Vec<Step>| {
                     }
                 }
             }
-            Step::Request { conn, msg_type, tx, args, trailing_nul } => {
-                let Some(&id) = conns.get(usize::from(conn) % conns.len().max(1)) else { continue };
+            Step::Request {
+                conn,
+                msg_type,
+                tx,
+                args,
+                trailing_nul,
+            } => {
+                let Some(&id) = conns.get(usize::from(conn) % conns.len().max(1)) else {
+                    continue;
+                };
                 let t = MsgType::ALL[usize::from(msg_type) % MsgType::ALL.len()];
                 let parts: Vec<Vec<u8>> = args.iter().take(8).map(arg_bytes).collect();
                 let mut payload = join_strings(&parts);
@@ -90,7 +127,9 @@ fuzz_target!(|steps: Vec<Step>| {
                     payload.pop();
                 }
                 payload.truncate(XENSTORE_PAYLOAD_MAX);
-                let Ok(msg) = Message::new(t, 1, u32::from(tx % 4), payload) else { continue };
+                let Ok(msg) = Message::new(t, 1, u32::from(tx % 4), payload) else {
+                    continue;
+                };
                 if core.feed(id, &msg.encode()).is_err() {
                     core.disconnect(id);
                     conns.retain(|c| *c != id);

@@ -7,10 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hosted::xenstore::{connect, connect_as, UnixXenstore, XenstoreDaemon};
-use xenbus::backend::{Backend, BackendConfig, BackendDevice, BackendEvent, BackendPhase, ConnectWhen, FrontendInfo, FrontendLoss};
+use xenbus::backend::{
+    Backend, BackendConfig, BackendDevice, BackendEvent, BackendPhase, ConnectWhen, FrontendInfo,
+    FrontendLoss,
+};
 use xenbus::frontend::{
-    BackendInfo, ConnectStyle, DisconnectReason, Frontend, FrontendConfig, HandshakeError, HandshakeEvent, Phase,
-    PublishError,
+    BackendInfo, ConnectStyle, DisconnectReason, Frontend, FrontendConfig, HandshakeError,
+    HandshakeEvent, Phase, PublishError,
 };
 use xenbus::{Perm, PermAccess, Transaction, Transport, Wait, XenbusState, Xenstore};
 
@@ -21,7 +24,11 @@ const BE: &str = "/local/domain/2/backend/vbd/1/51712";
 
 fn socket_path() -> std::path::PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    std::env::temp_dir().join(format!("xs-be-{}-{}.sock", std::process::id(), N.fetch_add(1, Ordering::SeqCst)))
+    std::env::temp_dir().join(format!(
+        "xs-be-{}-{}.sock",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
 }
 
 /// libxl's layout: homes owned by their domains, device directories owned
@@ -39,12 +46,24 @@ fn toolstack_create(xs: &mut UnixXenstore) {
             tx.set_perms(&home, &[Perm::new(d, PermAccess::None)])?;
         }
         tx.mkdir(FE)?;
-        tx.set_perms(FE, &[Perm::new(FE_DOM, PermAccess::None), Perm::new(BE_DOM, PermAccess::Read)])?;
+        tx.set_perms(
+            FE,
+            &[
+                Perm::new(FE_DOM, PermAccess::None),
+                Perm::new(BE_DOM, PermAccess::Read),
+            ],
+        )?;
         tx.write(&format!("{FE}/backend"), BE)?;
         tx.write(&format!("{FE}/backend-id"), BE_DOM.to_string())?;
         tx.write(&format!("{FE}/state"), "1")?;
         tx.mkdir(BE)?;
-        tx.set_perms(BE, &[Perm::new(BE_DOM, PermAccess::None), Perm::new(FE_DOM, PermAccess::Read)])?;
+        tx.set_perms(
+            BE,
+            &[
+                Perm::new(BE_DOM, PermAccess::None),
+                Perm::new(FE_DOM, PermAccess::Read),
+            ],
+        )?;
         tx.write(&format!("{BE}/frontend"), FE)?;
         tx.write(&format!("{BE}/frontend-id"), FE_DOM.to_string())?;
         tx.write(&format!("{BE}/state"), "1")
@@ -61,7 +80,11 @@ struct BackDev {
 }
 
 impl<T: Transport> BackendDevice<T> for BackDev {
-    fn advertise(&mut self, tx: &mut Transaction<'_, T>, info: &FrontendInfo) -> Result<(), PublishError> {
+    fn advertise(
+        &mut self,
+        tx: &mut Transaction<'_, T>,
+        info: &FrontendInfo,
+    ) -> Result<(), PublishError> {
         tx.write(&info.backend_key("feature-flush-cache"), "1")?;
         tx.write(&info.backend_key("sectors"), "2048")?;
         Ok(())
@@ -70,7 +93,8 @@ impl<T: Transport> BackendDevice<T> for BackDev {
     fn connect(&mut self, xs: &mut Xenstore<T>, info: &FrontendInfo) -> Result<(), PublishError> {
         let num = |xs: &mut Xenstore<T>, key: &str| -> Result<u32, PublishError> {
             let v = xs.read_string(&info.frontend_key(key))?;
-            v.parse::<u32>().map_err(|_| PublishError::Device(format!("{key} {v:?} is not a number")))
+            v.parse::<u32>()
+                .map_err(|_| PublishError::Device(format!("{key} {v:?} is not a number")))
         };
         let rr = num(xs, "ring-ref")?;
         let port = num(xs, "event-channel")?;
@@ -93,9 +117,17 @@ struct FrontDev {
 }
 
 impl FrontDev {
-    fn publish<T: Transport>(&mut self, tx: &mut Transaction<'_, T>, be: &BackendInfo) -> Result<(), PublishError> {
+    fn publish<T: Transport>(
+        &mut self,
+        tx: &mut Transaction<'_, T>,
+        be: &BackendInfo,
+    ) -> Result<(), PublishError> {
         self.publishes += 1;
-        let rr = if self.bad_first && self.publishes == 1 { "8-bits".to_string() } else { format!("{}", 8 + self.publishes) };
+        let rr = if self.bad_first && self.publishes == 1 {
+            "8-bits".to_string()
+        } else {
+            format!("{}", 8 + self.publishes)
+        };
         tx.write(&be.frontend_key("ring-ref"), rr)?;
         tx.write(&be.frontend_key("event-channel"), "3")?;
         Ok(())
@@ -128,7 +160,10 @@ impl Rig {
             xs0,
             fxs,
             bxs,
-            fdev: FrontDev { bad_first: false, publishes: 0 },
+            fdev: FrontDev {
+                bad_first: false,
+                publishes: 0,
+            },
             bdev: BackDev::default(),
             start: Instant::now(),
         }
@@ -144,7 +179,10 @@ impl Rig {
         let (mut fev, mut bev) = (Vec::new(), Vec::new());
         loop {
             let now = self.start.elapsed();
-            let f = self.fe.poll(&mut self.fxs, now, |tx, b| self.fdev.publish(tx, b)).unwrap();
+            let f = self
+                .fe
+                .poll(&mut self.fxs, now, |tx, b| self.fdev.publish(tx, b))
+                .unwrap();
             let b = self.be.poll(&mut self.bxs, now, &mut self.bdev).unwrap();
             if f != HandshakeEvent::Idle {
                 fev.push(f);
@@ -161,7 +199,9 @@ impl Rig {
                 self.fe.phase(),
                 self.be.phase()
             );
-            self.fxs.pump_wait(Wait::For(Duration::from_millis(2))).unwrap();
+            self.fxs
+                .pump_wait(Wait::For(Duration::from_millis(2)))
+                .unwrap();
         }
     }
 
@@ -171,45 +211,69 @@ impl Rig {
 }
 
 fn both_connected(f: &[HandshakeEvent], b: &[BackendEvent]) -> bool {
-    f.iter().any(|e| matches!(e, HandshakeEvent::Connected(_))) && b.iter().any(|e| matches!(e, BackendEvent::Connected(_)))
+    f.iter().any(|e| matches!(e, HandshakeEvent::Connected(_)))
+        && b.iter().any(|e| matches!(e, BackendEvent::Connected(_)))
 }
 
 #[test]
 fn block_style_connects() {
-    let mut r = Rig::new(ConnectStyle::InitialisedFirst, ConnectWhen::FrontendInitialised);
+    let mut r = Rig::new(
+        ConnectStyle::InitialisedFirst,
+        ConnectWhen::FrontendInitialised,
+    );
     let (_, bev) = r.drive(both_connected);
-    let BackendEvent::Connected(info) = &bev[0] else { panic!("{bev:?}") };
+    let BackendEvent::Connected(info) = &bev[0] else {
+        panic!("{bev:?}")
+    };
     assert_eq!(info.frontend, FE);
     assert_eq!(info.frontend_id, grant_tables::DomId(FE_DOM));
     assert_eq!(r.bdev.mapped, Some((9, 3)));
-    assert_eq!((r.state(FE), r.state(BE)), (XenbusState::Connected, XenbusState::Connected));
+    assert_eq!(
+        (r.state(FE), r.state(BE)),
+        (XenbusState::Connected, XenbusState::Connected)
+    );
     // The advertised keys are there for the frontend to read.
     assert_eq!(r.fxs.read(&format!("{BE}/sectors")).unwrap(), b"2048");
 }
 
 #[test]
 fn network_style_connects() {
-    let mut r = Rig::new(ConnectStyle::ConnectedAtOnce, ConnectWhen::FrontendConnected);
+    let mut r = Rig::new(
+        ConnectStyle::ConnectedAtOnce,
+        ConnectWhen::FrontendConnected,
+    );
     r.drive(both_connected);
     assert_eq!(r.bdev.connects, 1);
 }
 
 #[test]
 fn frontend_restart_reconnects() {
-    let mut r = Rig::new(ConnectStyle::InitialisedFirst, ConnectWhen::FrontendInitialised);
+    let mut r = Rig::new(
+        ConnectStyle::InitialisedFirst,
+        ConnectWhen::FrontendInitialised,
+    );
     r.drive(both_connected);
     // The guest reboots: a new frontend instance on a new connection.
     r.fxs = connect_as(r.d.socket(), FE_DOM).unwrap();
-    r.fe = Frontend::new(FrontendConfig::new("device/vbd/51712", ConnectStyle::InitialisedFirst));
+    r.fe = Frontend::new(FrontendConfig::new(
+        "device/vbd/51712",
+        ConnectStyle::InitialisedFirst,
+    ));
     let (_, bev) = r.drive(both_connected);
     assert_eq!(bev[0], BackendEvent::Disconnected(FrontendLoss::Restarted));
     assert_eq!((r.bdev.connects, r.bdev.disconnects), (2, 1));
-    assert_eq!((r.state(FE), r.state(BE)), (XenbusState::Connected, XenbusState::Connected));
+    assert_eq!(
+        (r.state(FE), r.state(BE)),
+        (XenbusState::Connected, XenbusState::Connected)
+    );
 }
 
 #[test]
 fn backend_crash_and_restart() {
-    let mut r = Rig::new(ConnectStyle::InitialisedFirst, ConnectWhen::FrontendInitialised);
+    let mut r = Rig::new(
+        ConnectStyle::InitialisedFirst,
+        ConnectWhen::FrontendInitialised,
+    );
     r.drive(both_connected);
     // The backend process dies; the toolstack cleans up and recreates the
     // device; a new backend instance starts.
@@ -217,8 +281,12 @@ fn backend_crash_and_restart() {
     r.be = Backend::new(BackendConfig::new(BE, ConnectWhen::FrontendInitialised));
     r.bdev = BackDev::default();
     r.xs0.rm(BE).unwrap();
-    let (fev, _) = r.drive(|f, _| f.contains(&HandshakeEvent::Disconnected(DisconnectReason::BackendGone)));
-    assert_eq!(fev, [HandshakeEvent::Disconnected(DisconnectReason::BackendGone)]);
+    let (fev, _) =
+        r.drive(|f, _| f.contains(&HandshakeEvent::Disconnected(DisconnectReason::BackendGone)));
+    assert_eq!(
+        fev,
+        [HandshakeEvent::Disconnected(DisconnectReason::BackendGone)]
+    );
     toolstack_create(&mut r.xs0);
     r.drive(both_connected);
     assert_eq!(r.fe.connections(), 2);
@@ -227,19 +295,31 @@ fn backend_crash_and_restart() {
 
 #[test]
 fn bad_frontend_keys_fail_the_connection_until_fixed() {
-    let mut r = Rig::new(ConnectStyle::InitialisedFirst, ConnectWhen::FrontendInitialised);
+    let mut r = Rig::new(
+        ConnectStyle::InitialisedFirst,
+        ConnectWhen::FrontendInitialised,
+    );
     r.fdev.bad_first = true;
     let (fev, bev) = r.drive(both_connected);
-    assert!(matches!(&bev[0], BackendEvent::ConnectFailed(PublishError::Device(m)) if m.contains("ring-ref")), "{bev:?}");
+    assert!(
+        matches!(&bev[0], BackendEvent::ConnectFailed(PublishError::Device(m)) if m.contains("ring-ref")),
+        "{bev:?}"
+    );
     // The frontend saw the backend close and started over.
-    assert_eq!(fev[0], HandshakeEvent::Disconnected(DisconnectReason::BackendClosing));
+    assert_eq!(
+        fev[0],
+        HandshakeEvent::Disconnected(DisconnectReason::BackendClosing)
+    );
     assert_eq!(r.bdev.mapped, Some((10, 3)));
     assert_eq!(r.bdev.connects, 1);
 }
 
 #[test]
 fn frontend_close_then_backend_waits() {
-    let mut r = Rig::new(ConnectStyle::InitialisedFirst, ConnectWhen::FrontendInitialised);
+    let mut r = Rig::new(
+        ConnectStyle::InitialisedFirst,
+        ConnectWhen::FrontendInitialised,
+    );
     r.drive(both_connected);
     let now = r.start.elapsed();
     r.fe.close(&mut r.fxs, now).unwrap();
@@ -259,13 +339,19 @@ fn frontend_close_then_backend_waits() {
 
 #[test]
 fn unplug_closes_both_and_removal_is_reported() {
-    let mut r = Rig::new(ConnectStyle::InitialisedFirst, ConnectWhen::FrontendInitialised);
+    let mut r = Rig::new(
+        ConnectStyle::InitialisedFirst,
+        ConnectWhen::FrontendInitialised,
+    );
     r.drive(both_connected);
     // The toolstack asks the backend to go away ...
     let now = r.start.elapsed();
     r.be.close(&mut r.bxs, now).unwrap();
     let (fev, bev) = r.drive(|_, b| b.contains(&BackendEvent::Closed));
-    assert_eq!(fev[0], HandshakeEvent::Disconnected(DisconnectReason::BackendClosing));
+    assert_eq!(
+        fev[0],
+        HandshakeEvent::Disconnected(DisconnectReason::BackendClosing)
+    );
     assert_eq!(r.be.phase(), BackendPhase::Shut);
     assert_eq!(bev, [BackendEvent::Closed]);
     // ... then removes the device.
@@ -278,7 +364,10 @@ fn unplug_closes_both_and_removal_is_reported() {
 
 #[test]
 fn backend_removed_while_connected() {
-    let mut r = Rig::new(ConnectStyle::InitialisedFirst, ConnectWhen::FrontendInitialised);
+    let mut r = Rig::new(
+        ConnectStyle::InitialisedFirst,
+        ConnectWhen::FrontendInitialised,
+    );
     r.drive(both_connected);
     r.xs0.rm(BE).unwrap();
     let (_, bev) = r.drive(|_, b| b.contains(&BackendEvent::Removed));
@@ -296,17 +385,26 @@ fn backend_deadline_for_the_frontend() {
     cfg.frontend_timeout = Some(Duration::from_secs(30));
     let mut be = Backend::new(cfg);
     let mut dev = BackDev::default();
-    assert_eq!(be.poll(&mut bxs, Duration::from_secs(1), &mut dev).unwrap(), BackendEvent::Idle);
+    assert_eq!(
+        be.poll(&mut bxs, Duration::from_secs(1), &mut dev).unwrap(),
+        BackendEvent::Idle
+    );
     assert_eq!(be.phase(), BackendPhase::WaitFrontend);
     assert_eq!(
         XenbusState::parse(&xs0.read(&format!("{BE}/state")).unwrap()).unwrap(),
         XenbusState::InitWait
     );
-    let err = be.poll(&mut bxs, Duration::from_secs(40), &mut dev).unwrap_err();
+    let err = be
+        .poll(&mut bxs, Duration::from_secs(40), &mut dev)
+        .unwrap_err();
     assert!(
         matches!(
             err,
-            HandshakeError::BackendTimeout { phase: BackendPhase::WaitFrontend, frontend_state: Some(XenbusState::Initialising), .. }
+            HandshakeError::BackendTimeout {
+                phase: BackendPhase::WaitFrontend,
+                frontend_state: Some(XenbusState::Initialising),
+                ..
+            }
         ),
         "{err:?}"
     );

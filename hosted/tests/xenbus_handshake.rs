@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use hosted::xenstore::{connect, connect_as, UnixXenstore, XenstoreDaemon};
 use xenbus::frontend::{
-    BackendInfo, ConnectStyle, DisconnectReason, Frontend, FrontendConfig, HandshakeError, HandshakeEvent, Phase,
-    PublishError,
+    BackendInfo, ConnectStyle, DisconnectReason, Frontend, FrontendConfig, HandshakeError,
+    HandshakeEvent, Phase, PublishError,
 };
 use xenbus::{Perm, PermAccess, Transaction, Wait, XenbusState, XsError};
 
@@ -22,7 +22,11 @@ const BE_DOM: u16 = 2;
 
 fn socket_path() -> std::path::PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    std::env::temp_dir().join(format!("xs-hs-{}-{}.sock", std::process::id(), N.fetch_add(1, Ordering::SeqCst)))
+    std::env::temp_dir().join(format!(
+        "xs-hs-{}-{}.sock",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
 }
 
 fn fe_abs(id: u32) -> String {
@@ -45,12 +49,24 @@ fn toolstack_create(xs: &mut UnixXenstore, be_dom: u16, id: u32) {
     }
     xs.transaction(|tx| {
         tx.mkdir(&fe)?;
-        tx.set_perms(&fe, &[Perm::new(FE_DOM, PermAccess::None), Perm::new(be_dom, PermAccess::Read)])?;
+        tx.set_perms(
+            &fe,
+            &[
+                Perm::new(FE_DOM, PermAccess::None),
+                Perm::new(be_dom, PermAccess::Read),
+            ],
+        )?;
         tx.write(&format!("{fe}/backend"), &be)?;
         tx.write(&format!("{fe}/backend-id"), be_dom.to_string())?;
         tx.write(&format!("{fe}/state"), "1")?;
         tx.mkdir(&be)?;
-        tx.set_perms(&be, &[Perm::new(be_dom, PermAccess::None), Perm::new(FE_DOM, PermAccess::Read)])?;
+        tx.set_perms(
+            &be,
+            &[
+                Perm::new(be_dom, PermAccess::None),
+                Perm::new(FE_DOM, PermAccess::Read),
+            ],
+        )?;
         tx.write(&format!("{be}/frontend"), &fe)?;
         tx.write(&format!("{be}/frontend-id"), FE_DOM.to_string())?;
         tx.write(&format!("{be}/state"), "1")
@@ -72,20 +88,34 @@ struct SimBackend {
 }
 
 impl SimBackend {
-    fn start(socket: &std::path::Path, be_dom: u16, id: u32, connect_on: XenbusState) -> SimBackend {
+    fn start(
+        socket: &std::path::Path,
+        be_dom: u16,
+        id: u32,
+        connect_on: XenbusState,
+    ) -> SimBackend {
         let mut xs = connect_as(socket, be_dom).unwrap();
         let dir = be_abs(be_dom, id);
         let fe = xs.read_string(&format!("{dir}/frontend")).unwrap();
         let token = format!("be:{dir}");
         xs.watch(&format!("{fe}/state"), &token).unwrap();
-        let mut be =
-            SimBackend { xs, dir, fe, token, state: XenbusState::Initialising, connect_on, ring_refs: Vec::new() };
+        let mut be = SimBackend {
+            xs,
+            dir,
+            fe,
+            token,
+            state: XenbusState::Initialising,
+            connect_on,
+            ring_refs: Vec::new(),
+        };
         be.set_state(XenbusState::InitWait);
         be
     }
 
     fn set_state(&mut self, s: XenbusState) {
-        self.xs.write(&format!("{}/state", self.dir), s.as_str()).unwrap();
+        self.xs
+            .write(&format!("{}/state", self.dir), s.as_str())
+            .unwrap();
         self.state = s;
     }
 
@@ -100,16 +130,30 @@ impl SimBackend {
             Err(e) => panic!("{e}"),
         };
         match fe_state {
-            s if (s == self.connect_on || s == XenbusState::Connected) && self.state == XenbusState::InitWait => {
-                let rr = self.xs.read_string(&format!("{}/ring-ref", self.fe)).expect("ring-ref published");
-                let port = self.xs.read_string(&format!("{}/event-channel", self.fe)).expect("event-channel published");
+            s if (s == self.connect_on || s == XenbusState::Connected)
+                && self.state == XenbusState::InitWait =>
+            {
+                let rr = self
+                    .xs
+                    .read_string(&format!("{}/ring-ref", self.fe))
+                    .expect("ring-ref published");
+                let port = self
+                    .xs
+                    .read_string(&format!("{}/event-channel", self.fe))
+                    .expect("event-channel published");
                 assert!(port.parse::<u32>().is_ok());
                 self.ring_refs.push(rr);
                 self.set_state(XenbusState::Connected);
             }
-            XenbusState::Closing if self.state != XenbusState::Closed => self.set_state(XenbusState::Closing),
-            XenbusState::Closed if self.state != XenbusState::Closed => self.set_state(XenbusState::Closed),
-            XenbusState::Initialising if self.state == XenbusState::Closed => self.set_state(XenbusState::InitWait),
+            XenbusState::Closing if self.state != XenbusState::Closed => {
+                self.set_state(XenbusState::Closing)
+            }
+            XenbusState::Closed if self.state != XenbusState::Closed => {
+                self.set_state(XenbusState::Closed)
+            }
+            XenbusState::Initialising if self.state == XenbusState::Closed => {
+                self.set_state(XenbusState::InitWait)
+            }
             _ => {}
         }
     }
@@ -123,15 +167,25 @@ struct Device {
 
 impl Device {
     fn new() -> Self {
-        Device { publishes: Vec::new(), generation: 0 }
+        Device {
+            publishes: Vec::new(),
+            generation: 0,
+        }
     }
 
-    fn publish<T: xenbus::Transport>(&mut self, tx: &mut Transaction<'_, T>, be: &BackendInfo) -> Result<(), PublishError> {
+    fn publish<T: xenbus::Transport>(
+        &mut self,
+        tx: &mut Transaction<'_, T>,
+        be: &BackendInfo,
+    ) -> Result<(), PublishError> {
         if self.publishes.last() != Some(be) || self.generation == 0 {
             self.generation += 1;
         }
         self.publishes.push(be.clone());
-        tx.write(&be.frontend_key("ring-ref"), format!("{}", 100 + self.generation))?;
+        tx.write(
+            &be.frontend_key("ring-ref"),
+            format!("{}", 100 + self.generation),
+        )?;
         tx.write(&be.frontend_key("event-channel"), "7")?;
         tx.write(&be.frontend_key("request-rx-copy"), "1")?;
         Ok(())
@@ -159,7 +213,9 @@ fn drive(
     let end = Instant::now() + Duration::from_secs(5);
     let mut seen = Vec::new();
     while Instant::now() < end {
-        let ev = fe.poll(fxs, clock.now(), |tx, be| dev.publish(tx, be)).unwrap();
+        let ev = fe
+            .poll(fxs, clock.now(), |tx, be| dev.publish(tx, be))
+            .unwrap();
         for b in backends.iter_mut() {
             b.poll();
         }
@@ -171,14 +227,19 @@ fn drive(
         }
         fxs.pump_wait(Wait::For(Duration::from_millis(5))).unwrap();
     }
-    panic!("handshake stuck in phase {:?}; events so far: {seen:?}", fe.phase());
+    panic!(
+        "handshake stuck in phase {:?}; events so far: {seen:?}",
+        fe.phase()
+    );
 }
 
 fn is_connected(e: &HandshakeEvent) -> bool {
     matches!(e, HandshakeEvent::Connected(_))
 }
 
-fn setup(style_connect_on: XenbusState) -> (XenstoreDaemon, UnixXenstore, UnixXenstore, SimBackend) {
+fn setup(
+    style_connect_on: XenbusState,
+) -> (XenstoreDaemon, UnixXenstore, UnixXenstore, SimBackend) {
     let d = XenstoreDaemon::spawn(socket_path()).unwrap();
     let mut xs0 = connect(d.socket()).unwrap();
     toolstack_create(&mut xs0, BE_DOM, 0);
@@ -194,24 +255,52 @@ fn state_of(xs: &mut UnixXenstore, path: &str) -> XenbusState {
 #[test]
 fn connects_block_style_without_threads() {
     let (_d, mut xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
-    let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::InitialisedFirst));
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
     let mut dev = Device::new();
     let clock = Clock(Instant::now());
-    let events = drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
-    let HandshakeEvent::Connected(info) = events.last().unwrap() else { unreachable!() };
+    let events = drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
+    let HandshakeEvent::Connected(info) = events.last().unwrap() else {
+        unreachable!()
+    };
     assert_eq!(info.backend, be_abs(BE_DOM, 0));
     assert_eq!(info.backend_id, grant_tables::DomId(BE_DOM));
     assert_eq!(fe.phase(), Phase::Connected);
-    assert_eq!(state_of(&mut xs0, &format!("{}/state", fe_abs(0))), XenbusState::Connected);
-    assert_eq!(state_of(&mut xs0, &format!("{}/state", be_abs(BE_DOM, 0))), XenbusState::Connected);
+    assert_eq!(
+        state_of(&mut xs0, &format!("{}/state", fe_abs(0))),
+        XenbusState::Connected
+    );
+    assert_eq!(
+        state_of(&mut xs0, &format!("{}/state", be_abs(BE_DOM, 0))),
+        XenbusState::Connected
+    );
     assert_eq!(be.ring_refs, ["101"]);
     // The published keys belong to the frontend domain, readable by the
     // backend domain.
     let perms = xs0.get_perms(&format!("{}/ring-ref", fe_abs(0))).unwrap();
-    assert_eq!(perms, [Perm::new(FE_DOM, PermAccess::None), Perm::new(BE_DOM, PermAccess::Read)]);
+    assert_eq!(
+        perms,
+        [
+            Perm::new(FE_DOM, PermAccess::None),
+            Perm::new(BE_DOM, PermAccess::Read)
+        ]
+    );
     // Nothing more happens while both stay connected.
     for _ in 0..10 {
-        assert_eq!(fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b)).unwrap(), HandshakeEvent::Idle);
+        assert_eq!(
+            fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
+                .unwrap(),
+            HandshakeEvent::Idle
+        );
     }
 }
 
@@ -219,58 +308,123 @@ fn connects_block_style_without_threads() {
 fn connects_network_style() {
     // netback connects only once the frontend says Connected.
     let (_d, mut xs0, mut fxs, mut be) = setup(XenbusState::Connected);
-    let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::ConnectedAtOnce));
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::ConnectedAtOnce,
+    ));
     let mut dev = Device::new();
     let clock = Clock(Instant::now());
-    drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
-    assert_eq!(state_of(&mut xs0, &format!("{}/state", fe_abs(0))), XenbusState::Connected);
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
+    assert_eq!(
+        state_of(&mut xs0, &format!("{}/state", fe_abs(0))),
+        XenbusState::Connected
+    );
     assert_eq!(be.ring_refs.len(), 1);
 }
 
 #[test]
 fn backend_crash_and_restart_reconnects() {
     let (d, mut xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
-    let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::InitialisedFirst));
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
     let mut dev = Device::new();
     let clock = Clock(Instant::now());
-    drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
 
     // The backend dies: its connection goes, the toolstack removes its nodes.
     drop(be);
     xs0.rm(&be_abs(BE_DOM, 0)).unwrap();
-    let events = drive(&mut fe, &mut fxs, &mut dev, &mut [], &clock, |e| matches!(e, HandshakeEvent::Disconnected(_)));
-    assert_eq!(events, [HandshakeEvent::Disconnected(DisconnectReason::BackendGone)]);
+    let events = drive(&mut fe, &mut fxs, &mut dev, &mut [], &clock, |e| {
+        matches!(e, HandshakeEvent::Disconnected(_))
+    });
+    assert_eq!(
+        events,
+        [HandshakeEvent::Disconnected(DisconnectReason::BackendGone)]
+    );
     assert_eq!(fe.phase(), Phase::WaitBackendReturn);
-    assert_eq!(state_of(&mut xs0, &format!("{}/state", fe_abs(0))), XenbusState::Closed);
+    assert_eq!(
+        state_of(&mut xs0, &format!("{}/state", fe_abs(0))),
+        XenbusState::Closed
+    );
     // It stays waiting while the backend is absent.
     for _ in 0..5 {
-        assert_eq!(fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b)).unwrap(), HandshakeEvent::Idle);
+        assert_eq!(
+            fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
+                .unwrap(),
+            HandshakeEvent::Idle
+        );
     }
 
     // The backend restarts: the toolstack recreates its directory, the
     // driver comes up.
     toolstack_create(&mut xs0, BE_DOM, 0);
     let mut be2 = SimBackend::start(d.socket(), BE_DOM, 0, XenbusState::Initialised);
-    drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be2], &clock, is_connected);
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be2],
+        &clock,
+        is_connected,
+    );
     assert_eq!(fe.connections(), 2);
     assert_eq!(be2.ring_refs.len(), 1, "the new backend got the keys again");
-    assert_eq!(state_of(&mut xs0, &format!("{}/state", fe_abs(0))), XenbusState::Connected);
+    assert_eq!(
+        state_of(&mut xs0, &format!("{}/state", fe_abs(0))),
+        XenbusState::Connected
+    );
 }
 
 #[test]
 fn backend_closing_then_reconnects() {
     let (_d, mut xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
-    let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::InitialisedFirst));
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
     let mut dev = Device::new();
     let clock = Clock(Instant::now());
-    drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
 
     // The backend goes Closing (unplug or error) then Closed, as blkback
     // does; the frontend drops the connection and starts over once the
     // backend is ready again.
     be.set_state(XenbusState::Closing);
-    let events = drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
-    assert_eq!(events[0], HandshakeEvent::Disconnected(DisconnectReason::BackendClosing));
+    let events = drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
+    assert_eq!(
+        events[0],
+        HandshakeEvent::Disconnected(DisconnectReason::BackendClosing)
+    );
     assert!(is_connected(events.last().unwrap()));
     assert_eq!(be.ring_refs.len(), 2);
     assert_eq!(fe.connections(), 2);
@@ -280,64 +434,137 @@ fn backend_closing_then_reconnects() {
 #[test]
 fn backend_restarting_while_connected_is_a_disconnect() {
     let (_d, _xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
-    let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::InitialisedFirst));
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
     let mut dev = Device::new();
     let clock = Clock(Instant::now());
-    drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
     // The backend jumps straight back to InitWait (a restart whose
     // intermediate states were never seen).
     be.set_state(XenbusState::InitWait);
-    let events = drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
-    assert_eq!(events[0], HandshakeEvent::Disconnected(DisconnectReason::BackendRestarted));
+    let events = drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
+    assert_eq!(
+        events[0],
+        HandshakeEvent::Disconnected(DisconnectReason::BackendRestarted)
+    );
     assert_eq!(be.ring_refs.len(), 2);
 }
 
 #[test]
 fn backend_moves_to_another_domain() {
     let (d, mut xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
-    let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::InitialisedFirst));
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
     let mut dev = Device::new();
     let clock = Clock(Instant::now());
-    drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
 
     // The driver domain dies and a new one (dom3) takes over the device.
     drop(be);
     xs0.rm(&be_abs(BE_DOM, 0)).unwrap();
     xs0.release(BE_DOM).unwrap();
-    drive(&mut fe, &mut fxs, &mut dev, &mut [], &clock, |e| matches!(e, HandshakeEvent::Disconnected(_)));
+    drive(&mut fe, &mut fxs, &mut dev, &mut [], &clock, |e| {
+        matches!(e, HandshakeEvent::Disconnected(_))
+    });
     toolstack_create(&mut xs0, 3, 0);
     // The toolstack lets the new backend domain read the frontend's nodes.
     for key in xs0.directory(&fe_abs(0)).unwrap() {
         let p = format!("{}/{key}", fe_abs(0));
-        xs0.set_perms(&p, &[Perm::new(FE_DOM, PermAccess::None), Perm::new(3, PermAccess::Read)]).unwrap();
+        xs0.set_perms(
+            &p,
+            &[
+                Perm::new(FE_DOM, PermAccess::None),
+                Perm::new(3, PermAccess::Read),
+            ],
+        )
+        .unwrap();
     }
     let mut be3 = SimBackend::start(d.socket(), 3, 0, XenbusState::Initialised);
-    let events = drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be3], &clock, is_connected);
-    let HandshakeEvent::Connected(info) = events.last().unwrap() else { unreachable!() };
+    let events = drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be3],
+        &clock,
+        is_connected,
+    );
+    let HandshakeEvent::Connected(info) = events.last().unwrap() else {
+        unreachable!()
+    };
     assert_eq!(info.backend_id, grant_tables::DomId(3));
     assert_eq!(info.backend, be_abs(3, 0));
     // The device was told the new backend when publishing (to grant to it).
-    assert_eq!(dev.publishes.last().unwrap().backend_id, grant_tables::DomId(3));
+    assert_eq!(
+        dev.publishes.last().unwrap().backend_id,
+        grant_tables::DomId(3)
+    );
     assert_eq!(be3.ring_refs.len(), 1);
 }
 
 #[test]
 fn frontend_close_is_orderly() {
     let (_d, mut xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
-    let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::InitialisedFirst));
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
     let mut dev = Device::new();
     let clock = Clock(Instant::now());
-    drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
     fe.close(&mut fxs, clock.now()).unwrap();
-    assert_eq!(state_of(&mut xs0, &format!("{}/state", fe_abs(0))), XenbusState::Closing);
-    let events = drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, |e| *e == HandshakeEvent::Closed);
+    assert_eq!(
+        state_of(&mut xs0, &format!("{}/state", fe_abs(0))),
+        XenbusState::Closing
+    );
+    let events = drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, |e| {
+        *e == HandshakeEvent::Closed
+    });
     assert_eq!(events, [HandshakeEvent::Closed]);
     assert_eq!(fe.phase(), Phase::Shut);
-    assert_eq!(state_of(&mut xs0, &format!("{}/state", fe_abs(0))), XenbusState::Closed);
+    assert_eq!(
+        state_of(&mut xs0, &format!("{}/state", fe_abs(0))),
+        XenbusState::Closed
+    );
     // The backend follows to Closed and the frontend does not come back.
     for _ in 0..20 {
         be.poll();
-        assert_eq!(fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b)).unwrap(), HandshakeEvent::Idle);
+        assert_eq!(
+            fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
+                .unwrap(),
+            HandshakeEvent::Idle
+        );
         fxs.pump_wait(Wait::For(Duration::from_millis(5))).unwrap();
     }
     assert_eq!(be.state, XenbusState::Closed);
@@ -347,18 +574,69 @@ fn frontend_close_is_orderly() {
 #[test]
 fn device_removal_is_reported() {
     let (_d, mut xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
-    let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::InitialisedFirst));
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
     let mut dev = Device::new();
     let clock = Clock(Instant::now());
-    drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
     // Hot unplug: the toolstack removes both directories.
     xs0.rm(&fe_abs(0)).unwrap();
     xs0.rm(&be_abs(BE_DOM, 0)).unwrap();
-    let events = drive(&mut fe, &mut fxs, &mut dev, &mut [], &clock, |e| *e == HandshakeEvent::Removed);
+    let events = drive(&mut fe, &mut fxs, &mut dev, &mut [], &clock, |e| {
+        *e == HandshakeEvent::Removed
+    });
     assert_eq!(events, [HandshakeEvent::Removed]);
     assert_eq!(fe.phase(), Phase::Shut);
     // Nothing was written back.
     assert!(xs0.read(&fe_abs(0)).unwrap_err().is_not_found());
+}
+
+#[test]
+fn a_late_reply_is_retried_not_fatal() {
+    let (d, _xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
+    let mut dev = Device::new();
+    let clock = Clock(Instant::now());
+    fxs.set_timeout(Duration::from_millis(50));
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        // The daemon stalls: its state is locked for a while.
+        s.spawn(|| {
+            d.with_core(|_| {
+                held_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+            })
+        });
+        held_rx.recv().unwrap();
+        let err = fe
+            .poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        assert_ne!(fe.phase(), Phase::Failed);
+    });
+    // Once the daemon answers again, the same handshake carries on (the
+    // late replies are dropped by request id).
+    fxs.set_timeout(Duration::from_secs(5));
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
 }
 
 #[test]
@@ -373,15 +651,24 @@ fn backend_on_its_own_thread() {
         let mut be = SimBackend::start(&socket, BE_DOM, 0, XenbusState::Initialised);
         while !stop2.load(Ordering::SeqCst) {
             be.poll();
-            be.xs.pump_wait(Wait::For(Duration::from_millis(10))).unwrap();
+            be.xs
+                .pump_wait(Wait::For(Duration::from_millis(10)))
+                .unwrap();
         }
         be.ring_refs
     });
     let mut fxs = connect_as(d.socket(), FE_DOM).unwrap();
-    let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::InitialisedFirst));
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
     let mut dev = Device::new();
     let start = Instant::now();
-    let info = fe.run_until_connected(&mut fxs, &mut || start.elapsed(), |tx, b| dev.publish(tx, b)).unwrap();
+    let info = fe
+        .run_until_connected(&mut fxs, &mut || start.elapsed(), |tx, b| {
+            dev.publish(tx, b)
+        })
+        .unwrap();
     assert_eq!(info.backend_id, grant_tables::DomId(BE_DOM));
     stop.store(true, Ordering::SeqCst);
     assert_eq!(backend.join().unwrap(), ["101"]);
@@ -399,12 +686,31 @@ fn waits_time_out_and_say_what_they_waited_for() {
     let mut fe = Frontend::new(cfg);
     let mut dev = Device::new();
     // A fake clock: no real waiting.
-    assert_eq!(fe.poll(&mut fxs, Duration::from_secs(100), |tx, b| dev.publish(tx, b)).unwrap(), HandshakeEvent::Idle);
+    assert_eq!(
+        fe.poll(&mut fxs, Duration::from_secs(100), |tx, b| dev
+            .publish(tx, b))
+            .unwrap(),
+        HandshakeEvent::Idle
+    );
     assert_eq!(fe.phase(), Phase::WaitBackendInitWait);
-    assert_eq!(fe.poll(&mut fxs, Duration::from_secs(102), |tx, b| dev.publish(tx, b)).unwrap(), HandshakeEvent::Idle);
-    let err = fe.poll(&mut fxs, Duration::from_secs(104), |tx, b| dev.publish(tx, b)).unwrap_err();
+    assert_eq!(
+        fe.poll(&mut fxs, Duration::from_secs(102), |tx, b| dev
+            .publish(tx, b))
+            .unwrap(),
+        HandshakeEvent::Idle
+    );
+    let err = fe
+        .poll(&mut fxs, Duration::from_secs(104), |tx, b| {
+            dev.publish(tx, b)
+        })
+        .unwrap_err();
     match &err {
-        HandshakeError::Timeout { phase, backend_state, waited, .. } => {
+        HandshakeError::Timeout {
+            phase,
+            backend_state,
+            waited,
+            ..
+        } => {
             assert_eq!(*phase, Phase::WaitBackendInitWait);
             assert_eq!(*backend_state, Some(XenbusState::Initialising));
             assert_eq!(*waited, Duration::from_secs(4));
@@ -412,14 +718,29 @@ fn waits_time_out_and_say_what_they_waited_for() {
         other => panic!("{other:?}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("InitWait") && msg.contains("backend driver"), "{msg}");
+    assert!(
+        msg.contains("InitWait") && msg.contains("backend driver"),
+        "{msg}"
+    );
     assert_eq!(fe.phase(), Phase::Failed);
     // Failed stays failed until restarted.
-    assert_eq!(fe.poll(&mut fxs, Duration::from_secs(105), |tx, b| dev.publish(tx, b)).unwrap(), HandshakeEvent::Idle);
+    assert_eq!(
+        fe.poll(&mut fxs, Duration::from_secs(105), |tx, b| dev
+            .publish(tx, b))
+            .unwrap(),
+        HandshakeEvent::Idle
+    );
     fe.restart();
     let mut be = SimBackend::start(d.socket(), BE_DOM, 0, XenbusState::Initialised);
     let clock = Clock(Instant::now());
-    drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
 }
 
 #[test]
@@ -428,16 +749,36 @@ fn missing_toolstack_nodes_wait_then_time_out() {
     let mut xs0 = connect(d.socket()).unwrap();
     xs0.introduce(FE_DOM, 0, 0).unwrap();
     xs0.mkdir("/local/domain/1").unwrap();
-    xs0.set_perms("/local/domain/1", &[Perm::new(FE_DOM, PermAccess::None)]).unwrap();
+    xs0.set_perms("/local/domain/1", &[Perm::new(FE_DOM, PermAccess::None)])
+        .unwrap();
     let mut fxs = connect_as(d.socket(), FE_DOM).unwrap();
     let mut cfg = FrontendConfig::new("device/vbd/51712", ConnectStyle::InitialisedFirst);
     cfg.step_timeout = Duration::from_secs(1);
     let mut fe = Frontend::new(cfg);
     let mut dev = Device::new();
-    assert_eq!(fe.poll(&mut fxs, Duration::from_secs(10), |tx, b| dev.publish(tx, b)).unwrap(), HandshakeEvent::Idle);
+    assert_eq!(
+        fe.poll(&mut fxs, Duration::from_secs(10), |tx, b| dev
+            .publish(tx, b))
+            .unwrap(),
+        HandshakeEvent::Idle
+    );
     assert_eq!(fe.phase(), Phase::FindBackend);
-    let err = fe.poll(&mut fxs, Duration::from_secs(12), |tx, b| dev.publish(tx, b)).unwrap_err();
-    assert!(matches!(err, HandshakeError::Timeout { phase: Phase::FindBackend, backend_state: None, .. }), "{err:?}");
+    let err = fe
+        .poll(&mut fxs, Duration::from_secs(12), |tx, b| {
+            dev.publish(tx, b)
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HandshakeError::Timeout {
+                phase: Phase::FindBackend,
+                backend_state: None,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -447,11 +788,21 @@ fn bad_toolstack_values_are_reported() {
     toolstack_create(&mut xs0, BE_DOM, 0);
     let mut fxs = connect_as(d.socket(), FE_DOM).unwrap();
     let mut dev = Device::new();
-    for (key, value) in [("backend-id", "2x"), ("backend-id", "70000"), ("backend-id", "32752"), ("backend", "relative/path")] {
+    for (key, value) in [
+        ("backend-id", "2x"),
+        ("backend-id", "70000"),
+        ("backend-id", "32752"),
+        ("backend", "relative/path"),
+    ] {
         toolstack_create(&mut xs0, BE_DOM, 0);
         xs0.write(&format!("{}/{key}", fe_abs(0)), value).unwrap();
-        let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::InitialisedFirst));
-        let err = fe.poll(&mut fxs, Duration::ZERO, |tx, b| dev.publish(tx, b)).unwrap_err();
+        let mut fe = Frontend::new(FrontendConfig::new(
+            "device/vif/0",
+            ConnectStyle::InitialisedFirst,
+        ));
+        let err = fe
+            .poll(&mut fxs, Duration::ZERO, |tx, b| dev.publish(tx, b))
+            .unwrap_err();
         match &err {
             HandshakeError::BadNode { path, .. } => assert!(path.ends_with(key), "{path}"),
             other => panic!("{key}={value}: {other:?}"),
@@ -464,24 +815,42 @@ fn bad_toolstack_values_are_reported() {
 #[test]
 fn hostile_backend_state_values_are_tolerated() {
     let (_d, _xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
-    let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::InitialisedFirst));
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
     let mut dev = Device::new();
     let clock = Clock(Instant::now());
     // Garbage before InitWait: the frontend keeps waiting.
     for garbage in [&b"9"[..], b"", b"04", b"\xff\xfe", b"2 ", &[b'2'; 2000][..]] {
         be.xs.write(&format!("{}/state", be.dir), garbage).unwrap();
         for _ in 0..3 {
-            assert_eq!(fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b)).unwrap(), HandshakeEvent::Idle);
+            assert_eq!(
+                fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
+                    .unwrap(),
+                HandshakeEvent::Idle
+            );
             fxs.pump_wait(Wait::For(Duration::from_millis(5))).unwrap();
         }
         assert_eq!(fe.phase(), Phase::WaitBackendInitWait);
     }
     be.set_state(XenbusState::InitWait);
-    drive(&mut fe, &mut fxs, &mut dev, &mut [&mut be], &clock, is_connected);
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
     // Garbage while connected does not disconnect.
     be.xs.write(&format!("{}/state", be.dir), "bogus").unwrap();
     for _ in 0..3 {
-        assert_eq!(fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b)).unwrap(), HandshakeEvent::Idle);
+        assert_eq!(
+            fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
+                .unwrap(),
+            HandshakeEvent::Idle
+        );
         fxs.pump_wait(Wait::For(Duration::from_millis(5))).unwrap();
     }
     assert_eq!(fe.phase(), Phase::Connected);
@@ -490,7 +859,10 @@ fn hostile_backend_state_values_are_tolerated() {
 #[test]
 fn publish_failure_is_reported_with_the_device_error() {
     let (_d, mut xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
-    let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::InitialisedFirst));
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
     let clock = Clock(Instant::now());
     let end = Instant::now() + Duration::from_secs(5);
     let err = loop {

@@ -9,7 +9,11 @@ use hosted::xenstore::connect;
 #[test]
 fn serves_until_sigterm_and_cleans_up() {
     let socket = std::env::temp_dir().join(format!("xs-bin-{}.sock", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xenstored")).arg("--socket").arg(&socket).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xenstored"))
+        .arg("--socket")
+        .arg(&socket)
+        .spawn()
+        .unwrap();
     let end = Instant::now() + Duration::from_secs(10);
     let mut xs = loop {
         if let Ok(xs) = connect(&socket) {
@@ -31,7 +35,10 @@ fn serves_until_sigterm_and_cleans_up() {
 #[test]
 fn bad_arguments_are_refused() {
     for args in [&[][..], &["--socket"][..], &["--bogus"][..]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_xenstored")).args(args).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_xenstored"))
+            .args(args)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
     }

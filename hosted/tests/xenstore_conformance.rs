@@ -13,7 +13,11 @@ use xenbus::{Errno, Perm, PermAccess, Wait, XsError};
 
 fn socket_path() -> std::path::PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    std::env::temp_dir().join(format!("xs-conf-{}-{}.sock", std::process::id(), N.fetch_add(1, Ordering::SeqCst)))
+    std::env::temp_dir().join(format!(
+        "xs-conf-{}-{}.sock",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
 }
 
 fn daemon() -> XenstoreDaemon {
@@ -40,7 +44,8 @@ fn events(xs: &mut UnixXenstore, token: &str, window: Duration) -> Vec<String> {
         if left.is_zero() {
             return out;
         }
-        xs.pump_wait(Wait::For(left.min(Duration::from_millis(20)))).unwrap();
+        xs.pump_wait(Wait::For(left.min(Duration::from_millis(20))))
+            .unwrap();
     }
 }
 
@@ -101,7 +106,14 @@ fn bad_paths_are_einval() {
     let d = daemon();
     let mut xs = dom0(&d);
     let mut raw = RawClient::new(&d);
-    for bad in [&b"/a//b"[..], b"/a/", b"/a b", b"/a\xff", b"", b"@releaseDomain"] {
+    for bad in [
+        &b"/a//b"[..],
+        b"/a/",
+        b"/a b",
+        b"/a\xff",
+        b"",
+        b"@releaseDomain",
+    ] {
         let mut p = bad.to_vec();
         p.push(0);
         let r = raw.call(MsgType::Read, 0, &p);
@@ -128,7 +140,9 @@ fn bad_paths_are_einval() {
 fn large_directories_come_in_parts() {
     let d = daemon();
     let mut xs = dom0(&d);
-    let names: Vec<String> = (0..400).map(|i| format!("a-rather-long-child-name-{i:04}")).collect();
+    let names: Vec<String> = (0..400)
+        .map(|i| format!("a-rather-long-child-name-{i:04}"))
+        .collect();
     xs.transaction(|tx| {
         for n in &names {
             tx.write(&format!("/big/{n}"), "")?;
@@ -155,7 +169,8 @@ fn watch_fires_initially_and_for_every_change_below() {
     xs.write("/w/a", "2").unwrap();
     xs.write("/w/b/c", "3").unwrap();
     xs.write("/wx", "sibling prefix, not a child").unwrap();
-    xs.set_perms("/w/a", &[Perm::new(0, PermAccess::Read)]).unwrap();
+    xs.set_perms("/w/a", &[Perm::new(0, PermAccess::Read)])
+        .unwrap();
     xs.rm("/w/b").unwrap();
     let got = events(&mut w, "tok", Duration::from_millis(300));
     assert_eq!(got, ["/w/a", "/w/a", "/w/b/c", "/w/a", "/w/b"]);
@@ -195,7 +210,8 @@ fn relative_watches_report_relative_paths() {
     let d = daemon();
     let mut xs = dom0(&d);
     xs.mkdir("/local/domain/3").unwrap();
-    xs.set_perms("/local/domain/3", &[Perm::new(3, PermAccess::None)]).unwrap();
+    xs.set_perms("/local/domain/3", &[Perm::new(3, PermAccess::None)])
+        .unwrap();
     let mut guest = dom(&d, 3);
     guest.watch("device", "dev").unwrap();
     assert_eq!(wait_events(&mut guest, "dev", 1), ["device"]);
@@ -231,7 +247,8 @@ fn introduce_and_release_fire_special_watches() {
 
     // Domain 5 owns a node; its connection goes away on release.
     xs.mkdir("/local/domain/5").unwrap();
-    xs.set_perms("/local/domain/5", &[Perm::new(5, PermAccess::None)]).unwrap();
+    xs.set_perms("/local/domain/5", &[Perm::new(5, PermAccess::None)])
+        .unwrap();
     let mut five = dom(&d, 5);
     five.write("data", "x").unwrap();
     assert_eq!(xs.get_perms("/local/domain/5/data").unwrap()[0].domid, 5);
@@ -295,7 +312,11 @@ fn conflicting_transactions_get_eagain() {
     a.in_transaction(tx).write("/c/x", "from-a").unwrap();
     b.write("/c/x", "from-b").unwrap();
     assert_eq!(errno(a.transaction_end(tx, true)), Errno::EAGAIN);
-    assert_eq!(b.read("/c/x").unwrap(), b"from-b", "the failed transaction changed nothing");
+    assert_eq!(
+        b.read("/c/x").unwrap(),
+        b"from-b",
+        "the failed transaction changed nothing"
+    );
 
     // Disjoint transactions both commit.
     let t1 = a.transaction_start().unwrap();
@@ -355,7 +376,10 @@ fn unknown_transaction_is_enoent_and_nested_start_is_ebusy() {
     assert_eq!(r.payload, b"ENOENT\0");
     let r = raw.call(MsgType::TransactionStart, 0, b"\0");
     assert_eq!(r.msg_type, MsgType::TransactionStart);
-    let id: u32 = std::str::from_utf8(r.payload.strip_suffix(&[0]).unwrap()).unwrap().parse().unwrap();
+    let id: u32 = std::str::from_utf8(r.payload.strip_suffix(&[0]).unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
     let r = raw.call(MsgType::TransactionStart, id, b"\0");
     assert_eq!(r.payload, b"EBUSY\0");
     let r = raw.call(MsgType::TransactionEnd, id, b"X\0");
@@ -372,7 +396,8 @@ fn permissions_refuse_other_domains() {
     let mut xs = dom0(&d);
     xs.write("/secret", "s").unwrap();
     xs.write("/local/domain/1/device/vif/0/state", "1").unwrap();
-    xs.set_perms("/local/domain/1", &[Perm::new(1, PermAccess::None)]).unwrap();
+    xs.set_perms("/local/domain/1", &[Perm::new(1, PermAccess::None)])
+        .unwrap();
     let mut one = dom(&d, 1);
     let mut two = dom(&d, 2);
 
@@ -386,12 +411,26 @@ fn permissions_refuse_other_domains() {
     assert_eq!(errno(one.write("/local/domain/2/x", "y")), Errno::EACCES);
 
     // dom0 grants dom1 read access.
-    xs.set_perms("/secret", &[Perm::new(0, PermAccess::None), Perm::new(1, PermAccess::Read)]).unwrap();
+    xs.set_perms(
+        "/secret",
+        &[
+            Perm::new(0, PermAccess::None),
+            Perm::new(1, PermAccess::Read),
+        ],
+    )
+    .unwrap();
     assert_eq!(one.read("/secret").unwrap(), b"s");
     assert_eq!(errno(one.write("/secret", "x")), Errno::EACCES);
     assert_eq!(errno(two.read("/secret")), Errno::EACCES);
     // The owner entry's access applies to everyone not listed.
-    xs.set_perms("/secret", &[Perm::new(0, PermAccess::Read), Perm::new(1, PermAccess::None)]).unwrap();
+    xs.set_perms(
+        "/secret",
+        &[
+            Perm::new(0, PermAccess::Read),
+            Perm::new(1, PermAccess::None),
+        ],
+    )
+    .unwrap();
     assert_eq!(two.read("/secret").unwrap(), b"s");
     assert_eq!(errno(one.read("/secret")), Errno::EACCES);
 
@@ -402,14 +441,28 @@ fn permissions_refuse_other_domains() {
     assert_eq!(errno(one.read("device/vif/9")), Errno::EACCES);
     one.write("data/x", "1").unwrap();
     let perms = one.get_perms("data/x").unwrap();
-    assert_eq!(perms[0], Perm::new(1, PermAccess::None), "unprivileged creators own what they create");
+    assert_eq!(
+        perms[0],
+        Perm::new(1, PermAccess::None),
+        "unprivileged creators own what they create"
+    );
     // dom2 cannot see dom1's home.
     assert_eq!(errno(two.read("/local/domain/1/data/x")), Errno::EACCES);
     // dom1 may open its node to dom2, but not give it away.
-    one.set_perms("data/x", &[Perm::new(1, PermAccess::None), Perm::new(2, PermAccess::Both)]).unwrap();
+    one.set_perms(
+        "data/x",
+        &[
+            Perm::new(1, PermAccess::None),
+            Perm::new(2, PermAccess::Both),
+        ],
+    )
+    .unwrap();
     assert_eq!(two.read("/local/domain/1/data/x").unwrap(), b"1");
     two.write("/local/domain/1/data/x", "2").unwrap();
-    assert_eq!(errno(one.set_perms("data/x", &[Perm::new(2, PermAccess::None)])), Errno::EPERM);
+    assert_eq!(
+        errno(one.set_perms("data/x", &[Perm::new(2, PermAccess::None)])),
+        Errno::EPERM
+    );
     // dom2 may write but is not the owner: no permission changes.
     assert_eq!(
         errno(two.set_perms("/local/domain/1/data/x", &[Perm::new(1, PermAccess::Both)])),
@@ -418,8 +471,14 @@ fn permissions_refuse_other_domains() {
     // Privileged operations.
     assert_eq!(errno(one.introduce(9, 0, 0)), Errno::EACCES);
     assert_eq!(errno(one.is_domain_introduced(0)), Errno::EACCES);
-    assert_eq!(errno(one.control(&[b"hosted-connect-as", b"0"])), Errno::EACCES);
-    assert_eq!(errno(one.set_perms("@releaseDomain", &[Perm::new(1, PermAccess::Read)])), Errno::EACCES);
+    assert_eq!(
+        errno(one.control(&[b"hosted-connect-as", b"0"])),
+        Errno::EACCES
+    );
+    assert_eq!(
+        errno(one.set_perms("@releaseDomain", &[Perm::new(1, PermAccess::Read)])),
+        Errno::EACCES
+    );
 }
 
 #[test]
@@ -434,7 +493,14 @@ fn watch_events_respect_read_permission() {
     assert_eq!(wait_events(&mut one, "p", 1), ["/private"]);
     xs.write("/private/x", "2").unwrap();
     assert!(events(&mut one, "p", Duration::from_millis(150)).is_empty());
-    xs.set_perms("/private/x", &[Perm::new(0, PermAccess::None), Perm::new(1, PermAccess::Read)]).unwrap();
+    xs.set_perms(
+        "/private/x",
+        &[
+            Perm::new(0, PermAccess::None),
+            Perm::new(1, PermAccess::Read),
+        ],
+    )
+    .unwrap();
     assert_eq!(wait_events(&mut one, "p", 1), ["/private/x"]);
     xs.write("/private/x", "3").unwrap();
     assert_eq!(wait_events(&mut one, "p", 1), ["/private/x"]);
@@ -450,14 +516,23 @@ fn connect_as_rules() {
     let d = daemon();
     let mut xs = dom0(&d);
     // Unknown domain.
-    assert_eq!(errno(xs.control(&[b"hosted-connect-as", b"12"])), Errno::ENOENT);
+    assert_eq!(
+        errno(xs.control(&[b"hosted-connect-as", b"12"])),
+        Errno::ENOENT
+    );
     // Busy connection.
     xs.introduce(12, 0, 0).unwrap();
     xs.watch("/x", "t").unwrap();
-    assert_eq!(errno(xs.control(&[b"hosted-connect-as", b"12"])), Errno::EBUSY);
+    assert_eq!(
+        errno(xs.control(&[b"hosted-connect-as", b"12"])),
+        Errno::EBUSY
+    );
     let mut fresh = dom0(&d);
     fresh.control(&[b"hosted-connect-as", b"12"]).unwrap();
-    assert_eq!(errno(fresh.control(&[b"hosted-connect-as", b"13"])), Errno::EACCES);
+    assert_eq!(
+        errno(fresh.control(&[b"hosted-connect-as", b"13"])),
+        Errno::EACCES
+    );
     assert_eq!(errno(fresh.read("/")), Errno::EACCES);
     assert_eq!(errno(xs.control(&[b"no-such-command"])), Errno::EINVAL);
 }
@@ -466,11 +541,17 @@ fn connect_as_rules() {
 
 #[test]
 fn quotas_limit_unprivileged_domains() {
-    let quotas = Quotas { nodes_per_domain: 5, watches_per_domain: 3, transactions_per_connection: 2, ..Quotas::default() };
+    let quotas = Quotas {
+        nodes_per_domain: 5,
+        watches_per_domain: 3,
+        transactions_per_connection: 2,
+        ..Quotas::default()
+    };
     let d = XenstoreDaemon::spawn_with(socket_path(), quotas).unwrap();
     let mut xs = dom0(&d);
     xs.mkdir("/local/domain/1").unwrap();
-    xs.set_perms("/local/domain/1", &[Perm::new(1, PermAccess::None)]).unwrap();
+    xs.set_perms("/local/domain/1", &[Perm::new(1, PermAccess::None)])
+        .unwrap();
     let mut one = dom(&d, 1);
     // dom1 owns its home already (set_perms), so 4 more nodes.
     for i in 0..4 {
@@ -512,8 +593,14 @@ struct RawClient {
 impl RawClient {
     fn new(d: &XenstoreDaemon) -> Self {
         let stream = UnixStream::connect(d.socket()).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        RawClient { stream, decoder: Decoder::new(), next: 1 }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        RawClient {
+            stream,
+            decoder: Decoder::new(),
+            next: 1,
+        }
     }
 
     fn send_raw(&mut self, bytes: &[u8]) {
@@ -547,7 +634,9 @@ impl RawClient {
     /// Whether the daemon closed this connection.
     fn is_closed(&mut self) -> bool {
         let mut b = [0u8; 1];
-        self.stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         matches!(self.stream.read(&mut b), Ok(0) | Err(_))
     }
 }
@@ -557,15 +646,32 @@ fn unknown_types_get_enosys_and_the_connection_lives() {
     let d = daemon();
     let mut raw = RawClient::new(&d);
     for t in [20u32, 23, 999, 0xffff] {
-        let mut m = Header { msg_type: t, req_id: 77, tx_id: 0, len: 2 }.to_bytes().to_vec();
+        let mut m = Header {
+            msg_type: t,
+            req_id: 77,
+            tx_id: 0,
+            len: 2,
+        }
+        .to_bytes()
+        .to_vec();
         m.extend_from_slice(b"x\0");
         raw.send_raw(&m);
         let r = raw.recv();
-        assert_eq!((r.msg_type, r.req_id, r.payload.as_slice()), (MsgType::Error, 77, &b"ENOSYS\0"[..]), "type {t}");
+        assert_eq!(
+            (r.msg_type, r.req_id, r.payload.as_slice()),
+            (MsgType::Error, 77, &b"ENOSYS\0"[..]),
+            "type {t}"
+        );
     }
     // Replies and errors are not requests.
-    assert_eq!(raw.call(MsgType::WatchEvent, 0, b"/a\0t\0").payload, b"ENOSYS\0");
-    assert_eq!(raw.call(MsgType::Error, 0, b"EINVAL\0").payload, b"ENOSYS\0");
+    assert_eq!(
+        raw.call(MsgType::WatchEvent, 0, b"/a\0t\0").payload,
+        b"ENOSYS\0"
+    );
+    assert_eq!(
+        raw.call(MsgType::Error, 0, b"EINVAL\0").payload,
+        b"ENOSYS\0"
+    );
     assert_eq!(raw.call(MsgType::Write, 0, b"/alive\0yes").payload, b"OK\0");
 }
 
@@ -575,7 +681,14 @@ fn oversized_payload_closes_only_that_connection() {
     let mut good = dom0(&d);
     good.write("/keep", "me").unwrap();
     let mut bad = RawClient::new(&d);
-    let mut m = Header { msg_type: MsgType::Write.raw(), req_id: 1, tx_id: 0, len: 4097 }.to_bytes().to_vec();
+    let mut m = Header {
+        msg_type: MsgType::Write.raw(),
+        req_id: 1,
+        tx_id: 0,
+        len: 4097,
+    }
+    .to_bytes()
+    .to_vec();
     m.extend_from_slice(&[b'a'; 100]);
     bad.send_raw(&m);
     assert!(bad.is_closed());
@@ -599,13 +712,23 @@ fn disconnect_mid_message_loses_nothing() {
     // Half a header, then hang up.
     {
         let mut raw = RawClient::new(&d);
-        raw.send_raw(&Header { msg_type: 11, req_id: 1, tx_id: 0, len: 20 }.to_bytes()[..7]);
+        raw.send_raw(
+            &Header {
+                msg_type: 11,
+                req_id: 1,
+                tx_id: 0,
+                len: 20,
+            }
+            .to_bytes()[..7],
+        );
     }
     // A whole header and half the payload of a write, then hang up: the
     // write must not happen.
     {
         let mut raw = RawClient::new(&d);
-        let m = Message::new(MsgType::Write, 1, 0, b"/data\0partial".to_vec()).unwrap().encode();
+        let m = Message::new(MsgType::Write, 1, 0, b"/data\0partial".to_vec())
+            .unwrap()
+            .encode();
         raw.send_raw(&m[..m.len() - 3]);
     }
     // A client with an open transaction and a watch hangs up.
@@ -630,10 +753,16 @@ fn a_client_that_never_reads_does_not_stall_others() {
     // A watcher that never reads: events pile up in its socket and then in
     // the daemon, which drops them past the quota.
     let mut lazy = RawClient::new(&d);
-    let mut watch = Message::new(MsgType::Watch, 1, 0, join_strings(&["/flood", "t"])).unwrap().encode();
+    let mut watch = Message::new(MsgType::Watch, 1, 0, join_strings(&["/flood", "t"]))
+        .unwrap()
+        .encode();
     // Also pipeline many requests without reading replies.
     for i in 0..2000u32 {
-        watch.extend(Message::new(MsgType::Read, 2 + i, 0, b"/\0".to_vec()).unwrap().encode());
+        watch.extend(
+            Message::new(MsgType::Read, 2 + i, 0, b"/\0".to_vec())
+                .unwrap()
+                .encode(),
+        );
     }
     lazy.send_raw(&watch);
     let value = "v".repeat(2000);
@@ -641,7 +770,10 @@ fn a_client_that_never_reads_does_not_stall_others() {
     for i in 0..1500 {
         writer.write(&format!("/flood/{}", i % 10), &value).unwrap();
     }
-    assert!(start.elapsed() < Duration::from_secs(20), "the daemon kept serving");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "the daemon kept serving"
+    );
     let mut other = dom0(&d);
     assert_eq!(other.read("/flood/3").unwrap().len(), 2000);
 }
@@ -677,4 +809,3 @@ fn garbage_streams_never_take_the_daemon_down() {
     assert_eq!(good.read("/canary").unwrap(), b"alive");
     d.with_core(|c| c.check_tree()).unwrap();
 }
-

@@ -12,7 +12,16 @@ use std::collections::BTreeMap;
 use hosted::xenstore::{ConnId, XenstoreCore};
 use xenbus::wire::{join_strings, split_strings, Decoder, Message, MsgType};
 
-const PATHS: [&str; 8] = ["/m", "/m/a", "/m/b", "/m/a/x", "/m/a/y", "/m/b/z", "/m/c", "/m/a/x/deep"];
+const PATHS: [&str; 8] = [
+    "/m",
+    "/m/a",
+    "/m/b",
+    "/m/a/x",
+    "/m/a/y",
+    "/m/b/z",
+    "/m/c",
+    "/m/a/x/deep",
+];
 
 struct Rng(u64);
 
@@ -110,7 +119,11 @@ impl Model {
             }
             Op::Rm(p) => {
                 if !self.nodes.contains_key(*p) {
-                    return if self.nodes.contains_key(parent(p)) { Outcome::Ok } else { Outcome::Err("ENOENT".into()) };
+                    return if self.nodes.contains_key(parent(p)) {
+                        Outcome::Ok
+                    } else {
+                        Outcome::Err("ENOENT".into())
+                    };
                 }
                 let prefix = format!("{p}/");
                 self.nodes.retain(|k, _| k != p && !k.starts_with(&prefix));
@@ -155,10 +168,16 @@ fn call(core: &mut XenstoreCore, conn: ConnId, tx: u32, op: &Op) -> Outcome {
     };
     let reply = raw(core, conn, t, tx, payload);
     match (reply.msg_type, op) {
-        (MsgType::Error, _) => Outcome::Err(String::from_utf8(reply.payload.strip_suffix(&[0]).unwrap().to_vec()).unwrap()),
+        (MsgType::Error, _) => Outcome::Err(
+            String::from_utf8(reply.payload.strip_suffix(&[0]).unwrap().to_vec()).unwrap(),
+        ),
         (MsgType::Read, _) => Outcome::Value(reply.payload),
         (MsgType::Directory, _) => Outcome::Names(
-            split_strings(&reply.payload).unwrap().iter().map(|s| String::from_utf8(s.to_vec()).unwrap()).collect(),
+            split_strings(&reply.payload)
+                .unwrap()
+                .iter()
+                .map(|s| String::from_utf8(s.to_vec()).unwrap())
+                .collect(),
         ),
         _ => {
             assert_eq!(reply.payload, b"OK\0");
@@ -184,8 +203,12 @@ fn daemon_under_m(core: &mut XenstoreCore, conn: ConnId) -> Vec<(String, Vec<u8>
     let mut out = Vec::new();
     let mut stack = vec!["/m".to_string()];
     while let Some(p) = stack.pop() {
-        let Outcome::Value(v) = call(core, conn, 0, &Op::Read(leak(&p))) else { continue };
-        let Outcome::Names(children) = call(core, conn, 0, &Op::Dir(leak(&p))) else { panic!("{p} listed") };
+        let Outcome::Value(v) = call(core, conn, 0, &Op::Read(leak(&p))) else {
+            continue;
+        };
+        let Outcome::Names(children) = call(core, conn, 0, &Op::Dir(leak(&p))) else {
+            panic!("{p} listed")
+        };
         for c in &children {
             stack.push(format!("{p}/{c}"));
         }
@@ -198,7 +221,11 @@ fn daemon_under_m(core: &mut XenstoreCore, conn: ConnId) -> Vec<(String, Vec<u8>
 /// The model's operations take `&'static str` paths; the tree walk builds
 /// a few more, once per distinct path.
 fn leak(p: &str) -> &'static str {
-    PATHS.iter().find(|k| **k == p).copied().unwrap_or_else(|| Box::leak(p.to_string().into_boxed_str()))
+    PATHS
+        .iter()
+        .find(|k| **k == p)
+        .copied()
+        .unwrap_or_else(|| Box::leak(p.to_string().into_boxed_str()))
 }
 
 #[test]
@@ -214,7 +241,11 @@ fn plain_operations_match_the_model() {
             let got = call(&mut core, conn, 0, &op);
             assert_eq!(got, want, "seed {seed} step {step}: {op:?}");
         }
-        assert_eq!(daemon_under_m(&mut core, conn), model.under_m(), "seed {seed}");
+        assert_eq!(
+            daemon_under_m(&mut core, conn),
+            model.under_m(),
+            "seed {seed}"
+        );
         core.check_tree().unwrap();
     }
 }
@@ -237,16 +268,33 @@ fn interleaved_transactions_are_serializable() {
         // Two transactions and outside writes, interleaved at random.
         let mut txs: Vec<OpenTx> = Vec::new();
         for _ in 0..2 {
-            let reply = raw(&mut core, conn, MsgType::TransactionStart, 0, b"\0".to_vec());
-            let id: u32 = std::str::from_utf8(reply.payload.strip_suffix(&[0]).unwrap()).unwrap().parse().unwrap();
-            txs.push(OpenTx { id, done: Vec::new(), ended: false });
+            let reply = raw(
+                &mut core,
+                conn,
+                MsgType::TransactionStart,
+                0,
+                b"\0".to_vec(),
+            );
+            let id: u32 = std::str::from_utf8(reply.payload.strip_suffix(&[0]).unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+            txs.push(OpenTx {
+                id,
+                done: Vec::new(),
+                ended: false,
+            });
         }
         for _ in 0..(4 + r.below(12)) {
             match r.below(5) {
                 0 => {
                     let op = random_op(&mut r);
                     if matches!(op, Op::Write(..) | Op::Mkdir(_) | Op::Rm(_)) {
-                        assert_eq!(call(&mut core, conn, 0, &op), model.apply(&op), "seed {seed}");
+                        assert_eq!(
+                            call(&mut core, conn, 0, &op),
+                            model.apply(&op),
+                            "seed {seed}"
+                        );
                     }
                 }
                 k => {
@@ -261,17 +309,40 @@ fn interleaved_transactions_are_serializable() {
             // Sometimes end a transaction early.
             if r.below(6) == 0 {
                 let i = r.below(2);
-                end(&mut core, conn, &mut model, &mut txs[i], seed, &mut commits, &mut conflicts);
+                end(
+                    &mut core,
+                    conn,
+                    &mut model,
+                    &mut txs[i],
+                    seed,
+                    &mut commits,
+                    &mut conflicts,
+                );
             }
         }
         for t in &mut txs {
-            end(&mut core, conn, &mut model, t, seed, &mut commits, &mut conflicts);
+            end(
+                &mut core,
+                conn,
+                &mut model,
+                t,
+                seed,
+                &mut commits,
+                &mut conflicts,
+            );
         }
-        assert_eq!(daemon_under_m(&mut core, conn), model.under_m(), "seed {seed}");
+        assert_eq!(
+            daemon_under_m(&mut core, conn),
+            model.under_m(),
+            "seed {seed}"
+        );
         core.check_tree().unwrap();
     }
     // The generator exercises both outcomes.
-    assert!(commits > 100 && conflicts > 50, "commits {commits}, conflicts {conflicts}");
+    assert!(
+        commits > 100 && conflicts > 50,
+        "commits {commits}, conflicts {conflicts}"
+    );
 }
 
 /// A transaction in progress: its id, what it did and got, whether it
@@ -307,7 +378,12 @@ fn end(
     *commits += 1;
     let mut replay = model.clone();
     for (op, got) in &t.done {
-        assert_eq!(&replay.apply(op), got, "seed {seed}: transaction {} is not serializable at {op:?}", t.id);
+        assert_eq!(
+            &replay.apply(op),
+            got,
+            "seed {seed}: transaction {} is not serializable at {op:?}",
+            t.id
+        );
     }
     *model = replay;
 }

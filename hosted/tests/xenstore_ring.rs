@@ -13,7 +13,11 @@ use xenbus::{Perm, PermAccess, Wait, Xenstore};
 
 fn socket_path() -> std::path::PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    std::env::temp_dir().join(format!("xs-ring-{}-{}.sock", std::process::id(), N.fetch_add(1, Ordering::SeqCst)))
+    std::env::temp_dir().join(format!(
+        "xs-ring-{}-{}.sock",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
 }
 
 type GuestStore = Xenstore<StoreRing<ThreadSignal>>;
@@ -22,12 +26,15 @@ type GuestStore = Xenstore<StoreRing<ThreadSignal>>;
 fn guest(d: &XenstoreDaemon, page: &RingPage) -> (GuestStore, hosted::xenstore::ServedConnection) {
     let mut xs0 = connect(d.socket()).unwrap();
     xs0.mkdir("/local/domain/1").unwrap();
-    xs0.set_perms("/local/domain/1", &[Perm::new(1, PermAccess::None)]).unwrap();
+    xs0.set_perms("/local/domain/1", &[Perm::new(1, PermAccess::None)])
+        .unwrap();
     let (guest_signal, server_signal) = ThreadSignal::pair();
     // SAFETY: the page is 4096 bytes, page-aligned, outlives both ends (the
     // test drops the served connection and the client before the page),
     // and is only accessed through raw volatile/atomic accesses.
-    let server = unsafe { StoreRing::init_server(page.as_ptr(), XENSTORE_SERVER_FEATURE_ERROR, server_signal) };
+    let server = unsafe {
+        StoreRing::init_server(page.as_ptr(), XENSTORE_SERVER_FEATURE_ERROR, server_signal)
+    };
     let served = d.serve(1, server).unwrap();
     // SAFETY: as above.
     let ring = unsafe { StoreRing::new(page.as_ptr(), Side::Guest, guest_signal) };
@@ -43,8 +50,14 @@ fn guest_client_over_the_ring() {
     assert_eq!(xs.read("data/x").unwrap(), b"1");
     assert_eq!(xs.read_string("/local/domain/1/data/x").unwrap(), "1");
     assert_eq!(xs.directory("data").unwrap(), ["x"]);
-    assert_eq!(xs.get_perms("data/x").unwrap()[0], Perm::new(1, PermAccess::None));
-    assert_eq!(xs.read("/tool/xenstored").unwrap_err().errno(), Some(xenbus::Errno::EACCES));
+    assert_eq!(
+        xs.get_perms("data/x").unwrap()[0],
+        Perm::new(1, PermAccess::None)
+    );
+    assert_eq!(
+        xs.read("/tool/xenstored").unwrap_err().errno(),
+        Some(xenbus::Errno::EACCES)
+    );
     assert_eq!(xs.get_domain_path(1).unwrap(), "/local/domain/1");
     // Values bigger than the ring, many times over: the indices wrap the
     // 1 KiB rings again and again. A domain's entries are limited to 2 KiB;
@@ -54,13 +67,22 @@ fn guest_client_over_the_ring() {
         xs.write("big", &v).unwrap();
         assert_eq!(xs.read("big").unwrap(), v);
     }
-    assert!(page.read_u32(offsets::REQ_PROD) > 80_000, "the request ring wrapped many times");
+    assert!(
+        page.read_u32(offsets::REQ_PROD) > 80_000,
+        "the request ring wrapped many times"
+    );
     let huge: Vec<u8> = (0..4000u32).map(|j| (j % 251) as u8).collect();
-    connect(d.socket()).unwrap().write("/local/domain/1/huge", &huge).unwrap();
+    connect(d.socket())
+        .unwrap()
+        .write("/local/domain/1/huge", &huge)
+        .unwrap();
     for _ in 0..10 {
         assert_eq!(xs.read("huge").unwrap(), huge);
     }
-    assert_eq!(xs.write("big", vec![0u8; 2100]).unwrap_err().errno(), Some(xenbus::Errno::ENOSPC));
+    assert_eq!(
+        xs.write("big", vec![0u8; 2100]).unwrap_err().errno(),
+        Some(xenbus::Errno::ENOSPC)
+    );
     // Transactions over the ring.
     xs.write("counter", "0").unwrap();
     for _ in 0..20 {
@@ -82,10 +104,17 @@ fn watch_events_from_other_clients_arrive_over_the_ring() {
     let (mut xs, _served) = guest(&d, &page);
     let mut xs0 = connect(d.socket()).unwrap();
     xs.watch("control", "ctl").unwrap();
-    let first = xs.wait_event(Wait::For(Duration::from_secs(2))).unwrap().unwrap();
-    assert_eq!((first.path.as_str(), first.token.as_str()), ("control", "ctl"));
+    let first = xs
+        .wait_event(Wait::For(Duration::from_secs(2)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.path.as_str(), first.token.as_str()),
+        ("control", "ctl")
+    );
     for i in 0..30 {
-        xs0.write(&format!("/local/domain/1/control/k{i}"), "v").unwrap();
+        xs0.write(&format!("/local/domain/1/control/k{i}"), "v")
+            .unwrap();
     }
     let mut got = Vec::new();
     let end = Instant::now() + Duration::from_secs(5);
@@ -109,7 +138,10 @@ fn hostile_guest_index_ends_only_its_connection() {
     page.write_u32(offsets::REQ_PROD, cons.wrapping_add(5000));
     let end = Instant::now() + Duration::from_secs(5);
     while !served.is_finished() {
-        assert!(Instant::now() < end, "the daemon did not notice the bad index");
+        assert!(
+            Instant::now() < end,
+            "the daemon did not notice the bad index"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     // Everyone else is still served, and the guest's data is intact.
@@ -154,34 +186,63 @@ fn store_ring_over_hosted_grants_and_event_channels() {
     let dom0 = Arc::new(hv.join(DomId(0)).unwrap());
     let dom1 = Arc::new(hv.join(DomId(1)).unwrap());
     let page = dom1.alloc_zeroed_pages(1).unwrap();
-    let gref = dom1.grant_table().grant_access(DomId(0), page.gfn(0).unwrap(), Access::ReadWrite).unwrap();
+    let gref = dom1
+        .grant_table()
+        .grant_access(DomId(0), page.gfn(0).unwrap(), Access::ReadWrite)
+        .unwrap();
     let guest_port = dom1.alloc_unbound(DomId(0)).unwrap();
     let server_port = dom0.bind_interdomain(DomId(1), guest_port).unwrap();
-    let map = dom0.map_grant(DomId(1), gref.raw(), Access::ReadWrite).unwrap();
+    let map = dom0
+        .map_grant(DomId(1), gref.raw(), Access::ReadWrite)
+        .unwrap();
 
     let d = XenstoreDaemon::spawn(socket_path()).unwrap();
     let mut xs0 = connect(d.socket()).unwrap();
     xs0.mkdir("/local/domain/1").unwrap();
-    xs0.set_perms("/local/domain/1", &[Perm::new(1, PermAccess::None)]).unwrap();
+    xs0.set_perms("/local/domain/1", &[Perm::new(1, PermAccess::None)])
+        .unwrap();
     // SAFETY: the mapping is a whole page, page-aligned, valid until `map`
     // is dropped, which happens after the served connection (declared
     // later, dropped first); only raw volatile/atomic accesses touch it.
     let server = unsafe {
-        StoreRing::init_server(map.as_ptr(), XENSTORE_SERVER_FEATURE_ERROR, OwnedEvtchnSignal::new(Arc::clone(&dom0), server_port))
+        StoreRing::init_server(
+            map.as_ptr(),
+            XENSTORE_SERVER_FEATURE_ERROR,
+            OwnedEvtchnSignal::new(Arc::clone(&dom0), server_port),
+        )
     };
     let served = d.serve(1, server).unwrap();
     // SAFETY: the guest's own page, valid until `page` is dropped, after
     // the client; only raw volatile/atomic accesses touch it.
-    let ring = unsafe { StoreRing::new(page.as_ptr(), Side::Guest, OwnedEvtchnSignal::new(Arc::clone(&dom1), guest_port)) };
+    let ring = unsafe {
+        StoreRing::new(
+            page.as_ptr(),
+            Side::Guest,
+            OwnedEvtchnSignal::new(Arc::clone(&dom1), guest_port),
+        )
+    };
     let mut xs = Xenstore::new(ring);
 
     xs.write("name", "guest-one").unwrap();
     assert_eq!(xs0.read("/local/domain/1/name").unwrap(), b"guest-one");
     xs.watch("control/shutdown", "sd").unwrap();
-    assert_eq!(xs.wait_event(Wait::For(Duration::from_secs(2))).unwrap().unwrap().path, "control/shutdown");
-    xs0.write("/local/domain/1/control/shutdown", "poweroff").unwrap();
-    let e = xs.wait_event(Wait::For(Duration::from_secs(2))).unwrap().unwrap();
-    assert_eq!((e.path.as_str(), e.token.as_str()), ("control/shutdown", "sd"));
+    assert_eq!(
+        xs.wait_event(Wait::For(Duration::from_secs(2)))
+            .unwrap()
+            .unwrap()
+            .path,
+        "control/shutdown"
+    );
+    xs0.write("/local/domain/1/control/shutdown", "poweroff")
+        .unwrap();
+    let e = xs
+        .wait_event(Wait::For(Duration::from_secs(2)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e.path.as_str(), e.token.as_str()),
+        ("control/shutdown", "sd")
+    );
     assert_eq!(xs.read("control/shutdown").unwrap(), b"poweroff");
     for i in 0..40u32 {
         let v: Vec<u8> = (0..1800u32).map(|j| (j ^ i) as u8).collect();

@@ -30,7 +30,7 @@ use core::time::Duration;
 
 use grant_tables::DomId;
 
-use crate::client::{Transaction, XsError, Xenstore};
+use crate::client::{Transaction, Xenstore, XsError};
 use crate::frontend::{HandshakeError, PublishError};
 use crate::path::check_absolute;
 use crate::state::XenbusState;
@@ -62,7 +62,11 @@ pub struct BackendConfig {
 impl BackendConfig {
     /// A configuration that waits for the frontend without a deadline.
     pub fn new(backend: impl Into<String>, connect_when: ConnectWhen) -> Self {
-        BackendConfig { backend: backend.into(), connect_when, frontend_timeout: None }
+        BackendConfig {
+            backend: backend.into(),
+            connect_when,
+            frontend_timeout: None,
+        }
     }
 }
 
@@ -94,7 +98,11 @@ pub trait BackendDevice<T: Transport> {
     /// `max-ring-page-order`, ...) in the transaction that also writes
     /// InitWait. May run more than once (the transaction is retried on
     /// conflicts).
-    fn advertise(&mut self, tx: &mut Transaction<'_, T>, info: &FrontendInfo) -> Result<(), PublishError> {
+    fn advertise(
+        &mut self,
+        tx: &mut Transaction<'_, T>,
+        info: &FrontendInfo,
+    ) -> Result<(), PublishError> {
         let _ = (tx, info);
         Ok(())
     }
@@ -136,7 +144,9 @@ pub enum BackendPhase {
 impl fmt::Display for BackendPhase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
-            BackendPhase::FindFrontend => "waiting for the toolstack to write frontend and frontend-id",
+            BackendPhase::FindFrontend => {
+                "waiting for the toolstack to write frontend and frontend-id"
+            }
             BackendPhase::WaitFrontend => "waiting for the frontend to publish its keys",
             BackendPhase::Connected => "connected",
             BackendPhase::Closing => "waiting for the frontend to close",
@@ -254,9 +264,17 @@ impl Backend {
 
     /// Asks for an orderly shutdown (unplug): writes Closing and waits for
     /// the frontend to close; then [`BackendEvent::Closed`].
-    pub fn close<T: Transport>(&mut self, xs: &mut Xenstore<T>, now: Duration) -> Result<(), HandshakeError> {
+    pub fn close<T: Transport>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+        now: Duration,
+    ) -> Result<(), HandshakeError> {
         self.write_state(xs, XenbusState::Closing)?;
-        self.enter(BackendPhase::ShuttingDown, now, self.config.frontend_timeout);
+        self.enter(
+            BackendPhase::ShuttingDown,
+            now,
+            self.config.frontend_timeout,
+        );
         self.dirty = true;
         Ok(())
     }
@@ -276,7 +294,12 @@ impl Backend {
 
     /// Drives the handshake (see [`crate::Frontend::poll`] for the
     /// contract on `now`).
-    pub fn poll<T, D>(&mut self, xs: &mut Xenstore<T>, now: Duration, device: &mut D) -> Result<BackendEvent, HandshakeError>
+    pub fn poll<T, D>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+        now: Duration,
+        device: &mut D,
+    ) -> Result<BackendEvent, HandshakeError>
     where
         T: Transport,
         D: BackendDevice<T>,
@@ -296,6 +319,11 @@ impl Backend {
             match self.step(xs, now, device) {
                 Ok(BackendEvent::Idle) => {}
                 Ok(e) => return Ok(e),
+                Err(e) if e.is_transient() => {
+                    log::warn!("{e}; will retry");
+                    self.dirty = true;
+                    return Err(e);
+                }
                 Err(e) => {
                     log::error!("{e}");
                     self.phase = BackendPhase::Failed;
@@ -331,7 +359,13 @@ impl Backend {
         D: BackendDevice<T>,
     {
         loop {
-            match self.poll(xs, clock(), device)? {
+            let event = match self.poll(xs, clock(), device) {
+                Ok(e) => e,
+                // Retried at the next poll; the phase deadline still holds.
+                Err(e) if e.is_transient() => BackendEvent::Idle,
+                Err(e) => return Err(e),
+            };
+            match event {
                 BackendEvent::Connected(info) => return Ok(info),
                 BackendEvent::Closed | BackendEvent::Removed => {
                     return Err(HandshakeError::BadNode {
@@ -360,23 +394,38 @@ impl Backend {
         self.deadline = timeout.map(|t| now.saturating_add(t));
     }
 
-    fn write_state<T: Transport>(&self, xs: &mut Xenstore<T>, state: XenbusState) -> Result<(), XsError> {
+    fn write_state<T: Transport>(
+        &self,
+        xs: &mut Xenstore<T>,
+        state: XenbusState,
+    ) -> Result<(), XsError> {
         xs.write(&self.be_key("state"), state.as_str())
     }
 
-    fn find_frontend<T: Transport>(&mut self, xs: &mut Xenstore<T>) -> Result<Option<FrontendInfo>, HandshakeError> {
+    fn find_frontend<T: Transport>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+    ) -> Result<Option<FrontendInfo>, HandshakeError> {
         if !self.watching_self {
-            xs.watch(&self.be_key("frontend"), &self.token)?;
+            xs.ensure_watch(&self.be_key("frontend"), &self.token)?;
             self.watching_self = true;
         }
         let fe_node = self.be_key("frontend");
         let id_node = self.be_key("frontend-id");
-        let Some(fe) = xs.try_read(&fe_node)? else { return Ok(None) };
-        let Some(id) = xs.try_read(&id_node)? else { return Ok(None) };
-        let frontend = String::from_utf8(fe)
-            .map_err(|_| HandshakeError::BadNode { path: fe_node.clone(), reason: "not UTF-8".to_string() })?;
-        check_absolute(&frontend)
-            .map_err(|e| HandshakeError::BadNode { path: fe_node.clone(), reason: format!("not an absolute path: {e}") })?;
+        let Some(fe) = xs.try_read(&fe_node)? else {
+            return Ok(None);
+        };
+        let Some(id) = xs.try_read(&id_node)? else {
+            return Ok(None);
+        };
+        let frontend = String::from_utf8(fe).map_err(|_| HandshakeError::BadNode {
+            path: fe_node.clone(),
+            reason: "not UTF-8".to_string(),
+        })?;
+        check_absolute(&frontend).map_err(|e| HandshakeError::BadNode {
+            path: fe_node.clone(),
+            reason: format!("not an absolute path: {e}"),
+        })?;
         let frontend_id = parse_u32_strict(&id)
             .and_then(|v| u16::try_from(v).ok())
             .map(DomId)
@@ -385,16 +434,28 @@ impl Backend {
                 path: id_node.clone(),
                 reason: format!("{:?} is not a domain id", String::from_utf8_lossy(&id)),
             })?;
-        Ok(Some(FrontendInfo { backend: self.config.backend.clone(), frontend, frontend_id }))
+        Ok(Some(FrontendInfo {
+            backend: self.config.backend.clone(),
+            frontend,
+            frontend_id,
+        }))
     }
 
     /// The frontend's state; `None` when absent or unreadable.
-    fn frontend_state<T: Transport>(&mut self, xs: &mut Xenstore<T>) -> Result<Option<XenbusState>, HandshakeError> {
-        let Some(info) = &self.info else { return Ok(None) };
+    fn frontend_state<T: Transport>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+    ) -> Result<Option<XenbusState>, HandshakeError> {
+        let Some(info) = &self.info else {
+            return Ok(None);
+        };
         let path = info.frontend_key("state");
         let state = match xs.read(&path) {
             Ok(v) => Some(XenbusState::parse(&v).unwrap_or_else(|e| {
-                log::warn!("xenbus backend {}: frontend {path}: {e}; treating it as Unknown", self.config.backend);
+                log::warn!(
+                    "xenbus backend {}: frontend {path}: {e}; treating it as Unknown",
+                    self.config.backend
+                );
                 XenbusState::Unknown
             })),
             Err(e) if matches!(e.errno(), Some(Errno::ENOENT | Errno::EACCES)) => None,
@@ -415,14 +476,23 @@ impl Backend {
     }
 
     /// Watches the frontend's state, advertises, writes InitWait.
-    fn offer<T, D>(&mut self, xs: &mut Xenstore<T>, now: Duration, device: &mut D) -> Result<bool, HandshakeError>
+    fn offer<T, D>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+        now: Duration,
+        device: &mut D,
+    ) -> Result<bool, HandshakeError>
     where
         T: Transport,
         D: BackendDevice<T>,
     {
         let Some(info) = self.find_frontend(xs)? else {
             if self.phase != BackendPhase::FindFrontend {
-                self.enter(BackendPhase::FindFrontend, now, self.config.frontend_timeout);
+                self.enter(
+                    BackendPhase::FindFrontend,
+                    now,
+                    self.config.frontend_timeout,
+                );
             } else if self.deadline.is_none() {
                 self.deadline = self.config.frontend_timeout.map(|t| now.saturating_add(t));
                 self.phase_started = now;
@@ -433,10 +503,13 @@ impl Backend {
         if self.watched.as_deref() != Some(state_path.as_str()) {
             if let Some(old) = self.watched.take() {
                 if let Err(e) = xs.unwatch(&old, &self.token) {
-                    log::warn!("xenbus backend {}: dropping the old frontend watch failed: {e}", self.config.backend);
+                    log::warn!(
+                        "xenbus backend {}: dropping the old frontend watch failed: {e}",
+                        self.config.backend
+                    );
                 }
             }
-            xs.watch(&state_path, &self.token)?;
+            xs.ensure_watch(&state_path, &self.token)?;
             self.watched = Some(state_path);
         }
         let mut failure: Option<PublishError> = None;
@@ -459,10 +532,17 @@ impl Backend {
         });
         if let Err(e) = result {
             let error = failure.unwrap_or(PublishError::Store(e));
-            return Err(HandshakeError::Publish { frontend: info.frontend, error });
+            return Err(HandshakeError::Publish {
+                frontend: info.frontend,
+                error,
+            });
         }
         self.info = Some(info);
-        self.enter(BackendPhase::WaitFrontend, now, self.config.frontend_timeout);
+        self.enter(
+            BackendPhase::WaitFrontend,
+            now,
+            self.config.frontend_timeout,
+        );
         Ok(true)
     }
 
@@ -485,18 +565,30 @@ impl Backend {
             }
         }
         self.write_state(xs, state)?;
-        let phase = if state == XenbusState::Closing { BackendPhase::Closing } else { BackendPhase::Closed };
+        let phase = if state == XenbusState::Closing {
+            BackendPhase::Closing
+        } else {
+            BackendPhase::Closed
+        };
         self.enter(phase, now, None);
         self.dirty = true;
         if was_connected {
-            log::info!("xenbus backend {}: frontend lost ({loss:?})", self.config.backend);
+            log::info!(
+                "xenbus backend {}: frontend lost ({loss:?})",
+                self.config.backend
+            );
             Ok(BackendEvent::Disconnected(loss))
         } else {
             Ok(BackendEvent::Idle)
         }
     }
 
-    fn step<T, D>(&mut self, xs: &mut Xenstore<T>, now: Duration, device: &mut D) -> Result<BackendEvent, HandshakeError>
+    fn step<T, D>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+        now: Duration,
+        device: &mut D,
+    ) -> Result<BackendEvent, HandshakeError>
     where
         T: Transport,
         D: BackendDevice<T>,
@@ -507,7 +599,10 @@ impl Backend {
                     device.disconnect(info);
                 }
             }
-            log::info!("xenbus backend {}: the device was removed", self.config.backend);
+            log::info!(
+                "xenbus backend {}: the device was removed",
+                self.config.backend
+            );
             self.enter(BackendPhase::Shut, now, None);
             return Ok(BackendEvent::Removed);
         }
@@ -522,14 +617,22 @@ impl Backend {
                 let state = self.frontend_state(xs)?;
                 let ready = match self.config.connect_when {
                     ConnectWhen::FrontendInitialised => {
-                        matches!(state, Some(XenbusState::Initialised | XenbusState::Connected))
+                        matches!(
+                            state,
+                            Some(XenbusState::Initialised | XenbusState::Connected)
+                        )
                     }
                     ConnectWhen::FrontendConnected => state == Some(XenbusState::Connected),
                 };
                 if ready {
-                    let Some(info) = self.info.clone() else { return Ok(BackendEvent::Idle) };
+                    let Some(info) = self.info.clone() else {
+                        return Ok(BackendEvent::Idle);
+                    };
                     if let Err(e) = device.connect(xs, &info) {
-                        log::warn!("xenbus backend {}: connecting failed: {e}; closing", self.config.backend);
+                        log::warn!(
+                            "xenbus backend {}: connecting failed: {e}; closing",
+                            self.config.backend
+                        );
                         self.write_state(xs, XenbusState::Closing)?;
                         self.enter(BackendPhase::Closing, now, None);
                         return Ok(BackendEvent::ConnectFailed(e));
@@ -542,22 +645,39 @@ impl Backend {
                     }
                     self.connections += 1;
                     self.enter(BackendPhase::Connected, now, None);
-                    log::info!("xenbus backend {}: connected to {} ({})", info.backend, info.frontend, info.frontend_id);
+                    log::info!(
+                        "xenbus backend {}: connected to {} ({})",
+                        info.backend,
+                        info.frontend,
+                        info.frontend_id
+                    );
                     return Ok(BackendEvent::Connected(info));
                 }
                 match state {
-                    Some(XenbusState::Closing) => self.lose(xs, now, device, XenbusState::Closing, FrontendLoss::Closing),
-                    Some(XenbusState::Closed) => self.lose(xs, now, device, XenbusState::Closed, FrontendLoss::Closed),
+                    Some(XenbusState::Closing) => {
+                        self.lose(xs, now, device, XenbusState::Closing, FrontendLoss::Closing)
+                    }
+                    Some(XenbusState::Closed) => {
+                        self.lose(xs, now, device, XenbusState::Closed, FrontendLoss::Closed)
+                    }
                     _ => Ok(BackendEvent::Idle),
                 }
             }
             BackendPhase::Connected => match self.frontend_state(xs)? {
-                Some(XenbusState::Closing) => self.lose(xs, now, device, XenbusState::Closing, FrontendLoss::Closing),
-                Some(XenbusState::Closed) => self.lose(xs, now, device, XenbusState::Closed, FrontendLoss::Closed),
-                None => self.lose(xs, now, device, XenbusState::Closed, FrontendLoss::Gone),
-                Some(XenbusState::Initialising) => {
-                    self.lose(xs, now, device, XenbusState::Closed, FrontendLoss::Restarted)
+                Some(XenbusState::Closing) => {
+                    self.lose(xs, now, device, XenbusState::Closing, FrontendLoss::Closing)
                 }
+                Some(XenbusState::Closed) => {
+                    self.lose(xs, now, device, XenbusState::Closed, FrontendLoss::Closed)
+                }
+                None => self.lose(xs, now, device, XenbusState::Closed, FrontendLoss::Gone),
+                Some(XenbusState::Initialising) => self.lose(
+                    xs,
+                    now,
+                    device,
+                    XenbusState::Closed,
+                    FrontendLoss::Restarted,
+                ),
                 Some(_) => Ok(BackendEvent::Idle),
             },
             BackendPhase::Closing => match self.frontend_state(xs)? {
@@ -575,7 +695,9 @@ impl Backend {
                 Some(_) => Ok(BackendEvent::Idle),
             },
             BackendPhase::Closed => match self.frontend_state(xs)? {
-                Some(XenbusState::Initialising | XenbusState::Initialised | XenbusState::Connected) => {
+                Some(
+                    XenbusState::Initialising | XenbusState::Initialised | XenbusState::Connected,
+                ) => {
                     // The frontend starts over: offer again (the frontend
                     // path may have changed).
                     if self.offer(xs, now, device)? {

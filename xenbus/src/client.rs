@@ -18,7 +18,8 @@ use core::time::Duration;
 use crate::path::{check_client_path, check_watch_path, Perm};
 use crate::transport::{Transport, TransportError, Wait};
 use crate::wire::{
-    join_strings, parse_u32_strict, split_strings, u32_string, Decoder, Errno, Message, MsgType, XENSTORE_PAYLOAD_MAX,
+    join_strings, parse_u32_strict, split_strings, u32_string, Decoder, Errno, Message, MsgType,
+    XENSTORE_PAYLOAD_MAX,
 };
 
 /// Default time a reply may take.
@@ -127,7 +128,10 @@ impl XsError {
 
     /// Whether the connection is unusable after this error.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, XsError::Transport { .. } | XsError::Protocol { .. } | XsError::Broken { .. })
+        matches!(
+            self,
+            XsError::Transport { .. } | XsError::Protocol { .. } | XsError::Broken { .. }
+        )
     }
 }
 
@@ -185,6 +189,9 @@ pub struct Xenstore<T: Transport> {
     broken: Option<String>,
     tx_attempts: u32,
     jitter: u32,
+    /// Transactions the daemon started for requests that had timed out:
+    /// aborted before the next request so they do not hold a slot.
+    orphans: Vec<u32>,
 }
 
 impl<T: Transport> fmt::Debug for Xenstore<T> {
@@ -212,6 +219,7 @@ impl<T: Transport> Xenstore<T> {
             broken: None,
             tx_attempts: MAX_TRANSACTION_ATTEMPTS,
             jitter: 0x9e37_79b9,
+            orphans: Vec::new(),
         }
     }
 
@@ -304,12 +312,23 @@ impl<T: Transport> Xenstore<T> {
         self.watch_op(MsgType::Watch, path, token)
     }
 
+    /// Like [`Xenstore::watch`], but a watch already registered with this
+    /// path and token (`EEXIST`, e.g. after a request that timed out but
+    /// reached the daemon) counts as success.
+    pub fn ensure_watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        match self.watch(path, token) {
+            Err(e) if e.errno() == Some(Errno::EEXIST) => Ok(()),
+            r => r,
+        }
+    }
+
     /// Removes a watch registered with the same path and token, and the
     /// queued events it produced (other watches sharing the token keep
     /// theirs).
     pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         self.watch_op(MsgType::Unwatch, path, token)?;
-        self.events.retain(|e| e.token != token || !crate::path::is_at_or_below(&e.path, path));
+        self.events
+            .retain(|e| e.token != token || !crate::path::is_at_or_below(&e.path, path));
         Ok(())
     }
 
@@ -335,14 +354,16 @@ impl<T: Transport> Xenstore<T> {
         let mut mfn_s = String::new();
         let _ = fmt::Write::write_fmt(&mut mfn_s, format_args!("{mfn}"));
         let payload = join_strings(&[id.as_bytes(), mfn_s.as_bytes(), u32_string(port).as_bytes()]);
-        self.request(MsgType::Introduce, TxId::NONE, payload, &id).map(drop)
+        self.request(MsgType::Introduce, TxId::NONE, payload, &id)
+            .map(drop)
     }
 
     /// Tells the daemon a domain is gone (dom0 only).
     pub fn release(&mut self, domid: u16) -> Result<(), XsError> {
         let id = u32_string(u32::from(domid));
         let payload = join_strings(&[id.as_bytes()]);
-        self.request(MsgType::Release, TxId::NONE, payload, &id).map(drop)
+        self.request(MsgType::Release, TxId::NONE, payload, &id)
+            .map(drop)
     }
 
     /// Whether the daemon knows a domain.
@@ -355,14 +376,20 @@ impl<T: Transport> Xenstore<T> {
             b"F" => Ok(false),
             other => Err(self.protocol(
                 MsgType::IsDomainIntroduced,
-                format!("reply {:?} is neither T nor F", String::from_utf8_lossy(other)),
+                format!(
+                    "reply {:?} is neither T nor F",
+                    String::from_utf8_lossy(other)
+                ),
             )),
         }
     }
 
     /// Sends an `XS_CONTROL` command with arguments; returns the raw reply.
     pub fn control(&mut self, args: &[&[u8]]) -> Result<Vec<u8>, XsError> {
-        let what = args.first().map(|a| String::from_utf8_lossy(a).into_owned()).unwrap_or_default();
+        let what = args
+            .first()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .unwrap_or_default();
         self.request(MsgType::Control, TxId::NONE, join_strings(args), &what)
     }
 
@@ -370,13 +397,21 @@ impl<T: Transport> Xenstore<T> {
 
     /// Starts a transaction.
     pub fn transaction_start(&mut self) -> Result<TxId, XsError> {
-        let reply = self.request(MsgType::TransactionStart, TxId::NONE, join_strings(&[b""]), "")?;
+        let reply = self.request(
+            MsgType::TransactionStart,
+            TxId::NONE,
+            join_strings(&[b""]),
+            "",
+        )?;
         let id = reply.strip_suffix(&[0]).unwrap_or(&reply);
         match parse_u32_strict(id) {
             Some(id) if id != 0 => Ok(TxId(id)),
             _ => Err(self.protocol(
                 MsgType::TransactionStart,
-                format!("transaction id {:?} is not a non-zero decimal number", String::from_utf8_lossy(id)),
+                format!(
+                    "transaction id {:?} is not a non-zero decimal number",
+                    String::from_utf8_lossy(id)
+                ),
             )),
         }
     }
@@ -385,7 +420,8 @@ impl<T: Transport> Xenstore<T> {
     /// conflicted fails with `EAGAIN` ([`XsError::is_conflict`]).
     pub fn transaction_end(&mut self, tx: TxId, commit: bool) -> Result<(), XsError> {
         let arg: &[u8] = if commit { b"T" } else { b"F" };
-        self.request(MsgType::TransactionEnd, tx, join_strings(&[arg]), "").map(drop)
+        self.request(MsgType::TransactionEnd, tx, join_strings(&[arg]), "")
+            .map(drop)
     }
 
     /// Operations inside transaction `id` (from
@@ -415,7 +451,10 @@ impl<T: Transport> Xenstore<T> {
                 Ok(value) => match self.transaction_end(id, true) {
                     Ok(()) => return Ok(value),
                     Err(e) if e.is_conflict() => {
-                        log::debug!("xenstore transaction {} conflicted (attempt {attempt}), retrying", id.0);
+                        log::debug!(
+                            "xenstore transaction {} conflicted (attempt {attempt}), retrying",
+                            id.0
+                        );
                     }
                     Err(e) => return Err(e),
                 },
@@ -574,7 +613,9 @@ impl<T: Transport> Xenstore<T> {
                 let done = rest.last().is_some_and(|s| s.is_empty());
                 let chunk = if done { &rest[..rest.len() - 1] } else { rest };
                 if chunk.is_empty() && !done {
-                    return Err(self.protocol(MsgType::DirectoryPart, "a part with no names".to_string()));
+                    return Err(
+                        self.protocol(MsgType::DirectoryPart, "a part with no names".to_string())
+                    );
                 }
                 for name in chunk {
                     offset = offset.saturating_add(name.len() + 1);
@@ -586,13 +627,16 @@ impl<T: Transport> Xenstore<T> {
             }
             return Err(self.protocol(MsgType::DirectoryPart, "listing never finished".to_string()));
         }
-        Err(XsError::TooManyConflicts { attempts: MAX_TRANSACTION_ATTEMPTS })
+        Err(XsError::TooManyConflicts {
+            attempts: MAX_TRANSACTION_ATTEMPTS,
+        })
     }
 
     fn get_perms_in(&mut self, tx: TxId, path: &str) -> Result<Vec<Perm>, XsError> {
         check_watch_path(path).map_err(|e| bad_arg(MsgType::GetPerms, path, e.to_string()))?;
         let reply = self.request(MsgType::GetPerms, tx, join_strings(&[path]), path)?;
-        let parts = split_strings(&reply).map_err(|e| self.protocol(MsgType::GetPerms, e.to_string()))?;
+        let parts =
+            split_strings(&reply).map_err(|e| self.protocol(MsgType::GetPerms, e.to_string()))?;
         let mut perms = Vec::with_capacity(parts.len());
         for p in parts {
             match Perm::parse(p) {
@@ -600,7 +644,10 @@ impl<T: Transport> Xenstore<T> {
                 None => {
                     return Err(self.protocol(
                         MsgType::GetPerms,
-                        format!("permission {:?} is not <n|r|w|b><domid>", String::from_utf8_lossy(p)),
+                        format!(
+                            "permission {:?} is not <n|r|w|b><domid>",
+                            String::from_utf8_lossy(p)
+                        ),
                     ))
                 }
             }
@@ -614,20 +661,30 @@ impl<T: Transport> Xenstore<T> {
     fn set_perms_in(&mut self, tx: TxId, path: &str, perms: &[Perm]) -> Result<(), XsError> {
         check_watch_path(path).map_err(|e| bad_arg(MsgType::SetPerms, path, e.to_string()))?;
         if perms.is_empty() {
-            return Err(bad_arg(MsgType::SetPerms, path, "a permission list needs at least the owner entry".to_string()));
+            return Err(bad_arg(
+                MsgType::SetPerms,
+                path,
+                "a permission list needs at least the owner entry".to_string(),
+            ));
         }
         let mut parts: Vec<String> = Vec::with_capacity(perms.len() + 1);
         parts.push(path.to_string());
         parts.extend(perms.iter().map(Perm::to_wire));
-        self.request(MsgType::SetPerms, tx, join_strings(&parts), path).map(drop)
+        self.request(MsgType::SetPerms, tx, join_strings(&parts), path)
+            .map(drop)
     }
 
     fn watch_op(&mut self, op: MsgType, path: &str, token: &str) -> Result<(), XsError> {
         check_watch_path(path).map_err(|e| bad_arg(op, path, e.to_string()))?;
         if token.as_bytes().contains(&0) {
-            return Err(bad_arg(op, path, "the token contains a NUL byte".to_string()));
+            return Err(bad_arg(
+                op,
+                path,
+                "the token contains a NUL byte".to_string(),
+            ));
         }
-        self.request(op, TxId::NONE, join_strings(&[path, token]), path).map(drop)
+        self.request(op, TxId::NONE, join_strings(&[path, token]), path)
+            .map(drop)
     }
 
     // ---- plumbing ----
@@ -654,7 +711,9 @@ impl<T: Transport> Xenstore<T> {
 
     fn check_broken(&self) -> Result<(), XsError> {
         match &self.broken {
-            Some(cause) => Err(XsError::Broken { cause: cause.clone() }),
+            Some(cause) => Err(XsError::Broken {
+                cause: cause.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -670,10 +729,16 @@ impl<T: Transport> Xenstore<T> {
         let parsed = split_strings(&msg.payload).ok().and_then(|parts| {
             let path = core::str::from_utf8(parts.first()?).ok()?;
             let token = core::str::from_utf8(parts.get(1)?).ok()?;
-            Some(WatchEvent { path: path.to_string(), token: token.to_string() })
+            Some(WatchEvent {
+                path: path.to_string(),
+                token: token.to_string(),
+            })
         });
         let Some(event) = parsed else {
-            log::warn!("xenstore: dropping a malformed watch event ({} bytes)", msg.payload.len());
+            log::warn!(
+                "xenstore: dropping a malformed watch event ({} bytes)",
+                msg.payload.len()
+            );
             return;
         };
         if self.events.len() >= MAX_QUEUED_EVENTS {
@@ -718,19 +783,65 @@ impl<T: Transport> Xenstore<T> {
         }
     }
 
+    /// Aborts transactions whose start reply came after its request had
+    /// timed out.
+    fn abort_orphans(&mut self) {
+        for id in core::mem::take(&mut self.orphans) {
+            match self.request(MsgType::TransactionEnd, TxId(id), join_strings(&[b"F"]), "") {
+                Ok(_) => log::debug!("xenstore: aborted orphaned transaction {id}"),
+                Err(e) => log::warn!("xenstore: aborting orphaned transaction {id} failed: {e}"),
+            }
+        }
+    }
+
+    /// Notes a reply to an earlier request that is no longer awaited.
+    fn stale_reply(&mut self, reply: &Message, awaited: u32) {
+        log::warn!(
+            "xenstore: dropping a {} reply to request {} while waiting for {awaited} (a late reply?)",
+            reply.msg_type,
+            reply.req_id
+        );
+        if reply.msg_type == MsgType::TransactionStart {
+            let id = reply.payload.strip_suffix(&[0]).unwrap_or(&reply.payload);
+            if let Some(id) = parse_u32_strict(id).filter(|&id| id != 0) {
+                if self.orphans.len() < 64 {
+                    self.orphans.push(id);
+                }
+            }
+        }
+    }
+
     /// Sends one request and waits for its reply payload.
-    fn request(&mut self, op: MsgType, tx: TxId, payload: Vec<u8>, path: &str) -> Result<Vec<u8>, XsError> {
+    fn request(
+        &mut self,
+        op: MsgType,
+        tx: TxId,
+        payload: Vec<u8>,
+        path: &str,
+    ) -> Result<Vec<u8>, XsError> {
         self.check_broken()?;
+        if !self.orphans.is_empty() {
+            self.abort_orphans();
+            self.check_broken()?;
+        }
         if payload.len() > XENSTORE_PAYLOAD_MAX {
             return Err(bad_arg(
                 op,
                 path,
-                format!("the request payload is {} bytes, the protocol allows {XENSTORE_PAYLOAD_MAX}", payload.len()),
+                format!(
+                    "the request payload is {} bytes, the protocol allows {XENSTORE_PAYLOAD_MAX}",
+                    payload.len()
+                ),
             ));
         }
         let req_id = self.next_req_id;
         self.next_req_id = self.next_req_id.wrapping_add(1);
-        let msg = Message { msg_type: op, req_id, tx_id: tx.0, payload };
+        let msg = Message {
+            msg_type: op,
+            req_id,
+            tx_id: tx.0,
+            payload,
+        };
         let bytes = msg.encode();
         let mut sent = 0;
         while sent < bytes.len() {
@@ -744,29 +855,37 @@ impl<T: Transport> Xenstore<T> {
                     // step for good.
                     self.broken = Some(format!("{op} stalled after {sent} bytes"));
                 }
-                return Err(XsError::TimedOut { op, path: path.to_string(), after: self.timeout });
+                return Err(XsError::TimedOut {
+                    op,
+                    path: path.to_string(),
+                    after: self.timeout,
+                });
             }
             sent += n;
         }
         loop {
             let Some(reply) = self.next_message(Wait::For(self.timeout), op)? else {
-                return Err(XsError::TimedOut { op, path: path.to_string(), after: self.timeout });
+                return Err(XsError::TimedOut {
+                    op,
+                    path: path.to_string(),
+                    after: self.timeout,
+                });
             };
             if reply.msg_type == MsgType::WatchEvent {
                 self.queue_event(&reply);
                 continue;
             }
             if reply.req_id != req_id {
-                log::warn!(
-                    "xenstore: dropping a {} reply to request {} while waiting for {req_id} (a late reply?)",
-                    reply.msg_type,
-                    reply.req_id
-                );
+                self.stale_reply(&reply, req_id);
                 continue;
             }
             if reply.msg_type == MsgType::Error {
                 return match Errno::from_payload(&reply.payload) {
-                    Some(errno) => Err(XsError::Refused { op, path: path.to_string(), errno }),
+                    Some(errno) => Err(XsError::Refused {
+                        op,
+                        path: path.to_string(),
+                        errno,
+                    }),
                     None => Err(self.protocol(
                         op,
                         format!(
@@ -793,12 +912,20 @@ fn not_found_is_none<V>(r: Result<V, XsError>) -> Result<Option<V>, XsError> {
 }
 
 fn bad_arg(op: MsgType, path: &str, reason: String) -> XsError {
-    XsError::BadArgument { op, path: path.to_string(), reason }
+    XsError::BadArgument {
+        op,
+        path: path.to_string(),
+        reason,
+    }
 }
 
 fn check_path(op: MsgType, path: &str) -> Result<(), XsError> {
     if path.starts_with('@') {
-        return Err(bad_arg(op, path, "special @ paths are only for watches and permissions".to_string()));
+        return Err(bad_arg(
+            op,
+            path,
+            "special @ paths are only for watches and permissions".to_string(),
+        ));
     }
     check_client_path(path).map_err(|e| bad_arg(op, path, e.to_string()))
 }
@@ -807,7 +934,10 @@ fn reply_string(op: MsgType, reply: &[u8]) -> Result<String, XsError> {
     let body = reply.strip_suffix(&[0]).unwrap_or(reply);
     core::str::from_utf8(body)
         .map(|s| s.to_string())
-        .map_err(|_| XsError::Protocol { op, detail: "reply is not UTF-8".to_string() })
+        .map_err(|_| XsError::Protocol {
+            op,
+            detail: "reply is not UTF-8".to_string(),
+        })
 }
 
 /// Operations inside a transaction started by [`Xenstore::transaction`].

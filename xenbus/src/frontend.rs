@@ -31,7 +31,7 @@ use core::time::Duration;
 
 use grant_tables::DomId;
 
-use crate::client::{Transaction, XsError, Xenstore};
+use crate::client::{Transaction, Xenstore, XsError};
 use crate::path::check_absolute;
 use crate::state::XenbusState;
 use crate::transport::{Transport, Wait};
@@ -238,6 +238,15 @@ pub enum HandshakeError {
     },
 }
 
+impl HandshakeError {
+    /// Whether the handshake kept its phase and the next poll retries
+    /// (xenstore did not answer in time); other errors leave it
+    /// [`Phase::Failed`] until restarted.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, HandshakeError::Store(XsError::TimedOut { .. }))
+    }
+}
+
 impl From<XsError> for HandshakeError {
     fn from(e: XsError) -> Self {
         HandshakeError::Store(e)
@@ -374,7 +383,11 @@ impl Frontend {
     /// Asks for an orderly close: writes Closing and waits (through
     /// [`Frontend::poll`]) for the backend to close, then writes Closed and
     /// reports [`HandshakeEvent::Closed`].
-    pub fn close<T: Transport>(&mut self, xs: &mut Xenstore<T>, now: Duration) -> Result<(), HandshakeError> {
+    pub fn close<T: Transport>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+        now: Duration,
+    ) -> Result<(), HandshakeError> {
         self.write_state(xs, XenbusState::Closing)?;
         self.enter(Phase::Closing, now, Some(self.config.step_timeout));
         self.dirty = true;
@@ -402,7 +415,12 @@ impl Frontend {
     /// (typically under [`BackendInfo::frontend_key`]); it may run more
     /// than once per connection (the transaction is retried on conflicts)
     /// and must write the same values each time.
-    pub fn poll<T, F>(&mut self, xs: &mut Xenstore<T>, now: Duration, mut publish: F) -> Result<HandshakeEvent, HandshakeError>
+    pub fn poll<T, F>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+        now: Duration,
+        mut publish: F,
+    ) -> Result<HandshakeEvent, HandshakeError>
     where
         T: Transport,
         F: FnMut(&mut Transaction<'_, T>, &BackendInfo) -> Result<(), PublishError>,
@@ -421,10 +439,15 @@ impl Frontend {
             self.dirty = false;
             let event = match self.step(xs, now, &mut publish) {
                 Ok(e) => e,
+                Err(e) if e.is_transient() => {
+                    // A reply that came late: keep the phase and look
+                    // again at the next poll.
+                    log::warn!("{e}; will retry");
+                    self.dirty = true;
+                    return Err(e);
+                }
                 Err(e) => {
-                    if !matches!(e, HandshakeError::Store(ref s) if s.is_fatal()) {
-                        log::error!("{e}");
-                    }
+                    log::error!("{e}");
                     self.phase = Phase::Failed;
                     return Err(e);
                 }
@@ -463,7 +486,13 @@ impl Frontend {
         F: FnMut(&mut Transaction<'_, T>, &BackendInfo) -> Result<(), PublishError>,
     {
         loop {
-            match self.poll(xs, clock(), &mut publish)? {
+            let event = match self.poll(xs, clock(), &mut publish) {
+                Ok(e) => e,
+                // Retried at the next poll; the phase deadline still holds.
+                Err(e) if e.is_transient() => HandshakeEvent::Idle,
+                Err(e) => return Err(e),
+            };
+            match event {
                 HandshakeEvent::Connected(info) => return Ok(info),
                 HandshakeEvent::Idle | HandshakeEvent::Disconnected(_) => {}
                 HandshakeEvent::Closed | HandshakeEvent::Removed => {
@@ -476,7 +505,9 @@ impl Frontend {
             if self.dirty {
                 continue;
             }
-            let left = self.deadline.map_or(Duration::from_millis(100), |d| d.saturating_sub(clock()));
+            let left = self
+                .deadline
+                .map_or(Duration::from_millis(100), |d| d.saturating_sub(clock()));
             let wait = left.clamp(Duration::from_millis(1), Duration::from_millis(100));
             xs.pump_wait(Wait::For(wait))?;
         }
@@ -495,45 +526,75 @@ impl Frontend {
         self.deadline = timeout.map(|t| now.saturating_add(t));
     }
 
-    fn write_state<T: Transport>(&self, xs: &mut Xenstore<T>, state: XenbusState) -> Result<(), XsError> {
+    fn write_state<T: Transport>(
+        &self,
+        xs: &mut Xenstore<T>,
+        state: XenbusState,
+    ) -> Result<(), XsError> {
         xs.write(&self.fe_key("state"), state.as_str())
     }
 
     /// Reads `backend` and `backend-id`; `None` while the toolstack has not
     /// written them.
-    fn find_backend<T: Transport>(&mut self, xs: &mut Xenstore<T>) -> Result<Option<BackendInfo>, HandshakeError> {
+    fn find_backend<T: Transport>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+    ) -> Result<Option<BackendInfo>, HandshakeError> {
         if !self.watching_backend_node {
             let node = self.fe_key("backend");
-            xs.watch(&node, &self.token)?;
+            xs.ensure_watch(&node, &self.token)?;
             self.watching_backend_node = true;
         }
         let be_node = self.fe_key("backend");
         let id_node = self.fe_key("backend-id");
-        let Some(backend) = xs.try_read(&be_node)? else { return Ok(None) };
-        let Some(backend_id) = xs.try_read(&id_node)? else { return Ok(None) };
-        let backend = String::from_utf8(backend)
-            .map_err(|_| HandshakeError::BadNode { path: be_node.clone(), reason: "not UTF-8".to_string() })?;
-        check_absolute(&backend)
-            .map_err(|e| HandshakeError::BadNode { path: be_node.clone(), reason: format!("not an absolute path: {e}") })?;
+        let Some(backend) = xs.try_read(&be_node)? else {
+            return Ok(None);
+        };
+        let Some(backend_id) = xs.try_read(&id_node)? else {
+            return Ok(None);
+        };
+        let backend = String::from_utf8(backend).map_err(|_| HandshakeError::BadNode {
+            path: be_node.clone(),
+            reason: "not UTF-8".to_string(),
+        })?;
+        check_absolute(&backend).map_err(|e| HandshakeError::BadNode {
+            path: be_node.clone(),
+            reason: format!("not an absolute path: {e}"),
+        })?;
         let id = parse_u32_strict(&backend_id)
             .and_then(|v| u16::try_from(v).ok())
             .map(DomId)
             .filter(|d| d.is_real())
             .ok_or_else(|| HandshakeError::BadNode {
                 path: id_node.clone(),
-                reason: format!("{:?} is not a domain id", String::from_utf8_lossy(&backend_id)),
+                reason: format!(
+                    "{:?} is not a domain id",
+                    String::from_utf8_lossy(&backend_id)
+                ),
             })?;
-        Ok(Some(BackendInfo { frontend: self.config.frontend.clone(), backend, backend_id: id }))
+        Ok(Some(BackendInfo {
+            frontend: self.config.frontend.clone(),
+            backend,
+            backend_id: id,
+        }))
     }
 
-    fn read_backend_state<T: Transport>(&mut self, xs: &mut Xenstore<T>) -> Result<BackendView, HandshakeError> {
-        let Some(info) = &self.backend else { return Ok(BackendView::Absent) };
+    fn read_backend_state<T: Transport>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+    ) -> Result<BackendView, HandshakeError> {
+        let Some(info) = &self.backend else {
+            return Ok(BackendView::Absent);
+        };
         let path = info.backend_key("state");
         let view = match xs.read(&path) {
             Ok(v) => match XenbusState::parse(&v) {
                 Ok(s) => BackendView::State(s),
                 Err(e) => {
-                    log::warn!("xenbus {}: backend {path}: {e}; treating it as Unknown", self.config.frontend);
+                    log::warn!(
+                        "xenbus {}: backend {path}: {e}; treating it as Unknown",
+                        self.config.frontend
+                    );
                     BackendView::State(XenbusState::Unknown)
                 }
             },
@@ -554,7 +615,11 @@ impl Frontend {
 
     /// Starts a connection attempt: finds the backend, watches its state,
     /// writes Initialising.
-    fn begin_attempt<T: Transport>(&mut self, xs: &mut Xenstore<T>, now: Duration) -> Result<bool, HandshakeError> {
+    fn begin_attempt<T: Transport>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+        now: Duration,
+    ) -> Result<bool, HandshakeError> {
         let Some(info) = self.find_backend(xs)? else {
             if self.phase != Phase::FindBackend {
                 self.enter(Phase::FindBackend, now, Some(self.config.step_timeout));
@@ -568,15 +633,22 @@ impl Frontend {
         if self.watched_state.as_deref() != Some(state_path.as_str()) {
             if let Some(old) = self.watched_state.take() {
                 if let Err(e) = xs.unwatch(&old, &self.token) {
-                    log::warn!("xenbus {}: dropping the old backend watch failed: {e}", self.config.frontend);
+                    log::warn!(
+                        "xenbus {}: dropping the old backend watch failed: {e}",
+                        self.config.frontend
+                    );
                 }
             }
-            xs.watch(&state_path, &self.token)?;
+            xs.ensure_watch(&state_path, &self.token)?;
             self.watched_state = Some(state_path);
         }
         self.backend = Some(info);
         self.write_state(xs, XenbusState::Initialising)?;
-        self.enter(Phase::WaitBackendInitWait, now, Some(self.config.step_timeout));
+        self.enter(
+            Phase::WaitBackendInitWait,
+            now,
+            Some(self.config.step_timeout),
+        );
         Ok(true)
     }
 
@@ -586,7 +658,10 @@ impl Frontend {
         F: FnMut(&mut Transaction<'_, T>, &BackendInfo) -> Result<(), PublishError>,
     {
         let Some(info) = self.backend.clone() else {
-            return Err(HandshakeError::BadNode { path: self.fe_key("backend"), reason: "not read yet".to_string() });
+            return Err(HandshakeError::BadNode {
+                path: self.fe_key("backend"),
+                reason: "not read yet".to_string(),
+            });
         };
         let state = match self.config.style {
             ConnectStyle::InitialisedFirst => XenbusState::Initialised,
@@ -623,10 +698,15 @@ impl Frontend {
                 );
                 Ok(())
             }
-            Err(XsError::TooManyConflicts { .. }) => Err(HandshakeError::TooManyConflicts { frontend: info.frontend }),
+            Err(XsError::TooManyConflicts { .. }) => Err(HandshakeError::TooManyConflicts {
+                frontend: info.frontend,
+            }),
             Err(e) => {
                 let error = failure.unwrap_or(PublishError::Store(e));
-                Err(HandshakeError::Publish { frontend: info.frontend.clone(), error })
+                Err(HandshakeError::Publish {
+                    frontend: info.frontend.clone(),
+                    error,
+                })
             }
         }
     }
@@ -637,9 +717,16 @@ impl Frontend {
         now: Duration,
         reason: DisconnectReason,
     ) -> Result<HandshakeEvent, HandshakeError> {
-        log::warn!("xenbus {}: backend lost ({reason:?}); waiting for it to come back", self.config.frontend);
+        log::warn!(
+            "xenbus {}: backend lost ({reason:?}); waiting for it to come back",
+            self.config.frontend
+        );
         self.write_state(xs, XenbusState::Closed)?;
-        self.enter(Phase::WaitBackendReturn, now, Some(self.config.reconnect_timeout));
+        self.enter(
+            Phase::WaitBackendReturn,
+            now,
+            Some(self.config.reconnect_timeout),
+        );
         if reason == DisconnectReason::BackendRestarted {
             self.dirty = true;
         }
@@ -660,14 +747,22 @@ impl Frontend {
         Ok(gone(xs.read(&self.fe_key("backend")))? && gone(xs.read(&self.config.frontend))?)
     }
 
-    fn step<T, F>(&mut self, xs: &mut Xenstore<T>, now: Duration, publish: &mut F) -> Result<HandshakeEvent, HandshakeError>
+    fn step<T, F>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+        now: Duration,
+        publish: &mut F,
+    ) -> Result<HandshakeEvent, HandshakeError>
     where
         T: Transport,
         F: FnMut(&mut Transaction<'_, T>, &BackendInfo) -> Result<(), PublishError>,
     {
         if matches!(
             self.phase,
-            Phase::WaitBackendInitWait | Phase::WaitBackendConnected | Phase::Connected | Phase::WaitBackendReturn
+            Phase::WaitBackendInitWait
+                | Phase::WaitBackendConnected
+                | Phase::Connected
+                | Phase::WaitBackendReturn
         ) && self.removed(xs)?
         {
             log::info!("xenbus {}: the device was removed", self.config.frontend);
@@ -684,7 +779,11 @@ impl Frontend {
             Phase::WaitBackendInitWait => {
                 if let BackendView::State(XenbusState::InitWait) = self.read_backend_state(xs)? {
                     self.publish(xs, publish)?;
-                    self.enter(Phase::WaitBackendConnected, now, Some(self.config.step_timeout));
+                    self.enter(
+                        Phase::WaitBackendConnected,
+                        now,
+                        Some(self.config.step_timeout),
+                    );
                     self.dirty = true;
                 }
                 Ok(HandshakeEvent::Idle)
@@ -696,21 +795,37 @@ impl Frontend {
                     }
                     self.enter(Phase::Connected, now, None);
                     self.connections += 1;
-                    let info = self.backend.clone().ok_or_else(|| HandshakeError::BadNode {
-                        path: self.fe_key("backend"),
-                        reason: "lost track of the backend".to_string(),
-                    })?;
-                    log::info!("xenbus {}: connected to {} ({})", info.frontend, info.backend, info.backend_id);
+                    let info = self
+                        .backend
+                        .clone()
+                        .ok_or_else(|| HandshakeError::BadNode {
+                            path: self.fe_key("backend"),
+                            reason: "lost track of the backend".to_string(),
+                        })?;
+                    log::info!(
+                        "xenbus {}: connected to {} ({})",
+                        info.frontend,
+                        info.backend,
+                        info.backend_id
+                    );
                     Ok(HandshakeEvent::Connected(info))
                 }
-                BackendView::State(XenbusState::Closing) => self.lose_backend(xs, now, DisconnectReason::BackendClosing),
-                BackendView::State(XenbusState::Closed) => self.lose_backend(xs, now, DisconnectReason::BackendClosed),
+                BackendView::State(XenbusState::Closing) => {
+                    self.lose_backend(xs, now, DisconnectReason::BackendClosing)
+                }
+                BackendView::State(XenbusState::Closed) => {
+                    self.lose_backend(xs, now, DisconnectReason::BackendClosed)
+                }
                 BackendView::Absent => self.lose_backend(xs, now, DisconnectReason::BackendGone),
                 BackendView::State(_) => Ok(HandshakeEvent::Idle),
             },
             Phase::Connected => match self.read_backend_state(xs)? {
-                BackendView::State(XenbusState::Closing) => self.lose_backend(xs, now, DisconnectReason::BackendClosing),
-                BackendView::State(XenbusState::Closed) => self.lose_backend(xs, now, DisconnectReason::BackendClosed),
+                BackendView::State(XenbusState::Closing) => {
+                    self.lose_backend(xs, now, DisconnectReason::BackendClosing)
+                }
+                BackendView::State(XenbusState::Closed) => {
+                    self.lose_backend(xs, now, DisconnectReason::BackendClosed)
+                }
                 BackendView::Absent => self.lose_backend(xs, now, DisconnectReason::BackendGone),
                 BackendView::State(XenbusState::InitWait | XenbusState::Initialising) => {
                     self.lose_backend(xs, now, DisconnectReason::BackendRestarted)
@@ -719,9 +834,16 @@ impl Frontend {
             },
             Phase::WaitBackendReturn => {
                 // The backend path may have changed: look it up again.
-                let Some(info) = self.find_backend(xs)? else { return Ok(HandshakeEvent::Idle) };
+                let Some(info) = self.find_backend(xs)? else {
+                    return Ok(HandshakeEvent::Idle);
+                };
                 if self.backend.as_ref() != Some(&info) {
-                    log::info!("xenbus {}: backend is now {} ({})", info.frontend, info.backend, info.backend_id);
+                    log::info!(
+                        "xenbus {}: backend is now {} ({})",
+                        info.frontend,
+                        info.backend,
+                        info.backend_id
+                    );
                     // Watches the new state node and starts over.
                     if self.begin_attempt(xs, now)? {
                         self.dirty = true;
@@ -730,7 +852,10 @@ impl Frontend {
                 }
                 match self.read_backend_state(xs)? {
                     BackendView::State(
-                        XenbusState::InitWait | XenbusState::Initialising | XenbusState::Closed | XenbusState::Unknown,
+                        XenbusState::InitWait
+                        | XenbusState::Initialising
+                        | XenbusState::Closed
+                        | XenbusState::Unknown,
                     ) => {
                         if self.begin_attempt(xs, now)? {
                             self.dirty = true;
@@ -741,7 +866,8 @@ impl Frontend {
                 }
             }
             Phase::Closing => match self.read_backend_state(xs)? {
-                BackendView::State(XenbusState::Closing | XenbusState::Closed) | BackendView::Absent => {
+                BackendView::State(XenbusState::Closing | XenbusState::Closed)
+                | BackendView::Absent => {
                     self.write_state(xs, XenbusState::Closed)?;
                     self.enter(Phase::Shut, now, None);
                     Ok(HandshakeEvent::Closed)

@@ -63,12 +63,13 @@ pub mod wire;
 mod tests;
 
 pub use backend::{
-    Backend, BackendConfig, BackendDevice, BackendEvent, BackendPhase, ConnectWhen, FrontendInfo, FrontendLoss,
+    Backend, BackendConfig, BackendDevice, BackendEvent, BackendPhase, ConnectWhen, FrontendInfo,
+    FrontendLoss,
 };
-pub use client::{Transaction, TxId, WatchEvent, XsError, Xenstore};
+pub use client::{Transaction, TxId, WatchEvent, Xenstore, XsError};
 pub use frontend::{
-    BackendInfo, ConnectStyle, DisconnectReason, Frontend, FrontendConfig, HandshakeError, HandshakeEvent, Phase,
-    PublishError,
+    BackendInfo, ConnectStyle, DisconnectReason, Frontend, FrontendConfig, HandshakeError,
+    HandshakeEvent, Phase, PublishError,
 };
 pub use path::{Perm, PermAccess};
 pub use ring::{EvtchnSignal, OwnedEvtchnSignal, RingSignal, Side, StoreRing};

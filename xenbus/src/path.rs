@@ -74,7 +74,11 @@ pub fn check_client_path(path: &str) -> Result<(), PathError> {
     if b.is_empty() {
         return Err(PathError::Empty);
     }
-    let max = if b[0] == b'/' || b[0] == b'@' { XENSTORE_ABS_PATH_MAX } else { XENSTORE_REL_PATH_MAX };
+    let max = if b[0] == b'/' || b[0] == b'@' {
+        XENSTORE_ABS_PATH_MAX
+    } else {
+        XENSTORE_REL_PATH_MAX
+    };
     if b.len() > max {
         return Err(PathError::TooLong { len: b.len(), max });
     }
@@ -98,7 +102,10 @@ pub fn check_absolute(path: &str) -> Result<(), PathError> {
         return Err(PathError::BadChar { byte: b[0], at: 0 });
     }
     if b.len() > XENSTORE_ABS_PATH_MAX {
-        return Err(PathError::TooLong { len: b.len(), max: XENSTORE_ABS_PATH_MAX });
+        return Err(PathError::TooLong {
+            len: b.len(),
+            max: XENSTORE_ABS_PATH_MAX,
+        });
     }
     if let Some(at) = b.iter().position(|&c| !valid_char(c)) {
         return Err(PathError::BadChar { byte: b[at], at });
@@ -108,7 +115,10 @@ pub fn check_absolute(path: &str) -> Result<(), PathError> {
     }
     if let Some(rel) = relative_to_domain_home(path) {
         if rel.len() > XENSTORE_REL_PATH_MAX {
-            return Err(PathError::TooLong { len: rel.len(), max: XENSTORE_REL_PATH_MAX });
+            return Err(PathError::TooLong {
+                len: rel.len(),
+                max: XENSTORE_REL_PATH_MAX,
+            });
         }
     }
     Ok(())
@@ -272,13 +282,24 @@ impl fmt::Display for Perm {
 /// and the owner entry's access applies to everyone else.
 pub fn access_for(perms: &[Perm], domid: u16, privileged: bool) -> Effective {
     let Some(owner) = perms.first() else {
-        return if privileged { Effective::ALL } else { Effective::NONE };
+        return if privileged {
+            Effective::ALL
+        } else {
+            Effective::NONE
+        };
     };
     if privileged || owner.domid == domid {
         return Effective::ALL;
     }
-    let access = perms[1..].iter().find(|p| p.domid == domid).map_or(owner.access, |p| p.access);
-    Effective { read: access.can_read(), write: access.can_write(), owner: false }
+    let access = perms[1..]
+        .iter()
+        .find(|p| p.domid == domid)
+        .map_or(owner.access, |p| p.access);
+    Effective {
+        read: access.can_read(),
+        write: access.can_write(),
+        owner: false,
+    }
 }
 
 /// The access a caller has to a node.
@@ -294,9 +315,17 @@ pub struct Effective {
 
 impl Effective {
     /// Everything.
-    pub const ALL: Effective = Effective { read: true, write: true, owner: true };
+    pub const ALL: Effective = Effective {
+        read: true,
+        write: true,
+        owner: true,
+    };
     /// Nothing.
-    pub const NONE: Effective = Effective { read: false, write: false, owner: false };
+    pub const NONE: Effective = Effective {
+        read: false,
+        write: false,
+        owner: false,
+    };
 }
 
 /// Parses a list of permission strings.

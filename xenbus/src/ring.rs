@@ -92,7 +92,8 @@ const SERVER_FEATURES: usize = offset_of!(XenstoreDomainInterface, server_featur
 const CONNECTION: usize = offset_of!(XenstoreDomainInterface, connection);
 const ERROR: usize = offset_of!(XenstoreDomainInterface, error);
 
-const _: () = assert!(REQ == 0 && RSP == 1024 && REQ_CONS == 2048 && RSP_PROD == 2060 && ERROR == 2072);
+const _: () =
+    assert!(REQ == 0 && RSP == 1024 && REQ_CONS == 2048 && RSP_PROD == 2060 && ERROR == 2072);
 const _: () = assert!(INTERFACE_SIZE == 2076);
 
 /// Which end of the page this is.
@@ -175,15 +176,24 @@ impl<'a, E: EventChannels + ?Sized> EvtchnSignal<'a, E> {
 
 impl<E: EventChannels + ?Sized> RingSignal for EvtchnSignal<'_, E> {
     fn notify(&mut self) -> Result<(), TransportError> {
-        self.evtchn.notify(self.port).map_err(TransportError::Platform)
+        self.evtchn
+            .notify(self.port)
+            .map_err(TransportError::Platform)
     }
     fn wait(&mut self, wait: Wait) -> Result<bool, TransportError> {
         let timeout_ns = match wait {
-            Wait::NoWait => return self.evtchn.poll(self.port).map_err(TransportError::Platform),
+            Wait::NoWait => {
+                return self
+                    .evtchn
+                    .poll(self.port)
+                    .map_err(TransportError::Platform)
+            }
             Wait::For(d) => Some(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             Wait::Forever => None,
         };
-        self.evtchn.block(self.port, timeout_ns).map_err(TransportError::Platform)
+        self.evtchn
+            .block(self.port, timeout_ns)
+            .map_err(TransportError::Platform)
     }
 }
 
@@ -249,7 +259,14 @@ impl<S: RingSignal> StoreRing<S> {
     /// value, and never through Rust references (the peer writes them
     /// concurrently).
     pub unsafe fn new(page: NonNull<u8>, side: Side, signal: S) -> Self {
-        let mut ring = StoreRing { page, side, signal, out_prod: 0, in_cons: 0, broken: None };
+        let mut ring = StoreRing {
+            page,
+            side,
+            signal,
+            out_prod: 0,
+            in_cons: 0,
+            broken: None,
+        };
         let l = side.layout();
         ring.out_prod = ring.load(l.out_prod, Ordering::Relaxed);
         ring.in_cons = ring.load(l.in_cons, Ordering::Relaxed);
@@ -494,7 +511,8 @@ impl RingPage {
         }
         // SAFETY: aligned, in bounds (checked above); atomic access as the
         // ring does.
-        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast::<u32>()) }.store(v, Ordering::Release);
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast::<u32>()) }
+            .store(v, Ordering::Release);
     }
 
     /// Reads a `u32` field of the interface at `offset` (0 when the offset
@@ -504,7 +522,8 @@ impl RingPage {
             return 0;
         }
         // SAFETY: aligned, in bounds (checked above); atomic access.
-        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast::<u32>()) }.load(Ordering::Acquire)
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast::<u32>()) }
+            .load(Ordering::Acquire)
     }
 }
 

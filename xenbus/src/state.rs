@@ -70,7 +70,9 @@ impl XenbusState {
     pub fn parse(value: &[u8]) -> Result<XenbusState, BadState> {
         let digits = value.strip_suffix(&[0]).unwrap_or(value);
         match digits {
-            [d @ b'0'..=b'8'] => XenbusState::from_u32(u32::from(d - b'0')).ok_or_else(|| bad(value)),
+            [d @ b'0'..=b'8'] => {
+                XenbusState::from_u32(u32::from(d - b'0')).ok_or_else(|| bad(value))
+            }
             _ => Err(bad(value)),
         }
     }
@@ -130,7 +132,19 @@ mod tests {
             assert_eq!(XenbusState::parse(s.as_str().as_bytes()), Ok(s));
         }
         assert_eq!(XenbusState::parse(b"4\0"), Ok(XenbusState::Connected));
-        for bad in [&b""[..], b"9", b"04", b" 4", b"4 ", b"+4", b"-1", b"44", b"4\0\0", b"x", b"\0"] {
+        for bad in [
+            &b""[..],
+            b"9",
+            b"04",
+            b" 4",
+            b"4 ",
+            b"+4",
+            b"-1",
+            b"44",
+            b"4\0\0",
+            b"x",
+            b"\0",
+        ] {
             assert!(XenbusState::parse(bad).is_err(), "{bad:?} must be refused");
         }
     }

@@ -274,7 +274,10 @@ impl Errno {
 
     /// Parses a name exactly as sent on the wire (no NUL).
     pub fn from_name(name: &[u8]) -> Option<Errno> {
-        Errno::ALL.iter().copied().find(|e| e.name().as_bytes() == name)
+        Errno::ALL
+            .iter()
+            .copied()
+            .find(|e| e.name().as_bytes() == name)
     }
 
     /// Parses an `XS_ERROR` payload: the name followed by one NUL.
@@ -351,7 +354,12 @@ impl Header {
     /// Decodes a header from its 16 bytes (native endianness, as in C).
     pub fn from_bytes(b: &[u8; HEADER_SIZE]) -> Header {
         let word = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Header { msg_type: word(0), req_id: word(4), tx_id: word(8), len: word(12) }
+        Header {
+            msg_type: word(0),
+            req_id: word(4),
+            tx_id: word(8),
+            len: word(12),
+        }
     }
 
     /// Encodes the header.
@@ -380,11 +388,24 @@ pub struct Message {
 
 impl Message {
     /// A message; fails if the payload is longer than the protocol allows.
-    pub fn new(msg_type: MsgType, req_id: u32, tx_id: u32, payload: Vec<u8>) -> Result<Message, WireError> {
+    pub fn new(
+        msg_type: MsgType,
+        req_id: u32,
+        tx_id: u32,
+        payload: Vec<u8>,
+    ) -> Result<Message, WireError> {
         if payload.len() > XENSTORE_PAYLOAD_MAX {
-            return Err(WireError::PayloadTooLong { len: payload.len() as u64, max: XENSTORE_PAYLOAD_MAX });
+            return Err(WireError::PayloadTooLong {
+                len: payload.len() as u64,
+                max: XENSTORE_PAYLOAD_MAX,
+            });
         }
-        Ok(Message { msg_type, req_id, tx_id, payload })
+        Ok(Message {
+            msg_type,
+            req_id,
+            tx_id,
+            payload,
+        })
     }
 
     /// The header for this message.
@@ -423,7 +444,9 @@ pub fn split_strings(payload: &[u8]) -> Result<Vec<&[u8]>, WireError> {
     if payload.is_empty() {
         return Ok(Vec::new());
     }
-    let body = payload.strip_suffix(&[0]).ok_or(WireError::UnterminatedString)?;
+    let body = payload
+        .strip_suffix(&[0])
+        .ok_or(WireError::UnterminatedString)?;
     Ok(body.split(|&b| b == 0).collect())
 }
 
@@ -539,7 +562,10 @@ impl Decoder {
             let header = Header::from_bytes(&self.header_buf);
             self.header_len = 0;
             if header.len as usize > XENSTORE_PAYLOAD_MAX {
-                let err = WireError::PayloadTooLong { len: u64::from(header.len), max: XENSTORE_PAYLOAD_MAX };
+                let err = WireError::PayloadTooLong {
+                    len: u64::from(header.len),
+                    max: XENSTORE_PAYLOAD_MAX,
+                };
                 self.failed = Some(err.clone());
                 return Err(err);
             }
@@ -561,7 +587,12 @@ impl Decoder {
         self.header = None;
         let payload = core::mem::take(&mut self.payload);
         match MsgType::from_raw(header.msg_type) {
-            Some(msg_type) => Ok(Some(Message { msg_type, req_id: header.req_id, tx_id: header.tx_id, payload })),
+            Some(msg_type) => Ok(Some(Message {
+                msg_type,
+                req_id: header.req_id,
+                tx_id: header.tx_id,
+                payload,
+            })),
             None => Err(WireError::UnknownType {
                 msg_type: header.msg_type,
                 req_id: header.req_id,

@@ -31,11 +31,12 @@
 use std::collections::BTreeMap;
 
 use xenbus::path::{
-    self, access_for, check_absolute, is_at_or_below, Effective, Perm, PermAccess, INTRODUCE_DOMAIN, RELEASE_DOMAIN,
+    self, access_for, check_absolute, is_at_or_below, Effective, Perm, PermAccess,
+    INTRODUCE_DOMAIN, RELEASE_DOMAIN,
 };
 use xenbus::wire::{
-    join_strings, parse_u32_strict, split_strings, Decoder, Errno, Message, MsgType, WireError, XENSTORE_PAYLOAD_MAX,
-    XENSTORE_REL_PATH_MAX,
+    join_strings, parse_u32_strict, split_strings, Decoder, Errno, Message, MsgType, WireError,
+    XENSTORE_PAYLOAD_MAX, XENSTORE_REL_PATH_MAX,
 };
 
 use super::store::{Node, Store};
@@ -166,20 +167,45 @@ impl Caller {
 
 /// `perm_for_conn` with stub-domain targets.
 fn effective(perms: &[Perm], domid: u16, privileged: bool, target: Option<u16>) -> Effective {
-    let Some(t) = target else { return access_for(perms, domid, privileged) };
+    let Some(t) = target else {
+        return access_for(perms, domid, privileged);
+    };
     let Some(owner) = perms.first() else {
-        return if privileged { Effective::ALL } else { Effective::NONE };
+        return if privileged {
+            Effective::ALL
+        } else {
+            Effective::NONE
+        };
     };
     if privileged || owner.domid == domid || owner.domid == t {
         return Effective::ALL;
     }
-    let access = perms[1..].iter().find(|p| p.domid == domid || p.domid == t).map_or(owner.access, |p| p.access);
-    Effective { read: access.can_read(), write: access.can_write(), owner: false }
+    let access = perms[1..]
+        .iter()
+        .find(|p| p.domid == domid || p.domid == t)
+        .map_or(owner.access, |p| p.access);
+    Effective {
+        read: access.can_read(),
+        write: access.can_write(),
+        owner: false,
+    }
 }
 
-const NEED_READ: Effective = Effective { read: true, write: false, owner: false };
-const NEED_WRITE: Effective = Effective { read: false, write: true, owner: false };
-const NEED_OWNER: Effective = Effective { read: false, write: true, owner: true };
+const NEED_READ: Effective = Effective {
+    read: true,
+    write: false,
+    owner: false,
+};
+const NEED_WRITE: Effective = Effective {
+    read: false,
+    write: true,
+    owner: false,
+};
+const NEED_OWNER: Effective = Effective {
+    read: false,
+    write: true,
+    owner: true,
+};
 
 fn satisfies(have: Effective, need: Effective) -> bool {
     (!need.read || have.read) && (!need.write || have.write) && (!need.owner || have.owner)
@@ -218,10 +244,23 @@ impl XenstoreCore {
     /// A daemon with an initial tree and dom0 known.
     pub fn new(quotas: Quotas) -> Self {
         let mut domains = BTreeMap::new();
-        domains.insert(0, Domain { mfn: 0, port: 0, target: None });
+        domains.insert(
+            0,
+            Domain {
+                mfn: 0,
+                port: 0,
+                target: None,
+            },
+        );
         let mut special_perms = BTreeMap::new();
-        special_perms.insert(INTRODUCE_DOMAIN.to_string(), vec![Perm::new(0, PermAccess::None)]);
-        special_perms.insert(RELEASE_DOMAIN.to_string(), vec![Perm::new(0, PermAccess::None)]);
+        special_perms.insert(
+            INTRODUCE_DOMAIN.to_string(),
+            vec![Perm::new(0, PermAccess::None)],
+        );
+        special_perms.insert(
+            RELEASE_DOMAIN.to_string(),
+            vec![Perm::new(0, PermAccess::None)],
+        );
         XenstoreCore {
             quotas,
             store: Store::new(),
@@ -299,7 +338,10 @@ impl XenstoreCore {
 
     /// Takes the bytes waiting to be sent to a connection.
     pub fn take_output(&mut self, id: ConnId) -> Vec<u8> {
-        self.conns.get_mut(&id).map(|c| std::mem::take(&mut c.out)).unwrap_or_default()
+        self.conns
+            .get_mut(&id)
+            .map(|c| std::mem::take(&mut c.out))
+            .unwrap_or_default()
     }
 
     /// Puts back bytes that could not be sent (in front of newer output).
@@ -340,9 +382,18 @@ impl XenstoreCore {
                 }
             }
             if p != "/" {
-                let parent = self.store.peek(path::parent(p)).ok_or_else(|| format!("{p} has no parent"))?;
+                let parent = self
+                    .store
+                    .peek(path::parent(p))
+                    .ok_or_else(|| format!("{p} has no parent"))?;
                 let name = path::basename(p);
-                if parent.children.iter().filter(|c| c.as_str() == name).count() != 1 {
+                if parent
+                    .children
+                    .iter()
+                    .filter(|c| c.as_str() == name)
+                    .count()
+                    != 1
+                {
                     return Err(format!("{p} is not listed exactly once by its parent"));
                 }
             }
@@ -359,7 +410,14 @@ impl XenstoreCore {
         if self.domains.contains_key(&domid) {
             return Ok(());
         }
-        self.domains.insert(domid, Domain { mfn, port, target: None });
+        self.domains.insert(
+            domid,
+            Domain {
+                mfn,
+                port,
+                target: None,
+            },
+        );
         log::info!("xenstored: dom{domid} introduced");
         let fires = vec![self.special_fire(INTRODUCE_DOMAIN)];
         self.deliver(fires);
@@ -403,7 +461,11 @@ impl XenstoreCore {
         Fire {
             path: name.to_string(),
             exact: true,
-            perms: self.special_perms.get(name).cloned().unwrap_or_else(|| vec![Perm::new(0, PermAccess::None)]),
+            perms: self
+                .special_perms
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| vec![Perm::new(0, PermAccess::None)]),
         }
     }
 
@@ -416,7 +478,9 @@ impl XenstoreCore {
     pub fn feed(&mut self, id: ConnId, bytes: &[u8]) -> Result<usize, ConnFault> {
         let mut input = bytes;
         loop {
-            let Some(conn) = self.conns.get_mut(&id) else { return Err(ConnFault::Unknown) };
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return Err(ConnFault::Unknown);
+            };
             if conn.closing {
                 return Err(ConnFault::Released);
             }
@@ -426,8 +490,15 @@ impl XenstoreCore {
             match conn.decoder.decode(&mut input) {
                 Ok(Some(msg)) => self.process(id, msg),
                 Ok(None) => {}
-                Err(WireError::UnknownType { msg_type, req_id, tx_id }) => {
-                    log::warn!("xenstored: connection {}: unknown message type {msg_type}", id.0);
+                Err(WireError::UnknownType {
+                    msg_type,
+                    req_id,
+                    tx_id,
+                }) => {
+                    log::warn!(
+                        "xenstored: connection {}: unknown message type {msg_type}",
+                        id.0
+                    );
                     self.requests += 1;
                     self.reply_error(id, req_id, tx_id, Errno::ENOSYS);
                 }
@@ -463,12 +534,21 @@ impl XenstoreCore {
         let result = self.handle(id, &msg, &mut fx);
         match result {
             Ok(payload) if payload.len() <= XENSTORE_PAYLOAD_MAX => {
-                let reply = Message { msg_type: msg.msg_type, req_id: msg.req_id, tx_id: msg.tx_id, payload };
+                let reply = Message {
+                    msg_type: msg.msg_type,
+                    req_id: msg.req_id,
+                    tx_id: msg.tx_id,
+                    payload,
+                };
                 self.push(id, &reply);
             }
             Ok(_) => self.reply_error(id, msg.req_id, msg.tx_id, Errno::E2BIG),
             Err(errno) => {
-                log::debug!("xenstored: connection {}: {} -> {errno}", id.0, msg.msg_type);
+                log::debug!(
+                    "xenstored: connection {}: {} -> {errno}",
+                    id.0,
+                    msg.msg_type
+                );
                 self.reply_error(id, msg.req_id, msg.tx_id, errno);
             }
         }
@@ -480,17 +560,27 @@ impl XenstoreCore {
 
     fn push_event(&mut self, id: ConnId, path: &str, token: &str) {
         let limit = self.quotas.output_bytes;
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         let payload = join_strings(&[path, token]);
         if payload.len() > XENSTORE_PAYLOAD_MAX {
             return;
         }
         if c.out.len() >= limit {
             c.dropped_events += 1;
-            log::warn!("xenstored: dom{} is not reading; dropped watch event for {path}", c.domid);
+            log::warn!(
+                "xenstored: dom{} is not reading; dropped watch event for {path}",
+                c.domid
+            );
             return;
         }
-        let msg = Message { msg_type: MsgType::WatchEvent, req_id: 0, tx_id: 0, payload };
+        let msg = Message {
+            msg_type: MsgType::WatchEvent,
+            req_id: 0,
+            tx_id: 0,
+            payload,
+        };
         msg.encode_into(&mut c.out);
     }
 
@@ -508,12 +598,19 @@ impl XenstoreCore {
                     continue;
                 }
                 for w in &c.watches {
-                    let hit = if fire.exact || special { w.path == fire.path } else { is_at_or_below(&fire.path, &w.path) };
+                    let hit = if fire.exact || special {
+                        w.path == fire.path
+                    } else {
+                        is_at_or_below(&fire.path, &w.path)
+                    };
                     if !hit {
                         continue;
                     }
                     let reported = match &w.strip {
-                        Some(prefix) => fire.path.strip_prefix(prefix.as_str()).unwrap_or(&fire.path),
+                        Some(prefix) => fire
+                            .path
+                            .strip_prefix(prefix.as_str())
+                            .unwrap_or(&fire.path),
                         None => &fire.path,
                     };
                     events.push((cid, reported.to_string(), w.token.clone()));
@@ -562,12 +659,16 @@ impl XenstoreCore {
             | MsgType::SetPerms => self.store_op(&caller, msg, fx),
             MsgType::Watch => {
                 let args = args.map_err(|_| Errno::EINVAL)?;
-                let [p, token] = args.as_slice() else { return Err(Errno::EINVAL) };
+                let [p, token] = args.as_slice() else {
+                    return Err(Errno::EINVAL);
+                };
                 self.watch(&caller, p, token, fx)
             }
             MsgType::Unwatch => {
                 let args = args.map_err(|_| Errno::EINVAL)?;
-                let [p, token] = args.as_slice() else { return Err(Errno::EINVAL) };
+                let [p, token] = args.as_slice() else {
+                    return Err(Errno::EINVAL);
+                };
                 self.unwatch(&caller, p, token)
             }
             MsgType::ResetWatches => {
@@ -590,9 +691,14 @@ impl XenstoreCore {
             }
             MsgType::Introduce => {
                 let args = args.map_err(|_| Errno::EINVAL)?;
-                let [d, mfn, port, ..] = args.as_slice() else { return Err(Errno::EINVAL) };
+                let [d, mfn, port, ..] = args.as_slice() else {
+                    return Err(Errno::EINVAL);
+                };
                 let domid = number_u16(d)?;
-                let mfn = std::str::from_utf8(mfn).ok().and_then(|s| s.parse::<u64>().ok()).ok_or(Errno::EINVAL)?;
+                let mfn = std::str::from_utf8(mfn)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or(Errno::EINVAL)?;
                 let port = parse_u32_strict(port).ok_or(Errno::EINVAL)?;
                 self.introduce(domid, mfn, port)?;
                 Ok(ok())
@@ -611,7 +717,9 @@ impl XenstoreCore {
             }
             MsgType::SetTarget => {
                 let args = args.map_err(|_| Errno::EINVAL)?;
-                let [d, t] = args.as_slice() else { return Err(Errno::EINVAL) };
+                let [d, t] = args.as_slice() else {
+                    return Err(Errno::EINVAL);
+                };
                 let (domid, target) = (number_u16(d)?, number_u16(t)?);
                 if !self.domains.contains_key(&target) {
                     return Err(Errno::ENOENT);
@@ -654,7 +762,10 @@ impl XenstoreCore {
                 Errno::EIO
             }),
             [cmd, rest @ ..] if *cmd == b"print" => {
-                let text: Vec<String> = rest.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+                let text: Vec<String> = rest
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect();
                 log::info!("xenstored: {}", text.join(" "));
                 Ok(ok())
             }
@@ -662,20 +773,35 @@ impl XenstoreCore {
         }
     }
 
-    fn watch(&mut self, caller: &Caller, p: &[u8], token: &[u8], fx: &mut Effects) -> Result<Vec<u8>, Errno> {
+    fn watch(
+        &mut self,
+        caller: &Caller,
+        p: &[u8],
+        token: &[u8],
+        fx: &mut Effects,
+    ) -> Result<Vec<u8>, Errno> {
         let p = std::str::from_utf8(p).map_err(|_| Errno::EINVAL)?;
-        let token = std::str::from_utf8(token).map_err(|_| Errno::EINVAL)?.to_string();
+        let token = std::str::from_utf8(token)
+            .map_err(|_| Errno::EINVAL)?
+            .to_string();
         let (abs, strip) = if path::is_special(p) {
             xenbus::path::check_client_path(p).map_err(|_| Errno::EINVAL)?;
             (p.to_string(), None)
         } else if p.starts_with('/') {
             (canonical(caller, p.as_bytes())?, None)
         } else {
-            (canonical(caller, p.as_bytes())?, Some(format!("{}/", caller.home)))
+            (
+                canonical(caller, p.as_bytes())?,
+                Some(format!("{}/", caller.home)),
+            )
         };
         if !caller.privileged {
-            let held: usize =
-                self.conns.values().filter(|c| c.domid == caller.domid).map(|c| c.watches.len()).sum();
+            let held: usize = self
+                .conns
+                .values()
+                .filter(|c| c.domid == caller.domid)
+                .map(|c| c.watches.len())
+                .sum();
             if held >= self.quotas.watches_per_domain {
                 return Err(Errno::E2BIG);
             }
@@ -684,14 +810,22 @@ impl XenstoreCore {
         if c.watches.iter().any(|w| w.path == abs && w.token == token) {
             return Err(Errno::EEXIST);
         }
-        c.watches.push(Watch { path: abs, token: token.clone(), strip });
+        c.watches.push(Watch {
+            path: abs,
+            token: token.clone(),
+            strip,
+        });
         fx.initial_event = Some((p.to_string(), token));
         Ok(ok())
     }
 
     fn unwatch(&mut self, caller: &Caller, p: &[u8], token: &[u8]) -> Result<Vec<u8>, Errno> {
         let p = std::str::from_utf8(p).map_err(|_| Errno::EINVAL)?;
-        let abs = if path::is_special(p) { p.to_string() } else { canonical(caller, p.as_bytes())? };
+        let abs = if path::is_special(p) {
+            p.to_string()
+        } else {
+            canonical(caller, p.as_bytes())?
+        };
         let c = self.conns.get_mut(&caller.conn).ok_or(Errno::EINVAL)?;
         let pos = c
             .watches
@@ -717,15 +851,26 @@ impl XenstoreCore {
             id = id.wrapping_add(1);
         }
         self.next_tx = id.wrapping_add(1);
-        let tx = Transaction { store: self.store.begin_transaction(), fires: Vec::new() };
+        let tx = Transaction {
+            store: self.store.begin_transaction(),
+            fires: Vec::new(),
+        };
         if let Some(c) = self.conns.get_mut(&caller.conn) {
             c.transactions.insert(id, tx);
         }
         Ok(join_strings(&[xenbus::wire::u32_string(id)]))
     }
 
-    fn transaction_end(&mut self, caller: &Caller, msg: &Message, fx: &mut Effects) -> Result<Vec<u8>, Errno> {
-        let arg = match split_strings(&msg.payload).map_err(|_| Errno::EINVAL)?.as_slice() {
+    fn transaction_end(
+        &mut self,
+        caller: &Caller,
+        msg: &Message,
+        fx: &mut Effects,
+    ) -> Result<Vec<u8>, Errno> {
+        let arg = match split_strings(&msg.payload)
+            .map_err(|_| Errno::EINVAL)?
+            .as_slice()
+        {
             [a] => a.to_vec(),
             _ => return Err(Errno::EINVAL),
         };
@@ -741,7 +886,11 @@ impl XenstoreCore {
         }
         match self.store.commit(&tx.store) {
             Some(changed) => {
-                log::debug!("xenstored: transaction {} committed {} node(s)", msg.tx_id, changed.len());
+                log::debug!(
+                    "xenstored: transaction {} committed {} node(s)",
+                    msg.tx_id,
+                    changed.len()
+                );
                 fx.fires.extend(tx.fires);
                 Ok(ok())
             }
@@ -753,19 +902,38 @@ impl XenstoreCore {
     }
 
     /// Runs a node operation on the tree or on the transaction's copy.
-    fn store_op(&mut self, caller: &Caller, msg: &Message, fx: &mut Effects) -> Result<Vec<u8>, Errno> {
+    fn store_op(
+        &mut self,
+        caller: &Caller,
+        msg: &Message,
+        fx: &mut Effects,
+    ) -> Result<Vec<u8>, Errno> {
         if msg.tx_id == 0 {
-            return node_op(&self.quotas, &self.special_perms, caller, &mut self.store, msg, &mut fx.fires)
-                .map(|(reply, special)| {
-                    if let Some((name, perms)) = special {
-                        self.special_perms.insert(name, perms);
-                    }
-                    reply
-                });
+            return node_op(
+                &self.quotas,
+                &self.special_perms,
+                caller,
+                &mut self.store,
+                msg,
+                &mut fx.fires,
+            )
+            .map(|(reply, special)| {
+                if let Some((name, perms)) = special {
+                    self.special_perms.insert(name, perms);
+                }
+                reply
+            });
         }
         let c = self.conns.get_mut(&caller.conn).ok_or(Errno::EINVAL)?;
         let mut tx = c.transactions.remove(&msg.tx_id).ok_or(Errno::ENOENT)?;
-        let result = node_op(&self.quotas, &self.special_perms, caller, &mut tx.store, msg, &mut tx.fires);
+        let result = node_op(
+            &self.quotas,
+            &self.special_perms,
+            caller,
+            &mut tx.store,
+            msg,
+            &mut tx.fires,
+        );
         if let Some(c) = self.conns.get_mut(&caller.conn) {
             c.transactions.insert(msg.tx_id, tx);
         }
@@ -784,7 +952,10 @@ fn ok() -> Vec<u8> {
 }
 
 fn one_number(payload: &[u8]) -> Result<u32, Errno> {
-    match split_strings(payload).map_err(|_| Errno::EINVAL)?.as_slice() {
+    match split_strings(payload)
+        .map_err(|_| Errno::EINVAL)?
+        .as_slice()
+    {
         [n] => parse_u32_strict(n).ok_or(Errno::EINVAL),
         _ => Err(Errno::EINVAL),
     }
@@ -818,7 +989,9 @@ fn canonical(caller: &Caller, raw: &[u8]) -> Result<String, Errno> {
 /// The size of a node's record as xenstored accounts it: value, NUL-
 /// terminated child names, and 8 bytes per permission entry.
 fn entry_size(node: &Node) -> usize {
-    node.value.len() + node.children.iter().map(|c| c.len() + 1).sum::<usize>() + 8 * node.perms.len()
+    node.value.len()
+        + node.children.iter().map(|c| c.len() + 1).sum::<usize>()
+        + 8 * node.perms.len()
 }
 
 fn check_entry(quotas: &Quotas, caller: &Caller, node: &Node) -> Result<(), Errno> {
@@ -869,7 +1042,9 @@ fn node_op(
         }
         MsgType::DirectoryPart => {
             let args = args.map_err(|_| Errno::EINVAL)?;
-            let [p, off] = args.as_slice() else { return Err(Errno::EINVAL) };
+            let [p, off] = args.as_slice() else {
+                return Err(Errno::EINVAL);
+            };
             let p = canonical(caller, p)?;
             let off = parse_u32_strict(off).ok_or(Errno::EINVAL)? as usize;
             let node = get_node(store, caller, &p, NEED_READ)?;
@@ -877,7 +1052,11 @@ fn node_op(
         }
         MsgType::Write => {
             // path NUL value (the value may contain NULs).
-            let nul = msg.payload.iter().position(|&b| b == 0).ok_or(Errno::EINVAL)?;
+            let nul = msg
+                .payload
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or(Errno::EINVAL)?;
             let (raw, value) = (&msg.payload[..nul], &msg.payload[nul + 1..]);
             let p = canonical(caller, raw)?;
             match get_node(store, caller, &p, NEED_WRITE) {
@@ -886,11 +1065,19 @@ fn node_op(
                     check_entry(quotas, caller, &node)?;
                     let perms = node.perms.clone();
                     store.put(&p, node);
-                    fires.push(Fire { path: p, exact: false, perms });
+                    fires.push(Fire {
+                        path: p,
+                        exact: false,
+                        perms,
+                    });
                 }
                 Err(Errno::ENOENT) => {
                     let perms = create_node(quotas, caller, store, &p, value.to_vec())?;
-                    fires.push(Fire { path: p, exact: false, perms });
+                    fires.push(Fire {
+                        path: p,
+                        exact: false,
+                        perms,
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -902,7 +1089,11 @@ fn node_op(
                 Ok(_) => {}
                 Err(Errno::ENOENT) => {
                     let perms = create_node(quotas, caller, store, &p, Vec::new())?;
-                    fires.push(Fire { path: p, exact: false, perms });
+                    fires.push(Fire {
+                        path: p,
+                        exact: false,
+                        perms,
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -914,7 +1105,11 @@ fn node_op(
                 Ok(_) => {}
                 Err(Errno::ENOENT) => {
                     // Already gone: fine if the parent exists.
-                    return if store.get(path::parent(&p)).is_some() { plain(Ok(ok())) } else { Err(Errno::ENOENT) };
+                    return if store.get(path::parent(&p)).is_some() {
+                        plain(Ok(ok()))
+                    } else {
+                        Err(Errno::ENOENT)
+                    };
                 }
                 Err(e) => return Err(e),
             }
@@ -924,7 +1119,11 @@ fn node_op(
             for victim in store.subtree_post_order(&p) {
                 if let Some(old) = store.remove(&victim) {
                     let exact = victim != p;
-                    fires.push(Fire { path: victim, exact, perms: old.perms });
+                    fires.push(Fire {
+                        path: victim,
+                        exact,
+                        perms: old.perms,
+                    });
                 }
             }
             let parent = path::parent(&p).to_string();
@@ -953,7 +1152,9 @@ fn node_op(
         }
         MsgType::SetPerms => {
             let args = args.map_err(|_| Errno::EINVAL)?;
-            let [raw, perm_args @ ..] = args.as_slice() else { return Err(Errno::EINVAL) };
+            let [raw, perm_args @ ..] = args.as_slice() else {
+                return Err(Errno::EINVAL);
+            };
             if perm_args.is_empty() {
                 return Err(Errno::EINVAL);
             }
@@ -979,7 +1180,11 @@ fn node_op(
             seen.extend(node.perms.iter().skip(1).copied());
             store.put(&p, node);
             // Watchers who could read the node before or after hear of it.
-            fires.push(Fire { path: p, exact: false, perms: seen });
+            fires.push(Fire {
+                path: p,
+                exact: false,
+                perms: seen,
+            });
             plain(Ok(ok()))
         }
         _ => Err(Errno::ENOSYS),
@@ -996,7 +1201,13 @@ fn one_string(payload: &[u8]) -> Result<&[u8], Errno> {
 }
 
 /// Creates `p` and any missing parents; returns the new node's perms.
-fn create_node(quotas: &Quotas, caller: &Caller, store: &mut Store, p: &str, value: Vec<u8>) -> Result<Vec<Perm>, Errno> {
+fn create_node(
+    quotas: &Quotas,
+    caller: &Caller,
+    store: &mut Store,
+    p: &str,
+    value: Vec<u8>,
+) -> Result<Vec<Perm>, Errno> {
     let mut missing = vec![p.to_string()];
     let mut cur = p.to_string();
     loop {
@@ -1010,7 +1221,8 @@ fn create_node(quotas: &Quotas, caller: &Caller, store: &mut Store, p: &str, val
         missing.push(parent.clone());
         cur = parent;
     }
-    if !caller.privileged && store.owned_by(caller.domid) + missing.len() > quotas.nodes_per_domain {
+    if !caller.privileged && store.owned_by(caller.domid) + missing.len() > quotas.nodes_per_domain
+    {
         return Err(Errno::ENOSPC);
     }
     // Check the records that will grow before changing anything.
@@ -1021,7 +1233,12 @@ fn create_node(quotas: &Quotas, caller: &Caller, store: &mut Store, p: &str, val
             parent.children.push(path::basename(m).to_string());
         }
         check_entry(quotas, caller, &parent)?;
-        let probe = Node { value: value.clone(), children: Vec::new(), perms: parent.perms.clone(), generation: 0 };
+        let probe = Node {
+            value: value.clone(),
+            children: Vec::new(),
+            perms: parent.perms.clone(),
+            generation: 0,
+        };
         check_entry(quotas, caller, &probe)?;
     }
     let mut value = Some(value);
@@ -1037,9 +1254,21 @@ fn create_node(quotas: &Quotas, caller: &Caller, store: &mut Store, p: &str, val
         }
         parent_node.children.push(path::basename(m).to_string());
         store.put(&parent, parent_node);
-        let v = if m == p { value.take().unwrap_or_default() } else { Vec::new() };
+        let v = if m == p {
+            value.take().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         perms_of_p.clone_from(&perms);
-        store.put(m, Node { value: v, children: Vec::new(), perms, generation: 0 });
+        store.put(
+            m,
+            Node {
+                value: v,
+                children: Vec::new(),
+                perms,
+                generation: 0,
+            },
+        );
     }
     Ok(perms_of_p)
 }

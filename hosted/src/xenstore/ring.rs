@@ -29,8 +29,16 @@ impl ThreadSignal {
         let a = Arc::new(Doorbell::default());
         let b = Arc::new(Doorbell::default());
         (
-            ThreadSignal { mine: Arc::clone(&a), peer: Arc::clone(&b), seen: 0 },
-            ThreadSignal { mine: b, peer: a, seen: 0 },
+            ThreadSignal {
+                mine: Arc::clone(&a),
+                peer: Arc::clone(&b),
+                seen: 0,
+            },
+            ThreadSignal {
+                mine: b,
+                peer: a,
+                seen: 0,
+            },
         )
     }
 }
@@ -59,7 +67,12 @@ impl RingSignal for ThreadSignal {
                     if left.is_zero() {
                         return Ok(false);
                     }
-                    rung = self.mine.cv.wait_timeout(rung, left).unwrap_or_else(|p| p.into_inner()).0;
+                    rung = self
+                        .mine
+                        .cv
+                        .wait_timeout(rung, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 }
             }
         }

@@ -49,7 +49,9 @@ pub struct XenstoreDaemon {
 
 impl std::fmt::Debug for XenstoreDaemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("XenstoreDaemon").field("socket", &self.socket).finish()
+        f.debug_struct("XenstoreDaemon")
+            .field("socket", &self.socket)
+            .finish()
     }
 }
 
@@ -73,13 +75,21 @@ impl XenstoreDaemon {
         let (wake, wake_rx) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
-        let shared = Arc::new(Shared { core: Mutex::new(XenstoreCore::new(quotas)), stop: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            core: Mutex::new(XenstoreCore::new(quotas)),
+            stop: AtomicBool::new(false),
+        });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("xenstored".to_string())
             .spawn(move || serve(thread_shared, listener, wake_rx))?;
         log::info!("xenstored: listening on {}", socket.display());
-        Ok(XenstoreDaemon { shared, socket, wake, thread: Some(thread) })
+        Ok(XenstoreDaemon {
+            shared,
+            socket,
+            wake,
+            thread: Some(thread),
+        })
     }
 
     /// The socket path.
@@ -119,7 +129,11 @@ impl XenstoreDaemon {
     /// serves a domain's ring. The domain is introduced if needed. The
     /// connection ends when the returned handle is dropped, when the
     /// domain is released, or when the peer breaks the transport.
-    pub fn serve<T: Transport + Send + 'static>(&self, domid: u16, transport: T) -> Result<ServedConnection, Errno> {
+    pub fn serve<T: Transport + Send + 'static>(
+        &self,
+        domid: u16,
+        transport: T,
+    ) -> Result<ServedConnection, Errno> {
         let id = {
             let mut core = self.core();
             core.introduce(domid, 0, 0)?;
@@ -136,7 +150,11 @@ impl XenstoreDaemon {
                 self.core().disconnect(id);
                 Errno::ENOMEM
             })?;
-        Ok(ServedConnection { stop, thread: Some(thread), id })
+        Ok(ServedConnection {
+            stop,
+            thread: Some(thread),
+            id,
+        })
     }
 
     /// Runs `f` on the daemon's state (tests: inspect the tree, check
@@ -259,7 +277,10 @@ fn serve_transport<T: Transport>(shared: &Shared, id: ConnId, mut transport: T, 
             }
         }
     };
-    log::info!("xenstored: connection {} over its transport ends: {reason}", id.0);
+    log::info!(
+        "xenstored: connection {} over its transport ends: {reason}",
+        id.0
+    );
     lock(shared).disconnect(id);
 }
 
@@ -273,8 +294,16 @@ fn serve(shared: Arc<Shared>, listener: UnixListener, wake_rx: UnixStream) {
     while !shared.stop.load(Ordering::SeqCst) {
         // Build the poll set: wake socket, listener, then clients.
         let mut fds = Vec::with_capacity(2 + clients.len());
-        fds.push(libc::pollfd { fd: wake_rx.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        fds.push(libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        fds.push(libc::pollfd {
+            fd: wake_rx.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        fds.push(libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
         let mut timeout_ms = 1000;
         {
             let core = lock(&shared);
@@ -290,7 +319,11 @@ fn serve(shared: Arc<Shared>, listener: UnixListener, wake_rx: UnixStream) {
                 if core.output_len(c.id) > 0 {
                     events |= libc::POLLOUT;
                 }
-                fds.push(libc::pollfd { fd: c.stream.as_raw_fd(), events, revents: 0 });
+                fds.push(libc::pollfd {
+                    fd: c.stream.as_raw_fd(),
+                    events,
+                    revents: 0,
+                });
             }
         }
         // SAFETY: `fds` is a valid, initialised array of `fds.len()`
@@ -317,7 +350,9 @@ fn serve(shared: Arc<Shared>, listener: UnixListener, wake_rx: UnixStream) {
             let mut core = lock(&shared);
             for (i, c) in clients.iter_mut().enumerate() {
                 let revents = fds.get(i + 2).map_or(0, |p| p.revents);
-                if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && !read_client(&mut core, c, &mut buf) {
+                if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+                    && !read_client(&mut core, c, &mut buf)
+                {
                     dead.push(c.id);
                     continue;
                 }
@@ -355,7 +390,11 @@ fn accept_all(shared: &Shared, listener: &UnixListener, clients: &mut Vec<Client
                     continue;
                 }
                 let id = lock(shared).connect(0);
-                clients.push(Client { id, stream, input: Vec::new() });
+                clients.push(Client {
+                    id,
+                    stream,
+                    input: Vec::new(),
+                });
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

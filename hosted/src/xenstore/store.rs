@@ -81,7 +81,15 @@ impl Store {
                 }
             }
         }
-        self.put(p, Node { value, children: Vec::new(), perms, generation: 0 });
+        self.put(
+            p,
+            Node {
+                value,
+                children: Vec::new(),
+                perms,
+                generation: 0,
+            },
+        );
     }
 
     /// A private copy for a transaction, recording what it accesses.
@@ -181,7 +189,10 @@ impl Store {
                 out.push(cur);
                 continue;
             }
-            let children = self.get(&cur).map(|n| n.children.clone()).unwrap_or_default();
+            let children = self
+                .get(&cur)
+                .map(|n| n.children.clone())
+                .unwrap_or_default();
             stack.push((cur.clone(), true));
             for c in children.iter().rev() {
                 stack.push((path::join(&cur, c), false));
@@ -235,7 +246,8 @@ impl Store {
                     }
                 }
                 let mut first = true;
-                node.perms.retain(|perm| std::mem::replace(&mut first, false) || perm.domid != domid);
+                node.perms
+                    .retain(|perm| std::mem::replace(&mut first, false) || perm.domid != domid);
                 self.put(&p, node);
             }
         }

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use xenbus::{Transport, TransportError, Wait, XsError, Xenstore};
+use xenbus::{Transport, TransportError, Wait, Xenstore, XsError};
 
 use super::engine::CONNECT_AS_COMMAND;
 
@@ -71,10 +71,13 @@ impl UnixTransport {
 fn map_err(op: &'static str, e: &io::Error) -> Result<usize, TransportError> {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Ok(0),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
-            Err(TransportError::Closed)
-        }
-        _ => Err(TransportError::Os { op, code: e.raw_os_error().unwrap_or(-1) }),
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted => Err(TransportError::Closed),
+        _ => Err(TransportError::Os {
+            op,
+            code: e.raw_os_error().unwrap_or(-1),
+        }),
     }
 }
 
@@ -83,7 +86,10 @@ impl Transport for UnixTransport {
         if data.is_empty() {
             return Ok(0);
         }
-        self.set_mode(wait).map_err(|e| TransportError::Os { op: "configure socket", code: e.raw_os_error().unwrap_or(-1) })?;
+        self.set_mode(wait).map_err(|e| TransportError::Os {
+            op: "configure socket",
+            code: e.raw_os_error().unwrap_or(-1),
+        })?;
         loop {
             match self.stream.write(data) {
                 Ok(0) => return Err(TransportError::Closed),
@@ -98,7 +104,10 @@ impl Transport for UnixTransport {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.set_mode(wait).map_err(|e| TransportError::Os { op: "configure socket", code: e.raw_os_error().unwrap_or(-1) })?;
+        self.set_mode(wait).map_err(|e| TransportError::Os {
+            op: "configure socket",
+            code: e.raw_os_error().unwrap_or(-1),
+        })?;
         loop {
             match self.stream.read(buf) {
                 Ok(0) => return Err(TransportError::Closed),
@@ -122,7 +131,10 @@ pub enum ConnectError {
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConnectError::Io(e) => write!(f, "cannot reach the xenstore socket: {e}; is the daemon running?"),
+            ConnectError::Io(e) => write!(
+                f,
+                "cannot reach the xenstore socket: {e}; is the daemon running?"
+            ),
             ConnectError::Store(e) => write!(f, "{e}"),
         }
     }

@@ -8,7 +8,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
-use crate::client::{XsError, Xenstore, MAX_TRANSACTION_ATTEMPTS};
+use crate::client::{Xenstore, XsError, MAX_TRANSACTION_ATTEMPTS};
 use crate::ring::{NotifyFn, RingPage, Side, StoreRing};
 use crate::transport::{Transport, Wait};
 use crate::wire::{join_strings, Decoder, Errno, Message, MsgType};
@@ -58,7 +58,8 @@ fn rig(handler: impl FnMut(&Message) -> Vec<Message> + 'static) -> (Rig, Xenstor
     // SAFETY: the page is 4096 bytes, page-aligned, outlives both ends (the
     // rig holds it and is dropped after the client in every test), and is
     // only accessed through raw volatile/atomic accesses.
-    let server_ring = unsafe { StoreRing::init_server(page.as_ptr(), 0, NotifyFn((|| {}) as fn())) };
+    let server_ring =
+        unsafe { StoreRing::init_server(page.as_ptr(), 0, NotifyFn((|| {}) as fn())) };
     let server = Rc::new(RefCell::new(Server {
         ring: server_ring,
         decoder: Decoder::new(),
@@ -70,7 +71,13 @@ fn rig(handler: impl FnMut(&Message) -> Vec<Message> + 'static) -> (Rig, Xenstor
     let notify: Box<dyn FnMut()> = Box::new(move || s2.borrow_mut().service());
     // SAFETY: as above.
     let guest = unsafe { StoreRing::new(page.as_ptr(), Side::Guest, NotifyFn(notify)) };
-    (Rig { _page: page, server }, Xenstore::new(guest))
+    (
+        Rig {
+            _page: page,
+            server,
+        },
+        Xenstore::new(guest),
+    )
 }
 
 fn reply(req: &Message, payload: &[u8]) -> Message {
@@ -78,7 +85,13 @@ fn reply(req: &Message, payload: &[u8]) -> Message {
 }
 
 fn error(req: &Message, e: Errno) -> Message {
-    Message::new(MsgType::Error, req.req_id, req.tx_id, join_strings(&[e.name()])).unwrap()
+    Message::new(
+        MsgType::Error,
+        req.req_id,
+        req.tx_id,
+        join_strings(&[e.name()]),
+    )
+    .unwrap()
 }
 
 fn event(path: &str, token: &str) -> Message {
@@ -113,9 +126,18 @@ fn bad_arguments_never_reach_the_wire() {
     let (rig, mut xs) = rig(|m| vec![reply(m, b"OK\0")]);
     assert!(matches!(xs.read("/a//b"), Err(XsError::BadArgument { .. })));
     assert!(matches!(xs.read("/a b"), Err(XsError::BadArgument { .. })));
-    assert!(matches!(xs.read("@releaseDomain"), Err(XsError::BadArgument { .. })));
-    assert!(matches!(xs.write("/a", vec![0u8; 5000]), Err(XsError::BadArgument { .. })));
-    assert!(matches!(xs.watch("@nonsense", "t"), Err(XsError::BadArgument { .. })));
+    assert!(matches!(
+        xs.read("@releaseDomain"),
+        Err(XsError::BadArgument { .. })
+    ));
+    assert!(matches!(
+        xs.write("/a", vec![0u8; 5000]),
+        Err(XsError::BadArgument { .. })
+    ));
+    assert!(matches!(
+        xs.watch("@nonsense", "t"),
+        Err(XsError::BadArgument { .. })
+    ));
     assert!(rig.server.borrow().requests.is_empty());
 }
 
@@ -123,7 +145,12 @@ fn bad_arguments_never_reach_the_wire() {
 fn watch_events_interleaved_with_replies_are_queued() {
     let (_rig, mut xs) = rig(|m| match m.msg_type {
         MsgType::Watch => vec![reply(m, b"OK\0"), event("/w", "t1")],
-        MsgType::Read => vec![event("/w/x", "t1"), event("/other", "t2"), reply(m, b"v"), event("/w/y", "t1")],
+        MsgType::Read => vec![
+            event("/w/x", "t1"),
+            event("/other", "t2"),
+            reply(m, b"v"),
+            event("/w/y", "t1"),
+        ],
         _ => vec![error(m, Errno::ENOSYS)],
     });
     xs.watch("/w", "t1").unwrap();
@@ -148,7 +175,11 @@ fn transaction_retries_on_eagain() {
         MsgType::TransactionStart => vec![reply(m, b"17\0")],
         MsgType::TransactionEnd => {
             ends += 1;
-            if ends < 3 { vec![error(m, Errno::EAGAIN)] } else { vec![reply(m, b"OK\0")] }
+            if ends < 3 {
+                vec![error(m, Errno::EAGAIN)]
+            } else {
+                vec![reply(m, b"OK\0")]
+            }
         }
         MsgType::Read => vec![reply(m, b"1")],
         MsgType::Write => vec![reply(m, b"OK\0")],
@@ -167,7 +198,11 @@ fn transaction_retries_on_eagain() {
     assert_eq!(runs, 3);
     // Every operation carried the transaction id.
     let s = rig.server.borrow();
-    assert!(s.requests.iter().filter(|m| m.msg_type == MsgType::Write).all(|m| m.tx_id == 17));
+    assert!(s
+        .requests
+        .iter()
+        .filter(|m| m.msg_type == MsgType::Write)
+        .all(|m| m.tx_id == 17));
 }
 
 #[test]
@@ -182,7 +217,12 @@ fn transaction_gives_up_after_bounded_conflicts() {
         runs += 1;
         Ok(())
     });
-    assert_eq!(err, Err(XsError::TooManyConflicts { attempts: MAX_TRANSACTION_ATTEMPTS }));
+    assert_eq!(
+        err,
+        Err(XsError::TooManyConflicts {
+            attempts: MAX_TRANSACTION_ATTEMPTS
+        })
+    );
     assert_eq!(runs, MAX_TRANSACTION_ATTEMPTS);
 }
 
@@ -196,13 +236,18 @@ fn failing_closure_aborts_the_transaction() {
     let err = xs.transaction(|tx| tx.read("/secret")).unwrap_err();
     assert_eq!(err.errno(), Some(Errno::EACCES));
     let s = rig.server.borrow();
-    let end = s.requests.iter().find(|m| m.msg_type == MsgType::TransactionEnd).unwrap();
+    let end = s
+        .requests
+        .iter()
+        .find(|m| m.msg_type == MsgType::TransactionEnd)
+        .unwrap();
     assert_eq!((end.tx_id, end.payload.as_slice()), (9, &b"F\0"[..]));
 }
 
 #[test]
 fn wrong_reply_type_breaks_the_connection() {
-    let (_rig, mut xs) = rig(|m| vec![Message::new(MsgType::Directory, m.req_id, 0, b"x\0".to_vec()).unwrap()]);
+    let (_rig, mut xs) =
+        rig(|m| vec![Message::new(MsgType::Directory, m.req_id, 0, b"x\0".to_vec()).unwrap()]);
     assert!(matches!(xs.read("/a"), Err(XsError::Protocol { .. })));
     assert!(matches!(xs.read("/a"), Err(XsError::Broken { .. })));
     assert!(xs.broken().is_some());
@@ -211,14 +256,18 @@ fn wrong_reply_type_breaks_the_connection() {
 #[test]
 fn stale_replies_are_dropped() {
     let (_rig, mut xs) = rig(|m| {
-        vec![Message::new(MsgType::Read, m.req_id.wrapping_sub(1), 0, b"old".to_vec()).unwrap(), reply(m, b"new")]
+        vec![
+            Message::new(MsgType::Read, m.req_id.wrapping_sub(1), 0, b"old".to_vec()).unwrap(),
+            reply(m, b"new"),
+        ]
     });
     assert_eq!(xs.read("/a").unwrap(), b"new");
 }
 
 #[test]
 fn unknown_error_name_is_a_protocol_error() {
-    let (_rig, mut xs) = rig(|m| vec![Message::new(MsgType::Error, m.req_id, 0, b"EWEIRD\0".to_vec()).unwrap()]);
+    let (_rig, mut xs) =
+        rig(|m| vec![Message::new(MsgType::Error, m.req_id, 0, b"EWEIRD\0".to_vec()).unwrap()]);
     assert!(matches!(xs.read("/a"), Err(XsError::Protocol { .. })));
 }
 
@@ -242,7 +291,9 @@ fn no_reply_times_out() {
 
 #[test]
 fn directory_falls_back_to_parts() {
-    let names: Vec<alloc::string::String> = (0..600).map(|i| alloc::format!("child-number-{i}")).collect();
+    let names: Vec<alloc::string::String> = (0..600)
+        .map(|i| alloc::format!("child-number-{i}"))
+        .collect();
     let all = join_strings(&names);
     let names2 = names.clone();
     let (_rig, mut xs) = rig(move |m| match m.msg_type {
@@ -274,7 +325,12 @@ fn directory_falls_back_to_parts() {
 fn unwatch_drops_only_that_watchs_queued_events() {
     let (_rig, mut xs) = rig(|m| match m.msg_type {
         MsgType::Watch | MsgType::Unwatch => vec![reply(m, b"OK\0")],
-        MsgType::Read => vec![event("/a/x", "t"), event("/b/y", "t"), event("/a", "u"), reply(m, b"v")],
+        MsgType::Read => vec![
+            event("/a/x", "t"),
+            event("/b/y", "t"),
+            event("/a", "u"),
+            reply(m, b"v"),
+        ],
         _ => vec![error(m, Errno::ENOSYS)],
     });
     xs.read("/r").unwrap();
@@ -283,4 +339,37 @@ fn unwatch_drops_only_that_watchs_queued_events() {
     assert_eq!(xs.take_event().unwrap().path, "/b/y");
     assert_eq!(xs.take_event().unwrap().token, "u");
     assert!(xs.take_event().is_none());
+}
+
+#[test]
+fn a_transaction_started_too_late_is_aborted() {
+    let mut first = true;
+    let (rig, mut xs) = rig(move |m| match m.msg_type {
+        // The first start gets no reply in time ...
+        MsgType::TransactionStart if first => {
+            first = false;
+            Vec::new()
+        }
+        // ... and arrives late, just before the next reply.
+        MsgType::Read if m.payload == b"/a\0" => vec![
+            Message::new(MsgType::TransactionStart, m.req_id - 1, 0, b"5\0".to_vec()).unwrap(),
+            reply(m, b"v"),
+        ],
+        MsgType::Read => vec![reply(m, b"w")],
+        MsgType::TransactionEnd => vec![reply(m, b"OK\0")],
+        _ => vec![error(m, Errno::ENOSYS)],
+    });
+    assert!(matches!(
+        xs.transaction_start(),
+        Err(XsError::TimedOut { .. })
+    ));
+    assert_eq!(xs.read("/a").unwrap(), b"v");
+    assert_eq!(xs.read("/b").unwrap(), b"w");
+    let s = rig.server.borrow();
+    let end = s
+        .requests
+        .iter()
+        .find(|m| m.msg_type == MsgType::TransactionEnd)
+        .expect("an abort");
+    assert_eq!((end.tx_id, end.payload.as_slice()), (5, &b"F\0"[..]));
 }

@@ -12,7 +12,12 @@ fn noop() -> NotifyFn<fn()> {
 type End = StoreRing<NotifyFn<fn()>>;
 
 fn pair(page: &RingPage, start: u32) -> (End, End) {
-    for off in [offsets::REQ_CONS, offsets::REQ_PROD, offsets::RSP_CONS, offsets::RSP_PROD] {
+    for off in [
+        offsets::REQ_CONS,
+        offsets::REQ_PROD,
+        offsets::RSP_CONS,
+        offsets::RSP_PROD,
+    ] {
         page.write_u32(off, start);
     }
     // SAFETY: the page is 4096 bytes, page-aligned, outlives both ends,
@@ -51,8 +56,14 @@ fn bytes_flow_both_ways_with_wrap_around() {
     assert_eq!(pump(&mut guest, &mut server, &data), data);
     assert_eq!(pump(&mut server, &mut guest, &data), data);
     // The page's indices moved past the wrap.
-    assert_eq!(page.read_u32(offsets::REQ_PROD), (u32::MAX - 700).wrapping_add(5000));
-    assert_eq!(page.read_u32(offsets::REQ_CONS), page.read_u32(offsets::REQ_PROD));
+    assert_eq!(
+        page.read_u32(offsets::REQ_PROD),
+        (u32::MAX - 700).wrapping_add(5000)
+    );
+    assert_eq!(
+        page.read_u32(offsets::REQ_CONS),
+        page.read_u32(offsets::REQ_PROD)
+    );
 }
 
 #[test]
@@ -61,9 +72,18 @@ fn send_stops_when_full_and_resumes() {
     let (mut guest, mut server) = pair(&page, 0);
     let data = vec![0xabu8; 3000];
     assert_eq!(guest.send(&data, Wait::NoWait).unwrap(), XENSTORE_RING_SIZE);
-    assert_eq!(guest.send(&data, Wait::NoWait).unwrap(), 0, "full ring accepts nothing");
+    assert_eq!(
+        guest.send(&data, Wait::NoWait).unwrap(),
+        0,
+        "full ring accepts nothing"
+    );
     // A waiting send with a signal that cannot block gives up at once.
-    assert_eq!(guest.send(&data, Wait::For(core::time::Duration::from_millis(1))).unwrap(), 0);
+    assert_eq!(
+        guest
+            .send(&data, Wait::For(core::time::Duration::from_millis(1)))
+            .unwrap(),
+        0
+    );
     let mut buf = [0u8; 100];
     assert_eq!(server.recv(&mut buf, Wait::NoWait).unwrap(), 100);
     assert_eq!(guest.send(&data, Wait::NoWait).unwrap(), 100);
@@ -75,7 +95,11 @@ fn recv_on_empty_ring_returns_zero() {
     let (mut guest, _server) = pair(&page, 5);
     let mut buf = [0u8; 16];
     assert_eq!(guest.recv(&mut buf, Wait::NoWait).unwrap(), 0);
-    assert_eq!(guest.recv(&mut buf, Wait::Forever).unwrap(), 0, "NotifyFn cannot block");
+    assert_eq!(
+        guest.recv(&mut buf, Wait::Forever).unwrap(),
+        0,
+        "NotifyFn cannot block"
+    );
 }
 
 #[test]
@@ -100,7 +124,10 @@ fn hostile_rsp_prod_behind_cons_is_a_fault() {
     let (mut guest, _server) = pair(&page, 100);
     page.write_u32(offsets::RSP_PROD, 99);
     let mut buf = [0u8; 16];
-    assert!(matches!(guest.recv(&mut buf, Wait::NoWait), Err(TransportError::PeerFault { .. })));
+    assert!(matches!(
+        guest.recv(&mut buf, Wait::NoWait),
+        Err(TransportError::PeerFault { .. })
+    ));
 }
 
 #[test]
@@ -110,7 +137,10 @@ fn hostile_req_cons_is_a_fault() {
     assert_eq!(guest.send(b"hello", Wait::NoWait).unwrap(), 5);
     // Consumer ahead of our producer.
     page.write_u32(offsets::REQ_CONS, 6);
-    assert!(matches!(guest.send(b"x", Wait::NoWait), Err(TransportError::PeerFault { .. })));
+    assert!(matches!(
+        guest.send(b"x", Wait::NoWait),
+        Err(TransportError::PeerFault { .. })
+    ));
 }
 
 #[test]
@@ -120,7 +150,10 @@ fn exactly_a_ring_of_data_is_accepted() {
     // The server claims a full ring of replies: legal.
     page.write_u32(offsets::RSP_PROD, 42 + XENSTORE_RING_SIZE as u32);
     let mut buf = vec![0u8; 2 * XENSTORE_RING_SIZE];
-    assert_eq!(guest.recv(&mut buf, Wait::NoWait).unwrap(), XENSTORE_RING_SIZE);
+    assert_eq!(
+        guest.recv(&mut buf, Wait::NoWait).unwrap(),
+        XENSTORE_RING_SIZE
+    );
 }
 
 #[test]
@@ -155,9 +188,15 @@ fn guest_discards_stale_replies_on_attach() {
 fn reconnecting_server_is_reported() {
     let page = RingPage::new().unwrap();
     let (mut guest, _server) = pair(&page, 0);
-    page.write_u32(offsets::SERVER_FEATURES, crate::ring::XENSTORE_SERVER_FEATURE_RECONNECTION);
+    page.write_u32(
+        offsets::SERVER_FEATURES,
+        crate::ring::XENSTORE_SERVER_FEATURE_RECONNECTION,
+    );
     page.write_u32(offsets::CONNECTION, crate::ring::XENSTORE_RECONNECT);
-    assert_eq!(guest.send(b"x", Wait::NoWait), Err(TransportError::Reconnecting));
+    assert_eq!(
+        guest.send(b"x", Wait::NoWait),
+        Err(TransportError::Reconnecting)
+    );
     page.write_u32(offsets::CONNECTION, crate::ring::XENSTORE_CONNECTED);
     assert_eq!(guest.send(b"x", Wait::NoWait), Ok(1));
 }

@@ -33,7 +33,12 @@ fn decode_all(dec: &mut Decoder, mut input: &[u8]) -> Vec<Result<Message, WireEr
 
 #[test]
 fn header_layout_matches_xsd_sockmsg() {
-    let h = Header { msg_type: 2, req_id: 0x0102_0304, tx_id: 7, len: 5 };
+    let h = Header {
+        msg_type: 2,
+        req_id: 0x0102_0304,
+        tx_id: 7,
+        len: 5,
+    };
     let b = h.to_bytes();
     assert_eq!(&b[0..4], &2u32.to_ne_bytes());
     assert_eq!(&b[4..8], &0x0102_0304u32.to_ne_bytes());
@@ -100,31 +105,64 @@ fn payload_limit_is_inclusive_and_overlong_is_fatal() {
     let mut d = Decoder::new();
     assert_eq!(decode_all(&mut d, &max.encode()), vec![Ok(max)]);
 
-    let mut h = Header { msg_type: 2, req_id: 1, tx_id: 0, len: XENSTORE_PAYLOAD_MAX as u32 + 1 }.to_bytes().to_vec();
+    let mut h = Header {
+        msg_type: 2,
+        req_id: 1,
+        tx_id: 0,
+        len: XENSTORE_PAYLOAD_MAX as u32 + 1,
+    }
+    .to_bytes()
+    .to_vec();
     h.extend_from_slice(&[0u8; 32]);
     let mut d = Decoder::new();
     let got = decode_all(&mut d, &h);
-    assert!(matches!(got.as_slice(), [Err(WireError::PayloadTooLong { len: 4097, .. })]));
+    assert!(matches!(
+        got.as_slice(),
+        [Err(WireError::PayloadTooLong { len: 4097, .. })]
+    ));
     // Stays failed: the stream is out of step for good.
     let mut more: &[u8] = &[0u8; 16];
     assert!(d.decode(&mut more).unwrap_err().is_fatal());
     assert!(d.failure().is_some());
 
     // u32::MAX length does not allocate or panic either.
-    let h = Header { msg_type: 2, req_id: 1, tx_id: 0, len: u32::MAX }.to_bytes();
+    let h = Header {
+        msg_type: 2,
+        req_id: 1,
+        tx_id: 0,
+        len: u32::MAX,
+    }
+    .to_bytes();
     let mut d = Decoder::new();
     assert!(decode_all(&mut d, &h)[0].as_ref().unwrap_err().is_fatal());
 }
 
 #[test]
 fn unknown_type_is_skipped_and_stream_stays_in_step() {
-    let mut bytes = Header { msg_type: 20, req_id: 5, tx_id: 6, len: 3 }.to_bytes().to_vec();
+    let mut bytes = Header {
+        msg_type: 20,
+        req_id: 5,
+        tx_id: 6,
+        len: 3,
+    }
+    .to_bytes()
+    .to_vec();
     bytes.extend_from_slice(b"abc");
     let next = msg(MsgType::Read, 7, 0, b"/a\0");
     bytes.extend(next.encode());
     let mut d = Decoder::new();
     let got = decode_all(&mut d, &bytes);
-    assert_eq!(got, vec![Err(WireError::UnknownType { msg_type: 20, req_id: 5, tx_id: 6 }), Ok(next)]);
+    assert_eq!(
+        got,
+        vec![
+            Err(WireError::UnknownType {
+                msg_type: 20,
+                req_id: 5,
+                tx_id: 6
+            }),
+            Ok(next)
+        ]
+    );
 }
 
 #[test]
@@ -140,7 +178,17 @@ fn strings_split_strictly() {
 fn numbers_parse_strictly() {
     assert_eq!(parse_u32_strict(b"0"), Some(0));
     assert_eq!(parse_u32_strict(b"4294967295"), Some(u32::MAX));
-    for bad in [&b""[..], b"01", b"-1", b"+1", b" 1", b"1 ", b"4294967296", b"99999999999", b"1a"] {
+    for bad in [
+        &b""[..],
+        b"01",
+        b"-1",
+        b"+1",
+        b" 1",
+        b"1 ",
+        b"4294967296",
+        b"99999999999",
+        b"1a",
+    ] {
         assert_eq!(parse_u32_strict(bad), None, "{bad:?}");
     }
 }
@@ -212,16 +260,28 @@ fn path_checks_follow_xenstored() {
     assert!(check_absolute("/a/b-c_d@e").is_ok());
     assert_eq!(check_absolute("/a//b"), Err(PathError::BadSlash));
     assert_eq!(check_absolute("/a/"), Err(PathError::BadSlash));
-    assert!(matches!(check_absolute("/a b"), Err(PathError::BadChar { byte: b' ', at: 2 })));
+    assert!(matches!(
+        check_absolute("/a b"),
+        Err(PathError::BadChar { byte: b' ', at: 2 })
+    ));
     assert!(check_absolute("relative").is_err());
     let long = alloc::format!("/{}", "x".repeat(3071));
     assert!(check_absolute(&long).is_ok());
-    assert!(matches!(check_absolute(&alloc::format!("{long}x")), Err(PathError::TooLong { .. })));
+    assert!(matches!(
+        check_absolute(&alloc::format!("{long}x")),
+        Err(PathError::TooLong { .. })
+    ));
     // Under a domain's home, the relative part is limited to 2048 bytes.
     let rel: String = "y".repeat(2049);
-    assert!(matches!(check_absolute(&alloc::format!("/local/domain/7/{rel}")), Err(PathError::TooLong { max: 2048, .. })));
+    assert!(matches!(
+        check_absolute(&alloc::format!("/local/domain/7/{rel}")),
+        Err(PathError::TooLong { max: 2048, .. })
+    ));
     assert!(check_client_path("device/vif").is_ok());
-    assert!(matches!(check_client_path(&rel), Err(PathError::TooLong { .. })));
+    assert!(matches!(
+        check_client_path(&rel),
+        Err(PathError::TooLong { .. })
+    ));
     assert!(check_watch_path("@releaseDomain").is_ok());
     assert_eq!(check_watch_path("@other"), Err(PathError::UnknownSpecial));
 }
@@ -229,15 +289,30 @@ fn path_checks_follow_xenstored() {
 #[test]
 fn permissions_follow_perm_for_conn() {
     use crate::path::{access_for, Effective, Perm, PermAccess};
-    let perms = [Perm::new(1, PermAccess::Read), Perm::new(2, PermAccess::Both), Perm::new(3, PermAccess::None)];
-    assert_eq!(access_for(&perms, 1, false), Effective::ALL, "the owner gets everything");
-    assert_eq!(access_for(&perms, 9, true), Effective::ALL, "dom0 gets everything");
+    let perms = [
+        Perm::new(1, PermAccess::Read),
+        Perm::new(2, PermAccess::Both),
+        Perm::new(3, PermAccess::None),
+    ];
+    assert_eq!(
+        access_for(&perms, 1, false),
+        Effective::ALL,
+        "the owner gets everything"
+    );
+    assert_eq!(
+        access_for(&perms, 9, true),
+        Effective::ALL,
+        "dom0 gets everything"
+    );
     let two = access_for(&perms, 2, false);
     assert!(two.read && two.write && !two.owner);
     let three = access_for(&perms, 3, false);
     assert!(!three.read && !three.write);
     let other = access_for(&perms, 4, false);
-    assert!(other.read && !other.write, "the owner entry's access applies to others");
+    assert!(
+        other.read && !other.write,
+        "the owner entry's access applies to others"
+    );
     assert_eq!(access_for(&[], 4, false), Effective::NONE);
     for s in ["n0", "r1", "w65535", "b32"] {
         assert_eq!(Perm::parse(s.as_bytes()).unwrap().to_wire(), s);
