@@ -529,11 +529,8 @@ impl<T: Transport> Xenstore<T> {
                 self.queue_event(&msg);
                 queued += 1;
             } else {
-                log::warn!(
-                    "xenstore: dropping unsolicited {} (request {}) received while idle",
-                    msg.msg_type,
-                    msg.req_id
-                );
+                // Only a reply to a request that timed out can come now.
+                self.stale_reply(&msg, 0);
             }
             wait = Wait::NoWait;
         }
@@ -794,7 +791,8 @@ impl<T: Transport> Xenstore<T> {
         }
     }
 
-    /// Notes a reply to an earlier request that is no longer awaited.
+    /// Notes a reply to an earlier request that is no longer awaited
+    /// (`awaited` is the request being waited for, 0 when idle).
     fn stale_reply(&mut self, reply: &Message, awaited: u32) {
         log::warn!(
             "xenstore: dropping a {} reply to request {} while waiting for {awaited} (a late reply?)",
