@@ -13,6 +13,9 @@ use lwdom::lab_proto::{answer, EchoReq, EchoRsp};
 
 /// Polls of the ring before blocking on the event channel.
 const SPIN: Duration = Duration::from_micros(200);
+/// Longest wait for one request (the guest gives up on a response after a
+/// minute; the lab runs under emulation on a host that may be busy).
+const WAIT: Duration = Duration::from_secs(90);
 
 fn run(args: &[String]) -> Result<(), String> {
     let domid = arg_u32(args, 1, "domid")?;
@@ -28,6 +31,7 @@ fn run(args: &[String]) -> Result<(), String> {
     println!("lab-ring: serving ring ref {gref} of domain {domid} ({} slots), local port {}", ring.size(), ch.port);
     let mut served = 0u64;
     let mut blocks = 0u64;
+    let mut missed = 0u64;
     let t0 = Instant::now();
     loop {
         let mut idle_since: Option<Instant> = None;
@@ -38,8 +42,14 @@ fn run(args: &[String]) -> Result<(), String> {
             let since = *idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() > SPIN && !ring.final_check_for_requests().map_err(|e| e.to_string())? {
                 blocks += 1;
-                if !ch.wait(Duration::from_secs(30)).map_err(|e| e.to_string())? {
-                    return Err(format!("no request from the guest within 30 s after {served} requests"));
+                if !ch.wait(WAIT).map_err(|e| e.to_string())? {
+                    // Tell a lost notification from a guest that stalled.
+                    if ring.unconsumed_requests().map_err(|e| e.to_string())? > 0 {
+                        missed += 1;
+                        println!("lab-ring: a request was on the ring but no event came for {} s", WAIT.as_secs());
+                    } else {
+                        return Err(format!("no request from the guest within {} s after {served} requests", WAIT.as_secs()));
+                    }
                 }
                 idle_since = None;
             }
@@ -54,6 +64,9 @@ fn run(args: &[String]) -> Result<(), String> {
         served += 1;
     }
     println!("lab-ring: served {served} requests in {:.1} s ({blocks} blocking waits)", t0.elapsed().as_secs_f64());
+    if missed > 0 {
+        return Err(format!("{missed} request(s) arrived without the event that should have announced them"));
+    }
     // The ring is done with the page before it is unmapped.
     let _ = ring.into_memory();
     page.unmap().map_err(|e| format!("unmap: {e}"))?;
