@@ -27,15 +27,16 @@ on_reboot = "preserve"
 CFG
     xl create -F /tmp/$1.cfg > /tmp/$1.xl 2>&1 &
     XL_PID=$!
-    i=0
     DOMID=""
-    while [ $i -lt 100 ]; do
+    end=$(( $(date +%s) + 20 ))
+    while [ $(date +%s) -le $end ]; do
         DOMID=$(xl domid "$1" 2>/dev/null) && [ -n "$DOMID" ] && break
+        DOMID=""
         if ! kill -0 $XL_PID 2>/dev/null; then
             cat /tmp/$1.xl
             fail "xl create $1 failed: $(tail -n 3 /tmp/$1.xl | tr '\n' ' ')"
         fi
-        sleep 0.2; i=$((i+1))
+        sleep 0.2
     done
     [ -n "$DOMID" ] || fail "domain $1 did not appear within 20 s"
     echo "started $1 as domain $DOMID"
@@ -43,14 +44,13 @@ CFG
 
 # xs_wait KEY SECONDS: waits for a xenstore key, prints its value.
 xs_wait() {
-    i=0
-    n=$(( $2 * 10 ))
-    while [ $i -lt $n ]; do
+    end=$(( $(date +%s) + $2 ))
+    while [ $(date +%s) -le $end ]; do
         if v=$(xenstore-read "$1" 2>/dev/null); then
             echo "$v"
             return 0
         fi
-        sleep 0.1; i=$((i+1))
+        sleep 0.1
     done
     return 1
 }
@@ -61,15 +61,29 @@ xs_wait() {
 # time. The domain is preserved (its xenstore keys stay readable) until
 # `end_guest`.
 wait_shutdown() {
-    i=0
-    n=$(( $2 * 10 ))
+    end=$(( $(date +%s) + $2 ))
     while ! grep -q "has shut down, reason code" /tmp/$1.xl 2>/dev/null; do
         kill -0 $XL_PID 2>/dev/null || break
-        [ $i -lt $n ] || { xl destroy "$1" 2>/dev/null; fail "guest $1 did not shut down within $2 s"; }
-        sleep 0.1; i=$((i+1))
+        if [ $(date +%s) -gt $end ]; then
+            xl destroy "$1" 2>/dev/null
+            fail "guest $1 did not shut down within $2 s"
+        fi
+        sleep 0.2
     done
     cat /tmp/$1.xl
     REASON=$(sed -n 's/.*has shut down, reason code \([0-9]*\).*/\1/p' /tmp/$1.xl | head -n 1)
+    case "$REASON" in
+        0) REASON_NAME=poweroff ;;
+        1) REASON_NAME=reboot ;;
+        2) REASON_NAME=suspend ;;
+        3) REASON_NAME=crash ;;
+        *) REASON_NAME="unknown (${REASON:-none})" ;;
+    esac
+}
+
+# expect_poweroff NAME: fails the scenario unless the guest powered off.
+expect_poweroff() {
+    [ "$REASON" = "0" ] || { end_guest "$1"; fail "guest $1 shut down with reason $REASON_NAME, expected poweroff (see its console)"; }
 }
 
 # end_guest NAME: destroys the (preserved) guest.

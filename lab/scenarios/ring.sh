@@ -18,5 +18,5 @@ case "$res" in
     ok*) ;;
     *) fail "guest: $res" ;;
 esac
-[ "$REASON" = "0" ] || fail "guest shut down with reason '${REASON:-none}', expected 0 (poweroff)"
+[ "$REASON" = "0" ] || fail "guest shut down with reason $REASON_NAME, expected poweroff"
 verdict PASS "${res#ok }"
