@@ -12,11 +12,20 @@
 //! - reads its domid and name from xenstore, runs the program, and shuts the
 //!   domain down (poweroff on `Ok`, crash on `Err` or panic, with the reason
 //!   on the console);
-//! - implements `grant_tables`' platform traits ([`rt::platform::Lw`]):
+//! - implements `grant_tables`' platform traits (`rt::platform::Lw`, with
+//!   `LwGrantFrames` and `LwPages`):
 //!   shareable pages from a pool whose machine frames come from the P2M
 //!   list, this domain's grant table frames (set up with
 //!   `GNTTABOP_setup_table` and mapped with `update_va_mapping`), and event
 //!   channels polled in the shared info page, waiting with `SCHEDOP_poll`.
+//!
+//! Limits, by design of this minimal runtime: one vCPU; event upcalls stay
+//! masked and no trap table is registered (a CPU exception ends the domain
+//! as crashed, with what was printed so far on the console); the heap is a
+//! 4 MiB bump allocator that reclaims the latest allocation and starts over
+//! when everything was freed; 1024 shareable pages (4 MiB) and at most 32
+//! grant table frames; the image is linked at virtual address 0 and relies
+//! on the domain builder's initial mapping (pfn N at N * 4096).
 //!
 //! The console ring ([`ring_bytes`]) and the lab's shared definitions
 //! ([`lab_proto`]) are plain logic, tested on the host; everything that

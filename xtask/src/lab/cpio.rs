@@ -134,3 +134,36 @@ impl<W: Write> CpioWriter<W> {
         self.out.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CpioWriter;
+
+    fn field(hdr: &[u8], i: usize) -> u32 {
+        let s = std::str::from_utf8(&hdr[6 + 8 * i..14 + 8 * i]).unwrap();
+        u32::from_str_radix(s, 16).unwrap()
+    }
+
+    #[test]
+    fn newc_entries_are_aligned_and_end_with_the_trailer() {
+        let mut out = Vec::new();
+        let mut w = CpioWriter::new(&mut out);
+        w.dir("lab", 0o755).unwrap();
+        w.file("lab/x", 0o644, b"hello").unwrap();
+        w.finish().unwrap();
+        assert_eq!(&out[..6], b"070701");
+        assert_eq!(field(&out, 1), 0o040755);
+        assert_eq!(field(&out, 11), 4); // "lab" + NUL
+        // Second entry: header at a 4-byte boundary after "lab\0" (110 + 4).
+        let second = (110 + 4usize).next_multiple_of(4);
+        assert_eq!(&out[second..second + 6], b"070701");
+        assert_eq!(field(&out[second..], 1), 0o100644);
+        assert_eq!(field(&out[second..], 6), 5);
+        let name_end = second + 110 + 6;
+        let data = name_end.next_multiple_of(4);
+        assert_eq!(&out[data..data + 5], b"hello");
+        let trailer = (data + 5).next_multiple_of(4);
+        assert_eq!(&out[trailer + 110..trailer + 120], b"TRAILER!!!");
+        assert_eq!(out.len() % 512, 0);
+    }
+}

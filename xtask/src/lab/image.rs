@@ -70,13 +70,14 @@ pub fn ensure_host_tools() -> Result<(), String> {
     }
     eprintln!("lab: installing host tools: {}", missing.join(" "));
     apt_update()?;
-    let mut c = Command::new("apt-get");
-    c.args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+    let mut c = Command::new("timeout");
+    c.args(["600", "apt-get", "install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
     run(&mut c).map_err(|e| format!("{e}\ninstalling the lab's host tools failed; the lab needs root and apt access to Debian's mirror"))
 }
 
 fn apt_update() -> Result<(), String> {
-    run(Command::new("apt-get").args(["update", "-q"])).map_err(|e| format!("{e}\n`apt-get update` failed; check access to Debian's mirror"))
+    run(Command::new("timeout").args(["300", "apt-get", "update", "-q"]))
+        .map_err(|e| format!("{e}\n`apt-get update` failed or took over 5 minutes; check access to Debian's mirror"))
 }
 
 /// Every version apt knows of the packages that make up the image.
@@ -179,9 +180,9 @@ fn installed_version(root: &Path, pkg: &str) -> Result<String, String> {
 
 fn apt_download(dir: &Path, spec: &str) -> Result<PathBuf, String> {
     let before: Vec<_> = list_debs(dir)?;
-    let mut c = Command::new("apt-get");
-    c.args(["download", "-q", spec]).current_dir(dir);
-    run(&mut c).map_err(|e| format!("{e}\ndownloading {spec} from Debian's mirror failed"))?;
+    let mut c = Command::new("timeout");
+    c.args(["600", "apt-get", "download", "-q", spec]).current_dir(dir);
+    run(&mut c).map_err(|e| format!("{e}\ndownloading {spec} from Debian's mirror failed or took over 10 minutes"))?;
     let after = list_debs(dir)?;
     after.into_iter().find(|p| !before.contains(p)).ok_or_else(|| format!("apt-get download {spec} produced no .deb in {}", dir.display()))
 }
@@ -205,11 +206,11 @@ fn build_image(build: &Path, kpkg: &str) -> Result<String, String> {
         std::thread::spawn(move || apt_download(&debs, &kpkg))
     };
     step("debootstrap the dom0 root file system (minbase + Xen tools)", || {
-        let mut c = Command::new("debootstrap");
-        c.args(["--variant=minbase", &format!("--include={DOM0_PACKAGES}"), SUITE])
+        let mut c = Command::new("timeout");
+        c.args(["1200", "debootstrap", "--variant=minbase", &format!("--include={DOM0_PACKAGES}"), SUITE])
             .arg(&root)
             .arg(MIRROR);
-        run(&mut c).map_err(|e| format!("{e}\ndebootstrap failed; see {}/debootstrap/debootstrap.log", root.display()))
+        run(&mut c).map_err(|e| format!("{e}\ndebootstrap failed or took over 20 minutes; see {}/debootstrap/debootstrap.log", root.display()))
     })?;
     let xen_version = installed_version(&root, "xen-utils-4.17")?;
     let kdeb = kdeb_thread.join().map_err(|_| "the kernel download thread panicked".to_string())??;
