@@ -103,8 +103,19 @@ unsafe impl Sync for FakeGrantMem {}
 impl FakeGrantFrames {
     /// A table of `frames` pages of v1 entries.
     pub fn new(frames: usize) -> Result<Self, PlatformError> {
-        let pages = FakePages::new(frames)?;
-        let count = (pages.len_bytes() / core::mem::size_of::<GrantEntryV1>()) as u32;
+        let per_page = (PAGE_SIZE / core::mem::size_of::<GrantEntryV1>()) as u32;
+        Self::with_entries(
+            u32::try_from(frames)
+                .map_err(|_| PlatformError::OutOfMemory { pages: frames })?
+                .saturating_mul(per_page),
+        )
+    }
+
+    /// A table of exactly `count` entries (at least one page is allocated):
+    /// small tables keep slow interpreters (Miri) fast.
+    pub fn with_entries(count: u32) -> Result<Self, PlatformError> {
+        let bytes = count as usize * core::mem::size_of::<GrantEntryV1>();
+        let pages = FakePages::new(bytes.div_ceil(PAGE_SIZE).max(1))?;
         let ptr = pages.as_ptr().cast::<GrantEntryV1>();
         Ok(FakeGrantFrames {
             mem: Arc::new(FakeGrantMem {
