@@ -13,7 +13,9 @@ fail() {
 }
 
 # start_guest NAME: starts the lwdom guest /lab/guests/NAME, monitored by
-# `xl create -F` in the background (its output in /tmp/NAME.xl).
+# `xl create -F` in the background (its output in /tmp/NAME.xl). The guest
+# runs on physical CPU 1; dom0 (one vCPU) is pinned to CPU 0, so the two
+# ends of a ring spin in parallel instead of taking turns.
 start_guest() {
     cat > /tmp/$1.cfg <<CFG
 name = "$1"
@@ -21,6 +23,7 @@ type = "pv"
 kernel = "/lab/guests/$1"
 memory = 32
 vcpus = 1
+cpus = "1"
 on_crash = "preserve"
 on_poweroff = "preserve"
 on_reboot = "preserve"

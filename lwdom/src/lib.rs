@@ -20,8 +20,8 @@
 //!   channels polled in the shared info page, waiting with `SCHEDOP_poll`.
 //!
 //! Limits, by design of this minimal runtime: one vCPU; event upcalls stay
-//! masked and no trap table is registered (a CPU exception ends the domain
-//! as crashed, with what was printed so far on the console); the heap is a
+//! masked (CPU exceptions are reported on the console by a trap table
+//! and end the domain as crashed; nothing resumes after one); the heap is a
 //! 4 MiB bump allocator that reclaims the latest allocation and starts over
 //! when everything was freed; 1024 shareable pages (4 MiB) and at most 32
 //! grant table frames; the image is linked at virtual address 0 and relies

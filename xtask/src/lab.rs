@@ -43,6 +43,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "grant", timeout_s: 120, what: "grant two pages to dom0 (gntdev), reply, end access refused while mapped", default: true },
     Scenario { name: "ring", timeout_s: 600, what: "100000 FrontRing/BackRing round trips with dom0 over a granted page", default: true },
     Scenario { name: "panic", timeout_s: 60, what: "negative control: the guest panics; must FAIL with its console", default: false },
+    Scenario { name: "fault", timeout_s: 60, what: "negative control: the guest page-faults; must FAIL with the fault on its console", default: false },
     Scenario { name: "hang", timeout_s: 60, what: "negative control: the guest hangs; must FAIL, not hang the run", default: false },
 ];
 

@@ -13,6 +13,7 @@ pub mod hypercall;
 pub mod mm;
 pub mod platform;
 pub mod time;
+mod traps;
 
 use alloc::string::String;
 use core::cell::UnsafeCell;
@@ -276,6 +277,9 @@ unsafe extern "C" fn lwdom_rust_start(si: *const u8) -> ! {
     let mut xs = Xenstore::new(ring);
     xs.set_timeout(XS_TIMEOUT);
     XENSTORE.set(xs);
+    if let Err(rc) = traps::init() {
+        crate::println!("lwdom: set_trap_table failed ({rc}); CPU exceptions will end the domain silently");
+    }
     crate::println!("lwdom: booted, {} pages, console on port {}, xenstore on port {}", info.nr_pages, info.console_evtchn, info.store_evtchn);
     let id = xs_read("domid").map_err(|e| e.to_string()).and_then(|d| d.trim().parse::<u16>().map_err(|e| alloc::format!("domid {d:?}: {e}")));
     let nm = xs_read("name");

@@ -199,6 +199,11 @@ fn build_image(build: &Path, kpkg: &str) -> Result<String, String> {
     let root = build.join("rootfs");
     let debs = build.join("debs");
     fs::create_dir_all(&debs).map_err(|e| e.to_string())?;
+    // apt downloads as the unprivileged `_apt` user when it may write here.
+    for d in [&build.to_path_buf(), &debs] {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(d, fs::Permissions::from_mode(0o777));
+    }
     // The kernel download runs while debootstrap works.
     let kdeb_thread = {
         let debs = debs.clone();

@@ -51,7 +51,7 @@ impl Drop for KillOnDrop {
 /// Boots the lab and feeds each serial line to `on_line` until it says
 /// [`Flow::Done`], QEMU exits, or a timeout passes (an error).
 pub fn run(cfg: &Config<'_>, mut on_line: impl FnMut(&str) -> Flow) -> Result<(), String> {
-    let xen_cmdline = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot";
+    let xen_cmdline = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 dom0_vcpus_pin noreboot loglvl=all guest_loglvl=all";
     let dom0_cmdline = "console=hvc0 earlyprintk=xen quiet loglevel=3";
     // QEMU's -initrd separates modules with commas (a literal comma is `,,`).
     let modules = format!("{} {},{}", cfg.vmlinuz.display(), dom0_cmdline, cfg.cpio.display());
