@@ -175,7 +175,7 @@ mod tests {
 
     #[test]
     fn console_bytes_land_at_the_xencons_offsets_and_wrap() {
-        let mut page = vec![Page([0; 4096])];
+        let mut page = std::boxed::Box::new([Page([0; 4096])]);
         let base = NonNull::new(page[0].0.as_mut_ptr()).unwrap();
         // SAFETY: a heap page used only through the ring.
         let out = unsafe { console_out(base) };
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_hostile_index_breaks_the_ring() {
-        let mut page = vec![Page([0; 4096])];
+        let mut page = std::boxed::Box::new([Page([0; 4096])]);
         page[0].0[3080..3084].copy_from_slice(&5000u32.to_le_bytes());
         let base = NonNull::new(page[0].0.as_mut_ptr()).unwrap();
         // SAFETY: a heap page used only through the ring.
