@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::util::{cargo, output, root, run as sh};
+use crate::util::{cargo, cargo_nightly, output, root, run as sh};
 
 /// The crates that guest runtimes link: they must build without std.
 const NO_STD_CRATES: &[&str] = &[
@@ -171,8 +171,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
             .env("XEN_HEADERS_REQUIRED", "1"))
     })?;
     s.step("Miri: ring and grant table unit tests", || {
-        sh(cargo()
-            .args(["+nightly", "miri", "test", "-p", "grant-tables", "--lib"])
+        sh(cargo_nightly()
+            .args(["miri", "test", "-p", "grant-tables", "--lib"])
             .env("MIRIFLAGS", "-Zmiri-disable-isolation"))
     })?;
     s.step("fuzz smoke (every target)", || {
@@ -248,15 +248,12 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
     }
     let targets = if chosen.is_empty() { all } else { chosen };
     let dir = root().join("fuzz");
-    sh(Command::new("cargo")
-        .current_dir(&dir)
-        .args(["+nightly", "fuzz", "build"]))?;
+    sh(cargo_nightly().current_dir(&dir).args(["fuzz", "build"]))?;
     let mut report = Vec::new();
     for t in &targets {
-        let out = Command::new("cargo")
+        let out = cargo_nightly()
             .current_dir(&dir)
             .args([
-                "+nightly",
                 "fuzz",
                 "run",
                 t,

@@ -51,3 +51,17 @@ pub fn cargo() -> Command {
     c.current_dir(root());
     c
 }
+
+/// A cargo command on the nightly toolchain (Miri, cargo-fuzz), through
+/// rustup: `CARGO` names the stable toolchain's own binary, which does not
+/// understand `+nightly`, and the stable toolchain's variables are cleared so
+/// that they do not leak into the nightly build.
+pub fn cargo_nightly() -> Command {
+    let mut c = Command::new("rustup");
+    c.args(["run", "nightly", "cargo"]);
+    for v in ["CARGO", "RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "RUSTC_WRAPPER"] {
+        c.env_remove(v);
+    }
+    c.current_dir(root());
+    c
+}
