@@ -171,36 +171,45 @@ impl Drop for ChildGuard {
 }
 
 /// Waits on the event channel or spins, per mode. `ready` polls the ring.
+/// The clock is first read after `CLOCK_EVERY` empty polls (a response that
+/// is already there costs no clock read), and then once every
+/// `CLOCK_EVERY` polls; `timeout` counts from that first read.
 fn wait_for<T>(
     mode: Mode,
     plat: &HostedPlatform,
     port: Port,
-    deadline: Instant,
+    timeout: Duration,
     mut ready: impl FnMut(bool) -> Result<Option<T>, String>,
 ) -> Result<T, String> {
-    let spin_until = match mode {
-        Mode::Poll => deadline,
-        Mode::Event => Instant::now(),
-        Mode::Adaptive => Instant::now() + ADAPTIVE_SPIN,
-    };
+    const CLOCK_EVERY: u32 = 128;
+    let mut started: Option<Instant> = None;
+    let mut spins = 0u32;
     // Spin phase: poll the ring only.
-    loop {
-        if let Some(v) = ready(false)? {
-            return Ok(v);
-        }
-        if mode == Mode::Event {
-            break;
-        }
-        std::hint::spin_loop();
-        let now = Instant::now();
-        if now >= spin_until {
-            if mode == Mode::Poll {
-                return Err("timed out spinning on the ring: the peer stopped answering".into());
+    if mode != Mode::Event {
+        loop {
+            if let Some(v) = ready(false)? {
+                return Ok(v);
             }
-            break;
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins % CLOCK_EVERY != 0 {
+                continue;
+            }
+            let now = Instant::now();
+            let spent = now - *started.get_or_insert(now);
+            match mode {
+                Mode::Poll if spent >= timeout => {
+                    return Err(
+                        "timed out spinning on the ring: the peer stopped answering".into(),
+                    )
+                }
+                Mode::Adaptive if spent >= ADAPTIVE_SPIN => break,
+                _ => {}
+            }
         }
     }
     // Block phase: ask for a notification (final check), then sleep.
+    let deadline = started.unwrap_or_else(Instant::now) + timeout;
     loop {
         if let Some(v) = ready(true)? {
             return Ok(v);
@@ -308,8 +317,7 @@ fn ring_in(dir: &Path, mode: Mode, iters: u64, warmup: u64) -> Result<Vec<u64>, 
         if ring.push_requests() && mode != Mode::Poll {
             plat.notify(port).map_err(|e| e.to_string())?;
         }
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        let rsp = wait_for(mode, &plat, port, deadline, |arm| {
+        let rsp = wait_for(mode, &plat, port, STEP_TIMEOUT, |arm| {
             if let Some(r) = ring.take_response().map_err(|e| e.to_string())? {
                 return Ok(Some(r));
             }
@@ -410,8 +418,7 @@ pub fn backend_main(spec: &str) -> Result<(), String> {
         .map_err(xs_err("writing Connected"))?;
 
     for _ in 0..total {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        let req = wait_for(mode, &plat, port, deadline, |arm| {
+        let req = wait_for(mode, &plat, port, STEP_TIMEOUT, |arm| {
             if let Some(r) = ring.take_request().map_err(|e| e.to_string())? {
                 return Ok(Some(r));
             }

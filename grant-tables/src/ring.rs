@@ -206,6 +206,14 @@ pub const fn entry_size<Req, Rsp>() -> usize {
     size.div_ceil(align) * align
 }
 
+/// The widest copy unit (8, 4, 2 or 1 bytes) every slot of a ring with
+/// `entry_size`-byte entries is aligned to: the region is page-aligned and
+/// the header is 64 bytes, so a slot is as aligned as the entry size allows.
+pub const fn slot_unit(entry_size: usize) -> usize {
+    let tz = entry_size.trailing_zeros();
+    1 << if tz > 3 { 3 } else { tz }
+}
+
 /// Number of entries in a ring of `ring_bytes` bytes whose entries are
 /// `entry_size` bytes (`__CONST_RING_SIZE`).
 pub const fn ring_entries(ring_bytes: usize, entry_size: usize) -> u32 {
@@ -270,25 +278,85 @@ impl<M: RingMemory> RingCore<M> {
         }
     }
 
-    /// Writes our own slot in place.
-    fn write_slot<T: IntoBytes + Immutable>(&self, idx: RingIdx, value: T) {
-        let p = self.slot(idx).cast::<T>();
-        // SAFETY: `p` is inside the region (see `slot`), aligned for `T`
-        // (the region is page-aligned, the header is 64 bytes and
-        // `entry_size` is a multiple of `T`'s alignment, which is at most
-        // 64), and valid for writes of `size_of::<T>() <= entry_size` bytes.
-        // The peer may read it concurrently; the volatile write is the only
-        // access and `T: IntoBytes` means no uninitialised byte is written.
-        unsafe { p.write_volatile(value) }
+    /// Writes our own slot in place, in volatile stores of the widest unit
+    /// the slot's alignment allows (a byte-wise volatile store of a large
+    /// request would cost one store per byte).
+    ///
+    /// `unit` is [`slot_unit`] of this ring's entry size, a constant of the
+    /// caller's types.
+    #[inline(always)]
+    fn write_slot<T: IntoBytes + Immutable>(&self, idx: RingIdx, value: T, unit: usize) {
+        debug_assert_eq!(unit, slot_unit(self.entry_size));
+        let dst = self.slot(idx);
+        let src = value.as_bytes();
+        let mut off = 0;
+        macro_rules! copy_units {
+            ($t:ty) => {
+                while off + size_of::<$t>() <= src.len() {
+                    let mut w = [0u8; size_of::<$t>()];
+                    w.copy_from_slice(&src[off..off + size_of::<$t>()]);
+                    // SAFETY: `dst + off` is inside the slot (`off +
+                    // size_of::<$t>() <= size_of::<T>() <= entry_size`, and
+                    // the slot is inside the region, see `slot`) and aligned
+                    // for `$t` (the slot is `unit`-aligned, `unit >=
+                    // size_of::<$t>()`, and `off` is a multiple of it). The
+                    // peer may read the slot concurrently; only volatile
+                    // stores touch it.
+                    unsafe { dst.add(off).cast::<$t>().write_volatile(<$t>::from_ne_bytes(w)) }
+                    off += size_of::<$t>();
+                }
+            };
+        }
+        if unit >= 8 {
+            copy_units!(u64);
+        }
+        if unit >= 4 {
+            copy_units!(u32);
+        }
+        if unit >= 2 {
+            copy_units!(u16);
+        }
+        copy_units!(u8);
     }
 
-    /// Copies a peer slot out; the shared slot is not read again.
-    fn read_slot<T: FromBytes>(&self, idx: RingIdx) -> T {
-        let p = self.slot(idx).cast::<T>();
-        // SAFETY: as in `write_slot`, `p` is aligned and in bounds. The peer
-        // may write the slot concurrently, so we take one volatile copy;
-        // `T: FromBytes` makes any bytes it holds a valid `T`.
-        unsafe { p.read_volatile() }
+    /// Copies a peer slot out, in volatile loads of the widest unit the
+    /// slot's alignment allows; the shared slot is not read again.
+    #[inline(always)]
+    fn read_slot<T: FromBytes>(&self, idx: RingIdx, unit: usize) -> T {
+        debug_assert_eq!(unit, slot_unit(self.entry_size));
+        let src = self.slot(idx);
+        let mut out = T::new_zeroed();
+        let dst = (&mut out as *mut T).cast::<u8>();
+        let len = size_of::<T>();
+        let mut off = 0;
+        macro_rules! copy_units {
+            ($t:ty) => {
+                while off + size_of::<$t>() <= len {
+                    // SAFETY: `src + off` is inside the slot and aligned for
+                    // `$t`, as in `write_slot`; the peer may write it
+                    // concurrently, so the load is volatile. `dst + off` is
+                    // inside `out` (`off + size_of::<$t>() <= len`), written
+                    // unaligned because `T` may be less aligned than `$t`;
+                    // `T: FromBytes` makes any bytes a valid `T`.
+                    unsafe {
+                        let v = src.add(off).cast::<$t>().read_volatile();
+                        dst.add(off).cast::<$t>().write_unaligned(v);
+                    }
+                    off += size_of::<$t>();
+                }
+            };
+        }
+        if unit >= 8 {
+            copy_units!(u64);
+        }
+        if unit >= 4 {
+            copy_units!(u32);
+        }
+        if unit >= 2 {
+            copy_units!(u16);
+        }
+        copy_units!(u8);
+        out
     }
 
     /// SHARED_RING_INIT with every index at `idx` (0 for a fresh ring).
@@ -311,6 +379,23 @@ impl<M: RingMemory> RingCore<M> {
     }
 }
 
+/// The error a broken ring repeats (kept out of line: the polling paths
+/// stay small).
+#[cold]
+#[inline(never)]
+fn broken_error(e: &RingError) -> RingError {
+    e.clone()
+}
+
+/// Marks a ring broken by a peer's fault, logs why and returns the error.
+#[cold]
+#[inline(never)]
+fn break_ring(broken: &mut Option<RingError>, e: RingError) -> RingError {
+    log::error!("{e}");
+    *broken = Some(e.clone());
+    e
+}
+
 /// The front end of a shared ring: produces `Req`, consumes `Rsp`.
 pub struct FrontRing<Req, Rsp, M: RingMemory> {
     core: RingCore<M>,
@@ -330,6 +415,9 @@ where
     Rsp: FromBytes,
     M: RingMemory,
 {
+    /// Copy unit of this ring's slots (see [`slot_unit`]).
+    const UNIT: usize = slot_unit(entry_size::<Req, Rsp>());
+
     /// Initialises the shared header (`SHARED_RING_INIT`) and attaches
     /// (`FRONT_RING_INIT`).
     pub fn init(mem: M) -> Result<Self, RingError> {
@@ -404,9 +492,10 @@ where
         self.core.mem
     }
 
+    #[inline(always)]
     fn check_broken(&self) -> Result<(), RingError> {
         match &self.broken {
-            Some(e) => Err(e.clone()),
+            Some(e) => Err(broken_error(e)),
             None => Ok(()),
         }
     }
@@ -419,7 +508,7 @@ where
             return Err(RingError::Full);
         }
         let idx = self.req_prod_pvt;
-        self.core.write_slot(idx, req);
+        self.core.write_slot(idx, req, Self::UNIT);
         self.req_prod_pvt = idx.wrapping_add(1);
         Ok(idx)
     }
@@ -453,14 +542,14 @@ where
         let avail = rsp_prod.wrapping_sub(self.rsp_cons);
         let outstanding = self.req_prod_pub.wrapping_sub(self.rsp_cons);
         if avail > outstanding {
-            let e = RingError::ResponseOverflow {
-                rsp_prod,
-                rsp_cons: self.rsp_cons,
-                outstanding,
-            };
-            log::error!("{e}");
-            self.broken = Some(e.clone());
-            return Err(e);
+            return Err(break_ring(
+                &mut self.broken,
+                RingError::ResponseOverflow {
+                    rsp_prod,
+                    rsp_cons: self.rsp_cons,
+                    outstanding,
+                },
+            ));
         }
         self.rsp_prod_seen = rsp_prod;
         Ok(avail)
@@ -473,7 +562,7 @@ where
         if self.rsp_cons == self.rsp_prod_seen && self.unconsumed_responses()? == 0 {
             return Ok(None);
         }
-        let rsp = self.core.read_slot::<Rsp>(self.rsp_cons);
+        let rsp = self.core.read_slot::<Rsp>(self.rsp_cons, Self::UNIT);
         self.rsp_cons = self.rsp_cons.wrapping_add(1);
         Ok(Some(rsp))
     }
@@ -514,6 +603,9 @@ where
     Rsp: IntoBytes + Immutable,
     M: RingMemory,
 {
+    /// Copy unit of this ring's slots (see [`slot_unit`]).
+    const UNIT: usize = slot_unit(entry_size::<Req, Rsp>());
+
     /// Attaches to a ring the front initialised (`BACK_RING_INIT`).
     pub fn new(mem: M) -> Result<Self, RingError> {
         Self::attach(mem, 0)
@@ -563,9 +655,10 @@ where
         self.core.mem
     }
 
+    #[inline(always)]
     fn check_broken(&self) -> Result<(), RingError> {
         match &self.broken {
-            Some(e) => Err(e.clone()),
+            Some(e) => Err(broken_error(e)),
             None => Ok(()),
         }
     }
@@ -581,15 +674,15 @@ where
         // Slots not holding a consumed-but-unanswered request.
         let room = self.core.nr_ents - self.req_cons.wrapping_sub(self.rsp_prod_pvt);
         if avail > room {
-            let e = RingError::RequestOverflow {
-                req_prod,
-                req_cons: self.req_cons,
-                rsp_prod_pvt: self.rsp_prod_pvt,
-                size: self.core.nr_ents,
-            };
-            log::error!("{e}");
-            self.broken = Some(e.clone());
-            return Err(e);
+            return Err(break_ring(
+                &mut self.broken,
+                RingError::RequestOverflow {
+                    req_prod,
+                    req_cons: self.req_cons,
+                    rsp_prod_pvt: self.rsp_prod_pvt,
+                    size: self.core.nr_ents,
+                },
+            ));
         }
         self.req_prod_seen = req_prod;
         Ok(avail)
@@ -601,7 +694,7 @@ where
         if self.req_cons == self.req_prod_seen && self.unconsumed_requests()? == 0 {
             return Ok(None);
         }
-        let req = self.core.read_slot::<Req>(self.req_cons);
+        let req = self.core.read_slot::<Req>(self.req_cons, Self::UNIT);
         self.req_cons = self.req_cons.wrapping_add(1);
         Ok(Some(req))
     }
@@ -615,7 +708,7 @@ where
             return Err(RingError::NoRequestToAnswer);
         }
         let idx = self.rsp_prod_pvt;
-        self.core.write_slot(idx, rsp);
+        self.core.write_slot(idx, rsp, Self::UNIT);
         self.rsp_prod_pvt = idx.wrapping_add(1);
         Ok(idx)
     }
