@@ -331,6 +331,62 @@ fn peer_slot_is_copied_once() {
     assert_eq!(r, Req { id: 9, value: 9 });
 }
 
+/// One exchange over a ring of entries shaped `Q`/`R`: the slot copies
+/// (in units of 8, 4, 2 or 1 bytes, as the entry size allows) carry every
+/// byte and write nothing beyond the entry's own bytes.
+fn exchange_shape<Q, R>(req: Q, rsp: R)
+where
+    Q: FromBytes + IntoBytes + Immutable + Copy + PartialEq + core::fmt::Debug,
+    R: FromBytes + IntoBytes + Immutable + Copy + PartialEq + core::fmt::Debug,
+{
+    const FILL: u8 = 0xee;
+    let mem = FakePages::new(1).unwrap();
+    let ptr = mem.ring_ptr();
+    let len = mem.ring_len();
+    for off in 64..len {
+        // SAFETY: `off < len`, inside the fake page, no ring exists yet.
+        unsafe { ptr.as_ptr().add(off).write(FILL) }
+    }
+    let mut front = FrontRing::<Q, R, FakePages>::init(mem).unwrap();
+    // SAFETY: the memory is owned by `front`, alive as long as `back`.
+    let raw = unsafe { RawRingMemory::new(ptr, len) };
+    let mut back = BackRing::<Q, R, RawRingMemory>::attach(raw, 0).unwrap();
+    let untouched_after = |used: usize| {
+        (64 + used..len).all(|off| {
+            // SAFETY: `off < len`; the rings are idle while we read.
+            unsafe { ptr.as_ptr().add(off).read_volatile() == FILL }
+        })
+    };
+    front.put_request(req).unwrap();
+    front.push_requests();
+    assert!(untouched_after(size_of::<Q>()), "request copy overran");
+    assert_eq!(back.take_request().unwrap(), Some(req));
+    back.put_response(rsp).unwrap();
+    back.push_responses();
+    assert!(
+        untouched_after(size_of::<Q>().max(size_of::<R>())),
+        "response copy overran"
+    );
+    assert_eq!(front.take_response().unwrap(), Some(rsp));
+}
+
+#[test]
+fn slot_copies_of_every_unit_and_tail() {
+    let b = |n: u8| n.wrapping_mul(37).wrapping_add(11);
+    // Entry 16 (8-byte unit), 13-byte request: 8 + 4 + 1.
+    exchange_shape(core::array::from_fn::<u8, 13, _>(|i| b(i as u8)), 0x0123_4567_89ab_cdefu64);
+    // Entry 16, 15-byte request: 8 + 4 + 2 + 1.
+    exchange_shape(core::array::from_fn::<u8, 15, _>(|i| b(i as u8)), [7u8; 3]);
+    // Entry 13 (byte unit).
+    exchange_shape(core::array::from_fn::<u8, 13, _>(|i| b(i as u8)), [0x5au8; 3]);
+    // Entry 6 (2-byte unit).
+    exchange_shape([0x1234u16, 0x5678, 0x9abc], [0xa5u8]);
+    // Entry 12 (4-byte unit), like netif's tx request.
+    exchange_shape([1u32, 2, 3], 0xdead_beefu32);
+    // Entry 100 (4-byte unit): the response is the larger member.
+    exchange_shape(0x0bad_cafeu32, core::array::from_fn::<u8, 100, _>(|i| b(i as u8)));
+}
+
 #[test]
 fn bad_regions_and_entry_types_are_refused() {
     let mem = FakePages::new(1).unwrap();
