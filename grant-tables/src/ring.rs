@@ -502,6 +502,7 @@ where
 
     /// Writes `req` into the next free slot in place and returns its ring
     /// index. Not visible to the back until [`Self::push_requests`].
+    #[inline]
     pub fn put_request(&mut self, req: Req) -> Result<RingIdx, RingError> {
         self.check_broken()?;
         if self.is_full() {
@@ -515,6 +516,7 @@ where
 
     /// Publishes the requests put so far and says whether the back asked to
     /// be notified (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`).
+    #[inline]
     pub fn push_requests(&mut self) -> bool {
         let old = self.req_prod_pub;
         let new = self.req_prod_pvt;
@@ -534,6 +536,7 @@ where
 
     /// Reads the back's `rsp_prod` once, validates it, and returns how many
     /// responses are waiting.
+    #[inline]
     pub fn unconsumed_responses(&mut self) -> Result<u32, RingError> {
         self.check_broken()?;
         // Acquire: slot reads after this see what the back wrote before
@@ -557,6 +560,7 @@ where
 
     /// Copies out the next response, if any. Reads the back's producer index
     /// only when the last validated snapshot is used up.
+    #[inline]
     pub fn take_response(&mut self) -> Result<Option<Rsp>, RingError> {
         self.check_broken()?;
         if self.rsp_cons == self.rsp_prod_seen && self.unconsumed_responses()? == 0 {
@@ -570,6 +574,7 @@ where
     /// `RING_FINAL_CHECK_FOR_RESPONSES`: if no response waits, asks the back
     /// to notify on the next one, then checks once more (closing the race
     /// with a response published meanwhile). `true` means work is waiting.
+    #[inline]
     pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
         if self.unconsumed_responses()? > 0 {
             return Ok(true);
@@ -665,6 +670,7 @@ where
 
     /// Reads the front's `req_prod` once, validates it, and returns how many
     /// requests are waiting.
+    #[inline]
     pub fn unconsumed_requests(&mut self) -> Result<u32, RingError> {
         self.check_broken()?;
         // Acquire: slot reads after this see what the front wrote before
@@ -689,6 +695,7 @@ where
     }
 
     /// Copies out the next request, if any.
+    #[inline]
     pub fn take_request(&mut self) -> Result<Option<Req>, RingError> {
         self.check_broken()?;
         if self.req_cons == self.req_prod_seen && self.unconsumed_requests()? == 0 {
@@ -702,6 +709,7 @@ where
     /// Writes `rsp` in place into the slot of the oldest unanswered request
     /// and returns its ring index. Not visible until
     /// [`Self::push_responses`].
+    #[inline]
     pub fn put_response(&mut self, rsp: Rsp) -> Result<RingIdx, RingError> {
         self.check_broken()?;
         if self.rsp_prod_pvt == self.req_cons {
@@ -715,6 +723,7 @@ where
 
     /// Publishes the responses put so far and says whether the front asked
     /// to be notified (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`).
+    #[inline]
     pub fn push_responses(&mut self) -> bool {
         let old = self.rsp_prod_pub;
         let new = self.rsp_prod_pvt;
@@ -734,6 +743,7 @@ where
     /// `RING_FINAL_CHECK_FOR_REQUESTS`: if no request waits, asks the front
     /// to notify on the next one, then checks once more. `true` means work
     /// is waiting.
+    #[inline]
     pub fn final_check_for_requests(&mut self) -> Result<bool, RingError> {
         if self.unconsumed_requests()? > 0 {
             return Ok(true);
