@@ -17,6 +17,7 @@ use crate::platform::{
     SharedPages,
 };
 use crate::ring::RingMemory;
+use crate::table::GrantTable;
 
 static NEXT_GFN: AtomicU64 = AtomicU64::new(0x1000);
 
@@ -227,12 +228,19 @@ impl FakeEventHub {
 pub struct FakePlatform {
     domid: DomId,
     hub: Arc<FakeEventHub>,
+    grants: Arc<GrantTable<FakeGrantFrames>>,
 }
 
 impl FakePlatform {
-    /// A domain `domid` whose event channels live in `hub`.
-    pub fn new(domid: DomId, hub: Arc<FakeEventHub>) -> Self {
-        FakePlatform { domid, hub }
+    /// A domain `domid` whose event channels live in `hub` and whose grant
+    /// table is `frames` (keep a [`FakeGrantFrames::foreign_view`] of them
+    /// to play the peer's hypervisor).
+    pub fn new(domid: DomId, hub: Arc<FakeEventHub>, frames: FakeGrantFrames) -> Self {
+        FakePlatform {
+            domid,
+            hub,
+            grants: Arc::new(GrantTable::new(frames)),
+        }
     }
 }
 
@@ -350,5 +358,8 @@ impl Platform for FakePlatform {
     type GrantFrames = FakeGrantFrames;
     fn domid(&self) -> DomId {
         self.domid
+    }
+    fn grant_table(&self) -> Result<&Arc<GrantTable<FakeGrantFrames>>, PlatformError> {
+        Ok(&self.grants)
     }
 }

@@ -6,10 +6,12 @@
 //! Xen. [`crate::fake`] (feature `fake`) implements them in memory for unit
 //! tests and fuzzing.
 
+use alloc::sync::Arc;
 use core::fmt;
 use core::ptr::NonNull;
 
 use crate::abi::GrantEntryV1;
+use crate::table::GrantTable;
 
 /// A domain id (`domid_t`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -175,4 +177,9 @@ pub trait Platform: PageAllocator + EventChannels {
     type GrantFrames: GrantTableFrames;
     /// This domain's id.
     fn domid(&self) -> DomId;
+    /// This domain's grant table: a domain has exactly one, shared by all
+    /// its drivers (clone the `Arc` to keep it). The platform sets it up on
+    /// first use where that takes a hypercall; an error says why it could
+    /// not (for instance Xen refusing the frames).
+    fn grant_table(&self) -> Result<&Arc<GrantTable<Self::GrantFrames>>, PlatformError>;
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use grant_tables::abi::{GrantEntryV1, GRANT_ENTRIES_V1_PER_PAGE};
 use grant_tables::emulated::ForeignTable;
-use grant_tables::{DomId, GrantTable, Platform};
+use grant_tables::{DomId, GrantTable, Platform, PlatformError};
 
 use crate::evtchn::{EventStats, EventView, EVENT_PAGE_BYTES, NR_PORTS};
 use crate::grants::{HostedGrantFrames, PinTable};
@@ -426,5 +426,8 @@ impl Platform for HostedPlatform {
     type GrantFrames = HostedGrantFrames;
     fn domid(&self) -> DomId {
         self.inner.domid
+    }
+    fn grant_table(&self) -> Result<&Arc<GrantTable<HostedGrantFrames>>, PlatformError> {
+        Ok(&self.inner.grant_table)
     }
 }

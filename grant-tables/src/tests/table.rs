@@ -237,3 +237,37 @@ fn refs_survive_moving_the_table_and_are_bound_to_it() {
     assert!(r.is_err(), "a ref was accepted by another table");
     moved.end_access(g).unwrap();
 }
+
+/// A driver generic over the platform grants through the platform's own
+/// table; the peer's hypervisor view sees that grant and its frame.
+#[test]
+fn drivers_reach_the_domains_grant_table_through_the_platform() {
+    use crate::fake::{FakeEventHub, FakePlatform};
+    use crate::platform::{Platform, SharedPages};
+
+    fn share_one_page<P: Platform>(p: &P, peer: DomId) -> (P::Pages, crate::table::GrantRef) {
+        let pages = p.alloc_zeroed_pages(1).unwrap();
+        let gref = p
+            .grant_table()
+            .unwrap()
+            .grant_access(peer, pages.gfn(0).unwrap(), Access::ReadOnly)
+            .unwrap();
+        (pages, gref)
+    }
+
+    let frames = FakeGrantFrames::with_entries(32).unwrap();
+    let peer_view = frames.foreign_view();
+    let dom = FakePlatform::new(DomId(1), FakeEventHub::new(), frames);
+    let free_before = dom.grant_table().unwrap().free_count();
+    let (pages, gref) = share_one_page(&dom, DomId(0));
+    // The same table every time: the ref was taken from it.
+    assert_eq!(dom.grant_table().unwrap().free_count(), free_before - 1);
+    let frame = peer_view.acquire(gref.raw(), DomId(0), Access::ReadOnly).unwrap();
+    assert_eq!(u64::from(frame), pages.gfn(0).unwrap().0);
+    assert_eq!(
+        peer_view.acquire(gref.raw(), DomId(2), Access::ReadOnly),
+        Err(MapRefusal::WrongDomain { granted_to: 0 })
+    );
+    peer_view.release(gref.raw(), Access::ReadOnly, false, false);
+    dom.grant_table().unwrap().end_access(gref).unwrap();
+}

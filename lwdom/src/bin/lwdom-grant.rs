@@ -9,10 +9,10 @@ extern crate alloc;
 use alloc::format;
 use alloc::string::{String, ToString};
 
-use grant_tables::{Access, DomId, EventChannels, GrantTable, PageAllocator, SharedPages};
+use grant_tables::{Access, DomId, EventChannels, Platform, PageAllocator, SharedPages};
 use lwdom::lab_proto::*;
 use lwdom::println;
-use lwdom::rt::platform::{Lw, LwGrantFrames};
+use lwdom::rt::platform::Lw;
 
 lwdom::program!(main);
 
@@ -30,8 +30,7 @@ fn main() -> Result<(), String> {
 
 fn run() -> Result<String, String> {
     let lw = Lw;
-    let frames = LwGrantFrames::setup(4).map_err(|e| format!("grant table setup: {e}"))?;
-    let table = GrantTable::new(frames);
+    let table = lw.grant_table().map_err(|e| format!("grant table setup: {e}"))?;
     println!("grant: grant table mapped, {} entries", table.capacity());
     let a = lw.alloc_zeroed_pages(1).map_err(|e| e.to_string())?;
     let b = lw.alloc_zeroed_pages(1).map_err(|e| e.to_string())?;

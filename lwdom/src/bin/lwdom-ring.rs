@@ -8,10 +8,10 @@ extern crate alloc;
 use alloc::format;
 use alloc::string::{String, ToString};
 
-use grant_tables::{Access, DomId, EventChannels, FrontRing, GrantTable, PageAllocator, RawRingMemory, SharedPages};
+use grant_tables::{Access, DomId, EventChannels, FrontRing, Platform, PageAllocator, RawRingMemory, SharedPages};
 use lwdom::lab_proto::*;
 use lwdom::println;
-use lwdom::rt::platform::{Lw, LwGrantFrames};
+use lwdom::rt::platform::Lw;
 
 lwdom::program!(main);
 
@@ -33,7 +33,7 @@ fn main() -> Result<(), String> {
 
 fn run() -> Result<String, String> {
     let lw = Lw;
-    let table = GrantTable::new(LwGrantFrames::setup(4).map_err(|e| format!("grant table setup: {e}"))?);
+    let table = lw.grant_table().map_err(|e| format!("grant table setup: {e}"))?;
     let page = lw.alloc_zeroed_pages(1).map_err(|e| e.to_string())?;
     // SAFETY: the page is ours for the whole run (it is never freed: the
     // grant is not ended before shutdown), page-aligned, 4096 bytes, and

@@ -1,11 +1,18 @@
 //! `grant_tables`' platform traits implemented with hypercalls.
 
+use alloc::sync::Arc;
 use core::ptr::NonNull;
 
 use grant_tables::abi::{GrantEntryV1, GRANT_ENTRIES_V1_PER_PAGE};
-use grant_tables::{DomId, EventChannels, Gfn, GrantTableFrames, PageAllocator, Platform, PlatformError, Port, SharedPages};
+use grant_tables::{DomId, EventChannels, Gfn, GrantTable, GrantTableFrames, PageAllocator, Platform, PlatformError, Port, SharedPages};
 
-use super::{events, mm};
+use super::{events, mm, Global};
+
+/// Grant table frames the runtime asks Xen for (512 entries each).
+pub const GRANT_FRAMES: u32 = 4;
+
+/// The domain's grant table, set up on first use.
+static GRANTS: Global<Arc<GrantTable<LwGrantFrames>>> = Global::new();
 
 /// The lightweight domain on real Xen.
 #[derive(Clone, Copy, Debug, Default)]
@@ -63,8 +70,8 @@ pub struct LwGrantFrames {
 
 impl LwGrantFrames {
     /// Sets up and maps `frames` grant table frames (fewer if Xen allows
-    /// fewer). Call once.
-    pub fn setup(frames: u32) -> Result<Self, PlatformError> {
+    /// fewer). Called once, by [`Platform::grant_table`].
+    fn setup(frames: u32) -> Result<Self, PlatformError> {
         let (p, n) = mm::map_grant_frames(frames).map_err(|op| PlatformError::Os { op, code: -1 })?;
         Ok(LwGrantFrames { entries: p.cast(), frames: n })
     }
@@ -119,5 +126,17 @@ impl Platform for Lw {
     type GrantFrames = LwGrantFrames;
     fn domid(&self) -> DomId {
         super::domid()
+    }
+    /// Sets up [`GRANT_FRAMES`] frames on first use (GNTTABOP_setup_table
+    /// and mapping of the frames); later calls return the same table.
+    fn grant_table(&self) -> Result<&Arc<GrantTable<LwGrantFrames>>, PlatformError> {
+        if GRANTS.get().is_none() {
+            let frames = LwGrantFrames::setup(GRANT_FRAMES)?;
+            GRANTS.set(Arc::new(GrantTable::new(frames)));
+        }
+        match GRANTS.get() {
+            Some(t) => Ok(t),
+            None => Err(PlatformError::Os { op: "grant table setup", code: -1 }),
+        }
     }
 }
