@@ -174,6 +174,33 @@ impl fmt::Display for RingError {
     }
 }
 
+/// Runs `$copy(off, t)` over `0..$len` bytes in chunks of type `t`: `u64`
+/// while 8 bytes are left and `$unit >= 8`, then `u32`, `u16` and `u8`
+/// likewise, so every chunk is aligned for its type within a
+/// `$unit`-aligned slot. `$unit` is a constant of the ring's types, so the
+/// chunks unroll into a few moves.
+macro_rules! copy_in_units {
+    ($unit:expr, $len:expr, |$off:ident, $t:ident| $copy:block) => {{
+        let unit: usize = $unit;
+        let len: usize = $len;
+        let mut $off = 0usize;
+        copy_in_units!(@step u64, 8, unit, len, $off, $t, $copy);
+        copy_in_units!(@step u32, 4, unit, len, $off, $t, $copy);
+        copy_in_units!(@step u16, 2, unit, len, $off, $t, $copy);
+        copy_in_units!(@step u8, 1, unit, len, $off, $t, $copy);
+    }};
+    (@step $ty:ty, $size:expr, $unit:ident, $len:ident, $off:ident, $t:ident, $copy:block) => {
+        if $unit >= $size {
+            #[allow(non_camel_case_types)]
+            type $t = $ty;
+            while $len - $off >= $size {
+                $copy
+                $off += $size;
+            }
+        }
+    };
+}
+
 /// Ring geometry shared by both ends: the memory, entry size and count.
 struct RingCore<M: RingMemory> {
     mem: M,
@@ -312,6 +339,29 @@ impl<M: RingMemory> RingCore<M> {
         }
     }
 
+    /// `RING_PUSH_*_AND_CHECK_NOTIFY`: publishes our producer index at
+    /// `prod` (from `old` to `new`) and says whether the peer's event index
+    /// at `event` asks for a notification.
+    #[inline]
+    fn push(&self, prod: usize, event: usize, old: RingIdx, new: RingIdx) -> bool {
+        if old == new {
+            return false;
+        }
+        // Release: the slots written before are visible to the peer before
+        // it sees the new producer index (xen_wmb).
+        self.index(prod).store(new, Ordering::Release);
+        // Full fence: the peer sees the new producer index before we read
+        // its event index (xen_mb), pairing with the fence in its final
+        // check.
+        fence(Ordering::SeqCst);
+        let event = self.index(event).load(Ordering::Relaxed);
+        // The peer reads these slots next: hand their lines to the shared
+        // cache now, after the fence, so that its read does not have to
+        // fetch them from this core.
+        self.demote_slots(old, new);
+        new.wrapping_sub(event) < new.wrapping_sub(old)
+    }
+
     /// Demotes the cache lines of the slots `from..to` just published (see
     /// [`demote_line`]), at most [`MAX_DEMOTED_LINES`] of them.
     #[inline]
@@ -351,34 +401,17 @@ impl<M: RingMemory> RingCore<M> {
         debug_assert_eq!(unit, slot_unit(self.entry_size));
         let dst = self.slot(idx);
         let src = value.as_bytes();
-        let mut off = 0;
-        macro_rules! copy_units {
-            ($t:ty) => {
-                while off + size_of::<$t>() <= src.len() {
-                    let mut w = [0u8; size_of::<$t>()];
-                    w.copy_from_slice(&src[off..off + size_of::<$t>()]);
-                    // SAFETY: `dst + off` is inside the slot (`off +
-                    // size_of::<$t>() <= size_of::<T>() <= entry_size`, and
-                    // the slot is inside the region, see `slot`) and aligned
-                    // for `$t` (the slot is `unit`-aligned, `unit >=
-                    // size_of::<$t>()`, and `off` is a multiple of it). The
-                    // peer may read the slot concurrently; only volatile
-                    // stores touch it.
-                    unsafe { dst.add(off).cast::<$t>().write_volatile(<$t>::from_ne_bytes(w)) }
-                    off += size_of::<$t>();
-                }
-            };
-        }
-        if unit >= 8 {
-            copy_units!(u64);
-        }
-        if unit >= 4 {
-            copy_units!(u32);
-        }
-        if unit >= 2 {
-            copy_units!(u16);
-        }
-        copy_units!(u8);
+        copy_in_units!(unit, src.len(), |off, t| {
+            let mut w = [0u8; size_of::<t>()];
+            w.copy_from_slice(&src[off..off + size_of::<t>()]);
+            // SAFETY: `dst + off` is inside the slot (`off + size_of::<t>()
+            // <= size_of::<T>() <= entry_size`, and the slot is inside the
+            // region, see `slot`) and aligned for `t` (the slot is
+            // `unit`-aligned, `unit >= size_of::<t>()`, and `off` is a
+            // multiple of `size_of::<t>()`). The peer may read the slot
+            // concurrently; only volatile stores touch it.
+            unsafe { dst.add(off).cast::<t>().write_volatile(t::from_ne_bytes(w)) }
+        });
     }
 
     /// Copies a peer slot out, in volatile loads of the widest unit the
@@ -390,34 +423,18 @@ impl<M: RingMemory> RingCore<M> {
         let mut out = T::new_zeroed();
         let dst = (&mut out as *mut T).cast::<u8>();
         let len = size_of::<T>();
-        let mut off = 0;
-        macro_rules! copy_units {
-            ($t:ty) => {
-                while off + size_of::<$t>() <= len {
-                    // SAFETY: `src + off` is inside the slot and aligned for
-                    // `$t`, as in `write_slot`; the peer may write it
-                    // concurrently, so the load is volatile. `dst + off` is
-                    // inside `out` (`off + size_of::<$t>() <= len`), written
-                    // unaligned because `T` may be less aligned than `$t`;
-                    // `T: FromBytes` makes any bytes a valid `T`.
-                    unsafe {
-                        let v = src.add(off).cast::<$t>().read_volatile();
-                        dst.add(off).cast::<$t>().write_unaligned(v);
-                    }
-                    off += size_of::<$t>();
-                }
-            };
-        }
-        if unit >= 8 {
-            copy_units!(u64);
-        }
-        if unit >= 4 {
-            copy_units!(u32);
-        }
-        if unit >= 2 {
-            copy_units!(u16);
-        }
-        copy_units!(u8);
+        copy_in_units!(unit, len, |off, t| {
+            // SAFETY: `src + off` is inside the slot and aligned for `t`, as
+            // in `write_slot`; the peer may write it concurrently, so the
+            // load is volatile. `dst + off` is inside `out` (`off +
+            // size_of::<t>() <= len`), written unaligned because `T` may be
+            // less aligned than `t`; `T: FromBytes` makes any bytes a valid
+            // `T`.
+            unsafe {
+                let v = src.add(off).cast::<t>().read_volatile();
+                dst.add(off).cast::<t>().write_unaligned(v);
+            }
+        });
         out
     }
 
@@ -588,24 +605,9 @@ where
     /// be notified (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`).
     #[inline]
     pub fn push_requests(&mut self) -> bool {
-        let old = self.req_prod_pub;
-        let new = self.req_prod_pvt;
-        if old == new {
-            return false;
-        }
-        // Release: the request slots written before are visible to the back
-        // before it sees the new req_prod (xen_wmb).
-        self.core.index(REQ_PROD).store(new, Ordering::Release);
+        let (old, new) = (self.req_prod_pub, self.req_prod_pvt);
         self.req_prod_pub = new;
-        // Full fence: the back sees the new req_prod before we read its
-        // req_event (xen_mb), pairing with the fence in its final check.
-        fence(Ordering::SeqCst);
-        let event = self.core.index(REQ_EVENT).load(Ordering::Relaxed);
-        // The peer reads these slots next: hand their lines to the shared
-        // cache now, after the fence, so that its read does not have to
-        // fetch them from this core.
-        self.core.demote_slots(old, new);
-        new.wrapping_sub(event) < new.wrapping_sub(old)
+        self.core.push(REQ_PROD, REQ_EVENT, old, new)
     }
 
     /// Reads the back's `rsp_prod` once, validates it, and returns how many
@@ -807,23 +809,9 @@ where
     /// to be notified (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`).
     #[inline]
     pub fn push_responses(&mut self) -> bool {
-        let old = self.rsp_prod_pub;
-        let new = self.rsp_prod_pvt;
-        if old == new {
-            return false;
-        }
-        // Release: response slots are visible before rsp_prod (xen_wmb).
-        self.core.index(RSP_PROD).store(new, Ordering::Release);
+        let (old, new) = (self.rsp_prod_pub, self.rsp_prod_pvt);
         self.rsp_prod_pub = new;
-        // Full fence: the front sees rsp_prod before we read rsp_event
-        // (xen_mb), pairing with the fence in its final check.
-        fence(Ordering::SeqCst);
-        let event = self.core.index(RSP_EVENT).load(Ordering::Relaxed);
-        // The peer reads these slots next: hand their lines to the shared
-        // cache now, after the fence, so that its read does not have to
-        // fetch them from this core.
-        self.core.demote_slots(old, new);
-        new.wrapping_sub(event) < new.wrapping_sub(old)
+        self.core.push(RSP_PROD, RSP_EVENT, old, new)
     }
 
     /// `RING_FINAL_CHECK_FOR_REQUESTS`: if no request waits, asks the front
