@@ -6,6 +6,8 @@
 //! and set `GTF_reading`/`GTF_writing` atomically, so that the granting
 //! side's end-access compare-and-swap races with them exactly as on Xen.
 
+use alloc::sync::Arc;
+use core::any::Any;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -59,6 +61,8 @@ impl core::error::Error for MapRefusal {}
 pub struct ForeignTable {
     entries: NonNull<GrantEntryV1>,
     count: u32,
+    /// What keeps the entries mapped, when the view owns a share of it.
+    _owner: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 // SAFETY: the table is shared memory accessed only atomically.
@@ -74,7 +78,30 @@ impl ForeignTable {
     /// stay mapped for as long as the value lives and are only accessed
     /// atomically.
     pub unsafe fn new(entries: NonNull<GrantEntryV1>, count: u32) -> Self {
-        ForeignTable { entries, count }
+        ForeignTable {
+            entries,
+            count,
+            _owner: None,
+        }
+    }
+
+    /// Wraps a grant table whose memory `owner` keeps mapped: the view
+    /// holds a share of `owner`, so the entries outlive it.
+    ///
+    /// # Safety
+    /// `entries` must point to `count` 8-byte aligned grant entries that
+    /// stay mapped for as long as `owner` lives and are only accessed
+    /// atomically.
+    pub unsafe fn owning(
+        entries: NonNull<GrantEntryV1>,
+        count: u32,
+        owner: Arc<dyn Any + Send + Sync>,
+    ) -> Self {
+        ForeignTable {
+            entries,
+            count,
+            _owner: Some(owner),
+        }
     }
 
     fn field<T>(&self, gref: u32, offset: usize) -> Option<*mut T> {

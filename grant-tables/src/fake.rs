@@ -42,7 +42,9 @@ impl FakePages {
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(ptr).ok_or(PlatformError::OutOfMemory { pages })?;
-        let first_gfn = NEXT_GFN.fetch_add(pages as u64, Ordering::Relaxed);
+        // Every page allocated gets its own frame numbers (zero pages ask
+        // for one page).
+        let first_gfn = NEXT_GFN.fetch_add(pages.max(1) as u64, Ordering::Relaxed);
         Ok(FakePages {
             ptr,
             pages: pages.max(1),
@@ -84,9 +86,18 @@ unsafe impl RingMemory for FakePages {
     }
 }
 
-/// A heap grant table that tests can also look at from the peer's side.
-#[derive(Clone)]
+/// A heap grant table. Not `Clone`: one [`GrantTable`] owns it (the
+/// [`GrantTableFrames`] contract); tests and fuzzing look at it from the
+/// peer's side through [`FakeGrantFrames::peer`].
 pub struct FakeGrantFrames {
+    mem: Arc<FakeGrantMem>,
+}
+
+/// The peer's (and its hypervisor's) side of a [`FakeGrantFrames`]: reads
+/// entries, maps and copies grants, and can scribble on flags as a hostile
+/// hypervisor view could. Keeps the entries alive.
+#[derive(Clone)]
+pub struct FakeGrantPeer {
     mem: Arc<FakeGrantMem>,
 }
 
@@ -127,21 +138,34 @@ impl FakeGrantFrames {
         })
     }
 
+    /// A handle on these entries from the peer's side.
+    pub fn peer(&self) -> FakeGrantPeer {
+        FakeGrantPeer {
+            mem: self.mem.clone(),
+        }
+    }
+
     /// The table as a peer's hypervisor sees it, to map and copy grants.
     pub fn foreign_view(&self) -> ForeignTable {
-        // SAFETY: the entries live as long as `self.mem`; the view is only
-        // used while the test holds this `FakeGrantFrames` (documented), and
-        // everything accesses the entries atomically.
-        unsafe { ForeignTable::new(self.mem.ptr, self.mem.count) }
+        self.peer().foreign_view()
+    }
+}
+
+impl FakeGrantPeer {
+    /// The table as the peer's hypervisor sees it, to map and copy grants;
+    /// the view keeps the entries alive.
+    pub fn foreign_view(&self) -> ForeignTable {
+        let owner: Arc<dyn core::any::Any + Send + Sync> = self.mem.clone();
+        // SAFETY: `count` aligned entries owned by `FakeGrantMem`, which the
+        // view keeps alive through `owner`; everything accesses the entries
+        // atomically.
+        unsafe { ForeignTable::owning(self.mem.ptr, self.mem.count, owner) }
     }
 
     /// Overwrites an entry's flags, as a hostile or buggy hypervisor view
     /// could: for fuzzing end-access against arbitrary flag words.
     pub fn poke_flags(&self, gref: u32, flags: u16) {
-        if gref < self.mem.count {
-            // SAFETY: in-range, aligned first word (flags and domid) of a live
-            // entry, accessed atomically as a u32 like everywhere else.
-            let a = unsafe { AtomicU32::from_ptr(self.mem.ptr.as_ptr().add(gref as usize).cast()) };
+        if let Some(a) = self.word(gref, 0) {
             // Flags and domid are one 32-bit word everywhere (see `table`).
             let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                 Some((w & 0xFFFF_0000) | u32::from(flags))
@@ -149,11 +173,25 @@ impl FakeGrantFrames {
         }
     }
 
-    /// Reads an entry (a copy).
+    /// Reads an entry (a copy, in the two 32-bit atomic loads the entry is
+    /// written with).
     pub fn entry(&self, gref: u32) -> Option<GrantEntryV1> {
-        // SAFETY: in-range, aligned entry; one volatile copy.
-        (gref < self.mem.count)
-            .then(|| unsafe { self.mem.ptr.as_ptr().add(gref as usize).read_volatile() })
+        let head = self.word(gref, 0)?.load(Ordering::Acquire);
+        let frame = self.word(gref, 1)?.load(Ordering::Acquire);
+        Some(GrantEntryV1 {
+            flags: head as u16,
+            domid: (head >> 16) as u16,
+            frame,
+        })
+    }
+
+    /// Word `word` (0: flags and domid, 1: frame) of entry `gref`.
+    fn word(&self, gref: u32, word: usize) -> Option<&AtomicU32> {
+        (gref < self.mem.count && word < 2).then(|| {
+            // SAFETY: an in-range, 4-byte aligned word of a live entry (the
+            // `Arc` keeps the memory), only ever accessed atomically.
+            unsafe { AtomicU32::from_ptr(self.mem.ptr.as_ptr().add(gref as usize).cast::<u32>().add(word)) }
+        })
     }
 }
 

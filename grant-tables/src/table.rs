@@ -130,6 +130,16 @@ pub struct GrantTable<F: GrantTableFrames> {
 
 static NEXT_TABLE_ID: AtomicUsize = AtomicUsize::new(1);
 
+impl<F: GrantTableFrames> Drop for GrantTable<F> {
+    /// Quarantined pages may still be mapped by the peer: they are leaked,
+    /// never freed or reused, even when the table goes away (XSA-396).
+    fn drop(&mut self) {
+        while let Some(q) = self.quarantine.pop() {
+            core::mem::forget(q);
+        }
+    }
+}
+
 impl<F: GrantTableFrames> GrantTable<F> {
     /// Builds the table over `frames`. Every entry above the reserved ones
     /// must be unused (flags 0); entries that are not are left alone and
@@ -320,12 +330,21 @@ impl<F: GrantTableFrames> GrantTable<F> {
     /// list and the page may be reused. On failure the ref is quarantined
     /// and the caller must never reuse the page (hand it to
     /// [`Self::end_access_with_page`] instead to have it kept here).
+    ///
+    /// # Panics
+    /// If `grant` was handed out by another table: a programming error in
+    /// this domain, never caused by the peer.
     pub fn end_access(&self, grant: GrantRef) -> Result<(), EndAccessError> {
         self.end_access_inner(grant, None)
     }
 
     /// Ends the peer's access and gives the page back when that succeeded.
-    /// On failure the table keeps the page, and the ref, forever.
+    /// On failure the table keeps the page, and the ref, forever (even past
+    /// the table's own drop: the page is leaked, never freed, since the
+    /// peer may still map it).
+    ///
+    /// # Panics
+    /// As [`Self::end_access`].
     pub fn end_access_with_page<P: Send + 'static>(
         &self,
         grant: GrantRef,

@@ -173,7 +173,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     s.step("Miri: ring and grant table unit tests", || {
         sh(cargo_nightly()
             .args(["miri", "test", "-p", "grant-tables", "--lib"])
-            .env("MIRIFLAGS", "-Zmiri-disable-isolation"))
+            // Leaks are not errors here: the grant table leaks quarantined
+            // pages on purpose (a peer may still map them, XSA-396).
+            .env("MIRIFLAGS", "-Zmiri-disable-isolation -Zmiri-ignore-leaks"))
     })?;
     s.step("fuzz smoke (every target)", || {
         fuzz(&["--seconds".into(), fuzz_seconds.to_string()])

@@ -317,29 +317,19 @@ fn requests_beyond_unanswered_slots_are_refused() {
     ));
 }
 
-#[test]
-fn peer_slot_is_copied_once() {
-    let (mut front, mut back) = pair(1, 0);
-    front.put_request(Req { id: 9, value: 9 }).unwrap();
-    front.push_requests();
-    let r = back.take_request().unwrap().unwrap();
-    // The front scribbles on the slot after the back copied it.
-    front.memory().ring_ptr();
-    let p = front.memory().ring_ptr().as_ptr();
-    // SAFETY: the first slot of the live ring page.
-    unsafe { p.add(64).write_bytes(0xFF, 16) };
-    assert_eq!(r, Req { id: 9, value: 9 });
-}
-
-/// One exchange over a ring of entries shaped `Q`/`R`: the slot copies
-/// (in units of 8, 4, 2 or 1 bytes, as the entry size allows) carry every
-/// byte and write nothing beyond the entry's own bytes.
-fn exchange_shape<Q, R>(req: Q, rsp: R)
+/// Exchanges over a ring of entries shaped `Q`/`R`, starting just below
+/// 2^32 so that the indices wrap and several slots (at offsets that are not
+/// multiples of 64 when the entry is not) are used: the slot copies (in
+/// units of 8, 4, 2 or 1 bytes, as the entry size allows) carry every byte
+/// and write nothing beyond each entry's own bytes.
+fn exchange_shape<Q, R>(make_req: impl Fn(u8) -> Q, make_rsp: impl Fn(u8) -> R)
 where
     Q: FromBytes + IntoBytes + Immutable + Copy + PartialEq + core::fmt::Debug,
     R: FromBytes + IntoBytes + Immutable + Copy + PartialEq + core::fmt::Debug,
 {
     const FILL: u8 = 0xee;
+    const ROUNDS: u8 = if cfg!(miri) { 3 } else { 5 };
+    let start: RingIdx = u32::MAX - 2;
     let mem = FakePages::new(1).unwrap();
     let ptr = mem.ring_ptr();
     let len = mem.ring_len();
@@ -347,44 +337,75 @@ where
         // SAFETY: `off < len`, inside the fake page, no ring exists yet.
         unsafe { ptr.as_ptr().add(off).write(FILL) }
     }
-    let mut front = FrontRing::<Q, R, FakePages>::init(mem).unwrap();
+    let mut front = FrontRing::<Q, R, FakePages>::init_at(mem, start).unwrap();
     // SAFETY: the memory is owned by `front`, alive as long as `back`.
     let raw = unsafe { RawRingMemory::new(ptr, len) };
-    let mut back = BackRing::<Q, R, RawRingMemory>::attach(raw, 0).unwrap();
-    let untouched_after = |used: usize| {
-        (64 + used..len).all(|off| {
-            // SAFETY: `off < len`; the rings are idle while we read.
-            unsafe { ptr.as_ptr().add(off).read_volatile() == FILL }
-        })
+    let mut back = BackRing::<Q, R, RawRingMemory>::attach(raw, start).unwrap();
+    let entry = entry_size::<Q, R>();
+    let slots = front.size() as usize;
+    // Bytes the first `n` exchanges may have written: the first `used`
+    // bytes of each of the first `n` slots (in ring order from `start`'s
+    // slot). Everything else must still hold FILL.
+    let check = |n: usize, used: usize, what: &str| {
+        let mut may = alloc::vec![false; len];
+        let first = (start as usize) % slots;
+        for k in 0..n {
+            let base = 64 + ((first + k) % slots) * entry;
+            may[base..base + used].iter_mut().for_each(|b| *b = true);
+        }
+        // SAFETY: the page is `len` bytes and live; the rings are idle while
+        // we read it.
+        let page = unsafe { core::slice::from_raw_parts(ptr.as_ptr(), len) };
+        for off in 64..len {
+            assert!(
+                may[off] || page[off] == FILL,
+                "{what}: byte {off} written outside the entries used"
+            );
+        }
     };
-    front.put_request(req).unwrap();
-    front.push_requests();
-    assert!(untouched_after(size_of::<Q>()), "request copy overran");
-    assert_eq!(back.take_request().unwrap(), Some(req));
-    back.put_response(rsp).unwrap();
-    back.push_responses();
-    assert!(
-        untouched_after(size_of::<Q>().max(size_of::<R>())),
-        "response copy overran"
-    );
-    assert_eq!(front.take_response().unwrap(), Some(rsp));
+    for k in 0..ROUNDS {
+        front.put_request(make_req(k)).unwrap();
+        front.push_requests();
+        check(k as usize + 1, size_of::<Q>().max(size_of::<R>()), "request");
+        assert_eq!(back.take_request().unwrap(), Some(make_req(k)));
+        back.put_response(make_rsp(k)).unwrap();
+        back.push_responses();
+        check(k as usize + 1, size_of::<Q>().max(size_of::<R>()), "response");
+        assert_eq!(front.take_response().unwrap(), Some(make_rsp(k)));
+    }
+    assert_eq!(front.rsp_cons(), start.wrapping_add(u32::from(ROUNDS)));
 }
 
 #[test]
 fn slot_copies_of_every_unit_and_tail() {
-    let b = |n: u8| n.wrapping_mul(37).wrapping_add(11);
+    let b = |k: u8, n: usize| k.wrapping_mul(101).wrapping_add((n as u8).wrapping_mul(37)).wrapping_add(11);
     // Entry 16 (8-byte unit), 13-byte request: 8 + 4 + 1.
-    exchange_shape(core::array::from_fn::<u8, 13, _>(|i| b(i as u8)), 0x0123_4567_89ab_cdefu64);
-    // Entry 16, 15-byte request: 8 + 4 + 2 + 1.
-    exchange_shape(core::array::from_fn::<u8, 15, _>(|i| b(i as u8)), [7u8; 3]);
+    exchange_shape(
+        |k| core::array::from_fn::<u8, 13, _>(|i| b(k, i)),
+        |k| 0x0123_4567_89ab_cdefu64.rotate_left(u32::from(k)),
+    );
+    // Entry 16 (8-byte unit), 15-byte request: 8 + 4 + 2 + 1.
+    exchange_shape(
+        |k| core::array::from_fn::<u8, 15, _>(|i| b(k, i)),
+        |k| u64::from(k) << 40 | 0x77,
+    );
+    // Entry 12 (4-byte unit), 10-byte request: 4 + 4 + 2; slots at 64, 76..
+    exchange_shape(
+        |k| core::array::from_fn::<u16, 5, _>(|i| u16::from(b(k, i)) << 8 | 0x3c),
+        |k| [u32::from(k), 0xdead_beef, 7],
+    );
     // Entry 13 (byte unit).
-    exchange_shape(core::array::from_fn::<u8, 13, _>(|i| b(i as u8)), [0x5au8; 3]);
+    exchange_shape(
+        |k| core::array::from_fn::<u8, 13, _>(|i| b(k, i)),
+        |k| [k, 0x5a, 0xa5],
+    );
     // Entry 6 (2-byte unit).
-    exchange_shape([0x1234u16, 0x5678, 0x9abc], [0xa5u8]);
-    // Entry 12 (4-byte unit), like netif's tx request.
-    exchange_shape([1u32, 2, 3], 0xdead_beefu32);
+    exchange_shape(|k| [u16::from(k), 0x5678, 0x9abc], |k| [k ^ 0xa5]);
     // Entry 100 (4-byte unit): the response is the larger member.
-    exchange_shape(0x0bad_cafeu32, core::array::from_fn::<u8, 100, _>(|i| b(i as u8)));
+    exchange_shape(
+        |k| 0x0bad_cafeu32 ^ u32::from(k),
+        |k| core::array::from_fn::<u8, 100, _>(|i| b(k, i)),
+    );
 }
 
 #[test]

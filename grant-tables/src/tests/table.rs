@@ -4,7 +4,7 @@ use alloc::vec::Vec;
 
 use crate::abi::{GrantEntryV1, GrantFlags, GNTTAB_NR_RESERVED_ENTRIES};
 use crate::emulated::MapRefusal;
-use crate::fake::FakeGrantFrames;
+use crate::fake::{FakeGrantFrames, FakeGrantPeer};
 use crate::platform::{DomId, Gfn};
 use crate::table::{Access, EndAccessError, GrantError, GrantTable};
 
@@ -14,9 +14,10 @@ const PEER: DomId = DomId(7);
 /// interprets every free-list operation).
 const ENTRIES: u32 = if cfg!(miri) { 40 } else { 512 };
 
-fn table() -> (GrantTable<FakeGrantFrames>, FakeGrantFrames) {
+fn table() -> (GrantTable<FakeGrantFrames>, FakeGrantPeer) {
     let frames = FakeGrantFrames::with_entries(ENTRIES).unwrap();
-    (GrantTable::new(frames.clone()), frames)
+    let peer = frames.peer();
+    (GrantTable::new(frames), peer)
 }
 
 #[test]
@@ -185,9 +186,10 @@ fn the_emulated_hypervisor_checks_like_xen() {
 
 #[test]
 fn live_entries_at_start_up_are_never_handed_out() {
-    let frames = FakeGrantFrames::with_entries(ENTRIES).unwrap();
+    let raw = FakeGrantFrames::with_entries(ENTRIES).unwrap();
+    let frames = raw.peer();
     frames.poke_flags(20, GrantFlags::PERMIT_ACCESS.bits());
-    let t = GrantTable::new(frames.clone());
+    let t = GrantTable::new(raw);
     assert_eq!(
         t.free_count(),
         (ENTRIES - GNTTAB_NR_RESERVED_ENTRIES) as usize - 1
@@ -270,4 +272,124 @@ fn drivers_reach_the_domains_grant_table_through_the_platform() {
     );
     peer_view.release(gref.raw(), Access::ReadOnly, false, false);
     dom.grant_table().unwrap().end_access(gref).unwrap();
+}
+
+/// A quarantined page is never freed, not even when the table goes away:
+/// the peer may still map it.
+#[test]
+fn quarantined_pages_outlive_the_table() {
+    use alloc::sync::Arc;
+    use core::sync::atomic::{AtomicBool, Ordering};
+
+    struct Page(Arc<AtomicBool>);
+    impl Drop for Page {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    let (t, frames) = table();
+    let view = frames.foreign_view();
+    let freed = Arc::new(AtomicBool::new(false));
+    let g = t.grant_access(PEER, Gfn(7), Access::ReadOnly).unwrap();
+    let n = g.raw();
+    assert_eq!(view.acquire(n, PEER, Access::ReadOnly), Ok(7));
+    assert!(t.end_access_with_page(g, Page(freed.clone())).is_err());
+    drop(t);
+    assert!(!freed.load(Ordering::SeqCst), "a page the peer maps was freed");
+    // A page whose grant ends cleanly is handed back, and freed by its owner.
+    let (t, _frames) = table();
+    let freed2 = Arc::new(AtomicBool::new(false));
+    let g = t.grant_access(PEER, Gfn(8), Access::ReadOnly).unwrap();
+    drop(t.end_access_with_page(g, Page(freed2.clone())).unwrap());
+    assert!(freed2.load(Ordering::SeqCst));
+}
+
+/// The peer's view keeps the entries alive on its own.
+#[test]
+fn a_foreign_view_outlives_the_frames_and_the_table() {
+    let frames = FakeGrantFrames::with_entries(ENTRIES).unwrap();
+    let view = frames.foreign_view();
+    let table = GrantTable::new(frames);
+    let g = table.grant_access(PEER, Gfn(3), Access::ReadOnly).unwrap();
+    let n = g.raw();
+    table.end_access(g).unwrap();
+    drop(table);
+    assert_eq!(
+        view.acquire(n, PEER, Access::ReadOnly),
+        Err(MapRefusal::NotGranted)
+    );
+    assert_eq!(
+        FakeGrantFrames::with_entries(ENTRIES)
+            .unwrap()
+            .foreign_view()
+            .acquire(9, PEER, Access::ReadOnly),
+        Err(MapRefusal::NotGranted)
+    );
+}
+
+/// End access racing a peer that maps and unmaps on another thread: an
+/// `Ok` from `end_access` is only ever returned while no mapping is held
+/// (the peer, while it holds one, sees its grant intact), and a refused end
+/// quarantines the ref.
+#[test]
+fn end_access_racing_a_mapping_peer() {
+    use alloc::sync::Arc;
+    use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    extern crate std;
+
+    let rounds: u32 = if cfg!(miri) { 4 } else { 2000 };
+    let (t, frames) = table();
+    let view = Arc::new(frames.foreign_view());
+    let current = Arc::new(AtomicU32::new(u32::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let peer = {
+        let (view, current, stop) = (view.clone(), current.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut mapped = 0u32;
+            while !stop.load(Ordering::Acquire) {
+                let n = current.load(Ordering::Acquire);
+                if n == u32::MAX {
+                    std::thread::yield_now();
+                    continue;
+                }
+                if view.acquire(n, PEER, Access::ReadOnly).is_ok() {
+                    mapped += 1;
+                    // While mapped, the grant must stay live: an end access
+                    // that succeeded now would have cleared the flags.
+                    for _ in 0..4 {
+                        let e = frames.entry(n).unwrap();
+                        let f = GrantFlags::from_bits_retain(e.flags);
+                        assert!(
+                            f.contains(GrantFlags::PERMIT_ACCESS | GrantFlags::READING),
+                            "grant {n} ended while mapped: flags {f:?}"
+                        );
+                    }
+                    view.release(n, Access::ReadOnly, false, false);
+                }
+            }
+            mapped
+        })
+    };
+    let (mut ended, mut refused) = (0u32, 0u32);
+    for _ in 0..rounds {
+        let Ok(g) = t.grant_access(PEER, Gfn(0x99), Access::ReadOnly) else {
+            break; // every ref quarantined: enough rounds
+        };
+        current.store(g.raw(), Ordering::Release);
+        for _ in 0..8 {
+            core::hint::spin_loop();
+        }
+        match t.end_access(g) {
+            Ok(()) => ended += 1,
+            Err(_) => refused += 1,
+        }
+        current.store(u32::MAX, Ordering::Release);
+    }
+    stop.store(true, Ordering::Release);
+    // How often the peer got a mapping in depends on scheduling; the
+    // checks are the peer's (inside its thread) and the quarantine count.
+    let _mapped = peer.join().expect("the peer thread found a grant ended while mapped");
+    assert_eq!(t.quarantined_count(), refused as usize);
+    assert!(ended + refused > 0);
 }
