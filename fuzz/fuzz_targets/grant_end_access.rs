@@ -38,9 +38,9 @@ fuzz_target!(|steps: Vec<Step>| {
     let Ok(frames) = FakeGrantFrames::new(1) else {
         return;
     };
-    let peer = frames.peer();
+    let side = frames.peer();
     let table = GrantTable::new(frames);
-    let view = peer.foreign_view();
+    let view = side.foreign_view();
     let peer = DomId(3);
     let mut live: Vec<GrantRef> = Vec::new();
     let mut quarantined: Vec<u32> = Vec::new();
@@ -59,7 +59,7 @@ fuzz_target!(|steps: Vec<Step>| {
             }
             Step::Poke { which, flags } => {
                 if let Some(g) = live.get(which as usize % live.len().max(1)) {
-                    peer.poke_flags(g.raw(), flags);
+                    side.poke_flags(g.raw(), flags);
                 }
             }
             Step::Map { which, write } => {
@@ -88,13 +88,13 @@ fuzz_target!(|steps: Vec<Step>| {
                 }
                 let g = live.swap_remove(which as usize % live.len());
                 let n = g.raw();
-                let before = peer.entry(n).map(|e| e.flags).unwrap_or(0);
+                let before = side.entry(n).map(|e| e.flags).unwrap_or(0);
                 let busy = GrantFlags::from_bits_retain(before)
                     .intersects(GrantFlags::READING | GrantFlags::WRITING);
                 match table.end_access(g) {
                     Ok(()) => {
                         assert!(!busy, "ended a grant the peer still used");
-                        assert_eq!(peer.entry(n).map(|e| e.flags), Some(0));
+                        assert_eq!(side.entry(n).map(|e| e.flags), Some(0));
                     }
                     Err(e) => {
                         assert!(busy);
