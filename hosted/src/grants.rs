@@ -22,6 +22,7 @@ use std::fmt;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use grant_tables::abi::{GntCopyFlags, GntStatus, GnttabCopy, GrantEntryV1, GrantRefNum, DOMID_SELF, PAGE_SIZE};
@@ -33,8 +34,9 @@ use crate::domain::{lock, Domain, Peer};
 use crate::sys::{Mmap, PAGE};
 use crate::HostedPlatform;
 
-/// This domain's grant table, mapped from its memfd.
-#[derive(Clone)]
+/// This domain's grant table, mapped from its memfd. Not `Clone`: the one
+/// [`GrantTable`](grant_tables::GrantTable) built over it is the only
+/// writer in this domain.
 pub struct HostedGrantFrames {
     map: Arc<Mmap>,
     count: u32,
@@ -46,11 +48,27 @@ impl HostedGrantFrames {
         HostedGrantFrames { map: Arc::new(map), count }
     }
 
-    /// A copy of entry `gref` as it is now (for tests and diagnostics).
+    /// A copy of entry `gref` as it is now (for tests and diagnostics), read
+    /// in the two 32-bit atomic loads the entry is written with.
     pub fn entry(&self, gref: GrantRefNum) -> Option<GrantEntryV1> {
-        // SAFETY: `gref < count` entries lie inside the mapping (checked in
-        // `new`), 8-aligned; one volatile copy of memory the peer may write.
-        (gref < self.count).then(|| unsafe { self.map.as_ptr().cast::<GrantEntryV1>().as_ptr().add(gref as usize).read_volatile() })
+        if gref >= self.count {
+            return None;
+        }
+        let word = |w: usize| {
+            // SAFETY: `gref < count` entries lie inside the mapping (checked
+            // in `new`), 8-aligned, so word `w` (0 or 1) is an aligned u32
+            // inside it; the entry is only ever accessed atomically.
+            unsafe {
+                AtomicU32::from_ptr(self.map.as_ptr().cast::<u32>().as_ptr().add(gref as usize * 2 + w))
+                    .load(Ordering::Acquire)
+            }
+        };
+        let head = word(0);
+        Some(GrantEntryV1 {
+            flags: head as u16,
+            domid: (head >> 16) as u16,
+            frame: word(1),
+        })
     }
 }
 
