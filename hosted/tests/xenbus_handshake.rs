@@ -432,6 +432,89 @@ fn backend_closing_then_reconnects() {
 }
 
 #[test]
+fn backend_going_straight_to_closed_reconnects() {
+    // A Linux-style backend that goes Connected -> Closed: it does not
+    // write Closed again when the frontend closes too, and only moves on
+    // (to InitWait) when it sees the frontend's Initialising. The frontend
+    // must look at the backend's state again by itself after closing.
+    let (_d, mut xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
+    let mut dev = Device::new();
+    let clock = Clock(Instant::now());
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
+    be.set_state(XenbusState::Closed);
+    let events = drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
+    assert_eq!(
+        events[0],
+        HandshakeEvent::Disconnected(DisconnectReason::BackendClosed)
+    );
+    assert!(is_connected(events.last().unwrap()));
+    assert_eq!(be.ring_refs.len(), 2);
+    assert_eq!(fe.connections(), 2);
+    assert_eq!(
+        state_of(&mut xs0, &format!("{}/state", be_abs(BE_DOM, 0))),
+        XenbusState::Connected
+    );
+}
+
+#[test]
+fn backend_closing_before_it_connects_starts_over() {
+    // The same from WaitBackendConnected: the keys are published, but the
+    // backend goes Closed instead of Connected.
+    let (_d, _xs0, mut fxs, mut be) = setup(XenbusState::Connected);
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
+    let mut dev = Device::new();
+    let clock = Clock(Instant::now());
+    let end = Instant::now() + Duration::from_secs(5);
+    while fe.phase() != Phase::WaitBackendConnected {
+        assert!(Instant::now() < end, "stuck in {:?}", fe.phase());
+        fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
+            .unwrap();
+        be.poll();
+        fxs.pump_wait(Wait::For(Duration::from_millis(5))).unwrap();
+    }
+    // This backend waits for a frontend Connected that an
+    // InitialisedFirst frontend never writes first; it gives up.
+    be.set_state(XenbusState::Closed);
+    be.connect_on = XenbusState::Initialised;
+    let events = drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
+    assert_eq!(
+        events[0],
+        HandshakeEvent::Disconnected(DisconnectReason::BackendClosed)
+    );
+    assert!(is_connected(events.last().unwrap()));
+    assert_eq!(be.ring_refs.len(), 1);
+    assert_eq!(dev.publishes.len(), 2);
+}
+
+#[test]
 fn backend_restarting_while_connected_is_a_disconnect() {
     let (_d, _xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
     let mut fe = Frontend::new(FrontendConfig::new(

@@ -727,9 +727,13 @@ impl Frontend {
             now,
             Some(self.config.reconnect_timeout),
         );
-        if reason == DisconnectReason::BackendRestarted {
-            self.dirty = true;
-        }
+        // Look at the backend again at once, whatever the reason: a backend
+        // already Closed (or back at InitWait) does not write its state
+        // again, and a Linux backend waits for our Initialising before it
+        // moves; waiting for the next watch event would wait for ever.
+        // The check is idempotent: a backend still Closing just keeps us
+        // waiting for its next change.
+        self.dirty = true;
         Ok(HandshakeEvent::Disconnected(reason))
     }
 
