@@ -694,18 +694,24 @@ fn a_late_reply_is_retried_not_fatal() {
     let clock = Clock(Instant::now());
     fxs.set_timeout(Duration::from_millis(50));
     let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
-        // The daemon stalls: its state is locked for a while.
-        s.spawn(|| {
+        // The daemon stalls: its state stays locked until the frontend's
+        // request has timed out, however long the test thread takes to
+        // get there (no race against a fixed stall).
+        let d = &d;
+        s.spawn(move || {
             d.with_core(|_| {
                 held_tx.send(()).unwrap();
-                std::thread::sleep(Duration::from_millis(300));
+                // Also ends the stall if the test thread panics (the
+                // sender is dropped).
+                let _ = release_rx.recv();
             })
         });
         held_rx.recv().unwrap();
-        let err = fe
-            .poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
-            .unwrap_err();
+        let result = fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b));
+        release_tx.send(()).unwrap();
+        let err = result.unwrap_err();
         assert!(err.is_transient(), "{err:?}");
         assert_ne!(fe.phase(), Phase::Failed);
     });
