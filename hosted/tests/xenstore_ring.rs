@@ -1,15 +1,18 @@
 //! The guest's path to xenstore end to end: the xenbus client over a store
 //! ring page (`xenstore_domain_interface`), served by the hosted daemon on
 //! another thread, with watch events from socket clients arriving over the
-//! ring, transfers that wrap the 1 KiB rings many times, and a hostile
-//! guest that corrupts the ring (only its own connection ends).
+//! ring, transfers that wrap the 1 KiB rings many times, a hostile guest
+//! that corrupts the ring (only its own connection ends), and a guest that
+//! floods requests without reading replies (its pending output stays
+//! bounded).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hosted::xenstore::{connect, ThreadSignal, XenstoreDaemon};
+use hosted::xenstore::{connect, Quotas, ThreadSignal, XenstoreDaemon};
 use xenbus::ring::{offsets, RingPage, Side, StoreRing, XENSTORE_SERVER_FEATURE_ERROR};
-use xenbus::{Perm, PermAccess, Wait, Xenstore};
+use xenbus::wire::{join_strings, Message, MsgType};
+use xenbus::{Perm, PermAccess, Transport, Wait, Xenstore};
 
 fn socket_path() -> std::path::PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -149,6 +152,83 @@ fn hostile_guest_index_ends_only_its_connection() {
     assert_eq!(xs0.read("/local/domain/1/before").unwrap(), b"ok");
     assert!(d.with_core(|c| c.connections().len()) >= 1);
     d.with_core(|c| c.check_tree()).unwrap();
+}
+
+/// A guest that sends `XS_READ` of a 4000-byte node again and again and
+/// never reads a reply: the daemon stops reading its requests once its
+/// pending output passes the quota, drops its watch events, and keeps
+/// serving everyone else; what it holds for the guest stays bounded.
+#[test]
+fn a_guest_that_never_reads_replies_cannot_grow_the_daemon() {
+    const QUOTA: usize = 64 * 1024;
+    // The core stops handling requests at the quota (plus the reply that
+    // crossed it); the transport thread holds at most one batch taken from
+    // the core, and at most 64 KiB of unconsumed requests.
+    const OUTPUT_BOUND: usize = 2 * QUOTA + 16 * 1024;
+    const INPUT_BOUND: usize = 64 * 1024;
+    let quotas = Quotas {
+        output_bytes: QUOTA,
+        ..Quotas::default()
+    };
+    let page = RingPage::new().unwrap();
+    let d = XenstoreDaemon::spawn_with(socket_path(), quotas).unwrap();
+    let (mut xs, served) = guest(&d, &page);
+    let mut xs0 = connect(d.socket()).unwrap();
+    let huge = vec![b'h'; 4000];
+    xs0.write("/local/domain/1/huge", &huge).unwrap();
+
+    let mut stream = Message::new(MsgType::Watch, 1, 0, join_strings(&["huge", "t"]))
+        .unwrap()
+        .encode();
+    let read = Message::new(MsgType::Read, 2, 0, b"huge\0".to_vec())
+        .unwrap()
+        .encode();
+    let mut pushed = 0usize;
+    let mut max_output = 0usize;
+    let mut max_input = 0usize;
+    let end = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < end {
+        while stream.len() < 4096 {
+            stream.extend_from_slice(&read);
+        }
+        let n = xs
+            .transport_mut()
+            .send(&stream, Wait::NoWait)
+            .expect("the ring stays usable");
+        stream.drain(..n);
+        pushed += n;
+        if n == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let output = served.buffered_output() + d.with_core(|c| c.output_len(served.id()));
+        max_output = max_output.max(output);
+        max_input = max_input.max(served.buffered_input());
+        assert!(
+            max_output <= OUTPUT_BOUND,
+            "the daemon holds {max_output} bytes of output for a guest that does not read"
+        );
+        assert!(
+            max_input <= INPUT_BOUND,
+            "the daemon holds {max_input} bytes of input for a guest that does not read"
+        );
+    }
+    assert!(
+        pushed < 4 * INPUT_BOUND,
+        "the daemon kept reading requests ({pushed} bytes) from a guest that does not read replies"
+    );
+    assert!(!served.is_finished(), "the guest is still connected");
+    // Its watch events are dropped; other clients are served.
+    for i in 0..3 {
+        xs0.write("/local/domain/1/huge", format!("v{i}")).unwrap();
+    }
+    assert!(d.with_core(|c| c.dropped_events(served.id())) > 0);
+    assert_eq!(xs0.read("/local/domain/1/huge").unwrap(), b"v2");
+    let mut other = connect(d.socket()).unwrap();
+    other.write("/other", "served").unwrap();
+    assert_eq!(xs0.read("/other").unwrap(), b"served");
+    d.with_core(|c| c.check_tree()).unwrap();
+    drop(xs);
+    drop(served);
 }
 
 #[test]

@@ -1,16 +1,21 @@
 //! The xenstore daemon on a Unix socket: one thread, `poll(2)` over the
 //! listener and every client, non-blocking I/O, per-connection buffers.
 //!
-//! A client that stops reading cannot stall the daemon: its requests are
-//! no longer read once its pending output passes the quota, and watch
-//! events beyond it are dropped. A client that sends garbage or hangs up
-//! mid-message loses its own connection only.
+//! Domains served over a [`Transport`] (a store ring) get a thread each.
+//!
+//! A client that stops reading cannot stall the daemon or grow it without
+//! bound: its requests are no longer read once its pending output passes
+//! the quota ([`Quotas::output_bytes`]), and watch events beyond it are
+//! dropped. A transport thread takes output from the core only once the
+//! peer accepted what it took before, and holds at most
+//! `MAX_PENDING_INPUT` bytes of unconsumed requests. A client that sends
+//! garbage or hangs up mid-message loses its own connection only.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -141,10 +146,15 @@ impl XenstoreDaemon {
         };
         self.wake();
         let stop = Arc::new(AtomicBool::new(false));
-        let (shared, stop2) = (Arc::clone(&self.shared), Arc::clone(&stop));
+        let held = Arc::new(Held::default());
+        let (shared, stop2, held2) = (
+            Arc::clone(&self.shared),
+            Arc::clone(&stop),
+            Arc::clone(&held),
+        );
         let thread = std::thread::Builder::new()
             .name(format!("xenstored-dom{domid}"))
-            .spawn(move || serve_transport(&shared, id, transport, &stop2))
+            .spawn(move || serve_transport(&shared, id, transport, &stop2, &held2))
             .map_err(|e| {
                 log::error!("xenstored: cannot start a thread for dom{domid}: {e}");
                 self.core().disconnect(id);
@@ -154,6 +164,7 @@ impl XenstoreDaemon {
             stop,
             thread: Some(thread),
             id,
+            held,
         })
     }
 
@@ -196,12 +207,35 @@ pub struct ServedConnection {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     id: ConnId,
+    held: Arc<Held>,
+}
+
+/// What a transport thread holds for its connection outside the core.
+#[derive(Default)]
+struct Held {
+    input: AtomicUsize,
+    output: AtomicUsize,
 }
 
 impl ServedConnection {
     /// The daemon's connection id.
     pub fn id(&self) -> ConnId {
         self.id
+    }
+
+    /// Bytes received from the peer that the core has not consumed yet
+    /// (held back while the peer does not read its replies); at most
+    /// `MAX_PENDING_INPUT` (64 KiB).
+    pub fn buffered_input(&self) -> usize {
+        self.held.input.load(Ordering::Relaxed)
+    }
+
+    /// Bytes taken from the core that the peer has not accepted yet. The
+    /// thread takes more only once these are sent, so together with the
+    /// core's [`XenstoreCore::output_len`] a connection's pending output
+    /// stays near twice [`Quotas::output_bytes`].
+    pub fn buffered_output(&self) -> usize {
+        self.held.output.load(Ordering::Relaxed)
     }
 
     /// Whether the connection has ended (peer fault, release).
@@ -225,7 +259,13 @@ impl Drop for ServedConnection {
 /// output produced by other connections (watch events).
 const TRANSPORT_POLL: Duration = Duration::from_millis(2);
 
-fn serve_transport<T: Transport>(shared: &Shared, id: ConnId, mut transport: T, stop: &AtomicBool) {
+fn serve_transport<T: Transport>(
+    shared: &Shared,
+    id: ConnId,
+    mut transport: T,
+    stop: &AtomicBool,
+    held: &Held,
+) {
     let mut input: Vec<u8> = Vec::new();
     let mut output: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; READ_CHUNK];
@@ -234,10 +274,12 @@ fn serve_transport<T: Transport>(shared: &Shared, id: ConnId, mut transport: T, 
             break "stopped".to_string();
         }
         let mut moved = false;
-        if input.len() < MAX_PENDING_INPUT {
-            match transport.recv(&mut buf, Wait::NoWait) {
+        let room = MAX_PENDING_INPUT.saturating_sub(input.len()).min(buf.len());
+        if room > 0 {
+            let chunk = &mut buf[..room];
+            match transport.recv(chunk, Wait::NoWait) {
                 Ok(n) => {
-                    input.extend_from_slice(buf.get(..n).unwrap_or(&buf));
+                    input.extend_from_slice(chunk.get(..n).unwrap_or(chunk));
                     moved |= n > 0;
                 }
                 Err(e) => break format!("{e}"),
@@ -253,7 +295,12 @@ fn serve_transport<T: Transport>(shared: &Shared, id: ConnId, mut transport: T, 
                     Err(e) => break format!("{e}"),
                 }
             }
-            output.extend(core.take_output(id));
+            // Take more only once the peer accepted what was taken: the
+            // backlog stays in the core, whose quota then stops reading
+            // requests and drops watch events.
+            if output.is_empty() {
+                output = core.take_output(id);
+            }
             if core.is_closing(id) && output.is_empty() {
                 break "the domain was released".to_string();
             }
@@ -267,13 +314,21 @@ fn serve_transport<T: Transport>(shared: &Shared, id: ConnId, mut transport: T, 
                 Err(e) => break format!("{e}"),
             }
         }
+        held.input.store(input.len(), Ordering::Relaxed);
+        held.output.store(output.len(), Ordering::Relaxed);
         if !moved {
-            // Wake on the peer's signal, or soon anyway for events that
-            // other connections produced for this one.
-            let mut one = [0u8; 1];
-            match transport.recv(&mut one, Wait::For(TRANSPORT_POLL)) {
-                Ok(n) => input.extend_from_slice(one.get(..n).unwrap_or(&[])),
-                Err(e) => break format!("{e}"),
+            if input.len() < MAX_PENDING_INPUT {
+                // Wake on the peer's signal, or soon anyway for events that
+                // other connections produced for this one.
+                let mut one = [0u8; 1];
+                match transport.recv(&mut one, Wait::For(TRANSPORT_POLL)) {
+                    Ok(n) => input.extend_from_slice(one.get(..n).unwrap_or(&[])),
+                    Err(e) => break format!("{e}"),
+                }
+            } else {
+                // The peer does not read its replies: read nothing more
+                // until it does, and look again soon.
+                std::thread::sleep(TRANSPORT_POLL);
             }
         }
     };
