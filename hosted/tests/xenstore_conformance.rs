@@ -512,6 +512,54 @@ fn watch_events_respect_read_permission() {
 }
 
 #[test]
+fn set_perms_fires_for_watchers_readable_before_or_after() {
+    let d = daemon();
+    let mut xs = dom0(&d);
+    xs.write("/sp/a", "1").unwrap();
+    xs.write("/sp/b", "1").unwrap();
+    xs.set_perms(
+        "/sp/a",
+        &[
+            Perm::new(0, PermAccess::None),
+            Perm::new(5, PermAccess::None),
+        ],
+    )
+    .unwrap();
+    xs.set_perms("/sp/b", &[Perm::new(3, PermAccess::None)])
+        .unwrap();
+    let mut five = dom(&d, 5);
+    five.watch("/sp", "w").unwrap();
+    assert_eq!(wait_events(&mut five, "w", 1), ["/sp"]);
+    let mut three = dom(&d, 3);
+    three.watch("/sp", "w").unwrap();
+    assert_eq!(wait_events(&mut three, "w", 1), ["/sp"]);
+    // dom5 gains read through its own entry: the new entry counts, not the
+    // old one naming dom5.
+    xs.set_perms(
+        "/sp/a",
+        &[
+            Perm::new(0, PermAccess::None),
+            Perm::new(5, PermAccess::Read),
+        ],
+    )
+    .unwrap();
+    assert_eq!(wait_events(&mut five, "w", 1), ["/sp/a"]);
+    // dom5 becomes the owner; dom3, the old owner, hears of it too.
+    xs.set_perms("/sp/b", &[Perm::new(5, PermAccess::None)])
+        .unwrap();
+    assert_eq!(wait_events(&mut five, "w", 1), ["/sp/b"]);
+    assert_eq!(wait_events(&mut three, "w", 1), ["/sp/b"]);
+    // A domain that can read neither before nor after hears nothing.
+    let mut seven = dom(&d, 7);
+    seven.watch("/sp", "w").unwrap();
+    assert_eq!(wait_events(&mut seven, "w", 1), ["/sp"]);
+    xs.set_perms("/sp/b", &[Perm::new(3, PermAccess::None)])
+        .unwrap();
+    assert_eq!(wait_events(&mut five, "w", 1), ["/sp/b"]);
+    assert!(events(&mut seven, "w", Duration::from_millis(150)).is_empty());
+}
+
+#[test]
 fn connect_as_rules() {
     let d = daemon();
     let mut xs = dom0(&d);

@@ -13,7 +13,9 @@
 //! (`errno_from_parents`), inherited permissions with unprivileged
 //! creators owning what they create, watches that fire for the node and
 //! everything below the watched path (removals fire exact events for each
-//! removed descendant), an initial event on registration, special
+//! removed descendant; a permission change reaches watchers who could
+//! read the node before it or after it), an initial event on
+//! registration, special
 //! `@introduceDomain`/`@releaseDomain` watches, optimistic transactions
 //! that fail with `EAGAIN` on conflict, and quotas for unprivileged
 //! domains.
@@ -148,6 +150,10 @@ struct Fire {
     exact: bool,
     /// The node's permissions (before removal, for removed nodes).
     perms: Vec<Perm>,
+    /// For a permission change: the permissions before it. Watchers who
+    /// could read the node under either list hear of the change (as C
+    /// xenstored checks the old and the new node).
+    old_perms: Option<Vec<Perm>>,
 }
 
 #[derive(Clone)]
@@ -466,6 +472,7 @@ impl XenstoreCore {
                 .get(name)
                 .cloned()
                 .unwrap_or_else(|| vec![Perm::new(0, PermAccess::None)]),
+            old_perms: None,
         }
     }
 
@@ -593,7 +600,10 @@ impl XenstoreCore {
                     continue;
                 }
                 let target = self.domains.get(&c.domid).and_then(|d| d.target);
-                let allowed = effective(&fire.perms, c.domid, c.domid == 0, target).read;
+                let readable =
+                    |perms: &[Perm]| effective(perms, c.domid, c.domid == 0, target).read;
+                let allowed =
+                    readable(&fire.perms) || fire.old_perms.as_deref().is_some_and(readable);
                 if !allowed {
                     continue;
                 }
@@ -1069,6 +1079,7 @@ fn node_op(
                         path: p,
                         exact: false,
                         perms,
+                        old_perms: None,
                     });
                 }
                 Err(Errno::ENOENT) => {
@@ -1077,6 +1088,7 @@ fn node_op(
                         path: p,
                         exact: false,
                         perms,
+                        old_perms: None,
                     });
                 }
                 Err(e) => return Err(e),
@@ -1093,6 +1105,7 @@ fn node_op(
                         path: p,
                         exact: false,
                         perms,
+                        old_perms: None,
                     });
                 }
                 Err(e) => return Err(e),
@@ -1123,6 +1136,7 @@ fn node_op(
                         path: victim,
                         exact,
                         perms: old.perms,
+                        old_perms: None,
                     });
                 }
             }
@@ -1175,15 +1189,15 @@ fn node_op(
             if !caller.privileged && perms[0].domid != node.owner() {
                 return Err(Errno::EPERM);
             }
-            let mut seen = node.perms.clone();
-            node.perms = perms;
-            seen.extend(node.perms.iter().skip(1).copied());
+            let old_perms = std::mem::replace(&mut node.perms, perms);
+            let perms = node.perms.clone();
             store.put(&p, node);
             // Watchers who could read the node before or after hear of it.
             fires.push(Fire {
                 path: p,
                 exact: false,
-                perms: seen,
+                perms,
+                old_perms: Some(old_perms),
             });
             plain(Ok(ok()))
         }
