@@ -147,7 +147,9 @@ impl fmt::Display for XsError {
                         "; the node's permissions do not let this domain do that (ask its owner or dom0 to grant access)"
                     ),
                     Errno::EAGAIN => write!(f, "; run the transaction again"),
-                    Errno::ENOSPC => write!(f, "; remove nodes or watches this domain no longer needs"),
+                    Errno::ENOSPC | Errno::EQUOTA => {
+                        write!(f, "; remove nodes or watches this domain no longer needs")
+                    }
                     Errno::EINVAL => write!(f, "; check the path syntax and the arguments"),
                     _ => Ok(()),
                 }
@@ -878,20 +880,17 @@ impl<T: Transport> Xenstore<T> {
                 continue;
             }
             if reply.msg_type == MsgType::Error {
-                return match Errno::from_payload(&reply.payload) {
-                    Some(errno) => Err(XsError::Refused {
-                        op,
-                        path: path.to_string(),
-                        errno,
-                    }),
-                    None => Err(self.protocol(
-                        op,
-                        format!(
-                            "error reply {:?} is not a known errno name",
-                            String::from_utf8_lossy(&reply.payload)
-                        ),
-                    )),
-                };
+                // Any name is a refusal: the stream is still in step, and
+                // daemons do send names outside xsd_errors (EQUOTA).
+                let errno = Errno::from_reply(&reply.payload);
+                if let Errno::Unknown(name) = errno {
+                    log::warn!("xenstore {op} of {path:?}: unknown error name {name:?}");
+                }
+                return Err(XsError::Refused {
+                    op,
+                    path: path.to_string(),
+                    errno,
+                });
             }
             if reply.msg_type != op {
                 return Err(self.protocol(op, format!("the reply has type {}", reply.msg_type)));

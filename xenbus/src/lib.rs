@@ -75,4 +75,4 @@ pub use path::{Perm, PermAccess};
 pub use ring::{EvtchnSignal, OwnedEvtchnSignal, RingSignal, Side, StoreRing};
 pub use state::XenbusState;
 pub use transport::{Transport, TransportError, Wait};
-pub use wire::{Decoder, Errno, Message, MsgType, WireError};
+pub use wire::{Decoder, Errno, Message, MsgType, UnknownErrno, WireError};

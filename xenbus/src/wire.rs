@@ -192,6 +192,10 @@ impl fmt::Display for MsgType {
 /// The errors xenstore sends, by name, in `XS_ERROR` replies (`xsd_errors`).
 ///
 /// The variants keep the C names: they are what travels on the wire.
+/// Daemons send names outside `xsd_errors` too (oxenstored's `EQUOTA`);
+/// a client takes any error reply as a refusal ([`Errno::from_reply`]),
+/// never as a broken stream, as Linux does (it maps unknown names to
+/// `EINVAL`).
 #[allow(clippy::upper_case_acronyms)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Errno {
@@ -227,10 +231,63 @@ pub enum Errno {
     E2BIG,
     /// Operation not permitted.
     EPERM,
+    /// A quota of this domain is exhausted: oxenstored's name (not in
+    /// `xsd_errors`; C xenstored says `ENOSPC` or `E2BIG`).
+    EQUOTA,
+    /// A name this crate does not know, kept as the daemon sent it (at
+    /// most [`UnknownErrno::MAX_LEN`] bytes).
+    Unknown(UnknownErrno),
+}
+
+/// An errno name outside the ones [`Errno`] knows: the first
+/// [`UnknownErrno::MAX_LEN`] bytes of what the daemon sent, with bytes
+/// other than printable ASCII replaced by `?`, so it can be logged as is.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnknownErrno {
+    len: u8,
+    bytes: [u8; UnknownErrno::MAX_LEN],
+}
+
+impl UnknownErrno {
+    /// Most bytes of the name kept.
+    pub const MAX_LEN: usize = 16;
+
+    /// Keeps (a bounded, printable prefix of) `name`.
+    pub fn new(name: &[u8]) -> Self {
+        let mut bytes = [0u8; Self::MAX_LEN];
+        let n = name.len().min(Self::MAX_LEN);
+        for (dst, &b) in bytes.iter_mut().zip(&name[..n]) {
+            *dst = if b.is_ascii_graphic() { b } else { b'?' };
+        }
+        UnknownErrno {
+            len: n as u8,
+            bytes,
+        }
+    }
+
+    /// The name (possibly truncated).
+    pub fn as_str(&self) -> &str {
+        let bytes = self.bytes.get(..usize::from(self.len)).unwrap_or(&[]);
+        // Only printable ASCII is stored.
+        core::str::from_utf8(bytes).unwrap_or("?")
+    }
+}
+
+impl fmt::Debug for UnknownErrno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for UnknownErrno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Errno {
-    /// Every errno xenstore uses, in `xsd_errors` order.
+    /// Every errno of `xsd_errors`, in its order ([`Errno::EQUOTA`] and
+    /// [`Errno::Unknown`] are not part of it).
     pub const ALL: [Errno; 16] = [
         Errno::EINVAL,
         Errno::EACCES,
@@ -251,7 +308,7 @@ impl Errno {
     ];
 
     /// The name as sent on the wire (without the NUL).
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             Errno::EINVAL => "EINVAL",
             Errno::EACCES => "EACCES",
@@ -269,24 +326,39 @@ impl Errno {
             Errno::EISCONN => "EISCONN",
             Errno::E2BIG => "E2BIG",
             Errno::EPERM => "EPERM",
+            Errno::EQUOTA => "EQUOTA",
+            Errno::Unknown(name) => name.as_str(),
         }
     }
 
-    /// Parses a name exactly as sent on the wire (no NUL).
+    /// Parses a known name exactly as sent on the wire (no NUL): one of
+    /// [`Errno::ALL`] or `EQUOTA`; `None` for anything else.
     pub fn from_name(name: &[u8]) -> Option<Errno> {
+        if name == b"EQUOTA" {
+            return Some(Errno::EQUOTA);
+        }
         Errno::ALL
             .iter()
             .copied()
             .find(|e| e.name().as_bytes() == name)
     }
 
-    /// Parses an `XS_ERROR` payload: the name followed by one NUL.
+    /// Parses an `XS_ERROR` payload (the name followed by one NUL) with a
+    /// known name; `None` for anything else.
     pub fn from_payload(payload: &[u8]) -> Option<Errno> {
         let name = payload.strip_suffix(&[0]).unwrap_or(payload);
         Errno::from_name(name)
     }
 
+    /// The errno of any `XS_ERROR` payload: a known name, or
+    /// [`Errno::Unknown`] keeping (a bounded prefix of) what was sent.
+    pub fn from_reply(payload: &[u8]) -> Errno {
+        let name = payload.strip_suffix(&[0]).unwrap_or(payload);
+        Errno::from_name(name).unwrap_or_else(|| Errno::Unknown(UnknownErrno::new(name)))
+    }
+
     /// The Linux errno number, for callers that map to `std::io::Error`.
+    /// Names outside `xsd_errors` give `EINVAL`, as in Linux's xenbus.
     pub fn code(self) -> i32 {
         match self {
             Errno::EINVAL => 22,
@@ -305,6 +377,7 @@ impl Errno {
             Errno::EISCONN => 106,
             Errno::E2BIG => 7,
             Errno::EPERM => 1,
+            Errno::EQUOTA | Errno::Unknown(_) => 22,
         }
     }
 
@@ -327,6 +400,8 @@ impl Errno {
             Errno::EISCONN => "already connected",
             Errno::E2BIG => "the reply would exceed the payload limit",
             Errno::EPERM => "operation not permitted",
+            Errno::EQUOTA => "a quota of this domain is exhausted",
+            Errno::Unknown(_) => "an error this client does not know",
         }
     }
 }

@@ -265,10 +265,63 @@ fn stale_replies_are_dropped() {
 }
 
 #[test]
-fn unknown_error_name_is_a_protocol_error() {
+fn unknown_error_name_is_a_refusal() {
     let (_rig, mut xs) =
         rig(|m| vec![Message::new(MsgType::Error, m.req_id, 0, b"EWEIRD\0".to_vec()).unwrap()]);
-    assert!(matches!(xs.read("/a"), Err(XsError::Protocol { .. })));
+    let err = xs.read("/a").unwrap_err();
+    let Some(errno @ Errno::Unknown(name)) = err.errno() else {
+        panic!("{err:?}");
+    };
+    assert_eq!(name.as_str(), "EWEIRD");
+    assert_eq!(errno.name(), "EWEIRD");
+    assert_eq!(errno.code(), 22, "EINVAL, as Linux maps unknown names");
+    assert!(!err.is_fatal());
+    assert!(err.to_string().contains("EWEIRD"), "{err}");
+    assert!(xs.broken().is_none());
+}
+
+#[test]
+fn a_quota_error_keeps_the_connection_usable() {
+    // oxenstored answers EQUOTA when a domain's quota is hit; the next
+    // request on the same connection must still work.
+    let mut full = true;
+    let (_rig, mut xs) = rig(move |m| match m.msg_type {
+        MsgType::Write if full => {
+            full = false;
+            vec![Message::new(MsgType::Error, m.req_id, 0, b"EQUOTA\0".to_vec()).unwrap()]
+        }
+        MsgType::Write => vec![reply(m, b"OK\0")],
+        MsgType::Read => vec![reply(m, b"v")],
+        _ => vec![error(m, Errno::ENOSYS)],
+    });
+    let err = xs.write("/a", "v").unwrap_err();
+    assert!(
+        matches!(&err, XsError::Refused { errno: Errno::EQUOTA, path, .. } if path == "/a"),
+        "{err:?}"
+    );
+    assert!(!err.is_fatal());
+    assert!(err.to_string().contains("quota"), "{err}");
+    assert!(xs.broken().is_none());
+    xs.write("/a", "v").unwrap();
+    assert_eq!(xs.read("/a").unwrap(), b"v");
+}
+
+#[test]
+fn long_or_binary_error_names_are_kept_bounded() {
+    let mut name = vec![b'E'; 3000];
+    name[1] = 0xff;
+    name[2] = b'\n';
+    name.push(0);
+    let (_rig, mut xs) = rig(move |m| match m.msg_type {
+        MsgType::Read if m.payload == b"/a\0" => {
+            vec![Message::new(MsgType::Error, m.req_id, 0, name.clone()).unwrap()]
+        }
+        _ => vec![reply(m, b"w")],
+    });
+    let errno = xs.read("/a").unwrap_err().errno().unwrap();
+    assert_eq!(errno.name(), "E??EEEEEEEEEEEEE");
+    assert_eq!(errno.name().len(), crate::wire::UnknownErrno::MAX_LEN);
+    assert_eq!(xs.read("/b").unwrap(), b"w");
 }
 
 #[test]

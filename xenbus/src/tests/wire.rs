@@ -69,6 +69,22 @@ fn errno_names_round_trip() {
     }
     assert_eq!(Errno::from_name(b"EWHATEVER"), None);
     assert_eq!(Errno::from_name(b"einval"), None);
+    assert_eq!(Errno::from_name(b"EQUOTA"), Some(Errno::EQUOTA));
+    assert_eq!(Errno::from_payload(b"EQUOTA\0"), Some(Errno::EQUOTA));
+}
+
+#[test]
+fn any_error_reply_has_an_errno() {
+    assert_eq!(Errno::from_reply(b"ENOENT\0"), Errno::ENOENT);
+    assert_eq!(Errno::from_reply(b"EQUOTA\0"), Errno::EQUOTA);
+    let weird = Errno::from_reply(b"EWHATEVER\0");
+    assert!(matches!(weird, Errno::Unknown(n) if n.as_str() == "EWHATEVER"));
+    assert_eq!(weird.name(), "EWHATEVER");
+    assert_eq!(alloc::format!("{weird}"), "EWHATEVER");
+    assert_eq!(alloc::format!("{weird:?}"), "Unknown(\"EWHATEVER\")");
+    assert_eq!(Errno::from_reply(b"").name(), "");
+    assert_eq!(Errno::from_reply(&[0xc3, 0xa9, 0]).name(), "??");
+    assert_eq!(Errno::from_reply(&[b'X'; 100]).name().len(), 16);
 }
 
 #[test]
