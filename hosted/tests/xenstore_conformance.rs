@@ -629,6 +629,70 @@ fn quotas_limit_unprivileged_domains() {
     xs.write("/local/domain/1/n4", vec![b'x'; 4000]).unwrap();
 }
 
+#[test]
+fn node_quota_holds_across_concurrent_transactions() {
+    let quotas = Quotas {
+        nodes_per_domain: 10,
+        ..Quotas::default()
+    };
+    let d = XenstoreDaemon::spawn_with(socket_path(), quotas).unwrap();
+    let mut xs = dom0(&d);
+    // dom1 owns its home (1 node); three directories there belong to dom0
+    // and dom1 may write them, so the transactions below touch disjoint
+    // nodes and do not conflict.
+    xs.mkdir("/local/domain/1").unwrap();
+    xs.set_perms("/local/domain/1", &[Perm::new(1, PermAccess::None)])
+        .unwrap();
+    for dir in ["a", "b", "c"] {
+        let p = format!("/local/domain/1/{dir}");
+        xs.mkdir(&p).unwrap();
+        xs.set_perms(
+            &p,
+            &[
+                Perm::new(0, PermAccess::None),
+                Perm::new(1, PermAccess::Both),
+            ],
+        )
+        .unwrap();
+    }
+    let mut one = dom(&d, 1);
+    let txs: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|dir| {
+            let tx = one.transaction_start().unwrap();
+            // Each alone stays within the quota: 1 + 6 nodes.
+            for i in 0..6 {
+                one.in_transaction(tx)
+                    .write(&format!("{dir}/n{i}"), "x")
+                    .unwrap();
+            }
+            tx
+        })
+        .collect();
+    let results: Vec<_> = txs
+        .iter()
+        .map(|&tx| one.transaction_end(tx, true).map_err(|e| e.errno()))
+        .collect();
+    assert_eq!(
+        results,
+        [Ok(()), Err(Some(Errno::ENOSPC)), Err(Some(Errno::ENOSPC))]
+    );
+    assert!(d.with_core(|c| c.nodes_owned_by(1)) <= 10);
+    assert_eq!(one.directory("a").unwrap().len(), 6);
+    assert!(one.directory("b").unwrap().is_empty());
+    assert!(one.directory("c").unwrap().is_empty());
+    // The refused transactions are gone.
+    assert_eq!(errno(one.transaction_end(txs[1], true)), Errno::ENOENT);
+    // A transaction that stays within the quota still commits, and one
+    // that frees nodes as it creates them too.
+    let tx = one.transaction_start().unwrap();
+    one.in_transaction(tx).rm("a/n0").unwrap();
+    one.in_transaction(tx).write("b/n0", "x").unwrap();
+    one.transaction_end(tx, true).unwrap();
+    assert_eq!(d.with_core(|c| c.nodes_owned_by(1)), 7);
+    d.with_core(|c| c.check_tree()).unwrap();
+}
+
 // ---------------------------------------------------------------- bad input
 
 /// A raw socket client for malformed input.

@@ -15,10 +15,11 @@
 //! everything below the watched path (removals fire exact events for each
 //! removed descendant; a permission change reaches watchers who could
 //! read the node before it or after it), an initial event on
-//! registration, special
-//! `@introduceDomain`/`@releaseDomain` watches, optimistic transactions
-//! that fail with `EAGAIN` on conflict, and quotas for unprivileged
-//! domains.
+//! registration, special `@introduceDomain`/`@releaseDomain` watches,
+//! optimistic transactions that fail with `EAGAIN` on conflict, and quotas
+//! for unprivileged domains (`ENOSPC`; the node quota is checked again
+//! when a transaction commits, and a commit that would exceed it fails and
+//! discards the transaction).
 //!
 //! # Hosted extension: connecting as a domain
 //! A socket connection starts as dom0 (privileged). The `XS_CONTROL`
@@ -52,7 +53,9 @@ const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
 /// Limits for unprivileged domains (dom0 has none), and per connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quotas {
-    /// Nodes a domain may own.
+    /// Nodes a domain may own: checked when a node is created, and again
+    /// when a transaction commits (each transaction counts against its own
+    /// copy of the tree).
     pub nodes_per_domain: usize,
     /// Watches a domain may hold (over all its connections).
     pub watches_per_domain: usize,
@@ -366,6 +369,11 @@ impl XenstoreCore {
     /// The value of a node, as dom0 sees it (for tests and dumps).
     pub fn peek(&self, path: &str) -> Option<Vec<u8>> {
         self.store.peek(path).map(|n| n.value.clone())
+    }
+
+    /// Nodes a domain owns (what its node quota counts).
+    pub fn nodes_owned_by(&self, domid: u16) -> usize {
+        self.store.owned_by(domid)
     }
 
     /// Number of nodes.
@@ -893,6 +901,23 @@ impl XenstoreCore {
         let tx = c.transactions.remove(&msg.tx_id).ok_or(Errno::ENOENT)?;
         if !commit {
             return Ok(ok());
+        }
+        if !self.store.can_commit(&tx.store) {
+            log::debug!("xenstored: transaction {} conflicted", msg.tx_id);
+            return Err(Errno::EAGAIN);
+        }
+        // Each transaction counted the node quota against its own copy of
+        // the tree: check again against the tree it commits into.
+        if !caller.privileged {
+            for (domid, more) in self.store.commit_growth(&tx.store) {
+                if domid != 0 && self.store.owned_by(domid) + more > self.quotas.nodes_per_domain {
+                    log::debug!(
+                        "xenstored: transaction {} would exceed dom{domid}'s node quota",
+                        msg.tx_id
+                    );
+                    return Err(Errno::ENOSPC);
+                }
+            }
         }
         match self.store.commit(&tx.store) {
             Some(changed) => {

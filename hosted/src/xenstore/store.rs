@@ -201,14 +201,46 @@ impl Store {
         out
     }
 
+    /// Whether a transaction's copy can commit into `self`: it is one, and
+    /// nothing it accessed changed since.
+    pub fn can_commit(&self, tx: &Store) -> bool {
+        tx.accessed.as_ref().is_some_and(|accessed| {
+            accessed
+                .iter()
+                .all(|(p, generation)| self.nodes.get(p).map(|n| n.generation) == *generation)
+        })
+    }
+
+    /// How many more nodes each domain would own once a transaction's copy
+    /// is committed into `self` (domains whose count grows only). Each
+    /// transaction's copy counts against the quota on its own, so the
+    /// commit has to check again against the tree as it is now.
+    pub fn commit_growth(&self, tx: &Store) -> BTreeMap<u16, usize> {
+        let mut delta: BTreeMap<u16, isize> = BTreeMap::new();
+        for p in &tx.changed {
+            if let Some(old) = self.nodes.get(p) {
+                *delta.entry(old.owner()).or_insert(0) -= 1;
+            }
+            if let Some(new) = tx.nodes.get(p) {
+                *delta.entry(new.owner()).or_insert(0) += 1;
+            }
+        }
+        delta
+            .into_iter()
+            .filter_map(|(domid, d)| {
+                usize::try_from(d)
+                    .ok()
+                    .filter(|&d| d > 0)
+                    .map(|d| (domid, d))
+            })
+            .collect()
+    }
+
     /// Commits a transaction's copy into `self` if nothing it accessed
     /// changed since; returns the changed paths, or `None` on conflict.
     pub fn commit(&mut self, tx: &Store) -> Option<Vec<String>> {
-        let accessed = tx.accessed.as_ref()?;
-        for (p, generation) in accessed {
-            if self.nodes.get(p).map(|n| n.generation) != *generation {
-                return None;
-            }
+        if !self.can_commit(tx) {
+            return None;
         }
         let mut changed = Vec::with_capacity(tx.changed.len());
         for p in &tx.changed {
