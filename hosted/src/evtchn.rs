@@ -627,6 +627,19 @@ impl Domain {
     }
 }
 
+impl HostedPlatform {
+    /// How many threads of domain `domid` have announced that they may
+    /// sleep in `block` on its `port`, read from its event page as `notify`
+    /// reads it: while this is non-zero, a notify writes the eventfd. For
+    /// tests that need a peer to be waiting before they notify. `None` when
+    /// the domain is not running or the port does not exist.
+    pub fn waiters(&self, domid: DomId, port: Port) -> Option<u32> {
+        let peer = self.inner.peer(domid).ok()?;
+        let line = peer.events.line(port.0)?;
+        Some(line.waiting.load(Ordering::SeqCst))
+    }
+}
+
 impl EventChannels for HostedPlatform {
     fn alloc_unbound(&self, remote: DomId) -> Result<Port, PlatformError> {
         self.inner.alloc_unbound(remote)
