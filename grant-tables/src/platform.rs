@@ -157,7 +157,10 @@ pub trait EventChannels {
     fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Port, PlatformError>;
     /// Sets the pending bit of the peer's end and wakes it if it waits.
     fn notify(&self, port: Port) -> Result<(), PlatformError>;
-    /// Masks the port: events stay pending but do not wake a blocked waiter.
+    /// Masks the port. As in Xen, the mask only holds back upcalls (event
+    /// callbacks): events still set the pending bit, and masking does not
+    /// clear it, so [`EventChannels::poll`] and [`EventChannels::block`]
+    /// see them as usual.
     fn mask(&self, port: Port) -> Result<(), PlatformError>;
     /// Unmasks the port.
     fn unmask(&self, port: Port) -> Result<(), PlatformError>;
@@ -166,6 +169,9 @@ pub trait EventChannels {
     fn poll(&self, port: Port) -> Result<bool, PlatformError>;
     /// Blocks until the port is pending (then clears it and returns `true`)
     /// or `timeout_ns` passes (returns `false`). `None` waits forever.
+    ///
+    /// Like Xen's `SCHEDOP_poll`, this returns for a pending port whether or
+    /// not it is masked.
     fn block(&self, port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError>;
     /// Closes the port.
     fn close(&self, port: Port) -> Result<(), PlatformError>;

@@ -11,7 +11,7 @@
 //! | 12288 | one 64-byte line per port: `pending`, `waiting`, `masked` |
 //!
 //! The per-port line is what the fast paths touch: `notify` writes the
-//! peer's `pending` and reads its `waiting` and `masked` (one cache line);
+//! peer's `pending` and reads its `waiting` (one cache line);
 //! `poll` reads and clears the owner's `pending`. The binding words live
 //! apart so that reading them (every `notify` reads its own) does not
 //! bounce the line the peer keeps writing.
@@ -34,10 +34,7 @@
 //! the waiter drains it, so a write that lands before the waiter sleeps is
 //! not lost). On x86 the SeqCst read-modify-writes are `xchg`/`lock xadd`,
 //! which are full barriers, and SeqCst loads are plain loads: no separate
-//! `mfence` is needed. Masking joins the same handshake: `unmask` does
-//! `masked = 0; read pending and waiting` and wakes the owner's sleeper
-//! itself, so an event sent while the port was masked is delivered on
-//! unmask.
+//! `mfence` is needed. The mask plays no part in it (see below).
 //!
 //! # Xen semantics kept
 //! - Port 0 is never allocated.
@@ -49,6 +46,11 @@
 //!   again (offered back to the closer).
 //! - Events coalesce in the pending bit: a storm of notifies is one event,
 //!   so it cannot queue up work in the receiver (XSA-391).
+//! - Masking holds back upcalls only. `block` is `SCHEDOP_poll`, which
+//!   returns for a pending port whether or not it is masked, so a masked
+//!   port still wakes a waiter blocked on it; `mask` does not clear
+//!   `pending` and `unmask` has nothing to deliver (the hosted platform has
+//!   no upcalls, so the mask bit has no effect here).
 //!
 //! Everything a peer can write in these pages (including our own binding
 //! words and lines) is validated when read; corrupt words make the
@@ -498,9 +500,11 @@ impl Domain {
         // Dekker, notifier side (see the module docs): publish the event,
         // then look for a sleeper. SeqCst on both so that this read cannot
         // be ordered before the write (store-load), pairing with `block`'s
-        // `waiting` increment and re-read of `pending`.
+        // `waiting` increment and re-read of `pending`. The mask is not
+        // looked at: like Xen's SCHEDOP_poll, `block` returns for a pending
+        // port whether or not it is masked.
         line.pending.swap(1, Ordering::SeqCst);
-        if line.waiting.load(Ordering::SeqCst) != 0 && line.masked.load(Ordering::SeqCst) == 0 {
+        if line.waiting.load(Ordering::SeqCst) != 0 {
             self.wake_remote(port, word, remote, rport)?;
         }
         Ok(())
@@ -553,10 +557,10 @@ impl Domain {
     fn block(&self, port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError> {
         let line = self.own_line(port)?;
         self.open_binding(port)?;
-        if line.masked.load(Ordering::Relaxed) == 0
-            && line.pending.load(Ordering::Relaxed) != 0
-            && line.pending.swap(0, Ordering::Acquire) != 0
-        {
+        // The mask is not looked at: Xen's SCHEDOP_poll returns for a
+        // pending port whether or not it is masked (masking only holds back
+        // upcalls, which the hosted platform does not have).
+        if line.pending.load(Ordering::Relaxed) != 0 && line.pending.swap(0, Ordering::Acquire) != 0 {
             return Ok(true);
         }
         let deadline = timeout_ns.map(|t| Instant::now().checked_add(Duration::from_nanos(t)));
@@ -572,7 +576,7 @@ impl Domain {
             // may sleep, then check once more. SeqCst so that the read of
             // `pending` cannot be ordered before the increment.
             line.waiting.fetch_add(1, Ordering::SeqCst);
-            if line.masked.load(Ordering::SeqCst) == 0 && line.pending.swap(0, Ordering::SeqCst) != 0 {
+            if line.pending.swap(0, Ordering::SeqCst) != 0 {
                 line.waiting.fetch_sub(1, Ordering::SeqCst);
                 return Ok(true);
             }
@@ -613,16 +617,9 @@ impl Domain {
 
     fn unmask(&self, port: Port) -> Result<(), PlatformError> {
         self.open_binding(port)?;
-        let line = self.own_line(port)?;
-        // Same handshake as notify: clear the mask, then look for an
-        // event that arrived while masked and a sleeper to deliver it to.
-        line.masked.store(0, Ordering::SeqCst);
-        if line.pending.load(Ordering::SeqCst) != 0 && line.waiting.load(Ordering::SeqCst) != 0 {
-            if let Some(efd) = lock(&self.local(port)?.state).eventfd.clone() {
-                sys::eventfd_signal(&efd).map_err(|e| os_err("eventfd write", &e))?;
-                self.stats.wakeups_sent.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        // Nothing to deliver: a waiter in `block` was woken by the notify
+        // whether or not the port was masked, and the pending bit stayed.
+        self.own_line(port)?.masked.store(0, Ordering::SeqCst);
         Ok(())
     }
 }

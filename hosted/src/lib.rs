@@ -17,6 +17,8 @@
 //! granting domain's table (so XSA-396 can be reproduced), and event
 //! channels have a pending bit in shared memory that polling reads without
 //! a system call, with an eventfd written only for a waiter that may sleep.
+//! `block` is `SCHEDOP_poll`: it returns for a pending port whether or not
+//! the port is masked.
 //!
 //! # Where the emulation differs from Xen
 //! - Isolation is cooperative: every domain receives its peers' memfds from
@@ -30,6 +32,9 @@
 //! - A notify racing with the peer closing and reallocating the same port
 //!   can leave a spurious pending bit on the new port; drivers treat events
 //!   as hints anyway.
+//! - There are no upcalls, so the mask bit, which in Xen only holds back
+//!   upcalls, is kept but changes nothing: events still become pending and
+//!   wake `block`.
 //! - The hypervisor must outlive the domains' control operations (joining,
 //!   looking up peers, allocating and binding ports, the first wakeup of a
 //!   binding); established mappings and polling keep working without it.
