@@ -160,6 +160,12 @@ pub(crate) struct LocalPort {
     pub open: AtomicBool,
     /// The domain the port is offered to or bound to.
     pub remote: AtomicU32,
+    /// Which incarnation of `remote` the binding is with, as
+    /// [`crate::evtchn::bound_record`] packs it with the change counter of
+    /// the binding word it was recorded for (0: not known yet). Recorded
+    /// when this domain binds, learned on the first `notify` when the peer
+    /// bound to us; `notify` delivers only to that incarnation.
+    pub bound: AtomicU64,
     pub state: Mutex<LocalPortState>,
 }
 
@@ -194,10 +200,9 @@ pub(crate) struct Domain {
     /// Serialises port allocation, binding and closing.
     pub port_alloc: Mutex<()>,
     pub peers: Mutex<HashMap<u16, Arc<Peer>>>,
-    /// Event page of each peer by domid (null: not looked up yet), for the
-    /// lock-free `notify` path. Points into a `Peer` kept in `peers` or
-    /// `retired`.
-    peer_events: Box<[AtomicPtr<u8>]>,
+    /// Each peer by domid (null: not looked up yet), for the lock-free
+    /// `notify` path. Points to a `Peer` kept in `peers` or `retired`.
+    peer_events: Box<[AtomicPtr<Peer>]>,
     /// Peers replaced by a newer incarnation; kept so that pointers into
     /// their pages stay valid.
     retired: Mutex<Vec<Arc<Peer>>>,
@@ -252,7 +257,7 @@ impl Domain {
             .map_err(|e| format!("{domid} is not usable: {e}"))?;
         let peer = Arc::new(peer);
         if let Some(slot) = self.peer_events.get(usize::from(domid.0)) {
-            slot.store(peer.events.base().as_ptr(), Ordering::Release);
+            slot.store(Arc::as_ptr(&peer).cast_mut(), Ordering::Release);
         }
         if let Some(old) = peers.insert(domid.0, peer.clone()) {
             lock(&self.retired).push(old);
@@ -261,28 +266,31 @@ impl Domain {
         Ok(peer)
     }
 
-    /// The event page of `domid` for `notify`: a lock-free lookup, with a
-    /// slow path when it was never looked up or has died. `None` when the
-    /// domain is not running.
+    /// The current incarnation of `domid` (its event page and incarnation
+    /// number) for `notify`: a lock-free lookup, with a slow path when it
+    /// was never looked up or has died. `None` when the domain is not
+    /// running.
     #[inline]
-    pub(crate) fn peer_events(&self, domid: u16) -> Option<EventView> {
+    pub(crate) fn peer_events(&self, domid: u16) -> Option<&Peer> {
         let slot = self.peer_events.get(usize::from(domid))?;
-        if let Some(base) = NonNull::new(slot.load(Ordering::Acquire)) {
-            // SAFETY: the pointer was stored from a `Peer`'s event mapping,
-            // and every `Peer` is kept (in `peers` or `retired`) until this
-            // domain is dropped, which cannot happen while `&self` lives.
-            let view = unsafe { EventView::new(base) };
-            if view.alive().load(Ordering::Relaxed) != 0 {
-                return Some(view);
+        if let Some(peer) = NonNull::new(slot.load(Ordering::Acquire)) {
+            // SAFETY: the pointer was stored from an `Arc<Peer>`, and every
+            // `Peer` is kept (in `peers` or `retired`) until this domain is
+            // dropped, which cannot happen while `&self` lives.
+            let peer = unsafe { peer.as_ref() };
+            if peer.events.alive().load(Ordering::Relaxed) != 0 {
+                return Some(peer);
             }
         }
         self.peer_events_slow(domid)
     }
 
     #[cold]
-    fn peer_events_slow(&self, domid: u16) -> Option<EventView> {
+    fn peer_events_slow(&self, domid: u16) -> Option<&Peer> {
         match self.peer(DomId(domid)) {
-            Ok(p) => Some(p.events),
+            // SAFETY: `peer` returns a `Peer` held in `peers`, which is kept
+            // (there or in `retired`) until this domain is dropped.
+            Ok(p) => Some(unsafe { &*Arc::as_ptr(&p) }),
             Err(e) => {
                 log::debug!("{}: no event page for dom{domid}: {e}", self.domid);
                 None
@@ -294,7 +302,8 @@ impl Domain {
 impl Drop for Domain {
     fn drop(&mut self) {
         // Close every channel so that the peers' ends become unbound, as
-        // when Xen destroys a domain.
+        // when Xen destroys a domain. (A domain that dies without this is
+        // cleaned up by the hypervisor when its connection closes.)
         for port in self.open_ports() {
             if let Err(e) = self.close_port(port) {
                 log::warn!("{}: closing {port} at exit: {e}", self.domid);

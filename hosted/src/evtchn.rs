@@ -7,7 +7,7 @@
 //! | offset | what |
 //! |---|---|
 //! | 0 | header: magic, version, domid, `alive` (cleared by the hypervisor when the domain goes), port count |
-//! | 4096 | one 64-bit binding word per port (see [`Binding`]), written by the owner, and by a peer only to bind to or close an interdomain channel (compare-and-swap) |
+//! | 4096 | one 64-bit binding word per port (see [`Binding`]), written by the owner, by a peer only to bind to or close an interdomain channel, and by the hypervisor only to unbind channels to a domain that has gone (compare-and-swap) |
 //! | 12288 | one 64-byte line per port: `pending`, `waiting`, `masked` |
 //!
 //! The per-port line is what the fast paths touch: `notify` writes the
@@ -51,6 +51,15 @@
 //!   port still wakes a waiter blocked on it; `mask` does not clear
 //!   `pending` and `unmask` has nothing to deliver (the hosted platform has
 //!   no upcalls, so the mask bit has no effect here).
+//! - When a domain goes, however it ends (a clean exit, a crash,
+//!   `SIGKILL`), every channel bound to it becomes unbound, offered to its
+//!   domid again (Xen's `evtchn_destroy`): the hypervisor rewrites those
+//!   binding words in the remaining domains' pages when it notices the
+//!   departure, before the domid can come back. `notify` also delivers only
+//!   to the incarnation of the peer the binding was made with (recorded
+//!   when we bind, learned on the first notify when the peer bound to us,
+//!   from the peer's port pointing back at ours), so a notify that raced
+//!   with the departure cannot reach a new domain with the same domid.
 //!
 //! Everything a peer can write in these pages (including our own binding
 //! words and lines) is validated when read; corrupt words make the
@@ -65,7 +74,7 @@ use std::time::{Duration, Instant};
 
 use grant_tables::{DomId, EventChannels, PlatformError, Port};
 
-use crate::domain::{lock, Domain, LocalPort};
+use crate::domain::{lock, Domain, LocalPort, Peer};
 use crate::hypervisor::{OP_PORT_CLEAR, OP_PORT_GET, OP_PORT_SET};
 use crate::sys::{self, PAGE};
 use crate::HostedPlatform;
@@ -145,6 +154,21 @@ impl Binding {
     }
 }
 
+/// The change counter of a binding word.
+fn seq_of(w: u64) -> u32 {
+    ((w >> 32) & SEQ_MASK) as u32
+}
+
+/// Bits of [`bound_record`] that hold the incarnation (the hypervisor
+/// numbers incarnations from 1 up; 2^40 of them are never reached).
+const INCARNATION_BITS: u32 = 40;
+
+/// What [`LocalPort::bound`] holds: the change counter of the binding word
+/// and the incarnation of the peer that binding is with. Never 0.
+pub(crate) fn bound_record(seq: u32, incarnation: u64) -> u64 {
+    (u64::from(seq) << INCARNATION_BITS) | (incarnation & ((1 << INCARNATION_BITS) - 1))
+}
+
 /// A view of a mapped event page: its header, binding words and lines.
 ///
 /// Holds a raw pointer; whoever builds it guarantees the mapping outlives
@@ -177,10 +201,6 @@ impl EventView {
     /// atomically.
     pub(crate) unsafe fn new(base: NonNull<u8>) -> Self {
         EventView { base }
-    }
-
-    pub(crate) fn base(&self) -> NonNull<u8> {
-        self.base
     }
 
     fn u32_at(&self, off: usize) -> &AtomicU32 {
@@ -256,6 +276,37 @@ pub(crate) fn mark_dead(map: &sys::Mmap) {
     }
 }
 
+/// The hypervisor's part of a domain's departure (Xen's `evtchn_destroy`):
+/// every port in the event page `map` (of a domain still running) that is
+/// bound to `departed` becomes unbound, offered to `departed` again.
+/// Returns how many were.
+///
+/// Called with the registry locked, before `departed` can register again,
+/// so no binding to a new incarnation exists yet. Each word is changed with
+/// a compare-and-swap, so a port closed meanwhile by its owner stays closed.
+pub(crate) fn unbind_departed(map: &sys::Mmap, departed: u16) -> usize {
+    if map.len() < EVENT_PAGE_BYTES {
+        return 0;
+    }
+    // SAFETY: `map` is a live, writable mapping of a whole event page,
+    // accessed only atomically; the view does not outlive it.
+    let view = unsafe { EventView::new(map.as_ptr()) };
+    let mut reset = 0;
+    for port in 1..NR_PORTS {
+        let Some(word) = view.binding(port) else { continue };
+        let cur = word.load(Ordering::Acquire);
+        if let Some((Binding::Interdomain { remote, .. }, seq)) = Binding::decode(cur) {
+            if remote == departed {
+                let unbound = Binding::Unbound { remote }.encode(seq.wrapping_add(1));
+                if word.compare_exchange(cur, unbound, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    reset += 1;
+                }
+            }
+        }
+    }
+    reset
+}
+
 /// Counters of the slow paths of event channels, for tests and benches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventStats {
@@ -301,7 +352,7 @@ impl Domain {
     /// recorded: a peer may only move it between unbound and bound to
     /// itself.
     #[inline]
-    fn open_binding(&self, port: Port) -> Result<(Binding, u64), PlatformError> {
+    fn open_binding(&self, port: Port) -> Result<(Binding, u64, &LocalPort), PlatformError> {
         let local = self.open_local(port)?;
         let w = self.own_binding(port)?.load(Ordering::Acquire);
         let owner = local.remote.load(Ordering::Relaxed);
@@ -309,7 +360,7 @@ impl Domain {
             Some((b @ (Binding::Unbound { remote } | Binding::Interdomain { remote, .. }), _))
                 if u32::from(remote) == owner =>
             {
-                Ok((b, w))
+                Ok((b, w, local))
             }
             _ => Err(corrupt(port)),
         }
@@ -333,11 +384,19 @@ impl Domain {
     }
 
     fn next_seq(&self, port: Port) -> u32 {
-        let w = self.own_binding(port).map_or(0, |b| b.load(Ordering::Acquire));
-        (((w >> 32) & SEQ_MASK) as u32).wrapping_add(1)
+        seq_of(self.own_binding(port).map_or(0, |b| b.load(Ordering::Acquire))).wrapping_add(1)
     }
 
-    fn commit_port(&self, port: Port, efd: Arc<File>, remote: DomId, binding: Binding) -> Result<(), PlatformError> {
+    /// Publishes a prepared port. `incarnation` is that of the peer a
+    /// binding is made with (0 for an unbound port).
+    fn commit_port(
+        &self,
+        port: Port,
+        efd: Arc<File>,
+        remote: DomId,
+        binding: Binding,
+        incarnation: u64,
+    ) -> Result<(), PlatformError> {
         let seq = self.next_seq(port);
         let local = self.local(port)?;
         let ep = sys::epoll_for(&efd).map_err(|e| os_err("epoll on an event channel eventfd", &e))?;
@@ -346,6 +405,7 @@ impl Domain {
         st.epoll = Some(Arc::new(ep));
         st.wake = None;
         local.remote.store(u32::from(remote.0), Ordering::Relaxed);
+        local.bound.store(if incarnation == 0 { 0 } else { bound_record(seq, incarnation) }, Ordering::Relaxed);
         // Release: the reset line is visible before the port is.
         self.own_binding(port)?.store(binding.encode(seq), Ordering::Release);
         local.open.store(true, Ordering::Release);
@@ -358,7 +418,7 @@ impl Domain {
         }
         let _alloc = lock(&self.port_alloc);
         let (port, efd) = self.prepare_port()?;
-        self.commit_port(port, efd, remote, Binding::Unbound { remote: remote.0 })?;
+        self.commit_port(port, efd, remote, Binding::Unbound { remote: remote.0 }, 0)?;
         log::debug!("{}: {port} offered to {remote}", self.domid);
         Ok(port)
     }
@@ -380,7 +440,7 @@ impl Domain {
         let _alloc = lock(&self.port_alloc);
         let (port, efd) = self.prepare_port()?;
         let local = u16::try_from(port.0).map_err(|_| PlatformError::NoFreePorts)?;
-        self.commit_port(port, efd, remote, Binding::Interdomain { remote: remote.0, port: rport })?;
+        self.commit_port(port, efd, remote, Binding::Interdomain { remote: remote.0, port: rport }, peer.incarnation)?;
 
         // Claim the remote port: only an unbound port offered to us, in one
         // compare-and-swap (the peer may close it meanwhile). Bounded.
@@ -433,6 +493,7 @@ impl Domain {
         let Ok(local) = self.local(port) else { return };
         let mut st = lock(&local.state);
         local.open.store(false, Ordering::Release);
+        local.bound.store(0, Ordering::Relaxed);
         if let Ok(b) = self.own_binding(port) {
             b.store(Binding::Free.encode(seq), Ordering::Release);
         }
@@ -453,7 +514,7 @@ impl Domain {
     pub(crate) fn close_port(&self, port: Port) -> Result<(), PlatformError> {
         let _alloc = lock(&self.port_alloc);
         // A corrupt binding word still lets the port be closed.
-        let binding = self.open_binding(port).map(|(b, _)| b);
+        let binding = self.open_binding(port).map(|(b, _, _)| b);
         if let Err(PlatformError::BadPort(p)) = binding {
             return Err(PlatformError::BadPort(p));
         }
@@ -487,16 +548,23 @@ impl Domain {
 
     #[inline]
     fn notify(&self, port: Port) -> Result<(), PlatformError> {
-        let (remote, rport, word) = match self.open_binding(port)? {
-            (Binding::Interdomain { remote, port }, w) => (remote, port, w),
+        let (remote, rport, word, local) = match self.open_binding(port)? {
+            (Binding::Interdomain { remote, port }, w, local) => (remote, port, w, local),
             // Xen drops events sent on an unbound port.
             _ => return Ok(()),
         };
-        let Some(view) = self.peer_events(remote) else {
+        let Some(peer) = self.peer_events(remote) else {
             // The peer is gone: nobody to notify.
             return Ok(());
         };
-        let Some(line) = view.line(u32::from(rport)) else { return Err(corrupt(port)) };
+        // Only to the incarnation of the peer this binding was made with: a
+        // domain that died and came back under the same domid is not it.
+        if local.bound.load(Ordering::Acquire) != bound_record(seq_of(word), peer.incarnation)
+            && !self.confirm_binding(port, local, word, rport, peer)
+        {
+            return Ok(());
+        }
+        let Some(line) = peer.events.line(u32::from(rport)) else { return Err(corrupt(port)) };
         // Dekker, notifier side (see the module docs): publish the event,
         // then look for a sleeper. SeqCst on both so that this read cannot
         // be ordered before the write (store-load), pairing with `block`'s
@@ -505,20 +573,62 @@ impl Domain {
         // port whether or not it is masked.
         line.pending.swap(1, Ordering::SeqCst);
         if line.waiting.load(Ordering::SeqCst) != 0 {
-            self.wake_remote(port, word, remote, rport)?;
+            self.wake_remote(local, word, remote, rport, peer.incarnation)?;
         }
         Ok(())
     }
 
-    /// Slow path of `notify`: writes the eventfd of the peer's port,
-    /// fetching it from the hypervisor the first time for this binding.
+    /// Slow path of `notify` for a binding whose peer incarnation is not
+    /// recorded yet (the peer bound to our port) or is no longer the one
+    /// running. Returns whether to deliver.
+    ///
+    /// When the peer bound to our port it pointed its own port at ours
+    /// first, so a live binding always points back: if the current
+    /// incarnation's port does, the binding is with it and is recorded. If
+    /// not, or if the recorded incarnation is gone, the domain we were bound
+    /// to has died (the hypervisor resets such bindings when it notices;
+    /// this covers a notify that read the word just before): the event is
+    /// dropped and the port made unbound, offered to that domid again, as
+    /// Xen does when it destroys the peer.
     #[cold]
-    fn wake_remote(&self, port: Port, word: u64, remote: u16, rport: u16) -> Result<(), PlatformError> {
-        let local = self.local(port)?;
+    fn confirm_binding(&self, port: Port, local: &LocalPort, word: u64, rport: u16, peer: &Peer) -> bool {
+        let seq = seq_of(word);
+        let recorded = local.bound.load(Ordering::Acquire);
+        let points_back = peer.events.binding(u32::from(rport)).map(|b| Binding::decode(b.load(Ordering::Acquire)));
+        let points_back = matches!(
+            points_back,
+            Some(Some((Binding::Interdomain { remote, port: p }, _))) if remote == self.domid.0 && u32::from(p) == port.0
+        );
+        if (recorded == 0 || recorded >> INCARNATION_BITS != u64::from(seq)) && points_back {
+            local.bound.store(bound_record(seq, peer.incarnation), Ordering::Release);
+            return true;
+        }
+        log::info!(
+            "{}: {port} was bound to {} port {rport}, which is gone (now incarnation {}): unbound",
+            self.domid,
+            peer.domid,
+            peer.incarnation
+        );
+        if let Ok(b) = self.own_binding(port) {
+            let unbound = Binding::Unbound { remote: peer.domid.0 }.encode(seq.wrapping_add(1));
+            // Fails if the binding changed meanwhile (closed, or already
+            // reset by the hypervisor): nothing to do then.
+            let _ = b.compare_exchange(word, unbound, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        false
+    }
+
+    /// Slow path of `notify`: writes the eventfd of the peer's port,
+    /// fetching it from the hypervisor the first time for this binding (and
+    /// only from the peer's `incarnation`).
+    #[cold]
+    fn wake_remote(&self, local: &LocalPort, word: u64, remote: u16, rport: u16, incarnation: u64) -> Result<(), PlatformError> {
         let mut st = lock(&local.state);
         let fd = match &st.wake {
             Some((w, fd)) if *w == word => fd.clone(),
             _ => match self.hv.call(OP_PORT_GET, remote, u32::from(rport), &[]) {
+                // Another incarnation by now: the one we notified is gone.
+                Ok(reply) if reply.incarnation != incarnation => return Ok(()),
                 Ok(mut reply) if reply.fds.len() == 1 => {
                     let Some(fd) = reply.fds.pop() else { return Ok(()) };
                     sys::set_nonblocking(fd.as_fd()).map_err(|e| os_err("making a peer's eventfd non-blocking", &e))?;
@@ -742,6 +852,66 @@ mod tests {
         a.close(pa).unwrap();
         assert_eq!(a.poll(pa), Err(PlatformError::BadPort(pa)));
         drop((a, b, hv));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A notify that read its binding word before the peer's departure was
+    /// handled (simulated by writing the old word back) reaches neither a
+    /// new incarnation of the peer's domid, whether the binding was made
+    /// by us or by the peer, and whether or not we had notified before.
+    #[test]
+    fn notify_delivers_only_to_the_incarnation_bound_to() {
+        let dir = std::env::temp_dir().join(format!("hosted-evtchn-inc-{}", std::process::id()));
+        let hv = crate::HostedHypervisor::create(&dir).unwrap();
+        let a = hv.join(DomId(1)).unwrap();
+        let b = hv.join(DomId(2)).unwrap();
+        // pa: offered by A, bound by B, notified before B goes.
+        let pa = a.alloc_unbound(DomId(2)).unwrap();
+        let pb = b.bind_interdomain(DomId(1), pa).unwrap();
+        a.notify(pa).unwrap();
+        assert!(b.poll(pb).unwrap());
+        // qa: offered by A, bound by B, never notified.
+        let qa = a.alloc_unbound(DomId(2)).unwrap();
+        let qb = b.bind_interdomain(DomId(1), qa).unwrap();
+        // ra: A bound to B's port.
+        let rb = b.alloc_unbound(DomId(1)).unwrap();
+        let ra = a.bind_interdomain(DomId(2), rb).unwrap();
+        let words: Vec<(Port, u64)> =
+            [pa, qa, ra].iter().map(|&p| (p, a.inner.own_binding(p).unwrap().load(Ordering::Acquire))).collect();
+
+        drop(b);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let b2 = loop {
+            match hv.join(DomId(2)) {
+                Ok(b2) => break b2,
+                Err(crate::HostedError::DomidTaken(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        // The new dom2's ports have the numbers the old one's had.
+        let mut fresh = Vec::new();
+        while fresh.len() < 3 {
+            fresh.push(b2.alloc_unbound(DomId(1)).unwrap());
+        }
+        assert_eq!(fresh, vec![pb, qb, rb]);
+        for (p, w) in words {
+            a.inner.own_binding(p).unwrap().store(w, Ordering::Release);
+            a.notify(p).unwrap();
+            for &f in &fresh {
+                assert!(!b2.poll(f).unwrap(), "notify on {p} reached the new dom2's {f}");
+            }
+            // And the stale binding was reset: unbound, offered to dom2.
+            let now = a.inner.own_binding(p).unwrap().load(Ordering::Acquire);
+            assert_eq!(Binding::decode(now).map(|(b, _)| b), Some(Binding::Unbound { remote: 2 }), "{p}");
+        }
+        // The new dom2 can bind A's ports again.
+        let again = b2.bind_interdomain(DomId(1), pa).unwrap();
+        assert!(b2.poll(again).unwrap());
+        a.notify(pa).unwrap();
+        assert!(b2.poll(again).unwrap());
+        drop((a, b2, hv));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -7,8 +7,10 @@
 //! connection, registers its domid with three memfds (its "physical
 //! memory", its grant table and its event channel page), and keeps the
 //! connection open for as long as it lives: when the connection closes the
-//! domain is gone, its domid is free again and its event page is marked
-//! dead so peers notice.
+//! domain is gone (however it ended: a clean exit, a crash or `SIGKILL`),
+//! its domid is free again, its event page is marked dead so peers notice,
+//! and every event channel of the remaining domains that was bound to it
+//! becomes unbound, offered to that domid again (Xen's `evtchn_destroy`).
 //!
 //! Peers ask for another domain's memfds (`LOOKUP`) and for the eventfd of
 //! one of its event channel ports (`PORT_GET`). Descriptors cross processes
@@ -292,7 +294,11 @@ fn serve(shared: &Shared, conn: &OwnedFd, id: u64) {
         if reg.domains.get(&domid).is_some_and(|r| r.conn == id) {
             if let Some(r) = reg.domains.remove(&domid) {
                 evtchn::mark_dead(&r.event_map);
-                log::info!("dom{domid} left the hosted hypervisor");
+                // As Xen does when it destroys a domain: channels bound to
+                // it become unbound (offered to it again), whether it closed
+                // them or died. Done before the domid can register again.
+                let unbound: usize = reg.domains.values().map(|o| evtchn::unbind_departed(&o.event_map, domid)).sum();
+                log::info!("dom{domid} left the hosted hypervisor ({unbound} channels to it unbound)");
             }
         }
     }

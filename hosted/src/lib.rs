@@ -17,8 +17,11 @@
 //! granting domain's table (so XSA-396 can be reproduced), and event
 //! channels have a pending bit in shared memory that polling reads without
 //! a system call, with an eventfd written only for a waiter that may sleep.
-//! `block` is `SCHEDOP_poll`: it returns for a pending port whether or not
-//! the port is masked.
+//! When a domain goes, whether it exits or is killed, the channels bound to
+//! it become unbound (offered to its domid again) as in Xen's
+//! `evtchn_destroy`, and events never reach a later domain with the same
+//! domid. `block` is `SCHEDOP_poll`: it returns for a pending port whether
+//! or not the port is masked.
 //!
 //! # Where the emulation differs from Xen
 //! - Isolation is cooperative: every domain receives its peers' memfds from
@@ -35,6 +38,9 @@
 //! - There are no upcalls, so the mask bit, which in Xen only holds back
 //!   upcalls, is kept but changes nothing: events still become pending and
 //!   wake `block`.
+//! - A domain that dies is noticed when its hypervisor connection closes;
+//!   until then its peers' channels stay bound to it and their events set
+//!   pending bits nobody reads. Its domid cannot be reused before that.
 //! - The hypervisor must outlive the domains' control operations (joining,
 //!   looking up peers, allocating and binding ports, the first wakeup of a
 //!   binding); established mappings and polling keep working without it.

@@ -69,6 +69,7 @@ fn child() {
         "blocking" => child_blocking(&back, local),
         "mask" => child_mask(&back, local),
         "close" => child_close(&back, local, remote),
+        "crash" => child_crash(&back),
         other => panic!("unknown role {other}"),
     }
 }
@@ -289,6 +290,65 @@ fn child_close(back: &HostedPlatform, local: Port, remote: Port) {
     say(&l2.0.to_string());
     assert!(back.block(l2, Some(5_000 * MS)).unwrap(), "the parent rebinds and notifies");
     say("got it");
+}
+
+/// A peer that is killed (no chance to close its channels) leaves no
+/// binding behind: as when Xen destroys a domain, our ends become unbound,
+/// offered to its domid again; events do not reach a new domain that comes
+/// back with the same domid, and it can bind our ports afresh.
+#[test]
+fn a_killed_peers_channels_are_unbound_and_do_not_reach_its_successor() {
+    let (dir, hv, front, port) = setup("ev-crash");
+    let (mut child, child_port) = spawn("crash", &dir, port);
+    // The child also offers a port to us, which we bind.
+    let offered = parse_port(child.reply().strip_prefix("offered ").expect("offered reply"));
+    let ours = front.bind_interdomain(BACK, offered).unwrap();
+    assert!(front.poll(ours).unwrap());
+    front.notify(port).unwrap();
+    front.notify(ours).unwrap();
+    child.expect("got it");
+
+    // SIGKILL (dropping the handle kills and reaps the child).
+    drop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hv.domains().contains(&BACK) {
+        assert!(Instant::now() < deadline, "the hypervisor did not notice the child's death within 10 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    // A new dom2 takes the same port numbers the dead one used.
+    let b2 = hv.join(BACK).unwrap();
+    assert_eq!(b2.alloc_unbound(FRONT).unwrap(), child_port);
+    assert_eq!(b2.alloc_unbound(FRONT).unwrap(), offered);
+    front.notify(port).unwrap();
+    front.notify(ours).unwrap();
+    assert!(!b2.poll(child_port).unwrap(), "an event for the dead dom2 reached the new one");
+    assert!(!b2.poll(offered).unwrap(), "an event for the dead dom2 reached the new one");
+
+    // Our port is offered to dom2 again: the new one binds it.
+    let rebound = b2.bind_interdomain(FRONT, port).expect("our port is unbound again");
+    assert!(b2.poll(rebound).unwrap());
+    front.notify(port).unwrap();
+    assert!(b2.poll(rebound).unwrap());
+    b2.notify(rebound).unwrap();
+    assert!(front.poll(port).unwrap());
+    // The port we had bound is unbound, offered to dom2: closing it
+    // leaves the new dom2's port of the same number alone.
+    front.close(ours).unwrap();
+    let back_again = front.bind_interdomain(BACK, offered).expect("the new dom2's port is still offered to us");
+    assert!(front.poll(back_again).unwrap());
+    front.notify(back_again).unwrap();
+    assert!(b2.poll(offered).unwrap());
+}
+
+fn child_crash(back: &HostedPlatform) {
+    let offered = back.alloc_unbound(FRONT).unwrap();
+    say(&format!("offered {}", offered.0));
+    assert!(back.block(offered, Some(10_000 * MS)).unwrap());
+    say("got it");
+    // Wait to be killed.
+    let _ = hear();
+    std::process::abort();
 }
 
 /// Two domains in one process (threads), for what needs no process
