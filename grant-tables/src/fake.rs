@@ -371,7 +371,9 @@ impl EventChannels for FakePlatform {
         let spins = timeout_ns.map_or(u64::MAX, |t| t / 10 + 1);
         let p = self.hub.port(self.domid, port)?;
         for _ in 0..spins {
-            if !p.masked.load(Ordering::Acquire) && p.pending.swap(false, Ordering::AcqRel) {
+            // As Xen's SCHEDOP_poll: a pending port ends the wait, masked
+            // or not (the mask only holds back upcalls).
+            if p.pending.swap(false, Ordering::AcqRel) {
                 return Ok(true);
             }
             core::hint::spin_loop();

@@ -393,3 +393,25 @@ fn end_access_racing_a_mapping_peer() {
     assert_eq!(t.quarantined_count(), refused as usize);
     assert!(ended + refused > 0);
 }
+
+/// The fake platform's event channels follow Xen: a masked port still
+/// collects events and a block on it returns for a pending event.
+#[test]
+fn fake_masked_ports_stay_pending_and_end_a_block() {
+    use crate::fake::{FakeEventHub, FakePlatform};
+    use crate::platform::EventChannels;
+
+    let hub = FakeEventHub::new();
+    let a = FakePlatform::new(DomId(1), hub.clone(), FakeGrantFrames::with_entries(16).unwrap());
+    let b = FakePlatform::new(DomId(2), hub, FakeGrantFrames::with_entries(16).unwrap());
+    let pa = a.alloc_unbound(DomId(2)).unwrap();
+    let pb = b.bind_interdomain(DomId(1), pa).unwrap();
+    a.mask(pa).unwrap();
+    b.notify(pb).unwrap();
+    b.notify(pb).unwrap();
+    assert!(a.block(pa, Some(1_000)).unwrap(), "a masked pending port must end the block");
+    assert!(!a.block(pa, Some(1_000)).unwrap(), "two notifies coalesce into one event");
+    a.unmask(pa).unwrap();
+    b.notify(pb).unwrap();
+    assert!(a.poll(pa).unwrap());
+}
