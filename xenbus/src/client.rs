@@ -7,6 +7,13 @@
 //! matched by request id and type; a reply that does not match is a
 //! protocol error, a stale reply (from a request that timed out) is
 //! dropped.
+//!
+//! Each request has one deadline ([`Xenstore::set_timeout`] from when it
+//! is sent): watch events, stale replies and parts of messages that arrive
+//! meanwhile do not extend it. Measuring it needs a monotonic clock
+//! ([`Xenstore::set_clock`]); without one, the client cannot tell how long
+//! a wait that ended early lasted and bounds instead the number of waits
+//! per request ([`MAX_WAITS_WITHOUT_CLOCK`]).
 
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -29,6 +36,57 @@ pub const MAX_QUEUED_EVENTS: usize = 4096;
 /// How many times [`Xenstore::transaction`] runs its closure before giving
 /// up on conflicts (by default; see [`Xenstore::set_transaction_attempts`]).
 pub const MAX_TRANSACTION_ATTEMPTS: u32 = 32;
+/// Most messages one [`Xenstore::pump_wait`] (or [`Xenstore::pump`])
+/// handles; the rest stay for the next call.
+pub const MAX_MESSAGES_PER_PUMP: usize = 256;
+/// Without a clock, most waits on the transport one request (or one
+/// [`Xenstore::pump_wait`]) makes: a daemon that keeps sending something
+/// other than the reply then holds a request at most this many timeouts.
+pub const MAX_WAITS_WITHOUT_CLOCK: u32 = 1024;
+
+/// A monotonic clock (any origin).
+type Clock = alloc::boxed::Box<dyn Fn() -> Duration + Send + Sync>;
+
+/// How much longer the client may wait for the daemon.
+struct Budget {
+    wait: Wait,
+    /// With a clock: when the wait ends.
+    until: Option<Duration>,
+    /// Without a clock: waits left.
+    waits_left: u32,
+}
+
+impl Budget {
+    fn new(wait: Wait, now: Option<Duration>) -> Budget {
+        let until = match (wait, now) {
+            (Wait::For(d), Some(now)) => Some(now.saturating_add(d)),
+            _ => None,
+        };
+        Budget {
+            wait,
+            until,
+            waits_left: MAX_WAITS_WITHOUT_CLOCK,
+        }
+    }
+
+    /// The next wait on the transport, `None` once the budget is spent.
+    fn next(&mut self, now: Option<Duration>) -> Option<Wait> {
+        match self.wait {
+            Wait::NoWait => Some(Wait::NoWait),
+            Wait::Forever => Some(Wait::Forever),
+            Wait::For(d) => match (self.until, now) {
+                (Some(until), Some(now)) => {
+                    let left = until.saturating_sub(now);
+                    (!left.is_zero()).then_some(Wait::For(left))
+                }
+                _ => {
+                    self.waits_left = self.waits_left.checked_sub(1)?;
+                    Some(Wait::For(d))
+                }
+            },
+        }
+    }
+}
 
 /// A transaction id (`tx_id` of the header); [`TxId::NONE`] outside
 /// transactions.
@@ -68,7 +126,7 @@ pub enum XsError {
         op: MsgType,
         /// Its path.
         path: String,
-        /// How long each wait lasted.
+        /// The request's time limit ([`Xenstore::set_timeout`]).
         after: Duration,
     },
     /// The transport failed; the connection is unusable.
@@ -191,6 +249,7 @@ pub struct Xenstore<T: Transport> {
     broken: Option<String>,
     tx_attempts: u32,
     jitter: u32,
+    clock: Option<Clock>,
     /// Transactions the daemon started for requests that had timed out:
     /// aborted before the next request so they do not hold a slot.
     orphans: Vec<u32>,
@@ -221,13 +280,25 @@ impl<T: Transport> Xenstore<T> {
             broken: None,
             tx_attempts: MAX_TRANSACTION_ATTEMPTS,
             jitter: 0x9e37_79b9,
+            clock: None,
             orphans: Vec::new(),
         }
     }
 
-    /// Sets how long each wait for the daemon may last.
+    /// Sets how long a request may wait for its reply, in all.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    /// Gives the client a monotonic clock (any origin), so that each
+    /// request ends at its deadline however the daemon spreads out what
+    /// it sends. Without one, see [`MAX_WAITS_WITHOUT_CLOCK`].
+    pub fn set_clock(&mut self, clock: impl Fn() -> Duration + Send + Sync + 'static) {
+        self.clock = Some(alloc::boxed::Box::new(clock));
+    }
+
+    fn now(&self) -> Option<Duration> {
+        self.clock.as_ref().map(|c| c())
     }
 
     /// Sets how many times [`Xenstore::transaction`] tries (at least 1).
@@ -520,13 +591,17 @@ impl<T: Transport> Xenstore<T> {
         self.pump_wait(Wait::NoWait)
     }
 
-    /// Waits (as `wait` allows) until at least one message arrives, then
-    /// queues every watch event available. Returns how many were queued.
+    /// Waits (as `wait` allows, in all) until at least one message
+    /// arrives, then queues the watch events available now, up to
+    /// [`MAX_MESSAGES_PER_PUMP`] messages. Returns how many were queued.
     pub fn pump_wait(&mut self, wait: Wait) -> Result<usize, XsError> {
         self.check_broken()?;
         let mut queued = 0;
-        let mut wait = wait;
-        while let Some(msg) = self.next_message(wait, MsgType::WatchEvent)? {
+        let mut budget = Budget::new(wait, self.now());
+        for _ in 0..MAX_MESSAGES_PER_PUMP {
+            let Some(msg) = self.next_message(&mut budget, MsgType::WatchEvent)? else {
+                break;
+            };
             if msg.msg_type == MsgType::WatchEvent {
                 self.queue_event(&msg);
                 queued += 1;
@@ -534,7 +609,7 @@ impl<T: Transport> Xenstore<T> {
                 // Only a reply to a request that timed out can come now.
                 self.stale_reply(&msg, 0);
             }
-            wait = Wait::NoWait;
+            budget = Budget::new(Wait::NoWait, None);
         }
         Ok(queued)
     }
@@ -753,8 +828,13 @@ impl<T: Transport> Xenstore<T> {
         self.events.push_back(event);
     }
 
-    /// The next whole message, waiting as `wait` allows between chunks.
-    fn next_message(&mut self, wait: Wait, op: MsgType) -> Result<Option<Message>, XsError> {
+    /// The next whole message, waiting as `budget` allows (in all, over
+    /// every chunk).
+    fn next_message(
+        &mut self,
+        budget: &mut Budget,
+        op: MsgType,
+    ) -> Result<Option<Message>, XsError> {
         loop {
             while self.rx_pos < self.rx.len() {
                 let mut input = &self.rx[self.rx_pos..];
@@ -770,6 +850,9 @@ impl<T: Transport> Xenstore<T> {
             }
             self.rx.clear();
             self.rx_pos = 0;
+            let Some(wait) = budget.next(self.now()) else {
+                return Ok(None);
+            };
             let mut buf = [0u8; 1024];
             let n = match self.transport.recv(&mut buf, wait) {
                 Ok(n) => n,
@@ -843,11 +926,17 @@ impl<T: Transport> Xenstore<T> {
             payload,
         };
         let bytes = msg.encode();
+        // One deadline for the whole request: sending, and every message
+        // that arrives before the reply.
+        let mut budget = Budget::new(Wait::For(self.timeout), self.now());
         let mut sent = 0;
         while sent < bytes.len() {
-            let n = match self.transport.send(&bytes[sent..], Wait::For(self.timeout)) {
-                Ok(n) => n,
-                Err(e) => return Err(self.transport_failed(op, e)),
+            let n = match budget.next(self.now()) {
+                Some(wait) => match self.transport.send(&bytes[sent..], wait) {
+                    Ok(n) => n,
+                    Err(e) => return Err(self.transport_failed(op, e)),
+                },
+                None => 0,
             };
             if n == 0 {
                 if sent > 0 {
@@ -864,7 +953,7 @@ impl<T: Transport> Xenstore<T> {
             sent += n;
         }
         loop {
-            let Some(reply) = self.next_message(Wait::For(self.timeout), op)? else {
+            let Some(reply) = self.next_message(&mut budget, op)? else {
                 return Err(XsError::TimedOut {
                     op,
                     path: path.to_string(),

@@ -426,3 +426,142 @@ fn a_transaction_started_too_late_is_aborted() {
         .expect("an abort");
     assert_eq!((end.tx_id, end.payload.as_slice()), (5, &b"F\0"[..]));
 }
+
+/// A daemon that never answers but sends something just before every wait
+/// would run out, advancing a fake clock by the time each wait "took".
+struct Stalling {
+    now: alloc::sync::Arc<core::sync::atomic::AtomicU64>,
+    /// What one wait delivers: a whole watch event, or one byte of one.
+    trickle: bool,
+    pending: Vec<u8>,
+    waits: u32,
+}
+
+impl Stalling {
+    fn new(trickle: bool) -> Self {
+        Stalling {
+            now: alloc::sync::Arc::new(core::sync::atomic::AtomicU64::new(0)),
+            trickle,
+            pending: Vec::new(),
+            waits: 0,
+        }
+    }
+
+    fn clock(&self) -> impl Fn() -> core::time::Duration + Send + Sync + 'static {
+        let now = alloc::sync::Arc::clone(&self.now);
+        move || {
+            core::time::Duration::from_nanos(now.load(core::sync::atomic::Ordering::SeqCst))
+        }
+    }
+}
+
+impl Transport for Stalling {
+    fn send(
+        &mut self,
+        data: &[u8],
+        _wait: Wait,
+    ) -> Result<usize, crate::transport::TransportError> {
+        Ok(data.len())
+    }
+
+    fn recv(
+        &mut self,
+        buf: &mut [u8],
+        wait: Wait,
+    ) -> Result<usize, crate::transport::TransportError> {
+        let Wait::For(d) = wait else {
+            // Nothing is ready without waiting.
+            return Ok(0);
+        };
+        self.waits += 1;
+        assert!(self.waits < 100_000, "the request never timed out");
+        // Just before the wait would run out (a wait that delivers
+        // something still takes some time).
+        let took = d - (d / 2).min(core::time::Duration::from_micros(100));
+        let took = u64::try_from(took.as_nanos()).unwrap();
+        self.now
+            .fetch_add(took, core::sync::atomic::Ordering::SeqCst);
+        if self.pending.is_empty() {
+            self.pending = event("/noise", "t").encode();
+        }
+        let n = if self.trickle { 1 } else { self.pending.len() }.min(buf.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
+    }
+}
+
+#[test]
+fn watch_events_do_not_extend_a_requests_deadline() {
+    for trickle in [false, true] {
+        let t = Stalling::new(trickle);
+        let now = alloc::sync::Arc::clone(&t.now);
+        let clock = t.clock();
+        let mut xs = Xenstore::new(t);
+        xs.set_clock(clock);
+        xs.set_timeout(core::time::Duration::from_secs(5));
+        let err = xs.read("/a").unwrap_err();
+        assert!(matches!(err, XsError::TimedOut { .. }), "{err:?}");
+        let elapsed =
+            core::time::Duration::from_nanos(now.load(core::sync::atomic::Ordering::SeqCst));
+        // At its deadline, give or take the last wait's slack.
+        assert!(
+            elapsed <= core::time::Duration::from_secs(5)
+                && elapsed >= core::time::Duration::from_millis(4999),
+            "trickle {trickle}: timed out after {elapsed:?}"
+        );
+        assert!(xs.broken().is_none());
+        if !trickle {
+            assert!(xs.queued_events() > 0);
+        }
+    }
+}
+
+#[test]
+fn without_a_clock_a_request_makes_a_bounded_number_of_waits() {
+    let mut xs = Xenstore::new(Stalling::new(false));
+    let err = xs.read("/a").unwrap_err();
+    assert!(matches!(err, XsError::TimedOut { .. }), "{err:?}");
+    // (The send of the request counts as one.)
+    let waits = xs.transport_mut().waits;
+    assert!(
+        waits + 1 == crate::client::MAX_WAITS_WITHOUT_CLOCK,
+        "{waits} waits"
+    );
+}
+
+/// A daemon that always has another watch event ready.
+struct Flooding(u32);
+
+impl Transport for Flooding {
+    fn send(
+        &mut self,
+        data: &[u8],
+        _wait: Wait,
+    ) -> Result<usize, crate::transport::TransportError> {
+        Ok(data.len())
+    }
+
+    fn recv(
+        &mut self,
+        buf: &mut [u8],
+        _wait: Wait,
+    ) -> Result<usize, crate::transport::TransportError> {
+        self.0 += 1;
+        assert!(self.0 < 100_000, "the pump never returned");
+        let e = event("/flood", "t").encode();
+        buf[..e.len()].copy_from_slice(&e);
+        Ok(e.len())
+    }
+}
+
+#[test]
+fn a_pump_handles_a_bounded_number_of_messages() {
+    let mut xs = Xenstore::new(Flooding(0));
+    assert_eq!(xs.pump().unwrap(), crate::client::MAX_MESSAGES_PER_PUMP);
+    assert_eq!(
+        xs.pump_wait(Wait::For(core::time::Duration::from_millis(1)))
+            .unwrap(),
+        crate::client::MAX_MESSAGES_PER_PUMP
+    );
+}
