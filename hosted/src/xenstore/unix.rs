@@ -154,9 +154,13 @@ impl From<XsError> for ConnectError {
     }
 }
 
-/// Connects to the daemon at `path` as dom0.
+/// Connects to the daemon at `path` as dom0. The client measures each
+/// request's deadline on the monotonic clock.
 pub fn connect(path: impl AsRef<Path>) -> io::Result<UnixXenstore> {
-    Ok(Xenstore::new(UnixTransport::connect(path)?))
+    let mut xs = Xenstore::new(UnixTransport::connect(path)?);
+    let origin = std::time::Instant::now();
+    xs.set_clock(move || origin.elapsed());
+    Ok(xs)
 }
 
 /// Connects to the daemon at `path` as domain `domid`: introduces the

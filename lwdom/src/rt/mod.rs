@@ -276,6 +276,7 @@ unsafe extern "C" fn lwdom_rust_start(si: *const u8) -> ! {
     let ring = unsafe { StoreRing::new(pfn_to_va(mfn_to_pfn(info.store_mfn)), Side::Guest, EvtchnSignal::new(&LW, Port(info.store_evtchn))) };
     let mut xs = Xenstore::new(ring);
     xs.set_timeout(XS_TIMEOUT);
+    xs.set_clock(|| core::time::Duration::from_nanos(time::now_ns()));
     XENSTORE.set(xs);
     if let Err(rc) = traps::init() {
         crate::println!("lwdom: set_trap_table failed ({rc}); CPU exceptions will end the domain silently");
