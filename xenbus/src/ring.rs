@@ -17,8 +17,10 @@
 //!   buffer before the consumer index is released back to the peer, and
 //!   are never read again; every index into the byte arrays is masked.
 
+use alloc::boxed::Box;
 use alloc::format;
 use core::mem::{offset_of, size_of};
+use core::time::Duration;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -238,7 +240,15 @@ pub struct StoreRing<S: RingSignal> {
     /// Private copy of our consumer index (authoritative).
     in_cons: u32,
     broken: Option<TransportError>,
+    /// Monotonic clock for timed waits (see [`StoreRing::set_clock`]).
+    clock: Option<Box<dyn Fn() -> Duration + Send + Sync>>,
 }
+
+/// Without a clock, how many events that bring no bytes one timed `send` or
+/// `recv` sits through before it gives up (returns 0): each one restarts the
+/// signal's wait, so a peer signalling without writing could otherwise hold
+/// the call forever.
+pub const MAX_EMPTY_WAKES_WITHOUT_CLOCK: u32 = 64;
 
 // SAFETY: the page is plain shared memory; the contract of `StoreRing::new`
 // makes the handle its only user in this domain, so moving it to another
@@ -266,6 +276,7 @@ impl<S: RingSignal> StoreRing<S> {
             out_prod: 0,
             in_cons: 0,
             broken: None,
+            clock: None,
         };
         let l = side.layout();
         ring.out_prod = ring.load(l.out_prod, Ordering::Relaxed);
@@ -282,6 +293,39 @@ impl<S: RingSignal> StoreRing<S> {
             }
         }
         ring
+    }
+
+    /// Gives the ring a monotonic clock: a timed `send` or `recv` then ends
+    /// at its deadline however often the peer signals without moving bytes.
+    /// Without one, such a call gives up after
+    /// [`MAX_EMPTY_WAKES_WITHOUT_CLOCK`] empty wake-ups.
+    pub fn set_clock(&mut self, clock: impl Fn() -> Duration + Send + Sync + 'static) {
+        self.clock = Some(Box::new(clock));
+    }
+
+    /// The wait for the next sleep of a call that started with `wait`:
+    /// `None` when the call's time is up. `deadline` is the call's end on
+    /// the clock, `empty_wakes` how many wake-ups brought nothing so far.
+    fn next_wait(&self, wait: Wait, deadline: Option<Duration>, empty_wakes: u32) -> Option<Wait> {
+        match wait {
+            Wait::NoWait => None,
+            Wait::Forever => Some(Wait::Forever),
+            Wait::For(d) => match (deadline, self.clock.as_ref()) {
+                (Some(end), Some(now)) => {
+                    let now = now();
+                    (now < end).then(|| Wait::For(end - now))
+                }
+                _ => (empty_wakes < MAX_EMPTY_WAKES_WITHOUT_CLOCK).then_some(Wait::For(d)),
+            },
+        }
+    }
+
+    /// The end, on the clock, of a call that started with `wait`.
+    fn deadline(&self, wait: Wait) -> Option<Duration> {
+        match wait {
+            Wait::For(d) => self.clock.as_ref().map(|now| now().saturating_add(d)),
+            _ => None,
+        }
     }
 
     /// Initialises a fresh page for the server end: zero indices, the
@@ -431,6 +475,8 @@ impl<S: RingSignal> StoreRing<S> {
 
 impl<S: RingSignal> Transport for StoreRing<S> {
     fn send(&mut self, data: &[u8], wait: Wait) -> Result<usize, TransportError> {
+        let deadline = self.deadline(wait);
+        let mut empty_wakes = 0;
         loop {
             self.check_usable()?;
             let n = self.try_send(data)?;
@@ -440,13 +486,19 @@ impl<S: RingSignal> Transport for StoreRing<S> {
                 }
                 return Ok(n);
             }
-            if wait == Wait::NoWait || !self.signal.wait(wait)? {
+            let Some(w) = self.next_wait(wait, deadline, empty_wakes) else {
+                return Ok(0);
+            };
+            if !self.signal.wait(w)? {
                 return Ok(0);
             }
+            empty_wakes += 1;
         }
     }
 
     fn recv(&mut self, buf: &mut [u8], wait: Wait) -> Result<usize, TransportError> {
+        let deadline = self.deadline(wait);
+        let mut empty_wakes = 0;
         loop {
             self.check_usable()?;
             let n = self.try_recv(buf)?;
@@ -457,9 +509,13 @@ impl<S: RingSignal> Transport for StoreRing<S> {
                 }
                 return Ok(n);
             }
-            if wait == Wait::NoWait || !self.signal.wait(wait)? {
+            let Some(w) = self.next_wait(wait, deadline, empty_wakes) else {
+                return Ok(0);
+            };
+            if !self.signal.wait(w)? {
                 return Ok(0);
             }
+            empty_wakes += 1;
         }
     }
 }

@@ -200,3 +200,66 @@ fn reconnecting_server_is_reported() {
     page.write_u32(offsets::CONNECTION, crate::ring::XENSTORE_CONNECTED);
     assert_eq!(guest.send(b"x", Wait::NoWait), Ok(1));
 }
+
+/// A peer that signals constantly and never writes: every wait "succeeds"
+/// at once and advances a fake clock by `step`.
+struct Storm {
+    now: alloc::sync::Arc<core::sync::atomic::AtomicU64>,
+    step_ns: u64,
+    wakes: u32,
+}
+
+impl crate::ring::RingSignal for Storm {
+    fn notify(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
+    fn wait(&mut self, _wait: Wait) -> Result<bool, TransportError> {
+        self.wakes += 1;
+        assert!(self.wakes < 100_000, "a timed call sat through a storm without end");
+        self.now
+            .fetch_add(self.step_ns, core::sync::atomic::Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+#[test]
+fn a_signal_storm_without_bytes_cannot_hold_a_timed_receive() {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    use core::time::Duration;
+
+    let page = RingPage::new().unwrap();
+    let now = alloc::sync::Arc::new(AtomicU64::new(0));
+    let storm = Storm {
+        now: now.clone(),
+        step_ns: 1_000_000,
+        wakes: 0,
+    };
+    // SAFETY: as in `pair`.
+    let mut guest = unsafe { StoreRing::new(page.as_ptr(), Side::Guest, storm) };
+    let clock = now.clone();
+    guest.set_clock(move || Duration::from_nanos(clock.load(Ordering::Relaxed)));
+    let mut buf = [0u8; 16];
+    // With a clock: the call ends at its deadline (5 s of 1 ms wakes).
+    assert_eq!(guest.recv(&mut buf, Wait::For(Duration::from_secs(5))), Ok(0));
+    let spent = now.load(Ordering::Relaxed);
+    assert!(
+        (5_000_000_000..5_002_000_000).contains(&spent),
+        "ended after {spent} ns of fake time"
+    );
+    assert_eq!(guest.send(&[], Wait::For(Duration::from_secs(1))), Ok(0));
+
+    // Without a clock: a bounded number of empty wake-ups per call.
+    let page = RingPage::new().unwrap();
+    let storm = Storm {
+        now: alloc::sync::Arc::new(AtomicU64::new(0)),
+        step_ns: 1,
+        wakes: 0,
+    };
+    // SAFETY: as in `pair`.
+    let mut guest = unsafe { StoreRing::new(page.as_ptr(), Side::Guest, storm) };
+    assert_eq!(guest.recv(&mut buf, Wait::For(Duration::from_secs(5))), Ok(0));
+    // Fill the request ring so that a send has to wait too.
+    let big = vec![0u8; XENSTORE_RING_SIZE];
+    assert_eq!(guest.send(&big, Wait::NoWait), Ok(XENSTORE_RING_SIZE));
+    assert_eq!(guest.send(b"x", Wait::For(Duration::from_secs(5))), Ok(0));
+}
