@@ -3,10 +3,14 @@
 //! The PV domain builder reads the notes (`public/elfnote.h`), maps the
 //! image at virtual address 0 (VIRT_BASE 0), fills the hypercall page and
 //! enters `_start` with `%rsi` pointing at `start_info`.
+//!
+//! The assembly switches sections between `.pushsection` and
+//! `.popsection`, so that module-level assembly emitted after it (the trap
+//! stubs) does not land in the stack's bss section.
 
 core::arch::global_asm!(
     r#"
-    .section .note.Xen, "a", @note
+    .pushsection .note.Xen, "a", @note
 
     .balign 4
     .long 4, .Lgos_end - .Lgos_start, 6
@@ -83,6 +87,8 @@ lwdom_stack:
     .skip 262144
     .globl lwdom_stack_top
 lwdom_stack_top:
+
+    .popsection
 "#,
     options(att_syntax)
 );

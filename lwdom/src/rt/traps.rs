@@ -15,6 +15,9 @@ const SET_TRAP_TABLE: usize = 0;
 const FLAT_KERNEL_CS: u16 = 0xe033;
 
 core::arch::global_asm!(
+    // In a text section of their own, whatever section other module-level
+    // assembly left current.
+    ".pushsection .text.lwdom_traps, \"ax\"",
     ".macro lwdom_trap_stub vec, err",
     ".globl lwdom_trap_\\vec",
     "lwdom_trap_\\vec:",
@@ -39,6 +42,7 @@ core::arch::global_asm!(
     "lwdom_trap_stub 16, 0",
     "lwdom_trap_stub 17, 1",
     "lwdom_trap_stub 19, 0",
+    ".popsection",
     options(att_syntax)
 );
 
