@@ -27,8 +27,9 @@
 //! grant table frames; the image is linked at virtual address 0 and relies
 //! on the domain builder's initial mapping (pfn N at N * 4096).
 //!
-//! The console ring ([`ring_bytes`]) and the lab's shared definitions
-//! ([`lab_proto`]) are plain logic, tested on the host; everything that
+//! The console ring ([`ring_bytes`]), the cells behind the runtime's
+//! globals ([`global`]) and the lab's shared definitions ([`lab_proto`])
+//! are plain logic, tested on the host; everything that
 //! makes hypercalls is under `rt`, built for `target_os = "none"` only.
 //!
 //! ```ignore
@@ -44,6 +45,7 @@
 
 extern crate alloc;
 
+pub mod global;
 pub mod lab_proto;
 pub mod ring_bytes;
 

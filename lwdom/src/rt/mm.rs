@@ -7,9 +7,11 @@
 
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::hypercall::{update_va_mapping, UVMF_INVLPG};
-use super::{Global, StartInfo};
+use super::StartInfo;
+use crate::global::OnceGlobal;
 
 const PAGE: usize = 4096;
 
@@ -38,9 +40,11 @@ impl<const N: usize> Pages<N> {
 static SHARED_INFO_WINDOW: Pages<1> = Pages::new();
 static GRANT_WINDOW: Pages<MAX_GRANT_FRAMES> = Pages::new();
 static POOL: Pages<POOL_PAGES> = Pages::new();
-/// One bit per pool page: in use.
-static POOL_USED: Global<[u64; POOL_PAGES / 64]> = Global::new();
-static MFN_LIST: Global<usize> = Global::new();
+/// One bit per pool page: in use. Atomic words, so that no `&mut` to the
+/// bitmap is ever formed.
+static POOL_USED: [AtomicU64; POOL_PAGES / 64] = [const { AtomicU64::new(0) }; POOL_PAGES / 64];
+/// The P2M list's address: set once at boot, then only read.
+static MFN_LIST: OnceGlobal<usize> = OnceGlobal::new();
 
 /// Page table entry bits: present, writable, user, accessed, dirty.
 const PTE_RW: u64 = 0x67;
@@ -63,8 +67,7 @@ unsafe fn map_machine_frame(va: *mut u8, mfn: u64) -> Result<(), isize> {
 
 /// Maps the shared info page and records the P2M list.
 pub(super) fn init(info: &StartInfo) {
-    MFN_LIST.set(info.mfn_list as usize);
-    POOL_USED.set([0; POOL_PAGES / 64]);
+    let _ = MFN_LIST.set(info.mfn_list as usize);
     // SAFETY: the window is reserved for the shared info page.
     if unsafe { map_machine_frame(SHARED_INFO_WINDOW.page(0), info.shared_info >> 12) }.is_err() {
         // No console yet (the console needs event channels); nothing to
@@ -96,15 +99,14 @@ pub fn alloc_pages(count: usize) -> Option<NonNull<u8>> {
     if count == 0 || count > POOL_PAGES {
         return None;
     }
-    let used = POOL_USED.get()?;
-    let is_used = |used: &[u64; POOL_PAGES / 64], i: usize| used[i / 64] & (1 << (i % 64)) != 0;
+    let is_used = |i: usize| POOL_USED[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0;
     let mut start = 0;
     while start + count <= POOL_PAGES {
-        match (start..start + count).find(|&i| is_used(used, i)) {
+        match (start..start + count).find(|&i| is_used(i)) {
             Some(busy) => start = busy + 1,
             None => {
                 for i in start..start + count {
-                    used[i / 64] |= 1 << (i % 64);
+                    POOL_USED[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
                 }
                 let p = POOL.page(start);
                 // SAFETY: the pages are in the pool, just marked in use, and
@@ -124,10 +126,8 @@ pub fn alloc_pages(count: usize) -> Option<NonNull<u8>> {
 /// still have access to the pages.
 pub unsafe fn free_pages(p: NonNull<u8>, count: usize) {
     let first = (p.as_ptr() as usize - POOL.page(0) as usize) / PAGE;
-    if let Some(used) = POOL_USED.get() {
-        for i in first..first + count {
-            used[i / 64] &= !(1 << (i % 64));
-        }
+    for i in first..first + count {
+        POOL_USED[i / 64].fetch_and(!(1 << (i % 64)), Ordering::Relaxed);
     }
 }
 

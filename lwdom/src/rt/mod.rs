@@ -3,8 +3,12 @@
 //!
 //! The runtime runs on one vCPU with event upcalls masked (no callbacks
 //! are registered; events are found by polling the shared info page), so
-//! nothing in it runs concurrently with anything else in this domain: the
-//! globals below are touched by one flow of control only.
+//! nothing in it runs concurrently with anything else in this domain. The
+//! one thing that can interrupt it is a CPU exception, whose handler prints
+//! to the console and ends the domain. The globals below never hand out
+//! two live `&mut` even then: values set once at boot are only read
+//! (`&T`), and the xenstore connection is lent to one closure at a time
+//! (re-entry is refused; see `crate::global`).
 
 mod boot;
 pub mod events;
@@ -15,16 +19,17 @@ pub mod platform;
 pub mod time;
 mod traps;
 
-use alloc::string::String;
-use core::cell::UnsafeCell;
+use alloc::string::{String, ToString};
 use core::fmt::{self, Write};
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use grant_tables::{DomId, Port};
 
 use xenbus::ring::EvtchnSignal;
 use xenbus::{Side, StoreRing, Xenstore, XsError};
 
+use crate::global::{BorrowError, ExclusiveGlobal, OnceGlobal};
 use crate::ring_bytes::{console_out, ByteRing};
 use hypercall::{sched_op, SchedShutdown, SCHEDOP_SHUTDOWN};
 use platform::Lw;
@@ -83,37 +88,36 @@ impl StartInfo {
     }
 }
 
-/// A global touched by the runtime's single flow of control only.
-pub(crate) struct Global<T>(UnsafeCell<Option<T>>);
+/// The domain's one xenstore connection.
+type Store = Xenstore<StoreRing<EvtchnSignal<'static, Lw>>>;
 
-// SAFETY: the runtime runs on one vCPU without upcalls (module docs), so
-// there is never concurrent access.
-unsafe impl<T> Sync for Global<T> {}
+/// Makes a runtime value `Send`/`Sync` so that it can sit in a global.
+///
+/// The runtime runs on one vCPU: these values are never touched by two
+/// threads. The cells they sit in (`crate::global`) still refuse a second
+/// `&mut` when a trap handler re-enters.
+pub(crate) struct OneVcpu<T>(pub(crate) T);
 
-impl<T> Global<T> {
-    const fn new() -> Self {
-        Global(UnsafeCell::new(None))
-    }
-    fn set(&self, v: T) {
-        // SAFETY: single flow of control (module docs); no reference from
-        // `get` is held across `set` (set happens once, during boot).
-        unsafe { *self.0.get() = Some(v) };
-    }
-    #[allow(clippy::mut_from_ref)]
-    fn get(&self) -> Option<&mut T> {
-        // SAFETY: single flow of control; callers use the reference briefly
-        // and never re-enter (the console and xenstore do not call each
-        // other while holding it).
-        unsafe { (*self.0.get()).as_mut() }
-    }
-}
+// SAFETY: one vCPU, no threads: the value never moves to or is shared with
+// another thread (module docs).
+unsafe impl<T> Send for OneVcpu<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for OneVcpu<T> {}
 
-static START: Global<StartInfo> = Global::new();
-static CONSOLE: Global<ByteRing> = Global::new();
-static XENSTORE: Global<Xenstore<StoreRing<EvtchnSignal<'static, Lw>>>> = Global::new();
+/// Set once at boot, then only read.
+static START: OnceGlobal<StartInfo> = OnceGlobal::new();
+/// Set once at boot, then only read: writing to the ring takes `&ByteRing`
+/// (the ring is shared memory, accessed with atomics and volatile copies).
+static CONSOLE: OnceGlobal<OneVcpu<ByteRing>> = OnceGlobal::new();
+/// A console write is in progress (a second one is a trap or panic handler
+/// that interrupted it).
+static CONSOLE_BUSY: AtomicBool = AtomicBool::new(false);
+/// Mutable: lent to one `with_xenstore` at a time.
+static XENSTORE: ExclusiveGlobal<OneVcpu<Store>> = ExclusiveGlobal::new();
 /// The platform the runtime's own xenstore connection signals through.
 static LW: Lw = Lw;
-static IDENTITY: Global<(DomId, String)> = Global::new();
+/// Set once at boot, then only read.
+static IDENTITY: OnceGlobal<(DomId, String)> = OnceGlobal::new();
 
 /// The start info the domain booted with.
 pub fn start_info() -> StartInfo {
@@ -143,9 +147,19 @@ fn pfn_to_va(pfn: u64) -> NonNull<u8> {
 
 /// Writes bytes to the console ring, waiting for space while the console
 /// daemon drains it.
+///
+/// A write that interrupts another one (a trap or panic handler that ran
+/// while a write was in progress) does not wait: it puts what fits on the
+/// ring once. The interrupted write never resumes (those handlers end the
+/// domain), so the handler's message is what xenconsoled gets.
 pub fn console_write(bytes: &[u8]) {
-    let Some(out) = CONSOLE.get() else { return };
+    let Some(OneVcpu(out)) = CONSOLE.get() else { return };
     let port = Port(start_info().console_evtchn);
+    if CONSOLE_BUSY.swap(true, Ordering::Acquire) {
+        let _ = out.write_some(bytes);
+        let _ = events::notify(port);
+        return;
+    }
     let mut rest = bytes;
     let mut stalls = 0;
     while !rest.is_empty() {
@@ -158,14 +172,15 @@ pub fn console_write(bytes: &[u8]) {
                     // The daemon drains the ring when it runs; do not wait
                     // forever if it is gone.
                     if stalls > 50 {
-                        return;
+                        break;
                     }
                     let _ = events::block(port, Some(100_000_000));
                 }
             }
-            Err(_) => return,
+            Err(_) => break,
         }
     }
+    CONSOLE_BUSY.store(false, Ordering::Release);
 }
 
 /// The console as a `fmt::Write`.
@@ -200,8 +215,19 @@ macro_rules! println {
 const XS_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(20);
 
 /// Runs `f` with the xenstore connection.
-pub fn with_xenstore<R>(f: impl FnOnce(&mut Xenstore<StoreRing<EvtchnSignal<'static, Lw>>>) -> R) -> R {
-    f(XENSTORE.get().expect("xenstore set up at boot"))
+///
+/// # Panics
+/// If called from inside `f` (directly or through `xs_read`, `xs_write`,
+/// `xs_wait`): the connection is lent to one caller at a time. The panic
+/// ends the domain as crashed with that reason on the console.
+pub fn with_xenstore<R>(f: impl FnOnce(&mut Store) -> R) -> R {
+    match XENSTORE.with(|xs| f(&mut xs.0)) {
+        Ok(r) => r,
+        Err(BorrowError::Busy) => {
+            panic!("xenstore used re-entrantly: rt::with_xenstore (or xs_read/xs_write/xs_wait) called inside a with_xenstore closure")
+        }
+        Err(BorrowError::Unset) => panic!("xenstore used before the runtime set it up at boot"),
+    }
 }
 
 /// Reads a xenstore key (relative to `/local/domain/<domid>` or absolute).
@@ -266,18 +292,20 @@ pub fn shutdown(reason: ShutdownReason) -> ! {
 unsafe extern "C" fn lwdom_rust_start(si: *const u8) -> ! {
     // SAFETY: Xen passes start_info in %rsi, which `_start` forwards.
     let info = unsafe { StartInfo::read(si) };
-    START.set(info);
+    let _ = START.set(info);
     mm::init(&info);
     // SAFETY: the console page is the one Xen's builder shares with
     // xenconsoled, mapped by the builder at pfn * 4096; only this ring uses
     // it.
-    CONSOLE.set(unsafe { console_out(pfn_to_va(mfn_to_pfn(info.console_mfn))) });
+    let _ = CONSOLE.set(OneVcpu(unsafe { console_out(pfn_to_va(mfn_to_pfn(info.console_mfn))) }));
     // SAFETY: likewise for the xenstore page, used only by this client.
     let ring = unsafe { StoreRing::new(pfn_to_va(mfn_to_pfn(info.store_mfn)), Side::Guest, EvtchnSignal::new(&LW, Port(info.store_evtchn))) };
     let mut xs = Xenstore::new(ring);
     xs.set_timeout(XS_TIMEOUT);
     xs.set_clock(|| core::time::Duration::from_nanos(time::now_ns()));
-    XENSTORE.set(xs);
+    if XENSTORE.set(OneVcpu(xs)).is_err() {
+        unreachable!("nothing else sets the xenstore connection");
+    }
     if let Err(rc) = traps::init() {
         crate::println!("lwdom: set_trap_table failed ({rc}); CPU exceptions will end the domain silently");
     }
@@ -285,7 +313,9 @@ unsafe extern "C" fn lwdom_rust_start(si: *const u8) -> ! {
     let id = xs_read("domid").map_err(|e| e.to_string()).and_then(|d| d.trim().parse::<u16>().map_err(|e| alloc::format!("domid {d:?}: {e}")));
     let nm = xs_read("name");
     match (id, nm) {
-        (Ok(d), Ok(n)) => IDENTITY.set((DomId(d), n)),
+        (Ok(d), Ok(n)) => {
+            let _ = IDENTITY.set((DomId(d), n));
+        }
         (Err(e), _) => {
             crate::println!("lwdom: FATAL: cannot read this domain's id from xenstore: {e}");
             shutdown(ShutdownReason::Crash);
@@ -316,5 +346,3 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     crate::println!("lwdom: PANIC: {info}");
     shutdown(ShutdownReason::Crash)
 }
-
-use alloc::string::ToString;

@@ -6,13 +6,14 @@ use core::ptr::NonNull;
 use grant_tables::abi::{GrantEntryV1, GRANT_ENTRIES_V1_PER_PAGE};
 use grant_tables::{DomId, EventChannels, Gfn, GrantTable, GrantTableFrames, PageAllocator, Platform, PlatformError, Port, SharedPages};
 
-use super::{events, mm, Global};
+use super::{events, mm};
+use crate::global::OnceGlobal;
 
 /// Grant table frames the runtime asks Xen for (512 entries each).
 pub const GRANT_FRAMES: u32 = 4;
 
-/// The domain's grant table, set up on first use.
-static GRANTS: Global<Arc<GrantTable<LwGrantFrames>>> = Global::new();
+/// The domain's grant table, set up on first use, then only read.
+static GRANTS: OnceGlobal<Arc<GrantTable<LwGrantFrames>>> = OnceGlobal::new();
 
 /// The lightweight domain on real Xen.
 #[derive(Clone, Copy, Debug, Default)]
@@ -130,13 +131,13 @@ impl Platform for Lw {
     /// Sets up [`GRANT_FRAMES`] frames on first use (GNTTABOP_setup_table
     /// and mapping of the frames); later calls return the same table.
     fn grant_table(&self) -> Result<&Arc<GrantTable<LwGrantFrames>>, PlatformError> {
-        if GRANTS.get().is_none() {
-            let frames = LwGrantFrames::setup(GRANT_FRAMES)?;
-            GRANTS.set(Arc::new(GrantTable::new(frames)));
+        if let Some(t) = GRANTS.get() {
+            return Ok(t);
         }
-        match GRANTS.get() {
-            Some(t) => Ok(t),
-            None => Err(PlatformError::Os { op: "grant table setup", code: -1 }),
-        }
+        let frames = LwGrantFrames::setup(GRANT_FRAMES)?;
+        // Set once: a table set meanwhile (impossible on one vCPU without
+        // upcalls) would be kept and this one dropped.
+        let _ = GRANTS.set(Arc::new(GrantTable::new(frames)));
+        GRANTS.get().ok_or(PlatformError::Os { op: "grant table setup", code: -1 })
     }
 }
