@@ -22,14 +22,14 @@
 //! Limits, by design of this minimal runtime: one vCPU; event upcalls stay
 //! masked (CPU exceptions are reported on the console by a trap table
 //! and end the domain as crashed; nothing resumes after one); the heap is a
-//! 4 MiB bump allocator that reclaims the latest allocation and starts over
-//! when everything was freed; 1024 shareable pages (4 MiB) and at most 32
+//! 4 MiB bump allocator ([`bump`]) that reclaims the latest allocation,
+//! resizes it in place, and starts over when everything was freed; 1024 shareable pages (4 MiB) and at most 32
 //! grant table frames; the image is linked at virtual address 0 and relies
 //! on the domain builder's initial mapping (pfn N at N * 4096).
 //!
-//! The console ring ([`ring_bytes`]), the cells behind the runtime's
-//! globals ([`global`]) and the lab's shared definitions ([`lab_proto`])
-//! are plain logic, tested on the host; everything that
+//! The console ring ([`ring_bytes`]), the heap's allocator ([`bump`]), the
+//! cells behind the runtime's globals ([`global`]) and the lab's shared
+//! definitions ([`lab_proto`]) are plain logic, tested on the host; everything that
 //! makes hypercalls is under `rt`, built for `target_os = "none"` only.
 //!
 //! ```ignore
@@ -45,6 +45,7 @@
 
 extern crate alloc;
 
+pub mod bump;
 pub mod global;
 pub mod lab_proto;
 pub mod ring_bytes;
