@@ -65,7 +65,13 @@ unsafe fn map_machine_frame(va: *mut u8, mfn: u64) -> Result<(), isize> {
     }
 }
 
-/// Maps the shared info page and records the P2M list.
+/// Offset of `vcpu_info[0].evtchn_upcall_mask` in `struct shared_info`
+/// (`vcpu_info` starts the page: `u8 evtchn_upcall_pending; u8
+/// evtchn_upcall_mask; ...`).
+const VCPU0_UPCALL_MASK: usize = 1;
+
+/// Maps the shared info page, masks event upcalls, and records the P2M
+/// list.
 pub(super) fn init(info: &StartInfo) {
     let _ = MFN_LIST.set(info.mfn_list as usize);
     // SAFETY: the window is reserved for the shared info page.
@@ -74,6 +80,12 @@ pub(super) fn init(info: &StartInfo) {
         // say it with.
         super::shutdown(super::ShutdownReason::Crash);
     }
+    // The runtime registers no event callback and finds events by polling:
+    // upcalls must stay masked. The domain builder masks them, but the
+    // runtime does not rely on that.
+    // SAFETY: the shared info page is mapped just above; the byte is
+    // vcpu_info[0].evtchn_upcall_mask, shared with Xen, hence volatile.
+    unsafe { SHARED_INFO_WINDOW.page(0).add(VCPU0_UPCALL_MASK).write_volatile(1) };
 }
 
 /// The mapped shared info page.
