@@ -242,7 +242,7 @@ pub fn xs_write(path: &str, value: &str) -> Result<(), XsError> {
 
 /// Polls a xenstore key until it exists or `timeout_ns` passes.
 pub fn xs_wait(path: &str, timeout_ns: u64) -> Result<String, XsError> {
-    let until = time::now_ns() + timeout_ns;
+    let until = time::now_ns().saturating_add(timeout_ns);
     loop {
         match xs_read(path) {
             Ok(v) => return Ok(v),
@@ -269,7 +269,7 @@ pub fn name() -> String {
 
 /// Sleeps for about `ns` nanoseconds (blocks the vCPU).
 pub fn sleep_ns(ns: u64) {
-    let until = time::now_ns() + ns;
+    let until = time::now_ns().saturating_add(ns);
     while time::now_ns() < until {
         events::poll_timeout(&[], until);
     }
