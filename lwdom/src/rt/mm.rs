@@ -144,15 +144,17 @@ pub unsafe fn free_pages(p: NonNull<u8>, count: usize) {
 }
 
 /// Sets up `wanted` grant table frames (fewer if Xen allows fewer) and
-/// maps them; returns the first entry and how many frames were mapped.
-pub fn map_grant_frames(wanted: u32) -> Result<(NonNull<u8>, u32), &'static str> {
+/// maps them; returns the first entry and how many frames were mapped, or
+/// the failed operation with Xen's code (the hypercall's return value, or
+/// the operation's `GNTST_*` status when the hypercall returned 0).
+pub fn map_grant_frames(wanted: u32) -> Result<(NonNull<u8>, u32), (&'static str, i32)> {
     use super::hypercall::grant_table_op;
     use grant_tables::abi::{gnttabop, GnttabQuerySize, GnttabSetupTable, DOMID_SELF};
     let mut q = GnttabQuerySize { dom: DOMID_SELF, ..Default::default() };
     // SAFETY: GNTTABOP_query_size takes one `struct gnttab_query_size`.
     let rc = unsafe { grant_table_op(gnttabop::QUERY_SIZE as usize, (&mut q as *mut GnttabQuerySize).cast(), 1) };
     if rc != 0 || q.status != 0 {
-        return Err("GNTTABOP_query_size failed");
+        return Err(("GNTTABOP_query_size", if rc != 0 { rc as i32 } else { q.status as i32 }));
     }
     let nr = wanted.min(q.max_nr_frames).min(MAX_GRANT_FRAMES as u32).max(1);
     let mut frames = [0u64; MAX_GRANT_FRAMES];
@@ -162,13 +164,13 @@ pub fn map_grant_frames(wanted: u32) -> Result<(NonNull<u8>, u32), &'static str>
     // call.
     let rc = unsafe { grant_table_op(gnttabop::SETUP_TABLE as usize, (&mut s as *mut GnttabSetupTable).cast(), 1) };
     if rc != 0 || s.status != 0 {
-        return Err("GNTTABOP_setup_table failed");
+        return Err(("GNTTABOP_setup_table", if rc != 0 { rc as i32 } else { s.status as i32 }));
     }
     for (i, mfn) in frames[..nr as usize].iter().enumerate() {
         // SAFETY: the grant window is reserved for the grant table frames.
-        if unsafe { map_machine_frame(GRANT_WINDOW.page(i), *mfn) }.is_err() {
-            return Err("update_va_mapping of a grant table frame failed");
+        if let Err(rc) = unsafe { map_machine_frame(GRANT_WINDOW.page(i), *mfn) } {
+            return Err(("update_va_mapping of a grant table frame", rc as i32));
         }
     }
-    NonNull::new(GRANT_WINDOW.page(0)).map(|p| (p, nr)).ok_or("grant window at address 0")
+    NonNull::new(GRANT_WINDOW.page(0)).map(|p| (p, nr)).ok_or(("grant window at address 0", -1))
 }

@@ -73,7 +73,7 @@ impl LwGrantFrames {
     /// Sets up and maps `frames` grant table frames (fewer if Xen allows
     /// fewer). Called once, by [`Platform::grant_table`].
     fn setup(frames: u32) -> Result<Self, PlatformError> {
-        let (p, n) = mm::map_grant_frames(frames).map_err(|op| PlatformError::Os { op, code: -1 })?;
+        let (p, n) = mm::map_grant_frames(frames).map_err(|(op, code)| PlatformError::Os { op, code })?;
         Ok(LwGrantFrames { entries: p.cast(), frames: n })
     }
 }
