@@ -8,6 +8,7 @@ extern crate alloc;
 
 use alloc::format;
 use alloc::string::{String, ToString};
+use core::mem::ManuallyDrop;
 
 use grant_tables::{Access, DomId, EventChannels, Platform, PageAllocator, SharedPages};
 use lwdom::lab_proto::*;
@@ -32,8 +33,13 @@ fn run() -> Result<String, String> {
     let lw = Lw;
     let table = lw.grant_table().map_err(|e| format!("grant table setup: {e}"))?;
     println!("grant: grant table mapped, {} entries", table.capacity());
-    let a = lw.alloc_zeroed_pages(1).map_err(|e| e.to_string())?;
-    let b = lw.alloc_zeroed_pages(1).map_err(|e| e.to_string())?;
+    // The pages are freed only through `end_access_with_page`, which gives
+    // a page back once its grant has ended and keeps it (quarantined)
+    // otherwise. Every early return leaves them allocated: dom0 may map a
+    // granted page, and a freed page would go back to the pool while still
+    // shared (XSA-396).
+    let a = ManuallyDrop::new(lw.alloc_zeroed_pages(1).map_err(|e| e.to_string())?);
+    let b = ManuallyDrop::new(lw.alloc_zeroed_pages(1).map_err(|e| e.to_string())?);
     for (idx, page) in [&a, &b].into_iter().enumerate() {
         let p = page.as_ptr().as_ptr();
         for off in 0..PATTERN_LEN {
@@ -68,7 +74,7 @@ fn run() -> Result<String, String> {
         return Err(format!("page A's grant flags {:?} do not show dom0's mapping", table.flags_of(&ga)));
     }
     // Ending B's grant while dom0 maps it must fail (and quarantine B).
-    match table.end_access_with_page(gb, b) {
+    match table.end_access_with_page(gb, ManuallyDrop::into_inner(b)) {
         Ok(_) => return Err("end access of page B succeeded while dom0 maps it".into()),
         Err(e) => println!("grant: end access of page B while dom0 maps it fails as it must: {e}"),
     }
@@ -78,7 +84,7 @@ fn run() -> Result<String, String> {
     if !lw.block(port, Some(WAIT_NS)).map_err(|e| e.to_string())? {
         return Err("dom0 did not notify within 60 s that it unmapped the pages".into());
     }
-    let a = table.end_access_with_page(ga, a).map_err(|e| format!("end access of page A after dom0 unmapped it: {e}"))?;
+    let a = table.end_access_with_page(ga, ManuallyDrop::into_inner(a)).map_err(|e| format!("end access of page A after dom0 unmapped it: {e}"))?;
     drop(a);
     println!("grant: end access of page A after dom0 unmapped it succeeded");
     Ok(format!("reply checked; end access refused while mapped (quarantined {}), accepted after unmap", table.quarantined_count()))

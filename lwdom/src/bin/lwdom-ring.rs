@@ -7,6 +7,7 @@ extern crate alloc;
 
 use alloc::format;
 use alloc::string::{String, ToString};
+use core::mem::ManuallyDrop;
 
 use grant_tables::{Access, DomId, EventChannels, FrontRing, Platform, PageAllocator, RawRingMemory, SharedPages};
 use lwdom::lab_proto::*;
@@ -34,10 +35,13 @@ fn main() -> Result<(), String> {
 fn run() -> Result<String, String> {
     let lw = Lw;
     let table = lw.grant_table().map_err(|e| format!("grant table setup: {e}"))?;
-    let page = lw.alloc_zeroed_pages(1).map_err(|e| e.to_string())?;
-    // SAFETY: the page is ours for the whole run (it is never freed: the
-    // grant is not ended before shutdown), page-aligned, 4096 bytes, and
-    // accessed only through the ring.
+    // Never freed, on every path out of this function, errors included:
+    // the grant is not ended before shutdown, so dom0 may map the page
+    // until the domain is gone, and a freed page would go back to the pool
+    // while still shared (XSA-396).
+    let page = ManuallyDrop::new(lw.alloc_zeroed_pages(1).map_err(|e| e.to_string())?);
+    // SAFETY: the page is ours for the whole run (never freed, above),
+    // page-aligned, 4096 bytes, and accessed only through the ring.
     let mem = unsafe { RawRingMemory::new(page.as_ptr(), 4096) };
     let mut ring: FrontRing<EchoReq, EchoRsp, _> = FrontRing::init(mem).map_err(|e| e.to_string())?;
     let gref = table.grant_access(DomId::DOM0, page.gfn(0).ok_or("no frame")?, Access::ReadWrite).map_err(|e| e.to_string())?;
@@ -88,10 +92,10 @@ fn run() -> Result<String, String> {
     if ring.push_requests() {
         lw.notify(port).map_err(|e| e.to_string())?;
     }
-    // The grant stays open and the page is never freed: dom0 may still map
-    // it until it has seen the stop request, and the domain ends next.
+    // The grant stays open and the page is never freed (`ManuallyDrop`):
+    // dom0 may still map it until it has seen the stop request, and the
+    // domain ends next.
     let _ = gref;
-    core::mem::forget(page);
     if missed > 0 {
         return Err(format!("{missed} response(s) arrived without the event that should have announced them"));
     }
