@@ -4,6 +4,10 @@
 //! image at virtual address 0 (VIRT_BASE 0), fills the hypercall page and
 //! enters `_start` with `%rsi` pointing at `start_info`.
 //!
+//! The page below the boot stack (`lwdom_stack_guard`) is unmapped at
+//! boot ([`unmap_stack_guard`]), so that a stack overflow faults instead of
+//! overwriting the bss below it.
+//!
 //! The assembly switches sections between `.pushsection` and
 //! `.popsection`, so that module-level assembly emitted after it (the trap
 //! stubs) does not land in the stack's bss section.
@@ -83,6 +87,9 @@ lwdom_hypercall_page:
 
     .section .bss.lwdom_stack, "aw", @nobits
     .balign 4096
+    .globl lwdom_stack_guard
+lwdom_stack_guard:
+    .skip 4096
 lwdom_stack:
     .skip 262144
     .globl lwdom_stack_top
@@ -92,3 +99,24 @@ lwdom_stack_top:
 "#,
     options(att_syntax)
 );
+
+extern "C" {
+    /// The page just below the boot stack.
+    static lwdom_stack_guard: u8;
+}
+
+/// Unmaps the guard page below the boot stack; returns Xen's error code on
+/// failure.
+pub(super) fn unmap_stack_guard() -> Result<(), isize> {
+    // SAFETY: only the symbol's address is taken; the page is reserved for
+    // the guard and nothing reads or writes it, so nothing relies on its
+    // mapping (a zero PTE: not present).
+    let rc = unsafe {
+        super::hypercall::update_va_mapping(core::ptr::addr_of!(lwdom_stack_guard) as usize, 0, super::hypercall::UVMF_INVLPG)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(rc)
+    }
+}

@@ -309,6 +309,9 @@ unsafe extern "C" fn lwdom_rust_start(si: *const u8) -> ! {
     if let Err(rc) = traps::init() {
         crate::println!("lwdom: set_trap_table failed ({rc}); CPU exceptions will end the domain silently");
     }
+    if let Err(rc) = boot::unmap_stack_guard() {
+        crate::println!("lwdom: unmapping the guard page below the stack failed ({rc}); a stack overflow will go unnoticed");
+    }
     crate::println!("lwdom: booted, {} pages, console on port {}, xenstore on port {}", info.nr_pages, info.console_evtchn, info.store_evtchn);
     let id = xs_read("domid").map_err(|e| e.to_string()).and_then(|d| d.trim().parse::<u16>().map_err(|e| alloc::format!("domid {d:?}: {e}")));
     let nm = xs_read("name");
