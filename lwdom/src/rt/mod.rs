@@ -299,7 +299,10 @@ unsafe extern "C" fn lwdom_rust_start(si: *const u8) -> ! {
     // it.
     let _ = CONSOLE.set(OneVcpu(unsafe { console_out(pfn_to_va(mfn_to_pfn(info.console_mfn))) }));
     // SAFETY: likewise for the xenstore page, used only by this client.
-    let ring = unsafe { StoreRing::new(pfn_to_va(mfn_to_pfn(info.store_mfn)), Side::Guest, EvtchnSignal::new(&LW, Port(info.store_evtchn))) };
+    let mut ring = unsafe { StoreRing::new(pfn_to_va(mfn_to_pfn(info.store_mfn)), Side::Guest, EvtchnSignal::new(&LW, Port(info.store_evtchn))) };
+    // Timed waits on the ring end at their deadline even when xenstored
+    // signals without writing.
+    ring.set_clock(|| core::time::Duration::from_nanos(time::now_ns()));
     let mut xs = Xenstore::new(ring);
     xs.set_timeout(XS_TIMEOUT);
     xs.set_clock(|| core::time::Duration::from_nanos(time::now_ns()));
