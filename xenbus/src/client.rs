@@ -23,7 +23,7 @@ use core::fmt;
 use core::time::Duration;
 
 use crate::path::{check_client_path, check_watch_path, Perm};
-use crate::transport::{Transport, TransportError, Wait};
+use crate::transport::{Budget, Clock, Transport, TransportError, Wait};
 use crate::wire::{
     join_strings, parse_u32_strict, split_strings, u32_string, Decoder, Errno, Message, MsgType,
     XENSTORE_PAYLOAD_MAX,
@@ -43,50 +43,6 @@ pub const MAX_MESSAGES_PER_PUMP: usize = 256;
 /// [`Xenstore::pump_wait`]) makes: a daemon that keeps sending something
 /// other than the reply then holds a request at most this many timeouts.
 pub const MAX_WAITS_WITHOUT_CLOCK: u32 = 1024;
-
-/// A monotonic clock (any origin).
-type Clock = alloc::boxed::Box<dyn Fn() -> Duration + Send + Sync>;
-
-/// How much longer the client may wait for the daemon.
-struct Budget {
-    wait: Wait,
-    /// With a clock: when the wait ends.
-    until: Option<Duration>,
-    /// Without a clock: waits left.
-    waits_left: u32,
-}
-
-impl Budget {
-    fn new(wait: Wait, now: Option<Duration>) -> Budget {
-        let until = match (wait, now) {
-            (Wait::For(d), Some(now)) => Some(now.saturating_add(d)),
-            _ => None,
-        };
-        Budget {
-            wait,
-            until,
-            waits_left: MAX_WAITS_WITHOUT_CLOCK,
-        }
-    }
-
-    /// The next wait on the transport, `None` once the budget is spent.
-    fn next(&mut self, now: Option<Duration>) -> Option<Wait> {
-        match self.wait {
-            Wait::NoWait => Some(Wait::NoWait),
-            Wait::Forever => Some(Wait::Forever),
-            Wait::For(d) => match (self.until, now) {
-                (Some(until), Some(now)) => {
-                    let left = until.saturating_sub(now);
-                    (!left.is_zero()).then_some(Wait::For(left))
-                }
-                _ => {
-                    self.waits_left = self.waits_left.checked_sub(1)?;
-                    Some(Wait::For(d))
-                }
-            },
-        }
-    }
-}
 
 /// A transaction id (`tx_id` of the header); [`TxId::NONE`] outside
 /// transactions.
@@ -597,7 +553,7 @@ impl<T: Transport> Xenstore<T> {
     pub fn pump_wait(&mut self, wait: Wait) -> Result<usize, XsError> {
         self.check_broken()?;
         let mut queued = 0;
-        let mut budget = Budget::new(wait, self.now());
+        let mut budget = Budget::new(wait, self.now(), MAX_WAITS_WITHOUT_CLOCK);
         for _ in 0..MAX_MESSAGES_PER_PUMP {
             let Some(msg) = self.next_message(&mut budget, MsgType::WatchEvent)? else {
                 break;
@@ -609,7 +565,7 @@ impl<T: Transport> Xenstore<T> {
                 // Only a reply to a request that timed out can come now.
                 self.stale_reply(&msg, 0);
             }
-            budget = Budget::new(Wait::NoWait, None);
+            budget = Budget::new(Wait::NoWait, None, MAX_WAITS_WITHOUT_CLOCK);
         }
         Ok(queued)
     }
@@ -928,7 +884,7 @@ impl<T: Transport> Xenstore<T> {
         let bytes = msg.encode();
         // One deadline for the whole request: sending, and every message
         // that arrives before the reply.
-        let mut budget = Budget::new(Wait::For(self.timeout), self.now());
+        let mut budget = Budget::new(Wait::For(self.timeout), self.now(), MAX_WAITS_WITHOUT_CLOCK);
         let mut sent = 0;
         while sent < bytes.len() {
             let n = match budget.next(self.now()) {

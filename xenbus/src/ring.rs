@@ -17,7 +17,6 @@
 //!   buffer before the consumer index is released back to the peer, and
 //!   are never read again; every index into the byte arrays is masked.
 
-use alloc::boxed::Box;
 use alloc::format;
 use core::mem::{offset_of, size_of};
 use core::time::Duration;
@@ -26,7 +25,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use grant_tables::{EventChannels, Port};
 
-use crate::transport::{Transport, TransportError, Wait};
+use crate::transport::{Budget, Clock, Transport, TransportError, Wait};
 
 /// Size of each byte ring (`XENSTORE_RING_SIZE`).
 pub const XENSTORE_RING_SIZE: usize = 1024;
@@ -241,13 +240,13 @@ pub struct StoreRing<S: RingSignal> {
     in_cons: u32,
     broken: Option<TransportError>,
     /// Monotonic clock for timed waits (see [`StoreRing::set_clock`]).
-    clock: Option<Box<dyn Fn() -> Duration + Send + Sync>>,
+    clock: Option<Clock>,
 }
 
-/// Without a clock, how many events that bring no bytes one timed `send` or
-/// `recv` sits through before it gives up (returns 0): each one restarts the
-/// signal's wait, so a peer signalling without writing could otherwise hold
-/// the call forever.
+/// Without a clock, how many waits on the signal one timed `send` or `recv`
+/// makes before it gives up (returns 0): each wake-up that brings no bytes
+/// restarts the signal's wait, so a peer signalling without writing could
+/// otherwise hold the call forever.
 pub const MAX_EMPTY_WAKES_WITHOUT_CLOCK: u32 = 64;
 
 // SAFETY: the page is plain shared memory; the contract of `StoreRing::new`
@@ -298,34 +297,18 @@ impl<S: RingSignal> StoreRing<S> {
     /// Gives the ring a monotonic clock: a timed `send` or `recv` then ends
     /// at its deadline however often the peer signals without moving bytes.
     /// Without one, such a call gives up after
-    /// [`MAX_EMPTY_WAKES_WITHOUT_CLOCK`] empty wake-ups.
+    /// [`MAX_EMPTY_WAKES_WITHOUT_CLOCK`] waits.
     pub fn set_clock(&mut self, clock: impl Fn() -> Duration + Send + Sync + 'static) {
-        self.clock = Some(Box::new(clock));
+        self.clock = Some(alloc::boxed::Box::new(clock));
     }
 
-    /// The wait for the next sleep of a call that started with `wait`:
-    /// `None` when the call's time is up. `deadline` is the call's end on
-    /// the clock, `empty_wakes` how many wake-ups brought nothing so far.
-    fn next_wait(&self, wait: Wait, deadline: Option<Duration>, empty_wakes: u32) -> Option<Wait> {
-        match wait {
-            Wait::NoWait => None,
-            Wait::Forever => Some(Wait::Forever),
-            Wait::For(d) => match (deadline, self.clock.as_ref()) {
-                (Some(end), Some(now)) => {
-                    let now = now();
-                    (now < end).then(|| Wait::For(end - now))
-                }
-                _ => (empty_wakes < MAX_EMPTY_WAKES_WITHOUT_CLOCK).then_some(Wait::For(d)),
-            },
-        }
+    /// The budget of a `send` or `recv` that may wait as `wait` allows.
+    fn budget(&self, wait: Wait) -> Budget {
+        Budget::new(wait, self.now(), MAX_EMPTY_WAKES_WITHOUT_CLOCK)
     }
 
-    /// The end, on the clock, of a call that started with `wait`.
-    fn deadline(&self, wait: Wait) -> Option<Duration> {
-        match wait {
-            Wait::For(d) => self.clock.as_ref().map(|now| now().saturating_add(d)),
-            _ => None,
-        }
+    fn now(&self) -> Option<Duration> {
+        self.clock.as_ref().map(|c| c())
     }
 
     /// Initialises a fresh page for the server end: zero indices, the
@@ -475,8 +458,7 @@ impl<S: RingSignal> StoreRing<S> {
 
 impl<S: RingSignal> Transport for StoreRing<S> {
     fn send(&mut self, data: &[u8], wait: Wait) -> Result<usize, TransportError> {
-        let deadline = self.deadline(wait);
-        let mut empty_wakes = 0;
+        let mut budget = self.budget(wait);
         loop {
             self.check_usable()?;
             let n = self.try_send(data)?;
@@ -486,19 +468,18 @@ impl<S: RingSignal> Transport for StoreRing<S> {
                 }
                 return Ok(n);
             }
-            let Some(w) = self.next_wait(wait, deadline, empty_wakes) else {
-                return Ok(0);
-            };
-            if !self.signal.wait(w)? {
+            if wait == Wait::NoWait {
                 return Ok(0);
             }
-            empty_wakes += 1;
+            match budget.next(self.now()) {
+                Some(w) if self.signal.wait(w)? => {}
+                _ => return Ok(0),
+            }
         }
     }
 
     fn recv(&mut self, buf: &mut [u8], wait: Wait) -> Result<usize, TransportError> {
-        let deadline = self.deadline(wait);
-        let mut empty_wakes = 0;
+        let mut budget = self.budget(wait);
         loop {
             self.check_usable()?;
             let n = self.try_recv(buf)?;
@@ -509,13 +490,13 @@ impl<S: RingSignal> Transport for StoreRing<S> {
                 }
                 return Ok(n);
             }
-            let Some(w) = self.next_wait(wait, deadline, empty_wakes) else {
-                return Ok(0);
-            };
-            if !self.signal.wait(w)? {
+            if wait == Wait::NoWait {
                 return Ok(0);
             }
-            empty_wakes += 1;
+            match budget.next(self.now()) {
+                Some(w) if self.signal.wait(w)? => {}
+                _ => return Ok(0),
+            }
         }
     }
 }

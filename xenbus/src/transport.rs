@@ -97,3 +97,51 @@ impl<T: Transport + ?Sized> Transport for alloc::boxed::Box<T> {
         (**self).recv(buf, wait)
     }
 }
+
+/// A monotonic clock (any origin), for deadlines.
+pub(crate) type Clock = alloc::boxed::Box<dyn Fn() -> Duration + Send + Sync>;
+
+/// How much longer an operation may wait for the peer, in all: one
+/// deadline on the clock, so that wake-ups that bring nothing do not extend
+/// it, or, without a clock, a bounded number of waits.
+pub(crate) struct Budget {
+    wait: Wait,
+    /// With a clock: when the wait ends.
+    until: Option<Duration>,
+    /// Without a clock: waits left.
+    waits_left: u32,
+}
+
+impl Budget {
+    /// A budget of `wait` from `now` (`None`: no clock, at most
+    /// `max_waits` waits).
+    pub(crate) fn new(wait: Wait, now: Option<Duration>, max_waits: u32) -> Budget {
+        let until = match (wait, now) {
+            (Wait::For(d), Some(now)) => Some(now.saturating_add(d)),
+            _ => None,
+        };
+        Budget {
+            wait,
+            until,
+            waits_left: max_waits,
+        }
+    }
+
+    /// The next wait, `None` once the budget is spent.
+    pub(crate) fn next(&mut self, now: Option<Duration>) -> Option<Wait> {
+        match self.wait {
+            Wait::NoWait => Some(Wait::NoWait),
+            Wait::Forever => Some(Wait::Forever),
+            Wait::For(d) => match (self.until, now) {
+                (Some(until), Some(now)) => {
+                    let left = until.saturating_sub(now);
+                    (!left.is_zero()).then_some(Wait::For(left))
+                }
+                _ => {
+                    self.waits_left = self.waits_left.checked_sub(1)?;
+                    Some(Wait::For(d))
+                }
+            },
+        }
+    }
+}
