@@ -269,8 +269,12 @@ fn ring_in(dir: &Path, mode: Mode, iters: u64, warmup: u64) -> Result<Vec<u64>, 
     let mut ring =
         FrontRing::<EchoRequest, EchoResponse, _>::init(page).map_err(|e| e.to_string())?;
 
-    let mut grant: Option<GrantRef> = None;
-    let mut port: Option<Port> = None;
+    let mut dev = BenchFront {
+        plat: &plat,
+        gfn,
+        grant: None,
+        port: None,
+    };
     let mut fe = Frontend::new(FrontendConfig::new(
         format!("device/{DEVICE}/0"),
         ConnectStyle::InitialisedFirst,
@@ -278,34 +282,9 @@ fn ring_in(dir: &Path, mode: Mode, iters: u64, warmup: u64) -> Result<Vec<u64>, 
     let start = Instant::now();
     let mut clock = || start.elapsed();
     let info = fe
-        .run_until_connected(&mut xs, &mut clock, |tx, info| {
-            let g = match &grant {
-                Some(g) => g.raw(),
-                None => {
-                    let g = plat
-                        .grant_table()
-                        .grant_access(info.backend_id, gfn, Access::ReadWrite)
-                        .map_err(|e| xenbus::PublishError::Device(e.to_string()))?;
-                    let raw = g.raw();
-                    grant = Some(g);
-                    raw
-                }
-            };
-            let p = match port {
-                Some(p) => p,
-                None => {
-                    let p = plat
-                        .alloc_unbound(info.backend_id)
-                        .map_err(|e| xenbus::PublishError::Device(e.to_string()))?;
-                    port = Some(p);
-                    p
-                }
-            };
-            tx.write(&info.frontend_key("ring-ref"), g.to_string())?;
-            tx.write(&info.frontend_key("event-channel"), p.0.to_string())?;
-            Ok(())
-        })
+        .run_until_connected(&mut xs, &mut clock, &mut dev)
         .map_err(|e| format!("xenbus handshake: {e}"))?;
+    let BenchFront { grant, port, .. } = dev;
     let port = port.ok_or("connected without an event channel")?;
     log::info!(
         "ring connected to {} in {:?}",
@@ -359,6 +338,63 @@ fn ring_in(dir: &Path, mode: Mode, iters: u64, warmup: u64) -> Result<Vec<u64>, 
     }
     drop(daemon);
     Ok(lat)
+}
+
+/// The bench frontend's side of the handshake: grants the ring page and
+/// allocates the event channel for the one connection the bench makes.
+struct BenchFront<'a> {
+    plat: &'a HostedPlatform,
+    gfn: grant_tables::Gfn,
+    grant: Option<GrantRef>,
+    port: Option<Port>,
+}
+
+impl<T: xenbus::Transport> xenbus::Device<T> for BenchFront<'_> {
+    fn setup(
+        &mut self,
+        _xs: &mut xenbus::Xenstore<T>,
+        conn: &xenbus::Connection,
+    ) -> Result<(), xenbus::DeviceError> {
+        let device = |e: String| xenbus::DeviceError::Device(e);
+        let grant = self
+            .plat
+            .grant_table()
+            .grant_access(conn.peer, self.gfn, Access::ReadWrite)
+            .map_err(|e| device(e.to_string()))?;
+        match self.plat.alloc_unbound(conn.peer) {
+            Ok(port) => {
+                self.grant = Some(grant);
+                self.port = Some(port);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.plat.grant_table().end_access(grant);
+                Err(device(e.to_string()))
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        tx: &mut xenbus::Transaction<'_, T>,
+        conn: &xenbus::Connection,
+    ) -> Result<(), xenbus::XsError> {
+        if let (Some(g), Some(p)) = (&self.grant, self.port) {
+            tx.write(&conn.frontend_key("ring-ref"), g.raw().to_string())?;
+            tx.write(&conn.frontend_key("event-channel"), p.0.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn teardown(&mut self, _conn: &xenbus::Connection, _reason: xenbus::TeardownReason) {
+        // The bench makes one connection: a lost backend fails the run.
+        if let Some(g) = self.grant.take() {
+            let _ = self.plat.grant_table().end_access(g);
+        }
+        if let Some(p) = self.port.take() {
+            let _ = self.plat.close(p);
+        }
+    }
 }
 
 /// The backend process: `PINGPONG_RING_BACKEND=<dir>;<mode>;<requests>`.

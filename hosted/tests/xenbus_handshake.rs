@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hosted::xenstore::{connect, connect_as, UnixXenstore, XenstoreDaemon};
-use xenbus::frontend::{
-    BackendInfo, ConnectStyle, DisconnectReason, Frontend, FrontendConfig, HandshakeError,
-    HandshakeEvent, Phase, PublishError,
+use xenbus::{
+    ConnectStyle, Connection, DeviceError, Frontend, FrontendConfig, FrontendPhase as Phase,
+    HandshakeError, HandshakeEvent, HandshakePhase, PeerLoss, TeardownReason,
 };
-use xenbus::{Perm, PermAccess, Transaction, Wait, XenbusState, XsError};
+use xenbus::{Perm, PermAccess, Transaction, Transport, Wait, XenbusState, Xenstore, XsError};
 
 const FE_DOM: u16 = 1;
 const BE_DOM: u16 = 2;
@@ -159,37 +159,74 @@ impl SimBackend {
     }
 }
 
-/// The device side: publishes a ring-ref that changes per connection.
+/// The device side: sets up a ring-ref per connection and publishes it.
 struct Device {
-    publishes: Vec<BackendInfo>,
-    generation: u32,
+    /// Every connection set up, in order.
+    publishes: Vec<Connection>,
+    /// The live connection's ring-ref.
+    live: Option<(u64, u32)>,
+    /// Calls of `publish`, with the connection number.
+    publish_calls: Vec<u64>,
+    teardowns: Vec<(u64, TeardownReason)>,
+    /// Makes `setup` fail with this message.
+    fail_setup: Option<String>,
+    /// A connection to the store that makes the first publish transaction
+    /// conflict (it rewrites a node the transaction wrote).
+    conflict_once: Option<UnixXenstore>,
 }
 
 impl Device {
     fn new() -> Self {
         Device {
             publishes: Vec::new(),
-            generation: 0,
+            live: None,
+            publish_calls: Vec::new(),
+            teardowns: Vec::new(),
+            fail_setup: None,
+            conflict_once: None,
         }
     }
+}
 
-    fn publish<T: xenbus::Transport>(
-        &mut self,
-        tx: &mut Transaction<'_, T>,
-        be: &BackendInfo,
-    ) -> Result<(), PublishError> {
-        if self.publishes.last() != Some(be) || self.generation == 0 {
-            self.generation += 1;
+impl<T: Transport> xenbus::Device<T> for Device {
+    fn setup(&mut self, _xs: &mut Xenstore<T>, conn: &Connection) -> Result<(), DeviceError> {
+        if let Some(m) = &self.fail_setup {
+            return Err(DeviceError::Device(m.clone()));
         }
-        self.publishes.push(be.clone());
-        tx.write(
-            &be.frontend_key("ring-ref"),
-            format!("{}", 100 + self.generation),
-        )?;
-        tx.write(&be.frontend_key("event-channel"), "7")?;
-        tx.write(&be.frontend_key("request-rx-copy"), "1")?;
+        assert!(
+            self.live.is_none(),
+            "setup while connection {:?} is live",
+            self.live
+        );
+        self.publishes.push(conn.clone());
+        self.live = Some((conn.number, 100 + conn.number as u32));
         Ok(())
     }
+
+    fn publish(&mut self, tx: &mut Transaction<'_, T>, conn: &Connection) -> Result<(), XsError> {
+        let (number, rr) = self.live.expect("publish without setup");
+        assert_eq!(number, conn.number, "publish for another connection");
+        self.publish_calls.push(conn.number);
+        tx.write(&conn.frontend_key("ring-ref"), rr.to_string())?;
+        tx.write(&conn.frontend_key("event-channel"), "7")?;
+        tx.write(&conn.frontend_key("request-rx-copy"), "1")?;
+        if let Some(mut other) = self.conflict_once.take() {
+            other
+                .write(&format!("{}/request-rx-copy", fe_abs(0)), "0")
+                .unwrap();
+        }
+        Ok(())
+    }
+
+    fn teardown(&mut self, conn: &Connection, reason: TeardownReason) {
+        let (number, _) = self.live.take().expect("teardown without setup");
+        assert_eq!(number, conn.number);
+        self.teardowns.push((conn.number, reason));
+    }
+}
+
+fn disconnected(e: &HandshakeEvent) -> bool {
+    matches!(e, HandshakeEvent::Disconnected { .. })
 }
 
 struct Clock(Instant);
@@ -213,9 +250,7 @@ fn drive(
     let end = Instant::now() + Duration::from_secs(5);
     let mut seen = Vec::new();
     while Instant::now() < end {
-        let ev = fe
-            .poll(fxs, clock.now(), |tx, be| dev.publish(tx, be))
-            .unwrap();
+        let ev = fe.poll(fxs, clock.now(), dev).unwrap();
         for b in backends.iter_mut() {
             b.poll();
         }
@@ -273,7 +308,7 @@ fn connects_block_style_without_threads() {
         unreachable!()
     };
     assert_eq!(info.backend, be_abs(BE_DOM, 0));
-    assert_eq!(info.backend_id, grant_tables::DomId(BE_DOM));
+    assert_eq!(info.peer, grant_tables::DomId(BE_DOM));
     assert_eq!(fe.phase(), Phase::Connected);
     assert_eq!(
         state_of(&mut xs0, &format!("{}/state", fe_abs(0))),
@@ -297,8 +332,7 @@ fn connects_block_style_without_threads() {
     // Nothing more happens while both stay connected.
     for _ in 0..10 {
         assert_eq!(
-            fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
-                .unwrap(),
+            fe.poll(&mut fxs, clock.now(), &mut dev).unwrap(),
             HandshakeEvent::Idle
         );
     }
@@ -351,11 +385,14 @@ fn backend_crash_and_restart_reconnects() {
     drop(be);
     xs0.rm(&be_abs(BE_DOM, 0)).unwrap();
     let events = drive(&mut fe, &mut fxs, &mut dev, &mut [], &clock, |e| {
-        matches!(e, HandshakeEvent::Disconnected(_))
+        disconnected(e)
     });
     assert_eq!(
         events,
-        [HandshakeEvent::Disconnected(DisconnectReason::BackendGone)]
+        [HandshakeEvent::Disconnected {
+            connection: 1,
+            loss: PeerLoss::Gone
+        }]
     );
     assert_eq!(fe.phase(), Phase::WaitBackendReturn);
     assert_eq!(
@@ -365,8 +402,7 @@ fn backend_crash_and_restart_reconnects() {
     // It stays waiting while the backend is absent.
     for _ in 0..5 {
         assert_eq!(
-            fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
-                .unwrap(),
+            fe.poll(&mut fxs, clock.now(), &mut dev).unwrap(),
             HandshakeEvent::Idle
         );
     }
@@ -423,7 +459,10 @@ fn backend_closing_then_reconnects() {
     );
     assert_eq!(
         events[0],
-        HandshakeEvent::Disconnected(DisconnectReason::BackendClosing)
+        HandshakeEvent::Disconnected {
+            connection: 1,
+            loss: PeerLoss::Closing
+        }
     );
     assert!(is_connected(events.last().unwrap()));
     assert_eq!(be.ring_refs.len(), 2);
@@ -463,7 +502,10 @@ fn backend_going_straight_to_closed_reconnects() {
     );
     assert_eq!(
         events[0],
-        HandshakeEvent::Disconnected(DisconnectReason::BackendClosed)
+        HandshakeEvent::Disconnected {
+            connection: 1,
+            loss: PeerLoss::Closed
+        }
     );
     assert!(is_connected(events.last().unwrap()));
     assert_eq!(be.ring_refs.len(), 2);
@@ -488,8 +530,7 @@ fn backend_closing_before_it_connects_starts_over() {
     let end = Instant::now() + Duration::from_secs(5);
     while fe.phase() != Phase::WaitBackendConnected {
         assert!(Instant::now() < end, "stuck in {:?}", fe.phase());
-        fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
-            .unwrap();
+        fe.poll(&mut fxs, clock.now(), &mut dev).unwrap();
         be.poll();
         fxs.pump_wait(Wait::For(Duration::from_millis(5))).unwrap();
     }
@@ -507,7 +548,10 @@ fn backend_closing_before_it_connects_starts_over() {
     );
     assert_eq!(
         events[0],
-        HandshakeEvent::Disconnected(DisconnectReason::BackendClosed)
+        HandshakeEvent::Disconnected {
+            connection: 1,
+            loss: PeerLoss::Closed
+        }
     );
     assert!(is_connected(events.last().unwrap()));
     assert_eq!(be.ring_refs.len(), 1);
@@ -544,7 +588,10 @@ fn backend_restarting_while_connected_is_a_disconnect() {
     );
     assert_eq!(
         events[0],
-        HandshakeEvent::Disconnected(DisconnectReason::BackendRestarted)
+        HandshakeEvent::Disconnected {
+            connection: 1,
+            loss: PeerLoss::Restarted
+        }
     );
     assert_eq!(be.ring_refs.len(), 2);
 }
@@ -572,7 +619,7 @@ fn backend_moves_to_another_domain() {
     xs0.rm(&be_abs(BE_DOM, 0)).unwrap();
     xs0.release(BE_DOM).unwrap();
     drive(&mut fe, &mut fxs, &mut dev, &mut [], &clock, |e| {
-        matches!(e, HandshakeEvent::Disconnected(_))
+        disconnected(e)
     });
     toolstack_create(&mut xs0, 3, 0);
     // The toolstack lets the new backend domain read the frontend's nodes.
@@ -599,13 +646,10 @@ fn backend_moves_to_another_domain() {
     let HandshakeEvent::Connected(info) = events.last().unwrap() else {
         unreachable!()
     };
-    assert_eq!(info.backend_id, grant_tables::DomId(3));
+    assert_eq!(info.peer, grant_tables::DomId(3));
     assert_eq!(info.backend, be_abs(3, 0));
     // The device was told the new backend when publishing (to grant to it).
-    assert_eq!(
-        dev.publishes.last().unwrap().backend_id,
-        grant_tables::DomId(3)
-    );
+    assert_eq!(dev.publishes.last().unwrap().peer, grant_tables::DomId(3));
     assert_eq!(be3.ring_refs.len(), 1);
 }
 
@@ -644,14 +688,13 @@ fn frontend_close_is_orderly() {
     for _ in 0..20 {
         be.poll();
         assert_eq!(
-            fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
-                .unwrap(),
+            fe.poll(&mut fxs, clock.now(), &mut dev).unwrap(),
             HandshakeEvent::Idle
         );
         fxs.pump_wait(Wait::For(Duration::from_millis(5))).unwrap();
     }
     assert_eq!(be.state, XenbusState::Closed);
-    fe.teardown(&mut fxs).unwrap();
+    fe.unwatch(&mut fxs).unwrap();
 }
 
 #[test]
@@ -709,7 +752,7 @@ fn a_late_reply_is_retried_not_fatal() {
             })
         });
         held_rx.recv().unwrap();
-        let result = fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b));
+        let result = fe.poll(&mut fxs, clock.now(), &mut dev);
         release_tx.send(()).unwrap();
         let err = result.unwrap_err();
         assert!(err.is_transient(), "{err:?}");
@@ -754,11 +797,9 @@ fn backend_on_its_own_thread() {
     let mut dev = Device::new();
     let start = Instant::now();
     let info = fe
-        .run_until_connected(&mut fxs, &mut || start.elapsed(), |tx, b| {
-            dev.publish(tx, b)
-        })
+        .run_until_connected(&mut fxs, &mut || start.elapsed(), &mut dev)
         .unwrap();
-    assert_eq!(info.backend_id, grant_tables::DomId(BE_DOM));
+    assert_eq!(info.peer, grant_tables::DomId(BE_DOM));
     stop.store(true, Ordering::SeqCst);
     assert_eq!(backend.join().unwrap(), ["101"]);
 }
@@ -776,32 +817,28 @@ fn waits_time_out_and_say_what_they_waited_for() {
     let mut dev = Device::new();
     // A fake clock: no real waiting.
     assert_eq!(
-        fe.poll(&mut fxs, Duration::from_secs(100), |tx, b| dev
-            .publish(tx, b))
+        fe.poll(&mut fxs, Duration::from_secs(100), &mut dev)
             .unwrap(),
         HandshakeEvent::Idle
     );
     assert_eq!(fe.phase(), Phase::WaitBackendInitWait);
     assert_eq!(
-        fe.poll(&mut fxs, Duration::from_secs(102), |tx, b| dev
-            .publish(tx, b))
+        fe.poll(&mut fxs, Duration::from_secs(102), &mut dev)
             .unwrap(),
         HandshakeEvent::Idle
     );
     let err = fe
-        .poll(&mut fxs, Duration::from_secs(104), |tx, b| {
-            dev.publish(tx, b)
-        })
+        .poll(&mut fxs, Duration::from_secs(104), &mut dev)
         .unwrap_err();
     match &err {
         HandshakeError::Timeout {
             phase,
-            backend_state,
+            peer_state,
             waited,
             ..
         } => {
-            assert_eq!(*phase, Phase::WaitBackendInitWait);
-            assert_eq!(*backend_state, Some(XenbusState::Initialising));
+            assert_eq!(*phase, HandshakePhase::Frontend(Phase::WaitBackendInitWait));
+            assert_eq!(*peer_state, Some(XenbusState::Initialising));
             assert_eq!(*waited, Duration::from_secs(4));
         }
         other => panic!("{other:?}"),
@@ -814,8 +851,7 @@ fn waits_time_out_and_say_what_they_waited_for() {
     assert_eq!(fe.phase(), Phase::Failed);
     // Failed stays failed until restarted.
     assert_eq!(
-        fe.poll(&mut fxs, Duration::from_secs(105), |tx, b| dev
-            .publish(tx, b))
+        fe.poll(&mut fxs, Duration::from_secs(105), &mut dev)
             .unwrap(),
         HandshakeEvent::Idle
     );
@@ -846,23 +882,20 @@ fn missing_toolstack_nodes_wait_then_time_out() {
     let mut fe = Frontend::new(cfg);
     let mut dev = Device::new();
     assert_eq!(
-        fe.poll(&mut fxs, Duration::from_secs(10), |tx, b| dev
-            .publish(tx, b))
+        fe.poll(&mut fxs, Duration::from_secs(10), &mut dev)
             .unwrap(),
         HandshakeEvent::Idle
     );
     assert_eq!(fe.phase(), Phase::FindBackend);
     let err = fe
-        .poll(&mut fxs, Duration::from_secs(12), |tx, b| {
-            dev.publish(tx, b)
-        })
+        .poll(&mut fxs, Duration::from_secs(12), &mut dev)
         .unwrap_err();
     assert!(
         matches!(
             err,
             HandshakeError::Timeout {
-                phase: Phase::FindBackend,
-                backend_state: None,
+                phase: HandshakePhase::Frontend(Phase::FindBackend),
+                peer_state: None,
                 ..
             }
         ),
@@ -889,15 +922,13 @@ fn bad_toolstack_values_are_reported() {
             "device/vif/0",
             ConnectStyle::InitialisedFirst,
         ));
-        let err = fe
-            .poll(&mut fxs, Duration::ZERO, |tx, b| dev.publish(tx, b))
-            .unwrap_err();
+        let err = fe.poll(&mut fxs, Duration::ZERO, &mut dev).unwrap_err();
         match &err {
             HandshakeError::BadNode { path, .. } => assert!(path.ends_with(key), "{path}"),
             other => panic!("{key}={value}: {other:?}"),
         }
         assert!(err.to_string().contains("toolstack"));
-        fe.teardown(&mut fxs).unwrap();
+        fe.unwatch(&mut fxs).unwrap();
     }
 }
 
@@ -915,8 +946,7 @@ fn hostile_backend_state_values_are_tolerated() {
         be.xs.write(&format!("{}/state", be.dir), garbage).unwrap();
         for _ in 0..3 {
             assert_eq!(
-                fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
-                    .unwrap(),
+                fe.poll(&mut fxs, clock.now(), &mut dev).unwrap(),
                 HandshakeEvent::Idle
             );
             fxs.pump_wait(Wait::For(Duration::from_millis(5))).unwrap();
@@ -936,8 +966,7 @@ fn hostile_backend_state_values_are_tolerated() {
     be.xs.write(&format!("{}/state", be.dir), "bogus").unwrap();
     for _ in 0..3 {
         assert_eq!(
-            fe.poll(&mut fxs, clock.now(), |tx, b| dev.publish(tx, b))
-                .unwrap(),
+            fe.poll(&mut fxs, clock.now(), &mut dev).unwrap(),
             HandshakeEvent::Idle
         );
         fxs.pump_wait(Wait::For(Duration::from_millis(5))).unwrap();
@@ -946,20 +975,19 @@ fn hostile_backend_state_values_are_tolerated() {
 }
 
 #[test]
-fn publish_failure_is_reported_with_the_device_error() {
+fn setup_failure_is_reported_with_the_device_error() {
     let (_d, mut xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
     let mut fe = Frontend::new(FrontendConfig::new(
         "device/vif/0",
         ConnectStyle::InitialisedFirst,
     ));
     let clock = Clock(Instant::now());
+    let mut dev = Device::new();
+    dev.fail_setup = Some("no free grant references".to_string());
     let end = Instant::now() + Duration::from_secs(5);
     let err = loop {
-        assert!(Instant::now() < end, "no publish attempt");
-        match fe.poll(&mut fxs, clock.now(), |tx, b| {
-            tx.write(&b.frontend_key("ring-ref"), "1")?;
-            Err(PublishError::Device("no free grant references".to_string()))
-        }) {
+        assert!(Instant::now() < end, "no setup attempt");
+        match fe.poll(&mut fxs, clock.now(), &mut dev) {
             Ok(_) => {}
             Err(e) => break e,
         }
@@ -967,10 +995,150 @@ fn publish_failure_is_reported_with_the_device_error() {
         fxs.pump_wait(Wait::For(Duration::from_millis(5))).unwrap();
     };
     assert!(
-        matches!(&err, HandshakeError::Publish { error: PublishError::Device(m), .. } if m.contains("grant")),
+        matches!(&err, HandshakeError::Device { connection: 1, error: DeviceError::Device(m), .. } if m.contains("grant")),
         "{err:?}"
     );
-    // The aborted transaction left nothing behind.
+    assert!(err.to_string().contains("connection 1"), "{err}");
+    assert_eq!(fe.phase(), Phase::Failed);
+    // Nothing was published, and no teardown follows a failed setup.
     let r: Result<Vec<u8>, XsError> = xs0.read(&format!("{}/ring-ref", fe_abs(0)));
     assert!(r.unwrap_err().is_not_found());
+    assert!(dev.teardowns.is_empty());
+    // Once the cause is gone, a restart connects with the next number.
+    dev.fail_setup = None;
+    fe.restart();
+    let events = drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
+    let HandshakeEvent::Connected(conn) = events.last().unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(conn.number, 2);
+    assert_eq!(be.ring_refs, ["102"]);
+}
+
+#[test]
+fn a_failed_publish_tears_the_connection_down() {
+    // The publish transaction cannot be written (the frontend's
+    // directory became read-only to it): the connection set up for it is
+    // torn down, nothing stays published.
+    let (_d, mut xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
+    xs0.set_perms(
+        &fe_abs(0),
+        &[
+            Perm::new(0, PermAccess::None),
+            Perm::new(FE_DOM, PermAccess::Read),
+        ],
+    )
+    .unwrap();
+    xs0.set_perms(
+        &format!("{}/state", fe_abs(0)),
+        &[Perm::new(FE_DOM, PermAccess::None)],
+    )
+    .unwrap();
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
+    let clock = Clock(Instant::now());
+    let mut dev = Device::new();
+    let end = Instant::now() + Duration::from_secs(5);
+    let err = loop {
+        assert!(Instant::now() < end, "no publish attempt");
+        match fe.poll(&mut fxs, clock.now(), &mut dev) {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+        be.poll();
+        fxs.pump_wait(Wait::For(Duration::from_millis(5))).unwrap();
+    };
+    assert!(matches!(&err, HandshakeError::Store(_)), "{err:?}");
+    assert_eq!(fe.phase(), Phase::Failed);
+    assert_eq!(dev.teardowns, [(1, TeardownReason::Failed)]);
+    assert!(xs0
+        .read(&format!("{}/ring-ref", fe_abs(0)))
+        .unwrap_err()
+        .is_not_found());
+    // The frontend withdrew (Closed), so no backend attaches to what it
+    // released.
+    assert_eq!(
+        state_of(&mut xs0, &format!("{}/state", fe_abs(0))),
+        XenbusState::Closed
+    );
+}
+
+#[test]
+fn a_conflicting_publish_is_retried_on_the_same_connection() {
+    let (d, _xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
+    let clock = Clock(Instant::now());
+    let mut dev = Device::new();
+    dev.conflict_once = Some(connect(d.socket()).unwrap());
+    drive(
+        &mut fe,
+        &mut fxs,
+        &mut dev,
+        &mut [&mut be],
+        &clock,
+        is_connected,
+    );
+    // One setup, the publish ran twice for it (EAGAIN), same values.
+    assert_eq!(dev.publishes.len(), 1);
+    assert_eq!(dev.publish_calls, [1, 1]);
+    assert_eq!(be.ring_refs, ["101"]);
+    assert!(dev.teardowns.is_empty());
+}
+
+#[test]
+fn run_until_connected_reports_a_disconnect_then_reconnects() {
+    let (_d, _xs0, mut fxs, mut be) = setup(XenbusState::Initialised);
+    let mut fe = Frontend::new(FrontendConfig::new(
+        "device/vif/0",
+        ConnectStyle::InitialisedFirst,
+    ));
+    let mut dev = Device::new();
+    let start = Instant::now();
+    // The simulated backend runs between the frontend's waits, driven from
+    // the clock callback (no thread needed).
+    let be_cell = std::cell::RefCell::new(&mut be);
+    let mut clock = || {
+        be_cell.borrow_mut().poll();
+        start.elapsed()
+    };
+    let first = fe
+        .run_until_connected(&mut fxs, &mut clock, &mut dev)
+        .unwrap();
+    assert_eq!(first.number, 1);
+    be_cell.borrow_mut().set_state(XenbusState::Closed);
+    let err = fe
+        .run_until_connected(&mut fxs, &mut clock, &mut dev)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        HandshakeError::Stopped {
+            device: "device/vif/0".to_string(),
+            event: HandshakeEvent::Disconnected {
+                connection: 1,
+                loss: PeerLoss::Closed
+            }
+        }
+    );
+    assert!(err.to_string().contains("poll again"), "{err}");
+    assert_eq!(
+        dev.teardowns,
+        [(1, TeardownReason::PeerLost(PeerLoss::Closed))]
+    );
+    let second = fe
+        .run_until_connected(&mut fxs, &mut clock, &mut dev)
+        .unwrap();
+    assert_eq!(second.number, 2);
+    assert_eq!(be_cell.borrow().ring_refs, ["101", "102"]);
 }

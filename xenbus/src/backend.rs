@@ -1,41 +1,46 @@
-//! The backend side of the xenbus handshake, for backends written with
+//! The backend end of the xenbus handshake, for backends written with
 //! this suite (the hosted netback/blkback, benches' peers).
 //!
 //! The toolstack creates the backend directory
 //! (`/local/domain/<be>/backend/<type>/<fe>/<id>`) with `frontend` and
 //! `frontend-id`. The handshake follows Linux's backends:
 //!
-//! 1. read `frontend` and `frontend-id`, watch `<frontend>/state`, write
-//!    the device's feature keys ([`BackendDevice::advertise`]) and
-//!    `state` = InitWait in one transaction;
+//! 1. read `frontend` and `frontend-id`, watch `<frontend>/state`; in one
+//!    transaction, check that the frontend has not published keys already
+//!    (its state is below Initialised) and write the device's feature keys
+//!    ([`Device::publish`]) with `state` = InitWait. A frontend already at
+//!    Initialised, Connected or Closing shows keys of an earlier connection
+//!    (this backend restarted while its directory stayed): write Closed
+//!    instead, and offer again once the frontend dropped below Initialised
+//!    (the rule is in [`crate::handshake`]);
 //! 2. when the frontend is ready ([`ConnectWhen`]), let the device read the
-//!    frontend's keys and map its rings ([`BackendDevice::connect`]), then
-//!    write Connected and report [`BackendEvent::Connected`];
+//!    frontend's keys and map its rings ([`Device::setup`]), then write
+//!    Connected and report [`HandshakeEvent::Connected`]; a setup that
+//!    refuses the keys writes Closing ([`HandshakeEvent::Refused`]);
 //! 3. a frontend that goes Closing is answered with Closing, one that goes
 //!    Closed (or disappears) with Closed, both reported as
-//!    [`BackendEvent::Disconnected`]; a frontend that starts over
-//!    (Initialising) while we are Closed gets InitWait again, and the
-//!    cycle repeats;
+//!    [`HandshakeEvent::Disconnected`] after [`Device::teardown`]; a
+//!    frontend that starts over (Initialising) while we are Closed gets
+//!    InitWait again, and the cycle repeats;
 //! 4. the toolstack removing the backend directory is
-//!    [`BackendEvent::Removed`].
+//!    [`HandshakeEvent::Removed`].
 //!
 //! Like [`crate::Frontend`], [`Backend`] is a poll-driven state machine:
 //! the caller passes the time and calls [`Backend::poll`] when the
 //! transport has something (or periodically).
 
-use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use core::fmt;
 use core::time::Duration;
 
-use grant_tables::DomId;
-
-use crate::client::{Transaction, Xenstore, XsError};
-use crate::frontend::{HandshakeError, PublishError};
-use crate::path::check_absolute;
+use crate::client::Xenstore;
+use crate::engine::{self, Core, Machine, PhaseKind};
+use crate::handshake::{
+    Connection, Device, End, HandshakeError, HandshakeEvent, HandshakePhase, PeerLoss,
+    TeardownReason,
+};
 use crate::state::XenbusState;
-use crate::transport::{Transport, Wait};
-use crate::wire::{parse_u32_strict, Errno};
+use crate::transport::Transport;
 
 /// Which frontend state makes the backend connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,66 +75,21 @@ impl BackendConfig {
     }
 }
 
-/// Where the frontend is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FrontendInfo {
-    /// The backend directory.
-    pub backend: String,
-    /// The frontend directory, absolute.
-    pub frontend: String,
-    /// The frontend's domain: map its grants, bind to its event channel.
-    pub frontend_id: DomId,
-}
-
-impl FrontendInfo {
-    /// `<frontend>/<key>`.
-    pub fn frontend_key(&self, key: &str) -> String {
-        crate::path::join(&self.frontend, key)
-    }
-    /// `<backend>/<key>`.
-    pub fn backend_key(&self, key: &str) -> String {
-        crate::path::join(&self.backend, key)
-    }
-}
-
-/// What a backend device does during the handshake.
-pub trait BackendDevice<T: Transport> {
-    /// Writes the backend's feature keys (`feature-*`,
-    /// `max-ring-page-order`, ...) in the transaction that also writes
-    /// InitWait. May run more than once (the transaction is retried on
-    /// conflicts).
-    fn advertise(
-        &mut self,
-        tx: &mut Transaction<'_, T>,
-        info: &FrontendInfo,
-    ) -> Result<(), PublishError> {
-        let _ = (tx, info);
-        Ok(())
-    }
-
-    /// Reads the frontend's keys (`ring-ref`, `event-channel`, ...) and
-    /// connects: maps the rings, binds the event channel. Everything read
-    /// here is written by the (untrusted) frontend: validate it. On error
-    /// the backend goes Closing and waits for the frontend to start over.
-    fn connect(&mut self, xs: &mut Xenstore<T>, info: &FrontendInfo) -> Result<(), PublishError>;
-
-    /// Releases what `connect` set up (unmap, unbind). Called before the
-    /// backend reports [`BackendEvent::Disconnected`] or
-    /// [`BackendEvent::Removed`] after a connection.
-    fn disconnect(&mut self, info: &FrontendInfo);
-}
-
 /// Where the backend handshake is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendPhase {
     /// Waiting for the toolstack's `frontend`/`frontend-id` nodes.
     FindFrontend,
-    /// InitWait written; waiting for the frontend to be ready.
+    /// InitWait written; waiting for the frontend to publish its keys.
     WaitFrontend,
+    /// Closed written because the frontend showed keys published before
+    /// our InitWait (for an earlier connection); waiting for its state to
+    /// drop below Initialised.
+    WaitFrontendReset,
     /// Connected.
     Connected,
-    /// Closing written (the frontend is closing, or connecting failed);
-    /// waiting for the frontend to close.
+    /// Closing written (the frontend is closing, or its keys were
+    /// refused); waiting for the frontend to close.
     Closing,
     /// Closed; waiting for the frontend to start over.
     Closed,
@@ -148,6 +108,9 @@ impl fmt::Display for BackendPhase {
                 "waiting for the toolstack to write frontend and frontend-id"
             }
             BackendPhase::WaitFrontend => "waiting for the frontend to publish its keys",
+            BackendPhase::WaitFrontendReset => {
+                "waiting for the frontend to drop the keys of an earlier connection"
+            }
             BackendPhase::Connected => "connected",
             BackendPhase::Closing => "waiting for the frontend to close",
             BackendPhase::Closed => "closed, waiting for the frontend to start over",
@@ -159,568 +122,389 @@ impl fmt::Display for BackendPhase {
     }
 }
 
-/// Why a backend lost its frontend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrontendLoss {
-    /// The frontend is closing.
-    Closing,
-    /// The frontend closed.
-    Closed,
-    /// The frontend's state node disappeared.
-    Gone,
-    /// The frontend started over (Initialising) while connected.
-    Restarted,
+impl PhaseKind for BackendPhase {
+    const FAILED: Self = BackendPhase::Failed;
+    fn is_active(self) -> bool {
+        !matches!(self, BackendPhase::Shut | BackendPhase::Failed)
+    }
+    fn tagged(self) -> HandshakePhase {
+        HandshakePhase::Backend(self)
+    }
 }
 
-/// What a backend poll produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BackendEvent {
-    /// Nothing to act on.
-    Idle,
-    /// Connected: serve the rings.
-    Connected(FrontendInfo),
-    /// The frontend went away; [`BackendDevice::disconnect`] has run.
-    Disconnected(FrontendLoss),
-    /// [`BackendDevice::connect`] failed (bad keys from the frontend...);
-    /// the backend is Closing and waits for the frontend to start over.
-    ConnectFailed(PublishError),
-    /// [`Backend::close`] completed.
-    Closed,
-    /// The toolstack removed the backend directory.
-    Removed,
+/// Whether a frontend in `state` may publish for an InitWait written now:
+/// it has not published (below Initialised). Initialised, Connected and
+/// Closing (and the reconfiguration states) show an earlier connection.
+fn publishes_after_us(state: Option<XenbusState>) -> bool {
+    use XenbusState as S;
+    matches!(
+        state,
+        None | Some(S::Unknown | S::Initialising | S::InitWait | S::Closed)
+    )
 }
 
 /// The backend handshake of one device.
 #[derive(Debug)]
 pub struct Backend {
     config: BackendConfig,
-    token: String,
-    phase: BackendPhase,
-    info: Option<FrontendInfo>,
-    watched: Option<String>,
-    watching_self: bool,
-    connected: bool,
-    deadline: Option<Duration>,
-    phase_started: Duration,
-    dirty: bool,
-    last_frontend_state: Option<XenbusState>,
-    connections: u64,
+    core: Core<BackendPhase>,
+    /// The connection offered with our InitWait, until set up.
+    offered: Option<Connection>,
 }
-
-/// Most transitions one poll takes.
-const MAX_STEPS_PER_POLL: usize = 4;
 
 impl Backend {
     /// A handshake that starts at the first poll.
     pub fn new(config: BackendConfig) -> Self {
-        let token = format!("xenbus-backend:{}", config.backend);
+        let core = Core::new(
+            End::Backend,
+            config.backend.clone(),
+            BackendPhase::FindFrontend,
+        );
         Backend {
             config,
-            token,
-            phase: BackendPhase::FindFrontend,
-            info: None,
-            watched: None,
-            watching_self: false,
-            connected: false,
-            deadline: None,
-            phase_started: Duration::ZERO,
-            dirty: true,
-            last_frontend_state: None,
-            connections: 0,
+            core,
+            offered: None,
         }
     }
 
     /// Where the handshake is.
     pub fn phase(&self) -> BackendPhase {
-        self.phase
+        self.core.phase
     }
 
-    /// The frontend, once found.
-    pub fn frontend(&self) -> Option<&FrontendInfo> {
-        self.info.as_ref()
+    /// The connection set up (connected), if any.
+    pub fn connection(&self) -> Option<&Connection> {
+        self.core.live.as_ref()
     }
 
     /// How many times the backend connected.
     pub fn connections(&self) -> u64 {
-        self.connections
+        self.core.connections
     }
 
     /// The watch token this handshake uses.
     pub fn token(&self) -> &str {
-        &self.token
+        &self.core.token
     }
 
     /// The frontend state seen last (`None`: absent or not read yet).
     pub fn last_frontend_state(&self) -> Option<XenbusState> {
-        self.last_frontend_state
+        self.core.last_peer_state
     }
 
-    /// Starts over after [`BackendPhase::Failed`].
+    /// The configuration.
+    pub fn config(&self) -> &BackendConfig {
+        &self.config
+    }
+
+    /// Starts over after [`BackendPhase::Failed`] (a failed handshake has
+    /// already torn its connection down). Does nothing in other phases.
     pub fn restart(&mut self) {
-        self.phase = BackendPhase::FindFrontend;
-        self.deadline = None;
-        self.dirty = true;
+        if self.core.phase == BackendPhase::Failed {
+            self.core.phase = BackendPhase::FindFrontend;
+            self.core.deadline = None;
+            self.core.dirty = true;
+        }
     }
 
     /// Asks for an orderly shutdown (unplug): writes Closing and waits for
-    /// the frontend to close; then [`BackendEvent::Closed`].
+    /// the frontend to close; then tears the connection down and reports
+    /// [`HandshakeEvent::Closed`].
     pub fn close<T: Transport>(
         &mut self,
         xs: &mut Xenstore<T>,
         now: Duration,
     ) -> Result<(), HandshakeError> {
-        self.write_state(xs, XenbusState::Closing)?;
-        self.enter(
+        self.core.write_state(xs, XenbusState::Closing)?;
+        self.core.enter(
             BackendPhase::ShuttingDown,
             now,
             self.config.frontend_timeout,
         );
-        self.dirty = true;
+        self.core.dirty = true;
         Ok(())
     }
 
     /// Unregisters the watches.
-    pub fn teardown<T: Transport>(&mut self, xs: &mut Xenstore<T>) -> Result<(), HandshakeError> {
-        if let Some(p) = self.watched.take() {
-            xs.unwatch(&p, &self.token)?;
-        }
-        if self.watching_self {
-            self.watching_self = false;
-            xs.unwatch(&self.be_key("frontend"), &self.token)?;
-        }
-        xs.drain_events_for(&self.token);
-        Ok(())
+    pub fn unwatch<T: Transport>(&mut self, xs: &mut Xenstore<T>) -> Result<(), HandshakeError> {
+        self.core.unwatch(xs)
     }
 
     /// Drives the handshake (see [`crate::Frontend::poll`] for the
-    /// contract on `now`).
+    /// contract on `now` and errors).
     pub fn poll<T, D>(
         &mut self,
         xs: &mut Xenstore<T>,
         now: Duration,
         device: &mut D,
-    ) -> Result<BackendEvent, HandshakeError>
+    ) -> Result<HandshakeEvent, HandshakeError>
     where
         T: Transport,
-        D: BackendDevice<T>,
+        D: Device<T>,
     {
-        if matches!(self.phase, BackendPhase::Shut | BackendPhase::Failed) {
-            return Ok(BackendEvent::Idle);
-        }
-        xs.pump()?;
-        if xs.drain_events_for(&self.token) > 0 {
-            self.dirty = true;
-        }
-        for _ in 0..MAX_STEPS_PER_POLL {
-            if !self.dirty {
-                break;
-            }
-            self.dirty = false;
-            match self.step(xs, now, device) {
-                Ok(BackendEvent::Idle) => {}
-                Ok(e) => return Ok(e),
-                Err(e) if e.is_transient() => {
-                    log::warn!("{e}; will retry");
-                    self.dirty = true;
-                    return Err(e);
-                }
-                Err(e) => {
-                    log::error!("{e}");
-                    self.phase = BackendPhase::Failed;
-                    return Err(e);
-                }
-            }
-        }
-        if let Some(deadline) = self.deadline {
-            if now >= deadline {
-                let err = HandshakeError::BackendTimeout {
-                    backend: self.config.backend.clone(),
-                    phase: self.phase,
-                    frontend_state: self.last_frontend_state,
-                    waited: now.saturating_sub(self.phase_started),
-                };
-                log::error!("{err}");
-                self.phase = BackendPhase::Failed;
-                return Err(err);
-            }
-        }
-        Ok(BackendEvent::Idle)
+        engine::poll(self, xs, now, device)
     }
 
-    /// Polls until connected, waiting on the transport between polls.
+    /// Polls until connected, waiting on the transport between polls (see
+    /// [`crate::Frontend::run_until_connected`]).
     pub fn run_until_connected<T, D>(
         &mut self,
         xs: &mut Xenstore<T>,
         clock: &mut dyn FnMut() -> Duration,
         device: &mut D,
-    ) -> Result<FrontendInfo, HandshakeError>
+    ) -> Result<Connection, HandshakeError>
     where
         T: Transport,
-        D: BackendDevice<T>,
+        D: Device<T>,
     {
-        loop {
-            let event = match self.poll(xs, clock(), device) {
-                Ok(e) => e,
-                // Retried at the next poll; the phase deadline still holds.
-                Err(e) if e.is_transient() => BackendEvent::Idle,
-                Err(e) => return Err(e),
-            };
-            match event {
-                BackendEvent::Connected(info) => return Ok(info),
-                BackendEvent::Closed | BackendEvent::Removed => {
-                    return Err(HandshakeError::BadNode {
-                        path: self.config.backend.clone(),
-                        reason: "the device was closed or removed while connecting".to_string(),
-                    })
-                }
-                _ => {}
-            }
-            if !self.dirty {
-                xs.pump_wait(Wait::For(Duration::from_millis(100)))?;
-            }
-        }
+        engine::run_until_connected(self, xs, clock, device)
     }
 
     // ---- internals ----
 
-    fn be_key(&self, key: &str) -> String {
-        crate::path::join(&self.config.backend, key)
-    }
-
-    fn enter(&mut self, phase: BackendPhase, now: Duration, timeout: Option<Duration>) {
-        log::debug!("xenbus backend {}: {}", self.config.backend, phase);
-        self.phase = phase;
-        self.phase_started = now;
-        self.deadline = timeout.map(|t| now.saturating_add(t));
-    }
-
-    fn write_state<T: Transport>(
-        &self,
-        xs: &mut Xenstore<T>,
-        state: XenbusState,
-    ) -> Result<(), XsError> {
-        xs.write(&self.be_key("state"), state.as_str())
-    }
-
-    fn find_frontend<T: Transport>(
-        &mut self,
-        xs: &mut Xenstore<T>,
-    ) -> Result<Option<FrontendInfo>, HandshakeError> {
-        if !self.watching_self {
-            xs.ensure_watch(&self.be_key("frontend"), &self.token)?;
-            self.watching_self = true;
-        }
-        let fe_node = self.be_key("frontend");
-        let id_node = self.be_key("frontend-id");
-        let Some(fe) = xs.try_read(&fe_node)? else {
-            return Ok(None);
-        };
-        let Some(id) = xs.try_read(&id_node)? else {
-            return Ok(None);
-        };
-        let frontend = String::from_utf8(fe).map_err(|_| HandshakeError::BadNode {
-            path: fe_node.clone(),
-            reason: "not UTF-8".to_string(),
-        })?;
-        check_absolute(&frontend).map_err(|e| HandshakeError::BadNode {
-            path: fe_node.clone(),
-            reason: format!("not an absolute path: {e}"),
-        })?;
-        let frontend_id = parse_u32_strict(&id)
-            .and_then(|v| u16::try_from(v).ok())
-            .map(DomId)
-            .filter(|d| d.is_real())
-            .ok_or_else(|| HandshakeError::BadNode {
-                path: id_node.clone(),
-                reason: format!("{:?} is not a domain id", String::from_utf8_lossy(&id)),
-            })?;
-        Ok(Some(FrontendInfo {
-            backend: self.config.backend.clone(),
-            frontend,
-            frontend_id,
-        }))
-    }
-
-    /// The frontend's state; `None` when absent or unreadable.
-    fn frontend_state<T: Transport>(
-        &mut self,
-        xs: &mut Xenstore<T>,
-    ) -> Result<Option<XenbusState>, HandshakeError> {
-        let Some(info) = &self.info else {
-            return Ok(None);
-        };
-        let path = info.frontend_key("state");
-        let state = match xs.read(&path) {
-            Ok(v) => Some(XenbusState::parse(&v).unwrap_or_else(|e| {
-                log::warn!(
-                    "xenbus backend {}: frontend {path}: {e}; treating it as Unknown",
-                    self.config.backend
-                );
-                XenbusState::Unknown
-            })),
-            Err(e) if matches!(e.errno(), Some(Errno::ENOENT | Errno::EACCES)) => None,
-            Err(e) => return Err(e.into()),
-        };
-        self.last_frontend_state = state;
-        Ok(state)
-    }
-
-    /// Whether the toolstack removed the backend directory.
-    fn removed<T: Transport>(&self, xs: &mut Xenstore<T>) -> Result<bool, HandshakeError> {
-        let gone = |r: Result<alloc::vec::Vec<u8>, XsError>| match r {
-            Ok(_) => Ok(false),
-            Err(e) if matches!(e.errno(), Some(Errno::ENOENT | Errno::EACCES)) => Ok(true),
-            Err(e) => Err(HandshakeError::from(e)),
-        };
-        Ok(gone(xs.read(&self.be_key("frontend")))? && gone(xs.read(&self.config.backend))?)
-    }
-
-    /// Watches the frontend's state, advertises, writes InitWait.
+    /// Finds the frontend, watches its state and, in one transaction,
+    /// either offers a new connection (feature keys and InitWait) or, when
+    /// the frontend shows keys of an earlier connection, writes Closed and
+    /// waits for it to drop them.
     fn offer<T, D>(
         &mut self,
         xs: &mut Xenstore<T>,
         now: Duration,
         device: &mut D,
-    ) -> Result<bool, HandshakeError>
+    ) -> Result<(), HandshakeError>
     where
         T: Transport,
-        D: BackendDevice<T>,
+        D: Device<T>,
     {
-        let Some(info) = self.find_frontend(xs)? else {
-            if self.phase != BackendPhase::FindFrontend {
-                self.enter(
-                    BackendPhase::FindFrontend,
-                    now,
-                    self.config.frontend_timeout,
-                );
-            } else if self.deadline.is_none() {
-                self.deadline = self.config.frontend_timeout.map(|t| now.saturating_add(t));
-                self.phase_started = now;
+        let timeout = self.config.frontend_timeout;
+        let Some(peer) = self.core.find_peer(xs)? else {
+            if self.core.phase != BackendPhase::FindFrontend {
+                self.core.enter(BackendPhase::FindFrontend, now, timeout);
+            } else {
+                self.core.arm_deadline(now, timeout);
             }
-            return Ok(false);
+            return Ok(());
         };
-        let state_path = info.frontend_key("state");
-        if self.watched.as_deref() != Some(state_path.as_str()) {
-            if let Some(old) = self.watched.take() {
-                if let Err(e) = xs.unwatch(&old, &self.token) {
-                    log::warn!(
-                        "xenbus backend {}: dropping the old frontend watch failed: {e}",
-                        self.config.backend
+        self.core.adopt_peer(xs, peer)?;
+        let conn = self.core.candidate()?;
+        let state_path = self.core.key("state");
+        let core = &self.core;
+        let offered = core.transact(xs, |tx| {
+            let frontend = core.peer_state_in(tx)?;
+            if publishes_after_us(frontend) {
+                device.publish(tx, &conn)?;
+                tx.write(&state_path, XenbusState::InitWait.as_str())?;
+                return Ok(Ok(()));
+            }
+            let ours = tx.try_read(&state_path)?;
+            if ours.as_deref() != Some(XenbusState::Closed.as_str().as_bytes()) {
+                tx.write(&state_path, XenbusState::Closed.as_str())?;
+            }
+            Ok(Err(frontend))
+        })?;
+        match offered {
+            Ok(()) => {
+                self.core.claim(&conn);
+                log::debug!(
+                    "xenbus backend {}: offered connection {} to {} ({})",
+                    conn.backend,
+                    conn.number,
+                    conn.frontend,
+                    conn.peer
+                );
+                self.offered = Some(conn);
+                self.core.enter(BackendPhase::WaitFrontend, now, timeout);
+            }
+            Err(frontend) => {
+                if self.core.phase != BackendPhase::WaitFrontendReset {
+                    log::info!(
+                        "xenbus backend {}: frontend {} is {frontend:?}, published before our \
+                         InitWait: Closed written, waiting for it to start over",
+                        conn.backend,
+                        conn.frontend
                     );
+                    self.core
+                        .enter(BackendPhase::WaitFrontendReset, now, timeout);
                 }
             }
-            xs.ensure_watch(&state_path, &self.token)?;
-            self.watched = Some(state_path);
         }
-        let mut failure: Option<PublishError> = None;
-        let state_node = self.be_key("state");
-        let result = xs.transaction(|tx| {
-            failure = None;
-            if let Err(e) = device.advertise(tx, &info) {
-                let store = match &e {
-                    PublishError::Store(s) => s.clone(),
-                    PublishError::Device(m) => XsError::BadArgument {
-                        op: crate::wire::MsgType::TransactionEnd,
-                        path: info.backend.clone(),
-                        reason: m.clone(),
-                    },
-                };
-                failure = Some(e);
-                return Err(store);
-            }
-            tx.write(&state_node, XenbusState::InitWait.as_str())
-        });
-        if let Err(e) = result {
-            let error = failure.unwrap_or(PublishError::Store(e));
-            return Err(HandshakeError::Publish {
-                frontend: info.frontend,
+        Ok(())
+    }
+
+    /// The frontend is ready: sets the offered connection up and writes
+    /// Connected, or refuses it (Closing).
+    fn connect<T, D>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+        now: Duration,
+        device: &mut D,
+    ) -> Result<HandshakeEvent, HandshakeError>
+    where
+        T: Transport,
+        D: Device<T>,
+    {
+        let Some(conn) = self.offered.take() else {
+            return Err(HandshakeError::BadNode {
+                path: self.core.key("frontend"),
+                reason: "the frontend is ready but no connection was offered".into(),
+            });
+        };
+        if let Err(error) = device.setup(xs, &conn) {
+            log::warn!(
+                "xenbus backend {}: connection {} refused: {error}; closing",
+                conn.backend,
+                conn.number
+            );
+            self.core.write_state(xs, XenbusState::Closing)?;
+            self.core.enter(BackendPhase::Closing, now, None);
+            return Ok(HandshakeEvent::Refused {
+                connection: conn.number,
                 error,
             });
         }
-        self.info = Some(info);
-        self.enter(
-            BackendPhase::WaitFrontend,
-            now,
-            self.config.frontend_timeout,
+        self.core.live = Some(conn.clone());
+        // On failure the poll loop tears the connection down.
+        self.core.write_state(xs, XenbusState::Connected)?;
+        self.core.connections += 1;
+        self.core.enter(BackendPhase::Connected, now, None);
+        log::info!(
+            "xenbus backend {}: connection {} to {} ({}) is up",
+            conn.backend,
+            conn.number,
+            conn.frontend,
+            conn.peer
         );
-        Ok(true)
+        Ok(HandshakeEvent::Connected(conn))
     }
 
+    /// The frontend went away: tears the connection down and answers with
+    /// `state` (Closing or Closed).
     fn lose<T, D>(
         &mut self,
         xs: &mut Xenstore<T>,
         now: Duration,
         device: &mut D,
         state: XenbusState,
-        loss: FrontendLoss,
-    ) -> Result<BackendEvent, HandshakeError>
+        loss: PeerLoss,
+    ) -> Result<HandshakeEvent, HandshakeError>
     where
         T: Transport,
-        D: BackendDevice<T>,
+        D: Device<T>,
     {
-        let was_connected = core::mem::replace(&mut self.connected, false);
-        if was_connected {
-            if let Some(info) = &self.info {
-                device.disconnect(info);
-            }
-        }
-        self.write_state(xs, state)?;
+        let ended = self.core.teardown(device, TeardownReason::PeerLost(loss));
+        self.core.write_state(xs, state)?;
         let phase = if state == XenbusState::Closing {
             BackendPhase::Closing
         } else {
             BackendPhase::Closed
         };
-        self.enter(phase, now, None);
-        self.dirty = true;
-        if was_connected {
-            log::info!(
-                "xenbus backend {}: frontend lost ({loss:?})",
-                self.config.backend
-            );
-            Ok(BackendEvent::Disconnected(loss))
-        } else {
-            Ok(BackendEvent::Idle)
-        }
+        self.core.enter(phase, now, None);
+        self.core.dirty = true;
+        Ok(match ended {
+            Some(connection) => {
+                log::info!(
+                    "xenbus backend {}: frontend lost ({loss}), connection {connection} ended",
+                    self.config.backend
+                );
+                HandshakeEvent::Disconnected { connection, loss }
+            }
+            None => HandshakeEvent::Idle,
+        })
+    }
+}
+
+impl<T: Transport, D: Device<T>> Machine<T, D> for Backend {
+    type Phase = BackendPhase;
+
+    fn core(&mut self) -> &mut Core<BackendPhase> {
+        &mut self.core
     }
 
-    fn step<T, D>(
+    fn step(
         &mut self,
         xs: &mut Xenstore<T>,
         now: Duration,
         device: &mut D,
-    ) -> Result<BackendEvent, HandshakeError>
-    where
-        T: Transport,
-        D: BackendDevice<T>,
-    {
-        if self.phase != BackendPhase::FindFrontend && self.removed(xs)? {
-            if core::mem::replace(&mut self.connected, false) {
-                if let Some(info) = &self.info {
-                    device.disconnect(info);
-                }
-            }
+    ) -> Result<HandshakeEvent, HandshakeError> {
+        use BackendPhase as P;
+        use XenbusState as S;
+        if self.core.phase != P::FindFrontend && self.core.removed(xs)? {
             log::info!(
                 "xenbus backend {}: the device was removed",
                 self.config.backend
             );
-            self.enter(BackendPhase::Shut, now, None);
-            return Ok(BackendEvent::Removed);
+            self.core.teardown(device, TeardownReason::Removed);
+            self.offered = None;
+            self.core.enter(P::Shut, now, None);
+            return Ok(HandshakeEvent::Removed);
         }
-        match self.phase {
-            BackendPhase::FindFrontend => {
-                if self.offer(xs, now, device)? {
-                    self.dirty = true;
-                }
-                Ok(BackendEvent::Idle)
+        match self.core.phase {
+            P::FindFrontend | P::WaitFrontendReset => {
+                self.offer(xs, now, device)?;
+                self.core.dirty = self.core.phase == P::WaitFrontend;
+                Ok(HandshakeEvent::Idle)
             }
-            BackendPhase::WaitFrontend => {
-                let state = self.frontend_state(xs)?;
+            P::WaitFrontend => {
+                let state = self.core.peer_state(xs)?;
                 let ready = match self.config.connect_when {
                     ConnectWhen::FrontendInitialised => {
-                        matches!(
-                            state,
-                            Some(XenbusState::Initialised | XenbusState::Connected)
-                        )
+                        matches!(state, Some(S::Initialised | S::Connected))
                     }
-                    ConnectWhen::FrontendConnected => state == Some(XenbusState::Connected),
+                    ConnectWhen::FrontendConnected => state == Some(S::Connected),
                 };
                 if ready {
-                    let Some(info) = self.info.clone() else {
-                        return Ok(BackendEvent::Idle);
-                    };
-                    if let Err(e) = device.connect(xs, &info) {
-                        log::warn!(
-                            "xenbus backend {}: connecting failed: {e}; closing",
-                            self.config.backend
-                        );
-                        self.write_state(xs, XenbusState::Closing)?;
-                        self.enter(BackendPhase::Closing, now, None);
-                        return Ok(BackendEvent::ConnectFailed(e));
-                    }
-                    self.connected = true;
-                    if let Err(e) = self.write_state(xs, XenbusState::Connected) {
-                        self.connected = false;
-                        device.disconnect(&info);
-                        return Err(e.into());
-                    }
-                    self.connections += 1;
-                    self.enter(BackendPhase::Connected, now, None);
-                    log::info!(
-                        "xenbus backend {}: connected to {} ({})",
-                        info.backend,
-                        info.frontend,
-                        info.frontend_id
-                    );
-                    return Ok(BackendEvent::Connected(info));
+                    return self.connect(xs, now, device);
                 }
-                match state {
-                    Some(XenbusState::Closing) => {
-                        self.lose(xs, now, device, XenbusState::Closing, FrontendLoss::Closing)
-                    }
-                    Some(XenbusState::Closed) => {
-                        self.lose(xs, now, device, XenbusState::Closed, FrontendLoss::Closed)
-                    }
-                    _ => Ok(BackendEvent::Idle),
+                if state == Some(S::Closing) {
+                    // Going away before it connected: answer in kind.
+                    self.offered = None;
+                    self.core.write_state(xs, S::Closing)?;
+                    self.core.enter(P::Closing, now, None);
+                    self.core.dirty = true;
                 }
+                Ok(HandshakeEvent::Idle)
             }
-            BackendPhase::Connected => match self.frontend_state(xs)? {
-                Some(XenbusState::Closing) => {
-                    self.lose(xs, now, device, XenbusState::Closing, FrontendLoss::Closing)
-                }
-                Some(XenbusState::Closed) => {
-                    self.lose(xs, now, device, XenbusState::Closed, FrontendLoss::Closed)
-                }
-                None => self.lose(xs, now, device, XenbusState::Closed, FrontendLoss::Gone),
-                Some(XenbusState::Initialising) => self.lose(
-                    xs,
-                    now,
-                    device,
-                    XenbusState::Closed,
-                    FrontendLoss::Restarted,
-                ),
-                Some(_) => Ok(BackendEvent::Idle),
+            P::Connected => match self.core.peer_state(xs)? {
+                Some(S::Closing) => self.lose(xs, now, device, S::Closing, PeerLoss::Closing),
+                Some(S::Closed) => self.lose(xs, now, device, S::Closed, PeerLoss::Closed),
+                None => self.lose(xs, now, device, S::Closed, PeerLoss::Gone),
+                Some(S::Initialising) => self.lose(xs, now, device, S::Closed, PeerLoss::Restarted),
+                Some(_) => Ok(HandshakeEvent::Idle),
             },
-            BackendPhase::Closing => match self.frontend_state(xs)? {
-                Some(XenbusState::Closed) | None => {
-                    self.write_state(xs, XenbusState::Closed)?;
-                    self.enter(BackendPhase::Closed, now, None);
-                    self.dirty = true;
-                    Ok(BackendEvent::Idle)
+            P::Closing => match self.core.peer_state(xs)? {
+                Some(S::Closed) | None => {
+                    self.core.write_state(xs, S::Closed)?;
+                    self.core.enter(P::Closed, now, None);
+                    self.core.dirty = true;
+                    Ok(HandshakeEvent::Idle)
                 }
-                Some(XenbusState::Initialising) => {
-                    self.enter(BackendPhase::Closed, now, None);
-                    self.dirty = true;
-                    Ok(BackendEvent::Idle)
+                Some(S::Initialising) => {
+                    self.core.enter(P::Closed, now, None);
+                    self.core.dirty = true;
+                    Ok(HandshakeEvent::Idle)
                 }
-                Some(_) => Ok(BackendEvent::Idle),
+                Some(_) => Ok(HandshakeEvent::Idle),
             },
-            BackendPhase::Closed => match self.frontend_state(xs)? {
-                Some(
-                    XenbusState::Initialising | XenbusState::Initialised | XenbusState::Connected,
-                ) => {
-                    // The frontend starts over: offer again (the frontend
-                    // path may have changed).
-                    if self.offer(xs, now, device)? {
-                        self.dirty = true;
-                    }
-                    Ok(BackendEvent::Idle)
+            P::Closed => {
+                // The frontend starts over: offer again (the frontend path
+                // may have changed; the offer checks its state again).
+                if self.core.peer_state(xs)? == Some(S::Initialising) {
+                    self.offer(xs, now, device)?;
+                    self.core.dirty = self.core.phase == P::WaitFrontend;
                 }
-                _ => Ok(BackendEvent::Idle),
-            },
-            BackendPhase::ShuttingDown => match self.frontend_state(xs)? {
-                Some(XenbusState::Closing | XenbusState::Closed) | None => {
-                    if core::mem::replace(&mut self.connected, false) {
-                        if let Some(info) = &self.info {
-                            device.disconnect(info);
-                        }
-                    }
-                    self.write_state(xs, XenbusState::Closed)?;
-                    self.enter(BackendPhase::Shut, now, None);
-                    Ok(BackendEvent::Closed)
+                Ok(HandshakeEvent::Idle)
+            }
+            P::ShuttingDown => match self.core.peer_state(xs)? {
+                Some(S::Closing | S::Closed) | None => {
+                    self.core.teardown(device, TeardownReason::Closed);
+                    self.offered = None;
+                    self.core.write_state(xs, S::Closed)?;
+                    self.core.enter(P::Shut, now, None);
+                    Ok(HandshakeEvent::Closed)
                 }
-                Some(_) => Ok(BackendEvent::Idle),
+                Some(_) => Ok(HandshakeEvent::Idle),
             },
-            BackendPhase::Shut | BackendPhase::Failed => Ok(BackendEvent::Idle),
+            P::Shut | P::Failed => Ok(HandshakeEvent::Idle),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Xenstore client and the xenbus frontend handshake.
+//! Xenstore client and the xenbus handshake (frontend and backend ends).
 //!
 //! - [`wire`]: the `xs_wire.h` protocol: message types, errno names,
 //!   limits, and a streaming [`wire::Decoder`] that never panics;
@@ -9,39 +9,66 @@
 //! - [`client`]: the [`Xenstore`] client (read, write, directory, perms,
 //!   watches with queued events, transactions with retry, domains);
 //! - [`state`]: [`XenbusState`], parsed strictly;
-//! - [`frontend`]: the handshake every device's frontend runs, as a
-//!   poll-driven state machine ([`Frontend`]);
-//! - [`backend`]: its mirror for backends written with this suite
+//! - [`handshake`]: the handshake as one protocol seen from two ends: the
+//!   [`Device`] trait a driver implements on either end, [`Connection`],
+//!   events, errors, and the rule that keeps a restarted backend off the
+//!   rings of an earlier connection;
+//! - [`frontend`]: the frontend end, a poll-driven state machine
+//!   ([`Frontend`]);
+//! - [`backend`]: the backend end, for backends written with this suite
 //!   ([`Backend`]).
 //!
 //! # Example: a device frontend
 //! ```no_run
 //! use core::time::Duration;
-//! use xenbus::{ConnectStyle, Frontend, FrontendConfig, HandshakeEvent, Transport, Xenstore};
+//! use xenbus::{
+//!     ConnectStyle, Connection, Device, DeviceError, Frontend, FrontendConfig, HandshakeEvent,
+//!     TeardownReason, Transaction, Transport, Xenstore, XsError,
+//! };
+//!
+//! /// What one connection owns (a real driver: granted rings, channels).
+//! struct Rings { ring_ref: u32, port: u32 }
+//!
+//! struct Vif { live: Option<Rings>, next_ref: u32 }
+//!
+//! impl<T: Transport> Device<T> for Vif {
+//!     fn setup(&mut self, _xs: &mut Xenstore<T>, conn: &Connection) -> Result<(), DeviceError> {
+//!         // Allocate and grant fresh rings to `conn.peer`, allocate an
+//!         // event channel: once per connection, outside the transaction.
+//!         self.next_ref += 1;
+//!         self.live = Some(Rings { ring_ref: self.next_ref, port: 3 });
+//!         let _ = conn.number;
+//!         Ok(())
+//!     }
+//!     fn publish(&mut self, tx: &mut Transaction<'_, T>, conn: &Connection) -> Result<(), XsError> {
+//!         // Only writes keys: may run again for the same connection.
+//!         let Some(r) = &self.live else { return Ok(()) };
+//!         tx.write(&conn.frontend_key("ring-ref"), r.ring_ref.to_string())?;
+//!         tx.write(&conn.frontend_key("event-channel"), r.port.to_string())
+//!     }
+//!     fn teardown(&mut self, _conn: &Connection, _why: TeardownReason) {
+//!         // End the grants, close the channel; keep in-flight requests
+//!         // for the next connection when the backend was lost.
+//!         self.live = None;
+//!     }
+//! }
 //!
 //! fn bring_up<T: Transport>(
 //!     xs: &mut Xenstore<T>,
 //!     clock: &mut dyn FnMut() -> Duration,
 //! ) -> Result<(), xenbus::HandshakeError> {
 //!     let mut fe = Frontend::new(FrontendConfig::new("device/vif/0", ConnectStyle::ConnectedAtOnce));
-//!     // Grant the rings to the backend and allocate the event channel
-//!     // (once per backend), then publish them; the handshake writes the
-//!     // state in the same transaction.
-//!     let info = fe.run_until_connected(xs, clock, |tx, be| {
-//!         tx.write(&be.frontend_key("tx-ring-ref"), "8")?;
-//!         tx.write(&be.frontend_key("rx-ring-ref"), "9")?;
-//!         tx.write(&be.frontend_key("event-channel"), "3")?;
-//!         Ok(())
-//!     })?;
-//!     let _ = info.backend_id;
+//!     let mut vif = Vif { live: None, next_ref: 7 };
+//!     let conn = fe.run_until_connected(xs, clock, &mut vif)?;
+//!     let _ = conn.peer;
 //!     // Then, in the device's loop: a backend that goes away is reported
-//!     // and the handshake reconnects by itself.
+//!     // (after teardown) and the handshake reconnects by itself.
 //!     loop {
-//!         match fe.poll(xs, clock(), |tx, be| tx.write(&be.frontend_key("tx-ring-ref"), "8").map_err(Into::into))? {
-//!             HandshakeEvent::Disconnected(_) => { /* stop I/O, end the grants */ }
-//!             HandshakeEvent::Connected(_) => { /* restart I/O */ }
+//!         match fe.poll(xs, clock(), &mut vif)? {
+//!             HandshakeEvent::Disconnected { .. } => { /* stop I/O */ }
+//!             HandshakeEvent::Connected(_) => { /* re-issue, restart I/O */ }
 //!             HandshakeEvent::Removed | HandshakeEvent::Closed => return Ok(()),
-//!             HandshakeEvent::Idle => { /* serve the rings */ }
+//!             _ => { /* serve the rings */ }
 //!         }
 //!     }
 //! }
@@ -52,7 +79,9 @@ extern crate alloc;
 
 pub mod backend;
 pub mod client;
+mod engine;
 pub mod frontend;
+pub mod handshake;
 pub mod path;
 pub mod ring;
 pub mod state;
@@ -62,14 +91,12 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{
-    Backend, BackendConfig, BackendDevice, BackendEvent, BackendPhase, ConnectWhen, FrontendInfo,
-    FrontendLoss,
-};
+pub use backend::{Backend, BackendConfig, BackendPhase, ConnectWhen};
 pub use client::{Transaction, TxId, WatchEvent, Xenstore, XsError};
-pub use frontend::{
-    BackendInfo, ConnectStyle, DisconnectReason, Frontend, FrontendConfig, HandshakeError,
-    HandshakeEvent, Phase, PublishError,
+pub use frontend::{ConnectStyle, Frontend, FrontendConfig, FrontendPhase};
+pub use handshake::{
+    Connection, Device, DeviceError, End, HandshakeError, HandshakeEvent, HandshakePhase, PeerLoss,
+    TeardownReason,
 };
 pub use path::{Perm, PermAccess};
 pub use ring::{EvtchnSignal, OwnedEvtchnSignal, RingSignal, Side, StoreRing};
