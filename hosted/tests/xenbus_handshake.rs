@@ -1,7 +1,11 @@
 //! The xenbus frontend handshake against a simulated backend, through the
 //! hosted xenstore daemon: connecting (block and network styles), a
-//! backend that crashes or closes and comes back, a backend that moves to
-//! another domain, orderly close, timeouts and hostile values.
+//! backend that crashes or closes and comes back (a new connection each
+//! time, the old one torn down first), a backend that moves to another
+//! domain, orderly close, timeouts and hostile values, the device's steps
+//! (a failed setup, a failed publish torn down, a conflicting publish
+//! retried on the same connection) and `run_until_connected` reporting a
+//! disconnect.
 //!
 //! Most tests drive the frontend and the backend from the test thread, in
 //! turn (the state machines are poll-driven); one runs the backend on its

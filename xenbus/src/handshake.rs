@@ -162,9 +162,9 @@ pub trait Device<T: Transport> {
     }
 
     /// Releases what [`Device::setup`] set up for `conn`, outside any
-    /// transaction: on the frontend end the grants (a grant the backend
+    /// transaction: on the frontend, end the grants (a grant the backend
     /// still maps is quarantined, never reused) and close the channels; on
-    /// the backend unmap and unbind. Requests in flight on `conn` will not
+    /// the backend, unmap and unbind. Requests in flight on `conn` will not
     /// be answered on it: with [`TeardownReason::PeerLost`] keep them to
     /// re-issue on the next connection (the handshake reconnects by
     /// itself); otherwise fail them.
