@@ -12,7 +12,9 @@ pub fn root() -> PathBuf {
 /// Runs a command, echoing it first; an error says which command failed.
 pub fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("+ {}", show(cmd));
-    let status = cmd.status().map_err(|e| format!("could not start `{}`: {e}", show(cmd)))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start `{}`: {e}", show(cmd)))?;
     if status.success() {
         Ok(())
     } else {
@@ -22,7 +24,9 @@ pub fn run(cmd: &mut Command) -> Result<(), String> {
 
 /// Runs a command and returns its standard output.
 pub fn output(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("could not start `{}`: {e}", show(cmd)))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("could not start `{}`: {e}", show(cmd)))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -59,7 +63,13 @@ pub fn cargo() -> Command {
 pub fn cargo_nightly() -> Command {
     let mut c = Command::new("rustup");
     c.args(["run", "nightly", "cargo"]);
-    for v in ["CARGO", "RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "RUSTC_WRAPPER"] {
+    for v in [
+        "CARGO",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+    ] {
         c.env_remove(v);
     }
     c.current_dir(root());
