@@ -9,11 +9,10 @@
 //! Options: `--no-lab` skips the Xen lab; `--fuzz-seconds N` sets the smoke
 //! time of each fuzz target (default 10).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use crate::util::{cargo, cargo_nightly, output, root, run as sh};
+use crate::setup::ensure_ci_tools;
+use crate::util::{cargo, cargo_nightly, root, run as sh};
 
 /// The crates that guest runtimes link: they must build without std.
 const NO_STD_CRATES: &[&str] = &[
@@ -24,84 +23,6 @@ const NO_STD_CRATES: &[&str] = &[
     "rdma-passthrough",
     "lwdom",
 ];
-
-fn have(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn apt_install(packages: &[&str]) -> Result<(), String> {
-    let root_user = output(Command::new("id").arg("-u"))
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false);
-    let mut prefix: Vec<&str> = Vec::new();
-    if !root_user {
-        if !have("sudo", &["-n", "true"]) {
-            return Err(format!(
-                "{} must be installed and this user is not root and has no password-less sudo; run `apt-get install -y {}` as root",
-                packages.join(" "),
-                packages.join(" ")
-            ));
-        }
-        prefix.push("sudo");
-    }
-    let mk = |args: &[&str]| {
-        let mut all: Vec<&str> = prefix.clone();
-        all.extend_from_slice(args);
-        let mut c = Command::new(all[0]);
-        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
-        c
-    };
-    sh(&mut mk(&["apt-get", "update", "-q"]))?;
-    let mut args = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
-    args.extend_from_slice(packages);
-    sh(&mut mk(&args))
-}
-
-/// Installs what the checks need, when missing.
-pub fn ensure_tools() -> Result<(), String> {
-    if !Path::new("/usr/include/xen/io/ring.h").exists() {
-        eprintln!("xtask: Xen's public headers are missing; installing libxen-dev");
-        apt_install(&["libxen-dev"])?;
-    }
-    let targets = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    if !targets.lines().any(|l| l.trim() == "x86_64-unknown-none") {
-        sh(Command::new("rustup").args(["target", "add", "x86_64-unknown-none"]))?;
-    }
-    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
-    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        sh(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
-    }
-    if !have("cargo", &["+nightly", "miri", "--version"]) {
-        sh(Command::new("rustup").args([
-            "component",
-            "add",
-            "--toolchain",
-            "nightly",
-            "miri",
-            "rust-src",
-        ]))?;
-    }
-    if !have("cargo", &["fuzz", "--version"]) {
-        sh(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
-    }
-    if !have("rustup", &["component", "list", "--installed"])
-        || !output(Command::new("rustup").args(["component", "list", "--installed"]))?
-            .contains("clippy")
-    {
-        sh(Command::new("rustup").args(["component", "add", "clippy"]))?;
-    }
-    Ok(())
-}
 
 struct Steps {
     done: Vec<(String, f64)>,
@@ -146,7 +67,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     let start = Instant::now();
     let mut s = Steps { done: Vec::new() };
-    s.step("install missing tools", ensure_tools)?;
+    s.step("install missing tools", ensure_ci_tools)?;
     s.step("clippy (all crates, all targets, warnings denied)", || {
         sh(cargo().args([
             "clippy",

@@ -8,6 +8,7 @@
 mod ci;
 mod lab;
 mod pingpong;
+mod setup;
 mod util;
 
 use std::process::ExitCode;

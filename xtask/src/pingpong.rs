@@ -4,6 +4,7 @@
 use crate::util::{cargo, run as sh};
 
 pub fn run(args: &[String]) -> Result<(), String> {
+    crate::setup::ensure_bench_deps()?;
     let mut c = cargo();
     c.args([
         "run",
