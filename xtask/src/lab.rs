@@ -1,5 +1,6 @@
 //! `cargo xtask lab [--scenario NAME]... [--keep] [--prepare]`: the Xen lab
-//! (`--prepare` only builds the cached lab image).
+//! (`--prepare` only builds the cached lab image; `--help` lists the
+//! scenarios).
 //!
 //! Builds (or takes from the cache) a lab image made of Debian's Xen 4.17,
 //! Linux 6.1 as dom0 and a minimal Debian dom0 root file system; adds the
@@ -25,7 +26,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::util::{self, cargo, root};
+use crate::util::{self, cargo, root, target_dir};
 
 /// A scenario: its name, the time dom0 gives it, and what it checks.
 struct Scenario {
@@ -86,27 +87,42 @@ struct Options {
     prepare_only: bool,
 }
 
-fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut names: Vec<String> = Vec::new();
-    let mut keep = false;
-    let mut prepare_only = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--keep" => keep = true,
-            "--prepare" => prepare_only = true,
-            "--scenario" => {
-                let v = it.next().ok_or("--scenario needs a name")?;
-                names.extend(v.split(',').map(str::to_string));
-            }
-            s if s.starts_with("--scenario=") => names.extend(s["--scenario=".len()..].split(',').map(str::to_string)),
-            other => return Err(format!("unknown argument `{other}`; usage: cargo xtask lab [--scenario NAME]... [--keep] [--prepare]")),
-        }
+/// `cargo xtask lab`: the Xen lab's options.
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(after_help = scenarios_help())]
+pub struct LabArgs {
+    /// Run these scenarios (repeat the option or give a comma-separated
+    /// list) [default: every scenario that is not a negative control].
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub scenario: Vec<String>,
+    /// Keep the run's working directory (overlay, serial log) for a look
+    /// afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// Only build (or find in the cache) the lab image, then stop.
+    #[arg(long)]
+    pub prepare: bool,
+}
+
+/// The scenario list `cargo xtask lab --help` ends with.
+pub fn scenarios_help() -> String {
+    let mut s = String::from("Scenarios (* run by default):\n");
+    for sc in SCENARIOS {
+        s.push_str(&format!(
+            "  {}{:<6} {}\n",
+            if sc.default { "*" } else { " " },
+            sc.name,
+            sc.what
+        ));
     }
-    let scenarios = if names.is_empty() {
+    s
+}
+
+fn parse_args(args: &LabArgs) -> Result<Options, String> {
+    let scenarios = if args.scenario.is_empty() {
         SCENARIOS.iter().filter(|s| s.default).collect()
     } else {
-        names
+        args.scenario
             .iter()
             .map(|n| {
                 SCENARIOS.iter().find(|s| s.name == n).ok_or_else(|| {
@@ -121,15 +137,9 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     };
     Ok(Options {
         scenarios,
-        keep,
-        prepare_only,
+        keep: args.keep,
+        prepare_only: args.prepare,
     })
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
 }
 
 /// The guest kernel for a scenario.
@@ -257,7 +267,7 @@ struct Outcome {
 }
 
 /// Runs the lab.
-pub fn run(args: &[String]) -> Result<(), String> {
+pub fn run(args: &LabArgs) -> Result<(), String> {
     let opts = parse_args(args)?;
     let t0 = Instant::now();
     if !is_root() {

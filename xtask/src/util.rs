@@ -9,6 +9,14 @@ pub fn root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else `target/` in the
+/// workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 /// Runs a command, echoing it first; an error says which command failed.
 pub fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("+ {}", show(cmd));

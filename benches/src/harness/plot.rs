@@ -15,6 +15,26 @@ use super::report::{EntryResult, Metric};
 
 const SIZE: (u32, u32) = (1000, 620);
 
+/// Ten colours that stay apart from one another on white (the common
+/// "category 10" set); more entries reuse them in turn.
+const COLOURS: [(u8, u8, u8); 10] = [
+    (0x1f, 0x77, 0xb4),
+    (0xff, 0x7f, 0x0e),
+    (0x2c, 0xa0, 0x2c),
+    (0xd6, 0x27, 0x28),
+    (0x94, 0x67, 0xbd),
+    (0x8c, 0x56, 0x4b),
+    (0xe3, 0x77, 0xc2),
+    (0x7f, 0x7f, 0x7f),
+    (0xbc, 0xbd, 0x22),
+    (0x17, 0xbe, 0xcf),
+];
+
+fn colour(i: usize) -> RGBColor {
+    let (r, g, b) = COLOURS[i % COLOURS.len()];
+    RGBColor(r, g, b)
+}
+
 fn err(path: &Path) -> impl Fn(String) -> String + '_ {
     move |e| format!("cannot draw the plot {}: {e}", path.display())
 }
@@ -60,9 +80,12 @@ pub fn latency_cdf(
     series: &[(&EntryResult, &Histogram<u64>)],
 ) -> Result<(), String> {
     let e = err(path);
-    let curves: Vec<(&str, Vec<(f64, f64)>)> = series
+    let curves: Vec<(String, Vec<(f64, f64)>)> = series
         .iter()
-        .map(|(r, h)| (r.name.as_str(), cdf_points(h)))
+        .map(|(r, h)| {
+            let label = format!("{}  (p50 {})", r.name, fmt_ns(r.p50_ns as f64));
+            (label, cdf_points(h))
+        })
         .filter(|(_, p)| !p.is_empty())
         .collect();
     if curves.is_empty() {
@@ -100,7 +123,7 @@ pub fn latency_cdf(
         .draw()
         .map_err(|x| e(x.to_string()))?;
     for (i, (name, pts)) in curves.into_iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = colour(i);
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(|x| e(x.to_string()))?
@@ -162,7 +185,7 @@ pub fn bars(
     chart
         .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
             let i = i as u32;
-            let color = Palette99::pick(i as usize).to_rgba();
+            let color = colour(i as usize);
             let mut r = Rectangle::new(
                 [
                     (SegmentValue::Exact(i), 0.0),
