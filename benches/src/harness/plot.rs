@@ -10,6 +10,7 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::report::{EntryResult, Metric};
 
@@ -54,6 +55,17 @@ pub fn fmt_ns(ns: f64) -> String {
         format!("{v:.0} {unit}")
     } else {
         format!("{v:.1} {unit}")
+    }
+}
+
+/// A rate with as many decimals as it deserves.
+fn fmt_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
     }
 }
 
@@ -168,7 +180,8 @@ pub fn bars(
         .margin(14)
         .x_label_area_size(44)
         .y_label_area_size(70)
-        .build_cartesian_2d((0u32..n).into_segmented(), 0.0..top)
+        // A discrete range includes its end: `0..n - 1` is `n` slots.
+        .build_cartesian_2d((0u32..n - 1).into_segmented(), 0.0..top)
         .map_err(|x| e(x.to_string()))?;
     let label = |v: &SegmentValue<u32>| match v {
         SegmentValue::CenterOf(i) => names.get(*i as usize).cloned().unwrap_or_default(),
@@ -200,9 +213,12 @@ pub fn bars(
     chart
         .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
             Text::new(
-                format!("{v:.3}"),
-                (SegmentValue::CenterOf(i as u32), *v + top * 0.02),
-                ("sans-serif", 14).into_font().color(&BLACK),
+                fmt_value(*v),
+                (SegmentValue::CenterOf(i as u32), *v + top * 0.01),
+                ("sans-serif", 14)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Center, VPos::Bottom)),
             )
         }))
         .map_err(|x| e(x.to_string()))?;
@@ -220,6 +236,50 @@ mod tests {
         assert_eq!(fmt_ns(60_000.0), "60 us");
         assert_eq!(fmt_ns(3_400_000.0), "3.4 ms");
         assert_eq!(fmt_ns(2e9), "2 s");
+    }
+
+    #[test]
+    fn bars_draw_one_slot_per_entry_even_for_one_entry() {
+        let dir = std::env::temp_dir().join(format!("benches-bars-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mk = |name: &str, iops: f64| EntryResult {
+            name: name.into(),
+            p50_ns: 0,
+            p99_ns: 0,
+            p999_ns: 0,
+            max_ns: 0,
+            min_ns: 0,
+            iters: 0,
+            msg_bytes: None,
+            setup: String::new(),
+            round_p50_ns: Vec::new(),
+            iops: Some(iops),
+            mb_s: None,
+            gbit_s: None,
+            misses: None,
+            miss_ratio: None,
+            p50_us: None,
+            p99_us: None,
+        };
+        for n in [1usize, 3] {
+            let results: Vec<EntryResult> = (0..n)
+                .map(|i| mk(&format!("e{i}"), 1000.0 * (i + 1) as f64))
+                .collect();
+            let path = dir.join(format!("bars{n}.svg"));
+            bars(&path, "t", Metric::Iops, &results).unwrap();
+            let svg = std::fs::read_to_string(&path).unwrap();
+            for r in &results {
+                assert!(
+                    svg.contains(&format!(">\n{}\n<", r.name)),
+                    "{} in:\n{svg}",
+                    r.name
+                );
+            }
+            // The background, then one bar per entry.
+            assert_eq!(svg.matches("<rect").count(), 1 + n, "{svg}");
+        }
+        assert!(bars(&dir.join("none.svg"), "t", Metric::MbS, &[mk("x", 1.0)]).is_err());
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
