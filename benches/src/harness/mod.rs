@@ -518,7 +518,7 @@ impl Bench {
                     .add(rec.histogram())
                     .map_err(|x| format!("entry `{}`: adding up rounds: {x:?}", e.name))?;
                 round_p50[k].push(p50);
-                if let Some(t) = rec.take_throughput() {
+                if let Some(t) = rec.rates() {
                     rates[k].push(t);
                 }
                 let (m, of) = rec.miss_counts();
@@ -529,7 +529,7 @@ impl Bench {
                 }
                 let what = match (rec.count(), self.kind) {
                     (0, Kind::Throughput(m)) => rec
-                        .take_throughput()
+                        .rates()
                         .and_then(|t| throughput_of(&t, m))
                         .map(|v| format!("{} {v:.1}", m.name()))
                         .unwrap_or_else(|| "done".into()),

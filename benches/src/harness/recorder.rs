@@ -134,7 +134,7 @@ impl Recorder {
         &self.hist
     }
 
-    pub(crate) fn take_throughput(&self) -> Option<Throughput> {
+    pub(crate) fn rates(&self) -> Option<Throughput> {
         self.throughput
     }
 
