@@ -7,8 +7,11 @@
 //! bounced between two cores (the physical limit), a ring built in C from
 //! Xen's own `io/ring.h`, and the kernel paths a user would otherwise use
 //! (UDP loopback blocking and spinning, a Unix socket, a pipe, eventfd).
+//!
+//! Every bench runs on [`harness`]: arguments, interleaved rounds, HDR
+//! histograms, the table with ratios and targets, JSON and an SVG plot.
 
+pub mod harness;
 pub mod peers;
 pub mod pin;
 pub mod ring;
-pub mod stats;

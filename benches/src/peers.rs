@@ -1,5 +1,5 @@
 //! The peers of the ping-pong bench: the physical limit and the kernel
-//! paths. Each returns one round-trip sample (ns) per measured iteration,
+//! paths. Each records one round-trip sample (ns) per measured iteration,
 //! with the two ends on two threads pinned to two cores.
 
 use std::io::{Read, Write};
@@ -10,19 +10,21 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
+use crate::harness::Recorder;
 use crate::pin;
 
 /// Message size the kernel peers send each way (a ring request's size).
 pub const MSG: usize = 16;
 
 /// Runs `ping` (timed, `warmup + iters` times) on one core and `pong`
-/// (`warmup + iters` times) on the other. Returns the measured samples.
+/// (`warmup + iters` times) on the other. Records the measured samples.
 pub fn two_threads<P, Q>(
     iters: u64,
     warmup: u64,
+    rec: &mut Recorder,
     mut ping: P,
     mut pong: Q,
-) -> Result<Vec<u64>, String>
+) -> Result<(), String>
 where
     P: FnMut(u64) -> Result<(), String> + Send,
     Q: FnMut(u64) -> Result<(), String> + Send + 'static,
@@ -39,19 +41,18 @@ where
             Ok::<(), String>(())
         })
         .map_err(|e| format!("cannot spawn the pong thread: {e}"))?;
-    let samples = thread::scope(|s| {
+    thread::scope(|s| {
         s.spawn(|| {
             pin::pin_to(a);
-            let mut out = Vec::with_capacity(iters as usize);
             for i in 0..total {
                 let t = Instant::now();
                 ping(i)?;
                 let dt = t.elapsed().as_nanos() as u64;
                 if i >= warmup {
-                    out.push(dt);
+                    rec.record(dt);
                 }
             }
-            Ok::<_, String>(out)
+            Ok::<_, String>(())
         })
         .join()
         .map_err(|_| "the ping thread panicked".to_string())?
@@ -59,7 +60,7 @@ where
     server
         .join()
         .map_err(|_| "the pong thread panicked".to_string())??;
-    Ok(samples)
+    Ok(())
 }
 
 #[repr(C, align(64))]
@@ -67,12 +68,13 @@ struct Line(AtomicU64);
 
 /// One cache line bounced between the two cores: the physical limit of
 /// any shared-memory exchange.
-pub fn cacheline(iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
+pub fn cacheline(iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
     let line = Arc::new(Line(AtomicU64::new(0)));
     let l2 = line.clone();
     two_threads(
         iters,
         warmup,
+        rec,
         |i| {
             line.0.store(2 * i + 1, Ordering::Release);
             while line.0.load(Ordering::Acquire) != 2 * i + 2 {
@@ -113,7 +115,7 @@ fn udp_recv(s: &UdpSocket, buf: &mut [u8], spin: bool) -> Result<(), String> {
 
 /// UDP over loopback; `spin` busy-polls non-blocking sockets instead of
 /// sleeping in `recv`.
-pub fn udp(iters: u64, warmup: u64, spin: bool) -> Result<Vec<u64>, String> {
+pub fn udp(iters: u64, warmup: u64, spin: bool, rec: &mut Recorder) -> Result<(), String> {
     let (a, b) = udp_pair()?;
     a.set_nonblocking(spin).map_err(|e| e.to_string())?;
     b.set_nonblocking(spin).map_err(|e| e.to_string())?;
@@ -122,6 +124,7 @@ pub fn udp(iters: u64, warmup: u64, spin: bool) -> Result<Vec<u64>, String> {
     two_threads(
         iters,
         warmup,
+        rec,
         |i| {
             buf_a[..8].copy_from_slice(&i.to_le_bytes());
             a.send(&buf_a).map_err(|e| format!("udp send: {e}"))?;
@@ -136,13 +139,14 @@ pub fn udp(iters: u64, warmup: u64, spin: bool) -> Result<Vec<u64>, String> {
 }
 
 /// A connected Unix stream socket pair, blocking.
-pub fn unix(iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
+pub fn unix(iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
     let (mut a, mut b) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let mut buf_a = [0u8; MSG];
     let mut buf_b = [0u8; MSG];
     two_threads(
         iters,
         warmup,
+        rec,
         |_| {
             a.write_all(&buf_a)
                 .map_err(|e| format!("unix write: {e}"))?;
@@ -175,7 +179,7 @@ fn fd_pipe() -> Result<(std::fs::File, std::fs::File), String> {
 }
 
 /// Two pipes, one each way, blocking.
-pub fn pipe(iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
+pub fn pipe(iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
     let (mut r1, mut w1) = fd_pipe()?;
     let (mut r2, mut w2) = fd_pipe()?;
     let mut buf_a = [0u8; MSG];
@@ -183,6 +187,7 @@ pub fn pipe(iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
     two_threads(
         iters,
         warmup,
+        rec,
         |_| {
             w1.write_all(&buf_a)
                 .map_err(|e| format!("pipe write: {e}"))?;
@@ -210,7 +215,7 @@ fn eventfd() -> Result<std::fs::File, String> {
 
 /// Two eventfds, one each way, blocking reads: the kernel's cheapest
 /// wake-up between two threads.
-pub fn eventfd_pair(iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
+pub fn eventfd_pair(iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
     let mut e1 = eventfd()?;
     let mut e2 = eventfd()?;
     let mut e1b = e1.try_clone().map_err(|e| e.to_string())?;
@@ -218,6 +223,7 @@ pub fn eventfd_pair(iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
     two_threads(
         iters,
         warmup,
+        rec,
         |_| {
             e1.write_all(&1u64.to_ne_bytes())
                 .map_err(|e| format!("eventfd write: {e}"))?;
@@ -241,17 +247,22 @@ mod tests {
 
     #[test]
     fn every_peer_completes_and_measures_each_iteration() {
-        for (name, r) in [
-            ("cacheline", cacheline(200, 10)),
-            ("udp-block", udp(200, 10, false)),
-            ("udp-spin", udp(200, 10, true)),
-            ("unix", unix(200, 10)),
-            ("pipe", pipe(200, 10)),
-            ("eventfd", eventfd_pair(200, 10)),
-        ] {
-            let s = r.unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(s.len(), 200, "{name}");
-            assert!(s.iter().all(|&x| x > 0), "{name}: zero-length round trip");
+        type Peer = fn(&mut Recorder) -> Result<(), String>;
+        let peers: [(&str, Peer); 6] = [
+            ("cacheline", |r| cacheline(200, 10, r)),
+            ("udp-block", |r| udp(200, 10, false, r)),
+            ("udp-spin", |r| udp(200, 10, true, r)),
+            ("unix", |r| unix(200, 10, r)),
+            ("pipe", |r| pipe(200, 10, r)),
+            ("eventfd", |r| eventfd_pair(200, 10, r)),
+        ];
+        for (name, f) in peers {
+            let mut rec = Recorder::new();
+            f(&mut rec).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(rec.count(), 200, "{name}");
+            // The smallest sample is the 0-quantile: a zero-length round
+            // trip would show as 0 here.
+            assert!(rec.quantile(0.0) > 0, "{name}: zero-length round trip");
         }
     }
 }

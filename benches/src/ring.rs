@@ -31,6 +31,7 @@ use xen_c_reference::{
 };
 use xenbus::{ConnectStyle, Frontend, FrontendConfig, XenbusState};
 
+use crate::harness::{Entry, Recorder, Round};
 use crate::pin;
 
 /// The environment variable that turns the bench binary into the ring's
@@ -77,46 +78,43 @@ impl Mode {
     }
 }
 
-/// A bench entry: name, message bytes, setup, runner.
-pub type Entry = (
-    &'static str,
-    usize,
-    &'static str,
-    fn(u64, u64) -> Result<Vec<u64>, String>,
-);
-
 /// The ring entries.
 pub fn entries() -> Vec<Entry> {
+    let bytes = std::mem::size_of::<EchoRequest>();
     vec![
-        (
+        Entry::new(
             "c-ring-h",
-            std::mem::size_of::<EchoRequest>(),
+            "Xen's own C io/ring.h macros on both ends (xen-c-reference): the reference ring",
             "threads, C io/ring.h both ends, spinning",
-            c_ring_h,
-        ),
-        (
+            |r: Round, rec: &mut Recorder| c_ring_h(r.iters, r.warmup, rec),
+        )
+        .msg_bytes(bytes),
+        Entry::new(
             "ring-poll",
-            std::mem::size_of::<EchoRequest>(),
+            "our FrontRing and BackRing between two hosted domains, both ends spinning on the ring",
             "2 processes (domains), hosted, spinning",
-            |n, w| ring(Mode::Poll, n, w),
-        ),
-        (
+            |r: Round, rec: &mut Recorder| ring(Mode::Poll, r.iters, r.warmup, rec),
+        )
+        .msg_bytes(bytes),
+        Entry::new(
             "ring-event",
-            std::mem::size_of::<EchoRequest>(),
+            "the same rings, each end blocking on the event channel whenever the ring is empty",
             "2 processes (domains), hosted, event channel",
-            |n, w| ring(Mode::Event, n, w),
-        ),
-        (
+            |r: Round, rec: &mut Recorder| ring(Mode::Event, r.iters, r.warmup, rec),
+        )
+        .msg_bytes(bytes),
+        Entry::new(
             "ring-adaptive",
-            std::mem::size_of::<EchoRequest>(),
+            "the same rings, each end spinning 50 us and then blocking on the event channel",
             "2 processes (domains), hosted, spin 50us then block",
-            |n, w| ring(Mode::Adaptive, n, w),
-        ),
+            |r: Round, rec: &mut Recorder| ring(Mode::Adaptive, r.iters, r.warmup, rec),
+        )
+        .msg_bytes(bytes),
     ]
 }
 
 /// Xen's own C ring on both ends, two threads, spinning.
-pub fn c_ring_h(iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
+pub fn c_ring_h(iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
     let mem = xen_c_reference::SharedPages::new(1);
     let total = iters + warmup;
     let addr = mem.as_ptr() as usize;
@@ -137,7 +135,10 @@ pub fn c_ring_h(iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
     r.map_err(|e| format!("C front end: {e:?}"))?;
     b.map_err(|e| format!("C back end: {e:?}"))?;
     drop(mem);
-    Ok(lat.split_off(warmup as usize))
+    // The C front end stores every sample in `lat`; they go into the
+    // histogram after the run, off the measured loop.
+    rec.record_all(lat.get(warmup as usize..).unwrap_or(&[]));
+    Ok(())
 }
 
 fn fresh_dir() -> Result<PathBuf, String> {
@@ -203,9 +204,7 @@ fn wait_for<T>(
             let spent = now - *started.get_or_insert(now);
             match mode {
                 Mode::Poll if spent >= timeout => {
-                    return Err(
-                        "timed out spinning on the ring: the peer stopped answering".into(),
-                    )
+                    return Err("timed out spinning on the ring: the peer stopped answering".into())
                 }
                 Mode::Adaptive if spent >= ADAPTIVE_SPIN => break,
                 _ => {}
@@ -228,14 +227,20 @@ fn wait_for<T>(
 }
 
 /// The ring modes: front here (domain 1), back in a child (domain 0).
-pub fn ring(mode: Mode, iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
+pub fn ring(mode: Mode, iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
     let dir = fresh_dir()?;
-    let result = ring_in(&dir, mode, iters, warmup);
+    let result = ring_in(&dir, mode, iters, warmup, rec);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn ring_in(dir: &Path, mode: Mode, iters: u64, warmup: u64) -> Result<Vec<u64>, String> {
+fn ring_in(
+    dir: &Path,
+    mode: Mode,
+    iters: u64,
+    warmup: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
     let total = iters + warmup;
     let hv = HostedHypervisor::create(dir)
         .map_err(|e| format!("hosted hypervisor in {}: {e}", dir.display()))?;
@@ -292,14 +297,12 @@ fn ring_in(dir: &Path, mode: Mode, iters: u64, warmup: u64) -> Result<Vec<u64>, 
         start.elapsed()
     );
 
-    let mut lat = Vec::with_capacity(iters as usize);
     for i in 0..total {
         // The request (with its 48-byte payload pattern) is built before the
         // clock starts, as the C peer's is.
         let req = echo_request(i);
         let t = Instant::now();
-        ring.put_request(req)
-            .map_err(|e| e.to_string())?;
+        ring.put_request(req).map_err(|e| e.to_string())?;
         if ring.push_requests() && mode != Mode::Poll {
             plat.notify(port).map_err(|e| e.to_string())?;
         }
@@ -319,7 +322,7 @@ fn ring_in(dir: &Path, mode: Mode, iters: u64, warmup: u64) -> Result<Vec<u64>, 
             return Err(format!("round trip {i}: wrong response {rsp:?}"));
         }
         if i >= warmup {
-            lat.push(dt);
+            rec.record(dt);
         }
     }
     if let Some(mut c) = child.0.take() {
@@ -337,7 +340,7 @@ fn ring_in(dir: &Path, mode: Mode, iters: u64, warmup: u64) -> Result<Vec<u64>, 
             .map_err(|e| e.to_string())?;
     }
     drop(daemon);
-    Ok(lat)
+    Ok(())
 }
 
 /// The bench frontend's side of the handshake: grants the ring page and

@@ -3,17 +3,17 @@
 //! It installs what it needs when missing (Debian's libxen-dev for Xen's
 //! headers, the `x86_64-unknown-none` target, the nightly toolchain's Miri,
 //! cargo-fuzz), then runs: clippy, the `no_std` builds of the driver
-//! crates, every test, Miri on the ring and grant table unit tests, a short
-//! smoke run of every fuzz target, and the Xen lab.
+//! crates, every test, Miri on the ring and grant table unit tests and on
+//! lwdom's host unit tests, a short smoke run of every fuzz target, and the
+//! Xen lab.
 //!
 //! Options: `--no-lab` skips the Xen lab; `--fuzz-seconds N` sets the smoke
 //! time of each fuzz target (default 10).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use crate::util::{cargo, cargo_nightly, output, root, run as sh};
+use crate::setup::ensure_ci_tools;
+use crate::util::{cargo, cargo_nightly, root, run as sh};
 
 /// The crates that guest runtimes link: they must build without std.
 const NO_STD_CRATES: &[&str] = &[
@@ -24,84 +24,6 @@ const NO_STD_CRATES: &[&str] = &[
     "rdma-passthrough",
     "lwdom",
 ];
-
-fn have(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn apt_install(packages: &[&str]) -> Result<(), String> {
-    let root_user = output(Command::new("id").arg("-u"))
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false);
-    let mut prefix: Vec<&str> = Vec::new();
-    if !root_user {
-        if !have("sudo", &["-n", "true"]) {
-            return Err(format!(
-                "{} must be installed and this user is not root and has no password-less sudo; run `apt-get install -y {}` as root",
-                packages.join(" "),
-                packages.join(" ")
-            ));
-        }
-        prefix.push("sudo");
-    }
-    let mk = |args: &[&str]| {
-        let mut all: Vec<&str> = prefix.clone();
-        all.extend_from_slice(args);
-        let mut c = Command::new(all[0]);
-        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
-        c
-    };
-    sh(&mut mk(&["apt-get", "update", "-q"]))?;
-    let mut args = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
-    args.extend_from_slice(packages);
-    sh(&mut mk(&args))
-}
-
-/// Installs what the checks need, when missing.
-pub fn ensure_tools() -> Result<(), String> {
-    if !Path::new("/usr/include/xen/io/ring.h").exists() {
-        eprintln!("xtask: Xen's public headers are missing; installing libxen-dev");
-        apt_install(&["libxen-dev"])?;
-    }
-    let targets = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    if !targets.lines().any(|l| l.trim() == "x86_64-unknown-none") {
-        sh(Command::new("rustup").args(["target", "add", "x86_64-unknown-none"]))?;
-    }
-    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
-    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        sh(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
-    }
-    if !have("cargo", &["+nightly", "miri", "--version"]) {
-        sh(Command::new("rustup").args([
-            "component",
-            "add",
-            "--toolchain",
-            "nightly",
-            "miri",
-            "rust-src",
-        ]))?;
-    }
-    if !have("cargo", &["fuzz", "--version"]) {
-        sh(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
-    }
-    if !have("rustup", &["component", "list", "--installed"])
-        || !output(Command::new("rustup").args(["component", "list", "--installed"]))?
-            .contains("clippy")
-    {
-        sh(Command::new("rustup").args(["component", "add", "clippy"]))?;
-    }
-    Ok(())
-}
 
 struct Steps {
     done: Vec<(String, f64)>,
@@ -123,30 +45,40 @@ impl Steps {
     }
 }
 
+/// Miri's flags for the unit tests: isolation off (the tests read the
+/// clock), leaks allowed (the grant table leaks quarantined pages on
+/// purpose: a peer may still map them, XSA-396).
+const MIRIFLAGS: &str = "-Zmiri-disable-isolation -Zmiri-ignore-leaks";
+
+/// `cargo xtask ci`: its options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CiArgs {
+    /// Skip the Xen lab (it needs root, QEMU and Debian's mirror).
+    #[arg(long)]
+    pub no_lab: bool,
+    /// How long each fuzz target's smoke run lasts, in seconds.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub fuzz_seconds: u64,
+}
+
+/// `cargo xtask fuzz`: its options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FuzzArgs {
+    /// How long each target runs, in seconds.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub seconds: u64,
+    /// The targets to run [default: every target in fuzz/Cargo.toml].
+    #[arg(value_name = "TARGET")]
+    pub targets: Vec<String>,
+}
+
 /// `cargo xtask ci`.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let mut lab = true;
-    let mut fuzz_seconds = 10u64;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--no-lab" => lab = false,
-            "--fuzz-seconds" => {
-                fuzz_seconds = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("--fuzz-seconds takes a whole number of seconds")?
-            }
-            other => {
-                return Err(format!(
-                    "unknown option `{other}` (options: --no-lab, --fuzz-seconds N)"
-                ))
-            }
-        }
-    }
+pub fn run(args: &CiArgs) -> Result<(), String> {
+    let lab = !args.no_lab;
+    let fuzz_seconds = args.fuzz_seconds;
     let start = Instant::now();
     let mut s = Steps { done: Vec::new() };
-    s.step("install missing tools", ensure_tools)?;
+    s.step("install missing tools", ensure_ci_tools)?;
     s.step("clippy (all crates, all targets, warnings denied)", || {
         sh(cargo().args([
             "clippy",
@@ -173,15 +105,26 @@ pub fn run(args: &[String]) -> Result<(), String> {
     s.step("Miri: ring and grant table unit tests", || {
         sh(cargo_nightly()
             .args(["miri", "test", "-p", "grant-tables", "--lib"])
-            // Leaks are not errors here: the grant table leaks quarantined
-            // pages on purpose (a peer may still map them, XSA-396).
-            .env("MIRIFLAGS", "-Zmiri-disable-isolation -Zmiri-ignore-leaks"))
+            .env("MIRIFLAGS", MIRIFLAGS))
+    })?;
+    // lwdom's host unit tests: the console byte rings, the heap's bump
+    // allocator, the global cells, the lab protocol's layout. The guest
+    // programs themselves only run on Xen (the lab).
+    s.step("Miri: lwdom's host unit tests", || {
+        sh(cargo_nightly()
+            .args(["miri", "test", "-p", "lwdom", "--lib"])
+            .env("MIRIFLAGS", MIRIFLAGS))
     })?;
     s.step("fuzz smoke (every target)", || {
-        fuzz(&["--seconds".into(), fuzz_seconds.to_string()])
+        fuzz(&FuzzArgs {
+            seconds: fuzz_seconds,
+            targets: Vec::new(),
+        })
     })?;
     if lab {
-        s.step("Xen lab (real Xen under QEMU)", || crate::lab::run(&[]))?;
+        s.step("Xen lab (real Xen under QEMU)", || {
+            crate::lab::run(&crate::lab::LabArgs::default())
+        })?;
     }
     eprintln!(
         "\nxtask ci: all steps passed in {:.0} s",
@@ -224,21 +167,9 @@ pub fn fuzz_targets() -> Result<Vec<String>, String> {
 }
 
 /// `cargo xtask fuzz [--seconds N] [TARGET...]`.
-pub fn fuzz(args: &[String]) -> Result<(), String> {
-    let mut seconds = 10u64;
-    let mut chosen = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--seconds" => {
-                seconds = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("--seconds takes a whole number of seconds")?
-            }
-            t => chosen.push(t.to_string()),
-        }
-    }
+pub fn fuzz(args: &FuzzArgs) -> Result<(), String> {
+    let seconds = args.seconds;
+    let chosen = args.targets.clone();
     let all = fuzz_targets()?;
     for c in &chosen {
         if !all.contains(c) {

@@ -1,5 +1,6 @@
 //! `cargo xtask lab [--scenario NAME]... [--keep] [--prepare]`: the Xen lab
-//! (`--prepare` only builds the cached lab image).
+//! (`--prepare` only builds the cached lab image; `--help` lists the
+//! scenarios).
 //!
 //! Builds (or takes from the cache) a lab image made of Debian's Xen 4.17,
 //! Linux 6.1 as dom0 and a minimal Debian dom0 root file system; adds the
@@ -25,7 +26,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::util::{self, cargo, root};
+use crate::util::{self, cargo, root, target_dir};
 
 /// A scenario: its name, the time dom0 gives it, and what it checks.
 struct Scenario {
@@ -39,12 +40,42 @@ struct Scenario {
 }
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "boot", timeout_s: 90, what: "lwdom boots, console, xenstore domid/name, result key, poweroff", default: true },
-    Scenario { name: "grant", timeout_s: 120, what: "grant two pages to dom0 (gntdev), reply, end access refused while mapped", default: true },
-    Scenario { name: "ring", timeout_s: 600, what: "100000 FrontRing/BackRing round trips with dom0 over a granted page", default: true },
-    Scenario { name: "panic", timeout_s: 60, what: "negative control: the guest panics; must FAIL with its console", default: false },
-    Scenario { name: "fault", timeout_s: 60, what: "negative control: the guest page-faults; must FAIL with the fault on its console", default: false },
-    Scenario { name: "hang", timeout_s: 60, what: "negative control: the guest hangs; must FAIL, not hang the run", default: false },
+    Scenario {
+        name: "boot",
+        timeout_s: 90,
+        what: "lwdom boots, console, xenstore domid/name, result key, poweroff",
+        default: true,
+    },
+    Scenario {
+        name: "grant",
+        timeout_s: 120,
+        what: "grant two pages to dom0 (gntdev), reply, end access refused while mapped",
+        default: true,
+    },
+    Scenario {
+        name: "ring",
+        timeout_s: 600,
+        what: "100000 FrontRing/BackRing round trips with dom0 over a granted page",
+        default: true,
+    },
+    Scenario {
+        name: "panic",
+        timeout_s: 60,
+        what: "negative control: the guest panics; must FAIL with its console",
+        default: false,
+    },
+    Scenario {
+        name: "fault",
+        timeout_s: 60,
+        what: "negative control: the guest page-faults; must FAIL with the fault on its console",
+        default: false,
+    },
+    Scenario {
+        name: "hang",
+        timeout_s: 60,
+        what: "negative control: the guest hangs; must FAIL, not hang the run",
+        default: false,
+    },
 ];
 
 /// Time allowed from QEMU's start to dom0 announcing its toolstack is up.
@@ -56,41 +87,59 @@ struct Options {
     prepare_only: bool,
 }
 
-fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut names: Vec<String> = Vec::new();
-    let mut keep = false;
-    let mut prepare_only = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--keep" => keep = true,
-            "--prepare" => prepare_only = true,
-            "--scenario" => {
-                let v = it.next().ok_or("--scenario needs a name")?;
-                names.extend(v.split(',').map(str::to_string));
-            }
-            s if s.starts_with("--scenario=") => names.extend(s["--scenario=".len()..].split(',').map(str::to_string)),
-            other => return Err(format!("unknown argument `{other}`; usage: cargo xtask lab [--scenario NAME]... [--keep] [--prepare]")),
-        }
+/// `cargo xtask lab`: the Xen lab's options.
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(after_help = scenarios_help())]
+pub struct LabArgs {
+    /// Run these scenarios (repeat the option or give a comma-separated
+    /// list) [default: every scenario that is not a negative control].
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    pub scenario: Vec<String>,
+    /// Keep the run's working directory (overlay, serial log) for a look
+    /// afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// Only build (or find in the cache) the lab image, then stop.
+    #[arg(long)]
+    pub prepare: bool,
+}
+
+/// The scenario list `cargo xtask lab --help` ends with.
+pub fn scenarios_help() -> String {
+    let mut s = String::from("Scenarios (* run by default):\n");
+    for sc in SCENARIOS {
+        s.push_str(&format!(
+            "  {}{:<6} {}\n",
+            if sc.default { "*" } else { " " },
+            sc.name,
+            sc.what
+        ));
     }
-    let scenarios = if names.is_empty() {
+    s
+}
+
+fn parse_args(args: &LabArgs) -> Result<Options, String> {
+    let scenarios = if args.scenario.is_empty() {
         SCENARIOS.iter().filter(|s| s.default).collect()
     } else {
-        names
+        args.scenario
             .iter()
             .map(|n| {
                 SCENARIOS.iter().find(|s| s.name == n).ok_or_else(|| {
                     let known: Vec<_> = SCENARIOS.iter().map(|s| s.name).collect();
-                    format!("unknown scenario `{n}`; known scenarios: {}", known.join(", "))
+                    format!(
+                        "unknown scenario `{n}`; known scenarios: {}",
+                        known.join(", ")
+                    )
                 })
             })
             .collect::<Result<_, _>>()?
     };
-    Ok(Options { scenarios, keep, prepare_only })
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    Ok(Options {
+        scenarios,
+        keep: args.keep,
+        prepare_only: args.prepare,
+    })
 }
 
 /// The guest kernel for a scenario.
@@ -113,23 +162,45 @@ fn build_programs(scenarios: &[&Scenario]) -> Result<(Built, Built), String> {
         "-Clink-arg=-znoexecstack".to_string(),
     ];
     let mut c = cargo();
-    c.args(["build", "--release", "-p", "lwdom", "--features", "guest", "--target", "x86_64-unknown-none"])
-        .env("CARGO_TARGET_DIR", &td)
-        .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
-        .env_remove("RUSTFLAGS");
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "lwdom",
+        "--features",
+        "guest",
+        "--target",
+        "x86_64-unknown-none",
+    ])
+    .env("CARGO_TARGET_DIR", &td)
+    .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
+    .env_remove("RUSTFLAGS");
     for s in scenarios {
         c.args(["--bin", &guest_name(s.name)]);
     }
     util::run(&mut c).map_err(|e| format!("{e}\nbuilding the lwdom guest kernels failed (is the x86_64-unknown-none target installed? `rustup target add x86_64-unknown-none`)"))?;
     let guests = scenarios
         .iter()
-        .map(|s| (guest_name(s.name), td.join("x86_64-unknown-none/release").join(guest_name(s.name))))
+        .map(|s| {
+            (
+                guest_name(s.name),
+                td.join("x86_64-unknown-none/release")
+                    .join(guest_name(s.name)),
+            )
+        })
         .collect();
     let mut c = cargo();
-    c.args(["build", "--release", "-p", "lab", "--bins"]).env("CARGO_TARGET_DIR", &td).env_remove("CARGO_ENCODED_RUSTFLAGS");
-    util::run(&mut c).map_err(|e| format!("{e}\nbuilding the dom0 programs (crate `lab`) failed"))?;
+    c.args(["build", "--release", "-p", "lab", "--bins"])
+        .env("CARGO_TARGET_DIR", &td)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    util::run(&mut c)
+        .map_err(|e| format!("{e}\nbuilding the dom0 programs (crate `lab`) failed"))?;
     let mut progs = Vec::new();
-    for e in fs::read_dir(root().join("lab/src/bin")).into_iter().flatten().flatten() {
+    for e in fs::read_dir(root().join("lab/src/bin"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let p = e.path();
         let name = if p.is_dir() {
             p.file_name().map(|n| n.to_string_lossy().into_owned())
@@ -144,29 +215,44 @@ fn build_programs(scenarios: &[&Scenario]) -> Result<(Built, Built), String> {
 }
 
 /// The second initramfs archive: init, scenario scripts, guests, programs.
-fn write_overlay(path: &Path, opts: &Options, guests: &[(String, PathBuf)], progs: &[(String, PathBuf)]) -> Result<(), String> {
+fn write_overlay(
+    path: &Path,
+    opts: &Options,
+    guests: &[(String, PathBuf)],
+    progs: &[(String, PathBuf)],
+) -> Result<(), String> {
     let read = |p: &Path| fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
     let f = fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     let mut w = cpio::CpioWriter::new(f);
     let io = |e: std::io::Error| format!("writing {}: {e}", path.display());
     let lab = root().join("lab");
-    w.file("init", 0o755, &read(&lab.join("dom0/init"))?).map_err(io)?;
+    w.file("init", 0o755, &read(&lab.join("dom0/init"))?)
+        .map_err(io)?;
     for d in ["lab", "lab/guests", "lab/bin", "lab/scenarios"] {
         w.dir(d, 0o755).map_err(io)?;
     }
-    w.file("lab/lib.sh", 0o644, &read(&lab.join("dom0/lib.sh"))?).map_err(io)?;
+    w.file("lab/lib.sh", 0o644, &read(&lab.join("dom0/lib.sh"))?)
+        .map_err(io)?;
     let mut list = String::new();
     for s in &opts.scenarios {
         let script = lab.join("scenarios").join(format!("{}.sh", s.name));
-        w.file(&format!("lab/scenarios/{}.sh", s.name), 0o755, &read(&script)?).map_err(io)?;
+        w.file(
+            &format!("lab/scenarios/{}.sh", s.name),
+            0o755,
+            &read(&script)?,
+        )
+        .map_err(io)?;
         list.push_str(&format!("{} {}\n", s.name, s.timeout_s));
     }
-    w.file("lab/scenarios.list", 0o644, list.as_bytes()).map_err(io)?;
+    w.file("lab/scenarios.list", 0o644, list.as_bytes())
+        .map_err(io)?;
     for (n, p) in guests {
-        w.file(&format!("lab/guests/{n}"), 0o644, &read(p)?).map_err(io)?;
+        w.file(&format!("lab/guests/{n}"), 0o644, &read(p)?)
+            .map_err(io)?;
     }
     for (n, p) in progs {
-        w.file(&format!("lab/bin/{n}"), 0o755, &read(p)?).map_err(io)?;
+        w.file(&format!("lab/bin/{n}"), 0o755, &read(p)?)
+            .map_err(io)?;
     }
     w.finish().map_err(io)
 }
@@ -181,18 +267,24 @@ struct Outcome {
 }
 
 /// Runs the lab.
-pub fn run(args: &[String]) -> Result<(), String> {
+pub fn run(args: &LabArgs) -> Result<(), String> {
     let opts = parse_args(args)?;
     let t0 = Instant::now();
     if !is_root() {
-        return Err("the lab installs packages and builds a root file system: run it as root".into());
+        return Err(
+            "the lab installs packages and builds a root file system: run it as root".into(),
+        );
     }
     image::ensure_host_tools()?;
     let t_img = Instant::now();
     let img = image::ensure_image()?;
     let img_s = t_img.elapsed().as_secs_f64();
     if opts.prepare_only {
-        println!("lab image ready in {} ({img_s:.1} s): {}", img.dir.display(), img.describe.trim());
+        println!(
+            "lab image ready in {} ({img_s:.1} s): {}",
+            img.dir.display(),
+            img.describe.trim()
+        );
         return Ok(());
     }
 
@@ -201,12 +293,16 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let build_s = t_build.elapsed().as_secs_f64();
 
     let work = std::env::temp_dir().join(format!("xen-suite-lab-{}", std::process::id()));
-    fs::create_dir_all(&work).map_err(|e| format!("cannot create the work dir {}: {e}", work.display()))?;
+    fs::create_dir_all(&work)
+        .map_err(|e| format!("cannot create the work dir {}: {e}", work.display()))?;
     let result = run_in(&opts, &img, &guests, &progs, &work);
     let outcomes = match result {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("lab: the work dir {} is kept for inspection (serial.log)", work.display());
+            eprintln!(
+                "lab: the work dir {} is kept for inspection (serial.log)",
+                work.display()
+            );
             return Err(e);
         }
     };
@@ -220,12 +316,18 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let (res, detail) = match o.and_then(|o| o.verdict.clone()) {
             Some((true, d)) => ("PASS", d),
             Some((false, d)) => ("FAIL", d),
-            None => ("FAIL", "no verdict (dom0 did not report; see the serial log)".to_string()),
+            None => (
+                "FAIL",
+                "no verdict (dom0 did not report; see the serial log)".to_string(),
+            ),
         };
         if res != "PASS" {
             failed += 1;
         }
-        let secs = o.and_then(|o| o.seconds).map(|t| format!("{t:.1} s")).unwrap_or_else(|| "-".into());
+        let secs = o
+            .and_then(|o| o.seconds)
+            .map(|t| format!("{t:.1} s"))
+            .unwrap_or_else(|| "-".into());
         println!("{:<10} {:<6} {:>8}  {}", s.name, res, secs, detail);
     }
     for s in &opts.scenarios {
@@ -253,13 +355,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
     } else if failed == 0 && run_err.is_none() {
         let _ = fs::remove_dir_all(&work);
     } else {
-        println!("work dir kept for inspection: {} (serial.log, consoles)", work.display());
+        println!(
+            "work dir kept for inspection: {} (serial.log, consoles)",
+            work.display()
+        );
     }
     if let Some(e) = run_err {
         return Err(e);
     }
     if failed > 0 {
-        return Err(format!("{failed} of {} scenario(s) failed", opts.scenarios.len()));
+        return Err(format!(
+            "{failed} of {} scenario(s) failed",
+            opts.scenarios.len()
+        ));
     }
     Ok(())
 }
@@ -268,22 +376,35 @@ fn is_root() -> bool {
     // The effective uid, read without libc.
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
 type RunResult = (BTreeMap<String, Outcome>, f64, f64, Option<String>);
 
-fn run_in(opts: &Options, img: &image::Image, guests: &[(String, PathBuf)], progs: &[(String, PathBuf)], work: &Path) -> Result<RunResult, String> {
+fn run_in(
+    opts: &Options,
+    img: &image::Image,
+    guests: &[(String, PathBuf)],
+    progs: &[(String, PathBuf)],
+    work: &Path,
+) -> Result<RunResult, String> {
     let overlay = work.join("overlay.cpio");
     write_overlay(&overlay, opts, guests, progs)?;
     // One multiboot module: the base archive followed by the overlay.
     let dom0_cpio = work.join("dom0.cpio");
     {
-        let mut out = fs::File::create(&dom0_cpio).map_err(|e| format!("cannot create {}: {e}", dom0_cpio.display()))?;
+        let mut out = fs::File::create(&dom0_cpio)
+            .map_err(|e| format!("cannot create {}: {e}", dom0_cpio.display()))?;
         for p in [&img.base_cpio, &overlay] {
-            let mut f = fs::File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))?;
-            std::io::copy(&mut f, &mut out).map_err(|e| format!("cannot write {}: {e}", dom0_cpio.display()))?;
+            let mut f =
+                fs::File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))?;
+            std::io::copy(&mut f, &mut out)
+                .map_err(|e| format!("cannot write {}: {e}", dom0_cpio.display()))?;
         }
     }
     let total: u64 = opts.scenarios.iter().map(|s| s.timeout_s + 30).sum();
@@ -294,17 +415,30 @@ fn run_in(opts: &Options, img: &image::Image, guests: &[(String, PathBuf)], prog
     let mut boot_s = 0.0;
     let mut done = false;
     let run = qemu::run(
-        &qemu::Config { xen: &img.xen, vmlinuz: &img.vmlinuz, cpio: &dom0_cpio, log: &work.join("serial.log"), boot_timeout: BOOT_TIMEOUT, deadline },
+        &qemu::Config {
+            xen: &img.xen,
+            vmlinuz: &img.vmlinuz,
+            cpio: &dom0_cpio,
+            log: &work.join("serial.log"),
+            boot_timeout: BOOT_TIMEOUT,
+            deadline,
+        },
         |line| {
             if let Some(name) = &in_console {
                 if line.contains("LAB-CONSOLE-END") {
                     in_console = None;
                 } else {
-                    results.entry(name.clone()).or_default().console.push(line.to_string());
+                    results
+                        .entry(name.clone())
+                        .or_default()
+                        .console
+                        .push(line.to_string());
                 }
                 return qemu::Flow::Continue;
             }
-            let Some(at) = line.find("LAB-") else { return qemu::Flow::Continue };
+            let Some(at) = line.find("LAB-") else {
+                return qemu::Flow::Continue;
+            };
             let msg = &line[at..];
             let mut words = msg.splitn(2, ' ');
             let tag = words.next().unwrap_or("");
@@ -318,8 +452,15 @@ fn run_in(opts: &Options, img: &image::Image, guests: &[(String, PathBuf)], prog
                     }
                 }
                 "LAB-BEGIN" => {
-                    let what = SCENARIOS.iter().find(|s| s.name == rest).map(|s| s.what).unwrap_or("");
-                    eprintln!("lab: [{:>6.1} s] scenario {rest}: running ({what})", t.elapsed().as_secs_f64());
+                    let what = SCENARIOS
+                        .iter()
+                        .find(|s| s.name == rest)
+                        .map(|s| s.what)
+                        .unwrap_or("");
+                    eprintln!(
+                        "lab: [{:>6.1} s] scenario {rest}: running ({what})",
+                        t.elapsed().as_secs_f64()
+                    );
                     results.entry(rest.to_string()).or_default().started = Some(Instant::now());
                 }
                 "LAB-RESULT" => {
@@ -327,7 +468,11 @@ fn run_in(opts: &Options, img: &image::Image, guests: &[(String, PathBuf)], prog
                     let name = p.next().unwrap_or("").to_string();
                     let pass = p.next() == Some("PASS");
                     let detail = p.next().unwrap_or("").to_string();
-                    eprintln!("lab: [{:>6.1} s] scenario {name}: {} {detail}", t.elapsed().as_secs_f64(), if pass { "PASS" } else { "FAIL" });
+                    eprintln!(
+                        "lab: [{:>6.1} s] scenario {name}: {} {detail}",
+                        t.elapsed().as_secs_f64(),
+                        if pass { "PASS" } else { "FAIL" }
+                    );
                     let o = results.entry(name).or_default();
                     o.seconds = o.started.map(|s| s.elapsed().as_secs_f64());
                     o.verdict = Some((pass, detail));
@@ -345,11 +490,17 @@ fn run_in(opts: &Options, img: &image::Image, guests: &[(String, PathBuf)], prog
     let qemu_s = t.elapsed().as_secs_f64();
     // Save the consoles next to the serial log.
     for (name, o) in &results {
-        let _ = fs::write(work.join(format!("console-{name}.log")), o.console.join("\n"));
+        let _ = fs::write(
+            work.join(format!("console-{name}.log")),
+            o.console.join("\n"),
+        );
     }
     let err = match run {
         Ok(()) if done => None,
-        Ok(()) => Some(format!("QEMU ended before dom0 finished the scenarios; see {}/serial.log", work.display())),
+        Ok(()) => Some(format!(
+            "QEMU ended before dom0 finished the scenarios; see {}/serial.log",
+            work.display()
+        )),
         Err(e) => Some(format!("{e}; see {}/serial.log", work.display())),
     };
     if let Some(e) = &err {

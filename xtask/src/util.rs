@@ -9,10 +9,20 @@ pub fn root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else `target/` in the
+/// workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 /// Runs a command, echoing it first; an error says which command failed.
 pub fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("+ {}", show(cmd));
-    let status = cmd.status().map_err(|e| format!("could not start `{}`: {e}", show(cmd)))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start `{}`: {e}", show(cmd)))?;
     if status.success() {
         Ok(())
     } else {
@@ -22,7 +32,9 @@ pub fn run(cmd: &mut Command) -> Result<(), String> {
 
 /// Runs a command and returns its standard output.
 pub fn output(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("could not start `{}`: {e}", show(cmd)))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("could not start `{}`: {e}", show(cmd)))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -59,7 +71,13 @@ pub fn cargo() -> Command {
 pub fn cargo_nightly() -> Command {
     let mut c = Command::new("rustup");
     c.args(["run", "nightly", "cargo"]);
-    for v in ["CARGO", "RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "RUSTC_WRAPPER"] {
+    for v in [
+        "CARGO",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+    ] {
         c.env_remove(v);
     }
     c.current_dir(root());

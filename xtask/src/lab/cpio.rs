@@ -20,7 +20,11 @@ const S_IFREG: u32 = 0o100000;
 impl<W: Write> CpioWriter<W> {
     /// Starts an archive.
     pub fn new(out: W) -> Self {
-        CpioWriter { out: BufWriter::with_capacity(1 << 20, out), next_ino: 1, written: 0 }
+        CpioWriter {
+            out: BufWriter::with_capacity(1 << 20, out),
+            next_ino: 1,
+            written: 0,
+        }
     }
 
     fn pad(&mut self) -> io::Result<()> {
@@ -34,9 +38,19 @@ impl<W: Write> CpioWriter<W> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn header(&mut self, name: &str, mode: u32, mtime: u64, size: u64, rdev: (u32, u32)) -> io::Result<()> {
-        let size32 = u32::try_from(size)
-            .map_err(|_| io::Error::other(format!("{name}: {size} bytes is too large for a newc archive")))?;
+    fn header(
+        &mut self,
+        name: &str,
+        mode: u32,
+        mtime: u64,
+        size: u64,
+        rdev: (u32, u32),
+    ) -> io::Result<()> {
+        let size32 = u32::try_from(size).map_err(|_| {
+            io::Error::other(format!(
+                "{name}: {size} bytes is too large for a newc archive"
+            ))
+        })?;
         let ino = self.next_ino;
         self.next_ino += 1;
         let nlink = if mode & 0o170000 == S_IFDIR { 2 } else { 1 };
@@ -88,7 +102,11 @@ impl<W: Write> CpioWriter<W> {
         for e in entries {
             let fname = e.file_name();
             let fname = fname.to_string_lossy();
-            let name = if prefix.is_empty() { fname.to_string() } else { format!("{prefix}/{fname}") };
+            let name = if prefix.is_empty() {
+                fname.to_string()
+            } else {
+                format!("{prefix}/{fname}")
+            };
             let path = e.path();
             let md = fs::symlink_metadata(&path)?;
             let ft = md.file_type();
@@ -154,7 +172,7 @@ mod tests {
         assert_eq!(&out[..6], b"070701");
         assert_eq!(field(&out, 1), 0o040755);
         assert_eq!(field(&out, 11), 4); // "lab" + NUL
-        // Second entry: header at a 4-byte boundary after "lab\0" (110 + 4).
+                                        // Second entry: header at a 4-byte boundary after "lab\0" (110 + 4).
         let second = (110 + 4usize).next_multiple_of(4);
         assert_eq!(&out[second..second + 6], b"070701");
         assert_eq!(field(&out[second..], 1), 0o100644);

@@ -59,30 +59,53 @@ pub struct Image {
 }
 
 fn have(cmd: &str) -> bool {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|d| Path::new(d).join(cmd).exists())
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(cmd).exists())
 }
 
 /// Installs the host tools that are missing, with apt-get.
 pub fn ensure_host_tools() -> Result<(), String> {
-    let missing: Vec<&str> = HOST_TOOLS.iter().filter(|(c, _)| !have(c)).map(|(_, p)| *p).collect();
+    let missing: Vec<&str> = HOST_TOOLS
+        .iter()
+        .filter(|(c, _)| !have(c))
+        .map(|(_, p)| *p)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("lab: installing host tools: {}", missing.join(" "));
     apt_update()?;
     let mut c = Command::new("timeout");
-    c.args(["600", "apt-get", "install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+    c.args([
+        "600",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+    ])
+    .args(&missing)
+    .env("DEBIAN_FRONTEND", "noninteractive");
     run(&mut c).map_err(|e| format!("{e}\ninstalling the lab's host tools failed; the lab needs root and apt access to Debian's mirror"))
 }
 
 fn apt_update() -> Result<(), String> {
-    run(Command::new("timeout").args(["300", "apt-get", "update", "-q"]))
-        .map_err(|e| format!("{e}\n`apt-get update` failed or took over 5 minutes; check access to Debian's mirror"))
+    run(Command::new("timeout").args(["300", "apt-get", "update", "-q"])).map_err(|e| {
+        format!(
+            "{e}\n`apt-get update` failed or took over 5 minutes; check access to Debian's mirror"
+        )
+    })
 }
 
 /// Every version apt knows of the packages that make up the image.
 fn apt_versions() -> Result<String, String> {
-    let out = output(Command::new("apt-cache").args(["madison", "xen-utils-4.17", "xen-hypervisor-4.17-amd64", "linux-image-amd64"]))?;
+    let out = output(Command::new("apt-cache").args([
+        "madison",
+        "xen-utils-4.17",
+        "xen-hypervisor-4.17-amd64",
+        "linux-image-amd64",
+    ]))?;
     Ok(out)
 }
 
@@ -102,7 +125,9 @@ fn kernel_package() -> Result<String, String> {
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
         .map(|s| s.trim().to_string())
-        .ok_or_else(|| format!("`apt-cache depends linux-image-amd64` names no kernel package:\n{out}"))
+        .ok_or_else(|| {
+            format!("`apt-cache depends linux-image-amd64` names no kernel package:\n{out}")
+        })
 }
 
 /// Returns the cached image, building it first when there is none for the
@@ -117,7 +142,10 @@ pub fn ensure_image() -> Result<Image, String> {
         return Err("apt knows no `xen-hypervisor-4.17-amd64`: the host must use Debian bookworm's package lists (main)".into());
     }
     let kpkg = kernel_package()?;
-    let key = format!("{kpkg}-{:016x}", fnv1a(&format!("{RECIPE}\n{kpkg}\n{versions}")));
+    let key = format!(
+        "{kpkg}-{:016x}",
+        fnv1a(&format!("{RECIPE}\n{kpkg}\n{versions}"))
+    );
     let dir = PathBuf::from(CACHE_ROOT).join(&key);
     let image = Image {
         xen: dir.join("xen"),
@@ -128,13 +156,21 @@ pub fn ensure_image() -> Result<Image, String> {
     };
     if dir.join("complete").exists() {
         let describe = fs::read_to_string(dir.join("describe")).unwrap_or_default();
-        eprintln!("lab: using cached image {} ({})", dir.display(), describe.trim());
+        eprintln!(
+            "lab: using cached image {} ({})",
+            dir.display(),
+            describe.trim()
+        );
         return Ok(Image { describe, ..image });
     }
-    eprintln!("lab: building the lab image in {} (cold; a few minutes)", dir.display());
+    eprintln!(
+        "lab: building the lab image in {} (cold; a few minutes)",
+        dir.display()
+    );
     let build = PathBuf::from(CACHE_ROOT).join(format!("{key}.building"));
     if build.exists() {
-        fs::remove_dir_all(&build).map_err(|e| format!("cannot remove the stale build dir {}: {e}", build.display()))?;
+        fs::remove_dir_all(&build)
+            .map_err(|e| format!("cannot remove the stale build dir {}: {e}", build.display()))?;
     }
     fs::create_dir_all(&build).map_err(|e| format!("cannot create {}: {e}", build.display()))?;
     let describe = build_image(&build, &kpkg)?;
@@ -150,7 +186,8 @@ pub fn ensure_image() -> Result<Image, String> {
             let _ = fs::remove_dir_all(e.path());
         }
     }
-    fs::rename(&build, &dir).map_err(|e| format!("cannot move {} to {}: {e}", build.display(), dir.display()))?;
+    fs::rename(&build, &dir)
+        .map_err(|e| format!("cannot move {} to {}: {e}", build.display(), dir.display()))?;
     Ok(Image { describe, ..image })
 }
 
@@ -160,14 +197,18 @@ fn step<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, Strin
     let r = f();
     match &r {
         Ok(_) => eprintln!("lab: {what}: done in {:.1} s", t.elapsed().as_secs_f64()),
-        Err(_) => eprintln!("lab: {what}: FAILED after {:.1} s", t.elapsed().as_secs_f64()),
+        Err(_) => eprintln!(
+            "lab: {what}: FAILED after {:.1} s",
+            t.elapsed().as_secs_f64()
+        ),
     }
     r
 }
 
 /// The version of an installed package in a root file system.
 fn installed_version(root: &Path, pkg: &str) -> Result<String, String> {
-    let status = fs::read_to_string(root.join("var/lib/dpkg/status")).map_err(|e| format!("cannot read dpkg status in {}: {e}", root.display()))?;
+    let status = fs::read_to_string(root.join("var/lib/dpkg/status"))
+        .map_err(|e| format!("cannot read dpkg status in {}: {e}", root.display()))?;
     for para in status.split("\n\n") {
         if para.lines().any(|l| l == format!("Package: {pkg}")) {
             if let Some(v) = para.lines().find_map(|l| l.strip_prefix("Version: ")) {
@@ -181,10 +222,21 @@ fn installed_version(root: &Path, pkg: &str) -> Result<String, String> {
 fn apt_download(dir: &Path, spec: &str) -> Result<PathBuf, String> {
     let before: Vec<_> = list_debs(dir)?;
     let mut c = Command::new("timeout");
-    c.args(["600", "apt-get", "download", "-q", spec]).current_dir(dir);
-    run(&mut c).map_err(|e| format!("{e}\ndownloading {spec} from Debian's mirror failed or took over 10 minutes"))?;
+    c.args(["600", "apt-get", "download", "-q", spec])
+        .current_dir(dir);
+    run(&mut c).map_err(|e| {
+        format!("{e}\ndownloading {spec} from Debian's mirror failed or took over 10 minutes")
+    })?;
     let after = list_debs(dir)?;
-    after.into_iter().find(|p| !before.contains(p)).ok_or_else(|| format!("apt-get download {spec} produced no .deb in {}", dir.display()))
+    after
+        .into_iter()
+        .find(|p| !before.contains(p))
+        .ok_or_else(|| {
+            format!(
+                "apt-get download {spec} produced no .deb in {}",
+                dir.display()
+            )
+        })
 }
 
 fn list_debs(dir: &Path) -> Result<Vec<PathBuf>, String> {
@@ -210,31 +262,58 @@ fn build_image(build: &Path, kpkg: &str) -> Result<String, String> {
         let kpkg = kpkg.to_string();
         std::thread::spawn(move || apt_download(&debs, &kpkg))
     };
-    step("debootstrap the dom0 root file system (minbase + Xen tools)", || {
-        let mut c = Command::new("timeout");
-        c.args(["1200", "debootstrap", "--variant=minbase", &format!("--include={DOM0_PACKAGES}"), SUITE])
+    step(
+        "debootstrap the dom0 root file system (minbase + Xen tools)",
+        || {
+            let mut c = Command::new("timeout");
+            c.args([
+                "1200",
+                "debootstrap",
+                "--variant=minbase",
+                &format!("--include={DOM0_PACKAGES}"),
+                SUITE,
+            ])
             .arg(&root)
             .arg(MIRROR);
-        run(&mut c).map_err(|e| format!("{e}\ndebootstrap failed or took over 20 minutes; see {}/debootstrap/debootstrap.log", root.display()))
-    })?;
+            run(&mut c).map_err(|e| format!("{e}\ndebootstrap failed or took over 20 minutes; see {}/debootstrap/debootstrap.log", root.display()))
+        },
+    )?;
     let xen_version = installed_version(&root, "xen-utils-4.17")?;
-    let kdeb = kdeb_thread.join().map_err(|_| "the kernel download thread panicked".to_string())??;
+    let kdeb = kdeb_thread
+        .join()
+        .map_err(|_| "the kernel download thread panicked".to_string())??;
     // The hypervisor must match the tools that debootstrap installed.
-    let xdeb = step(&format!("download xen-hypervisor-4.17-amd64 {xen_version}"), || {
-        apt_download(&debs, &format!("xen-hypervisor-4.17-amd64={xen_version}"))
-    })?;
-    let kver = kpkg.strip_prefix("linux-image-").unwrap_or(kpkg).to_string();
+    let xdeb = step(
+        &format!("download xen-hypervisor-4.17-amd64 {xen_version}"),
+        || apt_download(&debs, &format!("xen-hypervisor-4.17-amd64={xen_version}")),
+    )?;
+    let kver = kpkg
+        .strip_prefix("linux-image-")
+        .unwrap_or(kpkg)
+        .to_string();
     step("unpack Xen and the dom0 kernel", || {
         let xdir = build.join("xen-pkg");
         run(Command::new("dpkg-deb").arg("-x").arg(&xdeb).arg(&xdir))?;
         let xen_gz = fs::read_dir(xdir.join("boot"))
             .map_err(|e| format!("the Xen package has no /boot: {e}"))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("xen-") && n.to_string_lossy().ends_with(".gz")))
+            .find(|p| {
+                p.file_name().is_some_and(|n| {
+                    n.to_string_lossy().starts_with("xen-") && n.to_string_lossy().ends_with(".gz")
+                })
+            })
             .ok_or("the Xen package has no /boot/xen-*.gz")?;
-        let out = Command::new("gunzip").arg("-c").arg(&xen_gz).output().map_err(|e| format!("cannot run gunzip: {e}"))?;
+        let out = Command::new("gunzip")
+            .arg("-c")
+            .arg(&xen_gz)
+            .output()
+            .map_err(|e| format!("cannot run gunzip: {e}"))?;
         if !out.status.success() {
-            return Err(format!("gunzip -c {} failed: {}", xen_gz.display(), String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "gunzip -c {} failed: {}",
+                xen_gz.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         fs::write(build.join("xen"), out.stdout).map_err(|e| e.to_string())?;
         fs::remove_dir_all(&xdir).map_err(|e| e.to_string())?;
@@ -243,13 +322,20 @@ fn build_image(build: &Path, kpkg: &str) -> Result<String, String> {
         // a directory); its modules then move into /usr/lib/modules.
         let kdir = build.join("kernel-pkg");
         run(Command::new("dpkg-deb").arg("-x").arg(&kdeb).arg(&kdir))?;
-        fs::rename(kdir.join(format!("boot/vmlinuz-{kver}")), build.join("vmlinuz"))
-            .map_err(|e| format!("the kernel package has no /boot/vmlinuz-{kver}: {e}"))?;
-        let kmods = ["lib/modules", "usr/lib/modules"].iter().map(|d| kdir.join(d).join(&kver)).find(|p| p.exists())
+        fs::rename(
+            kdir.join(format!("boot/vmlinuz-{kver}")),
+            build.join("vmlinuz"),
+        )
+        .map_err(|e| format!("the kernel package has no /boot/vmlinuz-{kver}: {e}"))?;
+        let kmods = ["lib/modules", "usr/lib/modules"]
+            .iter()
+            .map(|d| kdir.join(d).join(&kver))
+            .find(|p| p.exists())
             .ok_or_else(|| format!("the kernel package has no /lib/modules/{kver}"))?;
         let dest = root.join("usr/lib/modules");
         fs::create_dir_all(&dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
-        fs::rename(&kmods, dest.join(&kver)).map_err(|e| format!("cannot move the kernel modules into the rootfs: {e}"))?;
+        fs::rename(&kmods, dest.join(&kver))
+            .map_err(|e| format!("cannot move the kernel modules into the rootfs: {e}"))?;
         fs::remove_dir_all(&kdir).map_err(|e| e.to_string())?;
         Ok(())
     })?;
@@ -257,12 +343,15 @@ fn build_image(build: &Path, kpkg: &str) -> Result<String, String> {
     step("pack the dom0 root file system", || {
         let f = fs::File::create(build.join("dom0-base.cpio")).map_err(|e| e.to_string())?;
         let mut w = CpioWriter::new(f);
-        w.tree(&root).map_err(|e| format!("packing {}: {e}", root.display()))?;
+        w.tree(&root)
+            .map_err(|e| format!("packing {}: {e}", root.display()))?;
         w.finish().map_err(|e| e.to_string())
     })?;
     fs::remove_dir_all(&root).map_err(|e| e.to_string())?;
     fs::remove_dir_all(&debs).map_err(|e| e.to_string())?;
-    Ok(format!("Xen {xen_version}, dom0 {kpkg}, Debian {SUITE} minbase"))
+    Ok(format!(
+        "Xen {xen_version}, dom0 {kpkg}, Debian {SUITE} minbase"
+    ))
 }
 
 fn trim(root: &Path, kver: &str) -> Result<(), String> {
@@ -281,7 +370,12 @@ fn trim(root: &Path, kver: &str) -> Result<(), String> {
         "lib/firmware",
     ] {
         let p = root.join(d);
-        if p.symlink_metadata().is_ok() && !p.symlink_metadata().map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+        if p.symlink_metadata().is_ok()
+            && !p
+                .symlink_metadata()
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false)
+        {
             fs::remove_dir_all(&p).map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
         }
     }
@@ -299,15 +393,25 @@ fn trim(root: &Path, kver: &str) -> Result<(), String> {
     let mut keep: Vec<PathBuf> = Vec::new();
     for m in DOM0_MODULES {
         let mut c = Command::new("modprobe");
-        c.arg("-d").arg(root).args(["-S", kver, "--show-depends", m]);
-        let out = output(&mut c).map_err(|e| format!("{e}\nthe dom0 kernel {kver} has no module {m}"))?;
+        c.arg("-d")
+            .arg(root)
+            .args(["-S", kver, "--show-depends", m]);
+        let out =
+            output(&mut c).map_err(|e| format!("{e}\nthe dom0 kernel {kver} has no module {m}"))?;
         for l in out.lines() {
             if let Some(p) = l.trim().strip_prefix("insmod ") {
                 let p = p.split_whitespace().next().unwrap_or("");
                 // modprobe prints the path with the base directory.
-                let path = if Path::new(p).starts_with(root) { PathBuf::from(p) } else { root.join(p.trim_start_matches('/')) };
+                let path = if Path::new(p).starts_with(root) {
+                    PathBuf::from(p)
+                } else {
+                    root.join(p.trim_start_matches('/'))
+                };
                 if !path.exists() {
-                    return Err(format!("modprobe names {} for module {m}, which does not exist", path.display()));
+                    return Err(format!(
+                        "modprobe names {} for module {m}, which does not exist",
+                        path.display()
+                    ));
                 }
                 keep.push(path);
             }
@@ -323,24 +427,32 @@ fn trim(root: &Path, kver: &str) -> Result<(), String> {
 /// Removes every file under `dir` that is not in `keep` (compared after
 /// resolving both), and then the empty directories.
 fn prune(dir: &Path, keep: &[PathBuf]) -> Result<bool, String> {
-    let keep_canon: Vec<PathBuf> = keep.iter().filter_map(|p| fs::canonicalize(p).ok()).collect();
+    let keep_canon: Vec<PathBuf> = keep
+        .iter()
+        .filter_map(|p| fs::canonicalize(p).ok())
+        .collect();
     fn walk(dir: &Path, keep: &[PathBuf]) -> Result<bool, String> {
         let mut any = false;
-        for e in fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?.flatten() {
+        for e in fs::read_dir(dir)
+            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+            .flatten()
+        {
             let p = e.path();
             let ft = e.file_type().map_err(|e| e.to_string())?;
             if ft.is_dir() {
                 if walk(&p, keep)? {
                     any = true;
                 } else {
-                    fs::remove_dir(&p).map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+                    fs::remove_dir(&p)
+                        .map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
                 }
             } else {
                 let c = fs::canonicalize(&p).unwrap_or(p.clone());
                 if keep.contains(&c) {
                     any = true;
                 } else {
-                    fs::remove_file(&p).map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+                    fs::remove_file(&p)
+                        .map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
                 }
             }
         }

@@ -34,7 +34,12 @@ pub enum Flow {
 }
 
 /// Serial console lines that mean the lab is dead.
-const FATAL: &[&str] = &["Kernel panic - not syncing", "Hardware Dom0 crashed", "Panic on CPU", "(XEN) Reboot in five seconds"];
+const FATAL: &[&str] = &[
+    "Kernel panic - not syncing",
+    "Hardware Dom0 crashed",
+    "Panic on CPU",
+    "(XEN) Reboot in five seconds",
+];
 
 /// Kills QEMU when dropped, on every path out.
 struct KillOnDrop(Child);
@@ -54,20 +59,46 @@ pub fn run(cfg: &Config<'_>, mut on_line: impl FnMut(&str) -> Flow) -> Result<()
     let xen_cmdline = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 dom0_vcpus_pin noreboot loglvl=all guest_loglvl=all";
     let dom0_cmdline = "console=hvc0 earlyprintk=xen quiet loglevel=3";
     // QEMU's -initrd separates modules with commas (a literal comma is `,,`).
-    let modules = format!("{} {},{}", cfg.vmlinuz.display(), dom0_cmdline, cfg.cpio.display());
+    let modules = format!(
+        "{} {},{}",
+        cfg.vmlinuz.display(),
+        dom0_cmdline,
+        cfg.cpio.display()
+    );
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "max,-smap,-smep", "-m", "2048", "-smp", "2"])
-        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none", "-no-reboot"])
-        .arg("-kernel")
-        .arg(cfg.xen)
-        .args(["-append", xen_cmdline])
-        .arg("-initrd")
-        .arg(&modules)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max,-smap,-smep",
+        "-m",
+        "2048",
+        "-smp",
+        "2",
+    ])
+    .args([
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-nic",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(cfg.xen)
+    .args(["-append", xen_cmdline])
+    .arg("-initrd")
+    .arg(&modules)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     eprintln!("lab: booting Xen and dom0 under QEMU (TCG)");
-    let child = cmd.spawn().map_err(|e| format!("cannot start qemu-system-x86_64: {e}; install the qemu-system-x86 package"))?;
+    let child = cmd.spawn().map_err(|e| {
+        format!("cannot start qemu-system-x86_64: {e}; install the qemu-system-x86 package")
+    })?;
     let mut child = KillOnDrop(child);
     let stdout = child.0.stdout.take().ok_or("QEMU has no stdout pipe")?;
     let stderr = child.0.stderr.take().ok_or("QEMU has no stderr pipe")?;
@@ -95,16 +126,27 @@ pub fn run(cfg: &Config<'_>, mut on_line: impl FnMut(&str) -> Flow) -> Result<()
             let _ = tx2.send(Some(format!("[qemu stderr] {l}")));
         }
     });
-    let mut log = fs::File::create(cfg.log).map_err(|e| format!("cannot create {}: {e}", cfg.log.display()))?;
+    let mut log = fs::File::create(cfg.log)
+        .map_err(|e| format!("cannot create {}: {e}", cfg.log.display()))?;
     let start = Instant::now();
     let mut booted = false;
     loop {
-        let limit = if booted { cfg.deadline } else { cfg.boot_timeout };
+        let limit = if booted {
+            cfg.deadline
+        } else {
+            cfg.boot_timeout
+        };
         let Some(left) = limit.checked_sub(start.elapsed()) else {
             return Err(if booted {
-                format!("the lab did not finish within {} s; QEMU was killed", cfg.deadline.as_secs())
+                format!(
+                    "the lab did not finish within {} s; QEMU was killed",
+                    cfg.deadline.as_secs()
+                )
             } else {
-                format!("dom0 did not bring its toolstack up within {} s; QEMU was killed", cfg.boot_timeout.as_secs())
+                format!(
+                    "dom0 did not bring its toolstack up within {} s; QEMU was killed",
+                    cfg.boot_timeout.as_secs()
+                )
             });
         };
         match rx.recv_timeout(left) {
@@ -113,7 +155,9 @@ pub fn run(cfg: &Config<'_>, mut on_line: impl FnMut(&str) -> Flow) -> Result<()
                 if let Some(why) = FATAL.iter().find(|f| line.contains(*f)) {
                     // Give the crash report a moment to reach the log.
                     let until = Instant::now() + Duration::from_secs(3);
-                    while let Ok(Some(l)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    while let Ok(Some(l)) =
+                        rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+                    {
                         let _ = writeln!(log, "{l}");
                     }
                     return Err(format!("dom0 or Xen crashed (`{why}`); QEMU was killed"));
@@ -126,7 +170,9 @@ pub fn run(cfg: &Config<'_>, mut on_line: impl FnMut(&str) -> Flow) -> Result<()
                         // flight, then stop QEMU (Xen halts rather than
                         // ending QEMU when dom0 powers off).
                         let until = Instant::now() + Duration::from_millis(500);
-                        while let Ok(Some(l)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                        while let Ok(Some(l)) =
+                            rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+                        {
                             let _ = writeln!(log, "{l}");
                         }
                         return Ok(());
