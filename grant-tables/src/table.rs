@@ -8,17 +8,30 @@
 //! - [`GrantTable::end_access`] clears the flags with a compare-and-swap that
 //!   succeeds only while neither `GTF_reading` nor `GTF_writing` is set. If
 //!   the peer still maps the frame (or keeps the flags moving), the ref is
-//!   quarantined: never returned to the free list, and the caller is told
-//!   the page must not be reused either (XSA-396).
-//!   [`GrantTable::end_access_with_page`] takes the page into the quarantine
-//!   itself.
+//!   quarantined: kept out of the free list, and the caller is told the page
+//!   must not be reused either (XSA-396).
+//! - A quarantined ref is retried, not lost: Xen releases a dead peer's
+//!   mappings (and a live peer may unmap late), after which the end of
+//!   access succeeds. [`GrantTable::retry_quarantined`] tries every
+//!   quarantined ref again; a driver calls it from its poll loop, as Linux
+//!   retries deferred ends from a timer. [`GrantTable::grant_access`] also
+//!   retries once by itself when the free list runs dry. A ref goes back to
+//!   the free list only after an end of access that succeeded.
+//! - Pages travel with their grants: [`GrantTable::end_access_with_page`]
+//!   and, for a multi-page allocation (a ring, a buffer pool),
+//!   [`GrantTable::end_access_all`] take the owning value and keep it, whole,
+//!   in the quarantine until every one of its grants has ended; only then is
+//!   it dropped (freed). Refs that did end are released at once. Drivers
+//!   never need to leak (`mem::forget`) a page to keep it from a peer.
 //! - A [`GrantRef`] is a move-only handle: ending access consumes it, so a
 //!   ref cannot be used after it has been ended.
+//! - [`GrantTable::stats`] counts refs free, granted and quarantined, and the
+//!   refs recovered by retries, so a leak shows up as numbers.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
@@ -61,13 +74,19 @@ pub enum GrantError {
     NoFreeRefs {
         /// Refs in the table.
         capacity: u32,
-        /// Refs lost to quarantine.
+        /// Refs in quarantine (the peer still maps them).
         quarantined: usize,
     },
     /// The frame does not fit the 32-bit `frame` field of a v1 entry.
     FrameTooLarge(Gfn),
     /// The domain id is reserved (`DOMID_SELF`, ...), not a real domain.
     BadDomain(DomId),
+    /// The pages to grant have no frame number for page `index` (a platform
+    /// whose [`crate::SharedPages`] are inconsistent).
+    NoFrame {
+        /// The page without a frame.
+        index: usize,
+    },
 }
 
 impl fmt::Display for GrantError {
@@ -75,7 +94,7 @@ impl fmt::Display for GrantError {
         match self {
             GrantError::NoFreeRefs { capacity, quarantined } => write!(
                 f,
-                "no free grant refs ({capacity} in the table, {quarantined} quarantined); end unused grants or set up more grant frames"
+                "no free grant refs ({capacity} in the table, {quarantined} quarantined while a peer maps them); end unused grants, call retry_quarantined once peers unmap, or set up more grant frames"
             ),
             GrantError::FrameTooLarge(g) => write!(
                 f,
@@ -85,18 +104,27 @@ impl fmt::Display for GrantError {
             GrantError::BadDomain(d) => {
                 write!(f, "cannot grant to reserved domain id {:#x}; name the peer's real domid", d.0)
             }
+            GrantError::NoFrame { index } => write!(
+                f,
+                "page {index} of the allocation has no frame number; the platform's page allocator is inconsistent"
+            ),
         }
     }
 }
 
 /// Ending a grant failed: the peer still maps the frame (or kept changing
-/// the flags). The ref is quarantined; the page must not be reused.
+/// the flags). The ref, and the page when the table was given it, are
+/// quarantined until [`GrantTable::retry_quarantined`] ends them; the caller
+/// must not reuse a page it kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndAccessError {
-    /// The quarantined ref.
+    /// The (first) quarantined ref.
     pub gref: GrantRefNum,
-    /// The flags seen last.
+    /// Its flags, as seen last.
     pub flags: GrantFlags,
+    /// How many refs of the allocation the peer still uses (1 for a single
+    /// grant); the others ended and were released.
+    pub in_use: usize,
 }
 
 impl core::error::Error for GrantError {}
@@ -106,24 +134,57 @@ impl fmt::Display for EndAccessError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "grant ref {} is still in use by the peer (flags {:?}); the ref and its page are quarantined and will never be reused",
+            "grant ref {} is still in use by the peer (flags {:?})",
             self.gref, self.flags
+        )?;
+        if self.in_use > 1 {
+            write!(f, ", with {} more refs of the same pages", self.in_use - 1)?;
+        }
+        write!(
+            f,
+            "; the refs and their pages are quarantined until the peer lets go (retry with retry_quarantined)"
         )
     }
 }
 
-/// Something kept forever because a peer may still map it.
-struct Quarantined {
-    _gref: GrantRefNum,
-    _page: Option<Box<dyn Send>>,
+/// Counts of a grant table, for monitoring and leak checks. Every ref above
+/// the reserved ones is free, granted or quarantined (or was live at
+/// start-up and is never handed out).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrantStats {
+    /// Refs in the table, reserved ones included.
+    pub capacity: u32,
+    /// Refs ready to hand out.
+    pub free: usize,
+    /// Refs granted and not ended.
+    pub granted: usize,
+    /// Refs whose end of access was refused and waits for a retry.
+    pub quarantined: usize,
+    /// Page allocations the quarantine holds (freed when their last ref
+    /// ends).
+    pub quarantined_allocations: usize,
+    /// Refs quarantined since the table was made.
+    pub quarantined_total: u64,
+    /// Refs a retry ended and released since the table was made.
+    pub recovered: u64,
+}
+
+/// Refs whose end was refused, with the pages they share.
+struct Held {
+    refs: Vec<GrantRefNum>,
+    page: Option<Box<dyn Send>>,
 }
 
 /// This domain's grant table.
 pub struct GrantTable<F: GrantTableFrames> {
     frames: F,
     free: ArrayQueue<GrantRefNum>,
-    quarantine: SegQueue<Quarantined>,
+    quarantine: SegQueue<Held>,
     quarantined: AtomicUsize,
+    held_pages: AtomicUsize,
+    granted: AtomicUsize,
+    quarantined_total: AtomicU64,
+    recovered: AtomicU64,
     /// Unique per table, so a ref cannot be ended through another table.
     id: usize,
 }
@@ -131,11 +192,24 @@ pub struct GrantTable<F: GrantTableFrames> {
 static NEXT_TABLE_ID: AtomicUsize = AtomicUsize::new(1);
 
 impl<F: GrantTableFrames> Drop for GrantTable<F> {
-    /// Quarantined pages may still be mapped by the peer: they are leaked,
-    /// never freed or reused, even when the table goes away (XSA-396).
+    /// A last retry; pages still in quarantine after it may still be mapped
+    /// by the peer: they are leaked, never freed or reused (XSA-396).
     fn drop(&mut self) {
-        while let Some(q) = self.quarantine.pop() {
-            core::mem::forget(q);
+        self.retry_quarantined();
+        let mut leaked = 0usize;
+        while let Some(held) = self.quarantine.pop() {
+            if let Some(page) = held.page {
+                // Leaked on purpose: the peer may still map the page, so
+                // freeing it would hand the peer's mapping to whoever
+                // allocates it next.
+                let _: &mut dyn Send = Box::leak(page);
+                leaked += 1;
+            }
+        }
+        if leaked > 0 {
+            log::warn!(
+                "grant table dropped with {leaked} page allocation(s) still mapped by peers: leaked, never freed"
+            );
         }
     }
 }
@@ -153,6 +227,10 @@ impl<F: GrantTableFrames> GrantTable<F> {
             free,
             quarantine: SegQueue::new(),
             quarantined: AtomicUsize::new(0),
+            held_pages: AtomicUsize::new(0),
+            granted: AtomicUsize::new(0),
+            quarantined_total: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
         };
         for gref in GNTTAB_NR_RESERVED_ENTRIES..count {
@@ -180,9 +258,28 @@ impl<F: GrantTableFrames> GrantTable<F> {
         self.free.len()
     }
 
-    /// Refs lost to quarantine.
+    /// Refs in quarantine now (their end of access was refused and has not
+    /// succeeded on a retry yet).
     pub fn quarantined_count(&self) -> usize {
         self.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Refs granted and not ended.
+    pub fn granted_count(&self) -> usize {
+        self.granted.load(Ordering::Relaxed)
+    }
+
+    /// The table's counts.
+    pub fn stats(&self) -> GrantStats {
+        GrantStats {
+            capacity: self.capacity(),
+            free: self.free_count(),
+            granted: self.granted_count(),
+            quarantined: self.quarantined_count(),
+            quarantined_allocations: self.held_pages.load(Ordering::Relaxed),
+            quarantined_total: self.quarantined_total.load(Ordering::Relaxed),
+            recovered: self.recovered.load(Ordering::Relaxed),
+        }
     }
 
     fn entry_ptr(&self, gref: GrantRefNum) -> *mut u8 {
@@ -251,6 +348,18 @@ impl<F: GrantTableFrames> GrantTable<F> {
         }
     }
 
+    /// A free ref; when none is left and some are quarantined, retries the
+    /// quarantine once first.
+    fn pop_free(&self) -> Option<GrantRefNum> {
+        if let Some(g) = self.free.pop() {
+            return Some(g);
+        }
+        if self.quarantined_count() > 0 && self.retry_quarantined() > 0 {
+            return self.free.pop();
+        }
+        None
+    }
+
     /// Grants `domid` access to `frame`.
     pub fn grant_access(
         &self,
@@ -259,7 +368,8 @@ impl<F: GrantTableFrames> GrantTable<F> {
         access: Access,
     ) -> Result<GrantRef, GrantError> {
         let frame32 = Self::check_args(domid, frame)?;
-        let gref = self.free.pop().ok_or_else(|| self.no_free())?;
+        let gref = self.pop_free().ok_or_else(|| self.no_free())?;
+        self.granted.fetch_add(1, Ordering::Relaxed);
         self.write_entry(gref, domid, frame32, access);
         Ok(GrantRef {
             gref,
@@ -281,7 +391,7 @@ impl<F: GrantTableFrames> GrantTable<F> {
         }
         let mut refs = Vec::with_capacity(frames.len());
         for _ in 0..frames.len() {
-            match self.free.pop() {
+            match self.pop_free() {
                 Some(g) => refs.push(g),
                 None => {
                     for g in refs {
@@ -292,6 +402,7 @@ impl<F: GrantTableFrames> GrantTable<F> {
                 }
             }
         }
+        self.granted.fetch_add(refs.len(), Ordering::Relaxed);
         Ok(refs
             .into_iter()
             .zip(checked)
@@ -328,20 +439,19 @@ impl<F: GrantTableFrames> GrantTable<F> {
 
     /// Ends the peer's access. On success the ref goes back to the free
     /// list and the page may be reused. On failure the ref is quarantined
-    /// and the caller must never reuse the page (hand it to
-    /// [`Self::end_access_with_page`] instead to have it kept here).
+    /// (until a retry ends it) and the caller must not reuse the page;
+    /// prefer [`Self::end_access_with_page`], which keeps the page too.
     ///
     /// # Panics
     /// If `grant` was handed out by another table: a programming error in
     /// this domain, never caused by the peer.
     pub fn end_access(&self, grant: GrantRef) -> Result<(), EndAccessError> {
-        self.end_access_inner(grant, None)
+        self.end_one::<()>(grant, None).map(|_| ())
     }
 
     /// Ends the peer's access and gives the page back when that succeeded.
-    /// On failure the table keeps the page, and the ref, forever (even past
-    /// the table's own drop: the page is leaked, never freed, since the
-    /// peer may still map it).
+    /// On failure the table keeps the page with the ref until a retry ends
+    /// the grant, and then drops (frees) it.
     ///
     /// # Panics
     /// As [`Self::end_access`].
@@ -350,51 +460,155 @@ impl<F: GrantTableFrames> GrantTable<F> {
         grant: GrantRef,
         page: P,
     ) -> Result<P, EndAccessError> {
-        let mut slot = Some(page);
-        match self.try_end(&grant) {
+        self.end_one(grant, Some(page))
+            // `end_one` hands back the `Some` it was given.
+            .map(|p| p.unwrap_or_else(|| unreachable!()))
+    }
+
+    fn end_one<P: Send + 'static>(
+        &self,
+        grant: GrantRef,
+        page: Option<P>,
+    ) -> Result<Option<P>, EndAccessError> {
+        self.check_owner(&grant);
+        match self.try_end(grant.gref) {
             Ok(()) => {
-                self.release(grant);
-                // `slot` was filled just above and nothing took it.
-                Ok(slot.take().unwrap_or_else(|| unreachable!()))
+                self.granted.fetch_sub(1, Ordering::Relaxed);
+                self.push_free(grant.gref);
+                Ok(page)
             }
-            Err(e) => {
-                self.quarantine_ref(grant, slot.take().map(|p| Box::new(p) as Box<dyn Send>));
-                Err(e)
-            }
+            Err(flags) => Err(self.hold(alloc::vec![grant.gref], page, flags)),
         }
     }
 
-    fn end_access_inner(
+    /// Ends every grant of a multi-page allocation (a ring, a buffer pool)
+    /// and gives the owning value back when all ended. Grants that end are
+    /// released at once; if any is refused, `pages` stays whole in the
+    /// quarantine with the refused refs, and is dropped (freed) only when a
+    /// retry has ended the last of them.
+    ///
+    /// # Panics
+    /// If any grant was handed out by another table (checked before any is
+    /// ended).
+    pub fn end_access_all<P: Send + 'static>(
         &self,
-        grant: GrantRef,
-        page: Option<Box<dyn Send>>,
-    ) -> Result<(), EndAccessError> {
-        match self.try_end(&grant) {
-            Ok(()) => {
-                self.release(grant);
-                Ok(())
-            }
-            Err(e) => {
-                self.quarantine_ref(grant, page);
-                Err(e)
+        grants: Vec<GrantRef>,
+        pages: P,
+    ) -> Result<P, EndAccessError> {
+        for g in &grants {
+            self.check_owner(g);
+        }
+        let mut refused: Vec<GrantRefNum> = Vec::new();
+        let mut first_flags = GrantFlags::empty();
+        let mut ended = 0usize;
+        for g in grants {
+            match self.try_end(g.gref) {
+                Ok(()) => {
+                    ended += 1;
+                    self.push_free(g.gref);
+                }
+                Err(flags) => {
+                    if refused.is_empty() {
+                        first_flags = flags;
+                    }
+                    refused.push(g.gref);
+                }
             }
         }
+        self.granted.fetch_sub(ended, Ordering::Relaxed);
+        if refused.is_empty() {
+            return Ok(pages);
+        }
+        Err(self.hold(refused, Some(pages), first_flags))
+    }
+
+    /// Quarantines `refused` (granted refs whose end was refused; the first
+    /// one's flags were `flags`) with the pages they share.
+    fn hold<P: Send + 'static>(
+        &self,
+        refused: Vec<GrantRefNum>,
+        page: Option<P>,
+        flags: GrantFlags,
+    ) -> EndAccessError {
+        let gref = refused.first().copied().unwrap_or(0);
+        let in_use = refused.len();
+        log::warn!(
+            "grant ref {gref} still in use by the peer at end of access ({in_use} ref(s) of the allocation): quarantined with its pages until a retry ends them"
+        );
+        self.granted.fetch_sub(in_use, Ordering::Relaxed);
+        self.quarantined.fetch_add(in_use, Ordering::Relaxed);
+        self.quarantined_total
+            .fetch_add(in_use as u64, Ordering::Relaxed);
+        let page = page.map(|p| {
+            self.held_pages.fetch_add(1, Ordering::Relaxed);
+            Box::new(p) as Box<dyn Send>
+        });
+        self.quarantine.push(Held {
+            refs: refused,
+            page,
+        });
+        EndAccessError {
+            gref,
+            flags,
+            in_use,
+        }
+    }
+
+    /// Tries to end every quarantined ref again. Refs whose peer has let go
+    /// (unmapped, or died and had its mappings released) are ended and go
+    /// back to the free list; an allocation whose last ref ends is dropped
+    /// (its pages freed). Returns how many refs were recovered.
+    ///
+    /// Call it from a driver's poll loop or timer; it is cheap when the
+    /// quarantine is empty (one atomic load), and safe from any thread.
+    pub fn retry_quarantined(&self) -> usize {
+        if self.quarantined_count() == 0 {
+            return 0;
+        }
+        let mut recovered = 0usize;
+        // Each entry present now is tried once; entries pushed meanwhile
+        // (or pushed back below) wait for the next call.
+        for _ in 0..self.quarantine.len() {
+            let Some(mut held) = self.quarantine.pop() else {
+                break;
+            };
+            held.refs.retain(|&gref| match self.try_end(gref) {
+                Ok(()) => {
+                    self.push_free(gref);
+                    recovered += 1;
+                    false
+                }
+                Err(_) => true,
+            });
+            if held.refs.is_empty() {
+                if held.page.is_some() {
+                    self.held_pages.fetch_sub(1, Ordering::Relaxed);
+                }
+                // Every grant on the pages has ended: they may be freed.
+                drop(held);
+            } else {
+                self.quarantine.push(held);
+            }
+        }
+        if recovered > 0 {
+            self.quarantined.fetch_sub(recovered, Ordering::Relaxed);
+            self.recovered
+                .fetch_add(recovered as u64, Ordering::Relaxed);
+            log::info!("{recovered} quarantined grant ref(s) ended and recovered");
+        }
+        recovered
     }
 
     /// The compare-and-swap loop of `gnttab_end_foreign_access_ref_v1`,
-    /// bounded.
-    fn try_end(&self, grant: &GrantRef) -> Result<(), EndAccessError> {
-        self.check_owner(grant);
-        let head = self.head(grant.gref);
+    /// bounded. On failure, the flags seen last.
+    fn try_end(&self, gref: GrantRefNum) -> Result<(), GrantFlags> {
+        let head = self.head(gref);
         let busy = GrantFlags::READING | GrantFlags::WRITING;
         let mut seen = head.load(Ordering::Acquire);
         for _ in 0..END_ACCESS_MAX_ATTEMPTS {
             let flags = GrantFlags::from_bits_retain(seen as u16);
             if flags.intersects(busy) {
-                return Err(EndAccessError {
-                    gref: grant.gref,
-                    flags,
-                });
+                return Err(flags);
             }
             // Clear the flags, keep the domid. AcqRel: on success, later
             // reuse of the page happens after the entry is dead; we read the
@@ -409,32 +623,14 @@ impl<F: GrantTableFrames> GrantTable<F> {
                 Err(now) => seen = now,
             }
         }
-        Err(EndAccessError {
-            gref: grant.gref,
-            flags: GrantFlags::from_bits_retain(seen as u16),
-        })
+        Err(GrantFlags::from_bits_retain(seen as u16))
     }
 
-    fn release(&self, grant: GrantRef) {
-        if self.free.push(grant.gref).is_err() {
+    fn push_free(&self, gref: GrantRefNum) {
+        if self.free.push(gref).is_err() {
             // Cannot happen: every ref out of the queue is unique and the
             // queue holds them all. Losing one ref is the safe failure.
-            log::error!(
-                "grant free list overflow releasing ref {}; ref dropped",
-                grant.gref
-            );
+            log::error!("grant free list overflow releasing ref {gref}; ref dropped");
         }
-    }
-
-    fn quarantine_ref(&self, grant: GrantRef, page: Option<Box<dyn Send>>) {
-        log::warn!(
-            "grant ref {} still mapped by the peer at end of access: quarantined with its page",
-            grant.gref
-        );
-        self.quarantined.fetch_add(1, Ordering::Relaxed);
-        self.quarantine.push(Quarantined {
-            _gref: grant.gref,
-            _page: page,
-        });
     }
 }

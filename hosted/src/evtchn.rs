@@ -560,7 +560,7 @@ impl Domain {
         // Only to the incarnation of the peer this binding was made with: a
         // domain that died and came back under the same domid is not it.
         if local.bound.load(Ordering::Acquire) != bound_record(seq_of(word), peer.incarnation)
-            && !self.confirm_binding(port, local, word, rport, peer)
+            && !self.confirm_binding(port, local, word, rport, &peer)
         {
             return Ok(());
         }

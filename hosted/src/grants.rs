@@ -2,37 +2,58 @@
 //! of grants (map, unmap, copy), checked the way Xen checks them.
 //!
 //! A domain's grant table is a memfd in Xen's exact v1 layout
-//! ([`GrantEntryV1`]), mapped by its owner ([`HostedGrantFrames`], under a
-//! [`grant_tables::GrantTable`]) and by every domain that maps or copies its
-//! grants (the emulated hypervisor's view, a
-//! [`grant_tables::emulated::ForeignTable`]).
+//! ([`GrantEntryV1`]) followed by one pin record per entry, mapped by its
+//! owner ([`HostedGrantFrames`], under a [`grant_tables::GrantTable`]) and
+//! by every domain that maps or copies its grants (the emulated
+//! hypervisor's view, a [`grant_tables::emulated::ForeignTable`]).
 //!
 //! Mapping a grant ([`HostedPlatform::map_grant`]) pins the entry with
-//! `ForeignTable::acquire` (checks `GTF_permit_access`, the entry's domid
-//! and `GTF_readonly`, and sets `GTF_reading`, plus `GTF_writing` for a
-//! writable mapping, in one compare-and-swap), then maps exactly the
-//! granted page of the granting domain's memfd: `PROT_READ` only for a
-//! read-only mapping, so a write faults. Like Xen, the mapping domain keeps
-//! a pin count per entry: the flags are cleared only when the last mapping
-//! (or copy) of the entry goes. While a mapping lives the granting domain's
-//! `end_access` fails and quarantines the ref (XSA-396).
+//! `ForeignTable::pin_with` (checks `GTF_permit_access`, the entry's domid
+//! and `GTF_readonly`, sets `GTF_reading`, plus `GTF_writing` for a writable
+//! mapping, and counts the pin in the entry's shared pin record, as Xen's
+//! active entries do), then maps exactly the granted page of the granting
+//! domain's memfd: `PROT_READ` only for a read-only mapping, so a write
+//! faults. The flags clear only when the last mapping (or copy) of the entry
+//! goes. While a mapping lives the granting domain's `end_access` fails and
+//! quarantines the ref (XSA-396). When a mapping domain dies, however it
+//! dies, the hypervisor releases its pins ([`release_departed`]) as Xen
+//! releases a dead domain's mappings, so the granting domain's retries end
+//! those grants.
+//!
+//! A grant copy ([`HostedPlatform::grant_copy`]) runs at memory speed: the
+//! peer is found without a lock or a system call, the entry is pinned for
+//! the copy with a few atomic operations on its shared pin record, and the
+//! bytes move with one `memmove` through a mapping of the peer's whole
+//! memory made once per peer.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::os::fd::AsFd;
-use std::os::unix::fs::FileExt;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use grant_tables::abi::{GntCopyFlags, GntStatus, GnttabCopy, GrantEntryV1, GrantRefNum, DOMID_SELF, PAGE_SIZE};
-use grant_tables::emulated::MapRefusal;
+use grant_tables::emulated::{ForeignTable, MapRefusal};
+use grant_tables::foreign::{ForeignError, ForeignGrants, ForeignMapping, MapOp};
 use grant_tables::ring::MAX_RING_PAGES;
-use grant_tables::{Access, DomId, GrantTableFrames, RingMemory};
+use grant_tables::{shared_mem, Access, DomId, GrantTableFrames, RingMemory};
 
-use crate::domain::{lock, Domain, Peer};
-use crate::sys::{Mmap, PAGE};
+use crate::domain::{Domain, Peer, PeerGuard};
+use crate::sys::{self, Mmap, PAGE};
 use crate::HostedPlatform;
+
+/// How the hosted platform waits for a locked pin record: spins briefly,
+/// then yields to the scheduler; gives up after about 200 000 yields (a
+/// record held that long is garbage, not a live holder).
+pub(crate) fn yield_backoff(attempt: u32) -> bool {
+    if attempt < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+    attempt < 200_000
+}
 
 /// This domain's grant table, mapped from its memfd. Not `Clone`: the one
 /// [`GrantTable`](grant_tables::GrantTable) built over it is the only
@@ -64,11 +85,7 @@ impl HostedGrantFrames {
             }
         };
         let head = word(0);
-        Some(GrantEntryV1 {
-            flags: head as u16,
-            domid: (head >> 16) as u16,
-            frame: word(1),
-        })
+        Some(GrantEntryV1 { flags: head as u16, domid: (head >> 16) as u16, frame: word(1) })
     }
 }
 
@@ -139,8 +156,7 @@ impl MapError {
 
 fn failure_status(f: &MapFailure) -> GntStatus {
     match f {
-        MapFailure::Refused(MapRefusal::OutOfRange) => GntStatus::BadGntref,
-        MapFailure::Refused(_) => GntStatus::GeneralError,
+        MapFailure::Refused(why) => why.status(),
         MapFailure::NoSuchDomain(_) => GntStatus::BadDomain,
         MapFailure::BadFrame { .. } => GntStatus::BadPage,
         MapFailure::BadCount(_) => GntStatus::GeneralError,
@@ -176,72 +192,66 @@ impl fmt::Display for MapError {
 
 impl std::error::Error for MapError {}
 
-/// One entry's pins by this domain (Xen's active entry pin count).
-#[derive(Debug)]
-struct Pin {
-    /// Mappings and copies in progress (any access).
-    count: u32,
-    /// Of which writable.
-    writers: u32,
-    /// The frame as read at the first pin; later pins use it (Xen does not
-    /// re-read the frame of an active entry).
-    frame: u32,
-}
-
-/// Pins by this domain of other domains' grant entries, keyed by the
-/// granting domain's incarnation and the ref.
-#[derive(Default)]
-pub(crate) struct PinTable {
-    pins: Mutex<HashMap<(u64, GrantRefNum), Pin>>,
-}
-
 impl Domain {
     /// Pins `gref` of `peer` for `access` and returns its frame, checked to
     /// lie inside the peer's memory.
-    fn pin(&self, peer: &Peer, gref: GrantRefNum, access: Access) -> Result<u64, MapFailure> {
-        let mut pins = lock(&self.pins.pins);
-        let key = (peer.incarnation, gref);
-        let frame = peer.grants.acquire(gref, self.domid, access).map_err(MapFailure::Refused)?;
-        let writable = u32::from(access == Access::ReadWrite);
-        match pins.get_mut(&key) {
-            Some(p) => {
-                p.count = p.count.saturating_add(1);
-                p.writers = p.writers.saturating_add(writable);
-                Ok(u64::from(p.frame))
-            }
-            None => {
-                if u64::from(frame) >= peer.mem_pages {
-                    peer.grants.release(gref, access, false, false);
-                    return Err(MapFailure::BadFrame { frame: u64::from(frame), frames: peer.mem_pages });
-                }
-                pins.insert(key, Pin { count: 1, writers: writable, frame });
-                Ok(u64::from(frame))
-            }
+    pub(crate) fn pin(&self, peer: &Peer, gref: GrantRefNum, access: Access) -> Result<u64, MapFailure> {
+        let frame = peer.grants.pin_with(gref, self.domid, access, &mut yield_backoff).map_err(MapFailure::Refused)?;
+        let frame = u64::from(frame);
+        if frame >= peer.mem_pages {
+            self.unpin(peer, gref, access);
+            return Err(MapFailure::BadFrame { frame, frames: peer.mem_pages });
         }
+        Ok(frame)
     }
 
-    /// Drops one pin; clears the entry's flags when no pin (or no writable
-    /// pin) is left.
-    fn unpin(&self, peer: &Peer, gref: GrantRefNum, access: Access) {
-        let mut pins = lock(&self.pins.pins);
-        let key = (peer.incarnation, gref);
-        let Some(p) = pins.get_mut(&key) else {
-            log::error!("{}: unpinning grant ref {gref} of {} that is not pinned", self.domid, peer.domid);
-            return;
-        };
-        p.count = p.count.saturating_sub(1);
-        if access == Access::ReadWrite {
-            p.writers = p.writers.saturating_sub(1);
-        }
-        peer.grants.release(gref, access, p.count > 0, p.writers > 0);
-        if p.count == 0 {
-            pins.remove(&key);
+    /// Drops one pin; the flags clear with the last pin (the last writable
+    /// pin for `GTF_writing`).
+    pub(crate) fn unpin(&self, peer: &Peer, gref: GrantRefNum, access: Access) {
+        if let Err(e) = peer.grants.unpin_with(gref, self.domid, access, &mut yield_backoff) {
+            log::error!("{}: unpinning grant ref {gref} of {}: {e}", self.domid, peer.domid);
         }
     }
+}
 
-    fn pin_counts(&self, peer: &Peer, gref: GrantRefNum) -> (u32, u32) {
-        lock(&self.pins.pins).get(&(peer.incarnation, gref)).map_or((0, 0), |p| (p.count, p.writers))
+/// The hypervisor's release of a departed domain's pins on one remaining
+/// domain's grant table (the memfd `grants`): every entry `departed`
+/// pinned is unpinned and its `GTF_reading`/`GTF_writing` cleared, as Xen
+/// releases a dead domain's grant mappings, so the granting domain can end
+/// access. Returns how many entries were released.
+pub(crate) fn release_departed(grants: BorrowedFd<'_>, departed: DomId) -> usize {
+    let file = match grants.try_clone_to_owned() {
+        Ok(fd) => File::from(fd),
+        Err(e) => {
+            log::error!("releasing the grant pins of {departed}: {e}");
+            return 0;
+        }
+    };
+    let size = match sys::sealed_size(&file) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("releasing the grant pins of {departed}: a grant table: {e}");
+            return 0;
+        }
+    };
+    let entries = size / (2 * std::mem::size_of::<GrantEntryV1>() as u64);
+    let (Ok(len), Ok(count)) = (usize::try_from(size), u32::try_from(entries)) else { return 0 };
+    if len == 0 || size % (2 * PAGE as u64) != 0 {
+        return 0;
     }
+    let map = match Mmap::shared(file.as_fd(), 0, len, true) {
+        Ok(m) => m,
+        Err(e) => {
+            log::error!("releasing the grant pins of {departed}: mapping a grant table: {e}");
+            return 0;
+        }
+    };
+    // SAFETY: `map` maps the whole size-sealed table: `count` aligned
+    // entries, then `count` aligned pin records from `len / 2`; it outlives
+    // the view (dropped at the end of this function, after it); entries and
+    // records are only accessed atomically.
+    let table = unsafe { ForeignTable::with_pins(map.as_ptr().cast(), map.as_ptr().add(len / 2).cast(), count, None) };
+    table.release_pins_of(departed, &mut yield_backoff)
 }
 
 /// Granted pages of another domain, mapped contiguously in this process.
@@ -253,6 +263,13 @@ pub struct MappedGrant {
     map: Option<Mmap>,
     grefs: Vec<GrantRefNum>,
     access: Access,
+}
+
+impl MappedGrant {
+    fn new(domain: &Arc<Domain>, peer: Arc<Peer>, map: Mmap, access: Access) -> Self {
+        domain.peer_counts.grant_mappings.fetch_add(1, Ordering::Relaxed);
+        MappedGrant { domain: domain.clone(), peer, map: Some(map), grefs: Vec::new(), access }
+    }
 }
 
 impl fmt::Debug for MappedGrant {
@@ -299,37 +316,17 @@ impl MappedGrant {
         self.access
     }
 
-    fn check_range(&self, offset: usize, len: usize) -> Option<*mut u8> {
-        let end = offset.checked_add(len)?;
-        // SAFETY: `offset <= end <= self.len()`, inside the mapping.
-        (end <= self.len()).then(|| unsafe { self.as_ptr().as_ptr().add(offset) })
-    }
-
-    /// Copies bytes out of the mapping (volatile reads). `None` if the range
+    /// Copies bytes out of the mapping (one `memcpy`; the granting domain
+    /// may change them meanwhile: validate the copy). `None` if the range
     /// is outside it.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Option<()> {
-        let p = self.check_range(offset, buf.len())?;
-        for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: `p + i` is inside the mapped, readable range (checked
-            // above); a volatile read of memory the peer may write.
-            *b = unsafe { p.add(i).read_volatile() };
-        }
-        Some(())
+        self.read_at(offset, buf).ok()
     }
 
-    /// Copies bytes into the mapping (volatile writes). `None` if the range
-    /// is outside it or the mapping is read-only.
+    /// Copies bytes into the mapping (one `memcpy`). `None` if the range is
+    /// outside it or the mapping is read-only.
     pub fn write(&self, offset: usize, data: &[u8]) -> Option<()> {
-        if self.access != Access::ReadWrite {
-            return None;
-        }
-        let p = self.check_range(offset, data.len())?;
-        for (i, &b) in data.iter().enumerate() {
-            // SAFETY: `p + i` is inside the mapped range, which is writable
-            // (checked above); a volatile write to shared memory.
-            unsafe { p.add(i).write_volatile(b) };
-        }
-        Some(())
+        self.write_at(offset, data).ok()
     }
 }
 
@@ -341,6 +338,28 @@ impl Drop for MappedGrant {
         for &gref in &self.grefs {
             self.domain.unpin(&self.peer, gref, self.access);
         }
+        self.domain.peer_counts.grant_mappings.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: `as_ptr()` is the start of a page-aligned mapping of `len()`
+// bytes (`PROT_READ`, plus `PROT_WRITE` for a read-write mapping) owned by
+// `self`; it is reached only through raw pointers.
+unsafe impl ForeignMapping for MappedGrant {
+    fn as_ptr(&self) -> NonNull<u8> {
+        MappedGrant::as_ptr(self)
+    }
+    fn len(&self) -> usize {
+        MappedGrant::len(self)
+    }
+    fn access(&self) -> Access {
+        self.access
+    }
+    fn granter(&self) -> DomId {
+        self.peer.domid
+    }
+    fn grefs(&self) -> &[GrantRefNum] {
+        &self.grefs
     }
 }
 
@@ -403,7 +422,11 @@ impl HostedPlatform {
         if let [gref] = grefs {
             let frame = d.pin(&peer, *gref, access).map_err(|f| self.map_error(granter, *gref, f))?;
             return match Mmap::shared(peer.mem.as_fd(), frame * PAGE as u64, PAGE, writable) {
-                Ok(map) => Ok(MappedGrant { domain: d.clone(), peer, map: Some(map), grefs: vec![*gref], access }),
+                Ok(map) => {
+                    let mut m = MappedGrant::new(d, peer, map, access);
+                    m.grefs.push(*gref);
+                    Ok(m)
+                }
                 Err(e) => {
                     d.unpin(&peer, *gref, access);
                     Err(self.map_error(granter, *gref, os_failure("mmap of the granted page", &e)))
@@ -414,7 +437,7 @@ impl HostedPlatform {
             .map_err(|e| self.map_error(granter, first, os_failure("reserving address space", &e)))?;
         // Built up page by page: dropping it on failure unmaps the region and
         // releases the pins taken so far.
-        let mut m = MappedGrant { domain: d.clone(), peer: peer.clone(), map: Some(region), grefs: Vec::new(), access };
+        let mut m = MappedGrant::new(d, peer.clone(), region, access);
         for (i, &gref) in grefs.iter().enumerate() {
             let frame = d.pin(&peer, gref, access).map_err(|f| self.map_error(granter, gref, f))?;
             let mapped = match &m.map {
@@ -445,11 +468,14 @@ impl HostedPlatform {
         drop(mapping);
     }
 
-    /// This domain's pins of `gref` of `granter`: (all, writable). Zero when
-    /// the domain is unknown.
+    /// The pins of `gref` of `granter` (all, writable), from the entry's
+    /// shared pin record. Zero when the domain is unknown.
     pub fn pin_counts(&self, granter: DomId, gref: GrantRefNum) -> (u32, u32) {
         match self.inner.peer(granter) {
-            Ok(p) => self.inner.pin_counts(&p, gref),
+            Ok(p) => {
+                let c = p.grants.pin_counts(gref);
+                (u32::from(c.pins), u32::from(c.writers))
+            }
             Err(_) => (0, 0),
         }
     }
@@ -484,7 +510,6 @@ impl HostedPlatform {
     }
 
     fn copy_one(&self, op: &GnttabCopy) -> Result<(), GntStatus> {
-        let d = &self.inner;
         let flags = GntCopyFlags::from_bits_retain(op.flags);
         let src_gref = flags.contains(GntCopyFlags::SOURCE_GREF);
         let dst_gref = flags.contains(GntCopyFlags::DEST_GREF);
@@ -492,67 +517,91 @@ impl HostedPlatform {
         if (!src_gref && op.source.domid != DOMID_SELF) || (!dst_gref && op.dest.domid != DOMID_SELF) {
             return Err(GntStatus::PermissionDenied);
         }
-        let resolve = |domid: u16| -> Result<Arc<Peer>, GntStatus> {
-            let domid = if domid == DOMID_SELF { d.domid } else { DomId(domid) };
-            d.peer(domid).map_err(|_| GntStatus::BadDomain)
-        };
-        let src_peer = if src_gref { Some(resolve(op.source.domid)?) } else { None };
-        let dst_peer = if dst_gref { Some(resolve(op.dest.domid)?) } else { None };
-
-        let src = self.claim(src_peer.as_deref(), op.source.u, Access::ReadOnly)?;
-        let dst = match self.claim(dst_peer.as_deref(), op.dest.u, Access::ReadWrite) {
-            Ok(f) => f,
-            Err(s) => {
-                self.unclaim(src_peer.as_deref(), op.source.u, Access::ReadOnly);
-                return Err(s);
-            }
-        };
-        let result = self.copy_bytes(op, src_peer.as_deref(), src, dst_peer.as_deref(), dst);
-        self.unclaim(dst_peer.as_deref(), op.dest.u, Access::ReadWrite);
-        self.unclaim(src_peer.as_deref(), op.source.u, Access::ReadOnly);
-        result
-    }
-
-    /// Pins one side of a copy; returns its frame.
-    fn claim(&self, peer: Option<&Peer>, u: u64, access: Access) -> Result<u64, GntStatus> {
-        let d = &self.inner;
-        match peer {
-            Some(p) => {
-                let gref = GrantRefNum::try_from(u).map_err(|_| GntStatus::BadGntref)?;
-                d.pin(p, gref, access).map_err(|f| failure_status(&f))
-            }
-            None if u < d.memory.pages() => Ok(u),
-            None => Err(GntStatus::BadPage),
-        }
-    }
-
-    fn unclaim(&self, peer: Option<&Peer>, u: u64, access: Access) {
-        if let (Some(p), Ok(gref)) = (peer, GrantRefNum::try_from(u)) {
-            self.inner.unpin(p, gref, access);
-        }
-    }
-
-    fn copy_bytes(&self, op: &GnttabCopy, sp: Option<&Peer>, sf: u64, dp: Option<&Peer>, df: u64) -> Result<(), GntStatus> {
+        let src = self.copy_side(op.source.domid, op.source.u, src_gref, Access::ReadOnly)?;
+        let dst = self.copy_side(op.dest.domid, op.dest.u, dst_gref, Access::ReadWrite)?;
         let len = usize::from(op.len);
         let (so, dof) = (usize::from(op.source.offset), usize::from(op.dest.offset));
         if so + len > PAGE_SIZE || dof + len > PAGE_SIZE {
             return Err(GntStatus::BadCopyArg);
         }
-        let own = self.inner.memory.file();
-        let sfile = sp.map_or(own, |p| &p.mem);
-        let dfile = dp.map_or(own, |p| &p.mem);
-        let mut buf = [0u8; PAGE_SIZE];
-        let chunk = &mut buf[..len];
-        // The memfds are size-sealed and the frames were checked against
-        // their sizes, so these reads and writes stay inside the files.
-        sfile.read_exact_at(chunk, sf * PAGE as u64 + so as u64).map_err(|e| {
-            log::error!("grant copy: reading frame {sf:#x}: {e}");
-            GntStatus::GeneralError
-        })?;
-        dfile.write_all_at(chunk, df * PAGE as u64 + dof as u64).map_err(|e| {
-            log::error!("grant copy: writing frame {df:#x}: {e}");
-            GntStatus::GeneralError
-        })?;
+        // SAFETY: each side's `page` is a whole page inside a live shared
+        // mapping of the domain's memory (its frame was checked against the
+        // memfd's size, and the guard or the domain keeps the mapping), and
+        // `offset + len <= PAGE_SIZE` on both (checked above); the memory is
+        // never referenced by Rust references; `copy` allows overlap (a
+        // copy within one page).
+        unsafe { shared_mem::copy(src.page.add(so), dst.page.add(dof), len) };
         Ok(())
+        // The sides drop here: the pins go after the copy.
+    }
+
+    /// One side of a copy: the page (pinned for the copy when it is a
+    /// grant).
+    fn copy_side(&self, domid: u16, u: u64, is_gref: bool, access: Access) -> Result<CopySide<'_>, GntStatus> {
+        let d = &*self.inner;
+        if !is_gref {
+            let frame = usize::try_from(u).map_err(|_| GntStatus::BadPage)?;
+            if u >= d.memory.pages() {
+                return Err(GntStatus::BadPage);
+            }
+            let mem = d.memory.whole().ok_or(GntStatus::GeneralError)?;
+            // SAFETY: `frame < pages`, and the whole mapping spans every page.
+            let page = unsafe { mem.as_ptr().add(frame * PAGE) };
+            return Ok(CopySide { page, pin: None, domain: d });
+        }
+        let owner = if domid == DOMID_SELF { d.domid.0 } else { domid };
+        let peer = d.peer_fast(owner).ok_or(GntStatus::BadDomain)?;
+        let gref = GrantRefNum::try_from(u).map_err(|_| GntStatus::BadGntref)?;
+        let frame = d.pin(&peer, gref, access).map_err(|f| failure_status(&f))?;
+        let base = peer.memory().map(Mmap::as_ptr);
+        // From here the side unpins on drop, failed or not.
+        let mut side = CopySide { page: NonNull::dangling(), pin: Some((peer, gref, access)), domain: d };
+        let base = base.ok_or(GntStatus::GeneralError)?;
+        // `frame < mem_pages` (checked by `pin`), which fits `usize` since
+        // the memory is mapped.
+        let frame = usize::try_from(frame).map_err(|_| GntStatus::BadPage)?;
+        // SAFETY: `frame < mem_pages`, and the mapping, kept by the peer the
+        // side holds, spans all of them.
+        side.page = unsafe { base.add(frame * PAGE) };
+        Ok(side)
+    }
+}
+
+/// One side of a grant copy: a page of a domain's memory, mapped here, and
+/// the pin that keeps it granted while the copy runs (unpinned on drop).
+struct CopySide<'a> {
+    page: NonNull<u8>,
+    pin: Option<(PeerGuard<'a>, GrantRefNum, Access)>,
+    domain: &'a Domain,
+}
+
+impl Drop for CopySide<'_> {
+    fn drop(&mut self) {
+        if let Some((peer, gref, access)) = &self.pin {
+            self.domain.unpin(peer, *gref, *access);
+        }
+    }
+}
+
+impl ForeignGrants for HostedPlatform {
+    type Mapping = MappedGrant;
+    type RingMapping = MappedRing;
+
+    fn map_batch(&self, ops: &[MapOp], out: &mut Vec<Result<MappedGrant, ForeignError>>) {
+        for op in ops {
+            out.push(self.map_grant(op.granter, op.gref, op.access).map_err(|e| ForeignError {
+                granter: e.granter,
+                gref: e.gref,
+                status: e.status(),
+            }));
+        }
+    }
+
+    fn map_ring_pages(&self, granter: DomId, refs: &[GrantRefNum]) -> Result<MappedRing, ForeignError> {
+        self.map_ring(granter, refs).map_err(|e| ForeignError { granter: e.granter, gref: e.gref, status: e.status() })
+    }
+
+    fn copy_batch(&self, ops: &mut [GnttabCopy]) -> usize {
+        self.grant_copy(ops)
     }
 }

@@ -298,7 +298,13 @@ fn serve(shared: &Shared, conn: &OwnedFd, id: u64) {
                 // it become unbound (offered to it again), whether it closed
                 // them or died. Done before the domid can register again.
                 let unbound: usize = reg.domains.values().map(|o| evtchn::unbind_departed(&o.event_map, domid)).sum();
-                log::info!("dom{domid} left the hosted hypervisor ({unbound} channels to it unbound)");
+                // And its grant mappings are released (Xen's
+                // gnttab_release_mappings), whether it unmapped or died.
+                let released: usize =
+                    reg.domains.values().map(|o| crate::grants::release_departed(o.grants.as_fd(), DomId(domid))).sum();
+                log::info!(
+                    "dom{domid} left the hosted hypervisor ({unbound} channels to it unbound, {released} grant pins released)"
+                );
             }
         }
     }

@@ -5,8 +5,9 @@
 //!   domains join it from this process or any other.
 //! - [`HostedPlatform`]: one domain. Implements [`grant_tables::Platform`]
 //!   (shareable pages, event channels, grant table frames, domid) and the
-//!   backend side of grants: [`HostedPlatform::map_grant`],
-//!   [`HostedPlatform::map_ring`] and [`HostedPlatform::grant_copy`].
+//!   backend side of grants, [`grant_tables::ForeignGrants`]:
+//!   [`HostedPlatform::map_grant`], [`HostedPlatform::map_ring`] and
+//!   [`HostedPlatform::grant_copy`] (at memory speed).
 //! - A domain's memory, grant table and event page are memfds (sealed
 //!   against resizing) that peers map: a granted frame `n` is page `n` of
 //!   the granting domain's memory memfd, and a backend maps exactly the
@@ -28,10 +29,11 @@
 //!   the hypervisor socket, so a malicious process could map more than it
 //!   was granted. The checks above are what this code does, and what the
 //!   drivers under test see; they are not a sandbox.
-//! - A process that dies while mapping grants cannot release them: the
-//!   entries keep `GTF_reading`/`GTF_writing`, so the granting domain's
-//!   `end_access` fails and quarantines them (the safe outcome; Xen would
-//!   release them when destroying the domain).
+//! - A domain that dies while mapping grants has its pins released by the
+//!   hypervisor when its connection closes, as Xen releases a dead domain's
+//!   mappings: the entries' `GTF_reading`/`GTF_writing` clear, and the
+//!   granting domain's `retry_quarantined` ends them. Until the hypervisor
+//!   notices (the process has exited), ending those grants fails safely.
 //! - A notify racing with the peer closing and reallocating the same port
 //!   can leave a spurious pending bit on the new port; drivers treat events
 //!   as hints anyway.
@@ -76,7 +78,7 @@ mod sys;
 pub mod toolstack;
 pub mod xenstore;
 
-pub use domain::{DomainConfig, HostedError, HostedPlatform};
+pub use domain::{DomainConfig, HostedError, HostedPlatform, PeerStats};
 pub use evtchn::{EventStats, NR_PORTS};
 pub use grants::{HostedGrantFrames, MapError, MapFailure, MappedGrant, MappedRing};
 pub use hypervisor::HostedHypervisor;

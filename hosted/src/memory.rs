@@ -12,7 +12,7 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use grant_tables::{Gfn, PageAllocator, PlatformError, RingMemory, SharedPages};
 
@@ -27,6 +27,9 @@ pub(crate) struct DomainMemory {
     /// Free runs: first page -> length, coalesced.
     free: Mutex<BTreeMap<u64, u64>>,
     in_use: AtomicU64,
+    /// The whole memfd mapped writable, made on first use (grant copies
+    /// to and from this domain's own frames).
+    whole: OnceLock<Option<Mmap>>,
 }
 
 impl DomainMemory {
@@ -35,11 +38,20 @@ impl DomainMemory {
         if pages > 0 {
             free.insert(0, pages);
         }
-        DomainMemory { file, pages, free: Mutex::new(free), in_use: AtomicU64::new(0) }
+        DomainMemory { file, pages, free: Mutex::new(free), in_use: AtomicU64::new(0), whole: OnceLock::new() }
     }
 
-    pub(crate) fn file(&self) -> &File {
-        &self.file
+    /// The whole memory, mapped writable once. `None` if it cannot be
+    /// mapped (logged).
+    pub(crate) fn whole(&self) -> Option<&Mmap> {
+        self.whole
+            .get_or_init(|| {
+                let len = usize::try_from(self.pages).ok()?.checked_mul(PAGE)?;
+                Mmap::shared(self.file.as_fd(), 0, len, true)
+                    .map_err(|e| log::error!("mapping this domain's memory for grant copies: {e}"))
+                    .ok()
+            })
+            .as_ref()
     }
 
     pub(crate) fn pages(&self) -> u64 {

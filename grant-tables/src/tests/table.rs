@@ -1,5 +1,6 @@
 //! Grant table unit tests: entry layout, free list, quarantine (XSA-396).
 
+use alloc::string::ToString;
 use alloc::vec::Vec;
 
 use crate::abi::{GrantEntryV1, GrantFlags, GNTTAB_NR_RESERVED_ENTRIES};
@@ -95,50 +96,208 @@ fn exhaustion_is_an_error_and_batches_are_all_or_nothing() {
     assert_eq!(t.free_count(), cap);
 }
 
+/// A page whose drop is observed: tells when the table frees it.
+#[derive(Debug)]
+struct Page(alloc::sync::Arc<core::sync::atomic::AtomicBool>);
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        self.0.store(true, core::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn page() -> (Page, alloc::sync::Arc<core::sync::atomic::AtomicBool>) {
+    let flag = alloc::sync::Arc::new(core::sync::atomic::AtomicBool::new(false));
+    (Page(flag.clone()), flag)
+}
+
+fn freed(flag: &core::sync::atomic::AtomicBool) -> bool {
+    flag.load(core::sync::atomic::Ordering::SeqCst)
+}
+
 #[test]
-fn a_peer_mapping_blocks_end_access_and_quarantines_forever() {
+fn a_peer_mapping_quarantines_until_a_retry_after_the_unmap() {
     let (t, frames) = table();
     let view = frames.foreign_view();
+    let cap = t.free_count();
     let g = t.grant_access(PEER, Gfn(0x42), Access::ReadWrite).unwrap();
     let n = g.raw();
     // The peer maps it (the emulated hypervisor sets GTF_reading|writing).
-    assert_eq!(view.acquire(n, PEER, Access::ReadWrite), Ok(0x42));
+    assert_eq!(view.pin(n, PEER, Access::ReadWrite), Ok(0x42));
     assert!(t.in_use_by_peer(&g));
-    let page = alloc::boxed::Box::new([0u8; 16]);
-    let err = t.end_access_with_page(g, page).unwrap_err();
+    let (pg, pg_freed) = page();
+    let err = t.end_access_with_page(g, pg).unwrap_err();
     assert_eq!(
         err,
         EndAccessError {
             gref: n,
-            flags: GrantFlags::PERMIT_ACCESS | GrantFlags::READING | GrantFlags::WRITING
+            flags: GrantFlags::PERMIT_ACCESS | GrantFlags::READING | GrantFlags::WRITING,
+            in_use: 1,
         }
     );
-    assert_eq!(t.quarantined_count(), 1);
+    let s = t.stats();
+    assert_eq!(
+        (s.quarantined, s.quarantined_allocations, s.granted),
+        (1, 1, 0)
+    );
     // The entry is untouched: the peer's mapping stays valid.
     assert_eq!(frames.entry(n).unwrap().frame, 0x42);
-    // Drain every ref: the quarantined one never comes back.
+    // Retrying while it is mapped recovers nothing.
+    assert_eq!(t.retry_quarantined(), 0);
+    assert!(!freed(&pg_freed), "a page the peer maps was freed");
+    // Drain every ref (grant_access retries the quarantine by itself when
+    // the free list is empty): the quarantined one never comes back.
     let mut all = Vec::new();
     while let Ok(h) = t.grant_access(PEER, Gfn(1), Access::ReadOnly) {
-        assert_ne!(h.raw(), n, "quarantined ref handed out again");
+        assert_ne!(h.raw(), n, "quarantined ref handed out while mapped");
         all.push(h);
     }
+    assert_eq!(all.len(), cap - 1);
+    assert_eq!(t.stats().granted, cap - 1);
+    // The peer unmaps: the ref is still out until a retry ends it.
+    view.unpin(n, PEER, Access::ReadWrite).unwrap();
     assert_eq!(
-        all.len(),
-        (ENTRIES - GNTTAB_NR_RESERVED_ENTRIES) as usize - 1
+        frames.entry(n).unwrap().flags,
+        GrantFlags::PERMIT_ACCESS.bits()
     );
-    // Even after the peer unmaps, the ref stays out of circulation.
-    view.release(n, Access::ReadWrite, false, false);
-    for h in all {
+    assert_eq!(t.quarantined_count(), 1);
+    assert_eq!(t.retry_quarantined(), 1);
+    assert!(freed(&pg_freed), "the page is freed once its grant ended");
+    assert_eq!(
+        frames.entry(n).unwrap().flags,
+        0,
+        "the retry ended the grant"
+    );
+    let s = t.stats();
+    assert_eq!(
+        (
+            s.quarantined,
+            s.quarantined_allocations,
+            s.recovered,
+            s.free
+        ),
+        (0, 0, 1, 1)
+    );
+    // And now it is handed out again.
+    let again = t.grant_access(PEER, Gfn(2), Access::ReadOnly).unwrap();
+    assert_eq!(again.raw(), n);
+    for h in all.into_iter().chain([again]) {
         t.end_access(h).unwrap();
     }
-    let mut again = Vec::new();
-    while let Ok(h) = t.grant_access(PEER, Gfn(1), Access::ReadOnly) {
-        assert_ne!(h.raw(), n);
-        again.push(h);
+    let s = t.stats();
+    assert_eq!(
+        (s.free, s.granted, s.quarantined, s.quarantined_total),
+        (cap, 0, 0, 1)
+    );
+}
+
+/// A multi-page allocation whose grants end partly stays whole in the
+/// quarantine until its last grant ends; the refs that did end are reused
+/// at once.
+#[test]
+fn a_partly_ended_allocation_stays_whole_until_its_last_grant_ends() {
+    let (t, frames) = table();
+    let view = frames.foreign_view();
+    let cap = t.free_count();
+    let grants = t
+        .grant_batch(
+            PEER,
+            &[Gfn(10), Gfn(11), Gfn(12), Gfn(13)],
+            Access::ReadWrite,
+        )
+        .unwrap();
+    let raw: Vec<u32> = grants.iter().map(|g| g.raw()).collect();
+    view.pin(raw[1], PEER, Access::ReadOnly).unwrap();
+    view.pin(raw[3], PEER, Access::ReadWrite).unwrap();
+    let (pg, pg_freed) = page();
+    let err = t.end_access_all(grants, pg).unwrap_err();
+    assert_eq!((err.gref, err.in_use), (raw[1], 2));
+    assert!(err.to_string().contains("1 more refs"), "{err}");
+    let s = t.stats();
+    assert_eq!(
+        (s.free, s.granted, s.quarantined, s.quarantined_allocations),
+        (cap - 2, 0, 2, 1)
+    );
+    for r in [raw[0], raw[2]] {
+        assert_eq!(frames.entry(r).unwrap().flags, 0, "ended refs are dead");
     }
-    for h in again {
-        t.end_access(h).unwrap();
-    }
+    view.unpin(raw[3], PEER, Access::ReadWrite).unwrap();
+    assert_eq!(t.retry_quarantined(), 1);
+    assert!(
+        !freed(&pg_freed),
+        "one page is still mapped: the allocation stays whole"
+    );
+    assert_eq!(t.stats().quarantined, 1);
+    view.unpin(raw[1], PEER, Access::ReadOnly).unwrap();
+    assert_eq!(t.retry_quarantined(), 1);
+    assert!(freed(&pg_freed));
+    let s = t.stats();
+    assert_eq!(
+        (
+            s.free,
+            s.quarantined,
+            s.quarantined_allocations,
+            s.recovered
+        ),
+        (cap, 0, 0, 2)
+    );
+}
+
+/// Pin records count mappings and copies per entry; the flags clear with
+/// the last pin (the last writable pin for `GTF_writing`); a dead
+/// domain's pins are released all at once.
+#[test]
+fn pin_records_count_pins_and_release_a_dead_domains() {
+    use crate::emulated::{spin_backoff, PinCounts, UnpinError};
+    let (t, frames) = table();
+    let view = frames.foreign_view();
+    let g = t.grant_access(PEER, Gfn(9), Access::ReadWrite).unwrap();
+    let n = g.raw();
+    let flags = || GrantFlags::from_bits_retain(frames.entry(n).unwrap().flags);
+    view.pin(n, PEER, Access::ReadWrite).unwrap();
+    view.pin(n, PEER, Access::ReadOnly).unwrap();
+    view.pin(n, PEER, Access::ReadWrite).unwrap();
+    assert_eq!(
+        view.pin_counts(n),
+        PinCounts {
+            pins: 3,
+            writers: 2
+        }
+    );
+    assert_eq!(
+        view.pin(n, DomId(8), Access::ReadOnly),
+        Err(MapRefusal::WrongDomain { granted_to: 7 })
+    );
+    assert_eq!(
+        view.unpin(n, DomId(8), Access::ReadOnly),
+        Err(UnpinError::NotPinned)
+    );
+    view.unpin(n, PEER, Access::ReadWrite).unwrap();
+    assert!(flags().contains(GrantFlags::WRITING), "one writer left");
+    view.unpin(n, PEER, Access::ReadWrite).unwrap();
+    assert_eq!(flags(), GrantFlags::PERMIT_ACCESS | GrantFlags::READING);
+    assert_eq!(
+        view.unpin(n, PEER, Access::ReadWrite),
+        Err(UnpinError::NotPinned)
+    );
+    // The mapper dies holding one read pin and two write pins.
+    view.pin(n, PEER, Access::ReadWrite).unwrap();
+    view.pin(n, PEER, Access::ReadWrite).unwrap();
+    assert!(t.end_access(g).is_err());
+    assert_eq!(
+        view.release_pins_of(DomId(8), &mut spin_backoff),
+        0,
+        "nothing of dom8's"
+    );
+    assert_eq!(view.release_pins_of(PEER, &mut spin_backoff), 1);
+    assert_eq!(view.pin_counts(n), PinCounts::default());
+    assert_eq!(
+        flags(),
+        GrantFlags::PERMIT_ACCESS,
+        "Xen's release clears reading and writing"
+    );
+    assert_eq!(t.retry_quarantined(), 1);
+    assert_eq!(flags(), GrantFlags::empty());
 }
 
 #[test]
@@ -264,7 +423,9 @@ fn drivers_reach_the_domains_grant_table_through_the_platform() {
     let (pages, gref) = share_one_page(&dom, DomId(0));
     // The same table every time: the ref was taken from it.
     assert_eq!(dom.grant_table().unwrap().free_count(), free_before - 1);
-    let frame = peer_view.acquire(gref.raw(), DomId(0), Access::ReadOnly).unwrap();
+    let frame = peer_view
+        .acquire(gref.raw(), DomId(0), Access::ReadOnly)
+        .unwrap();
     assert_eq!(u64::from(frame), pages.gfn(0).unwrap().0);
     assert_eq!(
         peer_view.acquire(gref.raw(), DomId(2), Access::ReadOnly),
@@ -296,7 +457,10 @@ fn quarantined_pages_outlive_the_table() {
     assert_eq!(view.acquire(n, PEER, Access::ReadOnly), Ok(7));
     assert!(t.end_access_with_page(g, Page(freed.clone())).is_err());
     drop(t);
-    assert!(!freed.load(Ordering::SeqCst), "a page the peer maps was freed");
+    assert!(
+        !freed.load(Ordering::SeqCst),
+        "a page the peer maps was freed"
+    );
     // A page whose grant ends cleanly is handed back, and freed by its owner.
     let (t, _frames) = table();
     let freed2 = Arc::new(AtomicBool::new(false));
@@ -389,8 +553,14 @@ fn end_access_racing_a_mapping_peer() {
     stop.store(true, Ordering::Release);
     // How often the peer got a mapping in depends on scheduling; the
     // checks are the peer's (inside its thread) and the quarantine count.
-    let _mapped = peer.join().expect("the peer thread found a grant ended while mapped");
-    assert_eq!(t.quarantined_count(), refused as usize);
+    let _mapped = peer
+        .join()
+        .expect("the peer thread found a grant ended while mapped");
+    // Refused ends are quarantined; some may have been recovered since (a
+    // grant retries the quarantine when the free list runs dry).
+    let s = t.stats();
+    assert_eq!(s.quarantined_total, u64::from(refused));
+    assert_eq!(s.quarantined as u64 + s.recovered, u64::from(refused));
     assert!(ended + refused > 0);
 }
 
@@ -402,15 +572,25 @@ fn fake_masked_ports_stay_pending_and_end_a_block() {
     use crate::platform::EventChannels;
 
     let hub = FakeEventHub::new();
-    let a = FakePlatform::new(DomId(1), hub.clone(), FakeGrantFrames::with_entries(16).unwrap());
+    let a = FakePlatform::new(
+        DomId(1),
+        hub.clone(),
+        FakeGrantFrames::with_entries(16).unwrap(),
+    );
     let b = FakePlatform::new(DomId(2), hub, FakeGrantFrames::with_entries(16).unwrap());
     let pa = a.alloc_unbound(DomId(2)).unwrap();
     let pb = b.bind_interdomain(DomId(1), pa).unwrap();
     a.mask(pa).unwrap();
     b.notify(pb).unwrap();
     b.notify(pb).unwrap();
-    assert!(a.block(pa, Some(1_000)).unwrap(), "a masked pending port must end the block");
-    assert!(!a.block(pa, Some(1_000)).unwrap(), "two notifies coalesce into one event");
+    assert!(
+        a.block(pa, Some(1_000)).unwrap(),
+        "a masked pending port must end the block"
+    );
+    assert!(
+        !a.block(pa, Some(1_000)).unwrap(),
+        "two notifies coalesce into one event"
+    );
     a.unmask(pa).unwrap();
     b.notify(pb).unwrap();
     assert!(a.poll(pa).unwrap());
