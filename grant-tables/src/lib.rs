@@ -34,10 +34,13 @@ pub use platform::{
     DomId, EventChannels, Gfn, GrantTableFrames, PageAllocator, Platform, PlatformError, Port,
     SharedPages,
 };
+pub use platform::Clock;
 pub use ring::{BackRing, FrontRing, RawRingMemory, RingError, RingMemory};
 pub use table::{Access, EndAccessError, GrantError, GrantRef, GrantTable};
 
-#[cfg(test)]
+// The fake platform sleeps on a condition variable and reads the host's
+// clock.
+#[cfg(any(test, feature = "fake"))]
 extern crate std;
 
 #[cfg(test)]
