@@ -2,7 +2,9 @@
 //! `fake`): heap pages with made-up frame numbers, a heap grant table that a
 //! simulated peer can map through [`crate::emulated::ForeignTable`], and
 //! event channels between domains that share one [`FakeEventHub`].
-//! Blocking is a bounded spin: there is no clock.
+//! A blocked waiter sleeps on a condition variable; time is the host's
+//! monotonic clock, or a [`FakeClock`] that the test advances by hand.
+//! Needs `std` (threads and the clock).
 //!
 //! # The backend seam
 //! Domains made with [`FakePlatform::with_grant_hub`] share a
@@ -22,6 +24,9 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use crate::abi::{
     GntCopyFlags, GntStatus, GnttabCopy, GrantEntryV1, GrantRefNum, DOMID_SELF, PAGE_SIZE,
@@ -29,8 +34,8 @@ use crate::abi::{
 use crate::emulated::ForeignTable;
 use crate::foreign::{ForeignError, ForeignGrants, ForeignMapping, MapOp};
 use crate::platform::{
-    DomId, EventChannels, Gfn, GrantTableFrames, PageAllocator, Platform, PlatformError, Port,
-    SharedPages,
+    Clock, DomId, EventChannels, Gfn, GrantTableFrames, PageAllocator, Platform, PlatformError,
+    Port, SharedPages,
 };
 use crate::ring::{RingMemory, MAX_RING_PAGES};
 use crate::shared_mem;
@@ -417,16 +422,160 @@ struct FakePort {
 const FREE: u32 = u32::MAX;
 const UNBOUND: u32 = u32::MAX - 1;
 
-/// Event channel ports of every fake domain in a test.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The mutex guards no data (`()`): a panic while holding it leaves
+    // nothing inconsistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the waiters in [`EventChannels::block_any`] sleep on. Notifies,
+/// closes and advances of a [`FakeClock`] wake them.
+///
+/// A notifier takes the lock only when someone may be waiting: the waiter
+/// raises `waiters` before its last look at the pending bits (and the
+/// clock), the notifier sets the pending bit (or moves the clock) before it
+/// reads `waiters`, all sequentially consistent. Either the waiter sees the
+/// event, or the notifier sees the waiter; it then takes the lock, which
+/// the waiter holds from its last look until it sleeps on the condition
+/// variable, so the wakeup cannot fall between the two.
+struct Wakeup {
+    waiters: AtomicU32,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Wakeup {
+    fn new() -> Arc<Self> {
+        Arc::new(Wakeup {
+            waiters: AtomicU32::new(0),
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Wakes every waiter; the event (pending bit, clock) is already
+    /// published with a sequentially consistent write.
+    fn wake_all(&self) {
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            drop(lock(&self.lock));
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// A clock that moves only when a test moves it: deterministic timeouts.
+///
+/// Give it to a hub ([`FakeEventHub::with_clock`]) and the hub's domains
+/// read it as their [`Clock`]; a thread blocked in
+/// [`EventChannels::block_any`] with a timeout then returns `None` only
+/// once [`FakeClock::advance`] has moved the clock past its deadline, and
+/// never because real time went by. It is also a [`Clock`] on its own, for
+/// code that only needs time.
+pub struct FakeClock {
+    ns: AtomicU64,
+    wakeup: Arc<Wakeup>,
+}
+
+impl FakeClock {
+    /// A clock that reads 0.
+    pub fn new() -> Arc<Self> {
+        Self::starting_at(0)
+    }
+
+    /// A clock that reads `ns`.
+    pub fn starting_at(ns: u64) -> Arc<Self> {
+        Arc::new(FakeClock {
+            ns: AtomicU64::new(ns),
+            wakeup: Wakeup::new(),
+        })
+    }
+
+    /// Moves the clock forward by `ns` (it stops at `u64::MAX`) and wakes
+    /// the threads blocked in the hubs that use it, so those whose deadline
+    /// passed return.
+    pub fn advance(&self, ns: u64) {
+        // SeqCst: published before `wake_all` reads `waiters` (see `Wakeup`).
+        let _ = self
+            .ns
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| Some(t.saturating_add(ns)));
+        self.wakeup.wake_all();
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_ns(&self) -> u64 {
+        self.ns.load(Ordering::SeqCst)
+    }
+}
+
+/// The host's monotonic clock, in nanoseconds since the value was made:
+/// a [`Clock`] for tests that want real time.
+#[derive(Clone, Copy, Debug)]
+pub struct HostClock {
+    origin: Instant,
+}
+
+impl HostClock {
+    /// A clock that reads 0 now.
+    pub fn new() -> Self {
+        HostClock {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Default for HostClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for HostClock {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Where a hub's time comes from.
+enum Time {
+    Host(HostClock),
+    Fake(Arc<FakeClock>),
+}
+
+impl Time {
+    fn now_ns(&self) -> u64 {
+        match self {
+            Time::Host(c) => c.now_ns(),
+            Time::Fake(c) => c.now_ns(),
+        }
+    }
+}
+
+/// Event channel ports of every fake domain in a test, and the clock they
+/// share.
 pub struct FakeEventHub {
     ports: Vec<FakePort>,
     /// Who may bind to an unbound port.
     allowed: Vec<AtomicU32>,
+    wakeup: Arc<Wakeup>,
+    time: Time,
 }
 
 impl FakeEventHub {
-    /// An empty hub.
+    /// An empty hub whose domains read the host's monotonic clock: a
+    /// timeout is real time.
     pub fn new() -> Arc<Self> {
+        Self::build(Wakeup::new(), Time::Host(HostClock::new()))
+    }
+
+    /// An empty hub whose domains read `clock`: timeouts pass only when
+    /// the test advances it (a wait with a timeout on a clock nobody
+    /// advances lasts until an event comes).
+    pub fn with_clock(clock: &Arc<FakeClock>) -> Arc<Self> {
+        Self::build(clock.wakeup.clone(), Time::Fake(clock.clone()))
+    }
+
+    fn build(wakeup: Arc<Wakeup>, time: Time) -> Arc<Self> {
         let ports = (0..HUB_PORTS)
             .map(|_| FakePort {
                 owner: AtomicU32::new(FREE),
@@ -436,7 +585,12 @@ impl FakeEventHub {
             })
             .collect();
         let allowed = (0..HUB_PORTS).map(|_| AtomicU32::new(FREE)).collect();
-        Arc::new(FakeEventHub { ports, allowed })
+        Arc::new(FakeEventHub {
+            ports,
+            allowed,
+            wakeup,
+            time,
+        })
     }
 
     fn claim(&self, owner: DomId) -> Result<u32, PlatformError> {
@@ -458,6 +612,30 @@ impl FakeEventHub {
             .get(port.0 as usize)
             .filter(|p| p.owner.load(Ordering::Acquire) == owner.0 as u32)
             .ok_or(PlatformError::BadPort(port))
+    }
+
+    /// The first of `ports` that is pending, its bit cleared; every port
+    /// must be open for `owner`, whether or not one is pending.
+    fn take_pending(&self, owner: DomId, ports: &[Port]) -> Result<Option<Port>, PlatformError> {
+        // SeqCst, as every read here: the waiter's side of the handshake in
+        // `Wakeup` (a close or a notify is seen, or wakes us).
+        let open = |port: Port| {
+            self.ports
+                .get(port.0 as usize)
+                .filter(|p| p.owner.load(Ordering::SeqCst) == u32::from(owner.0))
+                .ok_or(PlatformError::BadPort(port))
+        };
+        for &port in ports {
+            open(port)?;
+        }
+        for &port in ports {
+            let p = open(port)?;
+            // Read first, swap only when set.
+            if p.pending.load(Ordering::SeqCst) && p.pending.swap(false, Ordering::SeqCst) {
+                return Ok(Some(port));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -558,7 +736,9 @@ impl EventChannels for FakePlatform {
         let p = self.hub.port(self.domid, port)?;
         let remote = p.remote.load(Ordering::Acquire);
         if let Some(r) = self.hub.ports.get(remote as usize) {
-            r.pending.store(true, Ordering::Release);
+            // SeqCst: the notifier's side of the handshake in `Wakeup`.
+            r.pending.store(true, Ordering::SeqCst);
+            self.hub.wakeup.wake_all();
         }
         Ok(())
     }
@@ -588,18 +768,51 @@ impl EventChannels for FakePlatform {
     }
 
     fn block(&self, port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError> {
-        // No clock: a timeout becomes a bounded number of polls.
-        let spins = timeout_ns.map_or(u64::MAX, |t| t / 10 + 1);
-        let p = self.hub.port(self.domid, port)?;
-        for _ in 0..spins {
-            // As Xen's SCHEDOP_poll: a pending port ends the wait, masked
-            // or not (the mask only holds back upcalls).
-            if p.pending.swap(false, Ordering::AcqRel) {
-                return Ok(true);
-            }
-            core::hint::spin_loop();
+        Ok(self.block_any(&[port], timeout_ns)?.is_some())
+    }
+
+    fn block_any(&self, ports: &[Port], timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError> {
+        if ports.is_empty() {
+            return Err(PlatformError::InvalidRequest {
+                op: "block_any",
+                reason: "no ports to wait on; pass at least one open port",
+            });
         }
-        Ok(false)
+        // As Xen's SCHEDOP_poll: a pending port ends the wait, masked or
+        // not (the mask only holds back upcalls).
+        if let Some(p) = self.hub.take_pending(self.domid, ports)? {
+            return Ok(Some(p));
+        }
+        let deadline = timeout_ns.map(|t| self.hub.time.now_ns().saturating_add(t));
+        let w = &self.hub.wakeup;
+        w.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut guard = lock(&w.lock);
+        let r = loop {
+            // Also notices a port closed while we slept.
+            match self.hub.take_pending(self.domid, ports) {
+                Ok(None) => {}
+                other => break other,
+            }
+            let now = self.hub.time.now_ns();
+            let remaining = match deadline {
+                Some(d) if now >= d => break Ok(None),
+                Some(d) => Some(d - now),
+                None => None,
+            };
+            guard = match (&self.hub.time, remaining) {
+                (Time::Host(_), Some(ns)) => {
+                    w.cv.wait_timeout(guard, Duration::from_nanos(ns))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                // A fake clock's deadline passes when the test advances it,
+                // which wakes us.
+                _ => w.cv.wait(guard).unwrap_or_else(PoisonError::into_inner),
+            };
+        };
+        drop(guard);
+        w.waiters.fetch_sub(1, Ordering::SeqCst);
+        r
     }
 
     fn close(&self, port: Port) -> Result<(), PlatformError> {
@@ -610,8 +823,18 @@ impl EventChannels for FakePlatform {
                 .remote
                 .compare_exchange(port.0, UNBOUND, Ordering::AcqRel, Ordering::Acquire);
         }
-        p.owner.store(FREE, Ordering::Release);
+        p.owner.store(FREE, Ordering::SeqCst);
+        // A thread blocked on the port returns with an error.
+        self.hub.wakeup.wake_all();
         Ok(())
+    }
+}
+
+impl Clock for FakePlatform {
+    /// The hub's clock: the host's, or the [`FakeClock`] the hub was made
+    /// with.
+    fn now_ns(&self) -> u64 {
+        self.hub.time.now_ns()
     }
 }
 
@@ -897,3 +1120,7 @@ impl ForeignGrants for FakePlatform {
         failed
     }
 }
+
+#[cfg(test)]
+#[path = "tests/fake_events.rs"]
+mod event_tests;

@@ -55,10 +55,13 @@ pub use platform::{
     SharedPages,
 };
 pub use pool::{BufferPool, PoolBuffer, PoolConfig, PoolError, PoolMode};
+pub use platform::Clock;
 pub use ring::{BackRing, FrontRing, RawRingMemory, RingError, RingMemory};
 pub use table::{Access, EndAccessError, GrantError, GrantRef, GrantStats, GrantTable};
 
-#[cfg(test)]
+// The fake platform sleeps on a condition variable and reads the host's
+// clock.
+#[cfg(any(test, feature = "fake"))]
 extern crate std;
 
 #[cfg(test)]

@@ -70,6 +70,15 @@ pub enum PlatformError {
     },
     /// A wait ran out of time.
     TimedOut,
+    /// The request cannot be carried out as asked (for instance waiting
+    /// on no ports, or on more ports than the platform can wait on at
+    /// once).
+    InvalidRequest {
+        /// The operation asked for.
+        op: &'static str,
+        /// What is wrong with it and what to do instead.
+        reason: &'static str,
+    },
     /// The underlying hypercall or system call failed with this code.
     Os {
         /// The operation that failed.
@@ -97,6 +106,7 @@ impl fmt::Display for PlatformError {
                 write!(f, "binding an event channel to {remote} was refused: {reason}")
             }
             PlatformError::TimedOut => write!(f, "timed out waiting for an event"),
+            PlatformError::InvalidRequest { op, reason } => write!(f, "{op}: {reason}"),
             PlatformError::Os { op, code } => write!(f, "{op} failed with error code {code}"),
         }
     }
@@ -173,12 +183,37 @@ pub trait EventChannels {
     /// Like Xen's `SCHEDOP_poll`, this returns for a pending port whether or
     /// not it is masked.
     fn block(&self, port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError>;
+    /// Blocks until at least one of `ports` is pending or `timeout_ns` passes.
+    /// Returns the first pending port found (its pending bit cleared; others stay pending,
+    /// so the next call returns at once) or `None` on timeout. Returns for masked ports too,
+    /// as SCHEDOP_poll does. An empty slice or a port not open is an error.
+    ///
+    /// Ports are looked at in the order of the slice, so a port early in
+    /// it that is always pending hides the later ones: a driver that
+    /// serves several queues rotates the slice (or serves every pending
+    /// port with [`EventChannels::poll`] after each wakeup). `None` waits
+    /// forever. A platform may limit how many ports one call waits on
+    /// (Xen's `SCHEDOP_poll` takes at most 128); more is
+    /// [`PlatformError::InvalidRequest`], as is an empty slice.
+    fn block_any(&self, ports: &[Port], timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError>;
     /// Closes the port.
     fn close(&self, port: Port) -> Result<(), PlatformError>;
 }
 
+/// Monotonic time for timeouts, deadlines and deferred retries.
+///
+/// Each platform has one: the hosted platform reads the host's monotonic
+/// clock, `lwdom` Xen's system time, and the fake platform either the
+/// host's clock or a `fake::FakeClock` (feature `fake`) that tests advance by hand.
+/// Times from different platforms (or different processes) are not
+/// comparable; differences of one clock's readings are.
+pub trait Clock {
+    /// Monotonic nanoseconds since an arbitrary origin; never goes backwards.
+    fn now_ns(&self) -> u64;
+}
+
 /// Everything a driver needs from its domain.
-pub trait Platform: PageAllocator + EventChannels {
+pub trait Platform: PageAllocator + EventChannels + Clock {
     /// The grant table frames type.
     type GrantFrames: GrantTableFrames;
     /// This domain's id.

@@ -22,7 +22,10 @@
 //! [`crate::hypervisor`]). [`EventChannels::block`] sleeps on it.
 //! `notify` writes the peer's eventfd only when the peer has said it may be
 //! asleep: `block` raises `waiting` before its last check of `pending` and
-//! sleeping. A pure polling exchange therefore costs no system call at all;
+//! sleeping. [`EventChannels::block_any`] does the same on every port it
+//! waits on, then sleeps in one `ppoll` over their eventfds (level-triggered,
+//! so it drains the counters that woke it before it looks at the pending
+//! bits again). A pure polling exchange therefore costs no system call at all;
 //! [`crate::HostedPlatform::event_stats`] counts the eventfd writes.
 //!
 //! The handshake is Dekker's: the notifier does `pending = 1; read waiting`,
@@ -69,10 +72,10 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use grant_tables::{DomId, EventChannels, PlatformError, Port};
+use grant_tables::{Clock, DomId, EventChannels, PlatformError, Port};
 
 use crate::domain::{lock, Domain, LocalPort, Peer};
 use crate::hypervisor::{OP_PORT_CLEAR, OP_PORT_GET, OP_PORT_SET};
@@ -719,6 +722,94 @@ impl Domain {
         }
     }
 
+    /// The first of `ports` that is pending, its bit cleared. `SeqCst`
+    /// reads: the waiter's side of the handshake (module docs). Every port
+    /// is open (checked by the caller).
+    fn take_first_pending(&self, ports: &[Port]) -> Result<Option<Port>, PlatformError> {
+        for &port in ports {
+            let line = self.own_line(port)?;
+            // Read first, swap only when set (see `poll`).
+            if line.pending.load(Ordering::SeqCst) != 0 && line.pending.swap(0, Ordering::SeqCst) != 0 {
+                return Ok(Some(port));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `block` on several ports: the same handshake, run on every port's
+    /// line, then one `ppoll` over all their eventfds.
+    fn block_any(&self, ports: &[Port], timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError> {
+        if ports.is_empty() {
+            return Err(PlatformError::InvalidRequest {
+                op: "block_any",
+                reason: "no ports to wait on; pass at least one open port",
+            });
+        }
+        for &port in ports {
+            self.open_binding(port)?;
+        }
+        // The mask is not looked at (as in `block`).
+        if let Some(p) = self.take_first_pending(ports)? {
+            return Ok(Some(p));
+        }
+        let deadline = timeout_ns.map(|t| Instant::now().checked_add(Duration::from_nanos(t)));
+        let mut efds = Vec::with_capacity(ports.len());
+        let mut lines = Vec::with_capacity(ports.len());
+        for &port in ports {
+            let st = lock(&self.local(port)?.state);
+            efds.push(st.eventfd.clone().ok_or(PlatformError::BadPort(port))?);
+            lines.push(self.own_line(port)?);
+        }
+        loop {
+            // Dekker, waiter side, on every port: announce that we may
+            // sleep, then look at every pending bit once more.
+            for l in &lines {
+                l.waiting.fetch_add(1, Ordering::SeqCst);
+            }
+            let unwait = || {
+                for l in &lines {
+                    l.waiting.fetch_sub(1, Ordering::SeqCst);
+                }
+            };
+            match self.take_first_pending(ports) {
+                Ok(None) => {}
+                other => {
+                    unwait();
+                    return other;
+                }
+            }
+            let remaining = match deadline {
+                None | Some(None) => None,
+                Some(Some(dl)) => {
+                    let now = Instant::now();
+                    if now >= dl {
+                        unwait();
+                        return Ok(None);
+                    }
+                    Some(dl - now)
+                }
+            };
+            self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+            let fds: Vec<_> = efds.iter().map(|f| f.as_fd()).collect();
+            let r = sys::poll_readable(&fds, remaining);
+            unwait();
+            let readable = r.map_err(|e| os_err("waiting on event channel eventfds", &e))?;
+            // Closed while we slept?
+            for &port in ports {
+                self.open_binding(port)?;
+            }
+            // `ppoll` is level-triggered: reset the counters it reported,
+            // or the next sleep would return at once. Nothing is lost: the
+            // pending bits, looked at again before the next sleep, are the
+            // events; a notify after that look writes the eventfd again.
+            for i in readable {
+                if let Some(f) = efds.get(i) {
+                    sys::eventfd_drain(f);
+                }
+            }
+        }
+    }
+
     fn mask(&self, port: Port) -> Result<(), PlatformError> {
         self.open_binding(port)?;
         self.own_line(port)?.masked.store(1, Ordering::SeqCst);
@@ -744,6 +835,20 @@ impl HostedPlatform {
         let peer = self.inner.peer(domid).ok()?;
         let line = peer.events.line(port.0)?;
         Some(line.waiting.load(Ordering::SeqCst))
+    }
+}
+
+/// Where [`HostedPlatform`]'s clock starts: the first reading in this
+/// process.
+static CLOCK_ORIGIN: OnceLock<Instant> = OnceLock::new();
+
+/// The host's monotonic clock (`CLOCK_MONOTONIC`, through [`Instant`]), in
+/// nanoseconds since the first reading in this process: readings of
+/// different processes are not comparable.
+impl Clock for HostedPlatform {
+    fn now_ns(&self) -> u64 {
+        let origin = CLOCK_ORIGIN.get_or_init(Instant::now);
+        u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
@@ -776,6 +881,10 @@ impl EventChannels for HostedPlatform {
 
     fn block(&self, port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError> {
         self.inner.block(port, timeout_ns)
+    }
+
+    fn block_any(&self, ports: &[Port], timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError> {
+        self.inner.block_any(ports, timeout_ns)
     }
 
     fn close(&self, port: Port) -> Result<(), PlatformError> {

@@ -4,7 +4,8 @@
 //! - [`HostedHypervisor`]: the rendezvous. Create one in a fresh directory;
 //!   domains join it from this process or any other.
 //! - [`HostedPlatform`]: one domain. Implements [`grant_tables::Platform`]
-//!   (shareable pages, event channels, grant table frames, domid) and the
+//!   (shareable pages, event channels, grant table frames, domid, and a
+//!   [`grant_tables::Clock`] on the host's monotonic clock) and the
 //!   backend side of grants, [`grant_tables::ForeignGrants`]:
 //!   [`HostedPlatform::map_grant`], [`HostedPlatform::map_ring`] and
 //!   [`HostedPlatform::grant_copy`] (at memory speed).
@@ -21,8 +22,9 @@
 //! When a domain goes, whether it exits or is killed, the channels bound to
 //! it become unbound (offered to its domid again) as in Xen's
 //! `evtchn_destroy`, and events never reach a later domain with the same
-//! domid. `block` is `SCHEDOP_poll`: it returns for a pending port whether
-//! or not the port is masked.
+//! domid. `block` and `block_any` are `SCHEDOP_poll` (on one port, on
+//! several): they return for a pending port whether or not the port is
+//! masked, and sleep on the ports' eventfds without spinning.
 //!
 //! # Where the emulation differs from Xen
 //! - Isolation is cooperative: every domain receives its peers' memfds from

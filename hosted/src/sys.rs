@@ -261,6 +261,30 @@ pub(crate) fn eventfd_drain(f: &File) {
     }
 }
 
+/// Sleeps in `ppoll` until at least one of `fds` is readable or `timeout`
+/// passes (`None`: forever). Returns the indices of the readable ones
+/// (empty on a timeout or an interrupted wait). Level-triggered: a
+/// readable eventfd stays readable until it is drained.
+pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+        // Below 10^9: fits every c_long.
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `pfds` holds `pfds.len()` valid pollfd structures of open
+    // descriptors (borrowed for the call), `tsp` is null or points to `ts`,
+    // and the signal mask pointer is null (unchanged); all outlive the call.
+    let r = unsafe { libc::ppoll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, tsp, std::ptr::null()) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(Vec::new()) } else { Err(e) };
+    }
+    Ok(pfds.iter().enumerate().filter(|(_, p)| p.revents != 0).map(|(i, _)| i).collect())
+}
+
 
 fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.

@@ -70,6 +70,8 @@ fn child() {
         "mask" => child_mask(&back, local),
         "close" => child_close(&back, local, remote),
         "crash" => child_crash(&back),
+        "any" => child_any(&back, local),
+        "any-race" => child_any_race(&back, local),
         other => panic!("unknown role {other}"),
     }
 }
@@ -418,4 +420,176 @@ fn ports_are_bounded_and_reused_after_close() {
     assert_eq!(a.alloc_unbound(BACK).unwrap(), freed);
     assert_eq!(a.poll(Port(0)), Err(PlatformError::BadPort(Port(0))));
     assert_eq!(a.poll(Port(u32::MAX)), Err(PlatformError::BadPort(Port(u32::MAX))));
+}
+
+/// Binds `n - 1` more of the parent's ports (their numbers come as a
+/// comma-separated list) after `first`: the child's ports, in the parent's
+/// order.
+fn bind_more(back: &HostedPlatform, first: Port) -> Vec<Port> {
+    let mut ports = vec![first];
+    for p in hear().split(',') {
+        let p = back.bind_interdomain(FRONT, parse_port(p)).expect("bind");
+        assert!(back.poll(p).unwrap(), "a new binding is pending");
+        ports.push(p);
+    }
+    ports
+}
+
+/// The parent's side of `bind_more`: `n - 1` more ports offered to the
+/// child, sent to it; returns all `n` parent ports and the child's.
+fn offer_more(front: &HostedPlatform, child: &mut ChildDomain, first: Port, child_first: Port, n: usize) -> (Vec<Port>, Vec<Port>) {
+    let more: Vec<Port> = (1..n).map(|_| front.alloc_unbound(BACK).unwrap()).collect();
+    child.send(&more.iter().map(|p| p.0.to_string()).collect::<Vec<_>>().join(","));
+    let theirs: Vec<Port> = child.reply().split(',').map(parse_port).collect();
+    assert_eq!(theirs[0], child_first);
+    let mut ours = vec![first];
+    ours.extend(more);
+    (ours, theirs)
+}
+
+/// `block_any` in a child process wakes for whichever of its ports the
+/// parent notifies, sleeping (one eventfd write each) rather than spinning,
+/// and returns pending ports at once, masked or not.
+#[test]
+fn block_any_wakes_for_each_of_several_ports_across_processes() {
+    const N: usize = 4;
+    let (dir, _hv, front, port) = setup("ev-any");
+    let (mut child, child_first) = spawn("any", &dir, port);
+    let (ours, theirs) = offer_more(&front, &mut child, port, child_first, N);
+    // Each port in turn, in an order that is not the slice's.
+    for i in [2, 0, 3, 1] {
+        child.expect("blocking");
+        for &p in &theirs {
+            wait_for_waiter(&front, BACK, p);
+        }
+        let before = front.event_stats().wakeups_sent;
+        front.notify(ours[i]).unwrap();
+        assert_eq!(child.reply(), format!("woken by {}", theirs[i].0));
+        assert_eq!(front.event_stats().wakeups_sent, before + 1, "one eventfd write wakes the sleeper");
+    }
+    // Two pending, masked: returned at once, one per call, in slice order.
+    child.expect("masked");
+    front.notify(ours[3]).unwrap();
+    front.notify(ours[1]).unwrap();
+    child.send("sent");
+    child.expect(&format!("pending {} then {}", theirs[1].0, theirs[3].0));
+    child.finish();
+}
+
+fn child_any(back: &HostedPlatform, first: Port) {
+    let ports = bind_more(back, first);
+    say(&ports.iter().map(|p| p.0.to_string()).collect::<Vec<_>>().join(","));
+    for _ in 0..ports.len() {
+        say("blocking");
+        let sleeps = back.event_stats().sleeps;
+        let t = Instant::now();
+        let got = back.block_any(&ports, Some(20_000 * MS)).unwrap().expect("woken by a notify, not the timeout");
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+        assert!(back.event_stats().sleeps > sleeps, "it slept rather than spun");
+        // Nothing else is pending.
+        assert_eq!(back.block_any(&ports, Some(0)).unwrap(), None);
+        say(&format!("woken by {}", got.0));
+    }
+    for &p in &ports {
+        back.mask(p).unwrap();
+    }
+    say("masked");
+    assert_eq!(hear(), "sent");
+    let sleeps = back.event_stats().sleeps;
+    let a = back.block_any(&ports, Some(20_000 * MS)).unwrap().expect("a masked pending port");
+    let b = back.block_any(&ports, Some(20_000 * MS)).unwrap().expect("the other stays pending");
+    assert_eq!(back.event_stats().sleeps, sleeps, "no sleep for pending ports");
+    assert_eq!(back.block_any(&ports, Some(0)).unwrap(), None);
+    say(&format!("pending {} then {}", a.0, b.0));
+}
+
+/// A ping-pong where both processes always sleep in `block_any` over three
+/// ports and answer on the next one: a notify that raced with the other
+/// side going to sleep and was lost would stall a round for its whole
+/// (10 s) timeout. Thousands of rounds, each of them a race.
+#[test]
+fn block_any_never_loses_a_notify_racing_with_the_sleep() {
+    const N: usize = 3;
+    const ROUNDS: usize = 3_000;
+    let (dir, _hv, front, port) = setup("ev-any-race");
+    let (mut child, child_first) = spawn("any-race", &dir, port);
+    let (ours, theirs) = offer_more(&front, &mut child, port, child_first, N);
+    let _ = theirs;
+    child.send(&ROUNDS.to_string());
+    let t = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for i in 0..ROUNDS {
+        let r = Instant::now();
+        front.notify(ours[i % N]).unwrap();
+        let got = front.block_any(&ours, Some(10_000 * MS)).unwrap();
+        assert_eq!(got, Some(ours[(i + 1) % N]), "round {i}: the child's answer was lost");
+        slowest = slowest.max(r.elapsed());
+    }
+    let reply = child.reply();
+    let child_sleeps: u64 = reply.strip_prefix("sleeps ").expect("sleeps reply").parse().unwrap();
+    let elapsed = t.elapsed();
+    eprintln!(
+        "{ROUNDS} rounds in {elapsed:?} (slowest {slowest:?}); sleeps: parent {}, child {child_sleeps}",
+        front.event_stats().sleeps
+    );
+    assert!(slowest < Duration::from_secs(5), "a round took {slowest:?}: a wakeup was lost and the timeout saved it");
+    assert!(front.event_stats().sleeps + child_sleeps > 0, "the sleeping path was never taken");
+    child.finish();
+}
+
+fn child_any_race(back: &HostedPlatform, first: Port) {
+    const N: usize = 3;
+    let ports = bind_more(back, first);
+    say(&ports.iter().map(|p| p.0.to_string()).collect::<Vec<_>>().join(","));
+    let rounds: usize = hear().parse().unwrap();
+    for i in 0..rounds {
+        let got = back.block_any(&ports, Some(10_000 * MS)).unwrap();
+        assert_eq!(got, Some(ports[i % N]), "round {i}: the parent's notify was lost");
+        back.notify(ports[(i + 1) % N]).unwrap();
+    }
+    say(&format!("sleeps {}", back.event_stats().sleeps));
+}
+
+#[test]
+fn block_any_times_out() {
+    let (_dir, _hv, a, b, pa, pb) = two_domains("ev-any-timeout");
+    let pb2 = b.alloc_unbound(FRONT).unwrap();
+    let pa2 = a.bind_interdomain(BACK, pb2).unwrap();
+    assert!(a.poll(pa2).unwrap());
+    let _ = (pa, pa2);
+    for timeout in [MS, 30 * MS] {
+        let t = Instant::now();
+        assert_eq!(b.block_any(&[pb, pb2], Some(timeout)).unwrap(), None);
+        assert!(t.elapsed() >= Duration::from_nanos(timeout), "returned early: {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+    let sleeps = b.event_stats().sleeps;
+    assert_eq!(b.block_any(&[pb, pb2], Some(0)).unwrap(), None);
+    assert_eq!(b.event_stats().sleeps, sleeps, "a zero timeout does not sleep");
+}
+
+#[test]
+fn block_any_refuses_bad_ports_and_wakes_with_an_error_when_one_closes() {
+    let (_dir, _hv, a, b, pa, pb) = two_domains("ev-any-bad");
+    assert!(matches!(a.block_any(&[], Some(MS)), Err(PlatformError::InvalidRequest { .. })));
+    assert!(matches!(a.block_any(&[], None), Err(PlatformError::InvalidRequest { .. })));
+    let free = Port(pa.0 + 10);
+    for bad in [free, Port(0), Port(hosted::NR_PORTS), Port(u32::MAX)] {
+        assert_eq!(a.block_any(&[pa, bad], Some(MS)), Err(PlatformError::BadPort(bad)));
+    }
+    // The whole list is checked even when a port before a bad one is
+    // pending; the event stays pending.
+    b.notify(pb).unwrap();
+    assert_eq!(a.block_any(&[pa, free], None), Err(PlatformError::BadPort(free)));
+    assert!(a.poll(pa).unwrap());
+
+    // A port closed while its waiter sleeps wakes it with an error.
+    let pa2 = a.alloc_unbound(BACK).unwrap();
+    let a2 = a.clone();
+    let waiter = std::thread::spawn(move || a2.block_any(&[pa, pa2], None));
+    wait_for_waiter(&b, FRONT, pa2);
+    a.close(pa2).unwrap();
+    assert_eq!(waiter.join().unwrap(), Err(PlatformError::BadPort(pa2)));
+    // Closed: refused from now on.
+    assert_eq!(a.block_any(&[pa2], Some(0)), Err(PlatformError::BadPort(pa2)));
 }

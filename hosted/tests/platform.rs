@@ -195,3 +195,39 @@ fn ring_ping_pong_with_blocking_event_channels_loses_no_wakeup() {
     }
     drop(mem);
 }
+
+/// Reads the clock through the `Platform` seam, as a driver does.
+fn now<P: Platform>(p: &P) -> u64 {
+    p.now_ns()
+}
+
+#[test]
+fn the_clock_is_monotonic_and_moves_with_real_time() {
+    let dir = TestDir::new("clock");
+    let hv = HostedHypervisor::create(&dir.0).unwrap();
+    let a = hv.join(A).unwrap();
+    let b = hv.join(B).unwrap();
+    let threads: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|d| {
+            std::thread::spawn(move || {
+                let mut last = now(&d);
+                for _ in 0..200_000 {
+                    let t = now(&d);
+                    assert!(t >= last, "the clock went back from {last} to {t}");
+                    last = t;
+                }
+                last
+            })
+        })
+        .collect();
+    let ends: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    // One clock per process: the two domains read the same one.
+    let t0 = now(&a);
+    assert!(ends.iter().all(|&e| e <= t0), "{ends:?} then {t0}");
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(20));
+    let dt = now(&b) - t0;
+    assert!(dt >= 20_000_000, "20 ms of sleep moved the clock {dt} ns");
+    assert!(u128::from(dt) <= start.elapsed().as_nanos() + 1_000_000, "the clock ran ahead: {dt} ns");
+}

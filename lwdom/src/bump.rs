@@ -59,16 +59,18 @@ impl<const N: usize> BumpHeap<N> {
         BumpHeap { arena: Arena(UnsafeCell::new([0; N])), busy: AtomicBool::new(false), state: UnsafeCell::new(State { next: 0, live: 0 }) }
     }
 
-    fn base(&self) -> usize {
-        self.arena.0.get() as usize
+    fn base(&self) -> *mut u8 {
+        self.arena.0.get().cast()
     }
 
     /// Runs `f` with the state, or returns `None` if another call is in
     /// progress.
     fn with_state<R>(&self, f: impl FnOnce(&mut State, usize) -> R) -> Option<R> {
+        // Addresses are compared as integers; pointers handed out are
+        // derived from the arena's pointer (`alloc`), keeping provenance.
         self.busy.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).ok()?;
         // SAFETY: `busy` is held: this is the only reference to the state.
-        let r = f(unsafe { &mut *self.state.get() }, self.base());
+        let r = f(unsafe { &mut *self.state.get() }, self.base().addr());
         self.busy.store(false, Ordering::Release);
         Some(r)
     }
@@ -80,15 +82,16 @@ impl<const N: usize> BumpHeap<N> {
     }
 }
 
-fn bump(st: &mut State, base: usize, n: usize, layout: Layout) -> *mut u8 {
-    let Some(start) = (base + st.next).checked_next_multiple_of(layout.align()).map(|a| a - base) else { return core::ptr::null_mut() };
-    let Some(end) = start.checked_add(layout.size()) else { return core::ptr::null_mut() };
+/// Takes a block off the top; returns its offset in the arena.
+fn bump(st: &mut State, base: usize, n: usize, layout: Layout) -> Option<usize> {
+    let start = (base + st.next).checked_next_multiple_of(layout.align())? - base;
+    let end = start.checked_add(layout.size())?;
     if end > n {
-        return core::ptr::null_mut();
+        return None;
     }
     st.next = end;
     st.live += 1;
-    (base + start) as *mut u8
+    Some(start)
 }
 
 // SAFETY: `alloc` returns distinct, suitably aligned ranges inside the
@@ -100,7 +103,12 @@ fn bump(st: &mut State, base: usize, n: usize, layout: Layout) -> *mut u8 {
 // `min(old, new)` bytes to a fresh block.
 unsafe impl<const N: usize> GlobalAlloc for BumpHeap<N> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.with_state(|st, base| bump(st, base, N, layout)).unwrap_or(core::ptr::null_mut())
+        let arena = self.base();
+        match self.with_state(|st, base| bump(st, base, N, layout)) {
+            Some(Some(offset)) => arena.wrapping_add(offset),
+            // Out of room, or busy (re-entered).
+            _ => core::ptr::null_mut(),
+        }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

@@ -168,46 +168,116 @@ pub unsafe fn console_out(page: NonNull<u8>) -> ByteRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::boxed::Box;
     use std::vec;
+    use std::vec::Vec;
 
     #[repr(C, align(4096))]
     struct Page([u8; 4096]);
 
+    /// A heap page that plays the shared console page. Once a ring is
+    /// built over it, the test plays the daemon through the same raw
+    /// pointer the ring holds (never through a reference to the page,
+    /// which would invalidate the ring's pointer), as another domain would.
+    struct SharedPage(NonNull<Page>);
+
+    impl SharedPage {
+        fn new() -> Self {
+            SharedPage(NonNull::from(Box::leak(Box::new(Page([0; 4096])))))
+        }
+
+        fn base(&self) -> NonNull<u8> {
+            self.0.cast()
+        }
+
+        /// The daemon writes an index.
+        fn store_u32(&self, off: usize, v: u32) {
+            assert!(off % 4 == 0 && off + 4 <= 4096);
+            // SAFETY: an aligned u32 inside the live page; the ring accesses
+            // the indices atomically too.
+            unsafe { AtomicU32::from_ptr(self.base().as_ptr().add(off).cast()) }.store(v, Ordering::Release);
+        }
+
+        /// The daemon reads an index.
+        fn load_u32(&self, off: usize) -> u32 {
+            assert!(off % 4 == 0 && off + 4 <= 4096);
+            // SAFETY: as in `store_u32`.
+            unsafe { AtomicU32::from_ptr(self.base().as_ptr().add(off).cast()) }.load(Ordering::Acquire)
+        }
+
+        /// The daemon copies bytes out.
+        fn bytes(&self, at: usize, len: usize) -> Vec<u8> {
+            assert!(at + len <= 4096);
+            // SAFETY: inside the live page; volatile, as the ring writes.
+            (at..at + len).map(|i| unsafe { self.base().as_ptr().add(i).read_volatile() }).collect()
+        }
+    }
+
+    impl Drop for SharedPage {
+        fn drop(&mut self) {
+            // SAFETY: leaked from a Box in `new`; the rings built over it
+            // are dropped first (declared after it in every test).
+            drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+        }
+    }
+
     #[test]
     fn console_bytes_land_at_the_xencons_offsets_and_wrap() {
-        let mut page = std::boxed::Box::new([Page([0; 4096])]);
-        let base = NonNull::new(page[0].0.as_mut_ptr()).unwrap();
-        // SAFETY: a heap page used only through the ring.
-        let out = unsafe { console_out(base) };
+        let page = SharedPage::new();
+        // SAFETY: a heap page used only through the ring and `page`'s raw
+        // accessors.
+        let out = unsafe { console_out(page.base()) };
         assert_eq!(out.write_some(b"hello").unwrap(), 5);
-        // SAFETY: reading the page back in the test, no ring call is live.
-        let p = unsafe { core::slice::from_raw_parts(base.as_ptr(), 4096) };
-        assert_eq!(&p[1024..1029], b"hello");
-        assert_eq!(u32::from_le_bytes(p[3084..3088].try_into().unwrap()), 5);
+        assert_eq!(page.bytes(1024, 5), b"hello");
+        assert_eq!(page.load_u32(3084), 5);
+        assert_eq!(out.pending().unwrap(), 5);
         // Fill the ring: only the free space is taken.
         let big = vec![b'x'; 4000];
         assert_eq!(out.write_some(&big).unwrap(), 2048 - 5);
         assert_eq!(out.write_some(b"y").unwrap(), 0);
         // The daemon consumes 10 bytes; the next write wraps.
-        page[0].0[3080..3084].copy_from_slice(&10u32.to_le_bytes());
+        page.store_u32(3080, 10);
         assert_eq!(out.write_some(b"0123456789ab").unwrap(), 10);
-        assert_eq!(&page[0].0[1024..1024 + 5], b"01234");
+        assert_eq!(page.bytes(1024, 5), b"01234");
+        assert_eq!(page.load_u32(3084), 2048 + 10);
+    }
+
+    #[test]
+    fn the_input_ring_reads_what_the_daemon_wrote() {
+        let page = SharedPage::new();
+        // SAFETY: as above.
+        let input = unsafe { ByteRing::new(page.base(), console_layout::IN, console_layout::IN_SIZE, console_layout::IN_CONS, console_layout::IN_PROD) };
+        // The daemon writes "abc" at indices 1022..1025: the last byte
+        // wraps to the start of `in`.
+        for (at, b) in [(1022, b'a'), (1023, b'b'), (0, b'c')] {
+            // SAFETY: inside the page's `in` area; volatile like the ring.
+            unsafe { page.base().as_ptr().add(at).write_volatile(b) };
+        }
+        // Indices that wrap: cons 1022, prod 1025.
+        page.store_u32(3072, 1022);
+        page.store_u32(3076, 1025);
+        let mut buf = [0u8; 8];
+        assert_eq!(input.read_some(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+        assert_eq!(page.load_u32(3072), 1025);
     }
 
     #[test]
     fn a_hostile_index_breaks_the_ring() {
-        let mut page = std::boxed::Box::new([Page([0; 4096])]);
-        page[0].0[3080..3084].copy_from_slice(&5000u32.to_le_bytes());
-        let base = NonNull::new(page[0].0.as_mut_ptr()).unwrap();
-        // SAFETY: a heap page used only through the ring.
-        let out = unsafe { console_out(base) };
+        let page = SharedPage::new();
+        page.store_u32(3080, 5000);
+        // SAFETY: a heap page used only through the ring and `page`'s raw
+        // accessors.
+        let out = unsafe { console_out(page.base()) };
         assert!(out.write_some(b"a").is_err());
+        assert!(out.pending().is_err());
         // The console's input ring, read by us: a producer index too far
         // ahead is refused too.
         // SAFETY: as above.
-        let input = unsafe { ByteRing::new(base, console_layout::IN, console_layout::IN_SIZE, console_layout::IN_CONS, console_layout::IN_PROD) };
-        page[0].0[3076..3080].copy_from_slice(&4000u32.to_le_bytes());
+        let input = unsafe { ByteRing::new(page.base(), console_layout::IN, console_layout::IN_SIZE, console_layout::IN_CONS, console_layout::IN_PROD) };
+        page.store_u32(3076, 4000);
         let mut buf = [0u8; 8];
-        assert!(input.read_some(&mut buf).is_err());
+        assert_eq!(input.read_some(&mut buf), Err(RingBroken { prod: 4000, cons: 0 }));
+        assert_eq!(page.load_u32(3072), 0, "a broken ring consumes nothing");
     }
 }
