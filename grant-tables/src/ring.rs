@@ -21,11 +21,41 @@
 //! - our producer index is release-stored after the slots it covers, and a
 //!   full fence separates publishing from reading the peer's event index
 //!   (the notification-suppression handshake).
+//!
+//! # Slots of several shapes
+//! Protocols put different structures in one slot: netif's TX ring carries
+//! a `netif_tx_request` or, in the slot after it, a `netif_extra_info`;
+//! blkif's request slot holds a `blkif_request`, a `blkif_request_indirect`
+//! or a `blkif_request_discard`. Each end can write or read a slot as any
+//! zerocopy type no larger than the ring's request (or response) type:
+//! [`FrontRing::put_request_as`], [`BackRing::take_request_as`],
+//! [`BackRing::put_response_as`] and [`FrontRing::take_response_as`]. The
+//! size is checked when the call is compiled (a larger type does not
+//! build), no `unsafe` is needed, and reads keep the copy-then-validate
+//! rule: the slot's first `size_of::<T>()` bytes are copied out once into a
+//! `T` (every bit pattern is a valid `T`), and the caller validates the
+//! copy. A write of a smaller type leaves the rest of the slot as it was.
+//!
+//! When the slot's shape is only known from its contents (blkif's
+//! `operation`), copy the slot out once as the request type (or as a type
+//! holding its common header and the largest variant) and reinterpret the
+//! local copy with [`reinterpret`]; never read the shared slot a second
+//! time to decide.
+//!
+//! # Hot path
+//! The polling paths compile to a few loads and compares: the region's
+//! address is read from the [`RingMemory`] once, when the ring is built,
+//! the entry size and copy unit are constants of the entry types, and the
+//! fault paths are kept out of line. Pushes demote the published slots'
+//! cache lines (x86 CLDEMOTE) only on processors that have the
+//! instruction, asked once with CPUID.
 
 use core::fmt;
 use core::marker::PhantomData;
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+use core::sync::atomic::AtomicU8;
 use core::sync::atomic::{fence, AtomicU32, Ordering};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -46,6 +76,9 @@ const RSP_EVENT: usize = 12;
 /// Implementors guarantee that `ring_ptr()` is page-aligned, valid for reads
 /// and writes of `ring_len()` bytes for as long as the value lives, and never
 /// accessed through Rust references (the peer writes it concurrently).
+/// `ring_ptr()` and `ring_len()` return the same values on every call for
+/// as long as the value lives, wherever it is moved (the memory is not
+/// inside the value): rings read them once, when they are built.
 pub unsafe trait RingMemory {
     /// The first byte of the ring.
     fn ring_ptr(&self) -> NonNull<u8>;
@@ -204,11 +237,24 @@ macro_rules! copy_in_units {
 /// Ring geometry shared by both ends: the memory, entry size and count.
 struct RingCore<M: RingMemory> {
     mem: M,
+    /// `mem.ring_ptr()`, read once (the [`RingMemory`] contract keeps it
+    /// fixed for the life of `mem`).
+    base: NonNull<u8>,
     nr_ents: u32,
     entry_size: usize,
-    /// Whether published slots are demoted towards the shared cache.
+    /// Whether published slots are demoted towards the shared cache (only
+    /// ever true on processors with CLDEMOTE).
     demote: bool,
 }
+
+// SAFETY: `base` points into the memory `mem` owns or borrows, which moves
+// with `mem` (the `RingMemory` contract); sending the core sends `mem`,
+// hence `M: Send`.
+unsafe impl<M: RingMemory + Send> Send for RingCore<M> {}
+// SAFETY: through `&RingCore` the region is only touched atomically (the
+// header indices); slot copies need the `&mut` of a ring end. Sharing is
+// then as safe as sharing `mem`, hence `M: Sync`.
+unsafe impl<M: RingMemory + Sync> Sync for RingCore<M> {}
 
 /// Most cache lines one push demotes (a hint; larger batches are left to
 /// the ordinary coherence traffic).
@@ -239,6 +285,47 @@ fn demote_line(p: *const u8) {
     }
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = p;
+}
+
+/// Whether this processor has CLDEMOTE (CPUID leaf 7, ECX bit 25). Asked
+/// once and remembered: processors without it execute the encoding as a
+/// NOP, which still costs a slot in the push path, so the demotion is
+/// skipped altogether there.
+pub fn cache_demote_supported() -> bool {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        /// 0: not asked yet; 1: absent; 2: present.
+        static KNOWN: AtomicU8 = AtomicU8::new(0);
+        match KNOWN.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => {
+                let has = cpuid_has_cldemote();
+                KNOWN.store(if has { 2 } else { 1 }, Ordering::Relaxed);
+                has
+            }
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    false
+}
+
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[cold]
+fn cpuid_has_cldemote() -> bool {
+    use core::arch::x86_64::{__cpuid, __cpuid_count};
+    // SAFETY: CPUID exists on every x86-64 processor and only reads
+    // identification registers (older toolchains declare the intrinsics
+    // `unsafe`, newer ones safe).
+    #[allow(unused_unsafe)]
+    let max_leaf = unsafe { __cpuid(0) }.eax;
+    if max_leaf < 7 {
+        return false;
+    }
+    // SAFETY: as above; leaf 7 exists (checked against the highest leaf).
+    #[allow(unused_unsafe)]
+    let leaf7 = unsafe { __cpuid_count(7, 0) };
+    leaf7.ecx & (1 << 25) != 0
 }
 
 /// Largest power of two not above `x` (`__RD32`); 0 for 0.
@@ -289,6 +376,37 @@ pub const fn ring_entries(ring_bytes: usize, entry_size: usize) -> u32 {
     round_down_pow2(n)
 }
 
+/// Reinterprets a slot already copied out as `S` (the ring's request or
+/// response type, or a type holding a protocol's common header) as another
+/// shape `T` of that slot, no larger than `S` (checked when compiled): the
+/// first `size_of::<T>()` bytes of the copy become a `T`. Works on the
+/// local copy only, so deciding a slot's shape from its contents and then
+/// reading it as that shape never reads the peer's memory twice. Every bit
+/// pattern is a valid `T`; the caller validates it.
+///
+/// ```
+/// use grant_tables::ring::reinterpret;
+/// // A request slot copied out as a 16-byte union-like type, read as its
+/// // 8-byte header.
+/// let slot: [u32; 4] = [7, 9, 0, 0];
+/// let header: [u32; 2] = reinterpret(&slot);
+/// assert_eq!(header, [7, 9]);
+/// ```
+#[inline]
+pub fn reinterpret<T: FromBytes, S: IntoBytes + Immutable>(copy: &S) -> T {
+    const {
+        assert!(
+            size_of::<T>() <= size_of::<S>(),
+            "reinterpret: the target type is larger than the slot copy"
+        )
+    };
+    // The prefix always fits (checked above); the zeroed fallback is never
+    // taken and keeps this free of panics.
+    T::read_from_prefix(copy.as_bytes())
+        .map(|(t, _)| t)
+        .unwrap_or_else(|_| T::new_zeroed())
+}
+
 impl<M: RingMemory> RingCore<M> {
     fn new<Req, Rsp>(mem: M) -> Result<Self, RingError> {
         let len = mem.ring_len();
@@ -307,42 +425,44 @@ impl<M: RingMemory> RingCore<M> {
             });
         }
         Ok(RingCore {
+            base: mem.ring_ptr(),
             mem,
             nr_ents,
             entry_size,
-            demote: true,
+            demote: cache_demote_supported(),
         })
     }
 
     /// One of the four header indices.
+    #[inline(always)]
     fn index(&self, offset: usize) -> &AtomicU32 {
         debug_assert!(offset <= RSP_EVENT && offset % 4 == 0);
-        // SAFETY: `RingMemory` guarantees the region is valid and page-aligned
-        // for at least one page, so `offset` (0..=12, a multiple of 4) names
-        // an aligned u32 inside it. The region is only ever accessed
-        // atomically or volatilely, never through a `&`/`&mut` to plain data,
-        // and it outlives `&self`.
-        unsafe { AtomicU32::from_ptr(self.mem.ring_ptr().as_ptr().add(offset).cast::<u32>()) }
+        // SAFETY: `base` is the region's start (read once in `new`; the
+        // `RingMemory` contract keeps it valid and fixed while `mem` lives),
+        // page-aligned and at least one page long, so `offset` (0..=12, a
+        // multiple of 4) names an aligned u32 inside it. The region is only
+        // ever accessed atomically or volatilely, never through a `&`/`&mut`
+        // to plain data, and it outlives `&self`.
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast::<u32>()) }
     }
 
-    /// Pointer to the slot of free-running index `idx`.
-    fn slot(&self, idx: RingIdx) -> *mut u8 {
+    /// Pointer to the slot of free-running index `idx`. `entry` is
+    /// `self.entry_size`, passed as the callers' constant so that the
+    /// offset is a shift for power-of-two entries.
+    #[inline(always)]
+    fn slot(&self, idx: RingIdx, entry: usize) -> *mut u8 {
+        debug_assert_eq!(entry, self.entry_size);
         let i = (idx & (self.nr_ents - 1)) as usize;
         // SAFETY: `i < nr_ents` and `ring_entries` made
         // `SRING_HEADER_SIZE + nr_ents * entry_size <= ring_len`, so the
-        // offset stays inside the region.
-        unsafe {
-            self.mem
-                .ring_ptr()
-                .as_ptr()
-                .add(SRING_HEADER_SIZE + i * self.entry_size)
-        }
+        // offset stays inside the region that starts at `base`.
+        unsafe { self.base.as_ptr().add(SRING_HEADER_SIZE + i * entry) }
     }
 
     /// `RING_PUSH_*_AND_CHECK_NOTIFY`: publishes our producer index at
     /// `prod` (from `old` to `new`) and says whether the peer's event index
     /// at `event` asks for a notification.
-    #[inline]
+    #[inline(always)]
     fn push(&self, prod: usize, event: usize, old: RingIdx, new: RingIdx) -> bool {
         if old == new {
             return false;
@@ -364,16 +484,20 @@ impl<M: RingMemory> RingCore<M> {
 
     /// Demotes the cache lines of the slots `from..to` just published (see
     /// [`demote_line`]), at most [`MAX_DEMOTED_LINES`] of them.
-    #[inline]
+    #[inline(always)]
     fn demote_slots(&self, from: RingIdx, to: RingIdx) {
-        if !self.demote {
-            return;
+        if self.demote {
+            self.demote_slots_now(from, to);
         }
+    }
+
+    #[inline(never)]
+    fn demote_slots_now(&self, from: RingIdx, to: RingIdx) {
         let mut left = MAX_DEMOTED_LINES;
         let mut idx = from;
         let mut last_line = usize::MAX;
         while idx != to && left > 0 {
-            let start = self.slot(idx) as usize;
+            let start = self.slot(idx, self.entry_size) as usize;
             let mut line = start & !(CACHE_LINE - 1);
             while line < start + self.entry_size && left > 0 {
                 if line != last_line {
@@ -397,9 +521,16 @@ impl<M: RingMemory> RingCore<M> {
     /// `unit` is [`slot_unit`] of this ring's entry size, a constant of the
     /// caller's types.
     #[inline(always)]
-    fn write_slot<T: IntoBytes + Immutable>(&self, idx: RingIdx, value: T, unit: usize) {
+    fn write_slot<T: IntoBytes + Immutable>(
+        &self,
+        idx: RingIdx,
+        value: &T,
+        entry: usize,
+        unit: usize,
+    ) {
         debug_assert_eq!(unit, slot_unit(self.entry_size));
-        let dst = self.slot(idx);
+        debug_assert!(size_of::<T>() <= entry);
+        let dst = self.slot(idx, entry);
         let src = value.as_bytes();
         copy_in_units!(unit, src.len(), |off, t| {
             let mut w = [0u8; size_of::<t>()];
@@ -417,9 +548,10 @@ impl<M: RingMemory> RingCore<M> {
     /// Copies a peer slot out, in volatile loads of the widest unit the
     /// slot's alignment allows; the shared slot is not read again.
     #[inline(always)]
-    fn read_slot<T: FromBytes>(&self, idx: RingIdx, unit: usize) -> T {
+    fn read_slot<T: FromBytes>(&self, idx: RingIdx, entry: usize, unit: usize) -> T {
         debug_assert_eq!(unit, slot_unit(self.entry_size));
-        let src = self.slot(idx);
+        debug_assert!(size_of::<T>() <= entry);
+        let src = self.slot(idx, entry);
         let mut out = T::new_zeroed();
         let dst = (&mut out as *mut T).cast::<u8>();
         let len = size_of::<T>();
@@ -440,7 +572,7 @@ impl<M: RingMemory> RingCore<M> {
 
     /// SHARED_RING_INIT with every index at `idx` (0 for a fresh ring).
     fn init_shared(&self, idx: RingIdx) {
-        let base = self.mem.ring_ptr().as_ptr();
+        let base = self.base.as_ptr();
         // Zero the private union and padding (bytes 16..64).
         for off in 16..SRING_HEADER_SIZE {
             // SAFETY: `off < 64 <= ring_len`; a volatile byte write to
@@ -494,8 +626,10 @@ where
     Rsp: FromBytes,
     M: RingMemory,
 {
+    /// Entry size of this ring (see [`entry_size`]).
+    const ENTRY: usize = entry_size::<Req, Rsp>();
     /// Copy unit of this ring's slots (see [`slot_unit`]).
-    const UNIT: usize = slot_unit(entry_size::<Req, Rsp>());
+    const UNIT: usize = slot_unit(Self::ENTRY);
 
     /// Initialises the shared header (`SHARED_RING_INIT`) and attaches
     /// (`FRONT_RING_INIT`).
@@ -557,11 +691,18 @@ where
     }
 
     /// Whether a push demotes the published slots' cache lines to the
-    /// cache shared between cores (x86 CLDEMOTE; default on). Demoting
-    /// saves the peer a cross-core fetch when it runs on another core; turn
-    /// it off when both ends share one core.
+    /// cache shared between cores (x86 CLDEMOTE; on by default where the
+    /// processor has it, see [`cache_demote_supported`]). Demoting saves
+    /// the peer a cross-core fetch when it runs on another core; turn it
+    /// off when both ends share one core. Asking for it on a processor
+    /// without CLDEMOTE leaves it off.
     pub fn set_cache_demote(&mut self, on: bool) {
-        self.core.demote = on;
+        self.core.demote = on && cache_demote_supported();
+    }
+
+    /// Whether pushes demote the published slots' cache lines.
+    pub fn cache_demote(&self) -> bool {
+        self.core.demote
     }
 
     /// The peer fault that broke the ring, if any.
@@ -589,21 +730,65 @@ where
 
     /// Writes `req` into the next free slot in place and returns its ring
     /// index. Not visible to the back until [`Self::push_requests`].
-    #[inline]
+    #[inline(always)]
     pub fn put_request(&mut self, req: Req) -> Result<RingIdx, RingError> {
+        self.put_request_as(&req)
+    }
+
+    /// Writes `value` into the next free request slot in place, as the
+    /// protocol's other shape of a request slot (netif's
+    /// `netif_extra_info` after a `netif_tx_request`, blkif's discard or
+    /// indirect request), and returns its ring index. Bytes of the slot
+    /// beyond `size_of::<T>()` keep what they held. Not visible to the back
+    /// until [`Self::push_requests`].
+    ///
+    /// `T` must be no larger than `Req`; a larger type fails to compile:
+    ///
+    /// ```compile_fail
+    /// # use grant_tables::{FrontRing, RawRingMemory};
+    /// fn put(ring: &mut FrontRing<[u8; 12], [u8; 4], RawRingMemory>) {
+    ///     let _ = ring.put_request_as(&[0u64; 2]); // 16 bytes > 12
+    /// }
+    /// # let mut mem = vec![0u8; 8192];
+    /// # let p = (mem.as_mut_ptr() as usize + 4095) & !4095;
+    /// # let raw = unsafe { RawRingMemory::new(core::ptr::NonNull::new(p as *mut u8).unwrap(), 4096) };
+    /// # put(&mut FrontRing::init(raw).unwrap());
+    /// ```
+    ///
+    /// ```
+    /// # use grant_tables::{FrontRing, RawRingMemory};
+    /// fn put(ring: &mut FrontRing<[u8; 12], [u8; 4], RawRingMemory>) {
+    ///     let _ = ring.put_request_as(&[0u32; 2]); // 8 bytes <= 12
+    /// }
+    /// # let mut mem = vec![0u8; 8192];
+    /// # let p = (mem.as_mut_ptr() as usize + 4095) & !4095;
+    /// # let raw = unsafe { RawRingMemory::new(core::ptr::NonNull::new(p as *mut u8).unwrap(), 4096) };
+    /// # put(&mut FrontRing::init(raw).unwrap());
+    /// ```
+    #[inline(always)]
+    pub fn put_request_as<T: IntoBytes + Immutable>(
+        &mut self,
+        value: &T,
+    ) -> Result<RingIdx, RingError> {
+        const {
+            assert!(
+                size_of::<T>() <= size_of::<Req>(),
+                "put_request_as: the type is larger than the ring's request type"
+            )
+        };
         self.check_broken()?;
         if self.is_full() {
             return Err(RingError::Full);
         }
         let idx = self.req_prod_pvt;
-        self.core.write_slot(idx, req, Self::UNIT);
+        self.core.write_slot(idx, value, Self::ENTRY, Self::UNIT);
         self.req_prod_pvt = idx.wrapping_add(1);
         Ok(idx)
     }
 
     /// Publishes the requests put so far and says whether the back asked to
     /// be notified (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`).
-    #[inline]
+    #[inline(always)]
     pub fn push_requests(&mut self) -> bool {
         let (old, new) = (self.req_prod_pub, self.req_prod_pvt);
         self.req_prod_pub = new;
@@ -612,9 +797,15 @@ where
 
     /// Reads the back's `rsp_prod` once, validates it, and returns how many
     /// responses are waiting.
-    #[inline]
+    #[inline(always)]
     pub fn unconsumed_responses(&mut self) -> Result<u32, RingError> {
         self.check_broken()?;
+        self.read_rsp_prod()
+    }
+
+    /// [`Self::unconsumed_responses`] on a ring known not to be broken.
+    #[inline(always)]
+    fn read_rsp_prod(&mut self) -> Result<u32, RingError> {
         // Acquire: slot reads after this see what the back wrote before
         // publishing rsp_prod (xen_rmb).
         let rsp_prod = self.core.index(RSP_PROD).load(Ordering::Acquire);
@@ -636,13 +827,31 @@ where
 
     /// Copies out the next response, if any. Reads the back's producer index
     /// only when the last validated snapshot is used up.
-    #[inline]
+    #[inline(always)]
     pub fn take_response(&mut self) -> Result<Option<Rsp>, RingError> {
+        self.take_response_as::<Rsp>()
+    }
+
+    /// Consumes the next response slot, if any, copying out its first
+    /// `size_of::<T>()` bytes once as a `T`: a response slot of another
+    /// shape than `Rsp`. The copy is the caller's to validate; the shared
+    /// slot is not read again. `T` must be no larger than `Rsp` (checked
+    /// when compiled).
+    #[inline(always)]
+    pub fn take_response_as<T: FromBytes>(&mut self) -> Result<Option<T>, RingError> {
+        const {
+            assert!(
+                size_of::<T>() <= size_of::<Rsp>(),
+                "take_response_as: the type is larger than the ring's response type"
+            )
+        };
         self.check_broken()?;
-        if self.rsp_cons == self.rsp_prod_seen && self.unconsumed_responses()? == 0 {
+        if self.rsp_cons == self.rsp_prod_seen && self.read_rsp_prod()? == 0 {
             return Ok(None);
         }
-        let rsp = self.core.read_slot::<Rsp>(self.rsp_cons, Self::UNIT);
+        let rsp = self
+            .core
+            .read_slot::<T>(self.rsp_cons, Self::ENTRY, Self::UNIT);
         self.rsp_cons = self.rsp_cons.wrapping_add(1);
         Ok(Some(rsp))
     }
@@ -661,7 +870,7 @@ where
         // Full fence: the back sees our rsp_event before we re-read rsp_prod
         // (xen_mb), pairing with the fence in its push.
         fence(Ordering::SeqCst);
-        Ok(self.unconsumed_responses()? > 0)
+        Ok(self.read_rsp_prod()? > 0)
     }
 }
 
@@ -684,8 +893,10 @@ where
     Rsp: IntoBytes + Immutable,
     M: RingMemory,
 {
+    /// Entry size of this ring (see [`entry_size`]).
+    const ENTRY: usize = entry_size::<Req, Rsp>();
     /// Copy unit of this ring's slots (see [`slot_unit`]).
-    const UNIT: usize = slot_unit(entry_size::<Req, Rsp>());
+    const UNIT: usize = slot_unit(Self::ENTRY);
 
     /// Attaches to a ring the front initialised (`BACK_RING_INIT`).
     pub fn new(mem: M) -> Result<Self, RingError> {
@@ -722,11 +933,18 @@ where
     }
 
     /// Whether a push demotes the published slots' cache lines to the
-    /// cache shared between cores (x86 CLDEMOTE; default on). Demoting
-    /// saves the peer a cross-core fetch when it runs on another core; turn
-    /// it off when both ends share one core.
+    /// cache shared between cores (x86 CLDEMOTE; on by default where the
+    /// processor has it, see [`cache_demote_supported`]). Demoting saves
+    /// the peer a cross-core fetch when it runs on another core; turn it
+    /// off when both ends share one core. Asking for it on a processor
+    /// without CLDEMOTE leaves it off.
     pub fn set_cache_demote(&mut self, on: bool) {
-        self.core.demote = on;
+        self.core.demote = on && cache_demote_supported();
+    }
+
+    /// Whether pushes demote the published slots' cache lines.
+    pub fn cache_demote(&self) -> bool {
+        self.core.demote
     }
 
     /// The peer fault that broke the ring, if any.
@@ -754,9 +972,15 @@ where
 
     /// Reads the front's `req_prod` once, validates it, and returns how many
     /// requests are waiting.
-    #[inline]
+    #[inline(always)]
     pub fn unconsumed_requests(&mut self) -> Result<u32, RingError> {
         self.check_broken()?;
+        self.read_req_prod()
+    }
+
+    /// [`Self::unconsumed_requests`] on a ring known not to be broken.
+    #[inline(always)]
+    fn read_req_prod(&mut self) -> Result<u32, RingError> {
         // Acquire: slot reads after this see what the front wrote before
         // publishing req_prod (xen_rmb).
         let req_prod = self.core.index(REQ_PROD).load(Ordering::Acquire);
@@ -779,13 +1003,43 @@ where
     }
 
     /// Copies out the next request, if any.
-    #[inline]
+    #[inline(always)]
     pub fn take_request(&mut self) -> Result<Option<Req>, RingError> {
+        self.take_request_as::<Req>()
+    }
+
+    /// Consumes the next request slot, if any, copying out its first
+    /// `size_of::<T>()` bytes once as a `T`: a request slot of another shape
+    /// than `Req` (netif's `netif_extra_info` after a `netif_tx_request`
+    /// that announced it). The copy is the caller's to validate; the shared
+    /// slot is not read again. `T` must be no larger than `Req` (checked
+    /// when compiled):
+    ///
+    /// ```compile_fail
+    /// # use grant_tables::{BackRing, RawRingMemory};
+    /// fn take(ring: &mut BackRing<[u8; 12], [u8; 4], RawRingMemory>) {
+    ///     let _ = ring.take_request_as::<[u8; 13]>(); // 13 bytes > 12
+    /// }
+    /// # let mut mem = vec![0u8; 8192];
+    /// # let p = (mem.as_mut_ptr() as usize + 4095) & !4095;
+    /// # let raw = unsafe { RawRingMemory::new(core::ptr::NonNull::new(p as *mut u8).unwrap(), 4096) };
+    /// # take(&mut BackRing::new(raw).unwrap());
+    /// ```
+    #[inline(always)]
+    pub fn take_request_as<T: FromBytes>(&mut self) -> Result<Option<T>, RingError> {
+        const {
+            assert!(
+                size_of::<T>() <= size_of::<Req>(),
+                "take_request_as: the type is larger than the ring's request type"
+            )
+        };
         self.check_broken()?;
-        if self.req_cons == self.req_prod_seen && self.unconsumed_requests()? == 0 {
+        if self.req_cons == self.req_prod_seen && self.read_req_prod()? == 0 {
             return Ok(None);
         }
-        let req = self.core.read_slot::<Req>(self.req_cons, Self::UNIT);
+        let req = self
+            .core
+            .read_slot::<T>(self.req_cons, Self::ENTRY, Self::UNIT);
         self.req_cons = self.req_cons.wrapping_add(1);
         Ok(Some(req))
     }
@@ -793,21 +1047,41 @@ where
     /// Writes `rsp` in place into the slot of the oldest unanswered request
     /// and returns its ring index. Not visible until
     /// [`Self::push_responses`].
-    #[inline]
+    #[inline(always)]
     pub fn put_response(&mut self, rsp: Rsp) -> Result<RingIdx, RingError> {
+        self.put_response_as(&rsp)
+    }
+
+    /// Writes `value` in place into the slot of the oldest unanswered
+    /// request, as another shape of a response slot than `Rsp`, and returns
+    /// its ring index. Bytes of the slot beyond `size_of::<T>()` keep what
+    /// they held (the answered request's bytes, which the front wrote). Not
+    /// visible until [`Self::push_responses`]. `T` must be no larger than
+    /// `Rsp` (checked when compiled).
+    #[inline(always)]
+    pub fn put_response_as<T: IntoBytes + Immutable>(
+        &mut self,
+        value: &T,
+    ) -> Result<RingIdx, RingError> {
+        const {
+            assert!(
+                size_of::<T>() <= size_of::<Rsp>(),
+                "put_response_as: the type is larger than the ring's response type"
+            )
+        };
         self.check_broken()?;
         if self.rsp_prod_pvt == self.req_cons {
             return Err(RingError::NoRequestToAnswer);
         }
         let idx = self.rsp_prod_pvt;
-        self.core.write_slot(idx, rsp, Self::UNIT);
+        self.core.write_slot(idx, value, Self::ENTRY, Self::UNIT);
         self.rsp_prod_pvt = idx.wrapping_add(1);
         Ok(idx)
     }
 
     /// Publishes the responses put so far and says whether the front asked
     /// to be notified (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`).
-    #[inline]
+    #[inline(always)]
     pub fn push_responses(&mut self) -> bool {
         let (old, new) = (self.rsp_prod_pub, self.rsp_prod_pvt);
         self.rsp_prod_pub = new;
@@ -828,6 +1102,6 @@ where
         // Full fence: the front sees our req_event before we re-read
         // req_prod (xen_mb), pairing with the fence in its push.
         fence(Ordering::SeqCst);
-        Ok(self.unconsumed_requests()? > 0)
+        Ok(self.read_req_prod()? > 0)
     }
 }

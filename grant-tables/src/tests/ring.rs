@@ -366,11 +366,19 @@ where
     for k in 0..ROUNDS {
         front.put_request(make_req(k)).unwrap();
         front.push_requests();
-        check(k as usize + 1, size_of::<Q>().max(size_of::<R>()), "request");
+        check(
+            k as usize + 1,
+            size_of::<Q>().max(size_of::<R>()),
+            "request",
+        );
         assert_eq!(back.take_request().unwrap(), Some(make_req(k)));
         back.put_response(make_rsp(k)).unwrap();
         back.push_responses();
-        check(k as usize + 1, size_of::<Q>().max(size_of::<R>()), "response");
+        check(
+            k as usize + 1,
+            size_of::<Q>().max(size_of::<R>()),
+            "response",
+        );
         assert_eq!(front.take_response().unwrap(), Some(make_rsp(k)));
     }
     assert_eq!(front.rsp_cons(), start.wrapping_add(u32::from(ROUNDS)));
@@ -378,7 +386,11 @@ where
 
 #[test]
 fn slot_copies_of_every_unit_and_tail() {
-    let b = |k: u8, n: usize| k.wrapping_mul(101).wrapping_add((n as u8).wrapping_mul(37)).wrapping_add(11);
+    let b = |k: u8, n: usize| {
+        k.wrapping_mul(101)
+            .wrapping_add((n as u8).wrapping_mul(37))
+            .wrapping_add(11)
+    };
     // Entry 16 (8-byte unit), 13-byte request: 8 + 4 + 1.
     exchange_shape(
         |k| core::array::from_fn::<u8, 13, _>(|i| b(k, i)),
