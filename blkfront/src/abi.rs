@@ -122,7 +122,9 @@ impl DiskInfo {
 
 /// One segment: a granted page and the 512-byte sectors of it to transfer
 /// (`struct blkif_request_segment`). Also the entry of an indirect page.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct BlkifRequestSegment {
     /// Grant reference of the data page.

@@ -36,8 +36,8 @@ use core::fmt;
 use grant_tables::abi::GrantRefNum;
 
 use crate::abi::{
-    ring_size, DiskInfo, BLKIF_MAX_SEGMENTS_PER_REQUEST, MAX_INDIRECT_SEGMENTS_WIRE,
-    SECTOR_SHIFT, SECTOR_SIZE, SEGMENTS_PER_INDIRECT_PAGE,
+    ring_size, DiskInfo, BLKIF_MAX_SEGMENTS_PER_REQUEST, MAX_INDIRECT_SEGMENTS_WIRE, SECTOR_SHIFT,
+    SECTOR_SIZE, SEGMENTS_PER_INDIRECT_PAGE,
 };
 
 /// The largest ring this crate builds: 2^4 = 16 pages (blkback's default maximum).
@@ -535,7 +535,9 @@ impl DiscardFeature {
             return None;
         }
         let start = sector.checked_mul(u64::from(SECTOR_SIZE))?;
-        let end = sector.checked_add(sectors)?.checked_mul(u64::from(SECTOR_SIZE))?;
+        let end = sector
+            .checked_add(sectors)?
+            .checked_mul(u64::from(SECTOR_SIZE))?;
         // Extents begin at a + k * g: round start up and end down to one.
         let first = if start <= a {
             a

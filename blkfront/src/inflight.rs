@@ -88,9 +88,11 @@ impl fmt::Display for ResponseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "blkfront: the backend sent a bad response (")?;
         match self {
-            ResponseError::IdOutOfRange { id, capacity } => {
-                write!(f, "id {id}, but ids run from 0 to {}", capacity.saturating_sub(1))?
-            }
+            ResponseError::IdOutOfRange { id, capacity } => write!(
+                f,
+                "id {id}, but ids run from 0 to {}",
+                capacity.saturating_sub(1)
+            )?,
             ResponseError::NotInFlight { id } => {
                 write!(f, "id {id}, which names no request in flight")?
             }
@@ -317,7 +319,11 @@ impl InFlight {
         let needed = plan.parts().len();
         if needed > self.capacity() {
             let capacity = self.capacity();
-            return reject(io, indirect_grefs, SubmitError::TooLarge { needed, capacity });
+            return reject(
+                io,
+                indirect_grefs,
+                SubmitError::TooLarge { needed, capacity },
+            );
         }
         if needed > self.free_ids.len() || self.free_ios.is_empty() {
             let free = self.free_ids.len();

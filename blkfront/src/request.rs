@@ -603,7 +603,11 @@ impl IndirectPage {
     pub fn write_to(&self, page: &mut [u8]) -> Result<(), PageTooSmall> {
         let len = page.len();
         let page = page.get_mut(..PAGE_SIZE).ok_or(PageTooSmall { len })?;
-        let bytes = self.segments.as_bytes().iter().chain(core::iter::repeat(&0));
+        let bytes = self
+            .segments
+            .as_bytes()
+            .iter()
+            .chain(core::iter::repeat(&0));
         for (d, s) in page.iter_mut().zip(bytes) {
             *d = *s;
         }
