@@ -25,8 +25,8 @@
 //!
 //! When the backend goes away, [`InFlight::drain`] hands back every
 //! unfinished I/O whole, in submission order, to be submitted again on the
-//! next connection, where it is split anew for that connection's maximum
-//! segments. A write re-issued whole writes the same data to the same
+//! next connection (to a new `InFlight` sized for that connection's ring),
+//! where it is split anew for that connection's maximum segments. A write re-issued whole writes the same data to the same
 //! sectors, so parts that had completed are rewritten identically: the
 //! effect is neither lost nor doubled.
 
