@@ -364,14 +364,17 @@ impl Policy for ApexPolicy {
 
         let bound = self.work_bound(now);
         let idle = in_flight == 0;
-        let fits = |work: u64, taken: usize| match bound {
+        // The bound holds back best-effort work only: real-time requests
+        // are already in deadline order among themselves.
+        let fits = |r: usize, work: u64, taken: usize| match bound {
+            _ if r == 0 => true,
             None => true,
             Some(b) => on_ring.saturating_add(work) < b || (idle && taken == 0),
         };
 
         // Reservation pass, in class order, paid with tokens.
         for r in 0..3 {
-            while out.len() < room && fits(work, out.len()) {
+            while out.len() < room && fits(r, work, out.len()) {
                 let Some((qid, c)) = self.first_covered(core, r) else {
                     break;
                 };
@@ -384,7 +387,7 @@ impl Policy for ApexPolicy {
 
         // Work-conserving pass: interactive, real-time early, background.
         for r in [1, 0, 2] {
-            while out.len() < room && fits(work, out.len()) {
+            while out.len() < room && fits(r, work, out.len()) {
                 let Some(&(_, _, qid)) = self.heads[r].first() else {
                     break;
                 };

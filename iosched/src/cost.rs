@@ -8,19 +8,24 @@
 //! depths and admission control are all in these units.
 //!
 //! # Calibration
-//! Every completion gives one sample: the time the device spent on that
-//! request, measured as the time since the later of its dispatch and the
-//! previous completion. While the device is busy this is the interval
-//! between two completions, which is the amortized cost; after an idle spell
-//! it is the request's full latency, which over-estimates the cost (the model
-//! errs on the safe side when the device is lightly loaded). Over a busy
-//! period the samples add up to exactly the busy time, so the model's total
-//! is right even where single samples are noisy.
+//! Every completion gives one sample: the device time the request used. The
+//! device serves several requests at once, so wall time is shared out
+//! equally among the requests in flight, as in processor sharing: a virtual
+//! clock advances by `dt / n` while `n` requests are in flight, and a
+//! request's sample is the virtual time that passed while it was in flight.
+//! On a device that serves `k` at once and is kept full, a request of
+//! service time `s` so collects `s / k`, its share; a request that
+//! completes quickly beside long ones is not charged for them. The samples
+//! of a busy period add up to exactly its length. Time with nothing in
+//! flight is charged to no one. A device that is not kept full looks slower
+//! than it is (its time is shared by fewer requests), so the model errs on
+//! the safe side when the load is light.
 //!
 //! Each operation has its own least-squares line `cost = a + b * bytes`,
-//! fitted over exponentially decaying sums (a window of about 128 samples),
-//! in 128-bit integers: no floating point, deterministic, no overflow for
-//! sizes up to 4 GiB and samples up to 1 s. It is robust to outliers: after
+//! fitted over exponentially weighted means, variance and covariance (a
+//! window of about 128 samples, plain means before that), in 128-bit fixed
+//! point: no floating point, deterministic, no overflow for sizes up to
+//! 4 GiB and samples up to 1 s. It is robust to outliers: after
 //! a short warm-up a sample is clamped to between an eighth and eight times
 //! the current prediction, so one stalled request cannot throw the model off
 //! while a real change of device speed still moves it within a few dozen
@@ -40,8 +45,10 @@ use crate::{Nanos, Op};
 const FRAC: u32 = 16;
 /// Decay per sample: sums lose 1/2^DECAY_SHIFT of their weight.
 const DECAY_SHIFT: u32 = 7;
-/// Weight of a new sample.
-const WEIGHT: i128 = 1 << 8;
+/// Samples in the exponential window.
+const WINDOW: i128 = 1 << DECAY_SHIFT;
+/// Fixed-point bits of the means.
+const SCALE: u32 = 16;
 /// Samples before outliers are clamped.
 const WARMUP: u64 = 8;
 /// Outlier clamp: a sample is held within [pred / CLAMP, pred * CLAMP].
@@ -55,6 +62,11 @@ const MAX_PER_BYTE_FX: u64 = 1000 << FRAC;
 /// Smallest spread of sizes (standard deviation, bytes) that lets the slope
 /// be fitted.
 const MIN_SIZE_SPREAD: i128 = 64;
+/// The variance of the sizes must exceed their mean square over
+/// 2^REL_SPREAD_SHIFT for the slope to be fitted.
+const REL_SPREAD_SHIFT: u32 = 12;
+/// Fixed-point bits of the virtual clock.
+const VT_FRAC: u32 = 32;
 /// Nanoseconds per second.
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -90,13 +102,15 @@ impl CostPrior {
     }
 }
 
+/// A least-squares line kept as exponentially weighted means, variance and
+/// covariance (Welford's updates: no cancellation, so equal sizes give a
+/// variance of exactly zero). Means are scaled by 2^SCALE.
 #[derive(Clone, Debug)]
 struct Fit {
-    s0: i128,
-    sx: i128,
-    sy: i128,
-    sxx: i128,
-    sxy: i128,
+    mx: i128,
+    my: i128,
+    vxx: i128,
+    cxy: i128,
     n: u64,
     a: u64,
     b_fx: u64,
@@ -106,11 +120,10 @@ impl Fit {
     fn new(base_ns: u64, ps_per_byte: u64) -> Self {
         let b_fx = (((ps_per_byte as u128) << FRAC) + 500) / 1000;
         Self {
-            s0: 0,
-            sx: 0,
-            sy: 0,
-            sxx: 0,
-            sxy: 0,
+            mx: 0,
+            my: 0,
+            vxx: 0,
+            cxy: 0,
             n: 0,
             a: base_ns.min(MAX_BASE_NS),
             b_fx: b_fx.min(MAX_PER_BYTE_FX as u128) as u64,
@@ -130,40 +143,33 @@ impl Fit {
             let p = self.predict(x);
             y = y.clamp(p / CLAMP, p.saturating_mul(CLAMP).min(MAX_SAMPLE_NS));
         }
-        let (xi, yi) = (x as i128, y as i128);
-        for s in [
-            &mut self.s0,
-            &mut self.sx,
-            &mut self.sy,
-            &mut self.sxx,
-            &mut self.sxy,
-        ] {
-            *s -= *s >> DECAY_SHIFT;
-        }
-        self.s0 += WEIGHT;
-        self.sx += WEIGHT * xi;
-        self.sy += WEIGHT * yi;
-        self.sxx += WEIGHT * xi * xi;
-        self.sxy += WEIGHT * xi * yi;
+        // Weight of the new sample: 1/(n+1) at first (plain means), then a
+        // constant 1/WINDOW (exponential decay).
+        let d = (self.n as i128 + 1).min(WINDOW);
+        let dx = ((x as i128) << SCALE) - self.mx;
+        let dy = ((y as i128) << SCALE) - self.my;
+        self.mx += dx / d;
+        self.my += dy / d;
+        let (xx, xy) = (dx * dx, dx * dy);
+        self.vxx += xx / d - xx / (d * d) - self.vxx / d;
+        self.cxy += xy / d - xy / (d * d) - self.cxy / d;
         self.n = self.n.saturating_add(1);
         self.solve();
     }
 
     fn solve(&mut self) {
-        if self.s0 <= 0 {
-            return;
-        }
-        let denom = self.s0 * self.sxx - self.sx * self.sx;
-        if denom > self.s0 * self.s0 * MIN_SIZE_SPREAD * MIN_SIZE_SPREAD {
-            let num = self.s0 * self.sxy - self.sx * self.sy;
-            let b = if num <= 0 {
+        // The slope needs sizes that differ: a spread of at least
+        // MIN_SIZE_SPREAD bytes and of 1/64 of the sizes themselves.
+        let min_var = (MIN_SIZE_SPREAD << SCALE) * (MIN_SIZE_SPREAD << SCALE);
+        if self.vxx > min_var && (self.vxx << REL_SPREAD_SHIFT) > self.mx * self.mx {
+            let b = if self.cxy <= 0 {
                 0
             } else {
-                ((num << FRAC) / denom).min(MAX_PER_BYTE_FX as i128)
+                ((self.cxy << FRAC) / self.vxx).min(MAX_PER_BYTE_FX as i128)
             };
             self.b_fx = b as u64;
         }
-        let a = (self.sy - ((self.b_fx as i128 * self.sx) >> FRAC)) / self.s0;
+        let a = (self.my - ((self.b_fx as i128 * self.mx) >> FRAC)) >> SCALE;
         self.a = a.clamp(0, MAX_BASE_NS as i128) as u64;
     }
 }
@@ -172,7 +178,9 @@ impl Fit {
 #[derive(Clone, Debug)]
 pub struct CostModel {
     fits: [Fit; 4],
-    last_completion: Option<Nanos>,
+    /// Virtual time, 2^-VT_FRAC ns of wall time per unit of cost.
+    virtual_time: u128,
+    clock_last: Nanos,
     cap_units: u128,
     cap_time: u128,
     samples: u64,
@@ -183,7 +191,8 @@ impl CostModel {
     pub fn new(prior: CostPrior) -> Self {
         Self {
             fits: core::array::from_fn(|i| Fit::new(prior.base_ns[i], prior.ps_per_byte[i])),
-            last_completion: None,
+            virtual_time: 0,
+            clock_last: 0,
             cap_units: 0,
             cap_time: 0,
             samples: 0,
@@ -223,22 +232,41 @@ impl CostModel {
         (cap.clamp((NS_PER_SEC / 64) as u128, NS_PER_SEC as u128 * 64)) as u64
     }
 
-    /// Feeds one completion: `op` of `bytes` dispatched at `dispatched`,
-    /// completed at `now`.
-    pub fn observe(&mut self, op: Op, bytes: u64, dispatched: Nanos, now: Nanos) {
-        let start = match self.last_completion {
-            Some(last) => last.max(dispatched),
-            None => dispatched,
-        };
-        let sample = now.saturating_sub(start);
-        self.last_completion = Some(self.last_completion.map_or(now, |l| l.max(now)));
+    /// Feeds one sample directly: a request of `op` and `bytes` used
+    /// `device_ns` of device time (for callers that measure it themselves).
+    pub fn observe_sample(&mut self, op: Op, bytes: u64, device_ns: u64) {
         let predicted = self.estimate(op, bytes);
-        self.fits[op.index()].observe(bytes, sample);
+        self.fits[op.index()].observe(bytes, device_ns);
         self.samples = self.samples.saturating_add(1);
         self.cap_units -= self.cap_units >> DECAY_SHIFT;
         self.cap_time -= self.cap_time >> DECAY_SHIFT;
         self.cap_units += predicted as u128;
-        self.cap_time += sample.min(MAX_SAMPLE_NS) as u128;
+        self.cap_time += device_ns.min(MAX_SAMPLE_NS) as u128;
+    }
+
+    /// Advances the virtual clock to `now`; `in_flight` is the number of
+    /// requests in flight since the last tick. Call before every change of
+    /// `in_flight`.
+    pub(crate) fn tick(&mut self, now: Nanos, in_flight: usize) {
+        if now > self.clock_last && in_flight > 0 {
+            let dt = (now - self.clock_last) as u128;
+            self.virtual_time = self
+                .virtual_time
+                .wrapping_add((dt << VT_FRAC) / in_flight as u128);
+        }
+        self.clock_last = self.clock_last.max(now);
+    }
+
+    /// The virtual clock, to stamp a dispatched request with.
+    pub(crate) fn stamp(&self) -> u128 {
+        self.virtual_time
+    }
+
+    /// Feeds the completion of a request dispatched at virtual time `stamp`
+    /// (call [`CostModel::tick`] first).
+    pub(crate) fn complete(&mut self, op: Op, bytes: u64, stamp: u128) {
+        let sample = self.virtual_time.wrapping_sub(stamp) >> VT_FRAC;
+        self.observe_sample(op, bytes, sample.min(u64::MAX as u128) as u64);
     }
 }
 
@@ -257,17 +285,13 @@ mod tests {
     }
 
     #[test]
-    fn fits_a_line_from_completions() {
-        // True device: 20 µs + 2 ns/byte, served one at a time.
+    fn fits_a_line_from_samples() {
+        // True device: 20 µs + 2 ns/byte.
         let mut m = CostModel::new(CostPrior::uniform(100_000, 100));
-        let mut now = 0u64;
         let sizes = [4096u64, 65536, 16384, 262144, 8192, 131072];
         for i in 0..600 {
             let size = sizes[i % sizes.len()];
-            let service = 20_000 + 2 * size;
-            let dispatched = now;
-            now += service;
-            m.observe(Op::Read, size, dispatched, now);
+            m.observe_sample(Op::Read, size, 20_000 + 2 * size);
         }
         let (a, ps) = m.line(Op::Read);
         assert!(a.abs_diff(20_000) < 500, "a = {a}");
@@ -279,15 +303,24 @@ mod tests {
     }
 
     #[test]
+    fn equal_sizes_keep_the_slope() {
+        let mut m = CostModel::new(CostPrior::uniform(10_000, 500));
+        for _ in 0..1000 {
+            m.observe_sample(Op::Write, 1 << 20, 600_000);
+        }
+        let (a, ps) = m.line(Op::Write);
+        assert_eq!(ps, 500, "slope moved without a spread of sizes");
+        assert!(m.estimate(Op::Write, 1 << 20).abs_diff(600_000) < 5_000, "a = {a}");
+    }
+
+    #[test]
     fn outliers_are_clamped() {
         let mut m = CostModel::new(CostPrior::uniform(10_000, 0));
-        let mut now = 0;
         for _ in 0..100 {
-            m.observe(Op::Write, 4096, now, now + 10_000);
-            now += 10_000;
+            m.observe_sample(Op::Write, 4096, 10_000);
         }
         // One request stalls for a second.
-        m.observe(Op::Write, 4096, now, now + 1_000_000_000);
+        m.observe_sample(Op::Write, 4096, 1_000_000_000);
         let est = m.estimate(Op::Write, 4096);
         assert!(est < 20_000, "one outlier moved the estimate to {est}");
     }
@@ -295,25 +328,56 @@ mod tests {
     #[test]
     fn follows_a_slower_device() {
         let mut m = CostModel::new(CostPrior::uniform(10_000, 0));
-        let mut now = 0;
         for _ in 0..2000 {
-            m.observe(Op::Read, 4096, now, now + 100_000);
-            now += 100_000;
+            m.observe_sample(Op::Read, 4096, 100_000);
         }
         let est = m.estimate(Op::Read, 4096);
         assert!(est.abs_diff(100_000) < 2_000, "estimate {est}");
     }
 
+    /// Drives the virtual clock like the scheduler does: a device with
+    /// `servers` parallel servers, always full, serving `pattern` in turn.
+    fn run_device(m: &mut CostModel, servers: usize, pattern: &[(Op, u64, u64)], n: usize) {
+        // (finish time, op, bytes, stamp)
+        let mut running: alloc::vec::Vec<(u64, Op, u64, u128)> = alloc::vec::Vec::new();
+        let mut now = 0u64;
+        let mut next = 0usize;
+        for _ in 0..n {
+            while running.len() < servers {
+                let (op, bytes, service) = pattern[next % pattern.len()];
+                next += 1;
+                m.tick(now, running.len());
+                running.push((now + service, op, bytes, m.stamp()));
+            }
+            running.sort_by_key(|r| r.0);
+            let (t, op, bytes, stamp) = running.remove(0);
+            now = t;
+            m.tick(now, running.len() + 1);
+            m.complete(op, bytes, stamp);
+        }
+    }
+
     #[test]
     fn concurrent_device_costs_amortized_time() {
-        // Four servers, each 400 µs per request: completions every 100 µs.
+        // Four servers, each 400 µs per request: 100 µs of the device each.
         let mut m = CostModel::new(CostPrior::uniform(400_000, 0));
-        for i in 0..1000u64 {
-            let dispatched = i * 100_000;
-            m.observe(Op::Read, 4096, dispatched, dispatched + 400_000);
-        }
+        run_device(&mut m, 4, &[(Op::Read, 4096, 400_000)], 2000);
         let est = m.estimate(Op::Read, 4096);
-        assert!(est.abs_diff(100_000) < 2_000, "estimate {est}");
+        assert!(est.abs_diff(100_000) < 3_000, "estimate {est}");
+    }
+
+    #[test]
+    fn mixed_sizes_share_time_by_residence() {
+        // Four servers; 1 MiB writes of 2.2 ms beside 4 KiB reads of 108 µs.
+        // Reads and writes alternate; the truth is a quarter of each
+        // service time.
+        let mut m = CostModel::new(CostPrior::uniform(25_000, 500));
+        let pattern = [(Op::Write, 1 << 20, 2_197_000), (Op::Read, 4096, 108_000)];
+        run_device(&mut m, 4, &pattern, 20_000);
+        let w = m.estimate(Op::Write, 1 << 20);
+        let r = m.estimate(Op::Read, 4096);
+        assert!(w.abs_diff(549_000) < 30_000, "write estimate {w}");
+        assert!(r.abs_diff(27_000) < 5_000, "read estimate {r}");
     }
 
     #[test]
@@ -324,9 +388,11 @@ mod tests {
         });
         assert!(m.estimate(Op::Read, u64::MAX) >= 1);
         for i in 0..100u64 {
-            m.observe(Op::Read, u64::MAX - i, u64::MAX - 5, u64::MAX);
-            m.observe(Op::Read, i, 10, 0);
-            m.observe(Op::Discard, 0, 0, u64::MAX);
+            m.observe_sample(Op::Read, u64::MAX - i, u64::MAX);
+            m.observe_sample(Op::Read, i, 0);
+            m.tick(u64::MAX - 100 + i, 1);
+            m.tick(i, usize::MAX);
+            m.complete(Op::Discard, 0, 0);
         }
         assert!(m.estimate(Op::Read, u64::MAX) >= 1);
         let _ = m.capacity_per_sec();

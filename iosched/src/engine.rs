@@ -146,8 +146,8 @@ struct InFlight {
     bytes: u64,
     arrival: Nanos,
     deadline: Option<Nanos>,
-    dispatched: Nanos,
     cost: u64,
+    stamp: u128,
     lane: u8,
 }
 
@@ -439,6 +439,9 @@ impl<P: Policy> Scheduler for Sched<P> {
         picked.clear();
         self.policy.select(&mut self.core, now, room, &mut picked);
         debug_assert!(picked.len() <= room);
+        // The virtual clock runs at the old load until now.
+        self.core.cost.tick(now, self.core.in_flight);
+        let stamp = self.core.cost.stamp();
         let mut n = 0;
         for (e, pass) in picked.drain(..) {
             let cost = self.core.cost_of(&e);
@@ -469,8 +472,8 @@ impl<P: Policy> Scheduler for Sched<P> {
                     bytes: e.bytes,
                     arrival: e.arrival,
                     deadline: e.deadline,
-                    dispatched: now,
                     cost,
+                    stamp,
                     lane: e.lane,
                 }),
             );
@@ -489,9 +492,10 @@ impl<P: Policy> Scheduler for Sched<P> {
             Some(TagState::InFlight(f)) => *f,
         };
         self.core.tags.remove(&tag);
+        self.core.cost.tick(now, self.core.in_flight);
+        self.core.cost.complete(f.op, f.bytes, f.stamp);
         self.core.in_flight = self.core.in_flight.saturating_sub(1);
         self.core.inflight_cost = self.core.inflight_cost.saturating_sub(f.cost);
-        self.core.cost.observe(f.op, f.bytes, f.dispatched, now);
         self.policy.completed(f.lane);
         let latency_ns = now.saturating_sub(f.arrival);
         let lateness_ns = f.deadline.and_then(|d| (now > d).then(|| now - d));
