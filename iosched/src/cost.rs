@@ -49,7 +49,7 @@ const DECAY_SHIFT: u32 = 7;
 const WINDOW: i128 = 1 << DECAY_SHIFT;
 /// Fixed-point bits of the means.
 const SCALE: u32 = 16;
-/// Samples before outliers are clamped.
+/// Samples before the fit replaces the prior and outliers are clamped.
 const WARMUP: u64 = 8;
 /// Outlier clamp: a sample is held within [pred / CLAMP, pred * CLAMP].
 const CLAMP: u64 = 8;
@@ -158,6 +158,10 @@ impl Fit {
     }
 
     fn solve(&mut self) {
+        // The prior stands until the warm-up samples are in.
+        if self.n < WARMUP {
+            return;
+        }
         // The slope needs sizes that differ: a spread of at least
         // MIN_SIZE_SPREAD bytes and of 1/64 of the sizes themselves.
         let min_var = (MIN_SIZE_SPREAD << SCALE) * (MIN_SIZE_SPREAD << SCALE);

@@ -61,7 +61,8 @@ impl Bucket {
         }
     }
 
-    /// Adds the tokens earned since the last refill; returns how many.
+    /// Adds the tokens earned since the last refill, up to the depth;
+    /// returns how many the rate offered (including what overflowed).
     pub fn refill(&mut self, now: Nanos) -> u64 {
         if now <= self.last {
             return 0;
@@ -74,13 +75,14 @@ impl Bucket {
         let total = self.rate as u128 * dt as u128 + self.rem as u128;
         let add = total / NS_PER_SEC as u128;
         self.rem = (total % NS_PER_SEC as u128) as u64;
+        let offered = add.min(u64::MAX as u128) as u64;
         let room = (self.depth - self.tokens).max(0) as u128;
         let add = add.min(room) as i64;
         if self.tokens + add >= self.depth {
             self.rem = 0;
         }
         self.tokens += add;
-        add as u64
+        offered
     }
 
     /// Spends `cost` tokens, going negative at most to `-depth`; returns how
@@ -207,7 +209,7 @@ impl Core {
     pub fn refill_all(&mut self, now: Nanos) {
         for q in self.queues.values_mut() {
             let g = q.bucket.refill(now);
-            q.stats.tokens_granted = q.stats.tokens_granted.saturating_add(g);
+            q.stats.tokens_offered = q.stats.tokens_offered.saturating_add(g);
         }
     }
 
@@ -364,7 +366,7 @@ impl<P: Policy> Scheduler for Sched<P> {
             return Err(Error::UnknownQueue(queue));
         };
         let granted = q.bucket.refill(now);
-        q.stats.tokens_granted = q.stats.tokens_granted.saturating_add(granted);
+        q.stats.tokens_offered = q.stats.tokens_offered.saturating_add(granted);
         q.bucket
             .reconfigure(config.reservation.rate_per_sec, config.reservation.depth, now);
         let old = core::mem::replace(&mut q.config, config);
@@ -572,7 +574,8 @@ mod tests {
         assert_eq!(b.spend(4000), 4000);
         assert_eq!(b.refill(1_000_000), 1000); // 1 ms at 10^6 units/s
         assert_eq!(b.tokens(), 2000);
-        assert_eq!(b.refill(1_000_000_000), 3000); // capped at depth
+        // 999 ms offer 999 000 tokens; the bucket keeps its depth.
+        assert_eq!(b.refill(1_000_000_000), 999_000);
         assert_eq!(b.tokens(), 5000);
         assert_eq!(b.spend(20_000), 10_000); // down to the floor only
         assert_eq!(b.tokens(), -5000);

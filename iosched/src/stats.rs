@@ -147,21 +147,22 @@ pub struct QueueStats {
     pub lateness_max_ns: u64,
     /// Latency from submission to completion, in ns.
     pub latency: LogHistogram,
-    /// Tokens the bucket gained by refilling (units).
-    pub tokens_granted: u64,
+    /// Tokens the reservation offered since the queue was created: its rate
+    /// times the time, including what overflowed a full bucket (units).
+    pub tokens_offered: u64,
     /// Tokens spent by the reservation and urgent passes (units; urgent
     /// spending below zero included, down to the floor).
     pub tokens_spent: u64,
 }
 
 impl QueueStats {
-    /// Reservation use in per-mille: tokens spent against tokens granted
-    /// (`None` before any grant).
+    /// Reservation use in per-mille: tokens spent against tokens offered
+    /// (`None` before any offer). Urgent overdraft can take it above 1000.
     pub fn reservation_use_permille(&self) -> Option<u64> {
-        if self.tokens_granted == 0 {
+        if self.tokens_offered == 0 {
             return None;
         }
-        Some((self.tokens_spent as u128 * 1000 / self.tokens_granted as u128) as u64)
+        Some((self.tokens_spent as u128 * 1000 / self.tokens_offered as u128) as u64)
     }
 
     /// Latency quantile in ns (see [`LogHistogram::quantile`]).
@@ -211,7 +212,7 @@ mod tests {
     #[test]
     fn reservation_use() {
         let s = QueueStats {
-            tokens_granted: 1000,
+            tokens_offered: 1000,
             tokens_spent: 250,
             ..QueueStats::default()
         };
