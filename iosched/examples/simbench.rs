@@ -4,7 +4,11 @@ use iosched::PolicyKind;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let opts = if quick { SimOptions::quick() } else { SimOptions::full() };
+    let opts = if quick {
+        SimOptions::quick()
+    } else {
+        SimOptions::full()
+    };
     let t = std::time::Instant::now();
     let entries = run_all(&opts, &PolicyKind::ALL);
     print!("{}", table(&entries));

@@ -249,8 +249,8 @@ impl Policy for ApexPolicy {
             .fold(0u64, |a, (_, q)| {
                 a.saturating_add(q.config.reservation.rate_per_sec)
             });
-        let cap = core.cost.capacity_per_sec() as u128 * self.params.rt_share_permille as u128
-            / 1000;
+        let cap =
+            core.cost.capacity_per_sec() as u128 * self.params.rt_share_permille as u128 / 1000;
         let available = (cap.min(u64::MAX as u128) as u64).saturating_sub(used);
         let requested = config.reservation.rate_per_sec;
         if requested > available {

@@ -211,7 +211,10 @@ impl CostModel {
     /// Current line for `op`: (constant in ns, per-byte term in ps).
     pub fn line(&self, op: Op) -> (u64, u64) {
         let f = &self.fits[op.index()];
-        (f.a, ((f.b_fx as u128 * 1000 + (1 << (FRAC - 1))) >> FRAC) as u64)
+        (
+            f.a,
+            ((f.b_fx as u128 * 1000 + (1 << (FRAC - 1))) >> FRAC) as u64,
+        )
     }
 
     /// Reservation rate, in units per second, that `per_sec` requests of
@@ -314,7 +317,10 @@ mod tests {
         }
         let (a, ps) = m.line(Op::Write);
         assert_eq!(ps, 500, "slope moved without a spread of sizes");
-        assert!(m.estimate(Op::Write, 1 << 20).abs_diff(600_000) < 5_000, "a = {a}");
+        assert!(
+            m.estimate(Op::Write, 1 << 20).abs_diff(600_000) < 5_000,
+            "a = {a}"
+        );
     }
 
     #[test]

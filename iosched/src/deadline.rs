@@ -84,7 +84,10 @@ impl Level {
     }
 
     fn fifo_head(&self, dir: usize) -> Option<Key> {
-        self.fifo[dir].iter().next().map(|(&seq, &sector)| (sector, seq))
+        self.fifo[dir]
+            .iter()
+            .next()
+            .map(|(&seq, &sector)| (sector, seq))
     }
 }
 
@@ -129,7 +132,12 @@ impl DeadlinePolicy {
     /// One request from level `li`, or none; with `latest_start`, only a
     /// request that arrived no later than that (the state still moves as in
     /// Linux).
-    fn dispatch_from(&mut self, li: usize, now: Nanos, latest_start: Option<Nanos>) -> Option<Entry> {
+    fn dispatch_from(
+        &mut self,
+        li: usize,
+        now: Nanos,
+        latest_start: Option<Nanos>,
+    ) -> Option<Entry> {
         let mut pick = None;
         if self.batching < self.params.fifo_batch {
             if let Some(k) = self.levels[li].next_request(self.last_dir) {

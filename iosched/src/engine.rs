@@ -9,8 +9,8 @@ use alloc::vec::Vec;
 use crate::cost::CostModel;
 use crate::stats::QueueStats;
 use crate::{
-    Class, Completion, Error, Nanos, Op, Pass, QueueConfig, QueueId, QueueView, Removal,
-    Request, SchedConfig, Scheduler, SubmitError, NS_PER_SEC,
+    Class, Completion, Error, Nanos, Op, Pass, QueueConfig, QueueId, QueueView, Removal, Request,
+    SchedConfig, Scheduler, SubmitError, NS_PER_SEC,
 };
 
 /// A waiting request as the policies see it.
@@ -353,7 +353,12 @@ impl<P: Policy> Scheduler for Sched<P> {
         Ok(id)
     }
 
-    fn change_queue(&mut self, queue: QueueId, config: QueueConfig, now: Nanos) -> Result<(), Error> {
+    fn change_queue(
+        &mut self,
+        queue: QueueId,
+        config: QueueConfig,
+        now: Nanos,
+    ) -> Result<(), Error> {
         let now = self.core.advance(now);
         config.validate()?;
         match self.core.queues.get(&queue) {
@@ -367,8 +372,11 @@ impl<P: Policy> Scheduler for Sched<P> {
         };
         let granted = q.bucket.refill(now);
         q.stats.tokens_offered = q.stats.tokens_offered.saturating_add(granted);
-        q.bucket
-            .reconfigure(config.reservation.rate_per_sec, config.reservation.depth, now);
+        q.bucket.reconfigure(
+            config.reservation.rate_per_sec,
+            config.reservation.depth,
+            now,
+        );
         let old = core::mem::replace(&mut q.config, config);
         self.policy.queue_changed(&self.core, queue, &old);
         Ok(())
@@ -451,7 +459,11 @@ impl<P: Policy> Scheduler for Sched<P> {
                 // Policies only hold requests of live queues; a queue is
                 // dropped only when it holds none. Keep going rather than
                 // lose the request.
-                log::error!("iosched: request {:#x} of unknown queue {} dispatched", e.tag, e.queue.0);
+                log::error!(
+                    "iosched: request {:#x} of unknown queue {} dispatched",
+                    e.tag,
+                    e.queue.0
+                );
                 continue;
             };
             q.pending = q.pending.saturating_sub(1);

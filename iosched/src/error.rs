@@ -149,6 +149,10 @@ pub struct SubmitError {
 
 impl fmt::Display for SubmitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "request tag {:#x} refused: {}", self.request.tag, self.error)
+        write!(
+            f,
+            "request tag {:#x} refused: {}",
+            self.request.tag, self.error
+        )
     }
 }

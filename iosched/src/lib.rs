@@ -376,8 +376,12 @@ pub trait Scheduler {
     /// Changes a queue's class, reservation, deadline or priority; its
     /// waiting requests move to their new place. Tokens are kept, clamped to
     /// the new depth.
-    fn change_queue(&mut self, queue: QueueId, config: QueueConfig, now: Nanos)
-        -> Result<(), Error>;
+    fn change_queue(
+        &mut self,
+        queue: QueueId,
+        config: QueueConfig,
+        now: Nanos,
+    ) -> Result<(), Error>;
 
     /// Removes a queue, at once if it is empty, else after it drains (see
     /// [`Removal`]). Removing a draining queue again reports it again.

@@ -384,7 +384,9 @@ pub fn simulate_with(sched: &mut dyn Scheduler, sc: &Scenario) -> Outcome {
                           infos: &mut BTreeMap<u64, Info>,
                           out: &mut Outcome| {
             let Some(st) = streams.get_mut(s) else { return };
-            let Some(cfg) = sc.streams.get(st.cfg) else { return };
+            let Some(cfg) = sc.streams.get(st.cfg) else {
+                return;
+            };
             let sectors = cfg.bytes.div_ceil(512).max(1);
             let sector = if cfg.sequential {
                 let x = st.next_sector;
@@ -406,9 +408,8 @@ pub fn simulate_with(sched: &mut dyn Scheduler, sc: &Scenario) -> Outcome {
             };
             match sched.submit(req, t) {
                 Ok(()) => {
-                    let deadline = deadline.or_else(|| {
-                        cfg.queue.deadline_ns.map(|d| t.saturating_add(d))
-                    });
+                    let deadline =
+                        deadline.or_else(|| cfg.queue.deadline_ns.map(|d| t.saturating_add(d)));
                     infos.insert(
                         tag,
                         Info {
@@ -429,10 +430,16 @@ pub fn simulate_with(sched: &mut dyn Scheduler, sc: &Scenario) -> Outcome {
             Event::Arrive(s) => {
                 if t < w1 {
                     arrive(s, t, sched, &mut streams, &mut infos, &mut out);
-                    match streams.get(s).and_then(|st| sc.streams.get(st.cfg)).map(|c| c.arrivals) {
-                        Some(Arrivals::Periodic { period_ns, .. }) => {
-                            push(&mut events, t.saturating_add(period_ns.max(1)), Event::Arrive(s))
-                        }
+                    match streams
+                        .get(s)
+                        .and_then(|st| sc.streams.get(st.cfg))
+                        .map(|c| c.arrivals)
+                    {
+                        Some(Arrivals::Periodic { period_ns, .. }) => push(
+                            &mut events,
+                            t.saturating_add(period_ns.max(1)),
+                            Event::Arrive(s),
+                        ),
                         Some(Arrivals::Jittered { mean_ns }) => {
                             let m = mean_ns.max(2);
                             let dt = m / 2 + streams[s].rng.below(m);
@@ -492,7 +499,11 @@ pub fn simulate_with(sched: &mut dyn Scheduler, sc: &Scenario) -> Outcome {
             };
             let bytes = infos.get(&tag).map_or(0, |i| i.bytes);
             busy += 1;
-            push(&mut events, t.saturating_add(dev.service_ns(bytes)), Event::Done(tag));
+            push(
+                &mut events,
+                t.saturating_add(dev.service_ns(bytes)),
+                Event::Done(tag),
+            );
         }
     }
     out.stranded = sched.pending() + sched.in_flight();
@@ -768,7 +779,10 @@ pub fn run_all(opts: &SimOptions, policies: &[PolicyKind]) -> Vec<Entry> {
             }
             v.extend(es);
         }
-        v.extend(entries(&format!("{name}-w2"), &simulate(p, &w2(opts, true))));
+        v.extend(entries(
+            &format!("{name}-w2"),
+            &simulate(p, &w2(opts, true)),
+        ));
         let alone = simulate(p, &w2(opts, false));
         for mut e in entries(&format!("{name}-w2-alone"), &alone) {
             if !e.name.ends_with("-total") {
@@ -779,7 +793,10 @@ pub fn run_all(opts: &SimOptions, policies: &[PolicyKind]) -> Vec<Entry> {
             }
         }
         for r in [50, 5, 20] {
-            v.extend(entries(&format!("{name}-w3-r{r}"), &simulate(p, &w3(opts, r))));
+            v.extend(entries(
+                &format!("{name}-w3-r{r}"),
+                &simulate(p, &w3(opts, r)),
+            ));
         }
     }
     v

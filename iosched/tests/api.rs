@@ -39,11 +39,17 @@ fn impossible_parameters_are_refused() {
     let mut s = apex();
     let cases = [
         (
-            QueueConfig::interactive().with_reservation(Reservation { rate_per_sec: 0, depth: 5 }),
+            QueueConfig::interactive().with_reservation(Reservation {
+                rate_per_sec: 0,
+                depth: 5,
+            }),
             Error::ZeroRate,
         ),
         (
-            QueueConfig::interactive().with_reservation(Reservation { rate_per_sec: 5, depth: 0 }),
+            QueueConfig::interactive().with_reservation(Reservation {
+                rate_per_sec: 5,
+                depth: 0,
+            }),
             Error::ZeroDepth,
         ),
         (
@@ -65,13 +71,23 @@ fn impossible_parameters_are_refused() {
                 rate_per_sec: 1,
                 depth: MAX_DEPTH + 1,
             }),
-            Error::DepthTooLarge { depth: MAX_DEPTH + 1 },
+            Error::DepthTooLarge {
+                depth: MAX_DEPTH + 1,
+            },
         ),
-        (QueueConfig::real_time(MS, Reservation::NONE), Error::ZeroRate),
-        (QueueConfig::interactive().with_deadline(0), Error::ZeroDeadline),
+        (
+            QueueConfig::real_time(MS, Reservation::NONE),
+            Error::ZeroRate,
+        ),
+        (
+            QueueConfig::interactive().with_deadline(0),
+            Error::ZeroDeadline,
+        ),
         (
             QueueConfig::interactive().with_deadline(MAX_DEADLINE_NS + 1),
-            Error::DeadlineTooLarge { deadline_ns: MAX_DEADLINE_NS + 1 },
+            Error::DeadlineTooLarge {
+                deadline_ns: MAX_DEADLINE_NS + 1,
+            },
         ),
         (
             QueueConfig {
@@ -150,7 +166,10 @@ fn bad_submissions_hand_the_request_back() {
     assert_eq!(s.complete(2, 0), Err(Error::UnknownTag(2)));
     assert_eq!(s.build_batch(0, 4), vec![1]);
     // In flight: the tag is still in use.
-    assert_eq!(s.submit(req(q, 1), 0).unwrap_err().error, Error::DuplicateTag(1));
+    assert_eq!(
+        s.submit(req(q, 1), 0).unwrap_err().error,
+        Error::DuplicateTag(1)
+    );
     s.complete(1, 10).unwrap();
     assert_eq!(s.complete(1, 10), Err(Error::UnknownTag(1)));
     // Done: the tag may be used again.
@@ -198,7 +217,10 @@ fn removing_a_busy_queue_drains_it() {
                 in_flight: 1
             })
         );
-        assert_eq!(s.submit(req(q, 9), 0).unwrap_err().error, Error::QueueDraining(q));
+        assert_eq!(
+            s.submit(req(q, 9), 0).unwrap_err().error,
+            Error::QueueDraining(q)
+        );
         assert!(s.change_queue(q, QueueConfig::interactive(), 0).is_err());
         // Everything it held still comes out.
         let mut out = first;
@@ -220,7 +242,13 @@ fn edf_inside_a_real_time_queue_and_past_deadlines() {
     let mut s = apex();
     let q = s.create_queue(rt(100, 100), 0).unwrap();
     let now = 50 * MS;
-    let deadlines = [Some(90 * MS), None, Some(60 * MS), Some(10 * MS), Some(70 * MS)];
+    let deadlines = [
+        Some(90 * MS),
+        None,
+        Some(60 * MS),
+        Some(10 * MS),
+        Some(70 * MS),
+    ];
     for (t, d) in deadlines.iter().enumerate() {
         let mut r = req(q, t as u64);
         r.deadline = *d;
@@ -265,7 +293,13 @@ fn urgent_requests_overdraw_their_bucket_down_to_the_floor() {
     // A bucket of 10 µs of device time: one request's cost by the prior.
     let q = s
         .create_queue(
-            QueueConfig::real_time(MS, Reservation { rate_per_sec: 1000, depth: 10_000 }),
+            QueueConfig::real_time(
+                MS,
+                Reservation {
+                    rate_per_sec: 1000,
+                    depth: 10_000,
+                },
+            ),
             0,
         )
         .unwrap();
@@ -338,9 +372,15 @@ fn time_going_backwards_is_harmless() {
 #[test]
 fn strict_priority_orders_by_class_then_priority() {
     let mut s = new_scheduler(PolicyKind::Prio, SchedConfig::default());
-    let lo = s.create_queue(QueueConfig::interactive().with_priority(1), 0).unwrap();
-    let hi = s.create_queue(QueueConfig::interactive().with_priority(9), 0).unwrap();
-    let bg = s.create_queue(QueueConfig::background().with_priority(255), 0).unwrap();
+    let lo = s
+        .create_queue(QueueConfig::interactive().with_priority(1), 0)
+        .unwrap();
+    let hi = s
+        .create_queue(QueueConfig::interactive().with_priority(9), 0)
+        .unwrap();
+    let bg = s
+        .create_queue(QueueConfig::background().with_priority(255), 0)
+        .unwrap();
     let r = s.create_queue(rt(10, 10), 0).unwrap();
     for (t, q) in [bg, lo, hi, r, lo].into_iter().enumerate() {
         s.submit(req(q, t as u64), 0).unwrap();
@@ -357,12 +397,25 @@ fn deadline_policy_batches_sequential_reads_and_expires_writes() {
     let mut s = Deadline::new(SchedConfig::default(), DeadlinePolicy::new(params));
     let q = s.create_queue(QueueConfig::interactive(), 0).unwrap();
     // Reads at sectors 800, 0, 8, 16 arrive in that order; a write too.
-    let mut tag = 0;
-    for sector in [800u64, 0, 8, 16] {
-        s.submit(Request { sector, ..req(q, tag) }, 0).unwrap();
-        tag += 1;
+    for (tag, sector) in [800u64, 0, 8, 16].into_iter().enumerate() {
+        s.submit(
+            Request {
+                sector,
+                ..req(q, tag as u64)
+            },
+            0,
+        )
+        .unwrap();
     }
-    s.submit(Request { op: Op::Write, sector: 5000, ..req(q, 4) }, 0).unwrap();
+    s.submit(
+        Request {
+            op: Op::Write,
+            sector: 5000,
+            ..req(q, 4)
+        },
+        0,
+    )
+    .unwrap();
     // As in Linux, the first batch starts from position 0 in sector order.
     assert_eq!(s.build_batch(0, 1), vec![1]);
     s.complete(1, 1).unwrap();
@@ -370,14 +423,32 @@ fn deadline_policy_batches_sequential_reads_and_expires_writes() {
     assert_eq!(s.build_batch(2, 8), vec![2, 3, 0, 4]);
 
     // An expired write jumps ahead of reads once writes have starved.
-    let mut s = Deadline::new(SchedConfig::default(), DeadlinePolicy::new(DeadlineParams::default()));
+    let mut s = Deadline::new(
+        SchedConfig::default(),
+        DeadlinePolicy::new(DeadlineParams::default()),
+    );
     let q = s.create_queue(QueueConfig::interactive(), 0).unwrap();
-    s.submit(Request { op: Op::Write, sector: 0, ..req(q, 100) }, 0).unwrap();
+    s.submit(
+        Request {
+            op: Op::Write,
+            sector: 0,
+            ..req(q, 100)
+        },
+        0,
+    )
+    .unwrap();
     let mut n = 0;
     let mut got_write_at = None;
     for round in 0..10u64 {
         for i in 0..20 {
-            s.submit(Request { sector: 1_000_000 + (round * 20 + i) * 8, ..req(q, n) }, 0).unwrap();
+            s.submit(
+                Request {
+                    sector: 1_000_000 + (round * 20 + i) * 8,
+                    ..req(q, n)
+                },
+                0,
+            )
+            .unwrap();
             n += 1;
         }
         let now = 6_000 * MS + round;
@@ -432,5 +503,8 @@ fn reservation_use_is_reported() {
     assert_eq!(st.dispatched_reserved, 100);
     assert!(st.tokens_offered >= 99 * 100_000, "{st:?}");
     let used = st.reservation_use_permille().unwrap();
-    assert!((50..200).contains(&used), "used {used} per-mille of a reservation used at a tenth");
+    assert!(
+        (50..200).contains(&used),
+        "used {used} per-mille of a reservation used at a tenth"
+    );
 }

@@ -11,13 +11,38 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Action {
-    Create { class: u8, rate_permille: u16, depth_us: u32, deadline_us: u32, prio: u8 },
-    Change { queue: u8, class: u8, rate_permille: u16, depth_us: u32, deadline_us: u32 },
-    Remove { queue: u8 },
-    Submit { queue: u8, op: u8, kib: u16, deadline_us: Option<i32> },
-    Batch { room: u8 },
-    Complete { which: u8 },
-    Advance { us: u32 },
+    Create {
+        class: u8,
+        rate_permille: u16,
+        depth_us: u32,
+        deadline_us: u32,
+        prio: u8,
+    },
+    Change {
+        queue: u8,
+        class: u8,
+        rate_permille: u16,
+        depth_us: u32,
+        deadline_us: u32,
+    },
+    Remove {
+        queue: u8,
+    },
+    Submit {
+        queue: u8,
+        op: u8,
+        kib: u16,
+        deadline_us: Option<i32>,
+    },
+    Batch {
+        room: u8,
+    },
+    Complete {
+        which: u8,
+    },
+    Advance {
+        us: u32,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -107,8 +132,16 @@ impl Harness {
         for q in self.s.queue_ids() {
             let v = self.s.queue(q).unwrap();
             let depth = v.config.reservation.depth as i64;
-            prop_assert!(v.tokens <= depth, "queue {q:?} tokens {} above depth {depth}", v.tokens);
-            prop_assert!(v.tokens >= v.token_floor, "queue {q:?} tokens {} below floor", v.tokens);
+            prop_assert!(
+                v.tokens <= depth,
+                "queue {q:?} tokens {} above depth {depth}",
+                v.tokens
+            );
+            prop_assert!(
+                v.tokens >= v.token_floor,
+                "queue {q:?} tokens {} below floor",
+                v.tokens
+            );
             prop_assert_eq!(v.token_floor, -depth);
         }
         Ok(())
@@ -119,7 +152,11 @@ impl Harness {
         let pending_before = self.s.pending();
         prop_assert_eq!(pending_before, self.pending.len());
         let tags = self.s.build_batch(self.now, room);
-        prop_assert!(tags.len() <= room, "batch of {} for room {room}", tags.len());
+        prop_assert!(
+            tags.len() <= room,
+            "batch of {} for room {room}",
+            tags.len()
+        );
         // Each tag comes out once, and only a waiting one.
         let mut per_queue_last: BTreeMap<QueueId, u64> = BTreeMap::new();
         for &t in &tags {
@@ -131,7 +168,10 @@ impl Harness {
             // out in order...
             if self.kind == PolicyKind::Apex
                 && !self.changed.contains(&q)
-                && self.s.queue(q).is_some_and(|v| v.config.class == Class::RealTime)
+                && self
+                    .s
+                    .queue(q)
+                    .is_some_and(|v| v.config.class == Class::RealTime)
             {
                 let d = dl.unwrap_or(u64::MAX);
                 if let Some(&last) = per_queue_last.get(&q) {
@@ -144,7 +184,10 @@ impl Harness {
         for (&q, &last) in &per_queue_last {
             for (_, &(pq, pd)) in self.pending.iter() {
                 if pq == q {
-                    prop_assert!(pd.unwrap_or(u64::MAX) >= last, "queue {q:?} left an earlier deadline waiting");
+                    prop_assert!(
+                        pd.unwrap_or(u64::MAX) >= last,
+                        "queue {q:?} left an earlier deadline waiting"
+                    );
                 }
             }
         }
@@ -173,7 +216,9 @@ impl Harness {
             }
             if self.kind == PolicyKind::Apex {
                 let has_rt = self.s.queue_ids().iter().any(|&q| {
-                    self.s.queue(q).is_some_and(|v| v.config.class == Class::RealTime)
+                    self.s
+                        .queue(q)
+                        .is_some_and(|v| v.config.class == Class::RealTime)
                 });
                 prop_assert!(has_rt, "apex held work back without a real-time queue");
             }
@@ -205,7 +250,13 @@ impl Harness {
 
     fn apply(&mut self, a: &Action) -> Result<(), TestCaseError> {
         match *a {
-            Action::Create { class, rate_permille, depth_us, deadline_us, prio } => {
+            Action::Create {
+                class,
+                rate_permille,
+                depth_us,
+                deadline_us,
+                prio,
+            } => {
                 let mut c = config(class, rate_permille, depth_us, deadline_us);
                 c.priority = prio;
                 if let Ok(q) = self.s.create_queue(c, self.now) {
@@ -215,12 +266,20 @@ impl Harness {
                     prop_assert!(c.validate().is_err() || c.class == Class::RealTime);
                 }
             }
-            Action::Change { queue, class, rate_permille, depth_us, deadline_us } => {
+            Action::Change {
+                queue,
+                class,
+                rate_permille,
+                depth_us,
+                deadline_us,
+            } => {
                 let q = self.pick(queue);
                 self.changed.insert(q);
-                let _ = self
-                    .s
-                    .change_queue(q, config(class, rate_permille, depth_us, deadline_us), self.now);
+                let _ = self.s.change_queue(
+                    q,
+                    config(class, rate_permille, depth_us, deadline_us),
+                    self.now,
+                );
             }
             Action::Remove { queue } => {
                 let q = self.pick(queue);
@@ -237,7 +296,12 @@ impl Harness {
                     Err(_) => prop_assert!(self.s.queue(q).is_none()),
                 }
             }
-            Action::Submit { queue, op, kib, deadline_us } => {
+            Action::Submit {
+                queue,
+                op,
+                kib,
+                deadline_us,
+            } => {
                 let q = self.pick(queue);
                 // Now and then reuse a tag in use: it must be refused.
                 let dup = kib % 7 == 0 && !self.pending.is_empty();
@@ -292,7 +356,11 @@ impl Harness {
         let mut rounds = 0;
         while !self.pending.is_empty() || !self.in_flight.is_empty() {
             rounds += 1;
-            prop_assert!(rounds < 10_000, "{} requests never dispatched", self.pending.len());
+            prop_assert!(
+                rounds < 10_000,
+                "{} requests never dispatched",
+                self.pending.len()
+            );
             self.now += 100_000;
             self.batch(self.ring)?;
             while !self.in_flight.is_empty() {
@@ -300,7 +368,11 @@ impl Harness {
             }
             self.check_tokens()?;
         }
-        prop_assert_eq!(self.done.len() as u64, self.next_tag, "every request came out exactly once");
+        prop_assert_eq!(
+            self.done.len() as u64,
+            self.next_tag,
+            "every request came out exactly once"
+        );
         Ok(())
     }
 }
@@ -325,7 +397,10 @@ proptest! {
 fn reservation_prevents_starvation_under_overload() {
     let mut s = new_scheduler(PolicyKind::Apex, SchedConfig::default());
     let rt = s
-        .create_queue(QueueConfig::real_time(1_000_000_000, Reservation::share_permille(300, 1_000_000)), 0)
+        .create_queue(
+            QueueConfig::real_time(1_000_000_000, Reservation::share_permille(300, 1_000_000)),
+            0,
+        )
         .unwrap();
     let inter = s.create_queue(QueueConfig::interactive(), 0).unwrap();
     // 10 % of the device, in 4 KiB writes (about 54 µs each by the prior).
@@ -343,8 +418,17 @@ fn reservation_prevents_starvation_under_overload() {
     // 1 s of simulated time, 8 slots, every request completing after 100 µs:
     // far more offered than served.
     while now < 1_000_000_000 {
-        for q in [rt, rt, rt, rt, inter, inter, inter, inter, inter, inter, inter, inter, bg, bg] {
-            let r = Request { queue: q, op: Op::Write, sector: 0, bytes: 4096, deadline: None, tag };
+        for q in [
+            rt, rt, rt, rt, inter, inter, inter, inter, inter, inter, inter, inter, bg, bg,
+        ] {
+            let r = Request {
+                queue: q,
+                op: Op::Write,
+                sector: 0,
+                bytes: 4096,
+                deadline: None,
+                tag,
+            };
             if q == bg {
                 bg_tags.insert(tag);
             }
@@ -363,7 +447,10 @@ fn reservation_prevents_starvation_under_overload() {
     }
     let v = s.queue(bg).unwrap();
     // The reservation pays for ~10^8 units/s / ~54k units = ~1800 requests/s.
-    assert!(bg_done > 1000, "background got only {bg_done} requests in 1 s under overload");
+    assert!(
+        bg_done > 1000,
+        "background got only {bg_done} requests in 1 s under overload"
+    );
     assert!(v.stats.dispatched_reserved > 1000, "{:?}", v.stats);
     let inter_done = s.queue(inter).unwrap().stats.completed;
     assert!(inter_done > 10_000, "interactive starved: {inter_done}");

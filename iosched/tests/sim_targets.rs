@@ -1,8 +1,6 @@
 //! The simulated targets of the APEX bench, and the simulation's own sanity.
 
-use iosched::sim::{
-    entries, overhead, simulate, w1, w1_readers, w2, w3, DeviceModel, SimOptions,
-};
+use iosched::sim::{entries, overhead, simulate, w1, w1_readers, w2, w3, DeviceModel, SimOptions};
 use iosched::{new_scheduler, PolicyKind, SchedConfig};
 
 /// Every load of the sweep, 2 s of simulated time each (the bench runs 10 s).
@@ -22,12 +20,16 @@ fn w1_apex_meets_every_deadline_up_to_90_percent() {
         let sc = w1(&o, load);
         let apex = simulate(PolicyKind::Apex, &sc);
         let fifo = simulate(PolicyKind::Fifo, &sc);
-        assert_eq!(apex.refused_queues, 0, "load {load}: admission refused a reader");
+        assert_eq!(
+            apex.refused_queues, 0,
+            "load {load}: admission refused a reader"
+        );
         assert_eq!(apex.stranded, 0);
         let rt = apex.class("rt").unwrap();
         assert!(rt.with_deadline > 0);
         assert_eq!(
-            rt.misses, 0,
+            rt.misses,
+            0,
             "load {load}%: apex missed {} of {} deadlines (p99 {} ns)",
             rt.misses,
             rt.with_deadline,
@@ -36,7 +38,10 @@ fn w1_apex_meets_every_deadline_up_to_90_percent() {
         let all_a: Vec<_> = apex.classes.iter().collect();
         let all_f: Vec<_> = fifo.classes.iter().collect();
         let (ta, tf) = (apex.mb_s(&all_a), fifo.mb_s(&all_f));
-        assert!(ta >= 0.95 * tf, "load {load}%: apex {ta:.1} MB/s < 0.95 x fifo {tf:.1} MB/s");
+        assert!(
+            ta >= 0.95 * tf,
+            "load {load}%: apex {ta:.1} MB/s < 0.95 x fifo {tf:.1} MB/s"
+        );
     }
 }
 
@@ -46,8 +51,12 @@ fn w1_load_matches_the_device() {
     let d = DeviceModel::default();
     for load in [10u64, 50, 90] {
         let n = w1_readers(&d, load);
-        let offered = n * d.amortized_ns(iosched::sim::W1_READ_BYTES) * 100 / iosched::sim::W1_PERIOD_NS;
-        assert!(offered <= load && offered + 2 >= load, "load {load}: {n} readers offer {offered}%");
+        let offered =
+            n * d.amortized_ns(iosched::sim::W1_READ_BYTES) * 100 / iosched::sim::W1_PERIOD_NS;
+        assert!(
+            offered <= load && offered + 2 >= load,
+            "load {load}: {n} readers offer {offered}%"
+        );
     }
 }
 
@@ -75,7 +84,10 @@ fn w3_apex_never_idles_while_requests_wait() {
     let o = opts();
     for r in [50, 5, 20] {
         let out = simulate(PolicyKind::Apex, &w3(&o, r));
-        assert_eq!(out.idle_wait_ns, 0, "reservation {r}%: device idle with requests waiting");
+        assert_eq!(
+            out.idle_wait_ns, 0,
+            "reservation {r}%: device idle with requests waiting"
+        );
         assert_eq!(out.stranded, 0);
         let rt = out.class("rt").unwrap();
         assert_eq!(rt.misses, 0, "reservation {r}%: {} misses", rt.misses);
@@ -83,7 +95,10 @@ fn w3_apex_never_idles_while_requests_wait() {
         // The bulk job takes what the real-time stream leaves: most of the
         // device (2 GB/s in all).
         let mb = out.mb_s(&[be]);
-        assert!(mb > 1500.0, "reservation {r}%: background only {mb:.0} MB/s");
+        assert!(
+            mb > 1500.0,
+            "reservation {r}%: background only {mb:.0} MB/s"
+        );
     }
 }
 
@@ -128,7 +143,10 @@ fn entries_are_named_as_the_bench_names_them() {
     };
     let es = entries("apex-w1-90", &simulate(PolicyKind::Apex, &w1(&o, 90)));
     let names: Vec<_> = es.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["apex-w1-90-rt", "apex-w1-90-bulk", "apex-w1-90-total"]);
+    assert_eq!(
+        names,
+        ["apex-w1-90-rt", "apex-w1-90-bulk", "apex-w1-90-total"]
+    );
     assert!(es[0].p99_us >= es[0].p50_us && es[0].p50_us > 0.0);
     assert!(es[2].mb_s > 0.0);
     let json = iosched::sim::json(&es);
