@@ -18,6 +18,31 @@
 //!   ([`Scheduler::create_queue`], [`Scheduler::change_queue`],
 //!   [`Scheduler::remove_queue`]), each with a [`QueueConfig`].
 //!
+//! ```
+//! use iosched::{new_scheduler, Op, PolicyKind, QueueConfig, Request, Reservation,
+//!               SchedConfig, Scheduler};
+//!
+//! let mut s = new_scheduler(PolicyKind::Apex, SchedConfig::default());
+//! // A stream with 20 ms deadlines and 10 % of the device reserved.
+//! let video = s
+//!     .create_queue(
+//!         QueueConfig::real_time(20_000_000, Reservation::share_permille(100, 2_000_000)),
+//!         0,
+//!     )
+//!     .unwrap();
+//! let logs = s.create_queue(QueueConfig::background(), 0).unwrap();
+//! let read = Request { queue: video, op: Op::Read, sector: 0, bytes: 65536, deadline: None, tag: 1 };
+//! let write = Request { queue: logs, op: Op::Write, sector: 64, bytes: 4096, deadline: None, tag: 2 };
+//! s.submit(write, 0).unwrap();
+//! s.submit(read, 0).unwrap();
+//! // The ring has 32 free slots: the real-time read goes first.
+//! assert_eq!(s.build_batch(0, 32), vec![1, 2]);
+//! // Responses come back.
+//! let done = s.complete(1, 150_000).unwrap();
+//! assert_eq!(done.latency_ns, 150_000);
+//! assert_eq!(s.queue(video).unwrap().stats.completed, 1);
+//! ```
+//!
 //! **Several rings.** One scheduler instance serves one ring: it counts the
 //! ring's in-flight work, and its cost model learns that ring's share of the
 //! device. A frontend with several rings keeps one scheduler per ring
