@@ -77,7 +77,16 @@
 //!
 //! # Simulation
 //! [`sim`] drives any policy against a deterministic device model in
-//! simulated time with the open-loop workloads of the APEX bench.
+//! simulated time with the open-loop workloads of the APEX bench (W1 to
+//! W3); W4, the scheduler's own cost per request, needs a real clock and is
+//! measured by the bench program through [`sim::overhead`].
+//!
+//! # Limits
+//! - The cost model does not know how many requests the device serves at
+//!   once; a device that is kept below its concurrency looks slower to it
+//!   (see [`cost`]), which makes APEX's batch-size bound stricter than it
+//!   needs to be when real-time deadlines are short (see [`apex`]).
+//! - No request merging and no cancellation of a waiting request.
 #![no_std]
 
 extern crate alloc;
