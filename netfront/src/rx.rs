@@ -19,7 +19,10 @@
 //! extra-info slots follow (each with `XEN_NETIF_EXTRA_FLAG_MORE` but the
 //! last); then, while the previous data response has `NETRXF_more_data`,
 //! further data responses. Linux's netback publishes whole packets only, so
-//! a chain running past the producer index is a violation.
+//! a chain running past the producer index is a violation. The checksum and
+//! extra-info flags count on the first data response only; on the others
+//! they are ignored, as Linux's netfront ignores them, and so are unknown
+//! flag bits (such as the deprecated `NETRXF_gso_prefix`).
 //!
 //! # What is a violation
 //! Anything Linux's netback never produces breaks the device
