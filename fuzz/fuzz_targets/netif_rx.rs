@@ -1,13 +1,16 @@
 //! netfront's RX side against a hostile backend: arbitrary response slots
-//! (raw bytes, or responses and extras with arbitrary fields) and arbitrary
-//! producer indices, consumed as the driver will consume them. Never
+//! (raw bytes, responses and extras with arbitrary fields, or whole packets
+//! laid out as Linux's netback lays them out) and arbitrary producer indices, consumed as the driver will consume them. Never
 //! panics; a violation leaves every posted buffer in the slab; no buffer is
 //! lost or duplicated; every frame lies within its pages.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use netfront::abi::{NetifExtraInfo, NetifRxResponse, RxSlotBytes, PAGE_SIZE};
+use netfront::abi::{
+    ExtraGso, ExtraHash, ExtraXdp, NetifExtraInfo, NetifRxResponse, RxSlotBytes, NETRXF_EXTRA_INFO,
+    NETRXF_MORE_DATA, PAGE_SIZE, XEN_NETIF_EXTRA_FLAG_MORE,
+};
 use netfront::rx::{ProdTracker, RxBuffers, RxConfig, RxKind, MAX_RX_DATA_SLOTS, MAX_RX_SLOTS};
 
 #[derive(Arbitrary, Debug)]
@@ -26,6 +29,64 @@ enum Slot {
         flags: u8,
         u: [u16; 3],
     },
+    /// A whole packet laid out as Linux's netback lays it out, from here.
+    Packet {
+        len: u16,
+        flags: u16,
+        gso: Option<(u8, u16)>,
+        hash: bool,
+        /// The XDP extra's headroom: `None` for the negotiated one.
+        xdp: Option<Option<u16>>,
+    },
+}
+
+/// The slots Linux's netback writes for one packet (`xenvif_rx_skb`): the
+/// first data slot, the extras, the other data slots; data from `headroom`
+/// to the page end, `offset` 0, `status` the end of the data.
+fn netback_packet(
+    start: u32,
+    mask: u32,
+    len: usize,
+    headroom: u16,
+    flags0: u16,
+    mut extras: Vec<NetifExtraInfo>,
+) -> Vec<(u32, RxSlotBytes)> {
+    let h = usize::from(headroom).min(PAGE_SIZE - 1);
+    let n_extras = extras.len();
+    let mut out = Vec::new();
+    let mut left = len;
+    let mut i = 0u32;
+    while (left > 0 || !extras.is_empty() || i == 0) && i < 64 {
+        let idx = start.wrapping_add(i);
+        if i != 0 && !extras.is_empty() {
+            let mut e = extras.remove(0);
+            if !extras.is_empty() {
+                e.flags |= XEN_NETIF_EXTRA_FLAG_MORE;
+            }
+            out.push((idx, RxSlotBytes::from_extra(&e)));
+        } else {
+            let n = left.min(PAGE_SIZE - h);
+            left -= n;
+            let mut flags = if left > 0 { NETRXF_MORE_DATA } else { 0 };
+            if i == 0 {
+                flags |= flags0 & !(NETRXF_MORE_DATA | NETRXF_EXTRA_INFO);
+                if n_extras > 0 {
+                    flags |= NETRXF_EXTRA_INFO;
+                }
+            }
+            out.push((
+                idx,
+                RxSlotBytes::from_response(&NetifRxResponse {
+                    id: (idx & mask) as u16,
+                    offset: 0,
+                    flags,
+                    status: (h + n) as i16,
+                }),
+            ));
+        }
+        i += 1;
+    }
+    out
 }
 
 #[derive(Arbitrary, Debug)]
@@ -70,6 +131,30 @@ fuzz_target!(|input: Input| {
     for round in input.rounds {
         for (at, s) in round.writes {
             let idx = cons.wrapping_add(u32::from(at));
+            if let Slot::Packet { len, flags, gso, hash, xdp } = s {
+                let mut extras = Vec::new();
+                if let Some((type_, size)) = gso {
+                    extras.push(NetifExtraInfo::new_gso(
+                        0,
+                        ExtraGso { size, type_: type_ % 4, pad: 0, features: 0 },
+                    ));
+                }
+                if hash {
+                    extras.push(NetifExtraInfo::new_hash(0, ExtraHash::default()));
+                }
+                let h = match xdp {
+                    None => 0,
+                    Some(h) => {
+                        let h = h.unwrap_or(cfg.headroom);
+                        extras.push(NetifExtraInfo::new_xdp(0, ExtraXdp { headroom: h, pad: [0; 2] }));
+                        h
+                    }
+                };
+                for (i, b) in netback_packet(idx, mask, usize::from(len), h, flags, extras) {
+                    slots[(i & mask) as usize] = b;
+                }
+                continue;
+            }
             let bytes = match s {
                 Slot::Raw(b) => RxSlotBytes(b),
                 Slot::Rsp { own_id, id, offset, flags, status } => {
@@ -83,6 +168,7 @@ fuzz_target!(|input: Input| {
                 Slot::Extra { type_, flags, u } => {
                     RxSlotBytes::from_extra(&NetifExtraInfo { type_, flags, u })
                 }
+                Slot::Packet { .. } => continue,
             };
             slots[(idx & mask) as usize] = bytes;
         }

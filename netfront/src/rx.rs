@@ -779,6 +779,12 @@ impl core::error::Error for ProdViolation {}
 
 /// Checks each new response producer index against the last one seen:
 /// indices are free-running 32-bit counters, compared modulo 2^32.
+///
+/// With `grant_tables`' `FrontRing`, the value to observe is
+/// `rsp_cons() + unconsumed_responses()?` with `limit` the requests
+/// published and unanswered; the ring itself refuses a producer index past
+/// `limit`, this adds the check Linux's netfront makes that it never moves
+/// back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProdTracker {
     last: RingIdx,
