@@ -93,16 +93,26 @@ fuzz_target!(|input: Input| {
             tx_ring_ref: tx,
             rx_ring_ref: rx,
             events: match split {
-                Some(other) => QueueEvents::Split { tx: port, rx: other },
+                Some(other) => QueueEvents::Split {
+                    tx: port,
+                    rx: other,
+                },
                 None => QueueEvents::Shared(port),
             },
         })
         .collect();
     if let Ok(keys) = frontend_keys(&n, &setups) {
         assert_eq!(setups.len(), n.queues as usize);
-        assert!(keys.iter().any(|k| k.key == "request-rx-copy" && k.value == "1"));
-        let refs = keys.iter().filter(|k| k.key.ends_with("tx-ring-ref")).count();
+        assert!(keys
+            .iter()
+            .any(|k| k.key == "request-rx-copy" && k.value == "1"));
+        let refs = keys
+            .iter()
+            .filter(|k| k.key.ends_with("tx-ring-ref"))
+            .count();
         assert_eq!(refs, setups.len());
-        assert!(keys.iter().all(|k| !k.key.is_empty() && !k.value.is_empty()));
+        assert!(keys
+            .iter()
+            .all(|k| !k.key.is_empty() && !k.value.is_empty()));
     }
 });

@@ -131,12 +131,24 @@ fuzz_target!(|input: Input| {
     for round in input.rounds {
         for (at, s) in round.writes {
             let idx = cons.wrapping_add(u32::from(at));
-            if let Slot::Packet { len, flags, gso, hash, xdp } = s {
+            if let Slot::Packet {
+                len,
+                flags,
+                gso,
+                hash,
+                xdp,
+            } = s
+            {
                 let mut extras = Vec::new();
                 if let Some((type_, size)) = gso {
                     extras.push(NetifExtraInfo::new_gso(
                         0,
-                        ExtraGso { size, type_: type_ % 4, pad: 0, features: 0 },
+                        ExtraGso {
+                            size,
+                            type_: type_ % 4,
+                            pad: 0,
+                            features: 0,
+                        },
                     ));
                 }
                 if hash {
@@ -146,7 +158,13 @@ fuzz_target!(|input: Input| {
                     None => 0,
                     Some(h) => {
                         let h = h.unwrap_or(cfg.headroom);
-                        extras.push(NetifExtraInfo::new_xdp(0, ExtraXdp { headroom: h, pad: [0; 2] }));
+                        extras.push(NetifExtraInfo::new_xdp(
+                            0,
+                            ExtraXdp {
+                                headroom: h,
+                                pad: [0; 2],
+                            },
+                        ));
                         h
                     }
                 };
@@ -157,14 +175,18 @@ fuzz_target!(|input: Input| {
             }
             let bytes = match s {
                 Slot::Raw(b) => RxSlotBytes(b),
-                Slot::Rsp { own_id, id, offset, flags, status } => {
-                    RxSlotBytes::from_response(&NetifRxResponse {
-                        id: if own_id { (idx & mask) as u16 } else { id },
-                        offset,
-                        flags,
-                        status,
-                    })
-                }
+                Slot::Rsp {
+                    own_id,
+                    id,
+                    offset,
+                    flags,
+                    status,
+                } => RxSlotBytes::from_response(&NetifRxResponse {
+                    id: if own_id { (idx & mask) as u16 } else { id },
+                    offset,
+                    flags,
+                    status,
+                }),
                 Slot::Extra { type_, flags, u } => {
                     RxSlotBytes::from_extra(&NetifExtraInfo { type_, flags, u })
                 }

@@ -25,9 +25,15 @@ enum Op {
     },
     Publish,
     /// Any response at all.
-    Respond { id: u16, status: i16 },
+    Respond {
+        id: u16,
+        status: i16,
+    },
     /// A response for the `pick`th published id.
-    Answer { pick: u16, status: i16 },
+    Answer {
+        pick: u16,
+        status: i16,
+    },
     Abort,
 }
 
@@ -59,7 +65,12 @@ fuzz_target!(|input: Input| {
 
     for op in input.ops {
         match op {
-            Op::Submit { pieces, csum, gso, free } => {
+            Op::Submit {
+                pieces,
+                csum,
+                gso,
+                free,
+            } => {
                 let grefs: Vec<Vec<u32>> = pieces
                     .iter()
                     .map(|&(n, _, _)| (0..1 + u32::from(n % 4)).map(|g| 8 + g).collect())
@@ -124,10 +135,25 @@ fuzz_target!(|input: Input| {
                 }
                 extras += std::mem::take(&mut queued_extras);
             }
-            Op::Respond { id, status } => apply(&mut q, &mut live, &mut published, &mut extras, NetifTxResponse { id, status }),
+            Op::Respond { id, status } => apply(
+                &mut q,
+                &mut live,
+                &mut published,
+                &mut extras,
+                NetifTxResponse { id, status },
+            ),
             Op::Answer { pick, status } => {
-                if let Some((&id, _)) = published.iter().nth(usize::from(pick) % published.len().max(1)) {
-                    apply(&mut q, &mut live, &mut published, &mut extras, NetifTxResponse { id, status });
+                if let Some((&id, _)) = published
+                    .iter()
+                    .nth(usize::from(pick) % published.len().max(1))
+                {
+                    apply(
+                        &mut q,
+                        &mut live,
+                        &mut published,
+                        &mut extras,
+                        NetifTxResponse { id, status },
+                    );
                 }
             }
             Op::Abort => {
