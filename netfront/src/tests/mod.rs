@@ -1,0 +1,4 @@
+mod csum;
+mod features;
+mod rx;
+mod tx;
