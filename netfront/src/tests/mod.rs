@@ -1,3 +1,4 @@
+mod abi;
 mod csum;
 mod features;
 mod rx;
