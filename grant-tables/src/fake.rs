@@ -376,6 +376,15 @@ impl FakeEventHub {
         Self::build(clock.wakeup.clone(), Time::Fake(clock.clone()))
     }
 
+    /// Threads blocked in [`EventChannels::block_any`] (or `block`) on
+    /// this hub's domains, counted once they have read the clock for their
+    /// deadline: a test advances a [`FakeClock`] or notifies once this says
+    /// the waiter is there. Hubs sharing a clock count each other's
+    /// waiters.
+    pub fn waiters(&self) -> u32 {
+        self.wakeup.waiters.load(Ordering::SeqCst)
+    }
+
     fn build(wakeup: Arc<Wakeup>, time: Time) -> Arc<Self> {
         let ports = (0..HUB_PORTS)
             .map(|_| FakePort {
