@@ -195,12 +195,16 @@ fn a_notify_racing_with_the_sleep_is_never_lost() {
         );
     }
     echo.join().unwrap();
-    // A lost wakeup costs a whole 60 s timeout.
-    assert!(
-        t.elapsed() < Duration::from_secs(60),
-        "{rounds} rounds took {:?}",
-        t.elapsed()
-    );
+    // A lost wakeup ends its round with `None` after the whole timeout,
+    // failing the round's check above. Natively the whole run is quick too
+    // (an interpreter on a loaded machine can take a minute for 30 rounds).
+    if !cfg!(miri) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{rounds} rounds took {:?}",
+            t.elapsed()
+        );
+    }
 }
 
 #[test]
