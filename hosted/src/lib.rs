@@ -71,6 +71,7 @@
 //! drop(map); // unmaps and releases GTF_reading/GTF_writing
 //! ```
 
+pub mod blkback;
 mod domain;
 mod evtchn;
 mod grants;
