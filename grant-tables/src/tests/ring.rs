@@ -486,7 +486,6 @@ fn wraps_at_u32_max() {
     assert_eq!(front.rsp_cons(), (u32::MAX - 5).wrapping_add(120));
 }
 
-/// One step of a random exchange.
 // ---- Slots of several shapes ----------------------------------------------
 
 /// netif's TX request (`netif_tx_request`, 12 bytes).
@@ -810,6 +809,7 @@ fn cache_demotion_is_off_without_cldemote() {
     assert_eq!(back.take_request(), Ok(Some(Req { id: 1, value: 2 })));
 }
 
+/// One step of a random exchange.
 #[derive(Clone, Debug)]
 enum Op {
     Put(u8),
