@@ -1,6 +1,7 @@
 //! A back ring consuming requests from arbitrary peer-written page contents
 //! and indices: no panic, never more than a ring's worth outstanding, and a
-//! broken ring stays broken.
+//! broken ring stays broken; slots are read and answered in the ring's types
+//! and in smaller shapes (`take_request_as`, `put_response_as`).
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -36,6 +37,9 @@ struct Round {
     answer: u8,
     push: bool,
     final_check: bool,
+    /// Read requests as their first 6 bytes and answer with 2 bytes instead
+    /// of the ring's types.
+    shapes: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -81,14 +85,20 @@ fuzz_target!(|input: Input| {
             }
         }
         for _ in 0..round.take {
-            match back.take_request() {
+            let taken = if round.shapes {
+                back.take_request_as::<[u16; 3]>()
+                    .map(|r| r.map(|w| (w[0], u32::from(w[2]) << 16 | u32::from(w[1]))))
+            } else {
+                back.take_request().map(|r| r.map(|r| (r.id, r.size)))
+            };
+            match taken {
                 Ok(Some(r)) => {
                     unanswered += 1;
                     assert!(
                         unanswered <= size,
                         "more requests outstanding than ring slots"
                     );
-                    let _ = (r.id, r.size, r.offset);
+                    let _ = r;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -98,7 +108,12 @@ fuzz_target!(|input: Input| {
             }
         }
         for _ in 0..round.answer {
-            if back.put_response(Rsp { id: 1, status: 0 }).is_err() {
+            let put = if round.shapes {
+                back.put_response_as(&1u16)
+            } else {
+                back.put_response(Rsp { id: 1, status: 0 })
+            };
+            if put.is_err() {
                 break;
             }
             unanswered -= 1;

@@ -5,13 +5,13 @@ use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use proptest::prelude::*;
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::abi::{RingIdx, PAGE_SIZE};
 use crate::fake::FakePages;
 use crate::ring::{
-    entry_size, ring_entries, round_down_pow2, BackRing, FrontRing, RawRingMemory, RingError,
-    RingMemory,
+    cache_demote_supported, entry_size, reinterpret, ring_entries, round_down_pow2, BackRing,
+    FrontRing, RawRingMemory, RingError, RingMemory,
 };
 
 #[repr(C)]
@@ -484,6 +484,329 @@ fn wraps_at_u32_max() {
         }
     }
     assert_eq!(front.rsp_cons(), (u32::MAX - 5).wrapping_add(120));
+}
+
+// ---- Slots of several shapes ----------------------------------------------
+
+/// netif's TX request (`netif_tx_request`, 12 bytes).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
+struct TxReq {
+    gref: u32,
+    offset: u16,
+    flags: u16,
+    id: u16,
+    size: u16,
+}
+
+/// `NETTXF_extra_info`: the next slot holds a [`TxExtra`].
+const TX_EXTRA_INFO: u16 = 1 << 3;
+
+/// netif's extra-info segment (`netif_extra_info` with its GSO member, 8
+/// bytes), carried in a TX request slot.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
+struct TxExtra {
+    kind: u8,
+    flags: u8,
+    gso_size: u16,
+    gso_type: u8,
+    pad: u8,
+    features: u16,
+}
+
+/// netif's TX response (`netif_tx_response`, 4 bytes).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
+struct TxRsp {
+    id: u16,
+    status: i16,
+}
+
+type TxFront = FrontRing<TxReq, TxRsp, FakePages>;
+type TxBack = BackRing<TxReq, TxRsp, RawRingMemory>;
+
+fn tx_pair(start: RingIdx) -> (TxFront, TxBack) {
+    let mem = FakePages::new(1).unwrap();
+    let (ptr, len) = (mem.ring_ptr(), mem.ring_len());
+    let front = TxFront::init_at(mem, start).unwrap();
+    // SAFETY: the memory is owned by `front`, which outlives `back` in every
+    // test; both access it only through ring accessors.
+    let raw = unsafe { RawRingMemory::new(ptr, len) };
+    (front, TxBack::attach(raw, start).unwrap())
+}
+
+fn tx_bytes(front: &TxFront, off: usize, len: usize) -> Vec<u8> {
+    let p = front.memory().ring_ptr().as_ptr();
+    // SAFETY: callers stay inside the ring page; the ring is idle.
+    (0..len)
+        .map(|i| unsafe { p.add(off + i).read_volatile() })
+        .collect()
+}
+
+#[test]
+fn netif_extra_info_rides_in_the_slot_after_its_request() {
+    // Start below 2^32 so the pair straddles the wrap.
+    let start = u32::MAX;
+    let (mut front, mut back) = tx_pair(start);
+    let entry = entry_size::<TxReq, TxRsp>();
+    assert_eq!(entry, 12);
+    let slots = front.size() as usize;
+    let slot_off = |idx: RingIdx| 64 + (idx as usize % slots) * entry;
+
+    // The second slot holds stale bytes from an earlier use.
+    let stale = [0xcdu8; 12];
+    let p = front.memory().ring_ptr().as_ptr();
+    for (i, b) in stale.iter().enumerate() {
+        // SAFETY: inside the ring page; the ring is idle.
+        unsafe {
+            p.add(slot_off(start.wrapping_add(1)) + i)
+                .write_volatile(*b)
+        }
+    }
+
+    let req = TxReq {
+        gref: 0x0102_0304,
+        offset: 0x0506,
+        flags: TX_EXTRA_INFO,
+        id: 7,
+        size: 1514,
+    };
+    let extra = TxExtra {
+        kind: 1,
+        flags: 0,
+        gso_size: 1448,
+        gso_type: 1,
+        pad: 0,
+        features: 0,
+    };
+    assert_eq!(front.put_request(req), Ok(start));
+    assert_eq!(front.put_request_as(&extra), Ok(start.wrapping_add(1)));
+    front.push_requests();
+
+    // The extra segment sits at the slot's start, as C's overlay puts it,
+    // and the slot's last 4 bytes keep what they held.
+    let raw = tx_bytes(&front, slot_off(start.wrapping_add(1)), 12);
+    assert_eq!(&raw[..8], extra.as_bytes());
+    assert_eq!(&raw[8..], &stale[8..]);
+
+    // The back reads the request, sees the flag, reads the next slot as the
+    // extra segment: one copy each.
+    assert_eq!(back.unconsumed_requests(), Ok(2));
+    let got = back.take_request().unwrap().unwrap();
+    assert_eq!(got, req);
+    assert!(got.flags & TX_EXTRA_INFO != 0);
+    assert_eq!(back.take_request_as::<TxExtra>(), Ok(Some(extra)));
+    assert_eq!(back.take_request_as::<TxExtra>(), Ok(None));
+
+    // Netback answers the extra slot with a NETIF_RSP_NULL response; answer
+    // both slots, the second as a bare status word.
+    back.put_response(TxRsp { id: 7, status: 0 }).unwrap();
+    back.put_response_as(&[0u8, 0, 1, 0]).unwrap();
+    back.push_responses();
+    assert_eq!(front.take_response(), Ok(Some(TxRsp { id: 7, status: 0 })));
+    assert_eq!(front.take_response_as::<[u8; 4]>(), Ok(Some([0, 0, 1, 0])));
+    assert_eq!(front.take_response_as::<u16>(), Ok(None));
+    assert_eq!(front.free_requests(), front.size());
+}
+
+/// blkif's request (`blkif_request`, 112 bytes): operation and segment
+/// count, then the id and eleven segments.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
+struct BlkReq {
+    operation: u8,
+    nr_segments: u8,
+    handle: u16,
+    _pad: u32,
+    id: u64,
+    sector: u64,
+    seg: [u64; 11],
+}
+
+/// blkif's discard request (`blkif_request_discard`), 32 bytes of a
+/// request slot.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
+struct BlkDiscard {
+    operation: u8,
+    flag: u8,
+    handle: u16,
+    _pad: u32,
+    id: u64,
+    sector: u64,
+    nr_sectors: u64,
+}
+
+/// The two bytes every blkif request variant starts with.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
+struct BlkHead {
+    operation: u8,
+    second: u8,
+}
+
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
+struct BlkRsp {
+    id: u64,
+    operation: u8,
+    _pad: u8,
+    status: i16,
+    _pad2: u32,
+}
+
+const BLKIF_OP_READ: u8 = 0;
+const BLKIF_OP_DISCARD: u8 = 5;
+
+#[test]
+fn blkif_variants_are_decided_on_one_copy_of_the_slot() {
+    let mem = FakePages::new(1).unwrap();
+    let (ptr, len) = (mem.ring_ptr(), mem.ring_len());
+    let mut front = FrontRing::<BlkReq, BlkRsp, FakePages>::init(mem).unwrap();
+    // SAFETY: the memory is owned by `front`, alive as long as `back`.
+    let raw = unsafe { RawRingMemory::new(ptr, len) };
+    let mut back = BackRing::<BlkReq, BlkRsp, RawRingMemory>::new(raw).unwrap();
+
+    let read = BlkReq {
+        operation: BLKIF_OP_READ,
+        nr_segments: 2,
+        handle: 3,
+        _pad: 0,
+        id: 10,
+        sector: 2048,
+        seg: core::array::from_fn(|i| 0x1111 * i as u64),
+    };
+    let discard = BlkDiscard {
+        operation: BLKIF_OP_DISCARD,
+        flag: 1,
+        handle: 3,
+        _pad: 0,
+        id: 11,
+        sector: 4096,
+        nr_sectors: 8192,
+    };
+    front.put_request(read).unwrap();
+    front.put_request_as(&discard).unwrap();
+    front.push_requests();
+
+    let mut seen = Vec::new();
+    while let Some(slot) = back.take_request().unwrap() {
+        // Decide on the copy's header, then read the copy as the variant.
+        let head: BlkHead = reinterpret(&slot);
+        match head.operation {
+            BLKIF_OP_READ => {
+                assert_eq!(slot, read);
+                seen.push(slot.id);
+            }
+            BLKIF_OP_DISCARD => {
+                let d: BlkDiscard = reinterpret(&slot);
+                assert_eq!(d, discard);
+                seen.push(d.id);
+            }
+            op => panic!("unexpected operation {op}"),
+        }
+        back.put_response(BlkRsp {
+            id: slot.id,
+            operation: head.operation,
+            _pad: 0,
+            status: 0,
+            _pad2: 0,
+        })
+        .unwrap();
+    }
+    assert_eq!(seen, [10, 11]);
+    back.push_responses();
+    // The front reads just the id and operation of each response.
+    let mut ids = Vec::new();
+    while let Some(r) = front.take_response_as::<[u64; 2]>().unwrap() {
+        ids.push((r[0], r[1] as u8));
+    }
+    assert_eq!(ids, [(10, BLKIF_OP_READ), (11, BLKIF_OP_DISCARD)]);
+}
+
+#[test]
+fn typed_slots_keep_the_ring_rules() {
+    let (mut front, mut back) = tx_pair(0);
+    let n = front.size();
+    let extra = TxExtra {
+        kind: 2,
+        flags: 0,
+        gso_size: 0,
+        gso_type: 0,
+        pad: 0,
+        features: 0,
+    };
+    for _ in 0..n {
+        front.put_request_as(&extra).unwrap();
+    }
+    assert_eq!(front.put_request_as(&extra), Err(RingError::Full));
+    // Nothing taken: no slot to answer in either shape.
+    assert_eq!(
+        back.put_response_as(&0u16),
+        Err(RingError::NoRequestToAnswer)
+    );
+    front.push_requests();
+    for _ in 0..n {
+        assert_eq!(back.take_request_as::<TxExtra>(), Ok(Some(extra)));
+    }
+    assert_eq!(back.take_request_as::<[u8; 12]>(), Ok(None));
+    // A hostile front's req_prod breaks the ring for every shape.
+    poke_tx(&front, 0, 3 * n);
+    let err = back.take_request_as::<u8>().unwrap_err();
+    assert!(err.is_peer_fault());
+    assert_eq!(back.take_request(), Err(err.clone()));
+    assert_eq!(back.put_response_as(&0u32), Err(err));
+
+    // Same on the front: more responses than requests breaks it.
+    let (mut front, _back) = tx_pair(0);
+    front.put_request(TxReq::new_zeroed()).unwrap();
+    front.push_requests();
+    poke_tx(&front, 2, 2);
+    let err = front.take_response_as::<u16>().unwrap_err();
+    assert!(err.is_peer_fault());
+    assert_eq!(front.put_request_as(&extra), Err(err));
+}
+
+fn poke_tx(front: &TxFront, word: usize, value: u32) {
+    let p = front.memory().ring_ptr().as_ptr().cast::<u32>();
+    // SAFETY: `word < 4`: a header index inside the live ring page.
+    unsafe { p.add(word).write_volatile(value) }
+}
+
+#[test]
+fn reinterpret_takes_the_prefix_of_the_copy() {
+    let slot = Req {
+        id: 0x0807_0605_0403_0201,
+        value: 0x100f_0e0d_0c0b_0a09,
+    };
+    let b: [u8; 3] = reinterpret(&slot);
+    assert_eq!(b, [1, 2, 3]);
+    let whole: [u64; 2] = reinterpret(&slot);
+    assert_eq!(whole, [slot.id, slot.value]);
+    let none: () = reinterpret(&slot);
+    assert_eq!(none, ());
+}
+
+#[test]
+fn cache_demotion_is_off_without_cldemote() {
+    let (mut front, mut back) = pair(1, 0);
+    front.set_cache_demote(true);
+    back.set_cache_demote(true);
+    // Asked for, it is on only where the processor has CLDEMOTE (never
+    // under Miri); off stays off.
+    assert_eq!(front.cache_demote(), cache_demote_supported());
+    assert_eq!(back.cache_demote(), cache_demote_supported());
+    front.set_cache_demote(false);
+    assert!(!front.cache_demote());
+    #[cfg(miri)]
+    assert!(!cache_demote_supported());
+    // Asking twice gives the same answer.
+    assert_eq!(cache_demote_supported(), cache_demote_supported());
+    // Either way, exchanges work.
+    front.put_request(Req { id: 1, value: 2 }).unwrap();
+    front.push_requests();
+    assert_eq!(back.take_request(), Ok(Some(Req { id: 1, value: 2 })));
 }
 
 /// One step of a random exchange.
