@@ -505,7 +505,14 @@ impl ForeignTable {
         let tag = holder_tag(departed);
         let busy = u32::from((GrantFlags::READING | GrantFlags::WRITING).bits());
         for gref in 0..self.count {
-            let (Some(rec), Some(head)) = (self.pin_record(gref), self.head(gref)) else {
+            let Some(rec) = self.pin_record(gref) else {
+                return 0; // no pin records: nothing to release
+            };
+            // Most entries were never pinned: one load each.
+            if rec.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let Some(head) = self.head(gref) else {
                 continue;
             };
             let mut attempt = 0u32;
