@@ -241,6 +241,7 @@ impl ForeignTable {
         }
     }
 
+    #[inline]
     fn field<T>(&self, gref: u32, offset: usize) -> Option<*mut T> {
         if gref >= self.count {
             return None;
@@ -260,12 +261,14 @@ impl ForeignTable {
     /// The entry's first word, `flags | domid << 16`: always accessed as one
     /// 32-bit atomic, so a compare-and-swap on the flags also checks the
     /// domid (Xen's `_set_status_v1`).
+    #[inline]
     fn head(&self, gref: u32) -> Option<&AtomicU32> {
         // SAFETY: an in-range, aligned u32 of live shared memory (see `new`).
         self.field::<u32>(gref, 0)
             .map(|p| unsafe { AtomicU32::from_ptr(p) })
     }
 
+    #[inline]
     fn frame(&self, gref: u32) -> Option<u32> {
         let f = self.field::<u32>(gref, 4)?;
         // SAFETY: an in-range, aligned u32 of live shared memory.
@@ -278,6 +281,7 @@ impl ForeignTable {
     /// an entry ended and re-granted to another domain meanwhile cannot be
     /// pinned. The frame is read only once pinned (the granter cannot end
     /// the grant then). Returns the granted frame.
+    #[inline]
     pub fn acquire(&self, gref: u32, requester: DomId, access: Access) -> Result<u32, MapRefusal> {
         let head = self.head(gref).ok_or(MapRefusal::OutOfRange)?;
         let mut seen = head.load(Ordering::Acquire);
@@ -320,6 +324,7 @@ impl ForeignTable {
     /// Unpins an entry acquired with `access`: clears the bits `acquire`
     /// set. With `others_reading`/`others_writing` the caller says other
     /// mappings of the same entry remain (Xen keeps per-entry pin counts).
+    #[inline]
     pub fn release(&self, gref: u32, access: Access, others_reading: bool, others_writing: bool) {
         let Some(head) = self.head(gref) else {
             return;
@@ -336,6 +341,7 @@ impl ForeignTable {
         }
     }
 
+    #[inline]
     fn pin_record(&self, gref: u32) -> Option<&AtomicU64> {
         let base = self.pins?;
         if gref >= self.count {
@@ -365,6 +371,7 @@ impl ForeignTable {
     }
 
     /// Takes the record's lock for `me`; returns the record as it was.
+    #[inline]
     fn lock_record(record: &AtomicU64, me: DomId, backoff: Backoff<'_>) -> Option<u64> {
         let tag = holder_tag(me);
         let mut attempt = 0u32;
@@ -396,6 +403,7 @@ impl ForeignTable {
 
     /// [`Self::pin`] with a caller's wait for a locked record (a hosted
     /// platform yields to the scheduler).
+    #[inline]
     pub fn pin_with(
         &self,
         gref: u32,
@@ -451,6 +459,7 @@ impl ForeignTable {
     }
 
     /// [`Self::unpin`] with a caller's wait for a locked record.
+    #[inline]
     pub fn unpin_with(
         &self,
         gref: u32,
@@ -496,7 +505,14 @@ impl ForeignTable {
         let tag = holder_tag(departed);
         let busy = u32::from((GrantFlags::READING | GrantFlags::WRITING).bits());
         for gref in 0..self.count {
-            let (Some(rec), Some(head)) = (self.pin_record(gref), self.head(gref)) else {
+            let Some(rec) = self.pin_record(gref) else {
+                return 0; // no pin records: nothing to release
+            };
+            // Most entries were never pinned: one load each.
+            if rec.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let Some(head) = self.head(gref) else {
                 continue;
             };
             let mut attempt = 0u32;

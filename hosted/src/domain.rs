@@ -198,9 +198,9 @@ impl Peer {
             )
         };
         // SAFETY: `event_map` is a writable mapping of a whole event page of
-        // a size-sealed memfd, kept alive by this `Peer` for as long as the
-        // view is used (the domain keeps every `Peer` it made until it is
-        // dropped), and accessed only atomically.
+        // a size-sealed memfd, kept alive by this `Peer`, which holds the
+        // view and is dropped after it (field order); the page is accessed
+        // only atomically.
         let view = unsafe { EventView::new(event_map.as_ptr()) };
         view.check_header(domid)?;
         counts.alive.fetch_add(1, Ordering::Relaxed);
