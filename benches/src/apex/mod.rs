@@ -366,7 +366,7 @@ fn run_entry(
 
 fn class_about(label: &str, w: &str) -> String {
     let what = match label {
-        "rt" if w.starts_with("w1") => {
+        "rt" if w.starts_with("W1") => {
             "the real-time readers (256 KiB every 20 ms each, deadline one period)"
         }
         "rt" => "the real-time reads (64 KiB at 10 % of capacity, deadline 10 ms)",
@@ -485,11 +485,12 @@ completed); its peak submissions per second as iops";
                     return Err("interrupted".into());
                 }
                 let requests = (r.iters * 20).clamp(2_000, full.iters * 20);
-                let ns = sim::overhead_round(kind, requests, r.warmup > 0, rec)?;
+                let o = sim::overhead_round(kind, requests, r.warmup > 0, rec)?;
                 c.borrow_mut().extras.insert(
                     n.clone(),
                     Extra {
-                        ns_per_req: Some(ns),
+                        ns_per_req: Some(o.wall_ns),
+                        cpu_ns_per_req: Some(o.cpu_ns),
                         ..Extra::default()
                     },
                 );
@@ -564,8 +565,16 @@ fn build(args: &ApexArgs, loads: &[u64]) -> (Bench, Rc<RefCell<Ctx>>) {
 
 fn help_text(bench: &Bench) -> String {
     let mut s = bench.entries_help();
+    let (q, f) = plans();
     s.push_str(&format!(
-        "\nA quick run sweeps W1 at {:?} % (entries of other loads are absent then).\n",
+        "\nIn this bench a sample is a millisecond of run time: every run (a workload under one \
+policy) lasts {} ms in a quick run ({} ms warm-up, not measured) and {} ms in a full one ({} ms \
+warm-up); every entry named after the same run shares it. A quick run sweeps W1 at {:?} % \
+(entries of other loads are absent then).\n",
+        q.warmup + q.iters,
+        q.warmup,
+        f.warmup + f.iters,
+        f.warmup,
         sim::LOADS_QUICK
     ));
     s.push_str("\nLinux peers (fio, io_uring, direct I/O, on a loop device over a 1 GiB file under target/bench/, as root):\n");

@@ -162,34 +162,73 @@ pub const W4_RING_SLOTS: usize = 32;
 /// one sample (its ns per request).
 pub const W4_REPS: u64 = 9;
 
+/// The calling thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`): time
+/// the thread ran, without the time other processes had the core.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec that outlives the call;
+    // clock_gettime writes only into it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// What one round of W4 measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Overhead {
+    /// Mean ns per request on the monotonic clock, over the repetitions.
+    pub wall_ns: f64,
+    /// Median over the repetitions of the ns per request on the thread's
+    /// CPU-time clock (no time lost to other processes).
+    pub cpu_ns: f64,
+}
+
 /// One round of W4 for `kind` (`None`: no scheduler, [`Passthrough`]):
 /// `W4_REPS` runs of `requests` requests through `sim::overhead` on the
 /// monotonic clock, after one unrecorded run when `warm` is set. Records
 /// each run's ns per request, and the submissions per second over all of
-/// them as `iops`. Returns the mean ns per request.
+/// them as `iops`; the thread's CPU time is read at the same two moments.
 pub fn overhead_round(
     kind: Option<PolicyKind>,
     requests: u64,
     warm: bool,
     rec: &mut Recorder,
-) -> Result<f64, String> {
+) -> Result<Overhead, String> {
     let base = Instant::now();
-    let mut clock = || base.elapsed().as_nanos() as u64;
-    let mut one = || -> Result<f64, String> {
+    let one = || -> Result<(f64, f64), String> {
         let mut s: Box<dyn Scheduler> = match kind {
             Some(k) => iosched::new_scheduler(k, iosched::SchedConfig::default()),
             None => Box::new(Passthrough::default()),
         };
-        sim::overhead(&mut *s, requests, W4_RING_SLOTS, &mut clock)
-            .map_err(|e| format!("sim::overhead: {e}"))
+        let mut cpu = Vec::with_capacity(2);
+        let mut clock = || {
+            cpu.push(thread_cpu_ns());
+            base.elapsed().as_nanos() as u64
+        };
+        let wall = sim::overhead(&mut *s, requests, W4_RING_SLOTS, &mut clock)
+            .map_err(|e| format!("sim::overhead: {e}"))?;
+        let cpu_ns = match (cpu.first(), cpu.last()) {
+            (Some(a), Some(b)) => b.saturating_sub(*a) as f64 / requests.max(1) as f64,
+            _ => 0.0,
+        };
+        Ok((wall, cpu_ns))
     };
     if warm {
         one()?;
     }
     let mut total_ns = 0.0;
+    let mut cpus = Vec::new();
     for _ in 0..W4_REPS {
-        let ns = one()?;
+        let (ns, cpu) = one()?;
         total_ns += ns * requests as f64;
+        cpus.push(cpu);
         rec.record(ns.round().max(1.0) as u64);
     }
     let n = requests * W4_REPS;
@@ -197,7 +236,11 @@ pub fn overhead_round(
         iops: (total_ns > 0.0).then(|| n as f64 * 1e9 / total_ns),
         ..Throughput::default()
     });
-    Ok(total_ns / n.max(1) as f64)
+    cpus.sort_by(f64::total_cmp);
+    Ok(Overhead {
+        wall_ns: total_ns / n.max(1) as f64,
+        cpu_ns: cpus.get(cpus.len() / 2).copied().unwrap_or(0.0),
+    })
 }
 
 /// No scheduler: requests go on the ring in arrival order with no
@@ -387,9 +430,12 @@ mod tests {
     #[test]
     fn overhead_records_one_sample_per_repetition() {
         let mut rec = Recorder::new();
-        let ns = overhead_round(None, 2_000, false, &mut rec).unwrap();
+        let o = overhead_round(None, 2_000, false, &mut rec).unwrap();
         assert_eq!(rec.count(), W4_REPS);
-        assert!(ns > 0.0);
+        assert!(o.wall_ns > 0.0 && o.cpu_ns > 0.0, "{o:?}");
+        // CPU time never exceeds the wall time it was taken in (to the
+        // clocks' resolution, on average over the repetitions).
+        assert!(o.cpu_ns <= o.wall_ns * 1.5 + 50.0, "{o:?}");
         let mut rec = Recorder::new();
         overhead_round(Some(PolicyKind::Apex), 2_000, true, &mut rec).unwrap();
         assert_eq!(rec.count(), W4_REPS);
