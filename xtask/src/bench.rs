@@ -1,5 +1,5 @@
-//! The bench commands (`cargo xtask pingpong`, and every bench added
-//! beside it): install what the benches need when missing, build the bench
+//! The bench commands (`cargo xtask pingpong`, `cargo xtask apexbench`,
+//! and every bench added beside it): install what the benches need when missing, build the bench
 //! in release mode and run it with every option passed through (the
 //! bench's own `--help` explains its options and entries).
 //!
@@ -11,7 +11,7 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use crate::setup::ensure_bench_deps;
+use crate::setup::{apt_install, ensure_bench_deps, have};
 use crate::util::{cargo, run as sh, target_dir};
 
 /// A bench command's arguments: all of them go to the bench.
@@ -89,12 +89,37 @@ pub fn run(bench: &str, args: &BenchArgs) -> Result<(), String> {
     sh(&mut c)
 }
 
+/// Whether the apexbench arguments need fio: not for `--help` or
+/// `--no-linux`.
+fn apexbench_needs_fio(args: &[OsString]) -> bool {
+    !args
+        .iter()
+        .any(|a| a == "--help" || a == "-h" || a == "--no-linux")
+}
+
+/// `cargo xtask apexbench [BENCH OPTIONS]`: installs fio when missing (the
+/// bench's Linux peers drive the loop device with it), then runs the bench.
+pub fn run_apexbench(args: &BenchArgs) -> Result<(), String> {
+    if apexbench_needs_fio(&args.args) && !have("fio", &["--version"]) {
+        eprintln!("xtask: fio is missing (apexbench's Linux peers run it); installing it");
+        apt_install(&["fio"])?;
+    }
+    run("apexbench", args)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn apexbench_installs_fio_only_when_it_will_run_it() {
+        assert!(apexbench_needs_fio(&os(&["--quick"])));
+        assert!(!apexbench_needs_fio(&os(&["--quick", "--no-linux"])));
+        assert!(!apexbench_needs_fio(&os(&["--help"])));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - `cargo xtask lab [--scenario NAME]... [--keep] [--prepare]`: the Xen
 //!   lab.
 //! - `cargo xtask pingpong [BENCH OPTIONS]`: the ping-pong bench.
+//! - `cargo xtask apexbench [BENCH OPTIONS]`: the I/O scheduler bench.
 //!
 //! `cargo xtask --help` and `cargo xtask <command> --help` explain each
 //! command and its options (a bench's `--help` comes from the bench).
@@ -58,6 +59,14 @@ enum Cmd {
     /// options and explains every entry.
     #[command(disable_help_flag = true)]
     Pingpong(bench::BenchArgs),
+    /// The I/O scheduler bench: APEX against the other policies and Linux's schedulers.
+    ///
+    /// Installs Xen's headers and fio when missing, builds the bench in
+    /// release mode and passes every option to it: `cargo xtask apexbench
+    /// --help` lists its options and explains every entry. Its Linux peers
+    /// need root (a loop device); `--no-linux` runs the simulation only.
+    #[command(disable_help_flag = true)]
+    Apexbench(bench::BenchArgs),
 }
 
 impl Cmd {
@@ -67,6 +76,7 @@ impl Cmd {
             Cmd::Fuzz(_) => "fuzz",
             Cmd::Lab(_) => "lab",
             Cmd::Pingpong(_) => "pingpong",
+            Cmd::Apexbench(_) => "apexbench",
         }
     }
 }
@@ -78,6 +88,7 @@ fn main() -> ExitCode {
         Cmd::Fuzz(a) => ci::fuzz(a),
         Cmd::Lab(a) => lab::run(a),
         Cmd::Pingpong(a) => bench::run("pingpong", a),
+        Cmd::Apexbench(a) => bench::run_apexbench(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -139,13 +150,18 @@ mod tests {
             panic!("not pingpong")
         };
         assert!(b.args.is_empty());
+        let c = Cli::try_parse_from(["xtask", "apexbench", "--quick", "--json", "x.json"]).unwrap();
+        let Cmd::Apexbench(b) = c.cmd else {
+            panic!("not apexbench")
+        };
+        assert_eq!(b.args, ["--quick", "--json", "x.json"]);
     }
 
     #[test]
     fn help_covers_every_command_and_lab_lists_its_scenarios() {
         let mut cmd = Cli::command();
         let help = cmd.render_long_help().to_string();
-        for c in ["ci", "fuzz", "lab", "pingpong"] {
+        for c in ["ci", "fuzz", "lab", "pingpong", "apexbench"] {
             assert!(help.contains(c), "{c} missing from:\n{help}");
         }
         let lab = Cli::try_parse_from(["xtask", "lab", "--help"])

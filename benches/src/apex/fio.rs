@@ -159,11 +159,13 @@ impl RealPath for FioPeer {
         w: &RealWorkload,
         scratch: &Path,
     ) -> Result<Measured, String> {
-        dev.set_scheduler(self.sched.sysfs_name(), &self.sched.tunables(w.workload))?;
+        let adjusted =
+            dev.set_scheduler(self.sched.sysfs_name(), &self.sched.tunables(w.workload))?;
         let job = job_file(dev.path(), w, scratch);
         run_job(&job, scratch, w.warmup_ms + w.measure_ms)?;
         let mut m = Measured {
             window_ns: w.measure_ms * 1_000_000,
+            notes: adjusted,
             ..Measured::default()
         };
         let window = (
@@ -286,7 +288,8 @@ pub struct LatLine {
 }
 
 /// Parses a fio latency log written with `log_prio=1`:
-/// `time_ms, lat_ns, direction, bytes, offset, 0xPRIO` per line.
+/// `time_ms, lat_ns, direction, bytes, [offset,] 0xPRIO` per line (the
+/// offset only with `log_offset=1`).
 pub fn parse_lat_log(text: &str) -> Result<Vec<LatLine>, String> {
     let mut v = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -295,14 +298,16 @@ pub fn parse_lat_log(text: &str) -> Result<Vec<LatLine>, String> {
         }
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         let bad = |what: &str| format!("line {}: {what}: `{line}`", i + 1);
-        if f.len() < 6 {
+        let (Some(last), true) = (f.last(), f.len() >= 5) else {
+            return Err(bad("expected 5 or 6 fields"));
+        };
+        let Some(hex) = last.strip_prefix("0x") else {
             return Err(bad(
-                "expected 6 fields (was the log written with log_prio=1?)",
+                "no priority field (was the log written with log_prio=1?)",
             ));
-        }
+        };
         let num = |k: usize| f[k].parse::<u64>().map_err(|_| bad("not a number"));
-        let prio = u32::from_str_radix(f[5].trim_start_matches("0x"), 16)
-            .map_err(|_| bad("priority not hexadecimal"))?;
+        let prio = u32::from_str_radix(hex, 16).map_err(|_| bad("priority not hexadecimal"))?;
         v.push(LatLine {
             time_ms: num(0)?,
             lat_ns: num(1)?,
@@ -460,7 +465,7 @@ mod tests {
 
     #[test]
     fn latency_logs_parse_and_bad_lines_are_errors() {
-        let log = "3, 2917491, 0, 262144, 3932160, 0x2000\n19, 8007145, 0, 262144, 0, 0x0000\n\n";
+        let log = "3, 2917491, 0, 262144, 3932160, 0x2000\n19, 8007145, 0, 262144, 0x0000\n\n";
         let v = parse_lat_log(log).unwrap();
         assert_eq!(
             v[0],
@@ -473,6 +478,7 @@ mod tests {
         );
         assert_eq!(v[1].prio >> 13, 0);
         assert!(parse_lat_log("3, 29, 0, 4096, 0\n").is_err());
+        assert!(parse_lat_log("3, 29, 0, 0x2000\n").is_err());
         assert!(parse_lat_log("3, x, 0, 4096, 0, 0x2000\n").is_err());
         assert!(parse_lat_log("3, 1, 0, 4096, 0, zz\n").is_err());
     }

@@ -158,8 +158,13 @@ impl LoopDevice {
 
     /// Sets the kernel scheduler (`none`, `mq-deadline`, `bfq`, `kyber`)
     /// and then its tunables (files under `queue/iosched/`), reading each
-    /// back.
-    pub fn choose_scheduler(&self, sched: &str, tunables: &[(&str, String)]) -> Result<(), String> {
+    /// back: returns a note for each the kernel took at another value
+    /// (it rounds mq-deadline's times to whole jiffies, for example).
+    pub fn choose_scheduler(
+        &self,
+        sched: &str,
+        tunables: &[(&str, String)],
+    ) -> Result<Vec<String>, String> {
         let path = self.sys("queue/scheduler");
         std::fs::write(&path, sched)
             .map_err(|e| format!("cannot set {} to {sched}: {e}", path.display()))?;
@@ -172,19 +177,20 @@ impl LoopDevice {
                 now.trim()
             ));
         }
+        let mut notes = Vec::new();
         for (k, v) in tunables {
             let p = self.sys(&format!("queue/iosched/{k}"));
             std::fs::write(&p, v).map_err(|e| format!("cannot set {} to {v}: {e}", p.display()))?;
-            let back = std::fs::read_to_string(&p).unwrap_or_default();
+            let back = std::fs::read_to_string(&p)
+                .map_err(|e| format!("cannot read {} back: {e}", p.display()))?;
             if back.trim() != v {
-                return Err(format!(
-                    "{} reads {} after writing {v}",
-                    p.display(),
+                notes.push(format!(
+                    "{sched} {k}={v} was taken as {} by the kernel",
                     back.trim()
                 ));
             }
         }
-        Ok(())
+        Ok(notes)
     }
 
     /// Detaches the device (also done on drop).
@@ -203,7 +209,11 @@ impl Device for LoopDevice {
         &self.dev
     }
 
-    fn set_scheduler(&self, sched: &str, tunables: &[(&str, String)]) -> Result<(), String> {
+    fn set_scheduler(
+        &self,
+        sched: &str,
+        tunables: &[(&str, String)],
+    ) -> Result<Vec<String>, String> {
         self.choose_scheduler(sched, tunables)
     }
 }

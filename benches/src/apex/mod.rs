@@ -246,7 +246,10 @@ impl Ctx {
                     .and_then(|_| self.paths[path].run(dev, &rw, &dir))
                     .map(|m| {
                         for n in &m.notes {
-                            self.notes.push(format!("{name}: {n}"));
+                            let n = format!("{name}: {n}");
+                            if !self.notes.contains(&n) {
+                                self.notes.push(n);
+                            }
                         }
                         Rc::new(m)
                     })
@@ -719,8 +722,12 @@ pub fn run(args: &ApexArgs) -> Result<ApexReport, String> {
         .unwrap_or_else(|| json.with_extension("svg"));
     report::write_json(&json, &rep)?;
     println!("\nJSON written to {}", json.display());
-    report::plot(&svg, &rep)?;
-    println!("SVG plot written to {}", svg.display());
+    if report::miss_curves(&rep).is_empty() {
+        println!("no SVG plot: no W1 entry was measured");
+    } else {
+        report::plot(&svg, &rep)?;
+        println!("SVG plot written to {}", svg.display());
+    }
     Ok(rep)
 }
 

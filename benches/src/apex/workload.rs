@@ -284,7 +284,14 @@ pub trait Device {
     fn path(&self) -> &Path;
     /// Sets its kernel scheduler (`none`, `mq-deadline`, `bfq`, `kyber`)
     /// and that scheduler's tunables (files under `queue/iosched/`).
-    fn set_scheduler(&self, sched: &str, tunables: &[(&str, String)]) -> Result<(), String>;
+    /// Returns a note for each tunable the kernel took at another value
+    /// than the one written (mq-deadline's times are whole jiffies, for
+    /// example).
+    fn set_scheduler(
+        &self,
+        sched: &str,
+        tunables: &[(&str, String)],
+    ) -> Result<Vec<String>, String>;
 }
 
 /// One way of serving the workloads on the real device: Linux's own
