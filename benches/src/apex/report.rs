@@ -647,9 +647,7 @@ pub fn render(rep: &ApexReport, loads: &[u64]) -> String {
 }
 
 fn fmt_value(v: f64) -> String {
-    if v == v.trunc() && v.abs() < 1e15 {
-        format!("{v:.0}")
-    } else if v.abs() >= 100.0 {
+    if (v == v.trunc() && v.abs() < 1e15) || v.abs() >= 100.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")
@@ -667,9 +665,13 @@ pub fn write_json(path: &Path, rep: &ApexReport) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// One line of the plot: the policy, whether it is simulated, and its
+/// points (load %, miss ratio).
+pub type Curve = (String, bool, Vec<(f64, f64)>);
+
 /// The curves of the plot: per policy, (load %, miss ratio) of W1's
 /// real-time class, for the policies with W1 entries.
-pub fn miss_curves(rep: &ApexReport) -> Vec<(String, bool, Vec<(f64, f64)>)> {
+pub fn miss_curves(rep: &ApexReport) -> Vec<Curve> {
     let (sim, real) = policies(rep);
     let mut out = Vec::new();
     for (p, is_sim) in sim
