@@ -1,7 +1,9 @@
 //! Linux's own schedulers as peers: fio drives the loop device with the
 //! bench's workloads under `mq-deadline`, `bfq` and `kyber` in turn.
 //!
-//! - Engine: `io_uring`, `direct=1`, one fio job per stream.
+//! - Engine: `io_uring`, `direct=1`, one fio job per stream, each a
+//!   thread of one fio process (`thread=1`), so stopping fio stops them
+//!   all.
 //! - Open loop: the real-time and latency-critical streams are rate jobs
 //!   (`rate_iops`; W1 with fio's default `rate_process=linear`, evenly
 //!   spaced like the simulation's phase-spread periodic readers; W2 and W3
@@ -215,7 +217,7 @@ pub fn job_file(dev: &Path, w: &RealWorkload, dir: &Path) -> String {
     let _ = writeln!(
         s,
         "[global]\nioengine=io_uring\ndirect=1\nfilename={}\ntime_based=1\nruntime={}ms\n\
-         norandommap=1\nrandrepeat=0\nlog_prio=1\n",
+         norandommap=1\nrandrepeat=0\nlog_prio=1\nthread=1\n",
         dev.display(),
         w.warmup_ms + w.measure_ms
     );
@@ -352,8 +354,7 @@ fn run_job(job: &str, dir: &Path, runtime_ms: u64) -> Result<(), String> {
             Err(e) => return Err(format!("waiting for fio: {e}")),
         }
         if super::interrupted() || start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(&mut child);
             return Err(if super::interrupted() {
                 "interrupted".into()
             } else {
@@ -380,12 +381,32 @@ fn run_job(job: &str, dir: &Path, runtime_ms: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Stops fio: SIGINT first (fio then ends its jobs and exits), SIGKILL
+/// if it has not gone within two seconds. Its jobs are threads
+/// (`thread=1`), so they go with it.
+fn stop(child: &mut std::process::Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill has no memory-safety preconditions; `pid` is our own
+        // child, not yet reaped (so the id cannot have been reused).
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(2) {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Random reads of `bytes` at depth 32 for `ms` on `dev` (whatever
 /// scheduler it has): reads per second.
 pub fn calibrate(dev: &Path, bytes: u64, ms: u64, dir: &Path) -> Result<f64, String> {
     let job = format!(
         "[global]\nioengine=io_uring\ndirect=1\nfilename={}\ntime_based=1\nruntime={ms}ms\n\
-         norandommap=1\nrandrepeat=0\n\n[calibrate]\nrw=randread\nbs={bytes}\niodepth=32\n",
+         norandommap=1\nrandrepeat=0\nthread=1\n\n[calibrate]\nrw=randread\nbs={bytes}\niodepth=32\n",
         dev.display()
     );
     run_job(&job, dir, ms)?;
