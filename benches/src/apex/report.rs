@@ -705,8 +705,9 @@ const COLOURS: [(u8, u8, u8); 8] = [
 ];
 
 /// The SVG plot: W1's deadline miss ratio against the offered real-time
-/// load, one line per policy (simulated: solid with circles; on the loop
-/// device: with triangles).
+/// load, one line per policy (simulated: circles, each line narrower
+/// than the one before so coinciding lines stay visible; on the loop
+/// device: triangles).
 pub fn plot(path: &Path, rep: &ApexReport) -> Result<(), String> {
     let e = |x: String| format!("cannot draw the plot {}: {x}", path.display());
     let curves = miss_curves(rep);
@@ -736,30 +737,40 @@ pub fn plot(path: &Path, rep: &ApexReport) -> Result<(), String> {
         .y_label_formatter(&|v| format!("{v:.1}"))
         .draw()
         .map_err(|x| e(x.to_string()))?;
+    // Lines that coincide (several policies missing nothing) stay
+    // visible: each simulated line is drawn narrower than the one before
+    // it, with smaller markers, so coinciding ones show as nested bands.
+    let n_sim = curves.iter().filter(|c| c.1).count() as u32;
     for (i, (name, is_sim, pts)) in curves.into_iter().enumerate() {
         let (r, g, b) = COLOURS[i % COLOURS.len()];
         let colour = RGBColor(r, g, b);
+        let rank = n_sim.saturating_sub(i as u32 + 1);
+        let (width, size) = if is_sim {
+            (2 + 3 * rank, 4 + 3 * rank)
+        } else {
+            (2, 6)
+        };
         let label = if is_sim {
             format!("{name} (sim)")
         } else {
             format!("{name} (loop device)")
         };
         chart
-            .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
+            .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(width)))
             .map_err(|x| e(x.to_string()))?
             .label(label)
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(width.min(6)))
             });
         if is_sim {
             chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, colour.filled())))
+                .draw_series(pts.iter().map(|&p| Circle::new(p, size, colour.filled())))
                 .map_err(|x| e(x.to_string()))?;
         } else {
             chart
                 .draw_series(
                     pts.iter()
-                        .map(|&p| TriangleMarker::new(p, 6, colour.filled())),
+                        .map(|&p| TriangleMarker::new(p, size, colour.filled())),
                 )
                 .map_err(|x| e(x.to_string()))?;
         }
