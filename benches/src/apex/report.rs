@@ -746,7 +746,7 @@ pub fn plot(path: &Path, rep: &ApexReport) -> Result<(), String> {
         let colour = RGBColor(r, g, b);
         let rank = n_sim.saturating_sub(i as u32 + 1);
         let (width, size) = if is_sim {
-            (2 + 3 * rank, 4 + 3 * rank)
+            (2 + 2 * rank, 4 + 2 * rank)
         } else {
             (2, 6)
         };
