@@ -8,9 +8,14 @@
 //! Xen's own `io/ring.h`, and the kernel paths a user would otherwise use
 //! (UDP loopback blocking and spinning, a Unix socket, a pipe, eventfd).
 //!
+//! The APEX scheduler bench (`cargo xtask apexbench`, [`apex`]) sets our
+//! I/O scheduler against the alternatives on a simulated device and
+//! Linux's own schedulers on a loop device.
+//!
 //! Every bench runs on [`harness`]: arguments, interleaved rounds, HDR
 //! histograms, the table with ratios and targets, JSON and an SVG plot.
 
+pub mod apex;
 pub mod harness;
 pub mod peers;
 pub mod pin;

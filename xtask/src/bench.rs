@@ -1,5 +1,5 @@
-//! The bench commands (`cargo xtask pingpong`, and every bench added
-//! beside it): install what the benches need when missing, build the bench
+//! The bench commands (`cargo xtask pingpong`, `cargo xtask apexbench`,
+//! and every bench added beside it): install what the benches need when missing, build the bench
 //! in release mode and run it with every option passed through (the
 //! bench's own `--help` explains its options and entries).
 //!
@@ -96,12 +96,36 @@ pub fn run_blkbench(args: &BenchArgs) -> Result<(), String> {
     run("blkbench", args)
 }
 
+/// Whether the apexbench arguments need fio: not for `--help` or
+/// `--no-linux`.
+fn apexbench_needs_fio(args: &[OsString]) -> bool {
+    !args
+        .iter()
+        .any(|a| a == "--help" || a == "-h" || a == "--no-linux")
+}
+
+/// `cargo xtask apexbench [BENCH OPTIONS]`: installs fio when missing (the
+/// bench's Linux peers drive the loop device with it), then runs the bench.
+pub fn run_apexbench(args: &BenchArgs) -> Result<(), String> {
+    if apexbench_needs_fio(&args.args) {
+        ensure_fio()?;
+    }
+    run("apexbench", args)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn apexbench_installs_fio_only_when_it_will_run_it() {
+        assert!(apexbench_needs_fio(&os(&["--quick"])));
+        assert!(!apexbench_needs_fio(&os(&["--quick", "--no-linux"])));
+        assert!(!apexbench_needs_fio(&os(&["--help"])));
     }
 
     #[test]

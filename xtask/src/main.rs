@@ -7,6 +7,7 @@
 //!   lab.
 //! - `cargo xtask pingpong [BENCH OPTIONS]`: the ping-pong bench.
 //! - `cargo xtask blkbench [BENCH OPTIONS]`: the block bench against fio.
+//! - `cargo xtask apexbench [BENCH OPTIONS]`: the I/O scheduler bench.
 //!
 //! `cargo xtask --help` and `cargo xtask <command> --help` explain each
 //! command and its options (a bench's `--help` comes from the bench).
@@ -67,6 +68,14 @@ enum Cmd {
     /// target/bench/ (`--size-mib N`, default 1024, created once).
     #[command(disable_help_flag = true)]
     Blkbench(bench::BenchArgs),
+    /// The I/O scheduler bench: APEX against the other policies and Linux's schedulers.
+    ///
+    /// Installs Xen's headers and fio when missing, builds the bench in
+    /// release mode and passes every option to it: `cargo xtask apexbench
+    /// --help` lists its options and explains every entry. Its Linux peers
+    /// need root (a loop device); `--no-linux` runs the simulation only.
+    #[command(disable_help_flag = true)]
+    Apexbench(bench::BenchArgs),
 }
 
 impl Cmd {
@@ -77,6 +86,7 @@ impl Cmd {
             Cmd::Lab(_) => "lab",
             Cmd::Pingpong(_) => "pingpong",
             Cmd::Blkbench(_) => "blkbench",
+            Cmd::Apexbench(_) => "apexbench",
         }
     }
 }
@@ -89,6 +99,7 @@ fn main() -> ExitCode {
         Cmd::Lab(a) => lab::run(a),
         Cmd::Pingpong(a) => bench::run("pingpong", a),
         Cmd::Blkbench(a) => bench::run_blkbench(a),
+        Cmd::Apexbench(a) => bench::run_apexbench(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,13 +166,18 @@ mod tests {
             panic!("not blkbench")
         };
         assert_eq!(b.args, ["--quick", "--size-mib", "64"]);
+        let c = Cli::try_parse_from(["xtask", "apexbench", "--quick", "--json", "x.json"]).unwrap();
+        let Cmd::Apexbench(b) = c.cmd else {
+            panic!("not apexbench")
+        };
+        assert_eq!(b.args, ["--quick", "--json", "x.json"]);
     }
 
     #[test]
     fn help_covers_every_command_and_lab_lists_its_scenarios() {
         let mut cmd = Cli::command();
         let help = cmd.render_long_help().to_string();
-        for c in ["ci", "fuzz", "lab", "pingpong", "blkbench"] {
+        for c in ["ci", "fuzz", "lab", "pingpong", "blkbench", "apexbench"] {
             assert!(help.contains(c), "{c} missing from:\n{help}");
         }
         let lab = Cli::try_parse_from(["xtask", "lab", "--help"])
