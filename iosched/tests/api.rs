@@ -1,0 +1,510 @@
+//! The scheduler's interface: bad input, queue life cycle, ordering and
+//! statistics.
+
+use iosched::{
+    new_scheduler, Apex, ApexParams, ApexPolicy, Class, CostPrior, Deadline, DeadlineParams,
+    DeadlinePolicy, Error, Op, PolicyKind, QueueConfig, QueueId, Removal, Request, Reservation,
+    SchedConfig, Scheduler, MAX_DEADLINE_NS, MAX_DEPTH, MAX_RATE,
+};
+
+const MS: u64 = 1_000_000;
+
+fn req(queue: QueueId, tag: u64) -> Request {
+    Request {
+        queue,
+        op: Op::Read,
+        sector: tag * 8,
+        bytes: 4096,
+        deadline: None,
+        tag,
+    }
+}
+
+fn rt(deadline_ms: u64, permille: u64) -> QueueConfig {
+    QueueConfig::real_time(deadline_ms * MS, Reservation::share_permille(permille, MS))
+}
+
+fn apex() -> Apex {
+    Apex::new(
+        SchedConfig {
+            cost: CostPrior::uniform(10_000, 0),
+            ..SchedConfig::default()
+        },
+        ApexPolicy::default(),
+    )
+}
+
+#[test]
+fn impossible_parameters_are_refused() {
+    let mut s = apex();
+    let cases = [
+        (
+            QueueConfig::interactive().with_reservation(Reservation {
+                rate_per_sec: 0,
+                depth: 5,
+            }),
+            Error::ZeroRate,
+        ),
+        (
+            QueueConfig::interactive().with_reservation(Reservation {
+                rate_per_sec: 5,
+                depth: 0,
+            }),
+            Error::ZeroDepth,
+        ),
+        (
+            QueueConfig::interactive().with_reservation(Reservation {
+                rate_per_sec: MAX_RATE + 1,
+                depth: 1,
+            }),
+            Error::RateTooLarge { rate: MAX_RATE + 1 },
+        ),
+        (
+            QueueConfig::interactive().with_reservation(Reservation {
+                rate_per_sec: u64::MAX,
+                depth: u64::MAX,
+            }),
+            Error::RateTooLarge { rate: u64::MAX },
+        ),
+        (
+            QueueConfig::interactive().with_reservation(Reservation {
+                rate_per_sec: 1,
+                depth: MAX_DEPTH + 1,
+            }),
+            Error::DepthTooLarge {
+                depth: MAX_DEPTH + 1,
+            },
+        ),
+        (
+            QueueConfig::real_time(MS, Reservation::NONE),
+            Error::ZeroRate,
+        ),
+        (
+            QueueConfig::interactive().with_deadline(0),
+            Error::ZeroDeadline,
+        ),
+        (
+            QueueConfig::interactive().with_deadline(MAX_DEADLINE_NS + 1),
+            Error::DeadlineTooLarge {
+                deadline_ns: MAX_DEADLINE_NS + 1,
+            },
+        ),
+        (
+            QueueConfig {
+                class: Class::RealTime,
+                reservation: Reservation::share_permille(10, MS),
+                deadline_ns: None,
+                priority: 0,
+            },
+            Error::MissingDeadline,
+        ),
+    ];
+    for (cfg, want) in cases {
+        assert_eq!(s.create_queue(cfg, 0), Err(want), "{cfg:?}");
+        // The message says what to do.
+        assert!(want.to_string().len() > 20);
+    }
+    assert!(s.queue_ids().is_empty());
+    // A good queue, then a bad change leaves it as it was.
+    let q = s.create_queue(QueueConfig::background(), 0).unwrap();
+    assert_eq!(
+        s.change_queue(q, QueueConfig::interactive().with_deadline(0), 0),
+        Err(Error::ZeroDeadline)
+    );
+    assert_eq!(s.queue(q).unwrap().config.class, Class::Background);
+}
+
+#[test]
+fn admission_control_refuses_real_time_beyond_the_share() {
+    let mut s = Apex::new(
+        SchedConfig::default(),
+        ApexPolicy::new(ApexParams {
+            rt_share_permille: 800,
+            ..ApexParams::default()
+        }),
+    );
+    let a = s.create_queue(rt(10, 500), 0).unwrap();
+    let _b = s.create_queue(rt(10, 300), 0).unwrap();
+    let err = s.create_queue(rt(10, 1), 0).unwrap_err();
+    assert_eq!(
+        err,
+        Error::AdmissionRefused {
+            requested: 1_000_000,
+            available: 0
+        }
+    );
+    // Best-effort reservations are not admitted against the share.
+    s.create_queue(
+        QueueConfig::background().with_reservation(Reservation::share_permille(900, MS)),
+        0,
+    )
+    .unwrap();
+    // Growing a real-time queue is checked without counting its old rate.
+    s.change_queue(a, rt(10, 500), 0).unwrap();
+    assert!(matches!(
+        s.change_queue(a, rt(10, 501), 0),
+        Err(Error::AdmissionRefused { .. })
+    ));
+    // Removing a queue frees its share.
+    assert_eq!(s.remove_queue(a, 0), Ok(Removal::Removed));
+    s.create_queue(rt(10, 400), 0).unwrap();
+}
+
+#[test]
+fn bad_submissions_hand_the_request_back() {
+    let mut s = apex();
+    let q = s.create_queue(QueueConfig::interactive(), 0).unwrap();
+    let unknown = req(QueueId(77), 1);
+    let e = s.submit(unknown, 0).unwrap_err();
+    assert_eq!(e.error, Error::UnknownQueue(QueueId(77)));
+    assert_eq!(e.request, unknown);
+    s.submit(req(q, 1), 0).unwrap();
+    let e = s.submit(req(q, 1), 0).unwrap_err();
+    assert_eq!(e.error, Error::DuplicateTag(1));
+    // Not dispatched yet: cannot complete.
+    assert_eq!(s.complete(1, 0), Err(Error::NotDispatched(1)));
+    assert_eq!(s.complete(2, 0), Err(Error::UnknownTag(2)));
+    assert_eq!(s.build_batch(0, 4), vec![1]);
+    // In flight: the tag is still in use.
+    assert_eq!(
+        s.submit(req(q, 1), 0).unwrap_err().error,
+        Error::DuplicateTag(1)
+    );
+    s.complete(1, 10).unwrap();
+    assert_eq!(s.complete(1, 10), Err(Error::UnknownTag(1)));
+    // Done: the tag may be used again.
+    s.submit(req(q, 1), 20).unwrap();
+}
+
+#[test]
+fn request_limit_is_enforced() {
+    let mut s = Apex::new(
+        SchedConfig {
+            max_requests: 3,
+            max_queues: 1,
+            ..SchedConfig::default()
+        },
+        ApexPolicy::default(),
+    );
+    let q = s.create_queue(QueueConfig::interactive(), 0).unwrap();
+    assert_eq!(
+        s.create_queue(QueueConfig::interactive(), 0),
+        Err(Error::TooManyQueues { limit: 1 })
+    );
+    for t in 0..3 {
+        s.submit(req(q, t), 0).unwrap();
+    }
+    assert_eq!(
+        s.submit(req(q, 3), 0).unwrap_err().error,
+        Error::TooManyRequests { limit: 3 }
+    );
+}
+
+#[test]
+fn removing_a_busy_queue_drains_it() {
+    for kind in PolicyKind::ALL {
+        let mut s = new_scheduler(kind, SchedConfig::default());
+        let q = s.create_queue(QueueConfig::background(), 0).unwrap();
+        for t in 0..4 {
+            s.submit(req(q, t), 0).unwrap();
+        }
+        let first = s.build_batch(0, 1);
+        assert_eq!(first.len(), 1, "{}", kind.name());
+        assert_eq!(
+            s.remove_queue(q, 0),
+            Ok(Removal::Draining {
+                pending: 3,
+                in_flight: 1
+            })
+        );
+        assert_eq!(
+            s.submit(req(q, 9), 0).unwrap_err().error,
+            Error::QueueDraining(q)
+        );
+        assert!(s.change_queue(q, QueueConfig::interactive(), 0).is_err());
+        // Everything it held still comes out.
+        let mut out = first;
+        out.extend(s.build_batch(1, 8));
+        out.sort_unstable();
+        assert_eq!(out, vec![0, 1, 2, 3], "{}", kind.name());
+        for t in 0..3 {
+            assert!(!s.complete(t, 5).unwrap().queue_removed);
+        }
+        assert!(s.queue(q).is_some());
+        assert!(s.complete(3, 5).unwrap().queue_removed);
+        assert!(s.queue(q).is_none());
+        assert_eq!(s.remove_queue(q, 6), Err(Error::UnknownQueue(q)));
+    }
+}
+
+#[test]
+fn edf_inside_a_real_time_queue_and_past_deadlines() {
+    let mut s = apex();
+    let q = s.create_queue(rt(100, 100), 0).unwrap();
+    let now = 50 * MS;
+    let deadlines = [
+        Some(90 * MS),
+        None,
+        Some(60 * MS),
+        Some(10 * MS),
+        Some(70 * MS),
+    ];
+    for (t, d) in deadlines.iter().enumerate() {
+        let mut r = req(q, t as u64);
+        r.deadline = *d;
+        s.submit(r, now).unwrap();
+    }
+    // The past deadline (10 ms) is accepted and goes first; the default
+    // deadline (now + 100 ms) last.
+    assert_eq!(s.build_batch(now, 8), vec![3, 2, 4, 0, 1]);
+    let c = s.complete(3, now + MS).unwrap();
+    assert_eq!(c.lateness_ns, Some(41 * MS));
+    let c = s.complete(2, now + MS).unwrap();
+    assert_eq!(c.lateness_ns, None);
+    let st = s.queue(q).unwrap().stats;
+    assert_eq!(st.deadline_misses, 1);
+    assert_eq!(st.lateness_max_ns, 41 * MS);
+    assert_eq!(st.completed, 2);
+    assert_eq!(st.bytes, 8192);
+    assert_eq!(st.latency.count(), 2);
+}
+
+#[test]
+fn batches_go_in_priority_order() {
+    let mut s = apex();
+    let bg = s.create_queue(QueueConfig::background(), 0).unwrap();
+    let it = s.create_queue(QueueConfig::interactive(), 0).unwrap();
+    let r = s.create_queue(rt(1000, 100), 0).unwrap();
+    s.submit(req(bg, 0), 0).unwrap();
+    s.submit(req(it, 1), 0).unwrap();
+    s.submit(req(r, 2), 0).unwrap();
+    s.submit(req(it, 3), 0).unwrap();
+    // The real-time request is paid by its reservation; then work
+    // conservation: interactive, then background.
+    assert_eq!(s.build_batch(0, 8), vec![2, 1, 3, 0]);
+    let st = s.queue(r).unwrap().stats;
+    assert_eq!(st.dispatched_reserved, 1);
+    assert!(st.tokens_spent > 0);
+}
+
+#[test]
+fn urgent_requests_overdraw_their_bucket_down_to_the_floor() {
+    let mut s = apex();
+    // A bucket of 10 µs of device time: one request's cost by the prior.
+    let q = s
+        .create_queue(
+            QueueConfig::real_time(
+                MS,
+                Reservation {
+                    rate_per_sec: 1000,
+                    depth: 10_000,
+                },
+            ),
+            0,
+        )
+        .unwrap();
+    for t in 0..5 {
+        let mut r = req(q, t);
+        r.deadline = Some(1); // already late: urgent
+        s.submit(r, 10).unwrap();
+    }
+    assert_eq!(s.build_batch(10, 8).len(), 5);
+    let v = s.queue(q).unwrap();
+    assert_eq!(v.tokens, -10_000);
+    assert_eq!(v.token_floor, -10_000);
+    assert_eq!(v.stats.dispatched_urgent, 5);
+}
+
+#[test]
+fn real_time_slack_bounds_the_work_on_the_ring() {
+    let mut s = apex();
+    // Requests cost 10 µs by the prior; a real-time queue with a 100 µs
+    // deadline lets 50 µs of work onto the ring.
+    let _r = s.create_queue(rt_us(100), 0).unwrap();
+    let bg = s.create_queue(QueueConfig::background(), 0).unwrap();
+    for t in 0..20 {
+        s.submit(req(bg, t), 0).unwrap();
+    }
+    let b = s.build_batch(0, 32);
+    assert_eq!(b.len(), 5, "{b:?}");
+    // Nothing more while that work is on the ring.
+    assert!(s.build_batch(0, 32).is_empty());
+    // A completion makes room for one more.
+    s.complete(b[0], 10_000).unwrap();
+    assert_eq!(s.build_batch(10_000, 32).len(), 1);
+
+    // Without a real-time queue, the ring fills.
+    let mut s = apex();
+    let bg = s.create_queue(QueueConfig::background(), 0).unwrap();
+    for t in 0..20 {
+        s.submit(req(bg, t), 0).unwrap();
+    }
+    assert_eq!(s.build_batch(0, 32).len(), 20);
+}
+
+fn rt_us(us: u64) -> QueueConfig {
+    QueueConfig::real_time(us * 1000, Reservation::share_permille(10, 100_000))
+}
+
+#[test]
+fn changing_a_class_moves_waiting_requests() {
+    let mut s = apex();
+    let a = s.create_queue(QueueConfig::background(), 0).unwrap();
+    let b = s.create_queue(QueueConfig::interactive(), 0).unwrap();
+    s.submit(req(a, 0), 0).unwrap();
+    s.submit(req(b, 1), 0).unwrap();
+    s.change_queue(a, QueueConfig::interactive(), 0).unwrap();
+    s.change_queue(b, QueueConfig::background(), 0).unwrap();
+    assert_eq!(s.build_batch(0, 8), vec![0, 1]);
+}
+
+#[test]
+fn time_going_backwards_is_harmless() {
+    let mut s = apex();
+    let q = s.create_queue(rt(10, 100), 1_000 * MS).unwrap();
+    s.submit(req(q, 0), 5).unwrap();
+    let b = s.build_batch(0, 1);
+    assert_eq!(b, vec![0]);
+    let c = s.complete(0, 3).unwrap();
+    assert_eq!(c.latency_ns, 0);
+}
+
+#[test]
+fn strict_priority_orders_by_class_then_priority() {
+    let mut s = new_scheduler(PolicyKind::Prio, SchedConfig::default());
+    let lo = s
+        .create_queue(QueueConfig::interactive().with_priority(1), 0)
+        .unwrap();
+    let hi = s
+        .create_queue(QueueConfig::interactive().with_priority(9), 0)
+        .unwrap();
+    let bg = s
+        .create_queue(QueueConfig::background().with_priority(255), 0)
+        .unwrap();
+    let r = s.create_queue(rt(10, 10), 0).unwrap();
+    for (t, q) in [bg, lo, hi, r, lo].into_iter().enumerate() {
+        s.submit(req(q, t as u64), 0).unwrap();
+    }
+    assert_eq!(s.build_batch(0, 8), vec![3, 2, 1, 4, 0]);
+}
+
+#[test]
+fn deadline_policy_batches_sequential_reads_and_expires_writes() {
+    let params = DeadlineParams {
+        fifo_batch: 4,
+        ..DeadlineParams::default()
+    };
+    let mut s = Deadline::new(SchedConfig::default(), DeadlinePolicy::new(params));
+    let q = s.create_queue(QueueConfig::interactive(), 0).unwrap();
+    // Reads at sectors 800, 0, 8, 16 arrive in that order; a write too.
+    for (tag, sector) in [800u64, 0, 8, 16].into_iter().enumerate() {
+        s.submit(
+            Request {
+                sector,
+                ..req(q, tag as u64)
+            },
+            0,
+        )
+        .unwrap();
+    }
+    s.submit(
+        Request {
+            op: Op::Write,
+            sector: 5000,
+            ..req(q, 4)
+        },
+        0,
+    )
+    .unwrap();
+    // As in Linux, the first batch starts from position 0 in sector order.
+    assert_eq!(s.build_batch(0, 1), vec![1]);
+    s.complete(1, 1).unwrap();
+    // The batch goes on upwards (8, 16, 800) up to fifo_batch = 4 requests.
+    assert_eq!(s.build_batch(2, 8), vec![2, 3, 0, 4]);
+
+    // An expired write jumps ahead of reads once writes have starved.
+    let mut s = Deadline::new(
+        SchedConfig::default(),
+        DeadlinePolicy::new(DeadlineParams::default()),
+    );
+    let q = s.create_queue(QueueConfig::interactive(), 0).unwrap();
+    s.submit(
+        Request {
+            op: Op::Write,
+            sector: 0,
+            ..req(q, 100)
+        },
+        0,
+    )
+    .unwrap();
+    let mut n = 0;
+    let mut got_write_at = None;
+    for round in 0..10u64 {
+        for i in 0..20 {
+            s.submit(
+                Request {
+                    sector: 1_000_000 + (round * 20 + i) * 8,
+                    ..req(q, n)
+                },
+                0,
+            )
+            .unwrap();
+            n += 1;
+        }
+        let now = 6_000 * MS + round;
+        let b = s.build_batch(now, 16);
+        if b.contains(&100) {
+            got_write_at = Some(round);
+            break;
+        }
+        for t in b {
+            s.complete(t, now).unwrap();
+        }
+    }
+    // The first batch continues from position 0 without a choice of
+    // direction; then reads are chosen twice over the waiting write
+    // (writes_starved = 2), and the third choice is the write.
+    assert_eq!(got_write_at, Some(3));
+}
+
+#[test]
+fn deadline_policy_serves_higher_levels_first() {
+    let mut s = new_scheduler(PolicyKind::Deadline, SchedConfig::default());
+    let bg = s.create_queue(QueueConfig::background(), 0).unwrap();
+    let r = s.create_queue(rt(10, 10), 0).unwrap();
+    s.submit(req(bg, 0), 0).unwrap();
+    s.submit(req(r, 1), 0).unwrap();
+    // The real-time level goes; the idle level waits while it is in flight,
+    // as in mq-deadline.
+    assert_eq!(s.build_batch(0, 8), vec![1]);
+    assert!(s.build_batch(0, 8).is_empty());
+    s.complete(1, 5).unwrap();
+    assert_eq!(s.build_batch(5, 8), vec![0]);
+}
+
+#[test]
+fn reservation_use_is_reported() {
+    let mut s = apex();
+    // 10 % of the device, used at a tenth: one 10 µs request per ms.
+    let q = s
+        .create_queue(
+            QueueConfig::interactive().with_reservation(Reservation::share_permille(100, 100_000)),
+            0,
+        )
+        .unwrap();
+    for t in 0..100u64 {
+        let now = t * MS;
+        s.submit(req(q, t), now).unwrap();
+        for tag in s.build_batch(now, 8) {
+            s.complete(tag, now + 10_000).unwrap();
+        }
+    }
+    let st = s.queue(q).unwrap().stats;
+    assert_eq!(st.dispatched_reserved, 100);
+    assert!(st.tokens_offered >= 99 * 100_000, "{st:?}");
+    let used = st.reservation_use_permille().unwrap();
+    assert!(
+        (50..200).contains(&used),
+        "used {used} per-mille of a reservation used at a tenth"
+    );
+}

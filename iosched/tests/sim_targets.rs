@@ -1,0 +1,173 @@
+//! The simulated targets of the APEX bench, and the simulation's own sanity.
+
+use iosched::sim::{entries, overhead, simulate, w1, w1_readers, w2, w3, DeviceModel, SimOptions};
+use iosched::{new_scheduler, PolicyKind, SchedConfig};
+
+/// Every load of the sweep, 2 s of simulated time each (the bench runs 10 s).
+fn opts() -> SimOptions {
+    SimOptions {
+        duration_ns: 2_000_000_000,
+        ..SimOptions::full()
+    }
+}
+
+/// W1: APEX misses no deadline up to 90 % real-time load, and its total
+/// throughput stays at least 0.95x FIFO's.
+#[test]
+fn w1_apex_meets_every_deadline_up_to_90_percent() {
+    let o = opts();
+    for &load in o.loads {
+        let sc = w1(&o, load);
+        let apex = simulate(PolicyKind::Apex, &sc);
+        let fifo = simulate(PolicyKind::Fifo, &sc);
+        assert_eq!(
+            apex.refused_queues, 0,
+            "load {load}: admission refused a reader"
+        );
+        assert_eq!(apex.stranded, 0);
+        let rt = apex.class("rt").unwrap();
+        assert!(rt.with_deadline > 0);
+        assert_eq!(
+            rt.misses,
+            0,
+            "load {load}%: apex missed {} of {} deadlines (p99 {} ns)",
+            rt.misses,
+            rt.with_deadline,
+            rt.quantile(99, 100)
+        );
+        let all_a: Vec<_> = apex.classes.iter().collect();
+        let all_f: Vec<_> = fifo.classes.iter().collect();
+        let (ta, tf) = (apex.mb_s(&all_a), fifo.mb_s(&all_f));
+        assert!(
+            ta >= 0.95 * tf,
+            "load {load}%: apex {ta:.1} MB/s < 0.95 x fifo {tf:.1} MB/s"
+        );
+    }
+}
+
+/// The sweep's loads are what they say: readers times their share.
+#[test]
+fn w1_load_matches_the_device() {
+    let d = DeviceModel::default();
+    for load in [10u64, 50, 90] {
+        let n = w1_readers(&d, load);
+        let offered =
+            n * d.amortized_ns(iosched::sim::W1_READ_BYTES) * 100 / iosched::sim::W1_PERIOD_NS;
+        assert!(
+            offered <= load && offered + 2 >= load,
+            "load {load}: {n} readers offer {offered}%"
+        );
+    }
+}
+
+/// W2: the latency-critical reads' p99 under the bulk job is at most twice
+/// their p99 alone.
+#[test]
+fn w2_apex_isolates_latency_critical_reads() {
+    let o = opts();
+    let under = simulate(PolicyKind::Apex, &w2(&o, true));
+    let alone = simulate(PolicyKind::Apex, &w2(&o, false));
+    let (u, a) = (under.class("lc").unwrap(), alone.class("lc").unwrap());
+    assert!(u.latencies_ns.len() > 1000);
+    let (pu, pa) = (u.quantile(99, 100), a.quantile(99, 100));
+    assert!(pu <= 2 * pa, "p99 under bulk {pu} ns > 2 x alone {pa} ns");
+    // The bulk job still makes progress.
+    assert!(under.class("bulk").unwrap().window_bytes > 0);
+    // FIFO, for contrast, does not isolate them.
+    let fifo = simulate(PolicyKind::Fifo, &w2(&o, true));
+    assert!(fifo.class("lc").unwrap().quantile(99, 100) > 10 * pa);
+}
+
+/// W3: no idle time while requests wait, whatever the reservation.
+#[test]
+fn w3_apex_never_idles_while_requests_wait() {
+    let o = opts();
+    for r in [50, 5, 20] {
+        let out = simulate(PolicyKind::Apex, &w3(&o, r));
+        assert_eq!(
+            out.idle_wait_ns, 0,
+            "reservation {r}%: device idle with requests waiting"
+        );
+        assert_eq!(out.stranded, 0);
+        let rt = out.class("rt").unwrap();
+        assert_eq!(rt.misses, 0, "reservation {r}%: {} misses", rt.misses);
+        let be = out.class("be").unwrap();
+        // The bulk job takes what the real-time stream leaves: most of the
+        // device (2 GB/s in all).
+        let mb = out.mb_s(&[be]);
+        assert!(
+            mb > 1500.0,
+            "reservation {r}%: background only {mb:.0} MB/s"
+        );
+    }
+}
+
+/// Every policy drains every workload, runs are repeatable, and nothing is
+/// refused.
+#[test]
+fn simulation_is_deterministic_and_complete() {
+    let o = SimOptions {
+        duration_ns: 300_000_000,
+        ..SimOptions::full()
+    };
+    for kind in PolicyKind::ALL {
+        for sc in [w1(&o, 50), w2(&o, true), w2(&o, false), w3(&o, 5)] {
+            let a = simulate(kind, &sc);
+            assert_eq!(a.stranded, 0, "{}", kind.name());
+            assert_eq!(a.refused_submits, 0);
+            assert!(a.completed > 0);
+            let b = simulate(kind, &sc);
+            assert_eq!(a, b, "{} not deterministic", kind.name());
+        }
+    }
+}
+
+/// Alone on the device, a request takes exactly its service time.
+#[test]
+fn device_model_service_time() {
+    let o = opts();
+    let alone = simulate(PolicyKind::Fifo, &w2(&o, false));
+    let lc = alone.class("lc").unwrap();
+    let service = o.device.service_ns(4096);
+    assert_eq!(lc.quantile(1, 2), service);
+    // 2000 reads per second of 4 KiB over the 1.8 s window.
+    let mb = alone.mb_s(&[lc]);
+    assert!((7.5..8.9).contains(&mb), "{mb}");
+}
+
+#[test]
+fn entries_are_named_as_the_bench_names_them() {
+    let o = SimOptions {
+        duration_ns: 200_000_000,
+        ..SimOptions::full()
+    };
+    let es = entries("apex-w1-90", &simulate(PolicyKind::Apex, &w1(&o, 90)));
+    let names: Vec<_> = es.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["apex-w1-90-rt", "apex-w1-90-bulk", "apex-w1-90-total"]
+    );
+    assert!(es[0].p99_us >= es[0].p50_us && es[0].p50_us > 0.0);
+    assert!(es[2].mb_s > 0.0);
+    let json = iosched::sim::json(&es);
+    assert!(json.starts_with("{\"results\":[{\"name\":\"apex-w1-90-rt\""));
+    assert!(iosched::sim::table(&es).lines().count() == 4);
+}
+
+/// W4's hook runs its requests through the scheduler and divides the
+/// clock's time among them.
+#[test]
+fn overhead_hook_counts_requests() {
+    for kind in PolicyKind::ALL {
+        let mut s = new_scheduler(kind, SchedConfig::default());
+        let mut ticks = 0u64;
+        let mut clock = || {
+            ticks += 1000;
+            ticks
+        };
+        let ns = overhead(&mut *s, 1000, 32, &mut clock).unwrap();
+        // Two clock reads, 1000 ns apart, over 1000 requests.
+        assert_eq!(ns, 1.0, "{}", kind.name());
+        assert_eq!(s.pending() + s.in_flight(), 0, "{}", kind.name());
+    }
+}
