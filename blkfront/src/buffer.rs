@@ -149,7 +149,6 @@ where
 }
 
 /// A range of a buffer: what one I/O reads into or writes from.
-#[derive(Debug)]
 pub struct Span<P: Platform>
 where
     P::Pages: 'static,
@@ -160,6 +159,19 @@ where
     pub offset: usize,
     /// Bytes in the range.
     pub len: usize,
+}
+
+impl<P: Platform> fmt::Debug for Span<P>
+where
+    P::Pages: 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Span")
+            .field("buffer", &self.buffer)
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
+    }
 }
 
 impl<P: Platform> Span<P>

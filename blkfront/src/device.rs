@@ -164,7 +164,6 @@ impl DeviceConfig {
 }
 
 /// An I/O: what to do, with the buffers it reads into or writes from.
-#[derive(Debug)]
 pub enum Io<P: Platform>
 where
     P::Pages: 'static,
@@ -198,6 +197,38 @@ where
         /// A secure discard (where the backend offers `discard-secure`).
         secure: bool,
     },
+}
+
+impl<P: Platform> fmt::Debug for Io<P>
+where
+    P::Pages: 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Io::Read { sector, spans } => f
+                .debug_struct("Read")
+                .field("sector", sector)
+                .field("spans", spans)
+                .finish(),
+            Io::Write { sector, spans } => f
+                .debug_struct("Write")
+                .field("sector", sector)
+                .field("spans", spans)
+                .finish(),
+            Io::Flush => f.write_str("Flush"),
+            Io::Barrier => f.write_str("Barrier"),
+            Io::Discard {
+                sector,
+                sectors,
+                secure,
+            } => f
+                .debug_struct("Discard")
+                .field("sector", sector)
+                .field("sectors", sectors)
+                .field("secure", secure)
+                .finish(),
+        }
+    }
 }
 
 impl<P: Platform> Io<P>
@@ -273,7 +304,6 @@ where
 }
 
 /// An I/O [`Blkfront::submit`] refused, handed back untouched.
-#[derive(Debug)]
 pub struct Refused<P: Platform>
 where
     P::Pages: 'static,
@@ -282,6 +312,18 @@ where
     pub error: Refusal,
     /// The I/O, with its buffers.
     pub io: Io<P>,
+}
+
+impl<P: Platform> fmt::Debug for Refused<P>
+where
+    P::Pages: 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Refused")
+            .field("error", &self.error)
+            .field("io", &self.io)
+            .finish()
+    }
 }
 
 impl<P: Platform> fmt::Display for Refused<P>
@@ -294,7 +336,6 @@ where
 }
 
 /// A finished I/O.
-#[derive(Debug)]
 pub struct Completion<P: Platform>
 where
     P::Pages: 'static,
@@ -316,6 +357,23 @@ where
     pub latency_ns: u64,
     /// How many times it was re-issued on a new connection.
     pub reissued: u32,
+}
+
+impl<P: Platform> fmt::Debug for Completion<P>
+where
+    P::Pages: 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completion")
+            .field("tag", &self.tag)
+            .field("queue", &self.queue)
+            .field("result", &self.result)
+            .field("io", &self.io)
+            .field("held_spans", &self.held_spans)
+            .field("latency_ns", &self.latency_ns)
+            .field("reissued", &self.reissued)
+            .finish()
+    }
 }
 
 /// What happened to the device, in order.
@@ -378,7 +436,6 @@ pub struct DeviceStats {
 }
 
 /// Why a blocking call returned without success.
-#[derive(Debug)]
 pub enum BlockingError<P: Platform>
 where
     P::Pages: 'static,
@@ -402,6 +459,25 @@ where
         /// The tag asked for.
         tag: Tag,
     },
+}
+
+impl<P: Platform> fmt::Debug for BlockingError<P>
+where
+    P::Pages: 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockingError::Refused(r) => f.debug_tuple("Refused").field(r).finish(),
+            BlockingError::Failed(c) => f.debug_tuple("Failed").field(c).finish(),
+            BlockingError::TimedOut { tag } => {
+                f.debug_struct("TimedOut").field("tag", tag).finish()
+            }
+            BlockingError::Device(e) => f.debug_tuple("Device").field(e).finish(),
+            BlockingError::NoSuchIo { tag } => {
+                f.debug_struct("NoSuchIo").field("tag", tag).finish()
+            }
+        }
+    }
 }
 
 impl<P: Platform> fmt::Display for BlockingError<P>
