@@ -133,6 +133,8 @@ pub struct TestBack {
     pub hostile_after: u64,
     /// Take requests but hold them (a backend about to die).
     pub hold: bool,
+    /// Answer flushes with EOPNOTSUPP although the feature is offered.
+    pub refuse_flush: bool,
     answered: u64,
     live: Option<Live>,
     pub log: Arc<Mutex<BackLog>>,
@@ -148,6 +150,7 @@ impl TestBack {
             hostile: Hostile::None,
             hostile_after: 0,
             hold: false,
+            refuse_flush: false,
             answered: 0,
             live: None,
             log: Arc::new(Mutex::new(BackLog::default())),
@@ -291,7 +294,7 @@ impl TestBack {
                 (ind.indirect_op, ind.sector_number, segs)
             }
             op::FLUSH_DISKCACHE => {
-                if !self.cfg.flush {
+                if !self.cfg.flush || self.refuse_flush {
                     rsp.status = status::EOPNOTSUPP;
                 }
                 return rsp;
