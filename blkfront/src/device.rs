@@ -621,6 +621,12 @@ where
     /// The live connection's choice and rings (set up, maybe not connected).
     choice: Option<RingChoice>,
     keys: Vec<FrontendKey>,
+    /// Keys the previous connection published that this one does not
+    /// write (removed by `publish`, so a backend never reads a stale
+    /// `multi-queue-num-queues` or `queue-N/` directory).
+    stale: Vec<String>,
+    /// The paths of `keys`, kept after the connection ends.
+    published: Vec<String>,
     rings: Vec<RingState<P>>,
     connected: bool,
     /// The disk as last negotiated.
@@ -1504,6 +1510,22 @@ where
         self.keys = choice
             .frontend_keys(&rings)
             .map_err(|e| DeviceError::Setup(e.to_string()))?;
+        let new: Vec<String> = self.keys.iter().map(|k| k.path.clone()).collect();
+        let queue_dir = |p: &str| p.split_once('/').map(|(d, _)| d.to_string());
+        let mut stale = Vec::new();
+        for old in core::mem::replace(&mut self.published, new.clone()) {
+            if new.contains(&old) {
+                continue;
+            }
+            let gone = match queue_dir(&old) {
+                Some(dir) if !new.iter().any(|n| queue_dir(n).as_ref() == Some(&dir)) => dir,
+                _ => old,
+            };
+            if !stale.contains(&gone) {
+                stale.push(gone);
+            }
+        }
+        self.stale = stale;
         Ok(())
     }
 
@@ -1598,6 +1620,12 @@ where
     }
 
     fn publish(&mut self, tx: &mut Transaction<'_, T>, conn: &Connection) -> Result<(), XsError> {
+        for path in &self.stale {
+            match tx.rm(&conn.frontend_key(path)) {
+                Err(e) if e.is_not_found() => {}
+                r => r?,
+            }
+        }
         for k in &self.keys {
             tx.write(&conn.frontend_key(&k.path), k.value.as_bytes())?;
         }
@@ -1714,6 +1742,8 @@ where
                 indirect_pools: Vec::new(),
                 choice: None,
                 keys: Vec::new(),
+                stale: Vec::new(),
+                published: Vec::new(),
                 rings: Vec::new(),
                 connected: false,
                 disk: None,

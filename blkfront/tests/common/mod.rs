@@ -37,6 +37,7 @@ pub struct World {
     pub back: Arc<FakePlatform>,
     pub clock: Option<Arc<FakeClock>>,
     pub disk: Arc<Mutex<Vec<u8>>>,
+    pub grants: Arc<FakeGrantHub>,
 }
 
 impl World {
@@ -62,11 +63,12 @@ impl World {
             FakeGrantFrames::new(16).unwrap(),
             &grants,
         ));
+        let grants2 = grants.clone();
         let back = Arc::new(FakePlatform::with_grant_hub(
             BE,
             events,
             FakeGrantFrames::new(4).unwrap(),
-            &grants,
+            &grants2,
         ));
         let w = World {
             store: MemStore::new(),
@@ -74,9 +76,16 @@ impl World {
             back,
             clock,
             disk: Arc::new(Mutex::new(vec![0u8; sectors as usize * 512])),
+            grants,
         };
         w.plug();
         w
+    }
+
+    /// Pages of the frontend's domain allocated now (the backend allocates
+    /// none: it maps).
+    pub fn front_pages(&self) -> usize {
+        self.grants.registered_pages()
     }
 
     /// The toolstack's nodes of both ends (libxl's layout).
@@ -141,9 +150,11 @@ pub fn drive(
         }
     }
     panic!(
-        "stuck: device {:?}, backend {:?}",
+        "stuck: device {:?}, backend {:?}\nfrontend {:?}\nbackend {:?}",
         dev,
-        back.as_ref().map(|b| b.be.phase())
+        back.as_ref().map(|b| b.be.phase()),
+        back.as_ref().map(|b| b.xs.queued_events()),
+        xs.queued_events(),
     );
 }
 
