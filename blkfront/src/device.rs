@@ -564,6 +564,11 @@ where
     /// `None` once its pages went to quarantine.
     span: Option<Span<P>>,
     grants: Option<PageGrants<P::GrantFrames>>,
+    /// Pool pages the span's data goes through when the backend maps
+    /// persistently (the application's pages are never handed to a backend
+    /// that keeps its mappings), and the domain they are granted to.
+    bounce: Vec<grant_tables::PoolBuffer<P>>,
+    bounce_peer: Option<DomId>,
 }
 
 struct Entry<P: Platform>
@@ -697,7 +702,12 @@ where
         now: u64,
     ) {
         let mut held = 0;
+        let copy_back = result.is_ok() && entry.kind.reads();
         for slot in entry.spans.iter_mut() {
+            if copy_back {
+                Self::unbounce(slot);
+            }
+            slot.bounce.clear();
             if !Self::end_grants(slot) {
                 held += 1;
             }
@@ -759,6 +769,67 @@ where
                 log::warn!("blkfront: a request's pages are still mapped by the backend: {e}");
                 false
             }
+        }
+    }
+
+    /// Copies a span of the application's pages into pool buffers of
+    /// `pool` (for a write: its data; for a read: room), page by page.
+    /// `Ok(false)`: the pool has too few buffers free now.
+    fn bounce(
+        slot: &mut SpanSlot<P>,
+        pool: &BufferPool<P>,
+        peer: DomId,
+        write: bool,
+    ) -> Result<bool, IoFailure> {
+        if slot.bounce_peer == Some(peer) && !slot.bounce.is_empty() {
+            return Ok(true);
+        }
+        slot.bounce.clear();
+        slot.bounce_peer = None;
+        let Some(span) = &slot.span else {
+            return Ok(true);
+        };
+        let n = span.len.div_ceil(PAGE_SIZE);
+        if n > pool.capacity() {
+            return Err(IoFailure::TooLarge {
+                needed: n,
+                capacity: pool.capacity(),
+            });
+        }
+        let mut bufs = Vec::with_capacity(n);
+        let mut page = alloc::vec![0u8; PAGE_SIZE];
+        for k in 0..n {
+            let Some(mut b) = pool.take() else {
+                return Ok(false);
+            };
+            if write {
+                let len = (span.len - k * PAGE_SIZE).min(PAGE_SIZE);
+                let chunk = &mut page[..len];
+                // In bounds: checked at submission.
+                let _ = span.buffer.read_at(span.offset + k * PAGE_SIZE, chunk);
+                let _ = b.write_at(0, chunk);
+            }
+            bufs.push(b);
+        }
+        slot.bounce = bufs;
+        slot.bounce_peer = Some(peer);
+        Ok(true)
+    }
+
+    /// Copies what a read left in a span's bounce buffers into its pages.
+    fn unbounce(slot: &mut SpanSlot<P>) {
+        if slot.bounce.is_empty() {
+            return;
+        }
+        let Some(span) = slot.span.as_mut() else {
+            return;
+        };
+        let mut page = alloc::vec![0u8; PAGE_SIZE];
+        for (k, b) in slot.bounce.iter().enumerate() {
+            let len = (span.len - k * PAGE_SIZE).min(PAGE_SIZE);
+            let chunk = &mut page[..len];
+            let _ = b.read_at(0, chunk);
+            let _ = span.buffer.write_at(span.offset + k * PAGE_SIZE, chunk);
         }
     }
 
@@ -828,6 +899,17 @@ where
         let mut out = Vec::new();
         for slot in spans {
             let Some(span) = &slot.span else { continue };
+            if !slot.bounce.is_empty() {
+                for (k, b) in slot.bounce.iter().enumerate() {
+                    let len = (span.len - k * PAGE_SIZE).min(PAGE_SIZE);
+                    out.push(Segment {
+                        gref: b.gref(),
+                        offset: u32::from(b.offset()),
+                        len: len as u32,
+                    });
+                }
+                continue;
+            }
             match &span.buffer.kind {
                 Kind::Pool { buf, .. } => out.push(Segment {
                     gref: buf.gref(),
@@ -925,6 +1007,8 @@ where
             .map(|s| SpanSlot {
                 span: Some(s),
                 grants: None,
+                bounce: Vec::new(),
+                bounce_peer: None,
             })
             .collect();
         let check = BlockIo {
@@ -1164,28 +1248,48 @@ where
         disk: &Negotiated,
         now: u64,
     ) -> Placed {
-        // Buffers: pool pages must be granted to this backend's domain;
-        // the application's pages are granted now (read-write when the
-        // backend maps persistently or reads into them).
-        let access = if entry.kind.reads() || disk.persistent {
+        // Buffers: pool pages must be granted to this backend's domain.
+        // The application's pages go through pool pages when the backend
+        // maps persistently (it would keep them mapped, so their grants
+        // could never end), else they are granted for this request:
+        // read-only for a write.
+        let access = if entry.kind.reads() {
             Access::ReadWrite
         } else {
             Access::ReadOnly
         };
+        let write = !entry.kind.reads();
         for i in 0..entry.spans.len() {
             let slot = &mut entry.spans[i];
-            if let Some(Span {
-                buffer:
-                    Buffer {
-                        kind: Kind::Pool { peer: p, .. },
-                    },
-                ..
-            }) = &slot.span
-            {
-                if *p != peer {
+            let (pooled, pool_peer) = match &slot.span {
+                Some(Span {
+                    buffer:
+                        Buffer {
+                            kind: Kind::Pool { peer: p, .. },
+                        },
+                    ..
+                }) => (true, Some(*p)),
+                Some(_) => (false, None),
+                None => continue,
+            };
+            if pooled {
+                if pool_peer != Some(peer) {
                     return Placed::Fail(IoFailure::BackendChanged);
                 }
                 continue;
+            }
+            if disk.persistent || !slot.bounce.is_empty() {
+                if slot.grants.is_some() && !Self::end_grants(slot) {
+                    return Placed::Fail(IoFailure::BackendChanged);
+                }
+                let Some(pool) = self.pools.get(entry.queue) else {
+                    return Placed::Wait;
+                };
+                match Self::bounce(slot, pool, peer, write) {
+                    Ok(true) => continue,
+                    Ok(false) => return Placed::Wait,
+                    Err(f) => return Placed::Fail(f),
+                }
             }
             if let Err(f) = self.ensure_grants(slot, peer, access) {
                 return Placed::Fail(f);

@@ -7,9 +7,7 @@
 mod common;
 
 use blkfront::abi::{op, DiskInfo};
-use blkfront::{
-    Buffer, Completion, DeviceEvent, Feature, IoError, IoFailure, Refusal, Span,
-};
+use blkfront::{Buffer, Completion, DeviceEvent, Feature, IoError, IoFailure, Refusal, Span};
 use common::backend::{BackConfig, BackInstance};
 use common::memstore::MemConn;
 use common::*;
@@ -152,7 +150,9 @@ fn pool_buffers_round_trip_every_byte() {
     b.write_at(1024, &[0x5a; 1024]).unwrap();
     let tag = dev.write(0, 2, vec![Span::new(b, 1024, 1024)]).unwrap();
     assert_eq!(finish(&mut dev, &mut xs, &mut back, tag).result, Ok(()));
-    assert!(w.disk.lock().unwrap()[1024..2048].iter().all(|&x| x == 0x5a));
+    assert!(w.disk.lock().unwrap()[1024..2048]
+        .iter()
+        .all(|&x| x == 0x5a));
     assert_eq!(dev.stats().failed, 0);
 }
 
@@ -328,7 +328,9 @@ fn flush_barrier_discard_and_secure_discard() {
     w.disk.lock().unwrap().fill(0xff);
     let tag = dev.flush(0).unwrap();
     assert_eq!(finish(&mut dev, &mut xs, &mut back, tag).result, Ok(()));
-    let tag = dev.submit(blkfront::Io::Barrier, blkfront::IoOptions::queue(0)).unwrap();
+    let tag = dev
+        .submit(blkfront::Io::Barrier, blkfront::IoOptions::queue(0))
+        .unwrap();
     assert_eq!(finish(&mut dev, &mut xs, &mut back, tag).result, Ok(()));
     let tag = dev.discard(0, 64, 64, false).unwrap();
     assert_eq!(finish(&mut dev, &mut xs, &mut back, tag).result, Ok(()));
@@ -376,7 +378,10 @@ fn a_flush_the_backend_refuses_turns_the_feature_off() {
     while let Some(e) = dev.next_event() {
         events.push(e);
     }
-    assert!(events.contains(&DeviceEvent::FeatureLost(Feature::FlushCache)), "{events:?}");
+    assert!(
+        events.contains(&DeviceEvent::FeatureLost(Feature::FlushCache)),
+        "{events:?}"
+    );
     assert!(!dev.negotiated().unwrap().flush_cache);
     // A flush now goes as a barrier, which the backend has.
     let tag = dev.flush(0).unwrap();
@@ -428,23 +433,38 @@ fn alignment_is_checked_against_the_logical_sector() {
     assert_eq!(dev.sector_size(), Some(4096));
     // A start that is not a whole 4 KiB sector.
     let r = dev.write(0, 4, pool_spans(&dev, 0, 1, 0, 0)).unwrap_err();
-    assert!(matches!(r.error, Refusal::Io(IoError::MisalignedStart { sector: 4, sector_size: 4096 })));
+    assert!(matches!(
+        r.error,
+        Refusal::Io(IoError::MisalignedStart {
+            sector: 4,
+            sector_size: 4096
+        })
+    ));
     // A 512-byte span.
     let b = dev.buffer(0).unwrap();
     let r = dev.write(0, 8, vec![Span::new(b, 0, 512)]).unwrap_err();
-    assert!(matches!(r.error, Refusal::Io(IoError::BadSegment { .. })), "{:?}", r.error);
+    assert!(
+        matches!(r.error, Refusal::Io(IoError::BadSegment { .. })),
+        "{:?}",
+        r.error
+    );
     // A span past its buffer.
     let b = dev.buffer(0).unwrap();
     let r = dev.write(0, 8, vec![Span::new(b, 512, 4096)]).unwrap_err();
     assert!(matches!(r.error, Refusal::BadSpan { .. }));
     // Past the end of the disk.
-    let r = dev.write(0, 8192, pool_spans(&dev, 0, 1, 0, 0)).unwrap_err();
+    let r = dev
+        .write(0, 8192, pool_spans(&dev, 0, 1, 0, 0))
+        .unwrap_err();
     assert!(matches!(r.error, Refusal::Io(IoError::OutOfRange { .. })));
     // Aligned: fine.
     let tag = dev.write(0, 8, pool_spans(&dev, 0, 1, 8, 3)).unwrap();
     assert_eq!(finish(&mut dev, &mut xs, &mut back, tag).result, Ok(()));
     assert!(w.disk.lock().unwrap()[4096..8192] == page_pattern(3, 8)[..]);
-    assert_eq!(back.as_ref().unwrap().dev.log.lock().unwrap().writes, vec![(8, 8)]);
+    assert_eq!(
+        back.as_ref().unwrap().dev.log.lock().unwrap().writes,
+        vec![(8, 8)]
+    );
 }
 
 #[test]
@@ -465,7 +485,13 @@ fn a_resize_is_seen_and_later_ios_use_the_new_size() {
         }
         !events.is_empty()
     });
-    assert_eq!(events, vec![DeviceEvent::Resized { old: 8192, new: 16384 }]);
+    assert_eq!(
+        events,
+        vec![DeviceEvent::Resized {
+            old: 8192,
+            new: 16384
+        }]
+    );
     assert_eq!(dev.sectors(), Some(16384));
     let tag = dev.write(0, 8192, pool_spans(&dev, 0, 1, 8192, 5)).unwrap();
     assert_eq!(finish(&mut dev, &mut xs, &mut back, tag).result, Ok(()));
@@ -510,15 +536,35 @@ fn the_applications_own_pages_are_granted_per_request() {
 }
 
 #[test]
-fn own_pages_with_persistent_grants_are_granted_read_write() {
-    let (w, mut dev, mut xs, mut back) = setup(BackConfig::default());
-    let pages = w.front.alloc_zeroed_pages(1).unwrap();
+fn own_pages_go_through_the_pool_when_the_backend_maps_persistently() {
+    let (w, mut dev, mut xs, mut back) = setup_with(BackConfig::default(), |mut c| {
+        c.pool_pages = 8;
+        c
+    });
+    let before = dev.grant_stats().unwrap();
+    let pages = w.front.alloc_zeroed_pages(2).unwrap();
     let mut buf = Buffer::from_pages(pages);
-    buf.write_at(0, &[0x33; 4096]).unwrap();
-    let tag = dev.write(0, 16, vec![Span::whole(buf)]).unwrap();
-    // blkback maps persistently, read-write: a read-only grant would fail.
-    assert_eq!(finish(&mut dev, &mut xs, &mut back, tag).result, Ok(()));
-    assert!(w.disk.lock().unwrap()[16 * 512..][..4096].iter().all(|&b| b == 0x33));
+    let data: Vec<u8> = (0..6144).map(|i| (i % 253) as u8).collect();
+    buf.write_at(512, &data).unwrap();
+    let tag = dev.write(0, 16, vec![Span::new(buf, 512, 6144)]).unwrap();
+    let c = finish(&mut dev, &mut xs, &mut back, tag);
+    assert_eq!(c.result, Ok(()));
+    assert_eq!(c.held_spans, 0, "the application's pages were never mapped");
+    assert!(w.disk.lock().unwrap()[16 * 512..][..6144] == data[..]);
+    // Read back into the same pages at another offset.
+    let buf = c.io.into_spans().pop().unwrap().buffer;
+    let tag = dev.read(0, 16, vec![Span::new(buf, 0, 6144)]).unwrap();
+    let c = finish(&mut dev, &mut xs, &mut back, tag);
+    assert_eq!(c.result, Ok(()));
+    assert!(span_bytes(c.io.spans()) == data);
+    // Only pool pages were granted, and all are back.
+    let after = dev.grant_stats().unwrap();
+    assert_eq!(after.granted, before.granted);
+    assert_eq!(after.quarantined, 0);
+    assert_eq!(dev.pool(0).unwrap().available(), 8);
+    let log = back.as_ref().unwrap().dev.log.lock().unwrap();
+    assert!(log.persistent_maps <= 8, "only pool pages are mapped");
+    assert_eq!(log.transient_maps, 0);
 }
 
 #[test]
@@ -559,7 +605,9 @@ fn polling_mode_never_asks_for_notifications() {
         c
     });
     for k in 0..10 {
-        let tag = dev.write(0, 8 * k, pool_spans(&dev, 0, 1, 8 * k, 1)).unwrap();
+        let tag = dev
+            .write(0, 8 * k, pool_spans(&dev, 0, 1, 8 * k, 1))
+            .unwrap();
         assert_eq!(finish(&mut dev, &mut xs, &mut back, tag).result, Ok(()));
     }
     assert_eq!(dev.mode(), blkfront::Mode::Polling);

@@ -71,7 +71,10 @@ fn restart_mid_io(remove_dir: bool) {
     let mut back = Some(w.backend(a_cfg));
     let mut events = connect(&mut dev, &mut xs, &mut back);
     assert_eq!(dev.rings(), 2);
-    let first_refs = (fe_key(&w, "queue-0/ring-ref0"), fe_key(&w, "queue-1/ring-ref0"));
+    let first_refs = (
+        fe_key(&w, "queue-0/ring-ref0"),
+        fe_key(&w, "queue-1/ring-ref0"),
+    );
 
     // A first batch completes normally.
     let mut expect = Expect {
@@ -150,7 +153,14 @@ fn restart_mid_io(remove_dir: bool) {
     for c in &done {
         assert!(seen.insert(c.tag), "I/O {} completed twice", c.tag);
         assert!(tags.contains_key(&c.tag));
-        assert_eq!(c.result, Ok(()), "{} {}: {:?}", tags[&c.tag], c.tag, c.result);
+        assert_eq!(
+            c.result,
+            Ok(()),
+            "{} {}: {:?}",
+            tags[&c.tag],
+            c.tag,
+            c.result
+        );
         assert_eq!(c.held_spans, 0);
     }
     // The read saw the early write.
@@ -221,7 +231,11 @@ fn restart_mid_io(remove_dir: bool) {
     // pools stay granted for the next connection).
     assert_eq!(g.granted, 2 * 800 + 4 + 2 * 64, "{g:?}");
     for q in 0..2 {
-        assert_eq!(dev.pool(q).unwrap().available(), 800, "pool {q} has every buffer back");
+        assert_eq!(
+            dev.pool(q).unwrap().available(),
+            800,
+            "pool {q} has every buffer back"
+        );
     }
     // The backend goes first (a device dropped while the backend still
     // maps its ring would leave the ring in quarantine, as it must).
@@ -306,4 +320,3 @@ fn many_restarts_leak_nothing() {
     assert_eq!(g.free, baseline.free);
     assert_eq!(w.front_pages(), 0);
 }
-

@@ -135,6 +135,11 @@ pub struct TestBack {
     pub hold: bool,
     /// Answer flushes with EOPNOTSUPP although the feature is offered.
     pub refuse_flush: bool,
+    /// Keep the data pages of held requests mapped (a backend stuck
+    /// mid-transfer).
+    pub keep_mapped: bool,
+    kept: Vec<FakeMapping>,
+    last: Option<BlkifResponse>,
     answered: u64,
     live: Option<Live>,
     pub log: Arc<Mutex<BackLog>>,
@@ -151,6 +156,9 @@ impl TestBack {
             hostile_after: 0,
             hold: false,
             refuse_flush: false,
+            keep_mapped: false,
+            kept: Vec::new(),
+            last: None,
             answered: 0,
             live: None,
             log: Arc::new(Mutex::new(BackLog::default())),
@@ -188,6 +196,18 @@ impl TestBack {
             if self.hold || (self.hostile == Hostile::Stall && self.answered >= self.hostile_after)
             {
                 self.log.lock().unwrap().held += 1;
+                if self.keep_mapped && req.operation <= op::WRITE {
+                    let access = if req.operation == op::WRITE {
+                        Access::ReadOnly
+                    } else {
+                        Access::ReadWrite
+                    };
+                    for seg in &req.seg[..(req.nr_segments as usize).min(11)] {
+                        if let Some(m) = self.map_one(seg.gref, access) {
+                            self.kept.push(m);
+                        }
+                    }
+                }
                 continue;
             }
             let rsp = self.handle(live, &req);
@@ -221,19 +241,14 @@ impl TestBack {
             Hostile::IoError => rsp.status = status::ERROR,
             _ => {}
         }
-        queue.ring.put_response(rsp).unwrap();
         if hostile == Hostile::Duplicate {
-            // The same response again, in a slot of its own: craft it past
-            // the ring's own bookkeeping by writing the slot and index.
-            let idx = queue.ring.rsp_prod_pvt();
-            let size = queue.ring.size();
-            let slot = 64 + (idx & (size - 1)) as usize * 112;
-            use zerocopy::IntoBytes;
-            queue.ring.push_responses();
-            let m = queue.ring.memory().mapping();
-            m.write_at(slot, rsp.as_bytes()).unwrap();
-            m.write_at(8, &idx.wrapping_add(1).to_le_bytes()).unwrap();
+            // The previous response again, in place of this request's.
+            if let Some(last) = self.last {
+                rsp = last;
+            }
         }
+        self.last = Some(rsp);
+        queue.ring.put_response(rsp).unwrap();
         if hostile == Hostile::IndexJump {
             queue.ring.push_responses();
             let m = queue.ring.memory().mapping();
@@ -250,7 +265,13 @@ impl TestBack {
             status: status::OKAY,
             _pad1: [0; 4],
         };
-        *self.log.lock().unwrap().ops.entry(req.operation).or_default() += 1;
+        *self
+            .log
+            .lock()
+            .unwrap()
+            .ops
+            .entry(req.operation)
+            .or_default() += 1;
         let (data_op, sector, segs) = match req.operation {
             op::READ | op::WRITE => {
                 let n = req.nr_segments as usize;
@@ -278,7 +299,8 @@ impl TestBack {
                     } else {
                         Access::ReadOnly
                     };
-                    let count = (n - p * SEGMENTS_PER_INDIRECT_PAGE).min(SEGMENTS_PER_INDIRECT_PAGE);
+                    let count =
+                        (n - p * SEGMENTS_PER_INDIRECT_PAGE).min(SEGMENTS_PER_INDIRECT_PAGE);
                     let mut bytes = vec![0u8; count * 8];
                     let ok = self.with_map(live, ind.indirect_grefs[p], access, |m| {
                         m.read_at(0, &mut bytes).is_ok()
@@ -403,9 +425,9 @@ impl TestBack {
         f: impl FnOnce(&FakeMapping) -> R,
     ) -> Option<R> {
         if live.persistent {
-            if !live.pmaps.contains_key(&gref) {
+            if let std::collections::btree_map::Entry::Vacant(e) = live.pmaps.entry(gref) {
                 let m = self.map_one(gref, Access::ReadWrite)?;
-                live.pmaps.insert(gref, m);
+                e.insert(m);
                 self.log.lock().unwrap().persistent_maps += 1;
             }
             return live.pmaps.get(&gref).map(f);
@@ -440,7 +462,10 @@ impl<T: Transport> Device<T> for TestBack {
         let k = |key: &str| conn.backend_key(key);
         tx.write(&k("sectors"), c.sectors.to_string())?;
         tx.write(&k("sector-size"), c.sector_size.to_string())?;
-        tx.write(&k("physical-sector-size"), c.physical_sector_size.to_string())?;
+        tx.write(
+            &k("physical-sector-size"),
+            c.physical_sector_size.to_string(),
+        )?;
         tx.write(&k("info"), c.info.to_string())?;
         match c.max_ring_page_order {
             Some(o) => tx.write(&k("max-ring-page-order"), o.to_string())?,
@@ -456,7 +481,10 @@ impl<T: Transport> Device<T> for TestBack {
                 r => r?,
             },
         }
-        tx.write(&k("feature-persistent"), if c.persistent { "1" } else { "0" })?;
+        tx.write(
+            &k("feature-persistent"),
+            if c.persistent { "1" } else { "0" },
+        )?;
         tx.write(
             &k("feature-max-indirect-segments"),
             c.max_indirect.unwrap_or(0).to_string(),
@@ -514,7 +542,8 @@ impl<T: Transport> Device<T> for TestBack {
                 .ok_or_else(|| bad("no event-channel".into()))?
                 .parse()
                 .map_err(|_| bad("bad event-channel".into()))?;
-            let ring = map_back_ring(&*self.plat, conn.peer, &refs).map_err(|e| bad(e.to_string()))?;
+            let ring =
+                map_back_ring(&*self.plat, conn.peer, &refs).map_err(|e| bad(e.to_string()))?;
             let port = self
                 .plat
                 .bind_interdomain(conn.peer, Port(port))
@@ -571,7 +600,10 @@ impl BackInstance {
     pub fn new(xs: Xenstore<MemConn>, backend_path: &str, dev: TestBack) -> Self {
         BackInstance {
             xs,
-            be: Backend::new(BackendConfig::new(backend_path, ConnectWhen::FrontendInitialised)),
+            be: Backend::new(BackendConfig::new(
+                backend_path,
+                ConnectWhen::FrontendInitialised,
+            )),
             dev,
         }
     }

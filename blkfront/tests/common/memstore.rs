@@ -237,7 +237,13 @@ fn ok_reply(req: &Message, payload: Vec<u8>) -> Message {
 }
 
 fn err_reply(req: &Message, errno: &str) -> Message {
-    Message::new(MsgType::Error, req.req_id, req.tx_id, join_strings(&[errno])).expect("fits")
+    Message::new(
+        MsgType::Error,
+        req.req_id,
+        req.tx_id,
+        join_strings(&[errno]),
+    )
+    .expect("fits")
 }
 
 impl MemConn {
@@ -257,7 +263,9 @@ impl MemConn {
         let payload = &m.payload;
         let first = payload.split(|&b| b == 0).next().unwrap_or(&[]).to_vec();
         let tx = m.tx_id;
-        if tx != 0 && !g.conns[&self.id].txs.contains_key(&tx) && m.msg_type != MsgType::TransactionEnd
+        if tx != 0
+            && !g.conns[&self.id].txs.contains_key(&tx)
+            && m.msg_type != MsgType::TransactionEnd
         {
             return err_reply(m, "ENOENT");
         }
@@ -329,7 +337,11 @@ impl MemConn {
                 if !nodes.contains_key(&path) {
                     return err_reply(m, "ENOENT");
                 }
-                let prefix = if path == "/" { "/".to_string() } else { format!("{path}/") };
+                let prefix = if path == "/" {
+                    "/".to_string()
+                } else {
+                    format!("{path}/")
+                };
                 let names: Vec<String> = nodes
                     .keys()
                     .filter_map(|k| k.strip_prefix(&prefix))
@@ -354,7 +366,11 @@ impl MemConn {
                 let token = String::from_utf8_lossy(t).into_owned();
                 let conn = g.conns.get_mut(&self.id).unwrap();
                 if m.msg_type == MsgType::Watch {
-                    if conn.watches.iter().any(|(w, tk, _)| *w == path && *tk == token) {
+                    if conn
+                        .watches
+                        .iter()
+                        .any(|(w, tk, _)| *w == path && *tk == token)
+                    {
                         return err_reply(m, "EEXIST");
                     }
                     conn.watches.push((path.clone(), token.clone(), relative));
@@ -365,7 +381,8 @@ impl MemConn {
                     return Message::new(MsgType::Control, u32::MAX, 0, Vec::new()).unwrap();
                 }
                 let before = conn.watches.len();
-                conn.watches.retain(|(w, tk, _)| !(*w == path && *tk == token));
+                conn.watches
+                    .retain(|(w, tk, _)| !(*w == path && *tk == token));
                 if conn.watches.len() == before {
                     return err_reply(m, "ENOENT");
                 }

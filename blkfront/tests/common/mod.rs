@@ -93,7 +93,8 @@ impl World {
         let fe = frontend_path();
         let be = backend_path();
         self.store.write(&format!("{fe}/backend"), &be);
-        self.store.write(&format!("{fe}/backend-id"), &BE.0.to_string());
+        self.store
+            .write(&format!("{fe}/backend-id"), &BE.0.to_string());
         self.store.write(&format!("{fe}/state"), "1");
         self.plug_backend();
     }
@@ -103,7 +104,8 @@ impl World {
         let fe = frontend_path();
         let be = backend_path();
         self.store.write(&format!("{be}/frontend"), &fe);
-        self.store.write(&format!("{be}/frontend-id"), &FE.0.to_string());
+        self.store
+            .write(&format!("{be}/frontend-id"), &FE.0.to_string());
         self.store.write(&format!("{be}/online"), "1");
         self.store.write(&format!("{be}/state"), "1");
     }
