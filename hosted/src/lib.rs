@@ -9,6 +9,10 @@
 //!   backend side of grants, [`grant_tables::ForeignGrants`]:
 //!   [`HostedPlatform::map_grant`], [`HostedPlatform::map_ring`] and
 //!   [`HostedPlatform::grant_copy`] (at memory speed).
+//! - [`blkback`]: a block backend serving blkfronts as Linux 6.1's
+//!   xen-blkback does, onto a file or block device with `O_DIRECT` through
+//!   io_uring (with a hostile mode for frontend tests), and the ring-level
+//!   test frontend its tests and the block bench use.
 //! - A domain's memory, grant table and event page are memfds (sealed
 //!   against resizing) that peers map: a granted frame `n` is page `n` of
 //!   the granting domain's memory memfd, and a backend maps exactly the
@@ -71,6 +75,7 @@
 //! drop(map); // unmaps and releases GTF_reading/GTF_writing
 //! ```
 
+pub mod blkback;
 mod domain;
 mod evtchn;
 mod grants;

@@ -11,7 +11,7 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use crate::setup::ensure_bench_deps;
+use crate::setup::{ensure_bench_deps, ensure_fio};
 use crate::util::{cargo, run as sh, target_dir};
 
 /// A bench command's arguments: all of them go to the bench.
@@ -87,6 +87,13 @@ pub fn run(bench: &str, args: &BenchArgs) -> Result<(), String> {
         &target_dir().join("bench"),
     ));
     sh(&mut c)
+}
+
+/// `cargo xtask blkbench [BENCH OPTIONS]`: installs fio when missing (the
+/// bench's peer), then runs the bench.
+pub fn run_blkbench(args: &BenchArgs) -> Result<(), String> {
+    ensure_fio()?;
+    run("blkbench", args)
 }
 
 #[cfg(test)]

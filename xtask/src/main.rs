@@ -6,6 +6,7 @@
 //! - `cargo xtask lab [--scenario NAME]... [--keep] [--prepare]`: the Xen
 //!   lab.
 //! - `cargo xtask pingpong [BENCH OPTIONS]`: the ping-pong bench.
+//! - `cargo xtask blkbench [BENCH OPTIONS]`: the block bench against fio.
 //!
 //! `cargo xtask --help` and `cargo xtask <command> --help` explain each
 //! command and its options (a bench's `--help` comes from the bench).
@@ -58,6 +59,14 @@ enum Cmd {
     /// options and explains every entry.
     #[command(disable_help_flag = true)]
     Pingpong(bench::BenchArgs),
+    /// The block bench: the hosted blkback against fio (`blkbench --help` explains it).
+    ///
+    /// Installs fio (and Xen's headers) when missing, builds the bench in
+    /// release mode and passes every option to it: 4 KiB random reads and
+    /// writes at depth 1 and 32, 1 MiB sequential ones, on a file under
+    /// target/bench/ (`--size-mib N`, default 1024, created once).
+    #[command(disable_help_flag = true)]
+    Blkbench(bench::BenchArgs),
 }
 
 impl Cmd {
@@ -67,6 +76,7 @@ impl Cmd {
             Cmd::Fuzz(_) => "fuzz",
             Cmd::Lab(_) => "lab",
             Cmd::Pingpong(_) => "pingpong",
+            Cmd::Blkbench(_) => "blkbench",
         }
     }
 }
@@ -78,6 +88,7 @@ fn main() -> ExitCode {
         Cmd::Fuzz(a) => ci::fuzz(a),
         Cmd::Lab(a) => lab::run(a),
         Cmd::Pingpong(a) => bench::run("pingpong", a),
+        Cmd::Blkbench(a) => bench::run_blkbench(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -139,13 +150,18 @@ mod tests {
             panic!("not pingpong")
         };
         assert!(b.args.is_empty());
+        let c = Cli::try_parse_from(["xtask", "blkbench", "--quick", "--size-mib", "64"]).unwrap();
+        let Cmd::Blkbench(b) = c.cmd else {
+            panic!("not blkbench")
+        };
+        assert_eq!(b.args, ["--quick", "--size-mib", "64"]);
     }
 
     #[test]
     fn help_covers_every_command_and_lab_lists_its_scenarios() {
         let mut cmd = Cli::command();
         let help = cmd.render_long_help().to_string();
-        for c in ["ci", "fuzz", "lab", "pingpong"] {
+        for c in ["ci", "fuzz", "lab", "pingpong", "blkbench"] {
             assert!(help.contains(c), "{c} missing from:\n{help}");
         }
         let lab = Cli::try_parse_from(["xtask", "lab", "--help"])

@@ -84,6 +84,15 @@ pub fn ensure_bench_deps() -> Result<(), String> {
     ensure_xen_headers()
 }
 
+/// fio, the block bench's peer (Debian's `fio`), installed when missing.
+pub fn ensure_fio() -> Result<(), String> {
+    if have("fio", &["--version"]) {
+        return Ok(());
+    }
+    eprintln!("xtask: fio is missing; installing it (the block bench measures it beside blkback)");
+    apt_install(&["fio"])
+}
+
 /// Everything `cargo xtask ci` needs: Xen's headers, the
 /// `x86_64-unknown-none` target, nightly with Miri, cargo-fuzz, clippy.
 pub fn ensure_ci_tools() -> Result<(), String> {

@@ -1,0 +1,775 @@
+//! One queue of a connection: its ring, its event channel, its io_uring
+//! and its persistent grants, served by one worker thread.
+//!
+//! The worker loops: it reaps io_uring completions into responses, takes
+//! requests off the ring (each copied out once, then checked by
+//! [`super::parse`]), maps their grants and submits their I/O straight
+//! into the mapped pages (zero copy), pushes the responses and notifies
+//! the frontend when [`BackRing::push_responses`] says to. When there is
+//! nothing to do it spins ([`WaitMode::Poll`]) or, in event mode, spins a
+//! while, then sleeps: on the event channel when no I/O is in flight
+//! (after `RING_FINAL_CHECK_FOR_REQUESTS`), on the io_uring otherwise.
+//!
+//! Grants: with persistent grants every page (data or indirect) is looked
+//! up by ref in this queue's cache and mapped read-write the first time,
+//! kept until the connection ends (at most
+//! [`BlkbackConfig::max_persistent_grants`] per queue; beyond, pages are
+//! mapped for the request only). Without them, a request's pages are
+//! mapped in one batch (read-only for a write: the disk only reads them)
+//! and unmapped when its I/O completes; indirect pages are mapped
+//! read-only, copied out and unmapped at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blkfront::abi::{op, status, BlkifRequest, BlkifRequestSegment, BlkifResponse, SEGMENTS_PER_INDIRECT_PAGE};
+use grant_tables::abi::{GrantRefNum, PAGE_SIZE, SRING_HEADER_SIZE};
+use grant_tables::foreign::{ForeignGrants, MapOp};
+use grant_tables::{Access, BackRing, DomId, EventChannels, Port, RingError};
+use io_uring::{opcode, squeue, types, IoUring};
+use zerocopy::FromBytes;
+
+use super::parse::{self, Disk as Limits, Pending, Reject, RejectReason, Rw, RwKind};
+use super::{Control, Hostile, Shared, WaitMode};
+use crate::{HostedPlatform, MappedGrant, MappedRing};
+
+/// The ring of one queue, as blkback sees it.
+pub(crate) type BlkBackRing = BackRing<BlkifRequest, BlkifResponse, MappedRing>;
+
+/// What a queue's worker is given.
+pub(crate) struct QueueSetup {
+    pub index: u32,
+    pub ring: BlkBackRing,
+    pub port: Port,
+    pub frontend: DomId,
+    pub persistent: bool,
+}
+
+/// What a worker leaves when it ends: the mappings, dropped by the caller
+/// (or kept, in the hostile mode that keeps grants mapped).
+pub(crate) struct Leftovers {
+    /// Held only to keep the ring mapped (or to unmap it when dropped).
+    pub _ring: BlkBackRing,
+    pub grants: Vec<MappedGrant>,
+}
+
+/// Stages of a request's I/O, in the low bits of an SQE's user data.
+const STAGE_DATA: u64 = 0;
+const STAGE_FLUSH: u64 = 1;
+const STAGE_DISCARD: u64 = 2;
+const STAGE_BITS: u32 = 2;
+
+/// A request whose I/O is in flight.
+struct Slot {
+    id: u64,
+    rsp_op: u8,
+    status: i16,
+    /// Completions still to come.
+    cqes: u32,
+    /// Bytes the data stage must move.
+    bytes: u32,
+    /// What failed, if anything.
+    reason: Option<RejectReason>,
+    /// The data stage's iovecs: they point into mapped pages and stay
+    /// here, unmoved, until the I/O completes.
+    iov: Vec<libc::iovec>,
+    /// Pages mapped for this request only (unmapped at completion).
+    maps: Vec<MappedGrant>,
+}
+
+/// One queue's worker.
+struct Worker {
+    plat: HostedPlatform,
+    shared: Arc<Shared>,
+    q: u32,
+    front: DomId,
+    ring: BlkBackRing,
+    port: Port,
+    uring: IoUring,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    in_flight: usize,
+    /// Persistent grants by ref (`None`: not negotiated).
+    persistent: Option<HashMap<GrantRefNum, MappedGrant>>,
+    /// A barrier waiting for the requests in flight to finish.
+    barrier: Option<Rw>,
+    /// The ring overflowed (or a hostile mode wrecked it): nothing more is
+    /// taken off it until the connection ends.
+    halted: bool,
+    /// Responses put and not yet pushed.
+    unpushed: bool,
+    /// Responses sent (for the hostile modes' `after`).
+    answered: u64,
+    /// Mappings the hostile mode keeps instead of unmapping.
+    kept: Vec<MappedGrant>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Runs queue `setup` until `stop`, then finishes the I/O in flight,
+/// answers it and returns the mappings.
+pub(crate) fn run(plat: HostedPlatform, shared: Arc<Shared>, setup: QueueSetup, stop: Arc<AtomicBool>) -> Leftovers {
+    let QueueSetup { index, ring, port, frontend, persistent } = setup;
+    let size = ring.size();
+    let uring = match make_uring(&shared, size) {
+        Ok(u) => u,
+        Err(e) => {
+            shared.fail(format!("queue {index}: cannot set up io_uring: {e}; the queue serves nothing"));
+            // Nothing is taken off the ring; wait for the teardown.
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return Leftovers { _ring: ring, grants: Vec::new() };
+        }
+    };
+    let mut w = Worker {
+        plat,
+        shared,
+        q: index,
+        front: frontend,
+        ring,
+        port,
+        uring,
+        slots: (0..size).map(|_| None).collect(),
+        free: (0..size).rev().collect(),
+        in_flight: 0,
+        persistent: persistent.then(HashMap::new),
+        barrier: None,
+        halted: false,
+        unpushed: false,
+        answered: 0,
+        kept: Vec::new(),
+        stop,
+    };
+    w.serve();
+    w.finish()
+}
+
+fn make_uring(shared: &Shared, ring_size: u32) -> std::io::Result<IoUring> {
+    // Each request takes at most two entries (flush then write).
+    let entries = (ring_size * 2).next_power_of_two().max(8);
+    let uring = IoUring::builder().build(entries)?;
+    uring.submitter().register_files(&[shared.disk.fd()])?;
+    Ok(uring)
+}
+
+impl Worker {
+    fn serve(&mut self) {
+        let mut idle_since: Option<Instant> = None;
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut progress = self.reap();
+            if !self.halted && self.barrier.is_none() {
+                progress |= self.take_requests();
+            }
+            if self.barrier.is_some() && self.in_flight == 0 {
+                if let Some(b) = self.barrier.take() {
+                    self.start_rw(b);
+                }
+                progress = true;
+            }
+            self.submit();
+            self.push();
+            if progress {
+                idle_since = None;
+                continue;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            self.idle(since);
+        }
+    }
+
+    /// Nothing to do: spin or sleep, as the mode says.
+    fn idle(&mut self, since: Instant) {
+        let spin = match self.shared.config.wait {
+            WaitMode::Poll => {
+                std::hint::spin_loop();
+                return;
+            }
+            WaitMode::Event { spin } => spin,
+        };
+        if since.elapsed() < spin {
+            std::hint::spin_loop();
+            return;
+        }
+        if self.in_flight > 0 {
+            // Sleep on the io_uring; new requests are looked at when it
+            // wakes (a completion, or the slice running out).
+            let ts = types::Timespec::new().nsec(200_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            if let Err(e) = self.uring.submitter().submit_with_args(1, &args) {
+                if !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) {
+                    log::warn!("blkback queue {}: waiting for I/O: {e}", self.q);
+                }
+            }
+            return;
+        }
+        if self.halted || self.barrier.is_some() {
+            std::thread::sleep(Duration::from_millis(1));
+            return;
+        }
+        match self.ring.final_check_for_requests() {
+            Ok(true) => {}
+            Ok(false) => {
+                // Woken by the frontend's notify, or every 10 ms to look at
+                // the stop flag.
+                if let Err(e) = self.plat.block(self.port, Some(10_000_000)) {
+                    log::warn!("blkback queue {}: waiting on {}: {e}", self.q, self.port);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Err(e) => self.halt(&e),
+        }
+    }
+
+    fn halt(&mut self, e: &RingError) {
+        if !self.halted {
+            log::warn!(
+                "blkback queue {}: frontend {} provided bogus ring requests ({e}); halting ring processing until the connection ends",
+                self.q,
+                self.front
+            );
+            self.halted = true;
+            self.shared.stats.ring_halts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the requests waiting on the ring. Returns whether any was.
+    fn take_requests(&mut self) -> bool {
+        let mut any = false;
+        while !self.free.is_empty() {
+            let slot = match self.ring.take_request() {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(e) => {
+                    self.halt(&e);
+                    break;
+                }
+            };
+            any = true;
+            self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+            if let Err(r) = self.start(&slot) {
+                self.reject(r);
+                // A refused request ends the batch, after a pause, as
+                // blkback does.
+                self.push();
+                let delay = self.shared.config.error_delay;
+                if !delay.is_zero() {
+                    std::thread::sleep(delay);
+                }
+                break;
+            }
+            if self.barrier.is_some() {
+                break;
+            }
+        }
+        any
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            sectors: self.shared.disk.sectors(),
+            sector_size: self.shared.disk.sector_size,
+            read_only: self.shared.read_only(),
+            max_indirect_segments: self.shared.config.max_indirect_segments,
+        }
+    }
+
+    /// Checks one request and starts it (or parks a barrier).
+    fn start(&mut self, slot: &BlkifRequest) -> Result<(), Reject> {
+        let limits = self.limits();
+        let mut rw = match parse::classify(slot, limits.max_indirect_segments)? {
+            Pending::Direct(rw) => rw,
+            Pending::Indirect { mut rw, nr_segments, pages } => {
+                self.read_indirect(&mut rw, nr_segments, &pages)?;
+                rw
+            }
+            Pending::Discard(d) => {
+                let d = parse::check_discard(&d, &limits)?;
+                return self.start_discard(d);
+            }
+        };
+        limits.check(&rw)?;
+        if matches!(rw.kind, RwKind::Flush | RwKind::Barrier) && !self.shared.config.flush {
+            self.shared.control(Control::NoFlush);
+            return Err(Reject { id: rw.id, rsp_op: rw.rsp_op, status: status::EOPNOTSUPP, reason: RejectReason::Unsupported });
+        }
+        match rw.kind {
+            RwKind::Read => self.shared.stats.reads.fetch_add(1, Ordering::Relaxed),
+            RwKind::Write => self.shared.stats.writes.fetch_add(1, Ordering::Relaxed),
+            RwKind::Flush | RwKind::Barrier => self.shared.stats.flushes.fetch_add(1, Ordering::Relaxed),
+        };
+        if rw.kind == RwKind::Barrier && self.in_flight > 0 {
+            // Wait for every request in flight, then flush and write.
+            self.barrier = Some(rw);
+            return Ok(());
+        }
+        rw.segs.shrink_to_fit();
+        self.start_rw(rw);
+        Ok(())
+    }
+
+    /// Maps, copies and unmaps (unless persistent) an indirect request's
+    /// pages, then reads its segments from the copies.
+    fn read_indirect(&mut self, rw: &mut Rw, nr_segments: usize, pages: &[GrantRefNum]) -> Result<(), Reject> {
+        let fail = |rw: &Rw| Reject { id: rw.id, rsp_op: rw.rsp_op, status: status::ERROR, reason: RejectReason::GrantMap };
+        let mut copies: Vec<[BlkifRequestSegment; SEGMENTS_PER_INDIRECT_PAGE]> = Vec::with_capacity(pages.len());
+        let mut temp = Vec::new();
+        let ptrs = self.map_pages(pages, Access::ReadOnly, &mut temp).map_err(|_| fail(rw))?;
+        let mut buf = [0u8; PAGE_SIZE];
+        for (i, p) in ptrs.iter().enumerate() {
+            let mapping = match p {
+                PagePtr::Persistent(gref) => self.persistent.as_ref().and_then(|c| c.get(gref)),
+                PagePtr::Temp(k) => temp.get(*k),
+            };
+            let read = mapping.map(|m| grant_tables::ForeignMapping::read_at(m, 0, &mut buf));
+            if !matches!(read, Some(Ok(()))) {
+                log::debug!("blkback queue {}: reading indirect page {i} of request {}", self.q, rw.id);
+                return Err(fail(rw));
+            }
+            // 4096 bytes are 512 segments of 8 bytes: the conversion cannot
+            // fail; the fallback only keeps this free of panics.
+            let page = <[BlkifRequestSegment; SEGMENTS_PER_INDIRECT_PAGE]>::read_from_bytes(&buf[..])
+                .unwrap_or([BlkifRequestSegment::default(); SEGMENTS_PER_INDIRECT_PAGE]);
+            copies.push(page);
+        }
+        self.release(temp);
+        parse::indirect_segments(rw, nr_segments, |p| copies.get(p).copied())
+    }
+
+    /// Maps `grefs` (persistent ones from or into the cache, the others
+    /// into `temp`, all or nothing) and says where each is.
+    fn map_pages(&mut self, grefs: &[GrantRefNum], access: Access, temp: &mut Vec<MappedGrant>) -> Result<Vec<PagePtr>, ()> {
+        let max = self.shared.config.max_persistent_grants;
+        let mut out = Vec::with_capacity(grefs.len());
+        let mut ops: Vec<(usize, MapOp)> = Vec::new();
+        for (i, &gref) in grefs.iter().enumerate() {
+            if let Some(cache) = &mut self.persistent {
+                if cache.contains_key(&gref) {
+                    out.push(PagePtr::Persistent(gref));
+                    continue;
+                }
+                if cache.len() < max {
+                    // Persistent grants are always mapped read-write.
+                    match self.plat.map_grant(self.front, gref, Access::ReadWrite) {
+                        Ok(m) => {
+                            cache.insert(gref, m);
+                            self.shared.stats.persistent_grants.fetch_add(1, Ordering::Relaxed);
+                            self.shared.stats.grant_maps.fetch_add(1, Ordering::Relaxed);
+                            out.push(PagePtr::Persistent(gref));
+                            continue;
+                        }
+                        Err(e) => {
+                            log::debug!("blkback queue {}: {e}", self.q);
+                            self.release(std::mem::take(temp));
+                            return Err(());
+                        }
+                    }
+                }
+                // Beyond the limit: mapped for this request only, read-write
+                // as blkback maps every page of a persistent connection.
+                ops.push((i, MapOp { granter: self.front, gref, access: Access::ReadWrite }));
+            } else {
+                ops.push((i, MapOp { granter: self.front, gref, access }));
+            }
+            out.push(PagePtr::Temp(usize::MAX));
+        }
+        if ops.is_empty() {
+            return Ok(out);
+        }
+        let batch: Vec<MapOp> = ops.iter().map(|(_, o)| *o).collect();
+        let mut results = Vec::with_capacity(batch.len());
+        self.plat.map_batch(&batch, &mut results);
+        self.shared.stats.grant_maps.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut failed = false;
+        for ((i, _), r) in ops.iter().zip(results) {
+            match r {
+                Ok(m) => {
+                    if let Some(p) = out.get_mut(*i) {
+                        *p = PagePtr::Temp(temp.len());
+                    }
+                    temp.push(m);
+                }
+                Err(e) => {
+                    log::debug!("blkback queue {}: {e}", self.q);
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            self.release(std::mem::take(temp));
+            return Err(());
+        }
+        Ok(out)
+    }
+
+    /// Unmaps per-request mappings (or keeps them, in the hostile mode that
+    /// keeps grants mapped).
+    fn release(&mut self, maps: Vec<MappedGrant>) {
+        if maps.is_empty() {
+            return;
+        }
+        if self.shared.hostile_kind() == Some(Hostile::KeepGrantsMapped) {
+            self.kept.extend(maps);
+        } else {
+            drop(maps);
+        }
+    }
+
+    fn take_slot(&mut self) -> Option<u32> {
+        self.free.pop()
+    }
+
+    /// Maps a checked read, write, flush or barrier and submits its I/O.
+    fn start_rw(&mut self, rw: Rw) {
+        let access = if rw.kind.writes() { Access::ReadOnly } else { Access::ReadWrite };
+        let grefs: Vec<GrantRefNum> = rw.segs.iter().map(|s| s.gref).collect();
+        let mut temp = Vec::new();
+        let ptrs = match self.map_pages(&grefs, access, &mut temp) {
+            Ok(p) => p,
+            Err(()) => {
+                self.reject(Reject { id: rw.id, rsp_op: rw.rsp_op, status: status::ERROR, reason: RejectReason::GrantMap });
+                return;
+            }
+        };
+        let mut iov = Vec::with_capacity(rw.segs.len());
+        for (seg, p) in rw.segs.iter().zip(&ptrs) {
+            let mapping = match p {
+                PagePtr::Persistent(gref) => self.persistent.as_ref().and_then(|c| c.get(gref)),
+                PagePtr::Temp(k) => temp.get(*k),
+            };
+            let Some(m) = mapping else {
+                self.release(temp);
+                self.reject(Reject { id: rw.id, rsp_op: rw.rsp_op, status: status::ERROR, reason: RejectReason::GrantMap });
+                return;
+            };
+            // `offset + len <= 4096` (checked by the parser) inside a
+            // one-page mapping.
+            let base = m.as_ptr().as_ptr().wrapping_add(seg.offset as usize);
+            iov.push(libc::iovec { iov_base: base.cast(), iov_len: seg.len as usize });
+        }
+        let Some(index) = self.take_slot() else {
+            self.release(temp);
+            self.reject(Reject { id: rw.id, rsp_op: rw.rsp_op, status: status::ERROR, reason: RejectReason::Io });
+            return;
+        };
+        let bytes = u32::try_from(rw.bytes()).unwrap_or(u32::MAX);
+        let flush = matches!(rw.kind, RwKind::Flush | RwKind::Barrier);
+        let data = !iov.is_empty();
+        let slot = Slot {
+            id: rw.id,
+            rsp_op: rw.rsp_op,
+            status: status::OKAY,
+            cqes: u32::from(flush) + u32::from(data),
+            bytes,
+            reason: None,
+            iov,
+            maps: temp,
+        };
+        let offset = rw.sector << blkfront::abi::SECTOR_SHIFT;
+        let fd = types::Fixed(0);
+        let ud = |stage: u64| (u64::from(index) << STAGE_BITS) | stage;
+        let mut entries = Vec::with_capacity(2);
+        if flush {
+            let mut e = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(ud(STAGE_FLUSH));
+            if data {
+                // The write runs only after the flush, as REQ_PREFLUSH asks.
+                e = e.flags(squeue::Flags::IO_LINK);
+            }
+            entries.push(e);
+        }
+        if data {
+            let e = match (&slot.iov[..], rw.kind) {
+                ([one], RwKind::Read) => opcode::Read::new(fd, one.iov_base.cast(), one.iov_len as u32).offset(offset).build(),
+                ([one], _) => opcode::Write::new(fd, one.iov_base.cast(), one.iov_len as u32).offset(offset).build(),
+                (v, RwKind::Read) => opcode::Readv::new(fd, v.as_ptr(), v.len() as u32).offset(offset).build(),
+                (v, _) => opcode::Writev::new(fd, v.as_ptr(), v.len() as u32).offset(offset).build(),
+            };
+            entries.push(e.user_data(ud(STAGE_DATA)));
+        }
+        if let Some(s) = self.slots.get_mut(index as usize) {
+            *s = Some(slot);
+        }
+        self.in_flight += 1;
+        self.push_sqes(&entries);
+    }
+
+    fn start_discard(&mut self, d: parse::Discard) -> Result<(), Reject> {
+        let unsupported = Reject { id: d.id, rsp_op: op::DISCARD, status: status::EOPNOTSUPP, reason: RejectReason::Unsupported };
+        if !self.shared.discard_offered() {
+            return Err(unsupported);
+        }
+        self.shared.stats.discards.fetch_add(1, Ordering::Relaxed);
+        let Some(index) = self.take_slot() else {
+            return Err(Reject { id: d.id, rsp_op: op::DISCARD, status: status::ERROR, reason: RejectReason::Io });
+        };
+        let shift = blkfront::abi::SECTOR_SHIFT;
+        let slot = Slot {
+            id: d.id,
+            rsp_op: op::DISCARD,
+            status: status::OKAY,
+            cqes: 1,
+            bytes: 0,
+            reason: None,
+            iov: Vec::new(),
+            maps: Vec::new(),
+        };
+        if let Some(s) = self.slots.get_mut(index as usize) {
+            *s = Some(slot);
+        }
+        self.in_flight += 1;
+        if d.sectors == 0 {
+            // Nothing to punch: complete it with a flush-free no-op.
+            let e = opcode::Nop::new().build().user_data((u64::from(index) << STAGE_BITS) | STAGE_DISCARD);
+            self.push_sqes(&[e]);
+            return Ok(());
+        }
+        let e = opcode::Fallocate::new(types::Fixed(0), d.sectors << shift)
+            .offset(d.sector << shift)
+            .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+            .build()
+            .user_data((u64::from(index) << STAGE_BITS) | STAGE_DISCARD);
+        self.push_sqes(&[e]);
+        Ok(())
+    }
+
+    fn push_sqes(&mut self, entries: &[squeue::Entry]) {
+        for _ in 0..2 {
+            // SAFETY: every buffer an entry names stays valid until its
+            // completion is reaped: the iovec arrays live in the request's
+            // slot (never moved or changed until then), and the pages they
+            // point to are mapped by the slot's own mappings or by this
+            // queue's persistent grants, which are dropped only after every
+            // request in flight has completed (`finish`).
+            let pushed = unsafe { self.uring.submission().push_multiple(entries) };
+            if pushed.is_ok() {
+                return;
+            }
+            // Full: hand what is queued to the kernel and try again.
+            self.submit();
+        }
+        log::error!("blkback queue {}: the io_uring submission queue stays full", self.q);
+    }
+
+    fn submit(&mut self) {
+        if self.uring.submission().is_empty() {
+            return;
+        }
+        if let Err(e) = self.uring.submit() {
+            if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)) {
+                log::error!("blkback queue {}: io_uring submit: {e}", self.q);
+            }
+        }
+    }
+
+    /// Turns completions into responses. Returns whether there were any.
+    fn reap(&mut self) -> bool {
+        if self.in_flight == 0 {
+            return false;
+        }
+        let mut done: Vec<(u64, i32)> = Vec::new();
+        for cqe in self.uring.completion() {
+            done.push((cqe.user_data(), cqe.result()));
+        }
+        let any = !done.is_empty();
+        for (ud, res) in done {
+            self.complete(ud, res);
+        }
+        any
+    }
+
+    fn complete(&mut self, ud: u64, res: i32) {
+        let index = (ud >> STAGE_BITS) as usize;
+        let stage = ud & ((1 << STAGE_BITS) - 1);
+        let Some(Some(slot)) = self.slots.get_mut(index) else {
+            log::error!("blkback queue {}: a completion for no request ({ud:#x})", self.q);
+            return;
+        };
+        let failed = match stage {
+            STAGE_DATA => res < 0 || res as u32 != slot.bytes,
+            _ => res < 0,
+        };
+        if failed && slot.status == status::OKAY {
+            let not_supported = res == -libc::EOPNOTSUPP || res == -libc::EINVAL;
+            if stage == STAGE_DISCARD && not_supported {
+                slot.status = status::EOPNOTSUPP;
+                slot.reason = Some(RejectReason::Unsupported);
+                self.shared.control(Control::NoDiscard);
+            } else if stage == STAGE_FLUSH && not_supported {
+                slot.status = status::EOPNOTSUPP;
+                slot.reason = Some(RejectReason::Unsupported);
+                self.shared.control(Control::NoFlush);
+            } else {
+                slot.status = status::ERROR;
+                slot.reason = Some(RejectReason::Io);
+                log::warn!(
+                    "blkback queue {}: request {} ({}): the disk returned {res} ({})",
+                    self.q,
+                    slot.id,
+                    op::name(slot.rsp_op),
+                    if res < 0 { std::io::Error::from_raw_os_error(-res).to_string() } else { format!("{} of {} bytes", res, slot.bytes) }
+                );
+            }
+        }
+        slot.cqes = slot.cqes.saturating_sub(1);
+        if slot.cqes > 0 {
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::take) else { return };
+        self.in_flight -= 1;
+        self.free.push(index as u32);
+        if let Some(r) = slot.reason {
+            self.shared.count_reject(r);
+        }
+        self.respond(slot.id, slot.rsp_op, slot.status);
+        self.release(slot.maps);
+    }
+
+    fn reject(&mut self, r: Reject) {
+        log::debug!(
+            "blkback queue {}: request {} ({}) from {} refused: {}",
+            self.q,
+            r.id,
+            op::name(r.rsp_op),
+            self.front,
+            r.reason.describe()
+        );
+        self.shared.count_reject(r.reason);
+        self.respond(r.id, r.rsp_op, r.status);
+    }
+
+    /// Puts a response on the ring (as the hostile mode, if any, twists it).
+    fn respond(&mut self, id: u64, operation: u8, status: i16) {
+        let mut rsp = BlkifResponse { id, operation, _pad0: 0, status, _pad1: [0; 4] };
+        let hostile = self.shared.hostile_kind().filter(|_| self.answered >= self.shared.hostile_after());
+        self.answered += 1;
+        match hostile {
+            Some(Hostile::BadIds) => rsp.id ^= super::BAD_ID_BIT,
+            Some(Hostile::WrongOperation) => rsp.operation = super::wrong_operation(operation),
+            Some(Hostile::UnknownStatus) => rsp.status = super::UNKNOWN_STATUS,
+            _ => {}
+        }
+        match self.ring.put_response(rsp) {
+            Ok(_) => self.unpushed = true,
+            Err(e) => {
+                log::debug!("blkback queue {}: response to {id} dropped: {e}", self.q);
+                return;
+            }
+        }
+        match hostile {
+            Some(Hostile::DuplicateResponses) => {
+                // The copy takes the slot of the next request taken and not
+                // answered, if there is one (that request stays unanswered).
+                if self.ring.rsp_prod_pvt() != self.ring.req_cons() && self.ring.put_response(rsp).is_ok() {
+                    self.shared.stats.hostile_acts.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some(Hostile::IndexJump) => {
+                self.push();
+                let jumped = self.ring.rsp_prod_pvt().wrapping_add(self.ring.size() * 2);
+                self.raw_rsp_prod(jumped);
+                self.shared.stats.hostile_acts.fetch_add(1, Ordering::Relaxed);
+                self.halted = true;
+            }
+            Some(Hostile::UnsolicitedResponses) => {
+                self.push();
+                if self.ring.rsp_prod_pvt() == self.ring.req_cons() {
+                    // Nothing else is waiting for an answer: one response
+                    // more than the frontend asked for.
+                    let extra = BlkifResponse { id: rsp.id.wrapping_add(1), ..rsp };
+                    self.raw_extra_response(&extra);
+                    self.shared.stats.hostile_acts.fetch_add(1, Ordering::Relaxed);
+                    self.halted = true;
+                }
+            }
+            Some(Hostile::BadIds | Hostile::WrongOperation | Hostile::UnknownStatus) => {
+                self.shared.stats.hostile_acts.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Hostile::KeepGrantsMapped) | None => {}
+        }
+    }
+
+    /// The shared `rsp_prod` index, written behind the ring's back (the
+    /// hostile modes only).
+    fn shared_index(&self, offset: usize) -> &AtomicU32 {
+        let base = self.ring.memory().mapping().as_ptr();
+        // SAFETY: the ring mapping is at least one page, page-aligned, and
+        // lives as long as `self.ring` (borrowed for the result's life);
+        // `offset` is 8 (`rsp_prod`), an aligned u32 inside the header,
+        // which both ends only access atomically.
+        unsafe { AtomicU32::from_ptr(base.as_ptr().add(offset).cast::<u32>()) }
+    }
+
+    fn raw_rsp_prod(&self, value: u32) {
+        self.shared_index(8).store(value, Ordering::Release);
+    }
+
+    /// Writes `rsp` into the slot after the last published response and
+    /// publishes it (more responses than requests).
+    fn raw_extra_response(&self, rsp: &BlkifResponse) {
+        use zerocopy::IntoBytes;
+        let idx = self.ring.rsp_prod_pvt();
+        let slot = (idx & (self.ring.size() - 1)) as usize;
+        let entry = blkfront::abi::RING_SLOT_SIZE;
+        let mapping = self.ring.memory().mapping();
+        if grant_tables::ForeignMapping::write_at(mapping, SRING_HEADER_SIZE + slot * entry, rsp.as_bytes()).is_ok() {
+            self.raw_rsp_prod(idx.wrapping_add(1));
+        }
+    }
+
+    /// Publishes the responses put and notifies when the frontend asked.
+    fn push(&mut self) {
+        if !self.unpushed {
+            return;
+        }
+        self.unpushed = false;
+        if self.ring.push_responses() {
+            if let Err(e) = self.plat.notify(self.port) {
+                log::debug!("blkback queue {}: notifying {}: {e}", self.q, self.port);
+            }
+        }
+    }
+
+    /// The connection ends: waits for the I/O in flight (the kernel writes
+    /// into mapped pages until it completes), answers it, and hands back
+    /// the mappings.
+    fn finish(mut self) -> Leftovers {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.in_flight > 0 && Instant::now() < deadline {
+            self.submit();
+            let ts = types::Timespec::new().nsec(10_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.uring.submitter().submit_with_args(1, &args);
+            self.reap();
+        }
+        if self.in_flight > 0 {
+            // The kernel may still write into the pages: keep them mapped
+            // rather than hand the frontend pages the disk still writes.
+            log::error!(
+                "blkback queue {}: {} request(s) still in flight after 30 s at teardown; their pages stay mapped",
+                self.q,
+                self.in_flight
+            );
+            let slots: Vec<Slot> = self.slots.iter_mut().filter_map(Option::take).collect();
+            for s in slots {
+                self.kept.extend(s.maps);
+            }
+            std::mem::forget(std::mem::take(&mut self.kept));
+        }
+        self.push();
+        let mut grants = std::mem::take(&mut self.kept);
+        if let Some(cache) = self.persistent.take() {
+            self.shared.stats.persistent_grants.fetch_sub(cache.len() as u64, Ordering::Relaxed);
+            grants.extend(cache.into_values());
+        }
+        Leftovers { _ring: self.ring, grants }
+    }
+}
+
+/// Where a request's page is mapped.
+enum PagePtr {
+    /// In the persistent cache, under this ref.
+    Persistent(GrantRefNum),
+    /// In the request's own mappings, at this index.
+    Temp(usize),
+}
