@@ -170,6 +170,36 @@ impl TestBack {
         self.live.is_some()
     }
 
+    /// Writes `bytes` into the response slot `ahead` slots past the
+    /// backend's private response producer, on queue `q`, bypassing the
+    /// ring's bookkeeping (a hostile backend).
+    pub fn poke_response(&mut self, q: usize, ahead: u32, bytes: &[u8; 16]) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let Some(queue) = live.queues.get_mut(q) else {
+            return;
+        };
+        let size = queue.ring.size();
+        let idx = queue.ring.rsp_prod_pvt().wrapping_add(ahead);
+        let slot = 64 + (idx & (size - 1)) as usize * 112;
+        let _ = queue.ring.memory().mapping().write_at(slot, bytes);
+    }
+
+    /// Publishes `rsp_prod` = the private producer plus `delta` on queue
+    /// `q`, and notifies.
+    pub fn poke_rsp_prod(&mut self, q: usize, delta: u32) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let Some(queue) = live.queues.get_mut(q) else {
+            return;
+        };
+        let v = queue.ring.rsp_prod_pvt().wrapping_add(delta);
+        let _ = queue.ring.memory().mapping().write_at(8, &v.to_le_bytes());
+        let _ = self.plat.notify(queue.port);
+    }
+
     /// Serves every queue once; returns requests taken.
     pub fn serve(&mut self) -> usize {
         let Some(mut live) = self.live.take() else {
