@@ -9,11 +9,14 @@
 //!   data into it in place, submits, and gets it back with the completion;
 //!   no grant operation per request.
 //! - the application's own pages ([`Buffer::from_pages`], any allocation of
-//!   the platform's shareable pages): granted to the backend for each
-//!   request (read-only for a write when persistent grants are off, as
-//!   Linux's blkfront does) and ended when it completes. If the backend
-//!   still maps a page then, the pages stay in the grant table's
-//!   quarantine and do not come back (the completion says so).
+//!   the platform's shareable pages). On a connection without persistent
+//!   grants they are granted to the backend for each request (read-only
+//!   for a write, as Linux's blkfront does) and the grants end when it
+//!   completes; if the backend still maps a page then, the pages stay in
+//!   the grant table's quarantine and do not come back (the completion
+//!   says so). On a connection with persistent grants the backend would
+//!   keep such pages mapped, so their data is copied through pages of the
+//!   queue's pool instead (one copy, as Linux's blkfront does).
 //!
 //! A [`Span`] is a range of one buffer: where a read lands or a write comes
 //! from. Offsets and lengths are checked against the disk's logical sector

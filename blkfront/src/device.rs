@@ -45,9 +45,12 @@
 //! event channels ([`grant_tables::EventChannels::block_any`]) with the
 //! platform's clock for the timeout.
 //!
-//! Buffers are zero-copy ([`crate::buffer`]): pool buffers
-//! ([`Blkfront::buffer`], one pool of persistent grants per queue) or the
-//! application's own pages granted per request.
+//! Buffers ([`crate::buffer`]): pool buffers ([`Blkfront::buffer`], one
+//! pool of persistent grants per queue), zero-copy; or the application's
+//! own pages, granted per request (zero-copy) when the connection has no
+//! persistent grants, and copied through pool pages when it has (a backend
+//! that maps persistently keeps its mappings, so the application's grants
+//! could never end; Linux's blkfront copies likewise).
 //!
 //! # Modes
 //! [`Mode::Polling`]: the application polls; the backend is never asked to
@@ -893,7 +896,7 @@ where
         Ok(())
     }
 
-    /// The wire segments of an I/O's spans (grant refs of unganted pages
+    /// The wire segments of an I/O's spans (grant refs of ungranted pages
     /// as 0, for checking only).
     fn segments(spans: &[SpanSlot<P>]) -> Vec<Segment> {
         let mut out = Vec::new();

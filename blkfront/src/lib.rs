@@ -70,12 +70,17 @@
 //! # Not done
 //! - Bouncing for an untrusted backend: [`grant_tables::PoolMode::Untrusted`]
 //!   zeroes pool pages between uses (nothing but the payload is shared),
-//!   but the application's own pages are granted as they are.
+//!   but on a connection without persistent grants the application's own
+//!   pages are granted as they are (whatever else they hold is visible).
 //! - An I/O whose pool buffers were granted to an earlier backend's domain
 //!   (the backend moved to another domain) fails with
 //!   [`IoFailure::BackendChanged`] instead of being copied into new buffers.
 //! - An I/O re-issued on a ring too small for it without indirect requests
 //!   fails with [`IoFailure::TooLarge`] rather than being cut into several.
+//! - One owner drives every queue ([`Blkfront`] takes `&mut self`): the
+//!   queues spread I/O over rings, event channels and pools, not over
+//!   threads; a multi-threaded application shares the device behind a
+//!   lock.
 //!
 //! # Units
 //! Sector numbers and counts are in 512-byte sectors everywhere, as on the
