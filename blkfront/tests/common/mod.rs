@@ -35,7 +35,7 @@ pub struct World {
     pub store: MemStore,
     pub front: Arc<FakePlatform>,
     pub back: Arc<FakePlatform>,
-    pub clock: Option<Arc<FakeClock>>,
+    pub clock: Option<FakeClock>,
     pub disk: Arc<Mutex<Vec<u8>>>,
     pub grants: Arc<FakeGrantHub>,
 }
@@ -51,7 +51,7 @@ impl World {
         Self::build(sectors, Some(FakeClock::starting_at(1_000_000_000)))
     }
 
-    fn build(sectors: u64, clock: Option<Arc<FakeClock>>) -> World {
+    fn build(sectors: u64, clock: Option<FakeClock>) -> World {
         let events = match &clock {
             Some(c) => FakeEventHub::with_clock(c),
             None => FakeEventHub::new(),
