@@ -53,13 +53,24 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod buffers;
 pub mod csum;
+mod error;
 pub mod features;
+pub mod frame;
 mod inline;
+mod nic;
+mod queue;
 pub mod rx;
+mod stats;
 pub mod tx;
 
+pub use buffers::{NetRxFrame, RxMeta, TxBuf};
+pub use error::{NetError, RingKind};
+pub use frame::{FrameDevice, FrameError, LinkInfo, RxFrame, TxFrame};
 pub use inline::InlineVec;
+pub use nic::{DriverConfig, Netfront, WaitMode};
+pub use stats::NetStats;
 
 #[cfg(test)]
 extern crate std;
