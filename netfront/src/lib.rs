@@ -55,17 +55,23 @@ extern crate alloc;
 pub mod abi;
 pub mod buffers;
 pub mod csum;
+mod driver;
 mod error;
 pub mod features;
 pub mod frame;
 mod inline;
-mod nic;
+pub mod nic;
+#[cfg(feature = "smoltcp")]
+pub mod phy;
 mod queue;
 pub mod rx;
 mod stats;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tx;
 
 pub use buffers::{NetRxFrame, RxMeta, TxBuf};
+pub use driver::{NetfrontDevice, DEFAULT_HANDSHAKE_INTERVAL_NS};
 pub use error::{NetError, RingKind};
 pub use frame::{FrameDevice, FrameError, LinkInfo, RxFrame, TxFrame};
 pub use inline::InlineVec;
