@@ -1,5 +1,6 @@
 mod abi;
 mod csum;
+mod driver;
 mod features;
 mod rx;
 mod tx;
