@@ -3,4 +3,6 @@ mod csum;
 mod driver;
 mod features;
 mod rx;
+#[cfg(feature = "smoltcp")]
+mod smol;
 mod tx;
