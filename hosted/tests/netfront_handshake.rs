@@ -331,8 +331,10 @@ fn restart(remove_dir: bool) {
         },
         &[],
     );
-    let mut cfg = DriverConfig::default();
-    cfg.wait = WaitMode::Poll;
+    let cfg = DriverConfig {
+        wait: WaitMode::Poll,
+        ..DriverConfig::default()
+    };
     let mut dev = w.device(cfg);
     let mut back = Some(w.backend(linux_like(1)));
     drive(&w, &mut dev, &mut back, |d, _| up(d));

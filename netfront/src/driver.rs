@@ -112,10 +112,8 @@ where
         match self.fe.poll(&mut self.xs, now, &mut self.nic) {
             Ok(ev) => {
                 match &ev {
-                    HandshakeEvent::Connected(c) => {
-                        if self.nic.connection() == Some(c.number) {
-                            self.nic.backend_connected();
-                        }
+                    HandshakeEvent::Connected(c) if self.nic.connection() == Some(c.number) => {
+                        self.nic.backend_connected();
                     }
                     HandshakeEvent::Disconnected { connection, loss } => {
                         log::warn!(

@@ -504,34 +504,29 @@ where
     }
 
     fn block(&mut self, deadline: Option<u64>) -> Result<bool, FrameError> {
-        loop {
-            if self.service()? || self.has_ready() || self.arm()? {
-                return Ok(true);
-            }
-            let ports = match &self.conn {
-                Some(c) if !c.ports.is_empty() => c.ports.clone(),
-                _ => return Ok(false),
-            };
-            let timeout = match deadline {
-                None => None,
-                Some(d) => {
-                    let now = self.platform.now_ns();
-                    if now >= d {
-                        return Ok(false);
-                    }
-                    Some(d - now)
+        if self.service()? || self.has_ready() || self.arm()? {
+            return Ok(true);
+        }
+        let ports = match &self.conn {
+            Some(c) if !c.ports.is_empty() => c.ports.clone(),
+            _ => return Ok(false),
+        };
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let now = self.platform.now_ns();
+                if now >= d {
+                    return Ok(false);
                 }
-            };
-            match self.platform.block_any(&ports, timeout) {
-                Ok(Some(_)) => return Ok(true),
-                Ok(None) => return Ok(false),
-                Err(e) => {
-                    return Err(self.fail(NetError::Platform {
-                        op: "waiting on the event channels",
-                        error: e,
-                    }))
-                }
+                Some(d - now)
             }
+        };
+        match self.platform.block_any(&ports, timeout) {
+            Ok(woken) => Ok(woken.is_some()),
+            Err(e) => Err(self.fail(NetError::Platform {
+                op: "waiting on the event channels",
+                error: e,
+            })),
         }
     }
 

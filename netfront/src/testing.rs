@@ -102,6 +102,10 @@ pub struct SentFrame {
     pub queue: u16,
 }
 
+/// One TX packet's slots as taken off the ring: its requests and its
+/// extras, in ring order.
+pub type TxPacketSlots = (Vec<NetifTxRequest>, Vec<NetifExtraInfo>);
+
 /// How to lay a frame into the frontend's RX buffers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RxOpts {
@@ -295,10 +299,7 @@ impl<G: ForeignGrants + EventChannels> TestBackend<G> {
     /// Takes one TX packet's slots off queue `queue` without answering
     /// them: the requests and the extras, in ring order. `None` when no
     /// whole packet waits.
-    pub fn take_tx_packet(
-        &mut self,
-        queue: usize,
-    ) -> Result<Option<(Vec<NetifTxRequest>, Vec<NetifExtraInfo>)>, String> {
+    pub fn take_tx_packet(&mut self, queue: usize) -> Result<Option<TxPacketSlots>, String> {
         let q = self.queue(queue)?;
         let Some(first) = q.tx.take_request().map_err(|e| e.to_string())? else {
             return Ok(None);

@@ -661,8 +661,10 @@ fn hostile_rx_unknown_extra_type() {
                     },
                 )
                 .unwrap();
-            let mut extra = NetifExtraInfo::default();
-            extra.type_ = 9;
+            let extra = NetifExtraInfo {
+                type_: 9,
+                ..NetifExtraInfo::default()
+            };
             r.be().respond_rx_extra(0, extra).unwrap();
             r.be().push(0).unwrap();
         },

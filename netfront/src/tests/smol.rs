@@ -109,8 +109,10 @@ fn byte(i: usize, seed: u8) -> u8 {
 
 #[test]
 fn smoltcp_arp_ping_and_1_mib_tcp_each_way() {
-    let mut cfg = DriverConfig::default();
-    cfg.wait = WaitMode::Poll;
+    let cfg = DriverConfig {
+        wait: WaitMode::Poll,
+        ..DriverConfig::default()
+    };
     let rig = Rig::new(cfg, linux_like(1), toolstack(MAC));
     let Rig { fe, be, .. } = rig;
     let mut be = be.unwrap();
