@@ -16,7 +16,7 @@
 //! driver's own code reaches them only through copies
 //! ([`PoolBuffer::read_at`], [`PoolBuffer::write_at`]). The slices lent to
 //! the application ([`TxBuf::as_mut_slice`], [`NetRxFrame::as_slice`]) are
-//! the one exception, made in [`lend`] and [`lend_mut`], on the same terms
+//! the one exception, made in `lend` and `lend_mut`, on the same terms
 //! as DMA buffers handed to a device driver:
 //! - TX pages are granted read-only: the backend cannot write them at all.
 //! - An RX page is lent only after the backend answered it and before it is

@@ -28,7 +28,7 @@ use crate::nic::{DriverConfig, Netfront};
 /// Default time between two looks at xenstore while connected: 10 ms.
 pub const DEFAULT_HANDSHAKE_INTERVAL_NS: u64 = 10_000_000;
 
-/// A netfront device with its xenbus handshake (see the [module docs](self)).
+/// A netfront device with its xenbus handshake (see the crate docs).
 pub struct NetfrontDevice<P: Platform, T: Transport>
 where
     P::Pages: 'static,

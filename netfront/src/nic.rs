@@ -17,7 +17,7 @@
 //!   [`PoolMode::Untrusted`] when the backend is untrusted (`trusted` = 0
 //!   or [`crate::features::NetConfig::trust_backend`] off): the pages hold
 //!   nothing but payload and are zeroed whenever they come back;
-//! - per queue, a one-page TX ring and RX ring ([`GrantedRing`]) and one
+//! - per queue, a one-page TX ring and RX ring ([`grant_tables::GrantedRing`]) and one
 //!   event channel, or two when split channels are negotiated;
 //! - RX buffers posted on every queue at once (the whole ring), so the
 //!   backend has room for a maximal packet as soon as it connects.
