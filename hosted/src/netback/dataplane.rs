@@ -47,6 +47,9 @@ pub(crate) enum Cmd {
     Host(HostFrame),
     /// A frame read from the TAP device.
     Tap(Vec<u8>),
+    /// Report the frame buffers free and in all: (free small, free big,
+    /// small, big).
+    Buffers(mpsc::Sender<[usize; 4]>),
     /// Stop the thread.
     Stop,
 }
@@ -323,6 +326,11 @@ impl DataPlane {
                 }
                 Ok(Cmd::Host(f)) => self.inject(f.data.as_slice(), f.meta, PortId::Host),
                 Ok(Cmd::Tap(data)) => self.inject(&data, FrameMeta::default(), PortId::Tap),
+                Ok(Cmd::Buffers(tx)) => {
+                    let (fs, fb) = self.pool.free.available();
+                    let (cs, cb) = self.pool.free.capacity();
+                    let _ = tx.send([fs, fb, cs, cb]);
+                }
             }
         }
     }

@@ -381,6 +381,9 @@ pub struct VifStatus {
     pub tx_packets: u64,
     /// Packets answered with errors.
     pub tx_errors: u64,
+    /// Packets answered as sent but dropped (a blank checksum with no TCP
+    /// or UDP checksum to complete).
+    pub tx_dropped: u64,
     /// Frames delivered to it.
     pub rx_packets: u64,
     /// Frames for it dropped.
@@ -401,6 +404,7 @@ impl VifStatus {
             request: s.request.clone(),
             tx_packets: c.tx_packets.load(Ordering::Relaxed),
             tx_errors: c.tx_errors.load(Ordering::Relaxed),
+            tx_dropped: c.tx_dropped.load(Ordering::Relaxed),
             rx_packets: c.rx_packets.load(Ordering::Relaxed),
             rx_dropped: c.rx_dropped.load(Ordering::Relaxed),
             spurious_events: c.spurious_events.load(Ordering::Relaxed),
@@ -662,6 +666,15 @@ impl Netback {
     /// Why the control side stopped, if it failed.
     pub fn failure(&self) -> Option<String> {
         self.shared.failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// The data plane's frame buffers: `[free small, free big, small,
+    /// big]` (all free when no frame is in flight or queued).
+    pub fn frame_buffers(&self) -> Option<[usize; 4]> {
+        let (tx, rx) = mpsc::channel();
+        self.cmds.send(Cmd::Buffers(tx)).ok()?;
+        let _ = self.plat.notify(self.wake);
+        rx.recv_timeout(Duration::from_secs(10)).ok()
     }
 
     /// Grants mapped and kept by [`Hostile::KeepGrantsMapped`].

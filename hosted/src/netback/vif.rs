@@ -56,6 +56,9 @@ pub struct VifCounters {
     /// Packets answered with `NETIF_RSP_ERROR` (malformed, or a grant copy
     /// failed).
     pub tx_errors: AtomicU64,
+    /// Packets answered as sent but dropped: a blank checksum that is not
+    /// a TCP or UDP one over IPv4 or IPv6 (Linux's `checksum_setup`).
+    pub tx_dropped: AtomicU64,
     /// Frames delivered into the frontend's posted buffers.
     pub rx_packets: AtomicU64,
     /// Their bytes.
@@ -432,9 +435,17 @@ impl Vif {
                                 gso: pkt.gso(),
                             };
                             let c = &self.shared.counters;
-                            c.tx_packets.fetch_add(1, Ordering::Relaxed);
-                            c.tx_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                            out.push(buf);
+                            if buf.meta.csum_blank && !checksum_locatable(pool.bytes(&buf)) {
+                                // Linux's `checksum_setup` failing: answered
+                                // as sent, then dropped.
+                                log::debug!("netback: a checksum-blank TX packet from {fe} has no TCP/UDP checksum to complete; dropped");
+                                c.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                                pool.free(buf);
+                            } else {
+                                c.tx_packets.fetch_add(1, Ordering::Relaxed);
+                                c.tx_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                                out.push(buf);
+                            }
                             NETIF_RSP_OKAY
                         }
                         None => {
@@ -577,6 +588,12 @@ impl Vif {
         }
         work
     }
+}
+
+/// Whether a checksum-blank frame has a TCP/UDP checksum to complete.
+fn checksum_locatable(frame: &[u8]) -> bool {
+    let head = &frame[..frame.len().min(netfront::csum::MAX_HEADER_BYTES)];
+    netfront::csum::locate(head, frame.len()).is_ok()
 }
 
 fn tx_rsp_bytes(r: &NetifTxResponse) -> [u8; 4] {
