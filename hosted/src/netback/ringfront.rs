@@ -469,6 +469,33 @@ impl RingFront {
         Ok(())
     }
 
+    /// Publishes `req_prod` on queue `q`'s TX ring as given, whatever was
+    /// put there (to provoke the backend's check of more requests than the
+    /// ring holds), and notifies.
+    pub fn force_tx_req_prod(&mut self, q: usize, req_prod: u32) -> Result<(), FrontError> {
+        let plat = self.plat.clone();
+        let live = self.live()?;
+        let queue = live
+            .queues
+            .get(q)
+            .ok_or_else(|| FrontError(format!("no queue {q}")))?;
+        let base = queue.tx.memory().as_ptr();
+        // SAFETY: the ring's pages are page-aligned and mapped while
+        // `queue.tx` lives (it owns them, and the borrow of `live` holds);
+        // offset 0 is the header's 4-byte-aligned `req_prod`, which every
+        // ring end accesses only atomically.
+        let idx = unsafe { std::sync::atomic::AtomicU32::from_ptr(base.as_ptr().cast::<u32>()) };
+        idx.store(req_prod, std::sync::atomic::Ordering::Release);
+        plat.notify(queue.tx_port).map_err(err)?;
+        Ok(())
+    }
+
+    /// The TX ring's private producer index of queue `q`.
+    pub fn tx_req_prod(&self, q: usize) -> Option<u32> {
+        let live = self.dev.live.as_ref()?;
+        Some(live.queues.get(q)?.tx.req_prod_pvt())
+    }
+
     /// A pooled TX buffer's grant, filled with `data` (for raw slots); the
     /// buffer stays out of the pool until [`Self::return_raw_buffers`].
     pub fn raw_buffer(&mut self, data: &[u8]) -> Result<u32, FrontError> {

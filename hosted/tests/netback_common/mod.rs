@@ -196,3 +196,34 @@ pub fn tx_done(f: &mut RingFront, n: usize) -> Vec<hosted::netback::ringfront::T
     }
     out
 }
+
+/// A TCP/IPv4 frame of `len` bytes with the pseudo-header sum in the
+/// checksum field (a partial checksum).
+pub fn tcp4_frame(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
+    let mut f = frame(dst, src, len, 7);
+    f[12] = 0x08;
+    f[13] = 0x00;
+    let ip_len = (len - 14) as u16;
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[4..8].copy_from_slice(&[0, 1, 0x40, 0]);
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+    ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+    let csum = !netfront::csum::ones_complement_sum(&f[14..34]);
+    f[24..26].copy_from_slice(&csum.to_be_bytes());
+    let tcp = &mut f[34..54];
+    tcp[12] = 5 << 4;
+    tcp[16..18].copy_from_slice(&[0, 0]);
+    let l4 = (len - 34) as u32;
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2, 0, 6]);
+    pseudo.extend_from_slice(&(l4 as u16).to_be_bytes());
+    let p = netfront::csum::ones_complement_sum(&pseudo);
+    f[50..52].copy_from_slice(&p.to_be_bytes());
+    f
+}
