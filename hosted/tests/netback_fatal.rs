@@ -294,3 +294,22 @@ fn a_lower_fatal_skb_slots_still_never_goes_below_18() {
     let reason = w.nb().vif(FE, 0).unwrap().disabled.unwrap();
     assert!(reason.contains("threshold 18"), "{reason}");
 }
+
+#[test]
+fn a_frontend_signalling_without_work_is_throttled() {
+    let mut w = World::new("spurious", NetbackConfig::new());
+    let plat = w.domain(FE);
+    let mut f = w.front(&plat, 0, RingFrontConfig::default());
+    let (tx, _) = f.ports(0).unwrap();
+    for _ in 0..40 {
+        grant_tables::EventChannels::notify(&plat, tx).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let st = w.nb().vif(FE, 0).unwrap();
+    assert!(st.spurious_events >= 5, "{st:?}");
+    assert!(st.disabled.is_none());
+    // Real work is still served (once the throttle has passed at worst).
+    let data = frame(HOST_MAC, mac(FE, 0), 60, 1);
+    f.send(&data).unwrap();
+    assert_eq!(w.nb().host_port().recv_timeout(T).unwrap().data, data);
+}

@@ -201,11 +201,11 @@ impl DataPlane {
                 idle_since = None;
                 continue;
             }
-            match self.sleep(now) {
-                Some(p) if p == self.wake => check_cmds = true,
-                _ => {}
+            let woke = self.sleep(now);
+            if woke == Some(self.wake) {
+                check_cmds = true;
             }
-            self.account_wakeup();
+            self.account_wakeup(woke);
         }
         self.shutdown();
     }
@@ -221,6 +221,10 @@ impl DataPlane {
         for (vi, v) in self.vifs.iter_mut().enumerate() {
             if v.is_disabled() {
                 continue;
+            }
+            if v.storms() {
+                // Keep the storm going.
+                timeout = timeout.min(Duration::from_millis(1));
             }
             for (qi, q) in v.queues.iter_mut().enumerate() {
                 if let Some(until) = q.throttled_until {
@@ -258,16 +262,19 @@ impl DataPlane {
     /// After a wakeup: serves what came, and counts, per queue, events
     /// that brought no work (XSA-391); a queue with too many in a row is
     /// left out of the waits for a while.
-    fn account_wakeup(&mut self) {
+    fn account_wakeup(&mut self, woke: Option<Port>) {
         let now = Instant::now();
-        for (vi, v) in self.vifs.iter_mut().enumerate() {
-            let _ = vi;
+        for v in self.vifs.iter_mut() {
             if v.is_disabled() {
                 continue;
             }
             for qi in 0..v.queues.len() {
                 let (tx_port, rx_port) = (v.queues[qi].tx_port, v.queues[qi].rx_port);
-                let ev = self.plat.poll(tx_port).unwrap_or(false)
+                // `block_any` cleared the pending bit of the port it
+                // returned; the others are tested (and cleared) here.
+                let ev = woke == Some(tx_port)
+                    || woke == Some(rx_port)
+                    || self.plat.poll(tx_port).unwrap_or(false)
                     | (rx_port != tx_port && self.plat.poll(rx_port).unwrap_or(false));
                 let before = v.queues[qi].tx.req_cons();
                 let tx_work = v.serve_tx(qi, &self.plat, &mut self.pool, &mut self.tx_out);

@@ -259,6 +259,8 @@ pub(crate) enum Refuse {
     Gso,
     /// More than one slot for a receiver without scatter-gather.
     NeedsSg,
+    /// More slots than the receiver's RX ring has.
+    TooManySlots,
 }
 
 impl Vif {
@@ -273,8 +275,15 @@ impl Vif {
                 return Err(Refuse::Gso);
             }
         }
-        if !self.req.sg && rx_slots(frame.len(), self.req.xdp_headroom, 0) > 1 {
+        let data_slots = rx_slots(frame.len(), self.req.xdp_headroom, 0);
+        if !self.req.sg && data_slots > 1 {
             return Err(Refuse::NeedsSg);
+        }
+        let ring = self.queues.first().map_or(0, |q| q.rx.size());
+        if data_slots + 2 > ring {
+            // Could never be posted for (a headroom leaving a few bytes
+            // per page).
+            return Err(Refuse::TooManySlots);
         }
         if meta.csum_blank && meta.gso.is_none() {
             let ok = if ethertype(frame) == ETH_P_IPV6 {
