@@ -27,7 +27,8 @@ use netfront::features::{
     frontend_keys, negotiate, BackendFeatures, FallibleKeys, FrontendInfo, Negotiated, NetConfig,
     QueueEvents, QueueSetup,
 };
-use netfront::rx::{ProdTracker, RxBuffers, RxConfig, RxKind};
+use netfront::rx::{ProdTracker, RxBuffers, RxConfig, RxKind, MAX_RX_SLOTS};
+use netfront::InlineVec;
 use netfront::tx::{plan_tx, Gso, TxCaps, TxOffload, TxPiece, TxQueue, TxStatus};
 use xenbus::{
     ConnectStyle, Connection, Device, DeviceError, Frontend, FrontendConfig, HandshakeEvent,
@@ -40,6 +41,10 @@ use crate::HostedPlatform;
 type TxRing = GrantedRing<HostedPlatform, TxSlotBytes, NetifTxResponse>;
 type RxRing = GrantedRing<HostedPlatform, NetifRxRequest, RxSlotBytes>;
 type Buf = PoolBuffer<HostedPlatform>;
+/// Most pages (slots) of one TX frame sent with [`RingFront::send_with`].
+const MAX_TX_PAGES: usize = 16;
+/// The buffers of one TX packet, kept until its responses.
+type TxToken = InlineVec<Buf, MAX_TX_PAGES>;
 
 /// What went wrong, as text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +83,25 @@ pub struct Received {
     pub dropped: Option<i16>,
 }
 
+/// What [`RingFront::recv_into`] received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxInfo {
+    /// The frame's length (0 when dropped).
+    pub len: usize,
+    /// Ring slots it took.
+    pub slots: u32,
+    /// Data slots.
+    pub frags: usize,
+    /// `NETRXF_csum_blank`.
+    pub csum_blank: bool,
+    /// `NETRXF_data_validated`.
+    pub data_validated: bool,
+    /// The GSO extra.
+    pub gso: Option<Gso>,
+    /// `Some(status)` when the backend dropped it.
+    pub dropped: Option<i16>,
+}
+
 /// A TX packet completed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TxDone {
@@ -92,7 +116,7 @@ struct FrontQueue {
     rx: RxRing,
     tx_port: Port,
     rx_port: Port,
-    txq: TxQueue<Vec<Buf>>,
+    txq: TxQueue<TxToken>,
     rxb: RxBuffers<Buf>,
     prod: ProdTracker,
 }
@@ -391,40 +415,55 @@ impl RingFront {
 
     /// Sends `frame` on queue `q` with `offload`, copied into pooled
     /// buffers (one page each, so a frame over 4096 bytes takes several
-    /// slots).
+    /// slots). No allocation.
     pub fn send_with(
         &mut self,
         q: usize,
         frame: &[u8],
         offload: TxOffload,
     ) -> Result<(), FrontError> {
-        let plat = self.plat.clone();
-        let live = self.live()?;
+        if frame.is_empty() || frame.len() > MAX_TX_PAGES * PAGE_SIZE {
+            return Err(FrontError(format!(
+                "a frame of {} bytes cannot be sent (1 to {} bytes)",
+                frame.len(),
+                MAX_TX_PAGES * PAGE_SIZE
+            )));
+        }
+        let live = self
+            .dev
+            .live
+            .as_mut()
+            .ok_or_else(|| FrontError("not connected".into()))?;
         let caps = TxCaps::from_negotiated(&live.neg);
-        let mut bufs: Vec<Buf> = Vec::with_capacity(frame.len().div_ceil(PAGE_SIZE));
-        for chunk in frame.chunks(PAGE_SIZE) {
+        let mut bufs: TxToken = InlineVec::new();
+        let mut grefs = [[0u32; 1]; MAX_TX_PAGES];
+        for (i, chunk) in frame.chunks(PAGE_SIZE).enumerate() {
             let mut b = live
                 .tx_pool
                 .take()
                 .ok_or_else(|| FrontError("no free TX buffer; collect TX responses".into()))?;
             b.write_at(0, chunk).map_err(err)?;
-            bufs.push(b);
+            grefs[i] = [b.gref()];
+            let _ = bufs.push(b);
         }
-        if frame.is_empty() {
-            return Err(FrontError("empty frame".into()));
-        }
-        let grefs: Vec<[u32; 1]> = bufs.iter().map(|b| [b.gref()]).collect();
-        let pieces: Vec<TxPiece<'_>> = frame
-            .chunks(PAGE_SIZE)
-            .zip(&grefs)
-            .map(|(c, g)| TxPiece {
+        let mut pieces: InlineVec<TxPiece<'_>, MAX_TX_PAGES> = InlineVec::new();
+        for (c, g) in frame.chunks(PAGE_SIZE).zip(grefs.iter()) {
+            let _ = pieces.push(TxPiece {
                 grefs: g,
                 offset: 0,
                 len: c.len(),
-            })
-            .collect();
-        let plan = plan_tx(&pieces, &offload, &caps).map_err(err)?;
-        drop(pieces);
+            });
+        }
+        let mut list = [TxPiece {
+            grefs: &[],
+            offset: 0,
+            len: 0,
+        }; MAX_TX_PAGES];
+        let n = pieces.len();
+        for (d, p) in list.iter_mut().zip(pieces.iter()) {
+            *d = *p;
+        }
+        let plan = plan_tx(&list[..n], &offload, &caps).map_err(err)?;
         let queue = live
             .queues
             .get_mut(q)
@@ -439,7 +478,7 @@ impl RingFront {
         }
         queue.txq.mark_published();
         if queue.tx.push_requests() {
-            plat.notify(queue.tx_port).map_err(err)?;
+            self.plat.notify(queue.tx_port).map_err(err)?;
         }
         Ok(())
     }
@@ -548,6 +587,32 @@ impl RingFront {
         Ok(done)
     }
 
+    /// Collects the TX completions of every queue without keeping them:
+    /// returns how many packets completed and how many of those were not
+    /// `Okay`. No allocation.
+    pub fn reclaim_tx(&mut self) -> Result<(usize, usize), FrontError> {
+        let live = self.live()?;
+        let (mut n, mut bad) = (0, 0);
+        for q in live.queues.iter_mut() {
+            while let Some(r) = q.tx.take_response().map_err(err)? {
+                if let Some(c) = q.txq.complete(r).map_err(err)? {
+                    n += 1;
+                    bad += usize::from(c.status != TxStatus::Okay);
+                }
+            }
+        }
+        Ok((n, bad))
+    }
+
+    /// Free TX request slots of queue `q`.
+    pub fn tx_free(&self, q: usize) -> u32 {
+        self.dev
+            .live
+            .as_ref()
+            .and_then(|l| l.queues.get(q))
+            .map_or(0, |queue| queue.tx.free_requests())
+    }
+
     /// TX packets sent and not completed, on every queue.
     pub fn tx_in_flight(&self) -> usize {
         self.dev
@@ -571,8 +636,43 @@ impl RingFront {
     /// Receives one frame from queue `q`, copying out at most `max` bytes
     /// of it into [`Received::data`].
     pub fn recv_on(&mut self, q: usize, max: usize) -> Result<Option<Received>, FrontError> {
-        let plat = self.plat.clone();
-        let live = self.live()?;
+        let mut data = std::mem::take(&mut self.head);
+        let want = max.min(netfront::rx::MAX_RX_FRAME);
+        data.resize(want, 0);
+        let r = self.recv_into(q, &mut data);
+        let out = match r {
+            Ok(Some(info)) => {
+                let mut d = data[..info.len.min(want)].to_vec();
+                if info.dropped.is_some() {
+                    d.clear();
+                }
+                Ok(Some(Received {
+                    data: d,
+                    slots: info.slots,
+                    frags: info.frags,
+                    csum_blank: info.csum_blank,
+                    data_validated: info.data_validated,
+                    gso: info.gso,
+                    queue: q,
+                    dropped: info.dropped,
+                }))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        self.head = data;
+        out
+    }
+
+    /// Receives one frame from queue `q`: validated by netfront's parser,
+    /// its first `out.len()` bytes (at most) copied into `out`, its buffers
+    /// posted again. No allocation.
+    pub fn recv_into(&mut self, q: usize, out: &mut [u8]) -> Result<Option<RxInfo>, FrontError> {
+        let live = self
+            .dev
+            .live
+            .as_mut()
+            .ok_or_else(|| FrontError("not connected".into()))?;
         let rx_cfg = RxConfig::from_negotiated(&live.neg);
         let queue = live
             .queues
@@ -589,7 +689,7 @@ impl RingFront {
             .observe(cons.wrapping_add(avail), cons, outstanding)
             .map_err(err)?;
         // Slots are read once each, in order, through the ring.
-        let mut slots: Vec<RxSlotBytes> = Vec::with_capacity(4);
+        let mut slots: InlineVec<RxSlotBytes, MAX_RX_SLOTS> = InlineVec::new();
         let mut ring_err = None;
         let pkt = {
             let rx = &mut queue.rx;
@@ -597,7 +697,11 @@ impl RingFront {
                 let want = idx.wrapping_sub(cons) as usize;
                 while slots.len() <= want {
                     match rx.take_response() {
-                        Ok(Some(s)) => slots.push(s),
+                        Ok(Some(s)) => {
+                            if slots.push(s).is_err() {
+                                break;
+                            }
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             ring_err = Some(e);
@@ -611,9 +715,9 @@ impl RingFront {
         if let Some(e) = ring_err {
             return Err(err(e));
         }
-        let pkt = pkt
-            .map_err(err)?
-            .ok_or_else(|| FrontError("no packet".into()))?;
+        let Some(mut pkt) = pkt.map_err(err)? else {
+            return Ok(None);
+        };
         if slots.len() as u32 != pkt.slots {
             return Err(FrontError(format!(
                 "parser used {} slots, {} read",
@@ -621,59 +725,56 @@ impl RingFront {
                 slots.len()
             )));
         }
-        let mut out = Received {
-            data: Vec::new(),
+        let mut info = RxInfo {
+            len: 0,
             slots: pkt.slots,
             frags: 0,
             csum_blank: false,
             data_validated: false,
             gso: None,
-            queue: q,
             dropped: None,
         };
-        let mut repost: Vec<(u32, Buf)> = Vec::with_capacity(pkt.slots as usize);
-        let mut pkt = pkt;
+        let mut repost: InlineVec<(u32, Buf), MAX_RX_SLOTS> = InlineVec::new();
         for s in pkt.spare.drain() {
-            repost.push((s.gref, s.buf));
+            let _ = repost.push((s.gref, s.buf));
         }
         match pkt.kind {
-            RxKind::Frame(f) => {
-                out.frags = f.frags.len();
-                out.csum_blank = f.csum_blank;
-                out.data_validated = f.data_validated;
-                out.gso = f.gso;
-                let want = f.len.min(max);
-                out.data.resize(want, 0);
+            RxKind::Frame(mut f) => {
+                info.len = f.len;
+                info.frags = f.frags.len();
+                info.csum_blank = f.csum_blank;
+                info.data_validated = f.data_validated;
+                info.gso = f.gso;
+                let want = f.len.min(out.len());
                 let mut at = 0usize;
-                let mut f = f;
                 for frag in f.frags.drain() {
                     let n = usize::from(frag.len).min(want - at);
                     if n > 0 {
                         frag.posted
                             .buf
-                            .read_at(usize::from(frag.offset), &mut out.data[at..at + n])
+                            .read_at(usize::from(frag.offset), &mut out[at..at + n])
                             .map_err(err)?;
                         at += n;
                     }
-                    repost.push((frag.posted.gref, frag.posted.buf));
+                    let _ = repost.push((frag.posted.gref, frag.posted.buf));
                 }
             }
             RxKind::Dropped(d) => {
-                out.dropped = Some(match d {
+                info.dropped = Some(match d {
                     netfront::rx::RxDrop::BackendStatus { status } => status,
                     netfront::rx::RxDrop::Runt { .. } => 0,
                 });
             }
         }
-        for (gref, buf) in repost {
+        for (gref, buf) in repost.drain() {
             let idx = queue.rx.req_prod_pvt();
             let req = queue.rxb.post(idx, gref, buf).map_err(|e| err(e.error))?;
             queue.rx.put_request(req).map_err(err)?;
         }
         if queue.rx.push_requests() {
-            plat.notify(queue.rx_port).map_err(err)?;
+            self.plat.notify(queue.rx_port).map_err(err)?;
         }
-        Ok(Some(out))
+        Ok(Some(info))
     }
 
     /// Waits (spinning when `spin`, else on the event channels) up to
