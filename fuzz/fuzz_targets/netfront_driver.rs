@@ -138,7 +138,7 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Restart => {
-                be = None;
+                drop(be.take());
                 fe.end_connection("restart");
                 number += 1;
                 be = Some(attach(&mut fe, number));

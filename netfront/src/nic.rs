@@ -496,6 +496,10 @@ where
             if self.service()? || self.has_ready() {
                 return Ok(true);
             }
+            if !self.is_up() {
+                // Nothing on this side can change that: the handshake does.
+                return Ok(false);
+            }
             if deadline.is_some_and(|d| self.platform.now_ns() >= d) {
                 return Ok(false);
             }
@@ -663,6 +667,17 @@ where
             }
         }
         Ok(None)
+    }
+}
+
+impl<P: Platform> Drop for Netfront<P>
+where
+    P::Pages: 'static,
+{
+    /// Ends the connection: channels closed, grants ended (quarantined
+    /// while the backend still maps them).
+    fn drop(&mut self) {
+        self.end_connection("the device was dropped");
     }
 }
 
