@@ -36,12 +36,17 @@ struct NetBack {
     plat: HostedPlatform,
     feats: BackendFeatures,
     live: Option<TestBackend<HostedPlatform>>,
+    /// A key to write after the honest ones (a lying backend).
+    bad_key: Option<(&'static str, &'static str)>,
 }
 
 impl<T: Transport> Device<T> for NetBack {
     fn publish(&mut self, tx: &mut Transaction<'_, T>, conn: &Connection) -> Result<(), XsError> {
         for (k, v) in backend_keys(&self.feats) {
             tx.write(&conn.backend_key(&k), v)?;
+        }
+        if let Some((k, v)) = self.bad_key {
+            tx.write(&conn.backend_key(k), v)?;
         }
         Ok(())
     }
@@ -141,6 +146,7 @@ impl World {
                 plat: self.back.clone(),
                 feats,
                 live: None,
+                bad_key: None,
             },
         }
     }
@@ -392,4 +398,45 @@ fn backend_restart_with_its_directory_intact() {
 #[test]
 fn backend_restart_with_its_directory_removed() {
     restart(true);
+}
+
+#[test]
+fn a_malformed_backend_key_fails_the_handshake_with_a_clear_error() {
+    for (key, value) in [
+        ("feature-sg", "yes"),
+        ("multi-queue-max-queues", "0"),
+        ("feature-rx-copy", "0"),
+    ] {
+        let w = World::new("nf-badkey", &[]);
+        let cfg = DriverConfig {
+            wait: WaitMode::Poll,
+            ..DriverConfig::default()
+        };
+        let mut dev = w.device(cfg);
+        let mut back = Some(w.backend(linux_like(1)));
+        back.as_mut().unwrap().dev.bad_key = Some((key, value));
+        let end = Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            if let Err(e) = dev.poll() {
+                break e;
+            }
+            if let Some(b) = back.as_mut() {
+                let _ = b.hs.poll(&mut b.xs, w.start.elapsed(), &mut b.dev);
+            }
+            assert!(Instant::now() < end, "{key}={value}: no error");
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        let msg = err.to_string();
+        let named = if key == "feature-rx-copy" {
+            "rx-copy"
+        } else {
+            key
+        };
+        assert!(msg.contains(named), "{key}={value}: {msg}");
+        assert!(dev.handshake_error().is_some());
+        assert!(!dev.link().up);
+        // Nothing of the refused connection stays granted.
+        let s = Platform::grant_table(&w.front).unwrap().stats();
+        assert_eq!((s.granted, s.quarantined), (0, 0), "{s:?}");
+    }
 }

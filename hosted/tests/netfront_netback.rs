@@ -278,3 +278,27 @@ fn every_hostile_backend_mode_is_survived() {
         }
     }
 }
+
+#[test]
+fn orderly_close_through_netback() {
+    let mut w = World::new("nf-nb-close", NetbackConfig::new().mode(ServeMode::Event));
+    let (mut dev, plat) = device(&mut w, config());
+    let me = mac(FE, 0);
+    let f = frame(HOST_MAC, me, 800, 1);
+    assert_eq!(to_host(&w, &mut dev, &f), f);
+    dev.close(10_000_000_000).unwrap();
+    assert!(!dev.link().up);
+    let fe_state = w.read(&format!("/local/domain/{}/device/vif/0/state", FE.0));
+    assert_eq!(fe_state.as_deref(), Some("6"));
+    let table = Platform::grant_table(&plat).unwrap().clone();
+    let end = Instant::now() + T;
+    loop {
+        table.retry_quarantined();
+        let s = table.stats();
+        if (s.granted, s.quarantined) == (0, 0) {
+            break;
+        }
+        assert!(Instant::now() < end, "grants left after close: {s:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

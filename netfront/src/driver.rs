@@ -153,6 +153,41 @@ where
         }
     }
 
+    /// Closes the device in order: writes Closing, waits (up to
+    /// `timeout_ns` of the platform's clock) for the backend to close,
+    /// ends the connection (frames in flight fail) and writes Closed.
+    /// The device stays closed.
+    pub fn close(&mut self, timeout_ns: u64) -> Result<(), FrameError> {
+        let now = self.now();
+        self.fe
+            .close(&mut self.xs, now)
+            .map_err(|e| FrameError::Broken(alloc::format!("closing the vif: {e}")))?;
+        let end = self.nic.platform().now_ns().saturating_add(timeout_ns);
+        loop {
+            let now = self.now();
+            match self.fe.poll(&mut self.xs, now, &mut self.nic) {
+                Ok(HandshakeEvent::Closed | HandshakeEvent::Removed) => {
+                    self.nic.end_connection("closed");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) if e.is_transient() => {}
+                Err(e) => {
+                    self.nic.end_connection("closing failed");
+                    return Err(FrameError::Broken(alloc::format!("closing the vif: {e}")));
+                }
+            }
+            if self.nic.platform().now_ns() >= end {
+                self.nic.end_connection("the backend did not close in time");
+                return Err(FrameError::Broken(
+                    "closing the vif: the backend did not close in time; the connection was ended anyway"
+                        .to_string(),
+                ));
+            }
+            let _ = self.xs.pump_wait(Wait::For(Duration::from_millis(1)));
+        }
+    }
+
     fn handshake_due(&self) -> bool {
         !self.nic.is_up() || self.nic.platform().now_ns() >= self.next_check_ns
     }

@@ -511,10 +511,6 @@ where
         if self.service()? || self.has_ready() || self.arm()? {
             return Ok(true);
         }
-        let ports = match &self.conn {
-            Some(c) if !c.ports.is_empty() => c.ports.clone(),
-            _ => return Ok(false),
-        };
         let timeout = match deadline {
             None => None,
             Some(d) => {
@@ -525,7 +521,11 @@ where
                 Some(d - now)
             }
         };
-        match self.platform.block_any(&ports, timeout) {
+        let woken = match &self.conn {
+            Some(c) if !c.ports.is_empty() => self.platform.block_any(&c.ports, timeout),
+            _ => return Ok(false),
+        };
+        match woken {
             Ok(woken) => Ok(woken.is_some()),
             Err(e) => Err(self.fail(NetError::Platform {
                 op: "waiting on the event channels",
