@@ -19,6 +19,10 @@
 
 use alloc::vec;
 
+/// The smoltcp this adaptor is built for (so that applications use the
+/// same version).
+pub use smoltcp;
+
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
