@@ -440,3 +440,32 @@ fn a_malformed_backend_key_fails_the_handshake_with_a_clear_error() {
         assert_eq!((s.granted, s.quarantined), (0, 0), "{s:?}");
     }
 }
+
+#[test]
+fn a_backend_that_comes_late_is_waited_for() {
+    let w = World::new("nf-late", &[]);
+    let cfg = DriverConfig {
+        wait: WaitMode::Poll,
+        ..DriverConfig::default()
+    };
+    let mut hs = xenbus::FrontendConfig::new("device/vif/0", xenbus::ConnectStyle::ConnectedAtOnce);
+    hs.step_timeout = Duration::from_millis(100);
+    hs.reconnect_timeout = Duration::from_millis(100);
+    let mut dev = NetfrontDevice::with_handshake(w.front.clone(), w.xs(FE), hs, cfg);
+    // No backend for several handshake timeouts.
+    let end = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < end {
+        dev.poll().unwrap();
+        dev.wait(Some(1_000_000)).unwrap();
+    }
+    assert!(!up(&dev));
+    assert!(dev.handshake_error().is_none());
+    assert!(
+        dev.handshake_restarts() >= 2,
+        "{}",
+        dev.handshake_restarts()
+    );
+    let mut back = Some(w.backend(linux_like(1)));
+    drive(&w, &mut dev, &mut back, |d, _| up(d));
+    exchange(&w, &mut dev, &mut back, 1514, 3);
+}

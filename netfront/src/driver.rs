@@ -39,6 +39,7 @@ where
     interval_ns: u64,
     next_check_ns: u64,
     failed: Option<HandshakeError>,
+    restarts: u64,
 }
 
 impl<P: Platform, T: Transport> NetfrontDevice<P, T>
@@ -49,13 +50,32 @@ where
     /// (`device/vif/0`, relative to the domain's home, or absolute), with
     /// the xenstore client `xs`. Nothing happens until the first poll.
     pub fn new(platform: P, xs: Xenstore<T>, frontend: &str, config: DriverConfig) -> Self {
+        Self::with_handshake(
+            platform,
+            xs,
+            FrontendConfig::new(frontend, ConnectStyle::ConnectedAtOnce),
+            config,
+        )
+    }
+
+    /// As [`Self::new`], with the handshake's own configuration (its
+    /// timeouts). The style is forced to
+    /// [`ConnectStyle::ConnectedAtOnce`], which netback needs.
+    pub fn with_handshake(
+        platform: P,
+        xs: Xenstore<T>,
+        mut handshake: FrontendConfig,
+        config: DriverConfig,
+    ) -> Self {
+        handshake.style = ConnectStyle::ConnectedAtOnce;
         NetfrontDevice {
             xs,
-            fe: Frontend::new(FrontendConfig::new(frontend, ConnectStyle::ConnectedAtOnce)),
+            fe: Frontend::new(handshake),
             nic: Netfront::new(platform, config),
             interval_ns: DEFAULT_HANDSHAKE_INTERVAL_NS,
             next_check_ns: 0,
             failed: None,
+            restarts: 0,
         }
     }
 
@@ -86,10 +106,18 @@ where
         &mut self.xs
     }
 
-    /// The handshake's failure, if it failed (a timeout, a xenstore error,
-    /// a connection that could not be set up); the device stays down.
+    /// The handshake's failure, if it failed for good (a xenstore error, a
+    /// connection that could not be set up, such as a backend with
+    /// malformed keys); the device stays down. A wait for the backend that
+    /// times out is not a failure: the handshake starts over by itself.
     pub fn handshake_error(&self) -> Option<&HandshakeError> {
         self.failed.as_ref()
+    }
+
+    /// How many times the handshake started over after a wait for the
+    /// backend timed out.
+    pub fn handshake_restarts(&self) -> u64 {
+        self.restarts
     }
 
     fn now(&self) -> Duration {
@@ -125,6 +153,14 @@ where
                 Ok(ev)
             }
             Err(e) if e.is_transient() => Ok(HandshakeEvent::Idle),
+            Err(e @ HandshakeError::Timeout { .. }) => {
+                // A backend that is slow to come (back): keep trying, the
+                // link stays down meanwhile.
+                log::warn!("netfront: {e}; starting the handshake over");
+                self.fe.restart();
+                self.restarts += 1;
+                Ok(HandshakeEvent::Idle)
+            }
             Err(e) => {
                 log::error!("netfront: the xenbus handshake failed: {e}");
                 let msg = e.to_string();
