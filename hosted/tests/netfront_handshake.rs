@@ -469,3 +469,38 @@ fn a_backend_that_comes_late_is_waited_for() {
     drive(&w, &mut dev, &mut back, |d, _| up(d));
     exchange(&w, &mut dev, &mut back, 1514, 3);
 }
+
+#[test]
+fn a_multi_queue_connection_then_a_single_queue_backend() {
+    let mut w = World::new("nf-mq-then-sq", &[]);
+    let mut cfg = DriverConfig::default();
+    cfg.net.max_queues = 2;
+    cfg.wait = WaitMode::Poll;
+    let mut dev = w.device(cfg);
+    let mut back = Some(w.backend(linux_like(4)));
+    drive(&w, &mut dev, &mut back, |d, _| up(d));
+    assert_eq!(dev.nic().negotiated().unwrap().queues, 2);
+    exchange(&w, &mut dev, &mut back, 200, 1);
+    let conn = dev.nic().connection().unwrap();
+
+    // A new backend without multi-queue: the old queue count must go, or
+    // it would look for the old queues' rings.
+    drop(back.take());
+    let be = w.spec.backend_path();
+    w.xs0.write(&format!("{be}/state"), "6").unwrap();
+    // The new backend does not offer multi-queue (its directory loses the
+    // old offer).
+    w.xs0.rm(&format!("{be}/multi-queue-max-queues")).unwrap();
+    drive(&w, &mut dev, &mut back, |d, _| {
+        d.nic().connection() != Some(conn)
+    });
+    let mut feats = linux_like(1);
+    feats.max_queues = None;
+    back = Some(w.backend(feats));
+    drive(&w, &mut dev, &mut back, |d, _| up(d));
+    assert_eq!(dev.nic().negotiated().unwrap().queues, 1);
+    let fe = w.spec.frontend_path();
+    assert_eq!(w.read(&format!("{fe}/multi-queue-num-queues")), None);
+    assert!(w.read(&format!("{fe}/tx-ring-ref")).is_some());
+    exchange(&w, &mut dev, &mut back, 300, 2);
+}

@@ -778,8 +778,19 @@ where
     }
 
     fn publish(&mut self, tx: &mut Transaction<'_, T>, conn: &Connection) -> Result<(), XsError> {
-        for k in self.frontend_keys() {
+        let keys = self.frontend_keys();
+        for k in keys {
             tx.write(&conn.frontend_key(&k.key), k.value.as_bytes())?;
+        }
+        // An earlier connection to a multi-queue backend left its queue
+        // count: a backend that finds it reads `queue-N/` keys of rings
+        // that are gone. Take it away when this connection has none.
+        const NUM_QUEUES: &str = "multi-queue-num-queues";
+        if !keys.iter().any(|k| k.key == NUM_QUEUES) {
+            match tx.rm(&conn.frontend_key(NUM_QUEUES)) {
+                Err(e) if e.is_not_found() => {}
+                other => other?,
+            }
         }
         Ok(())
     }
