@@ -81,6 +81,7 @@ mod evtchn;
 mod grants;
 pub mod hypervisor;
 mod memory;
+pub mod netback;
 mod sys;
 pub mod toolstack;
 pub mod xenstore;

@@ -1,0 +1,287 @@
+//! The whole device: the xenbus handshake and the driver, as one
+//! [`FrameDevice`].
+//!
+//! [`NetfrontDevice`] owns a xenstore client, the frontend handshake
+//! ([`xenbus::Frontend`], [`ConnectStyle::ConnectedAtOnce`]: netback
+//! attaches only once the frontend is Connected) and a [`Netfront`]. Its
+//! [`FrameDevice::poll`] drives the handshake too (every
+//! [`NetfrontDevice::set_handshake_interval`] of the platform's clock while
+//! connected, at every poll otherwise), so after a backend restart the link
+//! comes back by itself: the old connection is torn down (see
+//! [`crate::nic`] for what becomes of frames in flight), a new one is set
+//! up and published when the backend returns, and frames flow again once
+//! it connects.
+
+use alloc::string::ToString;
+use core::time::Duration;
+
+use grant_tables::Platform;
+use xenbus::{
+    ConnectStyle, Frontend, FrontendConfig, HandshakeError, HandshakeEvent, Transport, Wait,
+    Xenstore,
+};
+
+use crate::buffers::{NetRxFrame, TxBuf};
+use crate::frame::{FrameDevice, FrameError, LinkInfo};
+use crate::nic::{DriverConfig, Netfront};
+
+/// Default time between two looks at xenstore while connected: 10 ms.
+pub const DEFAULT_HANDSHAKE_INTERVAL_NS: u64 = 10_000_000;
+
+/// A netfront device with its xenbus handshake (see the crate docs).
+pub struct NetfrontDevice<P: Platform, T: Transport>
+where
+    P::Pages: 'static,
+{
+    xs: Xenstore<T>,
+    fe: Frontend,
+    nic: Netfront<P>,
+    interval_ns: u64,
+    next_check_ns: u64,
+    failed: Option<HandshakeError>,
+    restarts: u64,
+}
+
+impl<P: Platform, T: Transport> NetfrontDevice<P, T>
+where
+    P::Pages: 'static,
+{
+    /// A device for the vif whose frontend directory is `frontend`
+    /// (`device/vif/0`, relative to the domain's home, or absolute), with
+    /// the xenstore client `xs`. Nothing happens until the first poll.
+    pub fn new(platform: P, xs: Xenstore<T>, frontend: &str, config: DriverConfig) -> Self {
+        Self::with_handshake(
+            platform,
+            xs,
+            FrontendConfig::new(frontend, ConnectStyle::ConnectedAtOnce),
+            config,
+        )
+    }
+
+    /// As [`Self::new`], with the handshake's own configuration (its
+    /// timeouts). The style is forced to
+    /// [`ConnectStyle::ConnectedAtOnce`], which netback needs.
+    pub fn with_handshake(
+        platform: P,
+        xs: Xenstore<T>,
+        mut handshake: FrontendConfig,
+        config: DriverConfig,
+    ) -> Self {
+        handshake.style = ConnectStyle::ConnectedAtOnce;
+        NetfrontDevice {
+            xs,
+            fe: Frontend::new(handshake),
+            nic: Netfront::new(platform, config),
+            interval_ns: DEFAULT_HANDSHAKE_INTERVAL_NS,
+            next_check_ns: 0,
+            failed: None,
+            restarts: 0,
+        }
+    }
+
+    /// Sets how often a connected device looks at xenstore (the backend
+    /// going away is noticed within this time; each look is a xenstore
+    /// round trip).
+    pub fn set_handshake_interval(&mut self, ns: u64) {
+        self.interval_ns = ns;
+    }
+
+    /// The driver.
+    pub fn nic(&self) -> &Netfront<P> {
+        &self.nic
+    }
+
+    /// The driver, mutably.
+    pub fn nic_mut(&mut self) -> &mut Netfront<P> {
+        &mut self.nic
+    }
+
+    /// The handshake.
+    pub fn frontend(&self) -> &Frontend {
+        &self.fe
+    }
+
+    /// The xenstore client.
+    pub fn xenstore_mut(&mut self) -> &mut Xenstore<T> {
+        &mut self.xs
+    }
+
+    /// The handshake's failure, if it failed for good (a xenstore error, a
+    /// connection that could not be set up, such as a backend with
+    /// malformed keys); the device stays down. A wait for the backend that
+    /// times out is not a failure: the handshake starts over by itself.
+    pub fn handshake_error(&self) -> Option<&HandshakeError> {
+        self.failed.as_ref()
+    }
+
+    /// How many times the handshake started over after a wait for the
+    /// backend timed out.
+    pub fn handshake_restarts(&self) -> u64 {
+        self.restarts
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nic.platform().now_ns())
+    }
+
+    /// Drives the handshake once, now; returns what it reported.
+    pub fn poll_handshake(&mut self) -> Result<HandshakeEvent, FrameError> {
+        if let Some(e) = &self.failed {
+            return Err(FrameError::Broken(alloc::format!(
+                "the xenbus handshake failed: {e}"
+            )));
+        }
+        let now = self.now();
+        self.next_check_ns = self
+            .nic
+            .platform()
+            .now_ns()
+            .saturating_add(self.interval_ns);
+        match self.fe.poll(&mut self.xs, now, &mut self.nic) {
+            Ok(ev) => {
+                match &ev {
+                    HandshakeEvent::Connected(c) if self.nic.connection() == Some(c.number) => {
+                        self.nic.backend_connected();
+                    }
+                    HandshakeEvent::Disconnected { connection, loss } => {
+                        log::warn!(
+                            "netfront: backend lost ({loss}); connection {connection} ended, waiting for it to return"
+                        );
+                    }
+                    _ => {}
+                }
+                Ok(ev)
+            }
+            Err(e) if e.is_transient() => Ok(HandshakeEvent::Idle),
+            Err(e @ HandshakeError::Timeout { .. }) => {
+                // A backend that is slow to come (back): keep trying, the
+                // link stays down meanwhile.
+                log::warn!("netfront: {e}; starting the handshake over");
+                self.fe.restart();
+                self.restarts += 1;
+                Ok(HandshakeEvent::Idle)
+            }
+            Err(e) => {
+                log::error!("netfront: the xenbus handshake failed: {e}");
+                let msg = e.to_string();
+                self.failed = Some(e);
+                Err(FrameError::Broken(alloc::format!(
+                    "the xenbus handshake failed: {msg}"
+                )))
+            }
+        }
+    }
+
+    /// Polls until the link is up or `timeout_ns` of the platform's clock
+    /// passes.
+    pub fn wait_up(&mut self, timeout_ns: u64) -> Result<(), FrameError> {
+        let end = self.nic.platform().now_ns().saturating_add(timeout_ns);
+        loop {
+            self.poll()?;
+            if self.nic.is_up() {
+                return Ok(());
+            }
+            let now = self.nic.platform().now_ns();
+            if now >= end {
+                return Err(FrameError::LinkDown);
+            }
+            self.wait(Some((end - now).min(1_000_000)))?;
+        }
+    }
+
+    /// Closes the device in order: writes Closing, waits (up to
+    /// `timeout_ns` of the platform's clock) for the backend to close,
+    /// ends the connection (frames in flight fail) and writes Closed.
+    /// The device stays closed.
+    pub fn close(&mut self, timeout_ns: u64) -> Result<(), FrameError> {
+        let now = self.now();
+        self.fe
+            .close(&mut self.xs, now)
+            .map_err(|e| FrameError::Broken(alloc::format!("closing the vif: {e}")))?;
+        let end = self.nic.platform().now_ns().saturating_add(timeout_ns);
+        loop {
+            let now = self.now();
+            match self.fe.poll(&mut self.xs, now, &mut self.nic) {
+                Ok(HandshakeEvent::Closed | HandshakeEvent::Removed) => {
+                    self.nic.end_connection("closed");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) if e.is_transient() => {}
+                Err(e) => {
+                    self.nic.end_connection("closing failed");
+                    return Err(FrameError::Broken(alloc::format!("closing the vif: {e}")));
+                }
+            }
+            if self.nic.platform().now_ns() >= end {
+                self.nic.end_connection("the backend did not close in time");
+                return Err(FrameError::Broken(
+                    "closing the vif: the backend did not close in time; the connection was ended anyway"
+                        .to_string(),
+                ));
+            }
+            let _ = self.xs.pump_wait(Wait::For(Duration::from_millis(1)));
+        }
+    }
+
+    fn handshake_due(&self) -> bool {
+        !self.nic.is_up() || self.nic.platform().now_ns() >= self.next_check_ns
+    }
+}
+
+impl<P: Platform, T: Transport> FrameDevice for NetfrontDevice<P, T>
+where
+    P::Pages: 'static,
+{
+    type Tx = TxBuf<P>;
+    type Rx = NetRxFrame<P>;
+
+    fn link(&self) -> LinkInfo {
+        self.nic.link()
+    }
+
+    fn tx_buffer(&mut self, len: usize) -> Result<Option<TxBuf<P>>, FrameError> {
+        self.nic.tx_buffer(len)
+    }
+
+    fn send(&mut self, frame: TxBuf<P>) -> Result<(), FrameError> {
+        self.nic.send(frame)
+    }
+
+    fn receive(&mut self) -> Result<Option<NetRxFrame<P>>, FrameError> {
+        if self.handshake_due() {
+            self.poll_handshake()?;
+        }
+        match self.nic.receive() {
+            Err(FrameError::LinkDown) => Ok(None),
+            other => other,
+        }
+    }
+
+    fn poll(&mut self) -> Result<bool, FrameError> {
+        let mut progress = false;
+        if self.handshake_due() {
+            progress |= self.poll_handshake()? != HandshakeEvent::Idle;
+        }
+        progress |= self.nic.poll()?;
+        Ok(progress)
+    }
+
+    fn wait(&mut self, timeout_ns: Option<u64>) -> Result<bool, FrameError> {
+        let cap = timeout_ns.map_or(self.interval_ns, |t| t.min(self.interval_ns));
+        if self.nic.is_up() {
+            return self.nic.wait(Some(cap));
+        }
+        // Down: what changes things is xenstore (the backend's state).
+        match self
+            .xs
+            .pump_wait(Wait::For(Duration::from_nanos(cap.max(1))))
+        {
+            Ok(n) => Ok(n > 0),
+            Err(e) if e.is_fatal() => {
+                Err(FrameError::Broken(alloc::format!("xenstore failed: {e}")))
+            }
+            Err(_) => Ok(false),
+        }
+    }
+}

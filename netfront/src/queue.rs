@@ -1,0 +1,526 @@
+//! One queue pair of a connection: its TX and RX rings, event channels, TX
+//! ids in flight, posted RX buffers and the frames waiting for the
+//! application.
+//!
+//! Everything the backend writes (response slots, producer indices) goes
+//! through the protocol layer's checks ([`crate::tx`], [`crate::rx`]); a
+//! violation comes back as a [`NetError`] and the driver marks the device
+//! broken. Nothing here panics on backend data.
+
+use alloc::collections::VecDeque;
+
+use grant_tables::{DomId, GrantedRing, Platform, PoolBuffer, Port, RingError};
+
+use crate::abi::{
+    NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse, RxSlotBytes, PAGE_SIZE,
+};
+use crate::buffers::{NetRxFrame, RxMeta, RxPiece, TxBuf};
+use crate::csum::{self, CsumAction};
+use crate::error::{NetError, RingKind};
+use crate::features::{QueueEvents, QueueSetup};
+use crate::inline::InlineVec;
+use crate::rx::{ProdTracker, RxBuffers, RxConfig, RxKind, RxRefill};
+use crate::stats::NetStats;
+use crate::tx::{plan_tx, TxCaps, TxPiece, TxQueue, TxStatus, MAX_TX_REQUESTS};
+
+/// The TX ring of a queue.
+pub(crate) type TxRing<P> = GrantedRing<P, NetifTxRequest, NetifTxResponse>;
+/// The RX ring of a queue.
+pub(crate) type RxRing<P> = GrantedRing<P, NetifRxRequest, NetifRxResponse>;
+
+/// What a packet in flight holds until its TX response: its pages.
+pub(crate) type TxToken<P> = InlineVec<PoolBuffer<P>, MAX_TX_REQUESTS>;
+
+/// The event channels of a queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ports {
+    Shared(Port),
+    Split { tx: Port, rx: Port },
+}
+
+impl Ports {
+    fn tx(self) -> Port {
+        match self {
+            Ports::Shared(p) => p,
+            Ports::Split { tx, .. } => tx,
+        }
+    }
+
+    fn rx(self) -> Port {
+        match self {
+            Ports::Shared(p) => p,
+            Ports::Split { rx, .. } => rx,
+        }
+    }
+}
+
+/// One queue pair.
+pub(crate) struct Queue<P: Platform>
+where
+    P::Pages: 'static,
+{
+    index: u16,
+    tx: TxRing<P>,
+    rx: RxRing<P>,
+    ports: Ports,
+    txq: TxQueue<TxToken<P>>,
+    tx_prod: ProdTracker,
+    rx_prod: ProdTracker,
+    rxbufs: RxBuffers<PoolBuffer<P>>,
+    refill: RxRefill,
+    rx_cfg: RxConfig,
+    /// Frames sent while the ring had no room, in order.
+    backlog: VecDeque<TxBuf<P>>,
+    /// Frames received and not yet taken by the application.
+    ready: VecDeque<NetRxFrame<P>>,
+}
+
+fn platform_err(op: &'static str) -> impl FnOnce(grant_tables::PlatformError) -> NetError {
+    move |error| NetError::Platform { op, error }
+}
+
+impl<P: Platform> Queue<P>
+where
+    P::Pages: 'static,
+{
+    /// Allocates and grants the queue's rings and allocates its event
+    /// channels (for `peer`). On an error, what was made is released.
+    pub(crate) fn new(
+        platform: &P,
+        peer: DomId,
+        index: u16,
+        split: bool,
+        rx_cfg: RxConfig,
+    ) -> Result<Self, NetError> {
+        let tx: TxRing<P> = GrantedRing::new(platform, peer, 0)?;
+        let rx: RxRing<P> = GrantedRing::new(platform, peer, 0)?;
+        let ports = if split {
+            let t = platform
+                .alloc_unbound(peer)
+                .map_err(platform_err("allocating a TX event channel"))?;
+            match platform.alloc_unbound(peer) {
+                Ok(r) => Ports::Split { tx: t, rx: r },
+                Err(e) => {
+                    let _ = platform.close(t);
+                    return Err(platform_err("allocating an RX event channel")(e));
+                }
+            }
+        } else {
+            Ports::Shared(
+                platform
+                    .alloc_unbound(peer)
+                    .map_err(platform_err("allocating an event channel"))?,
+            )
+        };
+        let txq = TxQueue::new(tx.size()).ok_or(NetError::Internal("TX ring size"))?;
+        let rxbufs = RxBuffers::new(rx.size()).ok_or(NetError::Internal("RX ring size"))?;
+        let refill = RxRefill::new(rx.size(), &rx_cfg);
+        Ok(Queue {
+            index,
+            tx_prod: ProdTracker::new(tx.rsp_cons()),
+            rx_prod: ProdTracker::new(rx.rsp_cons()),
+            tx,
+            rx,
+            ports,
+            txq,
+            rxbufs,
+            refill,
+            rx_cfg,
+            backlog: VecDeque::new(),
+            ready: VecDeque::new(),
+        })
+    }
+
+    /// What the frontend publishes for this queue.
+    pub(crate) fn setup_keys(&self) -> Result<QueueSetup, NetError> {
+        let one = |refs: alloc::vec::Vec<u32>| {
+            refs.first()
+                .copied()
+                .ok_or(NetError::Internal("a ring without a grant"))
+        };
+        Ok(QueueSetup {
+            tx_ring_ref: one(self.tx.grefs())?,
+            rx_ring_ref: one(self.rx.grefs())?,
+            events: match self.ports {
+                Ports::Shared(p) => QueueEvents::Shared(p.0),
+                Ports::Split { tx, rx } => QueueEvents::Split { tx: tx.0, rx: rx.0 },
+            },
+        })
+    }
+
+    /// The ports to wait on.
+    pub(crate) fn ports(&self) -> InlineVec<Port, 2> {
+        let mut v = InlineVec::new();
+        match self.ports {
+            Ports::Shared(p) => {
+                let _ = v.push(p);
+            }
+            Ports::Split { tx, rx } => {
+                let _ = v.push(tx);
+                let _ = v.push(rx);
+            }
+        }
+        v
+    }
+
+    /// Frames waiting for the application.
+    pub(crate) fn ready(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Packets in flight or waiting for room on the TX ring.
+    pub(crate) fn tx_pending(&self) -> usize {
+        self.txq.in_flight() + self.backlog.len()
+    }
+
+    /// The next received frame.
+    pub(crate) fn pop_ready(&mut self) -> Option<NetRxFrame<P>> {
+        self.ready.pop_front()
+    }
+
+    fn ring_err(&self, ring: RingKind) -> impl FnOnce(RingError) -> NetError {
+        let queue = self.index;
+        move |error| NetError::Ring { queue, ring, error }
+    }
+
+    fn notify(platform: &P, port: Port) -> Result<(), NetError> {
+        platform
+            .notify(port)
+            .map_err(platform_err("notifying the backend"))
+    }
+
+    // ---- TX ----
+
+    /// Queues `frame` for sending: on the ring now when there is room (and
+    /// nothing older waits), else behind the frames already waiting. A
+    /// frame the connection cannot send as asked is refused
+    /// ([`NetError`] is not used for that: the caller gets the message).
+    pub(crate) fn send(
+        &mut self,
+        platform: &P,
+        frame: TxBuf<P>,
+        caps: &TxCaps,
+        stats: &mut NetStats,
+    ) -> Result<Result<(), alloc::string::String>, NetError> {
+        if let Err(e) = Self::plan(&frame, caps) {
+            stats.tx_refused += 1;
+            return Ok(Err(e));
+        }
+        self.backlog.push_back(frame);
+        self.flush(platform, caps, stats)?;
+        Ok(Ok(()))
+    }
+
+    fn plan(frame: &TxBuf<P>, caps: &TxCaps) -> Result<crate::tx::TxPlan, alloc::string::String> {
+        use alloc::string::ToString;
+        let mut grefs = [0u32; MAX_TX_REQUESTS];
+        let mut offsets = [0usize; MAX_TX_REQUESTS];
+        let n = frame.bufs.len().min(MAX_TX_REQUESTS);
+        for (i, b) in frame.bufs.iter().enumerate().take(n) {
+            grefs[i] = b.gref();
+            offsets[i] = usize::from(b.offset());
+        }
+        let mut pieces = [TxPiece {
+            grefs: &[],
+            offset: 0,
+            len: 0,
+        }; MAX_TX_REQUESTS];
+        let mut left = frame.len;
+        for (i, piece) in pieces.iter_mut().enumerate().take(n) {
+            let len = left.min(PAGE_SIZE);
+            left -= len;
+            *piece = TxPiece {
+                grefs: &grefs[i..=i],
+                offset: offsets[i],
+                len,
+            };
+        }
+        plan_tx(&pieces[..n], &frame.offload, caps).map_err(|e| e.to_string())
+    }
+
+    /// Puts waiting frames on the ring while it has room, then publishes
+    /// them with one notification if the backend asked for one.
+    pub(crate) fn flush(
+        &mut self,
+        platform: &P,
+        caps: &TxCaps,
+        stats: &mut NetStats,
+    ) -> Result<(), NetError> {
+        let mut put = false;
+        while let Some(frame) = self.backlog.front() {
+            let plan = match Self::plan(frame, caps) {
+                Ok(p) => p,
+                Err(_) => {
+                    // Checked at send; cannot change. Drop it rather than
+                    // block the queue.
+                    self.backlog.pop_front();
+                    stats.tx_refused += 1;
+                    continue;
+                }
+            };
+            if plan.slots() > self.tx.free_requests() as usize
+                || plan.requests() > self.txq.free_ids()
+            {
+                break;
+            }
+            let Some(mut frame) = self.backlog.pop_front() else {
+                break;
+            };
+            let len = frame.len;
+            let token = core::mem::take(&mut frame.bufs);
+            let slots = match self.txq.submit(&plan, token, self.tx.free_requests()) {
+                Ok(s) => s,
+                Err(rejected) => {
+                    // Room was checked above; keep the frame for later.
+                    frame.bufs = rejected.token;
+                    self.backlog.push_front(frame);
+                    break;
+                }
+            };
+            for slot in slots.iter() {
+                self.tx
+                    .put_request_as(&slot.to_bytes())
+                    .map_err(self.ring_err(RingKind::Tx))?;
+            }
+            stats.tx_frames += 1;
+            stats.tx_bytes += len as u64;
+            put = true;
+        }
+        if put {
+            self.txq.mark_published();
+            if self.tx.push_requests() {
+                Self::notify(platform, self.ports.tx())?;
+                stats.notifications += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes every TX response the backend published, recycling the pages
+    /// of completed packets. Returns how many packets completed.
+    pub(crate) fn complete_tx(&mut self, stats: &mut NetStats) -> Result<usize, NetError> {
+        let queue = self.index;
+        let avail = self
+            .tx
+            .unconsumed_responses()
+            .map_err(self.ring_err(RingKind::Tx))?;
+        if avail == 0 {
+            return Ok(0);
+        }
+        let cons = self.tx.rsp_cons();
+        self.tx_prod
+            .observe(cons.wrapping_add(avail), cons, avail)
+            .map_err(|violation| NetError::Prod {
+                queue,
+                ring: RingKind::Tx,
+                violation,
+            })?;
+        let mut done = 0;
+        for _ in 0..avail {
+            let Some(rsp) = self
+                .tx
+                .take_response()
+                .map_err(self.ring_err(RingKind::Tx))?
+            else {
+                break;
+            };
+            match self.txq.complete(rsp) {
+                Err(violation) => return Err(NetError::Tx { queue, violation }),
+                Ok(None) => {}
+                Ok(Some(c)) => {
+                    match c.status {
+                        TxStatus::Okay => {}
+                        TxStatus::Dropped => stats.tx_dropped += 1,
+                        TxStatus::Error => stats.tx_errors += 1,
+                    }
+                    // The pages go back to the pool here.
+                    drop(c.token);
+                    done += 1;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    // ---- RX ----
+
+    /// Posts pool pages on the RX ring as the refill policy says, and
+    /// notifies the backend if it asked.
+    pub(crate) fn refill_rx(
+        &mut self,
+        platform: &P,
+        pool: &grant_tables::BufferPool<P>,
+        stats: &mut NetStats,
+    ) -> Result<(), NetError> {
+        let outstanding = self.rx.req_prod_pvt().wrapping_sub(self.rx.rsp_cons());
+        let want = self.refill.to_post(outstanding);
+        let mut posted = 0u32;
+        for _ in 0..want {
+            if self.rx.is_full() {
+                break;
+            }
+            let Some(buf) = pool.take() else {
+                stats.rx_pool_empty += 1;
+                break;
+            };
+            let idx = self.rx.req_prod_pvt();
+            let gref = buf.gref();
+            let req = self
+                .rxbufs
+                .post(idx, gref, buf)
+                .map_err(|r| NetError::from(r.error))?;
+            self.rx
+                .put_request(req)
+                .map_err(self.ring_err(RingKind::Rx))?;
+            posted += 1;
+        }
+        if posted > 0 && self.rx.push_requests() {
+            Self::notify(platform, self.ports.rx())?;
+            stats.notifications += 1;
+        }
+        Ok(())
+    }
+
+    /// Takes up to `budget` packets off the RX ring into the ready list
+    /// (completing partial checksums), returning how many frames became
+    /// ready.
+    pub(crate) fn reap_rx(
+        &mut self,
+        budget: usize,
+        stats: &mut NetStats,
+    ) -> Result<usize, NetError> {
+        let queue = self.index;
+        let mut got = 0;
+        let mut packets = 0;
+        while packets < budget {
+            let avail = self
+                .rx
+                .unconsumed_responses()
+                .map_err(self.ring_err(RingKind::Rx))?;
+            if avail == 0 {
+                break;
+            }
+            let cons = self.rx.rsp_cons();
+            let outstanding = self.rx.req_prod_pvt().wrapping_sub(cons);
+            self.rx_prod
+                .observe(cons.wrapping_add(avail), cons, outstanding)
+                .map_err(|violation| NetError::Prod {
+                    queue,
+                    ring: RingKind::Rx,
+                    violation,
+                })?;
+            let ring = &mut self.rx;
+            let mut ring_error = None;
+            let parsed =
+                self.rxbufs.take_packet(cons, avail, &self.rx_cfg, |_idx| {
+                    match ring.take_response_as::<RxSlotBytes>() {
+                        Ok(Some(b)) => b,
+                        Ok(None) => RxSlotBytes::default(),
+                        Err(e) => {
+                            ring_error.get_or_insert(e);
+                            RxSlotBytes::default()
+                        }
+                    }
+                });
+            if let Some(error) = ring_error {
+                return Err(NetError::Ring {
+                    queue,
+                    ring: RingKind::Rx,
+                    error,
+                });
+            }
+            let packet = match parsed {
+                Err(violation) => return Err(NetError::Rx { queue, violation }),
+                Ok(None) => break,
+                Ok(Some(p)) => p,
+            };
+            packets += 1;
+            // Extra-info slots' pages (and a dropped packet's) go back to
+            // the pool now.
+            drop(packet.spare);
+            match packet.kind {
+                RxKind::Dropped(_) => stats.rx_dropped += 1,
+                RxKind::Frame(f) => {
+                    let action = f.checksum_action();
+                    let mut pieces = InlineVec::new();
+                    let mut frags = f.frags;
+                    for frag in frags.drain() {
+                        let _ = pieces.push(RxPiece {
+                            buf: frag.posted.buf,
+                            offset: frag.offset,
+                            len: frag.len,
+                        });
+                    }
+                    let mut frame = NetRxFrame {
+                        pieces,
+                        len: f.len,
+                        meta: RxMeta {
+                            checksum_ok: false,
+                            checksum_completed: false,
+                            gso: f.gso,
+                            hash: f.hash,
+                            queue,
+                        },
+                    };
+                    match action {
+                        CsumAction::Verify => {}
+                        CsumAction::Validated => frame.meta.checksum_ok = true,
+                        CsumAction::Complete { recompute_pseudo } => {
+                            match frame
+                                .with_fragments_mut(|frags| csum::complete(frags, recompute_pseudo))
+                            {
+                                Ok(_) => {
+                                    frame.meta.checksum_ok = true;
+                                    frame.meta.checksum_completed = true;
+                                }
+                                Err(e) => {
+                                    log::debug!("netfront: queue {queue}: {e}");
+                                    stats.rx_csum_errors += 1;
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    stats.rx_frames += 1;
+                    stats.rx_bytes += frame.len as u64;
+                    self.ready.push_back(frame);
+                    got += 1;
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// Asks the backend to notify on its next responses on both rings, and
+    /// says whether any are already waiting (the final check before
+    /// blocking).
+    pub(crate) fn arm(&mut self) -> Result<bool, NetError> {
+        let tx = self
+            .tx
+            .final_check_for_responses()
+            .map_err(self.ring_err(RingKind::Tx))?;
+        let rx = self
+            .rx
+            .final_check_for_responses()
+            .map_err(self.ring_err(RingKind::Rx))?;
+        Ok(tx || rx || !self.ready.is_empty())
+    }
+
+    /// Ends the queue: every packet in flight or waiting is failed (its
+    /// pages back to the pool), every posted buffer taken back, the event
+    /// channels closed; the rings' grants end when the queue is dropped
+    /// (quarantined, whole, while the backend still maps them). Returns the
+    /// packets failed. Frames already received stay with the application
+    /// (or are dropped with the queue).
+    pub(crate) fn shut(&mut self, platform: &P) -> usize {
+        let aborted = self.txq.abort_all().len() + self.backlog.len();
+        self.backlog.clear();
+        drop(self.rxbufs.drain());
+        for p in self.ports().iter() {
+            if let Err(e) = platform.close(*p) {
+                log::warn!("netfront: closing {p}: {e}");
+            }
+        }
+        aborted
+    }
+}
