@@ -103,11 +103,8 @@ fn pages_are_zeroed_and_frames_are_memfd_pages() {
     let q = a.alloc_zeroed_pages(64).unwrap();
     for i in 0..q.len_bytes() {
         // SAFETY: inside our own mapping.
-        assert_eq!(
-            unsafe { q.as_ptr().as_ptr().add(i).read_volatile() },
-            0,
-            "stale byte at {i}"
-        );
+        let byte = unsafe { q.as_ptr().as_ptr().add(i).read_volatile() };
+        assert_eq!(byte, 0, "stale byte at {i}");
     }
     assert!(matches!(
         a.alloc_zeroed_pages(1),
