@@ -7,10 +7,9 @@
 //!   monotonic clock, against no scheduler (`none`).
 //! - **Real** ([`workload::RealPath`]): one 1 GiB file behind a loop device
 //!   with direct I/O ([`loopdev`]); Linux's `mq-deadline`, `bfq` and
-//!   `kyber` driven by fio with the same workloads ([`fio`]); and the seam
-//!   for blkfront through the hosted blkback (`apex-real`, `fifo-real`),
-//!   which is not in the tree yet: the bench says so and measures nothing in
-//!   its place.
+//!   `kyber` driven by fio with the same workloads ([`fio`]); and blkfront
+//!   with APEX or FIFO on its queue through the hosted blkback onto the same
+//!   loop device (`apex-real`, `fifo-real`, [`ours`]).
 //!
 //! Entries are named `POLICY-wN-CLASS`: W1's sweep puts the real-time load
 //! in percent before the class (`apex-w1-90-rt`), `POLICY-wN-total` is the
@@ -24,6 +23,7 @@
 
 pub mod fio;
 pub mod loopdev;
+pub mod ours;
 pub mod report;
 pub mod sim;
 pub mod workload;
@@ -608,7 +608,7 @@ simulation's phase-spread periodic readers), W2 and W3 with rate_process=poisson
 keeps to the schedule (the bench says when it could not). Latencies come from fio's per-request log. \
 W1's load is a share of the device's measured 256 KiB random-read rate, W3's of its 64 KiB rate.\n",
     );
-    s.push_str(&format!("\n{}\n", workload::OUR_PATH_MISSING));
+    s.push_str(&format!("\n{}\n", workload::OUR_PATH));
     s.push_str(
         "\nTargets: W1: apex misses no deadline up to 90 % real-time load, in both harnesses, while \
 its total throughput is >= 0.95x fifo's; W2: the latency-critical p99 under the bulk job <= 2x its \
@@ -677,7 +677,7 @@ pub fn run(args: &ApexArgs) -> Result<ApexReport, String> {
             .map(|s| s.trim().to_string())
             .unwrap_or_default(),
     );
-    meta.insert("real_path".into(), workload::OUR_PATH_MISSING.into());
+    meta.insert("real_path".into(), workload::OUR_PATH.into());
     let mut results = Vec::new();
     let mut not_measured = Vec::new();
     for r in outcome.report.results {
@@ -691,11 +691,11 @@ pub fn run(args: &ApexArgs) -> Result<ApexReport, String> {
         let extra = c.extras.get(&r.name).cloned().unwrap_or_default();
         results.push(ApexEntry::new(r, extra));
     }
-    if workload::our_paths().is_err() {
+    if let Err(why) = workload::our_paths() {
         for p in ["apex-real", "fifo-real"] {
             not_measured.push(NotMeasured {
                 name: format!("{p}-*"),
-                reason: workload::OUR_PATH_MISSING.into(),
+                reason: why.clone(),
             });
         }
     }

@@ -142,7 +142,7 @@ impl ApexReport {
         }
         for p in ["apex-real", "fifo-real"] {
             if name.starts_with(p) {
-                return format!("{p} is not available yet (blkfront and the hosted blkback are not in the tree)");
+                return format!("{p} was not measured in this run");
             }
         }
         format!("{name} is not in this run")
@@ -853,7 +853,7 @@ mod tests {
         assert_eq!((c.value, c.met), (Some(3.0), Some(false)));
         let c = find("apex-real-w2-lc / linux-bfq-w2-lc");
         assert_eq!(c.met, None);
-        assert!(c.why.as_deref().unwrap().contains("not available"), "{c:?}");
+        assert!(c.why.as_deref().unwrap().contains("not measured"), "{c:?}");
         let c = find("apex-w3-");
         assert_eq!(c.met, Some(true));
         let c = find("apex-w4-overhead");

@@ -1,5 +1,6 @@
 //! The workloads of the real path, what a run measures, and the seam the
-//! blkfront path will plug into ([`RealPath`]).
+//! real paths implement ([`RealPath`]): fio under Linux's schedulers and
+//! blkfront with ours.
 //!
 //! The simulated harness takes its workloads from `iosched::sim` (`w1`,
 //! `w2`, `w3`); the real path runs the same ones on a loop device, sized
@@ -295,11 +296,11 @@ pub trait Device {
 }
 
 /// One way of serving the workloads on the real device: Linux's own
-/// schedulers driven by fio (see [`super::fio`]), and, once blkfront and
-/// the hosted blkback land, blkfront with our scheduler through hosted
-/// blkback onto the same loop device, its kernel scheduler set to `none`.
+/// schedulers driven by fio (see [`super::fio`]), and blkfront with our
+/// scheduler through the hosted blkback onto the same loop device, its
+/// kernel scheduler set to `none` (see [`super::ours`]).
 ///
-/// This is the seam the blkfront path implements: [`RealPath::run`] runs
+/// [`RealPath::run`] runs
 /// one workload for its length, open loop (requests arrive at their
 /// times whether or not earlier ones are done, and latency counts from
 /// the arrival), and returns per class every latency, the deadline misses
@@ -320,16 +321,17 @@ pub trait RealPath {
     ) -> Result<Measured, String>;
 }
 
-/// Why `apex-real` and `fifo-real` are not measured yet.
-pub const OUR_PATH_MISSING: &str = "apex-real and fifo-real (blkfront with our scheduler, through \
-hosted blkback over io_uring onto the same loop device, its kernel scheduler set to `none`) are \
-not available: the blkfront driver and the hosted blkback are not in this tree yet. The \
-`RealPath` trait in benches/src/apex/workload.rs is the seam they will implement; until then \
-nothing is measured in their place.";
+/// What our real paths are (the run's `real_path` note).
+pub const OUR_PATH: &str = "apex-real and fifo-real: blkfront (polling, one queue, persistent \
+grants) with APEX or FIFO on its queue, through the hosted blkback (io_uring, O_DIRECT) onto the \
+same loop device, its kernel scheduler set to `none` (benches/src/apex/ours.rs)";
 
 /// Our real paths (`apex-real`, `fifo-real`), or why there are none.
 pub fn our_paths() -> Result<Vec<Box<dyn RealPath>>, String> {
-    Err(OUR_PATH_MISSING.into())
+    Ok(vec![
+        Box::new(super::ours::BlkfrontPath::new(iosched::PolicyKind::Apex)),
+        Box::new(super::ours::BlkfrontPath::new(iosched::PolicyKind::Fifo)),
+    ])
 }
 
 /// Measurements of one class from per-request records `(arrival ns,
@@ -420,8 +422,14 @@ mod tests {
     }
 
     #[test]
-    fn our_path_says_why_it_is_missing() {
-        let e = our_paths().err().expect("not available yet");
-        assert!(e.contains("apex-real") && e.contains("RealPath"), "{e}");
+    fn our_paths_are_apex_and_fifo_on_blkfront() {
+        let ours = our_paths().expect("our paths are in the tree");
+        let names: Vec<&str> = ours.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["apex-real", "fifo-real"]);
+        let setup = ours[0].setup(Workload::W2 { bulk: true });
+        assert!(
+            setup.contains("apex") && setup.contains("blkback"),
+            "{setup}"
+        );
     }
 }

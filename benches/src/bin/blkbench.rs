@@ -9,9 +9,12 @@
 //! worker on its own thread, both polling), and through fio (io_uring,
 //! `O_DIRECT`, the same depths and sizes) as the peer, in the same run.
 //!
-//! The frontend side is behind [`BlockFront`]: today the test frontend of
-//! `hosted::blkback::front` (raw requests on the ring, persistent grants);
-//! the blkfront driver takes its place by implementing the trait.
+//! The frontend side is behind [`BlockFront`]: the `blkfront-*` entries run
+//! the blkfront driver ([`blkfront::Blkfront`], polling mode, completion
+//! API, buffers from its pool of persistent grants); the `ringfront-*`
+//! entries run the ring-level test frontend of `hosted::blkback::front`
+//! (raw requests on the ring, persistent grants), which shows what the
+//! driver costs above the ring.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -23,21 +26,26 @@ use benches::harness::{
 use blkfront::abi::{
     op, status, BlkifRequest, BlkifRequestIndirect, BlkifRequestSegment, SECTOR_SHIFT,
 };
+use std::sync::Arc;
+
+use blkfront::{Blkfront, DeviceConfig, Io, IoOptions, Mode, Span, Tag};
 use grant_tables::{DomId, EventChannels, PoolBuffer};
 use hosted::blkback::front::{rw_request, whole_page, FrontConfig, RingFrontend};
 use hosted::blkback::{Blkback, BlkbackConfig, WaitMode};
 use hosted::toolstack::{add_device, DeviceSpec};
-use hosted::xenstore::{connect_as, XenstoreDaemon};
+use hosted::xenstore::{connect_as, UnixXenstore, XenstoreDaemon};
 use hosted::{HostedHypervisor, HostedPlatform};
 use zerocopy::FromBytes;
 
 const ABOUT: &str = "\
 The block bench: 4 KiB random reads and writes at queue depth 1 and 32, and \
 1 MiB sequential reads and writes at depth 4, on one file (created once under \
-target/bench/), through a frontend and the hosted blkback (io_uring, O_DIRECT, \
-zero copy into the frontend's persistent grants) and through fio (io_uring, \
-O_DIRECT, same depths and sizes) in the same run. Latency is from putting a \
-request on the ring (fio: submitting it) to seeing its completion. The 1 MiB \
+target/bench/), through the blkfront driver (blkfront-*, polling) and the \
+hosted blkback (io_uring, O_DIRECT, zero copy into the driver's persistent \
+grants), through the ring-level test frontend (ringfront-*) and the same \
+blkback, and through fio (io_uring, O_DIRECT, same depths and sizes) in the \
+same run. Latency is from submitting a request (to the driver, onto the ring, \
+to fio) to seeing its completion. The 1 MiB \
 entries run a sixteenth of the samples of the others. `--size-mib N` sets the \
 file's size (default 1024).";
 
@@ -157,21 +165,18 @@ fn spin(var: &str, default_us: u64) -> Duration {
     Duration::from_micros(us)
 }
 
-/// The hosted world of one round: hypervisor, xenstore, blkback, and the
-/// test frontend.
-struct RingFront {
-    front: RingFrontend,
-    /// Per slot: the request to put (sector and operation set at submit).
-    templates: Vec<BlkifRequest>,
-    /// The buffers behind the templates (kept until the end).
-    _buffers: Vec<PoolBuffer<HostedPlatform>>,
+/// The hosted world of one round: hypervisor, xenstore daemon, the device
+/// directories, and blkback serving `file`; the frontend domain's platform
+/// is handed to whichever frontend runs. Dropped after the frontend.
+struct World {
+    front_plat: Option<HostedPlatform>,
     _back: Blkback,
-    _daemon: XenstoreDaemon,
+    daemon: XenstoreDaemon,
     _hv: HostedHypervisor,
     dir: PathBuf,
 }
 
-impl Drop for RingFront {
+impl Drop for World {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -181,8 +186,11 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-impl RingFront {
-    fn new(file: &Path, depth: usize, bytes: usize) -> Result<RingFront, String> {
+/// The frontend's device directory (relative to its domain's home).
+const FRONT_PATH: &str = "device/vbd/51712";
+
+impl World {
+    fn new(file: &Path) -> Result<World, String> {
         let base = if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
@@ -205,6 +213,36 @@ impl RingFront {
         };
         let back = Blkback::spawn(back_plat, daemon.socket(), &spec.backend_path(), config)
             .map_err(err)?;
+        Ok(World {
+            front_plat: Some(front_plat),
+            _back: back,
+            daemon,
+            _hv: hv,
+            dir,
+        })
+    }
+
+    fn take_front_plat(&mut self) -> Result<HostedPlatform, String> {
+        self.front_plat
+            .take()
+            .ok_or_else(|| "the frontend domain is already taken".to_string())
+    }
+}
+
+/// The ring-level test frontend of `hosted::blkback::front` (raw requests
+/// on the ring, persistent grants): what the driver costs above it.
+struct RingFront {
+    front: RingFrontend,
+    /// Per slot: the request to put (sector and operation set at submit).
+    templates: Vec<BlkifRequest>,
+    /// The buffers behind the templates (kept until the end).
+    _buffers: Vec<PoolBuffer<HostedPlatform>>,
+    _world: World,
+}
+
+impl RingFront {
+    fn new(file: &Path, depth: usize, bytes: usize) -> Result<RingFront, String> {
+        let mut world = World::new(file)?;
         let pages_per = bytes / 4096;
         let indirect = pages_per > 11;
         let pool_pages = depth * (pages_per + usize::from(indirect));
@@ -216,7 +254,12 @@ impl RingFront {
             legacy_ring_ref: false,
             event: false,
         };
-        let mut front = RingFrontend::new(front_plat, daemon.socket(), "device/vbd/51712", cfg)?;
+        let mut front = RingFrontend::new(
+            world.take_front_plat()?,
+            world.daemon.socket(),
+            FRONT_PATH,
+            cfg,
+        )?;
         front.connect(Duration::from_secs(10))?;
         let mut templates = Vec::with_capacity(depth);
         let mut buffers = Vec::new();
@@ -240,10 +283,7 @@ impl RingFront {
             front,
             templates,
             _buffers: buffers,
-            _back: back,
-            _daemon: daemon,
-            _hv: hv,
-            dir,
+            _world: world,
         })
     }
 }
@@ -302,6 +342,108 @@ impl BlockFront for RingFront {
     }
 }
 
+/// The blkfront driver ([`blkfront::Blkfront`]) in polling mode: each slot
+/// owns pool buffers (persistent grants) that go out with its I/O through
+/// the completion API and come back with the completion.
+struct DriverFront {
+    dev: Blkfront<HostedPlatform>,
+    /// The frontend domain's xenstore connection (the handshake, and kept
+    /// open while the device lives).
+    _xs: UnixXenstore,
+    /// Per slot: its buffers while no I/O of it is in flight.
+    spans: Vec<Option<Vec<Span<HostedPlatform>>>>,
+    /// Per I/O in flight: its tag and slot.
+    tags: Vec<(Tag, usize)>,
+    _world: World,
+}
+
+impl DriverFront {
+    fn new(file: &Path, depth: usize, bytes: usize) -> Result<DriverFront, String> {
+        let mut world = World::new(file)?;
+        let pages_per = bytes / 4096;
+        let mut xs = connect_as(world.daemon.socket(), 1).map_err(err)?;
+        let mut cfg = DeviceConfig::new(FRONT_PATH);
+        cfg.mode = Mode::Polling;
+        cfg.pool_pages = depth * pages_per;
+        cfg.indirect_pool_pages = depth.max(64);
+        let mut dev = Blkfront::new(Arc::new(world.take_front_plat()?), cfg).map_err(err)?;
+        match dev.wait_connected(&mut xs, Some(Duration::from_secs(10))) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err("blkfront did not connect within 10 s".into()),
+            Err(e) => return Err(format!("blkfront: {e}")),
+        }
+        let spans = (0..depth)
+            .map(|_| {
+                (0..pages_per)
+                    .map(|_| dev.buffer(0).map(Span::whole))
+                    .collect::<Option<Vec<_>>>()
+                    .map(Some)
+                    .ok_or_else(|| "blkfront's pool ran out of buffers".to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(DriverFront {
+            dev,
+            _xs: xs,
+            spans,
+            tags: Vec::with_capacity(depth),
+            _world: world,
+        })
+    }
+}
+
+impl BlockFront for DriverFront {
+    fn submit(&mut self, slot: usize, write: bool, offset: u64) -> Result<(), String> {
+        let spans = self
+            .spans
+            .get_mut(slot)
+            .and_then(Option::take)
+            .ok_or_else(|| format!("slot {slot} is busy or does not exist"))?;
+        let sector = offset >> SECTOR_SHIFT;
+        let io = if write {
+            Io::Write { sector, spans }
+        } else {
+            Io::Read { sector, spans }
+        };
+        let tag = self
+            .dev
+            .submit(io, IoOptions::queue(0))
+            .map_err(|r| r.to_string())?;
+        self.tags.push((tag, slot));
+        Ok(())
+    }
+
+    fn kick(&mut self) -> Result<(), String> {
+        self.dev.process().map(drop).map_err(err)
+    }
+
+    fn poll(&mut self, done: &mut Vec<usize>) -> Result<(), String> {
+        self.dev.process().map_err(err)?;
+        while let Some(c) = self.dev.next_completion() {
+            c.result
+                .map_err(|e| format!("{} failed: {e}", c.io.name()))?;
+            let at = self
+                .tags
+                .iter()
+                .position(|&(t, _)| t == c.tag)
+                .ok_or_else(|| format!("a completion for unknown tag {}", c.tag))?;
+            let (_, slot) = self.tags.swap_remove(at);
+            if c.held_spans != 0 {
+                return Err(format!("{} pool buffers held back", c.held_spans));
+            }
+            self.spans[slot] = Some(c.io.into_spans());
+            done.push(slot);
+        }
+        Ok(())
+    }
+
+    /// Polling mode: the backend does not notify, so waiting is yielding
+    /// the core and looking again.
+    fn wait(&mut self) -> Result<(), String> {
+        std::thread::yield_now();
+        Ok(())
+    }
+}
+
 /// Offsets of a workload: random aligned blocks, or one after the other.
 struct Offsets {
     state: u64,
@@ -353,7 +495,11 @@ fn closed_loop(
     let mut completed = 0u64;
     let mut done = Vec::with_capacity(w.depth);
     let t0 = Instant::now();
-    for (slot, start) in started.iter_mut().enumerate().take(w.depth.min(ops as usize)) {
+    for (slot, start) in started
+        .iter_mut()
+        .enumerate()
+        .take(w.depth.min(ops as usize))
+    {
         *start = Instant::now();
         front.submit(slot, w.write, offsets.next())?;
         issued += 1;
@@ -397,28 +543,60 @@ fn closed_loop(
     Ok(t0.elapsed())
 }
 
-fn ring_entry(file: PathBuf, file_bytes: u64, w: Work) -> Entry {
-    let name = format!("blkfront-{}", w.suffix());
+/// Which frontend an entry runs.
+#[derive(Clone, Copy, Debug)]
+enum Front {
+    /// The blkfront driver ([`DriverFront`]).
+    Driver,
+    /// The ring-level test frontend ([`RingFront`]).
+    Ring,
+}
+
+fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front) -> Entry {
+    let (prefix, through, how) = match which {
+        Front::Driver => (
+            "blkfront",
+            "the blkfront driver (polling, completion API, pool buffers)",
+            "2 domains in one process (hosted), blkfront polling (yielding when idle), backend queue spinning a while then sleeping, O_DIRECT io_uring, persistent grants",
+        ),
+        Front::Ring => (
+            "ringfront",
+            "the ring-level test frontend",
+            "2 domains in one process (hosted), frontend and backend queue spinning a while then sleeping, O_DIRECT io_uring, persistent grants",
+        ),
+    };
+    let name = format!("{prefix}-{}", w.suffix());
     let about = format!(
-        "{} {} at queue depth {} through the test frontend and the hosted blkback",
+        "{} {} at queue depth {} through {through} and the hosted blkback",
         if w.random { "random" } else { "sequential" },
         if w.write { "writes" } else { "reads" },
         w.depth
     );
-    Entry::new(&name, &about, "2 domains in one process (hosted), frontend and backend queue spinning a while then sleeping, O_DIRECT io_uring, persistent grants", move |r: Round, rec: &mut Recorder| {
+    Entry::new(&name, &about, how, move |r: Round, rec: &mut Recorder| {
         // The frontend runs on a thread of its own, pinned to core 0 once
         // the backend's threads (started from it, unpinned) run.
         let work = || -> Result<(), String> {
-            let mut front = RingFront::new(&file, w.depth, w.bytes)?;
+            let mut front: Box<dyn BlockFront> = match which {
+                Front::Driver => Box::new(DriverFront::new(&file, w.depth, w.bytes)?),
+                Front::Ring => Box::new(RingFront::new(&file, w.depth, w.bytes)?),
+            };
             benches::pin::pin_to(0);
             let mut offsets = Offsets::new(&w, file_bytes, 0x9E37_79B9 + r.index);
-            closed_loop(&mut front, &w, &mut offsets, w.ops(r.warmup), None)?;
+            closed_loop(&mut *front, &w, &mut offsets, w.ops(r.warmup), None)?;
             let ops = w.ops(r.iters);
-            let t = closed_loop(&mut front, &w, &mut offsets, ops, Some(&mut *rec))?;
-            rec.throughput(Throughput::default().with_iops(ops, t).with_mb_s(ops * w.bytes as u64, t));
+            let t = closed_loop(&mut *front, &w, &mut offsets, ops, Some(&mut *rec))?;
+            rec.throughput(
+                Throughput::default()
+                    .with_iops(ops, t)
+                    .with_mb_s(ops * w.bytes as u64, t),
+            );
             Ok(())
         };
-        std::thread::scope(|s| s.spawn(work).join().map_err(|_| "the frontend thread panicked".to_string())?)
+        std::thread::scope(|s| {
+            s.spawn(work)
+                .join()
+                .map_err(|_| "the frontend thread panicked".to_string())?
+        })
     })
     .msg_bytes(w.bytes)
 }
@@ -612,7 +790,8 @@ fn main() -> ExitCode {
         ));
     for w in WORKS {
         bench = bench
-            .entry(ring_entry(file.clone(), bytes, w))
+            .entry(front_entry(file.clone(), bytes, w, Front::Driver))
+            .entry(front_entry(file.clone(), bytes, w, Front::Ring))
             .entry(fio_entry(file.clone(), bytes, w));
         let (a, b) = (
             format!("blkfront-{}", w.suffix()),

@@ -1,0 +1,374 @@
+//! Our real path: the blkfront driver (polling, completion API, buffers
+//! from its pool of persistent grants) with an iosched policy on its queue
+//! (`apex-real`: APEX, `fifo-real`: FIFO), through the hosted blkback
+//! (io_uring, `O_DIRECT`) onto the same loop device the Linux peers use,
+//! its kernel scheduler set to `none`. Both domains run in this process on
+//! the hosted platform: the frontend on the bench's thread, blkback's queue
+//! worker on its own.
+//!
+//! Each stream of the workload gets a scheduler queue: the real-time (or
+//! latency-critical) stream a real-time queue with its deadline and a
+//! reservation of twice its need at the cost model's estimate (refused by
+//! admission control: an interactive queue with the same deadline, noted),
+//! the bulk stream a background queue. FIFO takes the same queues and
+//! serves them in arrival order. Arrivals are open loop on the wall clock
+//! (evenly spaced or Poisson) and latency counts from the arrival, also
+//! when an arrival waits for buffers (an open-loop stream holds buffers
+//! for [`OPEN_LOOP_DEPTH`] requests, as fio's iodepth, or for 4096 pages
+//! when fewer: W1's 256 KiB reads get 64).
+//!
+//! Not done: the frontend is single-queue and polls without pinning; the
+//! class reservations are not calibrated against the device first (the
+//! cost model starts from its default prior and learns during warm-up).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blkfront::{Blkfront, DeviceConfig, Io, IoOptions, Mode, Span, Tag};
+use grant_tables::DomId;
+use hosted::blkback::{Blkback, BlkbackConfig, WaitMode};
+use hosted::toolstack::{add_device, DeviceSpec};
+use hosted::xenstore::{connect_as, XenstoreDaemon};
+use hosted::{HostedHypervisor, HostedPlatform};
+use iosched::{new_scheduler, Op, PolicyKind, QueueConfig, QueueId, Reservation, SchedConfig};
+
+use super::fio::OPEN_LOOP_DEPTH;
+use super::workload::{measure_class, Arrival, Device, Measured, RealPath, RealWorkload, Workload};
+
+const FRONT_PATH: &str = "device/vbd/51712";
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// blkfront with one iosched policy: a [`RealPath`].
+pub struct BlkfrontPath {
+    kind: PolicyKind,
+    name: String,
+}
+
+impl BlkfrontPath {
+    /// The path with `kind` on blkfront's queue (`apex-real`, `fifo-real`).
+    pub fn new(kind: PolicyKind) -> Self {
+        BlkfrontPath {
+            kind,
+            name: format!("{}-real", kind.name()),
+        }
+    }
+}
+
+/// The hosted world of one run; removes its directory on drop (after the
+/// frontend, which the run drops first).
+struct World {
+    _back: Blkback,
+    daemon: XenstoreDaemon,
+    hv: HostedHypervisor,
+    dir: PathBuf,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn world(disk: &Path) -> Result<(World, HostedPlatform), String> {
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("apexbench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let hv = HostedHypervisor::create(&dir).map_err(err)?;
+    let (fe, be) = (DomId(1), DomId(2));
+    let front = hv.join(fe).map_err(err)?;
+    let back_plat = hv.join(be).map_err(err)?;
+    let daemon = XenstoreDaemon::spawn(dir.join("xenstored.sock")).map_err(err)?;
+    let mut xs0 = connect_as(daemon.socket(), 0).map_err(err)?;
+    let spec = DeviceSpec::new("vbd", fe, be, 51712);
+    add_device(&mut xs0, &spec).map_err(err)?;
+    let mut config = BlkbackConfig::new(disk);
+    config.wait = WaitMode::Event {
+        spin: Duration::from_micros(100),
+    };
+    let back =
+        Blkback::spawn(back_plat, daemon.socket(), &spec.backend_path(), config).map_err(err)?;
+    Ok((
+        World {
+            _back: back,
+            daemon,
+            hv,
+            dir,
+        },
+        front,
+    ))
+}
+
+/// One stream while it runs.
+struct Live {
+    queue: QueueId,
+    /// Buffer sets not in flight.
+    free: Vec<Vec<Span<HostedPlatform>>>,
+    /// Arrivals (ns from the start) waiting for a buffer set.
+    backlog: VecDeque<u64>,
+    /// Next open-loop arrival, ns from the start.
+    next_ns: u64,
+    rng: u64,
+    seq: u64,
+    /// `(arrival, done, bytes)` ns from the start.
+    records: Vec<(u64, u64, u64)>,
+}
+
+impl Live {
+    fn rand(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// The gap to the next arrival of `a`, ns (`None`: closed loop).
+fn gap_ns(a: Arrival, u: u64) -> Option<u64> {
+    match a {
+        Arrival::Fixed { per_sec } => Some((1e9 / per_sec.max(1e-3)) as u64),
+        Arrival::Poisson { per_sec } => {
+            // Uniform in (0, 1], then exponential.
+            let x = ((u >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            Some((-x.ln() * 1e9 / per_sec.max(1e-3)) as u64)
+        }
+        Arrival::ClosedLoop { .. } => None,
+    }
+}
+
+impl RealPath for BlkfrontPath {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn setup(&self, w: Workload) -> String {
+        format!(
+            "blkfront (polling, 1 queue, persistent grants) with {} on its queue, through the hosted blkback (io_uring, O_DIRECT) onto the loop device, kernel scheduler none; {} stream: real-time queue, deadline {} ms, reservation twice its need; bulk: background queue",
+            self.kind.name(),
+            w.labels().first().copied().unwrap_or("rt"),
+            w.deadline_ns() / 1_000_000
+        )
+    }
+
+    fn run(
+        &mut self,
+        dev: &dyn Device,
+        w: &RealWorkload,
+        _scratch: &Path,
+    ) -> Result<Measured, String> {
+        let notes = dev.set_scheduler("none", &[])?;
+        let (world, plat) = world(dev.path())?;
+        let result = run_on(self.kind, &world, plat, w, notes);
+        let _ = &world.hv;
+        drop(world);
+        result
+    }
+}
+
+fn run_on(
+    kind: PolicyKind,
+    world: &World,
+    plat: HostedPlatform,
+    w: &RealWorkload,
+    mut notes: Vec<String>,
+) -> Result<Measured, String> {
+    let mut xs = connect_as(world.daemon.socket(), 1).map_err(err)?;
+    let sets: Vec<usize> = w
+        .streams
+        .iter()
+        .map(|s| match s.arrival {
+            Arrival::ClosedLoop { depth } => depth as usize,
+            // At most 4096 pages an open-loop stream (the grant table
+            // holds 16384 and the bulk stream takes 8192).
+            _ => (OPEN_LOOP_DEPTH as usize).min(4096 / (s.bytes as usize).div_ceil(4096).max(1)),
+        })
+        .collect();
+    let pages: usize = w
+        .streams
+        .iter()
+        .zip(&sets)
+        .map(|(s, &n)| n * (s.bytes as usize).div_ceil(4096))
+        .sum();
+    let mut cfg = DeviceConfig::new(FRONT_PATH);
+    cfg.mode = Mode::Polling;
+    cfg.pool_pages = pages;
+    cfg.indirect_pool_pages = sets.iter().sum::<usize>().max(64);
+    let mut bf = Blkfront::new(Arc::new(plat), cfg).map_err(err)?;
+    match bf.wait_connected(&mut xs, Some(Duration::from_secs(10))) {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err("blkfront did not connect within 10 s".into()),
+        Err(e) => return Err(format!("blkfront: {e}")),
+    }
+    let capacity = bf.capacity_bytes().ok_or("blkfront knows no capacity")?;
+    // The scheduler and its queues.
+    let mut sched = new_scheduler(kind, SchedConfig::default());
+    let mut queues = Vec::new();
+    for s in &w.streams {
+        let config = match (s.real_time, s.deadline_ns, s.arrival.per_sec()) {
+            (true, Some(d), Some(rate)) => {
+                let op = if s.write { Op::Write } else { Op::Read };
+                let need = sched.cost_model().rate_for(op, s.bytes, rate.ceil() as u64);
+                let cost = sched.cost_model().rate_for(op, s.bytes, 1);
+                QueueConfig::real_time(
+                    d,
+                    Reservation {
+                        rate_per_sec: need.saturating_mul(2).max(1),
+                        depth: cost.saturating_mul(4).max(1),
+                    },
+                )
+            }
+            (_, Some(d), _) => QueueConfig::interactive().with_deadline(d),
+            _ => QueueConfig::background(),
+        };
+        let q = match sched.create_queue(config, 0) {
+            Ok(q) => q,
+            Err(e) => {
+                notes.push(format!(
+                    "{} {}: the real-time queue was refused ({e}); it ran as an interactive queue",
+                    w.workload.prefix(),
+                    s.label
+                ));
+                let mut c = QueueConfig::interactive();
+                c.deadline_ns = s.deadline_ns;
+                sched.create_queue(c, 0).map_err(err)?
+            }
+        };
+        queues.push(q);
+    }
+    let default = *queues.first().ok_or("a workload without streams")?;
+    bf.set_scheduler(0, sched, default)
+        .map_err(|_| "blkfront's queue was not idle for the scheduler".to_string())?;
+    // Buffers.
+    let mut live = Vec::new();
+    for (i, (s, &n)) in w.streams.iter().zip(&sets).enumerate() {
+        let per = (s.bytes as usize).div_ceil(4096);
+        let mut free = Vec::with_capacity(n);
+        for _ in 0..n {
+            let set = (0..per)
+                .map(|_| bf.buffer(0).map(Span::whole))
+                .collect::<Option<Vec<_>>>()
+                .ok_or("blkfront's pool ran out of buffers")?;
+            free.push(set);
+        }
+        let mut l = Live {
+            queue: queues[i],
+            free,
+            backlog: VecDeque::new(),
+            next_ns: 0,
+            rng: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(0x1000_0000_01B3),
+            seq: 0,
+            records: Vec::new(),
+        };
+        if let Some(g) = gap_ns(s.arrival, l.rand()) {
+            l.next_ns = g;
+        }
+        live.push(l);
+    }
+    let end_ns = (w.warmup_ms + w.measure_ms) * 1_000_000;
+    let mut inflight: HashMap<Tag, (usize, u64)> = HashMap::new();
+    let t0 = Instant::now();
+    let now_ns = |t0: Instant| t0.elapsed().as_nanos() as u64;
+    let drain_deadline = end_ns + 30_000_000_000;
+    loop {
+        let now = now_ns(t0);
+        if now >= end_ns && inflight.is_empty() {
+            break;
+        }
+        if now >= drain_deadline {
+            return Err(format!(
+                "{} requests still in flight 30 s after the run's end",
+                inflight.len()
+            ));
+        }
+        // Arrivals.
+        for (i, s) in w.streams.iter().enumerate() {
+            let l = &mut live[i];
+            if now < end_ns {
+                match s.arrival {
+                    Arrival::ClosedLoop { .. } => {
+                        while l.free.len() > l.backlog.len() {
+                            l.backlog.push_back(now);
+                        }
+                    }
+                    a => {
+                        while l.next_ns <= now && l.next_ns < end_ns {
+                            l.backlog.push_back(l.next_ns);
+                            let u = l.rand();
+                            l.next_ns += gap_ns(a, u).unwrap_or(1).max(1);
+                        }
+                    }
+                }
+            } else {
+                l.backlog.clear();
+            }
+            while let (Some(&arrival), false) = (l.backlog.front(), l.free.is_empty()) {
+                let spans = l.free.pop().ok_or("no buffer set")?;
+                l.backlog.pop_front();
+                let blocks = (capacity / s.bytes).max(1);
+                let block = if s.sequential {
+                    l.seq = (l.seq + 1) % blocks;
+                    l.seq
+                } else {
+                    l.rand() % blocks
+                };
+                let sector = block * s.bytes / 512;
+                let io = if s.write {
+                    Io::Write { sector, spans }
+                } else {
+                    Io::Read { sector, spans }
+                };
+                let tag = bf
+                    .submit(io, IoOptions::queue(0).class(l.queue))
+                    .map_err(|r| r.to_string())?;
+                inflight.insert(tag, (i, arrival));
+            }
+        }
+        bf.process().map_err(err)?;
+        let mut any = false;
+        while let Some(c) = bf.next_completion() {
+            any = true;
+            let done = now_ns(t0);
+            c.result
+                .map_err(|e| format!("{} failed: {e}", c.io.name()))?;
+            let (i, arrival) = inflight
+                .remove(&c.tag)
+                .ok_or_else(|| format!("a completion for unknown tag {}", c.tag))?;
+            if c.held_spans != 0 {
+                return Err(format!("{} pool buffers held back", c.held_spans));
+            }
+            let l = &mut live[i];
+            l.records.push((arrival, done, w.streams[i].bytes));
+            l.free.push(c.io.into_spans());
+        }
+        if !any {
+            std::thread::yield_now();
+        }
+    }
+    let mut m = Measured {
+        window_ns: w.measure_ms * 1_000_000,
+        notes,
+        ..Measured::default()
+    };
+    let window = (w.warmup_ms * 1_000_000, end_ns);
+    for (s, l) in w.streams.iter().zip(&live) {
+        m.classes.push(measure_class(
+            s.label,
+            &l.records,
+            s.deadline_ns,
+            window,
+            s.arrival.per_sec(),
+        ));
+    }
+    let _ = bf.close(&mut xs);
+    Ok(m)
+}
