@@ -7,11 +7,15 @@
 //! bounced between two cores (the physical limit), a ring built in C from
 //! Xen's own `io/ring.h`, and the kernel paths a user would otherwise use
 //! (UDP loopback blocking and spinning, a Unix socket, a pipe, eventfd).
+//! Its network entries ([`net`]) send Ethernet frames through the hosted
+//! netback to an echo on the backend's side, and stream frames one way,
+//! beside one core's memcpy and a UDP loopback stream.
 //!
 //! Every bench runs on [`harness`]: arguments, interleaved rounds, HDR
 //! histograms, the table with ratios and targets, JSON and an SVG plot.
 
 pub mod harness;
+pub mod net;
 pub mod peers;
 pub mod pin;
 pub mod ring;

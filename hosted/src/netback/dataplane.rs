@@ -275,7 +275,7 @@ impl DataPlane {
                 let ev = woke == Some(tx_port)
                     || woke == Some(rx_port)
                     || self.plat.poll(tx_port).unwrap_or(false)
-                    | (rx_port != tx_port && self.plat.poll(rx_port).unwrap_or(false));
+                        | (rx_port != tx_port && self.plat.poll(rx_port).unwrap_or(false));
                 let before = v.queues[qi].tx.req_cons();
                 let tx_work = v.serve_tx(qi, &self.plat, &mut self.pool, &mut self.tx_out);
                 let id = v.shared.id;

@@ -28,8 +28,8 @@ use netfront::features::{
     QueueEvents, QueueSetup,
 };
 use netfront::rx::{ProdTracker, RxBuffers, RxConfig, RxKind, MAX_RX_SLOTS};
-use netfront::InlineVec;
 use netfront::tx::{plan_tx, Gso, TxCaps, TxOffload, TxPiece, TxQueue, TxStatus};
+use netfront::InlineVec;
 use xenbus::{
     ConnectStyle, Connection, Device, DeviceError, Frontend, FrontendConfig, HandshakeEvent,
     TeardownReason, Transaction, XsError,
@@ -422,6 +422,47 @@ impl RingFront {
         frame: &[u8],
         offload: TxOffload,
     ) -> Result<(), FrontError> {
+        self.put_frame(q, frame, offload, true)
+    }
+
+    /// Puts `frame` on queue `q`'s TX ring without publishing it (Linux's
+    /// `xmit_more`): publish a batch with [`Self::flush_tx`].
+    pub fn send_more(&mut self, q: usize, frame: &[u8]) -> Result<(), FrontError> {
+        self.put_frame(q, frame, TxOffload::default(), false)
+    }
+
+    /// Publishes what [`Self::send_more`] put on queue `q`, notifying the
+    /// backend if it asked.
+    pub fn flush_tx(&mut self, q: usize) -> Result<(), FrontError> {
+        let plat = self.plat.clone();
+        let live = self.live()?;
+        let queue = live
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| FrontError(format!("no queue {q}")))?;
+        queue.txq.mark_published();
+        if queue.tx.push_requests() {
+            plat.notify(queue.tx_port).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Frames of up to a page that can be put on queue `q` now (free slots
+    /// and free TX buffers).
+    pub fn tx_room(&self, q: usize) -> usize {
+        self.dev.live.as_ref().map_or(0, |l| {
+            let slots = l.queues.get(q).map_or(0, |queue| queue.tx.free_requests()) as usize;
+            slots.min(l.tx_pool.available())
+        })
+    }
+
+    fn put_frame(
+        &mut self,
+        q: usize,
+        frame: &[u8],
+        offload: TxOffload,
+        push: bool,
+    ) -> Result<(), FrontError> {
         if frame.is_empty() || frame.len() > MAX_TX_PAGES * PAGE_SIZE {
             return Err(FrontError(format!(
                 "a frame of {} bytes cannot be sent (1 to {} bytes)",
@@ -476,9 +517,11 @@ impl RingFront {
         for s in slots.iter() {
             queue.tx.put_request(s.to_bytes()).map_err(err)?;
         }
-        queue.txq.mark_published();
-        if queue.tx.push_requests() {
-            self.plat.notify(queue.tx_port).map_err(err)?;
+        if push {
+            queue.txq.mark_published();
+            if queue.tx.push_requests() {
+                self.plat.notify(queue.tx_port).map_err(err)?;
+            }
         }
         Ok(())
     }
