@@ -33,9 +33,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use grant_tables::abi::{
-    GntCopyFlags, GntStatus, GnttabCopy, GrantEntryV1, GrantRefNum, DOMID_SELF, PAGE_SIZE,
-};
+use grant_tables::abi::{GntCopyFlags, GntStatus, GnttabCopy, GrantEntryV1, GrantRefNum, DOMID_SELF, PAGE_SIZE};
 use grant_tables::emulated::{ForeignTable, MapRefusal};
 use grant_tables::foreign::{ForeignError, ForeignGrants, ForeignMapping, MapOp};
 use grant_tables::ring::MAX_RING_PAGES;
@@ -68,10 +66,7 @@ pub struct HostedGrantFrames {
 impl HostedGrantFrames {
     pub(crate) fn new(map: Mmap, count: u32) -> Self {
         debug_assert!(count as usize * std::mem::size_of::<GrantEntryV1>() <= map.len());
-        HostedGrantFrames {
-            map: Arc::new(map),
-            count,
-        }
+        HostedGrantFrames { map: Arc::new(map), count }
     }
 
     /// A copy of entry `gref` as it is now (for tests and diagnostics), read
@@ -85,30 +80,18 @@ impl HostedGrantFrames {
             // in `new`), 8-aligned, so word `w` (0 or 1) is an aligned u32
             // inside it; the entry is only ever accessed atomically.
             unsafe {
-                AtomicU32::from_ptr(
-                    self.map
-                        .as_ptr()
-                        .cast::<u32>()
-                        .as_ptr()
-                        .add(gref as usize * 2 + w),
-                )
-                .load(Ordering::Acquire)
+                AtomicU32::from_ptr(self.map.as_ptr().cast::<u32>().as_ptr().add(gref as usize * 2 + w))
+                    .load(Ordering::Acquire)
             }
         };
         let head = word(0);
-        Some(GrantEntryV1 {
-            flags: head as u16,
-            domid: (head >> 16) as u16,
-            frame: word(1),
-        })
+        Some(GrantEntryV1 { flags: head as u16, domid: (head >> 16) as u16, frame: word(1) })
     }
 }
 
 impl fmt::Debug for HostedGrantFrames {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HostedGrantFrames")
-            .field("entries", &self.count)
-            .finish()
+        f.debug_struct("HostedGrantFrames").field("entries", &self.count).finish()
     }
 }
 
@@ -212,23 +195,12 @@ impl std::error::Error for MapError {}
 impl Domain {
     /// Pins `gref` of `peer` for `access` and returns its frame, checked to
     /// lie inside the peer's memory.
-    pub(crate) fn pin(
-        &self,
-        peer: &Peer,
-        gref: GrantRefNum,
-        access: Access,
-    ) -> Result<u64, MapFailure> {
-        let frame = peer
-            .grants
-            .pin_with(gref, self.domid, access, &mut yield_backoff)
-            .map_err(MapFailure::Refused)?;
+    pub(crate) fn pin(&self, peer: &Peer, gref: GrantRefNum, access: Access) -> Result<u64, MapFailure> {
+        let frame = peer.grants.pin_with(gref, self.domid, access, &mut yield_backoff).map_err(MapFailure::Refused)?;
         let frame = u64::from(frame);
         if frame >= peer.mem_pages {
             self.unpin(peer, gref, access);
-            return Err(MapFailure::BadFrame {
-                frame,
-                frames: peer.mem_pages,
-            });
+            return Err(MapFailure::BadFrame { frame, frames: peer.mem_pages });
         }
         Ok(frame)
     }
@@ -236,15 +208,8 @@ impl Domain {
     /// Drops one pin; the flags clear with the last pin (the last writable
     /// pin for `GTF_writing`).
     pub(crate) fn unpin(&self, peer: &Peer, gref: GrantRefNum, access: Access) {
-        if let Err(e) = peer
-            .grants
-            .unpin_with(gref, self.domid, access, &mut yield_backoff)
-        {
-            log::error!(
-                "{}: unpinning grant ref {gref} of {}: {e}",
-                self.domid,
-                peer.domid
-            );
+        if let Err(e) = peer.grants.unpin_with(gref, self.domid, access, &mut yield_backoff) {
+            log::error!("{}: unpinning grant ref {gref} of {}: {e}", self.domid, peer.domid);
         }
     }
 }
@@ -270,9 +235,7 @@ pub(crate) fn release_departed(grants: BorrowedFd<'_>, departed: DomId) -> usize
         }
     };
     let entries = size / (2 * std::mem::size_of::<GrantEntryV1>() as u64);
-    let (Ok(len), Ok(count)) = (usize::try_from(size), u32::try_from(entries)) else {
-        return 0;
-    };
+    let (Ok(len), Ok(count)) = (usize::try_from(size), u32::try_from(entries)) else { return 0 };
     if len == 0 || size % (2 * PAGE as u64) != 0 {
         return 0;
     }
@@ -287,14 +250,7 @@ pub(crate) fn release_departed(grants: BorrowedFd<'_>, departed: DomId) -> usize
     // entries, then `count` aligned pin records from `len / 2`; it outlives
     // the view (dropped at the end of this function, after it); entries and
     // records are only accessed atomically.
-    let table = unsafe {
-        ForeignTable::with_pins(
-            map.as_ptr().cast(),
-            map.as_ptr().add(len / 2).cast(),
-            count,
-            None,
-        )
-    };
+    let table = unsafe { ForeignTable::with_pins(map.as_ptr().cast(), map.as_ptr().add(len / 2).cast(), count, None) };
     table.release_pins_of(departed, &mut yield_backoff)
 }
 
@@ -311,17 +267,8 @@ pub struct MappedGrant {
 
 impl MappedGrant {
     fn new(domain: &Arc<Domain>, peer: Arc<Peer>, map: Mmap, access: Access) -> Self {
-        domain
-            .peer_counts
-            .grant_mappings
-            .fetch_add(1, Ordering::Relaxed);
-        MappedGrant {
-            domain: domain.clone(),
-            peer,
-            map: Some(map),
-            grefs: Vec::new(),
-            access,
-        }
+        domain.peer_counts.grant_mappings.fetch_add(1, Ordering::Relaxed);
+        MappedGrant { domain: domain.clone(), peer, map: Some(map), grefs: Vec::new(), access }
     }
 }
 
@@ -341,9 +288,7 @@ impl MappedGrant {
     /// the granting domain writes it concurrently, so access it with
     /// volatile or atomic operations only.
     pub fn as_ptr(&self) -> NonNull<u8> {
-        self.map
-            .as_ref()
-            .map_or(NonNull::dangling(), |m| m.as_ptr())
+        self.map.as_ref().map_or(NonNull::dangling(), |m| m.as_ptr())
     }
 
     /// Length in bytes (pages mapped times the page size).
@@ -393,10 +338,7 @@ impl Drop for MappedGrant {
         for &gref in &self.grefs {
             self.domain.unpin(&self.peer, gref, self.access);
         }
-        self.domain
-            .peer_counts
-            .grant_mappings
-            .fetch_sub(1, Ordering::Relaxed);
+        self.domain.peer_counts.grant_mappings.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -449,20 +391,12 @@ unsafe impl RingMemory for MappedRing {
 }
 
 fn os_failure(op: &'static str, e: &std::io::Error) -> MapFailure {
-    MapFailure::Os {
-        op,
-        errno: e.raw_os_error().unwrap_or(libc::EIO),
-    }
+    MapFailure::Os { op, errno: e.raw_os_error().unwrap_or(libc::EIO) }
 }
 
 impl HostedPlatform {
     fn map_error(&self, granter: DomId, gref: GrantRefNum, failure: MapFailure) -> MapError {
-        let e = MapError {
-            mapper: self.inner.domid,
-            granter,
-            gref,
-            failure,
-        };
+        let e = MapError { mapper: self.inner.domid, granter, gref, failure };
         log::debug!("{e}");
         e
     }
@@ -470,37 +404,23 @@ impl HostedPlatform {
     /// Maps grant `gref` of domain `granter` (Xen's `GNTTABOP_map_grant_ref`
     /// with `GNTMAP_host_map`): one page, read-only when `access` is
     /// [`Access::ReadOnly`] (a write through it faults).
-    pub fn map_grant(
-        &self,
-        granter: DomId,
-        gref: GrantRefNum,
-        access: Access,
-    ) -> Result<MappedGrant, MapError> {
+    pub fn map_grant(&self, granter: DomId, gref: GrantRefNum, access: Access) -> Result<MappedGrant, MapError> {
         self.map_grants(granter, &[gref], access)
     }
 
     /// Maps several grants of `granter` into one contiguous region, in the
     /// order given: address space is reserved, then each page mapped over
     /// it. All or nothing.
-    pub fn map_grants(
-        &self,
-        granter: DomId,
-        grefs: &[GrantRefNum],
-        access: Access,
-    ) -> Result<MappedGrant, MapError> {
+    pub fn map_grants(&self, granter: DomId, grefs: &[GrantRefNum], access: Access) -> Result<MappedGrant, MapError> {
         let first = grefs.first().copied().unwrap_or(0);
         if grefs.is_empty() || grefs.len() > 1024 {
             return Err(self.map_error(granter, first, MapFailure::BadCount(grefs.len())));
         }
         let d = &self.inner;
-        let peer = d
-            .peer(granter)
-            .map_err(|e| self.map_error(granter, first, MapFailure::NoSuchDomain(e)))?;
+        let peer = d.peer(granter).map_err(|e| self.map_error(granter, first, MapFailure::NoSuchDomain(e)))?;
         let writable = access == Access::ReadWrite;
         if let [gref] = grefs {
-            let frame = d
-                .pin(&peer, *gref, access)
-                .map_err(|f| self.map_error(granter, *gref, f))?;
+            let frame = d.pin(&peer, *gref, access).map_err(|f| self.map_error(granter, *gref, f))?;
             return match Mmap::shared(peer.mem.as_fd(), frame * PAGE as u64, PAGE, writable) {
                 Ok(map) => {
                     let mut m = MappedGrant::new(d, peer, map, access);
@@ -513,33 +433,20 @@ impl HostedPlatform {
                 }
             };
         }
-        let region = Mmap::reserve(grefs.len() * PAGE).map_err(|e| {
-            self.map_error(granter, first, os_failure("reserving address space", &e))
-        })?;
+        let region = Mmap::reserve(grefs.len() * PAGE)
+            .map_err(|e| self.map_error(granter, first, os_failure("reserving address space", &e)))?;
         // Built up page by page: dropping it on failure unmaps the region and
         // releases the pins taken so far.
         let mut m = MappedGrant::new(d, peer.clone(), region, access);
         for (i, &gref) in grefs.iter().enumerate() {
-            let frame = d
-                .pin(&peer, gref, access)
-                .map_err(|f| self.map_error(granter, gref, f))?;
+            let frame = d.pin(&peer, gref, access).map_err(|f| self.map_error(granter, gref, f))?;
             let mapped = match &m.map {
-                Some(region) => region.map_over(
-                    i * PAGE,
-                    peer.mem.as_fd(),
-                    frame * PAGE as u64,
-                    PAGE,
-                    writable,
-                ),
+                Some(region) => region.map_over(i * PAGE, peer.mem.as_fd(), frame * PAGE as u64, PAGE, writable),
                 None => Err(std::io::Error::other("region missing")),
             };
             if let Err(e) = mapped {
                 d.unpin(&peer, gref, access);
-                return Err(self.map_error(
-                    granter,
-                    gref,
-                    os_failure("mmap of a granted page", &e),
-                ));
+                return Err(self.map_error(granter, gref, os_failure("mmap of a granted page", &e)));
             }
             m.grefs.push(gref);
         }
@@ -553,9 +460,7 @@ impl HostedPlatform {
             let first = grefs.first().copied().unwrap_or(0);
             return Err(self.map_error(granter, first, MapFailure::BadCount(grefs.len())));
         }
-        Ok(MappedRing {
-            inner: self.map_grants(granter, grefs, Access::ReadWrite)?,
-        })
+        Ok(MappedRing { inner: self.map_grants(granter, grefs, Access::ReadWrite)? })
     }
 
     /// Unmaps a grant (the same as dropping it).
@@ -609,9 +514,7 @@ impl HostedPlatform {
         let src_gref = flags.contains(GntCopyFlags::SOURCE_GREF);
         let dst_gref = flags.contains(GntCopyFlags::DEST_GREF);
         // Only DOMID_SELF may name a frame.
-        if (!src_gref && op.source.domid != DOMID_SELF)
-            || (!dst_gref && op.dest.domid != DOMID_SELF)
-        {
+        if (!src_gref && op.source.domid != DOMID_SELF) || (!dst_gref && op.dest.domid != DOMID_SELF) {
             return Err(GntStatus::PermissionDenied);
         }
         let src = self.copy_side(op.source.domid, op.source.u, src_gref, Access::ReadOnly)?;
@@ -634,13 +537,7 @@ impl HostedPlatform {
 
     /// One side of a copy: the page (pinned for the copy when it is a
     /// grant).
-    fn copy_side(
-        &self,
-        domid: u16,
-        u: u64,
-        is_gref: bool,
-        access: Access,
-    ) -> Result<CopySide<'_>, GntStatus> {
+    fn copy_side(&self, domid: u16, u: u64, is_gref: bool, access: Access) -> Result<CopySide<'_>, GntStatus> {
         let d = &*self.inner;
         if !is_gref {
             let frame = usize::try_from(u).map_err(|_| GntStatus::BadPage)?;
@@ -650,27 +547,15 @@ impl HostedPlatform {
             let mem = d.memory.whole().ok_or(GntStatus::GeneralError)?;
             // SAFETY: `frame < pages`, and the whole mapping spans every page.
             let page = unsafe { mem.as_ptr().add(frame * PAGE) };
-            return Ok(CopySide {
-                page,
-                pin: None,
-                domain: d,
-            });
+            return Ok(CopySide { page, pin: None, domain: d });
         }
-        let owner = if domid == DOMID_SELF {
-            d.domid.0
-        } else {
-            domid
-        };
+        let owner = if domid == DOMID_SELF { d.domid.0 } else { domid };
         let peer = d.peer_fast(owner).ok_or(GntStatus::BadDomain)?;
         let gref = GrantRefNum::try_from(u).map_err(|_| GntStatus::BadGntref)?;
         let frame = d.pin(&peer, gref, access).map_err(|f| failure_status(&f))?;
         let base = peer.memory().map(Mmap::as_ptr);
         // From here the side unpins on drop, failed or not.
-        let mut side = CopySide {
-            page: NonNull::dangling(),
-            pin: Some((peer, gref, access)),
-            domain: d,
-        };
+        let mut side = CopySide { page: NonNull::dangling(), pin: Some((peer, gref, access)), domain: d };
         let base = base.ok_or(GntStatus::GeneralError)?;
         // `frame < mem_pages` (checked by `pin`), which fits `usize` since
         // the memory is mapped.
@@ -704,27 +589,16 @@ impl ForeignGrants for HostedPlatform {
 
     fn map_batch(&self, ops: &[MapOp], out: &mut Vec<Result<MappedGrant, ForeignError>>) {
         for op in ops {
-            out.push(
-                self.map_grant(op.granter, op.gref, op.access)
-                    .map_err(|e| ForeignError {
-                        granter: e.granter,
-                        gref: e.gref,
-                        status: e.status(),
-                    }),
-            );
+            out.push(self.map_grant(op.granter, op.gref, op.access).map_err(|e| ForeignError {
+                granter: e.granter,
+                gref: e.gref,
+                status: e.status(),
+            }));
         }
     }
 
-    fn map_ring_pages(
-        &self,
-        granter: DomId,
-        refs: &[GrantRefNum],
-    ) -> Result<MappedRing, ForeignError> {
-        self.map_ring(granter, refs).map_err(|e| ForeignError {
-            granter: e.granter,
-            gref: e.gref,
-            status: e.status(),
-        })
+    fn map_ring_pages(&self, granter: DomId, refs: &[GrantRefNum]) -> Result<MappedRing, ForeignError> {
+        self.map_ring(granter, refs).map_err(|e| ForeignError { granter: e.granter, gref: e.gref, status: e.status() })
     }
 
     fn copy_batch(&self, ops: &mut [GnttabCopy]) -> usize {

@@ -42,10 +42,7 @@ fn wait_for_waiter(p: &HostedPlatform, dom: DomId, port: Port) {
             Some(_) => break,
             None => panic!("{dom} {port} does not exist"),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{dom} did not block on {port} within 10 s"
-        );
+        assert!(Instant::now() < deadline, "{dom} did not block on {port} within 10 s");
         std::thread::sleep(Duration::from_millis(1));
     }
     std::thread::sleep(Duration::from_millis(20));
@@ -61,9 +58,7 @@ fn child() {
     let Some(role) = role() else { return };
     let back = HostedPlatform::join(child_dir(), BACK).expect("child joins as dom2");
     let remote = Port(param("PORT") as u32);
-    let local = back
-        .bind_interdomain(FRONT, remote)
-        .expect("bind to the parent's port");
+    let local = back.bind_interdomain(FRONT, remote).expect("bind to the parent's port");
     // Xen marks a freshly bound port pending.
     assert!(back.poll(local).unwrap(), "a new binding is pending");
     assert!(!back.poll(local).unwrap());
@@ -104,10 +99,7 @@ fn notify_poll_and_block_with_timeout_across_processes() {
     front.notify(port).unwrap();
     let (mut child, _) = spawn("basic", &dir, port);
     front.notify(port).unwrap();
-    assert!(
-        front.block(port, Some(5_000 * MS)).unwrap(),
-        "the child's notify arrives"
-    );
+    assert!(front.block(port, Some(5_000 * MS)).unwrap(), "the child's notify arrives");
     child.expect("got it");
     assert!(!front.poll(port).unwrap());
     child.expect("timed out");
@@ -115,19 +107,12 @@ fn notify_poll_and_block_with_timeout_across_processes() {
 }
 
 fn child_basic(back: &HostedPlatform, local: Port) {
-    assert!(
-        back.block(local, Some(5_000 * MS)).unwrap(),
-        "the parent's notify arrives"
-    );
+    assert!(back.block(local, Some(5_000 * MS)).unwrap(), "the parent's notify arrives");
     back.notify(local).unwrap();
     say("got it");
     let t = Instant::now();
     assert!(!back.block(local, Some(50 * MS)).unwrap());
-    assert!(
-        t.elapsed() >= Duration::from_millis(50),
-        "returned early: {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(50), "returned early: {:?}", t.elapsed());
     assert!(!back.block(local, Some(0)).unwrap());
     say("timed out");
 }
@@ -143,14 +128,7 @@ fn pure_polling_exchange_sends_no_wakeups() {
         spin_until_pending(&front, port);
     }
     child.expect("stats 0 0");
-    assert_eq!(
-        front.event_stats(),
-        EventStats {
-            wakeups_sent: 0,
-            sleeps: 0
-        },
-        "no eventfd write for a peer that never blocks"
-    );
+    assert_eq!(front.event_stats(), EventStats { wakeups_sent: 0, sleeps: 0 }, "no eventfd write for a peer that never blocks");
     child.finish();
 }
 
@@ -178,11 +156,7 @@ fn a_sleeping_peer_is_woken_by_one_eventfd_write() {
         let slept = child.reply();
         let now = front.event_stats().wakeups_sent;
         match slept.as_str() {
-            "woken after sleeping" => assert_eq!(
-                now - sent,
-                1,
-                "the sleeping child needed exactly one eventfd write"
-            ),
+            "woken after sleeping" => assert_eq!(now - sent, 1, "the sleeping child needed exactly one eventfd write"),
             // It had raised `waiting` but not yet made its last check: it
             // saw the event without sleeping (an eventfd write is allowed,
             // not needed).
@@ -199,11 +173,7 @@ fn child_blocking(back: &HostedPlatform, local: Port) {
         let before = back.event_stats().sleeps;
         say("blocking");
         assert!(back.block(local, timeout).unwrap());
-        say(if back.event_stats().sleeps > before {
-            "woken after sleeping"
-        } else {
-            "woken without sleeping"
-        });
+        say(if back.event_stats().sleeps > before { "woken after sleeping" } else { "woken without sleeping" });
     }
 }
 
@@ -245,15 +215,8 @@ fn child_mask(back: &HostedPlatform, local: Port) {
     // A waiter blocked on a masked port is woken by a notify.
     say("blocking masked");
     let t = Instant::now();
-    assert!(
-        back.block(local, Some(10_000 * MS)).unwrap(),
-        "a notify wakes a waiter on a masked port"
-    );
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "woken by the notify, not the timeout: {:?}",
-        t.elapsed()
-    );
+    assert!(back.block(local, Some(10_000 * MS)).unwrap(), "a notify wakes a waiter on a masked port");
+    assert!(t.elapsed() < Duration::from_secs(5), "woken by the notify, not the timeout: {:?}", t.elapsed());
     say("woken while masked");
 
     // And `block` returns at once for an event already pending.
@@ -263,11 +226,7 @@ fn child_mask(back: &HostedPlatform, local: Port) {
     let t = Instant::now();
     assert!(back.block(local, Some(10_000 * MS)).unwrap());
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    assert_eq!(
-        back.event_stats().sleeps,
-        sleeps,
-        "no sleep for a pending event"
-    );
+    assert_eq!(back.event_stats().sleeps, sleeps, "no sleep for a pending event");
     back.unmask(local).unwrap();
     assert!(!back.poll(local).unwrap(), "unmask delivers nothing more");
     say("returned at once");
@@ -281,10 +240,7 @@ fn close_unbinds_the_other_end_and_binding_is_checked() {
         CHILD_TEST,
         "close",
         &dir,
-        &[
-            ("PORT", port.0.to_string()),
-            ("DOM3_PORT", for_dom3.0.to_string()),
-        ],
+        &[("PORT", port.0.to_string()), ("DOM3_PORT", for_dom3.0.to_string())],
     );
     let _ = child.reply();
     child.expect("closed");
@@ -301,9 +257,7 @@ fn close_unbinds_the_other_end_and_binding_is_checked() {
     assert_eq!(front.close(port), Err(PlatformError::BadPort(port)));
     child.send("parent closed");
     let their = parse_port(&child.reply());
-    let again = front
-        .bind_interdomain(BACK, their)
-        .expect("the child's unbound end is offered back to us");
+    let again = front.bind_interdomain(BACK, their).expect("the child's unbound end is offered back to us");
     assert!(front.poll(again).unwrap());
     front.notify(again).unwrap();
     child.expect("got it");
@@ -316,36 +270,15 @@ fn child_close(back: &HostedPlatform, local: Port, remote: Port) {
         Err(PlatformError::BindRefused { reason, .. }) => reason,
         other => panic!("expected a refusal, got {other:?}"),
     };
-    assert_eq!(
-        refused(back.bind_interdomain(FRONT, remote)),
-        "the port is already bound"
-    );
-    assert_eq!(
-        refused(back.bind_interdomain(FRONT, dom3_port)),
-        "the port is offered to another domain"
-    );
-    assert_eq!(
-        refused(back.bind_interdomain(FRONT, Port(500))),
-        "no such port (not allocated)"
-    );
-    assert_eq!(
-        refused(back.bind_interdomain(FRONT, Port(0))),
-        "no such port"
-    );
-    assert_eq!(
-        refused(back.bind_interdomain(FRONT, Port(1 << 20))),
-        "no such port"
-    );
-    assert_eq!(
-        refused(back.bind_interdomain(DomId(9), remote)),
-        "the domain does not exist"
-    );
+    assert_eq!(refused(back.bind_interdomain(FRONT, remote)), "the port is already bound");
+    assert_eq!(refused(back.bind_interdomain(FRONT, dom3_port)), "the port is offered to another domain");
+    assert_eq!(refused(back.bind_interdomain(FRONT, Port(500))), "no such port (not allocated)");
+    assert_eq!(refused(back.bind_interdomain(FRONT, Port(0))), "no such port");
+    assert_eq!(refused(back.bind_interdomain(FRONT, Port(1 << 20))), "no such port");
+    assert_eq!(refused(back.bind_interdomain(DomId(9), remote)), "the domain does not exist");
     back.close(local).unwrap();
     assert_eq!(back.notify(local), Err(PlatformError::BadPort(local)));
-    assert_eq!(
-        back.block(local, Some(MS)),
-        Err(PlatformError::BadPort(local))
-    );
+    assert_eq!(back.block(local, Some(MS)), Err(PlatformError::BadPort(local)));
     say("closed");
     assert_eq!(hear(), "rebind");
     let l2 = back.bind_interdomain(FRONT, remote).unwrap();
@@ -357,10 +290,7 @@ fn child_close(back: &HostedPlatform, local: Port, remote: Port) {
     // Our end is now unbound: notifying drops the event.
     back.notify(l2).unwrap();
     say(&l2.0.to_string());
-    assert!(
-        back.block(l2, Some(5_000 * MS)).unwrap(),
-        "the parent rebinds and notifies"
-    );
+    assert!(back.block(l2, Some(5_000 * MS)).unwrap(), "the parent rebinds and notifies");
     say("got it");
 }
 
@@ -373,12 +303,7 @@ fn a_killed_peers_channels_are_unbound_and_do_not_reach_its_successor() {
     let (dir, hv, front, port) = setup("ev-crash");
     let (mut child, child_port) = spawn("crash", &dir, port);
     // The child also offers a port to us, which we bind.
-    let offered = parse_port(
-        child
-            .reply()
-            .strip_prefix("offered ")
-            .expect("offered reply"),
-    );
+    let offered = parse_port(child.reply().strip_prefix("offered ").expect("offered reply"));
     let ours = front.bind_interdomain(BACK, offered).unwrap();
     assert!(front.poll(ours).unwrap());
     front.notify(port).unwrap();
@@ -389,10 +314,7 @@ fn a_killed_peers_channels_are_unbound_and_do_not_reach_its_successor() {
     drop(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while hv.domains().contains(&BACK) {
-        assert!(
-            Instant::now() < deadline,
-            "the hypervisor did not notice the child's death within 10 s"
-        );
+        assert!(Instant::now() < deadline, "the hypervisor did not notice the child's death within 10 s");
         std::thread::sleep(Duration::from_millis(2));
     }
 
@@ -402,19 +324,11 @@ fn a_killed_peers_channels_are_unbound_and_do_not_reach_its_successor() {
     assert_eq!(b2.alloc_unbound(FRONT).unwrap(), offered);
     front.notify(port).unwrap();
     front.notify(ours).unwrap();
-    assert!(
-        !b2.poll(child_port).unwrap(),
-        "an event for the dead dom2 reached the new one"
-    );
-    assert!(
-        !b2.poll(offered).unwrap(),
-        "an event for the dead dom2 reached the new one"
-    );
+    assert!(!b2.poll(child_port).unwrap(), "an event for the dead dom2 reached the new one");
+    assert!(!b2.poll(offered).unwrap(), "an event for the dead dom2 reached the new one");
 
     // Our port is offered to dom2 again: the new one binds it.
-    let rebound = b2
-        .bind_interdomain(FRONT, port)
-        .expect("our port is unbound again");
+    let rebound = b2.bind_interdomain(FRONT, port).expect("our port is unbound again");
     assert!(b2.poll(rebound).unwrap());
     front.notify(port).unwrap();
     assert!(b2.poll(rebound).unwrap());
@@ -423,9 +337,7 @@ fn a_killed_peers_channels_are_unbound_and_do_not_reach_its_successor() {
     // The port we had bound is unbound, offered to dom2: closing it
     // leaves the new dom2's port of the same number alone.
     front.close(ours).unwrap();
-    let back_again = front
-        .bind_interdomain(BACK, offered)
-        .expect("the new dom2's port is still offered to us");
+    let back_again = front.bind_interdomain(BACK, offered).expect("the new dom2's port is still offered to us");
     assert!(front.poll(back_again).unwrap());
     front.notify(back_again).unwrap();
     assert!(b2.poll(offered).unwrap());
@@ -443,16 +355,7 @@ fn child_crash(back: &HostedPlatform) {
 
 /// Two domains in one process (threads), for what needs no process
 /// boundary.
-fn two_domains(
-    tag: &str,
-) -> (
-    TestDir,
-    HostedHypervisor,
-    HostedPlatform,
-    HostedPlatform,
-    Port,
-    Port,
-) {
+fn two_domains(tag: &str) -> (TestDir, HostedHypervisor, HostedPlatform, HostedPlatform, Port, Port) {
     let dir = TestDir::new(tag);
     let hv = HostedHypervisor::create(&dir.0).unwrap();
     let a = hv.join(FRONT).unwrap();
@@ -516,10 +419,7 @@ fn ports_are_bounded_and_reused_after_close() {
     a.close(freed).unwrap();
     assert_eq!(a.alloc_unbound(BACK).unwrap(), freed);
     assert_eq!(a.poll(Port(0)), Err(PlatformError::BadPort(Port(0))));
-    assert_eq!(
-        a.poll(Port(u32::MAX)),
-        Err(PlatformError::BadPort(Port(u32::MAX)))
-    );
+    assert_eq!(a.poll(Port(u32::MAX)), Err(PlatformError::BadPort(Port(u32::MAX))));
 }
 
 /// Binds `n - 1` more of the parent's ports (their numbers come as a
@@ -537,21 +437,9 @@ fn bind_more(back: &HostedPlatform, first: Port) -> Vec<Port> {
 
 /// The parent's side of `bind_more`: `n - 1` more ports offered to the
 /// child, sent to it; returns all `n` parent ports and the child's.
-fn offer_more(
-    front: &HostedPlatform,
-    child: &mut ChildDomain,
-    first: Port,
-    child_first: Port,
-    n: usize,
-) -> (Vec<Port>, Vec<Port>) {
+fn offer_more(front: &HostedPlatform, child: &mut ChildDomain, first: Port, child_first: Port, n: usize) -> (Vec<Port>, Vec<Port>) {
     let more: Vec<Port> = (1..n).map(|_| front.alloc_unbound(BACK).unwrap()).collect();
-    child.send(
-        &more
-            .iter()
-            .map(|p| p.0.to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-    );
+    child.send(&more.iter().map(|p| p.0.to_string()).collect::<Vec<_>>().join(","));
     let theirs: Vec<Port> = child.reply().split(',').map(parse_port).collect();
     assert_eq!(theirs[0], child_first);
     let mut ours = vec![first];
@@ -577,11 +465,7 @@ fn block_any_wakes_for_each_of_several_ports_across_processes() {
         let before = front.event_stats().wakeups_sent;
         front.notify(ours[i]).unwrap();
         assert_eq!(child.reply(), format!("woken by {}", theirs[i].0));
-        assert_eq!(
-            front.event_stats().wakeups_sent,
-            before + 1,
-            "one eventfd write wakes the sleeper"
-        );
+        assert_eq!(front.event_stats().wakeups_sent, before + 1, "one eventfd write wakes the sleeper");
     }
     // Two pending, masked: returned at once, one per call, in slice order.
     child.expect("masked");
@@ -594,24 +478,14 @@ fn block_any_wakes_for_each_of_several_ports_across_processes() {
 
 fn child_any(back: &HostedPlatform, first: Port) {
     let ports = bind_more(back, first);
-    say(&ports
-        .iter()
-        .map(|p| p.0.to_string())
-        .collect::<Vec<_>>()
-        .join(","));
+    say(&ports.iter().map(|p| p.0.to_string()).collect::<Vec<_>>().join(","));
     for _ in 0..ports.len() {
         say("blocking");
         let sleeps = back.event_stats().sleeps;
         let t = Instant::now();
-        let got = back
-            .block_any(&ports, Some(20_000 * MS))
-            .unwrap()
-            .expect("woken by a notify, not the timeout");
+        let got = back.block_any(&ports, Some(20_000 * MS)).unwrap().expect("woken by a notify, not the timeout");
         assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
-        assert!(
-            back.event_stats().sleeps > sleeps,
-            "it slept rather than spun"
-        );
+        assert!(back.event_stats().sleeps > sleeps, "it slept rather than spun");
         // Nothing else is pending.
         assert_eq!(back.block_any(&ports, Some(0)).unwrap(), None);
         say(&format!("woken by {}", got.0));
@@ -622,19 +496,9 @@ fn child_any(back: &HostedPlatform, first: Port) {
     say("masked");
     assert_eq!(hear(), "sent");
     let sleeps = back.event_stats().sleeps;
-    let a = back
-        .block_any(&ports, Some(20_000 * MS))
-        .unwrap()
-        .expect("a masked pending port");
-    let b = back
-        .block_any(&ports, Some(20_000 * MS))
-        .unwrap()
-        .expect("the other stays pending");
-    assert_eq!(
-        back.event_stats().sleeps,
-        sleeps,
-        "no sleep for pending ports"
-    );
+    let a = back.block_any(&ports, Some(20_000 * MS)).unwrap().expect("a masked pending port");
+    let b = back.block_any(&ports, Some(20_000 * MS)).unwrap().expect("the other stays pending");
+    assert_eq!(back.event_stats().sleeps, sleeps, "no sleep for pending ports");
     assert_eq!(back.block_any(&ports, Some(0)).unwrap(), None);
     say(&format!("pending {} then {}", a.0, b.0));
 }
@@ -658,51 +522,29 @@ fn block_any_never_loses_a_notify_racing_with_the_sleep() {
         let r = Instant::now();
         front.notify(ours[i % N]).unwrap();
         let got = front.block_any(&ours, Some(10_000 * MS)).unwrap();
-        assert_eq!(
-            got,
-            Some(ours[(i + 1) % N]),
-            "round {i}: the child's answer was lost"
-        );
+        assert_eq!(got, Some(ours[(i + 1) % N]), "round {i}: the child's answer was lost");
         slowest = slowest.max(r.elapsed());
     }
     let reply = child.reply();
-    let child_sleeps: u64 = reply
-        .strip_prefix("sleeps ")
-        .expect("sleeps reply")
-        .parse()
-        .unwrap();
+    let child_sleeps: u64 = reply.strip_prefix("sleeps ").expect("sleeps reply").parse().unwrap();
     let elapsed = t.elapsed();
     eprintln!(
         "{ROUNDS} rounds in {elapsed:?} (slowest {slowest:?}); sleeps: parent {}, child {child_sleeps}",
         front.event_stats().sleeps
     );
-    assert!(
-        slowest < Duration::from_secs(5),
-        "a round took {slowest:?}: a wakeup was lost and the timeout saved it"
-    );
-    assert!(
-        front.event_stats().sleeps + child_sleeps > 0,
-        "the sleeping path was never taken"
-    );
+    assert!(slowest < Duration::from_secs(5), "a round took {slowest:?}: a wakeup was lost and the timeout saved it");
+    assert!(front.event_stats().sleeps + child_sleeps > 0, "the sleeping path was never taken");
     child.finish();
 }
 
 fn child_any_race(back: &HostedPlatform, first: Port) {
     const N: usize = 3;
     let ports = bind_more(back, first);
-    say(&ports
-        .iter()
-        .map(|p| p.0.to_string())
-        .collect::<Vec<_>>()
-        .join(","));
+    say(&ports.iter().map(|p| p.0.to_string()).collect::<Vec<_>>().join(","));
     let rounds: usize = hear().parse().unwrap();
     for i in 0..rounds {
         let got = back.block_any(&ports, Some(10_000 * MS)).unwrap();
-        assert_eq!(
-            got,
-            Some(ports[i % N]),
-            "round {i}: the parent's notify was lost"
-        );
+        assert_eq!(got, Some(ports[i % N]), "round {i}: the parent's notify was lost");
         back.notify(ports[(i + 1) % N]).unwrap();
     }
     say(&format!("sleeps {}", back.event_stats().sleeps));
@@ -718,47 +560,27 @@ fn block_any_times_out() {
     for timeout in [MS, 30 * MS] {
         let t = Instant::now();
         assert_eq!(b.block_any(&[pb, pb2], Some(timeout)).unwrap(), None);
-        assert!(
-            t.elapsed() >= Duration::from_nanos(timeout),
-            "returned early: {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() >= Duration::from_nanos(timeout), "returned early: {:?}", t.elapsed());
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
     let sleeps = b.event_stats().sleeps;
     assert_eq!(b.block_any(&[pb, pb2], Some(0)).unwrap(), None);
-    assert_eq!(
-        b.event_stats().sleeps,
-        sleeps,
-        "a zero timeout does not sleep"
-    );
+    assert_eq!(b.event_stats().sleeps, sleeps, "a zero timeout does not sleep");
 }
 
 #[test]
 fn block_any_refuses_bad_ports_and_wakes_with_an_error_when_one_closes() {
     let (_dir, _hv, a, b, pa, pb) = two_domains("ev-any-bad");
-    assert!(matches!(
-        a.block_any(&[], Some(MS)),
-        Err(PlatformError::InvalidRequest { .. })
-    ));
-    assert!(matches!(
-        a.block_any(&[], None),
-        Err(PlatformError::InvalidRequest { .. })
-    ));
+    assert!(matches!(a.block_any(&[], Some(MS)), Err(PlatformError::InvalidRequest { .. })));
+    assert!(matches!(a.block_any(&[], None), Err(PlatformError::InvalidRequest { .. })));
     let free = Port(pa.0 + 10);
     for bad in [free, Port(0), Port(hosted::NR_PORTS), Port(u32::MAX)] {
-        assert_eq!(
-            a.block_any(&[pa, bad], Some(MS)),
-            Err(PlatformError::BadPort(bad))
-        );
+        assert_eq!(a.block_any(&[pa, bad], Some(MS)), Err(PlatformError::BadPort(bad)));
     }
     // The whole list is checked even when a port before a bad one is
     // pending; the event stays pending.
     b.notify(pb).unwrap();
-    assert_eq!(
-        a.block_any(&[pa, free], None),
-        Err(PlatformError::BadPort(free))
-    );
+    assert_eq!(a.block_any(&[pa, free], None), Err(PlatformError::BadPort(free)));
     assert!(a.poll(pa).unwrap());
 
     // A port closed while its waiter sleeps wakes it with an error.
@@ -769,8 +591,5 @@ fn block_any_refuses_bad_ports_and_wakes_with_an_error_when_one_closes() {
     a.close(pa2).unwrap();
     assert_eq!(waiter.join().unwrap(), Err(PlatformError::BadPort(pa2)));
     // Closed: refused from now on.
-    assert_eq!(
-        a.block_any(&[pa2], Some(0)),
-        Err(PlatformError::BadPort(pa2))
-    );
+    assert_eq!(a.block_any(&[pa2], Some(0)), Err(PlatformError::BadPort(pa2)));
 }

@@ -8,9 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestDir;
-use grant_tables::{
-    Access, BackRing, DomId, EventChannels, FrontRing, PageAllocator, Platform, SharedPages,
-};
+use grant_tables::{Access, BackRing, DomId, EventChannels, FrontRing, PageAllocator, Platform, SharedPages};
 use hosted::{DomainConfig, HostedError, HostedHypervisor, HostedPlatform, MapFailure};
 
 const A: DomId = DomId(1);
@@ -21,31 +19,16 @@ fn joining_checks_domids_and_the_hypervisor() {
     let dir = TestDir::new("join");
     let err = HostedPlatform::join(&dir.0, A).unwrap_err();
     assert!(matches!(err, HostedError::Io { .. }), "{err}");
-    assert!(
-        err.to_string().contains("HostedHypervisor::create"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("HostedHypervisor::create"), "{err}");
 
     let hv = HostedHypervisor::create(&dir.0).unwrap();
-    assert!(
-        HostedHypervisor::create(&dir.0).is_err(),
-        "one hypervisor per directory"
-    );
+    assert!(HostedHypervisor::create(&dir.0).is_err(), "one hypervisor per directory");
     let a = hv.join(A).unwrap();
     assert_eq!(a.domid(), A);
     assert!(matches!(hv.join(A), Err(HostedError::DomidTaken(A))));
-    assert!(matches!(
-        hv.join(DomId(0x7FF0)),
-        Err(HostedError::Invalid(_))
-    ));
-    let bad = DomainConfig {
-        memory_pages: 0,
-        grant_frames: 1,
-    };
-    assert!(matches!(
-        HostedPlatform::join_with(&dir.0, B, bad),
-        Err(HostedError::Invalid(_))
-    ));
+    assert!(matches!(hv.join(DomId(0x7FF0)), Err(HostedError::Invalid(_))));
+    let bad = DomainConfig { memory_pages: 0, grant_frames: 1 };
+    assert!(matches!(HostedPlatform::join_with(&dir.0, B, bad), Err(HostedError::Invalid(_))));
     assert_eq!(hv.domains(), vec![A]);
 
     // A domain that leaves frees its domid.
@@ -67,10 +50,7 @@ fn wait_until(mut f: impl FnMut() -> bool) {
 fn pages_are_zeroed_and_frames_are_memfd_pages() {
     let dir = TestDir::new("pages");
     let hv = HostedHypervisor::create(&dir.0).unwrap();
-    let cfg = DomainConfig {
-        memory_pages: 64,
-        grant_frames: 1,
-    };
+    let cfg = DomainConfig { memory_pages: 64, grant_frames: 1 };
     let a = HostedPlatform::join_with(&dir.0, A, cfg).unwrap();
     let b = hv.join(B).unwrap();
     assert_eq!(a.memory_pages(), 64);
@@ -86,10 +66,7 @@ fn pages_are_zeroed_and_frames_are_memfd_pages() {
         unsafe { p.as_ptr().as_ptr().add(i).write_volatile(0xEE) };
     }
     // The peer maps exactly the granted frame (the middle page).
-    let g = a
-        .grant_table()
-        .grant_access(B, p.gfn(1).unwrap(), Access::ReadOnly)
-        .unwrap();
+    let g = a.grant_table().grant_access(B, p.gfn(1).unwrap(), Access::ReadOnly).unwrap();
     let m = b.map_grant(A, g.raw(), Access::ReadOnly).unwrap();
     let mut buf = [0u8; 4096];
     m.read(0, &mut buf).unwrap();
@@ -103,16 +80,9 @@ fn pages_are_zeroed_and_frames_are_memfd_pages() {
     let q = a.alloc_zeroed_pages(64).unwrap();
     for i in 0..q.len_bytes() {
         // SAFETY: inside our own mapping.
-        assert_eq!(
-            unsafe { q.as_ptr().as_ptr().add(i).read_volatile() },
-            0,
-            "stale byte at {i}"
-        );
+        assert_eq!(unsafe { q.as_ptr().as_ptr().add(i).read_volatile() }, 0, "stale byte at {i}");
     }
-    assert!(matches!(
-        a.alloc_zeroed_pages(1),
-        Err(grant_tables::PlatformError::OutOfMemory { pages: 1 })
-    ));
+    assert!(matches!(a.alloc_zeroed_pages(1), Err(grant_tables::PlatformError::OutOfMemory { pages: 1 })));
     drop(q);
     // Fragmented frees coalesce.
     let parts: Vec<_> = (0..8).map(|_| a.alloc_zeroed_pages(8).unwrap()).collect();
@@ -129,10 +99,7 @@ fn a_departed_domain_is_noticed_and_its_domid_can_come_back() {
     let pb = b.alloc_unbound(A).unwrap();
     let pa = a.bind_interdomain(B, pb).unwrap();
     let page = b.alloc_zeroed_pages(1).unwrap();
-    let g = b
-        .grant_table()
-        .grant_access(A, page.gfn(0).unwrap(), Access::ReadOnly)
-        .unwrap();
+    let g = b.grant_table().grant_access(A, page.gfn(0).unwrap(), Access::ReadOnly).unwrap();
     drop(a.map_grant(B, g.raw(), Access::ReadOnly).unwrap());
     assert!(a.domain_exists(B));
 
@@ -141,8 +108,7 @@ fn a_departed_domain_is_noticed_and_its_domid_can_come_back() {
     drop(page);
     drop(b);
     wait_until(|| !a.domain_exists(B));
-    a.notify(pa)
-        .expect("notifying a departed domain is harmless");
+    a.notify(pa).expect("notifying a departed domain is harmless");
     let e = a.map_grant(B, 8, Access::ReadOnly).unwrap_err();
     assert!(matches!(e.failure, MapFailure::NoSuchDomain(_)), "{e}");
 
@@ -151,10 +117,7 @@ fn a_departed_domain_is_noticed_and_its_domid_can_come_back() {
     let page2 = b2.alloc_zeroed_pages(1).unwrap();
     // SAFETY: inside our own one-page mapping.
     unsafe { page2.as_ptr().as_ptr().write_volatile(0x2B) };
-    let g2 = b2
-        .grant_table()
-        .grant_access(A, page2.gfn(0).unwrap(), Access::ReadOnly)
-        .unwrap();
+    let g2 = b2.grant_table().grant_access(A, page2.gfn(0).unwrap(), Access::ReadOnly).unwrap();
     let m = a.map_grant(B, g2.raw(), Access::ReadOnly).unwrap();
     let mut x = [0u8; 1];
     m.read(0, &mut x).unwrap();
@@ -180,12 +143,7 @@ fn ring_ping_pong_with_blocking_event_channels_loses_no_wakeup() {
     let back = hv.join(B).unwrap();
     let pages = front.alloc_zeroed_pages(2).unwrap();
     let refs: Vec<_> = (0..2)
-        .map(|i| {
-            front
-                .grant_table()
-                .grant_access(B, pages.gfn(i).unwrap(), Access::ReadWrite)
-                .unwrap()
-        })
+        .map(|i| front.grant_table().grant_access(B, pages.gfn(i).unwrap(), Access::ReadWrite).unwrap())
         .collect();
     let raw: Vec<u32> = refs.iter().map(|r| r.raw()).collect();
     let fport = front.alloc_unbound(B).unwrap();
@@ -205,10 +163,7 @@ fn ring_ping_pong_with_blocking_event_channels_loses_no_wakeup() {
                 back.notify(bport).unwrap();
             }
             if served < ROUNDS && !ring.final_check_for_requests().unwrap() {
-                assert!(
-                    back.block(bport, Some(10_000_000_000)).unwrap(),
-                    "back: lost wakeup after {served}"
-                );
+                assert!(back.block(bport, Some(10_000_000_000)).unwrap(), "back: lost wakeup after {served}");
             }
         }
         back.event_stats()
@@ -225,10 +180,7 @@ fn ring_ping_pong_with_blocking_event_channels_loses_no_wakeup() {
                 break;
             }
             if !ring.final_check_for_responses().unwrap() {
-                assert!(
-                    front.block(fport, Some(10_000_000_000)).unwrap(),
-                    "front: lost wakeup at {i}"
-                );
+                assert!(front.block(fport, Some(10_000_000_000)).unwrap(), "front: lost wakeup at {i}");
             }
         }
     }
@@ -277,8 +229,5 @@ fn the_clock_is_monotonic_and_moves_with_real_time() {
     std::thread::sleep(Duration::from_millis(20));
     let dt = now(&b) - t0;
     assert!(dt >= 20_000_000, "20 ms of sleep moved the clock {dt} ns");
-    assert!(
-        u128::from(dt) <= start.elapsed().as_nanos() + 1_000_000,
-        "the clock ran ahead: {dt} ns"
-    );
+    assert!(u128::from(dt) <= start.elapsed().as_nanos() + 1_000_000, "the clock ran ahead: {dt} ns");
 }

@@ -300,7 +300,7 @@ impl Control {
             self.poll_devices();
             match self.xs.pump_wait(Wait::For(Duration::from_millis(50))) {
                 Ok(_) => {}
-                Err(e) if matches!(e, XsError::TimedOut { .. }) => {}
+                Err(XsError::TimedOut { .. }) => {}
                 Err(e) => {
                     self.fail(format!("netback: xenstore connection failed: {e}"));
                     break;
