@@ -9,6 +9,9 @@
 //!   backend side of grants, [`grant_tables::ForeignGrants`]:
 //!   [`HostedPlatform::map_grant`], [`HostedPlatform::map_ring`] and
 //!   [`HostedPlatform::grant_copy`] (at memory speed).
+//! - [`netback`]: a network backend speaking netif as Linux's xen-netback
+//!   does, with a software switch, a host port and an optional TAP device,
+//!   for netfronts in other domains (and a hostile mode to test them).
 //! - A domain's memory, grant table and event page are memfds (sealed
 //!   against resizing) that peers map: a granted frame `n` is page `n` of
 //!   the granting domain's memory memfd, and a backend maps exactly the

@@ -655,7 +655,7 @@ fn copy_out(
                 source: GnttabCopyPtr {
                     u: u64::from(gref),
                     domid: fe.0,
-                    offset: offset + done as u16,
+                    offset: offset.saturating_add(done as u16),
                     _pad: 0,
                 },
                 dest: GnttabCopyPtr {
