@@ -7,6 +7,9 @@
 //! bounced between two cores (the physical limit), a ring built in C from
 //! Xen's own `io/ring.h`, and the kernel paths a user would otherwise use
 //! (UDP loopback blocking and spinning, a Unix socket, a pipe, eventfd).
+//! Its network entries ([`net`]) send Ethernet frames through the hosted
+//! netback to an echo on the backend's side, and stream frames one way,
+//! beside one core's memcpy and a UDP loopback stream.
 //!
 //! The APEX scheduler bench (`cargo xtask apexbench`, [`apex`]) sets our
 //! I/O scheduler against the alternatives on a simulated device and
@@ -17,6 +20,7 @@
 
 pub mod apex;
 pub mod harness;
+pub mod net;
 pub mod peers;
 pub mod pin;
 pub mod ring;

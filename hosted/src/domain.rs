@@ -58,10 +58,7 @@ pub struct DomainConfig {
 impl Default for DomainConfig {
     /// 1 GiB of memory, 32 grant frames (16384 refs).
     fn default() -> Self {
-        DomainConfig {
-            memory_pages: 1 << 18,
-            grant_frames: 32,
-        }
+        DomainConfig { memory_pages: 1 << 18, grant_frames: 32 }
     }
 }
 
@@ -175,22 +172,16 @@ impl Peer {
         }
         // Entries, then as many 8-byte pin records.
         let entries = gnt_size / (2 * std::mem::size_of::<GrantEntryV1>() as u64);
-        let entry_count =
-            u32::try_from(entries).map_err(|_| "its grant table is too large".to_string())?;
+        let entry_count = u32::try_from(entries).map_err(|_| "its grant table is too large".to_string())?;
         if gnt_size == 0 || gnt_size % (2 * PAGE as u64) != 0 {
-            return Err(format!(
-                "its grant table is {gnt_size} bytes, not an even number of pages"
-            ));
+            return Err(format!("its grant table is {gnt_size} bytes, not an even number of pages"));
         }
         if ev_size != EVENT_PAGE_BYTES as u64 {
-            return Err(format!(
-                "its event page is {ev_size} bytes, expected {EVENT_PAGE_BYTES}"
-            ));
+            return Err(format!("its event page is {ev_size} bytes, expected {EVENT_PAGE_BYTES}"));
         }
-        let gnt_len =
-            usize::try_from(gnt_size).map_err(|_| "its grant table is too large".to_string())?;
-        let grant_map = Mmap::shared(grants.as_fd(), 0, gnt_len, true)
-            .map_err(|e| format!("mapping its grant table: {e}"))?;
+        let gnt_len = usize::try_from(gnt_size).map_err(|_| "its grant table is too large".to_string())?;
+        let grant_map =
+            Mmap::shared(grants.as_fd(), 0, gnt_len, true).map_err(|e| format!("mapping its grant table: {e}"))?;
         let event_map = Mmap::shared(events.as_fd(), 0, EVENT_PAGE_BYTES, true)
             .map_err(|e| format!("mapping its event page: {e}"))?;
         // SAFETY: `grant_map` maps `gnt_size` bytes of a size-sealed memfd,
@@ -256,10 +247,7 @@ impl Peer {
 /// module docs). Derefs to the peer.
 pub(crate) enum PeerGuard<'a> {
     /// Loaded from a slot, counted in `readers[parity]`.
-    Counted {
-        peer: &'a Peer,
-        readers: &'a AtomicUsize,
-    },
+    Counted { peer: &'a Peer, readers: &'a AtomicUsize },
     /// Held by an `Arc` (the slow path).
     Owned(Arc<Peer>),
 }
@@ -382,11 +370,7 @@ impl Domain {
         self.lookup_locked(&mut peers, domid)
     }
 
-    fn lookup_locked(
-        &self,
-        peers: &mut HashMap<u16, Arc<Peer>>,
-        domid: DomId,
-    ) -> Result<Arc<Peer>, String> {
+    fn lookup_locked(&self, peers: &mut HashMap<u16, Arc<Peer>>, domid: DomId) -> Result<Arc<Peer>, String> {
         if !domid.is_real() {
             return Err(format!("{domid:?} is not a real domain id"));
         }
@@ -403,21 +387,11 @@ impl Domain {
             }
         }
         let mut fds = reply.fds.into_iter();
-        let (Some(m), Some(g), Some(e), None) = (fds.next(), fds.next(), fds.next(), fds.next())
-        else {
-            return Err(format!(
-                "the hypervisor sent a malformed answer for {domid}"
-            ));
+        let (Some(m), Some(g), Some(e), None) = (fds.next(), fds.next(), fds.next(), fds.next()) else {
+            return Err(format!("the hypervisor sent a malformed answer for {domid}"));
         };
-        let peer = Peer::open(
-            domid,
-            reply.incarnation,
-            File::from(m),
-            File::from(g),
-            File::from(e),
-            &self.peer_counts,
-        )
-        .map_err(|e| format!("{domid} is not usable: {e}"))?;
+        let peer = Peer::open(domid, reply.incarnation, File::from(m), File::from(g), File::from(e), &self.peer_counts)
+            .map_err(|e| format!("{domid} is not usable: {e}"))?;
         let peer = Arc::new(peer);
         if let Some(slot) = self.peer_slots.get(usize::from(domid.0)) {
             // SeqCst: ordered before the reader counters a later prune reads.
@@ -426,11 +400,7 @@ impl Domain {
         if let Some(old) = peers.insert(domid.0, peer.clone()) {
             self.retire(old);
         }
-        log::debug!(
-            "{}: mapped {domid} (incarnation {})",
-            self.domid,
-            peer.incarnation
-        );
+        log::debug!("{}: mapped {domid} (incarnation {})", self.domid, peer.incarnation);
         self.prune_locked(peers);
         Ok(peer)
     }
@@ -447,11 +417,7 @@ impl Domain {
     /// (their mappings go with the last `Arc`, which a live mapping of
     /// their grants may still hold).
     fn prune_locked(&self, peers: &mut HashMap<u16, Arc<Peer>>) -> usize {
-        let dead: Vec<u16> = peers
-            .iter()
-            .filter(|(_, p)| !p.is_alive())
-            .map(|(&d, _)| d)
-            .collect();
+        let dead: Vec<u16> = peers.iter().filter(|(_, p)| !p.is_alive()).map(|(&d, _)| d).collect();
         for d in dead {
             if let Some(p) = peers.remove(&d) {
                 if let Some(slot) = self.peer_slots.get(usize::from(d)) {
@@ -618,9 +584,7 @@ pub struct HostedPlatform {
 
 impl fmt::Debug for HostedPlatform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HostedPlatform")
-            .field("domid", &self.inner.domid)
-            .finish_non_exhaustive()
+        f.debug_struct("HostedPlatform").field("domid", &self.inner.domid).finish_non_exhaustive()
     }
 }
 
@@ -637,68 +601,46 @@ impl HostedPlatform {
     }
 
     /// [`HostedPlatform::join`] with an explicit size.
-    pub fn join_with(
-        dir: impl AsRef<Path>,
-        domid: DomId,
-        config: DomainConfig,
-    ) -> Result<Self, HostedError> {
+    pub fn join_with(dir: impl AsRef<Path>, domid: DomId, config: DomainConfig) -> Result<Self, HostedError> {
         let dir = dir.as_ref();
         sys::check_page_size().map_err(io_err("checking the host page size"))?;
         if !domid.is_real() {
-            return Err(HostedError::Invalid(format!(
-                "{:#x} is a reserved domain id, not a real one",
-                domid.0
-            )));
+            return Err(HostedError::Invalid(format!("{:#x} is a reserved domain id, not a real one", domid.0)));
         }
         if config.memory_pages == 0 || config.grant_frames == 0 {
-            return Err(HostedError::Invalid(
-                "a domain needs at least one memory page and one grant frame".into(),
-            ));
+            return Err(HostedError::Invalid("a domain needs at least one memory page and one grant frame".into()));
         }
-        let hv = HypervisorClient::connect(dir)
-            .map_err(io_err(format!("{domid} joining {}", dir.display())))?;
+        let hv = HypervisorClient::connect(dir).map_err(io_err(format!("{domid} joining {}", dir.display())))?;
         let mem_bytes = u64::from(config.memory_pages) * PAGE as u64;
         let mem = sys::sealed_memfd(&format!("dom{}-memory", domid.0), mem_bytes)
             .map_err(io_err("creating domain memory"))?;
-        let grant_file = sys::sealed_memfd(
-            &format!("dom{}-grant-table", domid.0),
-            grant_file_bytes(config.grant_frames),
-        )
-        .map_err(io_err("creating the grant table"))?;
-        let event_file =
-            sys::sealed_memfd(&format!("dom{}-events", domid.0), EVENT_PAGE_BYTES as u64)
-                .map_err(io_err("creating the event page"))?;
+        let grant_file =
+            sys::sealed_memfd(&format!("dom{}-grant-table", domid.0), grant_file_bytes(config.grant_frames))
+                .map_err(io_err("creating the grant table"))?;
+        let event_file = sys::sealed_memfd(&format!("dom{}-events", domid.0), EVENT_PAGE_BYTES as u64)
+            .map_err(io_err("creating the event page"))?;
 
         let gnt_len = usize::try_from(grant_file_bytes(config.grant_frames))
             .map_err(|_| HostedError::Invalid("grant table too large".into()))?;
         let entry_count = u32::try_from(config.grant_frames as usize * GRANT_ENTRIES_V1_PER_PAGE)
             .map_err(|_| HostedError::Invalid("grant table too large".into()))?;
-        let grant_map = Mmap::shared(grant_file.as_fd(), 0, gnt_len, true)
-            .map_err(io_err("mapping the grant table"))?;
+        let grant_map =
+            Mmap::shared(grant_file.as_fd(), 0, gnt_len, true).map_err(io_err("mapping the grant table"))?;
         let frames = HostedGrantFrames::new(grant_map, entry_count);
-        let event_map = Mmap::shared(event_file.as_fd(), 0, EVENT_PAGE_BYTES, true)
-            .map_err(io_err("mapping the event page"))?;
+        let event_map =
+            Mmap::shared(event_file.as_fd(), 0, EVENT_PAGE_BYTES, true).map_err(io_err("mapping the event page"))?;
         // SAFETY: `event_map` is a writable mapping of a whole event page;
         // it is stored in the `Domain` next to every use of the view and
         // accessed only atomically.
         let events = unsafe { EventView::new(event_map.as_ptr()) };
         events.init_header(domid);
 
-        let reply = hv
-            .call(
-                OP_REGISTER,
-                domid.0,
-                0,
-                &[mem.as_fd(), grant_file.as_fd(), event_file.as_fd()],
-            )
-            .map_err(|e| {
+        let reply =
+            hv.call(OP_REGISTER, domid.0, 0, &[mem.as_fd(), grant_file.as_fd(), event_file.as_fd()]).map_err(|e| {
                 if e.raw_os_error() == Some(libc::EEXIST) {
                     HostedError::DomidTaken(domid)
                 } else {
-                    HostedError::Io {
-                        what: format!("registering {domid} with the hypervisor"),
-                        source: e,
-                    }
+                    HostedError::Io { what: format!("registering {domid} with the hypervisor"), source: e }
                 }
             })?;
 
@@ -722,14 +664,8 @@ impl HostedPlatform {
             peer_counts: Arc::new(PeerCounts::default()),
             stats: Stats::default(),
         };
-        log::info!(
-            "{domid} joined {} (incarnation {})",
-            dir.display(),
-            reply.incarnation
-        );
-        Ok(HostedPlatform {
-            inner: Arc::new(domain),
-        })
+        log::info!("{domid} joined {} (incarnation {})", dir.display(), reply.incarnation);
+        Ok(HostedPlatform { inner: Arc::new(domain) })
     }
 
     /// This domain's grant table (one per domain; share it with

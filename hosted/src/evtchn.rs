@@ -150,9 +150,7 @@ impl Binding {
         let b = match w >> 56 {
             ST_FREE => Binding::Free,
             ST_UNBOUND => Binding::Unbound { remote },
-            ST_INTERDOMAIN if u32::from(port) < NR_PORTS && port != 0 => {
-                Binding::Interdomain { remote, port }
-            }
+            ST_INTERDOMAIN if u32::from(port) < NR_PORTS && port != 0 => Binding::Interdomain { remote, port },
             _ => return None,
         };
         Some((b, seq))
@@ -248,8 +246,7 @@ impl EventView {
     pub(crate) fn init_header(&self, domid: DomId) {
         self.u64_at(H_MAGIC).store(MAGIC, Ordering::Relaxed);
         self.u32_at(H_VERSION).store(VERSION, Ordering::Relaxed);
-        self.u32_at(H_DOMID)
-            .store(u32::from(domid.0), Ordering::Relaxed);
+        self.u32_at(H_DOMID).store(u32::from(domid.0), Ordering::Relaxed);
         self.u32_at(H_NR_PORTS).store(NR_PORTS, Ordering::Relaxed);
         self.alive().store(1, Ordering::Release);
     }
@@ -299,17 +296,12 @@ pub(crate) fn unbind_departed(map: &sys::Mmap, departed: u16) -> usize {
     let view = unsafe { EventView::new(map.as_ptr()) };
     let mut reset = 0;
     for port in 1..NR_PORTS {
-        let Some(word) = view.binding(port) else {
-            continue;
-        };
+        let Some(word) = view.binding(port) else { continue };
         let cur = word.load(Ordering::Acquire);
         if let Some((Binding::Interdomain { remote, .. }, seq)) = Binding::decode(cur) {
             if remote == departed {
                 let unbound = Binding::Unbound { remote }.encode(seq.wrapping_add(1));
-                if word
-                    .compare_exchange(cur, unbound, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
+                if word.compare_exchange(cur, unbound, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                     reset += 1;
                 }
             }
@@ -328,25 +320,17 @@ pub struct EventStats {
 }
 
 fn os_err(op: &'static str, e: &std::io::Error) -> PlatformError {
-    PlatformError::Os {
-        op,
-        code: e.raw_os_error().unwrap_or(libc::EIO),
-    }
+    PlatformError::Os { op, code: e.raw_os_error().unwrap_or(libc::EIO) }
 }
 
 fn corrupt(port: Port) -> PlatformError {
     log::error!("event channel {port}: binding word is corrupt (written by a hostile peer?)");
-    PlatformError::Os {
-        op: "event channel: corrupt binding word in shared memory",
-        code: libc::EIO,
-    }
+    PlatformError::Os { op: "event channel: corrupt binding word in shared memory", code: libc::EIO }
 }
 
 impl Domain {
     fn own_binding(&self, port: Port) -> Result<&AtomicU64, PlatformError> {
-        self.events
-            .binding(port.0)
-            .ok_or(PlatformError::BadPort(port))
+        self.events.binding(port.0).ok_or(PlatformError::BadPort(port))
     }
 
     fn own_line(&self, port: Port) -> Result<EventLine<'_>, PlatformError> {
@@ -354,9 +338,7 @@ impl Domain {
     }
 
     fn local(&self, port: Port) -> Result<&LocalPort, PlatformError> {
-        self.ports
-            .get(port.0 as usize)
-            .ok_or(PlatformError::BadPort(port))
+        self.ports.get(port.0 as usize).ok_or(PlatformError::BadPort(port))
     }
 
     /// The local state of an open port (this process's record, which a
@@ -392,17 +374,11 @@ impl Domain {
     /// publishes the binding word.
     fn prepare_port(&self) -> Result<(Port, Arc<File>), PlatformError> {
         let port = (1..NR_PORTS)
-            .find(|&p| {
-                self.ports
-                    .get(p as usize)
-                    .is_some_and(|l| !l.open.load(Ordering::Acquire))
-            })
+            .find(|&p| self.ports.get(p as usize).is_some_and(|l| !l.open.load(Ordering::Acquire)))
             .map(Port)
             .ok_or(PlatformError::NoFreePorts)?;
         let efd = sys::eventfd().map_err(|e| os_err("eventfd", &e))?;
-        self.hv
-            .call(OP_PORT_SET, 0, port.0, &[efd.as_fd()])
-            .map_err(|e| os_err("registering an event channel with the hypervisor", &e))?;
+        self.hv.call(OP_PORT_SET, 0, port.0, &[efd.as_fd()]).map_err(|e| os_err("registering an event channel with the hypervisor", &e))?;
         let line = self.own_line(port)?;
         line.pending.store(0, Ordering::Relaxed);
         line.waiting.store(0, Ordering::Relaxed);
@@ -411,11 +387,7 @@ impl Domain {
     }
 
     fn next_seq(&self, port: Port) -> u32 {
-        seq_of(
-            self.own_binding(port)
-                .map_or(0, |b| b.load(Ordering::Acquire)),
-        )
-        .wrapping_add(1)
+        seq_of(self.own_binding(port).map_or(0, |b| b.load(Ordering::Acquire))).wrapping_add(1)
     }
 
     /// Publishes a prepared port. `incarnation` is that of the peer a
@@ -430,34 +402,22 @@ impl Domain {
     ) -> Result<(), PlatformError> {
         let seq = self.next_seq(port);
         let local = self.local(port)?;
-        let ep =
-            sys::epoll_for(&efd).map_err(|e| os_err("epoll on an event channel eventfd", &e))?;
+        let ep = sys::epoll_for(&efd).map_err(|e| os_err("epoll on an event channel eventfd", &e))?;
         let mut st = lock(&local.state);
         st.eventfd = Some(efd);
         st.epoll = Some(Arc::new(ep));
         st.wake = None;
         local.remote.store(u32::from(remote.0), Ordering::Relaxed);
-        local.bound.store(
-            if incarnation == 0 {
-                0
-            } else {
-                bound_record(seq, incarnation)
-            },
-            Ordering::Relaxed,
-        );
+        local.bound.store(if incarnation == 0 { 0 } else { bound_record(seq, incarnation) }, Ordering::Relaxed);
         // Release: the reset line is visible before the port is.
-        self.own_binding(port)?
-            .store(binding.encode(seq), Ordering::Release);
+        self.own_binding(port)?.store(binding.encode(seq), Ordering::Release);
         local.open.store(true, Ordering::Release);
         Ok(())
     }
 
     fn alloc_unbound(&self, remote: DomId) -> Result<Port, PlatformError> {
         if !remote.is_real() {
-            return Err(PlatformError::BindRefused {
-                remote,
-                reason: "not a real domain id",
-            });
+            return Err(PlatformError::BindRefused { remote, reason: "not a real domain id" });
         }
         let _alloc = lock(&self.port_alloc);
         let (port, efd) = self.prepare_port()?;
@@ -468,46 +428,22 @@ impl Domain {
 
     fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Port, PlatformError> {
         if !remote.is_real() {
-            return Err(PlatformError::BindRefused {
-                remote,
-                reason: "not a real domain id",
-            });
+            return Err(PlatformError::BindRefused { remote, reason: "not a real domain id" });
         }
         let rport = u16::try_from(remote_port.0)
             .ok()
             .filter(|&p| p != 0 && u32::from(p) < NR_PORTS)
-            .ok_or(PlatformError::BindRefused {
-                remote,
-                reason: "no such port",
-            })?;
+            .ok_or(PlatformError::BindRefused { remote, reason: "no such port" })?;
         let peer = self.fresh_peer(remote).map_err(|e| {
             log::warn!("{}: cannot bind to {remote} {remote_port}: {e}", self.domid);
-            PlatformError::BindRefused {
-                remote,
-                reason: "the domain does not exist",
-            }
+            PlatformError::BindRefused { remote, reason: "the domain does not exist" }
         })?;
-        let rb = peer
-            .events
-            .binding(remote_port.0)
-            .ok_or(PlatformError::BindRefused {
-                remote,
-                reason: "no such port",
-            })?;
+        let rb = peer.events.binding(remote_port.0).ok_or(PlatformError::BindRefused { remote, reason: "no such port" })?;
 
         let _alloc = lock(&self.port_alloc);
         let (port, efd) = self.prepare_port()?;
         let local = u16::try_from(port.0).map_err(|_| PlatformError::NoFreePorts)?;
-        self.commit_port(
-            port,
-            efd,
-            remote,
-            Binding::Interdomain {
-                remote: remote.0,
-                port: rport,
-            },
-            peer.incarnation,
-        )?;
+        self.commit_port(port, efd, remote, Binding::Interdomain { remote: remote.0, port: rport }, peer.incarnation)?;
 
         // Claim the remote port: only an unbound port offered to us, in one
         // compare-and-swap (the peer may close it meanwhile). Bounded.
@@ -516,11 +452,7 @@ impl Domain {
         for _ in 0..16 {
             match Binding::decode(cur) {
                 Some((Binding::Unbound { remote: offered }, seq)) if offered == self.domid.0 => {
-                    let new = Binding::Interdomain {
-                        remote: self.domid.0,
-                        port: local,
-                    }
-                    .encode(seq.wrapping_add(1));
+                    let new = Binding::Interdomain { remote: self.domid.0, port: local }.encode(seq.wrapping_add(1));
                     match rb.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
                         Ok(_) => {
                             refusal = "";
@@ -549,10 +481,7 @@ impl Domain {
         }
         if !refusal.is_empty() {
             self.release_port(port);
-            return Err(PlatformError::BindRefused {
-                remote,
-                reason: refusal,
-            });
+            return Err(PlatformError::BindRefused { remote, reason: refusal });
         }
         // Xen marks the new local port pending: events sent to the unbound
         // remote end before the bind were dropped.
@@ -581,10 +510,7 @@ impl Domain {
         }
         drop(st);
         if let Err(e) = self.hv.call(OP_PORT_CLEAR, 0, port.0, &[]) {
-            log::warn!(
-                "{}: unregistering {port} from the hypervisor: {e}",
-                self.domid
-            );
+            log::warn!("{}: unregistering {port} from the hypervisor: {e}", self.domid);
         }
     }
 
@@ -595,26 +521,16 @@ impl Domain {
         if let Err(PlatformError::BadPort(p)) = binding {
             return Err(PlatformError::BadPort(p));
         }
-        if let Ok(Binding::Interdomain {
-            remote,
-            port: rport,
-        }) = binding
-        {
+        if let Ok(Binding::Interdomain { remote, port: rport }) = binding {
             // The remote end becomes unbound, offered back to us; only if
             // it still points at this port.
             if let Ok(peer) = self.peer(DomId(remote)) {
                 if let Some(rb) = peer.events.binding(u32::from(rport)) {
                     let cur = rb.load(Ordering::Acquire);
-                    if let Some((Binding::Interdomain { remote: r, port: p }, seq)) =
-                        Binding::decode(cur)
-                    {
+                    if let Some((Binding::Interdomain { remote: r, port: p }, seq)) = Binding::decode(cur) {
                         if r == self.domid.0 && u32::from(p) == port.0 {
-                            let new = Binding::Unbound {
-                                remote: self.domid.0,
-                            }
-                            .encode(seq.wrapping_add(1));
-                            let _ =
-                                rb.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Relaxed);
+                            let new = Binding::Unbound { remote: self.domid.0 }.encode(seq.wrapping_add(1));
+                            let _ = rb.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Relaxed);
                         }
                     }
                 }
@@ -628,11 +544,7 @@ impl Domain {
     /// Ports open right now.
     pub(crate) fn open_ports(&self) -> Vec<Port> {
         (1..NR_PORTS)
-            .filter(|&p| {
-                self.ports
-                    .get(p as usize)
-                    .is_some_and(|l| l.open.load(Ordering::Acquire))
-            })
+            .filter(|&p| self.ports.get(p as usize).is_some_and(|l| l.open.load(Ordering::Acquire)))
             .map(Port)
             .collect()
     }
@@ -655,9 +567,7 @@ impl Domain {
         {
             return Ok(());
         }
-        let Some(line) = peer.events.line(u32::from(rport)) else {
-            return Err(corrupt(port));
-        };
+        let Some(line) = peer.events.line(u32::from(rport)) else { return Err(corrupt(port)) };
         // Dekker, notifier side (see the module docs): publish the event,
         // then look for a sleeper. SeqCst on both so that this read cannot
         // be ordered before the write (store-load), pairing with `block`'s
@@ -684,28 +594,16 @@ impl Domain {
     /// dropped and the port made unbound, offered to that domid again, as
     /// Xen does when it destroys the peer.
     #[cold]
-    fn confirm_binding(
-        &self,
-        port: Port,
-        local: &LocalPort,
-        word: u64,
-        rport: u16,
-        peer: &Peer,
-    ) -> bool {
+    fn confirm_binding(&self, port: Port, local: &LocalPort, word: u64, rport: u16, peer: &Peer) -> bool {
         let seq = seq_of(word);
         let recorded = local.bound.load(Ordering::Acquire);
-        let points_back = peer
-            .events
-            .binding(u32::from(rport))
-            .map(|b| Binding::decode(b.load(Ordering::Acquire)));
+        let points_back = peer.events.binding(u32::from(rport)).map(|b| Binding::decode(b.load(Ordering::Acquire)));
         let points_back = matches!(
             points_back,
             Some(Some((Binding::Interdomain { remote, port: p }, _))) if remote == self.domid.0 && u32::from(p) == port.0
         );
         if (recorded == 0 || recorded >> INCARNATION_BITS != u64::from(seq)) && points_back {
-            local
-                .bound
-                .store(bound_record(seq, peer.incarnation), Ordering::Release);
+            local.bound.store(bound_record(seq, peer.incarnation), Ordering::Release);
             return true;
         }
         log::info!(
@@ -715,10 +613,7 @@ impl Domain {
             peer.incarnation
         );
         if let Ok(b) = self.own_binding(port) {
-            let unbound = Binding::Unbound {
-                remote: peer.domid.0,
-            }
-            .encode(seq.wrapping_add(1));
+            let unbound = Binding::Unbound { remote: peer.domid.0 }.encode(seq.wrapping_add(1));
             // Fails if the binding changed meanwhile (closed, or already
             // reset by the hypervisor): nothing to do then.
             let _ = b.compare_exchange(word, unbound, Ordering::AcqRel, Ordering::Relaxed);
@@ -730,14 +625,7 @@ impl Domain {
     /// fetching it from the hypervisor the first time for this binding (and
     /// only from the peer's `incarnation`).
     #[cold]
-    fn wake_remote(
-        &self,
-        local: &LocalPort,
-        word: u64,
-        remote: u16,
-        rport: u16,
-        incarnation: u64,
-    ) -> Result<(), PlatformError> {
+    fn wake_remote(&self, local: &LocalPort, word: u64, remote: u16, rport: u16, incarnation: u64) -> Result<(), PlatformError> {
         let mut st = lock(&local.state);
         let fd = match &st.wake {
             Some((w, fd)) if *w == word => fd.clone(),
@@ -745,30 +633,19 @@ impl Domain {
                 // Another incarnation by now: the one we notified is gone.
                 Ok(reply) if reply.incarnation != incarnation => return Ok(()),
                 Ok(mut reply) if reply.fds.len() == 1 => {
-                    let Some(fd) = reply.fds.pop() else {
-                        return Ok(());
-                    };
-                    sys::set_nonblocking(fd.as_fd())
-                        .map_err(|e| os_err("making a peer's eventfd non-blocking", &e))?;
+                    let Some(fd) = reply.fds.pop() else { return Ok(()) };
+                    sys::set_nonblocking(fd.as_fd()).map_err(|e| os_err("making a peer's eventfd non-blocking", &e))?;
                     let fd = Arc::new(File::from(fd));
                     st.wake = Some((word, fd.clone()));
                     fd
                 }
                 Ok(_) => {
-                    log::warn!(
-                        "{}: the hypervisor sent a bad reply for dom{remote} port {rport}",
-                        self.domid
-                    );
+                    log::warn!("{}: the hypervisor sent a bad reply for dom{remote} port {rport}", self.domid);
                     return Ok(());
                 }
                 // The peer closed its port or left: nobody to wake.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-                Err(e) => {
-                    return Err(os_err(
-                        "fetching a peer's event channel from the hypervisor",
-                        &e,
-                    ))
-                }
+                Err(e) => return Err(os_err("fetching a peer's event channel from the hypervisor", &e)),
             },
         };
         drop(st);
@@ -796,8 +673,7 @@ impl Domain {
         // The mask is not looked at: Xen's SCHEDOP_poll returns for a
         // pending port whether or not it is masked (masking only holds back
         // upcalls, which the hosted platform does not have).
-        if line.pending.load(Ordering::Relaxed) != 0 && line.pending.swap(0, Ordering::Acquire) != 0
-        {
+        if line.pending.load(Ordering::Relaxed) != 0 && line.pending.swap(0, Ordering::Acquire) != 0 {
             return Ok(true);
         }
         let deadline = timeout_ns.map(|t| Instant::now().checked_add(Duration::from_nanos(t)));
@@ -853,9 +729,7 @@ impl Domain {
         for &port in ports {
             let line = self.own_line(port)?;
             // Read first, swap only when set (see `poll`).
-            if line.pending.load(Ordering::SeqCst) != 0
-                && line.pending.swap(0, Ordering::SeqCst) != 0
-            {
+            if line.pending.load(Ordering::SeqCst) != 0 && line.pending.swap(0, Ordering::SeqCst) != 0 {
                 return Ok(Some(port));
             }
         }
@@ -864,11 +738,7 @@ impl Domain {
 
     /// `block` on several ports: the same handshake, run on every port's
     /// line, then one `ppoll` over all their eventfds.
-    fn block_any(
-        &self,
-        ports: &[Port],
-        timeout_ns: Option<u64>,
-    ) -> Result<Option<Port>, PlatformError> {
+    fn block_any(&self, ports: &[Port], timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError> {
         if ports.is_empty() {
             return Err(PlatformError::InvalidRequest {
                 op: "block_any",
@@ -1013,11 +883,7 @@ impl EventChannels for HostedPlatform {
         self.inner.block(port, timeout_ns)
     }
 
-    fn block_any(
-        &self,
-        ports: &[Port],
-        timeout_ns: Option<u64>,
-    ) -> Result<Option<Port>, PlatformError> {
+    fn block_any(&self, ports: &[Port], timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError> {
         self.inner.block_any(ports, timeout_ns)
     }
 
@@ -1035,10 +901,7 @@ mod tests {
         for b in [
             Binding::Free,
             Binding::Unbound { remote: 7 },
-            Binding::Interdomain {
-                remote: 0x7FEF,
-                port: (NR_PORTS - 1) as u16,
-            },
+            Binding::Interdomain { remote: 0x7FEF, port: (NR_PORTS - 1) as u16 },
         ] {
             for seq in [0, 1, 0xFF_FFFF, 0x1FF_FFFF] {
                 let (d, s) = Binding::decode(b.encode(seq)).expect("valid word");
@@ -1047,10 +910,7 @@ mod tests {
             }
         }
         assert_eq!(Binding::decode(3 << 56), None);
-        assert_eq!(
-            Binding::decode((ST_INTERDOMAIN << 56) | u64::from(NR_PORTS)),
-            None
-        );
+        assert_eq!(Binding::decode((ST_INTERDOMAIN << 56) | u64::from(NR_PORTS)), None);
         assert_eq!(Binding::decode(ST_INTERDOMAIN << 56), None);
     }
 
@@ -1070,10 +930,7 @@ mod tests {
         let good = word.load(Ordering::Acquire);
 
         // Rebinding A's port to a third domain: refused as corrupt.
-        word.store(
-            Binding::Interdomain { remote: 3, port: 5 }.encode(9),
-            Ordering::Release,
-        );
+        word.store(Binding::Interdomain { remote: 3, port: 5 }.encode(9), Ordering::Release);
         assert!(matches!(a.notify(pa), Err(PlatformError::Os { .. })));
         for garbage in [u64::MAX, 0, ST_INTERDOMAIN << 56, (7 << 56) | 1] {
             word.store(garbage, Ordering::Release);
@@ -1087,10 +944,7 @@ mod tests {
 
         // A free port made to look bound stays closed for A.
         let free = Port(pa.0 + 7);
-        a_page.binding(free.0).unwrap().store(
-            Binding::Interdomain { remote: 2, port: 1 }.encode(1),
-            Ordering::Release,
-        );
+        a_page.binding(free.0).unwrap().store(Binding::Interdomain { remote: 2, port: 1 }.encode(1), Ordering::Release);
         assert_eq!(a.poll(free), Err(PlatformError::BadPort(free)));
         assert_eq!(a.notify(free), Err(PlatformError::BadPort(free)));
 
@@ -1131,10 +985,8 @@ mod tests {
         // ra: A bound to B's port.
         let rb = b.alloc_unbound(DomId(1)).unwrap();
         let ra = a.bind_interdomain(DomId(2), rb).unwrap();
-        let words: Vec<(Port, u64)> = [pa, qa, ra]
-            .iter()
-            .map(|&p| (p, a.inner.own_binding(p).unwrap().load(Ordering::Acquire)))
-            .collect();
+        let words: Vec<(Port, u64)> =
+            [pa, qa, ra].iter().map(|&p| (p, a.inner.own_binding(p).unwrap().load(Ordering::Acquire))).collect();
 
         drop(b);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1157,18 +1009,11 @@ mod tests {
             a.inner.own_binding(p).unwrap().store(w, Ordering::Release);
             a.notify(p).unwrap();
             for &f in &fresh {
-                assert!(
-                    !b2.poll(f).unwrap(),
-                    "notify on {p} reached the new dom2's {f}"
-                );
+                assert!(!b2.poll(f).unwrap(), "notify on {p} reached the new dom2's {f}");
             }
             // And the stale binding was reset: unbound, offered to dom2.
             let now = a.inner.own_binding(p).unwrap().load(Ordering::Acquire);
-            assert_eq!(
-                Binding::decode(now).map(|(b, _)| b),
-                Some(Binding::Unbound { remote: 2 }),
-                "{p}"
-            );
+            assert_eq!(Binding::decode(now).map(|(b, _)| b), Some(Binding::Unbound { remote: 2 }), "{p}");
         }
         // The new dom2 can bind A's ports again.
         let again = b2.bind_interdomain(DomId(1), pa).unwrap();

@@ -127,30 +127,21 @@ impl HostedHypervisor {
         sys::check_page_size()?;
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot create hypervisor directory {}: {e}", dir.display()),
-            )
+            io::Error::new(e.kind(), format!("cannot create hypervisor directory {}: {e}", dir.display()))
         })?;
         let socket = dir.join(SOCKET_NAME);
         if socket.exists() {
             if sys::seqpacket_connect(&socket).is_ok() {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
-                    format!(
-                        "a hypervisor already serves {}; use another directory",
-                        socket.display()
-                    ),
+                    format!("a hypervisor already serves {}; use another directory", socket.display()),
                 ));
             }
             log::info!("removing stale hypervisor socket {}", socket.display());
             let _ = std::fs::remove_file(&socket);
         }
         let listener = sys::seqpacket_listen(&socket).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot listen on {}: {e}", socket.display()),
-            )
+            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", socket.display()))
         })?;
         let shared = Arc::new(Shared {
             registry: Mutex::new(Registry::default()),
@@ -165,12 +156,7 @@ impl HostedHypervisor {
             .name("hosted-hypervisor".into())
             .spawn(move || accept_loop(&s, listener))?;
         log::info!("hosted hypervisor serving {}", socket.display());
-        Ok(HostedHypervisor {
-            dir,
-            socket,
-            shared,
-            accept_thread: Some(accept_thread),
-        })
+        Ok(HostedHypervisor { dir, socket, shared, accept_thread: Some(accept_thread) })
     }
 
     /// The directory domains join with.
@@ -186,11 +172,7 @@ impl HostedHypervisor {
 
     /// The domids registered right now.
     pub fn domains(&self) -> Vec<DomId> {
-        let mut v: Vec<DomId> = lock(&self.shared.registry)
-            .domains
-            .keys()
-            .map(|&d| DomId(d))
-            .collect();
+        let mut v: Vec<DomId> = lock(&self.shared.registry).domains.keys().map(|&d| DomId(d)).collect();
         v.sort();
         v
     }
@@ -221,16 +203,8 @@ fn wait_or_stop(shared: &Shared, fd: BorrowedFd<'_>) -> bool {
             return false;
         }
         let mut pfds = [
-            libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: shared.stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: shared.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
         // SAFETY: `pfds` is an array of two valid pollfd structures that
         // outlives the call.
@@ -256,12 +230,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: OwnedFd) {
     while wait_or_stop(shared, listener.as_fd()) {
         let conn = match sys::accept(listener.as_fd()) {
             Ok(c) => Arc::new(c),
-            Err(e)
-                if e.kind() == io::ErrorKind::Interrupted
-                    || e.kind() == io::ErrorKind::WouldBlock =>
-            {
-                continue
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 log::error!("hypervisor accept failed: {e}");
                 continue;
@@ -270,17 +239,13 @@ fn accept_loop(shared: &Arc<Shared>, listener: OwnedFd) {
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let s = shared.clone();
         let c = conn.clone();
-        match std::thread::Builder::new()
-            .name(format!("hosted-hv-conn{id}"))
-            .spawn(move || serve(&s, &c, id))
-        {
+        match std::thread::Builder::new().name(format!("hosted-hv-conn{id}")).spawn(move || serve(&s, &c, id)) {
             Ok(t) => {
                 let mut conns = lock(&shared.conns);
                 // Forget threads that have finished, so a long run does not
                 // accumulate handles.
-                let (done, live): (Vec<_>, Vec<_>) = std::mem::take(&mut *conns)
-                    .into_iter()
-                    .partition(|(_, t)| t.is_finished());
+                let (done, live): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut *conns).into_iter().partition(|(_, t)| t.is_finished());
                 *conns = live;
                 conns.push((conn, t));
                 drop(conns);
@@ -316,15 +281,7 @@ fn serve(shared: &Shared, conn: &OwnedFd, id: u64) {
         let (status, inc, out) = if n != MSG_LEN {
             (-libc::EINVAL, 0, Vec::new())
         } else {
-            handle(
-                shared,
-                id,
-                &mut registered,
-                op,
-                le32(&buf, 4),
-                le32(&buf, 8),
-                fds,
-            )
+            handle(shared, id, &mut registered, op, le32(&buf, 4), le32(&buf, 8), fds)
         };
         let out_fds: Vec<BorrowedFd<'_>> = out.iter().map(|f| f.as_fd()).collect();
         if let Err(e) = sys::send_msg(conn.as_fd(), &encode_reply(op, status, inc), &out_fds) {
@@ -340,18 +297,11 @@ fn serve(shared: &Shared, conn: &OwnedFd, id: u64) {
                 // As Xen does when it destroys a domain: channels bound to
                 // it become unbound (offered to it again), whether it closed
                 // them or died. Done before the domid can register again.
-                let unbound: usize = reg
-                    .domains
-                    .values()
-                    .map(|o| evtchn::unbind_departed(&o.event_map, domid))
-                    .sum();
+                let unbound: usize = reg.domains.values().map(|o| evtchn::unbind_departed(&o.event_map, domid)).sum();
                 // And its grant mappings are released (Xen's
                 // gnttab_release_mappings), whether it unmapped or died.
-                let released: usize = reg
-                    .domains
-                    .values()
-                    .map(|o| crate::grants::release_departed(o.grants.as_fd(), DomId(domid)))
-                    .sum();
+                let released: usize =
+                    reg.domains.values().map(|o| crate::grants::release_departed(o.grants.as_fd(), DomId(domid))).sum();
                 log::info!(
                     "dom{domid} left the hosted hypervisor ({unbound} channels to it unbound, {released} grant pins released)"
                 );
@@ -374,9 +324,7 @@ fn handle(
     let dup = |f: &OwnedFd| f.try_clone();
     match op {
         OP_REGISTER => {
-            let Ok(domid) = u16::try_from(domid) else {
-                return (-libc::EINVAL, 0, Vec::new());
-            };
+            let Ok(domid) = u16::try_from(domid) else { return (-libc::EINVAL, 0, Vec::new()) };
             if registered.is_some() || !DomId(domid).is_real() || fds.len() != 3 {
                 return (-libc::EINVAL, 0, Vec::new());
             }
@@ -397,15 +345,7 @@ fn handle(
             let incarnation = shared.next_incarnation.fetch_add(1, Ordering::Relaxed);
             reg.domains.insert(
                 domid,
-                Registered {
-                    conn,
-                    incarnation,
-                    mem,
-                    grants,
-                    events,
-                    event_map,
-                    ports: HashMap::new(),
-                },
+                Registered { conn, incarnation, mem, grants, events, event_map, ports: HashMap::new() },
             );
             *registered = Some(domid);
             log::info!("dom{domid} joined the hosted hypervisor (incarnation {incarnation})");
@@ -421,12 +361,8 @@ fn handle(
             }
         }
         OP_PORT_SET | OP_PORT_CLEAR => {
-            let Some(me) = *registered else {
-                return (-libc::EPERM, 0, Vec::new());
-            };
-            let Some(r) = reg.domains.get_mut(&me) else {
-                return (-libc::EPERM, 0, Vec::new());
-            };
+            let Some(me) = *registered else { return (-libc::EPERM, 0, Vec::new()) };
+            let Some(r) = reg.domains.get_mut(&me) else { return (-libc::EPERM, 0, Vec::new()) };
             if port == 0 || port >= NR_PORTS {
                 return (-libc::EINVAL, 0, Vec::new());
             }
@@ -460,25 +396,14 @@ fn handle(
 /// Checks a registering domain's memfds are sealed and sized sensibly and
 /// maps its event page header.
 fn check_registration(mem: &OwnedFd, grants: &OwnedFd, events: &OwnedFd) -> io::Result<sys::Mmap> {
-    for (what, fd) in [
-        ("memory", mem),
-        ("grant table", grants),
-        ("event page", events),
-    ] {
+    for (what, fd) in [("memory", mem), ("grant table", grants), ("event page", events)] {
         let f = File::from(fd.try_clone()?);
-        let size =
-            sys::sealed_size(&f).map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))?;
+        let size = sys::sealed_size(&f).map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))?;
         if size == 0 || size % sys::PAGE as u64 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{what} is {size} bytes, not whole pages"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{what} is {size} bytes, not whole pages")));
         }
         if what == "event page" && size != evtchn::EVENT_PAGE_BYTES as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "event page has the wrong size",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "event page has the wrong size"));
         }
     }
     sys::Mmap::shared(events.as_fd(), 0, evtchn::EVENT_PAGE_BYTES, true)
@@ -507,34 +432,20 @@ impl HypervisorClient {
                 ),
             )
         })?;
-        Ok(HypervisorClient {
-            sock: Mutex::new(sock),
-        })
+        Ok(HypervisorClient { sock: Mutex::new(sock) })
     }
 
     /// Sends one request and waits for its reply.
-    pub(crate) fn call(
-        &self,
-        op: u32,
-        domid: u16,
-        port: u32,
-        fds: &[BorrowedFd<'_>],
-    ) -> io::Result<Reply> {
+    pub(crate) fn call(&self, op: u32, domid: u16, port: u32, fds: &[BorrowedFd<'_>]) -> io::Result<Reply> {
         let sock = lock(&self.sock);
         sys::send_msg(sock.as_fd(), &encode_request(op, domid, port), fds)?;
         let mut buf = [0u8; 64];
         let (n, fds) = sys::recv_msg(sock.as_fd(), &mut buf)?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the hosted hypervisor went away",
-            ));
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the hosted hypervisor went away"));
         }
         if n != MSG_LEN || le32(&buf, 0) != op {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "malformed reply from the hosted hypervisor",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed reply from the hosted hypervisor"));
         }
         let status = le32(&buf, 4) as i32;
         if status != 0 {
@@ -542,9 +453,6 @@ impl HypervisorClient {
         }
         let mut inc = [0u8; 8];
         inc.copy_from_slice(&buf[8..16]);
-        Ok(Reply {
-            incarnation: u64::from_le_bytes(inc),
-            fds,
-        })
+        Ok(Reply { incarnation: u64::from_le_bytes(inc), fds })
     }
 }

@@ -13,6 +13,9 @@
 //!   xen-blkback does, onto a file or block device with `O_DIRECT` through
 //!   io_uring (with a hostile mode for frontend tests), and the ring-level
 //!   test frontend its tests and the block bench use.
+//! - [`netback`]: a network backend speaking netif as Linux's xen-netback
+//!   does, with a software switch, a host port and an optional TAP device,
+//!   for netfronts in other domains (and a hostile mode to test them).
 //! - A domain's memory, grant table and event page are memfds (sealed
 //!   against resizing) that peers map: a granted frame `n` is page `n` of
 //!   the granting domain's memory memfd, and a backend maps exactly the

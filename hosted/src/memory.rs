@@ -38,13 +38,7 @@ impl DomainMemory {
         if pages > 0 {
             free.insert(0, pages);
         }
-        DomainMemory {
-            file,
-            pages,
-            free: Mutex::new(free),
-            in_use: AtomicU64::new(0),
-            whole: OnceLock::new(),
-        }
+        DomainMemory { file, pages, free: Mutex::new(free), in_use: AtomicU64::new(0), whole: OnceLock::new() }
     }
 
     /// The whole memory, mapped writable once. `None` if it cannot be
@@ -106,27 +100,15 @@ impl DomainMemory {
         let n = u64::try_from(pages).map_err(|_| oom.clone())?;
         let len = pages.checked_mul(PAGE).ok_or(oom.clone())?;
         let first = self.take(n).ok_or_else(|| {
-            log::warn!(
-                "out of shareable memory: {count} page(s) asked, {} of {} in use",
-                self.in_use(),
-                self.pages
-            );
+            log::warn!("out of shareable memory: {count} page(s) asked, {} of {} in use", self.in_use(), self.pages);
             oom.clone()
         })?;
         match Mmap::shared(self.file.as_fd(), first * PAGE as u64, len, true) {
-            Ok(map) => Ok(HostedPages {
-                mem: self.clone(),
-                map,
-                first,
-                pages,
-            }),
+            Ok(map) => Ok(HostedPages { mem: self.clone(), map, first, pages }),
             Err(e) => {
                 log::error!("mapping {pages} page(s) of domain memory: {e}");
                 self.give_back(first, n);
-                Err(PlatformError::Os {
-                    op: "mmap of domain memory",
-                    code: e.raw_os_error().unwrap_or(libc::ENOMEM),
-                })
+                Err(PlatformError::Os { op: "mmap of domain memory", code: e.raw_os_error().unwrap_or(libc::ENOMEM) })
             }
         }
     }
@@ -144,10 +126,7 @@ pub struct HostedPages {
 
 impl std::fmt::Debug for HostedPages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostedPages")
-            .field("first_gfn", &self.first)
-            .field("pages", &self.pages)
-            .finish()
+        f.debug_struct("HostedPages").field("first_gfn", &self.first).field("pages", &self.pages).finish()
     }
 }
 
@@ -163,10 +142,7 @@ impl Drop for HostedPages {
         let off = self.first * PAGE as u64;
         let len = self.pages as u64 * PAGE as u64;
         if let Err(e) = sys::punch_hole(&self.mem.file, off, len) {
-            log::warn!(
-                "punching a hole in domain memory failed ({e}); zeroing {} page(s) by hand",
-                self.pages
-            );
+            log::warn!("punching a hole in domain memory failed ({e}); zeroing {} page(s) by hand", self.pages);
             let p = self.map.as_ptr().as_ptr();
             for i in 0..self.map.len() {
                 // SAFETY: `i < map.len()`, inside our own writable mapping,

@@ -22,9 +22,8 @@ use rustix::fs::{FallocateFlags, MemfdFlags, OFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
-    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, Shutdown, SocketAddrUnix, SocketFlags,
-    SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, Shutdown, SocketAddrUnix, SocketFlags, SocketType,
 };
 
 #[cfg(test)]
@@ -55,15 +54,9 @@ pub(crate) fn check_page_size() -> io::Result<()> {
 /// Creates a memfd of `len` bytes whose size is sealed (it reads as zeros).
 pub(crate) fn sealed_memfd(name: &str, len: u64) -> io::Result<File> {
     if name.contains('\0') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "memfd name has a NUL",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "memfd name has a NUL"));
     }
-    let file = File::from(rustix::fs::memfd_create(
-        name,
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )?);
+    let file = File::from(rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?);
     file.set_len(len)?;
     rustix::fs::fcntl_add_seals(&file, SIZE_SEALS | SealFlags::SEAL)?;
     Ok(file)
@@ -86,12 +79,7 @@ pub(crate) fn sealed_size(file: &File) -> io::Result<u64> {
 /// Gives the pages `[offset, offset + len)` of a memfd back to the kernel;
 /// they read as zeros afterwards.
 pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    rustix::fs::fallocate(
-        file,
-        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-        to_off(offset)?,
-        to_off(len)?,
-    )?;
+    rustix::fs::fallocate(file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, to_off(offset)?, to_off(len)?)?;
     Ok(())
 }
 
@@ -135,34 +123,16 @@ impl Mmap {
     ///
     /// The caller checks that the range lies inside the (sealed) file, or
     /// accesses past its end would raise `SIGBUS`.
-    pub(crate) fn shared(
-        fd: BorrowedFd<'_>,
-        offset: u64,
-        len: usize,
-        writable: bool,
-    ) -> io::Result<Self> {
+    pub(crate) fn shared(fd: BorrowedFd<'_>, offset: u64, len: usize, writable: bool) -> io::Result<Self> {
         if len == 0 || offset % PAGE as u64 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "empty or unaligned mapping",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty or unaligned mapping"));
         }
         let off = to_off(offset)?;
         // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED), so no
         // existing memory is affected; the arguments are plain integers and
         // an open descriptor.
-        let p = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot(writable),
-                MapFlags::SHARED,
-                fd,
-                off,
-            )
-        }?;
-        let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| io::Error::other("mmap returned address 0"))?;
+        let p = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot(writable), MapFlags::SHARED, fd, off) }?;
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned address 0"))?;
         Ok(Mmap { ptr, len })
     }
 
@@ -170,10 +140,7 @@ impl Mmap {
     /// to map pages into with [`Mmap::map_over`].
     pub(crate) fn reserve(len: usize) -> io::Result<Self> {
         if len == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "empty reservation",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty reservation"));
         }
         // SAFETY: a fresh anonymous mapping chosen by the kernel; it affects
         // no existing memory.
@@ -185,8 +152,7 @@ impl Mmap {
                 MapFlags::PRIVATE | MapFlags::NORESERVE,
             )
         }?;
-        let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| io::Error::other("mmap returned address 0"))?;
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned address 0"))?;
         Ok(Mmap { ptr, len })
     }
 
@@ -200,14 +166,9 @@ impl Mmap {
         len: usize,
         writable: bool,
     ) -> io::Result<()> {
-        let end = at
-            .checked_add(len)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let end = at.checked_add(len).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         if len == 0 || end > self.len || at % PAGE != 0 || offset % PAGE as u64 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "mapping outside the reserved region",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "mapping outside the reserved region"));
         }
         let off = to_off(offset)?;
         // SAFETY: `[at, at + len)` lies inside this region (checked above),
@@ -251,10 +212,7 @@ impl Drop for Mmap {
 
 /// Creates a non-blocking eventfd.
 pub(crate) fn eventfd() -> io::Result<File> {
-    Ok(File::from(rustix::event::eventfd(
-        0,
-        EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
-    )?))
+    Ok(File::from(rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?))
 }
 
 /// Makes a descriptor received from another process non-blocking, so that
@@ -291,27 +249,16 @@ pub(crate) fn eventfd_drain(f: &File) {
 /// passes (`None`: forever). Returns the indices of the readable ones
 /// (empty on a timeout or an interrupted wait). Level-triggered: a
 /// readable eventfd stays readable until it is drained.
-pub(crate) fn poll_readable(
-    fds: &[BorrowedFd<'_>],
-    timeout: Option<Duration>,
-) -> io::Result<Vec<usize>> {
+pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
     use rustix::event::{PollFd, PollFlags, Timespec};
-    let mut pfds: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|f| PollFd::from_borrowed_fd(*f, PollFlags::IN))
-        .collect();
+    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::from_borrowed_fd(*f, PollFlags::IN)).collect();
     let ts = timeout.map(|t| Timespec {
         tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
         // Below 10^9: fits.
         tv_nsec: i64::from(t.subsec_nanos()),
     });
     match rustix::event::poll(&mut pfds, ts.as_ref()) {
-        Ok(_) => Ok(pfds
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| !p.revents().is_empty())
-            .map(|(i, _)| i)
-            .collect()),
+        Ok(_) => Ok(pfds.iter().enumerate().filter(|(_, p)| !p.revents().is_empty()).map(|(i, _)| i).collect()),
         Err(rustix::io::Errno::INTR) => Ok(Vec::new()),
         Err(e) => Err(e.into()),
     }
@@ -337,12 +284,7 @@ fn sockaddr(path: &Path) -> io::Result<SocketAddrUnix> {
 }
 
 fn seqpacket_socket() -> io::Result<OwnedFd> {
-    Ok(rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?)
+    Ok(rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?)
 }
 
 /// A listening `SOCK_SEQPACKET` socket bound to `path`.
@@ -373,28 +315,16 @@ pub(crate) const MAX_FDS: usize = 4;
 const CMSG_SPACE: usize = rustix::cmsg_space!(ScmRights(MAX_FDS));
 
 /// Sends one message with up to [`MAX_FDS`] descriptors.
-pub(crate) fn send_msg(
-    sock: BorrowedFd<'_>,
-    data: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> io::Result<()> {
+pub(crate) fn send_msg(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     if fds.len() > MAX_FDS {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many descriptors for one message",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors for one message"));
     }
     let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other("control buffer too small"));
     }
-    let n = rustix::net::sendmsg(
-        sock,
-        &[IoSlice::new(data)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
+    let n = rustix::net::sendmsg(sock, &[IoSlice::new(data)], &mut control, SendFlags::NOSIGNAL)?;
     if n != data.len() {
         return Err(io::Error::other("short sendmsg on a SOCK_SEQPACKET socket"));
     }
@@ -409,12 +339,7 @@ pub(crate) fn recv_msg(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usiz
     let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
-        match rustix::net::recvmsg(
-            sock,
-            &mut [IoSliceMut::new(buf)],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        ) {
+        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC) {
             Ok(msg) => break msg,
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
@@ -428,22 +353,13 @@ pub(crate) fn recv_msg(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usiz
             fds.extend(rights);
         }
     }
-    if msg
-        .flags
-        .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
-    {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "message or its descriptors were truncated",
-        ));
+    if msg.flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "message or its descriptors were truncated"));
     }
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "message carried {} descriptors, more than the {MAX_FDS} one message may",
-                fds.len()
-            ),
+            format!("message carried {} descriptors, more than the {MAX_FDS} one message may", fds.len()),
         ));
     }
     Ok((msg.bytes, fds))
@@ -459,12 +375,7 @@ pub(crate) fn shutdown(sock: BorrowedFd<'_>) {
 /// An edge-triggered epoll instance watching `efd` for readability.
 pub(crate) fn epoll_for(efd: &File) -> io::Result<OwnedFd> {
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-    epoll::add(
-        &ep,
-        efd,
-        epoll::EventData::new_u64(0),
-        epoll::EventFlags::IN | epoll::EventFlags::ET,
-    )?;
+    epoll::add(&ep, efd, epoll::EventData::new_u64(0), epoll::EventFlags::IN | epoll::EventFlags::ET)?;
     Ok(ep)
 }
 

@@ -26,7 +26,7 @@
 use std::fmt;
 
 use grant_tables::DomId;
-use xenbus::{Perm, PermAccess, Transport, XenbusState, Xenstore, XsError};
+use xenbus::{Perm, PermAccess, Transport, XenbusState, XsError, Xenstore};
 
 /// A device to plug: its type (`vif`, `vbd`, ...), the two domains, its
 /// device id, and the device-specific nodes of each end.
@@ -61,42 +61,31 @@ impl DeviceSpec {
 
     /// Adds a frontend node (e.g. `mac`, `handle`).
     pub fn frontend_node(mut self, key: &str, value: &str) -> Self {
-        self.frontend_nodes
-            .push((key.to_string(), value.to_string()));
+        self.frontend_nodes.push((key.to_string(), value.to_string()));
         self
     }
 
     /// Adds a backend node (e.g. `mac`, `bridge`, `params`).
     pub fn backend_node(mut self, key: &str, value: &str) -> Self {
-        self.backend_nodes
-            .push((key.to_string(), value.to_string()));
+        self.backend_nodes.push((key.to_string(), value.to_string()));
         self
     }
 
     /// `/local/domain/<frontend>/device/<type>/<devid>`.
     pub fn frontend_path(&self) -> String {
-        format!(
-            "/local/domain/{}/device/{}/{}",
-            self.frontend.0, self.kind, self.devid
-        )
+        format!("/local/domain/{}/device/{}/{}", self.frontend.0, self.kind, self.devid)
     }
 
     /// `/local/domain/<backend>/backend/<type>/<frontend>/<devid>`.
     pub fn backend_path(&self) -> String {
-        format!(
-            "/local/domain/{}/backend/{}/{}/{}",
-            self.backend.0, self.kind, self.frontend.0, self.devid
-        )
+        format!("/local/domain/{}/backend/{}/{}/{}", self.backend.0, self.kind, self.frontend.0, self.devid)
     }
 
     fn check(&self) -> Result<(), ToolstackError> {
         check_name("device type", &self.kind, false)?;
         for (k, _) in self.frontend_nodes.iter().chain(&self.backend_nodes) {
             check_name("node key", k, true)?;
-            if matches!(
-                k.as_str(),
-                "frontend" | "frontend-id" | "backend" | "backend-id" | "state" | "online"
-            ) {
+            if matches!(k.as_str(), "frontend" | "frontend-id" | "backend" | "backend-id" | "state" | "online") {
                 return Err(ToolstackError::BadName {
                     what: "node key",
                     name: k.clone(),
@@ -118,28 +107,14 @@ impl DeviceSpec {
 }
 
 fn check_name(what: &'static str, name: &str, nested: bool) -> Result<(), ToolstackError> {
-    let bad = |why| {
-        Err(ToolstackError::BadName {
-            what,
-            name: name.to_string(),
-            why,
-        })
-    };
+    let bad = |why| Err(ToolstackError::BadName { what, name: name.to_string(), why });
     if name.is_empty() || name.len() > 64 {
         return bad("must be 1 to 64 characters");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b) || (nested && b == b'/'))
-    {
-        return bad(
-            "may hold only letters, digits, '-', '_', '.' (and '/' between key components)",
-        );
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b) || (nested && b == b'/')) {
+        return bad("may hold only letters, digits, '-', '_', '.' (and '/' between key components)");
     }
-    if name
-        .split('/')
-        .any(|c| c.is_empty() || c == "." || c == "..")
-    {
+    if name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
         return bad("must be a relative key without empty, '.' or '..' components");
     }
     Ok(())
@@ -172,10 +147,7 @@ impl fmt::Display for ToolstackError {
         match self {
             ToolstackError::BadName { what, name, why } => write!(f, "bad {what} {name:?}: {why}"),
             ToolstackError::Store { what, source } => {
-                write!(
-                    f,
-                    "{what}: {source}; the toolstack needs a privileged (dom0) xenstore connection"
-                )
+                write!(f, "{what}: {source}; the toolstack needs a privileged (dom0) xenstore connection")
             }
         }
     }
@@ -190,22 +162,13 @@ fn initialising() -> String {
 /// Creates both ends' directories of `dev`, as libxl does, in one
 /// transaction (retried on conflict). Anything already at either path is
 /// removed first. `xs` must be a privileged (dom0) connection.
-pub fn add_device<T: Transport>(
-    xs: &mut Xenstore<T>,
-    dev: &DeviceSpec,
-) -> Result<(), ToolstackError> {
+pub fn add_device<T: Transport>(xs: &mut Xenstore<T>, dev: &DeviceSpec) -> Result<(), ToolstackError> {
     dev.check()?;
     let fe = dev.frontend_path();
     let be = dev.backend_path();
     let (fd, bd) = (dev.frontend.0, dev.backend.0);
-    let fe_perms = [
-        Perm::new(fd, PermAccess::None),
-        Perm::new(bd, PermAccess::Read),
-    ];
-    let be_perms = [
-        Perm::new(bd, PermAccess::None),
-        Perm::new(fd, PermAccess::Read),
-    ];
+    let fe_perms = [Perm::new(fd, PermAccess::None), Perm::new(bd, PermAccess::Read)];
+    let be_perms = [Perm::new(bd, PermAccess::None), Perm::new(fd, PermAccess::Read)];
     let state = initialising();
     xs.transaction(|t| {
         for p in [&fe, &be] {
@@ -234,25 +197,15 @@ pub fn add_device<T: Transport>(
         Ok(())
     })
     .map_err(|source| ToolstackError::Store {
-        what: format!(
-            "adding {} {} of dom{} (backend dom{})",
-            dev.kind, dev.devid, fd, bd
-        ),
+        what: format!("adding {} {} of dom{} (backend dom{})", dev.kind, dev.devid, fd, bd),
         source,
     })?;
-    log::info!(
-        "toolstack: added {} {} of dom{fd} with backend dom{bd}",
-        dev.kind,
-        dev.devid
-    );
+    log::info!("toolstack: added {} {} of dom{fd} with backend dom{bd}", dev.kind, dev.devid);
     Ok(())
 }
 
 /// Removes both ends' directories of `dev` (missing ones are fine).
-pub fn remove_device<T: Transport>(
-    xs: &mut Xenstore<T>,
-    dev: &DeviceSpec,
-) -> Result<(), ToolstackError> {
+pub fn remove_device<T: Transport>(xs: &mut Xenstore<T>, dev: &DeviceSpec) -> Result<(), ToolstackError> {
     dev.check()?;
     let (fe, be) = (dev.frontend_path(), dev.backend_path());
     xs.transaction(|t| {
@@ -265,10 +218,7 @@ pub fn remove_device<T: Transport>(
         Ok(())
     })
     .map_err(|source| ToolstackError::Store {
-        what: format!(
-            "removing {} {} of dom{} (backend dom{})",
-            dev.kind, dev.devid, dev.frontend.0, dev.backend.0
-        ),
+        what: format!("removing {} {} of dom{} (backend dom{})", dev.kind, dev.devid, dev.frontend.0, dev.backend.0),
         source,
     })
 }

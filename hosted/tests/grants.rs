@@ -8,13 +8,9 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 
 use common::{child_dir, hear, param, role, say, ChildDomain, TestDir};
-use grant_tables::abi::{
-    GntCopyFlags, GntStatus, GnttabCopy, GnttabCopyPtr, GrantFlags, DOMID_SELF, PAGE_SIZE,
-};
+use grant_tables::abi::{GntCopyFlags, GntStatus, GnttabCopy, GnttabCopyPtr, GrantFlags, DOMID_SELF, PAGE_SIZE};
 use grant_tables::emulated::MapRefusal;
-use grant_tables::{
-    Access, BackRing, DomId, FrontRing, GrantError, GrantRef, PageAllocator, SharedPages,
-};
+use grant_tables::{Access, BackRing, DomId, FrontRing, GrantError, GrantRef, PageAllocator, SharedPages};
 use hosted::{HostedHypervisor, HostedPages, HostedPlatform, MapFailure};
 
 const FRONT: DomId = DomId(1);
@@ -70,18 +66,10 @@ fn map_checks_refuse_wrong_domain_ended_out_of_range_and_readonly() {
     let other_page = front.alloc_zeroed_pages(1).unwrap();
     fill(&rw_page, 0xA1);
     fill(&ro_page, 0xB2);
-    let rw = gt
-        .grant_access(BACK, rw_page.gfn(0).unwrap(), Access::ReadWrite)
-        .unwrap();
-    let ro = gt
-        .grant_access(BACK, ro_page.gfn(0).unwrap(), Access::ReadOnly)
-        .unwrap();
-    let other = gt
-        .grant_access(DomId(3), other_page.gfn(0).unwrap(), Access::ReadWrite)
-        .unwrap();
-    let ended = gt
-        .grant_access(BACK, other_page.gfn(0).unwrap(), Access::ReadWrite)
-        .unwrap();
+    let rw = gt.grant_access(BACK, rw_page.gfn(0).unwrap(), Access::ReadWrite).unwrap();
+    let ro = gt.grant_access(BACK, ro_page.gfn(0).unwrap(), Access::ReadOnly).unwrap();
+    let other = gt.grant_access(DomId(3), other_page.gfn(0).unwrap(), Access::ReadWrite).unwrap();
+    let ended = gt.grant_access(BACK, other_page.gfn(0).unwrap(), Access::ReadWrite).unwrap();
     let ended_raw = ended.raw();
     gt.end_access(ended).unwrap();
 
@@ -100,27 +88,13 @@ fn map_checks_refuse_wrong_domain_ended_out_of_range_and_readonly() {
     child.expect("mapped");
     // While mapped: the hypervisor set the flags in our table.
     assert_eq!(flags(&front, &rw), GrantFlags::PERMIT_ACCESS | busy());
-    assert_eq!(
-        flags(&front, &ro),
-        GrantFlags::PERMIT_ACCESS | GrantFlags::READONLY | GrantFlags::READING
-    );
-    assert_eq!(
-        flags(&front, &other),
-        GrantFlags::PERMIT_ACCESS,
-        "refused maps leave no flag behind"
-    );
-    assert_eq!(
-        byte_at(&rw_page, 7),
-        0x5C,
-        "the child's write through the mapping reached our page"
-    );
+    assert_eq!(flags(&front, &ro), GrantFlags::PERMIT_ACCESS | GrantFlags::READONLY | GrantFlags::READING);
+    assert_eq!(flags(&front, &other), GrantFlags::PERMIT_ACCESS, "refused maps leave no flag behind");
+    assert_eq!(byte_at(&rw_page, 7), 0x5C, "the child's write through the mapping reached our page");
     child.send("unmap");
     child.expect("unmapped");
     assert_eq!(flags(&front, &rw), GrantFlags::PERMIT_ACCESS);
-    assert_eq!(
-        flags(&front, &ro),
-        GrantFlags::PERMIT_ACCESS | GrantFlags::READONLY
-    );
+    assert_eq!(flags(&front, &ro), GrantFlags::PERMIT_ACCESS | GrantFlags::READONLY);
     child.finish();
     gt.end_access(rw).unwrap();
     gt.end_access(ro).unwrap();
@@ -128,26 +102,15 @@ fn map_checks_refuse_wrong_domain_ended_out_of_range_and_readonly() {
 }
 
 fn child_map_checks(back: &HostedPlatform) {
-    let (rw, ro, other, ended, cap) = (
-        param("RW") as u32,
-        param("RO") as u32,
-        param("OTHER") as u32,
-        param("ENDED") as u32,
-        param("CAPACITY") as u32,
-    );
+    let (rw, ro, other, ended, cap) =
+        (param("RW") as u32, param("RO") as u32, param("OTHER") as u32, param("ENDED") as u32, param("CAPACITY") as u32);
 
     // Foreign: granted to dom3.
     let e = back.map_grant(FRONT, other, Access::ReadWrite).unwrap_err();
-    assert_eq!(
-        e.failure,
-        MapFailure::Refused(MapRefusal::WrongDomain { granted_to: 3 })
-    );
+    assert_eq!(e.failure, MapFailure::Refused(MapRefusal::WrongDomain { granted_to: 3 }));
     assert_eq!(e.status(), GntStatus::GeneralError);
     let msg = e.to_string();
-    assert!(
-        msg.contains(&format!("grant ref {other}")) && msg.contains("dom1") && msg.contains("dom2"),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("grant ref {other}")) && msg.contains("dom1") && msg.contains("dom2"), "{msg}");
     // Ended.
     let e = back.map_grant(FRONT, ended, Access::ReadOnly).unwrap_err();
     assert_eq!(e.failure, MapFailure::Refused(MapRefusal::NotGranted));
@@ -174,14 +137,8 @@ fn child_map_checks(back: &HostedPlatform) {
     assert_eq!(b, [0xA1; 16]);
     m_ro.read(PAGE_SIZE - 16, &mut b).unwrap();
     assert_eq!(b, [0xB2; 16]);
-    assert!(
-        m_ro.write(0, &[1]).is_none(),
-        "read-only mapping refuses writes"
-    );
-    assert!(
-        m_rw.read(PAGE_SIZE - 1, &mut b).is_none(),
-        "reads past the page are refused"
-    );
+    assert!(m_ro.write(0, &[1]).is_none(), "read-only mapping refuses writes");
+    assert!(m_rw.read(PAGE_SIZE - 1, &mut b).is_none(), "reads past the page are refused");
     m_rw.write(7, &[0x5C]).unwrap();
     assert_eq!(back.pin_counts(FRONT, rw), (1, 1));
     assert_eq!(back.pin_counts(FRONT, ro), (1, 0));
@@ -200,23 +157,11 @@ fn read_only_grant_is_mapped_read_only_so_a_write_faults() {
     let front = hv.join(FRONT).unwrap();
     let page = front.alloc_zeroed_pages(1).unwrap();
     fill(&page, 0x42);
-    let g = front
-        .grant_table()
-        .grant_access(BACK, page.gfn(0).unwrap(), Access::ReadOnly)
-        .unwrap();
-    let mut child = ChildDomain::spawn(
-        CHILD_TEST,
-        "ro_write",
-        &dir,
-        &[("GREF", g.raw().to_string())],
-    );
+    let g = front.grant_table().grant_access(BACK, page.gfn(0).unwrap(), Access::ReadOnly).unwrap();
+    let mut child = ChildDomain::spawn(CHILD_TEST, "ro_write", &dir, &[("GREF", g.raw().to_string())]);
     child.expect("read ok; writing");
     let status = child.wait();
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGSEGV),
-        "the write must fault, got {status:?}"
-    );
+    assert_eq!(status.signal(), Some(libc::SIGSEGV), "the write must fault, got {status:?}");
     assert_eq!(byte_at(&page, 0), 0x42, "the page is unchanged");
     // The dead backend never unmapped; the hypervisor releases its pins
     // when it notices the death (as Xen does), so the end of access
@@ -226,25 +171,16 @@ fn read_only_grant_is_mapped_read_only_so_a_write_faults() {
     if gt.end_access_with_page(g, page).is_err() {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while gt.retry_quarantined() == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the dead backend's pins were never released"
-            );
+            assert!(std::time::Instant::now() < deadline, "the dead backend's pins were never released");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
-    assert_eq!(
-        front.pages_in_use(),
-        pages_before - 1,
-        "the page is freed once the grant ended"
-    );
+    assert_eq!(front.pages_in_use(), pages_before - 1, "the page is freed once the grant ended");
     assert_eq!(gt.quarantined_count(), 0);
 }
 
 fn child_ro_write(back: &HostedPlatform) {
-    let m = back
-        .map_grant(FRONT, param("GREF") as u32, Access::ReadOnly)
-        .unwrap();
+    let m = back.map_grant(FRONT, param("GREF") as u32, Access::ReadOnly).unwrap();
     // SAFETY: inside the one-page mapping; a volatile read.
     assert_eq!(unsafe { m.as_ptr().as_ptr().read_volatile() }, 0x42);
     say("read ok; writing");
@@ -261,36 +197,22 @@ fn pin_counts_keep_flags_until_the_last_unmap() {
     let front = hv.join(FRONT).unwrap();
     let page = front.alloc_zeroed_pages(1).unwrap();
     fill(&page, 0x33);
-    let g = front
-        .grant_table()
-        .grant_access(BACK, page.gfn(0).unwrap(), Access::ReadWrite)
-        .unwrap();
+    let g = front.grant_table().grant_access(BACK, page.gfn(0).unwrap(), Access::ReadWrite).unwrap();
     let mut child = ChildDomain::spawn(CHILD_TEST, "pins", &dir, &[("GREF", g.raw().to_string())]);
     child.expect("rw+ro");
     assert_eq!(flags(&front, &g), GrantFlags::PERMIT_ACCESS | busy());
     child.send("next");
     child.expect("copied");
-    assert_eq!(
-        flags(&front, &g),
-        GrantFlags::PERMIT_ACCESS | busy(),
-        "a copy does not drop the mappings' flags"
-    );
+    assert_eq!(flags(&front, &g), GrantFlags::PERMIT_ACCESS | busy(), "a copy does not drop the mappings' flags");
     child.send("next");
     child.expect("ro");
-    assert_eq!(
-        flags(&front, &g),
-        GrantFlags::PERMIT_ACCESS | GrantFlags::READING,
-        "writing cleared with the last writer"
-    );
+    assert_eq!(flags(&front, &g), GrantFlags::PERMIT_ACCESS | GrantFlags::READING, "writing cleared with the last writer");
     assert!(front.grant_table().in_use_by_peer(&g));
     child.send("next");
     child.expect("none");
     assert_eq!(flags(&front, &g), GrantFlags::PERMIT_ACCESS);
     child.finish();
-    front
-        .grant_table()
-        .end_access(g)
-        .expect("ends once nothing maps it");
+    front.grant_table().end_access(g).expect("ends once nothing maps it");
 }
 
 fn child_pins(back: &HostedPlatform) {
@@ -308,12 +230,7 @@ fn child_pins(back: &HostedPlatform) {
     assert_eq!(hear(), "next");
     // A copy pins and unpins the same entry while it is mapped.
     let local = back.alloc_zeroed_pages(1).unwrap();
-    let mut op = [copy_op(
-        gref_ptr(FRONT, g, 0),
-        frame_ptr(&local, 0),
-        64,
-        GntCopyFlags::SOURCE_GREF,
-    )];
+    let mut op = [copy_op(gref_ptr(FRONT, g, 0), frame_ptr(&local, 0), 64, GntCopyFlags::SOURCE_GREF)];
     assert_eq!(back.grant_copy(&mut op), 0);
     assert_eq!(op[0].status, GntStatus::Okay.raw());
     assert_eq!(back.pin_counts(FRONT, g), (3, 2));
@@ -330,37 +247,15 @@ fn child_pins(back: &HostedPlatform) {
 }
 
 fn gref_ptr(dom: DomId, gref: u32, offset: u16) -> GnttabCopyPtr {
-    GnttabCopyPtr {
-        u: u64::from(gref),
-        domid: dom.0,
-        offset,
-        _pad: 0,
-    }
+    GnttabCopyPtr { u: u64::from(gref), domid: dom.0, offset, _pad: 0 }
 }
 
 fn frame_ptr(pages: &HostedPages, offset: u16) -> GnttabCopyPtr {
-    GnttabCopyPtr {
-        u: pages.gfn(0).unwrap().0,
-        domid: DOMID_SELF,
-        offset,
-        _pad: 0,
-    }
+    GnttabCopyPtr { u: pages.gfn(0).unwrap().0, domid: DOMID_SELF, offset, _pad: 0 }
 }
 
-fn copy_op(
-    source: GnttabCopyPtr,
-    dest: GnttabCopyPtr,
-    len: u16,
-    flags: GntCopyFlags,
-) -> GnttabCopy {
-    GnttabCopy {
-        source,
-        dest,
-        len,
-        flags: flags.bits(),
-        status: 1,
-        _pad: 0,
-    }
+fn copy_op(source: GnttabCopyPtr, dest: GnttabCopyPtr, len: u16, flags: GntCopyFlags) -> GnttabCopy {
+    GnttabCopy { source, dest, len, flags: flags.bits(), status: 1, _pad: 0 }
 }
 
 #[test]
@@ -376,21 +271,11 @@ fn grant_copy_checks_each_op_with_xen_status_codes() {
         // SAFETY: inside our own one-page mapping.
         unsafe { src.as_ptr().as_ptr().add(i).write_volatile((i % 251) as u8) };
     }
-    let g_src = gt
-        .grant_access(BACK, src.gfn(0).unwrap(), Access::ReadOnly)
-        .unwrap();
-    let g_dst = gt
-        .grant_access(BACK, dst.gfn(0).unwrap(), Access::ReadWrite)
-        .unwrap();
-    let g_ro = gt
-        .grant_access(BACK, ro_dst.gfn(0).unwrap(), Access::ReadOnly)
-        .unwrap();
-    let g_other = gt
-        .grant_access(DomId(3), dst.gfn(0).unwrap(), Access::ReadWrite)
-        .unwrap();
-    let ended = gt
-        .grant_access(BACK, dst.gfn(0).unwrap(), Access::ReadWrite)
-        .unwrap();
+    let g_src = gt.grant_access(BACK, src.gfn(0).unwrap(), Access::ReadOnly).unwrap();
+    let g_dst = gt.grant_access(BACK, dst.gfn(0).unwrap(), Access::ReadWrite).unwrap();
+    let g_ro = gt.grant_access(BACK, ro_dst.gfn(0).unwrap(), Access::ReadOnly).unwrap();
+    let g_other = gt.grant_access(DomId(3), dst.gfn(0).unwrap(), Access::ReadWrite).unwrap();
+    let ended = gt.grant_access(BACK, dst.gfn(0).unwrap(), Access::ReadWrite).unwrap();
     let ended_raw = ended.raw();
     gt.end_access(ended).unwrap();
     let mut child = ChildDomain::spawn(
@@ -420,11 +305,7 @@ fn grant_copy_checks_each_op_with_xen_status_codes() {
     );
     // No pin left behind by any op, failed or not.
     for g in [&g_src, &g_dst, &g_ro, &g_other] {
-        assert!(
-            !flags(&front, g).intersects(busy()),
-            "{:?}",
-            flags(&front, g)
-        );
+        assert!(!flags(&front, g).intersects(busy()), "{:?}", flags(&front, g));
     }
     child.finish();
     for g in [g_src, g_dst, g_ro, g_other] {
@@ -463,31 +344,11 @@ fn child_copy(back: &HostedPlatform) {
         // 8: ref granted to dom3.
         copy_op(frame_ptr(&local, 0), gref_ptr(FRONT, other, 0), 8, d),
         // 9: a frame side named by a domid other than DOMID_SELF.
-        copy_op(
-            GnttabCopyPtr {
-                u: local.gfn(0).unwrap().0,
-                domid: BACK.0,
-                offset: 0,
-                _pad: 0,
-            },
-            gref_ptr(FRONT, dst, 0),
-            8,
-            d,
-        ),
+        copy_op(GnttabCopyPtr { u: local.gfn(0).unwrap().0, domid: BACK.0, offset: 0, _pad: 0 }, gref_ptr(FRONT, dst, 0), 8, d),
         // 10: a domain that is not running.
         copy_op(gref_ptr(DomId(9), src, 0), frame_ptr(&local, 0), 8, s),
         // 11: our own frame out of range.
-        copy_op(
-            GnttabCopyPtr {
-                u: 1 << 40,
-                domid: DOMID_SELF,
-                offset: 0,
-                _pad: 0,
-            },
-            frame_ptr(&local, 0),
-            8,
-            none,
-        ),
+        copy_op(GnttabCopyPtr { u: 1 << 40, domid: DOMID_SELF, offset: 0, _pad: 0 }, frame_ptr(&local, 0), 8, none),
         // 12: a whole page, frame to frame within our memory.
         copy_op(frame_ptr(&local, 0), frame_ptr(&local, 0), 4096, none),
     ];
@@ -510,10 +371,7 @@ fn child_copy(back: &HostedPlatform) {
     for (i, (op, w)) in ops.iter().zip(want).enumerate() {
         assert_eq!(GntStatus::from_raw(op.status), Some(w), "op {i}");
     }
-    assert_eq!(
-        failed,
-        want.iter().filter(|&&w| w != GntStatus::Okay).count()
-    );
+    assert_eq!(failed, want.iter().filter(|&&w| w != GntStatus::Okay).count());
     for i in 0..200 {
         // SAFETY: inside our own one-page mapping.
         let b = unsafe { local.as_ptr().as_ptr().add(i).read_volatile() };
@@ -543,17 +401,9 @@ fn xsa396_ending_a_mapped_grant_quarantines_ref_and_page_until_the_unmap() {
     // keeps both the ref and the page.
     let err = gt.end_access_with_page(g, page).unwrap_err();
     assert_eq!(err.gref, q);
-    assert!(
-        err.flags
-            .contains(GrantFlags::READING | GrantFlags::WRITING),
-        "{err}"
-    );
+    assert!(err.flags.contains(GrantFlags::READING | GrantFlags::WRITING), "{err}");
     assert_eq!(gt.quarantined_count(), 1);
-    assert_eq!(
-        front.pages_in_use(),
-        1,
-        "the quarantined page is kept, not freed"
-    );
+    assert_eq!(front.pages_in_use(), 1, "the quarantined page is kept, not freed");
 
     // Grant every remaining ref: the quarantined one never comes back.
     let spare = front.alloc_zeroed_pages(1).unwrap();
@@ -571,11 +421,7 @@ fn xsa396_ending_a_mapped_grant_quarantines_ref_and_page_until_the_unmap() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert_eq!(
-        live.len() as u32,
-        gt.capacity() - 8 - 1,
-        "every ref but the reserved and quarantined ones"
-    );
+    assert_eq!(live.len() as u32, gt.capacity() - 8 - 1, "every ref but the reserved and quarantined ones");
     for r in live {
         gt.end_access(r).unwrap();
     }
@@ -598,9 +444,7 @@ fn xsa396_ending_a_mapped_grant_quarantines_ref_and_page_until_the_unmap() {
     assert_eq!(front.pages_in_use(), in_use - 1, "the page is freed once its grant ended");
 
     // After the unmap, a fresh grant maps, unmaps and ends normally.
-    let fresh = gt
-        .grant_access(BACK, spare.gfn(0).unwrap(), Access::ReadWrite)
-        .unwrap();
+    let fresh = gt.grant_access(BACK, spare.gfn(0).unwrap(), Access::ReadWrite).unwrap();
     child.send(&format!("map {}", fresh.raw()));
     child.expect("mapped");
     assert!(gt.in_use_by_peer(&fresh));
@@ -611,10 +455,7 @@ fn xsa396_ending_a_mapped_grant_quarantines_ref_and_page_until_the_unmap() {
 }
 
 fn child_xsa396(back: &HostedPlatform) {
-    let mut m = Some(
-        back.map_grant(FRONT, param("GREF") as u32, Access::ReadWrite)
-            .unwrap(),
-    );
+    let mut m = Some(back.map_grant(FRONT, param("GREF") as u32, Access::ReadWrite).unwrap());
     say("mapped");
     loop {
         let cmd = hear();
@@ -631,10 +472,7 @@ fn child_xsa396(back: &HostedPlatform) {
                 say("unmapped");
             }
             ["map", g] => {
-                m = Some(
-                    back.map_grant(FRONT, g.parse().unwrap(), Access::ReadWrite)
-                        .unwrap(),
-                );
+                m = Some(back.map_grant(FRONT, g.parse().unwrap(), Access::ReadWrite).unwrap());
                 say("mapped");
             }
             [] => return,
@@ -651,18 +489,9 @@ fn multi_page_ring_maps_refs_contiguously_for_a_back_ring() {
     let front = hv.join(FRONT).unwrap();
     let ring_pages = front.alloc_zeroed_pages(PAGES).unwrap();
     let refs: Vec<GrantRef> = (0..PAGES)
-        .map(|i| {
-            front
-                .grant_table()
-                .grant_access(BACK, ring_pages.gfn(i).unwrap(), Access::ReadWrite)
-                .unwrap()
-        })
+        .map(|i| front.grant_table().grant_access(BACK, ring_pages.gfn(i).unwrap(), Access::ReadWrite).unwrap())
         .collect();
-    let list = refs
-        .iter()
-        .map(|r| r.raw().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let list = refs.iter().map(|r| r.raw().to_string()).collect::<Vec<_>>().join(",");
     let mut ring: FrontRing<[u64; 2], [u64; 2], HostedPages> = FrontRing::init(ring_pages).unwrap();
     for i in 0..300u64 {
         ring.put_request([i, i * 3]).unwrap();
@@ -687,11 +516,7 @@ fn multi_page_ring_maps_refs_contiguously_for_a_back_ring() {
 }
 
 fn child_ring(back: &HostedPlatform) {
-    let refs: Vec<u32> = std::env::var("REFS")
-        .unwrap()
-        .split(',')
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let refs: Vec<u32> = std::env::var("REFS").unwrap().split(',').map(|s| s.parse().unwrap()).collect();
     assert!(back.map_ring(FRONT, &[]).is_err());
     assert!(back.map_ring(FRONT, &[refs[0]; 17]).is_err());
     let mem = back.map_ring(FRONT, &refs).unwrap();

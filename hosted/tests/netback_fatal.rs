@@ -77,7 +77,11 @@ type Build = fn(&mut RingFront, u32) -> Vec<TxSlotBytes>;
 #[test]
 fn fatal_errors_disable_the_vif() {
     let cases: Vec<(&str, Build, &str)> = vec![
-        ("more slots than queued", |_, g| vec![req(g, 0, NETTXF_MORE_DATA, 0, 100)], "more slots than the 0 queued"),
+        (
+            "more slots than queued",
+            |_, g| vec![req(g, 0, NETTXF_MORE_DATA, 0, 100)],
+            "more slots than the 0 queued",
+        ),
         (
             "fatal_skb_slots",
             |_, g| {
@@ -94,8 +98,16 @@ fn fatal_errors_disable_the_vif() {
             |_, g| vec![req(g, 0, NETTXF_MORE_DATA, 0, 200), req(g, 4000, 0, 1, 100)],
             "cross page boundary, offset 4000, size 100",
         ),
-        ("the first slot crosses its page", |_, g| vec![req(g, 4000, 0, 0, 200)], "cross page boundary, offset 4000, size 200"),
-        ("missing extra", |_, g| vec![req(g, 0, NETTXF_EXTRA_INFO, 0, 60)], "missing extra info"),
+        (
+            "the first slot crosses its page",
+            |_, g| vec![req(g, 4000, 0, 0, 200)],
+            "cross page boundary, offset 4000, size 200",
+        ),
+        (
+            "missing extra",
+            |_, g| vec![req(g, 0, NETTXF_EXTRA_INFO, 0, 60)],
+            "missing extra info",
+        ),
         (
             "extra type 0",
             |_, g| vec![req(g, 0, NETTXF_EXTRA_INFO, 0, 60), extra(0, 0, [0; 3])],
@@ -108,7 +120,12 @@ fn fatal_errors_disable_the_vif() {
         ),
         (
             "GSO size 0",
-            |_, g| vec![req(g, 0, NETTXF_EXTRA_INFO, 0, 60), gso(0, XEN_NETIF_GSO_TYPE_TCPV4)],
+            |_, g| {
+                vec![
+                    req(g, 0, NETTXF_EXTRA_INFO, 0, 60),
+                    gso(0, XEN_NETIF_GSO_TYPE_TCPV4),
+                ]
+            },
             "GSO size must not be zero",
         ),
         (
@@ -123,13 +140,22 @@ fn fatal_errors_disable_the_vif() {
                     req(g, 0, NETTXF_EXTRA_INFO, 0, 60),
                     TxSlotBytes::from_extra(&NetifExtraInfo::new_gso(
                         XEN_NETIF_EXTRA_FLAG_MORE,
-                        ExtraGso { size: 1448, type_: 1, pad: 0, features: 0 },
+                        ExtraGso {
+                            size: 1448,
+                            type_: 1,
+                            pad: 0,
+                            features: 0,
+                        },
                     )),
                 ]
             },
             "missing extra info",
         ),
-        ("more requests than the ring", |_, _| Vec::new(), "impossible number of TX requests"),
+        (
+            "more requests than the ring",
+            |_, _| Vec::new(),
+            "impossible number of TX requests",
+        ),
     ];
     let mut w = World::new("fatal", NetbackConfig::new());
     let plat = w.domain(FE);
@@ -137,7 +163,9 @@ fn fatal_errors_disable_the_vif() {
     for (devid, (name, build, why)) in cases.into_iter().enumerate() {
         let devid = devid as u32;
         let mut f = w.front(&plat, devid, RingFrontConfig::default());
-        let g = f.raw_buffer(&frame(HOST_MAC, mac(FE, devid), 4096, devid)).unwrap();
+        let g = f
+            .raw_buffer(&frame(HOST_MAC, mac(FE, devid), 4096, devid))
+            .unwrap();
         let slots = build(&mut f, g);
         if slots.is_empty() {
             let p = f.tx_req_prod(0).unwrap();
@@ -153,15 +181,33 @@ fn fatal_errors_disable_the_vif() {
         assert!(reason.contains(why), "{name}: {reason}");
         // No state change, no responses, nothing forwarded, nothing served.
         let be = World::be_path(FE, devid);
-        assert_eq!(w.read(&format!("{be}/state")).as_deref(), Some("4"), "{name}");
-        assert!(responses(&mut f, 1, Duration::from_millis(100)).is_empty(), "{name}");
+        assert_eq!(
+            w.read(&format!("{be}/state")).as_deref(),
+            Some("4"),
+            "{name}"
+        );
+        assert!(
+            responses(&mut f, 1, Duration::from_millis(100)).is_empty(),
+            "{name}"
+        );
         if name != "more requests than the ring" {
             f.send_raw(0, &[req(g, 0, 0, 100, 60)]).unwrap();
-            assert!(responses(&mut f, 1, Duration::from_millis(200)).is_empty(), "{name}");
+            assert!(
+                responses(&mut f, 1, Duration::from_millis(200)).is_empty(),
+                "{name}"
+            );
         }
-        assert!(host.recv_timeout(Duration::from_millis(50)).is_none(), "{name}");
+        assert!(
+            host.recv_timeout(Duration::from_millis(50)).is_none(),
+            "{name}"
+        );
         host.send(&frame(mac(FE, devid), HOST_MAC, 60, 1)).unwrap();
-        assert!(f.recv_timeout(Duration::from_millis(200), false).unwrap().is_none(), "{name}");
+        assert!(
+            f.recv_timeout(Duration::from_millis(200), false)
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
         assert_eq!(w.nb().vif(FE, devid).unwrap().tx_packets, 0, "{name}");
     }
 }
@@ -206,7 +252,10 @@ fn malformed_packets_are_answered_with_errors() {
             assert_eq!(r.id, id_base + i as u16, "{name}: slot {i}");
         }
         id_base += 32;
-        assert!(host.recv_timeout(Duration::from_millis(20)).is_none(), "{name}");
+        assert!(
+            host.recv_timeout(Duration::from_millis(20)).is_none(),
+            "{name}"
+        );
     }
     let st = w.nb().vif(FE, 0).unwrap();
     assert!(st.disabled.is_none());
@@ -224,7 +273,10 @@ fn malformed_packets_are_answered_with_errors() {
     let rsp = responses(&mut f, 19, T);
     assert_eq!(rsp.len(), 19);
     assert!(rsp.iter().all(|r| r.status == NETIF_RSP_OKAY));
-    assert_eq!(host.recv_timeout(T).unwrap().data, data[..100 + 18 * 50].to_vec());
+    assert_eq!(
+        host.recv_timeout(T).unwrap().data,
+        data[..100 + 18 * 50].to_vec()
+    );
 
     // Extra-info slots get NULL responses right after the first request's.
     let tcp = tcp4_frame(HOST_MAC, me, 3000);
@@ -232,7 +284,13 @@ fn malformed_packets_are_answered_with_errors() {
     f.send_raw(
         0,
         &[
-            req(gt, 0, NETTXF_EXTRA_INFO | NETTXF_CSUM_BLANK | NETTXF_DATA_VALIDATED, 7, 3000),
+            req(
+                gt,
+                0,
+                NETTXF_EXTRA_INFO | NETTXF_CSUM_BLANK | NETTXF_DATA_VALIDATED,
+                7,
+                3000,
+            ),
             gso(1448, XEN_NETIF_GSO_TYPE_TCPV4),
         ],
     )
@@ -255,15 +313,22 @@ fn malformed_packets_are_answered_with_errors() {
         ]
     };
     for i in 0..65u16 {
-        f.send_raw(0, &mcast(i, XEN_NETIF_EXTRA_TYPE_MCAST_ADD)).unwrap();
+        f.send_raw(0, &mcast(i, XEN_NETIF_EXTRA_TYPE_MCAST_ADD))
+            .unwrap();
         let rsp = responses(&mut f, 2, T);
-        let want = if i < 64 { NETIF_RSP_OKAY } else { NETIF_RSP_ERROR };
+        let want = if i < 64 {
+            NETIF_RSP_OKAY
+        } else {
+            NETIF_RSP_ERROR
+        };
         assert_eq!((rsp[0].id, rsp[0].status), (300 + i, want), "add {i}");
         assert_eq!(rsp[1].status, NETIF_RSP_NULL);
     }
-    f.send_raw(0, &mcast(0, XEN_NETIF_EXTRA_TYPE_MCAST_DEL)).unwrap();
+    f.send_raw(0, &mcast(0, XEN_NETIF_EXTRA_TYPE_MCAST_DEL))
+        .unwrap();
     assert_eq!(responses(&mut f, 2, T)[0].status, NETIF_RSP_OKAY);
-    f.send_raw(0, &mcast(64, XEN_NETIF_EXTRA_TYPE_MCAST_ADD)).unwrap();
+    f.send_raw(0, &mcast(64, XEN_NETIF_EXTRA_TYPE_MCAST_ADD))
+        .unwrap();
     assert_eq!(responses(&mut f, 2, T)[0].status, NETIF_RSP_OKAY);
 
     // Still served.

@@ -13,8 +13,8 @@ use common::*;
 use grant_tables::DomId;
 use hosted::netback::ringfront::RingFrontConfig;
 use hosted::netback::{FrameMeta, HostFrame, NetbackConfig};
-use netfront::tx::{Gso, GsoKind, TxChecksum, TxOffload};
 use netfront::tx::TxStatus;
+use netfront::tx::{Gso, GsoKind, TxChecksum, TxOffload};
 
 const FE: DomId = DomId(1);
 
@@ -112,7 +112,10 @@ fn multi_slot_rx_and_the_gso_extra() {
     f.send(&frame(HOST_MAC, me, 60, 1)).unwrap();
     host_recv(&w);
     let host = w.nb().host_port();
-    for (i, len) in [4097usize, 8192, 9000, 20000, 65535, 65536 + 18].into_iter().enumerate() {
+    for (i, len) in [4097usize, 8192, 9000, 20000, 65535, 65536 + 18]
+        .into_iter()
+        .enumerate()
+    {
         let data = frame(me, HOST_MAC, len, 10 + i as u32);
         host.send(&data).unwrap();
         let r = recv(&mut f);
@@ -222,7 +225,11 @@ fn scatter_gather_tx_and_offloads() {
     .unwrap();
     assert_eq!(tx_done(&mut f, 1)[0].status, TxStatus::Okay);
     assert!(until(|| w.nb().vif(FE, 0).unwrap().tx_dropped == 1));
-    assert!(w.nb().host_port().recv_timeout(Duration::from_millis(100)).is_none());
+    assert!(w
+        .nb()
+        .host_port()
+        .recv_timeout(Duration::from_millis(100))
+        .is_none());
 }
 
 #[test]
@@ -230,7 +237,9 @@ fn several_queues_shared_and_split_channels() {
     for split in [true, false] {
         let mut w = World::new(
             "queues",
-            NetbackConfig::new().max_queues(4).split_event_channels(split),
+            NetbackConfig::new()
+                .max_queues(4)
+                .split_event_channels(split),
         );
         let plat = w.domain(FE);
         let mut cfg = RingFrontConfig::default();
@@ -248,7 +257,11 @@ fn several_queues_shared_and_split_channels() {
         let (tx, rx) = f.ports(0).unwrap();
         assert_eq!(tx != rx, split);
         let fe_dir = "/local/domain/1/device/vif/0";
-        assert_eq!(w.read(&format!("{fe_dir}/multi-queue-num-queues")).as_deref(), Some("3"));
+        assert_eq!(
+            w.read(&format!("{fe_dir}/multi-queue-num-queues"))
+                .as_deref(),
+            Some("3")
+        );
         assert!(w.read(&format!("{fe_dir}/queue-2/tx-ring-ref")).is_some());
         assert!(w.read(&format!("{fe_dir}/tx-ring-ref")).is_none());
         let me = mac(FE, 0);
@@ -306,7 +319,11 @@ fn queued_frames_expire_sooner_without_rx_notify() {
         }
         // Reading the frames posts buffers again: the queued ones follow.
         let mut n = 0;
-        while f.recv_timeout(Duration::from_millis(300), false).unwrap().is_some() {
+        while f
+            .recv_timeout(Duration::from_millis(300), false)
+            .unwrap()
+            .is_some()
+        {
             n += 1;
         }
         assert_eq!(n, if notify { 300 } else { 256 });

@@ -23,7 +23,8 @@ fn round(w: &World, f: &mut RingFront, i: u32) -> Result<(), FrontError> {
     f.send(&frame(HOST_MAC, me, 200, i))?;
     let host = w.nb().host_port();
     let _ = host.recv_timeout(Duration::from_millis(500));
-    host.send(&frame(me, HOST_MAC, 200, i)).map_err(|e| FrontError(e.to_string()))?;
+    host.send(&frame(me, HOST_MAC, 200, i))
+        .map_err(|e| FrontError(e.to_string()))?;
     let end = Instant::now() + Duration::from_millis(500);
     let mut got = false;
     while Instant::now() < end && !got {
@@ -45,11 +46,20 @@ fn round(w: &World, f: &mut RingFront, i: u32) -> Result<(), FrontError> {
 fn each_lying_mode_is_caught_by_netfront_validation() {
     for (mode, expect) in [
         (Hostile::BadIds, &["not below the ring size", "has id"][..]),
-        (Hostile::OverlongSizes, &["do not describe data within the page"][..]),
-        (Hostile::OffsetsPastPage, &["do not describe data within the page"][..]),
+        (
+            Hostile::OverlongSizes,
+            &["do not describe data within the page"][..],
+        ),
+        (
+            Hostile::OffsetsPastPage,
+            &["do not describe data within the page"][..],
+        ),
         (Hostile::IndexJumps, &["published rsp_prod"][..]),
         (Hostile::UnsolicitedResponses, &["published rsp_prod"][..]),
-        (Hostile::RxProdBackwards, &["went backwards", "published rsp_prod"][..]),
+        (
+            Hostile::RxProdBackwards,
+            &["went backwards", "published rsp_prod"][..],
+        ),
     ] {
         let mut w = World::new("hostile", NetbackConfig::new().hostile(mode, HONEST));
         let plat = w.domain(FE);
@@ -73,7 +83,10 @@ fn each_lying_mode_is_caught_by_netfront_validation() {
 
 #[test]
 fn event_storm_floods_the_channels_and_traffic_still_flows() {
-    let mut w = World::new("storm", NetbackConfig::new().hostile(Hostile::EventStorm, 0));
+    let mut w = World::new(
+        "storm",
+        NetbackConfig::new().hostile(Hostile::EventStorm, 0),
+    );
     let plat = w.domain(FE);
     let mut f = w.front(&plat, 0, RingFrontConfig::default());
     let (tx, rx) = f.ports(0).unwrap();
@@ -95,7 +108,10 @@ fn event_storm_floods_the_channels_and_traffic_still_flows() {
 
 #[test]
 fn kept_grants_stay_mapped_until_released() {
-    let mut w = World::new("keep", NetbackConfig::new().hostile(Hostile::KeepGrantsMapped, 0));
+    let mut w = World::new(
+        "keep",
+        NetbackConfig::new().hostile(Hostile::KeepGrantsMapped, 0),
+    );
     let plat = w.domain(FE);
     let mut f = w.front(&plat, 0, RingFrontConfig::default());
     for i in 0..3 {

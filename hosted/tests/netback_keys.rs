@@ -14,7 +14,10 @@ use hosted::netback::NetbackConfig;
 use netfront::features::QueueEvents;
 
 fn read(keys: &[(&str, &str)], max_queues: u32, xdp: bool) -> Result<FrontendRequest, KeysError> {
-    let map: HashMap<String, String> = keys.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let map: HashMap<String, String> = keys
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     FrontendRequest::read(&mut |k: &str| Ok(map.get(k).cloned()), max_queues, xdp)
 }
 
@@ -41,7 +44,10 @@ fn defaults_flags_and_limits() {
     assert_eq!(r.queues[0].tx_ring_ref, 8);
     assert_eq!(r.queues[0].events, QueueEvents::Shared(3));
     assert!(!r.rx_notify && !r.sg && !r.gso_tcpv4 && !r.gso_tcpv6 && !r.csum_ipv6);
-    assert!(r.csum_ipv4, "IPv4 offload is on unless feature-no-csum-offload");
+    assert!(
+        r.csum_ipv4,
+        "IPv4 offload is on unless feature-no-csum-offload"
+    );
     assert_eq!(r.xdp_headroom, 0);
 
     let r = read(
@@ -64,10 +70,25 @@ fn defaults_flags_and_limits() {
         other => panic!("{other:?}"),
     }
     assert!(read(&with(&[("xdp-headroom", "4096")]), 8, true).is_err());
-    assert_eq!(read(&with(&[("xdp-headroom", "4095")]), 8, true).unwrap().xdp_headroom, 4095);
-    assert_eq!(read(&with(&[("xdp-headroom", "256")]), 8, true).unwrap().xdp_headroom, 256);
+    assert_eq!(
+        read(&with(&[("xdp-headroom", "4095")]), 8, true)
+            .unwrap()
+            .xdp_headroom,
+        4095
+    );
+    assert_eq!(
+        read(&with(&[("xdp-headroom", "256")]), 8, true)
+            .unwrap()
+            .xdp_headroom,
+        256
+    );
     // Not offered: not read.
-    assert_eq!(read(&with(&[("xdp-headroom", "256")]), 8, false).unwrap().xdp_headroom, 0);
+    assert_eq!(
+        read(&with(&[("xdp-headroom", "256")]), 8, false)
+            .unwrap()
+            .xdp_headroom,
+        0
+    );
 
     // Split channels, several queues.
     let keys = [
@@ -85,7 +106,10 @@ fn defaults_flags_and_limits() {
     assert_eq!(r.queues[0].events, QueueEvents::Split { tx: 4, rx: 5 });
     assert_eq!(r.queues[1].events, QueueEvents::Shared(6));
     assert_eq!(r.queues[1].rx_ring_ref, 13);
-    assert!(matches!(read(&keys, 1, true), Err(KeysError::BadValue { .. })));
+    assert!(matches!(
+        read(&keys, 1, true),
+        Err(KeysError::BadValue { .. })
+    ));
 }
 
 #[test]
@@ -94,13 +118,37 @@ fn bad_keys_are_refused_with_the_key_named() {
         (with(&[("tx-ring-ref", "0x10")]), "tx-ring-ref"),
         (with(&[("tx-ring-ref", "-1")]), "tx-ring-ref"),
         (with(&[("rx-ring-ref", "99999999999")]), "rx-ring-ref"),
-        (ONE.iter().copied().filter(|(k, _)| *k != "rx-ring-ref").collect(), "rx-ring-ref"),
-        (ONE.iter().copied().filter(|(k, _)| *k != "event-channel").collect(), "event-channel-tx"),
+        (
+            ONE.iter()
+                .copied()
+                .filter(|(k, _)| *k != "rx-ring-ref")
+                .collect(),
+            "rx-ring-ref",
+        ),
+        (
+            ONE.iter()
+                .copied()
+                .filter(|(k, _)| *k != "event-channel")
+                .collect(),
+            "event-channel-tx",
+        ),
         (with(&[("event-channel", "0")]), "event-channel"),
-        (ONE.iter().copied().filter(|(k, _)| *k != "request-rx-copy").collect(), "request-rx-copy"),
+        (
+            ONE.iter()
+                .copied()
+                .filter(|(k, _)| *k != "request-rx-copy")
+                .collect(),
+            "request-rx-copy",
+        ),
         (with(&[("request-rx-copy", "0")]), "request-rx-copy"),
-        (with(&[("multi-queue-num-queues", "0")]), "multi-queue-num-queues"),
-        (with(&[("multi-queue-num-queues", "9")]), "multi-queue-num-queues"),
+        (
+            with(&[("multi-queue-num-queues", "0")]),
+            "multi-queue-num-queues",
+        ),
+        (
+            with(&[("multi-queue-num-queues", "9")]),
+            "multi-queue-num-queues",
+        ),
         (with(&[("ctrl-ring-ref", "20")]), "ctrl-ring-ref"),
     ];
     for (keys, key) in cases {
@@ -119,7 +167,9 @@ fn a_connection_with_bad_keys_is_refused() {
     let _plat = w.domain(FE);
     w.plug(FE, 0);
     let be = World::be_path(FE, 0);
-    assert!(until(|| w.read(&format!("{be}/state")).as_deref() == Some("2")));
+    assert!(until(
+        || w.read(&format!("{be}/state")).as_deref() == Some("2")
+    ));
     let mut xs = w.xs(FE);
     let fe = "/local/domain/1/device/vif/0";
     xs.write(&format!("{fe}/tx-ring-ref"), "ring").unwrap();
@@ -127,16 +177,24 @@ fn a_connection_with_bad_keys_is_refused() {
     xs.write(&format!("{fe}/event-channel"), "3").unwrap();
     xs.write(&format!("{fe}/request-rx-copy"), "1").unwrap();
     xs.write(&format!("{fe}/state"), "4").unwrap();
-    assert!(until(|| w.read(&format!("{be}/state")).as_deref() == Some("5")));
+    assert!(until(
+        || w.read(&format!("{be}/state")).as_deref() == Some("5")
+    ));
     assert!(w.nb().vif(FE, 0).is_none());
     // Refs to grants that do not exist: refused too (the map fails).
     xs.write(&format!("{fe}/state"), "6").unwrap();
-    assert!(until(|| w.read(&format!("{be}/state")).as_deref() == Some("6")));
+    assert!(until(
+        || w.read(&format!("{be}/state")).as_deref() == Some("6")
+    ));
     xs.write(&format!("{fe}/state"), "1").unwrap();
-    assert!(until(|| w.read(&format!("{be}/state")).as_deref() == Some("2")));
+    assert!(until(
+        || w.read(&format!("{be}/state")).as_deref() == Some("2")
+    ));
     xs.write(&format!("{fe}/tx-ring-ref"), "4000").unwrap();
     xs.write(&format!("{fe}/state"), "4").unwrap();
-    assert!(until(|| w.read(&format!("{be}/state")).as_deref() == Some("5")));
+    assert!(until(
+        || w.read(&format!("{be}/state")).as_deref() == Some("5")
+    ));
     std::thread::sleep(Duration::from_millis(20));
     assert!(w.nb().vifs().is_empty());
 }

@@ -37,7 +37,14 @@ fn frontend_closes_and_comes_back() {
     // The backend let the rings go before it answered: nothing is left in
     // quarantine.
     assert_eq!(plat.grant_table().stats().quarantined, 0);
-    let mut f = RingFront::connect(plat.clone(), w.daemon.socket(), 0, RingFrontConfig::default(), T).unwrap();
+    let mut f = RingFront::connect(
+        plat.clone(),
+        w.daemon.socket(),
+        0,
+        RingFrontConfig::default(),
+        T,
+    )
+    .unwrap();
     let st = w.wait_vif(FE, 0, 2);
     assert_eq!(st.connection, 2);
     exchange(&w, &mut f, 10);
@@ -55,12 +62,23 @@ fn frontend_restarts_without_closing() {
     assert!(plat.grant_table().stats().quarantined > 0);
     // A new instance starts over (Initialising over Connected): the
     // backend tears the old connection down and serves the new one.
-    let mut f = RingFront::connect(plat.clone(), w.daemon.socket(), 0, RingFrontConfig::default(), T).unwrap();
+    let mut f = RingFront::connect(
+        plat.clone(),
+        w.daemon.socket(),
+        0,
+        RingFrontConfig::default(),
+        T,
+    )
+    .unwrap();
     let st = w.wait_vif(FE, 0, 2);
     assert_eq!(st.connection, 2);
     exchange(&w, &mut f, 20);
     plat.grant_table().retry_quarantined();
-    assert_eq!(plat.grant_table().stats().quarantined, 0, "the old rings are still mapped");
+    assert_eq!(
+        plat.grant_table().stats().quarantined,
+        0,
+        "the old rings are still mapped"
+    );
 }
 
 #[test]
@@ -101,5 +119,8 @@ fn backend_restart() {
     exchange(&w, &mut f, 40);
     assert_eq!(f.teardowns(), 1);
     // The old connection's frames do not reappear.
-    assert!(f.recv_timeout(Duration::from_millis(50), false).unwrap().is_none());
+    assert!(f
+        .recv_timeout(Duration::from_millis(50), false)
+        .unwrap()
+        .is_none());
 }

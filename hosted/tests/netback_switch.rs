@@ -55,7 +55,10 @@ fn learning_flooding_and_unicast() {
     let f3 = frame(ma, mb, 1500, 3);
     fb.send(&f3).unwrap();
     assert_eq!(recv(&mut fa).data, f3);
-    assert!(host.recv_timeout(SHORT).is_none(), "the host got B's unicast to A");
+    assert!(
+        host.recv_timeout(SHORT).is_none(),
+        "the host got B's unicast to A"
+    );
 
     // The host to B (learned): only B.
     let f4 = frame(mb, HOST_MAC, 800, 4);
@@ -125,7 +128,11 @@ fn checksums_completed_for_a_frontend_without_offload() {
     let r = recv(&mut fc);
     assert!(!r.csum_blank);
     assert_eq!(r.data[..50], t[..50]);
-    assert_ne!(r.data[50..52], t[50..52], "the checksum field was not completed");
+    assert_ne!(
+        r.data[50..52],
+        t[50..52],
+        "the checksum field was not completed"
+    );
     assert_eq!(r.data[52..], t[52..]);
     // The completed checksum verifies: pseudo-header + segment sums to 0xffff.
     let mut sum = Vec::new();
@@ -184,7 +191,12 @@ mod pkt {
         u16::from_be_bytes([b[at], b[at + 1]])
     }
 
-    pub fn arp_reply(src_mac: [u8; 6], src_ip: [u8; 4], dst_mac: [u8; 6], dst_ip: [u8; 4]) -> Vec<u8> {
+    pub fn arp_reply(
+        src_mac: [u8; 6],
+        src_ip: [u8; 4],
+        dst_mac: [u8; 6],
+        dst_ip: [u8; 4],
+    ) -> Vec<u8> {
         let mut f = Vec::new();
         f.extend_from_slice(&dst_mac);
         f.extend_from_slice(&src_mac);
@@ -197,7 +209,13 @@ mod pkt {
         f
     }
 
-    pub fn udp(src_mac: [u8; 6], dst_mac: [u8; 6], src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+    pub fn udp(
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: ([u8; 4], u16),
+        dst: ([u8; 4], u16),
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut f = Vec::new();
         f.extend_from_slice(&dst_mac);
         f.extend_from_slice(&src_mac);
@@ -222,7 +240,11 @@ mod pkt {
 
 #[test]
 fn tap_device_reaches_the_host_stack() {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+    {
         eprintln!("SKIPPED tap_device_reaches_the_host_stack: cannot open /dev/net/tun ({e}); run as root on a host with the tun module");
         return;
     }
@@ -246,7 +268,8 @@ fn tap_device_reaches_the_host_stack() {
     let sock = UdpSocket::bind("10.231.7.1:0").unwrap();
     sock.set_read_timeout(Some(T)).unwrap();
     let host_port = sock.local_addr().unwrap().port();
-    sock.send_to(b"hello from the host", "10.231.7.2:7777").unwrap();
+    sock.send_to(b"hello from the host", "10.231.7.2:7777")
+        .unwrap();
 
     // The host asks who has 10.231.7.2 (ARP over the TAP device); answer,
     // then the datagram comes.
@@ -259,11 +282,19 @@ fn tap_device_reaches_the_host_stack() {
             continue;
         };
         let d = &r.data;
-        if d.len() >= 42 && pkt::be16(d, 12) == 0x0806 && pkt::be16(d, 20) == 1 && d[38..42] == my_ip {
+        if d.len() >= 42
+            && pkt::be16(d, 12) == 0x0806
+            && pkt::be16(d, 20) == 1
+            && d[38..42] == my_ip
+        {
             let src: [u8; 6] = d[6..12].try_into().unwrap();
             host_mac = Some(src);
             fa.send(&pkt::arp_reply(ma, my_ip, src, host_ip)).unwrap();
-        } else if d.len() >= 42 && pkt::be16(d, 12) == 0x0800 && d[23] == 17 && pkt::be16(d, 36) == 7777 {
+        } else if d.len() >= 42
+            && pkt::be16(d, 12) == 0x0800
+            && d[23] == 17
+            && pkt::be16(d, 36) == 7777
+        {
             got = Some(d[42..].to_vec());
         }
         let _ = fa.poll_tx();
@@ -272,7 +303,14 @@ fn tap_device_reaches_the_host_stack() {
     let hm = host_mac.expect("the host's ARP request");
 
     // And back: a datagram from the frontend to the host's socket.
-    fa.send(&pkt::udp(ma, hm, (my_ip, 7777), (host_ip, host_port), b"hello from the guest")).unwrap();
+    fa.send(&pkt::udp(
+        ma,
+        hm,
+        (my_ip, 7777),
+        (host_ip, host_port),
+        b"hello from the guest",
+    ))
+    .unwrap();
     let mut buf = [0u8; 100];
     let (n, from) = sock.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"hello from the guest");

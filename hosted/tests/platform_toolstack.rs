@@ -37,20 +37,10 @@ fn add_device_writes_libxl_layout_with_permissions() {
     assert_eq!(read(&mut dom0, &format!("{be}/state")), "1");
     assert_eq!(read(&mut dom0, &format!("{be}/bridge")), "xenbr0");
 
-    let fe_perms = vec![
-        Perm::new(1, PermAccess::None),
-        Perm::new(2, PermAccess::Read),
-    ];
-    let be_perms = vec![
-        Perm::new(2, PermAccess::None),
-        Perm::new(1, PermAccess::Read),
-    ];
+    let fe_perms = vec![Perm::new(1, PermAccess::None), Perm::new(2, PermAccess::Read)];
+    let be_perms = vec![Perm::new(2, PermAccess::None), Perm::new(1, PermAccess::Read)];
     assert_eq!(dom0.get_perms(fe).unwrap(), fe_perms);
-    assert_eq!(
-        dom0.get_perms(&format!("{fe}/state")).unwrap(),
-        fe_perms,
-        "children inherit"
-    );
+    assert_eq!(dom0.get_perms(&format!("{fe}/state")).unwrap(), fe_perms, "children inherit");
     assert_eq!(dom0.get_perms(be).unwrap(), be_perms);
     assert_eq!(dom0.get_perms(&format!("{be}/state")).unwrap(), be_perms);
 
@@ -91,24 +81,13 @@ fn add_device_refuses_bad_names_and_unprivileged_connections() {
         DeviceSpec::new("vif", DomId(1), DomId(0), 0).backend_node("state", "4"),
         DeviceSpec::new("vif", DomId(0x7FF0), DomId(0), 0),
     ] {
-        assert!(
-            matches!(
-                add_device(&mut dom0, &dev),
-                Err(ToolstackError::BadName { .. })
-            ),
-            "{dev:?}"
-        );
+        assert!(matches!(add_device(&mut dom0, &dev), Err(ToolstackError::BadName { .. })), "{dev:?}");
     }
-    let nested =
-        DeviceSpec::new("vif", DomId(1), DomId(0), 0).frontend_node("queue-0/tx-ring-ref", "8");
+    let nested = DeviceSpec::new("vif", DomId(1), DomId(0), 0).frontend_node("queue-0/tx-ring-ref", "8");
     add_device(&mut dom0, &nested).unwrap();
 
     let mut guest = daemon.connect_as(1).unwrap();
-    let e = add_device(
-        &mut guest,
-        &DeviceSpec::new("vbd", DomId(1), DomId(0), 51712),
-    )
-    .unwrap_err();
+    let e = add_device(&mut guest, &DeviceSpec::new("vbd", DomId(1), DomId(0), 51712)).unwrap_err();
     assert!(matches!(e, ToolstackError::Store { .. }));
     assert!(e.to_string().contains("dom0"), "{e}");
 }

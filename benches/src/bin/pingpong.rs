@@ -9,14 +9,16 @@
 
 use std::process::ExitCode;
 
-use benches::harness::{Bench, Entry, Plan, Recorder, Round, Target};
+use benches::harness::{Bench, Entry, Metric, Plan, Recorder, Round, Target};
 use benches::{peers, pin};
 
 const ABOUT: &str = "\
 The ping-pong latency bench: one request/response round trip, both ends \
 pinned to two cores, for our rings between two hosted domains (two processes \
 connected through xenstore and the xenbus handshake exactly as a driver \
-connects) and for the peers, all measured in the same run.";
+connects), for Ethernet frames through the hosted netback to an echo on the \
+backend's side (and a one-way stream of frames), and for the peers, all \
+measured in the same run.";
 
 fn entries() -> Vec<Entry> {
     let mut v = vec![Entry::new(
@@ -27,6 +29,7 @@ fn entries() -> Vec<Entry> {
     )
     .msg_bytes(8)];
     v.extend(benches::ring::entries());
+    v.extend(benches::net::entries());
     v.extend([
         Entry::new(
             "udp-block",
@@ -64,10 +67,21 @@ fn entries() -> Vec<Entry> {
         )
         .msg_bytes(8),
     ]);
+    v.extend(benches::net::peer_entries());
     v
 }
 
 fn main() -> ExitCode {
+    // The same binary is the netback process of the network entries.
+    if let Ok(spec) = std::env::var(benches::net::NETBACK_ROLE_ENV) {
+        return match benches::net::backend_main(&spec) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pingpong netback: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The same binary is the ring's backend process (another domain).
     if let Ok(spec) = std::env::var(benches::ring::BACKEND_ROLE_ENV) {
         return match benches::ring::backend_main(&spec) {
@@ -99,6 +113,11 @@ fn main() -> ExitCode {
         .target(Target::at_most("ring-poll", "cacheline", 1.2))
         .target(Target::at_most("ring-poll", "c-ring-h", 1.1))
         .target(Target::at_most("ring-event", "eventfd", 1.2))
+        .target(Target::at_most("netfront-poll-64", "c-ring-h", 2.5))
+        .target(Target::at_most("netfront-poll-64", "udp-spin", 0.1))
+        .target(Target::at_most("netfront-event-64", "eventfd", 1.2))
+        .target(Target::at_least("netfront-stream-1500", "memcpy", 0.5).on(Metric::GbitS))
+        .target(Target::at_least("netfront-stream-1500", "udp-stream", 2.0).on(Metric::GbitS))
         .meta("cores", format!("{a},{b}"))
         .note(format!(
             "ends pinned to cores {a} and {b} of {}",

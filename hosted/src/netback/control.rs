@@ -116,22 +116,26 @@ impl Device<UnixTransport> for VifDevice {
                 QueueEvents::Split { tx, rx } => {
                     let t = match plat.bind_interdomain(fe, Port(tx)) {
                         Ok(l) => l,
-                        Err(e) => return Err(fail(
-                            &bound,
-                            format!(
+                        Err(e) => {
+                            return Err(fail(
+                                &bound,
+                                format!(
                                 "netback: queue {i}: binding event-channel-tx {tx} of {fe}: {e}"
                             ),
-                        )),
+                            ))
+                        }
                     };
                     bound.push(t);
                     let r = match plat.bind_interdomain(fe, Port(rx)) {
                         Ok(l) => l,
-                        Err(e) => return Err(fail(
-                            &bound,
-                            format!(
+                        Err(e) => {
+                            return Err(fail(
+                                &bound,
+                                format!(
                                 "netback: queue {i}: binding event-channel-rx {rx} of {fe}: {e}"
                             ),
-                        )),
+                            ))
+                        }
                     };
                     bound.push(r);
                     (t, r)

@@ -18,7 +18,7 @@ use grant_tables::{EventChannels, Port};
 use super::frames::{FrameBuf, FrameMem, FrameMeta, FramePool, FreeLists};
 use super::switch::{Dest, PortId, Switch};
 use super::tap::Tap;
-use super::vif::{Admit, Vif};
+use super::vif::{bump, Admit, Vif};
 use super::{HostFrame, HostHandler, ServeMode, Shared};
 use crate::HostedPlatform;
 
@@ -115,7 +115,15 @@ pub(crate) struct DataPlane {
     tx_out: Vec<FrameBuf>,
     ports: Vec<Port>,
     owners: Vec<(usize, usize)>,
+    /// A coarse clock for timestamps (learned addresses, queued frames):
+    /// read every [`CLOCK_EVERY`] passes and after every sleep, not per
+    /// frame (reading the clock costs tens of nanoseconds here).
+    now: Instant,
+    passes: u32,
 }
+
+/// Passes between two readings of the clock.
+const CLOCK_EVERY: u32 = 256;
 
 impl DataPlane {
     #[allow(clippy::too_many_arguments)]
@@ -145,6 +153,8 @@ impl DataPlane {
             tx_out: Vec::with_capacity(64),
             ports: Vec::new(),
             owners: Vec::new(),
+            now: Instant::now(),
+            passes: 0,
         }
     }
 
@@ -154,6 +164,10 @@ impl DataPlane {
         let mut check_cmds = true;
         let mut last_age = Instant::now();
         loop {
+            self.passes = self.passes.wrapping_add(1);
+            if self.passes % CLOCK_EVERY == 0 {
+                self.now = Instant::now();
+            }
             if check_cmds || self.plat.poll(self.wake).unwrap_or(true) {
                 check_cmds = false;
                 if !self.drain_cmds() {
@@ -202,6 +216,7 @@ impl DataPlane {
                 continue;
             }
             let woke = self.sleep(now);
+            self.now = Instant::now();
             if woke == Some(self.wake) {
                 check_cmds = true;
             }
@@ -263,7 +278,7 @@ impl DataPlane {
     /// that brought no work (XSA-391); a queue with too many in a row is
     /// left out of the waits for a while.
     fn account_wakeup(&mut self, woke: Option<Port>) {
-        let now = Instant::now();
+        let now = self.now;
         for v in self.vifs.iter_mut() {
             if v.is_disabled() {
                 continue;
@@ -275,7 +290,7 @@ impl DataPlane {
                 let ev = woke == Some(tx_port)
                     || woke == Some(rx_port)
                     || self.plat.poll(tx_port).unwrap_or(false)
-                    | (rx_port != tx_port && self.plat.poll(rx_port).unwrap_or(false));
+                        | (rx_port != tx_port && self.plat.poll(rx_port).unwrap_or(false));
                 let before = v.queues[qi].tx.req_cons();
                 let tx_work = v.serve_tx(qi, &self.plat, &mut self.pool, &mut self.tx_out);
                 let id = v.shared.id;
@@ -379,15 +394,14 @@ impl DataPlane {
         if !self.fwd.is_empty() {
             self.forward_all();
         }
-        let mut now = None;
+        let now = self.now;
         for v in &mut self.vifs {
             if v.is_disabled() {
                 continue;
             }
             for q in 0..v.queues.len() {
                 if v.queues[q].backlog_len() > 0 {
-                    let t = *now.get_or_insert_with(Instant::now);
-                    work |= v.serve_rx(q, &self.plat, &mut self.pool, t, arm);
+                    work |= v.serve_rx(q, &self.plat, &mut self.pool, now, arm);
                 }
             }
         }
@@ -399,7 +413,7 @@ impl DataPlane {
     /// keep the pass going for ever).
     fn forward_all(&mut self) {
         let mut rounds = 0;
-        let now = Instant::now();
+        let now = self.now;
         while !self.fwd.is_empty() && rounds < 16 {
             rounds += 1;
             std::mem::swap(&mut self.fwd, &mut self.spare);
@@ -520,13 +534,13 @@ impl DataPlane {
                     }
                 };
                 if !ok {
-                    v.shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                    bump(&v.shared.counters.rx_dropped, 1);
                     self.pool.free(buf);
                     return;
                 }
                 let q = v.pick_queue(self.pool.bytes(&buf));
                 if let Err(buf) = v.enqueue(q, buf, now) {
-                    v.shared.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                    bump(&v.shared.counters.rx_dropped, 1);
                     self.pool.free(buf);
                 }
             }

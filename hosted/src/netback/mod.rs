@@ -80,7 +80,9 @@
 //! - No software segmentation: a GSO frame goes only to a receiver that
 //!   negotiated its GSO type (host port included); others drop it.
 //! - No `rate` limiter, no `hotplug-status` wait, no per-queue threads
-//!   (one thread serves every queue), no hash extra on RX.
+//!   (one thread serves every queue), no hash extra on RX, no RX stall
+//!   detection (Linux drops the carrier after 60 s without enough posted
+//!   buffers; here queued frames just expire).
 //! - Every TX slot is copied (Linux maps all but the first 128 bytes).
 
 pub mod keys;

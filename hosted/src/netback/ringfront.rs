@@ -27,9 +27,9 @@ use netfront::features::{
     frontend_keys, negotiate, BackendFeatures, FallibleKeys, FrontendInfo, Negotiated, NetConfig,
     QueueEvents, QueueSetup,
 };
-use netfront::rx::{ProdTracker, RxBuffers, RxConfig, RxKind, MAX_RX_SLOTS};
-use netfront::InlineVec;
+use netfront::rx::{ProdTracker, RxBuffers, RxConfig, RxKind, RxRefill, MAX_RX_SLOTS};
 use netfront::tx::{plan_tx, Gso, TxCaps, TxOffload, TxPiece, TxQueue, TxStatus};
+use netfront::InlineVec;
 use xenbus::{
     ConnectStyle, Connection, Device, DeviceError, Frontend, FrontendConfig, HandshakeEvent,
     TeardownReason, Transaction, XsError,
@@ -119,6 +119,11 @@ struct FrontQueue {
     txq: TxQueue<TxToken>,
     rxb: RxBuffers<Buf>,
     prod: ProdTracker,
+    /// Buffers received and not yet posted again.
+    spare: Vec<(u32, Buf)>,
+    /// When to post them (netfront's policy: in batches of an eighth of
+    /// the ring, never below what a maximal packet needs).
+    refill: RxRefill,
 }
 
 struct Live {
@@ -197,7 +202,6 @@ impl Dev {
                 rx.put_request(req).map_err(|e| e.to_string())?;
             }
             rx.push_requests();
-            let _ = rx_cfg;
             queues.push(FrontQueue {
                 tx,
                 rx,
@@ -206,6 +210,8 @@ impl Dev {
                 txq,
                 rxb,
                 prod: ProdTracker::new(0),
+                spare: Vec::with_capacity(size as usize),
+                refill: RxRefill::new(size, &rx_cfg),
             });
         }
         Ok(Live {
@@ -220,6 +226,7 @@ impl Dev {
         if let Some(mut live) = self.live.take() {
             for q in &mut live.queues {
                 let _ = q.rxb.drain();
+                q.spare.clear();
                 let _ = q.txq.abort_all();
                 let _ = self.plat.close(q.tx_port);
                 if q.rx_port != q.tx_port {
@@ -422,6 +429,47 @@ impl RingFront {
         frame: &[u8],
         offload: TxOffload,
     ) -> Result<(), FrontError> {
+        self.put_frame(q, frame, offload, true)
+    }
+
+    /// Puts `frame` on queue `q`'s TX ring without publishing it (Linux's
+    /// `xmit_more`): publish a batch with [`Self::flush_tx`].
+    pub fn send_more(&mut self, q: usize, frame: &[u8]) -> Result<(), FrontError> {
+        self.put_frame(q, frame, TxOffload::default(), false)
+    }
+
+    /// Publishes what [`Self::send_more`] put on queue `q`, notifying the
+    /// backend if it asked.
+    pub fn flush_tx(&mut self, q: usize) -> Result<(), FrontError> {
+        let plat = self.plat.clone();
+        let live = self.live()?;
+        let queue = live
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| FrontError(format!("no queue {q}")))?;
+        queue.txq.mark_published();
+        if queue.tx.push_requests() {
+            plat.notify(queue.tx_port).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Frames of up to a page that can be put on queue `q` now (free slots
+    /// and free TX buffers).
+    pub fn tx_room(&self, q: usize) -> usize {
+        self.dev.live.as_ref().map_or(0, |l| {
+            let slots = l.queues.get(q).map_or(0, |queue| queue.tx.free_requests()) as usize;
+            slots.min(l.tx_pool.available())
+        })
+    }
+
+    fn put_frame(
+        &mut self,
+        q: usize,
+        frame: &[u8],
+        offload: TxOffload,
+        push: bool,
+    ) -> Result<(), FrontError> {
         if frame.is_empty() || frame.len() > MAX_TX_PAGES * PAGE_SIZE {
             return Err(FrontError(format!(
                 "a frame of {} bytes cannot be sent (1 to {} bytes)",
@@ -476,9 +524,11 @@ impl RingFront {
         for s in slots.iter() {
             queue.tx.put_request(s.to_bytes()).map_err(err)?;
         }
-        queue.txq.mark_published();
-        if queue.tx.push_requests() {
-            self.plat.notify(queue.tx_port).map_err(err)?;
+        if push {
+            queue.txq.mark_published();
+            if queue.tx.push_requests() {
+                self.plat.notify(queue.tx_port).map_err(err)?;
+            }
         }
         Ok(())
     }
@@ -766,13 +816,18 @@ impl RingFront {
                 });
             }
         }
-        for (gref, buf) in repost.drain() {
-            let idx = queue.rx.req_prod_pvt();
-            let req = queue.rxb.post(idx, gref, buf).map_err(|e| err(e.error))?;
-            queue.rx.put_request(req).map_err(err)?;
-        }
-        if queue.rx.push_requests() {
-            self.plat.notify(queue.rx_port).map_err(err)?;
+        queue.spare.extend(repost.drain());
+        let outstanding = queue.rx.req_prod_pvt().wrapping_sub(queue.rx.rsp_cons());
+        let n = (queue.refill.to_post(outstanding) as usize).min(queue.spare.len());
+        if n > 0 {
+            for (gref, buf) in queue.spare.drain(..n) {
+                let idx = queue.rx.req_prod_pvt();
+                let req = queue.rxb.post(idx, gref, buf).map_err(|e| err(e.error))?;
+                queue.rx.put_request(req).map_err(err)?;
+            }
+            if queue.rx.push_requests() {
+                self.plat.notify(queue.rx_port).map_err(err)?;
+            }
         }
         Ok(Some(info))
     }

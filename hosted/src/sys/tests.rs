@@ -9,13 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 fn pair() -> (OwnedFd, OwnedFd) {
-    rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .expect("socketpair")
+    rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).expect("socketpair")
 }
 
 fn socket_path() -> std::path::PathBuf {
@@ -33,14 +27,8 @@ fn page_size_is_checked() {
 fn memfd_size_is_sealed() {
     let f = sealed_memfd("sys-test", 3 * PAGE as u64).expect("memfd");
     assert_eq!(sealed_size(&f).expect("sealed"), 3 * PAGE as u64);
-    assert!(
-        f.set_len(PAGE as u64).is_err(),
-        "shrinking a sealed memfd must fail"
-    );
-    assert!(
-        f.set_len(4 * PAGE as u64).is_err(),
-        "growing a sealed memfd must fail"
-    );
+    assert!(f.set_len(PAGE as u64).is_err(), "shrinking a sealed memfd must fail");
+    assert!(f.set_len(4 * PAGE as u64).is_err(), "growing a sealed memfd must fail");
     assert_eq!(f.metadata().expect("metadata").len(), 3 * PAGE as u64);
 }
 
@@ -66,19 +54,9 @@ fn punched_hole_reads_as_zeros() {
     punch_hole(&f, PAGE as u64, PAGE as u64).expect("punch");
     let mut buf = vec![0u8; 2 * PAGE];
     f.read_exact_at(&mut buf, 0).expect("read");
-    assert!(
-        buf[..PAGE].iter().all(|&b| b == 0xAB),
-        "page 0 must keep its bytes"
-    );
-    assert!(
-        buf[PAGE..].iter().all(|&b| b == 0),
-        "page 1 must read as zeros"
-    );
-    assert_eq!(
-        f.metadata().expect("metadata").len(),
-        2 * PAGE as u64,
-        "the size is kept"
-    );
+    assert!(buf[..PAGE].iter().all(|&b| b == 0xAB), "page 0 must keep its bytes");
+    assert!(buf[PAGE..].iter().all(|&b| b == 0), "page 1 must read as zeros");
+    assert_eq!(f.metadata().expect("metadata").len(), 2 * PAGE as u64, "the size is kept");
     let e = punch_hole(&f, u64::MAX, PAGE as u64).expect_err("offset past off_t");
     assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
 }
@@ -86,8 +64,7 @@ fn punched_hole_reads_as_zeros() {
 #[test]
 fn shared_mapping_aliases_the_file() {
     let f = sealed_memfd("sys-test", 2 * PAGE as u64).expect("memfd");
-    f.write_all_at(b"from the file", PAGE as u64)
-        .expect("write");
+    f.write_all_at(b"from the file", PAGE as u64).expect("write");
     let m = Mmap::shared(f.as_fd(), PAGE as u64, PAGE, true).expect("map");
     assert_eq!(m.len(), PAGE);
     let p = m.as_ptr().as_ptr();
@@ -116,56 +93,34 @@ fn pages_map_over_a_reservation() {
     f.write_all_at(&[2], PAGE as u64).expect("write");
     let r = Mmap::reserve(3 * PAGE).expect("reserve");
     // Page 1 of the file at page 0 of the region, page 0 at page 2.
-    r.map_over(0, f.as_fd(), PAGE as u64, PAGE, false)
-        .expect("map page 1");
-    r.map_over(2 * PAGE, f.as_fd(), 0, PAGE, true)
-        .expect("map page 0");
+    r.map_over(0, f.as_fd(), PAGE as u64, PAGE, false).expect("map page 1");
+    r.map_over(2 * PAGE, f.as_fd(), 0, PAGE, true).expect("map page 0");
     let p = r.as_ptr().as_ptr();
     // SAFETY: pages 0 and 2 of the region are mapped readable just above.
     let (a, b) = unsafe { (p.read_volatile(), p.add(2 * PAGE).read_volatile()) };
     assert_eq!((a, b), (2, 1));
 
-    for (at, len) in [
-        (2 * PAGE, 2 * PAGE),
-        (PAGE + 1, PAGE),
-        (usize::MAX - 10, PAGE),
-        (0, 0),
-    ] {
-        let e = r
-            .map_over(at, f.as_fd(), 0, len, false)
-            .expect_err("outside the region");
+    for (at, len) in [(2 * PAGE, 2 * PAGE), (PAGE + 1, PAGE), (usize::MAX - 10, PAGE), (0, 0)] {
+        let e = r.map_over(at, f.as_fd(), 0, len, false).expect_err("outside the region");
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "at {at} len {len}");
     }
-    assert_eq!(
-        Mmap::reserve(0).expect_err("empty").kind(),
-        io::ErrorKind::InvalidInput
-    );
+    assert_eq!(Mmap::reserve(0).expect_err("empty").kind(), io::ErrorKind::InvalidInput);
 }
 
 #[test]
 fn eventfd_wakes_epoll_once_per_edge() {
     let efd = eventfd().expect("eventfd");
     let ep = epoll_for(&efd).expect("epoll");
-    assert!(
-        !epoll_wait_one(ep.as_fd(), Some(Duration::ZERO)).expect("wait"),
-        "nothing signalled yet"
-    );
+    assert!(!epoll_wait_one(ep.as_fd(), Some(Duration::ZERO)).expect("wait"), "nothing signalled yet");
     eventfd_signal(&efd).expect("signal");
     eventfd_signal(&efd).expect("signal");
-    assert!(
-        epoll_wait_one(ep.as_fd(), Some(Duration::from_secs(5))).expect("wait"),
-        "signalled"
-    );
+    assert!(epoll_wait_one(ep.as_fd(), Some(Duration::from_secs(5))).expect("wait"), "signalled");
     // Edge-triggered: no new edge until the counter changes again.
     assert!(!epoll_wait_one(ep.as_fd(), Some(Duration::ZERO)).expect("wait"));
     eventfd_drain(&efd);
     let mut b = [0u8; 8];
     let e = (&efd).read(&mut b).expect_err("drained");
-    assert_eq!(
-        e.kind(),
-        io::ErrorKind::WouldBlock,
-        "the drain reset the counter"
-    );
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "the drain reset the counter");
 }
 
 #[test]
@@ -176,10 +131,7 @@ fn short_epoll_timeouts_sleep() {
         let start = Instant::now();
         assert!(!epoll_wait_one(ep.as_fd(), Some(t)).expect("wait"));
         let slept = start.elapsed();
-        assert!(
-            slept >= t.max(Duration::from_millis(1)),
-            "asked {t:?}, slept {slept:?}"
-        );
+        assert!(slept >= t.max(Duration::from_millis(1)), "asked {t:?}, slept {slept:?}");
     }
 }
 
@@ -204,25 +156,12 @@ fn descriptors_cross_a_socket() {
     let (n, fds) = recv_msg(b.as_fd(), &mut buf).expect("recv");
     assert_eq!((&buf[..n], fds.len()), (&b"no fds"[..], 0));
 
-    let five = [
-        efd.as_fd(),
-        efd.as_fd(),
-        efd.as_fd(),
-        efd.as_fd(),
-        efd.as_fd(),
-    ];
-    assert_eq!(
-        send_msg(a.as_fd(), b"x", &five).expect_err("five").kind(),
-        io::ErrorKind::InvalidInput
-    );
+    let five = [efd.as_fd(), efd.as_fd(), efd.as_fd(), efd.as_fd(), efd.as_fd()];
+    assert_eq!(send_msg(a.as_fd(), b"x", &five).expect_err("five").kind(), io::ErrorKind::InvalidInput);
 
     drop(a);
     let (n, fds) = recv_msg(b.as_fd(), &mut buf).expect("recv after close");
-    assert_eq!(
-        (n, fds.len()),
-        (0, 0),
-        "a closed peer reads as an empty message"
-    );
+    assert_eq!((n, fds.len()), (0, 0), "a closed peer reads as an empty message");
 }
 
 #[test]
@@ -241,15 +180,10 @@ fn oversized_messages_are_refused() {
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(16))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         assert!(control.push(SendAncillaryMessage::ScmRights(&many)));
-        rustix::net::sendmsg(&a, &[IoSlice::new(b"x")], &mut control, SendFlags::NOSIGNAL)
-            .expect("raw send");
+        rustix::net::sendmsg(&a, &[IoSlice::new(b"x")], &mut control, SendFlags::NOSIGNAL).expect("raw send");
         let mut buf = [0u8; 8];
         let e = recv_msg(b.as_fd(), &mut buf).expect_err("too many descriptors");
-        assert_eq!(
-            e.kind(),
-            io::ErrorKind::InvalidData,
-            "{count} descriptors: {e}"
-        );
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{count} descriptors: {e}");
     }
     // The refused messages are consumed: the next one arrives whole.
     send_msg(a.as_fd(), b"after", &[]).expect("send");

@@ -59,7 +59,10 @@ pub fn mac(fe: DomId, devid: u32) -> [u8; 6] {
 }
 
 pub fn mac_str(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 impl World {
@@ -87,11 +90,19 @@ impl World {
 
     /// Plugs vif `devid` of `fe` (the toolstack's part).
     pub fn plug(&mut self, fe: DomId, devid: u32) {
-        add_device(&mut self.xs0, &vif_device(fe, BACK, devid, &mac_str(mac(fe, devid)))).unwrap();
+        add_device(
+            &mut self.xs0,
+            &vif_device(fe, BACK, devid, &mac_str(mac(fe, devid))),
+        )
+        .unwrap();
     }
 
     pub fn unplug(&mut self, fe: DomId, devid: u32) {
-        remove_device(&mut self.xs0, &vif_device(fe, BACK, devid, &mac_str(mac(fe, devid)))).unwrap();
+        remove_device(
+            &mut self.xs0,
+            &vif_device(fe, BACK, devid, &mac_str(mac(fe, devid))),
+        )
+        .unwrap();
     }
 
     /// A new frontend domain.
@@ -191,7 +202,11 @@ pub fn tx_done(f: &mut RingFront, n: usize) -> Vec<hosted::netback::ringfront::T
         if out.len() >= n {
             break;
         }
-        assert!(Instant::now() < end, "only {} of {n} TX completions", out.len());
+        assert!(
+            Instant::now() < end,
+            "only {} of {n} TX completions",
+            out.len()
+        );
         let _ = f.block_tx(Duration::from_millis(20));
     }
     out

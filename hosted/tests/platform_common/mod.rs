@@ -25,16 +25,8 @@ pub struct TestDir(pub PathBuf);
 impl TestDir {
     pub fn new(tag: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = base.join(format!(
-            "hosted-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let base = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        let dir = base.join(format!("hosted-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
         TestDir(dir)
@@ -59,10 +51,8 @@ pub fn child_dir() -> PathBuf {
 
 /// A numeric parameter the parent passed.
 pub fn param(name: &str) -> u64 {
-    let v =
-        std::env::var(name).unwrap_or_else(|_| panic!("parameter {name} not passed to the child"));
-    v.parse()
-        .unwrap_or_else(|_| panic!("parameter {name}={v} is not a number"))
+    let v = std::env::var(name).unwrap_or_else(|_| panic!("parameter {name} not passed to the child"));
+    v.parse().unwrap_or_else(|_| panic!("parameter {name}={v} is not a number"))
 }
 
 /// Child: sends a reply line to the parent.
@@ -75,10 +65,7 @@ pub fn say(msg: &str) {
 /// Child: waits for the parent's next command line.
 pub fn hear() -> String {
     let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .expect("read from parent");
+    std::io::stdin().lock().read_line(&mut line).expect("read from parent");
     line.trim_end().to_string()
 }
 
@@ -121,12 +108,7 @@ impl ChildDomain {
                 }
             }
         });
-        ChildDomain {
-            child,
-            stdin,
-            replies: rx,
-            role: role.to_string(),
-        }
+        ChildDomain { child, stdin, replies: rx, role: role.to_string() }
     }
 
     /// Sends a command line.
@@ -140,10 +122,7 @@ impl ChildDomain {
     pub fn reply(&mut self) -> String {
         match self.replies.recv_timeout(REPLY_TIMEOUT) {
             Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => panic!(
-                "child {} did not answer within {REPLY_TIMEOUT:?}",
-                self.role
-            ),
+            Err(RecvTimeoutError::Timeout) => panic!("child {} did not answer within {REPLY_TIMEOUT:?}", self.role),
             Err(RecvTimeoutError::Disconnected) => {
                 let status = self.child.wait();
                 panic!("child {} exited without answering: {status:?}", self.role)
@@ -154,11 +133,7 @@ impl ChildDomain {
     /// Waits for a reply and checks it.
     pub fn expect(&mut self, want: &str) {
         let got = self.reply();
-        assert_eq!(
-            got, want,
-            "child {} answered {got:?}, expected {want:?}",
-            self.role
-        );
+        assert_eq!(got, want, "child {} answered {got:?}, expected {want:?}", self.role);
     }
 
     /// Waits for the child to exit (bounded).
@@ -181,10 +156,7 @@ impl ChildDomain {
     pub fn finish(self) {
         let role = self.role.clone();
         let status = self.wait();
-        assert!(
-            status.success(),
-            "child {role} failed: {status:?} (its output is above)"
-        );
+        assert!(status.success(), "child {role} failed: {status:?} (its output is above)");
     }
 }
 
