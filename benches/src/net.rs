@@ -512,12 +512,11 @@ pub fn udp_stream(iters: u64, rec: &mut Recorder) -> Result<(), String> {
 struct Echo;
 
 impl HostHandler for Echo {
-    fn frame(&mut self, frame: &[u8], _meta: &FrameMeta, out: &mut HostOut<'_>) {
-        out.send_with(frame.len(), FrameMeta::default(), |b| {
-            b.copy_from_slice(frame);
-            b[0..6].copy_from_slice(&frame[6..12]);
-            b[6..12].copy_from_slice(&frame[0..6]);
-        });
+    fn frame(&mut self, frame: &mut [u8], _meta: &FrameMeta, out: &mut HostOut<'_>) {
+        // In place: the frame buffer goes back with its addresses swapped.
+        let (dst, rest) = frame.split_at_mut(6);
+        dst.swap_with_slice(&mut rest[..6]);
+        out.send_back();
     }
 }
 
@@ -528,7 +527,7 @@ struct Sink {
 }
 
 impl HostHandler for Sink {
-    fn frame(&mut self, frame: &[u8], _meta: &FrameMeta, _out: &mut HostOut<'_>) {
+    fn frame(&mut self, frame: &mut [u8], _meta: &FrameMeta, _out: &mut HostOut<'_>) {
         self.frames += 1;
         self.bytes += frame.len() as u64;
         std::hint::black_box(frame.first());

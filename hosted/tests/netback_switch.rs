@@ -317,3 +317,58 @@ fn tap_device_reaches_the_host_stack() {
     assert_eq!(from.to_string(), "10.231.7.2:7777");
     drop(w);
 }
+
+/// Echoes every frame back in place, and also sends a copy of its first
+/// 14 bytes followed by `0xee` (a new frame written in place).
+struct Echo;
+
+impl hosted::netback::HostHandler for Echo {
+    fn frame(
+        &mut self,
+        frame: &mut [u8],
+        _meta: &FrameMeta,
+        out: &mut hosted::netback::HostOut<'_>,
+    ) {
+        let (dst, rest) = frame.split_at_mut(6);
+        dst.swap_with_slice(&mut rest[..6]);
+        let head: Vec<u8> = frame[..14].to_vec();
+        assert!(out.send_with(60, FrameMeta::default(), |b| {
+            b[..14].copy_from_slice(&head);
+            b[14..].fill(0xee);
+        }));
+        out.send_back();
+        // Too short for Ethernet: refused.
+        assert!(!out.send(&[1, 2, 3]));
+    }
+}
+
+#[test]
+fn a_host_handler_answers_on_the_data_plane() {
+    let mut w = World::new("handler", NetbackConfig::new().host_handler(Echo));
+    let pa = w.domain(A);
+    let mut fa = w.front(&pa, 0, RingFrontConfig::default());
+    let ma = mac(A, 0);
+    for (i, len) in [60usize, 1514, 9000].into_iter().enumerate() {
+        let out = frame(HOST_MAC, ma, len, i as u32);
+        fa.send(&out).unwrap();
+        let mut want = out.clone();
+        want[..6].copy_from_slice(&ma);
+        want[6..12].copy_from_slice(&HOST_MAC);
+        let first = recv(&mut fa);
+        let second = recv(&mut fa);
+        // The new frame went out first, then the frame itself.
+        assert_eq!(first.data.len(), 60);
+        assert_eq!(first.data[..14], want[..14]);
+        assert!(first.data[14..].iter().all(|&b| b == 0xee));
+        assert_eq!(second.data, want, "frame of {len} bytes");
+    }
+    assert!(
+        w.nb().host_port().recv_timeout(SHORT).is_none(),
+        "the handler replaces the host port"
+    );
+    assert_eq!(w.nb().host_dropped(), 3, "the three short frames");
+    assert!(until(|| {
+        let b = w.nb().frame_buffers().unwrap();
+        b[0] == b[2] && b[1] == b[3]
+    }));
+}

@@ -69,9 +69,17 @@ pub struct HostOut<'a> {
     free: &'a mut FreeLists,
     out: &'a mut Vec<(FrameBuf, PortId)>,
     dropped: u64,
+    back: bool,
 }
 
 impl HostOut<'_> {
+    /// Sends the frame being handled back into the switch from the host
+    /// port, as the handler left it (an echo that swapped its addresses in
+    /// place, say), once the handler returns: no new buffer, no copy.
+    pub fn send_back(&mut self) {
+        self.back = true;
+    }
+
     /// Sends a copy of `frame` (at least 14 bytes).
     pub fn send(&mut self, frame: &[u8]) -> bool {
         self.send_with(frame.len(), FrameMeta::default(), |b| {
@@ -483,11 +491,17 @@ impl DataPlane {
                             free,
                             out: &mut self.fwd,
                             dropped: 0,
+                            back: false,
                         };
-                        h.frame(mem.bytes(&buf), &buf.meta, &mut out);
-                        let d = out.dropped;
+                        let meta = buf.meta;
+                        h.frame(mem.bytes_mut(&mut buf), &meta, &mut out);
+                        let (d, back) = (out.dropped, out.back);
                         if d > 0 {
                             self.shared.host_dropped.fetch_add(d, Ordering::Relaxed);
+                        }
+                        if back {
+                            self.fwd.push((buf, PortId::Host));
+                            return;
                         }
                     }
                 }

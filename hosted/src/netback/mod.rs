@@ -193,9 +193,11 @@ pub struct HostFrame {
 /// a sink). Installed with [`NetbackConfig::host_handler`]; without one,
 /// frames go to [`HostPort`].
 pub trait HostHandler: Send + 'static {
-    /// One frame the switch sent to the host port. `out` sends frames back
-    /// into the switch from the host port, in the same pass.
-    fn frame(&mut self, frame: &[u8], meta: &FrameMeta, out: &mut HostOut<'_>);
+    /// One frame the switch sent to the host port, in its frame buffer
+    /// (the handler may change it). `out` sends frames into the switch from
+    /// the host port, in the same pass: new ones, or this one
+    /// ([`HostOut::send_back`]).
+    fn frame(&mut self, frame: &mut [u8], meta: &FrameMeta, out: &mut HostOut<'_>);
 }
 
 /// A backend's configuration.

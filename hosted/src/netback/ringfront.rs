@@ -868,9 +868,12 @@ impl RingFront {
             }
             ports.push(q.rx_port);
         }
-        plat.block_any(&ports, Some(timeout.as_nanos() as u64))
-            .map_err(err)?;
-        Ok(())
+        let t = Some(timeout.as_nanos() as u64);
+        match ports.as_slice() {
+            // One channel: the lighter wait.
+            [p] => plat.block(*p, t).map(drop).map_err(err),
+            _ => plat.block_any(&ports, t).map(drop).map_err(err),
+        }
     }
 
     /// Blocks on the TX channels (after asking for TX events) up to
