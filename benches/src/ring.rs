@@ -20,7 +20,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use grant_tables::{
-    Access, BackRing, DomId, EventChannels, FrontRing, GrantRef, PageAllocator, Port, SharedPages,
+    Access, BackRing, DomId, EventChannels, FrontRing, GrantRef, PageAllocator, Port, RingMemory,
+    SharedPages,
 };
 use hosted::toolstack::{add_device, DeviceSpec};
 use hosted::xenstore::{connect_as, XenstoreDaemon};
@@ -174,10 +175,12 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Waits on the event channel or spins, per mode. `ready` polls the ring.
-/// The clock is first read after `CLOCK_EVERY` empty polls (a response that
-/// is already there costs no clock read), and then once every
-/// `CLOCK_EVERY` polls; `timeout` counts from that first read. Inlined, so
+/// Waits on the event channel or spins, per mode. `ready(arm)` polls the
+/// ring; with `arm` set it also asks for a notification (the final check)
+/// before the caller sleeps. The clock is first read after `CLOCK_EVERY`
+/// empty polls (a response that is already there costs no clock read), and
+/// then once every `CLOCK_EVERY` polls; `timeout` counts from that first
+/// read. One loop with one call site of `ready`, inlined into the caller, so
 /// that the poll closure and the ring's accessors compile into one tight
 /// loop (a call chain per poll adds tens of nanoseconds to each round trip).
 #[inline(always)]
@@ -190,33 +193,35 @@ fn wait_for<T>(
 ) -> Result<T, String> {
     const CLOCK_EVERY: u32 = 128;
     let mut started: Option<Instant> = None;
-    // Spin phase: poll the ring only, `CLOCK_EVERY` polls between clock
-    // reads.
-    if mode != Mode::Event {
-        loop {
-            for _ in 0..CLOCK_EVERY {
-                if let Some(v) = ready(false)? {
-                    return Ok(v);
-                }
+    let mut arm = mode == Mode::Event;
+    let mut polls = 0u32;
+    loop {
+        if let Some(v) = ready(arm)? {
+            return Ok(v);
+        }
+        if !arm {
+            // Spin phase: poll the ring only, reading the clock once every
+            // `CLOCK_EVERY` polls.
+            polls += 1;
+            if polls < CLOCK_EVERY {
                 std::hint::spin_loop();
+                continue;
             }
+            polls = 0;
             let now = Instant::now();
             let spent = now - *started.get_or_insert(now);
             match mode {
                 Mode::Poll if spent >= timeout => {
                     return Err("timed out spinning on the ring: the peer stopped answering".into())
                 }
-                Mode::Adaptive if spent >= ADAPTIVE_SPIN => break,
+                // Arm, then poll once more before sleeping.
+                Mode::Adaptive if spent >= ADAPTIVE_SPIN => arm = true,
                 _ => {}
             }
+            continue;
         }
-    }
-    // Block phase: ask for a notification (final check), then sleep.
-    let deadline = started.unwrap_or_else(Instant::now) + timeout;
-    loop {
-        if let Some(v) = ready(true)? {
-            return Ok(v);
-        }
+        // Block phase: the final check above found nothing; sleep.
+        let deadline = *started.get_or_insert_with(Instant::now) + timeout;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err("timed out waiting for the peer's event".into());
@@ -297,34 +302,7 @@ fn ring_in(
         start.elapsed()
     );
 
-    for i in 0..total {
-        // The request (with its 48-byte payload pattern) is built before the
-        // clock starts, as the C peer's is.
-        let req = echo_request(i);
-        let t = Instant::now();
-        ring.put_request(req).map_err(|e| e.to_string())?;
-        if ring.push_requests() && mode != Mode::Poll {
-            plat.notify(port).map_err(|e| e.to_string())?;
-        }
-        let rsp = wait_for(mode, &plat, port, STEP_TIMEOUT, |arm| {
-            if let Some(r) = ring.take_response().map_err(|e| e.to_string())? {
-                return Ok(Some(r));
-            }
-            if arm {
-                ring.final_check_for_responses()
-                    .map_err(|e| e.to_string())?;
-                return ring.take_response().map_err(|e| e.to_string());
-            }
-            Ok(None)
-        })?;
-        let dt = t.elapsed().as_nanos() as u64;
-        if !echo_response_ok(i, &rsp) {
-            return Err(format!("round trip {i}: wrong response {rsp:?}"));
-        }
-        if i >= warmup {
-            rec.record(dt);
-        }
-    }
+    front_round_trips(mode, &plat, port, &mut ring, total, warmup, rec)?;
     if let Some(mut c) = child.0.take() {
         let status = c
             .wait()
@@ -463,8 +441,68 @@ pub fn backend_main(spec: &str) -> Result<(), String> {
     xs.write(&format!("{be}/state"), XenbusState::Connected.as_str())
         .map_err(xs_err("writing Connected"))?;
 
+    serve_requests(mode, &plat, port, &mut ring, total)?;
+    xs.write(&format!("{be}/state"), XenbusState::Closed.as_str())
+        .ok();
+    Ok(())
+}
+
+/// The measured loop of the front: `total` round trips, the first `warmup`
+/// not recorded. Out of line, so that its code (and the inlined poll loop)
+/// does not depend on how the set-up around it was compiled.
+#[inline(never)]
+fn front_round_trips<M: RingMemory>(
+    mode: Mode,
+    plat: &HostedPlatform,
+    port: Port,
+    ring: &mut FrontRing<EchoRequest, EchoResponse, M>,
+    total: u64,
+    warmup: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
+    for i in 0..total {
+        // The request (with its 48-byte payload pattern) is built before the
+        // clock starts, as the C peer's is.
+        let req = echo_request(i);
+        let t = Instant::now();
+        ring.put_request(req).map_err(|e| e.to_string())?;
+        if ring.push_requests() && mode != Mode::Poll {
+            plat.notify(port).map_err(|e| e.to_string())?;
+        }
+        let rsp = wait_for(mode, plat, port, STEP_TIMEOUT, |arm| {
+            if let Some(r) = ring.take_response().map_err(|e| e.to_string())? {
+                return Ok(Some(r));
+            }
+            if arm {
+                ring.final_check_for_responses()
+                    .map_err(|e| e.to_string())?;
+                return ring.take_response().map_err(|e| e.to_string());
+            }
+            Ok(None)
+        })?;
+        let dt = t.elapsed().as_nanos() as u64;
+        if !echo_response_ok(i, &rsp) {
+            return Err(format!("round trip {i}: wrong response {rsp:?}"));
+        }
+        if i >= warmup {
+            rec.record(dt);
+        }
+    }
+    Ok(())
+}
+
+/// The serving loop of the back: answers `total` requests. Out of line, as
+/// the front's loop is.
+#[inline(never)]
+fn serve_requests<M: RingMemory>(
+    mode: Mode,
+    plat: &HostedPlatform,
+    port: Port,
+    ring: &mut BackRing<EchoRequest, EchoResponse, M>,
+    total: u64,
+) -> Result<(), String> {
     for _ in 0..total {
-        let req = wait_for(mode, &plat, port, STEP_TIMEOUT, |arm| {
+        let req = wait_for(mode, plat, port, STEP_TIMEOUT, |arm| {
             if let Some(r) = ring.take_request().map_err(|e| e.to_string())? {
                 return Ok(Some(r));
             }
@@ -491,7 +529,5 @@ pub fn backend_main(spec: &str) -> Result<(), String> {
             return Err(format!("request {}: corrupted payload", req.id));
         }
     }
-    xs.write(&format!("{be}/state"), XenbusState::Closed.as_str())
-        .ok();
     Ok(())
 }
