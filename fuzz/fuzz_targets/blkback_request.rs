@@ -24,7 +24,9 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let Ok(slot) = BlkifRequest::read_from_bytes(&input.slot[..]) else { return };
+    let Ok(slot) = BlkifRequest::read_from_bytes(&input.slot[..]) else {
+        return;
+    };
     let disk = Disk {
         sectors: input.sectors,
         sector_size: 512 << (input.sector_shift % 4),
@@ -46,7 +48,15 @@ fuzz_target!(|input: Input| {
     let refused = |r: &hosted::blkback::parse::Reject| {
         assert!(r.status == status::ERROR || r.status == status::EOPNOTSUPP);
         if r.status == status::EOPNOTSUPP {
-            assert!(!matches!(slot.operation, op::READ | op::WRITE | op::FLUSH_DISKCACHE | op::WRITE_BARRIER | op::INDIRECT | op::DISCARD));
+            assert!(!matches!(
+                slot.operation,
+                op::READ
+                    | op::WRITE
+                    | op::FLUSH_DISKCACHE
+                    | op::WRITE_BARRIER
+                    | op::INDIRECT
+                    | op::DISCARD
+            ));
         }
         assert_eq!(r.id, slot.id);
     };
@@ -57,13 +67,22 @@ fuzz_target!(|input: Input| {
                 Err(r) => refused(&r),
                 Ok(x) => {
                     assert!(!disk.read_only);
-                    assert!(x.sector.checked_add(x.sectors).is_some_and(|e| e <= disk.sectors) || x.sectors == 0);
+                    assert!(
+                        x.sector
+                            .checked_add(x.sectors)
+                            .is_some_and(|e| e <= disk.sectors)
+                            || x.sectors == 0
+                    );
                 }
             }
             return;
         }
         Ok(Pending::Direct(rw)) => rw,
-        Ok(Pending::Indirect { mut rw, nr_segments, pages: grefs }) => {
+        Ok(Pending::Indirect {
+            mut rw,
+            nr_segments,
+            pages: grefs,
+        }) => {
             assert!(nr_segments >= 1 && nr_segments <= usize::from(input.max_indirect));
             assert_eq!(grefs.len(), nr_segments.div_ceil(512));
             if let Err(r) = indirect_segments(&mut rw, nr_segments, |p| pages.get(p).copied()) {

@@ -2,8 +2,9 @@
 //! submissions, batch builds, completions and clock moves, for every
 //! policy: nothing panics, batches never exceed the ring's room, every tag
 //! comes out of a batch at most once and only after it was accepted, refused
-//! submissions hand the request back, and when the sequence ends everything
-//! accepted comes out exactly once and completes.
+//! submissions hand the request back, cancelled requests never come out
+//! again, and when the sequence ends everything accepted and not cancelled
+//! comes out exactly once and completes.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,13 +18,46 @@ use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
 enum Step {
-    Create { class: u8, rate: u64, depth: u64, deadline: Option<u64>, prio: u8 },
-    Change { queue: u8, class: u8, rate: u64, depth: u64, deadline: Option<u64> },
-    Remove { queue: u8 },
-    Submit { queue: u8, op: u8, bytes: u64, sector: u64, deadline: Option<u64>, reuse: bool },
-    Batch { room: u16 },
-    Complete { which: u16, bogus: Option<u64> },
-    Clock { delta: u64, backwards: bool },
+    Create {
+        class: u8,
+        rate: u64,
+        depth: u64,
+        deadline: Option<u64>,
+        prio: u8,
+    },
+    Change {
+        queue: u8,
+        class: u8,
+        rate: u64,
+        depth: u64,
+        deadline: Option<u64>,
+    },
+    Remove {
+        queue: u8,
+    },
+    Submit {
+        queue: u8,
+        op: u8,
+        bytes: u64,
+        sector: u64,
+        deadline: Option<u64>,
+        reuse: bool,
+    },
+    Batch {
+        room: u16,
+    },
+    Complete {
+        which: u16,
+        bogus: Option<u64>,
+    },
+    Clock {
+        delta: u64,
+        backwards: bool,
+    },
+    Cancel {
+        which: u16,
+        in_flight: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -37,7 +71,10 @@ struct Input {
 fn config(class: u8, rate: u64, depth: u64, deadline: Option<u64>, prio: u8) -> QueueConfig {
     QueueConfig {
         class: [Class::RealTime, Class::Interactive, Class::Background][class as usize % 3],
-        reservation: Reservation { rate_per_sec: rate, depth },
+        reservation: Reservation {
+            rate_per_sec: rate,
+            depth,
+        },
         deadline_ns: deadline,
         priority: prio,
     }
@@ -59,6 +96,7 @@ fuzz_target!(|input: Input| {
     let mut pending: BTreeSet<u64> = BTreeSet::new();
     let mut in_flight: BTreeSet<u64> = BTreeSet::new();
     let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut cancelled: BTreeSet<u64> = BTreeSet::new();
     let pick = |queues: &Vec<QueueId>, i: u8| {
         if queues.is_empty() || i == 255 {
             QueueId(u32::from(i))
@@ -68,13 +106,25 @@ fuzz_target!(|input: Input| {
     };
     for step in input.steps.iter().take(2000) {
         match *step {
-            Step::Create { class, rate, depth, deadline, prio } => {
+            Step::Create {
+                class,
+                rate,
+                depth,
+                deadline,
+                prio,
+            } => {
                 if let Ok(q) = s.create_queue(config(class, rate, depth, deadline, prio), now) {
                     assert!(!queues.contains(&q), "queue id {q:?} given twice");
                     queues.push(q);
                 }
             }
-            Step::Change { queue, class, rate, depth, deadline } => {
+            Step::Change {
+                queue,
+                class,
+                rate,
+                depth,
+                deadline,
+            } => {
                 let q = pick(&queues, queue);
                 let _ = s.change_queue(q, config(class, rate, depth, deadline, 0), now);
             }
@@ -84,7 +134,14 @@ fuzz_target!(|input: Input| {
                     queues.retain(|&x| x != q);
                 }
             }
-            Step::Submit { queue, op, bytes, sector, deadline, reuse } => {
+            Step::Submit {
+                queue,
+                op,
+                bytes,
+                sector,
+                deadline,
+                reuse,
+            } => {
                 let tag = match (reuse, pending.iter().next(), in_flight.iter().next()) {
                     (true, Some(&t), _) | (true, None, Some(&t)) => t,
                     _ => next_tag,
@@ -119,11 +176,17 @@ fuzz_target!(|input: Input| {
             Step::Complete { which, bogus } => {
                 if let Some(b) = bogus {
                     if !in_flight.contains(&b) {
-                        assert!(s.complete(b, now).is_err(), "completion of {b} not in flight");
+                        assert!(
+                            s.complete(b, now).is_err(),
+                            "completion of {b} not in flight"
+                        );
                     }
                 }
                 if !in_flight.is_empty() {
-                    let t = *in_flight.iter().nth(which as usize % in_flight.len()).unwrap();
+                    let t = *in_flight
+                        .iter()
+                        .nth(which as usize % in_flight.len())
+                        .unwrap();
                     in_flight.remove(&t);
                     let c = s.complete(t, now).expect("completion of a tag in flight");
                     if c.queue_removed {
@@ -131,22 +194,48 @@ fuzz_target!(|input: Input| {
                     }
                 }
             }
+            Step::Cancel {
+                which,
+                in_flight: inf,
+            } => {
+                let set = if inf { &mut in_flight } else { &mut pending };
+                if let Some(&t) = set.iter().nth(which as usize % set.len().max(1)) {
+                    set.remove(&t);
+                    let q = s.cancel(t, now).expect("cancel of a tag held");
+                    assert!(s.cancel(t, now).is_err());
+                    cancelled.insert(t);
+                    if s.queue(q).is_none() {
+                        queues.retain(|&x| x != q);
+                    }
+                }
+            }
             Step::Clock { delta, backwards } => {
-                now = if backwards { now.saturating_sub(delta) } else { now.saturating_add(delta) };
+                now = if backwards {
+                    now.saturating_sub(delta)
+                } else {
+                    now.saturating_add(delta)
+                };
             }
         }
         assert_eq!(s.pending(), pending.len());
         assert_eq!(s.in_flight(), in_flight.len());
         for q in s.queue_ids() {
             let v = s.queue(q).unwrap();
-            assert!(v.tokens >= v.token_floor && v.tokens <= -v.token_floor, "{v:?}");
+            assert!(
+                v.tokens >= v.token_floor && v.tokens <= -v.token_floor,
+                "{v:?}"
+            );
         }
     }
     // Drain: nothing is lost.
     let mut rounds = 0;
     while !pending.is_empty() || !in_flight.is_empty() {
         rounds += 1;
-        assert!(rounds < 100_000, "{} requests never come out", pending.len());
+        assert!(
+            rounds < 100_000,
+            "{} requests never come out",
+            pending.len()
+        );
         now = now.saturating_add(1_000_000);
         for t in s.build_batch(now, 32) {
             assert!(pending.remove(&t), "tag {t} out but not waiting");
@@ -157,7 +246,12 @@ fuzz_target!(|input: Input| {
             s.complete(t, now).expect("completion of a tag in flight");
         }
     }
-    assert_eq!(seen.len() as u64, next_tag, "not every accepted request came out");
+    for t in 0..next_tag {
+        assert!(
+            seen.contains_key(&t) || cancelled.contains(&t),
+            "request {t} neither came out nor was cancelled"
+        );
+    }
     assert!(seen.values().all(|&n| n == 1), "a request came out twice");
     assert_eq!(s.pending() + s.in_flight(), 0);
 });

@@ -298,6 +298,12 @@ impl ForeignTable {
             if access == Access::ReadWrite {
                 pin |= GrantFlags::WRITING;
             }
+            if f.contains(pin) {
+                // Already pinned so (another mapping or copy): the granting
+                // side's end of access fails while these bits stay set,
+                // so there is nothing to write.
+                return self.frame(gref).ok_or(MapRefusal::OutOfRange);
+            }
             match head.compare_exchange(
                 seen,
                 seen | u32::from(pin.bits()),
@@ -325,7 +331,9 @@ impl ForeignTable {
         if access == Access::ReadWrite && !others_writing {
             clear |= GrantFlags::WRITING.bits();
         }
-        head.fetch_and(!u32::from(clear), Ordering::AcqRel);
+        if clear != 0 {
+            head.fetch_and(!u32::from(clear), Ordering::AcqRel);
+        }
     }
 
     fn pin_record(&self, gref: u32) -> Option<&AtomicU64> {

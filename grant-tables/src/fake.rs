@@ -470,24 +470,31 @@ impl Wakeup {
 /// [`EventChannels::block_any`] with a timeout then returns `None` only
 /// once [`FakeClock::advance`] has moved the clock past its deadline, and
 /// never because real time went by. It is also a [`Clock`] on its own, for
-/// code that only needs time.
+/// code that only needs time. Clones share one clock.
+#[derive(Clone)]
 pub struct FakeClock {
+    shared: Arc<FakeClockShared>,
+}
+
+struct FakeClockShared {
     ns: AtomicU64,
     wakeup: Arc<Wakeup>,
 }
 
 impl FakeClock {
     /// A clock that reads 0.
-    pub fn new() -> Arc<Self> {
+    pub fn new() -> Self {
         Self::starting_at(0)
     }
 
     /// A clock that reads `ns`.
-    pub fn starting_at(ns: u64) -> Arc<Self> {
-        Arc::new(FakeClock {
-            ns: AtomicU64::new(ns),
-            wakeup: Wakeup::new(),
-        })
+    pub fn starting_at(ns: u64) -> Self {
+        FakeClock {
+            shared: Arc::new(FakeClockShared {
+                ns: AtomicU64::new(ns),
+                wakeup: Wakeup::new(),
+            }),
+        }
     }
 
     /// Moves the clock forward by `ns` (it stops at `u64::MAX`) and wakes
@@ -496,15 +503,22 @@ impl FakeClock {
     pub fn advance(&self, ns: u64) {
         // SeqCst: published before `wake_all` reads `waiters` (see `Wakeup`).
         let _ = self
+            .shared
             .ns
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| Some(t.saturating_add(ns)));
-        self.wakeup.wake_all();
+        self.shared.wakeup.wake_all();
+    }
+}
+
+impl Default for FakeClock {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 impl Clock for FakeClock {
     fn now_ns(&self) -> u64 {
-        self.ns.load(Ordering::SeqCst)
+        self.shared.ns.load(Ordering::SeqCst)
     }
 }
 
@@ -539,7 +553,7 @@ impl Clock for HostClock {
 /// Where a hub's time comes from.
 enum Time {
     Host(HostClock),
-    Fake(Arc<FakeClock>),
+    Fake(FakeClock),
 }
 
 impl Time {
@@ -571,8 +585,17 @@ impl FakeEventHub {
     /// An empty hub whose domains read `clock`: timeouts pass only when
     /// the test advances it (a wait with a timeout on a clock nobody
     /// advances lasts until an event comes).
-    pub fn with_clock(clock: &Arc<FakeClock>) -> Arc<Self> {
-        Self::build(clock.wakeup.clone(), Time::Fake(clock.clone()))
+    pub fn with_clock(clock: &FakeClock) -> Arc<Self> {
+        Self::build(clock.shared.wakeup.clone(), Time::Fake(clock.clone()))
+    }
+
+    /// Threads blocked in [`EventChannels::block_any`] (or `block`) on
+    /// this hub's domains, counted once they have read the clock for their
+    /// deadline: a test advances a [`FakeClock`] or notifies once this says
+    /// the waiter is there. Hubs sharing a clock count each other's
+    /// waiters.
+    pub fn waiters(&self) -> u32 {
+        self.wakeup.waiters.load(Ordering::SeqCst)
     }
 
     fn build(wakeup: Arc<Wakeup>, time: Time) -> Arc<Self> {

@@ -192,8 +192,10 @@ pub trait EventChannels {
     /// it that is always pending hides the later ones: a driver that
     /// serves several queues rotates the slice (or serves every pending
     /// port with [`EventChannels::poll`] after each wakeup). `None` waits
-    /// forever. A platform may limit how many ports one call waits on
-    /// (Xen's `SCHEDOP_poll` takes at most 128); more is
+    /// forever. Every port must be open, even when one before it is
+    /// pending ([`PlatformError::BadPort`] names the first that is not). A
+    /// platform may limit how many ports one call waits on (`lwdom`: 128,
+    /// Xen's limit for `SCHEDOP_poll`); more is
     /// [`PlatformError::InvalidRequest`], as is an empty slice.
     fn block_any(&self, ports: &[Port], timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError>;
     /// Closes the port.

@@ -39,7 +39,7 @@ use grant_tables::foreign::{ForeignError, ForeignGrants, ForeignMapping, MapOp};
 use grant_tables::ring::MAX_RING_PAGES;
 use grant_tables::{shared_mem, Access, DomId, GrantTableFrames, RingMemory};
 
-use crate::domain::{Domain, Peer, PeerGuard};
+use crate::domain::{Domain, Peer};
 use crate::sys::{self, Mmap, PAGE};
 use crate::HostedPlatform;
 
@@ -195,6 +195,7 @@ impl std::error::Error for MapError {}
 impl Domain {
     /// Pins `gref` of `peer` for `access` and returns its frame, checked to
     /// lie inside the peer's memory.
+    #[inline]
     pub(crate) fn pin(&self, peer: &Peer, gref: GrantRefNum, access: Access) -> Result<u64, MapFailure> {
         let frame = peer.grants.pin_with(gref, self.domid, access, &mut yield_backoff).map_err(MapFailure::Refused)?;
         let frame = u64::from(frame);
@@ -207,6 +208,7 @@ impl Domain {
 
     /// Drops one pin; the flags clear with the last pin (the last writable
     /// pin for `GTF_writing`).
+    #[inline]
     pub(crate) fn unpin(&self, peer: &Peer, gref: GrantRefNum, access: Access) {
         if let Err(e) = peer.grants.unpin_with(gref, self.domid, access, &mut yield_backoff) {
             log::error!("{}: unpinning grant ref {gref} of {}: {e}", self.domid, peer.domid);
@@ -509,7 +511,9 @@ impl HostedPlatform {
         failed
     }
 
+    #[inline]
     fn copy_one(&self, op: &GnttabCopy) -> Result<(), GntStatus> {
+        let d = &*self.inner;
         let flags = GntCopyFlags::from_bits_retain(op.flags);
         let src_gref = flags.contains(GntCopyFlags::SOURCE_GREF);
         let dst_gref = flags.contains(GntCopyFlags::DEST_GREF);
@@ -517,27 +521,38 @@ impl HostedPlatform {
         if (!src_gref && op.source.domid != DOMID_SELF) || (!dst_gref && op.dest.domid != DOMID_SELF) {
             return Err(GntStatus::PermissionDenied);
         }
-        let src = self.copy_side(op.source.domid, op.source.u, src_gref, Access::ReadOnly)?;
-        let dst = self.copy_side(op.dest.domid, op.dest.u, dst_gref, Access::ReadWrite)?;
-        let len = usize::from(op.len);
-        let (so, dof) = (usize::from(op.source.offset), usize::from(op.dest.offset));
-        if so + len > PAGE_SIZE || dof + len > PAGE_SIZE {
-            return Err(GntStatus::BadCopyArg);
-        }
-        // SAFETY: each side's `page` is a whole page inside a live shared
-        // mapping of the domain's memory (its frame was checked against the
-        // memfd's size, and the guard or the domain keeps the mapping), and
-        // `offset + len <= PAGE_SIZE` on both (checked above); the memory is
-        // never referenced by Rust references; `copy` allows overlap (a
-        // copy within one page).
-        unsafe { shared_mem::copy(src.page.add(so), dst.page.add(dof), len) };
-        Ok(())
-        // The sides drop here: the pins go after the copy.
+        let granter =
+            |domid: u16, is_gref: bool| is_gref.then_some(if domid == DOMID_SELF { d.domid.0 } else { domid });
+        d.with_peers(granter(op.source.domid, src_gref), granter(op.dest.domid, dst_gref), |src_peer, dst_peer| {
+            let src = self.copy_side(src_peer, op.source.u, src_gref, Access::ReadOnly)?;
+            let dst = self.copy_side(dst_peer, op.dest.u, dst_gref, Access::ReadWrite)?;
+            let len = usize::from(op.len);
+            let (so, dof) = (usize::from(op.source.offset), usize::from(op.dest.offset));
+            if so + len > PAGE_SIZE || dof + len > PAGE_SIZE {
+                return Err(GntStatus::BadCopyArg);
+            }
+            // SAFETY: each side's `page` is a whole page inside a live
+            // shared mapping of a domain's memory (its frame was checked
+            // against the memfd's size; the peer, held for the call, or the
+            // domain keeps the mapping), and `offset + len <= PAGE_SIZE` on
+            // both (checked above); the memory is never referenced by Rust
+            // references; `copy` allows overlap (a copy within one page).
+            unsafe { shared_mem::copy(src.page.add(so), dst.page.add(dof), len) };
+            Ok(())
+            // The sides drop here: the pins go after the copy.
+        })
     }
 
     /// One side of a copy: the page (pinned for the copy when it is a
-    /// grant).
-    fn copy_side(&self, domid: u16, u: u64, is_gref: bool, access: Access) -> Result<CopySide<'_>, GntStatus> {
+    /// grant of `peer`).
+    #[inline(always)]
+    fn copy_side<'a>(
+        &'a self,
+        peer: Option<&'a Peer>,
+        u: u64,
+        is_gref: bool,
+        access: Access,
+    ) -> Result<CopySide<'a>, GntStatus> {
         let d = &*self.inner;
         if !is_gref {
             let frame = usize::try_from(u).map_err(|_| GntStatus::BadPage)?;
@@ -549,19 +564,17 @@ impl HostedPlatform {
             let page = unsafe { mem.as_ptr().add(frame * PAGE) };
             return Ok(CopySide { page, pin: None, domain: d });
         }
-        let owner = if domid == DOMID_SELF { d.domid.0 } else { domid };
-        let peer = d.peer_fast(owner).ok_or(GntStatus::BadDomain)?;
+        let peer = peer.ok_or(GntStatus::BadDomain)?;
         let gref = GrantRefNum::try_from(u).map_err(|_| GntStatus::BadGntref)?;
-        let frame = d.pin(&peer, gref, access).map_err(|f| failure_status(&f))?;
-        let base = peer.memory().map(Mmap::as_ptr);
+        let frame = d.pin(peer, gref, access).map_err(|f| failure_status(&f))?;
         // From here the side unpins on drop, failed or not.
         let mut side = CopySide { page: NonNull::dangling(), pin: Some((peer, gref, access)), domain: d };
-        let base = base.ok_or(GntStatus::GeneralError)?;
+        let base = peer.memory().ok_or(GntStatus::GeneralError)?.as_ptr();
         // `frame < mem_pages` (checked by `pin`), which fits `usize` since
         // the memory is mapped.
         let frame = usize::try_from(frame).map_err(|_| GntStatus::BadPage)?;
-        // SAFETY: `frame < mem_pages`, and the mapping, kept by the peer the
-        // side holds, spans all of them.
+        // SAFETY: `frame < mem_pages`, and the mapping, kept by the peer
+        // (alive for the copy), spans all of them.
         side.page = unsafe { base.add(frame * PAGE) };
         Ok(side)
     }
@@ -571,14 +584,14 @@ impl HostedPlatform {
 /// the pin that keeps it granted while the copy runs (unpinned on drop).
 struct CopySide<'a> {
     page: NonNull<u8>,
-    pin: Option<(PeerGuard<'a>, GrantRefNum, Access)>,
+    pin: Option<(&'a Peer, GrantRefNum, Access)>,
     domain: &'a Domain,
 }
 
 impl Drop for CopySide<'_> {
     fn drop(&mut self) {
-        if let Some((peer, gref, access)) = &self.pin {
-            self.domain.unpin(peer, *gref, *access);
+        if let Some((peer, gref, access)) = self.pin {
+            self.domain.unpin(peer, gref, access);
         }
     }
 }

@@ -2,18 +2,32 @@
 //! uses: sealed memfds, memory mappings, eventfds and `SOCK_SEQPACKET` Unix
 //! sockets that carry file descriptors (`SCM_RIGHTS`).
 //!
-//! Every `unsafe` block of the crate that talks to the kernel lives here, so
-//! the rest of the crate deals in owned descriptors and [`Mmap`] regions.
+//! The calls go through `rustix`, whose wrappers are safe for everything
+//! but the mappings: `mmap` and `munmap` stay `unsafe` because they can
+//! replace or remove memory Rust code uses, and [`Mmap`] is where that is
+//! proven. The rest of the crate deals in owned descriptors and [`Mmap`]
+//! regions.
 
-use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr::NonNull;
 use std::time::Duration;
+
+use rustix::event::{epoll, EventfdFlags, Timespec};
+use rustix::fs::{FallocateFlags, MemfdFlags, OFlags, SealFlags};
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, Shutdown, SocketAddrUnix, SocketFlags, SocketType,
+};
+
+#[cfg(test)]
+mod tests;
 
 /// The page size of the emulated machine (and of the host: checked at start).
 pub(crate) const PAGE: usize = 4096;
@@ -21,22 +35,13 @@ pub(crate) const PAGE: usize = 4096;
 /// Seals every shared memfd carries: its size can never change, so a peer
 /// that maps it can never be made to fault (`SIGBUS`) by the owner
 /// truncating it.
-const SIZE_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
+const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 
 /// Checks that the host's page size is [`PAGE`]: the emulated frame numbers
 /// are page indices of a memfd, and mappings are made page by page.
 pub(crate) fn check_page_size() -> io::Result<()> {
-    // SAFETY: sysconf takes an integer and touches no memory of ours.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size == PAGE as libc::c_long {
+    let size = rustix::param::page_size();
+    if size == PAGE {
         Ok(())
     } else {
         Err(io::Error::new(
@@ -48,15 +53,12 @@ pub(crate) fn check_page_size() -> io::Result<()> {
 
 /// Creates a memfd of `len` bytes whose size is sealed (it reads as zeros).
 pub(crate) fn sealed_memfd(name: &str, len: u64) -> io::Result<File> {
-    let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "memfd name has a NUL"))?;
-    // SAFETY: `cname` is a valid NUL-terminated string that outlives the
-    // call; memfd_create reads nothing else of ours.
-    let fd = cvt(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) })?;
-    // SAFETY: memfd_create just returned this descriptor; nothing else owns it.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if name.contains('\0') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "memfd name has a NUL"));
+    }
+    let file = File::from(rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?);
     file.set_len(len)?;
-    // SAFETY: F_ADD_SEALS takes an integer argument and `file` is open.
-    cvt(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, SIZE_SEALS | libc::F_SEAL_SEAL) })?;
+    rustix::fs::fcntl_add_seals(&file, SIZE_SEALS | SealFlags::SEAL)?;
     Ok(file)
 }
 
@@ -64,9 +66,8 @@ pub(crate) fn sealed_memfd(name: &str, len: u64) -> io::Result<File> {
 /// returns that size. A file whose size can change could be truncated under
 /// our mappings and make us fault.
 pub(crate) fn sealed_size(file: &File) -> io::Result<u64> {
-    // SAFETY: F_GET_SEALS takes no argument beyond the open descriptor.
-    let seals = cvt(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) })?;
-    if seals & SIZE_SEALS != SIZE_SEALS {
+    let seals = rustix::fs::fcntl_get_seals(file)?;
+    if !seals.contains(SIZE_SEALS) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "shared memory is not sealed against resizing (F_SEAL_SHRINK|F_SEAL_GROW)",
@@ -78,12 +79,7 @@ pub(crate) fn sealed_size(file: &File) -> io::Result<u64> {
 /// Gives the pages `[offset, offset + len)` of a memfd back to the kernel;
 /// they read as zeros afterwards.
 pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: fallocate takes integers only; `file` is open.
-    cvt(unsafe {
-        libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len)
-    })?;
+    rustix::fs::fallocate(file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, to_off(offset)?, to_off(len)?)?;
     Ok(())
 }
 
@@ -105,16 +101,20 @@ unsafe impl Send for Mmap {}
 // SAFETY: as above; `&Mmap` exposes only the address and length.
 unsafe impl Sync for Mmap {}
 
-fn prot(writable: bool) -> libc::c_int {
+fn prot(writable: bool) -> ProtFlags {
     if writable {
-        libc::PROT_READ | libc::PROT_WRITE
+        ProtFlags::READ | ProtFlags::WRITE
     } else {
-        libc::PROT_READ
+        ProtFlags::READ
     }
 }
 
-fn to_off(offset: u64) -> io::Result<libc::off_t> {
-    libc::off_t::try_from(offset).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))
+/// Checks that a file offset or length fits the kernel's `off_t` (signed
+/// 64 bits): a larger one would reach the kernel negative.
+fn to_off(offset: u64) -> io::Result<u64> {
+    i64::try_from(offset)
+        .map(|_| offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))
 }
 
 impl Mmap {
@@ -131,10 +131,7 @@ impl Mmap {
         // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED), so no
         // existing memory is affected; the arguments are plain integers and
         // an open descriptor.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot(writable), libc::MAP_SHARED, fd.as_raw_fd(), off) };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let p = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot(writable), MapFlags::SHARED, fd, off) }?;
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned address 0"))?;
         Ok(Mmap { ptr, len })
     }
@@ -148,18 +145,13 @@ impl Mmap {
         // SAFETY: a fresh anonymous mapping chosen by the kernel; it affects
         // no existing memory.
         let p = unsafe {
-            libc::mmap(
+            rustix::mm::mmap_anonymous(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
             )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        }?;
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned address 0"))?;
         Ok(Mmap { ptr, len })
     }
@@ -183,19 +175,16 @@ impl Mmap {
         // which this value owns and which holds no Rust object: replacing
         // its pages with MAP_FIXED affects nothing else. The address is
         // page-aligned because the region and `at` are.
-        let p = unsafe {
-            libc::mmap(
+        unsafe {
+            rustix::mm::mmap(
                 self.ptr.as_ptr().add(at).cast(),
                 len,
                 prot(writable),
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                fd.as_raw_fd(),
+                MapFlags::SHARED | MapFlags::FIXED,
+                fd,
                 off,
             )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        }?;
         Ok(())
     }
 
@@ -215,28 +204,23 @@ impl Drop for Mmap {
         // SAFETY: this value owns the mapping `[ptr, ptr + len)` and nothing
         // refers to it any more (every user holds the `Mmap` or something
         // that owns it).
-        if unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) } != 0 {
-            log::error!("munmap of {} bytes at {:p} failed: {}", self.len, self.ptr, io::Error::last_os_error());
+        if let Err(e) = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) } {
+            log::error!("munmap of {} bytes at {:p} failed: {e}", self.len, self.ptr);
         }
     }
 }
 
 /// Creates a non-blocking eventfd.
 pub(crate) fn eventfd() -> io::Result<File> {
-    // SAFETY: eventfd takes integers only.
-    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-    // SAFETY: eventfd just returned this descriptor; nothing else owns it.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    Ok(File::from(rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?))
 }
 
 /// Makes a descriptor received from another process non-blocking, so that
 /// a peer that hands us something other than an eventfd cannot make a
 /// write to it block.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: F_GETFL/F_SETFL take integers; `fd` is open.
-    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
-    // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    rustix::fs::fcntl_setfl(fd, flags | OFlags::NONBLOCK)?;
     Ok(())
 }
 
@@ -266,138 +250,82 @@ pub(crate) fn eventfd_drain(f: &File) {
 /// (empty on a timeout or an interrupted wait). Level-triggered: a
 /// readable eventfd stays readable until it is drained.
 pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
-    let mut pfds: Vec<libc::pollfd> =
-        fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-        // Below 10^9: fits every c_long.
-        tv_nsec: t.subsec_nanos() as libc::c_long,
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::from_borrowed_fd(*f, PollFlags::IN)).collect();
+    let ts = timeout.map(|t| Timespec {
+        tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+        // Below 10^9: fits.
+        tv_nsec: i64::from(t.subsec_nanos()),
     });
-    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `pfds` holds `pfds.len()` valid pollfd structures of open
-    // descriptors (borrowed for the call), `tsp` is null or points to `ts`,
-    // and the signal mask pointer is null (unchanged); all outlive the call.
-    let r = unsafe { libc::ppoll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, tsp, std::ptr::null()) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(Vec::new()) } else { Err(e) };
+    match rustix::event::poll(&mut pfds, ts.as_ref()) {
+        Ok(_) => Ok(pfds.iter().enumerate().filter(|(_, p)| !p.revents().is_empty()).map(|(i, _)| i).collect()),
+        Err(rustix::io::Errno::INTR) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
     }
-    Ok(pfds.iter().enumerate().filter(|(_, p)| p.revents != 0).map(|(i, _)| i).collect())
 }
 
+/// Bytes of `sun_path` in Linux's `struct sockaddr_un` (see unix(7)); a
+/// path must fit with its terminating NUL.
+const SUN_PATH_LEN: usize = 108;
 
-fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+fn sockaddr(path: &Path) -> io::Result<SocketAddrUnix> {
     let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+    if bytes.len() >= SUN_PATH_LEN || bytes.contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "socket path {} is longer than {} bytes (or has a NUL); use a shorter directory",
                 path.display(),
-                addr.sun_path.len() - 1
+                SUN_PATH_LEN - 1
             ),
         ));
     }
-    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
-    }
-    let len = (size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    Ok((addr, len))
+    Ok(SocketAddrUnix::new(path)?)
 }
 
 fn seqpacket_socket() -> io::Result<OwnedFd> {
-    // SAFETY: socket takes integers only.
-    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: socket just returned this descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?)
 }
 
 /// A listening `SOCK_SEQPACKET` socket bound to `path`.
 pub(crate) fn seqpacket_listen(path: &Path) -> io::Result<OwnedFd> {
     let fd = seqpacket_socket()?;
-    let (addr, len) = sockaddr(path)?;
-    // SAFETY: `addr` is an initialised sockaddr_un of `len` bytes.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) })?;
-    // SAFETY: listen takes integers only.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), 64) })?;
+    rustix::net::bind(&fd, &sockaddr(path)?)?;
+    rustix::net::listen(&fd, 64)?;
     Ok(fd)
 }
 
 /// A `SOCK_SEQPACKET` socket connected to `path`.
 pub(crate) fn seqpacket_connect(path: &Path) -> io::Result<OwnedFd> {
     let fd = seqpacket_socket()?;
-    let (addr, len) = sockaddr(path)?;
-    // SAFETY: `addr` is an initialised sockaddr_un of `len` bytes.
-    cvt(unsafe { libc::connect(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) })?;
+    rustix::net::connect(&fd, &sockaddr(path)?)?;
     Ok(fd)
 }
 
 /// Accepts one connection.
 pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    // SAFETY: null address pointers are allowed (we do not want the peer's
-    // address); the flags are integers.
-    let fd = cvt(unsafe {
-        libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
-    })?;
-    // SAFETY: accept4 just returned this descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::net::accept_with(listener, SocketFlags::CLOEXEC)?)
 }
 
 /// Most descriptors one message carries.
 pub(crate) const MAX_FDS: usize = 4;
 
-/// Control buffer large enough for `MAX_FDS` descriptors, aligned for
-/// `cmsghdr`.
-#[repr(C, align(8))]
-struct CmsgBuf([u8; 64]);
-
-const _: () = assert!(size_of::<libc::cmsghdr>() + MAX_FDS * size_of::<libc::c_int>() <= 64);
+/// Bytes of control buffer for `MAX_FDS` descriptors, with the slack
+/// `rustix` needs to align it for `cmsghdr`.
+const CMSG_SPACE: usize = rustix::cmsg_space!(ScmRights(MAX_FDS));
 
 /// Sends one message with up to [`MAX_FDS`] descriptors.
 pub(crate) fn send_msg(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors for one message"));
     }
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
-    let mut cbuf = CmsgBuf([0; 64]);
-    // SAFETY: msghdr is plain old data; all-zero is a valid value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        let payload = (fds.len() * size_of::<libc::c_int>()) as libc::c_uint;
-        // SAFETY: CMSG_SPACE is pure arithmetic.
-        let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-        msg.msg_control = cbuf.0.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: `msg` points to `cbuf`, which holds `space <= 64` bytes
-        // (checked by the const assertion above), so the first header and
-        // its data fit; `cbuf` is aligned for cmsghdr and outlives this
-        // block. The data is written unaligned-safely.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            if cmsg.is_null() {
-                return Err(io::Error::other("control buffer too small"));
-            }
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
-            let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
-            for (i, fd) in fds.iter().enumerate() {
-                data.add(i).write_unaligned(fd.as_raw_fd());
-            }
-        }
+    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("control buffer too small"));
     }
-    // SAFETY: `msg` describes `data` (read-only for sendmsg) and `cbuf`,
-    // both valid for the duration of the call.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize != data.len() {
+    let n = rustix::net::sendmsg(sock, &[IoSlice::new(data)], &mut control, SendFlags::NOSIGNAL)?;
+    if n != data.len() {
         return Err(io::Error::other("short sendmsg on a SOCK_SEQPACKET socket"));
     }
     Ok(())
@@ -408,66 +336,46 @@ pub(crate) fn send_msg(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]
 /// A message that does not fit `buf` or carried too many descriptors is an
 /// error (the descriptors that did arrive are closed).
 pub(crate) fn recv_msg(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let mut cbuf = MaybeUninit::<CmsgBuf>::zeroed();
-    // SAFETY: msghdr is plain old data; all-zero is a valid value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = size_of::<CmsgBuf>() as _;
-    let n = loop {
-        // SAFETY: `msg` describes `buf` and `cbuf`, both writable and valid
-        // for the duration of the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = loop {
+        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(msg) => break msg,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     };
+    // Every descriptor is owned from here on: those of a refused message
+    // are closed when `fds` drops.
     let mut fds = Vec::new();
-    // SAFETY: the kernel filled `msg_controllen` bytes of `cbuf` with
-    // well-formed control messages; CMSG_FIRSTHDR/NXTHDR stay inside that
-    // length, and each SCM_RIGHTS payload holds `(cmsg_len - CMSG_LEN(0)) /
-    // sizeof(int)` descriptors that are now ours (read unaligned-safely).
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
-                for i in 0..bytes / size_of::<libc::c_int>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
         }
     }
-    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+    if msg.flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "message or its descriptors were truncated"));
     }
-    Ok((n, fds))
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message carried {} descriptors, more than the {MAX_FDS} one message may", fds.len()),
+        ));
+    }
+    Ok((msg.bytes, fds))
 }
 
 /// Shuts a socket down both ways, waking a thread blocked on it.
 pub(crate) fn shutdown(sock: BorrowedFd<'_>) {
-    // SAFETY: shutdown takes integers only; `sock` is open.
-    unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
+    // A socket the peer already shut down reports ENOTCONN: nothing is
+    // left to wake then, so the result does not matter.
+    let _ = rustix::net::shutdown(sock, Shutdown::Both);
 }
 
 /// An edge-triggered epoll instance watching `efd` for readability.
 pub(crate) fn epoll_for(efd: &File) -> io::Result<OwnedFd> {
-    // SAFETY: epoll_create1 takes an integer flag.
-    let ep = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-    // SAFETY: epoll_create1 just returned this descriptor; nothing else owns it.
-    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
-    let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: 0 };
-    // SAFETY: both descriptors are open and `ev` is a valid epoll_event that
-    // outlives the call.
-    cvt(unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, efd.as_raw_fd(), &mut ev) })?;
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    epoll::add(&ep, efd, epoll::EventData::new_u64(0), epoll::EventFlags::IN | epoll::EventFlags::ET)?;
     Ok(ep)
 }
 
@@ -475,17 +383,18 @@ pub(crate) fn epoll_for(efd: &File) -> io::Result<OwnedFd> {
 /// reports an event or `timeout` passes (`None`: forever). Returns whether
 /// an event came; an interrupted wait returns `false`.
 pub(crate) fn epoll_wait_one(ep: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
-    let ms = match timeout {
-        None => -1,
-        // Round up so a short timeout still sleeps rather than spins.
-        Some(t) => i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+    // Capped at `epoll_wait`'s largest timeout (`i32::MAX` ms), which
+    // rustix passes in milliseconds rounded up, so a short timeout still
+    // sleeps rather than spins.
+    const LONGEST: Duration = Duration::from_millis(i32::MAX as u64);
+    let timeout = match timeout {
+        None => None,
+        Some(t) => Some(Timespec::try_from(t.min(LONGEST)).map_err(io::Error::other)?),
     };
-    let mut ev = libc::epoll_event { events: 0, u64: 0 };
-    // SAFETY: `ep` is open and `ev` is room for the one event asked for.
-    let r = unsafe { libc::epoll_wait(ep.as_raw_fd(), &mut ev, 1, ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+    let mut ev = [MaybeUninit::<epoll::Event>::uninit(); 1];
+    match epoll::wait(ep, &mut ev, timeout.as_ref()) {
+        Ok((ready, _)) => Ok(!ready.is_empty()),
+        Err(Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    Ok(r > 0)
 }

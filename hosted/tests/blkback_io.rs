@@ -15,15 +15,25 @@ use hosted::blkback::front::{discard_request, rw_request, whole_page, FrontConfi
 use hosted::blkback::{RejectReason, WaitMode};
 
 fn ok(rsp: blkfront::abi::BlkifResponse, id: u64, operation: u8) {
-    assert_eq!((rsp.id, rsp.operation, rsp.status), (id, operation, status::OKAY), "{rsp:?}");
+    assert_eq!(
+        (rsp.id, rsp.operation, rsp.status),
+        (id, operation, status::OKAY),
+        "{rsp:?}"
+    );
 }
 
 #[test]
 fn advertised_keys_and_disk_description() {
     let mut r = Rig::with("keys", 16 << 20, &[], |c| c.max_queues = 3);
     let f = r.front(FrontConfig::default());
-    assert_eq!(r.backend_key("feature-max-indirect-segments").as_deref(), Some("256"));
-    assert_eq!(r.backend_key("multi-queue-max-queues").as_deref(), Some("3"));
+    assert_eq!(
+        r.backend_key("feature-max-indirect-segments").as_deref(),
+        Some("256")
+    );
+    assert_eq!(
+        r.backend_key("multi-queue-max-queues").as_deref(),
+        Some("3")
+    );
     assert_eq!(r.backend_key("max-ring-page-order").as_deref(), Some("4"));
     assert_eq!(r.backend_key("feature-discard").as_deref(), Some("1"));
     assert_eq!(r.backend_key("discard-secure").as_deref(), Some("0"));
@@ -51,13 +61,21 @@ fn writes_land_in_the_file_and_reads_return_it() {
     let refs: Vec<_> = bufs.iter().collect();
     ok(f.pages(0, true, 7, 64, &refs).unwrap(), 7, op::WRITE);
     for i in 0..3u32 {
-        assert_eq!(r.file_bytes(64 * 512 + u64::from(i) * 4096, 4096), pattern(i, 4096), "page {i}");
+        assert_eq!(
+            r.file_bytes(64 * 512 + u64::from(i) * 4096, 4096),
+            pattern(i, 4096),
+            "page {i}"
+        );
     }
     // The file written behind the backend's back, read through the ring.
     r.write_file(1 << 20, &pattern(99, 8192));
     let a = f.buffer().unwrap();
     let b = f.buffer().unwrap();
-    ok(f.pages(0, false, 8, (1 << 20) / 512, &[&a, &b]).unwrap(), 8, op::READ);
+    ok(
+        f.pages(0, false, 8, (1 << 20) / 512, &[&a, &b]).unwrap(),
+        8,
+        op::READ,
+    );
     let mut got = vec![0u8; 4096];
     a.read_at(0, &mut got).unwrap();
     assert_eq!(got, pattern(99, 8192)[..4096]);
@@ -66,8 +84,17 @@ fn writes_land_in_the_file_and_reads_return_it() {
     // Partial pages: sectors 2..=5 of a page, 2 KiB at sector 8.
     let mut p = f.buffer().unwrap();
     p.write_at(0, &pattern(5, 4096)).unwrap();
-    let seg = BlkifRequestSegment { gref: p.gref(), first_sect: 2, last_sect: 5, _pad: [0; 2] };
-    ok(f.io(0, &rw_request(op::WRITE, 9, 8, &[seg])).unwrap(), 9, op::WRITE);
+    let seg = BlkifRequestSegment {
+        gref: p.gref(),
+        first_sect: 2,
+        last_sect: 5,
+        _pad: [0; 2],
+    };
+    ok(
+        f.io(0, &rw_request(op::WRITE, 9, 8, &[seg])).unwrap(),
+        9,
+        op::WRITE,
+    );
     assert_eq!(r.file_bytes(8 * 512, 2048), pattern(5, 4096)[1024..3072]);
     assert_eq!(r.file_bytes(7 * 512, 512), vec![0; 512], "nothing before");
     assert_eq!(r.file_bytes(12 * 512, 512), vec![0; 512], "nothing after");
@@ -81,7 +108,10 @@ fn writes_land_in_the_file_and_reads_return_it() {
 #[test]
 fn indirect_requests_move_a_mebibyte() {
     let r = Rig::new("indirect");
-    let mut f = r.front(FrontConfig { pool_pages: 600, ..FrontConfig::default() });
+    let mut f = r.front(FrontConfig {
+        pool_pages: 600,
+        ..FrontConfig::default()
+    });
     let mut bufs = Vec::new();
     for i in 0..256 {
         let mut b = f.buffer().unwrap();
@@ -103,16 +133,27 @@ fn indirect_requests_move_a_mebibyte() {
         assert_eq!(got, pattern(1000 + i as u32, 4096), "page {i} read back");
     }
     // 257 segments is more than the backend offers.
-    let segs: Vec<_> = back.iter().chain(&bufs[..1]).map(|b| whole_page(b.gref())).collect();
+    let segs: Vec<_> = back
+        .iter()
+        .chain(&bufs[..1])
+        .map(|b| whole_page(b.gref()))
+        .collect();
     let (req, _pages) = f.indirect(op::READ, 3, 0, &segs).unwrap();
     let rsp = f.io(0, &req).unwrap();
-    assert_eq!((rsp.id, rsp.operation, rsp.status), (3, op::READ, status::ERROR));
+    assert_eq!(
+        (rsp.id, rsp.operation, rsp.status),
+        (3, op::READ, status::ERROR)
+    );
 }
 
 #[test]
 fn a_multi_page_ring_holds_hundreds_in_flight() {
     let r = Rig::new("mpring");
-    let mut f = r.front(FrontConfig { max_ring_page_order: 4, pool_pages: 400, ..FrontConfig::default() });
+    let mut f = r.front(FrontConfig {
+        max_ring_page_order: 4,
+        pool_pages: 400,
+        ..FrontConfig::default()
+    });
     assert_eq!(f.choice().unwrap().ring_page_order, 4);
     assert_eq!(f.queue(0).unwrap().ring.size(), 512);
     let mut bufs = Vec::new();
@@ -131,7 +172,11 @@ fn a_multi_page_ring_holds_hundreds_in_flight() {
     for _ in 0..400 {
         let rsp = f.wait_response(0, TIMEOUT).unwrap();
         assert_eq!((rsp.operation, rsp.status), (op::WRITE, status::OKAY));
-        assert!(!std::mem::replace(&mut seen[rsp.id as usize], true), "two responses for {}", rsp.id);
+        assert!(
+            !std::mem::replace(&mut seen[rsp.id as usize], true),
+            "two responses for {}",
+            rsp.id
+        );
     }
     for i in [0u64, 199, 399] {
         assert_eq!(r.file_bytes(i * 4096, 4096), i.to_le_bytes().repeat(512));
@@ -141,19 +186,32 @@ fn a_multi_page_ring_holds_hundreds_in_flight() {
 #[test]
 fn two_queues_each_with_its_ring_and_channel() {
     let r = Rig::new("mq");
-    let mut f = r.front(FrontConfig { queues: 2, max_ring_page_order: 1, ..FrontConfig::default() });
+    let mut f = r.front(FrontConfig {
+        queues: 2,
+        max_ring_page_order: 1,
+        ..FrontConfig::default()
+    });
     assert_eq!(f.queues(), 2);
     assert_eq!(r.back().stats().queues, 2);
     for q in 0..2usize {
         let mut b = f.buffer().unwrap();
         b.write_at(0, &pattern(q as u32, 4096)).unwrap();
-        ok(f.pages(q, true, 10 + q as u64, q as u64 * 8, &[&b]).unwrap(), 10 + q as u64, op::WRITE);
+        ok(
+            f.pages(q, true, 10 + q as u64, q as u64 * 8, &[&b])
+                .unwrap(),
+            10 + q as u64,
+            op::WRITE,
+        );
     }
     // Each queue reads what the other wrote.
     for q in 0..2usize {
         let b = f.buffer().unwrap();
         let other = 1 - q;
-        ok(f.pages(q, false, 20, other as u64 * 8, &[&b]).unwrap(), 20, op::READ);
+        ok(
+            f.pages(q, false, 20, other as u64 * 8, &[&b]).unwrap(),
+            20,
+            op::READ,
+        );
         let mut got = vec![0u8; 4096];
         b.read_at(0, &mut got).unwrap();
         assert_eq!(got, pattern(other as u32, 4096));
@@ -164,29 +222,60 @@ fn two_queues_each_with_its_ring_and_channel() {
 fn flush_and_barrier() {
     let r = Rig::new("flush");
     let mut f = r.front(FrontConfig::default());
-    ok(f.io(0, &rw_request(op::FLUSH_DISKCACHE, 1, 0, &[])).unwrap(), 1, op::FLUSH_DISKCACHE);
-    ok(f.io(0, &rw_request(op::WRITE_BARRIER, 2, 0, &[])).unwrap(), 2, op::WRITE_BARRIER);
+    ok(
+        f.io(0, &rw_request(op::FLUSH_DISKCACHE, 1, 0, &[]))
+            .unwrap(),
+        1,
+        op::FLUSH_DISKCACHE,
+    );
+    ok(
+        f.io(0, &rw_request(op::WRITE_BARRIER, 2, 0, &[])).unwrap(),
+        2,
+        op::WRITE_BARRIER,
+    );
     // A flush that carries data writes it after the flush.
     let mut b = f.buffer().unwrap();
     b.write_at(0, &pattern(3, 4096)).unwrap();
-    ok(f.io(0, &rw_request(op::FLUSH_DISKCACHE, 3, 16, &[whole_page(b.gref())])).unwrap(), 3, op::FLUSH_DISKCACHE);
+    ok(
+        f.io(
+            0,
+            &rw_request(op::FLUSH_DISKCACHE, 3, 16, &[whole_page(b.gref())]),
+        )
+        .unwrap(),
+        3,
+        op::FLUSH_DISKCACHE,
+    );
     assert_eq!(r.file_bytes(16 * 512, 4096), pattern(3, 4096));
     // A barrier behind writes in flight waits for them.
     let mut bufs = Vec::new();
     for i in 0..8u64 {
         let mut b = f.buffer().unwrap();
         b.write_at(0, &pattern(40 + i as u32, 4096)).unwrap();
-        f.queue(0).unwrap().ring.put_request(rw_request(op::WRITE, 100 + i, 64 + i * 8, &[whole_page(b.gref())])).unwrap();
+        f.queue(0)
+            .unwrap()
+            .ring
+            .put_request(rw_request(
+                op::WRITE,
+                100 + i,
+                64 + i * 8,
+                &[whole_page(b.gref())],
+            ))
+            .unwrap();
         bufs.push(b);
     }
-    f.put(0, &rw_request(op::WRITE_BARRIER, 200, 0, &[])).unwrap();
+    f.put(0, &rw_request(op::WRITE_BARRIER, 200, 0, &[]))
+        .unwrap();
     let mut ids = Vec::new();
     for _ in 0..9 {
         let rsp = f.wait_response(0, TIMEOUT).unwrap();
         assert_eq!(rsp.status, status::OKAY);
         ids.push(rsp.id);
     }
-    assert_eq!(ids.last(), Some(&200), "the barrier completes after the writes before it: {ids:?}");
+    assert_eq!(
+        ids.last(),
+        Some(&200),
+        "the barrier completes after the writes before it: {ids:?}"
+    );
     assert_eq!(r.back().stats().flushes, 4);
 }
 
@@ -196,8 +285,13 @@ fn flush_on_a_disk_without_a_cache_is_not_supported() {
     let mut f = r.front(FrontConfig::default());
     assert_eq!(r.backend_key("feature-flush-cache").as_deref(), Some("0"));
     assert_eq!(r.backend_key("feature-barrier").as_deref(), Some("0"));
-    let rsp = f.io(0, &rw_request(op::FLUSH_DISKCACHE, 4, 0, &[])).unwrap();
-    assert_eq!((rsp.id, rsp.operation, rsp.status), (4, op::FLUSH_DISKCACHE, status::EOPNOTSUPP));
+    let rsp = f
+        .io(0, &rw_request(op::FLUSH_DISKCACHE, 4, 0, &[]))
+        .unwrap();
+    assert_eq!(
+        (rsp.id, rsp.operation, rsp.status),
+        (4, op::FLUSH_DISKCACHE, status::EOPNOTSUPP)
+    );
 }
 
 #[test]
@@ -208,15 +302,42 @@ fn discard_punches_a_hole_that_reads_as_zeroes() {
     assert!(granularity >= 512);
     r.write_file(0, &pattern(7, 1 << 20));
     let before = std::fs::metadata(&r.disk).unwrap().blocks();
-    ok(f.io(0, &discard_request(5, 256, 1024, false)).unwrap(), 5, op::DISCARD);
-    assert_eq!(r.file_bytes(256 * 512, 512 * 1024), vec![0; 512 * 1024], "the discarded range reads as zeroes");
-    assert_eq!(r.file_bytes(255 * 512, 512), pattern(7, 1 << 20)[255 * 512..256 * 512], "before it is kept");
-    assert_eq!(r.file_bytes(1280 * 512, 512), pattern(7, 1 << 20)[1280 * 512..1281 * 512], "after it is kept");
+    ok(
+        f.io(0, &discard_request(5, 256, 1024, false)).unwrap(),
+        5,
+        op::DISCARD,
+    );
+    assert_eq!(
+        r.file_bytes(256 * 512, 512 * 1024),
+        vec![0; 512 * 1024],
+        "the discarded range reads as zeroes"
+    );
+    assert_eq!(
+        r.file_bytes(255 * 512, 512),
+        pattern(7, 1 << 20)[255 * 512..256 * 512],
+        "before it is kept"
+    );
+    assert_eq!(
+        r.file_bytes(1280 * 512, 512),
+        pattern(7, 1 << 20)[1280 * 512..1281 * 512],
+        "after it is kept"
+    );
     let after = std::fs::metadata(&r.disk).unwrap().blocks();
-    assert!(after + 1024 <= before, "no hole punched: {before} then {after} blocks");
-    assert_eq!(std::fs::metadata(&r.disk).unwrap().len(), 4 << 20, "the size is kept");
+    assert!(
+        after + 1024 <= before,
+        "no hole punched: {before} then {after} blocks"
+    );
+    assert_eq!(
+        std::fs::metadata(&r.disk).unwrap().len(),
+        4 << 20,
+        "the size is kept"
+    );
     // A secure discard is a plain one here; the disk range is checked.
-    ok(f.io(0, &discard_request(6, 0, 8, true)).unwrap(), 6, op::DISCARD);
+    ok(
+        f.io(0, &discard_request(6, 0, 8, true)).unwrap(),
+        6,
+        op::DISCARD,
+    );
     let rsp = f.io(0, &discard_request(7, 8190, 16, false)).unwrap();
     assert_eq!((rsp.id, rsp.status), (7, status::ERROR));
     assert_eq!(r.back().stats().discards, 2);
@@ -229,12 +350,18 @@ fn discard_disabled_by_the_toolstack() {
     assert_eq!(r.backend_key("feature-discard").as_deref(), Some("0"));
     assert!(f.disk().unwrap().discard.is_none());
     let rsp = f.io(0, &discard_request(1, 0, 8, false)).unwrap();
-    assert_eq!((rsp.id, rsp.operation, rsp.status), (1, op::DISCARD, status::EOPNOTSUPP));
+    assert_eq!(
+        (rsp.id, rsp.operation, rsp.status),
+        (1, op::DISCARD, status::EOPNOTSUPP)
+    );
 }
 
 #[test]
 fn a_read_only_disk_refuses_writes_flushes_and_discards() {
-    for (tag, nodes, cfg_ro) in [("ro-cfg", vec![], true), ("ro-mode", vec![("mode", "r")], false)] {
+    for (tag, nodes, cfg_ro) in [
+        ("ro-cfg", vec![], true),
+        ("ro-mode", vec![("mode", "r")], false),
+    ] {
         let r = Rig::with(tag, 1 << 20, &nodes, |c| c.read_only = cfg_ro);
         r.write_file(0, &pattern(1, 4096));
         let mut f = r.front(FrontConfig::default());
@@ -242,20 +369,37 @@ fn a_read_only_disk_refuses_writes_flushes_and_discards() {
         let b = f.buffer().unwrap();
         ok(f.pages(0, false, 1, 0, &[&b]).unwrap(), 1, op::READ);
         let rsp = f.pages(0, true, 2, 0, &[&b]).unwrap();
-        assert_eq!((rsp.id, rsp.operation, rsp.status), (2, op::WRITE, status::ERROR), "{tag}");
-        let rsp = f.io(0, &rw_request(op::FLUSH_DISKCACHE, 3, 0, &[])).unwrap();
+        assert_eq!(
+            (rsp.id, rsp.operation, rsp.status),
+            (2, op::WRITE, status::ERROR),
+            "{tag}"
+        );
+        let rsp = f
+            .io(0, &rw_request(op::FLUSH_DISKCACHE, 3, 0, &[]))
+            .unwrap();
         assert_eq!(rsp.status, status::ERROR, "{tag}");
         let rsp = f.io(0, &discard_request(4, 0, 8, false)).unwrap();
         assert_eq!(rsp.status, status::ERROR, "{tag}");
-        assert_eq!(r.file_bytes(0, 4096), pattern(1, 4096), "{tag}: the disk is unchanged");
-        assert_eq!(r.back().stats().rejected.get(&RejectReason::ReadOnly), Some(&3), "{tag}");
+        assert_eq!(
+            r.file_bytes(0, 4096),
+            pattern(1, 4096),
+            "{tag}: the disk is unchanged"
+        );
+        assert_eq!(
+            r.back().stats().rejected.get(&RejectReason::ReadOnly),
+            Some(&3),
+            "{tag}"
+        );
     }
 }
 
 #[test]
 fn without_persistent_grants_pages_are_mapped_per_request() {
     let r = Rig::new("nopersist");
-    let mut f = r.front(FrontConfig { persistent: false, ..FrontConfig::default() });
+    let mut f = r.front(FrontConfig {
+        persistent: false,
+        ..FrontConfig::default()
+    });
     assert!(!r.back().stats().persistent);
     let mut b = f.buffer().unwrap();
     b.write_at(0, &pattern(3, 4096)).unwrap();
@@ -274,11 +418,18 @@ fn without_persistent_grants_pages_are_mapped_per_request() {
 #[test]
 fn polling_mode_serves_without_notifications() {
     let r = Rig::with("poll", 1 << 20, &[], |c| c.wait = WaitMode::Poll);
-    let mut f = r.front(FrontConfig { event: false, ..FrontConfig::default() });
+    let mut f = r.front(FrontConfig {
+        event: false,
+        ..FrontConfig::default()
+    });
     let mut b = f.buffer().unwrap();
     for i in 0..200u64 {
         b.write_at(0, &i.to_le_bytes()).unwrap();
-        ok(f.pages(0, true, i, (i % 64) * 8, &[&b]).unwrap(), i, op::WRITE);
+        ok(
+            f.pages(0, true, i, (i % 64) * 8, &[&b]).unwrap(),
+            i,
+            op::WRITE,
+        );
     }
     assert_eq!(&r.file_bytes(63 * 4096, 8)[..], &191u64.to_le_bytes());
     let _ = Duration::ZERO;

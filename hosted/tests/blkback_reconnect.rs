@@ -30,7 +30,11 @@ fn a_restarted_frontend_gets_a_new_connection_and_the_old_grants_go() {
     let mut f = r.front(FrontConfig::default());
     let ring_refs = f.queue(0).unwrap().ring.grefs();
     let data_ref = write_page(&mut f, 1, 0, 1);
-    assert_eq!(r.back_plat.pin_counts(FE, data_ref), (1, 1), "a persistent grant, mapped read-write");
+    assert_eq!(
+        r.back_plat.pin_counts(FE, data_ref),
+        (1, 1),
+        "a persistent grant, mapped read-write"
+    );
     assert_eq!(r.back_plat.pin_counts(FE, ring_refs[0]).0, 1);
     // The guest's driver restarts: the old instance goes (its grants are
     // quarantined while the backend maps them), a new one connects.
@@ -38,8 +42,16 @@ fn a_restarted_frontend_gets_a_new_connection_and_the_old_grants_go() {
     let mut f = r.front(FrontConfig::default());
     assert!(r.back().wait_connected(2, TIMEOUT));
     assert_eq!(r.back().stats().connections, 2);
-    assert_eq!(r.back_plat.pin_counts(FE, data_ref), (0, 0), "the old persistent grant was unmapped");
-    assert_eq!(r.back_plat.pin_counts(FE, ring_refs[0]), (0, 0), "the old ring was unmapped");
+    assert_eq!(
+        r.back_plat.pin_counts(FE, data_ref),
+        (0, 0),
+        "the old persistent grant was unmapped"
+    );
+    assert_eq!(
+        r.back_plat.pin_counts(FE, ring_refs[0]),
+        (0, 0),
+        "the old ring was unmapped"
+    );
     // The quarantined pages can now be freed.
     let table = r.front_plat.grant_table().clone();
     let _ = table.retry_quarantined();
@@ -58,7 +70,15 @@ fn a_new_backend_instance_takes_over_after_one_dies() {
     r.back.take().unwrap().stop();
     let mut config = BlkbackConfig::new(&r.disk);
     config.max_queues = 4;
-    r.back = Some(Blkback::spawn(r.back_plat.clone(), r.daemon.socket(), &r.spec.backend_path(), config).unwrap());
+    r.back = Some(
+        Blkback::spawn(
+            r.back_plat.clone(),
+            r.daemon.socket(),
+            &r.spec.backend_path(),
+            config,
+        )
+        .unwrap(),
+    );
     // The frontend sees the old connection end and connects anew.
     let end = Instant::now() + TIMEOUT;
     let mut events = Vec::new();
@@ -71,9 +91,17 @@ fn a_new_backend_instance_takes_over_after_one_dies() {
             break;
         }
         assert!(Instant::now() < end, "no reconnection: {events:?}");
-        f.xenstore().pump_wait(Wait::For(Duration::from_millis(2))).unwrap();
+        f.xenstore()
+            .pump_wait(Wait::For(Duration::from_millis(2)))
+            .unwrap();
     }
-    assert!(matches!(events[0], HandshakeEvent::Disconnected { connection: 1, .. }), "{events:?}");
+    assert!(
+        matches!(
+            events[0],
+            HandshakeEvent::Disconnected { connection: 1, .. }
+        ),
+        "{events:?}"
+    );
     write_page(&mut f, 2, 8, 2);
     assert_eq!(r.file_bytes(8 * 512, 4096), pattern(2, 4096));
     assert_eq!(r.back().stats().connections, 1);
@@ -95,7 +123,10 @@ fn ring_ref_layouts() {
         r.front_plat.clone(),
         r.daemon.socket(),
         FRONT_PATH,
-        FrontConfig { legacy_ring_ref: true, ..FrontConfig::default() },
+        FrontConfig {
+            legacy_ring_ref: true,
+            ..FrontConfig::default()
+        },
     )
     .unwrap();
     // The keys of the previous instance are removed by the new one's
@@ -107,7 +138,9 @@ fn ring_ref_layouts() {
     f.connect(TIMEOUT).unwrap();
     assert!(read(&mut r, "ring-ref").is_some());
     let g = f.buffer().unwrap().gref();
-    let rsp = f.io(0, &rw_request(op::READ, 5, 0, &[whole_page(g)])).unwrap();
+    let rsp = f
+        .io(0, &rw_request(op::READ, 5, 0, &[whole_page(g)]))
+        .unwrap();
     assert_eq!((rsp.id, rsp.status), (5, status::OKAY));
 }
 
@@ -117,16 +150,27 @@ fn a_resize_rewrites_sectors_and_state() {
     let mut f = r.front(FrontConfig::default());
     assert_eq!(f.disk().unwrap().sectors, 2048);
     let be = r.spec.backend_path();
-    f.xenstore().watch(&format!("{be}/state"), "resize").unwrap();
+    f.xenstore()
+        .watch(&format!("{be}/state"), "resize")
+        .unwrap();
     // The initial watch event.
-    f.xenstore().pump_wait(Wait::For(Duration::from_millis(200))).unwrap();
+    f.xenstore()
+        .pump_wait(Wait::For(Duration::from_millis(200)))
+        .unwrap();
     f.xenstore().drain_events_for("resize");
-    std::fs::OpenOptions::new().write(true).open(&r.disk).unwrap().set_len(3 << 20).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&r.disk)
+        .unwrap()
+        .set_len(3 << 20)
+        .unwrap();
     assert_eq!(r.back().refresh_size().unwrap(), 6144);
     let end = Instant::now() + TIMEOUT;
     while f.xenstore().take_event_for("resize").is_none() {
         assert!(Instant::now() < end, "the state was not written again");
-        f.xenstore().pump_wait(Wait::For(Duration::from_millis(5))).unwrap();
+        f.xenstore()
+            .pump_wait(Wait::For(Duration::from_millis(5)))
+            .unwrap();
     }
     assert_eq!(f.read_disk().unwrap().sectors, 6144);
     // The new sectors are served.

@@ -457,6 +457,7 @@ fn block_any_wakes_for_each_of_several_ports_across_processes() {
     let (mut child, child_first) = spawn("any", &dir, port);
     let (ours, theirs) = offer_more(&front, &mut child, port, child_first, N);
     // Each port in turn, in an order that is not the slice's.
+    let mut slept = 0;
     for i in [2, 0, 3, 1] {
         child.expect("blocking");
         for &p in &theirs {
@@ -464,9 +465,19 @@ fn block_any_wakes_for_each_of_several_ports_across_processes() {
         }
         let before = front.event_stats().wakeups_sent;
         front.notify(ours[i]).unwrap();
-        assert_eq!(child.reply(), format!("woken by {}", theirs[i].0));
-        assert_eq!(front.event_stats().wakeups_sent, before + 1, "one eventfd write wakes the sleeper");
+        let reply = child.reply();
+        let rest = reply.strip_prefix(&format!("woken by {} ", theirs[i].0)).unwrap_or_else(|| panic!("{reply:?}"));
+        // Almost always asleep by now; a child descheduled between its
+        // last look at the pending bits and `ppoll` sees the event on that
+        // look instead.
+        slept += match rest {
+            "after sleeping" => 1,
+            "without sleeping" => 0,
+            other => panic!("unexpected reply {other:?}"),
+        };
+        assert_eq!(front.event_stats().wakeups_sent, before + 1, "a waiter that may sleep gets one eventfd write");
     }
+    assert!(slept > 0, "the child never slept in block_any");
     // Two pending, masked: returned at once, one per call, in slice order.
     child.expect("masked");
     front.notify(ours[3]).unwrap();
@@ -485,10 +496,10 @@ fn child_any(back: &HostedPlatform, first: Port) {
         let t = Instant::now();
         let got = back.block_any(&ports, Some(20_000 * MS)).unwrap().expect("woken by a notify, not the timeout");
         assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
-        assert!(back.event_stats().sleeps > sleeps, "it slept rather than spun");
+        let slept = back.event_stats().sleeps > sleeps;
         // Nothing else is pending.
         assert_eq!(back.block_any(&ports, Some(0)).unwrap(), None);
-        say(&format!("woken by {}", got.0));
+        say(&format!("woken by {} {}", got.0, if slept { "after sleeping" } else { "without sleeping" }));
     }
     for &p in &ports {
         back.mask(p).unwrap();
@@ -505,8 +516,8 @@ fn child_any(back: &HostedPlatform, first: Port) {
 
 /// A ping-pong where both processes always sleep in `block_any` over three
 /// ports and answer on the next one: a notify that raced with the other
-/// side going to sleep and was lost would stall a round for its whole
-/// (10 s) timeout. Thousands of rounds, each of them a race.
+/// side going to sleep and was lost would end that round with `None` after
+/// its whole (10 s) timeout. Thousands of rounds, each of them a race.
 #[test]
 fn block_any_never_loses_a_notify_racing_with_the_sleep() {
     const N: usize = 3;
@@ -532,7 +543,6 @@ fn block_any_never_loses_a_notify_racing_with_the_sleep() {
         "{ROUNDS} rounds in {elapsed:?} (slowest {slowest:?}); sleeps: parent {}, child {child_sleeps}",
         front.event_stats().sleeps
     );
-    assert!(slowest < Duration::from_secs(5), "a round took {slowest:?}: a wakeup was lost and the timeout saved it");
     assert!(front.event_stats().sleeps + child_sleeps > 0, "the sleeping path was never taken");
     child.finish();
 }

@@ -343,6 +343,18 @@ impl Policy for ApexPolicy {
         self.fix_head(entry.queue);
     }
 
+    fn remove(&mut self, queue: QueueId, tag: u64) -> Option<Entry> {
+        let q = self.queues.get_mut(&queue)?;
+        let k = q
+            .items
+            .iter()
+            .find(|(_, e)| e.tag == tag)
+            .map(|(k, _)| *k)?;
+        let e = q.items.remove(&k);
+        self.fix_head(queue);
+        e
+    }
+
     fn select(&mut self, core: &mut Core, now: Nanos, room: usize, out: &mut Vec<(Entry, Pass)>) {
         core.refill_all(now);
         let on_ring = core.inflight_cost;

@@ -33,7 +33,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::engine::{rank, Core, Entry, Policy};
-use crate::{Nanos, Pass};
+use crate::{Nanos, Pass, QueueId};
 
 /// mq-deadline's tunables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,6 +227,24 @@ impl Policy for DeadlinePolicy {
         l.queued += 1;
         l.fifo[dir].insert(entry.seq, entry.sector);
         l.sorted[dir].insert((entry.sector, entry.seq), entry);
+    }
+
+    fn remove(&mut self, _queue: QueueId, tag: u64) -> Option<Entry> {
+        for l in &mut self.levels {
+            for dir in 0..2 {
+                let k = l.sorted[dir]
+                    .iter()
+                    .find(|(_, e)| e.tag == tag)
+                    .map(|(k, _)| *k);
+                if let Some(k) = k {
+                    let e = l.sorted[dir].remove(&k)?;
+                    l.fifo[dir].remove(&e.seq);
+                    l.queued = l.queued.saturating_sub(1);
+                    return Some(e);
+                }
+            }
+        }
+        None
     }
 
     fn select(&mut self, _core: &mut Core, now: Nanos, room: usize, out: &mut Vec<(Entry, Pass)>) {

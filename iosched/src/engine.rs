@@ -155,7 +155,7 @@ struct InFlight {
 
 #[derive(Clone, Copy, Debug)]
 enum TagState {
-    Pending,
+    Pending(QueueId),
     InFlight(InFlight),
 }
 
@@ -265,8 +265,10 @@ pub trait Policy: sealed::Sealed {
     fn enqueue(&mut self, core: &Core, entry: Entry);
     /// Takes up to `room` waiting requests, in ring order, into `out`.
     fn select(&mut self, core: &mut Core, now: Nanos, room: usize, out: &mut Vec<(Entry, Pass)>);
-    /// A request dispatched with `lane` completed.
+    /// A request dispatched with `lane` completed or was cancelled.
     fn completed(&mut self, _lane: u8) {}
+    /// Takes the waiting request `tag` of `queue` out.
+    fn remove(&mut self, queue: QueueId, tag: u64) -> Option<Entry>;
 }
 
 impl sealed::Sealed for crate::apex::ApexPolicy {}
@@ -429,7 +431,9 @@ impl<P: Policy> Scheduler for Sched<P> {
             seq,
             lane: 0,
         };
-        self.core.tags.insert(request.tag, TagState::Pending);
+        self.core
+            .tags
+            .insert(request.tag, TagState::Pending(request.queue));
         self.core.pending += 1;
         if let Some(q) = self.core.queues.get_mut(&request.queue) {
             q.pending += 1;
@@ -502,7 +506,7 @@ impl<P: Policy> Scheduler for Sched<P> {
         let now = self.core.advance(now);
         let f = match self.core.tags.get(&tag) {
             None => return Err(Error::UnknownTag(tag)),
-            Some(TagState::Pending) => return Err(Error::NotDispatched(tag)),
+            Some(TagState::Pending(_)) => return Err(Error::NotDispatched(tag)),
             Some(TagState::InFlight(f)) => *f,
         };
         self.core.tags.remove(&tag);
@@ -535,6 +539,43 @@ impl<P: Policy> Scheduler for Sched<P> {
             lateness_ns,
             queue_removed,
         })
+    }
+
+    fn cancel(&mut self, tag: u64, now: Nanos) -> Result<QueueId, Error> {
+        let now = self.core.advance(now);
+        let queue = match self.core.tags.get(&tag).copied() {
+            None => return Err(Error::UnknownTag(tag)),
+            Some(TagState::Pending(queue)) => {
+                let Some(e) = self.policy.remove(queue, tag) else {
+                    // The policy lost track of it: cannot happen; keep the
+                    // books as they are rather than guess.
+                    log::error!("iosched: waiting request {tag:#x} not found by the policy");
+                    return Err(Error::UnknownTag(tag));
+                };
+                self.core.tags.remove(&tag);
+                self.core.pending = self.core.pending.saturating_sub(1);
+                if let Some(q) = self.core.queues.get_mut(&e.queue) {
+                    q.pending = q.pending.saturating_sub(1);
+                    q.stats.cancelled = q.stats.cancelled.saturating_add(1);
+                }
+                e.queue
+            }
+            Some(TagState::InFlight(f)) => {
+                // Keep the virtual clock right for the others in flight.
+                self.core.cost.tick(now, self.core.in_flight);
+                self.core.tags.remove(&tag);
+                self.core.in_flight = self.core.in_flight.saturating_sub(1);
+                self.core.inflight_cost = self.core.inflight_cost.saturating_sub(f.cost);
+                self.policy.completed(f.lane);
+                if let Some(q) = self.core.queues.get_mut(&f.queue) {
+                    q.in_flight = q.in_flight.saturating_sub(1);
+                    q.stats.cancelled = q.stats.cancelled.saturating_add(1);
+                }
+                f.queue
+            }
+        };
+        self.drop_queue_if_done(queue);
+        Ok(queue)
     }
 
     fn pending(&self) -> usize {

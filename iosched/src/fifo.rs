@@ -5,7 +5,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use crate::engine::{Core, Entry, Policy};
-use crate::{Nanos, Pass};
+use crate::{Nanos, Pass, QueueId};
 
 /// Arrival order across all queues.
 #[derive(Clone, Debug, Default)]
@@ -20,6 +20,11 @@ impl Policy for FifoPolicy {
 
     fn enqueue(&mut self, _core: &Core, entry: Entry) {
         self.waiting.push_back(entry);
+    }
+
+    fn remove(&mut self, _queue: QueueId, tag: u64) -> Option<Entry> {
+        let i = self.waiting.iter().position(|e| e.tag == tag)?;
+        self.waiting.remove(i)
     }
 
     fn select(&mut self, _core: &mut Core, _now: Nanos, room: usize, out: &mut Vec<(Entry, Pass)>) {

@@ -86,7 +86,7 @@
 //!   once; a device that is kept below its concurrency looks slower to it
 //!   (see [`cost`]), which makes APEX's batch-size bound stricter than it
 //!   needs to be when real-time deadlines are short (see [`apex`]).
-//! - No request merging and no cancellation of a waiting request.
+//! - No request merging.
 #![no_std]
 
 extern crate alloc;
@@ -437,6 +437,14 @@ pub trait Scheduler {
 
     /// A dispatched request completed.
     fn complete(&mut self, tag: u64, now: Nanos) -> Result<Completion, Error>;
+
+    /// Takes a request back, for a frontend that must fail it (its ring
+    /// broke, the application gave up on it). A waiting request leaves as if
+    /// never submitted; an in-flight one is forgotten without feeding the
+    /// cost model or the latency statistics. Either way its tag is free
+    /// again, the queue's `cancelled` count goes up, and a draining queue
+    /// that is left empty goes away. Returns the request's queue.
+    fn cancel(&mut self, tag: u64, now: Nanos) -> Result<QueueId, Error>;
 
     /// Requests waiting (not yet dispatched).
     fn pending(&self) -> usize;

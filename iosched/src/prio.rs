@@ -59,6 +59,15 @@ impl Policy for PrioPolicy {
         self.waiting.insert((r, p, entry.seq), entry);
     }
 
+    fn remove(&mut self, _queue: QueueId, tag: u64) -> Option<Entry> {
+        let k = self
+            .waiting
+            .iter()
+            .find(|(_, e)| e.tag == tag)
+            .map(|(k, _)| *k)?;
+        self.waiting.remove(&k)
+    }
+
     fn select(&mut self, _core: &mut Core, _now: Nanos, room: usize, out: &mut Vec<(Entry, Pass)>) {
         while out.len() < room {
             let Some((_, e)) = self.waiting.pop_first() else {

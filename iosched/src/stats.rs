@@ -135,6 +135,8 @@ pub struct QueueStats {
     pub dispatched_other: u64,
     /// Requests completed.
     pub completed: u64,
+    /// Requests taken back with `cancel` (waiting or in flight).
+    pub cancelled: u64,
     /// Bytes of the completed requests.
     pub bytes: u64,
     /// Completed requests that had a deadline.

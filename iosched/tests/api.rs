@@ -508,3 +508,34 @@ fn reservation_use_is_reported() {
         "used {used} per-mille of a reservation used at a tenth"
     );
 }
+
+#[test]
+fn cancel_takes_requests_back() {
+    for kind in PolicyKind::ALL {
+        let mut s = new_scheduler(kind, SchedConfig::default());
+        let q = s.create_queue(rt(10, 100), 0).unwrap();
+        for t in 0..4 {
+            s.submit(req(q, t), 0).unwrap();
+        }
+        // A waiting one leaves and never comes out.
+        assert_eq!(s.cancel(2, 0), Ok(q));
+        assert_eq!(s.cancel(2, 0), Err(Error::UnknownTag(2)));
+        let b = s.build_batch(0, 1);
+        assert_eq!(b.len(), 1);
+        // An in-flight one is forgotten: no completion, no latency.
+        assert_eq!(s.cancel(b[0], 5), Ok(q));
+        assert_eq!(s.complete(b[0], 6), Err(Error::UnknownTag(b[0])));
+        let st = &s.queue(q).unwrap().stats;
+        assert_eq!((st.cancelled, st.completed, st.latency.count()), (2, 0, 0));
+        // A draining queue goes away with its last request, cancelled or not.
+        assert!(matches!(s.remove_queue(q, 7), Ok(Removal::Draining { .. })));
+        let mut rest = s.build_batch(8, 8);
+        rest.sort_unstable();
+        let expect: Vec<u64> = (0..4).filter(|&t| t != 2 && t != b[0]).collect();
+        assert_eq!(rest, expect, "{}", kind.name());
+        s.complete(rest[0], 9).unwrap();
+        assert_eq!(s.cancel(rest[1], 9), Ok(q));
+        assert!(s.queue(q).is_none(), "{}", kind.name());
+        assert_eq!(s.pending() + s.in_flight(), 0);
+    }
+}

@@ -43,6 +43,10 @@ enum Action {
     Advance {
         us: u32,
     },
+    Cancel {
+        which: u8,
+        in_flight: bool,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -63,6 +67,8 @@ fn action() -> impl Strategy<Value = Action> {
         ),
         4 => (0u8..40).prop_map(|room| Action::Batch { room }),
         5 => any::<u8>().prop_map(|which| Action::Complete { which }),
+        1 => (any::<u8>(), any::<bool>())
+            .prop_map(|(which, in_flight)| Action::Cancel { which, in_flight }),
         3 => (0u32..20_000).prop_map(|us| Action::Advance { us }),
     ]
 }
@@ -96,6 +102,7 @@ struct Harness {
     pending: BTreeMap<u64, (QueueId, Option<u64>)>,
     in_flight: BTreeSet<u64>,
     done: BTreeSet<u64>,
+    cancelled: BTreeSet<u64>,
     ring: usize,
     /// Queues whose configuration changed (their waiting requests may have
     /// been given deadlines the harness does not know).
@@ -113,6 +120,7 @@ impl Harness {
             pending: BTreeMap::new(),
             in_flight: BTreeSet::new(),
             done: BTreeSet::new(),
+            cancelled: BTreeSet::new(),
             ring: 32,
             changed: BTreeSet::new(),
         }
@@ -344,6 +352,29 @@ impl Harness {
             }
             Action::Complete { which } => self.complete(which)?,
             Action::Advance { us } => self.now += u64::from(us) * 1000,
+            Action::Cancel { which, in_flight } => {
+                let set: Vec<u64> = if in_flight {
+                    self.in_flight.iter().copied().collect()
+                } else {
+                    self.pending.keys().copied().collect()
+                };
+                if set.is_empty() {
+                    prop_assert!(self.s.cancel(u64::MAX, self.now).is_err());
+                } else {
+                    let t = set[which as usize % set.len()];
+                    let q = self.s.cancel(t, self.now);
+                    prop_assert!(q.is_ok(), "cancel of {t}: {q:?}");
+                    self.pending.remove(&t);
+                    self.in_flight.remove(&t);
+                    prop_assert!(self.cancelled.insert(t));
+                    prop_assert!(self.s.cancel(t, self.now).is_err());
+                    prop_assert!(self.s.complete(t, self.now).is_err());
+                    let q = q.unwrap();
+                    if self.s.queue(q).is_none() {
+                        self.queues.retain(|&x| x != q);
+                    }
+                }
+            }
         }
         prop_assert_eq!(self.s.pending(), self.pending.len());
         prop_assert_eq!(self.s.in_flight(), self.in_flight.len());
@@ -368,10 +399,11 @@ impl Harness {
             }
             self.check_tokens()?;
         }
+        prop_assert!(self.done.is_disjoint(&self.cancelled));
         prop_assert_eq!(
-            self.done.len() as u64,
+            (self.done.len() + self.cancelled.len()) as u64,
             self.next_tag,
-            "every request came out exactly once"
+            "every request came out exactly once or was cancelled"
         );
         Ok(())
     }

@@ -16,8 +16,26 @@
 //!   `LwGrantFrames` and `LwPages`):
 //!   shareable pages from a pool whose machine frames come from the P2M
 //!   list, this domain's grant table frames (set up with
-//!   `GNTTABOP_setup_table` and mapped with `update_va_mapping`), and event
-//!   channels polled in the shared info page, waiting with `SCHEDOP_poll`.
+//!   `GNTTABOP_setup_table` and mapped with `update_va_mapping`), event
+//!   channels polled in the shared info page, waiting on one or several
+//!   ports (up to 128, Xen's limit) with `SCHEDOP_poll` ([`wait`]), and a
+//!   clock on Xen system time (never going back).
+//!
+//! # Xen's ABI and xen-sys
+//! The structures passed to Xen (`start_info`, `shared_info`, `vcpu_info`,
+//! `vcpu_time_info`, `trap_info`, the event channel and scheduler
+//! operations, `mmu_update`) and the hypercall and sub-op numbers come from
+//! the `xen-sys` crate (0.0.0-pre2, which builds for
+//! `x86_64-unknown-none`); the few it lacks are defined here. [`abi`] lists
+//! which, and its host tests check all of them, field by field, against
+//! Xen's own headers.
+//!
+//! The hypercall entry is lwdom's own: xen-sys's hypercall stubs do not
+//! declare the `rcx`/`r11` clobbers of the PV hypercall page (whose stubs
+//! execute `syscall`, which overwrites both registers), mark a `call` as
+//! `nostack` although it pushes a return address, and pass the fifth
+//! argument in `r9` where Xen reads `r8`. Using them would let the
+//! compiler keep live values in `rcx`/`r11` across a hypercall.
 //!
 //! Limits, by design of this minimal runtime: one vCPU; event upcalls stay
 //! masked (CPU exceptions are reported on the console by a trap table
@@ -28,9 +46,11 @@
 //! on the domain builder's initial mapping (pfn N at N * 4096).
 //!
 //! The console ring ([`ring_bytes`]), the heap's allocator ([`bump`]), the
-//! cells behind the runtime's globals ([`global`]) and the lab's shared
-//! definitions ([`lab_proto`]) are plain logic, tested on the host; everything that
-//! makes hypercalls is under `rt`, built for `target_os = "none"` only.
+//! cells behind the runtime's globals ([`global`]), the wait on several
+//! event channels ([`wait`]), the ABI definitions ([`abi`]) and the lab's
+//! shared definitions ([`lab_proto`]) are plain logic, tested on the host
+//! (and under Miri, except the layout checks, which call C); everything
+//! that makes hypercalls is under `rt`, built for `target_os = "none"` only.
 //!
 //! ```ignore
 //! #![no_std]
@@ -45,10 +65,12 @@
 
 extern crate alloc;
 
+pub mod abi;
 pub mod bump;
 pub mod global;
 pub mod lab_proto;
 pub mod ring_bytes;
+pub mod wait;
 
 #[cfg(target_os = "none")]
 pub mod rt;

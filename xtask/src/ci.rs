@@ -20,6 +20,7 @@ const NO_STD_CRATES: &[&str] = &[
     "grant-tables",
     "xenbus",
     "netfront",
+    "iosched",
     "blkfront",
     "rdma-passthrough",
     "lwdom",

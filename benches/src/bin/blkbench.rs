@@ -17,8 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use benches::harness::{default_out_dir, Bench, Entry, Kind, Metric, Plan, Recorder, Round, Target, Throughput};
-use blkfront::abi::{op, status, BlkifRequest, BlkifRequestIndirect, BlkifRequestSegment, SECTOR_SHIFT};
+use benches::harness::{
+    default_out_dir, Bench, Entry, Kind, Metric, Plan, Recorder, Round, Target, Throughput,
+};
+use blkfront::abi::{
+    op, status, BlkifRequest, BlkifRequestIndirect, BlkifRequestSegment, SECTOR_SHIFT,
+};
 use grant_tables::{DomId, EventChannels, PoolBuffer};
 use hosted::blkback::front::{rw_request, whole_page, FrontConfig, RingFrontend};
 use hosted::blkback::{Blkback, BlkbackConfig, WaitMode};
@@ -81,12 +85,48 @@ impl Work {
 }
 
 const WORKS: [Work; 6] = [
-    Work { name: "randread", write: false, random: true, bytes: 4096, depth: 32 },
-    Work { name: "randwrite", write: true, random: true, bytes: 4096, depth: 32 },
-    Work { name: "randread", write: false, random: true, bytes: 4096, depth: 1 },
-    Work { name: "randwrite", write: true, random: true, bytes: 4096, depth: 1 },
-    Work { name: "seqread", write: false, random: false, bytes: 1 << 20, depth: SEQ_DEPTH },
-    Work { name: "seqwrite", write: true, random: false, bytes: 1 << 20, depth: SEQ_DEPTH },
+    Work {
+        name: "randread",
+        write: false,
+        random: true,
+        bytes: 4096,
+        depth: 32,
+    },
+    Work {
+        name: "randwrite",
+        write: true,
+        random: true,
+        bytes: 4096,
+        depth: 32,
+    },
+    Work {
+        name: "randread",
+        write: false,
+        random: true,
+        bytes: 4096,
+        depth: 1,
+    },
+    Work {
+        name: "randwrite",
+        write: true,
+        random: true,
+        bytes: 4096,
+        depth: 1,
+    },
+    Work {
+        name: "seqread",
+        write: false,
+        random: false,
+        bytes: 1 << 20,
+        depth: SEQ_DEPTH,
+    },
+    Work {
+        name: "seqwrite",
+        write: true,
+        random: false,
+        bytes: 1 << 20,
+        depth: SEQ_DEPTH,
+    },
 ];
 
 /// The frontend side of an entry: requests of one size into per-slot
@@ -110,7 +150,10 @@ trait BlockFront {
 /// at larger depths (completions come often), and the backend spins
 /// 100 us.
 fn spin(var: &str, default_us: u64) -> Duration {
-    let us = std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default_us);
+    let us = std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_us);
     Duration::from_micros(us)
 }
 
@@ -140,7 +183,11 @@ fn err(e: impl std::fmt::Display) -> String {
 
 impl RingFront {
     fn new(file: &Path, depth: usize, bytes: usize) -> Result<RingFront, String> {
-        let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        let base = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
         let dir = base.join(format!("blkbench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(err)?;
@@ -153,19 +200,32 @@ impl RingFront {
         let spec = DeviceSpec::new("vbd", fe, be, 51712);
         add_device(&mut xs0, &spec).map_err(err)?;
         let mut config = BlkbackConfig::new(file);
-        config.wait = WaitMode::Event { spin: spin("BLKBENCH_BACK_SPIN_US", 100) };
-        let back = Blkback::spawn(back_plat, daemon.socket(), &spec.backend_path(), config).map_err(err)?;
+        config.wait = WaitMode::Event {
+            spin: spin("BLKBENCH_BACK_SPIN_US", 100),
+        };
+        let back = Blkback::spawn(back_plat, daemon.socket(), &spec.backend_path(), config)
+            .map_err(err)?;
         let pages_per = bytes / 4096;
         let indirect = pages_per > 11;
         let pool_pages = depth * (pages_per + usize::from(indirect));
-        let cfg = FrontConfig { queues: 1, max_ring_page_order: 4, persistent: true, pool_pages, legacy_ring_ref: false, event: false };
+        let cfg = FrontConfig {
+            queues: 1,
+            max_ring_page_order: 4,
+            persistent: true,
+            pool_pages,
+            legacy_ring_ref: false,
+            event: false,
+        };
         let mut front = RingFrontend::new(front_plat, daemon.socket(), "device/vbd/51712", cfg)?;
         front.connect(Duration::from_secs(10))?;
         let mut templates = Vec::with_capacity(depth);
         let mut buffers = Vec::new();
         for slot in 0..depth {
-            let pages: Vec<PoolBuffer<HostedPlatform>> = (0..pages_per).map(|_| front.buffer()).collect::<Result<_, _>>()?;
-            let segs: Vec<BlkifRequestSegment> = pages.iter().map(|p| whole_page(p.gref())).collect();
+            let pages: Vec<PoolBuffer<HostedPlatform>> = (0..pages_per)
+                .map(|_| front.buffer())
+                .collect::<Result<_, _>>()?;
+            let segs: Vec<BlkifRequestSegment> =
+                pages.iter().map(|p| whole_page(p.gref())).collect();
             let req = if indirect {
                 let (req, ind) = front.indirect(op::READ, slot as u64, 0, &segs)?;
                 buffers.extend(ind);
@@ -176,7 +236,15 @@ impl RingFront {
             buffers.extend(pages);
             templates.push(req);
         }
-        Ok(RingFront { front, templates, _buffers: buffers, _back: back, _daemon: daemon, _hv: hv, dir })
+        Ok(RingFront {
+            front,
+            templates,
+            _buffers: buffers,
+            _back: back,
+            _daemon: daemon,
+            _hv: hv,
+            dir,
+        })
     }
 }
 
@@ -185,7 +253,9 @@ impl BlockFront for RingFront {
         let mut req = *self.templates.get(slot).ok_or("no such slot")?;
         let operation = if write { op::WRITE } else { op::READ };
         if req.operation == op::INDIRECT {
-            let (mut ind, _) = BlkifRequestIndirect::read_from_prefix(zerocopy::IntoBytes::as_bytes(&req)).map_err(|_| "slot")?;
+            let (mut ind, _) =
+                BlkifRequestIndirect::read_from_prefix(zerocopy::IntoBytes::as_bytes(&req))
+                    .map_err(|_| "slot")?;
             ind.indirect_op = operation;
             ind.sector_number = offset >> SECTOR_SHIFT;
             req = BlkifRequest::from_shape(&ind);
@@ -209,9 +279,14 @@ impl BlockFront for RingFront {
     fn poll(&mut self, done: &mut Vec<usize>) -> Result<(), String> {
         while let Some(rsp) = self.front.try_response(0)? {
             if rsp.status != status::OKAY {
-                return Err(format!("request in slot {} failed with status {}", rsp.id, rsp.status));
+                return Err(format!(
+                    "request in slot {} failed with status {}",
+                    rsp.id, rsp.status
+                ));
             }
-            let slot = usize::try_from(rsp.id).ok().filter(|&s| s < self.templates.len());
+            let slot = usize::try_from(rsp.id)
+                .ok()
+                .filter(|&s| s < self.templates.len());
             done.push(slot.ok_or_else(|| format!("a response for unknown slot {}", rsp.id))?);
         }
         Ok(())
@@ -239,7 +314,13 @@ struct Offsets {
 impl Offsets {
     fn new(w: &Work, file_bytes: u64, seed: u64) -> Offsets {
         let bytes = w.bytes as u64;
-        Offsets { state: seed | 1, next: 0, blocks: (file_bytes / bytes).max(1), bytes, random: w.random }
+        Offsets {
+            state: seed | 1,
+            next: 0,
+            blocks: (file_bytes / bytes).max(1),
+            bytes,
+            random: w.random,
+        }
     }
 
     fn next(&mut self) -> u64 {
@@ -260,14 +341,20 @@ impl Offsets {
 
 /// Runs `ops` requests of `w` through `front`, `w.depth` in flight; records
 /// the latency of each when `rec` is given. Returns the elapsed time.
-fn closed_loop(front: &mut dyn BlockFront, w: &Work, offsets: &mut Offsets, ops: u64, mut rec: Option<&mut Recorder>) -> Result<Duration, String> {
+fn closed_loop(
+    front: &mut dyn BlockFront,
+    w: &Work,
+    offsets: &mut Offsets,
+    ops: u64,
+    mut rec: Option<&mut Recorder>,
+) -> Result<Duration, String> {
     let mut started = vec![Instant::now(); w.depth];
     let mut issued = 0u64;
     let mut completed = 0u64;
     let mut done = Vec::with_capacity(w.depth);
     let t0 = Instant::now();
-    for slot in 0..w.depth.min(ops as usize) {
-        started[slot] = Instant::now();
+    for (slot, start) in started.iter_mut().enumerate().take(w.depth.min(ops as usize)) {
+        *start = Instant::now();
         front.submit(slot, w.write, offsets.next())?;
         issued += 1;
     }
@@ -282,7 +369,9 @@ fn closed_loop(front: &mut dyn BlockFront, w: &Work, offsets: &mut Offsets, ops:
             let since = *idle.get_or_insert_with(Instant::now);
             if since.elapsed() >= front_spin {
                 if Instant::now() > deadline {
-                    return Err(format!("{completed} of {ops} requests completed after 600 s"));
+                    return Err(format!(
+                        "{completed} of {ops} requests completed after 600 s"
+                    ));
                 }
                 front.wait()?;
             } else {
@@ -336,16 +425,42 @@ fn ring_entry(file: PathBuf, file_bytes: u64, w: Work) -> Entry {
 
 fn fio_entry(file: PathBuf, file_bytes: u64, w: Work) -> Entry {
     let name = format!("fio-{}", w.suffix());
-    let about = format!("fio on the same file: rw={} bs={} iodepth={} (io_uring, O_DIRECT)", w.fio_rw(), w.bytes, w.depth);
-    Entry::new(&name, &about, "fio 1 job, io_uring, O_DIRECT", move |r: Round, rec: &mut Recorder| {
-        fio(&file, file_bytes, &w, w.ops(r.warmup), w.ops(r.iters), r.index, rec)
-    })
+    let about = format!(
+        "fio on the same file: rw={} bs={} iodepth={} (io_uring, O_DIRECT)",
+        w.fio_rw(),
+        w.bytes,
+        w.depth
+    );
+    Entry::new(
+        &name,
+        &about,
+        "fio 1 job, io_uring, O_DIRECT",
+        move |r: Round, rec: &mut Recorder| {
+            fio(
+                &file,
+                file_bytes,
+                &w,
+                w.ops(r.warmup),
+                w.ops(r.iters),
+                r.index,
+                rec,
+            )
+        },
+    )
     .msg_bytes(w.bytes)
 }
 
 /// Runs fio for `warmup + ops` requests, records the latency of the last
 /// `ops` from its per-request log, and its rates.
-fn fio(file: &Path, file_bytes: u64, w: &Work, warmup: u64, ops: u64, round: u64, rec: &mut Recorder) -> Result<(), String> {
+fn fio(
+    file: &Path,
+    file_bytes: u64,
+    w: &Work,
+    warmup: u64,
+    ops: u64,
+    round: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
     let dir = default_out_dir().join(format!("fio-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(err)?;
     let prefix = dir.join("lat");
@@ -367,9 +482,13 @@ fn fio(file: &Path, file_bytes: u64, w: &Work, warmup: u64, ops: u64, round: u64
         .output()
         .map_err(|e| format!("cannot run fio: {e}; install it (apt-get install fio) or run `cargo xtask blkbench`"))?;
     if !out.status.success() {
-        return Err(format!("fio failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "fio failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
-    let log = std::fs::read_to_string(dir.join("lat_lat.1.log")).map_err(|e| format!("reading fio's latency log: {e}"))?;
+    let log = std::fs::read_to_string(dir.join("lat_lat.1.log"))
+        .map_err(|e| format!("reading fio's latency log: {e}"))?;
     let mut recorded = 0u64;
     for line in log.lines().skip(warmup as usize) {
         let ns: u64 = line
@@ -385,12 +504,19 @@ fn fio(file: &Path, file_bytes: u64, w: &Work, warmup: u64, ops: u64, round: u64
     }
     let text = std::fs::read_to_string(&json).map_err(|e| format!("reading fio's JSON: {e}"))?;
     let start = text.find('{').ok_or("fio's JSON output has no object")?;
-    let v: serde_json::Value = serde_json::from_str(&text[start..]).map_err(|e| format!("fio's JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text[start..]).map_err(|e| format!("fio's JSON: {e}"))?;
     let dir_key = if w.write { "write" } else { "read" };
     let job = &v["jobs"][0][dir_key];
     let iops = job["iops"].as_f64().ok_or("fio's JSON has no iops")?;
-    let bw = job["bw_bytes"].as_f64().ok_or("fio's JSON has no bw_bytes")?;
-    rec.throughput(Throughput { iops: Some(iops), mb_s: Some(bw / 1e6), gbit_s: None });
+    let bw = job["bw_bytes"]
+        .as_f64()
+        .ok_or("fio's JSON has no bw_bytes")?;
+    rec.throughput(Throughput {
+        iops: Some(iops),
+        mb_s: Some(bw / 1e6),
+        gbit_s: None,
+    });
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -399,19 +525,31 @@ fn fio(file: &Path, file_bytes: u64, w: &Work, warmup: u64, ops: u64, round: u64
 /// sparse), so reads and writes hit allocated blocks.
 fn ensure_file(path: &Path, bytes: u64) -> Result<(), String> {
     use std::io::Write;
-    if std::fs::metadata(path).map(|m| m.len() == bytes).unwrap_or(false) {
+    if std::fs::metadata(path)
+        .map(|m| m.len() == bytes)
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     if let Some(p) = path.parent() {
         std::fs::create_dir_all(p).map_err(err)?;
     }
-    eprintln!("blkbench: creating {} ({} MiB), once", path.display(), bytes >> 20);
+    eprintln!(
+        "blkbench: creating {} ({} MiB), once",
+        path.display(),
+        bytes >> 20
+    );
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 1).collect();
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 1)
+        .collect();
     for _ in 0..bytes >> 20 {
         f.write_all(&chunk).map_err(err)?;
     }
-    f.into_inner().map_err(|e| e.to_string())?.sync_all().map_err(err)
+    f.into_inner()
+        .map_err(|e| e.to_string())?
+        .sync_all()
+        .map_err(err)
 }
 
 /// Takes `--size-mib N` out of the arguments (the harness knows the rest).
@@ -427,7 +565,11 @@ fn size_option(args: Vec<String>) -> Result<(u64, Vec<String>), String> {
         };
         match v {
             Some(v) => {
-                size = v.parse().ok().filter(|&n| (16..=1 << 20).contains(&n)).ok_or(format!("--size-mib {v}: give 16 to 1048576"))?;
+                size = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| (16..=1 << 20).contains(&n))
+                    .ok_or(format!("--size-mib {v}: give 16 to 1048576"))?;
             }
             None => rest.push(a),
         }
@@ -449,17 +591,33 @@ fn main() -> ExitCode {
         .kind(Kind::Throughput(Metric::Iops))
         .report_us(true)
         .plans(
-            Plan { iters: 4_000, warmup: 400, rounds: 1 },
-            Plan { iters: 20_000, warmup: 2_000, rounds: 2 },
+            Plan {
+                iters: 4_000,
+                warmup: 400,
+                rounds: 1,
+            },
+            Plan {
+                iters: 20_000,
+                warmup: 2_000,
+                rounds: 2,
+            },
         )
         .min_warmup(64)
         .meta("file", file.display().to_string())
         .meta("file_mib", mib.to_string())
         .meta("seq_depth", SEQ_DEPTH.to_string())
-        .note(format!("file {} ({mib} MiB); frontend thread pinned to core 0", file.display()));
+        .note(format!(
+            "file {} ({mib} MiB); frontend thread pinned to core 0",
+            file.display()
+        ));
     for w in WORKS {
-        bench = bench.entry(ring_entry(file.clone(), bytes, w)).entry(fio_entry(file.clone(), bytes, w));
-        let (a, b) = (format!("blkfront-{}", w.suffix()), format!("fio-{}", w.suffix()));
+        bench = bench
+            .entry(ring_entry(file.clone(), bytes, w))
+            .entry(fio_entry(file.clone(), bytes, w));
+        let (a, b) = (
+            format!("blkfront-{}", w.suffix()),
+            format!("fio-{}", w.suffix()),
+        );
         bench = match (w.bytes, w.depth) {
             (4096, 32) => bench.target(Target::at_least(&a, &b, 0.9)),
             (4096, _) => bench,
@@ -488,16 +646,35 @@ fn main() -> ExitCode {
     // which the harness's ratio targets do not express).
     println!();
     for name in ["randread", "randwrite"] {
-        let (a, b) = (format!("blkfront-{name}-4k-qd1"), format!("fio-{name}-4k-qd1"));
-        let (Some(x), Some(y)) = (report.get(&a), report.get(&b)) else { continue };
+        let (a, b) = (
+            format!("blkfront-{name}-4k-qd1"),
+            format!("fio-{name}-4k-qd1"),
+        );
+        let (Some(x), Some(y)) = (report.get(&a), report.get(&b)) else {
+            continue;
+        };
         let delta = (x.p50_ns as f64 - y.p50_ns as f64) / 1e3;
         let met = delta <= 5.0;
-        println!("  {a} p50 - {b} p50 = {delta:.1} us (target <= 5 us): {}", if met { "met" } else { "NOT met" });
-        report.meta.insert(format!("{name}_qd1_p50_minus_fio_us"), format!("{delta:.1}"));
-        report.meta.insert(format!("{name}_qd1_p50_target_met"), met.to_string());
+        println!(
+            "  {a} p50 - {b} p50 = {delta:.1} us (target <= 5 us): {}",
+            if met { "met" } else { "NOT met" }
+        );
+        report.meta.insert(
+            format!("{name}_qd1_p50_minus_fio_us"),
+            format!("{delta:.1}"),
+        );
+        report
+            .meta
+            .insert(format!("{name}_qd1_p50_target_met"), met.to_string());
     }
-    let json = parsed.json.clone().unwrap_or_else(|| default_out_dir().join("blkbench.json"));
-    match report.to_json().and_then(|t| std::fs::write(&json, t).map_err(err)) {
+    let json = parsed
+        .json
+        .clone()
+        .unwrap_or_else(|| default_out_dir().join("blkbench.json"));
+    match report
+        .to_json()
+        .and_then(|t| std::fs::write(&json, t).map_err(err))
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("blkbench: rewriting {}: {e}", json.display());

@@ -11,8 +11,8 @@ use blkfront::abi::{BlkifRequest, BlkifResponse, VDISK_CDROM, VDISK_READONLY, VD
 use grant_tables::granted_ring::parse_u32_value;
 use grant_tables::{parse_ring_refs, BackRing, DomId, EventChannels, Port};
 use xenbus::{
-    Backend, BackendConfig, BackendPhase, ConnectWhen, Connection, Device, DeviceError, HandshakeEvent,
-    TeardownReason, Transaction, Transport, Wait, XenbusState, Xenstore, XsError,
+    Backend, BackendConfig, BackendPhase, ConnectWhen, Connection, Device, DeviceError,
+    HandshakeEvent, TeardownReason, Transaction, Transport, Wait, XenbusState, Xenstore, XsError,
 };
 
 use super::queue::{self, Leftovers, QueueSetup};
@@ -53,10 +53,16 @@ fn bad(message: String) -> DeviceError {
 }
 
 impl BlkDevice {
-    fn read_frontend<T: Transport>(&self, xs: &mut Xenstore<T>, conn: &Connection) -> Result<FrontendKeys, DeviceError> {
+    fn read_frontend<T: Transport>(
+        &self,
+        xs: &mut Xenstore<T>,
+        conn: &Connection,
+    ) -> Result<FrontendKeys, DeviceError> {
         let cfg = &self.shared.config;
         let mut read = |key: &str| -> Result<Option<String>, XsError> {
-            Ok(xs.try_read(&conn.frontend_key(key))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+            Ok(xs
+                .try_read(&conn.frontend_key(key))?
+                .map(|v| String::from_utf8_lossy(&v).into_owned()))
         };
         match read("protocol")?.as_deref() {
             None | Some("native") | Some("x86_64-abi") => {}
@@ -72,7 +78,11 @@ impl BlkDevice {
                 )))
             }
         }
-        let persistent = cfg.persistent && read("feature-persistent")?.and_then(|v| parse_u32_value(&v)).unwrap_or(0) != 0;
+        let persistent = cfg.persistent
+            && read("feature-persistent")?
+                .and_then(|v| parse_u32_value(&v))
+                .unwrap_or(0)
+                != 0;
         let queues = match read("multi-queue-num-queues")? {
             None => 1,
             Some(v) => match parse_u32_value(&v) {
@@ -92,7 +102,11 @@ impl BlkDevice {
         let cdrom = read("device-type")?.as_deref() == Some("cdrom");
         let mut rings = Vec::with_capacity(queues as usize);
         for q in 0..queues {
-            let prefix = if queues > 1 { format!("queue-{q}/") } else { String::new() };
+            let prefix = if queues > 1 {
+                format!("queue-{q}/")
+            } else {
+                String::new()
+            };
             let refs = parse_ring_refs("ring-ref", cfg.max_ring_page_order, |key| {
                 // `ring-page-order` is one key for every queue.
                 if key == grant_tables::granted_ring::RING_PAGE_ORDER_KEY {
@@ -105,10 +119,17 @@ impl BlkDevice {
             let key = format!("{prefix}event-channel");
             let port = read(&key)?
                 .ok_or_else(|| bad(format!("the frontend did not write {key}")))
-                .and_then(|v| parse_u32_value(&v).ok_or_else(|| bad(format!("the frontend's {key} {v:?} is not a number"))))?;
+                .and_then(|v| {
+                    parse_u32_value(&v)
+                        .ok_or_else(|| bad(format!("the frontend's {key} {v:?} is not a number")))
+                })?;
             rings.push((refs, port));
         }
-        Ok(FrontendKeys { persistent, rings, cdrom })
+        Ok(FrontendKeys {
+            persistent,
+            rings,
+            cdrom,
+        })
     }
 
     /// Maps a ring and attaches at its current indices, as blkback does
@@ -117,11 +138,14 @@ impl BlkDevice {
     fn map_ring(&self, front: DomId, refs: &[u32]) -> Result<queue::BlkBackRing, String> {
         let mem = self.plat.map_ring(front, refs).map_err(|e| e.to_string())?;
         let mut head = [0u8; 16];
-        mem.mapping().read(0, &mut head).ok_or("the ring page cannot be read")?;
+        mem.mapping()
+            .read(0, &mut head)
+            .ok_or("the ring page cannot be read")?;
         let word = |i: usize| u32::from_ne_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
         let (req_prod, rsp_prod) = (word(0), word(8));
         let ring: queue::BlkBackRing =
-            BackRing::<BlkifRequest, BlkifResponse, _>::attach(mem, rsp_prod).map_err(|e| e.to_string())?;
+            BackRing::<BlkifRequest, BlkifResponse, _>::attach(mem, rsp_prod)
+                .map_err(|e| e.to_string())?;
         let pending = req_prod.wrapping_sub(rsp_prod);
         if pending > ring.size() {
             return Err(format!(
@@ -154,7 +178,8 @@ impl BlkDevice {
         let flush = if cfg.flush { "1" } else { "0" };
         let granularity = discard_granularity(disk);
         xs.transaction(|tx| {
-            let w = |tx: &mut Transaction<'_, T>, k: &str, v: String| tx.write(&conn.backend_key(k), v);
+            let w =
+                |tx: &mut Transaction<'_, T>, k: &str, v: String| tx.write(&conn.backend_key(k), v);
             w(tx, "feature-flush-cache", flush.into())?;
             w(tx, "feature-barrier", flush.into())?;
             if discard {
@@ -162,12 +187,24 @@ impl BlkDevice {
                 w(tx, "discard-alignment", "0".into())?;
                 w(tx, "discard-secure", "0".into())?;
             }
-            w(tx, "feature-discard", if discard { "1" } else { "0" }.into())?;
-            w(tx, "feature-persistent", if cfg.persistent { "1" } else { "0" }.into())?;
+            w(
+                tx,
+                "feature-discard",
+                if discard { "1" } else { "0" }.into(),
+            )?;
+            w(
+                tx,
+                "feature-persistent",
+                if cfg.persistent { "1" } else { "0" }.into(),
+            )?;
             w(tx, "sectors", disk.sectors().to_string())?;
             w(tx, "info", info.to_string())?;
             w(tx, "sector-size", disk.sector_size.to_string())?;
-            w(tx, "physical-sector-size", disk.physical_sector_size.to_string())
+            w(
+                tx,
+                "physical-sector-size",
+                disk.physical_sector_size.to_string(),
+            )
         })
     }
 
@@ -185,7 +222,10 @@ impl BlkDevice {
                         lock(&self.shared.kept).push(left);
                     }
                 }
-                Err(_) => self.shared.fail(format!("connection {}: a queue's worker panicked", live.number)),
+                Err(_) => self.shared.fail(format!(
+                    "connection {}: a queue's worker panicked",
+                    live.number
+                )),
             }
             if let Err(e) = self.plat.close(w.port) {
                 log::debug!("blkback: closing {}: {e}", w.port);
@@ -206,15 +246,27 @@ fn discard_granularity(disk: &super::disk::Disk) -> u32 {
         return disk.sector_size;
     }
     let blk = disk.file.metadata().map(|m| m.blksize()).unwrap_or(4096);
-    u32::try_from(blk).ok().filter(|b| b.is_power_of_two() && *b >= disk.sector_size).unwrap_or(disk.sector_size)
+    u32::try_from(blk)
+        .ok()
+        .filter(|b| b.is_power_of_two() && *b >= disk.sector_size)
+        .unwrap_or(disk.sector_size)
 }
 
 impl<T: Transport> Device<T> for BlkDevice {
     fn publish(&mut self, tx: &mut Transaction<'_, T>, conn: &Connection) -> Result<(), XsError> {
         let cfg = &self.shared.config;
-        tx.write(&conn.backend_key("feature-max-indirect-segments"), cfg.max_indirect_segments.to_string())?;
-        tx.write(&conn.backend_key("multi-queue-max-queues"), cfg.max_queues.to_string())?;
-        tx.write(&conn.backend_key("max-ring-page-order"), cfg.max_ring_page_order.to_string())
+        tx.write(
+            &conn.backend_key("feature-max-indirect-segments"),
+            cfg.max_indirect_segments.to_string(),
+        )?;
+        tx.write(
+            &conn.backend_key("multi-queue-max-queues"),
+            cfg.max_queues.to_string(),
+        )?;
+        tx.write(
+            &conn.backend_key("max-ring-page-order"),
+            cfg.max_ring_page_order.to_string(),
+        )
     }
 
     fn setup(&mut self, xs: &mut Xenstore<T>, conn: &Connection) -> Result<(), DeviceError> {
@@ -224,7 +276,9 @@ impl<T: Transport> Device<T> for BlkDevice {
         let mode = xs.try_read(&conn.backend_key("mode"))?;
         let read_only = cfg.read_only || mode.is_some_and(|m| !m.contains(&b'w'));
         self.shared.read_only.store(read_only, Ordering::Relaxed);
-        let discard_enable = xs.try_read(&conn.backend_key("discard-enable"))?.map_or(true, |v| v != b"0");
+        let discard_enable = xs
+            .try_read(&conn.backend_key("discard-enable"))?
+            .is_none_or(|v| v != b"0");
         let discard = cfg.discard && discard_enable;
         self.shared.discard.store(discard, Ordering::Relaxed);
 
@@ -243,14 +297,18 @@ impl<T: Transport> Device<T> for BlkDevice {
                 Ok(r) => r,
                 Err(e) => {
                     release(&self.plat, &ports);
-                    return Err(bad(format!("queue {q}: cannot map the frontend's ring: {e}")));
+                    return Err(bad(format!(
+                        "queue {q}: cannot map the frontend's ring: {e}"
+                    )));
                 }
             };
             let local = match self.plat.bind_interdomain(front, Port(*port)) {
                 Ok(p) => p,
                 Err(e) => {
                     release(&self.plat, &ports);
-                    return Err(bad(format!("queue {q}: cannot bind the frontend's event channel {port}: {e}")));
+                    return Err(bad(format!(
+                        "queue {q}: cannot bind the frontend's event channel {port}: {e}"
+                    )));
                 }
             };
             rings.push(ring);
@@ -263,7 +321,13 @@ impl<T: Transport> Device<T> for BlkDevice {
         let mut workers = Vec::with_capacity(rings.len());
         for (q, (ring, port)) in rings.into_iter().zip(ports.iter().copied()).enumerate() {
             let stop = Arc::new(AtomicBool::new(false));
-            let setup = QueueSetup { index: q as u32, ring, port, frontend: front, persistent: keys.persistent };
+            let setup = QueueSetup {
+                index: q as u32,
+                ring,
+                port,
+                frontend: front,
+                persistent: keys.persistent,
+            };
             let (plat, shared, s) = (self.plat.clone(), self.shared.clone(), stop.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("blkback-q{q}"))
@@ -271,7 +335,10 @@ impl<T: Transport> Device<T> for BlkDevice {
             match spawned {
                 Ok(thread) => workers.push(Worker { stop, thread, port }),
                 Err(e) => {
-                    self.live = Some(Live { number: conn.number, workers });
+                    self.live = Some(Live {
+                        number: conn.number,
+                        workers,
+                    });
                     self.stop_workers();
                     release(&self.plat, &ports[q..]);
                     return Err(bad(format!("cannot start queue {q}'s worker: {e}")));
@@ -279,7 +346,10 @@ impl<T: Transport> Device<T> for BlkDevice {
             }
         }
         let n = workers.len() as u32;
-        self.live = Some(Live { number: conn.number, workers });
+        self.live = Some(Live {
+            number: conn.number,
+            workers,
+        });
         *lock(&self.shared.live) = Some((conn.number, n, keys.persistent));
         log::info!(
             "blkback: connection {} to {}: {n} queue(s), persistent grants {}, {} sectors",
@@ -329,9 +399,21 @@ fn apply_controls(shared: &Shared, xs: &mut UnixXenstore, be: &Backend) {
 
 /// The handshake thread: drives [`xenbus::Backend`] until the blkback
 /// stops or the device is removed.
-pub(super) fn handshake_main(plat: HostedPlatform, shared: Arc<Shared>, mut xs: UnixXenstore, backend: String) {
-    let mut be = Backend::new(BackendConfig::new(backend.clone(), ConnectWhen::FrontendInitialised));
-    let mut dev = BlkDevice { plat, shared: shared.clone(), live: None };
+pub(super) fn handshake_main(
+    plat: HostedPlatform,
+    shared: Arc<Shared>,
+    mut xs: UnixXenstore,
+    backend: String,
+) {
+    let mut be = Backend::new(BackendConfig::new(
+        backend.clone(),
+        ConnectWhen::FrontendInitialised,
+    ));
+    let mut dev = BlkDevice {
+        plat,
+        shared: shared.clone(),
+        live: None,
+    };
     let start = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
         match be.poll(&mut xs, start.elapsed(), &mut dev) {

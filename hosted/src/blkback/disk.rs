@@ -40,7 +40,9 @@ impl Disk {
     ) -> Result<Disk, BlkbackError> {
         let bad = |why: String| BlkbackError::Config(format!("disk {}: {why}", path.display()));
         if !sector_size.is_power_of_two() || !(512..=4096).contains(&sector_size) {
-            return Err(bad(format!("sector size {sector_size} is not a power of two from 512 to 4096")));
+            return Err(bad(format!(
+                "sector size {sector_size} is not a power of two from 512 to 4096"
+            )));
         }
         if !physical_sector_size.is_power_of_two() || physical_sector_size < sector_size {
             return Err(bad(format!(
@@ -58,7 +60,9 @@ impl Disk {
                 if direct { " with O_DIRECT" } else { "" }
             ))
         })?;
-        let meta = file.metadata().map_err(|e| bad(format!("cannot stat it: {e}")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| bad(format!("cannot stat it: {e}")))?;
         let block_device = meta.file_type().is_block_device();
         if !block_device && !meta.is_file() {
             return Err(bad("not a regular file or a block device".into()));
@@ -89,12 +93,20 @@ impl Disk {
             // Seeking a block device's end gives its size; a clone of the
             // descriptor shares the offset, which I/O here never uses
             // (every read and write names its offset).
-            let mut f = self.file.try_clone().map_err(|e| self.io_error("cloning its descriptor", e))?;
-            f.seek(SeekFrom::End(0)).map_err(|e| self.io_error("reading its size", e))?
+            let mut f = self
+                .file
+                .try_clone()
+                .map_err(|e| self.io_error("cloning its descriptor", e))?;
+            f.seek(SeekFrom::End(0))
+                .map_err(|e| self.io_error("reading its size", e))?
         } else {
-            self.file.metadata().map_err(|e| self.io_error("reading its size", e))?.len()
+            self.file
+                .metadata()
+                .map_err(|e| self.io_error("reading its size", e))?
+                .len()
         };
-        let sectors = bytes / u64::from(self.sector_size) * u64::from(self.sector_size >> SECTOR_SHIFT);
+        let sectors =
+            bytes / u64::from(self.sector_size) * u64::from(self.sector_size >> SECTOR_SHIFT);
         self.sectors.store(sectors, Ordering::Release);
         Ok(sectors)
     }

@@ -10,17 +10,20 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use blkfront::abi::{
-    op, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment, BlkifResponse,
-    BLKIF_DISCARD_SECURE, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST,
+    op, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
+    BlkifResponse, BLKIF_DISCARD_SECURE, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
+    BLKIF_MAX_SEGMENTS_PER_REQUEST,
 };
-use blkfront::features::{DiskFeatures, FrontendConfig as BlkConfig, QueueRing, RingChoice, RingFeatures};
+use blkfront::features::{
+    DiskFeatures, FrontendConfig as BlkConfig, QueueRing, RingChoice, RingFeatures,
+};
 use grant_tables::abi::GrantRefNum;
 use grant_tables::{
     Access, BufferPool, DomId, EventChannels, GrantedRing, PoolBuffer, PoolConfig, PoolMode, Port,
 };
 use xenbus::{
-    ConnectStyle, Connection, Device, DeviceError, Frontend, FrontendConfig, HandshakeEvent, TeardownReason,
-    Transaction, Transport, Wait, Xenstore, XsError,
+    ConnectStyle, Connection, Device, DeviceError, Frontend, FrontendConfig, HandshakeEvent,
+    TeardownReason, Transaction, Transport, Wait, Xenstore, XsError,
 };
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -115,7 +118,10 @@ impl<T: Transport> Device<T> for FrontDev {
     fn setup(&mut self, xs: &mut Xenstore<T>, conn: &Connection) -> Result<(), DeviceError> {
         self.drop_live();
         let mut read = |k: &str| {
-            xs.try_read(&conn.backend_key(k)).ok().flatten().map(|v| String::from_utf8_lossy(&v).into_owned())
+            xs.try_read(&conn.backend_key(k))
+                .ok()
+                .flatten()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
         };
         let features = RingFeatures::parse(&mut read).map_err(dev_err)?;
         let want = BlkConfig {
@@ -131,21 +137,44 @@ impl<T: Transport> Device<T> for FrontDev {
         }
         let mut queues = Vec::new();
         for _ in 0..choice.queues {
-            let ring = TestRing::new(&self.plat, conn.peer, choice.ring_page_order as u8).map_err(dev_err)?;
+            let ring = TestRing::new(&self.plat, conn.peer, choice.ring_page_order as u8)
+                .map_err(dev_err)?;
             let port = self.plat.alloc_unbound(conn.peer).map_err(dev_err)?;
             queues.push(FrontQueue { ring, port });
         }
         let refs: Vec<Vec<GrantRefNum>> = queues.iter().map(|q| q.ring.grefs()).collect();
-        let rings: Vec<QueueRing<'_>> =
-            refs.iter().zip(&queues).map(|(r, q)| QueueRing { ring_refs: r, event_channel: q.port.0 }).collect();
-        let keys = choice.frontend_keys(&rings).map_err(dev_err)?.into_iter().map(|k| (k.path, k.value)).collect();
+        let rings: Vec<QueueRing<'_>> = refs
+            .iter()
+            .zip(&queues)
+            .map(|(r, q)| QueueRing {
+                ring_refs: r,
+                event_channel: q.port.0,
+            })
+            .collect();
+        let keys = choice
+            .frontend_keys(&rings)
+            .map_err(dev_err)?
+            .into_iter()
+            .map(|k| (k.path, k.value))
+            .collect();
         let pool = BufferPool::new(
             &self.plat,
             conn.peer,
-            PoolConfig { pages: self.cfg.pool_pages, buffer_size: 4096, access: Access::ReadWrite, mode: PoolMode::Trusted },
+            PoolConfig {
+                pages: self.cfg.pool_pages,
+                buffer_size: 4096,
+                access: Access::ReadWrite,
+                mode: PoolMode::Trusted,
+            },
         )
         .map_err(dev_err)?;
-        self.live = Some(Live { number: conn.number, queues, pool, keys, choice });
+        self.live = Some(Live {
+            number: conn.number,
+            queues,
+            pool,
+            keys,
+            choice,
+        });
         Ok(())
     }
 
@@ -182,14 +211,28 @@ impl RingFrontend {
     /// home, e.g. `device/vbd/51712`), talking to the xenstore daemon at
     /// `xenstore` as `plat`'s domain. Nothing happens before
     /// [`Self::connect`].
-    pub fn new(plat: HostedPlatform, xenstore: &Path, frontend: &str, cfg: FrontConfig) -> Result<Self, String> {
+    pub fn new(
+        plat: HostedPlatform,
+        xenstore: &Path,
+        frontend: &str,
+        cfg: FrontConfig,
+    ) -> Result<Self, String> {
         let domid = grant_tables::Platform::domid(&plat);
-        let xs = connect_as(xenstore, domid.0).map_err(|e| format!("connecting to xenstore: {e}"))?;
+        let xs =
+            connect_as(xenstore, domid.0).map_err(|e| format!("connecting to xenstore: {e}"))?;
         Ok(RingFrontend {
-            dev: FrontDev { plat: plat.clone(), cfg, live: None, teardowns: Vec::new() },
+            dev: FrontDev {
+                plat: plat.clone(),
+                cfg,
+                live: None,
+                teardowns: Vec::new(),
+            },
             plat,
             xs,
-            fe: Frontend::new(FrontendConfig::new(frontend, ConnectStyle::InitialisedFirst)),
+            fe: Frontend::new(FrontendConfig::new(
+                frontend,
+                ConnectStyle::InitialisedFirst,
+            )),
             start: Instant::now(),
             disk: None,
             backend: None,
@@ -205,16 +248,24 @@ impl RingFrontend {
                 return Ok(c);
             }
             if Instant::now() >= end {
-                return Err(format!("not connected after {timeout:?}: the handshake is at {:?}", self.fe.phase()));
+                return Err(format!(
+                    "not connected after {timeout:?}: the handshake is at {:?}",
+                    self.fe.phase()
+                ));
             }
-            self.xs.pump_wait(Wait::For(Duration::from_millis(2))).map_err(|e| e.to_string())?;
+            self.xs
+                .pump_wait(Wait::For(Duration::from_millis(2)))
+                .map_err(|e| e.to_string())?;
         }
     }
 
     /// One poll of the handshake; on Connected the disk's keys are read
     /// (see [`Self::disk`]).
     pub fn poll_handshake(&mut self) -> Result<HandshakeEvent, String> {
-        let ev = self.fe.poll(&mut self.xs, self.start.elapsed(), &mut self.dev).map_err(|e| e.to_string())?;
+        let ev = self
+            .fe
+            .poll(&mut self.xs, self.start.elapsed(), &mut self.dev)
+            .map_err(|e| e.to_string())?;
         if let HandshakeEvent::Connected(c) = &ev {
             self.backend = Some(c.backend.clone());
             self.read_disk()?;
@@ -227,7 +278,10 @@ impl RingFrontend {
         let be = self.backend.clone().ok_or("not connected")?;
         let xs = &mut self.xs;
         let read = |k: &str| {
-            xs.try_read(&format!("{be}/{k}")).ok().flatten().map(|v| String::from_utf8_lossy(&v).into_owned())
+            xs.try_read(&format!("{be}/{k}"))
+                .ok()
+                .flatten()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
         };
         let d = DiskFeatures::parse(read).map_err(|e| e.to_string())?;
         Ok(self.disk.insert(d))
@@ -270,12 +324,22 @@ impl RingFrontend {
 
     /// Queue `q` of the live connection.
     pub fn queue(&mut self, q: usize) -> Result<&mut FrontQueue, String> {
-        self.dev.live.as_mut().and_then(|l| l.queues.get_mut(q)).ok_or_else(|| format!("no queue {q}"))
+        self.dev
+            .live
+            .as_mut()
+            .and_then(|l| l.queues.get_mut(q))
+            .ok_or_else(|| format!("no queue {q}"))
     }
 
     /// A free buffer (a 4 KiB page) of the persistent pool.
     pub fn buffer(&self) -> Result<PoolBuffer<HostedPlatform>, String> {
-        self.dev.live.as_ref().ok_or("not connected")?.pool.take().ok_or_else(|| "the buffer pool is empty".into())
+        self.dev
+            .live
+            .as_ref()
+            .ok_or("not connected")?
+            .pool
+            .take()
+            .ok_or_else(|| "the buffer pool is empty".into())
     }
 
     /// Puts `req` on queue `q`, publishes it and notifies when the backend
@@ -292,7 +356,10 @@ impl RingFrontend {
 
     /// The next response on queue `q`, if one is there (no waiting).
     pub fn try_response(&mut self, q: usize) -> Result<Option<BlkifResponse>, String> {
-        self.queue(q)?.ring.take_response().map_err(|e| e.to_string())
+        self.queue(q)?
+            .ring
+            .take_response()
+            .map_err(|e| e.to_string())
     }
 
     /// Waits up to `timeout` for the next response on queue `q`.
@@ -310,9 +377,14 @@ impl RingFrontend {
                 return Err(format!("no response on queue {q} within {timeout:?}"));
             }
             if event {
-                if !queue.ring.final_check_for_responses().map_err(|e| e.to_string())? {
+                if !queue
+                    .ring
+                    .final_check_for_responses()
+                    .map_err(|e| e.to_string())?
+                {
                     let left = (end - now).min(Duration::from_millis(20));
-                    plat.block(queue.port, Some(left.as_nanos() as u64)).map_err(|e| e.to_string())?;
+                    plat.block(queue.port, Some(left.as_nanos() as u64))
+                        .map_err(|e| e.to_string())?;
                 }
             } else {
                 std::hint::spin_loop();
@@ -359,11 +431,15 @@ impl RingFrontend {
         let mut pages = Vec::new();
         for chunk in segs.chunks(per_page) {
             let mut page = self.buffer()?;
-            page.write_at(0, chunk.as_bytes()).map_err(|e| e.to_string())?;
+            page.write_at(0, chunk.as_bytes())
+                .map_err(|e| e.to_string())?;
             pages.push(page);
         }
         if pages.len() > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST {
-            return Err(format!("{} segments need more than 8 indirect pages", segs.len()));
+            return Err(format!(
+                "{} segments need more than 8 indirect pages",
+                segs.len()
+            ));
         }
         let grefs: Vec<GrantRefNum> = pages.iter().map(|p| p.gref()).collect();
         let n = u16::try_from(segs.len()).map_err(|_| "too many segments".to_string())?;
@@ -378,11 +454,21 @@ impl RingFrontend {
 
 /// A segment covering a whole page.
 pub fn whole_page(gref: GrantRefNum) -> BlkifRequestSegment {
-    BlkifRequestSegment { gref, first_sect: 0, last_sect: 7, _pad: [0; 2] }
+    BlkifRequestSegment {
+        gref,
+        first_sect: 0,
+        last_sect: 7,
+        _pad: [0; 2],
+    }
 }
 
 /// A direct request (read, write, flush, barrier or any operation code).
-pub fn rw_request(operation: u8, id: u64, sector: u64, segs: &[BlkifRequestSegment]) -> BlkifRequest {
+pub fn rw_request(
+    operation: u8,
+    id: u64,
+    sector: u64,
+    segs: &[BlkifRequestSegment],
+) -> BlkifRequest {
     let mut r = BlkifRequest::new_zeroed();
     r.operation = operation;
     r.nr_segments = segs.len().min(255) as u8;

@@ -213,7 +213,9 @@ pub struct BlkbackConfig {
 impl BlkbackConfig {
     /// The defaults, serving `disk`.
     pub fn new(disk: impl Into<PathBuf>) -> Self {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         BlkbackConfig {
             disk: disk.into(),
             read_only: false,
@@ -228,7 +230,9 @@ impl BlkbackConfig {
             flush: true,
             discard: true,
             removable: false,
-            wait: WaitMode::Event { spin: Duration::from_micros(50) },
+            wait: WaitMode::Event {
+                spin: Duration::from_micros(50),
+            },
             error_delay: Duration::from_millis(1),
             hostile: None,
         }
@@ -382,7 +386,10 @@ pub struct Blkback {
 
 impl fmt::Debug for Blkback {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Blkback").field("domid", &self.domid).field("disk", &self.shared.config.disk).finish()
+        f.debug_struct("Blkback")
+            .field("domid", &self.domid)
+            .field("disk", &self.shared.config.disk)
+            .finish()
     }
 }
 
@@ -427,15 +434,23 @@ impl Blkback {
             live: Mutex::new(None),
         });
         let domid = grant_tables::Platform::domid(&platform);
-        let xs = crate::xenstore::connect_as(xenstore, domid.0)
-            .map_err(|e| BlkbackError::Os(format!("connecting to xenstore at {}: {e}", xenstore.display())))?;
+        let xs = crate::xenstore::connect_as(xenstore, domid.0).map_err(|e| {
+            BlkbackError::Os(format!(
+                "connecting to xenstore at {}: {e}",
+                xenstore.display()
+            ))
+        })?;
         let s = shared.clone();
         let backend = backend.to_string();
         let thread = std::thread::Builder::new()
             .name(format!("blkback-{}", domid.0))
             .spawn(move || device::handshake_main(platform, s, xs, backend))
             .map_err(|e| BlkbackError::Os(format!("starting the handshake thread: {e}")))?;
-        Ok(Blkback { shared, thread: Some(thread), domid })
+        Ok(Blkback {
+            shared,
+            thread: Some(thread),
+            domid,
+        })
     }
 
     /// What it did so far.
@@ -458,7 +473,10 @@ impl Blkback {
             persistent_grants: get(&c.persistent_grants),
             ring_halts: get(&c.ring_halts),
             hostile_acts: get(&c.hostile_acts),
-            kept_grants: lock(&self.shared.kept).iter().map(|l| l.grants.len() + 1).sum(),
+            kept_grants: lock(&self.shared.kept)
+                .iter()
+                .map(|l| l.grants.len() + 1)
+                .sum(),
             last_error: lock(&self.shared.last_error).clone(),
         }
     }

@@ -91,7 +91,10 @@ pub struct Rw {
 impl Rw {
     /// 512-byte sectors moved.
     pub fn sectors(&self) -> u64 {
-        self.segs.iter().map(|s| u64::from(s.len >> SECTOR_SHIFT)).sum()
+        self.segs
+            .iter()
+            .map(|s| u64::from(s.len >> SECTOR_SHIFT))
+            .sum()
     }
 
     /// Bytes moved.
@@ -175,7 +178,9 @@ impl RejectReason {
     pub fn describe(self) -> &'static str {
         match self {
             RejectReason::UnknownOperation => "unknown operation",
-            RejectReason::BadIndirectOperation => "indirect request whose inner operation is not read or write",
+            RejectReason::BadIndirectOperation => {
+                "indirect request whose inner operation is not read or write"
+            }
             RejectReason::BadSegmentCount => "bad number of segments",
             RejectReason::BadSegment => "segment with last_sect >= 8 or last_sect < first_sect",
             RejectReason::ReadOnly => "write to a read-only disk",
@@ -227,7 +232,12 @@ impl Disk {
 }
 
 fn error(id: u64, rsp_op: u8, reason: RejectReason) -> Reject {
-    Reject { id, rsp_op, status: status::ERROR, reason }
+    Reject {
+        id,
+        rsp_op,
+        status: status::ERROR,
+        reason,
+    }
 }
 
 /// One wire segment, checked (step 4).
@@ -236,7 +246,11 @@ fn segment(s: &BlkifRequestSegment) -> Option<Seg> {
     if last >= SECTORS_PER_PAGE || last < first {
         return None;
     }
-    Some(Seg { gref: s.gref, offset: first << SECTOR_SHIFT, len: (last - first + 1) << SECTOR_SHIFT })
+    Some(Seg {
+        gref: s.gref,
+        offset: first << SECTOR_SHIFT,
+        len: (last - first + 1) << SECTOR_SHIFT,
+    })
 }
 
 /// Steps 1 to 4 on a slot copied out of the ring.
@@ -252,16 +266,39 @@ pub fn classify(slot: &BlkifRequest, max_indirect_segments: u32) -> Result<Pendi
             let kind = match ind.indirect_op {
                 op::READ => RwKind::Read,
                 op::WRITE => RwKind::Write,
-                _ => return Err(error(ind.id, ind.indirect_op, RejectReason::BadIndirectOperation)),
+                _ => {
+                    return Err(error(
+                        ind.id,
+                        ind.indirect_op,
+                        RejectReason::BadIndirectOperation,
+                    ))
+                }
             };
             let n = usize::from(ind.nr_segments);
             let max = usize::try_from(max_indirect_segments).unwrap_or(usize::MAX);
-            if n == 0 || n > max || n > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST * SEGMENTS_PER_INDIRECT_PAGE {
-                return Err(error(ind.id, ind.indirect_op, RejectReason::BadSegmentCount));
+            if n == 0
+                || n > max
+                || n > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST * SEGMENTS_PER_INDIRECT_PAGE
+            {
+                return Err(error(
+                    ind.id,
+                    ind.indirect_op,
+                    RejectReason::BadSegmentCount,
+                ));
             }
             let pages = n.div_ceil(SEGMENTS_PER_INDIRECT_PAGE);
-            let rw = Rw { id: ind.id, rsp_op: ind.indirect_op, kind, sector: ind.sector_number, segs: Vec::new() };
-            return Ok(Pending::Indirect { rw, nr_segments: n, pages: ind.indirect_grefs[..pages].to_vec() });
+            let rw = Rw {
+                id: ind.id,
+                rsp_op: ind.indirect_op,
+                kind,
+                sector: ind.sector_number,
+                segs: Vec::new(),
+            };
+            return Ok(Pending::Indirect {
+                rw,
+                nr_segments: n,
+                pages: ind.indirect_grefs[..pages].to_vec(),
+            });
         }
         other => {
             return Err(Reject {
@@ -281,7 +318,13 @@ pub fn classify(slot: &BlkifRequest, max_indirect_segments: u32) -> Result<Pendi
     for s in &slot.seg[..n] {
         segs.push(segment(s).ok_or_else(|| error(slot.id, rsp_op, RejectReason::BadSegment))?);
     }
-    Ok(Pending::Direct(Rw { id: slot.id, rsp_op, kind, sector: slot.sector_number, segs }))
+    Ok(Pending::Direct(Rw {
+        id: slot.id,
+        rsp_op,
+        kind,
+        sector: slot.sector_number,
+        segs,
+    }))
 }
 
 /// Step 4 for an indirect request: reads `nr_segments` segment
@@ -295,14 +338,25 @@ pub fn indirect_segments(
     let mut segs = Vec::with_capacity(nr_segments);
     let mut page = None;
     for n in 0..nr_segments {
-        let (p, i) = (n / SEGMENTS_PER_INDIRECT_PAGE, n % SEGMENTS_PER_INDIRECT_PAGE);
+        let (p, i) = (
+            n / SEGMENTS_PER_INDIRECT_PAGE,
+            n % SEGMENTS_PER_INDIRECT_PAGE,
+        );
         if i == 0 {
             page = read_page(p);
         }
         let wire = page.as_ref().and_then(|pg| pg.get(i)).copied();
-        let seg = wire
-            .and_then(|w| segment(&w))
-            .ok_or_else(|| error(rw.id, rw.rsp_op, if wire.is_none() { RejectReason::GrantMap } else { RejectReason::BadSegment }))?;
+        let seg = wire.and_then(|w| segment(&w)).ok_or_else(|| {
+            error(
+                rw.id,
+                rw.rsp_op,
+                if wire.is_none() {
+                    RejectReason::GrantMap
+                } else {
+                    RejectReason::BadSegment
+                },
+            )
+        })?;
         segs.push(seg);
     }
     rw.segs = segs;
@@ -324,9 +378,16 @@ pub fn check_discard(d: &BlkifRequestDiscard, disk: &Disk) -> Result<Discard, Re
         }
     }
     if d.flag & BLKIF_DISCARD_SECURE != 0 {
-        log::debug!("blkback: secure discard of request {} done as a plain discard (discard-secure is 0)", d.id);
+        log::debug!(
+            "blkback: secure discard of request {} done as a plain discard (discard-secure is 0)",
+            d.id
+        );
     }
-    Ok(Discard { id: d.id, sector: d.sector_number, sectors: d.nr_sectors })
+    Ok(Discard {
+        id: d.id,
+        sector: d.sector_number,
+        sectors: d.nr_sectors,
+    })
 }
 
 #[cfg(test)]
@@ -342,32 +403,77 @@ mod tests {
         r.sector_number = sector;
         r.nr_segments = segs.len() as u8;
         for (i, &(gref, first_sect, last_sect)) in segs.iter().enumerate() {
-            r.seg[i] = WireSeg { gref, first_sect, last_sect, _pad: [0; 2] };
+            r.seg[i] = WireSeg {
+                gref,
+                first_sect,
+                last_sect,
+                _pad: [0; 2],
+            };
         }
         r
     }
 
-    const DISK: Disk = Disk { sectors: 1024, sector_size: 512, read_only: false, max_indirect_segments: 256 };
+    const DISK: Disk = Disk {
+        sectors: 1024,
+        sector_size: 512,
+        read_only: false,
+        max_indirect_segments: 256,
+    };
 
     fn reason(r: Result<Pending, Reject>) -> RejectReason {
-        r.err().expect("refused").reason
+        r.expect_err("refused").reason
     }
 
     #[test]
     fn direct_requests_check_segments() {
-        let Ok(Pending::Direct(ok)) = classify(&rw(op::WRITE, 8, &[(5, 0, 7), (6, 2, 3)]), 256) else { panic!() };
-        assert_eq!(ok.segs, [Seg { gref: 5, offset: 0, len: 4096 }, Seg { gref: 6, offset: 1024, len: 1024 }]);
+        let Ok(Pending::Direct(ok)) = classify(&rw(op::WRITE, 8, &[(5, 0, 7), (6, 2, 3)]), 256)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            ok.segs,
+            [
+                Seg {
+                    gref: 5,
+                    offset: 0,
+                    len: 4096
+                },
+                Seg {
+                    gref: 6,
+                    offset: 1024,
+                    len: 1024
+                }
+            ]
+        );
         assert_eq!(ok.sectors(), 10);
         assert!(DISK.check(&ok).is_ok());
-        assert_eq!(reason(classify(&rw(op::READ, 0, &[(5, 0, 8)]), 256)), RejectReason::BadSegment);
-        assert_eq!(reason(classify(&rw(op::READ, 0, &[(5, 3, 2)]), 256)), RejectReason::BadSegment);
-        assert_eq!(reason(classify(&rw(op::READ, 0, &[]), 256)), RejectReason::BadSegmentCount);
+        assert_eq!(
+            reason(classify(&rw(op::READ, 0, &[(5, 0, 8)]), 256)),
+            RejectReason::BadSegment
+        );
+        assert_eq!(
+            reason(classify(&rw(op::READ, 0, &[(5, 3, 2)]), 256)),
+            RejectReason::BadSegment
+        );
+        assert_eq!(
+            reason(classify(&rw(op::READ, 0, &[]), 256)),
+            RejectReason::BadSegmentCount
+        );
         let mut twelve = rw(op::READ, 0, &[(5, 0, 7)]);
         twelve.nr_segments = 12;
-        assert_eq!(reason(classify(&twelve, 256)), RejectReason::BadSegmentCount);
+        assert_eq!(
+            reason(classify(&twelve, 256)),
+            RejectReason::BadSegmentCount
+        );
         // Flush and barrier may carry no segment.
-        assert!(matches!(classify(&rw(op::FLUSH_DISKCACHE, 0, &[]), 256), Ok(Pending::Direct(_))));
-        assert!(matches!(classify(&rw(op::WRITE_BARRIER, 0, &[]), 256), Ok(Pending::Direct(_))));
+        assert!(matches!(
+            classify(&rw(op::FLUSH_DISKCACHE, 0, &[]), 256),
+            Ok(Pending::Direct(_))
+        ));
+        assert!(matches!(
+            classify(&rw(op::WRITE_BARRIER, 0, &[]), 256),
+            Ok(Pending::Direct(_))
+        ));
     }
 
     #[test]
@@ -380,23 +486,46 @@ mod tests {
 
     #[test]
     fn disk_checks_range_read_only_and_alignment() {
-        let Ok(Pending::Direct(w)) = classify(&rw(op::WRITE, 1020, &[(5, 0, 7)]), 256) else { panic!() };
+        let Ok(Pending::Direct(w)) = classify(&rw(op::WRITE, 1020, &[(5, 0, 7)]), 256) else {
+            panic!()
+        };
         assert_eq!(DISK.check(&w).unwrap_err().reason, RejectReason::OutOfRange);
-        let Ok(Pending::Direct(w)) = classify(&rw(op::WRITE, u64::MAX - 3, &[(5, 0, 7)]), 256) else { panic!() };
+        let Ok(Pending::Direct(w)) = classify(&rw(op::WRITE, u64::MAX - 3, &[(5, 0, 7)]), 256)
+        else {
+            panic!()
+        };
         assert_eq!(DISK.check(&w).unwrap_err().reason, RejectReason::OutOfRange);
-        let Ok(Pending::Direct(w)) = classify(&rw(op::WRITE, 0, &[(5, 0, 7)]), 256) else { panic!() };
-        let ro = Disk { read_only: true, ..DISK };
+        let Ok(Pending::Direct(w)) = classify(&rw(op::WRITE, 0, &[(5, 0, 7)]), 256) else {
+            panic!()
+        };
+        let ro = Disk {
+            read_only: true,
+            ..DISK
+        };
         assert_eq!(ro.check(&w).unwrap_err().reason, RejectReason::ReadOnly);
-        let Ok(Pending::Direct(f)) = classify(&rw(op::FLUSH_DISKCACHE, 0, &[]), 256) else { panic!() };
+        let Ok(Pending::Direct(f)) = classify(&rw(op::FLUSH_DISKCACHE, 0, &[]), 256) else {
+            panic!()
+        };
         assert_eq!(ro.check(&f).unwrap_err().reason, RejectReason::ReadOnly);
-        let Ok(Pending::Direct(r)) = classify(&rw(op::READ, 0, &[(5, 0, 7)]), 256) else { panic!() };
+        let Ok(Pending::Direct(r)) = classify(&rw(op::READ, 0, &[(5, 0, 7)]), 256) else {
+            panic!()
+        };
         assert!(ro.check(&r).is_ok());
-        let big = Disk { sector_size: 4096, ..DISK };
-        let Ok(Pending::Direct(r)) = classify(&rw(op::READ, 1, &[(5, 0, 7)]), 256) else { panic!() };
+        let big = Disk {
+            sector_size: 4096,
+            ..DISK
+        };
+        let Ok(Pending::Direct(r)) = classify(&rw(op::READ, 1, &[(5, 0, 7)]), 256) else {
+            panic!()
+        };
         assert_eq!(big.check(&r).unwrap_err().reason, RejectReason::Misaligned);
-        let Ok(Pending::Direct(r)) = classify(&rw(op::READ, 8, &[(5, 0, 3)]), 256) else { panic!() };
+        let Ok(Pending::Direct(r)) = classify(&rw(op::READ, 8, &[(5, 0, 3)]), 256) else {
+            panic!()
+        };
         assert_eq!(big.check(&r).unwrap_err().reason, RejectReason::Misaligned);
-        let Ok(Pending::Direct(r)) = classify(&rw(op::READ, 8, &[(5, 0, 7)]), 256) else { panic!() };
+        let Ok(Pending::Direct(r)) = classify(&rw(op::READ, 8, &[(5, 0, 7)]), 256) else {
+            panic!()
+        };
         assert!(big.check(&r).is_ok());
     }
 
@@ -413,21 +542,63 @@ mod tests {
     #[test]
     fn indirect_requests() {
         let r = classify(&indirect(op::FLUSH_DISKCACHE, 4), 256).unwrap_err();
-        assert_eq!((r.reason, r.rsp_op, r.status), (RejectReason::BadIndirectOperation, op::FLUSH_DISKCACHE, status::ERROR));
-        assert_eq!(reason(classify(&indirect(op::READ, 0), 256)), RejectReason::BadSegmentCount);
-        assert_eq!(reason(classify(&indirect(op::READ, 257), 256)), RejectReason::BadSegmentCount);
-        let Ok(Pending::Indirect { mut rw, nr_segments, pages }) = classify(&indirect(op::WRITE, 513), 1024) else {
+        assert_eq!(
+            (r.reason, r.rsp_op, r.status),
+            (
+                RejectReason::BadIndirectOperation,
+                op::FLUSH_DISKCACHE,
+                status::ERROR
+            )
+        );
+        assert_eq!(
+            reason(classify(&indirect(op::READ, 0), 256)),
+            RejectReason::BadSegmentCount
+        );
+        assert_eq!(
+            reason(classify(&indirect(op::READ, 257), 256)),
+            RejectReason::BadSegmentCount
+        );
+        let Ok(Pending::Indirect {
+            mut rw,
+            nr_segments,
+            pages,
+        }) = classify(&indirect(op::WRITE, 513), 1024)
+        else {
             panic!()
         };
         assert_eq!((nr_segments, pages), (513, vec![11, 12]));
         assert_eq!(rw.rsp_op, op::WRITE);
-        let page = |p: usize| Some([WireSeg { gref: p as u32, first_sect: 0, last_sect: 7, _pad: [0; 2] }; 512]);
+        let page = |p: usize| {
+            Some(
+                [WireSeg {
+                    gref: p as u32,
+                    first_sect: 0,
+                    last_sect: 7,
+                    _pad: [0; 2],
+                }; 512],
+            )
+        };
         indirect_segments(&mut rw, nr_segments, page).unwrap();
         assert_eq!(rw.segs.len(), 513);
         assert_eq!(rw.segs[512].gref, 1);
-        let bad = |_| Some([WireSeg { gref: 1, first_sect: 4, last_sect: 3, _pad: [0; 2] }; 512]);
-        assert_eq!(indirect_segments(&mut rw, 3, bad).unwrap_err().reason, RejectReason::BadSegment);
-        assert_eq!(indirect_segments(&mut rw, 3, |_| None).unwrap_err().reason, RejectReason::GrantMap);
+        let bad = |_| {
+            Some(
+                [WireSeg {
+                    gref: 1,
+                    first_sect: 4,
+                    last_sect: 3,
+                    _pad: [0; 2],
+                }; 512],
+            )
+        };
+        assert_eq!(
+            indirect_segments(&mut rw, 3, bad).unwrap_err().reason,
+            RejectReason::BadSegment
+        );
+        assert_eq!(
+            indirect_segments(&mut rw, 3, |_| None).unwrap_err().reason,
+            RejectReason::GrantMap
+        );
     }
 
     #[test]
@@ -437,11 +608,34 @@ mod tests {
         d.id = 3;
         d.sector_number = 8;
         d.nr_sectors = 16;
-        assert_eq!(check_discard(&d, &DISK).unwrap(), Discard { id: 3, sector: 8, sectors: 16 });
-        let Ok(Pending::Discard(back)) = classify(&BlkifRequest::from_shape(&d), 256) else { panic!() };
+        assert_eq!(
+            check_discard(&d, &DISK).unwrap(),
+            Discard {
+                id: 3,
+                sector: 8,
+                sectors: 16
+            }
+        );
+        let Ok(Pending::Discard(back)) = classify(&BlkifRequest::from_shape(&d), 256) else {
+            panic!()
+        };
         assert_eq!(back, d);
-        assert_eq!(check_discard(&d, &Disk { read_only: true, ..DISK }).unwrap_err().reason, RejectReason::ReadOnly);
+        assert_eq!(
+            check_discard(
+                &d,
+                &Disk {
+                    read_only: true,
+                    ..DISK
+                }
+            )
+            .unwrap_err()
+            .reason,
+            RejectReason::ReadOnly
+        );
         d.nr_sectors = 1017;
-        assert_eq!(check_discard(&d, &DISK).unwrap_err().reason, RejectReason::OutOfRange);
+        assert_eq!(
+            check_discard(&d, &DISK).unwrap_err().reason,
+            RejectReason::OutOfRange
+        );
     }
 }

@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blkfront::abi::{op, status, BlkifRequest, BlkifRequestSegment, BlkifResponse, SEGMENTS_PER_INDIRECT_PAGE};
+use blkfront::abi::{
+    op, status, BlkifRequest, BlkifRequestSegment, BlkifResponse, SEGMENTS_PER_INDIRECT_PAGE,
+};
 use grant_tables::abi::{GrantRefNum, PAGE_SIZE, SRING_HEADER_SIZE};
 use grant_tables::foreign::{ForeignGrants, MapOp};
 use grant_tables::{Access, BackRing, DomId, EventChannels, Port, RingError};
@@ -109,18 +111,34 @@ struct Worker {
 
 /// Runs queue `setup` until `stop`, then finishes the I/O in flight,
 /// answers it and returns the mappings.
-pub(crate) fn run(plat: HostedPlatform, shared: Arc<Shared>, setup: QueueSetup, stop: Arc<AtomicBool>) -> Leftovers {
-    let QueueSetup { index, ring, port, frontend, persistent } = setup;
+pub(crate) fn run(
+    plat: HostedPlatform,
+    shared: Arc<Shared>,
+    setup: QueueSetup,
+    stop: Arc<AtomicBool>,
+) -> Leftovers {
+    let QueueSetup {
+        index,
+        ring,
+        port,
+        frontend,
+        persistent,
+    } = setup;
     let size = ring.size();
     let uring = match make_uring(&shared, size) {
         Ok(u) => u,
         Err(e) => {
-            shared.fail(format!("queue {index}: cannot set up io_uring: {e}; the queue serves nothing"));
+            shared.fail(format!(
+                "queue {index}: cannot set up io_uring: {e}; the queue serves nothing"
+            ));
             // Nothing is taken off the ring; wait for the teardown.
             while !stop.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            return Leftovers { _ring: ring, grants: Vec::new() };
+            return Leftovers {
+                _ring: ring,
+                grants: Vec::new(),
+            };
         }
     };
     let mut w = Worker {
@@ -198,7 +216,10 @@ impl Worker {
             let ts = types::Timespec::new().nsec(200_000);
             let args = types::SubmitArgs::new().timespec(&ts);
             if let Err(e) = self.uring.submitter().submit_with_args(1, &args) {
-                if !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) {
                     log::warn!("blkback queue {}: waiting for I/O: {e}", self.q);
                 }
             }
@@ -280,7 +301,11 @@ impl Worker {
         let limits = self.limits();
         let mut rw = match parse::classify(slot, limits.max_indirect_segments)? {
             Pending::Direct(rw) => rw,
-            Pending::Indirect { mut rw, nr_segments, pages } => {
+            Pending::Indirect {
+                mut rw,
+                nr_segments,
+                pages,
+            } => {
                 self.read_indirect(&mut rw, nr_segments, &pages)?;
                 rw
             }
@@ -292,12 +317,19 @@ impl Worker {
         limits.check(&rw)?;
         if matches!(rw.kind, RwKind::Flush | RwKind::Barrier) && !self.shared.config.flush {
             self.shared.control(Control::NoFlush);
-            return Err(Reject { id: rw.id, rsp_op: rw.rsp_op, status: status::EOPNOTSUPP, reason: RejectReason::Unsupported });
+            return Err(Reject {
+                id: rw.id,
+                rsp_op: rw.rsp_op,
+                status: status::EOPNOTSUPP,
+                reason: RejectReason::Unsupported,
+            });
         }
         match rw.kind {
             RwKind::Read => self.shared.stats.reads.fetch_add(1, Ordering::Relaxed),
             RwKind::Write => self.shared.stats.writes.fetch_add(1, Ordering::Relaxed),
-            RwKind::Flush | RwKind::Barrier => self.shared.stats.flushes.fetch_add(1, Ordering::Relaxed),
+            RwKind::Flush | RwKind::Barrier => {
+                self.shared.stats.flushes.fetch_add(1, Ordering::Relaxed)
+            }
         };
         if rw.kind == RwKind::Barrier && self.in_flight > 0 {
             // Wait for every request in flight, then flush and write.
@@ -311,11 +343,24 @@ impl Worker {
 
     /// Maps, copies and unmaps (unless persistent) an indirect request's
     /// pages, then reads its segments from the copies.
-    fn read_indirect(&mut self, rw: &mut Rw, nr_segments: usize, pages: &[GrantRefNum]) -> Result<(), Reject> {
-        let fail = |rw: &Rw| Reject { id: rw.id, rsp_op: rw.rsp_op, status: status::ERROR, reason: RejectReason::GrantMap };
-        let mut copies: Vec<[BlkifRequestSegment; SEGMENTS_PER_INDIRECT_PAGE]> = Vec::with_capacity(pages.len());
+    fn read_indirect(
+        &mut self,
+        rw: &mut Rw,
+        nr_segments: usize,
+        pages: &[GrantRefNum],
+    ) -> Result<(), Reject> {
+        let fail = |rw: &Rw| Reject {
+            id: rw.id,
+            rsp_op: rw.rsp_op,
+            status: status::ERROR,
+            reason: RejectReason::GrantMap,
+        };
+        let mut copies: Vec<[BlkifRequestSegment; SEGMENTS_PER_INDIRECT_PAGE]> =
+            Vec::with_capacity(pages.len());
         let mut temp = Vec::new();
-        let ptrs = self.map_pages(pages, Access::ReadOnly, &mut temp).map_err(|_| fail(rw))?;
+        let ptrs = self
+            .map_pages(pages, Access::ReadOnly, &mut temp)
+            .map_err(|_| fail(rw))?;
         let mut buf = [0u8; PAGE_SIZE];
         for (i, p) in ptrs.iter().enumerate() {
             let mapping = match p {
@@ -324,13 +369,18 @@ impl Worker {
             };
             let read = mapping.map(|m| grant_tables::ForeignMapping::read_at(m, 0, &mut buf));
             if !matches!(read, Some(Ok(()))) {
-                log::debug!("blkback queue {}: reading indirect page {i} of request {}", self.q, rw.id);
+                log::debug!(
+                    "blkback queue {}: reading indirect page {i} of request {}",
+                    self.q,
+                    rw.id
+                );
                 return Err(fail(rw));
             }
             // 4096 bytes are 512 segments of 8 bytes: the conversion cannot
             // fail; the fallback only keeps this free of panics.
-            let page = <[BlkifRequestSegment; SEGMENTS_PER_INDIRECT_PAGE]>::read_from_bytes(&buf[..])
-                .unwrap_or([BlkifRequestSegment::default(); SEGMENTS_PER_INDIRECT_PAGE]);
+            let page =
+                <[BlkifRequestSegment; SEGMENTS_PER_INDIRECT_PAGE]>::read_from_bytes(&buf[..])
+                    .unwrap_or([BlkifRequestSegment::default(); SEGMENTS_PER_INDIRECT_PAGE]);
             copies.push(page);
         }
         self.release(temp);
@@ -339,7 +389,12 @@ impl Worker {
 
     /// Maps `grefs` (persistent ones from or into the cache, the others
     /// into `temp`, all or nothing) and says where each is.
-    fn map_pages(&mut self, grefs: &[GrantRefNum], access: Access, temp: &mut Vec<MappedGrant>) -> Result<Vec<PagePtr>, ()> {
+    fn map_pages(
+        &mut self,
+        grefs: &[GrantRefNum],
+        access: Access,
+        temp: &mut Vec<MappedGrant>,
+    ) -> Result<Vec<PagePtr>, ()> {
         let max = self.shared.config.max_persistent_grants;
         let mut out = Vec::with_capacity(grefs.len());
         let mut ops: Vec<(usize, MapOp)> = Vec::new();
@@ -354,7 +409,10 @@ impl Worker {
                     match self.plat.map_grant(self.front, gref, Access::ReadWrite) {
                         Ok(m) => {
                             cache.insert(gref, m);
-                            self.shared.stats.persistent_grants.fetch_add(1, Ordering::Relaxed);
+                            self.shared
+                                .stats
+                                .persistent_grants
+                                .fetch_add(1, Ordering::Relaxed);
                             self.shared.stats.grant_maps.fetch_add(1, Ordering::Relaxed);
                             out.push(PagePtr::Persistent(gref));
                             continue;
@@ -368,9 +426,23 @@ impl Worker {
                 }
                 // Beyond the limit: mapped for this request only, read-write
                 // as blkback maps every page of a persistent connection.
-                ops.push((i, MapOp { granter: self.front, gref, access: Access::ReadWrite }));
+                ops.push((
+                    i,
+                    MapOp {
+                        granter: self.front,
+                        gref,
+                        access: Access::ReadWrite,
+                    },
+                ));
             } else {
-                ops.push((i, MapOp { granter: self.front, gref, access }));
+                ops.push((
+                    i,
+                    MapOp {
+                        granter: self.front,
+                        gref,
+                        access,
+                    },
+                ));
             }
             out.push(PagePtr::Temp(usize::MAX));
         }
@@ -380,7 +452,10 @@ impl Worker {
         let batch: Vec<MapOp> = ops.iter().map(|(_, o)| *o).collect();
         let mut results = Vec::with_capacity(batch.len());
         self.plat.map_batch(&batch, &mut results);
-        self.shared.stats.grant_maps.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.shared
+            .stats
+            .grant_maps
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut failed = false;
         for ((i, _), r) in ops.iter().zip(results) {
             match r {
@@ -422,13 +497,22 @@ impl Worker {
 
     /// Maps a checked read, write, flush or barrier and submits its I/O.
     fn start_rw(&mut self, rw: Rw) {
-        let access = if rw.kind.writes() { Access::ReadOnly } else { Access::ReadWrite };
+        let access = if rw.kind.writes() {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        };
         let grefs: Vec<GrantRefNum> = rw.segs.iter().map(|s| s.gref).collect();
         let mut temp = Vec::new();
         let ptrs = match self.map_pages(&grefs, access, &mut temp) {
             Ok(p) => p,
             Err(()) => {
-                self.reject(Reject { id: rw.id, rsp_op: rw.rsp_op, status: status::ERROR, reason: RejectReason::GrantMap });
+                self.reject(Reject {
+                    id: rw.id,
+                    rsp_op: rw.rsp_op,
+                    status: status::ERROR,
+                    reason: RejectReason::GrantMap,
+                });
                 return;
             }
         };
@@ -440,17 +524,30 @@ impl Worker {
             };
             let Some(m) = mapping else {
                 self.release(temp);
-                self.reject(Reject { id: rw.id, rsp_op: rw.rsp_op, status: status::ERROR, reason: RejectReason::GrantMap });
+                self.reject(Reject {
+                    id: rw.id,
+                    rsp_op: rw.rsp_op,
+                    status: status::ERROR,
+                    reason: RejectReason::GrantMap,
+                });
                 return;
             };
             // `offset + len <= 4096` (checked by the parser) inside a
             // one-page mapping.
             let base = m.as_ptr().as_ptr().wrapping_add(seg.offset as usize);
-            iov.push(libc::iovec { iov_base: base.cast(), iov_len: seg.len as usize });
+            iov.push(libc::iovec {
+                iov_base: base.cast(),
+                iov_len: seg.len as usize,
+            });
         }
         let Some(index) = self.take_slot() else {
             self.release(temp);
-            self.reject(Reject { id: rw.id, rsp_op: rw.rsp_op, status: status::ERROR, reason: RejectReason::Io });
+            self.reject(Reject {
+                id: rw.id,
+                rsp_op: rw.rsp_op,
+                status: status::ERROR,
+                reason: RejectReason::Io,
+            });
             return;
         };
         let bytes = u32::try_from(rw.bytes()).unwrap_or(u32::MAX);
@@ -471,7 +568,10 @@ impl Worker {
         let ud = |stage: u64| (u64::from(index) << STAGE_BITS) | stage;
         let mut entries = Vec::with_capacity(2);
         if flush {
-            let mut e = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(ud(STAGE_FLUSH));
+            let mut e = opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(ud(STAGE_FLUSH));
             if data {
                 // The write runs only after the flush, as REQ_PREFLUSH asks.
                 e = e.flags(squeue::Flags::IO_LINK);
@@ -480,10 +580,20 @@ impl Worker {
         }
         if data {
             let e = match (&slot.iov[..], rw.kind) {
-                ([one], RwKind::Read) => opcode::Read::new(fd, one.iov_base.cast(), one.iov_len as u32).offset(offset).build(),
-                ([one], _) => opcode::Write::new(fd, one.iov_base.cast(), one.iov_len as u32).offset(offset).build(),
-                (v, RwKind::Read) => opcode::Readv::new(fd, v.as_ptr(), v.len() as u32).offset(offset).build(),
-                (v, _) => opcode::Writev::new(fd, v.as_ptr(), v.len() as u32).offset(offset).build(),
+                ([one], RwKind::Read) => {
+                    opcode::Read::new(fd, one.iov_base.cast(), one.iov_len as u32)
+                        .offset(offset)
+                        .build()
+                }
+                ([one], _) => opcode::Write::new(fd, one.iov_base.cast(), one.iov_len as u32)
+                    .offset(offset)
+                    .build(),
+                (v, RwKind::Read) => opcode::Readv::new(fd, v.as_ptr(), v.len() as u32)
+                    .offset(offset)
+                    .build(),
+                (v, _) => opcode::Writev::new(fd, v.as_ptr(), v.len() as u32)
+                    .offset(offset)
+                    .build(),
             };
             entries.push(e.user_data(ud(STAGE_DATA)));
         }
@@ -495,13 +605,23 @@ impl Worker {
     }
 
     fn start_discard(&mut self, d: parse::Discard) -> Result<(), Reject> {
-        let unsupported = Reject { id: d.id, rsp_op: op::DISCARD, status: status::EOPNOTSUPP, reason: RejectReason::Unsupported };
+        let unsupported = Reject {
+            id: d.id,
+            rsp_op: op::DISCARD,
+            status: status::EOPNOTSUPP,
+            reason: RejectReason::Unsupported,
+        };
         if !self.shared.discard_offered() {
             return Err(unsupported);
         }
         self.shared.stats.discards.fetch_add(1, Ordering::Relaxed);
         let Some(index) = self.take_slot() else {
-            return Err(Reject { id: d.id, rsp_op: op::DISCARD, status: status::ERROR, reason: RejectReason::Io });
+            return Err(Reject {
+                id: d.id,
+                rsp_op: op::DISCARD,
+                status: status::ERROR,
+                reason: RejectReason::Io,
+            });
         };
         let shift = blkfront::abi::SECTOR_SHIFT;
         let slot = Slot {
@@ -520,7 +640,9 @@ impl Worker {
         self.in_flight += 1;
         if d.sectors == 0 {
             // Nothing to punch: complete it with a flush-free no-op.
-            let e = opcode::Nop::new().build().user_data((u64::from(index) << STAGE_BITS) | STAGE_DISCARD);
+            let e = opcode::Nop::new()
+                .build()
+                .user_data((u64::from(index) << STAGE_BITS) | STAGE_DISCARD);
             self.push_sqes(&[e]);
             return Ok(());
         }
@@ -548,7 +670,10 @@ impl Worker {
             // Full: hand what is queued to the kernel and try again.
             self.submit();
         }
-        log::error!("blkback queue {}: the io_uring submission queue stays full", self.q);
+        log::error!(
+            "blkback queue {}: the io_uring submission queue stays full",
+            self.q
+        );
     }
 
     fn submit(&mut self) {
@@ -556,7 +681,10 @@ impl Worker {
             return;
         }
         if let Err(e) = self.uring.submit() {
-            if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)) {
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)
+            ) {
                 log::error!("blkback queue {}: io_uring submit: {e}", self.q);
             }
         }
@@ -582,7 +710,10 @@ impl Worker {
         let index = (ud >> STAGE_BITS) as usize;
         let stage = ud & ((1 << STAGE_BITS) - 1);
         let Some(Some(slot)) = self.slots.get_mut(index) else {
-            log::error!("blkback queue {}: a completion for no request ({ud:#x})", self.q);
+            log::error!(
+                "blkback queue {}: a completion for no request ({ud:#x})",
+                self.q
+            );
             return;
         };
         let failed = match stage {
@@ -607,7 +738,11 @@ impl Worker {
                     self.q,
                     slot.id,
                     op::name(slot.rsp_op),
-                    if res < 0 { std::io::Error::from_raw_os_error(-res).to_string() } else { format!("{} of {} bytes", res, slot.bytes) }
+                    if res < 0 {
+                        std::io::Error::from_raw_os_error(-res).to_string()
+                    } else {
+                        format!("{} of {} bytes", res, slot.bytes)
+                    }
                 );
             }
         }
@@ -615,7 +750,9 @@ impl Worker {
         if slot.cqes > 0 {
             return;
         }
-        let Some(slot) = self.slots.get_mut(index).and_then(Option::take) else { return };
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::take) else {
+            return;
+        };
         self.in_flight -= 1;
         self.free.push(index as u32);
         if let Some(r) = slot.reason {
@@ -640,8 +777,17 @@ impl Worker {
 
     /// Puts a response on the ring (as the hostile mode, if any, twists it).
     fn respond(&mut self, id: u64, operation: u8, status: i16) {
-        let mut rsp = BlkifResponse { id, operation, _pad0: 0, status, _pad1: [0; 4] };
-        let hostile = self.shared.hostile_kind().filter(|_| self.answered >= self.shared.hostile_after());
+        let mut rsp = BlkifResponse {
+            id,
+            operation,
+            _pad0: 0,
+            status,
+            _pad1: [0; 4],
+        };
+        let hostile = self
+            .shared
+            .hostile_kind()
+            .filter(|_| self.answered >= self.shared.hostile_after());
         self.answered += 1;
         match hostile {
             Some(Hostile::BadIds) => rsp.id ^= super::BAD_ID_BIT,
@@ -660,15 +806,23 @@ impl Worker {
             Some(Hostile::DuplicateResponses) => {
                 // The copy takes the slot of the next request taken and not
                 // answered, if there is one (that request stays unanswered).
-                if self.ring.rsp_prod_pvt() != self.ring.req_cons() && self.ring.put_response(rsp).is_ok() {
-                    self.shared.stats.hostile_acts.fetch_add(1, Ordering::Relaxed);
+                if self.ring.rsp_prod_pvt() != self.ring.req_cons()
+                    && self.ring.put_response(rsp).is_ok()
+                {
+                    self.shared
+                        .stats
+                        .hostile_acts
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
             Some(Hostile::IndexJump) => {
                 self.push();
                 let jumped = self.ring.rsp_prod_pvt().wrapping_add(self.ring.size() * 2);
                 self.raw_rsp_prod(jumped);
-                self.shared.stats.hostile_acts.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .hostile_acts
+                    .fetch_add(1, Ordering::Relaxed);
                 self.halted = true;
             }
             Some(Hostile::UnsolicitedResponses) => {
@@ -676,14 +830,23 @@ impl Worker {
                 if self.ring.rsp_prod_pvt() == self.ring.req_cons() {
                     // Nothing else is waiting for an answer: one response
                     // more than the frontend asked for.
-                    let extra = BlkifResponse { id: rsp.id.wrapping_add(1), ..rsp };
+                    let extra = BlkifResponse {
+                        id: rsp.id.wrapping_add(1),
+                        ..rsp
+                    };
                     self.raw_extra_response(&extra);
-                    self.shared.stats.hostile_acts.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .stats
+                        .hostile_acts
+                        .fetch_add(1, Ordering::Relaxed);
                     self.halted = true;
                 }
             }
             Some(Hostile::BadIds | Hostile::WrongOperation | Hostile::UnknownStatus) => {
-                self.shared.stats.hostile_acts.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .hostile_acts
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Some(Hostile::KeepGrantsMapped) | None => {}
         }
@@ -712,7 +875,13 @@ impl Worker {
         let slot = (idx & (self.ring.size() - 1)) as usize;
         let entry = blkfront::abi::RING_SLOT_SIZE;
         let mapping = self.ring.memory().mapping();
-        if grant_tables::ForeignMapping::write_at(mapping, SRING_HEADER_SIZE + slot * entry, rsp.as_bytes()).is_ok() {
+        if grant_tables::ForeignMapping::write_at(
+            mapping,
+            SRING_HEADER_SIZE + slot * entry,
+            rsp.as_bytes(),
+        )
+        .is_ok()
+        {
             self.raw_rsp_prod(idx.wrapping_add(1));
         }
     }
@@ -755,14 +924,23 @@ impl Worker {
                 self.kept.extend(s.maps);
             }
             std::mem::forget(std::mem::take(&mut self.kept));
+            if let Some(cache) = self.persistent.take() {
+                std::mem::forget(cache);
+            }
         }
         self.push();
         let mut grants = std::mem::take(&mut self.kept);
         if let Some(cache) = self.persistent.take() {
-            self.shared.stats.persistent_grants.fetch_sub(cache.len() as u64, Ordering::Relaxed);
+            self.shared
+                .stats
+                .persistent_grants
+                .fetch_sub(cache.len() as u64, Ordering::Relaxed);
             grants.extend(cache.into_values());
         }
-        Leftovers { _ring: self.ring, grants }
+        Leftovers {
+            _ring: self.ring,
+            grants,
+        }
     }
 }
 

@@ -1,30 +1,57 @@
 //! Event channels, found by polling the pending bits in the shared info
 //! page; waiting is `SCHEDOP_poll` (upcalls stay masked).
+//!
+//! Xen's `SCHEDOP_poll` checks only that each port is below the domain's
+//! limit, not that it is open, so the runtime records which ports are open
+//! (those it allocated or bound, and the console and xenstore ports the
+//! domain builder opened) and refuses the others with `BadPort`, as the
+//! other platforms do. An error from `SCHEDOP_poll` itself is returned, not
+//! retried: retrying would spin until the deadline.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use grant_tables::{DomId, PlatformError, Port};
 
-use super::hypercall::{event_channel_op, sched_op, SchedPoll, SCHEDOP_POLL};
+use super::hypercall::{event_channel_op, sched_op};
 use super::{shared_info, time};
+use crate::wait;
+use crate::abi::{
+    evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_close, evtchn_send, evtchn_unmask,
+    sched_poll, EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_CLOSE, EVTCHNOP_SEND,
+    EVTCHNOP_UNMASK, EVTCHN_2L_NR_CHANNELS, EVTCHN_MASK, EVTCHN_PENDING, SCHEDOP_POLL,
+    SCHED_POLL_MAX_PORTS,
+};
 
-/// `EVTCHNOP_bind_interdomain`.
-const EVTCHNOP_BIND_INTERDOMAIN: usize = 0;
-/// `EVTCHNOP_close`.
-const EVTCHNOP_CLOSE: usize = 3;
-/// `EVTCHNOP_send`.
-const EVTCHNOP_SEND: usize = 4;
-/// `EVTCHNOP_alloc_unbound`.
-const EVTCHNOP_ALLOC_UNBOUND: usize = 6;
-/// `EVTCHNOP_unmask`.
-const EVTCHNOP_UNMASK: usize = 9;
-
-/// Offset of `evtchn_pending[]` in `struct shared_info`.
-const PENDING: usize = 2048;
-/// Offset of `evtchn_mask[]`.
-const MASK: usize = 2560;
 /// Ports of the 2-level ABI on a 64-bit guest.
-const NR_PORTS: u32 = 4096;
+const NR_PORTS: u32 = EVTCHN_2L_NR_CHANNELS;
+
+/// One bit per port: open in this domain.
+static OPEN: [AtomicU64; NR_PORTS as usize / 64] = [const { AtomicU64::new(0) }; NR_PORTS as usize / 64];
+
+fn open_bit(port: Port) -> Option<(&'static AtomicU64, u64)> {
+    let i = port.0 as usize;
+    Some((OPEN.get(i / 64)?, 1u64 << (i % 64)))
+}
+
+/// Records a port the domain builder opened (the console's, xenstore's).
+pub(crate) fn mark_open(port: Port) {
+    if let Some((w, bit)) = open_bit(port) {
+        w.fetch_or(bit, Ordering::Relaxed);
+    }
+}
+
+fn mark_closed(port: Port) {
+    if let Some((w, bit)) = open_bit(port) {
+        w.fetch_and(!bit, Ordering::Relaxed);
+    }
+}
+
+fn check_open(port: Port) -> Result<(), PlatformError> {
+    match open_bit(port) {
+        Some((w, bit)) if w.load(Ordering::Relaxed) & bit != 0 => Ok(()),
+        _ => Err(PlatformError::BadPort(port)),
+    }
+}
 
 fn bit_word(base: usize, port: Port) -> Result<(&'static AtomicU64, u64), PlatformError> {
     if port.0 >= NR_PORTS {
@@ -48,14 +75,15 @@ fn check(op: &'static str, rc: isize) -> Result<(), PlatformError> {
 
 /// Sends an event to the other end of `port`.
 pub fn notify(port: Port) -> Result<(), PlatformError> {
-    let mut arg = port.0;
-    // SAFETY: EVTCHNOP_send takes a `struct evtchn_send { port }`.
-    check("EVTCHNOP_send", unsafe { event_channel_op(EVTCHNOP_SEND, (&mut arg as *mut u32).cast()) })
+    let mut arg = evtchn_send { port: port.0 };
+    // SAFETY: EVTCHNOP_send takes a `struct evtchn_send`.
+    check("EVTCHNOP_send", unsafe { event_channel_op(EVTCHNOP_SEND, (&mut arg as *mut evtchn_send).cast()) })
 }
 
 /// Tests and clears `port`'s pending bit.
 pub fn poll(port: Port) -> Result<bool, PlatformError> {
-    let (w, bit) = bit_word(PENDING, port)?;
+    check_open(port)?;
+    let (w, bit) = bit_word(EVTCHN_PENDING, port)?;
     // Quick look first: clearing costs a locked instruction.
     if w.load(Ordering::Acquire) & bit == 0 {
         return Ok(false);
@@ -64,85 +92,98 @@ pub fn poll(port: Port) -> Result<bool, PlatformError> {
 }
 
 /// Blocks the vCPU until one of `ports` is pending or system time passes
-/// `deadline_ns` (0: no deadline).
-pub fn poll_timeout(ports: &[u32], deadline_ns: u64) {
-    let arg = SchedPoll { ports: ports.as_ptr(), nr_ports: ports.len() as u32, timeout: deadline_ns };
+/// `deadline_ns` (0: no deadline). With no ports, sleeps until the
+/// deadline. Xen's error (a port beyond the domain's limit, for instance)
+/// is returned.
+pub fn poll_timeout(ports: &[u32], deadline_ns: u64) -> Result<(), PlatformError> {
+    if ports.len() > SCHED_POLL_MAX_PORTS {
+        return Err(wait::too_many_ports());
+    }
+    // Xen only reads through `ports` (a guest handle, typed `*mut`).
+    let arg = sched_poll { ports: ports.as_ptr().cast_mut(), nr_ports: ports.len() as u32, timeout: deadline_ns };
     // SAFETY: SCHEDOP_poll takes a `struct sched_poll` whose ports array
-    // (`ports`) lives across the call.
-    unsafe { sched_op(SCHEDOP_POLL, (&arg as *const SchedPoll).cast()) };
+    // (`ports`, `nr_ports` entries) lives across the call.
+    check("SCHEDOP_poll", unsafe { sched_op(SCHEDOP_POLL, (&arg as *const sched_poll).cast()) })
+}
+
+/// The domain's side of [`wait::block_any`].
+struct Xen;
+
+impl wait::PollOps for Xen {
+    fn check_open(&self, port: Port) -> Result<(), PlatformError> {
+        check_open(port)
+    }
+    fn take_pending(&self, port: Port) -> Result<bool, PlatformError> {
+        poll(port)
+    }
+    fn now_ns(&self) -> u64 {
+        time::now_ns()
+    }
+    fn sched_poll(&self, ports: &[u32], deadline_ns: u64) -> Result<(), PlatformError> {
+        poll_timeout(ports, deadline_ns)
+    }
 }
 
 /// Waits until `port` is pending (then clears it and returns `true`) or
 /// `timeout_ns` passes (returns `false`).
 pub fn block(port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError> {
-    let deadline = timeout_ns.map(|t| time::now_ns().saturating_add(t).max(1));
-    loop {
-        if poll(port)? {
-            return Ok(true);
-        }
-        if let Some(d) = deadline {
-            if time::now_ns() >= d {
-                return Ok(false);
-            }
-        }
-        poll_timeout(&[port.0], deadline.unwrap_or(0));
-    }
+    Ok(block_any(&[port], timeout_ns)?.is_some())
+}
+
+/// Waits until one of `ports` is pending or `timeout_ns` passes (see
+/// [`wait::block_any`]).
+pub fn block_any(ports: &[Port], timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError> {
+    wait::block_any(&Xen, ports, timeout_ns)
 }
 
 /// Allocates a port that `remote` may bind to.
 pub fn alloc_unbound(remote: DomId) -> Result<Port, PlatformError> {
-    #[repr(C)]
-    struct AllocUnbound {
-        dom: u16,
-        remote_dom: u16,
-        port: u32,
-    }
-    let mut arg = AllocUnbound { dom: grant_tables::abi::DOMID_SELF, remote_dom: remote.0, port: 0 };
+    let mut arg = evtchn_alloc_unbound { dom: grant_tables::abi::DOMID_SELF, remote_dom: remote.0, port: 0 };
     // SAFETY: EVTCHNOP_alloc_unbound takes this structure and writes `port`.
-    let rc = unsafe { event_channel_op(EVTCHNOP_ALLOC_UNBOUND, (&mut arg as *mut AllocUnbound).cast()) };
+    let rc = unsafe { event_channel_op(EVTCHNOP_ALLOC_UNBOUND, (&mut arg as *mut evtchn_alloc_unbound).cast()) };
     if rc != 0 {
         return Err(PlatformError::BindRefused { remote, reason: "EVTCHNOP_alloc_unbound failed" });
     }
-    Ok(Port(arg.port))
+    let port = Port(arg.port);
+    mark_open(port);
+    Ok(port)
 }
 
 /// Binds to `remote`'s unbound `remote_port`.
 pub fn bind_interdomain(remote: DomId, remote_port: Port) -> Result<Port, PlatformError> {
-    #[repr(C)]
-    struct BindInterdomain {
-        remote_dom: u16,
-        _pad: u16,
-        remote_port: u32,
-        local_port: u32,
-    }
-    let mut arg = BindInterdomain { remote_dom: remote.0, _pad: 0, remote_port: remote_port.0, local_port: 0 };
+    let mut arg = evtchn_bind_interdomain { remote_dom: remote.0, remote_port: remote_port.0, local_port: 0 };
     // SAFETY: EVTCHNOP_bind_interdomain takes this structure and writes
     // `local_port`.
-    let rc = unsafe { event_channel_op(EVTCHNOP_BIND_INTERDOMAIN, (&mut arg as *mut BindInterdomain).cast()) };
+    let rc = unsafe { event_channel_op(EVTCHNOP_BIND_INTERDOMAIN, (&mut arg as *mut evtchn_bind_interdomain).cast()) };
     if rc != 0 {
         return Err(PlatformError::BindRefused { remote, reason: "EVTCHNOP_bind_interdomain failed" });
     }
-    Ok(Port(arg.local_port))
+    let port = Port(arg.local_port);
+    mark_open(port);
+    Ok(port)
 }
 
 /// Masks `port`.
 pub fn mask(port: Port) -> Result<(), PlatformError> {
-    let (w, bit) = bit_word(MASK, port)?;
+    check_open(port)?;
+    let (w, bit) = bit_word(EVTCHN_MASK, port)?;
     w.fetch_or(bit, Ordering::AcqRel);
     Ok(())
 }
 
 /// Unmasks `port`.
 pub fn unmask(port: Port) -> Result<(), PlatformError> {
-    bit_word(MASK, port)?;
-    let mut arg = port.0;
-    // SAFETY: EVTCHNOP_unmask takes a `struct evtchn_unmask { port }`.
-    check("EVTCHNOP_unmask", unsafe { event_channel_op(EVTCHNOP_UNMASK, (&mut arg as *mut u32).cast()) })
+    check_open(port)?;
+    let mut arg = evtchn_unmask { port: port.0 };
+    // SAFETY: EVTCHNOP_unmask takes a `struct evtchn_unmask`.
+    check("EVTCHNOP_unmask", unsafe { event_channel_op(EVTCHNOP_UNMASK, (&mut arg as *mut evtchn_unmask).cast()) })
 }
 
 /// Closes `port`.
 pub fn close(port: Port) -> Result<(), PlatformError> {
-    let mut arg = port.0;
-    // SAFETY: EVTCHNOP_close takes a `struct evtchn_close { port }`.
-    check("EVTCHNOP_close", unsafe { event_channel_op(EVTCHNOP_CLOSE, (&mut arg as *mut u32).cast()) })
+    let mut arg = evtchn_close { port: port.0 };
+    // SAFETY: EVTCHNOP_close takes a `struct evtchn_close`.
+    check("EVTCHNOP_close", unsafe { event_channel_op(EVTCHNOP_CLOSE, (&mut arg as *mut evtchn_close).cast()) })?;
+    mark_closed(port);
+    Ok(())
 }

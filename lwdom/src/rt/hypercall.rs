@@ -1,28 +1,19 @@
-//! Hypercalls through the hypercall page, and the few Xen ABI structures
-//! the runtime passes to them.
+//! Hypercalls through the hypercall page.
+//!
+//! The entry is this crate's own, not `xen-sys`'s: xen-sys 0.0.0-pre2's
+//! stubs do not declare the `rcx`/`r11` clobbers of the hypercall page
+//! (its stubs use `syscall`, which overwrites both), mark the `call` as
+//! `nostack` although it pushes a return address, and pass a fifth argument
+//! in `r9` instead of `r8` (see `crate::abi`). The structures and numbers
+//! passed come from `crate::abi`.
 
 use core::arch::asm;
 
-/// `__HYPERVISOR_mmu_update`.
-pub const MMU_UPDATE: usize = 1;
-/// `__HYPERVISOR_update_va_mapping`.
-pub const UPDATE_VA_MAPPING: usize = 14;
-/// `__HYPERVISOR_grant_table_op`.
-pub const GRANT_TABLE_OP: usize = 20;
-/// `__HYPERVISOR_sched_op`.
-pub const SCHED_OP: usize = 29;
-/// `__HYPERVISOR_event_channel_op`.
-pub const EVENT_CHANNEL_OP: usize = 32;
-
-/// `SCHEDOP_yield`.
-pub const SCHEDOP_YIELD: usize = 0;
-/// `SCHEDOP_shutdown`.
-pub const SCHEDOP_SHUTDOWN: usize = 2;
-/// `SCHEDOP_poll`.
-pub const SCHEDOP_POLL: usize = 3;
-
-/// `UVMF_INVLPG`: flush the one mapping from this vCPU's TLB.
-pub const UVMF_INVLPG: usize = 2;
+use crate::abi::{
+    HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_SCHED_OP,
+    HYPERVISOR_UPDATE_VA_MAPPING,
+};
+pub use crate::abi::UVMF_INVLPG;
 
 extern "C" {
     /// The hypercall page (Xen writes a 32-byte stub per hypercall).
@@ -59,31 +50,13 @@ pub unsafe fn hypercall(op: usize, a1: usize, a2: usize, a3: usize, a4: usize, a
     ret
 }
 
-/// `struct sched_shutdown`.
-#[repr(C)]
-pub struct SchedShutdown {
-    /// `SHUTDOWN_*`.
-    pub reason: u32,
-}
-
-/// `struct sched_poll`.
-#[repr(C)]
-pub struct SchedPoll {
-    /// Guest handle of the ports array.
-    pub ports: *const u32,
-    /// How many ports.
-    pub nr_ports: u32,
-    /// Absolute system time (ns) to give up at; 0 waits forever.
-    pub timeout: u64,
-}
-
 /// `sched_op(cmd, arg)`.
 ///
 /// # Safety
 /// `arg` must point at the structure `cmd` expects.
 pub unsafe fn sched_op(cmd: usize, arg: *const u8) -> isize {
     // SAFETY: forwarded contract.
-    unsafe { hypercall(SCHED_OP, cmd, arg as usize, 0, 0, 0) }
+    unsafe { hypercall(HYPERVISOR_SCHED_OP, cmd, arg as usize, 0, 0, 0) }
 }
 
 /// `event_channel_op(cmd, arg)`.
@@ -92,7 +65,7 @@ pub unsafe fn sched_op(cmd: usize, arg: *const u8) -> isize {
 /// `arg` must point at the structure `cmd` expects, valid for writes.
 pub unsafe fn event_channel_op(cmd: usize, arg: *mut u8) -> isize {
     // SAFETY: forwarded contract.
-    unsafe { hypercall(EVENT_CHANNEL_OP, cmd, arg as usize, 0, 0, 0) }
+    unsafe { hypercall(HYPERVISOR_EVENT_CHANNEL_OP, cmd, arg as usize, 0, 0, 0) }
 }
 
 /// `grant_table_op(cmd, arg, count)`.
@@ -101,7 +74,7 @@ pub unsafe fn event_channel_op(cmd: usize, arg: *mut u8) -> isize {
 /// `arg` must point at `count` structures of the kind `cmd` expects.
 pub unsafe fn grant_table_op(cmd: usize, arg: *mut u8, count: usize) -> isize {
     // SAFETY: forwarded contract.
-    unsafe { hypercall(GRANT_TABLE_OP, cmd, arg as usize, count, 0, 0) }
+    unsafe { hypercall(HYPERVISOR_GRANT_TABLE_OP, cmd, arg as usize, count, 0, 0) }
 }
 
 /// `update_va_mapping(va, pte, flags)`: points the page at `va` at a
@@ -111,5 +84,5 @@ pub unsafe fn grant_table_op(cmd: usize, arg: *mut u8, count: usize) -> isize {
 /// Nothing in this domain may rely on what `va` mapped before.
 pub unsafe fn update_va_mapping(va: usize, pte: u64, flags: usize) -> isize {
     // SAFETY: forwarded contract.
-    unsafe { hypercall(UPDATE_VA_MAPPING, va, pte as usize, flags, 0, 0) }
+    unsafe { hypercall(HYPERVISOR_UPDATE_VA_MAPPING, va, pte as usize, flags, 0, 0) }
 }

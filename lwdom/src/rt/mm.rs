@@ -11,6 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::hypercall::{update_va_mapping, UVMF_INVLPG};
 use super::StartInfo;
+use crate::abi::VCPU0_UPCALL_MASK;
 use crate::global::OnceGlobal;
 
 const PAGE: usize = 4096;
@@ -64,11 +65,6 @@ unsafe fn map_machine_frame(va: *mut u8, mfn: u64) -> Result<(), isize> {
         Err(rc)
     }
 }
-
-/// Offset of `vcpu_info[0].evtchn_upcall_mask` in `struct shared_info`
-/// (`vcpu_info` starts the page: `u8 evtchn_upcall_pending; u8
-/// evtchn_upcall_mask; ...`).
-const VCPU0_UPCALL_MASK: usize = 1;
 
 /// Maps the shared info page, masks event upcalls, and records the P2M
 /// list.

@@ -31,7 +31,8 @@ use xenbus::{Side, StoreRing, Xenstore, XsError};
 
 use crate::global::{BorrowError, ExclusiveGlobal, OnceGlobal};
 use crate::ring_bytes::{console_out, ByteRing};
-use hypercall::{sched_op, SchedShutdown, SCHEDOP_SHUTDOWN};
+use crate::abi::{sched_shutdown, start_info, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD, SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT};
+use hypercall::sched_op;
 use platform::Lw;
 
 /// `SHUTDOWN_*` reasons.
@@ -39,11 +40,11 @@ use platform::Lw;
 #[repr(u32)]
 pub enum ShutdownReason {
     /// Power off.
-    Poweroff = 0,
+    Poweroff = SHUTDOWN_POWEROFF,
     /// Reboot.
-    Reboot = 1,
+    Reboot = SHUTDOWN_REBOOT,
     /// Crash: the toolstack applies `on_crash`.
-    Crash = 3,
+    Crash = SHUTDOWN_CRASH,
 }
 
 /// The fields of `start_info` the runtime uses.
@@ -71,19 +72,21 @@ impl StartInfo {
     /// # Safety
     /// `p` must point at the `start_info` page Xen passed at entry.
     unsafe fn read(p: *const u8) -> Self {
-        // SAFETY: offsets of `struct start_info` (x86_64), inside the page.
-        unsafe {
-            let q = |off: usize| p.add(off).cast::<u64>().read();
-            let d = |off: usize| p.add(off).cast::<u32>().read();
-            StartInfo {
-                nr_pages: q(32),
-                shared_info: q(40),
-                store_mfn: q(56),
-                store_evtchn: d(64),
-                console_mfn: q(72),
-                console_evtchn: d(80),
-                mfn_list: q(104),
-            }
+        // SAFETY: the caller vouches for the page, which Xen page-aligns
+        // (so aligned for `start_info`) and fills before entry; every bit
+        // pattern is a valid `start_info` (integers and arrays of them).
+        let si = unsafe { p.cast::<start_info>().read() };
+        // SAFETY: `console` is the `domU` variant for every domain but
+        // dom0, and both variants are plain integers.
+        let console = unsafe { si.console.domU };
+        StartInfo {
+            nr_pages: si.nr_pages,
+            shared_info: si.shared_info,
+            store_mfn: si.store_mfn,
+            store_evtchn: si.store_evtchn,
+            console_mfn: console.mfn,
+            console_evtchn: console.evtchn,
+            mfn_list: si.mfn_list,
         }
     }
 }
@@ -269,18 +272,23 @@ pub fn name() -> String {
 
 /// Sleeps for about `ns` nanoseconds (blocks the vCPU).
 pub fn sleep_ns(ns: u64) {
-    let until = time::now_ns().saturating_add(ns);
+    let until = time::now_ns().saturating_add(ns).max(1);
     while time::now_ns() < until {
-        events::poll_timeout(&[], until);
+        if events::poll_timeout(&[], until).is_err() {
+            // SCHEDOP_poll on no ports refused (it never is on Xen 4.x):
+            // give the CPU away at each turn rather than spin.
+            // SAFETY: SCHEDOP_yield takes no argument.
+            unsafe { sched_op(SCHEDOP_YIELD, core::ptr::null()) };
+        }
     }
 }
 
 /// Ends the domain.
 pub fn shutdown(reason: ShutdownReason) -> ! {
-    let arg = SchedShutdown { reason: reason as u32 };
+    let arg = sched_shutdown { reason: reason as u32 };
     loop {
         // SAFETY: SCHEDOP_shutdown takes a `struct sched_shutdown`.
-        unsafe { sched_op(SCHEDOP_SHUTDOWN, (&arg as *const SchedShutdown).cast()) };
+        unsafe { sched_op(SCHEDOP_SHUTDOWN, (&arg as *const sched_shutdown).cast()) };
     }
 }
 
@@ -293,6 +301,9 @@ unsafe extern "C" fn lwdom_rust_start(si: *const u8) -> ! {
     // SAFETY: Xen passes start_info in %rsi, which `_start` forwards.
     let info = unsafe { StartInfo::read(si) };
     let _ = START.set(info);
+    // The domain builder opened these two.
+    events::mark_open(Port(info.console_evtchn));
+    events::mark_open(Port(info.store_evtchn));
     mm::init(&info);
     // SAFETY: the console page is the one Xen's builder shares with
     // xenconsoled, mapped by the builder at pfn * 4096; only this ring uses

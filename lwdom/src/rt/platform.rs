@@ -4,7 +4,7 @@ use alloc::sync::Arc;
 use core::ptr::NonNull;
 
 use grant_tables::abi::{GrantEntryV1, GRANT_ENTRIES_V1_PER_PAGE};
-use grant_tables::{DomId, EventChannels, Gfn, GrantTable, GrantTableFrames, PageAllocator, Platform, PlatformError, Port, SharedPages};
+use grant_tables::{Clock, DomId, EventChannels, Gfn, GrantTable, GrantTableFrames, PageAllocator, Platform, PlatformError, Port, SharedPages};
 
 use super::{events, mm};
 use crate::global::OnceGlobal;
@@ -118,8 +118,19 @@ impl EventChannels for Lw {
     fn block(&self, port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError> {
         events::block(port, timeout_ns)
     }
+    /// `SCHEDOP_poll` on up to 128 ports (Xen's limit).
+    fn block_any(&self, ports: &[Port], timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError> {
+        events::block_any(ports, timeout_ns)
+    }
     fn close(&self, port: Port) -> Result<(), PlatformError> {
         events::close(port)
+    }
+}
+
+/// Xen system time (see `rt::time`).
+impl Clock for Lw {
+    fn now_ns(&self) -> u64 {
+        super::time::now_ns()
     }
 }
 

@@ -8,11 +8,7 @@
 
 use super::hypercall::hypercall;
 use super::{shared_info, shutdown, ShutdownReason};
-
-/// `__HYPERVISOR_set_trap_table`.
-const SET_TRAP_TABLE: usize = 0;
-/// `FLAT_KERNEL_CS64`.
-const FLAT_KERNEL_CS: u16 = 0xe033;
+use crate::abi::{trap_info, FLAT_KERNEL_CS, HYPERVISOR_SET_TRAP_TABLE};
 
 core::arch::global_asm!(
     // In a text section of their own, whatever section other module-level
@@ -63,16 +59,6 @@ extern "C" {
     fn lwdom_trap_19();
 }
 
-/// `struct trap_info`.
-#[repr(C)]
-struct TrapInfo {
-    vector: u8,
-    /// Bits 0-1: the lowest privilege level that may raise it with `int`.
-    flags: u8,
-    cs: u16,
-    address: usize,
-}
-
 fn name(vector: u32) -> &'static str {
     match vector {
         0 => "divide error",
@@ -95,7 +81,9 @@ fn name(vector: u32) -> &'static str {
 
 /// Registers the trap table; returns Xen's error code on failure.
 pub(super) fn init() -> Result<(), isize> {
-    let entry = |vector: u8, f: unsafe extern "C" fn()| TrapInfo { vector, flags: if vector == 3 { 3 } else { 0 }, cs: FLAT_KERNEL_CS, address: f as usize };
+    // `flags` bits 0-1: the lowest privilege level that may raise the
+    // vector with `int` (3 for `int3`).
+    let entry = |vector: u8, f: unsafe extern "C" fn()| trap_info { vector, flags: if vector == 3 { 3 } else { 0 }, cs: FLAT_KERNEL_CS, address: f as usize as u64 };
     let table = [
         entry(0, lwdom_trap_0),
         entry(3, lwdom_trap_3),
@@ -111,12 +99,12 @@ pub(super) fn init() -> Result<(), isize> {
         entry(16, lwdom_trap_16),
         entry(17, lwdom_trap_17),
         entry(19, lwdom_trap_19),
-        TrapInfo { vector: 0, flags: 0, cs: 0, address: 0 },
+        trap_info { vector: 0, flags: 0, cs: 0, address: 0 },
     ];
     // SAFETY: set_trap_table reads the array up to the entry whose address
     // is 0; Xen copies it, so the local array may go away afterwards. The
     // handlers are the stubs above.
-    let rc = unsafe { hypercall(SET_TRAP_TABLE, table.as_ptr() as usize, 0, 0, 0, 0) };
+    let rc = unsafe { hypercall(HYPERVISOR_SET_TRAP_TABLE, table.as_ptr() as usize, 0, 0, 0, 0) };
     if rc == 0 {
         Ok(())
     } else {

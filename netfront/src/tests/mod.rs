@@ -1,0 +1,5 @@
+mod abi;
+mod csum;
+mod features;
+mod rx;
+mod tx;
