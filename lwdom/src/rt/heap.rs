@@ -10,3 +10,9 @@ const HEAP_SIZE: usize = 4 << 20;
 
 #[global_allocator]
 static HEAP: BumpHeap<HEAP_SIZE> = BumpHeap::new();
+
+/// Bytes from the start of the heap to its top: what the heap has used up
+/// (`None` if called from inside an allocation).
+pub fn used() -> Option<usize> {
+    HEAP.used()
+}
