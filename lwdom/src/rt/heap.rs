@@ -1,7 +1,9 @@
 //! The heap behind `alloc`: a 4 MiB [`BumpHeap`](crate::bump::BumpHeap)
 //! in the image's bss. See [`crate::bump`] for exactly which allocation
-//! patterns it reclaims: LIFO frees and a growing buffer that is the latest
-//! allocation run in bounded memory; other patterns leave holes that stay
+//! patterns it reclaims: blocks of up to 64 KiB are recycled whatever the
+//! order they are freed in (a driver's per-request bookkeeping runs in
+//! bounded memory), LIFO frees and a growing buffer that is the latest
+//! allocation too; larger blocks freed out of order leave holes that stay
 //! lost while anything is live (after boot, the domain's name always is).
 
 use crate::bump::BumpHeap;
