@@ -4,7 +4,8 @@
 # writes, flushes, reads back and checks the whole disk, discards a range,
 # checks the read-only disk; then, while it rewrites the disk, this script
 # unbinds blkback from xvda's backend device and binds it again, and the
-# guest checks that every write landed.
+# guest checks that every write landed; then lab-blkcheck checks the
+# backing file itself.
 . /lab/lib.sh
 G=lwdom-blk
 for m in xen-blkback loop; do
@@ -77,10 +78,16 @@ xenstore-ls -f /local/domain/0/backend/vbd/$DOMID 2>/dev/null | grep -v -e '/par
 echo "--- dom0 kernel messages ---"
 dmesg | grep -i -E "blkback|blkif|vbd|loop" | tail -n 40
 end_guest $G
-losetup -d $RW $RO 2>/dev/null
 case "$res" in
     ok*) ;;
-    *) fail "guest: $res" ;;
+    *) losetup -d $RW $RO 2>/dev/null; fail "guest: $res" ;;
 esac
-[ "$REASON" = "0" ] || fail "guest shut down with reason $REASON_NAME, expected poweroff"
-verdict PASS "${res#ok }"
+[ "$REASON" = "0" ] || { losetup -d $RW $RO 2>/dev/null; fail "guest shut down with reason $REASON_NAME, expected poweroff"; }
+# The disk as dom0 sees it: the rewrite (pass 2) in every sector of the
+# backing file.
+check=$(/lab/bin/lab-blkcheck /tmp/blk-rw.img 2)
+rc=$?
+echo "$check"
+losetup -d $RW $RO 2>/dev/null
+[ $rc -eq 0 ] || fail "${check#lab-blkcheck: }"
+verdict PASS "${res#ok }; dom0: ${check#lab-blkcheck: }"

@@ -40,6 +40,7 @@ use blkfront::{
     Blkfront, BlockingError, Buffer, DeviceConfig, DeviceEvent, IoError, Negotiated, Refusal, Span,
     Tag,
 };
+use lwdom::lab_proto::{blk_describe, blk_sector, BLK_SECTOR};
 use lwdom::println;
 use lwdom::rt::platform::Lw;
 use xenbus::{Transport, Xenstore};
@@ -142,34 +143,13 @@ fn ms_since(t: u64) -> u64 {
     now().saturating_sub(t) / 1_000_000
 }
 
-/// The 512 bytes of sector `sector` in the pattern of pass `pass`: the
-/// sector number, the pass, then a stream seeded by both (so a sector
-/// read back from the wrong place or the wrong pass says which).
-fn fill_sector(out: &mut [u8], sector: u64, pass: u64) {
-    out[0..8].copy_from_slice(&sector.to_le_bytes());
-    out[8..16].copy_from_slice(&pass.to_le_bytes());
-    let mut x = sector.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pass.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    for w in out[16..SECTOR].chunks_exact_mut(8) {
-        // splitmix64
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        w.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-}
-
-/// What a sector holds, for messages.
-fn describe_sector(data: &[u8]) -> String {
-    if data.iter().all(|&b| b == 0) {
-        return "zeroes".into();
-    }
-    let word = |i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&data[i..i + 8]);
-        u64::from_le_bytes(b)
-    };
-    format!("a sector claiming to be sector {} of pass {}", word(0), word(8))
+/// Sector `sector` of pass `pass` into `out` (512 bytes).
+fn fill_sector(out: &mut [u8], sector: u64, pass: u64) -> R<()> {
+    let out: &mut [u8; BLK_SECTOR] = out
+        .try_into()
+        .map_err(|_| "a sector buffer is not 512 bytes".to_string())?;
+    blk_sector(out, sector, pass);
+    Ok(())
 }
 
 /// What one sector range should hold.
@@ -218,7 +198,10 @@ trait Hooks<T: Transport> {
 struct NoHooks;
 impl<T: Transport> Hooks<T> for NoHooks {
     fn tick(&mut self, _: &mut Xenstore<T>, _: usize, _: u64) -> R<Step> {
-        Ok(Step { limit: u64::MAX, rewind: None })
+        Ok(Step {
+            limit: u64::MAX,
+            rewind: None,
+        })
     }
 }
 
@@ -270,7 +253,11 @@ impl Disk {
                 let bytes = size.min(((limit - next) as usize) * SECTOR);
                 // Small I/Os start inside a page (first_sect > 0 on the
                 // wire); an I/O of 1 MiB needs all 256 segments.
-                let offset = if bytes + PAGE <= (1 << 20) { (k * SECTOR) % PAGE } else { 0 };
+                let offset = if bytes + PAGE <= (1 << 20) {
+                    (k * SECTOR) % PAGE
+                } else {
+                    0
+                };
                 let pages = (offset + bytes).div_ceil(PAGE);
                 if self.free.len() < pages {
                     break;
@@ -286,10 +273,14 @@ impl Disk {
                     let len = left.min(PAGE - off);
                     if write {
                         for c in 0..len / SECTOR {
-                            fill_sector(&mut page[c * SECTOR..(c + 1) * SECTOR], s + c as u64, match expect {
-                                Expect::Pass(p) => p,
-                                _ => 0,
-                            });
+                            fill_sector(
+                                &mut page[c * SECTOR..(c + 1) * SECTOR],
+                                s + c as u64,
+                                match expect {
+                                    Expect::Pass(p) => p,
+                                    _ => 0,
+                                },
+                            )?;
                         }
                         buf.write_at(off, &page[..len]).map_err(|e| e.to_string())?;
                     }
@@ -297,15 +288,28 @@ impl Disk {
                     left -= len;
                     spans.push(Span::new(buf, off, len));
                 }
-                let r = if write { self.dev.write(0, next, spans) } else { self.dev.read(0, next, spans) };
+                let r = if write {
+                    self.dev.write(0, next, spans)
+                } else {
+                    self.dev.read(0, next, spans)
+                };
                 match r {
                     Ok(tag) => {
-                        inflight.insert(tag, Pending { sector: next, sectors, expect });
+                        inflight.insert(
+                            tag,
+                            Pending {
+                                sector: next,
+                                sectors,
+                                expect,
+                            },
+                        );
                     }
                     Err(refused) => {
                         let msg = refused.to_string();
                         self.give_back(refused.io.into_spans());
-                        return Err(format!("{what} of {bytes} bytes at sector {next} refused: {msg}"));
+                        return Err(format!(
+                            "{what} of {bytes} bytes at sector {next} refused: {msg}"
+                        ));
                     }
                 }
                 next += sectors;
@@ -321,11 +325,16 @@ impl Disk {
                     self.state()
                 ));
             }
-            self.dev.wait(xs, Some(Duration::from_millis(50))).map_err(|e| format!("{what} pass: {e}"))?;
+            self.dev
+                .wait(xs, Some(Duration::from_millis(50)))
+                .map_err(|e| format!("{what} pass: {e}"))?;
             self.take_events()?;
             while let Some(c) = self.dev.next_completion() {
                 let Some(p) = inflight.remove(&c.tag) else {
-                    return Err(format!("a completion for I/O {} that this pass did not submit", c.tag));
+                    return Err(format!(
+                        "a completion for I/O {} that this pass did not submit",
+                        c.tag
+                    ));
                 };
                 let latency = c.latency_ns;
                 let reissued = c.reissued;
@@ -333,7 +342,10 @@ impl Disk {
                 let spans = c.io.into_spans();
                 if let Err(e) = result {
                     self.give_back(spans);
-                    return Err(format!("{what} of {} sectors at sector {} failed: {e}", p.sectors, p.sector));
+                    return Err(format!(
+                        "{what} of {} sectors at sector {} failed: {e}",
+                        p.sectors, p.sector
+                    ));
                 }
                 st.ios += 1;
                 st.bytes += p.sectors * SECTOR as u64;
@@ -379,8 +391,14 @@ impl Disk {
     fn take_events(&mut self) -> R<()> {
         while let Some(ev) = self.dev.next_event() {
             let line = match &ev {
-                DeviceEvent::Connected { connection, disk } => format!("connected (connection {connection}): {}", negotiated(disk)),
-                DeviceEvent::Disconnected { connection, loss, reissue } => {
+                DeviceEvent::Connected { connection, disk } => {
+                    format!("connected (connection {connection}): {}", negotiated(disk))
+                }
+                DeviceEvent::Disconnected {
+                    connection,
+                    loss,
+                    reissue,
+                } => {
                     self.disconnections += 1;
                     format!("disconnected (connection {connection}, {loss}); {reissue} I/O(s) to re-issue")
                 }
@@ -419,18 +437,26 @@ fn check_read(spans: &[Span<Lw>], p: &Pending) -> R<u64> {
     let mut sector = p.sector;
     for span in spans {
         let data = &mut got[..span.len];
-        span.buffer.read_at(span.offset, data).map_err(|e| e.to_string())?;
+        span.buffer
+            .read_at(span.offset, data)
+            .map_err(|e| e.to_string())?;
         for c in data.chunks_exact(SECTOR) {
             match p.expect {
                 Expect::Pass(pass) => {
-                    fill_sector(&mut want, sector, pass);
+                    fill_sector(&mut want, sector, pass)?;
                     if c != want {
-                        return Err(format!("sector {sector} does not hold pass {pass}'s pattern: it holds {}", describe_sector(c)));
+                        return Err(format!(
+                            "sector {sector} does not hold pass {pass}'s pattern: it holds {}",
+                            blk_describe(c)
+                        ));
                     }
                 }
                 Expect::Zero => {
                     if c.iter().any(|&b| b != 0) {
-                        return Err(format!("discarded sector {sector} does not read as zeroes: it holds {}", describe_sector(c)));
+                        return Err(format!(
+                            "discarded sector {sector} does not read as zeroes: it holds {}",
+                            blk_describe(c)
+                        ));
                     }
                 }
                 Expect::Any => {}
@@ -439,9 +465,18 @@ fn check_read(spans: &[Span<Lw>], p: &Pending) -> R<u64> {
         }
     }
     if sector != p.sector + p.sectors {
-        return Err(format!("a read of {} sectors at {} came back with {} sectors of spans", p.sectors, p.sector, sector - p.sector));
+        return Err(format!(
+            "a read of {} sectors at {} came back with {} sectors of spans",
+            p.sectors,
+            p.sector,
+            sector - p.sector
+        ));
     }
-    Ok(if p.expect == Expect::Any { 0 } else { p.sectors })
+    Ok(if p.expect == Expect::Any {
+        0
+    } else {
+        p.sectors
+    })
 }
 
 fn negotiated(d: &Negotiated) -> String {
@@ -469,7 +504,9 @@ fn negotiated(d: &Negotiated) -> String {
 
 /// The backend directory's keys that say what blkback offers.
 fn advertised<T: Transport>(xs: &mut Xenstore<T>, frontend: &str) -> R<String> {
-    let backend = xs.read_string(&format!("{frontend}/backend")).map_err(|e| format!("reading {frontend}/backend: {e}"))?;
+    let backend = xs
+        .read_string(&format!("{frontend}/backend"))
+        .map_err(|e| format!("reading {frontend}/backend: {e}"))?;
     let mut out = Vec::new();
     for key in [
         "feature-max-indirect-segments",
@@ -516,24 +553,42 @@ fn run<T: Transport>(xs: &mut Xenstore<T>) -> R<String> {
     let lw = Arc::new(Lw);
     let cfg = config(VBD_RW, 512);
     let dev = Blkfront::new(lw.clone(), cfg).map_err(|e| e.to_string())?;
-    let mut disk = Disk { dev, free: Vec::new(), sectors: 0, events: Vec::new(), disconnections: 0 };
+    let mut disk = Disk {
+        dev,
+        free: Vec::new(),
+        sectors: 0,
+        events: Vec::new(),
+        disconnections: 0,
+    };
     let t = now();
-    let neg = disk.dev.wait_connected(xs, Some(180 * SEC)).map_err(|e| format!("connecting {VBD_RW}: {e}"))?;
+    let neg = disk
+        .dev
+        .wait_connected(xs, Some(180 * SEC))
+        .map_err(|e| format!("connecting {VBD_RW}: {e}"))?;
     let Some(neg) = neg else {
-        return Err(format!("{VBD_RW} did not connect within 180 s ({})", disk.state()));
+        return Err(format!(
+            "{VBD_RW} did not connect within 180 s ({})",
+            disk.state()
+        ));
     };
     disk.take_events()?;
     println!("blk: {VBD_RW} connected in {} ms", ms_since(t));
     println!("blk: blkback advertises {}", advertised(xs, VBD_RW)?);
     println!("blk: negotiated {}", negotiated(&neg));
     if neg.read_only() {
-        return Err(format!("{VBD_RW} is attached read-write but info says read-only ({:#x})", neg.info.bits()));
+        return Err(format!(
+            "{VBD_RW} is attached read-write but info says read-only ({:#x})",
+            neg.info.bits()
+        ));
     }
     if !neg.indirect() {
         return Err("blkback offers no indirect segments: the scenario needs them".into());
     }
     if neg.sectors * (SECTOR as u64) < 64 * MIB {
-        return Err(format!("the disk has {} sectors, less than the 64 MiB the scenario needs", neg.sectors));
+        return Err(format!(
+            "the disk has {} sectors, less than the 64 MiB the scenario needs",
+            neg.sectors
+        ));
     }
     disk.sectors = neg.sectors;
     // Keep a few buffers for the driver (bouncing); the rest are ours.
@@ -543,13 +598,28 @@ fn run<T: Transport>(xs: &mut Xenstore<T>) -> R<String> {
             None => break,
         }
     }
-    println!("blk: {} pool buffers of 4 KiB for the scenario; heap used {} KiB", disk.free.len(), lwdom::rt::heap::used().unwrap_or(0) / 1024);
+    println!(
+        "blk: {} pool buffers of 4 KiB for the scenario; heap used {} KiB",
+        disk.free.len(),
+        lwdom::rt::heap::used().unwrap_or(0) / 1024
+    );
     let n = disk.sectors;
     let depth = 8;
     let pass_time = Duration::from_secs(300);
 
     // 1. The pattern over the whole disk, then a flush.
-    let w1 = disk.pass(xs, true, 0, n, Expect::Pass(1), WRITE_SIZES, 0, depth, pass_time, &mut NoHooks)?;
+    let w1 = disk.pass(
+        xs,
+        true,
+        0,
+        n,
+        Expect::Pass(1),
+        WRITE_SIZES,
+        0,
+        depth,
+        pass_time,
+        &mut NoHooks,
+    )?;
     let s0 = disk.dev.stats();
     println!(
         "blk: after the first write pass: {} requests on the ring, {} of them indirect; heap used {} KiB",
@@ -566,9 +636,23 @@ fn run<T: Transport>(xs: &mut Xenstore<T>) -> R<String> {
         Err(e) => return Err(format!("flush: {e}")),
     }
     // 2. Every sector back.
-    let r1 = disk.pass(xs, false, 0, n, Expect::Pass(1), READ_SIZES, 0, depth, pass_time, &mut NoHooks)?;
+    let r1 = disk.pass(
+        xs,
+        false,
+        0,
+        n,
+        Expect::Pass(1),
+        READ_SIZES,
+        0,
+        depth,
+        pass_time,
+        &mut NoHooks,
+    )?;
     if r1.sectors_checked != n {
-        return Err(format!("the read pass checked {} sectors of {n}", r1.sectors_checked));
+        return Err(format!(
+            "the read pass checked {} sectors of {n}",
+            r1.sectors_checked
+        ));
     }
 
     // 3. Discard.
@@ -578,17 +662,38 @@ fn run<T: Transport>(xs: &mut Xenstore<T>) -> R<String> {
     let ro = read_only_check(xs, lw.clone())?;
 
     // 5. Rewrite while dom0 unbinds and rebinds blkback.
-    xs.write(STAGE_KEY, "rewrite").map_err(|e| format!("writing {STAGE_KEY}: {e}"))?;
+    xs.write(STAGE_KEY, "rewrite")
+        .map_err(|e| format!("writing {STAGE_KEY}: {e}"))?;
     println!("blk: rewriting the disk while dom0 unbinds and rebinds the backend");
     let before = disk.dev.stats();
-    let mut rb = Rebind { seen_unbound: None, seen_rebound: false, gate: n / 4, waited_at_gate: 0, rewinds: 0, last_check: 0 };
-    let w2 = disk.pass(xs, true, 0, n, Expect::Pass(2), WRITE_SIZES, 3, depth, pass_time, &mut rb)?;
+    let mut rb = Rebind {
+        seen_unbound: None,
+        seen_rebound: false,
+        gate: n / 4,
+        waited_at_gate: 0,
+        rewinds: 0,
+        last_check: 0,
+    };
+    let w2 = disk.pass(
+        xs,
+        true,
+        0,
+        n,
+        Expect::Pass(2),
+        WRITE_SIZES,
+        3,
+        depth,
+        pass_time,
+        &mut rb,
+    )?;
     // Every write completed; dom0 must have rebound by now (the gate held
     // the pass until it unbound).
     let until = now() + 60 * 1_000_000_000;
     while !rb.seen_rebound {
         if now() > until {
-            return Err("dom0 did not report the backend rebound within 60 s of the rewrite's end".into());
+            return Err(
+                "dom0 did not report the backend rebound within 60 s of the rewrite's end".into(),
+            );
         }
         Hooks::<T>::tick(&mut rb, xs, 0, n)?;
         lwdom::rt::sleep_ns(50_000_000);
@@ -600,11 +705,27 @@ fn run<T: Transport>(xs: &mut Xenstore<T>) -> R<String> {
         return Err("no write was in flight when the guest saw the backend unbound".into());
     }
     let t = now();
-    disk.dev.flush_blocking(xs, 0, Some(30 * SEC)).map_err(|e| format!("flush after the rebind: {e}"))?;
+    disk.dev
+        .flush_blocking(xs, 0, Some(30 * SEC))
+        .map_err(|e| format!("flush after the rebind: {e}"))?;
     println!("blk: flush after the rebind done in {} ms", ms_since(t));
-    let r2 = disk.pass(xs, false, 0, n, Expect::Pass(2), READ_SIZES, 5, depth, pass_time, &mut NoHooks)?;
+    let r2 = disk.pass(
+        xs,
+        false,
+        0,
+        n,
+        Expect::Pass(2),
+        READ_SIZES,
+        5,
+        depth,
+        pass_time,
+        &mut NoHooks,
+    )?;
     if r2.sectors_checked != n {
-        return Err(format!("the read pass after the rebind checked {} sectors of {n}", r2.sectors_checked));
+        return Err(format!(
+            "the read pass after the rebind checked {} sectors of {n}",
+            r2.sectors_checked
+        ));
     }
     let after = disk.dev.stats();
     let rebind = format!(
@@ -676,19 +797,28 @@ impl<T: Transport> Hooks<T> for Rebind {
             }
         }
         if self.seen_unbound.is_some() {
-            return Ok(Step { limit: u64::MAX, rewind: None });
+            return Ok(Step {
+                limit: u64::MAX,
+                rewind: None,
+            });
         }
         let mut rewind = None;
         if next >= self.gate {
             if self.waited_at_gate == 0 {
                 self.waited_at_gate = t;
             } else if t.saturating_sub(self.waited_at_gate) > 120_000_000_000 {
-                return Err("dom0 did not unbind the backend within 120 s of the rewrite reaching its gate".into());
+                return Err(
+                    "dom0 did not unbind the backend within 120 s of the rewrite reaching its gate"
+                        .into(),
+                );
             }
             self.rewinds += 1;
             rewind = Some(self.gate.saturating_sub(REWIND));
         }
-        Ok(Step { limit: self.gate, rewind })
+        Ok(Step {
+            limit: self.gate,
+            rewind,
+        })
     }
 }
 
@@ -703,11 +833,18 @@ fn discard_check<T: Transport>(xs: &mut Xenstore<T>, disk: &mut Disk) -> R<Strin
         return Ok(why.into());
     };
     // 4 MiB from 8 MiB, cut to whole discard extents.
-    let Some((start, count)) = d.whole_extents(8 * MIB / SECTOR as u64, 4 * MIB / SECTOR as u64) else {
-        return Err(format!("no whole discard extent in 4 MiB (granularity {}, alignment {})", d.granularity, d.alignment));
+    let Some((start, count)) = d.whole_extents(8 * MIB / SECTOR as u64, 4 * MIB / SECTOR as u64)
+    else {
+        return Err(format!(
+            "no whole discard extent in 4 MiB (granularity {}, alignment {})",
+            d.granularity, d.alignment
+        ));
     };
     let t = now();
-    let tag = disk.dev.discard(0, start, count, false).map_err(|e| format!("discard refused: {e}"))?;
+    let tag = disk
+        .dev
+        .discard(0, start, count, false)
+        .map_err(|e| format!("discard refused: {e}"))?;
     match disk.dev.wait_for(xs, tag, Some(30 * SEC)) {
         Ok(c) => {
             if let Err(e) = c.result {
@@ -716,7 +853,10 @@ fn discard_check<T: Transport>(xs: &mut Xenstore<T>, disk: &mut Disk) -> R<Strin
         }
         Err(e) => return Err(format!("discard: {e}")),
     }
-    println!("blk: discarded {count} sectors at sector {start} in {} ms", ms_since(t));
+    println!(
+        "blk: discarded {count} sectors at sector {start} in {} ms",
+        ms_since(t)
+    );
     let zeroes = match xs.try_read(DISCARD_ZEROES_KEY) {
         Ok(Some(v)) => v == b"1",
         Ok(None) => false,
@@ -725,13 +865,60 @@ fn discard_check<T: Transport>(xs: &mut Xenstore<T>, disk: &mut Disk) -> R<Strin
     let around = 64u64;
     let t = Duration::from_secs(60);
     // The sectors just before and after keep the pattern.
-    disk.pass(xs, false, start - around, start, Expect::Pass(1), READ_SIZES, 1, 8, t, &mut NoHooks)?;
-    disk.pass(xs, false, start + count, start + count + around, Expect::Pass(1), READ_SIZES, 1, 8, t, &mut NoHooks)?;
+    disk.pass(
+        xs,
+        false,
+        start - around,
+        start,
+        Expect::Pass(1),
+        READ_SIZES,
+        1,
+        8,
+        t,
+        &mut NoHooks,
+    )?;
+    disk.pass(
+        xs,
+        false,
+        start + count,
+        start + count + around,
+        Expect::Pass(1),
+        READ_SIZES,
+        1,
+        8,
+        t,
+        &mut NoHooks,
+    )?;
     if zeroes {
-        disk.pass(xs, false, start, start + count, Expect::Zero, READ_SIZES, 2, 8, t, &mut NoHooks)?;
-        Ok(format!("discard of {} KiB read back as zeroes, neighbours intact", count * SECTOR as u64 / 1024))
+        disk.pass(
+            xs,
+            false,
+            start,
+            start + count,
+            Expect::Zero,
+            READ_SIZES,
+            2,
+            8,
+            t,
+            &mut NoHooks,
+        )?;
+        Ok(format!(
+            "discard of {} KiB read back as zeroes, neighbours intact",
+            count * SECTOR as u64 / 1024
+        ))
     } else {
-        disk.pass(xs, false, start, start + count, Expect::Any, READ_SIZES, 2, 8, t, &mut NoHooks)?;
+        disk.pass(
+            xs,
+            false,
+            start,
+            start + count,
+            Expect::Any,
+            READ_SIZES,
+            2,
+            8,
+            t,
+            &mut NoHooks,
+        )?;
         let why = format!(
             "discard of {} KiB done, zeroes not checked: blkif has no key saying a discarded range reads as zeroes, and dom0 did not say its store does ({DISCARD_ZEROES_KEY})",
             count * SECTOR as u64 / 1024
@@ -746,29 +933,49 @@ fn discard_check<T: Transport>(xs: &mut Xenstore<T>, disk: &mut Disk) -> R<Strin
 fn read_only_check<T: Transport>(xs: &mut Xenstore<T>, lw: Arc<Lw>) -> R<String> {
     let cfg = config(VBD_RO, 64);
     let mut dev = Blkfront::new(lw, cfg).map_err(|e| e.to_string())?;
-    let neg = dev.wait_connected(xs, Some(180 * SEC)).map_err(|e| format!("connecting {VBD_RO}: {e}"))?;
+    let neg = dev
+        .wait_connected(xs, Some(180 * SEC))
+        .map_err(|e| format!("connecting {VBD_RO}: {e}"))?;
     let Some(neg) = neg else {
         return Err(format!("{VBD_RO} did not connect within 180 s"));
     };
-    println!("blk: read-only disk: blkback advertises {}", advertised(xs, VBD_RO)?);
+    println!(
+        "blk: read-only disk: blkback advertises {}",
+        advertised(xs, VBD_RO)?
+    );
     println!("blk: read-only disk: negotiated {}", negotiated(&neg));
     if !neg.read_only() || dev.read_only() != Some(true) {
-        return Err(format!("{VBD_RO} is attached read-only but info is {:#x}", neg.info.bits()));
+        return Err(format!(
+            "{VBD_RO} is attached read-only but info is {:#x}",
+            neg.info.bits()
+        ));
     }
     let requests_before = dev.stats().requests;
-    let buf = dev.buffer(0).ok_or("no pool buffer on the read-only disk")?;
+    let buf = dev
+        .buffer(0)
+        .ok_or("no pool buffer on the read-only disk")?;
     let refusal = match dev.write(0, 0, alloc::vec![Span::whole(buf)]) {
-        Ok(tag) => return Err(format!("a write to the read-only disk was accepted (I/O {tag})")),
+        Ok(tag) => {
+            return Err(format!(
+                "a write to the read-only disk was accepted (I/O {tag})"
+            ))
+        }
         Err(r) => {
             if !matches!(r.error, Refusal::Io(IoError::ReadOnly { .. })) {
-                return Err(format!("a write to the read-only disk was refused for another reason: {r}"));
+                return Err(format!(
+                    "a write to the read-only disk was refused for another reason: {r}"
+                ));
             }
             r.to_string()
         }
     };
     println!("blk: read-only disk: write refused: {refusal}");
     match dev.flush(0) {
-        Ok(tag) => return Err(format!("a flush on the read-only disk was accepted (I/O {tag})")),
+        Ok(tag) => {
+            return Err(format!(
+                "a flush on the read-only disk was accepted (I/O {tag})"
+            ))
+        }
         Err(r) => println!("blk: read-only disk: flush refused: {r}"),
     }
     dev.poll(xs).map_err(|e| e.to_string())?;
@@ -795,15 +1002,25 @@ fn read_only_check<T: Transport>(xs: &mut Xenstore<T>, lw: Arc<Lw>) -> R<String>
             .collect();
         let spans = match dev.read_blocking(xs, 0, sector, spans, Some(30 * SEC)) {
             Ok(s) => s,
-            Err(BlockingError::Failed(c)) => return Err(format!("reading the read-only disk at {sector}: {:?}", c.result)),
+            Err(BlockingError::Failed(c)) => {
+                return Err(format!(
+                    "reading the read-only disk at {sector}: {:?}",
+                    c.result
+                ))
+            }
             Err(e) => return Err(format!("reading the read-only disk at {sector}: {e}")),
         };
         for s in spans {
             let data = &mut page[..s.len];
-            s.buffer.read_at(s.offset, data).map_err(|e| e.to_string())?;
+            s.buffer
+                .read_at(s.offset, data)
+                .map_err(|e| e.to_string())?;
             for (i, b) in data.iter().enumerate() {
                 if *b != RO_LINE[i % RO_LINE.len()] {
-                    return Err(format!("the read-only disk's byte {} is {b:#x}, not dom0's pattern", sector * SECTOR as u64 + i as u64));
+                    return Err(format!(
+                        "the read-only disk's byte {} is {b:#x}, not dom0's pattern",
+                        sector * SECTOR as u64 + i as u64
+                    ));
                 }
             }
             checked += (s.len / SECTOR) as u64;
@@ -812,11 +1029,13 @@ fn read_only_check<T: Transport>(xs: &mut Xenstore<T>, lw: Arc<Lw>) -> R<String>
         }
     }
     // An orderly close: blkback follows to Closed.
-    dev.close(xs).map_err(|e| format!("closing {VBD_RO}: {e}"))?;
+    dev.close(xs)
+        .map_err(|e| format!("closing {VBD_RO}: {e}"))?;
     let until = now() + 30 * 1_000_000_000;
     let mut closed = false;
     while !closed && now() < until {
-        dev.wait(xs, Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
+        dev.wait(xs, Some(Duration::from_millis(100)))
+            .map_err(|e| e.to_string())?;
         while let Some(ev) = dev.next_event() {
             if ev == DeviceEvent::Closed {
                 closed = true;
@@ -824,7 +1043,10 @@ fn read_only_check<T: Transport>(xs: &mut Xenstore<T>, lw: Arc<Lw>) -> R<String>
         }
     }
     if !closed {
-        return Err(format!("{VBD_RO} did not close within 30 s (phase {:?})", dev.phase()));
+        return Err(format!(
+            "{VBD_RO} did not close within 30 s (phase {:?})",
+            dev.phase()
+        ));
     }
     drop(buffers);
     Ok(format!(
