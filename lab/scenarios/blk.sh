@@ -8,9 +8,11 @@
 # backing file itself.
 . /lab/lib.sh
 G=lwdom-blk
-for m in xen-blkback loop; do
-    modprobe $m || fail "modprobe $m failed"
-done
+# Two queues per device (dom0 has one vCPU, blkback's default), so that
+# the guest's multi-queue keys (queue-N/) are read by blkback.
+modprobe xen-blkback max_queues=2 || fail "modprobe xen-blkback failed"
+echo 2 > /sys/module/xen_blkback/parameters/max_queues || fail "cannot set xen_blkback's max_queues"
+modprobe loop || fail "modprobe loop failed"
 truncate -s 64M /tmp/blk-rw.img || fail "cannot create the 64 MiB backing file"
 # 4 MiB of 16-byte lines `lwdom-ro-disk-0\n`.
 yes lwdom-ro-disk-0 | head -c 4194304 > /tmp/blk-ro.img || fail "cannot create the read-only disk's file"

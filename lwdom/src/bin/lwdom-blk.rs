@@ -2,8 +2,9 @@
 //!
 //! Disk `xvda` (`device/vbd/51712`, read-write, a loop device in dom0):
 //!
-//! 1. connect; print what blkback advertised (its directory's feature
-//!    keys) and what this connection negotiated;
+//! 1. connect with two queues (dom0 loads blkback with `max_queues=2`),
+//!    16-page rings and persistent grants; print what blkback advertised
+//!    (its directory's feature keys) and what this connection negotiated;
 //! 2. write a pattern over the whole disk with I/Os of mixed sizes (512 B
 //!    to 1 MiB, some starting inside a page, so both direct and indirect
 //!    requests go on the ring), several in flight at once;
@@ -18,9 +19,12 @@
 //!    `unbound`, then `rebound`); every write must complete, then the
 //!    whole disk is read back and checked.
 //!
-//! Disk `xvdb` (`device/vbd/51728`, attached read-only): connects, says
+//! Disk `xvdb` (`device/vbd/51728`, attached read-only), with the other
+//! settings: no persistent grants, a one-page ring. It connects, says
 //! read-only in `info`, refuses a write and a flush before anything
-//! reaches the ring, and reads back the pattern dom0 filled it with.
+//! reaches the ring, reads back the pattern dom0 filled it with into the
+//! guest's own pages (granted for each request, the grants ended when it
+//! completes), and closes.
 //!
 //! The verdict goes to `data/blk-result` (`ok <figures>` or
 //! `fail <reason>`); the scenario script checks it.
@@ -40,6 +44,7 @@ use blkfront::{
     Blkfront, BlockingError, Buffer, DeviceConfig, DeviceEvent, IoError, Negotiated, Refusal, Span,
     Tag,
 };
+use grant_tables::PageAllocator;
 use lwdom::lab_proto::{blk_describe, blk_sector, BLK_SECTOR};
 use lwdom::println;
 use lwdom::rt::platform::Lw;
@@ -208,7 +213,8 @@ impl<T: Transport> Hooks<T> for NoHooks {
 /// The read-write disk and the pool buffers the guest owns.
 struct Disk {
     dev: Blkfront<Lw>,
-    free: Vec<Buffer<Lw>>,
+    /// Free pool buffers, per device queue.
+    free: Vec<Vec<Buffer<Lw>>>,
     sectors: u64,
     events: Vec<String>,
     disconnections: u64,
@@ -259,7 +265,15 @@ impl Disk {
                     0
                 };
                 let pages = (offset + bytes).div_ceil(PAGE);
-                if self.free.len() < pages {
+                // I/Os take turns on the device's queues (one ring each).
+                let q = k % self.free.len().max(1);
+                let free = self.free.get(q).map_or(0, Vec::len);
+                if free < pages {
+                    if inflight.is_empty() {
+                        return Err(format!(
+                            "an I/O of {pages} pages does not fit the {free} free buffers of queue {q}"
+                        ));
+                    }
                     break;
                 }
                 k += 1;
@@ -268,7 +282,7 @@ impl Disk {
                 let mut left = bytes;
                 let mut s = next;
                 for p in 0..pages {
-                    let mut buf = self.free.pop().ok_or("out of pool buffers")?;
+                    let mut buf = self.free[q].pop().ok_or("out of pool buffers")?;
                     let off = if p == 0 { offset } else { 0 };
                     let len = left.min(PAGE - off);
                     if write {
@@ -289,9 +303,9 @@ impl Disk {
                     spans.push(Span::new(buf, off, len));
                 }
                 let r = if write {
-                    self.dev.write(0, next, spans)
+                    self.dev.write(q, next, spans)
                 } else {
-                    self.dev.read(0, next, spans)
+                    self.dev.read(q, next, spans)
                 };
                 match r {
                     Ok(tag) => {
@@ -306,7 +320,7 @@ impl Disk {
                     }
                     Err(refused) => {
                         let msg = refused.to_string();
-                        self.give_back(refused.io.into_spans());
+                        self.give_back(q, refused.io.into_spans());
                         return Err(format!(
                             "{what} of {bytes} bytes at sector {next} refused: {msg}"
                         ));
@@ -336,12 +350,13 @@ impl Disk {
                         c.tag
                     ));
                 };
+                let q = c.queue;
                 let latency = c.latency_ns;
                 let reissued = c.reissued;
                 let result = c.result.clone();
                 let spans = c.io.into_spans();
                 if let Err(e) = result {
-                    self.give_back(spans);
+                    self.give_back(q, spans);
                     return Err(format!(
                         "{what} of {} sectors at sector {} failed: {e}",
                         p.sectors, p.sector
@@ -358,12 +373,12 @@ impl Disk {
                     match checked {
                         Ok(n) => st.sectors_checked += n,
                         Err(e) => {
-                            self.give_back(spans);
+                            self.give_back(q, spans);
                             return Err(e);
                         }
                     }
                 }
-                self.give_back(spans);
+                self.give_back(q, spans);
             }
         }
         let ms = ms_since(t0).max(1);
@@ -381,9 +396,9 @@ impl Disk {
         Ok(st)
     }
 
-    fn give_back(&mut self, spans: Vec<Span<Lw>>) {
-        for s in spans {
-            self.free.push(s.buffer);
+    fn give_back(&mut self, queue: usize, spans: Vec<Span<Lw>>) {
+        if let Some(free) = self.free.get_mut(queue) {
+            free.extend(spans.into_iter().map(|s| s.buffer));
         }
     }
 
@@ -539,9 +554,10 @@ fn advertised<T: Transport>(xs: &mut Xenstore<T>, frontend: &str) -> R<String> {
 /// set up a 16-page ring: it allocates its requests' segment arrays one by
 /// one; the default 10 s step ran out in the lab, and the frontend then
 /// revoked the ring's grants under blkback's feet).
-fn config(frontend: &str, pool_pages: usize) -> DeviceConfig {
+fn config(frontend: &str, pool_pages: usize, queues: u32) -> DeviceConfig {
     let mut cfg = DeviceConfig::new(frontend);
     cfg.pool_pages = pool_pages;
+    cfg.features.queues = queues;
     cfg.handshake.step_timeout = 120 * SEC;
     cfg.handshake.reconnect_timeout = 120 * SEC;
     cfg.request_timeout = 120 * SEC;
@@ -551,7 +567,10 @@ fn config(frontend: &str, pool_pages: usize) -> DeviceConfig {
 fn run<T: Transport>(xs: &mut Xenstore<T>) -> R<String> {
     let t_all = now();
     let lw = Arc::new(Lw);
-    let cfg = config(VBD_RW, 512);
+    // Two queues (the scenario loads blkback with max_queues=2): 2 rings of
+    // 16 pages, a pool of persistent grants each, large enough for an I/O
+    // of 1 MiB (256 pages).
+    let cfg = config(VBD_RW, 288, 2);
     let dev = Blkfront::new(lw.clone(), cfg).map_err(|e| e.to_string())?;
     let mut disk = Disk {
         dev,
@@ -584,6 +603,12 @@ fn run<T: Transport>(xs: &mut Xenstore<T>) -> R<String> {
     if !neg.indirect() {
         return Err("blkback offers no indirect segments: the scenario needs them".into());
     }
+    if neg.queues != 2 {
+        return Err(format!(
+            "{} queue(s) negotiated; the scenario loads blkback with max_queues=2 and asks for 2",
+            neg.queues
+        ));
+    }
     if neg.sectors * (SECTOR as u64) < 64 * MIB {
         return Err(format!(
             "the disk has {} sectors, less than the 64 MiB the scenario needs",
@@ -592,15 +617,21 @@ fn run<T: Transport>(xs: &mut Xenstore<T>) -> R<String> {
     }
     disk.sectors = neg.sectors;
     // Keep a few buffers for the driver (bouncing); the rest are ours.
-    while disk.dev.pool(0).is_some_and(|p| p.available() > 16) {
-        match disk.dev.buffer(0) {
-            Some(b) => disk.free.push(b),
-            None => break,
+    for q in 0..disk.dev.queues() {
+        let mut free = Vec::new();
+        while disk.dev.pool(q).is_some_and(|p| p.available() > 8) {
+            match disk.dev.buffer(q) {
+                Some(b) => free.push(b),
+                None => break,
+            }
         }
+        disk.free.push(free);
     }
     println!(
-        "blk: {} pool buffers of 4 KiB for the scenario; heap used {} KiB",
-        disk.free.len(),
+        "blk: {} device queue(s) on {} ring(s), {} pool buffers of 4 KiB for the scenario; heap used {} KiB",
+        disk.dev.queues(),
+        disk.dev.rings(),
+        disk.free.iter().map(Vec::len).sum::<usize>(),
         lwdom::rt::heap::used().unwrap_or(0) / 1024
     );
     let n = disk.sectors;
@@ -931,8 +962,14 @@ fn discard_check<T: Transport>(xs: &mut Xenstore<T>, disk: &mut Disk) -> R<Strin
 /// The read-only disk: read-only in `info`, writes and flushes refused
 /// before the ring, reads of dom0's pattern.
 fn read_only_check<T: Transport>(xs: &mut Xenstore<T>, lw: Arc<Lw>) -> R<String> {
-    let cfg = config(VBD_RO, 64);
-    let mut dev = Blkfront::new(lw, cfg).map_err(|e| e.to_string())?;
+    // The other settings: no persistent grants (the guest's own pages are
+    // granted for each request), a one-page ring (`ring-page-order` 0 with
+    // `ring-ref0`, as blkback requires once it offers the key).
+    let mut cfg = config(VBD_RO, 8, 1);
+    cfg.features.persistent = false;
+    cfg.features.max_ring_page_order = 0;
+    cfg.indirect_pool_pages = 8;
+    let mut dev = Blkfront::new(lw.clone(), cfg).map_err(|e| e.to_string())?;
     let neg = dev
         .wait_connected(xs, Some(180 * SEC))
         .map_err(|e| format!("connecting {VBD_RO}: {e}"))?;
@@ -944,6 +981,28 @@ fn read_only_check<T: Transport>(xs: &mut Xenstore<T>, lw: Arc<Lw>) -> R<String>
         advertised(xs, VBD_RO)?
     );
     println!("blk: read-only disk: negotiated {}", negotiated(&neg));
+    let mut keys = Vec::new();
+    for key in [
+        "ring-page-order",
+        "ring-ref0",
+        "ring-ref",
+        "event-channel",
+        "feature-persistent",
+        "protocol",
+    ] {
+        match xs.try_read(&format!("{VBD_RO}/{key}")) {
+            Ok(Some(v)) => keys.push(format!("{key}={}", String::from_utf8_lossy(&v))),
+            Ok(None) => keys.push(format!("{key}=(absent)")),
+            Err(e) => return Err(format!("reading {VBD_RO}/{key}: {e}")),
+        }
+    }
+    println!("blk: read-only disk: the frontend wrote {}", keys.join(" "));
+    if neg.persistent || neg.ring_page_order != 0 {
+        return Err(format!(
+            "{VBD_RO} negotiated persistent grants {} and ring order {}, asked for none and 0",
+            neg.persistent, neg.ring_page_order
+        ));
+    }
     if !neg.read_only() || dev.read_only() != Some(true) {
         return Err(format!(
             "{VBD_RO} is attached read-only but info is {:#x}",
@@ -982,25 +1041,26 @@ fn read_only_check<T: Transport>(xs: &mut Xenstore<T>, lw: Arc<Lw>) -> R<String>
     if dev.stats().requests != requests_before {
         return Err("a refused I/O reached the ring of the read-only disk".into());
     }
-    // Read it all back: dom0 filled it with RO_LINE.
+    // Read it all back into the guest's own pages (granted for each
+    // request and ended when it completes): dom0 filled the disk with
+    // RO_LINE. Each read starts at another sector of the first page.
     let sectors = neg.sectors;
     let mut sector = 0;
     let mut checked = 0u64;
-    let mut buffers: Vec<Buffer<Lw>> = Vec::new();
-    while let Some(b) = dev.buffer(0) {
-        buffers.push(b);
-    }
-    let per_io = buffers.len().min(64) as u64 * (PAGE / SECTOR) as u64;
-    let mut page = [0u8; PAGE];
+    let mut ios = 0u64;
+    let own_pages = 17;
+    let pages = lw
+        .alloc_zeroed_pages(own_pages)
+        .map_err(|e| format!("allocating {own_pages} pages for the reads: {e}"))?;
+    let mut buffer = Some(Buffer::from_pages(pages));
+    let mut data = alloc::vec![0u8; own_pages * PAGE];
     while sector < sectors {
-        let count = per_io.min(sectors - sector);
-        let pages = (count as usize * SECTOR).div_ceil(PAGE);
-        let spans: Vec<Span<Lw>> = buffers
-            .drain(..pages)
-            .enumerate()
-            .map(|(i, b)| Span::new(b, 0, (count as usize * SECTOR - i * PAGE).min(PAGE)))
-            .collect();
-        let spans = match dev.read_blocking(xs, 0, sector, spans, Some(30 * SEC)) {
+        let offset = (ios as usize % 8) * SECTOR;
+        let count = ((16 * PAGE / SECTOR) as u64).min(sectors - sector);
+        let len = count as usize * SECTOR;
+        let buf = buffer.take().ok_or("the read buffer was lost")?;
+        let spans = alloc::vec![Span::new(buf, offset, len)];
+        let mut spans = match dev.read_blocking(xs, 0, sector, spans, Some(30 * SEC)) {
             Ok(s) => s,
             Err(BlockingError::Failed(c)) => {
                 return Err(format!(
@@ -1010,24 +1070,31 @@ fn read_only_check<T: Transport>(xs: &mut Xenstore<T>, lw: Arc<Lw>) -> R<String>
             }
             Err(e) => return Err(format!("reading the read-only disk at {sector}: {e}")),
         };
-        for s in spans {
-            let data = &mut page[..s.len];
-            s.buffer
-                .read_at(s.offset, data)
-                .map_err(|e| e.to_string())?;
-            for (i, b) in data.iter().enumerate() {
-                if *b != RO_LINE[i % RO_LINE.len()] {
-                    return Err(format!(
-                        "the read-only disk's byte {} is {b:#x}, not dom0's pattern",
-                        sector * SECTOR as u64 + i as u64
-                    ));
-                }
+        // The span comes back unless blkback still mapped the pages when
+        // the read completed (they would stay in quarantine).
+        let span = spans.pop().ok_or_else(|| {
+            format!(
+                "blkback still mapped the guest's pages when the read at sector {sector} completed"
+            )
+        })?;
+        let got = &mut data[..len];
+        span.buffer
+            .read_at(offset, got)
+            .map_err(|e| e.to_string())?;
+        for (i, b) in got.iter().enumerate() {
+            let at = sector * SECTOR as u64 + i as u64;
+            if *b != RO_LINE[(at % RO_LINE.len() as u64) as usize] {
+                return Err(format!(
+                    "the read-only disk's byte {at} is {b:#x}, not dom0's pattern"
+                ));
             }
-            checked += (s.len / SECTOR) as u64;
-            sector += (s.len / SECTOR) as u64;
-            buffers.push(s.buffer);
         }
+        buffer = Some(span.buffer);
+        checked += count;
+        sector += count;
+        ios += 1;
     }
+    let stats = dev.stats();
     // An orderly close: blkback follows to Closed.
     dev.close(xs)
         .map_err(|e| format!("closing {VBD_RO}: {e}"))?;
@@ -1048,10 +1115,10 @@ fn read_only_check<T: Transport>(xs: &mut Xenstore<T>, lw: Arc<Lw>) -> R<String>
             dev.phase()
         ));
     }
-    drop(buffers);
     Ok(format!(
-        "read-only disk: info {:#x}, write and flush refused before the ring, {} KiB read back as dom0 wrote it, closed",
+        "read-only disk: info {:#x}, write and flush refused before the ring, {} KiB read back as dom0 wrote it into the guest's own pages ({ios} reads, {} requests, no persistent grants, 1-page ring), closed",
         neg.info.bits(),
-        checked * SECTOR as u64 / 1024
+        checked * SECTOR as u64 / 1024,
+        stats.requests
     ))
 }
