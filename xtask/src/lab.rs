@@ -62,7 +62,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "blk",
         timeout_s: 900,
         what: "blkfront vs Linux xen-blkback on a loop device: whole-disk write/verify, discard, read-only disk, rebind mid-write",
-        default: false,
+        default: true,
     },
     Scenario {
         name: "panic",
