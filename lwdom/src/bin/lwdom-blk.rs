@@ -26,6 +26,21 @@
 //! guest's own pages (granted for each request, the grants ended when it
 //! completes), and closes.
 //!
+//! # What the rebind shows
+//! Linux 6.1's blkback leaves the backend's state at Connected when it is
+//! unbound; bound again, a new instance writes InitWait and, finding the
+//! frontend Connected, re-attaches to the rings the frontend published, at
+//! their current indices (Linux's own frontends ignore InitWait once
+//! connected, which is what makes this work for them). The xenbus
+//! handshake used here instead ends the connection when a connected
+//! backend goes back to InitWait, writes Closed and reconnects. Which side
+//! moves first decides the path: blkback sees Closed and prepares for a
+//! reconnect, or it tries to map the old ring after its grants were ended,
+//! fails ("mapping in shared page"), goes Closing, and the frontend
+//! reconnects once more. Either way every write in flight is re-issued on
+//! the new connection and lands (checked here and by dom0), but the second
+//! path costs a failed connection and a kernel warning in dom0.
+//!
 //! The verdict goes to `data/blk-result` (`ok <figures>` or
 //! `fail <reason>`); the scenario script checks it.
 #![no_std]
