@@ -12,10 +12,11 @@ fail() {
     exit 1
 }
 
-# start_guest NAME: starts the lwdom guest /lab/guests/NAME, monitored by
-# `xl create -F` in the background (its output in /tmp/NAME.xl). The guest
-# runs on physical CPU 1; dom0 (one vCPU) is pinned to CPU 0, so the two
-# ends of a ring spin in parallel instead of taking turns.
+# start_guest NAME [CONFIG]: starts the lwdom guest /lab/guests/NAME,
+# monitored by `xl create -F` in the background (its output in
+# /tmp/NAME.xl); CONFIG is added to its xl configuration (e.g. a `disk`
+# line). The guest runs on physical CPU 1; dom0 (one vCPU) is pinned to
+# CPU 0, so the two ends of a ring spin in parallel instead of taking turns.
 start_guest() {
     cat > /tmp/$1.cfg <<CFG
 name = "$1"
@@ -27,6 +28,7 @@ cpus = "1"
 on_crash = "preserve"
 on_poweroff = "preserve"
 on_reboot = "preserve"
+${2:-}
 CFG
     xl create -F /tmp/$1.cfg > /tmp/$1.xl 2>&1 &
     XL_PID=$!

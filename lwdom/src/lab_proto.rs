@@ -1,6 +1,7 @@
 //! What the lab's guest programs and dom0 programs agree on: the xenstore
 //! keys they exchange refs and ports through, the page pattern of the
-//! `grant` scenario, and the request and response of the `ring` scenario.
+//! `grant` scenario, the request and response of the `ring` scenario, and
+//! the disk pattern of the `blk` scenario.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -64,6 +65,44 @@ pub fn request_value(id: u64) -> u64 {
     id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// `blk`: bytes of a disk sector.
+pub const BLK_SECTOR: usize = 512;
+
+/// `blk`: the bytes of sector `sector` in the pattern of pass `pass`: the
+/// sector number and the pass (little-endian `u64`s), then a stream seeded
+/// by both, so a sector found in the wrong place or from the wrong pass
+/// says where it came from ([`blk_describe`]).
+pub fn blk_sector(out: &mut [u8; BLK_SECTOR], sector: u64, pass: u64) {
+    let (head, rest) = out.split_at_mut(16);
+    head[..8].copy_from_slice(&sector.to_le_bytes());
+    head[8..].copy_from_slice(&pass.to_le_bytes());
+    let mut x = sector.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pass.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    for w in rest.chunks_exact_mut(8) {
+        // splitmix64
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        w.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+}
+
+/// `blk`: what a sector that does not hold the expected pattern holds, for
+/// messages: zeroes, or the sector and pass its first 16 bytes claim.
+pub fn blk_describe(data: &[u8]) -> alloc::string::String {
+    if data.iter().all(|&b| b == 0) {
+        return "zeroes".into();
+    }
+    let word = |i: usize| {
+        let mut b = [0u8; 8];
+        if let Some(src) = data.get(i..i + 8) {
+            b.copy_from_slice(src);
+        }
+        u64::from_le_bytes(b)
+    };
+    alloc::format!("a sector claiming to be sector {} of pass {}", word(0), word(8))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +113,18 @@ mod tests {
         assert_eq!(core::mem::size_of::<EchoRsp>(), 16);
         assert_ne!(pattern(0, 5), pattern(1, 5));
         assert_ne!(answer(request_value(1)), request_value(1));
+    }
+
+    #[test]
+    fn blk_sectors_differ_by_place_and_pass_and_say_where_they_come_from() {
+        let (mut a, mut b, mut c) = ([0u8; BLK_SECTOR], [0u8; BLK_SECTOR], [0u8; BLK_SECTOR]);
+        blk_sector(&mut a, 7, 1);
+        blk_sector(&mut b, 8, 1);
+        blk_sector(&mut c, 7, 2);
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a[16..], b[16..]);
+        assert_eq!(blk_describe(&c), "a sector claiming to be sector 7 of pass 2");
+        assert_eq!(blk_describe(&[0u8; BLK_SECTOR]), "zeroes");
     }
 }

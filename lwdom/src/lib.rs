@@ -40,8 +40,9 @@
 //! Limits, by design of this minimal runtime: one vCPU; event upcalls stay
 //! masked (CPU exceptions are reported on the console by a trap table
 //! and end the domain as crashed; nothing resumes after one); the heap is a
-//! 4 MiB bump allocator ([`bump`]) that reclaims the latest allocation,
-//! resizes it in place, and starts over when everything was freed; 1024 shareable pages (4 MiB) and at most 32
+//! 4 MiB bump allocator ([`bump`]) that recycles freed blocks of up to
+//! 64 KiB through per-size-class free lists, reclaims the latest
+//! allocation, and starts over when everything was freed; 1024 shareable pages (4 MiB) and at most 32
 //! grant table frames; the image is linked at virtual address 0 and relies
 //! on the domain builder's initial mapping (pfn N at N * 4096).
 //!

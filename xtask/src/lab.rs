@@ -59,6 +59,12 @@ const SCENARIOS: &[Scenario] = &[
         default: true,
     },
     Scenario {
+        name: "blk",
+        timeout_s: 900,
+        what: "blkfront vs Linux xen-blkback on a loop device: whole-disk write/verify, discard, read-only disk, rebind mid-write",
+        default: true,
+    },
+    Scenario {
         name: "panic",
         timeout_s: 60,
         what: "negative control: the guest panics; must FAIL with its console",
@@ -232,6 +238,8 @@ fn write_overlay(
         w.dir(d, 0o755).map_err(io)?;
     }
     w.file("lab/lib.sh", 0o644, &read(&lab.join("dom0/lib.sh"))?)
+        .map_err(io)?;
+    w.file("lab/block-min", 0o755, &read(&lab.join("dom0/block-min"))?)
         .map_err(io)?;
     let mut list = String::new();
     for s in &opts.scenarios {
