@@ -36,6 +36,7 @@ pub mod dma;
 mod error;
 pub mod memconfig;
 pub mod mmio;
+pub mod pciif;
 pub mod platform;
 
 pub use bdf::Bdf;
