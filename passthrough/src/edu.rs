@@ -37,7 +37,7 @@ use core::fmt;
 
 use grant_tables::Port;
 
-use crate::config::{enable_memory_and_bus_master, ConfigAccess, DeviceInfo, BarKind, STATUS};
+use crate::config::{enable_memory_and_bus_master, BarKind, ConfigAccess, DeviceInfo, STATUS};
 use crate::dma::DmaBuffer;
 use crate::mmio::Mmio;
 use crate::{Bdf, PciError, PciPlatform};
@@ -309,18 +309,33 @@ impl<'p, P: PciPlatform> Edu<'p, P> {
         let cfg = platform.config();
         let info = DeviceInfo::probe(cfg, bdf)?;
         if info.header.vendor_id != VENDOR_ID || info.header.device_id != DEVICE_ID {
-            return Err(EduError::NotEdu { bdf, vendor: info.header.vendor_id, device: info.header.device_id });
+            return Err(EduError::NotEdu {
+                bdf,
+                vendor: info.header.vendor_id,
+                device: info.header.device_id,
+            });
         }
         let bar = *info.bar(0).ok_or(EduError::BadBar0)?;
         if !matches!(bar.kind, BarKind::Memory32 | BarKind::Memory64) || bar.size < REGS_LEN {
             return Err(EduError::BadBar0);
         }
         if mode == IrqMode::Interrupt && info.msi.is_none() {
-            return Err(EduError::Pci(PciError::Unsupported { bdf, what: "the edu has no MSI capability" }));
+            return Err(EduError::Pci(PciError::Unsupported {
+                bdf,
+                what: "the edu has no MSI capability",
+            }));
         }
         let regs = platform.map_bar(bdf, &bar)?;
         enable_memory_and_bus_master(cfg, bdf)?;
-        let mut edu = Edu { platform, bdf, regs, mode, port: None, timeout_ns: DEFAULT_TIMEOUT_NS, broken: None };
+        let mut edu = Edu {
+            platform,
+            bdf,
+            regs,
+            mode,
+            port: None,
+            timeout_ns: DEFAULT_TIMEOUT_NS,
+            broken: None,
+        };
         edu.check_identification()?;
         edu.check_liveness()?;
         // Start from a known state: no factorial interrupt asked for, no
@@ -335,18 +350,18 @@ impl<'p, P: PciPlatform> Edu<'p, P> {
     }
 
     /// The device address of a transfer of `len` bytes at `device_offset` of
-/// the device's buffer, if the device takes it: 1 to [`MAX_TRANSFER`]
-/// bytes, ending before the buffer's last byte (QEMU 7.2's check).
-pub fn check_transfer(device_offset: usize, len: usize) -> Result<u64, EduError> {
-    let bad = EduError::BadTransfer { device_offset, len };
-    let end = device_offset.checked_add(len).ok_or(bad.clone())?;
-    if len == 0 || len > MAX_TRANSFER || end >= DEVICE_BUFFER_LEN {
-        return Err(bad);
+    /// the device's buffer, if the device takes it: 1 to [`MAX_TRANSFER`]
+    /// bytes, ending before the buffer's last byte (QEMU 7.2's check).
+    pub fn check_transfer(device_offset: usize, len: usize) -> Result<u64, EduError> {
+        let bad = EduError::BadTransfer { device_offset, len };
+        let end = device_offset.checked_add(len).ok_or(bad.clone())?;
+        if len == 0 || len > MAX_TRANSFER || end >= DEVICE_BUFFER_LEN {
+            return Err(bad);
+        }
+        Ok(DEVICE_BUFFER + device_offset as u64)
     }
-    Ok(DEVICE_BUFFER + device_offset as u64)
-}
 
-/// Finds the first edu and opens it.
+    /// Finds the first edu and opens it.
     pub fn find_and_open(platform: &'p P, mode: IrqMode) -> Result<Self, EduError> {
         let bdf = find(platform)?;
         Self::open(platform, bdf, mode)
@@ -395,7 +410,10 @@ pub fn check_transfer(device_offset: usize, len: usize) -> Result<u64, EduError>
         self.broken = Some(reason);
         if let Some(port) = self.port.take() {
             if let Err(e) = self.platform.disable_msi(self.bdf) {
-                log::warn!("edu at {}: disabling MSI of a broken device ({port}): {e}", self.bdf);
+                log::warn!(
+                    "edu at {}: disabling MSI of a broken device ({port}): {e}",
+                    self.bdf
+                );
             }
         }
         Err(e)
@@ -415,7 +433,11 @@ pub fn check_transfer(device_offset: usize, len: usize) -> Result<u64, EduError>
         self.usable()?;
         let id = self.regs.read32(REG_ID)?;
         if id != IDENTIFICATION {
-            return self.fail(if id == u32::MAX { EduError::DeviceGone } else { EduError::WrongIdentification { found: id } });
+            return self.fail(if id == u32::MAX {
+                EduError::DeviceGone
+            } else {
+                EduError::WrongIdentification { found: id }
+            });
         }
         Ok(id)
     }
@@ -436,7 +458,11 @@ pub fn check_transfer(device_offset: usize, len: usize) -> Result<u64, EduError>
 
     /// Waits for interrupt status `bit` on the MSI's port, or (polling)
     /// until `done` says so; acknowledges the bit. `Ok(false)` on timeout.
-    fn wait(&mut self, bit: u32, mut done: impl FnMut(&mut Self) -> Result<bool, EduError>) -> Result<bool, EduError> {
+    fn wait(
+        &mut self,
+        bit: u32,
+        mut done: impl FnMut(&mut Self) -> Result<bool, EduError>,
+    ) -> Result<bool, EduError> {
         let start = self.platform.now_ns();
         let deadline = start.saturating_add(self.timeout_ns);
         loop {
@@ -452,7 +478,9 @@ pub fn check_transfer(device_offset: usize, len: usize) -> Result<u64, EduError>
                         return Ok(false);
                     }
                     // An MSI per raise; spurious wakeups loop.
-                    self.platform.block(port, Some(deadline - now)).map_err(PciError::from)?;
+                    self.platform
+                        .block(port, Some(deadline - now))
+                        .map_err(PciError::from)?;
                 }
                 None => {
                     if done(self)? {
@@ -475,13 +503,19 @@ pub fn check_transfer(device_offset: usize, len: usize) -> Result<u64, EduError>
         self.usable()?;
         let status = self.read_reg(REG_STATUS)?;
         if status & STATUS_COMPUTING != 0 {
-            return self.fail(EduError::FactorialTimeout { waited_ns: 0, status });
+            return self.fail(EduError::FactorialTimeout {
+                waited_ns: 0,
+                status,
+            });
         }
         let want_irq = self.port.is_some();
-        self.regs.write32(REG_STATUS, if want_irq { STATUS_IRQFACT } else { 0 })?;
+        self.regs
+            .write32(REG_STATUS, if want_irq { STATUS_IRQFACT } else { 0 })?;
         self.regs.write32(REG_FACTORIAL, n)?;
         let start = self.platform.now_ns();
-        let finished = self.wait(IRQ_FACTORIAL, |edu| Ok(edu.read_reg(REG_STATUS)? & STATUS_COMPUTING == 0))?;
+        let finished = self.wait(IRQ_FACTORIAL, |edu| {
+            Ok(edu.read_reg(REG_STATUS)? & STATUS_COMPUTING == 0)
+        })?;
         let status = self.read_reg(REG_STATUS)?;
         if !finished || status & STATUS_COMPUTING != 0 {
             let waited_ns = self.platform.now_ns().saturating_sub(start);
@@ -537,15 +571,28 @@ pub fn check_transfer(device_offset: usize, len: usize) -> Result<u64, EduError>
 
     fn ram_side<D: DmaBuffer>(buf: &D, offset: usize, len: usize) -> Result<u64, EduError> {
         if offset.checked_add(len).is_none_or(|end| end > buf.len()) {
-            return Err(EduError::Pci(PciError::OutOfBounds { region: "DMA", offset, len, size: buf.len() }));
+            return Err(EduError::Pci(PciError::OutOfBounds {
+                region: "DMA",
+                offset,
+                len,
+                size: buf.len(),
+            }));
         }
         Ok(buf.bus_addr_at(offset)?)
     }
 
-    fn transfer(&mut self, direction: Direction, bus: u64, device_offset: usize, len: usize) -> Result<(), EduError> {
+    fn transfer(
+        &mut self,
+        direction: Direction,
+        bus: u64,
+        device_offset: usize,
+        len: usize,
+    ) -> Result<(), EduError> {
         self.usable()?;
         let device = check_transfer(device_offset, len)?;
-        let last = bus.checked_add(len as u64 - 1).ok_or(EduError::AboveDmaMask { last: u64::MAX })?;
+        let last = bus
+            .checked_add(len as u64 - 1)
+            .ok_or(EduError::AboveDmaMask { last: u64::MAX })?;
         if last > DMA_MASK {
             return Err(EduError::AboveDmaMask { last });
         }
@@ -554,7 +601,10 @@ pub fn check_transfer(device_offset: usize, len: usize) -> Result<u64, EduError>
             return self.fail(EduError::DeviceGone);
         }
         if command & CMD_RUN != 0 {
-            return self.fail(EduError::DmaTimeout { waited_ns: 0, command });
+            return self.fail(EduError::DmaTimeout {
+                waited_ns: 0,
+                command,
+            });
         }
         let (src, dst, dir) = match direction {
             Direction::ToDevice => (bus, device, 0),
@@ -593,7 +643,10 @@ pub fn check_transfer(device_offset: usize, len: usize) -> Result<u64, EduError>
         if aborts != 0 {
             // Write-1-to-clear.
             cfg.write16(self.bdf, STATUS, aborts)?;
-            log::warn!("edu at {}: a transfer was aborted (status {status:#06x})", self.bdf);
+            log::warn!(
+                "edu at {}: a transfer was aborted (status {status:#06x})",
+                self.bdf
+            );
             return Err(EduError::DmaAborted { status });
         }
         Ok(())

@@ -344,6 +344,11 @@ impl EduModel {
     }
 }
 
+/// QEMU's access rule: 4 bytes below 0x80, 4 or 8 from 0x80.
+fn access_size_ok(offset: u64, size: u8) -> bool {
+    size == 4 || (offset >= 0x80 && size == 8)
+}
+
 impl Default for EduModel {
     fn default() -> Self {
         Self::new()
@@ -381,7 +386,7 @@ impl DeviceModel for EduModel {
         if bar != 0 || self.broken {
             return none;
         }
-        if (offset < 0x80 && size != 4) || (offset >= 0x80 && size != 4 && size != 8) {
+        if !access_size_ok(offset, size) {
             return none;
         }
         match offset {
@@ -402,22 +407,21 @@ impl DeviceModel for EduModel {
         if bar != 0 || self.broken {
             return;
         }
-        if (offset < 0x80 && size != 4) || (offset >= 0x80 && size != 4 && size != 8) {
+        if !access_size_ok(offset, size) {
             return;
         }
         let v32 = value as u32;
         let dma_running = self.dma.cmd & DMA_RUN != 0;
         match offset {
             REG_LIVENESS => self.liveness = if self.faults.liveness_echo { v32 } else { !v32 },
-            REG_FACTORIAL => {
-                if self.status & STATUS_COMPUTING == 0 {
-                    self.fact = v32;
-                    self.status |= STATUS_COMPUTING;
-                    if !self.faults.factorial_never_done {
-                        let due = dev.now() + self.timing.factorial;
-                        self.fact_due = Some(due);
-                        dev.schedule_at(due);
-                    }
+            // Ignored while computing.
+            REG_FACTORIAL if self.status & STATUS_COMPUTING == 0 => {
+                self.fact = v32;
+                self.status |= STATUS_COMPUTING;
+                if !self.faults.factorial_never_done {
+                    let due = dev.now() + self.timing.factorial;
+                    self.fact_due = Some(due);
+                    dev.schedule_at(due);
                 }
             }
             REG_STATUS => {
