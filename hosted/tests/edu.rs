@@ -70,6 +70,9 @@ fn finds_the_edu_and_checks_identification_and_liveness() {
     let mut dev = Edu::open(&s.pci, EDU_BDF, IrqMode::Polling).unwrap();
     assert_eq!(dev.check_identification().unwrap(), EDU_IDENTIFICATION);
     dev.check_liveness().unwrap();
+    assert_eq!(s.pci.config().read16(EDU_BDF, 4).unwrap() & 0x6, 0x6, "memory decoding and bus mastering on");
+    drop(dev);
+    assert_eq!(s.pci.config().read16(EDU_BDF, 4).unwrap() & 0x4, 0, "bus mastering off once the driver is gone");
 }
 
 #[test]
@@ -406,6 +409,10 @@ impl DeviceModel for MsixProbe {
             dev.raise_msi(value as u16);
         }
     }
+    /// A kick from outside raises entry 0 on the device's thread.
+    fn tick(&mut self, dev: &mut DeviceCtx<'_>) {
+        dev.raise_msi(0);
+    }
 }
 
 #[test]
@@ -443,6 +450,10 @@ fn msix_vectors_are_event_channels_and_masking_holds_them() {
     table.write32(2 * 16 + 12, 0).unwrap();
     assert!(s.pci.poll(ports[1]).unwrap(), "delivered on unmask");
     assert_eq!(table.read64(0x2000).unwrap() & 0b100, 0);
+
+    // A kick runs the model's tick on its thread.
+    s.pci.kick(bdf).unwrap();
+    assert_eq!(s.pci.block(ports[0], Some(5_000 * MS)), Ok(true));
 
     // Without bus mastering nothing is sent.
     let command = cfg.read16(bdf, 4).unwrap();

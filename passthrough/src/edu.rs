@@ -37,7 +37,10 @@ use core::fmt;
 
 use grant_tables::Port;
 
-use crate::config::{enable_memory_and_bus_master, BarKind, ConfigAccess, DeviceInfo, STATUS};
+use crate::config::{
+    enable_memory_and_bus_master, update_command, BarKind, ConfigAccess, DeviceInfo,
+    COMMAND_MASTER, STATUS,
+};
 use crate::dma::DmaBuffer;
 use crate::mmio::Mmio;
 use crate::{Bdf, PciError, PciPlatform};
@@ -653,12 +656,17 @@ impl<'p, P: PciPlatform> Edu<'p, P> {
     }
 }
 
+/// Disables MSI and bus mastering: the device cannot reach memory (or
+/// interrupt) once its driver is gone.
 impl<P: PciPlatform> Drop for Edu<'_, P> {
     fn drop(&mut self) {
         if self.port.take().is_some() {
             if let Err(e) = self.platform.disable_msi(self.bdf) {
                 log::warn!("edu at {}: disabling MSI: {e}", self.bdf);
             }
+        }
+        if let Err(e) = update_command(self.platform.config(), self.bdf, 0, COMMAND_MASTER) {
+            log::warn!("edu at {}: disabling bus mastering: {e}", self.bdf);
         }
     }
 }

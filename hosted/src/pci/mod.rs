@@ -742,6 +742,16 @@ impl HostedPci {
         lock(&self.inner.slots).get(&bdf).cloned().ok_or(PciError::DeviceGone { bdf })
     }
 
+    /// Runs `bdf`'s [`DeviceModel::tick`] on its thread now: for models fed
+    /// from outside the bus (a frame arriving on a host-side link), whose
+    /// feeder queues the input where the model finds it, then kicks.
+    pub fn kick(&self, bdf: Bdf) -> Result<(), PciError> {
+        let slot = self.slot(bdf)?;
+        lock(&slot.state).next_tick = Some(Instant::now());
+        slot.wake.notify_all();
+        Ok(())
+    }
+
     /// DMA faults recorded by the IOMMU (the latest 256), oldest first.
     pub fn iommu_faults(&self) -> Vec<DmaFault> {
         lock(&self.inner.iommu.faults).iter().copied().collect()
