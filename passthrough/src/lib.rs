@@ -36,8 +36,10 @@ pub mod dma;
 mod error;
 pub mod memconfig;
 pub mod mmio;
+pub mod pcifront;
 pub mod pciif;
 pub mod platform;
+mod spin;
 
 pub use bdf::Bdf;
 pub use config::{
@@ -47,4 +49,5 @@ pub use config::{
 pub use dma::{DmaBuffer, DmaConstraints, MemDma};
 pub use error::{BackendErr, PciError};
 pub use mmio::{MemMmio, Mmio};
+pub use pcifront::{Pcifront, PcifrontConfig, Pirq};
 pub use platform::PciPlatform;
