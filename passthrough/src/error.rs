@@ -1,5 +1,6 @@
 //! Why a PCI operation failed.
 
+use alloc::string::String;
 use core::fmt;
 
 use grant_tables::PlatformError;
@@ -220,8 +221,10 @@ pub enum PciError {
     NotConnected,
     /// The xenbus handshake with the PCI backend failed.
     Xenbus {
-        /// What failed.
-        reason: &'static str,
+        /// The xenstore key involved.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The platform (event channels, pages, hypercalls) failed.
     Platform(PlatformError),
@@ -315,9 +318,10 @@ impl fmt::Display for PciError {
                 f,
                 "pcifront is not connected to the PCI backend; wait for the xenbus handshake to complete"
             ),
-            PciError::Xenbus { reason } => {
-                write!(f, "the xenbus handshake with the PCI backend failed: {reason}")
-            }
+            PciError::Xenbus { key, reason } => write!(
+                f,
+                "the PCI backend's xenstore key {key} is unusable ({reason}); check the toolstack's PCI configuration and the backend's log"
+            ),
             PciError::Platform(e) => write!(f, "platform: {e}"),
         }
     }

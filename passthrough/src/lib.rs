@@ -37,8 +37,10 @@ pub mod edu;
 mod error;
 pub mod memconfig;
 pub mod mmio;
+pub mod pcifront;
 pub mod pciif;
 pub mod platform;
+mod spin;
 
 pub use bdf::Bdf;
 pub use config::{
@@ -48,4 +50,5 @@ pub use config::{
 pub use dma::{DmaBuffer, DmaConstraints, MemDma};
 pub use error::{BackendErr, PciError};
 pub use mmio::{MemMmio, Mmio};
+pub use pcifront::{Pcifront, PcifrontConfig, Pirq};
 pub use platform::PciPlatform;
