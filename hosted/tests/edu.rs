@@ -463,3 +463,65 @@ fn msix_vectors_are_event_channels_and_masking_holds_them() {
     s.pci.disable_msix(bdf).unwrap();
     assert!(s.pci.poll(ports[0]).is_err(), "the channels are closed");
 }
+
+/// A device with one maskable MSI vector: writing BAR0 offset 0 raises it.
+struct MsiProbe;
+
+impl DeviceModel for MsiProbe {
+    fn name(&self) -> &str {
+        "msi-probe"
+    }
+    fn config_space(&self) -> Result<ConfigSpace, LayoutError> {
+        ConfigSpace::new(0x1af4, 0x7778, 0xff_0000, 1, CONFIG_SPACE_PCI)?
+            .with_bar(0, BarSpec::Memory64 { size: 0x1000, prefetchable: false })?
+            .with_msi(1, true, true)
+    }
+    fn mmio_read(&mut self, _bar: u8, _offset: u64, _size: u8, _dev: &mut DeviceCtx<'_>) -> u64 {
+        0
+    }
+    fn mmio_write(&mut self, _bar: u8, offset: u64, _size: u8, _value: u64, dev: &mut DeviceCtx<'_>) {
+        if offset == 0 {
+            dev.raise_msi(0);
+        }
+    }
+}
+
+#[test]
+fn a_masked_msi_waits_in_its_pending_bit() {
+    let s = setup_with("pci-msi-mask", DomainConfig::default());
+    let bdf = Bdf::new(0, 0, 5, 0).unwrap();
+    s.pci.plug(bdf, MsiProbe).unwrap();
+    assert!(s.pci.plug(bdf, MsiProbe).is_err(), "the address is taken");
+    let cfg = s.pci.config();
+    let info = DeviceInfo::probe(cfg, bdf).unwrap();
+    let bar0 = info.bar(0).unwrap();
+    assert_eq!(bar0.kind, passthrough::BarKind::Memory64);
+    assert!(bar0.address > u64::from(u32::MAX), "64-bit BARs go above 4 GiB");
+    let msi = info.msi.unwrap();
+    assert!(msi.per_vector_masking && msi.is_64bit);
+    let (mask_at, pending_at) = (u16::from(msi.offset) + 0x10, u16::from(msi.offset) + 0x14);
+    enable_memory_and_bus_master(cfg, bdf).unwrap();
+    let regs = s.pci.map_bar(bdf, bar0).unwrap();
+    let port = s.pci.enable_msi(bdf).unwrap();
+    assert!(matches!(s.pci.enable_msi(bdf), Err(PciError::InvalidRequest { .. })), "already enabled");
+    assert!(s.pci.enable_msix(bdf, &[0]).is_err(), "no MSI-X capability");
+
+    regs.write32(0, 1).unwrap();
+    assert_eq!(s.pci.block(port, Some(5_000 * MS)), Ok(true));
+    cfg.write32(bdf, mask_at, 1).unwrap();
+    regs.write32(0, 1).unwrap();
+    assert!(!s.pci.poll(port).unwrap(), "masked");
+    assert_eq!(cfg.read32(bdf, pending_at).unwrap(), 1);
+    // Pending bits are the device's: a driver's write does not change them.
+    cfg.write32(bdf, pending_at, 0).unwrap();
+    assert_eq!(cfg.read32(bdf, pending_at).unwrap(), 1);
+    cfg.write32(bdf, mask_at, 0).unwrap();
+    assert!(s.pci.poll(port).unwrap(), "delivered on unmask");
+    assert_eq!(cfg.read32(bdf, pending_at).unwrap(), 0);
+    assert_eq!(s.pci.interrupts_delivered(bdf), 2);
+
+    s.pci.disable_msi(bdf).unwrap();
+    assert!(s.pci.poll(port).is_err(), "the channel is closed");
+    regs.write32(0, 1).unwrap();
+    assert_eq!(s.pci.interrupts_delivered(bdf), 2, "MSI off: nothing sent");
+}
