@@ -105,6 +105,16 @@ const FAULT_LOG: usize = 256;
 /// MSI-X entries one `enable_msix` may ask for (what pcifront carries).
 const MSIX_MAX_PER_REQUEST: usize = 128;
 
+/// The bus and its BAR mappings are shared between threads (a driver's
+/// queues, the device threads); DMA buffers move between them.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<HostedPci>();
+    send_sync::<HostedMmio>();
+    send::<HostedDma>();
+};
+
 /// A device model on the hosted PCI bus.
 ///
 /// Calls are serialised per device. MMIO callbacks get the BAR index,
