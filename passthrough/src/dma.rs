@@ -62,7 +62,7 @@ impl DmaConstraints {
         let align = self.align as u64;
         bus_addr % align == 0
             && bus_addr
-                .checked_add(self.len as u64 - 1)
+                .checked_add((self.len as u64).saturating_sub(1))
                 .is_some_and(|last| last <= self.addr_mask)
     }
 }

@@ -19,7 +19,13 @@
 //! - [`platform`]: [`PciPlatform`], the seam drivers are generic over
 //!   (enumeration, configuration access, BAR mapping, MSI/MSI-X as event
 //!   channels, DMA allocation). `lwdom` implements it on Xen through
-//!   pcifront; a hosted implementation backs it with device models.
+//!   pcifront; a hosted implementation backs it with device models;
+//! - [`pcifront`]: the PCI frontend of a PV domain ([`Pcifront`]): the
+//!   xenbus handshake with xen-pciback, device enumeration, configuration
+//!   access and MSI/MSI-X over the [`pciif`] protocol (`io/pciif.h`),
+//!   with every reply of the backend checked;
+//! - [`memconfig`]: an in-memory configuration space
+//!   ([`memconfig::MemConfig`]) for tests, fuzzing and device models.
 //!
 //! A device interrupt is an event channel [`Port`](grant_tables::Port): a
 //! driver polls it or blocks on it with

@@ -10,9 +10,10 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{BarKind, ConfigAccess, ConfigReg, BAR0, CONFIG_SPACE_SIZE};
+use crate::spin::SpinLock;
 use crate::{Bdf, PciError};
 
 const SIZE: usize = CONFIG_SPACE_SIZE as usize;
@@ -23,11 +24,12 @@ struct State {
 }
 
 /// One function's configuration space in memory (see the module docs).
+/// It may be shared between threads (a device model and a driver).
 pub struct MemConfig {
     bdf: Bdf,
-    state: RefCell<State>,
+    state: SpinLock<State>,
     wmask: Box<[u8; SIZE]>,
-    gone: core::cell::Cell<bool>,
+    gone: AtomicBool,
 }
 
 impl MemConfig {
@@ -37,12 +39,12 @@ impl MemConfig {
     pub fn new(bdf: Bdf, data: [u8; SIZE]) -> MemConfig {
         MemConfig {
             bdf,
-            state: RefCell::new(State {
+            state: SpinLock::new(State {
                 data: Box::new(data),
                 writes: Vec::new(),
             }),
             wmask: Box::new([0; SIZE]),
-            gone: core::cell::Cell::new(false),
+            gone: AtomicBool::new(false),
         }
     }
 
@@ -110,18 +112,18 @@ impl MemConfig {
     /// From now on every read returns all ones and writes are dropped, as
     /// when a device is surprise-removed.
     pub fn remove(&self) {
-        self.gone.set(true);
+        self.gone.store(true, Ordering::SeqCst);
     }
 
     /// The writes made so far: (offset, width in bytes, value).
     pub fn writes(&self) -> Vec<(u16, u8, u32)> {
-        self.state.borrow().writes.clone()
+        self.state.lock().writes.clone()
     }
 
     /// Reads a value directly (no logging, no device check).
     pub fn peek32(&self, offset: u16) -> u32 {
         let o = usize::from(offset);
-        let s = self.state.borrow();
+        let s = self.state.lock();
         u32::from_le_bytes([s.data[o], s.data[o + 1], s.data[o + 2], s.data[o + 3]])
     }
 }
@@ -129,11 +131,11 @@ impl MemConfig {
 impl ConfigAccess for MemConfig {
     fn read(&self, bdf: Bdf, reg: ConfigReg) -> Result<u32, PciError> {
         let w = usize::from(reg.width().bytes());
-        if bdf != self.bdf || self.gone.get() {
+        if bdf != self.bdf || self.gone.load(Ordering::SeqCst) {
             return Ok(reg.width().mask());
         }
         let o = usize::from(reg.offset());
-        let s = self.state.borrow();
+        let s = self.state.lock();
         let mut v = [0u8; 4];
         // ConfigReg guarantees o + w <= 4096.
         v[..w].copy_from_slice(&s.data[o..o + w]);
@@ -141,12 +143,12 @@ impl ConfigAccess for MemConfig {
     }
 
     fn write(&self, bdf: Bdf, reg: ConfigReg, value: u32) -> Result<(), PciError> {
-        if bdf != self.bdf || self.gone.get() {
+        if bdf != self.bdf || self.gone.load(Ordering::SeqCst) {
             return Ok(());
         }
         let w = usize::from(reg.width().bytes());
         let o = usize::from(reg.offset());
-        let mut s = self.state.borrow_mut();
+        let mut s = self.state.lock();
         s.writes.push((
             reg.offset(),
             reg.width().bytes(),

@@ -18,7 +18,7 @@
 //!   `num_devs`/`state-N`/`vdev-N` (the functions passed through, by the
 //!   address this domain uses for them);
 //! - one op at a time ([`Pcifront`] implements
-//!   [`ConfigAccess`](crate::ConfigAccess), and has the MSI and MSI-X
+//!   [`ConfigAccess`], and has the MSI and MSI-X
 //!   calls): write the op, set `XEN_PCIF_active`, notify, wait for the
 //!   backend to clear the bit (at most [`PcifrontConfig::op_timeout_ns`]),
 //!   copy the op back once and check it ([`check_reply`]).

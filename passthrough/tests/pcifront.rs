@@ -243,3 +243,22 @@ fn a_closing_backend_ends_the_connection() {
     assert!(w.pf.devices().is_empty());
     assert_eq!(w.pf.read32(vdev(), 0), Err(PciError::NotConnected));
 }
+
+#[test]
+fn frontend_and_config_space_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<common::Front>();
+    shared::<passthrough::memconfig::MemConfig>();
+    // Two threads reading through one frontend: the ops are serialized.
+    let (w, _back, _) = World::connect(quick(), edu_config(), Mode::Honest);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    assert_eq!(w.pf.read32(vdev(), 0).unwrap(), 0x11e8_1234);
+                }
+            });
+        }
+    });
+    assert_eq!(w.pf.ops(), 100);
+}
