@@ -34,7 +34,7 @@ fuzz_target!(|input: Input| {
         Ok(map.get(k).cloned())
     });
     assert!(reads <= 2 + 2 * MAX_DEVICES + 2 * MAX_DEVICES);
-    if let Ok((roots, devices)) = parsed {
+    if let Ok(passthrough::pcifront::BackendDevices { roots, devices }) = parsed {
         assert!(!roots.is_empty() && roots.len() <= MAX_DEVICES as usize);
         for (i, d) in devices.iter().enumerate() {
             assert!(roots.contains(&(d.segment(), d.bus())));

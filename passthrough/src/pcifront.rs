@@ -159,6 +159,19 @@ fn parse_root(v: &[u8]) -> Option<(u16, u8)> {
     ))
 }
 
+/// Reads one key of the backend's directory (by its relative name):
+/// `None` when absent.
+pub type KeyReader<'a> = dyn FnMut(&str) -> Result<Option<Vec<u8>>, PciError> + 'a;
+
+/// What the backend exports, from its keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendDevices {
+    /// The root buses: (segment, bus).
+    pub roots: Vec<(u16, u8)>,
+    /// The functions in use, by the address this domain uses.
+    pub devices: Vec<Bdf>,
+}
+
 /// Parses the device keys xen-pciback writes in its directory: `root_num`
 /// and `root-N` (optional, as for Linux's pcifront: without them the root
 /// is `0000:00`), `num_devs`, and for each device `state-N` (only
@@ -170,13 +183,8 @@ fn parse_root(v: &[u8]) -> Option<(u16, u8)> {
 /// and checked: counts at most [`MAX_DEVICES`], roots and addresses well
 /// formed, no root or device listed twice, every device on a published
 /// root. Returns the roots and the devices in use.
-pub fn parse_backend_devices(
-    read: &mut dyn FnMut(&str) -> Result<Option<Vec<u8>>, PciError>,
-) -> Result<(Vec<(u16, u8)>, Vec<Bdf>), PciError> {
-    fn required(
-        read: &mut dyn FnMut(&str) -> Result<Option<Vec<u8>>, PciError>,
-        key: &str,
-    ) -> Result<Vec<u8>, PciError> {
+pub fn parse_backend_devices(read: &mut KeyReader<'_>) -> Result<BackendDevices, PciError> {
+    fn required(read: &mut KeyReader<'_>, key: &str) -> Result<Vec<u8>, PciError> {
         read(key)?.ok_or_else(|| bad_key(key, "missing"))
     }
     let mut roots = Vec::new();
@@ -225,7 +233,7 @@ pub fn parse_backend_devices(
         }
         devices.push(bdf);
     }
-    Ok((roots, devices))
+    Ok(BackendDevices { roots, devices })
 }
 
 impl<P: Platform> Pcifront<P>
@@ -295,7 +303,7 @@ where
             let path = conn.backend_key(key);
             xs.try_read(&path).map_err(|e| xs_error(&path, e))
         });
-        let (roots, devices) = parsed.map_err(|e| match e {
+        let BackendDevices { roots, devices } = parsed.map_err(|e| match e {
             PciError::Xenbus { key, reason } if !key.starts_with('/') => PciError::Xenbus {
                 key: conn.backend_key(&key),
                 reason,
@@ -509,7 +517,7 @@ mod tests {
     use alloc::string::String;
     use alloc::vec;
 
-    fn parse(keys: &[(&str, &str)]) -> Result<(Vec<(u16, u8)>, Vec<Bdf>), PciError> {
+    fn parse(keys: &[(&str, &str)]) -> Result<BackendDevices, PciError> {
         let map: BTreeMap<String, Vec<u8>> = keys
             .iter()
             .map(|(k, v)| (String::from(*k), v.as_bytes().to_vec()))
@@ -539,16 +547,15 @@ mod tests {
             ("vdev-2", "0001:02:00.01"),
         ])
         .unwrap();
-        assert_eq!(
-            ok,
-            (
-                vec![(0, 0), (1, 2)],
-                vec![b("0000:00:04.0"), b("0001:02:00.1")]
-            )
-        );
+        assert_eq!(ok.roots, [(0, 0), (1, 2)]);
+        assert_eq!(ok.devices, [b("0000:00:04.0"), b("0001:02:00.1")]);
         let ok = parse(&[("num_devs", "1"), ("vdev-0", "0000:00:01.0")]).unwrap();
-        assert_eq!(ok, (vec![(0, 0)], vec![b("0000:00:01.0")]));
-        assert_eq!(parse(&[("num_devs", "0")]).unwrap(), (vec![(0, 0)], vec![]));
+        assert_eq!(
+            (ok.roots, ok.devices),
+            (vec![(0, 0)], vec![b("0000:00:01.0")])
+        );
+        let none = parse(&[("num_devs", "0")]).unwrap();
+        assert_eq!((none.roots, none.devices), (vec![(0, 0)], vec![]));
     }
 
     #[test]
