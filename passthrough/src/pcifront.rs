@@ -30,6 +30,10 @@
 //! next connection. Errors the backend states cleanly
 //! ([`PciError::Backend`]) are returned and do not break it.
 //!
+//! Not supported: hot-plug while connected (pciback's Reconfiguring and
+//! Reconfigured states; the devices are read once per connection) and AER
+//! (see [`crate::pciif`]).
+//!
 //! MSI and MSI-X yield Xen pirqs ([`Pirq`]); the platform binds each to an
 //! event channel (`EVTCHNOP_bind_pirq`), which the driver then polls or
 //! blocks on.
