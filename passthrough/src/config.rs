@@ -583,6 +583,84 @@ pub fn capabilities<C: ConfigAccess + ?Sized>(
     Ok(caps)
 }
 
+/// One entry of the PCI Express extended capability list (0x100 and up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExtCapability {
+    /// The extended capability ID (1: AER, 3: serial number, ...).
+    pub id: u16,
+    /// Its version.
+    pub version: u8,
+    /// Its configuration offset (0x100..0x1000, dword-aligned).
+    pub offset: u16,
+}
+
+/// Most extended capabilities there can be: one per dword from 0x100 to
+/// 0x1000.
+pub const MAX_EXT_CAPABILITIES: usize = (CONFIG_SPACE_SIZE as usize - 0x100) / 4;
+
+/// Walks the PCI Express extended capability list from 0x100 (call it for
+/// PCI Express functions only: those with a [`CAP_ID_EXP`] capability).
+///
+/// A header of zero means no extended capabilities; all ones means the
+/// device is gone (or the backend hides extended space). Each next
+/// pointer must be 0 (the end) or lie in 0x100..0x1000, dword-aligned, and
+/// not be seen twice ([`PciError::CapabilityLoop`]).
+pub fn extended_capabilities<C: ConfigAccess + ?Sized>(
+    cfg: &C,
+    bdf: Bdf,
+) -> Result<Vec<ExtCapability>, PciError> {
+    let mut caps = Vec::new();
+    let mut visited = [0u64; MAX_EXT_CAPABILITIES.div_ceil(64)];
+    let mut at: u16 = 0x100;
+    loop {
+        let header = cfg.read32(bdf, at)?;
+        if header == 0xffff_ffff {
+            return Err(PciError::DeviceGone { bdf });
+        }
+        if header == 0 && at == 0x100 {
+            return Ok(caps);
+        }
+        let slot = usize::from((at - 0x100) / 4);
+        let (word, bit) = (slot / 64, slot % 64);
+        // `at` is checked to lie in 0x100..0x1000 below, so `word` is in
+        // range; `get_mut` keeps that from being a panic if it were not.
+        let Some(w) = visited.get_mut(word) else {
+            return Err(PciError::BadConfig {
+                bdf,
+                offset: at,
+                reason: "extended capability outside 0x100..0x1000",
+            });
+        };
+        if *w & (1u64 << bit) != 0 {
+            return Err(PciError::CapabilityLoop { bdf, offset: at });
+        }
+        *w |= 1u64 << bit;
+        if caps.len() >= MAX_EXT_CAPABILITIES {
+            return Err(PciError::TooManyCapabilities {
+                bdf,
+                limit: MAX_EXT_CAPABILITIES,
+            });
+        }
+        caps.push(ExtCapability {
+            id: (header & 0xffff) as u16,
+            version: ((header >> 16) & 0xf) as u8,
+            offset: at,
+        });
+        let next = (header >> 20) as u16;
+        if next == 0 {
+            return Ok(caps);
+        }
+        if !(0x100..CONFIG_SPACE_SIZE).contains(&next) || next % 4 != 0 {
+            return Err(PciError::BadConfig {
+                bdf,
+                offset: at + 2,
+                reason: "extended capability pointer is outside 0x100..0x1000 or not dword-aligned",
+            });
+        }
+        at = next;
+    }
+}
+
 /// An MSI capability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MsiCap {

@@ -50,8 +50,8 @@ mod spin;
 
 pub use bdf::Bdf;
 pub use config::{
-    Bar, BarKind, Capability, ConfigAccess, ConfigHeader, ConfigReg, DeviceInfo, MsiCap, MsixCap,
-    Width,
+    Bar, BarKind, Capability, ConfigAccess, ConfigHeader, ConfigReg, DeviceInfo, ExtCapability,
+    MsiCap, MsixCap, Width,
 };
 pub use dma::{DmaBuffer, DmaConstraints, MemDma};
 pub use error::{BackendErr, PciError};

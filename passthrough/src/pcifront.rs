@@ -30,6 +30,10 @@
 //! next connection. Errors the backend states cleanly
 //! ([`PciError::Backend`]) are returned and do not break it.
 //!
+//! Not supported: hot-plug while connected (pciback's Reconfiguring and
+//! Reconfigured states; the devices are read once per connection) and AER
+//! (see [`crate::pciif`]).
+//!
 //! MSI and MSI-X yield Xen pirqs ([`Pirq`]); the platform binds each to an
 //! event channel (`EVTCHNOP_bind_pirq`), which the driver then polls or
 //! blocks on.
@@ -159,6 +163,83 @@ fn parse_root(v: &[u8]) -> Option<(u16, u8)> {
     ))
 }
 
+/// Reads one key of the backend's directory (by its relative name):
+/// `None` when absent.
+pub type KeyReader<'a> = dyn FnMut(&str) -> Result<Option<Vec<u8>>, PciError> + 'a;
+
+/// What the backend exports, from its keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendDevices {
+    /// The root buses: (segment, bus).
+    pub roots: Vec<(u16, u8)>,
+    /// The functions in use, by the address this domain uses.
+    pub devices: Vec<Bdf>,
+}
+
+/// Parses the device keys xen-pciback writes in its directory: `root_num`
+/// and `root-N` (optional, as for Linux's pcifront: without them the root
+/// is `0000:00`), `num_devs`, and for each device `state-N` (only
+/// Initialised and Connected devices are in use; absent counts as in use)
+/// and `vdev-N` (`dddd:bb:dd.ff`, the address this domain uses).
+///
+/// `read` returns a key's value (by its name relative to the backend
+/// directory) or `None` when absent. The values are written by the backend
+/// and checked: counts at most [`MAX_DEVICES`], roots and addresses well
+/// formed, no root or device listed twice, every device on a published
+/// root. Returns the roots and the devices in use.
+pub fn parse_backend_devices(read: &mut KeyReader<'_>) -> Result<BackendDevices, PciError> {
+    fn required(read: &mut KeyReader<'_>, key: &str) -> Result<Vec<u8>, PciError> {
+        read(key)?.ok_or_else(|| bad_key(key, "missing"))
+    }
+    let mut roots = Vec::new();
+    match read("root_num")? {
+        None => roots.push((0u16, 0u8)),
+        Some(v) => {
+            let n = parse_decimal(&v)
+                .filter(|n| *n <= MAX_DEVICES)
+                .ok_or_else(|| bad_key("root_num", "not a number of at most 256 root buses"))?;
+            for i in 0..n {
+                let key = format!("root-{i}");
+                let v = required(read, &key)?;
+                let root = parse_root(&v).ok_or_else(|| bad_key(&key, "not a root bus dddd:bb"))?;
+                if roots.contains(&root) {
+                    return Err(bad_key(&key, "root bus listed twice"));
+                }
+                roots.push(root);
+            }
+        }
+    }
+    let v = required(read, "num_devs")?;
+    let n = parse_decimal(&v)
+        .filter(|n| *n <= MAX_DEVICES)
+        .ok_or_else(|| bad_key("num_devs", "not a number of at most 256 devices"))?;
+    let mut devices = Vec::new();
+    for i in 0..n {
+        let key = format!("state-{i}");
+        if let Some(v) = read(&key)? {
+            let state = XenbusState::parse(&v).map_err(|_| bad_key(&key, "not a xenbus state"))?;
+            if !matches!(state, XenbusState::Initialised | XenbusState::Connected) {
+                log::info!("pcifront: device {i} is {state}; not used");
+                continue;
+            }
+        }
+        let key = format!("vdev-{i}");
+        let v = required(read, &key)?;
+        let bdf: Bdf = core::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad_key(&key, "not a device address dddd:bb:dd.ff"))?;
+        if !roots.contains(&(bdf.segment(), bdf.bus())) {
+            return Err(bad_key(&key, "the device is not on a published root bus"));
+        }
+        if devices.contains(&bdf) {
+            return Err(bad_key(&key, "device listed twice"));
+        }
+        devices.push(bdf);
+    }
+    Ok(BackendDevices { roots, devices })
+}
+
 impl<P: Platform> Pcifront<P>
 where
     P::Pages: 'static,
@@ -212,13 +293,9 @@ where
     }
 
     /// Reads the devices the backend exports, once the handshake reports
-    /// [`HandshakeEvent::Connected`](xenbus::HandshakeEvent::Connected):
-    /// `root_num` and `root-N` (optional, as for pcifront: without them
-    /// the root is `0000:00`), `num_devs`, and for each device `state-N`
-    /// (only Initialised and Connected devices are in use; absent counts as
-    /// in use) and `vdev-N` (`dddd:bb:dd.ff`). Every value is checked:
-    /// counts at most [`MAX_DEVICES`], addresses well formed, on a
-    /// published root, and not listed twice.
+    /// [`HandshakeEvent::Connected`](xenbus::HandshakeEvent::Connected)
+    /// (see [`parse_backend_devices`] for the keys and their checks). An
+    /// error names the key at fault.
     pub fn read_devices<T: Transport>(
         &mut self,
         xs: &mut Xenstore<T>,
@@ -226,56 +303,17 @@ where
     ) -> Result<&[Bdf], PciError> {
         self.roots.clear();
         self.devices.clear();
-        let mut roots = Vec::new();
-        let key = conn.backend_key("root_num");
-        match xs.try_read(&key).map_err(|e| xs_error(&key, e))? {
-            None => roots.push((0u16, 0u8)),
-            Some(v) => {
-                let n = parse_decimal(&v)
-                    .filter(|n| *n <= MAX_DEVICES)
-                    .ok_or_else(|| bad_key(&key, "not a number of at most 256 root buses"))?;
-                for i in 0..n {
-                    let key = conn.backend_key(&format!("root-{i}"));
-                    let v = xs.read(&key).map_err(|e| xs_error(&key, e))?;
-                    let root =
-                        parse_root(&v).ok_or_else(|| bad_key(&key, "not a root bus dddd:bb"))?;
-                    if roots.contains(&root) {
-                        return Err(bad_key(&key, "root bus listed twice"));
-                    }
-                    roots.push(root);
-                }
-            }
-        }
-        let key = conn.backend_key("num_devs");
-        let v = xs.read(&key).map_err(|e| xs_error(&key, e))?;
-        let n = parse_decimal(&v)
-            .filter(|n| *n <= MAX_DEVICES)
-            .ok_or_else(|| bad_key(&key, "not a number of at most 256 devices"))?;
-        let mut devices = Vec::new();
-        for i in 0..n {
-            let key = conn.backend_key(&format!("state-{i}"));
-            if let Some(v) = xs.try_read(&key).map_err(|e| xs_error(&key, e))? {
-                let state =
-                    XenbusState::parse(&v).map_err(|_| bad_key(&key, "not a xenbus state"))?;
-                if !matches!(state, XenbusState::Initialised | XenbusState::Connected) {
-                    log::info!("pcifront: device {i} is {state}; not used");
-                    continue;
-                }
-            }
-            let key = conn.backend_key(&format!("vdev-{i}"));
-            let v = xs.read(&key).map_err(|e| xs_error(&key, e))?;
-            let bdf: Bdf = core::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| bad_key(&key, "not a device address dddd:bb:dd.ff"))?;
-            if !roots.contains(&(bdf.segment(), bdf.bus())) {
-                return Err(bad_key(&key, "the device is not on a published root bus"));
-            }
-            if devices.contains(&bdf) {
-                return Err(bad_key(&key, "device listed twice"));
-            }
-            devices.push(bdf);
-        }
+        let parsed = parse_backend_devices(&mut |key| {
+            let path = conn.backend_key(key);
+            xs.try_read(&path).map_err(|e| xs_error(&path, e))
+        });
+        let BackendDevices { roots, devices } = parsed.map_err(|e| match e {
+            PciError::Xenbus { key, reason } if !key.starts_with('/') => PciError::Xenbus {
+                key: conn.backend_key(&key),
+                reason,
+            },
+            e => e,
+        })?;
         log::info!(
             "pcifront: {} device(s) passed through: {devices:?}",
             devices.len()
@@ -473,5 +511,92 @@ where
             // it, the grant table quarantines it until a retry succeeds.
             drop(link.page);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::collections::BTreeMap;
+    use alloc::string::String;
+    use alloc::vec;
+
+    fn parse(keys: &[(&str, &str)]) -> Result<BackendDevices, PciError> {
+        let map: BTreeMap<String, Vec<u8>> = keys
+            .iter()
+            .map(|(k, v)| (String::from(*k), v.as_bytes().to_vec()))
+            .collect();
+        parse_backend_devices(&mut |k| Ok(map.get(k).cloned()))
+    }
+
+    fn key_of(e: PciError) -> String {
+        match e {
+            PciError::Xenbus { key, .. } => key,
+            e => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn backend_device_keys_are_parsed() {
+        let b = |s: &str| s.parse::<Bdf>().unwrap();
+        let ok = parse(&[
+            ("root_num", "2"),
+            ("root-0", "0000:00"),
+            ("root-1", "0001:02"),
+            ("num_devs", "3"),
+            ("vdev-0", "0000:00:04.00"),
+            ("state-1", "5"),
+            ("vdev-1", "0000:00:05.00"),
+            ("state-2", "4"),
+            ("vdev-2", "0001:02:00.01"),
+        ])
+        .unwrap();
+        assert_eq!(ok.roots, [(0, 0), (1, 2)]);
+        assert_eq!(ok.devices, [b("0000:00:04.0"), b("0001:02:00.1")]);
+        let ok = parse(&[("num_devs", "1"), ("vdev-0", "0000:00:01.0")]).unwrap();
+        assert_eq!(
+            (ok.roots, ok.devices),
+            (vec![(0, 0)], vec![b("0000:00:01.0")])
+        );
+        let none = parse(&[("num_devs", "0")]).unwrap();
+        assert_eq!((none.roots, none.devices), (vec![(0, 0)], vec![]));
+    }
+
+    #[test]
+    fn bad_backend_device_keys_name_the_key() {
+        assert_eq!(key_of(parse(&[]).unwrap_err()), "num_devs");
+        assert_eq!(key_of(parse(&[("num_devs", "1")]).unwrap_err()), "vdev-0");
+        assert_eq!(
+            key_of(parse(&[("num_devs", "257")]).unwrap_err()),
+            "num_devs"
+        );
+        assert_eq!(
+            key_of(parse(&[("num_devs", "+1")]).unwrap_err()),
+            "num_devs"
+        );
+        assert_eq!(
+            key_of(parse(&[("num_devs", "99999999999")]).unwrap_err()),
+            "num_devs"
+        );
+        assert_eq!(
+            key_of(parse(&[("root_num", "2"), ("root-0", "0000:00")]).unwrap_err()),
+            "root-1"
+        );
+        assert_eq!(
+            key_of(
+                parse(&[("root_num", "2"), ("root-0", "0:0"), ("root-1", "00:00")]).unwrap_err()
+            ),
+            "root-1"
+        );
+        assert_eq!(
+            key_of(parse(&[("root_num", "1"), ("root-0", "10000:00")]).unwrap_err()),
+            "root-0"
+        );
+        assert_eq!(
+            key_of(
+                parse(&[("num_devs", "1"), ("state-0", "3x"), ("vdev-0", "00:01.0")]).unwrap_err()
+            ),
+            "state-0"
+        );
     }
 }

@@ -406,3 +406,74 @@ fn misaligned_bar_is_refused() {
         "a BAR whose read-back is zero is not implemented"
     );
 }
+
+#[test]
+fn extended_capabilities_are_walked_and_checked() {
+    let ext = |id: u32, next: u32| id | 1 << 16 | next << 20;
+    let mut c = edu();
+    assert_eq!(extended_capabilities(&c, bdf()), Ok(Vec::new()));
+    c.set32(0x100, ext(1, 0x140), 0);
+    c.set32(0x140, ext(3, 0xffc), 0);
+    c.set32(0xffc, ext(0x10, 0), 0);
+    assert_eq!(
+        extended_capabilities(&c, bdf()).unwrap(),
+        [
+            ExtCapability {
+                id: 1,
+                version: 1,
+                offset: 0x100
+            },
+            ExtCapability {
+                id: 3,
+                version: 1,
+                offset: 0x140
+            },
+            ExtCapability {
+                id: 0x10,
+                version: 1,
+                offset: 0xffc
+            },
+        ]
+    );
+    c.set32(0xffc, ext(0x10, 0x140), 0);
+    assert_eq!(
+        extended_capabilities(&c, bdf()),
+        Err(PciError::CapabilityLoop {
+            bdf: bdf(),
+            offset: 0x140
+        })
+    );
+    c.set32(0xffc, ext(0x10, 0x100), 0);
+    assert_eq!(
+        extended_capabilities(&c, bdf()),
+        Err(PciError::CapabilityLoop {
+            bdf: bdf(),
+            offset: 0x100
+        })
+    );
+    c.set32(0x140, ext(3, 0x80), 0);
+    assert!(matches!(
+        extended_capabilities(&c, bdf()),
+        Err(PciError::BadConfig { offset: 0x142, .. })
+    ));
+    c.set32(0x140, ext(3, 0x102), 0);
+    assert!(matches!(
+        extended_capabilities(&c, bdf()),
+        Err(PciError::BadConfig { .. })
+    ));
+    c.set32(0x100, 0xffff_ffff, 0);
+    assert_eq!(
+        extended_capabilities(&c, bdf()),
+        Err(PciError::DeviceGone { bdf: bdf() })
+    );
+    // The longest list: every dword, each pointing to the next.
+    let mut c = edu();
+    for at in (0x100..0x1000u32).step_by(4) {
+        let next = if at == 0xffc { 0 } else { at + 4 };
+        c.set32(at as u16, ext(2, next), 0);
+    }
+    assert_eq!(
+        extended_capabilities(&c, bdf()).unwrap().len(),
+        MAX_EXT_CAPABILITIES
+    );
+}
