@@ -115,6 +115,11 @@ impl RxRing {
         self.tail
     }
 
+    /// The next slot the device completes.
+    pub fn next(&self) -> u16 {
+        self.next
+    }
+
     /// Buffers the device holds.
     pub fn posted(&self) -> u16 {
         self.posted
@@ -237,6 +242,11 @@ impl TxRing {
     /// The tail to write to TDT.
     pub fn tail(&self) -> u16 {
         self.tail
+    }
+
+    /// The next slot the device completes.
+    pub fn next(&self) -> u16 {
+        self.next
     }
 
     /// Descriptors the device holds.
