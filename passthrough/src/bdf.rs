@@ -9,7 +9,8 @@ use crate::PciError;
 ///
 /// Displayed and parsed as `dddd:bb:dd.f` in hexadecimal, the form Linux
 /// and xen-pciback use (`0000:00:04.0`). Parsing also accepts `bb:dd.f`
-/// (segment 0). The device is below 32 and the function below 8.
+/// (segment 0) and a two-digit function (`0000:00:04.00`, as pciback's
+/// `vdev-N` keys write it). The device is below 32 and the function below 8.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bdf {
     segment: u16,
@@ -110,7 +111,7 @@ impl FromStr for Bdf {
         };
         let bus = hex_field(bus, 2).ok_or_else(bad)?;
         let device = hex_field(device, 2).ok_or_else(bad)?;
-        let function = hex_field(function, 1).ok_or_else(bad)?;
+        let function = hex_field(function, 2).ok_or_else(bad)?;
         let (Ok(segment), Ok(bus), Ok(device), Ok(function)) = (
             u16::try_from(segment),
             u8::try_from(bus),

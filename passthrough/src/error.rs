@@ -6,67 +6,74 @@ use grant_tables::PlatformError;
 
 use crate::Bdf;
 
-/// An error code the PCI backend (xen-pciback) returned in `xen_pci_op.err`
-/// (`XEN_PCI_ERR_*` of `io/pciif.h`).
+/// An error code the PCI backend (xen-pciback) returned in `xen_pci_op.err`.
+///
+/// `io/pciif.h` defines `XEN_PCI_ERR_*` (-1 to -5), and Linux's pciback
+/// also returns negative Linux errnos (`-EINVAL`, `-ENOMEM`, `-ENOSPC`, ...)
+/// from MSI-X set-up. The two ranges overlap: -1 to -5 are read as
+/// `XEN_PCI_ERR_*`, as pcifront does. Zero (success), positive values and
+/// values below -4095 are not errors this type holds
+/// ([`BackendErr::from_code`] refuses them; such a response breaks the
+/// protocol).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BackendErr {
-    /// `XEN_PCI_ERR_dev_not_found` (-1): the backend does not export the
-    /// device named in the operation.
-    DevNotFound,
-    /// `XEN_PCI_ERR_invalid_offset` (-2): the configuration offset or size
-    /// is invalid.
-    InvalidOffset,
-    /// `XEN_PCI_ERR_access_denied` (-3): the backend's permissions refuse
-    /// this access (pciback filters configuration writes).
-    AccessDenied,
-    /// `XEN_PCI_ERR_not_implemented` (-4): the backend does not implement
-    /// the operation.
-    NotImplemented,
-    /// `XEN_PCI_ERR_op_failed` (-5): the backend tried and failed (for
-    /// instance the host could not allocate the MSI vectors).
-    OpFailed,
-}
+pub struct BackendErr(i32);
 
 impl BackendErr {
+    /// `XEN_PCI_ERR_dev_not_found`: the backend does not export the device.
+    pub const DEV_NOT_FOUND: BackendErr = BackendErr(-1);
+    /// `XEN_PCI_ERR_invalid_offset`: bad configuration offset or size.
+    pub const INVALID_OFFSET: BackendErr = BackendErr(-2);
+    /// `XEN_PCI_ERR_access_denied`: pciback's permissions refuse it.
+    pub const ACCESS_DENIED: BackendErr = BackendErr(-3);
+    /// `XEN_PCI_ERR_not_implemented`: the backend lacks the operation.
+    pub const NOT_IMPLEMENTED: BackendErr = BackendErr(-4);
+    /// `XEN_PCI_ERR_op_failed`: the backend tried and failed (for instance
+    /// the host could not enable MSI).
+    pub const OP_FAILED: BackendErr = BackendErr(-5);
+
+    /// The error for a wire code: `None` for 0 and for codes that are
+    /// neither `XEN_PCI_ERR_*` nor a Linux errno (positive, or below
+    /// -4095).
+    pub const fn from_code(code: i32) -> Option<BackendErr> {
+        if code < 0 && code >= -4095 {
+            Some(BackendErr(code))
+        } else {
+            None
+        }
+    }
+
     /// The code as the wire carries it.
     pub const fn code(self) -> i32 {
-        match self {
-            BackendErr::DevNotFound => -1,
-            BackendErr::InvalidOffset => -2,
-            BackendErr::AccessDenied => -3,
-            BackendErr::NotImplemented => -4,
-            BackendErr::OpFailed => -5,
-        }
+        self.0
     }
 
-    /// The error for a nonzero wire code; `None` for success (0) and for
-    /// codes `io/pciif.h` does not define.
-    pub const fn from_code(code: i32) -> Option<BackendErr> {
-        Some(match code {
-            -1 => BackendErr::DevNotFound,
-            -2 => BackendErr::InvalidOffset,
-            -3 => BackendErr::AccessDenied,
-            -4 => BackendErr::NotImplemented,
-            -5 => BackendErr::OpFailed,
+    /// The `io/pciif.h` or errno name, when known.
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            -1 => "XEN_PCI_ERR_dev_not_found",
+            -2 => "XEN_PCI_ERR_invalid_offset",
+            -3 => "XEN_PCI_ERR_access_denied",
+            -4 => "XEN_PCI_ERR_not_implemented",
+            -5 => "XEN_PCI_ERR_op_failed",
+            -6 => "ENXIO",
+            -12 => "ENOMEM",
+            -16 => "EBUSY",
+            -19 => "ENODEV",
+            -22 => "EINVAL",
+            -28 => "ENOSPC",
+            -95 => "EOPNOTSUPP",
+            -114 => "EALREADY",
             _ => return None,
         })
-    }
-
-    /// The `io/pciif.h` name.
-    pub const fn name(self) -> &'static str {
-        match self {
-            BackendErr::DevNotFound => "XEN_PCI_ERR_dev_not_found",
-            BackendErr::InvalidOffset => "XEN_PCI_ERR_invalid_offset",
-            BackendErr::AccessDenied => "XEN_PCI_ERR_access_denied",
-            BackendErr::NotImplemented => "XEN_PCI_ERR_not_implemented",
-            BackendErr::OpFailed => "XEN_PCI_ERR_op_failed",
-        }
     }
 }
 
 impl fmt::Display for BackendErr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.name(), self.code())
+        match self.name() {
+            Some(n) => write!(f, "{n} ({})", self.0),
+            None => write!(f, "errno {}", self.0),
+        }
     }
 }
 
@@ -208,6 +215,9 @@ pub enum PciError {
         /// Bytes asked for.
         len: usize,
     },
+    /// pcifront is not connected to its backend (the handshake has not
+    /// completed, or the backend went away).
+    NotConnected,
     /// The xenbus handshake with the PCI backend failed.
     Xenbus {
         /// What failed.
@@ -233,6 +243,7 @@ impl PciError {
                 | PciError::Backend { .. }
                 | PciError::DmaMaskUnsatisfiable { .. }
                 | PciError::DmaOutOfMemory { .. }
+                | PciError::NotConnected
         )
     }
 }
@@ -299,6 +310,10 @@ impl fmt::Display for PciError {
             PciError::DmaOutOfMemory { len } => write!(
                 f,
                 "could not allocate {len} bytes of DMA memory; free buffers or give the domain more memory"
+            ),
+            PciError::NotConnected => write!(
+                f,
+                "pcifront is not connected to the PCI backend; wait for the xenbus handshake to complete"
             ),
             PciError::Xenbus { reason } => {
                 write!(f, "the xenbus handshake with the PCI backend failed: {reason}")

@@ -34,9 +34,11 @@ mod bdf;
 pub mod config;
 pub mod dma;
 pub mod e1000e;
+pub mod edu;
 mod error;
 pub mod memconfig;
 pub mod mmio;
+pub mod pciif;
 pub mod platform;
 
 pub use bdf::Bdf;
