@@ -225,6 +225,10 @@ pub struct E1000eFaults {
     pub rdh: Option<u32>,
     /// TDH reads this.
     pub tdh: Option<u32>,
+    /// Receive address 0 reads zero until the driver writes it (no address
+    /// loaded from the EEPROM; the driver must read the EEPROM). Not a
+    /// lie: a device without manageability firmware can come up so.
+    pub receive_address_unset: bool,
 }
 
 /// What the wire and the tests share with the device.
@@ -339,6 +343,8 @@ pub struct E1000eModel {
     /// Causes sent and not yet cleared (QEMU's `msi_causes_pending`).
     msi_causes_pending: u32,
     tx: TxState,
+    /// The driver wrote receive address 0.
+    ra_written: bool,
 }
 
 impl std::fmt::Debug for E1000eModel {
@@ -370,6 +376,7 @@ impl E1000eModel {
             link_up: true,
             msi_causes_pending: 0,
             tx: TxState::default(),
+            ra_written: false,
         };
         m.power_on_reset();
         (m, E1000eWire { wire })
@@ -903,6 +910,7 @@ impl E1000eModel {
             }
             IMC => 0,
             RDH => faults.rdh.unwrap_or(self.regs[RDH]),
+            i if (i == RA || i == RA + 1) && faults.receive_address_unset && !self.ra_written => 0,
             TDH => faults.tdh.unwrap_or(self.regs[TDH]),
             _ => self.regs[idx],
         }
@@ -919,6 +927,10 @@ impl E1000eModel {
                 }
             }
             STATUS => {}
+            i if i == RA || i == RA + 1 => {
+                self.regs[i] = val;
+                self.ra_written = true;
+            }
             EERD => {
                 let addr = ((val >> 2) & 0x3FFF) as usize;
                 let (flags, data) = match self.eeprom.get(addr) {
