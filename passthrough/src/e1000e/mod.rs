@@ -59,5 +59,7 @@ pub mod regs;
 pub mod ring;
 
 pub use desc::{DescError, RxChecksum, TxChecksum};
-pub use driver::{Config, E1000e, E1000eError, IrqMode, Stats, MAX_FRAME, MSIX_OTHER, MSIX_RX, MSIX_TX};
+pub use driver::{
+    Config, E1000e, E1000eError, IrqMode, Stats, MAX_FRAME, MSIX_OTHER, MSIX_RX, MSIX_TX,
+};
 pub use frames::{E1000eRxFrame, E1000eTxFrame};
