@@ -757,3 +757,17 @@ fn frames_with_errors_are_dropped_and_the_device_goes_on() {
     assert_eq!(receive(&mut dev).as_slice().unwrap(), &good[..]);
     assert!(dev.broken().is_none());
 }
+
+#[test]
+fn another_device_is_refused() {
+    let dir = TestDir::new("e1k-other");
+    let _hv = HostedHypervisor::create(&dir.0).expect("hypervisor");
+    let dom = HostedPlatform::join_with(&dir.0, DomId(1), DomainConfig::default()).expect("dom1");
+    let pci = HostedPci::new(dom);
+    pci.plug(NIC, hosted::pci::edu::EduModel::new()).expect("plug edu");
+    let err = E1000e::new(pci.clone(), NIC, config(IrqMode::Polling)).unwrap_err();
+    assert!(err.to_string().contains("not an Intel 82574L"), "{err}");
+    // Nothing at all at an address: the device is gone.
+    let empty = Bdf::new(0, 0, 9, 0).unwrap();
+    assert!(E1000e::new(pci, empty, config(IrqMode::Polling)).is_err());
+}
