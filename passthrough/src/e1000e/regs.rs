@@ -18,6 +18,10 @@ pub const REGS_LEN: u64 = 0x2_0000;
 pub const CTRL: u32 = 0x0000;
 /// Device status (read-only).
 pub const STATUS: u32 = 0x0008;
+/// EEPROM/flash control.
+pub const EECD: u32 = 0x0010;
+/// EECD: the device finished loading its settings from the EEPROM.
+pub const EECD_AUTO_RD: u32 = 1 << 9;
 /// EEPROM read: start a word read, then poll for done.
 pub const EERD: u32 = 0x0014;
 /// Extended device control.
