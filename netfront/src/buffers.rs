@@ -135,8 +135,8 @@ where
     /// when sent, the frame goes on the ring, but the ring's producer index
     /// is published (and the backend notified, if it asked) only with the
     /// next send of a frame without the mark, or at the next
-    /// [`crate::Netfront::flush`], poll, receive or wait, whichever comes
-    /// first. A burst then costs one publication (a full fence, and a cache
+    /// [`crate::Netfront::flush`], poll or wait, or receive that finds no
+    /// frame already waiting, whichever comes first. A burst then costs one publication (a full fence, and a cache
     /// line the backend reads) instead of one per frame.
     pub fn set_more(&mut self, more: bool) {
         self.more = more;

@@ -123,8 +123,10 @@ impl<'a, T, const N: usize> IntoIterator for &'a InlineVec<T, N> {
 /// one-page frame. This list is three words for such a frame; a frame of
 /// several pages pays one small allocation (its page list), against the
 /// kilobytes of data it carries.
+#[derive(Default)]
 pub(crate) enum PageList<T, const N: usize> {
     /// No value.
+    #[default]
     Empty,
     /// One value, inline.
     One(T),
@@ -217,12 +219,6 @@ impl<T, const N: usize> PageList<T, N> {
             let InlineVec { items, len } = *list;
             items.into_iter().take(len).flatten()
         }))
-    }
-}
-
-impl<T, const N: usize> Default for PageList<T, N> {
-    fn default() -> Self {
-        PageList::Empty
     }
 }
 
