@@ -32,7 +32,7 @@ use grant_tables::{Platform, PoolBuffer};
 
 use crate::abi::PAGE_SIZE;
 use crate::frame::{FrameError, RxFrame, TxFrame};
-use crate::inline::InlineVec;
+use crate::inline::{InlineVec, PageList};
 use crate::rx::{RxHash, MAX_RX_DATA_SLOTS};
 use crate::tx::{Gso, TxOffload, MAX_TX_REQUESTS};
 
@@ -84,12 +84,14 @@ pub struct TxBuf<P: Platform>
 where
     P::Pages: 'static,
 {
-    pub(crate) bufs: InlineVec<PoolBuffer<P>, MAX_TX_REQUESTS>,
+    pub(crate) bufs: PageList<PoolBuffer<P>, MAX_TX_REQUESTS>,
     pub(crate) len: usize,
     pub(crate) offload: TxOffload,
     pub(crate) queue: Option<u16>,
     /// The connection whose pool the pages belong to.
     pub(crate) connection: u64,
+    /// More frames follow at once: publish later (see [`TxBuf::set_more`]).
+    pub(crate) more: bool,
 }
 
 impl<P: Platform> core::fmt::Debug for TxBuf<P>
@@ -127,6 +129,17 @@ where
     /// instead of the one the driver picks from the frame's addresses.
     pub fn set_queue(&mut self, queue: u16) {
         self.queue = Some(queue);
+    }
+
+    /// Marks that more frames follow at once (as Linux's `xmit_more`):
+    /// when sent, the frame goes on the ring, but the ring's producer index
+    /// is published (and the backend notified, if it asked) only with the
+    /// next send of a frame without the mark, or at the next
+    /// [`crate::Netfront::flush`], poll or wait, or receive that finds no
+    /// frame already waiting, whichever comes first. A burst then costs one publication (a full fence, and a cache
+    /// line the backend reads) instead of one per frame.
+    pub fn set_more(&mut self, more: bool) {
+        self.more = more;
     }
 
     /// Pages the frame occupies.
@@ -172,7 +185,7 @@ where
             // Pages past the new end go back to the pool now.
             let keep = len.div_ceil(PAGE_SIZE).max(1);
             if self.bufs.len() > keep {
-                let mut rest = InlineVec::new();
+                let mut rest = PageList::new();
                 for (i, b) in self.bufs.drain().enumerate() {
                     if i < keep {
                         let _ = rest.push(b);
@@ -267,7 +280,7 @@ pub struct NetRxFrame<P: Platform>
 where
     P::Pages: 'static,
 {
-    pub(crate) pieces: InlineVec<RxPiece<P>, MAX_RX_DATA_SLOTS>,
+    pub(crate) pieces: PageList<RxPiece<P>, MAX_RX_DATA_SLOTS>,
     pub(crate) len: usize,
     pub(crate) meta: RxMeta,
 }

@@ -107,7 +107,7 @@ pub mod testing;
 pub mod tx;
 
 pub use buffers::{NetRxFrame, RxMeta, TxBuf};
-pub use driver::{NetfrontDevice, DEFAULT_HANDSHAKE_INTERVAL_NS};
+pub use driver::{NetfrontDevice, DEFAULT_HANDSHAKE_INTERVAL_NS, RECEIVES_PER_CLOCK};
 pub use error::{NetError, RingKind};
 pub use frame::{FrameDevice, FrameError, LinkInfo, RxFrame, TxFrame};
 pub use inline::InlineVec;

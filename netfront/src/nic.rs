@@ -53,7 +53,7 @@ use crate::features::{
     Negotiated, NetConfig,
 };
 use crate::frame::{FrameDevice, FrameError, LinkInfo, TxFrame};
-use crate::inline::InlineVec;
+use crate::inline::PageList;
 use crate::queue::Queue;
 use crate::rx::RxConfig;
 use crate::stats::NetStats;
@@ -67,6 +67,13 @@ pub enum WaitMode {
     Poll,
     /// Ask the backend for a notification, then block on the event
     /// channels: no CPU while idle, a wake-up's latency per event.
+    ///
+    /// Received frames always wake the wait. Completed sends wake it only
+    /// when TX buffers are scarce (half the TX pool is out, or frames wait
+    /// for room on a ring); otherwise completions are collected at the next
+    /// receive or poll, so a request/response exchange costs the backend
+    /// one notification (its response), not two, and the frontend one
+    /// wake-up.
     Event,
     /// Spin for up to `spin_ns` nanoseconds, then block as [`WaitMode::Event`].
     Adaptive {
@@ -468,16 +475,18 @@ where
             .is_some_and(|c| c.queues.iter().any(|q| q.ready() > 0))
     }
 
-    /// Asks for notifications on every ring; `true` when work is already
-    /// waiting.
+    /// Asks for notifications on every RX ring, and on the TX rings when
+    /// TX buffers are scarce (see [`WaitMode::Event`]); `true` when work is
+    /// already waiting.
     fn arm(&mut self) -> Result<bool, FrameError> {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(false);
         };
+        let scarce = conn.tx_pool.available() < conn.tx_pool.capacity() / 2;
         let mut work = false;
         let mut result = Ok(());
         for q in conn.queues.iter_mut() {
-            match q.arm() {
+            match q.arm(scarce) {
                 Ok(w) => work |= w,
                 Err(e) => {
                     result = Err(e);
@@ -547,8 +556,8 @@ where
     fn take_tx_pages(
         pool: &BufferPool<P>,
         pages: usize,
-    ) -> Option<InlineVec<grant_tables::PoolBuffer<P>, MAX_TX_REQUESTS>> {
-        let mut bufs = InlineVec::new();
+    ) -> Option<PageList<grant_tables::PoolBuffer<P>, MAX_TX_REQUESTS>> {
+        let mut bufs = PageList::new();
         for _ in 0..pages {
             let b = pool.take()?;
             if bufs.push(b).is_err() {
@@ -579,7 +588,25 @@ where
             offload: TxOffload::default(),
             queue: None,
             connection: conn.number,
+            more: false,
         }))
+    }
+
+    /// Publishes the frames sent with [`TxBuf::set_more`] that are still
+    /// unpublished, on every queue (notifying the backend where it asked).
+    pub fn flush(&mut self) -> Result<(), FrameError> {
+        self.check_up()?;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(FrameError::LinkDown);
+        };
+        let mut result = Ok(());
+        for q in conn.queues.iter_mut() {
+            if let Err(e) = q.flush(&self.platform, &conn.caps, &mut self.stats) {
+                result = Err(e);
+                break;
+            }
+        }
+        result.map_err(|e| self.fail(e))
     }
 
     /// The queue a frame goes on: the application's choice, else a hash of

@@ -18,7 +18,7 @@ use crate::buffers::{NetRxFrame, RxMeta, RxPiece, TxBuf};
 use crate::csum::{self, CsumAction};
 use crate::error::{NetError, RingKind};
 use crate::features::{QueueEvents, QueueSetup};
-use crate::inline::InlineVec;
+use crate::inline::{InlineVec, PageList};
 use crate::rx::{ProdTracker, RxBuffers, RxConfig, RxKind, RxRefill};
 use crate::stats::NetStats;
 use crate::tx::{plan_tx, TxCaps, TxPiece, TxQueue, TxStatus, MAX_TX_REQUESTS};
@@ -29,7 +29,7 @@ pub(crate) type TxRing<P> = GrantedRing<P, NetifTxRequest, NetifTxResponse>;
 pub(crate) type RxRing<P> = GrantedRing<P, NetifRxRequest, NetifRxResponse>;
 
 /// What a packet in flight holds until its TX response: its pages.
-pub(crate) type TxToken<P> = InlineVec<PoolBuffer<P>, MAX_TX_REQUESTS>;
+pub(crate) type TxToken<P> = PageList<PoolBuffer<P>, MAX_TX_REQUESTS>;
 
 /// The event channels of a queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +71,9 @@ where
     rx_cfg: RxConfig,
     /// Frames sent while the ring had no room, in order.
     backlog: VecDeque<TxBuf<P>>,
+    /// Slots are on the TX ring, not yet published (frames sent with
+    /// [`TxBuf::set_more`]).
+    unpublished: bool,
     /// Frames received and not yet taken by the application.
     ready: VecDeque<NetRxFrame<P>>,
 }
@@ -127,6 +130,7 @@ where
             refill,
             rx_cfg,
             backlog: VecDeque::new(),
+            unpublished: false,
             ready: VecDeque::new(),
         })
     }
@@ -202,9 +206,28 @@ where
         caps: &TxCaps,
         stats: &mut NetStats,
     ) -> Result<Result<(), alloc::string::String>, NetError> {
-        if let Err(e) = Self::plan(&frame, caps) {
-            stats.tx_refused += 1;
-            return Ok(Err(e));
+        let plan = match Self::plan(&frame, caps) {
+            Ok(p) => p,
+            Err(e) => {
+                stats.tx_refused += 1;
+                return Ok(Err(e));
+            }
+        };
+        if self.backlog.is_empty() {
+            // Nothing older waits: straight onto the ring with the plan
+            // just made, published at once unless more frames follow.
+            let more = frame.more;
+            if let Some(frame) = self.put(&plan, frame, stats)? {
+                self.backlog.push_back(frame);
+                if self.unpublished {
+                    self.publish(platform, stats)?;
+                }
+            } else if more {
+                self.unpublished = true;
+            } else {
+                self.publish(platform, stats)?;
+            }
+            return Ok(Ok(()));
         }
         self.backlog.push_back(frame);
         self.flush(platform, caps, stats)?;
@@ -213,6 +236,16 @@ where
 
     fn plan(frame: &TxBuf<P>, caps: &TxCaps) -> Result<crate::tx::TxPlan, alloc::string::String> {
         use alloc::string::ToString;
+        if let (1, Some(b)) = (frame.bufs.len(), frame.bufs.get(0)) {
+            // One page (nearly every frame): no arrays for 18 pieces.
+            let gref = [b.gref()];
+            let piece = [TxPiece {
+                grefs: &gref,
+                offset: usize::from(b.offset()),
+                len: frame.len.min(PAGE_SIZE),
+            }];
+            return plan_tx(&piece, &frame.offload, caps).map_err(|e| e.to_string());
+        }
         let mut grefs = [0u32; MAX_TX_REQUESTS];
         let mut offsets = [0usize; MAX_TX_REQUESTS];
         let n = frame.bufs.len().min(MAX_TX_REQUESTS);
@@ -247,51 +280,69 @@ where
         stats: &mut NetStats,
     ) -> Result<(), NetError> {
         let mut put = false;
-        while let Some(frame) = self.backlog.front() {
-            let plan = match Self::plan(frame, caps) {
+        while let Some(frame) = self.backlog.pop_front() {
+            let plan = match Self::plan(&frame, caps) {
                 Ok(p) => p,
                 Err(_) => {
                     // Checked at send; cannot change. Drop it rather than
                     // block the queue.
-                    self.backlog.pop_front();
                     stats.tx_refused += 1;
                     continue;
                 }
             };
-            if plan.slots() > self.tx.free_requests() as usize
-                || plan.requests() > self.txq.free_ids()
-            {
+            if let Some(frame) = self.put(&plan, frame, stats)? {
+                // No room: it waits, first in line.
+                self.backlog.push_front(frame);
                 break;
             }
-            let Some(mut frame) = self.backlog.pop_front() else {
-                break;
-            };
-            let len = frame.len;
-            let token = core::mem::take(&mut frame.bufs);
-            let slots = match self.txq.submit(&plan, token, self.tx.free_requests()) {
-                Ok(s) => s,
-                Err(rejected) => {
-                    // Room was checked above; keep the frame for later.
-                    frame.bufs = rejected.token;
-                    self.backlog.push_front(frame);
-                    break;
-                }
-            };
-            for slot in slots.iter() {
-                self.tx
-                    .put_request_as(&slot.to_bytes())
-                    .map_err(self.ring_err(RingKind::Tx))?;
-            }
-            stats.tx_frames += 1;
-            stats.tx_bytes += len as u64;
             put = true;
         }
-        if put {
-            self.txq.mark_published();
-            if self.tx.push_requests() {
-                Self::notify(platform, self.ports.tx())?;
-                stats.notifications += 1;
+        if put || self.unpublished {
+            self.publish(platform, stats)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `frame`'s slots (laid out as `plan`) on the ring, unpublished;
+    /// gives the frame back when the ring or the ids lack room.
+    fn put(
+        &mut self,
+        plan: &crate::tx::TxPlan,
+        mut frame: TxBuf<P>,
+        stats: &mut NetStats,
+    ) -> Result<Option<TxBuf<P>>, NetError> {
+        if plan.slots() > self.tx.free_requests() as usize || plan.requests() > self.txq.free_ids()
+        {
+            return Ok(Some(frame));
+        }
+        let len = frame.len;
+        let token = core::mem::take(&mut frame.bufs);
+        let slots = match self.txq.submit(plan, token, self.tx.free_requests()) {
+            Ok(s) => s,
+            Err(rejected) => {
+                // Room was checked above; keep the frame for later.
+                frame.bufs = rejected.token;
+                return Ok(Some(frame));
             }
+        };
+        for slot in slots.iter() {
+            self.tx
+                .put_request_as(&slot.to_bytes())
+                .map_err(self.ring_err(RingKind::Tx))?;
+        }
+        stats.tx_frames += 1;
+        stats.tx_bytes += len as u64;
+        Ok(None)
+    }
+
+    /// Publishes the slots put since the last push, notifying the backend
+    /// if it asked.
+    fn publish(&mut self, platform: &P, stats: &mut NetStats) -> Result<(), NetError> {
+        self.unpublished = false;
+        self.txq.mark_published();
+        if self.tx.push_requests() {
+            Self::notify(platform, self.ports.tx())?;
+            stats.notifications += 1;
         }
         Ok(())
     }
@@ -442,7 +493,7 @@ where
                 RxKind::Dropped(_) => stats.rx_dropped += 1,
                 RxKind::Frame(f) => {
                     let action = f.checksum_action();
-                    let mut pieces = InlineVec::new();
+                    let mut pieces = PageList::new();
                     let mut frags = f.frags;
                     for frag in frags.drain() {
                         let _ = pieces.push(RxPiece {
@@ -491,14 +542,18 @@ where
         Ok(got)
     }
 
-    /// Asks the backend to notify on its next responses on both rings, and
-    /// says whether any are already waiting (the final check before
+    /// Asks the backend to notify on its next responses on the RX ring, and
+    /// on the TX ring too when `tx` is set or frames wait for room on it,
+    /// and says whether any are already waiting (the final check before
     /// blocking).
-    pub(crate) fn arm(&mut self) -> Result<bool, NetError> {
-        let tx = self
-            .tx
-            .final_check_for_responses()
-            .map_err(self.ring_err(RingKind::Tx))?;
+    pub(crate) fn arm(&mut self, tx: bool) -> Result<bool, NetError> {
+        let tx = if tx || !self.backlog.is_empty() {
+            self.tx
+                .final_check_for_responses()
+                .map_err(self.ring_err(RingKind::Tx))?
+        } else {
+            false
+        };
         let rx = self
             .rx
             .final_check_for_responses()
@@ -515,6 +570,7 @@ where
     pub(crate) fn shut(&mut self, platform: &P) -> usize {
         let aborted = self.txq.abort_all().len() + self.backlog.len();
         self.backlog.clear();
+        self.unpublished = false;
         drop(self.rxbufs.drain());
         for p in self.ports().iter() {
             if let Err(e) = platform.close(*p) {

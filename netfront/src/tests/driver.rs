@@ -877,3 +877,40 @@ fn adaptive_mode_spins_then_blocks() {
     assert!(r.fe.wait(Some(5_000_000)).unwrap());
     assert!(r.fe.receive().unwrap().is_some());
 }
+
+#[test]
+fn frames_marked_more_are_published_together() {
+    let mut r = Rig::new(big_config(), linux_like(1), toolstack(MAC));
+    let send = |r: &mut Rig, seed: u8, more: bool| {
+        let mut b = r.fe.tx_buffer(60).unwrap().expect("a TX buffer");
+        b.write_at(0, &pattern(60, seed)).unwrap();
+        b.set_more(more);
+        r.fe.send(b).unwrap();
+    };
+    for i in 0..3 {
+        send(&mut r, i, true);
+    }
+    assert_eq!(
+        r.be().pump_tx().unwrap(),
+        0,
+        "published before the burst ended"
+    );
+    send(&mut r, 3, false);
+    assert_eq!(r.be().pump_tx().unwrap(), 4);
+    for i in 0..4 {
+        assert_eq!(r.be().sent.pop_front().unwrap().data, pattern(60, i));
+    }
+    // An explicit flush publishes a burst, and so does a poll.
+    send(&mut r, 4, true);
+    send(&mut r, 5, true);
+    assert_eq!(r.be().pump_tx().unwrap(), 0);
+    r.fe.flush().unwrap();
+    assert_eq!(r.be().pump_tx().unwrap(), 2);
+    send(&mut r, 6, true);
+    r.fe.poll().unwrap();
+    assert_eq!(r.be().pump_tx().unwrap(), 1);
+    r.fe.poll().unwrap();
+    assert_eq!(r.fe.tx_pending(), 0);
+    let s = r.fe.stats();
+    assert_eq!((s.tx_frames, s.tx_errors, s.tx_dropped), (7, 0, 0), "{s:?}");
+}
