@@ -23,6 +23,21 @@ H=/local/domain/$DOMID
 BE=/local/domain/0/backend/vif/$DOMID/0
 VIF=vif$DOMID.0
 
+# evstats: netback's event counters for the vif (the xenbus device's
+# sysfs: events received, those that brought no work (spurious: Linux then
+# delays the channel's next events, XSA-391), jiffies of such delays).
+evstats() {
+    d=/sys/bus/xen-backend/devices/vif-$DOMID-0/xenbus
+    echo "events $(cat $d/events 2>/dev/null), spurious $(cat $d/spurious_events 2>/dev/null), eoi delayed $(cat $d/jiffies_eoi_delayed 2>/dev/null) jiffies"
+}
+
+# progress TEXT: a line on dom0's console (xtask shows LAB-STAGE lines as
+# they come; the rest of this script's output comes with the verdict).
+progress() {
+    echo "LAB-STAGE net: $*" > /dev/console
+    echo "$*"
+}
+
 # guest_gone: the guest has shut down (or xl's monitor ended).
 guest_gone() {
     grep -q "has shut down, reason code" /tmp/$G.xl 2>/dev/null || ! kill -0 $XL_PID 2>/dev/null
@@ -52,6 +67,7 @@ xenstore-ls -f $BE 2>/dev/null
 xenstore-ls -f $H/device/vif/0 2>/dev/null
 ip -d link show $VIF 2>&1 | head -n 3
 
+progress "the guest's smoltcp is up; ping"
 echo "--- ping ---"
 busybox ping -c 100 -i 0.2 -W 5 $GUEST_IP > /tmp/net-ping.out 2>&1
 tail -n 3 /tmp/net-ping.out
@@ -62,12 +78,14 @@ case "$ping_sum" in
     *) guest_failed "dom0's ping -c 100: ${ping_sum:-$(tail -n 1 /tmp/net-ping.out)}" ;;
 esac
 
+progress "ping: $ping_sum; netback's $(evstats); UDP echo"
 echo "--- UDP echo ---"
 udp=$(/lab/bin/lab-netcheck udp)
 rc=$?
 echo "$udp"
 [ $rc -eq 0 ] || guest_failed "${udp#lab-netcheck: }"
 
+progress "${udp#lab-netcheck: }; netback's $(evstats); TCP both ways"
 echo "--- TCP both ways ---"
 tcp=$(/lab/bin/lab-netcheck tcp)
 rc=$?
@@ -75,6 +93,7 @@ echo "$tcp"
 [ $rc -eq 0 ] || guest_failed "$(echo "$tcp" | tail -n 1 | sed 's/^lab-netcheck: //')"
 tcp=$(echo "$tcp" | tail -n 1)
 
+progress "TCP done; netback's $(evstats); the rebind stream"
 echo "--- TCP from the guest across an unbind and rebind of netback ---"
 /lab/bin/lab-netcheck rebind > /tmp/net-rebind.out 2>&1 &
 CK=$!
@@ -91,6 +110,7 @@ if [ "$stage" = rebind ]; then
     DEV=vif-$DOMID-0
     echo "backend before the unbind: state $(xenstore-read $BE/state), $VIF: $(ip -s link show $VIF | sed -n '4p;6p' | tr -s ' ' | tr '\n' '/')"
     if echo $DEV > $DRV/unbind; then
+        progress "unbound $DEV from netback"
         xenstore-write $H/data/net-rebind unbound
         echo "unbound $DEV from netback: backend state $(xenstore-read $BE/state 2>/dev/null), $VIF $(ip link show $VIF >/dev/null 2>&1 && echo still there || echo gone)"
         sleep 1
@@ -102,7 +122,7 @@ if [ "$stage" = rebind ]; then
             end=$(( $(date +%s) + 60 ))
             while [ "$(xenstore-read $BE/state 2>/dev/null)" != 4 ] && [ $(date +%s) -le $end ]; do sleep 0.2; done
             st=$(xenstore-read $BE/state 2>/dev/null)
-            echo "bound $DEV to netback again: backend state $st, frontend state $(xenstore-read $H/device/vif/0/state 2>/dev/null)"
+            progress "bound $DEV to netback again: backend state $st, frontend state $(xenstore-read $H/device/vif/0/state 2>/dev/null)"
             if [ "$st" = 4 ]; then
                 xenstore-write $H/data/net-rebind rebound
             else
@@ -123,6 +143,8 @@ echo "$rebind"
 wait_shutdown $G 300
 res=$(xenstore-read $H/data/net-result 2>/dev/null) || res="(no data/net-result from the guest)"
 echo "guest result: $res"
+ev_end=$(evstats)
+echo "netback's $ev_end"
 echo "--- the vif's backend after the rebind ---"
 xenstore-ls -f $BE 2>/dev/null
 echo "--- dom0 kernel messages ---"
@@ -134,4 +156,4 @@ case "$res" in
     *) fail "guest: $res" ;;
 esac
 [ "$REASON" = "0" ] || fail "guest shut down with reason $REASON_NAME, expected poweroff"
-verdict PASS "${res#ok }; dom0: ping: $ping_sum, $ping_rtt; ${udp#lab-netcheck: }; ${tcp#lab-netcheck: }; ${rebind#lab-netcheck: }"
+verdict PASS "${res#ok }; dom0: netback's $ev_end; ping: $ping_sum, $ping_rtt; ${udp#lab-netcheck: }; ${tcp#lab-netcheck: }; ${rebind#lab-netcheck: }"

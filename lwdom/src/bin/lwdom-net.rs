@@ -623,7 +623,7 @@ fn run<T: Transport>(outer: &mut Xenstore<T>) -> R<String> {
         Err(e) => format!("close: {e}"),
     };
     Ok(format!(
-        "negotiated {features}; UDP echo: {udp_datagrams} datagrams, all {NET_UDP_MAX} sizes checked in {udp_ms} ms; {}; {}; {}; {rebind}; {} frames / {} KiB sent, {} frames / {} KiB received, {} connection(s); {closed}; {} s in all",
+        "negotiated {features}; UDP echo: {udp_datagrams} datagrams, all {NET_UDP_MAX} sizes checked in {udp_ms} ms; {}; {}; {}; {rebind}; {} frames / {} KiB sent, {} frames / {} KiB received ({} GSO frames, {} partial checksums completed), {} notification(s) to netback, {} connection(s); {closed}; {} s in all",
         sink.done.unwrap_or_default(),
         src.done.unwrap_or_default(),
         reb.done.unwrap_or_default(),
@@ -631,6 +631,9 @@ fn run<T: Transport>(outer: &mut Xenstore<T>) -> R<String> {
         stats.tx_bytes / 1024,
         stats.rx_frames,
         stats.rx_bytes / 1024,
+        stats.rx_gso_frames,
+        stats.rx_csum_completed,
+        stats.notifications,
         stats.connections,
         ms_since(t_all) / 1000
     ))
