@@ -68,7 +68,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "net",
         timeout_s: 900,
         what: "netfront+smoltcp vs Linux xen-netback on a bridged vif: ping, UDP echo 1-1472 B, 16 MiB TCP each way, rebind mid-stream",
-        default: false,
+        default: true,
     },
     Scenario {
         name: "panic",

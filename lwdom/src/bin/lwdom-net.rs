@@ -72,7 +72,7 @@ fn main() -> Result<(), String> {
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log::LevelFilter::Info);
     }
-    let r = lwdom::rt::with_xenstore(|xs| run(xs));
+    let r = lwdom::rt::with_xenstore(run);
     let verdict = match &r {
         Ok(s) => format!("ok {s}"),
         Err(e) => format!("fail {e}"),
@@ -393,7 +393,10 @@ fn run<T: Transport>(outer: &mut Xenstore<T>) -> R<String> {
         .map(|k| format!("{}={}", k.key, k.value))
         .collect();
     println!("net: the frontend wrote {}", keys.join(" "));
-    let neg = *dev.nic().negotiated().ok_or("up without a negotiated connection")?;
+    let neg = *dev
+        .nic()
+        .negotiated()
+        .ok_or("up without a negotiated connection")?;
     let features = negotiated(&neg);
     println!("net: negotiated {features}");
     if neg.queues != QUEUES {
@@ -412,7 +415,8 @@ fn run<T: Transport>(outer: &mut Xenstore<T>) -> R<String> {
         let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), NET_PREFIX));
     });
     let mut sockets = SocketSet::new(vec![]);
-    let udp_buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 * 1024]);
+    let udp_buf =
+        || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 * 1024]);
     let mut us = udp::Socket::new(udp_buf(), udp_buf());
     us.bind(NET_UDP_ECHO_PORT)
         .map_err(|e| format!("binding UDP port {NET_UDP_ECHO_PORT}: {e}"))?;
