@@ -23,6 +23,27 @@
 //!   middle of the stream; the link comes back by itself (netfront's
 //!   handshake) and the stream completes.
 //!
+//! The guest asks for netback's XDP headroom (256 bytes): every received
+//! packet then carries an XDP extra-info slot and its data starts 256
+//! bytes into each page, the layout `netfront::rx` parses.
+//!
+//! # What the rebind shows
+//! Linux 6.1's netback, unbound from the device, leaves the backend's
+//! state at Connected, removes `hotplug-status` and destroys the vif's
+//! interface (it leaves the bridge). Nothing changes in xenstore for the
+//! frontend: its TX requests stay unanswered (the whole TX pool, 96 pages,
+//! ends up in flight) and nothing is received. Bound again, netback makes
+//! a new interface, writes InitWait and waits for `hotplug-status`
+//! before it goes Connected; libxl runs hotplug scripts only when it adds
+//! a device, so the scenario script runs `vif-min` itself. netfront's
+//! handshake ends the connection when the backend is back at InitWait
+//! (the frames in flight fail), publishes a second one with fresh rings,
+//! and netback connects to it: the link was down 2 to 9 s in the runs so
+//! far. The stream then resumes when smoltcp's retransmission timer
+//! fires: dom0 saw gaps of 15 to 21 s, longer than the link was down,
+//! because the retransmissions sent into the unanswered ring while the
+//! backend was unbound had already backed the timer off.
+//!
 //! The verdict goes to `data/net-result` (`ok <figures>` or `fail
 //! <reason>`); the scenario script checks it and dom0's side.
 #![no_std]
@@ -59,6 +80,8 @@ lwdom::program!(main);
 const VIF: &str = "device/vif/0";
 /// Queues asked for (dom0 loads netback with `max_queues=2`).
 const QUEUES: u32 = 2;
+/// The XDP headroom asked for (Linux's `XDP_PACKET_HEADROOM`).
+const XDP_HEADROOM: u16 = 256;
 /// How long the whole scenario may take in the guest.
 const DEADLINE: Duration = Duration::from_secs(840);
 /// How fast the rebind stream goes past its gate while dom0 has not
@@ -362,8 +385,12 @@ fn run<T: Transport>(outer: &mut Xenstore<T>) -> R<String> {
     xs.set_timeout(Duration::from_secs(20));
     xs.set_clock(|| Duration::from_nanos(lwdom::rt::time::now_ns()));
     let cfg = DriverConfig {
+        // The XDP headroom netback offers (`feature-xdp-headroom`): every
+        // received packet then carries an XDP extra and its data starts
+        // 256 bytes into each page.
         net: NetConfig {
             max_queues: QUEUES,
+            xdp_headroom: XDP_HEADROOM,
             ..NetConfig::default()
         },
         // The runtime has 1024 shareable pages: 2 queues of 256 RX and 48
@@ -399,6 +426,12 @@ fn run<T: Transport>(outer: &mut Xenstore<T>) -> R<String> {
         .ok_or("up without a negotiated connection")?;
     let features = negotiated(&neg);
     println!("net: negotiated {features}");
+    if neg.rx_headroom != XDP_HEADROOM {
+        return Err(format!(
+            "XDP headroom {} negotiated; netback offers feature-xdp-headroom and the guest asks for {XDP_HEADROOM}",
+            neg.rx_headroom
+        ));
+    }
     if neg.queues != QUEUES {
         return Err(format!(
             "{} queue(s) negotiated; the scenario loads netback with max_queues=2 and asks for {QUEUES}",
