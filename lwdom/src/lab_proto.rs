@@ -1,7 +1,8 @@
 //! What the lab's guest programs and dom0 programs agree on: the xenstore
 //! keys they exchange refs and ports through, the page pattern of the
-//! `grant` scenario, the request and response of the `ring` scenario, and
-//! the disk pattern of the `blk` scenario.
+//! `grant` scenario, the request and response of the `ring` scenario, the
+//! disk pattern of the `blk` scenario, and the addresses, ports, payloads
+//! and stream checksum of the `net` scenario.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -103,6 +104,124 @@ pub fn blk_describe(data: &[u8]) -> alloc::string::String {
     alloc::format!("a sector claiming to be sector {} of pass {}", word(0), word(8))
 }
 
+/// `net`: dom0's address on its bridge (`xenbr0`).
+pub const NET_DOM0_IP: [u8; 4] = [10, 0, 9, 1];
+/// `net`: the guest's address.
+pub const NET_GUEST_IP: [u8; 4] = [10, 0, 9, 2];
+/// `net`: the prefix length of the lab's network.
+pub const NET_PREFIX: u8 = 24;
+/// `net`: the guest's UDP echo port.
+pub const NET_UDP_ECHO_PORT: u16 = 7;
+/// `net`: the guest's TCP port that receives a stream from dom0 (and
+/// answers with its checksum).
+pub const NET_TCP_SINK_PORT: u16 = 5001;
+/// `net`: the guest's TCP port that sends a stream to dom0 (followed by its
+/// checksum).
+pub const NET_TCP_SOURCE_PORT: u16 = 5002;
+/// `net`: as [`NET_TCP_SOURCE_PORT`], the stream during which dom0 unbinds
+/// and rebinds the vif's backend.
+pub const NET_TCP_REBIND_PORT: u16 = 5003;
+/// `net`: bytes of each TCP stream.
+pub const NET_TCP_BYTES: u64 = 16 << 20;
+/// `net`: the largest UDP payload in one 1500-byte IPv4 packet.
+pub const NET_UDP_MAX: usize = 1472;
+/// `net`: where the guest is (`ready`: dom0 may ping and connect;
+/// `rebind`: the rebind stream reached its gate, dom0 may unbind).
+pub const NET_STAGE_KEY: &str = "data/net-stage";
+/// `net`: written by dom0: `unbound`, then `rebound` (or `failed <why>`).
+pub const NET_REBIND_KEY: &str = "data/net-rebind";
+/// `net`: the guest's verdict.
+pub const NET_RESULT_KEY: &str = "data/net-result";
+/// `net`: where the rebind stream waits for dom0's unbind: it goes on
+/// past this offset only slowly until dom0 says the backend is unbound, so
+/// the unbind always falls in the middle of the stream.
+pub const NET_REBIND_GATE: u64 = 6 << 20;
+
+/// `net`: byte `offset` of TCP stream `stream` (the port it runs on): a
+/// function of the offset within the page, of the page and of the stream,
+/// so that a byte out of place or from the wrong stream shows.
+pub fn net_stream_byte(stream: u16, offset: u64) -> u8 {
+    let x = offset ^ (offset >> 12).wrapping_mul(0x9E37);
+    (x as u8).wrapping_mul(31) ^ ((x >> 8) as u8) ^ (stream as u8).wrapping_mul(0x5B)
+}
+
+/// `net`: fills `out` with stream `stream` from byte `offset` on.
+pub fn net_stream_fill(stream: u16, offset: u64, out: &mut [u8]) {
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = net_stream_byte(stream, offset.wrapping_add(i as u64));
+    }
+}
+
+/// `net`: the first offset in `data` (which starts at stream offset
+/// `offset`) that does not hold stream `stream`'s pattern.
+pub fn net_stream_mismatch(stream: u16, offset: u64, data: &[u8]) -> Option<u64> {
+    data.iter()
+        .enumerate()
+        .find(|&(i, &b)| b != net_stream_byte(stream, offset.wrapping_add(i as u64)))
+        .map(|(i, _)| offset.wrapping_add(i as u64))
+}
+
+/// `net`: the payload of the UDP datagram of `size` bytes: the size
+/// (little-endian `u16`) then a pattern seeded by it, so an echo of the
+/// wrong datagram, or a cut one, shows.
+pub fn net_udp_payload(size: usize, out: &mut [u8]) {
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = match i {
+            0 => size as u8,
+            1 => (size >> 8) as u8,
+            _ => (i as u8).wrapping_mul(7) ^ (size as u8).wrapping_mul(13) ^ ((i >> 8) as u8),
+        };
+    }
+}
+
+/// `net`: whether `data` is the payload of the UDP datagram of its own
+/// length.
+pub fn net_udp_check(data: &[u8]) -> bool {
+    let mut want = [0u8; NET_UDP_MAX];
+    match want.get_mut(..data.len()) {
+        Some(w) => {
+            net_udp_payload(data.len(), w);
+            w == data
+        }
+        None => false,
+    }
+}
+
+/// `net`: the checksum both ends of a TCP stream compute over the bytes
+/// they sent or received (64-bit FNV-1a), and exchange after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetSum(pub u64);
+
+impl Default for NetSum {
+    fn default() -> Self {
+        NetSum(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl NetSum {
+    /// Adds bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        let mut h = self.0;
+        for &b in data {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    /// The checksum of the whole of stream `stream` ([`NET_TCP_BYTES`]).
+    pub fn of_stream(stream: u16) -> NetSum {
+        let mut s = NetSum::default();
+        let mut buf = [0u8; 4096];
+        let mut at = 0;
+        while at < NET_TCP_BYTES {
+            net_stream_fill(stream, at, &mut buf);
+            s.update(&buf);
+            at += buf.len() as u64;
+        }
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +245,39 @@ mod tests {
         assert_ne!(a[16..], b[16..]);
         assert_eq!(blk_describe(&c), "a sector claiming to be sector 7 of pass 2");
         assert_eq!(blk_describe(&[0u8; BLK_SECTOR]), "zeroes");
+    }
+
+    #[test]
+    fn net_patterns_differ_by_stream_and_offset_and_check() {
+        let mut a = [0u8; 4096];
+        let mut b = [0u8; 4096];
+        net_stream_fill(5001, 0, &mut a);
+        net_stream_fill(5002, 0, &mut b);
+        assert_ne!(a, b);
+        net_stream_fill(5001, 4096, &mut b);
+        assert_ne!(a, b);
+        assert_eq!(net_stream_mismatch(5001, 0, &a), None);
+        a[100] ^= 1;
+        assert_eq!(net_stream_mismatch(5001, 0, &a), Some(100));
+        assert_eq!(net_stream_mismatch(5001, 4096, &b), None);
+
+        let mut p = [0u8; NET_UDP_MAX];
+        for size in [1, 2, 3, 300, NET_UDP_MAX] {
+            net_udp_payload(size, &mut p[..size]);
+            assert!(net_udp_check(&p[..size]));
+        }
+        net_udp_payload(300, &mut p[..300]);
+        assert!(!net_udp_check(&p[..299]));
+        assert!(!net_udp_check(&[0u8; NET_UDP_MAX + 1]));
+
+        let mut s1 = NetSum::default();
+        s1.update(b"abc");
+        let mut s2 = NetSum::default();
+        s2.update(b"ab");
+        s2.update(b"c");
+        assert_eq!(s1, s2);
+        s2.update(b"d");
+        assert_ne!(s1, s2);
+        assert_ne!(NetSum::of_stream(5001), NetSum::of_stream(5002));
     }
 }

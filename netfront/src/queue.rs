@@ -523,6 +523,7 @@ where
                                 Ok(_) => {
                                     frame.meta.checksum_ok = true;
                                     frame.meta.checksum_completed = true;
+                                    stats.rx_csum_completed += 1;
                                 }
                                 Err(e) => {
                                     log::debug!("netfront: queue {queue}: {e}");
@@ -531,6 +532,9 @@ where
                                 }
                             }
                         }
+                    }
+                    if frame.meta.gso.is_some() {
+                        stats.rx_gso_frames += 1;
                     }
                     stats.rx_frames += 1;
                     stats.rx_bytes += frame.len as u64;

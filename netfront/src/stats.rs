@@ -23,6 +23,12 @@ pub struct NetStats {
     /// Packets the backend reported failed (negative status) or too short
     /// to be Ethernet frames.
     pub rx_dropped: u64,
+    /// Received frames the backend marked as GSO (one frame for several
+    /// TCP segments; an extra-info slot gives the segment size).
+    pub rx_gso_frames: u64,
+    /// Received frames whose partial checksum (`NETRXF_csum_blank`) the
+    /// driver completed in place.
+    pub rx_csum_completed: u64,
     /// Frames dropped because their partial checksum could not be
     /// completed (not TCP or UDP over IP, malformed headers).
     pub rx_csum_errors: u64,

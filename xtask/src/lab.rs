@@ -65,6 +65,12 @@ const SCENARIOS: &[Scenario] = &[
         default: true,
     },
     Scenario {
+        name: "net",
+        timeout_s: 900,
+        what: "netfront+smoltcp vs Linux xen-netback on a bridged vif: ping, UDP echo 1-1472 B, 16 MiB TCP each way, rebind mid-stream",
+        default: true,
+    },
+    Scenario {
         name: "panic",
         timeout_s: 60,
         what: "negative control: the guest panics; must FAIL with its console",
@@ -240,6 +246,8 @@ fn write_overlay(
     w.file("lab/lib.sh", 0o644, &read(&lab.join("dom0/lib.sh"))?)
         .map_err(io)?;
     w.file("lab/block-min", 0o755, &read(&lab.join("dom0/block-min"))?)
+        .map_err(io)?;
+    w.file("lab/vif-min", 0o755, &read(&lab.join("dom0/vif-min"))?)
         .map_err(io)?;
     let mut list = String::new();
     for s in &opts.scenarios {
