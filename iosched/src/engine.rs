@@ -7,6 +7,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::cost::CostModel;
+use crate::tags::TagTable;
 use crate::stats::QueueStats;
 use crate::{
     Class, Completion, Error, Nanos, Op, Pass, QueueConfig, QueueId, QueueView, Removal, Request,
@@ -164,7 +165,7 @@ enum TagState {
 pub struct Core {
     /// The queues.
     pub queues: BTreeMap<QueueId, QueueState>,
-    tags: BTreeMap<u64, TagState>,
+    tags: TagTable<TagState>,
     /// The cost model.
     pub cost: CostModel,
     next_queue: u32,
@@ -181,7 +182,7 @@ impl Core {
     fn new(config: SchedConfig) -> Self {
         Self {
             queues: BTreeMap::new(),
-            tags: BTreeMap::new(),
+            tags: TagTable::new(),
             cost: CostModel::new(config.cost),
             next_queue: 0,
             seq: 0,
@@ -406,7 +407,7 @@ impl<P: Policy> Scheduler for Sched<P> {
             Some(q) if q.draining => return refuse(Error::QueueDraining(request.queue)),
             Some(q) => q.config.deadline_ns,
         };
-        if self.core.tags.contains_key(&request.tag) {
+        if self.core.tags.contains(request.tag) {
             return refuse(Error::DuplicateTag(request.tag));
         }
         let limit = self.core.config.max_requests;
@@ -504,12 +505,12 @@ impl<P: Policy> Scheduler for Sched<P> {
 
     fn complete(&mut self, tag: u64, now: Nanos) -> Result<Completion, Error> {
         let now = self.core.advance(now);
-        let f = match self.core.tags.get(&tag) {
+        let f = match self.core.tags.get(tag) {
             None => return Err(Error::UnknownTag(tag)),
             Some(TagState::Pending(_)) => return Err(Error::NotDispatched(tag)),
-            Some(TagState::InFlight(f)) => *f,
+            Some(TagState::InFlight(f)) => f,
         };
-        self.core.tags.remove(&tag);
+        self.core.tags.remove(tag);
         self.core.cost.tick(now, self.core.in_flight);
         self.core.cost.complete(f.op, f.bytes, f.stamp);
         self.core.in_flight = self.core.in_flight.saturating_sub(1);
@@ -543,7 +544,7 @@ impl<P: Policy> Scheduler for Sched<P> {
 
     fn cancel(&mut self, tag: u64, now: Nanos) -> Result<QueueId, Error> {
         let now = self.core.advance(now);
-        let queue = match self.core.tags.get(&tag).copied() {
+        let queue = match self.core.tags.get(tag) {
             None => return Err(Error::UnknownTag(tag)),
             Some(TagState::Pending(queue)) => {
                 let Some(e) = self.policy.remove(queue, tag) else {
@@ -552,7 +553,7 @@ impl<P: Policy> Scheduler for Sched<P> {
                     log::error!("iosched: waiting request {tag:#x} not found by the policy");
                     return Err(Error::UnknownTag(tag));
                 };
-                self.core.tags.remove(&tag);
+                self.core.tags.remove(tag);
                 self.core.pending = self.core.pending.saturating_sub(1);
                 if let Some(q) = self.core.queues.get_mut(&e.queue) {
                     q.pending = q.pending.saturating_sub(1);
@@ -563,7 +564,7 @@ impl<P: Policy> Scheduler for Sched<P> {
             Some(TagState::InFlight(f)) => {
                 // Keep the virtual clock right for the others in flight.
                 self.core.cost.tick(now, self.core.in_flight);
-                self.core.tags.remove(&tag);
+                self.core.tags.remove(tag);
                 self.core.in_flight = self.core.in_flight.saturating_sub(1);
                 self.core.inflight_cost = self.core.inflight_cost.saturating_sub(f.cost);
                 self.policy.completed(f.lane);
