@@ -434,7 +434,7 @@ impl<P: Policy> Scheduler for Sched<P> {
         };
         self.core
             .tags
-            .insert(request.tag, TagState::Pending(request.queue));
+            .insert_new(request.tag, TagState::Pending(request.queue));
         self.core.pending += 1;
         if let Some(q) = self.core.queues.get_mut(&request.queue) {
             q.pending += 1;
@@ -483,9 +483,7 @@ impl<P: Policy> Scheduler for Sched<P> {
             self.core.pending = self.core.pending.saturating_sub(1);
             self.core.in_flight += 1;
             self.core.inflight_cost = self.core.inflight_cost.saturating_add(cost);
-            self.core.tags.insert(
-                e.tag,
-                TagState::InFlight(InFlight {
+            let flight = TagState::InFlight(InFlight {
                     queue: e.queue,
                     op: e.op,
                     bytes: e.bytes,
@@ -493,9 +491,13 @@ impl<P: Policy> Scheduler for Sched<P> {
                     deadline: e.deadline,
                     cost,
                     stamp,
-                    lane: e.lane,
-                }),
-            );
+                lane: e.lane,
+            });
+            match self.core.tags.get_mut(e.tag) {
+                Some(t) => *t = flight,
+                // Every waiting request has its tag in the table.
+                None => self.core.tags.insert_new(e.tag, flight),
+            }
             out.push(e.tag);
             n += 1;
         }
@@ -511,6 +513,7 @@ impl<P: Policy> Scheduler for Sched<P> {
             Some(TagState::InFlight(f)) => f,
         };
         self.core.tags.remove(tag);
+        let mut drained = false;
         self.core.cost.tick(now, self.core.in_flight);
         self.core.cost.complete(f.op, f.bytes, f.stamp);
         self.core.in_flight = self.core.in_flight.saturating_sub(1);
@@ -532,8 +535,10 @@ impl<P: Policy> Scheduler for Sched<P> {
                 s.lateness_total_ns = s.lateness_total_ns.saturating_add(late);
                 s.lateness_max_ns = s.lateness_max_ns.max(late);
             }
+            drained = q.draining && q.pending == 0 && q.in_flight == 0;
         }
-        let queue_removed = self.drop_queue_if_done(f.queue);
+        // Only a draining queue can go (one lookup per completion otherwise).
+        let queue_removed = drained && self.drop_queue_if_done(f.queue);
         Ok(Completion {
             queue: f.queue,
             latency_ns,

@@ -66,7 +66,25 @@ impl<V: Copy> TagTable<V> {
             .map(|(_, v)| v)
     }
 
+    /// The value of `tag`, to change in place.
+    pub(crate) fn get_mut(&mut self, tag: u64) -> Option<&mut V> {
+        let i = self.find(tag)?;
+        self.slots.get_mut(i)?.as_mut().map(|(_, v)| v)
+    }
+
+    /// Inserts a tag known to be absent (the caller checked with
+    /// [`TagTable::contains`]): no search for it first.
+    pub(crate) fn insert_new(&mut self, tag: u64, value: V) {
+        debug_assert!(!self.contains(tag));
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        self.place(tag, value);
+        self.len += 1;
+    }
+
     /// Inserts or replaces.
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, tag: u64, value: V) {
         if let Some(i) = self.find(tag) {
             if let Some(s) = self.slots.get_mut(i) {
