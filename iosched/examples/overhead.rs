@@ -5,7 +5,10 @@ use iosched::{new_scheduler, sim, PolicyKind, SchedConfig};
 fn main() {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_else(|| "apex".into());
-    let requests: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
+    let requests: u64 = args
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000_000);
     let Some(kind) = PolicyKind::ALL.into_iter().find(|k| k.name() == name) else {
         eprintln!("unknown policy {name}: one of apex, fifo, prio, deadline");
         std::process::exit(2);

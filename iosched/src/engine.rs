@@ -7,8 +7,8 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::cost::CostModel;
-use crate::tags::TagTable;
 use crate::stats::QueueStats;
+use crate::tags::TagTable;
 use crate::{
     Class, Completion, Error, Nanos, Op, Pass, QueueConfig, QueueId, QueueView, Removal, Request,
     SchedConfig, Scheduler, SubmitError, NS_PER_SEC,
@@ -484,13 +484,13 @@ impl<P: Policy> Scheduler for Sched<P> {
             self.core.in_flight += 1;
             self.core.inflight_cost = self.core.inflight_cost.saturating_add(cost);
             let flight = TagState::InFlight(InFlight {
-                    queue: e.queue,
-                    op: e.op,
-                    bytes: e.bytes,
-                    arrival: e.arrival,
-                    deadline: e.deadline,
-                    cost,
-                    stamp,
+                queue: e.queue,
+                op: e.op,
+                bytes: e.bytes,
+                arrival: e.arrival,
+                deadline: e.deadline,
+                cost,
+                stamp,
                 lane: e.lane,
             });
             match self.core.tags.get_mut(e.tag) {

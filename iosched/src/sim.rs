@@ -886,7 +886,15 @@ pub fn overhead(
     let mut sim_now = 0u64;
     let mut tag = 0u64;
     let warmup = slots.saturating_mul(OVERHEAD_WARMUP_RINGS);
-    overhead_rounds(sched, &qs, warmup, ring_slots, &mut batch, &mut sim_now, &mut tag)?;
+    overhead_rounds(
+        sched,
+        &qs,
+        warmup,
+        ring_slots,
+        &mut batch,
+        &mut sim_now,
+        &mut tag,
+    )?;
     let start = clock();
     overhead_rounds(
         sched,

@@ -230,8 +230,10 @@ impl Ctx {
                 );
                 eprintln!("apexbench: {line}");
                 self.notes.push(line);
-                self.meta
-                    .insert("loop_floor_p99_us".into(), format!("{:.0}", floor.p99_ns as f64 / 1e3));
+                self.meta.insert(
+                    "loop_floor_p99_us".into(),
+                    format!("{:.0}", floor.p99_ns as f64 / 1e3),
+                );
                 self.meta
                     .insert("real_deadline_scale".into(), format!("{scale:.2}"));
                 let line = format!(
@@ -516,7 +518,8 @@ fn entries(ctx: &Rc<RefCell<Ctx>>, loads: &[u64]) -> Vec<Entry> {
             .collect();
         group(ctx, &mut v, kind.name(), works);
     }
-    let w4_about = "W4: the scheduler's own cost, ns per request on the monotonic clock, median of \
+    let w4_about =
+        "W4: the scheduler's own cost, ns per request on the monotonic clock, median of \
 short repetitions interleaved with the other policies' (sim::overhead: rounds of a 32-slot ring's \
 worth of 4 KiB requests in 3 queues submitted, batched and completed, after a warm-up); \
 submissions per second at the median as iops";

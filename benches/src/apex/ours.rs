@@ -35,12 +35,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blkfront::{Blkfront, DeviceConfig, Io, IoOptions, Mode, Span, Tag};
+use grant_tables::Clock;
 use grant_tables::DomId;
 use hosted::blkback::{Blkback, BlkbackConfig, WaitMode};
 use hosted::toolstack::{add_device, DeviceSpec};
 use hosted::xenstore::{connect_as, XenstoreDaemon};
 use hosted::{HostedHypervisor, HostedPlatform};
-use grant_tables::Clock;
 use iosched::{
     new_scheduler, CostPrior, Op, PolicyKind, QueueConfig, QueueId, Reservation, SchedConfig,
 };
@@ -482,7 +482,10 @@ fn prewarm(
     let deadline = Instant::now() + Duration::from_secs(60);
     while !out.is_empty() {
         if Instant::now() > deadline {
-            return Err(format!("{} pre-warming reads still in flight after 60 s", out.len()));
+            return Err(format!(
+                "{} pre-warming reads still in flight after 60 s",
+                out.len()
+            ));
         }
         bf.wait(xs, Some(Duration::from_millis(10))).map_err(err)?;
         while let Some(c) = bf.next_completion() {

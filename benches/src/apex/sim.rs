@@ -221,7 +221,11 @@ impl Overhead {
 /// One repetition: a fresh scheduler of `kind` (`None`: [`Passthrough`]),
 /// `requests` requests through `sim::overhead` (after its unmeasured
 /// warm-up). Returns (monotonic, CPU) ns per request.
-fn overhead_rep(kind: Option<PolicyKind>, requests: u64, base: Instant) -> Result<(f64, f64), String> {
+fn overhead_rep(
+    kind: Option<PolicyKind>,
+    requests: u64,
+    base: Instant,
+) -> Result<(f64, f64), String> {
     let mut s: Box<dyn Scheduler> = match kind {
         Some(k) => iosched::new_scheduler(k, iosched::SchedConfig::default()),
         None => Box::new(Passthrough::default()),

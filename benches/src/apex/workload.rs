@@ -241,7 +241,11 @@ impl RealWorkload {
     /// latency floor when the nominal ones are below it (see
     /// [`deadline_scale`]).
     pub fn with_deadline_scale(mut self, scale: f64) -> Self {
-        let scale = if scale.is_finite() { scale.max(1.0) } else { 1.0 };
+        let scale = if scale.is_finite() {
+            scale.max(1.0)
+        } else {
+            1.0
+        };
         for s in &mut self.streams {
             if let Some(d) = s.deadline_ns.as_mut() {
                 *d = (*d as f64 * scale).round() as u64;
