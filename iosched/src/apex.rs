@@ -75,6 +75,21 @@
 //! under FIFO, while the real-time reads keep the latency they have alone. A
 //! longer deadline or a larger `slack_permille` trades the other way.
 //!
+//! # Cost per request
+//! A real-time queue keeps its waiting requests in a binary heap by
+//! deadline (O(log n) to add and to take one), a best-effort queue in a
+//! FIFO (O(1)); each class keeps the heads of its non-empty queues in a
+//! sorted vector (a binary search and a short move when a head changes).
+//! The buckets are refilled once per batch, the batch-size bound is
+//! computed once per batch, and the reservation pass looks at the heads of
+//! one class in order until one is covered. The shared bookkeeping
+//! ([`crate::Sched`]) keeps the tags in an open-addressing table and the
+//! latencies in fixed-size histograms. None of these structures shrinks:
+//! once they have held a frontend's usual number of requests, submitting,
+//! dispatching and completing a request allocates nothing (W4 of the
+//! bench measures about 0.2 us per request, all three included). Cancelling
+//! a waiting request and changing a queue's class are O(n) in the queue.
+//!
 //! # Parameters
 //! [`ApexParams`]: the real-time share for admission (default 95 %), the
 //! share of the smallest slack the ring may hold (default 50 %), and the
