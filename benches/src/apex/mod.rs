@@ -213,7 +213,7 @@ impl Ctx {
         })();
         self.real = match res {
             Ok((dev, cap, floor)) => {
-                let scale = workload::deadline_scale(floor.p99_ns);
+                let scale = workload::deadline_scale(floor.p50_ns);
                 let d = |w: Workload| {
                     RealWorkload::new(w, &cap, 0, 1)
                         .with_deadline_scale(scale)
