@@ -73,6 +73,9 @@ pub(crate) struct IoQueue {
     /// Tags handed out by the scheduler (or left by a lost connection),
     /// in ring order, waiting for ring room.
     ready: VecDeque<Tag>,
+    /// The scheduler's batch, kept between batches (no allocation per
+    /// batch once it has its usual size).
+    batch: Vec<Tag>,
 }
 
 impl fmt::Debug for IoQueue {
@@ -97,6 +100,7 @@ impl IoQueue {
             sched,
             default_class,
             ready: VecDeque::new(),
+            batch: Vec::new(),
         }
     }
 
@@ -107,6 +111,7 @@ impl IoQueue {
             sched,
             default_class,
             ready: VecDeque::new(),
+            batch: Vec::new(),
         }
     }
 
@@ -145,9 +150,9 @@ impl IoQueue {
     /// [`IoQueue::pop`].
     pub(crate) fn peek(&mut self, now: Nanos, room: usize) -> Option<Tag> {
         if self.ready.is_empty() && room > 0 && self.sched.pending() > 0 {
-            let mut batch = Vec::new();
-            self.sched.build_batch_into(now, room, &mut batch);
-            self.ready.extend(batch);
+            self.batch.clear();
+            self.sched.build_batch_into(now, room, &mut self.batch);
+            self.ready.extend(self.batch.drain(..));
         }
         self.ready.front().copied()
     }

@@ -145,16 +145,36 @@ impl Fit {
         }
         // Weight of the new sample: 1/(n+1) at first (plain means), then a
         // constant 1/WINDOW (exponential decay).
-        let d = (self.n as i128 + 1).min(WINDOW);
         let dx = ((x as i128) << SCALE) - self.mx;
         let dy = ((y as i128) << SCALE) - self.my;
+        if self.n as i128 + 1 >= WINDOW {
+            // The steady state: a constant divisor, which the compiler
+            // turns into shifts (the same results as the general case).
+            self.update::<WINDOW>(dx, dy);
+        } else {
+            self.update_warming(dx, dy, self.n as i128 + 1);
+        }
+        self.n = self.n.saturating_add(1);
+        self.solve();
+    }
+
+    /// One update with weight `1/D`, `D` a constant.
+    #[inline]
+    fn update<const D: i128>(&mut self, dx: i128, dy: i128) {
+        self.mx += dx / D;
+        self.my += dy / D;
+        let (xx, xy) = (dx * dx, dx * dy);
+        self.vxx += xx / D - xx / (D * D) - self.vxx / D;
+        self.cxy += xy / D - xy / (D * D) - self.cxy / D;
+    }
+
+    /// One update with weight `1/d` (the first samples: plain means).
+    fn update_warming(&mut self, dx: i128, dy: i128, d: i128) {
         self.mx += dx / d;
         self.my += dy / d;
         let (xx, xy) = (dx * dx, dx * dy);
         self.vxx += xx / d - xx / (d * d) - self.vxx / d;
         self.cxy += xy / d - xy / (d * d) - self.cxy / d;
-        self.n = self.n.saturating_add(1);
-        self.solve();
     }
 
     fn solve(&mut self) {
@@ -256,10 +276,15 @@ impl CostModel {
     /// `in_flight`.
     pub(crate) fn tick(&mut self, now: Nanos, in_flight: usize) {
         if now > self.clock_last && in_flight > 0 {
-            let dt = (now - self.clock_last) as u128;
-            self.virtual_time = self
-                .virtual_time
-                .wrapping_add((dt << VT_FRAC) / in_flight as u128);
+            let dt = now - self.clock_last;
+            // Below 2^32 ns (4.3 s) the shifted interval fits in 64 bits,
+            // and a 64-bit division is far cheaper than a 128-bit one.
+            let step = if dt < 1 << (64 - VT_FRAC) {
+                ((dt << VT_FRAC) / in_flight as u64) as u128
+            } else {
+                ((dt as u128) << VT_FRAC) / in_flight as u128
+            };
+            self.virtual_time = self.virtual_time.wrapping_add(step);
         }
         self.clock_last = self.clock_last.max(now);
     }

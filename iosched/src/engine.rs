@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 
 use crate::cost::CostModel;
 use crate::stats::QueueStats;
+use crate::tags::TagTable;
 use crate::{
     Class, Completion, Error, Nanos, Op, Pass, QueueConfig, QueueId, QueueView, Removal, Request,
     SchedConfig, Scheduler, SubmitError, NS_PER_SEC,
@@ -164,7 +165,7 @@ enum TagState {
 pub struct Core {
     /// The queues.
     pub queues: BTreeMap<QueueId, QueueState>,
-    tags: BTreeMap<u64, TagState>,
+    tags: TagTable<TagState>,
     /// The cost model.
     pub cost: CostModel,
     next_queue: u32,
@@ -181,7 +182,7 @@ impl Core {
     fn new(config: SchedConfig) -> Self {
         Self {
             queues: BTreeMap::new(),
-            tags: BTreeMap::new(),
+            tags: TagTable::new(),
             cost: CostModel::new(config.cost),
             next_queue: 0,
             seq: 0,
@@ -406,7 +407,7 @@ impl<P: Policy> Scheduler for Sched<P> {
             Some(q) if q.draining => return refuse(Error::QueueDraining(request.queue)),
             Some(q) => q.config.deadline_ns,
         };
-        if self.core.tags.contains_key(&request.tag) {
+        if self.core.tags.contains(request.tag) {
             return refuse(Error::DuplicateTag(request.tag));
         }
         let limit = self.core.config.max_requests;
@@ -433,7 +434,7 @@ impl<P: Policy> Scheduler for Sched<P> {
         };
         self.core
             .tags
-            .insert(request.tag, TagState::Pending(request.queue));
+            .insert_new(request.tag, TagState::Pending(request.queue));
         self.core.pending += 1;
         if let Some(q) = self.core.queues.get_mut(&request.queue) {
             q.pending += 1;
@@ -482,19 +483,21 @@ impl<P: Policy> Scheduler for Sched<P> {
             self.core.pending = self.core.pending.saturating_sub(1);
             self.core.in_flight += 1;
             self.core.inflight_cost = self.core.inflight_cost.saturating_add(cost);
-            self.core.tags.insert(
-                e.tag,
-                TagState::InFlight(InFlight {
-                    queue: e.queue,
-                    op: e.op,
-                    bytes: e.bytes,
-                    arrival: e.arrival,
-                    deadline: e.deadline,
-                    cost,
-                    stamp,
-                    lane: e.lane,
-                }),
-            );
+            let flight = TagState::InFlight(InFlight {
+                queue: e.queue,
+                op: e.op,
+                bytes: e.bytes,
+                arrival: e.arrival,
+                deadline: e.deadline,
+                cost,
+                stamp,
+                lane: e.lane,
+            });
+            match self.core.tags.get_mut(e.tag) {
+                Some(t) => *t = flight,
+                // Every waiting request has its tag in the table.
+                None => self.core.tags.insert_new(e.tag, flight),
+            }
             out.push(e.tag);
             n += 1;
         }
@@ -504,12 +507,13 @@ impl<P: Policy> Scheduler for Sched<P> {
 
     fn complete(&mut self, tag: u64, now: Nanos) -> Result<Completion, Error> {
         let now = self.core.advance(now);
-        let f = match self.core.tags.get(&tag) {
+        let f = match self.core.tags.get(tag) {
             None => return Err(Error::UnknownTag(tag)),
             Some(TagState::Pending(_)) => return Err(Error::NotDispatched(tag)),
-            Some(TagState::InFlight(f)) => *f,
+            Some(TagState::InFlight(f)) => f,
         };
-        self.core.tags.remove(&tag);
+        self.core.tags.remove(tag);
+        let mut drained = false;
         self.core.cost.tick(now, self.core.in_flight);
         self.core.cost.complete(f.op, f.bytes, f.stamp);
         self.core.in_flight = self.core.in_flight.saturating_sub(1);
@@ -531,8 +535,10 @@ impl<P: Policy> Scheduler for Sched<P> {
                 s.lateness_total_ns = s.lateness_total_ns.saturating_add(late);
                 s.lateness_max_ns = s.lateness_max_ns.max(late);
             }
+            drained = q.draining && q.pending == 0 && q.in_flight == 0;
         }
-        let queue_removed = self.drop_queue_if_done(f.queue);
+        // Only a draining queue can go (one lookup per completion otherwise).
+        let queue_removed = drained && self.drop_queue_if_done(f.queue);
         Ok(Completion {
             queue: f.queue,
             latency_ns,
@@ -543,7 +549,7 @@ impl<P: Policy> Scheduler for Sched<P> {
 
     fn cancel(&mut self, tag: u64, now: Nanos) -> Result<QueueId, Error> {
         let now = self.core.advance(now);
-        let queue = match self.core.tags.get(&tag).copied() {
+        let queue = match self.core.tags.get(tag) {
             None => return Err(Error::UnknownTag(tag)),
             Some(TagState::Pending(queue)) => {
                 let Some(e) = self.policy.remove(queue, tag) else {
@@ -552,7 +558,7 @@ impl<P: Policy> Scheduler for Sched<P> {
                     log::error!("iosched: waiting request {tag:#x} not found by the policy");
                     return Err(Error::UnknownTag(tag));
                 };
-                self.core.tags.remove(&tag);
+                self.core.tags.remove(tag);
                 self.core.pending = self.core.pending.saturating_sub(1);
                 if let Some(q) = self.core.queues.get_mut(&e.queue) {
                     q.pending = q.pending.saturating_sub(1);
@@ -563,7 +569,7 @@ impl<P: Policy> Scheduler for Sched<P> {
             Some(TagState::InFlight(f)) => {
                 // Keep the virtual clock right for the others in flight.
                 self.core.cost.tick(now, self.core.in_flight);
-                self.core.tags.remove(&tag);
+                self.core.tags.remove(tag);
                 self.core.in_flight = self.core.in_flight.saturating_sub(1);
                 self.core.inflight_cost = self.core.inflight_cost.saturating_sub(f.cost);
                 self.policy.completed(f.lane);

@@ -103,6 +103,7 @@ mod fifo;
 mod prio;
 pub mod sim;
 pub mod stats;
+mod tags;
 
 pub use apex::{ApexParams, ApexPolicy};
 pub use cost::{CostModel, CostPrior};

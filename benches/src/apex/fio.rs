@@ -55,6 +55,10 @@ pub enum KernelSched {
     Bfq,
     /// `kyber`.
     Kyber,
+    /// `none`: no kernel scheduler. Not one of the peers the targets
+    /// compare with: the device's own latency at the same depth, the floor
+    /// under every scheduler (`linux-none`).
+    None,
 }
 
 impl KernelSched {
@@ -71,6 +75,7 @@ impl KernelSched {
             KernelSched::MqDeadline => "mq-deadline",
             KernelSched::Bfq => "bfq",
             KernelSched::Kyber => "kyber",
+            KernelSched::None => "none",
         }
     }
 
@@ -97,7 +102,13 @@ impl KernelSched {
     ///   throttles writes when reads miss this target), `write_lat_nsec` =
     ///   10 ms (its default). Kyber has no priority classes.
     pub fn tunables(self, w: Workload) -> Vec<(&'static str, String)> {
-        let d = w.deadline_ns();
+        self.tunables_at(w.deadline_ns())
+    }
+
+    /// [`KernelSched::tunables`] for a run whose real-time deadline is `d`
+    /// ns (the real path scales the workloads' deadlines to the device's
+    /// floor, see [`super::workload::RealWorkload::with_deadline_scale`]).
+    pub fn tunables_at(self, d: u64) -> Vec<(&'static str, String)> {
         match self {
             KernelSched::MqDeadline => vec![
                 ("fifo_batch", "1".into()),
@@ -115,6 +126,7 @@ impl KernelSched {
                 ("read_lat_nsec", (d / 2).to_string()),
                 ("write_lat_nsec", "10000000".into()),
             ],
+            KernelSched::None => Vec::new(),
         }
     }
 }
@@ -161,8 +173,12 @@ impl RealPath for FioPeer {
         w: &RealWorkload,
         scratch: &Path,
     ) -> Result<Measured, String> {
-        let adjusted =
-            dev.set_scheduler(self.sched.sysfs_name(), &self.sched.tunables(w.workload))?;
+        let d = w
+            .streams
+            .iter()
+            .find_map(|s| s.deadline_ns)
+            .unwrap_or_else(|| w.workload.deadline_ns());
+        let adjusted = dev.set_scheduler(self.sched.sysfs_name(), &self.sched.tunables_at(d))?;
         let job = job_file(dev.path(), w, scratch);
         run_job(&job, scratch, w.warmup_ms + w.measure_ms)?;
         let mut m = Measured {

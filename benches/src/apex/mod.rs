@@ -122,6 +122,8 @@ enum RealState {
     Ready {
         dev: loopdev::LoopDevice,
         cap: Capacity,
+        /// The real path's deadlines' factor ([`workload::deadline_scale`]).
+        scale: f64,
     },
     Unavailable(String),
 }
@@ -138,6 +140,8 @@ struct Ctx {
     real_runs: HashMap<(usize, Workload, u64), Cached>,
     unmeasured: BTreeMap<String, String>,
     extras: BTreeMap<String, Extra>,
+    /// W4, per round: every policy's figures, measured interleaved.
+    w4: HashMap<u64, Rc<Vec<sim::Overhead>>>,
     notes: Vec<String>,
     meta: BTreeMap<String, String>,
     scratch: PathBuf,
@@ -163,7 +167,7 @@ impl Ctx {
         if !matches!(self.real, RealState::NotTried) {
             return;
         }
-        let res = (|| -> Result<(loopdev::LoopDevice, Capacity), String> {
+        let res = (|| -> Result<(loopdev::LoopDevice, Capacity, Floor), String> {
             if self.no_linux {
                 return Err("--no-linux".into());
             }
@@ -184,16 +188,54 @@ impl Ctx {
             fresh_dir(&dir)?;
             let reads_256k = fio::calibrate(dev.dev(), 256 * 1024, ms, &dir)?;
             let reads_64k = fio::calibrate(dev.dev(), 64 * 1024, ms, &dir)?;
-            Ok((
-                dev,
-                Capacity {
-                    reads_256k,
-                    reads_64k,
-                },
-            ))
+            let cap = Capacity {
+                reads_256k,
+                reads_64k,
+            };
+            // The device's own floor: W2's reads alone under fio, no
+            // kernel scheduler.
+            let dir = self.scratch.join("floor");
+            fresh_dir(&dir)?;
+            let rw = RealWorkload::new(Workload::W2 { bulk: false }, &cap, 200, ms);
+            let m = fio::FioPeer::new(fio::KernelSched::None).run(&dev, &rw, &dir)?;
+            let lat = m
+                .class("lc")
+                .map(|c| c.latencies_ns.clone())
+                .unwrap_or_default();
+            if lat.is_empty() {
+                return Err("the floor run (fio, 4 KiB reads alone) completed no read".into());
+            }
+            let floor = Floor {
+                p50_ns: sorted_quantile(&lat, 0.50),
+                p99_ns: sorted_quantile(&lat, 0.99),
+            };
+            Ok((dev, cap, floor))
         })();
         self.real = match res {
-            Ok((dev, cap)) => {
+            Ok((dev, cap, floor)) => {
+                let scale = workload::deadline_scale(floor.p50_ns);
+                let d = |w: Workload| {
+                    RealWorkload::new(w, &cap, 0, 1)
+                        .with_deadline_scale(scale)
+                        .deadline_ns() as f64
+                        / 1e6
+                };
+                let line = format!(
+                    "device floor: W2's 4 KiB reads alone under fio, scheduler none: p50 {:.2} ms, p99 {:.2} ms; the real path's deadlines are scaled by {scale:.2} (W1 {:.0} ms, W2 {:.1} ms, W3 {:.0} ms; the simulation keeps 20, 2 and 10 ms)",
+                    floor.p50_ns as f64 / 1e6,
+                    floor.p99_ns as f64 / 1e6,
+                    d(Workload::W1 { load_pct: 90 }),
+                    d(Workload::W2 { bulk: true }),
+                    d(Workload::W3),
+                );
+                eprintln!("apexbench: {line}");
+                self.notes.push(line);
+                self.meta.insert(
+                    "loop_floor_p99_us".into(),
+                    format!("{:.0}", floor.p99_ns as f64 / 1e3),
+                );
+                self.meta
+                    .insert("real_deadline_scale".into(), format!("{scale:.2}"));
                 let line = format!(
                     "loop device capacity (scheduler none, random reads at depth 32): {:.0} x 256 KiB/s ({:.0} MB/s), {:.0} x 64 KiB/s",
                     cap.reads_256k,
@@ -212,7 +254,7 @@ impl Ctx {
                 );
                 self.meta
                     .insert("loop_device".into(), dev.dev().display().to_string());
-                RealState::Ready { dev, cap }
+                RealState::Ready { dev, cap, scale }
             }
             Err(e) => {
                 let why = if e == "--no-linux" {
@@ -236,8 +278,8 @@ impl Ctx {
         }
         self.prepare_real(r);
         let res = match &self.real {
-            RealState::Ready { dev, cap } => {
-                let rw = RealWorkload::new(w, cap, r.warmup, r.iters);
+            RealState::Ready { dev, cap, scale } => {
+                let rw = RealWorkload::new(w, cap, r.warmup, r.iters).with_deadline_scale(*scale);
                 let name = self.paths[path].name().to_string();
                 let dir = self
                     .scratch
@@ -279,6 +321,21 @@ impl Ctx {
             Source::Real(p, w) => self.real(p, w, r),
         }
     }
+}
+
+/// The device's latency floor: W2's reads alone, fio, no kernel scheduler.
+struct Floor {
+    p50_ns: u64,
+    p99_ns: u64,
+}
+
+/// The `q` quantile of sorted `v` (nearest rank, at least the first).
+fn sorted_quantile(v: &[u64], q: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let rank = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
 }
 
 fn fresh_dir(dir: &std::path::Path) -> Result<(), String> {
@@ -461,14 +518,16 @@ fn entries(ctx: &Rc<RefCell<Ctx>>, loads: &[u64]) -> Vec<Entry> {
             .collect();
         group(ctx, &mut v, kind.name(), works);
     }
-    let (_, full) = plans();
-    let w4_about = "W4: the scheduler's own cost, ns per request (sim::overhead on the monotonic \
-clock: rounds of a 32-slot ring's worth of 4 KiB requests in 3 queues submitted, batched and \
-completed); its peak submissions per second as iops";
-    for kind in [None]
+    let w4_about =
+        "W4: the scheduler's own cost, ns per request on the monotonic clock, median of \
+short repetitions interleaved with the other policies' (sim::overhead: rounds of a 32-slot ring's \
+worth of 4 KiB requests in 3 queues submitted, batched and completed, after a warm-up); \
+submissions per second at the median as iops";
+    let kinds: Vec<Option<PolicyKind>> = [None]
         .into_iter()
         .chain(SIM_POLICIES.iter().copied().map(Some))
-    {
+        .collect();
+    for (ki, &kind) in kinds.iter().enumerate() {
         let name = format!("{}-w4-overhead", kind.map_or("none", |k| k.name()));
         let setup = match kind {
             None => "no scheduler: a FIFO list, requests straight onto the ring".to_string(),
@@ -479,6 +538,7 @@ completed); its peak submissions per second as iops";
         };
         let c = ctx.clone();
         let n = name.clone();
+        let kinds = kinds.clone();
         v.push(Entry::new(
             &name,
             w4_about,
@@ -487,13 +547,32 @@ completed); its peak submissions per second as iops";
                 if interrupted() {
                     return Err("interrupted".into());
                 }
-                let requests = (r.iters * 20).clamp(2_000, full.iters * 20);
-                let o = sim::overhead_round(kind, requests, r.warmup > 0, rec)?;
+                let cached = c.borrow().w4.get(&r.index).cloned();
+                let all = match cached {
+                    Some(a) => a,
+                    None => {
+                        let reps = if c.borrow().quick {
+                            sim::W4_REPS_QUICK
+                        } else {
+                            sim::W4_REPS_FULL
+                        };
+                        let a = Rc::new(sim::overhead_all(&kinds, reps, sim::W4_REQUESTS)?);
+                        c.borrow_mut().w4.insert(r.index, a.clone());
+                        a
+                    }
+                };
+                let o = all.get(ki).ok_or("W4 measured no such policy")?;
+                sim::record_overhead(o, rec);
                 c.borrow_mut().extras.insert(
                     n.clone(),
                     Extra {
-                        ns_per_req: Some(o.wall_ns),
-                        cpu_ns_per_req: Some(o.cpu_ns),
+                        ns_per_req: Some(o.wall_p50()),
+                        ns_per_req_p25: Some(sim::quantile(&o.wall, 0.25)),
+                        ns_per_req_p75: Some(sim::quantile(&o.wall, 0.75)),
+                        cpu_ns_per_req: Some(o.cpu_p50()),
+                        cpu_ns_per_req_p25: Some(sim::quantile(&o.cpu, 0.25)),
+                        cpu_ns_per_req_p75: Some(sim::quantile(&o.cpu, 0.75)),
+                        reps: Some(o.wall.len()),
                         ..Extra::default()
                     },
                 );
@@ -529,6 +608,7 @@ completed); its peak submissions per second as iops";
 fn build(args: &ApexArgs, loads: &[u64]) -> (Bench, Rc<RefCell<Ctx>>) {
     let mut paths: Vec<Box<dyn RealPath>> = fio::KernelSched::ALL
         .iter()
+        .chain([&fio::KernelSched::None])
         .map(|&s| Box::new(fio::FioPeer::new(s)) as Box<dyn RealPath>)
         .collect();
     if let Ok(ours) = workload::our_paths() {
@@ -543,6 +623,7 @@ fn build(args: &ApexArgs, loads: &[u64]) -> (Bench, Rc<RefCell<Ctx>>) {
         real_runs: HashMap::new(),
         unmeasured: BTreeMap::new(),
         extras: BTreeMap::new(),
+        w4: HashMap::new(),
         notes: Vec::new(),
         meta: BTreeMap::new(),
         scratch: default_out_dir().join("apexbench-runs"),

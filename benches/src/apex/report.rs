@@ -37,14 +37,30 @@ pub struct Extra {
     /// Simulation, `total` entries: queues refused by admission control.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_queues: Option<usize>,
-    /// W4: mean scheduler time per request on the monotonic clock, ns.
+    /// W4: median over the repetitions of the scheduler time per request
+    /// on the monotonic clock, ns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ns_per_req: Option<f64>,
+    /// W4: first quartile of the same, ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_per_req_p25: Option<f64>,
+    /// W4: third quartile of the same, ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_per_req_p75: Option<f64>,
     /// W4: median scheduler time per request on the thread's CPU-time
     /// clock, ns (what the scheduler costs when other processes take the
     /// core part of the time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_ns_per_req: Option<f64>,
+    /// W4: first quartile of the CPU time per request, ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ns_per_req_p25: Option<f64>,
+    /// W4: third quartile of the CPU time per request, ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ns_per_req_p75: Option<f64>,
+    /// W4: repetitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reps: Option<usize>,
     /// What the reader should know about this entry's run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -397,6 +413,7 @@ fn f(v: Option<f64>, digits: usize) -> String {
 fn policies(rep: &ApexReport) -> (Vec<String>, Vec<String>) {
     let sim: Vec<String> = SIM_POLICIES.iter().map(|p| p.name().to_string()).collect();
     let mut real: Vec<String> = KernelSched::ALL.iter().map(|k| k.entry_name()).collect();
+    real.push(KernelSched::None.entry_name());
     real.extend(["apex-real".to_string(), "fifo-real".to_string()]);
     let has = |p: &String| {
         rep.results
@@ -566,7 +583,7 @@ pub fn render(rep: &ApexReport, loads: &[u64]) -> String {
 
     let _ = writeln!(
         s,
-        "\nW4: scheduler time per request (sim::overhead: 32-slot ring, 4 KiB requests in 3 queues), on the monotonic clock and on the thread's CPU-time clock (which leaves out time other processes had the core)"
+        "\nW4: scheduler time per request (sim::overhead: 32-slot ring, 4 KiB requests in 3 queues), median and quartiles of short repetitions interleaved across the policies, on the monotonic clock and on the thread's CPU-time clock (which leaves out time other processes had the core)"
     );
     let none = rep.get("none-w4-overhead").and_then(|e| e.extra.ns_per_req);
     let none_cpu = rep
@@ -575,27 +592,36 @@ pub fn render(rep: &ApexReport, loads: &[u64]) -> String {
     let mut rows = vec![[
         "policy",
         "p50 ns/req",
-        "mean ns/req",
-        "M submissions/s",
+        "p25-p75",
         "x none",
         "CPU ns/req",
+        "CPU p25-p75",
         "x none",
+        "M submissions/s",
+        "reps",
     ]
     .map(String::from)
     .to_vec()];
+    let range = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{a:.0}-{b:.0}"),
+        _ => "-".to_string(),
+    };
     for p in std::iter::once("none".to_string()).chain(sim.iter().cloned()) {
         let Some(e) = rep.get(&format!("{p}-w4-overhead")) else {
             continue;
         };
-        let mean = e.extra.ns_per_req;
+        let x = &e.extra;
+        let p50 = x.ns_per_req;
         rows.push(vec![
             p,
-            e.result.p50_ns.to_string(),
-            f(mean, 0),
+            f(p50, 0),
+            range(x.ns_per_req_p25, x.ns_per_req_p75),
+            f(p50.zip(none).map(|(m, n)| m / n), 2),
+            f(x.cpu_ns_per_req, 0),
+            range(x.cpu_ns_per_req_p25, x.cpu_ns_per_req_p75),
+            f(x.cpu_ns_per_req.zip(none_cpu).map(|(m, n)| m / n), 2),
             f(e.result.iops.map(|i| i / 1e6), 2),
-            f(mean.zip(none).map(|(m, n)| m / n), 2),
-            f(e.extra.cpu_ns_per_req, 0),
-            f(e.extra.cpu_ns_per_req.zip(none_cpu).map(|(m, n)| m / n), 2),
+            x.reps.map_or("-".to_string(), |r| r.to_string()),
         ]);
     }
     s.push_str(&layout(&rows));

@@ -158,9 +158,14 @@ pub fn simulate(
 
 /// Ring slots of W4's runs: a one-page blkif ring.
 pub const W4_RING_SLOTS: usize = 32;
-/// Repetitions of W4 per round, each with a fresh scheduler; each gives
-/// one sample (its ns per request).
-pub const W4_REPS: u64 = 9;
+/// Requests per repetition of W4: short (a fraction of a millisecond), so
+/// that most repetitions run without the core being taken away on a busy
+/// machine, and the median says what the scheduler costs.
+pub const W4_REQUESTS: u64 = 4_096;
+/// Repetitions of W4 per policy in a quick and in a full run.
+pub const W4_REPS_QUICK: usize = 101;
+/// See [`W4_REPS_QUICK`].
+pub const W4_REPS_FULL: usize = 401;
 
 /// The calling thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`): time
 /// the thread ran, without the time other processes had the core.
@@ -180,67 +185,109 @@ pub fn thread_cpu_ns() -> u64 {
         .saturating_add(ts.tv_nsec as u64)
 }
 
-/// What one round of W4 measured.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// What W4 measured for one policy: per repetition, ns per request on both
+/// clocks, summarised by quartiles.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Overhead {
-    /// Mean ns per request on the monotonic clock, over the repetitions.
-    pub wall_ns: f64,
-    /// Median over the repetitions of the ns per request on the thread's
-    /// CPU-time clock (no time lost to other processes).
-    pub cpu_ns: f64,
+    /// Each repetition's ns per request on the monotonic clock.
+    pub wall: Vec<f64>,
+    /// Each repetition's ns per request on the thread's CPU-time clock
+    /// (no time lost to other processes).
+    pub cpu: Vec<f64>,
 }
 
-/// One round of W4 for `kind` (`None`: no scheduler, [`Passthrough`]):
-/// `W4_REPS` runs of `requests` requests through `sim::overhead` on the
-/// monotonic clock, after one unrecorded run when `warm` is set. Records
-/// each run's ns per request, and the submissions per second over all of
-/// them as `iops`; the thread's CPU time is read at the same two moments.
-pub fn overhead_round(
+/// The `q` quantile (0 to 1) of `v`, nearest rank; 0 when empty.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return 0.0;
+    }
+    let i = ((s.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+impl Overhead {
+    /// Median ns per request on the monotonic clock.
+    pub fn wall_p50(&self) -> f64 {
+        quantile(&self.wall, 0.5)
+    }
+    /// Median ns per request of CPU time.
+    pub fn cpu_p50(&self) -> f64 {
+        quantile(&self.cpu, 0.5)
+    }
+}
+
+/// One repetition: a fresh scheduler of `kind` (`None`: [`Passthrough`]),
+/// `requests` requests through `sim::overhead` (after its unmeasured
+/// warm-up). Returns (monotonic, CPU) ns per request.
+fn overhead_rep(
     kind: Option<PolicyKind>,
     requests: u64,
-    warm: bool,
-    rec: &mut Recorder,
-) -> Result<Overhead, String> {
-    let base = Instant::now();
-    let one = || -> Result<(f64, f64), String> {
-        let mut s: Box<dyn Scheduler> = match kind {
-            Some(k) => iosched::new_scheduler(k, iosched::SchedConfig::default()),
-            None => Box::new(Passthrough::default()),
-        };
-        let mut cpu = Vec::with_capacity(2);
-        let mut clock = || {
-            cpu.push(thread_cpu_ns());
-            base.elapsed().as_nanos() as u64
-        };
-        let wall = sim::overhead(&mut *s, requests, W4_RING_SLOTS, &mut clock)
-            .map_err(|e| format!("sim::overhead: {e}"))?;
-        let cpu_ns = match (cpu.first(), cpu.last()) {
-            (Some(a), Some(b)) => b.saturating_sub(*a) as f64 / requests.max(1) as f64,
-            _ => 0.0,
-        };
-        Ok((wall, cpu_ns))
+    base: Instant,
+) -> Result<(f64, f64), String> {
+    let mut s: Box<dyn Scheduler> = match kind {
+        Some(k) => iosched::new_scheduler(k, iosched::SchedConfig::default()),
+        None => Box::new(Passthrough::default()),
     };
-    if warm {
-        one()?;
+    let mut cpu = [0u64; 2];
+    let mut reads = 0usize;
+    let mut clock = || {
+        // Both clocks at the same two moments: CPU first at the start,
+        // last at the end, so the CPU interval lies inside the wall one.
+        if reads == 0 {
+            cpu[0] = thread_cpu_ns();
+            reads = 1;
+            base.elapsed().as_nanos() as u64
+        } else {
+            let t = base.elapsed().as_nanos() as u64;
+            cpu[1] = thread_cpu_ns();
+            t
+        }
+    };
+    let wall = sim::overhead(&mut *s, requests, W4_RING_SLOTS, &mut clock)
+        .map_err(|e| format!("sim::overhead: {e}"))?;
+    let cpu_ns = cpu[1].saturating_sub(cpu[0]) as f64 / requests.max(1) as f64;
+    Ok((wall, cpu_ns))
+}
+
+/// W4 for every policy of `kinds` (`None`: no scheduler), interleaved:
+/// repetition after repetition, each policy once in turn (the order
+/// rotating), so that a change of the machine's load falls on all of them
+/// alike. One unrecorded repetition of each first.
+pub fn overhead_all(
+    kinds: &[Option<PolicyKind>],
+    reps: usize,
+    requests: u64,
+) -> Result<Vec<Overhead>, String> {
+    let base = Instant::now();
+    for &k in kinds {
+        overhead_rep(k, requests, base)?;
     }
-    let mut total_ns = 0.0;
-    let mut cpus = Vec::new();
-    for _ in 0..W4_REPS {
-        let (ns, cpu) = one()?;
-        total_ns += ns * requests as f64;
-        cpus.push(cpu);
+    let mut out = vec![Overhead::default(); kinds.len()];
+    for rep in 0..reps {
+        for j in 0..kinds.len() {
+            let i = (rep + j) % kinds.len();
+            let (wall, cpu) = overhead_rep(kinds[i], requests, base)?;
+            out[i].wall.push(wall);
+            out[i].cpu.push(cpu);
+        }
+    }
+    Ok(out)
+}
+
+/// Records one policy's W4 into its entry: each repetition's monotonic
+/// ns per request as a sample (the entry's p50 is their median), and the
+/// submissions per second at the median.
+pub fn record_overhead(o: &Overhead, rec: &mut Recorder) {
+    for &ns in &o.wall {
         rec.record(ns.round().max(1.0) as u64);
     }
-    let n = requests * W4_REPS;
+    let p50 = o.wall_p50();
     rec.throughput(Throughput {
-        iops: (total_ns > 0.0).then(|| n as f64 * 1e9 / total_ns),
+        iops: (p50 > 0.0).then(|| 1e9 / p50),
         ..Throughput::default()
     });
-    cpus.sort_by(f64::total_cmp);
-    Ok(Overhead {
-        wall_ns: total_ns / n.max(1) as f64,
-        cpu_ns: cpus.get(cpus.len() / 2).copied().unwrap_or(0.0),
-    })
 }
 
 /// No scheduler: requests go on the ring in arrival order with no
@@ -428,16 +475,24 @@ mod tests {
     }
 
     #[test]
-    fn overhead_records_one_sample_per_repetition() {
+    fn overhead_is_interleaved_and_recorded_per_repetition() {
+        let kinds = [None, Some(PolicyKind::Apex)];
+        let all = overhead_all(&kinds, 5, 2_000).unwrap();
+        assert_eq!(all.len(), 2);
+        for o in &all {
+            assert_eq!((o.wall.len(), o.cpu.len()), (5, 5));
+            assert!(o.wall_p50() > 0.0 && o.cpu_p50() > 0.0, "{o:?}");
+            // CPU time never exceeds the wall time it was taken in (to the
+            // clocks' resolution).
+            for (w, c) in o.wall.iter().zip(&o.cpu) {
+                assert!(*c <= *w * 1.2 + 50.0, "{o:?}");
+            }
+        }
         let mut rec = Recorder::new();
-        let o = overhead_round(None, 2_000, false, &mut rec).unwrap();
-        assert_eq!(rec.count(), W4_REPS);
-        assert!(o.wall_ns > 0.0 && o.cpu_ns > 0.0, "{o:?}");
-        // CPU time never exceeds the wall time it was taken in (to the
-        // clocks' resolution, on average over the repetitions).
-        assert!(o.cpu_ns <= o.wall_ns * 1.5 + 50.0, "{o:?}");
-        let mut rec = Recorder::new();
-        overhead_round(Some(PolicyKind::Apex), 2_000, true, &mut rec).unwrap();
-        assert_eq!(rec.count(), W4_REPS);
+        record_overhead(&all[1], &mut rec);
+        assert_eq!(rec.count(), 5);
+        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), 2.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.25), 2.0);
     }
 }

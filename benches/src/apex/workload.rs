@@ -158,6 +158,9 @@ pub struct RealWorkload {
     pub warmup_ms: u64,
     /// Measured part, ms (the run lasts `warmup_ms + measure_ms`).
     pub measure_ms: u64,
+    /// The device's measured capacity the workload was sized from (our
+    /// path also starts its cost model from it).
+    pub capacity: Capacity,
 }
 
 fn bulk(label: &'static str) -> RealStream {
@@ -229,9 +232,53 @@ impl RealWorkload {
             streams,
             warmup_ms,
             measure_ms,
+            capacity: *cap,
         }
     }
+
+    /// The same with every deadline multiplied by `scale` (at least 1):
+    /// the real path's deadlines, set relative to the device's measured
+    /// latency floor when the nominal ones are below it (see
+    /// [`deadline_scale`]).
+    pub fn with_deadline_scale(mut self, scale: f64) -> Self {
+        let scale = if scale.is_finite() {
+            scale.max(1.0)
+        } else {
+            1.0
+        };
+        for s in &mut self.streams {
+            if let Some(d) = s.deadline_ns.as_mut() {
+                *d = (*d as f64 * scale).round() as u64;
+            }
+        }
+        self
+    }
+
+    /// The deadline of its real-time (or latency-critical) stream, ns.
+    pub fn deadline_ns(&self) -> u64 {
+        self.streams
+            .iter()
+            .find_map(|s| s.deadline_ns)
+            .unwrap_or_else(|| self.workload.deadline_ns())
+    }
 }
+
+/// The factor the real path's deadlines are multiplied by on a device
+/// whose lone 4 KiB reads (W2's latency-critical stream alone, fio, no
+/// kernel scheduler) have a median latency of `floor_p50_ns`: none (1)
+/// when that median is at most a quarter of W2's 2 ms deadline, else what
+/// takes W2's deadline to [`FLOOR_FACTOR`] times the floor's median. The
+/// median, not a high percentile: on a shared disk one stall moves a short
+/// run's p99 by a factor of ten (28 and 208 ms in two runs an hour apart
+/// whose medians were both 9.5 ms). Every deadline of the real path, for
+/// every policy and Linux scheduler alike, is scaled by it.
+pub fn deadline_scale(floor_p50_ns: u64) -> f64 {
+    (FLOOR_FACTOR * floor_p50_ns as f64 / W2_LC_DEADLINE_NS as f64).max(1.0)
+}
+
+/// W2's deadline on the real path, in multiples of the floor's median
+/// (see [`deadline_scale`]).
+pub const FLOOR_FACTOR: f64 = 4.0;
 
 /// What one run measured for one class label.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -400,6 +447,25 @@ mod tests {
         let w = RealWorkload::new(Workload::W2 { bulk: false }, &cap, 100, 1000);
         assert_eq!(w.streams.len(), 1);
         assert_eq!(w.streams[0].arrival.per_sec(), Some(2000.0));
+    }
+
+    #[test]
+    fn deadlines_scale_with_the_floor() {
+        assert_eq!(deadline_scale(250_000), 1.0);
+        assert_eq!(deadline_scale(500_000), 1.0);
+        assert_eq!(deadline_scale(7_500_000), 15.0);
+        let cap = Capacity {
+            reads_256k: 1000.0,
+            reads_64k: 3000.0,
+        };
+        let w = RealWorkload::new(Workload::W2 { bulk: true }, &cap, 100, 1000)
+            .with_deadline_scale(15.0);
+        assert_eq!(w.streams[0].deadline_ns, Some(30_000_000));
+        assert_eq!(w.streams[1].deadline_ns, None);
+        assert_eq!(w.deadline_ns(), 30_000_000);
+        let w = RealWorkload::new(Workload::W1 { load_pct: 10 }, &cap, 100, 1000)
+            .with_deadline_scale(0.5);
+        assert_eq!(w.deadline_ns(), W1_PERIOD_NS);
     }
 
     #[test]

@@ -1,0 +1,200 @@
+//! The table of the requests a scheduler holds, by tag: open addressing
+//! with linear probing and backward-shift deletion (no tombstones), a
+//! power-of-two capacity kept at most half full.
+//!
+//! It grows (doubles) only when the number of requests held reaches a new
+//! high, so once a frontend has run at its usual depth, submitting,
+//! dispatching and completing a request allocates nothing: a lookup, an
+//! insertion and a removal each hash the tag once and probe a few
+//! neighbouring slots. Tags are the caller's (blkfront numbers them in
+//! order); Fibonacci hashing spreads sequential tags over the table.
+
+use alloc::vec::Vec;
+
+/// Smallest capacity (slots).
+const MIN_CAPACITY: usize = 64;
+
+#[derive(Clone, Debug)]
+pub(crate) struct TagTable<V: Copy> {
+    slots: Vec<Option<(u64, V)>>,
+    len: usize,
+    /// `64 - log2(capacity)`: the hash is the top bits of the product.
+    shift: u32,
+}
+
+impl<V: Copy> TagTable<V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            len: 0,
+            shift: 64,
+        }
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
+    }
+
+    fn home(&self, tag: u64) -> usize {
+        // Fibonacci hashing: the top bits of tag * 2^64/phi.
+        (tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    /// The slot holding `tag`, if any.
+    fn find(&self, tag: u64) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let mask = self.mask();
+        let mut i = self.home(tag);
+        loop {
+            match self.slots.get(i)? {
+                None => return None,
+                Some((t, _)) if *t == tag => return Some(i),
+                Some(_) => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    pub(crate) fn contains(&self, tag: u64) -> bool {
+        self.find(tag).is_some()
+    }
+
+    pub(crate) fn get(&self, tag: u64) -> Option<V> {
+        self.find(tag)
+            .and_then(|i| self.slots.get(i).copied().flatten())
+            .map(|(_, v)| v)
+    }
+
+    /// The value of `tag`, to change in place.
+    pub(crate) fn get_mut(&mut self, tag: u64) -> Option<&mut V> {
+        let i = self.find(tag)?;
+        self.slots.get_mut(i)?.as_mut().map(|(_, v)| v)
+    }
+
+    /// Inserts a tag known to be absent (the caller checked with
+    /// [`TagTable::contains`]): no search for it first.
+    pub(crate) fn insert_new(&mut self, tag: u64, value: V) {
+        debug_assert!(!self.contains(tag));
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        self.place(tag, value);
+        self.len += 1;
+    }
+
+    /// Inserts or replaces.
+    #[cfg(test)]
+    pub(crate) fn insert(&mut self, tag: u64, value: V) {
+        if let Some(i) = self.find(tag) {
+            if let Some(s) = self.slots.get_mut(i) {
+                *s = Some((tag, value));
+            }
+            return;
+        }
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        self.place(tag, value);
+        self.len += 1;
+    }
+
+    fn place(&mut self, tag: u64, value: V) {
+        let mask = self.mask();
+        let mut i = self.home(tag);
+        // The table is at most half full: a free slot is always found.
+        while let Some(Some(_)) = self.slots.get(i) {
+            i = (i + 1) & mask;
+        }
+        if let Some(s) = self.slots.get_mut(i) {
+            *s = Some((tag, value));
+        }
+    }
+
+    fn grow(&mut self) {
+        let cap = (self.slots.len() * 2).max(MIN_CAPACITY);
+        let old = core::mem::replace(&mut self.slots, alloc::vec![None; cap]);
+        self.shift = 64 - cap.trailing_zeros();
+        for (t, v) in old.into_iter().flatten() {
+            self.place(t, v);
+        }
+    }
+
+    /// Removes `tag`, returning its value.
+    pub(crate) fn remove(&mut self, tag: u64) -> Option<V> {
+        let mut hole = self.find(tag)?;
+        let (_, value) = self.slots.get_mut(hole)?.take()?;
+        self.len -= 1;
+        // Backward shift: pull later members of the probe run into the
+        // hole when their home is not between the hole and them.
+        let mask = self.mask();
+        let mut i = (hole + 1) & mask;
+        while let Some(Some((t, _))) = self.slots.get(i).copied() {
+            let home = self.home(t);
+            // Distance from home to i, and from home to the hole.
+            if (i.wrapping_sub(home) & mask) >= (i.wrapping_sub(hole) & mask) {
+                let moved = self.slots.get_mut(i).and_then(Option::take);
+                if let Some(s) = self.slots.get_mut(hole) {
+                    *s = moved;
+                }
+                hole = i;
+            }
+            i = (i + 1) & mask;
+        }
+        Some(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::collections::BTreeMap;
+
+    #[test]
+    fn behaves_as_a_map() {
+        let mut t = TagTable::new();
+        let mut m = BTreeMap::new();
+        // A deterministic mix of inserts and removes over clustered and
+        // spread tags.
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for step in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let tag = if x % 3 == 0 { x % 97 } else { x % 5000 } * 64 + (step % 2);
+            if x % 5 < 3 {
+                t.insert(tag, step);
+                m.insert(tag, step);
+            } else {
+                assert_eq!(t.remove(tag), m.remove(&tag), "step {step}");
+            }
+            assert_eq!(t.len, m.len());
+            if step % 1000 == 0 {
+                for (k, v) in &m {
+                    assert_eq!(t.get(*k), Some(*v));
+                }
+            }
+        }
+        for (k, v) in &m {
+            assert_eq!(t.get(*k), Some(*v));
+            assert!(t.contains(*k));
+        }
+        assert!(!t.contains(u64::MAX));
+        assert_eq!(t.remove(u64::MAX), None);
+    }
+
+    #[test]
+    fn does_not_grow_at_a_steady_depth() {
+        let mut t = TagTable::new();
+        for tag in 0..32u64 {
+            t.insert(tag, ());
+        }
+        let cap = t.slots.len();
+        for tag in 32..100_000u64 {
+            assert_eq!(t.remove(tag - 32), Some(()));
+            t.insert(tag, ());
+        }
+        assert_eq!(t.slots.len(), cap);
+        assert_eq!(t.len, 32);
+    }
+}
