@@ -105,6 +105,7 @@ use crate::features::{
 use crate::inflight::{InFlight, IoStatus, SubmitError as InFlightError};
 use crate::queue::{IoOptions, IoQueue};
 use crate::request::{BlockIo, BlockOp, Plan, Segment};
+use crate::spin::SpinGovernor;
 
 /// The driver's name for one submitted I/O, unique for the device's life.
 pub type Tag = u64;
@@ -112,6 +113,14 @@ pub type Tag = u64;
 /// Longest sleep of the blocking calls between looks at xenstore (a
 /// backend that goes away is noticed within it).
 const MAX_BLOCK_SLICE: Duration = Duration::from_millis(5);
+
+/// The spin governor of `mode` (spinning nothing unless adaptive).
+fn governor(mode: Mode) -> SpinGovernor {
+    match mode {
+        Mode::Adaptive { spin_ns } => SpinGovernor::new(spin_ns),
+        Mode::Polling | Mode::Events => SpinGovernor::new(0),
+    }
+}
 
 /// `d` in nanoseconds, saturating.
 fn duration_ns(d: Duration) -> u64 {
@@ -136,7 +145,10 @@ pub enum Mode {
     /// spin for up to `spin_ns` nanoseconds taking responses, then ask the
     /// backend for a notification and sleep as [`Mode::Events`] does. A
     /// response that comes while the driver spins costs no notification
-    /// and no wake-up; an idle device costs no CPU after the spin.
+    /// and no wake-up; an idle device costs no CPU after the spin. A wait
+    /// that sees its thread lose the core while spinning (a busy machine),
+    /// or spins that keep catching nothing, stop the spinning for a while
+    /// ([`crate::spin::SpinGovernor`]).
     Adaptive {
         /// How long a wait spins before it sleeps.
         spin_ns: u64,
@@ -671,6 +683,8 @@ where
     resize_watch: Option<String>,
     resize_token: String,
     stats: DeviceStats,
+    /// How long adaptive waits spin.
+    spin: SpinGovernor,
 }
 
 impl<P: Platform> Core<P>
@@ -1880,6 +1894,7 @@ where
             .map(|_| IoQueue::fifo())
             .collect();
         let resize_token = format!("blkfront-resize:{}", config.handshake.frontend);
+        let mode = config.mode;
         Ok(Blkfront {
             handshake: Frontend::new(config.handshake.clone()),
             core: Core {
@@ -1907,6 +1922,7 @@ where
                 resize_watch: None,
                 resize_token,
                 stats: DeviceStats::default(),
+                spin: governor(mode),
             },
             close_sent: false,
         })
@@ -2075,14 +2091,22 @@ where
     pub fn wait_io(&mut self, timeout: Option<Duration>) -> Result<bool, DeviceError> {
         let start = self.core.now();
         let deadline = timeout.map(|t| start.saturating_add(duration_ns(t)));
-        let spin_until = match self.core.config.mode {
+        let adaptive = matches!(self.core.config.mode, Mode::Adaptive { .. });
+        let mut spin_until = match self.core.config.mode {
             Mode::Polling => u64::MAX,
             Mode::Events => start,
-            Mode::Adaptive { spin_ns } => start.saturating_add(spin_ns),
+            Mode::Adaptive { .. } => start.saturating_add(self.core.spin.budget(start)),
         };
+        // Adaptive: whether this wait's spin is still to be judged, and
+        // when it last looked.
+        let mut judge = adaptive && spin_until > start;
+        let mut prev = start;
         loop {
             self.core.process()?;
             if !self.core.completions.is_empty() {
+                if judge {
+                    self.core.spin.caught();
+                }
                 return Ok(true);
             }
             if self.core.ios.is_empty() || !self.core.connected || self.core.closed {
@@ -2095,8 +2119,18 @@ where
                 None => u64::MAX,
             };
             if now < spin_until {
-                core::hint::spin_loop();
-                continue;
+                if !(adaptive && self.core.spin.preempted(prev, now)) {
+                    prev = now;
+                    core::hint::spin_loop();
+                    continue;
+                }
+                // Lost the core while spinning: sleep instead.
+                spin_until = now;
+                judge = false;
+            }
+            if judge {
+                judge = false;
+                self.core.spin.missed(now);
             }
             self.core
                 .block_rings(left.min(duration_ns(MAX_BLOCK_SLICE)))?;
@@ -2245,19 +2279,33 @@ where
         };
         let slice = left.min(MAX_BLOCK_SLICE);
         if self.core.connected && self.core.broken.is_none() {
-            if let Mode::Adaptive { spin_ns } = self.core.config.mode {
-                let end = now
-                    .saturating_add(spin_ns)
-                    .min(deadline.unwrap_or(u64::MAX));
-                while self.core.now() < end {
+            if let Mode::Adaptive { .. } = self.core.config.mode {
+                let budget = self.core.spin.budget(now);
+                let end = now.saturating_add(budget).min(deadline.unwrap_or(u64::MAX));
+                let mut prev = now;
+                let mut missed = budget > 0;
+                loop {
+                    let t = self.core.now();
+                    if t >= end {
+                        break;
+                    }
+                    if self.core.spin.preempted(prev, t) {
+                        missed = false;
+                        break;
+                    }
+                    prev = t;
                     // An error is the next poll's to report.
                     if self.core.process().is_err()
                         || !self.core.completions.is_empty()
                         || !self.core.events.is_empty()
                     {
+                        self.core.spin.caught();
                         return Ok(true);
                     }
                     core::hint::spin_loop();
+                }
+                if missed {
+                    self.core.spin.missed(prev);
                 }
             }
             self.core.block_rings(duration_ns(slice))?;
@@ -2395,6 +2443,14 @@ where
     /// Switches between polling, event-driven and adaptive.
     pub fn set_mode(&mut self, mode: Mode) {
         self.core.config.mode = mode;
+        self.core.spin = governor(mode);
+    }
+
+    /// How many times an adaptive wait saw this thread lose its core while
+    /// it spun (each time, waits stop spinning for a while; see
+    /// [`crate::spin`]).
+    pub fn spin_preemptions(&self) -> u64 {
+        self.core.spin.preemptions()
     }
 
     /// The device's counters.
