@@ -106,7 +106,9 @@ pub enum WaitMode {
     Poll,
     /// Spins for `spin`, then sleeps: on the event channel (after asking
     /// the frontend to notify) when no I/O is in flight, on the io_uring
-    /// otherwise (looking at the ring again at least every 200 us).
+    /// otherwise (looking at the ring again at least every 200 us). A
+    /// worker seen losing its core while it spins does not spin for a
+    /// while ([`blkfront::SpinGovernor`]).
     Event {
         /// How long to spin before sleeping (zero: sleep at once).
         spin: Duration,

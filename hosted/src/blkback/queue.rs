@@ -8,7 +8,11 @@
 //! the frontend when [`BackRing::push_responses`] says to. When there is
 //! nothing to do it spins ([`WaitMode::Poll`]) or, in event mode, spins a
 //! while, then sleeps: on the event channel when no I/O is in flight
-//! (after `RING_FINAL_CHECK_FOR_REQUESTS`), on the io_uring otherwise.
+//! (after `RING_FINAL_CHECK_FOR_REQUESTS`), on the io_uring otherwise. The
+//! spin is governed as blkfront's adaptive waits are
+//! ([`blkfront::SpinGovernor`]): a worker seen losing its core while it
+//! spins (a busy machine, where spinning costs whole time slices), or
+//! whose spins keep catching nothing, sleeps at once for a while instead.
 //!
 //! Grants: with persistent grants every page (data or indirect) is looked
 //! up by ref in this queue's cache and mapped read-write the first time,
@@ -27,6 +31,7 @@ use std::time::{Duration, Instant};
 use blkfront::abi::{
     op, status, BlkifRequest, BlkifRequestSegment, BlkifResponse, SEGMENTS_PER_INDIRECT_PAGE,
 };
+use blkfront::SpinGovernor;
 use grant_tables::abi::{GrantRefNum, PAGE_SIZE, SRING_HEADER_SIZE};
 use grant_tables::foreign::{ForeignGrants, MapOp};
 use grant_tables::{Access, BackRing, DomId, EventChannels, Port, RingError};
@@ -107,6 +112,20 @@ struct Worker {
     /// Mappings the hostile mode keeps instead of unmapping.
     kept: Vec<MappedGrant>,
     stop: Arc<AtomicBool>,
+    /// How long an idle worker spins before it sleeps (event mode).
+    spin: SpinGovernor,
+    /// The start of the governor's clock.
+    epoch: Instant,
+}
+
+/// One idle stretch of a worker: when it began, its last look, its spin
+/// budget, and whether the spin is still to be judged (it did not lose
+/// its core).
+struct IdleSpin {
+    start: u64,
+    prev: u64,
+    budget: u64,
+    clean: bool,
 }
 
 /// Runs queue `setup` until `stop`, then finishes the I/O in flight,
@@ -141,6 +160,10 @@ pub(crate) fn run(
             };
         }
     };
+    let spin_ns = match shared.config.wait {
+        WaitMode::Event { spin } => u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX),
+        WaitMode::Poll => 0,
+    };
     let mut w = Worker {
         plat,
         shared,
@@ -159,6 +182,8 @@ pub(crate) fn run(
         answered: 0,
         kept: Vec::new(),
         stop,
+        spin: SpinGovernor::new(spin_ns),
+        epoch: Instant::now(),
     };
     w.serve();
     w.finish()
@@ -174,7 +199,7 @@ fn make_uring(shared: &Shared, ring_size: u32) -> std::io::Result<IoUring> {
 
 impl Worker {
     fn serve(&mut self) {
-        let mut idle_since: Option<Instant> = None;
+        let mut idle: Option<IdleSpin> = None;
         while !self.stop.load(Ordering::Relaxed) {
             let mut progress = self.reap();
             if !self.halted && self.barrier.is_none() {
@@ -189,26 +214,54 @@ impl Worker {
             self.submit();
             self.push();
             if progress {
-                idle_since = None;
+                if let Some(spun) = idle.take() {
+                    if spun.clean && spun.budget > 0 {
+                        self.spin.caught();
+                    }
+                }
                 continue;
             }
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            self.idle(since);
+            let now = self.now_ns();
+            let spin = &self.spin;
+            let st = idle.get_or_insert_with(|| IdleSpin {
+                start: now,
+                prev: now,
+                budget: spin.budget(now),
+                clean: true,
+            });
+            self.idle(st, now);
         }
     }
 
-    /// Nothing to do: spin or sleep, as the mode says.
-    fn idle(&mut self, since: Instant) {
-        let spin = match self.shared.config.wait {
-            WaitMode::Poll => {
+    /// Nanoseconds since the worker started (the spin governor's clock).
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Nothing to do: spin or sleep, as the mode says. Event mode spins
+    /// for the governor's budget (none while this thread is seen losing
+    /// its core: see [`blkfront::spin`]), then sleeps.
+    fn idle(&mut self, st: &mut IdleSpin, now: u64) {
+        if let WaitMode::Poll = self.shared.config.wait {
+            std::hint::spin_loop();
+            return;
+        }
+        if now < st.start.saturating_add(st.budget) {
+            if !self.spin.preempted(st.prev, now) {
+                st.prev = now;
                 std::hint::spin_loop();
                 return;
             }
-            WaitMode::Event { spin } => spin,
-        };
-        if since.elapsed() < spin {
-            std::hint::spin_loop();
-            return;
+            // Lost the core while spinning: sleep instead.
+            st.budget = 0;
+            st.clean = false;
+        }
+        if st.clean {
+            // The spin ran out on a core of its own, catching nothing.
+            st.clean = false;
+            if st.budget > 0 {
+                self.spin.missed(now);
+            }
         }
         if self.in_flight > 0 {
             // Sleep on the io_uring; new requests are looked at when it
