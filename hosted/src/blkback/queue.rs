@@ -62,6 +62,107 @@ pub(crate) struct Leftovers {
     pub grants: Vec<MappedGrant>,
 }
 
+/// Bounce buffers per queue ([`BlkbackConfig::bounce_min_segments`]).
+///
+/// [`BlkbackConfig::bounce_min_segments`]: super::BlkbackConfig::bounce_min_segments
+const BOUNCE_BUFFERS: usize = 8;
+
+/// Bytes in each bounce buffer: the largest request that goes through one.
+const BOUNCE_BYTES: usize = 1 << 20;
+
+/// A queue's bounce buffers: one anonymous mapping (huge pages asked
+/// for), cut into [`BOUNCE_BYTES`] buffers registered with the io_uring
+/// as its fixed buffers `0..BOUNCE_BUFFERS`.
+struct Bounce {
+    base: *mut u8,
+    len: usize,
+    free: Vec<u16>,
+}
+
+impl Bounce {
+    fn new() -> std::io::Result<Bounce> {
+        let len = BOUNCE_BUFFERS * BOUNCE_BYTES;
+        // SAFETY: a new private anonymous mapping (no file, no fixed
+        // address); the result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = p.cast::<u8>();
+        // SAFETY: `base..base + len` is the mapping just made, readable
+        // and writable, and nothing else refers to it yet. Huge pages are
+        // only advice (an error leaves small pages); the zeroes fault the
+        // pages in before the io_uring pins them.
+        unsafe {
+            libc::madvise(p, len, libc::MADV_HUGEPAGE);
+            std::ptr::write_bytes(base, 0, len);
+        }
+        Ok(Bounce {
+            base,
+            len,
+            free: (0..BOUNCE_BUFFERS as u16).rev().collect(),
+        })
+    }
+
+    fn iovecs(&self) -> Vec<libc::iovec> {
+        (0..BOUNCE_BUFFERS)
+            .map(|k| libc::iovec {
+                iov_base: self.ptr(k as u16).cast(),
+                iov_len: BOUNCE_BYTES,
+            })
+            .collect()
+    }
+
+    fn ptr(&self, k: u16) -> *mut u8 {
+        self.base.wrapping_add(usize::from(k) * BOUNCE_BYTES)
+    }
+}
+
+impl Drop for Bounce {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; the io_uring
+        // that had it registered is dropped first (it is declared before
+        // the bounce buffers in `Worker`), and no I/O into it is in flight
+        // (`finish` forgets the buffers instead when some may be).
+        unsafe {
+            libc::munmap(self.base.cast(), self.len);
+        }
+    }
+}
+
+/// Copies between bounce buffer `buf` and a request's segments, in order:
+/// into the buffer (`to_buf`, a write) or out of it (a read's data).
+///
+/// # Safety
+/// Every iovec points into a mapping that is alive (the request's own
+/// mappings or the queue's persistent grants) and lies inside it; `buf`
+/// is a bounce buffer at least as long as the segments together.
+unsafe fn copy_segments(iov: &[libc::iovec], buf: *mut u8, to_buf: bool) {
+    let mut at = 0;
+    for v in iov {
+        let seg = v.iov_base.cast::<u8>();
+        // SAFETY: by the function's contract; the two never overlap (the
+        // bounce buffers are the queue's own memory).
+        unsafe {
+            if to_buf {
+                std::ptr::copy_nonoverlapping(seg, buf.add(at), v.iov_len);
+            } else {
+                std::ptr::copy_nonoverlapping(buf.add(at), seg, v.iov_len);
+            }
+        }
+        at += v.iov_len;
+    }
+}
+
 /// Stages of a request's I/O, in the low bits of an SQE's user data.
 const STAGE_DATA: u64 = 0;
 const STAGE_FLUSH: u64 = 1;
@@ -84,6 +185,9 @@ struct Slot {
     iov: Vec<libc::iovec>,
     /// Pages mapped for this request only (unmapped at completion).
     maps: Vec<MappedGrant>,
+    /// The bounce buffer the data goes through, and whether it is a read
+    /// (copied out to the segments when it succeeds).
+    bounce: Option<(u16, bool)>,
 }
 
 /// One queue's worker.
@@ -116,6 +220,9 @@ struct Worker {
     spin: SpinGovernor,
     /// The start of the governor's clock.
     epoch: Instant,
+    /// Bounce buffers for large requests (none when off or not set up).
+    /// Declared after `uring`, which has them registered: dropped after it.
+    bounce: Option<Bounce>,
 }
 
 /// One idle stretch of a worker: when it began, its last look, its spin
@@ -184,7 +291,26 @@ pub(crate) fn run(
         stop,
         spin: SpinGovernor::new(spin_ns),
         epoch: Instant::now(),
+        bounce: None,
     };
+    if w.shared.config.bounce_min_segments > 0 {
+        w.bounce = match Bounce::new() {
+            // SAFETY: the buffers stay mapped until the io_uring is
+            // dropped (`Worker::bounce` is declared after `Worker::uring`,
+            // and `finish` forgets them while I/O may be in flight).
+            Ok(b) => match unsafe { w.uring.submitter().register_buffers(&b.iovecs()) } {
+                Ok(()) => Some(b),
+                Err(e) => {
+                    log::debug!("blkback queue {index}: no bounce buffers (registering them: {e})");
+                    None
+                }
+            },
+            Err(e) => {
+                log::debug!("blkback queue {index}: no bounce buffers: {e}");
+                None
+            }
+        };
+    }
     w.serve();
     w.finish()
 }
@@ -606,6 +732,23 @@ impl Worker {
         let bytes = u32::try_from(rw.bytes()).unwrap_or(u32::MAX);
         let flush = matches!(rw.kind, RwKind::Flush | RwKind::Barrier);
         let data = !iov.is_empty();
+        let min = self.shared.config.bounce_min_segments;
+        let bounce = match &mut self.bounce {
+            Some(b) if data && min > 0 && iov.len() >= min && bytes as usize <= BOUNCE_BYTES => {
+                b.free.pop().map(|k| (k, b.ptr(k)))
+            }
+            _ => None,
+        };
+        let reads = rw.kind == RwKind::Read;
+        if bounce.is_some() {
+            self.shared.stats.bounced.fetch_add(1, Ordering::Relaxed);
+        }
+        if let (Some((_, buf)), false) = (bounce, reads) {
+            // SAFETY: the iovecs point into mappings held by `temp` or the
+            // persistent cache, each inside its page (checked by the
+            // parser); `buf` holds BOUNCE_BYTES >= `bytes`, their sum.
+            unsafe { copy_segments(&iov, buf, true) };
+        }
         let slot = Slot {
             id: rw.id,
             rsp_op: rw.rsp_op,
@@ -615,6 +758,7 @@ impl Worker {
             reason: None,
             iov,
             maps: temp,
+            bounce: bounce.map(|(k, _)| (k, reads)),
         };
         let offset = rw.sector << blkfront::abi::SECTOR_SHIFT;
         let fd = types::Fixed(0);
@@ -631,7 +775,18 @@ impl Worker {
             }
             entries.push(e);
         }
-        if data {
+        if let (true, Some((k, buf))) = (data, bounce) {
+            let e = if reads {
+                opcode::ReadFixed::new(fd, buf, bytes, k)
+                    .offset(offset)
+                    .build()
+            } else {
+                opcode::WriteFixed::new(fd, buf, bytes, k)
+                    .offset(offset)
+                    .build()
+            };
+            entries.push(e.user_data(ud(STAGE_DATA)));
+        } else if data {
             let e = match (&slot.iov[..], rw.kind) {
                 ([one], RwKind::Read) => {
                     opcode::Read::new(fd, one.iov_base.cast(), one.iov_len as u32)
@@ -686,6 +841,7 @@ impl Worker {
             reason: None,
             iov: Vec::new(),
             maps: Vec::new(),
+            bounce: None,
         };
         if let Some(s) = self.slots.get_mut(index as usize) {
             *s = Some(slot);
@@ -808,6 +964,16 @@ impl Worker {
         };
         self.in_flight -= 1;
         self.free.push(index as u32);
+        if let (Some((k, reads)), Some(b)) = (slot.bounce, self.bounce.as_mut()) {
+            if reads && slot.status == status::OKAY {
+                // SAFETY: the slot's iovecs still point into live mappings
+                // (its own, released below, or the persistent cache), each
+                // inside its page; the read filled `slot.bytes`, their
+                // sum, of bounce buffer `k`.
+                unsafe { copy_segments(&slot.iov, b.ptr(k), false) };
+            }
+            b.free.push(k);
+        }
         if let Some(r) = slot.reason {
             self.shared.count_reject(r);
         }
@@ -979,6 +1145,9 @@ impl Worker {
             std::mem::forget(std::mem::take(&mut self.kept));
             if let Some(cache) = self.persistent.take() {
                 std::mem::forget(cache);
+            }
+            if let Some(b) = self.bounce.take() {
+                std::mem::forget(b);
             }
         }
         self.push();
