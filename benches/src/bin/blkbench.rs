@@ -645,7 +645,10 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front) -> Entry {
                 Front::Driver => Box::new(DriverFront::new(&file, w.depth, w.bytes)?),
                 Front::Ring => Box::new(RingFront::new(&file, w.depth, w.bytes)?),
             };
-            benches::pin::pin_to(0);
+            // `BLKBENCH_PIN=0` leaves it free to run on either core.
+            if std::env::var("BLKBENCH_PIN").map_or(true, |v| v != "0") {
+                benches::pin::pin_to(0);
+            }
             let mut offsets = Offsets::new(&w, file_bytes, 0x9E37_79B9 + r.index);
             closed_loop(&mut *front, &w, &mut offsets, w.ops(r.warmup), None)?;
             let ops = w.ops(r.iters);
