@@ -57,8 +57,12 @@
 //! notify (the response event index is left alone). [`Mode::Events`]:
 //! after taking responses the driver asks for a notification on the next
 //! one (`RING_FINAL_CHECK_FOR_RESPONSES`) and [`Blkfront::wait`] sleeps on
-//! the event channels. Either way, requests are followed by a notification
-//! only when the ring's check says the backend asked for one.
+//! the event channels. [`Mode::Adaptive`]: polling, but a wait
+//! ([`Blkfront::wait`], [`Blkfront::wait_io`]) spins for a bounded time
+//! taking responses and only then asks for a notification and sleeps, so a
+//! response that comes soon costs neither a notification nor a wake-up,
+//! and an idle device no CPU. Either way, requests are followed by a
+//! notification only when the ring's check says the backend asked for one.
 //!
 //! # Hostile backends
 //! Every response is copied once and checked by [`crate::InFlight`] (id in
@@ -101,6 +105,7 @@ use crate::features::{
 use crate::inflight::{InFlight, IoStatus, SubmitError as InFlightError};
 use crate::queue::{IoOptions, IoQueue};
 use crate::request::{BlockIo, BlockOp, Plan, Segment};
+use crate::spin::SpinGovernor;
 
 /// The driver's name for one submitted I/O, unique for the device's life.
 pub type Tag = u64;
@@ -109,18 +114,45 @@ pub type Tag = u64;
 /// backend that goes away is noticed within it).
 const MAX_BLOCK_SLICE: Duration = Duration::from_millis(5);
 
+/// The spin governor of `mode` (spinning nothing unless adaptive).
+fn governor(mode: Mode) -> SpinGovernor {
+    match mode {
+        Mode::Adaptive { spin_ns } => SpinGovernor::new(spin_ns),
+        Mode::Polling | Mode::Events => SpinGovernor::new(0),
+    }
+}
+
+/// `d` in nanoseconds, saturating.
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Most final checks for responses per ring and call (a backend that keeps
 /// producing cannot keep one call going, XSA-391).
 const MAX_FINAL_CHECKS: usize = 4;
 
-/// Polling or event-driven.
+/// Polling, event-driven, or polling for a bounded time then sleeping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// The application polls; the backend is not asked to notify.
+    /// [`Blkfront::wait_io`] spins until a completion comes.
     Polling,
     /// The backend is asked to notify on the next response after every
-    /// poll; [`Blkfront::wait`] sleeps on the event channels.
+    /// poll; [`Blkfront::wait`] and [`Blkfront::wait_io`] sleep on the
+    /// event channels.
     Events,
+    /// Polling, except that [`Blkfront::wait`] and [`Blkfront::wait_io`]
+    /// spin for up to `spin_ns` nanoseconds taking responses, then ask the
+    /// backend for a notification and sleep as [`Mode::Events`] does. A
+    /// response that comes while the driver spins costs no notification
+    /// and no wake-up; an idle device costs no CPU after the spin. A wait
+    /// that sees its thread lose the core while spinning (a busy machine),
+    /// or spins that keep catching nothing, stop the spinning for a while
+    /// ([`crate::spin::SpinGovernor`]).
+    Adaptive {
+        /// How long a wait spins before it sleeps.
+        spin_ns: u64,
+    },
 }
 
 /// What the application asks of the device.
@@ -651,6 +683,8 @@ where
     resize_watch: Option<String>,
     resize_token: String,
     stats: DeviceStats,
+    /// How long adaptive waits spin.
+    spin: SpinGovernor,
 }
 
 impl<P: Platform> Core<P>
@@ -1400,6 +1434,28 @@ where
         Placed::OnRing
     }
 
+    /// Asks every ring for a notification on its next response, then
+    /// sleeps on the rings' event channels for at most `ns` (not at all
+    /// when a response is already there).
+    fn block_rings(&mut self, ns: u64) -> Result<(), DeviceError> {
+        for r in self.rings.iter_mut() {
+            match r.ring.final_check_for_responses() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // Reported by the next poll.
+                Err(_) => return Ok(()),
+            }
+        }
+        let ports: Vec<Port> = self.rings.iter().map(|r| r.port).collect();
+        if ports.is_empty() {
+            return Ok(());
+        }
+        self.platform
+            .block_any(&ports, Some(ns))
+            .map(drop)
+            .map_err(DeviceError::Platform)
+    }
+
     fn check_timeouts(&mut self) {
         let now = self.now();
         if now < self.next_timeout_check {
@@ -1838,6 +1894,7 @@ where
             .map(|_| IoQueue::fifo())
             .collect();
         let resize_token = format!("blkfront-resize:{}", config.handshake.frontend);
+        let mode = config.mode;
         Ok(Blkfront {
             handshake: Frontend::new(config.handshake.clone()),
             core: Core {
@@ -1865,6 +1922,7 @@ where
                 resize_watch: None,
                 resize_token,
                 stats: DeviceStats::default(),
+                spin: governor(mode),
             },
             close_sent: false,
         })
@@ -2013,6 +2071,72 @@ where
 
     // ---- blocking ----
 
+    /// Waits for a completion without looking at xenstore: the fast path
+    /// of an application that drives the rings itself ([`Blkfront::submit`],
+    /// [`Blkfront::process`], [`Blkfront::next_completion`]) and calls
+    /// [`Blkfront::poll`] now and then for the handshake and resizes.
+    ///
+    /// Takes responses and puts waiting I/Os on the rings until a
+    /// completion is queued or `timeout` passes (`None`: no limit; a
+    /// backend that never answers is caught by
+    /// [`DeviceConfig::request_timeout`]). How it waits is the mode's:
+    /// spinning ([`Mode::Polling`]); sleeping on the rings' event channels
+    /// after asking for a notification ([`Mode::Events`]); spinning for up
+    /// to `spin_ns`, then sleeping ([`Mode::Adaptive`]). A sleep lasts at
+    /// most 5 ms before the rings are looked at again.
+    ///
+    /// Returns whether a completion is queued: `Ok(false)` when `timeout`
+    /// passed, and at once when no I/O is pending or the device is not
+    /// connected (connecting again needs [`Blkfront::poll`]).
+    pub fn wait_io(&mut self, timeout: Option<Duration>) -> Result<bool, DeviceError> {
+        let start = self.core.now();
+        let deadline = timeout.map(|t| start.saturating_add(duration_ns(t)));
+        let adaptive = matches!(self.core.config.mode, Mode::Adaptive { .. });
+        let mut spin_until = match self.core.config.mode {
+            Mode::Polling => u64::MAX,
+            Mode::Events => start,
+            Mode::Adaptive { .. } => start.saturating_add(self.core.spin.budget(start)),
+        };
+        // Adaptive: whether this wait's spin is still to be judged, and
+        // when it last looked.
+        let mut judge = adaptive && spin_until > start;
+        let mut prev = start;
+        loop {
+            self.core.process()?;
+            if !self.core.completions.is_empty() {
+                if judge {
+                    self.core.spin.caught();
+                }
+                return Ok(true);
+            }
+            if self.core.ios.is_empty() || !self.core.connected || self.core.closed {
+                return Ok(false);
+            }
+            let now = self.core.now();
+            let left = match deadline {
+                Some(d) if now >= d => return Ok(false),
+                Some(d) => d - now,
+                None => u64::MAX,
+            };
+            if now < spin_until {
+                if !(adaptive && self.core.spin.preempted(prev, now)) {
+                    prev = now;
+                    core::hint::spin_loop();
+                    continue;
+                }
+                // Lost the core while spinning: sleep instead.
+                spin_until = now;
+                judge = false;
+            }
+            if judge {
+                judge = false;
+                self.core.spin.missed(now);
+            }
+            self.core
+                .block_rings(left.min(duration_ns(MAX_BLOCK_SLICE)))?;
+        }
+    }
+
     /// Polls until something is queued for the application (a completion
     /// or an event) or `timeout` passes (`None`: no limit), sleeping on the
     /// rings' event channels in between. Returns whether something is
@@ -2137,11 +2261,7 @@ where
     }
 
     fn deadline(&self, timeout: Option<Duration>) -> Option<u64> {
-        timeout.map(|t| {
-            self.core
-                .now()
-                .saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
-        })
+        timeout.map(|t| self.core.now().saturating_add(duration_ns(t)))
     }
 
     /// Sleeps until an event channel fires, xenstore has news, or a short
@@ -2159,22 +2279,36 @@ where
         };
         let slice = left.min(MAX_BLOCK_SLICE);
         if self.core.connected && self.core.broken.is_none() {
-            // Ask for a notification on the next response; one already
-            // there ends the sleep at once.
-            for r in self.core.rings.iter_mut() {
-                match r.ring.final_check_for_responses() {
-                    Ok(true) => return Ok(true),
-                    Ok(false) => {}
-                    // Reported by the next poll.
-                    Err(_) => return Ok(true),
+            if let Mode::Adaptive { .. } = self.core.config.mode {
+                let budget = self.core.spin.budget(now);
+                let end = now.saturating_add(budget).min(deadline.unwrap_or(u64::MAX));
+                let mut prev = now;
+                let mut missed = budget > 0;
+                loop {
+                    let t = self.core.now();
+                    if t >= end {
+                        break;
+                    }
+                    if self.core.spin.preempted(prev, t) {
+                        missed = false;
+                        break;
+                    }
+                    prev = t;
+                    // An error is the next poll's to report.
+                    if self.core.process().is_err()
+                        || !self.core.completions.is_empty()
+                        || !self.core.events.is_empty()
+                    {
+                        self.core.spin.caught();
+                        return Ok(true);
+                    }
+                    core::hint::spin_loop();
+                }
+                if missed {
+                    self.core.spin.missed(prev);
                 }
             }
-            let ports: Vec<Port> = self.core.rings.iter().map(|r| r.port).collect();
-            let ns = u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX);
-            self.core
-                .platform
-                .block_any(&ports, Some(ns))
-                .map_err(DeviceError::Platform)?;
+            self.core.block_rings(duration_ns(slice))?;
         } else {
             match xs.pump_wait(Wait::For(slice)) {
                 Err(e) if e.is_fatal() => {
@@ -2301,14 +2435,22 @@ where
         self.core.rings.iter().map(|r| r.port).collect()
     }
 
-    /// Polling or event-driven.
+    /// Polling, event-driven or adaptive.
     pub fn mode(&self) -> Mode {
         self.core.config.mode
     }
 
-    /// Switches between polling and event-driven.
+    /// Switches between polling, event-driven and adaptive.
     pub fn set_mode(&mut self, mode: Mode) {
         self.core.config.mode = mode;
+        self.core.spin = governor(mode);
+    }
+
+    /// How many times an adaptive wait saw this thread lose its core while
+    /// it spun (each time, waits stop spinning for a while; see
+    /// [`crate::spin`]).
+    pub fn spin_preemptions(&self) -> u64 {
+        self.core.spin.preemptions()
     }
 
     /// The device's counters.

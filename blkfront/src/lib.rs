@@ -63,6 +63,9 @@
 //!   and every unfinished I/O handed back whole, in submission order, when
 //!   the connection ends, to be split anew for the next one.
 //!
+//! - [`spin`]: how long an adaptive wait spins before it sleeps, shrunk to
+//!   nothing while the thread is seen losing its core (a busy machine).
+//!
 //! Fuzz targets `blkif_response` and `blkif_features` (in the workspace's
 //! `fuzz/`) feed these parsers arbitrary backend input; `blkfront_ring`
 //! feeds the driver arbitrary response slots and indices on a live ring.
@@ -99,6 +102,7 @@ pub mod features;
 pub mod inflight;
 pub mod queue;
 pub mod request;
+pub mod spin;
 
 pub use buffer::{Buffer, Span};
 pub use device::{
@@ -114,6 +118,7 @@ pub use features::{
 };
 pub use inflight::{Done, Drained, InFlight, IoStatus, Rejected, ResponseError, SubmitError};
 pub use request::{BlockIo, BlockOp, IoError, Plan, RingRequest, Segment};
+pub use spin::SpinGovernor;
 
 #[cfg(test)]
 extern crate std;

@@ -123,6 +123,66 @@ fn blocking_reads_and_writes_in_polling_mode() {
 }
 
 #[test]
+fn blocking_reads_and_writes_in_adaptive_mode() {
+    blocking_round_trip(Mode::Adaptive { spin_ns: 100_000 });
+}
+
+/// `wait_io` (no xenstore) with the backend in another thread, in every
+/// mode: I/Os complete, data round-trips, a paused backend runs the wait
+/// out on the clock.
+#[test]
+fn wait_io_in_every_mode() {
+    for mode in [
+        Mode::Polling,
+        Mode::Events,
+        Mode::Adaptive { spin_ns: 50_000 },
+    ] {
+        let w = World::new(1024);
+        let mut xs = w.front_xs();
+        let mut cfg = w.config();
+        cfg.mode = mode;
+        let mut dev = w.device(cfg);
+        let runner = Runner::start(w.backend(BackConfig {
+            sectors: 1024,
+            ..BackConfig::default()
+        }));
+        dev.wait_connected(&mut xs, Some(Duration::from_secs(10)))
+            .unwrap()
+            .unwrap();
+        // Nothing pending: at once.
+        let t0 = Instant::now();
+        assert!(!dev.wait_io(Some(Duration::from_secs(10))).unwrap());
+        assert!(t0.elapsed() < Duration::from_secs(5), "{mode:?}");
+        for round in 0..10u64 {
+            let sector = round * 16;
+            let spans = pool_spans(&dev, 0, 8, sector, round as u8 + 1);
+            let data = span_bytes(&spans);
+            let tag = dev.write(0, sector, spans).unwrap();
+            assert!(dev.wait_io(Some(Duration::from_secs(10))).unwrap());
+            let c = dev.next_completion().unwrap();
+            assert_eq!((c.tag, c.result), (tag, Ok(())), "{mode:?}");
+            let tag = dev.read(0, sector, empty_spans(&dev, 0, 8)).unwrap();
+            assert!(dev.wait_io(Some(Duration::from_secs(10))).unwrap());
+            let c = dev.next_completion().unwrap();
+            assert_eq!((c.tag, &c.result), (tag, &Ok(())), "{mode:?}");
+            assert!(span_bytes(c.io.spans()) == data, "{mode:?} round {round}");
+        }
+        runner.pause.store(true, Ordering::Release);
+        thread::sleep(Duration::from_millis(5));
+        let tag = dev.write(0, 0, pool_spans(&dev, 0, 1, 0, 7)).unwrap();
+        let t0 = Instant::now();
+        assert!(!dev.wait_io(Some(Duration::from_millis(30))).unwrap());
+        assert!(t0.elapsed() >= Duration::from_millis(30), "{mode:?}");
+        assert!(dev.next_completion().is_none());
+        runner.pause.store(false, Ordering::Release);
+        assert!(dev.wait_io(Some(Duration::from_secs(10))).unwrap());
+        let c = dev.next_completion().unwrap();
+        assert_eq!((c.tag, c.result), (tag, Ok(())), "{mode:?}");
+        let _ = runner.finish();
+    }
+}
+
+#[test]
 fn wait_returns_when_a_completion_is_queued() {
     let w = World::new(1024);
     let mut xs = w.front_xs();

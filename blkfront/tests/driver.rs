@@ -13,6 +13,7 @@ use common::memstore::MemConn;
 use common::*;
 use grant_tables::fake::FakePlatform;
 use grant_tables::{PageAllocator, PoolMode};
+use std::time::{Duration, Instant};
 use xenbus::Xenstore;
 
 /// Drives until I/O `tag` completes; returns it.
@@ -596,6 +597,65 @@ fn submissions_before_the_first_connection_are_refused() {
         .submit(blkfront::Io::Flush, blkfront::IoOptions::queue(3))
         .unwrap_err();
     assert_eq!(r.error, Refusal::NotConnected);
+}
+
+/// Adaptive mode: a response that comes while `wait_io` spins is taken
+/// without asking the backend for a notification (the shared `rsp_event`
+/// stays put); one that does not come in the spin is asked for before the
+/// wait sleeps. Polling mode never asks, event mode asks at once.
+#[test]
+fn wait_io_asks_for_a_notification_as_the_mode_says() {
+    for (mode, asks_at_once, asks_after_spin) in [
+        (blkfront::Mode::Polling, false, false),
+        (blkfront::Mode::Events, true, true),
+        (blkfront::Mode::Adaptive { spin_ns: 2_000_000 }, false, true),
+    ] {
+        let (_w, mut dev, _xs, mut back) = setup_with(BackConfig::default(), |mut c| {
+            c.mode = mode;
+            c
+        });
+        let b = back.as_mut().unwrap();
+        let event = |b: &BackInstance| b.dev.rsp_event(0).expect("ring header");
+        // Nothing pending: at once, nothing asked.
+        let before = event(b);
+        let t0 = Instant::now();
+        assert!(!dev.wait_io(Some(Duration::from_secs(5))).unwrap());
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert_eq!(event(b), before, "{mode:?}");
+        // The response is there when the wait starts.
+        for k in 0..4 {
+            let tag = dev
+                .write(0, 8 * k, pool_spans(&dev, 0, 1, 8 * k, 1))
+                .unwrap();
+            dev.process().unwrap();
+            b.poll();
+            assert!(dev.wait_io(Some(Duration::from_secs(5))).unwrap());
+            let c = dev.next_completion().unwrap();
+            assert_eq!((c.tag, c.result), (tag, Ok(())), "{mode:?}");
+        }
+        // Asked: `rsp_event` is one past the responses taken.
+        let armed = |dev: &Dev| dev.stats().responses as u32 + 1;
+        assert_eq!(event(b) == armed(&dev), asks_at_once, "{mode:?}");
+        // No response within the spin: the wait runs out on the clock,
+        // having asked (or not) for a notification. (A thread kept off
+        // its core past the timeout during the spin returns before it
+        // asks: a few waits, as a busy machine may need.)
+        let tag = dev.write(0, 64, pool_spans(&dev, 0, 1, 64, 2)).unwrap();
+        for _ in 0..10 {
+            let t0 = Instant::now();
+            assert!(!dev.wait_io(Some(Duration::from_millis(20))).unwrap());
+            assert!(t0.elapsed() >= Duration::from_millis(20), "{mode:?}");
+            if event(b) == armed(&dev) {
+                break;
+            }
+        }
+        assert_eq!(event(b) == armed(&dev), asks_after_spin, "{mode:?}");
+        b.poll();
+        assert!(dev.wait_io(Some(Duration::from_secs(5))).unwrap());
+        let c = dev.next_completion().unwrap();
+        assert_eq!((c.tag, c.result), (tag, Ok(())), "{mode:?}");
+        assert_eq!(dev.mode(), mode);
+    }
 }
 
 #[test]

@@ -132,6 +132,9 @@ fn indirect_requests_move_a_mebibyte() {
         b.read_at(0, &mut got).unwrap();
         assert_eq!(got, pattern(1000 + i as u32, 4096), "page {i} read back");
     }
+    // Both went through a bounce buffer (256 segments, at least the
+    // default 64).
+    assert_eq!(r.back().stats().bounced, 2);
     // 257 segments is more than the backend offers.
     let segs: Vec<_> = back
         .iter()

@@ -6,11 +6,12 @@
 //! sequential reads and writes at depth 4, on one file, through a
 //! frontend and the hosted blkback (two domains of the hosted platform in
 //! this process: the frontend on the bench's thread, the backend's queue
-//! worker on its own thread, both polling), and through fio (io_uring,
+//! worker on its own thread, both spinning a while then sleeping), and
+//! through fio (io_uring,
 //! `O_DIRECT`, the same depths and sizes) as the peer, in the same run.
 //!
 //! The frontend side is behind [`BlockFront`]: the `blkfront-*` entries run
-//! the blkfront driver ([`blkfront::Blkfront`], polling mode, completion
+//! the blkfront driver ([`blkfront::Blkfront`], adaptive mode, completion
 //! API, buffers from its pool of persistent grants); the `ringfront-*`
 //! entries run the ring-level test frontend of `hosted::blkback::front`
 //! (raw requests on the ring, persistent grants), which shows what the
@@ -28,7 +29,7 @@ use blkfront::abi::{
 };
 use std::sync::Arc;
 
-use blkfront::{Blkfront, DeviceConfig, Io, IoOptions, Mode, Span, Tag};
+use blkfront::{Blkfront, DeviceConfig, Io, IoOptions, Mode, Span, SpinGovernor, Tag};
 use grant_tables::{DomId, EventChannels, PoolBuffer};
 use hosted::blkback::front::{rw_request, whole_page, FrontConfig, RingFrontend};
 use hosted::blkback::{Blkback, BlkbackConfig, WaitMode};
@@ -40,7 +41,7 @@ use zerocopy::FromBytes;
 const ABOUT: &str = "\
 The block bench: 4 KiB random reads and writes at queue depth 1 and 32, and \
 1 MiB sequential reads and writes at depth 4, on one file (created once under \
-target/bench/), through the blkfront driver (blkfront-*, polling) and the \
+target/bench/), through the blkfront driver (blkfront-*, adaptive) and the \
 hosted blkback (io_uring, O_DIRECT, zero copy into the driver's persistent \
 grants), through the ring-level test frontend (ringfront-*) and the same \
 blkback, and through fio (io_uring, O_DIRECT, same depths and sizes) in the \
@@ -148,15 +149,20 @@ trait BlockFront {
     fn poll(&mut self, done: &mut Vec<usize>) -> Result<(), String>;
     /// Sleeps until a completion may be there (or a short while passes).
     fn wait(&mut self) -> Result<(), String>;
+    /// How long [`closed_loop`] spins on [`BlockFront::poll`] before it
+    /// calls [`BlockFront::wait`] (zero when the frontend's wait spins
+    /// itself).
+    fn spin_before_wait(&self) -> Duration;
 }
 
 /// How long the frontend and the backend spin before they sleep
 /// (microseconds; `BLKBENCH_FRONT_SPIN_US` and `BLKBENCH_BACK_SPIN_US`
-/// change them). On a machine with two cores, two spinning ends leave the
-/// kernel's I/O workers no core: by default the frontend sleeps at once at
-/// depth 1 (it has nothing to do until its one completion) and spins 50 us
-/// at larger depths (completions come often), and the backend spins
-/// 100 us.
+/// change them): by default the frontend 200 us (longer than a 4 KiB I/O
+/// takes on a virtual disk) and the backend 100 us. Both spins are
+/// governed ([`SpinGovernor`]): a thread seen losing its core while it
+/// spins sleeps at once for a while instead, since on a busy machine a
+/// spinning thread waits whole time slices for its core where a sleeping
+/// one is woken at once.
 fn spin(var: &str, default_us: u64) -> Duration {
     let us = std::env::var(var)
         .ok()
@@ -164,6 +170,14 @@ fn spin(var: &str, default_us: u64) -> Duration {
         .unwrap_or(default_us);
     Duration::from_micros(us)
 }
+
+/// How long the frontend spins before it sleeps.
+fn front_spin() -> Duration {
+    spin("BLKBENCH_FRONT_SPIN_US", FRONT_SPIN_US)
+}
+
+/// The frontend's default spin (microseconds).
+const FRONT_SPIN_US: u64 = 200;
 
 /// The hosted world of one round: hypervisor, xenstore daemon, the device
 /// directories, and blkback serving `file`; the frontend domain's platform
@@ -340,9 +354,13 @@ impl BlockFront for RingFront {
         }
         Ok(())
     }
+
+    fn spin_before_wait(&self) -> Duration {
+        front_spin()
+    }
 }
 
-/// The blkfront driver ([`blkfront::Blkfront`]) in polling mode: each slot
+/// The blkfront driver ([`blkfront::Blkfront`]) in adaptive mode: each slot
 /// owns pool buffers (persistent grants) that go out with its I/O through
 /// the completion API and come back with the completion.
 struct DriverFront {
@@ -354,6 +372,8 @@ struct DriverFront {
     spans: Vec<Option<Vec<Span<HostedPlatform>>>>,
     /// Per I/O in flight: its tag and slot.
     tags: Vec<(Tag, usize)>,
+    /// Polling mode, the core yielded when idle (`BLKBENCH_FRONT_WAIT=yield`).
+    yield_when_idle: bool,
     _world: World,
 }
 
@@ -362,8 +382,15 @@ impl DriverFront {
         let mut world = World::new(file)?;
         let pages_per = bytes / 4096;
         let mut xs = connect_as(world.daemon.socket(), 1).map_err(err)?;
+        let yield_when_idle = std::env::var("BLKBENCH_FRONT_WAIT").is_ok_and(|v| v == "yield");
         let mut cfg = DeviceConfig::new(FRONT_PATH);
-        cfg.mode = Mode::Polling;
+        cfg.mode = if yield_when_idle {
+            Mode::Polling
+        } else {
+            Mode::Adaptive {
+                spin_ns: front_spin().as_nanos() as u64,
+            }
+        };
         cfg.pool_pages = depth * pages_per;
         cfg.indirect_pool_pages = depth.max(64);
         let mut dev = Blkfront::new(Arc::new(world.take_front_plat()?), cfg).map_err(err)?;
@@ -386,6 +413,7 @@ impl DriverFront {
             _xs: xs,
             spans,
             tags: Vec::with_capacity(depth),
+            yield_when_idle,
             _world: world,
         })
     }
@@ -436,11 +464,27 @@ impl BlockFront for DriverFront {
         Ok(())
     }
 
-    /// Polling mode: the backend does not notify, so waiting is yielding
-    /// the core and looking again.
+    /// Adaptive mode: the driver spins, then asks for a notification and
+    /// sleeps on the event channel ([`Blkfront::wait_io`]). The old way
+    /// (`BLKBENCH_FRONT_WAIT=yield`: polling mode, the bench spinning, then
+    /// yielding the core and looking again) stays for comparison.
     fn wait(&mut self) -> Result<(), String> {
-        std::thread::yield_now();
-        Ok(())
+        if self.yield_when_idle {
+            std::thread::yield_now();
+            return Ok(());
+        }
+        self.dev
+            .wait_io(Some(Duration::from_millis(10)))
+            .map(drop)
+            .map_err(err)
+    }
+
+    fn spin_before_wait(&self) -> Duration {
+        if self.yield_when_idle {
+            front_spin()
+        } else {
+            Duration::ZERO
+        }
     }
 }
 
@@ -506,26 +550,47 @@ fn closed_loop(
     }
     front.kick()?;
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut idle: Option<Instant> = None;
-    let front_spin = spin("BLKBENCH_FRONT_SPIN_US", if w.depth == 1 { 0 } else { 50 });
+    // The spin before `wait`, governed as the driver's adaptive waits are
+    // (none while this thread is seen losing its core).
+    let epoch = Instant::now();
+    let ns = |t: Instant| t.duration_since(epoch).as_nanos() as u64;
+    let mut governor = SpinGovernor::new(front.spin_before_wait().as_nanos() as u64);
+    // This idle stretch: its start, last look, spin budget (ns), and
+    // whether its spin kept the core.
+    let mut idle: Option<(u64, u64, u64, bool)> = None;
     while completed < ops {
         done.clear();
         front.poll(&mut done)?;
         if done.is_empty() {
-            let since = *idle.get_or_insert_with(Instant::now);
-            if since.elapsed() >= front_spin {
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "{completed} of {ops} requests completed after 600 s"
-                    ));
+            let now = ns(Instant::now());
+            let (start, prev, budget, clean) =
+                idle.get_or_insert_with(|| (now, now, governor.budget(now), true));
+            if now < start.saturating_add(*budget) {
+                if !governor.preempted(*prev, now) {
+                    *prev = now;
+                    std::hint::spin_loop();
+                    continue;
                 }
-                front.wait()?;
-            } else {
-                std::hint::spin_loop();
+                *budget = 0;
+                *clean = false;
+            } else if *clean && *budget > 0 {
+                // The spin ran out and caught nothing.
+                *clean = false;
+                governor.missed(now);
             }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{completed} of {ops} requests completed after 600 s"
+                ));
+            }
+            front.wait()?;
             continue;
         }
-        idle = None;
+        if let Some((_, _, budget, true)) = idle.take() {
+            if budget > 0 {
+                governor.caught();
+            }
+        }
         let now = Instant::now();
         for &slot in &done {
             completed += 1;
@@ -556,13 +621,13 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front) -> Entry {
     let (prefix, through, how) = match which {
         Front::Driver => (
             "blkfront",
-            "the blkfront driver (polling, completion API, pool buffers)",
-            "2 domains in one process (hosted), blkfront polling (yielding when idle), backend queue spinning a while then sleeping, O_DIRECT io_uring, persistent grants",
+            "the blkfront driver (adaptive, completion API, pool buffers)",
+            "2 domains in one process (hosted), blkfront and backend queue spinning a while (governed) then sleeping, O_DIRECT io_uring, persistent grants",
         ),
         Front::Ring => (
             "ringfront",
             "the ring-level test frontend",
-            "2 domains in one process (hosted), frontend and backend queue spinning a while then sleeping, O_DIRECT io_uring, persistent grants",
+            "2 domains in one process (hosted), frontend and backend queue spinning a while (governed) then sleeping, O_DIRECT io_uring, persistent grants",
         ),
     };
     let name = format!("{prefix}-{}", w.suffix());
@@ -580,7 +645,10 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front) -> Entry {
                 Front::Driver => Box::new(DriverFront::new(&file, w.depth, w.bytes)?),
                 Front::Ring => Box::new(RingFront::new(&file, w.depth, w.bytes)?),
             };
-            benches::pin::pin_to(0);
+            // `BLKBENCH_PIN=0` leaves it free to run on either core.
+            if std::env::var("BLKBENCH_PIN").map_or(true, |v| v != "0") {
+                benches::pin::pin_to(0);
+            }
             let mut offsets = Offsets::new(&w, file_bytes, 0x9E37_79B9 + r.index);
             closed_loop(&mut *front, &w, &mut offsets, w.ops(r.warmup), None)?;
             let ops = w.ops(r.iters);

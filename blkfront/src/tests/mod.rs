@@ -3,6 +3,7 @@
 mod features;
 mod inflight;
 mod request;
+mod spin;
 
 use std::collections::BTreeMap;
 use std::string::{String, ToString};

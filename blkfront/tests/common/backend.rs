@@ -170,6 +170,15 @@ impl TestBack {
         self.live.is_some()
     }
 
+    /// The `rsp_event` in queue `q`'s shared ring header: the response
+    /// index at which the frontend last asked to be notified.
+    pub fn rsp_event(&self, q: usize) -> Option<u32> {
+        let queue = self.live.as_ref()?.queues.get(q)?;
+        let mut b = [0u8; 4];
+        queue.ring.memory().mapping().read_at(12, &mut b).ok()?;
+        Some(u32::from_le_bytes(b))
+    }
+
     /// Writes `bytes` into the response slot `ahead` slots past the
     /// backend's private response producer, on queue `q`, bypassing the
     /// ring's bookkeeping (a hostile backend).

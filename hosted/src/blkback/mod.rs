@@ -106,7 +106,9 @@ pub enum WaitMode {
     Poll,
     /// Spins for `spin`, then sleeps: on the event channel (after asking
     /// the frontend to notify) when no I/O is in flight, on the io_uring
-    /// otherwise (looking at the ring again at least every 200 us).
+    /// otherwise (looking at the ring again at least every 200 us). A
+    /// worker seen losing its core while it spins does not spin for a
+    /// while ([`blkfront::SpinGovernor`]).
     Event {
         /// How long to spin before sleeping (zero: sleep at once).
         spin: Duration,
@@ -202,6 +204,15 @@ pub struct BlkbackConfig {
     pub discard: bool,
     /// The `info` REMOVABLE bit.
     pub removable: bool,
+    /// Reads and writes of at least this many segments (default 64, that
+    /// is 256 KiB of whole pages; 0: never) go through one of the queue's
+    /// bounce buffers (8 of 1 MiB, on huge pages where the host allows,
+    /// registered with the io_uring) instead of straight into the mapped
+    /// grants, when one is free. One copy of the data, and the disk sees
+    /// one contiguous buffer instead of one scattered page per segment:
+    /// a virtual disk that costs per segment (a VM's virtio-blk device)
+    /// then moves a 1 MiB request in a fraction of the time.
+    pub bounce_min_segments: usize,
     /// How the queues wait for work (default: event mode, spinning 50 us).
     pub wait: WaitMode,
     /// Pause after each refused request (blkback's 1 ms).
@@ -230,6 +241,7 @@ impl BlkbackConfig {
             flush: true,
             discard: true,
             removable: false,
+            bounce_min_segments: 64,
             wait: WaitMode::Event {
                 spin: Duration::from_micros(50),
             },
@@ -284,6 +296,9 @@ pub struct BlkbackStats {
     pub rejected: HashMap<RejectReason, u64>,
     /// Grant maps done (persistent and per request).
     pub grant_maps: u64,
+    /// Reads and writes whose data went through a bounce buffer
+    /// ([`BlkbackConfig::bounce_min_segments`]).
+    pub bounced: u64,
     /// Persistent grants mapped now.
     pub persistent_grants: u64,
     /// Rings halted for bogus requests.
@@ -305,6 +320,7 @@ struct Counters {
     flushes: AtomicU64,
     discards: AtomicU64,
     grant_maps: AtomicU64,
+    pub(crate) bounced: AtomicU64,
     persistent_grants: AtomicU64,
     ring_halts: AtomicU64,
     hostile_acts: AtomicU64,
@@ -470,6 +486,7 @@ impl Blkback {
             discards: get(&c.discards),
             rejected: lock(&self.shared.rejected).clone(),
             grant_maps: get(&c.grant_maps),
+            bounced: get(&c.bounced),
             persistent_grants: get(&c.persistent_grants),
             ring_halts: get(&c.ring_halts),
             hostile_acts: get(&c.hostile_acts),

@@ -8,7 +8,11 @@
 //! the frontend when [`BackRing::push_responses`] says to. When there is
 //! nothing to do it spins ([`WaitMode::Poll`]) or, in event mode, spins a
 //! while, then sleeps: on the event channel when no I/O is in flight
-//! (after `RING_FINAL_CHECK_FOR_REQUESTS`), on the io_uring otherwise.
+//! (after `RING_FINAL_CHECK_FOR_REQUESTS`), on the io_uring otherwise. The
+//! spin is governed as blkfront's adaptive waits are
+//! ([`blkfront::SpinGovernor`]): a worker seen losing its core while it
+//! spins (a busy machine, where spinning costs whole time slices), or
+//! whose spins keep catching nothing, sleeps at once for a while instead.
 //!
 //! Grants: with persistent grants every page (data or indirect) is looked
 //! up by ref in this queue's cache and mapped read-write the first time,
@@ -27,6 +31,7 @@ use std::time::{Duration, Instant};
 use blkfront::abi::{
     op, status, BlkifRequest, BlkifRequestSegment, BlkifResponse, SEGMENTS_PER_INDIRECT_PAGE,
 };
+use blkfront::SpinGovernor;
 use grant_tables::abi::{GrantRefNum, PAGE_SIZE, SRING_HEADER_SIZE};
 use grant_tables::foreign::{ForeignGrants, MapOp};
 use grant_tables::{Access, BackRing, DomId, EventChannels, Port, RingError};
@@ -57,6 +62,107 @@ pub(crate) struct Leftovers {
     pub grants: Vec<MappedGrant>,
 }
 
+/// Bounce buffers per queue ([`BlkbackConfig::bounce_min_segments`]).
+///
+/// [`BlkbackConfig::bounce_min_segments`]: super::BlkbackConfig::bounce_min_segments
+const BOUNCE_BUFFERS: usize = 8;
+
+/// Bytes in each bounce buffer: the largest request that goes through one.
+const BOUNCE_BYTES: usize = 1 << 20;
+
+/// A queue's bounce buffers: one anonymous mapping (huge pages asked
+/// for), cut into [`BOUNCE_BYTES`] buffers registered with the io_uring
+/// as its fixed buffers `0..BOUNCE_BUFFERS`.
+struct Bounce {
+    base: *mut u8,
+    len: usize,
+    free: Vec<u16>,
+}
+
+impl Bounce {
+    fn new() -> std::io::Result<Bounce> {
+        let len = BOUNCE_BUFFERS * BOUNCE_BYTES;
+        // SAFETY: a new private anonymous mapping (no file, no fixed
+        // address); the result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = p.cast::<u8>();
+        // SAFETY: `base..base + len` is the mapping just made, readable
+        // and writable, and nothing else refers to it yet. Huge pages are
+        // only advice (an error leaves small pages); the zeroes fault the
+        // pages in before the io_uring pins them.
+        unsafe {
+            libc::madvise(p, len, libc::MADV_HUGEPAGE);
+            std::ptr::write_bytes(base, 0, len);
+        }
+        Ok(Bounce {
+            base,
+            len,
+            free: (0..BOUNCE_BUFFERS as u16).rev().collect(),
+        })
+    }
+
+    fn iovecs(&self) -> Vec<libc::iovec> {
+        (0..BOUNCE_BUFFERS)
+            .map(|k| libc::iovec {
+                iov_base: self.ptr(k as u16).cast(),
+                iov_len: BOUNCE_BYTES,
+            })
+            .collect()
+    }
+
+    fn ptr(&self, k: u16) -> *mut u8 {
+        self.base.wrapping_add(usize::from(k) * BOUNCE_BYTES)
+    }
+}
+
+impl Drop for Bounce {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; the io_uring
+        // that had it registered is dropped first (it is declared before
+        // the bounce buffers in `Worker`), and no I/O into it is in flight
+        // (`finish` forgets the buffers instead when some may be).
+        unsafe {
+            libc::munmap(self.base.cast(), self.len);
+        }
+    }
+}
+
+/// Copies between bounce buffer `buf` and a request's segments, in order:
+/// into the buffer (`to_buf`, a write) or out of it (a read's data).
+///
+/// # Safety
+/// Every iovec points into a mapping that is alive (the request's own
+/// mappings or the queue's persistent grants) and lies inside it; `buf`
+/// is a bounce buffer at least as long as the segments together.
+unsafe fn copy_segments(iov: &[libc::iovec], buf: *mut u8, to_buf: bool) {
+    let mut at = 0;
+    for v in iov {
+        let seg = v.iov_base.cast::<u8>();
+        // SAFETY: by the function's contract; the two never overlap (the
+        // bounce buffers are the queue's own memory).
+        unsafe {
+            if to_buf {
+                std::ptr::copy_nonoverlapping(seg, buf.add(at), v.iov_len);
+            } else {
+                std::ptr::copy_nonoverlapping(buf.add(at), seg, v.iov_len);
+            }
+        }
+        at += v.iov_len;
+    }
+}
+
 /// Stages of a request's I/O, in the low bits of an SQE's user data.
 const STAGE_DATA: u64 = 0;
 const STAGE_FLUSH: u64 = 1;
@@ -79,6 +185,9 @@ struct Slot {
     iov: Vec<libc::iovec>,
     /// Pages mapped for this request only (unmapped at completion).
     maps: Vec<MappedGrant>,
+    /// The bounce buffer the data goes through, and whether it is a read
+    /// (copied out to the segments when it succeeds).
+    bounce: Option<(u16, bool)>,
 }
 
 /// One queue's worker.
@@ -107,6 +216,23 @@ struct Worker {
     /// Mappings the hostile mode keeps instead of unmapping.
     kept: Vec<MappedGrant>,
     stop: Arc<AtomicBool>,
+    /// How long an idle worker spins before it sleeps (event mode).
+    spin: SpinGovernor,
+    /// The start of the governor's clock.
+    epoch: Instant,
+    /// Bounce buffers for large requests (none when off or not set up).
+    /// Declared after `uring`, which has them registered: dropped after it.
+    bounce: Option<Bounce>,
+}
+
+/// One idle stretch of a worker: when it began, its last look, its spin
+/// budget, and whether the spin is still to be judged (it did not lose
+/// its core).
+struct IdleSpin {
+    start: u64,
+    prev: u64,
+    budget: u64,
+    clean: bool,
 }
 
 /// Runs queue `setup` until `stop`, then finishes the I/O in flight,
@@ -141,6 +267,10 @@ pub(crate) fn run(
             };
         }
     };
+    let spin_ns = match shared.config.wait {
+        WaitMode::Event { spin } => u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX),
+        WaitMode::Poll => 0,
+    };
     let mut w = Worker {
         plat,
         shared,
@@ -159,7 +289,28 @@ pub(crate) fn run(
         answered: 0,
         kept: Vec::new(),
         stop,
+        spin: SpinGovernor::new(spin_ns),
+        epoch: Instant::now(),
+        bounce: None,
     };
+    if w.shared.config.bounce_min_segments > 0 {
+        w.bounce = match Bounce::new() {
+            // SAFETY: the buffers stay mapped until the io_uring is
+            // dropped (`Worker::bounce` is declared after `Worker::uring`,
+            // and `finish` forgets them while I/O may be in flight).
+            Ok(b) => match unsafe { w.uring.submitter().register_buffers(&b.iovecs()) } {
+                Ok(()) => Some(b),
+                Err(e) => {
+                    log::debug!("blkback queue {index}: no bounce buffers (registering them: {e})");
+                    None
+                }
+            },
+            Err(e) => {
+                log::debug!("blkback queue {index}: no bounce buffers: {e}");
+                None
+            }
+        };
+    }
     w.serve();
     w.finish()
 }
@@ -174,7 +325,7 @@ fn make_uring(shared: &Shared, ring_size: u32) -> std::io::Result<IoUring> {
 
 impl Worker {
     fn serve(&mut self) {
-        let mut idle_since: Option<Instant> = None;
+        let mut idle: Option<IdleSpin> = None;
         while !self.stop.load(Ordering::Relaxed) {
             let mut progress = self.reap();
             if !self.halted && self.barrier.is_none() {
@@ -189,26 +340,54 @@ impl Worker {
             self.submit();
             self.push();
             if progress {
-                idle_since = None;
+                if let Some(spun) = idle.take() {
+                    if spun.clean && spun.budget > 0 {
+                        self.spin.caught();
+                    }
+                }
                 continue;
             }
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            self.idle(since);
+            let now = self.now_ns();
+            let spin = &self.spin;
+            let st = idle.get_or_insert_with(|| IdleSpin {
+                start: now,
+                prev: now,
+                budget: spin.budget(now),
+                clean: true,
+            });
+            self.idle(st, now);
         }
     }
 
-    /// Nothing to do: spin or sleep, as the mode says.
-    fn idle(&mut self, since: Instant) {
-        let spin = match self.shared.config.wait {
-            WaitMode::Poll => {
+    /// Nanoseconds since the worker started (the spin governor's clock).
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Nothing to do: spin or sleep, as the mode says. Event mode spins
+    /// for the governor's budget (none while this thread is seen losing
+    /// its core: see [`blkfront::spin`]), then sleeps.
+    fn idle(&mut self, st: &mut IdleSpin, now: u64) {
+        if let WaitMode::Poll = self.shared.config.wait {
+            std::hint::spin_loop();
+            return;
+        }
+        if now < st.start.saturating_add(st.budget) {
+            if !self.spin.preempted(st.prev, now) {
+                st.prev = now;
                 std::hint::spin_loop();
                 return;
             }
-            WaitMode::Event { spin } => spin,
-        };
-        if since.elapsed() < spin {
-            std::hint::spin_loop();
-            return;
+            // Lost the core while spinning: sleep instead.
+            st.budget = 0;
+            st.clean = false;
+        }
+        if st.clean {
+            // The spin ran out on a core of its own, catching nothing.
+            st.clean = false;
+            if st.budget > 0 {
+                self.spin.missed(now);
+            }
         }
         if self.in_flight > 0 {
             // Sleep on the io_uring; new requests are looked at when it
@@ -553,6 +732,23 @@ impl Worker {
         let bytes = u32::try_from(rw.bytes()).unwrap_or(u32::MAX);
         let flush = matches!(rw.kind, RwKind::Flush | RwKind::Barrier);
         let data = !iov.is_empty();
+        let min = self.shared.config.bounce_min_segments;
+        let bounce = match &mut self.bounce {
+            Some(b) if data && min > 0 && iov.len() >= min && bytes as usize <= BOUNCE_BYTES => {
+                b.free.pop().map(|k| (k, b.ptr(k)))
+            }
+            _ => None,
+        };
+        let reads = rw.kind == RwKind::Read;
+        if bounce.is_some() {
+            self.shared.stats.bounced.fetch_add(1, Ordering::Relaxed);
+        }
+        if let (Some((_, buf)), false) = (bounce, reads) {
+            // SAFETY: the iovecs point into mappings held by `temp` or the
+            // persistent cache, each inside its page (checked by the
+            // parser); `buf` holds BOUNCE_BYTES >= `bytes`, their sum.
+            unsafe { copy_segments(&iov, buf, true) };
+        }
         let slot = Slot {
             id: rw.id,
             rsp_op: rw.rsp_op,
@@ -562,6 +758,7 @@ impl Worker {
             reason: None,
             iov,
             maps: temp,
+            bounce: bounce.map(|(k, _)| (k, reads)),
         };
         let offset = rw.sector << blkfront::abi::SECTOR_SHIFT;
         let fd = types::Fixed(0);
@@ -578,7 +775,18 @@ impl Worker {
             }
             entries.push(e);
         }
-        if data {
+        if let (true, Some((k, buf))) = (data, bounce) {
+            let e = if reads {
+                opcode::ReadFixed::new(fd, buf, bytes, k)
+                    .offset(offset)
+                    .build()
+            } else {
+                opcode::WriteFixed::new(fd, buf, bytes, k)
+                    .offset(offset)
+                    .build()
+            };
+            entries.push(e.user_data(ud(STAGE_DATA)));
+        } else if data {
             let e = match (&slot.iov[..], rw.kind) {
                 ([one], RwKind::Read) => {
                     opcode::Read::new(fd, one.iov_base.cast(), one.iov_len as u32)
@@ -633,6 +841,7 @@ impl Worker {
             reason: None,
             iov: Vec::new(),
             maps: Vec::new(),
+            bounce: None,
         };
         if let Some(s) = self.slots.get_mut(index as usize) {
             *s = Some(slot);
@@ -755,6 +964,16 @@ impl Worker {
         };
         self.in_flight -= 1;
         self.free.push(index as u32);
+        if let (Some((k, reads)), Some(b)) = (slot.bounce, self.bounce.as_mut()) {
+            if reads && slot.status == status::OKAY {
+                // SAFETY: the slot's iovecs still point into live mappings
+                // (its own, released below, or the persistent cache), each
+                // inside its page; the read filled `slot.bytes`, their
+                // sum, of bounce buffer `k`.
+                unsafe { copy_segments(&slot.iov, b.ptr(k), false) };
+            }
+            b.free.push(k);
+        }
         if let Some(r) = slot.reason {
             self.shared.count_reject(r);
         }
@@ -926,6 +1145,9 @@ impl Worker {
             std::mem::forget(std::mem::take(&mut self.kept));
             if let Some(cache) = self.persistent.take() {
                 std::mem::forget(cache);
+            }
+            if let Some(b) = self.bounce.take() {
+                std::mem::forget(b);
             }
         }
         self.push();
