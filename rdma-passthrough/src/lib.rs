@@ -1,8 +1,42 @@
-//! RDMA verbs for lightweight domains.
+//! RDMA for lightweight domains: the RoCE v2 transport.
 //!
-//! **Not implemented yet.** This crate will hold an RDMA verbs layer that
-//! lets a domain drive an RDMA-capable device it owns directly. The PCI
-//! passthrough layer it builds on (pcifront, configuration space, BARs,
-//! MSI/MSI-X, DMA buffers) lives in the `passthrough` crate. Nothing here
-//! is functional today.
+//! This crate will hold an RDMA layer that lets a domain talk RDMA (reliable
+//! connected queue pairs over RoCE v2) to ordinary Linux nodes, driving the
+//! NIC itself through the frame-device interface (netfront's `frame`
+//! module). The PCI passthrough layer it builds on lives in the
+//! `passthrough` crate.
+//!
+//! # What is here
+//! - [`psn`]: 24-bit packet sequence numbers, their arithmetic and windows
+//!   across the wrap.
+//! - [`opcode`]: the reliable-connected opcodes (IBA vol. 1, 9.2) and, for
+//!   each, the extended headers it carries, whether it carries a payload
+//!   and its position in a message.
+//! - [`headers`]: the BTH, RETH, AETH (ACK, RNR NAK and NAK syndromes),
+//!   AtomicETH, AtomicAckETH, ImmDt and IETH, each encoded and decoded.
+//! - [`icrc`]: the invariant CRC over the masked IPv4, UDP and BTH fields,
+//!   checked against a RoCE v2 packet captured from a ConnectX-4 Lx NIC.
+//! - [`packet`]: whole frames (Ethernet, IPv4, UDP port 4791, transport
+//!   headers, payload, pad, ICRC): a builder writing into a caller's buffer
+//!   and a parser that validates every header of a received copy and
+//!   returns a typed error for anything malformed, never panicking.
+//!
+//! # What is not here yet
+//! The verbs API (protection domains, memory regions as verbs objects,
+//! completion queues with events, the RESET→INIT→RTR→RTS state machine,
+//! scatter-gather work requests), RDMA READ and atomics in the queue pair
+//! (their headers are parsed and built, but the queue pair does not serve
+//! or issue them), retransmission timers and retry counts, RNR NAKs and
+//! retries, the driver that runs the transport over a frame device, IPv6
+//! and VLAN-tagged frames, the connection exchange of `ibv_rc_pingpong`
+//! and perftest, the lab scenario against Linux's `rdma_rxe` and the
+//! bench entries.
 #![no_std]
+
+extern crate alloc;
+
+pub mod headers;
+pub mod icrc;
+pub mod opcode;
+pub mod packet;
+pub mod psn;
