@@ -20,17 +20,23 @@
 //!   headers, payload, pad, ICRC): a builder writing into a caller's buffer
 //!   and a parser that validates every header of a received copy and
 //!   returns a typed error for anything malformed, never panicking.
+//! - [`rc`]: the reliable-connected transport of one queue pair for SEND
+//!   and RDMA WRITE, as a state machine fed frames and timer expiries and
+//!   emitting frames and completions (its docs say exactly what it covers).
 //!
 //! # What is not here yet
-//! The verbs API (protection domains, memory regions as verbs objects,
-//! completion queues with events, the RESET→INIT→RTR→RTS state machine,
-//! scatter-gather work requests), RDMA READ and atomics in the queue pair
-//! (their headers are parsed and built, but the queue pair does not serve
-//! or issue them), retransmission timers and retry counts, RNR NAKs and
-//! retries, the driver that runs the transport over a frame device, IPv6
-//! and VLAN-tagged frames, the connection exchange of `ibv_rc_pingpong`
-//! and perftest, the lab scenario against Linux's `rdma_rxe` and the
-//! bench entries.
+//! The verbs API (protection domains, memory regions and completion queues
+//! as verbs objects, completion events, the RESET→INIT→RTR→RTS state
+//! machine, scatter-gather work requests), RDMA READ and atomics in the
+//! queue pair (their headers are parsed and built, but the queue pair does
+//! not serve or issue them), the retransmission timer itself (the queue
+//! pair counts retries when told a timeout passed), RNR timers and RNR
+//! retry counts, end-to-end credits, the driver that runs the
+//! transport over a frame device, IPv6 and VLAN-tagged frames, the
+//! connection exchange of `ibv_rc_pingpong` and perftest, the lab scenario
+//! against Linux's `rdma_rxe` and the bench entries. Interoperability with
+//! `rdma_rxe` is checked only through the ICRC of captured and published
+//! packets, not yet against a running peer.
 #![no_std]
 
 extern crate alloc;

@@ -147,3 +147,34 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Adding and subtracting less than half the space is undone by
+        /// `diff`, wherever the start lies (the wrap included).
+        #[test]
+        fn diff_inverts_add_and_sub(start in 0..PSN_SPACE, n in 0..PSN_SPACE / 2) {
+            let a = Psn::from_masked(start);
+            prop_assert_eq!(a.add(n).diff(a), n as i32);
+            prop_assert_eq!(a.add(n).sub(n), a);
+            if n > 0 {
+                prop_assert_eq!(a.sub(n).diff(a), -(n as i32));
+            }
+            prop_assert!(a.add(n).in_window(a, n + 1));
+            prop_assert!(!a.add(n + 1).in_window(a, n + 1));
+        }
+
+        /// `diff` is antisymmetric except at exactly half the space.
+        #[test]
+        fn diff_is_antisymmetric(x in 0..PSN_SPACE, y in 0..PSN_SPACE) {
+            let (a, b) = (Psn::from_masked(x), Psn::from_masked(y));
+            if b.forward_from(a) != PSN_SPACE / 2 {
+                prop_assert_eq!(a.diff(b), -b.diff(a));
+            }
+        }
+    }
+}
