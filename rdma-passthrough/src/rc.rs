@@ -160,6 +160,26 @@ pub struct Completion {
     pub kind: CompletionKind,
 }
 
+/// Why a queue pair's configuration was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The path MTU is not 256, 512, 1024, 2048 or 4096.
+    BadPmtu(usize),
+    /// A queue pair number does not fit in 24 bits.
+    QpnTooLarge,
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigError::BadPmtu(m) => {
+                write!(f, "path MTU {m} is not one of 256, 512, 1024, 2048 or 4096")
+            }
+            ConfigError::QpnTooLarge => write!(f, "queue pair numbers have 24 bits"),
+        }
+    }
+}
+
 /// Why a work request could not be posted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PostError {
@@ -241,8 +261,14 @@ pub struct QueuePair {
 
 impl QueuePair {
     /// A queue pair ready to send and receive (the RTS state).
-    pub fn new(cfg: QpConfig) -> QueuePair {
-        QueuePair {
+    pub fn new(cfg: QpConfig) -> Result<QueuePair, ConfigError> {
+        if !matches!(cfg.pmtu, 256 | 512 | 1024 | 2048 | 4096) {
+            return Err(ConfigError::BadPmtu(cfg.pmtu));
+        }
+        if cfg.qpn > QPN_MASK || cfg.dest_qpn > QPN_MASK {
+            return Err(ConfigError::QpnTooLarge);
+        }
+        Ok(QueuePair {
             error: false,
             next_psn: cfg.send_psn,
             outstanding: VecDeque::new(),
@@ -259,7 +285,7 @@ impl QueuePair {
             completions: VecDeque::new(),
             stats: Stats::default(),
             cfg,
-        }
+        })
     }
 
     /// Whether the queue pair is in the error state.
@@ -684,10 +710,11 @@ impl QueuePair {
                 *remaining -= payload.len();
                 // check_write bounded [offset, offset + dma_len) inside the
                 // region, and the payloads sum to at most dma_len.
+                let end = at.saturating_add(payload.len());
                 if let Some(dst) = self
                     .regions
                     .get_mut(region)
-                    .and_then(|r| r.data.get_mut(at..at + payload.len()))
+                    .and_then(|r| r.data.get_mut(at..end))
                 {
                     dst.copy_from_slice(payload);
                 }

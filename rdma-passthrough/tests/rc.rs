@@ -44,8 +44,8 @@ fn pair() -> (QueuePair, QueuePair) {
         retry_limit: 7,
         endpoints: endpoints(from, to),
     };
-    let a = QueuePair::new(cfg(A_QPN, B_QPN, a_psn, b_psn, 1, 2));
-    let mut b = QueuePair::new(cfg(B_QPN, A_QPN, b_psn, a_psn, 2, 1));
+    let a = QueuePair::new(cfg(A_QPN, B_QPN, a_psn, b_psn, 1, 2)).unwrap();
+    let mut b = QueuePair::new(cfg(B_QPN, A_QPN, b_psn, a_psn, 2, 1)).unwrap();
     b.register(MemoryRegion {
         va: REGION_VA,
         rkey: RKEY,
@@ -699,4 +699,36 @@ fn lossy_link_delivers_everything_once_in_order() {
             "seed {seed}: the link did nothing"
         );
     }
+}
+
+#[test]
+fn configuration_is_checked() {
+    use rdma_passthrough::rc::ConfigError;
+    let good = QpConfig {
+        qpn: 1,
+        dest_qpn: 2,
+        pkey: 0xffff,
+        pmtu: 1024,
+        send_psn: Psn::ZERO,
+        recv_psn: Psn::ZERO,
+        retry_limit: 7,
+        endpoints: endpoints(1, 2),
+    };
+    assert!(QueuePair::new(good).is_ok());
+    assert_eq!(
+        QueuePair::new(QpConfig { pmtu: 0, ..good }).err(),
+        Some(ConfigError::BadPmtu(0))
+    );
+    assert_eq!(
+        QueuePair::new(QpConfig { pmtu: 1500, ..good }).err(),
+        Some(ConfigError::BadPmtu(1500))
+    );
+    assert_eq!(
+        QueuePair::new(QpConfig {
+            dest_qpn: 1 << 24,
+            ..good
+        })
+        .err(),
+        Some(ConfigError::QpnTooLarge)
+    );
 }
