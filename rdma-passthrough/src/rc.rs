@@ -525,6 +525,17 @@ impl QueuePair {
                 });
             }
         }
+        for (wr_id, _) in self.recv_queue.drain(..) {
+            self.completions.push_back(Completion {
+                wr_id,
+                status: Status::Flushed,
+                kind: CompletionKind::Recv {
+                    data: Vec::new(),
+                    len: 0,
+                    imm: None,
+                },
+            });
+        }
     }
 
     /// Acknowledges every outstanding packet up to and including `psn`;
@@ -602,11 +613,16 @@ impl QueuePair {
         self.nak_pending = Some((psn, Syndrome::Nak(code)));
         if code != NakCode::PsnSequenceError {
             // Invalid requests and access errors end the connection.
-            self.error = true;
-            self.outstanding.clear();
-            self.tx.clear();
             self.in_progress = InProgress::None;
+            self.fail(Status::Flushed);
         }
+    }
+
+    /// Receiver not ready: one RNR NAK, and later packets are dropped
+    /// silently (no sequence NAKs) until the requester resends this one.
+    fn rnr_nak(&mut self, psn: Psn) {
+        self.nak_pending = Some((psn, Syndrome::RnrNak { timer: 1 }));
+        self.nak_sent = true;
     }
 
     fn respond(&mut self, h: &TransportHeaders, payload: &[u8]) {
@@ -645,7 +661,7 @@ impl QueuePair {
         }
         if layout.imm && layout.operation == Operation::RdmaWrite && self.recv_queue.is_empty() {
             // RDMA WRITE with immediate consumes a receive: not ready.
-            self.nak_pending = Some((bth.psn, Syndrome::RnrNak { timer: 1 }));
+            self.rnr_nak(bth.psn);
             return;
         }
         match layout.operation {
@@ -653,7 +669,7 @@ impl QueuePair {
                 if let InProgress::None = self.in_progress {
                     let Some((wr_id, cap)) = self.recv_queue.pop_front() else {
                         // No receive posted: receiver not ready.
-                        self.nak_pending = Some((bth.psn, Syndrome::RnrNak { timer: 1 }));
+                        self.rnr_nak(bth.psn);
                         return;
                     };
                     self.in_progress = InProgress::Send {

@@ -505,6 +505,67 @@ fn protocol_violations_get_invalid_request_naks() {
     }
 }
 
+/// A multi-packet SEND that finds no receive: one RNR NAK, the rest of the
+/// message dropped without sequence NAKs (which would make the requester
+/// resend at once, forever), and delivery once a receive is posted.
+#[test]
+fn rnr_does_not_turn_into_a_resend_storm() {
+    let (mut a, mut b) = pair();
+    a.post_send(
+        1,
+        SendOp::Send {
+            data: message(4, PMTU * 3),
+            imm: None,
+        },
+    )
+    .unwrap();
+    let moved = Link::perfect().run(&mut a, &mut b);
+    assert_eq!(moved, 4, "three requests and one RNR NAK");
+    assert_eq!(b.stats().naks_sent, 1);
+    b.post_recv(2, PMTU * 3);
+    Link::perfect().run_with_timers(&mut a, &mut b, 1);
+    assert_eq!(
+        completions(&mut b)[0].kind,
+        CompletionKind::Recv {
+            data: message(4, PMTU * 3),
+            len: PMTU * 3,
+            imm: None
+        }
+    );
+    assert_eq!(completions(&mut a)[0].status, Status::Success);
+}
+
+#[test]
+fn a_fatal_nak_flushes_the_responders_own_work() {
+    let (mut a, mut b) = pair();
+    b.post_recv(1, 64);
+    b.post_send(
+        2,
+        SendOp::Send {
+            data: b"mine".to_vec(),
+            imm: None,
+        },
+    )
+    .unwrap();
+    a.post_send(
+        3,
+        SendOp::Write {
+            data: vec![1; 8],
+            va: 0,
+            rkey: RKEY,
+            imm: None,
+        },
+    )
+    .unwrap();
+    b.receive(&a.transmit().unwrap());
+    assert!(b.is_error());
+    let flushed: Vec<_> = completions(&mut b)
+        .into_iter()
+        .map(|c| (c.wr_id, c.status))
+        .collect();
+    assert_eq!(flushed, [(2, Status::Flushed), (1, Status::Flushed)]);
+}
+
 #[test]
 fn a_send_without_a_posted_receive_gets_rnr_nak_then_goes_through() {
     let (mut a, mut b) = pair();
