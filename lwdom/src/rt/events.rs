@@ -16,8 +16,8 @@ use super::hypercall::{event_channel_op, sched_op};
 use super::{shared_info, time};
 use crate::wait;
 use crate::abi::{
-    evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_close, evtchn_send, evtchn_unmask,
-    sched_poll, EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_CLOSE, EVTCHNOP_SEND,
+    evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_bind_pirq, evtchn_close, evtchn_send, evtchn_unmask,
+    sched_poll, EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_PIRQ, EVTCHNOP_CLOSE, EVTCHNOP_SEND,
     EVTCHNOP_UNMASK, EVTCHN_2L_NR_CHANNELS, EVTCHN_MASK, EVTCHN_PENDING, SCHEDOP_POLL,
     SCHED_POLL_MAX_PORTS,
 };
@@ -159,6 +159,19 @@ pub fn bind_interdomain(remote: DomId, remote_port: Port) -> Result<Port, Platfo
         return Err(PlatformError::BindRefused { remote, reason: "EVTCHNOP_bind_interdomain failed" });
     }
     let port = Port(arg.local_port);
+    mark_open(port);
+    Ok(port)
+}
+
+/// Binds physical IRQ `pirq` (one Xen gave this domain, for instance for
+/// a passed-through device's MSI) to a new port; returns the port or Xen's
+/// error code.
+pub fn bind_pirq(pirq: u32) -> Result<Port, PlatformError> {
+    // Not shared: an MSI vector belongs to one device.
+    let mut arg = evtchn_bind_pirq { pirq, flags: 0, port: 0 };
+    // SAFETY: EVTCHNOP_bind_pirq takes this structure and writes `port`.
+    check("EVTCHNOP_bind_pirq", unsafe { event_channel_op(EVTCHNOP_BIND_PIRQ, (&mut arg as *mut evtchn_bind_pirq).cast()) })?;
+    let port = Port(arg.port);
     mark_open(port);
     Ok(port)
 }
