@@ -1,8 +1,8 @@
-//! PCI passthrough and RDMA verbs for lightweight domains.
+//! RDMA verbs for lightweight domains.
 //!
-//! **Not implemented yet.** This crate will hold the pcifront protocol
-//! (`io/pciif.h`), PCI configuration space access, BAR mapping, MSI/MSI-X
-//! set-up and DMA addressing, and an RDMA verbs layer on top that lets the
-//! domain drive an RDMA-capable device directly. Nothing here is functional
-//! today.
+//! **Not implemented yet.** This crate will hold an RDMA verbs layer that
+//! lets a domain drive an RDMA-capable device it owns directly. The PCI
+//! passthrough layer it builds on (pcifront, configuration space, BARs,
+//! MSI/MSI-X, DMA buffers) lives in the `passthrough` crate. Nothing here
+//! is functional today.
 #![no_std]

@@ -6,7 +6,8 @@
 //!
 //! 1. read `backend` and `backend-id`, watch `<backend>/state`, write our
 //!    `state` = Initialising;
-//! 2. when the backend reaches InitWait, start a new connection: the
+//! 2. when the backend reaches InitWait (or Initialised, where
+//!    xen-pciback waits), start a new connection: the
 //!    device sets up its resources ([`Device::setup`]: rings, grants, event
 //!    channels), then publishes their keys ([`Device::publish`]) in the
 //!    transaction that writes our new state: Initialised
@@ -408,7 +409,13 @@ impl<T: Transport, D: Device<T>> Machine<T, D> for Frontend {
                 Ok(HandshakeEvent::Idle)
             }
             P::WaitBackendInitWait => {
-                if self.core.peer_state(xs)? == Some(S::InitWait) {
+                // Most backends wait at InitWait for the frontend's keys;
+                // xen-pciback goes on to Initialised by itself once the
+                // toolstack's device list is read, and waits there.
+                if matches!(
+                    self.core.peer_state(xs)?,
+                    Some(S::InitWait | S::Initialised)
+                ) {
                     self.connect(xs, now, device)?;
                 }
                 Ok(HandshakeEvent::Idle)
@@ -467,7 +474,7 @@ impl<T: Transport, D: Device<T>> Machine<T, D> for Frontend {
                 }
                 if matches!(
                     self.core.peer_state(xs)?,
-                    Some(S::InitWait | S::Initialising | S::Closed | S::Unknown)
+                    Some(S::InitWait | S::Initialised | S::Initialising | S::Closed | S::Unknown)
                 ) {
                     self.begin_attempt(xs, now)?;
                 }

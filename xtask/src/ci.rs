@@ -22,6 +22,7 @@ const NO_STD_CRATES: &[&str] = &[
     "netfront",
     "iosched",
     "blkfront",
+    "passthrough",
     "rdma-passthrough",
     "lwdom",
 ];
