@@ -85,6 +85,7 @@ mod grants;
 pub mod hypervisor;
 mod memory;
 pub mod netback;
+pub mod pci;
 mod sys;
 pub mod toolstack;
 pub mod xenstore;

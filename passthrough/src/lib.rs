@@ -33,6 +33,7 @@ extern crate std;
 mod bdf;
 pub mod config;
 pub mod dma;
+pub mod edu;
 mod error;
 pub mod memconfig;
 pub mod mmio;
