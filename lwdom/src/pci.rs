@@ -126,12 +126,18 @@ pub fn frames_of(addr: u64, len: u64) -> Result<FrameRange, PlanError> {
     if len == 0 {
         return Err(PlanError::Empty);
     }
-    let last = addr.checked_add(len - 1).ok_or(PlanError::OutOfRange { addr, len })?;
+    let last = addr
+        .checked_add(len - 1)
+        .ok_or(PlanError::OutOfRange { addr, len })?;
     let (first, end) = (addr >> PAGE_SHIFT, last >> PAGE_SHIFT);
     if end > MAX_MFN {
         return Err(PlanError::OutOfRange { addr, len });
     }
-    Ok(FrameRange { first, count: end - first + 1, offset: addr & (PAGE - 1) })
+    Ok(FrameRange {
+        first,
+        count: end - first + 1,
+        offset: addr & (PAGE - 1),
+    })
 }
 
 /// The page table entry mapping machine frame `mfn` uncached and writable:
@@ -139,16 +145,29 @@ pub fn frames_of(addr: u64, len: u64) -> Result<FrameRange, PlanError> {
 /// (and in the power-on default), as device registers need.
 pub fn mmio_pte(mfn: u64) -> Result<u64, PlanError> {
     if mfn > MAX_MFN {
-        return Err(PlanError::OutOfRange { addr: mfn.saturating_mul(PAGE), len: PAGE });
+        return Err(PlanError::OutOfRange {
+            addr: mfn.saturating_mul(PAGE),
+            len: PAGE,
+        });
     }
-    Ok((mfn << PAGE_SHIFT) | pte::PRESENT | pte::RW | pte::USER | pte::PWT | pte::PCD | pte::ACCESSED | pte::DIRTY)
+    Ok((mfn << PAGE_SHIFT)
+        | pte::PRESENT
+        | pte::RW
+        | pte::USER
+        | pte::PWT
+        | pte::PCD
+        | pte::ACCESSED
+        | pte::DIRTY)
 }
 
 /// The page table entry mapping one of the domain's own pages, write-back
 /// and writable (as the domain builder maps them).
 pub fn ram_pte(mfn: u64) -> Result<u64, PlanError> {
     if mfn > MAX_MFN {
-        return Err(PlanError::OutOfRange { addr: mfn.saturating_mul(PAGE), len: PAGE });
+        return Err(PlanError::OutOfRange {
+            addr: mfn.saturating_mul(PAGE),
+            len: PAGE,
+        });
     }
     Ok((mfn << PAGE_SHIFT) | pte::PRESENT | pte::RW | pte::USER | pte::ACCESSED | pte::DIRTY)
 }
@@ -156,7 +175,11 @@ pub fn ram_pte(mfn: u64) -> Result<u64, PlanError> {
 /// The address width of a DMA mask `2^n - 1` (`n` from 13 to 64).
 pub fn address_bits(mask: u64) -> Result<u32, PlanError> {
     let bits = 64 - mask.leading_zeros();
-    let full = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    let full = if bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
     if mask != full || bits <= PAGE_SHIFT {
         return Err(PlanError::BadMask(mask));
     }
@@ -203,7 +226,12 @@ pub fn bus_address(mfn: u64, offset: u64) -> u64 {
 
 /// Whether machine frame `mfn` is the domain's: the machine-to-physical
 /// table names a pfn below `nr_pages` whose P2M entry is `mfn` again.
-pub fn owns_frame(mfn: u64, nr_pages: u64, m2p: impl Fn(u64) -> u64, p2m: impl Fn(u64) -> u64) -> bool {
+pub fn owns_frame(
+    mfn: u64,
+    nr_pages: u64,
+    m2p: impl Fn(u64) -> u64,
+    p2m: impl Fn(u64) -> u64,
+) -> bool {
     let pfn = m2p(mfn);
     pfn < nr_pages && p2m(pfn) == mfn
 }
@@ -232,7 +260,9 @@ impl<const W: usize> PageBitmap<W> {
 
     /// All pages free.
     pub const fn new() -> Self {
-        PageBitmap { words: [const { AtomicU64::new(0) }; W] }
+        PageBitmap {
+            words: [const { AtomicU64::new(0) }; W],
+        }
     }
 
     fn is_used(&self, i: usize) -> bool {
@@ -270,7 +300,10 @@ impl<const W: usize> PageBitmap<W> {
 
     /// Pages in use.
     pub fn used(&self) -> usize {
-        self.words.iter().map(|w| w.load(Ordering::Relaxed).count_ones() as usize).sum()
+        self.words
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed).count_ones() as usize)
+            .sum()
     }
 }
 
@@ -280,12 +313,39 @@ mod tests {
 
     #[test]
     fn frames_of_a_range() {
-        assert_eq!(frames_of(0xfea0_0000, 0x10_0000), Ok(FrameRange { first: 0xfea00, count: 256, offset: 0 }));
+        assert_eq!(
+            frames_of(0xfea0_0000, 0x10_0000),
+            Ok(FrameRange {
+                first: 0xfea00,
+                count: 256,
+                offset: 0
+            })
+        );
         // Unaligned, crossing a page boundary.
-        assert_eq!(frames_of(0x1ff8, 16), Ok(FrameRange { first: 1, count: 2, offset: 0xff8 }));
-        assert_eq!(frames_of(0x1000, 1), Ok(FrameRange { first: 1, count: 1, offset: 0 }));
+        assert_eq!(
+            frames_of(0x1ff8, 16),
+            Ok(FrameRange {
+                first: 1,
+                count: 2,
+                offset: 0xff8
+            })
+        );
+        assert_eq!(
+            frames_of(0x1000, 1),
+            Ok(FrameRange {
+                first: 1,
+                count: 1,
+                offset: 0
+            })
+        );
         assert_eq!(frames_of(0x1000, 0), Err(PlanError::Empty));
-        assert_eq!(frames_of(u64::MAX - 10, 100), Err(PlanError::OutOfRange { addr: u64::MAX - 10, len: 100 }));
+        assert_eq!(
+            frames_of(u64::MAX - 10, 100),
+            Err(PlanError::OutOfRange {
+                addr: u64::MAX - 10,
+                len: 100
+            })
+        );
         assert!(frames_of(1 << 52, 1).is_err());
         assert!(frames_of((1 << 52) - PAGE, PAGE).is_ok());
     }
@@ -294,12 +354,16 @@ mod tests {
     fn ptes() {
         let p = mmio_pte(0xfea00).unwrap();
         assert_eq!(p & pte::FRAME, 0xfea0_0000);
-        assert_eq!(p & (pte::PCD | pte::PWT), pte::PCD | pte::PWT, "MMIO is uncached");
+        assert_eq!(
+            p & (pte::PCD | pte::PWT),
+            pte::PCD | pte::PWT,
+            "MMIO is uncached"
+        );
         assert_ne!(p & pte::PRESENT, 0);
         assert_ne!(p & pte::RW, 0);
         let r = ram_pte(0x1234).unwrap();
         assert_eq!(r & (pte::PCD | pte::PWT), 0, "RAM is write-back");
-        assert_eq!(r, 0x1234_067, "the bits the domain builder uses");
+        assert_eq!(r, 0x0123_4067, "the bits the domain builder uses");
         assert!(mmio_pte(MAX_MFN + 1).is_err());
         assert!(ram_pte(u64::MAX).is_err());
     }
@@ -322,7 +386,13 @@ mod tests {
         assert_eq!(exchange_order(3), Ok(2));
         assert_eq!(exchange_order(512), Ok(9));
         assert_eq!(exchange_order(0), Err(PlanError::Empty));
-        assert_eq!(exchange_order(513), Err(PlanError::TooLarge { pages: 513, max: 512 }));
+        assert_eq!(
+            exchange_order(513),
+            Err(PlanError::TooLarge {
+                pages: 513,
+                max: 512
+            })
+        );
     }
 
     #[test]
@@ -345,13 +415,25 @@ mod tests {
     #[test]
     fn bus_addresses() {
         assert_eq!(bus_address(0x1234, 0x56), 0x123_4056);
-        assert_eq!(bus_address(0x1234, 0x1056), 0x123_4056, "the offset stays in the page");
+        assert_eq!(
+            bus_address(0x1234, 0x1056),
+            0x123_4056,
+            "the offset stays in the page"
+        );
     }
 
     #[test]
     fn ownership_and_foreign_frames() {
         // The domain owns frames 100..110 as pfns 0..10.
-        let m2p = |mfn: u64| if (100..110).contains(&mfn) { mfn - 100 } else if mfn == 7 { 3 } else { u64::MAX };
+        let m2p = |mfn: u64| {
+            if (100..110).contains(&mfn) {
+                mfn - 100
+            } else if mfn == 7 {
+                3
+            } else {
+                u64::MAX
+            }
+        };
         let p2m = |pfn: u64| pfn + 100;
         let owned = |mfn| owns_frame(mfn, 10, m2p, p2m);
         assert!(owned(100) && owned(109));

@@ -16,6 +16,7 @@ pub mod heap;
 pub mod hypercall;
 pub mod mm;
 pub mod pci;
+pub mod pcidev;
 pub mod platform;
 pub mod time;
 mod traps;

@@ -24,14 +24,17 @@
 //!   `enable_msi`/`enable_msix`, set up by dom0's pciback) bound to an
 //!   event channel with `EVTCHNOP_bind_pirq`; Xen delivers an interrupt
 //!   that needs an end-of-interrupt (an MSI without per-vector masking,
-//!   such as edu's) again only after [`PirqBinding::eoi`]
-//!   (`PHYSDEVOP_eoi`).
+//!   such as edu's) again only after an end-of-interrupt
+//!   (`PHYSDEVOP_eoi`), which the runtime sends when the event is taken
+//!   (`events::poll`, and so every wait).
 
 use core::ptr::NonNull;
 
 use grant_tables::{PlatformError, Port};
 
-use super::hypercall::{memory_op, physdev_op, update_va_mapping, update_va_mapping_otherdomain, UVMF_INVLPG};
+use super::hypercall::{
+    memory_op, physdev_op, update_va_mapping, update_va_mapping_otherdomain, UVMF_INVLPG,
+};
 use super::mm::{self, Pages};
 use super::{events, mfn_to_pfn, start_info};
 use crate::abi::{
@@ -57,16 +60,25 @@ fn plan(op: &'static str, e: PlanError) -> PlatformError {
         op,
         reason: match e {
             PlanError::Empty => "an empty range: give a length of at least one byte",
-            PlanError::OutOfRange { .. } => "the range ends beyond 52-bit machine addresses (a BAR read wrong, or not sized)",
-            PlanError::TooLarge { .. } => "more pages than the runtime maps or exchanges at once: use smaller pieces",
+            PlanError::OutOfRange { .. } => {
+                "the range ends beyond 52-bit machine addresses (a BAR read wrong, or not sized)"
+            }
+            PlanError::TooLarge { .. } => {
+                "more pages than the runtime maps or exchanges at once: use smaller pieces"
+            }
             PlanError::BadMask(_) => "the DMA mask is not 2^n - 1 with n from 13 to 64",
-            PlanError::BadExtent { .. } => "Xen returned an extent that is not aligned or not below the mask",
+            PlanError::BadExtent { .. } => {
+                "Xen returned an extent that is not aligned or not below the mask"
+            }
         },
     }
 }
 
 fn os(op: &'static str, rc: isize) -> PlatformError {
-    PlatformError::Os { op, code: rc as i32 }
+    PlatformError::Os {
+        op,
+        code: rc as i32,
+    }
 }
 
 /// Device memory mapped into the domain (uncached). Unmapped on drop.
@@ -147,26 +159,41 @@ impl Drop for MmioMapping {
 pub fn map_mmio(addr: u64, len: u64) -> Result<MmioMapping, PlatformError> {
     let r = pci::frames_of(addr, len).map_err(|e| plan("map_mmio", e))?;
     let pages = usize::try_from(r.count).unwrap_or(usize::MAX);
-    let first = MMIO_USED.alloc(pages).ok_or(PlatformError::OutOfMemory { pages })?;
+    let first = MMIO_USED
+        .alloc(pages)
+        .ok_or(PlatformError::OutOfMemory { pages })?;
     for i in 0..pages {
         let frame = r.first + i as u64;
         let va = MMIO_WINDOW.page(first + i);
         let rc = match pci::mmio_pte(frame) {
             // SAFETY: the window page was just allocated to this mapping;
             // nothing reads or writes it through its RAM mapping.
-            Ok(pte) => unsafe { update_va_mapping_otherdomain(va as usize, pte, UVMF_INVLPG, DOMID_IO) },
+            Ok(pte) => unsafe {
+                update_va_mapping_otherdomain(va as usize, pte, UVMF_INVLPG, DOMID_IO)
+            },
             Err(e) => return Err(plan("map_mmio", e)),
         };
         if rc != 0 {
-            log::error!("mapping device frame {frame:#x} (of {addr:#x} + {len:#x}) failed with {rc}");
+            log::error!(
+                "mapping device frame {frame:#x} (of {addr:#x} + {len:#x}) failed with {rc}"
+            );
             for j in first..first + i {
                 restore_window_page(j);
             }
             MMIO_USED.free(first + i, pages - i);
-            return Err(os("update_va_mapping_otherdomain (DOMID_IO) of a device frame", rc));
+            return Err(os(
+                "update_va_mapping_otherdomain (DOMID_IO) of a device frame",
+                rc,
+            ));
         }
     }
-    Ok(MmioMapping { first, pages, offset: r.offset as usize, len: len as usize, machine: addr })
+    Ok(MmioMapping {
+        first,
+        pages,
+        offset: r.offset as usize,
+        len: len as usize,
+        machine: addr,
+    })
 }
 
 /// Memory a device may read and write: pool pages, machine-contiguous and
@@ -229,16 +256,26 @@ pub fn alloc_dma(bytes: usize, mask: u64) -> Result<DmaPages, PlatformError> {
     let ptr = mm::alloc_pages(n).ok_or(PlatformError::OutOfMemory { pages: n })?;
     let va = ptr.as_ptr();
     let base = mm::va_to_mfn(va);
-    let contiguous = frames(va, n).enumerate().all(|(i, f)| Some(f) == base.checked_add(i as u64));
+    let contiguous = frames(va, n)
+        .enumerate()
+        .all(|(i, f)| Some(f) == base.checked_add(i as u64));
     if contiguous && pci::check_extent(base, order, bits).is_ok() {
-        return Ok(DmaPages { ptr, pages: n, bus: base << PAGE_SHIFT });
+        return Ok(DmaPages {
+            ptr,
+            pages: n,
+            bus: base << PAGE_SHIFT,
+        });
     }
     match exchange(va, order, bits) {
         Ok(new_base) => {
             // SAFETY: the pages are mapped again and still ours alone; Xen
             // does not promise scrubbed pages.
             unsafe { core::ptr::write_bytes(va, 0, n * PAGE as usize) };
-            Ok(DmaPages { ptr, pages: n, bus: new_base << PAGE_SHIFT })
+            Ok(DmaPages {
+                ptr,
+                pages: n,
+                bus: new_base << PAGE_SHIFT,
+            })
         }
         Err((e, give_back)) => {
             if give_back {
@@ -268,7 +305,10 @@ fn exchange(va: *mut u8, order: u32, bits: u32) -> Result<u64, (PlatformError, b
         let rc = unsafe { update_va_mapping(va as usize + i * PAGE as usize, 0, UVMF_INVLPG) };
         if rc != 0 {
             remap(va, &old[..i]);
-            return Err((os("update_va_mapping (unmapping a page to exchange)", rc), true));
+            return Err((
+                os("update_va_mapping (unmapping a page to exchange)", rc),
+                true,
+            ));
         }
     }
     let mut out_frame = pfn;
@@ -292,7 +332,12 @@ fn exchange(va: *mut u8, order: u32, bits: u32) -> Result<u64, (PlatformError, b
     // SAFETY: XENMEM_exchange takes a `struct xen_memory_exchange` whose
     // frame lists (`old`, `n` entries read; `out_frame`, one entry read and
     // written) live across the call.
-    let rc = unsafe { memory_op(XENMEM_EXCHANGE, (&mut exch as *mut xen_memory_exchange).cast()) };
+    let rc = unsafe {
+        memory_op(
+            XENMEM_EXCHANGE,
+            (&mut exch as *mut xen_memory_exchange).cast(),
+        )
+    };
     if rc != 0 || exch.nr_exchanged != n as u64 {
         if exch.nr_exchanged == 0 {
             remap(va, &old[..n]);
@@ -300,12 +345,19 @@ fn exchange(va: *mut u8, order: u32, bits: u32) -> Result<u64, (PlatformError, b
         }
         // Xen exchanges whole output extents, so this cannot happen; if it
         // did, some pfns would have no frame: keep them out of the pool.
-        log::error!("XENMEM_exchange exchanged {} of {n} pages (rc {rc}); the pages stay out of the pool", exch.nr_exchanged);
-        return Err((os("XENMEM_exchange (partial)", if rc != 0 { rc } else { -1 }), false));
+        log::error!(
+            "XENMEM_exchange exchanged {} of {n} pages (rc {rc}); the pages stay out of the pool",
+            exch.nr_exchanged
+        );
+        return Err((
+            os("XENMEM_exchange (partial)", if rc != 0 { rc } else { -1 }),
+            false,
+        ));
     }
     let base = out_frame;
     let check = pci::check_extent(base, order, bits);
-    let new: [u64; 1 << pci::MAX_EXCHANGE_ORDER] = core::array::from_fn(|i| base.wrapping_add(i as u64));
+    let new: [u64; 1 << pci::MAX_EXCHANGE_ORDER] =
+        core::array::from_fn(|i| base.wrapping_add(i as u64));
     for (p, &f) in (pfn..).zip(&new[..n]) {
         // SAFETY: Xen just backed pfn `p` with frame `f`.
         unsafe { mm::set_pfn_to_mfn(p, f) };
@@ -357,7 +409,11 @@ pub fn owns_frame(mfn: u64) -> bool {
 /// The first machine frame of RAM in `from..to` that is not this domain's
 /// (for a test of the IOMMU: a DMA there must be refused).
 pub fn foreign_frame(from: u64, to: u64) -> Option<u64> {
-    pci::foreign_frame(from, to.min(maximum_ram_page().saturating_add(1)), owns_frame)
+    pci::foreign_frame(
+        from,
+        to.min(maximum_ram_page().saturating_add(1)),
+        owns_frame,
+    )
 }
 
 /// A pirq bound to an event channel.
@@ -382,7 +438,8 @@ impl PirqBinding {
         self.needs_eoi
     }
     /// Ends the interrupt (`PHYSDEVOP_eoi`) when Xen needs it; a no-op
-    /// otherwise.
+    /// otherwise. Taking the event with `events::poll` (or a wait) already
+    /// does this; call it only for an event consumed some other way.
     pub fn eoi(&self) -> Result<(), PlatformError> {
         if !self.needs_eoi {
             return Ok(());
@@ -409,11 +466,26 @@ impl Drop for PirqBinding {
 /// end-of-interrupt.
 pub fn bind_pirq(pirq: u32) -> Result<PirqBinding, PlatformError> {
     let port = events::bind_pirq(pirq)?;
-    let mut q = physdev_irq_status_query { irq: pirq, flags: 0 };
+    let mut q = physdev_irq_status_query {
+        irq: pirq,
+        flags: 0,
+    };
     // SAFETY: PHYSDEVOP_irq_status_query takes this structure and writes
     // `flags`.
-    let rc = unsafe { physdev_op(PHYSDEVOP_IRQ_STATUS_QUERY, (&mut q as *mut physdev_irq_status_query).cast()) };
+    let rc = unsafe {
+        physdev_op(
+            PHYSDEVOP_IRQ_STATUS_QUERY,
+            (&mut q as *mut physdev_irq_status_query).cast(),
+        )
+    };
     // Without an answer, assume an EOI is needed: one too many is harmless.
     let needs_eoi = rc != 0 || q.flags & XENIRQSTAT_NEEDS_EOI != 0;
-    Ok(PirqBinding { pirq, port, needs_eoi })
+    if needs_eoi {
+        events::set_eoi_pirq(port, Some(pirq));
+    }
+    Ok(PirqBinding {
+        pirq,
+        port,
+        needs_eoi,
+    })
 }
