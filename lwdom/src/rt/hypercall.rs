@@ -12,7 +12,6 @@ use core::arch::asm;
 use crate::abi::{
     HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_MEMORY_OP,
     HYPERVISOR_PHYSDEV_OP, HYPERVISOR_SCHED_OP, HYPERVISOR_UPDATE_VA_MAPPING,
-    HYPERVISOR_UPDATE_VA_MAPPING_OTHERDOMAIN,
 };
 pub use crate::abi::UVMF_INVLPG;
 
@@ -86,17 +85,6 @@ pub unsafe fn grant_table_op(cmd: usize, arg: *mut u8, count: usize) -> isize {
 pub unsafe fn update_va_mapping(va: usize, pte: u64, flags: usize) -> isize {
     // SAFETY: forwarded contract.
     unsafe { hypercall(HYPERVISOR_UPDATE_VA_MAPPING, va, pte as usize, flags, 0, 0) }
-}
-
-/// `update_va_mapping_otherdomain(va, pte, flags, domid)`: as
-/// [`update_va_mapping`], with the frame owned by `domid` (`DOMID_IO` for
-/// device memory).
-///
-/// # Safety
-/// Nothing in this domain may rely on what `va` mapped before.
-pub unsafe fn update_va_mapping_otherdomain(va: usize, pte: u64, flags: usize, domid: u16) -> isize {
-    // SAFETY: forwarded contract.
-    unsafe { hypercall(HYPERVISOR_UPDATE_VA_MAPPING_OTHERDOMAIN, va, pte as usize, flags, domid as usize, 0) }
 }
 
 /// `memory_op(cmd, arg)`.

@@ -5,12 +5,17 @@
 //!
 //! - **BARs** ([`map_mmio`]): each frame of the BAR is mapped uncached
 //!   (PCD|PWT: UC) into a window of [`MMIO_WINDOW_PAGES`] pages with
-//!   `update_va_mapping_otherdomain(..., DOMID_IO)`, as Mini-OS maps I/O
-//!   memory. For device memory Xen reverts `DOMID_IO` to the caller and
-//!   checks the frame against the I/O memory the toolstack permitted the
-//!   domain (libxl permits a passed-through device's BARs): other frames
-//!   are refused with `-EPERM` ("non-privileged attempt to map MMIO
-//!   space" in Xen's log). Pages of MSI-X tables are forced read-only by
+//!   `update_va_mapping`, the frame's owner being the domain itself. Xen
+//!   finds that the frame is device memory and checks it against the I/O
+//!   memory the toolstack permitted the domain (libxl permits a
+//!   passed-through device's BARs); other frames are refused with `-EPERM`.
+//!   Naming `DOMID_IO` as the owner, as Mini-OS does with `mmu_update`,
+//!   changes nothing for that check (Xen reverts `DOMID_IO` to the caller),
+//!   and with `update_va_mapping_otherdomain` it is refused outright: Xen
+//!   4.17's default XSM policy lets only the control domain name another
+//!   domain there (`-EPERM` for every frame, seen in the lab); only
+//!   `mmu_update` exempts `DOMID_IO`, and it needs the machine address of
+//!   the page table entry. Pages of MSI-X tables are forced read-only by
 //!   Xen. Dropping the mapping puts the window's own pages back.
 //! - **DMA** ([`alloc_dma`]): pool pages, exchanged with Xen
 //!   (`XENMEM_exchange`, as Linux's `xen_create_contiguous_region` does)
@@ -33,12 +38,12 @@ use core::ptr::NonNull;
 use grant_tables::{PlatformError, Port};
 
 use super::hypercall::{
-    memory_op, physdev_op, update_va_mapping, update_va_mapping_otherdomain, UVMF_INVLPG,
+    memory_op, physdev_op, update_va_mapping, UVMF_INVLPG,
 };
 use super::mm::{self, Pages};
 use super::{events, mfn_to_pfn, start_info};
 use crate::abi::{
-    physdev_eoi, physdev_irq_status_query, xen_memory_exchange, xen_memory_reservation, DOMID_IO,
+    physdev_eoi, physdev_irq_status_query, xen_memory_exchange, xen_memory_reservation,
     PHYSDEVOP_EOI, PHYSDEVOP_IRQ_STATUS_QUERY, XENIRQSTAT_NEEDS_EOI, XENMEM_EXCHANGE,
     XENMEM_MAXIMUM_RAM_PAGE,
 };
@@ -153,7 +158,7 @@ impl Drop for MmioMapping {
 ///
 /// Errors: a range that is empty, overflows or is larger than what is left
 /// of the window (`InvalidRequest`/`OutOfMemory`); Xen's refusal of a frame
-/// (`Os` with `update_va_mapping_otherdomain`'s code, typically -1
+/// (`Os` with `update_va_mapping`'s code, -1
 /// `EPERM`: the toolstack did not permit the frame, i.e. it is not a BAR
 /// of a device passed through to this domain).
 pub fn map_mmio(addr: u64, len: u64) -> Result<MmioMapping, PlatformError> {
@@ -168,9 +173,7 @@ pub fn map_mmio(addr: u64, len: u64) -> Result<MmioMapping, PlatformError> {
         let rc = match pci::mmio_pte(frame) {
             // SAFETY: the window page was just allocated to this mapping;
             // nothing reads or writes it through its RAM mapping.
-            Ok(pte) => unsafe {
-                update_va_mapping_otherdomain(va as usize, pte, UVMF_INVLPG, DOMID_IO)
-            },
+            Ok(pte) => unsafe { update_va_mapping(va as usize, pte, UVMF_INVLPG) },
             Err(e) => return Err(plan("map_mmio", e)),
         };
         if rc != 0 {
@@ -181,10 +184,7 @@ pub fn map_mmio(addr: u64, len: u64) -> Result<MmioMapping, PlatformError> {
                 restore_window_page(j);
             }
             MMIO_USED.free(first + i, pages - i);
-            return Err(os(
-                "update_va_mapping_otherdomain (DOMID_IO) of a device frame",
-                rc,
-            ));
+            return Err(os("update_va_mapping of a device frame", rc));
         }
     }
     Ok(MmioMapping {
