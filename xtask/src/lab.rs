@@ -33,9 +33,10 @@ struct Scenario {
     name: &'static str,
     timeout_s: u64,
     what: &'static str,
-    /// Run when no `--scenario` is given. The others are negative controls:
-    /// they must FAIL, showing that a broken guest fails its scenario with
-    /// its console shown instead of hanging the run.
+    /// Run when no `--scenario` is given. The others are negative controls
+    /// (they must FAIL, showing that a broken guest fails its scenario with
+    /// its console shown instead of hanging the run) and scenarios that
+    /// join the default list once they have passed three runs in a row.
     default: bool,
 }
 
@@ -63,6 +64,12 @@ const SCENARIOS: &[Scenario] = &[
         timeout_s: 900,
         what: "blkfront vs Linux xen-blkback on a loop device: whole-disk write/verify, discard, read-only disk, rebind mid-write",
         default: true,
+    },
+    Scenario {
+        name: "pci-edu",
+        timeout_s: 300,
+        what: "QEMU's edu passed through (pcifront, BAR, MSI, DMA below 28 bits); a stray DMA refused by the IOMMU",
+        default: false,
     },
     Scenario {
         name: "panic",
@@ -98,7 +105,7 @@ struct Options {
 #[command(after_help = scenarios_help())]
 pub struct LabArgs {
     /// Run these scenarios (repeat the option or give a comma-separated
-    /// list) [default: every scenario that is not a negative control].
+    /// list) [default: the scenarios marked * below].
     #[arg(long, value_name = "NAME", value_delimiter = ',')]
     pub scenario: Vec<String>,
     /// Keep the run's working directory (overlay, serial log) for a look
