@@ -98,6 +98,15 @@ pub trait DmaBuffer {
     fn write_from(&self, offset: usize, src: &[u8]) -> Result<(), PciError>;
     /// Copies bytes from the buffer at `offset` into `dst`.
     fn read_into(&self, offset: usize, dst: &mut [u8]) -> Result<(), PciError>;
+    /// The buffer's first byte in this domain's address space, when the
+    /// platform lets drivers lend DMA memory as slices (frames received
+    /// and sent in place); `None` (the default) when it is reached only
+    /// through the accessors above. A driver that lends it keeps to the
+    /// contract of [`MemDma::new`] for the bytes it lends: no references
+    /// to them while the device may access them.
+    fn base_ptr(&self) -> Option<NonNull<u8>> {
+        None
+    }
     /// The bus address of the byte at `offset` (inside the buffer).
     fn bus_addr_at(&self, offset: usize) -> Result<u64, PciError> {
         check_access("DMA", offset, 1, self.len())?;
@@ -188,6 +197,9 @@ impl DmaBuffer for MemDma {
     }
     fn len(&self) -> usize {
         self.len
+    }
+    fn base_ptr(&self) -> Option<NonNull<u8>> {
+        Some(self.base)
     }
     mem_dma_access!(read_u16, write_u16, u16);
     mem_dma_access!(read_u32, write_u32, u32);

@@ -39,6 +39,7 @@ extern crate std;
 mod bdf;
 pub mod config;
 pub mod dma;
+pub mod e1000e;
 pub mod edu;
 mod error;
 pub mod memconfig;

@@ -62,6 +62,7 @@
 //! allocation fails); a model applies its own mask to the addresses it
 //! is given, as edu does.
 
+pub mod e1000e;
 pub mod edu;
 mod space;
 
@@ -941,6 +942,9 @@ impl DmaBuffer for HostedDma {
     }
     fn read_into(&self, offset: usize, dst: &mut [u8]) -> Result<(), PciError> {
         self.mem.read_into(offset, dst)
+    }
+    fn base_ptr(&self) -> Option<NonNull<u8>> {
+        self.mem.base_ptr()
     }
 }
 
