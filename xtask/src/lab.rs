@@ -72,6 +72,12 @@ const SCENARIOS: &[Scenario] = &[
         default: false,
     },
     Scenario {
+        name: "pci-nic",
+        timeout_s: 600,
+        what: "lwdom drives the passed-through e1000e (MSI-X) with smoltcp: 100 pings from dom0's e1000, UDP echo of 1..1472 bytes",
+        default: false,
+    },
+    Scenario {
         name: "panic",
         timeout_s: 60,
         what: "negative control: the guest panics; must FAIL with its console",
