@@ -93,7 +93,10 @@ pub fn nic_udp_payload(size: usize, out: &mut [u8]) {
         *b = match i {
             0 => (size >> 8) as u8,
             1 => size as u8,
-            _ => (i as u8).wrapping_mul(11).wrapping_add(size as u8) ^ ((i >> 8) as u8).wrapping_mul(0x35),
+            _ => {
+                (i as u8).wrapping_mul(11).wrapping_add(size as u8)
+                    ^ ((i >> 8) as u8).wrapping_mul(0x35)
+            }
         };
     }
 }

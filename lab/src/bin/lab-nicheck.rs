@@ -24,12 +24,13 @@ use lwdom::lab_proto::{
 const UDP_TRIES: u32 = 10;
 
 fn udp() -> Result<String, String> {
-    let sock = UdpSocket::bind(SocketAddr::from((Ipv4Addr::from(NIC_DOM0_IP), 0))).map_err(|e| {
-        format!(
-            "binding a UDP socket to {}: {e} (is the e1000's address set?)",
-            Ipv4Addr::from(NIC_DOM0_IP)
-        )
-    })?;
+    let sock =
+        UdpSocket::bind(SocketAddr::from((Ipv4Addr::from(NIC_DOM0_IP), 0))).map_err(|e| {
+            format!(
+                "binding a UDP socket to {}: {e} (is the e1000's address set?)",
+                Ipv4Addr::from(NIC_DOM0_IP)
+            )
+        })?;
     let guest = SocketAddr::from((Ipv4Addr::from(NIC_GUEST_IP), NIC_UDP_ECHO_PORT));
     sock.connect(guest)
         .map_err(|e| format!("connecting the UDP socket to the guest's {guest}: {e}"))?;

@@ -204,8 +204,16 @@ fn link_text(status: u32) -> String {
     };
     format!(
         "{} at {speed} Mb/s {} duplex (STATUS {status:#010x})",
-        if status & STATUS_LU != 0 { "up" } else { "down" },
-        if status & STATUS_FD != 0 { "full" } else { "half" }
+        if status & STATUS_LU != 0 {
+            "up"
+        } else {
+            "down"
+        },
+        if status & STATUS_FD != 0 {
+            "full"
+        } else {
+            "half"
+        }
     )
 }
 
@@ -275,7 +283,8 @@ fn run() -> R<String> {
         link_timeout_ns: LINK_TIMEOUT.as_nanos() as u64,
         ..e1000e::Config::default()
     };
-    let mut dev = E1000e::new(Lent(&pci), bdf, config).map_err(|e| format!("bringing up the e1000e: {e}"))?;
+    let mut dev =
+        E1000e::new(Lent(&pci), bdf, config).map_err(|e| format!("bringing up the e1000e: {e}"))?;
     let up_ms = ms_since(t);
     // Counters from the reset on (the reads clear them).
     device_counts(&regs)?;
@@ -305,7 +314,9 @@ fn run() -> R<String> {
             let pirq = pirqs
                 .get(i)
                 .filter(|p| p.1 == *port)
-                .map_or("?".to_string(), |p| format!("{}{}", p.0, if p.2 { " (EOI)" } else { "" }));
+                .map_or("?".to_string(), |p| {
+                    format!("{}{}", p.0, if p.2 { " (EOI)" } else { "" })
+                });
             format!("{name}: entry {entry} pirq {pirq} port {port}")
         })
         .collect();
@@ -463,7 +474,9 @@ fn run() -> R<String> {
         ));
     }
     if stats.interrupts == 0 {
-        return Err(format!("no MSI-X interrupt was taken in interrupt mode: {counts}"));
+        return Err(format!(
+            "no MSI-X interrupt was taken in interrupt mode: {counts}"
+        ));
     }
     drop(dev);
     Ok(format!(
