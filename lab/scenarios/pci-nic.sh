@@ -83,7 +83,7 @@ xenstore-write $H/data/pcinic-done done
 wait_shutdown $G 120
 res=$(xenstore-read $H/data/pcinic-result 2>/dev/null) || res="(no data/pcinic-result from the guest)"
 echo "guest result: $res"
-echo "dom0's $IF: $(ip -s link show $IF | sed -n '4p;6p' | tr -s ' ' | tr '\n' '/')"
+echo "dom0's $IF (bytes packets errors dropped missed mcast): RX $(ip -s link show $IF | sed -n '4p' | tr -s ' '); TX $(ip -s link show $IF | sed -n '6p' | tr -s ' ')"
 echo "--- xl dmesg since the guest started: IOMMU and the guest's domain ---"
 xl dmesg | tail -n +$((before + 1)) | grep -e "VT-D" -e "DMAR" -e "d$DOMID" -e "$BDF" | tail -n 20
 end_guest $G

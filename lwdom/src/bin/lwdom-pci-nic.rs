@@ -317,7 +317,7 @@ fn run() -> R<String> {
                 .map_or("?".to_string(), |p| {
                     format!("{}{}", p.0, if p.2 { " (EOI)" } else { "" })
                 });
-            format!("{name}: entry {entry} pirq {pirq} port {port}")
+            format!("{name}: entry {entry} pirq {pirq} {port}")
         })
         .collect();
     if pirqs.len() != 3 {
