@@ -53,11 +53,20 @@ fn setup(tag: &str, faults: E1000eFaults) -> Setup {
     let (model, wire) = E1000eModel::new(MAC);
     wire.set_faults(faults);
     pci.plug(NIC, model).expect("plug e1000e");
-    Setup { pci, wire, _hv: hv, _dir: dir }
+    Setup {
+        pci,
+        wire,
+        _hv: hv,
+        _dir: dir,
+    }
 }
 
 fn config(mode: IrqMode) -> Config {
-    Config { mode, link_timeout_ns: SEC / 2, ..Config::default() }
+    Config {
+        mode,
+        link_timeout_ns: SEC / 2,
+        ..Config::default()
+    }
 }
 
 fn open(s: &Setup, mode: IrqMode) -> E1000e<HostedPci> {
@@ -65,7 +74,9 @@ fn open(s: &Setup, mode: IrqMode) -> E1000e<HostedPci> {
 }
 
 fn frame(len: usize, dst: [u8; 6], src: [u8; 6], seed: u8) -> Vec<u8> {
-    let mut f: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i >> 8) as u8).collect();
+    let mut f: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect();
     f[..6].copy_from_slice(&dst);
     f[6..12].copy_from_slice(&src);
     // A local experimental EtherType: no IP, no checksums.
@@ -84,7 +95,9 @@ fn send(dev: &mut E1000e<HostedPci>, data: &[u8]) {
         dev.poll().expect("poll");
     };
     assert_eq!(tx.len(), data.len());
-    tx.as_mut_slice().expect("a TX buffer lent in place").copy_from_slice(data);
+    tx.as_mut_slice()
+        .expect("a TX buffer lent in place")
+        .copy_from_slice(data);
     dev.send(tx).expect("send");
 }
 
@@ -116,7 +129,13 @@ fn reset_link_and_mac_address() {
     drop(dev);
 
     // Receive address 0 empty: the address comes from the EEPROM.
-    let s = setup("e1k-eeprom", E1000eFaults { receive_address_unset: true, ..Default::default() });
+    let s = setup(
+        "e1k-eeprom",
+        E1000eFaults {
+            receive_address_unset: true,
+            ..Default::default()
+        },
+    );
     let dev = open(&s, IrqMode::Polling);
     assert_eq!(dev.mac(), MAC);
 }
@@ -156,18 +175,28 @@ fn every_size(mode: IrqMode, tag: &str) {
         // TX: written in place, seen byte for byte on the wire.
         let out = frame(len, PEER, MAC, len as u8);
         send(&mut dev, &out);
-        let got = s.wire.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|| panic!("TX of {len} bytes lost"));
+        let got = s
+            .wire
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("TX of {len} bytes lost"));
         assert_eq!(got, out, "TX of {len} bytes");
         // RX: lent in place, byte for byte.
         let inbound = frame(len, MAC, PEER, !(len as u8));
         assert!(s.wire.send(&inbound));
         let f = receive(&mut dev);
         assert_eq!(f.len(), len);
-        assert_eq!(f.as_slice().expect("an RX frame lent in place"), &inbound[..], "RX of {len} bytes");
+        assert_eq!(
+            f.as_slice().expect("an RX frame lent in place"),
+            &inbound[..],
+            "RX of {len} bytes"
+        );
         let mut tail = [0u8; 4];
         f.read_at(len - 4, &mut tail).unwrap();
         assert_eq!(tail, inbound[len - 4..]);
-        assert!(matches!(f.read_at(len - 3, &mut tail), Err(FrameError::OutOfRange { .. })));
+        assert!(matches!(
+            f.read_at(len - 3, &mut tail),
+            Err(FrameError::OutOfRange { .. })
+        ));
         assert_eq!(f.checksum(), RxChecksum::default(), "no IP, nothing checked");
     }
     dev.poll().unwrap();
@@ -181,7 +210,11 @@ fn every_size(mode: IrqMode, tag: &str) {
             assert!(st.interrupts > 0);
         }
         IrqMode::Polling => {
-            assert_eq!(s.pci.interrupts_delivered(NIC), 0, "every interrupt is masked in polling mode");
+            assert_eq!(
+                s.pci.interrupts_delivered(NIC),
+                0,
+                "every interrupt is masked in polling mode"
+            );
             assert_eq!(st.interrupts, 0);
         }
     }
@@ -268,7 +301,10 @@ fn rx_frames_are_recycled_when_dropped() {
     assert_eq!(dev.tx_buffers_free(), before - 1);
     drop(tx);
     assert_eq!(dev.tx_buffers_free(), before);
-    assert_eq!(dev.tx_buffer(1515).unwrap_err(), FrameError::TooLarge { len: 1515, max: 1514 });
+    assert_eq!(
+        dev.tx_buffer(1515).unwrap_err(),
+        FrameError::TooLarge { len: 1515, max: 1514 }
+    );
 }
 
 /// The ones'-complement sum of big-endian 16-bit words.
@@ -312,7 +348,15 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6], payload: &[u8], valid: bool) -> Vec<u8>
     f[42..].copy_from_slice(payload);
     let pseudo = csum(&f[26..34], 17 + udp_len as u32);
     let c = !fold(csum(&f[34..], pseudo));
-    let c = if valid { if c == 0 { 0xffff } else { c } } else { c ^ 0x5555 };
+    let c = if valid {
+        if c == 0 {
+            0xffff
+        } else {
+            c
+        }
+    } else {
+        c ^ 0x5555
+    };
     f[40..42].copy_from_slice(&c.to_be_bytes());
     f
 }
@@ -325,12 +369,26 @@ fn checksum_offload_both_ways() {
     let good = udp_frame(MAC, PEER, b"hello, checksums", true);
     assert!(s.wire.send(&good));
     let f = receive(&mut dev);
-    assert_eq!(f.checksum(), RxChecksum { ip: Some(true), l4: Some(true), udp: true });
+    assert_eq!(
+        f.checksum(),
+        RxChecksum {
+            ip: Some(true),
+            l4: Some(true),
+            udp: true
+        }
+    );
     drop(f);
     let bad = udp_frame(MAC, PEER, b"hello, checksums", false);
     assert!(s.wire.send(&bad));
     let f = receive(&mut dev);
-    assert_eq!(f.checksum(), RxChecksum { ip: Some(false), l4: Some(false), udp: true });
+    assert_eq!(
+        f.checksum(),
+        RxChecksum {
+            ip: Some(false),
+            l4: Some(false),
+            udp: true
+        }
+    );
     drop(f);
 
     // TX: the device inserts both; the UDP field holds the pseudo-header
@@ -347,9 +405,17 @@ fn checksum_offload_both_ways() {
         tx.set_checksum(Some(TxChecksum::ipv4(20, false)));
         dev.send(tx).unwrap();
         let got = s.wire.recv_timeout(Duration::from_secs(5)).expect("sent");
-        assert_eq!(fold(csum(&got[14..34], 0)), 0xffff, "IP header checksum, payload {payload_len}");
+        assert_eq!(
+            fold(csum(&got[14..34], 0)),
+            0xffff,
+            "IP header checksum, payload {payload_len}"
+        );
         let pseudo = csum(&got[26..34], 17 + (8 + payload_len) as u32);
-        assert_eq!(fold(csum(&got[34..], pseudo)), 0xffff, "UDP checksum, payload {payload_len}");
+        assert_eq!(
+            fold(csum(&got[34..], pseudo)),
+            0xffff,
+            "UDP checksum, payload {payload_len}"
+        );
         if fold(csum(&want[34..], pseudo)) == 0xffff {
             assert_eq!(got[24..26], want[24..26]);
         }
@@ -413,9 +479,14 @@ impl phy::Device for WirePhy {
 }
 
 fn iface<D: phy::Device>(dev: &mut D, mac: [u8; 6], ip: [u8; 4]) -> Interface {
-    let mut iface = Interface::new(IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac))), dev, SmolInstant::ZERO);
+    let mut iface = Interface::new(
+        IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac))),
+        dev,
+        SmolInstant::ZERO,
+    );
     iface.update_ip_addrs(|a| {
-        a.push(IpCidr::new(IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), 24)).unwrap();
+        a.push(IpCidr::new(IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), 24))
+            .unwrap();
     });
     iface
 }
@@ -429,7 +500,10 @@ fn smoltcp_ping_and_udp_echo_of_every_size() {
     let s = setup("e1k-smol", E1000eFaults::default());
     let dev = open(&s, IrqMode::Interrupts);
     let mut guest = SmolDevice::new(dev);
-    let mut peer = WirePhy { wire: s.wire.clone(), pending: VecDeque::new() };
+    let mut peer = WirePhy {
+        wire: s.wire.clone(),
+        pending: VecDeque::new(),
+    };
     let mut gif = iface(&mut guest, MAC, [10, 0, 0, 2]);
     let mut pif = iface(&mut peer, PEER, [10, 0, 0, 1]);
     let peer_ip = IpAddress::v4(10, 0, 0, 1);
@@ -463,16 +537,25 @@ fn smoltcp_ping_and_udp_echo_of_every_size() {
             sock.bind(icmp::Endpoint::Ident(0x44)).unwrap();
         }
         if pongs < 10 && !ping_out && sock.can_send() {
-            let repr = Icmpv4Repr::EchoRequest { ident: 0x44, seq_no: pongs, data: b"e1000e ping" };
+            let repr = Icmpv4Repr::EchoRequest {
+                ident: 0x44,
+                seq_no: pongs,
+                data: b"e1000e ping",
+            };
             let buf = sock.send(repr.buffer_len(), peer_ip).unwrap();
             repr.emit(&mut Icmpv4Packet::new_unchecked(buf), &ChecksumCapabilities::default());
             ping_out = true;
         }
         if sock.can_recv() {
             let (data, _) = sock.recv().unwrap();
-            let repr =
-                Icmpv4Repr::parse(&Icmpv4Packet::new_checked(data).unwrap(), &ChecksumCapabilities::default()).unwrap();
-            assert!(matches!(repr, Icmpv4Repr::EchoReply { ident: 0x44, seq_no, data: b"e1000e ping" } if seq_no == pongs));
+            let repr = Icmpv4Repr::parse(
+                &Icmpv4Packet::new_checked(data).unwrap(),
+                &ChecksumCapabilities::default(),
+            )
+            .unwrap();
+            assert!(
+                matches!(repr, Icmpv4Repr::EchoReply { ident: 0x44, seq_no, data: b"e1000e ping" } if seq_no == pongs)
+            );
             pongs += 1;
             ping_out = false;
         }
@@ -548,35 +631,103 @@ fn break_with(tag: &str, faults: E1000eFaults, mode: IrqMode) -> String {
 
 #[test]
 fn impossible_rx_lengths_break_the_device() {
-    for (len, tag) in [(0u16, "e1k-len0"), (4000, "e1k-len4000"), (2047, "e1k-len2047"), (10, "e1k-len10")] {
-        let why = break_with(tag, E1000eFaults { rx_length: Some(len), ..Default::default() }, IrqMode::Polling);
+    for (len, tag) in [
+        (0u16, "e1k-len0"),
+        (4000, "e1k-len4000"),
+        (2047, "e1k-len2047"),
+        (10, "e1k-len10"),
+    ] {
+        let why = break_with(
+            tag,
+            E1000eFaults {
+                rx_length: Some(len),
+                ..Default::default()
+            },
+            IrqMode::Polling,
+        );
         assert!(why.contains(&format!("length {len}")), "{why}");
     }
 }
 
 #[test]
 fn nonsense_rx_status_breaks_the_device() {
-    let why = break_with("e1k-noeop", E1000eFaults { rx_no_eop: true, ..Default::default() }, IrqMode::Interrupts);
+    let why = break_with(
+        "e1k-noeop",
+        E1000eFaults {
+            rx_no_eop: true,
+            ..Default::default()
+        },
+        IrqMode::Interrupts,
+    );
     assert!(why.contains("without end-of-packet"), "{why}");
-    let why = break_with("e1k-ipe", E1000eFaults { rx_bad_status: true, ..Default::default() }, IrqMode::Polling);
+    let why = break_with(
+        "e1k-ipe",
+        E1000eFaults {
+            rx_bad_status: true,
+            ..Default::default()
+        },
+        IrqMode::Polling,
+    );
     assert!(why.contains("checksum error for a checksum not checked"), "{why}");
-    let why = break_with("e1k-vlan", E1000eFaults { rx_vlan: true, ..Default::default() }, IrqMode::Polling);
+    let why = break_with(
+        "e1k-vlan",
+        E1000eFaults {
+            rx_vlan: true,
+            ..Default::default()
+        },
+        IrqMode::Polling,
+    );
     assert!(why.contains("VLAN"), "{why}");
 }
 
 #[test]
 fn done_bits_on_descriptors_never_posted_break_the_device() {
-    let why = break_with("e1k-rxtail", E1000eFaults { rx_done_at_tail: true, ..Default::default() }, IrqMode::Polling);
-    assert!(why.contains("RX descriptor") && why.contains("never posted"), "{why}");
-    let why = break_with("e1k-txtail", E1000eFaults { tx_done_at_tail: true, ..Default::default() }, IrqMode::Interrupts);
+    // The device's stray done bit either is seen on the unposted slot, or
+    // lands in a slot the driver is filling at that moment (the driver
+    // writes descriptors without the device's lock) and then reads as a
+    // write-back without end-of-packet when the driver reaches it.
+    let why = break_with(
+        "e1k-rxtail",
+        E1000eFaults {
+            rx_done_at_tail: true,
+            ..Default::default()
+        },
+        IrqMode::Polling,
+    );
+    assert!(
+        (why.contains("RX descriptor") && why.contains("never posted")) || why.contains("without end-of-packet"),
+        "{why}"
+    );
+    let why = break_with(
+        "e1k-txtail",
+        E1000eFaults {
+            tx_done_at_tail: true,
+            ..Default::default()
+        },
+        IrqMode::Interrupts,
+    );
     assert!(why.contains("TX descriptor") && why.contains("never posted"), "{why}");
 }
 
 #[test]
 fn heads_beyond_the_ring_break_the_device() {
-    let why = break_with("e1k-rdh", E1000eFaults { rdh: Some(4096), ..Default::default() }, IrqMode::Polling);
+    let why = break_with(
+        "e1k-rdh",
+        E1000eFaults {
+            rdh: Some(4096),
+            ..Default::default()
+        },
+        IrqMode::Polling,
+    );
     assert!(why.contains("RX head is 4096"), "{why}");
-    let why = break_with("e1k-tdh", E1000eFaults { tdh: Some(0xffff_ffff), ..Default::default() }, IrqMode::Interrupts);
+    let why = break_with(
+        "e1k-tdh",
+        E1000eFaults {
+            tdh: Some(0xffff_ffff),
+            ..Default::default()
+        },
+        IrqMode::Interrupts,
+    );
     assert!(why.contains("TX head is 4294967295"), "{why}");
 }
 
@@ -584,14 +735,20 @@ fn heads_beyond_the_ring_break_the_device() {
 fn frames_with_errors_are_dropped_and_the_device_goes_on() {
     let s = setup("e1k-crc", E1000eFaults::default());
     let mut dev = open(&s, IrqMode::Polling);
-    s.wire.set_faults(E1000eFaults { rx_crc_error: true, ..Default::default() });
+    s.wire.set_faults(E1000eFaults {
+        rx_crc_error: true,
+        ..Default::default()
+    });
     for i in 0..5 {
         assert!(s.wire.send(&frame(100, MAC, PEER, i)));
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while dev.stats().rx_errors < 5 {
         assert!(Instant::now() < deadline, "the bad frames never came");
-        assert!(dev.receive().unwrap().is_none(), "a frame with a CRC error was delivered");
+        assert!(
+            dev.receive().unwrap().is_none(),
+            "a frame with a CRC error was delivered"
+        );
         dev.wait(Some(SEC / 100)).unwrap();
     }
     s.wire.set_faults(E1000eFaults::default());
@@ -599,4 +756,18 @@ fn frames_with_errors_are_dropped_and_the_device_goes_on() {
     assert!(s.wire.send(&good));
     assert_eq!(receive(&mut dev).as_slice().unwrap(), &good[..]);
     assert!(dev.broken().is_none());
+}
+
+#[test]
+fn another_device_is_refused() {
+    let dir = TestDir::new("e1k-other");
+    let _hv = HostedHypervisor::create(&dir.0).expect("hypervisor");
+    let dom = HostedPlatform::join_with(&dir.0, DomId(1), DomainConfig::default()).expect("dom1");
+    let pci = HostedPci::new(dom);
+    pci.plug(NIC, hosted::pci::edu::EduModel::new()).expect("plug edu");
+    let err = E1000e::new(pci.clone(), NIC, config(IrqMode::Polling)).unwrap_err();
+    assert!(err.to_string().contains("not an Intel 82574L"), "{err}");
+    // Nothing at all at an address: the device is gone.
+    let empty = Bdf::new(0, 0, 9, 0).unwrap();
+    assert!(E1000e::new(pci, empty, config(IrqMode::Polling)).is_err());
 }

@@ -79,7 +79,7 @@ const MSIX_BAR_SIZE: u32 = 16 * 1024;
 const REGS: usize = BAR_SIZE as usize / 4;
 
 // Register indices (byte offset / 4).
-const CTRL: usize = 0x0000 / 4;
+const CTRL: usize = 0; // 0x0000
 const STATUS: usize = 0x0008 / 4;
 const EECD: usize = 0x0010 / 4;
 const EERD: usize = 0x0014 / 4;
@@ -287,7 +287,12 @@ impl E1000eWire {
             if now >= deadline {
                 return None;
             }
-            st = self.wire.sent.wait_timeout(st, deadline - now).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+            st = self
+                .wire
+                .sent
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -349,7 +354,10 @@ pub struct E1000eModel {
 
 impl std::fmt::Debug for E1000eModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("E1000eModel").field("mac", &self.mac_addr).field("link_up", &self.link_up).finish()
+        f.debug_struct("E1000eModel")
+            .field("mac", &self.mac_addr)
+            .field("link_up", &self.link_up)
+            .finish()
     }
 }
 
@@ -411,7 +419,9 @@ impl E1000eModel {
     }
 
     fn msix_enabled(dev: &mut DeviceCtx<'_>) -> bool {
-        dev.config().msix_control().is_some_and(|c| c & super::space::MSIX_ENABLE != 0)
+        dev.config()
+            .msix_control()
+            .is_some_and(|c| c & super::space::MSIX_ENABLE != 0)
     }
 
     // ---- interrupts (e1000e_set_interrupt_cause and friends) ----
@@ -453,7 +463,13 @@ impl E1000eModel {
             return;
         }
         let ivar = self.regs[IVAR];
-        for (cause, shift) in [(ICR_RXQ0, 0), (ICR_RXQ1, 4), (ICR_TXQ0, 8), (ICR_TXQ1, 12), (ICR_OTHER, 16)] {
+        for (cause, shift) in [
+            (ICR_RXQ0, 0),
+            (ICR_RXQ1, 4),
+            (ICR_TXQ0, 8),
+            (ICR_TXQ1, 12),
+            (ICR_OTHER, 16),
+        ] {
             if causes & cause == 0 {
                 continue;
             }
@@ -819,7 +835,14 @@ impl E1000eModel {
         let dtype = lower & (TXD_CMD_DEXT | TXD_DTYP_D);
         if dtype == TXD_CMD_DEXT {
             // A context descriptor.
-            self.tx.ctx = Some((d[0], d[1], u16::from_le_bytes([d[2], d[3]]), d[4], d[5], u16::from_le_bytes([d[6], d[7]])));
+            self.tx.ctx = Some((
+                d[0],
+                d[1],
+                u16::from_le_bytes([d[2], d[3]]),
+                d[4],
+                d[5],
+                u16::from_le_bytes([d[6], d[7]]),
+            ));
             return;
         }
         let len = if dtype == (TXD_CMD_DEXT | TXD_DTYP_D) {
@@ -853,7 +876,9 @@ impl E1000eModel {
     }
 
     fn tx_offloads(&self, f: &mut [u8]) {
-        let Some((ipcss, ipcso, ipcse, tucss, tucso, tucse)) = self.tx.ctx else { return };
+        let Some((ipcss, ipcso, ipcse, tucss, tucso, tucse)) = self.tx.ctx else {
+            return;
+        };
         if self.tx.popts & POPTS_IXSM != 0 {
             let (s, o) = (usize::from(ipcss), usize::from(ipcso));
             let e = if ipcse == 0 { f.len() - 1 } else { usize::from(ipcse) };
@@ -1003,9 +1028,27 @@ impl DeviceModel for E1000eModel {
         ConfigSpace::new(E1000E_VENDOR_ID, E1000E_DEVICE_ID, 0x02_0000, 0, CONFIG_SPACE_PCIE)?
             .with_subsystem(E1000E_VENDOR_ID, 0)
             .with_interrupt_pin(1)
-            .with_bar(0, BarSpec::Memory32 { size: BAR_SIZE, prefetchable: false })?
-            .with_bar(1, BarSpec::Memory32 { size: BAR_SIZE, prefetchable: false })?
-            .with_bar(3, BarSpec::Memory32 { size: MSIX_BAR_SIZE, prefetchable: false })?
+            .with_bar(
+                0,
+                BarSpec::Memory32 {
+                    size: BAR_SIZE,
+                    prefetchable: false,
+                },
+            )?
+            .with_bar(
+                1,
+                BarSpec::Memory32 {
+                    size: BAR_SIZE,
+                    prefetchable: false,
+                },
+            )?
+            .with_bar(
+                3,
+                BarSpec::Memory32 {
+                    size: MSIX_BAR_SIZE,
+                    prefetchable: false,
+                },
+            )?
             .with_msi(1, true, false)?
             .with_msix(E1000E_MSIX_VECTORS, (3, 0), (3, 0x2000))
     }

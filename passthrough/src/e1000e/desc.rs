@@ -268,7 +268,12 @@ pub enum RxParsed {
 
 /// Parses the write-back `wb` of RX slot `slot`, for buffers of
 /// `buf_len` bytes and frames of at most `max_frame` bytes. Never panics.
-pub fn parse_rx(slot: u16, wb: &RxWriteback, buf_len: u16, max_frame: u16) -> Result<RxParsed, DescError> {
+pub fn parse_rx(
+    slot: u16,
+    wb: &RxWriteback,
+    buf_len: u16,
+    max_frame: u16,
+) -> Result<RxParsed, DescError> {
     let s = wb.status_error;
     if s & RXD_STAT_DD == 0 {
         return Ok(RxParsed::NotDone);
@@ -281,12 +286,22 @@ pub fn parse_rx(slot: u16, wb: &RxWriteback, buf_len: u16, max_frame: u16) -> Re
         // The frame is spoiled; its length is not used, but it is still
         // the device's word about a buffer it wrote.
         if wb.length > max {
-            return Err(DescError::BadLength { slot, len: wb.length, max });
+            return Err(DescError::BadLength {
+                slot,
+                len: wb.length,
+                max,
+            });
         }
-        return Ok(RxParsed::Errored { errors: s & RXD_ERR_FRAME });
+        return Ok(RxParsed::Errored {
+            errors: s & RXD_ERR_FRAME,
+        });
     }
     if usize::from(wb.length) < ETH_HLEN || wb.length > max {
-        return Err(DescError::BadLength { slot, len: wb.length, max });
+        return Err(DescError::BadLength {
+            slot,
+            len: wb.length,
+            max,
+        });
     }
     if s & RXD_STAT_VP != 0 {
         return Err(DescError::BadStatus {
@@ -325,7 +340,10 @@ pub fn parse_rx(slot: u16, wb: &RxWriteback, buf_len: u16, max_frame: u16) -> Re
             udp: s & RXD_STAT_UDPCS != 0,
         }
     };
-    Ok(RxParsed::Frame { len: wb.length, csum })
+    Ok(RxParsed::Frame {
+        len: wb.length,
+        csum,
+    })
 }
 
 /// Checksums the device is asked to insert into a frame it sends (a TX
@@ -362,7 +380,11 @@ impl TxChecksum {
         let l4_start = ip_start.saturating_add(ip_hdr_len);
         let l4_field = if tcp { 16 } else { 6 };
         TxChecksum {
-            ip: Some((ip_start, ip_start + 10, u16::from(l4_start).saturating_sub(1))),
+            ip: Some((
+                ip_start,
+                ip_start + 10,
+                u16::from(l4_start).saturating_sub(1),
+            )),
             l4: Some((l4_start, l4_start.saturating_add(l4_field), 0)),
             tcp,
             ipv4: true,
@@ -423,7 +445,9 @@ pub fn tx_context(c: &TxChecksum) -> [u8; DESC_LEN] {
 pub fn tx_data(bus_addr: u64, len: u16, c: &TxChecksum) -> [u8; DESC_LEN] {
     let mut d = [0u8; DESC_LEN];
     d[0..8].copy_from_slice(&bus_addr.to_le_bytes());
-    let lower = u32::from(len) | TXD_DTYP_D | (u32::from(TXD_CMD_EOP | TXD_CMD_IFCS | TXD_CMD_RS | TXD_CMD_DEXT) << 24);
+    let lower = u32::from(len)
+        | TXD_DTYP_D
+        | (u32::from(TXD_CMD_EOP | TXD_CMD_IFCS | TXD_CMD_RS | TXD_CMD_DEXT) << 24);
     d[8..12].copy_from_slice(&lower.to_le_bytes());
     let mut popts = 0;
     if c.ip.is_some() {
@@ -447,12 +471,24 @@ mod tests {
     use super::*;
 
     fn wb(status: u32, len: u16) -> RxWriteback {
-        RxWriteback { mrq: 0, hi_dword: 0, status_error: status, length: len, vlan: 0 }
+        RxWriteback {
+            mrq: 0,
+            hi_dword: 0,
+            status_error: status,
+            length: len,
+            vlan: 0,
+        }
     }
 
     #[test]
     fn round_trip_and_not_done() {
-        let w = RxWriteback { mrq: 1, hi_dword: 2, status_error: 3, length: 4, vlan: 5 };
+        let w = RxWriteback {
+            mrq: 1,
+            hi_dword: 2,
+            status_error: 3,
+            length: 4,
+            vlan: 5,
+        };
         assert_eq!(RxWriteback::from_bytes(&w.to_bytes()), w);
         assert_eq!(parse_rx(0, &wb(0, 60), 2048, 1522), Ok(RxParsed::NotDone));
         // A posted descriptor reads as not done.
@@ -465,18 +501,48 @@ mod tests {
         let s = RXD_STAT_DD | RXD_STAT_EOP | RXD_STAT_IPCS | RXD_STAT_TCPCS | RXD_STAT_UDPCS;
         assert_eq!(
             parse_rx(3, &wb(s, 60), 2048, 1522),
-            Ok(RxParsed::Frame { len: 60, csum: RxChecksum { ip: Some(true), l4: Some(true), udp: true } })
+            Ok(RxParsed::Frame {
+                len: 60,
+                csum: RxChecksum {
+                    ip: Some(true),
+                    l4: Some(true),
+                    udp: true
+                }
+            })
         );
         assert_eq!(
             parse_rx(3, &wb(s | RXD_ERR_TCPE, 1514), 2048, 1522),
-            Ok(RxParsed::Frame { len: 1514, csum: RxChecksum { ip: Some(true), l4: Some(false), udp: true } })
+            Ok(RxParsed::Frame {
+                len: 1514,
+                csum: RxChecksum {
+                    ip: Some(true),
+                    l4: Some(false),
+                    udp: true
+                }
+            })
         );
         assert_eq!(
-            parse_rx(3, &wb(RXD_STAT_DD | RXD_STAT_EOP | RXD_STAT_IXSM | RXD_STAT_IPCS, 100), 2048, 1522),
-            Ok(RxParsed::Frame { len: 100, csum: RxChecksum::default() })
+            parse_rx(
+                3,
+                &wb(
+                    RXD_STAT_DD | RXD_STAT_EOP | RXD_STAT_IXSM | RXD_STAT_IPCS,
+                    100
+                ),
+                2048,
+                1522
+            ),
+            Ok(RxParsed::Frame {
+                len: 100,
+                csum: RxChecksum::default()
+            })
         );
         assert_eq!(
-            parse_rx(3, &wb(RXD_STAT_DD | RXD_STAT_EOP | RXD_ERR_CE, 64), 2048, 1522),
+            parse_rx(
+                3,
+                &wb(RXD_STAT_DD | RXD_STAT_EOP | RXD_ERR_CE, 64),
+                2048,
+                1522
+            ),
             Ok(RxParsed::Errored { errors: RXD_ERR_CE })
         );
     }
@@ -484,18 +550,51 @@ mod tests {
     #[test]
     fn nonsense_is_an_error() {
         let ok = RXD_STAT_DD | RXD_STAT_EOP;
-        assert!(matches!(parse_rx(1, &wb(RXD_STAT_DD, 60), 2048, 1522), Err(DescError::NoEndOfPacket { slot: 1 })));
-        assert!(matches!(parse_rx(1, &wb(ok, 0), 2048, 1522), Err(DescError::BadLength { .. })));
-        assert!(matches!(parse_rx(1, &wb(ok, 13), 2048, 1522), Err(DescError::BadLength { .. })));
-        assert!(matches!(parse_rx(1, &wb(ok, 1523), 2048, 1522), Err(DescError::BadLength { .. })));
-        assert!(matches!(parse_rx(1, &wb(ok, 65535), 2048, 1522), Err(DescError::BadLength { .. })));
-        assert!(matches!(parse_rx(1, &wb(ok | RXD_ERR_CE, 4000), 2048, 1522), Err(DescError::BadLength { .. })));
-        assert!(matches!(parse_rx(1, &wb(ok | RXD_STAT_VP, 60), 2048, 1522), Err(DescError::BadStatus { .. })));
-        assert!(matches!(parse_rx(1, &wb(ok | RXD_ERR_IPE, 60), 2048, 1522), Err(DescError::BadStatus { .. })));
-        assert!(matches!(parse_rx(1, &wb(ok | RXD_ERR_TCPE, 60), 2048, 1522), Err(DescError::BadStatus { .. })));
-        assert!(matches!(parse_rx(1, &wb(ok | RXD_STAT_UDPCS, 60), 2048, 1522), Err(DescError::BadStatus { .. })));
+        assert!(matches!(
+            parse_rx(1, &wb(RXD_STAT_DD, 60), 2048, 1522),
+            Err(DescError::NoEndOfPacket { slot: 1 })
+        ));
+        assert!(matches!(
+            parse_rx(1, &wb(ok, 0), 2048, 1522),
+            Err(DescError::BadLength { .. })
+        ));
+        assert!(matches!(
+            parse_rx(1, &wb(ok, 13), 2048, 1522),
+            Err(DescError::BadLength { .. })
+        ));
+        assert!(matches!(
+            parse_rx(1, &wb(ok, 1523), 2048, 1522),
+            Err(DescError::BadLength { .. })
+        ));
+        assert!(matches!(
+            parse_rx(1, &wb(ok, 65535), 2048, 1522),
+            Err(DescError::BadLength { .. })
+        ));
+        assert!(matches!(
+            parse_rx(1, &wb(ok | RXD_ERR_CE, 4000), 2048, 1522),
+            Err(DescError::BadLength { .. })
+        ));
+        assert!(matches!(
+            parse_rx(1, &wb(ok | RXD_STAT_VP, 60), 2048, 1522),
+            Err(DescError::BadStatus { .. })
+        ));
+        assert!(matches!(
+            parse_rx(1, &wb(ok | RXD_ERR_IPE, 60), 2048, 1522),
+            Err(DescError::BadStatus { .. })
+        ));
+        assert!(matches!(
+            parse_rx(1, &wb(ok | RXD_ERR_TCPE, 60), 2048, 1522),
+            Err(DescError::BadStatus { .. })
+        ));
+        assert!(matches!(
+            parse_rx(1, &wb(ok | RXD_STAT_UDPCS, 60), 2048, 1522),
+            Err(DescError::BadStatus { .. })
+        ));
         // The buffer bounds the length when it is the smaller.
-        assert!(matches!(parse_rx(1, &wb(ok, 1100), 1024, 1522), Err(DescError::BadLength { max: 1024, .. })));
+        assert!(matches!(
+            parse_rx(1, &wb(ok, 1100), 1024, 1522),
+            Err(DescError::BadLength { max: 1024, .. })
+        ));
     }
 
     #[test]
@@ -512,7 +611,10 @@ mod tests {
         assert!(c.check(41).is_err());
         let ctx = tx_context(&c);
         assert_eq!(ctx[11] & TXD_CMD_DEXT, TXD_CMD_DEXT);
-        assert_eq!(u32::from_le_bytes([ctx[8], ctx[9], ctx[10], ctx[11]]) & (0xf << 20), 0);
+        assert_eq!(
+            u32::from_le_bytes([ctx[8], ctx[9], ctx[10], ctx[11]]) & (0xf << 20),
+            0
+        );
         let data = tx_data(0x1000, 60, &c);
         let lower = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
         assert_eq!(lower & 0xfffff, 60);

@@ -124,7 +124,10 @@ impl core::fmt::Display for E1000eError {
         match self {
             E1000eError::Pci(e) => write!(f, "e1000e: {e}"),
             E1000eError::Unsupported(why) => write!(f, "e1000e: unsupported device: {why}"),
-            E1000eError::Device(why) => write!(f, "e1000e: the device failed: {why}; reset it or check the passthrough"),
+            E1000eError::Device(why) => write!(
+                f,
+                "e1000e: the device failed: {why}; reset it or check the passthrough"
+            ),
             E1000eError::Config(why) => write!(f, "e1000e: bad configuration: {why}"),
         }
     }
@@ -215,7 +218,11 @@ fn reg(r: u32) -> usize {
 }
 
 /// Busy-waits until `done` or `timeout_ns` of the platform's clock pass.
-fn wait_until<P: PciPlatform>(p: &P, timeout_ns: u64, mut done: impl FnMut() -> Result<bool, E1000eError>) -> Result<bool, E1000eError> {
+fn wait_until<P: PciPlatform>(
+    p: &P,
+    timeout_ns: u64,
+    mut done: impl FnMut() -> Result<bool, E1000eError>,
+) -> Result<bool, E1000eError> {
     let start = p.now_ns();
     loop {
         if done()? {
@@ -255,22 +262,46 @@ impl<P: PciPlatform> E1000e<P> {
         let bar = *info
             .bar(BAR_REGS)
             .filter(|b| b.is_memory() && b.size >= REGS_LEN)
-            .ok_or_else(|| E1000eError::Unsupported(format!("{bdf}: BAR 0 is not a memory BAR of 128 KiB")))?;
+            .ok_or_else(|| {
+                E1000eError::Unsupported(format!("{bdf}: BAR 0 is not a memory BAR of 128 KiB"))
+            })?;
         if info.msix.is_none_or(|m| m.table_size < 3) {
-            return Err(E1000eError::Unsupported(format!("{bdf}: no MSI-X capability with 3 vectors")));
+            return Err(E1000eError::Unsupported(format!(
+                "{bdf}: no MSI-X capability with 3 vectors"
+            )));
         }
         config::enable_memory_and_bus_master(platform.config(), bdf)?;
         let regs = platform.map_bar(bdf, &bar)?;
 
         // Rings and buffers.
-        let rx_mem = DmaRing { mem: platform.alloc_dma(usize::from(config.rx_ring) * DESC_LEN, 128, config.dma_mask)?, slots: config.rx_ring };
-        let tx_mem = DmaRing { mem: platform.alloc_dma(usize::from(config.tx_ring) * DESC_LEN, 128, config.dma_mask)?, slots: config.tx_ring };
+        let rx_mem = DmaRing {
+            mem: platform.alloc_dma(
+                usize::from(config.rx_ring) * DESC_LEN,
+                128,
+                config.dma_mask,
+            )?,
+            slots: config.rx_ring,
+        };
+        let tx_mem = DmaRing {
+            mem: platform.alloc_dma(
+                usize::from(config.tx_ring) * DESC_LEN,
+                128,
+                config.dma_mask,
+            )?,
+            slots: config.tx_ring,
+        };
         let per_page = PAGE_LEN / BUF_LEN;
         let rx_pages = usize::from(config.rx_buffers).div_ceil(per_page);
         // Every TX frame may need a context descriptor as well as its own.
         let tx_pages = (usize::from(config.tx_ring - 1) / 2).div_ceil(per_page);
         let alloc_pages = |n: usize| -> Result<Vec<P::Dma>, E1000eError> {
-            (0..n).map(|_| platform.alloc_dma(PAGE_LEN, PAGE_LEN, config.dma_mask).map_err(E1000eError::from)).collect()
+            (0..n)
+                .map(|_| {
+                    platform
+                        .alloc_dma(PAGE_LEN, PAGE_LEN, config.dma_mask)
+                        .map_err(E1000eError::from)
+                })
+                .collect()
         };
         let rx_pool = Arc::new(BufPool::new(alloc_pages(rx_pages)?).map_err(E1000eError::Config)?);
         let tx_pool = Arc::new(BufPool::new(alloc_pages(tx_pages)?).map_err(E1000eError::Config)?);
@@ -280,12 +311,16 @@ impl<P: PciPlatform> E1000e<P> {
         for _ in max_tx_bufs..tx_pool.count() {
             let _ = tx_pool.take();
         }
-        let rx = RxRing::new(config.rx_ring, BUF_LEN as u16, MAX_RX_FRAME).map_err(E1000eError::Config)?;
+        let rx = RxRing::new(config.rx_ring, BUF_LEN as u16, MAX_RX_FRAME)
+            .map_err(E1000eError::Config)?;
         let tx = TxRing::new(config.tx_ring).map_err(E1000eError::Config)?;
 
         let ports_v = platform.enable_msix(bdf, &[MSIX_RX, MSIX_TX, MSIX_OTHER])?;
         let [prx, ptx, pother] = ports_v[..] else {
-            return Err(E1000eError::Device(format!("the platform gave {} MSI-X ports for 3 entries", ports_v.len())));
+            return Err(E1000eError::Device(format!(
+                "the platform gave {} MSI-X ports for 3 entries",
+                ports_v.len()
+            )));
         };
         let mut dev = E1000e {
             platform,
@@ -342,20 +377,31 @@ impl<P: PciPlatform> E1000e<P> {
         self.wr(TCTL, TCTL_PSP)?;
         let status = self.rd(STATUS)?;
         if status == 0xffff_ffff {
-            return Err(E1000eError::Device(format!("{}: registers read all ones (the device is gone)", self.bdf)));
+            return Err(E1000eError::Device(format!(
+                "{}: registers read all ones (the device is gone)",
+                self.bdf
+            )));
         }
         let ctrl = self.rd(CTRL)?;
         self.wr(CTRL, ctrl | CTRL_RST)?;
         let regs = &self.regs;
-        let done = wait_until(&self.platform, timeout_ns, || Ok(regs.read32(reg(CTRL))? & CTRL_RST == 0))?;
+        let done = wait_until(&self.platform, timeout_ns, || {
+            Ok(regs.read32(reg(CTRL))? & CTRL_RST == 0)
+        })?;
         if !done {
-            return Err(E1000eError::Device(format!("{}: CTRL.RST did not clear within {timeout_ns} ns", self.bdf)));
+            return Err(E1000eError::Device(format!(
+                "{}: CTRL.RST did not clear within {timeout_ns} ns",
+                self.bdf
+            )));
         }
         self.wr(IMC, 0xffff_ffff)?;
         let _ = self.rd(ICR)?;
         self.wr(ICR, 0xffff_ffff)?;
         let ext = self.rd(CTRL_EXT)?;
-        self.wr(CTRL_EXT, (ext | CTRL_EXT_DRV_LOAD) & !(CTRL_EXT_IAME | CTRL_EXT_EIAME))?;
+        self.wr(
+            CTRL_EXT,
+            (ext | CTRL_EXT_DRV_LOAD) & !(CTRL_EXT_IAME | CTRL_EXT_EIAME),
+        )?;
         Ok(())
     }
 
@@ -368,7 +414,10 @@ impl<P: PciPlatform> E1000e<P> {
             Ok(v & EERD_DONE != 0)
         })?;
         if !done {
-            return Err(E1000eError::Device(format!("{}: the EEPROM read of word {addr} did not complete", self.bdf)));
+            return Err(E1000eError::Device(format!(
+                "{}: the EEPROM read of word {addr} did not complete",
+                self.bdf
+            )));
         }
         Ok((v >> EERD_DATA_SHIFT) as u16)
     }
@@ -407,9 +456,14 @@ impl<P: PciPlatform> E1000e<P> {
         const CTRL_FRCSPD: u32 = 1 << 11;
         const CTRL_FRCDPX: u32 = 1 << 12;
         let ctrl = self.rd(CTRL)?;
-        self.wr(CTRL, (ctrl | CTRL_SLU | CTRL_ASDE) & !(CTRL_FRCSPD | CTRL_FRCDPX | CTRL_PHY_RST | CTRL_RST))?;
+        self.wr(
+            CTRL,
+            (ctrl | CTRL_SLU | CTRL_ASDE) & !(CTRL_FRCSPD | CTRL_FRCDPX | CTRL_PHY_RST | CTRL_RST),
+        )?;
         let regs = &self.regs;
-        self.link_up = wait_until(&self.platform, timeout_ns, || Ok(regs.read32(reg(STATUS))? & STATUS_LU != 0))?;
+        self.link_up = wait_until(&self.platform, timeout_ns, || {
+            Ok(regs.read32(reg(STATUS))? & STATUS_LU != 0)
+        })?;
         Ok(())
     }
 
@@ -443,7 +497,14 @@ impl<P: PciPlatform> E1000e<P> {
         self.wr(RADV, 0)?;
         // ISCSI_DIS, NFSW_DIS, NFSR_DIS: filters the driver does not use.
         self.wr(RFCTL, RFCTL_EXTEN | RFCTL_ACK_DIS | 1 | (1 << 6) | (1 << 7))?;
-        self.wr(RXCSUM, if config.rx_checksum { RXCSUM_IPOFL | RXCSUM_TUOFL } else { 0 })?;
+        self.wr(
+            RXCSUM,
+            if config.rx_checksum {
+                RXCSUM_IPOFL | RXCSUM_TUOFL
+            } else {
+                0
+            },
+        )?;
         self.refill_rx()?;
         // Interrupts: RX queue 0 on vector 0, TX queue 0 on 1, other causes
         // on 2; a TX cause on every write-back; the queue causes cleared
@@ -457,7 +518,10 @@ impl<P: PciPlatform> E1000e<P> {
         self.wr(EIAC, ICR_RXQ0 | ICR_TXQ0)?;
         let ext = self.rd(CTRL_EXT)?;
         self.wr(CTRL_EXT, ext | CTRL_EXT_PBA_CLR)?;
-        self.wr(TCTL, TCTL_EN | TCTL_PSP | (0xf << TCTL_CT_SHIFT) | (0x3f << TCTL_COLD_SHIFT) | TCTL_RTLC)?;
+        self.wr(
+            TCTL,
+            TCTL_EN | TCTL_PSP | (0xf << TCTL_CT_SHIFT) | (0x3f << TCTL_COLD_SHIFT) | TCTL_RTLC,
+        )?;
         self.wr(RCTL, RCTL_EN | RCTL_BAM | RCTL_SECRC)?;
         self.apply_mode()?;
         Ok(())
@@ -613,13 +677,19 @@ impl<P: PciPlatform> E1000e<P> {
             self.fail_on(r)?
         };
         if status == 0xffff_ffff {
-            return Err(self.break_device(String::from("registers read all ones: the device is gone")));
+            return Err(
+                self.break_device(String::from("registers read all ones: the device is gone"))
+            );
         }
         let up = status & STATUS_LU != 0;
         if up != self.link_up {
             self.link_up = up;
             self.stats.link_changes += 1;
-            log::info!("e1000e {}: link {}", self.bdf, if up { "up" } else { "down" });
+            log::info!(
+                "e1000e {}: link {}",
+                self.bdf,
+                if up { "up" } else { "down" }
+            );
             return Ok(true);
         }
         Ok(false)
@@ -631,43 +701,71 @@ impl<P: PciPlatform> E1000e<P> {
             let d = self.rx_mem.read(self.rx.next());
             desc::RxWriteback::from_bytes(&d).done()
         };
-        let tx = self.tx.in_flight() > 0 && desc::tx_status(&self.tx_mem.read(self.tx.next())) & desc::TXD_STAT_DD != 0;
+        let tx = self.tx.in_flight() > 0
+            && desc::tx_status(&self.tx_mem.read(self.tx.next())) & desc::TXD_STAT_DD != 0;
         rx || tx
     }
 
     fn send_inner(&mut self, frame: E1000eTxFrame<P::Dma>) -> Result<(), FrameError> {
         let Some((buf, len, bus, csum)) = frame.take() else {
-            return Err(FrameError::Invalid(String::from("the frame's buffer is not in the pool")));
+            return Err(FrameError::Invalid(String::from(
+                "the frame's buffer is not in the pool",
+            )));
         };
         let give_back = |pool: &BufPool<P::Dma>, e: FrameError| {
             pool.give_back(buf);
             Err(e)
         };
         if len == 0 || len > MAX_FRAME {
-            return give_back(&self.tx_pool, FrameError::TooLarge { len, max: MAX_FRAME });
+            return give_back(
+                &self.tx_pool,
+                FrameError::TooLarge {
+                    len,
+                    max: MAX_FRAME,
+                },
+            );
         }
         if let Some(c) = &csum {
             if let Err(why) = c.check(len) {
-                return give_back(&self.tx_pool, FrameError::Invalid(format!("checksum offload: {why}")));
+                return give_back(
+                    &self.tx_pool,
+                    FrameError::Invalid(format!("checksum offload: {why}")),
+                );
             }
         }
-        let need = if csum.is_some() && csum != self.tx_context { 2 } else { 1 };
+        let need = if csum.is_some() && csum != self.tx_context {
+            2
+        } else {
+            1
+        };
         if self.tx.free() < need {
             self.reap_tx()?;
         }
         if self.tx.free() < need {
-            return give_back(&self.tx_pool, FrameError::Invalid(String::from("the TX ring is full; poll and retry")));
+            return give_back(
+                &self.tx_pool,
+                FrameError::Invalid(String::from("the TX ring is full; poll and retry")),
+            );
         }
         match &csum {
             None => {
-                self.tx.post(&mut self.tx_mem, &desc::tx_legacy(bus, len as u16), TxSlot::Frame(buf));
+                self.tx.post(
+                    &mut self.tx_mem,
+                    &desc::tx_legacy(bus, len as u16),
+                    TxSlot::Frame(buf),
+                );
             }
             Some(c) => {
                 if need == 2 {
-                    self.tx.post(&mut self.tx_mem, &desc::tx_context(c), TxSlot::Context);
+                    self.tx
+                        .post(&mut self.tx_mem, &desc::tx_context(c), TxSlot::Context);
                     self.tx_context = csum;
                 }
-                self.tx.post(&mut self.tx_mem, &desc::tx_data(bus, len as u16, c), TxSlot::Frame(buf));
+                self.tx.post(
+                    &mut self.tx_mem,
+                    &desc::tx_data(bus, len as u16, c),
+                    TxSlot::Frame(buf),
+                );
             }
         }
         // Orders the frame's bytes and its descriptors before the tail
@@ -703,13 +801,21 @@ impl<P: PciPlatform> FrameDevice for E1000e<P> {
     type Rx = E1000eRxFrame<P::Dma>;
 
     fn link(&self) -> LinkInfo {
-        LinkInfo { up: self.link_up && self.broken.is_none(), mac: self.mac, mtu: MAX_FRAME - desc::ETH_HLEN, max_frame: MAX_FRAME }
+        LinkInfo {
+            up: self.link_up && self.broken.is_none(),
+            mac: self.mac,
+            mtu: MAX_FRAME - desc::ETH_HLEN,
+            max_frame: MAX_FRAME,
+        }
     }
 
     fn tx_buffer(&mut self, len: usize) -> Result<Option<Self::Tx>, FrameError> {
         self.check()?;
         if len > MAX_FRAME {
-            return Err(FrameError::TooLarge { len, max: MAX_FRAME });
+            return Err(FrameError::TooLarge {
+                len,
+                max: MAX_FRAME,
+            });
         }
         if len == 0 {
             return Err(FrameError::Invalid(String::from("a frame of 0 bytes")));
@@ -720,7 +826,10 @@ impl<P: PciPlatform> FrameDevice for E1000e<P> {
         if self.tx_pool.free_count() == 0 {
             self.reap_tx()?;
         }
-        Ok(self.tx_pool.take().map(|b| E1000eTxFrame::new(self.tx_pool.clone(), b, len)))
+        Ok(self
+            .tx_pool
+            .take()
+            .map(|b| E1000eTxFrame::new(self.tx_pool.clone(), b, len)))
     }
 
     fn send(&mut self, frame: Self::Tx) -> Result<(), FrameError> {
@@ -737,16 +846,26 @@ impl<P: PciPlatform> FrameDevice for E1000e<P> {
         self.fail_on(r)?;
         for _ in 0..self.rx.size() {
             let c = self.rx.next_completion(&mut self.rx_mem);
-            let Some(c) = self.desc_fail(c)? else { return Ok(None) };
+            let Some(c) = self.desc_fail(c)? else {
+                return Ok(None);
+            };
             match c.parsed {
                 RxParsed::Frame { len, csum } => {
                     self.stats.rx_frames += 1;
                     self.stats.rx_bytes += u64::from(len);
-                    return Ok(Some(E1000eRxFrame::new(self.rx_pool.clone(), c.buf, usize::from(len), csum)));
+                    return Ok(Some(E1000eRxFrame::new(
+                        self.rx_pool.clone(),
+                        c.buf,
+                        usize::from(len),
+                        csum,
+                    )));
                 }
                 RxParsed::Errored { errors } => {
                     self.stats.rx_errors += 1;
-                    log::debug!("e1000e {}: dropped a frame received with errors {errors:#x}", self.bdf);
+                    log::debug!(
+                        "e1000e {}: dropped a frame received with errors {errors:#x}",
+                        self.bdf
+                    );
                     self.rx_pool.give_back(c.buf);
                 }
                 RxParsed::NotDone => return Ok(None),
@@ -780,7 +899,8 @@ impl<P: PciPlatform> FrameDevice for E1000e<P> {
                     if self.work_pending() {
                         return Ok(true);
                     }
-                    if timeout_ns.is_some_and(|t| self.platform.now_ns().saturating_sub(start) >= t) {
+                    if timeout_ns.is_some_and(|t| self.platform.now_ns().saturating_sub(start) >= t)
+                    {
                         return Ok(false);
                     }
                     core::hint::spin_loop();
@@ -796,7 +916,9 @@ impl<P: PciPlatform> FrameDevice for E1000e<P> {
                     return Ok(true);
                 }
                 let woke = self.platform.block_any(&self.ports, timeout_ns);
-                let woke = woke.map_err(|e| self.break_device(format!("waiting for the device's interrupts: {e}")))?;
+                let woke = woke.map_err(|e| {
+                    self.break_device(format!("waiting for the device's interrupts: {e}"))
+                })?;
                 if let Some(port) = woke {
                     self.stats.interrupts += 1;
                     // Clear the others' pending bits too: the next poll

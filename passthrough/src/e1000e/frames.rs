@@ -60,7 +60,10 @@ unsafe impl<D: DmaBuffer + Sync> Sync for BufPool<D> {}
 
 impl<D: DmaBuffer> fmt::Debug for BufPool<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BufPool").field("buffers", &self.count).field("free", &self.free.len()).finish()
+        f.debug_struct("BufPool")
+            .field("buffers", &self.count)
+            .field("free", &self.free.len())
+            .finish()
     }
 }
 
@@ -71,7 +74,10 @@ impl<D: DmaBuffer> BufPool<D> {
         if pages.iter().any(|p| p.len() < PAGE_LEN) {
             return Err("a DMA page of the buffer pool is smaller than 4096 bytes");
         }
-        let count = pages.len().checked_mul(PER_PAGE).and_then(|n| u16::try_from(n).ok());
+        let count = pages
+            .len()
+            .checked_mul(PER_PAGE)
+            .and_then(|n| u16::try_from(n).ok());
         let Some(count) = count.filter(|c| *c > 0) else {
             return Err("a buffer pool holds 1 to 65535 buffers");
         };
@@ -80,7 +86,12 @@ impl<D: DmaBuffer> BufPool<D> {
             let _ = free.push(b);
         }
         let ptrs = pages.iter().map(DmaBuffer::base_ptr).collect();
-        Ok(BufPool { pages, ptrs, free, count })
+        Ok(BufPool {
+            pages,
+            ptrs,
+            free,
+            count,
+        })
     }
 
     /// Buffers in the pool.
@@ -111,7 +122,11 @@ impl<D: DmaBuffer> BufPool<D> {
         let b = usize::from(buf);
         let page = b / PER_PAGE;
         let off = (b % PER_PAGE) * BUF_LEN;
-        Some((self.pages.get(page)?, self.ptrs.get(page).copied().flatten(), off))
+        Some((
+            self.pages.get(page)?,
+            self.ptrs.get(page).copied().flatten(),
+            off,
+        ))
     }
 
     /// The bus address of a buffer.
@@ -121,14 +136,22 @@ impl<D: DmaBuffer> BufPool<D> {
     }
 
     fn read(&self, buf: u16, offset: usize, out: &mut [u8]) -> bool {
-        let Some((d, _, off)) = self.locate(buf) else { return false };
-        offset.checked_add(out.len()).is_some_and(|end| end <= BUF_LEN)
+        let Some((d, _, off)) = self.locate(buf) else {
+            return false;
+        };
+        offset
+            .checked_add(out.len())
+            .is_some_and(|end| end <= BUF_LEN)
             && d.read_into(off + offset, out).is_ok()
     }
 
     fn write(&self, buf: u16, offset: usize, data: &[u8]) -> bool {
-        let Some((d, _, off)) = self.locate(buf) else { return false };
-        offset.checked_add(data.len()).is_some_and(|end| end <= BUF_LEN)
+        let Some((d, _, off)) = self.locate(buf) else {
+            return false;
+        };
+        offset
+            .checked_add(data.len())
+            .is_some_and(|end| end <= BUF_LEN)
             && d.write_from(off + offset, data).is_ok()
     }
 
@@ -157,13 +180,22 @@ pub struct E1000eRxFrame<D: DmaBuffer> {
 
 impl<D: DmaBuffer> fmt::Debug for E1000eRxFrame<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("E1000eRxFrame").field("buf", &self.buf).field("len", &self.len).field("csum", &self.csum).finish()
+        f.debug_struct("E1000eRxFrame")
+            .field("buf", &self.buf)
+            .field("len", &self.len)
+            .field("csum", &self.csum)
+            .finish()
     }
 }
 
 impl<D: DmaBuffer> E1000eRxFrame<D> {
     pub(crate) fn new(pool: Arc<BufPool<D>>, buf: u16, len: usize, csum: RxChecksum) -> Self {
-        E1000eRxFrame { pool, buf, len: len.min(BUF_LEN), csum }
+        E1000eRxFrame {
+            pool,
+            buf,
+            len: len.min(BUF_LEN),
+            csum,
+        }
     }
 
     /// What the device said about the frame's checksums (receive checksum
@@ -206,8 +238,15 @@ impl<D: DmaBuffer> RxFrame for E1000eRxFrame<D> {
     }
 
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), FrameError> {
-        let oor = FrameError::OutOfRange { offset, len: buf.len(), frame_len: self.len };
-        if offset.checked_add(buf.len()).is_none_or(|end| end > self.len) {
+        let oor = FrameError::OutOfRange {
+            offset,
+            len: buf.len(),
+            frame_len: self.len,
+        };
+        if offset
+            .checked_add(buf.len())
+            .is_none_or(|end| end > self.len)
+        {
             return Err(oor);
         }
         if self.pool.read(self.buf, offset, buf) {
@@ -230,13 +269,22 @@ pub struct E1000eTxFrame<D: DmaBuffer> {
 
 impl<D: DmaBuffer> fmt::Debug for E1000eTxFrame<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("E1000eTxFrame").field("buf", &self.buf).field("len", &self.len).field("csum", &self.csum).finish()
+        f.debug_struct("E1000eTxFrame")
+            .field("buf", &self.buf)
+            .field("len", &self.len)
+            .field("csum", &self.csum)
+            .finish()
     }
 }
 
 impl<D: DmaBuffer> E1000eTxFrame<D> {
     pub(crate) fn new(pool: Arc<BufPool<D>>, buf: u16, len: usize) -> Self {
-        E1000eTxFrame { pool, buf: Some(buf), len: len.min(BUF_LEN), csum: None }
+        E1000eTxFrame {
+            pool,
+            buf: Some(buf),
+            len: len.min(BUF_LEN),
+            csum: None,
+        }
     }
 
     /// Asks the device to insert checksums into this frame when it sends it
@@ -294,8 +342,15 @@ impl<D: DmaBuffer> TxFrame for E1000eTxFrame<D> {
     }
 
     fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), FrameError> {
-        let oor = FrameError::OutOfRange { offset, len: data.len(), frame_len: self.len };
-        if offset.checked_add(data.len()).is_none_or(|end| end > self.len) {
+        let oor = FrameError::OutOfRange {
+            offset,
+            len: data.len(),
+            frame_len: self.len,
+        };
+        if offset
+            .checked_add(data.len())
+            .is_none_or(|end| end > self.len)
+        {
             return Err(oor);
         }
         match self.buf {
@@ -305,8 +360,15 @@ impl<D: DmaBuffer> TxFrame for E1000eTxFrame<D> {
     }
 
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), FrameError> {
-        let oor = FrameError::OutOfRange { offset, len: buf.len(), frame_len: self.len };
-        if offset.checked_add(buf.len()).is_none_or(|end| end > self.len) {
+        let oor = FrameError::OutOfRange {
+            offset,
+            len: buf.len(),
+            frame_len: self.len,
+        };
+        if offset
+            .checked_add(buf.len())
+            .is_none_or(|end| end > self.len)
+        {
             return Err(oor);
         }
         match self.buf {

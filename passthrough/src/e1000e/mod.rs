@@ -21,7 +21,10 @@
 //!   clears the queue causes from `ICR` when their message is sent, and
 //!   the driver re-enables the vectors (`IMS`) before it sleeps, so that an
 //!   interrupt is never lost between its last look and the sleep. Each
-//!   vector is an event channel ([`E1000e::ports`]). In
+//!   vector is an event channel ([`E1000e::ports`]). The driver does not
+//!   use the 82574's auto-mask (`CTRL_EXT.EIAME` with `IAM`): QEMU 7.2
+//!   clears `IAM` rather than `IMS` there, and re-arming `IMS` itself works
+//!   whether or not a device auto-masks. In
 //!   [`IrqMode::Polling`] every interrupt is masked and `wait` polls the
 //!   rings; the mode can change at any time ([`E1000e::set_mode`]).
 //! - **Checksum offload**: RX (`RXCSUM` IPv4 and TCP/UDP) gives each
@@ -59,5 +62,7 @@ pub mod regs;
 pub mod ring;
 
 pub use desc::{DescError, RxChecksum, TxChecksum};
-pub use driver::{Config, E1000e, E1000eError, IrqMode, Stats, MAX_FRAME, MSIX_OTHER, MSIX_RX, MSIX_TX};
+pub use driver::{
+    Config, E1000e, E1000eError, IrqMode, Stats, MAX_FRAME, MSIX_OTHER, MSIX_RX, MSIX_TX,
+};
 pub use frames::{E1000eRxFrame, E1000eTxFrame};

@@ -41,7 +41,9 @@ impl DescMemory for Vec<[u8; DESC_LEN]> {
         u16::try_from(self.len()).unwrap_or(u16::MAX)
     }
     fn read(&self, slot: u16) -> [u8; DESC_LEN] {
-        self.get(usize::from(slot)).copied().unwrap_or([0; DESC_LEN])
+        self.get(usize::from(slot))
+            .copied()
+            .unwrap_or([0; DESC_LEN])
     }
     fn write(&mut self, slot: u16, d: &[u8; DESC_LEN]) {
         if let Some(s) = self.get_mut(usize::from(slot)) {
@@ -102,7 +104,15 @@ impl RxRing {
     /// must be zeroed.
     pub fn new(size: u16, buf_len: u16, max_frame: u16) -> Result<Self, &'static str> {
         check_ring_size(size)?;
-        Ok(RxRing { size, next: 0, tail: 0, posted: 0, bufs: vec![None; usize::from(size)], buf_len, max_frame })
+        Ok(RxRing {
+            size,
+            next: 0,
+            tail: 0,
+            posted: 0,
+            bufs: vec![None; usize::from(size)],
+            buf_len,
+            max_frame,
+        })
     }
 
     /// Descriptors in the ring.
@@ -147,7 +157,10 @@ impl RxRing {
     }
 
     /// The next completed descriptor, if the device wrote one back.
-    pub fn next_completion<M: DescMemory>(&mut self, mem: &mut M) -> Result<Option<RxCompletion>, DescError> {
+    pub fn next_completion<M: DescMemory>(
+        &mut self,
+        mem: &mut M,
+    ) -> Result<Option<RxCompletion>, DescError> {
         if self.posted == 0 {
             self.check_unposted(mem)?;
             return Ok(None);
@@ -173,7 +186,10 @@ impl RxRing {
     fn check_unposted<M: DescMemory>(&self, mem: &M) -> Result<(), DescError> {
         let wb = RxWriteback::from_bytes(&mem.read(self.tail));
         if wb.done() {
-            return Err(DescError::DoneNotPosted { ring: "RX", slot: self.tail });
+            return Err(DescError::DoneNotPosted {
+                ring: "RX",
+                slot: self.tail,
+            });
         }
         Ok(())
     }
@@ -181,7 +197,13 @@ impl RxRing {
     /// Checks the device's head register: within the ring, and between the
     /// next slot to complete and the tail.
     pub fn check_head(&self, head: u32) -> Result<(), DescError> {
-        let bad = DescError::BadHead { ring: "RX", head, size: self.size, next: self.next, tail: self.tail };
+        let bad = DescError::BadHead {
+            ring: "RX",
+            head,
+            size: self.size,
+            next: self.next,
+            tail: self.tail,
+        };
         let h = u16::try_from(head).map_err(|_| bad.clone())?;
         if h >= self.size || !in_window(h, self.next, self.tail, self.size) {
             return Err(bad);
@@ -231,7 +253,13 @@ impl TxRing {
     /// must be zeroed.
     pub fn new(size: u16) -> Result<Self, &'static str> {
         check_ring_size(size)?;
-        Ok(TxRing { size, next: 0, tail: 0, in_flight: 0, slots: vec![None; usize::from(size)] })
+        Ok(TxRing {
+            size,
+            next: 0,
+            tail: 0,
+            in_flight: 0,
+            slots: vec![None; usize::from(size)],
+        })
     }
 
     /// Descriptors in the ring.
@@ -275,7 +303,10 @@ impl TxRing {
     }
 
     /// The next completed descriptor, if the device is done with it.
-    pub fn next_completion<M: DescMemory>(&mut self, mem: &mut M) -> Result<Option<TxCompletion>, DescError> {
+    pub fn next_completion<M: DescMemory>(
+        &mut self,
+        mem: &mut M,
+    ) -> Result<Option<TxCompletion>, DescError> {
         if self.in_flight == 0 {
             self.check_unposted(mem)?;
             return Ok(None);
@@ -297,14 +328,23 @@ impl TxRing {
 
     fn check_unposted<M: DescMemory>(&self, mem: &M) -> Result<(), DescError> {
         if desc::tx_status(&mem.read(self.tail)) & TXD_STAT_DD != 0 {
-            return Err(DescError::DoneNotPosted { ring: "TX", slot: self.tail });
+            return Err(DescError::DoneNotPosted {
+                ring: "TX",
+                slot: self.tail,
+            });
         }
         Ok(())
     }
 
     /// Checks the device's head register (see [`RxRing::check_head`]).
     pub fn check_head(&self, head: u32) -> Result<(), DescError> {
-        let bad = DescError::BadHead { ring: "TX", head, size: self.size, next: self.next, tail: self.tail };
+        let bad = DescError::BadHead {
+            ring: "TX",
+            head,
+            size: self.size,
+            next: self.next,
+            tail: self.tail,
+        };
         let h = u16::try_from(head).map_err(|_| bad.clone())?;
         if h >= self.size || !in_window(h, self.next, self.tail, self.size) {
             return Err(bad);
@@ -334,7 +374,14 @@ mod tests {
     use crate::e1000e::desc::{RxChecksum, RXD_STAT_DD, RXD_STAT_EOP};
 
     fn done(len: u16) -> [u8; DESC_LEN] {
-        RxWriteback { mrq: 0, hi_dword: 0, status_error: RXD_STAT_DD | RXD_STAT_EOP, length: len, vlan: 0 }.to_bytes()
+        RxWriteback {
+            mrq: 0,
+            hi_dword: 0,
+            status_error: RXD_STAT_DD | RXD_STAT_EOP,
+            length: len,
+            vlan: 0,
+        }
+        .to_bytes()
     }
 
     #[test]
@@ -353,7 +400,13 @@ mod tests {
         mem[1] = done(1514);
         let c = r.next_completion(&mut mem).unwrap().unwrap();
         assert_eq!(c.buf, 0);
-        assert_eq!(c.parsed, RxParsed::Frame { len: 60, csum: RxChecksum::default() });
+        assert_eq!(
+            c.parsed,
+            RxParsed::Frame {
+                len: 60,
+                csum: RxChecksum::default()
+            }
+        );
         assert_eq!(mem[0], [0; 16]);
         assert_eq!(r.next_completion(&mut mem).unwrap().unwrap().buf, 1);
         assert_eq!(r.next_completion(&mut mem), Ok(None));
@@ -375,11 +428,23 @@ mod tests {
         let mut mem: Vec<[u8; 16]> = vec![[0; 16]; 8];
         let mut r = RxRing::new(8, 2048, 1522).unwrap();
         mem[0] = done(60);
-        assert_eq!(r.next_completion(&mut mem), Err(DescError::DoneNotPosted { ring: "RX", slot: 0 }));
+        assert_eq!(
+            r.next_completion(&mut mem),
+            Err(DescError::DoneNotPosted {
+                ring: "RX",
+                slot: 0
+            })
+        );
         let mut mem: Vec<[u8; 16]> = vec![[0; 16]; 8];
         assert!(r.post(&mut mem, 0, 0x1000));
         mem[1] = done(60);
-        assert_eq!(r.next_completion(&mut mem), Err(DescError::DoneNotPosted { ring: "RX", slot: 1 }));
+        assert_eq!(
+            r.next_completion(&mut mem),
+            Err(DescError::DoneNotPosted {
+                ring: "RX",
+                slot: 1
+            })
+        );
     }
 
     #[test]
@@ -391,10 +456,22 @@ mod tests {
         assert!(t.post(&mut mem, &[0; 16], TxSlot::Context));
         assert_eq!(t.next_completion(&mut mem), Ok(None));
         mem[0][12] = TXD_STAT_DD;
-        assert_eq!(t.next_completion(&mut mem), Ok(Some(TxCompletion { what: TxSlot::Frame(3), status: TXD_STAT_DD })));
+        assert_eq!(
+            t.next_completion(&mut mem),
+            Ok(Some(TxCompletion {
+                what: TxSlot::Frame(3),
+                status: TXD_STAT_DD
+            }))
+        );
         assert_eq!(t.next_completion(&mut mem), Ok(None));
         mem[2][12] = TXD_STAT_DD;
-        assert_eq!(t.next_completion(&mut mem), Err(DescError::DoneNotPosted { ring: "TX", slot: 2 }));
+        assert_eq!(
+            t.next_completion(&mut mem),
+            Err(DescError::DoneNotPosted {
+                ring: "TX",
+                slot: 2
+            })
+        );
         assert!(t.check_head(1).is_ok() && t.check_head(2).is_ok());
         assert!(t.check_head(3).is_err() && t.check_head(0).is_err());
     }
