@@ -53,6 +53,7 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::socket::udp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+use xenbus::HandshakeEvent;
 
 lwdom::program!(main);
 
@@ -242,10 +243,33 @@ fn dom0_done() -> R<Option<String>> {
         .map_err(|e| format!("reading {NIC_DONE_KEY}: {e}"))
 }
 
+/// Closes pcifront in order (Closing, xen-pciback unmaps the shared page
+/// and follows, Closed), so that no page stays granted to dom0 when the
+/// domain ends. Returns how long it took.
+fn close_pcifront(pci: &mut LwPci) -> R<u64> {
+    let t = now();
+    let (hs, front) = pci.handshake();
+    lwdom::rt::with_xenstore(|xs| {
+        hs.close(xs, Duration::from_nanos(now()))
+            .map_err(|e| format!("closing pcifront: {e}"))?;
+        loop {
+            match hs.poll(xs, Duration::from_nanos(now()), front) {
+                Ok(HandshakeEvent::Closed) => return Ok(ms_since(t)),
+                Ok(_) => {}
+                Err(e) => return Err(format!("closing pcifront: {e}")),
+            }
+            if now().saturating_sub(t) > 20_000_000_000 {
+                return Err("xen-pciback did not follow pcifront's close within 20 s".into());
+            }
+            lwdom::rt::sleep_ns(20_000_000);
+        }
+    })
+}
+
 fn run() -> R<String> {
     let t_all = now();
     let deadline = t_all.saturating_add(DEADLINE.as_nanos() as u64);
-    let pci = lwdom::rt::with_xenstore(|xs| LwPci::connect(xs, Duration::from_secs(30)))
+    let mut pci = lwdom::rt::with_xenstore(|xs| LwPci::connect(xs, Duration::from_secs(30)))
         .map_err(|e| format!("pcifront: {e}"))?;
     let devices = pci.devices().map_err(|e| e.to_string())?;
     println!(
@@ -478,9 +502,18 @@ fn run() -> R<String> {
             "no MSI-X interrupt was taken in interrupt mode: {counts}"
         ));
     }
+    // The device off and MSI-X disabled (through pcifront) first.
     drop(dev);
+    let closed = match close_pcifront(&mut pci) {
+        Ok(ms) => format!("pcifront closed in order in {ms} ms"),
+        Err(e) => {
+            log::warn!("{e}");
+            format!("pcifront not closed in order: {e}")
+        }
+    };
+    println!("pci-nic: {closed}");
     Ok(format!(
-        "82574L at {bdf}, MAC {mac}, link {link}; MSI-X {vectors}; UDP echo: {udp_datagrams} datagrams, all {NIC_UDP_MAX} sizes checked ({udp_unechoed} not echoed for want of room); {counts}; {} s in all",
+        "82574L at {bdf}, MAC {mac}, link {link}; MSI-X {vectors}; UDP echo: {udp_datagrams} datagrams, all {NIC_UDP_MAX} sizes checked ({udp_unechoed} not echoed for want of room); {counts}; {closed}; {} s in all",
         ms_since(t_all) / 1000
     ))
 }
