@@ -300,6 +300,10 @@ fn run() -> R<String> {
     let regs = pci
         .map_bar(bdf, &bar0)
         .map_err(|e| format!("mapping BAR 0: {e}"))?;
+    // The device's statistics counted from here on (the reads clear them;
+    // the reset in bring-up may clear them too): before the receiver is
+    // on, so that every frame the driver sees is in them.
+    device_counts(&regs)?;
 
     let t = now();
     let config = e1000e::Config {
@@ -310,8 +314,6 @@ fn run() -> R<String> {
     let mut dev =
         E1000e::new(Lent(&pci), bdf, config).map_err(|e| format!("bringing up the e1000e: {e}"))?;
     let up_ms = ms_since(t);
-    // Counters from the reset on (the reads clear them).
-    device_counts(&regs)?;
     let link_deadline = now().saturating_add(LINK_TIMEOUT.as_nanos() as u64);
     while !dev.link().up {
         if now() > link_deadline {
