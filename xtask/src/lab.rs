@@ -75,7 +75,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "pci-nic",
         timeout_s: 900,
         what: "lwdom drives the passed-through e1000e (MSI-X) with smoltcp: 100 pings from dom0's e1000, UDP echo of 1..1472 bytes",
-        default: false,
+        default: true,
     },
     Scenario {
         name: "panic",
