@@ -186,7 +186,7 @@ fn run() -> R<String> {
         msi_ms.push(ms_since(t));
     }
     drop(regs);
-    println!("pci-edu: 3 MSIs raised by the guest taken on port {port} (ms each: {msi_ms:?})");
+    println!("pci-edu: 3 MSIs raised by the guest taken on {port} (ms each: {msi_ms:?})");
 
     // DMA both ways through a two-page buffer below the 28-bit mask.
     let a = dev
