@@ -295,6 +295,12 @@ fn run() -> R<String> {
     }
     println!("pci-edu: after the stray DMA: 11! = {f}, a 2048-byte round trip checked");
     drop(dev);
+    drop((a, b));
+    let mut pci = pci;
+    match lwdom::rt::with_xenstore(|xs| pci.close_front(xs, Duration::from_secs(20))) {
+        Ok(()) => println!("pci-edu: pcifront closed"),
+        Err(e) => println!("pci-edu: warning: {e}"),
+    }
     Ok(format!(
         "edu at {bdf} id {id:#010x}; {} factorials with MSI; 3 guest-raised MSIs; {} DMA round trips ({moved} bytes) below 2^28; foreign MMIO refused; stray DMA from {stray:#x} ({}), device still working",
         facts.len(),
