@@ -69,7 +69,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "pci-edu",
         timeout_s: 300,
         what: "QEMU's edu passed through (pcifront, BAR, MSI, DMA below 28 bits); a stray DMA refused by the IOMMU",
-        default: false,
+        default: true,
     },
     Scenario {
         name: "pci-nic",

@@ -186,7 +186,7 @@ fn run() -> R<String> {
         msi_ms.push(ms_since(t));
     }
     drop(regs);
-    println!("pci-edu: 3 MSIs raised by the guest taken on port {port} (ms each: {msi_ms:?})");
+    println!("pci-edu: 3 MSIs raised by the guest taken on {port} (ms each: {msi_ms:?})");
 
     // DMA both ways through a two-page buffer below the 28-bit mask.
     let a = dev
@@ -295,6 +295,12 @@ fn run() -> R<String> {
     }
     println!("pci-edu: after the stray DMA: 11! = {f}, a 2048-byte round trip checked");
     drop(dev);
+    drop((a, b));
+    let mut pci = pci;
+    match lwdom::rt::with_xenstore(|xs| pci.close_front(xs, Duration::from_secs(20))) {
+        Ok(()) => println!("pci-edu: pcifront closed"),
+        Err(e) => println!("pci-edu: warning: {e}"),
+    }
     Ok(format!(
         "edu at {bdf} id {id:#010x}; {} factorials with MSI; 3 guest-raised MSIs; {} DMA round trips ({moved} bytes) below 2^28; foreign MMIO refused; stray DMA from {stray:#x} ({}), device still working",
         facts.len(),

@@ -19,7 +19,9 @@ use passthrough::{
     Bar, Bdf, DmaBuffer, DmaConstraints, MemDma, MemMmio, Mmio, PciError, PciPlatform, Pcifront,
     PcifrontConfig,
 };
-use xenbus::{ConnectStyle, Connection, Frontend, FrontendConfig, Transport, Xenstore};
+use xenbus::{
+    ConnectStyle, Connection, Frontend, FrontendConfig, HandshakeEvent, Transport, Xenstore,
+};
 
 use super::pci::{alloc_dma, bind_pirq, map_mmio, DmaPages, MmioMapping, PirqBinding};
 use super::platform::Lw;
@@ -153,6 +155,40 @@ impl LwPci {
             connection,
             irqs: RefCell::new(Vec::new()),
         })
+    }
+
+    /// Closes pcifront: writes Closing and waits (at most `timeout`) for
+    /// the backend to close, so that it unmaps the shared page before the
+    /// page's grant ends. MSI/MSI-X bindings are dropped first.
+    pub fn close_front<T: Transport>(
+        &mut self,
+        xs: &mut Xenstore<T>,
+        timeout: Duration,
+    ) -> Result<(), PciError> {
+        self.irqs.borrow_mut().clear();
+        let now = || Duration::from_nanos(time::now_ns());
+        let err = |e: xenbus::HandshakeError| PciError::Xenbus {
+            key: alloc::format!("{PCIFRONT_DIR}/state"),
+            reason: alloc::format!("closing pcifront: {e}"),
+        };
+        self.handshake.close(xs, now()).map_err(err)?;
+        let until = now().saturating_add(timeout);
+        loop {
+            match self
+                .handshake
+                .poll(xs, now(), &mut self.front)
+                .map_err(err)?
+            {
+                HandshakeEvent::Closed | HandshakeEvent::Removed => return Ok(()),
+                _ if now() > until => {
+                    return Err(PciError::Timeout {
+                        op: "closing pcifront",
+                        waited_ns: timeout.as_nanos() as u64,
+                    });
+                }
+                _ => super::sleep_ns(20_000_000),
+            }
+        }
     }
 
     /// The frontend.
