@@ -53,7 +53,6 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::socket::udp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
-use xenbus::HandshakeEvent;
 
 lwdom::program!(main);
 
@@ -241,29 +240,6 @@ fn dom0_done() -> R<Option<String>> {
     lwdom::rt::with_xenstore(|xs| xs.try_read(NIC_DONE_KEY))
         .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
         .map_err(|e| format!("reading {NIC_DONE_KEY}: {e}"))
-}
-
-/// Closes pcifront in order (Closing, xen-pciback unmaps the shared page
-/// and follows, Closed), so that no page stays granted to dom0 when the
-/// domain ends. Returns how long it took.
-fn close_pcifront(pci: &mut LwPci) -> R<u64> {
-    let t = now();
-    let (hs, front) = pci.handshake();
-    lwdom::rt::with_xenstore(|xs| {
-        hs.close(xs, Duration::from_nanos(now()))
-            .map_err(|e| format!("closing pcifront: {e}"))?;
-        loop {
-            match hs.poll(xs, Duration::from_nanos(now()), front) {
-                Ok(HandshakeEvent::Closed) => return Ok(ms_since(t)),
-                Ok(_) => {}
-                Err(e) => return Err(format!("closing pcifront: {e}")),
-            }
-            if now().saturating_sub(t) > 20_000_000_000 {
-                return Err("xen-pciback did not follow pcifront's close within 20 s".into());
-            }
-            lwdom::rt::sleep_ns(20_000_000);
-        }
-    })
 }
 
 fn run() -> R<String> {
@@ -506,8 +482,12 @@ fn run() -> R<String> {
     }
     // The device off and MSI-X disabled (through pcifront) first.
     drop(dev);
-    let closed = match close_pcifront(&mut pci) {
-        Ok(ms) => format!("pcifront closed in order in {ms} ms"),
+    // Then pcifront, in order: xen-pciback unmaps its page before the
+    // page's grant ends.
+    let t = now();
+    let r = lwdom::rt::with_xenstore(|xs| pci.close_front(xs, Duration::from_secs(20)));
+    let closed = match r {
+        Ok(()) => format!("pcifront closed in order in {} ms", ms_since(t)),
         Err(e) => {
             log::warn!("{e}");
             format!("pcifront not closed in order: {e}")
