@@ -65,10 +65,23 @@ xs_wait() {
 # 2 suspend, 3 crash), or fails the scenario when it does not shut down in
 # time. The domain is preserved (its xenstore keys stay readable) until
 # `end_guest`.
+#
+# With `pci=` in the configuration, xl's monitoring child sometimes aborts
+# ("corrupted double-linked list") while the guest runs on; the guest's
+# state is then polled from `xl list` (`s`: shut down, `c`: crashed; a
+# reboot cannot be told from a poweroff there, the guests never reboot).
 wait_shutdown() {
     end=$(( $(date +%s) + $2 ))
+    REASON=""
     while ! grep -q "has shut down, reason code" /tmp/$1.xl 2>/dev/null; do
-        kill -0 $XL_PID 2>/dev/null || break
+        if ! kill -0 $XL_PID 2>/dev/null; then
+            st=$(xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }')
+            case "$st" in
+                "") echo "xl's monitor of $1 ended and the domain is gone"; break ;;
+                *c*) echo "xl's monitor of $1 ended; xl list says $st (crashed)"; REASON=3; break ;;
+                *s*) echo "xl's monitor of $1 ended; xl list says $st (shut down)"; REASON=0; break ;;
+            esac
+        fi
         if [ $(date +%s) -gt $end ]; then
             xl destroy "$1" 2>/dev/null
             fail "guest $1 did not shut down within $2 s"
@@ -76,7 +89,7 @@ wait_shutdown() {
         sleep 0.2
     done
     cat /tmp/$1.xl
-    REASON=$(sed -n 's/.*has shut down, reason code \([0-9]*\).*/\1/p' /tmp/$1.xl | head -n 1)
+    [ -n "$REASON" ] || REASON=$(sed -n 's/.*has shut down, reason code \([0-9]*\).*/\1/p' /tmp/$1.xl | head -n 1)
     case "$REASON" in
         0) REASON_NAME=poweroff ;;
         1) REASON_NAME=reboot ;;
@@ -95,4 +108,39 @@ expect_poweroff() {
 end_guest() {
     xl destroy "$1" >/dev/null 2>&1
     kill $XL_PID 2>/dev/null
+}
+
+# pci_ready BDF...: fails the scenario unless Xen's IOMMU is on and each
+# device was made assignable by dom0's init (see /run/lab-pci).
+pci_ready() {
+    info=$(cat /run/lab-pci 2>/dev/null)
+    echo "dom0's PCI setup: $info"
+    case "$info" in
+        *"I/O virtualisation enabled"*) ;;
+        *) fail "Xen's IOMMU is off (no \"I/O virtualisation enabled\" in xl dmesg): passthrough needs QEMU's intel-iommu and Xen's iommu= option" ;;
+    esac
+    for bdf in "$@"; do
+        case "$info" in
+            *"0000:$bdf"*) ;;
+            *) fail "$bdf is not assignable (xl pci-assignable-add failed at boot; see /var/log/xen/pci-assignable-$bdf.log)" ;;
+        esac
+    done
+}
+
+# start_pci_guest NAME BDF... [-- CONFIG]: checks the devices with
+# `pci_ready`, then starts the guest with `pci = [...]` for them.
+start_pci_guest() {
+    name=$1
+    shift
+    list=""
+    devs=""
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+        list="$list${list:+, }\"$1\""
+        devs="$devs $1"
+        shift
+    done
+    [ "${1:-}" = "--" ] && shift
+    pci_ready $devs
+    start_guest "$name" "pci = [ $list ]
+${1:-}"
 }

@@ -13,6 +13,8 @@
 #include <xen/xen.h>
 #include <xen/event_channel.h>
 #include <xen/sched.h>
+#include <xen/memory.h>
+#include <xen/physdev.h>
 
 struct lwdom_layout_row {
     const char *name; /* "type", "type.field.path" or "CONSTANT" */
@@ -105,12 +107,41 @@ static const struct lwdom_layout_row rows[] = {
     TYPE(sched_shutdown),
     FIELD(sched_shutdown, reason),
 
+    TYPE(evtchn_bind_pirq),
+    FIELD(evtchn_bind_pirq, pirq),
+    FIELD(evtchn_bind_pirq, flags),
+    FIELD(evtchn_bind_pirq, port),
+    TYPE(xen_memory_reservation),
+    FIELD(xen_memory_reservation, extent_start),
+    FIELD(xen_memory_reservation, nr_extents),
+    FIELD(xen_memory_reservation, extent_order),
+    FIELD(xen_memory_reservation, mem_flags),
+    FIELD(xen_memory_reservation, domid),
+    TYPE(xen_memory_exchange),
+    FIELD(xen_memory_exchange, in),
+    FIELD(xen_memory_exchange, out),
+    FIELD(xen_memory_exchange, nr_exchanged),
+    TYPE(physdev_eoi),
+    FIELD(physdev_eoi, irq),
+    TYPE(physdev_irq_status_query),
+    FIELD(physdev_irq_status_query, irq),
+    FIELD(physdev_irq_status_query, flags),
+
     CONST(__HYPERVISOR_set_trap_table),
     CONST(__HYPERVISOR_mmu_update),
     CONST(__HYPERVISOR_update_va_mapping),
     CONST(__HYPERVISOR_grant_table_op),
     CONST(__HYPERVISOR_sched_op),
     CONST(__HYPERVISOR_event_channel_op),
+    CONST(__HYPERVISOR_update_va_mapping_otherdomain),
+    CONST(__HYPERVISOR_memory_op),
+    CONST(__HYPERVISOR_physdev_op),
+    CONST(EVTCHNOP_bind_pirq),
+    CONST(XENMEM_maximum_ram_page),
+    CONST(XENMEM_exchange),
+    CONST(PHYSDEVOP_irq_status_query),
+    CONST(PHYSDEVOP_eoi),
+    CONST(XENIRQSTAT_needs_eoi),
     CONST(SCHEDOP_yield),
     CONST(SCHEDOP_shutdown),
     CONST(SCHEDOP_poll),
@@ -127,6 +158,7 @@ static const struct lwdom_layout_row rows[] = {
     /* Function-like macros or expressions: not in xen-sys. */
     CONST(UVMF_INVLPG),
     CONST(DOMID_SELF),
+    CONST(DOMID_IO),
     CONST(EVTCHN_2L_NR_CHANNELS),
 };
 

@@ -34,6 +34,11 @@
 //!   `sizeof` expression). Defined here, checked against the headers.
 //! - [`SCHED_POLL_MAX_PORTS`]: Xen's own limit, from its implementation of
 //!   `SCHEDOP_poll` (`xen/common/sched/core.c`), not its public headers.
+//! - Missing from xen-sys (it binds neither `memory.h` nor `physdev.h`):
+//!   [`xen_memory_reservation`], [`xen_memory_exchange`],
+//!   [`physdev_eoi`], [`physdev_irq_status_query`], their sub-op numbers,
+//!   [`DOMID_IO`] and [`XENIRQSTAT_NEEDS_EOI`]. Defined here, checked
+//!   against the headers.
 //! - xen-sys types `sched_poll.ports` as `*mut evtchn_port_t` (the guest
 //!   handle); Xen only reads through it, and the runtime passes a pointer
 //!   to a local array.
@@ -41,7 +46,7 @@
 use core::mem::offset_of;
 
 pub use xen_sys::{
-    evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_close, evtchn_send, evtchn_unmask,
+    evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_bind_pirq, evtchn_close, evtchn_send, evtchn_unmask,
     mmu_update, sched_poll, sched_shutdown, shared_info, start_info, trap_info, vcpu_info,
     vcpu_time_info,
 };
@@ -58,6 +63,14 @@ pub const HYPERVISOR_GRANT_TABLE_OP: usize = xen_sys::__HYPERVISOR_grant_table_o
 pub const HYPERVISOR_SCHED_OP: usize = xen_sys::__HYPERVISOR_sched_op as usize;
 /// `__HYPERVISOR_event_channel_op`.
 pub const HYPERVISOR_EVENT_CHANNEL_OP: usize = xen_sys::__HYPERVISOR_event_channel_op as usize;
+
+/// `__HYPERVISOR_update_va_mapping_otherdomain`.
+pub const HYPERVISOR_UPDATE_VA_MAPPING_OTHERDOMAIN: usize =
+    xen_sys::__HYPERVISOR_update_va_mapping_otherdomain as usize;
+/// `__HYPERVISOR_memory_op`.
+pub const HYPERVISOR_MEMORY_OP: usize = xen_sys::__HYPERVISOR_memory_op as usize;
+/// `__HYPERVISOR_physdev_op`.
+pub const HYPERVISOR_PHYSDEV_OP: usize = xen_sys::__HYPERVISOR_physdev_op as usize;
 
 /// `SCHEDOP_yield`.
 pub const SCHEDOP_YIELD: usize = xen_sys::SCHEDOP_yield as usize;
@@ -84,12 +97,80 @@ pub const EVTCHNOP_ALLOC_UNBOUND: usize = xen_sys::EVTCHNOP_alloc_unbound as usi
 /// `EVTCHNOP_unmask`.
 pub const EVTCHNOP_UNMASK: usize = xen_sys::EVTCHNOP_unmask as usize;
 
+/// `EVTCHNOP_bind_pirq`.
+pub const EVTCHNOP_BIND_PIRQ: usize = xen_sys::EVTCHNOP_bind_pirq as usize;
+
 /// `FLAT_KERNEL_CS`: the code segment a 64-bit PV kernel runs in.
 pub const FLAT_KERNEL_CS: u16 = xen_sys::FLAT_KERNEL_CS as u16;
 
 /// `UVMF_INVLPG`: flush the one mapping from this vCPU's TLB (not in
 /// xen-sys).
 pub const UVMF_INVLPG: usize = 2;
+
+/// `DOMID_IO`: the owner of I/O memory, named as the foreign domain when
+/// mapping device frames (not in xen-sys).
+pub const DOMID_IO: u16 = 0x7FF1;
+
+/// `XENMEM_maximum_ram_page`: the highest machine frame of RAM.
+pub const XENMEM_MAXIMUM_RAM_PAGE: usize = 2;
+/// `XENMEM_exchange`: trade pages for others (contiguous, below an address
+/// width).
+pub const XENMEM_EXCHANGE: usize = 11;
+
+/// `PHYSDEVOP_irq_status_query`.
+pub const PHYSDEVOP_IRQ_STATUS_QUERY: usize = 5;
+/// `PHYSDEVOP_eoi`.
+pub const PHYSDEVOP_EOI: usize = 12;
+/// `XENIRQSTAT_needs_eoi`: the pirq is delivered again only after
+/// `PHYSDEVOP_eoi`.
+pub const XENIRQSTAT_NEEDS_EOI: u32 = 1;
+
+/// `struct xen_memory_reservation` (`memory.h`; `mem_flags` holds
+/// `XENMEMF_address_bits(n)` = n in its low byte).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct xen_memory_reservation {
+    /// Guest handle of the extents' frame list.
+    pub extent_start: u64,
+    /// Extents.
+    pub nr_extents: u64,
+    /// Each extent is `2^extent_order` pages.
+    pub extent_order: u32,
+    /// `XENMEMF_*`.
+    pub mem_flags: u32,
+    /// `DOMID_SELF` for a guest.
+    pub domid: u16,
+}
+
+/// `struct xen_memory_exchange` (`memory.h`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct xen_memory_exchange {
+    /// The extents given up (machine frames, for a PV domain).
+    pub r#in: xen_memory_reservation,
+    /// The extents wanted: pfns in, machine frames out.
+    pub out: xen_memory_reservation,
+    /// Input extents exchanged (0 on entry).
+    pub nr_exchanged: u64,
+}
+
+/// `struct physdev_eoi` (`physdev.h`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct physdev_eoi {
+    /// The pirq.
+    pub irq: u32,
+}
+
+/// `struct physdev_irq_status_query` (`physdev.h`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct physdev_irq_status_query {
+    /// The pirq (in).
+    pub irq: u32,
+    /// `XENIRQSTAT_*` (out).
+    pub flags: u32,
+}
 
 /// `EVTCHN_2L_NR_CHANNELS`: ports of the 2-level event channel ABI on a
 /// 64-bit guest (not in xen-sys).
@@ -279,12 +360,41 @@ mod tests {
             field!(sched_poll, timeout),
             ty!(sched_shutdown),
             field!(sched_shutdown, reason),
+            ty!(evtchn_bind_pirq),
+            field!(evtchn_bind_pirq, pirq),
+            field!(evtchn_bind_pirq, flags),
+            field!(evtchn_bind_pirq, port),
+            ty!(xen_memory_reservation),
+            field!(xen_memory_reservation, extent_start),
+            field!(xen_memory_reservation, nr_extents),
+            field!(xen_memory_reservation, extent_order),
+            field!(xen_memory_reservation, mem_flags),
+            field!(xen_memory_reservation, domid),
+            ty!(xen_memory_exchange),
+            ("xen_memory_exchange.in".to_string(), Rust::Field { offset: offset_of!(xen_memory_exchange, r#in), size: size_of::<xen_memory_reservation>() }),
+            field!(xen_memory_exchange, out),
+            field!(xen_memory_exchange, nr_exchanged),
+            ty!(physdev_eoi),
+            field!(physdev_eoi, irq),
+            ty!(physdev_irq_status_query),
+            field!(physdev_irq_status_query, irq),
+            field!(physdev_irq_status_query, flags),
             constant!("__HYPERVISOR_set_trap_table", HYPERVISOR_SET_TRAP_TABLE),
             constant!("__HYPERVISOR_mmu_update", HYPERVISOR_MMU_UPDATE),
             constant!("__HYPERVISOR_update_va_mapping", HYPERVISOR_UPDATE_VA_MAPPING),
             constant!("__HYPERVISOR_grant_table_op", HYPERVISOR_GRANT_TABLE_OP),
             constant!("__HYPERVISOR_sched_op", HYPERVISOR_SCHED_OP),
             constant!("__HYPERVISOR_event_channel_op", HYPERVISOR_EVENT_CHANNEL_OP),
+            constant!("__HYPERVISOR_update_va_mapping_otherdomain", HYPERVISOR_UPDATE_VA_MAPPING_OTHERDOMAIN),
+            constant!("__HYPERVISOR_memory_op", HYPERVISOR_MEMORY_OP),
+            constant!("__HYPERVISOR_physdev_op", HYPERVISOR_PHYSDEV_OP),
+            constant!("EVTCHNOP_bind_pirq", EVTCHNOP_BIND_PIRQ),
+            constant!("DOMID_IO", DOMID_IO),
+            constant!("XENMEM_maximum_ram_page", XENMEM_MAXIMUM_RAM_PAGE),
+            constant!("XENMEM_exchange", XENMEM_EXCHANGE),
+            constant!("PHYSDEVOP_irq_status_query", PHYSDEVOP_IRQ_STATUS_QUERY),
+            constant!("PHYSDEVOP_eoi", PHYSDEVOP_EOI),
+            constant!("XENIRQSTAT_needs_eoi", XENIRQSTAT_NEEDS_EOI),
             constant!("SCHEDOP_yield", SCHEDOP_YIELD),
             constant!("SCHEDOP_shutdown", SCHEDOP_SHUTDOWN),
             constant!("SCHEDOP_poll", SCHEDOP_POLL),

@@ -66,6 +66,55 @@ pub fn request_value(id: u64) -> u64 {
     id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// `pci-nic`: dom0's address on its e1000 (on the QEMU hub the guest's
+/// passed-through e1000e is on).
+pub const NIC_DOM0_IP: [u8; 4] = [10, 0, 12, 1];
+/// `pci-nic`: the guest's address on its e1000e.
+pub const NIC_GUEST_IP: [u8; 4] = [10, 0, 12, 2];
+/// `pci-nic`: the prefix length of the hub's network.
+pub const NIC_PREFIX: u8 = 24;
+/// `pci-nic`: the guest's UDP echo port.
+pub const NIC_UDP_ECHO_PORT: u16 = 7;
+/// `pci-nic`: the largest UDP payload in one 1500-byte IPv4 packet.
+pub const NIC_UDP_MAX: usize = 1472;
+/// `pci-nic`: written by the guest: `ready` once smoltcp answers on the
+/// e1000e (dom0 may ping and send datagrams).
+pub const NIC_STAGE_KEY: &str = "data/pcinic-stage";
+/// `pci-nic`: written by dom0 when its checks ended: `done`, or
+/// `failed <why>`; the guest then reports its counters and powers off.
+pub const NIC_DONE_KEY: &str = "data/pcinic-done";
+/// `pci-nic`: the guest's verdict.
+pub const NIC_RESULT_KEY: &str = "data/pcinic-result";
+
+/// `pci-nic`: the payload of the UDP datagram of `size` bytes: the size
+/// (big-endian `u16`) then a pattern seeded by it, so that an echo of the
+/// wrong datagram, a cut one or a shifted one shows.
+pub fn nic_udp_payload(size: usize, out: &mut [u8]) {
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = match i {
+            0 => (size >> 8) as u8,
+            1 => size as u8,
+            _ => {
+                (i as u8).wrapping_mul(11).wrapping_add(size as u8)
+                    ^ ((i >> 8) as u8).wrapping_mul(0x35)
+            }
+        };
+    }
+}
+
+/// `pci-nic`: whether `data` is the payload of the UDP datagram of its own
+/// length (at most [`NIC_UDP_MAX`] bytes).
+pub fn nic_udp_check(data: &[u8]) -> bool {
+    let mut want = [0u8; NIC_UDP_MAX];
+    match want.get_mut(..data.len()) {
+        Some(w) => {
+            nic_udp_payload(data.len(), w);
+            w == data
+        }
+        None => false,
+    }
+}
+
 /// `blk`: bytes of a disk sector.
 pub const BLK_SECTOR: usize = 512;
 
@@ -225,6 +274,21 @@ impl NetSum {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nic_udp_payloads_say_their_size() {
+        let mut p = [0u8; NIC_UDP_MAX];
+        for size in [1, 2, 3, 255, 256, 1000, NIC_UDP_MAX] {
+            nic_udp_payload(size, &mut p[..size]);
+            assert!(nic_udp_check(&p[..size]), "size {size}");
+        }
+        nic_udp_payload(300, &mut p[..300]);
+        assert!(!nic_udp_check(&p[..299]));
+        assert!(!nic_udp_check(&p[1..300]));
+        p[200] ^= 0x40;
+        assert!(!nic_udp_check(&p[..300]));
+        assert!(!nic_udp_check(&[0u8; NIC_UDP_MAX + 1]));
+    }
 
     #[test]
     fn entries_have_the_c_layout() {

@@ -70,6 +70,7 @@ pub mod abi;
 pub mod bump;
 pub mod global;
 pub mod lab_proto;
+pub mod pci;
 pub mod ring_bytes;
 pub mod wait;
 

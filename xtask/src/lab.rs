@@ -33,9 +33,10 @@ struct Scenario {
     name: &'static str,
     timeout_s: u64,
     what: &'static str,
-    /// Run when no `--scenario` is given. The others are negative controls:
-    /// they must FAIL, showing that a broken guest fails its scenario with
-    /// its console shown instead of hanging the run.
+    /// Run when no `--scenario` is given. The others are negative controls
+    /// (they must FAIL, showing that a broken guest fails its scenario with
+    /// its console shown instead of hanging the run) and scenarios that
+    /// join the default list once they have passed three runs in a row.
     default: bool,
 }
 
@@ -68,6 +69,18 @@ const SCENARIOS: &[Scenario] = &[
         name: "net",
         timeout_s: 900,
         what: "netfront+smoltcp vs Linux xen-netback on a bridged vif: ping, UDP echo 1-1472 B, 16 MiB TCP each way, rebind mid-stream",
+        default: true,
+    },
+    Scenario {
+        name: "pci-edu",
+        timeout_s: 300,
+        what: "QEMU's edu passed through (pcifront, BAR, MSI, DMA below 28 bits); a stray DMA refused by the IOMMU",
+        default: true,
+    },
+    Scenario {
+        name: "pci-nic",
+        timeout_s: 900,
+        what: "lwdom drives the passed-through e1000e (MSI-X) with smoltcp: 100 pings from dom0's e1000, UDP echo of 1..1472 bytes",
         default: true,
     },
     Scenario {
@@ -104,7 +117,7 @@ struct Options {
 #[command(after_help = scenarios_help())]
 pub struct LabArgs {
     /// Run these scenarios (repeat the option or give a comma-separated
-    /// list) [default: every scenario that is not a negative control].
+    /// list) [default: the scenarios marked * below].
     #[arg(long, value_name = "NAME", value_delimiter = ',')]
     pub scenario: Vec<String>,
     /// Keep the run's working directory (overlay, serial log) for a look

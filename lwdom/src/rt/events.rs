@@ -8,16 +8,16 @@
 //! other platforms do. An error from `SCHEDOP_poll` itself is returned, not
 //! retried: retrying would spin until the deadline.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use grant_tables::{DomId, PlatformError, Port};
 
-use super::hypercall::{event_channel_op, sched_op};
+use super::hypercall::{event_channel_op, physdev_op, sched_op};
 use super::{shared_info, time};
 use crate::wait;
 use crate::abi::{
-    evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_close, evtchn_send, evtchn_unmask,
-    sched_poll, EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_CLOSE, EVTCHNOP_SEND,
+    physdev_eoi, PHYSDEVOP_EOI, evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_bind_pirq, evtchn_close, evtchn_send, evtchn_unmask,
+    sched_poll, EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_PIRQ, EVTCHNOP_CLOSE, EVTCHNOP_SEND,
     EVTCHNOP_UNMASK, EVTCHN_2L_NR_CHANNELS, EVTCHN_MASK, EVTCHN_PENDING, SCHEDOP_POLL,
     SCHED_POLL_MAX_PORTS,
 };
@@ -27,6 +27,28 @@ const NR_PORTS: u32 = EVTCHN_2L_NR_CHANNELS;
 
 /// One bit per port: open in this domain.
 static OPEN: [AtomicU64; NR_PORTS as usize / 64] = [const { AtomicU64::new(0) }; NR_PORTS as usize / 64];
+
+/// Per port: the pirq bound to it plus one when Xen needs an
+/// end-of-interrupt for it (0: none). See [`poll`].
+static EOI_PIRQ: [AtomicU32; NR_PORTS as usize] = [const { AtomicU32::new(0) }; NR_PORTS as usize];
+
+/// Records that taking an event on `port` must end pirq `pirq`'s interrupt
+/// (`PHYSDEVOP_eoi`), or (`None`) that it need not.
+pub(crate) fn set_eoi_pirq(port: Port, pirq: Option<u32>) {
+    if let Some(slot) = EOI_PIRQ.get(port.0 as usize) {
+        slot.store(pirq.map_or(0, |p| p.saturating_add(1)), Ordering::Relaxed);
+    }
+}
+
+/// Ends the interrupt of the pirq bound to `port`, if it needs it.
+fn eoi_if_pirq(port: Port) -> Result<(), PlatformError> {
+    let Some(pirq) = EOI_PIRQ.get(port.0 as usize).map(|s| s.load(Ordering::Relaxed)).filter(|&p| p != 0) else {
+        return Ok(());
+    };
+    let mut arg = physdev_eoi { irq: pirq - 1 };
+    // SAFETY: PHYSDEVOP_eoi takes a `struct physdev_eoi`.
+    check("PHYSDEVOP_eoi", unsafe { physdev_op(PHYSDEVOP_EOI, (&mut arg as *mut physdev_eoi).cast()) })
+}
 
 fn open_bit(port: Port) -> Option<(&'static AtomicU64, u64)> {
     let i = port.0 as usize;
@@ -80,7 +102,10 @@ pub fn notify(port: Port) -> Result<(), PlatformError> {
     check("EVTCHNOP_send", unsafe { event_channel_op(EVTCHNOP_SEND, (&mut arg as *mut evtchn_send).cast()) })
 }
 
-/// Tests and clears `port`'s pending bit.
+/// Tests and clears `port`'s pending bit. For a pirq that needs an
+/// end-of-interrupt, a taken event also ends the interrupt (after the
+/// clear, as Linux does), so that the device's next interrupt is
+/// delivered: the driver then reads the device's own status.
 pub fn poll(port: Port) -> Result<bool, PlatformError> {
     check_open(port)?;
     let (w, bit) = bit_word(EVTCHN_PENDING, port)?;
@@ -88,7 +113,11 @@ pub fn poll(port: Port) -> Result<bool, PlatformError> {
     if w.load(Ordering::Acquire) & bit == 0 {
         return Ok(false);
     }
-    Ok(w.fetch_and(!bit, Ordering::AcqRel) & bit != 0)
+    let taken = w.fetch_and(!bit, Ordering::AcqRel) & bit != 0;
+    if taken {
+        eoi_if_pirq(port)?;
+    }
+    Ok(taken)
 }
 
 /// Blocks the vCPU until one of `ports` is pending or system time passes
@@ -163,6 +192,19 @@ pub fn bind_interdomain(remote: DomId, remote_port: Port) -> Result<Port, Platfo
     Ok(port)
 }
 
+/// Binds physical IRQ `pirq` (one Xen gave this domain, for instance for
+/// a passed-through device's MSI) to a new port; returns the port or Xen's
+/// error code.
+pub fn bind_pirq(pirq: u32) -> Result<Port, PlatformError> {
+    // Not shared: an MSI vector belongs to one device.
+    let mut arg = evtchn_bind_pirq { pirq, flags: 0, port: 0 };
+    // SAFETY: EVTCHNOP_bind_pirq takes this structure and writes `port`.
+    check("EVTCHNOP_bind_pirq", unsafe { event_channel_op(EVTCHNOP_BIND_PIRQ, (&mut arg as *mut evtchn_bind_pirq).cast()) })?;
+    let port = Port(arg.port);
+    mark_open(port);
+    Ok(port)
+}
+
 /// Masks `port`.
 pub fn mask(port: Port) -> Result<(), PlatformError> {
     check_open(port)?;
@@ -185,5 +227,6 @@ pub fn close(port: Port) -> Result<(), PlatformError> {
     // SAFETY: EVTCHNOP_close takes a `struct evtchn_close`.
     check("EVTCHNOP_close", unsafe { event_channel_op(EVTCHNOP_CLOSE, (&mut arg as *mut evtchn_close).cast()) })?;
     mark_closed(port);
+    set_eoi_pirq(port, None);
     Ok(())
 }

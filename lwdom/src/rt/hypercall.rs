@@ -10,8 +10,8 @@
 use core::arch::asm;
 
 use crate::abi::{
-    HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_SCHED_OP,
-    HYPERVISOR_UPDATE_VA_MAPPING,
+    HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_MEMORY_OP,
+    HYPERVISOR_PHYSDEV_OP, HYPERVISOR_SCHED_OP, HYPERVISOR_UPDATE_VA_MAPPING,
 };
 pub use crate::abi::UVMF_INVLPG;
 
@@ -85,4 +85,24 @@ pub unsafe fn grant_table_op(cmd: usize, arg: *mut u8, count: usize) -> isize {
 pub unsafe fn update_va_mapping(va: usize, pte: u64, flags: usize) -> isize {
     // SAFETY: forwarded contract.
     unsafe { hypercall(HYPERVISOR_UPDATE_VA_MAPPING, va, pte as usize, flags, 0, 0) }
+}
+
+/// `memory_op(cmd, arg)`.
+///
+/// # Safety
+/// `arg` must point at the structure `cmd` expects (or be null where it
+/// takes none), valid for writes, with any guest handles in it valid for
+/// what Xen reads and writes through them.
+pub unsafe fn memory_op(cmd: usize, arg: *mut u8) -> isize {
+    // SAFETY: forwarded contract.
+    unsafe { hypercall(HYPERVISOR_MEMORY_OP, cmd, arg as usize, 0, 0, 0) }
+}
+
+/// `physdev_op(cmd, arg)`.
+///
+/// # Safety
+/// `arg` must point at the structure `cmd` expects, valid for writes.
+pub unsafe fn physdev_op(cmd: usize, arg: *mut u8) -> isize {
+    // SAFETY: forwarded contract.
+    unsafe { hypercall(HYPERVISOR_PHYSDEV_OP, cmd, arg as usize, 0, 0, 0) }
 }

@@ -7,12 +7,12 @@
 
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::hypercall::{update_va_mapping, UVMF_INVLPG};
 use super::StartInfo;
 use crate::abi::VCPU0_UPCALL_MASK;
 use crate::global::OnceGlobal;
+use crate::pci::PageBitmap;
 
 const PAGE: usize = 4096;
 
@@ -22,17 +22,17 @@ pub const POOL_PAGES: usize = 1024;
 pub const MAX_GRANT_FRAMES: usize = 32;
 
 #[repr(C, align(4096))]
-struct Pages<const N: usize>(UnsafeCell<[[u8; PAGE]; N]>);
+pub(super) struct Pages<const N: usize>(UnsafeCell<[[u8; PAGE]; N]>);
 
 // SAFETY: accessed through raw pointers only, by the runtime's single flow
 // of control (see the module docs of `rt`).
 unsafe impl<const N: usize> Sync for Pages<N> {}
 
 impl<const N: usize> Pages<N> {
-    const fn new() -> Self {
+    pub(super) const fn new() -> Self {
         Pages(UnsafeCell::new([[0; PAGE]; N]))
     }
-    fn page(&self, i: usize) -> *mut u8 {
+    pub(super) fn page(&self, i: usize) -> *mut u8 {
         assert!(i < N);
         self.0.get().cast::<u8>().wrapping_add(i * PAGE)
     }
@@ -41,9 +41,8 @@ impl<const N: usize> Pages<N> {
 static SHARED_INFO_WINDOW: Pages<1> = Pages::new();
 static GRANT_WINDOW: Pages<MAX_GRANT_FRAMES> = Pages::new();
 static POOL: Pages<POOL_PAGES> = Pages::new();
-/// One bit per pool page: in use. Atomic words, so that no `&mut` to the
-/// bitmap is ever formed.
-static POOL_USED: [AtomicU64; POOL_PAGES / 64] = [const { AtomicU64::new(0) }; POOL_PAGES / 64];
+/// One bit per pool page: in use.
+static POOL_USED: PageBitmap<{ POOL_PAGES / 64 }> = PageBitmap::new();
 /// The P2M list's address: set once at boot, then only read.
 static MFN_LIST: OnceGlobal<usize> = OnceGlobal::new();
 
@@ -104,27 +103,12 @@ pub fn va_to_mfn(va: *const u8) -> u64 {
 
 /// Allocates `count` contiguous, zeroed pool pages.
 pub fn alloc_pages(count: usize) -> Option<NonNull<u8>> {
-    if count == 0 || count > POOL_PAGES {
-        return None;
-    }
-    let is_used = |i: usize| POOL_USED[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0;
-    let mut start = 0;
-    while start + count <= POOL_PAGES {
-        match (start..start + count).find(|&i| is_used(i)) {
-            Some(busy) => start = busy + 1,
-            None => {
-                for i in start..start + count {
-                    POOL_USED[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
-                }
-                let p = POOL.page(start);
-                // SAFETY: the pages are in the pool, just marked in use, and
-                // not shared with anyone yet.
-                unsafe { core::ptr::write_bytes(p, 0, count * PAGE) };
-                return NonNull::new(p);
-            }
-        }
-    }
-    None
+    let start = POOL_USED.alloc(count)?;
+    let p = POOL.page(start);
+    // SAFETY: the pages are in the pool, just marked in use, and not shared
+    // with anyone yet.
+    unsafe { core::ptr::write_bytes(p, 0, count * PAGE) };
+    NonNull::new(p)
 }
 
 /// Returns pages from [`alloc_pages`] to the pool.
@@ -134,9 +118,20 @@ pub fn alloc_pages(count: usize) -> Option<NonNull<u8>> {
 /// still have access to the pages.
 pub unsafe fn free_pages(p: NonNull<u8>, count: usize) {
     let first = (p.as_ptr() as usize - POOL.page(0) as usize) / PAGE;
-    for i in first..first + count {
-        POOL_USED[i / 64].fetch_and(!(1 << (i % 64)), Ordering::Relaxed);
-    }
+    POOL_USED.free(first, count);
+}
+
+/// Records that pseudo-physical frame `pfn` is now backed by machine frame
+/// `mfn` (after Xen exchanged the page).
+///
+/// # Safety
+/// `pfn` must be a page of this domain that Xen just backed with `mfn`.
+pub(super) unsafe fn set_pfn_to_mfn(pfn: u64, mfn: u64) {
+    let list = *MFN_LIST.get().expect("P2M list recorded at boot") as *mut u64;
+    // SAFETY: the builder maps the P2M list writable in the initial
+    // mapping, one entry per page of the domain; only this runtime (one
+    // flow of control) reads or writes it.
+    unsafe { list.add(pfn as usize).write_volatile(mfn) };
 }
 
 /// Sets up `wanted` grant table frames (fewer if Xen allows fewer) and

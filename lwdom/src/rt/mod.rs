@@ -15,6 +15,8 @@ pub mod events;
 pub mod heap;
 pub mod hypercall;
 pub mod mm;
+pub mod pci;
+pub mod pcidev;
 pub mod platform;
 pub mod time;
 mod traps;

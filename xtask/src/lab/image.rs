@@ -10,7 +10,9 @@ use std::time::Instant;
 use super::cpio::CpioWriter;
 use crate::util::{output, run};
 
-/// Bump when the recipe below changes what ends up in the image.
+/// Bump when the recipe below changes what ends up in the image in a way
+/// the package and module lists (which are part of the cache key) do not
+/// show.
 const RECIPE: &str = "lab-image-v5";
 
 /// Where cached images live.
@@ -34,6 +36,10 @@ const DOM0_MODULES: &[&str] = &[
     "xen-netback",
     "loop",
     "bridge",
+    // PCI passthrough: pciback holds the devices a guest gets; dom0 drives
+    // the e1000 on the guest's network hub.
+    "xen-pciback",
+    "e1000",
 ];
 
 /// Host tools the lab needs: (command, Debian package).
@@ -142,9 +148,14 @@ pub fn ensure_image() -> Result<Image, String> {
         return Err("apt knows no `xen-hypervisor-4.17-amd64`: the host must use Debian bookworm's package lists (main)".into());
     }
     let kpkg = kernel_package()?;
+    // The key covers everything the image is made of, so that lab runs of
+    // checkouts with different recipes use (and keep) different images.
     let key = format!(
         "{kpkg}-{:016x}",
-        fnv1a(&format!("{RECIPE}\n{kpkg}\n{versions}"))
+        fnv1a(&format!(
+            "{RECIPE}\n{DOM0_PACKAGES}\n{}\n{kpkg}\n{versions}",
+            DOM0_MODULES.join(",")
+        ))
     );
     let dir = PathBuf::from(CACHE_ROOT).join(&key);
     let image = Image {
@@ -155,6 +166,8 @@ pub fn ensure_image() -> Result<Image, String> {
         dir: dir.clone(),
     };
     if dir.join("complete").exists() {
+        // Marks the image as in use (see `remove_unused_images`).
+        let _ = fs::write(dir.join("last-used"), "");
         let describe = fs::read_to_string(dir.join("describe")).unwrap_or_default();
         eprintln!(
             "lab: using cached image {} ({})",
@@ -179,16 +192,40 @@ pub fn ensure_image() -> Result<Image, String> {
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
     }
-    // Images for other package versions are stale now.
-    for e in fs::read_dir(CACHE_ROOT).into_iter().flatten().flatten() {
-        if e.path() != build && e.path().join("complete").exists() {
-            eprintln!("lab: removing the stale image {}", e.path().display());
-            let _ = fs::remove_dir_all(e.path());
-        }
-    }
+    remove_unused_images(&build);
     fs::rename(&build, &dir)
         .map_err(|e| format!("cannot move {} to {}: {e}", build.display(), dir.display()))?;
     Ok(Image { describe, ..image })
+}
+
+/// How long an image may go unused before a new build removes it.
+const UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(3 * 24 * 3600);
+
+/// Removes the cached images (other than `keep`) that no run used for
+/// [`UNUSED_FOR`]. Images of other recipes stay while they are in use:
+/// lab runs of checkouts with different recipes may run side by side.
+fn remove_unused_images(keep: &Path) {
+    for e in fs::read_dir(CACHE_ROOT).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p == keep || !p.join("complete").exists() {
+            continue;
+        }
+        let used = ["last-used", "complete"]
+            .iter()
+            .filter_map(|f| fs::metadata(p.join(f)).and_then(|m| m.modified()).ok())
+            .max();
+        let idle = used
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|d| d > UNUSED_FOR);
+        if idle {
+            eprintln!(
+                "lab: removing the image {} (unused for over {} days)",
+                p.display(),
+                UNUSED_FOR.as_secs() / 86400
+            );
+            let _ = fs::remove_dir_all(&p);
+        }
+    }
 }
 
 fn step<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {

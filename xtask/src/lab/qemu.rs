@@ -33,6 +33,31 @@ pub enum Flow {
     Done,
 }
 
+/// The machine: q35 (the emulated Intel IOMMU needs it) with VT-d and
+/// interrupt remapping (`eim=on` is refused under TCG; `caching-mode=on`
+/// makes QEMU see every mapping Xen installs), QEMU's `edu` test device at
+/// 00:03.0, an `e1000e` at 00:04.0 for a guest and an `e1000` at 00:05.0 for
+/// dom0, both NICs on QEMU hub 0 (a private link between the two, nothing
+/// on the host). `-nic none` (below) drops q35's default NIC.
+const MACHINE: &[&str] = &[
+    "-machine",
+    "q35",
+    "-vga",
+    "none",
+    "-device",
+    "intel-iommu,intremap=on,caching-mode=on",
+    "-device",
+    "edu,addr=3",
+    "-netdev",
+    "hubport,id=hp0,hubid=0",
+    "-device",
+    "e1000e,netdev=hp0,addr=4,mac=52:54:00:12:34:02",
+    "-netdev",
+    "hubport,id=hp1,hubid=0",
+    "-device",
+    "e1000,netdev=hp1,addr=5,mac=52:54:00:12:34:01",
+];
+
 /// Serial console lines that mean the lab is dead.
 const FATAL: &[&str] = &[
     "Kernel panic - not syncing",
@@ -56,7 +81,13 @@ impl Drop for KillOnDrop {
 /// Boots the lab and feeds each serial line to `on_line` until it says
 /// [`Flow::Done`], QEMU exits, or a timeout passes (an error).
 pub fn run(cfg: &Config<'_>, mut on_line: impl FnMut(&str) -> Flow) -> Result<(), String> {
-    let xen_cmdline = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 dom0_vcpus_pin noreboot loglvl=all guest_loglvl=all";
+    // `iommu=verbose`: VT-d on (QEMU's emulated intel-iommu), with its
+    // faults and setup in `xl dmesg` (a 1 MiB console ring keeps the boot
+    // messages there). `dom0-iommu=passthrough`: dom0's own devices are
+    // not translated, so Xen does not update dom0's IOMMU tables at every
+    // grant dom0's backends map (each update an emulated IOTLB flush under
+    // QEMU); guests given a device are translated and isolated as ever.
+    let xen_cmdline = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 dom0_vcpus_pin noreboot loglvl=all guest_loglvl=all iommu=verbose dom0-iommu=passthrough conring_size=1m";
     let dom0_cmdline = "console=hvc0 earlyprintk=xen quiet loglevel=3";
     // QEMU's -initrd separates modules with commas (a literal comma is `,,`).
     let modules = format!(
@@ -76,6 +107,7 @@ pub fn run(cfg: &Config<'_>, mut on_line: impl FnMut(&str) -> Flow) -> Result<()
         "-smp",
         "2",
     ])
+    .args(MACHINE)
     .args([
         "-display",
         "none",
