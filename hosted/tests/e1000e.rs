@@ -772,3 +772,38 @@ fn another_device_is_refused() {
     let empty = Bdf::new(0, 0, 9, 0).unwrap();
     assert!(E1000e::new(pci, empty, config(IrqMode::Polling)).is_err());
 }
+
+#[test]
+fn a_frame_from_another_device_is_refused() {
+    let s = setup("e1k-foreign", E1000eFaults::default());
+    let other = Bdf::new(0, 0, 5, 0).unwrap();
+    let (model_b, _wire_b) = E1000eModel::new(PEER);
+    s.pci.plug(other, model_b).expect("plug a second e1000e");
+    let mut a = open(&s, IrqMode::Polling);
+    let mut b = E1000e::new(s.pci.clone(), other, config(IrqMode::Polling)).expect("bring-up");
+    let a_free = a.tx_buffers_free();
+    let b_free = b.tx_buffers_free();
+    let mut foreign = b.tx_buffer(64).unwrap().unwrap();
+    foreign.write_at(0, &frame(64, PEER, MAC, 1)).unwrap();
+    let err = a.send(foreign).unwrap_err();
+    assert!(
+        matches!(&err, FrameError::Invalid(why) if why.contains("another network device")),
+        "{err:?}"
+    );
+    // The frame went back to b's pool; a's pool is untouched, nothing sent.
+    assert_eq!(a.tx_buffers_free(), a_free);
+    assert_eq!(b.tx_buffers_free(), b_free);
+    assert_eq!(s.wire.frames_sent(), 0);
+    // Every buffer of each pool is lent once at most: take them all, the
+    // ids never repeat, and both devices still work.
+    let mut held = Vec::new();
+    while let Some(f) = a.tx_buffer(64).unwrap() {
+        held.push(f);
+    }
+    assert_eq!(held.len(), a_free);
+    drop(held);
+    assert!(a.broken().is_none() && b.broken().is_none());
+    send(&mut a, &frame(64, PEER, MAC, 2));
+    let got = s.wire.recv_timeout(Duration::from_secs(5)).expect("a frame on a's wire");
+    assert_eq!(got, frame(64, PEER, MAC, 2));
+}

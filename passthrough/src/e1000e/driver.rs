@@ -722,6 +722,17 @@ impl<P: PciPlatform> E1000e<P> {
     }
 
     fn send_inner(&mut self, frame: E1000eTxFrame<P::Dma>) -> Result<(), FrameError> {
+        // A frame lent by another device holds a buffer id of that
+        // device's pool: posting it here would send that pool's buffer and
+        // give its id to this pool, lending one buffer twice. Dropping the
+        // frame gives it back to its own pool.
+        if !frame.is_from(&self.tx_pool) {
+            return Err(FrameError::Invalid(format!(
+                "the frame was lent by another network device, not e1000e {}; \
+                 send a frame from this device's tx_buffer",
+                self.bdf
+            )));
+        }
         let Some((buf, len, bus, csum)) = frame.take() else {
             return Err(FrameError::Invalid(String::from(
                 "the frame's buffer is not in the pool",
