@@ -832,9 +832,15 @@ fn a_vanished_device_is_noticed_while_polling_without_timeout() {
     let s = setup("e1k-gone-poll", E1000eFaults::default());
     let mut dev = open(&s, IrqMode::Polling);
     dev.poll().unwrap();
-    s.wire.set_faults(E1000eFaults {
-        gone: true,
-        ..E1000eFaults::default()
+    // The device vanishes once the driver is spinning in wait(None) (its
+    // first poll would notice a device gone before).
+    let wire = s.wire.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        wire.set_faults(E1000eFaults {
+            gone: true,
+            ..E1000eFaults::default()
+        });
     });
     // Nothing arrives: wait(None) must find out by itself that the device
     // is gone rather than spin forever. The driver is not Send, so a
