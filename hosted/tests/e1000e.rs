@@ -772,3 +772,122 @@ fn another_device_is_refused() {
     let empty = Bdf::new(0, 0, 9, 0).unwrap();
     assert!(E1000e::new(pci, empty, config(IrqMode::Polling)).is_err());
 }
+
+#[test]
+fn a_frame_from_another_device_is_refused() {
+    let s = setup("e1k-foreign", E1000eFaults::default());
+    let other = Bdf::new(0, 0, 5, 0).unwrap();
+    let (model_b, _wire_b) = E1000eModel::new(PEER);
+    s.pci.plug(other, model_b).expect("plug a second e1000e");
+    let mut a = open(&s, IrqMode::Polling);
+    let mut b = E1000e::new(s.pci.clone(), other, config(IrqMode::Polling)).expect("bring-up");
+    let a_free = a.tx_buffers_free();
+    let b_free = b.tx_buffers_free();
+    let mut foreign = b.tx_buffer(64).unwrap().unwrap();
+    foreign.write_at(0, &frame(64, PEER, MAC, 1)).unwrap();
+    let err = a.send(foreign).unwrap_err();
+    assert!(
+        matches!(&err, FrameError::Invalid(why) if why.contains("another network device")),
+        "{err:?}"
+    );
+    // The frame went back to b's pool; a's pool is untouched, nothing sent.
+    assert_eq!(a.tx_buffers_free(), a_free);
+    assert_eq!(b.tx_buffers_free(), b_free);
+    assert_eq!(s.wire.frames_sent(), 0);
+    // Every buffer of each pool is lent once at most: take them all, the
+    // ids never repeat, and both devices still work.
+    let mut held = Vec::new();
+    while let Some(f) = a.tx_buffer(64).unwrap() {
+        held.push(f);
+    }
+    assert_eq!(held.len(), a_free);
+    drop(held);
+    assert!(a.broken().is_none() && b.broken().is_none());
+    send(&mut a, &frame(64, PEER, MAC, 2));
+    let got = s.wire.recv_timeout(Duration::from_secs(5)).expect("a frame on a's wire");
+    assert_eq!(got, frame(64, PEER, MAC, 2));
+}
+
+/// Whether bus mastering and MSI-X are enabled, as configuration space
+/// says now.
+fn master_and_msix(pci: &HostedPci, bdf: Bdf) -> (bool, bool) {
+    use passthrough::config::{self, ConfigAccess};
+    let command = pci.read16(bdf, config::COMMAND).expect("COMMAND");
+    let caps = config::capabilities(pci, bdf).expect("capabilities");
+    let msix = caps
+        .iter()
+        .find(|c| c.id == config::CAP_ID_MSIX)
+        .expect("an MSI-X capability");
+    let control = pci
+        .read16(bdf, u16::from(msix.offset) + 2)
+        .expect("MSI-X control");
+    (
+        command & config::COMMAND_MASTER != 0,
+        control & 0x8000 != 0,
+    )
+}
+
+#[test]
+fn a_vanished_device_is_noticed_while_polling_without_timeout() {
+    let s = setup("e1k-gone-poll", E1000eFaults::default());
+    let mut dev = open(&s, IrqMode::Polling);
+    dev.poll().unwrap();
+    // The device vanishes once the driver is spinning in wait(None) (its
+    // first poll would notice a device gone before).
+    let wire = s.wire.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        wire.set_faults(E1000eFaults {
+            gone: true,
+            ..E1000eFaults::default()
+        });
+    });
+    // Nothing arrives: wait(None) must find out by itself that the device
+    // is gone rather than spin forever. The driver is not Send, so a
+    // watchdog fails the test binary if the wait hangs.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            eprintln!("wait(None) never noticed the device vanished");
+            std::process::exit(101);
+        }
+    });
+    let r = dev.wait(None);
+    let _ = done_tx.send(());
+    match r {
+        Err(FrameError::Broken(why)) => assert!(why.contains("gone"), "{why}"),
+        other => panic!("expected the device broken, got {other:?}"),
+    }
+    assert!(dev.broken().is_some());
+    drop(dev);
+}
+
+#[test]
+fn a_broken_device_has_msix_and_bus_mastering_off() {
+    let s = setup("e1k-break-off", E1000eFaults::default());
+    let mut dev = open(&s, IrqMode::Interrupts);
+    assert_eq!(master_and_msix(&s.pci, NIC), (true, true));
+    s.wire.set_faults(E1000eFaults {
+        tdh: Some(0x10_0000),
+        ..E1000eFaults::default()
+    });
+    assert!(matches!(dev.poll(), Err(FrameError::Broken(_))));
+    assert_eq!(master_and_msix(&s.pci, NIC), (false, false));
+    drop(dev);
+}
+
+#[test]
+fn a_failed_bring_up_leaves_bus_mastering_off() {
+    let s = setup("e1k-bringup-fail", E1000eFaults::default());
+    // A DMA mask no buffer fits: bring-up fails after enabling memory
+    // decoding and bus mastering, while allocating the rings.
+    let cfg = Config {
+        dma_mask: 0x7ff,
+        ..config(IrqMode::Polling)
+    };
+    assert!(E1000e::new(s.pci.clone(), NIC, cfg).is_err());
+    assert_eq!(master_and_msix(&s.pci, NIC), (false, false));
+    // The device still comes up afterwards.
+    let dev = open(&s, IrqMode::Polling);
+    assert!(dev.broken().is_none());
+}

@@ -527,8 +527,9 @@ pub struct Capability {
 /// Walks the standard capability list of `bdf`, starting at the pointer at
 /// 0x34 (only when STATUS says there is a list).
 ///
-/// Each pointer must be 0 (the end) or lie in 0x40..0x100 and be
-/// dword-aligned; a pointer seen twice is a [`PciError::CapabilityLoop`],
+/// The two low bits of each pointer are reserved and masked off (as the
+/// specification asks of software). Each pointer must then be 0 (the end)
+/// or lie in 0x40..0x100; a pointer seen twice is a [`PciError::CapabilityLoop`],
 /// and more than [`MAX_CAPABILITIES`] entries is
 /// [`PciError::TooManyCapabilities`]. An entry reading all ones means the
 /// device is gone.
@@ -546,13 +547,13 @@ pub fn capabilities<C: ConfigAccess + ?Sized>(
     }
     let mut visited: u64 = 0;
     let mut at = CAPABILITY_LIST;
-    let mut ptr = cfg.read8(bdf, CAPABILITY_LIST)?;
+    let mut ptr = cfg.read8(bdf, CAPABILITY_LIST)? & CAP_PTR_MASK;
     while ptr != 0 {
-        if ptr < 0x40 || ptr % 4 != 0 {
+        if ptr < 0x40 {
             return Err(PciError::BadConfig {
                 bdf,
                 offset: at,
-                reason: "capability pointer is below 0x40 or not dword-aligned",
+                reason: "capability pointer is below 0x40",
             });
         }
         let slot = (ptr - 0x40) / 4;
@@ -578,10 +579,14 @@ pub fn capabilities<C: ConfigAccess + ?Sized>(
             offset: ptr,
         });
         at = u16::from(ptr) + 1;
-        ptr = (entry >> 8) as u8;
+        ptr = (entry >> 8) as u8 & CAP_PTR_MASK;
     }
     Ok(caps)
 }
+
+/// The bits of a capability pointer that address a dword (the two low bits
+/// are reserved).
+const CAP_PTR_MASK: u8 = 0xfc;
 
 /// One entry of the PCI Express extended capability list (0x100 and up).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -601,10 +606,14 @@ pub const MAX_EXT_CAPABILITIES: usize = (CONFIG_SPACE_SIZE as usize - 0x100) / 4
 /// Walks the PCI Express extended capability list from 0x100 (call it for
 /// PCI Express functions only: those with a [`CAP_ID_EXP`] capability).
 ///
-/// A header of zero means no extended capabilities; all ones means the
-/// device is gone (or the backend hides extended space). Each next
-/// pointer must be 0 (the end) or lie in 0x100..0x1000, dword-aligned, and
-/// not be seen twice ([`PciError::CapabilityLoop`]).
+/// A header of zero at 0x100 means no extended capabilities; so does all
+/// ones (a conventional function, or extended space the platform or the
+/// backend does not reach) unless the vendor ID reads all ones too: then
+/// the device is gone ([`PciError::DeviceGone`]). Further on, an all-ones
+/// header of a present device is [`PciError::BadConfig`]. The two low bits
+/// of each next pointer are reserved and masked off; the pointer must then
+/// be 0 (the end) or lie in 0x100..0x1000 and not be seen twice
+/// ([`PciError::CapabilityLoop`]).
 pub fn extended_capabilities<C: ConfigAccess + ?Sized>(
     cfg: &C,
     bdf: Bdf,
@@ -615,7 +624,17 @@ pub fn extended_capabilities<C: ConfigAccess + ?Sized>(
     loop {
         let header = cfg.read32(bdf, at)?;
         if header == 0xffff_ffff {
-            return Err(PciError::DeviceGone { bdf });
+            if cfg.read16(bdf, VENDOR_ID)? == 0xffff {
+                return Err(PciError::DeviceGone { bdf });
+            }
+            if at == 0x100 {
+                return Ok(caps);
+            }
+            return Err(PciError::BadConfig {
+                bdf,
+                offset: at,
+                reason: "an extended capability header reads all ones",
+            });
         }
         if header == 0 && at == 0x100 {
             return Ok(caps);
@@ -646,15 +665,15 @@ pub fn extended_capabilities<C: ConfigAccess + ?Sized>(
             version: ((header >> 16) & 0xf) as u8,
             offset: at,
         });
-        let next = (header >> 20) as u16;
+        let next = (header >> 20) as u16 & 0xffc;
         if next == 0 {
             return Ok(caps);
         }
-        if !(0x100..CONFIG_SPACE_SIZE).contains(&next) || next % 4 != 0 {
+        if !(0x100..CONFIG_SPACE_SIZE).contains(&next) {
             return Err(PciError::BadConfig {
                 bdf,
                 offset: at + 2,
-                reason: "extended capability pointer is outside 0x100..0x1000 or not dword-aligned",
+                reason: "extended capability pointer is outside 0x100..0x1000",
             });
         }
         at = next;

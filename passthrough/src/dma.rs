@@ -107,10 +107,18 @@ pub trait DmaBuffer {
     fn base_ptr(&self) -> Option<NonNull<u8>> {
         None
     }
-    /// The bus address of the byte at `offset` (inside the buffer).
+    /// The bus address of the byte at `offset` (inside the buffer). A
+    /// buffer whose bus range wraps past 2^64 (a platform bug) is
+    /// [`PciError::InvalidRequest`].
     fn bus_addr_at(&self, offset: usize) -> Result<u64, PciError> {
         check_access("DMA", offset, 1, self.len())?;
-        Ok(self.bus_addr() + offset as u64)
+        u64::try_from(offset)
+            .ok()
+            .and_then(|o| self.bus_addr().checked_add(o))
+            .ok_or(PciError::InvalidRequest {
+                op: "bus_addr_at",
+                reason: "the DMA buffer's bus address plus the offset overflows 64 bits; the platform placed the buffer wrongly",
+            })
     }
 }
 
@@ -268,5 +276,18 @@ mod tests {
             Err(PciError::OutOfBounds { .. })
         ));
         assert!(matches!(d.read_u64(4), Err(PciError::Misaligned { .. })));
+    }
+
+    #[test]
+    fn bus_address_overflow_is_an_error() {
+        let mut backing = vec![0u64; 2];
+        let base = NonNull::new(backing.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: `backing` outlives `d`, is 8-aligned, untouched meanwhile.
+        let d = unsafe { MemDma::new(base, 16, u64::MAX - 3) };
+        assert_eq!(d.bus_addr_at(3).unwrap(), u64::MAX);
+        assert!(matches!(
+            d.bus_addr_at(4),
+            Err(PciError::InvalidRequest { .. })
+        ));
     }
 }

@@ -253,8 +253,14 @@ impl fmt::Display for EduError {
 
 impl core::error::Error for EduError {}
 
-/// `n!` modulo 2^32, as the device computes it.
+/// `n!` modulo 2^32, as the device computes it (QEMU's edu multiplies
+/// `n * (n - 1) * ... * 1` in a `uint32_t`). From 34 on, `n!` holds the
+/// factor 2 at least 32 times, so the result is 0 without looping up to
+/// 4 billion times.
 pub fn factorial_u32(n: u32) -> u32 {
+    if n >= 34 {
+        return 0;
+    }
     (1..=n).fold(1u32, |acc, k| acc.wrapping_mul(k))
 }
 
@@ -681,6 +687,15 @@ mod tests {
         assert_eq!(factorial_u32(10), 3_628_800);
         assert_eq!(factorial_u32(12), 479_001_600);
         assert_eq!(factorial_u32(13), 6_227_020_800u64 as u32);
+        // 33! holds 2^31 and no more: not 0 modulo 2^32; 34! holds 2^32.
+        let slow = |n: u32| (1..=n).fold(1u32, |a, k| a.wrapping_mul(k));
+        for n in 0..=40 {
+            assert_eq!(factorial_u32(n), slow(n), "{n}");
+        }
+        assert_ne!(factorial_u32(33), 0);
+        assert_eq!(factorial_u32(34), 0);
+        // Returns at once, where the loop would take billions of steps.
+        assert_eq!(factorial_u32(u32::MAX), 0);
     }
 
     #[test]

@@ -336,7 +336,8 @@ impl OpRequest {
 ///   (pciback never changes them);
 /// - `err`: 0 is success; an `XEN_PCI_ERR_*` code or a Linux errno is
 ///   [`PciError::Backend`]; anything else breaks the protocol;
-/// - a configuration read's value must fit the access width;
+/// - a configuration read's value is masked to the access width (pciback
+///   may return more bits; they are dropped);
 /// - an MSI pirq must be nonzero and below 65536;
 /// - MSI-X: `value` (the result) must be 0 on success or an errno; each
 ///   requested entry's slot must name the same entry and a nonzero pirq,
@@ -363,10 +364,20 @@ pub fn check_reply(req: &OpRequest, reply: &XenPciOp) -> Result<OpReply, PciErro
     }
     match req {
         OpRequest::ConfRead { reg, .. } => {
-            if reply.value & !reg.width().mask() != 0 {
-                return bad("a configuration read returned bits beyond the access width");
+            // pciback merges its virtualised fields into the value without
+            // masking to the access size (a byte read of COMMAND can carry
+            // more bits); like Linux's pcifront, keep the requested bytes.
+            let mask = reg.width().mask();
+            if reply.value & !mask != 0 {
+                log::debug!(
+                    "pcifront {bdf}: config read at {:#x} of {} bytes returned {:#x}; \
+                     bits beyond the access width dropped",
+                    reg.offset(),
+                    reg.width().bytes(),
+                    reply.value
+                );
             }
-            Ok(OpReply::Value(reply.value))
+            Ok(OpReply::Value(reply.value & mask))
         }
         OpRequest::ConfWrite { .. }
         | OpRequest::DisableMsi { .. }
@@ -447,11 +458,9 @@ mod tests {
         assert_eq!((r.offset, r.size), (2, 2));
         r.value = 0x11e8;
         assert_eq!(check_reply(&req, &r), Ok(OpReply::Value(0x11e8)));
+        // Bits beyond the width are dropped, not an error.
         r.value = 0x1_11e8;
-        assert!(matches!(
-            check_reply(&req, &r),
-            Err(PciError::BadResponse { .. })
-        ));
+        assert_eq!(check_reply(&req, &r), Ok(OpReply::Value(0x11e8)));
         r.value = 0;
         r.err = -3;
         assert_eq!(
@@ -475,6 +484,22 @@ mod tests {
             check_reply(&req, &r),
             Err(PciError::BadResponse { .. })
         ));
+    }
+
+    #[test]
+    fn a_byte_read_of_command_is_masked_to_the_byte() {
+        // pciback's virtualised COMMAND field answers a byte read at 0x04
+        // with the whole register (and STATUS above it).
+        let req = OpRequest::ConfRead {
+            bdf: bdf(),
+            reg: ConfigReg::new(0x04, Width::Byte).unwrap(),
+        };
+        let mut r = req.encode();
+        assert_eq!((r.offset, r.size), (4, 1));
+        r.value = 0x0010_0407;
+        assert_eq!(check_reply(&req, &r), Ok(OpReply::Value(0x07)));
+        r.value = 0xffff_ff00;
+        assert_eq!(check_reply(&req, &r), Ok(OpReply::Value(0)));
     }
 
     #[test]

@@ -140,10 +140,9 @@ fn an_op_that_never_completes_breaks_the_device() {
 #[test]
 fn protocol_violations_break_the_device() {
     type Op = fn(&common::Front) -> Result<(), PciError>;
-    let cases: [(Mode, Op); 8] = [
+    let cases: [(Mode, Op); 7] = [
         (Mode::Err(12345), |f| f.read32(vdev(), 0).map(drop)),
         (Mode::Err(-5000), |f| f.write16(vdev(), 4, 0)),
-        (Mode::WideValue, |f| f.read8(vdev(), 0).map(drop)),
         (Mode::ChangeDevfn, |f| f.read32(vdev(), 0).map(drop)),
         (Mode::ZeroPirq, |f| f.enable_msi(vdev()).map(drop)),
         (Mode::MsixZeroVector, |f| {
@@ -171,6 +170,29 @@ fn protocol_violations_break_the_device() {
         w.pf.enable_msix(vdev(), &[0]),
         Err(PciError::BadResponse { .. })
     ));
+}
+
+#[test]
+fn config_reads_wider_than_asked_are_masked() {
+    // pciback merges virtualised fields without masking to the access
+    // size: the frontend keeps the bytes it asked for and goes on.
+    let (honest, _b1, _) = World::connect(quick(), edu_config(), Mode::Honest);
+    let (wide, _b2, _) = World::connect(quick(), edu_config(), Mode::WideValue);
+    for off in [0u16, 1, 4, 0x34] {
+        assert_eq!(
+            wide.pf.read8(vdev(), off).unwrap(),
+            honest.pf.read8(vdev(), off).unwrap(),
+            "{off:#x}"
+        );
+    }
+    assert_eq!(
+        wide.pf.read16(vdev(), 4).unwrap(),
+        honest.pf.read16(vdev(), 4).unwrap()
+    );
+    assert_eq!(
+        wide.pf.read32(vdev(), 0).unwrap(),
+        honest.pf.read32(vdev(), 0).unwrap() | 0xdead_0000
+    );
 }
 
 #[test]

@@ -229,6 +229,9 @@ pub struct E1000eFaults {
     /// loaded from the EEPROM; the driver must read the EEPROM). Not a
     /// lie: a device without manageability firmware can come up so.
     pub receive_address_unset: bool,
+    /// Every register read returns all ones, as from a device that
+    /// vanished (surprise removal, a hung link).
+    pub gone: bool,
 }
 
 /// What the wire and the tests share with the device.
@@ -1056,6 +1059,9 @@ impl DeviceModel for E1000eModel {
     fn mmio_read(&mut self, bar: u8, offset: u64, size: u8, dev: &mut DeviceCtx<'_>) -> u64 {
         if bar != 0 {
             return 0;
+        }
+        if self.faults().gone {
+            return u64::MAX >> (64 - 8 * u32::from(size.clamp(1, 8)));
         }
         let idx = (offset / 4) as usize;
         if idx >= REGS {

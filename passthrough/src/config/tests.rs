@@ -308,7 +308,7 @@ fn capability_list_faults_are_refused() {
         Err(PciError::BadConfig { offset: 0x51, .. })
     ));
     let mut c = edu();
-    c.set(CAPABILITY_LIST, &[0x42], &[0]);
+    c.set(CAPABILITY_LIST, &[0x3c], &[0]);
     assert!(matches!(
         capabilities(&c, bdf()),
         Err(PciError::BadConfig {
@@ -325,6 +325,29 @@ fn capability_list_faults_are_refused() {
     let mut c = edu();
     c.set16(STATUS, 0, 0);
     assert_eq!(capabilities(&c, bdf()), Ok(Vec::new()));
+}
+
+#[test]
+fn reserved_capability_pointer_bits_are_masked() {
+    let want = capabilities(&edu(), bdf()).unwrap();
+    assert_eq!(want.len(), 2);
+    // 0x43 -> 0x40, and MSI's next 0x52 -> 0x50.
+    let mut c = edu();
+    c.set(CAPABILITY_LIST, &[0x43], &[0]);
+    c.set(0x41, &[0x52], &[0]);
+    assert_eq!(capabilities(&c, bdf()).unwrap(), want);
+    // A next pointer of 3 is 0: the end.
+    c.set(0x51, &[0x03], &[0]);
+    assert_eq!(capabilities(&c, bdf()).unwrap(), want);
+    // Masking keeps the loop check: 0x42 is 0x40 again.
+    c.set(0x51, &[0x42], &[0]);
+    assert_eq!(
+        capabilities(&c, bdf()),
+        Err(PciError::CapabilityLoop {
+            bdf: bdf(),
+            offset: 0x40
+        })
+    );
 }
 
 #[test]
@@ -456,12 +479,36 @@ fn extended_capabilities_are_walked_and_checked() {
         extended_capabilities(&c, bdf()),
         Err(PciError::BadConfig { offset: 0x142, .. })
     ));
+    // Reserved low bits of a next pointer are masked: 0x102 is 0x100.
     c.set32(0x140, ext(3, 0x102), 0);
+    assert_eq!(
+        extended_capabilities(&c, bdf()),
+        Err(PciError::CapabilityLoop {
+            bdf: bdf(),
+            offset: 0x100
+        })
+    );
+    c.set32(0x140, ext(3, 0x143), 0);
+    assert_eq!(
+        extended_capabilities(&c, bdf()),
+        Err(PciError::CapabilityLoop {
+            bdf: bdf(),
+            offset: 0x140
+        })
+    );
+    // All ones further on, the device present: a bad list.
+    c.set32(0x140, ext(3, 0x200), 0);
+    c.set32(0x200, 0xffff_ffff, 0);
     assert!(matches!(
         extended_capabilities(&c, bdf()),
-        Err(PciError::BadConfig { .. })
+        Err(PciError::BadConfig { offset: 0x200, .. })
     ));
+    // All ones at 0x100 with the device present: a conventional function
+    // (or extended space out of reach), no extended capabilities.
     c.set32(0x100, 0xffff_ffff, 0);
+    assert_eq!(extended_capabilities(&c, bdf()), Ok(Vec::new()));
+    // All ones with the vendor ID all ones too: the device is gone.
+    c.set32(VENDOR_ID, 0xffff_ffff, 0);
     assert_eq!(
         extended_capabilities(&c, bdf()),
         Err(PciError::DeviceGone { bdf: bdf() })

@@ -219,6 +219,47 @@ fn reg(r: u32) -> usize {
     r as usize
 }
 
+/// Undoes the first bring-up steps on an early return from
+/// [`E1000e::new`] before the device value exists: disables MSI-X when it
+/// was enabled and clears bus mastering, so a half-initialised device does
+/// no DMA. Failures are logged (the bring-up error is what is returned).
+struct BringUpGuard<'a, P: PciPlatform> {
+    platform: &'a P,
+    bdf: Bdf,
+    msix: bool,
+    armed: bool,
+}
+
+impl<P: PciPlatform> BringUpGuard<'_, P> {
+    /// The device value owns the cleanup from here on.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<P: PciPlatform> Drop for BringUpGuard<'_, P> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if self.msix {
+            if let Err(e) = self.platform.disable_msix(self.bdf) {
+                log::error!(
+                    "e1000e {}: disabling MSI-X after a failed bring-up: {e}",
+                    self.bdf
+                );
+            }
+        }
+        let c = config::update_command(self.platform.config(), self.bdf, 0, config::COMMAND_MASTER);
+        if let Err(e) = c {
+            log::error!(
+                "e1000e {}: clearing bus mastering after a failed bring-up: {e}",
+                self.bdf
+            );
+        }
+    }
+}
+
 /// Busy-waits until `done` or `timeout_ns` of the platform's clock pass.
 fn wait_until<P: PciPlatform>(
     p: &P,
@@ -273,6 +314,14 @@ impl<P: PciPlatform> E1000e<P> {
             )));
         }
         config::enable_memory_and_bus_master(platform.config(), bdf)?;
+        // Until `dev` exists (whose drop stops the device), an early return
+        // clears bus mastering (and disables MSI-X once enabled).
+        let mut guard = BringUpGuard {
+            platform: &platform,
+            bdf,
+            msix: false,
+            armed: true,
+        };
         let regs = platform.map_bar(bdf, &bar)?;
 
         // Rings and buffers.
@@ -318,12 +367,14 @@ impl<P: PciPlatform> E1000e<P> {
         let tx = TxRing::new(config.tx_ring).map_err(E1000eError::Config)?;
 
         let ports_v = platform.enable_msix(bdf, &[MSIX_RX, MSIX_TX, MSIX_OTHER])?;
+        guard.msix = true;
         let [prx, ptx, pother] = ports_v[..] else {
             return Err(E1000eError::Device(format!(
                 "the platform gave {} MSI-X ports for 3 entries",
                 ports_v.len()
             )));
         };
+        guard.disarm();
         let mut dev = E1000e {
             platform,
             bdf,
@@ -613,7 +664,20 @@ impl<P: PciPlatform> E1000e<P> {
         let _ = self.regs.write32(reg(IMC), 0xffff_ffff);
         let _ = self.regs.write32(reg(RCTL), 0);
         let _ = self.regs.write32(reg(TCTL), 0);
-        let _ = config::update_command(self.platform.config(), self.bdf, 0, config::COMMAND_MASTER);
+        if let Err(e) =
+            config::update_command(self.platform.config(), self.bdf, 0, config::COMMAND_MASTER)
+        {
+            log::error!(
+                "e1000e {}: clearing bus mastering of the broken device failed: {e}",
+                self.bdf
+            );
+        }
+        if let Err(e) = self.platform.disable_msix(self.bdf) {
+            log::error!(
+                "e1000e {}: disabling MSI-X of the broken device failed: {e}",
+                self.bdf
+            );
+        }
         self.broken = Some(why.clone());
         FrameError::Broken(why)
     }
@@ -722,6 +786,17 @@ impl<P: PciPlatform> E1000e<P> {
     }
 
     fn send_inner(&mut self, frame: E1000eTxFrame<P::Dma>) -> Result<(), FrameError> {
+        // A frame lent by another device holds a buffer id of that
+        // device's pool: posting it here would send that pool's buffer and
+        // give its id to this pool, lending one buffer twice. Dropping the
+        // frame gives it back to its own pool.
+        if !frame.is_from(&self.tx_pool) {
+            return Err(FrameError::Invalid(format!(
+                "the frame was lent by another network device, not e1000e {}; \
+                 send a frame from this device's tx_buffer",
+                self.bdf
+            )));
+        }
         let Some((buf, len, bus, csum)) = frame.take() else {
             return Err(FrameError::Invalid(String::from(
                 "the frame's buffer is not in the pool",
@@ -909,7 +984,12 @@ impl<P: PciPlatform> FrameDevice for E1000e<P> {
         }
         match self.mode {
             IrqMode::Polling => {
+                // Looking at the rings alone never notices a device that
+                // vanished (its DMA just stops): every so many spins, read
+                // STATUS (all ones: gone) and check the head registers.
+                const SPINS_PER_CHECK: u32 = 1024;
                 let start = self.platform.now_ns();
+                let mut spins: u32 = 0;
                 loop {
                     if self.work_pending() {
                         return Ok(true);
@@ -917,6 +997,16 @@ impl<P: PciPlatform> FrameDevice for E1000e<P> {
                     if timeout_ns.is_some_and(|t| self.platform.now_ns().saturating_sub(start) >= t)
                     {
                         return Ok(false);
+                    }
+                    spins = spins.wrapping_add(1);
+                    if spins % SPINS_PER_CHECK == 0 {
+                        let r = self.rd(STATUS);
+                        if self.fail_on(r)? == 0xffff_ffff {
+                            return Err(self.break_device(String::from(
+                                "registers read all ones: the device is gone",
+                            )));
+                        }
+                        self.check_heads()?;
                     }
                     core::hint::spin_loop();
                 }

@@ -25,6 +25,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 use core::slice;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 use netfront::frame::{FrameError, RxFrame, TxFrame};
@@ -43,6 +44,8 @@ pub struct BufPool<D: DmaBuffer> {
     pages: Vec<D>,
     ptrs: Vec<Option<NonNull<u8>>>,
     free: ArrayQueue<u16>,
+    /// Per buffer: taken from the free queue and not given back yet.
+    lent: Vec<AtomicBool>,
     count: u16,
 }
 
@@ -86,10 +89,12 @@ impl<D: DmaBuffer> BufPool<D> {
             let _ = free.push(b);
         }
         let ptrs = pages.iter().map(DmaBuffer::base_ptr).collect();
+        let lent = (0..count).map(|_| AtomicBool::new(false)).collect();
         Ok(BufPool {
             pages,
             ptrs,
             free,
+            lent,
             count,
         })
     }
@@ -104,18 +109,45 @@ impl<D: DmaBuffer> BufPool<D> {
         self.free.len()
     }
 
-    /// Takes a free buffer.
+    /// Takes a free buffer (marked lent until given back).
     pub fn take(&self) -> Option<u16> {
-        self.free.pop()
+        let buf = self.free.pop()?;
+        // The id is off the queue, so no one else can mark it meanwhile.
+        if let Some(l) = self.lent.get(usize::from(buf)) {
+            l.store(true, Ordering::Release);
+        }
+        Some(buf)
     }
 
-    /// Gives a buffer back. A buffer id the pool did not lend, or one given
-    /// back twice, cannot get in: the queue holds `count` ids at most, and
-    /// ids are checked.
-    pub fn give_back(&self, buf: u16) {
-        if buf < self.count && self.free.push(buf).is_err() {
-            log::error!("e1000e: a buffer was given back twice; ignored");
+    /// Whether `buf` is lent now (taken and not given back).
+    pub fn is_lent(&self, buf: u16) -> bool {
+        self.lent
+            .get(usize::from(buf))
+            .is_some_and(|l| l.load(Ordering::Acquire))
+    }
+
+    /// Gives a lent buffer back. Returns whether it was taken: an id out of
+    /// range, one not lent now (never taken, or given back already) is
+    /// refused and logged, so an id never sits in the free queue twice and
+    /// a buffer is never lent to two owners.
+    pub fn give_back(&self, buf: u16) -> bool {
+        let Some(l) = self.lent.get(usize::from(buf)) else {
+            log::error!("e1000e: buffer {buf} given back is not in the pool; ignored");
+            return false;
+        };
+        if l.compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            log::error!("e1000e: buffer {buf} given back is not lent (given back twice?); ignored");
+            return false;
         }
+        if self.free.push(buf).is_err() {
+            // Cannot happen: a lent id is not in the queue, which holds
+            // every other id at most once.
+            log::error!("e1000e: the free queue of the buffer pool is full; buffer {buf} lost");
+            return false;
+        }
+        true
     }
 
     fn locate(&self, buf: u16) -> Option<(&D, Option<NonNull<u8>>, usize)> {
@@ -299,6 +331,11 @@ impl<D: DmaBuffer> E1000eTxFrame<D> {
         self.csum
     }
 
+    /// Whether the frame's buffer comes from `pool` (the same allocation).
+    pub(crate) fn is_from(&self, pool: &Arc<BufPool<D>>) -> bool {
+        Arc::ptr_eq(&self.pool, pool)
+    }
+
     /// Hands the buffer to the driver to send: (buffer, length, bus
     /// address, checksums).
     pub(crate) fn take(mut self) -> Option<(u16, usize, u64, Option<TxChecksum>)> {
@@ -375,5 +412,40 @@ impl<D: DmaBuffer> TxFrame for E1000eTxFrame<D> {
             Some(b) if self.pool.read(b, offset, buf) => Ok(()),
             _ => Err(oor),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dma::MemDma;
+    use alloc::vec;
+
+    #[test]
+    fn give_back_takes_only_lent_ids() {
+        let mut backing = vec![0u64; PAGE_LEN / 8];
+        let base = NonNull::new(backing.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: `backing` outlives the pool, is 8-aligned and is reached
+        // only through the pool meanwhile.
+        let page = unsafe { MemDma::new(base, PAGE_LEN, 0x10_0000) };
+        let pool = BufPool::new(vec![page]).unwrap();
+        assert_eq!(pool.count(), 2);
+        // Never lent: refused, the queue keeps each id once.
+        assert!(!pool.give_back(0));
+        assert!(!pool.give_back(2));
+        assert_eq!(pool.free_count(), 2);
+        let a = pool.take().unwrap();
+        assert!(pool.is_lent(a));
+        assert!(pool.give_back(a));
+        assert!(!pool.is_lent(a));
+        // Given back twice: refused.
+        assert!(!pool.give_back(a));
+        assert_eq!(pool.free_count(), 2);
+        let x = pool.take().unwrap();
+        let y = pool.take().unwrap();
+        assert_ne!(x, y);
+        assert!(pool.take().is_none());
+        drop(pool);
+        drop(backing);
     }
 }
