@@ -17,11 +17,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use grant_tables::{
-    Access, BackRing, DomId, EventChannels, FrontRing, GrantRef, PageAllocator, Port, RingMemory,
-    SharedPages,
+    Access, BackRing, DomId, EventChannels, FrontRing, GrantRef, PageAllocator, Port,
+    RawRingMemory, RingMemory, SharedPages,
 };
 use hosted::toolstack::{add_device, DeviceSpec};
 use hosted::xenstore::{connect_as, XenstoreDaemon};
@@ -95,6 +96,13 @@ pub fn entries() -> Vec<Entry> {
             "our FrontRing and BackRing between two hosted domains, both ends spinning on the ring",
             "2 processes (domains), hosted, spinning",
             |r: Round, rec: &mut Recorder| ring(Mode::Poll, r.iters, r.warmup, rec),
+        )
+        .msg_bytes(bytes),
+        Entry::new(
+            "ring-threads",
+            "our FrontRing and BackRing in two threads over one page, both spinning: ring-poll's loops in c-ring-h's setting",
+            "threads, our rings both ends, spinning",
+            |r: Round, rec: &mut Recorder| ring_threads(r.iters, r.warmup, rec),
         )
         .msg_bytes(bytes),
         Entry::new(
@@ -184,10 +192,9 @@ impl Drop for ChildGuard {
 /// that the poll closure and the ring's accessors compile into one tight
 /// loop (a call chain per poll adds tens of nanoseconds to each round trip).
 #[inline(always)]
-fn wait_for<T>(
+fn wait_for<T, S: Signal>(
     mode: Mode,
-    plat: &HostedPlatform,
-    port: Port,
+    sig: &S,
     timeout: Duration,
     mut ready: impl FnMut(bool) -> Result<Option<T>, String>,
 ) -> Result<T, String> {
@@ -226,8 +233,7 @@ fn wait_for<T>(
         if left.is_zero() {
             return Err("timed out waiting for the peer's event".into());
         }
-        plat.block(port, Some(left.as_nanos() as u64))
-            .map_err(|e| format!("block on {port}: {e}"))?;
+        sig.block(left)?;
     }
 }
 
@@ -302,7 +308,7 @@ fn ring_in(
         start.elapsed()
     );
 
-    front_round_trips(mode, &plat, port, &mut ring, total, warmup, rec)?;
+    front_round_trips(mode, &(&plat, port), &mut ring, total, warmup, rec)?;
     if let Some(mut c) = child.0.take() {
         let status = c
             .wait()
@@ -441,7 +447,7 @@ pub fn backend_main(spec: &str) -> Result<(), String> {
     xs.write(&format!("{be}/state"), XenbusState::Connected.as_str())
         .map_err(xs_err("writing Connected"))?;
 
-    serve_requests(mode, &plat, port, &mut ring, total)?;
+    serve_requests(mode, &(&plat, port), &mut ring, total)?;
     xs.write(&format!("{be}/state"), XenbusState::Closed.as_str())
         .ok();
     Ok(())
@@ -451,10 +457,9 @@ pub fn backend_main(spec: &str) -> Result<(), String> {
 /// not recorded. Out of line, so that its code (and the inlined poll loop)
 /// does not depend on how the set-up around it was compiled.
 #[inline(never)]
-fn front_round_trips<M: RingMemory>(
+fn front_round_trips<M: RingMemory, S: Signal>(
     mode: Mode,
-    plat: &HostedPlatform,
-    port: Port,
+    sig: &S,
     ring: &mut FrontRing<EchoRequest, EchoResponse, M>,
     total: u64,
     warmup: u64,
@@ -467,9 +472,9 @@ fn front_round_trips<M: RingMemory>(
         let t = Instant::now();
         ring.put_request(req).map_err(|e| e.to_string())?;
         if ring.push_requests() && mode != Mode::Poll {
-            plat.notify(port).map_err(|e| e.to_string())?;
+            sig.notify()?;
         }
-        let rsp = wait_for(mode, plat, port, STEP_TIMEOUT, |arm| {
+        let rsp = wait_for(mode, sig, STEP_TIMEOUT, |arm| {
             if let Some(r) = ring.take_response().map_err(|e| e.to_string())? {
                 return Ok(Some(r));
             }
@@ -494,15 +499,14 @@ fn front_round_trips<M: RingMemory>(
 /// The serving loop of the back: answers `total` requests. Out of line, as
 /// the front's loop is.
 #[inline(never)]
-fn serve_requests<M: RingMemory>(
+fn serve_requests<M: RingMemory, S: Signal>(
     mode: Mode,
-    plat: &HostedPlatform,
-    port: Port,
+    sig: &S,
     ring: &mut BackRing<EchoRequest, EchoResponse, M>,
     total: u64,
 ) -> Result<(), String> {
     for _ in 0..total {
-        let req = wait_for(mode, plat, port, STEP_TIMEOUT, |arm| {
+        let req = wait_for(mode, sig, STEP_TIMEOUT, |arm| {
             if let Some(r) = ring.take_request().map_err(|e| e.to_string())? {
                 return Ok(Some(r));
             }
@@ -523,11 +527,78 @@ fn serve_requests<M: RingMemory>(
         })
         .map_err(|e| e.to_string())?;
         if ring.push_responses() && mode != Mode::Poll {
-            plat.notify(port).map_err(|e| e.to_string())?;
+            sig.notify()?;
         }
         if !echo_payload_ok(&req) {
             return Err(format!("request {}: corrupted payload", req.id));
         }
     }
     Ok(())
+}
+
+/// How the measured loops signal the peer and sleep: through the hosted
+/// platform's event channel, or not at all (both ends spinning in one
+/// process).
+trait Signal {
+    /// Notifies the peer.
+    fn notify(&self) -> Result<(), String>;
+    /// Sleeps until the peer notifies or `left` passes.
+    fn block(&self, left: Duration) -> Result<(), String>;
+}
+
+impl Signal for (&HostedPlatform, Port) {
+    fn notify(&self) -> Result<(), String> {
+        self.0.notify(self.1).map_err(|e| e.to_string())
+    }
+    fn block(&self, left: Duration) -> Result<(), String> {
+        self.0
+            .block(self.1, Some(left.as_nanos() as u64))
+            .map(|_| ())
+            .map_err(|e| format!("block on {}: {e}", self.1))
+    }
+}
+
+/// No event channel: only [`Mode::Poll`] runs on it.
+struct Spinning;
+
+impl Signal for Spinning {
+    fn notify(&self) -> Result<(), String> {
+        Err("no event channel between threads: only polling runs here".into())
+    }
+    fn block(&self, _left: Duration) -> Result<(), String> {
+        Err("no event channel between threads: only polling runs here".into())
+    }
+}
+
+/// Our FrontRing and BackRing in two threads of this process over one plain
+/// page, both spinning: the same measured loops as `ring-poll`, in the C
+/// ring's setting (`c-ring-h`), so that the two processes of `ring-poll`
+/// and the code itself can be told apart.
+pub fn ring_threads(iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
+    let mem = xen_c_reference::SharedPages::new(1);
+    let total = iters + warmup;
+    let ptr = NonNull::new(mem.as_ptr()).ok_or("the shared page has no address")?;
+    // SAFETY: `mem` is one zeroed, page-aligned page that lives until both
+    // threads are done (the back thread is joined before `mem` drops); only
+    // the two rings below touch it, through volatile accesses.
+    let front_mem = unsafe { RawRingMemory::new(ptr, 4096) };
+    // SAFETY: as above.
+    let back_mem = unsafe { RawRingMemory::new(ptr, 4096) };
+    let mut ring =
+        FrontRing::<EchoRequest, EchoResponse, _>::init(front_mem).map_err(|e| e.to_string())?;
+    let (a, b) = pin::pair();
+    let back = std::thread::spawn(move || -> Result<(), String> {
+        pin::pin_to(b);
+        let mut ring =
+            BackRing::<EchoRequest, EchoResponse, _>::new(back_mem).map_err(|e| e.to_string())?;
+        serve_requests(Mode::Poll, &Spinning, &mut ring, total)
+    });
+    pin::pin_to(a);
+    let r = front_round_trips(Mode::Poll, &Spinning, &mut ring, total, warmup, rec);
+    let b = back
+        .join()
+        .map_err(|_| "the back thread panicked".to_string())?;
+    drop(mem);
+    r?;
+    b
 }
