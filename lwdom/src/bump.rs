@@ -317,7 +317,9 @@ mod tests {
         // resized is live and comes from this heap with the layout given.
         unsafe {
             let _identity = h.alloc(l(24));
-            for _ in 0..10_000 {
+            // Miri interprets every byte each reallocation copies.
+            let rounds = if cfg!(miri) { 300 } else { 10_000 };
+            for _ in 0..rounds {
                 // A message buffer that grows, then is freed.
                 let mut p = h.alloc(l(8));
                 let mut size = 8;
@@ -384,7 +386,7 @@ mod tests {
             let mut queue: std::collections::VecDeque<[(*mut u8, usize); 3]> = Default::default();
             let mut peak = 0;
             // The sizes repeat every `period` requests.
-            let (period, rounds) = if cfg!(miri) { (300, 1_500) } else { (3_000, 20_000) };
+            let (period, rounds) = if cfg!(miri) { (100, 500) } else { (3_000, 20_000) };
             for i in 0..rounds {
                 let sizes = [40 + i % 50, 200 + i % 300, 1000 + (i % period) * (3000 / period)];
                 let req = sizes.map(|s| (h.alloc(l(s)), s));
@@ -430,13 +432,16 @@ mod tests {
                     assert_eq!(p.add(k).read(), tag, "a block was overwritten");
                 }
             };
-            let steps = if cfg!(miri) { 1_500 } else { 20_000 };
+            // Miri interprets every byte written and checked: fewer steps
+            // and smaller big blocks keep its run to seconds.
+            let steps = if cfg!(miri) { 150 } else { 20_000 };
+            let big_max = if cfg!(miri) { 4_000 } else { 100_000 };
             for step in 0..steps {
                 let tag = (step % 251) as u8;
                 match rnd(4) {
                     0 | 1 => {
                         let big = rnd(10) == 0;
-                        let size = 1 + rnd(if big { 100_000 } else { 2000 }) as usize;
+                        let size = 1 + rnd(if big { big_max } else { 2000 }) as usize;
                         let align = 1 << rnd(6);
                         let p = h.alloc(Layout::from_size_align(size, align).unwrap());
                         if p.is_null() {

@@ -342,6 +342,10 @@ mod tests {
         assert_eq!(s1, s2);
         s2.update(b"d");
         assert_ne!(s1, s2);
-        assert_ne!(NetSum::of_stream(5001), NetSum::of_stream(5002));
+        // Two whole 16 MiB streams: too long for Miri's interpreter (the
+        // parts above exercise the same code).
+        if !cfg!(miri) {
+            assert_ne!(NetSum::of_stream(5001), NetSum::of_stream(5002));
+        }
     }
 }
