@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+// The in-memory xenstore blkfront's tests use, shared rather than copied.
+#[path = "../../../blkfront/tests/common/memstore.rs"]
 pub mod memstore;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
