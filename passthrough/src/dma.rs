@@ -232,6 +232,75 @@ impl DmaBuffer for MemDma {
     }
 }
 
+/// A DMA buffer that owns its memory: a [`MemDma`] over it and the value
+/// that keeps the memory alive (a platform's pages, with whatever must
+/// happen before they are freed, such as leaving an IOMMU table, in that
+/// value's `Drop`). Every access goes to the [`MemDma`]; the memory is lent
+/// as slices ([`DmaBuffer::base_ptr`]) as `MemDma` lends it.
+pub struct OwnedDma<K> {
+    mem: MemDma,
+    keeper: K,
+}
+
+impl<K> OwnedDma<K> {
+    /// A buffer over `mem`, whose memory `keeper` keeps valid: `mem` was
+    /// made (with [`MemDma::new`]'s contract) over memory that stays valid
+    /// for as long as `keeper` lives.
+    pub fn new(mem: MemDma, keeper: K) -> OwnedDma<K> {
+        OwnedDma { mem, keeper }
+    }
+
+    /// What keeps the memory.
+    pub fn keeper(&self) -> &K {
+        &self.keeper
+    }
+}
+
+impl<K> core::fmt::Debug for OwnedDma<K> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OwnedDma")
+            .field("bus_addr", &self.mem.bus_addr)
+            .field("len", &self.mem.len)
+            .finish()
+    }
+}
+
+impl<K> DmaBuffer for OwnedDma<K> {
+    fn bus_addr(&self) -> u64 {
+        self.mem.bus_addr()
+    }
+    fn len(&self) -> usize {
+        self.mem.len()
+    }
+    fn read_u16(&self, offset: usize) -> Result<u16, PciError> {
+        self.mem.read_u16(offset)
+    }
+    fn read_u32(&self, offset: usize) -> Result<u32, PciError> {
+        self.mem.read_u32(offset)
+    }
+    fn read_u64(&self, offset: usize) -> Result<u64, PciError> {
+        self.mem.read_u64(offset)
+    }
+    fn write_u16(&self, offset: usize, value: u16) -> Result<(), PciError> {
+        self.mem.write_u16(offset, value)
+    }
+    fn write_u32(&self, offset: usize, value: u32) -> Result<(), PciError> {
+        self.mem.write_u32(offset, value)
+    }
+    fn write_u64(&self, offset: usize, value: u64) -> Result<(), PciError> {
+        self.mem.write_u64(offset, value)
+    }
+    fn write_from(&self, offset: usize, src: &[u8]) -> Result<(), PciError> {
+        self.mem.write_from(offset, src)
+    }
+    fn read_into(&self, offset: usize, dst: &mut [u8]) -> Result<(), PciError> {
+        self.mem.read_into(offset, dst)
+    }
+    fn base_ptr(&self) -> Option<NonNull<u8>> {
+        self.mem.base_ptr()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,7 +54,7 @@ pub use config::{
     Bar, BarKind, Capability, ConfigAccess, ConfigHeader, ConfigReg, DeviceInfo, ExtCapability,
     MsiCap, MsixCap, Width,
 };
-pub use dma::{DmaBuffer, DmaConstraints, MemDma};
+pub use dma::{DmaBuffer, DmaConstraints, MemDma, OwnedDma};
 pub use error::{BackendErr, PciError};
 pub use mmio::{MemMmio, Mmio};
 pub use pcifront::{Pcifront, PcifrontConfig, Pirq};

@@ -78,7 +78,7 @@ use grant_tables::{
     shared_mem, Clock, DomId, EventChannels, PageAllocator, Platform, PlatformError, Port, SharedPages,
 };
 use passthrough::config::{Bar, BarKind, ConfigAccess, ConfigReg};
-use passthrough::dma::{DmaBuffer, DmaConstraints, MemDma};
+use passthrough::dma::{DmaConstraints, MemDma, OwnedDma};
 use passthrough::mmio::{check_access, Mmio};
 use passthrough::platform::check_msix_entries;
 use passthrough::{Bdf, PciError, PciPlatform};
@@ -890,61 +890,21 @@ impl Mmio for HostedMmio {
 
 /// A DMA buffer of a hosted domain: its pages are in the IOMMU table while
 /// it lives, and leave it before they are freed.
-pub struct HostedDma {
-    mem: MemDma,
+pub type HostedDma = OwnedDma<HostedDmaPages>;
+
+/// The pages of a [`HostedDma`], in the IOMMU table until dropped.
+pub struct HostedDmaPages {
     iommu: Arc<Iommu>,
     first_frame: u64,
     /// Declared last: freed after the IOMMU entry is gone (see `Drop`).
     _pages: HostedPages,
 }
 
-impl fmt::Debug for HostedDma {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HostedDma").field("bus_addr", &self.mem.bus_addr()).field("len", &self.mem.len()).finish()
-    }
-}
-
-impl Drop for HostedDma {
+impl Drop for HostedDmaPages {
     fn drop(&mut self) {
         // Under the IOMMU's write lock: no model is copying to or from
         // these pages when they go back to the allocator.
         self.iommu.unmap(self.first_frame);
-    }
-}
-
-impl DmaBuffer for HostedDma {
-    fn bus_addr(&self) -> u64 {
-        self.mem.bus_addr()
-    }
-    fn len(&self) -> usize {
-        self.mem.len()
-    }
-    fn read_u16(&self, offset: usize) -> Result<u16, PciError> {
-        self.mem.read_u16(offset)
-    }
-    fn read_u32(&self, offset: usize) -> Result<u32, PciError> {
-        self.mem.read_u32(offset)
-    }
-    fn read_u64(&self, offset: usize) -> Result<u64, PciError> {
-        self.mem.read_u64(offset)
-    }
-    fn write_u16(&self, offset: usize, value: u16) -> Result<(), PciError> {
-        self.mem.write_u16(offset, value)
-    }
-    fn write_u32(&self, offset: usize, value: u32) -> Result<(), PciError> {
-        self.mem.write_u32(offset, value)
-    }
-    fn write_u64(&self, offset: usize, value: u64) -> Result<(), PciError> {
-        self.mem.write_u64(offset, value)
-    }
-    fn write_from(&self, offset: usize, src: &[u8]) -> Result<(), PciError> {
-        self.mem.write_from(offset, src)
-    }
-    fn read_into(&self, offset: usize, dst: &mut [u8]) -> Result<(), PciError> {
-        self.mem.read_into(offset, dst)
-    }
-    fn base_ptr(&self) -> Option<NonNull<u8>> {
-        self.mem.base_ptr()
     }
 }
 
@@ -1148,7 +1108,7 @@ impl PciPlatform for HostedPci {
         // SAFETY: as above.
         let mem = unsafe { MemDma::new(base, c.len, bus) };
         self.inner.iommu.map(start, used);
-        Ok(HostedDma { mem, iommu: self.inner.iommu.clone(), first_frame: start, _pages: pages })
+        Ok(OwnedDma::new(mem, HostedDmaPages { iommu: self.inner.iommu.clone(), first_frame: start, _pages: pages }))
     }
 }
 

@@ -16,7 +16,7 @@ use grant_tables::{Clock, DomId, EventChannels, PlatformError, Port};
 use passthrough::config::DeviceInfo;
 use passthrough::platform::check_msix_entries;
 use passthrough::{
-    Bar, Bdf, DmaBuffer, DmaConstraints, MemDma, MemMmio, Mmio, PciError, PciPlatform, Pcifront,
+    Bar, Bdf, DmaConstraints, MemDma, MemMmio, Mmio, OwnedDma, PciError, PciPlatform, Pcifront,
     PcifrontConfig,
 };
 use xenbus::{
@@ -67,45 +67,9 @@ impl Mmio for LwMmio {
     }
 }
 
-/// A DMA buffer: pool pages, machine-contiguous below the device's mask.
-#[derive(Debug)]
-pub struct LwDma {
-    mem: MemDma,
-    _pages: DmaPages,
-}
-
-impl DmaBuffer for LwDma {
-    fn bus_addr(&self) -> u64 {
-        self.mem.bus_addr()
-    }
-    fn len(&self) -> usize {
-        self.mem.len()
-    }
-    fn read_u16(&self, offset: usize) -> Result<u16, PciError> {
-        self.mem.read_u16(offset)
-    }
-    fn read_u32(&self, offset: usize) -> Result<u32, PciError> {
-        self.mem.read_u32(offset)
-    }
-    fn read_u64(&self, offset: usize) -> Result<u64, PciError> {
-        self.mem.read_u64(offset)
-    }
-    fn write_u16(&self, offset: usize, value: u16) -> Result<(), PciError> {
-        self.mem.write_u16(offset, value)
-    }
-    fn write_u32(&self, offset: usize, value: u32) -> Result<(), PciError> {
-        self.mem.write_u32(offset, value)
-    }
-    fn write_u64(&self, offset: usize, value: u64) -> Result<(), PciError> {
-        self.mem.write_u64(offset, value)
-    }
-    fn write_from(&self, offset: usize, src: &[u8]) -> Result<(), PciError> {
-        self.mem.write_from(offset, src)
-    }
-    fn read_into(&self, offset: usize, dst: &mut [u8]) -> Result<(), PciError> {
-        self.mem.read_into(offset, dst)
-    }
-}
+/// A DMA buffer: pool pages, machine-contiguous below the device's mask,
+/// lent to drivers in place (frames received and sent without a copy).
+pub type LwDma = OwnedDma<DmaPages>;
 
 /// The PCI devices passed through to this domain.
 pub struct LwPci {
@@ -396,6 +360,6 @@ impl PciPlatform for LwPci {
         // whole pages of at least `len` bytes) mapped at `base`,
         // page-aligned, for as long as it lives, and the `LwDma` holds it.
         let mem = unsafe { MemDma::new(base, c.len, bus) };
-        Ok(LwDma { mem, _pages: pages })
+        Ok(OwnedDma::new(mem, pages))
     }
 }
