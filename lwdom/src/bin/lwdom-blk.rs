@@ -65,6 +65,8 @@ use lwdom::println;
 use lwdom::rt::platform::Lw;
 use xenbus::{Transport, Xenstore};
 
+use lwdom::rt::report::ms_since;
+
 lwdom::program!(main);
 
 /// The read-write disk (xvda).
@@ -126,41 +128,13 @@ const READ_SIZES: &[usize] = &[
 type R<T> = Result<T, String>;
 
 fn main() -> Result<(), String> {
-    static LOGGER: ConsoleLogger = ConsoleLogger;
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
+    lwdom::rt::report::log_to_console();
     let r = lwdom::rt::with_xenstore(run);
-    let verdict = match &r {
-        Ok(s) => format!("ok {s}"),
-        Err(e) => format!("fail {e}"),
-    };
-    println!("blk: {verdict}");
-    lwdom::rt::xs_write(RESULT_KEY, &verdict).map_err(|e| format!("writing {RESULT_KEY}: {e}"))?;
-    r.map(drop)
-}
-
-/// `log` records on the console (blkfront and xenbus log through it).
-struct ConsoleLogger;
-
-impl log::Log for ConsoleLogger {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::Level::Info
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            println!("[{} {}] {}", r.level(), r.target(), r.args());
-        }
-    }
-    fn flush(&self) {}
+    lwdom::rt::report::verdict("blk", RESULT_KEY, r)
 }
 
 fn now() -> u64 {
     lwdom::rt::time::now_ns()
-}
-
-fn ms_since(t: u64) -> u64 {
-    now().saturating_sub(t) / 1_000_000
 }
 
 /// Sector `sector` of pass `pass` into `out` (512 bytes).

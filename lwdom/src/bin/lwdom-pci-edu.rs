@@ -33,6 +33,8 @@ use passthrough::config::DeviceInfo;
 use passthrough::edu::{self, Direction, Edu, IrqMode};
 use passthrough::{DmaBuffer, Mmio, PciPlatform};
 
+use lwdom::rt::report::ms_since;
+
 lwdom::program!(main);
 
 /// The guest's verdict.
@@ -54,42 +56,13 @@ const IOMMU_REGS: u64 = 0xfed9_0000;
 type R<T> = Result<T, String>;
 
 fn main() -> R<()> {
-    static LOGGER: ConsoleLogger = ConsoleLogger;
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
+    lwdom::rt::report::log_to_console();
     let r = run();
-    let verdict = match &r {
-        Ok(s) => format!("ok {s}"),
-        Err(e) => format!("fail {e}"),
-    };
-    println!("pci-edu: {verdict}");
-    lwdom::rt::xs_write(RESULT_KEY, &verdict).map_err(|e| format!("writing {RESULT_KEY}: {e}"))?;
-    r.map(drop)
-}
-
-/// `log` records on the console (pcifront, xenbus and the edu driver log
-/// through it).
-struct ConsoleLogger;
-
-impl log::Log for ConsoleLogger {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::Level::Info
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            println!("[{} {}] {}", r.level(), r.target(), r.args());
-        }
-    }
-    fn flush(&self) {}
+    lwdom::rt::report::verdict("pci-edu", RESULT_KEY, r)
 }
 
 fn now() -> u64 {
     lwdom::rt::time::now_ns()
-}
-
-fn ms_since(t: u64) -> u64 {
-    now().saturating_sub(t) / 1_000_000
 }
 
 /// Byte `i` of pattern `seed`.

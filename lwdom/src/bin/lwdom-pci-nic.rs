@@ -54,6 +54,8 @@ use smoltcp::socket::udp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
+use lwdom::rt::report::ms_since;
+
 lwdom::program!(main);
 
 /// How long the whole scenario may take in the guest.
@@ -77,43 +79,13 @@ const STATUS_SPEED_SHIFT: u32 = 6;
 type R<T> = Result<T, String>;
 
 fn main() -> R<()> {
-    static LOGGER: ConsoleLogger = ConsoleLogger;
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
+    lwdom::rt::report::log_to_console();
     let r = run();
-    let verdict = match &r {
-        Ok(s) => format!("ok {s}"),
-        Err(e) => format!("fail {e}"),
-    };
-    println!("pci-nic: {verdict}");
-    lwdom::rt::xs_write(NIC_RESULT_KEY, &verdict)
-        .map_err(|e| format!("writing {NIC_RESULT_KEY}: {e}"))?;
-    r.map(drop)
-}
-
-/// `log` records on the console (pcifront, xenbus and the e1000e driver
-/// log through it).
-struct ConsoleLogger;
-
-impl log::Log for ConsoleLogger {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::Level::Info
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            println!("[{} {}] {}", r.level(), r.target(), r.args());
-        }
-    }
-    fn flush(&self) {}
+    lwdom::rt::report::verdict("pci-nic", NIC_RESULT_KEY, r)
 }
 
 fn now() -> u64 {
     lwdom::rt::time::now_ns()
-}
-
-fn ms_since(t: u64) -> u64 {
-    now().saturating_sub(t) / 1_000_000
 }
 
 fn smol_now() -> Instant {

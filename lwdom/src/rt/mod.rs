@@ -18,6 +18,7 @@ pub mod mm;
 pub mod pci;
 pub mod pcidev;
 pub mod platform;
+pub mod report;
 pub mod time;
 mod traps;
 
