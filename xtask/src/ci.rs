@@ -2,9 +2,9 @@
 //!
 //! It installs what it needs when missing (Debian's libxen-dev for Xen's
 //! headers, the `x86_64-unknown-none` target, the nightly toolchain's Miri,
-//! cargo-fuzz), then runs: clippy, the `no_std` builds of the driver
-//! crates, every test, Miri on the ring and grant table unit tests and on
-//! lwdom's host unit tests, a short smoke run of every fuzz target, and the
+//! cargo-fuzz), then runs: clippy (also on the lwdom guest kernels), the
+//! `no_std` builds of the driver crates, every test, Miri on the ring and
+//! grant table unit tests and on lwdom's host unit tests, a short smoke run of every fuzz target, and the
 //! Xen lab.
 //!
 //! Options: `--no-lab` skips the Xen lab; `--fuzz-seconds N` sets the smoke
@@ -86,6 +86,21 @@ pub fn run(args: &CiArgs) -> Result<(), String> {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    s.step("clippy: lwdom guest kernels for x86_64-unknown-none, warnings denied", || {
+        sh(cargo().args([
+            "clippy",
+            "-p",
+            "lwdom",
+            "--features",
+            "guest",
+            "--target",
+            "x86_64-unknown-none",
+            "--bins",
             "--",
             "-D",
             "warnings",
