@@ -4,8 +4,8 @@
 //! headers, the `x86_64-unknown-none` target, the nightly toolchain's Miri,
 //! cargo-fuzz), then runs: clippy (also on the lwdom guest kernels), the
 //! `no_std` builds of the driver crates, every test, Miri on the ring and
-//! grant table unit tests and on lwdom's host unit tests, a short smoke run of every fuzz target, and the
-//! Xen lab.
+//! grant table unit tests and on lwdom's host unit tests, a short smoke
+//! run of every fuzz target, and the Xen lab.
 //!
 //! Options: `--no-lab` skips the Xen lab; `--fuzz-seconds N` sets the smoke
 //! time of each fuzz target (default 10).
