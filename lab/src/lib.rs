@@ -6,3 +6,4 @@
 //! status into verdicts.
 
 pub mod xendev;
+pub mod udp;

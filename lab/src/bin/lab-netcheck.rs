@@ -27,6 +27,8 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use lab::udp::echo_every_size;
+
 use lwdom::lab_proto::{
     net_stream_fill, net_stream_mismatch, net_udp_check, net_udp_payload, NetSum, NET_GUEST_IP,
     NET_TCP_BYTES, NET_TCP_REBIND_PORT, NET_TCP_SINK_PORT, NET_TCP_SOURCE_PORT, NET_UDP_ECHO_PORT,
@@ -49,63 +51,20 @@ fn udp() -> Result<String, String> {
         .map_err(|e| format!("connecting the UDP socket to the guest: {e}"))?;
     sock.set_read_timeout(Some(Duration::from_millis(1000)))
         .map_err(|e| e.to_string())?;
-    let t0 = Instant::now();
-    let mut out = [0u8; NET_UDP_MAX];
-    let mut got = [0u8; 2048];
-    let (mut resent, mut stale, mut bytes) = (0u64, 0u64, 0u64);
-    let mut slowest = Duration::ZERO;
-    for size in 1..=NET_UDP_MAX {
-        net_udp_payload(size, &mut out[..size]);
-        let t = Instant::now();
-        let mut tries = 0;
-        'send: loop {
-            tries += 1;
-            if tries > UDP_TRIES {
-                return Err(format!(
-                    "no echo of the {size}-byte datagram after {UDP_TRIES} sends"
-                ));
-            }
-            if tries > 1 {
-                resent += 1;
-            }
-            sock.send(&out[..size])
-                .map_err(|e| format!("sending {size} bytes: {e}"))?;
-            loop {
-                match sock.recv(&mut got) {
-                    Ok(n) if n == size => {
-                        if got[..n] != out[..size] {
-                            let at = got[..n].iter().zip(&out[..size]).position(|(a, b)| a != b);
-                            return Err(format!(
-                                "the echo of the {size}-byte datagram differs at byte {}",
-                                at.unwrap_or(0)
-                            ));
-                        }
-                        break 'send;
-                    }
-                    // An echo of an earlier datagram that was sent again.
-                    Ok(n) if n < size && net_udp_check(&got[..n]) => stale += 1,
-                    Ok(n) => {
-                        return Err(format!(
-                            "a {n}-byte echo came back for the {size}-byte datagram"
-                        ))
-                    }
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::WouldBlock
-                            || e.kind() == std::io::ErrorKind::TimedOut =>
-                    {
-                        continue 'send
-                    }
-                    Err(e) => return Err(format!("receiving the {size}-byte echo: {e}")),
-                }
-            }
-        }
-        slowest = slowest.max(t.elapsed());
-        bytes += size as u64;
-    }
+    let r = echo_every_size(
+        &sock,
+        NET_UDP_MAX,
+        UDP_TRIES,
+        net_udp_payload,
+        net_udp_check,
+    )?;
     Ok(format!(
-        "UDP echo of every payload size from 1 to {NET_UDP_MAX} bytes checked ({bytes} bytes each way, {resent} datagram(s) sent again, {stale} late echo(es)) in {} ms, slowest echo {} ms",
-        t0.elapsed().as_millis(),
-        slowest.as_millis()
+        "UDP echo of every payload size from 1 to {NET_UDP_MAX} bytes checked ({} bytes each way, {} datagram(s) sent again, {} late echo(es)) in {} ms, slowest echo {} ms",
+        r.bytes,
+        r.resent.len(),
+        r.stale,
+        r.elapsed.as_millis(),
+        r.slowest.0.as_millis()
     ))
 }
 
