@@ -559,7 +559,11 @@ enum Resp {
     Nak(Psn, Syndrome),
     /// A READ response or atomic acknowledge of the request at `tag`;
     /// `ends` on its last packet.
-    Frame { frame: Vec<u8>, tag: Psn, ends: bool },
+    Frame {
+        frame: Vec<u8>,
+        tag: Psn,
+        ends: bool,
+    },
 }
 
 /// A READ or atomic request the responder remembers for duplicates.
@@ -955,7 +959,9 @@ impl QueuePair {
         };
         for i in 0..packets {
             let start = i * pmtu;
-            let chunk = data.get(start..(start + pmtu).min(data.len())).unwrap_or(&[]);
+            let chunk = data
+                .get(start..(start + pmtu).min(data.len()))
+                .unwrap_or(&[]);
             let position = match (i == 0, i + 1 == packets) {
                 (true, true) => Position::Only,
                 (true, false) => Position::First,
@@ -1215,10 +1221,13 @@ impl QueuePair {
         self.restart_timer();
     }
 
+    /// Enters the error state: requests stop, every work request not
+    /// completed completes (`status` for the oldest outstanding one). The
+    /// responses already queued (they precede the NAK that may follow, in
+    /// PSN order) still leave.
     fn fail(&mut self, status: Status) {
         self.error = true;
         self.tx.clear();
-        self.resp.clear();
         self.ack_deadline = None;
         self.rnr_deadline = None;
         let mut first = true;
@@ -1233,7 +1242,6 @@ impl QueuePair {
                 });
             }
         }
-        let pmtu = self.cfg.pmtu;
         for (wr_id, op) in self.sq.drain(..) {
             let kind = match op {
                 SendOp::Send { .. } => CompletionKind::Send,
@@ -1243,7 +1251,6 @@ impl QueuePair {
                     CompletionKind::Atomic { orig: 0 }
                 }
             };
-            let _ = pmtu;
             self.completions.push_back(Completion {
                 wr_id,
                 status: Status::Flushed,
@@ -1449,11 +1456,18 @@ impl QueuePair {
             (false, false) => Opcode::RdmaReadResponseMiddle,
             (false, true) => Opcode::RdmaReadResponseLast,
         };
+        // A READ re-issued for its missing part is answered as a new one
+        // (first or only) from that PSN.
+        let fresh = if last {
+            Opcode::RdmaReadResponseOnly
+        } else {
+            Opcode::RdmaReadResponseFirst
+        };
         let want_len = if last { remaining } else { pmtu };
         let ack_ok = h
             .aeth
             .is_none_or(|a| matches!(a.syndrome, Syndrome::Ack { .. }));
-        if h.bth.opcode != want || payload.len() != want_len || !ack_ok {
+        if (h.bth.opcode != want && h.bth.opcode != fresh) || payload.len() != want_len || !ack_ok {
             self.stats.bad_responses += 1;
             return;
         }
@@ -1588,10 +1602,7 @@ impl QueuePair {
             self.stats.out_of_sequence += 1;
             if !self.nak_sent {
                 self.nak_sent = true;
-                self.queue_nak(
-                    self.expected_psn,
-                    Syndrome::Nak(NakCode::PsnSequenceError),
-                );
+                self.queue_nak(self.expected_psn, Syndrome::Nak(NakCode::PsnSequenceError));
             }
             return;
         }
@@ -1772,7 +1783,10 @@ impl QueuePair {
                             self.completions.push_back(Completion {
                                 wr_id,
                                 status: Status::Success,
-                                kind: CompletionKind::RecvRdmaWithImm { len: total, imm: imm.0 },
+                                kind: CompletionKind::RecvRdmaWithImm {
+                                    len: total,
+                                    imm: imm.0,
+                                },
                             });
                         }
                     }
@@ -1914,13 +1928,13 @@ impl QueuePair {
 /// The bytes `[va, va + len)` of the region `rkey` names, if the region
 /// exists, `allowed` accepts its access, and the range lies inside it
 /// (checked arithmetic).
-fn remote_slice<'m>(
-    mem: &'m mut dyn RegionTable,
+fn remote_slice(
+    mem: &mut dyn RegionTable,
     rkey: u32,
     va: u64,
     len: usize,
     allowed: impl Fn(RemoteAccess) -> bool,
-) -> Option<&'m mut [u8]> {
+) -> Option<&mut [u8]> {
     let r = mem.lookup(rkey)?;
     if !allowed(r.access) {
         return None;
