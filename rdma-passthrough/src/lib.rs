@@ -47,3 +47,4 @@ pub mod opcode;
 pub mod packet;
 pub mod psn;
 pub mod rc;
+pub mod verbs;
