@@ -69,8 +69,8 @@ use crate::headers::QPN_MASK;
 use crate::packet::{parse, Endpoints, ParseError};
 use crate::psn::Psn;
 use crate::rc::{
-    CompletionKind, QpConfig, QpTimers, QueuePair, RegionRef, RegionTable, RemoteAccess,
-    SendOp, Status, MAX_MESSAGE, MAX_RD_ATOMIC,
+    CompletionKind, QpConfig, QpTimers, QueuePair, RegionRef, RegionTable, RemoteAccess, SendOp,
+    Status, MAX_MESSAGE, MAX_RD_ATOMIC,
 };
 
 /// The P_Key of the one entry of the partition table.
@@ -567,7 +567,9 @@ impl Context {
         let to = attr.qp_state;
         let (required, optional): (&[&str], &[&str]) = match (from, to) {
             (_, QpState::Reset) | (_, QpState::Err) => (&[], &[]),
-            (QpState::Reset, QpState::Init) => (&["pkey_index", "port_num", "qp_access_flags"], &[]),
+            (QpState::Reset, QpState::Init) => {
+                (&["pkey_index", "port_num", "qp_access_flags"], &[])
+            }
             (QpState::Init, QpState::Init) => (&[], &["pkey_index", "port_num", "qp_access_flags"]),
             (QpState::Init, QpState::Rtr) => (
                 &[
@@ -581,7 +583,13 @@ impl Context {
                 &["qp_access_flags", "pkey_index"],
             ),
             (QpState::Rtr, QpState::Rts) => (
-                &["sq_psn", "timeout", "retry_cnt", "rnr_retry", "max_rd_atomic"],
+                &[
+                    "sq_psn",
+                    "timeout",
+                    "retry_cnt",
+                    "rnr_retry",
+                    "max_rd_atomic",
+                ],
                 &["qp_access_flags", "min_rnr_timer"],
             ),
             (QpState::Rts, QpState::Rts) => (&[], &["qp_access_flags", "min_rnr_timer"]),
@@ -968,12 +976,13 @@ impl Context {
             self.stats.unknown_qp += 1;
             return;
         };
-        let from_peer = q
-            .ah
-            .and_then(|ah| gid_ipv4(&ah.dgid))
-            .is_some_and(|ip| ip == p.endpoints.src_ip);
-        let (Some(rc), true) = (q.rc.as_mut(), matches!(q.state, QpState::Rtr | QpState::Rts))
-        else {
+        let from_peer =
+            q.ah.and_then(|ah| gid_ipv4(&ah.dgid))
+                .is_some_and(|ip| ip == p.endpoints.src_ip);
+        let (Some(rc), true) = (
+            q.rc.as_mut(),
+            matches!(q.state, QpState::Rtr | QpState::Rts),
+        ) else {
             self.stats.wrong_state += 1;
             return;
         };
@@ -1265,7 +1274,9 @@ fn check_values(a: &QpAttr) -> Result<(), VerbsError> {
     if a.port_num.is_some_and(|p| p != 1) {
         return bad("port_num", "the device has one port, 1");
     }
-    if a.qp_access_flags.is_some_and(|f| f.0 & !AccessFlags::KNOWN_BITS != 0) {
+    if a.qp_access_flags
+        .is_some_and(|f| f.0 & !AccessFlags::KNOWN_BITS != 0)
+    {
         return bad("qp_access_flags", "unknown access bits");
     }
     if a.dest_qp_num.is_some_and(|n| n > QPN_MASK) {
