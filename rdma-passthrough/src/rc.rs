@@ -1038,7 +1038,12 @@ impl QueuePair {
     /// is over and the packets are resent; otherwise every unacknowledged
     /// packet is resent, or the queue pair gives up after the retry limit.
     pub fn timeout(&mut self) {
-        if self.error || self.outstanding.is_empty() {
+        if self.error {
+            return;
+        }
+        if self.outstanding.is_empty() {
+            self.rnr_deadline = None;
+            self.ack_deadline = None;
             return;
         }
         if self.rnr_deadline.take().is_some() {

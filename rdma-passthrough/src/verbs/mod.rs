@@ -948,8 +948,14 @@ impl Context {
         self.now = self.now.max(now_ns);
         let p = match parse(frame) {
             Ok(p) => p,
+            // Other traffic: other EtherTypes, IPv4 with options or
+            // fragmented (RoCE v2 uses neither), other protocols and ports.
             Err(
-                ParseError::NotIpv4 { .. } | ParseError::NotUdp { .. } | ParseError::NotRoce { .. },
+                ParseError::NotIpv4 { .. }
+                | ParseError::IpOptions { .. }
+                | ParseError::Fragmented
+                | ParseError::NotUdp { .. }
+                | ParseError::NotRoce { .. },
             ) => {
                 self.stats.not_roce += 1;
                 return;
