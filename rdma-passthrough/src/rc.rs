@@ -49,7 +49,8 @@
 //!   MTU; no packet carries more), and for RDMA WRITE, READ and atomics the
 //!   R_Key, the region's permission (remote write, read or atomic) and the
 //!   whole transfer's bounds with checked arithmetic before any byte is
-//!   read or written; atomics need an 8-byte aligned address. The
+//!   read or written (a zero-length WRITE or READ names no memory and is
+//!   not checked); atomics need an 8-byte aligned address. The
 //!   responder keeps `max_dest_rd_atomic` READ and atomic requests (a ring:
 //!   the oldest is forgotten) and answers a request beyond that many
 //!   unanswered ones with an invalid request NAK. Invalid requests and
@@ -1671,8 +1672,10 @@ impl QueuePair {
             Operation::RdmaWrite => {
                 if let Some(reth) = h.reth {
                     let len = reth.dma_len as usize;
+                    // A zero-length WRITE names no memory: its key is not
+                    // checked, as the specification says.
                     let need = |a: RemoteAccess| a.write;
-                    if remote_slice(mem, reth.rkey, reth.va, len, need).is_none() {
+                    if len > 0 && remote_slice(mem, reth.rkey, reth.va, len, need).is_none() {
                         return self.nak(bth.psn, NakCode::RemoteAccessError);
                     }
                     self.in_progress = InProgress::Write {
@@ -1700,9 +1703,11 @@ impl QueuePair {
                 *remaining -= payload.len();
                 // The region may have gone since the first packet: look
                 // again, and write only inside it.
-                match remote_slice(mem, rkey, at, payload.len(), |a| a.write) {
-                    Some(dst) => dst.copy_from_slice(payload),
-                    None => return self.nak(bth.psn, NakCode::RemoteAccessError),
+                if !payload.is_empty() {
+                    match remote_slice(mem, rkey, at, payload.len(), |a| a.write) {
+                        Some(dst) => dst.copy_from_slice(payload),
+                        None => return self.nak(bth.psn, NakCode::RemoteAccessError),
+                    }
                 }
             }
             Operation::RdmaReadRequest => {

@@ -822,3 +822,33 @@ mod props {
         }
     }
 }
+
+/// Zero-length WRITEs and READs name no memory: their keys are not checked
+/// and nothing is touched.
+#[test]
+fn zero_length_transfers_skip_the_key_check() {
+    let (mut a, mut b) = pair_at(0, 0, PMTU, RemoteAccess::default());
+    a.post_send(
+        1,
+        SendOp::Write {
+            data: vec![],
+            va: 0,
+            rkey: 0xbad,
+            imm: None,
+        },
+    )
+    .unwrap();
+    a.post_send(
+        2,
+        SendOp::Read {
+            va: 0,
+            rkey: 0xbad,
+            len: 0,
+        },
+    )
+    .unwrap();
+    run(&mut a, &mut b);
+    let st: Vec<_> = completions(&mut a).into_iter().map(|c| c.status).collect();
+    assert_eq!(st, [Status::Success, Status::Success]);
+    assert_eq!(b.region(0).unwrap().data, pattern(8192));
+}
