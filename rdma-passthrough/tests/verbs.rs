@@ -882,6 +882,7 @@ fn lossy_link_through_verbs() {
     for i in 0..64u64 {
         b.ctx.mr_bytes_mut(b.mr).unwrap()[8192 + i as usize] = i as u8 ^ 0x5a;
     }
+    let mut adds = 0u64;
     for i in 0..40u64 {
         let off = (i % 2) * 4096;
         let len = 1 + (i * 397 % 2500) as u32;
@@ -899,6 +900,19 @@ fn lossy_link_through_verbs() {
         a.ctx
             .post_send(a.qp, &send_wr(i, vec![a.sge(0, len)], WrOpcode::Send))
             .unwrap();
+        if i % 3 == 0 {
+            let fa = send_wr(
+                2000 + i,
+                vec![a.sge(12352 + 8 * (i / 3), 8)],
+                WrOpcode::AtomicFetchAdd {
+                    remote_addr: rb.addr + 12288,
+                    rkey: rb.rkey,
+                    add: 1,
+                },
+            );
+            a.ctx.post_send(a.qp, &fa).unwrap();
+            adds += 1;
+        }
         if i % 5 == 0 {
             let rd = send_wr(
                 1000 + i,
@@ -970,6 +984,18 @@ fn lossy_link_through_verbs() {
             }
         }
     }
+    // Every fetch-and-add ran exactly once, in order, whatever the link
+    // duplicated or lost.
+    let word = |ctx: &Context, mr, at: usize| {
+        u64::from_le_bytes(ctx.mr_bytes(mr).unwrap()[at..at + 8].try_into().unwrap())
+    };
+    assert_eq!(word(&b.ctx, b.mr, 12288), adds);
+    for k in 0..adds {
+        assert_eq!(word(&a.ctx, a.mr, 12352 + 8 * k as usize), k);
+    }
     let (sa, sb) = (a.ctx.qp_stats(a.qp).unwrap(), b.ctx.qp_stats(b.qp).unwrap());
-    assert!(sa.retransmitted > 0 && sb.duplicates > 0, "{sa:?} {sb:?}");
+    assert!(
+        sa.retransmitted > 0 && sb.duplicates > 0 && sb.atomic_replays > 0,
+        "{sa:?} {sb:?}"
+    );
 }
