@@ -1,8 +1,11 @@
 //! A reliable-connected queue pair fed fuzzer-chosen requests and
-//! acknowledgements (any opcode, PSNs around the expected one and across
-//! the 24-bit wrap, remote keys, addresses and lengths, wrong QPs), raw
-//! frames, posted work and timer expiries. Never panics, never loops, and
-//! RDMA WRITEs land only inside the registered region.
+//! responses (any opcode, PSNs around the expected one and across the
+//! 24-bit wrap, remote keys, addresses and lengths, READ response
+//! payloads, atomic acknowledges, RNR NAK timers, wrong QPs), raw frames,
+//! posted SENDs, WRITEs, READs and atomics, time and timer expiries, and
+//! changing limits. Never panics, never loops, RDMA WRITEs land only
+//! inside the writable region, atomics change only the atomic region, and
+//! the guard region no key may touch stays as it was.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -13,11 +16,13 @@ use rdma_passthrough::headers::{
 use rdma_passthrough::opcode::Opcode;
 use rdma_passthrough::packet::{build, frame_len, Endpoints, TransportHeaders};
 use rdma_passthrough::psn::Psn;
-use rdma_passthrough::rc::{MemoryRegion, QpConfig, QueuePair, SendOp};
+use rdma_passthrough::rc::{MemoryRegion, QpConfig, QpTimers, QueuePair, RemoteAccess, SendOp};
 
 const QPN: u32 = 0x22;
 const PEER: u32 = 0x11;
 const RKEY: u32 = 7;
+const ATOMIC_RKEY: u32 = 8;
+const ATOMIC_VA: u64 = 0x8000;
 const VA: u64 = 0x1000;
 const REGION: usize = 2048;
 const START: u32 = 0xff_fff8;
@@ -30,7 +35,7 @@ enum Step {
         wrong_qp: bool,
         ack_req: bool,
         va_offset: i16,
-        rkey_wrong: bool,
+        key: u8,
         dma_len: u16,
         syndrome: u8,
         payload_len: u16,
@@ -38,6 +43,11 @@ enum Step {
     Raw(Vec<u8>),
     PostRecv(u16),
     PostSend { len: u16, write: bool },
+    PostRead { len: u16, va_offset: i16 },
+    PostAtomic { cas: bool, va_offset: i8 },
+    Limits { max_rd_atomic: u8, max_dest_rd_atomic: u8 },
+    Timers { timeout: u8, retry_cnt: u8, rnr_retry: u8, min_rnr_timer: u8 },
+    Time(u32),
     Timeout,
     Drain,
 }
@@ -70,7 +80,17 @@ fuzz_target!(|steps: Vec<Step>| {
     // The region sits between two guard regions no key names.
     let canary = 0x5a;
     qp.register(MemoryRegion { va: 0, rkey: 0xdead, remote_write: false, data: vec![canary; 64] });
-    let region = qp.register(MemoryRegion { va: VA, rkey: RKEY, remote_write: true, data: vec![0; REGION] });
+    let write_read = RemoteAccess { write: true, read: true, atomic: false };
+    let region = qp.register_with_access(
+        MemoryRegion { va: VA, rkey: RKEY, remote_write: true, data: vec![0; REGION] },
+        write_read,
+    );
+    let atomic = RemoteAccess { write: false, read: true, atomic: true };
+    let atomics = qp.register_with_access(
+        MemoryRegion { va: ATOMIC_VA, rkey: ATOMIC_RKEY, remote_write: false, data: vec![0; 64] },
+        atomic,
+    );
+    let mut now = 0u64;
     for step in steps.into_iter().take(256) {
         match step {
             Step::Packet {
@@ -79,7 +99,7 @@ fuzz_target!(|steps: Vec<Step>| {
                 wrong_qp,
                 ack_req,
                 va_offset,
-                rkey_wrong,
+                key,
                 dma_len,
                 syndrome,
                 payload_len,
@@ -99,8 +119,12 @@ fuzz_target!(|steps: Vec<Step>| {
                     ack_req,
                     psn,
                 });
-                let va = VA.wrapping_add(va_offset as i64 as u64);
-                let rkey = if rkey_wrong { 0xdead } else { RKEY };
+                let (rkey, base) = match key % 4 {
+                    0 => (0xdead, 0),
+                    1 | 2 => (RKEY, VA),
+                    _ => (ATOMIC_RKEY, ATOMIC_VA),
+                };
+                let va = base.wrapping_add(va_offset as i64 as u64);
                 if l.reth {
                     h.reth = Some(Reth { va, rkey, dma_len: u32::from(dma_len) });
                 }
@@ -113,7 +137,7 @@ fuzz_target!(|steps: Vec<Step>| {
                     h.aeth = Some(Aeth { syndrome: s, msn: 0 });
                 }
                 if l.atomic_ack_eth {
-                    h.atomic_ack_eth = Some(AtomicAckEth { orig: 0 });
+                    h.atomic_ack_eth = Some(AtomicAckEth { orig: u64::from(dma_len) });
                 }
                 if l.imm {
                     h.imm = Some(ImmDt([1, 2, 3, 4]));
@@ -142,6 +166,32 @@ fuzz_target!(|steps: Vec<Step>| {
                 };
                 let _ = qp.post_send(1, op);
             }
+            Step::PostRead { len, va_offset } => {
+                let va = VA.wrapping_add(va_offset as i64 as u64);
+                let _ = qp.post_send(2, SendOp::Read { va, rkey: 9, len: u32::from(len) });
+            }
+            Step::PostAtomic { cas, va_offset } => {
+                let va = VA.wrapping_add(va_offset as i64 as u64);
+                let op = if cas {
+                    SendOp::CompareSwap { va, rkey: 9, compare: 0, swap: 1 }
+                } else {
+                    SendOp::FetchAdd { va, rkey: 9, add: 1 }
+                };
+                let _ = qp.post_send(3, op);
+            }
+            Step::Limits { max_rd_atomic, max_dest_rd_atomic } => {
+                let _ = qp.set_rd_atomic(max_rd_atomic % 8, max_dest_rd_atomic % 8);
+            }
+            Step::Timers { timeout, retry_cnt, rnr_retry, min_rnr_timer } => {
+                let _ = qp.set_timers(QpTimers { timeout, retry_cnt, rnr_retry, min_rnr_timer });
+            }
+            Step::Time(delta) => {
+                now = now.saturating_add(u64::from(delta) * 1000);
+                qp.on_time(now);
+                if let Some(d) = qp.next_deadline() {
+                    assert!(d > now, "a due timer was not run");
+                }
+            }
             Step::Timeout => qp.timeout(),
             Step::Drain => {
                 for _ in 0..10_000 {
@@ -158,5 +208,6 @@ fuzz_target!(|steps: Vec<Step>| {
         let r = qp.region(region).map(|r| r.data.clone()).unwrap_or_default();
         assert_eq!(r.len(), REGION);
         assert!(r.iter().all(|&b| b == 0 || b == 0xa5));
+        assert_eq!(qp.region(atomics).map(|r| r.data.len()), Some(64));
     }
 });

@@ -1,6 +1,6 @@
-//! RDMA for lightweight domains: the RoCE v2 transport.
+//! RDMA for lightweight domains: the RoCE v2 transport and the verbs API.
 //!
-//! This crate will hold an RDMA layer that lets a domain talk RDMA (reliable
+//! This crate holds the RDMA layer that lets a domain talk RDMA (reliable
 //! connected queue pairs over RoCE v2) to ordinary Linux nodes, driving the
 //! NIC itself through the frame-device interface (netfront's `frame`
 //! module). The PCI passthrough layer it builds on lives in the
@@ -20,23 +20,36 @@
 //!   headers, payload, pad, ICRC): a builder writing into a caller's buffer
 //!   and a parser that validates every header of a received copy and
 //!   returns a typed error for anything malformed, never panicking.
-//! - [`rc`]: the reliable-connected transport of one queue pair for SEND
-//!   and RDMA WRITE, as a state machine fed frames and timer expiries and
-//!   emitting frames and completions (its docs say exactly what it covers).
+//! - [`rc`]: the reliable-connected transport of one queue pair, as a
+//!   state machine fed frames and time and emitting frames and
+//!   completions: SEND and RDMA WRITE (with immediate), RDMA READ
+//!   (segmented responses, reassembly, re-issue of lost responses,
+//!   duplicate READs executed again), compare-and-swap and fetch-and-add
+//!   (with a replay cache for duplicates), coalesced ACKs, go-back-N on
+//!   sequence NAKs, the local ACK timer with its retry count, RNR NAKs with
+//!   the RNR timer of IBA table 45 and the RNR retry count, and limits on
+//!   outstanding READ and atomic requests on both sides (its docs say
+//!   exactly what it covers).
+//! - [`verbs`]: the verbs API in libibverbs' shape over [`rc`]: a
+//!   [`verbs::Context`] per device (MAC, IPv4 address, IPv4-mapped GID)
+//!   owning protection domains, memory regions with keys and access flags,
+//!   completion queues with notification, RC queue pairs with the
+//!   RESET→INIT→RTR→RTS state machine and `ibv_modify_qp`'s attributes,
+//!   send and receive work requests with scatter-gather lists, and the
+//!   transport pump a driver runs over a frame device
+//!   ([`verbs::Context::handle_frame`], [`verbs::Context::next_frame`],
+//!   [`verbs::Context::on_time`], [`verbs::Context::next_deadline`],
+//!   [`verbs::Context::take_cq_events`]).
 //!
 //! # What is not here yet
-//! The verbs API (protection domains, memory regions and completion queues
-//! as verbs objects, completion events, the RESET→INIT→RTR→RTS state
-//! machine, scatter-gather work requests), RDMA READ and atomics in the
-//! queue pair (their headers are parsed and built, but the queue pair does
-//! not serve or issue them), the retransmission timer itself (the queue
-//! pair counts retries when told a timeout passed), RNR timers and RNR
-//! retry counts, end-to-end credits, the driver that runs the
-//! transport over a frame device, IPv6 and VLAN-tagged frames, the
-//! connection exchange of `ibv_rc_pingpong` and perftest, the lab scenario
-//! against Linux's `rdma_rxe` and the bench entries. Interoperability with
-//! `rdma_rxe` is checked only through the ICRC of captured and published
-//! packets, not yet against a running peer.
+//! End-to-end credits, SEND with invalidate, memory windows, shared
+//! receive queues, the SQD state, solicited-only events, fences, other
+//! transport services (UD, UC), IPv6 and VLAN-tagged frames; the driver
+//! that runs a context over a frame device, the connection exchange of
+//! `ibv_rc_pingpong` and perftest, the lab scenario against Linux's
+//! `rdma_rxe` and the bench entries are separate modules. Interoperability
+//! with `rdma_rxe` is checked here only through the ICRC of captured and
+//! published packets, not against a running peer.
 #![no_std]
 
 extern crate alloc;
@@ -47,3 +60,4 @@ pub mod opcode;
 pub mod packet;
 pub mod psn;
 pub mod rc;
+pub mod verbs;

@@ -477,8 +477,11 @@ fn protocol_violations_get_invalid_request_naks() {
             ],
         ),
         (
-            "read request (not served)",
-            vec![forged(Opcode::RdmaReadRequest, start, reth, &[])],
+            "read request in the middle of a write",
+            vec![
+                forged(Opcode::RdmaWriteFirst, start, reth, &[1; PMTU]),
+                forged(Opcode::RdmaReadRequest, start + 1, reth, &[]),
+            ],
         ),
         (
             "write only shorter than its RETH",
