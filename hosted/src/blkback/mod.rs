@@ -82,6 +82,7 @@ mod disk;
 pub mod front;
 pub mod parse;
 mod queue;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -97,6 +98,7 @@ use crate::domain::lock;
 use crate::HostedPlatform;
 
 pub use parse::RejectReason;
+pub use trace::{BackSteps, StepTrace};
 
 /// How a queue's worker waits for work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +221,12 @@ pub struct BlkbackConfig {
     pub error_delay: Duration,
     /// A hostile mode, for tests (default none).
     pub hostile: Option<HostileMode>,
+    /// Pins queue `k`'s worker thread to core `(cpu + k) % cores` (default
+    /// none: the scheduler places it). With a frontend pinned to another
+    /// core, two ends that spin each keep a core of their own.
+    pub pin_cpu: Option<usize>,
+    /// Records each request's timestamps (see [`StepTrace`]; default none).
+    pub trace: Option<Arc<StepTrace>>,
 }
 
 impl BlkbackConfig {
@@ -247,6 +255,8 @@ impl BlkbackConfig {
             },
             error_delay: Duration::from_millis(1),
             hostile: None,
+            pin_cpu: None,
+            trace: None,
         }
     }
 }
