@@ -183,10 +183,27 @@ fn front_spin() -> Duration {
 /// The frontend's default spin (microseconds).
 const FRONT_SPIN_US: u64 = 200;
 
+/// Whether both ends spin their whole budget on every wait (blkfront's
+/// `Mode::Spin`, blkback's `WaitMode::Spin`: the default) or under the
+/// spin governor (`BLKBENCH_SPIN=governed`: blkfront's `Mode::Adaptive`,
+/// blkback's `WaitMode::Event`, which stop spinning for a while when the
+/// thread loses its core or spins catch nothing).
+fn steady() -> bool {
+    std::env::var("BLKBENCH_SPIN").map_or(true, |v| v != "governed")
+}
+
+/// The backend's default spin (microseconds): longer than a 4 KiB I/O
+/// takes on a virtual disk, so that the worker sees most completions
+/// while it spins.
+const BACK_SPIN_US: u64 = 200;
+
 /// How the backend's queue waits for work.
 fn back_wait() -> WaitMode {
-    WaitMode::Event {
-        spin: spin("BLKBENCH_BACK_SPIN_US", 100),
+    let spin = spin("BLKBENCH_BACK_SPIN_US", BACK_SPIN_US);
+    if steady() {
+        WaitMode::Spin { spin }
+    } else {
+        WaitMode::Event { spin }
     }
 }
 
@@ -495,12 +512,13 @@ impl DriverFront {
         let mut xs = connect_as(world.daemon.socket(), 1).map_err(err)?;
         let yield_when_idle = std::env::var("BLKBENCH_FRONT_WAIT").is_ok_and(|v| v == "yield");
         let mut cfg = DeviceConfig::new(FRONT_PATH);
+        let spin_ns = front_spin().as_nanos() as u64;
         cfg.mode = if yield_when_idle {
             Mode::Polling
+        } else if steady() {
+            Mode::Spin { spin_ns }
         } else {
-            Mode::Adaptive {
-                spin_ns: front_spin().as_nanos() as u64,
-            }
+            Mode::Adaptive { spin_ns }
         };
         cfg.pool_pages = depth * pages_per;
         cfg.indirect_pool_pages = depth.max(64);
@@ -698,7 +716,12 @@ fn closed_loop(
     // (none while this thread is seen losing its core).
     let epoch = Instant::now();
     let ns = |t: Instant| t.duration_since(epoch).as_nanos() as u64;
-    let mut governor = SpinGovernor::new(front.spin_before_wait().as_nanos() as u64);
+    let spin_ns = front.spin_before_wait().as_nanos() as u64;
+    let mut governor = if steady() {
+        SpinGovernor::steady(spin_ns)
+    } else {
+        SpinGovernor::new(spin_ns)
+    };
     // This idle stretch: its start, last look, spin budget (ns), and
     // whether its spin kept the core.
     let mut idle: Option<(u64, u64, u64, bool)> = None;

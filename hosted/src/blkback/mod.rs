@@ -115,6 +115,19 @@ pub enum WaitMode {
         /// How long to spin before sleeping (zero: sleep at once).
         spin: Duration,
     },
+    /// As [`WaitMode::Event`], but every idle stretch spins for `spin`
+    /// whatever happened before ([`blkfront::SpinGovernor::steady`]): on
+    /// the ring for the next request, and on the io_uring's completion
+    /// queue while I/O is in flight, with no system call (`io_uring_enter`
+    /// only submits); then it sleeps as `Event` does, after asking the
+    /// frontend to notify. For a worker with a core of its own
+    /// ([`BlkbackConfig::pin_cpu`], a machine that is not oversubscribed)
+    /// facing a frontend that spins too (blkfront's `Mode::Spin`): a
+    /// request then costs neither end a notification or a wake-up.
+    Spin {
+        /// How long to spin before sleeping.
+        spin: Duration,
+    },
 }
 
 /// A way the backend misbehaves, for testing frontends (see

@@ -289,9 +289,11 @@ pub(crate) fn run(
             };
         }
     };
-    let spin_ns = match shared.config.wait {
-        WaitMode::Event { spin } => u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX),
-        WaitMode::Poll => 0,
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let governor = match shared.config.wait {
+        WaitMode::Event { spin } => SpinGovernor::new(ns(spin)),
+        WaitMode::Spin { spin } => SpinGovernor::steady(ns(spin)),
+        WaitMode::Poll => SpinGovernor::new(0),
     };
     let mut w = Worker {
         plat,
@@ -311,7 +313,7 @@ pub(crate) fn run(
         answered: 0,
         kept: Vec::new(),
         stop,
-        spin: SpinGovernor::new(spin_ns),
+        spin: governor,
         epoch: Instant::now(),
         bounce: None,
         trace: None,
