@@ -266,7 +266,8 @@ fn print_breakdown(
     let (submit, _) = step(&|f, _| Some(d(f.start, f.kicked)));
     let (pickup, _) = step(&|f, b| Some(d(f.kicked, b.taken_ns)));
     let (wake, slept) = step(&|f, b| (b.woke_ns != 0).then(|| d(f.kicked, b.woke_ns)));
-    let (prep, _) = step(&|_, b| Some(d(b.taken_ns, b.submitted_ns)));
+    let (prep, _) = step(&|_, b| Some(d(b.taken_ns, b.queued_ns)));
+    let (enter, _) = step(&|_, b| Some(d(b.queued_ns, b.submitted_ns)));
     let (io, _) = step(&|_, b| Some(d(b.submitted_ns, b.reaped_ns)));
     let uring_slept = pairs.iter().filter(|(_, b)| b.uring_sleeps > 0).count();
     let (respond, _) = step(&|_, b| Some(d(b.reaped_ns, b.pushed_ns)));
@@ -278,7 +279,8 @@ fn print_breakdown(
          \x20 total, submit to completion seen         {total:8.1}\n\
          \x20 frontend: submit, push, notify          {submit:8.1}   frontend eventfd writes/request {:.2}\n\
          \x20 backend takes it off the ring           {pickup:8.1}   backend slept on its channel for {:.0}% (woken {wake:.1} after the push)\n\
-         \x20 backend: parse, map, io_uring submit    {prep:8.1}\n\
+         \x20 backend: parse, find pages, queue SQE   {prep:8.1}\n\
+         \x20 backend: io_uring_enter (submit)        {enter:8.1}\n\
          \x20 the disk, until the worker sees the CQE {io:8.1}   worker slept in io_uring_enter for {:.0}%\n\
          \x20 backend: response, push, notify         {respond:8.1}   backend eventfd writes for {:.0}%\n\
          \x20 frontend sees the completion            {notice:8.1}   frontend sleeps/request {:.2}",

@@ -900,6 +900,15 @@ impl Worker {
         }
         self.in_flight += 1;
         self.push_sqes(&entries);
+        if let Some(t) = &self.trace {
+            let now = t.trace.now_ns();
+            if let Some(Some(Slot {
+                steps: Some(st), ..
+            })) = self.slots.get_mut(index as usize)
+            {
+                st.queued_ns = now;
+            }
+        }
     }
 
     fn start_discard(&mut self, d: parse::Discard) -> Result<(), Reject> {

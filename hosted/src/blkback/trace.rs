@@ -25,6 +25,9 @@ pub struct BackSteps {
     pub woke_ns: u64,
     /// When the request was copied off the ring.
     pub taken_ns: u64,
+    /// When its I/O was queued on the io_uring (parsed, pages found,
+    /// submission entries written; no system call yet).
+    pub queued_ns: u64,
     /// When the `io_uring_enter` that submitted its I/O returned.
     pub submitted_ns: u64,
     /// Sleeps in `io_uring_enter` waiting for completions while its I/O
