@@ -161,12 +161,13 @@ trait BlockFront {
 
 /// How long the frontend and the backend spin before they sleep
 /// (microseconds; `BLKBENCH_FRONT_SPIN_US` and `BLKBENCH_BACK_SPIN_US`
-/// change them): by default the frontend 200 us (longer than a 4 KiB I/O
-/// takes on a virtual disk) and the backend 100 us. Both spins are
+/// change them): by default 200 us each, longer than a 4 KiB I/O takes on
+/// a virtual disk. The spins are steady by default, each end on a core of
+/// its own (see [`steady`], [`pinned`]); `BLKBENCH_SPIN=governed` has them
 /// governed ([`SpinGovernor`]): a thread seen losing its core while it
-/// spins sleeps at once for a while instead, since on a busy machine a
-/// spinning thread waits whole time slices for its core where a sleeping
-/// one is woken at once.
+/// spins, or whose spins catch nothing, sleeps at once for a while instead,
+/// since on an oversubscribed machine a spinning thread waits whole time
+/// slices for its core where a sleeping one is woken at once.
 fn spin(var: &str, default_us: u64) -> Duration {
     let us = std::env::var(var)
         .ok()
@@ -714,8 +715,7 @@ fn closed_loop(
         });
     }
     let deadline = Instant::now() + Duration::from_secs(600);
-    // The spin before `wait`, governed as the driver's adaptive waits are
-    // (none while this thread is seen losing its core).
+    // The spin before `wait`, steady or governed as the driver's waits.
     let epoch = Instant::now();
     let ns = |t: Instant| t.duration_since(epoch).as_nanos() as u64;
     let spin_ns = front.spin_before_wait().as_nanos() as u64;
@@ -803,12 +803,12 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front) -> Entry {
         Front::Driver => (
             "blkfront",
             "the blkfront driver (adaptive, completion API, pool buffers)",
-            "2 domains in one process (hosted), blkfront and backend queue spinning a while (governed) then sleeping, O_DIRECT io_uring, persistent grants",
+            "2 domains in one process (hosted), blkfront and backend queue on cores 0 and 1, each spinning up to 200 us then sleeping, O_DIRECT io_uring, persistent grants",
         ),
         Front::Ring => (
             "ringfront",
             "the ring-level test frontend",
-            "2 domains in one process (hosted), frontend and backend queue spinning a while (governed) then sleeping, O_DIRECT io_uring, persistent grants",
+            "2 domains in one process (hosted), frontend and backend queue on cores 0 and 1, each spinning up to 200 us then sleeping, O_DIRECT io_uring, persistent grants",
         ),
     };
     let name = format!("{prefix}-{}", w.suffix());
@@ -821,7 +821,8 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front) -> Entry {
     Entry::new(&name, &about, how, move |r: Round, rec: &mut Recorder| {
         let prefix = prefix;
         // The frontend runs on a thread of its own, pinned to core 0 once
-        // the backend's threads (started from it, unpinned) run.
+        // the backend's threads are started from it (its queue worker pins
+        // itself to core 1).
         let work = || -> Result<(), String> {
             let mut front: Box<dyn BlockFront> = match which {
                 Front::Driver => Box::new(DriverFront::new(&file, w.depth, w.bytes)?),
@@ -1063,8 +1064,14 @@ fn main() -> ExitCode {
         .meta("file_mib", mib.to_string())
         .meta("seq_depth", SEQ_DEPTH.to_string())
         .note(format!(
-            "file {} ({mib} MiB); frontend thread pinned to core 0",
-            file.display()
+            "file {} ({mib} MiB); {}; {} spins",
+            file.display(),
+            if pinned() {
+                "frontend thread on core 0, backend queue worker on core 1"
+            } else {
+                "unpinned (BLKBENCH_PIN=0)"
+            },
+            if steady() { "steady" } else { "governed" }
         ));
     for w in WORKS {
         bench = bench
