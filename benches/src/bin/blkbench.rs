@@ -161,13 +161,13 @@ trait BlockFront {
 
 /// How long the frontend and the backend spin before they sleep
 /// (microseconds; `BLKBENCH_FRONT_SPIN_US` and `BLKBENCH_BACK_SPIN_US`
-/// change them): by default 200 us each, longer than a 4 KiB I/O takes on
-/// a virtual disk. The spins are steady by default, each end on a core of
-/// its own (see [`steady`], [`pinned`]); `BLKBENCH_SPIN=governed` has them
-/// governed ([`SpinGovernor`]): a thread seen losing its core while it
-/// spins, or whose spins catch nothing, sleeps at once for a while instead,
-/// since on an oversubscribed machine a spinning thread waits whole time
-/// slices for its core where a sleeping one is woken at once.
+/// change them): by default the frontend 200 us, longer than a 4 KiB I/O
+/// takes on a virtual disk, and the backend 200 us when steady, 100 us
+/// when governed ([`steady`]: a governed thread seen losing its core while
+/// it spins, or whose spins catch nothing, sleeps at once for a while
+/// instead, since on an oversubscribed machine a spinning thread waits
+/// whole time slices for its core where a sleeping one is woken at once).
+/// Each end runs on a core of its own ([`pinned`]).
 fn spin(var: &str, default_us: u64) -> Duration {
     let us = std::env::var(var)
         .ok()
@@ -185,23 +185,35 @@ fn front_spin() -> Duration {
 const FRONT_SPIN_US: u64 = 200;
 
 /// Whether both ends spin their whole budget on every wait (blkfront's
-/// `Mode::Spin`, blkback's `WaitMode::Spin`: the default) or under the
-/// spin governor (`BLKBENCH_SPIN=governed`: blkfront's `Mode::Adaptive`,
-/// blkback's `WaitMode::Event`, which stop spinning for a while when the
-/// thread loses its core or spins catch nothing).
-fn steady() -> bool {
-    std::env::var("BLKBENCH_SPIN").map_or(true, |v| v != "governed")
+/// `Mode::Spin`, blkback's `WaitMode::Spin`) or under the spin governor
+/// (blkfront's `Mode::Adaptive`, blkback's `WaitMode::Event`, which stop
+/// spinning for a while when the thread loses its core or spins catch
+/// nothing). By default steady at depth 1, where each request waits for
+/// the other end and a sleep on either side costs a wake-up, and governed
+/// at greater depths, where the ends rarely wait and, on a shared machine,
+/// spinning threads leave less CPU to the kernel's completion work (in
+/// alternated runs at load 6 to 10: depth-1 writes fio - 14 to + 12 us
+/// steady, fio + 35 to 59 us governed; depth-32 reads 0.29x to 0.35x fio
+/// steady, 0.50x to 0.54x governed). `BLKBENCH_SPIN=steady` or
+/// `governed` sets every depth.
+fn steady(depth: usize) -> bool {
+    match std::env::var("BLKBENCH_SPIN").as_deref() {
+        Ok("steady") => true,
+        Ok("governed") => false,
+        _ => depth == 1,
+    }
 }
 
-/// The backend's default spin (microseconds): longer than a 4 KiB I/O
-/// takes on a virtual disk, so that the worker sees most completions
-/// while it spins.
+/// The backend's default spin when steady (microseconds): longer than a
+/// 4 KiB I/O takes on a virtual disk, so that the worker sees most
+/// completions while it spins; governed, 100 us.
 const BACK_SPIN_US: u64 = 200;
 
 /// How the backend's queue waits for work.
-fn back_wait() -> WaitMode {
-    let spin = spin("BLKBENCH_BACK_SPIN_US", BACK_SPIN_US);
-    if steady() {
+fn back_wait(depth: usize) -> WaitMode {
+    let default_us = if steady(depth) { BACK_SPIN_US } else { 100 };
+    let spin = spin("BLKBENCH_BACK_SPIN_US", default_us);
+    if steady(depth) {
         WaitMode::Spin { spin }
     } else {
         WaitMode::Event { spin }
@@ -338,7 +350,7 @@ impl World {
         let spec = DeviceSpec::new("vbd", fe, be, 51712);
         add_device(&mut xs0, &spec).map_err(err)?;
         let mut config = BlkbackConfig::new(file);
-        config.wait = back_wait();
+        config.wait = back_wait(depth);
         if pinned() {
             config.pin_cpu = Some(BACK_CPU);
         }
@@ -518,7 +530,7 @@ impl DriverFront {
         let spin_ns = front_spin().as_nanos() as u64;
         cfg.mode = if yield_when_idle {
             Mode::Polling
-        } else if steady() {
+        } else if steady(depth) {
             Mode::Spin { spin_ns }
         } else {
             Mode::Adaptive { spin_ns }
@@ -719,7 +731,7 @@ fn closed_loop(
     let epoch = Instant::now();
     let ns = |t: Instant| t.duration_since(epoch).as_nanos() as u64;
     let spin_ns = front.spin_before_wait().as_nanos() as u64;
-    let mut governor = if steady() {
+    let mut governor = if steady(w.depth) {
         SpinGovernor::steady(spin_ns)
     } else {
         SpinGovernor::new(spin_ns)
@@ -803,12 +815,12 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front) -> Entry {
         Front::Driver => (
             "blkfront",
             "the blkfront driver (adaptive, completion API, pool buffers)",
-            "2 domains in one process (hosted), blkfront and backend queue on cores 0 and 1, each spinning up to 200 us then sleeping, O_DIRECT io_uring, persistent grants",
+            "2 domains in one process (hosted), blkfront and backend queue on cores 0 and 1, each spinning up to 200 us (steady at depth 1, governed above) then sleeping, O_DIRECT io_uring, persistent grants",
         ),
         Front::Ring => (
             "ringfront",
             "the ring-level test frontend",
-            "2 domains in one process (hosted), frontend and backend queue on cores 0 and 1, each spinning up to 200 us then sleeping, O_DIRECT io_uring, persistent grants",
+            "2 domains in one process (hosted), frontend and backend queue on cores 0 and 1, each spinning up to 200 us (steady at depth 1, governed above) then sleeping, O_DIRECT io_uring, persistent grants",
         ),
     };
     let name = format!("{prefix}-{}", w.suffix());
@@ -1071,7 +1083,11 @@ fn main() -> ExitCode {
             } else {
                 "unpinned (BLKBENCH_PIN=0)"
             },
-            if steady() { "steady" } else { "governed" }
+            match std::env::var("BLKBENCH_SPIN").as_deref() {
+                Ok("steady") => "steady",
+                Ok("governed") => "governed",
+                _ => "steady at depth 1, governed above",
+            }
         ));
     for w in WORKS {
         bench = bench
