@@ -258,6 +258,16 @@ fn print_breakdown(
     ev0: EventStats,
     ev1: EventStats,
 ) {
+    // A record of the warm-up's last request can land after the trace was
+    // emptied (the backend records once its notify returns, which may be
+    // after the frontend saw the response): keep those of requests taken
+    // after the first recorded submit.
+    let first = front.first().map_or(0, |f| f.start);
+    let back: Vec<BackSteps> = back
+        .iter()
+        .filter(|b| b.taken_ns >= first)
+        .copied()
+        .collect();
     let n = front.len().min(back.len());
     if n == 0 {
         eprintln!(
@@ -267,7 +277,7 @@ fn print_breakdown(
         );
         return;
     }
-    let pairs: Vec<(&FrontSteps, &BackSteps)> = front.iter().zip(back).take(n).collect();
+    let pairs: Vec<(&FrontSteps, &BackSteps)> = front.iter().zip(&back).take(n).collect();
     let d = |a: u64, b: u64| b as i64 - a as i64;
     let step = |f: &dyn Fn(&FrontSteps, &BackSteps) -> Option<i64>| -> (f64, usize) {
         let mut v: Vec<i64> = pairs.iter().filter_map(|(fr, bk)| f(fr, bk)).collect();
