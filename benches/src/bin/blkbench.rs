@@ -192,9 +192,9 @@ const FRONT_SPIN_US: u64 = 200;
 /// the other end and a sleep on either side costs a wake-up, and governed
 /// at greater depths, where the ends rarely wait and, on a shared machine,
 /// spinning threads leave less CPU to the kernel's completion work (in
-/// alternated runs at load 6 to 10: depth-1 writes fio - 14 to + 12 us
-/// steady, fio + 35 to 59 us governed; depth-32 reads 0.29x to 0.35x fio
-/// steady, 0.50x to 0.54x governed). `BLKBENCH_SPIN=steady` or
+/// three alternated pairs of runs at load 6 to 7: depth-1 writes fio - 14
+/// to + 12 us steady, fio + 35 to + 59 us governed; depth-32 reads 0.29x to
+/// 0.37x fio steady, 0.50x to 0.54x governed). `BLKBENCH_SPIN=steady` or
 /// `governed` sets every depth.
 fn steady(depth: usize) -> bool {
     match std::env::var("BLKBENCH_SPIN").as_deref() {
