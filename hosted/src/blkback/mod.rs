@@ -12,7 +12,7 @@
 //! let spec = DeviceSpec::new("vbd", DomId(1), DomId(2), 51712);
 //! add_device(xs0, &spec)?;                       // the toolstack's part
 //! let mut config = BlkbackConfig::new("/var/tmp/disk.img");
-//! config.wait = WaitMode::Poll;                  // or Event { spin }
+//! config.wait = WaitMode::Poll;                  // or Event { spin }, Spin { spin }
 //! config.hostile = Some(HostileMode { kind: Hostile::BadIds, after: 10 }); // tests only
 //! let back = Blkback::spawn(hv.join(DomId(2))?, socket, &spec.backend_path(), config)?;
 //! // ... a blkfront in dom1 connects to device/vbd/51712 ...

@@ -12,7 +12,10 @@
 //! spin is governed as blkfront's adaptive waits are
 //! ([`blkfront::SpinGovernor`]): a worker seen losing its core while it
 //! spins (a busy machine, where spinning costs whole time slices), or
-//! whose spins keep catching nothing, sleeps at once for a while instead.
+//! whose spins keep catching nothing, sleeps at once for a while instead;
+//! in [`WaitMode::Spin`] every idle stretch spins its whole budget. A
+//! queue can pin its worker to a core ([`super::BlkbackConfig::pin_cpu`])
+//! and record each request's timestamps ([`super::trace`]).
 //!
 //! Grants: with persistent grants every page (data or indirect) is looked
 //! up by ref in this queue's cache and mapped read-write the first time,
