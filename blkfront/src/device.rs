@@ -61,7 +61,9 @@
 //! ([`Blkfront::wait`], [`Blkfront::wait_io`]) spins for a bounded time
 //! taking responses and only then asks for a notification and sleeps, so a
 //! response that comes soon costs neither a notification nor a wake-up,
-//! and an idle device no CPU. Either way, requests are followed by a
+//! and an idle device no CPU. [`Mode::Spin`]: the same, with every wait
+//! spinning its whole budget whatever happened before (for a thread with a
+//! core of its own). Either way, requests are followed by a
 //! notification only when the ring's check says the backend asked for one.
 //!
 //! # Hostile backends
@@ -118,6 +120,7 @@ const MAX_BLOCK_SLICE: Duration = Duration::from_millis(5);
 fn governor(mode: Mode) -> SpinGovernor {
     match mode {
         Mode::Adaptive { spin_ns } => SpinGovernor::new(spin_ns),
+        Mode::Spin { spin_ns } => SpinGovernor::steady(spin_ns),
         Mode::Polling | Mode::Events => SpinGovernor::new(0),
     }
 }
@@ -150,6 +153,17 @@ pub enum Mode {
     /// or spins that keep catching nothing, stop the spinning for a while
     /// ([`crate::spin::SpinGovernor`]).
     Adaptive {
+        /// How long a wait spins before it sleeps.
+        spin_ns: u64,
+    },
+    /// As [`Mode::Adaptive`], but every wait spins for up to `spin_ns`
+    /// whatever happened before: no back-off when the thread loses its
+    /// core or spins catch nothing ([`SpinGovernor::steady`]). For a
+    /// thread with a core of its own (pinned, on a machine that is not
+    /// oversubscribed), where a spin that sees the response saves the
+    /// notification and the wake-up of every request; on a busy machine
+    /// [`Mode::Adaptive`] is better.
+    Spin {
         /// How long a wait spins before it sleeps.
         spin_ns: u64,
     },
@@ -2082,7 +2096,7 @@ where
     /// [`DeviceConfig::request_timeout`]). How it waits is the mode's:
     /// spinning ([`Mode::Polling`]); sleeping on the rings' event channels
     /// after asking for a notification ([`Mode::Events`]); spinning for up
-    /// to `spin_ns`, then sleeping ([`Mode::Adaptive`]). A sleep lasts at
+    /// to `spin_ns`, then sleeping ([`Mode::Adaptive`], [`Mode::Spin`]). A sleep lasts at
     /// most 5 ms before the rings are looked at again.
     ///
     /// Returns whether a completion is queued: `Ok(false)` when `timeout`
@@ -2091,11 +2105,16 @@ where
     pub fn wait_io(&mut self, timeout: Option<Duration>) -> Result<bool, DeviceError> {
         let start = self.core.now();
         let deadline = timeout.map(|t| start.saturating_add(duration_ns(t)));
-        let adaptive = matches!(self.core.config.mode, Mode::Adaptive { .. });
+        let adaptive = matches!(
+            self.core.config.mode,
+            Mode::Adaptive { .. } | Mode::Spin { .. }
+        );
         let mut spin_until = match self.core.config.mode {
             Mode::Polling => u64::MAX,
             Mode::Events => start,
-            Mode::Adaptive { .. } => start.saturating_add(self.core.spin.budget(start)),
+            Mode::Adaptive { .. } | Mode::Spin { .. } => {
+                start.saturating_add(self.core.spin.budget(start))
+            }
         };
         // Adaptive: whether this wait's spin is still to be judged, and
         // when it last looked.
@@ -2279,7 +2298,7 @@ where
         };
         let slice = left.min(MAX_BLOCK_SLICE);
         if self.core.connected && self.core.broken.is_none() {
-            if let Mode::Adaptive { .. } = self.core.config.mode {
+            if let Mode::Adaptive { .. } | Mode::Spin { .. } = self.core.config.mode {
                 let budget = self.core.spin.budget(now);
                 let end = now.saturating_add(budget).min(deadline.unwrap_or(u64::MAX));
                 let mut prev = now;

@@ -22,6 +22,10 @@
 //!
 //! A spin that catches what it waited for starts the back-off again from
 //! its shortest.
+//!
+//! A steady governor ([`SpinGovernor::steady`]) never backs off: every
+//! wait spins its whole budget. It suits a thread with a core of its own,
+//! where the back-offs only turn fast exchanges into wake-ups.
 
 /// A gap between two looks of a spinning wait this long (50 us) means the
 /// thread lost its core.
@@ -50,6 +54,8 @@ pub struct SpinGovernor {
     preemptions: u64,
     /// Spins in a row that caught nothing.
     misses: u32,
+    /// Never backs off.
+    steady: bool,
 }
 
 impl SpinGovernor {
@@ -61,7 +67,16 @@ impl SpinGovernor {
             backoff_ns: MIN_BACKOFF_NS,
             preemptions: 0,
             misses: 0,
+            steady: false,
         }
+    }
+
+    /// A governor whose waits always spin for up to `max_ns`: preemptions
+    /// are counted but neither they nor misses start a back-off.
+    pub const fn steady(max_ns: u64) -> Self {
+        let mut g = SpinGovernor::new(max_ns);
+        g.steady = true;
+        g
     }
 
     /// How long a wait starting at `now` may spin: the maximum, or zero
@@ -82,6 +97,9 @@ impl SpinGovernor {
             return false;
         }
         self.preemptions += 1;
+        if self.steady {
+            return false;
+        }
         self.back_off(now);
         true
     }
@@ -96,6 +114,9 @@ impl SpinGovernor {
     /// A spin ran its whole budget, ending at `now`, and caught nothing;
     /// [`MISSES`] in a row start a back-off.
     pub fn missed(&mut self, now: u64) {
+        if self.steady {
+            return;
+        }
         self.misses += 1;
         if self.misses >= MISSES {
             self.back_off(now);

@@ -599,7 +599,7 @@ fn submissions_before_the_first_connection_are_refused() {
     assert_eq!(r.error, Refusal::NotConnected);
 }
 
-/// Adaptive mode: a response that comes while `wait_io` spins is taken
+/// Adaptive and spin modes: a response that comes while `wait_io` spins is taken
 /// without asking the backend for a notification (the shared `rsp_event`
 /// stays put); one that does not come in the spin is asked for before the
 /// wait sleeps. Polling mode never asks, event mode asks at once.
@@ -609,6 +609,7 @@ fn wait_io_asks_for_a_notification_as_the_mode_says() {
         (blkfront::Mode::Polling, false, false),
         (blkfront::Mode::Events, true, true),
         (blkfront::Mode::Adaptive { spin_ns: 2_000_000 }, false, true),
+        (blkfront::Mode::Spin { spin_ns: 2_000_000 }, false, true),
     ] {
         let (_w, mut dev, _xs, mut back) = setup_with(BackConfig::default(), |mut c| {
             c.mode = mode;

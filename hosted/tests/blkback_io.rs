@@ -437,3 +437,76 @@ fn polling_mode_serves_without_notifications() {
     assert_eq!(&r.file_bytes(63 * 4096, 8)[..], &191u64.to_le_bytes());
     let _ = Duration::ZERO;
 }
+
+/// Spin mode with a trace: every read and write records its steps in
+/// order, each after the one before; a worker that spins long enough
+/// catches the next request and the completions without sleeping; the
+/// worker thread is pinned where `pin_cpu` says.
+#[test]
+fn spin_mode_traces_each_request_and_pins_its_worker() {
+    use std::sync::Arc;
+    use std::time::Instant;
+    let trace = Arc::new(hosted::blkback::StepTrace::new(Instant::now(), 1000));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let t = trace.clone();
+    let r = Rig::with("spin", 1 << 20, &[], move |c| {
+        c.wait = WaitMode::Spin {
+            spin: Duration::from_millis(50),
+        };
+        c.pin_cpu = Some(1);
+        c.trace = Some(t);
+    });
+    let mut f = r.front(FrontConfig {
+        event: false,
+        ..FrontConfig::default()
+    });
+    let mut b = f.buffer().unwrap();
+    let n = 100u64;
+    for i in 0..n {
+        b.write_at(0, &i.to_le_bytes()).unwrap();
+        let write = i % 2 == 0;
+        let operation = if write { op::WRITE } else { op::READ };
+        ok(
+            f.pages(0, write, i, (i % 64) * 8, &[&b]).unwrap(),
+            i,
+            operation,
+        );
+    }
+    let steps = trace.take();
+    assert_eq!(steps.len(), n as usize, "one record per request");
+    for (i, s) in steps.iter().enumerate() {
+        assert_eq!(s.id, i as u64);
+        assert!(s.taken_ns > 0, "{s:?}");
+        assert!(s.taken_ns <= s.submitted_ns, "{s:?}");
+        assert!(s.submitted_ns <= s.reaped_ns, "{s:?}");
+        assert!(s.reaped_ns <= s.pushed_ns, "{s:?}");
+        assert!(s.woke_ns == 0 || s.woke_ns <= s.taken_ns, "{s:?}");
+    }
+    // A 50 ms spin covers the gap between a response and the next request
+    // (a thread kept off its core that long on a busy machine excepted).
+    let slept = steps.iter().skip(1).filter(|s| s.woke_ns != 0).count();
+    assert!(
+        slept <= n as usize / 4,
+        "{slept} of {n} requests found the worker asleep"
+    );
+    assert!(trace.take().is_empty(), "take empties the trace");
+    // The worker is pinned to core 1 (of the online cores, modulo). Other
+    // tests of this process run queue workers of their own, unpinned: one
+    // of the threads of that name has exactly that core.
+    let want = (1 % cores).to_string();
+    let pinned = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "blkback-q0")
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .any(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .is_some_and(|v| v.trim() == want)
+        });
+    assert!(pinned, "no blkback-q0 thread is pinned to core {want}");
+}

@@ -32,10 +32,10 @@ use std::sync::Arc;
 use blkfront::{Blkfront, DeviceConfig, Io, IoOptions, Mode, Span, SpinGovernor, Tag};
 use grant_tables::{DomId, EventChannels, PoolBuffer};
 use hosted::blkback::front::{rw_request, whole_page, FrontConfig, RingFrontend};
-use hosted::blkback::{Blkback, BlkbackConfig, WaitMode};
+use hosted::blkback::{BackSteps, Blkback, BlkbackConfig, StepTrace, WaitMode};
 use hosted::toolstack::{add_device, DeviceSpec};
 use hosted::xenstore::{connect_as, UnixXenstore, XenstoreDaemon};
-use hosted::{HostedHypervisor, HostedPlatform};
+use hosted::{EventStats, HostedHypervisor, HostedPlatform};
 use zerocopy::FromBytes;
 
 const ABOUT: &str = "\
@@ -153,16 +153,21 @@ trait BlockFront {
     /// calls [`BlockFront::wait`] (zero when the frontend's wait spins
     /// itself).
     fn spin_before_wait(&self) -> Duration;
+    /// The frontend domain's event channel counters.
+    fn event_stats(&self) -> EventStats;
+    /// The backend's per-request timestamps, when traced.
+    fn trace(&self) -> Option<&StepTrace>;
 }
 
 /// How long the frontend and the backend spin before they sleep
 /// (microseconds; `BLKBENCH_FRONT_SPIN_US` and `BLKBENCH_BACK_SPIN_US`
-/// change them): by default the frontend 200 us (longer than a 4 KiB I/O
-/// takes on a virtual disk) and the backend 100 us. Both spins are
-/// governed ([`SpinGovernor`]): a thread seen losing its core while it
-/// spins sleeps at once for a while instead, since on a busy machine a
-/// spinning thread waits whole time slices for its core where a sleeping
-/// one is woken at once.
+/// change them): by default the frontend 200 us, longer than a 4 KiB I/O
+/// takes on a virtual disk, and the backend 200 us when steady, 100 us
+/// when governed ([`steady`]: a governed thread seen losing its core while
+/// it spins, or whose spins catch nothing, sleeps at once for a while
+/// instead, since on an oversubscribed machine a spinning thread waits
+/// whole time slices for its core where a sleeping one is woken at once).
+/// Each end runs on a core of its own ([`pinned`]).
 fn spin(var: &str, default_us: u64) -> Duration {
     let us = std::env::var(var)
         .ok()
@@ -179,11 +184,152 @@ fn front_spin() -> Duration {
 /// The frontend's default spin (microseconds).
 const FRONT_SPIN_US: u64 = 200;
 
+/// Whether both ends spin their whole budget on every wait (blkfront's
+/// `Mode::Spin`, blkback's `WaitMode::Spin`) or under the spin governor
+/// (blkfront's `Mode::Adaptive`, blkback's `WaitMode::Event`, which stop
+/// spinning for a while when the thread loses its core or spins catch
+/// nothing). By default steady at depth 1, where each request waits for
+/// the other end and a sleep on either side costs a wake-up, and governed
+/// at greater depths, where the ends rarely wait and, on a shared machine,
+/// spinning threads leave less CPU to the kernel's completion work (in
+/// three alternated pairs of runs at load 6 to 7: depth-1 writes fio - 14
+/// to + 12 us steady, fio + 35 to + 59 us governed; depth-32 reads 0.29x to
+/// 0.37x fio steady, 0.50x to 0.54x governed). `BLKBENCH_SPIN=steady` or
+/// `governed` sets every depth.
+fn steady(depth: usize) -> bool {
+    match std::env::var("BLKBENCH_SPIN").as_deref() {
+        Ok("steady") => true,
+        Ok("governed") => false,
+        _ => depth == 1,
+    }
+}
+
+/// The backend's default spin when steady (microseconds): longer than a
+/// 4 KiB I/O takes on a virtual disk, so that the worker sees most
+/// completions while it spins; governed, 100 us.
+const BACK_SPIN_US: u64 = 200;
+
+/// How the backend's queue waits for work.
+fn back_wait(depth: usize) -> WaitMode {
+    let default_us = if steady(depth) { BACK_SPIN_US } else { 100 };
+    let spin = spin("BLKBENCH_BACK_SPIN_US", default_us);
+    if steady(depth) {
+        WaitMode::Spin { spin }
+    } else {
+        WaitMode::Event { spin }
+    }
+}
+
+/// Whether the two ends are pinned to cores of their own (the frontend's
+/// thread to [`FRONT_CPU`], the backend's queue worker to [`BACK_CPU`]):
+/// by default at depth 1, where both spin steadily and must not share a
+/// core; at greater depths the scheduler places them (in three alternated
+/// pairs of runs at load 5, depth-32 random reads through blkfront did
+/// 17 000 to 26 000 IOPS pinned, 35 000 to 47 000 unpinned).
+/// `BLKBENCH_PIN=1` or `0` sets every depth.
+fn pinned(depth: usize) -> bool {
+    match std::env::var("BLKBENCH_PIN").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => depth == 1,
+    }
+}
+
+/// The frontend's core when pinned.
+const FRONT_CPU: usize = 0;
+/// The backend queue worker's core when pinned.
+const BACK_CPU: usize = 1;
+
+/// Whether the depth-1 entries print where each request's time goes
+/// (`BLKBENCH_BREAKDOWN=1`): the backend records per-request timestamps,
+/// the bench its own, on one clock.
+fn breakdown() -> bool {
+    std::env::var("BLKBENCH_BREAKDOWN").is_ok_and(|v| v != "0")
+}
+
+/// The median of `v` (sorted in place), in microseconds.
+fn median_us(v: &mut [i64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    v[v.len() / 2] as f64 / 1e3
+}
+
+/// Prints the median of each step of the depth-1 requests of one run: the
+/// frontend's stamps and the backend's, paired in order (one request at a
+/// time), and the frontend domain's event channel counters over the run.
+fn print_breakdown(
+    name: &str,
+    front: &[FrontSteps],
+    back: &[BackSteps],
+    ev0: EventStats,
+    ev1: EventStats,
+) {
+    // A record of the warm-up's last request can land after the trace was
+    // emptied (the backend records once its notify returns, which may be
+    // after the frontend saw the response): keep those of requests taken
+    // after the first recorded submit.
+    let first = front.first().map_or(0, |f| f.start);
+    let back: Vec<BackSteps> = back
+        .iter()
+        .filter(|b| b.taken_ns >= first)
+        .copied()
+        .collect();
+    let n = front.len().min(back.len());
+    if n == 0 {
+        eprintln!(
+            "{name}: no steps recorded ({} frontend, {} backend)",
+            front.len(),
+            back.len()
+        );
+        return;
+    }
+    let pairs: Vec<(&FrontSteps, &BackSteps)> = front.iter().zip(&back).take(n).collect();
+    let d = |a: u64, b: u64| b as i64 - a as i64;
+    let step = |f: &dyn Fn(&FrontSteps, &BackSteps) -> Option<i64>| -> (f64, usize) {
+        let mut v: Vec<i64> = pairs.iter().filter_map(|(fr, bk)| f(fr, bk)).collect();
+        let k = v.len();
+        (median_us(&mut v), k)
+    };
+    let pct = |k: usize| 100.0 * k as f64 / n as f64;
+    let (total, _) = step(&|f, _| Some(d(f.start, f.seen)));
+    let (submit, _) = step(&|f, _| Some(d(f.start, f.kicked)));
+    let (pickup, _) = step(&|f, b| Some(d(f.kicked, b.taken_ns)));
+    let (wake, slept) = step(&|f, b| (b.woke_ns != 0).then(|| d(f.kicked, b.woke_ns)));
+    let (prep, _) = step(&|_, b| Some(d(b.taken_ns, b.queued_ns)));
+    let (enter, _) = step(&|_, b| Some(d(b.queued_ns, b.submitted_ns)));
+    let (io, _) = step(&|_, b| Some(d(b.submitted_ns, b.reaped_ns)));
+    let uring_slept = pairs.iter().filter(|(_, b)| b.uring_sleeps > 0).count();
+    let (respond, _) = step(&|_, b| Some(d(b.reaped_ns, b.pushed_ns)));
+    let woken = pairs.iter().filter(|(_, b)| b.wakeup_sent).count();
+    let (notice, _) = step(&|f, b| Some(d(b.pushed_ns, f.seen)));
+    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / n as f64;
+    eprintln!(
+        "{name}: where a request's time goes (medians of {n} requests, us)\n\
+         \x20 total, submit to completion seen         {total:8.1}\n\
+         \x20 frontend: submit, push, notify          {submit:8.1}   frontend eventfd writes/request {:.2}\n\
+         \x20 backend takes it off the ring           {pickup:8.1}   backend slept on its channel for {:.0}% (woken {wake:.1} after the push)\n\
+         \x20 backend: parse, find pages, queue SQE   {prep:8.1}\n\
+         \x20 backend: io_uring_enter (submit)        {enter:8.1}\n\
+         \x20 the disk, until the worker sees the CQE {io:8.1}   worker slept in io_uring_enter for {:.0}%\n\
+         \x20 backend: response, push, notify         {respond:8.1}   backend eventfd writes for {:.0}%\n\
+         \x20 frontend sees the completion            {notice:8.1}   frontend sleeps/request {:.2}",
+        per(ev0.wakeups_sent, ev1.wakeups_sent),
+        pct(slept),
+        pct(uring_slept),
+        pct(woken),
+        per(ev0.sleeps, ev1.sleeps),
+    );
+}
+
 /// The hosted world of one round: hypervisor, xenstore daemon, the device
 /// directories, and blkback serving `file`; the frontend domain's platform
 /// is handed to whichever frontend runs. Dropped after the frontend.
 struct World {
     front_plat: Option<HostedPlatform>,
+    /// The backend's per-request timestamps (`BLKBENCH_BREAKDOWN`).
+    trace: Option<Arc<StepTrace>>,
     _back: Blkback,
     daemon: XenstoreDaemon,
     _hv: HostedHypervisor,
@@ -204,7 +350,7 @@ fn err(e: impl std::fmt::Display) -> String {
 const FRONT_PATH: &str = "device/vbd/51712";
 
 impl World {
-    fn new(file: &Path) -> Result<World, String> {
+    fn new(file: &Path, depth: usize) -> Result<World, String> {
         let base = if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
@@ -222,13 +368,18 @@ impl World {
         let spec = DeviceSpec::new("vbd", fe, be, 51712);
         add_device(&mut xs0, &spec).map_err(err)?;
         let mut config = BlkbackConfig::new(file);
-        config.wait = WaitMode::Event {
-            spin: spin("BLKBENCH_BACK_SPIN_US", 100),
-        };
+        config.wait = back_wait(depth);
+        if pinned(depth) {
+            config.pin_cpu = Some(BACK_CPU);
+        }
+        let trace =
+            (depth == 1 && breakdown()).then(|| Arc::new(StepTrace::new(Instant::now(), 1 << 20)));
+        config.trace = trace.clone();
         let back = Blkback::spawn(back_plat, daemon.socket(), &spec.backend_path(), config)
             .map_err(err)?;
         Ok(World {
             front_plat: Some(front_plat),
+            trace,
             _back: back,
             daemon,
             _hv: hv,
@@ -256,7 +407,7 @@ struct RingFront {
 
 impl RingFront {
     fn new(file: &Path, depth: usize, bytes: usize) -> Result<RingFront, String> {
-        let mut world = World::new(file)?;
+        let mut world = World::new(file, depth)?;
         let pages_per = bytes / 4096;
         let indirect = pages_per > 11;
         let pool_pages = depth * (pages_per + usize::from(indirect));
@@ -358,6 +509,14 @@ impl BlockFront for RingFront {
     fn spin_before_wait(&self) -> Duration {
         front_spin()
     }
+
+    fn event_stats(&self) -> EventStats {
+        self.front.platform().event_stats()
+    }
+
+    fn trace(&self) -> Option<&StepTrace> {
+        self._world.trace.as_deref()
+    }
 }
 
 /// The blkfront driver ([`blkfront::Blkfront`]) in adaptive mode: each slot
@@ -374,26 +533,30 @@ struct DriverFront {
     tags: Vec<(Tag, usize)>,
     /// Polling mode, the core yielded when idle (`BLKBENCH_FRONT_WAIT=yield`).
     yield_when_idle: bool,
+    /// The frontend domain (its event counters).
+    plat: Arc<HostedPlatform>,
     _world: World,
 }
 
 impl DriverFront {
     fn new(file: &Path, depth: usize, bytes: usize) -> Result<DriverFront, String> {
-        let mut world = World::new(file)?;
+        let mut world = World::new(file, depth)?;
         let pages_per = bytes / 4096;
         let mut xs = connect_as(world.daemon.socket(), 1).map_err(err)?;
         let yield_when_idle = std::env::var("BLKBENCH_FRONT_WAIT").is_ok_and(|v| v == "yield");
         let mut cfg = DeviceConfig::new(FRONT_PATH);
+        let spin_ns = front_spin().as_nanos() as u64;
         cfg.mode = if yield_when_idle {
             Mode::Polling
+        } else if steady(depth) {
+            Mode::Spin { spin_ns }
         } else {
-            Mode::Adaptive {
-                spin_ns: front_spin().as_nanos() as u64,
-            }
+            Mode::Adaptive { spin_ns }
         };
         cfg.pool_pages = depth * pages_per;
         cfg.indirect_pool_pages = depth.max(64);
-        let mut dev = Blkfront::new(Arc::new(world.take_front_plat()?), cfg).map_err(err)?;
+        let plat = Arc::new(world.take_front_plat()?);
+        let mut dev = Blkfront::new(plat.clone(), cfg).map_err(err)?;
         match dev.wait_connected(&mut xs, Some(Duration::from_secs(10))) {
             Ok(Some(_)) => {}
             Ok(None) => return Err("blkfront did not connect within 10 s".into()),
@@ -414,6 +577,7 @@ impl DriverFront {
             spans,
             tags: Vec::with_capacity(depth),
             yield_when_idle,
+            plat,
             _world: world,
         })
     }
@@ -486,6 +650,14 @@ impl BlockFront for DriverFront {
             Duration::ZERO
         }
     }
+
+    fn event_stats(&self) -> EventStats {
+        self.plat.event_stats()
+    }
+
+    fn trace(&self) -> Option<&StepTrace> {
+        self._world.trace.as_deref()
+    }
 }
 
 /// Offsets of a workload: random aligned blocks, or one after the other.
@@ -525,15 +697,31 @@ impl Offsets {
     }
 }
 
+/// The frontend's side of one request at depth 1, in nanoseconds since the
+/// backend trace's epoch: submitted to the frontend, handed to the backend
+/// (pushed and notified), completion seen.
+#[derive(Clone, Copy, Debug, Default)]
+struct FrontSteps {
+    start: u64,
+    kicked: u64,
+    seen: u64,
+}
+
 /// Runs `ops` requests of `w` through `front`, `w.depth` in flight; records
-/// the latency of each when `rec` is given. Returns the elapsed time.
+/// the latency of each when `rec` is given, and at depth 1 the steps of
+/// each into `steps` (times since its epoch). Returns the elapsed time.
 fn closed_loop(
     front: &mut dyn BlockFront,
     w: &Work,
     offsets: &mut Offsets,
     ops: u64,
     mut rec: Option<&mut Recorder>,
+    mut steps: Option<(&mut Vec<FrontSteps>, Instant)>,
 ) -> Result<Duration, String> {
+    if w.depth != 1 {
+        steps = None;
+    }
+    let since = |t: Instant, epoch: Instant| t.saturating_duration_since(epoch).as_nanos() as u64;
     let mut started = vec![Instant::now(); w.depth];
     let mut issued = 0u64;
     let mut completed = 0u64;
@@ -549,12 +737,23 @@ fn closed_loop(
         issued += 1;
     }
     front.kick()?;
+    if let Some((v, epoch)) = steps.as_mut() {
+        v.push(FrontSteps {
+            start: since(started[0], *epoch),
+            kicked: since(Instant::now(), *epoch),
+            seen: 0,
+        });
+    }
     let deadline = Instant::now() + Duration::from_secs(600);
-    // The spin before `wait`, governed as the driver's adaptive waits are
-    // (none while this thread is seen losing its core).
+    // The spin before `wait`, steady or governed as the driver's waits.
     let epoch = Instant::now();
     let ns = |t: Instant| t.duration_since(epoch).as_nanos() as u64;
-    let mut governor = SpinGovernor::new(front.spin_before_wait().as_nanos() as u64);
+    let spin_ns = front.spin_before_wait().as_nanos() as u64;
+    let mut governor = if steady(w.depth) {
+        SpinGovernor::steady(spin_ns)
+    } else {
+        SpinGovernor::new(spin_ns)
+    };
     // This idle stretch: its start, last look, spin budget (ns), and
     // whether its spin kept the core.
     let mut idle: Option<(u64, u64, u64, bool)> = None;
@@ -592,6 +791,11 @@ fn closed_loop(
             }
         }
         let now = Instant::now();
+        if let Some((v, epoch)) = steps.as_mut() {
+            if let Some(last) = v.last_mut() {
+                last.seen = since(now, *epoch);
+            }
+        }
         for &slot in &done {
             completed += 1;
             if let Some(r) = rec.as_deref_mut() {
@@ -604,6 +808,13 @@ fn closed_loop(
             }
         }
         front.kick()?;
+        if let (Some((v, epoch)), true) = (steps.as_mut(), issued > completed) {
+            v.push(FrontSteps {
+                start: since(started[0], *epoch),
+                kicked: since(Instant::now(), *epoch),
+                seen: 0,
+            });
+        }
     }
     Ok(t0.elapsed())
 }
@@ -622,12 +833,12 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front) -> Entry {
         Front::Driver => (
             "blkfront",
             "the blkfront driver (adaptive, completion API, pool buffers)",
-            "2 domains in one process (hosted), blkfront and backend queue spinning a while (governed) then sleeping, O_DIRECT io_uring, persistent grants",
+            "2 domains in one process (hosted), blkfront and backend queue spinning (steady, on cores 0 and 1, at depth 1; governed above) then sleeping, O_DIRECT io_uring, persistent grants",
         ),
         Front::Ring => (
             "ringfront",
             "the ring-level test frontend",
-            "2 domains in one process (hosted), frontend and backend queue spinning a while (governed) then sleeping, O_DIRECT io_uring, persistent grants",
+            "2 domains in one process (hosted), frontend and backend queue spinning (steady, on cores 0 and 1, at depth 1; governed above) then sleeping, O_DIRECT io_uring, persistent grants",
         ),
     };
     let name = format!("{prefix}-{}", w.suffix());
@@ -638,21 +849,41 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front) -> Entry {
         w.depth
     );
     Entry::new(&name, &about, how, move |r: Round, rec: &mut Recorder| {
-        // The frontend runs on a thread of its own, pinned to core 0 once
-        // the backend's threads (started from it, unpinned) run.
+        let prefix = prefix;
+        // The frontend runs on a thread of its own, pinned to core 0 (at
+        // depth 1) once the backend's threads are started from it (its
+        // queue worker pins itself to core 1).
         let work = || -> Result<(), String> {
             let mut front: Box<dyn BlockFront> = match which {
                 Front::Driver => Box::new(DriverFront::new(&file, w.depth, w.bytes)?),
                 Front::Ring => Box::new(RingFront::new(&file, w.depth, w.bytes)?),
             };
             // `BLKBENCH_PIN=0` leaves it free to run on either core.
-            if std::env::var("BLKBENCH_PIN").map_or(true, |v| v != "0") {
-                benches::pin::pin_to(0);
+            if pinned(w.depth) {
+                benches::pin::pin_to(FRONT_CPU);
             }
             let mut offsets = Offsets::new(&w, file_bytes, 0x9E37_79B9 + r.index);
-            closed_loop(&mut *front, &w, &mut offsets, w.ops(r.warmup), None)?;
+            closed_loop(&mut *front, &w, &mut offsets, w.ops(r.warmup), None, None)?;
             let ops = w.ops(r.iters);
-            let t = closed_loop(&mut *front, &w, &mut offsets, ops, Some(&mut *rec))?;
+            let mut steps = Vec::new();
+            let epoch = front.trace().map(|t| {
+                t.take();
+                t.epoch()
+            });
+            let ev0 = front.event_stats();
+            let t = closed_loop(
+                &mut *front,
+                &w,
+                &mut offsets,
+                ops,
+                Some(&mut *rec),
+                epoch.map(|e| (&mut steps, e)),
+            )?;
+            let ev1 = front.event_stats();
+            if let Some(trace) = front.trace() {
+                let name = format!("{prefix}-{}", w.suffix());
+                print_breakdown(&name, &steps, &trace.take(), ev0, ev1);
+            }
             rec.throughput(
                 Throughput::default()
                     .with_iops(ops, t)
@@ -755,6 +986,16 @@ fn fio(
     let dir_key = if w.write { "write" } else { "read" };
     let job = &v["jobs"][0][dir_key];
     let iops = job["iops"].as_f64().ok_or("fio's JSON has no iops")?;
+    if w.depth == 1 && breakdown() {
+        let us = |v: &serde_json::Value| v.as_f64().map_or(f64::NAN, |ns| ns / 1e3);
+        eprintln!(
+            "fio-{}: submission (slat) mean {:.1} us, completion (clat) p50 {:.1} us, total (lat) mean {:.1} us",
+            w.suffix(),
+            us(&job["slat_ns"]["mean"]),
+            us(&job["clat_ns"]["percentile"]["50.000000"]),
+            us(&job["lat_ns"]["mean"]),
+        );
+    }
     let bw = job["bw_bytes"]
         .as_f64()
         .ok_or("fio's JSON has no bw_bytes")?;
@@ -853,8 +1094,18 @@ fn main() -> ExitCode {
         .meta("file_mib", mib.to_string())
         .meta("seq_depth", SEQ_DEPTH.to_string())
         .note(format!(
-            "file {} ({mib} MiB); frontend thread pinned to core 0",
-            file.display()
+            "file {} ({mib} MiB); {}; spins: {}",
+            file.display(),
+            match std::env::var("BLKBENCH_PIN").as_deref() {
+                Ok("1") => "frontend thread on core 0, backend queue worker on core 1",
+                Ok("0") => "unpinned",
+                _ => "at depth 1 the frontend thread on core 0, the backend queue worker on core 1",
+            },
+            match std::env::var("BLKBENCH_SPIN").as_deref() {
+                Ok("steady") => "steady",
+                Ok("governed") => "governed",
+                _ => "steady at depth 1, governed above",
+            }
         ));
     for w in WORKS {
         bench = bench

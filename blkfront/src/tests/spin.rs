@@ -93,3 +93,25 @@ fn spins_that_catch_nothing_start_a_back_off() {
     assert_eq!(g.budget(now + 2 * MIN_BACKOFF_NS), 100_000);
     assert_eq!(g.preemptions(), 0);
 }
+
+#[test]
+fn a_steady_governor_never_backs_off() {
+    let mut g = SpinGovernor::steady(150_000);
+    let mut now = 1_000_000;
+    for _ in 0..10 {
+        // A preemption is counted but does not stop the spin.
+        assert!(!g.preempted(now, now + 10 * PREEMPTED_NS));
+        now += 10 * PREEMPTED_NS;
+        for _ in 0..2 * MISSES {
+            g.missed(now);
+        }
+        assert_eq!(g.budget(now), 150_000);
+        assert_eq!(g.budget(now + 1), 150_000);
+    }
+    assert_eq!(g.preemptions(), 10);
+    assert_eq!(g.max_ns(), 150_000);
+    // The same history stops an ordinary governor's spinning.
+    let mut a = SpinGovernor::new(150_000);
+    assert!(a.preempted(1_000_000, 1_000_000 + PREEMPTED_NS));
+    assert_eq!(a.budget(1_000_000 + PREEMPTED_NS), 0);
+}

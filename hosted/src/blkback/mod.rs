@@ -12,7 +12,7 @@
 //! let spec = DeviceSpec::new("vbd", DomId(1), DomId(2), 51712);
 //! add_device(xs0, &spec)?;                       // the toolstack's part
 //! let mut config = BlkbackConfig::new("/var/tmp/disk.img");
-//! config.wait = WaitMode::Poll;                  // or Event { spin }
+//! config.wait = WaitMode::Poll;                  // or Event { spin }, Spin { spin }
 //! config.hostile = Some(HostileMode { kind: Hostile::BadIds, after: 10 }); // tests only
 //! let back = Blkback::spawn(hv.join(DomId(2))?, socket, &spec.backend_path(), config)?;
 //! // ... a blkfront in dom1 connects to device/vbd/51712 ...
@@ -82,6 +82,7 @@ mod disk;
 pub mod front;
 pub mod parse;
 mod queue;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -97,6 +98,7 @@ use crate::domain::lock;
 use crate::HostedPlatform;
 
 pub use parse::RejectReason;
+pub use trace::{BackSteps, StepTrace};
 
 /// How a queue's worker waits for work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +113,19 @@ pub enum WaitMode {
     /// while ([`blkfront::SpinGovernor`]).
     Event {
         /// How long to spin before sleeping (zero: sleep at once).
+        spin: Duration,
+    },
+    /// As [`WaitMode::Event`], but every idle stretch spins for `spin`
+    /// whatever happened before ([`blkfront::SpinGovernor::steady`]): on
+    /// the ring for the next request, and on the io_uring's completion
+    /// queue while I/O is in flight, with no system call (`io_uring_enter`
+    /// only submits); then it sleeps as `Event` does, after asking the
+    /// frontend to notify. For a worker with a core of its own
+    /// ([`BlkbackConfig::pin_cpu`], a machine that is not oversubscribed)
+    /// facing a frontend that spins too (blkfront's `Mode::Spin`): a
+    /// request then costs neither end a notification or a wake-up.
+    Spin {
+        /// How long to spin before sleeping.
         spin: Duration,
     },
 }
@@ -219,6 +234,12 @@ pub struct BlkbackConfig {
     pub error_delay: Duration,
     /// A hostile mode, for tests (default none).
     pub hostile: Option<HostileMode>,
+    /// Pins queue `k`'s worker thread to core `(cpu + k) % cores` (default
+    /// none: the scheduler places it). With a frontend pinned to another
+    /// core, two ends that spin each keep a core of their own.
+    pub pin_cpu: Option<usize>,
+    /// Records each request's timestamps (see [`StepTrace`]; default none).
+    pub trace: Option<Arc<StepTrace>>,
 }
 
 impl BlkbackConfig {
@@ -247,6 +268,8 @@ impl BlkbackConfig {
             },
             error_delay: Duration::from_millis(1),
             hostile: None,
+            pin_cpu: None,
+            trace: None,
         }
     }
 }

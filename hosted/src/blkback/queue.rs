@@ -12,7 +12,10 @@
 //! spin is governed as blkfront's adaptive waits are
 //! ([`blkfront::SpinGovernor`]): a worker seen losing its core while it
 //! spins (a busy machine, where spinning costs whole time slices), or
-//! whose spins keep catching nothing, sleeps at once for a while instead.
+//! whose spins keep catching nothing, sleeps at once for a while instead;
+//! in [`WaitMode::Spin`] every idle stretch spins its whole budget. A
+//! queue can pin its worker to a core ([`super::BlkbackConfig::pin_cpu`])
+//! and record each request's timestamps ([`super::trace`]).
 //!
 //! Grants: with persistent grants every page (data or indirect) is looked
 //! up by ref in this queue's cache and mapped read-write the first time,
@@ -39,6 +42,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use zerocopy::FromBytes;
 
 use super::parse::{self, Disk as Limits, Pending, Reject, RejectReason, Rw, RwKind};
+use super::trace::{BackSteps, StepTrace};
 use super::{Control, Hostile, Shared, WaitMode};
 use crate::{HostedPlatform, MappedGrant, MappedRing};
 
@@ -188,6 +192,8 @@ struct Slot {
     /// The bounce buffer the data goes through, and whether it is a read
     /// (copied out to the segments when it succeeds).
     bounce: Option<(u16, bool)>,
+    /// Its timestamps, when the queue is traced.
+    steps: Option<BackSteps>,
 }
 
 /// One queue's worker.
@@ -223,6 +229,22 @@ struct Worker {
     /// Bounce buffers for large requests (none when off or not set up).
     /// Declared after `uring`, which has them registered: dropped after it.
     bounce: Option<Bounce>,
+    /// Per-request timestamps ([`super::BlkbackConfig::trace`]).
+    trace: Option<Tracer>,
+}
+
+/// A traced worker's state between the steps of its requests.
+struct Tracer {
+    trace: Arc<StepTrace>,
+    /// When the last sleep on the event channel returned (0: none since the
+    /// last request was taken).
+    woke_ns: u64,
+    /// The request being started: when it was taken, and the sleep before.
+    taking: Option<(u64, u64)>,
+    /// Slots whose I/O was queued and not yet submitted.
+    unsubmitted: Vec<u32>,
+    /// Requests completed, their responses not yet pushed.
+    unpushed: Vec<BackSteps>,
 }
 
 /// One idle stretch of a worker: when it began, its last look, its spin
@@ -250,6 +272,9 @@ pub(crate) fn run(
         frontend,
         persistent,
     } = setup;
+    if let Some(cpu) = shared.config.pin_cpu {
+        pin_thread(cpu, index);
+    }
     let size = ring.size();
     let uring = match make_uring(&shared, size) {
         Ok(u) => u,
@@ -267,9 +292,11 @@ pub(crate) fn run(
             };
         }
     };
-    let spin_ns = match shared.config.wait {
-        WaitMode::Event { spin } => u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX),
-        WaitMode::Poll => 0,
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let governor = match shared.config.wait {
+        WaitMode::Event { spin } => SpinGovernor::new(ns(spin)),
+        WaitMode::Spin { spin } => SpinGovernor::steady(ns(spin)),
+        WaitMode::Poll => SpinGovernor::new(0),
     };
     let mut w = Worker {
         plat,
@@ -289,10 +316,18 @@ pub(crate) fn run(
         answered: 0,
         kept: Vec::new(),
         stop,
-        spin: SpinGovernor::new(spin_ns),
+        spin: governor,
         epoch: Instant::now(),
         bounce: None,
+        trace: None,
     };
+    w.trace = w.shared.config.trace.clone().map(|trace| Tracer {
+        trace,
+        woke_ns: 0,
+        taking: None,
+        unsubmitted: Vec::new(),
+        unpushed: Vec::new(),
+    });
     if w.shared.config.bounce_min_segments > 0 {
         w.bounce = match Bounce::new() {
             // SAFETY: the buffers stay mapped until the io_uring is
@@ -313,6 +348,33 @@ pub(crate) fn run(
     }
     w.serve();
     w.finish()
+}
+
+/// Pins the calling thread (queue `index`'s worker) to core
+/// `(cpu + index) % cores` ([`super::BlkbackConfig::pin_cpu`]); a refusal
+/// (a restricted cpuset) is logged and the thread runs unpinned.
+fn pin_thread(cpu: usize, index: u32) {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cores = usize::try_from(online).ok().filter(|&n| n > 0).unwrap_or(1);
+    let core = cpu.wrapping_add(index as usize) % cores;
+    if core >= libc::CPU_SETSIZE as usize {
+        return;
+    }
+    // SAFETY: `cpu_set_t` is plain data for which all zeroes is the empty
+    // set; CPU_SET writes inside it for a core below CPU_SETSIZE (checked
+    // above); sched_setaffinity reads the set it is given, of that size.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        log::warn!(
+            "blkback queue {index}: cannot pin the worker to core {core}: {}; it runs unpinned",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn make_uring(shared: &Shared, ring_size: u32) -> std::io::Result<IoUring> {
@@ -338,6 +400,7 @@ impl Worker {
                 progress = true;
             }
             self.submit();
+            self.stamp_submitted();
             self.push();
             if progress {
                 if let Some(spun) = idle.take() {
@@ -402,6 +465,13 @@ impl Worker {
                     log::warn!("blkback queue {}: waiting for I/O: {e}", self.q);
                 }
             }
+            if self.trace.is_some() {
+                for s in self.slots.iter_mut().flatten() {
+                    if let Some(st) = &mut s.steps {
+                        st.uring_sleeps = st.uring_sleeps.saturating_add(1);
+                    }
+                }
+            }
             return;
         }
         if self.halted || self.barrier.is_some() {
@@ -416,6 +486,9 @@ impl Worker {
                 if let Err(e) = self.plat.block(self.port, Some(10_000_000)) {
                     log::warn!("blkback queue {}: waiting on {}: {e}", self.q, self.port);
                     std::thread::sleep(Duration::from_millis(1));
+                }
+                if let Some(t) = &mut self.trace {
+                    t.woke_ns = t.trace.now_ns();
                 }
             }
             Err(e) => self.halt(&e),
@@ -448,7 +521,14 @@ impl Worker {
             };
             any = true;
             self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
-            if let Err(r) = self.start(&slot) {
+            if let Some(t) = &mut self.trace {
+                t.taking = Some((t.trace.now_ns(), std::mem::take(&mut t.woke_ns)));
+            }
+            let started = self.start(&slot);
+            if let Some(t) = &mut self.trace {
+                t.taking = None;
+            }
+            if let Err(r) = started {
                 self.reject(r);
                 // A refused request ends the batch, after a pause, as
                 // blkback does.
@@ -759,6 +839,7 @@ impl Worker {
             iov,
             maps: temp,
             bounce: bounce.map(|(k, _)| (k, reads)),
+            steps: None,
         };
         let offset = rw.sector << blkfront::abi::SECTOR_SHIFT;
         let fd = types::Fixed(0);
@@ -805,11 +886,32 @@ impl Worker {
             };
             entries.push(e.user_data(ud(STAGE_DATA)));
         }
+        let mut slot = slot;
+        if let Some(t) = &mut self.trace {
+            if let Some((taken_ns, woke_ns)) = t.taking.take() {
+                slot.steps = Some(BackSteps {
+                    id: slot.id,
+                    woke_ns,
+                    taken_ns,
+                    ..BackSteps::default()
+                });
+                t.unsubmitted.push(index);
+            }
+        }
         if let Some(s) = self.slots.get_mut(index as usize) {
             *s = Some(slot);
         }
         self.in_flight += 1;
         self.push_sqes(&entries);
+        if let Some(t) = &self.trace {
+            let now = t.trace.now_ns();
+            if let Some(Some(Slot {
+                steps: Some(st), ..
+            })) = self.slots.get_mut(index as usize)
+            {
+                st.queued_ns = now;
+            }
+        }
     }
 
     fn start_discard(&mut self, d: parse::Discard) -> Result<(), Reject> {
@@ -842,6 +944,7 @@ impl Worker {
             iov: Vec::new(),
             maps: Vec::new(),
             bounce: None,
+            steps: None,
         };
         if let Some(s) = self.slots.get_mut(index as usize) {
             *s = Some(slot);
@@ -977,6 +1080,10 @@ impl Worker {
         if let Some(r) = slot.reason {
             self.shared.count_reject(r);
         }
+        if let (Some(t), Some(mut st)) = (&mut self.trace, slot.steps) {
+            st.reaped_ns = t.trace.now_ns();
+            t.unpushed.push(st);
+        }
         self.respond(slot.id, slot.rsp_op, slot.status);
         self.release(slot.maps);
     }
@@ -1111,9 +1218,40 @@ impl Worker {
             return;
         }
         self.unpushed = false;
+        let sent = self
+            .trace
+            .as_ref()
+            .map(|_| self.plat.event_stats().wakeups_sent);
         if self.ring.push_responses() {
             if let Err(e) = self.plat.notify(self.port) {
                 log::debug!("blkback queue {}: notifying {}: {e}", self.q, self.port);
+            }
+        }
+        if let (Some(t), Some(sent)) = (&mut self.trace, sent) {
+            let now = t.trace.now_ns();
+            let woke = self.plat.event_stats().wakeups_sent != sent;
+            for mut st in t.unpushed.drain(..) {
+                st.pushed_ns = now;
+                st.wakeup_sent = woke;
+                t.trace.record(st);
+            }
+        }
+    }
+
+    /// Stamps the requests whose I/O the last [`Worker::submit`] handed to
+    /// the kernel (traced queues only).
+    fn stamp_submitted(&mut self) {
+        let Some(t) = &mut self.trace else { return };
+        if t.unsubmitted.is_empty() {
+            return;
+        }
+        let now = t.trace.now_ns();
+        for k in t.unsubmitted.drain(..) {
+            if let Some(Some(Slot {
+                steps: Some(st), ..
+            })) = self.slots.get_mut(k as usize)
+            {
+                st.submitted_ns = now;
             }
         }
     }
