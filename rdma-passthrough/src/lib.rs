@@ -20,6 +20,11 @@
 //!   headers, payload, pad, ICRC): a builder writing into a caller's buffer
 //!   and a parser that validates every header of a received copy and
 //!   returns a typed error for anything malformed, never panicking.
+//! - [`exchange`]: the TCP connection exchanges of rdma-core's
+//!   `ibv_rc_pingpong` and perftest's latency tests (their messages parsed
+//!   and formatted, and each conversation as a socket-less state machine;
+//!   over smoltcp with the `smoltcp` feature), so the unmodified tools can
+//!   be the peer.
 //! - [`rc`]: the reliable-connected transport of one queue pair for SEND
 //!   and RDMA WRITE, as a state machine fed frames and timer expiries and
 //!   emitting frames and completions (its docs say exactly what it covers).
@@ -32,8 +37,7 @@
 //! not serve or issue them), the retransmission timer itself (the queue
 //! pair counts retries when told a timeout passed), RNR timers and RNR
 //! retry counts, end-to-end credits, the driver that runs the
-//! transport over a frame device, IPv6 and VLAN-tagged frames, the
-//! connection exchange of `ibv_rc_pingpong` and perftest, the lab scenario
+//! transport over a frame device, IPv6 and VLAN-tagged frames, the lab scenario
 //! against Linux's `rdma_rxe` and the bench entries. Interoperability with
 //! `rdma_rxe` is checked only through the ICRC of captured and published
 //! packets, not yet against a running peer.
@@ -41,6 +45,7 @@
 
 extern crate alloc;
 
+pub mod exchange;
 pub mod headers;
 pub mod icrc;
 pub mod opcode;
