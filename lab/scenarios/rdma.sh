@@ -38,6 +38,9 @@ ip link set $IF up || fail "cannot bring up dom0's $IF"
 # ibv_devinfo and one sed per try (every exec is slow under TCG).
 modprobe rdma_rxe || fail "modprobe rdma_rxe failed"
 modprobe ib_uverbs || fail "modprobe ib_uverbs failed"
+# rxe's ICRC uses the crypto API's crc32 (adding the link fails with
+# ENOENT without it).
+modprobe crc32_generic || fail "modprobe crc32_generic failed"
 if ! rdma link show rxe0/1 >/dev/null 2>&1; then
     rdma link add rxe0 type rxe netdev $IF 2>/tmp/rdma-link.err \
         || fail "rdma link add rxe0 type rxe netdev $IF: $(cat /tmp/rdma-link.err)"

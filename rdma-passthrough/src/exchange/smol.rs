@@ -184,3 +184,112 @@ impl TcpExchange {
         sockets.remove(self.handle);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec::Vec;
+
+    use smoltcp::iface::{Config, Interface, SocketSet};
+    use smoltcp::phy::{Loopback, Medium};
+    use smoltcp::time::Instant;
+    use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+
+    use super::TcpExchange;
+    use crate::exchange::{
+        gid_from_ipv4, Exchange, PerftestDest, PerftestPhase, PerftestSession, PerftestTest,
+        PingpongDest, PingpongSession, Role, DEFAULT_PORT,
+    };
+
+    fn setup() -> (Loopback, Interface, SocketSet<'static>) {
+        let mut dev = Loopback::new(Medium::Ethernet);
+        let cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress([
+            0x02, 0, 0, 0, 0, 1,
+        ])));
+        let mut iface = Interface::new(cfg, &mut dev, Instant::ZERO);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8));
+        });
+        (dev, iface, SocketSet::new(Vec::new()))
+    }
+
+    /// Both ends of an exchange over smoltcp's loopback; `resume` is
+    /// called at each end's pauses.
+    fn run<A: Exchange, B: Exchange>(
+        a: &mut A,
+        b: &mut B,
+        mut resume_a: impl FnMut(&mut A),
+        mut resume_b: impl FnMut(&mut B),
+    ) {
+        let (mut dev, mut iface, mut sockets) = setup();
+        let server = TcpExchange::listen(&mut sockets, DEFAULT_PORT).unwrap();
+        let remote = IpEndpoint::new(IpAddress::v4(127, 0, 0, 1), DEFAULT_PORT);
+        let client = TcpExchange::connect(&mut iface, &mut sockets, remote, 49152).unwrap();
+        let mut t = 0;
+        for _ in 0..2000 {
+            t += 10;
+            iface.poll(Instant::from_millis(t), &mut dev, &mut sockets);
+            server.pump(&mut sockets, a).unwrap();
+            client.pump(&mut sockets, b).unwrap();
+            if a.is_paused() {
+                resume_a(a);
+            }
+            if b.is_paused() {
+                resume_b(b);
+            }
+            if a.is_done() && b.is_done() {
+                return;
+            }
+        }
+        panic!("the exchange over smoltcp did not finish");
+    }
+
+    #[test]
+    fn pingpong_over_smoltcp() {
+        let d = |qpn, ip| PingpongDest {
+            lid: 0,
+            qpn,
+            psn: qpn * 3,
+            gid: gid_from_ipv4(ip),
+        };
+        let mut server = PingpongSession::new(Role::Server, &d(0x11, [10, 0, 0, 1]));
+        let mut client = PingpongSession::new(Role::Client, &d(0x22, [10, 0, 0, 2]));
+        run(&mut server, &mut client, |s| s.resume(), |s| s.resume());
+        assert_eq!(server.remote(), Some(&d(0x22, [10, 0, 0, 2])));
+        assert_eq!(client.remote(), Some(&d(0x11, [10, 0, 0, 1])));
+    }
+
+    #[test]
+    fn perftest_over_smoltcp() {
+        let d = |qpn, ip| PerftestDest {
+            lid: 0,
+            out_reads: 0,
+            qpn,
+            psn: qpn * 5,
+            rkey: qpn + 1,
+            vaddr: u64::from(qpn) << 12,
+            gid: Some(gid_from_ipv4(ip)),
+            srqn: 0,
+        };
+        for test in [PerftestTest::SendLat, PerftestTest::WriteLat] {
+            let mut server =
+                PerftestSession::new(Role::Server, test, &d(0x11, [10, 0, 0, 1]), 4096).unwrap();
+            let mut client =
+                PerftestSession::new(Role::Client, test, &d(0x22, [10, 0, 0, 2]), 1024).unwrap();
+            let mut phases = Vec::new();
+            run(
+                &mut server,
+                &mut client,
+                |s| {
+                    phases.push(s.phase());
+                    s.resume()
+                },
+                |s| s.resume(),
+            );
+            assert_eq!(phases, [PerftestPhase::SetUpQp, PerftestPhase::Run]);
+            assert_eq!(server.mtu(), Some(1024));
+            assert_eq!(client.mtu(), Some(1024));
+            assert_eq!(server.remote(), Some(&d(0x22, [10, 0, 0, 2])));
+            assert_eq!(client.remote(), Some(&d(0x11, [10, 0, 0, 1])));
+        }
+    }
+}

@@ -47,6 +47,9 @@ const DOM0_MODULES: &[&str] = &[
     // `rdma` scenario's peer).
     "rdma_rxe",
     "ib_uverbs",
+    // rxe computes the ICRC with the crypto API's "crc32" (not a module
+    // dependency: without it, adding the link fails with ENOENT).
+    "crc32_generic",
 ];
 
 /// Host tools the lab needs: (command, Debian package).
