@@ -64,7 +64,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let role = if mode & 2 == 0 { Role::Server } else { Role::Client };
+    let role = if mode & 2 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    };
     match mode % 4 {
         0 | 2 => parsers(rest),
         1 => {

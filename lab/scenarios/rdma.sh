@@ -48,16 +48,16 @@ fi
 GIDX=""
 end=$(( $(date +%s) + 30 ))
 while [ -z "$GIDX" ] && [ $(date +%s) -le $end ]; do
-    ibv_devinfo -v -d rxe0 > /tmp/rdma-devinfo.out 2>&1
-    GIDX=$(sed -n 's/.*GID\[ *\([0-9]*\)\]:[[:space:]]*::ffff:10\.0\.12\.1, RoCE v2.*/\1/p' /tmp/rdma-devinfo.out | head -n 1)
+    ibv_devinfo -v -d rxe0 > /tmp/rxe-devinfo.out 2>&1
+    GIDX=$(sed -n 's/.*GID\[ *\([0-9]*\)\]:[[:space:]]*::ffff:10\.0\.12\.1, RoCE v2.*/\1/p' /tmp/rxe-devinfo.out | head -n 1)
     [ -n "$GIDX" ] || sleep 1
 done
 if [ -z "$GIDX" ]; then
-    grep -e "GID" -e "state" -e "mtu" /tmp/rdma-devinfo.out
+    grep -e "GID" -e "state" -e "mtu" /tmp/rxe-devinfo.out
     fail "rxe0 has no RoCE v2 GID for $DOM0_IP within 30 s (see ibv_devinfo -v above)"
 fi
 echo "dom0: rxe0 on $IF ($DOM0_MAC, $DOM0_IP/24); RoCE v2 GID index $GIDX"
-grep -e "active_mtu" -e "state:" -e "GID\[ *$GIDX\]" /tmp/rdma-devinfo.out | tr -s '\t ' ' '
+grep -e "active_mtu" -e "state:" -e "GID\[ *$GIDX\]" /tmp/rxe-devinfo.out | tr -s '\t ' ' '
 echo "LAB-STAGE rdma: rxe0 on $IF, RoCE v2 IPv4 GID index $GIDX; starting the guest" > /dev/console
 
 before=$(xl dmesg | wc -l)
@@ -104,11 +104,10 @@ run_tool() {
 pp_summary() { grep "iters in" $1 | head -n 1; }
 lat_summary() { sed -n '/t_min\[usec\]/{n;p;}' $1 | tr -s ' \t' ' ' | head -n 1; }
 
-wait_stage ready 240
-echo "LAB-STAGE rdma: the guest's smoltcp is up; ibv_rc_pingpong, guest as server" > /dev/console
-
-# 1. ibv_rc_pingpong: dom0 the client.
-wait_stage pp-server 120
+# 1. ibv_rc_pingpong: dom0 the client (the guest listens once its
+# smoltcp is up).
+wait_stage pp-server 360
+echo "LAB-STAGE rdma: the guest listens; ibv_rc_pingpong, dom0 the client" > /dev/console
 run_tool "ibv_rc_pingpong (dom0 client)" /tmp/rdma-pp1.out \
     ibv_rc_pingpong -d rxe0 -g $GIDX -n $PP_ITERS -c $GUEST_IP
 PP1=$(pp_summary /tmp/rdma-pp1.out)

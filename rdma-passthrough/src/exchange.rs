@@ -840,12 +840,8 @@ impl Exchange for PingpongSession {
             Some((Expect::Pingpong, msg)) => {
                 self.remote = Some(parse_pingpong(&msg)?);
             }
-            Some((_, msg)) => {
-                if msg != DONE {
-                    return Err(ExchangeError::BadDone);
-                }
-            }
-            None => {}
+            Some((_, msg)) if msg != DONE => return Err(ExchangeError::BadDone),
+            _ => {}
         }
         Ok(())
     }
@@ -1060,12 +1056,8 @@ impl Exchange for PerftestSession {
                     Some(_) => return Err(ExchangeError::DestChanged),
                 }
             }
-            Expect::Done => {
-                if msg != DONE {
-                    return Err(ExchangeError::BadDone);
-                }
-            }
-            Expect::Pingpong => {}
+            Expect::Done if msg != DONE => return Err(ExchangeError::BadDone),
+            Expect::Done | Expect::Pingpong => {}
         }
         Ok(())
     }

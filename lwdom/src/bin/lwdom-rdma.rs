@@ -57,7 +57,7 @@ use rdma_passthrough::exchange::smol::TcpExchange;
 use rdma_passthrough::exchange::{
     gid_from_ipv4, gid_ipv4, write_lat_payload, Exchange, PerftestDest, PerftestPhase,
     PerftestSession, PerftestTest, PingpongDest, PingpongSession, Role, DEFAULT_PORT,
-    PINGPONG_DEFAULT_SIZE, PINGPONG_FILL, PERFTEST_DEFAULT_SIZE,
+    PERFTEST_DEFAULT_SIZE, PINGPONG_DEFAULT_SIZE, PINGPONG_FILL,
 };
 use rdma_passthrough::packet::{Endpoints, ROCE_V2_PORT};
 use rdma_passthrough::psn::Psn;
@@ -410,7 +410,8 @@ struct Net<D: FrameDevice> {
 impl<D: FrameDevice> Net<D> {
     /// One turn: smoltcp, the device, RoCE frames both ways, the timer.
     fn turn(&mut self, qp: Option<&mut Qp>) -> R<()> {
-        self.iface.poll(smol_now(), &mut self.smol, &mut self.sockets);
+        self.iface
+            .poll(smol_now(), &mut self.smol, &mut self.sockets);
         match self.smol.inner_mut().poll() {
             Ok(_) | Err(FrameError::LinkDown) => {}
             Err(e) => return Err(format!("the e1000e failed: {e}")),
@@ -657,7 +658,9 @@ fn rc_pingpong<D: FrameDevice>(net: &mut Net<D>, role: Role, qpn: u32) -> R<Stri
         q.qp.post_recv(1000 + i as u64, size);
     }
     x.resume();
-    converse(net, &tcp, &mut x, Some(&mut q), deadline, &what, |x| x.is_done())?;
+    converse(net, &tcp, &mut x, Some(&mut q), deadline, &what, |x| {
+        x.is_done()
+    })?;
 
     // The tool's loop: the client sends first; each side sends again once
     // its previous send and a receive completed.
@@ -901,7 +904,9 @@ fn perftest<D: FrameDevice>(
     }
     let run_ms = ms_since(t_run);
     x.resume();
-    converse(net, &tcp, &mut x, Some(&mut q), deadline, &what, |x| x.is_done())?;
+    converse(net, &tcp, &mut x, Some(&mut q), deadline, &what, |x| {
+        x.is_done()
+    })?;
     linger(net, &mut q, tcp)?;
     let r = format!(
         "{what}: {PERF_ITERS} iterations of {size} bytes in {run_ms} ms, every arrival checked; {}",
@@ -969,8 +974,18 @@ fn run() -> R<String> {
     stage("pp-client")?;
     results.push(rc_pingpong(&mut net, Role::Client, 0x000102)?);
     stage("sl-client")?;
-    results.push(perftest(&mut net, Role::Client, PerftestTest::SendLat, 0x000103)?);
-    results.push(perftest(&mut net, Role::Server, PerftestTest::WriteLat, 0x000104)?);
+    results.push(perftest(
+        &mut net,
+        Role::Client,
+        PerftestTest::SendLat,
+        0x000103,
+    )?);
+    results.push(perftest(
+        &mut net,
+        Role::Server,
+        PerftestTest::WriteLat,
+        0x000104,
+    )?);
     stage("tests-done")?;
 
     // dom0's verdict on its tools' side.
