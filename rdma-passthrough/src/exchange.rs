@@ -73,9 +73,9 @@
 //! 0xffffff`; the path MTU as above; `timeout` 14, `retry_cnt` 7,
 //! `rnr_retry` 7, `min_rnr_timer` 12, hop limit 255, traffic class 0;
 //! `-s` bytes per message (default 2, [`PERFTEST_DEFAULT_SIZE`]), `-n`
-//! iterations (default 1000); inline sends when the size is at most 236
-//! (SEND) or 220 (WRITE) bytes; opcodes SEND and RDMA WRITE, never with
-//! immediate data.
+//! iterations (default 1000); inline sends when the size is at most the
+//! default inline size (236 bytes for SEND, 220 for WRITE, within what the
+//! device allows); opcodes SEND and RDMA WRITE, never with immediate data.
 //! - `ib_send_lat`: the client sends first, each side sends after each
 //!   receive; the buffer holds random bytes (one `rand()` fill), so every
 //!   message of a run carries the same bytes; only every `cq_mod`-th and

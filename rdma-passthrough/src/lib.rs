@@ -37,10 +37,10 @@
 //! not serve or issue them), the retransmission timer itself (the queue
 //! pair counts retries when told a timeout passed), RNR timers and RNR
 //! retry counts, end-to-end credits, the driver that runs the
-//! transport over a frame device, IPv6 and VLAN-tagged frames, the lab scenario
-//! against Linux's `rdma_rxe` and the bench entries. Interoperability with
-//! `rdma_rxe` is checked only through the ICRC of captured and published
-//! packets, not yet against a running peer.
+//! transport over a frame device, IPv6 and VLAN-tagged frames, and the
+//! bench entries. Interoperability with Linux's `rdma_rxe` is checked by
+//! the lab scenario `rdma` (SEND and RDMA WRITE with rdma-core's
+//! `ibv_rc_pingpong` and perftest's `ib_send_lat`/`ib_write_lat`).
 #![no_std]
 
 extern crate alloc;
