@@ -87,7 +87,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "rdma",
         timeout_s: 1200,
         what: "RoCE v2 from lwdom's own e1000e to dom0's rdma_rxe: ibv_rc_pingpong (guest server, then client), ib_send_lat, ib_write_lat; every payload checked",
-        default: false,
+        default: true,
     },
     Scenario {
         name: "panic",
