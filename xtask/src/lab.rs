@@ -84,6 +84,12 @@ const SCENARIOS: &[Scenario] = &[
         default: true,
     },
     Scenario {
+        name: "rdma",
+        timeout_s: 1200,
+        what: "RoCE v2 from lwdom's own e1000e to dom0's rdma_rxe: ibv_rc_pingpong (guest server, then client), ib_send_lat, ib_write_lat; every payload checked",
+        default: true,
+    },
+    Scenario {
         name: "panic",
         timeout_s: 60,
         what: "negative control: the guest panics; must FAIL with its console",

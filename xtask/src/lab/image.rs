@@ -23,7 +23,10 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 const SUITE: &str = "bookworm";
 
 /// Packages the dom0 root file system holds.
-const DOM0_PACKAGES: &str = "xen-utils-4.17,xenstore-utils,iproute2,kmod,busybox";
+/// (rdma-core's tools, its Soft-RoCE provider and perftest: the `rdma`
+/// scenario's peer.)
+const DOM0_PACKAGES: &str = "xen-utils-4.17,xenstore-utils,iproute2,kmod,busybox,\
+rdma-core,ibverbs-utils,ibverbs-providers,perftest";
 
 /// Kernel modules dom0 loads (with their dependencies).
 const DOM0_MODULES: &[&str] = &[
@@ -40,6 +43,13 @@ const DOM0_MODULES: &[&str] = &[
     // the e1000 on the guest's network hub.
     "xen-pciback",
     "e1000",
+    // Soft-RoCE on the e1000 and the verbs device user space opens (the
+    // `rdma` scenario's peer).
+    "rdma_rxe",
+    "ib_uverbs",
+    // rxe computes the ICRC with the crypto API's "crc32" (not a module
+    // dependency: without it, adding the link fails with ENOENT).
+    "crc32_generic",
 ];
 
 /// Host tools the lab needs: (command, Debian package).
