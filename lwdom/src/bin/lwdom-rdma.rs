@@ -392,6 +392,9 @@ fn kind_name(k: &CompletionKind) -> &'static str {
         CompletionKind::Send => "send",
         CompletionKind::Write => "write",
         CompletionKind::Recv { .. } => "receive",
+        CompletionKind::RecvRdmaWithImm { .. } => "write-with-immediate receive",
+        CompletionKind::Read { .. } => "read",
+        CompletionKind::Atomic { .. } => "atomic",
     }
 }
 
@@ -698,7 +701,7 @@ fn rc_pingpong<D: FrameDevice>(net: &mut Net<D>, role: Role, qpn: u32) -> R<Stri
                     received += 1;
                     pending_recv = false;
                 }
-                CompletionKind::Write => return Err(format!("{what}: a write completed")),
+                other => return Err(format!("{what}: a {} completed", kind_name(&other))),
             }
         }
         if !pending_send && !pending_recv && posted < PP_ITERS {
@@ -847,6 +850,7 @@ fn perftest<D: FrameDevice>(
                     }
                     received += 1;
                 }
+                other => return Err(format!("{what}: a {} completed", kind_name(&other))),
             }
         }
         if test == PerftestTest::WriteLat {
