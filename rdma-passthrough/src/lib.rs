@@ -23,18 +23,26 @@
 //! - [`rc`]: the reliable-connected transport of one queue pair for SEND
 //!   and RDMA WRITE, as a state machine fed frames and timer expiries and
 //!   emitting frames and completions (its docs say exactly what it covers).
+//! - [`nic`]: the transport over a frame device (netfront's
+//!   [`netfront::frame::FrameDevice`]): [`nic::RoceNic`] moves received
+//!   RoCE v2 frames (a private copy of each) into a [`nic::Transport`],
+//!   writes the transport's frames into the device's lent transmit buffers
+//!   and runs its timers; [`nic::QpTransport`] is one queue pair's
+//!   transport, with the retransmission timer the queue pair leaves to its
+//!   owner. The hosted crate's `framelink` is a frame device between two
+//!   processes (or threads) for tests and benches.
 //!
 //! # What is not here yet
 //! The verbs API (protection domains, memory regions and completion queues
 //! as verbs objects, completion events, the RESET→INIT→RTR→RTS state
 //! machine, scatter-gather work requests), RDMA READ and atomics in the
 //! queue pair (their headers are parsed and built, but the queue pair does
-//! not serve or issue them), the retransmission timer itself (the queue
-//! pair counts retries when told a timeout passed), RNR timers and RNR
-//! retry counts, end-to-end credits, the driver that runs the
-//! transport over a frame device, IPv6 and VLAN-tagged frames, the
+//! not serve or issue them), a retransmission timer inside the queue pair
+//! (it counts retries when told a timeout passed; [`nic::QpTransport`]
+//! keeps the timer for it), RNR timers and RNR
+//! retry counts, end-to-end credits, IPv6 and VLAN-tagged frames, the
 //! connection exchange of `ibv_rc_pingpong` and perftest, the lab scenario
-//! against Linux's `rdma_rxe` and the bench entries. Interoperability with
+//! against Linux's `rdma_rxe`. Interoperability with
 //! `rdma_rxe` is checked only through the ICRC of captured and published
 //! packets, not yet against a running peer.
 #![no_std]
@@ -43,6 +51,7 @@ extern crate alloc;
 
 pub mod headers;
 pub mod icrc;
+pub mod nic;
 pub mod opcode;
 pub mod packet;
 pub mod psn;
