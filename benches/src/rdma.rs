@@ -85,7 +85,8 @@ impl Op {
 
 /// The RDMA entries.
 pub fn entries() -> Vec<Entry> {
-    let setup = "2 processes (domains), RC queue pairs, RoceNic over the hosted frame link, spinning";
+    let setup =
+        "2 processes (domains), RC queue pairs, RoceNic over the hosted frame link, spinning";
     vec![
         Entry::new(
             "rdma-send-64",
@@ -135,7 +136,12 @@ fn queue_pair(me: DomId, peer: DomId) -> Result<QueuePair, String> {
         },
     })
     .map_err(|e| format!("queue pair: {e}"))?;
-    qp.register(MemoryRegion { va: REGION_VA, rkey: RKEY, remote_write: true, data: vec![0; MSG] });
+    qp.register(MemoryRegion {
+        va: REGION_VA,
+        rkey: RKEY,
+        remote_write: true,
+        data: vec![0; MSG],
+    });
     Ok(qp)
 }
 
@@ -144,8 +150,16 @@ type Nic = RoceNic<FrameLink, QpTransport>;
 fn fresh_dir() -> Result<PathBuf, String> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-    let dir = base.join(format!("pingpong-rdma-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!(
+        "pingpong-rdma-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Ok(dir)
 }
@@ -171,15 +185,28 @@ pub fn pingpong(op: Op, iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(
     r
 }
 
-fn pingpong_in(dir: &Path, op: Op, total: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
-    let hv = HostedHypervisor::create(dir).map_err(|e| format!("hosted hypervisor in {}: {e}", dir.display()))?;
+fn pingpong_in(
+    dir: &Path,
+    op: Op,
+    total: u64,
+    warmup: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
+    let hv = HostedHypervisor::create(dir)
+        .map_err(|e| format!("hosted hypervisor in {}: {e}", dir.display()))?;
     let plat = hv.join(ME).map_err(|e| format!("joining as {ME}: {e}"))?;
-    let (link, grants) = FrameLink::create(&plat, PEER, SLOTS, mac(ME)).map_err(|e| e.to_string())?;
+    let (link, grants) =
+        FrameLink::create(&plat, PEER, SLOTS, mac(ME)).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the bench binary: {e}"))?;
     let child = Command::new(exe)
         .env(
             RDMA_PEER_ROLE_ENV,
-            format!("{};{};{total};{}", dir.display(), op.name(), grants.refs_string()),
+            format!(
+                "{};{};{total};{}",
+                dir.display(),
+                op.name(),
+                grants.refs_string()
+            ),
         )
         .spawn()
         .map_err(|e| format!("cannot start the RDMA peer process: {e}"))?;
@@ -217,9 +244,12 @@ fn pingpong_in(dir: &Path, op: Op, total: u64, warmup: u64, rec: &mut Recorder) 
 /// A lossless link needs no retransmission and drops nothing.
 fn check_clean(nic: &Nic) -> Result<(), String> {
     let s = nic.transport().qp().stats();
-    if s.retransmitted + s.malformed + s.misaddressed + s.duplicates + s.out_of_sequence > 0 || nic.transport().qp().is_error()
+    if s.retransmitted + s.malformed + s.misaddressed + s.duplicates + s.out_of_sequence > 0
+        || nic.transport().qp().is_error()
     {
-        return Err(format!("the queue pair saw trouble on a lossless link: {s:?}"));
+        return Err(format!(
+            "the queue pair saw trouble on a lossless link: {s:?}"
+        ));
     }
     Ok(())
 }
@@ -227,7 +257,11 @@ fn check_clean(nic: &Nic) -> Result<(), String> {
 /// Polls `nic` until `ready` returns a value; the clock is read once every
 /// [`CLOCK_EVERY`] polls. Inlined into the measured loops.
 #[inline(always)]
-fn spin<T>(nic: &mut Nic, start: Instant, mut ready: impl FnMut(&mut Nic) -> Result<Option<T>, String>) -> Result<T, String> {
+fn spin<T>(
+    nic: &mut Nic,
+    start: Instant,
+    mut ready: impl FnMut(&mut Nic) -> Result<Option<T>, String>,
+) -> Result<T, String> {
     let mut now = start.elapsed().as_nanos() as u64;
     let began = now;
     let mut polls = 0u32;
@@ -241,7 +275,9 @@ fn spin<T>(nic: &mut Nic, start: Instant, mut ready: impl FnMut(&mut Nic) -> Res
             polls = 0;
             now = start.elapsed().as_nanos() as u64;
             if now - began > STEP_TIMEOUT.as_nanos() as u64 {
-                return Err("timed out spinning on the queue pair: the peer stopped answering".into());
+                return Err(
+                    "timed out spinning on the queue pair: the peer stopped answering".into(),
+                );
             }
         }
         std::hint::spin_loop();
@@ -293,17 +329,34 @@ fn tag(i: u64) -> u8 {
 /// The measured loop of `rdma-send-64`. Out of line, so that its code does
 /// not depend on how the set-up around it was compiled.
 #[inline(never)]
-fn send_round_trips(nic: &mut Nic, start: Instant, total: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
+fn send_round_trips(
+    nic: &mut Nic,
+    start: Instant,
+    total: u64,
+    warmup: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
     for i in 0..total {
         // The pong's receive and the ping's bytes, before the clock.
         nic.transport_mut().qp_mut().post_recv(i, MSG);
         let ping = payload(i);
         let t = Instant::now();
-        nic.transport_mut().qp_mut().post_send(i, SendOp::Send { data: ping, imm: None }).map_err(|e| format!("{e:?}"))?;
+        nic.transport_mut()
+            .qp_mut()
+            .post_send(
+                i,
+                SendOp::Send {
+                    data: ping,
+                    imm: None,
+                },
+            )
+            .map_err(|e| format!("{e:?}"))?;
         let pong = spin(nic, start, take_recv)?;
         let dt = t.elapsed().as_nanos() as u64;
         if pong != payload(i) {
-            return Err(format!("round trip {i}: the pong's bytes differ from the ping's"));
+            return Err(format!(
+                "round trip {i}: the pong's bytes differ from the ping's"
+            ));
         }
         if i >= warmup {
             rec.record(dt);
@@ -315,28 +368,53 @@ fn send_round_trips(nic: &mut Nic, start: Instant, total: u64, warmup: u64, rec:
 /// The last byte of this end's region.
 #[inline(always)]
 fn last_byte(nic: &Nic) -> u8 {
-    nic.transport().qp().region(0).and_then(|r| r.data.last().copied()).unwrap_or(0)
+    nic.transport()
+        .qp()
+        .region(0)
+        .and_then(|r| r.data.last().copied())
+        .unwrap_or(0)
 }
 
 /// The measured loop of `rdma-write-64`.
 #[inline(never)]
-fn write_round_trips(nic: &mut Nic, start: Instant, total: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
+fn write_round_trips(
+    nic: &mut Nic,
+    start: Instant,
+    total: u64,
+    warmup: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
     for i in 0..total {
         let ping = payload(i);
         let want = tag(i);
         let t = Instant::now();
         nic.transport_mut()
             .qp_mut()
-            .post_send(i, SendOp::Write { data: ping, va: REGION_VA, rkey: RKEY, imm: None })
+            .post_send(
+                i,
+                SendOp::Write {
+                    data: ping,
+                    va: REGION_VA,
+                    rkey: RKEY,
+                    imm: None,
+                },
+            )
             .map_err(|e| format!("{e:?}"))?;
         spin(nic, start, |n| {
             drain(n)?;
             Ok((last_byte(n) == want).then_some(()))
         })?;
         let dt = t.elapsed().as_nanos() as u64;
-        let region = nic.transport().qp().region(0).map(|r| r.data.clone()).unwrap_or_default();
+        let region = nic
+            .transport()
+            .qp()
+            .region(0)
+            .map(|r| r.data.clone())
+            .unwrap_or_default();
         if region != payload(i) {
-            return Err(format!("round trip {i}: the peer's WRITE landed other bytes"));
+            return Err(format!(
+                "round trip {i}: the peer's WRITE landed other bytes"
+            ));
         }
         if i >= warmup {
             rec.record(dt);
@@ -350,9 +428,16 @@ fn write_round_trips(nic: &mut Nic, start: Instant, total: u64, warmup: u64, rec
 pub fn peer_main(spec: &str) -> Result<(), String> {
     let mut parts = spec.split(';');
     let dir = PathBuf::from(parts.next().ok_or("missing directory")?);
-    let op = parts.next().and_then(Op::parse).ok_or("missing or unknown operation")?;
-    let total: u64 = parts.next().and_then(|s| s.parse().ok()).ok_or("missing round-trip count")?;
-    let grants = LinkGrants::parse_refs(ME, parts.next().ok_or("missing grant refs")?).map_err(|e| e.to_string())?;
+    let op = parts
+        .next()
+        .and_then(Op::parse)
+        .ok_or("missing or unknown operation")?;
+    let total: u64 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or("missing round-trip count")?;
+    let grants = LinkGrants::parse_refs(ME, parts.next().ok_or("missing grant refs")?)
+        .map_err(|e| e.to_string())?;
     let (_, b) = pin::pair();
     pin::pin_to(b);
     let plat = HostedPlatform::join(&dir, PEER).map_err(|e| format!("joining as {PEER}: {e}"))?;
@@ -379,8 +464,18 @@ fn serve(op: Op, nic: &mut Nic, start: Instant, total: u64) -> Result<(), String
                 let ping = spin(nic, start, take_recv)?;
                 // The next ping's receive goes up before the pong leaves.
                 nic.transport_mut().qp_mut().post_recv(i + 1, MSG);
-                nic.transport_mut().qp_mut().post_send(i, SendOp::Send { data: ping, imm: None }).map_err(|e| format!("{e:?}"))?;
-                nic.poll(start.elapsed().as_nanos() as u64).map_err(|e| format!("frame link: {e}"))?;
+                nic.transport_mut()
+                    .qp_mut()
+                    .post_send(
+                        i,
+                        SendOp::Send {
+                            data: ping,
+                            imm: None,
+                        },
+                    )
+                    .map_err(|e| format!("{e:?}"))?;
+                nic.poll(start.elapsed().as_nanos() as u64)
+                    .map_err(|e| format!("frame link: {e}"))?;
             }
         }
         Op::Write => {
@@ -390,12 +485,26 @@ fn serve(op: Op, nic: &mut Nic, start: Instant, total: u64) -> Result<(), String
                     drain(n)?;
                     Ok((last_byte(n) == want).then_some(()))
                 })?;
-                let data = nic.transport().qp().region(0).map(|r| r.data.clone()).unwrap_or_default();
+                let data = nic
+                    .transport()
+                    .qp()
+                    .region(0)
+                    .map(|r| r.data.clone())
+                    .unwrap_or_default();
                 nic.transport_mut()
                     .qp_mut()
-                    .post_send(i, SendOp::Write { data, va: REGION_VA, rkey: RKEY, imm: None })
+                    .post_send(
+                        i,
+                        SendOp::Write {
+                            data,
+                            va: REGION_VA,
+                            rkey: RKEY,
+                            imm: None,
+                        },
+                    )
                     .map_err(|e| format!("{e:?}"))?;
-                nic.poll(start.elapsed().as_nanos() as u64).map_err(|e| format!("frame link: {e}"))?;
+                nic.poll(start.elapsed().as_nanos() as u64)
+                    .map_err(|e| format!("frame link: {e}"))?;
             }
         }
     }

@@ -93,7 +93,9 @@ impl std::fmt::Display for LinkError {
 impl std::error::Error for LinkError {}
 
 fn bad_slots(slots: usize) -> LinkError {
-    LinkError(format!("{slots} slots per direction: give an even number from {MIN_SLOTS} to {MAX_SLOTS}"))
+    LinkError(format!(
+        "{slots} slots per direction: give an even number from {MIN_SLOTS} to {MAX_SLOTS}"
+    ))
 }
 
 /// Bytes of the shared region for `slots` slots per direction.
@@ -145,7 +147,11 @@ impl Shared {
             .checked_sub(PAGE)
             .map(|b| b / (2 * SLOT))
             .filter(|&s| region_len(s).ok() == Some(len))
-            .ok_or_else(|| LinkError(format!("a shared region of {len} bytes is not a control page and two rings")))?;
+            .ok_or_else(|| {
+                LinkError(format!(
+                    "a shared region of {len} bytes is not a control page and two rings"
+                ))
+            })?;
         Ok(Shared {
             _backing: backing,
             base,
@@ -301,7 +307,10 @@ impl FrameLink {
         // The mapping keeps the memory; the descriptor closes here.
         let map = Mmap::shared(file.as_fd(), 0, len, true).map_err(|e| os("mapping the memfd", e))?;
         let shared = Arc::new(Shared::new(Backing::Memfd(map))?);
-        Ok((FrameLink::end(shared.clone(), Side::A, mac_a), FrameLink::end(shared, Side::B, mac_b)))
+        Ok((
+            FrameLink::end(shared.clone(), Side::A, mac_a),
+            FrameLink::end(shared, Side::B, mac_b),
+        ))
     }
 
     /// End A of a link between `plat`'s domain and `peer`: allocates the
@@ -315,7 +324,9 @@ impl FrameLink {
         mac: [u8; 6],
     ) -> Result<(FrameLink, LinkGrants), LinkError> {
         let pages = region_len(slots)? / PAGE;
-        let mem = plat.alloc_zeroed_pages(pages).map_err(|e| LinkError(format!("allocating {pages} pages: {e}")))?;
+        let mem = plat
+            .alloc_zeroed_pages(pages)
+            .map_err(|e| LinkError(format!("allocating {pages} pages: {e}")))?;
         let table = plat.grant_table();
         let mut grants = Vec::with_capacity(pages);
         for i in 0..pages {
@@ -337,7 +348,10 @@ impl FrameLink {
                 }
             }
         }
-        let info = LinkGrants { granter: grant_tables::Platform::domid(plat), refs: grants.iter().map(|g| g.raw()).collect() };
+        let info = LinkGrants {
+            granter: grant_tables::Platform::domid(plat),
+            refs: grants.iter().map(|g| g.raw()).collect(),
+        };
         let shared = Arc::new(Shared::new(Backing::Granted(mem))?);
         let mut end = FrameLink::end(shared, Side::A, mac);
         end.grants = Some((plat.clone(), grants));
@@ -436,7 +450,9 @@ impl FrameLink {
     /// Publishes the slot at `tx_prod` (its frame and length written).
     fn publish(&mut self) {
         self.tx_prod = self.tx_prod.wrapping_add(1);
-        self.shared.index(self.tx_ring() * 128).store(self.tx_prod, Ordering::Release);
+        self.shared
+            .index(self.tx_ring() * 128)
+            .store(self.tx_prod, Ordering::Release);
     }
 
     /// Writes `frame` into the slot at `tx_prod` and publishes it.
@@ -529,7 +545,11 @@ impl TxFrame for LinkTx {
 
     fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), FrameError> {
         let len = self.len;
-        let oob = FrameError::OutOfRange { offset, len: data.len(), frame_len: len };
+        let oob = FrameError::OutOfRange {
+            offset,
+            len: data.len(),
+            frame_len: len,
+        };
         let end = offset.checked_add(data.len()).ok_or(oob.clone())?;
         let dst = self.as_mut_slice().and_then(|s| s.get_mut(offset..end)).ok_or(oob)?;
         dst.copy_from_slice(data);
@@ -537,7 +557,11 @@ impl TxFrame for LinkTx {
     }
 
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), FrameError> {
-        let oob = FrameError::OutOfRange { offset, len: buf.len(), frame_len: self.len };
+        let oob = FrameError::OutOfRange {
+            offset,
+            len: buf.len(),
+            frame_len: self.len,
+        };
         match offset.checked_add(buf.len()) {
             Some(end) if end <= self.len => {
                 // SAFETY: `[offset, end)` lies inside the lent frame (as in
@@ -562,7 +586,9 @@ pub struct LinkRx {
 impl Drop for LinkRx {
     fn drop(&mut self) {
         let ring = 1 - self.side.n();
-        self.shared.index(ring * 128 + 64).store(self.index.wrapping_add(1), Ordering::Release);
+        self.shared
+            .index(ring * 128 + 64)
+            .store(self.index.wrapping_add(1), Ordering::Release);
         self.shared.rx_lent[self.side.n()].store(false, Ordering::Release);
     }
 }
@@ -592,7 +618,11 @@ impl RxFrame for LinkRx {
     }
 
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), FrameError> {
-        let oob = FrameError::OutOfRange { offset, len: buf.len(), frame_len: self.len };
+        let oob = FrameError::OutOfRange {
+            offset,
+            len: buf.len(),
+            frame_len: self.len,
+        };
         let end = offset.checked_add(buf.len()).ok_or(oob.clone())?;
         let src = self.as_slice().and_then(|s| s.get(offset..end)).ok_or(oob)?;
         buf.copy_from_slice(src);
@@ -605,7 +635,12 @@ impl FrameDevice for FrameLink {
     type Rx = LinkRx;
 
     fn link(&self) -> LinkInfo {
-        LinkInfo { up: self.broken.is_none(), mac: self.mac, mtu: MTU, max_frame: MAX_FRAME }
+        LinkInfo {
+            up: self.broken.is_none(),
+            mac: self.mac,
+            mtu: MTU,
+            max_frame: MAX_FRAME,
+        }
     }
 
     fn tx_buffer(&mut self, len: usize) -> Result<Option<LinkTx>, FrameError> {
@@ -621,13 +656,20 @@ impl FrameDevice for FrameLink {
             return Ok(None);
         }
         self.shared.tx_lent[me].store(true, Ordering::Relaxed);
-        Ok(Some(LinkTx { shared: self.shared.clone(), side: self.side, index: self.tx_prod, len }))
+        Ok(Some(LinkTx {
+            shared: self.shared.clone(),
+            side: self.side,
+            index: self.tx_prod,
+            len,
+        }))
     }
 
     fn send(&mut self, frame: LinkTx) -> Result<(), FrameError> {
         self.check()?;
         if !Arc::ptr_eq(&frame.shared, &self.shared) || frame.side != self.side || frame.index != self.tx_prod {
-            return Err(FrameError::Invalid("a transmit buffer this end did not lend, or lent before".into()));
+            return Err(FrameError::Invalid(
+                "a transmit buffer this end did not lend, or lent before".into(),
+            ));
         }
         let len = frame.len;
         drop(frame);
@@ -642,7 +684,11 @@ impl FrameDevice for FrameLink {
             return Ok(());
         };
         let f = *f;
-        let (drop_it, dup, reorder) = (rng.percent(f.drop_pct), rng.percent(f.dup_pct), rng.percent(f.reorder_pct));
+        let (drop_it, dup, reorder) = (
+            rng.percent(f.drop_pct),
+            rng.percent(f.dup_pct),
+            rng.percent(f.reorder_pct),
+        );
         if drop_it {
             self.stats.dropped += 1;
             return Ok(());
@@ -708,7 +754,12 @@ impl FrameDevice for FrameLink {
         self.shared.rx_lent[me].store(true, Ordering::Relaxed);
         self.rx_out = true;
         self.stats.rx_frames += 1;
-        Ok(Some(LinkRx { shared: self.shared.clone(), side: self.side, index: self.rx_cons, len }))
+        Ok(Some(LinkRx {
+            shared: self.shared.clone(),
+            side: self.side,
+            index: self.rx_cons,
+            len,
+        }))
     }
 
     fn poll(&mut self) -> Result<bool, FrameError> {
@@ -725,7 +776,11 @@ impl FrameDevice for FrameLink {
         loop {
             for _ in 0..64 {
                 let prod = self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire);
-                let next = if self.rx_out { self.rx_cons.wrapping_add(1) } else { self.rx_cons };
+                let next = if self.rx_out {
+                    self.rx_cons.wrapping_add(1)
+                } else {
+                    self.rx_cons
+                };
                 if prod != next || self.held.is_some() {
                     return Ok(true);
                 }

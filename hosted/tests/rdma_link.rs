@@ -51,7 +51,13 @@ fn message(i: usize) -> (Kind, usize) {
 
 /// The bytes of message `i` from end `from`.
 fn pattern(from: u8, i: usize, len: usize) -> Vec<u8> {
-    (0..len).map(|k| (k as u32).wrapping_mul(31).wrapping_add(i as u32 * 7 + u32::from(from) * 101) as u8).collect()
+    (0..len)
+        .map(|k| {
+            (k as u32)
+                .wrapping_mul(31)
+                .wrapping_add(i as u32 * 7 + u32::from(from) * 101) as u8
+        })
+        .collect()
 }
 
 fn imm(i: usize) -> [u8; 4] {
@@ -93,7 +99,12 @@ fn queue_pair(me: u8, peer: u8, n: usize) -> QueuePair {
         endpoints: endpoints(me, peer),
     })
     .expect("queue pair config");
-    qp.register(MemoryRegion { va: REGION_VA, rkey: RKEY, remote_write: true, data: vec![0; n * STRIDE] });
+    qp.register(MemoryRegion {
+        va: REGION_VA,
+        rkey: RKEY,
+        remote_write: true,
+        data: vec![0; n * STRIDE],
+    });
     qp
 }
 
@@ -122,7 +133,16 @@ impl<D: netfront::FrameDevice> End<D> {
         for w in 0..need {
             qp.post_recv(w as u64, STRIDE);
         }
-        End { nic: RoceNic::new(dev, QpTransport::new(qp, rto_ns)), me, peer, n, posted: 0, sent: 0, next_in: 0, recvs: 0 }
+        End {
+            nic: RoceNic::new(dev, QpTransport::new(qp, rto_ns)),
+            me,
+            peer,
+            n,
+            posted: 0,
+            sent: 0,
+            next_in: 0,
+            recvs: 0,
+        }
     }
 
     fn qp_stats(&self) -> rdma_passthrough::rc::Stats {
@@ -142,7 +162,12 @@ impl<D: netfront::FrameDevice> End<D> {
         while self.next_in < upto {
             let i = self.next_in;
             let (kind, len) = message(i);
-            assert_eq!(kind, Kind::Write, "end {}: message {i} of the peer was skipped", self.me);
+            assert_eq!(
+                kind,
+                Kind::Write,
+                "end {}: message {i} of the peer was skipped",
+                self.me
+            );
             self.check_region(i, len);
             self.next_in += 1;
         }
@@ -152,7 +177,11 @@ impl<D: netfront::FrameDevice> End<D> {
         let want = pattern(self.peer, i, len);
         let region = &self.qp().region(0).expect("the region").data;
         let got = &region[i * STRIDE..i * STRIDE + len];
-        assert!(got == want.as_slice(), "end {}: RDMA WRITE {i} ({len} bytes) landed corrupted", self.me);
+        assert!(
+            got == want.as_slice(),
+            "end {}: RDMA WRITE {i} ({len} bytes) landed corrupted",
+            self.me
+        );
     }
 
     /// Posts what the window allows, moves frames, checks completions.
@@ -164,9 +193,22 @@ impl<D: netfront::FrameDevice> End<D> {
             let va = REGION_VA + (i * STRIDE) as u64;
             let op = match kind {
                 Kind::Send => SendOp::Send { data, imm: None },
-                Kind::SendImm => SendOp::Send { data, imm: Some(imm(i)) },
-                Kind::Write => SendOp::Write { data, va, rkey: RKEY, imm: None },
-                Kind::WriteImm => SendOp::Write { data, va, rkey: RKEY, imm: Some(imm(i)) },
+                Kind::SendImm => SendOp::Send {
+                    data,
+                    imm: Some(imm(i)),
+                },
+                Kind::Write => SendOp::Write {
+                    data,
+                    va,
+                    rkey: RKEY,
+                    imm: None,
+                },
+                Kind::WriteImm => SendOp::Write {
+                    data,
+                    va,
+                    rkey: RKEY,
+                    imm: Some(imm(i)),
+                },
             };
             self.qp().post_send(i as u64, op).expect("post_send");
             self.posted += 1;
@@ -176,7 +218,11 @@ impl<D: netfront::FrameDevice> End<D> {
             assert_eq!(c.status, Status::Success, "end {}: completion {c:?}", self.me);
             match c.kind {
                 CompletionKind::Send | CompletionKind::Write => {
-                    assert_eq!(c.wr_id, self.sent as u64, "end {}: send completions out of order", self.me);
+                    assert_eq!(
+                        c.wr_id, self.sent as u64,
+                        "end {}: send completions out of order",
+                        self.me
+                    );
                     let want = if message(self.sent).0 == Kind::Send || message(self.sent).0 == Kind::SendImm {
                         CompletionKind::Send
                     } else {
@@ -186,7 +232,11 @@ impl<D: netfront::FrameDevice> End<D> {
                     self.sent += 1;
                 }
                 CompletionKind::Recv { data, imm: got_imm, .. } => {
-                    assert_eq!(c.wr_id, self.recvs as u64, "end {}: receives consumed out of order", self.me);
+                    assert_eq!(
+                        c.wr_id, self.recvs as u64,
+                        "end {}: receives consumed out of order",
+                        self.me
+                    );
                     self.recvs += 1;
                     // The next message that consumes a receive.
                     let i = (self.next_in..self.n)
@@ -239,7 +289,12 @@ impl<D: netfront::FrameDevice> End<D> {
 /// messages, each direction lossy, on a simulated clock, in one thread.
 fn lossy_run(seed: u64, pct: u8, n: usize) {
     let (mut la, mut lb) = FrameLink::pair(64, mac(1), mac(2)).expect("link");
-    let faults = |s| Faults { seed: s, drop_pct: pct, dup_pct: pct, reorder_pct: pct };
+    let faults = |s| Faults {
+        seed: s,
+        drop_pct: pct,
+        dup_pct: pct,
+        reorder_pct: pct,
+    };
     la.set_faults(Some(faults(seed)));
     lb.set_faults(Some(faults(seed.wrapping_mul(7919).wrapping_add(1))));
     const RTO: u64 = 200_000;
@@ -302,12 +357,28 @@ fn lossy_run(seed: u64, pct: u8, n: usize) {
     if pct > 0 {
         // The faults happened, and the transport recovered through
         // retransmissions and recognised the duplicates.
-        assert!(da.dropped > 0 && da.duplicated > 0 && da.reordered > 0, "seed {seed}: no faults a→b: {da:?}");
-        assert!(db.dropped > 0 && db.duplicated > 0 && db.reordered > 0, "seed {seed}: no faults b→a: {db:?}");
-        assert!(sa.retransmitted > 0 && sb.retransmitted > 0, "seed {seed}: no retransmission counted");
-        assert!(sa.duplicates > 0 && sb.duplicates > 0, "seed {seed}: no duplicate recognised");
+        assert!(
+            da.dropped > 0 && da.duplicated > 0 && da.reordered > 0,
+            "seed {seed}: no faults a→b: {da:?}"
+        );
+        assert!(
+            db.dropped > 0 && db.duplicated > 0 && db.reordered > 0,
+            "seed {seed}: no faults b→a: {db:?}"
+        );
+        assert!(
+            sa.retransmitted > 0 && sb.retransmitted > 0,
+            "seed {seed}: no retransmission counted"
+        );
+        assert!(
+            sa.duplicates > 0 && sb.duplicates > 0,
+            "seed {seed}: no duplicate recognised"
+        );
     } else {
-        assert_eq!(sa.retransmitted + sb.retransmitted, 0, "a perfect link needs no retransmission");
+        assert_eq!(
+            sa.retransmitted + sb.retransmitted,
+            0,
+            "a perfect link needs no retransmission"
+        );
     }
 }
 
@@ -385,7 +456,10 @@ fn two_processes_over_granted_pages() {
         let mut e = End::new(link, 2, 1, MESSAGES, RTO_NS);
         run_end(&mut e, Duration::from_nanos(4 * RTO_NS), || false);
         let s = e.qp().stats();
-        eprintln!("domain 2: done; retransmitted {}, duplicates {}", s.retransmitted, s.duplicates);
+        eprintln!(
+            "domain 2: done; retransmitted {}, duplicates {}",
+            s.retransmitted, s.duplicates
+        );
         return;
     }
     if role().is_some() {
@@ -396,7 +470,12 @@ fn two_processes_over_granted_pages() {
     let plat = hv.join(DomId(1)).expect("join as domain 1");
     let (mut link, grants) = FrameLink::create(&plat, DomId(2), 64, mac(1)).expect("create the link");
     // Lossy from this side: the child's ACKs and retransmissions repair it.
-    link.set_faults(Some(Faults { seed: 7, drop_pct: 5, dup_pct: 5, reorder_pct: 5 }));
+    link.set_faults(Some(Faults {
+        seed: 7,
+        drop_pct: 5,
+        dup_pct: 5,
+        reorder_pct: 5,
+    }));
     let child = ChildDomain::spawn(TWO_PROC_TEST, ROLE, &dir, &[(GRANTS_VAR, grants.refs_string())]);
     let mut e = End::new(link, 1, 2, MESSAGES, RTO_NS);
     // Done, this end keeps answering the child's retransmissions (its ACKs
@@ -408,4 +487,38 @@ fn two_processes_over_granted_pages() {
     assert!(d.dropped > 0, "the lossy direction dropped nothing: {d:?}");
     assert!(s.retransmitted > 0, "drops were repaired without retransmissions?");
     child.finish();
+}
+
+#[test]
+fn two_threads_over_a_memfd_link() {
+    if role().is_some() {
+        return;
+    }
+    let (mut la, mut lb) = FrameLink::pair(32, mac(1), mac(2)).expect("link");
+    la.set_faults(Some(Faults {
+        seed: 11,
+        drop_pct: 5,
+        dup_pct: 5,
+        reorder_pct: 5,
+    }));
+    lb.set_faults(Some(Faults {
+        seed: 12,
+        drop_pct: 5,
+        dup_pct: 5,
+        reorder_pct: 5,
+    }));
+    let linger = Duration::from_nanos(40 * RTO_NS);
+    let b = std::thread::spawn(move || {
+        let mut e = End::new(lb, 2, 1, MESSAGES, RTO_NS);
+        run_end(&mut e, linger, || false);
+        e.qp_stats()
+    });
+    let mut e = End::new(la, 1, 2, MESSAGES, RTO_NS);
+    run_end(&mut e, linger, || false);
+    let sb = b.join().expect("thread b");
+    let sa = e.qp_stats();
+    assert!(
+        sa.retransmitted > 0 && sb.retransmitted > 0,
+        "no retransmission on a lossy link: {sa:?} {sb:?}"
+    );
 }

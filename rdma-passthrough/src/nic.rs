@@ -68,7 +68,10 @@ const BTH_OFFSET: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN;
 /// The BTH of a frame, when it has one where RoCE v2 over IPv4 puts it.
 /// Only a hint: the queue pair validates the whole frame itself.
 fn peek_bth(frame: &[u8]) -> Option<Bth> {
-    let b: &[u8; BTH_LEN] = frame.get(BTH_OFFSET..BTH_OFFSET + BTH_LEN)?.try_into().ok()?;
+    let b: &[u8; BTH_LEN] = frame
+        .get(BTH_OFFSET..BTH_OFFSET + BTH_LEN)?
+        .try_into()
+        .ok()?;
     Bth::decode(b).ok()
 }
 
@@ -155,8 +158,14 @@ impl Transport for QpTransport {
         // it resend). An ACK of the last request sent acknowledges all.
         let all = bth.opcode == Opcode::Acknowledge
             && self.last_request == Some(bth.psn)
-            && frame.get(BTH_OFFSET + BTH_LEN).is_some_and(|s| s & 0x60 == 0);
-        self.deadline = if all { None } else { Some(self.now_ns.saturating_add(self.rto_ns)) };
+            && frame
+                .get(BTH_OFFSET + BTH_LEN)
+                .is_some_and(|s| s & 0x60 == 0);
+        self.deadline = if all {
+            None
+        } else {
+            Some(self.now_ns.saturating_add(self.rto_ns))
+        };
     }
 
     fn next_frame(&mut self) -> Option<Vec<u8>> {
@@ -181,7 +190,8 @@ impl Transport for QpTransport {
             Some(d) if d <= self.now_ns => {
                 self.timeouts += 1;
                 self.qp.timeout();
-                self.deadline = (!self.qp.is_error()).then(|| self.now_ns.saturating_add(self.rto_ns));
+                self.deadline =
+                    (!self.qp.is_error()).then(|| self.now_ns.saturating_add(self.rto_ns));
             }
             _ => {}
         }
@@ -233,13 +243,18 @@ pub struct RoceNic<D: FrameDevice, T: Transport> {
 /// header length: the transport's parser refuses options itself).
 pub fn is_roce_v2(frame: &[u8]) -> bool {
     let ethertype = frame.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let Some(&vihl) = frame.get(ETH_HEADER_LEN) else { return false };
+    let Some(&vihl) = frame.get(ETH_HEADER_LEN) else {
+        return false;
+    };
     if ethertype != Some(ETHERTYPE_IPV4) || vihl >> 4 != 4 {
         return false;
     }
     let udp = ETH_HEADER_LEN + usize::from(vihl & 0x0f) * 4;
     frame.get(ETH_HEADER_LEN + 9) == Some(&IPPROTO_UDP)
-        && frame.get(udp + 2..udp + 4).map(|b| u16::from_be_bytes([b[0], b[1]])) == Some(ROCE_V2_PORT)
+        && frame
+            .get(udp + 2..udp + 4)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            == Some(ROCE_V2_PORT)
 }
 
 impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
@@ -344,7 +359,10 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
                     return Ok(sent);
                 }
                 Err(e @ (FrameError::TooLarge { .. } | FrameError::Invalid(_))) => {
-                    log::warn!("a RoCE frame of {} bytes was refused by the device: {e}", frame.len());
+                    log::warn!(
+                        "a RoCE frame of {} bytes was refused by the device: {e}",
+                        frame.len()
+                    );
                     self.stats.tx_refused += 1;
                     continue;
                 }
@@ -364,7 +382,10 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
                     return Ok(sent);
                 }
                 Err(e @ FrameError::Invalid(_)) => {
-                    log::warn!("a RoCE frame of {} bytes was refused by the device: {e}", frame.len());
+                    log::warn!(
+                        "a RoCE frame of {} bytes was refused by the device: {e}",
+                        frame.len()
+                    );
                     self.stats.tx_refused += 1;
                 }
                 Err(e) => return Err(e),
@@ -378,7 +399,10 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
     /// has passed. `Ok(true)` when the device woke it. Call
     /// [`RoceNic::poll`] after it.
     pub fn wait(&mut self, now_ns: u64, timeout_ns: Option<u64>) -> Result<bool, FrameError> {
-        let until_deadline = self.transport.next_deadline().map(|d| d.saturating_sub(now_ns));
+        let until_deadline = self
+            .transport
+            .next_deadline()
+            .map(|d| d.saturating_sub(now_ns));
         let bound = match (timeout_ns, until_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -39,13 +39,24 @@ impl TxFrame for MemTx {
     }
     fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), FrameError> {
         let frame_len = self.buf.len();
-        let oob = FrameError::OutOfRange { offset, len: data.len(), frame_len };
-        self.buf.get_mut(offset..offset + data.len()).ok_or(oob)?.copy_from_slice(data);
+        let oob = FrameError::OutOfRange {
+            offset,
+            len: data.len(),
+            frame_len,
+        };
+        self.buf
+            .get_mut(offset..offset + data.len())
+            .ok_or(oob)?
+            .copy_from_slice(data);
         Ok(())
     }
     fn read_at(&self, offset: usize, out: &mut [u8]) -> Result<(), FrameError> {
         let frame_len = self.buf.len();
-        let oob = FrameError::OutOfRange { offset, len: out.len(), frame_len };
+        let oob = FrameError::OutOfRange {
+            offset,
+            len: out.len(),
+            frame_len,
+        };
         out.copy_from_slice(self.buf.get(offset..offset + out.len()).ok_or(oob)?);
         Ok(())
     }
@@ -68,7 +79,11 @@ impl RxFrame for MemRx {
     }
     fn read_at(&self, offset: usize, out: &mut [u8]) -> Result<(), FrameError> {
         let frame_len = self.buf.len();
-        let oob = FrameError::OutOfRange { offset, len: out.len(), frame_len };
+        let oob = FrameError::OutOfRange {
+            offset,
+            len: out.len(),
+            frame_len,
+        };
         out.copy_from_slice(self.buf.get(offset..offset + out.len()).ok_or(oob)?);
         Ok(())
     }
@@ -81,25 +96,39 @@ impl FrameDevice for MemDev {
     type Rx = MemRx;
 
     fn link(&self) -> LinkInfo {
-        LinkInfo { up: true, mac: [2, 0, 0, 0, 0, 9], mtu: 1500, max_frame: MAX_FRAME }
+        LinkInfo {
+            up: true,
+            mac: [2, 0, 0, 0, 0, 9],
+            mtu: 1500,
+            max_frame: MAX_FRAME,
+        }
     }
     fn tx_buffer(&mut self, len: usize) -> Result<Option<MemTx>, FrameError> {
         if len > MAX_FRAME {
-            return Err(FrameError::TooLarge { len, max: MAX_FRAME });
+            return Err(FrameError::TooLarge {
+                len,
+                max: MAX_FRAME,
+            });
         }
         match &mut self.buffers {
             Some(0) => return Ok(None),
             Some(n) => *n -= 1,
             None => {}
         }
-        Ok(Some(MemTx { buf: vec![0xee; len], scattered: self.scattered }))
+        Ok(Some(MemTx {
+            buf: vec![0xee; len],
+            scattered: self.scattered,
+        }))
     }
     fn send(&mut self, frame: MemTx) -> Result<(), FrameError> {
         self.sent.push(frame.buf);
         Ok(())
     }
     fn receive(&mut self) -> Result<Option<MemRx>, FrameError> {
-        Ok(self.rx.pop_front().map(|buf| MemRx { buf, scattered: self.scattered }))
+        Ok(self.rx.pop_front().map(|buf| MemRx {
+            buf,
+            scattered: self.scattered,
+        }))
     }
     fn poll(&mut self) -> Result<bool, FrameError> {
         if let Some(p) = self.per_poll {
@@ -168,7 +197,14 @@ fn qp(me: u8, peer: u8, retry_limit: u32) -> QueuePair {
 /// A real RoCE v2 frame (a SEND from a queue pair).
 fn roce_frame() -> Vec<u8> {
     let mut q = qp(1, 2, 3);
-    q.post_send(0, SendOp::Send { data: vec![7; 10], imm: None }).unwrap();
+    q.post_send(
+        0,
+        SendOp::Send {
+            data: vec![7; 10],
+            imm: None,
+        },
+    )
+    .unwrap();
     q.transmit().unwrap()
 }
 
@@ -215,7 +251,11 @@ fn roce_frames_go_to_the_transport_and_the_others_to_the_callback() {
 
 #[test]
 fn frames_wait_for_transmit_buffers_in_order() {
-    let dev = MemDev { buffers: Some(1), per_poll: Some(1), ..MemDev::default() };
+    let dev = MemDev {
+        buffers: Some(1),
+        per_poll: Some(1),
+        ..MemDev::default()
+    };
     let mut t = Recorder::default();
     t.out.extend([vec![1; 60], vec![2; 70], vec![3; 80]]);
     let mut nic = RoceNic::new(dev, t);
@@ -225,13 +265,19 @@ fn frames_wait_for_transmit_buffers_in_order() {
     nic.poll(1).unwrap();
     nic.poll(2).unwrap();
     nic.poll(3).unwrap();
-    assert_eq!(nic.device().sent, vec![vec![1; 60], vec![2; 70], vec![3; 80]]);
+    assert_eq!(
+        nic.device().sent,
+        vec![vec![1; 60], vec![2; 70], vec![3; 80]]
+    );
     assert_eq!(nic.stats().tx_frames, 3);
 }
 
 #[test]
 fn scattered_buffers_are_written_in_place_too_and_oversized_frames_dropped() {
-    let dev = MemDev { scattered: true, ..MemDev::default() };
+    let dev = MemDev {
+        scattered: true,
+        ..MemDev::default()
+    };
     let mut t = Recorder::default();
     t.out.extend([vec![9; MAX_FRAME + 1], vec![4; 100]]);
     let mut nic = RoceNic::new(dev, t);
@@ -242,7 +288,10 @@ fn scattered_buffers_are_written_in_place_too_and_oversized_frames_dropped() {
 
 #[test]
 fn timers_run_when_due_and_bound_the_wait() {
-    let t = Recorder { deadline: Some(1_000), ..Recorder::default() };
+    let t = Recorder {
+        deadline: Some(1_000),
+        ..Recorder::default()
+    };
     let mut nic = RoceNic::new(MemDev::default(), t);
     nic.poll(999).unwrap();
     assert!(nic.transport().timers.is_empty());
@@ -268,7 +317,15 @@ fn the_timer_resends_what_was_lost_and_stops_when_all_is_acknowledged() {
     b.qp_mut().post_recv(0, 64);
     a.on_time(10);
     assert_eq!(a.next_deadline(), None, "nothing sent, no timer");
-    a.qp_mut().post_send(7, SendOp::Send { data: vec![5; 40], imm: None }).unwrap();
+    a.qp_mut()
+        .post_send(
+            7,
+            SendOp::Send {
+                data: vec![5; 40],
+                imm: None,
+            },
+        )
+        .unwrap();
     let lost = a.next_frame().unwrap();
     assert_eq!(a.next_deadline(), Some(1_010));
     assert_eq!(a.next_frame(), None);
@@ -291,7 +348,10 @@ fn the_timer_resends_what_was_lost_and_stops_when_all_is_acknowledged() {
     a.handle_frame(&ack, 1_300);
     assert_eq!(a.next_deadline(), None, "everything acknowledged");
     let c = a.qp_mut().poll_completion().unwrap();
-    assert_eq!((c.wr_id, c.status, c.kind), (7, Status::Success, CompletionKind::Send));
+    assert_eq!(
+        (c.wr_id, c.status, c.kind),
+        (7, Status::Success, CompletionKind::Send)
+    );
     let r = b.qp_mut().poll_completion().unwrap();
     assert!(matches!(r.kind, CompletionKind::Recv { ref data, .. } if data == &vec![5; 40]));
     // B sent only an ACK: no timer of its own.
@@ -304,21 +364,51 @@ fn an_ack_of_part_restarts_the_timer() {
     let mut b = QpTransport::new(qp(2, 1, 3), 1_000);
     b.qp_mut().post_recv(0, 64);
     b.qp_mut().post_recv(1, 64);
-    a.qp_mut().post_send(1, SendOp::Send { data: vec![1; 8], imm: None }).unwrap();
-    a.qp_mut().post_send(2, SendOp::Send { data: vec![2; 8], imm: None }).unwrap();
+    a.qp_mut()
+        .post_send(
+            1,
+            SendOp::Send {
+                data: vec![1; 8],
+                imm: None,
+            },
+        )
+        .unwrap();
+    a.qp_mut()
+        .post_send(
+            2,
+            SendOp::Send {
+                data: vec![2; 8],
+                imm: None,
+            },
+        )
+        .unwrap();
     let first = a.next_frame().unwrap();
     let _second_lost = a.next_frame().unwrap();
     assert_eq!(a.next_deadline(), Some(1_000));
     b.handle_frame(&first, 200);
     let ack = b.next_frame().unwrap();
     a.handle_frame(&ack, 300);
-    assert_eq!(a.next_deadline(), Some(1_300), "progress restarts the timer; the second is still out");
+    assert_eq!(
+        a.next_deadline(),
+        Some(1_300),
+        "progress restarts the timer; the second is still out"
+    );
 }
 
 #[test]
 fn a_peer_that_never_answers_fails_the_queue_pair_after_the_retries() {
     let mut a = QpTransport::new(qp(1, 2, 2), 1_000);
-    a.qp_mut().post_send(3, SendOp::Write { data: vec![1; 4], va: 0, rkey: 1, imm: None }).unwrap();
+    a.qp_mut()
+        .post_send(
+            3,
+            SendOp::Write {
+                data: vec![1; 4],
+                va: 0,
+                rkey: 1,
+                imm: None,
+            },
+        )
+        .unwrap();
     while a.next_frame().is_some() {}
     while let Some(d) = a.next_deadline() {
         a.on_time(d);
