@@ -411,6 +411,30 @@ impl FrameLink {
         self.faults = faults.map(|f| (f, Rng::new(f.seed)));
     }
 
+    /// Bytes of the shared region.
+    pub fn region_len(&self) -> usize {
+        self.shared.len
+    }
+
+    /// Writes `bytes` at `offset` of the shared region as a misbehaving
+    /// peer would (indices, lengths, frames), for tests and fuzzing of a
+    /// hostile peer; a well-behaved end never calls it. `false` when the
+    /// range is outside the region.
+    pub fn hostile_write(&self, offset: usize, bytes: &[u8]) -> bool {
+        match offset.checked_add(bytes.len()) {
+            Some(end) if end <= self.shared.len => {
+                for (i, b) in bytes.iter().enumerate() {
+                    // SAFETY: `offset + i < len`: inside the mapping, which
+                    // `shared` keeps; a volatile byte write, as a peer's
+                    // write from another process would be.
+                    unsafe { self.shared.base.as_ptr().add(offset + i).write_volatile(*b) }
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn tx_ring(&self) -> usize {
         self.side.n()
     }
@@ -791,5 +815,157 @@ impl FrameDevice for FrameLink {
             }
             std::thread::yield_now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (FrameLink, FrameLink) {
+        FrameLink::pair(4, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).expect("link")
+    }
+
+    fn send(l: &mut FrameLink, bytes: &[u8]) {
+        let mut t = l.tx_buffer(bytes.len()).unwrap().expect("a buffer");
+        t.as_mut_slice().unwrap().copy_from_slice(bytes);
+        l.send(t).unwrap();
+    }
+
+    fn recv(l: &mut FrameLink) -> Option<Vec<u8>> {
+        l.receive().unwrap().map(|f| f.as_slice().unwrap().to_vec())
+    }
+
+    #[test]
+    fn frames_cross_in_order_and_slots_are_recycled() {
+        let (mut a, mut b) = pair();
+        assert_eq!(region_len(4).unwrap(), a.region_len());
+        for round in 0..5u8 {
+            for i in 0..4u8 {
+                send(&mut a, &[round, i, 9]);
+            }
+            // Four slots: the fifth waits for the peer.
+            assert!(a.tx_buffer(10).unwrap().is_none());
+            for i in 0..4u8 {
+                assert_eq!(recv(&mut b), Some(vec![round, i, 9]));
+            }
+            assert_eq!(recv(&mut b), None);
+        }
+        send(&mut b, &[7; 60]);
+        assert_eq!(recv(&mut a), Some(vec![7; 60]));
+        assert_eq!(a.stats().tx_frames, 20);
+        assert_eq!(b.stats().rx_frames, 20);
+    }
+
+    #[test]
+    fn one_frame_lent_each_way_at_a_time() {
+        let (mut a, mut b) = pair();
+        let t = a.tx_buffer(10).unwrap().unwrap();
+        assert!(a.tx_buffer(10).unwrap().is_none());
+        drop(t);
+        let t = a.tx_buffer(3).unwrap().unwrap();
+        a.send(t).unwrap();
+        send(&mut a, &[1, 2]);
+        let f = b.receive().unwrap().unwrap();
+        assert_eq!(f.len(), 3);
+        assert!(b.receive().unwrap().is_none(), "one received frame lent at a time");
+        drop(f);
+        assert_eq!(recv(&mut b), Some(vec![1, 2]));
+        // Sizes.
+        assert!(matches!(a.tx_buffer(MAX_FRAME + 1), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(a.tx_buffer(0), Err(FrameError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_buffer_of_another_link_is_refused() {
+        let (mut a, _b) = pair();
+        let (mut c, _d) = pair();
+        let t = c.tx_buffer(5).unwrap().unwrap();
+        assert!(matches!(a.send(t), Err(FrameError::Invalid(_))));
+        // `c` lends again once that buffer is gone.
+        assert!(c.tx_buffer(5).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_producer_index_too_far_ahead_breaks_the_link() {
+        let (a, mut b) = pair();
+        // Ring 0's producer index (A's), 5 ahead of 4 slots.
+        a.hostile_write(0, &5u32.to_ne_bytes());
+        assert!(matches!(b.receive(), Err(FrameError::Broken(m)) if m.contains("producer index")));
+        assert!(matches!(b.tx_buffer(10), Err(FrameError::Broken(_))), "broken for good");
+        assert!(!b.link().up);
+    }
+
+    #[test]
+    fn a_bad_length_breaks_the_link() {
+        for len in [0u32, MAX_FRAME as u32 + 1, u32::MAX] {
+            let (a, mut b) = pair();
+            a.hostile_write(PAGE, &len.to_le_bytes());
+            a.hostile_write(0, &1u32.to_ne_bytes());
+            assert!(
+                matches!(b.receive(), Err(FrameError::Broken(m)) if m.contains("bytes in slot")),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_consumer_index_ahead_of_the_producer_breaks_the_sender() {
+        let (mut a, b) = pair();
+        // Ring 0's consumer index (B's) moved past what A produced.
+        b.hostile_write(64, &3u32.to_ne_bytes());
+        assert!(matches!(a.tx_buffer(10), Err(FrameError::Broken(m)) if m.contains("consumer index")));
+    }
+
+    #[test]
+    fn hostile_writes_stay_in_the_region() {
+        let (a, _b) = pair();
+        assert!(!a.hostile_write(a.region_len(), &[1]));
+        assert!(!a.hostile_write(usize::MAX, &[1, 2]));
+        assert!(a.hostile_write(a.region_len() - 1, &[1]));
+    }
+
+    #[test]
+    fn faults_follow_the_seed() {
+        let run = |seed| {
+            let (mut a, mut b) = FrameLink::pair(64, [0; 6], [1; 6]).unwrap();
+            a.set_faults(Some(Faults {
+                seed,
+                drop_pct: 20,
+                dup_pct: 20,
+                reorder_pct: 20,
+            }));
+            let mut got = Vec::new();
+            for i in 0..40u8 {
+                send(&mut a, &[i]);
+                while let Some(f) = recv(&mut b) {
+                    got.push(f[0]);
+                }
+            }
+            a.poll().unwrap();
+            while let Some(f) = recv(&mut b) {
+                got.push(f[0]);
+            }
+            (got, a.stats())
+        };
+        let (g1, s1) = run(5);
+        let (g2, s2) = run(5);
+        let (g3, _) = run(6);
+        assert_eq!((&g1, s1), (&g2, s2));
+        assert_ne!(g1, g3);
+        assert!(s1.dropped > 0 && s1.duplicated > 0 && s1.reordered > 0, "{s1:?}");
+        assert_eq!(g1.len() as u64, 40 - s1.dropped + s1.duplicated);
+        let sorted = {
+            let mut v = g1.clone();
+            v.sort();
+            v
+        };
+        assert_ne!(g1, sorted, "reordered");
+        // Perfect again: in order.
+        let (mut a, mut b) = pair();
+        a.set_faults(None);
+        send(&mut a, &[1]);
+        send(&mut a, &[2]);
+        assert_eq!((recv(&mut b), recv(&mut b)), (Some(vec![1]), Some(vec![2])));
     }
 }
