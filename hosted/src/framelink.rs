@@ -316,7 +316,8 @@ impl FrameLink {
     /// End A of a link between `plat`'s domain and `peer`: allocates the
     /// shared pages (zeroed) and grants them to `peer`. Hand the returned
     /// [`LinkGrants`] to the peer, which calls [`FrameLink::attach`]. The
-    /// grants end when this end is dropped.
+    /// grants end when this end is dropped; the pages are kept until the
+    /// peer has unmapped them.
     pub fn create(
         plat: &HostedPlatform,
         peer: DomId,
@@ -517,10 +518,11 @@ impl FrameLink {
 impl Drop for FrameLink {
     fn drop(&mut self) {
         if let Some((plat, grants)) = self.grants.take() {
-            for g in grants {
-                if let Err(e) = plat.grant_table().end_access(g) {
-                    log::warn!("frame link: ending a grant of the link's pages: {e} (the peer still maps it)");
-                }
+            // The region stays allocated (the table keeps it) until every
+            // grant has ended: a peer still mapping it never sees the pages
+            // reused.
+            if let Err(e) = plat.grant_table().end_access_all(grants, self.shared.clone()) {
+                log::warn!("frame link: the peer still maps the link's pages ({e}); they are kept until it unmaps");
             }
         }
     }
