@@ -60,7 +60,12 @@ fuzz_target!(|steps: Vec<Step>| {
         endpoints: endpoints(),
     })
     .expect("a valid configuration");
-    qp.register(MemoryRegion { va: 0x1000, rkey: 7, remote_write: true, data: vec![0; 1024] });
+    qp.register(MemoryRegion {
+        va: 0x1000,
+        rkey: 7,
+        remote_write: true,
+        data: vec![0; 1024],
+    });
     qp.post_recv(1, 512);
     let mut nic = RoceNic::new(mine, QpTransport::new(qp, 1_000_000));
     let mut now = 0u64;
@@ -70,10 +75,12 @@ fuzz_target!(|steps: Vec<Step>| {
             Step::Poke { offset, bytes } => {
                 let region = nic.device().region_len();
                 let at = usize::from(offset) % region;
-                nic.device().hostile_write(at, &bytes[..bytes.len().min(region - at)]);
+                nic.device()
+                    .hostile_write(at, &bytes[..bytes.len().min(region - at)]);
             }
             Step::Index { which, value } => {
-                nic.device().hostile_write(usize::from(which % 4) * 64, &value.to_ne_bytes());
+                nic.device()
+                    .hostile_write(usize::from(which % 4) * 64, &value.to_ne_bytes());
             }
             Step::PeerSend(bytes) => {
                 if let Ok(Some(mut t)) = peer.tx_buffer(bytes.len().max(1)) {
@@ -87,7 +94,12 @@ fuzz_target!(|steps: Vec<Step>| {
             Step::Post { len, write } => {
                 let data = vec![0x5a; usize::from(len) % 1200];
                 let op = if write {
-                    SendOp::Write { data, va: 0x1000, rkey: 7, imm: None }
+                    SendOp::Write {
+                        data,
+                        va: 0x1000,
+                        rkey: 7,
+                        imm: None,
+                    }
                 } else {
                     SendOp::Send { data, imm: None }
                 };
