@@ -164,6 +164,7 @@ impl Shared {
     }
 
     /// The index at `offset` of the control page (0, 64, 128 or 192).
+    #[inline]
     fn index(&self, offset: usize) -> &AtomicU32 {
         debug_assert!(offset <= 192 && offset % 64 == 0);
         // SAFETY: `offset + 4 <= PAGE <= len`, and the base is page-aligned,
@@ -195,6 +196,7 @@ pub enum Side {
 }
 
 impl Side {
+    #[inline]
     fn n(self) -> usize {
         match self {
             Side::A => 0,
@@ -436,10 +438,12 @@ impl FrameLink {
         }
     }
 
+    #[inline]
     fn tx_ring(&self) -> usize {
         self.side.n()
     }
 
+    #[inline]
     fn rx_ring(&self) -> usize {
         1 - self.side.n()
     }
@@ -744,7 +748,58 @@ impl FrameDevice for FrameLink {
         self.release_held()
     }
 
+    #[inline]
     fn receive(&mut self) -> Result<Option<LinkRx>, FrameError> {
+        // The empty ring, inlined into the caller's poll loop: one load of
+        // the peer's producer index.
+        if !self.rx_out
+            && self.broken.is_none()
+            && self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire) == self.rx_cons
+        {
+            return Ok(None);
+        }
+        self.receive_slow()
+    }
+
+    #[inline]
+    fn poll(&mut self) -> Result<bool, FrameError> {
+        if self.held.is_none() && self.broken.is_none() {
+            return Ok(false);
+        }
+        self.check()?;
+        let held = self.held.is_some();
+        self.release_held()?;
+        Ok(held && self.held.is_none())
+    }
+
+    fn wait(&mut self, timeout_ns: Option<u64>) -> Result<bool, FrameError> {
+        self.check()?;
+        let start = Instant::now();
+        let limit = timeout_ns.map(Duration::from_nanos);
+        loop {
+            for _ in 0..64 {
+                let prod = self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire);
+                let next = if self.rx_out {
+                    self.rx_cons.wrapping_add(1)
+                } else {
+                    self.rx_cons
+                };
+                if prod != next || self.held.is_some() {
+                    return Ok(true);
+                }
+                std::hint::spin_loop();
+            }
+            if limit.is_some_and(|l| start.elapsed() >= l) {
+                return Ok(false);
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl FrameLink {
+    /// `receive` past its empty-ring fast path.
+    fn receive_slow(&mut self) -> Result<Option<LinkRx>, FrameError> {
         self.check()?;
         let me = self.side.n();
         if self.rx_out {
@@ -786,37 +841,6 @@ impl FrameDevice for FrameLink {
             index: self.rx_cons,
             len,
         }))
-    }
-
-    fn poll(&mut self) -> Result<bool, FrameError> {
-        self.check()?;
-        let held = self.held.is_some();
-        self.release_held()?;
-        Ok(held && self.held.is_none())
-    }
-
-    fn wait(&mut self, timeout_ns: Option<u64>) -> Result<bool, FrameError> {
-        self.check()?;
-        let start = Instant::now();
-        let limit = timeout_ns.map(Duration::from_nanos);
-        loop {
-            for _ in 0..64 {
-                let prod = self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire);
-                let next = if self.rx_out {
-                    self.rx_cons.wrapping_add(1)
-                } else {
-                    self.rx_cons
-                };
-                if prod != next || self.held.is_some() {
-                    return Ok(true);
-                }
-                std::hint::spin_loop();
-            }
-            if limit.is_some_and(|l| start.elapsed() >= l) {
-                return Ok(false);
-            }
-            std::thread::yield_now();
-        }
     }
 }
 
