@@ -9,7 +9,10 @@
 //! (UDP loopback blocking and spinning, a Unix socket, a pipe, eventfd).
 //! Its network entries ([`net`]) send Ethernet frames through the hosted
 //! netback to an echo on the backend's side, and stream frames one way,
-//! beside one core's memcpy and a UDP loopback stream.
+//! beside one core's memcpy and a UDP loopback stream. Its RDMA entries
+//! ([`rdma`]) make RoCE v2 round trips (SEND, RDMA WRITE) between two
+//! reliable-connected queue pairs in two processes over the hosted frame
+//! link.
 //!
 //! The APEX scheduler bench (`cargo xtask apexbench`, [`apex`]) sets our
 //! I/O scheduler against the alternatives on a simulated device and
@@ -23,4 +26,5 @@ pub mod harness;
 pub mod net;
 pub mod peers;
 pub mod pin;
+pub mod rdma;
 pub mod ring;

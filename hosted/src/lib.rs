@@ -16,6 +16,10 @@
 //! - [`netback`]: a network backend speaking netif as Linux's xen-netback
 //!   does, with a software switch, a host port and an optional TAP device,
 //!   for netfronts in other domains (and a hostile mode to test them).
+//! - [`framelink`]: a frame device between two processes (domains sharing
+//!   granted pages) or two threads, two rings of 2 KiB slots in shared
+//!   memory, with seeded drop, duplication and reordering on demand: the
+//!   link RDMA tests and benches run RoCE v2 over.
 //! - A domain's memory, grant table and event page are memfds (sealed
 //!   against resizing) that peers map: a granted frame `n` is page `n` of
 //!   the granting domain's memory memfd, and a backend maps exactly the
@@ -81,6 +85,7 @@
 pub mod blkback;
 mod domain;
 mod evtchn;
+pub mod framelink;
 mod grants;
 pub mod hypervisor;
 mod memory;

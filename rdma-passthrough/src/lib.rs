@@ -35,6 +35,14 @@
 //!   the RNR timer of IBA table 45 and the RNR retry count, and limits on
 //!   outstanding READ and atomic requests on both sides (its docs say
 //!   exactly what it covers).
+//! - [`nic`]: the transport over a frame device (netfront's
+//!   [`netfront::frame::FrameDevice`]): [`nic::RoceNic`] moves received
+//!   RoCE v2 frames (a private copy of each) into a [`nic::Transport`] (a
+//!   [`verbs::Context`], or one queue pair as [`nic::QpTransport`] with
+//!   the retransmission timer kept for it), writes the transport's frames
+//!   into the device's lent transmit buffers and runs its timers. The
+//!   hosted crate's `framelink` is a frame device between two processes
+//!   (or threads) for tests and benches.
 //! - [`verbs`]: the verbs API in libibverbs' shape over [`rc`]: a
 //!   [`verbs::Context`] per device (MAC, IPv4 address, IPv4-mapped GID)
 //!   owning protection domains, memory regions with keys and access flags,
@@ -62,6 +70,7 @@ extern crate alloc;
 pub mod exchange;
 pub mod headers;
 pub mod icrc;
+pub mod nic;
 pub mod opcode;
 pub mod packet;
 pub mod psn;

@@ -17,8 +17,9 @@ The ping-pong latency bench: one request/response round trip, both ends \
 pinned to two cores, for our rings between two hosted domains (two processes \
 connected through xenstore and the xenbus handshake exactly as a driver \
 connects), for Ethernet frames through the hosted netback to an echo on the \
-backend's side (and a one-way stream of frames), and for the peers, all \
-measured in the same run.";
+backend's side (and a one-way stream of frames), for RoCE v2 SEND and RDMA \
+WRITE between two queue pairs in two processes over the hosted frame link, \
+and for the peers, all measured in the same run.";
 
 fn entries() -> Vec<Entry> {
     let mut v = vec![Entry::new(
@@ -30,6 +31,7 @@ fn entries() -> Vec<Entry> {
     .msg_bytes(8)];
     v.extend(benches::ring::entries());
     v.extend(benches::net::entries());
+    v.extend(benches::rdma::entries());
     v.extend([
         Entry::new(
             "udp-block",
@@ -82,6 +84,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    // The same binary is the RDMA entries' peer process.
+    if let Ok(spec) = std::env::var(benches::rdma::RDMA_PEER_ROLE_ENV) {
+        return match benches::rdma::peer_main(&spec) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pingpong RDMA peer: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The same binary is the ring's backend process (another domain).
     if let Ok(spec) = std::env::var(benches::ring::BACKEND_ROLE_ENV) {
         return match benches::ring::backend_main(&spec) {
@@ -116,6 +128,8 @@ fn main() -> ExitCode {
         .target(Target::at_most("netfront-poll-64", "c-ring-h", 2.5))
         .target(Target::at_most("netfront-poll-64", "udp-spin", 0.1))
         .target(Target::at_most("netfront-event-64", "eventfd", 1.2))
+        .target(Target::at_most("rdma-send-64", "udp-spin", 0.1))
+        .target(Target::at_most("rdma-send-64", "netfront-poll-64", 1.5))
         .target(Target::at_least("netfront-stream-1500", "memcpy", 0.5).on(Metric::GbitS))
         .target(Target::at_least("netfront-stream-1500", "udp-stream", 2.0).on(Metric::GbitS))
         .meta("cores", format!("{a},{b}"))

@@ -1,0 +1,512 @@
+//! The RDMA entries of the ping-pong bench: RoCE v2 round trips between two
+//! reliable-connected queue pairs in two processes (two hosted domains),
+//! each driven by [`RoceNic`] over the hosted frame link
+//! ([`hosted::framelink`]: two rings of 2 KiB slots in pages the bench's
+//! process grants and the child maps), both ends spinning on their
+//! `RoceNic::poll`, each pinned to its core.
+//!
+//! - `rdma-send-64`: a 64-byte SEND each way; the ping's receive
+//!   completion at the peer triggers the pong (a SEND of the same bytes),
+//!   and the round trip ends at the pong's receive completion. Receives are
+//!   posted before the clock starts, as `ib_send_lat` posts them.
+//! - `rdma-write-64`: a 64-byte RDMA WRITE (no immediate) into the peer's
+//!   registered region; the peer polls the last byte of its region for the
+//!   round trip's tag and answers with a WRITE into ours, which this end
+//!   polls the same way: `ib_write_lat`'s scheme.
+//!
+//! A round trip moves four frames: the ping, its ACK, the pong and its
+//! ACK (each ACK goes out before the next request; the requester's
+//! completion of the ping is not waited for). Every frame is built with its
+//! ICRC and parsed and checked in full, and each received frame is copied
+//! once out of the link's slot before it is parsed. The link is lossless
+//! here: no retransmission may happen (the timeout is 1 s), and a run that
+//! needed one fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use grant_tables::DomId;
+use hosted::framelink::{FrameLink, LinkGrants};
+use hosted::{HostedHypervisor, HostedPlatform};
+use rdma_passthrough::nic::{QpTransport, RoceNic, Transport};
+use rdma_passthrough::packet::Endpoints;
+use rdma_passthrough::psn::Psn;
+use rdma_passthrough::rc::{CompletionKind, MemoryRegion, QpConfig, QueuePair, SendOp, Status};
+
+use crate::harness::{Entry, Recorder, Round};
+use crate::pin;
+
+/// The environment variable that turns the bench binary into the RDMA
+/// peer process. Its value is `<dir>;<send|write>;<round trips>;<grant refs>`.
+pub const RDMA_PEER_ROLE_ENV: &str = "PINGPONG_RDMA_PEER";
+
+/// Bytes of each message.
+pub const MSG: usize = 64;
+const ME: DomId = DomId(1);
+const PEER: DomId = DomId(2);
+const RKEY: u32 = 0x5eed;
+const REGION_VA: u64 = 0x4000_0000;
+const SLOTS: usize = 64;
+/// No single wait of the bench may take longer than this.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The retransmission timeout: far above any round trip, and above the
+/// time a busy machine may take a spinning process off its core (a
+/// timeout there would resend on a lossless link).
+const RTO_NS: u64 = 1_000_000_000;
+/// Polls between two readings of the clock.
+const CLOCK_EVERY: u32 = 64;
+
+/// Which operation the round trip uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// SEND both ways.
+    Send,
+    /// RDMA WRITE both ways, the last byte polled.
+    Write,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Send => "send",
+            Op::Write => "write",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Op> {
+        match s {
+            "send" => Some(Op::Send),
+            "write" => Some(Op::Write),
+            _ => None,
+        }
+    }
+}
+
+/// The RDMA entries.
+pub fn entries() -> Vec<Entry> {
+    let setup =
+        "2 processes (domains), RC queue pairs, RoceNic over the hosted frame link, spinning";
+    vec![
+        Entry::new(
+            "rdma-send-64",
+            "a 64-byte RoCE v2 SEND to a queue pair in another process, answered by a SEND back (ib_send_lat's exchange): \
+             RC queue pairs driven by RoceNic over the hosted frame link (shared-memory rings), both ends spinning",
+            setup,
+            |r: Round, rec: &mut Recorder| pingpong(Op::Send, r.iters, r.warmup, rec),
+        )
+        .msg_bytes(MSG),
+        Entry::new(
+            "rdma-write-64",
+            "a 64-byte RDMA WRITE into the peer's region, whose last byte the peer polls and answers with a WRITE into \
+             ours (ib_write_lat's exchange); same setting as rdma-send-64",
+            setup,
+            |r: Round, rec: &mut Recorder| pingpong(Op::Write, r.iters, r.warmup, rec),
+        )
+        .msg_bytes(MSG),
+    ]
+}
+
+fn mac(d: DomId) -> [u8; 6] {
+    [2, 0, 0, 0, 0xdd, d.0 as u8]
+}
+
+/// The queue pair of domain `me` towards `peer`, with a `MSG`-byte region
+/// the peer may write.
+fn queue_pair(me: DomId, peer: DomId) -> Result<QueuePair, String> {
+    let ip = |d: DomId| [10, 0, 0, d.0 as u8];
+    let psn = |d: DomId| Psn::from_masked(0x1000 * u32::from(d.0));
+    let mut qp = QueuePair::new(QpConfig {
+        qpn: 0x10 + u32::from(me.0),
+        dest_qpn: 0x10 + u32::from(peer.0),
+        pkey: 0xffff,
+        pmtu: 1024,
+        send_psn: psn(me),
+        recv_psn: psn(peer),
+        retry_limit: 7,
+        endpoints: Endpoints {
+            dst_mac: mac(peer),
+            src_mac: mac(me),
+            src_ip: ip(me),
+            dst_ip: ip(peer),
+            src_port: 0xc000 + me.0,
+            tos: 0,
+            ttl: 64,
+            ip_id: 0,
+        },
+    })
+    .map_err(|e| format!("queue pair: {e}"))?;
+    qp.register(MemoryRegion {
+        va: REGION_VA,
+        rkey: RKEY,
+        remote_write: true,
+        data: vec![0; MSG],
+    });
+    Ok(qp)
+}
+
+type Nic = RoceNic<FrameLink, QpTransport>;
+
+fn fresh_dir() -> Result<PathBuf, String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!(
+        "pingpong-rdma-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Kills the child on every exit path.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One entry's run: this process is domain 1 (creates and grants the
+/// link), the child domain 2.
+pub fn pingpong(op: Op, iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
+    let dir = fresh_dir()?;
+    let r = pingpong_in(&dir, op, iters + warmup, warmup, rec);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn pingpong_in(
+    dir: &Path,
+    op: Op,
+    total: u64,
+    warmup: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
+    let hv = HostedHypervisor::create(dir)
+        .map_err(|e| format!("hosted hypervisor in {}: {e}", dir.display()))?;
+    let plat = hv.join(ME).map_err(|e| format!("joining as {ME}: {e}"))?;
+    let (link, grants) =
+        FrameLink::create(&plat, PEER, SLOTS, mac(ME)).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the bench binary: {e}"))?;
+    let child = Command::new(exe)
+        .env(
+            RDMA_PEER_ROLE_ENV,
+            format!(
+                "{};{};{total};{}",
+                dir.display(),
+                op.name(),
+                grants.refs_string()
+            ),
+        )
+        .spawn()
+        .map_err(|e| format!("cannot start the RDMA peer process: {e}"))?;
+    let mut child = ChildGuard(Some(child));
+    let (a, _) = pin::pair();
+    pin::pin_to(a);
+    let mut nic = RoceNic::new(link, QpTransport::new(queue_pair(ME, PEER)?, RTO_NS));
+    let start = Instant::now();
+    match op {
+        Op::Send => send_round_trips(&mut nic, start, total, warmup, rec)?,
+        Op::Write => write_round_trips(&mut nic, start, total, warmup, rec)?,
+    }
+    // The child stops once its last pong is acknowledged (sent by the poll
+    // that took the pong).
+    if let Some(mut c) = child.0.take() {
+        let end = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let _ = nic.poll(start.elapsed().as_nanos() as u64);
+            match c.try_wait() {
+                Ok(Some(s)) if s.success() => break,
+                Ok(Some(s)) => return Err(format!("the RDMA peer process failed: {s}")),
+                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_micros(100)),
+                Ok(None) => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return Err("the RDMA peer process did not stop".into());
+                }
+                Err(e) => return Err(format!("waiting for the RDMA peer: {e}")),
+            }
+        }
+    }
+    check_clean(&nic)
+}
+
+/// A lossless link needs no retransmission and drops nothing.
+fn check_clean(nic: &Nic) -> Result<(), String> {
+    let s = nic.transport().qp().stats();
+    if s.retransmitted + s.malformed + s.misaddressed + s.duplicates + s.out_of_sequence > 0
+        || nic.transport().qp().is_error()
+    {
+        return Err(format!(
+            "the queue pair saw trouble on a lossless link: {s:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Polls `nic` until `ready` returns a value; the clock is read once every
+/// [`CLOCK_EVERY`] polls. Inlined into the measured loops.
+#[inline(always)]
+fn spin<T>(
+    nic: &mut Nic,
+    start: Instant,
+    mut ready: impl FnMut(&mut Nic) -> Result<Option<T>, String>,
+) -> Result<T, String> {
+    let mut now = start.elapsed().as_nanos() as u64;
+    let began = now;
+    let mut polls = 0u32;
+    loop {
+        nic.poll(now).map_err(|e| format!("frame link: {e}"))?;
+        if let Some(v) = ready(nic)? {
+            return Ok(v);
+        }
+        polls += 1;
+        if polls == CLOCK_EVERY {
+            polls = 0;
+            now = start.elapsed().as_nanos() as u64;
+            if now - began > STEP_TIMEOUT.as_nanos() as u64 {
+                return Err(
+                    "timed out spinning on the queue pair: the peer stopped answering".into(),
+                );
+            }
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// What a completion means for the ping-pong: a receive (its bytes), or
+/// nothing the loop waits for.
+#[inline(always)]
+fn take_recv(nic: &mut Nic) -> Result<Option<Vec<u8>>, String> {
+    while let Some(c) = nic.transport_mut().qp_mut().poll_completion() {
+        if c.status != Status::Success {
+            return Err(format!("completion {} failed: {:?}", c.wr_id, c.status));
+        }
+        if let CompletionKind::Recv { data, .. } = c.kind {
+            return Ok(Some(data));
+        }
+    }
+    Ok(None)
+}
+
+/// Drains completions (the requester's, acknowledged), checking them.
+#[inline(always)]
+fn drain(nic: &mut Nic) -> Result<(), String> {
+    while let Some(c) = nic.transport_mut().qp_mut().poll_completion() {
+        if c.status != Status::Success {
+            return Err(format!("completion {} failed: {:?}", c.wr_id, c.status));
+        }
+    }
+    Ok(())
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    let mut p = vec![0u8; MSG];
+    p[..8].copy_from_slice(&i.to_le_bytes());
+    for (k, b) in p.iter_mut().enumerate().skip(8) {
+        *b = (k as u8).wrapping_mul(13) ^ i as u8;
+    }
+    p[MSG - 1] = tag(i);
+    p
+}
+
+/// The last byte of round trip `i`: never zero (the region starts zeroed)
+/// and never that of the round trip before.
+fn tag(i: u64) -> u8 {
+    (i % 255) as u8 + 1
+}
+
+/// The measured loop of `rdma-send-64`. Out of line, so that its code does
+/// not depend on how the set-up around it was compiled.
+#[inline(never)]
+fn send_round_trips(
+    nic: &mut Nic,
+    start: Instant,
+    total: u64,
+    warmup: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
+    for i in 0..total {
+        // The pong's receive and the ping's bytes, before the clock.
+        nic.transport_mut().qp_mut().post_recv(i, MSG);
+        let ping = payload(i);
+        let t = Instant::now();
+        nic.transport_mut()
+            .qp_mut()
+            .post_send(
+                i,
+                SendOp::Send {
+                    data: ping,
+                    imm: None,
+                },
+            )
+            .map_err(|e| format!("{e:?}"))?;
+        let pong = spin(nic, start, take_recv)?;
+        let dt = t.elapsed().as_nanos() as u64;
+        if pong != payload(i) {
+            return Err(format!(
+                "round trip {i}: the pong's bytes differ from the ping's"
+            ));
+        }
+        if i >= warmup {
+            rec.record(dt);
+        }
+    }
+    drain(nic)
+}
+
+/// The last byte of this end's region.
+#[inline(always)]
+fn last_byte(nic: &Nic) -> u8 {
+    nic.transport()
+        .qp()
+        .region(0)
+        .and_then(|r| r.data.last().copied())
+        .unwrap_or(0)
+}
+
+/// The measured loop of `rdma-write-64`.
+#[inline(never)]
+fn write_round_trips(
+    nic: &mut Nic,
+    start: Instant,
+    total: u64,
+    warmup: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
+    for i in 0..total {
+        let ping = payload(i);
+        let want = tag(i);
+        let t = Instant::now();
+        nic.transport_mut()
+            .qp_mut()
+            .post_send(
+                i,
+                SendOp::Write {
+                    data: ping,
+                    va: REGION_VA,
+                    rkey: RKEY,
+                    imm: None,
+                },
+            )
+            .map_err(|e| format!("{e:?}"))?;
+        spin(nic, start, |n| {
+            drain(n)?;
+            Ok((last_byte(n) == want).then_some(()))
+        })?;
+        let dt = t.elapsed().as_nanos() as u64;
+        let region = nic
+            .transport()
+            .qp()
+            .region(0)
+            .map(|r| r.data.clone())
+            .unwrap_or_default();
+        if region != payload(i) {
+            return Err(format!(
+                "round trip {i}: the peer's WRITE landed other bytes"
+            ));
+        }
+        if i >= warmup {
+            rec.record(dt);
+        }
+    }
+    drain(nic)
+}
+
+/// The peer process: `PINGPONG_RDMA_PEER=<dir>;<op>;<round trips>;<refs>`.
+/// Answers every ping, then waits for its last pong to be acknowledged.
+pub fn peer_main(spec: &str) -> Result<(), String> {
+    let mut parts = spec.split(';');
+    let dir = PathBuf::from(parts.next().ok_or("missing directory")?);
+    let op = parts
+        .next()
+        .and_then(Op::parse)
+        .ok_or("missing or unknown operation")?;
+    let total: u64 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or("missing round-trip count")?;
+    let grants = LinkGrants::parse_refs(ME, parts.next().ok_or("missing grant refs")?)
+        .map_err(|e| e.to_string())?;
+    let (_, b) = pin::pair();
+    pin::pin_to(b);
+    let plat = HostedPlatform::join(&dir, PEER).map_err(|e| format!("joining as {PEER}: {e}"))?;
+    let link = FrameLink::attach(&plat, &grants, mac(PEER)).map_err(|e| e.to_string())?;
+    let mut nic = RoceNic::new(link, QpTransport::new(queue_pair(PEER, ME)?, RTO_NS));
+    let start = Instant::now();
+    serve(op, &mut nic, start, total)?;
+    // The last pong's acknowledgement.
+    let acked = |n: &mut Nic| -> Result<Option<()>, String> {
+        drain(n)?;
+        Ok(n.transport().next_deadline().is_none().then_some(()))
+    };
+    spin(&mut nic, start, acked)?;
+    check_clean(&nic)
+}
+
+/// The peer's loop: `total` pongs.
+#[inline(never)]
+fn serve(op: Op, nic: &mut Nic, start: Instant, total: u64) -> Result<(), String> {
+    match op {
+        Op::Send => {
+            nic.transport_mut().qp_mut().post_recv(0, MSG);
+            for i in 0..total {
+                let ping = spin(nic, start, take_recv)?;
+                // The next ping's receive goes up before the pong leaves.
+                nic.transport_mut().qp_mut().post_recv(i + 1, MSG);
+                nic.transport_mut()
+                    .qp_mut()
+                    .post_send(
+                        i,
+                        SendOp::Send {
+                            data: ping,
+                            imm: None,
+                        },
+                    )
+                    .map_err(|e| format!("{e:?}"))?;
+                nic.poll(start.elapsed().as_nanos() as u64)
+                    .map_err(|e| format!("frame link: {e}"))?;
+            }
+        }
+        Op::Write => {
+            for i in 0..total {
+                let want = tag(i);
+                spin(nic, start, |n| {
+                    drain(n)?;
+                    Ok((last_byte(n) == want).then_some(()))
+                })?;
+                let data = nic
+                    .transport()
+                    .qp()
+                    .region(0)
+                    .map(|r| r.data.clone())
+                    .unwrap_or_default();
+                nic.transport_mut()
+                    .qp_mut()
+                    .post_send(
+                        i,
+                        SendOp::Write {
+                            data,
+                            va: REGION_VA,
+                            rkey: RKEY,
+                            imm: None,
+                        },
+                    )
+                    .map_err(|e| format!("{e:?}"))?;
+                nic.poll(start.elapsed().as_nanos() as u64)
+                    .map_err(|e| format!("frame link: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! Running the RoCE v2 transport over a frame device.
+//!
+//! [`RoceNic`] joins a [`FrameDevice`] (netfront, the passed-through
+//! e1000e, a hosted test link) and a [`Transport`] (the pump of a queue
+//! pair's state machine, or of a whole verbs context). One call to
+//! [`RoceNic::poll`] does everything that can be done without blocking:
+//!
+//! 1. the device's own work ([`FrameDevice::poll`]);
+//! 2. received frames: each is copied once out of the device's memory into
+//!    a buffer of this driver's (the device's memory may still be written by
+//!    a peer or a device; everything after works on the private copy) and
+//!    classified: IPv4 UDP to port 4791 goes to
+//!    [`Transport::handle_frame`], anything else to the callback given by
+//!    [`RoceNic::on_other_frame`] or, without one, is counted and dropped;
+//! 3. the transport's timers ([`Transport::on_time`]) when its deadline has
+//!    passed;
+//! 4. the frames the transport has to send ([`Transport::next_frame`]),
+//!    each written straight into a transmit buffer the device lends (its
+//!    granted or DMA memory: no copy besides that one) and sent. When the
+//!    device has no buffer free, the frame waits for the next poll.
+//!
+//! [`RoceNic::wait`] blocks in the device's [`FrameDevice::wait`], never
+//! past the transport's next deadline. Time is the caller's: every call
+//! takes `now_ns`, monotonic nanoseconds of one clock (the platform's
+//! [`grant_tables::Clock`]), and deadlines are on that clock.
+//!
+//! [`QpTransport`] is the [`Transport`] of one [`QueuePair`]: it keeps the
+//! retransmission timer the queue pair leaves to its owner (armed when a
+//! request goes out, restarted when the peer acknowledges progress,
+//! stopped when everything sent is acknowledged, and
+//! [`QueuePair::timeout`] when it expires).
+//!
+//! # Limits
+//! Frames with a VLAN tag or IPv6 are not RoCE here (they go to the
+//! callback); one [`QpTransport`] serves one queue pair (a verbs context
+//! demultiplexes several); completions are read from the transport itself
+//! ([`RoceNic::transport_mut`]), not through this module.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use netfront::frame::{FrameDevice, FrameError, RxFrame, TxFrame};
+
+use crate::headers::Bth;
+use crate::icrc::{IPV4_HEADER_LEN, UDP_HEADER_LEN};
+use crate::opcode::{Opcode, BTH_LEN};
+use crate::packet::{ETHERTYPE_IPV4, ETH_HEADER_LEN, IPPROTO_UDP, ROCE_V2_PORT};
+use crate::psn::Psn;
+use crate::rc::{QueuePair, Stats};
+
+/// The pump of a RoCE v2 transport: what a driver moving frames needs of
+/// it. Times are monotonic nanoseconds of the caller's clock.
+pub trait Transport {
+    /// A received RoCE v2 frame (UDP port 4791), in a buffer the caller
+    /// owns (never memory a peer can still write).
+    fn handle_frame(&mut self, frame: &[u8], now_ns: u64);
+    /// The next frame to send, if any.
+    fn next_frame(&mut self) -> Option<Vec<u8>>;
+    /// Runs the timers due at `now_ns` (retransmission, RNR).
+    fn on_time(&mut self, now_ns: u64);
+    /// When [`Transport::on_time`] should run next; `None`: no timer armed.
+    fn next_deadline(&self) -> Option<u64>;
+}
+
+/// Where the BTH starts in a RoCE v2 frame (IPv4 without options).
+const BTH_OFFSET: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN;
+
+/// The BTH of a frame, when it has one where RoCE v2 over IPv4 puts it.
+/// Only a hint: the queue pair validates the whole frame itself.
+fn peek_bth(frame: &[u8]) -> Option<Bth> {
+    let b: &[u8; BTH_LEN] = frame
+        .get(BTH_OFFSET..BTH_OFFSET + BTH_LEN)?
+        .try_into()
+        .ok()?;
+    Bth::decode(b).ok()
+}
+
+/// The default retransmission timeout: 4.096 us × 2^14 (the local ACK
+/// timeout value 14 of `ibv_modify_qp`), about 67 ms.
+pub const DEFAULT_RTO_NS: u64 = 4096 << 14;
+
+/// One [`QueuePair`] as a [`Transport`], with the retransmission timer the
+/// queue pair leaves to its owner.
+///
+/// The timer is armed when a request packet goes out while it is stopped,
+/// restarted at every acknowledgement the queue pair accepts (progress),
+/// stopped when an ACK covers the last request sent, and on expiry calls
+/// [`QueuePair::timeout`] (which resends every unacknowledged packet, or
+/// after the retry limit fails the queue pair) and restarts. A timeout with
+/// nothing unacknowledged is harmless: the queue pair ignores it.
+pub struct QpTransport {
+    qp: QueuePair,
+    rto_ns: u64,
+    deadline: Option<u64>,
+    /// The last time seen (next_frame has no clock of its own).
+    now_ns: u64,
+    /// The highest PSN of a request sent.
+    last_request: Option<Psn>,
+    /// Timer expiries handled.
+    timeouts: u64,
+}
+
+impl QpTransport {
+    /// Wraps `qp`, with a retransmission timeout of `rto_ns` nanoseconds
+    /// (at least 1).
+    pub fn new(qp: QueuePair, rto_ns: u64) -> QpTransport {
+        QpTransport {
+            qp,
+            rto_ns: rto_ns.max(1),
+            deadline: None,
+            now_ns: 0,
+            last_request: None,
+            timeouts: 0,
+        }
+    }
+
+    /// The queue pair (post work requests, poll completions).
+    pub fn qp(&self) -> &QueuePair {
+        &self.qp
+    }
+
+    /// The queue pair, mutable.
+    pub fn qp_mut(&mut self) -> &mut QueuePair {
+        &mut self.qp
+    }
+
+    /// Gives the queue pair back.
+    pub fn into_qp(self) -> QueuePair {
+        self.qp
+    }
+
+    /// Times the retransmission timer expired.
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts
+    }
+
+    /// What makes the queue pair drop a response: when one of these moves
+    /// during `receive`, the frame did not acknowledge anything.
+    fn refusals(s: &Stats) -> (u64, u64, u64) {
+        (s.malformed, s.misaddressed, s.stale_acks)
+    }
+}
+
+impl Transport for QpTransport {
+    fn handle_frame(&mut self, frame: &[u8], now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
+        let before = Self::refusals(&self.qp.stats());
+        self.qp.receive(frame);
+        if self.qp.is_error() {
+            self.deadline = None;
+            return;
+        }
+        let Some(bth) = peek_bth(frame) else { return };
+        if bth.opcode.layout().is_request() || Self::refusals(&self.qp.stats()) != before {
+            return;
+        }
+        // A response the queue pair accepted: progress (or a NAK that made
+        // it resend). An ACK of the last request sent acknowledges all.
+        let all = bth.opcode == Opcode::Acknowledge
+            && self.last_request == Some(bth.psn)
+            && frame
+                .get(BTH_OFFSET + BTH_LEN)
+                .is_some_and(|s| s & 0x60 == 0);
+        self.deadline = if all {
+            None
+        } else {
+            Some(self.now_ns.saturating_add(self.rto_ns))
+        };
+    }
+
+    fn next_frame(&mut self) -> Option<Vec<u8>> {
+        let f = self.qp.transmit()?;
+        if let Some(bth) = peek_bth(&f) {
+            if bth.opcode.layout().is_request() {
+                let newer = self.last_request.is_none_or(|l| bth.psn.diff(l) > 0);
+                if newer {
+                    self.last_request = Some(bth.psn);
+                }
+                if self.deadline.is_none() {
+                    self.deadline = Some(self.now_ns.saturating_add(self.rto_ns));
+                }
+            }
+        }
+        Some(f)
+    }
+
+    fn on_time(&mut self, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
+        match self.deadline {
+            Some(d) if d <= self.now_ns => {
+                self.timeouts += 1;
+                self.qp.timeout();
+                self.deadline =
+                    (!self.qp.is_error()).then(|| self.now_ns.saturating_add(self.rto_ns));
+            }
+            _ => {}
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.deadline
+    }
+}
+
+/// What [`RoceNic`] counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NicStats {
+    /// RoCE v2 frames handed to the transport.
+    pub rx_roce: u64,
+    /// Other frames handed to the callback.
+    pub rx_other: u64,
+    /// Other frames dropped (no callback).
+    pub rx_other_dropped: u64,
+    /// Frames sent.
+    pub tx_frames: u64,
+    /// Frames the transport produced that the device refused as too large
+    /// or invalid (dropped; the transport's retransmission recovers).
+    pub tx_refused: u64,
+    /// Polls that found no transmit buffer free for a waiting frame.
+    pub tx_stalls: u64,
+}
+
+/// A callback for received frames that are not RoCE v2.
+pub type OtherFrames = Box<dyn FnMut(&[u8]) + Send>;
+
+/// Received frames handled by one [`RoceNic::poll`], at most, so that a
+/// flood of received frames cannot keep the transmit side from running.
+pub const RX_BUDGET: usize = 64;
+
+/// The RoCE v2 transport over a frame device (see the [module docs](self)).
+pub struct RoceNic<D: FrameDevice, T: Transport> {
+    dev: D,
+    transport: T,
+    /// The private copy of the frame being handled.
+    rx_copy: Vec<u8>,
+    /// A frame the device had no buffer for yet.
+    pending: Option<Vec<u8>>,
+    other: Option<OtherFrames>,
+    stats: NicStats,
+}
+
+/// Whether a frame is IPv4 UDP to the RoCE v2 port (no VLAN tag, any IPv4
+/// header length: the transport's parser refuses options itself).
+pub fn is_roce_v2(frame: &[u8]) -> bool {
+    let ethertype = frame.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let Some(&vihl) = frame.get(ETH_HEADER_LEN) else {
+        return false;
+    };
+    if ethertype != Some(ETHERTYPE_IPV4) || vihl >> 4 != 4 {
+        return false;
+    }
+    let udp = ETH_HEADER_LEN + usize::from(vihl & 0x0f) * 4;
+    frame.get(ETH_HEADER_LEN + 9) == Some(&IPPROTO_UDP)
+        && frame
+            .get(udp + 2..udp + 4)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            == Some(ROCE_V2_PORT)
+}
+
+impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
+    /// The transport `transport` over the device `dev`.
+    pub fn new(dev: D, transport: T) -> RoceNic<D, T> {
+        let cap = dev.link().max_frame;
+        RoceNic {
+            dev,
+            transport,
+            rx_copy: Vec::with_capacity(cap),
+            pending: None,
+            other: None,
+            stats: NicStats::default(),
+        }
+    }
+
+    /// Hands every received frame that is not RoCE v2 to `f` (ARP, the
+    /// connection exchange's TCP, ...), in a private copy.
+    pub fn on_other_frame(&mut self, f: OtherFrames) {
+        self.other = Some(f);
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The transport, mutable (post work requests, poll completions).
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    /// The device, mutable.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.dev
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> NicStats {
+        self.stats
+    }
+
+    /// The device and the transport, taken apart.
+    pub fn into_parts(self) -> (D, T) {
+        (self.dev, self.transport)
+    }
+
+    /// Moves frames both ways and runs the timers, without blocking (see
+    /// the [module docs](self)). `Ok(true)` when anything moved. A device
+    /// error is returned as it is; [`FrameError::LinkDown`] keeps the
+    /// frame waiting for the link.
+    pub fn poll(&mut self, now_ns: u64) -> Result<bool, FrameError> {
+        let mut progress = self.dev.poll()?;
+        for _ in 0..RX_BUDGET {
+            let Some(rx) = self.dev.receive()? else { break };
+            progress = true;
+            // One read of the device's memory, into our own buffer.
+            self.rx_copy.clear();
+            match rx.as_slice() {
+                Some(s) => self.rx_copy.extend_from_slice(s),
+                None => {
+                    self.rx_copy.resize(rx.len(), 0);
+                    rx.read_at(0, &mut self.rx_copy)?;
+                }
+            }
+            drop(rx);
+            if is_roce_v2(&self.rx_copy) {
+                self.stats.rx_roce += 1;
+                self.transport.handle_frame(&self.rx_copy, now_ns);
+            } else if let Some(f) = self.other.as_mut() {
+                self.stats.rx_other += 1;
+                f(&self.rx_copy);
+            } else {
+                self.stats.rx_other_dropped += 1;
+            }
+        }
+        if self.transport.next_deadline().is_some_and(|d| d <= now_ns) {
+            self.transport.on_time(now_ns);
+            progress = true;
+        }
+        progress |= self.flush()?;
+        Ok(progress)
+    }
+
+    /// Sends what the transport has, while the device lends buffers.
+    fn flush(&mut self) -> Result<bool, FrameError> {
+        let mut sent = false;
+        loop {
+            let Some(frame) = self.pending.take().or_else(|| self.transport.next_frame()) else {
+                return Ok(sent);
+            };
+            let mut buf = match self.dev.tx_buffer(frame.len()) {
+                Ok(Some(b)) => b,
+                Ok(None) | Err(FrameError::LinkDown) => {
+                    self.stats.tx_stalls += 1;
+                    self.pending = Some(frame);
+                    return Ok(sent);
+                }
+                Err(e @ (FrameError::TooLarge { .. } | FrameError::Invalid(_))) => {
+                    log::warn!(
+                        "a RoCE frame of {} bytes was refused by the device: {e}",
+                        frame.len()
+                    );
+                    self.stats.tx_refused += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match buf.as_mut_slice() {
+                Some(s) if s.len() == frame.len() => s.copy_from_slice(&frame),
+                _ => buf.write_at(0, &frame)?,
+            }
+            match self.dev.send(buf) {
+                Ok(()) => {
+                    self.stats.tx_frames += 1;
+                    sent = true;
+                }
+                Err(FrameError::LinkDown) => {
+                    self.pending = Some(frame);
+                    return Ok(sent);
+                }
+                Err(e @ FrameError::Invalid(_)) => {
+                    log::warn!(
+                        "a RoCE frame of {} bytes was refused by the device: {e}",
+                        frame.len()
+                    );
+                    self.stats.tx_refused += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Blocks in the device's wait until something may have happened, at
+    /// most `timeout_ns` (`None`: no limit of the caller's) and never past
+    /// the transport's next deadline; returns at once when that deadline
+    /// has passed. `Ok(true)` when the device woke it. Call
+    /// [`RoceNic::poll`] after it.
+    pub fn wait(&mut self, now_ns: u64, timeout_ns: Option<u64>) -> Result<bool, FrameError> {
+        let until_deadline = self
+            .transport
+            .next_deadline()
+            .map(|d| d.saturating_sub(now_ns));
+        let bound = match (timeout_ns, until_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if bound == Some(0) {
+            return Ok(false);
+        }
+        self.dev.wait(bound)
+    }
+}

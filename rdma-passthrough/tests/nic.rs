@@ -1,0 +1,422 @@
+//! `RoceNic` over an in-memory frame device, and `QpTransport`'s
+//! retransmission timer.
+
+use std::collections::VecDeque;
+
+use netfront::frame::{FrameDevice, FrameError, LinkInfo, RxFrame, TxFrame};
+use rdma_passthrough::nic::{is_roce_v2, QpTransport, RoceNic, Transport};
+use rdma_passthrough::packet::Endpoints;
+use rdma_passthrough::psn::Psn;
+use rdma_passthrough::rc::{CompletionKind, QpConfig, QueuePair, SendOp, Status};
+
+/// A frame device in memory: frames to receive, frames sent, a number of
+/// transmit buffers per poll, buffers contiguous or not.
+#[derive(Default)]
+struct MemDev {
+    rx: VecDeque<Vec<u8>>,
+    sent: Vec<Vec<u8>>,
+    /// Transmit buffers left until the next poll (`None`: unlimited).
+    buffers: Option<usize>,
+    per_poll: Option<usize>,
+    scattered: bool,
+    waits: Vec<Option<u64>>,
+}
+
+struct MemTx {
+    buf: Vec<u8>,
+    scattered: bool,
+}
+
+impl TxFrame for MemTx {
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
+    fn truncate(&mut self, len: usize) {
+        self.buf.truncate(len);
+    }
+    fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        (!self.scattered).then_some(&mut self.buf[..])
+    }
+    fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), FrameError> {
+        let frame_len = self.buf.len();
+        let oob = FrameError::OutOfRange {
+            offset,
+            len: data.len(),
+            frame_len,
+        };
+        self.buf
+            .get_mut(offset..offset + data.len())
+            .ok_or(oob)?
+            .copy_from_slice(data);
+        Ok(())
+    }
+    fn read_at(&self, offset: usize, out: &mut [u8]) -> Result<(), FrameError> {
+        let frame_len = self.buf.len();
+        let oob = FrameError::OutOfRange {
+            offset,
+            len: out.len(),
+            frame_len,
+        };
+        out.copy_from_slice(self.buf.get(offset..offset + out.len()).ok_or(oob)?);
+        Ok(())
+    }
+}
+
+struct MemRx {
+    buf: Vec<u8>,
+    scattered: bool,
+}
+
+impl RxFrame for MemRx {
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
+    fn as_slice(&self) -> Option<&[u8]> {
+        (!self.scattered).then_some(&self.buf[..])
+    }
+    fn fragment(&self, index: usize) -> Option<&[u8]> {
+        (index == 0).then_some(&self.buf[..])
+    }
+    fn read_at(&self, offset: usize, out: &mut [u8]) -> Result<(), FrameError> {
+        let frame_len = self.buf.len();
+        let oob = FrameError::OutOfRange {
+            offset,
+            len: out.len(),
+            frame_len,
+        };
+        out.copy_from_slice(self.buf.get(offset..offset + out.len()).ok_or(oob)?);
+        Ok(())
+    }
+}
+
+const MAX_FRAME: usize = 1514;
+
+impl FrameDevice for MemDev {
+    type Tx = MemTx;
+    type Rx = MemRx;
+
+    fn link(&self) -> LinkInfo {
+        LinkInfo {
+            up: true,
+            mac: [2, 0, 0, 0, 0, 9],
+            mtu: 1500,
+            max_frame: MAX_FRAME,
+        }
+    }
+    fn tx_buffer(&mut self, len: usize) -> Result<Option<MemTx>, FrameError> {
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge {
+                len,
+                max: MAX_FRAME,
+            });
+        }
+        match &mut self.buffers {
+            Some(0) => return Ok(None),
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        Ok(Some(MemTx {
+            buf: vec![0xee; len],
+            scattered: self.scattered,
+        }))
+    }
+    fn send(&mut self, frame: MemTx) -> Result<(), FrameError> {
+        self.sent.push(frame.buf);
+        Ok(())
+    }
+    fn receive(&mut self) -> Result<Option<MemRx>, FrameError> {
+        Ok(self.rx.pop_front().map(|buf| MemRx {
+            buf,
+            scattered: self.scattered,
+        }))
+    }
+    fn poll(&mut self) -> Result<bool, FrameError> {
+        if let Some(p) = self.per_poll {
+            self.buffers = Some(p);
+        }
+        Ok(false)
+    }
+    fn wait(&mut self, timeout_ns: Option<u64>) -> Result<bool, FrameError> {
+        self.waits.push(timeout_ns);
+        Ok(false)
+    }
+}
+
+/// A transport that records what it is given and sends what it is told.
+#[derive(Default)]
+struct Recorder {
+    handled: Vec<(Vec<u8>, u64)>,
+    out: VecDeque<Vec<u8>>,
+    deadline: Option<u64>,
+    timers: Vec<u64>,
+}
+
+impl Transport for Recorder {
+    fn handle_frame(&mut self, frame: &[u8], now_ns: u64) {
+        self.handled.push((frame.to_vec(), now_ns));
+    }
+    fn next_frame(&mut self) -> Option<Vec<u8>> {
+        self.out.pop_front()
+    }
+    fn on_time(&mut self, now_ns: u64) {
+        self.timers.push(now_ns);
+        self.deadline = None;
+    }
+    fn next_deadline(&self) -> Option<u64> {
+        self.deadline
+    }
+}
+
+fn endpoints(from: u8, to: u8) -> Endpoints {
+    Endpoints {
+        dst_mac: [2, 0, 0, 0, 0, to],
+        src_mac: [2, 0, 0, 0, 0, from],
+        src_ip: [10, 0, 0, from],
+        dst_ip: [10, 0, 0, to],
+        src_port: 0xc000,
+        tos: 0,
+        ttl: 64,
+        ip_id: 0,
+    }
+}
+
+fn qp(me: u8, peer: u8, retry_limit: u32) -> QueuePair {
+    QueuePair::new(QpConfig {
+        qpn: u32::from(me),
+        dest_qpn: u32::from(peer),
+        pkey: 0xffff,
+        pmtu: 256,
+        send_psn: Psn::from_masked(100 * u32::from(me)),
+        recv_psn: Psn::from_masked(100 * u32::from(peer)),
+        retry_limit,
+        endpoints: endpoints(me, peer),
+    })
+    .unwrap()
+}
+
+/// A real RoCE v2 frame (a SEND from a queue pair).
+fn roce_frame() -> Vec<u8> {
+    let mut q = qp(1, 2, 3);
+    q.post_send(
+        0,
+        SendOp::Send {
+            data: vec![7; 10],
+            imm: None,
+        },
+    )
+    .unwrap();
+    q.transmit().unwrap()
+}
+
+/// An IPv4 UDP frame to `port` (not RoCE unless 4791).
+fn udp_frame(port: u16) -> Vec<u8> {
+    let mut f = roce_frame();
+    f[36..38].copy_from_slice(&port.to_be_bytes());
+    f
+}
+
+#[test]
+fn roce_frames_go_to_the_transport_and_the_others_to_the_callback() {
+    let arp = {
+        let mut f = vec![0u8; 60];
+        f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        f
+    };
+    assert!(is_roce_v2(&roce_frame()));
+    assert!(!is_roce_v2(&udp_frame(4792)));
+    assert!(!is_roce_v2(&arp));
+    assert!(!is_roce_v2(&[]));
+
+    let mut dev = MemDev::default();
+    dev.rx.extend([arp.clone(), roce_frame(), udp_frame(53)]);
+    let mut nic = RoceNic::new(dev, Recorder::default());
+    // Without a callback, others are counted and dropped.
+    assert!(nic.poll(5).unwrap());
+    assert_eq!(nic.transport().handled, vec![(roce_frame(), 5)]);
+    assert_eq!(nic.stats().rx_roce, 1);
+    assert_eq!(nic.stats().rx_other_dropped, 2);
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    nic.on_other_frame(Box::new(move |f| s.lock().unwrap().push(f.to_vec())));
+    // Scattered frames are read with read_at.
+    nic.device_mut().scattered = true;
+    nic.device_mut().rx.extend([arp.clone(), roce_frame()]);
+    nic.poll(6).unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![arp]);
+    assert_eq!(nic.transport().handled.len(), 2);
+    assert_eq!(nic.transport().handled[1], (roce_frame(), 6));
+    assert_eq!(nic.stats().rx_other, 1);
+}
+
+#[test]
+fn frames_wait_for_transmit_buffers_in_order() {
+    let dev = MemDev {
+        buffers: Some(1),
+        per_poll: Some(1),
+        ..MemDev::default()
+    };
+    let mut t = Recorder::default();
+    t.out.extend([vec![1; 60], vec![2; 70], vec![3; 80]]);
+    let mut nic = RoceNic::new(dev, t);
+    nic.poll(0).unwrap();
+    assert_eq!(nic.device().sent, vec![vec![1; 60]]);
+    assert!(nic.stats().tx_stalls >= 1);
+    nic.poll(1).unwrap();
+    nic.poll(2).unwrap();
+    nic.poll(3).unwrap();
+    assert_eq!(
+        nic.device().sent,
+        vec![vec![1; 60], vec![2; 70], vec![3; 80]]
+    );
+    assert_eq!(nic.stats().tx_frames, 3);
+}
+
+#[test]
+fn scattered_buffers_are_written_in_place_too_and_oversized_frames_dropped() {
+    let dev = MemDev {
+        scattered: true,
+        ..MemDev::default()
+    };
+    let mut t = Recorder::default();
+    t.out.extend([vec![9; MAX_FRAME + 1], vec![4; 100]]);
+    let mut nic = RoceNic::new(dev, t);
+    nic.poll(0).unwrap();
+    assert_eq!(nic.device().sent, vec![vec![4; 100]]);
+    assert_eq!(nic.stats().tx_refused, 1);
+}
+
+#[test]
+fn timers_run_when_due_and_bound_the_wait() {
+    let t = Recorder {
+        deadline: Some(1_000),
+        ..Recorder::default()
+    };
+    let mut nic = RoceNic::new(MemDev::default(), t);
+    nic.poll(999).unwrap();
+    assert!(nic.transport().timers.is_empty());
+    // The wait stops at the deadline, or earlier at the caller's timeout.
+    nic.wait(400, Some(10_000)).unwrap();
+    nic.wait(400, Some(100)).unwrap();
+    nic.wait(400, None).unwrap();
+    assert_eq!(nic.device().waits, vec![Some(600), Some(100), Some(600)]);
+    // Past the deadline: no wait at all.
+    assert!(!nic.wait(1_000, Some(10_000)).unwrap());
+    assert_eq!(nic.device().waits.len(), 3);
+    nic.poll(1_000).unwrap();
+    assert_eq!(nic.transport().timers, vec![1_000]);
+    // No timer: only the caller's limit.
+    nic.wait(2_000, None).unwrap();
+    assert_eq!(nic.device().waits.last(), Some(&None));
+}
+
+#[test]
+fn the_timer_resends_what_was_lost_and_stops_when_all_is_acknowledged() {
+    let mut a = QpTransport::new(qp(1, 2, 3), 1_000);
+    let mut b = QpTransport::new(qp(2, 1, 3), 1_000);
+    b.qp_mut().post_recv(0, 64);
+    a.on_time(10);
+    assert_eq!(a.next_deadline(), None, "nothing sent, no timer");
+    a.qp_mut()
+        .post_send(
+            7,
+            SendOp::Send {
+                data: vec![5; 40],
+                imm: None,
+            },
+        )
+        .unwrap();
+    let lost = a.next_frame().unwrap();
+    assert_eq!(a.next_deadline(), Some(1_010));
+    assert_eq!(a.next_frame(), None);
+    a.on_time(500);
+    assert_eq!(a.next_frame(), None, "not yet due");
+    a.on_time(1_010);
+    assert_eq!(a.timeouts(), 1);
+    assert_eq!(a.qp().stats().retransmitted, 1);
+    let again = a.next_frame().unwrap();
+    assert_eq!(again, lost);
+    assert_eq!(a.next_deadline(), Some(2_010));
+    b.handle_frame(&again, 1_100);
+    let ack = b.next_frame().unwrap();
+    // A corrupted copy of the ACK changes nothing.
+    let mut bad = ack.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    a.handle_frame(&bad, 1_200);
+    assert_eq!(a.next_deadline(), Some(2_010));
+    a.handle_frame(&ack, 1_300);
+    assert_eq!(a.next_deadline(), None, "everything acknowledged");
+    let c = a.qp_mut().poll_completion().unwrap();
+    assert_eq!(
+        (c.wr_id, c.status, c.kind),
+        (7, Status::Success, CompletionKind::Send)
+    );
+    let r = b.qp_mut().poll_completion().unwrap();
+    assert!(matches!(r.kind, CompletionKind::Recv { ref data, .. } if data == &vec![5; 40]));
+    // B sent only an ACK: no timer of its own.
+    assert_eq!(b.next_deadline(), None);
+}
+
+#[test]
+fn an_ack_of_part_restarts_the_timer() {
+    let mut a = QpTransport::new(qp(1, 2, 3), 1_000);
+    let mut b = QpTransport::new(qp(2, 1, 3), 1_000);
+    b.qp_mut().post_recv(0, 64);
+    b.qp_mut().post_recv(1, 64);
+    a.qp_mut()
+        .post_send(
+            1,
+            SendOp::Send {
+                data: vec![1; 8],
+                imm: None,
+            },
+        )
+        .unwrap();
+    a.qp_mut()
+        .post_send(
+            2,
+            SendOp::Send {
+                data: vec![2; 8],
+                imm: None,
+            },
+        )
+        .unwrap();
+    let first = a.next_frame().unwrap();
+    let _second_lost = a.next_frame().unwrap();
+    assert_eq!(a.next_deadline(), Some(1_000));
+    b.handle_frame(&first, 200);
+    let ack = b.next_frame().unwrap();
+    a.handle_frame(&ack, 300);
+    assert_eq!(
+        a.next_deadline(),
+        Some(1_300),
+        "progress restarts the timer; the second is still out"
+    );
+}
+
+#[test]
+fn a_peer_that_never_answers_fails_the_queue_pair_after_the_retries() {
+    let mut a = QpTransport::new(qp(1, 2, 2), 1_000);
+    a.qp_mut()
+        .post_send(
+            3,
+            SendOp::Write {
+                data: vec![1; 4],
+                va: 0,
+                rkey: 1,
+                imm: None,
+            },
+        )
+        .unwrap();
+    while a.next_frame().is_some() {}
+    while let Some(d) = a.next_deadline() {
+        a.on_time(d);
+        while a.next_frame().is_some() {}
+        assert!(d < 100_000, "the timer never gave up");
+    }
+    assert!(a.qp().is_error());
+    assert_eq!(a.timeouts(), 3);
+    let c = a.qp_mut().poll_completion().unwrap();
+    assert_eq!((c.wr_id, c.status), (3, Status::RetryExceeded));
+}
