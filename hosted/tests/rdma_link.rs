@@ -216,8 +216,17 @@ impl<D: netfront::FrameDevice> End<D> {
         let moved = self.nic.poll(now_ns).expect("the frame link broke");
         while let Some(c) = self.qp().poll_completion() {
             assert_eq!(c.status, Status::Success, "end {}: completion {c:?}", self.me);
-            match c.kind {
-                CompletionKind::Send | CompletionKind::Write => {
+            // A WRITE with immediate consumes a receive but fills no buffer.
+            let kind = match c.kind {
+                CompletionKind::RecvRdmaWithImm { len, imm } => CompletionKind::Recv {
+                    data: Vec::new(),
+                    len,
+                    imm: Some(imm),
+                },
+                k => k,
+            };
+            match kind {
+                ref sent @ (CompletionKind::Send | CompletionKind::Write) => {
                     assert_eq!(
                         c.wr_id, self.sent as u64,
                         "end {}: send completions out of order",
@@ -228,7 +237,7 @@ impl<D: netfront::FrameDevice> End<D> {
                     } else {
                         CompletionKind::Write
                     };
-                    assert_eq!(c.kind, want);
+                    assert_eq!(*sent, want);
                     self.sent += 1;
                 }
                 CompletionKind::Recv { data, imm: got_imm, .. } => {
@@ -257,12 +266,18 @@ impl<D: netfront::FrameDevice> End<D> {
                         }
                         Kind::WriteImm => {
                             assert_eq!(got_imm, Some(imm(i)), "end {}: WRITE {i}'s immediate", self.me);
+                            assert!(
+                                data.is_empty(),
+                                "end {}: WRITE {i} with immediate filled a receive buffer",
+                                self.me
+                            );
                             self.check_region(i, len);
                         }
                         Kind::Write => unreachable!(),
                     }
                     self.next_in = i + 1;
                 }
+                other => panic!("end {}: a completion of a kind never posted: {other:?}", self.me),
             }
         }
         // Plain writes at the end of the sequence complete nothing here:

@@ -62,6 +62,23 @@ pub trait Transport {
     fn next_deadline(&self) -> Option<u64>;
 }
 
+/// A whole verbs context is a transport: it demultiplexes frames to its
+/// queue pairs by destination QPN and runs every queue pair's timers.
+impl Transport for crate::verbs::Context {
+    fn handle_frame(&mut self, frame: &[u8], now_ns: u64) {
+        crate::verbs::Context::handle_frame(self, frame, now_ns);
+    }
+    fn next_frame(&mut self) -> Option<Vec<u8>> {
+        crate::verbs::Context::next_frame(self)
+    }
+    fn on_time(&mut self, now_ns: u64) {
+        crate::verbs::Context::on_time(self, now_ns);
+    }
+    fn next_deadline(&self) -> Option<u64> {
+        crate::verbs::Context::next_deadline(self)
+    }
+}
+
 /// Where the BTH starts in a RoCE v2 frame (IPv4 without options).
 const BTH_OFFSET: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN;
 

@@ -25,8 +25,16 @@ pub struct TestDir(pub PathBuf);
 impl TestDir {
     pub fn new(tag: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let base = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-        let dir = base.join(format!("hosted-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let base = if std::path::Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!(
+            "hosted-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
         TestDir(dir)
@@ -52,7 +60,8 @@ pub fn child_dir() -> PathBuf {
 /// A numeric parameter the parent passed.
 pub fn param(name: &str) -> u64 {
     let v = std::env::var(name).unwrap_or_else(|_| panic!("parameter {name} not passed to the child"));
-    v.parse().unwrap_or_else(|_| panic!("parameter {name}={v} is not a number"))
+    v.parse()
+        .unwrap_or_else(|_| panic!("parameter {name}={v} is not a number"))
 }
 
 /// Child: sends a reply line to the parent.
@@ -108,7 +117,12 @@ impl ChildDomain {
                 }
             }
         });
-        ChildDomain { child, stdin, replies: rx, role: role.to_string() }
+        ChildDomain {
+            child,
+            stdin,
+            replies: rx,
+            role: role.to_string(),
+        }
     }
 
     /// Sends a command line.
@@ -156,7 +170,10 @@ impl ChildDomain {
     pub fn finish(self) {
         let role = self.role.clone();
         let status = self.wait();
-        assert!(status.success(), "child {role} failed: {status:?} (its output is above)");
+        assert!(
+            status.success(),
+            "child {role} failed: {status:?} (its output is above)"
+        );
     }
 }
 
