@@ -892,6 +892,128 @@ impl EventChannels for HostedPlatform {
     }
 }
 
+/// Ports of this domain waited on together, again and again, by one
+/// thread (a backend's data plane): one epoll instance watching their
+/// eventfds, edge-triggered, so that a sleep is one `epoll_wait` and no
+/// counter is read back ([`HostedPlatform::block_set`]).
+/// [`EventChannels::block_any`] builds its wait anew on every call (a
+/// `ppoll` over every eventfd, then a read to reset each one that fired):
+/// two system calls per sleep and a poll set-up per descriptor.
+///
+/// A set is tied to the ports' current eventfds: a port closed and
+/// allocated again has a new one, and [`HostedPlatform::block_set`] then
+/// fails with [`PlatformError::InvalidRequest`]; build the set again.
+pub(crate) struct PortSet {
+    ports: Vec<Port>,
+    efds: Vec<Arc<File>>,
+    epoll: std::os::fd::OwnedFd,
+}
+
+impl std::fmt::Debug for PortSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortSet").field("ports", &self.ports).finish_non_exhaustive()
+    }
+}
+
+impl PortSet {
+    /// The ports, in the order given.
+    pub(crate) fn ports(&self) -> &[Port] {
+        &self.ports
+    }
+}
+
+impl HostedPlatform {
+    /// A set of open ports of this domain to wait on with
+    /// [`Self::block_set`] (1 to [`NR_PORTS`] of them).
+    pub(crate) fn port_set(&self, ports: &[Port]) -> Result<PortSet, PlatformError> {
+        use rustix::event::epoll;
+        if ports.is_empty() || ports.len() >= NR_PORTS as usize {
+            return Err(PlatformError::InvalidRequest {
+                op: "port_set",
+                reason: "give 1 to NR_PORTS - 1 open ports",
+            });
+        }
+        let d = &*self.inner;
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| os_err("epoll_create", &e.into()))?;
+        let mut efds = Vec::with_capacity(ports.len());
+        for (i, &port) in ports.iter().enumerate() {
+            d.open_binding(port)?;
+            let efd = lock(&d.local(port)?.state).eventfd.clone().ok_or(PlatformError::BadPort(port))?;
+            epoll::add(&ep, &*efd, epoll::EventData::new_u64(i as u64), epoll::EventFlags::IN | epoll::EventFlags::ET)
+                .map_err(|e| os_err("adding an event channel eventfd to an epoll set", &e.into()))?;
+            efds.push(efd);
+        }
+        Ok(PortSet { ports: ports.to_vec(), efds, epoll: ep })
+    }
+
+    /// [`EventChannels::block_any`] on a [`PortSet`]: returns the first
+    /// port of the set found pending (its bit cleared), or `None` when
+    /// `timeout_ns` passed. The same handshake with notifiers (module
+    /// docs), one `epoll_wait` per sleep; the eventfds are read only after
+    /// a wakeup that found nothing pending (a peer writing an eventfd
+    /// itself), so that a peer cannot saturate a counter and silence us.
+    pub(crate) fn block_set(&self, set: &PortSet, timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError> {
+        let d = &*self.inner;
+        for (&port, efd) in set.ports.iter().zip(&set.efds) {
+            d.open_binding(port)?;
+            let same = lock(&d.local(port)?.state).eventfd.as_ref().is_some_and(|e| Arc::ptr_eq(e, efd));
+            if !same {
+                return Err(PlatformError::InvalidRequest {
+                    op: "block_set",
+                    reason: "a port of the set was closed and allocated again; build the set again",
+                });
+            }
+        }
+        if let Some(p) = d.take_first_pending(&set.ports)? {
+            return Ok(Some(p));
+        }
+        let deadline = timeout_ns.map(|t| Instant::now().checked_add(Duration::from_nanos(t)));
+        let lines = set.ports.iter().map(|&p| d.own_line(p));
+        loop {
+            // Dekker, waiter side, on every port (as in `block_any`).
+            for l in lines.clone() {
+                l?.waiting.fetch_add(1, Ordering::SeqCst);
+            }
+            let unwait = || {
+                for l in lines.clone().flatten() {
+                    l.waiting.fetch_sub(1, Ordering::SeqCst);
+                }
+            };
+            match d.take_first_pending(&set.ports) {
+                Ok(None) => {}
+                other => {
+                    unwait();
+                    return other;
+                }
+            }
+            let remaining = match deadline {
+                None | Some(None) => None,
+                Some(Some(dl)) => {
+                    let now = Instant::now();
+                    if now >= dl {
+                        unwait();
+                        return Ok(None);
+                    }
+                    Some(dl - now)
+                }
+            };
+            d.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+            let r = sys::epoll_wait_one(set.epoll.as_fd(), remaining);
+            unwait();
+            let woken = r.map_err(|e| os_err("waiting on an epoll set of event channel eventfds", &e))?;
+            // Closed while we slept?
+            for &port in &set.ports {
+                d.open_binding(port)?;
+            }
+            if woken && lines.clone().flatten().all(|l| l.pending.load(Ordering::SeqCst) == 0) {
+                for f in &set.efds {
+                    sys::eventfd_drain(f);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
