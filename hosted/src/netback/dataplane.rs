@@ -121,6 +121,8 @@ pub(crate) struct DataPlane {
     pub shared: Arc<Shared>,
     fwd: Vec<(FrameBuf, PortId)>,
     spare: Vec<(FrameBuf, PortId)>,
+    /// The ports a flooded frame goes to (kept to be reused).
+    flood_ports: Vec<PortId>,
     tx_out: Vec<FrameBuf>,
     ports: Vec<Port>,
     owners: Vec<(usize, usize)>,
@@ -162,6 +164,7 @@ impl DataPlane {
             shared,
             fwd: Vec::with_capacity(64),
             spare: Vec::with_capacity(64),
+            flood_ports: Vec::with_capacity(8),
             tx_out: Vec::with_capacity(64),
             ports: Vec::new(),
             owners: Vec::new(),
@@ -490,7 +493,10 @@ impl DataPlane {
             Dest::Drop => self.pool.free(buf),
             Dest::Port(p) => self.deliver(buf, p, now),
             Dest::Flood => {
-                let mut ports: Vec<PortId> = Vec::with_capacity(self.vifs.len() + 2);
+                // The port list is built in a vector kept from frame to
+                // frame: no allocation per flooded frame.
+                let mut ports = std::mem::take(&mut self.flood_ports);
+                ports.clear();
                 ports.push(PortId::Host);
                 if self.tap.is_some() {
                     ports.push(PortId::Tap);
@@ -499,7 +505,7 @@ impl DataPlane {
                 ports.retain(|p| *p != ingress);
                 let last = ports.len().saturating_sub(1);
                 let mut buf = Some(buf);
-                for (i, p) in ports.into_iter().enumerate() {
+                for (i, &p) in ports.iter().enumerate() {
                     let frame = if i == last {
                         buf.take()
                     } else {
@@ -515,6 +521,7 @@ impl DataPlane {
                 if let Some(b) = buf {
                     self.pool.free(b);
                 }
+                self.flood_ports = ports;
             }
         }
     }

@@ -374,6 +374,11 @@ impl Vif {
         match self.serve_tx_inner(q, plat, pool, out) {
             Ok(work) => work,
             Err(fatal) => {
+                // Nothing more is answered on this queue (Linux's
+                // `xenvif_fatal_tx_err`): the batch's responses are dropped.
+                if let Some(queue) = self.queues.get_mut(q) {
+                    queue.tx_rsp.clear();
+                }
                 self.disable(&format!("TX queue {q}: {fatal}"));
                 true
             }
@@ -485,14 +490,6 @@ impl Vif {
     /// reaches its receiver's ring before the sender's TX ring is touched,
     /// and each queue's responses go out with one push.
     pub fn finish_tx(&mut self, plat: &HostedPlatform) {
-        if self.is_disabled() {
-            // A fatal error: nothing more is published on this vif (Linux's
-            // `xenvif_fatal_tx_err` stops the queue's processing).
-            for q in &mut self.queues {
-                q.tx_rsp.clear();
-            }
-            return;
-        }
         for queue in &mut self.queues {
             if queue.tx_rsp.is_empty() {
                 continue;
@@ -838,9 +835,17 @@ fn deliver_rx(
     let per = PAGE_SIZE - h;
     let len = buf.len();
     let meta = buf.meta;
-    let mut extras: Vec<NetifExtraInfo> = Vec::new();
+    // At most two extras (GSO, XDP), on the stack: no allocation per frame.
+    let mut extras = [NetifExtraInfo::default(); 2];
+    let mut n_extras = 0usize;
+    let mut push_extra = |e: NetifExtraInfo| {
+        if let Some(slot) = extras.get_mut(n_extras) {
+            *slot = e;
+            n_extras += 1;
+        }
+    };
     if let Some(g) = meta.gso {
-        extras.push(NetifExtraInfo::new_gso(
+        push_extra(NetifExtraInfo::new_gso(
             0,
             ExtraGso {
                 size: g.mss,
@@ -851,7 +856,7 @@ fn deliver_rx(
         ));
     }
     if headroom > 0 {
-        extras.push(NetifExtraInfo::new_xdp(
+        push_extra(NetifExtraInfo::new_xdp(
             0,
             ExtraXdp {
                 headroom,
@@ -859,7 +864,7 @@ fn deliver_rx(
             },
         ));
     }
-    let n_extras = extras.len();
+    let extras = &mut extras[..n_extras];
     for (i, e) in extras.iter_mut().enumerate() {
         if i + 1 < n_extras {
             e.flags |= XEN_NETIF_EXTRA_FLAG_MORE;
@@ -871,7 +876,7 @@ fn deliver_rx(
     queue.rsp.clear();
     let mut pos = 0usize;
     let mut slot = 0usize;
-    let mut extra_iter = extras.into_iter();
+    let mut extra_iter = extras.iter().copied();
     loop {
         let Some(req) = queue.rx.take_request().map_err(ring_fatal)? else {
             // Checked before: the requests are there.
