@@ -928,10 +928,7 @@ impl HostedPlatform {
     pub(crate) fn port_set(&self, ports: &[Port]) -> Result<PortSet, PlatformError> {
         use rustix::event::epoll;
         if ports.is_empty() || ports.len() >= NR_PORTS as usize {
-            return Err(PlatformError::InvalidRequest {
-                op: "port_set",
-                reason: "give 1 to NR_PORTS - 1 open ports",
-            });
+            return Err(PlatformError::InvalidRequest { op: "port_set", reason: "give 1 to NR_PORTS - 1 open ports" });
         }
         let d = &*self.inner;
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| os_err("epoll_create", &e.into()))?;

@@ -278,11 +278,17 @@ impl DataPlane {
             }
         }
         let timeout = Some(timeout.as_nanos() as u64);
-        if self.wait_set.as_ref().is_none_or(|s| s.ports() != self.ports.as_slice()) {
+        if self
+            .wait_set
+            .as_ref()
+            .is_none_or(|s| s.ports() != self.ports.as_slice())
+        {
             self.wait_set = match self.plat.port_set(&self.ports) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    log::debug!("netback: no epoll set for the channels ({e}); waiting with block_any");
+                    log::debug!(
+                        "netback: no epoll set for the channels ({e}); waiting with block_any"
+                    );
                     None
                 }
             };

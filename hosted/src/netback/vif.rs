@@ -437,7 +437,14 @@ impl Vif {
                         true
                     };
                     let status = if ok { NETIF_RSP_OKAY } else { NETIF_RSP_ERROR };
-                    respond_tx(&mut queue.tx_rsp, queue.tx.size(), &mut self.hostile, pkt, 1, status);
+                    respond_tx(
+                        &mut queue.tx_rsp,
+                        queue.tx.size(),
+                        &mut self.hostile,
+                        pkt,
+                        1,
+                        status,
+                    );
                     continue;
                 }
                 TxVerdict::Forward => {
@@ -478,7 +485,14 @@ impl Vif {
                 }
             };
             let n = pkt.requests.len();
-            respond_tx(&mut queue.tx_rsp, queue.tx.size(), &mut self.hostile, pkt, n, status);
+            respond_tx(
+                &mut queue.tx_rsp,
+                queue.tx.size(),
+                &mut self.hostile,
+                pkt,
+                n,
+                status,
+            );
         }
         Ok(packets > 0)
     }
