@@ -1088,6 +1088,54 @@ mod tests {
     /// new incarnation of the peer's domid, whether the binding was made
     /// by us or by the peer, and whether or not we had notified before.
     #[test]
+    fn a_port_set_wakes_on_each_port_and_refuses_a_port_allocated_again() {
+        let dir = std::env::temp_dir().join(format!("hosted-evtchn-set-{}", std::process::id()));
+        let hv = crate::HostedHypervisor::create(&dir).unwrap();
+        let a = hv.join(DomId(1)).unwrap();
+        let b = hv.join(DomId(2)).unwrap();
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..3 {
+            let p = a.alloc_unbound(DomId(2)).unwrap();
+            theirs.push(b.bind_interdomain(DomId(1), p).unwrap());
+            ours.push(p);
+        }
+        // Binding marks the new ports pending: take those first.
+        for &p in &ours {
+            a.poll(p).unwrap();
+        }
+        let set = a.port_set(&ours).unwrap();
+        assert_eq!(a.block_set(&set, Some(20_000_000)).unwrap(), None, "nothing pending: a timeout");
+        // Each port wakes a sleeper, whichever it is, and only once.
+        for (i, &q) in theirs.iter().enumerate() {
+            let (b2, port, target) = (b.clone(), q, ours[i]);
+            let t = std::thread::spawn(move || {
+                // Notify once the sleeper has announced itself on the port.
+                let end = Instant::now() + Duration::from_secs(10);
+                while b2.waiters(DomId(1), target).unwrap_or(0) == 0 && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                b2.notify(port).unwrap();
+            });
+            assert_eq!(a.block_set(&set, Some(10_000_000_000)).unwrap(), Some(ours[i]));
+            t.join().unwrap();
+            assert!(!a.poll(ours[i]).unwrap(), "the pending bit was taken");
+        }
+        // A pending port is returned without sleeping.
+        b.notify(theirs[2]).unwrap();
+        assert_eq!(a.block_set(&set, Some(0)).unwrap(), Some(ours[2]));
+        // A port closed and allocated again has a new eventfd: the set is
+        // refused, not left waiting on the old one.
+        a.close(ours[1]).unwrap();
+        let again = a.alloc_unbound(DomId(2)).unwrap();
+        assert_eq!(again, ours[1]);
+        assert!(matches!(a.block_set(&set, Some(0)), Err(PlatformError::InvalidRequest { .. })));
+        assert!(a.port_set(&[]).is_err());
+        drop((set, a, b, hv));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn notify_delivers_only_to_the_incarnation_bound_to() {
         let dir = std::env::temp_dir().join(format!("hosted-evtchn-inc-{}", std::process::id()));
         let hv = crate::HostedHypervisor::create(&dir).unwrap();
