@@ -73,7 +73,9 @@ pub enum WaitMode {
     /// for room on a ring); otherwise completions are collected at the next
     /// receive or poll, so a request/response exchange costs the backend
     /// one notification (its response), not two, and the frontend one
-    /// wake-up.
+    /// wake-up. With one queue and no TX events asked for, the wait is on
+    /// the RX channel alone ([`Platform::block`](grant_tables::EventChannels::block)),
+    /// which a platform may serve more cheaply than a wait on several.
     Event,
     /// Spin for up to `spin_ns` nanoseconds, then block as [`WaitMode::Event`].
     Adaptive {
@@ -476,9 +478,9 @@ where
     }
 
     /// Asks for notifications on every RX ring, and on the TX rings when
-    /// TX buffers are scarce (see [`WaitMode::Event`]); `true` when work is
-    /// already waiting.
-    /// Also says whether TX events were asked for on some queue.
+    /// TX buffers are scarce (see [`WaitMode::Event`]). Returns whether work
+    /// is already waiting, and whether TX events were asked for on some
+    /// queue.
     fn arm(&mut self) -> Result<(bool, bool), FrameError> {
         let Some(conn) = self.conn.as_mut() else {
             return Ok((false, false));
