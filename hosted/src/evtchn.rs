@@ -892,6 +892,125 @@ impl EventChannels for HostedPlatform {
     }
 }
 
+/// Ports of this domain waited on together, again and again, by one
+/// thread (a backend's data plane): one epoll instance watching their
+/// eventfds, edge-triggered, so that a sleep is one `epoll_wait` and no
+/// counter is read back ([`HostedPlatform::block_set`]).
+/// [`EventChannels::block_any`] builds its wait anew on every call (a
+/// `ppoll` over every eventfd, then a read to reset each one that fired):
+/// two system calls per sleep and a poll set-up per descriptor.
+///
+/// A set is tied to the ports' current eventfds: a port closed and
+/// allocated again has a new one, and [`HostedPlatform::block_set`] then
+/// fails with [`PlatformError::InvalidRequest`]; build the set again.
+pub(crate) struct PortSet {
+    ports: Vec<Port>,
+    efds: Vec<Arc<File>>,
+    epoll: std::os::fd::OwnedFd,
+}
+
+impl std::fmt::Debug for PortSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortSet").field("ports", &self.ports).finish_non_exhaustive()
+    }
+}
+
+impl PortSet {
+    /// The ports, in the order given.
+    pub(crate) fn ports(&self) -> &[Port] {
+        &self.ports
+    }
+}
+
+impl HostedPlatform {
+    /// A set of open ports of this domain to wait on with
+    /// [`Self::block_set`] (1 to [`NR_PORTS`] of them).
+    pub(crate) fn port_set(&self, ports: &[Port]) -> Result<PortSet, PlatformError> {
+        use rustix::event::epoll;
+        if ports.is_empty() || ports.len() >= NR_PORTS as usize {
+            return Err(PlatformError::InvalidRequest { op: "port_set", reason: "give 1 to NR_PORTS - 1 open ports" });
+        }
+        let d = &*self.inner;
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| os_err("epoll_create", &e.into()))?;
+        let mut efds = Vec::with_capacity(ports.len());
+        for (i, &port) in ports.iter().enumerate() {
+            d.open_binding(port)?;
+            let efd = lock(&d.local(port)?.state).eventfd.clone().ok_or(PlatformError::BadPort(port))?;
+            epoll::add(&ep, &*efd, epoll::EventData::new_u64(i as u64), epoll::EventFlags::IN | epoll::EventFlags::ET)
+                .map_err(|e| os_err("adding an event channel eventfd to an epoll set", &e.into()))?;
+            efds.push(efd);
+        }
+        Ok(PortSet { ports: ports.to_vec(), efds, epoll: ep })
+    }
+
+    /// [`EventChannels::block_any`] on a [`PortSet`]: returns the first
+    /// port of the set found pending (its bit cleared), or `None` when
+    /// `timeout_ns` passed. The same handshake with notifiers (module
+    /// docs), one `epoll_wait` per sleep; the eventfds are read only after
+    /// a wakeup that found nothing pending (a peer writing an eventfd
+    /// itself), so that a peer cannot saturate a counter and silence us.
+    pub(crate) fn block_set(&self, set: &PortSet, timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError> {
+        let d = &*self.inner;
+        for (&port, efd) in set.ports.iter().zip(&set.efds) {
+            d.open_binding(port)?;
+            let same = lock(&d.local(port)?.state).eventfd.as_ref().is_some_and(|e| Arc::ptr_eq(e, efd));
+            if !same {
+                return Err(PlatformError::InvalidRequest {
+                    op: "block_set",
+                    reason: "a port of the set was closed and allocated again; build the set again",
+                });
+            }
+        }
+        if let Some(p) = d.take_first_pending(&set.ports)? {
+            return Ok(Some(p));
+        }
+        let deadline = timeout_ns.map(|t| Instant::now().checked_add(Duration::from_nanos(t)));
+        let lines = set.ports.iter().map(|&p| d.own_line(p));
+        loop {
+            // Dekker, waiter side, on every port (as in `block_any`).
+            for l in lines.clone() {
+                l?.waiting.fetch_add(1, Ordering::SeqCst);
+            }
+            let unwait = || {
+                for l in lines.clone().flatten() {
+                    l.waiting.fetch_sub(1, Ordering::SeqCst);
+                }
+            };
+            match d.take_first_pending(&set.ports) {
+                Ok(None) => {}
+                other => {
+                    unwait();
+                    return other;
+                }
+            }
+            let remaining = match deadline {
+                None | Some(None) => None,
+                Some(Some(dl)) => {
+                    let now = Instant::now();
+                    if now >= dl {
+                        unwait();
+                        return Ok(None);
+                    }
+                    Some(dl - now)
+                }
+            };
+            d.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+            let r = sys::epoll_wait_one(set.epoll.as_fd(), remaining);
+            unwait();
+            let woken = r.map_err(|e| os_err("waiting on an epoll set of event channel eventfds", &e))?;
+            // Closed while we slept?
+            for &port in &set.ports {
+                d.open_binding(port)?;
+            }
+            if woken && lines.clone().flatten().all(|l| l.pending.load(Ordering::SeqCst) == 0) {
+                for f in &set.efds {
+                    sys::eventfd_drain(f);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -968,6 +1087,54 @@ mod tests {
     /// handled (simulated by writing the old word back) reaches neither a
     /// new incarnation of the peer's domid, whether the binding was made
     /// by us or by the peer, and whether or not we had notified before.
+    #[test]
+    fn a_port_set_wakes_on_each_port_and_refuses_a_port_allocated_again() {
+        let dir = std::env::temp_dir().join(format!("hosted-evtchn-set-{}", std::process::id()));
+        let hv = crate::HostedHypervisor::create(&dir).unwrap();
+        let a = hv.join(DomId(1)).unwrap();
+        let b = hv.join(DomId(2)).unwrap();
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..3 {
+            let p = a.alloc_unbound(DomId(2)).unwrap();
+            theirs.push(b.bind_interdomain(DomId(1), p).unwrap());
+            ours.push(p);
+        }
+        // Binding marks the new ports pending: take those first.
+        for &p in &ours {
+            a.poll(p).unwrap();
+        }
+        let set = a.port_set(&ours).unwrap();
+        assert_eq!(a.block_set(&set, Some(20_000_000)).unwrap(), None, "nothing pending: a timeout");
+        // Each port wakes a sleeper, whichever it is, and only once.
+        for (i, &q) in theirs.iter().enumerate() {
+            let (b2, port, target) = (b.clone(), q, ours[i]);
+            let t = std::thread::spawn(move || {
+                // Notify once the sleeper has announced itself on the port.
+                let end = Instant::now() + Duration::from_secs(10);
+                while b2.waiters(DomId(1), target).unwrap_or(0) == 0 && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                b2.notify(port).unwrap();
+            });
+            assert_eq!(a.block_set(&set, Some(10_000_000_000)).unwrap(), Some(ours[i]));
+            t.join().unwrap();
+            assert!(!a.poll(ours[i]).unwrap(), "the pending bit was taken");
+        }
+        // A pending port is returned without sleeping.
+        b.notify(theirs[2]).unwrap();
+        assert_eq!(a.block_set(&set, Some(0)).unwrap(), Some(ours[2]));
+        // A port closed and allocated again has a new eventfd: the set is
+        // refused, not left waiting on the old one.
+        a.close(ours[1]).unwrap();
+        let again = a.alloc_unbound(DomId(2)).unwrap();
+        assert_eq!(again, ours[1]);
+        assert!(matches!(a.block_set(&set, Some(0)), Err(PlatformError::InvalidRequest { .. })));
+        assert!(a.port_set(&[]).is_err());
+        drop((set, a, b, hv));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn notify_delivers_only_to_the_incarnation_bound_to() {
         let dir = std::env::temp_dir().join(format!("hosted-evtchn-inc-{}", std::process::id()));

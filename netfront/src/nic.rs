@@ -73,7 +73,9 @@ pub enum WaitMode {
     /// for room on a ring); otherwise completions are collected at the next
     /// receive or poll, so a request/response exchange costs the backend
     /// one notification (its response), not two, and the frontend one
-    /// wake-up.
+    /// wake-up. With one queue and no TX events asked for, the wait is on
+    /// the RX channel alone ([`Platform::block`](grant_tables::EventChannels::block)),
+    /// which a platform may serve more cheaply than a wait on several.
     Event,
     /// Spin for up to `spin_ns` nanoseconds, then block as [`WaitMode::Event`].
     Adaptive {
@@ -476,16 +478,19 @@ where
     }
 
     /// Asks for notifications on every RX ring, and on the TX rings when
-    /// TX buffers are scarce (see [`WaitMode::Event`]); `true` when work is
-    /// already waiting.
-    fn arm(&mut self) -> Result<bool, FrameError> {
+    /// TX buffers are scarce (see [`WaitMode::Event`]). Returns whether work
+    /// is already waiting, and whether TX events were asked for on some
+    /// queue.
+    fn arm(&mut self) -> Result<(bool, bool), FrameError> {
         let Some(conn) = self.conn.as_mut() else {
-            return Ok(false);
+            return Ok((false, false));
         };
         let scarce = conn.tx_pool.available() < conn.tx_pool.capacity() / 2;
         let mut work = false;
+        let mut tx_armed = false;
         let mut result = Ok(());
         for q in conn.queues.iter_mut() {
+            tx_armed |= q.wants_tx_events(scarce);
             match q.arm(scarce) {
                 Ok(w) => work |= w,
                 Err(e) => {
@@ -495,7 +500,7 @@ where
             }
         }
         match result {
-            Ok(()) => Ok(work),
+            Ok(()) => Ok((work, tx_armed)),
             Err(e) => Err(self.fail(e)),
         }
     }
@@ -517,7 +522,11 @@ where
     }
 
     fn block(&mut self, deadline: Option<u64>) -> Result<bool, FrameError> {
-        if self.service()? || self.has_ready() || self.arm()? {
+        if self.service()? || self.has_ready() {
+            return Ok(true);
+        }
+        let (work, tx_armed) = self.arm()?;
+        if work {
             return Ok(true);
         }
         let timeout = match deadline {
@@ -531,11 +540,22 @@ where
             }
         };
         let woken = match &self.conn {
-            Some(c) if !c.ports.is_empty() => self.platform.block_any(&c.ports, timeout),
+            // One queue and no TX events asked for: only its RX channel can
+            // bring anything, and a wait on one port is the platform's
+            // cheapest (on the hosted platform one system call, where a
+            // wait on several is two).
+            Some(c) if c.queues.len() == 1 && !tx_armed => match c.queues.first() {
+                Some(q) => self.platform.block(q.rx_port(), timeout),
+                None => return Ok(false),
+            },
+            Some(c) if !c.ports.is_empty() => self
+                .platform
+                .block_any(&c.ports, timeout)
+                .map(|p| p.is_some()),
             _ => return Ok(false),
         };
         match woken {
-            Ok(woken) => Ok(woken.is_some()),
+            Ok(woken) => Ok(woken),
             Err(e) => Err(self.fail(NetError::Platform {
                 op: "waiting on the event channels",
                 error: e,

@@ -439,6 +439,13 @@ impl<B> RxBuffers<B> {
         self.slots.iter_mut().filter_map(Option::take).collect()
     }
 
+    /// The buffer posted at ring index `idx`, if one is.
+    pub fn posted_at(&self, idx: RingIdx) -> Option<&B> {
+        self.slots[(idx & self.mask) as usize]
+            .as_ref()
+            .map(|p| &p.buf)
+    }
+
     fn is_posted(&self, idx: RingIdx) -> bool {
         self.slots[(idx & self.mask) as usize].is_some()
     }

@@ -13,13 +13,14 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use grant_tables::{EventChannels, Port};
+use grant_tables::{EventChannels, PlatformError, Port};
 
 use super::frames::{FrameBuf, FrameMem, FrameMeta, FramePool, FreeLists};
 use super::switch::{Dest, PortId, Switch};
 use super::tap::Tap;
 use super::vif::{bump, Admit, Vif};
 use super::{HostFrame, HostHandler, ServeMode, Shared};
+use crate::evtchn::PortSet;
 use crate::HostedPlatform;
 
 /// Longest single sleep of an idle data plane in event mode (expiries and
@@ -120,9 +121,14 @@ pub(crate) struct DataPlane {
     pub shared: Arc<Shared>,
     fwd: Vec<(FrameBuf, PortId)>,
     spare: Vec<(FrameBuf, PortId)>,
+    /// The ports a flooded frame goes to (kept to be reused).
+    flood_ports: Vec<PortId>,
     tx_out: Vec<FrameBuf>,
     ports: Vec<Port>,
     owners: Vec<(usize, usize)>,
+    /// The ports of the last sleep as one epoll set, kept while they stay
+    /// the same (event mode sleeps with one system call).
+    wait_set: Option<PortSet>,
     /// A coarse clock for timestamps (learned addresses, queued frames):
     /// read every [`CLOCK_EVERY`] passes and after every sleep, not per
     /// frame (reading the clock costs tens of nanoseconds here).
@@ -158,9 +164,11 @@ impl DataPlane {
             shared,
             fwd: Vec::with_capacity(64),
             spare: Vec::with_capacity(64),
+            flood_ports: Vec::with_capacity(8),
             tx_out: Vec::with_capacity(64),
             ports: Vec::new(),
             owners: Vec::new(),
+            wait_set: None,
             now: Instant::now(),
             passes: 0,
         }
@@ -269,10 +277,34 @@ impl DataPlane {
                 }
             }
         }
-        match self
-            .plat
-            .block_any(&self.ports, Some(timeout.as_nanos() as u64))
+        let timeout = Some(timeout.as_nanos() as u64);
+        if self
+            .wait_set
+            .as_ref()
+            .is_none_or(|s| s.ports() != self.ports.as_slice())
         {
+            self.wait_set = match self.plat.port_set(&self.ports) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    log::debug!(
+                        "netback: no epoll set for the channels ({e}); waiting with block_any"
+                    );
+                    None
+                }
+            };
+        }
+        let woke = match &self.wait_set {
+            Some(set) => match self.plat.block_set(set, timeout) {
+                Err(PlatformError::InvalidRequest { .. }) => {
+                    // A port was closed and allocated again under us.
+                    self.wait_set = None;
+                    Ok(None)
+                }
+                other => other,
+            },
+            None => self.plat.block_any(&self.ports, timeout),
+        };
+        match woke {
             Ok(p) => p,
             Err(e) => {
                 log::warn!("netback: waiting for events failed: {e}");
@@ -324,6 +356,10 @@ impl DataPlane {
             }
         }
         self.forward_all();
+        // What the packets became (an echo) goes out in this wakeup, then
+        // the TX responses.
+        self.serve_rx_all(false);
+        self.finish_tx();
     }
 
     /// Applies queued commands; `false` on Stop.
@@ -333,10 +369,12 @@ impl DataPlane {
                 Ok(Cmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => return false,
                 Err(mpsc::TryRecvError::Empty) => return true,
                 Ok(Cmd::AddVif(v)) => {
+                    self.wait_set = None;
                     log::debug!("netback: data plane serves vif {}", v.shared.id);
                     self.vifs.push(*v);
                 }
                 Ok(Cmd::RemoveVif { id, done }) => {
+                    self.wait_set = None;
                     if let Some(i) = self.vifs.iter().position(|v| v.shared.id == id) {
                         let mut v = self.vifs.remove(i);
                         for b in v.drain_backlog() {
@@ -402,7 +440,16 @@ impl DataPlane {
         if !self.fwd.is_empty() {
             self.forward_all();
         }
+        work |= self.serve_rx_all(arm);
+        self.finish_tx();
+        work
+    }
+
+    /// Serves every queue's RX ring that has frames waiting. `arm`: as in
+    /// [`Self::pass`].
+    fn serve_rx_all(&mut self, arm: bool) -> bool {
         let now = self.now;
+        let mut work = false;
         for v in &mut self.vifs {
             if v.is_disabled() {
                 continue;
@@ -414,6 +461,16 @@ impl DataPlane {
             }
         }
         work
+    }
+
+    /// Publishes the TX responses of the packets served since the last
+    /// call, on every vif (see [`Vif::finish_tx`]): after the RX side, so
+    /// that an answer to a packet (an echo) is on its way before the sender
+    /// hears that the packet was sent.
+    fn finish_tx(&mut self) {
+        for v in &mut self.vifs {
+            v.finish_tx(&self.plat);
+        }
     }
 
     /// Forwards every frame waiting, and what the host handler sends back
@@ -442,7 +499,10 @@ impl DataPlane {
             Dest::Drop => self.pool.free(buf),
             Dest::Port(p) => self.deliver(buf, p, now),
             Dest::Flood => {
-                let mut ports: Vec<PortId> = Vec::with_capacity(self.vifs.len() + 2);
+                // The port list is built in a vector kept from frame to
+                // frame: no allocation per flooded frame.
+                let mut ports = std::mem::take(&mut self.flood_ports);
+                ports.clear();
                 ports.push(PortId::Host);
                 if self.tap.is_some() {
                     ports.push(PortId::Tap);
@@ -451,7 +511,7 @@ impl DataPlane {
                 ports.retain(|p| *p != ingress);
                 let last = ports.len().saturating_sub(1);
                 let mut buf = Some(buf);
-                for (i, p) in ports.into_iter().enumerate() {
+                for (i, &p) in ports.iter().enumerate() {
                     let frame = if i == last {
                         buf.take()
                     } else {
@@ -467,6 +527,7 @@ impl DataPlane {
                 if let Some(b) = buf {
                     self.pool.free(b);
                 }
+                self.flood_ports = ports;
             }
         }
     }

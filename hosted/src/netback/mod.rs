@@ -45,7 +45,10 @@
 //!   claiming more slots than queued, `fatal_skb_slots` slots, a slot
 //!   crossing its page, a missing or unknown extra, a GSO size of 0 or an
 //!   unknown GSO type) **disable the vif**: it is served no more and its
-//!   xenstore state does not change ([`VifStatus::disabled`]).
+//!   xenstore state does not change ([`VifStatus::disabled`]). A pass's
+//!   TX responses are written and published together at the end of the
+//!   pass, after the RX side has delivered what the packets became (an
+//!   echo reaches its ring before the sender's TX ring is touched).
 //! - **RX**: frames are queued per queue (at most half a ring of pages),
 //!   and copied into the frontend's posted buffers once enough are posted,
 //!   laid out as `xenvif_rx_skb` lays them out: multi-slot frames, the GSO
@@ -54,7 +57,9 @@
 //!   Checksum-blank frames go as they are to a frontend that takes them,
 //!   and are completed for one that does not.
 //! - **Events**: the backend notifies only when the ring's check says so;
-//!   in [`ServeMode::Event`] it sleeps on every queue's channels, and a
+//!   in [`ServeMode::Event`] it sleeps on every queue's channels (one
+//!   edge-triggered epoll set, kept while the channels stay the same: one
+//!   system call per sleep), and a
 //!   queue whose events keep bringing no work is left out of the waits for
 //!   a while (XSA-391's throttling of spurious events).
 //! - **Switch** ([`switch`]): a learning bridge between the vifs, the host
@@ -83,7 +88,16 @@
 //!   (one thread serves every queue), no hash extra on RX, no RX stall
 //!   detection (Linux drops the carrier after 60 s without enough posted
 //!   buffers; here queued frames just expire).
-//! - Every TX slot is copied (Linux maps all but the first 128 bytes).
+//! - Every TX slot is copied (Linux maps all but the first 128 bytes). On
+//!   the hosted platform a grant copy already reads the granted page
+//!   through a mapping of the frontend's memory made once per peer (it only
+//!   pins the grant for the copy), so a grant map per packet would add two
+//!   system calls (`mmap`, `munmap`) and save nothing; and a mapping kept
+//!   past the packet's TX response would make a frontend that ends its TX
+//!   grants after each response (Linux's netfront) fail to end them. The
+//!   copy is also the one read of the frontend's bytes that the hostile
+//!   rules ask for: the switch, the checksum code and the host side see
+//!   the backend's own copy.
 
 pub mod keys;
 pub mod ringfront;

@@ -105,6 +105,10 @@ pub(crate) struct Queue {
     backlog: VecDeque<Queued>,
     backlog_bytes: usize,
     pkt: TxPacket,
+    /// TX responses of the packets served in this pass, written and
+    /// published by [`Vif::finish_tx`] once the pass has delivered the
+    /// frames those packets became.
+    tx_rsp: Vec<NetifTxResponse>,
     copies: Vec<GnttabCopy>,
     /// For each RX copy, the response it belongs to.
     copy_rsp: Vec<usize>,
@@ -125,6 +129,7 @@ impl Queue {
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             pkt: TxPacket::default(),
+            tx_rsp: Vec::with_capacity(TX_BUDGET * 2),
             copies: Vec::with_capacity(64),
             copy_rsp: Vec::with_capacity(64),
             rsp: Vec::with_capacity(32),
@@ -369,6 +374,11 @@ impl Vif {
         match self.serve_tx_inner(q, plat, pool, out) {
             Ok(work) => work,
             Err(fatal) => {
+                // Nothing more is answered on this queue (Linux's
+                // `xenvif_fatal_tx_err`): the batch's responses are dropped.
+                if let Some(queue) = self.queues.get_mut(q) {
+                    queue.tx_rsp.clear();
+                }
                 self.disable(&format!("TX queue {q}: {fatal}"));
                 true
             }
@@ -427,7 +437,14 @@ impl Vif {
                         true
                     };
                     let status = if ok { NETIF_RSP_OKAY } else { NETIF_RSP_ERROR };
-                    respond_tx(&mut queue.tx, &mut self.hostile, pkt, 1, status);
+                    respond_tx(
+                        &mut queue.tx_rsp,
+                        queue.tx.size(),
+                        &mut self.hostile,
+                        pkt,
+                        1,
+                        status,
+                    );
                     continue;
                 }
                 TxVerdict::Forward => {
@@ -468,12 +485,36 @@ impl Vif {
                 }
             };
             let n = pkt.requests.len();
-            respond_tx(&mut queue.tx, &mut self.hostile, pkt, n, status);
-        }
-        if packets > 0 {
-            push_tx(plat, queue, &mut self.hostile);
+            respond_tx(
+                &mut queue.tx_rsp,
+                queue.tx.size(),
+                &mut self.hostile,
+                pkt,
+                n,
+                status,
+            );
         }
         Ok(packets > 0)
+    }
+
+    /// Writes and publishes the TX responses of the packets served since the
+    /// last call, on every queue, notifying the frontend where the ring says
+    /// so. The data plane calls it at the end of each pass, after the RX
+    /// side: a frame a TX packet became (an echo, a frame for another vif)
+    /// reaches its receiver's ring before the sender's TX ring is touched,
+    /// and each queue's responses go out with one push.
+    pub fn finish_tx(&mut self, plat: &HostedPlatform) {
+        for queue in &mut self.queues {
+            if queue.tx_rsp.is_empty() {
+                continue;
+            }
+            for r in queue.tx_rsp.drain(..) {
+                if let Err(e) = queue.tx.put_response(r) {
+                    log::error!("netback: writing a TX response: {e}");
+                }
+            }
+            push_tx(plat, queue, &mut self.hostile);
+        }
     }
 
     /// Serves queue `q`'s RX ring: moves queued frames into posted buffers
@@ -688,16 +729,17 @@ fn copy_out(
     Some(buf)
 }
 
-/// Writes the responses of one TX packet: the first request's, a NULL for
+/// Queues the responses of one TX packet: the first request's, a NULL for
 /// each extra, then the other requests' (the first `n` requests in all).
+/// [`Vif::finish_tx`] writes them into the ring.
 fn respond_tx(
-    ring: &mut TxRing,
+    out: &mut Vec<NetifTxResponse>,
+    size: u32,
     hostile: &mut HostileState,
     pkt: &TxPacket,
     n: usize,
     status: i16,
 ) {
-    let size = ring.size();
     let bad = hostile.on(Hostile::BadIds);
     hostile.count();
     let id = |id: u16| {
@@ -708,11 +750,7 @@ fn respond_tx(
             id
         }
     };
-    let mut put = |r: NetifTxResponse| {
-        if let Err(e) = ring.put_response(r) {
-            log::error!("netback: writing a TX response: {e}");
-        }
-    };
+    let mut put = |r: NetifTxResponse| out.push(r);
     let mut reqs = pkt.requests.iter().take(n);
     if let Some(first) = reqs.next() {
         put(NetifTxResponse {
@@ -811,9 +849,17 @@ fn deliver_rx(
     let per = PAGE_SIZE - h;
     let len = buf.len();
     let meta = buf.meta;
-    let mut extras: Vec<NetifExtraInfo> = Vec::new();
+    // At most two extras (GSO, XDP), on the stack: no allocation per frame.
+    let mut extras = [NetifExtraInfo::default(); 2];
+    let mut n_extras = 0usize;
+    let mut push_extra = |e: NetifExtraInfo| {
+        if let Some(slot) = extras.get_mut(n_extras) {
+            *slot = e;
+            n_extras += 1;
+        }
+    };
     if let Some(g) = meta.gso {
-        extras.push(NetifExtraInfo::new_gso(
+        push_extra(NetifExtraInfo::new_gso(
             0,
             ExtraGso {
                 size: g.mss,
@@ -824,7 +870,7 @@ fn deliver_rx(
         ));
     }
     if headroom > 0 {
-        extras.push(NetifExtraInfo::new_xdp(
+        push_extra(NetifExtraInfo::new_xdp(
             0,
             ExtraXdp {
                 headroom,
@@ -832,7 +878,7 @@ fn deliver_rx(
             },
         ));
     }
-    let n_extras = extras.len();
+    let extras = &mut extras[..n_extras];
     for (i, e) in extras.iter_mut().enumerate() {
         if i + 1 < n_extras {
             e.flags |= XEN_NETIF_EXTRA_FLAG_MORE;
@@ -844,7 +890,7 @@ fn deliver_rx(
     queue.rsp.clear();
     let mut pos = 0usize;
     let mut slot = 0usize;
-    let mut extra_iter = extras.into_iter();
+    let mut extra_iter = extras.iter().copied();
     loop {
         let Some(req) = queue.rx.take_request().map_err(ring_fatal)? else {
             // Checked before: the requests are there.
