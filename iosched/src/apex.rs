@@ -131,6 +131,7 @@ use alloc::vec::Vec;
 use core::cmp::Ordering;
 
 use crate::engine::{rank, Core, Entry, Policy};
+use crate::CostModel;
 use crate::{Class, Error, Nanos, Pass, QueueConfig, QueueId};
 
 /// APEX's global parameters.
@@ -145,6 +146,16 @@ pub struct ApexParams {
     /// Safety margin added to the estimated finish time when deciding
     /// whether a real-time request is urgent, ns (default 0).
     pub urgency_margin_ns: u64,
+    /// Bound the work in flight with the drain line the cost model measures
+    /// from completions ([`crate::CostModel::work_within`], default); off,
+    /// the costs are taken as drain time (`alpha` 0, `beta` 1), which a
+    /// device with a deep queue of its own or a write-back cache defeats.
+    pub drain_calibrated: bool,
+    /// A real-time queue with nothing waiting or in flight stops bounding
+    /// the work on the ring once it has been silent this many times the
+    /// interval its reservation pays for (the cost of its last request over
+    /// its rate), and at least its default deadline (default 16).
+    pub idle_after_gaps: u64,
 }
 
 impl Default for ApexParams {
@@ -153,9 +164,14 @@ impl Default for ApexParams {
             rt_share_permille: 950,
             slack_permille: 500,
             urgency_margin_ns: 0,
+            drain_calibrated: true,
+            idle_after_gaps: 16,
         }
     }
 }
+
+/// The lane of a best-effort request in flight (counted by the policy).
+const LANE_BEST_EFFORT: u8 = 1;
 
 /// Ordering key inside a queue: (deadline or arrival order, arrival order).
 type Key = (u64, u64);
@@ -253,6 +269,10 @@ struct ApexQueue {
     default_deadline: Option<Nanos>,
     items: Items,
     head: Option<Key>,
+    /// Its last arrival (its creation before the first).
+    last_arrival: Nanos,
+    /// The estimated cost of its last request.
+    last_cost: u64,
 }
 
 /// The APEX policy (see the module docs).
@@ -264,6 +284,18 @@ pub struct ApexPolicy {
     /// sorted (a binary search and a short move per change; the vectors
     /// grow only with the number of queues).
     heads: [Vec<(u64, u64, QueueId)>; 3],
+    /// Best-effort requests in flight.
+    best_effort_in_flight: usize,
+}
+
+/// How long `units` of work in flight take to drain: the cost model's
+/// drain line, or the units themselves when not `calibrated`.
+fn drain_time(cost: &CostModel, calibrated: bool, units: u64) -> u64 {
+    if calibrated {
+        cost.drain_time(units)
+    } else {
+        units
+    }
 }
 
 fn key_of(e: &Entry, rank: usize) -> Key {
@@ -330,18 +362,45 @@ impl ApexPolicy {
         }
     }
 
-    /// Bound on the work on the ring: a share of the smallest real-time
-    /// slack; `None` without real-time queues.
-    fn work_bound(&self, now: Nanos) -> Option<u64> {
+    /// Bound on the work in flight, in units: the work a request put on the
+    /// ring now can find ahead of it and still complete within a share of
+    /// the smallest slack of the real-time queues that are active or
+    /// expected; `None` when there are none.
+    fn work_bound(&self, core: &Core, now: Nanos) -> Option<u64> {
         let mut slack: Option<u64> = None;
-        for q in self.queues.values().filter(|q| q.rank == 0) {
+        for (qid, q) in self.queues.iter().filter(|(_, q)| q.rank == 0) {
             let s = match q.items.peek() {
                 Some(e) => e.deadline.map_or(u64::MAX, |d| d.saturating_sub(now)),
+                None if self.is_idle(core, *qid, q, now) => continue,
                 None => q.default_deadline.unwrap_or(u64::MAX),
             };
             slack = Some(slack.map_or(s, |m: u64| m.min(s)));
         }
-        slack.map(|s| ((s as u128 * self.params.slack_permille as u128) / 1000) as u64)
+        let share = slack.map(|s| ((s as u128 * self.params.slack_permille as u128) / 1000) as u64)?;
+        Some(if self.params.drain_calibrated {
+            core.cost.work_within(share)
+        } else {
+            share
+        })
+    }
+
+    /// Whether real-time queue `q` (nothing waiting) is idle: nothing in
+    /// flight, and silent for longer than
+    /// [`ApexParams::idle_after_gaps`] of the intervals its reservation
+    /// pays for, and than its default deadline.
+    fn is_idle(&self, core: &Core, qid: QueueId, q: &ApexQueue, now: Nanos) -> bool {
+        let Some(state) = core.queues.get(&qid) else {
+            return true;
+        };
+        if state.in_flight > 0 || state.pending > 0 {
+            return false;
+        }
+        let rate = state.config.reservation.rate_per_sec.max(1) as u128;
+        let gap = (q.last_cost as u128 * crate::NS_PER_SEC as u128 / rate).min(u64::MAX as u128) as u64;
+        let horizon = gap
+            .saturating_mul(self.params.idle_after_gaps)
+            .max(q.default_deadline.unwrap_or(0));
+        now.saturating_sub(q.last_arrival) > horizon
     }
 
     /// The first head of class `rank` whose queue's bucket covers its cost.
@@ -404,6 +463,8 @@ impl Policy for ApexPolicy {
                 default_deadline: q.config.deadline_ns,
                 items: Items::for_rank(rank(q.config.class)),
                 head: None,
+                last_arrival: core.now(),
+                last_cost: 0,
             },
         );
     }
@@ -453,9 +514,13 @@ impl Policy for ApexPolicy {
                 default_deadline: None,
                 items: Items::for_rank(2),
                 head: None,
+                last_arrival: entry.arrival,
+                last_cost: 0,
             });
         }
         if let Some(q) = self.queues.get_mut(&entry.queue) {
+            q.last_arrival = entry.arrival;
+            q.last_cost = core.cost_of(&entry);
             q.items.push(entry, q.rank);
         }
         self.fix_head(entry.queue);
@@ -472,6 +537,7 @@ impl Policy for ApexPolicy {
         let on_ring = core.inflight_cost;
         let in_flight = core.in_flight() as u64;
         let gap = on_ring.checked_div(in_flight).unwrap_or(0);
+        let calibrated = self.params.drain_calibrated;
         let mut work: u64 = 0;
 
         // Urgent pass: real-time requests that cannot wait for the next batch.
@@ -481,11 +547,12 @@ impl Policy for ApexPolicy {
             };
             let Some(e) = self.peek(qid) else { break };
             let c = core.cost_of(e);
-            let finish_if_waiting = now
-                .saturating_add(on_ring)
+            let ahead = on_ring
                 .saturating_add(work)
                 .saturating_add(gap)
-                .saturating_add(c)
+                .saturating_add(c);
+            let finish_if_waiting = now
+                .saturating_add(drain_time(&core.cost, calibrated, ahead))
                 .saturating_add(self.params.urgency_margin_ns);
             if deadline > finish_if_waiting {
                 break;
@@ -496,39 +563,57 @@ impl Policy for ApexPolicy {
             out.push((e, Pass::Urgent));
         }
 
-        let bound = self.work_bound(now);
-        let idle = in_flight == 0;
-        // The bound holds back best-effort work only: real-time requests
-        // are already in deadline order among themselves.
-        let fits = |r: usize, work: u64, taken: usize| match bound {
+        let bound = self.work_bound(core, now);
+        let mut best_effort = self.best_effort_in_flight;
+        // The bound holds back best-effort work only (real-time requests
+        // are already in deadline order among themselves), and never the
+        // only best-effort request: one is always let through when none
+        // is in flight, so best-effort work always moves and the device
+        // is never left idle.
+        let fits = |r: usize, work: u64, best_effort: usize| match bound {
             _ if r == 0 => true,
             None => true,
-            Some(b) => on_ring.saturating_add(work) < b || (idle && taken == 0),
+            Some(b) => on_ring.saturating_add(work) < b || best_effort == 0,
         };
 
         // Reservation pass, in class order, paid with tokens.
         for r in 0..3 {
-            while out.len() < room && fits(r, work, out.len()) {
+            while out.len() < room && fits(r, work, best_effort) {
                 let Some((qid, c)) = self.first_covered(core, r) else {
                     break;
                 };
-                let Some(e) = self.pop(qid) else { break };
+                let Some(mut e) = self.pop(qid) else { break };
                 core.spend(qid, c);
                 work = work.saturating_add(c);
+                if r != 0 {
+                    e.lane = LANE_BEST_EFFORT;
+                    best_effort += 1;
+                }
                 out.push((e, Pass::Reserved));
             }
         }
 
         // Work-conserving pass: interactive, real-time early, background.
         for r in [1, 0, 2] {
-            while out.len() < room && fits(r, work, out.len()) {
+            while out.len() < room && fits(r, work, best_effort) {
                 let Some(&(_, _, qid)) = self.heads[r].first() else {
                     break;
                 };
-                let Some(e) = self.pop(qid) else { break };
+                let Some(mut e) = self.pop(qid) else { break };
                 work = work.saturating_add(core.cost_of(&e));
+                if r != 0 {
+                    e.lane = LANE_BEST_EFFORT;
+                    best_effort += 1;
+                }
                 out.push((e, Pass::Other));
             }
+        }
+        self.best_effort_in_flight = best_effort;
+    }
+
+    fn completed(&mut self, lane: u8) {
+        if lane == LANE_BEST_EFFORT {
+            self.best_effort_in_flight = self.best_effort_in_flight.saturating_sub(1);
         }
     }
 }
