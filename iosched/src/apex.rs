@@ -36,9 +36,10 @@
 //! 2. **Urgent pass.** Real-time requests in deadline order, across all
 //!    real-time queues: a request is urgent when waiting for the next batch
 //!    would make it late, i.e. when its deadline is before
-//!    `now + W + B + gap + cost + margin`, where `gap` is the expected time
-//!    to the next batch (the mean cost of an in-flight request: the next
-//!    batch is built at the next completion) and `margin` is
+//!    `now + drain(W + B + gap + cost) + margin`, where `gap` is the work
+//!    of one in-flight request on average (the next batch is built at the
+//!    next completion), `drain` the cost model's drain line (how long that
+//!    much work in flight takes to complete, see below) and `margin`
 //!    [`ApexParams::urgency_margin_ns`]. Urgent requests are taken whatever
 //!    their tokens; their bucket pays and may go below zero, down to its
 //!    floor (`-depth`), never further. The pass stops at the first request
@@ -54,18 +55,41 @@
 //! The batch goes on the ring in that order (urgent, reserved,
 //! work-conserving), which is priority order.
 //!
-//! **Batch size.** A batch is bounded by the ring's room and by the smallest
-//! real-time slack: the reservation and work-conserving passes stop adding
-//! *best-effort* requests once the work on the ring (`W + B`) reaches
-//! [`ApexParams::slack_permille`] of the smallest slack among the real-time
-//! queues, where a queue's slack is the time to its earliest waiting
-//! deadline, or its default relative deadline when it has nothing waiting
-//! (the next request it sends will have that much). So a real-time request
-//! arriving now finds at most that much work ahead of it on the ring.
-//! Real-time requests themselves are not held back by the bound: among them
-//! the order is already earliest deadline first. The bound never leaves the
-//! device idle: when nothing is in flight, a batch always takes at least one
-//! request. Without real-time queues the bound does not apply and every
+//! **The work in flight is bounded.** A batch is bounded by the ring's
+//! room and by a cap on the work in flight, in cost units: the reservation
+//! and work-conserving passes stop adding *best-effort* requests once the
+//! work in flight (`W + B`) reaches the work the device can drain within
+//! [`ApexParams::slack_permille`] of the smallest real-time slack. A
+//! queue's slack is the time to its earliest waiting deadline, or its
+//! default relative deadline when it has nothing waiting (the next request
+//! it sends will have that much). How much work drains in a given time is
+//! not what the costs say on every device: a device with a deep queue of
+//! its own, or one that serves its queue in an order of its own (writes
+//! first, write-back ahead of reads), or a shared disk, makes a request
+//! wait longer than the estimated work ahead of it. So the cap comes from
+//! the cost model's *drain line* ([`crate::cost`]): from the completions of
+//! real-time requests, the scheduler fits how long a request takes from
+//! the ring to its completion against the estimated work in flight when it
+//! went on the ring (`alpha + beta * work`: Little's law, request by
+//! request), and the cap is the work that drains within the slack's share,
+//! `(share - alpha) / beta` ([`crate::CostModel::work_within`]). Until the
+//! line is fitted (8 completions), and with
+//! [`ApexParams::drain_calibrated`] off, the costs are taken as drain
+//! time. So a real-time request arriving now finds at most the work ahead
+//! of it that the device has been seen to drain within its slack.
+//!
+//! The cap applies while a real-time queue is active (requests waiting or
+//! in flight) or expected: a queue with nothing waiting still bounds the
+//! work by its default deadline until it has been silent for
+//! [`ApexParams::idle_after_gaps`] times the interval its reservation pays
+//! for (the cost of its last request over its rate), and at least its
+//! default deadline; then it is idle, and with every real-time queue idle
+//! the work-conserving pass fills the ring. (The first request of a stream
+//! that wakes up again can then find a full ring ahead of it.)
+//! Real-time requests themselves are not held back by the cap: among them
+//! the order is already earliest deadline first. The cap never leaves the
+//! device idle: when nothing is in flight, a batch always takes at least
+//! one request. Without real-time queues the cap does not apply and every
 //! batch fills the room.
 //!
 //! The price of the bound is throughput when the device needs many requests
@@ -73,7 +97,9 @@
 //! W2 (a 2 ms deadline beside a bulk writer of 1 MiB requests on a device
 //! serving four at once) the bulk job gets about a quarter of what it gets
 //! under FIFO, while the real-time reads keep the latency they have alone. A
-//! longer deadline or a larger `slack_permille` trades the other way.
+//! longer deadline or a larger `slack_permille` trades the other way. On a
+//! device whose floor (`alpha`) is near the slack's share, the cap falls to
+//! nothing and best-effort work goes only when nothing else is in flight.
 //!
 //! # Cost per request
 //! A real-time queue keeps its waiting requests in a binary heap by
@@ -92,8 +118,10 @@
 //!
 //! # Parameters
 //! [`ApexParams`]: the real-time share for admission (default 95 %), the
-//! share of the smallest slack the ring may hold (default 50 %), and the
-//! urgency margin (default 0). Per queue: class, reservation (rate, depth,
+//! share of the smallest slack the work in flight may take to drain
+//! (default 50 %), whether the drain line calibrates that (default yes),
+//! after how many reserved intervals of silence a real-time queue is idle
+//! (default 16), and the urgency margin (default 0). Per queue: class, reservation (rate, depth,
 //! and so the floor), default deadline ([`crate::QueueConfig`]). The cost
 //! model's prior ([`crate::CostPrior`]).
 //!
@@ -106,7 +134,8 @@
 //! - **A ring, not one batch at a time.** APEX hands the disk one batch and
 //!   builds the next when it completes. A ring takes requests whenever it
 //!   has room, so a batch is built at every completion and the batch-size
-//!   bound applies to all the work on the ring, not to one batch.
+//!   bound applies to all the work on the ring, not to one batch; and it is
+//!   measured (the drain line), not derived from the costs alone.
 //! - **Tokens are device time.** APEX's tokens count requests or bytes;
 //!   here they are nanoseconds of amortized device time from a cost model
 //!   calibrated from completions, so a reservation means the same whatever
@@ -122,9 +151,9 @@
 //! overload of higher classes; a reservation is what guarantees them a
 //! share. Requests of a real-time queue whose reservation runs out are still
 //! served early by the work-conserving pass when the device has room, and
-//! always when they become urgent. A real-time queue that sits idle still
-//! bounds the work on the ring by its default deadline: remove real-time
-//! queues that are no longer used.
+//! always when they become urgent. A real-time queue that has just gone
+//! quiet still bounds the work in flight by its default deadline, until it
+//! counts as idle (see above).
 
 use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
 use alloc::vec::Vec;
@@ -170,8 +199,6 @@ impl Default for ApexParams {
     }
 }
 
-/// The lane of a best-effort request in flight (counted by the policy).
-const LANE_BEST_EFFORT: u8 = 1;
 
 /// Ordering key inside a queue: (deadline or arrival order, arrival order).
 type Key = (u64, u64);
@@ -284,8 +311,6 @@ pub struct ApexPolicy {
     /// sorted (a binary search and a short move per change; the vectors
     /// grow only with the number of queues).
     heads: [Vec<(u64, u64, QueueId)>; 3],
-    /// Best-effort requests in flight.
-    best_effort_in_flight: usize,
 }
 
 /// How long `units` of work in flight take to drain: the cost model's
@@ -564,56 +589,39 @@ impl Policy for ApexPolicy {
         }
 
         let bound = self.work_bound(core, now);
-        let mut best_effort = self.best_effort_in_flight;
-        // The bound holds back best-effort work only (real-time requests
-        // are already in deadline order among themselves), and never the
-        // only best-effort request: one is always let through when none
-        // is in flight, so best-effort work always moves and the device
-        // is never left idle.
-        let fits = |r: usize, work: u64, best_effort: usize| match bound {
+        let idle = in_flight == 0;
+        // The bound holds back best-effort work only: real-time requests
+        // are already in deadline order among themselves. It never leaves
+        // the device idle: with nothing in flight, one request goes.
+        let fits = |r: usize, work: u64, taken: usize| match bound {
             _ if r == 0 => true,
             None => true,
-            Some(b) => on_ring.saturating_add(work) < b || best_effort == 0,
+            Some(b) => on_ring.saturating_add(work) < b || (idle && taken == 0),
         };
 
         // Reservation pass, in class order, paid with tokens.
         for r in 0..3 {
-            while out.len() < room && fits(r, work, best_effort) {
+            while out.len() < room && fits(r, work, out.len()) {
                 let Some((qid, c)) = self.first_covered(core, r) else {
                     break;
                 };
-                let Some(mut e) = self.pop(qid) else { break };
+                let Some(e) = self.pop(qid) else { break };
                 core.spend(qid, c);
                 work = work.saturating_add(c);
-                if r != 0 {
-                    e.lane = LANE_BEST_EFFORT;
-                    best_effort += 1;
-                }
                 out.push((e, Pass::Reserved));
             }
         }
 
         // Work-conserving pass: interactive, real-time early, background.
         for r in [1, 0, 2] {
-            while out.len() < room && fits(r, work, best_effort) {
+            while out.len() < room && fits(r, work, out.len()) {
                 let Some(&(_, _, qid)) = self.heads[r].first() else {
                     break;
                 };
-                let Some(mut e) = self.pop(qid) else { break };
+                let Some(e) = self.pop(qid) else { break };
                 work = work.saturating_add(core.cost_of(&e));
-                if r != 0 {
-                    e.lane = LANE_BEST_EFFORT;
-                    best_effort += 1;
-                }
                 out.push((e, Pass::Other));
             }
-        }
-        self.best_effort_in_flight = best_effort;
-    }
-
-    fn completed(&mut self, lane: u8) {
-        if lane == LANE_BEST_EFFORT {
-            self.best_effort_in_flight = self.best_effort_in_flight.saturating_sub(1);
         }
     }
 }

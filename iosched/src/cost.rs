@@ -492,6 +492,53 @@ mod tests {
     }
 
     #[test]
+    fn the_drain_line_is_fitted_from_completions() {
+        let mut m = CostModel::new(CostPrior::default());
+        // Before any sample the costs are taken as drain time.
+        assert_eq!(m.drain_line(), (0, 1000));
+        assert_eq!(m.drain_time(5_000_000), 5_000_000);
+        assert_eq!(m.work_within(5_000_000), 5_000_000);
+        // A device that takes 2 ms plus three times the work ahead.
+        for i in 0..600u64 {
+            let x = 1_000_000 + (i % 7) * 1_000_000;
+            m.observe_drain(x, 2_000_000 + 3 * x);
+        }
+        let (a, b) = m.drain_line();
+        assert!(a.abs_diff(2_000_000) < 100_000, "alpha {a}");
+        assert!(b.abs_diff(3000) < 30, "beta {b}");
+        assert_eq!(m.drain_samples(), 600);
+        // Within 20 ms: (20 - 2) / 3 = 6 ms of work.
+        let w = m.work_within(20_000_000);
+        assert!(w.abs_diff(6_000_000) < 200_000, "work within 20 ms: {w}");
+        assert!(m.drain_time(w).abs_diff(20_000_000) < 300_000);
+        // Below the floor nothing drains in time.
+        assert_eq!(m.work_within(1_000_000), 0);
+        // The cost lines are untouched.
+        assert_eq!(m.line(Op::Read), CostModel::new(CostPrior::default()).line(Op::Read));
+    }
+
+    #[test]
+    fn the_drain_line_never_drains_faster_than_the_costs() {
+        // A device that completes in half the estimated work ahead.
+        let mut m = CostModel::new(CostPrior::default());
+        for i in 0..600u64 {
+            let x = 1_000_000 + (i % 5) * 2_000_000;
+            m.observe_drain(x, x / 2);
+        }
+        assert_eq!(m.drain_line(), (0, 1000));
+        assert_eq!(m.work_within(7_000_000), 7_000_000);
+        // One stalled request does not throw it off.
+        let mut m = CostModel::new(CostPrior::default());
+        for i in 0..600u64 {
+            let x = 1_000_000 + (i % 5) * 2_000_000;
+            m.observe_drain(x, x);
+        }
+        m.observe_drain(1_000_000, 1_000_000_000);
+        let (a, b) = m.drain_line();
+        assert!(a < 500_000 && b < 1100, "one stall moved the line to {a} ns + {b}/1000");
+    }
+
+    #[test]
     fn extreme_inputs_do_not_panic() {
         let mut m = CostModel::new(CostPrior {
             base_ns: [u64::MAX; 4],
@@ -504,8 +551,11 @@ mod tests {
             m.tick(u64::MAX - 100 + i, 1);
             m.tick(i, usize::MAX);
             m.complete(Op::Discard, 0, 0);
+            m.observe_drain(u64::MAX - i, u64::MAX);
+            m.observe_drain(i, 0);
         }
         assert!(m.estimate(Op::Read, u64::MAX) >= 1);
+        let _ = (m.drain_time(u64::MAX), m.work_within(u64::MAX), m.work_within(0));
         let _ = m.capacity_per_sec();
     }
 }

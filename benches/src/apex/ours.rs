@@ -463,15 +463,19 @@ fn run_on(
         let cm = sched.cost_model();
         let (ra, rb) = cm.line(Op::Read);
         let (wa, wb) = cm.line(Op::Write);
+        let (alpha, beta) = cm.drain_line();
         m.notes.push(format!(
-            "{}: cost model after the run: read {} us + {} ps/B, write {} us + {} ps/B (started from the device's calibration: {} us + {} ps/B)",
+            "{}: cost model after the run: read {} us + {} ps/B, write {} us + {} ps/B (started from the device's calibration: {} us + {} ps/B); drain line from {} real-time completions: {:.1} ms + {:.2} x the work in flight",
             w.workload.prefix(),
             ra / 1000,
             rb,
             wa / 1000,
             wb,
             prior.base_ns[0] / 1000,
-            prior.ps_per_byte[0]
+            prior.ps_per_byte[0],
+            cm.drain_samples(),
+            alpha as f64 / 1e6,
+            beta as f64 / 1e3
         ));
     }
     let _ = bf.close(&mut xs);
