@@ -199,7 +199,6 @@ impl Default for ApexParams {
     }
 }
 
-
 /// Ordering key inside a queue: (deadline or arrival order, arrival order).
 type Key = (u64, u64);
 
@@ -401,7 +400,8 @@ impl ApexPolicy {
             };
             slack = Some(slack.map_or(s, |m: u64| m.min(s)));
         }
-        let share = slack.map(|s| ((s as u128 * self.params.slack_permille as u128) / 1000) as u64)?;
+        let share =
+            slack.map(|s| ((s as u128 * self.params.slack_permille as u128) / 1000) as u64)?;
         Some(if self.params.drain_calibrated {
             core.cost.work_within(share)
         } else {
@@ -421,7 +421,8 @@ impl ApexPolicy {
             return false;
         }
         let rate = state.config.reservation.rate_per_sec.max(1) as u128;
-        let gap = (q.last_cost as u128 * crate::NS_PER_SEC as u128 / rate).min(u64::MAX as u128) as u64;
+        let gap =
+            (q.last_cost as u128 * crate::NS_PER_SEC as u128 / rate).min(u64::MAX as u128) as u64;
         let horizon = gap
             .saturating_mul(self.params.idle_after_gaps)
             .max(q.default_deadline.unwrap_or(0));

@@ -316,7 +316,9 @@ impl CostModel {
     pub fn drain_time(&self, units: u64) -> u64 {
         let b = self.drain.b_fx as u128;
         let var = (b * units as u128) >> FRAC;
-        self.drain.a.saturating_add(var.min(u64::MAX as u128) as u64)
+        self.drain
+            .a
+            .saturating_add(var.min(u64::MAX as u128) as u64)
     }
 
     /// The most work, in units, that may be in flight for a request put
@@ -514,7 +516,10 @@ mod tests {
         // Below the floor nothing drains in time.
         assert_eq!(m.work_within(1_000_000), 0);
         // The cost lines are untouched.
-        assert_eq!(m.line(Op::Read), CostModel::new(CostPrior::default()).line(Op::Read));
+        assert_eq!(
+            m.line(Op::Read),
+            CostModel::new(CostPrior::default()).line(Op::Read)
+        );
     }
 
     #[test]
@@ -535,7 +540,10 @@ mod tests {
         }
         m.observe_drain(1_000_000, 1_000_000_000);
         let (a, b) = m.drain_line();
-        assert!(a < 500_000 && b < 1100, "one stall moved the line to {a} ns + {b}/1000");
+        assert!(
+            a < 500_000 && b < 1100,
+            "one stall moved the line to {a} ns + {b}/1000"
+        );
     }
 
     #[test]
@@ -555,7 +563,11 @@ mod tests {
             m.observe_drain(i, 0);
         }
         assert!(m.estimate(Op::Read, u64::MAX) >= 1);
-        let _ = (m.drain_time(u64::MAX), m.work_within(u64::MAX), m.work_within(0));
+        let _ = (
+            m.drain_time(u64::MAX),
+            m.work_within(u64::MAX),
+            m.work_within(0),
+        );
         let _ = m.capacity_per_sec();
     }
 }

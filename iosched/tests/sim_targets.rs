@@ -90,14 +90,20 @@ fn w1_apex_calibrates_its_cap_on_a_device_that_reorders() {
             with.class("rt").unwrap().misses,
             without.class("rt").unwrap().misses,
         );
-        assert_eq!(m_with, 0, "{concurrency} at once: the calibrated cap missed {m_with}");
+        assert_eq!(
+            m_with, 0,
+            "{concurrency} at once: the calibrated cap missed {m_with}"
+        );
         assert!(
             m_without > 0,
             "{concurrency} at once: the costs alone missed nothing: the test shows nothing"
         );
         assert!(with.class("rt").unwrap().with_deadline > 0);
         let (ta, tf) = (total(&with), total(&fifo));
-        assert!(ta >= 0.95 * tf, "{concurrency} at once: apex {ta:.1} MB/s < 0.95 x fifo {tf:.1} MB/s");
+        assert!(
+            ta >= 0.95 * tf,
+            "{concurrency} at once: apex {ta:.1} MB/s < 0.95 x fifo {tf:.1} MB/s"
+        );
         // FIFO, for contrast, misses them all.
         assert!(fifo.class("rt").unwrap().misses > 0);
     }
