@@ -79,13 +79,17 @@
 //! of it that the device has been seen to drain within its slack.
 //!
 //! The cap applies while a real-time queue is active (requests waiting or
-//! in flight) or expected: a queue with nothing waiting still bounds the
-//! work by its default deadline until it has been silent for
+//! in flight) or expected: a queue that has not been used yet, or whose
+//! last submission or completion is recent, still bounds the work by its
+//! default deadline. It is idle once it has had nothing waiting or in
+//! flight and no submission or completion for
 //! [`ApexParams::idle_after_gaps`] times the interval its reservation pays
 //! for (the cost of its last request over its rate), and at least its
-//! default deadline; then it is idle, and with every real-time queue idle
-//! the work-conserving pass fills the ring. (The first request of a stream
-//! that wakes up again can then find a full ring ahead of it.)
+//! default deadline (the silence counts from the last completion too: an
+//! application whose stream waits for its own completions, or for buffers
+//! they free, is not idle); with every real-time queue idle the
+//! work-conserving pass fills the ring. (The first request of a stream that
+//! wakes up again can then find a full ring ahead of it.)
 //! Real-time requests themselves are not held back by the cap: among them
 //! the order is already earliest deadline first. The cap never leaves the
 //! device idle: when nothing is in flight, a batch always takes at least
@@ -295,8 +299,6 @@ struct ApexQueue {
     default_deadline: Option<Nanos>,
     items: Items,
     head: Option<Key>,
-    /// Its last arrival (its creation before the first).
-    last_arrival: Nanos,
     /// The estimated cost of its last request.
     last_cost: u64,
 }
@@ -410,12 +412,16 @@ impl ApexPolicy {
     }
 
     /// Whether real-time queue `q` (nothing waiting) is idle: nothing in
-    /// flight, and silent for longer than
+    /// flight, and no submission or completion for longer than
     /// [`ApexParams::idle_after_gaps`] of the intervals its reservation
-    /// pays for, and than its default deadline.
+    /// pays for, and than its default deadline. A queue that has never
+    /// been used is expected, not idle.
     fn is_idle(&self, core: &Core, qid: QueueId, q: &ApexQueue, now: Nanos) -> bool {
         let Some(state) = core.queues.get(&qid) else {
             return true;
+        };
+        let Some(last) = state.last_active else {
+            return false;
         };
         if state.in_flight > 0 || state.pending > 0 {
             return false;
@@ -426,7 +432,7 @@ impl ApexPolicy {
         let horizon = gap
             .saturating_mul(self.params.idle_after_gaps)
             .max(q.default_deadline.unwrap_or(0));
-        now.saturating_sub(q.last_arrival) > horizon
+        now.saturating_sub(last) > horizon
     }
 
     /// The first head of class `rank` whose queue's bucket covers its cost.
@@ -489,7 +495,6 @@ impl Policy for ApexPolicy {
                 default_deadline: q.config.deadline_ns,
                 items: Items::for_rank(rank(q.config.class)),
                 head: None,
-                last_arrival: core.now(),
                 last_cost: 0,
             },
         );
@@ -540,12 +545,10 @@ impl Policy for ApexPolicy {
                 default_deadline: None,
                 items: Items::for_rank(2),
                 head: None,
-                last_arrival: entry.arrival,
                 last_cost: 0,
             });
         }
         if let Some(q) = self.queues.get_mut(&entry.queue) {
-            q.last_arrival = entry.arrival;
             q.last_cost = core.cost_of(&entry);
             q.items.push(entry, q.rank);
         }

@@ -140,6 +140,8 @@ pub struct QueueState {
     pub in_flight: usize,
     /// Removed: serves what it holds, takes nothing new.
     pub draining: bool,
+    /// Its last submission or completion (`None`: none yet).
+    pub last_active: Option<Nanos>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -202,11 +204,6 @@ impl Core {
     /// the last one seen is taken as the last one.
     fn advance(&mut self, now: Nanos) -> Nanos {
         self.now = self.now.max(now);
-        self.now
-    }
-
-    /// The latest time seen.
-    pub fn now(&self) -> Nanos {
         self.now
     }
 
@@ -359,6 +356,7 @@ impl<P: Policy> Scheduler for Sched<P> {
                 pending: 0,
                 in_flight: 0,
                 draining: false,
+                last_active: None,
             },
         );
         self.policy.queue_added(&self.core, id);
@@ -448,6 +446,7 @@ impl<P: Policy> Scheduler for Sched<P> {
         if let Some(q) = self.core.queues.get_mut(&request.queue) {
             q.pending += 1;
             q.stats.submitted = q.stats.submitted.saturating_add(1);
+            q.last_active = Some(now);
         }
         self.policy.enqueue(&self.core, entry);
         Ok(())
@@ -536,6 +535,7 @@ impl<P: Policy> Scheduler for Sched<P> {
         if let Some(q) = self.core.queues.get_mut(&f.queue) {
             real_time = q.config.class == Class::RealTime;
             q.in_flight = q.in_flight.saturating_sub(1);
+            q.last_active = Some(now);
             let s = &mut q.stats;
             s.completed = s.completed.saturating_add(1);
             s.bytes = s.bytes.saturating_add(f.bytes);

@@ -363,6 +363,27 @@ fn an_idle_real_time_queue_stops_bounding_the_work() {
     assert_eq!(s.build_batch(15_000_000, 32).len(), 5);
     // Silent for longer: idle, the ring fills.
     assert_eq!(s.build_batch(17_000_000, 32).len(), 10);
+    // A queue never used yet is expected: it bounds the work however long
+    // ago it was created.
+    let mut s1 = apex();
+    let _r1 = s1.create_queue(rt_us(100), 0).unwrap();
+    let bg1 = s1.create_queue(QueueConfig::background(), 0).unwrap();
+    for t in 1..21 {
+        s1.submit(req(bg1, t), 1_000_000_000).unwrap();
+    }
+    assert_eq!(s1.build_batch(1_000_000_000, 32).len(), 5);
+    // Silence counts from the last completion: a stream waiting for its
+    // own completions is not idle.
+    let mut s3 = apex();
+    let r3 = s3.create_queue(rt_us(100), 0).unwrap();
+    let bg3 = s3.create_queue(QueueConfig::background(), 0).unwrap();
+    s3.submit(req(r3, 0), 0).unwrap();
+    assert_eq!(s3.build_batch(0, 32), vec![0]);
+    s3.complete(0, 30_000_000).unwrap();
+    for t in 1..21 {
+        s3.submit(req(bg3, t), 30_000_000).unwrap();
+    }
+    assert_eq!(s3.build_batch(31_000_000, 32).len(), 5);
     // It wakes up: bounded again.
     let mut s2 = apex();
     let r2 = s2.create_queue(rt_us(100), 0).unwrap();
