@@ -27,6 +27,11 @@
 //! completed, until the next arrival or response: on a shared machine a
 //! thread that spins or yields in a loop is the one the kernel makes wait.
 //!
+//! The scheduler runs inside [`Traced`], which records every request's
+//! submission, dispatch and completion and the work in flight at its
+//! dispatch: each run writes them to `trace.csv` in its scratch directory
+//! and sums them up in a note ([`trace_summary`]).
+//!
 //! Not done: the frontend is single-queue and unpinned.
 
 use std::collections::{HashMap, VecDeque};
