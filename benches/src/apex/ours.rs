@@ -551,7 +551,12 @@ impl Scheduler for Traced {
     fn create_queue(&mut self, config: QueueConfig, now: Nanos) -> Result<QueueId, iosched::Error> {
         self.inner.create_queue(config, now)
     }
-    fn change_queue(&mut self, queue: QueueId, config: QueueConfig, now: Nanos) -> Result<(), iosched::Error> {
+    fn change_queue(
+        &mut self,
+        queue: QueueId,
+        config: QueueConfig,
+        now: Nanos,
+    ) -> Result<(), iosched::Error> {
         self.inner.change_queue(queue, config, now)
     }
     fn remove_queue(&mut self, queue: QueueId, now: Nanos) -> Result<Removal, iosched::Error> {
@@ -670,16 +675,31 @@ pub fn trace_summary(records: &[TraceRecord], rt: u32, from: u64, to: u64) -> St
     ];
     let rts: Vec<&TraceRecord> = records
         .iter()
-        .filter(|r| r.queue == rt && !r.write && r.submitted >= from && r.submitted < to && r.dispatched != 0)
+        .filter(|r| {
+            r.queue == rt
+                && !r.write
+                && r.submitted >= from
+                && r.submitted < to
+                && r.dispatched != 0
+        })
         .collect();
     let mut parts = Vec::new();
     for (lo, hi, name) in groups {
-        let g: Vec<&&TraceRecord> = rts.iter().filter(|r| r.writes_ahead >= lo && r.writes_ahead < hi).collect();
+        let g: Vec<&&TraceRecord> = rts
+            .iter()
+            .filter(|r| r.writes_ahead >= lo && r.writes_ahead < hi)
+            .collect();
         if g.is_empty() {
             continue;
         }
-        let mut wait: Vec<u64> = g.iter().map(|r| r.dispatched.saturating_sub(r.submitted)).collect();
-        let mut ring: Vec<u64> = g.iter().map(|r| r.done.saturating_sub(r.dispatched)).collect();
+        let mut wait: Vec<u64> = g
+            .iter()
+            .map(|r| r.dispatched.saturating_sub(r.submitted))
+            .collect();
+        let mut ring: Vec<u64> = g
+            .iter()
+            .map(|r| r.done.saturating_sub(r.dispatched))
+            .collect();
         let mut units: Vec<u64> = g.iter().map(|r| r.units_ahead).collect();
         parts.push(format!(
             "{name} MiB: {} reads, wait p50 {:.1} ms, on the ring p50 {:.1} p90 {:.1} ms, estimated work ahead p50 {:.1} ms",
@@ -693,14 +713,20 @@ pub fn trace_summary(records: &[TraceRecord], rt: u32, from: u64, to: u64) -> St
     if parts.is_empty() {
         return "no real-time read in the window".into();
     }
-    format!("real-time reads by bulk bytes in flight when they went on the ring: {}", parts.join("; "))
+    format!(
+        "real-time reads by bulk bytes in flight when they went on the ring: {}",
+        parts.join("; ")
+    )
 }
 
 /// Writes `records` as CSV (times in ns of the platform's clock).
 fn write_trace(path: &Path, records: &[TraceRecord]) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(f, "queue,op,bytes,submitted_ns,dispatched_ns,done_ns,writes_ahead_bytes,ahead,units_ahead")?;
+    writeln!(
+        f,
+        "queue,op,bytes,submitted_ns,dispatched_ns,done_ns,writes_ahead_bytes,ahead,units_ahead"
+    )?;
     for r in records {
         writeln!(
             f,
