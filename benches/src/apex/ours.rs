@@ -810,6 +810,50 @@ mod tests {
     use iosched::CostModel;
 
     #[test]
+    fn the_trace_records_the_work_ahead_of_each_request() {
+        let (mut t, log) = Traced::new(new_scheduler(
+            PolicyKind::Fifo,
+            SchedConfig {
+                cost: CostPrior::uniform(1_000_000, 0),
+                ..SchedConfig::default()
+            },
+        ));
+        let q = t.create_queue(QueueConfig::interactive(), 0).unwrap();
+        let mk = |op, bytes, tag| Request {
+            queue: q,
+            op,
+            sector: 0,
+            bytes,
+            deadline: None,
+            tag,
+        };
+        t.submit(mk(Op::Write, 1 << 20, 1), 10).unwrap();
+        t.submit(mk(Op::Write, 1 << 20, 2), 20).unwrap();
+        t.submit(mk(Op::Read, 4096, 3), 30).unwrap();
+        assert_eq!(t.build_batch(100, 32), vec![1, 2, 3]);
+        for (tag, at) in [(1, 200), (2, 300), (3, 400)] {
+            t.complete(tag, at).unwrap();
+        }
+        let l = log.lock().unwrap();
+        assert!(l.open.is_empty());
+        assert_eq!((l.write_bytes, l.in_flight, l.units), (0, 0, 0));
+        let read = l.done.iter().find(|r| !r.write).unwrap();
+        assert_eq!((read.submitted, read.dispatched, read.done), (30, 100, 400));
+        // Two writes of 1 MiB and two requests ahead; three of the prior's
+        // 1 ms of work in flight, itself included.
+        assert_eq!((read.writes_ahead, read.ahead), (2 << 20, 2));
+        assert_eq!(read.units_ahead, 3_000_000);
+        let summary = trace_summary(&l.done, q.0, 0, 1000);
+        assert!(summary.contains("1-4 MiB: 1 reads"), "{summary}");
+        assert!(!summary.contains("<1 MiB"), "{summary}");
+        // Outside the window: nothing.
+        assert_eq!(
+            trace_summary(&l.done, q.0, 1000, 2000),
+            "no real-time read in the window"
+        );
+    }
+
+    #[test]
     fn the_prior_goes_through_the_calibration() {
         // 64 KiB reads: 2000/s (500 us each); 256 KiB: 1000/s (1 ms).
         let cap = Capacity {
