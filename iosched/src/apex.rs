@@ -36,9 +36,10 @@
 //! 2. **Urgent pass.** Real-time requests in deadline order, across all
 //!    real-time queues: a request is urgent when waiting for the next batch
 //!    would make it late, i.e. when its deadline is before
-//!    `now + W + B + gap + cost + margin`, where `gap` is the expected time
-//!    to the next batch (the mean cost of an in-flight request: the next
-//!    batch is built at the next completion) and `margin` is
+//!    `now + drain(W + B + gap + cost) + margin`, where `gap` is the work
+//!    of one in-flight request on average (the next batch is built at the
+//!    next completion), `drain` the cost model's drain line (how long that
+//!    much work in flight takes to complete, see below) and `margin`
 //!    [`ApexParams::urgency_margin_ns`]. Urgent requests are taken whatever
 //!    their tokens; their bucket pays and may go below zero, down to its
 //!    floor (`-depth`), never further. The pass stops at the first request
@@ -54,18 +55,45 @@
 //! The batch goes on the ring in that order (urgent, reserved,
 //! work-conserving), which is priority order.
 //!
-//! **Batch size.** A batch is bounded by the ring's room and by the smallest
-//! real-time slack: the reservation and work-conserving passes stop adding
-//! *best-effort* requests once the work on the ring (`W + B`) reaches
-//! [`ApexParams::slack_permille`] of the smallest slack among the real-time
-//! queues, where a queue's slack is the time to its earliest waiting
-//! deadline, or its default relative deadline when it has nothing waiting
-//! (the next request it sends will have that much). So a real-time request
-//! arriving now finds at most that much work ahead of it on the ring.
-//! Real-time requests themselves are not held back by the bound: among them
-//! the order is already earliest deadline first. The bound never leaves the
-//! device idle: when nothing is in flight, a batch always takes at least one
-//! request. Without real-time queues the bound does not apply and every
+//! **The work in flight is bounded.** A batch is bounded by the ring's
+//! room and by a cap on the work in flight, in cost units: the reservation
+//! and work-conserving passes stop adding *best-effort* requests once the
+//! work in flight (`W + B`) reaches the work the device can drain within
+//! [`ApexParams::slack_permille`] of the smallest real-time slack. A
+//! queue's slack is the time to its earliest waiting deadline, or its
+//! default relative deadline when it has nothing waiting (the next request
+//! it sends will have that much). How much work drains in a given time is
+//! not what the costs say on every device: a device with a deep queue of
+//! its own, or one that serves its queue in an order of its own (writes
+//! first, write-back ahead of reads), or a shared disk, makes a request
+//! wait longer than the estimated work ahead of it. So the cap comes from
+//! the cost model's *drain line* ([`crate::cost`]): from the completions of
+//! real-time requests, the scheduler fits how long a request takes from
+//! the ring to its completion against the estimated work in flight when it
+//! went on the ring (`alpha + beta * work`: Little's law, request by
+//! request), and the cap is the work that drains within the slack's share,
+//! `(share - alpha) / beta` ([`crate::CostModel::work_within`]). Until the
+//! line is fitted (8 completions), and with
+//! [`ApexParams::drain_calibrated`] off, the costs are taken as drain
+//! time. So a real-time request arriving now finds at most the work ahead
+//! of it that the device has been seen to drain within its slack.
+//!
+//! The cap applies while a real-time queue is active (requests waiting or
+//! in flight) or expected: a queue that has not been used yet, or whose
+//! last submission or completion is recent, still bounds the work by its
+//! default deadline. It is idle once it has had nothing waiting or in
+//! flight and no submission or completion for
+//! [`ApexParams::idle_after_gaps`] times the interval its reservation pays
+//! for (the cost of its last request over its rate), and at least its
+//! default deadline (the silence counts from the last completion too: an
+//! application whose stream waits for its own completions, or for buffers
+//! they free, is not idle); with every real-time queue idle the
+//! work-conserving pass fills the ring. (The first request of a stream that
+//! wakes up again can then find a full ring ahead of it.)
+//! Real-time requests themselves are not held back by the cap: among them
+//! the order is already earliest deadline first. The cap never leaves the
+//! device idle: when nothing is in flight, a batch always takes at least
+//! one request. Without real-time queues the cap does not apply and every
 //! batch fills the room.
 //!
 //! The price of the bound is throughput when the device needs many requests
@@ -73,7 +101,9 @@
 //! W2 (a 2 ms deadline beside a bulk writer of 1 MiB requests on a device
 //! serving four at once) the bulk job gets about a quarter of what it gets
 //! under FIFO, while the real-time reads keep the latency they have alone. A
-//! longer deadline or a larger `slack_permille` trades the other way.
+//! longer deadline or a larger `slack_permille` trades the other way. On a
+//! device whose floor (`alpha`) is near the slack's share, the cap falls to
+//! nothing and best-effort work goes only when nothing else is in flight.
 //!
 //! # Cost per request
 //! A real-time queue keeps its waiting requests in a binary heap by
@@ -92,8 +122,10 @@
 //!
 //! # Parameters
 //! [`ApexParams`]: the real-time share for admission (default 95 %), the
-//! share of the smallest slack the ring may hold (default 50 %), and the
-//! urgency margin (default 0). Per queue: class, reservation (rate, depth,
+//! share of the smallest slack the work in flight may take to drain
+//! (default 50 %), whether the drain line calibrates that (default yes),
+//! after how many reserved intervals of silence a real-time queue is idle
+//! (default 16), and the urgency margin (default 0). Per queue: class, reservation (rate, depth,
 //! and so the floor), default deadline ([`crate::QueueConfig`]). The cost
 //! model's prior ([`crate::CostPrior`]).
 //!
@@ -106,7 +138,8 @@
 //! - **A ring, not one batch at a time.** APEX hands the disk one batch and
 //!   builds the next when it completes. A ring takes requests whenever it
 //!   has room, so a batch is built at every completion and the batch-size
-//!   bound applies to all the work on the ring, not to one batch.
+//!   bound applies to all the work on the ring, not to one batch; and it is
+//!   measured (the drain line), not derived from the costs alone.
 //! - **Tokens are device time.** APEX's tokens count requests or bytes;
 //!   here they are nanoseconds of amortized device time from a cost model
 //!   calibrated from completions, so a reservation means the same whatever
@@ -122,15 +155,16 @@
 //! overload of higher classes; a reservation is what guarantees them a
 //! share. Requests of a real-time queue whose reservation runs out are still
 //! served early by the work-conserving pass when the device has room, and
-//! always when they become urgent. A real-time queue that sits idle still
-//! bounds the work on the ring by its default deadline: remove real-time
-//! queues that are no longer used.
+//! always when they become urgent. A real-time queue that has just gone
+//! quiet still bounds the work in flight by its default deadline, until it
+//! counts as idle (see above).
 
 use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
 use alloc::vec::Vec;
 use core::cmp::Ordering;
 
 use crate::engine::{rank, Core, Entry, Policy};
+use crate::CostModel;
 use crate::{Class, Error, Nanos, Pass, QueueConfig, QueueId};
 
 /// APEX's global parameters.
@@ -145,6 +179,16 @@ pub struct ApexParams {
     /// Safety margin added to the estimated finish time when deciding
     /// whether a real-time request is urgent, ns (default 0).
     pub urgency_margin_ns: u64,
+    /// Bound the work in flight with the drain line the cost model measures
+    /// from completions ([`crate::CostModel::work_within`], default); off,
+    /// the costs are taken as drain time (`alpha` 0, `beta` 1), which a
+    /// device with a deep queue of its own or a write-back cache defeats.
+    pub drain_calibrated: bool,
+    /// A real-time queue with nothing waiting or in flight stops bounding
+    /// the work on the ring once it has been silent this many times the
+    /// interval its reservation pays for (the cost of its last request over
+    /// its rate), and at least its default deadline (default 16).
+    pub idle_after_gaps: u64,
 }
 
 impl Default for ApexParams {
@@ -153,6 +197,8 @@ impl Default for ApexParams {
             rt_share_permille: 950,
             slack_permille: 500,
             urgency_margin_ns: 0,
+            drain_calibrated: true,
+            idle_after_gaps: 16,
         }
     }
 }
@@ -253,6 +299,8 @@ struct ApexQueue {
     default_deadline: Option<Nanos>,
     items: Items,
     head: Option<Key>,
+    /// The estimated cost of its last request.
+    last_cost: u64,
 }
 
 /// The APEX policy (see the module docs).
@@ -264,6 +312,16 @@ pub struct ApexPolicy {
     /// sorted (a binary search and a short move per change; the vectors
     /// grow only with the number of queues).
     heads: [Vec<(u64, u64, QueueId)>; 3],
+}
+
+/// How long `units` of work in flight take to drain: the cost model's
+/// drain line, or the units themselves when not `calibrated`.
+fn drain_time(cost: &CostModel, calibrated: bool, units: u64) -> u64 {
+    if calibrated {
+        cost.drain_time(units)
+    } else {
+        units
+    }
 }
 
 fn key_of(e: &Entry, rank: usize) -> Key {
@@ -330,18 +388,51 @@ impl ApexPolicy {
         }
     }
 
-    /// Bound on the work on the ring: a share of the smallest real-time
-    /// slack; `None` without real-time queues.
-    fn work_bound(&self, now: Nanos) -> Option<u64> {
+    /// Bound on the work in flight, in units: the work a request put on the
+    /// ring now can find ahead of it and still complete within a share of
+    /// the smallest slack of the real-time queues that are active or
+    /// expected; `None` when there are none.
+    fn work_bound(&self, core: &Core, now: Nanos) -> Option<u64> {
         let mut slack: Option<u64> = None;
-        for q in self.queues.values().filter(|q| q.rank == 0) {
+        for (qid, q) in self.queues.iter().filter(|(_, q)| q.rank == 0) {
             let s = match q.items.peek() {
                 Some(e) => e.deadline.map_or(u64::MAX, |d| d.saturating_sub(now)),
+                None if self.is_idle(core, *qid, q, now) => continue,
                 None => q.default_deadline.unwrap_or(u64::MAX),
             };
             slack = Some(slack.map_or(s, |m: u64| m.min(s)));
         }
-        slack.map(|s| ((s as u128 * self.params.slack_permille as u128) / 1000) as u64)
+        let share =
+            slack.map(|s| ((s as u128 * self.params.slack_permille as u128) / 1000) as u64)?;
+        Some(if self.params.drain_calibrated {
+            core.cost.work_within(share)
+        } else {
+            share
+        })
+    }
+
+    /// Whether real-time queue `q` (nothing waiting) is idle: nothing in
+    /// flight, and no submission or completion for longer than
+    /// [`ApexParams::idle_after_gaps`] of the intervals its reservation
+    /// pays for, and than its default deadline. A queue that has never
+    /// been used is expected, not idle.
+    fn is_idle(&self, core: &Core, qid: QueueId, q: &ApexQueue, now: Nanos) -> bool {
+        let Some(state) = core.queues.get(&qid) else {
+            return true;
+        };
+        let Some(last) = state.last_active else {
+            return false;
+        };
+        if state.in_flight > 0 || state.pending > 0 {
+            return false;
+        }
+        let rate = state.config.reservation.rate_per_sec.max(1) as u128;
+        let gap =
+            (q.last_cost as u128 * crate::NS_PER_SEC as u128 / rate).min(u64::MAX as u128) as u64;
+        let horizon = gap
+            .saturating_mul(self.params.idle_after_gaps)
+            .max(q.default_deadline.unwrap_or(0));
+        now.saturating_sub(last) > horizon
     }
 
     /// The first head of class `rank` whose queue's bucket covers its cost.
@@ -404,6 +495,7 @@ impl Policy for ApexPolicy {
                 default_deadline: q.config.deadline_ns,
                 items: Items::for_rank(rank(q.config.class)),
                 head: None,
+                last_cost: 0,
             },
         );
     }
@@ -453,9 +545,11 @@ impl Policy for ApexPolicy {
                 default_deadline: None,
                 items: Items::for_rank(2),
                 head: None,
+                last_cost: 0,
             });
         }
         if let Some(q) = self.queues.get_mut(&entry.queue) {
+            q.last_cost = core.cost_of(&entry);
             q.items.push(entry, q.rank);
         }
         self.fix_head(entry.queue);
@@ -472,6 +566,7 @@ impl Policy for ApexPolicy {
         let on_ring = core.inflight_cost;
         let in_flight = core.in_flight() as u64;
         let gap = on_ring.checked_div(in_flight).unwrap_or(0);
+        let calibrated = self.params.drain_calibrated;
         let mut work: u64 = 0;
 
         // Urgent pass: real-time requests that cannot wait for the next batch.
@@ -481,11 +576,12 @@ impl Policy for ApexPolicy {
             };
             let Some(e) = self.peek(qid) else { break };
             let c = core.cost_of(e);
-            let finish_if_waiting = now
-                .saturating_add(on_ring)
+            let ahead = on_ring
                 .saturating_add(work)
                 .saturating_add(gap)
-                .saturating_add(c)
+                .saturating_add(c);
+            let finish_if_waiting = now
+                .saturating_add(drain_time(&core.cost, calibrated, ahead))
                 .saturating_add(self.params.urgency_margin_ns);
             if deadline > finish_if_waiting {
                 break;
@@ -496,10 +592,11 @@ impl Policy for ApexPolicy {
             out.push((e, Pass::Urgent));
         }
 
-        let bound = self.work_bound(now);
+        let bound = self.work_bound(core, now);
         let idle = in_flight == 0;
         // The bound holds back best-effort work only: real-time requests
-        // are already in deadline order among themselves.
+        // are already in deadline order among themselves. It never leaves
+        // the device idle: with nothing in flight, one request goes.
         let fits = |r: usize, work: u64, taken: usize| match bound {
             _ if r == 0 => true,
             None => true,

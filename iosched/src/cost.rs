@@ -33,6 +33,25 @@
 //! keeps its last value and only the constant moves. Both terms are bounded
 //! (`a` to 1 s, `b` to 1000 ns per byte, neither negative).
 //!
+//! # How long the device takes to drain what it holds
+//! The costs say how much of the device a request uses, not how long a
+//! request waits behind the others: a device whose own queue is deep, or
+//! that sits on a shared disk, or that takes writes into a cache and writes
+//! them back later, can take longer to serve a request than the estimated
+//! work ahead of it. So the model also keeps a *drain line*, fitted from
+//! completions the same way: `time = alpha + beta * units`, where `units`
+//! is the estimated work in flight when a request went on the ring (itself
+//! included) and `time` how long it then took to complete. This is Little's
+//! law measured request by request: on a device the costs describe well,
+//! `beta` is 1 and `alpha` the request's own service time beyond its share;
+//! `beta` above 1 says the work in flight drains slower than the costs
+//! claim, `alpha` says what every request waits whatever is ahead of it
+//! (the device's floor). `beta` is taken as at least 1 (the costs are never
+//! trusted to drain faster than they claim) and at most 1000; `alpha` is
+//! bounded to 1 s. The scheduler feeds it with the completions of the
+//! requests whose latency it protects (APEX: real-time ones), and uses it
+//! to bound the work it lets onto the ring ([`CostModel::work_within`]).
+//!
 //! The measured capacity is the ratio of the units the model predicted for
 //! the completed requests to the busy time they took, times 10^9: 10^9
 //! units/s when the model is right, and self-consistent when it is not, so
@@ -69,6 +88,8 @@ const REL_SPREAD_SHIFT: u32 = 12;
 const VT_FRAC: u32 = 32;
 /// Nanoseconds per second.
 const NS_PER_SEC: u64 = 1_000_000_000;
+/// The drain line's slope is at least 1 (fixed point).
+const MIN_DRAIN_SLOPE_FX: u64 = 1 << FRAC;
 
 /// The starting point of the model, used until completions say otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +135,8 @@ struct Fit {
     n: u64,
     a: u64,
     b_fx: u64,
+    /// Least slope the fit takes (fixed point).
+    min_b_fx: u64,
 }
 
 impl Fit {
@@ -127,7 +150,16 @@ impl Fit {
             n: 0,
             a: base_ns.min(MAX_BASE_NS),
             b_fx: b_fx.min(MAX_PER_BYTE_FX as u128) as u64,
+            min_b_fx: 0,
         }
+    }
+
+    /// The same with a least slope: a fitted slope below it is taken as
+    /// it, and the constant is fitted to go with it.
+    fn with_min_slope(mut self, min_b_fx: u64) -> Self {
+        self.min_b_fx = min_b_fx.min(MAX_PER_BYTE_FX);
+        self.b_fx = self.b_fx.max(self.min_b_fx);
+        self
     }
 
     fn predict(&self, x: u64) -> u64 {
@@ -191,7 +223,7 @@ impl Fit {
             } else {
                 ((self.cxy << FRAC) / self.vxx).min(MAX_PER_BYTE_FX as i128)
             };
-            self.b_fx = b as u64;
+            self.b_fx = (b as u64).max(self.min_b_fx);
         }
         let a = (self.my - ((self.b_fx as i128 * self.mx) >> FRAC)) >> SCALE;
         self.a = a.clamp(0, MAX_BASE_NS as i128) as u64;
@@ -208,6 +240,8 @@ pub struct CostModel {
     cap_units: u128,
     cap_time: u128,
     samples: u64,
+    /// Time to completion against the work in flight at dispatch.
+    drain: Fit,
 }
 
 impl CostModel {
@@ -220,6 +254,8 @@ impl CostModel {
             cap_units: 0,
             cap_time: 0,
             samples: 0,
+            // Until completions say otherwise: the costs are right.
+            drain: Fit::new(0, 1000).with_min_slope(MIN_DRAIN_SLOPE_FX),
         }
     }
 
@@ -257,6 +293,48 @@ impl CostModel {
         }
         let cap = self.cap_units.saturating_mul(NS_PER_SEC as u128) / self.cap_time;
         (cap.clamp((NS_PER_SEC / 64) as u128, NS_PER_SEC as u128 * 64)) as u64
+    }
+
+    /// The drain line (see the module docs): (`alpha` in ns, `beta` in
+    /// per-mille), `beta` at least 1000.
+    pub fn drain_line(&self) -> (u64, u64) {
+        let b = self.drain.b_fx;
+        (
+            self.drain.a,
+            ((b as u128 * 1000 + (1 << (FRAC - 1))) >> FRAC) as u64,
+        )
+    }
+
+    /// Completions the drain line was fitted from.
+    pub fn drain_samples(&self) -> u64 {
+        self.drain.n
+    }
+
+    /// Expected time, ns, from putting a request on the ring to its
+    /// completion when `units` of work are in flight, itself included:
+    /// `alpha + beta * units`.
+    pub fn drain_time(&self, units: u64) -> u64 {
+        let b = self.drain.b_fx as u128;
+        let var = (b * units as u128) >> FRAC;
+        self.drain
+            .a
+            .saturating_add(var.min(u64::MAX as u128) as u64)
+    }
+
+    /// The most work, in units, that may be in flight for a request put
+    /// on the ring now to complete within `ns`: `(ns - alpha) / beta`, 0
+    /// when `ns` is below the device's floor `alpha`.
+    pub fn work_within(&self, ns: u64) -> u64 {
+        let b = self.drain.b_fx.max(1) as u128;
+        let room = ns.saturating_sub(self.drain.a) as u128;
+        ((room << FRAC) / b).min(u64::MAX as u128) as u64
+    }
+
+    /// Feeds one sample of the drain line: a request put on the ring with
+    /// `units` of work in flight (itself included) completed `device_ns`
+    /// later.
+    pub fn observe_drain(&mut self, units: u64, device_ns: u64) {
+        self.drain.observe(units, device_ns);
     }
 
     /// Feeds one sample directly: a request of `op` and `bytes` used
@@ -416,6 +494,59 @@ mod tests {
     }
 
     #[test]
+    fn the_drain_line_is_fitted_from_completions() {
+        let mut m = CostModel::new(CostPrior::default());
+        // Before any sample the costs are taken as drain time.
+        assert_eq!(m.drain_line(), (0, 1000));
+        assert_eq!(m.drain_time(5_000_000), 5_000_000);
+        assert_eq!(m.work_within(5_000_000), 5_000_000);
+        // A device that takes 2 ms plus three times the work ahead.
+        for i in 0..600u64 {
+            let x = 1_000_000 + (i % 7) * 1_000_000;
+            m.observe_drain(x, 2_000_000 + 3 * x);
+        }
+        let (a, b) = m.drain_line();
+        assert!(a.abs_diff(2_000_000) < 100_000, "alpha {a}");
+        assert!(b.abs_diff(3000) < 30, "beta {b}");
+        assert_eq!(m.drain_samples(), 600);
+        // Within 20 ms: (20 - 2) / 3 = 6 ms of work.
+        let w = m.work_within(20_000_000);
+        assert!(w.abs_diff(6_000_000) < 200_000, "work within 20 ms: {w}");
+        assert!(m.drain_time(w).abs_diff(20_000_000) < 300_000);
+        // Below the floor nothing drains in time.
+        assert_eq!(m.work_within(1_000_000), 0);
+        // The cost lines are untouched.
+        assert_eq!(
+            m.line(Op::Read),
+            CostModel::new(CostPrior::default()).line(Op::Read)
+        );
+    }
+
+    #[test]
+    fn the_drain_line_never_drains_faster_than_the_costs() {
+        // A device that completes in half the estimated work ahead.
+        let mut m = CostModel::new(CostPrior::default());
+        for i in 0..600u64 {
+            let x = 1_000_000 + (i % 5) * 2_000_000;
+            m.observe_drain(x, x / 2);
+        }
+        assert_eq!(m.drain_line(), (0, 1000));
+        assert_eq!(m.work_within(7_000_000), 7_000_000);
+        // One stalled request does not throw it off.
+        let mut m = CostModel::new(CostPrior::default());
+        for i in 0..600u64 {
+            let x = 1_000_000 + (i % 5) * 2_000_000;
+            m.observe_drain(x, x);
+        }
+        m.observe_drain(1_000_000, 1_000_000_000);
+        let (a, b) = m.drain_line();
+        assert!(
+            a < 500_000 && b < 1100,
+            "one stall moved the line to {a} ns + {b}/1000"
+        );
+    }
+
+    #[test]
     fn extreme_inputs_do_not_panic() {
         let mut m = CostModel::new(CostPrior {
             base_ns: [u64::MAX; 4],
@@ -428,8 +559,15 @@ mod tests {
             m.tick(u64::MAX - 100 + i, 1);
             m.tick(i, usize::MAX);
             m.complete(Op::Discard, 0, 0);
+            m.observe_drain(u64::MAX - i, u64::MAX);
+            m.observe_drain(i, 0);
         }
         assert!(m.estimate(Op::Read, u64::MAX) >= 1);
+        let _ = (
+            m.drain_time(u64::MAX),
+            m.work_within(u64::MAX),
+            m.work_within(0),
+        );
         let _ = m.capacity_per_sec();
     }
 }

@@ -140,6 +140,8 @@ pub struct QueueState {
     pub in_flight: usize,
     /// Removed: serves what it holds, takes nothing new.
     pub draining: bool,
+    /// Its last submission or completion (`None`: none yet).
+    pub last_active: Option<Nanos>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -152,6 +154,10 @@ struct InFlight {
     cost: u64,
     stamp: u128,
     lane: u8,
+    /// When it went on the ring.
+    dispatched: Nanos,
+    /// Estimated work in flight then, itself included.
+    ahead: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -350,6 +356,7 @@ impl<P: Policy> Scheduler for Sched<P> {
                 pending: 0,
                 in_flight: 0,
                 draining: false,
+                last_active: None,
             },
         );
         self.policy.queue_added(&self.core, id);
@@ -439,6 +446,7 @@ impl<P: Policy> Scheduler for Sched<P> {
         if let Some(q) = self.core.queues.get_mut(&request.queue) {
             q.pending += 1;
             q.stats.submitted = q.stats.submitted.saturating_add(1);
+            q.last_active = Some(now);
         }
         self.policy.enqueue(&self.core, entry);
         Ok(())
@@ -492,6 +500,8 @@ impl<P: Policy> Scheduler for Sched<P> {
                 cost,
                 stamp,
                 lane: e.lane,
+                dispatched: now,
+                ahead: self.core.inflight_cost,
             });
             match self.core.tags.get_mut(e.tag) {
                 Some(t) => *t = flight,
@@ -521,8 +531,11 @@ impl<P: Policy> Scheduler for Sched<P> {
         self.policy.completed(f.lane);
         let latency_ns = now.saturating_sub(f.arrival);
         let lateness_ns = f.deadline.and_then(|d| (now > d).then(|| now - d));
+        let mut real_time = false;
         if let Some(q) = self.core.queues.get_mut(&f.queue) {
+            real_time = q.config.class == Class::RealTime;
             q.in_flight = q.in_flight.saturating_sub(1);
+            q.last_active = Some(now);
             let s = &mut q.stats;
             s.completed = s.completed.saturating_add(1);
             s.bytes = s.bytes.saturating_add(f.bytes);
@@ -536,6 +549,12 @@ impl<P: Policy> Scheduler for Sched<P> {
                 s.lateness_max_ns = s.lateness_max_ns.max(late);
             }
             drained = q.draining && q.pending == 0 && q.in_flight == 0;
+        }
+        // The drain line learns from the requests whose latency it protects.
+        if real_time {
+            self.core
+                .cost
+                .observe_drain(f.ahead, now.saturating_sub(f.dispatched));
         }
         // Only a draining queue can go (one lookup per completion otherwise).
         let queue_removed = drained && self.drop_queue_if_done(f.queue);

@@ -86,6 +86,14 @@
 //!   once; a device that is kept below its concurrency looks slower to it
 //!   (see [`cost`]), which makes APEX's batch-size bound stricter than it
 //!   needs to be when real-time deadlines are short (see [`apex`]).
+//! - APEX bounds the work in flight, not the rate at which the device
+//!   accepts it: a device that completes writes into a cache of its own and
+//!   writes them back later keeps that backlog out of the scheduler's
+//!   sight, and no cap on the work in flight drains it. A device that
+//!   stalls (a shared disk whose other tenants flush) delays every request
+//!   in flight whatever the order; the drain line then grows and the cap
+//!   shrinks, which costs best-effort throughput and cannot save the
+//!   requests caught in the stall.
 //! - No request merging.
 #![no_std]
 

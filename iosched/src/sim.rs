@@ -4,9 +4,10 @@
 //! # The device
 //! [`DeviceModel`]: a ring of `ring_slots` slots in front of a device that
 //! serves `concurrency` requests at once, first come first served in ring
-//! order, each taking `base_ns + bytes * ps_per_byte / 1000` ns. No seeks, no
-//! caching, no noise: the same inputs give the same figures on every
-//! machine.
+//! order (or, with [`DeviceOrder::WritesFirst`], writes first: a device
+//! whose own queue does not keep the ring's order), each taking
+//! `base_ns + bytes * ps_per_byte / 1000` ns. No seeks, no caching, no
+//! noise: the same inputs give the same figures on every machine.
 //!
 //! # The frontend
 //! Every event (an arrival, a completion) is followed by a batch: the
@@ -70,6 +71,22 @@ pub struct DeviceModel {
     pub concurrency: usize,
     /// Ring slots (requests on the ring, in service or waiting for it).
     pub ring_slots: usize,
+    /// The order in which the device starts the requests it holds.
+    pub order: DeviceOrder,
+}
+
+/// The order in which a simulated device starts the requests it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceOrder {
+    /// Ring order: the request put on the ring first starts first.
+    #[default]
+    Ring,
+    /// Writes before reads, ring order within each: a device with a deep
+    /// queue of its own that does not keep the ring's order (a host that
+    /// flushes written data ahead of reads, an elevator): a read waits for
+    /// every write the device holds, those put on the ring after it
+    /// included, whatever order the scheduler chose.
+    WritesFirst,
 }
 
 impl Default for DeviceModel {
@@ -81,6 +98,7 @@ impl Default for DeviceModel {
             ps_per_byte: 2000,
             concurrency: 4,
             ring_slots: 32,
+            order: DeviceOrder::Ring,
         }
     }
 }
@@ -265,6 +283,7 @@ struct Info {
     arrival: Nanos,
     deadline: Option<Nanos>,
     bytes: u64,
+    write: bool,
 }
 
 struct StreamState {
@@ -417,6 +436,7 @@ pub fn simulate_with(sched: &mut dyn Scheduler, sc: &Scenario) -> Outcome {
                             arrival: t,
                             deadline,
                             bytes: cfg.bytes,
+                            write: cfg.op.is_write(),
                         },
                     );
                 }
@@ -494,7 +514,19 @@ pub fn simulate_with(sched: &mut dyn Scheduler, sc: &Scenario) -> Outcome {
             on_ring += 1;
         }
         while busy < k {
-            let Some(tag) = device_fifo.pop_front() else {
+            let next = match dev.order {
+                DeviceOrder::Ring => device_fifo.pop_front(),
+                DeviceOrder::WritesFirst => {
+                    let w = device_fifo
+                        .iter()
+                        .position(|t| infos.get(t).is_some_and(|i| i.write));
+                    match w {
+                        Some(i) => device_fifo.remove(i),
+                        None => device_fifo.pop_front(),
+                    }
+                }
+            };
+            let Some(tag) = next else {
                 break;
             };
             let bytes = infos.get(&tag).map_or(0, |i| i.bytes);

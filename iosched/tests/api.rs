@@ -342,6 +342,60 @@ fn real_time_slack_bounds_the_work_on_the_ring() {
     assert_eq!(s.build_batch(0, 32).len(), 20);
 }
 
+#[test]
+fn an_idle_real_time_queue_stops_bounding_the_work() {
+    let mut s = apex();
+    // 1 % reserved: a 10 µs request every ms; idle after 16 ms of silence.
+    let r = s.create_queue(rt_us(100), 0).unwrap();
+    let bg = s.create_queue(QueueConfig::background(), 0).unwrap();
+    s.submit(req(r, 0), 0).unwrap();
+    assert_eq!(s.build_batch(0, 32), vec![0]);
+    s.complete(0, 10_000).unwrap();
+    for t in 1..21 {
+        s.submit(req(bg, t), 10_000).unwrap();
+    }
+    // Expected again within 16 ms: the cap holds (50 µs of work).
+    let b = s.build_batch(1_000_000, 32);
+    assert_eq!(b.len(), 5, "{b:?}");
+    for &t in &b {
+        s.complete(t, 1_010_000).unwrap();
+    }
+    assert_eq!(s.build_batch(15_000_000, 32).len(), 5);
+    // Silent for longer: idle, the ring fills.
+    assert_eq!(s.build_batch(17_000_000, 32).len(), 10);
+    // A queue never used yet is expected: it bounds the work however long
+    // ago it was created.
+    let mut s1 = apex();
+    let _r1 = s1.create_queue(rt_us(100), 0).unwrap();
+    let bg1 = s1.create_queue(QueueConfig::background(), 0).unwrap();
+    for t in 1..21 {
+        s1.submit(req(bg1, t), 1_000_000_000).unwrap();
+    }
+    assert_eq!(s1.build_batch(1_000_000_000, 32).len(), 5);
+    // Silence counts from the last completion: a stream waiting for its
+    // own completions is not idle.
+    let mut s3 = apex();
+    let r3 = s3.create_queue(rt_us(100), 0).unwrap();
+    let bg3 = s3.create_queue(QueueConfig::background(), 0).unwrap();
+    s3.submit(req(r3, 0), 0).unwrap();
+    assert_eq!(s3.build_batch(0, 32), vec![0]);
+    s3.complete(0, 30_000_000).unwrap();
+    for t in 1..21 {
+        s3.submit(req(bg3, t), 30_000_000).unwrap();
+    }
+    assert_eq!(s3.build_batch(31_000_000, 32).len(), 5);
+    // It wakes up: bounded again.
+    let mut s2 = apex();
+    let r2 = s2.create_queue(rt_us(100), 0).unwrap();
+    let bg2 = s2.create_queue(QueueConfig::background(), 0).unwrap();
+    s2.submit(req(r2, 0), 20_000_000).unwrap();
+    for t in 1..21 {
+        s2.submit(req(bg2, t), 20_000_000).unwrap();
+    }
+    // The real-time request first, then 40 µs more of background work.
+    assert_eq!(s2.build_batch(20_000_000, 32).len(), 5);
+}
+
 fn rt_us(us: u64) -> QueueConfig {
     QueueConfig::real_time(us * 1000, Reservation::share_permille(10, 100_000))
 }

@@ -27,11 +27,16 @@
 //! completed, until the next arrival or response: on a shared machine a
 //! thread that spins or yields in a loop is the one the kernel makes wait.
 //!
+//! The scheduler runs inside [`Traced`], which records every request's
+//! submission, dispatch and completion and the work in flight at its
+//! dispatch: each run writes them to `trace.csv` in its scratch directory
+//! and sums them up in a note ([`trace_summary`]).
+//!
 //! Not done: the frontend is single-queue and unpinned.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blkfront::{Blkfront, DeviceConfig, Io, IoOptions, Mode, Span, Tag};
@@ -42,7 +47,8 @@ use hosted::toolstack::{add_device, DeviceSpec};
 use hosted::xenstore::{connect_as, XenstoreDaemon};
 use hosted::{HostedHypervisor, HostedPlatform};
 use iosched::{
-    new_scheduler, CostPrior, Op, PolicyKind, QueueConfig, QueueId, Reservation, SchedConfig,
+    new_scheduler, Completion, CostModel, CostPrior, Nanos, Op, PolicyKind, QueueConfig, QueueId,
+    QueueView, Removal, Request, Reservation, SchedConfig, Scheduler, SubmitError,
 };
 
 use super::fio::OPEN_LOOP_DEPTH;
@@ -185,11 +191,11 @@ impl RealPath for BlkfrontPath {
         &mut self,
         dev: &dyn Device,
         w: &RealWorkload,
-        _scratch: &Path,
+        scratch: &Path,
     ) -> Result<Measured, String> {
         let notes = dev.set_scheduler("none", &[])?;
         let (world, plat) = world(dev.path())?;
-        let result = run_on(self.kind, &world, plat, w, notes);
+        let result = run_on(self.kind, &world, plat, w, notes, scratch);
         let _ = &world.hv;
         drop(world);
         result
@@ -202,6 +208,7 @@ fn run_on(
     plat: HostedPlatform,
     w: &RealWorkload,
     mut notes: Vec<String>,
+    scratch: &Path,
 ) -> Result<Measured, String> {
     let mut xs = connect_as(world.daemon.socket(), 1).map_err(err)?;
     let sets: Vec<usize> = w
@@ -329,7 +336,8 @@ fn run_on(
         w.workload.prefix(),
         t.elapsed().as_secs_f64() * 1e3
     ));
-    bf.set_scheduler(0, sched, default)
+    let (sched, trace) = Traced::new(sched);
+    bf.set_scheduler(0, Box::new(sched), default)
         .map_err(|_| "blkfront's queue was not idle for the scheduler".to_string())?;
     let end_ns = (w.warmup_ms + w.measure_ms) * 1_000_000;
     let mut inflight: HashMap<Tag, (usize, u64)> = HashMap::new();
@@ -444,23 +452,297 @@ fn run_on(
             s.arrival.per_sec(),
         ));
     }
+    if let Ok(t) = trace.lock() {
+        let path = scratch.join("trace.csv");
+        if let Err(e) = write_trace(&path, &t.done) {
+            log::warn!("apexbench: cannot write {}: {e}", path.display());
+        }
+        let from = plat0.saturating_add(w.warmup_ms * 1_000_000);
+        m.notes.push(format!(
+            "{}: {}",
+            w.workload.prefix(),
+            trace_summary(&t.done, default.0, from, plat0.saturating_add(end_ns))
+        ));
+    }
     if let Some(sched) = bf.scheduler(0) {
         let cm = sched.cost_model();
         let (ra, rb) = cm.line(Op::Read);
         let (wa, wb) = cm.line(Op::Write);
+        let (alpha, beta) = cm.drain_line();
         m.notes.push(format!(
-            "{}: cost model after the run: read {} us + {} ps/B, write {} us + {} ps/B (started from the device's calibration: {} us + {} ps/B)",
+            "{}: cost model after the run: read {} us + {} ps/B, write {} us + {} ps/B (started from the device's calibration: {} us + {} ps/B); drain line from {} real-time completions: {:.1} ms + {:.2} x the work in flight",
             w.workload.prefix(),
             ra / 1000,
             rb,
             wa / 1000,
             wb,
             prior.base_ns[0] / 1000,
-            prior.ps_per_byte[0]
+            prior.ps_per_byte[0],
+            cm.drain_samples(),
+            alpha as f64 / 1e6,
+            beta as f64 / 1e3
         ));
     }
     let _ = bf.close(&mut xs);
     Ok(m)
+}
+
+/// One request as [`Traced`] saw it, ns of the platform's clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TraceRecord {
+    /// Its scheduler queue.
+    pub queue: u32,
+    /// A write (else a read).
+    pub write: bool,
+    /// Size, bytes.
+    pub bytes: u64,
+    /// Handed to the scheduler.
+    pub submitted: u64,
+    /// Put on the ring (the scheduler's batch).
+    pub dispatched: u64,
+    /// Its response taken.
+    pub done: u64,
+    /// Bytes of writes in flight when it was put on the ring (those of
+    /// its own batch before it included, itself not).
+    pub writes_ahead: u64,
+    /// Requests in flight then (itself not).
+    pub ahead: u32,
+    /// The cost model's estimate of the work in flight then, itself
+    /// included (units: ns of device time).
+    pub units_ahead: u64,
+}
+
+#[derive(Default)]
+struct TraceState {
+    open: HashMap<u64, TraceRecord>,
+    write_bytes: u64,
+    in_flight: u32,
+    units: u64,
+    done: Vec<TraceRecord>,
+}
+
+/// A scheduler that records, for every request, when it was submitted, put
+/// on the ring and completed, and how much work was in flight when it went
+/// on the ring: the per-request log the run's notes summarize (the
+/// real-time reads' time on the ring against the bulk writes ahead of
+/// them). Everything else is the wrapped scheduler's.
+pub struct Traced {
+    inner: Box<dyn Scheduler + Send>,
+    log: Arc<Mutex<TraceState>>,
+}
+
+impl Traced {
+    fn new(inner: Box<dyn Scheduler + Send>) -> (Self, Arc<Mutex<TraceState>>) {
+        let log = Arc::new(Mutex::new(TraceState::default()));
+        (
+            Traced {
+                inner,
+                log: log.clone(),
+            },
+            log,
+        )
+    }
+}
+
+impl Scheduler for Traced {
+    fn policy_name(&self) -> &'static str {
+        self.inner.policy_name()
+    }
+    fn create_queue(&mut self, config: QueueConfig, now: Nanos) -> Result<QueueId, iosched::Error> {
+        self.inner.create_queue(config, now)
+    }
+    fn change_queue(
+        &mut self,
+        queue: QueueId,
+        config: QueueConfig,
+        now: Nanos,
+    ) -> Result<(), iosched::Error> {
+        self.inner.change_queue(queue, config, now)
+    }
+    fn remove_queue(&mut self, queue: QueueId, now: Nanos) -> Result<Removal, iosched::Error> {
+        self.inner.remove_queue(queue, now)
+    }
+    fn submit(&mut self, request: Request, now: Nanos) -> Result<(), SubmitError> {
+        self.inner.submit(request, now)?;
+        if let Ok(mut l) = self.log.lock() {
+            l.open.insert(
+                request.tag,
+                TraceRecord {
+                    queue: request.queue.0,
+                    write: request.op == Op::Write,
+                    bytes: request.bytes,
+                    submitted: now,
+                    ..TraceRecord::default()
+                },
+            );
+        }
+        Ok(())
+    }
+    fn build_batch_into(&mut self, now: Nanos, ring_room: usize, out: &mut Vec<u64>) -> usize {
+        let start = out.len();
+        let n = self.inner.build_batch_into(now, ring_room, out);
+        if let Ok(mut l) = self.log.lock() {
+            let l = &mut *l;
+            for tag in &out[start..] {
+                if let Some(r) = l.open.get_mut(tag) {
+                    let op = if r.write { Op::Write } else { Op::Read };
+                    let cost = self.inner.cost_model().estimate(op, r.bytes);
+                    r.dispatched = now;
+                    r.writes_ahead = l.write_bytes;
+                    r.ahead = l.in_flight;
+                    l.units = l.units.saturating_add(cost);
+                    r.units_ahead = l.units;
+                    if r.write {
+                        l.write_bytes = l.write_bytes.saturating_add(r.bytes);
+                    }
+                    l.in_flight += 1;
+                }
+            }
+        }
+        n
+    }
+    fn complete(&mut self, tag: u64, now: Nanos) -> Result<Completion, iosched::Error> {
+        if let Ok(mut l) = self.log.lock() {
+            if let Some(mut r) = l.open.remove(&tag) {
+                let op = if r.write { Op::Write } else { Op::Read };
+                let cost = self.inner.cost_model().estimate(op, r.bytes);
+                l.units = l.units.saturating_sub(cost);
+                if r.write {
+                    l.write_bytes = l.write_bytes.saturating_sub(r.bytes);
+                }
+                l.in_flight = l.in_flight.saturating_sub(1);
+                r.done = now;
+                l.done.push(r);
+            }
+        }
+        self.inner.complete(tag, now)
+    }
+    fn cancel(&mut self, tag: u64, now: Nanos) -> Result<QueueId, iosched::Error> {
+        if let Ok(mut l) = self.log.lock() {
+            if let Some(r) = l.open.remove(&tag) {
+                if r.dispatched != 0 {
+                    let op = if r.write { Op::Write } else { Op::Read };
+                    let cost = self.inner.cost_model().estimate(op, r.bytes);
+                    l.units = l.units.saturating_sub(cost);
+                    if r.write {
+                        l.write_bytes = l.write_bytes.saturating_sub(r.bytes);
+                    }
+                    l.in_flight = l.in_flight.saturating_sub(1);
+                }
+            }
+        }
+        self.inner.cancel(tag, now)
+    }
+    fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+    fn queue(&self, queue: QueueId) -> Option<QueueView<'_>> {
+        self.inner.queue(queue)
+    }
+    fn queue_ids(&self) -> Vec<QueueId> {
+        self.inner.queue_ids()
+    }
+    fn cost_model(&self) -> &CostModel {
+        self.inner.cost_model()
+    }
+}
+
+/// The nearest-rank quantile `q` of `v` (sorted here), ns; 0 when empty.
+fn quantile(v: &mut [u64], q: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    let rank = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// The summary note of a trace: the real-time (or latency-critical) reads
+/// of queue `rt` that arrived in the window `[from, to)`, grouped by the
+/// bulk bytes in flight when they went on the ring: how many, their wait in
+/// the scheduler and their time on the ring (put on the ring to response).
+pub fn trace_summary(records: &[TraceRecord], rt: u32, from: u64, to: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    let groups: [(u64, u64, &str); 5] = [
+        (0, MIB, "<1"),
+        (MIB, 4 * MIB, "1-4"),
+        (4 * MIB, 8 * MIB, "4-8"),
+        (8 * MIB, 16 * MIB, "8-16"),
+        (16 * MIB, u64::MAX, ">=16"),
+    ];
+    let rts: Vec<&TraceRecord> = records
+        .iter()
+        .filter(|r| {
+            r.queue == rt
+                && !r.write
+                && r.submitted >= from
+                && r.submitted < to
+                && r.dispatched != 0
+        })
+        .collect();
+    let mut parts = Vec::new();
+    for (lo, hi, name) in groups {
+        let g: Vec<&&TraceRecord> = rts
+            .iter()
+            .filter(|r| r.writes_ahead >= lo && r.writes_ahead < hi)
+            .collect();
+        if g.is_empty() {
+            continue;
+        }
+        let mut wait: Vec<u64> = g
+            .iter()
+            .map(|r| r.dispatched.saturating_sub(r.submitted))
+            .collect();
+        let mut ring: Vec<u64> = g
+            .iter()
+            .map(|r| r.done.saturating_sub(r.dispatched))
+            .collect();
+        let mut units: Vec<u64> = g.iter().map(|r| r.units_ahead).collect();
+        parts.push(format!(
+            "{name} MiB: {} reads, wait p50 {:.1} ms, on the ring p50 {:.1} p90 {:.1} ms, estimated work ahead p50 {:.1} ms",
+            g.len(),
+            quantile(&mut wait, 0.5) as f64 / 1e6,
+            quantile(&mut ring, 0.5) as f64 / 1e6,
+            quantile(&mut ring, 0.9) as f64 / 1e6,
+            quantile(&mut units, 0.5) as f64 / 1e6,
+        ));
+    }
+    if parts.is_empty() {
+        return "no real-time read in the window".into();
+    }
+    format!(
+        "real-time reads by bulk bytes in flight when they went on the ring: {}",
+        parts.join("; ")
+    )
+}
+
+/// Writes `records` as CSV (times in ns of the platform's clock).
+fn write_trace(path: &Path, records: &[TraceRecord]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        f,
+        "queue,op,bytes,submitted_ns,dispatched_ns,done_ns,writes_ahead_bytes,ahead,units_ahead"
+    )?;
+    for r in records {
+        writeln!(
+            f,
+            "{},{},{},{},{},{},{},{},{}",
+            r.queue,
+            if r.write { "w" } else { "r" },
+            r.bytes,
+            r.submitted,
+            r.dispatched,
+            r.done,
+            r.writes_ahead,
+            r.ahead,
+            r.units_ahead
+        )?;
+    }
+    f.flush()
 }
 
 /// Reads into every buffer set of `live` once (the start of the disk,
@@ -526,6 +808,50 @@ pub fn device_prior(cap: &Capacity) -> CostPrior {
 mod tests {
     use super::*;
     use iosched::CostModel;
+
+    #[test]
+    fn the_trace_records_the_work_ahead_of_each_request() {
+        let (mut t, log) = Traced::new(new_scheduler(
+            PolicyKind::Fifo,
+            SchedConfig {
+                cost: CostPrior::uniform(1_000_000, 0),
+                ..SchedConfig::default()
+            },
+        ));
+        let q = t.create_queue(QueueConfig::interactive(), 0).unwrap();
+        let mk = |op, bytes, tag| Request {
+            queue: q,
+            op,
+            sector: 0,
+            bytes,
+            deadline: None,
+            tag,
+        };
+        t.submit(mk(Op::Write, 1 << 20, 1), 10).unwrap();
+        t.submit(mk(Op::Write, 1 << 20, 2), 20).unwrap();
+        t.submit(mk(Op::Read, 4096, 3), 30).unwrap();
+        assert_eq!(t.build_batch(100, 32), vec![1, 2, 3]);
+        for (tag, at) in [(1, 200), (2, 300), (3, 400)] {
+            t.complete(tag, at).unwrap();
+        }
+        let l = log.lock().unwrap();
+        assert!(l.open.is_empty());
+        assert_eq!((l.write_bytes, l.in_flight, l.units), (0, 0, 0));
+        let read = l.done.iter().find(|r| !r.write).unwrap();
+        assert_eq!((read.submitted, read.dispatched, read.done), (30, 100, 400));
+        // Two writes of 1 MiB and two requests ahead; three of the prior's
+        // 1 ms of work in flight, itself included.
+        assert_eq!((read.writes_ahead, read.ahead), (2 << 20, 2));
+        assert_eq!(read.units_ahead, 3_000_000);
+        let summary = trace_summary(&l.done, q.0, 0, 1000);
+        assert!(summary.contains("1-4 MiB: 1 reads"), "{summary}");
+        assert!(!summary.contains("<1 MiB"), "{summary}");
+        // Outside the window: nothing.
+        assert_eq!(
+            trace_summary(&l.done, q.0, 1000, 2000),
+            "no real-time read in the window"
+        );
+    }
 
     #[test]
     fn the_prior_goes_through_the_calibration() {
