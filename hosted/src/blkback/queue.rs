@@ -457,6 +457,10 @@ impl Worker {
             // wakes (a completion, or the slice running out).
             let ts = types::Timespec::new().nsec(200_000);
             let args = types::SubmitArgs::new().timespec(&ts);
+            self.shared
+                .stats
+                .uring_waits
+                .fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.uring.submitter().submit_with_args(1, &args) {
                 if !matches!(
                     e.raw_os_error(),
@@ -483,6 +487,10 @@ impl Worker {
             Ok(false) => {
                 // Woken by the frontend's notify, or every 10 ms to look at
                 // the stop flag.
+                self.shared
+                    .stats
+                    .ring_sleeps
+                    .fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = self.plat.block(self.port, Some(10_000_000)) {
                     log::warn!("blkback queue {}: waiting on {}: {e}", self.q, self.port);
                     std::thread::sleep(Duration::from_millis(1));
@@ -519,6 +527,9 @@ impl Worker {
                     break;
                 }
             };
+            if !any {
+                self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+            }
             any = true;
             self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
             if let Some(t) = &mut self.trace {
@@ -977,6 +988,10 @@ impl Worker {
             // request in flight has completed (`finish`).
             let pushed = unsafe { self.uring.submission().push_multiple(entries) };
             if pushed.is_ok() {
+                let batch = self.shared.config.submit_batch;
+                if batch > 0 && self.uring.submission().len() >= batch {
+                    self.submit();
+                }
                 return;
             }
             // Full: hand what is queued to the kernel and try again.
@@ -992,12 +1007,24 @@ impl Worker {
         if self.uring.submission().is_empty() {
             return;
         }
-        if let Err(e) = self.uring.submit() {
-            if !matches!(
-                e.raw_os_error(),
-                Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)
-            ) {
-                log::error!("blkback queue {}: io_uring submit: {e}", self.q);
+        let t0 = Instant::now();
+        match self.uring.submit() {
+            Ok(n) => {
+                let c = &self.shared.stats;
+                let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                c.submit_ns.fetch_add(ns, Ordering::Relaxed);
+                c.submits.fetch_add(1, Ordering::Relaxed);
+                c.sqes.fetch_add(n as u64, Ordering::Relaxed);
+                c.in_flight_sum
+                    .fetch_add(self.in_flight as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)
+                ) {
+                    log::error!("blkback queue {}: io_uring submit: {e}", self.q);
+                }
             }
         }
     }
@@ -1012,6 +1039,11 @@ impl Worker {
             done.push((cqe.user_data(), cqe.result()));
         }
         let any = !done.is_empty();
+        if any {
+            let c = &self.shared.stats;
+            c.reaps.fetch_add(1, Ordering::Relaxed);
+            c.cqes.fetch_add(done.len() as u64, Ordering::Relaxed);
+        }
         for (ud, res) in done {
             self.complete(ud, res);
         }
@@ -1223,6 +1255,7 @@ impl Worker {
             .as_ref()
             .map(|_| self.plat.event_stats().wakeups_sent);
         if self.ring.push_responses() {
+            self.shared.stats.notifies.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.plat.notify(self.port) {
                 log::debug!("blkback queue {}: notifying {}: {e}", self.q, self.port);
             }
