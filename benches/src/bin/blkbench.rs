@@ -371,6 +371,12 @@ impl World {
         add_device(&mut xs0, &spec).map_err(err)?;
         let mut config = BlkbackConfig::new(file);
         config.wait = back_wait(depth);
+        if let Some(n) = std::env::var("BLKBENCH_SUBMIT_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.submit_batch = n;
+        }
         if pinned(depth) {
             config.pin_cpu = Some(BACK_CPU);
         }
@@ -742,7 +748,10 @@ fn print_activity(
     let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
     let submits = d(a.submits, b.submits);
     eprintln!(
-        "{name}: per request over {ops} requests\n         \x20 frontend: batches handed over {:.3} ({:.1} requests each), waits {:.3}, eventfd writes {:.3}, sleeps {:.3}\n         \x20 backend: passes taking requests {:.3} ({:.1} requests each), io_uring_enter submits {:.3} ({:.1} SQEs each)\n         \x20 backend: in flight after a submit {:.1} (mean), reaps {:.3} ({:.1} CQEs each), waits in io_uring_enter {:.3}, sleeps on the channel {:.3}, notifies {:.3}",
+        "{name}: per request over {ops} requests\n\
+         \x20 frontend: batches handed over {:.3} ({:.1} requests each), waits {:.3}, eventfd writes {:.3}, sleeps {:.3}\n\
+         \x20 backend: passes taking requests {:.3} ({:.1} requests each), io_uring_enter submits {:.3} ({:.1} SQEs each, {:.1} us each)\n\
+         \x20 backend: in flight after a submit {:.1} (mean), reaps {:.3} ({:.1} CQEs each), waits in io_uring_enter {:.3}, sleeps on the channel {:.3}, notifies {:.3}",
         counts.kicks as f64 / ops.max(1) as f64,
         ratio(ops as f64, counts.kicks as f64),
         counts.waits as f64 / ops.max(1) as f64,
@@ -752,6 +761,7 @@ fn print_activity(
         ratio(d(a.requests, b.requests), d(a.batches, b.batches)),
         per(a.submits, b.submits),
         ratio(d(a.sqes, b.sqes), submits),
+        ratio(d(a.submit_ns, b.submit_ns) / 1e3, submits),
         ratio(d(a.in_flight_sum, b.in_flight_sum), submits),
         per(a.reaps, b.reaps),
         ratio(d(a.cqes, b.cqes), d(a.reaps, b.reaps)),
@@ -759,6 +769,15 @@ fn print_activity(
         per(a.ring_sleeps, b.ring_sleeps),
         per(a.notifies, b.notifies),
     );
+}
+
+/// How many requests the closed loop hands to the frontend at most per
+/// kick (`BLKBENCH_KICK_EVERY`; 0: all those completed in one poll).
+fn kick_every() -> usize {
+    std::env::var("BLKBENCH_KICK_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Runs `ops` requests of `w` through `front`, `w.depth` in flight; records
@@ -813,6 +832,7 @@ fn closed_loop(
     // This idle stretch: its start, last look, spin budget (ns), and
     // whether its spin kept the core.
     let mut idle: Option<(u64, u64, u64, bool)> = None;
+    let kick_every = kick_every();
     while completed < ops {
         done.clear();
         front.poll(&mut done)?;
@@ -853,6 +873,7 @@ fn closed_loop(
                 last.seen = since(now, *epoch);
             }
         }
+        let mut unkicked = 0;
         for &slot in &done {
             completed += 1;
             if let Some(r) = rec.as_deref_mut() {
@@ -862,10 +883,18 @@ fn closed_loop(
                 started[slot] = Instant::now();
                 front.submit(slot, w.write, offsets.next())?;
                 issued += 1;
+                unkicked += 1;
+                if unkicked == kick_every {
+                    front.kick()?;
+                    counts.kicks += 1;
+                    unkicked = 0;
+                }
             }
         }
-        front.kick()?;
-        counts.kicks += 1;
+        if unkicked > 0 || kick_every == 0 {
+            front.kick()?;
+            counts.kicks += 1;
+        }
         if let (Some((v, epoch)), true) = (steps.as_mut(), issued > completed) {
             v.push(FrontSteps {
                 start: since(started[0], *epoch),

@@ -390,6 +390,9 @@ impl Worker {
         let mut idle: Option<IdleSpin> = None;
         while !self.stop.load(Ordering::Relaxed) {
             let mut progress = self.reap();
+            // Responses go out before new I/O is submitted (each submit is
+            // a system call the frontend need not wait for).
+            self.push();
             if !self.halted && self.barrier.is_none() {
                 progress |= self.take_requests();
             }
