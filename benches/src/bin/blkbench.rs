@@ -244,7 +244,8 @@ const BACK_CPU: usize = 1;
 
 /// Whether the depth-1 entries print where each request's time goes
 /// (`BLKBENCH_BREAKDOWN=1`): the backend records per-request timestamps,
-/// the bench its own, on one clock.
+/// the bench its own, on one clock. Deeper entries print what a request
+/// cost in batches, system calls and notifications ([`print_activity`]).
 fn breakdown() -> bool {
     std::env::var("BLKBENCH_BREAKDOWN").is_ok_and(|v| v != "0")
 }
@@ -371,6 +372,8 @@ impl World {
         add_device(&mut xs0, &spec).map_err(err)?;
         let mut config = BlkbackConfig::new(file);
         config.wait = back_wait(depth);
+        // `BLKBENCH_SUBMIT_BATCH=N`: at most N entries per io_uring_enter
+        // (0: all a pass took); the backend's default otherwise.
         if let Some(n) = std::env::var("BLKBENCH_SUBMIT_BATCH")
             .ok()
             .and_then(|v| v.parse().ok())
