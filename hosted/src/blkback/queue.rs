@@ -1,11 +1,14 @@
 //! One queue of a connection: its ring, its event channel, its io_uring
 //! and its persistent grants, served by one worker thread.
 //!
-//! The worker loops: it reaps io_uring completions into responses, takes
-//! requests off the ring (each copied out once, then checked by
-//! [`super::parse`]), maps their grants and submits their I/O straight
-//! into the mapped pages (zero copy), pushes the responses and notifies
-//! the frontend when [`BackRing::push_responses`] says to. When there is
+//! The worker loops: it reaps io_uring completions into responses, pushes
+//! them and notifies the frontend when [`BackRing::push_responses`] says
+//! to, takes requests off the ring (each copied out once, then checked by
+//! [`super::parse`]), maps their grants and queues their I/O straight into
+//! the mapped pages (zero copy), handing the entries to the kernel as they
+//! are queued, [`super::BlkbackConfig::submit_batch`] per `io_uring_enter`
+//! (a larger call is plugged: the disk sees none of it until it returns),
+//! and counts what it did ([`super::Activity`]). When there is
 //! nothing to do it spins ([`WaitMode::Poll`]) or, in event mode, spins a
 //! while, then sleeps: on the event channel when no I/O is in flight
 //! (after `RING_FINAL_CHECK_FOR_REQUESTS`), on the io_uring otherwise. The
