@@ -32,7 +32,7 @@ use std::sync::Arc;
 use blkfront::{Blkfront, DeviceConfig, Io, IoOptions, Mode, Span, SpinGovernor, Tag};
 use grant_tables::{DomId, EventChannels, PoolBuffer};
 use hosted::blkback::front::{rw_request, whole_page, FrontConfig, RingFrontend};
-use hosted::blkback::{BackSteps, Blkback, BlkbackConfig, StepTrace, WaitMode};
+use hosted::blkback::{Activity, BackSteps, Blkback, BlkbackConfig, StepTrace, WaitMode};
 use hosted::toolstack::{add_device, DeviceSpec};
 use hosted::xenstore::{connect_as, UnixXenstore, XenstoreDaemon};
 use hosted::{EventStats, HostedHypervisor, HostedPlatform};
@@ -157,6 +157,8 @@ trait BlockFront {
     fn event_stats(&self) -> EventStats;
     /// The backend's per-request timestamps, when traced.
     fn trace(&self) -> Option<&StepTrace>;
+    /// How the backend's workers batched their work so far.
+    fn back_activity(&self) -> Activity;
 }
 
 /// How long the frontend and the backend spin before they sleep
@@ -242,7 +244,8 @@ const BACK_CPU: usize = 1;
 
 /// Whether the depth-1 entries print where each request's time goes
 /// (`BLKBENCH_BREAKDOWN=1`): the backend records per-request timestamps,
-/// the bench its own, on one clock.
+/// the bench its own, on one clock. Deeper entries print what a request
+/// cost in batches, system calls and notifications ([`print_activity`]).
 fn breakdown() -> bool {
     std::env::var("BLKBENCH_BREAKDOWN").is_ok_and(|v| v != "0")
 }
@@ -369,6 +372,14 @@ impl World {
         add_device(&mut xs0, &spec).map_err(err)?;
         let mut config = BlkbackConfig::new(file);
         config.wait = back_wait(depth);
+        // `BLKBENCH_SUBMIT_BATCH=N`: at most N entries per io_uring_enter
+        // (0: all a pass took); the backend's default otherwise.
+        if let Some(n) = std::env::var("BLKBENCH_SUBMIT_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.submit_batch = n;
+        }
         if pinned(depth) {
             config.pin_cpu = Some(BACK_CPU);
         }
@@ -517,6 +528,10 @@ impl BlockFront for RingFront {
     fn trace(&self) -> Option<&StepTrace> {
         self._world.trace.as_deref()
     }
+
+    fn back_activity(&self) -> Activity {
+        self._world._back.stats().activity
+    }
 }
 
 /// The blkfront driver ([`blkfront::Blkfront`]) in adaptive mode: each slot
@@ -658,6 +673,10 @@ impl BlockFront for DriverFront {
     fn trace(&self) -> Option<&StepTrace> {
         self._world.trace.as_deref()
     }
+
+    fn back_activity(&self) -> Activity {
+        self._world._back.stats().activity
+    }
 }
 
 /// Offsets of a workload: random aligned blocks, or one after the other.
@@ -707,6 +726,63 @@ struct FrontSteps {
     seen: u64,
 }
 
+/// What the closed loop did besides its requests: batches handed to the
+/// frontend ([`BlockFront::kick`]), and how often it found no completion
+/// and waited ([`BlockFront::wait`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct LoopCounts {
+    kicks: u64,
+    waits: u64,
+}
+
+/// Prints, for an entry deeper than 1 (`BLKBENCH_BREAKDOWN=1`), what each
+/// request cost both ends in batches, system calls and notifications over
+/// the measured run, and how many requests the backend had in flight.
+fn print_activity(
+    name: &str,
+    ops: u64,
+    counts: LoopCounts,
+    back: (Activity, Activity),
+    ev: (EventStats, EventStats),
+) {
+    let (a, b) = back;
+    let d = |x: u64, y: u64| y.saturating_sub(x) as f64;
+    let per = |x: u64, y: u64| d(x, y) / ops.max(1) as f64;
+    let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
+    let submits = d(a.submits, b.submits);
+    eprintln!(
+        "{name}: per request over {ops} requests\n\
+         \x20 frontend: batches handed over {:.3} ({:.1} requests each), waits {:.3}, eventfd writes {:.3}, sleeps {:.3}\n\
+         \x20 backend: passes taking requests {:.3} ({:.1} requests each), io_uring_enter submits {:.3} ({:.1} SQEs each, {:.1} us each)\n\
+         \x20 backend: in flight after a submit {:.1} (mean), reaps {:.3} ({:.1} CQEs each), waits in io_uring_enter {:.3}, sleeps on the channel {:.3}, notifies {:.3}",
+        counts.kicks as f64 / ops.max(1) as f64,
+        ratio(ops as f64, counts.kicks as f64),
+        counts.waits as f64 / ops.max(1) as f64,
+        per(ev.0.wakeups_sent, ev.1.wakeups_sent),
+        per(ev.0.sleeps, ev.1.sleeps),
+        per(a.batches, b.batches),
+        ratio(d(a.requests, b.requests), d(a.batches, b.batches)),
+        per(a.submits, b.submits),
+        ratio(d(a.sqes, b.sqes), submits),
+        ratio(d(a.submit_ns, b.submit_ns) / 1e3, submits),
+        ratio(d(a.in_flight_sum, b.in_flight_sum), submits),
+        per(a.reaps, b.reaps),
+        ratio(d(a.cqes, b.cqes), d(a.reaps, b.reaps)),
+        per(a.uring_waits, b.uring_waits),
+        per(a.ring_sleeps, b.ring_sleeps),
+        per(a.notifies, b.notifies),
+    );
+}
+
+/// How many requests the closed loop hands to the frontend at most per
+/// kick (`BLKBENCH_KICK_EVERY`; 0: all those completed in one poll).
+fn kick_every() -> usize {
+    std::env::var("BLKBENCH_KICK_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs `ops` requests of `w` through `front`, `w.depth` in flight; records
 /// the latency of each when `rec` is given, and at depth 1 the steps of
 /// each into `steps` (times since its epoch). Returns the elapsed time.
@@ -717,6 +793,7 @@ fn closed_loop(
     ops: u64,
     mut rec: Option<&mut Recorder>,
     mut steps: Option<(&mut Vec<FrontSteps>, Instant)>,
+    counts: &mut LoopCounts,
 ) -> Result<Duration, String> {
     if w.depth != 1 {
         steps = None;
@@ -737,6 +814,7 @@ fn closed_loop(
         issued += 1;
     }
     front.kick()?;
+    counts.kicks += 1;
     if let Some((v, epoch)) = steps.as_mut() {
         v.push(FrontSteps {
             start: since(started[0], *epoch),
@@ -757,6 +835,7 @@ fn closed_loop(
     // This idle stretch: its start, last look, spin budget (ns), and
     // whether its spin kept the core.
     let mut idle: Option<(u64, u64, u64, bool)> = None;
+    let kick_every = kick_every();
     while completed < ops {
         done.clear();
         front.poll(&mut done)?;
@@ -783,6 +862,7 @@ fn closed_loop(
                 ));
             }
             front.wait()?;
+            counts.waits += 1;
             continue;
         }
         if let Some((_, _, budget, true)) = idle.take() {
@@ -796,6 +876,7 @@ fn closed_loop(
                 last.seen = since(now, *epoch);
             }
         }
+        let mut unkicked = 0;
         for &slot in &done {
             completed += 1;
             if let Some(r) = rec.as_deref_mut() {
@@ -805,9 +886,18 @@ fn closed_loop(
                 started[slot] = Instant::now();
                 front.submit(slot, w.write, offsets.next())?;
                 issued += 1;
+                unkicked += 1;
+                if unkicked == kick_every {
+                    front.kick()?;
+                    counts.kicks += 1;
+                    unkicked = 0;
+                }
             }
         }
-        front.kick()?;
+        if unkicked > 0 || kick_every == 0 {
+            front.kick()?;
+            counts.kicks += 1;
+        }
         if let (Some((v, epoch)), true) = (steps.as_mut(), issued > completed) {
             v.push(FrontSteps {
                 start: since(started[0], *epoch),
@@ -863,7 +953,18 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front) -> Entry {
                 benches::pin::pin_to(FRONT_CPU);
             }
             let mut offsets = Offsets::new(&w, file_bytes, 0x9E37_79B9 + r.index);
-            closed_loop(&mut *front, &w, &mut offsets, w.ops(r.warmup), None, None)?;
+            let mut counts = LoopCounts::default();
+            closed_loop(
+                &mut *front,
+                &w,
+                &mut offsets,
+                w.ops(r.warmup),
+                None,
+                None,
+                &mut counts,
+            )?;
+            let mut counts = LoopCounts::default();
+            let act0 = front.back_activity();
             let ops = w.ops(r.iters);
             let mut steps = Vec::new();
             let epoch = front.trace().map(|t| {
@@ -878,8 +979,14 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front) -> Entry {
                 ops,
                 Some(&mut *rec),
                 epoch.map(|e| (&mut steps, e)),
+                &mut counts,
             )?;
             let ev1 = front.event_stats();
+            if w.depth > 1 && breakdown() {
+                let name = format!("{prefix}-{}", w.suffix());
+                let act1 = front.back_activity();
+                print_activity(&name, ops, counts, (act0, act1), (ev0, ev1));
+            }
             if let Some(trace) = front.trace() {
                 let name = format!("{prefix}-{}", w.suffix());
                 print_breakdown(&name, &steps, &trace.take(), ev0, ev1);

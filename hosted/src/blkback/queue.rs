@@ -1,11 +1,14 @@
 //! One queue of a connection: its ring, its event channel, its io_uring
 //! and its persistent grants, served by one worker thread.
 //!
-//! The worker loops: it reaps io_uring completions into responses, takes
-//! requests off the ring (each copied out once, then checked by
-//! [`super::parse`]), maps their grants and submits their I/O straight
-//! into the mapped pages (zero copy), pushes the responses and notifies
-//! the frontend when [`BackRing::push_responses`] says to. When there is
+//! The worker loops: it reaps io_uring completions into responses, pushes
+//! them and notifies the frontend when [`BackRing::push_responses`] says
+//! to, takes requests off the ring (each copied out once, then checked by
+//! [`super::parse`]), maps their grants and queues their I/O straight into
+//! the mapped pages (zero copy), handing the entries to the kernel as they
+//! are queued, [`super::BlkbackConfig::submit_batch`] per `io_uring_enter`
+//! (a larger call is plugged: the disk sees none of it until it returns),
+//! and counts what it did ([`super::Activity`]). When there is
 //! nothing to do it spins ([`WaitMode::Poll`]) or, in event mode, spins a
 //! while, then sleeps: on the event channel when no I/O is in flight
 //! (after `RING_FINAL_CHECK_FOR_REQUESTS`), on the io_uring otherwise. The
@@ -390,6 +393,9 @@ impl Worker {
         let mut idle: Option<IdleSpin> = None;
         while !self.stop.load(Ordering::Relaxed) {
             let mut progress = self.reap();
+            // Responses go out before new I/O is submitted (each submit is
+            // a system call the frontend need not wait for).
+            self.push();
             if !self.halted && self.barrier.is_none() {
                 progress |= self.take_requests();
             }
@@ -457,6 +463,10 @@ impl Worker {
             // wakes (a completion, or the slice running out).
             let ts = types::Timespec::new().nsec(200_000);
             let args = types::SubmitArgs::new().timespec(&ts);
+            self.shared
+                .stats
+                .uring_waits
+                .fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.uring.submitter().submit_with_args(1, &args) {
                 if !matches!(
                     e.raw_os_error(),
@@ -483,6 +493,10 @@ impl Worker {
             Ok(false) => {
                 // Woken by the frontend's notify, or every 10 ms to look at
                 // the stop flag.
+                self.shared
+                    .stats
+                    .ring_sleeps
+                    .fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = self.plat.block(self.port, Some(10_000_000)) {
                     log::warn!("blkback queue {}: waiting on {}: {e}", self.q, self.port);
                     std::thread::sleep(Duration::from_millis(1));
@@ -519,6 +533,9 @@ impl Worker {
                     break;
                 }
             };
+            if !any {
+                self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+            }
             any = true;
             self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
             if let Some(t) = &mut self.trace {
@@ -977,6 +994,10 @@ impl Worker {
             // request in flight has completed (`finish`).
             let pushed = unsafe { self.uring.submission().push_multiple(entries) };
             if pushed.is_ok() {
+                let batch = self.shared.config.submit_batch;
+                if batch > 0 && self.uring.submission().len() >= batch {
+                    self.submit();
+                }
                 return;
             }
             // Full: hand what is queued to the kernel and try again.
@@ -992,12 +1013,24 @@ impl Worker {
         if self.uring.submission().is_empty() {
             return;
         }
-        if let Err(e) = self.uring.submit() {
-            if !matches!(
-                e.raw_os_error(),
-                Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)
-            ) {
-                log::error!("blkback queue {}: io_uring submit: {e}", self.q);
+        let t0 = Instant::now();
+        match self.uring.submit() {
+            Ok(n) => {
+                let c = &self.shared.stats;
+                let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                c.submit_ns.fetch_add(ns, Ordering::Relaxed);
+                c.submits.fetch_add(1, Ordering::Relaxed);
+                c.sqes.fetch_add(n as u64, Ordering::Relaxed);
+                c.in_flight_sum
+                    .fetch_add(self.in_flight as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)
+                ) {
+                    log::error!("blkback queue {}: io_uring submit: {e}", self.q);
+                }
             }
         }
     }
@@ -1012,6 +1045,11 @@ impl Worker {
             done.push((cqe.user_data(), cqe.result()));
         }
         let any = !done.is_empty();
+        if any {
+            let c = &self.shared.stats;
+            c.reaps.fetch_add(1, Ordering::Relaxed);
+            c.cqes.fetch_add(done.len() as u64, Ordering::Relaxed);
+        }
         for (ud, res) in done {
             self.complete(ud, res);
         }
@@ -1223,6 +1261,7 @@ impl Worker {
             .as_ref()
             .map(|_| self.plat.event_stats().wakeups_sent);
         if self.ring.push_responses() {
+            self.shared.stats.notifies.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.plat.notify(self.port) {
                 log::debug!("blkback queue {}: notifying {}: {e}", self.q, self.port);
             }
