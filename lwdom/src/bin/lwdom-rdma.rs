@@ -269,7 +269,7 @@ struct Sorter<D: FrameDevice> {
     dev: D,
     others: VecDeque<Vec<u8>>,
     macs: Vec<([u8; 4], [u8; 6])>,
-    /// Frames for smoltcp dropped because it had not read the queue.
+    /// Frames for smoltcp dropped (its queue full, or unreadable).
     others_dropped: u64,
     others_total: u64,
 }
@@ -297,6 +297,8 @@ impl<D: FrameDevice> Sorter<D> {
         let mut head = [0u8; 14 + 60 + 8];
         let n = head.len().min(f.len());
         if f.read_at(0, &mut head[..n]).is_err() {
+            // Unreadable: dropped, for neither side.
+            self.others_dropped += 1;
             return true;
         }
         let head = &head[..n];
@@ -470,10 +472,10 @@ impl<D: FrameDevice> Net<D> {
         }
     }
 
-    /// A queue pair in INIT with `access` for remote peers, its receive
-    /// region of [`RECV_SLOTS`] × `size` bytes (or `recv_region` bytes)
-    /// with every slot posted (`post_recvs`), and a send region holding
-    /// `send`.
+    /// A queue pair in INIT with `access` for remote peers, a receive
+    /// region of `recv_region` bytes (with `access` and local write) whose
+    /// first [`RECV_SLOTS`] slots of `size` bytes get a posted receive each
+    /// when `post_recvs`, and a send region holding `send`.
     fn open_test(
         &mut self,
         what: String,
@@ -663,7 +665,8 @@ impl<D: FrameDevice> Net<D> {
         Ok(wcs)
     }
 
-    /// The bytes of receive slot `slot` (or of the write region).
+    /// Bytes `range` of the receive region (a receive slot, or the
+    /// region `ib_write_lat` writes).
     fn recv_bytes(&mut self, t: &Test, range: core::ops::Range<usize>) -> R<&[u8]> {
         let what = &t.what;
         self.nic
@@ -1224,7 +1227,7 @@ fn run() -> R<String> {
     let nic_stats = net.nic.stats();
     let cs = net.nic.transport().stats();
     let counts = format!(
-        "NIC: {} frames received, {} sent, {} RX errors, {} TX errors; {} other frames to smoltcp ({} dropped for want of room); RoceNic: {} RoCE frames in, {} frames out, {} other frames (none expected), {} TX stalls, {} refused; verbs context: {} frames in, {} out, {} malformed, {} misaddressed, {} for no queue pair, {} in the wrong state, {} completions lost",
+        "NIC: {} frames received, {} sent, {} RX errors, {} TX errors; {} other frames to smoltcp ({} dropped); RoceNic: {} RoCE frames in, {} frames out, {} other frames (none expected), {} TX stalls, {} refused; verbs context: {} frames in, {} out, {} malformed, {} misaddressed, {} for no queue pair, {} in the wrong state, {} completions lost",
         dev_stats.rx_frames,
         dev_stats.tx_frames,
         dev_stats.rx_errors,
