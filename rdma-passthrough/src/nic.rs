@@ -56,6 +56,36 @@ pub trait Transport {
     fn handle_frame(&mut self, frame: &[u8], now_ns: u64);
     /// The next frame to send, if any.
     fn next_frame(&mut self) -> Option<Vec<u8>>;
+    /// The length of the frame [`Transport::emit_into`] writes next.
+    /// `None` when nothing waits, or when the transport has no in-place
+    /// path (the default): the driver then calls [`Transport::next_frame`].
+    fn next_frame_len(&self) -> Option<usize> {
+        None
+    }
+    /// Writes the next frame to send straight into `out` (a transmit
+    /// buffer the device lends) and returns its length, without
+    /// allocating. `None` when nothing waits or `out` is shorter than
+    /// [`Transport::next_frame_len`] said (the frame then stays queued).
+    /// The default goes through [`Transport::next_frame`] (and drops, with
+    /// a warning, a frame longer than `out`: the transport's
+    /// retransmission recovers).
+    fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        let f = self.next_frame()?;
+        match out.get_mut(..f.len()) {
+            Some(o) => {
+                o.copy_from_slice(&f);
+                Some(f.len())
+            }
+            None => {
+                log::warn!(
+                    "a RoCE frame of {} bytes does not fit a {}-byte buffer; dropped",
+                    f.len(),
+                    out.len()
+                );
+                None
+            }
+        }
+    }
     /// Runs the timers due at `now_ns` (retransmission, RNR).
     fn on_time(&mut self, now_ns: u64);
     /// When [`Transport::on_time`] should run next; `None`: no timer armed.
@@ -70,6 +100,12 @@ impl Transport for crate::verbs::Context {
     }
     fn next_frame(&mut self) -> Option<Vec<u8>> {
         crate::verbs::Context::next_frame(self)
+    }
+    fn next_frame_len(&self) -> Option<usize> {
+        crate::verbs::Context::next_frame_len(self)
+    }
+    fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        crate::verbs::Context::emit_into(self, out)
     }
     fn on_time(&mut self, now_ns: u64) {
         crate::verbs::Context::on_time(self, now_ns);
@@ -156,6 +192,21 @@ impl QpTransport {
     fn refusals(s: &Stats) -> (u64, u64, u64) {
         (s.malformed, s.misaddressed, s.stale_acks)
     }
+
+    /// Arms the timer for a request that left and remembers its PSN.
+    fn sent(&mut self, f: &[u8]) {
+        if let Some(bth) = peek_bth(f) {
+            if bth.opcode.layout().is_request() {
+                let newer = self.last_request.is_none_or(|l| bth.psn.diff(l) > 0);
+                if newer {
+                    self.last_request = Some(bth.psn);
+                }
+                if self.deadline.is_none() {
+                    self.deadline = Some(self.now_ns.saturating_add(self.rto_ns));
+                }
+            }
+        }
+    }
 }
 
 impl Transport for QpTransport {
@@ -187,18 +238,18 @@ impl Transport for QpTransport {
 
     fn next_frame(&mut self) -> Option<Vec<u8>> {
         let f = self.qp.transmit()?;
-        if let Some(bth) = peek_bth(&f) {
-            if bth.opcode.layout().is_request() {
-                let newer = self.last_request.is_none_or(|l| bth.psn.diff(l) > 0);
-                if newer {
-                    self.last_request = Some(bth.psn);
-                }
-                if self.deadline.is_none() {
-                    self.deadline = Some(self.now_ns.saturating_add(self.rto_ns));
-                }
-            }
-        }
+        self.sent(&f);
         Some(f)
+    }
+
+    fn next_frame_len(&self) -> Option<usize> {
+        self.qp.next_frame_len()
+    }
+
+    fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        let n = self.qp.emit_into(out)?;
+        self.sent(out.get(..n)?);
+        Some(n)
     }
 
     fn on_time(&mut self, now_ns: u64) {
@@ -252,6 +303,8 @@ pub struct RoceNic<D: FrameDevice, T: Transport> {
     rx_copy: Vec<u8>,
     /// A frame the device had no buffer for yet.
     pending: Option<Vec<u8>>,
+    /// Where a frame is built for a device whose buffer is not one slice.
+    tx_scratch: Vec<u8>,
     other: Option<OtherFrames>,
     stats: NicStats,
 }
@@ -283,6 +336,7 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
             transport,
             rx_copy: Vec::with_capacity(cap),
             pending: None,
+            tx_scratch: Vec::with_capacity(cap),
             other: None,
             stats: NicStats::default(),
         }
@@ -361,9 +415,66 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
         Ok(progress)
     }
 
-    /// Sends what the transport has, while the device lends buffers.
+    /// Sends what the transport has, while the device lends buffers:
+    /// built in place when the transport can ([`Transport::emit_into`]),
+    /// through [`Transport::next_frame`] otherwise.
     fn flush(&mut self) -> Result<bool, FrameError> {
         let mut sent = false;
+        while self.pending.is_none() {
+            let Some(len) = self.transport.next_frame_len() else {
+                break;
+            };
+            let mut buf = match self.dev.tx_buffer(len) {
+                Ok(Some(b)) => b,
+                // The frame stays queued in the transport.
+                Ok(None) | Err(FrameError::LinkDown) => {
+                    self.stats.tx_stalls += 1;
+                    return Ok(sent);
+                }
+                Err(e @ (FrameError::TooLarge { .. } | FrameError::Invalid(_))) => {
+                    log::warn!("a RoCE frame of {len} bytes was refused by the device: {e}");
+                    self.stats.tx_refused += 1;
+                    // Taken off the transport's queue and dropped.
+                    drop(self.transport.next_frame());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let emitted = match buf.as_mut_slice() {
+                Some(s) if s.len() == len => self.transport.emit_into(s),
+                _ => {
+                    self.tx_scratch.clear();
+                    self.tx_scratch.resize(len, 0);
+                    let n = self.transport.emit_into(&mut self.tx_scratch);
+                    if let Some(n) = n {
+                        buf.write_at(0, self.tx_scratch.get(..n).unwrap_or(&[]))?;
+                    }
+                    n
+                }
+            };
+            if emitted != Some(len) {
+                // The transport broke its word on the length: nothing
+                // sensible to send (the buffer goes back unused).
+                log::error!("the transport announced a {len}-byte frame and wrote {emitted:?}");
+                self.stats.tx_refused += 1;
+                return Ok(sent);
+            }
+            match self.dev.send(buf) {
+                Ok(()) => {
+                    self.stats.tx_frames += 1;
+                    sent = true;
+                }
+                // Built in the device's buffer, the frame is gone with it:
+                // the transport's retransmission (or the peer's, for a
+                // response) recovers.
+                Err(e @ (FrameError::LinkDown | FrameError::Invalid(_))) => {
+                    log::warn!("a RoCE frame of {len} bytes was not sent: {e}");
+                    self.stats.tx_refused += 1;
+                    return Ok(sent);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         loop {
             let Some(frame) = self.pending.take().or_else(|| self.transport.next_frame()) else {
                 return Ok(sent);
