@@ -594,6 +594,9 @@ struct Resource {
 pub struct QueuePair {
     cfg: QpConfig,
     timers: QpTimers,
+    /// A local ACK timeout of any length ([`QueuePair::set_ack_timeout_ns`]),
+    /// in place of the encoded one of `timers`.
+    ack_timeout: Option<u64>,
     retry_limit: u32,
     max_rd_atomic: u8,
     max_dest_rd_atomic: u8,
@@ -644,6 +647,7 @@ impl QueuePair {
                 rnr_retry: 7,
                 min_rnr_timer: 1,
             },
+            ack_timeout: None,
             retry_limit: cfg.retry_limit,
             max_rd_atomic: 16,
             max_dest_rd_atomic: 16,
@@ -687,11 +691,27 @@ impl QueuePair {
     pub fn set_timers(&mut self, timers: QpTimers) -> Result<(), ConfigError> {
         timers.check()?;
         self.timers = timers;
+        self.ack_timeout = None;
         self.retry_limit = u32::from(timers.retry_cnt);
         if self.ack_deadline.is_some() {
             self.restart_timer();
         }
         Ok(())
+    }
+
+    /// Sets the local ACK timeout to exactly `ns` nanoseconds (at least
+    /// 1), a length the encoded `timeout` of [`QpTimers`] may not have;
+    /// the retry counts stay. [`QueuePair::set_timers`] replaces it.
+    pub fn set_ack_timeout_ns(&mut self, ns: u64) {
+        self.ack_timeout = Some(ns.max(1));
+        if self.ack_deadline.is_some() {
+            self.restart_timer();
+        }
+    }
+
+    /// The local ACK timeout in nanoseconds, `None` when there is none.
+    pub fn ack_timeout_ns(&self) -> Option<u64> {
+        self.ack_timeout.or(self.timers.ack_timeout_ns())
     }
 
     /// The timers.
@@ -1195,9 +1215,7 @@ impl QueuePair {
         self.ack_deadline = if self.outstanding.is_empty() {
             None
         } else {
-            self.timers
-                .ack_timeout_ns()
-                .map(|t| self.now.saturating_add(t))
+            self.ack_timeout_ns().map(|t| self.now.saturating_add(t))
         };
     }
 
