@@ -55,6 +55,13 @@ pub trait Transport {
     fn next_frame_len(&self) -> Option<usize> {
         None
     }
+    /// Whether [`Transport::next_frame_len`] and [`Transport::emit_into`]
+    /// are the transport's own (then `next_frame_len` returning `None`
+    /// means nothing waits, and the driver does not ask
+    /// [`Transport::next_frame`] as well). The default: `false`.
+    fn emits_in_place(&self) -> bool {
+        false
+    }
     /// Writes the next frame to send straight into `out` (a transmit
     /// buffer the device lends) and returns its length, without
     /// allocating. `None` when nothing waits or `out` is shorter than
@@ -96,6 +103,9 @@ impl Transport for crate::verbs::Context {
     }
     fn next_frame_len(&self) -> Option<usize> {
         crate::verbs::Context::next_frame_len(self)
+    }
+    fn emits_in_place(&self) -> bool {
+        true
     }
     fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
         crate::verbs::Context::emit_into(self, out)
@@ -173,6 +183,9 @@ impl Transport for QpTransport {
 
     fn next_frame_len(&self) -> Option<usize> {
         self.qp.next_frame_len()
+    }
+    fn emits_in_place(&self) -> bool {
+        true
     }
 
     fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
@@ -395,6 +408,9 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if self.pending.is_none() && self.transport.emits_in_place() {
+            return Ok(sent);
         }
         loop {
             let Some(frame) = self.pending.take().or_else(|| self.transport.next_frame()) else {

@@ -1019,11 +1019,20 @@ impl Context {
     /// The queue pair whose turn it is to send (round robin from the
     /// cursor) and the length of its next frame.
     fn next_sender(&self) -> Option<(u32, usize)> {
+        // Two plain passes: cheaper than two range searches for the few
+        // queue pairs a context has, and this runs at every poll.
         let start = self.tx_cursor;
+        let sender = |(&k, q): (&u32, &Qp)| Some((k, q.rc.as_ref()?.next_frame_len()?));
         self.qps
-            .range(start..)
-            .chain(self.qps.range(..start))
-            .find_map(|(&k, q)| Some((k, q.rc.as_ref()?.next_frame_len()?)))
+            .iter()
+            .filter(|(&k, _)| k >= start)
+            .find_map(sender)
+            .or_else(|| {
+                self.qps
+                    .iter()
+                    .take_while(|(&k, _)| k < start)
+                    .find_map(sender)
+            })
     }
 
     /// The length of the frame [`Context::emit_into`] writes next, `None`
