@@ -436,6 +436,7 @@ fn send_round_trips(
                 "round trip {i}: the pong's bytes differ from the ping's"
             ));
         }
+        nic.transport_mut().qp_mut().recycle(pong);
         if i >= warmup {
             rec.record(dt);
         }

@@ -268,6 +268,40 @@ fn a_queue_pair_emits_in_place_what_it_transmits() {
     assert_eq!(b.emit_into(&mut buf), None);
 }
 
+#[test]
+fn recycled_receive_buffers_carry_nothing_over() {
+    let mut a = qp(1, 2, 3);
+    let mut b = qp(2, 1, 3);
+    let mut last_ptr = None;
+    for (i, len) in [(0u64, 200usize), (1, 20), (2, 120)] {
+        b.post_recv(i, 256);
+        a.post_send(
+            i,
+            SendOp::Send {
+                data: vec![i as u8 + 1; len],
+                imm: None,
+            },
+        )
+        .unwrap();
+        while let Some(f) = a.transmit() {
+            b.receive(&f);
+        }
+        let c = b.poll_completion().unwrap();
+        let CompletionKind::Recv { data, .. } = c.kind else {
+            panic!("not a receive: {c:?}");
+        };
+        assert_eq!(data, vec![i as u8 + 1; len], "only this SEND's bytes");
+        if let Some(p) = last_ptr {
+            assert_eq!(data.as_ptr(), p, "the given-back buffer is reused");
+        }
+        last_ptr = Some(data.as_ptr());
+        b.recycle(data);
+        while let Some(f) = b.transmit() {
+            a.receive(&f);
+        }
+    }
+}
+
 fn endpoints(from: u8, to: u8) -> Endpoints {
     Endpoints {
         dst_mac: [2, 0, 0, 0, 0, to],
