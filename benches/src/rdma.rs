@@ -14,6 +14,17 @@
 //!   round trip's tag and answers with a WRITE into ours, which this end
 //!   polls the same way: `ib_write_lat`'s scheme.
 //!
+//! Both go through the verbs API as an application does: a
+//! [`Context`] with a PD, one registered region (send buffer, then receive
+//! buffer and WRITE target), a CQ and an RC queue pair brought through
+//! INIT and RTR to RTS, unsignaled sends posted with a one-entry SGL,
+//! receives posted the same way, `poll_cq`. The `-qp` variants
+//! (`rdma-send-64-qp`, `rdma-write-64-qp`) drive one queue pair's state
+//! machine directly ([`QpTransport`]), without the verbs bookkeeping
+//! (work request tables, gather and scatter through the regions,
+//! completion queues): the difference between the two is the verbs
+//! layer's cost.
+//!
 //! A round trip moves four frames: the ping, its ACK, the pong and its
 //! ACK (each ACK goes out before the next request; the requester's
 //! completion of the ping is not waited for). Every frame is built with its
@@ -33,6 +44,10 @@ use rdma_passthrough::nic::{QpTransport, RoceNic, Transport};
 use rdma_passthrough::packet::Endpoints;
 use rdma_passthrough::psn::Psn;
 use rdma_passthrough::rc::{CompletionKind, MemoryRegion, QpConfig, QueuePair, SendOp, Status};
+use rdma_passthrough::verbs::{
+    ipv4_gid, AccessFlags, AhAttr, Context, CqHandle, MrHandle, MrInfo, PathMtu, QpAttr, QpHandle,
+    QpInitAttr, QpState, RecvWr, SendWr, Sge, VerbsError, WcOpcode, WcStatus, WrOpcode,
+};
 
 use crate::harness::{Entry, Recorder, Round};
 use crate::pin;
@@ -66,18 +81,32 @@ pub enum Op {
     Write,
 }
 
+/// What the application drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// A verbs context (PD, MR, CQ, QP in RTS, SGL work requests,
+    /// `poll_cq`), as an application would.
+    Verbs,
+    /// One queue pair's state machine directly (`QpTransport`).
+    Qp,
+}
+
 impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Send => "send",
-            Op::Write => "write",
+    fn name(self, api: Api) -> &'static str {
+        match (self, api) {
+            (Op::Send, Api::Verbs) => "send",
+            (Op::Write, Api::Verbs) => "write",
+            (Op::Send, Api::Qp) => "send-qp",
+            (Op::Write, Api::Qp) => "write-qp",
         }
     }
 
-    fn parse(s: &str) -> Option<Op> {
+    fn parse(s: &str) -> Option<(Op, Api)> {
         match s {
-            "send" => Some(Op::Send),
-            "write" => Some(Op::Write),
+            "send" => Some((Op::Send, Api::Verbs)),
+            "write" => Some((Op::Write, Api::Verbs)),
+            "send-qp" => Some((Op::Send, Api::Qp)),
+            "write-qp" => Some((Op::Write, Api::Qp)),
             _ => None,
         }
     }
@@ -90,10 +119,11 @@ pub fn entries() -> Vec<Entry> {
     vec![
         Entry::new(
             "rdma-send-64",
-            "a 64-byte RoCE v2 SEND to a queue pair in another process, answered by a SEND back (ib_send_lat's exchange): \
-             RC queue pairs driven by RoceNic over the hosted frame link (shared-memory rings), both ends spinning",
+            "a 64-byte RoCE v2 SEND to a queue pair in another process, answered by a SEND back (ib_send_lat's exchange), \
+             through the verbs API (PD, MR, CQ, QP in RTS, SGL work requests, poll_cq) over RoceNic over the hosted \
+             frame link (shared-memory rings), both ends spinning",
             setup,
-            |r: Round, rec: &mut Recorder| pingpong(Op::Send, r.iters, r.warmup, rec),
+            |r: Round, rec: &mut Recorder| pingpong(Op::Send, Api::Verbs, r.iters, r.warmup, rec),
         )
         .msg_bytes(MSG),
         Entry::new(
@@ -101,7 +131,21 @@ pub fn entries() -> Vec<Entry> {
             "a 64-byte RDMA WRITE into the peer's region, whose last byte the peer polls and answers with a WRITE into \
              ours (ib_write_lat's exchange); same setting as rdma-send-64",
             setup,
-            |r: Round, rec: &mut Recorder| pingpong(Op::Write, r.iters, r.warmup, rec),
+            |r: Round, rec: &mut Recorder| pingpong(Op::Write, Api::Verbs, r.iters, r.warmup, rec),
+        )
+        .msg_bytes(MSG),
+        Entry::new(
+            "rdma-send-64-qp",
+            "rdma-send-64 with one queue pair's state machine driven directly (QpTransport), without the verbs layer",
+            setup,
+            |r: Round, rec: &mut Recorder| pingpong(Op::Send, Api::Qp, r.iters, r.warmup, rec),
+        )
+        .msg_bytes(MSG),
+        Entry::new(
+            "rdma-write-64-qp",
+            "rdma-write-64 with one queue pair's state machine driven directly (QpTransport), without the verbs layer",
+            setup,
+            |r: Round, rec: &mut Recorder| pingpong(Op::Write, Api::Qp, r.iters, r.warmup, rec),
         )
         .msg_bytes(MSG),
     ]
@@ -178,9 +222,15 @@ impl Drop for ChildGuard {
 
 /// One entry's run: this process is domain 1 (creates and grants the
 /// link), the child domain 2.
-pub fn pingpong(op: Op, iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
+pub fn pingpong(
+    op: Op,
+    api: Api,
+    iters: u64,
+    warmup: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
     let dir = fresh_dir()?;
-    let r = pingpong_in(&dir, op, iters + warmup, warmup, rec);
+    let r = pingpong_in(&dir, op, api, iters + warmup, warmup, rec);
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
@@ -188,6 +238,7 @@ pub fn pingpong(op: Op, iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(
 fn pingpong_in(
     dir: &Path,
     op: Op,
+    api: Api,
     total: u64,
     warmup: u64,
     rec: &mut Recorder,
@@ -204,7 +255,7 @@ fn pingpong_in(
             format!(
                 "{};{};{total};{}",
                 dir.display(),
-                op.name(),
+                op.name(api),
                 grants.refs_string()
             ),
         )
@@ -213,18 +264,45 @@ fn pingpong_in(
     let mut child = ChildGuard(Some(child));
     let (a, _) = pin::pair();
     pin::pin_to(a);
-    let mut nic = RoceNic::new(link, QpTransport::new(queue_pair(ME, PEER)?, RTO_NS));
     let start = Instant::now();
-    match op {
-        Op::Send => send_round_trips(&mut nic, start, total, warmup, rec)?,
-        Op::Write => write_round_trips(&mut nic, start, total, warmup, rec)?,
+    match api {
+        Api::Qp => {
+            let mut nic = RoceNic::new(link, QpTransport::new(queue_pair(ME, PEER)?, RTO_NS));
+            match op {
+                Op::Send => send_round_trips(&mut nic, start, total, warmup, rec)?,
+                Op::Write => write_round_trips(&mut nic, start, total, warmup, rec)?,
+            }
+            wait_child(&mut child, start, |t| {
+                let _ = nic.poll(t);
+            })?;
+            check_clean(&nic)
+        }
+        Api::Verbs => {
+            let mut v = Verbs::new(link, ME, PEER)?;
+            match op {
+                Op::Send => verbs_send_round_trips(&mut v, start, total, warmup, rec)?,
+                Op::Write => verbs_write_round_trips(&mut v, start, total, warmup, rec)?,
+            }
+            wait_child(&mut child, start, |t| {
+                let _ = v.nic.poll(t);
+            })?;
+            v.check_clean()
+        }
     }
-    // The child stops once its last pong is acknowledged (sent by the poll
-    // that took the pong).
+}
+
+/// Polls this end (`poll`, given the time) until the child stops, which it
+/// does once its last pong is acknowledged (sent by the poll that took the
+/// pong).
+fn wait_child(
+    child: &mut ChildGuard,
+    start: Instant,
+    mut poll: impl FnMut(u64),
+) -> Result<(), String> {
     if let Some(mut c) = child.0.take() {
         let end = Instant::now() + STEP_TIMEOUT;
         loop {
-            let _ = nic.poll(start.elapsed().as_nanos() as u64);
+            poll(start.elapsed().as_nanos() as u64);
             match c.try_wait() {
                 Ok(Some(s)) if s.success() => break,
                 Ok(Some(s)) => return Err(format!("the RDMA peer process failed: {s}")),
@@ -238,7 +316,7 @@ fn pingpong_in(
             }
         }
     }
-    check_clean(&nic)
+    Ok(())
 }
 
 /// A lossless link needs no retransmission and drops nothing.
@@ -358,6 +436,7 @@ fn send_round_trips(
                 "round trip {i}: the pong's bytes differ from the ping's"
             ));
         }
+        nic.transport_mut().qp_mut().recycle(pong);
         if i >= warmup {
             rec.record(dt);
         }
@@ -428,7 +507,7 @@ fn write_round_trips(
 pub fn peer_main(spec: &str) -> Result<(), String> {
     let mut parts = spec.split(';');
     let dir = PathBuf::from(parts.next().ok_or("missing directory")?);
-    let op = parts
+    let (op, api) = parts
         .next()
         .and_then(Op::parse)
         .ok_or("missing or unknown operation")?;
@@ -442,6 +521,9 @@ pub fn peer_main(spec: &str) -> Result<(), String> {
     pin::pin_to(b);
     let plat = HostedPlatform::join(&dir, PEER).map_err(|e| format!("joining as {PEER}: {e}"))?;
     let link = FrameLink::attach(&plat, &grants, mac(PEER)).map_err(|e| e.to_string())?;
+    if api == Api::Verbs {
+        return verbs_peer(op, link, total);
+    }
     let mut nic = RoceNic::new(link, QpTransport::new(queue_pair(PEER, ME)?, RTO_NS));
     let start = Instant::now();
     serve(op, &mut nic, start, total)?;
@@ -509,4 +591,351 @@ fn serve(op: Op, nic: &mut Nic, start: Instant, total: u64) -> Result<(), String
         }
     }
     Ok(())
+}
+
+// The verbs path: what an application does with libibverbs.
+
+/// The local ACK timeout code of the verbs queue pairs: 4.096 µs × 2^18,
+/// about 1.07 s (see [`RTO_NS`]).
+const VERBS_TIMEOUT: u8 = 18;
+/// The region of each end: the send buffer at 0, the receive buffer (and
+/// the peer's WRITE target) at [`MSG`].
+const VERBS_REGION: usize = 2 * MSG;
+
+type VerbsNic = RoceNic<FrameLink, Context>;
+
+/// One end's verbs objects over its [`RoceNic`].
+struct Verbs {
+    nic: VerbsNic,
+    cq: CqHandle,
+    qp: QpHandle,
+    mr: MrHandle,
+    /// The region's address and keys (the peer's are the same: both ends
+    /// create the same objects in the same order; a wrong guess fails the
+    /// run with a remote access error).
+    info: MrInfo,
+}
+
+impl Verbs {
+    /// PD, MR, CQ and an RC queue pair of domain `me` brought to RTS
+    /// towards `peer`'s.
+    fn new(link: FrameLink, me: DomId, peer: DomId) -> Result<Verbs, String> {
+        let ip = |d: DomId| [10, 0, 0, d.0 as u8];
+        let psn = |d: DomId| 0x1000 * u32::from(d.0);
+        fn e(what: &'static str) -> impl Fn(VerbsError) -> String {
+            move |e| format!("verbs {what}: {e}")
+        }
+        let mut ctx = Context::new(mac(me), ip(me));
+        let pd = ctx.alloc_pd().map_err(e("alloc_pd"))?;
+        let access = AccessFlags(AccessFlags::LOCAL_WRITE.0 | AccessFlags::REMOTE_WRITE.0);
+        let mr = ctx.reg_mr(pd, VERBS_REGION, access).map_err(e("reg_mr"))?;
+        let cq = ctx.create_cq(64).map_err(e("create_cq"))?;
+        let qp = ctx
+            .create_qp(
+                pd,
+                &QpInitAttr {
+                    send_cq: cq,
+                    recv_cq: cq,
+                    max_send_wr: 16,
+                    max_recv_wr: 16,
+                    max_send_sge: 1,
+                    max_recv_sge: 1,
+                    sq_sig_all: false,
+                },
+            )
+            .map_err(e("create_qp"))?;
+        let mut a = QpAttr::to(QpState::Init);
+        a.pkey_index = Some(0);
+        a.port_num = Some(1);
+        a.qp_access_flags = Some(access);
+        ctx.modify_qp(qp, &a).map_err(e("modify_qp to INIT"))?;
+        let mut a = QpAttr::to(QpState::Rtr);
+        a.ah_attr = Some(AhAttr {
+            dgid: ipv4_gid(ip(peer)),
+            dmac: mac(peer),
+            hop_limit: 64,
+            traffic_class: 0,
+        });
+        a.path_mtu = Some(PathMtu::Mtu1024);
+        // Both ends' first queue pair has the same number.
+        a.dest_qp_num = Some(qp.qp_num());
+        a.rq_psn = Some(psn(peer));
+        a.max_dest_rd_atomic = Some(1);
+        a.min_rnr_timer = Some(1);
+        ctx.modify_qp(qp, &a).map_err(e("modify_qp to RTR"))?;
+        let mut a = QpAttr::to(QpState::Rts);
+        a.sq_psn = Some(psn(me));
+        a.timeout = Some(VERBS_TIMEOUT);
+        a.retry_cnt = Some(7);
+        a.rnr_retry = Some(7);
+        a.max_rd_atomic = Some(1);
+        ctx.modify_qp(qp, &a).map_err(e("modify_qp to RTS"))?;
+        let info = ctx.mr_info(mr).map_err(e("mr_info"))?;
+        Ok(Verbs {
+            nic: RoceNic::new(link, ctx),
+            cq,
+            qp,
+            mr,
+            info,
+        })
+    }
+
+    fn ctx(&mut self) -> &mut Context {
+        self.nic.transport_mut()
+    }
+
+    /// The scatter/gather entry of `MSG` bytes at `offset` in the region.
+    fn sge(&self, offset: usize) -> Sge {
+        Sge {
+            addr: self.info.addr + offset as u64,
+            length: MSG as u32,
+            lkey: self.info.lkey,
+        }
+    }
+
+    fn region(&self) -> &[u8] {
+        self.nic.transport().mr_bytes(self.mr).unwrap_or(&[])
+    }
+
+    /// The receive buffer (the peer's SEND or WRITE lands there).
+    fn received(&self) -> &[u8] {
+        self.region().get(MSG..).unwrap_or(&[])
+    }
+
+    /// Polls the completion queue: `Ok(true)` when a receive completed.
+    /// Every completion must be a success.
+    #[inline(always)]
+    fn poll_cq(&mut self) -> Result<bool, String> {
+        let cq = self.cq;
+        let wcs = self
+            .ctx()
+            .poll_cq(cq, 4)
+            .map_err(|e| format!("poll_cq: {e}"))?;
+        let mut recv = false;
+        for wc in wcs {
+            if wc.status != WcStatus::Success {
+                return Err(format!("work request {} failed: {:?}", wc.wr_id, wc.status));
+            }
+            recv |= wc.opcode == WcOpcode::Recv;
+        }
+        Ok(recv)
+    }
+
+    fn post_recv(&mut self, wr: &RecvWr) -> Result<(), String> {
+        let qp = self.qp;
+        self.ctx()
+            .post_recv(qp, wr)
+            .map_err(|e| format!("post_recv: {e}"))
+    }
+
+    fn post_send(&mut self, wr: &SendWr) -> Result<(), String> {
+        let qp = self.qp;
+        self.ctx()
+            .post_send(qp, wr)
+            .map_err(|e| format!("post_send: {e}"))
+    }
+
+    /// A lossless link needs no retransmission and drops nothing.
+    fn check_clean(&self) -> Result<(), String> {
+        let ctx = self.nic.transport();
+        let s = ctx
+            .qp_stats(self.qp)
+            .ok_or("the queue pair has no transport")?;
+        let state = ctx
+            .qp_state(self.qp)
+            .map_err(|e| format!("qp_state: {e}"))?;
+        if s.retransmitted + s.malformed + s.misaddressed + s.duplicates + s.out_of_sequence > 0
+            || state != QpState::Rts
+        {
+            return Err(format!(
+                "the queue pair saw trouble on a lossless link ({state:?}): {s:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Polls until `ready` returns a value (see [`spin`]).
+    #[inline(always)]
+    fn spin<T>(
+        &mut self,
+        start: Instant,
+        mut ready: impl FnMut(&mut Verbs) -> Result<Option<T>, String>,
+    ) -> Result<T, String> {
+        let mut now = start.elapsed().as_nanos() as u64;
+        let began = now;
+        let mut polls = 0u32;
+        loop {
+            self.nic.poll(now).map_err(|e| format!("frame link: {e}"))?;
+            if let Some(v) = ready(self)? {
+                return Ok(v);
+            }
+            polls += 1;
+            if polls == CLOCK_EVERY {
+                polls = 0;
+                now = start.elapsed().as_nanos() as u64;
+                if now - began > STEP_TIMEOUT.as_nanos() as u64 {
+                    return Err(
+                        "timed out spinning on the queue pair: the peer stopped answering".into(),
+                    );
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// The SEND of the region's first `MSG` bytes (`at`: 0) or of the
+    /// receive buffer (`at`: `MSG`), unsignaled.
+    fn send_wr(&self, at: usize) -> SendWr {
+        SendWr {
+            wr_id: 0,
+            sg_list: vec![self.sge(at)],
+            opcode: WrOpcode::Send,
+            signaled: false,
+        }
+    }
+
+    /// The WRITE of `MSG` bytes at `at` into the peer's receive buffer.
+    fn write_wr(&self, at: usize) -> SendWr {
+        SendWr {
+            wr_id: 0,
+            sg_list: vec![self.sge(at)],
+            opcode: WrOpcode::RdmaWrite {
+                remote_addr: self.info.addr + MSG as u64,
+                rkey: self.info.rkey,
+            },
+            signaled: false,
+        }
+    }
+
+    fn recv_wr(&self) -> RecvWr {
+        RecvWr {
+            wr_id: 0,
+            sg_list: vec![self.sge(MSG)],
+        }
+    }
+}
+
+/// The measured loop of `rdma-send-64`.
+#[inline(never)]
+fn verbs_send_round_trips(
+    v: &mut Verbs,
+    start: Instant,
+    total: u64,
+    warmup: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
+    let mut send = v.send_wr(0);
+    let mut recv = v.recv_wr();
+    for i in 0..total {
+        // The pong's receive and the ping's bytes, before the clock.
+        recv.wr_id = i;
+        v.post_recv(&recv)?;
+        let mr = v.mr;
+        v.ctx()
+            .mr_bytes_mut(mr)
+            .map_err(|e| format!("mr_bytes_mut: {e}"))?
+            .get_mut(..MSG)
+            .ok_or("region too small")?
+            .copy_from_slice(&payload(i));
+        send.wr_id = i;
+        let t = Instant::now();
+        v.post_send(&send)?;
+        v.spin(start, |v| Ok(v.poll_cq()?.then_some(())))?;
+        let dt = t.elapsed().as_nanos() as u64;
+        if v.received() != payload(i) {
+            return Err(format!(
+                "round trip {i}: the pong's bytes differ from the ping's"
+            ));
+        }
+        if i >= warmup {
+            rec.record(dt);
+        }
+    }
+    v.poll_cq().map(drop)
+}
+
+/// The measured loop of `rdma-write-64`.
+#[inline(never)]
+fn verbs_write_round_trips(
+    v: &mut Verbs,
+    start: Instant,
+    total: u64,
+    warmup: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
+    let mut write = v.write_wr(0);
+    for i in 0..total {
+        let want = tag(i);
+        let mr = v.mr;
+        v.ctx()
+            .mr_bytes_mut(mr)
+            .map_err(|e| format!("mr_bytes_mut: {e}"))?
+            .get_mut(..MSG)
+            .ok_or("region too small")?
+            .copy_from_slice(&payload(i));
+        write.wr_id = i;
+        let t = Instant::now();
+        v.post_send(&write)?;
+        v.spin(start, |v| {
+            v.poll_cq()?;
+            Ok((v.received().last() == Some(&want)).then_some(()))
+        })?;
+        let dt = t.elapsed().as_nanos() as u64;
+        if v.received() != payload(i) {
+            return Err(format!(
+                "round trip {i}: the peer's WRITE landed other bytes"
+            ));
+        }
+        if i >= warmup {
+            rec.record(dt);
+        }
+    }
+    v.poll_cq().map(drop)
+}
+
+/// The peer process on the verbs path: answers every ping from its
+/// receive buffer, then waits for its last pong to be acknowledged.
+fn verbs_peer(op: Op, link: FrameLink, total: u64) -> Result<(), String> {
+    let mut v = Verbs::new(link, PEER, ME)?;
+    let start = Instant::now();
+    match op {
+        Op::Send => {
+            let mut recv = v.recv_wr();
+            let mut pong = v.send_wr(MSG);
+            v.post_recv(&recv)?;
+            for i in 0..total {
+                v.spin(start, |v| Ok(v.poll_cq()?.then_some(())))?;
+                // The pong goes from the receive buffer (gathered at
+                // post_send), then the next ping's receive goes up: the
+                // ping cannot come before the pong has arrived.
+                pong.wr_id = i;
+                v.post_send(&pong)?;
+                recv.wr_id = i + 1;
+                v.post_recv(&recv)?;
+                v.nic
+                    .poll(start.elapsed().as_nanos() as u64)
+                    .map_err(|e| format!("frame link: {e}"))?;
+            }
+        }
+        Op::Write => {
+            let mut pong = v.write_wr(MSG);
+            for i in 0..total {
+                let want = tag(i);
+                v.spin(start, |v| {
+                    v.poll_cq()?;
+                    Ok((v.received().last() == Some(&want)).then_some(()))
+                })?;
+                pong.wr_id = i;
+                v.post_send(&pong)?;
+                v.nic
+                    .poll(start.elapsed().as_nanos() as u64)
+                    .map_err(|e| format!("frame link: {e}"))?;
+            }
+        }
+    }
+    v.spin(start, |v| {
+        v.poll_cq()?;
+        Ok(v.nic.transport().next_deadline().is_none().then_some(()))
+    })?;
+    v.check_clean()
 }

@@ -28,8 +28,12 @@ pub const UDP_HEADER_LEN: usize = 8;
 /// ICRC length.
 pub const ICRC_LEN: usize = 4;
 
-const fn crc_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
+/// Slicing-by-8 tables: `CRC_TABLES[0]` is the classic bytewise table of the
+/// reflected polynomial; `CRC_TABLES[k][b]` is the CRC of byte `b` followed
+/// by `k` zero bytes, so eight input bytes fold into the state with eight
+/// independent lookups instead of eight dependent ones.
+const fn crc_tables() -> [[u32; 256]; 8] {
+    let mut tables = [[0u32; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut c = i as u32;
@@ -42,20 +46,52 @@ const fn crc_table() -> [u32; 256] {
             };
             k += 1;
         }
-        table[i] = c;
+        tables[0][i] = c;
         i += 1;
     }
-    table
+    let mut t = 1;
+    while t < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = tables[t - 1][i];
+            tables[t][i] = tables[0][(prev & 0xff) as usize] ^ (prev >> 8);
+            i += 1;
+        }
+        t += 1;
+    }
+    tables
 }
 
-static CRC_TABLE: [u32; 256] = crc_table();
+static CRC_TABLES: [[u32; 256]; 8] = crc_tables();
 
-/// Feeds `bytes` to a running (non-complemented) CRC-32 state.
-pub fn crc32_update(mut state: u32, bytes: &[u8]) -> u32 {
+/// Feeds `bytes` to a running (non-complemented) CRC-32 state, one byte at
+/// a time (the reference the sliced version is tested against).
+pub fn crc32_update_bytewise(mut state: u32, bytes: &[u8]) -> u32 {
     for &b in bytes {
-        state = CRC_TABLE[usize::from((state as u8) ^ b)] ^ (state >> 8);
+        state = CRC_TABLES[0][usize::from((state as u8) ^ b)] ^ (state >> 8);
     }
     state
+}
+
+/// Feeds `bytes` to a running (non-complemented) CRC-32 state, eight bytes
+/// per step (slicing-by-8), the tail bytewise.
+pub fn crc32_update(mut state: u32, bytes: &[u8]) -> u32 {
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let lo = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ state;
+        let hi = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+        let [l0, l1, l2, l3] = lo.to_le_bytes();
+        let [h0, h1, h2, h3] = hi.to_le_bytes();
+        state = CRC_TABLES[7][usize::from(l0)]
+            ^ CRC_TABLES[6][usize::from(l1)]
+            ^ CRC_TABLES[5][usize::from(l2)]
+            ^ CRC_TABLES[4][usize::from(l3)]
+            ^ CRC_TABLES[3][usize::from(h0)]
+            ^ CRC_TABLES[2][usize::from(h1)]
+            ^ CRC_TABLES[1][usize::from(h2)]
+            ^ CRC_TABLES[0][usize::from(h3)];
+    }
+    crc32_update_bytewise(state, chunks.remainder())
 }
 
 /// The CRC state after the initial all-ones value and the eight `0xff`
@@ -103,6 +139,27 @@ mod tests {
     #[test]
     fn seed_is_eight_ones_bytes() {
         assert_eq!(crc32_update(!0, &[0xff; 8]), SEED_AFTER_LRH);
+    }
+
+    #[test]
+    fn bytewise_check_value() {
+        assert_eq!(!crc32_update_bytewise(!0, b"123456789"), 0xcbf4_3926);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sliced_matches_bytewise(
+            state in proptest::prelude::any::<u32>(),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            split in 0usize..300,
+        ) {
+            let split = split.min(bytes.len());
+            let (a, b) = bytes.split_at(split);
+            let reference = crc32_update_bytewise(state, &bytes);
+            proptest::prop_assert_eq!(crc32_update(state, &bytes), reference);
+            // Feeding in two pieces at any boundary gives the same state.
+            proptest::prop_assert_eq!(crc32_update(crc32_update(state, a), b), reference);
+        }
     }
 
     #[test]

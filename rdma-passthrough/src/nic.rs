@@ -24,11 +24,8 @@
 //! takes `now_ns`, monotonic nanoseconds of one clock (the platform's
 //! [`grant_tables::Clock`]), and deadlines are on that clock.
 //!
-//! [`QpTransport`] is the [`Transport`] of one [`QueuePair`]: it keeps the
-//! retransmission timer the queue pair leaves to its owner (armed when a
-//! request goes out, restarted when the peer acknowledges progress,
-//! stopped when everything sent is acknowledged, and
-//! [`QueuePair::timeout`] when it expires).
+//! [`QpTransport`] is the [`Transport`] of one [`QueuePair`], whose own
+//! timers (local ACK timeout, RNR wait) it runs on the caller's clock.
 //!
 //! # Limits
 //! Frames with a VLAN tag or IPv6 are not RoCE here (they go to the
@@ -41,12 +38,8 @@ use alloc::vec::Vec;
 
 use netfront::frame::{FrameDevice, FrameError, RxFrame, TxFrame};
 
-use crate::headers::Bth;
-use crate::icrc::{IPV4_HEADER_LEN, UDP_HEADER_LEN};
-use crate::opcode::{Opcode, BTH_LEN};
 use crate::packet::{ETHERTYPE_IPV4, ETH_HEADER_LEN, IPPROTO_UDP, ROCE_V2_PORT};
-use crate::psn::Psn;
-use crate::rc::{QueuePair, Stats};
+use crate::rc::QueuePair;
 
 /// The pump of a RoCE v2 transport: what a driver moving frames needs of
 /// it. Times are monotonic nanoseconds of the caller's clock.
@@ -56,6 +49,43 @@ pub trait Transport {
     fn handle_frame(&mut self, frame: &[u8], now_ns: u64);
     /// The next frame to send, if any.
     fn next_frame(&mut self) -> Option<Vec<u8>>;
+    /// The length of the frame [`Transport::emit_into`] writes next.
+    /// `None` when nothing waits, or when the transport has no in-place
+    /// path (the default): the driver then calls [`Transport::next_frame`].
+    fn next_frame_len(&self) -> Option<usize> {
+        None
+    }
+    /// Whether [`Transport::next_frame_len`] and [`Transport::emit_into`]
+    /// are the transport's own (then `next_frame_len` returning `None`
+    /// means nothing waits, and the driver does not ask
+    /// [`Transport::next_frame`] as well). The default: `false`.
+    fn emits_in_place(&self) -> bool {
+        false
+    }
+    /// Writes the next frame to send straight into `out` (a transmit
+    /// buffer the device lends) and returns its length, without
+    /// allocating. `None` when nothing waits or `out` is shorter than
+    /// [`Transport::next_frame_len`] said (the frame then stays queued).
+    /// The default goes through [`Transport::next_frame`] (and drops, with
+    /// a warning, a frame longer than `out`: the transport's
+    /// retransmission recovers).
+    fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        let f = self.next_frame()?;
+        match out.get_mut(..f.len()) {
+            Some(o) => {
+                o.copy_from_slice(&f);
+                Some(f.len())
+            }
+            None => {
+                log::warn!(
+                    "a RoCE frame of {} bytes does not fit a {}-byte buffer; dropped",
+                    f.len(),
+                    out.len()
+                );
+                None
+            }
+        }
+    }
     /// Runs the timers due at `now_ns` (retransmission, RNR).
     fn on_time(&mut self, now_ns: u64);
     /// When [`Transport::on_time`] should run next; `None`: no timer armed.
@@ -71,6 +101,15 @@ impl Transport for crate::verbs::Context {
     fn next_frame(&mut self) -> Option<Vec<u8>> {
         crate::verbs::Context::next_frame(self)
     }
+    fn next_frame_len(&self) -> Option<usize> {
+        crate::verbs::Context::next_frame_len(self)
+    }
+    fn emits_in_place(&self) -> bool {
+        true
+    }
+    fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        crate::verbs::Context::emit_into(self, out)
+    }
     fn on_time(&mut self, now_ns: u64) {
         crate::verbs::Context::on_time(self, now_ns);
     }
@@ -79,40 +118,24 @@ impl Transport for crate::verbs::Context {
     }
 }
 
-/// Where the BTH starts in a RoCE v2 frame (IPv4 without options).
-const BTH_OFFSET: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN;
-
-/// The BTH of a frame, when it has one where RoCE v2 over IPv4 puts it.
-/// Only a hint: the queue pair validates the whole frame itself.
-fn peek_bth(frame: &[u8]) -> Option<Bth> {
-    let b: &[u8; BTH_LEN] = frame
-        .get(BTH_OFFSET..BTH_OFFSET + BTH_LEN)?
-        .try_into()
-        .ok()?;
-    Bth::decode(b).ok()
-}
-
 /// The default retransmission timeout: 4.096 us × 2^14 (the local ACK
 /// timeout value 14 of `ibv_modify_qp`), about 67 ms.
 pub const DEFAULT_RTO_NS: u64 = 4096 << 14;
 
-/// One [`QueuePair`] as a [`Transport`], with the retransmission timer the
-/// queue pair leaves to its owner.
+/// One [`QueuePair`] as a [`Transport`]; the queue pair's own timers
+/// ([`QueuePair::on_time`], [`QueuePair::next_deadline`]) do the work,
+/// with the local ACK timeout set to `rto_ns`
+/// ([`QueuePair::set_ack_timeout_ns`]).
 ///
-/// The timer is armed when a request packet goes out while it is stopped,
-/// restarted at every acknowledgement the queue pair accepts (progress),
-/// stopped when an ACK covers the last request sent, and on expiry calls
-/// [`QueuePair::timeout`] (which resends every unacknowledged packet, or
-/// after the retry limit fails the queue pair) and restarts. A timeout with
-/// nothing unacknowledged is harmless: the queue pair ignores it.
+/// The queue pair's timer starts when a request is queued while none
+/// runs, restarts at every acknowledgement that makes progress, stops
+/// when nothing is unacknowledged, and on expiry resends every
+/// unacknowledged packet (or after the retry limit fails the queue pair);
+/// after an RNR NAK it waits the RNR time instead. The queue pair learns
+/// the time from this transport: every received frame and every
+/// [`Transport::on_time`] passes the caller's clock on first.
 pub struct QpTransport {
     qp: QueuePair,
-    rto_ns: u64,
-    deadline: Option<u64>,
-    /// The last time seen (next_frame has no clock of its own).
-    now_ns: u64,
-    /// The highest PSN of a request sent.
-    last_request: Option<Psn>,
     /// Timer expiries handled.
     timeouts: u64,
 }
@@ -120,15 +143,9 @@ pub struct QpTransport {
 impl QpTransport {
     /// Wraps `qp`, with a retransmission timeout of `rto_ns` nanoseconds
     /// (at least 1).
-    pub fn new(qp: QueuePair, rto_ns: u64) -> QpTransport {
-        QpTransport {
-            qp,
-            rto_ns: rto_ns.max(1),
-            deadline: None,
-            now_ns: 0,
-            last_request: None,
-            timeouts: 0,
-        }
+    pub fn new(mut qp: QueuePair, rto_ns: u64) -> QpTransport {
+        qp.set_ack_timeout_ns(rto_ns);
+        QpTransport { qp, timeouts: 0 }
     }
 
     /// The queue pair (post work requests, poll completions).
@@ -146,76 +163,44 @@ impl QpTransport {
         self.qp
     }
 
-    /// Times the retransmission timer expired.
+    /// Times a timer expired (the local ACK timer or the RNR wait).
     pub fn timeouts(&self) -> u64 {
         self.timeouts
-    }
-
-    /// What makes the queue pair drop a response: when one of these moves
-    /// during `receive`, the frame did not acknowledge anything.
-    fn refusals(s: &Stats) -> (u64, u64, u64) {
-        (s.malformed, s.misaddressed, s.stale_acks)
     }
 }
 
 impl Transport for QpTransport {
     fn handle_frame(&mut self, frame: &[u8], now_ns: u64) {
-        self.now_ns = self.now_ns.max(now_ns);
-        let before = Self::refusals(&self.qp.stats());
+        // The time first, so that a timer the frame restarts starts now
+        // (a timer already due fires here, as it would have in on_time).
+        self.on_time(now_ns);
         self.qp.receive(frame);
-        if self.qp.is_error() {
-            self.deadline = None;
-            return;
-        }
-        let Some(bth) = peek_bth(frame) else { return };
-        if bth.opcode.layout().is_request() || Self::refusals(&self.qp.stats()) != before {
-            return;
-        }
-        // A response the queue pair accepted: progress (or a NAK that made
-        // it resend). An ACK of the last request sent acknowledges all.
-        let all = bth.opcode == Opcode::Acknowledge
-            && self.last_request == Some(bth.psn)
-            && frame
-                .get(BTH_OFFSET + BTH_LEN)
-                .is_some_and(|s| s & 0x60 == 0);
-        self.deadline = if all {
-            None
-        } else {
-            Some(self.now_ns.saturating_add(self.rto_ns))
-        };
     }
 
     fn next_frame(&mut self) -> Option<Vec<u8>> {
-        let f = self.qp.transmit()?;
-        if let Some(bth) = peek_bth(&f) {
-            if bth.opcode.layout().is_request() {
-                let newer = self.last_request.is_none_or(|l| bth.psn.diff(l) > 0);
-                if newer {
-                    self.last_request = Some(bth.psn);
-                }
-                if self.deadline.is_none() {
-                    self.deadline = Some(self.now_ns.saturating_add(self.rto_ns));
-                }
-            }
-        }
-        Some(f)
+        self.qp.transmit()
+    }
+
+    fn next_frame_len(&self) -> Option<usize> {
+        self.qp.next_frame_len()
+    }
+    fn emits_in_place(&self) -> bool {
+        true
+    }
+
+    fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        self.qp.emit_into(out)
     }
 
     fn on_time(&mut self, now_ns: u64) {
-        self.now_ns = self.now_ns.max(now_ns);
-        match self.deadline {
-            Some(d) if d <= self.now_ns => {
-                self.timeouts += 1;
-                self.qp.timeout();
-                self.deadline =
-                    (!self.qp.is_error()).then(|| self.now_ns.saturating_add(self.rto_ns));
-            }
-            _ => {}
+        if self.qp.next_deadline().is_some_and(|d| d <= now_ns) {
+            self.timeouts += 1;
         }
+        self.qp.on_time(now_ns);
     }
 
     fn next_deadline(&self) -> Option<u64> {
-        self.deadline
+        self.qp.next_deadline()
     }
 }
 
@@ -252,6 +237,8 @@ pub struct RoceNic<D: FrameDevice, T: Transport> {
     rx_copy: Vec<u8>,
     /// A frame the device had no buffer for yet.
     pending: Option<Vec<u8>>,
+    /// Where a frame is built for a device whose buffer is not one slice.
+    tx_scratch: Vec<u8>,
     other: Option<OtherFrames>,
     stats: NicStats,
 }
@@ -283,6 +270,7 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
             transport,
             rx_copy: Vec::with_capacity(cap),
             pending: None,
+            tx_scratch: Vec::with_capacity(cap),
             other: None,
             stats: NicStats::default(),
         }
@@ -361,9 +349,69 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
         Ok(progress)
     }
 
-    /// Sends what the transport has, while the device lends buffers.
+    /// Sends what the transport has, while the device lends buffers:
+    /// built in place when the transport can ([`Transport::emit_into`]),
+    /// through [`Transport::next_frame`] otherwise.
     fn flush(&mut self) -> Result<bool, FrameError> {
         let mut sent = false;
+        while self.pending.is_none() {
+            let Some(len) = self.transport.next_frame_len() else {
+                break;
+            };
+            let mut buf = match self.dev.tx_buffer(len) {
+                Ok(Some(b)) => b,
+                // The frame stays queued in the transport.
+                Ok(None) | Err(FrameError::LinkDown) => {
+                    self.stats.tx_stalls += 1;
+                    return Ok(sent);
+                }
+                Err(e @ (FrameError::TooLarge { .. } | FrameError::Invalid(_))) => {
+                    log::warn!("a RoCE frame of {len} bytes was refused by the device: {e}");
+                    self.stats.tx_refused += 1;
+                    // Taken off the transport's queue and dropped.
+                    drop(self.transport.next_frame());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let emitted = match buf.as_mut_slice() {
+                Some(s) if s.len() == len => self.transport.emit_into(s),
+                _ => {
+                    self.tx_scratch.clear();
+                    self.tx_scratch.resize(len, 0);
+                    let n = self.transport.emit_into(&mut self.tx_scratch);
+                    if let Some(n) = n {
+                        buf.write_at(0, self.tx_scratch.get(..n).unwrap_or(&[]))?;
+                    }
+                    n
+                }
+            };
+            if emitted != Some(len) {
+                // The transport broke its word on the length: nothing
+                // sensible to send (the buffer goes back unused).
+                log::error!("the transport announced a {len}-byte frame and wrote {emitted:?}");
+                self.stats.tx_refused += 1;
+                return Ok(sent);
+            }
+            match self.dev.send(buf) {
+                Ok(()) => {
+                    self.stats.tx_frames += 1;
+                    sent = true;
+                }
+                // Built in the device's buffer, the frame is gone with it:
+                // the transport's retransmission (or the peer's, for a
+                // response) recovers.
+                Err(e @ (FrameError::LinkDown | FrameError::Invalid(_))) => {
+                    log::warn!("a RoCE frame of {len} bytes was not sent: {e}");
+                    self.stats.tx_refused += 1;
+                    return Ok(sent);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.pending.is_none() && self.transport.emits_in_place() {
+            return Ok(sent);
+        }
         loop {
             let Some(frame) = self.pending.take().or_else(|| self.transport.next_frame()) else {
                 return Ok(sent);

@@ -99,6 +99,10 @@ const MAX_PSN_SPAN: u32 = 1 << 22;
 /// supports (as `rdma_rxe`'s limit of outstanding READ and atomic
 /// requests).
 pub const MAX_RD_ATOMIC: u8 = 128;
+/// Receive buffers [`QueuePair::recycle`] keeps.
+const RECYCLE_KEEP: usize = 4;
+/// The largest capacity of a buffer [`QueuePair::recycle`] keeps.
+pub const RECYCLE_MAX_BYTES: usize = 64 * 1024;
 /// The largest message (2^31 bytes).
 pub const MAX_MESSAGE: usize = 1 << 31;
 
@@ -567,6 +571,16 @@ enum Resp {
     },
 }
 
+/// A request packet waiting to leave.
+enum TxItem {
+    /// The frame of the outstanding request at this PSN (kept once, in
+    /// `outstanding`, for retransmission too). Skipped when that request
+    /// was acknowledged before it left.
+    Request(Psn),
+    /// A frame of its own (a READ request rebuilt for the bytes missing).
+    Frame(Vec<u8>),
+}
+
 /// A READ or atomic request the responder remembers for duplicates.
 #[derive(Clone, Copy)]
 struct Resource {
@@ -580,6 +594,9 @@ struct Resource {
 pub struct QueuePair {
     cfg: QpConfig,
     timers: QpTimers,
+    /// A local ACK timeout of any length ([`QueuePair::set_ack_timeout_ns`]),
+    /// in place of the encoded one of `timers`.
+    ack_timeout: Option<u64>,
     retry_limit: u32,
     max_rd_atomic: u8,
     max_dest_rd_atomic: u8,
@@ -603,10 +620,13 @@ pub struct QueuePair {
     resources: VecDeque<Resource>,
     in_progress: InProgress,
     recv_queue: VecDeque<(u64, usize)>,
+    /// Buffers of received SENDs given back ([`QueuePair::recycle`]),
+    /// reused for the next ones.
+    spare: Vec<Vec<u8>>,
     regions: Vec<MemoryRegion>,
     region_access: Vec<RemoteAccess>,
     // Output.
-    tx: VecDeque<Vec<u8>>,
+    tx: VecDeque<TxItem>,
     completions: VecDeque<Completion>,
     stats: Stats,
 }
@@ -627,6 +647,7 @@ impl QueuePair {
                 rnr_retry: 7,
                 min_rnr_timer: 1,
             },
+            ack_timeout: None,
             retry_limit: cfg.retry_limit,
             max_rd_atomic: 16,
             max_dest_rd_atomic: 16,
@@ -648,6 +669,7 @@ impl QueuePair {
             resources: VecDeque::new(),
             in_progress: InProgress::None,
             recv_queue: VecDeque::new(),
+            spare: Vec::new(),
             regions: Vec::new(),
             region_access: Vec::new(),
             tx: VecDeque::new(),
@@ -669,11 +691,27 @@ impl QueuePair {
     pub fn set_timers(&mut self, timers: QpTimers) -> Result<(), ConfigError> {
         timers.check()?;
         self.timers = timers;
+        self.ack_timeout = None;
         self.retry_limit = u32::from(timers.retry_cnt);
         if self.ack_deadline.is_some() {
             self.restart_timer();
         }
         Ok(())
+    }
+
+    /// Sets the local ACK timeout to exactly `ns` nanoseconds (at least
+    /// 1), a length the encoded `timeout` of [`QpTimers`] may not have;
+    /// the retry counts stay. [`QueuePair::set_timers`] replaces it.
+    pub fn set_ack_timeout_ns(&mut self, ns: u64) {
+        self.ack_timeout = Some(ns.max(1));
+        if self.ack_deadline.is_some() {
+            self.restart_timer();
+        }
+    }
+
+    /// The local ACK timeout in nanoseconds, `None` when there is none.
+    pub fn ack_timeout_ns(&self) -> Option<u64> {
+        self.ack_timeout.or(self.timers.ack_timeout_ns())
     }
 
     /// The timers.
@@ -826,6 +864,15 @@ impl QueuePair {
         self.sq.len()
     }
 
+    /// Gives back the `data` of a receive completion once read, so that
+    /// later SENDs are received without allocating. Keeps a few, each at
+    /// most [`RECYCLE_MAX_BYTES`] of capacity; drops the others.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < RECYCLE_KEEP && buf.capacity() <= RECYCLE_MAX_BYTES {
+            self.spare.push(buf);
+        }
+    }
+
     /// Turns queued work requests into packets while the limits allow.
     fn pump_sq(&mut self) {
         let pmtu = self.cfg.pmtu;
@@ -896,7 +943,7 @@ impl QueuePair {
     }
 
     fn queue_request(&mut self, o: Outstanding) {
-        self.tx.push_back(o.frame.clone());
+        self.tx.push_back(TxItem::Request(o.psn));
         self.outstanding.push_back(o);
         if self.ack_deadline.is_none() && self.rnr_deadline.is_none() {
             self.restart_timer();
@@ -1012,27 +1059,97 @@ impl QueuePair {
 
     /// The next frame to send: responses (ACKs, NAKs, READ responses and
     /// atomic acknowledges, in PSN order) first, then requests and
-    /// retransmissions in order.
+    /// retransmissions in order. Allocates the frame; a driver with a
+    /// transmit buffer of its own uses [`QueuePair::next_frame_len`] and
+    /// [`QueuePair::emit_into`] instead.
     pub fn transmit(&mut self) -> Option<Vec<u8>> {
+        if let Some(Resp::Frame { .. }) = self.resp.front() {
+            if let Some(Resp::Frame { frame, .. }) = self.resp.pop_front() {
+                return Some(frame);
+            }
+        }
+        let len = self.next_frame_len()?;
+        let mut out = vec![0u8; len];
+        let n = self.emit_into(&mut out)?;
+        out.truncate(n);
+        Some(out)
+    }
+
+    /// The outstanding request at `psn`, if not acknowledged yet.
+    fn outstanding_at(&self, psn: Psn) -> Option<&Outstanding> {
+        let first = self.outstanding.front()?.psn;
+        // Requests are in PSN order; a READ occupies several PSNs, so the
+        // index is at most the distance from the first.
+        let dist = usize::try_from(psn.forward_from(first)).ok()?;
+        if dist >= MAX_PSN_SPAN as usize {
+            return None;
+        }
+        let guess = dist.min(self.outstanding.len().saturating_sub(1));
+        if self.outstanding.get(guess).is_some_and(|o| o.psn == psn) {
+            return self.outstanding.get(guess);
+        }
+        self.outstanding.iter().find(|o| o.psn == psn)
+    }
+
+    /// The length of the frame [`QueuePair::emit_into`] writes next, or
+    /// `None` when nothing waits.
+    pub fn next_frame_len(&self) -> Option<usize> {
+        match self.resp.front() {
+            Some(Resp::Ack(_) | Resp::Nak(..)) => return frame_len(Opcode::Acknowledge, 0),
+            Some(Resp::Frame { frame, .. }) => return Some(frame.len()),
+            None => {}
+        }
+        // Requests acknowledged before they left are skipped.
+        self.tx.iter().find_map(|t| match t {
+            TxItem::Request(psn) => self.outstanding_at(*psn).map(|o| o.frame.len()),
+            TxItem::Frame(f) => Some(f.len()),
+        })
+    }
+
+    /// Writes the next frame to send (see [`QueuePair::transmit`] for the
+    /// order) into `out`, without allocating; returns its length. `None`
+    /// when nothing waits, or when `out` is shorter than
+    /// [`QueuePair::next_frame_len`] (the frame then stays queued).
+    pub fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        let len = self.next_frame_len()?;
+        let out = out.get_mut(..len)?;
         if let Some(r) = self.resp.pop_front() {
-            return Some(match r {
+            return match r {
                 Resp::Ack(psn) => {
                     self.stats.acks_sent += 1;
-                    self.ack_frame(
+                    self.ack_into(
                         psn,
                         Syndrome::Ack {
                             credits: CREDITS_INVALID,
                         },
+                        out,
                     )
                 }
                 Resp::Nak(psn, syndrome) => {
                     self.stats.naks_sent += 1;
-                    self.ack_frame(psn, syndrome)
+                    self.ack_into(psn, syndrome, out)
                 }
-                Resp::Frame { frame, .. } => frame,
-            });
+                Resp::Frame { frame, .. } => {
+                    out.copy_from_slice(&frame);
+                    Some(len)
+                }
+            };
         }
-        self.tx.pop_front()
+        while let Some(t) = self.tx.pop_front() {
+            match t {
+                TxItem::Request(psn) => {
+                    if let Some(o) = self.outstanding_at(psn) {
+                        out.copy_from_slice(&o.frame);
+                        return Some(len);
+                    }
+                }
+                TxItem::Frame(f) => {
+                    out.copy_from_slice(&f);
+                    return Some(len);
+                }
+            }
+        }
+        None
     }
 
     /// The retransmission timer fired now: after an RNR NAK, the RNR wait
@@ -1098,9 +1215,7 @@ impl QueuePair {
         self.ack_deadline = if self.outstanding.is_empty() {
             None
         } else {
-            self.timers
-                .ack_timeout_ns()
-                .map(|t| self.now.saturating_add(t))
+            self.ack_timeout_ns().map(|t| self.now.saturating_add(t))
         };
     }
 
@@ -1180,19 +1295,31 @@ impl QueuePair {
         out
     }
 
-    fn ack_frame(&self, psn: Psn, syndrome: Syndrome) -> Vec<u8> {
+    /// Builds an ACK or NAK into `out` (at least the length
+    /// [`frame_len`] gives for an Acknowledge).
+    fn ack_into(&self, psn: Psn, syndrome: Syndrome, out: &mut [u8]) -> Option<usize> {
         let mut h = TransportHeaders::new(self.bth(Opcode::Acknowledge, psn));
         h.aeth = Some(Aeth {
             syndrome,
             msn: self.msn & 0x00ff_ffff,
         });
-        self.frame(&h, &[])
+        match build(&self.cfg.endpoints, &h, &[], out) {
+            Ok(n) => Some(n),
+            // The headers are this module's own: building cannot fail.
+            Err(e) => {
+                log::error!(
+                    "QP {:#x}: cannot build an acknowledgement: {e}",
+                    self.cfg.qpn
+                );
+                None
+            }
+        }
     }
 
     /// The frame that resends `o`: its own, or for a READ partly answered a
     /// new request for the bytes still missing, from the PSN of the first
     /// missing response.
-    fn resend_frame(&self, o: &Outstanding) -> Vec<u8> {
+    fn resend_frame(&self, o: &Outstanding) -> TxItem {
         match &o.wait {
             Wait::Read {
                 va,
@@ -1203,21 +1330,21 @@ impl QueuePair {
                 let got = data.len();
                 let psn = o.psn.add(u32::try_from(got / self.cfg.pmtu).unwrap_or(0));
                 let rest = (*len as usize).saturating_sub(got);
-                self.read_request(
+                TxItem::Frame(self.read_request(
                     psn,
                     va.wrapping_add(got as u64),
                     *rkey,
                     u32::try_from(rest).unwrap_or(0),
-                )
+                ))
             }
-            _ => o.frame.clone(),
+            _ => TxItem::Request(o.psn),
         }
     }
 
     fn resend_all(&mut self) {
         self.stats.retransmitted += self.outstanding.len() as u64;
         // Resent packets replace anything still queued from before.
-        let frames: Vec<Vec<u8>> = self
+        let frames: Vec<TxItem> = self
             .outstanding
             .iter()
             .map(|o| self.resend_frame(o))
@@ -1644,11 +1771,9 @@ impl QueuePair {
                         self.rnr_nak(bth.psn);
                         return;
                     };
-                    self.in_progress = InProgress::Send {
-                        wr_id,
-                        buf: Vec::new(),
-                        cap,
-                    };
+                    let mut buf = self.spare.pop().unwrap_or_default();
+                    buf.clear();
+                    self.in_progress = InProgress::Send { wr_id, buf, cap };
                 }
                 let InProgress::Send { wr_id, buf, cap } = &mut self.in_progress else {
                     return;

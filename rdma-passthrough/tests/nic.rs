@@ -167,6 +167,141 @@ impl Transport for Recorder {
     }
 }
 
+/// A transport that builds its frames in place (`emit_into`) and refuses
+/// `next_frame`'s allocating path unless told to drop a frame.
+#[derive(Default)]
+struct InPlace {
+    out: VecDeque<Vec<u8>>,
+    /// Frames taken with `next_frame` (the driver drops them).
+    taken: usize,
+}
+
+impl Transport for InPlace {
+    fn handle_frame(&mut self, _: &[u8], _: u64) {}
+    fn next_frame(&mut self) -> Option<Vec<u8>> {
+        let f = self.out.pop_front()?;
+        self.taken += 1;
+        Some(f)
+    }
+    fn next_frame_len(&self) -> Option<usize> {
+        self.out.front().map(Vec::len)
+    }
+    fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        let n = self.out.front()?.len();
+        out.get_mut(..n)?.copy_from_slice(self.out.front()?);
+        self.out.pop_front();
+        Some(n)
+    }
+    fn on_time(&mut self, _: u64) {}
+    fn next_deadline(&self) -> Option<u64> {
+        None
+    }
+}
+
+#[test]
+fn in_place_frames_wait_for_buffers_and_go_through_scattered_ones() {
+    let dev = MemDev {
+        buffers: Some(1),
+        per_poll: Some(1),
+        ..MemDev::default()
+    };
+    let t = InPlace {
+        out: [
+            vec![1; 60],
+            vec![9; MAX_FRAME + 1],
+            vec![2; 70],
+            vec![3; 80],
+        ]
+        .into(),
+        taken: 0,
+    };
+    let mut nic = RoceNic::new(dev, t);
+    nic.poll(0).unwrap();
+    assert_eq!(nic.device().sent, vec![vec![1; 60]]);
+    // The oversized frame was taken off the queue and dropped, the next
+    // one waits for a buffer.
+    assert_eq!(nic.stats().tx_refused, 1);
+    assert_eq!(nic.transport().taken, 1);
+    assert_eq!(nic.stats().tx_stalls, 1);
+    assert_eq!(
+        nic.transport().out.len(),
+        2,
+        "the waiting frames stay queued"
+    );
+    nic.device_mut().scattered = true;
+    nic.poll(1).unwrap();
+    assert_eq!(nic.device().sent.len(), 2);
+    nic.poll(2).unwrap();
+    assert_eq!(
+        nic.device().sent,
+        vec![vec![1; 60], vec![2; 70], vec![3; 80]]
+    );
+    assert_eq!(nic.stats().tx_frames, 3);
+    assert!(nic.transport().out.is_empty());
+}
+
+#[test]
+fn a_queue_pair_emits_in_place_what_it_transmits() {
+    let mut a = qp(1, 2, 3);
+    let mut b = qp(1, 2, 3);
+    for q in [&mut a, &mut b] {
+        for i in 0..3 {
+            q.post_send(
+                i,
+                SendOp::Send {
+                    data: vec![i as u8; 300],
+                    imm: None,
+                },
+            )
+            .unwrap();
+        }
+    }
+    let mut buf = vec![0u8; 2048];
+    while let Some(f) = a.transmit() {
+        let len = b.next_frame_len().unwrap();
+        assert_eq!(len, f.len());
+        assert_eq!(b.emit_into(&mut buf[..len - 1]), None, "too short: kept");
+        assert_eq!(b.emit_into(&mut buf), Some(len));
+        assert_eq!(&buf[..len], &f[..]);
+    }
+    assert_eq!(b.next_frame_len(), None);
+    assert_eq!(b.emit_into(&mut buf), None);
+}
+
+#[test]
+fn recycled_receive_buffers_carry_nothing_over() {
+    let mut a = qp(1, 2, 3);
+    let mut b = qp(2, 1, 3);
+    let mut last_ptr = None;
+    for (i, len) in [(0u64, 200usize), (1, 20), (2, 120)] {
+        b.post_recv(i, 256);
+        a.post_send(
+            i,
+            SendOp::Send {
+                data: vec![i as u8 + 1; len],
+                imm: None,
+            },
+        )
+        .unwrap();
+        while let Some(f) = a.transmit() {
+            b.receive(&f);
+        }
+        let c = b.poll_completion().unwrap();
+        let CompletionKind::Recv { data, .. } = c.kind else {
+            panic!("not a receive: {c:?}");
+        };
+        assert_eq!(data, vec![i as u8 + 1; len], "only this SEND's bytes");
+        if let Some(p) = last_ptr {
+            assert_eq!(data.as_ptr(), p, "the given-back buffer is reused");
+        }
+        last_ptr = Some(data.as_ptr());
+        b.recycle(data);
+        while let Some(f) = b.transmit() {
+            a.receive(&f);
+        }
+    }
+}
+
 fn endpoints(from: u8, to: u8) -> Endpoints {
     Endpoints {
         dst_mac: [2, 0, 0, 0, 0, to],

@@ -63,6 +63,7 @@ mod types;
 pub use types::*;
 
 use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::headers::QPN_MASK;
@@ -1008,24 +1009,48 @@ impl Context {
 
     /// The next frame to send, from any queue pair (round robin).
     pub fn next_frame(&mut self) -> Option<Vec<u8>> {
+        let len = self.next_frame_len()?;
+        let mut out = vec![0u8; len];
+        let n = self.emit_into(&mut out)?;
+        out.truncate(n);
+        Some(out)
+    }
+
+    /// The queue pair whose turn it is to send (round robin from the
+    /// cursor) and the length of its next frame.
+    fn next_sender(&self) -> Option<(u32, usize)> {
+        // Two plain passes: cheaper than two range searches for the few
+        // queue pairs a context has, and this runs at every poll.
         let start = self.tx_cursor;
-        let keys: Vec<u32> = self
-            .qps
-            .range(start..)
-            .chain(self.qps.range(..start))
-            .map(|(&k, _)| k)
-            .collect();
-        for k in keys {
-            let Some(rc) = self.qps.get_mut(&k).and_then(|q| q.rc.as_mut()) else {
-                continue;
-            };
-            if let Some(f) = rc.transmit() {
-                self.tx_cursor = k.wrapping_add(1);
-                self.stats.frames_out += 1;
-                return Some(f);
-            }
-        }
-        None
+        let sender = |(&k, q): (&u32, &Qp)| Some((k, q.rc.as_ref()?.next_frame_len()?));
+        self.qps
+            .iter()
+            .filter(|(&k, _)| k >= start)
+            .find_map(sender)
+            .or_else(|| {
+                self.qps
+                    .iter()
+                    .take_while(|(&k, _)| k < start)
+                    .find_map(sender)
+            })
+    }
+
+    /// The length of the frame [`Context::emit_into`] writes next, `None`
+    /// when no queue pair has anything to send.
+    pub fn next_frame_len(&self) -> Option<usize> {
+        self.next_sender().map(|(_, len)| len)
+    }
+
+    /// Writes the next frame to send (queue pairs in turn) into `out`, a
+    /// transmit buffer of the driver's, without allocating; returns its
+    /// length. `None` when nothing waits or `out` is shorter than
+    /// [`Context::next_frame_len`] (the frame then stays queued).
+    pub fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        let (k, _) = self.next_sender()?;
+        let n = self.qps.get_mut(&k)?.rc.as_mut()?.emit_into(out)?;
+        self.tx_cursor = k.wrapping_add(1);
+        self.stats.frames_out += 1;
+        Some(n)
     }
 
     /// Time passed (the driver's monotonic clock, in nanoseconds): runs the
@@ -1109,6 +1134,7 @@ impl Context {
                             {
                                 wc.status = WcStatus::LocProtErr;
                             }
+                            rc.recycle(data);
                         }
                         CompletionKind::RecvRdmaWithImm { len, imm } => {
                             wc.opcode = WcOpcode::RecvRdmaWithImm;
