@@ -202,6 +202,38 @@ pub trait EventChannels {
     fn close(&self, port: Port) -> Result<(), PlatformError>;
 }
 
+/// A shared reference to event channels is event channels: a driver can
+/// be lent a platform its owner keeps using.
+impl<T: EventChannels + ?Sized> EventChannels for &T {
+    fn alloc_unbound(&self, remote: DomId) -> Result<Port, PlatformError> {
+        (**self).alloc_unbound(remote)
+    }
+    fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Port, PlatformError> {
+        (**self).bind_interdomain(remote, remote_port)
+    }
+    fn notify(&self, port: Port) -> Result<(), PlatformError> {
+        (**self).notify(port)
+    }
+    fn mask(&self, port: Port) -> Result<(), PlatformError> {
+        (**self).mask(port)
+    }
+    fn unmask(&self, port: Port) -> Result<(), PlatformError> {
+        (**self).unmask(port)
+    }
+    fn poll(&self, port: Port) -> Result<bool, PlatformError> {
+        (**self).poll(port)
+    }
+    fn block(&self, port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError> {
+        (**self).block(port, timeout_ns)
+    }
+    fn block_any(&self, ports: &[Port], timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError> {
+        (**self).block_any(ports, timeout_ns)
+    }
+    fn close(&self, port: Port) -> Result<(), PlatformError> {
+        (**self).close(port)
+    }
+}
+
 /// Monotonic time for timeouts, deadlines and deferred retries.
 ///
 /// Each platform has one: the hosted platform reads the host's monotonic
@@ -212,6 +244,12 @@ pub trait EventChannels {
 pub trait Clock {
     /// Monotonic nanoseconds since an arbitrary origin; never goes backwards.
     fn now_ns(&self) -> u64;
+}
+
+impl<T: Clock + ?Sized> Clock for &T {
+    fn now_ns(&self) -> u64 {
+        (**self).now_ns()
+    }
 }
 
 /// Everything a driver needs from its domain.

@@ -70,6 +70,40 @@ pub trait PciPlatform: EventChannels + Clock {
     }
 }
 
+/// A shared reference to a platform is a platform: a driver can be lent
+/// the domain's PCI platform while its owner keeps it (to read the pirqs
+/// of the vectors it enabled, say).
+impl<P: PciPlatform> PciPlatform for &P {
+    type Config = P::Config;
+    type Mmio = P::Mmio;
+    type Dma = P::Dma;
+
+    fn devices(&self) -> Result<Vec<Bdf>, PciError> {
+        (**self).devices()
+    }
+    fn config(&self) -> &Self::Config {
+        (**self).config()
+    }
+    fn map_bar(&self, bdf: Bdf, bar: &Bar) -> Result<Self::Mmio, PciError> {
+        (**self).map_bar(bdf, bar)
+    }
+    fn enable_msi(&self, bdf: Bdf) -> Result<Port, PciError> {
+        (**self).enable_msi(bdf)
+    }
+    fn disable_msi(&self, bdf: Bdf) -> Result<(), PciError> {
+        (**self).disable_msi(bdf)
+    }
+    fn enable_msix(&self, bdf: Bdf, entries: &[u16]) -> Result<Vec<Port>, PciError> {
+        (**self).enable_msix(bdf, entries)
+    }
+    fn disable_msix(&self, bdf: Bdf) -> Result<(), PciError> {
+        (**self).disable_msix(bdf)
+    }
+    fn alloc_dma_with(&self, constraints: DmaConstraints) -> Result<Self::Dma, PciError> {
+        (**self).alloc_dma_with(constraints)
+    }
+}
+
 /// Checks the `entries` argument of [`PciPlatform::enable_msix`]: at
 /// least one entry, no duplicates, each below `table_size`, and at most
 /// `max` of them (pcifront carries 128). Implementations call this first.

@@ -60,17 +60,15 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use grant_tables::{Clock, DomId, EventChannels, PlatformError, Port};
 use lwdom::println;
-use lwdom::rt::pcidev::{LwDma, LwMmio, LwPci};
-use lwdom::rt::platform::Lw;
+use lwdom::rt::pcidev::LwPci;
 use netfront::phy::smoltcp;
 use netfront::phy::SmolDevice;
 use netfront::{FrameDevice, FrameError, LinkInfo, RxFrame};
 use passthrough::config::DeviceInfo;
 use passthrough::e1000e::regs::{DEVICE_82574L, VENDOR_INTEL};
 use passthrough::e1000e::{self, E1000e, IrqMode};
-use passthrough::{Bar, Bdf, DmaConstraints, PciError, PciPlatform, Pcifront};
+use passthrough::PciPlatform;
 use rdma_passthrough::exchange::smol::TcpExchange;
 use rdma_passthrough::exchange::{
     gid_from_ipv4, gid_ipv4, mtu_enum, write_lat_payload, Exchange, PerftestDest, PerftestPhase,
@@ -181,80 +179,6 @@ fn smol_now() -> Instant {
 fn stage(s: &str) -> R<()> {
     println!("rdma: stage {s}");
     lwdom::rt::xs_write(STAGE_KEY, s).map_err(|e| format!("writing {STAGE_KEY}: {e}"))
-}
-
-/// `LwPci` lent to the driver.
-struct Lent<'a>(&'a LwPci);
-
-impl EventChannels for Lent<'_> {
-    fn alloc_unbound(&self, remote: DomId) -> Result<Port, PlatformError> {
-        self.0.alloc_unbound(remote)
-    }
-    fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Port, PlatformError> {
-        self.0.bind_interdomain(remote, remote_port)
-    }
-    fn notify(&self, port: Port) -> Result<(), PlatformError> {
-        self.0.notify(port)
-    }
-    fn mask(&self, port: Port) -> Result<(), PlatformError> {
-        self.0.mask(port)
-    }
-    fn unmask(&self, port: Port) -> Result<(), PlatformError> {
-        self.0.unmask(port)
-    }
-    fn poll(&self, port: Port) -> Result<bool, PlatformError> {
-        self.0.poll(port)
-    }
-    fn block(&self, port: Port, timeout_ns: Option<u64>) -> Result<bool, PlatformError> {
-        self.0.block(port, timeout_ns)
-    }
-    fn block_any(
-        &self,
-        ports: &[Port],
-        timeout_ns: Option<u64>,
-    ) -> Result<Option<Port>, PlatformError> {
-        self.0.block_any(ports, timeout_ns)
-    }
-    fn close(&self, port: Port) -> Result<(), PlatformError> {
-        self.0.close(port)
-    }
-}
-
-impl Clock for Lent<'_> {
-    fn now_ns(&self) -> u64 {
-        self.0.now_ns()
-    }
-}
-
-impl PciPlatform for Lent<'_> {
-    type Config = Pcifront<Lw>;
-    type Mmio = LwMmio;
-    type Dma = LwDma;
-
-    fn devices(&self) -> Result<Vec<Bdf>, PciError> {
-        self.0.devices()
-    }
-    fn config(&self) -> &Pcifront<Lw> {
-        self.0.config()
-    }
-    fn map_bar(&self, bdf: Bdf, bar: &Bar) -> Result<LwMmio, PciError> {
-        self.0.map_bar(bdf, bar)
-    }
-    fn enable_msi(&self, bdf: Bdf) -> Result<Port, PciError> {
-        self.0.enable_msi(bdf)
-    }
-    fn disable_msi(&self, bdf: Bdf) -> Result<(), PciError> {
-        self.0.disable_msi(bdf)
-    }
-    fn enable_msix(&self, bdf: Bdf, entries: &[u16]) -> Result<Vec<Port>, PciError> {
-        self.0.enable_msix(bdf, entries)
-    }
-    fn disable_msix(&self, bdf: Bdf) -> Result<(), PciError> {
-        self.0.disable_msix(bdf)
-    }
-    fn alloc_dma_with(&self, c: DmaConstraints) -> Result<LwDma, PciError> {
-        self.0.alloc_dma_with(c)
-    }
 }
 
 /// The most non-RoCE frames kept for smoltcp between two turns.
@@ -1155,7 +1079,7 @@ fn run() -> R<String> {
         ..e1000e::Config::default()
     };
     let mut dev =
-        E1000e::new(Lent(&pci), bdf, config).map_err(|e| format!("bringing up the e1000e: {e}"))?;
+        E1000e::new(&pci, bdf, config).map_err(|e| format!("bringing up the e1000e: {e}"))?;
     let link_deadline = now().saturating_add(10_000_000_000);
     while !dev.link().up {
         if now() > link_deadline {
