@@ -90,6 +90,10 @@ pub trait Transport {
     fn on_time(&mut self, now_ns: u64);
     /// When [`Transport::on_time`] should run next; `None`: no timer armed.
     fn next_deadline(&self) -> Option<u64>;
+    /// The driver's clock, given on every [`RoceNic::poll`] whether or not
+    /// a timer is due: what work posted between two polls arms its timers
+    /// from. Must be cheap; runs no timer.
+    fn advance_time(&mut self, _now_ns: u64) {}
 }
 
 /// A whole verbs context is a transport: it demultiplexes frames to its
@@ -115,6 +119,9 @@ impl Transport for crate::verbs::Context {
     }
     fn next_deadline(&self) -> Option<u64> {
         crate::verbs::Context::next_deadline(self)
+    }
+    fn advance_time(&mut self, now_ns: u64) {
+        crate::verbs::Context::advance_time(self, now_ns);
     }
 }
 
@@ -201,6 +208,10 @@ impl Transport for QpTransport {
 
     fn next_deadline(&self) -> Option<u64> {
         self.qp.next_deadline()
+    }
+
+    fn advance_time(&mut self, now_ns: u64) {
+        self.qp.advance_time(now_ns);
     }
 }
 
@@ -317,6 +328,7 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
     /// error is returned as it is; [`FrameError::LinkDown`] keeps the
     /// frame waiting for the link.
     pub fn poll(&mut self, now_ns: u64) -> Result<bool, FrameError> {
+        self.transport.advance_time(now_ns);
         let mut progress = self.dev.poll()?;
         for _ in 0..RX_BUDGET {
             let Some(rx) = self.dev.receive()? else { break };

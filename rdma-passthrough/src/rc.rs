@@ -1202,6 +1202,13 @@ impl QueuePair {
         }
     }
 
+    /// Brings the queue pair's clock to `now_ns` without running a timer
+    /// (a timer found due runs at the next [`QueuePair::on_time`]): work
+    /// posted next arms its timers from this time.
+    pub fn advance_time(&mut self, now_ns: u64) {
+        self.now = self.now.max(now_ns);
+    }
+
     /// When [`QueuePair::on_time`] next has work, in the caller's clock
     /// (nanoseconds); `None` when no timer runs.
     pub fn next_deadline(&self) -> Option<u64> {

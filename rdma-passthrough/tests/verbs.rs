@@ -830,6 +830,27 @@ fn a_dead_link_exhausts_retries_by_time() {
 }
 
 #[test]
+fn a_send_after_a_quiet_spell_arms_its_timer_from_the_drivers_clock() {
+    let (mut a, _b) = connected();
+    // The context last heard of time at 1 us; the driver's clock has
+    // moved on to 5 s with no frame and no timer in between.
+    a.ctx.on_time(1_000);
+    a.ctx.advance_time(5_000_000_000);
+    assert_eq!(
+        a.ctx.next_deadline(),
+        None,
+        "advancing the clock runs no timer"
+    );
+    a.ctx
+        .post_send(a.qp, &send_wr(1, vec![a.sge(0, 8)], WrOpcode::Send))
+        .unwrap();
+    while a.ctx.next_frame().is_some() {}
+    // The ACK timer runs from 5 s, not from the stale 1 us (which would
+    // make it due at once: a needless resend).
+    assert_eq!(a.ctx.next_deadline(), Some(5_000_000_000 + (4096 << 14)));
+}
+
+#[test]
 fn rnr_retries_exhaust_through_verbs() {
     let mut a = Node::new(MAC_A, IP_A, 16);
     let mut b = Node::new(MAC_B, IP_B, 16);

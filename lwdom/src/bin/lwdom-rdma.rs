@@ -526,12 +526,10 @@ impl<D: FrameDevice> Net<D> {
     /// Posts a signaled send work request of the whole send region.
     fn post_send(&mut self, t: &Test, wr_id: u64, opcode: WrOpcode) -> R<()> {
         let ctx = self.ctx();
-        // The context's clock first: it learns the time only from frames
-        // and expired timers, and a send posted after a quiet spell (the
-        // first of a test, after the TCP exchange) would arm the ACK timer
-        // from that stale time, already past: one needless timeout and
-        // resend per test.
-        ctx.on_time(now());
+        // `RoceNic::poll` gives the context the time, but this send may
+        // follow a wait in `RoceNic::wait`: the clock first, so that the
+        // ACK timer runs from now.
+        ctx.advance_time(now());
         let info = ctx
             .mr_info(t.send_mr)
             .map_err(|e| format!("{}: {e}", t.what))?;

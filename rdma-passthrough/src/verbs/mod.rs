@@ -856,6 +856,9 @@ impl Context {
             });
         };
         let token = q.next_token;
+        // The queue pair arms its ACK timer from its own clock: bring it to
+        // the context's (see `Context::advance_time`).
+        rc.advance_time(self.now);
         rc.post_send(token, op).map_err(VerbsError::Post)?;
         q.next_token += 1;
         let scatter = if scatters {
@@ -1051,6 +1054,13 @@ impl Context {
         self.tx_cursor = k.wrapping_add(1);
         self.stats.frames_out += 1;
         Some(n)
+    }
+
+    /// The driver's clock, on every poll (monotonic nanoseconds): the time
+    /// work requests posted before the next frame or timer arm their
+    /// timers from. Runs no timer.
+    pub fn advance_time(&mut self, now_ns: u64) {
+        self.now = self.now.max(now_ns);
     }
 
     /// Time passed (the driver's monotonic clock, in nanoseconds): runs the
