@@ -338,14 +338,27 @@ fn check_clean(nic: &Nic) -> Result<(), String> {
 fn spin<T>(
     nic: &mut Nic,
     start: Instant,
-    mut ready: impl FnMut(&mut Nic) -> Result<Option<T>, String>,
+    ready: impl FnMut(&mut Nic) -> Result<Option<T>, String>,
+) -> Result<T, String> {
+    spin_on(nic, start, |nic, now| nic.poll(now).map(drop), ready)
+}
+
+/// The loop of [`spin`] over any state that holds a [`RoceNic`]: `poll`
+/// polls it at `now` (the bench's clock in nanoseconds), `ready` says
+/// whether the awaited completion came; fails after [`STEP_TIMEOUT`].
+#[inline(always)]
+fn spin_on<S, T>(
+    s: &mut S,
+    start: Instant,
+    mut poll: impl FnMut(&mut S, u64) -> Result<(), netfront::frame::FrameError>,
+    mut ready: impl FnMut(&mut S) -> Result<Option<T>, String>,
 ) -> Result<T, String> {
     let mut now = start.elapsed().as_nanos() as u64;
     let began = now;
     let mut polls = 0u32;
     loop {
-        nic.poll(now).map_err(|e| format!("frame link: {e}"))?;
-        if let Some(v) = ready(nic)? {
+        poll(s, now).map_err(|e| format!("frame link: {e}"))?;
+        if let Some(v) = ready(s)? {
             return Ok(v);
         }
         polls += 1;
@@ -759,28 +772,9 @@ impl Verbs {
     fn spin<T>(
         &mut self,
         start: Instant,
-        mut ready: impl FnMut(&mut Verbs) -> Result<Option<T>, String>,
+        ready: impl FnMut(&mut Verbs) -> Result<Option<T>, String>,
     ) -> Result<T, String> {
-        let mut now = start.elapsed().as_nanos() as u64;
-        let began = now;
-        let mut polls = 0u32;
-        loop {
-            self.nic.poll(now).map_err(|e| format!("frame link: {e}"))?;
-            if let Some(v) = ready(self)? {
-                return Ok(v);
-            }
-            polls += 1;
-            if polls == CLOCK_EVERY {
-                polls = 0;
-                now = start.elapsed().as_nanos() as u64;
-                if now - began > STEP_TIMEOUT.as_nanos() as u64 {
-                    return Err(
-                        "timed out spinning on the queue pair: the peer stopped answering".into(),
-                    );
-                }
-            }
-            std::hint::spin_loop();
-        }
+        spin_on(self, start, |v, now| v.nic.poll(now).map(drop), ready)
     }
 
     /// The SEND of the region's first `MSG` bytes (`at`: 0) or of the
