@@ -683,8 +683,9 @@ fn nonsense_rx_status_breaks_the_device() {
 
 #[test]
 fn done_bits_on_descriptors_never_posted_break_the_device() {
-    // The device's stray done bit either is seen on the unposted slot, or
-    // lands in a slot the driver is filling at that moment (the driver
+    // The device's stray done bit either is seen on the unposted slot
+    // (while looking for completions, or when the driver posts into it:
+    // a refill must not hide it), or lands in a slot the driver is filling at that moment (the driver
     // writes descriptors without the device's lock) and then reads as a
     // write-back without end-of-packet when the driver reaches it.
     let why = break_with(

@@ -699,7 +699,17 @@ impl<P: PciPlatform> E1000e<P> {
                 self.rx_pool.give_back(b);
                 break;
             };
-            self.rx.post(&mut self.rx_mem, b, bus);
+            match self.rx.post(&mut self.rx_mem, b, bus) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.rx_pool.give_back(b);
+                    break;
+                }
+                Err(e) => {
+                    self.rx_pool.give_back(b);
+                    return Err(E1000eError::Device(format!("{e}")));
+                }
+            }
         }
         if self.rx.tail() != before {
             // Orders the descriptor writes before the tail write that
@@ -837,26 +847,38 @@ impl<P: PciPlatform> E1000e<P> {
                 FrameError::Invalid(String::from("the TX ring is full; poll and retry")),
             );
         }
-        match &csum {
-            None => {
-                self.tx.post(
-                    &mut self.tx_mem,
-                    &desc::tx_legacy(bus, len as u16),
-                    TxSlot::Frame(buf),
-                );
-            }
+        // `free() >= need` above, so each post either lands or finds the
+        // device's stray done bit on the slot.
+        let posted = match &csum {
+            None => self.tx.post(
+                &mut self.tx_mem,
+                &desc::tx_legacy(bus, len as u16),
+                TxSlot::Frame(buf),
+            ),
             Some(c) => {
-                if need == 2 {
-                    self.tx
+                let ctx = if need == 2 {
+                    let r = self
+                        .tx
                         .post(&mut self.tx_mem, &desc::tx_context(c), TxSlot::Context);
-                    self.tx_context = csum;
-                }
-                self.tx.post(
-                    &mut self.tx_mem,
-                    &desc::tx_data(bus, len as u16, c),
-                    TxSlot::Frame(buf),
-                );
+                    if r.is_ok() {
+                        self.tx_context = csum;
+                    }
+                    r
+                } else {
+                    Ok(true)
+                };
+                ctx.and_then(|_| {
+                    self.tx.post(
+                        &mut self.tx_mem,
+                        &desc::tx_data(bus, len as u16, c),
+                        TxSlot::Frame(buf),
+                    )
+                })
             }
+        };
+        if let Err(e) = posted {
+            self.tx_pool.give_back(buf);
+            return self.desc_fail(Err(e));
         }
         // Orders the frame's bytes and its descriptors before the tail
         // write that hands them to the device.

@@ -141,11 +141,19 @@ impl RxRing {
     }
 
     /// Posts buffer `buf` at bus address `bus`; `false` when the ring is
-    /// full.
-    pub fn post<M: DescMemory>(&mut self, mem: &mut M, buf: u16, bus: u64) -> bool {
+    /// full. The slot must still read as the driver left it: a done bit
+    /// there is the device writing a descriptor it never owned, and
+    /// posting over it would hide that.
+    pub fn post<M: DescMemory>(
+        &mut self,
+        mem: &mut M,
+        buf: u16,
+        bus: u64,
+    ) -> Result<bool, DescError> {
         if !self.can_post() {
-            return false;
+            return Ok(false);
         }
+        self.check_unposted(mem)?;
         let slot = self.tail;
         mem.write(slot, &desc::rx_read_format(bus));
         if let Some(s) = self.bufs.get_mut(usize::from(slot)) {
@@ -153,7 +161,7 @@ impl RxRing {
         }
         self.tail = (slot + 1) % self.size;
         self.posted += 1;
-        true
+        Ok(true)
     }
 
     /// The next completed descriptor, if the device wrote one back.
@@ -288,10 +296,18 @@ impl TxRing {
     }
 
     /// Posts descriptor `d` holding `what`; `false` when the ring is full.
-    pub fn post<M: DescMemory>(&mut self, mem: &mut M, d: &[u8; DESC_LEN], what: TxSlot) -> bool {
+    /// A done bit already on the slot is the device's write to a
+    /// descriptor it never owned (see [`RxRing::post`]).
+    pub fn post<M: DescMemory>(
+        &mut self,
+        mem: &mut M,
+        d: &[u8; DESC_LEN],
+        what: TxSlot,
+    ) -> Result<bool, DescError> {
         if self.free() == 0 {
-            return false;
+            return Ok(false);
         }
+        self.check_unposted(mem)?;
         let slot = self.tail;
         mem.write(slot, d);
         if let Some(s) = self.slots.get_mut(usize::from(slot)) {
@@ -299,7 +315,7 @@ impl TxRing {
         }
         self.tail = (slot + 1) % self.size;
         self.in_flight += 1;
-        true
+        Ok(true)
     }
 
     /// The next completed descriptor, if the device is done with it.
@@ -389,7 +405,7 @@ mod tests {
         let mut mem: Vec<[u8; 16]> = vec![[0; 16]; 8];
         let mut r = RxRing::new(8, 2048, 1522).unwrap();
         for b in 0..10 {
-            let posted = r.post(&mut mem, b, 0x1000 * u64::from(b));
+            let posted = r.post(&mut mem, b, 0x1000 * u64::from(b)).unwrap();
             assert_eq!(posted, b < 7, "buffer {b}");
         }
         assert_eq!(r.tail(), 7);
@@ -414,10 +430,10 @@ mod tests {
         assert!(r.check_head(1).is_err());
         assert!(r.check_head(2).is_ok());
         // Repost two: the ring wraps.
-        assert!(r.post(&mut mem, 7, 0x7000));
-        assert!(r.post(&mut mem, 8, 0x8000));
+        assert_eq!(r.post(&mut mem, 7, 0x7000), Ok(true));
+        assert_eq!(r.post(&mut mem, 8, 0x8000), Ok(true));
         assert_eq!(r.tail(), 1);
-        assert!(!r.post(&mut mem, 9, 0x9000));
+        assert_eq!(r.post(&mut mem, 9, 0x9000), Ok(false));
         let mut left = r.drain();
         left.sort_unstable();
         assert_eq!(left, vec![2, 3, 4, 5, 6, 7, 8]);
@@ -436,7 +452,7 @@ mod tests {
             })
         );
         let mut mem: Vec<[u8; 16]> = vec![[0; 16]; 8];
-        assert!(r.post(&mut mem, 0, 0x1000));
+        assert_eq!(r.post(&mut mem, 0, 0x1000), Ok(true));
         mem[1] = done(60);
         assert_eq!(
             r.next_completion(&mut mem),
@@ -448,12 +464,45 @@ mod tests {
     }
 
     #[test]
+    fn done_bit_on_the_slot_being_posted_is_caught() {
+        // The device marks the unposted tail slot done, and the driver
+        // posts into it before looking for completions: the post itself
+        // must notice, or the new descriptor would hide the stray write.
+        let mut mem: Vec<[u8; 16]> = vec![[0; 16]; 8];
+        let mut r = RxRing::new(8, 2048, 1522).unwrap();
+        assert_eq!(r.post(&mut mem, 0, 0x1000), Ok(true));
+        mem[1] = done(60);
+        assert_eq!(
+            r.post(&mut mem, 1, 0x2000),
+            Err(DescError::DoneNotPosted {
+                ring: "RX",
+                slot: 1
+            })
+        );
+        assert_eq!(r.posted(), 1, "nothing posted over the stray write");
+        let mut mem: Vec<[u8; 16]> = vec![[0; 16]; 8];
+        let mut t = TxRing::new(8).unwrap();
+        mem[0][12] = TXD_STAT_DD;
+        assert_eq!(
+            t.post(&mut mem, &desc::tx_legacy(0x1000, 60), TxSlot::Frame(0)),
+            Err(DescError::DoneNotPosted {
+                ring: "TX",
+                slot: 0
+            })
+        );
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
     fn tx_completions() {
         let mut mem: Vec<[u8; 16]> = vec![[0; 16]; 8];
         let mut t = TxRing::new(8).unwrap();
         assert_eq!(t.free(), 7);
-        assert!(t.post(&mut mem, &desc::tx_legacy(0x1000, 60), TxSlot::Frame(3)));
-        assert!(t.post(&mut mem, &[0; 16], TxSlot::Context));
+        assert_eq!(
+            t.post(&mut mem, &desc::tx_legacy(0x1000, 60), TxSlot::Frame(3)),
+            Ok(true)
+        );
+        assert_eq!(t.post(&mut mem, &[0; 16], TxSlot::Context), Ok(true));
         assert_eq!(t.next_completion(&mut mem), Ok(None));
         mem[0][12] = TXD_STAT_DD;
         assert_eq!(
