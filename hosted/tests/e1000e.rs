@@ -205,6 +205,11 @@ fn every_size(mode: IrqMode, tag: &str) {
     assert_eq!((st.tx_frames, st.rx_frames), (1455, 1455));
     assert_eq!((st.tx_errors, st.rx_errors), (0, 0));
     assert!(dev.broken().is_none());
+    assert_eq!(
+        s.pci.msix_table_writes(NIC),
+        0,
+        "the driver wrote the MSI-X table, which faults a PV domain on Xen"
+    );
     match mode {
         IrqMode::Interrupts => {
             assert!(s.pci.interrupts_delivered(NIC) > 0);
@@ -826,6 +831,41 @@ fn master_and_msix(pci: &HostedPci, bdf: Bdf) -> (bool, bool) {
         command & config::COMMAND_MASTER != 0,
         control & 0x8000 != 0,
     )
+}
+
+#[test]
+fn the_msix_table_is_read_only_and_msix_needs_memory_decoding() {
+    use passthrough::config::{self, ConfigAccess, DeviceInfo};
+    use passthrough::{Mmio, PciError, PciPlatform};
+    let s = setup("e1k-msix-ro", E1000eFaults::default());
+    let info = DeviceInfo::probe(&s.pci, NIC).expect("probe");
+    let msix = info.msix.expect("an MSI-X capability");
+    // Memory decoding off (as after reset): pciback refuses MSI-X.
+    let command = s.pci.read16(NIC, config::COMMAND).unwrap();
+    assert_eq!(command & config::COMMAND_MEMORY, 0);
+    match s.pci.enable_msix(NIC, &[0, 1, 2]) {
+        Err(PciError::InvalidRequest { reason, .. }) => {
+            assert!(reason.contains("memory decoding is off"), "{reason}")
+        }
+        other => panic!("enable_msix with memory decoding off: {other:?}"),
+    }
+    config::enable_memory_and_bus_master(&s.pci, NIC).unwrap();
+    let ports = s.pci.enable_msix(NIC, &[0, 1, 2]).expect("enable_msix");
+    assert_eq!(ports.len(), 3);
+    let bar = *info.bar(msix.table_bir).expect("the table's BAR");
+    let regs = s.pci.map_bar(NIC, &bar).expect("map the BAR");
+    let entry0 = msix.table_offset as usize;
+    let data = regs.read32(entry0 + 8).unwrap();
+    let control = regs.read32(entry0 + 12).unwrap();
+    assert_eq!(control & 1, 0, "entry 0 unmasked by enable_msix");
+    // A write to an entry (data, then the mask bit) is refused and
+    // counted: Xen maps the table read-only into a PV domain.
+    regs.write32(entry0 + 8, data ^ 0xffff).unwrap();
+    regs.write32(entry0 + 12, 1).unwrap();
+    assert_eq!(regs.read32(entry0 + 8).unwrap(), data);
+    assert_eq!(regs.read32(entry0 + 12).unwrap(), control);
+    assert_eq!(s.pci.msix_table_writes(NIC), 2);
+    s.pci.disable_msix(NIC).unwrap();
 }
 
 #[test]

@@ -28,8 +28,11 @@
 //! alignment checked first). While the command register's memory space
 //! bit is clear, reads return all-ones and writes are dropped, as on a
 //! real bus. Accesses to an MSI-X table or pending bit array are served by
-//! the bus, as QEMU's `msix` code does for its models; the table may be
-//! written (masking entries), which Xen does not allow a PV domain.
+//! the bus, as QEMU's `msix` code does for its models. Both are read-only
+//! to the driver, as Xen maps them for a PV domain (a write there faults
+//! the domain): writes are dropped, logged and counted
+//! ([`HostedPci::msix_table_writes`]), so a test sees a driver that would
+//! not survive Xen.
 //!
 //! # Interrupts
 //! [`PciPlatform::enable_msi`] and [`PciPlatform::enable_msix`] do what
@@ -412,6 +415,8 @@ struct Slot {
     state: Mutex<SlotState>,
     wake: Condvar,
     interrupts: AtomicU64,
+    /// Driver writes to the MSI-X table or pending bit array (refused).
+    msix_writes: AtomicU64,
 }
 
 impl Slot {
@@ -504,7 +509,9 @@ impl Slot {
                 }
             }
         }
-        let Some(control) = st.config.msix_control() else { return };
+        let Some(control) = st.config.msix_control() else {
+            return;
+        };
         if control & space::MSIX_ENABLE == 0 || control & space::MSIX_FUNCTION_MASK != 0 {
             return;
         }
@@ -564,18 +571,19 @@ impl Slot {
             log::debug!("{} {}: MMIO write with memory decoding off; dropped", self.bdf, self.name);
             return;
         }
-        if let Some((table, dword)) = Self::msix_region(&st, bar, offset) {
-            // The pending bit array is read-only; table entries take
-            // dword and qword writes.
-            if table && (size == 4 || size == 8) {
-                let entries = st.msix_table.len();
-                for (k, d) in (dword..dword + usize::from(size / 4)).enumerate() {
-                    if d / 4 < entries {
-                        st.msix_table[d / 4][d % 4] = (value >> (32 * k)) as u32;
-                    }
-                }
-                self.deliver_unmasked(&mut st);
-            }
+        if let Some((table, _)) = Self::msix_region(&st, bar, offset) {
+            // Xen maps the table and the pending bit array read-only into
+            // a PV domain and programs entries itself (through pciback's
+            // enable_msix): a driver write there would fault the domain.
+            self.msix_writes.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "{} {}: write of {value:#x} to the MSI-X {} at BAR {bar} offset {offset:#x} refused: \
+                 Xen maps it read-only for a PV domain (the domain would fault); use \
+                 enable_msix/disable_msix and the event channel's mask instead",
+                self.bdf,
+                self.name,
+                if table { "table" } else { "pending bit array" }
+            );
             return;
         }
         self.call(&mut st, |m, ctx| m.mmio_write(bar, offset, size, value, ctx));
@@ -737,6 +745,7 @@ impl HostedPci {
             }),
             wake: Condvar::new(),
             interrupts: AtomicU64::new(0),
+            msix_writes: AtomicU64::new(0),
         });
         let runner = slot.clone();
         let thread = std::thread::Builder::new()
@@ -776,6 +785,13 @@ impl HostedPci {
     /// Interrupts delivered to event channels for `bdf`.
     pub fn interrupts_delivered(&self, bdf: Bdf) -> u64 {
         self.slot(bdf).map_or(0, |s| s.interrupts.load(Ordering::Relaxed))
+    }
+
+    /// Driver writes to the function's MSI-X table or pending bit array,
+    /// all refused (see the module docs): a driver that makes any would
+    /// fault on Xen.
+    pub fn msix_table_writes(&self, bdf: Bdf) -> u64 {
+        self.slot(bdf).map_or(0, |s| s.msix_writes.load(Ordering::Relaxed))
     }
 
     /// The level of `bdf`'s INTx line (`None`: not plugged).
@@ -1037,6 +1053,14 @@ impl PciPlatform for HostedPci {
             }
             if st.config.msi_enabled_vectors().is_some() {
                 return Err(PciError::InvalidRequest { op, reason: "MSI is enabled; disable it first" });
+            }
+            // xen-pciback refuses (ENXIO) while memory decoding is off: the
+            // table lives in a memory BAR it must be able to write.
+            if st.config.command() & COMMAND_MEMORY == 0 {
+                return Err(PciError::InvalidRequest {
+                    op,
+                    reason: "memory decoding is off (command register bit 1); enable memory space before MSI-X",
+                });
             }
         }
         let mut made = Vec::with_capacity(entries.len());
