@@ -362,7 +362,11 @@ where
         }
     }
 
-    /// Runs one op (see the module docs).
+    /// Runs one op (see the module docs). Ops are serialized on the one
+    /// shared page: a caller on another thread spins until the op in
+    /// flight completes or times out (at most the configured op timeout).
+    /// Configuration and interrupt set-up are rare and off the data path,
+    /// so the lock spins rather than sleeps.
     pub fn op(&self, req: &OpRequest) -> Result<OpReply, PciError> {
         req.check()?;
         let mut st = self.state.lock();
