@@ -53,7 +53,8 @@ use iosched::{
 
 use super::fio::OPEN_LOOP_DEPTH;
 use super::workload::{
-    measure_class, Arrival, Capacity, Device, Measured, RealPath, RealWorkload, Workload,
+    measure_class, stall_note, Arrival, Capacity, Device, Measured, RealPath, RealWorkload,
+    Workload,
 };
 
 const FRONT_PATH: &str = "device/vbd/51712";
@@ -450,6 +451,22 @@ fn run_on(
             s.deadline_ns,
             window,
             s.arrival.per_sec(),
+        ));
+    }
+    let all: Vec<(u64, u64, u64)> = live.iter().flat_map(|l| l.records.iter().copied()).collect();
+    if let Some((s, l)) = w
+        .streams
+        .iter()
+        .zip(&live)
+        .find(|(s, _)| s.deadline_ns.is_some())
+    {
+        m.notes.extend(stall_note(
+            &w.workload.prefix(),
+            s.label,
+            &all,
+            &l.records,
+            s.deadline_ns.unwrap_or(u64::MAX),
+            window,
         ));
     }
     if let Ok(t) = trace.lock() {
@@ -859,6 +876,7 @@ mod tests {
         let cap = Capacity {
             reads_256k: 1000.0,
             reads_64k: 2000.0,
+            w1_deadline_reads: 0.0,
         };
         let m = CostModel::new(device_prior(&cap));
         for (bytes, ns) in [(65536, 500_000), (262144, 1_000_000)] {
@@ -870,6 +888,7 @@ mod tests {
         let none = Capacity {
             reads_256k: 0.0,
             reads_64k: 0.0,
+            w1_deadline_reads: 0.0,
         };
         assert_eq!(device_prior(&none), CostPrior::default());
     }
