@@ -509,8 +509,9 @@ pub fn stall_note(
     }
     let span = window.1.saturating_sub(window.0).max(1);
     Some(format!(
-        "{prefix}: {} stretches of >= {} ms with requests outstanding and none completing ({:.0} ms, {:.0} % of the window; longest {:.0} ms); {met} of the {misses} {class} deadline misses overlapped one",
+        "{prefix}: {} {} of >= {} ms with requests outstanding and none completing ({:.0} ms, {:.0} % of the window; longest {:.0} ms, counted whole); {met} of the {misses} {class} deadline misses overlapped one",
         st.len(),
+        if st.len() == 1 { "stretch" } else { "stretches" },
         STALL_NS / 1_000_000,
         total as f64 / 1e6,
         100.0 * total as f64 / span as f64,
@@ -606,7 +607,7 @@ mod tests {
         // the 100 ms one too; nothing else misses.
         let note = stall_note("w1-10", "rt", &recs, &recs, 50 * ms, (0, 400 * ms))
             .expect("a stall in the window");
-        assert!(note.contains("1 stretches"), "{note}");
+        assert!(note.contains("1 stretch of"), "{note}");
         assert!(note.contains("2 of the 2 rt deadline misses"), "{note}");
         assert!(stall_note("w1-10", "rt", &recs, &recs, 50 * ms, (200 * ms, 400 * ms)).is_none());
     }
