@@ -244,13 +244,26 @@ fn run_on(
     let capacity = bf.capacity_bytes().ok_or("blkfront knows no capacity")?;
     // The scheduler and its queues.
     let prior = device_prior(&w.capacity);
-    let mut sched = new_scheduler(
-        kind,
-        SchedConfig {
-            cost: prior,
-            ..SchedConfig::default()
-        },
-    );
+    let config = SchedConfig {
+        cost: prior,
+        ..SchedConfig::default()
+    };
+    let mut sched: Box<dyn Scheduler + Send> = match (kind, slack_permille()) {
+        (PolicyKind::Apex, Some(slack_permille)) => {
+            notes.push(format!(
+                "{}: APEX's slack share {slack_permille} per mille (APEXBENCH_SLACK_PERMILLE)",
+                w.workload.prefix()
+            ));
+            Box::new(iosched::Apex::new(
+                config,
+                iosched::ApexPolicy::new(iosched::ApexParams {
+                    slack_permille,
+                    ..iosched::ApexParams::default()
+                }),
+            ))
+        }
+        _ => new_scheduler(kind, config),
+    };
     let mut queues = Vec::new();
     for s in &w.streams {
         let config = match (s.real_time, s.deadline_ns, s.arrival.per_sec()) {
@@ -453,7 +466,10 @@ fn run_on(
             s.arrival.per_sec(),
         ));
     }
-    let all: Vec<(u64, u64, u64)> = live.iter().flat_map(|l| l.records.iter().copied()).collect();
+    let all: Vec<(u64, u64, u64)> = live
+        .iter()
+        .flat_map(|l| l.records.iter().copied())
+        .collect();
     if let Some((s, l)) = w
         .streams
         .iter()
@@ -799,6 +815,19 @@ fn prewarm(
         }
     }
     Ok(())
+}
+
+/// `APEXBENCH_SLACK_PERMILLE` (1 to 1000), when set: APEX's
+/// [`iosched::ApexParams::slack_permille`] on the real path instead of the
+/// library's default (other values are ignored), to try the trade between the bulk work let in flight
+/// and the real-time reads' margin on a given disk.
+fn slack_permille() -> Option<u64> {
+    std::env::var("APEXBENCH_SLACK_PERMILLE")
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|v| (1..=1000).contains(v))
 }
 
 /// The cost model's starting line from the device's measured capacity: the
