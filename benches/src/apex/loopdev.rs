@@ -353,7 +353,11 @@ mod tests {
         // SAFETY: a valid descriptor; fallocate has no memory arguments.
         let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) };
         if rc == 0 {
-            assert_eq!(not_written(&f, len), Some(len), "preallocated, never written");
+            assert_eq!(
+                not_written(&f, len),
+                Some(len),
+                "preallocated, never written"
+            );
         }
         (&f).write_all(&vec![0x5au8; (len / 2) as usize]).unwrap();
         f.sync_all().unwrap();

@@ -368,20 +368,26 @@ fn probe_w1_capacity(
             w1_deadline_reads: rate,
             ..*cap
         };
-        let mut rw =
-            RealWorkload::new(Workload::W1 { load_pct: 100 }, &probe, 200, ms).with_deadline_scale(scale);
+        let mut rw = RealWorkload::new(Workload::W1 { load_pct: 100 }, &probe, 200, ms)
+            .with_deadline_scale(scale);
         rw.streams.retain(|s| s.real_time);
         let sub = dir.join(format!("{rate:.0}"));
         fresh_dir(&sub)?;
         let m = fio::FioPeer::new(fio::KernelSched::None).run(dev, &rw, &sub)?;
-        let c = m.class("rt").ok_or("the W1 probe measured no real-time class")?;
+        let c = m
+            .class("rt")
+            .ok_or("the W1 probe measured no real-time class")?;
         let done = c.latencies_ns.len() as f64;
         let on_schedule = c.expected.is_none_or(|e| done >= 0.9 * e);
         let ratio = c.misses as f64 / c.with_deadline.max(1) as f64;
         tried.push(format!(
             "{rate:.0}/s {:.1} % late{}",
             100.0 * ratio,
-            if on_schedule { "" } else { " (fio behind schedule)" }
+            if on_schedule {
+                ""
+            } else {
+                " (fio behind schedule)"
+            }
         ));
         if on_schedule && ratio <= 0.01 && c.with_deadline > 0 {
             break;
