@@ -35,7 +35,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::workload::{
-    measure_class, Arrival, Device, Measured, RealPath, RealStream, RealWorkload, Workload,
+    measure_class, stall_note, Arrival, Device, Measured, RealPath, RealStream, RealWorkload,
+    Workload,
 };
 
 /// Depth of an open-loop fio job: how many of its requests may be in the
@@ -190,6 +191,10 @@ impl RealPath for FioPeer {
             w.warmup_ms * 1_000_000,
             (w.warmup_ms + w.measure_ms) * 1_000_000,
         );
+        // Every request of the run, and the deadline stream's, for the
+        // stalls note.
+        let mut all = Vec::new();
+        let mut rt = None;
         for s in &w.streams {
             let log = find_lat_log(scratch, s.label)?;
             let text = std::fs::read_to_string(&log)
@@ -211,6 +216,10 @@ impl RealPath for FioPeer {
                 })
                 .collect();
             let c = measure_class(s.label, &recs, s.deadline_ns, window, s.arrival.per_sec());
+            if let (Some(d), true) = (s.deadline_ns, rt.is_none()) {
+                rt = Some((s.label, recs.clone(), d));
+            }
+            all.extend_from_slice(&recs);
             if let Some(exp) = c.expected {
                 let got = c.latencies_ns.len() as f64;
                 if got < 0.9 * exp {
@@ -222,6 +231,16 @@ impl RealPath for FioPeer {
                 }
             }
             m.classes.push(c);
+        }
+        if let Some((label, recs, d)) = rt {
+            m.notes.extend(stall_note(
+                &w.workload.prefix(),
+                label,
+                &all,
+                &recs,
+                d,
+                window,
+            ));
         }
         Ok(m)
     }
@@ -454,6 +473,7 @@ mod tests {
         let cap = Capacity {
             reads_256k: 1000.0,
             reads_64k: 3000.0,
+            w1_deadline_reads: 0.0,
         };
         let w = RealWorkload::new(Workload::W1 { load_pct: 50 }, &cap, 200, 1800);
         let j = job_file(Path::new("/dev/loop7"), &w, Path::new("/tmp/x"));

@@ -191,6 +191,7 @@ impl Ctx {
             let cap = Capacity {
                 reads_256k,
                 reads_64k,
+                w1_deadline_reads: 0.0,
             };
             // The device's own floor: W2's reads alone under fio, no
             // kernel scheduler.
@@ -208,6 +209,21 @@ impl Ctx {
             let floor = Floor {
                 p50_ns: sorted_quantile(&lat, 0.50),
                 p99_ns: sorted_quantile(&lat, 0.99),
+            };
+            // W1's unit of load: what the device serves within W1's
+            // deadline, reads alone, open loop.
+            let dir = self.scratch.join("w1-capacity");
+            fresh_dir(&dir)?;
+            let scale = workload::deadline_scale(floor.p50_ns);
+            let (w1, probes) = probe_w1_capacity(&dev, &cap, scale, ms, &dir)?;
+            let line = format!(
+                "W1's 100 % load: {w1:.0} x 256 KiB reads/s, the highest rate of those tried (fio alone, scheduler none, evenly spaced) with at most 1 % over W1's deadline: {probes}"
+            );
+            eprintln!("apexbench: {line}");
+            self.notes.push(line);
+            let cap = Capacity {
+                w1_deadline_reads: w1,
+                ..cap
             };
             Ok((dev, cap, floor))
         })();
@@ -251,6 +267,10 @@ impl Ctx {
                 self.meta.insert(
                     "loop_reads_64k_per_s".into(),
                     format!("{:.0}", cap.reads_64k),
+                );
+                self.meta.insert(
+                    "loop_w1_reads_per_s".into(),
+                    format!("{:.0}", cap.w1_reads()),
                 );
                 self.meta
                     .insert("loop_device".into(), dev.dev().display().to_string());
@@ -324,6 +344,58 @@ impl Ctx {
 }
 
 /// The device's latency floor: W2's reads alone, fio, no kernel scheduler.
+/// The shares of the depth-32 read rate W1's capacity probe tries, in
+/// turn, until one meets W1's deadline.
+const W1_PROBE_SHARES: [f64; 8] = [1.0, 0.85, 0.7, 0.55, 0.4, 0.3, 0.2, 0.1];
+
+/// W1's real-time reads alone on `dev` (fio, scheduler none, evenly
+/// spaced, deadline scaled by `scale`) at falling shares of the depth-32
+/// rate, `ms` measured each: the first rate with at most 1 % of the reads
+/// over the deadline and fio on its schedule (else the last tried), and
+/// what each probe gave.
+fn probe_w1_capacity(
+    dev: &loopdev::LoopDevice,
+    cap: &Capacity,
+    scale: f64,
+    ms: u64,
+    dir: &std::path::Path,
+) -> Result<(f64, String), String> {
+    let mut tried = Vec::new();
+    let mut rate = cap.reads_256k;
+    for share in W1_PROBE_SHARES {
+        rate = (cap.reads_256k * share).round().max(1.0);
+        let probe = Capacity {
+            w1_deadline_reads: rate,
+            ..*cap
+        };
+        let mut rw = RealWorkload::new(Workload::W1 { load_pct: 100 }, &probe, 200, ms)
+            .with_deadline_scale(scale);
+        rw.streams.retain(|s| s.real_time);
+        let sub = dir.join(format!("{rate:.0}"));
+        fresh_dir(&sub)?;
+        let m = fio::FioPeer::new(fio::KernelSched::None).run(dev, &rw, &sub)?;
+        let c = m
+            .class("rt")
+            .ok_or("the W1 probe measured no real-time class")?;
+        let done = c.latencies_ns.len() as f64;
+        let on_schedule = c.expected.is_none_or(|e| done >= 0.9 * e);
+        let ratio = c.misses as f64 / c.with_deadline.max(1) as f64;
+        tried.push(format!(
+            "{rate:.0}/s {:.1} % late{}",
+            100.0 * ratio,
+            if on_schedule {
+                ""
+            } else {
+                " (fio behind schedule)"
+            }
+        ));
+        if on_schedule && ratio <= 0.01 && c.with_deadline > 0 {
+            break;
+        }
+    }
+    Ok((rate, tried.join(", ")))
+}
+
 struct Floor {
     p50_ns: u64,
     p99_ns: u64,
@@ -687,7 +759,9 @@ cmdprio_class=1 cmdprio=0 (checked on every request from fio's log); the bulk jo
 Open loop: W1's readers with rate_iops and rate_process=linear (fixed rate: evenly spaced, as the \
 simulation's phase-spread periodic readers), W2 and W3 with rate_process=poisson; depth 256 so fio \
 keeps to the schedule (the bench says when it could not). Latencies come from fio's per-request log. \
-W1's load is a share of the device's measured 256 KiB random-read rate, W3's of its 64 KiB rate.\n",
+W1's load is a share of the highest rate of 256 KiB random reads the device serves alone, open loop, \
+within W1's deadline (all but 1 %; probed at falling shares of its depth-32 rate before the runs), \
+W3's a share of its 64 KiB rate at depth 32.\n",
     );
     s.push_str(&format!("\n{}\n", workload::OUR_PATH));
     s.push_str(

@@ -53,7 +53,8 @@ use iosched::{
 
 use super::fio::OPEN_LOOP_DEPTH;
 use super::workload::{
-    measure_class, Arrival, Capacity, Device, Measured, RealPath, RealWorkload, Workload,
+    measure_class, stall_note, Arrival, Capacity, Device, Measured, RealPath, RealWorkload,
+    Workload,
 };
 
 const FRONT_PATH: &str = "device/vbd/51712";
@@ -243,13 +244,26 @@ fn run_on(
     let capacity = bf.capacity_bytes().ok_or("blkfront knows no capacity")?;
     // The scheduler and its queues.
     let prior = device_prior(&w.capacity);
-    let mut sched = new_scheduler(
-        kind,
-        SchedConfig {
-            cost: prior,
-            ..SchedConfig::default()
-        },
-    );
+    let config = SchedConfig {
+        cost: prior,
+        ..SchedConfig::default()
+    };
+    let mut sched: Box<dyn Scheduler + Send> = match (kind, slack_permille()) {
+        (PolicyKind::Apex, Some(slack_permille)) => {
+            notes.push(format!(
+                "{}: APEX's slack share {slack_permille} per mille (APEXBENCH_SLACK_PERMILLE)",
+                w.workload.prefix()
+            ));
+            Box::new(iosched::Apex::new(
+                config,
+                iosched::ApexPolicy::new(iosched::ApexParams {
+                    slack_permille,
+                    ..iosched::ApexParams::default()
+                }),
+            ))
+        }
+        _ => new_scheduler(kind, config),
+    };
     let mut queues = Vec::new();
     for s in &w.streams {
         let config = match (s.real_time, s.deadline_ns, s.arrival.per_sec()) {
@@ -450,6 +464,25 @@ fn run_on(
             s.deadline_ns,
             window,
             s.arrival.per_sec(),
+        ));
+    }
+    let all: Vec<(u64, u64, u64)> = live
+        .iter()
+        .flat_map(|l| l.records.iter().copied())
+        .collect();
+    if let Some((s, l)) = w
+        .streams
+        .iter()
+        .zip(&live)
+        .find(|(s, _)| s.deadline_ns.is_some())
+    {
+        m.notes.extend(stall_note(
+            &w.workload.prefix(),
+            s.label,
+            &all,
+            &l.records,
+            s.deadline_ns.unwrap_or(u64::MAX),
+            window,
         ));
     }
     if let Ok(t) = trace.lock() {
@@ -784,6 +817,19 @@ fn prewarm(
     Ok(())
 }
 
+/// `APEXBENCH_SLACK_PERMILLE` (1 to 1000), when set: APEX's
+/// [`iosched::ApexParams::slack_permille`] on the real path instead of the
+/// library's default (other values are ignored), to try the trade between the bulk work let in flight
+/// and the real-time reads' margin on a given disk.
+fn slack_permille() -> Option<u64> {
+    std::env::var("APEXBENCH_SLACK_PERMILLE")
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|v| (1..=1000).contains(v))
+}
+
 /// The cost model's starting line from the device's measured capacity: the
 /// amortized device time of a 64 KiB and of a 256 KiB random read at depth
 /// 32, joined by a line (writes take the same until completions say
@@ -859,6 +905,7 @@ mod tests {
         let cap = Capacity {
             reads_256k: 1000.0,
             reads_64k: 2000.0,
+            w1_deadline_reads: 0.0,
         };
         let m = CostModel::new(device_prior(&cap));
         for (bytes, ns) in [(65536, 500_000), (262144, 1_000_000)] {
@@ -870,6 +917,7 @@ mod tests {
         let none = Capacity {
             reads_256k: 0.0,
             reads_64k: 0.0,
+            w1_deadline_reads: 0.0,
         };
         assert_eq!(device_prior(&none), CostPrior::default());
     }
