@@ -22,8 +22,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use benches::harness::{
-    default_out_dir, Bench, Entry, Kind, Metric, Plan, Recorder, Report, Round, Target,
-    Throughput,
+    default_out_dir, Bench, Entry, Kind, Metric, Plan, Recorder, Report, Round, Target, Throughput,
 };
 use blkfront::abi::{
     op, status, BlkifRequest, BlkifRequestIndirect, BlkifRequestSegment, SECTOR_SHIFT,
@@ -385,6 +384,10 @@ impl World {
             .and_then(|v| v.parse().ok())
         {
             config.submit_batch = n;
+        }
+        // `BLKBENCH_DEFER_TASKRUN=0`: a plain io_uring in the backend.
+        if std::env::var("BLKBENCH_DEFER_TASKRUN").is_ok_and(|v| v == "0") {
+            config.defer_taskrun = false;
         }
         if pinned(depth) {
             config.pin_cpu = Some(BACK_CPU);
@@ -760,7 +763,7 @@ fn print_activity(
         "{name}: per request over {ops} requests\n\
          \x20 frontend: batches handed over {:.3} ({:.1} requests each), waits {:.3}, eventfd writes {:.3}, sleeps {:.3}\n\
          \x20 backend: passes taking requests {:.3} ({:.1} requests each), io_uring_enter submits {:.3} ({:.1} SQEs each, {:.1} us each)\n\
-         \x20 backend: in flight after a submit {:.1} (mean), reaps {:.3} ({:.1} CQEs each), waits in io_uring_enter {:.3}, sleeps on the channel {:.3}, notifies {:.3}",
+         \x20 backend: in flight after a submit {:.1} (mean), reaps {:.3} ({:.1} CQEs each), enters for completions {:.3}, waits in io_uring_enter {:.3}, sleeps on the channel {:.3}, notifies {:.3}",
         counts.kicks as f64 / ops.max(1) as f64,
         ratio(ops as f64, counts.kicks as f64),
         counts.waits as f64 / ops.max(1) as f64,
@@ -774,6 +777,7 @@ fn print_activity(
         ratio(d(a.in_flight_sum, b.in_flight_sum), submits),
         per(a.reaps, b.reaps),
         ratio(d(a.cqes, b.cqes), d(a.reaps, b.reaps)),
+        per(a.taskruns, b.taskruns),
         per(a.uring_waits, b.uring_waits),
         per(a.ring_sleeps, b.ring_sleeps),
         per(a.notifies, b.notifies),
@@ -936,6 +940,12 @@ struct DiskCounters {
     discards: u64,
     flushes: u64,
     in_flight: u64,
+    /// Reads and writes completed, and the milliseconds they spent in the
+    /// block layer (queued and on the device) together.
+    ios: u64,
+    io_ms: u64,
+    /// Milliseconds the disk had something in flight.
+    busy_ms: u64,
 }
 
 impl DiskCounters {
@@ -951,6 +961,9 @@ impl DiskCounters {
             discards: at(11),
             flushes: at(15),
             in_flight: at(8),
+            ios: at(0).saturating_add(at(4)),
+            io_ms: at(3).saturating_add(at(7)),
+            busy_ms: at(9),
         })
     }
 }
@@ -970,6 +983,10 @@ struct RoundRow {
     /// own requests): MB moved, discards, flushes. `None` when the disk's
     /// counters cannot be read.
     others: Option<(f64, u64, u64)>,
+    /// The disk meanwhile (everyone's I/O): reads and writes completed,
+    /// their mean time in the block layer (us), and the share of the time
+    /// it was busy.
+    disk: Option<(u64, f64, f64)>,
 }
 
 /// Every entry's rounds, filled by the entries as they run.
@@ -1019,6 +1036,23 @@ impl RoundLog {
         t0.elapsed()
     }
 
+    /// The disk's I/O since `before`, over `secs`: see [`RoundRow::disk`].
+    fn disk(&self, before: Option<DiskCounters>, secs: f64) -> Option<(u64, f64, f64)> {
+        let (a, b) = (before?, self.mark()?);
+        let ios = b.ios.saturating_sub(a.ios);
+        let ms = b.io_ms.saturating_sub(a.io_ms) as f64;
+        let busy = b.busy_ms.saturating_sub(a.busy_ms) as f64 / 1e3;
+        Some((
+            ios,
+            if ios > 0 {
+                ms * 1e3 / ios as f64
+            } else {
+                f64::NAN
+            },
+            if secs > 0.0 { busy / secs } else { f64::NAN },
+        ))
+    }
+
     /// Others' traffic since `before`, given the entry's own bytes.
     fn others(&self, before: Option<DiskCounters>, own_bytes: u64) -> Option<(f64, u64, u64)> {
         let (a, b) = (before?, self.mark()?);
@@ -1061,7 +1095,9 @@ fn print_rounds(log: &RoundLog, report: &mut Report) {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    println!("\nround by round against fio (each round runs an entry's blkfront, fio, then ringfront):");
+    println!(
+        "\nround by round against fio (each round runs an entry's blkfront, fio, then ringfront):"
+    );
     for w in WORKS {
         let s = w.suffix();
         let fio = of(&format!("fio-{s}"));
@@ -1091,7 +1127,11 @@ fn print_rounds(log: &RoundLog, report: &mut Report) {
                     pairs.iter().map(|(m, f)| m.mb_s / f.mb_s).collect(),
                 ),
             };
-            let digits = if w.depth == 1 && w.bytes == 4096 { 1 } else { 2 };
+            let digits = if w.depth == 1 && w.bytes == 4096 {
+                1
+            } else {
+                2
+            };
             let (med, lo, hi) = median_range(ratios.clone());
             println!(
                 "  {front}-{s}: {what} median {med:.digits$} [{lo:.digits$} .. {hi:.digits$}] rounds: {}",
@@ -1099,9 +1139,15 @@ fn print_rounds(log: &RoundLog, report: &mut Report) {
             );
             if front != "ringfront" {
                 let key = format!("{front}_{}_round", s.replace('-', "_"));
-                report.meta.insert(format!("{key}_median"), format!("{med:.digits$}"));
-                report.meta.insert(format!("{key}_min"), format!("{lo:.digits$}"));
-                report.meta.insert(format!("{key}_max"), format!("{hi:.digits$}"));
+                report
+                    .meta
+                    .insert(format!("{key}_median"), format!("{med:.digits$}"));
+                report
+                    .meta
+                    .insert(format!("{key}_min"), format!("{lo:.digits$}"));
+                report
+                    .meta
+                    .insert(format!("{key}_max"), format!("{hi:.digits$}"));
             }
         }
     }
@@ -1109,14 +1155,16 @@ fn print_rounds(log: &RoundLog, report: &mut Report) {
         println!("  every measured part, in the order run (others' traffic meanwhile):");
         for r in &rows {
             let (mb, d, f) = r.others.unwrap_or((f64::NAN, 0, 0));
+            let (n, us, busy) = r.disk.unwrap_or((0, f64::NAN, f64::NAN));
             println!(
-                "    round {} {:<28} {:>6.2} s {:>8.0} iops {:>7.1} MB/s p50 {:>8.1} us | others {mb:.1} MB, {d} discards, {f} flushes",
+                "    round {} {:<28} {:>6.2} s {:>8.0} iops {:>7.1} MB/s p50 {:>8.1} us | disk {n} I/Os, {us:.0} us each, busy {:.0}% | others {mb:.1} MB, {d} discards, {f} flushes",
                 r.round,
                 r.entry,
                 r.secs,
                 r.iops,
                 r.mb_s,
-                r.p50_ns as f64 / 1e3
+                r.p50_ns as f64 / 1e3,
+                busy * 100.0
             );
         }
     }
@@ -1133,9 +1181,7 @@ fn print_rounds(log: &RoundLog, report: &mut Report) {
         .map(|&(mb, _, _, s)| if s > 0.0 { mb / s } else { 0.0 })
         .collect();
     let (med, lo, hi) = median_range(rates);
-    let (discards, flushes) = others
-        .iter()
-        .fold((0, 0), |(d, f), o| (d + o.1, f + o.2));
+    let (discards, flushes) = others.iter().fold((0, 0), |(d, f), o| (d + o.1, f + o.2));
     let secs: f64 = others.iter().map(|o| o.3).sum();
     println!(
         "  the disk's other traffic during the measured parts: median {med:.1} MB/s [{lo:.1} .. {hi:.1}] over {} parts ({secs:.1} s), {discards} discards, {flushes} flushes",
@@ -1244,6 +1290,7 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front, log: Arc<R
                 p50_ns: rec.quantile(0.5),
                 secs: t.as_secs_f64(),
                 others: log.others(disk0, ops * w.bytes as u64),
+                disk: log.disk(disk0, t.as_secs_f64()),
             });
             rec.throughput(rates);
             Ok(())
@@ -1289,6 +1336,7 @@ fn fio_entry(file: PathBuf, file_bytes: u64, w: Work, prefix: &str, log: Arc<Rou
                 p50_ns: rec.quantile(0.5),
                 secs,
                 others: log.others(disk0, (warmup + ops) * w.bytes as u64),
+                disk: log.disk(disk0, secs),
             });
             Ok(())
         },
@@ -1436,10 +1484,20 @@ fn ensure_file(path: &Path, bytes: u64) -> Result<(), String> {
 fn warm_pass(file: &Path, bytes: u64) -> Result<(), String> {
     let t = Instant::now();
     let out = Command::new("fio")
-        .args(["--name=blkbench-warm", "--ioengine=io_uring", "--direct=1", "--thread"])
+        .args([
+            "--name=blkbench-warm",
+            "--ioengine=io_uring",
+            "--direct=1",
+            "--thread",
+        ])
         .arg(format!("--filename={}", file.display()))
         .arg(format!("--size={bytes}"))
-        .args(["--rw=read", "--bs=1m", "--iodepth=4", "--output-format=terse"])
+        .args([
+            "--rw=read",
+            "--bs=1m",
+            "--iodepth=4",
+            "--output-format=terse",
+        ])
         .output()
         .map_err(|e| format!("cannot run fio: {e}"))?;
     if !out.status.success() {
@@ -1535,9 +1593,21 @@ fn main() -> ExitCode {
             bench = bench.entry(fio_entry(file.clone(), bytes, w, "fio-first", log.clone()));
         }
         bench = bench
-            .entry(front_entry(file.clone(), bytes, w, Front::Driver, log.clone()))
+            .entry(front_entry(
+                file.clone(),
+                bytes,
+                w,
+                Front::Driver,
+                log.clone(),
+            ))
             .entry(fio_entry(file.clone(), bytes, w, "fio", log.clone()))
-            .entry(front_entry(file.clone(), bytes, w, Front::Ring, log.clone()));
+            .entry(front_entry(
+                file.clone(),
+                bytes,
+                w,
+                Front::Ring,
+                log.clone(),
+            ));
         let (a, b) = (
             format!("blkfront-{}", w.suffix()),
             format!("fio-{}", w.suffix()),

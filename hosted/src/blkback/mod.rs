@@ -239,6 +239,12 @@ pub struct BlkbackConfig {
     /// completions back together. Submitting each pair as it is ready
     /// keeps the disk busy while the rest are parsed and submitted.
     pub submit_batch: usize,
+    /// Set the queues' io_uring up as fio does (default on):
+    /// `COOP_TASKRUN`, `SINGLE_ISSUER`, `DEFER_TASKRUN` and the
+    /// `IORING_SQ_TASKRUN` flag, so that completions wait until the worker
+    /// asks for them instead of interrupting it one by one; older kernels
+    /// get what they support. Off: a plain ring.
+    pub defer_taskrun: bool,
     /// Pause after each refused request (blkback's 1 ms).
     pub error_delay: Duration,
     /// A hostile mode, for tests (default none).
@@ -276,6 +282,7 @@ impl BlkbackConfig {
                 spin: Duration::from_micros(50),
             },
             submit_batch: 2,
+            defer_taskrun: true,
             error_delay: Duration::from_millis(1),
             hostile: None,
             pin_cpu: None,
@@ -371,6 +378,9 @@ pub struct Activity {
     pub cqes: u64,
     /// Sleeps in `io_uring_enter` waiting for a completion.
     pub uring_waits: u64,
+    /// `io_uring_enter` calls made only to post completions waiting as
+    /// deferred task work ([`BlkbackConfig::defer_taskrun`]).
+    pub taskruns: u64,
     /// Sleeps on the event channel (no I/O in flight).
     pub ring_sleeps: u64,
     /// Notifications sent to the frontend.
@@ -398,6 +408,7 @@ struct Counters {
     reaps: AtomicU64,
     cqes: AtomicU64,
     uring_waits: AtomicU64,
+    pub(crate) taskruns: AtomicU64,
     ring_sleeps: AtomicU64,
     notifies: AtomicU64,
 }
@@ -581,6 +592,7 @@ impl Blkback {
                 reaps: get(&c.reaps),
                 cqes: get(&c.cqes),
                 uring_waits: get(&c.uring_waits),
+                taskruns: get(&c.taskruns),
                 ring_sleeps: get(&c.ring_sleeps),
                 notifies: get(&c.notifies),
             },
