@@ -1239,7 +1239,7 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front, log: Arc<R
             if pinned(w.depth) {
                 benches::pin::pin_to(FRONT_CPU);
             }
-            let mut offsets = Offsets::new(&w, file_bytes, 0x9E37_79B9 + r.index);
+            let mut offsets = Offsets::new(&w, file_bytes, seed(prefix, r.index));
             let mut counts = LoopCounts::default();
             closed_loop(
                 &mut *front,
@@ -1304,6 +1304,23 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front, log: Arc<R
     .msg_bytes(w.bytes)
 }
 
+/// The seed of the random offsets of entry `prefix` in round `round`:
+/// different for every entry and round, so that no entry goes over the
+/// blocks another has just touched, in the same order (on a virtual disk
+/// the host side has its own cache and its own costs for a block's first
+/// touch; which entry runs first must not decide who pays them).
+fn seed(prefix: &str, round: u64) -> u64 {
+    let k: u64 = match prefix {
+        "blkfront" => 1,
+        "ringfront" => 2,
+        "fio" => 3,
+        _ => 4,
+    };
+    0x9E37_79B9_u64
+        .wrapping_add(round.wrapping_mul(0x100))
+        .wrapping_add(k)
+}
+
 /// fio's entry: `prefix` is `fio`, or `fio-first` for the copy that runs
 /// before blkfront in each round (`BLKBENCH_AA=1`: fio against itself, to
 /// see what the order of the entries and the passing time alone make of
@@ -1311,6 +1328,7 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front, log: Arc<R
 fn fio_entry(file: PathBuf, file_bytes: u64, w: Work, prefix: &str, log: Arc<RoundLog>) -> Entry {
     let name = format!("{prefix}-{}", w.suffix());
     let entry = name.clone();
+    let prefix = prefix.to_string();
     let about = format!(
         "fio on the same file: rw={} bs={} iodepth={} (io_uring, O_DIRECT)",
         w.fio_rw(),
@@ -1326,7 +1344,7 @@ fn fio_entry(file: PathBuf, file_bytes: u64, w: Work, prefix: &str, log: Arc<Rou
             let disk0 = log.mark();
             let t = Instant::now();
             let (warmup, ops) = (w.ops(r.warmup), w.ops(r.iters));
-            let rates = fio(&file, file_bytes, &w, warmup, ops, r.index, rec)?;
+            let rates = fio(&prefix, &file, file_bytes, &w, warmup, ops, r.index, rec)?;
             let secs = t.elapsed().as_secs_f64();
             log.push(RoundRow {
                 entry: entry.clone(),
@@ -1348,6 +1366,7 @@ fn fio_entry(file: PathBuf, file_bytes: u64, w: Work, prefix: &str, log: Arc<Rou
 /// `ops` from its per-request log, and its rates (over the whole run: fio
 /// reports no rate of a part of it), which it also returns.
 fn fio(
+    entry: &str,
     file: &Path,
     file_bytes: u64,
     w: &Work,
@@ -1366,7 +1385,7 @@ fn fio(
         .arg(format!("--filename={}", file.display()))
         .arg(format!("--size={file_bytes}"))
         .args(["--ioengine=io_uring", "--direct=1", "--thread", "--norandommap", "--log_avg_msec=0"])
-        .arg(format!("--randseed={}", 1234 + round))
+        .arg(format!("--randseed={}", seed(entry, round)))
         .arg(format!("--rw={}", w.fio_rw()))
         .arg(format!("--bs={}", w.bytes))
         .arg(format!("--iodepth={}", w.depth))
