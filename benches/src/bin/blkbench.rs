@@ -1344,7 +1344,7 @@ fn fio_entry(file: PathBuf, file_bytes: u64, w: Work, prefix: &str, log: Arc<Rou
             let disk0 = log.mark();
             let t = Instant::now();
             let (warmup, ops) = (w.ops(r.warmup), w.ops(r.iters));
-            let rates = fio(&prefix, &file, file_bytes, &w, warmup, ops, r.index, rec)?;
+            let rates = fio(&prefix, &file, file_bytes, &w, r, rec)?;
             let secs = t.elapsed().as_secs_f64();
             log.push(RoundRow {
                 entry: entry.clone(),
@@ -1362,19 +1362,19 @@ fn fio_entry(file: PathBuf, file_bytes: u64, w: Work, prefix: &str, log: Arc<Rou
     .msg_bytes(w.bytes)
 }
 
-/// Runs fio for `warmup + ops` requests, records the latency of the last
-/// `ops` from its per-request log, and its rates (over the whole run: fio
-/// reports no rate of a part of it), which it also returns.
+/// Runs fio (entry `entry`) for round `r`'s warm-up and measured requests,
+/// records the latency of the measured ones from its per-request log, and
+/// its rates (over the whole run: fio reports no rate of a part of it),
+/// which it also returns.
 fn fio(
     entry: &str,
     file: &Path,
     file_bytes: u64,
     w: &Work,
-    warmup: u64,
-    ops: u64,
-    round: u64,
+    r: Round,
     rec: &mut Recorder,
 ) -> Result<Throughput, String> {
+    let (warmup, ops, round) = (w.ops(r.warmup), w.ops(r.iters), r.index);
     let dir = default_out_dir().join(format!("fio-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(err)?;
     let prefix = dir.join("lat");
