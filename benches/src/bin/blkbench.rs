@@ -1133,10 +1133,34 @@ fn print_rounds(log: &RoundLog, report: &mut Report) {
                 2
             };
             let (med, lo, hi) = median_range(ratios.clone());
+            // The targets, judged on the median of the rounds.
+            let met = if w.depth == 1 && w.bytes == 4096 {
+                med <= 5.0
+            } else {
+                med >= 0.9
+            };
+            let verdict = match front {
+                "blkfront" => format!(
+                    " (target {}: {})",
+                    if w.depth == 1 && w.bytes == 4096 {
+                        "<= 5 us"
+                    } else {
+                        ">= 0.9"
+                    },
+                    if met { "met" } else { "NOT met" }
+                ),
+                _ => String::new(),
+            };
             println!(
-                "  {front}-{s}: {what} median {med:.digits$} [{lo:.digits$} .. {hi:.digits$}] rounds: {}",
+                "  {front}-{s}: {what} median {med:.digits$} [{lo:.digits$} .. {hi:.digits$}]{verdict} rounds: {}",
                 fmt(&ratios, digits)
             );
+            if front == "blkfront" {
+                report.meta.insert(
+                    format!("blkfront_{}_round_target_met", s.replace('-', "_")),
+                    met.to_string(),
+                );
+            }
             if front != "ringfront" {
                 let key = format!("{front}_{}_round", s.replace('-', "_"));
                 report
