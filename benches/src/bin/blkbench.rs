@@ -47,8 +47,13 @@ grants), through the ring-level test frontend (ringfront-*) and the same \
 blkback, and through fio (io_uring, O_DIRECT, same depths and sizes) in the \
 same run. Latency is from submitting a request (to the driver, onto the ring, \
 to fio) to seeing its completion. The 1 MiB \
-entries run a sixteenth of the samples of the others. `--size-mib N` sets the \
-file's size (default 1024).";
+entries run a sixteenth of the samples of the others, the depth-32 ones eight \
+times as many. Each round runs every entry once (blkfront, fio, ringfront), \
+on a file written in full once, read once before the entries, the disk \
+settled before each entry; after the table every comparison with fio is shown \
+round by round (BLKBENCH_PARTS=1: every measured part and the disk's other \
+traffic; BLKBENCH_AA=1: fio against itself, the run's resolution). \
+`--size-mib N` sets the file's size (default 1024).";
 
 /// Queue depth of the sequential entries.
 const SEQ_DEPTH: usize = 4;
