@@ -1740,3 +1740,89 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("blkbench-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn median_and_range_skip_what_is_not_a_number() {
+        assert_eq!(median_range(vec![3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        assert_eq!(
+            median_range(vec![4.0, 1.0, f64::NAN, 2.0, 3.0]),
+            (2.5, 1.0, 4.0)
+        );
+        assert!(median_range(vec![f64::NAN]).0.is_nan());
+    }
+
+    #[test]
+    fn every_entry_and_round_has_its_own_seed() {
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..100 {
+            for p in ["blkfront", "ringfront", "fio", "fio-first"] {
+                assert!(seen.insert(seed(p, round)), "{p} round {round}");
+            }
+        }
+    }
+
+    #[test]
+    fn disk_counters_come_from_the_stat_fields() {
+        let d = scratch("stat");
+        let stat = d.join("stat");
+        // reads ios merges sectors ticks, writes ios merges sectors ticks,
+        // in flight, io ticks, queue time, discards (4), flushes (2).
+        std::fs::write(&stat, "  10 0 80 7  20 0 160 9  3 50 60  4 0 32 1  6 2\n").unwrap();
+        let c = DiskCounters::read(Some(&stat)).unwrap();
+        assert_eq!(
+            (
+                c.sectors,
+                c.discards,
+                c.flushes,
+                c.in_flight,
+                c.ios,
+                c.io_ms,
+                c.busy_ms
+            ),
+            (240, 4, 6, 3, 30, 16, 50)
+        );
+        assert!(DiskCounters::read(Some(&d.join("none"))).is_none());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_file_is_trusted_only_when_written_in_full_by_the_bench() {
+        use std::os::unix::fs::MetadataExt;
+        let d = scratch("file");
+        let f = d.join("disk.img");
+        // A sparse file of the right size, without the marker: written.
+        std::fs::File::create(&f).unwrap().set_len(2 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&f).unwrap().blocks(), 0);
+        ensure_file(&f, 2 << 20).unwrap();
+        let m = std::fs::metadata(&f).unwrap();
+        assert_eq!(m.len(), 2 << 20);
+        assert!(m.blocks() * 512 >= 2 << 20, "{} blocks", m.blocks());
+        let mut head = [0u8; 4096];
+        std::io::Read::read_exact(&mut std::fs::File::open(&f).unwrap(), &mut head).unwrap();
+        assert!(head.iter().all(|&b| b != 0), "no zero byte in the data");
+        assert_eq!(
+            std::fs::read_to_string(f.with_extension("img.written")).unwrap(),
+            WRITTEN
+        );
+        // Marked and whole: kept as it is.
+        std::fs::write(&f, vec![7u8; 2 << 20]).unwrap();
+        ensure_file(&f, 2 << 20).unwrap();
+        assert_eq!(std::fs::read(&f).unwrap()[0], 7);
+        // Marker gone: written again.
+        std::fs::remove_file(f.with_extension("img.written")).unwrap();
+        ensure_file(&f, 2 << 20).unwrap();
+        assert_ne!(std::fs::read(&f).unwrap()[0], 7);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
