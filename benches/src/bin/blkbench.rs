@@ -390,6 +390,13 @@ impl World {
         {
             config.submit_batch = n;
         }
+        // `BLKBENCH_SQPOLL_MS=N`: a submission polling thread per queue.
+        if let Some(ms) = std::env::var("BLKBENCH_SQPOLL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.sqpoll_idle_ms = ms;
+        }
         // `BLKBENCH_DEFER_TASKRUN=0`: a plain io_uring in the backend.
         if std::env::var("BLKBENCH_DEFER_TASKRUN").is_ok_and(|v| v == "0") {
             config.defer_taskrun = false;

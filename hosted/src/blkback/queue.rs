@@ -392,7 +392,11 @@ fn pin_thread(cpu: usize, index: u32) {
 fn make_uring(shared: &Shared, ring_size: u32) -> std::io::Result<IoUring> {
     // Each request takes at most two entries (flush then write).
     let entries = (ring_size * 2).next_power_of_two().max(8);
-    let uring = if shared.config.defer_taskrun {
+    let uring = if shared.config.sqpoll_idle_ms > 0 {
+        IoUring::builder()
+            .setup_sqpoll(shared.config.sqpoll_idle_ms)
+            .build(entries)?
+    } else if shared.config.defer_taskrun {
         IoUring::builder()
             .setup_coop_taskrun()
             .setup_taskrun_flag()
