@@ -380,10 +380,39 @@ fn pin_thread(cpu: usize, index: u32) {
     }
 }
 
+/// The queue's io_uring. With [`super::BlkbackConfig::defer_taskrun`], its
+/// completions wait as deferred task work (`IORING_SETUP_DEFER_TASKRUN`,
+/// on a ring this worker alone submits to: `SINGLE_ISSUER`) until the
+/// worker enters the kernel asking for events, which it does when the
+/// ring's `IORING_SQ_TASKRUN` flag says some are waiting ([`Worker::reap`])
+/// or when it sleeps for them; fio sets up its rings the same way. Without
+/// it, the kernel interrupts the worker for every completion (task work
+/// with a signal-like notification), wherever it is. Kernels older than
+/// 6.1 get `COOP_TASKRUN` alone, or a plain ring.
 fn make_uring(shared: &Shared, ring_size: u32) -> std::io::Result<IoUring> {
     // Each request takes at most two entries (flush then write).
     let entries = (ring_size * 2).next_power_of_two().max(8);
-    let uring = IoUring::builder().build(entries)?;
+    let uring = if shared.config.sqpoll_idle_ms > 0 {
+        IoUring::builder()
+            .setup_sqpoll(shared.config.sqpoll_idle_ms)
+            .build(entries)?
+    } else if shared.config.defer_taskrun {
+        IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(entries)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag()
+                    .build(entries)
+            })
+            .or_else(|_| IoUring::builder().build(entries))?
+    } else {
+        IoUring::builder().build(entries)?
+    };
     uring.submitter().register_files(&[shared.disk.fd()])?;
     Ok(uring)
 }
@@ -1039,6 +1068,22 @@ impl Worker {
     fn reap(&mut self) -> bool {
         if self.in_flight == 0 {
             return false;
+        }
+        if self.uring.submission().taskrun() {
+            // Completions wait as task work: an enter asking for events
+            // (which `submit` makes when the flag is up) posts them.
+            if let Err(e) = self.uring.submit() {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)
+                ) {
+                    log::error!(
+                        "blkback queue {}: io_uring enter for completions: {e}",
+                        self.q
+                    );
+                }
+            }
+            self.shared.stats.taskruns.fetch_add(1, Ordering::Relaxed);
         }
         let mut done: Vec<(u64, i32)> = Vec::new();
         for cqe in self.uring.completion() {
