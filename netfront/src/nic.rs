@@ -458,6 +458,17 @@ where
 
     /// Completions, RX reaping and refills on every queue.
     fn service(&mut self) -> Result<bool, FrameError> {
+        self.service_with(false)
+    }
+
+    /// [`Self::service`], or, with `rx_only`, RX reaping and refills only
+    /// when they brought frames (TX completions and the TX backlog wait
+    /// for the next call that finds none, or for [`FrameDevice::poll`]):
+    /// `receive` hands a frame that arrived over without first reading the
+    /// TX ring, whose index line the backend is likely writing just then
+    /// (it answers a packet after delivering what the packet became, an
+    /// echo say).
+    fn service_with(&mut self, rx_only: bool) -> Result<bool, FrameError> {
         self.retry_grants();
         if let Some(e) = &self.broken {
             return Err(broken(e));
@@ -473,20 +484,25 @@ where
         let mut result = Ok(());
         for q in conn.queues.iter_mut() {
             let r = (|| {
-                // RX first: a frame that arrived is what a waiting
-                // application wants, and reading the TX ring's index first
-                // could wait for the line the backend is writing its TX
-                // responses into (it answers a packet after delivering
-                // what the packet became).
                 progress |= q.reap_rx(budget, &mut self.stats)? > 0;
-                progress |=
-                    q.complete_tx(&mut self.stats, &mut conn.tx_stash, conn.tx_stash_max)? > 0;
-                q.flush(&self.platform, &conn.caps, &mut self.stats)?;
                 q.refill_rx(&self.platform, &conn.rx_pool, &mut self.stats)
             })();
             if let Err(e) = r {
                 result = Err(e);
                 break;
+            }
+        }
+        if result.is_ok() && !(rx_only && progress) {
+            for q in conn.queues.iter_mut() {
+                let r = (|| {
+                    progress |=
+                        q.complete_tx(&mut self.stats, &mut conn.tx_stash, conn.tx_stash_max)? > 0;
+                    q.flush(&self.platform, &conn.caps, &mut self.stats)
+                })();
+                if let Err(e) = r {
+                    result = Err(e);
+                    break;
+                }
             }
         }
         match result {
@@ -746,7 +762,7 @@ where
                     }
                 }
             }
-            if attempt == 0 && !self.service()? {
+            if attempt == 0 && !self.service_with(true)? {
                 break;
             }
         }
