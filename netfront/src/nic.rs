@@ -116,8 +116,11 @@ impl Default for DriverConfig {
 }
 
 /// TX pages a connection keeps back from completed packets for the next
-/// frames (see `Conn::tx_stash`).
-const TX_STASH: usize = 64;
+/// frames (see `Conn::tx_stash`): enough for request/response traffic,
+/// where each frame can reuse the page of the one before; a stream cycles
+/// through the pool (first in, first out) as before, which spares it
+/// writing into pages the backend has just read.
+const TX_STASH: usize = 4;
 
 /// One connection's resources.
 struct Conn<P: Platform>
