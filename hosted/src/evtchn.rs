@@ -676,7 +676,7 @@ impl Domain {
         if line.pending.load(Ordering::Relaxed) != 0 && line.pending.swap(0, Ordering::Acquire) != 0 {
             return Ok(true);
         }
-        let deadline = timeout_ns.map(|t| Instant::now().checked_add(Duration::from_nanos(t)));
+        let deadline = deadline_of(timeout_ns);
         let (efd, ep) = {
             let st = lock(&self.local(port)?.state);
             match (st.eventfd.clone(), st.epoll.clone()) {
@@ -684,40 +684,78 @@ impl Domain {
                 _ => return Err(PlatformError::BadPort(port)),
             }
         };
+        let woke = self.wait_pending(&[port], &[line], deadline, |remaining, lines| {
+            // One system call per sleep: every eventfd write is a new edge,
+            // so the counter is never read on the way (it only grows, by
+            // one a wakeup; see the drain below).
+            let woken = sys::epoll_wait_one(ep.as_fd(), remaining)
+                .map_err(|e| os_err("waiting on an event channel eventfd", &e))?;
+            if woken && nothing_pending(lines) {
+                // Woken with nothing pending (an edge left from an earlier
+                // wakeup, or a peer writing the eventfd itself): reset the
+                // counter so a peer that saturates it cannot silence us.
+                sys::eventfd_drain(&efd);
+            }
+            Ok(())
+        })?;
+        Ok(woke.is_some())
+    }
+
+    /// The waiter's side of the handshake with notifiers (module docs),
+    /// shared by [`Self::block`], [`Self::block_any`] and
+    /// [`HostedPlatform::block_set`], which differ only in how they sleep:
+    /// announce on every port's line (`lines`, those of `ports`) that we
+    /// may sleep, look at every pending bit once more, `sleep` for at most
+    /// the time left (it returns on a wakeup or a timeout, and resets what
+    /// its wakeup source needs reset; it is given the lines to look at),
+    /// withdraw the announcement, check that the ports are still open, and
+    /// go round. Returns the first port found pending (its bit cleared), or
+    /// `None` once `deadline` has passed. The caller looked at the pending
+    /// bits once already (the fast path, without announcing).
+    fn wait_pending(
+        &self,
+        ports: &[Port],
+        lines: &[EventLine<'_>],
+        deadline: Option<Option<Instant>>,
+        mut sleep: impl FnMut(Option<Duration>, &[EventLine<'_>]) -> Result<(), PlatformError>,
+    ) -> Result<Option<Port>, PlatformError> {
+        /// Withdraws the announcement on every line, on every way out.
+        struct Announced<'l, 'a>(&'l [EventLine<'a>]);
+        impl Drop for Announced<'_, '_> {
+            fn drop(&mut self) {
+                for l in self.0 {
+                    l.waiting.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
         loop {
-            // Dekker, waiter side (see the module docs): announce that we
-            // may sleep, then check once more. SeqCst so that the read of
-            // `pending` cannot be ordered before the increment.
-            line.waiting.fetch_add(1, Ordering::SeqCst);
-            if line.pending.swap(0, Ordering::SeqCst) != 0 {
-                line.waiting.fetch_sub(1, Ordering::SeqCst);
-                return Ok(true);
+            // Dekker, waiter side: announce that we may sleep, then check
+            // once more. SeqCst so that the reads of `pending` cannot be
+            // ordered before the increments.
+            for l in lines {
+                l.waiting.fetch_add(1, Ordering::SeqCst);
+            }
+            let announced = Announced(lines);
+            if let Some(p) = self.take_first_pending(ports)? {
+                return Ok(Some(p));
             }
             let remaining = match deadline {
                 None | Some(None) => None,
                 Some(Some(dl)) => {
                     let now = Instant::now();
                     if now >= dl {
-                        line.waiting.fetch_sub(1, Ordering::SeqCst);
-                        return Ok(false);
+                        return Ok(None);
                     }
                     Some(dl - now)
                 }
             };
             self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
-            // One system call per sleep: every eventfd write is a new edge,
-            // so the counter is never read on the way (it only grows, by
-            // one a wakeup; see the drain below).
-            let r = sys::epoll_wait_one(ep.as_fd(), remaining);
-            line.waiting.fetch_sub(1, Ordering::SeqCst);
-            let woken = r.map_err(|e| os_err("waiting on an event channel eventfd", &e))?;
+            let slept = sleep(remaining, lines);
+            drop(announced);
+            slept?;
             // Closed while we slept?
-            self.open_binding(port)?;
-            if woken && line.pending.load(Ordering::SeqCst) == 0 {
-                // Woken with nothing pending (an edge left from an earlier
-                // wakeup, or a peer writing the eventfd itself): reset the
-                // counter so a peer that saturates it cannot silence us.
-                sys::eventfd_drain(&efd);
+            for &port in ports {
+                self.open_binding(port)?;
             }
         }
     }
@@ -752,7 +790,7 @@ impl Domain {
         if let Some(p) = self.take_first_pending(ports)? {
             return Ok(Some(p));
         }
-        let deadline = timeout_ns.map(|t| Instant::now().checked_add(Duration::from_nanos(t)));
+        let deadline = deadline_of(timeout_ns);
         let mut efds = Vec::with_capacity(ports.len());
         let mut lines = Vec::with_capacity(ports.len());
         for &port in ports {
@@ -760,44 +798,10 @@ impl Domain {
             efds.push(st.eventfd.clone().ok_or(PlatformError::BadPort(port))?);
             lines.push(self.own_line(port)?);
         }
-        loop {
-            // Dekker, waiter side, on every port: announce that we may
-            // sleep, then look at every pending bit once more.
-            for l in &lines {
-                l.waiting.fetch_add(1, Ordering::SeqCst);
-            }
-            let unwait = || {
-                for l in &lines {
-                    l.waiting.fetch_sub(1, Ordering::SeqCst);
-                }
-            };
-            match self.take_first_pending(ports) {
-                Ok(None) => {}
-                other => {
-                    unwait();
-                    return other;
-                }
-            }
-            let remaining = match deadline {
-                None | Some(None) => None,
-                Some(Some(dl)) => {
-                    let now = Instant::now();
-                    if now >= dl {
-                        unwait();
-                        return Ok(None);
-                    }
-                    Some(dl - now)
-                }
-            };
-            self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+        self.wait_pending(ports, &lines, deadline, |remaining, _| {
             let fds: Vec<_> = efds.iter().map(|f| f.as_fd()).collect();
-            let r = sys::poll_readable(&fds, remaining);
-            unwait();
-            let readable = r.map_err(|e| os_err("waiting on event channel eventfds", &e))?;
-            // Closed while we slept?
-            for &port in ports {
-                self.open_binding(port)?;
-            }
+            let readable =
+                sys::poll_readable(&fds, remaining).map_err(|e| os_err("waiting on event channel eventfds", &e))?;
             // `ppoll` is level-triggered: reset the counters it reported,
             // or the next sleep would return at once. Nothing is lost: the
             // pending bits, looked at again before the next sleep, are the
@@ -807,7 +811,8 @@ impl Domain {
                     sys::eventfd_drain(f);
                 }
             }
-        }
+            Ok(())
+        })
     }
 
     fn mask(&self, port: Port) -> Result<(), PlatformError> {
@@ -964,51 +969,32 @@ impl HostedPlatform {
         if let Some(p) = d.take_first_pending(&set.ports)? {
             return Ok(Some(p));
         }
-        let deadline = timeout_ns.map(|t| Instant::now().checked_add(Duration::from_nanos(t)));
-        let lines = set.ports.iter().map(|&p| d.own_line(p));
-        loop {
-            // Dekker, waiter side, on every port (as in `block_any`).
-            for l in lines.clone() {
-                l?.waiting.fetch_add(1, Ordering::SeqCst);
-            }
-            let unwait = || {
-                for l in lines.clone().flatten() {
-                    l.waiting.fetch_sub(1, Ordering::SeqCst);
-                }
-            };
-            match d.take_first_pending(&set.ports) {
-                Ok(None) => {}
-                other => {
-                    unwait();
-                    return other;
-                }
-            }
-            let remaining = match deadline {
-                None | Some(None) => None,
-                Some(Some(dl)) => {
-                    let now = Instant::now();
-                    if now >= dl {
-                        unwait();
-                        return Ok(None);
-                    }
-                    Some(dl - now)
-                }
-            };
-            d.stats.sleeps.fetch_add(1, Ordering::Relaxed);
-            let r = sys::epoll_wait_one(set.epoll.as_fd(), remaining);
-            unwait();
-            let woken = r.map_err(|e| os_err("waiting on an epoll set of event channel eventfds", &e))?;
-            // Closed while we slept?
-            for &port in &set.ports {
-                d.open_binding(port)?;
-            }
-            if woken && lines.clone().flatten().all(|l| l.pending.load(Ordering::SeqCst) == 0) {
+        let deadline = deadline_of(timeout_ns);
+        let lines = set.ports.iter().map(|&p| d.own_line(p)).collect::<Result<Vec<_>, _>>()?;
+        d.wait_pending(&set.ports, &lines, deadline, |remaining, lines| {
+            let woken = sys::epoll_wait_one(set.epoll.as_fd(), remaining)
+                .map_err(|e| os_err("waiting on an epoll set of event channel eventfds", &e))?;
+            if woken && nothing_pending(lines) {
                 for f in &set.efds {
                     sys::eventfd_drain(f);
                 }
             }
-        }
+            Ok(())
+        })
     }
+}
+
+/// When a wait of `timeout_ns` ends: `None` for no timeout, `Some(None)`
+/// when the deadline does not fit the clock (a wait without end).
+fn deadline_of(timeout_ns: Option<u64>) -> Option<Option<Instant>> {
+    timeout_ns.map(|t| Instant::now().checked_add(Duration::from_nanos(t)))
+}
+
+/// Whether no line has its pending bit set (after a wakeup: then the
+/// wakeup came from an edge left over, or from a peer writing an eventfd
+/// itself, and the eventfd counters are reset).
+fn nothing_pending(lines: &[EventLine<'_>]) -> bool {
+    lines.iter().all(|l| l.pending.load(Ordering::SeqCst) == 0)
 }
 
 #[cfg(test)]

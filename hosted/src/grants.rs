@@ -497,10 +497,24 @@ impl HostedPlatform {
     /// either side → `GNTST_bad_copy_arg`. Pins are released after the copy
     /// (or the failure).
     pub fn grant_copy(&self, ops: &mut [GnttabCopy]) -> usize {
+        self.grant_copy_noting(ops, &mut None)
+    }
+
+    /// [`Self::grant_copy`] that also notes where the first op's source
+    /// bytes were read in this process (`first_src`, left as it was when
+    /// that op failed): a hint for prefetching the same place later (a
+    /// backend that sees a frontend reuse its buffers), never to be read
+    /// or written through (the grant may end at any time).
+    pub(crate) fn grant_copy_noting(&self, ops: &mut [GnttabCopy], first_src: &mut Option<usize>) -> usize {
         let mut failed = 0;
-        for op in ops.iter_mut() {
+        for (i, op) in ops.iter_mut().enumerate() {
             let status = match self.copy_one(op) {
-                Ok(()) => GntStatus::Okay,
+                Ok(src) => {
+                    if i == 0 {
+                        *first_src = Some(src);
+                    }
+                    GntStatus::Okay
+                }
                 Err(s) => {
                     failed += 1;
                     s
@@ -511,8 +525,9 @@ impl HostedPlatform {
         failed
     }
 
+    /// One copy; returns the address of the source bytes.
     #[inline]
-    fn copy_one(&self, op: &GnttabCopy) -> Result<(), GntStatus> {
+    fn copy_one(&self, op: &GnttabCopy) -> Result<usize, GntStatus> {
         let d = &*self.inner;
         let flags = GntCopyFlags::from_bits_retain(op.flags);
         let src_gref = flags.contains(GntCopyFlags::SOURCE_GREF);
@@ -538,7 +553,7 @@ impl HostedPlatform {
             // both (checked above); the memory is never referenced by Rust
             // references; `copy` allows overlap (a copy within one page).
             unsafe { shared_mem::copy(src.page.add(so), dst.page.add(dof), len) };
-            Ok(())
+            Ok(src.page.as_ptr() as usize + so)
             // The sides drop here: the pins go after the copy.
         })
     }

@@ -29,12 +29,13 @@ use crate::nic::{DriverConfig, Netfront};
 /// Default time between two looks at xenstore while connected: 10 ms.
 pub const DEFAULT_HANDSHAKE_INTERVAL_NS: u64 = 10_000_000;
 
-/// While the link is up, [`FrameDevice::receive`] reads the platform's
-/// clock (to see whether the handshake is due) once every this many calls,
-/// and on the first call after a [`FrameDevice::wait`]: an application
-/// spinning on `receive` would otherwise read the clock at every poll,
-/// which costs more than the poll itself on a hosted platform (tens of
-/// nanoseconds on the round trip's critical path).
+/// While the link is up, [`FrameDevice::receive`] and [`FrameDevice::poll`]
+/// read the platform's clock (to see whether the handshake is due) once
+/// every this many calls (of either), and on the first call after a
+/// [`FrameDevice::wait`]: an application spinning on `receive` or `poll`
+/// would otherwise read the clock at every poll, which costs more than the
+/// poll itself on a hosted platform (tens of nanoseconds on the round
+/// trip's critical path, and most of a spinning sender's time).
 pub const RECEIVES_PER_CLOCK: u32 = 16;
 
 /// A netfront device with its xenbus handshake (see the crate docs).
@@ -49,7 +50,8 @@ where
     next_check_ns: u64,
     failed: Option<HandshakeError>,
     restarts: u64,
-    /// Receives since the clock was last read (see [`RECEIVES_PER_CLOCK`]).
+    /// Receives and polls since the clock was last read (see
+    /// [`RECEIVES_PER_CLOCK`]).
     receives: u32,
 }
 
@@ -236,14 +238,12 @@ where
         }
     }
 
-    fn handshake_due(&self) -> bool {
-        !self.nic.is_up() || self.nic.platform().now_ns() >= self.next_check_ns
-    }
-
-    /// As [`Self::handshake_due`], reading the clock only once every
-    /// [`RECEIVES_PER_CLOCK`] calls while the link is up.
+    /// Whether the handshake should be driven now: always while the link
+    /// is down; while it is up, when its interval has passed, the clock
+    /// being read only once every [`RECEIVES_PER_CLOCK`] calls (of
+    /// `receive` and `poll`).
     #[inline]
-    fn handshake_due_on_receive(&mut self) -> bool {
+    fn handshake_due(&mut self) -> bool {
         if !self.nic.is_up() {
             return true;
         }
@@ -276,7 +276,7 @@ where
     }
 
     fn receive(&mut self) -> Result<Option<NetRxFrame<P>>, FrameError> {
-        if self.handshake_due_on_receive() {
+        if self.handshake_due() {
             self.poll_handshake()?;
         }
         match self.nic.receive() {

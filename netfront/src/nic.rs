@@ -40,7 +40,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use grant_tables::{Access, BufferPool, DomId, Platform, PoolConfig, PoolMode, Port};
+use grant_tables::{Access, BufferPool, DomId, Platform, PoolBuffer, PoolConfig, PoolMode, Port};
 use xenbus::{
     Connection, Device, DeviceError, TeardownReason, Transaction, Transport, Xenstore, XsError,
 };
@@ -115,6 +115,13 @@ impl Default for DriverConfig {
     }
 }
 
+/// TX pages a connection keeps back from completed packets for the next
+/// frames (see `Conn::tx_stash`): enough for request/response traffic,
+/// where each frame can reuse the page of the one before; a stream cycles
+/// through the pool (first in, first out) as before, which spares it
+/// writing into pages the backend has just read.
+const TX_STASH: usize = 4;
+
 /// One connection's resources.
 struct Conn<P: Platform>
 where
@@ -127,6 +134,14 @@ where
     queues: Vec<Queue<P>>,
     tx_pool: BufferPool<P>,
     rx_pool: BufferPool<P>,
+    /// TX pages back from completed packets, reused first (last in, first
+    /// out: the page most recently written is the one most likely still
+    /// in this core's cache), at most [`TX_STASH`]; only with a trusted
+    /// backend (for an untrusted one every page goes back to the pool,
+    /// which zeroes it).
+    tx_stash: Vec<PoolBuffer<P>>,
+    /// [`TX_STASH`], or 0 for an untrusted backend.
+    tx_stash_max: usize,
     keys: Vec<FrontendKey>,
     connected: bool,
     ports: Vec<Port>,
@@ -217,9 +232,12 @@ where
 
     /// Free pages in the current connection's (TX, RX) pools.
     pub fn pool_available(&self) -> Option<(usize, usize)> {
-        self.conn
-            .as_ref()
-            .map(|c| (c.tx_pool.available(), c.rx_pool.available()))
+        self.conn.as_ref().map(|c| {
+            (
+                c.tx_pool.available() + c.tx_stash.len(),
+                c.rx_pool.available(),
+            )
+        })
     }
 
     /// Packets in flight or waiting for ring room, over every queue.
@@ -353,12 +371,15 @@ where
             if neg.untrusted_backend { "untrusted" } else { "trusted" },
         );
         self.broken = None;
+        let tx_stash_max = if neg.untrusted_backend { 0 } else { TX_STASH };
         self.conn = Some(Conn {
             number,
             peer,
             caps: TxCaps::from_negotiated(&neg),
             neg,
             queues,
+            tx_stash: Vec::with_capacity(tx_stash_max),
+            tx_stash_max,
             tx_pool,
             rx_pool,
             keys,
@@ -440,6 +461,17 @@ where
 
     /// Completions, RX reaping and refills on every queue.
     fn service(&mut self) -> Result<bool, FrameError> {
+        self.service_with(false)
+    }
+
+    /// [`Self::service`], or, with `rx_only`, RX reaping and refills only
+    /// when they brought frames (TX completions and the TX backlog wait
+    /// for the next call that finds none, or for [`FrameDevice::poll`]):
+    /// `receive` hands a frame that arrived over without first reading the
+    /// TX ring, whose index line the backend is likely writing just then
+    /// (it answers a packet after delivering what the packet became, an
+    /// echo say).
+    fn service_with(&mut self, rx_only: bool) -> Result<bool, FrameError> {
         self.retry_grants();
         if let Some(e) = &self.broken {
             return Err(broken(e));
@@ -455,14 +487,25 @@ where
         let mut result = Ok(());
         for q in conn.queues.iter_mut() {
             let r = (|| {
-                progress |= q.complete_tx(&mut self.stats)? > 0;
-                q.flush(&self.platform, &conn.caps, &mut self.stats)?;
                 progress |= q.reap_rx(budget, &mut self.stats)? > 0;
                 q.refill_rx(&self.platform, &conn.rx_pool, &mut self.stats)
             })();
             if let Err(e) = r {
                 result = Err(e);
                 break;
+            }
+        }
+        if result.is_ok() && !(rx_only && progress) {
+            for q in conn.queues.iter_mut() {
+                let r = (|| {
+                    progress |=
+                        q.complete_tx(&mut self.stats, &mut conn.tx_stash, conn.tx_stash_max)? > 0;
+                    q.flush(&self.platform, &conn.caps, &mut self.stats)
+                })();
+                if let Err(e) = r {
+                    result = Err(e);
+                    break;
+                }
             }
         }
         match result {
@@ -485,7 +528,7 @@ where
         let Some(conn) = self.conn.as_mut() else {
             return Ok((false, false));
         };
-        let scarce = conn.tx_pool.available() < conn.tx_pool.capacity() / 2;
+        let scarce = conn.tx_pool.available() + conn.tx_stash.len() < conn.tx_pool.capacity() / 2;
         let mut work = false;
         let mut tx_armed = false;
         let mut result = Ok(());
@@ -572,14 +615,19 @@ where
         }
     }
 
-    /// Takes `pages` pages of the TX pool, or none.
+    /// Takes `pages` pages of the TX pool (the stashed ones first), or
+    /// none.
     fn take_tx_pages(
         pool: &BufferPool<P>,
+        stash: &mut Vec<PoolBuffer<P>>,
         pages: usize,
     ) -> Option<PageList<grant_tables::PoolBuffer<P>, MAX_TX_REQUESTS>> {
         let mut bufs = PageList::new();
         for _ in 0..pages {
-            let b = pool.take()?;
+            let b = match stash.pop() {
+                Some(b) => b,
+                None => pool.take()?,
+            };
             if bufs.push(b).is_err() {
                 return None;
             }
@@ -602,14 +650,19 @@ where
             )));
         }
         let pages = len.div_ceil(PAGE_SIZE);
-        Ok(Self::take_tx_pages(&conn.tx_pool, pages).map(|bufs| TxBuf {
-            bufs,
-            len,
-            offload: TxOffload::default(),
-            queue: None,
-            connection: conn.number,
-            more: false,
-        }))
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(FrameError::LinkDown);
+        };
+        Ok(
+            Self::take_tx_pages(&conn.tx_pool, &mut conn.tx_stash, pages).map(|bufs| TxBuf {
+                bufs,
+                len,
+                offload: TxOffload::default(),
+                queue: None,
+                connection: conn.number,
+                more: false,
+            }),
+        )
     }
 
     /// Publishes the frames sent with [`TxBuf::set_more`] that are still
@@ -665,8 +718,11 @@ where
         if frame.connection != conn.number {
             // Lent by an earlier connection: its pages are granted for that
             // one. Copy the frame into this connection's pages.
-            let Some(mut bufs) = Self::take_tx_pages(&conn.tx_pool, frame.len.div_ceil(PAGE_SIZE))
-            else {
+            let Some(mut bufs) = Self::take_tx_pages(
+                &conn.tx_pool,
+                &mut conn.tx_stash,
+                frame.len.div_ceil(PAGE_SIZE),
+            ) else {
                 self.stats.tx_aborted += 1;
                 return Ok(());
             };
@@ -709,7 +765,7 @@ where
                     }
                 }
             }
-            if attempt == 0 && !self.service()? {
+            if attempt == 0 && !self.service_with(true)? {
                 break;
             }
         }

@@ -348,8 +348,15 @@ where
     }
 
     /// Takes every TX response the backend published, recycling the pages
-    /// of completed packets. Returns how many packets completed.
-    pub(crate) fn complete_tx(&mut self, stats: &mut NetStats) -> Result<usize, NetError> {
+    /// of completed packets: onto `stash` while it holds fewer than
+    /// `stash_max`, else back to their pool. Returns how many packets
+    /// completed.
+    pub(crate) fn complete_tx(
+        &mut self,
+        stats: &mut NetStats,
+        stash: &mut alloc::vec::Vec<PoolBuffer<P>>,
+        stash_max: usize,
+    ) -> Result<usize, NetError> {
         let queue = self.index;
         let avail = self
             .tx
@@ -384,8 +391,13 @@ where
                         TxStatus::Dropped => stats.tx_dropped += 1,
                         TxStatus::Error => stats.tx_errors += 1,
                     }
-                    // The pages go back to the pool here.
-                    drop(c.token);
+                    // The pages go back to the stash or the pool here.
+                    let mut token = c.token;
+                    for page in token.drain() {
+                        if stash.len() < stash_max {
+                            stash.push(page);
+                        }
+                    }
                     done += 1;
                 }
             }

@@ -110,6 +110,9 @@ pub(crate) struct Queue {
     /// frames those packets became.
     tx_rsp: Vec<NetifTxResponse>,
     copies: Vec<GnttabCopy>,
+    /// Where the last TX packet's first bytes were read (in the mapping of
+    /// the frontend's memory): a prefetch hint only.
+    tx_hint: Option<usize>,
     /// For each RX copy, the response it belongs to.
     copy_rsp: Vec<usize>,
     rsp: Vec<(NetifRxResponse, Option<NetifExtraInfo>)>,
@@ -131,6 +134,7 @@ impl Queue {
             pkt: TxPacket::default(),
             tx_rsp: Vec::with_capacity(TX_BUDGET * 2),
             copies: Vec::with_capacity(64),
+            tx_hint: None,
             copy_rsp: Vec::with_capacity(64),
             rsp: Vec::with_capacity(32),
             spurious: 0,
@@ -404,6 +408,21 @@ impl Vif {
                 Ok(n) => n,
                 Err(e) => return Err(ring_fatal(e)),
             };
+            if packets == 0 {
+                // Frontends reuse their TX buffers (netfront takes the page
+                // of the last completed packet first): the first line of
+                // the last packet's data is likely where this packet's is.
+                // Asked for now, it comes in while the request slot that
+                // names the buffer is read, instead of after.
+                if let Some(p) = queue.tx_hint {
+                    prefetch_line(p as *const u8);
+                }
+                // A frontend that sends is likely to be answered (request
+                // and response): ask now for the line of this queue's next
+                // RX response slot, which the frontend read last, so that
+                // an answer delivered in this pass does not wait for it.
+                prefetch_rx_lines(&queue.rx, 1, false);
+            }
             let tx = &mut queue.tx;
             let verdict = parse_packet(
                 work,
@@ -451,7 +470,7 @@ impl Vif {
                     for (gref, _, _) in pkt.chunks() {
                         self.hostile.keep(plat, fe, gref, false);
                     }
-                    match copy_out(plat, pool, fe, pkt, &mut queue.copies) {
+                    match copy_out(plat, pool, fe, pkt, &mut queue.copies, &mut queue.tx_hint) {
                         Some(mut buf) => {
                             let flags = pkt.flags();
                             buf.meta = FrameMeta {
@@ -591,6 +610,15 @@ impl Vif {
                 break;
             };
             queue.backlog_bytes -= buf.len();
+            if done == 0 {
+                // The lines this delivery and the push write, all held by
+                // the frontend (it read the last responses and the index):
+                // asked for now, the transfers overlap instead of each
+                // store waiting for its own in turn (the grant copy's
+                // locked instructions, then the push's fence, wait for
+                // the stores before them).
+                prefetch_rx_lines(&queue.rx, needed, true);
+            }
             deliver_rx(plat, pool, fe, headroom, queue, &mut self.hostile, &buf)?;
             let c = &self.shared.counters;
             bump(&c.rx_packets, 1);
@@ -640,6 +668,67 @@ impl Vif {
     }
 }
 
+/// Asks for the lines the next `slots` RX responses (and, with `index`,
+/// the push of the response producer index) write, in writable state (see
+/// [`prefetch_line_for_write`]); at most 8 slots.
+#[inline]
+fn prefetch_rx_lines(ring: &RxRing, slots: u32, index: bool) {
+    let base = ring.memory().ring_ptr().as_ptr();
+    let size = ring.size();
+    if index {
+        prefetch_line_for_write(base.wrapping_add(RSP_PROD));
+    }
+    let first = ring.rsp_prod_pvt();
+    let mut last_line = usize::MAX;
+    for i in 0..slots.min(8) {
+        let idx = first.wrapping_add(i) & (size - 1);
+        let off = SRING_HEADER_SIZE + idx as usize * 8;
+        if off / 64 != last_line {
+            last_line = off / 64;
+            prefetch_line_for_write(base.wrapping_add(off));
+        }
+    }
+}
+
+/// Asks for the cache line at `p` (x86 `PREFETCHT0`), ahead of a read. A
+/// hint: no architectural effect, never faults.
+#[inline(always)]
+fn prefetch_line(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is a cache hint that neither reads nor writes
+    // memory architecturally, never faults (whatever `p` is) and changes
+    // no register or flag; the asm touches no stack.
+    unsafe {
+        core::arch::asm!(
+            "prefetcht0 [{0}]",
+            in(reg) p,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Asks for the cache line at `p` in writable state (x86 `PREFETCHW`),
+/// ahead of a store. A hint: no architectural effect, never faults;
+/// processors without it run the encoding as a NOP.
+#[inline(always)]
+pub(crate) fn prefetch_line_for_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHW is a cache hint that neither reads nor writes
+    // memory architecturally, never faults (whatever `p` is) and changes
+    // no register or flag; the asm touches no stack.
+    unsafe {
+        core::arch::asm!(
+            "prefetchw [{0}]",
+            in(reg) p,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Whether a checksum-blank frame has a TCP/UDP checksum to complete.
 fn checksum_locatable(frame: &[u8]) -> bool {
     let head = &frame[..frame.len().min(netfront::csum::MAX_HEADER_BYTES)];
@@ -675,6 +764,7 @@ fn copy_out(
     fe: DomId,
     pkt: &TxPacket,
     ops: &mut Vec<GnttabCopy>,
+    hint: &mut Option<usize>,
 ) -> Option<FrameBuf> {
     let total = usize::from(pkt.total);
     let Some(mut buf) = pool.alloc(total) else {
@@ -716,7 +806,7 @@ fn copy_out(
     }
     // `&mut buf` is held here: nothing else reads or writes its bytes while
     // the copies land in them.
-    let failed = plat.grant_copy(ops);
+    let failed = plat.grant_copy_noting(ops, hint);
     if failed > 0 {
         let first = ops.iter().find(|o| o.status != 0).map_or(0, |o| o.status);
         log::debug!(
@@ -884,7 +974,6 @@ fn deliver_rx(
             e.flags |= XEN_NETIF_EXTRA_FLAG_MORE;
         }
     }
-
     queue.copies.clear();
     queue.copy_rsp.clear();
     queue.rsp.clear();
