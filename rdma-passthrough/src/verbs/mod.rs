@@ -86,6 +86,8 @@ pub const MAX_SGE: u32 = 32;
 const MR_BASE: u64 = 0x7f00_0000_0000;
 /// Bytes left unmapped after each region.
 const MR_GAP: u64 = 1 << 12;
+/// Scatter lists of completed receives a queue pair keeps for reuse.
+const SPARE_SGLS: usize = 16;
 
 struct Pd;
 
@@ -183,6 +185,8 @@ struct Qp {
     recvs: Pending<RecvCtx>,
     /// Receives posted before RTR, in order.
     early_recvs: VecDeque<u64>,
+    /// Scatter lists of completed receives, reused for the next ones.
+    spare_sgls: Vec<Vec<Sge>>,
 }
 
 /// One RoCE v2 device's verbs objects and transport.
@@ -591,6 +595,7 @@ impl Context {
                 sends: Pending::new(),
                 recvs: Pending::new(),
                 early_recvs: VecDeque::new(),
+                spare_sgls: Vec::new(),
             },
         );
         Ok(QpHandle(qpn))
@@ -990,11 +995,14 @@ impl Context {
         };
         let token = q.next_token;
         q.next_token += 1;
+        let mut sgl = q.spare_sgls.pop().unwrap_or_default();
+        sgl.clear();
+        sgl.extend_from_slice(&wr.sg_list);
         q.recvs.insert(
             token,
             RecvCtx {
                 wr_id: wr.wr_id,
-                sgl: wr.sg_list.clone(),
+                sgl,
             },
         );
         match q.rc.as_mut() {
@@ -1221,6 +1229,9 @@ impl Context {
                     }
                     for s in &r.sgl {
                         unref(&mut self.mrs, s);
+                    }
+                    if q.spare_sgls.len() < SPARE_SGLS && r.sgl.len() <= MAX_SGE as usize {
+                        q.spare_sgls.push(r.sgl);
                     }
                     (q.init.recv_cq, wc)
                 }
