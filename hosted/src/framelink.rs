@@ -9,16 +9,22 @@
 //! page 0       ring 0 (A → B): producer index at 0, consumer index at 64
 //!              ring 1 (B → A): producer index at 128, consumer index at 192
 //! then         ring 0's slots, then ring 1's (N slots each, 2048 bytes)
-//! slot         length (u32, little endian) at 0, the frame at 16
+//! slot         length (u32, little endian) at 0, ready word (u32) at 4,
+//!              the frame at 16
 //! ```
 //!
 //! Indices are free-running `u32`s. The producer writes a frame into the
-//! slot at its producer index, then its length, then publishes the index
-//! (release); the consumer reads the index (acquire), the length once, and
-//! the frame. Each end reads the other's index only when what it learnt
-//! at the last reading is used up (the producer: the free slots the
-//! consumer index left; the consumer: the frames the producer index
-//! announced), so that the lines the peer writes are not read per frame. Each end implements [`FrameDevice`] with frames lent in
+//! slot at its producer index `i`, then its length, then the slot's ready
+//! word (`i + 1`, release), then publishes the index (release); the
+//! consumer learns of the frame from the slot's ready word or from the
+//! index (acquire), reads the length once, and the frame. The ready word
+//! shares its cache line with the length and the frame's first bytes: a
+//! frame reaches a consumer polling its next slot in one transfer of that
+//! line (and the frame's other lines), not after a transfer of the index's
+//! line first. Each end reads the other's index only when what it learnt
+//! is used up (the producer: the free slots the consumer index left; the
+//! consumer: the frames the producer index or the ready words announced),
+//! so that the lines the peer writes are not read per frame. Each end implements [`FrameDevice`] with frames lent in
 //! place: [`FrameDevice::tx_buffer`] lends the next free slot of the
 //! outgoing ring (the frame is written straight into shared memory) and
 //! [`FrameDevice::receive`] lends the next slot of the incoming ring, given
@@ -178,6 +184,17 @@ impl Shared {
         unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
     }
 
+    /// The ready word of slot `index` of ring `ring` (see the module
+    /// docs).
+    #[inline]
+    fn ready(&self, ring: usize, index: u32) -> &AtomicU32 {
+        // SAFETY: the slot is inside the mapping and 2048-byte aligned (the
+        // base is page-aligned), so bytes 4..8 of its header are an aligned
+        // `u32` inside it. Both ends only access it atomically. The
+        // reference lives no longer than `&self`, which keeps the mapping.
+        unsafe { &*self.slot(ring, index).add(4).cast::<AtomicU32>() }
+    }
+
     /// The first byte of slot `index` (taken modulo the ring size) of ring
     /// `ring`.
     fn slot(&self, ring: usize, index: u32) -> *mut u8 {
@@ -302,8 +319,9 @@ pub struct FrameLink {
     tx_cons_seen: u32,
     /// The next slot this end consumes (its local copy).
     rx_cons: u32,
-    /// The peer's producer index of the incoming ring when last read (and
-    /// checked): frames up to it are taken without reading it again.
+    /// How far the peer's producer index of the incoming ring (when last
+    /// read and checked) or the ready word of the slot at `rx_cons`
+    /// announced frames: those are taken without reading the index again.
     rx_prod_seen: u32,
     /// A received frame is lent at `rx_cons`.
     rx_out: bool,
@@ -527,7 +545,11 @@ impl FrameLink {
 
     /// Publishes the slot at `tx_prod` (its frame and length written).
     fn publish(&mut self) {
-        self.tx_prod = self.tx_prod.wrapping_add(1);
+        let next = self.tx_prod.wrapping_add(1);
+        self.shared
+            .ready(self.tx_ring(), self.tx_prod)
+            .store(next, Ordering::Release);
+        self.tx_prod = next;
         self.shared
             .index(self.tx_ring() * 128)
             .store(self.tx_prod, Ordering::Release);
@@ -821,19 +843,21 @@ impl FrameDevice for FrameLink {
 
     #[inline]
     fn receive(&mut self) -> Result<Option<LinkRx>, FrameError> {
-        // The empty ring, inlined into the caller's poll loop: one load of
-        // the peer's producer index (none while frames it published before
-        // are still to be taken).
-        if !self.rx_out
-            && self.broken.is_none()
-            && self.rx_prod_seen == self.rx_cons
-            && self
+        // Inlined into the caller's poll loop: the next slot's ready word,
+        // and on an empty ring the peer's producer index (for its checks);
+        // neither while frames announced before are still to be taken.
+        if !self.rx_out && self.broken.is_none() && self.rx_prod_seen == self.rx_cons {
+            if self.slot_ready() {
+                return self.take_rx().map(Some);
+            }
+            if self
                 .shared
                 .index(self.rx_ring() * 128)
                 .load(Ordering::Acquire)
                 == self.rx_cons
-        {
-            return Ok(None);
+            {
+                return Ok(None);
+            }
         }
         self.receive_slow()
     }
@@ -889,8 +913,8 @@ impl FrameLink {
             self.rx_out = false;
             self.rx_cons = self.rx_cons.wrapping_add(1);
         }
-        if self.rx_prod_seen != self.rx_cons {
-            // Published before: checked when read.
+        if self.rx_prod_seen != self.rx_cons || self.slot_ready() {
+            // Announced: by the index (checked when read) or the slot.
             return Ok(Some(self.take_rx()?));
         }
         let prod = self
@@ -910,6 +934,22 @@ impl FrameLink {
         }
         self.rx_prod_seen = prod;
         Ok(Some(self.take_rx()?))
+    }
+
+    /// Whether the slot at `rx_cons` says it holds a frame; if so, it
+    /// counts as announced (`rx_prod_seen`).
+    #[inline]
+    fn slot_ready(&mut self) -> bool {
+        let next = self.rx_cons.wrapping_add(1);
+        let ready = self
+            .shared
+            .ready(self.rx_ring(), self.rx_cons)
+            .load(Ordering::Acquire)
+            == next;
+        if ready {
+            self.rx_prod_seen = next;
+        }
+        ready
     }
 
     /// Lends the frame in the slot at `rx_cons`, which the peer published.
@@ -1023,6 +1063,31 @@ mod tests {
             "broken for good"
         );
         assert!(!b.link().up);
+    }
+
+    /// A slot whose ready word says `index + 1` holds a frame before the
+    /// producer index says so; a ready word of another lap does not, and
+    /// a bad length behind a ready word breaks the link as well.
+    #[test]
+    fn the_ready_word_announces_a_frame() {
+        let (a, mut b) = pair();
+        // Slot 0 of ring 0 (A's), written as A would, index not published.
+        a.hostile_write(PAGE, &3u32.to_le_bytes());
+        a.hostile_write(PAGE + SLOT_DATA, &[7, 8, 9]);
+        // A ready word of the lap before (index 0 - 4 slots + 1).
+        a.hostile_write(PAGE + 4, &0u32.wrapping_sub(3).to_ne_bytes());
+        assert_eq!(recv(&mut b), None);
+        a.hostile_write(PAGE + 4, &1u32.to_ne_bytes());
+        assert_eq!(recv(&mut b), Some(vec![7, 8, 9]));
+        // A publishes its index after the ready word.
+        a.hostile_write(0, &1u32.to_ne_bytes());
+        assert_eq!(recv(&mut b), None, "slot 1 holds nothing");
+        assert_eq!(b.stats().rx_frames, 1);
+
+        let (a, mut b) = pair();
+        a.hostile_write(PAGE, &(MAX_FRAME as u32 + 1).to_le_bytes());
+        a.hostile_write(PAGE + 4, &1u32.to_ne_bytes());
+        assert!(matches!(b.receive(), Err(FrameError::Broken(m)) if m.contains("bytes in slot")));
     }
 
     #[test]
