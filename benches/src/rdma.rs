@@ -26,7 +26,9 @@
 //! layer's cost.
 //!
 //! A round trip moves four frames: the ping, its ACK, the pong and its
-//! ACK (each ACK goes out before the next request; the requester's
+//! ACK (each ACK leaves at the end's next poll, after the request posted
+//! in answer, the pong or the next ping: `RoceNic::poll` sends first and
+//! a queue pair alternates requests and responses; the requester's
 //! completion of the ping is not waited for). Every frame is built with its
 //! ICRC and parsed and checked in full, and each received frame is copied
 //! once out of the link's slot before it is parsed. The link is lossless
@@ -46,7 +48,8 @@ use rdma_passthrough::psn::Psn;
 use rdma_passthrough::rc::{CompletionKind, MemoryRegion, QpConfig, QueuePair, SendOp, Status};
 use rdma_passthrough::verbs::{
     ipv4_gid, AccessFlags, AhAttr, Context, CqHandle, MrHandle, MrInfo, PathMtu, QpAttr, QpHandle,
-    QpInitAttr, QpState, RecvWr, SendWr, Sge, VerbsError, WcOpcode, WcStatus, WrOpcode,
+    QpInitAttr, QpState, RecvWr, SendWr, Sge, VerbsError, WcOpcode, WcStatus, WorkCompletion,
+    WrOpcode,
 };
 
 use crate::harness::{Entry, Recorder, Round};
@@ -627,6 +630,8 @@ struct Verbs {
     /// create the same objects in the same order; a wrong guess fails the
     /// run with a remote access error).
     info: MrInfo,
+    /// Where `poll_cq` puts completions (reused: `ibv_poll_cq`'s array).
+    wcs: Vec<WorkCompletion>,
 }
 
 impl Verbs {
@@ -690,6 +695,7 @@ impl Verbs {
             qp,
             mr,
             info,
+            wcs: Vec::with_capacity(4),
         })
     }
 
@@ -720,17 +726,19 @@ impl Verbs {
     #[inline(always)]
     fn poll_cq(&mut self) -> Result<bool, String> {
         let cq = self.cq;
-        let wcs = self
-            .ctx()
-            .poll_cq(cq, 4)
+        let mut wcs = std::mem::take(&mut self.wcs);
+        wcs.clear();
+        self.ctx()
+            .poll_cq_into(cq, 4, &mut wcs)
             .map_err(|e| format!("poll_cq: {e}"))?;
         let mut recv = false;
-        for wc in wcs {
+        for wc in &wcs {
             if wc.status != WcStatus::Success {
                 return Err(format!("work request {} failed: {:?}", wc.wr_id, wc.status));
             }
             recv |= wc.opcode == WcOpcode::Recv;
         }
+        self.wcs = wcs;
         Ok(recv)
     }
 

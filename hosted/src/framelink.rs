@@ -9,13 +9,22 @@
 //! page 0       ring 0 (A → B): producer index at 0, consumer index at 64
 //!              ring 1 (B → A): producer index at 128, consumer index at 192
 //! then         ring 0's slots, then ring 1's (N slots each, 2048 bytes)
-//! slot         length (u32, little endian) at 0, the frame at 16
+//! slot         length (u32, little endian) at 0, ready word (u32) at 4,
+//!              the frame at 16
 //! ```
 //!
 //! Indices are free-running `u32`s. The producer writes a frame into the
-//! slot at its producer index, then its length, then publishes the index
-//! (release); the consumer reads the index (acquire), the length once, and
-//! the frame. Each end implements [`FrameDevice`] with frames lent in
+//! slot at its producer index `i`, then its length, then the slot's ready
+//! word (`i + 1`, release), then publishes the index (release); the
+//! consumer learns of the frame from the slot's ready word or from the
+//! index (acquire), reads the length once, and the frame. The ready word
+//! shares its cache line with the length and the frame's first bytes: a
+//! frame reaches a consumer polling its next slot in one transfer of that
+//! line (and the frame's other lines), not after a transfer of the index's
+//! line first. Each end reads the other's index only when what it learnt
+//! is used up (the producer: the free slots the consumer index left; the
+//! consumer: the frames the producer index or the ready words announced),
+//! so that the lines the peer writes are not read per frame. Each end implements [`FrameDevice`] with frames lent in
 //! place: [`FrameDevice::tx_buffer`] lends the next free slot of the
 //! outgoing ring (the frame is written straight into shared memory) and
 //! [`FrameDevice::receive`] lends the next slot of the incoming ring, given
@@ -30,9 +39,10 @@
 //!   and [`FrameLink::attach`]: the peer maps the grants — two processes,
 //!   as two domains share memory.
 //!
-//! The peer is not trusted: its indices are checked (a producer index more
-//! than N slots ahead of the consumer's, or a consumer index ahead of the
-//! producer's, breaks the link with [`FrameError::Broken`]), a slot's
+//! The peer is not trusted: its indices are checked whenever read (a
+//! producer index more than N slots ahead of the consumer's, or a consumer
+//! index ahead of the producer's, breaks the link with
+//! [`FrameError::Broken`]), a slot's
 //! length is read once and checked, and frames lent in place may change
 //! under their reader only in value (the bounds are this end's own), as
 //! with netfront's lent pages: users copy frames before parsing them.
@@ -174,6 +184,17 @@ impl Shared {
         unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
     }
 
+    /// The ready word of slot `index` of ring `ring` (see the module
+    /// docs).
+    #[inline]
+    fn ready(&self, ring: usize, index: u32) -> &AtomicU32 {
+        // SAFETY: the slot is inside the mapping and 2048-byte aligned (the
+        // base is page-aligned), so bytes 4..8 of its header are an aligned
+        // `u32` inside it. Both ends only access it atomically. The
+        // reference lives no longer than `&self`, which keeps the mapping.
+        unsafe { &*self.slot(ring, index).add(4).cast::<AtomicU32>() }
+    }
+
     /// The first byte of slot `index` (taken modulo the ring size) of ring
     /// `ring`.
     fn slot(&self, ring: usize, index: u32) -> *mut u8 {
@@ -263,7 +284,11 @@ impl LinkGrants {
     /// The refs as a comma-separated list (for a command line or the
     /// environment).
     pub fn refs_string(&self) -> String {
-        self.refs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")
+        self.refs
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Parses [`LinkGrants::refs_string`]'s form.
@@ -272,7 +297,11 @@ impl LinkGrants {
             .split(',')
             .map(|r| r.trim().parse::<GrantRefNum>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| LinkError(format!("grant refs {s:?}: {e}; give comma-separated numbers")))?;
+            .map_err(|e| {
+                LinkError(format!(
+                    "grant refs {s:?}: {e}; give comma-separated numbers"
+                ))
+            })?;
         Ok(LinkGrants { granter, refs })
     }
 }
@@ -284,8 +313,16 @@ pub struct FrameLink {
     mac: [u8; 6],
     /// The next slot this end produces into (its local copy).
     tx_prod: u32,
+    /// The peer's consumer index of the outgoing ring when last read (and
+    /// checked): the room it leaves is free without reading the index
+    /// again, which only happens when that room is used up.
+    tx_cons_seen: u32,
     /// The next slot this end consumes (its local copy).
     rx_cons: u32,
+    /// How far the peer's producer index of the incoming ring (when last
+    /// read and checked) or the ready word of the slot at `rx_cons`
+    /// announced frames: those are taken without reading the index again.
+    rx_prod_seen: u32,
     /// A received frame is lent at `rx_cons`.
     rx_out: bool,
     faults: Option<(Faults, Rng)>,
@@ -302,12 +339,17 @@ pub struct FrameLink {
 impl FrameLink {
     /// Both ends of a link in this process, `slots` slots per direction,
     /// on a sealed memfd: end A with `mac_a`, end B with `mac_b`.
-    pub fn pair(slots: usize, mac_a: [u8; 6], mac_b: [u8; 6]) -> Result<(FrameLink, FrameLink), LinkError> {
+    pub fn pair(
+        slots: usize,
+        mac_a: [u8; 6],
+        mac_b: [u8; 6],
+    ) -> Result<(FrameLink, FrameLink), LinkError> {
         let len = region_len(slots)?;
         let os = |what: &str, e: io::Error| LinkError(format!("{what}: {e}"));
         let file = sys::sealed_memfd("frame-link", len as u64).map_err(|e| os("memfd", e))?;
         // The mapping keeps the memory; the descriptor closes here.
-        let map = Mmap::shared(file.as_fd(), 0, len, true).map_err(|e| os("mapping the memfd", e))?;
+        let map =
+            Mmap::shared(file.as_fd(), 0, len, true).map_err(|e| os("mapping the memfd", e))?;
         let shared = Arc::new(Shared::new(Backing::Memfd(map))?);
         Ok((
             FrameLink::end(shared.clone(), Side::A, mac_a),
@@ -363,7 +405,11 @@ impl FrameLink {
 
     /// End B: maps the pages `grants` names (from [`FrameLink::create`] in
     /// the granting domain).
-    pub fn attach(plat: &HostedPlatform, grants: &LinkGrants, mac: [u8; 6]) -> Result<FrameLink, LinkError> {
+    pub fn attach(
+        plat: &HostedPlatform,
+        grants: &LinkGrants,
+        mac: [u8; 6],
+    ) -> Result<FrameLink, LinkError> {
         let map = plat
             .map_grants(grants.granter, &grants.refs, Access::ReadWrite)
             .map_err(|e| LinkError(format!("mapping the link's pages: {e}")))?;
@@ -371,8 +417,16 @@ impl FrameLink {
         let mut end = FrameLink::end(shared, Side::B, mac);
         // Start from where the peer's indices are (they start at zero;
         // a peer that already sent is picked up where it is).
-        end.rx_cons = end.shared.index(end.rx_ring() * 128 + 64).load(Ordering::Acquire);
-        end.tx_prod = end.shared.index(end.tx_ring() * 128).load(Ordering::Acquire);
+        end.rx_cons = end
+            .shared
+            .index(end.rx_ring() * 128 + 64)
+            .load(Ordering::Acquire);
+        end.rx_prod_seen = end.rx_cons;
+        end.tx_prod = end
+            .shared
+            .index(end.tx_ring() * 128)
+            .load(Ordering::Acquire);
+        end.tx_cons_seen = end.tx_prod;
         Ok(end)
     }
 
@@ -382,7 +436,9 @@ impl FrameLink {
             side,
             mac,
             tx_prod: 0,
+            tx_cons_seen: 0,
             rx_cons: 0,
+            rx_prod_seen: 0,
             rx_out: false,
             faults: None,
             held: None,
@@ -461,10 +517,20 @@ impl FrameLink {
         }
     }
 
-    /// Free slots in the outgoing ring, after checking the peer's consumer
-    /// index.
+    /// Free slots in the outgoing ring: those the peer's consumer index
+    /// left when last read, or, when none, after reading and checking it
+    /// again (a read of a cache line the peer writes is kept off the
+    /// common path).
+    #[inline]
     fn tx_room(&mut self) -> Result<u32, FrameError> {
-        let cons = self.shared.index(self.tx_ring() * 128 + 64).load(Ordering::Acquire);
+        let used = self.tx_prod.wrapping_sub(self.tx_cons_seen);
+        if used < self.shared.slots {
+            return Ok(self.shared.slots - used);
+        }
+        let cons = self
+            .shared
+            .index(self.tx_ring() * 128 + 64)
+            .load(Ordering::Acquire);
         let used = self.tx_prod.wrapping_sub(cons);
         if used > self.shared.slots {
             return Err(self.broken(format!(
@@ -473,12 +539,17 @@ impl FrameLink {
                 self.shared.slots, self.tx_prod
             )));
         }
+        self.tx_cons_seen = cons;
         Ok(self.shared.slots - used)
     }
 
     /// Publishes the slot at `tx_prod` (its frame and length written).
     fn publish(&mut self) {
-        self.tx_prod = self.tx_prod.wrapping_add(1);
+        let next = self.tx_prod.wrapping_add(1);
+        self.shared
+            .ready(self.tx_ring(), self.tx_prod)
+            .store(next, Ordering::Release);
+        self.tx_prod = next;
         self.shared
             .index(self.tx_ring() * 128)
             .store(self.tx_prod, Ordering::Release);
@@ -493,7 +564,8 @@ impl FrameLink {
         // memory, not the slot.
         unsafe {
             std::ptr::copy_nonoverlapping(frame.as_ptr(), slot.add(SLOT_DATA), frame.len());
-            slot.cast::<u32>().write_volatile((frame.len() as u32).to_le());
+            slot.cast::<u32>()
+                .write_volatile((frame.len() as u32).to_le());
         }
         self.publish();
     }
@@ -525,7 +597,10 @@ impl Drop for FrameLink {
             // The region stays allocated (the table keeps it) until every
             // grant has ended: a peer still mapping it never sees the pages
             // reused.
-            if let Err(e) = plat.grant_table().end_access_all(grants, self.shared.clone()) {
+            if let Err(e) = plat
+                .grant_table()
+                .end_access_all(grants, self.shared.clone())
+            {
                 log::warn!("frame link: the peer still maps the link's pages ({e}); they are kept until it unmaps");
             }
         }
@@ -581,7 +656,10 @@ impl TxFrame for LinkTx {
             frame_len: len,
         };
         let end = offset.checked_add(data.len()).ok_or(oob.clone())?;
-        let dst = self.as_mut_slice().and_then(|s| s.get_mut(offset..end)).ok_or(oob)?;
+        let dst = self
+            .as_mut_slice()
+            .and_then(|s| s.get_mut(offset..end))
+            .ok_or(oob)?;
         dst.copy_from_slice(data);
         Ok(())
     }
@@ -596,7 +674,13 @@ impl TxFrame for LinkTx {
             Some(end) if end <= self.len => {
                 // SAFETY: `[offset, end)` lies inside the lent frame (as in
                 // `as_mut_slice`); `buf` is other memory.
-                unsafe { std::ptr::copy_nonoverlapping(self.data().add(offset), buf.as_mut_ptr(), buf.len()) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        self.data().add(offset),
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    )
+                };
                 Ok(())
             }
             _ => Err(oob),
@@ -654,7 +738,10 @@ impl RxFrame for LinkRx {
             frame_len: self.len,
         };
         let end = offset.checked_add(buf.len()).ok_or(oob.clone())?;
-        let src = self.as_slice().and_then(|s| s.get(offset..end)).ok_or(oob)?;
+        let src = self
+            .as_slice()
+            .and_then(|s| s.get(offset..end))
+            .ok_or(oob)?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -676,7 +763,10 @@ impl FrameDevice for FrameLink {
     fn tx_buffer(&mut self, len: usize) -> Result<Option<LinkTx>, FrameError> {
         self.check()?;
         if len > MAX_FRAME {
-            return Err(FrameError::TooLarge { len, max: MAX_FRAME });
+            return Err(FrameError::TooLarge {
+                len,
+                max: MAX_FRAME,
+            });
         }
         if len == 0 {
             return Err(FrameError::Invalid("an empty frame".into()));
@@ -696,7 +786,10 @@ impl FrameDevice for FrameLink {
 
     fn send(&mut self, frame: LinkTx) -> Result<(), FrameError> {
         self.check()?;
-        if !Arc::ptr_eq(&frame.shared, &self.shared) || frame.side != self.side || frame.index != self.tx_prod {
+        if !Arc::ptr_eq(&frame.shared, &self.shared)
+            || frame.side != self.side
+            || frame.index != self.tx_prod
+        {
             return Err(FrameError::Invalid(
                 "a transmit buffer this end did not lend, or lent before".into(),
             ));
@@ -750,13 +843,22 @@ impl FrameDevice for FrameLink {
 
     #[inline]
     fn receive(&mut self) -> Result<Option<LinkRx>, FrameError> {
-        // The empty ring, inlined into the caller's poll loop: one load of
-        // the peer's producer index.
-        if !self.rx_out
-            && self.broken.is_none()
-            && self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire) == self.rx_cons
-        {
-            return Ok(None);
+        // Inlined into the caller's poll loop: the next slot's ready word,
+        // and on an empty ring the peer's producer index (for its checks;
+        // it may lag behind the ready words, which the slow path accepts);
+        // neither while frames announced before are still to be taken.
+        if !self.rx_out && self.broken.is_none() && self.rx_prod_seen == self.rx_cons {
+            if self.slot_ready() {
+                return self.take_rx().map(Some);
+            }
+            if self
+                .shared
+                .index(self.rx_ring() * 128)
+                .load(Ordering::Acquire)
+                == self.rx_cons
+            {
+                return Ok(None);
+            }
         }
         self.receive_slow()
     }
@@ -778,7 +880,10 @@ impl FrameDevice for FrameLink {
         let limit = timeout_ns.map(Duration::from_nanos);
         loop {
             for _ in 0..64 {
-                let prod = self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire);
+                let prod = self
+                    .shared
+                    .index(self.rx_ring() * 128)
+                    .load(Ordering::Acquire);
                 let next = if self.rx_out {
                     self.rx_cons.wrapping_add(1)
                 } else {
@@ -809,9 +914,18 @@ impl FrameLink {
             self.rx_out = false;
             self.rx_cons = self.rx_cons.wrapping_add(1);
         }
-        let prod = self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire);
+        if self.rx_prod_seen != self.rx_cons || self.slot_ready() {
+            // Announced: by the index (checked when read) or the slot.
+            return Ok(Some(self.take_rx()?));
+        }
+        let prod = self
+            .shared
+            .index(self.rx_ring() * 128)
+            .load(Ordering::Acquire);
         let avail = prod.wrapping_sub(self.rx_cons);
-        if avail == 0 {
+        // Zero, or behind what the ready words announced (the producer
+        // stores the index after a slot's ready word): nothing new.
+        if self.rx_cons.wrapping_sub(prod) <= self.shared.slots {
             return Ok(None);
         }
         if avail > self.shared.slots {
@@ -821,6 +935,29 @@ impl FrameLink {
                 self.rx_cons, self.shared.slots
             )));
         }
+        self.rx_prod_seen = prod;
+        Ok(Some(self.take_rx()?))
+    }
+
+    /// Whether the slot at `rx_cons` says it holds a frame; if so, it
+    /// counts as announced (`rx_prod_seen`).
+    #[inline]
+    fn slot_ready(&mut self) -> bool {
+        let next = self.rx_cons.wrapping_add(1);
+        let ready = self
+            .shared
+            .ready(self.rx_ring(), self.rx_cons)
+            .load(Ordering::Acquire)
+            == next;
+        if ready {
+            self.rx_prod_seen = next;
+        }
+        ready
+    }
+
+    /// Lends the frame in the slot at `rx_cons`, which the peer published.
+    fn take_rx(&mut self) -> Result<LinkRx, FrameError> {
+        let me = self.side.n();
         let slot = self.shared.slot(self.rx_ring(), self.rx_cons);
         // SAFETY: the slot's header, inside the mapping and 4-byte aligned;
         // read once, volatile (the peer wrote it before publishing).
@@ -835,12 +972,12 @@ impl FrameLink {
         self.shared.rx_lent[me].store(true, Ordering::Relaxed);
         self.rx_out = true;
         self.stats.rx_frames += 1;
-        Ok(Some(LinkRx {
+        Ok(LinkRx {
             shared: self.shared.clone(),
             side: self.side,
             index: self.rx_cons,
             len,
-        }))
+        })
     }
 }
 
@@ -894,11 +1031,17 @@ mod tests {
         send(&mut a, &[1, 2]);
         let f = b.receive().unwrap().unwrap();
         assert_eq!(f.len(), 3);
-        assert!(b.receive().unwrap().is_none(), "one received frame lent at a time");
+        assert!(
+            b.receive().unwrap().is_none(),
+            "one received frame lent at a time"
+        );
         drop(f);
         assert_eq!(recv(&mut b), Some(vec![1, 2]));
         // Sizes.
-        assert!(matches!(a.tx_buffer(MAX_FRAME + 1), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            a.tx_buffer(MAX_FRAME + 1),
+            Err(FrameError::TooLarge { .. })
+        ));
         assert!(matches!(a.tx_buffer(0), Err(FrameError::Invalid(_))));
     }
 
@@ -918,8 +1061,38 @@ mod tests {
         // Ring 0's producer index (A's), 5 ahead of 4 slots.
         a.hostile_write(0, &5u32.to_ne_bytes());
         assert!(matches!(b.receive(), Err(FrameError::Broken(m)) if m.contains("producer index")));
-        assert!(matches!(b.tx_buffer(10), Err(FrameError::Broken(_))), "broken for good");
+        assert!(
+            matches!(b.tx_buffer(10), Err(FrameError::Broken(_))),
+            "broken for good"
+        );
         assert!(!b.link().up);
+    }
+
+    /// A slot whose ready word says `index + 1` holds a frame before the
+    /// producer index says so; a ready word of another lap does not, and
+    /// a bad length behind a ready word breaks the link as well.
+    #[test]
+    fn the_ready_word_announces_a_frame() {
+        let (a, mut b) = pair();
+        // Slot 0 of ring 0 (A's), written as A would, index not published.
+        a.hostile_write(PAGE, &3u32.to_le_bytes());
+        a.hostile_write(PAGE + SLOT_DATA, &[7, 8, 9]);
+        // A ready word of the lap before (index 0 - 4 slots + 1).
+        a.hostile_write(PAGE + 4, &0u32.wrapping_sub(3).to_ne_bytes());
+        assert_eq!(recv(&mut b), None);
+        a.hostile_write(PAGE + 4, &1u32.to_ne_bytes());
+        assert_eq!(recv(&mut b), Some(vec![7, 8, 9]));
+        // A publishes its index after the ready word: until then it lags
+        // behind what B took, which is no fault.
+        assert_eq!(recv(&mut b), None, "slot 1 holds nothing");
+        a.hostile_write(0, &1u32.to_ne_bytes());
+        assert_eq!(recv(&mut b), None, "slot 1 holds nothing");
+        assert_eq!(b.stats().rx_frames, 1);
+
+        let (a, mut b) = pair();
+        a.hostile_write(PAGE, &(MAX_FRAME as u32 + 1).to_le_bytes());
+        a.hostile_write(PAGE + 4, &1u32.to_ne_bytes());
+        assert!(matches!(b.receive(), Err(FrameError::Broken(m)) if m.contains("bytes in slot")));
     }
 
     #[test]
@@ -938,9 +1111,16 @@ mod tests {
     #[test]
     fn a_consumer_index_ahead_of_the_producer_breaks_the_sender() {
         let (mut a, b) = pair();
-        // Ring 0's consumer index (B's) moved past what A produced.
-        b.hostile_write(64, &3u32.to_ne_bytes());
-        assert!(matches!(a.tx_buffer(10), Err(FrameError::Broken(m)) if m.contains("consumer index")));
+        // A fills the ring's 4 slots (B takes nothing); ring 0's consumer
+        // index (B's) moves past what A produced.
+        for _ in 0..4 {
+            send(&mut a, &[1, 2, 3]);
+        }
+        b.hostile_write(64, &7u32.to_ne_bytes());
+        // A reads it now that the room it knew of is used up.
+        assert!(
+            matches!(a.tx_buffer(10), Err(FrameError::Broken(m)) if m.contains("consumer index"))
+        );
     }
 
     #[test]
@@ -979,7 +1159,10 @@ mod tests {
         let (g3, _) = run(6);
         assert_eq!((&g1, s1), (&g2, s2));
         assert_ne!(g1, g3);
-        assert!(s1.dropped > 0 && s1.duplicated > 0 && s1.reordered > 0, "{s1:?}");
+        assert!(
+            s1.dropped > 0 && s1.duplicated > 0 && s1.reordered > 0,
+            "{s1:?}"
+        );
         assert_eq!(g1.len() as u64, 40 - s1.dropped + s1.duplicated);
         let sorted = {
             let mut v = g1.clone();

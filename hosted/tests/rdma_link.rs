@@ -421,8 +421,11 @@ const TWO_PROC_TEST: &str = "two_processes_over_granted_pages";
 const ROLE: &str = "rdma-link-peer";
 const GRANTS_VAR: &str = "RDMA_LINK_GRANTS";
 const MESSAGES: usize = 200;
-/// A real clock's retransmission timeout, generous for a busy machine.
-const RTO_NS: u64 = 5_000_000;
+/// A real clock's retransmission timeout, generous for a busy machine: the
+/// child may take tens of milliseconds to start and attach while this end
+/// already sends, and eight timeouts without an answer fail the queue
+/// pair.
+const RTO_NS: u64 = 20_000_000;
 const TIME_LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs one end until it is done, then lingers for `linger` (answering

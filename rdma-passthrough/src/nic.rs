@@ -6,18 +6,29 @@
 //! [`RoceNic::poll`] does everything that can be done without blocking:
 //!
 //! 1. the device's own work ([`FrameDevice::poll`]);
-//! 2. received frames: each is copied once out of the device's memory into
+//! 2. the frames the transport has to send ([`Transport::emit_into`]):
+//!    what the application posted since the last poll, and what the last
+//!    poll's received frames and timers produced, each written straight
+//!    into a transmit buffer the device lends (its granted or DMA memory:
+//!    no copy besides that one) and sent. When the device has no buffer
+//!    free, the frame waits for the next poll;
+//! 3. received frames: each is copied once out of the device's memory into
 //!    a buffer of this driver's (the device's memory may still be written by
 //!    a peer or a device; everything after works on the private copy) and
 //!    classified: IPv4 UDP to port 4791 goes to
 //!    [`Transport::handle_frame`], anything else to the callback given by
 //!    [`RoceNic::on_other_frame`] or, without one, is counted and dropped;
-//! 3. the transport's timers ([`Transport::on_time`]) when its deadline has
-//!    passed;
-//! 4. the frames the transport has to send ([`Transport::next_frame`]),
-//!    each written straight into a transmit buffer the device lends (its
-//!    granted or DMA memory: no copy besides that one) and sent. When the
-//!    device has no buffer free, the frame waits for the next poll.
+//! 4. the transport's timers ([`Transport::on_time`]) when its deadline has
+//!    passed.
+//!
+//! What received frames and timers produce (acknowledgements above all)
+//! leaves at the next poll, not at the end of this one: the application
+//! sees the completions first, and a request it posts in answer (the
+//! pong of a ping) leaves before that acknowledgement, which nothing
+//! waits on (a queue pair alternates requests and responses). An
+//! application that stops polling calls [`RoceNic::flush`] (or
+//! [`RoceNic::wait`], which flushes before it blocks) so that nothing
+//! stays queued.
 //!
 //! [`RoceNic::wait`] blocks in the device's [`FrameDevice::wait`], never
 //! past the transport's next deadline. Time is the caller's: every call
@@ -330,6 +341,7 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
     pub fn poll(&mut self, now_ns: u64) -> Result<bool, FrameError> {
         self.transport.advance_time(now_ns);
         let mut progress = self.dev.poll()?;
+        progress |= self.flush()?;
         for _ in 0..RX_BUDGET {
             let Some(rx) = self.dev.receive()? else { break };
             progress = true;
@@ -357,14 +369,15 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
             self.transport.on_time(now_ns);
             progress = true;
         }
-        progress |= self.flush()?;
         Ok(progress)
     }
 
     /// Sends what the transport has, while the device lends buffers:
     /// built in place when the transport can ([`Transport::emit_into`]),
-    /// through [`Transport::next_frame`] otherwise.
-    fn flush(&mut self) -> Result<bool, FrameError> {
+    /// through [`Transport::next_frame`] otherwise. [`RoceNic::poll`]
+    /// does it first; call it when stopping to poll for a while (without
+    /// [`RoceNic::wait`]). `Ok(true)` when a frame was sent.
+    pub fn flush(&mut self) -> Result<bool, FrameError> {
         let mut sent = false;
         while self.pending.is_none() {
             let Some(len) = self.transport.next_frame_len() else {
@@ -470,12 +483,15 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
         }
     }
 
-    /// Blocks in the device's wait until something may have happened, at
+    /// Sends what waits ([`RoceNic::flush`]), then blocks in the device's
+    /// wait until something may have happened, at
     /// most `timeout_ns` (`None`: no limit of the caller's) and never past
     /// the transport's next deadline; returns at once when that deadline
     /// has passed. `Ok(true)` when the device woke it. Call
     /// [`RoceNic::poll`] after it.
     pub fn wait(&mut self, now_ns: u64, timeout_ns: Option<u64>) -> Result<bool, FrameError> {
+        // Nothing stays queued while this end sleeps.
+        self.flush()?;
         let until_deadline = self
             .transport
             .next_deadline()

@@ -387,18 +387,25 @@ impl fmt::Display for ParseError {
 }
 
 /// The one's-complement sum of 16-bit big-endian words (an odd last byte
-/// is padded with zero), folded, not complemented.
-fn ones_sum(mut sum: u32, bytes: &[u8]) -> u32 {
+/// is padded with zero), folded, not complemented; `sum` is a folded sum
+/// to continue. The words are added up in 64 bits and the carries folded
+/// back once at the end (the same sum: one's-complement addition is
+/// associative).
+fn ones_sum(sum: u32, bytes: &[u8]) -> u32 {
+    let mut acc = u64::from(sum);
     let mut words = bytes.chunks_exact(2);
     for w in &mut words {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-        sum = (sum & 0xffff) + (sum >> 16);
+        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
     }
     if let [last] = words.remainder() {
-        sum += u32::from(*last) << 8;
-        sum = (sum & 0xffff) + (sum >> 16);
+        acc += u64::from(*last) << 8;
     }
-    sum
+    // At most 2^15 words of 16 bits and the start: 2^32 at most, so two
+    // folds and a last carry bring it below 2^16.
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc as u32
 }
 
 /// The Internet checksum of `bytes` (RFC 1071).

@@ -99,8 +99,10 @@ const MAX_PSN_SPAN: u32 = 1 << 22;
 /// supports (as `rdma_rxe`'s limit of outstanding READ and atomic
 /// requests).
 pub const MAX_RD_ATOMIC: u8 = 128;
-/// Receive buffers [`QueuePair::recycle`] keeps.
-const RECYCLE_KEEP: usize = 4;
+/// Spare buffers a queue pair keeps ([`QueuePair::recycle`]): received
+/// SENDs' data, acknowledged requests' frames, posted messages once
+/// segmented.
+const RECYCLE_KEEP: usize = 8;
 /// The largest capacity of a buffer [`QueuePair::recycle`] keeps.
 pub const RECYCLE_MAX_BYTES: usize = 64 * 1024;
 /// The largest message (2^31 bytes).
@@ -620,13 +622,17 @@ pub struct QueuePair {
     resources: VecDeque<Resource>,
     in_progress: InProgress,
     recv_queue: VecDeque<(u64, usize)>,
-    /// Buffers of received SENDs given back ([`QueuePair::recycle`]),
-    /// reused for the next ones.
+    /// Spare buffers (received SENDs given back with
+    /// [`QueuePair::recycle`], frames of acknowledged requests, messages
+    /// once segmented), reused for the next ones.
     spare: Vec<Vec<u8>>,
     regions: Vec<MemoryRegion>,
     region_access: Vec<RemoteAccess>,
     // Output.
     tx: VecDeque<TxItem>,
+    /// The last frame sent was a request: when both wait, a response goes
+    /// next (requests and responses alternate).
+    response_turn: bool,
     completions: VecDeque<Completion>,
     stats: Stats,
 }
@@ -673,6 +679,7 @@ impl QueuePair {
             regions: Vec::new(),
             region_access: Vec::new(),
             tx: VecDeque::new(),
+            response_turn: false,
             completions: VecDeque::new(),
             stats: Stats::default(),
             cfg,
@@ -864,13 +871,22 @@ impl QueuePair {
         self.sq.len()
     }
 
-    /// Gives back the `data` of a receive completion once read, so that
-    /// later SENDs are received without allocating. Keeps a few, each at
-    /// most [`RECYCLE_MAX_BYTES`] of capacity; drops the others.
+    /// Gives back a buffer: the `data` of a receive completion once read,
+    /// so that later SENDs are received without allocating. Keeps a few,
+    /// each at most [`RECYCLE_MAX_BYTES`] of capacity; drops the others.
     pub fn recycle(&mut self, buf: Vec<u8>) {
         if self.spare.len() < RECYCLE_KEEP && buf.capacity() <= RECYCLE_MAX_BYTES {
             self.spare.push(buf);
         }
+    }
+
+    /// An empty buffer, one given back before when there is one: what to
+    /// gather a message into before posting it (the queue pair takes the
+    /// buffer back once the message is segmented), without allocating.
+    pub fn take_buffer(&mut self) -> Vec<u8> {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b
     }
 
     /// Turns queued work requests into packets while the limits allow.
@@ -932,13 +948,19 @@ impl QueuePair {
             SendOp::FetchAdd { va, rkey, add } => {
                 self.atomic_request(wr_id, Opcode::FetchAdd, va, rkey, add, 0)
             }
-            SendOp::Send { data, imm } => self.segment_message(wr_id, &data, None, imm),
+            SendOp::Send { data, imm } => {
+                self.segment_message(wr_id, &data, None, imm);
+                self.recycle(data);
+            }
             SendOp::Write {
                 data,
                 va,
                 rkey,
                 imm,
-            } => self.segment_message(wr_id, &data, Some((va, rkey)), imm),
+            } => {
+                self.segment_message(wr_id, &data, Some((va, rkey)), imm);
+                self.recycle(data);
+            }
         }
     }
 
@@ -1045,7 +1067,7 @@ impl QueuePair {
             if position.ends_message() {
                 h.imm = imm.map(ImmDt);
             }
-            let frame = self.frame(&h, chunk);
+            let frame = self.request_frame(&h, chunk);
             let completes = position.ends_message().then(|| (wr_id, kind.clone()));
             self.queue_request(Outstanding {
                 psn,
@@ -1057,14 +1079,19 @@ impl QueuePair {
         }
     }
 
-    /// The next frame to send: responses (ACKs, NAKs, READ responses and
-    /// atomic acknowledges, in PSN order) first, then requests and
-    /// retransmissions in order. Allocates the frame; a driver with a
-    /// transmit buffer of its own uses [`QueuePair::next_frame_len`] and
-    /// [`QueuePair::emit_into`] instead.
+    /// The next frame to send. Responses (ACKs, NAKs, READ responses and
+    /// atomic acknowledges) leave in PSN order, and requests and
+    /// retransmissions in theirs; between the two streams, when both have
+    /// a frame waiting, they take turns, a request first after a response
+    /// (so that a request posted after frames were received leaves before
+    /// the acknowledgement they asked for, which is not waited on, and
+    /// neither stream holds up the other for long). Allocates the frame; a
+    /// driver with a transmit buffer of its own uses
+    /// [`QueuePair::next_frame_len`] and [`QueuePair::emit_into`] instead.
     pub fn transmit(&mut self) -> Option<Vec<u8>> {
-        if let Some(Resp::Frame { .. }) = self.resp.front() {
+        if let (Some(Resp::Frame { .. }), false) = (self.resp.front(), self.request_next()) {
             if let Some(Resp::Frame { frame, .. }) = self.resp.pop_front() {
+                self.response_turn = false;
                 return Some(frame);
             }
         }
@@ -1094,16 +1121,29 @@ impl QueuePair {
     /// The length of the frame [`QueuePair::emit_into`] writes next, or
     /// `None` when nothing waits.
     pub fn next_frame_len(&self) -> Option<usize> {
-        match self.resp.front() {
-            Some(Resp::Ack(_) | Resp::Nak(..)) => return frame_len(Opcode::Acknowledge, 0),
-            Some(Resp::Frame { frame, .. }) => return Some(frame.len()),
-            None => {}
+        let request = self.next_request_len();
+        if request.is_some() && (self.resp.is_empty() || !self.response_turn) {
+            return request;
         }
-        // Requests acknowledged before they left are skipped.
+        match self.resp.front() {
+            Some(Resp::Ack(_) | Resp::Nak(..)) => frame_len(Opcode::Acknowledge, 0),
+            Some(Resp::Frame { frame, .. }) => Some(frame.len()),
+            None => None,
+        }
+    }
+
+    /// The length of the next request frame (requests acknowledged before
+    /// they left are skipped).
+    fn next_request_len(&self) -> Option<usize> {
         self.tx.iter().find_map(|t| match t {
             TxItem::Request(psn) => self.outstanding_at(*psn).map(|o| o.frame.len()),
             TxItem::Frame(f) => Some(f.len()),
         })
+    }
+
+    /// Whether the next frame is a request (see [`QueuePair::transmit`]).
+    fn request_next(&self) -> bool {
+        self.next_request_len().is_some() && (self.resp.is_empty() || !self.response_turn)
     }
 
     /// Writes the next frame to send (see [`QueuePair::transmit`] for the
@@ -1113,7 +1153,27 @@ impl QueuePair {
     pub fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
         let len = self.next_frame_len()?;
         let out = out.get_mut(..len)?;
+        if self.request_next() {
+            while let Some(t) = self.tx.pop_front() {
+                match t {
+                    TxItem::Request(psn) => {
+                        if let Some(o) = self.outstanding_at(psn) {
+                            out.copy_from_slice(&o.frame);
+                            self.response_turn = true;
+                            return Some(len);
+                        }
+                    }
+                    TxItem::Frame(f) => {
+                        out.copy_from_slice(&f);
+                        self.response_turn = true;
+                        return Some(len);
+                    }
+                }
+            }
+            return None;
+        }
         if let Some(r) = self.resp.pop_front() {
+            self.response_turn = false;
             return match r {
                 Resp::Ack(psn) => {
                     self.stats.acks_sent += 1;
@@ -1134,20 +1194,6 @@ impl QueuePair {
                     Some(len)
                 }
             };
-        }
-        while let Some(t) = self.tx.pop_front() {
-            match t {
-                TxItem::Request(psn) => {
-                    if let Some(o) = self.outstanding_at(psn) {
-                        out.copy_from_slice(&o.frame);
-                        return Some(len);
-                    }
-                }
-                TxItem::Frame(f) => {
-                    out.copy_from_slice(&f);
-                    return Some(len);
-                }
-            }
         }
         None
     }
@@ -1289,7 +1335,19 @@ impl QueuePair {
     }
 
     fn frame(&self, h: &TransportHeaders, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![0u8; frame_len(h.bth.opcode, payload.len()).unwrap_or(0)];
+        self.frame_in(Vec::new(), h, payload)
+    }
+
+    /// A request's frame, in a spare buffer when there is one.
+    fn request_frame(&mut self, h: &TransportHeaders, payload: &[u8]) -> Vec<u8> {
+        let buf = self.take_buffer();
+        self.frame_in(buf, h, payload)
+    }
+
+    /// Builds a frame in `out` (emptied first).
+    fn frame_in(&self, mut out: Vec<u8>, h: &TransportHeaders, payload: &[u8]) -> Vec<u8> {
+        out.clear();
+        out.resize(frame_len(h.bth.opcode, payload.len()).unwrap_or(0), 0);
         match build(&self.cfg.endpoints, h, payload, &mut out) {
             Ok(n) => out.truncate(n),
             // The headers are this module's own and the payload at most a
@@ -1447,6 +1505,7 @@ impl QueuePair {
                         kind,
                     });
                 }
+                self.recycle(o.frame);
             }
             progressed = true;
         }

@@ -555,3 +555,70 @@ fn a_peer_that_never_answers_fails_the_queue_pair_after_the_retries() {
     let c = a.qp_mut().poll_completion().unwrap();
     assert_eq!((c.wr_id, c.status), (3, Status::RetryExceeded));
 }
+
+/// What a received frame produces leaves at the next poll, after a request
+/// the application posted in answer (the pong before the ping's ACK);
+/// `wait` sends what waits before it blocks.
+#[test]
+fn acknowledgements_leave_at_the_next_poll_after_the_answer() {
+    use rdma_passthrough::opcode::Opcode;
+    use rdma_passthrough::packet::parse;
+
+    let mut a = QpTransport::new(qp(1, 2, 3), 1_000_000);
+    a.qp_mut().post_recv(0, 64);
+    a.qp_mut()
+        .post_send(
+            1,
+            SendOp::Send {
+                data: vec![1; 16],
+                imm: None,
+            },
+        )
+        .unwrap();
+    let ping = a.next_frame().unwrap();
+    let mut b = RoceNic::new(MemDev::default(), QpTransport::new(qp(2, 1, 3), 1_000_000));
+    b.transport_mut().qp_mut().post_recv(0, 64);
+    b.device_mut().rx.push_back(ping);
+    b.poll(10).unwrap();
+    assert!(
+        b.device().sent.is_empty(),
+        "the ACK waits for the next poll"
+    );
+    let got = b.transport_mut().qp_mut().poll_completion().unwrap();
+    assert!(matches!(got.kind, CompletionKind::Recv { ref data, .. } if data == &vec![1; 16]));
+    b.transport_mut()
+        .qp_mut()
+        .post_send(
+            2,
+            SendOp::Send {
+                data: vec![2; 16],
+                imm: None,
+            },
+        )
+        .unwrap();
+    b.poll(20).unwrap();
+    let opcodes: Vec<Opcode> = b
+        .device()
+        .sent
+        .iter()
+        .map(|f| parse(f).unwrap().headers.bth.opcode)
+        .collect();
+    assert_eq!(opcodes, [Opcode::SendOnly, Opcode::Acknowledge]);
+    // Both reach A: its send and the pong complete.
+    for f in b.device_mut().sent.drain(..) {
+        a.handle_frame(&f, 30);
+    }
+    let kinds: Vec<_> = std::iter::from_fn(|| a.qp_mut().poll_completion())
+        .map(|c| c.kind)
+        .collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert!(kinds.contains(&CompletionKind::Send));
+    // A's ACK of the pong: queued by the frame, sent by `wait` before it
+    // blocks.
+    let mut a = RoceNic::new(MemDev::default(), a);
+    assert!(a.transport().next_frame_len().is_some());
+    a.wait(40, Some(5)).unwrap();
+    assert_eq!(a.device().sent.len(), 1);
+    assert_eq!(a.device().waits, [Some(5)]);
+    assert_eq!(a.transport().next_frame_len(), None);
+}

@@ -8,7 +8,7 @@ use rdma_passthrough::opcode::Opcode;
 use rdma_passthrough::packet::{build, frame_len, parse, Endpoints, TransportHeaders};
 use rdma_passthrough::psn::Psn;
 use rdma_passthrough::rc::{
-    Completion, CompletionKind, MemoryRegion, QpConfig, QueuePair, SendOp, Status,
+    Completion, CompletionKind, MemoryRegion, QpConfig, QueuePair, RemoteAccess, SendOp, Status,
 };
 
 const A_QPN: u32 = 0x11;
@@ -795,4 +795,77 @@ fn configuration_is_checked() {
         .err(),
         Some(ConfigError::QpnTooLarge)
     );
+}
+
+/// Requests and responses take turns, a request first after a response:
+/// the pong a responder posts after taking the ping leaves before the
+/// ping's acknowledgement, and under a stream of both neither waits behind
+/// all of the other.
+#[test]
+fn requests_and_responses_take_turns() {
+    let (mut a, mut b) = pair();
+    let pmtu_msg = |i: usize| SendOp::Send {
+        data: message(i, 8),
+        imm: None,
+    };
+    a.post_recv(50, 8);
+    b.post_recv(60, 8);
+    a.post_send(1, pmtu_msg(1)).unwrap();
+    let ping = a.transmit().unwrap();
+    b.receive(&ping);
+    // B's ACK of the ping waits; B posts the pong in answer.
+    b.post_send(2, pmtu_msg(2)).unwrap();
+    let first = parse_owned(b.transmit().unwrap());
+    let second = parse_owned(b.transmit().unwrap());
+    assert_eq!(first, Opcode::SendOnly, "the pong goes first");
+    assert_eq!(second, Opcode::Acknowledge, "then the ping's ACK");
+    assert!(b.transmit().is_none());
+
+    // A READ of three path MTUs gives B three responses to send; B has
+    // two SENDs of its own: they alternate, a request first (the last
+    // frame B sent was a response).
+    b.register_with_access(
+        MemoryRegion {
+            va: 0x20_0000,
+            rkey: RKEY + 1,
+            remote_write: false,
+            data: vec![5; 3 * PMTU],
+        },
+        RemoteAccess {
+            read: true,
+            ..RemoteAccess::default()
+        },
+    );
+    a.post_send(
+        3,
+        SendOp::Read {
+            va: 0x20_0000,
+            rkey: RKEY + 1,
+            len: 3 * PMTU as u32,
+        },
+    )
+    .unwrap();
+    b.receive(&a.transmit().unwrap());
+    assert!(!b.is_error());
+    b.post_recv(61, 8);
+    a.post_recv(51, 8);
+    b.post_send(4, pmtu_msg(4)).unwrap();
+    b.post_send(5, pmtu_msg(5)).unwrap();
+    let order: Vec<Opcode> = std::iter::from_fn(|| b.transmit())
+        .map(parse_owned)
+        .collect();
+    assert_eq!(
+        order,
+        [
+            Opcode::SendOnly,
+            Opcode::RdmaReadResponseFirst,
+            Opcode::SendOnly,
+            Opcode::RdmaReadResponseMiddle,
+            Opcode::RdmaReadResponseLast,
+        ]
+    );
+}
+
+fn parse_owned(f: Vec<u8>) -> Opcode {
+    parse(&f).unwrap().headers.bth.opcode
 }

@@ -523,3 +523,29 @@ fn positions() {
     assert!(Opcode::RdmaWriteOnly.layout().position.starts_message());
     assert!(!Opcode::RdmaWriteMiddle.layout().position.ends_message());
 }
+
+/// RFC 1071's checksum the plain way: each 16-bit word added with its
+/// carry folded back at once.
+fn reference_checksum(bytes: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for w in bytes.chunks(2) {
+        let word = u32::from(w[0]) << 8 | u32::from(*w.get(1).unwrap_or(&0));
+        sum += word;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+proptest::proptest! {
+    #[test]
+    fn internet_checksum_matches_the_plain_sum(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+        ones in 0usize..3000,
+    ) {
+        use rdma_passthrough::packet::internet_checksum;
+        proptest::prop_assert_eq!(internet_checksum(&bytes), reference_checksum(&bytes));
+        // Long runs of 0xff bytes carry the most.
+        let all_ones = vec![0xffu8; ones];
+        proptest::prop_assert_eq!(internet_checksum(&all_ones), reference_checksum(&all_ones));
+    }
+}

@@ -86,6 +86,8 @@ pub const MAX_SGE: u32 = 32;
 const MR_BASE: u64 = 0x7f00_0000_0000;
 /// Bytes left unmapped after each region.
 const MR_GAP: u64 = 1 << 12;
+/// Scatter lists of completed receives a queue pair keeps for reuse.
+const SPARE_SGLS: usize = 16;
 
 struct Pd;
 
@@ -121,6 +123,51 @@ struct RecvCtx {
     sgl: Vec<Sge>,
 }
 
+/// Work requests in flight by token, in the order posted (tokens grow):
+/// a queue, since a queue pair completes its sends in order and its
+/// receives in order, so that the one looked for is nearly always the
+/// first (no search, no allocation once the queue has grown).
+struct Pending<T>(VecDeque<(u64, T)>);
+
+impl<T> Pending<T> {
+    fn new() -> Pending<T> {
+        Pending(VecDeque::new())
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Adds the request of `token`, above every token there.
+    fn insert(&mut self, token: u64, v: T) {
+        self.0.push_back((token, v));
+    }
+
+    fn position(&self, token: u64) -> Option<usize> {
+        match self.0.front() {
+            Some((t, _)) if *t == token => Some(0),
+            _ => self.0.iter().position(|(t, _)| *t == token),
+        }
+    }
+
+    fn get(&self, token: u64) -> Option<&T> {
+        self.0.get(self.position(token)?).map(|(_, v)| v)
+    }
+
+    fn remove(&mut self, token: u64) -> Option<T> {
+        let i = self.position(token)?;
+        self.0.remove(i).map(|(_, v)| v)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 struct Qp {
     pd: PdHandle,
     init: QpInitAttr,
@@ -134,10 +181,12 @@ struct Qp {
     ah: Option<AhAttr>,
     rc: Option<QueuePair>,
     next_token: u64,
-    sends: BTreeMap<u64, SendCtx>,
-    recvs: BTreeMap<u64, RecvCtx>,
+    sends: Pending<SendCtx>,
+    recvs: Pending<RecvCtx>,
     /// Receives posted before RTR, in order.
     early_recvs: VecDeque<u64>,
+    /// Scatter lists of completed receives, reused for the next ones.
+    spare_sgls: Vec<Vec<Sge>>,
 }
 
 /// One RoCE v2 device's verbs objects and transport.
@@ -451,6 +500,24 @@ impl Context {
         Ok(c.entries.drain(..n).collect())
     }
 
+    /// [`Context::poll_cq`] into the caller's vector: appends up to `max`
+    /// completions to `out` and returns how many, without allocating once
+    /// `out` has the room (`ibv_poll_cq` filling the caller's array).
+    pub fn poll_cq_into(
+        &mut self,
+        cq: CqHandle,
+        max: usize,
+        out: &mut Vec<WorkCompletion>,
+    ) -> Result<usize, VerbsError> {
+        let c = self.cqs.get_mut(&cq.0).ok_or(VerbsError::NoSuchCq)?;
+        if c.lost > 0 {
+            return Err(VerbsError::CqOverrun { lost: c.lost });
+        }
+        let n = max.min(c.entries.len());
+        out.extend(c.entries.drain(..n));
+        Ok(n)
+    }
+
     /// Arms a completion queue: its next completion puts it in
     /// [`Context::take_cq_events`] (once; arm again after). The solicited
     /// bit is not tracked, so `solicited_only` reports every completion as
@@ -525,9 +592,10 @@ impl Context {
                 ah: None,
                 rc: None,
                 next_token: 1,
-                sends: BTreeMap::new(),
-                recvs: BTreeMap::new(),
+                sends: Pending::new(),
+                recvs: Pending::new(),
                 early_recvs: VecDeque::new(),
+                spare_sgls: Vec::new(),
             },
         );
         Ok(QpHandle(qpn))
@@ -697,7 +765,7 @@ impl Context {
             for token in q.early_recvs.drain(..) {
                 let cap = q
                     .recvs
-                    .get(&token)
+                    .get(token)
                     .map_or(0, |r| r.sgl.iter().map(|s| s.length as usize).sum());
                 rc.post_recv(token, cap);
             }
@@ -754,6 +822,11 @@ impl Context {
             });
         }
         let pd = q.pd;
+        // A spare buffer of the queue pair's (given back once segmented).
+        let mut data =
+            q.rc.as_mut()
+                .map(QueuePair::take_buffer)
+                .unwrap_or_default();
         let is_atomic = matches!(
             wr.opcode,
             WrOpcode::AtomicCmpSwp { .. } | WrOpcode::AtomicFetchAdd { .. }
@@ -771,7 +844,6 @@ impl Context {
         } else {
             AccessFlags::NONE
         };
-        let mut data = Vec::new();
         for (index, sge) in wr.sg_list.iter().enumerate() {
             let bytes = sge_slice(&mut self.mrs, pd, sge, need)
                 .map_err(|why| VerbsError::BadSge { index, why })?;
@@ -923,11 +995,14 @@ impl Context {
         };
         let token = q.next_token;
         q.next_token += 1;
+        let mut sgl = q.spare_sgls.pop().unwrap_or_default();
+        sgl.clear();
+        sgl.extend_from_slice(&wr.sg_list);
         q.recvs.insert(
             token,
             RecvCtx {
                 wr_id: wr.wr_id,
-                sgl: wr.sg_list.clone(),
+                sgl,
             },
         );
         match q.rc.as_mut() {
@@ -1022,20 +1097,19 @@ impl Context {
     /// The queue pair whose turn it is to send (round robin from the
     /// cursor) and the length of its next frame.
     fn next_sender(&self) -> Option<(u32, usize)> {
-        // Two plain passes: cheaper than two range searches for the few
-        // queue pairs a context has, and this runs at every poll.
+        // One pass, in key order: the first with a frame at or after the
+        // cursor, else the first with a frame before it.
         let start = self.tx_cursor;
-        let sender = |(&k, q): (&u32, &Qp)| Some((k, q.rc.as_ref()?.next_frame_len()?));
-        self.qps
-            .iter()
-            .filter(|(&k, _)| k >= start)
-            .find_map(sender)
-            .or_else(|| {
-                self.qps
-                    .iter()
-                    .take_while(|(&k, _)| k < start)
-                    .find_map(sender)
-            })
+        let mut wrapped = None;
+        for (&k, q) in &self.qps {
+            if let Some(len) = q.rc.as_ref().and_then(QueuePair::next_frame_len) {
+                if k >= start {
+                    return Some((k, len));
+                }
+                wrapped = wrapped.or(Some((k, len)));
+            }
+        }
+        wrapped
     }
 
     /// The length of the frame [`Context::emit_into`] writes next, `None`
@@ -1092,7 +1166,7 @@ impl Context {
         };
         let tokens: Vec<u64> = q.early_recvs.drain(..).collect();
         for t in tokens {
-            if let Some(r) = q.recvs.remove(&t) {
+            if let Some(r) = q.recvs.remove(t) {
                 for s in &r.sgl {
                     unref(&mut self.mrs, s);
                 }
@@ -1124,7 +1198,7 @@ impl Context {
             let status = wc_status(c.status);
             let (cq, wc) = match c.kind {
                 CompletionKind::Recv { .. } | CompletionKind::RecvRdmaWithImm { .. } => {
-                    let Some(r) = q.recvs.remove(&c.wr_id) else {
+                    let Some(r) = q.recvs.remove(c.wr_id) else {
                         continue;
                     };
                     let mut wc = WorkCompletion {
@@ -1156,10 +1230,13 @@ impl Context {
                     for s in &r.sgl {
                         unref(&mut self.mrs, s);
                     }
+                    if q.spare_sgls.len() < SPARE_SGLS && r.sgl.len() <= MAX_SGE as usize {
+                        q.spare_sgls.push(r.sgl);
+                    }
                     (q.init.recv_cq, wc)
                 }
                 kind => {
-                    let Some(s) = q.sends.remove(&c.wr_id) else {
+                    let Some(s) = q.sends.remove(c.wr_id) else {
                         continue;
                     };
                     let mut wc = WorkCompletion {
