@@ -123,7 +123,10 @@ impl End {
         self.ctx().modify_qp(qp, &a).unwrap();
         let mut a = QpAttr::to(QpState::Rts);
         a.sq_psn = Some(psn(me));
-        a.timeout = Some(14);
+        // 4.096 us x 2^18, about 1.07 s: far above a round trip and above
+        // the time a loaded machine may take a process off its core, so a
+        // retransmission on this lossless switch is a fault.
+        a.timeout = Some(18);
         a.retry_cnt = Some(7);
         a.rnr_retry = Some(7);
         a.max_rd_atomic = Some(4);
