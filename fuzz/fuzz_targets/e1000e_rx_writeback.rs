@@ -48,8 +48,14 @@ fuzz_target!(|input: Input| {
         match op {
             Op::Post(n) => {
                 for _ in 0..*n {
-                    if !ring.post(&mut mem, next_buf, 0x10_0000 + u64::from(next_buf) * 2048) {
-                        break;
+                    match ring.post(&mut mem, next_buf, 0x10_0000 + u64::from(next_buf) * 2048) {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        // The device marked the slot being posted done.
+                        Err(e) => {
+                            let _ = e.to_string();
+                            return;
+                        }
                     }
                     assert!(posted.insert(next_buf));
                     next_buf = next_buf.wrapping_add(1);
