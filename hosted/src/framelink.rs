@@ -284,11 +284,7 @@ impl LinkGrants {
     /// The refs as a comma-separated list (for a command line or the
     /// environment).
     pub fn refs_string(&self) -> String {
-        self.refs
-            .iter()
-            .map(|r| r.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
+        self.refs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")
     }
 
     /// Parses [`LinkGrants::refs_string`]'s form.
@@ -297,11 +293,7 @@ impl LinkGrants {
             .split(',')
             .map(|r| r.trim().parse::<GrantRefNum>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                LinkError(format!(
-                    "grant refs {s:?}: {e}; give comma-separated numbers"
-                ))
-            })?;
+            .map_err(|e| LinkError(format!("grant refs {s:?}: {e}; give comma-separated numbers")))?;
         Ok(LinkGrants { granter, refs })
     }
 }
@@ -339,17 +331,12 @@ pub struct FrameLink {
 impl FrameLink {
     /// Both ends of a link in this process, `slots` slots per direction,
     /// on a sealed memfd: end A with `mac_a`, end B with `mac_b`.
-    pub fn pair(
-        slots: usize,
-        mac_a: [u8; 6],
-        mac_b: [u8; 6],
-    ) -> Result<(FrameLink, FrameLink), LinkError> {
+    pub fn pair(slots: usize, mac_a: [u8; 6], mac_b: [u8; 6]) -> Result<(FrameLink, FrameLink), LinkError> {
         let len = region_len(slots)?;
         let os = |what: &str, e: io::Error| LinkError(format!("{what}: {e}"));
         let file = sys::sealed_memfd("frame-link", len as u64).map_err(|e| os("memfd", e))?;
         // The mapping keeps the memory; the descriptor closes here.
-        let map =
-            Mmap::shared(file.as_fd(), 0, len, true).map_err(|e| os("mapping the memfd", e))?;
+        let map = Mmap::shared(file.as_fd(), 0, len, true).map_err(|e| os("mapping the memfd", e))?;
         let shared = Arc::new(Shared::new(Backing::Memfd(map))?);
         Ok((
             FrameLink::end(shared.clone(), Side::A, mac_a),
@@ -405,11 +392,7 @@ impl FrameLink {
 
     /// End B: maps the pages `grants` names (from [`FrameLink::create`] in
     /// the granting domain).
-    pub fn attach(
-        plat: &HostedPlatform,
-        grants: &LinkGrants,
-        mac: [u8; 6],
-    ) -> Result<FrameLink, LinkError> {
+    pub fn attach(plat: &HostedPlatform, grants: &LinkGrants, mac: [u8; 6]) -> Result<FrameLink, LinkError> {
         let map = plat
             .map_grants(grants.granter, &grants.refs, Access::ReadWrite)
             .map_err(|e| LinkError(format!("mapping the link's pages: {e}")))?;
@@ -417,15 +400,9 @@ impl FrameLink {
         let mut end = FrameLink::end(shared, Side::B, mac);
         // Start from where the peer's indices are (they start at zero;
         // a peer that already sent is picked up where it is).
-        end.rx_cons = end
-            .shared
-            .index(end.rx_ring() * 128 + 64)
-            .load(Ordering::Acquire);
+        end.rx_cons = end.shared.index(end.rx_ring() * 128 + 64).load(Ordering::Acquire);
         end.rx_prod_seen = end.rx_cons;
-        end.tx_prod = end
-            .shared
-            .index(end.tx_ring() * 128)
-            .load(Ordering::Acquire);
+        end.tx_prod = end.shared.index(end.tx_ring() * 128).load(Ordering::Acquire);
         end.tx_cons_seen = end.tx_prod;
         Ok(end)
     }
@@ -527,10 +504,7 @@ impl FrameLink {
         if used < self.shared.slots {
             return Ok(self.shared.slots - used);
         }
-        let cons = self
-            .shared
-            .index(self.tx_ring() * 128 + 64)
-            .load(Ordering::Acquire);
+        let cons = self.shared.index(self.tx_ring() * 128 + 64).load(Ordering::Acquire);
         let used = self.tx_prod.wrapping_sub(cons);
         if used > self.shared.slots {
             return Err(self.broken(format!(
@@ -564,8 +538,7 @@ impl FrameLink {
         // memory, not the slot.
         unsafe {
             std::ptr::copy_nonoverlapping(frame.as_ptr(), slot.add(SLOT_DATA), frame.len());
-            slot.cast::<u32>()
-                .write_volatile((frame.len() as u32).to_le());
+            slot.cast::<u32>().write_volatile((frame.len() as u32).to_le());
         }
         self.publish();
     }
@@ -597,10 +570,7 @@ impl Drop for FrameLink {
             // The region stays allocated (the table keeps it) until every
             // grant has ended: a peer still mapping it never sees the pages
             // reused.
-            if let Err(e) = plat
-                .grant_table()
-                .end_access_all(grants, self.shared.clone())
-            {
+            if let Err(e) = plat.grant_table().end_access_all(grants, self.shared.clone()) {
                 log::warn!("frame link: the peer still maps the link's pages ({e}); they are kept until it unmaps");
             }
         }
@@ -656,10 +626,7 @@ impl TxFrame for LinkTx {
             frame_len: len,
         };
         let end = offset.checked_add(data.len()).ok_or(oob.clone())?;
-        let dst = self
-            .as_mut_slice()
-            .and_then(|s| s.get_mut(offset..end))
-            .ok_or(oob)?;
+        let dst = self.as_mut_slice().and_then(|s| s.get_mut(offset..end)).ok_or(oob)?;
         dst.copy_from_slice(data);
         Ok(())
     }
@@ -674,13 +641,7 @@ impl TxFrame for LinkTx {
             Some(end) if end <= self.len => {
                 // SAFETY: `[offset, end)` lies inside the lent frame (as in
                 // `as_mut_slice`); `buf` is other memory.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        self.data().add(offset),
-                        buf.as_mut_ptr(),
-                        buf.len(),
-                    )
-                };
+                unsafe { std::ptr::copy_nonoverlapping(self.data().add(offset), buf.as_mut_ptr(), buf.len()) };
                 Ok(())
             }
             _ => Err(oob),
@@ -738,10 +699,7 @@ impl RxFrame for LinkRx {
             frame_len: self.len,
         };
         let end = offset.checked_add(buf.len()).ok_or(oob.clone())?;
-        let src = self
-            .as_slice()
-            .and_then(|s| s.get(offset..end))
-            .ok_or(oob)?;
+        let src = self.as_slice().and_then(|s| s.get(offset..end)).ok_or(oob)?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -763,10 +721,7 @@ impl FrameDevice for FrameLink {
     fn tx_buffer(&mut self, len: usize) -> Result<Option<LinkTx>, FrameError> {
         self.check()?;
         if len > MAX_FRAME {
-            return Err(FrameError::TooLarge {
-                len,
-                max: MAX_FRAME,
-            });
+            return Err(FrameError::TooLarge { len, max: MAX_FRAME });
         }
         if len == 0 {
             return Err(FrameError::Invalid("an empty frame".into()));
@@ -786,10 +741,7 @@ impl FrameDevice for FrameLink {
 
     fn send(&mut self, frame: LinkTx) -> Result<(), FrameError> {
         self.check()?;
-        if !Arc::ptr_eq(&frame.shared, &self.shared)
-            || frame.side != self.side
-            || frame.index != self.tx_prod
-        {
+        if !Arc::ptr_eq(&frame.shared, &self.shared) || frame.side != self.side || frame.index != self.tx_prod {
             return Err(FrameError::Invalid(
                 "a transmit buffer this end did not lend, or lent before".into(),
             ));
@@ -851,12 +803,7 @@ impl FrameDevice for FrameLink {
             if self.slot_ready() {
                 return self.take_rx().map(Some);
             }
-            if self
-                .shared
-                .index(self.rx_ring() * 128)
-                .load(Ordering::Acquire)
-                == self.rx_cons
-            {
+            if self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire) == self.rx_cons {
                 return Ok(None);
             }
         }
@@ -880,10 +827,7 @@ impl FrameDevice for FrameLink {
         let limit = timeout_ns.map(Duration::from_nanos);
         loop {
             for _ in 0..64 {
-                let prod = self
-                    .shared
-                    .index(self.rx_ring() * 128)
-                    .load(Ordering::Acquire);
+                let prod = self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire);
                 let next = if self.rx_out {
                     self.rx_cons.wrapping_add(1)
                 } else {
@@ -918,10 +862,7 @@ impl FrameLink {
             // Announced: by the index (checked when read) or the slot.
             return Ok(Some(self.take_rx()?));
         }
-        let prod = self
-            .shared
-            .index(self.rx_ring() * 128)
-            .load(Ordering::Acquire);
+        let prod = self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire);
         let avail = prod.wrapping_sub(self.rx_cons);
         // Zero, or behind what the ready words announced (the producer
         // stores the index after a slot's ready word): nothing new.
@@ -944,11 +885,7 @@ impl FrameLink {
     #[inline]
     fn slot_ready(&mut self) -> bool {
         let next = self.rx_cons.wrapping_add(1);
-        let ready = self
-            .shared
-            .ready(self.rx_ring(), self.rx_cons)
-            .load(Ordering::Acquire)
-            == next;
+        let ready = self.shared.ready(self.rx_ring(), self.rx_cons).load(Ordering::Acquire) == next;
         if ready {
             self.rx_prod_seen = next;
         }
@@ -1031,17 +968,11 @@ mod tests {
         send(&mut a, &[1, 2]);
         let f = b.receive().unwrap().unwrap();
         assert_eq!(f.len(), 3);
-        assert!(
-            b.receive().unwrap().is_none(),
-            "one received frame lent at a time"
-        );
+        assert!(b.receive().unwrap().is_none(), "one received frame lent at a time");
         drop(f);
         assert_eq!(recv(&mut b), Some(vec![1, 2]));
         // Sizes.
-        assert!(matches!(
-            a.tx_buffer(MAX_FRAME + 1),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(a.tx_buffer(MAX_FRAME + 1), Err(FrameError::TooLarge { .. })));
         assert!(matches!(a.tx_buffer(0), Err(FrameError::Invalid(_))));
     }
 
@@ -1061,10 +992,7 @@ mod tests {
         // Ring 0's producer index (A's), 5 ahead of 4 slots.
         a.hostile_write(0, &5u32.to_ne_bytes());
         assert!(matches!(b.receive(), Err(FrameError::Broken(m)) if m.contains("producer index")));
-        assert!(
-            matches!(b.tx_buffer(10), Err(FrameError::Broken(_))),
-            "broken for good"
-        );
+        assert!(matches!(b.tx_buffer(10), Err(FrameError::Broken(_))), "broken for good");
         assert!(!b.link().up);
     }
 
@@ -1118,9 +1046,7 @@ mod tests {
         }
         b.hostile_write(64, &7u32.to_ne_bytes());
         // A reads it now that the room it knew of is used up.
-        assert!(
-            matches!(a.tx_buffer(10), Err(FrameError::Broken(m)) if m.contains("consumer index"))
-        );
+        assert!(matches!(a.tx_buffer(10), Err(FrameError::Broken(m)) if m.contains("consumer index")));
     }
 
     #[test]
@@ -1159,10 +1085,7 @@ mod tests {
         let (g3, _) = run(6);
         assert_eq!((&g1, s1), (&g2, s2));
         assert_ne!(g1, g3);
-        assert!(
-            s1.dropped > 0 && s1.duplicated > 0 && s1.reordered > 0,
-            "{s1:?}"
-        );
+        assert!(s1.dropped > 0 && s1.duplicated > 0 && s1.reordered > 0, "{s1:?}");
         assert_eq!(g1.len() as u64, 40 - s1.dropped + s1.duplicated);
         let sorted = {
             let mut v = g1.clone();
