@@ -32,6 +32,7 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod cache;
 pub mod emulated;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;

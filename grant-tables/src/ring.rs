@@ -64,6 +64,7 @@ use core::sync::atomic::{fence, AtomicU32, Ordering};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::abi::{RingIdx, PAGE_SIZE, SRING_HEADER_SIZE};
+use crate::cache::prefetch_line_for_write;
 
 /// Most pages a ring may span (`max-ring-page-order` 4).
 pub const MAX_RING_PAGES: usize = 16;
@@ -263,8 +264,8 @@ unsafe impl<M: RingMemory + Sync> Sync for RingCore<M> {}
 /// the ordinary coherence traffic).
 const MAX_DEMOTED_LINES: usize = 64;
 
-/// Size of the cache line `demote_line` and `prefetch_line_for_write` act
-/// on.
+/// Size of the cache line `demote_line` and
+/// [`crate::cache::prefetch_line_for_write`] act on.
 const CACHE_LINE: usize = 64;
 
 /// Most cache lines prefetched for the next request (a hint; blkif's
@@ -334,35 +335,6 @@ fn cpuid_has_cldemote() -> bool {
     #[allow(unused_unsafe)]
     let leaf7 = unsafe { __cpuid_count(7, 0) };
     leaf7.ecx & (1 << 25) != 0
-}
-
-/// Asks for the cache line holding `p` in a writable state (x86
-/// PREFETCHW), ahead of a write. A hint: no architectural effect, never
-/// faults; processors without it execute the encoding as a NOP.
-///
-/// Why the front does this for its next request slot: x86 makes stores
-/// visible in program order, so a push's producer-index store waits for the
-/// slot's stores, and those wait for the slot's line to be taken back from
-/// the peer, which last held it (it wrote the response the front then
-/// read). Done ahead, that transfer overlaps with the caller's work instead
-/// of adding one cross-core transfer to the next request's latency.
-#[inline(always)]
-fn prefetch_line_for_write(p: *const u8) {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    // SAFETY: `0f 0d /1` (PREFETCHW) is a cache hint that neither reads
-    // nor writes memory architecturally, never faults and changes no
-    // register or flag; processors without it execute the encoding as a
-    // NOP. `p` points into the ring region (the callers take it from
-    // `slot`), and the asm touches no stack.
-    unsafe {
-        core::arch::asm!(
-            "prefetchw [{0}]",
-            in(reg) p,
-            options(nostack, preserves_flags, readonly)
-        );
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    let _ = p;
 }
 
 /// Largest power of two not above `x` (`__RD32`); 0 for 0.

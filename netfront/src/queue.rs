@@ -9,6 +9,7 @@
 
 use alloc::collections::VecDeque;
 
+use grant_tables::cache::prefetch_line;
 use grant_tables::{DomId, GrantedRing, Platform, PoolBuffer, Port, RingError};
 
 use crate::abi::{
@@ -618,23 +619,4 @@ where
         }
         aborted
     }
-}
-
-/// Asks for the cache line at `p` ahead of a read (`PREFETCHT0`). A hint:
-/// no architectural effect, never faults.
-#[inline(always)]
-fn prefetch_line(p: *const u8) {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    // SAFETY: PREFETCHT0 is a cache hint that neither reads nor writes
-    // memory architecturally, never faults (whatever `p` is) and changes no
-    // register or flag; the asm touches no stack.
-    unsafe {
-        core::arch::asm!(
-            "prefetcht0 [{0}]",
-            in(reg) p,
-            options(nostack, preserves_flags, readonly)
-        );
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    let _ = p;
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use grant_tables::abi::{
     GntCopyFlags, GnttabCopy, GnttabCopyPtr, RingIdx, DOMID_SELF, PAGE_SIZE, SRING_HEADER_SIZE,
 };
+use grant_tables::cache::{prefetch_line, prefetch_line_for_write};
 use grant_tables::{Access, BackRing, DomId, EventChannels, Port, RingError, RingMemory};
 use netfront::abi::{
     ExtraGso, ExtraXdp, NetifExtraInfo, NetifRxRequest, NetifRxResponse, NetifTxResponse,
@@ -688,45 +689,6 @@ fn prefetch_rx_lines(ring: &RxRing, slots: u32, index: bool) {
             prefetch_line_for_write(base.wrapping_add(off));
         }
     }
-}
-
-/// Asks for the cache line at `p` (x86 `PREFETCHT0`), ahead of a read. A
-/// hint: no architectural effect, never faults.
-#[inline(always)]
-fn prefetch_line(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is a cache hint that neither reads nor writes
-    // memory architecturally, never faults (whatever `p` is) and changes
-    // no register or flag; the asm touches no stack.
-    unsafe {
-        core::arch::asm!(
-            "prefetcht0 [{0}]",
-            in(reg) p,
-            options(nostack, preserves_flags, readonly)
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Asks for the cache line at `p` in writable state (x86 `PREFETCHW`),
-/// ahead of a store. A hint: no architectural effect, never faults;
-/// processors without it run the encoding as a NOP.
-#[inline(always)]
-pub(crate) fn prefetch_line_for_write(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHW is a cache hint that neither reads nor writes
-    // memory architecturally, never faults (whatever `p` is) and changes
-    // no register or flag; the asm touches no stack.
-    unsafe {
-        core::arch::asm!(
-            "prefetchw [{0}]",
-            in(reg) p,
-            options(nostack, preserves_flags, readonly)
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// Whether a checksum-blank frame has a TCP/UDP checksum to complete.
