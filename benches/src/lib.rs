@@ -28,3 +28,4 @@ pub mod peers;
 pub mod pin;
 pub mod rdma;
 pub mod ring;
+pub mod scratch;

@@ -54,6 +54,7 @@ use netfront::{DriverConfig, FrameDevice, NetfrontDevice, RxFrame, TxFrame, Wait
 
 use crate::harness::{Entry, Recorder, Round, Throughput};
 use crate::pin;
+use crate::scratch::fresh_dir;
 
 /// The environment variable that turns the bench binary into the netback
 /// process. Its value is `<dir>;<mode>;<handler>`.
@@ -340,23 +341,6 @@ pub fn peer_entries() -> Vec<Entry> {
     ]
 }
 
-fn fresh_dir() -> Result<PathBuf, String> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let base = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = base.join(format!(
-        "pingpong-net-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    Ok(dir)
-}
-
 /// The backend process; killed on every exit path, asked to stop first by
 /// closing its stdin.
 struct Backend {
@@ -426,7 +410,7 @@ fn with_vif(
     handler: &str,
     body: impl FnOnce(&mut dyn FrontRun) -> Result<(), String>,
 ) -> Result<(), String> {
-    let dir = fresh_dir()?;
+    let dir = fresh_dir("net")?;
     let result = (|| {
         let hv = HostedHypervisor::create(&dir)
             .map_err(|e| format!("hosted hypervisor in {}: {e}", dir.display()))?;

@@ -36,7 +36,7 @@
 //! needed one fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use grant_tables::DomId;
@@ -54,6 +54,7 @@ use rdma_passthrough::verbs::{
 
 use crate::harness::{Entry, Recorder, Round};
 use crate::pin;
+use crate::scratch::{fresh_dir, ChildGuard};
 
 /// The environment variable that turns the bench binary into the RDMA
 /// peer process. Its value is `<dir>;<send|write>;<round trips>;<grant refs>`.
@@ -194,35 +195,6 @@ fn queue_pair(me: DomId, peer: DomId) -> Result<QueuePair, String> {
 
 type Nic = RoceNic<FrameLink, QpTransport>;
 
-fn fresh_dir() -> Result<PathBuf, String> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let base = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = base.join(format!(
-        "pingpong-rdma-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    Ok(dir)
-}
-
-/// Kills the child on every exit path.
-struct ChildGuard(Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// One entry's run: this process is domain 1 (creates and grants the
 /// link), the child domain 2.
 pub fn pingpong(
@@ -232,7 +204,7 @@ pub fn pingpong(
     warmup: u64,
     rec: &mut Recorder,
 ) -> Result<(), String> {
-    let dir = fresh_dir()?;
+    let dir = fresh_dir("rdma")?;
     let r = pingpong_in(&dir, op, api, iters + warmup, warmup, rec);
     let _ = std::fs::remove_dir_all(&dir);
     r

@@ -16,7 +16,7 @@
 //! for [`ADAPTIVE_SPIN`] and then blocks.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use xenbus::{ConnectStyle, Frontend, FrontendConfig, XenbusState};
 
 use crate::harness::{Entry, Recorder, Round};
 use crate::pin;
+use crate::scratch::{fresh_dir, ChildGuard};
 
 /// The environment variable that turns the bench binary into the ring's
 /// backend process. Its value is `<dir>;<mode>;<requests>`.
@@ -150,37 +151,8 @@ pub fn c_ring_h(iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), Strin
     Ok(())
 }
 
-fn fresh_dir() -> Result<PathBuf, String> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let base = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = base.join(format!(
-        "pingpong-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    Ok(dir)
-}
-
 fn xs_err(what: &str) -> impl Fn(xenbus::XsError) -> String + '_ {
     move |e| format!("xenstore: {what}: {e}")
-}
-
-/// Kills the child on every exit path.
-struct ChildGuard(Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// Waits on the event channel or spins, per mode. `ready(arm)` polls the
@@ -239,7 +211,7 @@ fn wait_for<T, S: Signal>(
 
 /// The ring modes: front here (domain 1), back in a child (domain 0).
 pub fn ring(mode: Mode, iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
-    let dir = fresh_dir()?;
+    let dir = fresh_dir("ring")?;
     let result = ring_in(&dir, mode, iters, warmup, rec);
     let _ = std::fs::remove_dir_all(&dir);
     result
