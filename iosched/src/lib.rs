@@ -113,7 +113,7 @@ pub mod sim;
 pub mod stats;
 mod tags;
 
-pub use apex::{ApexParams, ApexPolicy};
+pub use apex::{ApexParams, ApexPolicy, ThrottleState};
 pub use cost::{CostModel, CostPrior};
 pub use deadline::{DeadlineParams, DeadlinePolicy};
 pub use engine::{Policy, Sched};
@@ -470,6 +470,12 @@ pub trait Scheduler {
     /// The cost model, e.g. to turn "N requests of S bytes per second" into a
     /// reservation rate ([`CostModel::rate_for`]).
     fn cost_model(&self) -> &CostModel;
+
+    /// What APEX's best-effort throttle is doing (`None` for the other
+    /// policies, and with the throttle off).
+    fn throttle(&self) -> Option<ThrottleState> {
+        None
+    }
 }
 
 /// APEX.
