@@ -438,10 +438,12 @@ impl Throttle {
 
     fn spend(&mut self, cost: u64) {
         if self.rate.is_some() {
-            // Taken only while positive: below zero by one request's cost
-            // at most.
+            // Taken while positive, or by a request that goes because the
+            // device would idle: below zero by one request's cost at most,
+            // so that requests sent to keep the device busy do not run up
+            // a debt that would lock best-effort work out for long.
             let c = cost.min(i64::MAX as u64 / 4) as i64;
-            self.tokens = self.tokens.saturating_sub(c);
+            self.tokens = self.tokens.saturating_sub(c).max(-c);
         }
     }
 

@@ -86,14 +86,15 @@
 //!   once; a device that is kept below its concurrency looks slower to it
 //!   (see [`cost`]), which makes APEX's batch-size bound stricter than it
 //!   needs to be when real-time deadlines are short (see [`apex`]).
-//! - APEX bounds the work in flight, not the rate at which the device
-//!   accepts it: a device that completes writes into a cache of its own and
-//!   writes them back later keeps that backlog out of the scheduler's
-//!   sight, and no cap on the work in flight drains it. A device that
-//!   stalls (a shared disk whose other tenants flush) delays every request
-//!   in flight whatever the order; the drain line then grows and the cap
-//!   shrinks, which costs best-effort throughput and cannot save the
-//!   requests caught in the stall.
+//! - A device that completes writes into a cache of its own and writes
+//!   them back later keeps that backlog out of the scheduler's sight, and
+//!   no cap on the work in flight drains it. APEX's best-effort throttle
+//!   (see [`apex`]) answers with the rate: real-time completions that come
+//!   late cut the rate at which best-effort work goes to the device. It
+//!   learns only from requests that were already late, so it cannot save
+//!   the ones caught in the stall that taught it; and a device that stalls
+//!   whatever it is given (a shared disk whose other tenants flush) costs
+//!   best-effort throughput under the throttle without any gain.
 //! - No request merging.
 #![no_std]
 
