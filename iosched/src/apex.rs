@@ -84,8 +84,8 @@
 //! default deadline. It is idle once it has had nothing waiting or in
 //! flight and no submission or completion for
 //! [`ApexParams::idle_after_gaps`] times the interval its reservation pays
-//! for (the cost of its last request over its rate), and at least its
-//! default deadline (the silence counts from the last completion too: an
+//! for (the cost of its last request over its rate), and at least four
+//! times its default deadline (the silence counts from the last completion too: an
 //! application whose stream waits for its own completions, or for buffers
 //! they free, is not idle); with every real-time queue idle the
 //! work-conserving pass fills the ring. (The first request of a stream that
@@ -238,7 +238,8 @@ pub struct ApexParams {
     /// A real-time queue with nothing waiting or in flight stops bounding
     /// the work on the ring once it has been silent this many times the
     /// interval its reservation pays for (the cost of its last request over
-    /// its rate), and at least its default deadline (default 16).
+    /// its rate), and at least four times its default deadline (default
+    /// 16).
     pub idle_after_gaps: u64,
     /// Throttle best-effort work by the real-time latencies (the
     /// best-effort throttle, see the module docs; default on).
@@ -366,6 +367,13 @@ struct ApexQueue {
     /// The estimated cost of its last request.
     last_cost: u64,
 }
+
+/// A real-time queue is silent for at least this many of its default
+/// deadlines before it counts as idle: a stream of random (Poisson)
+/// arrivals has gaps of several times its mean now and then, and each
+/// idle spell lets a ring full of best-effort work in ahead of its next
+/// request.
+const IDLE_DEADLINES: u64 = 4;
 
 /// Additive increase of the best-effort rate: a window without a late
 /// real-time completion raises it by the capacity over this.
@@ -620,7 +628,7 @@ impl ApexPolicy {
     /// Whether real-time queue `q` (nothing waiting) is idle: nothing in
     /// flight, and no submission or completion for longer than
     /// [`ApexParams::idle_after_gaps`] of the intervals its reservation
-    /// pays for, and than its default deadline. A queue that has never
+    /// pays for, and than [`IDLE_DEADLINES`] of its default deadline. A queue that has never
     /// been used is expected, not idle.
     fn is_idle(&self, core: &Core, qid: QueueId, q: &ApexQueue, now: Nanos) -> bool {
         let Some(state) = core.queues.get(&qid) else {
@@ -635,9 +643,11 @@ impl ApexPolicy {
         let rate = state.config.reservation.rate_per_sec.max(1) as u128;
         let gap =
             (q.last_cost as u128 * crate::NS_PER_SEC as u128 / rate).min(u64::MAX as u128) as u64;
-        let horizon = gap
-            .saturating_mul(self.params.idle_after_gaps)
-            .max(q.default_deadline.unwrap_or(0));
+        let horizon = gap.saturating_mul(self.params.idle_after_gaps).max(
+            q.default_deadline
+                .unwrap_or(0)
+                .saturating_mul(IDLE_DEADLINES),
+        );
         now.saturating_sub(last) > horizon
     }
 
