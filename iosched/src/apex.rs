@@ -120,7 +120,11 @@
 //!   under the guard raises the rate by 1/16 of the capacity; at the
 //!   capacity the throttle is open again;
 //! - a best-effort request goes while the bucket is positive and pays its
-//!   cost (the bucket holds at most one window's worth of the rate).
+//!   cost (the bucket holds at most one window's worth of the rate, and
+//!   goes below zero by at most one request's cost, also when requests
+//!   go to keep the device from idling);
+//! - only the completions of real-time queues feed it (interactive queues'
+//!   deadlines only count misses).
 //!
 //! So the throttle cuts the rate at which best-effort bytes reach the
 //! device, not only how many are in flight at once, which is what a device
@@ -456,15 +460,17 @@ impl Throttle {
     }
 
     /// One real-time completion: `latency` from submission against its
-    /// relative deadline `rel`; `capacity` and `floor` in units/s.
+    /// relative deadline `rel`. The measured capacity (units/s) comes from
+    /// `cost` only when the rate changes (it costs a 128-bit division);
+    /// the floor is `floor_permille` of it.
     fn observe(
         &mut self,
         now: Nanos,
         latency: u64,
         rel: u64,
         guard_permille: u64,
-        capacity: u64,
-        floor: u64,
+        cost: &CostModel,
+        floor_permille: u64,
     ) {
         let rel = rel.max(1);
         self.window_ns = if self.samples == 0 {
@@ -477,6 +483,8 @@ impl Throttle {
         if over {
             let cooled = self.last_cut.is_none_or(|t| now.saturating_sub(t) >= rel);
             if cooled {
+                let capacity = cost.capacity_per_sec();
+                let floor = (capacity as u128 * floor_permille.min(1000) as u128 / 1000) as u64;
                 let current = self.rate.unwrap_or(capacity);
                 self.rate = Some((current / 2).max(floor).max(1));
                 // What was saved up at the old rate goes.
@@ -498,6 +506,7 @@ impl Throttle {
         // A window without a late completion: a step up.
         if !self.late {
             if let Some(r) = self.rate {
+                let capacity = cost.capacity_per_sec();
                 let up = r.saturating_add((capacity / THROTTLE_STEPS).max(1));
                 self.rate = (up < capacity).then_some(up);
             }
@@ -875,16 +884,13 @@ impl Policy for ApexPolicy {
         };
         let rel = deadline.saturating_sub(done.arrival);
         let latency = done.now.saturating_sub(done.arrival);
-        let capacity = core.cost.capacity_per_sec();
-        let floor = (capacity as u128 * self.params.throttle_floor_permille.min(1000) as u128
-            / 1000) as u64;
         self.throttle.observe(
             done.now,
             latency,
             rel,
             self.params.guard_permille,
-            capacity,
-            floor,
+            &core.cost,
+            self.params.throttle_floor_permille,
         );
     }
 }
