@@ -118,7 +118,13 @@
 //! - a window (the smallest relative deadline among its real-time
 //!   completions, at least 1 ms) whose real-time completions all came in
 //!   under the guard raises the rate by 1/16 of the capacity; at the
-//!   capacity the throttle is open again;
+//!   capacity the throttle is open again. With
+//!   [`ApexParams::throttle_slow_start`] it starts at the floor instead of
+//!   open, the first time a real-time queue is active (nothing is known
+//!   yet of how the device answers writing, and a device that takes a
+//!   burst of writes into a cache answers with a stall when the burst is
+//!   already in), and doubles the rate every window on time until the
+//!   first cut;
 //! - a best-effort request goes while the bucket is positive and pays its
 //!   cost (the bucket holds at most one window's worth of the rate, and
 //!   goes below zero by at most one request's cost, also when requests
@@ -255,6 +261,10 @@ pub struct ApexParams {
     /// The lowest the best-effort rate is cut to, per-mille of the
     /// measured capacity (default 50).
     pub throttle_floor_permille: u64,
+    /// Start the throttle at its floor the first time a real-time queue is
+    /// active, and double its rate every window on time until the first
+    /// cut (default off: it starts open).
+    pub throttle_slow_start: bool,
 }
 
 impl Default for ApexParams {
@@ -268,6 +278,7 @@ impl Default for ApexParams {
             throttle: true,
             guard_permille: 500,
             throttle_floor_permille: 50,
+            throttle_slow_start: false,
         }
     }
 }
@@ -407,6 +418,10 @@ struct Throttle {
     last_cut: Option<Nanos>,
     /// Cuts so far.
     cuts: u64,
+    /// Real-time work has been active: the throttle has started.
+    started: bool,
+    /// No cut yet since it started: a window on time doubles the rate.
+    slow_start: bool,
 }
 
 /// What the best-effort throttle is doing, for a look from outside
@@ -441,6 +456,18 @@ impl Throttle {
         let window = self.window_ns.max(Self::MIN_WINDOW_NS) as u128;
         let depth = (rate as u128 * window / crate::NS_PER_SEC as u128).min(i64::MAX as u128 / 4);
         self.tokens = (self.tokens as i128 + add as i128).min(depth as i128) as i64;
+    }
+
+    /// The first time real-time work is active, with
+    /// [`ApexParams::throttle_slow_start`]: from the floor, doubling.
+    fn start(&mut self, now: Nanos, cost: &CostModel, floor_permille: u64) {
+        let capacity = cost.capacity_per_sec();
+        let floor = (capacity as u128 * floor_permille.min(1000) as u128 / 1000) as u64;
+        self.slow_start = true;
+        self.rate = Some(floor.max(1));
+        self.tokens = 0;
+        self.refilled = now;
+        self.window_start = now;
     }
 
     /// Whether a best-effort request may go now.
@@ -492,6 +519,7 @@ impl Throttle {
                 self.refilled = now;
                 self.last_cut = Some(now);
                 self.cuts = self.cuts.saturating_add(1);
+                self.slow_start = false;
                 self.window_start = now;
                 self.samples = 0;
                 self.late = false;
@@ -507,7 +535,11 @@ impl Throttle {
         if !self.late {
             if let Some(r) = self.rate {
                 let capacity = cost.capacity_per_sec();
-                let up = r.saturating_add((capacity / THROTTLE_STEPS).max(1));
+                let up = if self.slow_start {
+                    r.saturating_mul(2)
+                } else {
+                    r.saturating_add((capacity / THROTTLE_STEPS).max(1))
+                };
                 self.rate = (up < capacity).then_some(up);
             }
         }
@@ -822,6 +854,13 @@ impl Policy for ApexPolicy {
         // The throttle applies when the bound does: while real-time work
         // is active or expected.
         let throttled = bound.is_some() && self.params.throttle;
+        if throttled && !self.throttle.started {
+            self.throttle.started = true;
+            if self.params.throttle_slow_start {
+                self.throttle
+                    .start(now, &core.cost, self.params.throttle_floor_permille);
+            }
+        }
         if throttled {
             self.throttle.refill(now);
         }

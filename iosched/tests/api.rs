@@ -747,3 +747,34 @@ fn late_real_time_completions_throttle_best_effort_work() {
         "{n} best-effort requests in 50 ms with the throttle off"
     );
 }
+
+#[test]
+fn the_throttle_in_slow_start_begins_at_its_floor() {
+    let base = ApexParams {
+        drain_calibrated: false,
+        throttle_slow_start: true,
+        ..ApexParams::default()
+    };
+    let mut g = Rig::new(base);
+    // Nothing is throttled before real-time work shows up.
+    assert_eq!(
+        g.s.throttle().map(|t| (t.rate_per_sec, t.cuts)),
+        Some((None, 0))
+    );
+    // At its floor in the first window (10 ms, the reads' deadline).
+    let first = g.run(10, 200_000);
+    let t = g.s.throttle().unwrap();
+    assert_eq!(t.cuts, 0);
+    assert!(t.rate_per_sec.is_some(), "{t:?}");
+    // Doubling every window on time: open within five more.
+    g.run(60, 200_000);
+    assert_eq!(
+        g.s.throttle().map(|t| (t.rate_per_sec, t.cuts)),
+        Some((None, 0))
+    );
+    let open = g.run(10, 200_000);
+    assert!(
+        first * 4 < open,
+        "{first} best-effort requests in the first 10 ms, {open} in 10 ms open"
+    );
+}

@@ -258,13 +258,18 @@ fn run_on(
                 ));
                 params.slack_permille = slack_permille;
             }
-            if let Some(on) = throttle_switch() {
+            if let Some((on, slow)) = throttle_switch() {
                 notes.push(format!(
                     "{}: APEX's best-effort throttle {} (APEXBENCH_THROTTLE)",
                     w.workload.prefix(),
-                    if on { "on" } else { "off" }
+                    match (on, slow) {
+                        (false, _) => "off",
+                        (true, false) => "on",
+                        (true, true) => "on, in slow start",
+                    }
                 ));
                 params.throttle = on;
+                params.throttle_slow_start = slow;
             }
             Box::new(iosched::Apex::new(config, iosched::ApexPolicy::new(params)))
         }
@@ -855,13 +860,16 @@ fn slack_permille() -> Option<u64> {
 
 /// `APEXBENCH_THROTTLE`, when set: `0`, `off` or `no` turns APEX's
 /// best-effort throttle ([`iosched::ApexParams::throttle`]) off on the
-/// real path, `1`, `on` or `yes` on (the default); other values are
-/// ignored. With it off APEX bounds only the work in flight, as before the
-/// throttle: the A/B of the throttle on the same disk in the same run.
-fn throttle_switch() -> Option<bool> {
+/// real path, `1`, `on` or `yes` on (the default), `slow` on in slow start
+/// ([`iosched::ApexParams::throttle_slow_start`]); other values are
+/// ignored. Returns (on, slow start). With it off APEX bounds only the
+/// work in flight, as before the throttle: the A/B of the throttle on the
+/// same disk.
+fn throttle_switch() -> Option<(bool, bool)> {
     match std::env::var("APEXBENCH_THROTTLE").ok()?.trim() {
-        "0" | "off" | "no" => Some(false),
-        "1" | "on" | "yes" => Some(true),
+        "0" | "off" | "no" => Some((false, false)),
+        "1" | "on" | "yes" => Some((true, false)),
+        "slow" => Some((true, true)),
         _ => None,
     }
 }
