@@ -84,8 +84,8 @@
 //! default deadline. It is idle once it has had nothing waiting or in
 //! flight and no submission or completion for
 //! [`ApexParams::idle_after_gaps`] times the interval its reservation pays
-//! for (the cost of its last request over its rate), and at least its
-//! default deadline (the silence counts from the last completion too: an
+//! for (the cost of its last request over its rate), and at least four
+//! times its default deadline (the silence counts from the last completion too: an
 //! application whose stream waits for its own completions, or for buffers
 //! they free, is not idle); with every real-time queue idle the
 //! work-conserving pass fills the ring. (The first request of a stream that
@@ -95,6 +95,57 @@
 //! device idle: when nothing is in flight, a batch always takes at least
 //! one request. Without real-time queues the cap does not apply and every
 //! batch fills the room.
+//!
+//! **The best-effort throttle.** The bound above counts the work the
+//! scheduler has put on the ring. A device can hold more than that: one
+//! that completes writes into a cache of its own and writes them back
+//! later, or a file on a shared disk whose write-back stalls every request
+//! for a while, keeps its backlog where no count of the work in flight sees
+//! it; a real-time read then waits behind bytes that left the ring long
+//! ago. What the scheduler does see is the outcome: the latencies of its
+//! real-time requests. So, while the bound applies (a real-time queue is
+//! active or expected), best-effort work also goes through a token bucket
+//! whose rate follows those latencies, additive increase and
+//! multiplicative decrease:
+//! - every real-time completion is compared with its own relative deadline
+//!   (deadline minus submission); one that took more than
+//!   [`ApexParams::guard_permille`] of it (default half) halves the
+//!   best-effort rate (from the measured capacity, when the throttle was
+//!   open), down to [`ApexParams::throttle_floor_permille`] of the capacity
+//!   (default 5 %), and empties the bucket of what it saved at the old rate.
+//!   After a cut, the next one waits one relative deadline, so that one burst
+//!   of late completions (a stall ends) cuts once;
+//! - a window (the smallest relative deadline among its real-time
+//!   completions, at least 1 ms) whose real-time completions all came in
+//!   under the guard raises the rate by 1/16 of the capacity; at the
+//!   capacity the throttle is open again. With
+//!   [`ApexParams::throttle_slow_start`] it starts at the floor instead of
+//!   open, the first time a real-time queue is active (nothing is known
+//!   yet of how the device answers writing, and a device that takes a
+//!   burst of writes into a cache answers with a stall when the burst is
+//!   already in), and doubles the rate every window on time until the
+//!   first cut;
+//! - a best-effort request goes while the bucket is positive and pays its
+//!   cost (the bucket holds at most one window's worth of the rate, and
+//!   goes below zero by at most one request's cost, also when requests
+//!   go to keep the device from idling);
+//! - only the completions of real-time queues feed it (interactive queues'
+//!   deadlines only count misses).
+//!
+//! So the throttle cuts the rate at which best-effort bytes reach the
+//! device, not only how many are in flight at once, which is what a device
+//! that completes writes into a cache needs; and it stays open on a device
+//! whose real-time latencies keep well within their deadlines, where the
+//! bound alone decides. Like the bound it never leaves the device idle
+//! (with nothing in flight one request goes, whatever the bucket), and it
+//! does nothing without a real-time queue active or expected: there the
+//! ring is filled. It costs best-effort throughput exactly when real-time
+//! requests come close to their deadlines, which is the trade the classes
+//! ask for; best-effort work keeps at least the floor, plus whatever goes
+//! when the device would otherwise idle. It cannot save the requests
+//! caught in a stall that has already begun: it only makes the next one
+//! less likely, when the device's stalls come from the writing.
+//! [`ApexParams::throttle`] turns it off.
 //!
 //! The price of the bound is throughput when the device needs many requests
 //! in flight to be kept busy and the deadlines are short: in the simulated
@@ -125,7 +176,10 @@
 //! share of the smallest slack the work in flight may take to drain
 //! (default 50 %), whether the drain line calibrates that (default yes),
 //! after how many reserved intervals of silence a real-time queue is idle
-//! (default 16), and the urgency margin (default 0). Per queue: class, reservation (rate, depth,
+//! (default 16), the urgency margin (default 0), and the best-effort
+//! throttle: on or off (default on), its guard (default 500 per mille of a
+//! real-time request's relative deadline) and its floor (default 50 per
+//! mille of the capacity). Per queue: class, reservation (rate, depth,
 //! and so the floor), default deadline ([`crate::QueueConfig`]). The cost
 //! model's prior ([`crate::CostPrior`]).
 //!
@@ -146,6 +200,13 @@
 //!   the request sizes.
 //! - **Capacity is measured**, not configured: admission control compares
 //!   the real-time reservations with the capacity the cost model observes.
+//! - **A throttle fed by latencies.** APEX trusts its cost model to say
+//!   how much a batch delays the next one. Here the best-effort rate also
+//!   follows the latencies the real-time requests actually get (the
+//!   best-effort throttle, above), in the manner of Linux's writeback
+//!   throttling and kyber's depth adjustment, but driven by each request's
+//!   own deadline rather than a configured target latency, and limiting a
+//!   rate of device time rather than a number of requests.
 //! - Best-effort classes are two (interactive before background) and the
 //!   work-conserving pass serves interactive work before early real-time
 //!   work, since early real-time work can wait by definition.
@@ -163,7 +224,7 @@ use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
 use alloc::vec::Vec;
 use core::cmp::Ordering;
 
-use crate::engine::{rank, Core, Entry, Policy};
+use crate::engine::{rank, Core, Done, Entry, Policy};
 use crate::CostModel;
 use crate::{Class, Error, Nanos, Pass, QueueConfig, QueueId};
 
@@ -187,8 +248,23 @@ pub struct ApexParams {
     /// A real-time queue with nothing waiting or in flight stops bounding
     /// the work on the ring once it has been silent this many times the
     /// interval its reservation pays for (the cost of its last request over
-    /// its rate), and at least its default deadline (default 16).
+    /// its rate), and at least four times its default deadline (default
+    /// 16).
     pub idle_after_gaps: u64,
+    /// Throttle best-effort work by the real-time latencies (the
+    /// best-effort throttle, see the module docs; default on).
+    pub throttle: bool,
+    /// A real-time completion whose latency from its submission exceeds
+    /// this share of its relative deadline, per-mille, cuts the
+    /// best-effort rate (default 500).
+    pub guard_permille: u64,
+    /// The lowest the best-effort rate is cut to, per-mille of the
+    /// measured capacity (default 50).
+    pub throttle_floor_permille: u64,
+    /// Start the throttle at its floor the first time a real-time queue is
+    /// active, and double its rate every window on time until the first
+    /// cut (default off: it starts open).
+    pub throttle_slow_start: bool,
 }
 
 impl Default for ApexParams {
@@ -199,6 +275,10 @@ impl Default for ApexParams {
             urgency_margin_ns: 0,
             drain_calibrated: true,
             idle_after_gaps: 16,
+            throttle: true,
+            guard_permille: 500,
+            throttle_floor_permille: 50,
+            throttle_slow_start: false,
         }
     }
 }
@@ -303,10 +383,177 @@ struct ApexQueue {
     last_cost: u64,
 }
 
+/// A real-time queue is silent for at least this many of its default
+/// deadlines before it counts as idle: a stream of random (Poisson)
+/// arrivals has gaps of several times its mean now and then, and each
+/// idle spell lets a ring full of best-effort work in ahead of its next
+/// request.
+const IDLE_DEADLINES: u64 = 4;
+
+/// Additive increase of the best-effort rate: a window without a late
+/// real-time completion raises it by the capacity over this.
+const THROTTLE_STEPS: u64 = 16;
+
+/// The best-effort throttle's state (see the module docs).
+#[derive(Clone, Debug, Default)]
+struct Throttle {
+    /// The best-effort rate while real-time work is active, units per
+    /// second; `None`: open.
+    rate: Option<u64>,
+    /// Best-effort tokens (units); a request goes while they are
+    /// positive and takes them below zero by its cost.
+    tokens: i64,
+    /// Last refill.
+    refilled: Nanos,
+    /// Start of the current observation window.
+    window_start: Nanos,
+    /// The window's length: the smallest relative deadline of its
+    /// real-time completions (0: none yet).
+    window_ns: u64,
+    /// Real-time completions in the window.
+    samples: u32,
+    /// One of them crossed the guard (after a cut, within its cool-down).
+    late: bool,
+    /// The last cut.
+    last_cut: Option<Nanos>,
+    /// Cuts so far.
+    cuts: u64,
+    /// Real-time work has been active: the throttle has started.
+    started: bool,
+    /// No cut yet since it started: a window on time doubles the rate.
+    slow_start: bool,
+}
+
+/// What the best-effort throttle is doing, for a look from outside
+/// ([`ApexPolicy::throttle_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThrottleState {
+    /// The best-effort rate while real-time work is active, units per
+    /// second; `None`: open (no limit).
+    pub rate_per_sec: Option<u64>,
+    /// How many times a late real-time completion cut it.
+    pub cuts: u64,
+}
+
+impl Throttle {
+    /// The smallest relative deadline a window may have, ns: below it the
+    /// windows would hold too few completions to say anything.
+    const MIN_WINDOW_NS: u64 = 1_000_000;
+
+    /// Adds the tokens earned since the last refill, up to what the rate
+    /// gives in one window (the burst a window may hold).
+    fn refill(&mut self, now: Nanos) {
+        let Some(rate) = self.rate else {
+            self.refilled = now;
+            return;
+        };
+        let dt = now.saturating_sub(self.refilled);
+        let add = (rate as u128 * dt as u128 / crate::NS_PER_SEC as u128).min(i64::MAX as u128 / 4);
+        if add == 0 {
+            return;
+        }
+        self.refilled = now;
+        let window = self.window_ns.max(Self::MIN_WINDOW_NS) as u128;
+        let depth = (rate as u128 * window / crate::NS_PER_SEC as u128).min(i64::MAX as u128 / 4);
+        self.tokens = (self.tokens as i128 + add as i128).min(depth as i128) as i64;
+    }
+
+    /// The first time real-time work is active, with
+    /// [`ApexParams::throttle_slow_start`]: from the floor, doubling.
+    fn start(&mut self, now: Nanos, cost: &CostModel, floor_permille: u64) {
+        let capacity = cost.capacity_per_sec();
+        let floor = (capacity as u128 * floor_permille.min(1000) as u128 / 1000) as u64;
+        self.slow_start = true;
+        self.rate = Some(floor.max(1));
+        self.tokens = 0;
+        self.refilled = now;
+        self.window_start = now;
+    }
+
+    /// Whether a best-effort request may go now.
+    fn admits(&self) -> bool {
+        self.rate.is_none() || self.tokens > 0
+    }
+
+    fn spend(&mut self, cost: u64) {
+        if self.rate.is_some() {
+            // Taken while positive, or by a request that goes because the
+            // device would idle: below zero by one request's cost at most,
+            // so that requests sent to keep the device busy do not run up
+            // a debt that would lock best-effort work out for long.
+            let c = cost.min(i64::MAX as u64 / 4) as i64;
+            self.tokens = self.tokens.saturating_sub(c).max(-c);
+        }
+    }
+
+    /// One real-time completion: `latency` from submission against its
+    /// relative deadline `rel`. The measured capacity (units/s) comes from
+    /// `cost` only when the rate changes (it costs a 128-bit division);
+    /// the floor is `floor_permille` of it.
+    fn observe(
+        &mut self,
+        now: Nanos,
+        latency: u64,
+        rel: u64,
+        guard_permille: u64,
+        cost: &CostModel,
+        floor_permille: u64,
+    ) {
+        let rel = rel.max(1);
+        self.window_ns = if self.samples == 0 {
+            rel
+        } else {
+            self.window_ns.min(rel)
+        };
+        self.samples = self.samples.saturating_add(1);
+        let over = latency as u128 * 1000 > rel as u128 * guard_permille as u128;
+        if over {
+            let cooled = self.last_cut.is_none_or(|t| now.saturating_sub(t) >= rel);
+            if cooled {
+                let capacity = cost.capacity_per_sec();
+                let floor = (capacity as u128 * floor_permille.min(1000) as u128 / 1000) as u64;
+                let current = self.rate.unwrap_or(capacity);
+                self.rate = Some((current / 2).max(floor).max(1));
+                // What was saved up at the old rate goes.
+                self.tokens = self.tokens.min(0);
+                self.refilled = now;
+                self.last_cut = Some(now);
+                self.cuts = self.cuts.saturating_add(1);
+                self.slow_start = false;
+                self.window_start = now;
+                self.samples = 0;
+                self.late = false;
+            } else {
+                self.late = true;
+            }
+            return;
+        }
+        if now.saturating_sub(self.window_start) < self.window_ns.max(Self::MIN_WINDOW_NS) {
+            return;
+        }
+        // A window without a late completion: a step up.
+        if !self.late {
+            if let Some(r) = self.rate {
+                let capacity = cost.capacity_per_sec();
+                let up = if self.slow_start {
+                    r.saturating_mul(2)
+                } else {
+                    r.saturating_add((capacity / THROTTLE_STEPS).max(1))
+                };
+                self.rate = (up < capacity).then_some(up);
+            }
+        }
+        self.window_start = now;
+        self.samples = 0;
+        self.late = false;
+    }
+}
+
 /// The APEX policy (see the module docs).
 #[derive(Clone, Debug, Default)]
 pub struct ApexPolicy {
     params: ApexParams,
+    throttle: Throttle,
     queues: BTreeMap<QueueId, ApexQueue>,
     /// Per class rank, the head of every non-empty queue of that class,
     /// sorted (a binary search and a short move per change; the vectors
@@ -344,6 +591,14 @@ impl ApexPolicy {
     /// The parameters.
     pub fn params(&self) -> &ApexParams {
         &self.params
+    }
+
+    /// What the best-effort throttle is doing.
+    pub fn throttle_state(&self) -> ThrottleState {
+        ThrottleState {
+            rate_per_sec: self.throttle.rate,
+            cuts: self.throttle.cuts,
+        }
     }
 
     fn fix_head(&mut self, queue: QueueId) {
@@ -414,7 +669,7 @@ impl ApexPolicy {
     /// Whether real-time queue `q` (nothing waiting) is idle: nothing in
     /// flight, and no submission or completion for longer than
     /// [`ApexParams::idle_after_gaps`] of the intervals its reservation
-    /// pays for, and than its default deadline. A queue that has never
+    /// pays for, and than [`IDLE_DEADLINES`] of its default deadline. A queue that has never
     /// been used is expected, not idle.
     fn is_idle(&self, core: &Core, qid: QueueId, q: &ApexQueue, now: Nanos) -> bool {
         let Some(state) = core.queues.get(&qid) else {
@@ -429,9 +684,11 @@ impl ApexPolicy {
         let rate = state.config.reservation.rate_per_sec.max(1) as u128;
         let gap =
             (q.last_cost as u128 * crate::NS_PER_SEC as u128 / rate).min(u64::MAX as u128) as u64;
-        let horizon = gap
-            .saturating_mul(self.params.idle_after_gaps)
-            .max(q.default_deadline.unwrap_or(0));
+        let horizon = gap.saturating_mul(self.params.idle_after_gaps).max(
+            q.default_deadline
+                .unwrap_or(0)
+                .saturating_mul(IDLE_DEADLINES),
+        );
         now.saturating_sub(last) > horizon
     }
 
@@ -594,23 +851,41 @@ impl Policy for ApexPolicy {
 
         let bound = self.work_bound(core, now);
         let idle = in_flight == 0;
-        // The bound holds back best-effort work only: real-time requests
-        // are already in deadline order among themselves. It never leaves
-        // the device idle: with nothing in flight, one request goes.
-        let fits = |r: usize, work: u64, taken: usize| match bound {
+        // The throttle applies when the bound does: while real-time work
+        // is active or expected.
+        let throttled = bound.is_some() && self.params.throttle;
+        if throttled && !self.throttle.started {
+            self.throttle.started = true;
+            if self.params.throttle_slow_start {
+                self.throttle
+                    .start(now, &core.cost, self.params.throttle_floor_permille);
+            }
+        }
+        if throttled {
+            self.throttle.refill(now);
+        }
+        // The bound and the throttle hold back best-effort work only:
+        // real-time requests are already in deadline order among
+        // themselves. They never leave the device idle: with nothing in
+        // flight, one request goes.
+        let fits = |r: usize, work: u64, taken: usize, t: &Throttle| match bound {
             _ if r == 0 => true,
             None => true,
-            Some(b) => on_ring.saturating_add(work) < b || (idle && taken == 0),
+            _ if idle && taken == 0 => true,
+            Some(b) => on_ring.saturating_add(work) < b && (!throttled || t.admits()),
         };
 
         // Reservation pass, in class order, paid with tokens.
         for r in 0..3 {
-            while out.len() < room && fits(r, work, out.len()) {
+            while out.len() < room && fits(r, work, out.len(), &self.throttle) {
                 let Some((qid, c)) = self.first_covered(core, r) else {
                     break;
                 };
                 let Some(e) = self.pop(qid) else { break };
                 core.spend(qid, c);
+                if r != 0 && throttled {
+                    self.throttle.spend(c);
+                }
                 work = work.saturating_add(c);
                 out.push((e, Pass::Reserved));
             }
@@ -618,14 +893,43 @@ impl Policy for ApexPolicy {
 
         // Work-conserving pass: interactive, real-time early, background.
         for r in [1, 0, 2] {
-            while out.len() < room && fits(r, work, out.len()) {
+            while out.len() < room && fits(r, work, out.len(), &self.throttle) {
                 let Some(&(_, _, qid)) = self.heads[r].first() else {
                     break;
                 };
                 let Some(e) = self.pop(qid) else { break };
-                work = work.saturating_add(core.cost_of(&e));
+                let c = core.cost_of(&e);
+                if r != 0 && throttled {
+                    self.throttle.spend(c);
+                }
+                work = work.saturating_add(c);
                 out.push((e, Pass::Other));
             }
         }
+    }
+
+    fn throttle_state(&self) -> Option<ThrottleState> {
+        self.params
+            .throttle
+            .then(|| ApexPolicy::throttle_state(self))
+    }
+
+    fn observed(&mut self, core: &Core, done: &Done) {
+        if !self.params.throttle || done.class != Some(Class::RealTime) {
+            return;
+        }
+        let Some(deadline) = done.deadline else {
+            return;
+        };
+        let rel = deadline.saturating_sub(done.arrival);
+        let latency = done.now.saturating_sub(done.arrival);
+        self.throttle.observe(
+            done.now,
+            latency,
+            rel,
+            self.params.guard_permille,
+            &core.cost,
+            self.params.throttle_floor_permille,
+        );
     }
 }

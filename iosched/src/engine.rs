@@ -38,6 +38,25 @@ pub struct Entry {
     pub lane: u8,
 }
 
+/// A completed request, as [`Policy::observed`] sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Done {
+    /// Its queue.
+    pub queue: QueueId,
+    /// Its queue's class (when the queue still exists).
+    pub class: Option<Class>,
+    /// When it was submitted.
+    pub arrival: Nanos,
+    /// When it went on the ring.
+    pub dispatched: Nanos,
+    /// When it completed.
+    pub now: Nanos,
+    /// Its absolute deadline.
+    pub deadline: Option<Nanos>,
+    /// Its estimated cost (units).
+    pub cost: u64,
+}
+
 /// A token bucket in cost units. Invariant: `-depth <= tokens <= depth`.
 #[derive(Clone, Debug)]
 pub struct Bucket {
@@ -274,6 +293,13 @@ pub trait Policy: sealed::Sealed {
     fn select(&mut self, core: &mut Core, now: Nanos, room: usize, out: &mut Vec<(Entry, Pass)>);
     /// A request dispatched with `lane` completed or was cancelled.
     fn completed(&mut self, _lane: u8) {}
+    /// A request completed (not called for cancellations): what it took,
+    /// for policies that learn from latencies.
+    fn observed(&mut self, _core: &Core, _done: &Done) {}
+    /// The best-effort throttle's state, for a policy that has one.
+    fn throttle_state(&self) -> Option<crate::ThrottleState> {
+        None
+    }
     /// Takes the waiting request `tag` of `queue` out.
     fn remove(&mut self, queue: QueueId, tag: u64) -> Option<Entry>;
 }
@@ -532,8 +558,10 @@ impl<P: Policy> Scheduler for Sched<P> {
         let latency_ns = now.saturating_sub(f.arrival);
         let lateness_ns = f.deadline.and_then(|d| (now > d).then(|| now - d));
         let mut real_time = false;
+        let mut class = None;
         if let Some(q) = self.core.queues.get_mut(&f.queue) {
             real_time = q.config.class == Class::RealTime;
+            class = Some(q.config.class);
             q.in_flight = q.in_flight.saturating_sub(1);
             q.last_active = Some(now);
             let s = &mut q.stats;
@@ -556,6 +584,16 @@ impl<P: Policy> Scheduler for Sched<P> {
                 .cost
                 .observe_drain(f.ahead, now.saturating_sub(f.dispatched));
         }
+        let done = Done {
+            queue: f.queue,
+            class,
+            arrival: f.arrival,
+            dispatched: f.dispatched,
+            now,
+            deadline: f.deadline,
+            cost: f.cost,
+        };
+        self.policy.observed(&self.core, &done);
         // Only a draining queue can go (one lookup per completion otherwise).
         let queue_removed = drained && self.drop_queue_if_done(f.queue);
         Ok(Completion {
@@ -629,6 +667,10 @@ impl<P: Policy> Scheduler for Sched<P> {
 
     fn cost_model(&self) -> &CostModel {
         &self.core.cost
+    }
+
+    fn throttle(&self) -> Option<crate::ThrottleState> {
+        self.policy.throttle_state()
     }
 }
 

@@ -86,14 +86,15 @@
 //!   once; a device that is kept below its concurrency looks slower to it
 //!   (see [`cost`]), which makes APEX's batch-size bound stricter than it
 //!   needs to be when real-time deadlines are short (see [`apex`]).
-//! - APEX bounds the work in flight, not the rate at which the device
-//!   accepts it: a device that completes writes into a cache of its own and
-//!   writes them back later keeps that backlog out of the scheduler's
-//!   sight, and no cap on the work in flight drains it. A device that
-//!   stalls (a shared disk whose other tenants flush) delays every request
-//!   in flight whatever the order; the drain line then grows and the cap
-//!   shrinks, which costs best-effort throughput and cannot save the
-//!   requests caught in the stall.
+//! - A device that completes writes into a cache of its own and writes
+//!   them back later keeps that backlog out of the scheduler's sight, and
+//!   no cap on the work in flight drains it. APEX's best-effort throttle
+//!   (see [`apex`]) answers with the rate: real-time completions that come
+//!   late cut the rate at which best-effort work goes to the device. It
+//!   learns only from requests that were already late, so it cannot save
+//!   the ones caught in the stall that taught it; and a device that stalls
+//!   whatever it is given (a shared disk whose other tenants flush) costs
+//!   best-effort throughput under the throttle without any gain.
 //! - No request merging.
 #![no_std]
 
@@ -113,7 +114,7 @@ pub mod sim;
 pub mod stats;
 mod tags;
 
-pub use apex::{ApexParams, ApexPolicy};
+pub use apex::{ApexParams, ApexPolicy, ThrottleState};
 pub use cost::{CostModel, CostPrior};
 pub use deadline::{DeadlineParams, DeadlinePolicy};
 pub use engine::{Policy, Sched};
@@ -470,6 +471,12 @@ pub trait Scheduler {
     /// The cost model, e.g. to turn "N requests of S bytes per second" into a
     /// reservation rate ([`CostModel::rate_for`]).
     fn cost_model(&self) -> &CostModel;
+
+    /// What APEX's best-effort throttle is doing (`None` for the other
+    /// policies, and with the throttle off).
+    fn throttle(&self) -> Option<ThrottleState> {
+        None
+    }
 }
 
 /// APEX.

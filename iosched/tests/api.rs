@@ -373,8 +373,18 @@ fn an_idle_real_time_queue_stops_bounding_the_work() {
     }
     assert_eq!(s1.build_batch(1_000_000_000, 32).len(), 5);
     // Silence counts from the last completion: a stream waiting for its
-    // own completions is not idle.
-    let mut s3 = apex();
+    // own completions is not idle. (Its late completion would cut the
+    // best-effort throttle, which is not what this checks: off.)
+    let mut s3 = Apex::new(
+        SchedConfig {
+            cost: CostPrior::uniform(10_000, 0),
+            ..SchedConfig::default()
+        },
+        ApexPolicy::new(ApexParams {
+            throttle: false,
+            ..ApexParams::default()
+        }),
+    );
     let r3 = s3.create_queue(rt_us(100), 0).unwrap();
     let bg3 = s3.create_queue(QueueConfig::background(), 0).unwrap();
     s3.submit(req(r3, 0), 0).unwrap();
@@ -592,4 +602,179 @@ fn cancel_takes_requests_back() {
         assert!(s.queue(q).is_none(), "{}", kind.name());
         assert_eq!(s.pending() + s.in_flight(), 0);
     }
+}
+
+/// A ring of 32 slots in front of `s`, in steps of 50 us: every
+/// millisecond a real-time read of `r` that completes `rt_latency` after
+/// it goes on the ring, and whatever best-effort work the scheduler lets
+/// on, each completing 50 us after it went.
+struct Rig {
+    s: Apex,
+    r: QueueId,
+    bg: QueueId,
+    bg_tag: u64,
+    /// (completion time, tag, real-time)
+    out: Vec<(u64, u64, bool)>,
+    tag: u64,
+    now: u64,
+}
+
+impl Rig {
+    fn new(params: ApexParams) -> Self {
+        let mut s = Apex::new(
+            SchedConfig {
+                cost: CostPrior::uniform(10_000, 0),
+                ..SchedConfig::default()
+            },
+            ApexPolicy::new(params),
+        );
+        // 10 ms deadlines: the bound lets 5 ms of work (500 requests of
+        // the prior's 10 us) onto the ring, more than the ring holds.
+        let r = s.create_queue(rt(10, 100), 0).unwrap();
+        let bg = s.create_queue(QueueConfig::background(), 0).unwrap();
+        Rig {
+            s,
+            r,
+            bg,
+            bg_tag: 1_000_000,
+            out: Vec::new(),
+            tag: 0,
+            now: 0,
+        }
+    }
+
+    /// Runs `ms` milliseconds; returns the best-effort requests dispatched.
+    fn run(&mut self, ms: u64, rt_latency: u64) -> usize {
+        let mut be = 0;
+        for step in 0..ms * 20 {
+            self.now += 50_000;
+            self.out.sort_unstable();
+            while let Some(&(at, t, _)) = self.out.first() {
+                if at > self.now {
+                    break;
+                }
+                self.out.remove(0);
+                self.s.complete(t, at).unwrap();
+            }
+            // The best-effort queue never runs dry.
+            while self.s.pending() < 1000 {
+                self.s.submit(req(self.bg, self.bg_tag), self.now).unwrap();
+                self.bg_tag += 1;
+            }
+            if step % 20 == 0 {
+                self.s.submit(req(self.r, self.tag), self.now).unwrap();
+                self.tag += 1;
+            }
+            let room = 32 - self.out.len();
+            for t in self.s.build_batch(self.now, room) {
+                let rt = t < 1_000_000;
+                be += usize::from(!rt);
+                let at = self.now + if rt { rt_latency } else { 50_000 };
+                self.out.push((at, t, rt));
+            }
+        }
+        be
+    }
+}
+
+#[test]
+fn late_real_time_completions_throttle_best_effort_work() {
+    // The drain line would learn the late reads too and shrink the bound:
+    // off, so that what is seen is the throttle's doing.
+    let base = ApexParams {
+        drain_calibrated: false,
+        ..ApexParams::default()
+    };
+    let mut g = Rig::new(base);
+    assert_eq!(
+        g.s.throttle().map(|t| (t.rate_per_sec, t.cuts)),
+        Some((None, 0))
+    );
+    // Real-time reads well within their deadline: the throttle stays open,
+    // best-effort work keeps the ring full.
+    let open = g.run(20, 200_000);
+    assert_eq!(g.s.throttle().map(|t| t.cuts), Some(0));
+    assert!(
+        open >= 20 * 20 * 30,
+        "{open} best-effort requests in 20 ms with the throttle open"
+    );
+    // Reads take 8 ms, more than half their deadline: the rate is cut...
+    g.run(10, 8 * MS);
+    let t = g.s.throttle().unwrap();
+    assert!(t.cuts >= 1, "{t:?}");
+    let first = t
+        .rate_per_sec
+        .expect("late completions left the throttle open");
+    // ... and cut again while they stay late, down to its floor (5 % of
+    // the capacity).
+    let late = g.run(100, 8 * MS);
+    let t = g.s.throttle().unwrap();
+    assert!(t.cuts > 3, "{t:?}");
+    let floor = t.rate_per_sec.unwrap();
+    assert!(floor < first, "{floor} after {first}");
+    let cap = g.s.cost_model().capacity_per_sec();
+    // (The floor is taken from the capacity measured at the cut, which
+    // moves a little since.)
+    assert!(floor >= cap / 40, "cut below its floor: {floor} of {cap}");
+    assert!(
+        floor <= cap / 10,
+        "not cut down to its floor: {floor} of {cap}"
+    );
+    // What went is what the rate pays for (plus one request whenever the
+    // ring was empty): far from the open ring's.
+    assert!(
+        late * 10 < open * 5,
+        "{late} best-effort requests in 100 ms while throttled, {open} in 20 ms open"
+    );
+    // Reads on time again: the rate climbs back and the throttle opens.
+    g.run(400, 200_000);
+    assert_eq!(g.s.throttle().unwrap().rate_per_sec, None);
+    let again = g.run(20, 200_000);
+    assert!(
+        again >= 20 * 20 * 30,
+        "{again} after the throttle opened again"
+    );
+    // Off, it never cuts.
+    let mut off = Rig::new(ApexParams {
+        throttle: false,
+        ..base
+    });
+    let n = off.run(50, 8 * MS);
+    assert_eq!(off.s.throttle(), None);
+    // (Eight of the 32 slots hold the slow reads.)
+    assert!(
+        n >= 50 * 20 * 22,
+        "{n} best-effort requests in 50 ms with the throttle off"
+    );
+}
+
+#[test]
+fn the_throttle_in_slow_start_begins_at_its_floor() {
+    let base = ApexParams {
+        drain_calibrated: false,
+        throttle_slow_start: true,
+        ..ApexParams::default()
+    };
+    let mut g = Rig::new(base);
+    // Nothing is throttled before real-time work shows up.
+    assert_eq!(
+        g.s.throttle().map(|t| (t.rate_per_sec, t.cuts)),
+        Some((None, 0))
+    );
+    // At its floor in the first window (10 ms, the reads' deadline).
+    let first = g.run(10, 200_000);
+    let t = g.s.throttle().unwrap();
+    assert_eq!(t.cuts, 0);
+    assert!(t.rate_per_sec.is_some(), "{t:?}");
+    // Doubling every window on time: open within five more.
+    g.run(60, 200_000);
+    assert_eq!(
+        g.s.throttle().map(|t| (t.rate_per_sec, t.cuts)),
+        Some((None, 0))
+    );
+    let open = g.run(10, 200_000);
+    assert!(
+        first * 4 < open,
+        "{first} best-effort requests in the first 10 ms, {open} in 10 ms open"
+    );
 }

@@ -112,6 +112,19 @@ pub fn plans() -> (Plan, Plan) {
     )
 }
 
+/// `APEXBENCH_W1_READS` (256 KiB reads per second, positive), when set:
+/// W1's 100 % load on the real path instead of the probe's, which moves
+/// severalfold between runs on a disk that stalls; for an A/B of two
+/// settings at the same load.
+fn fixed_w1_reads() -> Option<f64> {
+    std::env::var("APEXBENCH_W1_READS")
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+}
+
 /// Where the real path's device is: it holds `apexbench.img`, 1 GiB.
 pub fn image_path() -> PathBuf {
     default_out_dir().join("apexbench.img")
@@ -214,11 +227,22 @@ impl Ctx {
             // deadline, reads alone, open loop.
             let dir = self.scratch.join("w1-capacity");
             fresh_dir(&dir)?;
+            let cap_w1;
             let scale = workload::deadline_scale(floor.p50_ns);
-            let (w1, probes) = probe_w1_capacity(&dev, &cap, scale, ms, &dir)?;
-            let line = format!(
-                "W1's 100 % load: {w1:.0} x 256 KiB reads/s, the highest rate of those tried (fio alone, scheduler none, evenly spaced) with at most 1 % over W1's deadline: {probes}"
-            );
+            let line = match fixed_w1_reads() {
+                Some(w1) => {
+                    cap_w1 = w1;
+                    format!("W1's 100 % load: {w1:.0} x 256 KiB reads/s, fixed by APEXBENCH_W1_READS (not probed)")
+                }
+                None => {
+                    let (w1, probes) = probe_w1_capacity(&dev, &cap, scale, ms, &dir)?;
+                    cap_w1 = w1;
+                    format!(
+                        "W1's 100 % load: {w1:.0} x 256 KiB reads/s, the highest rate of those tried (fio alone, scheduler none, evenly spaced) with at most 1 % over W1's deadline: {probes}"
+                    )
+                }
+            };
+            let w1 = cap_w1;
             eprintln!("apexbench: {line}");
             self.notes.push(line);
             let cap = Capacity {

@@ -248,19 +248,30 @@ fn run_on(
         cost: prior,
         ..SchedConfig::default()
     };
-    let mut sched: Box<dyn Scheduler + Send> = match (kind, slack_permille()) {
-        (PolicyKind::Apex, Some(slack_permille)) => {
-            notes.push(format!(
-                "{}: APEX's slack share {slack_permille} per mille (APEXBENCH_SLACK_PERMILLE)",
-                w.workload.prefix()
-            ));
-            Box::new(iosched::Apex::new(
-                config,
-                iosched::ApexPolicy::new(iosched::ApexParams {
-                    slack_permille,
-                    ..iosched::ApexParams::default()
-                }),
-            ))
+    let mut sched: Box<dyn Scheduler + Send> = match kind {
+        PolicyKind::Apex => {
+            let mut params = iosched::ApexParams::default();
+            if let Some(slack_permille) = slack_permille() {
+                notes.push(format!(
+                    "{}: APEX's slack share {slack_permille} per mille (APEXBENCH_SLACK_PERMILLE)",
+                    w.workload.prefix()
+                ));
+                params.slack_permille = slack_permille;
+            }
+            if let Some((on, slow)) = throttle_switch() {
+                notes.push(format!(
+                    "{}: APEX's best-effort throttle {} (APEXBENCH_THROTTLE)",
+                    w.workload.prefix(),
+                    match (on, slow) {
+                        (false, _) => "off",
+                        (true, false) => "on",
+                        (true, true) => "on, in slow start",
+                    }
+                ));
+                params.throttle = on;
+                params.throttle_slow_start = slow;
+            }
+            Box::new(iosched::Apex::new(config, iosched::ApexPolicy::new(params)))
         }
         _ => new_scheduler(kind, config),
     };
@@ -516,6 +527,20 @@ fn run_on(
             beta as f64 / 1e3
         ));
     }
+    if let Some(t) = bf.scheduler(0).and_then(|s| s.throttle()) {
+        m.notes.push(format!(
+            "{}: best-effort throttle after the run: {} cuts by late real-time completions, {}",
+            w.workload.prefix(),
+            t.cuts,
+            match t.rate_per_sec {
+                Some(r) => format!(
+                    "best-effort rate {:.0} ms of device time per s",
+                    r as f64 / 1e6
+                ),
+                None => "open".into(),
+            }
+        ));
+    }
     let _ = bf.close(&mut xs);
     Ok(m)
 }
@@ -681,6 +706,9 @@ impl Scheduler for Traced {
     fn cost_model(&self) -> &CostModel {
         self.inner.cost_model()
     }
+    fn throttle(&self) -> Option<iosched::ThrottleState> {
+        self.inner.throttle()
+    }
 }
 
 /// The nearest-rank quantile `q` of `v` (sorted here), ns; 0 when empty.
@@ -828,6 +856,22 @@ fn slack_permille() -> Option<u64> {
         .parse::<u64>()
         .ok()
         .filter(|v| (1..=1000).contains(v))
+}
+
+/// `APEXBENCH_THROTTLE`, when set: `0`, `off` or `no` turns APEX's
+/// best-effort throttle ([`iosched::ApexParams::throttle`]) off on the
+/// real path, `1`, `on` or `yes` on (the default), `slow` on in slow start
+/// ([`iosched::ApexParams::throttle_slow_start`]); other values are
+/// ignored. Returns (on, slow start). With it off APEX bounds only the
+/// work in flight, as before the throttle: the A/B of the throttle on the
+/// same disk.
+fn throttle_switch() -> Option<(bool, bool)> {
+    match std::env::var("APEXBENCH_THROTTLE").ok()?.trim() {
+        "0" | "off" | "no" => Some((false, false)),
+        "1" | "on" | "yes" => Some((true, false)),
+        "slow" => Some((true, true)),
+        _ => None,
+    }
 }
 
 /// The cost model's starting line from the device's measured capacity: the
