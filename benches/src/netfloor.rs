@@ -16,21 +16,31 @@
 //! posts them.
 //!
 //! Nothing here is validated beyond what keeps it from going out of
-//! bounds, no grant is pinned, no switch looks at the frame and no event
-//! channel exists: what is left is the protocol's own shared-memory
-//! traffic (the indices, the slots, the pages, each line crossing between
-//! the cores when the protocol says it must). `netif-floor-64` is its
-//! round trip of 64-byte frames; `netif-floor-stream-1500` streams
+//! bounds, no switch looks at the frame and no event channel exists: what
+//! is left is the protocol's own shared-memory traffic (the indices, the
+//! slots, the pages, each line crossing between the cores when the
+//! protocol says it must). `netif-floor-64` is its round trip of 64-byte
+//! frames, with no grant; `netif-floor-gnt-64` the same with each copy
+//! made as the emulated hypervisor makes a grant copy: the granted entry
+//! pinned before (its pin record locked, `GTF_reading` or `GTF_writing`
+//! set in the granting side's entry, the record unlocked) and unpinned
+//! after ([`grant_tables::emulated::ForeignTable`], the code the hosted
+//! platform's `GNTTABOP_copy` runs, without its domain lookups); `netif-floor-stream-1500` streams
 //! 1500-byte frames one way in bursts of 32 to a back that reads every
 //! byte it copied out (as the `netfront-stream-1500` sink does), in
 //! Gbit/s. A netfront entry's ratio to these says what the driver, the
 //! backend and the grants add to what the protocol costs at least.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use grant_tables::abi::{GrantEntryV1, GrantFlags};
+use grant_tables::emulated::{spin_backoff, ForeignTable};
+use grant_tables::{Access, DomId};
 
 use crate::harness::{Recorder, Throughput};
 use crate::pin;
@@ -108,10 +118,55 @@ struct Shared {
     rx: Sring,
     tx_pages: Box<[Page]>,
     rx_pages: Box<[Page]>,
+    /// The front's grant table (the TX pages' entries, read-only, then the
+    /// RX pages', writable) and its pin records, as the back's emulated
+    /// hypervisor sees them; `None`: copies without grants.
+    grants: Option<ForeignTable>,
 }
 
+/// The front's grant table memory: `2 * SLOTS` entries and as many pin
+/// records, kept alive by the [`ForeignTable`] view.
+struct GrantMem {
+    entries: Box<[AtomicU64]>,
+    pins: Box<[AtomicU64]>,
+}
+
+/// The domain the front grants its pages to.
+const BACK: DomId = DomId(0);
+
 impl Shared {
-    fn new() -> Arc<Shared> {
+    /// A grant table whose entry `p` grants TX page `p` read-only and
+    /// entry `SLOTS + p` RX page `p` writable, to [`BACK`].
+    fn grant_table() -> ForeignTable {
+        let entry = |writable: bool, frame: u32| {
+            let mut flags = GrantFlags::PERMIT_ACCESS;
+            if !writable {
+                flags |= GrantFlags::READONLY;
+            }
+            let e = GrantEntryV1 {
+                flags: flags.bits(),
+                domid: BACK.0,
+                frame,
+            };
+            AtomicU64::new(u64::from(e.flags) | u64::from(e.domid) << 16 | u64::from(e.frame) << 32)
+        };
+        let mem = Arc::new(GrantMem {
+            entries: (0..2 * SLOTS)
+                .map(|g| entry(g >= SLOTS, g % SLOTS))
+                .collect(),
+            pins: (0..2 * SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        });
+        let entries = NonNull::from(&mem.entries[0]).cast::<GrantEntryV1>();
+        let pins = NonNull::from(&mem.pins[0]).cast::<u64>();
+        // SAFETY: `2 * SLOTS` 8-byte aligned entries (each an `AtomicU64`
+        // laid out as `GrantEntryV1`: flags, domid, frame in little-endian
+        // order) and as many 8-byte aligned pin records, in `mem`, which
+        // the view keeps alive; they are only ever accessed atomically
+        // (through `AtomicU64` here, through the view's atomics there).
+        unsafe { ForeignTable::with_pins(entries, pins, 2 * SLOTS, Some(mem)) }
+    }
+
+    fn new(grants: bool) -> Arc<Shared> {
         let pages = || -> Box<[Page]> {
             (0..SLOTS)
                 .map(|_| Page(UnsafeCell::new([0; PAGE])))
@@ -122,7 +177,30 @@ impl Shared {
             rx: Sring::new(2),
             tx_pages: pages(),
             rx_pages: pages(),
+            grants: grants.then(Shared::grant_table),
         })
+    }
+
+    /// Runs `copy` on the page granted by `gref` as the emulated
+    /// hypervisor's grant copy does: pinned for `access` around it (when
+    /// the floor has grants), the page number read from the entry.
+    #[inline(always)]
+    fn granted<R>(
+        &self,
+        gref: u32,
+        access: Access,
+        copy: impl FnOnce(u32) -> Result<R, String>,
+    ) -> Result<R, String> {
+        let Some(t) = &self.grants else {
+            return copy(gref % SLOTS);
+        };
+        let frame = t
+            .pin_with(gref, BACK, access, &mut spin_backoff)
+            .map_err(|e| format!("grant ref {gref}: {e}"))?;
+        let r = copy(frame);
+        t.unpin_with(gref, BACK, access, &mut spin_backoff)
+            .map_err(|e| format!("grant ref {gref}: unpin: {e:?}"))?;
+        r
     }
 
     /// Copies `src` into page `p` of `pages` at `off` (bounds checked).
@@ -200,7 +278,9 @@ fn back(sh: &Shared, frames: u64, echo: bool) -> Result<u64, String> {
             if size > PAGE - off {
                 return Err("a TX request past its page".into());
             }
-            Shared::read(&sh.tx_pages, page, off, &mut frame[..size])?;
+            sh.granted(page, Access::ReadOnly, |p| {
+                Shared::read(&sh.tx_pages, p, off, &mut frame[..size])
+            })?;
             let f = &mut frame[..size];
             if echo {
                 let (dst, rest) = f.split_at_mut(6);
@@ -213,7 +293,9 @@ fn back(sh: &Shared, frames: u64, echo: bool) -> Result<u64, String> {
                 let rid = r[0].load(Ordering::Relaxed) & 0xffff;
                 let rpage = r[1].load(Ordering::Relaxed);
                 rx_cons = rx_cons.wrapping_add(1);
-                Shared::write(&sh.rx_pages, rpage, 0, f)?;
+                sh.granted(SLOTS + rpage, Access::ReadWrite, |p| {
+                    Shared::write(&sh.rx_pages, p, 0, f)
+                })?;
                 // id | offset << 16, flags | status << 16.
                 let o = sh.rx.slot(rx_rsp, 2);
                 o[0].store(rid, Ordering::Relaxed);
@@ -285,7 +367,12 @@ impl Front {
             s[1].store(self.rx_page_of[id as usize], Ordering::Relaxed);
             self.rx_prod = self.rx_prod.wrapping_add(1);
         }
-        push(&self.sh.rx.req_prod, &self.sh.rx.req_event, old, self.rx_prod);
+        push(
+            &self.sh.rx.req_prod,
+            &self.sh.rx.req_event,
+            old,
+            self.rx_prod,
+        );
     }
 
     /// Puts one frame on the TX ring (published by `publish`); `false`
@@ -309,7 +396,12 @@ impl Front {
     #[inline(always)]
     fn publish(&mut self) {
         let old = self.sh.tx.req_prod.load(Ordering::Relaxed);
-        push(&self.sh.tx.req_prod, &self.sh.tx.req_event, old, self.tx_prod);
+        push(
+            &self.sh.tx.req_prod,
+            &self.sh.tx.req_event,
+            old,
+            self.tx_prod,
+        );
     }
 
     /// Takes the TX responses published; returns how many.
@@ -360,9 +452,16 @@ fn template(size: usize) -> Vec<u8> {
     f
 }
 
-/// `netif-floor-64`: round trips of `size`-byte frames.
-pub fn pingpong(size: usize, iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
-    let sh = Shared::new();
+/// `netif-floor-64` (`grants`: `netif-floor-gnt-64`): round trips of
+/// `size`-byte frames.
+pub fn pingpong(
+    size: usize,
+    grants: bool,
+    iters: u64,
+    warmup: u64,
+    rec: &mut Recorder,
+) -> Result<(), String> {
+    let sh = Shared::new(grants);
     let total = iters + warmup;
     let (a, b) = pin::pair();
     let sh2 = sh.clone();
@@ -405,9 +504,7 @@ pub fn pingpong(size: usize, iters: u64, warmup: u64, rec: &mut Recorder) -> Res
             rec.record(dt);
         }
     }
-    let served = server
-        .join()
-        .map_err(|_| "the back panicked".to_string())?;
+    let served = server.join().map_err(|_| "the back panicked".to_string())?;
     result?;
     served.map(|_| ())
 }
@@ -416,7 +513,7 @@ pub fn pingpong(size: usize, iters: u64, warmup: u64, rec: &mut Recorder) -> Res
 pub fn stream(iters: u64, rec: &mut Recorder) -> Result<(), String> {
     const FRAMES_MIN: u64 = 200_000;
     const BURST: u32 = 32;
-    let sh = Shared::new();
+    let sh = Shared::new(false);
     let warm = 1000u64;
     let n = iters.max(FRAMES_MIN);
     let (a, b) = pin::pair();
