@@ -559,3 +559,38 @@ pub fn stream(iters: u64, rec: &mut Recorder) -> Result<(), String> {
     rec.throughput(Throughput::default().with_gbit_s(n * 1500, dt));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floors_complete_and_measure_each_iteration() {
+        for grants in [false, true] {
+            let mut rec = Recorder::new();
+            pingpong(64, grants, 300, 20, &mut rec).unwrap();
+            assert_eq!(rec.count(), 300, "grants {grants}");
+        }
+        let mut rec = Recorder::new();
+        stream(1000, &mut rec).unwrap();
+        let t = rec.rates().expect("the stream records a throughput");
+        assert!(t.gbit_s.is_some_and(|g| g > 0.0));
+    }
+
+    #[test]
+    fn a_pinned_grant_blocks_nothing_and_is_released_after_each_copy() {
+        let sh = Shared::new(true);
+        let t = sh.grants.as_ref().unwrap();
+        let frame = sh
+            .granted(SLOTS + 3, Access::ReadWrite, |p| {
+                // Pinned for writing while the copy runs.
+                assert_eq!(t.pin_counts(SLOTS + 3).pins, 1);
+                Ok(p)
+            })
+            .unwrap();
+        assert_eq!(frame, 3);
+        assert_eq!(t.pin_counts(SLOTS + 3).pins, 0);
+        // A TX page is granted read-only: a writable copy is refused.
+        assert!(sh.granted(3, Access::ReadWrite, Ok).is_err());
+    }
+}
