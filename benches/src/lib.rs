@@ -24,6 +24,7 @@
 pub mod apex;
 pub mod harness;
 pub mod net;
+pub mod netfloor;
 pub mod peers;
 pub mod pin;
 pub mod rdma;

@@ -325,6 +325,31 @@ pub fn entries() -> Vec<Entry> {
 pub fn peer_entries() -> Vec<Entry> {
     vec![
         Entry::new(
+            "netif-floor-64",
+            "the least any netif implementation costs here: netfront-poll-64's exchange (TX request, copy out, copy into the posted RX buffer, RX and TX responses, each ring pushed with its fence) on two threads with no grants, no validation, no switch (benches::netfloor)",
+            "threads, netif rings and pages, spinning",
+            |r: Round, rec: &mut Recorder| {
+                crate::netfloor::pingpong(64, false, r.iters, r.warmup, rec)
+            },
+        )
+        .msg_bytes(64),
+        Entry::new(
+            "netif-floor-gnt-64",
+            "netif-floor-64 with each copy a grant copy as the emulated hypervisor makes it: the front's entry pinned (pin record locked, GTF_reading/GTF_writing set) around the copy and unpinned after; what the grant protocol adds (benches::netfloor)",
+            "threads, netif rings and pages, grant pins, spinning",
+            |r: Round, rec: &mut Recorder| {
+                crate::netfloor::pingpong(64, true, r.iters, r.warmup, rec)
+            },
+        )
+        .msg_bytes(64),
+        Entry::new(
+            "netif-floor-stream-1500",
+            "netfront-stream-1500's exchange on two threads with no grants, no validation, no switch: 1500-byte frames written into TX pages, copied out and read by the sink, in Gbit/s (benches::netfloor)",
+            "threads, netif rings and pages, spinning",
+            |r: Round, rec: &mut Recorder| crate::netfloor::stream(r.iters, rec),
+        )
+        .msg_bytes(1500),
+        Entry::new(
             "memcpy",
             "one core copying 1500-byte frames from a 1 MiB ring of frames into a 64-frame ring, in Gbit/s",
             "one thread",
