@@ -305,6 +305,12 @@ impl Context {
         self.stats
     }
 
+    /// Completions put on completion queues so far (cheap: a driver reads
+    /// it around every frame it hands over).
+    pub fn completions_made(&self) -> u64 {
+        self.stats.completions
+    }
+
     fn id(&mut self) -> Result<u32, VerbsError> {
         let id = self.next_id;
         // Region keys carry the id in their top 24 bits.
@@ -1303,6 +1309,7 @@ fn push_wc(
     let ok = c.lost == 0 && c.entries.len() < c.cap;
     if ok {
         c.entries.push_back(wc);
+        stats.completions += 1;
     } else {
         c.lost += 1;
         stats.cq_overruns += 1;
