@@ -22,9 +22,10 @@
 //! frame reaches a consumer polling its next slot in one transfer of that
 //! line (and the frame's other lines), not after a transfer of the index's
 //! line first. Each end reads the other's index only when what it learnt
-//! is used up (the producer: the free slots the consumer index left; the
-//! consumer: the frames the producer index or the ready words announced),
-//! so that the lines the peer writes are not read per frame.
+//! is used up (the producer: the free slots the consumer index left), or
+//! for its checks only (the consumer: once every 64 polls that found the
+//! ring empty; the ready words announce the frames), so that the lines the
+//! peer writes are not read per frame or per poll.
 //!
 //! Each end implements [`FrameDevice`]. [`FrameDevice::tx_buffer`] lends a
 //! buffer of this end's own, reserved for the next free slot of the
@@ -87,6 +88,11 @@ use crate::{HostedPages, HostedPlatform, MappedGrant};
 pub const SLOT: usize = 2048;
 /// Where a frame starts in its slot.
 const SLOT_DATA: usize = 16;
+/// Empty polls of `receive` between two reads of the peer's producer
+/// index (the ready words announce frames; the index is read for its
+/// checks, off the per-poll path: every read of it after the peer's
+/// next store would move its cache line).
+const INDEX_EVERY: u32 = 64;
 /// Bytes of a slot's first cache line: its header (with the ready word the
 /// consumer polls) and the frame's first bytes.
 const SLOT_LINE: usize = 64;
@@ -329,6 +335,8 @@ pub struct FrameLink {
     rx_prod_seen: u32,
     /// A received frame is lent at `rx_cons`.
     rx_out: bool,
+    /// Polls of `receive` that found the ring empty (see `INDEX_EVERY`).
+    empty_polls: u32,
     faults: Option<(Faults, Rng)>,
     /// A frame held back for reordering.
     held: Option<Vec<u8>>,
@@ -431,6 +439,7 @@ impl FrameLink {
             rx_cons: 0,
             rx_prod_seen: 0,
             rx_out: false,
+            empty_polls: 0,
             faults: None,
             held: None,
             spare: Vec::with_capacity(MAX_FRAME),
@@ -558,11 +567,7 @@ impl FrameLink {
         // stay inside the slot; `frame` is this process's own memory, not
         // the slot; the header's first four bytes are 4-byte aligned.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                frame.as_ptr().add(head),
-                slot.add(SLOT_DATA + head),
-                frame.len() - head,
-            );
+            std::ptr::copy_nonoverlapping(frame.as_ptr().add(head), slot.add(SLOT_DATA + head), frame.len() - head);
             std::ptr::copy_nonoverlapping(frame.as_ptr(), slot.add(SLOT_DATA), head);
             slot.cast::<u32>().write_volatile((frame.len() as u32).to_le());
         }
@@ -579,7 +584,6 @@ impl FrameLink {
         }
         Ok(())
     }
-
 }
 
 impl Drop for FrameLink {
@@ -795,18 +799,23 @@ impl FrameDevice for FrameLink {
     #[inline]
     fn receive(&mut self) -> Result<Option<LinkRx>, FrameError> {
         // Inlined into the caller's poll loop: the next slot's ready word,
-        // and on an empty ring the peer's producer index (for its checks;
-        // it may lag behind the ready words, which the slow path accepts);
-        // neither while frames announced before are still to be taken.
+        // and on an empty ring, once every INDEX_EVERY polls, the peer's
+        // producer index (for its checks; it may lag behind the ready
+        // words, which the slow path accepts); neither while frames
+        // announced before are still to be taken.
         if !self.rx_out && self.broken.is_none() && self.rx_prod_seen == self.rx_cons {
             if self.slot_ready() {
                 return self.take_rx().map(Some);
             }
-            if self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire) == self.rx_cons {
+            self.empty_polls = self.empty_polls.wrapping_add(1);
+            if self.empty_polls % INDEX_EVERY != 0
+                || self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire) == self.rx_cons
+            {
                 return Ok(None);
             }
+            return self.receive_slow(true);
         }
-        self.receive_slow()
+        self.receive_slow(false)
     }
 
     #[inline]
@@ -846,8 +855,9 @@ impl FrameDevice for FrameLink {
 }
 
 impl FrameLink {
-    /// `receive` past its empty-ring fast path.
-    fn receive_slow(&mut self) -> Result<Option<LinkRx>, FrameError> {
+    /// `receive` past its empty-ring fast path; `index`: read the peer's
+    /// producer index when the next slot's ready word is not set.
+    fn receive_slow(&mut self, index: bool) -> Result<Option<LinkRx>, FrameError> {
         self.check()?;
         let me = self.side.n();
         if self.rx_out {
@@ -860,6 +870,9 @@ impl FrameLink {
         if self.rx_prod_seen != self.rx_cons || self.slot_ready() {
             // Announced: by the index (checked when read) or the slot.
             return Ok(Some(self.take_rx()?));
+        }
+        if !index {
+            return Ok(None);
         }
         let prod = self.shared.index(self.rx_ring() * 128).load(Ordering::Acquire);
         let avail = prod.wrapping_sub(self.rx_cons);
@@ -985,12 +998,19 @@ mod tests {
         assert!(c.tx_buffer(5).unwrap().is_some());
     }
 
+    /// Polls `l` until `receive` fails, at most the polls between two
+    /// reads of the producer index (an empty ring reads it only once in
+    /// that many).
+    fn receive_error(l: &mut FrameLink) -> Option<FrameError> {
+        (0..INDEX_EVERY).find_map(|_| l.receive().err())
+    }
+
     #[test]
     fn a_producer_index_too_far_ahead_breaks_the_link() {
         let (a, mut b) = pair();
         // Ring 0's producer index (A's), 5 ahead of 4 slots.
         a.hostile_write(0, &5u32.to_ne_bytes());
-        assert!(matches!(b.receive(), Err(FrameError::Broken(m)) if m.contains("producer index")));
+        assert!(matches!(receive_error(&mut b), Some(FrameError::Broken(m)) if m.contains("producer index")));
         assert!(matches!(b.tx_buffer(10), Err(FrameError::Broken(_))), "broken for good");
         assert!(!b.link().up);
     }
@@ -1013,7 +1033,9 @@ mod tests {
         // behind what B took, which is no fault.
         assert_eq!(recv(&mut b), None, "slot 1 holds nothing");
         a.hostile_write(0, &1u32.to_ne_bytes());
-        assert_eq!(recv(&mut b), None, "slot 1 holds nothing");
+        for _ in 0..=INDEX_EVERY {
+            assert_eq!(recv(&mut b), None, "slot 1 holds nothing");
+        }
         assert_eq!(b.stats().rx_frames, 1);
 
         let (a, mut b) = pair();
@@ -1029,7 +1051,7 @@ mod tests {
             a.hostile_write(PAGE, &len.to_le_bytes());
             a.hostile_write(0, &1u32.to_ne_bytes());
             assert!(
-                matches!(b.receive(), Err(FrameError::Broken(m)) if m.contains("bytes in slot")),
+                matches!(receive_error(&mut b), Some(FrameError::Broken(m)) if m.contains("bytes in slot")),
                 "{len}"
             );
         }

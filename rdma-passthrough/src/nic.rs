@@ -18,12 +18,12 @@
 //!    classified: IPv4 UDP to port 4791 goes to
 //!    [`Transport::handle_frame`], anything else to the callback given by
 //!    [`RoceNic::on_other_frame`] or, without one, is counted and dropped.
-//!    A RoCE frame that made a completion ([`Transport::completion_mark`])
-//!    ends the receiving: the application sees the completion before the
-//!    frames behind it are handled (the ACK that usually follows a pong,
-//!    handled at the next poll after the request posted in answer has
-//!    left), as a NIC's completion is visible before it has handled the
-//!    next packet;
+//!    A RoCE frame that made a completion or placed an RDMA WRITE's bytes
+//!    ([`Transport::completion_mark`]) ends the receiving: the
+//!    application sees it before the frames behind it are handled (the
+//!    ACK that usually follows a pong, handled at the next poll after the
+//!    request posted in answer has left), as a NIC's completion is
+//!    visible before it has handled the next packet;
 //! 4. the transport's timers ([`Transport::on_time`]) when its deadline has
 //!    passed.
 //!
@@ -111,12 +111,13 @@ pub trait Transport {
     /// a timer is due: what work posted between two polls arms its timers
     /// from. Must be cheap; runs no timer.
     fn advance_time(&mut self, _now_ns: u64) {}
-    /// A number that changes whenever the transport makes a completion
-    /// the application may be waiting for (a count of them): a received
-    /// frame that changes it ends [`RoceNic::poll`]'s receiving, so that
-    /// the application takes the completion before the frames behind it
-    /// are handled. Must be cheap. The default never changes (every poll
-    /// handles up to [`RX_BUDGET`] frames).
+    /// A number that changes whenever the transport makes something the
+    /// application may be waiting for (a count of them): a completion, or
+    /// an RDMA WRITE's bytes placed in its memory (which an application
+    /// polls without a completion). A received frame that changes it ends
+    /// [`RoceNic::poll`]'s receiving, so that the application sees it
+    /// before the frames behind it are handled. Must be cheap. The default
+    /// never changes (every poll handles up to [`RX_BUDGET`] frames).
     fn completion_mark(&self) -> u64 {
         0
     }
@@ -151,6 +152,7 @@ impl Transport for crate::verbs::Context {
     }
     fn completion_mark(&self) -> u64 {
         crate::verbs::Context::completions_made(self)
+            .wrapping_add(crate::verbs::Context::writes_placed(self))
     }
 }
 
@@ -244,7 +246,9 @@ impl Transport for QpTransport {
     }
 
     fn completion_mark(&self) -> u64 {
-        self.qp.completions_made()
+        self.qp
+            .completions_made()
+            .wrapping_add(self.qp.writes_placed())
     }
 }
 

@@ -639,6 +639,8 @@ pub struct QueuePair {
     completions: VecDeque<Completion>,
     /// Completions taken by [`QueuePair::poll_completion`].
     completions_taken: u64,
+    /// RDMA WRITE packets whose bytes were placed in a region.
+    writes_placed: u64,
     stats: Stats,
 }
 
@@ -687,6 +689,7 @@ impl QueuePair {
             response_turn: false,
             completions: VecDeque::new(),
             completions_taken: 0,
+            writes_placed: 0,
             stats: Stats::default(),
             cfg,
         })
@@ -843,6 +846,13 @@ impl QueuePair {
     /// completion.
     pub fn completions_made(&self) -> u64 {
         self.completions_taken + self.completions.len() as u64
+    }
+
+    /// RDMA WRITE packets whose bytes this responder placed in a region so
+    /// far (what an application polling its memory waits for, with no
+    /// completion to tell it).
+    pub fn writes_placed(&self) -> u64 {
+        self.writes_placed
     }
 
     /// Posts a work request: it joins the send queue and is turned into
@@ -1913,7 +1923,10 @@ impl QueuePair {
                 // again, and write only inside it.
                 if !payload.is_empty() {
                     match remote_slice(mem, rkey, at, payload.len(), |a| a.write) {
-                        Some(dst) => dst.copy_from_slice(payload),
+                        Some(dst) => {
+                            dst.copy_from_slice(payload);
+                            self.writes_placed += 1;
+                        }
                         None => return self.nak(bth.psn, NakCode::RemoteAccessError),
                     }
                 }

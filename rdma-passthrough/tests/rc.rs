@@ -878,7 +878,8 @@ fn requests_go_before_acks_round_after_round() {
         data: message(i, 8),
         imm: None,
     };
-    let both = |q: &mut QueuePair| -> Vec<Vec<u8>> { std::iter::from_fn(|| q.transmit()).collect() };
+    let both =
+        |q: &mut QueuePair| -> Vec<Vec<u8>> { std::iter::from_fn(|| q.transmit()).collect() };
     for round in 0..6u64 {
         a.post_recv(100 + round, 8);
         b.post_recv(200 + round, 8);
@@ -890,7 +891,10 @@ fn requests_go_before_acks_round_after_round() {
         } else {
             &[Opcode::SendOnly, Opcode::Acknowledge]
         };
-        assert_eq!(kinds, want, "round {round}: A's ping, then its ACK of the last pong");
+        assert_eq!(
+            kinds, want,
+            "round {round}: A's ping, then its ACK of the last pong"
+        );
         for f in &out {
             b.receive(f);
         }

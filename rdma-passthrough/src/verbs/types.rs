@@ -447,6 +447,8 @@ pub struct ContextStats {
     pub cq_overruns: u64,
     /// Completions put on completion queues.
     pub completions: u64,
+    /// RDMA WRITE packets whose bytes were placed in a region.
+    pub writes_placed: u64,
     /// The last parse error.
     pub last_parse_error: Option<ParseError>,
 }
