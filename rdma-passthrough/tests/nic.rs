@@ -683,3 +683,44 @@ fn a_completion_ends_the_receiving_of_a_poll() {
     assert!(c.device().rx.is_empty());
     assert_eq!(c.stats().rx_roce, 2);
 }
+
+/// An RDMA WRITE placed in a region ends a poll's receiving as a
+/// completion does: an application polling its memory sees the bytes
+/// before the frames behind them are handled.
+#[test]
+fn a_placed_write_ends_the_receiving_of_a_poll() {
+    use rdma_passthrough::rc::MemoryRegion;
+
+    let mut a = QpTransport::new(qp(1, 2, 3), 1_000_000);
+    let mut b = RoceNic::new(MemDev::default(), QpTransport::new(qp(2, 1, 3), 1_000_000));
+    b.transport_mut().qp_mut().register(MemoryRegion {
+        va: 0x1000,
+        rkey: 0x42,
+        remote_write: true,
+        data: vec![0; 32],
+    });
+    for (i, d) in [7u8, 8].into_iter().enumerate() {
+        a.qp_mut()
+            .post_send(
+                i as u64,
+                SendOp::Write {
+                    data: vec![d; 32],
+                    va: 0x1000,
+                    rkey: 0x42,
+                    imm: None,
+                },
+            )
+            .unwrap();
+    }
+    let w1 = a.next_frame().unwrap();
+    let w2 = a.next_frame().unwrap();
+    b.device_mut().rx.extend([w1, w2]);
+    b.poll(10).unwrap();
+    assert_eq!(b.stats().rx_roce, 1, "the second WRITE waits");
+    assert_eq!(b.transport().qp().writes_placed(), 1);
+    assert_eq!(b.transport().qp().region(0).unwrap().data, vec![7; 32]);
+    b.poll(20).unwrap();
+    assert_eq!(b.transport().qp().writes_placed(), 2);
+    assert_eq!(b.transport().qp().region(0).unwrap().data, vec![8; 32]);
+    assert!(b.device().rx.is_empty());
+}
