@@ -26,14 +26,20 @@
 //! layer's cost.
 //!
 //! A round trip moves four frames: the ping, its ACK, the pong and its
-//! ACK (each ACK leaves at the end's next poll, after the request posted
-//! in answer, the pong or the next ping: `RoceNic::poll` sends first and
-//! a queue pair alternates requests and responses; the requester's
-//! completion of the ping is not waited for). Every frame is built with its
-//! ICRC and parsed and checked in full, and each received frame is copied
-//! once out of the link's slot before it is parsed. The link is lossless
-//! here: no retransmission may happen (the timeout is 1 s), and a run that
-//! needed one fails.
+//! ACK. Each ACK leaves right behind the request posted in answer (the
+//! pong, or the next ping: a queue pair sends a request posted before the
+//! ACK of what it received just before), and is handled by its receiver
+//! at the poll after the one that took the frame ahead of it
+//! (`RoceNic::poll` hands a completion to the application before the
+//! frames behind it). Sends are unsignaled and the requester's
+//! completion (the ACK) is not waited for before the receive is polled:
+//! `ib_send_lat` with a send queue deeper than its default of 1 does the
+//! same, with its default it waits for every send's completion
+//! (`docs/benches.md` sets the two side by side). Every frame is built
+//! with its ICRC and parsed and checked in full, and each received frame
+//! is copied once out of the link's slot before it is parsed. The link is
+//! lossless here: no retransmission may happen (the timeout is 1 s), and
+//! a run that needed one fails.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -529,11 +535,11 @@ pub fn peer_main(spec: &str) -> Result<(), String> {
 fn serve(op: Op, nic: &mut Nic, start: Instant, total: u64) -> Result<(), String> {
     match op {
         Op::Send => {
+            // Two receives up: one is always posted when a ping comes.
             nic.transport_mut().qp_mut().post_recv(0, MSG);
+            nic.transport_mut().qp_mut().post_recv(1, MSG);
             for i in 0..total {
                 let ping = spin(nic, start, take_recv)?;
-                // The next ping's receive goes up before the pong leaves.
-                nic.transport_mut().qp_mut().post_recv(i + 1, MSG);
                 nic.transport_mut()
                     .qp_mut()
                     .post_send(
@@ -544,6 +550,10 @@ fn serve(op: Op, nic: &mut Nic, start: Instant, total: u64) -> Result<(), String
                         },
                     )
                     .map_err(|e| format!("{e:?}"))?;
+                // The doorbell: the pong leaves at once; then the receive
+                // taken is posted again.
+                nic.flush().map_err(|e| format!("frame link: {e}"))?;
+                nic.transport_mut().qp_mut().post_recv(i + 2, MSG);
                 nic.poll(start.elapsed().as_nanos() as u64)
                     .map_err(|e| format!("frame link: {e}"))?;
             }
@@ -876,15 +886,20 @@ fn verbs_peer(op: Op, link: FrameLink, total: u64) -> Result<(), String> {
         Op::Send => {
             let mut recv = v.recv_wr();
             let mut pong = v.send_wr(MSG);
-            v.post_recv(&recv)?;
+            // Two receives up: one is always posted when a ping comes.
+            for id in 0..2 {
+                recv.wr_id = id;
+                v.post_recv(&recv)?;
+            }
             for i in 0..total {
                 v.spin(start, |v| Ok(v.poll_cq()?.then_some(())))?;
                 // The pong goes from the receive buffer (gathered at
-                // post_send), then the next ping's receive goes up: the
-                // ping cannot come before the pong has arrived.
+                // post_send) and leaves at once (the doorbell), then the
+                // receive taken is posted again.
                 pong.wr_id = i;
                 v.post_send(&pong)?;
-                recv.wr_id = i + 1;
+                v.nic.flush().map_err(|e| format!("frame link: {e}"))?;
+                recv.wr_id = i + 2;
                 v.post_recv(&recv)?;
                 v.nic
                     .poll(start.elapsed().as_nanos() as u64)

@@ -17,7 +17,13 @@
 //!    a peer or a device; everything after works on the private copy) and
 //!    classified: IPv4 UDP to port 4791 goes to
 //!    [`Transport::handle_frame`], anything else to the callback given by
-//!    [`RoceNic::on_other_frame`] or, without one, is counted and dropped;
+//!    [`RoceNic::on_other_frame`] or, without one, is counted and dropped.
+//!    A RoCE frame that made a completion or placed an RDMA WRITE's bytes
+//!    ([`Transport::completion_mark`]) ends the receiving: the
+//!    application sees it before the frames behind it are handled (the
+//!    ACK that usually follows a pong, handled at the next poll after the
+//!    request posted in answer has left), as a NIC's completion is
+//!    visible before it has handled the next packet;
 //! 4. the transport's timers ([`Transport::on_time`]) when its deadline has
 //!    passed.
 //!
@@ -105,6 +111,16 @@ pub trait Transport {
     /// a timer is due: what work posted between two polls arms its timers
     /// from. Must be cheap; runs no timer.
     fn advance_time(&mut self, _now_ns: u64) {}
+    /// A number that changes whenever the transport makes something the
+    /// application may be waiting for (a count of them): a completion, or
+    /// an RDMA WRITE's bytes placed in its memory (which an application
+    /// polls without a completion). A received frame that changes it ends
+    /// [`RoceNic::poll`]'s receiving, so that the application sees it
+    /// before the frames behind it are handled. Must be cheap. The default
+    /// never changes (every poll handles up to [`RX_BUDGET`] frames).
+    fn completion_mark(&self) -> u64 {
+        0
+    }
 }
 
 /// A whole verbs context is a transport: it demultiplexes frames to its
@@ -133,6 +149,10 @@ impl Transport for crate::verbs::Context {
     }
     fn advance_time(&mut self, now_ns: u64) {
         crate::verbs::Context::advance_time(self, now_ns);
+    }
+    fn completion_mark(&self) -> u64 {
+        crate::verbs::Context::completions_made(self)
+            .wrapping_add(crate::verbs::Context::writes_placed(self))
     }
 }
 
@@ -223,6 +243,12 @@ impl Transport for QpTransport {
 
     fn advance_time(&mut self, now_ns: u64) {
         self.qp.advance_time(now_ns);
+    }
+
+    fn completion_mark(&self) -> u64 {
+        self.qp
+            .completions_made()
+            .wrapping_add(self.qp.writes_placed())
     }
 }
 
@@ -357,7 +383,14 @@ impl<D: FrameDevice, T: Transport> RoceNic<D, T> {
             drop(rx);
             if is_roce_v2(&self.rx_copy) {
                 self.stats.rx_roce += 1;
+                let mark = self.transport.completion_mark();
                 self.transport.handle_frame(&self.rx_copy, now_ns);
+                if self.transport.completion_mark() != mark {
+                    // The application takes it first; the frames behind
+                    // (often the ACK that follows a SEND) wait for the
+                    // next poll.
+                    break;
+                }
             } else if let Some(f) = self.other.as_mut() {
                 self.stats.rx_other += 1;
                 f(&self.rx_copy);

@@ -630,10 +630,17 @@ pub struct QueuePair {
     region_access: Vec<RemoteAccess>,
     // Output.
     tx: VecDeque<TxItem>,
-    /// The last frame sent was a request: when both wait, a response goes
-    /// next (requests and responses alternate).
+    /// The last frame sent was a request that left while a response
+    /// waited: the response goes next (when both streams are backlogged
+    /// they alternate). A request that left with no response waiting
+    /// gives the responses no turn: the next request posted goes first
+    /// again.
     response_turn: bool,
     completions: VecDeque<Completion>,
+    /// Completions taken by [`QueuePair::poll_completion`].
+    completions_taken: u64,
+    /// RDMA WRITE packets whose bytes were placed in a region.
+    writes_placed: u64,
     stats: Stats,
 }
 
@@ -681,6 +688,8 @@ impl QueuePair {
             tx: VecDeque::new(),
             response_turn: false,
             completions: VecDeque::new(),
+            completions_taken: 0,
+            writes_placed: 0,
             stats: Stats::default(),
             cfg,
         })
@@ -827,7 +836,23 @@ impl QueuePair {
 
     /// The next completion.
     pub fn poll_completion(&mut self) -> Option<Completion> {
-        self.completions.pop_front()
+        let c = self.completions.pop_front();
+        self.completions_taken += u64::from(c.is_some());
+        c
+    }
+
+    /// Completions made so far (taken or waiting): a count a driver reads
+    /// around every frame it hands over, to learn that one made a
+    /// completion.
+    pub fn completions_made(&self) -> u64 {
+        self.completions_taken + self.completions.len() as u64
+    }
+
+    /// RDMA WRITE packets whose bytes this responder placed in a region so
+    /// far (what an application polling its memory waits for, with no
+    /// completion to tell it).
+    pub fn writes_placed(&self) -> u64 {
+        self.writes_placed
     }
 
     /// Posts a work request: it joins the send queue and is turned into
@@ -1081,11 +1106,13 @@ impl QueuePair {
 
     /// The next frame to send. Responses (ACKs, NAKs, READ responses and
     /// atomic acknowledges) leave in PSN order, and requests and
-    /// retransmissions in theirs; between the two streams, when both have
-    /// a frame waiting, they take turns, a request first after a response
-    /// (so that a request posted after frames were received leaves before
-    /// the acknowledgement they asked for, which is not waited on, and
-    /// neither stream holds up the other for long). Allocates the frame; a
+    /// retransmissions in theirs. A request goes first, unless the last
+    /// frame sent was a request that left while a response waited: then
+    /// that response goes. So a request posted after frames were received
+    /// (the pong of a ping, or the next ping after a pong) leaves before
+    /// the acknowledgement they asked for, which nothing waits on, round
+    /// after round; and when both streams are backlogged they take turns,
+    /// neither holding up the other for long. Allocates the frame; a
     /// driver with a transmit buffer of its own uses
     /// [`QueuePair::next_frame_len`] and [`QueuePair::emit_into`] instead.
     pub fn transmit(&mut self) -> Option<Vec<u8>> {
@@ -1159,13 +1186,13 @@ impl QueuePair {
                     TxItem::Request(psn) => {
                         if let Some(o) = self.outstanding_at(psn) {
                             out.copy_from_slice(&o.frame);
-                            self.response_turn = true;
+                            self.response_turn = !self.resp.is_empty();
                             return Some(len);
                         }
                     }
                     TxItem::Frame(f) => {
                         out.copy_from_slice(&f);
-                        self.response_turn = true;
+                        self.response_turn = !self.resp.is_empty();
                         return Some(len);
                     }
                 }
@@ -1896,7 +1923,10 @@ impl QueuePair {
                 // again, and write only inside it.
                 if !payload.is_empty() {
                     match remote_slice(mem, rkey, at, payload.len(), |a| a.write) {
-                        Some(dst) => dst.copy_from_slice(payload),
+                        Some(dst) => {
+                            dst.copy_from_slice(payload);
+                            self.writes_placed += 1;
+                        }
                         None => return self.nak(bth.psn, NakCode::RemoteAccessError),
                     }
                 }

@@ -622,3 +622,105 @@ fn acknowledgements_leave_at_the_next_poll_after_the_answer() {
     assert_eq!(a.device().waits, [Some(5)]);
     assert_eq!(a.transport().next_frame_len(), None);
 }
+
+/// A received frame that makes a completion ends the poll's receiving:
+/// the pong is handed over before the ACK behind it in the device, which
+/// the next poll handles (after the request posted in answer has left).
+/// Frames that make no completion do not stop it.
+#[test]
+fn a_completion_ends_the_receiving_of_a_poll() {
+    use rdma_passthrough::opcode::Opcode;
+    use rdma_passthrough::packet::parse;
+
+    // B sends a ping; A answers it with a pong, and B's device then holds
+    // the pong and the ACK of the ping, in that order.
+    let mut a = QpTransport::new(qp(1, 2, 3), 1_000_000);
+    let mut b = RoceNic::new(MemDev::default(), QpTransport::new(qp(2, 1, 3), 1_000_000));
+    a.qp_mut().post_recv(0, 64);
+    b.transport_mut().qp_mut().post_recv(0, 64);
+    let send = |d: u8| SendOp::Send {
+        data: vec![d; 16],
+        imm: None,
+    };
+    b.transport_mut().qp_mut().post_send(1, send(1)).unwrap();
+    b.poll(10).unwrap();
+    let ping = b.device_mut().sent.pop().unwrap();
+    a.handle_frame(&ping, 20);
+    assert!(a.qp_mut().poll_completion().is_some(), "the ping arrived");
+    a.qp_mut().post_send(2, send(2)).unwrap();
+    let pong = a.next_frame().unwrap();
+    let ack = a.next_frame().unwrap();
+    assert_eq!(parse(&pong).unwrap().headers.bth.opcode, Opcode::SendOnly);
+    assert_eq!(parse(&ack).unwrap().headers.bth.opcode, Opcode::Acknowledge);
+    b.device_mut().rx.extend([pong, ack]);
+
+    assert!(b.poll(30).unwrap());
+    assert_eq!(b.device().rx.len(), 1, "the ACK behind the pong waits");
+    assert_eq!(b.stats().rx_roce, 1);
+    let c = b.transport_mut().qp_mut().poll_completion().unwrap();
+    assert!(matches!(c.kind, CompletionKind::Recv { ref data, .. } if data == &vec![2; 16]));
+    assert!(b.transport_mut().qp_mut().poll_completion().is_none());
+
+    // The next ping is posted; the next poll sends it, then takes the ACK,
+    // which completes the first ping.
+    b.transport_mut().qp_mut().post_recv(1, 64);
+    b.transport_mut().qp_mut().post_send(3, send(3)).unwrap();
+    b.poll(40).unwrap();
+    assert!(b.device().rx.is_empty());
+    assert_eq!(b.stats().rx_roce, 2);
+    let first = parse(&b.device().sent[0]).unwrap().headers.bth.opcode;
+    assert_eq!(first, Opcode::SendOnly, "the next ping left first");
+    let c = b.transport_mut().qp_mut().poll_completion().unwrap();
+    assert_eq!((c.wr_id, c.kind), (1, CompletionKind::Send));
+
+    // Frames that make no completion do not stop a poll: two ACKs at a
+    // queue pair with nothing outstanding (stale) are both handled at once.
+    a.handle_frame(&b.device_mut().sent.remove(0), 50);
+    let ack = a.next_frame().unwrap();
+    let mut c = RoceNic::new(MemDev::default(), QpTransport::new(qp(2, 1, 3), 1_000_000));
+    c.device_mut().rx.extend([ack.clone(), ack]);
+    c.poll(60).unwrap();
+    assert!(c.device().rx.is_empty());
+    assert_eq!(c.stats().rx_roce, 2);
+}
+
+/// An RDMA WRITE placed in a region ends a poll's receiving as a
+/// completion does: an application polling its memory sees the bytes
+/// before the frames behind them are handled.
+#[test]
+fn a_placed_write_ends_the_receiving_of_a_poll() {
+    use rdma_passthrough::rc::MemoryRegion;
+
+    let mut a = QpTransport::new(qp(1, 2, 3), 1_000_000);
+    let mut b = RoceNic::new(MemDev::default(), QpTransport::new(qp(2, 1, 3), 1_000_000));
+    b.transport_mut().qp_mut().register(MemoryRegion {
+        va: 0x1000,
+        rkey: 0x42,
+        remote_write: true,
+        data: vec![0; 32],
+    });
+    for (i, d) in [7u8, 8].into_iter().enumerate() {
+        a.qp_mut()
+            .post_send(
+                i as u64,
+                SendOp::Write {
+                    data: vec![d; 32],
+                    va: 0x1000,
+                    rkey: 0x42,
+                    imm: None,
+                },
+            )
+            .unwrap();
+    }
+    let w1 = a.next_frame().unwrap();
+    let w2 = a.next_frame().unwrap();
+    b.device_mut().rx.extend([w1, w2]);
+    b.poll(10).unwrap();
+    assert_eq!(b.stats().rx_roce, 1, "the second WRITE waits");
+    assert_eq!(b.transport().qp().writes_placed(), 1);
+    assert_eq!(b.transport().qp().region(0).unwrap().data, vec![7; 32]);
+    b.poll(20).unwrap();
+    assert_eq!(b.transport().qp().writes_placed(), 2);
+    assert_eq!(b.transport().qp().region(0).unwrap().data, vec![8; 32]);
+    assert!(b.device().rx.is_empty());
+}

@@ -866,6 +866,61 @@ fn requests_and_responses_take_turns() {
     );
 }
 
+/// Round after round of a ping-pong, each request leaves before the
+/// acknowledgement of the frame received just before it (the ping before
+/// the ACK of the last pong, the pong before the ACK of its ping): a
+/// request that left with no response waiting gives the responses no
+/// turn, so the order does not settle into ACK first.
+#[test]
+fn requests_go_before_acks_round_after_round() {
+    let (mut a, mut b) = pair();
+    let msg = |i: usize| SendOp::Send {
+        data: message(i, 8),
+        imm: None,
+    };
+    let both =
+        |q: &mut QueuePair| -> Vec<Vec<u8>> { std::iter::from_fn(|| q.transmit()).collect() };
+    for round in 0..6u64 {
+        a.post_recv(100 + round, 8);
+        b.post_recv(200 + round, 8);
+        a.post_send(round, msg(round as usize)).unwrap();
+        let out = both(&mut a);
+        let kinds: Vec<Opcode> = out.iter().cloned().map(parse_owned).collect();
+        let want: &[Opcode] = if round == 0 {
+            &[Opcode::SendOnly]
+        } else {
+            &[Opcode::SendOnly, Opcode::Acknowledge]
+        };
+        assert_eq!(
+            kinds, want,
+            "round {round}: A's ping, then its ACK of the last pong"
+        );
+        for f in &out {
+            b.receive(f);
+        }
+        b.post_send(round, msg(round as usize + 50)).unwrap();
+        let out = both(&mut b);
+        let kinds: Vec<Opcode> = out.iter().cloned().map(parse_owned).collect();
+        assert_eq!(
+            kinds,
+            [Opcode::SendOnly, Opcode::Acknowledge],
+            "round {round}: B's pong, then its ACK of the ping"
+        );
+        for f in &out {
+            a.receive(f);
+        }
+        let mut recvs = 0;
+        while let Some(c) = a.poll_completion() {
+            assert_eq!(c.status, Status::Success);
+            if matches!(c.kind, CompletionKind::Recv { .. }) {
+                recvs += 1;
+            }
+        }
+        assert_eq!(recvs, 1, "round {round}: the pong arrived");
+    }
+    assert_eq!(a.stats().retransmitted + b.stats().retransmitted, 0);
+}
+
 fn parse_owned(f: Vec<u8>) -> Opcode {
     parse(&f).unwrap().headers.bth.opcode
 }

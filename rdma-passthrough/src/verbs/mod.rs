@@ -201,6 +201,12 @@ pub struct Context {
     cqs: BTreeMap<u32, Cq>,
     qps: BTreeMap<u32, Qp>,
     tx_cursor: u32,
+    /// Some queue pair has a frame to send (kept by [`Context::refresh`]
+    /// after everything that can change it): an idle poll asks no queue
+    /// pair.
+    tx_waiting: bool,
+    /// The earliest deadline of the queue pairs (kept the same way).
+    deadline: Option<u64>,
     events: Vec<CqHandle>,
     now: u64,
     stats: ContextStats,
@@ -279,6 +285,8 @@ impl Context {
             cqs: BTreeMap::new(),
             qps: BTreeMap::new(),
             tx_cursor: 0,
+            tx_waiting: false,
+            deadline: None,
             events: Vec::new(),
             now: 0,
             stats: ContextStats::default(),
@@ -303,6 +311,18 @@ impl Context {
     /// The counters.
     pub fn stats(&self) -> ContextStats {
         self.stats
+    }
+
+    /// Completions put on completion queues so far (cheap: a driver reads
+    /// it around every frame it hands over).
+    pub fn completions_made(&self) -> u64 {
+        self.stats.completions
+    }
+
+    /// RDMA WRITE packets whose bytes were placed in this context's
+    /// regions so far.
+    pub fn writes_placed(&self) -> u64 {
+        self.stats.writes_placed
     }
 
     fn id(&mut self) -> Result<u32, VerbsError> {
@@ -514,7 +534,12 @@ impl Context {
             return Err(VerbsError::CqOverrun { lost: c.lost });
         }
         let n = max.min(c.entries.len());
-        out.extend(c.entries.drain(..n));
+        for _ in 0..n {
+            match c.entries.pop_front() {
+                Some(wc) => out.push(wc),
+                None => break,
+            }
+        }
         Ok(n)
     }
 
@@ -547,6 +572,12 @@ impl Context {
     /// Creates a reliable-connected queue pair in RESET; its number is the
     /// handle's [`QpHandle::qp_num`].
     pub fn create_qp(&mut self, pd: PdHandle, init: &QpInitAttr) -> Result<QpHandle, VerbsError> {
+        let r = self.create_qp_inner(pd, init);
+        self.refresh();
+        r
+    }
+
+    fn create_qp_inner(&mut self, pd: PdHandle, init: &QpInitAttr) -> Result<QpHandle, VerbsError> {
         if !self.pds.contains_key(&pd.0) {
             return Err(VerbsError::NoSuchPd);
         }
@@ -613,6 +644,12 @@ impl Context {
 
     /// Destroys a queue pair: its work requests go without completions.
     pub fn destroy_qp(&mut self, qp: QpHandle) -> Result<(), VerbsError> {
+        let r = self.destroy_qp_inner(qp);
+        self.refresh();
+        r
+    }
+
+    fn destroy_qp_inner(&mut self, qp: QpHandle) -> Result<(), VerbsError> {
         let q = self.qps.remove(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
         release_refs(&mut self.mrs, &q);
         Ok(())
@@ -631,6 +668,12 @@ impl Context {
     /// - any→ERR (work requests complete flushed) and any→RESET (work
     ///   requests are dropped without completions): no attributes.
     pub fn modify_qp(&mut self, qp: QpHandle, attr: &QpAttr) -> Result<(), VerbsError> {
+        let r = self.modify_qp_inner(qp, attr);
+        self.refresh();
+        r
+    }
+
+    fn modify_qp_inner(&mut self, qp: QpHandle, attr: &QpAttr) -> Result<(), VerbsError> {
         let q = self.qps.get(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
         let from = q.state;
         let to = attr.qp_state;
@@ -793,6 +836,12 @@ impl Context {
 
     /// Posts a send work request (RTS only).
     pub fn post_send(&mut self, qp: QpHandle, wr: &SendWr) -> Result<(), VerbsError> {
+        let r = self.post_send_inner(qp, wr);
+        self.refresh();
+        r
+    }
+
+    fn post_send_inner(&mut self, qp: QpHandle, wr: &SendWr) -> Result<(), VerbsError> {
         let q = self.qps.get_mut(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
         if q.state != QpState::Rts {
             return Err(VerbsError::WrongState {
@@ -959,6 +1008,12 @@ impl Context {
     /// Posts a receive work request (INIT, RTR, RTS; in ERR it completes
     /// flushed).
     pub fn post_recv(&mut self, qp: QpHandle, wr: &RecvWr) -> Result<(), VerbsError> {
+        let r = self.post_recv_inner(qp, wr);
+        self.refresh();
+        r
+    }
+
+    fn post_recv_inner(&mut self, qp: QpHandle, wr: &RecvWr) -> Result<(), VerbsError> {
         let q = self.qps.get_mut(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
         if q.state == QpState::Reset {
             return Err(VerbsError::WrongState {
@@ -1023,6 +1078,11 @@ impl Context {
     /// (addresses, headers, ICRC) and handed to the queue pair their
     /// destination QP number names.
     pub fn handle_frame(&mut self, frame: &[u8], now_ns: u64) {
+        self.handle_frame_inner(frame, now_ns);
+        self.refresh();
+    }
+
+    fn handle_frame_inner(&mut self, frame: &[u8], now_ns: u64) {
         self.stats.frames_in += 1;
         self.now = self.now.max(now_ns);
         let p = match parse(frame) {
@@ -1081,7 +1141,9 @@ impl Context {
             pd: q.pd,
             qp_access: q.access,
         };
+        let placed = rc.writes_placed();
         rc.receive_packet(&p, &mut table);
+        self.stats.writes_placed += rc.writes_placed().wrapping_sub(placed);
         self.deliver(qpn);
     }
 
@@ -1113,8 +1175,12 @@ impl Context {
     }
 
     /// The length of the frame [`Context::emit_into`] writes next, `None`
-    /// when no queue pair has anything to send.
+    /// when no queue pair has anything to send (then at once, without
+    /// asking every queue pair: what an idle poll costs).
     pub fn next_frame_len(&self) -> Option<usize> {
+        if !self.tx_waiting {
+            return None;
+        }
         self.next_sender().map(|(_, len)| len)
     }
 
@@ -1123,6 +1189,12 @@ impl Context {
     /// length. `None` when nothing waits or `out` is shorter than
     /// [`Context::next_frame_len`] (the frame then stays queued).
     pub fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        let r = self.emit_into_inner(out);
+        self.refresh();
+        r
+    }
+
+    fn emit_into_inner(&mut self, out: &mut [u8]) -> Option<usize> {
         let (k, _) = self.next_sender()?;
         let n = self.qps.get_mut(&k)?.rc.as_mut()?.emit_into(out)?;
         self.tx_cursor = k.wrapping_add(1);
@@ -1140,6 +1212,11 @@ impl Context {
     /// Time passed (the driver's monotonic clock, in nanoseconds): runs the
     /// timers of every queue pair that are due.
     pub fn on_time(&mut self, now_ns: u64) {
+        self.on_time_inner(now_ns);
+        self.refresh();
+    }
+
+    fn on_time_inner(&mut self, now_ns: u64) {
         self.now = self.now.max(now_ns);
         let keys: Vec<u32> = self.qps.keys().copied().collect();
         for k in keys {
@@ -1150,12 +1227,31 @@ impl Context {
         }
     }
 
-    /// The earliest time [`Context::on_time`] has work, in nanoseconds.
+    /// The earliest time [`Context::on_time`] has work, in nanoseconds
+    /// (kept up to date by every call that can change it: reading it asks
+    /// no queue pair).
     pub fn next_deadline(&self) -> Option<u64> {
-        self.qps
-            .values()
-            .filter_map(|q| q.rc.as_ref()?.next_deadline())
-            .min()
+        self.deadline
+    }
+
+    /// Brings the summary of the queue pairs that idle polls read
+    /// ([`Context::next_frame_len`], [`Context::next_deadline`]) up to
+    /// date: called at the end of every call that can change a queue
+    /// pair's transport (posting, frames in and out, timers, state
+    /// changes, creation and destruction).
+    fn refresh(&mut self) {
+        let mut waiting = false;
+        let mut deadline: Option<u64> = None;
+        for q in self.qps.values() {
+            if let Some(rc) = q.rc.as_ref() {
+                waiting |= rc.next_frame_len().is_some();
+                if let Some(d) = rc.next_deadline() {
+                    deadline = Some(deadline.map_or(d, |e| e.min(d)));
+                }
+            }
+        }
+        self.tx_waiting = waiting;
+        self.deadline = deadline;
     }
 
     /// Flushes receives posted before the transport existed (a queue pair
@@ -1303,6 +1399,7 @@ fn push_wc(
     let ok = c.lost == 0 && c.entries.len() < c.cap;
     if ok {
         c.entries.push_back(wc);
+        stats.completions += 1;
     } else {
         c.lost += 1;
         stats.cq_overruns += 1;

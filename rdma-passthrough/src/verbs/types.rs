@@ -445,6 +445,10 @@ pub struct ContextStats {
     pub wrong_state: u64,
     /// Completions lost to a full completion queue.
     pub cq_overruns: u64,
+    /// Completions put on completion queues.
+    pub completions: u64,
+    /// RDMA WRITE packets whose bytes were placed in a region.
+    pub writes_placed: u64,
     /// The last parse error.
     pub last_parse_error: Option<ParseError>,
 }
