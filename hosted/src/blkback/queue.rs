@@ -580,22 +580,6 @@ impl Worker {
             }
         }
         let Some(wake) = &self.wake else { return };
-        if !self.poll_armed {
-            use std::os::fd::AsRawFd;
-            let e = opcode::PollAdd::new(types::Fd(wake.fd().as_raw_fd()), libc::POLLIN as u32)
-                .build()
-                .user_data(EVENT_UD);
-            // SAFETY: a poll names no buffer; the eventfd stays open while
-            // the io_uring lives (`wake` holds it, and an armed poll holds
-            // a reference of its own).
-            if unsafe { self.uring.submission().push(&e) }.is_err() {
-                // Full (cannot be: every request takes at most two of the
-                // entries, and they are submitted as they are queued).
-                self.submit();
-                return;
-            }
-            self.poll_armed = true;
-        }
         let idle = self.in_flight == 0;
         let c = &self.shared.stats;
         if idle {
@@ -603,12 +587,30 @@ impl Worker {
         } else {
             c.uring_waits.fetch_add(1, Ordering::Relaxed);
         }
-        let uring = &self.uring;
+        let uring = &mut self.uring;
+        let armed = &mut self.poll_armed;
         let q = self.q;
         // Woken by a completion, the frontend's notify, or every 10 ms to
-        // look at the stop flag.
+        // look at the stop flag. The poll is queued only for a sleep (and
+        // submitted with it), so that the submission counters count I/O.
         let slept = self.plat.wait_external(wake, || {
-            let ts = types::Timespec::new().nsec(10_000_000);
+            if !*armed {
+                use std::os::fd::AsRawFd;
+                let e = opcode::PollAdd::new(types::Fd(wake.fd().as_raw_fd()), libc::POLLIN as u32)
+                    .build()
+                    .user_data(EVENT_UD);
+                // SAFETY: a poll names no buffer; the eventfd stays open
+                // while the io_uring lives (`wake` holds it, and an armed
+                // poll holds a reference of its own).
+                if unsafe { uring.submission().push(&e) }.is_ok() {
+                    *armed = true;
+                }
+                // Full (cannot be: every request takes at most two of the
+                // entries, and they are submitted as they are queued): this
+                // sleep ends on a completion or its timeout.
+            }
+            // Without the poll, look at the ring again soon.
+            let ts = types::Timespec::new().nsec(if *armed { 10_000_000 } else { 200_000 });
             let args = types::SubmitArgs::new().timespec(&ts);
             match uring.submitter().submit_with_args(1, &args) {
                 Ok(_) => Ok(()),
