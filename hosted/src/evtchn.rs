@@ -1146,6 +1146,62 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// An external wait: a notify already pending returns at once without
+    /// sleeping; one sent while the caller sleeps in its own wait (here a
+    /// `poll` on the eventfd, as the io_uring does) makes the eventfd
+    /// readable and is reported; a port allocated again is refused.
+    #[test]
+    fn an_external_wait_sees_notifies_before_and_during_its_sleep() {
+        let dir = std::env::temp_dir().join(format!("hosted-evtchn-ext-{}", std::process::id()));
+        let hv = crate::HostedHypervisor::create(&dir).unwrap();
+        let a = hv.join(DomId(1)).unwrap();
+        let b = hv.join(DomId(2)).unwrap();
+        let pa = a.alloc_unbound(DomId(2)).unwrap();
+        let pb = b.bind_interdomain(DomId(1), pa).unwrap();
+        // Binding marks the new local port pending (as Xen does): clear it.
+        let _ = b.poll(pb);
+        let w = a.external_wait(pa).unwrap();
+        let readable = |timeout: Option<Duration>| sys::poll_readable(&[w.fd()], timeout).unwrap();
+
+        // Pending before: no sleep.
+        b.notify(pb).unwrap();
+        let mut slept = false;
+        let pending = a.wait_external(&w, || {
+            slept = true;
+            Ok(())
+        });
+        assert!(pending.unwrap());
+        assert!(!slept);
+
+        // Nothing pending: the sleep runs, and a notify sent while this
+        // thread is announced as a waiter writes the eventfd.
+        let before = b.event_stats().wakeups_sent;
+        let woke = a
+            .wait_external(&w, || {
+                assert_eq!(b.waiters(DomId(1), pa), Some(1));
+                b.notify(pb).unwrap();
+                assert_eq!(readable(Some(Duration::from_secs(5))), vec![0]);
+                Ok(())
+            })
+            .unwrap();
+        assert!(woke);
+        assert_eq!(b.event_stats().wakeups_sent, before + 1);
+        assert_eq!(b.waiters(DomId(1), pa), Some(0));
+        w.drain();
+        assert!(readable(Some(Duration::ZERO)).is_empty(), "drained");
+
+        // Nothing comes: the sleep's own end, nothing pending.
+        assert!(!a.wait_external(&w, || Ok(())).unwrap());
+
+        // Closed and allocated again: another eventfd, refused.
+        a.close(pa).unwrap();
+        let again = a.alloc_unbound(DomId(2)).unwrap();
+        assert_eq!(again, pa);
+        assert!(matches!(a.wait_external(&w, || Ok(())), Err(PlatformError::InvalidRequest { .. })));
+        drop((a, b, hv));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A notify that read its binding word before the peer's departure was
     /// handled (simulated by writing the old word back) reaches neither a
     /// new incarnation of the peer's domid, whether the binding was made

@@ -106,9 +106,9 @@ pub enum WaitMode {
     /// Spins on the ring and the io_uring; never sleeps (a core per
     /// queue; the frontend need not notify).
     Poll,
-    /// Spins for `spin`, then sleeps: on the event channel (after asking
-    /// the frontend to notify) when no I/O is in flight, on the io_uring
-    /// otherwise (looking at the ring again at least every 200 us). A
+    /// Spins for `spin`, then sleeps (after asking the frontend to
+    /// notify) in one `io_uring_enter` that a completion or the
+    /// notification ends ([`BlkbackConfig::uring_wakeups`]). A
     /// worker seen losing its core while it spins does not spin for a
     /// while ([`blkfront::SpinGovernor`]).
     Event {
@@ -308,7 +308,7 @@ impl BlkbackConfig {
             submit_batch: 1,
             defer_taskrun: true,
             sqpoll_idle_ms: 0,
-            uring_wakeups: true,
+            uring_wakeups: false,
             error_delay: Duration::from_millis(1),
             hostile: None,
             pin_cpu: None,

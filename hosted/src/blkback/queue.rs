@@ -10,8 +10,11 @@
 //! (a larger call is plugged: the disk sees none of it until it returns),
 //! and counts what it did ([`super::Activity`]). When there is
 //! nothing to do it spins ([`WaitMode::Poll`]) or, in event mode, spins a
-//! while, then sleeps: on the event channel when no I/O is in flight
-//! (after `RING_FINAL_CHECK_FOR_REQUESTS`), on the io_uring otherwise. The
+//! while, then sleeps, after `RING_FINAL_CHECK_FOR_REQUESTS`, in one
+//! `io_uring_enter` that a completion or the frontend's notification ends
+//! (the io_uring polls the event channel's eventfd:
+//! [`super::BlkbackConfig::uring_wakeups`]; with it off, on the event
+//! channel when no I/O is in flight and on the io_uring otherwise). The
 //! spin is governed as blkfront's adaptive waits are
 //! ([`blkfront::SpinGovernor`]): a worker seen losing its core while it
 //! spins (a busy machine, where spinning costs whole time slices), or
@@ -614,7 +617,14 @@ impl Worker {
             let args = types::SubmitArgs::new().timespec(&ts);
             match uring.submitter().submit_with_args(1, &args) {
                 Ok(_) => Ok(()),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => Ok(()),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) =>
+                {
+                    Ok(())
+                }
                 Err(e) => Err(grant_tables::PlatformError::Os {
                     op: "io_uring_enter waiting for I/O or a notification",
                     code: e.raw_os_error().unwrap_or(libc::EIO),
