@@ -984,6 +984,83 @@ impl HostedPlatform {
     }
 }
 
+/// A port of this domain waited on inside a wait of the caller's own (an
+/// io_uring that polls the port's eventfd beside its I/O), so that one
+/// sleep covers both: see [`HostedPlatform::external_wait`] and
+/// [`HostedPlatform::wait_external`].
+#[derive(Debug)]
+pub(crate) struct ExternalWait {
+    port: Port,
+    efd: Arc<File>,
+}
+
+impl ExternalWait {
+    /// The port's eventfd: readable once a notifier has written it (the
+    /// caller's wait must end when it becomes readable).
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.efd.as_fd()
+    }
+
+    /// Resets the eventfd's counter, after a wakeup it caused and before
+    /// the next [`HostedPlatform::wait_external`] (a counter left non-zero
+    /// keeps the eventfd readable, so the next wait would return at once).
+    pub(crate) fn drain(&self) {
+        sys::eventfd_drain(&self.efd);
+    }
+}
+
+impl HostedPlatform {
+    /// Open `port`'s eventfd, for a thread that sleeps in a wait of its
+    /// own ([`Self::wait_external`]).
+    pub(crate) fn external_wait(&self, port: Port) -> Result<ExternalWait, PlatformError> {
+        let d = &*self.inner;
+        d.open_binding(port)?;
+        let efd = lock(&d.local(port)?.state).eventfd.clone().ok_or(PlatformError::BadPort(port))?;
+        Ok(ExternalWait { port, efd })
+    }
+
+    /// One sleep on `w`'s port inside the caller's own wait, with the
+    /// waiter's side of the handshake with notifiers (module docs):
+    /// announces that this thread may sleep, looks at the pending bit once
+    /// more (set: clears it and returns `true` without sleeping), else calls
+    /// `sleep`, which must return at the latest when the port's eventfd
+    /// ([`ExternalWait::fd`]) becomes readable, then withdraws and returns
+    /// whether the port is pending now (its bit cleared). A port closed
+    /// and allocated again (another eventfd) is an error.
+    pub(crate) fn wait_external(
+        &self,
+        w: &ExternalWait,
+        sleep: impl FnOnce() -> Result<(), PlatformError>,
+    ) -> Result<bool, PlatformError> {
+        let d = &*self.inner;
+        d.open_binding(w.port)?;
+        if !lock(&d.local(w.port)?.state).eventfd.as_ref().is_some_and(|e| Arc::ptr_eq(e, &w.efd)) {
+            return Err(PlatformError::InvalidRequest {
+                op: "wait_external",
+                reason: "the port was closed and allocated again; ask for its external wait again",
+            });
+        }
+        let line = d.own_line(w.port)?;
+        // Dekker, waiter side, as in `wait_pending`: announce, then check.
+        line.waiting.fetch_add(1, Ordering::SeqCst);
+        struct Announced<'l, 'a>(&'l EventLine<'a>);
+        impl Drop for Announced<'_, '_> {
+            fn drop(&mut self) {
+                self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let announced = Announced(&line);
+        if d.take_first_pending(&[w.port])?.is_some() {
+            return Ok(true);
+        }
+        d.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+        let slept = sleep();
+        drop(announced);
+        slept?;
+        Ok(d.take_first_pending(&[w.port])?.is_some())
+    }
+}
+
 /// When a wait of `timeout_ns` ends: `None` for no timeout, `Some(None)`
 /// when the deadline does not fit the clock (a wait without end).
 fn deadline_of(timeout_ns: Option<u64>) -> Option<Option<Instant>> {
@@ -1065,6 +1142,62 @@ mod tests {
         word.store(u64::MAX, Ordering::Release);
         a.close(pa).unwrap();
         assert_eq!(a.poll(pa), Err(PlatformError::BadPort(pa)));
+        drop((a, b, hv));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An external wait: a notify already pending returns at once without
+    /// sleeping; one sent while the caller sleeps in its own wait (here a
+    /// `poll` on the eventfd, as the io_uring does) makes the eventfd
+    /// readable and is reported; a port allocated again is refused.
+    #[test]
+    fn an_external_wait_sees_notifies_before_and_during_its_sleep() {
+        let dir = std::env::temp_dir().join(format!("hosted-evtchn-ext-{}", std::process::id()));
+        let hv = crate::HostedHypervisor::create(&dir).unwrap();
+        let a = hv.join(DomId(1)).unwrap();
+        let b = hv.join(DomId(2)).unwrap();
+        let pa = a.alloc_unbound(DomId(2)).unwrap();
+        let pb = b.bind_interdomain(DomId(1), pa).unwrap();
+        // Binding marks the new local port pending (as Xen does): clear it.
+        let _ = b.poll(pb);
+        let w = a.external_wait(pa).unwrap();
+        let readable = |timeout: Option<Duration>| sys::poll_readable(&[w.fd()], timeout).unwrap();
+
+        // Pending before: no sleep.
+        b.notify(pb).unwrap();
+        let mut slept = false;
+        let pending = a.wait_external(&w, || {
+            slept = true;
+            Ok(())
+        });
+        assert!(pending.unwrap());
+        assert!(!slept);
+
+        // Nothing pending: the sleep runs, and a notify sent while this
+        // thread is announced as a waiter writes the eventfd.
+        let before = b.event_stats().wakeups_sent;
+        let woke = a
+            .wait_external(&w, || {
+                assert_eq!(b.waiters(DomId(1), pa), Some(1));
+                b.notify(pb).unwrap();
+                assert_eq!(readable(Some(Duration::from_secs(5))), vec![0]);
+                Ok(())
+            })
+            .unwrap();
+        assert!(woke);
+        assert_eq!(b.event_stats().wakeups_sent, before + 1);
+        assert_eq!(b.waiters(DomId(1), pa), Some(0));
+        w.drain();
+        assert!(readable(Some(Duration::ZERO)).is_empty(), "drained");
+
+        // Nothing comes: the sleep's own end, nothing pending.
+        assert!(!a.wait_external(&w, || Ok(())).unwrap());
+
+        // Closed and allocated again: another eventfd, refused.
+        a.close(pa).unwrap();
+        let again = a.alloc_unbound(DomId(2)).unwrap();
+        assert_eq!(again, pa);
+        assert!(matches!(a.wait_external(&w, || Ok(())), Err(PlatformError::InvalidRequest { .. })));
         drop((a, b, hv));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -397,6 +397,14 @@ impl World {
         {
             config.sqpoll_idle_ms = ms;
         }
+        // `BLKBENCH_URING_WAKEUPS=1` or `0`: the backend's idle queue
+        // sleeps in one io_uring_enter that a completion or a notification
+        // ends, or apart (the backend's default otherwise).
+        match std::env::var("BLKBENCH_URING_WAKEUPS").as_deref() {
+            Ok("1") => config.uring_wakeups = true,
+            Ok("0") => config.uring_wakeups = false,
+            _ => {}
+        }
         // `BLKBENCH_DEFER_TASKRUN=0`: a plain io_uring in the backend.
         if std::env::var("BLKBENCH_DEFER_TASKRUN").is_ok_and(|v| v == "0") {
             config.defer_taskrun = false;

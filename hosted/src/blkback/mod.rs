@@ -106,9 +106,9 @@ pub enum WaitMode {
     /// Spins on the ring and the io_uring; never sleeps (a core per
     /// queue; the frontend need not notify).
     Poll,
-    /// Spins for `spin`, then sleeps: on the event channel (after asking
-    /// the frontend to notify) when no I/O is in flight, on the io_uring
-    /// otherwise (looking at the ring again at least every 200 us). A
+    /// Spins for `spin`, then sleeps (after asking the frontend to
+    /// notify) in one `io_uring_enter` that a completion or the
+    /// notification ends ([`BlkbackConfig::uring_wakeups`]). A
     /// worker seen losing its core while it spins does not spin for a
     /// while ([`blkfront::SpinGovernor`]).
     Event {
@@ -258,6 +258,17 @@ pub struct BlkbackConfig {
     /// more spinning thread: on a machine with fewer cores than spinners
     /// it takes the CPU the two ends need.
     pub sqpoll_idle_ms: u32,
+    /// In event mode, an idle queue sleeps in one `io_uring_enter` that
+    /// either a completion or the frontend's notification ends (default
+    /// on): the io_uring polls the event channel's eventfd beside the
+    /// I/O, and the worker asks the frontend to notify
+    /// (`RING_FINAL_CHECK_FOR_REQUESTS`) before every sleep, with I/O in
+    /// flight or not. New requests then reach the disk as soon as they
+    /// are pushed, where a worker asleep on the io_uring alone saw them
+    /// only at the next completion. Off: the worker sleeps on the event
+    /// channel when no I/O is in flight and on the io_uring otherwise
+    /// (looking at the ring again at least every 200 us).
+    pub uring_wakeups: bool,
     /// Pause after each refused request (blkback's 1 ms).
     pub error_delay: Duration,
     /// A hostile mode, for tests (default none).
@@ -297,6 +308,7 @@ impl BlkbackConfig {
             submit_batch: 1,
             defer_taskrun: true,
             sqpoll_idle_ms: 0,
+            uring_wakeups: false,
             error_delay: Duration::from_millis(1),
             hostile: None,
             pin_cpu: None,

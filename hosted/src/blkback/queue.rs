@@ -10,8 +10,11 @@
 //! (a larger call is plugged: the disk sees none of it until it returns),
 //! and counts what it did ([`super::Activity`]). When there is
 //! nothing to do it spins ([`WaitMode::Poll`]) or, in event mode, spins a
-//! while, then sleeps: on the event channel when no I/O is in flight
-//! (after `RING_FINAL_CHECK_FOR_REQUESTS`), on the io_uring otherwise. The
+//! while, then sleeps, after `RING_FINAL_CHECK_FOR_REQUESTS`, in one
+//! `io_uring_enter` that a completion or the frontend's notification ends
+//! (the io_uring polls the event channel's eventfd:
+//! [`super::BlkbackConfig::uring_wakeups`]; with it off, on the event
+//! channel when no I/O is in flight and on the io_uring otherwise). The
 //! spin is governed as blkfront's adaptive waits are
 //! ([`blkfront::SpinGovernor`]): a worker seen losing its core while it
 //! spins (a busy machine, where spinning costs whole time slices), or
@@ -47,6 +50,7 @@ use zerocopy::FromBytes;
 use super::parse::{self, Disk as Limits, Pending, Reject, RejectReason, Rw, RwKind};
 use super::trace::{BackSteps, StepTrace};
 use super::{Control, Hostile, Shared, WaitMode};
+use crate::evtchn::ExternalWait;
 use crate::{HostedPlatform, MappedGrant, MappedRing};
 
 /// The ring of one queue, as blkback sees it.
@@ -176,6 +180,11 @@ const STAGE_FLUSH: u64 = 1;
 const STAGE_DISCARD: u64 = 2;
 const STAGE_BITS: u32 = 2;
 
+/// The user data of the io_uring's poll on the event channel's eventfd
+/// ([`super::BlkbackConfig::uring_wakeups`]); no request's (a slot index
+/// shifted by [`STAGE_BITS`] never has every bit set).
+const EVENT_UD: u64 = u64::MAX;
+
 /// A request whose I/O is in flight.
 struct Slot {
     id: u64,
@@ -234,6 +243,12 @@ struct Worker {
     bounce: Option<Bounce>,
     /// Per-request timestamps ([`super::BlkbackConfig::trace`]).
     trace: Option<Tracer>,
+    /// The event channel's eventfd, polled by the io_uring so that one
+    /// sleep ends on a completion or a notification
+    /// ([`super::BlkbackConfig::uring_wakeups`]; `None`: off).
+    wake: Option<ExternalWait>,
+    /// The poll on `wake`'s eventfd is queued or in flight.
+    poll_armed: bool,
 }
 
 /// A traced worker's state between the steps of its requests.
@@ -323,7 +338,19 @@ pub(crate) fn run(
         epoch: Instant::now(),
         bounce: None,
         trace: None,
+        wake: None,
+        poll_armed: false,
     };
+    let event_mode = !matches!(w.shared.config.wait, WaitMode::Poll);
+    if event_mode && w.shared.config.uring_wakeups && w.shared.config.sqpoll_idle_ms == 0 {
+        w.wake = match w.plat.external_wait(port) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                log::debug!("blkback queue {index}: sleeping on the event channel apart ({e})");
+                None
+            }
+        };
+    }
     w.trace = w.shared.config.trace.clone().map(|trace| Tracer {
         trace,
         woke_ns: 0,
@@ -487,6 +514,10 @@ impl Worker {
                 self.spin.missed(now);
             }
         }
+        if self.wake.is_some() && !self.halted && self.barrier.is_none() {
+            self.sleep_in_uring();
+            return;
+        }
         if self.in_flight > 0 {
             // Sleep on the io_uring; new requests are looked at when it
             // wakes (a completion, or the slice running out).
@@ -535,6 +566,85 @@ impl Worker {
                 }
             }
             Err(e) => self.halt(&e),
+        }
+    }
+
+    /// Sleeps in one `io_uring_enter` that a completion or the frontend's
+    /// notification ends (the io_uring polls the event channel's eventfd),
+    /// after asking the frontend to notify: no request waits for a
+    /// completion to be seen, and no completion for a notification.
+    fn sleep_in_uring(&mut self) {
+        match self.ring.final_check_for_requests() {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                self.halt(&e);
+                return;
+            }
+        }
+        let Some(wake) = &self.wake else { return };
+        let idle = self.in_flight == 0;
+        let c = &self.shared.stats;
+        if idle {
+            c.ring_sleeps.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.uring_waits.fetch_add(1, Ordering::Relaxed);
+        }
+        let uring = &mut self.uring;
+        let armed = &mut self.poll_armed;
+        let q = self.q;
+        // Woken by a completion, the frontend's notify, or every 10 ms to
+        // look at the stop flag. The poll is queued only for a sleep (and
+        // submitted with it), so that the submission counters count I/O.
+        let slept = self.plat.wait_external(wake, || {
+            if !*armed {
+                use std::os::fd::AsRawFd;
+                let e = opcode::PollAdd::new(types::Fd(wake.fd().as_raw_fd()), libc::POLLIN as u32)
+                    .build()
+                    .user_data(EVENT_UD);
+                // SAFETY: a poll names no buffer; the eventfd stays open
+                // while the io_uring lives (`wake` holds it, and an armed
+                // poll holds a reference of its own).
+                if unsafe { uring.submission().push(&e) }.is_ok() {
+                    *armed = true;
+                }
+                // Full (cannot be: every request takes at most two of the
+                // entries, and they are submitted as they are queued): this
+                // sleep ends on a completion or its timeout.
+            }
+            // Without the poll, look at the ring again soon.
+            let ts = types::Timespec::new().nsec(if *armed { 10_000_000 } else { 200_000 });
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match uring.submitter().submit_with_args(1, &args) {
+                Ok(_) => Ok(()),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(grant_tables::PlatformError::Os {
+                    op: "io_uring_enter waiting for I/O or a notification",
+                    code: e.raw_os_error().unwrap_or(libc::EIO),
+                }),
+            }
+        });
+        if let Err(e) = slept {
+            log::warn!("blkback queue {q}: waiting for work: {e}; sleeping apart from now on");
+            self.wake = None;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Some(t) = &mut self.trace {
+            if idle {
+                t.woke_ns = t.trace.now_ns();
+            }
+            for s in self.slots.iter_mut().flatten() {
+                if let Some(st) = &mut s.steps {
+                    st.uring_sleeps = st.uring_sleeps.saturating_add(1);
+                }
+            }
         }
     }
 
@@ -1066,7 +1176,7 @@ impl Worker {
 
     /// Turns completions into responses. Returns whether there were any.
     fn reap(&mut self) -> bool {
-        if self.in_flight == 0 {
+        if self.in_flight == 0 && !self.poll_armed {
             return false;
         }
         if self.uring.submission().taskrun() {
@@ -1086,8 +1196,29 @@ impl Worker {
             self.shared.stats.taskruns.fetch_add(1, Ordering::Relaxed);
         }
         let mut done: Vec<(u64, i32)> = Vec::new();
+        let mut event = None;
         for cqe in self.uring.completion() {
-            done.push((cqe.user_data(), cqe.result()));
+            if cqe.user_data() == EVENT_UD {
+                event = Some(cqe.result());
+            } else {
+                done.push((cqe.user_data(), cqe.result()));
+            }
+        }
+        if let Some(res) = event {
+            // The frontend notified (or the poll failed): drain the eventfd
+            // before the next sleep arms the poll again.
+            self.poll_armed = false;
+            if let Some(w) = &self.wake {
+                w.drain();
+            }
+            if res < 0 {
+                log::warn!(
+                    "blkback queue {}: the io_uring cannot poll the event channel ({}); sleeping on it apart",
+                    self.q,
+                    std::io::Error::from_raw_os_error(-res)
+                );
+                self.wake = None;
+            }
         }
         let any = !done.is_empty();
         if any {
