@@ -757,18 +757,24 @@ impl HostHandler for Sink {
     fn frame(&mut self, frame: &mut [u8], _meta: &FrameMeta, _out: &mut HostOut<'_>) {
         self.frames += 1;
         self.bytes += frame.len() as u64;
-        let mut words = frame.chunks_exact(8);
-        let mut sum = self.sum;
-        for w in &mut words {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(w);
-            sum = sum.wrapping_add(u64::from_le_bytes(b));
-        }
-        for &b in words.remainder() {
-            sum = sum.wrapping_add(u64::from(b));
-        }
-        self.sum = std::hint::black_box(sum);
+        self.sum = std::hint::black_box(sum_bytes(self.sum, frame));
     }
+}
+
+/// `sum` plus a wrapping sum of `frame`'s little-endian 64-bit words and
+/// of its last bytes: the stream sinks' one read of every byte.
+#[inline]
+pub(crate) fn sum_bytes(mut sum: u64, frame: &[u8]) -> u64 {
+    let mut words = frame.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        sum = sum.wrapping_add(u64::from_le_bytes(b));
+    }
+    for &b in words.remainder() {
+        sum = sum.wrapping_add(u64::from(b));
+    }
+    sum
 }
 
 /// The netback process: `PINGPONG_NETBACK=<dir>;<mode>;<echo|sink>`.

@@ -304,15 +304,7 @@ fn back(sh: &Shared, frames: u64, echo: bool) -> Result<u64, String> {
                 rx_rsp = rx_rsp.wrapping_add(1);
                 push(&sh.rx.rsp_prod, &sh.rx.rsp_event, old, rx_rsp);
             } else {
-                let mut words = f.chunks_exact(8);
-                for w in &mut words {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(w);
-                    sum = sum.wrapping_add(u64::from_le_bytes(b));
-                }
-                for &b in words.remainder() {
-                    sum = sum.wrapping_add(u64::from(b));
-                }
+                sum = crate::net::sum_bytes(sum, f);
             }
             // The TX response: id | status (okay) in the slot's first word.
             sh.tx.slot(tx_rsp, 3)[0].store(id, Ordering::Relaxed);
