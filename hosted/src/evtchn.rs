@@ -719,6 +719,46 @@ impl Domain {
         deadline: Option<Option<Instant>>,
         mut sleep: impl FnMut(Option<Duration>, &[EventLine<'_>]) -> Result<(), PlatformError>,
     ) -> Result<Option<Port>, PlatformError> {
+        loop {
+            let round = self.announce_then_sleep(ports, lines, |lines| {
+                let remaining = match deadline {
+                    None | Some(None) => None,
+                    Some(Some(dl)) => {
+                        let now = Instant::now();
+                        if now >= dl {
+                            return Ok(false);
+                        }
+                        Some(dl - now)
+                    }
+                };
+                self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+                sleep(remaining, lines).map(|()| true)
+            })?;
+            match round {
+                Ok(p) => return Ok(Some(p)),
+                // The deadline passed: no sleep.
+                Err(false) => return Ok(None),
+                Err(true) => {}
+            }
+            // Closed while we slept?
+            for &port in ports {
+                self.open_binding(port)?;
+            }
+        }
+    }
+
+    /// One round of the waiter's side of the handshake with notifiers
+    /// (module docs), the one place it is written: announce on every line
+    /// of `lines` that we may sleep, look at the pending bits of `ports`
+    /// once more (one set: `Ok(port)`, its bit cleared, and no sleep), else
+    /// run `sleep` (given the lines) and give back what it returned
+    /// (`Err(r)`); the announcement is withdrawn on every way out.
+    fn announce_then_sleep<R>(
+        &self,
+        ports: &[Port],
+        lines: &[EventLine<'_>],
+        sleep: impl FnOnce(&[EventLine<'_>]) -> Result<R, PlatformError>,
+    ) -> Result<Result<Port, R>, PlatformError> {
         /// Withdraws the announcement on every line, on every way out.
         struct Announced<'l, 'a>(&'l [EventLine<'a>]);
         impl Drop for Announced<'_, '_> {
@@ -728,36 +768,17 @@ impl Domain {
                 }
             }
         }
-        loop {
-            // Dekker, waiter side: announce that we may sleep, then check
-            // once more. SeqCst so that the reads of `pending` cannot be
-            // ordered before the increments.
-            for l in lines {
-                l.waiting.fetch_add(1, Ordering::SeqCst);
-            }
-            let announced = Announced(lines);
-            if let Some(p) = self.take_first_pending(ports)? {
-                return Ok(Some(p));
-            }
-            let remaining = match deadline {
-                None | Some(None) => None,
-                Some(Some(dl)) => {
-                    let now = Instant::now();
-                    if now >= dl {
-                        return Ok(None);
-                    }
-                    Some(dl - now)
-                }
-            };
-            self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
-            let slept = sleep(remaining, lines);
-            drop(announced);
-            slept?;
-            // Closed while we slept?
-            for &port in ports {
-                self.open_binding(port)?;
-            }
+        // Dekker, waiter side: announce that we may sleep, then check once
+        // more. SeqCst so that the reads of `pending` cannot be ordered
+        // before the increments.
+        for l in lines {
+            l.waiting.fetch_add(1, Ordering::SeqCst);
         }
+        let _announced = Announced(lines);
+        if let Some(p) = self.take_first_pending(ports)? {
+            return Ok(Ok(p));
+        }
+        sleep(lines).map(Err)
     }
 
     /// The first of `ports` that is pending, its bit cleared. `SeqCst`
@@ -1040,24 +1061,15 @@ impl HostedPlatform {
                 reason: "the port was closed and allocated again; ask for its external wait again",
             });
         }
-        let line = d.own_line(w.port)?;
-        // Dekker, waiter side, as in `wait_pending`: announce, then check.
-        line.waiting.fetch_add(1, Ordering::SeqCst);
-        struct Announced<'l, 'a>(&'l EventLine<'a>);
-        impl Drop for Announced<'_, '_> {
-            fn drop(&mut self) {
-                self.0.waiting.fetch_sub(1, Ordering::SeqCst);
-            }
+        let lines = [d.own_line(w.port)?];
+        let round = d.announce_then_sleep(&[w.port], &lines, |_| {
+            d.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+            sleep()
+        })?;
+        match round {
+            Ok(_) => Ok(true),
+            Err(()) => Ok(d.take_first_pending(&[w.port])?.is_some()),
         }
-        let announced = Announced(&line);
-        if d.take_first_pending(&[w.port])?.is_some() {
-            return Ok(true);
-        }
-        d.stats.sleeps.fetch_add(1, Ordering::Relaxed);
-        let slept = sleep();
-        drop(announced);
-        slept?;
-        Ok(d.take_first_pending(&[w.port])?.is_some())
     }
 }
 
