@@ -444,6 +444,32 @@ fn template(size: usize) -> Vec<u8> {
     f
 }
 
+/// Starts the back on the second core (serving `frames` frames, echoing
+/// them or only reading them, see [`back`]) and pins the caller, the
+/// front, to the first.
+fn start(
+    sh: Arc<Shared>,
+    frames: u64,
+    echo: bool,
+) -> Result<(Front, thread::JoinHandle<Result<u64, String>>), String> {
+    let (a, b) = pin::pair();
+    let sh2 = sh.clone();
+    let name = if echo {
+        "netif-floor-back"
+    } else {
+        "netif-floor-sink"
+    };
+    let server = thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            pin::pin_to(b);
+            back(&sh2, frames, echo)
+        })
+        .map_err(|e| format!("cannot spawn the back: {e}"))?;
+    pin::pin_to(a);
+    Ok((Front::new(sh), server))
+}
+
 /// `netif-floor-64` (`grants`: `netif-floor-gnt-64`): round trips of
 /// `size`-byte frames.
 pub fn pingpong(
@@ -453,19 +479,8 @@ pub fn pingpong(
     warmup: u64,
     rec: &mut Recorder,
 ) -> Result<(), String> {
-    let sh = Shared::new(grants);
     let total = iters + warmup;
-    let (a, b) = pin::pair();
-    let sh2 = sh.clone();
-    let server = thread::Builder::new()
-        .name("netif-floor-back".into())
-        .spawn(move || {
-            pin::pin_to(b);
-            back(&sh2, total, true)
-        })
-        .map_err(|e| format!("cannot spawn the back: {e}"))?;
-    pin::pin_to(a);
-    let mut front = Front::new(sh);
+    let (mut front, server) = start(Shared::new(grants), total, true)?;
     let mut frame = template(size);
     let mut head = [0u8; 32];
     let mut result = Ok(());
@@ -510,19 +525,8 @@ pub fn stream(iters: u64, rec: &mut Recorder) -> Result<(), String> {
 /// The stream of `n` frames (after 1000 to warm up).
 fn stream_frames(n: u64, rec: &mut Recorder) -> Result<(), String> {
     const BURST: u32 = 32;
-    let sh = Shared::new(false);
     let warm = 1000u64;
-    let (a, b) = pin::pair();
-    let sh2 = sh.clone();
-    let server = thread::Builder::new()
-        .name("netif-floor-sink".into())
-        .spawn(move || {
-            pin::pin_to(b);
-            back(&sh2, warm + n, false)
-        })
-        .map_err(|e| format!("cannot spawn the sink: {e}"))?;
-    pin::pin_to(a);
-    let mut front = Front::new(sh);
+    let (mut front, server) = start(Shared::new(false), warm + n, false)?;
     let frame = template(1500);
     let push_n = |front: &mut Front, n: u64| -> Result<Duration, String> {
         let t0 = Instant::now();
