@@ -48,7 +48,9 @@ blkback, and through fio (io_uring, O_DIRECT, same depths and sizes) in the \
 same run. Latency is from submitting a request (to the driver, onto the ring, \
 to fio) to seeing its completion. The 1 MiB \
 entries run a sixteenth of the samples of the others, the depth-32 ones eight \
-times as many. Each round runs every entry once (blkfront, fio, ringfront), \
+times as many. Each round runs every entry once, the three paths of one \
+workload (blkfront, fio, ringfront) back to back, each round starting the \
+turn one path later so that each goes first equally often, \
 on a file written in full once, read once before the entries, the disk \
 settled before each entry; after the table every comparison with fio is shown \
 round by round (BLKBENCH_PARTS=1: every measured part and the disk's other \
@@ -1116,7 +1118,7 @@ fn print_rounds(log: &RoundLog, report: &mut Report) {
             .join(" ")
     };
     println!(
-        "\nround by round against fio (each round runs an entry's blkfront, fio, then ringfront):"
+        "\nround by round against fio (each round runs a workload's blkfront, fio and ringfront back to back, taking turns going first):"
     );
     for w in WORKS {
         let s = w.suffix();
@@ -1346,6 +1348,7 @@ fn front_entry(file: PathBuf, file_bytes: u64, w: Work, which: Front, log: Arc<R
         })
     })
     .msg_bytes(w.bytes)
+    .group(&w.suffix())
 }
 
 /// The seed of the random offsets of entry `prefix` in round `round`:
@@ -1365,8 +1368,8 @@ fn seed(prefix: &str, round: u64) -> u64 {
         .wrapping_add(k)
 }
 
-/// fio's entry: `prefix` is `fio`, or `fio-first` for the copy that runs
-/// before blkfront in each round (`BLKBENCH_AA=1`: fio against itself, to
+/// fio's entry: `prefix` is `fio`, or `fio-first` for a second copy of it
+/// among the workload's paths (`BLKBENCH_AA=1`: fio against itself, to
 /// see what the order of the entries and the passing time alone make of
 /// a comparison).
 fn fio_entry(file: PathBuf, file_bytes: u64, w: Work, prefix: &str, log: Arc<RoundLog>) -> Entry {
@@ -1404,6 +1407,7 @@ fn fio_entry(file: PathBuf, file_bytes: u64, w: Work, prefix: &str, log: Arc<Rou
         },
     )
     .msg_bytes(w.bytes)
+    .group(&w.suffix())
 }
 
 /// Runs fio (entry `entry`) for round `r`'s warm-up and measured requests,
@@ -1617,7 +1621,8 @@ fn main() -> ExitCode {
         .report_us(true)
         .plans(
             // Rounds interleave the entries (each round runs every entry
-            // once, blkfront's right before fio's): the disk is shared
+            // once, a workload's paths back to back, taking turns going
+            // first: `Entry::group`): the disk is shared
             // with the machine's other work, whose traffic swings from
             // second to second, so only rounds close in time compare.
             Plan {
@@ -1625,10 +1630,12 @@ fn main() -> ExitCode {
                 warmup: 600,
                 rounds: 6,
             },
+            // Rounds a multiple of 3: each of a workload's three paths
+            // goes first equally often.
             Plan {
-                iters: 20_000,
-                warmup: 2_000,
-                rounds: 8,
+                iters: 18_000,
+                warmup: 1_800,
+                rounds: 9,
             },
         )
         .min_warmup(64)

@@ -144,6 +144,11 @@ pub struct Entry {
     pub setup: String,
     /// Message size in bytes, for entries that move messages.
     pub msg_bytes: Option<usize>,
+    /// Entries that compare against each other (one workload through
+    /// several paths) share a group: neighbours in the bench with the same
+    /// group take turns going first, one round after another
+    /// ([`Entry::group`]).
+    pub group: Option<String>,
     run: RunFn,
 }
 
@@ -161,8 +166,20 @@ impl Entry {
             about: about.into(),
             setup: setup.into(),
             msg_bytes: None,
+            group: None,
             run: Box::new(run),
         }
+    }
+
+    /// Puts the entry in group `key`. Neighbouring entries of one group
+    /// run in turn within a round, and each round starts the turn one
+    /// entry later, so that over the rounds every entry of the group runs
+    /// first, second and so on equally often: what runs just before (the
+    /// disk's state after the previous entry, a cache, the machine's
+    /// other work ramping up) then weighs on none of them alone.
+    pub fn group(mut self, key: &str) -> Self {
+        self.group = Some(key.into());
+        self
     }
 
     /// Sets the message size.
@@ -205,6 +222,29 @@ pub fn default_out_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target"))
         .join("bench")
+}
+
+/// The order in which round `round` runs `entries` (indices into it):
+/// the bench's order, except that each run of neighbouring entries of one
+/// [`Entry::group`] is rotated by `round`, so its entries take turns going
+/// first.
+fn round_order(entries: &[&Entry], round: u64) -> Vec<usize> {
+    let mut order = Vec::with_capacity(entries.len());
+    let mut start = 0;
+    while start < entries.len() {
+        let group = &entries[start].group;
+        let len = match group {
+            Some(g) => entries[start..]
+                .iter()
+                .take_while(|e| e.group.as_ref() == Some(g))
+                .count(),
+            None => 1,
+        };
+        let shift = (round % len as u64) as usize;
+        order.extend((0..len).map(|i| start + (i + shift) % len));
+        start += len;
+    }
+    order
 }
 
 impl Bench {
@@ -499,7 +539,8 @@ impl Bench {
         let mut misses: Vec<Option<(u64, u64)>> = vec![None; n];
         for round in 0..rounds {
             progress.round(round);
-            for (k, e) in chosen.iter().enumerate() {
+            for k in round_order(&chosen, round) {
+                let e = chosen[k];
                 progress.start(k);
                 let mut rec = Recorder::new();
                 let t = Instant::now();
@@ -624,4 +665,50 @@ fn make_parent(path: &Path) -> Result<(), String> {
 fn write_file(path: &Path, text: &str) -> Result<(), String> {
     make_parent(path)?;
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, group: Option<&str>) -> Entry {
+        let e = Entry::new(name, "", "", |_, _| Ok(()));
+        match group {
+            Some(g) => e.group(g),
+            None => e,
+        }
+    }
+
+    #[test]
+    fn a_group_takes_turns_going_first_and_others_keep_their_place() {
+        let owned = [
+            entry("solo", None),
+            entry("a1", Some("a")),
+            entry("a2", Some("a")),
+            entry("a3", Some("a")),
+            entry("b1", Some("b")),
+            entry("b2", Some("b")),
+            entry("tail", None),
+        ];
+        let entries: Vec<&Entry> = owned.iter().collect();
+        let names = |round| -> Vec<&str> {
+            round_order(&entries, round)
+                .into_iter()
+                .map(|k| entries[k].name.as_str())
+                .collect()
+        };
+        assert_eq!(names(0), ["solo", "a1", "a2", "a3", "b1", "b2", "tail"]);
+        assert_eq!(names(1), ["solo", "a2", "a3", "a1", "b2", "b1", "tail"]);
+        assert_eq!(names(2), ["solo", "a3", "a1", "a2", "b1", "b2", "tail"]);
+        // Over as many rounds as the group has entries, each of its entries
+        // runs first once, and every round runs every entry once.
+        let mut firsts: Vec<&str> = (0..3).map(|r| names(r)[1]).collect();
+        firsts.sort_unstable();
+        assert_eq!(firsts, ["a1", "a2", "a3"]);
+        for r in 0..6 {
+            let mut o = round_order(&entries, r);
+            o.sort_unstable();
+            assert_eq!(o, (0..entries.len()).collect::<Vec<_>>());
+        }
+    }
 }
