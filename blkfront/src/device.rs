@@ -90,7 +90,7 @@ use grant_tables::{
     Access, BufferPool, DomId, GrantRef, GrantStats, GrantedRing, Platform, PlatformError,
     PoolConfig, PoolMode, Port, SharedPages,
 };
-use iosched::{Op, QueueId, Request, Scheduler};
+use iosched::{Op, QueueId, Request, Scheduler, TagTable};
 use xenbus::{
     ConnectStyle, Connection, Device, Frontend, FrontendPhase, HandshakeEvent, PeerLoss,
     TeardownReason, Transaction, Transport, Wait, Xenstore, XsError,
@@ -631,6 +631,18 @@ where
     /// `(ring, since)` while its requests are on a ring.
     on_ring: Option<(usize, u64)>,
     reissued: u32,
+    /// Its wire form and plan, made at submission when every span is a
+    /// pool buffer (whose segments are final then) and kept for placing
+    /// it on the ring of that same connection.
+    prepared: Option<Prepared>,
+}
+
+/// An I/O's wire form and its split into requests, for one connection.
+struct Prepared {
+    /// The connection the plan was made for.
+    disk: Negotiated,
+    io: BlockIo,
+    plan: Plan,
 }
 
 /// One ring of the live connection.
@@ -685,7 +697,7 @@ where
     connected: bool,
     /// The disk as last negotiated.
     disk: Option<Negotiated>,
-    ios: BTreeMap<Tag, Entry<P>>,
+    ios: TagTable<Entry<P>>,
     queues: Vec<IoQueue>,
     completions: VecDeque<Completion<P>>,
     events: VecDeque<DeviceEvent>,
@@ -732,9 +744,9 @@ where
         for r in self.rings.iter_mut() {
             r.indirect.clear();
         }
-        let tags: Vec<Tag> = self.ios.keys().copied().collect();
+        let tags: Vec<Tag> = self.ios.sorted_tags();
         for tag in tags {
-            if let Some(entry) = self.ios.remove(&tag) {
+            if let Some(entry) = self.ios.remove(tag) {
                 if let Some(q) = self.queues.get_mut(entry.queue) {
                     q.complete(tag, now);
                 }
@@ -1062,8 +1074,9 @@ where
                 bounce_peer: None,
             })
             .collect();
+        let tag = self.next_tag;
         let check = BlockIo {
-            tag: 0,
+            tag,
             op: Self::block_op(kind, &slots),
         };
         let back = |slots: Vec<SpanSlot<P>>| {
@@ -1084,7 +1097,22 @@ where
             .map(|s| s.len as u64)
             .sum();
         let now = self.now();
-        let tag = self.next_tag;
+        let all_pooled = slots.iter().all(|s| {
+            matches!(
+                s.span,
+                Some(Span {
+                    buffer: Buffer {
+                        kind: Kind::Pool { .. }
+                    },
+                    ..
+                })
+            )
+        });
+        let prepared = all_pooled.then_some(Prepared {
+            disk,
+            io: check,
+            plan,
+        });
         let queue = &mut self.queues[opts.queue];
         let request = Request {
             queue: opts.class.unwrap_or(queue.default_class()),
@@ -1099,7 +1127,7 @@ where
         }
         self.next_tag += 1;
         self.stats.submitted += 1;
-        self.ios.insert(
+        self.ios.insert_new(
             tag,
             Entry {
                 kind,
@@ -1108,6 +1136,7 @@ where
                 submitted_ns: now,
                 on_ring: None,
                 reissued: 0,
+                prepared,
             },
         );
         Ok(tag)
@@ -1211,7 +1240,7 @@ where
                 IoStatus::NotSupported => Err(IoFailure::NotSupported),
             };
             let now = self.now();
-            if let Some(entry) = self.ios.remove(&tag) {
+            if let Some(entry) = self.ios.remove(tag) {
                 if let Some(q) = self.queues.get_mut(entry.queue) {
                     q.complete(tag, now);
                 }
@@ -1251,7 +1280,7 @@ where
                         Placed::Gone => self.queues[q].pop(),
                         Placed::Fail(failure) => {
                             self.queues[q].pop();
-                            if let Some(entry) = self.ios.remove(&tag) {
+                            if let Some(entry) = self.ios.remove(tag) {
                                 log::warn!("blkfront: I/O {tag} cannot go on the ring: {failure}");
                                 self.queues[q].complete(tag, now);
                                 self.finish_entry(tag, entry, Err(failure), now);
@@ -1282,11 +1311,11 @@ where
         let Some(peer) = self.peer else {
             return Placed::Wait;
         };
-        let Some(mut entry) = self.ios.remove(&tag) else {
+        let Some(mut entry) = self.ios.remove(tag) else {
             return Placed::Gone;
         };
         let placed = self.place_entry(r, tag, &mut entry, peer, disk, now);
-        self.ios.insert(tag, entry);
+        self.ios.insert_new(tag, entry);
         placed
     }
 
@@ -1310,6 +1339,7 @@ where
             Access::ReadOnly
         };
         let write = !entry.kind.reads();
+        let mut all_pooled = true;
         for i in 0..entry.spans.len() {
             let slot = &mut entry.spans[i];
             let (pooled, pool_peer) = match &slot.span {
@@ -1329,6 +1359,7 @@ where
                 }
                 continue;
             }
+            all_pooled = false;
             if disk.persistent || !slot.bounce.is_empty() {
                 if slot.grants.is_some() && !Self::end_grants(slot) {
                     return Placed::Fail(IoFailure::BackendChanged);
@@ -1346,13 +1377,30 @@ where
                 return Placed::Fail(f);
             }
         }
-        let io = BlockIo {
-            tag,
-            op: Self::block_op(entry.kind, &entry.spans),
-        };
-        let plan = match Plan::new(&io, disk) {
-            Ok(p) => p,
-            Err(e) => return Placed::Fail(IoFailure::Refused(e)),
+        // The wire form and plan made at submission serve while the spans
+        // are the pool buffers they were and the connection is the same.
+        let reuse = all_pooled
+            && entry
+                .prepared
+                .as_ref()
+                .is_some_and(|p| p.disk == *disk && p.io.tag == tag);
+        if !reuse {
+            let io = BlockIo {
+                tag,
+                op: Self::block_op(entry.kind, &entry.spans),
+            };
+            let plan = match Plan::new(&io, disk) {
+                Ok(p) => p,
+                Err(e) => return Placed::Fail(IoFailure::Refused(e)),
+            };
+            entry.prepared = Some(Prepared {
+                disk: *disk,
+                io,
+                plan,
+            });
+        }
+        let Some(plan) = entry.prepared.as_ref().map(|p| &p.plan) else {
+            return Placed::Wait;
         };
         let Some(state) = self.rings.get_mut(r) else {
             return Placed::Wait;
@@ -1393,9 +1441,17 @@ where
             }
         }
         let grefs: Vec<GrantRefNum> = indirect.iter().map(|b| b.gref()).collect();
-        let requests = match inflight.submit(io, disk, grefs) {
+        let Some(Prepared { io, plan, .. }) = entry.prepared.take() else {
+            return Placed::Wait;
+        };
+        let requests = match inflight.submit_planned(io, &plan, grefs) {
             Ok(reqs) => reqs,
             Err(rej) => {
+                entry.prepared = Some(Prepared {
+                    disk: *disk,
+                    io: rej.io,
+                    plan,
+                });
                 return match rej.error {
                     InFlightError::NoRoom { .. } => Placed::Wait,
                     InFlightError::Io(e) => Placed::Fail(IoFailure::Refused(e)),
@@ -1477,15 +1533,21 @@ where
         }
         let timeout = u64::try_from(self.config.request_timeout.as_nanos()).unwrap_or(u64::MAX);
         self.next_timeout_check = now.saturating_add((timeout / 8).max(1_000_000));
-        let stalled = self.ios.iter().find_map(|(&tag, e)| {
-            let (ring, since) = e.on_ring?;
-            let waited = now.saturating_sub(since);
-            (waited > timeout).then_some(DeviceError::Stalled {
+        // The oldest stalled I/O (the smallest tag) is reported.
+        let stalled = self
+            .ios
+            .iter()
+            .filter_map(|(tag, e)| {
+                let (ring, since) = e.on_ring?;
+                let waited = now.saturating_sub(since);
+                (waited > timeout).then_some((tag, ring, waited))
+            })
+            .min_by_key(|&(tag, _, _)| tag)
+            .map(|(tag, ring, waited_ns)| DeviceError::Stalled {
                 ring,
                 tag,
-                waited_ns: waited,
-            })
-        });
+                waited_ns,
+            });
         if let Some(e) = stalled {
             self.fail_device(e);
         }
@@ -1822,7 +1884,7 @@ where
                 let mut per_queue: BTreeMap<usize, Vec<Tag>> = BTreeMap::new();
                 let mut n = 0;
                 for tag in tags {
-                    if let Some(e) = self.ios.get_mut(&tag) {
+                    if let Some(e) = self.ios.get_mut(tag) {
                         e.on_ring = None;
                         e.reissued += 1;
                         per_queue.entry(e.queue).or_default().push(tag);
@@ -1925,7 +1987,7 @@ where
                 rings: Vec::new(),
                 connected: false,
                 disk: None,
-                ios: BTreeMap::new(),
+                ios: TagTable::new(),
                 queues,
                 completions: VecDeque::new(),
                 events: VecDeque::new(),
@@ -2213,7 +2275,7 @@ where
                 }
             }
             polled.map_err(|e| BlockingError::Device(Box::new(e)))?;
-            if !self.core.ios.contains_key(&tag) {
+            if !self.core.ios.contains(tag) {
                 return Err(BlockingError::NoSuchIo { tag });
             }
             match self.sleep(xs, deadline) {
@@ -2365,7 +2427,7 @@ where
         scheduler: Box<dyn Scheduler + Send>,
         default_class: QueueId,
     ) -> Result<(), Box<dyn Scheduler + Send>> {
-        let in_flight = self.core.ios.values().any(|e| e.queue == queue);
+        let in_flight = self.core.ios.iter().any(|(_, e)| e.queue == queue);
         match self.core.queues.get_mut(queue) {
             Some(q) if q.is_idle() && !in_flight => {
                 *q = IoQueue::with(scheduler, default_class);

@@ -249,6 +249,8 @@ pub struct InFlight {
     free_ios: Vec<usize>,
     next_seq: u64,
     broken: Option<ResponseError>,
+    /// The ids of the submission under way (kept to be reused).
+    scratch_ids: Vec<u64>,
 }
 
 impl InFlight {
@@ -263,6 +265,7 @@ impl InFlight {
             free_ios: (0..capacity).rev().collect(),
             next_seq: 0,
             broken: None,
+            scratch_ids: Vec::new(),
         }
     }
 
@@ -316,6 +319,29 @@ impl InFlight {
             Ok(p) => p,
             Err(e) => return reject(io, indirect_grefs, SubmitError::Io(e)),
         };
+        self.submit_planned(io, &plan, indirect_grefs)
+    }
+
+    /// [`InFlight::submit`] with `io`'s plan made already (by
+    /// [`Plan::new`] for `io` and the connection's [`Negotiated`]: the
+    /// caller vouches for it; a plan of another I/O would put wrong
+    /// requests on the ring).
+    pub(crate) fn submit_planned(
+        &mut self,
+        io: BlockIo,
+        plan: &Plan,
+        indirect_grefs: Vec<GrantRefNum>,
+    ) -> Result<Vec<RingRequest>, Rejected> {
+        let reject = |io, indirect_grefs, error| {
+            Err(Rejected {
+                io,
+                indirect_grefs,
+                error,
+            })
+        };
+        if let Some(e) = &self.broken {
+            return reject(io, indirect_grefs, SubmitError::Disabled(e.clone()));
+        }
         let needed = plan.parts().len();
         if needed > self.capacity() {
             let capacity = self.capacity();
@@ -342,10 +368,13 @@ impl InFlight {
             let free = self.free_ids.len();
             return reject(io, indirect_grefs, SubmitError::NoRoom { needed, free });
         };
-        let ids: Vec<usize> = self.free_ids.drain(..needed).collect();
-        let wire_ids: Vec<u64> = ids.iter().map(|&i| i as u64).collect();
-        let requests = plan.encode(io.op.segments(), self.handle, &wire_ids, &indirect_grefs);
+        // The ids in a buffer kept from one submission to the next.
+        let mut ids = core::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        ids.extend(self.free_ids.drain(..needed).map(|i| i as u64));
+        let requests = plan.encode(io.op.segments(), self.handle, &ids, &indirect_grefs);
         for ((&id, part), req) in ids.iter().zip(plan.parts()).zip(&requests) {
+            let id = id as usize;
             let shadow = Shadow {
                 io: io_index,
                 response_op: part.response_op(),
@@ -366,6 +395,7 @@ impl InFlight {
                 status: IoStatus::Okay,
             });
         }
+        self.scratch_ids = ids;
         Ok(requests)
     }
 

@@ -543,7 +543,7 @@ impl<P: Policy> Scheduler for Sched<P> {
 
     fn complete(&mut self, tag: u64, now: Nanos) -> Result<Completion, Error> {
         let now = self.core.advance(now);
-        let f = match self.core.tags.get(tag) {
+        let f = match self.core.tags.get(tag).copied() {
             None => return Err(Error::UnknownTag(tag)),
             Some(TagState::Pending(_)) => return Err(Error::NotDispatched(tag)),
             Some(TagState::InFlight(f)) => f,
@@ -606,7 +606,7 @@ impl<P: Policy> Scheduler for Sched<P> {
 
     fn cancel(&mut self, tag: u64, now: Nanos) -> Result<QueueId, Error> {
         let now = self.core.advance(now);
-        let queue = match self.core.tags.get(tag) {
+        let queue = match self.core.tags.get(tag).copied() {
             None => return Err(Error::UnknownTag(tag)),
             Some(TagState::Pending(queue)) => {
                 let Some(e) = self.policy.remove(queue, tag) else {

@@ -122,6 +122,7 @@ pub use error::{Error, SubmitError};
 pub use fifo::FifoPolicy;
 pub use prio::PrioPolicy;
 pub use stats::{LogHistogram, QueueStats};
+pub use tags::TagTable;
 
 /// Time in nanoseconds, from an origin of the caller's choice.
 pub type Nanos = u64;

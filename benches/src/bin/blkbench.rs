@@ -764,6 +764,32 @@ struct FrontSteps {
 struct LoopCounts {
     kicks: u64,
     waits: u64,
+    /// Time from the start of a poll that found completions to the kick
+    /// that handed their successors over, summed (ns): the frontend's
+    /// turnaround, while the backend may run out of requests.
+    turnaround_ns: u64,
+    /// The frontend thread's CPU time over the measured loop (ns, user
+    /// and system, `RUSAGE_THREAD`).
+    cpu_ns: u64,
+}
+
+/// The calling thread's CPU time so far (ns, user and system).
+fn thread_cpu_ns() -> u64 {
+    // SAFETY: getrusage writes one `rusage`, plain data for which all
+    // zeroes is a valid value, into the struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_THREAD, &mut ru) != 0 {
+            return 0;
+        }
+        ru
+    };
+    let ns = |t: libc::timeval| {
+        (t.tv_sec.max(0) as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(t.tv_usec.max(0) as u64 * 1_000)
+    };
+    ns(ru.ru_utime).saturating_add(ns(ru.ru_stime))
 }
 
 /// Prints, for an entry deeper than 1 (`BLKBENCH_BREAKDOWN=1`), what each
@@ -784,6 +810,7 @@ fn print_activity(
     eprintln!(
         "{name}: per request over {ops} requests\n\
          \x20 frontend: batches handed over {:.3} ({:.1} requests each), waits {:.3}, eventfd writes {:.3}, sleeps {:.3}\n\
+         \x20 frontend: CPU {:.2} us per request, turnaround {:.1} us per batch (completions polled to successors handed over)\n\
          \x20 backend: passes taking requests {:.3} ({:.1} requests each), io_uring_enter submits {:.3} ({:.1} SQEs each, {:.1} us each)\n\
          \x20 backend: in flight after a submit {:.1} (mean), reaps {:.3} ({:.1} CQEs each), enters for completions {:.3}, waits in io_uring_enter {:.3}, sleeps on the channel {:.3}, notifies {:.3}",
         counts.kicks as f64 / ops.max(1) as f64,
@@ -791,6 +818,8 @@ fn print_activity(
         counts.waits as f64 / ops.max(1) as f64,
         per(ev.0.wakeups_sent, ev.1.wakeups_sent),
         per(ev.0.sleeps, ev.1.sleeps),
+        counts.cpu_ns as f64 / 1e3 / ops.max(1) as f64,
+        ratio(counts.turnaround_ns as f64 / 1e3, counts.kicks as f64),
         per(a.batches, b.batches),
         ratio(d(a.requests, b.requests), d(a.batches, b.batches)),
         per(a.submits, b.submits),
@@ -868,8 +897,10 @@ fn closed_loop(
     // whether its spin kept the core.
     let mut idle: Option<(u64, u64, u64, bool)> = None;
     let kick_every = kick_every();
+    let cpu0 = thread_cpu_ns();
     while completed < ops {
         done.clear();
+        let polled = Instant::now();
         front.poll(&mut done)?;
         if done.is_empty() {
             let now = ns(Instant::now());
@@ -930,6 +961,9 @@ fn closed_loop(
             front.kick()?;
             counts.kicks += 1;
         }
+        counts.turnaround_ns = counts
+            .turnaround_ns
+            .saturating_add(polled.elapsed().as_nanos() as u64);
         if let (Some((v, epoch)), true) = (steps.as_mut(), issued > completed) {
             v.push(FrontSteps {
                 start: since(started[0], *epoch),
@@ -938,6 +972,7 @@ fn closed_loop(
             });
         }
     }
+    counts.cpu_ns = thread_cpu_ns().saturating_sub(cpu0);
     Ok(t0.elapsed())
 }
 
