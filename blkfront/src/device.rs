@@ -1159,8 +1159,11 @@ where
                 return Err(e.clone());
             }
         }
-        self.dispatch();
-        self.check_timeouts();
+        // One reading of the clock serves the pass (a reading costs tens
+        // of nanoseconds in a guest).
+        let now = self.now();
+        self.dispatch_at(now);
+        self.check_timeouts(now);
         match &self.broken {
             Some(e) => Err(e.clone()),
             None => Ok(n),
@@ -1168,10 +1171,13 @@ where
     }
 
     /// Takes the responses waiting on ring `r`; with `rearm`, asks for a
-    /// notification on the next one. Returns how many were taken.
+    /// notification on the next one. Returns how many were taken. The
+    /// completions of one pass share one reading of the clock, taken at
+    /// the first response.
     fn reap(&mut self, r: usize, rearm: bool) -> usize {
         let mut taken = 0;
         let mut checks = 0;
+        let mut now = None;
         loop {
             let Some(state) = self.rings.get_mut(r) else {
                 return taken;
@@ -1179,7 +1185,11 @@ where
             match state.ring.take_response() {
                 Ok(Some(rsp)) => {
                     taken += 1;
-                    if !self.handle_response(r, &rsp) {
+                    let at = match now {
+                        Some(t) => t,
+                        None => *now.insert(self.now()),
+                    };
+                    if !self.handle_response(r, &rsp, at) {
                         return taken;
                     }
                 }
@@ -1205,8 +1215,9 @@ where
         }
     }
 
-    /// Checks and applies one response. `false` when it disabled the device.
-    fn handle_response(&mut self, r: usize, rsp: &BlkifResponse) -> bool {
+    /// Checks and applies one response, seen at `now`. `false` when it
+    /// disabled the device.
+    fn handle_response(&mut self, r: usize, rsp: &BlkifResponse, now: u64) -> bool {
         self.stats.responses += 1;
         let outcome = match self.rings.get_mut(r).and_then(|s| s.inflight.as_mut()) {
             Some(inflight) => inflight.complete(rsp),
@@ -1239,7 +1250,6 @@ where
                 IoStatus::Error => Err(IoFailure::Error),
                 IoStatus::NotSupported => Err(IoFailure::NotSupported),
             };
-            let now = self.now();
             if let Some(entry) = self.ios.remove(tag) {
                 if let Some(q) = self.queues.get_mut(entry.queue) {
                     q.complete(tag, now);
@@ -1253,12 +1263,17 @@ where
     /// Puts waiting I/Os on the rings: device queue `q` feeds ring
     /// `q % rings`. One notification per ring, when the ring asks.
     fn dispatch(&mut self) {
+        let now = self.now();
+        self.dispatch_at(now);
+    }
+
+    /// [`Core::dispatch`] at `now`.
+    fn dispatch_at(&mut self, now: u64) {
         let nrings = self.rings.len();
         let Some(disk) = self.disk else { return };
         if nrings == 0 || !self.connected || self.broken.is_some() {
             return;
         }
-        let now = self.now();
         for r in 0..nrings {
             let mut put = false;
             let mut q = r;
@@ -1526,8 +1541,7 @@ where
             .map_err(DeviceError::Platform)
     }
 
-    fn check_timeouts(&mut self) {
-        let now = self.now();
+    fn check_timeouts(&mut self, now: u64) {
         if now < self.next_timeout_check {
             return;
         }
