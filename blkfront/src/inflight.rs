@@ -305,21 +305,18 @@ impl InFlight {
         dev: &Negotiated,
         indirect_grefs: Vec<GrantRefNum>,
     ) -> Result<Vec<RingRequest>, Rejected> {
-        let reject = |io, indirect_grefs, error| {
-            Err(Rejected {
+        match Plan::new(&io, dev) {
+            Ok(plan) => self.submit_planned(io, &plan, indirect_grefs),
+            // A disabled device says so before what is wrong with the I/O.
+            Err(e) => Err(Rejected {
                 io,
                 indirect_grefs,
-                error,
-            })
-        };
-        if let Some(e) = &self.broken {
-            return reject(io, indirect_grefs, SubmitError::Disabled(e.clone()));
+                error: match &self.broken {
+                    Some(b) => SubmitError::Disabled(b.clone()),
+                    None => SubmitError::Io(e),
+                },
+            }),
         }
-        let plan = match Plan::new(&io, dev) {
-            Ok(p) => p,
-            Err(e) => return reject(io, indirect_grefs, SubmitError::Io(e)),
-        };
-        self.submit_planned(io, &plan, indirect_grefs)
     }
 
     /// [`InFlight::submit`] with `io`'s plan made already (by
