@@ -265,6 +265,29 @@ pub struct ApexParams {
     /// active, and double its rate every window on time until the first
     /// cut (default off: it starts open).
     pub throttle_slow_start: bool,
+    /// Isolation mode (see the module docs): while a latency-sensitive
+    /// queue (real-time or interactive) is active, background work goes
+    /// only within [`ApexParams::isolation_be_bytes`] in flight, never
+    /// just because the device would idle, and at least once per
+    /// [`ApexParams::isolation_max_hold_ns`]; the scheduler then says when
+    /// to build the next batch ([`crate::Scheduler::next_wakeup`]).
+    /// Default off.
+    pub isolation: bool,
+    /// In isolation mode, a latency-sensitive queue with nothing waiting
+    /// or in flight stays active for this long after its last submission
+    /// or completion, and for at least twice its mean interval between
+    /// submissions (counted up to [`MAX_ANTICIPATION_NS`]); ns, default
+    /// 10 ms.
+    pub isolation_window_ns: u64,
+    /// In isolation mode, the most background bytes in flight while a
+    /// latency-sensitive queue is active (default 0: background work goes
+    /// only at its hold deadlines).
+    pub isolation_be_bytes: u64,
+    /// In isolation mode, the longest background work waits while the ring
+    /// has room: a background request goes at the latest this long after
+    /// the first batch that held it back (or after the last background
+    /// request went); ns, default 50 ms, at least 1 us.
+    pub isolation_max_hold_ns: u64,
 }
 
 impl Default for ApexParams {
@@ -279,6 +302,10 @@ impl Default for ApexParams {
             guard_permille: 500,
             throttle_floor_permille: 50,
             throttle_slow_start: false,
+            isolation: false,
+            isolation_window_ns: 10_000_000,
+            isolation_be_bytes: 0,
+            isolation_max_hold_ns: 50_000_000,
         }
     }
 }
@@ -381,6 +408,37 @@ struct ApexQueue {
     head: Option<Key>,
     /// The estimated cost of its last request.
     last_cost: u64,
+    /// Its last submission (isolation mode's anticipation).
+    last_submit: Option<Nanos>,
+    /// Mean interval between its submissions, ns (a moving average, 1/8
+    /// weight to the newest).
+    mean_gap: u64,
+}
+
+/// In isolation mode, the longest a latency-sensitive queue's mean
+/// interval between submissions keeps it active (twice the interval, at
+/// most this): a queue that sends a request a second does not hold
+/// background work back for two seconds after its last one.
+pub const MAX_ANTICIPATION_NS: u64 = 250_000_000;
+
+/// The lane mark of a background request dispatched by APEX (its bytes
+/// count as background bytes in flight until it completes).
+const LANE_BACKGROUND: u8 = 1;
+
+/// Isolation mode's state (see the module docs).
+#[derive(Clone, Debug, Default)]
+struct Isolation {
+    /// Background requests in flight.
+    be_in_flight: usize,
+    /// Background bytes in flight.
+    be_bytes: u64,
+    /// The first batch that held background work back with room on the
+    /// ring, since the last background request went.
+    hold_start: Option<Nanos>,
+    /// What the last batch said: build the next one by then.
+    wake: Option<Nanos>,
+    /// Background requests that went at their hold deadline.
+    forced: u64,
 }
 
 /// A real-time queue is silent for at least this many of its default
@@ -422,6 +480,22 @@ struct Throttle {
     started: bool,
     /// No cut yet since it started: a window on time doubles the rate.
     slow_start: bool,
+}
+
+/// What isolation mode is doing, for a look from outside
+/// ([`ApexPolicy::isolation_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsolationState {
+    /// Background requests in flight.
+    pub be_in_flight: usize,
+    /// Background bytes in flight.
+    pub be_bytes_in_flight: u64,
+    /// Background work has been held back with room on the ring since
+    /// then (its hold deadline is this plus
+    /// [`ApexParams::isolation_max_hold_ns`]).
+    pub holding_since: Option<Nanos>,
+    /// Background requests that went at their hold deadline.
+    pub forced: u64,
 }
 
 /// What the best-effort throttle is doing, for a look from outside
@@ -554,6 +628,7 @@ impl Throttle {
 pub struct ApexPolicy {
     params: ApexParams,
     throttle: Throttle,
+    isolation: Isolation,
     queues: BTreeMap<QueueId, ApexQueue>,
     /// Per class rank, the head of every non-empty queue of that class,
     /// sorted (a binary search and a short move per change; the vectors
@@ -692,6 +767,57 @@ impl ApexPolicy {
         now.saturating_sub(last) > horizon
     }
 
+    /// In isolation mode: `Some(t)` while a latency-sensitive queue
+    /// (real-time or interactive) is active, `t` being when all of them
+    /// count as quiet if nothing more happens (`u64::MAX` while one has
+    /// requests waiting or in flight: their completions tell more). A
+    /// queue never used is not active.
+    fn sensitive_until(&self, core: &Core, now: Nanos) -> Option<Nanos> {
+        let mut until: Option<Nanos> = None;
+        for (qid, q) in self.queues.iter().filter(|(_, q)| q.rank <= 1) {
+            let Some(state) = core.queues.get(qid) else {
+                continue;
+            };
+            let t = if state.pending > 0 || state.in_flight > 0 {
+                u64::MAX
+            } else {
+                let Some(last) = state.last_active else {
+                    continue;
+                };
+                let anticipation = self
+                    .params
+                    .isolation_window_ns
+                    .max(q.mean_gap.saturating_mul(2).min(MAX_ANTICIPATION_NS));
+                let end = last.saturating_add(anticipation);
+                if end <= now {
+                    continue;
+                }
+                end
+            };
+            until = Some(until.map_or(t, |u: u64| u.max(t)));
+        }
+        until
+    }
+
+    /// Counts a background request going to the device (isolation mode's
+    /// bytes in flight and hold).
+    fn background_out(&mut self, e: &mut Entry) {
+        e.lane = LANE_BACKGROUND;
+        self.isolation.be_in_flight = self.isolation.be_in_flight.saturating_add(1);
+        self.isolation.be_bytes = self.isolation.be_bytes.saturating_add(e.bytes);
+        self.isolation.hold_start = None;
+    }
+
+    /// What isolation mode is doing.
+    pub fn isolation_state(&self) -> IsolationState {
+        IsolationState {
+            be_in_flight: self.isolation.be_in_flight,
+            be_bytes_in_flight: self.isolation.be_bytes,
+            holding_since: self.isolation.hold_start,
+            forced: self.isolation.forced,
+        }
+    }
+
     /// The first head of class `rank` whose queue's bucket covers its cost.
     fn first_covered(&self, core: &Core, rank: usize) -> Option<(QueueId, u64)> {
         self.heads[rank].iter().find_map(|&(_, _, qid)| {
@@ -753,6 +879,8 @@ impl Policy for ApexPolicy {
                 items: Items::for_rank(rank(q.config.class)),
                 head: None,
                 last_cost: 0,
+                last_submit: None,
+                mean_gap: 0,
             },
         );
     }
@@ -803,10 +931,21 @@ impl Policy for ApexPolicy {
                 items: Items::for_rank(2),
                 head: None,
                 last_cost: 0,
+                last_submit: None,
+                mean_gap: 0,
             });
         }
         if let Some(q) = self.queues.get_mut(&entry.queue) {
             q.last_cost = core.cost_of(&entry);
+            if let Some(prev) = q.last_submit {
+                let gap = entry.arrival.saturating_sub(prev);
+                q.mean_gap = if q.mean_gap == 0 {
+                    gap
+                } else {
+                    (q.mean_gap.saturating_mul(7) / 8).saturating_add(gap / 8)
+                };
+            }
+            q.last_submit = Some(entry.arrival);
             q.items.push(entry, q.rank);
         }
         self.fix_head(entry.queue);
@@ -815,6 +954,10 @@ impl Policy for ApexPolicy {
     fn remove(&mut self, queue: QueueId, tag: u64) -> Option<Entry> {
         let e = self.queues.get_mut(&queue)?.items.remove_tag(tag);
         self.fix_head(queue);
+        if self.heads[2].is_empty() {
+            self.isolation.wake = None;
+            self.isolation.hold_start = None;
+        }
         e
     }
 
@@ -864,27 +1007,50 @@ impl Policy for ApexPolicy {
         if throttled {
             self.throttle.refill(now);
         }
+        // Isolation mode: while a latency-sensitive queue is active,
+        // background work goes only within its cap of bytes in flight and
+        // not merely because the device would idle.
+        let sensitive = if self.params.isolation {
+            self.sensitive_until(core, now)
+        } else {
+            None
+        };
+        let isolating = sensitive.is_some();
+        let cap = self.params.isolation_be_bytes;
         // The bound and the throttle hold back best-effort work only:
         // real-time requests are already in deadline order among
         // themselves. They never leave the device idle: with nothing in
-        // flight, one request goes.
-        let fits = |r: usize, work: u64, taken: usize, t: &Throttle| match bound {
-            _ if r == 0 => true,
-            None => true,
-            _ if idle && taken == 0 => true,
-            Some(b) => on_ring.saturating_add(work) < b && (!throttled || t.admits()),
+        // flight, one request goes (but for background work held by
+        // isolation mode).
+        let fits = |r: usize, work: u64, taken: usize, t: &Throttle, be_bytes: u64, bytes: u64| {
+            if r == 2 && isolating && be_bytes.saturating_add(bytes) > cap {
+                return false;
+            }
+            match bound {
+                _ if r == 0 => true,
+                None => true,
+                _ if idle && taken == 0 && !(isolating && r == 2) => true,
+                Some(b) => on_ring.saturating_add(work) < b && (!throttled || t.admits()),
+            }
         };
 
         // Reservation pass, in class order, paid with tokens.
         for r in 0..3 {
-            while out.len() < room && fits(r, work, out.len(), &self.throttle) {
+            while out.len() < room {
                 let Some((qid, c)) = self.first_covered(core, r) else {
                     break;
                 };
-                let Some(e) = self.pop(qid) else { break };
+                let bytes = self.peek(qid).map_or(0, |e| e.bytes);
+                if !fits(r, work, out.len(), &self.throttle, self.isolation.be_bytes, bytes) {
+                    break;
+                }
+                let Some(mut e) = self.pop(qid) else { break };
                 core.spend(qid, c);
                 if r != 0 && throttled {
                     self.throttle.spend(c);
+                }
+                if r == 2 {
+                    self.background_out(&mut e);
                 }
                 work = work.saturating_add(c);
                 out.push((e, Pass::Reserved));
@@ -893,19 +1059,75 @@ impl Policy for ApexPolicy {
 
         // Work-conserving pass: interactive, real-time early, background.
         for r in [1, 0, 2] {
-            while out.len() < room && fits(r, work, out.len(), &self.throttle) {
+            while out.len() < room {
                 let Some(&(_, _, qid)) = self.heads[r].first() else {
                     break;
                 };
-                let Some(e) = self.pop(qid) else { break };
+                let bytes = self.peek(qid).map_or(0, |e| e.bytes);
+                if !fits(r, work, out.len(), &self.throttle, self.isolation.be_bytes, bytes) {
+                    break;
+                }
+                let Some(mut e) = self.pop(qid) else { break };
                 let c = core.cost_of(&e);
                 if r != 0 && throttled {
                     self.throttle.spend(c);
+                }
+                if r == 2 {
+                    self.background_out(&mut e);
                 }
                 work = work.saturating_add(c);
                 out.push((e, Pass::Other));
             }
         }
+
+        // Isolation mode's hold: background work left waiting with room on
+        // the ring goes at the latest `isolation_max_hold_ns` after the
+        // first batch that held it, one request at a time; until then the
+        // scheduler says when to look again.
+        self.isolation.wake = None;
+        if self.params.isolation {
+            if self.heads[2].is_empty() {
+                self.isolation.hold_start = None;
+            } else if out.len() < room {
+                let max_hold = self.params.isolation_max_hold_ns.max(1_000);
+                let due = self
+                    .isolation
+                    .hold_start
+                    .is_some_and(|h| now >= h.saturating_add(max_hold));
+                if due {
+                    if let Some(&(_, _, qid)) = self.heads[2].first() {
+                        if let Some(mut e) = self.pop(qid) {
+                            let c = core.cost_of(&e);
+                            if throttled {
+                                self.throttle.spend(c);
+                            }
+                            self.background_out(&mut e);
+                            self.isolation.forced = self.isolation.forced.saturating_add(1);
+                            out.push((e, Pass::Other));
+                        }
+                    }
+                }
+                if out.len() < room && !self.heads[2].is_empty() {
+                    let start = *self.isolation.hold_start.get_or_insert(now);
+                    let mut wake = start.saturating_add(max_hold);
+                    if let Some(quiet) = sensitive {
+                        wake = wake.min(quiet);
+                    }
+                    self.isolation.wake = Some(wake.max(now.saturating_add(1)));
+                }
+            }
+        }
+    }
+
+    fn completed(&mut self, lane: u8, bytes: u64) {
+        if lane == LANE_BACKGROUND {
+            self.isolation.be_in_flight = self.isolation.be_in_flight.saturating_sub(1);
+            self.isolation.be_bytes = self.isolation.be_bytes.saturating_sub(bytes);
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Nanos> {
+        self.isolation.wake
     }
 
     fn throttle_state(&self) -> Option<ThrottleState> {

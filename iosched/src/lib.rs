@@ -114,7 +114,7 @@ pub mod sim;
 pub mod stats;
 mod tags;
 
-pub use apex::{ApexParams, ApexPolicy, ThrottleState};
+pub use apex::{ApexParams, ApexPolicy, IsolationState, ThrottleState};
 pub use cost::{CostModel, CostPrior};
 pub use deadline::{DeadlineParams, DeadlinePolicy};
 pub use engine::{Policy, Sched};
@@ -475,6 +475,21 @@ pub trait Scheduler {
     /// What APEX's best-effort throttle is doing (`None` for the other
     /// policies, and with the throttle off).
     fn throttle(&self) -> Option<ThrottleState> {
+        None
+    }
+
+    /// When the scheduler wants [`Scheduler::build_batch`] called again
+    /// although nothing may complete before then: `Some(t)` when its last
+    /// batch held waiting work back on purpose while the ring had room
+    /// (APEX's isolation mode, [`ApexParams::isolation`]), `t` being the
+    /// earliest time that hold may end (the hold deadline, or the moment
+    /// the latency-sensitive queues count as quiet). A frontend that
+    /// sleeps waiting for completions wakes at `t` at the latest and builds
+    /// a batch; held work is never held past its hold deadline by a
+    /// scheduler that is asked. `None`: nothing is held on purpose (every
+    /// policy but APEX in isolation mode), or nothing waits; completions
+    /// alone drive the batches.
+    fn next_wakeup(&self) -> Option<Nanos> {
         None
     }
 }
