@@ -157,6 +157,18 @@ impl IoQueue {
         self.ready.front().copied()
     }
 
+    /// When the scheduler wants a batch built although nothing may
+    /// complete before then ([`Scheduler::next_wakeup`]): only while
+    /// nothing handed out waits for ring room (a response frees room and
+    /// wakes the driver anyway).
+    pub(crate) fn next_wakeup(&self) -> Option<Nanos> {
+        if self.ready.is_empty() {
+            self.sched.next_wakeup()
+        } else {
+            None
+        }
+    }
+
     /// Removes the I/O [`IoQueue::peek`] returned.
     pub(crate) fn pop(&mut self) {
         self.ready.pop_front();
