@@ -94,7 +94,15 @@
 //!   learns only from requests that were already late, so it cannot save
 //!   the ones caught in the stall that taught it; and a device that stalls
 //!   whatever it is given (a shared disk whose other tenants flush) costs
-//!   best-effort throughput under the throttle without any gain.
+//!   best-effort throughput under the throttle without any gain. Neither
+//!   the bound nor the throttle ever leaves the device idle, so between
+//!   the requests of a latency-sensitive stream a bulk write still reaches
+//!   the device at almost every gap. APEX's isolation mode
+//!   ([`ApexParams::isolation`], off by default) trades that work
+//!   conservation for isolation: background work is held back while a
+//!   latency-sensitive queue is active, for a bounded time, and
+//!   [`Scheduler::next_wakeup`] tells the frontend when to build the next
+//!   batch.
 //! - No request merging.
 #![no_std]
 

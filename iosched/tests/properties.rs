@@ -109,9 +109,11 @@ struct Harness {
     changed: BTreeSet<QueueId>,
     /// APEX in isolation mode: its longest hold of background work.
     isolation: Option<u64>,
-    /// Background work has been left waiting with room on the ring since
-    /// then, and none of it went.
+    /// Background work has been left waiting with room on the ring and
+    /// none in flight since then, and none of it went.
     held_since: Option<u64>,
+    /// Tags in flight that went from a background queue.
+    background_in_flight: BTreeSet<u64>,
 }
 
 impl Harness {
@@ -130,6 +132,7 @@ impl Harness {
             changed: BTreeSet::new(),
             isolation: None,
             held_since: None,
+            background_in_flight: BTreeSet::new(),
         }
     }
 
@@ -196,11 +199,18 @@ impl Harness {
             "batch of {} for room {room}",
             tags.len()
         );
-        let background_out = tags.iter().any(|t| {
-            self.pending
-                .get(t)
-                .is_some_and(|&(q, _)| self.class_of(q) == Some(Class::Background))
-        });
+        let out_of_background: Vec<u64> = tags
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.pending
+                    .get(t)
+                    .is_some_and(|&(q, _)| self.class_of(q) == Some(Class::Background))
+            })
+            .collect();
+        let background_out = !out_of_background.is_empty();
+        let background_was_in_flight = !self.background_in_flight.is_empty();
+        self.background_in_flight.extend(out_of_background);
         // Each tag comes out once, and only a waiting one.
         let mut per_queue_last: BTreeMap<QueueId, u64> = BTreeMap::new();
         for &t in &tags {
@@ -238,7 +248,7 @@ impl Harness {
         // Isolation mode: background work held with room on the ring goes
         // by its hold deadline, and the scheduler says when to look again.
         if let (Some(max_hold), true) = (self.isolation, room.min(pending_before) > 0) {
-            if background_out || !self.background_waiting() {
+            if background_out || background_was_in_flight || !self.background_waiting() {
                 self.held_since = None;
             } else if tags.len() < room {
                 let since = *self.held_since.get_or_insert(self.now);
@@ -323,6 +333,7 @@ impl Harness {
         let i = which as usize % self.in_flight.len();
         let t = *self.in_flight.iter().nth(i).unwrap();
         self.in_flight.remove(&t);
+        self.background_in_flight.remove(&t);
         let r = self.s.complete(t, self.now);
         prop_assert!(r.is_ok(), "completion of {t} refused: {r:?}");
         prop_assert!(self.done.insert(t));
@@ -445,6 +456,7 @@ impl Harness {
                     prop_assert!(q.is_ok(), "cancel of {t}: {q:?}");
                     self.pending.remove(&t);
                     self.in_flight.remove(&t);
+                    self.background_in_flight.remove(&t);
                     prop_assert!(self.cancelled.insert(t));
                     prop_assert!(self.s.cancel(t, self.now).is_err());
                     prop_assert!(self.s.complete(t, self.now).is_err());
@@ -475,6 +487,12 @@ impl Harness {
                 self.pending.len()
             );
             self.now += 100_000;
+            // A scheduler that holds work says until when: go there.
+            if self.isolation.is_some() {
+                if let Some(w) = self.s.next_wakeup() {
+                    self.now = self.now.max(w);
+                }
+            }
             self.batch(self.ring)?;
             while !self.in_flight.is_empty() {
                 self.complete(0)?;
