@@ -179,18 +179,24 @@
 //!   longer of [`ApexParams::isolation_window_ns`] (default 10 ms) and
 //!   twice its mean interval between submissions (up to
 //!   [`MAX_ANTICIPATION_NS`]), so that a periodic stream is expected back
-//!   between its requests;
+//!   between its requests. A queue not used yet is expected for
+//!   [`MAX_ANTICIPATION_NS`] (or the window, if longer) after the first
+//!   batch that saw it, so that a stream's first request does not find a
+//!   ring full of background work; then it is quiet until used;
 //! - while one is active, background requests go only while the
 //!   background bytes in flight stay within
 //!   [`ApexParams::isolation_be_bytes`] (default 0), on top of the bound
 //!   and the throttle, and *not* because the device would otherwise idle;
-//! - held background work is never held for long: a background request
-//!   goes at the latest [`ApexParams::isolation_max_hold_ns`] (default
-//!   50 ms) after the first batch that held background work back with room
-//!   on the ring, or after the last background request went (its *hold
-//!   deadline*), whatever the cap, the bound and the throttle say. So
-//!   background work keeps at least one request per hold (with the bench's
-//!   1 MiB writes, 20 MB/s), and nothing starves;
+//! - held background work is never held for long: with none of it in
+//!   flight, a background request goes at the latest
+//!   [`ApexParams::isolation_max_hold_ns`] (default 50 ms) after the first
+//!   batch that held background work back with room on the ring (its
+//!   *hold deadline*), whatever the cap, the bound and the throttle say.
+//!   With background work in flight there is no hold deadline: its
+//!   completion brings the next batch, and a device that stalls is not
+//!   sent a pile of writes, one per deadline. So background work keeps at
+//!   least one request per hold plus its service time (with the bench's
+//!   1 MiB writes, about 20 MB/s), and nothing starves;
 //! - whenever a batch holds background work back with room on the ring,
 //!   [`crate::Scheduler::next_wakeup`] gives the time to build the next
 //!   one: the hold deadline, or the moment the latency-sensitive queues
@@ -342,9 +348,9 @@ pub struct ApexParams {
     /// only at its hold deadlines).
     pub isolation_be_bytes: u64,
     /// In isolation mode, the longest background work waits while the ring
-    /// has room: a background request goes at the latest this long after
-    /// the first batch that held it back (or after the last background
-    /// request went); ns, default 50 ms, at least 1 us.
+    /// has room and no background request is in flight: a background
+    /// request goes at the latest this long after the first batch that
+    /// held it back so; ns, default 50 ms, at least 1 us.
     pub isolation_max_hold_ns: u64,
 }
 

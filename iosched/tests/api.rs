@@ -887,7 +887,6 @@ fn isolation_mode_sends_held_background_work_by_its_hold_deadline() {
     for t in 1000..1010 {
         s.submit(write(bg, t, 1 << 20), 0).unwrap();
     }
-    let mut tag = 0;
     let mut background: Vec<(u64, u64)> = Vec::new();
     let mut held_since: Option<u64> = None;
     let mut bg_in_flight = false;
@@ -901,8 +900,7 @@ fn isolation_mode_sends_held_background_work_by_its_hold_deadline() {
                 bg_in_flight = false;
             }
         }
-        s.submit(req(ia, tag), now).unwrap();
-        tag += 1;
+        s.submit(req(ia, ms), now).unwrap();
         let out = s.build_batch(now, 32);
         for &t in &out {
             if t >= 1000 {
