@@ -2113,7 +2113,9 @@ where
     /// spinning ([`Mode::Polling`]); sleeping on the rings' event channels
     /// after asking for a notification ([`Mode::Events`]); spinning for up
     /// to `spin_ns`, then sleeping ([`Mode::Adaptive`], [`Mode::Spin`]). A sleep lasts at
-    /// most 5 ms before the rings are looked at again.
+    /// most 5 ms before the rings are looked at again, and ends earlier
+    /// when a queue's scheduler holds I/Os back and asks for a batch
+    /// sooner ([`iosched::Scheduler::next_wakeup`]).
     ///
     /// Returns whether a completion is queued: `Ok(false)` when `timeout`
     /// passed, and at once when no I/O is pending or the device is not

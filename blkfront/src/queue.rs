@@ -14,6 +14,12 @@
 //! submitted. [`crate::Blkfront::set_scheduler`] installs another policy
 //! (APEX, strict priority, deadline) on a queue.
 //!
+//! A scheduler may hold waiting I/Os back on purpose while the ring has
+//! room (APEX's isolation mode); it then says when it wants the next
+//! batch built ([`Scheduler::next_wakeup`]), and the driver's blocking
+//! waits sleep no longer than that, so held I/Os go when the scheduler
+//! means them to even if nothing completes meanwhile.
+//!
 //! Between the scheduler and the ring sits a short list of I/Os already
 //! handed out ("ready") that wait for ring room: an I/O can need several
 //! ring slots (split for the backend's maximum segments) or indirect pages,

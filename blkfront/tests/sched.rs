@@ -194,7 +194,11 @@ impl iosched::Scheduler for Noted {
     ) -> Result<iosched::Completion, iosched::Error> {
         self.inner.complete(tag, now)
     }
-    fn cancel(&mut self, tag: u64, now: iosched::Nanos) -> Result<iosched::QueueId, iosched::Error> {
+    fn cancel(
+        &mut self,
+        tag: u64,
+        now: iosched::Nanos,
+    ) -> Result<iosched::QueueId, iosched::Error> {
         self.inner.cancel(tag, now)
     }
     fn pending(&self) -> usize {
@@ -267,12 +271,25 @@ fn a_held_background_write_goes_at_its_hold_deadline_during_a_wait() {
     let t0 = w.front.now_ns();
     dev.write(0, 16, spans).unwrap();
     dev.process().unwrap();
-    assert_eq!(dev.waiting(0), 1, "isolation mode holds the background write");
-    let wake = dev.scheduler(0).unwrap().next_wakeup().expect("a wake-up time");
-    assert!(wake > t0 && wake <= w.front.now_ns() + HOLD_NS, "wake-up {wake}, t0 {t0}");
+    assert_eq!(
+        dev.waiting(0),
+        1,
+        "isolation mode holds the background write"
+    );
+    let wake = dev
+        .scheduler(0)
+        .unwrap()
+        .next_wakeup()
+        .expect("a wake-up time");
+    assert!(
+        wake > t0 && wake <= w.front.now_ns() + HOLD_NS,
+        "wake-up {wake}, t0 {t0}"
+    );
     let before = batches.lock().unwrap().len();
     // No backend runs during the wait: it ends by its timeout.
-    assert!(!dev.wait_io(Some(std::time::Duration::from_millis(40))).unwrap());
+    assert!(!dev
+        .wait_io(Some(std::time::Duration::from_millis(40)))
+        .unwrap());
     assert_eq!(dev.waiting(0), 0, "the held write went on the ring");
     let b = batches.lock().unwrap().clone();
     assert_eq!(b.len(), before + 1);
@@ -281,7 +298,13 @@ fn a_held_background_write_goes_at_its_hold_deadline_during_a_wait() {
     assert!(at >= wake, "went at {at}, before its wake-up {wake}");
     // Not at the end of a 5 ms sleep slice: within 4 ms of the wake-up
     // (a loaded machine may wake the thread late).
-    assert!(at < wake + 4_000_000, "went {} us after its wake-up", (at - wake) / 1000);
+    assert!(
+        at < wake + 4_000_000,
+        "went {} us after its wake-up",
+        (at - wake) / 1000
+    );
     // And it completes.
-    drive(&mut dev, &mut xs, &mut back, |d, _| d.next_completion().is_some());
+    drive(&mut dev, &mut xs, &mut back, |d, _| {
+        d.next_completion().is_some()
+    });
 }

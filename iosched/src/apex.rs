@@ -1114,7 +1114,14 @@ impl Policy for ApexPolicy {
                     break;
                 };
                 let bytes = self.peek(qid).map_or(0, |e| e.bytes);
-                if !fits(r, work, out.len(), &self.throttle, self.isolation.be_bytes, bytes) {
+                if !fits(
+                    r,
+                    work,
+                    out.len(),
+                    &self.throttle,
+                    self.isolation.be_bytes,
+                    bytes,
+                ) {
                     break;
                 }
                 let Some(mut e) = self.pop(qid) else { break };
@@ -1137,7 +1144,14 @@ impl Policy for ApexPolicy {
                     break;
                 };
                 let bytes = self.peek(qid).map_or(0, |e| e.bytes);
-                if !fits(r, work, out.len(), &self.throttle, self.isolation.be_bytes, bytes) {
+                if !fits(
+                    r,
+                    work,
+                    out.len(),
+                    &self.throttle,
+                    self.isolation.be_bytes,
+                    bytes,
+                ) {
                     break;
                 }
                 let Some(mut e) = self.pop(qid) else { break };

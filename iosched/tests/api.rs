@@ -913,7 +913,9 @@ fn isolation_mode_sends_held_background_work_by_its_hold_deadline() {
         }
         if s.pending() > 0 && !bg_in_flight {
             let since = *held_since.get_or_insert(now);
-            let wake = s.next_wakeup().expect("a wake-up while background work is held");
+            let wake = s
+                .next_wakeup()
+                .expect("a wake-up while background work is held");
             assert!(wake > now && wake <= since + 20 * MS, "{wake} at {now}");
         }
     }

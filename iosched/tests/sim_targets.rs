@@ -257,7 +257,10 @@ fn isolation_mode_holds_are_counted_apart_and_bounded() {
     );
     let out = simulate_with(&mut s, &sc);
     assert_eq!(out.idle_wait_ns, 0, "accidental idle time");
-    assert!(out.held_wait_ns > 0, "nothing was held: the test shows nothing");
+    assert!(
+        out.held_wait_ns > 0,
+        "nothing was held: the test shows nothing"
+    );
     assert_eq!(out.stranded, 0);
     let rt = out.class("rt").unwrap();
     assert!(rt.with_deadline > 0);
@@ -299,7 +302,10 @@ fn isolation_mode_costs_w1_its_throughput_target() {
     assert_eq!(iso.idle_wait_ns, 0);
     assert_eq!(iso.stranded, 0);
     let (ti, tf) = (total(&iso), total(&fifo));
-    assert!(ti < 0.95 * tf, "isolation {ti:.0} MB/s against fifo {tf:.0}");
+    assert!(
+        ti < 0.95 * tf,
+        "isolation {ti:.0} MB/s against fifo {tf:.0}"
+    );
     // The writer still moves: one 1 MiB write per 50 ms hold at least.
     assert!(iso.mb_s(&[iso.class("bulk").unwrap()]) >= 19.0);
 }

@@ -927,7 +927,11 @@ fn parse_isolation(v: &str) -> Option<Option<(u64, u64, u64)>> {
     );
     for kv in parts {
         let (k, n) = kv.split_once('=')?;
-        let n: f64 = n.trim().parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+        let n: f64 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
         match k.trim() {
             "cap_kib" => cap = (n * 1024.0) as u64,
             "hold_ms" => hold = (n * 1e6) as u64,
