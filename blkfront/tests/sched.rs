@@ -224,11 +224,17 @@ impl iosched::Scheduler for Noted {
 /// APEX in isolation mode holds a background write back while an
 /// interactive queue is active, with nothing in flight; the driver's
 /// blocking wait honours the wake-up the scheduler gives and puts the
-/// write on the ring at its hold deadline, not at the end of its sleep.
+/// write on the ring at its hold deadline, not at the end of one of its
+/// 5 ms sleeps. On a fake clock that a thread moves on in 50 us steps, so
+/// that the times are exact: the wait starts with the hold, so its sleeps
+/// alone would end at 5, 10 and 15 ms, and the 11 ms deadline would be
+/// served at 15.
 #[test]
 fn a_held_background_write_goes_at_its_hold_deadline_during_a_wait() {
     const HOLD_NS: u64 = 11_000_000;
-    let w = World::new(4096);
+    const STEP_NS: u64 = 50_000;
+    let w = World::with_fake_clock(4096);
+    let clock = w.clock.clone().unwrap();
     let mut xs = w.front_xs();
     let mut cfg = w.config();
     cfg.pool_pages = 16;
@@ -281,25 +287,34 @@ fn a_held_background_write_goes_at_its_hold_deadline_during_a_wait() {
         .unwrap()
         .next_wakeup()
         .expect("a wake-up time");
-    assert!(
-        wake > t0 && wake <= w.front.now_ns() + HOLD_NS,
-        "wake-up {wake}, t0 {t0}"
-    );
+    assert_eq!(wake, t0 + HOLD_NS);
     let before = batches.lock().unwrap().len();
-    // No backend runs during the wait: it ends by its timeout.
-    assert!(!dev
-        .wait_io(Some(std::time::Duration::from_millis(40)))
-        .unwrap());
+    // Time moves on while the driver waits; no backend runs, so the wait
+    // ends by its timeout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (clock, stop) = (clock.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                clock.advance(STEP_NS);
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+        })
+    };
+    let waited = dev.wait_io(Some(std::time::Duration::from_millis(20)));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    ticker.join().unwrap();
+    assert!(!waited.unwrap());
     assert_eq!(dev.waiting(0), 0, "the held write went on the ring");
     let b = batches.lock().unwrap().clone();
     assert_eq!(b.len(), before + 1);
     let (at, n) = b[before];
     assert_eq!(n, 1);
     assert!(at >= wake, "went at {at}, before its wake-up {wake}");
-    // Not at the end of a 5 ms sleep slice: within 4 ms of the wake-up
-    // (a loaded machine may wake the thread late).
+    // At its wake-up (give or take a few steps of the clock), not at the
+    // end of the 5 ms sleep that covers it.
     assert!(
-        at < wake + 4_000_000,
+        at < wake + 20 * STEP_NS,
         "went {} us after its wake-up",
         (at - wake) / 1000
     );
