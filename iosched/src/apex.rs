@@ -1201,7 +1201,10 @@ impl Policy for ApexPolicy {
                         }
                     }
                 }
-                if out.len() < room && !self.heads[2].is_empty() {
+                if self.isolation.be_in_flight > 0 {
+                    // The request that went at its deadline is in flight.
+                    self.isolation.wake = sensitive.filter(|&q| q < u64::MAX);
+                } else if out.len() < room && !self.heads[2].is_empty() {
                     let start = *self.isolation.hold_start.get_or_insert(now);
                     let mut wake = start.saturating_add(max_hold);
                     if let Some(quiet) = sensitive {
