@@ -85,7 +85,7 @@ fn config(class: u8, rate: u64, depth: u64, deadline: Option<u64>, prio: u8) -> 
 
 fuzz_target!(|input: Input| {
     let kind = PolicyKind::ALL[input.policy as usize % 4];
-    let config = SchedConfig {
+    let sched_config = SchedConfig {
         cost: CostPrior::uniform(input.base_ns, input.ps_per_byte),
         max_requests: 4096,
         max_queues: 64,
@@ -93,7 +93,7 @@ fuzz_target!(|input: Input| {
     let isolating = kind == PolicyKind::Apex && input.isolation.is_some();
     let mut s: Box<dyn Scheduler + Send> = match input.isolation {
         Some((cap, window, hold)) if kind == PolicyKind::Apex => Box::new(Apex::new(
-            config,
+            sched_config,
             ApexPolicy::new(ApexParams {
                 isolation: true,
                 isolation_be_bytes: u64::from(cap),
@@ -102,7 +102,7 @@ fuzz_target!(|input: Input| {
                 ..ApexParams::default()
             }),
         )),
-        _ => new_scheduler(kind, config),
+        _ => new_scheduler(kind, sched_config),
     };
     let mut now: u64 = 0;
     let mut queues: Vec<QueueId> = Vec::new();
