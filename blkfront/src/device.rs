@@ -1519,10 +1519,26 @@ where
         Placed::OnRing
     }
 
+    /// How long a sleep may last before a scheduler that holds work back
+    /// wants a batch built ([`iosched::Scheduler::next_wakeup`]): `ns`,
+    /// or less. A wake-up already past is left to the next `process`
+    /// (which builds the batch); it does not shorten the sleep.
+    fn until_wakeup(&self, ns: u64) -> u64 {
+        let now = self.now();
+        self.queues
+            .iter()
+            .filter_map(IoQueue::next_wakeup)
+            .filter(|&w| w > now)
+            .map(|w| w - now)
+            .fold(ns, u64::min)
+    }
+
     /// Asks every ring for a notification on its next response, then
     /// sleeps on the rings' event channels for at most `ns` (not at all
-    /// when a response is already there).
+    /// when a response is already there), and no longer than a scheduler
+    /// that holds work back asks ([`Core::until_wakeup`]).
     fn block_rings(&mut self, ns: u64) -> Result<(), DeviceError> {
+        let ns = self.until_wakeup(ns);
         for r in self.rings.iter_mut() {
             match r.ring.final_check_for_responses() {
                 Ok(true) => return Ok(()),
@@ -2173,7 +2189,9 @@ where
     /// spinning ([`Mode::Polling`]); sleeping on the rings' event channels
     /// after asking for a notification ([`Mode::Events`]); spinning for up
     /// to `spin_ns`, then sleeping ([`Mode::Adaptive`], [`Mode::Spin`]). A sleep lasts at
-    /// most 5 ms before the rings are looked at again.
+    /// most 5 ms before the rings are looked at again, and ends earlier
+    /// when a queue's scheduler holds I/Os back and asks for a batch
+    /// sooner ([`iosched::Scheduler::next_wakeup`]).
     ///
     /// Returns whether a completion is queued: `Ok(false)` when `timeout`
     /// passed, and at once when no I/O is pending or the device is not

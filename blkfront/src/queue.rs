@@ -14,6 +14,12 @@
 //! submitted. [`crate::Blkfront::set_scheduler`] installs another policy
 //! (APEX, strict priority, deadline) on a queue.
 //!
+//! A scheduler may hold waiting I/Os back on purpose while the ring has
+//! room (APEX's isolation mode); it then says when it wants the next
+//! batch built ([`Scheduler::next_wakeup`]), and the driver's blocking
+//! waits sleep no longer than that, so held I/Os go when the scheduler
+//! means them to even if nothing completes meanwhile.
+//!
 //! Between the scheduler and the ring sits a short list of I/Os already
 //! handed out ("ready") that wait for ring room: an I/O can need several
 //! ring slots (split for the backend's maximum segments) or indirect pages,
@@ -155,6 +161,18 @@ impl IoQueue {
             self.ready.extend(self.batch.drain(..));
         }
         self.ready.front().copied()
+    }
+
+    /// When the scheduler wants a batch built although nothing may
+    /// complete before then ([`Scheduler::next_wakeup`]): only while
+    /// nothing handed out waits for ring room (a response frees room and
+    /// wakes the driver anyway).
+    pub(crate) fn next_wakeup(&self) -> Option<Nanos> {
+        if self.ready.is_empty() {
+            self.sched.next_wakeup()
+        } else {
+            None
+        }
     }
 
     /// Removes the I/O [`IoQueue::peek`] returned.

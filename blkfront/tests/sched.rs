@@ -139,3 +139,187 @@ fn a_scheduler_is_only_swapped_on_an_idle_queue() {
         blkfront::Refusal::Scheduler(iosched::Error::UnknownQueue(_))
     ));
 }
+
+/// A scheduler that notes when each of its batches went out (the platform's
+/// clock) and how many requests it took.
+struct Noted {
+    inner: Box<dyn iosched::Scheduler + Send>,
+    batches: std::sync::Arc<std::sync::Mutex<Vec<(u64, usize)>>>,
+}
+
+impl iosched::Scheduler for Noted {
+    fn policy_name(&self) -> &'static str {
+        self.inner.policy_name()
+    }
+    fn create_queue(
+        &mut self,
+        config: QueueConfig,
+        now: iosched::Nanos,
+    ) -> Result<iosched::QueueId, iosched::Error> {
+        self.inner.create_queue(config, now)
+    }
+    fn change_queue(
+        &mut self,
+        queue: iosched::QueueId,
+        config: QueueConfig,
+        now: iosched::Nanos,
+    ) -> Result<(), iosched::Error> {
+        self.inner.change_queue(queue, config, now)
+    }
+    fn remove_queue(
+        &mut self,
+        queue: iosched::QueueId,
+        now: iosched::Nanos,
+    ) -> Result<iosched::Removal, iosched::Error> {
+        self.inner.remove_queue(queue, now)
+    }
+    fn submit(
+        &mut self,
+        request: iosched::Request,
+        now: iosched::Nanos,
+    ) -> Result<(), iosched::SubmitError> {
+        self.inner.submit(request, now)
+    }
+    fn build_batch_into(&mut self, now: iosched::Nanos, room: usize, out: &mut Vec<u64>) -> usize {
+        let n = self.inner.build_batch_into(now, room, out);
+        if n > 0 {
+            self.batches.lock().unwrap().push((now, n));
+        }
+        n
+    }
+    fn complete(
+        &mut self,
+        tag: u64,
+        now: iosched::Nanos,
+    ) -> Result<iosched::Completion, iosched::Error> {
+        self.inner.complete(tag, now)
+    }
+    fn cancel(
+        &mut self,
+        tag: u64,
+        now: iosched::Nanos,
+    ) -> Result<iosched::QueueId, iosched::Error> {
+        self.inner.cancel(tag, now)
+    }
+    fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+    fn queue(&self, queue: iosched::QueueId) -> Option<iosched::QueueView<'_>> {
+        self.inner.queue(queue)
+    }
+    fn queue_ids(&self) -> Vec<iosched::QueueId> {
+        self.inner.queue_ids()
+    }
+    fn cost_model(&self) -> &iosched::CostModel {
+        self.inner.cost_model()
+    }
+    fn next_wakeup(&self) -> Option<iosched::Nanos> {
+        self.inner.next_wakeup()
+    }
+}
+
+/// APEX in isolation mode holds a background write back while an
+/// interactive queue is active, with nothing in flight; the driver's
+/// blocking wait honours the wake-up the scheduler gives and puts the
+/// write on the ring at its hold deadline, not at the end of one of its
+/// 5 ms sleeps. On a fake clock that a thread moves on in 50 us steps, so
+/// that the times are exact: the wait starts with the hold, so its sleeps
+/// alone would end at 5, 10 and 15 ms, and the 11 ms deadline would be
+/// served at 15.
+#[test]
+fn a_held_background_write_goes_at_its_hold_deadline_during_a_wait() {
+    const HOLD_NS: u64 = 11_000_000;
+    const STEP_NS: u64 = 50_000;
+    let w = World::with_fake_clock(4096);
+    let clock = w.clock.clone().unwrap();
+    let mut xs = w.front_xs();
+    let mut cfg = w.config();
+    cfg.pool_pages = 16;
+    cfg.mode = blkfront::Mode::Events;
+    let mut dev = w.device(cfg);
+    let mut back = Some(w.backend(BackConfig {
+        sectors: 4096,
+        ..BackConfig::default()
+    }));
+    connect(&mut dev, &mut xs, &mut back);
+    let now = w.front.now_ns();
+    let params = iosched::ApexParams {
+        isolation: true,
+        isolation_window_ns: 10_000_000_000,
+        isolation_max_hold_ns: HOLD_NS,
+        ..iosched::ApexParams::default()
+    };
+    let mut s = iosched::Apex::new(SchedConfig::default(), iosched::ApexPolicy::new(params));
+    let ia = iosched::Scheduler::create_queue(&mut s, QueueConfig::interactive(), now).unwrap();
+    let bg = iosched::Scheduler::create_queue(&mut s, QueueConfig::background(), now).unwrap();
+    let batches = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = Noted {
+        inner: Box::new(s),
+        batches: batches.clone(),
+    };
+    assert!(dev.set_scheduler(0, Box::new(noted), bg).is_ok());
+    // The interactive queue is active: one write through it.
+    let spans = pool_spans(&dev, 0, 1, 8, 1);
+    let tag = dev
+        .submit(
+            blkfront::Io::Write { sector: 8, spans },
+            IoOptions::queue(0).class(ia),
+        )
+        .unwrap();
+    drive(&mut dev, &mut xs, &mut back, |d, _| {
+        d.next_completion().is_some_and(|c| c.tag == tag)
+    });
+    // A background write: held, with nothing in flight.
+    let spans = pool_spans(&dev, 0, 1, 16, 2);
+    let t0 = w.front.now_ns();
+    dev.write(0, 16, spans).unwrap();
+    dev.process().unwrap();
+    assert_eq!(
+        dev.waiting(0),
+        1,
+        "isolation mode holds the background write"
+    );
+    let wake = dev
+        .scheduler(0)
+        .unwrap()
+        .next_wakeup()
+        .expect("a wake-up time");
+    assert_eq!(wake, t0 + HOLD_NS);
+    let before = batches.lock().unwrap().len();
+    // Time moves on while the driver waits; no backend runs, so the wait
+    // ends by its timeout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (clock, stop) = (clock.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                clock.advance(STEP_NS);
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+        })
+    };
+    let waited = dev.wait_io(Some(std::time::Duration::from_millis(20)));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    ticker.join().unwrap();
+    assert!(!waited.unwrap());
+    assert_eq!(dev.waiting(0), 0, "the held write went on the ring");
+    let b = batches.lock().unwrap().clone();
+    assert_eq!(b.len(), before + 1);
+    let (at, n) = b[before];
+    assert_eq!(n, 1);
+    assert!(at >= wake, "went at {at}, before its wake-up {wake}");
+    // At its wake-up (give or take a few steps of the clock), not at the
+    // end of the 5 ms sleep that covers it.
+    assert!(
+        at < wake + 20 * STEP_NS,
+        "went {} us after its wake-up",
+        (at - wake) / 1000
+    );
+    // And it completes.
+    drive(&mut dev, &mut xs, &mut back, |d, _| {
+        d.next_completion().is_some()
+    });
+}

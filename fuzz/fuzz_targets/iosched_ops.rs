@@ -4,15 +4,17 @@
 //! comes out of a batch at most once and only after it was accepted, refused
 //! submissions hand the request back, cancelled requests never come out
 //! again, and when the sequence ends everything accepted and not cancelled
-//! comes out exactly once and completes.
+//! comes out exactly once and completes. APEX runs with and without its
+//! isolation mode; in it, a batch that leaves the device idle with work
+//! waiting comes with a wake-up time in the future.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use arbitrary::Arbitrary;
 use iosched::{
-    new_scheduler, Class, CostPrior, Op, PolicyKind, QueueConfig, QueueId, Request, Reservation,
-    SchedConfig,
+    new_scheduler, Apex, ApexParams, ApexPolicy, Class, CostPrior, Op, PolicyKind, QueueConfig,
+    QueueId, Request, Reservation, SchedConfig, Scheduler,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -63,6 +65,7 @@ enum Step {
 #[derive(Arbitrary, Debug)]
 struct Input {
     policy: u8,
+    isolation: Option<(u32, u32, u32)>,
     base_ns: u64,
     ps_per_byte: u64,
     steps: Vec<Step>,
@@ -82,14 +85,25 @@ fn config(class: u8, rate: u64, depth: u64, deadline: Option<u64>, prio: u8) -> 
 
 fuzz_target!(|input: Input| {
     let kind = PolicyKind::ALL[input.policy as usize % 4];
-    let mut s = new_scheduler(
-        kind,
-        SchedConfig {
-            cost: CostPrior::uniform(input.base_ns, input.ps_per_byte),
-            max_requests: 4096,
-            max_queues: 64,
-        },
-    );
+    let sched_config = SchedConfig {
+        cost: CostPrior::uniform(input.base_ns, input.ps_per_byte),
+        max_requests: 4096,
+        max_queues: 64,
+    };
+    let isolating = kind == PolicyKind::Apex && input.isolation.is_some();
+    let mut s: Box<dyn Scheduler + Send> = match input.isolation {
+        Some((cap, window, hold)) if kind == PolicyKind::Apex => Box::new(Apex::new(
+            sched_config,
+            ApexPolicy::new(ApexParams {
+                isolation: true,
+                isolation_be_bytes: u64::from(cap),
+                isolation_window_ns: u64::from(window) * 1000,
+                isolation_max_hold_ns: u64::from(hold % 1_000_000) * 1000,
+                ..ApexParams::default()
+            }),
+        )),
+        _ => new_scheduler(kind, sched_config),
+    };
     let mut now: u64 = 0;
     let mut queues: Vec<QueueId> = Vec::new();
     let mut next_tag: u64 = 0;
@@ -167,6 +181,18 @@ fuzz_target!(|input: Input| {
                 let room = room as usize % 64;
                 let tags = s.build_batch(now, room);
                 assert!(tags.len() <= room);
+                if isolating
+                    && room > 0
+                    && tags.is_empty()
+                    && in_flight.is_empty()
+                    && !pending.is_empty()
+                {
+                    assert!(
+                        s.next_wakeup().is_some_and(|w| w > now),
+                        "device idle with {} held and no wake-up",
+                        pending.len()
+                    );
+                }
                 for t in tags {
                     assert!(pending.remove(&t), "tag {t} out of a batch but not waiting");
                     *seen.entry(t).or_default() += 1;
@@ -237,6 +263,10 @@ fuzz_target!(|input: Input| {
             pending.len()
         );
         now = now.saturating_add(1_000_000);
+        // A scheduler holding work says until when: go there.
+        if let Some(w) = s.next_wakeup() {
+            now = now.max(w);
+        }
         for t in s.build_batch(now, 32) {
             assert!(pending.remove(&t), "tag {t} out but not waiting");
             *seen.entry(t).or_default() += 1;

@@ -256,7 +256,7 @@ impl Policy for DeadlinePolicy {
         }
     }
 
-    fn completed(&mut self, lane: u8) {
+    fn completed(&mut self, lane: u8, _bytes: u64) {
         if let Some(l) = self.levels.get_mut(lane as usize) {
             l.queued = l.queued.saturating_sub(1);
         }

@@ -291,13 +291,20 @@ pub trait Policy: sealed::Sealed {
     fn enqueue(&mut self, core: &Core, entry: Entry);
     /// Takes up to `room` waiting requests, in ring order, into `out`.
     fn select(&mut self, core: &mut Core, now: Nanos, room: usize, out: &mut Vec<(Entry, Pass)>);
-    /// A request dispatched with `lane` completed or was cancelled.
-    fn completed(&mut self, _lane: u8) {}
+    /// A request of `bytes` dispatched with `lane` completed or was
+    /// cancelled.
+    fn completed(&mut self, _lane: u8, _bytes: u64) {}
     /// A request completed (not called for cancellations): what it took,
     /// for policies that learn from latencies.
     fn observed(&mut self, _core: &Core, _done: &Done) {}
     /// The best-effort throttle's state, for a policy that has one.
     fn throttle_state(&self) -> Option<crate::ThrottleState> {
+        None
+    }
+    /// When the last batch held waiting work back on purpose while the
+    /// ring had room: the time a batch should be built again (see
+    /// [`Scheduler::next_wakeup`]).
+    fn next_wakeup(&self) -> Option<Nanos> {
         None
     }
     /// Takes the waiting request `tag` of `queue` out.
@@ -554,7 +561,7 @@ impl<P: Policy> Scheduler for Sched<P> {
         self.core.cost.complete(f.op, f.bytes, f.stamp);
         self.core.in_flight = self.core.in_flight.saturating_sub(1);
         self.core.inflight_cost = self.core.inflight_cost.saturating_sub(f.cost);
-        self.policy.completed(f.lane);
+        self.policy.completed(f.lane, f.bytes);
         let latency_ns = now.saturating_sub(f.arrival);
         let lateness_ns = f.deadline.and_then(|d| (now > d).then(|| now - d));
         let mut real_time = false;
@@ -629,7 +636,7 @@ impl<P: Policy> Scheduler for Sched<P> {
                 self.core.tags.remove(tag);
                 self.core.in_flight = self.core.in_flight.saturating_sub(1);
                 self.core.inflight_cost = self.core.inflight_cost.saturating_sub(f.cost);
-                self.policy.completed(f.lane);
+                self.policy.completed(f.lane, f.bytes);
                 if let Some(q) = self.core.queues.get_mut(&f.queue) {
                     q.in_flight = q.in_flight.saturating_sub(1);
                     q.stats.cancelled = q.stats.cancelled.saturating_add(1);
@@ -671,6 +678,13 @@ impl<P: Policy> Scheduler for Sched<P> {
 
     fn throttle(&self) -> Option<crate::ThrottleState> {
         self.policy.throttle_state()
+    }
+
+    fn next_wakeup(&self) -> Option<Nanos> {
+        if self.core.pending == 0 {
+            return None;
+        }
+        self.policy.next_wakeup()
     }
 }
 

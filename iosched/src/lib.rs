@@ -94,7 +94,15 @@
 //!   learns only from requests that were already late, so it cannot save
 //!   the ones caught in the stall that taught it; and a device that stalls
 //!   whatever it is given (a shared disk whose other tenants flush) costs
-//!   best-effort throughput under the throttle without any gain.
+//!   best-effort throughput under the throttle without any gain. Neither
+//!   the bound nor the throttle ever leaves the device idle, so between
+//!   the requests of a latency-sensitive stream a bulk write still reaches
+//!   the device at almost every gap. APEX's isolation mode
+//!   ([`ApexParams::isolation`], off by default) trades that work
+//!   conservation for isolation: background work is held back while a
+//!   latency-sensitive queue is active, for a bounded time, and
+//!   [`Scheduler::next_wakeup`] tells the frontend when to build the next
+//!   batch.
 //! - No request merging.
 #![no_std]
 
@@ -114,7 +122,7 @@ pub mod sim;
 pub mod stats;
 mod tags;
 
-pub use apex::{ApexParams, ApexPolicy, ThrottleState};
+pub use apex::{ApexParams, ApexPolicy, IsolationState, ThrottleState};
 pub use cost::{CostModel, CostPrior};
 pub use deadline::{DeadlineParams, DeadlinePolicy};
 pub use engine::{Policy, Sched};
@@ -476,6 +484,21 @@ pub trait Scheduler {
     /// What APEX's best-effort throttle is doing (`None` for the other
     /// policies, and with the throttle off).
     fn throttle(&self) -> Option<ThrottleState> {
+        None
+    }
+
+    /// When the scheduler wants [`Scheduler::build_batch`] called again
+    /// although nothing may complete before then: `Some(t)` when its last
+    /// batch held waiting work back on purpose while the ring had room
+    /// (APEX's isolation mode, [`ApexParams::isolation`]), `t` being the
+    /// earliest time that hold may end (the hold deadline, or the moment
+    /// the latency-sensitive queues count as quiet). A frontend that
+    /// sleeps waiting for completions wakes at `t` at the latest and builds
+    /// a batch; held work is never held past its hold deadline by a
+    /// scheduler that is asked. `None`: nothing is held on purpose (every
+    /// policy but APEX in isolation mode), or nothing waits; completions
+    /// alone drive the batches.
+    fn next_wakeup(&self) -> Option<Nanos> {
         None
     }
 }

@@ -778,3 +778,153 @@ fn the_throttle_in_slow_start_begins_at_its_floor() {
         "{first} best-effort requests in the first 10 ms, {open} in 10 ms open"
     );
 }
+
+fn isolating(cap_bytes: u64, window_ms: u64, hold_ms: u64) -> Apex {
+    Apex::new(
+        SchedConfig {
+            cost: CostPrior::uniform(10_000, 1),
+            ..SchedConfig::default()
+        },
+        ApexPolicy::new(ApexParams {
+            isolation: true,
+            isolation_be_bytes: cap_bytes,
+            isolation_window_ns: window_ms * MS,
+            isolation_max_hold_ns: hold_ms * MS,
+            ..ApexParams::default()
+        }),
+    )
+}
+
+fn write(queue: QueueId, tag: u64, bytes: u64) -> Request {
+    Request {
+        queue,
+        op: Op::Write,
+        sector: tag * 2048,
+        bytes,
+        deadline: None,
+        tag,
+    }
+}
+
+/// Isolation mode: background work is work-conserving while no
+/// latency-sensitive queue is active, kept within its cap of bytes in
+/// flight while one is (with a wake-up at the moment it goes quiet), and
+/// work-conserving again once it is quiet.
+#[test]
+fn isolation_mode_caps_background_work_while_latency_sensitive_work_is_active() {
+    const K64: u64 = 64 * 1024;
+    let mut s = isolating(2 * K64, 5, 20);
+    let bg = s.create_queue(QueueConfig::background(), 0).unwrap();
+    // Nothing latency-sensitive: background work fills the ring.
+    for t in 1..=3 {
+        s.submit(write(bg, t, K64), 0).unwrap();
+    }
+    assert_eq!(s.build_batch(0, 32), vec![1, 2, 3]);
+    assert_eq!(s.next_wakeup(), None);
+    for t in 1..=3 {
+        s.complete(t, MS).unwrap();
+    }
+    // An interactive queue not used yet is expected: background work is
+    // capped already.
+    let ia = s.create_queue(QueueConfig::interactive(), MS).unwrap();
+    for t in 4..=6 {
+        s.submit(write(bg, t, K64), MS).unwrap();
+    }
+    assert_eq!(s.build_batch(MS, 32), vec![4, 5]);
+    for t in 4..=5 {
+        s.complete(t, MS).unwrap();
+    }
+    assert_eq!(s.build_batch(MS, 32), vec![6]);
+    s.complete(6, MS).unwrap();
+    // Its first read: while it is active, 128 KiB of background work in
+    // flight at most.
+    s.submit(req(ia, 10), 2 * MS).unwrap();
+    for t in 11..=13 {
+        s.submit(write(bg, t, K64), 2 * MS).unwrap();
+    }
+    s.submit(write(bg, 14, 1 << 20), 2 * MS).unwrap();
+    assert_eq!(s.build_batch(2 * MS, 32), vec![10, 11, 12]);
+    // Held with background work in flight: its completion brings the next
+    // batch, and the interactive queue is busy.
+    assert_eq!(s.next_wakeup(), None);
+    s.complete(10, 2 * MS + 100_000).unwrap();
+    // The cap is full: nothing goes even with nothing else in flight but
+    // background work; the interactive queue goes quiet 5 ms after its
+    // completion.
+    assert!(s.build_batch(2 * MS + 100_000, 32).is_empty());
+    assert_eq!(s.next_wakeup(), Some(7 * MS + 100_000));
+    s.complete(11, 3 * MS).unwrap();
+    s.complete(12, 3 * MS).unwrap();
+    // Room in the cap for 64 KiB, not for 1 MiB; and nothing in flight:
+    // the device idles on purpose, until the queue is quiet.
+    assert_eq!(s.build_batch(3 * MS, 32), vec![13]);
+    s.complete(13, 4 * MS).unwrap();
+    assert!(s.build_batch(4 * MS, 32).is_empty());
+    assert_eq!(s.in_flight(), 0);
+    // Held with nothing in flight: the earlier of the hold deadline (24
+    // ms) and the quiet time.
+    assert_eq!(s.policy().isolation_state().holding_since, Some(4 * MS));
+    let wake = s.next_wakeup().unwrap();
+    assert_eq!(wake, 7 * MS + 100_000);
+    assert!(s.build_batch(wake - 1, 32).is_empty());
+    // Quiet: work-conserving again, nothing held.
+    assert_eq!(s.build_batch(wake, 32), vec![14]);
+    assert_eq!(s.next_wakeup(), None);
+    let st = s.policy().isolation_state();
+    assert_eq!(st.be_in_flight, 1);
+    assert_eq!(st.be_bytes_in_flight, 1 << 20);
+    assert_eq!(st.forced, 0);
+}
+
+/// Isolation mode: while latency-sensitive work stays active, held
+/// background work still goes, one request per hold deadline after the
+/// last one completed, whatever the cap; nothing starves.
+#[test]
+fn isolation_mode_sends_held_background_work_by_its_hold_deadline() {
+    let mut s = isolating(0, 5, 20);
+    let ia = s.create_queue(QueueConfig::interactive(), 0).unwrap();
+    let bg = s.create_queue(QueueConfig::background(), 0).unwrap();
+    for t in 1000..1010 {
+        s.submit(write(bg, t, 1 << 20), 0).unwrap();
+    }
+    let mut background: Vec<(u64, u64)> = Vec::new();
+    let mut held_since: Option<u64> = None;
+    let mut bg_in_flight = false;
+    // An interactive read every millisecond for 200 ms, each served at
+    // once; background writes take 2 ms.
+    for ms in 0..200u64 {
+        let now = ms * MS;
+        if let Some(&(t, at)) = background.last() {
+            if at + 2 * MS == now {
+                s.complete(t, now).unwrap();
+                bg_in_flight = false;
+            }
+        }
+        s.submit(req(ia, ms), now).unwrap();
+        let out = s.build_batch(now, 32);
+        for &t in &out {
+            if t >= 1000 {
+                background.push((t, now));
+                held_since = None;
+                bg_in_flight = true;
+            } else {
+                s.complete(t, now + 100_000).unwrap();
+            }
+        }
+        if s.pending() > 0 && !bg_in_flight {
+            let since = *held_since.get_or_insert(now);
+            let wake = s
+                .next_wakeup()
+                .expect("a wake-up while background work is held");
+            assert!(wake > now && wake <= since + 20 * MS, "{wake} at {now}");
+        }
+    }
+    // The background writes went one per 20 ms after the last one's
+    // completion.
+    let times: Vec<u64> = background.iter().map(|&(_, at)| at / MS).collect();
+    assert_eq!(times, vec![20, 42, 64, 86, 108, 130, 152, 174, 196]);
+    assert_eq!(s.policy().isolation_state().forced, 9);
+    // The interactive queue goes quiet: the rest goes at once.
+    let out = s.build_batch(300 * MS, 32);
+    assert_eq!(out, vec![1009]);
+}

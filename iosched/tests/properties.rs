@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use iosched::{
-    new_scheduler, Class, Op, PolicyKind, QueueConfig, QueueId, Removal, Request, Reservation,
-    SchedConfig, Scheduler,
+    new_scheduler, Apex, ApexParams, ApexPolicy, Class, Op, PolicyKind, QueueConfig, QueueId,
+    Removal, Request, Reservation, SchedConfig, Scheduler,
 };
 use proptest::prelude::*;
 
@@ -107,6 +107,13 @@ struct Harness {
     /// Queues whose configuration changed (their waiting requests may have
     /// been given deadlines the harness does not know).
     changed: BTreeSet<QueueId>,
+    /// APEX in isolation mode: its longest hold of background work.
+    isolation: Option<u64>,
+    /// Background work has been left waiting with room on the ring and
+    /// none in flight since then, and none of it went.
+    held_since: Option<u64>,
+    /// Tags in flight that went from a background queue.
+    background_in_flight: BTreeSet<u64>,
 }
 
 impl Harness {
@@ -123,7 +130,34 @@ impl Harness {
             cancelled: BTreeSet::new(),
             ring: 32,
             changed: BTreeSet::new(),
+            isolation: None,
+            held_since: None,
+            background_in_flight: BTreeSet::new(),
         }
+    }
+
+    /// APEX in isolation mode, holding background work for at most
+    /// `max_hold_ns`.
+    fn isolating(max_hold_ns: u64) -> Self {
+        let params = ApexParams {
+            isolation: true,
+            isolation_max_hold_ns: max_hold_ns,
+            ..ApexParams::default()
+        };
+        let mut h = Self::new(PolicyKind::Apex);
+        h.s = Box::new(Apex::new(SchedConfig::default(), ApexPolicy::new(params)));
+        h.isolation = Some(max_hold_ns);
+        h
+    }
+
+    fn class_of(&self, q: QueueId) -> Option<Class> {
+        self.s.queue(q).map(|v| v.config.class)
+    }
+
+    fn background_waiting(&self) -> bool {
+        self.pending
+            .values()
+            .any(|&(q, _)| self.class_of(q) == Some(Class::Background))
     }
 
     fn pick(&self, i: u8) -> QueueId {
@@ -165,6 +199,18 @@ impl Harness {
             "batch of {} for room {room}",
             tags.len()
         );
+        let out_of_background: Vec<u64> = tags
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.pending
+                    .get(t)
+                    .is_some_and(|&(q, _)| self.class_of(q) == Some(Class::Background))
+            })
+            .collect();
+        let background_out = !out_of_background.is_empty();
+        let background_was_in_flight = !self.background_in_flight.is_empty();
+        self.background_in_flight.extend(out_of_background);
         // Each tag comes out once, and only a waiting one.
         let mut per_queue_last: BTreeMap<QueueId, u64> = BTreeMap::new();
         for &t in &tags {
@@ -199,10 +245,45 @@ impl Harness {
                 }
             }
         }
+        // Isolation mode: background work held with room on the ring goes
+        // by its hold deadline, and the scheduler says when to look again.
+        if let (Some(max_hold), true) = (self.isolation, room.min(pending_before) > 0) {
+            if background_out || background_was_in_flight || !self.background_waiting() {
+                self.held_since = None;
+            } else if tags.len() < room {
+                let since = *self.held_since.get_or_insert(self.now);
+                prop_assert!(
+                    self.now < since + max_hold.max(1_000),
+                    "background work held since {since} past its hold deadline (now {})",
+                    self.now
+                );
+                let wake = self.s.next_wakeup();
+                prop_assert!(
+                    wake.is_some_and(|w| w > self.now && w <= since + max_hold.max(1_000)),
+                    "holding since {since} at {} with wake-up {wake:?}",
+                    self.now
+                );
+            }
+        }
         // Work conservation: room is left only when nothing waits, or, for
         // APEX with real-time queues and mq-deadline's priority levels, when
-        // the device is busy.
-        if tags.len() < room && !self.pending.is_empty() {
+        // the device is busy; APEX in isolation mode may leave the device
+        // idle with background work only, and says until when.
+        let idle_hold = self.isolation.is_some() && self.in_flight.is_empty();
+        if idle_hold && tags.len() < room && !self.pending.is_empty() {
+            let all_background = self
+                .pending
+                .values()
+                .all(|&(q, _)| self.class_of(q) == Some(Class::Background));
+            prop_assert!(
+                all_background,
+                "isolation mode left the device idle with latency-sensitive work waiting"
+            );
+            prop_assert!(
+                self.s.next_wakeup().is_some(),
+                "device idle with background work held and no wake-up time"
+            );
+        } else if tags.len() < room && !self.pending.is_empty() {
             match self.kind {
                 PolicyKind::Fifo | PolicyKind::Prio => {
                     return Err(TestCaseError::fail(format!(
@@ -228,7 +309,15 @@ impl Harness {
                         .queue(q)
                         .is_some_and(|v| v.config.class == Class::RealTime)
                 });
-                prop_assert!(has_rt, "apex held work back without a real-time queue");
+                let has_interactive = self.s.queue_ids().iter().any(|&q| {
+                    self.s
+                        .queue(q)
+                        .is_some_and(|v| v.config.class == Class::Interactive)
+                });
+                prop_assert!(
+                    has_rt || (self.isolation.is_some() && has_interactive),
+                    "apex held work back without a latency-sensitive queue"
+                );
             }
         }
         Ok(tags.len())
@@ -244,6 +333,7 @@ impl Harness {
         let i = which as usize % self.in_flight.len();
         let t = *self.in_flight.iter().nth(i).unwrap();
         self.in_flight.remove(&t);
+        self.background_in_flight.remove(&t);
         let r = self.s.complete(t, self.now);
         prop_assert!(r.is_ok(), "completion of {t} refused: {r:?}");
         prop_assert!(self.done.insert(t));
@@ -366,9 +456,13 @@ impl Harness {
                     prop_assert!(q.is_ok(), "cancel of {t}: {q:?}");
                     self.pending.remove(&t);
                     self.in_flight.remove(&t);
+                    self.background_in_flight.remove(&t);
                     prop_assert!(self.cancelled.insert(t));
                     prop_assert!(self.s.cancel(t, self.now).is_err());
                     prop_assert!(self.s.complete(t, self.now).is_err());
+                    if !self.background_waiting() {
+                        self.held_since = None;
+                    }
                     let q = q.unwrap();
                     if self.s.queue(q).is_none() {
                         self.queues.retain(|&x| x != q);
@@ -393,6 +487,12 @@ impl Harness {
                 self.pending.len()
             );
             self.now += 100_000;
+            // A scheduler that holds work says until when: go there.
+            if self.isolation.is_some() {
+                if let Some(w) = self.s.next_wakeup() {
+                    self.now = self.now.max(w);
+                }
+            }
             self.batch(self.ring)?;
             while !self.in_flight.is_empty() {
                 self.complete(0)?;
@@ -415,6 +515,22 @@ proptest! {
     #[test]
     fn invariants_hold(kind in 0usize..4, actions in proptest::collection::vec(action(), 1..300)) {
         let mut h = Harness::new(PolicyKind::ALL[kind]);
+        for a in &actions {
+            h.apply(a)?;
+        }
+        h.drain()?;
+    }
+
+    /// APEX in isolation mode: the same invariants, background work held
+    /// with room on the ring goes by its hold deadline (and the scheduler
+    /// announces a wake-up no later than it), the device idles only with
+    /// background work held, and nothing starves.
+    #[test]
+    fn isolation_mode_holds_are_bounded(
+        max_hold_us in 1u64..60_000,
+        actions in proptest::collection::vec(action(), 1..300),
+    ) {
+        let mut h = Harness::isolating(max_hold_us * 1000);
         for a in &actions {
             h.apply(a)?;
         }

@@ -469,6 +469,7 @@ fn total_extra(m: &Measured, load_pct: Option<u64>) -> Extra {
     Extra {
         load_pct,
         idle_wait_us: m.idle_wait_ns.map(|n| n as f64 / 1e3),
+        held_wait_us: m.held_wait_ns.map(|n| n as f64 / 1e3),
         underused_wait_us: m.underused_wait_ns.map(|n| n as f64 / 1e3),
         refused_queues: m.refused_queues,
         note: (!m.notes.is_empty()).then(|| m.notes.join("; ")),

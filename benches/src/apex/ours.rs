@@ -271,6 +271,29 @@ fn run_on(
                 params.throttle = on;
                 params.throttle_slow_start = slow;
             }
+            if let Some(iso) = isolation_switch() {
+                notes.push(format!(
+                    "{}: APEX's isolation mode {} (APEXBENCH_ISOLATION)",
+                    w.workload.prefix(),
+                    match iso {
+                        None => "off".to_string(),
+                        Some((cap, hold, window)) => format!(
+                            "on: background bytes in flight while a latency-sensitive queue is active at most {cap}, held at most {:.1} ms, anticipation window {:.1} ms",
+                            hold as f64 / 1e6,
+                            window as f64 / 1e6
+                        ),
+                    }
+                ));
+                match iso {
+                    None => params.isolation = false,
+                    Some((cap, hold, window)) => {
+                        params.isolation = true;
+                        params.isolation_be_bytes = cap;
+                        params.isolation_max_hold_ns = hold;
+                        params.isolation_window_ns = window;
+                    }
+                }
+            }
             Box::new(iosched::Apex::new(config, iosched::ApexPolicy::new(params)))
         }
         _ => new_scheduler(kind, config),
@@ -709,6 +732,9 @@ impl Scheduler for Traced {
     fn throttle(&self) -> Option<iosched::ThrottleState> {
         self.inner.throttle()
     }
+    fn next_wakeup(&self) -> Option<Nanos> {
+        self.inner.next_wakeup()
+    }
 }
 
 /// The nearest-rank quantile `q` of `v` (sorted here), ns; 0 when empty.
@@ -874,6 +900,48 @@ fn throttle_switch() -> Option<(bool, bool)> {
     }
 }
 
+/// `APEXBENCH_ISOLATION`, when set: `0`, `off` or `no` runs APEX without
+/// its isolation mode ([`iosched::ApexParams::isolation`]), `1`, `on` or
+/// `yes` with it and the library's parameters, and `on,KEY=N,...` with
+/// some of them changed: `cap_kib` (background KiB in flight while a
+/// latency-sensitive queue is active), `hold_ms` (longest hold),
+/// `window_ms` (anticipation window). Other values are ignored. Returns
+/// `Some(None)` for off, `Some(Some((cap bytes, hold ns, window ns)))` for
+/// on: the A/B of the mode on the same disk.
+fn isolation_switch() -> Option<Option<(u64, u64, u64)>> {
+    parse_isolation(&std::env::var("APEXBENCH_ISOLATION").ok()?)
+}
+
+fn parse_isolation(v: &str) -> Option<Option<(u64, u64, u64)>> {
+    let mut parts = v.trim().split(',');
+    match parts.next()?.trim() {
+        "0" | "off" | "no" => return Some(None),
+        "1" | "on" | "yes" => {}
+        _ => return None,
+    }
+    let d = iosched::ApexParams::default();
+    let (mut cap, mut hold, mut window) = (
+        d.isolation_be_bytes,
+        d.isolation_max_hold_ns,
+        d.isolation_window_ns,
+    );
+    for kv in parts {
+        let (k, n) = kv.split_once('=')?;
+        let n: f64 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+        match k.trim() {
+            "cap_kib" => cap = (n * 1024.0) as u64,
+            "hold_ms" => hold = (n * 1e6) as u64,
+            "window_ms" => window = (n * 1e6) as u64,
+            _ => return None,
+        }
+    }
+    Some(Some((cap, hold, window)))
+}
+
 /// The cost model's starting line from the device's measured capacity: the
 /// amortized device time of a 64 KiB and of a 256 KiB random read at depth
 /// 32, joined by a line (writes take the same until completions say
@@ -898,6 +966,27 @@ pub fn device_prior(cap: &Capacity) -> CostPrior {
 mod tests {
     use super::*;
     use iosched::CostModel;
+
+    #[test]
+    fn the_isolation_switch_parses_its_parameters() {
+        let d = iosched::ApexParams::default();
+        assert_eq!(parse_isolation("off"), Some(None));
+        assert_eq!(
+            parse_isolation("on"),
+            Some(Some((
+                d.isolation_be_bytes,
+                d.isolation_max_hold_ns,
+                d.isolation_window_ns
+            )))
+        );
+        assert_eq!(
+            parse_isolation("on,cap_kib=1024,hold_ms=20, window_ms=2.5"),
+            Some(Some((1 << 20, 20_000_000, 2_500_000)))
+        );
+        assert_eq!(parse_isolation("on,depth=3"), None);
+        assert_eq!(parse_isolation("on,hold_ms=-1"), None);
+        assert_eq!(parse_isolation("maybe"), None);
+    }
 
     #[test]
     fn the_trace_records_the_work_ahead_of_each_request() {

@@ -27,9 +27,15 @@ pub struct Extra {
     /// W1's offered real-time load, percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_pct: Option<u64>,
-    /// Simulation, `total` entries: device idle while requests waited, µs.
+    /// Simulation, `total` entries: device idle while requests waited, µs
+    /// (an accidental idle: not counting `held_wait_us`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_wait_us: Option<f64>,
+    /// Simulation, `total` entries: device idle while the scheduler held
+    /// requests back on purpose and had said until when (APEX's isolation
+    /// mode), µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_wait_us: Option<f64>,
     /// Simulation, `total` entries: device below its concurrency while
     /// requests waited, µs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -449,6 +455,9 @@ pub fn entry_table(rep: &ApexReport) -> String {
         if let Some(i) = x.idle_wait_us {
             more.push(format!("idle {i:.0} us"));
         }
+        if let Some(h) = x.held_wait_us.filter(|&h| h > 0.0) {
+            more.push(format!("held {h:.0} us"));
+        }
         if let Some(u) = x.underused_wait_us {
             more.push(format!("under {u:.0} us"));
         }
@@ -543,13 +552,14 @@ pub fn render(rep: &ApexReport, loads: &[u64]) -> String {
 
     let _ = writeln!(
         s,
-        "\nW3: real-time reads at 10 % of capacity beside the bulk writer; sim: reservation 50 %, 5 % (2x too small), 20 % (2x too large); idle/under = device idle / below its concurrency while requests waited (sim only)"
+        "\nW3: real-time reads at 10 % of capacity beside the bulk writer; sim: reservation 50 %, 5 % (2x too small), 20 % (2x too large); idle/held/under = device idle by accident / idle on purpose, with a wake-up time (APEX's isolation mode) / below its concurrency while requests waited (sim only)"
     );
     let mut rows = vec![[
         "run",
         "rt p99 us",
         "rt miss %",
         "idle us",
+        "held us",
         "under us",
         "total MB/s",
     ]
@@ -575,6 +585,7 @@ pub fn render(rep: &ApexReport, loads: &[u64]) -> String {
             f(rt.and_then(|r| r.p99_us), 1),
             f(rt.and_then(|r| r.miss_ratio.map(|m| m * 100.0)), 2),
             f(t.and_then(|e| e.extra.idle_wait_us), 0),
+            f(t.and_then(|e| e.extra.held_wait_us), 0),
             f(t.and_then(|e| e.extra.underused_wait_us), 0),
             f(t.and_then(|e| e.result.mb_s), 0),
         ]);

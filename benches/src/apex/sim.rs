@@ -150,6 +150,7 @@ pub fn simulate(
             .collect(),
         window_ns: o.window_ns,
         idle_wait_ns: Some(o.idle_wait_ns),
+        held_wait_ns: Some(o.held_wait_ns),
         underused_wait_ns: Some(o.underused_wait_ns),
         refused_queues: Some(o.refused_queues),
         notes,

@@ -334,6 +334,10 @@ pub struct Measured {
     /// Device idle while requests waited, ns (the simulation only: no
     /// real device tells).
     pub idle_wait_ns: Option<u64>,
+    /// Device idle while the scheduler held requests back on purpose, with
+    /// a wake-up time (APEX's isolation mode), ns (simulation only; not
+    /// in `idle_wait_ns`).
+    pub held_wait_ns: Option<u64>,
     /// Device below its concurrency while requests waited, ns
     /// (simulation only).
     pub underused_wait_ns: Option<u64>,
