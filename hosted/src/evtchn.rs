@@ -29,10 +29,11 @@
 //!   `futex_waitv`): high half, [`WAIT_FUTEX`] each. The notifier wakes
 //!   it with `futex_wake` on the word it has just set, found through its
 //!   own mapping of the peer's page: no descriptor, no lock, nothing
-//!   fetched from the hypervisor. This is the cheapest sleep and wakeup
-//!   the kernel has between processes (one system call each side, as a
-//!   blocking `read` and a `write` of an eventfd, without the eventfd's
-//!   file and its wait-queue callbacks: see `docs/benches.md`).
+//!   fetched from the hypervisor. One system call each side, as a
+//!   blocking `read` and a `write` of an eventfd, with shorter paths in
+//!   the kernel than an eventfd behind epoll (no file to look up, no
+//!   epoll callback, nothing to poll again on the way back: see
+//!   `docs/benches.md`).
 //! - on the port's eventfd, created by its owner and registered with the
 //!   hypervisor so that peers can fetch it (`SCM_RIGHTS`; see
 //!   [`crate::hypervisor`]): for a thread that sleeps in a wait of its own
