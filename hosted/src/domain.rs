@@ -305,9 +305,6 @@ pub(crate) struct LocalPort {
 pub(crate) struct LocalPortState {
     /// This port's eventfd (peers write it to wake us).
     pub eventfd: Option<Arc<File>>,
-    /// An edge-triggered epoll instance watching `eventfd`: waiters sleep
-    /// in one `epoll_wait` and never need to read the counter.
-    pub epoll: Option<Arc<std::os::fd::OwnedFd>>,
     /// The peer port's eventfd, for the binding word it was fetched under.
     pub wake: Option<(u64, Arc<File>)>,
 }

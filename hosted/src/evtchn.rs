@@ -17,25 +17,43 @@
 //! bounce the line the peer keeps writing.
 //!
 //! # Wakeups without needless system calls
-//! A port also has an eventfd, created by its owner and registered with
-//! the hypervisor so that peers can fetch it (`SCM_RIGHTS`; see
-//! [`crate::hypervisor`]). [`EventChannels::block`] sleeps on it.
-//! `notify` writes the peer's eventfd only when the peer has said it may be
-//! asleep: `block` raises `waiting` before its last check of `pending` and
-//! sleeping. [`EventChannels::block_any`] does the same on every port it
-//! waits on, then sleeps in one `ppoll` over their eventfds (level-triggered,
-//! so it drains the counters that woke it before it looks at the pending
-//! bits again). A pure polling exchange therefore costs no system call at all;
-//! [`crate::HostedPlatform::event_stats`] counts the eventfd writes.
+//! `notify` wakes the peer only when the peer has said it may be asleep:
+//! a waiter raises `waiting` before its last check of `pending` and
+//! sleeping. A pure polling exchange therefore costs no system call at
+//! all; [`crate::HostedPlatform::event_stats`] counts the wakeups sent.
+//! A waiter sleeps in one of two ways, and `waiting` counts each kind in
+//! its own half:
+//! - on the `pending` word itself, a futex on the shared page
+//!   ([`EventChannels::block`], and [`EventChannels::block_any`] and
+//!   [`HostedPlatform::block_set`] on up to 128 ports, through
+//!   `futex_waitv`): high half, [`WAIT_FUTEX`] each. The notifier wakes
+//!   it with `futex_wake` on the word it has just set, found through its
+//!   own mapping of the peer's page: no descriptor, no lock, nothing
+//!   fetched from the hypervisor. One system call each side, as a
+//!   blocking `read` and a `write` of an eventfd, with shorter paths in
+//!   the kernel than an eventfd behind epoll (no file to look up, no
+//!   epoll callback, nothing to poll again on the way back: see
+//!   `docs/benches.md`).
+//! - on the port's eventfd, created by its owner and registered with the
+//!   hypervisor so that peers can fetch it (`SCM_RIGHTS`; see
+//!   [`crate::hypervisor`]): for a thread that sleeps in a wait of its own
+//!   (an io_uring that polls the eventfd beside its I/O:
+//!   [`HostedPlatform::wait_external`]), and for `block_any` and
+//!   `block_set` on more than 128 ports (`ppoll`, `epoll`). Low half,
+//!   [`WAIT_FD`] each. The notifier writes the eventfd.
 //!
 //! The handshake is Dekker's: the notifier does `pending = 1; read waiting`,
 //! the waiter does `waiting += 1; read pending`, all four accesses
 //! sequentially consistent. In the single total order of SeqCst operations
 //! one of the two writes comes first, so at least one side sees the other's
 //! write: either the waiter sees `pending` and does not sleep, or the
-//! notifier sees `waiting` and writes the eventfd (which stays readable until
-//! the waiter drains it, so a write that lands before the waiter sleeps is
-//! not lost). On x86 the SeqCst read-modify-writes are `xchg`/`lock xadd`,
+//! notifier sees `waiting` and wakes it. Neither wakeup can fall between
+//! the waiter's last look and its sleep: the futex sleep reads `pending`
+//! again in the kernel after queueing the thread (a word no longer 0
+//! returns at once), and an eventfd stays readable until the waiter
+//! drains it. A waiter stays announced for the whole of its wait, however
+//! many times it wakes and sleeps again, and withdraws once, on its way
+//! out. On x86 the SeqCst read-modify-writes are `xchg`/`lock xadd`,
 //! which are full barriers, and SeqCst loads are plain loads: no separate
 //! `mfence` is needed. The mask plays no part in it (see below).
 //!
@@ -99,6 +117,15 @@ const LINE: usize = 64;
 const E_PENDING: usize = 0;
 const E_WAITING: usize = 4;
 const E_MASKED: usize = 8;
+
+/// What a waiter sleeping on its port's eventfd adds to `waiting` (the low
+/// half counts them; see the module docs).
+pub(crate) const WAIT_FD: u32 = 1;
+/// What a waiter sleeping on the futex of its port's `pending` word adds
+/// to `waiting` (the high half counts them).
+pub(crate) const WAIT_FUTEX: u32 = 1 << 16;
+/// The low half of `waiting`: eventfd sleepers.
+const FD_WAITERS: u32 = WAIT_FUTEX - 1;
 
 /// Size of a domain's event page memfd.
 pub(crate) const EVENT_PAGE_BYTES: usize = EVENTS_OFFSET + NR_PORTS as usize * LINE;
@@ -402,10 +429,8 @@ impl Domain {
     ) -> Result<(), PlatformError> {
         let seq = self.next_seq(port);
         let local = self.local(port)?;
-        let ep = sys::epoll_for(&efd).map_err(|e| os_err("epoll on an event channel eventfd", &e))?;
         let mut st = lock(&local.state);
         st.eventfd = Some(efd);
-        st.epoll = Some(Arc::new(ep));
         st.wake = None;
         local.remote.store(u32::from(remote.0), Ordering::Relaxed);
         local.bound.store(if incarnation == 0 { 0 } else { bound_record(seq, incarnation) }, Ordering::Relaxed);
@@ -501,10 +526,18 @@ impl Domain {
             b.store(Binding::Free.encode(seq), Ordering::Release);
         }
         st.wake = None;
-        st.epoll = None;
-        // Wake a thread blocked on the port so it sees the port closed.
+        // Wake a thread blocked on the port so it sees the port closed: on
+        // its eventfd, and on its `pending` word, made non-zero first so
+        // that a futex sleep that starts after this wake returns at once
+        // (the line is reset when the port is allocated again).
         if let Some(efd) = st.eventfd.take() {
             if let Err(e) = sys::eventfd_signal(&efd) {
+                log::warn!("{}: waking waiters of closed {port}: {e}", self.domid);
+            }
+        }
+        if let Ok(line) = self.own_line(port) {
+            line.pending.store(1, Ordering::SeqCst);
+            if let Err(e) = sys::futex_wake(line.pending) {
                 log::warn!("{}: waking waiters of closed {port}: {e}", self.domid);
             }
         }
@@ -575,8 +608,35 @@ impl Domain {
         // looked at: like Xen's SCHEDOP_poll, `block` returns for a pending
         // port whether or not it is masked.
         line.pending.swap(1, Ordering::SeqCst);
-        if line.waiting.load(Ordering::SeqCst) != 0 {
-            self.wake_remote(local, word, remote, rport, peer.incarnation)?;
+        let waiting = line.waiting.load(Ordering::SeqCst);
+        if waiting != 0 {
+            self.wake_sleepers(&line, waiting, local, word, remote, rport, peer.incarnation)?;
+        }
+        Ok(())
+    }
+
+    /// Slow path of `notify`: wakes the peer's threads that announced a
+    /// sleep on the port (`waiting`, as read after setting `pending`): a
+    /// futex wake on the `pending` word for those sleeping on it, an
+    /// eventfd write for those sleeping on the eventfd (module docs).
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    fn wake_sleepers(
+        &self,
+        line: &EventLine<'_>,
+        waiting: u32,
+        local: &LocalPort,
+        word: u64,
+        remote: u16,
+        rport: u16,
+        incarnation: u64,
+    ) -> Result<(), PlatformError> {
+        if waiting >= WAIT_FUTEX {
+            sys::futex_wake(line.pending).map_err(|e| os_err("futex wake of an event channel", &e))?;
+            self.stats.wakeups_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if waiting & FD_WAITERS != 0 {
+            self.wake_remote(local, word, remote, rport, incarnation)?;
         }
         Ok(())
     }
@@ -677,26 +737,10 @@ impl Domain {
             return Ok(true);
         }
         let deadline = deadline_of(timeout_ns);
-        let (efd, ep) = {
-            let st = lock(&self.local(port)?.state);
-            match (st.eventfd.clone(), st.epoll.clone()) {
-                (Some(e), Some(p)) => (e, p),
-                _ => return Err(PlatformError::BadPort(port)),
-            }
-        };
-        let woke = self.wait_pending(&[port], &[line], deadline, |remaining, lines| {
-            // One system call per sleep: every eventfd write is a new edge,
-            // so the counter is never read on the way (it only grows, by
-            // one a wakeup; see the drain below).
-            let woken = sys::epoll_wait_one(ep.as_fd(), remaining)
-                .map_err(|e| os_err("waiting on an event channel eventfd", &e))?;
-            if woken && nothing_pending(lines) {
-                // Woken with nothing pending (an edge left from an earlier
-                // wakeup, or a peer writing the eventfd itself): reset the
-                // counter so a peer that saturates it cannot silence us.
-                sys::eventfd_drain(&efd);
-            }
-            Ok(())
+        // One system call per sleep, on the pending word itself: a notify
+        // sets it, then wakes the futex (module docs).
+        let woke = self.wait_pending(&[port], &[line], WAIT_FUTEX, deadline, |remaining, lines| {
+            futex_wait_lines(lines, remaining)
         })?;
         Ok(woke.is_some())
     }
@@ -705,80 +749,46 @@ impl Domain {
     /// shared by [`Self::block`], [`Self::block_any`] and
     /// [`HostedPlatform::block_set`], which differ only in how they sleep:
     /// announce on every port's line (`lines`, those of `ports`) that we
-    /// may sleep, look at every pending bit once more, `sleep` for at most
-    /// the time left (it returns on a wakeup or a timeout, and resets what
-    /// its wakeup source needs reset; it is given the lines to look at),
-    /// withdraw the announcement, check that the ports are still open, and
-    /// go round. Returns the first port found pending (its bit cleared), or
-    /// `None` once `deadline` has passed. The caller looked at the pending
-    /// bits once already (the fast path, without announcing).
+    /// may sleep (`unit`: [`WAIT_FUTEX`] or [`WAIT_FD`], the kind of sleep),
+    /// then, until a port is found pending: look at every pending bit,
+    /// `sleep` for at most the time left (it returns on a wakeup or a
+    /// timeout, and resets what its wakeup source needs reset; it is given
+    /// the lines to look at), check that the ports are still open. Stays
+    /// announced throughout and withdraws once, on the way out. Returns the
+    /// first port found pending (its bit cleared), or `None` once
+    /// `deadline` has passed. The caller looked at the pending bits once
+    /// already (the fast path, without announcing).
     fn wait_pending(
         &self,
         ports: &[Port],
         lines: &[EventLine<'_>],
+        unit: u32,
         deadline: Option<Option<Instant>>,
         mut sleep: impl FnMut(Option<Duration>, &[EventLine<'_>]) -> Result<(), PlatformError>,
     ) -> Result<Option<Port>, PlatformError> {
+        let _announced = Announced::new(lines, unit);
         loop {
-            let round = self.announce_then_sleep(ports, lines, |lines| {
-                let remaining = match deadline {
-                    None | Some(None) => None,
-                    Some(Some(dl)) => {
-                        let now = Instant::now();
-                        if now >= dl {
-                            return Ok(false);
-                        }
-                        Some(dl - now)
-                    }
-                };
-                self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
-                sleep(remaining, lines).map(|()| true)
-            })?;
-            match round {
-                Ok(p) => return Ok(Some(p)),
-                // The deadline passed: no sleep.
-                Err(false) => return Ok(None),
-                Err(true) => {}
+            // The waiter's look after announcing (Dekker).
+            if let Some(p) = self.take_first_pending(ports)? {
+                return Ok(Some(p));
             }
-            // Closed while we slept?
+            let remaining = match deadline {
+                None | Some(None) => None,
+                Some(Some(dl)) => {
+                    let now = Instant::now();
+                    if now >= dl {
+                        return Ok(None);
+                    }
+                    Some(dl - now)
+                }
+            };
+            self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+            sleep(remaining, lines)?;
+            // Closed while we slept? (Closing wakes us.)
             for &port in ports {
                 self.open_binding(port)?;
             }
         }
-    }
-
-    /// One round of the waiter's side of the handshake with notifiers
-    /// (module docs), the one place it is written: announce on every line
-    /// of `lines` that we may sleep, look at the pending bits of `ports`
-    /// once more (one set: `Ok(port)`, its bit cleared, and no sleep), else
-    /// run `sleep` (given the lines) and give back what it returned
-    /// (`Err(r)`); the announcement is withdrawn on every way out.
-    fn announce_then_sleep<R>(
-        &self,
-        ports: &[Port],
-        lines: &[EventLine<'_>],
-        sleep: impl FnOnce(&[EventLine<'_>]) -> Result<R, PlatformError>,
-    ) -> Result<Result<Port, R>, PlatformError> {
-        /// Withdraws the announcement on every line, on every way out.
-        struct Announced<'l, 'a>(&'l [EventLine<'a>]);
-        impl Drop for Announced<'_, '_> {
-            fn drop(&mut self) {
-                for l in self.0 {
-                    l.waiting.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-        }
-        // Dekker, waiter side: announce that we may sleep, then check once
-        // more. SeqCst so that the reads of `pending` cannot be ordered
-        // before the increments.
-        for l in lines {
-            l.waiting.fetch_add(1, Ordering::SeqCst);
-        }
-        let _announced = Announced(lines);
-        if let Some(p) = self.take_first_pending(ports)? {
-            return Ok(Ok(p));
-        }
-        sleep(lines).map(Err)
     }
 
     /// The first of `ports` that is pending, its bit cleared. `SeqCst`
@@ -796,7 +806,9 @@ impl Domain {
     }
 
     /// `block` on several ports: the same handshake, run on every port's
-    /// line, then one `ppoll` over all their eventfds.
+    /// line, then one `futex_waitv` over their pending words (up to
+    /// [`sys::FUTEX_WAITV_MAX`] ports, and a kernel that has it), else
+    /// one `ppoll` over their eventfds.
     fn block_any(&self, ports: &[Port], timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError> {
         if ports.is_empty() {
             return Err(PlatformError::InvalidRequest {
@@ -812,14 +824,18 @@ impl Domain {
             return Ok(Some(p));
         }
         let deadline = deadline_of(timeout_ns);
+        let lines = ports.iter().map(|&p| self.own_line(p)).collect::<Result<Vec<_>, _>>()?;
+        if ports.len() <= sys::FUTEX_WAITV_MAX && futex_waitv_works() {
+            return self.wait_pending(ports, &lines, WAIT_FUTEX, deadline, |remaining, lines| {
+                futex_wait_lines(lines, remaining)
+            });
+        }
         let mut efds = Vec::with_capacity(ports.len());
-        let mut lines = Vec::with_capacity(ports.len());
         for &port in ports {
             let st = lock(&self.local(port)?.state);
             efds.push(st.eventfd.clone().ok_or(PlatformError::BadPort(port))?);
-            lines.push(self.own_line(port)?);
         }
-        self.wait_pending(ports, &lines, deadline, |remaining, _| {
+        self.wait_pending(ports, &lines, WAIT_FD, deadline, |remaining, _| {
             let fds: Vec<_> = efds.iter().map(|f| f.as_fd()).collect();
             let readable =
                 sys::poll_readable(&fds, remaining).map_err(|e| os_err("waiting on event channel eventfds", &e))?;
@@ -853,14 +869,17 @@ impl Domain {
 
 impl HostedPlatform {
     /// How many threads of domain `domid` have announced that they may
-    /// sleep in `block` on its `port`, read from its event page as `notify`
-    /// reads it: while this is non-zero, a notify writes the eventfd. For
+    /// sleep on its `port` (in `block`, `block_any`, a port set's or an
+    /// external wait), read from its event page as `notify` reads it: while
+    /// this is non-zero, a notify wakes them (a futex wake or an eventfd
+    /// write, per the kind of sleep). For
     /// tests that need a peer to be waiting before they notify. `None` when
     /// the domain is not running or the port does not exist.
     pub fn waiters(&self, domid: DomId, port: Port) -> Option<u32> {
         let peer = self.inner.peer(domid).ok()?;
         let line = peer.events.line(port.0)?;
-        Some(line.waiting.load(Ordering::SeqCst))
+        let waiting = line.waiting.load(Ordering::SeqCst);
+        Some((waiting & FD_WAITERS) + (waiting / WAIT_FUTEX))
     }
 }
 
@@ -919,20 +938,24 @@ impl EventChannels for HostedPlatform {
 }
 
 /// Ports of this domain waited on together, again and again, by one
-/// thread (a backend's data plane): one epoll instance watching their
-/// eventfds, edge-triggered, so that a sleep is one `epoll_wait` and no
-/// counter is read back ([`HostedPlatform::block_set`]).
-/// [`EventChannels::block_any`] builds its wait anew on every call (a
-/// `ppoll` over every eventfd, then a read to reset each one that fired):
-/// two system calls per sleep and a poll set-up per descriptor.
+/// thread (a backend's data plane): a sleep is one `futex_waitv` on their
+/// pending words, as in [`EventChannels::block_any`], or, for more ports
+/// than that takes, one `epoll_wait` on an epoll instance watching their
+/// eventfds, edge-triggered, built once with the set so that no counter is
+/// read back ([`HostedPlatform::block_set`]), where `block_any` would
+/// build a `ppoll` over every eventfd and then read each one that fired.
 ///
 /// A set is tied to the ports' current eventfds: a port closed and
 /// allocated again has a new one, and [`HostedPlatform::block_set`] then
 /// fails with [`PlatformError::InvalidRequest`]; build the set again.
 pub(crate) struct PortSet {
     ports: Vec<Port>,
+    /// The ports' eventfds when the set was built: which allocation of
+    /// each port the set is for.
     efds: Vec<Arc<File>>,
-    epoll: std::os::fd::OwnedFd,
+    /// For a set larger than one `futex_waitv` takes: an epoll instance
+    /// watching the eventfds.
+    epoll: Option<std::os::fd::OwnedFd>,
 }
 
 impl std::fmt::Debug for PortSet {
@@ -952,29 +975,32 @@ impl HostedPlatform {
     /// A set of open ports of this domain to wait on with
     /// [`Self::block_set`] (1 to [`NR_PORTS`] of them).
     pub(crate) fn port_set(&self, ports: &[Port]) -> Result<PortSet, PlatformError> {
-        use rustix::event::epoll;
         if ports.is_empty() || ports.len() >= NR_PORTS as usize {
             return Err(PlatformError::InvalidRequest { op: "port_set", reason: "give 1 to NR_PORTS - 1 open ports" });
         }
         let d = &*self.inner;
-        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| os_err("epoll_create", &e.into()))?;
         let mut efds = Vec::with_capacity(ports.len());
-        for (i, &port) in ports.iter().enumerate() {
+        for &port in ports {
             d.open_binding(port)?;
-            let efd = lock(&d.local(port)?.state).eventfd.clone().ok_or(PlatformError::BadPort(port))?;
-            epoll::add(&ep, &*efd, epoll::EventData::new_u64(i as u64), epoll::EventFlags::IN | epoll::EventFlags::ET)
-                .map_err(|e| os_err("adding an event channel eventfd to an epoll set", &e.into()))?;
-            efds.push(efd);
+            efds.push(lock(&d.local(port)?.state).eventfd.clone().ok_or(PlatformError::BadPort(port))?);
         }
-        Ok(PortSet { ports: ports.to_vec(), efds, epoll: ep })
+        let epoll = if ports.len() <= sys::FUTEX_WAITV_MAX && futex_waitv_works() {
+            None
+        } else {
+            let files: Vec<&File> = efds.iter().map(|f| &**f).collect();
+            Some(sys::epoll_set(&files).map_err(|e| os_err("an epoll set of event channel eventfds", &e))?)
+        };
+        Ok(PortSet { ports: ports.to_vec(), efds, epoll })
     }
 
     /// [`EventChannels::block_any`] on a [`PortSet`]: returns the first
     /// port of the set found pending (its bit cleared), or `None` when
     /// `timeout_ns` passed. The same handshake with notifiers (module
-    /// docs), one `epoll_wait` per sleep; the eventfds are read only after
-    /// a wakeup that found nothing pending (a peer writing an eventfd
-    /// itself), so that a peer cannot saturate a counter and silence us.
+    /// docs), one system call per sleep: `futex_waitv` on the ports'
+    /// pending words, or for a set too large for it `epoll_wait`, where
+    /// the eventfds are read only after a wakeup that found nothing pending
+    /// (a peer writing an eventfd itself), so that a peer cannot saturate a
+    /// counter and silence us.
     pub(crate) fn block_set(&self, set: &PortSet, timeout_ns: Option<u64>) -> Result<Option<Port>, PlatformError> {
         let d = &*self.inner;
         for (&port, efd) in set.ports.iter().zip(&set.efds) {
@@ -992,8 +1018,13 @@ impl HostedPlatform {
         }
         let deadline = deadline_of(timeout_ns);
         let lines = set.ports.iter().map(|&p| d.own_line(p)).collect::<Result<Vec<_>, _>>()?;
-        d.wait_pending(&set.ports, &lines, deadline, |remaining, lines| {
-            let woken = sys::epoll_wait_one(set.epoll.as_fd(), remaining)
+        let Some(epoll) = &set.epoll else {
+            return d.wait_pending(&set.ports, &lines, WAIT_FUTEX, deadline, |remaining, lines| {
+                futex_wait_lines(lines, remaining)
+            });
+        };
+        d.wait_pending(&set.ports, &lines, WAIT_FD, deadline, |remaining, lines| {
+            let woken = sys::epoll_wait_one(epoll.as_fd(), remaining)
                 .map_err(|e| os_err("waiting on an epoll set of event channel eventfds", &e))?;
             if woken && nothing_pending(lines) {
                 for f in &set.efds {
@@ -1045,8 +1076,8 @@ impl HostedPlatform {
     /// announces that this thread may sleep, looks at the pending bit once
     /// more (set: clears it and returns `true` without sleeping), else calls
     /// `sleep`, which must return at the latest when the port's eventfd
-    /// ([`ExternalWait::fd`]) becomes readable, then withdraws and returns
-    /// whether the port is pending now (its bit cleared). A port closed
+    /// ([`ExternalWait::fd`]) becomes readable, then returns whether the
+    /// port is pending now (its bit cleared) and withdraws. A port closed
     /// and allocated again (another eventfd) is an error.
     pub(crate) fn wait_external(
         &self,
@@ -1062,14 +1093,13 @@ impl HostedPlatform {
             });
         }
         let lines = [d.own_line(w.port)?];
-        let round = d.announce_then_sleep(&[w.port], &lines, |_| {
-            d.stats.sleeps.fetch_add(1, Ordering::Relaxed);
-            sleep()
-        })?;
-        match round {
-            Ok(_) => Ok(true),
-            Err(()) => Ok(d.take_first_pending(&[w.port])?.is_some()),
+        let _announced = Announced::new(&lines, WAIT_FD);
+        if d.take_first_pending(&[w.port])?.is_some() {
+            return Ok(true);
         }
+        d.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+        sleep()?;
+        Ok(d.take_first_pending(&[w.port])?.is_some())
     }
 }
 
@@ -1077,6 +1107,63 @@ impl HostedPlatform {
 /// when the deadline does not fit the clock (a wait without end).
 fn deadline_of(timeout_ns: Option<u64>) -> Option<Option<Instant>> {
     timeout_ns.map(|t| Instant::now().checked_add(Duration::from_nanos(t)))
+}
+
+/// A waiter's announcement on every line of a wait (module docs): adds
+/// `unit` ([`WAIT_FUTEX`] or [`WAIT_FD`], the kind of sleep) to each line's
+/// `waiting` when made, takes it back when dropped, on every way out.
+/// SeqCst, so that the waiter's reads of `pending` that follow cannot be
+/// ordered before the increments.
+struct Announced<'l, 'a> {
+    lines: &'l [EventLine<'a>],
+    unit: u32,
+}
+
+impl<'l, 'a> Announced<'l, 'a> {
+    fn new(lines: &'l [EventLine<'a>], unit: u32) -> Self {
+        for l in lines {
+            l.waiting.fetch_add(unit, Ordering::SeqCst);
+        }
+        Announced { lines, unit }
+    }
+}
+
+impl Drop for Announced<'_, '_> {
+    fn drop(&mut self) {
+        for l in self.lines {
+            l.waiting.fetch_sub(self.unit, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Whether this kernel has `futex_waitv` (Linux 5.16), asked once per
+/// process. Without it, a wait on several ports sleeps on their eventfds.
+fn futex_waitv_works() -> bool {
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    *WORKS.get_or_init(|| {
+        // A word that is not 0 returns at once: EAGAIN, reported as `Ok`.
+        let probe = AtomicU32::new(1);
+        match sys::futex_wait_any(&[&probe], Some(Duration::ZERO)) {
+            Ok(()) => true,
+            Err(e) => {
+                log::info!("futex_waitv is not available ({e}): waits on several event channels use their eventfds");
+                false
+            }
+        }
+    })
+}
+
+/// Sleeps on the pending words of `lines` (a futex wait on one, a
+/// `futex_waitv` on several), for at most `remaining`.
+fn futex_wait_lines(lines: &[EventLine<'_>], remaining: Option<Duration>) -> Result<(), PlatformError> {
+    let r = match lines {
+        [line] => sys::futex_wait(line.pending, 0, remaining),
+        _ => {
+            let words: Vec<&AtomicU32> = lines.iter().map(|l| l.pending).collect();
+            sys::futex_wait_any(&words, remaining)
+        }
+    };
+    r.map_err(|e| os_err("waiting on event channels", &e))
 }
 
 /// Whether no line has its pending bit set (after a wakeup: then the
@@ -1211,6 +1298,50 @@ mod tests {
         assert_eq!(again, pa);
         assert!(matches!(a.wait_external(&w, || Ok(())), Err(PlatformError::InvalidRequest { .. })));
         drop((a, b, hv));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A thread asleep in `block` (on the futex of the pending word) and
+    /// one asleep in an external wait (on the eventfd) on the same port are
+    /// counted apart in `waiting`, and one notify wakes both: a futex wake
+    /// and an eventfd write. The first to look takes the event.
+    #[test]
+    fn one_notify_wakes_a_futex_sleeper_and_an_eventfd_sleeper_alike() {
+        let dir = std::env::temp_dir().join(format!("hosted-evtchn-both-{}", std::process::id()));
+        let hv = crate::HostedHypervisor::create(&dir).unwrap();
+        let a = hv.join(DomId(1)).unwrap();
+        let b = hv.join(DomId(2)).unwrap();
+        let pa = a.alloc_unbound(DomId(2)).unwrap();
+        let pb = b.bind_interdomain(DomId(1), pa).unwrap();
+        let _ = b.poll(pb);
+        let peer = b.inner.peer(DomId(1)).unwrap();
+        let line = peer.events.line(pa.0).unwrap();
+        let w = a.external_wait(pa).unwrap();
+        let before = b.event_stats().wakeups_sent;
+        std::thread::scope(|s| {
+            let blocked = s.spawn(|| a.block(pa, Some(20_000_000_000)));
+            let pending_after = a
+                .wait_external(&w, || {
+                    // Both announced: the blocked thread and this one.
+                    let end = Instant::now() + Duration::from_secs(10);
+                    while b.waiters(DomId(1), pa) != Some(2) && Instant::now() < end {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    assert_eq!(line.waiting.load(Ordering::SeqCst), WAIT_FUTEX + WAIT_FD);
+                    b.notify(pb).unwrap();
+                    // The eventfd was written, and the blocked thread woke
+                    // and took the event before this one looked.
+                    assert_eq!(sys::poll_readable(&[w.fd()], Some(Duration::from_secs(5))).unwrap(), vec![0]);
+                    assert_eq!(blocked.join().unwrap(), Ok(true));
+                    Ok(())
+                })
+                .unwrap();
+            assert!(!pending_after, "the event was taken once");
+        });
+        assert_eq!(b.event_stats().wakeups_sent, before + 2, "a futex wake and an eventfd write");
+        assert_eq!(b.waiters(DomId(1), pa), Some(0), "both withdrew");
+        w.drain();
+        drop((peer, a, b, hv));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,6 +1,7 @@
 //! Thin, checked wrappers over the Linux system calls the hosted platform
-//! uses: sealed memfds, memory mappings, eventfds and `SOCK_SEQPACKET` Unix
-//! sockets that carry file descriptors (`SCM_RIGHTS`).
+//! uses: sealed memfds, memory mappings, eventfds, futexes on shared memory
+//! and `SOCK_SEQPACKET` Unix sockets that carry file descriptors
+//! (`SCM_RIGHTS`).
 //!
 //! The calls go through `rustix`, whose wrappers are safe for everything
 //! but the mappings: `mmap` and `munmap` stay `unsafe` because they can
@@ -15,6 +16,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use rustix::event::{epoll, EventfdFlags, Timespec};
@@ -25,6 +27,7 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, Shutdown, SocketAddrUnix, SocketFlags, SocketType,
 };
+use rustix::thread::futex;
 
 #[cfg(test)]
 mod tests;
@@ -372,14 +375,17 @@ pub(crate) fn shutdown(sock: BorrowedFd<'_>) {
     let _ = rustix::net::shutdown(sock, Shutdown::Both);
 }
 
-/// An edge-triggered epoll instance watching `efd` for readability.
-pub(crate) fn epoll_for(efd: &File) -> io::Result<OwnedFd> {
+/// An edge-triggered epoll instance watching every one of `efds` for
+/// readability (the event data is the descriptor's index).
+pub(crate) fn epoll_set(efds: &[&File]) -> io::Result<OwnedFd> {
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-    epoll::add(&ep, efd, epoll::EventData::new_u64(0), epoll::EventFlags::IN | epoll::EventFlags::ET)?;
+    for (i, efd) in efds.iter().enumerate() {
+        epoll::add(&ep, efd, epoll::EventData::new_u64(i as u64), epoll::EventFlags::IN | epoll::EventFlags::ET)?;
+    }
     Ok(ep)
 }
 
-/// Sleeps in `epoll_wait` on a one-descriptor epoll instance until it
+/// Sleeps in `epoll_wait` on an epoll instance until it
 /// reports an event or `timeout` passes (`None`: forever). Returns whether
 /// an event came; an interrupted wait returns `false`.
 pub(crate) fn epoll_wait_one(ep: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
@@ -397,4 +403,68 @@ pub(crate) fn epoll_wait_one(ep: BorrowedFd<'_>, timeout: Option<Duration>) -> i
         Err(Errno::INTR) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Converts a sleep's length for the kernel: `None` stays `None` (no end);
+/// a length past what a `timespec` holds is no end either.
+fn timespec_of(t: Option<Duration>) -> Option<Timespec> {
+    t.and_then(|t| Timespec::try_from(t).ok())
+}
+
+/// Sleeps while `word` holds `expected`, until a [`futex_wake`] on the same
+/// word (from any process that maps the same shared memory: the futex is
+/// not private), a signal, or `timeout` (`None`: no end). The kernel reads
+/// the word after queueing this thread, so a wake that follows a change of
+/// the word cannot be missed: a word that no longer holds `expected`
+/// returns at once. Every such end is `Ok`; the caller looks at the word.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> io::Result<()> {
+    let ts = timespec_of(timeout);
+    match futex::wait(word, futex::Flags::empty(), expected, ts.as_ref()) {
+        Ok(()) | Err(Errno::AGAIN | Errno::INTR | Errno::TIMEDOUT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Most words one [`futex_wait_any`] waits on (the kernel's
+/// `FUTEX_WAITV_MAX`).
+pub(crate) const FUTEX_WAITV_MAX: usize = 128;
+
+/// [`futex_wait`] on several words at once (`futex_waitv`, Linux 5.16):
+/// sleeps while every word of `words` holds 0, until a wake on any of them,
+/// a signal or `timeout`. At most [`FUTEX_WAITV_MAX`] words. `ENOSYS` from
+/// an older kernel is returned as is (the caller sleeps another way).
+pub(crate) fn futex_wait_any(words: &[&AtomicU32], timeout: Option<Duration>) -> io::Result<()> {
+    if words.is_empty() || words.len() > FUTEX_WAITV_MAX {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "futex_waitv takes 1 to 128 words"));
+    }
+    let mut waits = [futex::Wait::new(); FUTEX_WAITV_MAX];
+    for (w, word) in waits.iter_mut().zip(words) {
+        w.val = 0;
+        w.uaddr = futex::WaitPtr::new(word.as_ptr().cast());
+        w.flags = futex::WaitFlags::SIZE_U32;
+    }
+    // `futex_waitv` takes an absolute deadline.
+    let deadline = match timespec_of(timeout) {
+        None => None,
+        Some(t) => {
+            let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+            let mut end = Timespec { tv_sec: now.tv_sec.saturating_add(t.tv_sec), tv_nsec: now.tv_nsec + t.tv_nsec };
+            if end.tv_nsec >= 1_000_000_000 {
+                end.tv_nsec -= 1_000_000_000;
+                end.tv_sec = end.tv_sec.saturating_add(1);
+            }
+            Some(end)
+        }
+    };
+    let waits = waits.get(..words.len()).unwrap_or(&[]);
+    match futex::waitv(waits, futex::WaitvFlags::empty(), deadline.as_ref(), futex::ClockId::Monotonic) {
+        Ok(_) | Err(Errno::AGAIN | Errno::INTR | Errno::TIMEDOUT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Wakes every thread (of any process) sleeping in [`futex_wait`] or
+/// [`futex_wait_any`] on `word`. Returns how many woke.
+pub(crate) fn futex_wake(word: &AtomicU32) -> io::Result<usize> {
+    Ok(futex::wake(word, futex::Flags::empty(), i32::MAX as u32)?)
 }

@@ -1,6 +1,7 @@
 //! The system call wrappers against the real kernel: what each promises
-//! (seals, zeroed holes, mappings that alias the file, descriptors that
-//! cross a socket, refused oversized messages, timeouts that sleep).
+//! (seals, zeroed holes, mappings that alias the file, futexes woken
+//! through another mapping, descriptors that cross a socket, refused
+//! oversized messages, timeouts that sleep).
 
 use super::*;
 use std::os::fd::AsFd;
@@ -110,7 +111,7 @@ fn pages_map_over_a_reservation() {
 #[test]
 fn eventfd_wakes_epoll_once_per_edge() {
     let efd = eventfd().expect("eventfd");
-    let ep = epoll_for(&efd).expect("epoll");
+    let ep = epoll_set(&[&efd]).expect("epoll");
     assert!(!epoll_wait_one(ep.as_fd(), Some(Duration::ZERO)).expect("wait"), "nothing signalled yet");
     eventfd_signal(&efd).expect("signal");
     eventfd_signal(&efd).expect("signal");
@@ -126,13 +127,100 @@ fn eventfd_wakes_epoll_once_per_edge() {
 #[test]
 fn short_epoll_timeouts_sleep() {
     let efd = eventfd().expect("eventfd");
-    let ep = epoll_for(&efd).expect("epoll");
+    let ep = epoll_set(&[&efd]).expect("epoll");
     for t in [Duration::from_nanos(1), Duration::from_millis(20)] {
         let start = Instant::now();
         assert!(!epoll_wait_one(ep.as_fd(), Some(t)).expect("wait"));
         let slept = start.elapsed();
         assert!(slept >= t.max(Duration::from_millis(1)), "asked {t:?}, slept {slept:?}");
     }
+}
+
+/// One page of a memfd mapped twice, as two domains map an event page.
+fn two_mappings() -> (File, Mmap, Mmap) {
+    let f = sealed_memfd("futex", PAGE as u64).expect("memfd");
+    let a = Mmap::shared(f.as_fd(), 0, PAGE, true).expect("first mapping");
+    let b = Mmap::shared(f.as_fd(), 0, PAGE, true).expect("second mapping");
+    (f, a, b)
+}
+
+/// The 32-bit word at byte `off` of `m`.
+fn word(m: &Mmap, off: usize) -> &AtomicU32 {
+    assert!(off % 4 == 0 && off + 4 <= m.len());
+    // SAFETY: `off` is 4-aligned and inside the live, writable mapping
+    // (asserted), which outlives the returned borrow of `m`; the page is
+    // only accessed atomically.
+    unsafe { AtomicU32::from_ptr(m.as_ptr().as_ptr().add(off).cast()) }
+}
+
+/// Wakes through `by` until one thread was woken (the sleeper is queued
+/// some time after it starts); bounded. Returns how many it woke.
+fn wake_until_one(by: &AtomicU32) -> usize {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = futex_wake(by).expect("wake");
+        if n > 0 || Instant::now() >= end {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_futex_sleeper_is_woken_through_another_mapping_of_the_page() {
+    let (_f, a, b) = two_mappings();
+    let (wa, wb) = (word(&a, 64), word(&b, 64));
+    // A word that no longer holds the expected value returns at once.
+    wa.store(1, Ordering::SeqCst);
+    let start = Instant::now();
+    futex_wait(wa, 0, Some(Duration::from_secs(10))).expect("wait");
+    assert!(start.elapsed() < Duration::from_secs(5), "slept on a word that changed");
+    // The timeout ends a sleep nobody wakes.
+    wb.store(0, Ordering::SeqCst);
+    let start = Instant::now();
+    futex_wait(wa, 0, Some(Duration::from_millis(20))).expect("wait");
+    assert!(start.elapsed() >= Duration::from_millis(20));
+    // A wake through the other mapping reaches a thread asleep on this one
+    // (the futex is keyed by the file, not the address).
+    std::thread::scope(|s| {
+        let sleeper = s.spawn(|| {
+            let start = Instant::now();
+            futex_wait(wa, 0, Some(Duration::from_secs(20))).expect("wait");
+            start.elapsed()
+        });
+        assert_eq!(wake_until_one(wb), 1, "no sleeper to wake within 10 s");
+        assert!(sleeper.join().expect("sleeper") < Duration::from_secs(15), "the wake did not end the sleep");
+    });
+}
+
+#[test]
+fn a_futex_wait_on_several_words_ends_on_any() {
+    let (_f, a, b) = two_mappings();
+    let words = [word(&a, 0), word(&a, 64), word(&a, 128)];
+    // Every word 0: the timeout ends the sleep.
+    let start = Instant::now();
+    futex_wait_any(&words, Some(Duration::from_millis(20))).expect("wait");
+    assert!(start.elapsed() >= Duration::from_millis(20));
+    // One word not 0: at once.
+    words[1].store(1, Ordering::SeqCst);
+    let start = Instant::now();
+    futex_wait_any(&words, Some(Duration::from_secs(10))).expect("wait");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    words[1].store(0, Ordering::SeqCst);
+    // A wake on the last word, through the other mapping.
+    std::thread::scope(|s| {
+        let sleeper = s.spawn(|| {
+            let start = Instant::now();
+            futex_wait_any(&words, Some(Duration::from_secs(20))).expect("wait");
+            start.elapsed()
+        });
+        assert_eq!(wake_until_one(word(&b, 128)), 1, "no sleeper to wake within 10 s");
+        assert!(sleeper.join().expect("sleeper") < Duration::from_secs(15), "the wake did not end the sleep");
+    });
+    // No word, or more than the kernel takes: refused.
+    assert_eq!(futex_wait_any(&[], None).expect_err("empty").kind(), io::ErrorKind::InvalidInput);
+    let many = vec![words[0]; FUTEX_WAITV_MAX + 1];
+    assert_eq!(futex_wait_any(&many, None).expect_err("too many").kind(), io::ErrorKind::InvalidInput);
 }
 
 #[test]
