@@ -585,8 +585,9 @@ where
         let woken = match &self.conn {
             // One queue and no TX events asked for: only its RX channel can
             // bring anything, and a wait on one port is the platform's
-            // cheapest (on the hosted platform one system call, where a
-            // wait on several is two).
+            // cheapest (on the hosted platform a futex wait on the port's
+            // pending word, where a wait on several is a `futex_waitv`
+            // that announces on every port).
             Some(c) if c.queues.len() == 1 && !tx_armed => match c.queues.first() {
                 Some(q) => self.platform.block(q.rx_port(), timeout),
                 None => return Ok(false),
