@@ -1148,21 +1148,43 @@ impl QueuePair {
     /// The length of the frame [`QueuePair::emit_into`] writes next, or
     /// `None` when nothing waits.
     pub fn next_frame_len(&self) -> Option<usize> {
-        let request = self.next_request_len();
-        if request.is_some() && (self.resp.is_empty() || !self.response_turn) {
-            return request;
+        self.next_choice().map(|(_, len)| len)
+    }
+
+    /// What leaves next: `(true, length)` for a request, `(false,
+    /// length)` for a response (see [`QueuePair::transmit`] for the
+    /// order), `None` when nothing waits. One look at each queue: what
+    /// [`QueuePair::next_frame_len`] and [`QueuePair::emit_into`] both go
+    /// by.
+    #[inline]
+    fn next_choice(&self) -> Option<(bool, usize)> {
+        if self.resp.is_empty() || !self.response_turn {
+            if let Some(len) = self.next_request_len() {
+                return Some((true, len));
+            }
         }
         match self.resp.front() {
-            Some(Resp::Ack(_) | Resp::Nak(..)) => frame_len(Opcode::Acknowledge, 0),
-            Some(Resp::Frame { frame, .. }) => Some(frame.len()),
+            Some(Resp::Ack(_) | Resp::Nak(..)) => Some((false, frame_len(Opcode::Acknowledge, 0)?)),
+            Some(Resp::Frame { frame, .. }) => Some((false, frame.len())),
             None => None,
         }
     }
 
     /// The length of the next request frame (requests acknowledged before
     /// they left are skipped).
+    #[inline]
     fn next_request_len(&self) -> Option<usize> {
-        self.tx.iter().find_map(|t| match t {
+        // The front is nearly always the one (a request not acknowledged
+        // yet): no walk of the queue.
+        match self.tx.front()? {
+            TxItem::Request(psn) => {
+                if let Some(o) = self.outstanding_at(*psn) {
+                    return Some(o.frame.len());
+                }
+            }
+            TxItem::Frame(f) => return Some(f.len()),
+        }
+        self.tx.iter().skip(1).find_map(|t| match t {
             TxItem::Request(psn) => self.outstanding_at(*psn).map(|o| o.frame.len()),
             TxItem::Frame(f) => Some(f.len()),
         })
@@ -1170,7 +1192,7 @@ impl QueuePair {
 
     /// Whether the next frame is a request (see [`QueuePair::transmit`]).
     fn request_next(&self) -> bool {
-        self.next_request_len().is_some() && (self.resp.is_empty() || !self.response_turn)
+        self.next_choice().is_some_and(|(request, _)| request)
     }
 
     /// Writes the next frame to send (see [`QueuePair::transmit`] for the
@@ -1178,9 +1200,9 @@ impl QueuePair {
     /// when nothing waits, or when `out` is shorter than
     /// [`QueuePair::next_frame_len`] (the frame then stays queued).
     pub fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
-        let len = self.next_frame_len()?;
+        let (request, len) = self.next_choice()?;
         let out = out.get_mut(..len)?;
-        if self.request_next() {
+        if request {
             while let Some(t) = self.tx.pop_front() {
                 match t {
                     TxItem::Request(psn) => {
