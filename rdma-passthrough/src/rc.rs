@@ -886,6 +886,12 @@ impl QueuePair {
         if self.outstanding.len() + queued + entries > MAX_OUTSTANDING {
             return Err(PostError::Full);
         }
+        if self.sq.is_empty() && self.admits(&op) {
+            // Nothing queued ahead and room for it: packets at once,
+            // without a turn through the send queue.
+            self.segment(wr_id, op);
+            return Ok(());
+        }
         self.sq.push_back((wr_id, op));
         self.pump_sq();
         Ok(())
@@ -916,31 +922,37 @@ impl QueuePair {
 
     /// Turns queued work requests into packets while the limits allow.
     fn pump_sq(&mut self) {
-        let pmtu = self.cfg.pmtu;
         while let Some((_, op)) = self.sq.front() {
-            if self.error {
+            if self.error || !self.admits(op) {
                 return;
-            }
-            let (entries, span) = op.footprint(pmtu);
-            if !self.outstanding.is_empty() {
-                let in_flight = self.next_psn.forward_from(self.outstanding[0].psn);
-                if self.outstanding.len() + entries > MAX_OUTSTANDING
-                    || in_flight.saturating_add(span) > MAX_PSN_SPAN
-                {
-                    return;
-                }
-            }
-            if op.is_rd_atomic() {
-                let busy = self.outstanding.iter().filter(|o| o.is_rd_atomic()).count();
-                if busy >= usize::from(self.max_rd_atomic) {
-                    return;
-                }
             }
             let Some((wr_id, op)) = self.sq.pop_front() else {
                 return;
             };
             self.segment(wr_id, op);
         }
+    }
+
+    /// Whether the limits on unacknowledged packets, on the PSN span in
+    /// flight and on outstanding READ and atomic requests let `op` be
+    /// turned into packets now.
+    fn admits(&self, op: &SendOp) -> bool {
+        let (entries, span) = op.footprint(self.cfg.pmtu);
+        if let Some(first) = self.outstanding.front() {
+            let in_flight = self.next_psn.forward_from(first.psn);
+            if self.outstanding.len() + entries > MAX_OUTSTANDING
+                || in_flight.saturating_add(span) > MAX_PSN_SPAN
+            {
+                return false;
+            }
+        }
+        if op.is_rd_atomic() {
+            let busy = self.outstanding.iter().filter(|o| o.is_rd_atomic()).count();
+            if busy >= usize::from(self.max_rd_atomic) {
+                return false;
+            }
+        }
+        true
     }
 
     fn segment(&mut self, wr_id: u64, op: SendOp) {
@@ -1389,13 +1401,14 @@ impl QueuePair {
 
     /// A request's frame, in a spare buffer when there is one.
     fn request_frame(&mut self, h: &TransportHeaders, payload: &[u8]) -> Vec<u8> {
-        let buf = self.take_buffer();
+        // Not emptied first: `frame_in` sets the length, `build` the bytes.
+        let buf = self.spare.pop().unwrap_or_default();
         self.frame_in(buf, h, payload)
     }
 
     /// Builds a frame in `out` (emptied first).
     fn frame_in(&self, mut out: Vec<u8>, h: &TransportHeaders, payload: &[u8]) -> Vec<u8> {
-        out.clear();
+        // `build` zeroes what it does not write: no zeroing here too.
         out.resize(frame_len(h.bth.opcode, payload.len()).unwrap_or(0), 0);
         match build(&self.cfg.endpoints, h, payload, &mut out) {
             Ok(n) => out.truncate(n),
