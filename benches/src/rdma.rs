@@ -397,7 +397,13 @@ fn drain(nic: &mut Nic) -> Result<(), String> {
 }
 
 fn payload(i: u64) -> Vec<u8> {
-    let mut p = vec![0u8; MSG];
+    payload_bytes(i).to_vec()
+}
+
+/// The bytes of round trip `i`'s message, without allocating (the verbs
+/// loops fill the region from them and compare with them).
+fn payload_bytes(i: u64) -> [u8; MSG] {
+    let mut p = [0u8; MSG];
     p[..8].copy_from_slice(&i.to_le_bytes());
     for (k, b) in p.iter_mut().enumerate().skip(8) {
         *b = (k as u8).wrapping_mul(13) ^ i as u8;
@@ -843,20 +849,21 @@ fn verbs_send_round_trips(
         // The pong's receive and the ping's bytes, before the clock.
         recv.wr_id = i;
         v.post_recv(&recv)?;
+        let expect = payload_bytes(i);
         let mr = v.mr;
         v.ctx()
             .mr_bytes_mut(mr)
             .map_err(|e| format!("mr_bytes_mut: {e}"))?
             .get_mut(..MSG)
             .ok_or("region too small")?
-            .copy_from_slice(&payload(i));
+            .copy_from_slice(&expect);
         send.wr_id = i;
         let t = Instant::now();
         let now = t.saturating_duration_since(start).as_nanos() as u64;
         v.post_send(&send)?;
         v.spin_from(start, now, |v| Ok(v.poll_cq()?.then_some(())))?;
         let dt = t.elapsed().as_nanos() as u64;
-        if v.received() != payload(i) {
+        if v.received() != expect {
             return Err(format!(
                 "round trip {i}: the pong's bytes differ from the ping's"
             ));
@@ -880,13 +887,14 @@ fn verbs_write_round_trips(
     let mut write = v.write_wr(0);
     for i in 0..total {
         let want = tag(i);
+        let expect = payload_bytes(i);
         let mr = v.mr;
         v.ctx()
             .mr_bytes_mut(mr)
             .map_err(|e| format!("mr_bytes_mut: {e}"))?
             .get_mut(..MSG)
             .ok_or("region too small")?
-            .copy_from_slice(&payload(i));
+            .copy_from_slice(&expect);
         write.wr_id = i;
         let t = Instant::now();
         let now = t.saturating_duration_since(start).as_nanos() as u64;
@@ -896,7 +904,7 @@ fn verbs_write_round_trips(
             Ok((v.received().last() == Some(&want)).then_some(()))
         })?;
         let dt = t.elapsed().as_nanos() as u64;
-        if v.received() != payload(i) {
+        if v.received() != expect {
             return Err(format!(
                 "round trip {i}: the peer's WRITE landed other bytes"
             ));

@@ -844,6 +844,7 @@ impl QueuePair {
     /// Completions made so far (taken or waiting): a count a driver reads
     /// around every frame it hands over, to learn that one made a
     /// completion.
+    #[inline]
     pub fn completions_made(&self) -> u64 {
         self.completions_taken + self.completions.len() as u64
     }
@@ -851,6 +852,7 @@ impl QueuePair {
     /// RDMA WRITE packets whose bytes this responder placed in a region so
     /// far (what an application polling its memory waits for, with no
     /// completion to tell it).
+    #[inline]
     pub fn writes_placed(&self) -> u64 {
         self.writes_placed
     }
@@ -1312,12 +1314,14 @@ impl QueuePair {
     /// Brings the queue pair's clock to `now_ns` without running a timer
     /// (a timer found due runs at the next [`QueuePair::on_time`]): work
     /// posted next arms its timers from this time.
+    #[inline]
     pub fn advance_time(&mut self, now_ns: u64) {
         self.now = self.now.max(now_ns);
     }
 
     /// When [`QueuePair::on_time`] next has work, in the caller's clock
     /// (nanoseconds); `None` when no timer runs.
+    #[inline]
     pub fn next_deadline(&self) -> Option<u64> {
         if self.error {
             return None;
