@@ -321,20 +321,34 @@ fn spin<T>(
     start: Instant,
     ready: impl FnMut(&mut Nic) -> Result<Option<T>, String>,
 ) -> Result<T, String> {
-    spin_on(nic, start, |nic, now| nic.poll(now).map(drop), ready)
+    let now = start.elapsed().as_nanos() as u64;
+    spin_at(nic, start, now, ready)
+}
+
+/// [`spin`] from `now`, a time the caller read (see [`spin_on`]).
+#[inline(always)]
+fn spin_at<T>(
+    nic: &mut Nic,
+    start: Instant,
+    now: u64,
+    ready: impl FnMut(&mut Nic) -> Result<Option<T>, String>,
+) -> Result<T, String> {
+    spin_on(nic, start, now, |nic, now| nic.poll(now).map(drop), ready)
 }
 
 /// The loop of [`spin`] over any state that holds a [`RoceNic`]: `poll`
-/// polls it at `now` (the bench's clock in nanoseconds), `ready` says
-/// whether the awaited completion came; fails after [`STEP_TIMEOUT`].
+/// polls it at the bench's clock in nanoseconds (`now` at first: the time
+/// the caller last read, so that no reading of the clock comes between a
+/// post and the first poll), `ready` says whether the awaited completion
+/// came; fails after [`STEP_TIMEOUT`].
 #[inline(always)]
 fn spin_on<S, T>(
     s: &mut S,
     start: Instant,
+    mut now: u64,
     mut poll: impl FnMut(&mut S, u64) -> Result<(), netfront::frame::FrameError>,
     mut ready: impl FnMut(&mut S) -> Result<Option<T>, String>,
 ) -> Result<T, String> {
-    let mut now = start.elapsed().as_nanos() as u64;
     let began = now;
     let mut polls = 0u32;
     loop {
@@ -383,7 +397,13 @@ fn drain(nic: &mut Nic) -> Result<(), String> {
 }
 
 fn payload(i: u64) -> Vec<u8> {
-    let mut p = vec![0u8; MSG];
+    payload_bytes(i).to_vec()
+}
+
+/// The bytes of round trip `i`'s message, without allocating (the verbs
+/// loops fill the region from them and compare with them).
+fn payload_bytes(i: u64) -> [u8; MSG] {
+    let mut p = [0u8; MSG];
     p[..8].copy_from_slice(&i.to_le_bytes());
     for (k, b) in p.iter_mut().enumerate().skip(8) {
         *b = (k as u8).wrapping_mul(13) ^ i as u8;
@@ -413,6 +433,7 @@ fn send_round_trips(
         nic.transport_mut().qp_mut().post_recv(i, MSG);
         let ping = payload(i);
         let t = Instant::now();
+        let now = t.saturating_duration_since(start).as_nanos() as u64;
         nic.transport_mut()
             .qp_mut()
             .post_send(
@@ -423,7 +444,7 @@ fn send_round_trips(
                 },
             )
             .map_err(|e| format!("{e:?}"))?;
-        let pong = spin(nic, start, take_recv)?;
+        let pong = spin_at(nic, start, now, take_recv)?;
         let dt = t.elapsed().as_nanos() as u64;
         if pong != payload(i) {
             return Err(format!(
@@ -461,6 +482,7 @@ fn write_round_trips(
         let ping = payload(i);
         let want = tag(i);
         let t = Instant::now();
+        let now = t.saturating_duration_since(start).as_nanos() as u64;
         nic.transport_mut()
             .qp_mut()
             .post_send(
@@ -473,7 +495,7 @@ fn write_round_trips(
                 },
             )
             .map_err(|e| format!("{e:?}"))?;
-        spin(nic, start, |n| {
+        spin_at(nic, start, now, |n| {
             drain(n)?;
             Ok((last_byte(n) == want).then_some(()))
         })?;
@@ -764,7 +786,20 @@ impl Verbs {
         start: Instant,
         ready: impl FnMut(&mut Verbs) -> Result<Option<T>, String>,
     ) -> Result<T, String> {
-        spin_on(self, start, |v, now| v.nic.poll(now).map(drop), ready)
+        let now = start.elapsed().as_nanos() as u64;
+        self.spin_from(start, now, ready)
+    }
+
+    /// [`Verbs::spin`] from `now`, a time the caller read (see
+    /// [`spin_on`]).
+    #[inline(always)]
+    fn spin_from<T>(
+        &mut self,
+        start: Instant,
+        now: u64,
+        ready: impl FnMut(&mut Verbs) -> Result<Option<T>, String>,
+    ) -> Result<T, String> {
+        spin_on(self, start, now, |v, now| v.nic.poll(now).map(drop), ready)
     }
 
     /// The SEND of the region's first `MSG` bytes (`at`: 0) or of the
@@ -814,19 +849,21 @@ fn verbs_send_round_trips(
         // The pong's receive and the ping's bytes, before the clock.
         recv.wr_id = i;
         v.post_recv(&recv)?;
+        let expect = payload_bytes(i);
         let mr = v.mr;
         v.ctx()
             .mr_bytes_mut(mr)
             .map_err(|e| format!("mr_bytes_mut: {e}"))?
             .get_mut(..MSG)
             .ok_or("region too small")?
-            .copy_from_slice(&payload(i));
+            .copy_from_slice(&expect);
         send.wr_id = i;
         let t = Instant::now();
+        let now = t.saturating_duration_since(start).as_nanos() as u64;
         v.post_send(&send)?;
-        v.spin(start, |v| Ok(v.poll_cq()?.then_some(())))?;
+        v.spin_from(start, now, |v| Ok(v.poll_cq()?.then_some(())))?;
         let dt = t.elapsed().as_nanos() as u64;
-        if v.received() != payload(i) {
+        if v.received() != expect {
             return Err(format!(
                 "round trip {i}: the pong's bytes differ from the ping's"
             ));
@@ -850,22 +887,24 @@ fn verbs_write_round_trips(
     let mut write = v.write_wr(0);
     for i in 0..total {
         let want = tag(i);
+        let expect = payload_bytes(i);
         let mr = v.mr;
         v.ctx()
             .mr_bytes_mut(mr)
             .map_err(|e| format!("mr_bytes_mut: {e}"))?
             .get_mut(..MSG)
             .ok_or("region too small")?
-            .copy_from_slice(&payload(i));
+            .copy_from_slice(&expect);
         write.wr_id = i;
         let t = Instant::now();
+        let now = t.saturating_duration_since(start).as_nanos() as u64;
         v.post_send(&write)?;
-        v.spin(start, |v| {
+        v.spin_from(start, now, |v| {
             v.poll_cq()?;
             Ok((v.received().last() == Some(&want)).then_some(()))
         })?;
         let dt = t.elapsed().as_nanos() as u64;
-        if v.received() != payload(i) {
+        if v.received() != expect {
             return Err(format!(
                 "round trip {i}: the peer's WRITE landed other bytes"
             ));

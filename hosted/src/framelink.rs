@@ -733,11 +733,18 @@ impl FrameDevice for FrameLink {
         }
         self.shared.tx_lent[me].store(true, Ordering::Relaxed);
         // The stage is empty only when a buffer lent before was dropped
-        // unsent (it went with it).
+        // unsent (it went with it). It holds the last frame sent (this
+        // end's own bytes): only what a longer frame needs past it is
+        // zeroed, not every frame's length (the caller writes the frame).
         let mut buf = std::mem::take(&mut self.stage);
-        buf.clear();
-        buf.reserve(MAX_FRAME);
-        buf.resize(len, 0);
+        if buf.capacity() < MAX_FRAME {
+            buf.reserve(MAX_FRAME - buf.len());
+        }
+        if buf.len() >= len {
+            buf.truncate(len);
+        } else {
+            buf.resize(len, 0);
+        }
         Ok(Some(LinkTx {
             shared: self.shared.clone(),
             side: self.side,

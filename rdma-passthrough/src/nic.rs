@@ -132,9 +132,11 @@ impl Transport for crate::verbs::Context {
     fn next_frame(&mut self) -> Option<Vec<u8>> {
         crate::verbs::Context::next_frame(self)
     }
+    #[inline]
     fn next_frame_len(&self) -> Option<usize> {
         crate::verbs::Context::next_frame_len(self)
     }
+    #[inline]
     fn emits_in_place(&self) -> bool {
         true
     }
@@ -144,12 +146,15 @@ impl Transport for crate::verbs::Context {
     fn on_time(&mut self, now_ns: u64) {
         crate::verbs::Context::on_time(self, now_ns);
     }
+    #[inline]
     fn next_deadline(&self) -> Option<u64> {
         crate::verbs::Context::next_deadline(self)
     }
+    #[inline]
     fn advance_time(&mut self, now_ns: u64) {
         crate::verbs::Context::advance_time(self, now_ns);
     }
+    #[inline]
     fn completion_mark(&self) -> u64 {
         crate::verbs::Context::completions_made(self)
             .wrapping_add(crate::verbs::Context::writes_placed(self))
@@ -219,9 +224,11 @@ impl Transport for QpTransport {
         self.qp.transmit()
     }
 
+    #[inline]
     fn next_frame_len(&self) -> Option<usize> {
         self.qp.next_frame_len()
     }
+    #[inline]
     fn emits_in_place(&self) -> bool {
         true
     }
@@ -237,14 +244,17 @@ impl Transport for QpTransport {
         self.qp.on_time(now_ns);
     }
 
+    #[inline]
     fn next_deadline(&self) -> Option<u64> {
         self.qp.next_deadline()
     }
 
+    #[inline]
     fn advance_time(&mut self, now_ns: u64) {
         self.qp.advance_time(now_ns);
     }
 
+    #[inline]
     fn completion_mark(&self) -> u64 {
         self.qp
             .completions_made()

@@ -844,6 +844,7 @@ impl QueuePair {
     /// Completions made so far (taken or waiting): a count a driver reads
     /// around every frame it hands over, to learn that one made a
     /// completion.
+    #[inline]
     pub fn completions_made(&self) -> u64 {
         self.completions_taken + self.completions.len() as u64
     }
@@ -851,6 +852,7 @@ impl QueuePair {
     /// RDMA WRITE packets whose bytes this responder placed in a region so
     /// far (what an application polling its memory waits for, with no
     /// completion to tell it).
+    #[inline]
     pub fn writes_placed(&self) -> u64 {
         self.writes_placed
     }
@@ -886,6 +888,12 @@ impl QueuePair {
         if self.outstanding.len() + queued + entries > MAX_OUTSTANDING {
             return Err(PostError::Full);
         }
+        if self.sq.is_empty() && self.admits(&op) {
+            // Nothing queued ahead and room for it: packets at once,
+            // without a turn through the send queue.
+            self.segment(wr_id, op);
+            return Ok(());
+        }
         self.sq.push_back((wr_id, op));
         self.pump_sq();
         Ok(())
@@ -916,31 +924,37 @@ impl QueuePair {
 
     /// Turns queued work requests into packets while the limits allow.
     fn pump_sq(&mut self) {
-        let pmtu = self.cfg.pmtu;
         while let Some((_, op)) = self.sq.front() {
-            if self.error {
+            if self.error || !self.admits(op) {
                 return;
-            }
-            let (entries, span) = op.footprint(pmtu);
-            if !self.outstanding.is_empty() {
-                let in_flight = self.next_psn.forward_from(self.outstanding[0].psn);
-                if self.outstanding.len() + entries > MAX_OUTSTANDING
-                    || in_flight.saturating_add(span) > MAX_PSN_SPAN
-                {
-                    return;
-                }
-            }
-            if op.is_rd_atomic() {
-                let busy = self.outstanding.iter().filter(|o| o.is_rd_atomic()).count();
-                if busy >= usize::from(self.max_rd_atomic) {
-                    return;
-                }
             }
             let Some((wr_id, op)) = self.sq.pop_front() else {
                 return;
             };
             self.segment(wr_id, op);
         }
+    }
+
+    /// Whether the limits on unacknowledged packets, on the PSN span in
+    /// flight and on outstanding READ and atomic requests let `op` be
+    /// turned into packets now.
+    fn admits(&self, op: &SendOp) -> bool {
+        let (entries, span) = op.footprint(self.cfg.pmtu);
+        if let Some(first) = self.outstanding.front() {
+            let in_flight = self.next_psn.forward_from(first.psn);
+            if self.outstanding.len() + entries > MAX_OUTSTANDING
+                || in_flight.saturating_add(span) > MAX_PSN_SPAN
+            {
+                return false;
+            }
+        }
+        if op.is_rd_atomic() {
+            let busy = self.outstanding.iter().filter(|o| o.is_rd_atomic()).count();
+            if busy >= usize::from(self.max_rd_atomic) {
+                return false;
+            }
+        }
+        true
     }
 
     fn segment(&mut self, wr_id: u64, op: SendOp) {
@@ -1148,21 +1162,43 @@ impl QueuePair {
     /// The length of the frame [`QueuePair::emit_into`] writes next, or
     /// `None` when nothing waits.
     pub fn next_frame_len(&self) -> Option<usize> {
-        let request = self.next_request_len();
-        if request.is_some() && (self.resp.is_empty() || !self.response_turn) {
-            return request;
+        self.next_choice().map(|(_, len)| len)
+    }
+
+    /// What leaves next: `(true, length)` for a request, `(false,
+    /// length)` for a response (see [`QueuePair::transmit`] for the
+    /// order), `None` when nothing waits. One look at each queue: what
+    /// [`QueuePair::next_frame_len`] and [`QueuePair::emit_into`] both go
+    /// by.
+    #[inline]
+    fn next_choice(&self) -> Option<(bool, usize)> {
+        if self.resp.is_empty() || !self.response_turn {
+            if let Some(len) = self.next_request_len() {
+                return Some((true, len));
+            }
         }
         match self.resp.front() {
-            Some(Resp::Ack(_) | Resp::Nak(..)) => frame_len(Opcode::Acknowledge, 0),
-            Some(Resp::Frame { frame, .. }) => Some(frame.len()),
+            Some(Resp::Ack(_) | Resp::Nak(..)) => Some((false, frame_len(Opcode::Acknowledge, 0)?)),
+            Some(Resp::Frame { frame, .. }) => Some((false, frame.len())),
             None => None,
         }
     }
 
     /// The length of the next request frame (requests acknowledged before
     /// they left are skipped).
+    #[inline]
     fn next_request_len(&self) -> Option<usize> {
-        self.tx.iter().find_map(|t| match t {
+        // The front is nearly always the one (a request not acknowledged
+        // yet): no walk of the queue.
+        match self.tx.front()? {
+            TxItem::Request(psn) => {
+                if let Some(o) = self.outstanding_at(*psn) {
+                    return Some(o.frame.len());
+                }
+            }
+            TxItem::Frame(f) => return Some(f.len()),
+        }
+        self.tx.iter().skip(1).find_map(|t| match t {
             TxItem::Request(psn) => self.outstanding_at(*psn).map(|o| o.frame.len()),
             TxItem::Frame(f) => Some(f.len()),
         })
@@ -1170,7 +1206,7 @@ impl QueuePair {
 
     /// Whether the next frame is a request (see [`QueuePair::transmit`]).
     fn request_next(&self) -> bool {
-        self.next_request_len().is_some() && (self.resp.is_empty() || !self.response_turn)
+        self.next_choice().is_some_and(|(request, _)| request)
     }
 
     /// Writes the next frame to send (see [`QueuePair::transmit`] for the
@@ -1178,9 +1214,9 @@ impl QueuePair {
     /// when nothing waits, or when `out` is shorter than
     /// [`QueuePair::next_frame_len`] (the frame then stays queued).
     pub fn emit_into(&mut self, out: &mut [u8]) -> Option<usize> {
-        let len = self.next_frame_len()?;
+        let (request, len) = self.next_choice()?;
         let out = out.get_mut(..len)?;
-        if self.request_next() {
+        if request {
             while let Some(t) = self.tx.pop_front() {
                 match t {
                     TxItem::Request(psn) => {
@@ -1278,12 +1314,14 @@ impl QueuePair {
     /// Brings the queue pair's clock to `now_ns` without running a timer
     /// (a timer found due runs at the next [`QueuePair::on_time`]): work
     /// posted next arms its timers from this time.
+    #[inline]
     pub fn advance_time(&mut self, now_ns: u64) {
         self.now = self.now.max(now_ns);
     }
 
     /// When [`QueuePair::on_time`] next has work, in the caller's clock
     /// (nanoseconds); `None` when no timer runs.
+    #[inline]
     pub fn next_deadline(&self) -> Option<u64> {
         if self.error {
             return None;
@@ -1367,13 +1405,14 @@ impl QueuePair {
 
     /// A request's frame, in a spare buffer when there is one.
     fn request_frame(&mut self, h: &TransportHeaders, payload: &[u8]) -> Vec<u8> {
-        let buf = self.take_buffer();
+        // Not emptied first: `frame_in` sets the length, `build` the bytes.
+        let buf = self.spare.pop().unwrap_or_default();
         self.frame_in(buf, h, payload)
     }
 
     /// Builds a frame in `out` (emptied first).
     fn frame_in(&self, mut out: Vec<u8>, h: &TransportHeaders, payload: &[u8]) -> Vec<u8> {
-        out.clear();
+        // `build` zeroes what it does not write: no zeroing here too.
         out.resize(frame_len(h.bth.opcode, payload.len()).unwrap_or(0), 0);
         match build(&self.cfg.endpoints, h, payload, &mut out) {
             Ok(n) => out.truncate(n),

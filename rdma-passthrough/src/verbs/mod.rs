@@ -315,12 +315,14 @@ impl Context {
 
     /// Completions put on completion queues so far (cheap: a driver reads
     /// it around every frame it hands over).
+    #[inline]
     pub fn completions_made(&self) -> u64 {
         self.stats.completions
     }
 
     /// RDMA WRITE packets whose bytes were placed in this context's
     /// regions so far.
+    #[inline]
     pub fn writes_placed(&self) -> u64 {
         self.stats.writes_placed
     }
@@ -1177,6 +1179,7 @@ impl Context {
     /// The length of the frame [`Context::emit_into`] writes next, `None`
     /// when no queue pair has anything to send (then at once, without
     /// asking every queue pair: what an idle poll costs).
+    #[inline]
     pub fn next_frame_len(&self) -> Option<usize> {
         if !self.tx_waiting {
             return None;
@@ -1205,6 +1208,7 @@ impl Context {
     /// The driver's clock, on every poll (monotonic nanoseconds): the time
     /// work requests posted before the next frame or timer arm their
     /// timers from. Runs no timer.
+    #[inline]
     pub fn advance_time(&mut self, now_ns: u64) {
         self.now = self.now.max(now_ns);
     }
@@ -1230,6 +1234,7 @@ impl Context {
     /// The earliest time [`Context::on_time`] has work, in nanoseconds
     /// (kept up to date by every call that can change it: reading it asks
     /// no queue pair).
+    #[inline]
     pub fn next_deadline(&self) -> Option<u64> {
         self.deadline
     }
