@@ -1177,6 +1177,16 @@ fn nothing_pending(lines: &[EventLine<'_>]) -> bool {
 mod tests {
     use super::*;
 
+    /// An emulated hypervisor in a directory of its own (named after
+    /// `tag`) with domains 1 and 2 joined.
+    fn two_domains(tag: &str) -> (std::path::PathBuf, crate::HostedHypervisor, HostedPlatform, HostedPlatform) {
+        let dir = std::env::temp_dir().join(format!("hosted-evtchn-{tag}-{}", std::process::id()));
+        let hv = crate::HostedHypervisor::create(&dir).unwrap();
+        let a = hv.join(DomId(1)).unwrap();
+        let b = hv.join(DomId(2)).unwrap();
+        (dir, hv, a, b)
+    }
+
     #[test]
     fn binding_words_round_trip() {
         for b in [
@@ -1199,10 +1209,7 @@ mod tests {
     /// operation fails cleanly or ignores it, nothing panics.
     #[test]
     fn hostile_writes_to_our_event_page_are_contained() {
-        let dir = std::env::temp_dir().join(format!("hosted-evtchn-unit-{}", std::process::id()));
-        let hv = crate::HostedHypervisor::create(&dir).unwrap();
-        let a = hv.join(DomId(1)).unwrap();
-        let b = hv.join(DomId(2)).unwrap();
+        let (dir, hv, a, b) = two_domains("unit");
         let pa = a.alloc_unbound(DomId(2)).unwrap();
         let pb = b.bind_interdomain(DomId(1), pa).unwrap();
         // B's view of A's event page, as the emulated hypervisor maps it.
@@ -1251,10 +1258,7 @@ mod tests {
     /// readable and is reported; a port allocated again is refused.
     #[test]
     fn an_external_wait_sees_notifies_before_and_during_its_sleep() {
-        let dir = std::env::temp_dir().join(format!("hosted-evtchn-ext-{}", std::process::id()));
-        let hv = crate::HostedHypervisor::create(&dir).unwrap();
-        let a = hv.join(DomId(1)).unwrap();
-        let b = hv.join(DomId(2)).unwrap();
+        let (dir, hv, a, b) = two_domains("ext");
         let pa = a.alloc_unbound(DomId(2)).unwrap();
         let pb = b.bind_interdomain(DomId(1), pa).unwrap();
         // Binding marks the new local port pending (as Xen does): clear it.
@@ -1307,10 +1311,7 @@ mod tests {
     /// and an eventfd write. The first to look takes the event.
     #[test]
     fn one_notify_wakes_a_futex_sleeper_and_an_eventfd_sleeper_alike() {
-        let dir = std::env::temp_dir().join(format!("hosted-evtchn-both-{}", std::process::id()));
-        let hv = crate::HostedHypervisor::create(&dir).unwrap();
-        let a = hv.join(DomId(1)).unwrap();
-        let b = hv.join(DomId(2)).unwrap();
+        let (dir, hv, a, b) = two_domains("both");
         let pa = a.alloc_unbound(DomId(2)).unwrap();
         let pb = b.bind_interdomain(DomId(1), pa).unwrap();
         let _ = b.poll(pb);
@@ -1345,16 +1346,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A notify that read its binding word before the peer's departure was
-    /// handled (simulated by writing the old word back) reaches neither a
-    /// new incarnation of the peer's domid, whether the binding was made
-    /// by us or by the peer, and whether or not we had notified before.
+    /// A port set wakes on a notify of any of its ports, and a port of it
+    /// closed and allocated again is refused rather than waited on.
     #[test]
     fn a_port_set_wakes_on_each_port_and_refuses_a_port_allocated_again() {
-        let dir = std::env::temp_dir().join(format!("hosted-evtchn-set-{}", std::process::id()));
-        let hv = crate::HostedHypervisor::create(&dir).unwrap();
-        let a = hv.join(DomId(1)).unwrap();
-        let b = hv.join(DomId(2)).unwrap();
+        let (dir, hv, a, b) = two_domains("set");
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for _ in 0..3 {
@@ -1397,12 +1393,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A notify that read its binding word before the peer's departure was
+    /// handled (simulated by writing the old word back) reaches neither a
+    /// new incarnation of the peer's domid, whether the binding was made
+    /// by us or by the peer, and whether or not we had notified before.
     #[test]
     fn notify_delivers_only_to_the_incarnation_bound_to() {
-        let dir = std::env::temp_dir().join(format!("hosted-evtchn-inc-{}", std::process::id()));
-        let hv = crate::HostedHypervisor::create(&dir).unwrap();
-        let a = hv.join(DomId(1)).unwrap();
-        let b = hv.join(DomId(2)).unwrap();
+        let (dir, hv, a, b) = two_domains("inc");
         // pa: offered by A, bound by B, notified before B goes.
         let pa = a.alloc_unbound(DomId(2)).unwrap();
         let pb = b.bind_interdomain(DomId(1), pa).unwrap();
