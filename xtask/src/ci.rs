@@ -199,40 +199,83 @@ pub fn fuzz(args: &FuzzArgs) -> Result<(), String> {
     let targets = if chosen.is_empty() { all } else { chosen };
     let dir = root().join("fuzz");
     sh(cargo_nightly().current_dir(&dir).args(["fuzz", "build"]))?;
-    let mut report = Vec::new();
-    for t in &targets {
-        let out = cargo_nightly()
-            .current_dir(&dir)
-            .args([
-                "fuzz",
-                "run",
-                t,
-                "--",
-                &format!("-max_total_time={seconds}"),
-            ])
-            .output()
-            .map_err(|e| format!("could not run cargo fuzz: {e}"))?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        let runs = err
-            .lines()
-            .rev()
-            .find_map(|l| {
-                l.strip_prefix("Done ")
-                    .and_then(|r| r.split_whitespace().next())
-                    .map(str::to_string)
+    // libFuzzer runs a target on one core: the targets run side by side,
+    // one per core (at most 4), each for the full `seconds`.
+    let jobs = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(targets.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<(String, String), String>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(t) = targets.get(i) else { break };
+                        let r = fuzz_one(&dir, t, seconds);
+                        let failed = r.is_err();
+                        mine.push(r);
+                        if failed {
+                            // Stop handing out targets: the others finish
+                            // the one they run and the failure is reported.
+                            next.store(targets.len(), std::sync::atomic::Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                    mine
+                })
             })
-            .unwrap_or_else(|| "?".into());
-        if !out.status.success() {
-            let tail: Vec<&str> = err.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(format!(
-                "fuzz target `{t}` found a failure:\n{}\nreproduce with: cd fuzz && cargo +nightly fuzz run {t} <artifact>",
-                tail.join("\n")
-            ));
-        }
-        eprintln!("fuzz {t}: {runs} runs in {seconds} s, no finding");
-        report.push((t.clone(), runs));
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| vec![Err("a fuzz worker thread panicked".into())])
+            })
+            .collect()
+    });
+    let mut report = Vec::new();
+    for r in results {
+        report.push(r?);
     }
     eprintln!("fuzz: {} targets, no findings", report.len());
     Ok(())
+}
+
+/// Runs one fuzz target for `seconds`; its number of runs, or the failure
+/// with the tail of libFuzzer's output and how to reproduce it.
+fn fuzz_one(dir: &std::path::Path, t: &str, seconds: u64) -> Result<(String, String), String> {
+    let out = cargo_nightly()
+        .current_dir(dir)
+        .args([
+            "fuzz",
+            "run",
+            t,
+            "--",
+            &format!("-max_total_time={seconds}"),
+        ])
+        .output()
+        .map_err(|e| format!("could not run cargo fuzz: {e}"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    let runs = err
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.strip_prefix("Done ")
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into());
+    if !out.status.success() {
+        let tail: Vec<&str> = err.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "fuzz target `{t}` found a failure:\n{}\nreproduce with: cd fuzz && cargo +nightly fuzz run {t} <artifact>",
+            tail.join("\n")
+        ));
+    }
+    eprintln!("fuzz {t}: {runs} runs in {seconds} s, no finding");
+    Ok((t.to_string(), runs))
 }
