@@ -409,6 +409,10 @@ pub struct Activity {
     pub taskruns: u64,
     /// Sleeps on the event channel (no I/O in flight).
     pub ring_sleeps: u64,
+    /// Notifications the io_uring's poll of the event channel delivered
+    /// ([`BlkbackConfig::uring_wakeups`]): each ended a sleep in
+    /// `io_uring_enter`, or came while the worker was awake.
+    pub uring_notified: u64,
     /// Notifications sent to the frontend.
     pub notifies: u64,
 }
@@ -436,6 +440,7 @@ struct Counters {
     uring_waits: AtomicU64,
     pub(crate) taskruns: AtomicU64,
     ring_sleeps: AtomicU64,
+    uring_notified: AtomicU64,
     notifies: AtomicU64,
 }
 
@@ -620,6 +625,7 @@ impl Blkback {
                 uring_waits: get(&c.uring_waits),
                 taskruns: get(&c.taskruns),
                 ring_sleeps: get(&c.ring_sleeps),
+                uring_notified: get(&c.uring_notified),
                 notifies: get(&c.notifies),
             },
         }

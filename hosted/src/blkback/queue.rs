@@ -1208,6 +1208,10 @@ impl Worker {
             // The frontend notified (or the poll failed): drain the eventfd
             // before the next sleep arms the poll again.
             self.poll_armed = false;
+            self.shared
+                .stats
+                .uring_notified
+                .fetch_add(1, Ordering::Relaxed);
             if let Some(w) = &self.wake {
                 w.drain();
             }
