@@ -190,6 +190,8 @@ fn queue_pair(me: DomId, peer: DomId) -> Result<QueuePair, String> {
         },
     })
     .map_err(|e| format!("queue pair: {e}"))?;
+    // As a verbs context with a 16-deep send queue does for unsignaled sends.
+    qp.set_ack_req_interval(ACK_REQ_INTERVAL);
     qp.register(MemoryRegion {
         va: REGION_VA,
         rkey: RKEY,
@@ -200,6 +202,23 @@ fn queue_pair(me: DomId, peer: DomId) -> Result<QueuePair, String> {
 }
 
 type Nic = RoceNic<FrameLink, QpTransport>;
+
+/// Messages in a row that leave without asking for an ACK on the `-qp`
+/// path (the verbs path's queue pairs, 16 deep, ask every 8 as well).
+const ACK_REQ_INTERVAL: u32 = 8;
+
+/// Posts round trip `i`'s message of `total` on the `-qp` path: as an
+/// unsignaled verbs send (its ACK may be coalesced), but the last one,
+/// whose ACK each end waits for before it stops.
+fn post_qp(nic: &mut Nic, i: u64, total: u64, op: SendOp) -> Result<(), String> {
+    let qp = nic.transport_mut().qp_mut();
+    if i + 1 == total {
+        qp.post_send(i, op)
+    } else {
+        qp.post_send_unsignaled(i, op)
+    }
+    .map_err(|e| format!("{e:?}"))
+}
 
 /// One entry's run: this process is domain 1 (creates and grants the
 /// link), the child domain 2.
@@ -434,16 +453,15 @@ fn send_round_trips(
         let ping = payload(i);
         let t = Instant::now();
         let now = t.saturating_duration_since(start).as_nanos() as u64;
-        nic.transport_mut()
-            .qp_mut()
-            .post_send(
-                i,
-                SendOp::Send {
-                    data: ping,
-                    imm: None,
-                },
-            )
-            .map_err(|e| format!("{e:?}"))?;
+        post_qp(
+            nic,
+            i,
+            total,
+            SendOp::Send {
+                data: ping,
+                imm: None,
+            },
+        )?;
         let pong = spin_at(nic, start, now, take_recv)?;
         let dt = t.elapsed().as_nanos() as u64;
         if pong != payload(i) {
@@ -483,18 +501,17 @@ fn write_round_trips(
         let want = tag(i);
         let t = Instant::now();
         let now = t.saturating_duration_since(start).as_nanos() as u64;
-        nic.transport_mut()
-            .qp_mut()
-            .post_send(
-                i,
-                SendOp::Write {
-                    data: ping,
-                    va: REGION_VA,
-                    rkey: RKEY,
-                    imm: None,
-                },
-            )
-            .map_err(|e| format!("{e:?}"))?;
+        post_qp(
+            nic,
+            i,
+            total,
+            SendOp::Write {
+                data: ping,
+                va: REGION_VA,
+                rkey: RKEY,
+                imm: None,
+            },
+        )?;
         spin_at(nic, start, now, |n| {
             drain(n)?;
             Ok((last_byte(n) == want).then_some(()))
@@ -562,16 +579,15 @@ fn serve(op: Op, nic: &mut Nic, start: Instant, total: u64) -> Result<(), String
             nic.transport_mut().qp_mut().post_recv(1, MSG);
             for i in 0..total {
                 let ping = spin(nic, start, take_recv)?;
-                nic.transport_mut()
-                    .qp_mut()
-                    .post_send(
-                        i,
-                        SendOp::Send {
-                            data: ping,
-                            imm: None,
-                        },
-                    )
-                    .map_err(|e| format!("{e:?}"))?;
+                post_qp(
+                    nic,
+                    i,
+                    total,
+                    SendOp::Send {
+                        data: ping,
+                        imm: None,
+                    },
+                )?;
                 // The doorbell: the pong leaves at once; then the receive
                 // taken is posted again.
                 nic.flush().map_err(|e| format!("frame link: {e}"))?;
@@ -593,18 +609,17 @@ fn serve(op: Op, nic: &mut Nic, start: Instant, total: u64) -> Result<(), String
                     .region(0)
                     .map(|r| r.data.clone())
                     .unwrap_or_default();
-                nic.transport_mut()
-                    .qp_mut()
-                    .post_send(
-                        i,
-                        SendOp::Write {
-                            data,
-                            va: REGION_VA,
-                            rkey: RKEY,
-                            imm: None,
-                        },
-                    )
-                    .map_err(|e| format!("{e:?}"))?;
+                post_qp(
+                    nic,
+                    i,
+                    total,
+                    SendOp::Write {
+                        data,
+                        va: REGION_VA,
+                        rkey: RKEY,
+                        imm: None,
+                    },
+                )?;
                 nic.poll(start.elapsed().as_nanos() as u64)
                     .map_err(|e| format!("frame link: {e}"))?;
             }
@@ -858,6 +873,8 @@ fn verbs_send_round_trips(
             .ok_or("region too small")?
             .copy_from_slice(&expect);
         send.wr_id = i;
+        // Unsignaled, but the last: its ACK ends the run.
+        send.signaled = i + 1 == total;
         let t = Instant::now();
         let now = t.saturating_duration_since(start).as_nanos() as u64;
         v.post_send(&send)?;
@@ -896,6 +913,7 @@ fn verbs_write_round_trips(
             .ok_or("region too small")?
             .copy_from_slice(&expect);
         write.wr_id = i;
+        write.signaled = i + 1 == total;
         let t = Instant::now();
         let now = t.saturating_duration_since(start).as_nanos() as u64;
         v.post_send(&write)?;
@@ -936,6 +954,7 @@ fn verbs_peer(op: Op, link: FrameLink, total: u64) -> Result<(), String> {
                 // post_send) and leaves at once (the doorbell), then the
                 // receive taken is posted again.
                 pong.wr_id = i;
+                pong.signaled = i + 1 == total;
                 v.post_send(&pong)?;
                 v.nic.flush().map_err(|e| format!("frame link: {e}"))?;
                 recv.wr_id = i + 2;
@@ -954,6 +973,7 @@ fn verbs_peer(op: Op, link: FrameLink, total: u64) -> Result<(), String> {
                     Ok((v.received().last() == Some(&want)).then_some(()))
                 })?;
                 pong.wr_id = i;
+                pong.signaled = i + 1 == total;
                 v.post_send(&pong)?;
                 v.nic
                     .poll(start.elapsed().as_nanos() as u64)
