@@ -25,14 +25,18 @@
 //! completion queues): the difference between the two is the verbs
 //! layer's cost.
 //!
-//! A round trip moves four frames: the ping, its ACK, the pong and its
-//! ACK. Each ACK leaves right behind the request posted in answer (the
-//! pong, or the next ping: a queue pair sends a request posted before the
-//! ACK of what it received just before), and is handled by its receiver
-//! at the poll after the one that took the frame ahead of it
-//! (`RoceNic::poll` hands a completion to the application before the
-//! frames behind it). Sends are unsignaled and the requester's
-//! completion (the ACK) is not waited for before the receive is polled:
+//! A round trip moves the ping and the pong, and every eighth round trip
+//! an ACK each way: the sends are unsignaled, so each end's messages ask
+//! for an ACK (AckReq) only every 8 (as a verbs queue pair 16 deep does,
+//! `QueuePair::post_send_unsignaled`), and the last message of each end
+//! is signaled, so that each end's run ends with everything acknowledged.
+//! An ACK leaves right behind the request posted in answer (the pong, or
+//! the next ping: a queue pair sends a request posted before the ACK of
+//! what it received just before), and is handled by its receiver at the
+//! poll after the one that took the frame ahead of it (`RoceNic::poll`
+//! hands a completion to the application before the frames behind it).
+//! The requester's completion (the ACK) is not waited for before the
+//! receive is polled:
 //! `ib_send_lat` with a send queue deeper than its default of 1 does the
 //! same, with its default it waits for every send's completion
 //! (`docs/benches.md` sets the two side by side). Every frame is built

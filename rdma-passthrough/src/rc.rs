@@ -11,7 +11,11 @@
 //!   turned into packets in order. SEND and RDMA WRITE (with or without
 //!   immediate data) are segmented to the path MTU into first/middle/last
 //!   or only packets with consecutive PSNs; the last packet asks for an
-//!   acknowledgement. An RDMA READ is one request packet that reserves one
+//!   acknowledgement (AckReq), unless the work request was posted
+//!   unsignaled ([`QueuePair::post_send_unsignaled`]): then only every
+//!   [`QueuePair::set_ack_req_interval`]-th such message asks, and the
+//!   responder's one ACK of the latest PSN covers those before it; a
+//!   resend always asks on its last packet. An RDMA READ is one request packet that reserves one
 //!   PSN for each response packet it will get back; compare-and-swap and
 //!   fetch-and-add are one packet each. At most `max_rd_atomic` READ and
 //!   atomic requests are in flight: the send queue waits behind the next
@@ -57,9 +61,11 @@
 //!   access errors are answered with the NAK the specification names and
 //!   move the queue pair to the error state. A SEND (or WRITE with
 //!   immediate) that finds no posted receive gets an RNR NAK carrying the
-//!   `min_rnr_timer` of [`QpTimers`]. Responses leave in PSN order; ACKs
-//!   are coalesced: consecutive packets received between two calls to
-//!   `transmit` are acknowledged by one ACK.
+//!   `min_rnr_timer` of [`QpTimers`]. Responses leave in PSN order; a
+//!   SEND or WRITE is acknowledged only when it asks (AckReq) or is a
+//!   duplicate, as `rdma_rxe`'s responder does, and ACKs are coalesced:
+//!   consecutive packets received between two calls to `transmit` are
+//!   acknowledged by one ACK.
 //! - **Memory.** Remote accesses go through a [`RegionTable`]: the queue
 //!   pair's own regions ([`QueuePair::register`]) or the caller's (a verbs
 //!   context's memory regions). Nothing outside a region's bytes is ever
