@@ -156,6 +156,15 @@ pub fn entries() -> Vec<Entry> {
         )
         .msg_bytes(MSG),
         Entry::new(
+            "rdma-send-64-1t",
+            "rdma-send-64's software alone: both ends' verbs contexts on one thread, each frame built, emitted into a \
+             buffer, copied and parsed as RoceNic does, no link and no other core: the CPU time of a round trip's \
+             work, both ends' added up (ACKs included)",
+            "one thread, two verbs contexts, frames moved in memory",
+            |r: Round, rec: &mut Recorder| one_thread_send(r.iters, r.warmup, rec),
+        )
+        .msg_bytes(MSG),
+        Entry::new(
             "rdma-write-64-qp",
             "rdma-write-64 with one queue pair's state machine driven directly (QpTransport), without the verbs layer",
             setup,
@@ -990,4 +999,175 @@ fn verbs_peer(op: Op, link: FrameLink, total: u64) -> Result<(), String> {
         Ok(v.nic.transport().next_deadline().is_none().then_some(()))
     })?;
     v.check_clean()
+}
+
+/// One end of `rdma-send-64-1t`: a verbs context with a PD, a region, a
+/// CQ and a queue pair in RTS towards `peer`'s (both ends' first queue
+/// pair has the same number).
+struct OneEnd {
+    ctx: Context,
+    cq: CqHandle,
+    qp: QpHandle,
+    info: MrInfo,
+}
+
+impl OneEnd {
+    fn new(me: DomId, peer: DomId) -> Result<OneEnd, String> {
+        let ip = |d: DomId| [10, 0, 0, d.0 as u8];
+        let psn = |d: DomId| 0x1000 * u32::from(d.0);
+        let e = |what: &'static str| move |e: VerbsError| format!("verbs {what}: {e}");
+        let mut ctx = Context::new(mac(me), ip(me));
+        let pd = ctx.alloc_pd().map_err(e("alloc_pd"))?;
+        let access = AccessFlags(AccessFlags::LOCAL_WRITE.0 | AccessFlags::REMOTE_WRITE.0);
+        let mr = ctx.reg_mr(pd, VERBS_REGION, access).map_err(e("reg_mr"))?;
+        let cq = ctx.create_cq(64).map_err(e("create_cq"))?;
+        let init = QpInitAttr {
+            send_cq: cq,
+            recv_cq: cq,
+            max_send_wr: 16,
+            max_recv_wr: 16,
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            sq_sig_all: false,
+        };
+        let qp = ctx.create_qp(pd, &init).map_err(e("create_qp"))?;
+        let mut a = QpAttr::to(QpState::Init);
+        a.pkey_index = Some(0);
+        a.port_num = Some(1);
+        a.qp_access_flags = Some(access);
+        ctx.modify_qp(qp, &a).map_err(e("modify_qp to INIT"))?;
+        let mut a = QpAttr::to(QpState::Rtr);
+        a.ah_attr = Some(AhAttr {
+            dgid: ipv4_gid(ip(peer)),
+            dmac: mac(peer),
+            hop_limit: 64,
+            traffic_class: 0,
+        });
+        a.path_mtu = Some(PathMtu::Mtu1024);
+        a.dest_qp_num = Some(qp.qp_num());
+        a.rq_psn = Some(psn(peer));
+        a.max_dest_rd_atomic = Some(1);
+        a.min_rnr_timer = Some(1);
+        ctx.modify_qp(qp, &a).map_err(e("modify_qp to RTR"))?;
+        let mut a = QpAttr::to(QpState::Rts);
+        a.sq_psn = Some(psn(me));
+        a.timeout = Some(VERBS_TIMEOUT);
+        a.retry_cnt = Some(7);
+        a.rnr_retry = Some(7);
+        a.max_rd_atomic = Some(1);
+        ctx.modify_qp(qp, &a).map_err(e("modify_qp to RTS"))?;
+        let info = ctx.mr_info(mr).map_err(e("mr_info"))?;
+        Ok(OneEnd { ctx, cq, qp, info })
+    }
+
+    fn sge(&self, offset: usize) -> Sge {
+        Sge {
+            addr: self.info.addr + offset as u64,
+            length: MSG as u32,
+            lkey: self.info.lkey,
+        }
+    }
+
+    /// Polls the CQ: whether a receive completed (every completion must
+    /// be a success).
+    #[inline(always)]
+    fn received(&mut self, wcs: &mut Vec<WorkCompletion>) -> Result<bool, String> {
+        wcs.clear();
+        self.ctx
+            .poll_cq_into(self.cq, 4, wcs)
+            .map_err(|e| format!("poll_cq: {e}"))?;
+        let mut recv = false;
+        for wc in wcs.iter() {
+            if wc.status != WcStatus::Success {
+                return Err(format!("work request {} failed: {:?}", wc.wr_id, wc.status));
+            }
+            recv |= wc.opcode == WcOpcode::Recv;
+        }
+        Ok(recv)
+    }
+}
+
+/// Moves every frame `from` has to `to` as `RoceNic` does: written into a
+/// transmit buffer (`tx`), copied into a private buffer (`rx`), handed
+/// over. Returns how many moved.
+#[inline(always)]
+fn carry(from: &mut Context, to: &mut Context, tx: &mut [u8], rx: &mut Vec<u8>) -> usize {
+    let mut n = 0;
+    while let Some(len) = from.next_frame_len() {
+        let Some(w) = tx.get_mut(..len).and_then(|b| from.emit_into(b)) else {
+            break;
+        };
+        rx.clear();
+        rx.extend_from_slice(tx.get(..w).unwrap_or(&[]));
+        // The clock stands still: no timer may fire.
+        to.handle_frame(rx, 0);
+        n += 1;
+    }
+    n
+}
+
+/// `rdma-send-64-1t`: `warmup` round trips of `rdma-send-64`'s exchange
+/// (unsignaled SENDs but the last, receives posted ahead), then `iters`
+/// recorded, both ends on this thread, each round trip timed.
+#[inline(never)]
+fn one_thread_send(iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
+    let total = iters + warmup;
+    let mut a = OneEnd::new(ME, PEER)?;
+    let mut b = OneEnd::new(PEER, ME)?;
+    let mut ping = SendWr {
+        wr_id: 0,
+        sg_list: vec![a.sge(0)],
+        opcode: WrOpcode::Send,
+        signaled: false,
+    };
+    let mut pong = SendWr {
+        wr_id: 0,
+        sg_list: vec![b.sge(MSG)],
+        opcode: WrOpcode::Send,
+        signaled: false,
+    };
+    let recv_a = RecvWr {
+        wr_id: 0,
+        sg_list: vec![a.sge(MSG)],
+    };
+    let recv_b = RecvWr {
+        wr_id: 0,
+        sg_list: vec![b.sge(MSG)],
+    };
+    let (mut tx, mut rx) = (vec![0u8; 2048], Vec::with_capacity(2048));
+    let mut wcs = Vec::with_capacity(4);
+    let post = |e: VerbsError| format!("post: {e}");
+    b.ctx.post_recv(b.qp, &recv_b).map_err(post)?;
+    for i in 0..total {
+        a.ctx.post_recv(a.qp, &recv_a).map_err(post)?;
+        ping.wr_id = i;
+        ping.signaled = i + 1 == total;
+        pong.wr_id = i;
+        pong.signaled = i + 1 == total;
+        let t = Instant::now();
+        a.ctx.post_send(a.qp, &ping).map_err(post)?;
+        carry(&mut a.ctx, &mut b.ctx, &mut tx, &mut rx);
+        if !b.received(&mut wcs)? {
+            return Err(format!("round trip {i}: the ping did not arrive"));
+        }
+        b.ctx.post_send(b.qp, &pong).map_err(post)?;
+        b.ctx.post_recv(b.qp, &recv_b).map_err(post)?;
+        carry(&mut b.ctx, &mut a.ctx, &mut tx, &mut rx);
+        if !a.received(&mut wcs)? {
+            return Err(format!("round trip {i}: the pong did not arrive"));
+        }
+        let dt = t.elapsed().as_nanos() as u64;
+        if i >= warmup {
+            rec.record(dt);
+        }
+    }
+    // The last ACKs; then nothing may wait.
+    carry(&mut a.ctx, &mut b.ctx, &mut tx, &mut rx);
+    carry(&mut b.ctx, &mut a.ctx, &mut tx, &mut rx);
+    a.received(&mut wcs)?;
+    b.received(&mut wcs)?;
+    if a.ctx.next_deadline().is_some() || b.ctx.next_deadline().is_some() {
+        return Err("a send was left unacknowledged".into());
+    }
+    Ok(())
 }
