@@ -25,14 +25,18 @@
 //! completion queues): the difference between the two is the verbs
 //! layer's cost.
 //!
-//! A round trip moves four frames: the ping, its ACK, the pong and its
-//! ACK. Each ACK leaves right behind the request posted in answer (the
-//! pong, or the next ping: a queue pair sends a request posted before the
-//! ACK of what it received just before), and is handled by its receiver
-//! at the poll after the one that took the frame ahead of it
-//! (`RoceNic::poll` hands a completion to the application before the
-//! frames behind it). Sends are unsignaled and the requester's
-//! completion (the ACK) is not waited for before the receive is polled:
+//! A round trip moves the ping and the pong, and every eighth round trip
+//! an ACK each way: the sends are unsignaled, so each end's messages ask
+//! for an ACK (AckReq) only every 8 (as a verbs queue pair 16 deep does,
+//! `QueuePair::post_send_unsignaled`), and the last message of each end
+//! is signaled, so that each end's run ends with everything acknowledged.
+//! An ACK leaves right behind the request posted in answer (the pong, or
+//! the next ping: a queue pair sends a request posted before the ACK of
+//! what it received just before), and is handled by its receiver at the
+//! poll after the one that took the frame ahead of it (`RoceNic::poll`
+//! hands a completion to the application before the frames behind it).
+//! The requester's completion (the ACK) is not waited for before the
+//! receive is polled:
 //! `ib_send_lat` with a send queue deeper than its default of 1 does the
 //! same, with its default it waits for every send's completion
 //! (`docs/benches.md` sets the two side by side). Every frame is built
@@ -152,6 +156,15 @@ pub fn entries() -> Vec<Entry> {
         )
         .msg_bytes(MSG),
         Entry::new(
+            "rdma-send-64-1t",
+            "rdma-send-64's software alone: both ends' verbs contexts on one thread, each frame built, emitted into a \
+             buffer, copied and parsed as RoceNic does, no link and no other core: the CPU time of a round trip's \
+             work, both ends' added up (ACKs included)",
+            "one thread, two verbs contexts, frames moved in memory",
+            |r: Round, rec: &mut Recorder| one_thread_send(r.iters, r.warmup, rec),
+        )
+        .msg_bytes(MSG),
+        Entry::new(
             "rdma-write-64-qp",
             "rdma-write-64 with one queue pair's state machine driven directly (QpTransport), without the verbs layer",
             setup,
@@ -190,6 +203,8 @@ fn queue_pair(me: DomId, peer: DomId) -> Result<QueuePair, String> {
         },
     })
     .map_err(|e| format!("queue pair: {e}"))?;
+    // As a verbs context with a 16-deep send queue does for unsignaled sends.
+    qp.set_ack_req_interval(ACK_REQ_INTERVAL);
     qp.register(MemoryRegion {
         va: REGION_VA,
         rkey: RKEY,
@@ -200,6 +215,23 @@ fn queue_pair(me: DomId, peer: DomId) -> Result<QueuePair, String> {
 }
 
 type Nic = RoceNic<FrameLink, QpTransport>;
+
+/// Messages in a row that leave without asking for an ACK on the `-qp`
+/// path (the verbs path's queue pairs, 16 deep, ask every 8 as well).
+const ACK_REQ_INTERVAL: u32 = 8;
+
+/// Posts round trip `i`'s message of `total` on the `-qp` path: as an
+/// unsignaled verbs send (its ACK may be coalesced), but the last one,
+/// whose ACK each end waits for before it stops.
+fn post_qp(nic: &mut Nic, i: u64, total: u64, op: SendOp) -> Result<(), String> {
+    let qp = nic.transport_mut().qp_mut();
+    if i + 1 == total {
+        qp.post_send(i, op)
+    } else {
+        qp.post_send_unsignaled(i, op)
+    }
+    .map_err(|e| format!("{e:?}"))
+}
 
 /// One entry's run: this process is domain 1 (creates and grants the
 /// link), the child domain 2.
@@ -434,16 +466,15 @@ fn send_round_trips(
         let ping = payload(i);
         let t = Instant::now();
         let now = t.saturating_duration_since(start).as_nanos() as u64;
-        nic.transport_mut()
-            .qp_mut()
-            .post_send(
-                i,
-                SendOp::Send {
-                    data: ping,
-                    imm: None,
-                },
-            )
-            .map_err(|e| format!("{e:?}"))?;
+        post_qp(
+            nic,
+            i,
+            total,
+            SendOp::Send {
+                data: ping,
+                imm: None,
+            },
+        )?;
         let pong = spin_at(nic, start, now, take_recv)?;
         let dt = t.elapsed().as_nanos() as u64;
         if pong != payload(i) {
@@ -483,18 +514,17 @@ fn write_round_trips(
         let want = tag(i);
         let t = Instant::now();
         let now = t.saturating_duration_since(start).as_nanos() as u64;
-        nic.transport_mut()
-            .qp_mut()
-            .post_send(
-                i,
-                SendOp::Write {
-                    data: ping,
-                    va: REGION_VA,
-                    rkey: RKEY,
-                    imm: None,
-                },
-            )
-            .map_err(|e| format!("{e:?}"))?;
+        post_qp(
+            nic,
+            i,
+            total,
+            SendOp::Write {
+                data: ping,
+                va: REGION_VA,
+                rkey: RKEY,
+                imm: None,
+            },
+        )?;
         spin_at(nic, start, now, |n| {
             drain(n)?;
             Ok((last_byte(n) == want).then_some(()))
@@ -562,16 +592,15 @@ fn serve(op: Op, nic: &mut Nic, start: Instant, total: u64) -> Result<(), String
             nic.transport_mut().qp_mut().post_recv(1, MSG);
             for i in 0..total {
                 let ping = spin(nic, start, take_recv)?;
-                nic.transport_mut()
-                    .qp_mut()
-                    .post_send(
-                        i,
-                        SendOp::Send {
-                            data: ping,
-                            imm: None,
-                        },
-                    )
-                    .map_err(|e| format!("{e:?}"))?;
+                post_qp(
+                    nic,
+                    i,
+                    total,
+                    SendOp::Send {
+                        data: ping,
+                        imm: None,
+                    },
+                )?;
                 // The doorbell: the pong leaves at once; then the receive
                 // taken is posted again.
                 nic.flush().map_err(|e| format!("frame link: {e}"))?;
@@ -593,18 +622,17 @@ fn serve(op: Op, nic: &mut Nic, start: Instant, total: u64) -> Result<(), String
                     .region(0)
                     .map(|r| r.data.clone())
                     .unwrap_or_default();
-                nic.transport_mut()
-                    .qp_mut()
-                    .post_send(
-                        i,
-                        SendOp::Write {
-                            data,
-                            va: REGION_VA,
-                            rkey: RKEY,
-                            imm: None,
-                        },
-                    )
-                    .map_err(|e| format!("{e:?}"))?;
+                post_qp(
+                    nic,
+                    i,
+                    total,
+                    SendOp::Write {
+                        data,
+                        va: REGION_VA,
+                        rkey: RKEY,
+                        imm: None,
+                    },
+                )?;
                 nic.poll(start.elapsed().as_nanos() as u64)
                     .map_err(|e| format!("frame link: {e}"))?;
             }
@@ -858,6 +886,8 @@ fn verbs_send_round_trips(
             .ok_or("region too small")?
             .copy_from_slice(&expect);
         send.wr_id = i;
+        // Unsignaled, but the last: its ACK ends the run.
+        send.signaled = i + 1 == total;
         let t = Instant::now();
         let now = t.saturating_duration_since(start).as_nanos() as u64;
         v.post_send(&send)?;
@@ -896,6 +926,7 @@ fn verbs_write_round_trips(
             .ok_or("region too small")?
             .copy_from_slice(&expect);
         write.wr_id = i;
+        write.signaled = i + 1 == total;
         let t = Instant::now();
         let now = t.saturating_duration_since(start).as_nanos() as u64;
         v.post_send(&write)?;
@@ -936,6 +967,7 @@ fn verbs_peer(op: Op, link: FrameLink, total: u64) -> Result<(), String> {
                 // post_send) and leaves at once (the doorbell), then the
                 // receive taken is posted again.
                 pong.wr_id = i;
+                pong.signaled = i + 1 == total;
                 v.post_send(&pong)?;
                 v.nic.flush().map_err(|e| format!("frame link: {e}"))?;
                 recv.wr_id = i + 2;
@@ -954,6 +986,7 @@ fn verbs_peer(op: Op, link: FrameLink, total: u64) -> Result<(), String> {
                     Ok((v.received().last() == Some(&want)).then_some(()))
                 })?;
                 pong.wr_id = i;
+                pong.signaled = i + 1 == total;
                 v.post_send(&pong)?;
                 v.nic
                     .poll(start.elapsed().as_nanos() as u64)
@@ -966,4 +999,175 @@ fn verbs_peer(op: Op, link: FrameLink, total: u64) -> Result<(), String> {
         Ok(v.nic.transport().next_deadline().is_none().then_some(()))
     })?;
     v.check_clean()
+}
+
+/// One end of `rdma-send-64-1t`: a verbs context with a PD, a region, a
+/// CQ and a queue pair in RTS towards `peer`'s (both ends' first queue
+/// pair has the same number).
+struct OneEnd {
+    ctx: Context,
+    cq: CqHandle,
+    qp: QpHandle,
+    info: MrInfo,
+}
+
+impl OneEnd {
+    fn new(me: DomId, peer: DomId) -> Result<OneEnd, String> {
+        let ip = |d: DomId| [10, 0, 0, d.0 as u8];
+        let psn = |d: DomId| 0x1000 * u32::from(d.0);
+        let e = |what: &'static str| move |e: VerbsError| format!("verbs {what}: {e}");
+        let mut ctx = Context::new(mac(me), ip(me));
+        let pd = ctx.alloc_pd().map_err(e("alloc_pd"))?;
+        let access = AccessFlags(AccessFlags::LOCAL_WRITE.0 | AccessFlags::REMOTE_WRITE.0);
+        let mr = ctx.reg_mr(pd, VERBS_REGION, access).map_err(e("reg_mr"))?;
+        let cq = ctx.create_cq(64).map_err(e("create_cq"))?;
+        let init = QpInitAttr {
+            send_cq: cq,
+            recv_cq: cq,
+            max_send_wr: 16,
+            max_recv_wr: 16,
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            sq_sig_all: false,
+        };
+        let qp = ctx.create_qp(pd, &init).map_err(e("create_qp"))?;
+        let mut a = QpAttr::to(QpState::Init);
+        a.pkey_index = Some(0);
+        a.port_num = Some(1);
+        a.qp_access_flags = Some(access);
+        ctx.modify_qp(qp, &a).map_err(e("modify_qp to INIT"))?;
+        let mut a = QpAttr::to(QpState::Rtr);
+        a.ah_attr = Some(AhAttr {
+            dgid: ipv4_gid(ip(peer)),
+            dmac: mac(peer),
+            hop_limit: 64,
+            traffic_class: 0,
+        });
+        a.path_mtu = Some(PathMtu::Mtu1024);
+        a.dest_qp_num = Some(qp.qp_num());
+        a.rq_psn = Some(psn(peer));
+        a.max_dest_rd_atomic = Some(1);
+        a.min_rnr_timer = Some(1);
+        ctx.modify_qp(qp, &a).map_err(e("modify_qp to RTR"))?;
+        let mut a = QpAttr::to(QpState::Rts);
+        a.sq_psn = Some(psn(me));
+        a.timeout = Some(VERBS_TIMEOUT);
+        a.retry_cnt = Some(7);
+        a.rnr_retry = Some(7);
+        a.max_rd_atomic = Some(1);
+        ctx.modify_qp(qp, &a).map_err(e("modify_qp to RTS"))?;
+        let info = ctx.mr_info(mr).map_err(e("mr_info"))?;
+        Ok(OneEnd { ctx, cq, qp, info })
+    }
+
+    fn sge(&self, offset: usize) -> Sge {
+        Sge {
+            addr: self.info.addr + offset as u64,
+            length: MSG as u32,
+            lkey: self.info.lkey,
+        }
+    }
+
+    /// Polls the CQ: whether a receive completed (every completion must
+    /// be a success).
+    #[inline(always)]
+    fn received(&mut self, wcs: &mut Vec<WorkCompletion>) -> Result<bool, String> {
+        wcs.clear();
+        self.ctx
+            .poll_cq_into(self.cq, 4, wcs)
+            .map_err(|e| format!("poll_cq: {e}"))?;
+        let mut recv = false;
+        for wc in wcs.iter() {
+            if wc.status != WcStatus::Success {
+                return Err(format!("work request {} failed: {:?}", wc.wr_id, wc.status));
+            }
+            recv |= wc.opcode == WcOpcode::Recv;
+        }
+        Ok(recv)
+    }
+}
+
+/// Moves every frame `from` has to `to` as `RoceNic` does: written into a
+/// transmit buffer (`tx`), copied into a private buffer (`rx`), handed
+/// over. Returns how many moved.
+#[inline(always)]
+fn carry(from: &mut Context, to: &mut Context, tx: &mut [u8], rx: &mut Vec<u8>) -> usize {
+    let mut n = 0;
+    while let Some(len) = from.next_frame_len() {
+        let Some(w) = tx.get_mut(..len).and_then(|b| from.emit_into(b)) else {
+            break;
+        };
+        rx.clear();
+        rx.extend_from_slice(tx.get(..w).unwrap_or(&[]));
+        // The clock stands still: no timer may fire.
+        to.handle_frame(rx, 0);
+        n += 1;
+    }
+    n
+}
+
+/// `rdma-send-64-1t`: `warmup` round trips of `rdma-send-64`'s exchange
+/// (unsignaled SENDs but the last, receives posted ahead), then `iters`
+/// recorded, both ends on this thread, each round trip timed.
+#[inline(never)]
+fn one_thread_send(iters: u64, warmup: u64, rec: &mut Recorder) -> Result<(), String> {
+    let total = iters + warmup;
+    let mut a = OneEnd::new(ME, PEER)?;
+    let mut b = OneEnd::new(PEER, ME)?;
+    let mut ping = SendWr {
+        wr_id: 0,
+        sg_list: vec![a.sge(0)],
+        opcode: WrOpcode::Send,
+        signaled: false,
+    };
+    let mut pong = SendWr {
+        wr_id: 0,
+        sg_list: vec![b.sge(MSG)],
+        opcode: WrOpcode::Send,
+        signaled: false,
+    };
+    let recv_a = RecvWr {
+        wr_id: 0,
+        sg_list: vec![a.sge(MSG)],
+    };
+    let recv_b = RecvWr {
+        wr_id: 0,
+        sg_list: vec![b.sge(MSG)],
+    };
+    let (mut tx, mut rx) = (vec![0u8; 2048], Vec::with_capacity(2048));
+    let mut wcs = Vec::with_capacity(4);
+    let post = |e: VerbsError| format!("post: {e}");
+    b.ctx.post_recv(b.qp, &recv_b).map_err(post)?;
+    for i in 0..total {
+        a.ctx.post_recv(a.qp, &recv_a).map_err(post)?;
+        ping.wr_id = i;
+        ping.signaled = i + 1 == total;
+        pong.wr_id = i;
+        pong.signaled = i + 1 == total;
+        let t = Instant::now();
+        a.ctx.post_send(a.qp, &ping).map_err(post)?;
+        carry(&mut a.ctx, &mut b.ctx, &mut tx, &mut rx);
+        if !b.received(&mut wcs)? {
+            return Err(format!("round trip {i}: the ping did not arrive"));
+        }
+        b.ctx.post_send(b.qp, &pong).map_err(post)?;
+        b.ctx.post_recv(b.qp, &recv_b).map_err(post)?;
+        carry(&mut b.ctx, &mut a.ctx, &mut tx, &mut rx);
+        if !a.received(&mut wcs)? {
+            return Err(format!("round trip {i}: the pong did not arrive"));
+        }
+        let dt = t.elapsed().as_nanos() as u64;
+        if i >= warmup {
+            rec.record(dt);
+        }
+    }
+    // The last ACKs; then nothing may wait.
+    carry(&mut a.ctx, &mut b.ctx, &mut tx, &mut rx);
+    carry(&mut b.ctx, &mut a.ctx, &mut tx, &mut rx);
+    a.received(&mut wcs)?;
+    b.received(&mut wcs)?;
+    if a.ctx.next_deadline().is_some() || b.ctx.next_deadline().is_some() {
+        return Err("a send was left unacknowledged".into());
+    }
+    Ok(())
 }

@@ -2,8 +2,9 @@
 //! responses (any opcode, PSNs around the expected one and across the
 //! 24-bit wrap, remote keys, addresses and lengths, READ response
 //! payloads, atomic acknowledges, RNR NAK timers, wrong QPs), raw frames,
-//! posted SENDs, WRITEs, READs and atomics, time and timer expiries, and
-//! changing limits. Never panics, never loops, RDMA WRITEs land only
+//! posted SENDs and WRITEs (signaled, or unsignaled with any interval
+//! between the ones that ask for an ACK), READs and atomics, time and
+//! timer expiries, and changing limits. Never panics, never loops, RDMA WRITEs land only
 //! inside the writable region, atomics change only the atomic region, and
 //! the guard region no key may touch stays as it was.
 #![no_main]
@@ -42,7 +43,8 @@ enum Step {
     },
     Raw(Vec<u8>),
     PostRecv(u16),
-    PostSend { len: u16, write: bool },
+    PostSend { len: u16, write: bool, signaled: bool },
+    AckReqInterval(u8),
     PostRead { len: u16, va_offset: i16 },
     PostAtomic { cas: bool, va_offset: i8 },
     Limits { max_rd_atomic: u8, max_dest_rd_atomic: u8 },
@@ -157,15 +159,16 @@ fuzz_target!(|steps: Vec<Step>| {
             }
             Step::Raw(bytes) => qp.receive(&bytes),
             Step::PostRecv(len) => qp.post_recv(0, usize::from(len)),
-            Step::PostSend { len, write } => {
+            Step::PostSend { len, write, signaled } => {
                 let data = vec![3u8; usize::from(len % 2048)];
                 let op = if write {
                     SendOp::Write { data, va: 0, rkey: 1, imm: None }
                 } else {
                     SendOp::Send { data, imm: None }
                 };
-                let _ = qp.post_send(1, op);
+                let _ = if signaled { qp.post_send(1, op) } else { qp.post_send_unsignaled(1, op) };
             }
+            Step::AckReqInterval(n) => qp.set_ack_req_interval(u32::from(n % 32)),
             Step::PostRead { len, va_offset } => {
                 let va = VA.wrapping_add(va_offset as i64 as u64);
                 let _ = qp.post_send(2, SendOp::Read { va, rkey: 9, len: u32::from(len) });

@@ -547,6 +547,40 @@ pub fn build(
     Ok(len)
 }
 
+/// Sets the AckReq bit of a frame [`build`] wrote and writes its ICRC
+/// again (the bit is not masked out of it): what a requester does to a
+/// packet it resends when the packet left without asking for an ACK.
+/// Returns `true` when the bit is set (already, or now); `false`, the
+/// frame unchanged, when `frame` is not a frame [`build`] writes (no
+/// 20-byte IPv4 header, or shorter than its IPv4 length and a BTH).
+pub fn set_ack_req(frame: &mut [u8]) -> bool {
+    const BTH_AT: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN;
+    const ACK_REQ_AT: usize = BTH_AT + 8;
+    let Some(&[vihl, _, hi, lo]) = frame.get(ETH_HEADER_LEN..ETH_HEADER_LEN + 4) else {
+        return false;
+    };
+    let ip_end = ETH_HEADER_LEN + usize::from(u16::from_be_bytes([hi, lo]));
+    if vihl != 0x45 || ip_end > frame.len() || ip_end < BTH_AT + BTH_LEN + ICRC_LEN {
+        return false;
+    }
+    let icrc_at = ip_end - ICRC_LEN;
+    match frame.get_mut(ACK_REQ_AT) {
+        Some(b) if *b & 0x80 != 0 => return true,
+        Some(b) => *b |= 0x80,
+        None => return false,
+    }
+    let Some(crc) = frame.get(ETH_HEADER_LEN..icrc_at).and_then(icrc) else {
+        return false;
+    };
+    match frame.get_mut(icrc_at..ip_end) {
+        Some(dst) => {
+            dst.copy_from_slice(&crc);
+            true
+        }
+        None => false,
+    }
+}
+
 /// A bounds-checked reader over the parsed bytes.
 struct Reader<'a> {
     bytes: &'a [u8],

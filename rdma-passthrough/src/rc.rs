@@ -11,7 +11,11 @@
 //!   turned into packets in order. SEND and RDMA WRITE (with or without
 //!   immediate data) are segmented to the path MTU into first/middle/last
 //!   or only packets with consecutive PSNs; the last packet asks for an
-//!   acknowledgement. An RDMA READ is one request packet that reserves one
+//!   acknowledgement (AckReq), unless the work request was posted
+//!   unsignaled ([`QueuePair::post_send_unsignaled`]): then only every
+//!   [`QueuePair::set_ack_req_interval`]-th such message asks, and the
+//!   responder's one ACK of the latest PSN covers those before it; a
+//!   resend always asks on its last packet. An RDMA READ is one request packet that reserves one
 //!   PSN for each response packet it will get back; compare-and-swap and
 //!   fetch-and-add are one packet each. At most `max_rd_atomic` READ and
 //!   atomic requests are in flight: the send queue waits behind the next
@@ -57,9 +61,11 @@
 //!   access errors are answered with the NAK the specification names and
 //!   move the queue pair to the error state. A SEND (or WRITE with
 //!   immediate) that finds no posted receive gets an RNR NAK carrying the
-//!   `min_rnr_timer` of [`QpTimers`]. Responses leave in PSN order; ACKs
-//!   are coalesced: consecutive packets received between two calls to
-//!   `transmit` are acknowledged by one ACK.
+//!   `min_rnr_timer` of [`QpTimers`]. Responses leave in PSN order; a
+//!   SEND or WRITE is acknowledged only when it asks (AckReq) or is a
+//!   duplicate, as `rdma_rxe`'s responder does, and ACKs are coalesced:
+//!   consecutive packets received between two calls to `transmit` are
+//!   acknowledged by one ACK.
 //! - **Memory.** Remote accesses go through a [`RegionTable`]: the queue
 //!   pair's own regions ([`QueuePair::register`]) or the caller's (a verbs
 //!   context's memory regions). Nothing outside a region's bytes is ever
@@ -82,7 +88,9 @@ use crate::headers::{
     Aeth, AtomicAckEth, AtomicEth, Bth, ImmDt, NakCode, Reth, Syndrome, CREDITS_INVALID, QPN_MASK,
 };
 use crate::opcode::{Opcode, Operation, Position};
-use crate::packet::{build, frame_len, parse, Endpoints, Packet, ParseError, TransportHeaders};
+use crate::packet::{
+    build, frame_len, parse, set_ack_req, Endpoints, Packet, ParseError, TransportHeaders,
+};
 use crate::psn::Psn;
 
 /// The most packets (and READ or atomic requests) a requester keeps
@@ -607,7 +615,14 @@ pub struct QueuePair {
     // Requester.
     next_psn: Psn,
     sent_any: bool,
-    sq: VecDeque<(u64, SendOp)>,
+    /// Work requests waiting to be segmented, with whether their
+    /// completion is waited for (see [`QueuePair::post_send_unsignaled`]).
+    sq: VecDeque<(u64, SendOp, bool)>,
+    /// At most this many messages in a row leave without asking for an
+    /// ACK ([`QueuePair::set_ack_req_interval`]); 1: every message asks.
+    ack_req_interval: u32,
+    /// Messages sent since the last one that asked for an ACK.
+    unrequested: u32,
     outstanding: VecDeque<Outstanding>,
     retries: u32,
     rnr_retries: u32,
@@ -669,6 +684,8 @@ impl QueuePair {
             next_psn: cfg.send_psn,
             sent_any: false,
             sq: VecDeque::new(),
+            ack_req_interval: 1,
+            unrequested: 0,
             outstanding: VecDeque::new(),
             retries: 0,
             rnr_retries: 0,
@@ -859,8 +876,42 @@ impl QueuePair {
 
     /// Posts a work request: it joins the send queue and is turned into
     /// packets as soon as the limits on unacknowledged packets and on READ
-    /// and atomic requests allow.
+    /// and atomic requests allow. The last packet of its message asks for
+    /// an acknowledgement (AckReq).
     pub fn post_send(&mut self, wr_id: u64, op: SendOp) -> Result<(), PostError> {
+        self.post(wr_id, op, true)
+    }
+
+    /// Posts a work request whose completion nobody waits for soon (a
+    /// verbs send posted unsignaled): as [`QueuePair::post_send`], but a
+    /// SEND or RDMA WRITE may leave without asking for an ACK, so that
+    /// the responder acknowledges several messages with one ACK of the
+    /// latest PSN (IBA 9.7.5.1: an ACK acknowledges every packet before
+    /// it). Every [`QueuePair::set_ack_req_interval`]-th message still
+    /// asks, as does every message posted with [`QueuePair::post_send`],
+    /// every READ and atomic, and the last packet of every
+    /// retransmission. The completion comes, as ever, when an ACK covers
+    /// the message; one posted last, with nothing after it asking, is
+    /// covered after the local ACK timeout (its resend asks).
+    pub fn post_send_unsignaled(&mut self, wr_id: u64, op: SendOp) -> Result<(), PostError> {
+        self.post(wr_id, op, false)
+    }
+
+    /// At most `n` messages posted with [`QueuePair::post_send_unsignaled`]
+    /// in a row leave without asking for an ACK (the `n`-th asks); 0 and 1
+    /// (the default) make every message ask, as `rdma_rxe` and the
+    /// hardware NICs do. A verbs context sets half its send queue's depth,
+    /// so that unsignaled sends never fill the queue waiting for an ACK.
+    pub fn set_ack_req_interval(&mut self, n: u32) {
+        self.ack_req_interval = n.max(1);
+    }
+
+    /// The interval [`QueuePair::set_ack_req_interval`] set.
+    pub fn ack_req_interval(&self) -> u32 {
+        self.ack_req_interval
+    }
+
+    fn post(&mut self, wr_id: u64, op: SendOp, signaled: bool) -> Result<(), PostError> {
         if self.error {
             return Err(PostError::QpError);
         }
@@ -883,7 +934,7 @@ impl QueuePair {
             return Err(PostError::RdAtomicDisabled);
         }
         let pmtu = self.cfg.pmtu;
-        let queued: usize = self.sq.iter().map(|(_, o)| o.footprint(pmtu).0).sum();
+        let queued: usize = self.sq.iter().map(|(_, o, _)| o.footprint(pmtu).0).sum();
         let (entries, _) = op.footprint(pmtu);
         if self.outstanding.len() + queued + entries > MAX_OUTSTANDING {
             return Err(PostError::Full);
@@ -891,10 +942,10 @@ impl QueuePair {
         if self.sq.is_empty() && self.admits(&op) {
             // Nothing queued ahead and room for it: packets at once,
             // without a turn through the send queue.
-            self.segment(wr_id, op);
+            self.segment(wr_id, op, signaled);
             return Ok(());
         }
-        self.sq.push_back((wr_id, op));
+        self.sq.push_back((wr_id, op, signaled));
         self.pump_sq();
         Ok(())
     }
@@ -924,14 +975,14 @@ impl QueuePair {
 
     /// Turns queued work requests into packets while the limits allow.
     fn pump_sq(&mut self) {
-        while let Some((_, op)) = self.sq.front() {
+        while let Some((_, op, _)) = self.sq.front() {
             if self.error || !self.admits(op) {
                 return;
             }
-            let Some((wr_id, op)) = self.sq.pop_front() else {
+            let Some((wr_id, op, signaled)) = self.sq.pop_front() else {
                 return;
             };
-            self.segment(wr_id, op);
+            self.segment(wr_id, op, signaled);
         }
     }
 
@@ -957,7 +1008,7 @@ impl QueuePair {
         true
     }
 
-    fn segment(&mut self, wr_id: u64, op: SendOp) {
+    fn segment(&mut self, wr_id: u64, op: SendOp, signaled: bool) {
         self.sent_any = true;
         match op {
             SendOp::Read { va, rkey, len } => {
@@ -988,7 +1039,7 @@ impl QueuePair {
                 self.atomic_request(wr_id, Opcode::FetchAdd, va, rkey, add, 0)
             }
             SendOp::Send { data, imm } => {
-                self.segment_message(wr_id, &data, None, imm);
+                self.segment_message(wr_id, &data, None, imm, signaled);
                 self.recycle(data);
             }
             SendOp::Write {
@@ -997,7 +1048,7 @@ impl QueuePair {
                 rkey,
                 imm,
             } => {
-                self.segment_message(wr_id, &data, Some((va, rkey)), imm);
+                self.segment_message(wr_id, &data, Some((va, rkey)), imm, signaled);
                 self.recycle(data);
             }
         }
@@ -1058,8 +1109,12 @@ impl QueuePair {
         data: &[u8],
         remote: Option<(u64, u32)>,
         imm: Option<[u8; 4]>,
+        signaled: bool,
     ) {
         let pmtu = self.cfg.pmtu;
+        // Whether the message's last packet asks for an ACK.
+        let ask = signaled || self.unrequested.saturating_add(1) >= self.ack_req_interval;
+        self.unrequested = if ask { 0 } else { self.unrequested + 1 };
         let packets = data.len().div_ceil(pmtu).max(1);
         let kind = if remote.is_some() {
             CompletionKind::Write
@@ -1094,7 +1149,7 @@ impl QueuePair {
                 (true, Position::Only, true) => Opcode::RdmaWriteOnlyWithImmediate,
             };
             let mut h = TransportHeaders::new(self.bth(opcode, psn));
-            h.bth.ack_req = position.ends_message();
+            h.bth.ack_req = position.ends_message() && ask;
             if let (Some((va, rkey)), true) = (remote, position.starts_message()) {
                 // post_send bounded the length by 2^31.
                 h.reth = Some(Reth {
@@ -1474,6 +1529,17 @@ impl QueuePair {
 
     fn resend_all(&mut self) {
         self.stats.retransmitted += self.outstanding.len() as u64;
+        // The last packet resent asks for an ACK (it may have left without
+        // asking: a message posted unsignaled), so that the resend is
+        // answered even when nothing follows it.
+        if let Some(o) = self.outstanding.back_mut() {
+            if matches!(o.wait, Wait::Ack) && !set_ack_req(&mut o.frame) {
+                log::error!(
+                    "QP {:#x}: cannot set AckReq on a resent frame",
+                    self.cfg.qpn
+                );
+            }
+        }
         // Resent packets replace anything still queued from before.
         let frames: Vec<TxItem> = self
             .outstanding
@@ -1506,7 +1572,7 @@ impl QueuePair {
                 });
             }
         }
-        for (wr_id, op) in self.sq.drain(..) {
+        for (wr_id, op, _) in self.sq.drain(..) {
             let kind = match op {
                 SendOp::Send { .. } => CompletionKind::Send,
                 SendOp::Write { .. } => CompletionKind::Write,

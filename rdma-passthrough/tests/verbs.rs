@@ -1095,3 +1095,35 @@ fn poll_cq_into_fills_the_callers_vector() {
     );
     assert!(wcs.is_empty());
 }
+
+/// Unsignaled sends ask for an ACK every half send queue (16 of a queue
+/// 64 deep): the responder sends one ACK per 16 messages, the send queue
+/// never fills with sends waiting for one (100 sends pass a 64-deep
+/// queue), and the signaled last send completes.
+#[test]
+fn unsignaled_sends_share_acks_and_free_the_send_queue() {
+    let (mut a, mut b) = connected();
+    for i in 0..100u64 {
+        b.ctx
+            .post_recv(
+                b.qp,
+                &RecvWr {
+                    wr_id: i,
+                    sg_list: vec![b.sge(0, 64)],
+                },
+            )
+            .unwrap();
+        let mut wr = send_wr(i, vec![a.sge(0, 8)], WrOpcode::Send);
+        wr.signaled = i == 99;
+        a.ctx.post_send(a.qp, &wr).unwrap();
+        pump(&mut a.ctx, &mut b.ctx, 0);
+        assert_eq!(b.poll().len(), 1, "message {i}");
+    }
+    let c = a.poll();
+    assert_eq!(c.len(), 1);
+    assert_eq!((c[0].wr_id, c[0].status), (99, WcStatus::Success));
+    // Messages 15, 31, 47, 63, 79 and 95 asked, and the signaled 99.
+    assert_eq!(b.ctx.qp_stats(b.qp).unwrap().acks_sent, 7);
+    assert_eq!(a.ctx.qp_stats(a.qp).unwrap().retransmitted, 0);
+    assert_eq!(a.ctx.next_deadline(), None);
+}

@@ -549,3 +549,61 @@ proptest::proptest! {
         proptest::prop_assert_eq!(internet_checksum(&all_ones), reference_checksum(&all_ones));
     }
 }
+
+/// `set_ack_req` sets the bit of a built frame and writes a valid ICRC
+/// again (the frame parses, everything else unchanged), also on a frame
+/// padded to the minimum length; it refuses what `build` does not write.
+#[test]
+fn set_ack_req_rewrites_the_icrc() {
+    use rdma_passthrough::packet::set_ack_req;
+    let ep = Endpoints {
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src_mac: [2, 0, 0, 0, 0, 1],
+        src_ip: [10, 0, 0, 1],
+        dst_ip: [10, 0, 0, 2],
+        src_port: 0xc001,
+        tos: 0,
+        ttl: 64,
+        ip_id: 0,
+    };
+    for payload in [&b""[..], &b"abc"[..], &[7u8; 64][..]] {
+        let bth = Bth {
+            opcode: Opcode::SendOnly,
+            solicited: false,
+            mig_req: false,
+            pad: 0,
+            pkey: 0xffff,
+            fecn: false,
+            becn: false,
+            dest_qp: 0x12,
+            ack_req: false,
+            psn: Psn::from_masked(0xff_ffff),
+        };
+        let h = TransportHeaders::new(bth);
+        let mut f = vec![0; frame_len(Opcode::SendOnly, payload.len()).unwrap()];
+        build(&ep, &h, payload, &mut f).unwrap();
+        let before = parse(&f).unwrap();
+        assert!(!before.headers.bth.ack_req);
+        let (before_headers, before_payload) = (before.headers, before.payload.to_vec());
+        assert!(set_ack_req(&mut f));
+        let after = parse(&f).unwrap();
+        assert!(after.headers.bth.ack_req);
+        let mut want = before_headers;
+        want.bth.ack_req = true;
+        assert_eq!(after.headers, want);
+        assert_eq!(after.payload, &before_payload[..]);
+        // Again: nothing changes.
+        let once = f.clone();
+        assert!(set_ack_req(&mut f));
+        assert_eq!(f, once);
+        // A frame cut short of its IPv4 length, or with IPv4 options.
+        let mut short = f[..f.len() - 5].to_vec();
+        let keep = short.clone();
+        assert!(!set_ack_req(&mut short));
+        assert_eq!(short, keep);
+        let mut opts = f.clone();
+        opts[ETH_HEADER_LEN] = 0x46;
+        assert!(!set_ack_req(&mut opts));
+    }
+    assert!(!set_ack_req(&mut []));
+}

@@ -88,6 +88,10 @@ const MR_BASE: u64 = 0x7f00_0000_0000;
 const MR_GAP: u64 = 1 << 12;
 /// Scatter lists of completed receives a queue pair keeps for reuse.
 const SPARE_SGLS: usize = 16;
+/// The most unsignaled sends of a queue pair that leave in a row without
+/// asking for an ACK (see [`crate::rc::QueuePair::post_send_unsignaled`]);
+/// a shallower send queue asks every half its depth.
+pub const ACK_REQ_INTERVAL_MAX: u32 = 16;
 
 struct Pd;
 
@@ -798,6 +802,10 @@ impl Context {
             let mut rc = QueuePair::new(cfg).map_err(config_error)?;
             rc.set_rd_atomic(0, q.max_dest_rd_atomic)
                 .map_err(config_error)?;
+            // Unsignaled sends ask for an ACK every half send queue (at
+            // most every ACK_REQ_INTERVAL_MAX): the queue never fills
+            // waiting for one.
+            rc.set_ack_req_interval((q.init.max_send_wr / 2).clamp(1, ACK_REQ_INTERVAL_MAX));
             rc.set_timers(QpTimers {
                 timeout: 0,
                 retry_cnt: 7,
@@ -982,7 +990,15 @@ impl Context {
         // The queue pair arms its ACK timer from its own clock: bring it to
         // the context's (see `Context::advance_time`).
         rc.advance_time(self.now);
-        rc.post_send(token, op).map_err(VerbsError::Post)?;
+        let signaled = wr.signaled || q.init.sq_sig_all;
+        if signaled {
+            rc.post_send(token, op)
+        } else {
+            // Nobody waits for its completion: its ACK may be coalesced
+            // with a later one.
+            rc.post_send_unsignaled(token, op)
+        }
+        .map_err(VerbsError::Post)?;
         q.next_token += 1;
         let scatter = if scatters {
             wr.sg_list.clone()
@@ -998,7 +1014,7 @@ impl Context {
             token,
             SendCtx {
                 wr_id: wr.wr_id,
-                signaled: wr.signaled || q.init.sq_sig_all,
+                signaled,
                 opcode,
                 byte_len: if is_atomic { 8 } else { len32 },
                 scatter,
