@@ -26,6 +26,7 @@ pub mod loopdev;
 pub mod ours;
 pub mod report;
 pub mod sim;
+pub mod slice;
 pub mod workload;
 
 use std::cell::RefCell;
@@ -838,6 +839,23 @@ pub fn run(args: &ApexArgs) -> Result<ApexReport, String> {
         &sim::LOADS_FULL
     };
     let (bench, ctx) = build(args, loads);
+    // Before any thread or process of the runs starts: they inherit it.
+    let slice_line = match slice::requested_us() {
+        None => "CPU slice: the kernel's default for every thread (APEXBENCH_SLICE_US=off)".to_string(),
+        Some(us) => match slice::request(us) {
+            Ok(ns) => format!(
+                "CPU slice: {:.2} ms asked of the kernel for every thread of both real paths (fio and its jobs; blkback's workers and the frontend) and kept (APEXBENCH_SLICE_US)",
+                ns as f64 / 1e6
+            ),
+            Err(e) => format!("CPU slice: {us} us asked for every thread, not kept ({e}): the kernel's default"),
+        },
+    };
+    eprintln!("apexbench: {slice_line}");
+    {
+        let mut c = ctx.borrow_mut();
+        c.notes.push(slice_line.clone());
+        c.meta.insert("cpu_slice".into(), slice_line);
+    }
     let outcome = bench.run(&args.common);
     // Detach the loop device whatever happened.
     let real_state = std::mem::replace(&mut ctx.borrow_mut().real, RealState::NotTried);
