@@ -841,7 +841,7 @@ pub fn run(args: &ApexArgs) -> Result<ApexReport, String> {
     let (bench, ctx) = build(args, loads);
     // Before any thread or process of the runs starts: they inherit it.
     let slice_line = match slice::requested_us() {
-        None => "CPU slice: the kernel's default for every thread (APEXBENCH_SLICE_US=off)".to_string(),
+        None => "CPU slice: the kernel's default for every thread (APEXBENCH_SLICE_US unset)".to_string(),
         Some(us) => match slice::request(us) {
             Ok(ns) => format!(
                 "CPU slice: {:.2} ms asked of the kernel for every thread of both real paths (fio and its jobs; blkback's workers and the frontend) and kept (APEXBENCH_SLICE_US)",

@@ -15,22 +15,39 @@
 //! reservation of twice its need at the cost model's estimate (refused by
 //! admission control: an interactive queue with the same deadline, noted),
 //! the bulk stream a background queue. FIFO takes the same queues and
-//! serves them in arrival order. Arrivals are open loop on the wall clock
-//! (evenly spaced or Poisson) and latency counts from the arrival, also
-//! when an arrival waits for buffers (an open-loop stream holds buffers
-//! for [`OPEN_LOOP_DEPTH`] requests, as fio's iodepth, or for 4096 pages
-//! when fewer: W1's 256 KiB reads get 64).
+//! serves them in arrival order.
 //!
-//! Every request carries its absolute deadline, counted from its arrival
-//! (not from its submission, which can come later when the stream waits
-//! for buffers). The frontend sleeps on its event channel whenever nothing
-//! completed, until the next arrival or response: on a shared machine a
-//! thread that spins or yields in a loop is the one the kernel makes wait.
+//! The open-loop streams (W1's real-time readers, W2's latency-critical
+//! reads, W3's real-time reads) are issued as fio issues the Linux peers'
+//! ([`Pacing::Fio`], [`FioPacer`]): the same schedule (evenly spaced or
+//! Poisson, each request's time the previous one's plus the next gap),
+//! with fio's rate loop (ahead of schedule, wait for the stream's requests
+//! in flight, then sleep to the next one; behind, issue at once), and the
+//! latency counted from the issue to the completion taken, as fio's `lat`.
+//! A note gives the same requests' latencies from their scheduled times,
+//! which fio cannot. `APEXBENCH_PACING=open` issues them strictly open
+//! loop instead (each at its scheduled time whatever is in flight, latency
+//! from then, also when it waits for buffers: an open-loop stream holds
+//! buffers for [`OPEN_LOOP_DEPTH`] requests, as fio's iodepth, or for 4096
+//! pages when fewer: W1's 256 KiB reads get 64); the Linux peers' figures
+//! are then not measured the same way.
+//!
+//! Every request carries its absolute deadline, counted from its issue
+//! (from its scheduled time under `APEXBENCH_PACING=open`). The frontend
+//! sleeps on its event channel whenever nothing completed, until the next
+//! issue or response, and takes blkfront's device events
+//! ([`take_events`]): on a shared machine a thread that spins or yields in
+//! a loop is the one the kernel makes wait, and it takes a core from
+//! blkback's worker. Each run notes how long the frontend's thread and
+//! blkback's worker ran and waited for a core (`/proc/self/task/*/schedstat`).
 //!
 //! The scheduler runs inside [`Traced`], which records every request's
 //! submission, dispatch and completion and the work in flight at its
 //! dispatch: each run writes them to `trace.csv` in its scratch directory
-//! and sums them up in a note ([`trace_summary`]).
+//! and sums them up in a note ([`trace_summary`]). With
+//! `APEXBENCH_BREAKDOWN=1` blkback also records each request's steps and
+//! the run breaks the real-time reads' time on the ring into them
+//! ([`breakdown`], `breakdown.csv`).
 //!
 //! Not done: the frontend is single-queue and unpinned.
 
@@ -200,7 +217,11 @@ pub enum Pacing {
 /// `APEXBENCH_PACING`: `open` for [`Pacing::Open`], anything else (or
 /// unset) [`Pacing::Fio`].
 pub fn pacing() -> Pacing {
-    match std::env::var("APEXBENCH_PACING").ok().as_deref().map(str::trim) {
+    match std::env::var("APEXBENCH_PACING")
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
         Some("open") => Pacing::Open,
         _ => Pacing::Fio,
     }
@@ -356,7 +377,7 @@ impl RealPath for BlkfrontPath {
 
     fn setup(&self, w: Workload) -> String {
         format!(
-            "blkfront (event channel, 1 queue, persistent grants) with {} on its queue, through the hosted blkback (io_uring, O_DIRECT) onto the loop device, kernel scheduler none; cost model started from the device's calibration; {} stream: real-time queue, deadline {} ms times the device-floor scale, reservation twice its need; bulk: background queue",
+            "blkfront (event channel, 1 queue, persistent grants) with {} on its queue, through the hosted blkback (io_uring, O_DIRECT) onto the loop device, kernel scheduler none; cost model started from the device's calibration; {} stream: real-time queue, deadline {} ms times the device-floor scale, reservation twice its need, issued as fio issues its rate jobs and timed from the issue (APEXBENCH_PACING=open: strictly open loop); bulk: background queue",
             self.kind.name(),
             w.labels().first().copied().unwrap_or("rt"),
             w.deadline_ns() / 1_000_000
@@ -676,7 +697,16 @@ fn run_on(
                 .filter(|&t| t < end_ns)
                 .min()
                 .unwrap_or(end_ns);
-            let left = next.saturating_sub(now).clamp(1_000, 5_000_000);
+            // Nothing more to issue before the next completion (no
+            // arrival left, or none with a free buffer): a whole slice,
+            // which a response ends; the drain after the run used to
+            // sleep 1 us at a time here, and a stall of the disk then
+            // kept the frontend spinning for seconds.
+            let left = if next > now {
+                (next - now).clamp(1_000, 5_000_000)
+            } else {
+                5_000_000
+            };
             if !inflight.is_empty() || next > now {
                 bf.wait(&mut xs, Some(Duration::from_nanos(left)))
                     .map_err(err)?;
@@ -763,7 +793,13 @@ fn run_on(
     if let (Some(st), Ok(t)) = (&world.steps, trace.lock()) {
         let back = st.take();
         let from = plat0.saturating_add(w.warmup_ms * 1_000_000);
-        let (note, rows) = breakdown(&t.done, &back, default.0, from, plat0.saturating_add(end_ns));
+        let (note, rows) = breakdown(
+            &t.done,
+            &back,
+            default.0,
+            from,
+            plat0.saturating_add(end_ns),
+        );
         m.notes.push(format!("{}: {note}", w.workload.prefix()));
         let path = scratch.join("breakdown.csv");
         if let Err(e) = write_breakdown(&path, &rows) {
@@ -1074,7 +1110,10 @@ fn cpu_waits() -> Vec<CpuWait> {
             continue;
         };
         let st = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
-        let f: Vec<u64> = st.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let f: Vec<u64> = st
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
         if let [run, wait, slices] = f[..] {
             v.push((name, run, wait, slices));
         }
@@ -1105,7 +1144,11 @@ fn cpu_wait_note(a: &[CpuWait], b: &[CpuWait], span_ns: u64) -> String {
     format!(
         "threads over the run's {:.0} ms (schedstat): {}",
         span_ns as f64 / 1e6,
-        if parts.is_empty() { "not readable".to_string() } else { parts.join("; ") }
+        if parts.is_empty() {
+            "not readable".to_string()
+        } else {
+            parts.join("; ")
+        }
     )
 }
 
@@ -1115,7 +1158,10 @@ fn cpu_wait_note(a: &[CpuWait], b: &[CpuWait], span_ns: u64) -> String {
 /// ring into them ([`breakdown`]), in a note and in `breakdown.csv`.
 fn breakdown_on() -> bool {
     matches!(
-        std::env::var("APEXBENCH_BREAKDOWN").ok().as_deref().map(str::trim),
+        std::env::var("APEXBENCH_BREAKDOWN")
+            .ok()
+            .as_deref()
+            .map(str::trim),
         Some("1" | "on" | "yes")
     )
 }
@@ -1149,19 +1195,35 @@ impl StepRow {
 }
 
 /// The names of [`StepRow::steps`].
-pub const STEP_NAMES: [&str; 5] = ["ring->taken", "taken->submitted", "submitted->reaped", "reaped->pushed", "pushed->seen"];
+pub const STEP_NAMES: [&str; 5] = [
+    "ring->taken",
+    "taken->submitted",
+    "submitted->reaped",
+    "reaped->pushed",
+    "pushed->seen",
+];
 
 /// Joins the frontend's records with blkback's: the k-th request put on
 /// the ring (by [`TraceRecord::seq`]) is the k-th blkback took off it (one
 /// ring, taken in order). Returns a note on the reads of queue `rt` put
 /// on the ring in `[from, to)` (each step's p50/p90/p99, and the median of
 /// each step among the slowest 1 %), and every joined row.
-pub fn breakdown(front: &[TraceRecord], back: &[BackSteps], rt: u32, from: u64, to: u64) -> (String, Vec<StepRow>) {
+pub fn breakdown(
+    front: &[TraceRecord],
+    back: &[BackSteps],
+    rt: u32,
+    from: u64,
+    to: u64,
+) -> (String, Vec<StepRow>) {
     let mut f: Vec<TraceRecord> = front.iter().copied().filter(|r| r.seq != 0).collect();
     f.sort_unstable_by_key(|r| r.seq);
     let mut b: Vec<BackSteps> = back.to_vec();
     b.sort_unstable_by_key(|s| s.taken_ns);
-    let rows: Vec<StepRow> = f.iter().zip(&b).map(|(&front, &back)| StepRow { front, back }).collect();
+    let rows: Vec<StepRow> = f
+        .iter()
+        .zip(&b)
+        .map(|(&front, &back)| StepRow { front, back })
+        .collect();
     let mismatch = if f.len() != b.len() {
         format!(" (the frontend put {} requests on the ring, blkback recorded {}: the later ones are not joined)", f.len(), b.len())
     } else {
@@ -1169,14 +1231,28 @@ pub fn breakdown(front: &[TraceRecord], back: &[BackSteps], rt: u32, from: u64, 
     };
     let sel: Vec<&StepRow> = rows
         .iter()
-        .filter(|r| r.front.queue == rt && !r.front.write && r.front.dispatched >= from && r.front.dispatched < to)
+        .filter(|r| {
+            r.front.queue == rt
+                && !r.front.write
+                && r.front.dispatched >= from
+                && r.front.dispatched < to
+        })
         .collect();
     if sel.is_empty() {
-        return (format!("breakdown: no real-time read in the window{mismatch}"), rows);
+        return (
+            format!("breakdown: no real-time read in the window{mismatch}"),
+            rows,
+        );
     }
-    let mut total: Vec<u64> = sel.iter().map(|r| r.front.done.saturating_sub(r.front.dispatched)).collect();
+    let mut total: Vec<u64> = sel
+        .iter()
+        .map(|r| r.front.done.saturating_sub(r.front.dispatched))
+        .collect();
     let cut = quantile(&mut total, 0.99);
-    let tail: Vec<&&StepRow> = sel.iter().filter(|r| r.front.done.saturating_sub(r.front.dispatched) >= cut).collect();
+    let tail: Vec<&&StepRow> = sel
+        .iter()
+        .filter(|r| r.front.done.saturating_sub(r.front.dispatched) >= cut)
+        .collect();
     let mut parts = Vec::new();
     for (i, name) in STEP_NAMES.iter().enumerate() {
         let mut v: Vec<u64> = sel.iter().map(|r| r.steps()[i]).collect();
@@ -1455,6 +1531,113 @@ mod tests {
             trace_summary(&l.done, q.0, 1000, 2000),
             "no real-time read in the window"
         );
+    }
+
+    #[test]
+    fn the_pacer_issues_as_fio_rate_loop_does() {
+        // Schedule: 0, 500, 1000, 1500 (gaps of 500).
+        let mut p = FioPacer::new();
+        assert_eq!(p.due(), Some(0));
+        // Issued at 10: the next (500) is ahead, so fio first waits for
+        // what is in flight, then sleeps the 490 it had to go.
+        assert_eq!(p.issued(10, 500), 0);
+        assert_eq!(p.due(), None);
+        p.drained(300);
+        assert_eq!(p.due(), Some(790));
+        // Issued late at 800 (its time was 500): 1000 is still ahead.
+        assert_eq!(p.issued(800, 500), 500);
+        assert_eq!(p.due(), None);
+        // The read took long: drained at 1600, behind schedule, but fio
+        // sleeps what it had to go when it looked (200).
+        p.drained(1600);
+        assert_eq!(p.due(), Some(1800));
+        // Issued at 1800: the next (1500) is past, so it goes at once,
+        // without waiting for the one in flight.
+        assert_eq!(p.issued(1800, 500), 1000);
+        assert_eq!(p.due(), Some(1500));
+        assert_eq!(p.issued(1801, 500), 1500);
+        // 2000 is ahead of 1801 again.
+        assert_eq!(p.due(), None);
+        // A drain while not waiting changes nothing.
+        let mut q = FioPacer::new();
+        q.drained(5);
+        assert_eq!(q.due(), Some(0));
+    }
+
+    #[test]
+    fn the_breakdown_joins_the_ends_in_ring_order() {
+        let rec = |seq, queue, dispatched, done| TraceRecord {
+            queue,
+            write: false,
+            bytes: 4096,
+            dispatched,
+            done,
+            seq,
+            ..TraceRecord::default()
+        };
+        let steps = |taken_ns, submitted_ns, reaped_ns, pushed_ns| BackSteps {
+            taken_ns,
+            submitted_ns,
+            reaped_ns,
+            pushed_ns,
+            ..BackSteps::default()
+        };
+        // The frontend's records come in completion order; blkback's in
+        // any order: both are joined by their place on the ring.
+        let front = [
+            rec(2, 0, 1_000, 9_000),
+            rec(1, 0, 1_000, 2_000),
+            rec(3, 1, 5_000, 6_000),
+        ];
+        let back = [
+            steps(5_100, 5_200, 5_900, 5_950),
+            steps(1_100, 1_200, 1_900, 1_950),
+            steps(1_150, 1_300, 8_000, 8_900),
+        ];
+        let (note, rows) = breakdown(&front, &back, 0, 0, 10_000);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].steps(), [100, 100, 700, 50, 50]);
+        assert_eq!(rows[1].steps(), [150, 150, 6_700, 900, 100]);
+        assert_eq!(rows[2].front.queue, 1);
+        // Queue 0's two reads; the slowest 1 % is the second.
+        assert!(note.starts_with("breakdown of 2 real-time reads"), "{note}");
+        assert!(
+            note.contains("submitted->reaped p50 1 p90 7 p99 7 us (slowest 1 %: 7)"),
+            "{note}"
+        );
+        assert!(!note.contains("not joined"), "{note}");
+        let (note, _) = breakdown(&front, &back[..2], 0, 0, 10_000);
+        assert!(note.contains("blkback recorded 2"), "{note}");
+        let (note, _) = breakdown(&front, &back, 0, 20_000, 30_000);
+        assert!(note.starts_with("breakdown: no real-time read"), "{note}");
+    }
+
+    #[test]
+    fn the_cpu_wait_note_takes_the_difference() {
+        let a = vec![("frontend".to_string(), 1_000_000, 2_000_000, 10)];
+        let b = vec![
+            ("blkback-q0".to_string(), 3_000_000, 1_000_000, 100),
+            ("frontend".to_string(), 5_000_000, 4_000_000, 30),
+        ];
+        let n = cpu_wait_note(&a, &b, 2_000_000_000);
+        assert!(n.contains("over the run's 2000 ms"), "{n}");
+        assert!(
+            n.contains(
+                "blkback-q0 ran 3 ms and waited 1 ms for a core over 100 wake-ups (10 us each)"
+            ),
+            "{n}"
+        );
+        assert!(
+            n.contains(
+                "frontend ran 4 ms and waited 2 ms for a core over 20 wake-ups (100 us each)"
+            ),
+            "{n}"
+        );
+        assert!(cpu_wait_note(&a, &[], 1).contains("not readable"));
+        // This thread is found (where the kernel keeps the counts).
+        if Path::new("/proc/self/schedstat").exists() {
+            assert!(cpu_waits().iter().any(|w| w.0 == "frontend"));
+        }
     }
 
     #[test]
