@@ -749,7 +749,7 @@ fn run_on(
             let mut sch = measure_class(s.label, &l.from_schedule, s.deadline_ns, window, None);
             let n = sch.latencies_ns.len();
             m.notes.push(format!(
-                "{} {}: issued as fio issues (APEXBENCH_PACING=open for strictly open loop); from the schedule instead of the issue, the same requests' p50 {:.0} us, p99 {:.0} us, {} of {n} over the deadline",
+                "{} {}: issued as fio issues (APEXBENCH_PACING=open for strictly open loop); from the schedule instead of the issue (fio's pace included: ahead of schedule it sleeps the whole time it had to go after the wait for the requests in flight, so issues run late by design), the same requests' p50 {:.0} us, p99 {:.0} us, {} of {n} over the deadline",
                 w.workload.prefix(),
                 s.label,
                 quantile(&mut sch.latencies_ns, 0.5) as f64 / 1e3,
