@@ -791,6 +791,15 @@ W3's a share of its 64 KiB rate at depth 32.\n",
     );
     s.push_str(&format!("\n{}\n", workload::OUR_PATH));
     s.push_str(
+        "\nEnvironment (real path): APEXBENCH_ISOLATION=on|off|on,cap_kib=N,hold_ms=N,window_ms=N \
+(APEX's isolation mode), APEXBENCH_THROTTLE=0|1|slow, APEXBENCH_SLACK_PERMILLE=N, \
+APEXBENCH_W1_READS=N (W1's 100 % fixed, no probe), APEXBENCH_PACING=open (our rate streams \
+strictly open loop instead of fio's pace), APEXBENCH_BREAKDOWN=1 (blkback's per-request steps), \
+APEXBENCH_SLICE_US=N (a CPU slice for every thread of both paths). Only the W2 part: \
+--only apex-real-w2-lc,apex-real-w2-bulk,apex-real-w2-alone-lc,linux-bfq-w2-lc,linux-bfq-w2-alone-lc \
+(the loop device is calibrated first; APEXBENCH_W1_READS skips W1's probe).\n",
+    );
+    s.push_str(
         "\nTargets: W1: apex misses no deadline up to 90 % real-time load, in both harnesses, while \
 its total throughput is >= 0.95x fifo's; W2: the latency-critical p99 under the bulk job <= 2x its \
 p99 alone, and lower than every Linux scheduler's; W3: no idle device while requests wait; W4: \
