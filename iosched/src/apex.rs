@@ -203,8 +203,14 @@
 //!   count as quiet, whichever is first. blkfront's blocking waits sleep
 //!   no longer than that; a frontend of its own must do the same (a
 //!   completion also leads to a batch, as always);
-//! - once every latency-sensitive queue is quiet the mode does nothing and
-//!   the batch builder is work-conserving again.
+//! - once every latency-sensitive queue is quiet the batch builder is
+//!   work-conserving again, but the background work held meanwhile goes
+//!   in slow start: one request, then as many bytes more in flight as
+//!   background completions bring back, so the ring refills in a few
+//!   rounds rather than in one batch; a latency-sensitive request that
+//!   comes soon after finds little ahead of it (on the real path a
+//!   frontend thread kept off the cores for 56 ms let the reads' queue
+//!   fall quiet, and the 32 held 1 MiB writes went at once).
 //!
 //! Real-time and interactive requests are never held by it. The price is
 //! background throughput whenever latency-sensitive work is active, down
@@ -505,6 +511,15 @@ struct Isolation {
     wake: Option<Nanos>,
     /// Background requests that went at their hold deadline.
     forced: u64,
+    /// Since the latency-sensitive queues last fell quiet: the background
+    /// bytes that may be in flight (`None`: no limit, before any was
+    /// active). Slow start: one request goes whatever it says, and each
+    /// background completion adds its bytes, so the ring refills in a few
+    /// rounds, not with every held request in one batch.
+    ramp: Option<u64>,
+    /// The last batch found every latency-sensitive queue quiet: the
+    /// background completions since then feed [`Isolation::ramp`].
+    quiet: bool,
 }
 
 /// A real-time queue is silent for at least this many of its default
@@ -1089,6 +1104,18 @@ impl Policy for ApexPolicy {
             None
         };
         let isolating = sensitive.is_some();
+        if isolating {
+            self.isolation.ramp = Some(0);
+        } else if !self.queues.values().any(|q| q.rank <= 1) {
+            // No latency-sensitive queue left: nothing to ramp for.
+            self.isolation.ramp = None;
+        }
+        self.isolation.quiet = !isolating;
+        let ramp = if self.params.isolation {
+            self.isolation.ramp
+        } else {
+            None
+        };
         let cap = self.params.isolation_be_bytes;
         // The bound and the throttle hold back best-effort work only:
         // real-time requests are already in deadline order among
@@ -1098,6 +1125,11 @@ impl Policy for ApexPolicy {
         let fits = |r: usize, work: u64, taken: usize, t: &Throttle, be_bytes: u64, bytes: u64| {
             if r == 2 && isolating && be_bytes.saturating_add(bytes) > cap {
                 return false;
+            }
+            if let (2, false, Some(ramp)) = (r, isolating, ramp) {
+                if be_bytes > 0 && be_bytes.saturating_add(bytes) > ramp.max(bytes) {
+                    return false;
+                }
             }
             match bound {
                 _ if r == 0 => true,
@@ -1220,6 +1252,9 @@ impl Policy for ApexPolicy {
         if lane == LANE_BACKGROUND {
             self.isolation.be_in_flight = self.isolation.be_in_flight.saturating_sub(1);
             self.isolation.be_bytes = self.isolation.be_bytes.saturating_sub(bytes);
+            if let (Some(r), true) = (self.isolation.ramp.as_mut(), self.isolation.quiet) {
+                *r = (*r).max(bytes).saturating_add(bytes);
+            }
         }
     }
 

@@ -928,3 +928,56 @@ fn isolation_mode_sends_held_background_work_by_its_hold_deadline() {
     let out = s.build_batch(300 * MS, 32);
     assert_eq!(out, vec![1009]);
 }
+
+/// Isolation mode: when the latency-sensitive queues fall quiet, the
+/// background work held meanwhile goes in slow start (one request, then
+/// as many bytes more as background completions bring back), not in one
+/// batch; before any latency-sensitive queue was active, and with the mode
+/// off, it fills the ring at once.
+#[test]
+fn isolation_mode_refills_the_ring_in_slow_start_when_quiet() {
+    const M: u64 = 1 << 20;
+    let mut s = isolating(0, 5, 20);
+    let bg = s.create_queue(QueueConfig::background(), 0).unwrap();
+    for t in 1..=3 {
+        s.submit(write(bg, t, M), 0).unwrap();
+    }
+    // Nothing latency-sensitive yet: the ring fills.
+    assert_eq!(s.build_batch(0, 32), vec![1, 2, 3]);
+    for t in 1..=3 {
+        s.complete(t, MS).unwrap();
+    }
+    // An interactive read holds the background work back.
+    let ia = s.create_queue(QueueConfig::interactive(), MS).unwrap();
+    s.submit(req(ia, 10), MS).unwrap();
+    for t in 100..120 {
+        s.submit(write(bg, t, M), MS).unwrap();
+    }
+    assert_eq!(s.build_batch(MS, 32), vec![10]);
+    s.complete(10, MS + 100_000).unwrap();
+    // Quiet 5 ms after its completion: one write, not twenty.
+    let quiet = 6 * MS + 100_000;
+    assert_eq!(s.build_batch(quiet, 32), vec![100]);
+    assert!(s.build_batch(quiet + 1, 32).is_empty());
+    // Each completion brings back its bytes and one more request's worth.
+    s.complete(100, quiet + MS).unwrap();
+    assert_eq!(s.build_batch(quiet + MS, 32), vec![101, 102]);
+    s.complete(101, quiet + 2 * MS).unwrap();
+    assert_eq!(s.build_batch(quiet + 2 * MS, 32), vec![103, 104]);
+    s.complete(102, quiet + 2 * MS).unwrap();
+    assert_eq!(s.build_batch(quiet + 2 * MS, 32), vec![105, 106]);
+    assert_eq!(s.policy().isolation_state().be_bytes_in_flight, 4 * M);
+    // The interactive queue again: held, and the next quiet spell starts
+    // from one request again.
+    s.submit(req(ia, 11), quiet + 3 * MS).unwrap();
+    assert_eq!(s.build_batch(quiet + 3 * MS, 32), vec![11]);
+    s.complete(11, quiet + 3 * MS).unwrap();
+    for t in 103..=106 {
+        s.complete(t, quiet + 4 * MS).unwrap();
+    }
+    // Quiet again (its mean gap now 8.1 ms: twice that after its last
+    // completion); the completions while it was active fed nothing.
+    let quiet2 = quiet + 30 * MS;
+    assert_eq!(s.build_batch(quiet2, 32), vec![107]);
+    assert!(s.build_batch(quiet2, 32).is_empty());
+}

@@ -4,16 +4,22 @@
 //! - Engine: `io_uring`, `direct=1`, one fio job per stream, each a
 //!   thread of one fio process (`thread=1`), so stopping fio stops them
 //!   all.
-//! - Open loop: the real-time and latency-critical streams are rate jobs
+//! - Rate jobs: the real-time and latency-critical streams are rate jobs
 //!   (`rate_iops`; W1 with fio's default `rate_process=linear`, evenly
 //!   spaced like the simulation's phase-spread periodic readers; W2 and W3
-//!   with `rate_process=poisson`) at a depth of 256, so fio keeps issuing
-//!   on schedule while earlier requests are still in the kernel. fio
-//!   measures latency from the moment it issues a request; if a stream
-//!   ever fills its 256 slots it falls behind its schedule and that
-//!   waiting would be missing from the latencies, so the bench counts the
-//!   requests issued in the window against the rate and says so when
-//!   fewer than 90 % were.
+//!   with `rate_process=poisson`) at a depth of 256. They are not strictly
+//!   open loop: fio's rate loop (`rate_ddir`, with the default
+//!   `io_submit_mode=inline`), whenever the job is ahead of its schedule,
+//!   first waits for all of the job's requests in flight (`io_u_quiesce`),
+//!   then sleeps the time it had to go, then issues; behind schedule it
+//!   issues at once. fio measures latency from the moment it issues a
+//!   request, so neither that wait nor the lateness of its own wake-up
+//!   is in the latencies. Our real path issues its streams the same way
+//!   and stamps them the same way (`super::ours::FioPacer`), so both are
+//!   measured alike. A job that ends the window behind its schedule issued
+//!   fewer requests than the rate asks: the bench counts the requests
+//!   issued in the window against the rate and says so when fewer than
+//!   90 % were.
 //! - The bulk jobs are closed loop: 1 MiB sequential writes, depth 32.
 //! - Priorities: the real-time (and latency-critical) job runs in the
 //!   real-time I/O priority class, `prioclass=1` `prio=0`, and also sets it

@@ -26,6 +26,7 @@ pub mod loopdev;
 pub mod ours;
 pub mod report;
 pub mod sim;
+pub mod slice;
 pub mod workload;
 
 use std::cell::RefCell;
@@ -790,6 +791,15 @@ W3's a share of its 64 KiB rate at depth 32.\n",
     );
     s.push_str(&format!("\n{}\n", workload::OUR_PATH));
     s.push_str(
+        "\nEnvironment (real path): APEXBENCH_ISOLATION=on|off|on,cap_kib=N,hold_ms=N,window_ms=N \
+(APEX's isolation mode), APEXBENCH_THROTTLE=0|1|slow, APEXBENCH_SLACK_PERMILLE=N, \
+APEXBENCH_W1_READS=N (W1's 100 % fixed, no probe), APEXBENCH_PACING=open (our rate streams \
+strictly open loop instead of fio's pace), APEXBENCH_BREAKDOWN=1 (blkback's per-request steps), \
+APEXBENCH_SLICE_US=N (a CPU slice for every thread of both paths). Only the W2 part: \
+--only apex-real-w2-lc,apex-real-w2-bulk,apex-real-w2-alone-lc,linux-bfq-w2-lc,linux-bfq-w2-alone-lc \
+(the loop device is calibrated first; APEXBENCH_W1_READS skips W1's probe).\n",
+    );
+    s.push_str(
         "\nTargets: W1: apex misses no deadline up to 90 % real-time load, in both harnesses, while \
 its total throughput is >= 0.95x fifo's; W2: the latency-critical p99 under the bulk job <= 2x its \
 p99 alone, and lower than every Linux scheduler's; W3: no idle device while requests wait; W4: \
@@ -838,6 +848,23 @@ pub fn run(args: &ApexArgs) -> Result<ApexReport, String> {
         &sim::LOADS_FULL
     };
     let (bench, ctx) = build(args, loads);
+    // Before any thread or process of the runs starts: they inherit it.
+    let slice_line = match slice::requested_us() {
+        None => "CPU slice: the kernel's default for every thread (APEXBENCH_SLICE_US unset)".to_string(),
+        Some(us) => match slice::request(us) {
+            Ok(ns) => format!(
+                "CPU slice: {:.2} ms asked of the kernel for every thread of both real paths (fio and its jobs; blkback's workers and the frontend) and kept (APEXBENCH_SLICE_US)",
+                ns as f64 / 1e6
+            ),
+            Err(e) => format!("CPU slice: {us} us asked for every thread, not kept ({e}): the kernel's default"),
+        },
+    };
+    eprintln!("apexbench: {slice_line}");
+    {
+        let mut c = ctx.borrow_mut();
+        c.notes.push(slice_line.clone());
+        c.meta.insert("cpu_slice".into(), slice_line);
+    }
     let outcome = bench.run(&args.common);
     // Detach the loop device whatever happened.
     let real_state = std::mem::replace(&mut ctx.borrow_mut().real, RealState::NotTried);

@@ -15,22 +15,39 @@
 //! reservation of twice its need at the cost model's estimate (refused by
 //! admission control: an interactive queue with the same deadline, noted),
 //! the bulk stream a background queue. FIFO takes the same queues and
-//! serves them in arrival order. Arrivals are open loop on the wall clock
-//! (evenly spaced or Poisson) and latency counts from the arrival, also
-//! when an arrival waits for buffers (an open-loop stream holds buffers
-//! for [`OPEN_LOOP_DEPTH`] requests, as fio's iodepth, or for 4096 pages
-//! when fewer: W1's 256 KiB reads get 64).
+//! serves them in arrival order.
 //!
-//! Every request carries its absolute deadline, counted from its arrival
-//! (not from its submission, which can come later when the stream waits
-//! for buffers). The frontend sleeps on its event channel whenever nothing
-//! completed, until the next arrival or response: on a shared machine a
-//! thread that spins or yields in a loop is the one the kernel makes wait.
+//! The open-loop streams (W1's real-time readers, W2's latency-critical
+//! reads, W3's real-time reads) are issued as fio issues the Linux peers'
+//! ([`Pacing::Fio`], [`FioPacer`]): the same schedule (evenly spaced or
+//! Poisson, each request's time the previous one's plus the next gap),
+//! with fio's rate loop (ahead of schedule, wait for the stream's requests
+//! in flight, then sleep to the next one; behind, issue at once), and the
+//! latency counted from the issue to the completion taken, as fio's `lat`.
+//! A note gives the same requests' latencies from their scheduled times,
+//! which fio cannot. `APEXBENCH_PACING=open` issues them strictly open
+//! loop instead (each at its scheduled time whatever is in flight, latency
+//! from then, also when it waits for buffers: an open-loop stream holds
+//! buffers for [`OPEN_LOOP_DEPTH`] requests, as fio's iodepth, or for 4096
+//! pages when fewer: W1's 256 KiB reads get 64); the Linux peers' figures
+//! are then not measured the same way.
+//!
+//! Every request carries its absolute deadline, counted from its issue
+//! (from its scheduled time under `APEXBENCH_PACING=open`). The frontend
+//! sleeps on its event channel whenever nothing completed, until the next
+//! issue or response, and takes blkfront's device events
+//! ([`take_events`]): on a shared machine a thread that spins or yields in
+//! a loop is the one the kernel makes wait, and it takes a core from
+//! blkback's worker. Each run notes how long the frontend's thread and
+//! blkback's worker ran and waited for a core (`/proc/self/task/*/schedstat`).
 //!
 //! The scheduler runs inside [`Traced`], which records every request's
 //! submission, dispatch and completion and the work in flight at its
 //! dispatch: each run writes them to `trace.csv` in its scratch directory
-//! and sums them up in a note ([`trace_summary`]).
+//! and sums them up in a note ([`trace_summary`]). With
+//! `APEXBENCH_BREAKDOWN=1` blkback also records each request's steps and
+//! the run breaks the real-time reads' time on the ring into them
+//! ([`breakdown`], `breakdown.csv`).
 //!
 //! Not done: the frontend is single-queue and unpinned.
 
@@ -39,10 +56,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use blkfront::{Blkfront, DeviceConfig, Io, IoOptions, Mode, Span, Tag};
+use blkfront::{Blkfront, DeviceConfig, DeviceEvent, Io, IoOptions, Mode, Span, Tag};
 use grant_tables::Clock;
 use grant_tables::DomId;
-use hosted::blkback::{Blkback, BlkbackConfig, WaitMode};
+use hosted::blkback::{BackSteps, Blkback, BlkbackConfig, StepTrace, WaitMode};
 use hosted::toolstack::{add_device, DeviceSpec};
 use hosted::xenstore::{connect_as, XenstoreDaemon};
 use hosted::{HostedHypervisor, HostedPlatform};
@@ -53,8 +70,8 @@ use iosched::{
 
 use super::fio::OPEN_LOOP_DEPTH;
 use super::workload::{
-    measure_class, stall_note, Arrival, Capacity, Device, Measured, RealPath, RealWorkload,
-    Workload,
+    measure_class, stall_note, Arrival, Capacity, Device, Measured, RealPath, RealStream,
+    RealWorkload, Workload,
 };
 
 const FRONT_PATH: &str = "device/vbd/51712";
@@ -83,6 +100,8 @@ impl BlkfrontPath {
 /// frontend, which the run drops first).
 struct World {
     _back: Blkback,
+    /// blkback's per-request steps, when asked for ([`breakdown_on`]).
+    steps: Option<Arc<StepTrace>>,
     daemon: XenstoreDaemon,
     hv: HostedHypervisor,
     dir: PathBuf,
@@ -101,7 +120,7 @@ impl Drop for World {
 /// path would move a tenth of what the device can.
 const PERSISTENT_GRANTS: usize = 16_384;
 
-fn world(disk: &Path) -> Result<(World, HostedPlatform), String> {
+fn world(disk: &Path, breakdown: bool) -> Result<(World, HostedPlatform), String> {
     let base = if Path::new("/dev/shm").is_dir() {
         PathBuf::from("/dev/shm")
     } else {
@@ -123,11 +142,22 @@ fn world(disk: &Path) -> Result<(World, HostedPlatform), String> {
     config.wait = WaitMode::Event {
         spin: Duration::from_micros(100),
     };
+    // blkback's steps on the platform's clock: its epoch is the
+    // platform's origin (the frontend's trace uses that clock).
+    let steps = breakdown.then(|| {
+        let now = Instant::now();
+        let origin = now
+            .checked_sub(Duration::from_nanos(front.now_ns()))
+            .unwrap_or(now);
+        Arc::new(StepTrace::new(origin, 1 << 20))
+    });
+    config.trace = steps.clone();
     let back =
         Blkback::spawn(back_plat, daemon.socket(), &spec.backend_path(), config).map_err(err)?;
     Ok((
         World {
             _back: back,
+            steps,
             daemon,
             hv,
             dir,
@@ -147,8 +177,16 @@ struct Live {
     next_ns: u64,
     rng: u64,
     seq: u64,
-    /// `(arrival, done, bytes)` ns from the start.
+    /// `(arrival, done, bytes)` ns from the start: the arrival is the
+    /// issue under [`Pacing::Fio`], the scheduled time under
+    /// [`Pacing::Open`].
     records: Vec<(u64, u64, u64)>,
+    /// `(scheduled, done, bytes)` of the same requests.
+    from_schedule: Vec<(u64, u64, u64)>,
+    /// Under [`Pacing::Fio`], an open-loop stream's pace.
+    pacer: Option<FioPacer>,
+    /// Its requests in flight.
+    out: usize,
 }
 
 impl Live {
@@ -158,6 +196,114 @@ impl Live {
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// How an open-loop stream issues its requests and where their latency
+/// counts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// As fio's rate-limited jobs do (the Linux peers' figures come from
+    /// fio): see [`FioPacer`]. Latency counts from the issue, as fio's
+    /// `lat`. The default: the real path's figures are then measured as
+    /// the Linux peers' are.
+    Fio,
+    /// Strictly open loop: each request arrives at its scheduled time,
+    /// whatever is in flight, and its latency counts from then (the
+    /// bench's own timer lateness included). `APEXBENCH_PACING=open`.
+    Open,
+}
+
+/// `APEXBENCH_PACING`: `open` for [`Pacing::Open`], anything else (or
+/// unset) [`Pacing::Fio`].
+pub fn pacing() -> Pacing {
+    match std::env::var("APEXBENCH_PACING")
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        Some("open") => Pacing::Open,
+        _ => Pacing::Fio,
+    }
+}
+
+/// fio's rate loop for one job (fio 3.x `rate_ddir` with the default
+/// `io_submit_mode=inline`), so that our path issues its open-loop
+/// streams at the moments fio would: the schedule is fio's (each
+/// request's time is the previous one's plus the next gap, from the
+/// start), and right after issuing a request fio looks at the next one's
+/// time: already past (behind schedule), it is issued at once; ahead,
+/// fio first waits for all of the job's requests in flight
+/// (`io_u_quiesce`), then sleeps the time it had to go when it looked,
+/// then issues. fio stamps a request's latency from the issue (after the
+/// sleep), so neither the wait for the requests in flight nor its own
+/// wake-up's lateness counts; with this pacer neither does ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FioPacer {
+    /// The next request's scheduled time, ns from the start.
+    next: u64,
+    state: PaceState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PaceState {
+    /// Issue when the scheduled time comes (at once: behind schedule).
+    Ready,
+    /// Waiting for the job's requests in flight; then sleep this long.
+    Quiesce { sleep_ns: u64 },
+    /// Sleeping until then.
+    Sleep { until: u64 },
+}
+
+impl FioPacer {
+    /// A job whose first request is due at once (fio's first
+    /// `rate_next_io_time` is 0).
+    pub fn new() -> Self {
+        FioPacer {
+            next: 0,
+            state: PaceState::Ready,
+        }
+    }
+
+    /// When the next request is to be issued, ns from the start (perhaps
+    /// already past); `None` while the job waits for its requests in
+    /// flight.
+    pub fn due(&self) -> Option<u64> {
+        match self.state {
+            PaceState::Ready => Some(self.next),
+            PaceState::Quiesce { .. } => None,
+            PaceState::Sleep { until } => Some(until),
+        }
+    }
+
+    /// A request was issued at `now`; `gap` is the gap from its scheduled
+    /// time to the next one's. Returns its scheduled time.
+    pub fn issued(&mut self, now: u64, gap: u64) -> u64 {
+        let scheduled = self.next;
+        self.next = self.next.saturating_add(gap);
+        self.state = if self.next <= now {
+            PaceState::Ready
+        } else {
+            PaceState::Quiesce {
+                sleep_ns: self.next - now,
+            }
+        };
+        scheduled
+    }
+
+    /// The job's last request in flight completed at `now`.
+    pub fn drained(&mut self, now: u64) {
+        if let PaceState::Quiesce { sleep_ns } = self.state {
+            self.state = PaceState::Sleep {
+                until: now.saturating_add(sleep_ns),
+            };
+        }
+    }
+}
+
+impl Default for FioPacer {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -174,6 +320,56 @@ fn gap_ns(a: Arrival, u: u64) -> Option<u64> {
     }
 }
 
+/// Takes blkfront's device events: one left queued makes every
+/// [`Blkfront::wait`] return at once (it waits until a completion or an
+/// event is queued), and the frontend's loop would spin instead of
+/// sleeping: its thread then ran for half the run and took a core from
+/// blkback's worker and the loop device (the real path's tail before).
+/// An event that ends the device's service is an error.
+fn take_events(bf: &mut Blkfront<HostedPlatform>) -> Result<(), String> {
+    while let Some(e) = bf.next_event() {
+        match e {
+            DeviceEvent::Connected { .. } | DeviceEvent::Resized { .. } => {}
+            DeviceEvent::FeatureLost(f) => log::warn!("apexbench: blkfront lost {f:?}"),
+            other => return Err(format!("blkfront: {other:?} during the run")),
+        }
+    }
+    Ok(())
+}
+
+/// Submits one request of stream `s` into one of `l`'s free buffer sets
+/// (at the stream's next offset on a disk of `capacity` bytes), its
+/// deadline counted from `arrival` (ns of the platform's clock).
+fn submit_one(
+    bf: &mut Blkfront<HostedPlatform>,
+    l: &mut Live,
+    s: &RealStream,
+    capacity: u64,
+    arrival: u64,
+) -> Result<Tag, String> {
+    let spans = l.free.pop().ok_or("no buffer set")?;
+    let blocks = (capacity / s.bytes).max(1);
+    let block = if s.sequential {
+        l.seq = (l.seq + 1) % blocks;
+        l.seq
+    } else {
+        l.rand() % blocks
+    };
+    let sector = block * s.bytes / 512;
+    let io = if s.write {
+        Io::Write { sector, spans }
+    } else {
+        Io::Read { sector, spans }
+    };
+    let mut opts = IoOptions::queue(0).class(l.queue);
+    if let Some(d) = s.deadline_ns {
+        opts = opts.deadline(arrival.saturating_add(d));
+    }
+    let tag = bf.submit(io, opts).map_err(|r| r.to_string())?;
+    l.out += 1;
+    Ok(tag)
+}
+
 impl RealPath for BlkfrontPath {
     fn name(&self) -> &str {
         &self.name
@@ -181,7 +377,7 @@ impl RealPath for BlkfrontPath {
 
     fn setup(&self, w: Workload) -> String {
         format!(
-            "blkfront (event channel, 1 queue, persistent grants) with {} on its queue, through the hosted blkback (io_uring, O_DIRECT) onto the loop device, kernel scheduler none; cost model started from the device's calibration; {} stream: real-time queue, deadline {} ms times the device-floor scale, reservation twice its need; bulk: background queue",
+            "blkfront (event channel, 1 queue, persistent grants) with {} on its queue, through the hosted blkback (io_uring, O_DIRECT) onto the loop device, kernel scheduler none; cost model started from the device's calibration; {} stream: real-time queue, deadline {} ms times the device-floor scale, reservation twice its need, issued as fio issues its rate jobs and timed from the issue (APEXBENCH_PACING=open: strictly open loop); bulk: background queue",
             self.kind.name(),
             w.labels().first().copied().unwrap_or("rt"),
             w.deadline_ns() / 1_000_000
@@ -195,7 +391,7 @@ impl RealPath for BlkfrontPath {
         scratch: &Path,
     ) -> Result<Measured, String> {
         let notes = dev.set_scheduler("none", &[])?;
-        let (world, plat) = world(dev.path())?;
+        let (world, plat) = world(dev.path(), breakdown_on())?;
         let result = run_on(self.kind, &world, plat, w, notes, scratch);
         let _ = &world.hv;
         drop(world);
@@ -212,6 +408,7 @@ fn run_on(
     scratch: &Path,
 ) -> Result<Measured, String> {
     let mut xs = connect_as(world.daemon.socket(), 1).map_err(err)?;
+    let pace = pacing();
     let sets: Vec<usize> = w
         .streams
         .iter()
@@ -241,6 +438,7 @@ fn run_on(
         Ok(None) => return Err("blkfront did not connect within 10 s".into()),
         Err(e) => return Err(format!("blkfront: {e}")),
     }
+    take_events(&mut bf)?;
     let capacity = bf.capacity_bytes().ok_or("blkfront knows no capacity")?;
     // The scheduler and its queues.
     let prior = device_prior(&w.capacity);
@@ -366,8 +564,13 @@ fn run_on(
             rng: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(0x1000_0000_01B3),
             seq: 0,
             records: Vec::new(),
+            from_schedule: Vec::new(),
+            pacer: None,
+            out: 0,
         };
-        if let Some(g) = gap_ns(s.arrival, l.rand()) {
+        if s.arrival.per_sec().is_some() && pace == Pacing::Fio {
+            l.pacer = Some(FioPacer::new());
+        } else if let Some(g) = gap_ns(s.arrival, l.rand()) {
             l.next_ns = g;
         }
         live.push(l);
@@ -384,11 +587,17 @@ fn run_on(
         w.workload.prefix(),
         t.elapsed().as_secs_f64() * 1e3
     ));
+    if let Some(st) = &world.steps {
+        // The pre-warming reads are not the run's.
+        st.take();
+    }
     let (sched, trace) = Traced::new(sched);
     bf.set_scheduler(0, Box::new(sched), default)
         .map_err(|_| "blkfront's queue was not idle for the scheduler".to_string())?;
+    let waits0 = cpu_waits();
     let end_ns = (w.warmup_ms + w.measure_ms) * 1_000_000;
-    let mut inflight: HashMap<Tag, (usize, u64)> = HashMap::new();
+    // Per tag: (stream, the request's stamp, its scheduled time).
+    let mut inflight: HashMap<Tag, (usize, u64, u64)> = HashMap::new();
     let t0 = Instant::now();
     // The platform's clock (the scheduler's) at the run's start: deadlines
     // count from each request's arrival, not from its submission.
@@ -409,6 +618,22 @@ fn run_on(
         // Arrivals.
         for (i, s) in w.streams.iter().enumerate() {
             let l = &mut live[i];
+            if let Some(mut p) = l.pacer {
+                // fio's pace: a request when it is due and a buffer set is
+                // free (fio's depth), stamped as it goes.
+                while !l.free.is_empty() {
+                    let now = now_ns(t0);
+                    if now >= end_ns || p.due().is_none_or(|d| d > now) {
+                        break;
+                    }
+                    let u = l.rand();
+                    let scheduled = p.issued(now, gap_ns(s.arrival, u).unwrap_or(1).max(1));
+                    let tag = submit_one(&mut bf, l, s, capacity, plat0.saturating_add(now))?;
+                    inflight.insert(tag, (i, now, scheduled));
+                }
+                l.pacer = Some(p);
+                continue;
+            }
             if now < end_ns {
                 match s.arrival {
                     Arrival::ClosedLoop { .. } => {
@@ -428,27 +653,9 @@ fn run_on(
                 l.backlog.clear();
             }
             while let (Some(&arrival), false) = (l.backlog.front(), l.free.is_empty()) {
-                let spans = l.free.pop().ok_or("no buffer set")?;
                 l.backlog.pop_front();
-                let blocks = (capacity / s.bytes).max(1);
-                let block = if s.sequential {
-                    l.seq = (l.seq + 1) % blocks;
-                    l.seq
-                } else {
-                    l.rand() % blocks
-                };
-                let sector = block * s.bytes / 512;
-                let io = if s.write {
-                    Io::Write { sector, spans }
-                } else {
-                    Io::Read { sector, spans }
-                };
-                let mut opts = IoOptions::queue(0).class(l.queue);
-                if let Some(d) = s.deadline_ns {
-                    opts = opts.deadline(plat0.saturating_add(arrival).saturating_add(d));
-                }
-                let tag = bf.submit(io, opts).map_err(|r| r.to_string())?;
-                inflight.insert(tag, (i, arrival));
+                let tag = submit_one(&mut bf, l, s, capacity, plat0.saturating_add(arrival))?;
+                inflight.insert(tag, (i, arrival, arrival));
             }
         }
         bf.process().map_err(err)?;
@@ -458,15 +665,23 @@ fn run_on(
             let done = now_ns(t0);
             c.result
                 .map_err(|e| format!("{} failed: {e}", c.io.name()))?;
-            let (i, arrival) = inflight
+            let (i, stamp, scheduled) = inflight
                 .remove(&c.tag)
                 .ok_or_else(|| format!("a completion for unknown tag {}", c.tag))?;
             if c.held_spans != 0 {
                 return Err(format!("{} pool buffers held back", c.held_spans));
             }
             let l = &mut live[i];
-            l.records.push((arrival, done, w.streams[i].bytes));
+            let bytes = w.streams[i].bytes;
+            l.records.push((stamp, done, bytes));
+            l.from_schedule.push((scheduled, done, bytes));
             l.free.push(c.io.into_spans());
+            l.out = l.out.saturating_sub(1);
+            if l.out == 0 {
+                if let Some(p) = l.pacer.as_mut() {
+                    p.drained(done);
+                }
+            }
         }
         if !any {
             // Sleep until the next arrival or the next response.
@@ -474,31 +689,75 @@ fn run_on(
             let next = live
                 .iter()
                 .zip(&w.streams)
-                .filter(|(l, s)| s.arrival.per_sec().is_some() && l.next_ns < end_ns)
-                .map(|(l, _)| l.next_ns)
+                .filter_map(|(l, s)| match l.pacer {
+                    Some(p) => p.due(),
+                    None if s.arrival.per_sec().is_some() => Some(l.next_ns),
+                    None => None,
+                })
+                .filter(|&t| t < end_ns)
                 .min()
                 .unwrap_or(end_ns);
-            let left = next.saturating_sub(now).clamp(1_000, 5_000_000);
+            // Nothing more to issue before the next completion (no
+            // arrival left, or none with a free buffer): a whole slice,
+            // which a response ends; the drain after the run used to
+            // sleep 1 us at a time here, and a stall of the disk then
+            // kept the frontend spinning for seconds.
+            let left = if next > now {
+                (next - now).clamp(1_000, 5_000_000)
+            } else {
+                5_000_000
+            };
             if !inflight.is_empty() || next > now {
                 bf.wait(&mut xs, Some(Duration::from_nanos(left)))
                     .map_err(err)?;
+                take_events(&mut bf)?;
             }
         }
     }
+    let waits1 = cpu_waits();
     let mut m = Measured {
         window_ns: w.measure_ms * 1_000_000,
         notes,
         ..Measured::default()
     };
+    m.notes.push(format!(
+        "{}: {}",
+        w.workload.prefix(),
+        cpu_wait_note(&waits0, &waits1, t0.elapsed().as_nanos() as u64)
+    ));
     let window = (w.warmup_ms * 1_000_000, end_ns);
     for (s, l) in w.streams.iter().zip(&live) {
-        m.classes.push(measure_class(
+        let c = measure_class(
             s.label,
             &l.records,
             s.deadline_ns,
             window,
             s.arrival.per_sec(),
-        ));
+        );
+        if let (Some(exp), Some(_)) = (c.expected, l.pacer) {
+            // As the Linux peers' note says of fio.
+            let got = c.latencies_ns.len() as f64;
+            if got < 0.9 * exp {
+                m.notes.push(format!(
+                    "{} {}: issued {got:.0} of the {exp:.0} requests due in the window (fio's pace fell behind its schedule), so these latencies leave out the wait before issue",
+                    w.workload.prefix(),
+                    s.label
+                ));
+            }
+            // The same requests' latencies from their scheduled times,
+            // which fio cannot tell.
+            let mut sch = measure_class(s.label, &l.from_schedule, s.deadline_ns, window, None);
+            let n = sch.latencies_ns.len();
+            m.notes.push(format!(
+                "{} {}: issued as fio issues (APEXBENCH_PACING=open for strictly open loop); from the schedule instead of the issue (fio's pace included: ahead of schedule it sleeps the whole time it had to go after the wait for the requests in flight, so issues run late by design), the same requests' p50 {:.0} us, p99 {:.0} us, {} of {n} over the deadline",
+                w.workload.prefix(),
+                s.label,
+                quantile(&mut sch.latencies_ns, 0.5) as f64 / 1e3,
+                quantile(&mut sch.latencies_ns, 0.99) as f64 / 1e3,
+                sch.misses,
+            ));
+        }
+        m.classes.push(c);
     }
     let all: Vec<(u64, u64, u64)> = live
         .iter()
@@ -530,6 +789,22 @@ fn run_on(
             w.workload.prefix(),
             trace_summary(&t.done, default.0, from, plat0.saturating_add(end_ns))
         ));
+    }
+    if let (Some(st), Ok(t)) = (&world.steps, trace.lock()) {
+        let back = st.take();
+        let from = plat0.saturating_add(w.warmup_ms * 1_000_000);
+        let (note, rows) = breakdown(
+            &t.done,
+            &back,
+            default.0,
+            from,
+            plat0.saturating_add(end_ns),
+        );
+        m.notes.push(format!("{}: {note}", w.workload.prefix()));
+        let path = scratch.join("breakdown.csv");
+        if let Err(e) = write_breakdown(&path, &rows) {
+            log::warn!("apexbench: cannot write {}: {e}", path.display());
+        }
     }
     if let Some(sched) = bf.scheduler(0) {
         let cm = sched.cost_model();
@@ -591,6 +866,8 @@ pub struct TraceRecord {
     /// The cost model's estimate of the work in flight then, itself
     /// included (units: ns of device time).
     pub units_ahead: u64,
+    /// Its place in the order requests went on the ring (from 1).
+    pub seq: u64,
 }
 
 #[derive(Default)]
@@ -599,6 +876,7 @@ struct TraceState {
     write_bytes: u64,
     in_flight: u32,
     units: u64,
+    dispatched: u64,
     done: Vec<TraceRecord>,
 }
 
@@ -677,6 +955,8 @@ impl Scheduler for Traced {
                         l.write_bytes = l.write_bytes.saturating_add(r.bytes);
                     }
                     l.in_flight += 1;
+                    l.dispatched += 1;
+                    r.seq = l.dispatched;
                 }
             }
         }
@@ -806,6 +1086,226 @@ pub fn trace_summary(records: &[TraceRecord], rt: u32, from: u64, to: u64) -> St
     )
 }
 
+/// One thread of this process as `/proc/self/task/*/schedstat` tells:
+/// (name, ns it ran, ns it waited runnable for a core, times it ran).
+type CpuWait = (String, u64, u64, u64);
+
+/// The frontend's thread (the caller) and blkback's queue workers.
+fn cpu_waits() -> Vec<CpuWait> {
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() };
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc/self/task") else {
+        return v;
+    };
+    for e in rd.flatten() {
+        let tid = e.file_name().to_string_lossy().into_owned();
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        let name = if tid == me.to_string() {
+            "frontend".to_string()
+        } else if comm.starts_with("blkback-q") {
+            comm.to_string()
+        } else {
+            continue;
+        };
+        let st = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
+        let f: Vec<u64> = st
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [run, wait, slices] = f[..] {
+            v.push((name, run, wait, slices));
+        }
+    }
+    v.sort();
+    v
+}
+
+/// What the threads of [`cpu_waits`] did between two readings, over
+/// `span_ns`: how long each ran and waited for a core.
+fn cpu_wait_note(a: &[CpuWait], b: &[CpuWait], span_ns: u64) -> String {
+    let parts: Vec<String> = b
+        .iter()
+        .map(|(n, run, wait, slices)| {
+            let (r0, w0, s0) = a
+                .iter()
+                .find(|x| &x.0 == n)
+                .map_or((0, 0, 0), |x| (x.1, x.2, x.3));
+            let k = slices.saturating_sub(s0).max(1);
+            format!(
+                "{n} ran {:.0} ms and waited {:.0} ms for a core over {k} wake-ups ({:.0} us each)",
+                run.saturating_sub(r0) as f64 / 1e6,
+                wait.saturating_sub(w0) as f64 / 1e6,
+                wait.saturating_sub(w0) as f64 / 1e3 / k as f64
+            )
+        })
+        .collect();
+    format!(
+        "threads over the run's {:.0} ms (schedstat): {}",
+        span_ns as f64 / 1e6,
+        if parts.is_empty() {
+            "not readable".to_string()
+        } else {
+            parts.join("; ")
+        }
+    )
+}
+
+/// `APEXBENCH_BREAKDOWN`, when set to `1`, `on` or `yes`: blkback records
+/// every request's steps ([`hosted::blkback::StepTrace`]) and each run of
+/// our paths breaks the real-time (or latency-critical) reads' time on the
+/// ring into them ([`breakdown`]), in a note and in `breakdown.csv`.
+fn breakdown_on() -> bool {
+    matches!(
+        std::env::var("APEXBENCH_BREAKDOWN")
+            .ok()
+            .as_deref()
+            .map(str::trim),
+        Some("1" | "on" | "yes")
+    )
+}
+
+/// One request's time on the ring, step by step, ns of the platform's
+/// clock: the frontend's [`TraceRecord`] joined with blkback's
+/// [`BackSteps`] of the same request.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepRow {
+    /// The frontend's record.
+    pub front: TraceRecord,
+    /// blkback's.
+    pub back: BackSteps,
+}
+
+impl StepRow {
+    /// The steps, ns: put on the ring (and notified) to taken off it by
+    /// blkback; taken to submitted to the kernel; submitted to its
+    /// completion seen by blkback; seen to the response published; the
+    /// response published to the frontend taking it.
+    pub fn steps(&self) -> [u64; 5] {
+        let (f, b) = (&self.front, &self.back);
+        [
+            b.taken_ns.saturating_sub(f.dispatched),
+            b.submitted_ns.saturating_sub(b.taken_ns),
+            b.reaped_ns.saturating_sub(b.submitted_ns),
+            b.pushed_ns.saturating_sub(b.reaped_ns),
+            f.done.saturating_sub(b.pushed_ns),
+        ]
+    }
+}
+
+/// The names of [`StepRow::steps`].
+pub const STEP_NAMES: [&str; 5] = [
+    "ring->taken",
+    "taken->submitted",
+    "submitted->reaped",
+    "reaped->pushed",
+    "pushed->seen",
+];
+
+/// Joins the frontend's records with blkback's: the k-th request put on
+/// the ring (by [`TraceRecord::seq`]) is the k-th blkback took off it (one
+/// ring, taken in order). Returns a note on the reads of queue `rt` put
+/// on the ring in `[from, to)` (each step's p50/p90/p99, and the median of
+/// each step among the slowest 1 %), and every joined row.
+pub fn breakdown(
+    front: &[TraceRecord],
+    back: &[BackSteps],
+    rt: u32,
+    from: u64,
+    to: u64,
+) -> (String, Vec<StepRow>) {
+    let mut f: Vec<TraceRecord> = front.iter().copied().filter(|r| r.seq != 0).collect();
+    f.sort_unstable_by_key(|r| r.seq);
+    let mut b: Vec<BackSteps> = back.to_vec();
+    b.sort_unstable_by_key(|s| s.taken_ns);
+    let rows: Vec<StepRow> = f
+        .iter()
+        .zip(&b)
+        .map(|(&front, &back)| StepRow { front, back })
+        .collect();
+    let mismatch = if f.len() != b.len() {
+        format!(" (the frontend put {} requests on the ring, blkback recorded {}: the later ones are not joined)", f.len(), b.len())
+    } else {
+        String::new()
+    };
+    let sel: Vec<&StepRow> = rows
+        .iter()
+        .filter(|r| {
+            r.front.queue == rt
+                && !r.front.write
+                && r.front.dispatched >= from
+                && r.front.dispatched < to
+        })
+        .collect();
+    if sel.is_empty() {
+        return (
+            format!("breakdown: no real-time read in the window{mismatch}"),
+            rows,
+        );
+    }
+    let mut total: Vec<u64> = sel
+        .iter()
+        .map(|r| r.front.done.saturating_sub(r.front.dispatched))
+        .collect();
+    let cut = quantile(&mut total, 0.99);
+    let tail: Vec<&&StepRow> = sel
+        .iter()
+        .filter(|r| r.front.done.saturating_sub(r.front.dispatched) >= cut)
+        .collect();
+    let mut parts = Vec::new();
+    for (i, name) in STEP_NAMES.iter().enumerate() {
+        let mut v: Vec<u64> = sel.iter().map(|r| r.steps()[i]).collect();
+        let mut t: Vec<u64> = tail.iter().map(|r| r.steps()[i]).collect();
+        parts.push(format!(
+            "{name} p50 {:.0} p90 {:.0} p99 {:.0} us (slowest 1 %: {:.0})",
+            quantile(&mut v, 0.5) as f64 / 1e3,
+            quantile(&mut v, 0.9) as f64 / 1e3,
+            quantile(&mut v, 0.99) as f64 / 1e3,
+            quantile(&mut t, 0.5) as f64 / 1e3,
+        ));
+    }
+    let woke = sel.iter().filter(|r| r.back.woke_ns != 0).count();
+    let slept = sel.iter().filter(|r| r.back.uring_sleeps != 0).count();
+    (
+        format!(
+            "breakdown of {} real-time reads on the ring (p99 {:.0} us): {}; blkback slept on the event channel before taking {woke} of them and in the io_uring while {slept} were in flight{mismatch}",
+            sel.len(),
+            cut as f64 / 1e3,
+            parts.join(", ")
+        ),
+        rows,
+    )
+}
+
+/// Writes joined rows as CSV (times in ns of the platform's clock).
+fn write_breakdown(path: &Path, rows: &[StepRow]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(f, "queue,op,bytes,dispatched_ns,woke_ns,taken_ns,queued_ns,submitted_ns,uring_sleeps,reaped_ns,pushed_ns,wakeup_sent,done_ns")?;
+    for r in rows {
+        let (a, b) = (&r.front, &r.back);
+        writeln!(
+            f,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            a.queue,
+            if a.write { "w" } else { "r" },
+            a.bytes,
+            a.dispatched,
+            b.woke_ns,
+            b.taken_ns,
+            b.queued_ns,
+            b.submitted_ns,
+            b.uring_sleeps,
+            b.reaped_ns,
+            b.pushed_ns,
+            u8::from(b.wakeup_sent),
+            a.done
+        )?;
+    }
+    f.flush()
+}
+
 /// Writes `records` as CSV (times in ns of the platform's clock).
 fn write_trace(path: &Path, records: &[TraceRecord]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -857,6 +1357,7 @@ fn prewarm(
             ));
         }
         bf.wait(xs, Some(Duration::from_millis(10))).map_err(err)?;
+        take_events(bf)?;
         while let Some(c) = bf.next_completion() {
             c.result
                 .map_err(|e| format!("pre-warming {} failed: {e}", c.io.name()))?;
@@ -1030,6 +1531,113 @@ mod tests {
             trace_summary(&l.done, q.0, 1000, 2000),
             "no real-time read in the window"
         );
+    }
+
+    #[test]
+    fn the_pacer_issues_as_fio_rate_loop_does() {
+        // Schedule: 0, 500, 1000, 1500 (gaps of 500).
+        let mut p = FioPacer::new();
+        assert_eq!(p.due(), Some(0));
+        // Issued at 10: the next (500) is ahead, so fio first waits for
+        // what is in flight, then sleeps the 490 it had to go.
+        assert_eq!(p.issued(10, 500), 0);
+        assert_eq!(p.due(), None);
+        p.drained(300);
+        assert_eq!(p.due(), Some(790));
+        // Issued late at 800 (its time was 500): 1000 is still ahead.
+        assert_eq!(p.issued(800, 500), 500);
+        assert_eq!(p.due(), None);
+        // The read took long: drained at 1600, behind schedule, but fio
+        // sleeps what it had to go when it looked (200).
+        p.drained(1600);
+        assert_eq!(p.due(), Some(1800));
+        // Issued at 1800: the next (1500) is past, so it goes at once,
+        // without waiting for the one in flight.
+        assert_eq!(p.issued(1800, 500), 1000);
+        assert_eq!(p.due(), Some(1500));
+        assert_eq!(p.issued(1801, 500), 1500);
+        // 2000 is ahead of 1801 again.
+        assert_eq!(p.due(), None);
+        // A drain while not waiting changes nothing.
+        let mut q = FioPacer::new();
+        q.drained(5);
+        assert_eq!(q.due(), Some(0));
+    }
+
+    #[test]
+    fn the_breakdown_joins_the_ends_in_ring_order() {
+        let rec = |seq, queue, dispatched, done| TraceRecord {
+            queue,
+            write: false,
+            bytes: 4096,
+            dispatched,
+            done,
+            seq,
+            ..TraceRecord::default()
+        };
+        let steps = |taken_ns, submitted_ns, reaped_ns, pushed_ns| BackSteps {
+            taken_ns,
+            submitted_ns,
+            reaped_ns,
+            pushed_ns,
+            ..BackSteps::default()
+        };
+        // The frontend's records come in completion order; blkback's in
+        // any order: both are joined by their place on the ring.
+        let front = [
+            rec(2, 0, 1_000, 9_000),
+            rec(1, 0, 1_000, 2_000),
+            rec(3, 1, 5_000, 6_000),
+        ];
+        let back = [
+            steps(5_100, 5_200, 5_900, 5_950),
+            steps(1_100, 1_200, 1_900, 1_950),
+            steps(1_150, 1_300, 8_000, 8_900),
+        ];
+        let (note, rows) = breakdown(&front, &back, 0, 0, 10_000);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].steps(), [100, 100, 700, 50, 50]);
+        assert_eq!(rows[1].steps(), [150, 150, 6_700, 900, 100]);
+        assert_eq!(rows[2].front.queue, 1);
+        // Queue 0's two reads; the slowest 1 % is the second.
+        assert!(note.starts_with("breakdown of 2 real-time reads"), "{note}");
+        assert!(
+            note.contains("submitted->reaped p50 1 p90 7 p99 7 us (slowest 1 %: 7)"),
+            "{note}"
+        );
+        assert!(!note.contains("not joined"), "{note}");
+        let (note, _) = breakdown(&front, &back[..2], 0, 0, 10_000);
+        assert!(note.contains("blkback recorded 2"), "{note}");
+        let (note, _) = breakdown(&front, &back, 0, 20_000, 30_000);
+        assert!(note.starts_with("breakdown: no real-time read"), "{note}");
+    }
+
+    #[test]
+    fn the_cpu_wait_note_takes_the_difference() {
+        let a = vec![("frontend".to_string(), 1_000_000, 2_000_000, 10)];
+        let b = vec![
+            ("blkback-q0".to_string(), 3_000_000, 1_000_000, 100),
+            ("frontend".to_string(), 5_000_000, 4_000_000, 30),
+        ];
+        let n = cpu_wait_note(&a, &b, 2_000_000_000);
+        assert!(n.contains("over the run's 2000 ms"), "{n}");
+        assert!(
+            n.contains(
+                "blkback-q0 ran 3 ms and waited 1 ms for a core over 100 wake-ups (10 us each)"
+            ),
+            "{n}"
+        );
+        assert!(
+            n.contains(
+                "frontend ran 4 ms and waited 2 ms for a core over 20 wake-ups (100 us each)"
+            ),
+            "{n}"
+        );
+        assert!(cpu_wait_note(&a, &[], 1).contains("not readable"));
+        // This thread is found (where the kernel keeps the counts).
+        if Path::new("/proc/self/schedstat").exists() {
+            assert!(cpu_waits().iter().any(|w| w.0 == "frontend"));
+        }
     }
 
     #[test]

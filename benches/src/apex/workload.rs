@@ -397,9 +397,10 @@ pub trait RealPath {
 }
 
 /// What our real paths are (the run's `real_path` note).
-pub const OUR_PATH: &str = "apex-real and fifo-real: blkfront (polling, one queue, persistent \
-grants) with APEX or FIFO on its queue, through the hosted blkback (io_uring, O_DIRECT) onto the \
-same loop device, its kernel scheduler set to `none` (benches/src/apex/ours.rs)";
+pub const OUR_PATH: &str = "apex-real and fifo-real: blkfront (event channel, one queue, \
+persistent grants) with APEX or FIFO on its queue, through the hosted blkback (io_uring, O_DIRECT) \
+onto the same loop device, its kernel scheduler set to `none`; the rate streams issued as fio \
+issues its rate jobs and timed as fio times them, from the issue (benches/src/apex/ours.rs)";
 
 /// Our real paths (`apex-real`, `fifo-real`), or why there are none.
 pub fn our_paths() -> Result<Vec<Box<dyn RealPath>>, String> {
