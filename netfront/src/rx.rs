@@ -166,7 +166,11 @@ impl<B> RxFrame<B> {
 /// [`RxFrame::checksum_action`] from the first data response's flags and
 /// whether a GSO extra came.
 #[inline]
-pub fn checksum_action(csum_blank: bool, data_validated: bool, gso: bool) -> crate::csum::CsumAction {
+pub fn checksum_action(
+    csum_blank: bool,
+    data_validated: bool,
+    gso: bool,
+) -> crate::csum::CsumAction {
     use crate::csum::CsumAction;
     if csum_blank {
         CsumAction::Complete {

@@ -288,7 +288,7 @@ impl DataPlane {
                 }
             }
         }
-        let timeout = timed.then(|| timeout.as_nanos() as u64);
+        let timeout = timed.then_some(timeout.as_nanos() as u64);
         if self
             .wait_set
             .as_ref()

@@ -767,7 +767,10 @@ fn same_as_take_packet(slots: &[RxSlotBytes], cons: RingIdx, posted_n: u32, cfg:
             assert_eq!(f.frags.len(), 1);
             assert_eq!(f.frags.get(0), Some(&frag));
             assert_eq!(f.len, usize::from(frag.len));
-            assert_eq!((f.csum_blank, f.data_validated), (csum_blank, data_validated));
+            assert_eq!(
+                (f.csum_blank, f.data_validated),
+                (csum_blank, data_validated)
+            );
             assert_eq!((f.gso, f.hash), (None, None));
         }
         (x, y) => panic!("take_packet gave {x:?}, take_next {y:?}"),
@@ -782,7 +785,11 @@ fn same_as_take_packet(slots: &[RxSlotBytes], cons: RingIdx, posted_n: u32, cfg:
 fn take_next_one_slot_frames_and_the_rest() {
     let cfg = SG_GSO;
     // The short way: one-slot frames with each checksum flag.
-    for flags0 in [0, NETRXF_DATA_VALIDATED, NETRXF_CSUM_BLANK | NETRXF_DATA_VALIDATED] {
+    for flags0 in [
+        0,
+        NETRXF_DATA_VALIDATED,
+        NETRXF_CSUM_BLANK | NETRXF_DATA_VALIDATED,
+    ] {
         for len in [14, 60, 1514, 4096] {
             let slots = Netback {
                 flags0,
@@ -793,7 +800,10 @@ fn take_next_one_slot_frames_and_the_rest() {
             let mut b = posted(7, 8);
             match b.take_next(7, slots.len() as u32, &cfg, reader(&slots, 7)) {
                 Ok(Some(RxNext::Single { frag, .. })) => {
-                    assert_eq!((frag.posted.buf, frag.offset, usize::from(frag.len)), (1000, 0, len))
+                    assert_eq!(
+                        (frag.posted.buf, frag.offset, usize::from(frag.len)),
+                        (1000, 0, len)
+                    )
                 }
                 other => panic!("{len} bytes: {other:?}"),
             }
@@ -830,7 +840,10 @@ fn take_next_one_slot_frames_and_the_rest() {
     // Not posted at all.
     same_as_take_packet(&[rsp(0, 0, 0, 60)], 0, 0, &cfg);
     // A negotiated headroom takes the long way (and wants its extra).
-    let xdp = RxConfig { headroom: 256, ..cfg };
+    let xdp = RxConfig {
+        headroom: 256,
+        ..cfg
+    };
     same_as_take_packet(&[rsp(0, 0, 0, 316)], 0, 8, &xdp);
 }
 

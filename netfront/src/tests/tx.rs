@@ -639,15 +639,25 @@ proptest! {
 
 #[test]
 fn submit_single_refuses_without_room_and_changes_nothing() {
-    let chunk = TxChunk { gref: 1, offset: 0, len: 60 };
+    let chunk = TxChunk {
+        gref: 1,
+        offset: 0,
+        len: 60,
+    };
     let mut q = TxQueue::new(2).unwrap();
     let e = q.submit_single(chunk, 0, "a", 0).unwrap_err();
     assert_eq!(e.token, "a");
-    assert!(matches!(e.error, TxSubmitError::RingFull { needed: 1, free: 0 }));
+    assert!(matches!(
+        e.error,
+        TxSubmitError::RingFull { needed: 1, free: 0 }
+    ));
     q.submit_single(chunk, 0, "b", 2).unwrap();
     q.submit_single(chunk, 0, "c", 2).unwrap();
     let e = q.submit_single(chunk, 0, "d", 2).unwrap_err();
     assert_eq!(e.token, "d");
-    assert!(matches!(e.error, TxSubmitError::NoIds { needed: 1, free: 0 }));
+    assert!(matches!(
+        e.error,
+        TxSubmitError::NoIds { needed: 1, free: 0 }
+    ));
     assert_eq!((q.in_flight(), q.free_ids()), (2, 0));
 }
