@@ -1,6 +1,7 @@
 //! netfront's RX side against a hostile backend: arbitrary response slots
 //! (raw bytes, responses and extras with arbitrary fields, or whole packets
-//! laid out as Linux's netback lays them out) and arbitrary producer indices, consumed as the driver will consume them. Never
+//! laid out as Linux's netback lays them out) and arbitrary producer indices, consumed as the driver will consume them (every other packet through
+//! the short way for one-slot frames, `RxBuffers::take_next`). Never
 //! panics; a violation leaves every posted buffer in the slab; no buffer is
 //! lost or duplicated; every frame lies within its pages.
 #![no_main]
@@ -11,7 +12,11 @@ use netfront::abi::{
     ExtraGso, ExtraHash, ExtraXdp, NetifExtraInfo, NetifRxResponse, RxSlotBytes, NETRXF_EXTRA_INFO,
     NETRXF_MORE_DATA, PAGE_SIZE, XEN_NETIF_EXTRA_FLAG_MORE,
 };
-use netfront::rx::{ProdTracker, RxBuffers, RxConfig, RxKind, MAX_RX_DATA_SLOTS, MAX_RX_SLOTS};
+use netfront::rx::{
+    ProdTracker, RxBuffers, RxConfig, RxFrame, RxKind, RxNext, RxPacket, MAX_RX_DATA_SLOTS,
+    MAX_RX_SLOTS,
+};
+use netfront::InlineVec;
 
 #[derive(Arbitrary, Debug)]
 enum Slot {
@@ -205,7 +210,40 @@ fuzz_target!(|input: Input| {
         while avail > 0 {
             let before = bufs.posted();
             let read = |idx: u32| slots[(idx & mask) as usize];
-            let p = match bufs.take_packet(cons, avail, &cfg, read) {
+            // Every other packet goes the driver's short way (`take_next`,
+            // whose one-slot frame is the packet of its one fragment).
+            let parsed = if cons & 1 == 1 {
+                bufs.take_next(cons, avail, &cfg, read).map(|n| {
+                    n.map(|n| match n {
+                        RxNext::Packet(p) => p,
+                        RxNext::Single {
+                            frag,
+                            csum_blank,
+                            data_validated,
+                        } => {
+                            assert_eq!(cfg.headroom, 0, "no short way with a headroom");
+                            let mut frags = InlineVec::new();
+                            let len = usize::from(frag.len);
+                            assert!(frags.push(frag).is_ok());
+                            RxPacket {
+                                slots: 1,
+                                kind: RxKind::Frame(RxFrame {
+                                    frags,
+                                    len,
+                                    csum_blank,
+                                    data_validated,
+                                    gso: None,
+                                    hash: None,
+                                }),
+                                spare: InlineVec::new(),
+                            }
+                        }
+                    })
+                })
+            } else {
+                bufs.take_packet(cons, avail, &cfg, read)
+            };
+            let p = match parsed {
                 Ok(Some(p)) => p,
                 Ok(None) => unreachable!("responses were available"),
                 Err(_) => {

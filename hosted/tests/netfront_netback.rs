@@ -383,3 +383,34 @@ fn checksum_and_gso_offloads_through_netback() {
     assert_eq!(copy[..50], part[..50]);
     assert_eq!(copy[52..], part[52..]);
 }
+
+/// An idle data plane in event mode sleeps without a timeout when nothing
+/// needs a look at a given time (no storm, no throttle, no queued frame):
+/// over 350 ms of quiet it sleeps at most once (a sleep timed at 100 ms
+/// made three or more), and a frame sent after that quiet still gets
+/// through at once, the frontend's notify being what wakes it.
+#[test]
+fn an_idle_event_mode_backend_sleeps_untimed_and_still_wakes() {
+    let mut w = World::new("nf-nb-idle", NetbackConfig::new().mode(ServeMode::Event));
+    let (mut dev, _plat) = device(&mut w, config());
+    let me = mac(FE, 0);
+    let f = frame(HOST_MAC, me, 60, 1);
+    assert_eq!(to_host(&w, &mut dev, &f), f);
+    // Let the data plane go to sleep.
+    std::thread::sleep(Duration::from_millis(50));
+    let before = w.back.event_stats().sleeps;
+    std::thread::sleep(Duration::from_millis(350));
+    let slept = w.back.event_stats().sleeps - before;
+    assert!(
+        slept <= 1,
+        "the idle data plane slept {slept} times in 350 ms: its sleeps are timed"
+    );
+    let g = frame(HOST_MAC, me, 61, 2);
+    let t = Instant::now();
+    assert_eq!(to_host(&w, &mut dev, &g), g);
+    assert!(
+        t.elapsed() < Duration::from_millis(90),
+        "a frame after the quiet took {:?}: the notify did not wake the data plane",
+        t.elapsed()
+    );
+}

@@ -32,7 +32,9 @@ pub const DEFAULT_HANDSHAKE_INTERVAL_NS: u64 = 10_000_000;
 /// While the link is up, [`FrameDevice::receive`] and [`FrameDevice::poll`]
 /// read the platform's clock (to see whether the handshake is due) once
 /// every this many calls (of either), and on the first call after a
-/// [`FrameDevice::wait`]: an application spinning on `receive` or `poll`
+/// [`FrameDevice::wait`] that timed out (one that an event ended leaves
+/// the count alone, so the frame that woke it is not held up by a clock
+/// read): an application spinning on `receive` or `poll`
 /// would otherwise read the clock at every poll, which costs more than the
 /// poll itself on a hosted platform (tens of nanoseconds on the round
 /// trip's critical path, and most of a spinning sender's time).
@@ -295,13 +297,23 @@ where
     }
 
     fn wait(&mut self, timeout_ns: Option<u64>) -> Result<bool, FrameError> {
+        let cap = timeout_ns.map_or(self.interval_ns, |t| t.min(self.interval_ns));
+        if self.nic.is_up() {
+            let r = self.nic.wait(Some(cap));
+            if !matches!(r, Ok(true)) {
+                // Nothing came (or the wait failed): the next receive reads
+                // the clock, as it may well be time for the handshake. A
+                // wait that ends with work leaves the count as it is, so a
+                // frame that woke it is handed over without a look at the
+                // clock first (the count still brings one within
+                // [`RECEIVES_PER_CLOCK`] calls).
+                self.receives = RECEIVES_PER_CLOCK - 1;
+            }
+            return r;
+        }
         // The next receive reads the clock: after a wait it may well be
         // time for the handshake.
         self.receives = RECEIVES_PER_CLOCK - 1;
-        let cap = timeout_ns.map_or(self.interval_ns, |t| t.min(self.interval_ns));
-        if self.nic.is_up() {
-            return self.nic.wait(Some(cap));
-        }
         // Down: what changes things is xenstore (the backend's state).
         match self
             .xs

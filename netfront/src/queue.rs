@@ -20,9 +20,9 @@ use crate::csum::{self, CsumAction};
 use crate::error::{NetError, RingKind};
 use crate::features::{QueueEvents, QueueSetup};
 use crate::inline::{InlineVec, PageList};
-use crate::rx::{ProdTracker, RxBuffers, RxConfig, RxKind, RxRefill};
+use crate::rx::{ProdTracker, RxBuffers, RxConfig, RxKind, RxNext, RxRefill};
 use crate::stats::NetStats;
-use crate::tx::{plan_tx, TxCaps, TxPiece, TxQueue, TxStatus, MAX_TX_REQUESTS};
+use crate::tx::{plan_single, plan_tx, TxCaps, TxPiece, TxQueue, TxStatus, MAX_TX_REQUESTS};
 
 /// The TX ring of a queue.
 pub(crate) type TxRing<P> = GrantedRing<P, NetifTxRequest, NetifTxResponse>;
@@ -77,6 +77,21 @@ where
     unpublished: bool,
     /// Frames received and not yet taken by the application.
     ready: VecDeque<NetRxFrame<P>>,
+}
+
+/// A received frame on its way to the ready list: its pieces and what the
+/// response chain said of it (the same for a one-slot frame and a chain,
+/// so both go through [`Queue::accept`]).
+struct Received<P: Platform>
+where
+    P::Pages: 'static,
+{
+    pieces: PageList<RxPiece<P>, { crate::rx::MAX_RX_DATA_SLOTS }>,
+    len: usize,
+    csum_blank: bool,
+    data_validated: bool,
+    gso: Option<crate::tx::Gso>,
+    hash: Option<crate::rx::RxHash>,
 }
 
 fn platform_err(op: &'static str) -> impl FnOnce(grant_tables::PlatformError) -> NetError {
@@ -207,6 +222,10 @@ where
         caps: &TxCaps,
         stats: &mut NetStats,
     ) -> Result<Result<(), alloc::string::String>, NetError> {
+        let frame = match self.send_single(platform, frame, caps, stats)? {
+            None => return Ok(Ok(())),
+            Some(f) => f,
+        };
         let plan = match Self::plan(&frame, caps) {
             Ok(p) => p,
             Err(e) => {
@@ -233,6 +252,62 @@ where
         self.backlog.push_back(frame);
         self.flush(platform, caps, stats)?;
         Ok(Ok(()))
+    }
+
+    /// The short way of [`Self::send`] for the common frame (one page, no
+    /// GSO, valid as it is: [`plan_single`]) when nothing waits and the ring
+    /// and the ids have room: its one request written on the ring straight
+    /// from the frame, without a plan or a list of slots, then published as
+    /// [`Self::send`] publishes. Gives the frame back for the long way
+    /// otherwise.
+    #[inline]
+    fn send_single(
+        &mut self,
+        platform: &P,
+        mut frame: TxBuf<P>,
+        caps: &TxCaps,
+        stats: &mut NetStats,
+    ) -> Result<Option<TxBuf<P>>, NetError> {
+        if !self.backlog.is_empty() {
+            return Ok(Some(frame));
+        }
+        let single = match (frame.bufs.len(), frame.bufs.get(0)) {
+            (1, Some(b)) => plan_single(
+                b.gref(),
+                usize::from(b.offset()),
+                frame.len,
+                &frame.offload,
+                caps,
+            ),
+            _ => None,
+        };
+        let Some((chunk, flags)) = single else {
+            return Ok(Some(frame));
+        };
+        let len = frame.len;
+        let more = frame.more;
+        let token = core::mem::take(&mut frame.bufs);
+        let req = match self
+            .txq
+            .submit_single(chunk, flags, token, self.tx.free_requests())
+        {
+            Ok(r) => r,
+            Err(rejected) => {
+                frame.bufs = rejected.token;
+                return Ok(Some(frame));
+            }
+        };
+        self.tx
+            .put_request(req)
+            .map_err(self.ring_err(RingKind::Tx))?;
+        stats.tx_frames += 1;
+        stats.tx_bytes += len as u64;
+        if more {
+            self.unpublished = true;
+        } else {
+            self.publish(platform, stats)?;
+        }
+        Ok(None)
     }
 
     fn plan(frame: &TxBuf<P>, caps: &TxCaps) -> Result<crate::tx::TxPlan, alloc::string::String> {
@@ -488,7 +563,7 @@ where
             let ring = &mut self.rx;
             let mut ring_error = None;
             let parsed =
-                self.rxbufs.take_packet(cons, avail, &self.rx_cfg, |_idx| {
+                self.rxbufs.take_next(cons, avail, &self.rx_cfg, |_idx| {
                     match ring.take_response_as::<RxSlotBytes>() {
                         Ok(Some(b)) => b,
                         Ok(None) => RxSlotBytes::default(),
@@ -508,7 +583,30 @@ where
             let packet = match parsed {
                 Err(violation) => return Err(NetError::Rx { queue, violation }),
                 Ok(None) => break,
-                Ok(Some(p)) => p,
+                Ok(Some(RxNext::Single {
+                    frag,
+                    csum_blank,
+                    data_validated,
+                })) => {
+                    // The common frame: one slot, no extras, nothing spare.
+                    packets += 1;
+                    let piece = RxPiece {
+                        buf: frag.posted.buf,
+                        offset: frag.offset,
+                        len: frag.len,
+                    };
+                    let rx = Received {
+                        pieces: PageList::One(piece),
+                        len: usize::from(frag.len),
+                        csum_blank,
+                        data_validated,
+                        gso: None,
+                        hash: None,
+                    };
+                    got += usize::from(self.accept(rx, stats));
+                    continue;
+                }
+                Ok(Some(RxNext::Packet(p))) => p,
             };
             packets += 1;
             // Extra-info slots' pages (and a dropped packet's) go back to
@@ -517,7 +615,6 @@ where
             match packet.kind {
                 RxKind::Dropped(_) => stats.rx_dropped += 1,
                 RxKind::Frame(f) => {
-                    let action = f.checksum_action();
                     let mut pieces = PageList::new();
                     let mut frags = f.frags;
                     for frag in frags.drain() {
@@ -527,48 +624,64 @@ where
                             len: frag.len,
                         });
                     }
-                    let mut frame = NetRxFrame {
+                    let rx = Received {
                         pieces,
                         len: f.len,
-                        meta: RxMeta {
-                            checksum_ok: false,
-                            checksum_completed: false,
-                            gso: f.gso,
-                            hash: f.hash,
-                            queue,
-                        },
+                        csum_blank: f.csum_blank,
+                        data_validated: f.data_validated,
+                        gso: f.gso,
+                        hash: f.hash,
                     };
-                    match action {
-                        CsumAction::Verify => {}
-                        CsumAction::Validated => frame.meta.checksum_ok = true,
-                        CsumAction::Complete { recompute_pseudo } => {
-                            match frame
-                                .with_fragments_mut(|frags| csum::complete(frags, recompute_pseudo))
-                            {
-                                Ok(_) => {
-                                    frame.meta.checksum_ok = true;
-                                    frame.meta.checksum_completed = true;
-                                    stats.rx_csum_completed += 1;
-                                }
-                                Err(e) => {
-                                    log::debug!("netfront: queue {queue}: {e}");
-                                    stats.rx_csum_errors += 1;
-                                    continue;
-                                }
-                            }
-                        }
-                    }
-                    if frame.meta.gso.is_some() {
-                        stats.rx_gso_frames += 1;
-                    }
-                    stats.rx_frames += 1;
-                    stats.rx_bytes += frame.len as u64;
-                    self.ready.push_back(frame);
-                    got += 1;
+                    got += usize::from(self.accept(rx, stats));
                 }
             }
         }
         Ok(got)
+    }
+
+    /// Completes a received frame's partial checksum when it has one (a
+    /// frame whose checksum cannot be completed is dropped and counted),
+    /// counts it and puts it on the ready list. Returns whether it went
+    /// there.
+    fn accept(&mut self, rx: Received<P>, stats: &mut NetStats) -> bool {
+        let queue = self.index;
+        let action = crate::rx::checksum_action(rx.csum_blank, rx.data_validated, rx.gso.is_some());
+        let mut frame = NetRxFrame {
+            pieces: rx.pieces,
+            len: rx.len,
+            meta: RxMeta {
+                checksum_ok: false,
+                checksum_completed: false,
+                gso: rx.gso,
+                hash: rx.hash,
+                queue,
+            },
+        };
+        match action {
+            CsumAction::Verify => {}
+            CsumAction::Validated => frame.meta.checksum_ok = true,
+            CsumAction::Complete { recompute_pseudo } => {
+                match frame.with_fragments_mut(|frags| csum::complete(frags, recompute_pseudo)) {
+                    Ok(_) => {
+                        frame.meta.checksum_ok = true;
+                        frame.meta.checksum_completed = true;
+                        stats.rx_csum_completed += 1;
+                    }
+                    Err(e) => {
+                        log::debug!("netfront: queue {queue}: {e}");
+                        stats.rx_csum_errors += 1;
+                        return false;
+                    }
+                }
+            }
+        }
+        if frame.meta.gso.is_some() {
+            stats.rx_gso_frames += 1;
+        }
+        stats.rx_frames += 1;
+        stats.rx_bytes += frame.len as u64;
+        self.ready.push_back(frame);
+        true
     }
 
     /// Whether [`Self::arm`] asks for TX events (`tx`, or frames wait for

@@ -159,20 +159,31 @@ impl<B> RxFrame<B> {
     /// a checksum-blank frame is completed; a GSO frame without the flag
     /// (a buggy backend) gets its pseudo-header sum recomputed first.
     pub fn checksum_action(&self) -> crate::csum::CsumAction {
-        use crate::csum::CsumAction;
-        if self.csum_blank {
-            CsumAction::Complete {
-                recompute_pseudo: false,
-            }
-        } else if self.gso.is_some() {
-            CsumAction::Complete {
-                recompute_pseudo: true,
-            }
-        } else if self.data_validated {
-            CsumAction::Validated
-        } else {
-            CsumAction::Verify
+        checksum_action(self.csum_blank, self.data_validated, self.gso.is_some())
+    }
+}
+
+/// [`RxFrame::checksum_action`] from the first data response's flags and
+/// whether a GSO extra came.
+#[inline]
+pub fn checksum_action(
+    csum_blank: bool,
+    data_validated: bool,
+    gso: bool,
+) -> crate::csum::CsumAction {
+    use crate::csum::CsumAction;
+    if csum_blank {
+        CsumAction::Complete {
+            recompute_pseudo: false,
         }
+    } else if gso {
+        CsumAction::Complete {
+            recompute_pseudo: true,
+        }
+    } else if data_validated {
+        CsumAction::Validated
+    } else {
+        CsumAction::Verify
     }
 }
 
@@ -199,6 +210,23 @@ pub enum RxKind<B> {
     Frame(RxFrame<B>),
     /// Dropped; every buffer is in [`RxPacket::spare`].
     Dropped(RxDrop),
+}
+
+/// What [`RxBuffers::take_next`] took off the ring.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RxNext<B> {
+    /// A frame in one data slot (one ring slot, no extras, no spare
+    /// buffer): `frag` holds all of it.
+    Single {
+        /// Its one fragment (at least an Ethernet header).
+        frag: RxFrag<B>,
+        /// `NETRXF_csum_blank`, as [`RxFrame::csum_blank`].
+        csum_blank: bool,
+        /// `NETRXF_data_validated`, as [`RxFrame::data_validated`].
+        data_validated: bool,
+    },
+    /// Any other packet.
+    Packet(RxPacket<B>),
 }
 
 /// One packet taken off the ring.
@@ -473,7 +501,66 @@ impl<B> RxBuffers<B> {
         if avail == 0 {
             return Ok(None);
         }
-        let mut n: u32 = 0;
+        let first = read(cons);
+        self.take_packet_from(cons, avail, cfg, first, read)
+            .map(Some)
+    }
+
+    /// [`Self::take_packet`], with a short way for the common packet: a
+    /// frame in one data slot with no extra-info slot and no headroom
+    /// negotiated comes back as [`RxNext::Single`], without the lists a
+    /// packet of many slots needs; any other packet (and any violation) is
+    /// parsed exactly as [`Self::take_packet`] parses it, from the first
+    /// slot already read. Each slot is still read once, and the outcome is
+    /// the same as [`Self::take_packet`]'s for every input (the single frame
+    /// being the packet whose only fragment is `frag`).
+    #[inline]
+    pub fn take_next(
+        &mut self,
+        cons: RingIdx,
+        avail: u32,
+        cfg: &RxConfig,
+        mut read: impl FnMut(RingIdx) -> RxSlotBytes,
+    ) -> Result<Option<RxNext<B>>, RxViolation> {
+        if avail == 0 {
+            return Ok(None);
+        }
+        let bytes = read(cons);
+        let first = bytes.response();
+        if first.flags & (NETRXF_EXTRA_INFO | NETRXF_MORE_DATA) == 0
+            && cfg.headroom == 0
+            && first.status >= ETH_HLEN as i16
+        {
+            self.check_data_slot(cons, &first)?;
+            if let Ok(Some((offset, len))) = data_range(&first, 0) {
+                if let Some(posted) = self.take(cons) {
+                    return Ok(Some(RxNext::Single {
+                        frag: RxFrag {
+                            posted,
+                            offset,
+                            len,
+                        },
+                        csum_blank: first.flags & NETRXF_CSUM_BLANK != 0,
+                        data_validated: first.flags & NETRXF_DATA_VALIDATED != 0,
+                    }));
+                }
+            }
+        }
+        self.take_packet_from(cons, avail, cfg, bytes, read)
+            .map(|p| Some(RxNext::Packet(p)))
+    }
+
+    /// The body of [`Self::take_packet`]: the packet whose first slot, at
+    /// `cons`, was read as `first_bytes` (`avail` is at least 1).
+    fn take_packet_from(
+        &mut self,
+        cons: RingIdx,
+        avail: u32,
+        cfg: &RxConfig,
+        first_bytes: RxSlotBytes,
+        mut read: impl FnMut(RingIdx) -> RxSlotBytes,
+    ) -> Result<RxPacket<B>, RxViolation> {
+        let mut n: u32 = 1;
         let mut next = |n: &mut u32| -> Result<(RingIdx, RxSlotBytes), RxViolation> {
             if *n >= avail {
                 return Err(RxViolation::Truncated { slots: *n });
@@ -484,7 +571,7 @@ impl<B> RxBuffers<B> {
         };
 
         // The first data response.
-        let (first_idx, first_bytes) = next(&mut n)?;
+        let first_idx = cons;
         let first = first_bytes.response();
         self.check_data_slot(first_idx, &first)?;
 
@@ -642,11 +729,11 @@ impl<B> RxBuffers<B> {
                 hash,
             })
         };
-        Ok(Some(RxPacket {
+        Ok(RxPacket {
             slots: n,
             kind,
             spare,
-        }))
+        })
     }
 
     fn check_data_slot(&self, idx: RingIdx, rsp: &NetifRxResponse) -> Result<(), RxViolation> {

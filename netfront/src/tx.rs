@@ -395,6 +395,40 @@ pub fn plan_tx(
     })
 }
 
+/// [`plan_tx`]'s plan for the common frame, without building one: a single
+/// piece of `len` bytes at `offset` in the page granted as `gref`, with no
+/// GSO. Returns the request's data and its flags when the frame is valid
+/// (`plan_tx` would give a plan of this one chunk, these flags and no
+/// extra); `None` for anything else (GSO, a piece crossing its page, a
+/// runt, a partial checksum the connection did not negotiate), which
+/// [`plan_tx`] then lays out or refuses.
+#[inline]
+pub fn plan_single(
+    gref: GrantRefNum,
+    offset: usize,
+    len: usize,
+    offload: &TxOffload,
+    caps: &TxCaps,
+) -> Option<(TxChunk, u16)> {
+    if offload.gso.is_some() || len < ETH_HLEN || offset.checked_add(len)? > PAGE_SIZE {
+        return None;
+    }
+    let flags = match offload.checksum {
+        TxChecksum::Complete => 0,
+        TxChecksum::Validated => NETTXF_DATA_VALIDATED,
+        TxChecksum::Partial if caps.partial_csum => NETTXF_CSUM_BLANK | NETTXF_DATA_VALIDATED,
+        TxChecksum::Partial => return None,
+    };
+    Some((
+        TxChunk {
+            gref,
+            offset: offset as u16,
+            len: len as u16,
+        },
+        flags,
+    ))
+}
+
 /// One slot of a submitted packet, in ring order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxSlot {
@@ -686,6 +720,54 @@ impl<T> TxQueue<T> {
         self.queued_extras += u32::from(plan.extra.is_some());
         self.live_packets += 1;
         Ok(slots)
+    }
+
+    /// [`Self::submit`] for a packet of one request slot and no extra (the
+    /// frame [`plan_single`] lays out: `chunk` holds all of its bytes, the
+    /// first slot's flags are `flags`): the same checks and state, the one
+    /// request returned instead of a list of slots.
+    pub fn submit_single(
+        &mut self,
+        chunk: TxChunk,
+        flags: u16,
+        token: T,
+        free_slots: u32,
+    ) -> Result<NetifTxRequest, TxRejected<T>> {
+        if free_slots == 0 {
+            return Err(TxRejected {
+                error: TxSubmitError::RingFull {
+                    needed: 1,
+                    free: free_slots,
+                },
+                token,
+            });
+        }
+        let (Some(&packet), Some(&id)) = (self.free_packets.last(), self.free_ids.last()) else {
+            return Err(TxRejected {
+                error: TxSubmitError::NoIds {
+                    needed: 1,
+                    free: self.free_ids.len(),
+                },
+                token,
+            });
+        };
+        self.free_packets.pop();
+        self.free_ids.pop();
+        self.ids[usize::from(id)] = IdState::Queued { packet };
+        self.queued.push(id);
+        self.packets[usize::from(packet)] = Some(PacketState {
+            token,
+            remaining: 1,
+            status: TxStatus::Okay,
+        });
+        self.live_packets += 1;
+        Ok(NetifTxRequest {
+            gref: chunk.gref,
+            offset: chunk.offset,
+            flags,
+            id,
+            size: chunk.len,
+        })
     }
 
     /// Marks every submitted slot as published: call right before pushing

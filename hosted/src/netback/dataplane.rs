@@ -23,8 +23,9 @@ use super::{HostFrame, HostHandler, ServeMode, Shared};
 use crate::evtchn::PortSet;
 use crate::HostedPlatform;
 
-/// Longest single sleep of an idle data plane in event mode (expiries and
-/// throttles are looked at after it).
+/// Longest single timed sleep of the data plane in event mode (a sleep is
+/// timed only while a storm, a throttle or queued frames need a look at a
+/// given time; see `DataPlane::sleep`).
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// Consecutive spurious events from one queue after which its channels
 /// are left out of the wait (XSA-391 late EOI).
@@ -248,7 +249,14 @@ impl DataPlane {
         self.owners.clear();
         self.ports.push(self.wake);
         self.owners.push((usize::MAX, 0));
+        // A sleep is timed only when something on this side must happen
+        // at a time (a storm kept going, a throttle lifted, queued frames
+        // expired): every other reason to wake is an event (a frontend's
+        // notify, a command on the wake channel). An untimed sleep arms no
+        // timer in the kernel, which a timed one arms and cancels around
+        // every sleep.
         let mut timeout = MAX_SLEEP;
+        let mut timed = false;
         for (vi, v) in self.vifs.iter_mut().enumerate() {
             if v.is_disabled() {
                 continue;
@@ -256,11 +264,13 @@ impl DataPlane {
             if v.storms() {
                 // Keep the storm going.
                 timeout = timeout.min(Duration::from_millis(1));
+                timed = true;
             }
             for (qi, q) in v.queues.iter_mut().enumerate() {
                 if let Some(until) = q.throttled_until {
                     if until > now {
                         timeout = timeout.min(until - now);
+                        timed = true;
                         continue;
                     }
                     q.throttled_until = None;
@@ -274,10 +284,11 @@ impl DataPlane {
                 if q.backlog_len() > 0 {
                     // Queued frames expire: look again in a while.
                     timeout = timeout.min(Duration::from_millis(10));
+                    timed = true;
                 }
             }
         }
-        let timeout = Some(timeout.as_nanos() as u64);
+        let timeout = timed.then_some(timeout.as_nanos() as u64);
         if self
             .wait_set
             .as_ref()

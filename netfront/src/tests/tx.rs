@@ -575,3 +575,89 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// `plan_single` says yes exactly to the one-page frames without GSO
+    /// that `plan_tx` plans as one request slot, with the same chunk and
+    /// flags; and `submit_single` writes the request `submit` writes and
+    /// leaves the same state (the same ids, the same completion).
+    #[test]
+    fn the_single_slot_way_matches_plan_and_submit(
+        gref in 0u32..1000,
+        offset in 0usize..4200,
+        len in 0usize..4200,
+        checksum in prop_oneof![
+            Just(TxChecksum::Complete),
+            Just(TxChecksum::Validated),
+            Just(TxChecksum::Partial)
+        ],
+        gso in any::<bool>(),
+        partial_csum in any::<bool>(),
+        before in 0usize..5,
+    ) {
+        let caps = TxCaps { partial_csum, ..ALL };
+        let offload = TxOffload {
+            checksum,
+            gso: gso.then_some(Gso { kind: GsoKind::TcpV4, mss: 1448 }),
+        };
+        let grefs = [gref];
+        let plan = plan_tx(&[piece(&grefs, offset, len)], &offload, &caps);
+        let single = plan_single(gref, offset, len, &offload, &caps);
+        match (&plan, single) {
+            (Ok(p), Some((chunk, flags))) => {
+                prop_assert_eq!((p.requests(), p.slots()), (1, 1));
+                prop_assert_eq!(p.chunks().next(), Some(&chunk));
+                let mut a = TxQueue::new(8).unwrap();
+                let mut b = TxQueue::new(8).unwrap();
+                // Some packets in flight first, so that ids are not fresh.
+                for i in 0..before {
+                    let ra = a.submit(p, i, 8).unwrap();
+                    let rb = b.submit_single(chunk, flags, i, 8).unwrap();
+                    prop_assert_eq!(requests(&ra), std::vec![rb]);
+                }
+                a.mark_published();
+                b.mark_published();
+                let sa = a.submit(p, 99, 8).unwrap();
+                let rb = b.submit_single(chunk, flags, 99, 8).unwrap();
+                prop_assert_eq!(requests(&sa), std::vec![rb]);
+                prop_assert_eq!((a.in_flight(), a.free_ids()), (b.in_flight(), b.free_ids()));
+                a.mark_published();
+                b.mark_published();
+                let ok = NetifTxResponse { id: rb.id, status: NETIF_RSP_OKAY };
+                let ca = a.complete(ok).unwrap().map(|c| (c.token, c.status));
+                let cb = b.complete(ok).unwrap().map(|c| (c.token, c.status));
+                prop_assert_eq!(ca, cb);
+                prop_assert_eq!(cb.map(|c| c.0), Some(99));
+            }
+            // Refused or laid out otherwise: the long way decides.
+            (Err(_), None) => {}
+            (Ok(p), None) => prop_assert!(p.slots() > 1 || p.requests() > 1 || gso || len > 4096 - offset.min(4096)),
+            (Err(e), Some(s)) => prop_assert!(false, "plan_tx refused ({}) what plan_single took: {:?}", e, s),
+        }
+    }
+}
+
+#[test]
+fn submit_single_refuses_without_room_and_changes_nothing() {
+    let chunk = TxChunk {
+        gref: 1,
+        offset: 0,
+        len: 60,
+    };
+    let mut q = TxQueue::new(2).unwrap();
+    let e = q.submit_single(chunk, 0, "a", 0).unwrap_err();
+    assert_eq!(e.token, "a");
+    assert!(matches!(
+        e.error,
+        TxSubmitError::RingFull { needed: 1, free: 0 }
+    ));
+    q.submit_single(chunk, 0, "b", 2).unwrap();
+    q.submit_single(chunk, 0, "c", 2).unwrap();
+    let e = q.submit_single(chunk, 0, "d", 2).unwrap_err();
+    assert_eq!(e.token, "d");
+    assert!(matches!(
+        e.error,
+        TxSubmitError::NoIds { needed: 1, free: 0 }
+    ));
+    assert_eq!((q.in_flight(), q.free_ids()), (2, 0));
+}
