@@ -688,59 +688,9 @@ struct Verbs {
 
 impl Verbs {
     /// PD, MR, CQ and an RC queue pair of domain `me` brought to RTS
-    /// towards `peer`'s.
+    /// towards `peer`'s ([`OneEnd::new`]), over `link`.
     fn new(link: FrameLink, me: DomId, peer: DomId) -> Result<Verbs, String> {
-        let ip = |d: DomId| [10, 0, 0, d.0 as u8];
-        let psn = |d: DomId| 0x1000 * u32::from(d.0);
-        fn e(what: &'static str) -> impl Fn(VerbsError) -> String {
-            move |e| format!("verbs {what}: {e}")
-        }
-        let mut ctx = Context::new(mac(me), ip(me));
-        let pd = ctx.alloc_pd().map_err(e("alloc_pd"))?;
-        let access = AccessFlags(AccessFlags::LOCAL_WRITE.0 | AccessFlags::REMOTE_WRITE.0);
-        let mr = ctx.reg_mr(pd, VERBS_REGION, access).map_err(e("reg_mr"))?;
-        let cq = ctx.create_cq(64).map_err(e("create_cq"))?;
-        let qp = ctx
-            .create_qp(
-                pd,
-                &QpInitAttr {
-                    send_cq: cq,
-                    recv_cq: cq,
-                    max_send_wr: 16,
-                    max_recv_wr: 16,
-                    max_send_sge: 1,
-                    max_recv_sge: 1,
-                    sq_sig_all: false,
-                },
-            )
-            .map_err(e("create_qp"))?;
-        let mut a = QpAttr::to(QpState::Init);
-        a.pkey_index = Some(0);
-        a.port_num = Some(1);
-        a.qp_access_flags = Some(access);
-        ctx.modify_qp(qp, &a).map_err(e("modify_qp to INIT"))?;
-        let mut a = QpAttr::to(QpState::Rtr);
-        a.ah_attr = Some(AhAttr {
-            dgid: ipv4_gid(ip(peer)),
-            dmac: mac(peer),
-            hop_limit: 64,
-            traffic_class: 0,
-        });
-        a.path_mtu = Some(PathMtu::Mtu1024);
-        // Both ends' first queue pair has the same number.
-        a.dest_qp_num = Some(qp.qp_num());
-        a.rq_psn = Some(psn(peer));
-        a.max_dest_rd_atomic = Some(1);
-        a.min_rnr_timer = Some(1);
-        ctx.modify_qp(qp, &a).map_err(e("modify_qp to RTR"))?;
-        let mut a = QpAttr::to(QpState::Rts);
-        a.sq_psn = Some(psn(me));
-        a.timeout = Some(VERBS_TIMEOUT);
-        a.retry_cnt = Some(7);
-        a.rnr_retry = Some(7);
-        a.max_rd_atomic = Some(1);
-        ctx.modify_qp(qp, &a).map_err(e("modify_qp to RTS"))?;
-        let info = ctx.mr_info(mr).map_err(e("mr_info"))?;
+        let OneEnd { ctx, cq, qp, mr, info } = OneEnd::new(me, peer)?;
         Ok(Verbs {
             nic: RoceNic::new(link, ctx),
             cq,
@@ -1020,13 +970,14 @@ fn verbs_peer(op: Op, link: FrameLink, total: u64) -> Result<(), String> {
     v.check_clean()
 }
 
-/// One end of `rdma-send-64-1t`: a verbs context with a PD, a region, a
-/// CQ and a queue pair in RTS towards `peer`'s (both ends' first queue
-/// pair has the same number).
+/// A verbs context with a PD, a region, a CQ and a queue pair in RTS
+/// towards `peer`'s (both ends' first queue pair has the same number):
+/// one end of `rdma-send-64-1t`, and what [`Verbs`] drives over a link.
 struct OneEnd {
     ctx: Context,
     cq: CqHandle,
     qp: QpHandle,
+    mr: MrHandle,
     info: MrInfo,
 }
 
@@ -1076,7 +1027,7 @@ impl OneEnd {
         a.max_rd_atomic = Some(1);
         ctx.modify_qp(qp, &a).map_err(e("modify_qp to RTS"))?;
         let info = ctx.mr_info(mr).map_err(e("mr_info"))?;
-        Ok(OneEnd { ctx, cq, qp, info })
+        Ok(OneEnd { ctx, cq, qp, mr, info })
     }
 
     fn sge(&self, offset: usize) -> Sge {
