@@ -64,12 +64,8 @@ fn parse(v: Option<&str>) -> Option<u64> {
     }
 }
 
-/// Asks the kernel for a slice of `us` µs for the calling thread (and
-/// everything it starts from now on), keeping its policy `SCHED_OTHER`
-/// and its nice value. Returns the slice the kernel reports back, ns, or
-/// why it does not give one (an older kernel takes the call but keeps no
-/// slice: 0 comes back).
-pub fn request(us: u64) -> Result<u64, String> {
+/// The calling thread's scheduling attributes (`sched_getattr`).
+fn get_attr() -> Result<SchedAttr, String> {
     let mut attr = SchedAttr {
         size: std::mem::size_of::<SchedAttr>() as u32,
         ..SchedAttr::default()
@@ -86,11 +82,18 @@ pub fn request(us: u64) -> Result<u64, String> {
         )
     };
     if rc != 0 {
-        return Err(format!(
-            "sched_getattr: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("sched_getattr: {}", std::io::Error::last_os_error()));
     }
+    Ok(attr)
+}
+
+/// Asks the kernel for a slice of `us` µs for the calling thread (and
+/// everything it starts from now on), keeping its policy `SCHED_OTHER`
+/// and its nice value. Returns the slice the kernel reports back, ns, or
+/// why it does not give one (an older kernel takes the call but keeps no
+/// slice: 0 comes back).
+pub fn request(us: u64) -> Result<u64, String> {
+    let attr = get_attr()?;
     if attr.sched_policy != libc::SCHED_OTHER as u32 {
         return Err(format!(
             "the bench runs under scheduling policy {}, not SCHED_OTHER: left alone",
@@ -113,26 +116,7 @@ pub fn request(us: u64) -> Result<u64, String> {
             std::io::Error::last_os_error()
         ));
     }
-    let mut got = SchedAttr {
-        size: std::mem::size_of::<SchedAttr>() as u32,
-        ..SchedAttr::default()
-    };
-    // SAFETY: as the first call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getattr,
-            0,
-            &mut got as *mut SchedAttr,
-            std::mem::size_of::<SchedAttr>() as libc::c_uint,
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "sched_getattr: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let got = get_attr()?;
     if got.sched_runtime == 0 {
         return Err(
             "the kernel keeps no slice for SCHED_OTHER threads (Linux 6.12 or later does)".into(),
