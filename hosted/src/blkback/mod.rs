@@ -256,6 +256,7 @@ pub struct BlkbackConfig {
     /// frontend answers completions (and hands their successors over)
     /// while the worker still submits the rest of the pass, so the worker
     /// does not wait for the frontend's turnaround of a whole batch.
+    /// A queue in a hostile mode does not stream.
     pub stream_responses: bool,
     /// With [`BlkbackConfig::stream_responses`], a push within a pass
     /// notifies the frontend at once when it asked (default off: the

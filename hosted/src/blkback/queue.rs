@@ -713,7 +713,13 @@ impl Worker {
     /// them, without entering the kernel.
     fn stream_responses(&mut self) {
         let config = &self.shared.config;
-        if !config.stream_responses || config.submit_batch == 0 || self.in_flight == 0 {
+        // A hostile mode's acts are laid out on a pass answered at its end
+        // (a duplicate takes the slot of a request taken and not answered).
+        if !config.stream_responses
+            || config.submit_batch == 0
+            || self.in_flight == 0
+            || self.shared.hostile_kind().is_some()
+        {
             return;
         }
         if self.uring.completion().is_empty() {
