@@ -2108,6 +2108,23 @@ where
         self.core.process()
     }
 
+    /// Puts the I/Os waiting in the device queues on the rings and
+    /// notifies the backend where a ring asks, without taking responses
+    /// first (as [`Blkfront::process`] does): the quickest hand-over of
+    /// just-submitted I/Os to a backend that is waiting for them, the
+    /// responses left to the next [`Blkfront::process`] or
+    /// [`Blkfront::wait_io`].
+    pub fn dispatch(&mut self) -> Result<(), DeviceError> {
+        if let Some(e) = &self.core.broken {
+            return Err(e.clone());
+        }
+        self.core.dispatch();
+        match &self.core.broken {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Asks for an orderly close: the backend is told, in-flight I/Os end
     /// (those the backend does not answer fail with [`IoFailure::Closed`])
     /// and [`DeviceEvent::Closed`] follows in a later poll.

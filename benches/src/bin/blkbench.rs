@@ -660,8 +660,11 @@ impl BlockFront for DriverFront {
         Ok(())
     }
 
+    /// Only places the resubmitted I/Os ([`Blkfront::dispatch`]): the
+    /// responses that came meanwhile wait for the next poll, after the
+    /// backend has its requests.
     fn kick(&mut self) -> Result<(), String> {
-        self.dev.process().map(drop).map_err(err)
+        self.dev.dispatch().map_err(err)
     }
 
     fn poll(&mut self, done: &mut Vec<usize>) -> Result<(), String> {
