@@ -1482,7 +1482,8 @@ impl Worker {
     /// A frontend that looks at the ring sees the responses either way:
     /// it asks for a notification and then looks again before it sleeps.
     fn push_and(&mut self, notify_now: bool) {
-        if !self.unpushed && !(notify_now && self.notify_owed) {
+        let owed_now = notify_now && self.notify_owed;
+        if !self.unpushed && !owed_now {
             return;
         }
         let sent = self
