@@ -626,6 +626,9 @@ where
 {
     kind: IoKind,
     spans: Vec<SpanSlot<P>>,
+    /// The application's vector of spans, emptied at submission and
+    /// filled again at completion (no allocation per I/O for it).
+    span_buf: Vec<Span<P>>,
     queue: usize,
     submitted_ns: u64,
     /// `(ring, since)` while its requests are on a ring.
@@ -711,7 +714,14 @@ where
     stats: DeviceStats,
     /// How long adaptive waits spin.
     spin: SpinGovernor,
+    /// Emptied span vectors of finished I/Os, reused by the next
+    /// submissions (at most [`SPARE_SLOT_VECS`]).
+    spare_slots: Vec<Vec<SpanSlot<P>>>,
 }
+
+/// How many emptied span vectors [`Core`] keeps for reuse: a ring's worth
+/// of I/Os in flight on a few queues.
+const SPARE_SLOT_VECS: usize = 256;
 
 impl<P: Platform> Core<P>
 where
@@ -775,7 +785,12 @@ where
                 held += 1;
             }
         }
-        let spans: Vec<Span<P>> = entry.spans.into_iter().filter_map(|s| s.span).collect();
+        let mut spans = entry.span_buf;
+        spans.clear();
+        spans.extend(entry.spans.drain(..).filter_map(|s| s.span));
+        if self.spare_slots.len() < SPARE_SLOT_VECS {
+            self.spare_slots.push(entry.spans);
+        }
         self.stats.completed += 1;
         if result.is_err() {
             self.stats.failed += 1;
@@ -1064,16 +1079,15 @@ where
                 );
             }
         }
-        let (kind, spans) = io.split();
-        let slots: Vec<SpanSlot<P>> = spans
-            .into_iter()
-            .map(|s| SpanSlot {
-                span: Some(s),
-                grants: None,
-                bounce: Vec::new(),
-                bounce_peer: None,
-            })
-            .collect();
+        let (kind, mut span_buf) = io.split();
+        let mut slots = self.spare_slots.pop().unwrap_or_default();
+        slots.clear();
+        slots.extend(span_buf.drain(..).map(|s| SpanSlot {
+            span: Some(s),
+            grants: None,
+            bounce: Vec::new(),
+            bounce_peer: None,
+        }));
         let tag = self.next_tag;
         let check = BlockIo {
             tag,
@@ -1133,6 +1147,7 @@ where
                 kind,
                 spans: slots,
                 queue: opts.queue,
+                span_buf,
                 submitted_ns: now,
                 on_ring: None,
                 reissued: 0,
@@ -2025,6 +2040,7 @@ where
                 closed: false,
                 next_tag: 1,
                 next_timeout_check: 0,
+                spare_slots: Vec::new(),
                 resize_watch: None,
                 resize_token,
                 stats: DeviceStats::default(),
@@ -2090,6 +2106,23 @@ where
     /// [`Blkfront::poll`]s. Returns how many responses it took.
     pub fn process(&mut self) -> Result<usize, DeviceError> {
         self.core.process()
+    }
+
+    /// Puts the I/Os waiting in the device queues on the rings and
+    /// notifies the backend where a ring asks, without taking responses
+    /// first (as [`Blkfront::process`] does): the quickest hand-over of
+    /// just-submitted I/Os to a backend that is waiting for them, the
+    /// responses left to the next [`Blkfront::process`] or
+    /// [`Blkfront::wait_io`].
+    pub fn dispatch(&mut self) -> Result<(), DeviceError> {
+        if let Some(e) = &self.core.broken {
+            return Err(e.clone());
+        }
+        self.core.dispatch();
+        match &self.core.broken {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
     }
 
     /// Asks for an orderly close: the backend is told, in-flight I/Os end

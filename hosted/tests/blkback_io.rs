@@ -193,6 +193,63 @@ fn a_multi_page_ring_holds_hundreds_in_flight() {
     assert!(a.in_flight_sum >= a.submits, "{a:?}");
 }
 
+/// 300 writes pushed at once make one long pass of one-entry submissions:
+/// with `stream_responses` the worker pushes the responses of those that
+/// completed between two of the pass's submissions (counted as reaps
+/// within a pass), without it only after the pass; every write comes back
+/// once either way.
+#[test]
+fn responses_stream_out_between_the_submissions_of_a_pass() {
+    for stream in [true, false] {
+        let r = Rig::with(
+            if stream { "stream" } else { "nostream" },
+            16 << 20,
+            &[],
+            |c| c.stream_responses = stream,
+        );
+        let mut f = r.front(FrontConfig {
+            max_ring_page_order: 4,
+            pool_pages: 300,
+            ..FrontConfig::default()
+        });
+        let port = f.queue(0).unwrap().port;
+        let mut bufs = Vec::new();
+        for i in 0..300u64 {
+            let mut b = f.buffer().unwrap();
+            b.write_at(0, &pattern(i as u32 + 7, 4096)).unwrap();
+            let req = rw_request(op::WRITE, i, i * 8, &[whole_page(b.gref())]);
+            f.queue(0).unwrap().ring.put_request(req).unwrap();
+            bufs.push(b);
+        }
+        if f.queue(0).unwrap().ring.push_requests() {
+            grant_tables::EventChannels::notify(f.platform(), port).unwrap();
+        }
+        let mut seen = vec![false; 300];
+        for _ in 0..300 {
+            let rsp = f.wait_response(0, TIMEOUT).unwrap();
+            assert_eq!((rsp.operation, rsp.status), (op::WRITE, status::OKAY));
+            assert!(
+                !std::mem::replace(&mut seen[rsp.id as usize], true),
+                "two responses for {}",
+                rsp.id
+            );
+        }
+        for i in [0u64, 150, 299] {
+            assert_eq!(r.file_bytes(i * 4096, 4096), pattern(i as u32 + 7, 4096));
+        }
+        let a = r.back().stats().activity;
+        assert_eq!((a.requests, a.cqes), (300, 300), "stream {stream}: {a:?}");
+        if stream {
+            assert!(
+                a.mid_pass_reaps > 0 && a.mid_pass_reaps <= a.reaps,
+                "no response pushed within the pass: {a:?}"
+            );
+        } else {
+            assert_eq!(a.mid_pass_reaps, 0, "{a:?}");
+        }
+    }
+}
+
 /// 64 writes, then 64 reads of them, all in flight at once, through a
 /// queue whose io_uring defers its completions (`defer_taskrun`, on
 /// kernels that have it: the worker must ask for them, or they never

@@ -407,6 +407,16 @@ impl World {
             Ok("0") => config.uring_wakeups = false,
             _ => {}
         }
+        // `BLKBENCH_STREAM=0`: the backend pushes a pass's responses only
+        // after the pass's last submission; `=2`: it pushes them between
+        // submissions and notifies at once (`=1`: pushes them and leaves
+        // the notification to the pass's end).
+        match std::env::var("BLKBENCH_STREAM").as_deref() {
+            Ok("0") => config.stream_responses = false,
+            Ok("1") => config.stream_notify = false,
+            Ok("2") => config.stream_notify = true,
+            _ => {}
+        }
         // `BLKBENCH_DEFER_TASKRUN=0`: a plain io_uring in the backend.
         if std::env::var("BLKBENCH_DEFER_TASKRUN").is_ok_and(|v| v == "0") {
             config.defer_taskrun = false;
@@ -650,8 +660,11 @@ impl BlockFront for DriverFront {
         Ok(())
     }
 
+    /// Only places the resubmitted I/Os ([`Blkfront::dispatch`]): the
+    /// responses that came meanwhile wait for the next poll, after the
+    /// backend has its requests.
     fn kick(&mut self) -> Result<(), String> {
-        self.dev.process().map(drop).map_err(err)
+        self.dev.dispatch().map_err(err)
     }
 
     fn poll(&mut self, done: &mut Vec<usize>) -> Result<(), String> {
@@ -768,6 +781,12 @@ struct LoopCounts {
     /// that handed their successors over, summed (ns): the frontend's
     /// turnaround, while the backend may run out of requests.
     turnaround_ns: u64,
+    /// The turnaround's three parts, summed (ns): the poll that found the
+    /// completions, the resubmissions (with their latency records), and
+    /// the kicks.
+    poll_ns: u64,
+    resubmit_ns: u64,
+    kick_ns: u64,
     /// The frontend thread's CPU time over the measured loop (ns, user
     /// and system, `RUSAGE_THREAD`).
     cpu_ns: u64,
@@ -810,9 +829,9 @@ fn print_activity(
     eprintln!(
         "{name}: per request over {ops} requests\n\
          \x20 frontend: batches handed over {:.3} ({:.1} requests each), waits {:.3}, eventfd writes {:.3}, sleeps {:.3}\n\
-         \x20 frontend: CPU {:.2} us per request, turnaround {:.1} us per batch (completions polled to successors handed over)\n\
+         \x20 frontend: CPU {:.2} us per request, turnaround {:.1} us per batch (completions polled to successors handed over: poll {:.1}, resubmit {:.1}, kick {:.1})\n\
          \x20 backend: passes taking requests {:.3} ({:.1} requests each), io_uring_enter submits {:.3} ({:.1} SQEs each, {:.1} us each)\n\
-         \x20 backend: in flight after a submit {:.1} (mean), reaps {:.3} ({:.1} CQEs each), enters for completions {:.3}, waits in io_uring_enter {:.3}, sleeps on the channel {:.3}, notifies {:.3}",
+         \x20 backend: in flight after a submit {:.1} (mean), reaps {:.3} ({:.1} CQEs each, {:.3} within a pass), enters for completions {:.3}, waits in io_uring_enter {:.3}, sleeps on the channel {:.3}, notifies {:.3}",
         counts.kicks as f64 / ops.max(1) as f64,
         ratio(ops as f64, counts.kicks as f64),
         counts.waits as f64 / ops.max(1) as f64,
@@ -820,6 +839,9 @@ fn print_activity(
         per(ev.0.sleeps, ev.1.sleeps),
         counts.cpu_ns as f64 / 1e3 / ops.max(1) as f64,
         ratio(counts.turnaround_ns as f64 / 1e3, counts.kicks as f64),
+        ratio(counts.poll_ns as f64 / 1e3, counts.kicks as f64),
+        ratio(counts.resubmit_ns as f64 / 1e3, counts.kicks as f64),
+        ratio(counts.kick_ns as f64 / 1e3, counts.kicks as f64),
         per(a.batches, b.batches),
         ratio(d(a.requests, b.requests), d(a.batches, b.batches)),
         per(a.submits, b.submits),
@@ -828,6 +850,7 @@ fn print_activity(
         ratio(d(a.in_flight_sum, b.in_flight_sum), submits),
         per(a.reaps, b.reaps),
         ratio(d(a.cqes, b.cqes), d(a.reaps, b.reaps)),
+        per(a.mid_pass_reaps, b.mid_pass_reaps),
         per(a.taskruns, b.taskruns),
         per(a.uring_waits, b.uring_waits),
         per(a.ring_sleeps, b.ring_sleeps),
@@ -934,6 +957,9 @@ fn closed_loop(
             }
         }
         let now = Instant::now();
+        counts.poll_ns = counts
+            .poll_ns
+            .saturating_add(now.saturating_duration_since(polled).as_nanos() as u64);
         if let Some((v, epoch)) = steps.as_mut() {
             if let Some(last) = v.last_mut() {
                 last.seen = since(now, *epoch);
@@ -957,10 +983,17 @@ fn closed_loop(
                 }
             }
         }
+        let resubmitted = Instant::now();
+        counts.resubmit_ns = counts
+            .resubmit_ns
+            .saturating_add(resubmitted.saturating_duration_since(now).as_nanos() as u64);
         if unkicked > 0 || kick_every == 0 {
             front.kick()?;
             counts.kicks += 1;
         }
+        counts.kick_ns = counts
+            .kick_ns
+            .saturating_add(resubmitted.elapsed().as_nanos() as u64);
         counts.turnaround_ns = counts
             .turnaround_ns
             .saturating_add(polled.elapsed().as_nanos() as u64);

@@ -245,6 +245,27 @@ pub struct BlkbackConfig {
     /// rounds: random writes 0.65 to 0.90, median 0.72, against 0.58 to
     /// 0.77, median 0.61; random reads 1.10 to 1.43 against 0.66 to 1.51).
     pub submit_batch: usize,
+    /// Within a pass that takes several requests off the ring, look at
+    /// the io_uring's completion queue after each `io_uring_enter` that
+    /// submitted one (with [`BlkbackConfig::submit_batch`] above 0) and
+    /// push the responses of what completed at once, instead of after the
+    /// last request of the pass is submitted (default on). Each submit
+    /// with the `IORING_SQ_TASKRUN` flag up posts the completions waiting
+    /// as task work, so looking costs no system call. At depth the
+    /// requests then go round as a stream rather than a herd: the
+    /// frontend answers completions (and hands their successors over)
+    /// while the worker still submits the rest of the pass, so the worker
+    /// does not wait for the frontend's turnaround of a whole batch.
+    /// A queue in a hostile mode does not stream.
+    pub stream_responses: bool,
+    /// With [`BlkbackConfig::stream_responses`], a push within a pass
+    /// notifies the frontend at once when it asked (default off: the
+    /// notification waits for the pass's end). A frontend that keeps
+    /// looking at the ring sees streamed responses either way; off, one
+    /// that sleeps is woken once per pass rather than once per push, each
+    /// wake-up costing the worker an eventfd write or futex wake between
+    /// two submissions.
+    pub stream_notify: bool,
     /// Set the queues' io_uring up as fio does (default on):
     /// `COOP_TASKRUN`, `SINGLE_ISSUER`, `DEFER_TASKRUN` and the
     /// `IORING_SQ_TASKRUN` flag, so that completions wait until the worker
@@ -306,6 +327,8 @@ impl BlkbackConfig {
                 spin: Duration::from_micros(50),
             },
             submit_batch: 1,
+            stream_responses: true,
+            stream_notify: false,
             defer_taskrun: true,
             sqpoll_idle_ms: 0,
             uring_wakeups: false,
@@ -407,6 +430,10 @@ pub struct Activity {
     /// `io_uring_enter` calls made only to post completions waiting as
     /// deferred task work ([`BlkbackConfig::defer_taskrun`]).
     pub taskruns: u64,
+    /// Reaps made within a pass that took requests, between two of its
+    /// submissions ([`BlkbackConfig::stream_responses`]), that found
+    /// completions (counted in `reaps` too).
+    pub mid_pass_reaps: u64,
     /// Sleeps on the event channel (no I/O in flight).
     pub ring_sleeps: u64,
     /// Notifications the io_uring's poll of the event channel delivered
@@ -439,6 +466,7 @@ struct Counters {
     cqes: AtomicU64,
     uring_waits: AtomicU64,
     pub(crate) taskruns: AtomicU64,
+    pub(crate) mid_pass_reaps: AtomicU64,
     ring_sleeps: AtomicU64,
     uring_notified: AtomicU64,
     notifies: AtomicU64,
@@ -624,6 +652,7 @@ impl Blkback {
                 cqes: get(&c.cqes),
                 uring_waits: get(&c.uring_waits),
                 taskruns: get(&c.taskruns),
+                mid_pass_reaps: get(&c.mid_pass_reaps),
                 ring_sleeps: get(&c.ring_sleeps),
                 uring_notified: get(&c.uring_notified),
                 notifies: get(&c.notifies),

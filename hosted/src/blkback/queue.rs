@@ -229,6 +229,10 @@ struct Worker {
     halted: bool,
     /// Responses put and not yet pushed.
     unpushed: bool,
+    /// Responses were pushed that the frontend asked to be notified of,
+    /// and the notification is not sent yet (a push within a pass, which
+    /// leaves it to the pass's end: [`super::BlkbackConfig::stream_notify`]).
+    notify_owed: bool,
     /// Responses sent (for the hostile modes' `after`).
     answered: u64,
     /// Mappings the hostile mode keeps instead of unmapping.
@@ -331,6 +335,7 @@ pub(crate) fn run(
         barrier: None,
         halted: false,
         unpushed: false,
+        notify_owed: false,
         answered: 0,
         kept: Vec::new(),
         stop,
@@ -698,8 +703,37 @@ impl Worker {
             if self.barrier.is_some() {
                 break;
             }
+            self.stream_responses();
         }
         any
+    }
+
+    /// Between two submissions of a pass ([`BlkbackConfig::stream_responses`]):
+    /// turns the completions already posted into responses and pushes
+    /// them, without entering the kernel.
+    fn stream_responses(&mut self) {
+        let config = &self.shared.config;
+        // A hostile mode's acts are laid out on a pass answered at its end
+        // (a duplicate takes the slot of a request taken and not answered).
+        if !config.stream_responses
+            || config.submit_batch == 0
+            || self.in_flight == 0
+            || self.shared.hostile_kind().is_some()
+        {
+            return;
+        }
+        if self.uring.completion().is_empty() {
+            return;
+        }
+        self.stamp_submitted();
+        if self.drain_completions() {
+            self.shared
+                .stats
+                .mid_pass_reaps
+                .fetch_add(1, Ordering::Relaxed);
+            let notify = self.shared.config.stream_notify;
+            self.push_and(notify);
+        }
     }
 
     fn limits(&self) -> Limits {
@@ -1195,6 +1229,12 @@ impl Worker {
             }
             self.shared.stats.taskruns.fetch_add(1, Ordering::Relaxed);
         }
+        self.drain_completions()
+    }
+
+    /// Turns the completions posted in the completion queue into
+    /// responses (no system call). Returns whether there were any.
+    fn drain_completions(&mut self) -> bool {
         let mut done: Vec<(u64, i32)> = Vec::new();
         let mut event = None;
         for cqe in self.uring.completion() {
@@ -1430,17 +1470,34 @@ impl Worker {
         }
     }
 
-    /// Publishes the responses put and notifies when the frontend asked.
+    /// Publishes the responses put and notifies when the frontend asked
+    /// (now, or for a push left owing by [`Worker::push_and`]).
     fn push(&mut self) {
-        if !self.unpushed {
+        self.push_and(true);
+    }
+
+    /// Publishes the responses put; notifies when the frontend asked and
+    /// `notify_now`, else owes the notification to the next
+    /// [`Worker::push`] (which every pass of the worker's loop makes).
+    /// A frontend that looks at the ring sees the responses either way:
+    /// it asks for a notification and then looks again before it sleeps.
+    fn push_and(&mut self, notify_now: bool) {
+        let owed_now = notify_now && self.notify_owed;
+        if !self.unpushed && !owed_now {
             return;
         }
-        self.unpushed = false;
         let sent = self
             .trace
             .as_ref()
             .map(|_| self.plat.event_stats().wakeups_sent);
-        if self.ring.push_responses() {
+        if self.unpushed {
+            self.unpushed = false;
+            if self.ring.push_responses() {
+                self.notify_owed = true;
+            }
+        }
+        if notify_now && self.notify_owed {
+            self.notify_owed = false;
             self.shared.stats.notifies.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.plat.notify(self.port) {
                 log::debug!("blkback queue {}: notifying {}: {e}", self.q, self.port);
