@@ -125,6 +125,12 @@ struct SendCtx {
 struct RecvCtx {
     wr_id: u64,
     sgl: Vec<Sge>,
+    /// The message's bytes were placed in the scatter list as they
+    /// arrived ([`RegionTable::place_recv`]).
+    placed: bool,
+    /// A placement failed (an entry no longer valid): the completion is a
+    /// local protection error.
+    place_failed: bool,
 }
 
 /// Work requests in flight by token, in the order posted (tokens grow):
@@ -156,6 +162,11 @@ impl<T> Pending<T> {
 
     fn get(&self, token: u64) -> Option<&T> {
         self.0.get(self.position(token)?).map(|(_, v)| v)
+    }
+
+    fn get_mut(&mut self, token: u64) -> Option<&mut T> {
+        let i = self.position(token)?;
+        self.0.get_mut(i).map(|(_, v)| v)
     }
 
     fn remove(&mut self, token: u64) -> Option<T> {
@@ -223,6 +234,9 @@ struct PdRegions<'a> {
     mrs: &'a mut BTreeMap<u32, Mr>,
     pd: PdHandle,
     qp_access: AccessFlags,
+    /// The queue pair's receives, whose scatter lists received SENDs are
+    /// placed in.
+    recvs: &'a mut Pending<RecvCtx>,
 }
 
 impl RegionTable for PdRegions<'_> {
@@ -241,6 +255,20 @@ impl RegionTable for PdRegions<'_> {
             },
             data: &mut mr.data,
         })
+    }
+
+    /// Scatters the bytes straight from the received frame's private copy
+    /// into the receive's list (checked as `scatter` checks it): the
+    /// queue pair keeps no copy of its own.
+    fn place_recv(&mut self, wr_id: u64, offset: usize, payload: &[u8]) -> bool {
+        let Some(r) = self.recvs.get_mut(wr_id) else {
+            return false;
+        };
+        if !r.place_failed && !scatter_at(self.mrs, self.pd, &r.sgl, offset, payload) {
+            r.place_failed = true;
+        }
+        r.placed = true;
+        true
     }
 }
 
@@ -881,6 +909,16 @@ impl Context {
             });
         }
         let pd = q.pd;
+        if let (
+            WrOpcode::Send
+            | WrOpcode::SendWithImm(_)
+            | WrOpcode::RdmaWrite { .. }
+            | WrOpcode::RdmaWriteWithImm { .. },
+            [sge],
+        ) = (wr.opcode, wr.sg_list.as_slice())
+        {
+            return self.post_send_one(qp, wr, sge);
+        }
         // A spare buffer of the queue pair's (given back once segmented).
         let mut data =
             q.rc.as_mut()
@@ -1023,6 +1061,68 @@ impl Context {
         Ok(())
     }
 
+    /// The fast path of [`Context::post_send`] (its checks of the queue
+    /// pair, queue depth and entry count done): a SEND or RDMA WRITE (with
+    /// or without immediate) of one scatter/gather entry. The entry is
+    /// checked as the general path checks it, and its bytes go from the
+    /// region straight into the packets' frames
+    /// ([`QueuePair::post_message`]): no gather into a buffer, one lookup
+    /// of the queue pair and of the region. The frames and completions are
+    /// the general path's.
+    fn post_send_one(&mut self, qp: QpHandle, wr: &SendWr, sge: &Sge) -> Result<(), VerbsError> {
+        let Context { qps, mrs, now, .. } = self;
+        let q = qps.get_mut(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
+        let bytes = sge_slice(mrs, q.pd, sge, AccessFlags::NONE)
+            .map_err(|why| VerbsError::BadSge { index: 0, why })?;
+        let (remote, imm, opcode) = match wr.opcode {
+            WrOpcode::Send => (None, None, WcOpcode::Send),
+            WrOpcode::SendWithImm(imm) => (None, Some(imm.to_be_bytes()), WcOpcode::Send),
+            WrOpcode::RdmaWrite { remote_addr, rkey } => {
+                (Some((remote_addr, rkey)), None, WcOpcode::RdmaWrite)
+            }
+            WrOpcode::RdmaWriteWithImm {
+                remote_addr,
+                rkey,
+                imm,
+            } => (
+                Some((remote_addr, rkey)),
+                Some(imm.to_be_bytes()),
+                WcOpcode::RdmaWrite,
+            ),
+            _ => {
+                return Err(VerbsError::BadSge {
+                    index: 0,
+                    why: "only a SEND or RDMA WRITE gathers its entry",
+                })
+            }
+        };
+        let Some(rc) = q.rc.as_mut() else {
+            return Err(VerbsError::WrongState {
+                state: q.state,
+                what: "send work request",
+            });
+        };
+        let token = q.next_token;
+        // The queue pair arms its ACK timer from its own clock: bring it to
+        // the context's (see `Context::advance_time`).
+        rc.advance_time(*now);
+        let signaled = wr.signaled || q.init.sq_sig_all;
+        rc.post_message(token, bytes, remote, imm, signaled)
+            .map_err(VerbsError::Post)?;
+        q.next_token += 1;
+        q.sends.insert(
+            token,
+            SendCtx {
+                wr_id: wr.wr_id,
+                signaled,
+                opcode,
+                byte_len: sge.length,
+                scatter: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
     /// Posts a receive work request (INIT, RTR, RTS; in ERR it completes
     /// flushed).
     pub fn post_recv(&mut self, qp: QpHandle, wr: &RecvWr) -> Result<(), VerbsError> {
@@ -1076,6 +1176,8 @@ impl Context {
             RecvCtx {
                 wr_id: wr.wr_id,
                 sgl,
+                placed: false,
+                place_failed: false,
             },
         );
         match q.rc.as_mut() {
@@ -1158,6 +1260,7 @@ impl Context {
             mrs: &mut self.mrs,
             pd: q.pd,
             qp_access: q.access,
+            recvs: &mut q.recvs,
         };
         let placed = rc.writes_placed();
         rc.receive_packet(&p, &mut table);
@@ -1265,7 +1368,8 @@ impl Context {
         let mut deadline: Option<u64> = None;
         for q in self.qps.values() {
             if let Some(rc) = q.rc.as_ref() {
-                waiting |= rc.next_frame_len().is_some();
+                // A hint: `next_frame_len` asks the queue pairs again.
+                waiting |= rc.may_have_output();
                 if let Some(d) = rc.next_deadline() {
                     deadline = Some(deadline.map_or(d, |e| e.min(d)));
                 }
@@ -1327,12 +1431,16 @@ impl Context {
                         qp_num: qpn,
                     };
                     match c.kind {
-                        CompletionKind::Recv { data, imm, .. } => {
+                        CompletionKind::Recv { data, imm, len } => {
                             wc.imm_data = imm.map(u32::from_be_bytes);
-                            wc.byte_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-                            if status == WcStatus::Success
-                                && !scatter(&mut self.mrs, q.pd, &r.sgl, &data)
-                            {
+                            wc.byte_len = u32::try_from(len).unwrap_or(u32::MAX);
+                            // Placed as it arrived, or handed over here.
+                            let ok = if r.placed {
+                                !r.place_failed
+                            } else {
+                                scatter(&mut self.mrs, q.pd, &r.sgl, &data)
+                            };
+                            if status == WcStatus::Success && !ok {
                                 wc.status = WcStatus::LocProtErr;
                             }
                             rc.recycle(data);
@@ -1437,14 +1545,37 @@ fn push_wc(
 /// Writes `data` across the scatter list; `false` if an entry is no
 /// longer valid (nothing outside regions is written).
 fn scatter(mrs: &mut BTreeMap<u32, Mr>, pd: PdHandle, sgl: &[Sge], data: &[u8]) -> bool {
+    scatter_at(mrs, pd, sgl, 0, data)
+}
+
+/// Writes `data` across the scatter list from byte `offset` of it (the
+/// entries before are neither checked nor written); `false` if an entry
+/// written is no longer valid or the list ends first.
+fn scatter_at(
+    mrs: &mut BTreeMap<u32, Mr>,
+    pd: PdHandle,
+    sgl: &[Sge],
+    mut offset: usize,
+    data: &[u8],
+) -> bool {
     let mut rest = data;
     for sge in sgl {
         if rest.is_empty() {
             break;
         }
+        let len = sge.length as usize;
+        if offset >= len {
+            offset -= len;
+            continue;
+        }
         let Ok(dst) = sge_slice(mrs, pd, sge, AccessFlags::LOCAL_WRITE) else {
             return false;
         };
+        // `offset < len`, the entry's length.
+        let Some(dst) = dst.get_mut(offset..) else {
+            return false;
+        };
+        offset = 0;
         let n = dst.len().min(rest.len());
         let (now, later) = rest.split_at(n);
         if let Some(d) = dst.get_mut(..n) {
