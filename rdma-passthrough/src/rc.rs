@@ -882,6 +882,12 @@ impl QueuePair {
         c
     }
 
+    /// Whether completions wait to be taken.
+    #[inline]
+    pub fn completions_waiting(&self) -> bool {
+        !self.completions.is_empty()
+    }
+
     /// Completions made so far (taken or waiting): a count a driver reads
     /// around every frame it hands over, to learn that one made a
     /// completion.

@@ -1126,13 +1126,19 @@ impl Context {
     /// Posts a receive work request (INIT, RTR, RTS; in ERR it completes
     /// flushed).
     pub fn post_recv(&mut self, qp: QpHandle, wr: &RecvWr) -> Result<(), VerbsError> {
-        let r = self.post_recv_inner(qp, wr);
-        self.refresh();
-        r
+        // A receive queued changes no frame to send and no timer: the
+        // summary is brought up to date only when completions moved (a
+        // queue pair in the error state flushes it at once).
+        if self.post_recv_inner(qp, wr)? {
+            self.refresh();
+        }
+        Ok(())
     }
 
-    fn post_recv_inner(&mut self, qp: QpHandle, wr: &RecvWr) -> Result<(), VerbsError> {
-        let q = self.qps.get_mut(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
+    /// Posts the receive; `Ok(true)` when completions were delivered.
+    fn post_recv_inner(&mut self, qp: QpHandle, wr: &RecvWr) -> Result<bool, VerbsError> {
+        let Context { qps, mrs, .. } = self;
+        let q = qps.get_mut(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
         if q.state == QpState::Reset {
             return Err(VerbsError::WrongState {
                 state: q.state,
@@ -1154,18 +1160,15 @@ impl Context {
         }
         let pd = q.pd;
         for (index, sge) in wr.sg_list.iter().enumerate() {
-            sge_slice(&mut self.mrs, pd, sge, AccessFlags::LOCAL_WRITE)
+            sge_slice(mrs, pd, sge, AccessFlags::LOCAL_WRITE)
                 .map_err(|why| VerbsError::BadSge { index, why })?;
         }
         let cap: usize = wr.sg_list.iter().map(|s| s.length as usize).sum();
         for s in &wr.sg_list {
-            if let Some(m) = self.mrs.get_mut(&(s.lkey >> 8)) {
+            if let Some(m) = mrs.get_mut(&(s.lkey >> 8)) {
                 m.refs += 1;
             }
         }
-        let Some(q) = self.qps.get_mut(&qp.0) else {
-            return Err(VerbsError::NoSuchQp(qp.0));
-        };
         let token = q.next_token;
         q.next_token += 1;
         let mut sgl = q.spare_sgls.pop().unwrap_or_default();
@@ -1180,15 +1183,24 @@ impl Context {
                 place_failed: false,
             },
         );
-        match q.rc.as_mut() {
-            Some(rc) => rc.post_recv(token, cap),
-            None => q.early_recvs.push_back(token),
-        }
-        if q.state == QpState::Err {
+        let completions = match q.rc.as_mut() {
+            Some(rc) => {
+                rc.post_recv(token, cap);
+                rc.completions_waiting()
+            }
+            None => {
+                q.early_recvs.push_back(token);
+                false
+            }
+        };
+        let flush = q.state == QpState::Err;
+        if flush {
             self.flush_early(qp.0);
         }
-        self.deliver(qp.0);
-        Ok(())
+        if completions {
+            self.deliver(qp.0);
+        }
+        Ok(flush || completions)
     }
 
     // The transport pump.
@@ -1265,7 +1277,11 @@ impl Context {
         let placed = rc.writes_placed();
         rc.receive_packet(&p, &mut table);
         self.stats.writes_placed += rc.writes_placed().wrapping_sub(placed);
-        self.deliver(qpn);
+        // Most frames (an ACK of unsignaled sends, a packet inside a
+        // message) make no completion and change no state.
+        if rc.completions_waiting() || (rc.is_error() && q.state != QpState::Err) {
+            self.deliver(qpn);
+        }
     }
 
     /// The next frame to send, from any queue pair (round robin).
