@@ -2229,7 +2229,9 @@ impl QueuePair {
             self.msn = (self.msn + 1) & 0x00ff_ffff;
             let done = core::mem::replace(&mut self.in_progress, InProgress::None);
             match done {
-                InProgress::Send { wr_id, buf, len, .. } => {
+                InProgress::Send {
+                    wr_id, buf, len, ..
+                } => {
                     self.completions.push_back(Completion {
                         wr_id,
                         status: Status::Success,

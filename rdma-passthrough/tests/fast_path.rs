@@ -10,9 +10,7 @@ use proptest::prelude::*;
 
 use rdma_passthrough::packet::Endpoints;
 use rdma_passthrough::psn::Psn;
-use rdma_passthrough::rc::{
-    Completion, CompletionKind, MemoryRegion, QpConfig, QueuePair, SendOp,
-};
+use rdma_passthrough::rc::{Completion, CompletionKind, MemoryRegion, QpConfig, QueuePair, SendOp};
 use rdma_passthrough::verbs::*;
 
 const PMTU: usize = 256;
@@ -194,7 +192,11 @@ impl Node {
 
     fn sge(&self, offset: u64, length: u32) -> Sge {
         let i = self.ctx.mr_info(self.mr).unwrap();
-        Sge { addr: i.addr + offset, length, lkey: i.lkey }
+        Sge {
+            addr: i.addr + offset,
+            length,
+            lkey: i.lkey,
+        }
     }
 
     fn connect(&mut self, peer: &Node, sq_psn: u32, rq_psn: u32) {
