@@ -880,7 +880,8 @@ impl Context {
     }
 
     fn post_send_inner(&mut self, qp: QpHandle, wr: &SendWr) -> Result<(), VerbsError> {
-        let q = self.qps.get_mut(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
+        let Context { qps, mrs, now, .. } = self;
+        let q = qps.get_mut(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
         if q.state != QpState::Rts {
             return Err(VerbsError::WrongState {
                 state: q.state,
@@ -917,7 +918,7 @@ impl Context {
             [sge],
         ) = (wr.opcode, wr.sg_list.as_slice())
         {
-            return self.post_send_one(qp, wr, sge);
+            return post_send_one(q, mrs, *now, wr, sge);
         }
         // A spare buffer of the queue pair's (given back once segmented).
         let mut data =
@@ -942,8 +943,8 @@ impl Context {
             AccessFlags::NONE
         };
         for (index, sge) in wr.sg_list.iter().enumerate() {
-            let bytes = sge_slice(&mut self.mrs, pd, sge, need)
-                .map_err(|why| VerbsError::BadSge { index, why })?;
+            let bytes =
+                sge_slice(mrs, pd, sge, need).map_err(|why| VerbsError::BadSge { index, why })?;
             if !scatters {
                 data.extend_from_slice(bytes);
             }
@@ -1015,9 +1016,6 @@ impl Context {
                 WcOpcode::FetchAdd,
             ),
         };
-        let Some(q) = self.qps.get_mut(&qp.0) else {
-            return Err(VerbsError::NoSuchQp(qp.0));
-        };
         let Some(rc) = q.rc.as_mut() else {
             return Err(VerbsError::WrongState {
                 state: q.state,
@@ -1027,7 +1025,7 @@ impl Context {
         let token = q.next_token;
         // The queue pair arms its ACK timer from its own clock: bring it to
         // the context's (see `Context::advance_time`).
-        rc.advance_time(self.now);
+        rc.advance_time(*now);
         let signaled = wr.signaled || q.init.sq_sig_all;
         if signaled {
             rc.post_send(token, op)
@@ -1044,7 +1042,7 @@ impl Context {
             Vec::new()
         };
         for s in &scatter {
-            if let Some(m) = self.mrs.get_mut(&(s.lkey >> 8)) {
+            if let Some(m) = mrs.get_mut(&(s.lkey >> 8)) {
                 m.refs += 1;
             }
         }
@@ -1056,68 +1054,6 @@ impl Context {
                 opcode,
                 byte_len: if is_atomic { 8 } else { len32 },
                 scatter,
-            },
-        );
-        Ok(())
-    }
-
-    /// The fast path of [`Context::post_send`] (its checks of the queue
-    /// pair, queue depth and entry count done): a SEND or RDMA WRITE (with
-    /// or without immediate) of one scatter/gather entry. The entry is
-    /// checked as the general path checks it, and its bytes go from the
-    /// region straight into the packets' frames
-    /// ([`QueuePair::post_message`]): no gather into a buffer, one lookup
-    /// of the queue pair and of the region. The frames and completions are
-    /// the general path's.
-    fn post_send_one(&mut self, qp: QpHandle, wr: &SendWr, sge: &Sge) -> Result<(), VerbsError> {
-        let Context { qps, mrs, now, .. } = self;
-        let q = qps.get_mut(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
-        let bytes = sge_slice(mrs, q.pd, sge, AccessFlags::NONE)
-            .map_err(|why| VerbsError::BadSge { index: 0, why })?;
-        let (remote, imm, opcode) = match wr.opcode {
-            WrOpcode::Send => (None, None, WcOpcode::Send),
-            WrOpcode::SendWithImm(imm) => (None, Some(imm.to_be_bytes()), WcOpcode::Send),
-            WrOpcode::RdmaWrite { remote_addr, rkey } => {
-                (Some((remote_addr, rkey)), None, WcOpcode::RdmaWrite)
-            }
-            WrOpcode::RdmaWriteWithImm {
-                remote_addr,
-                rkey,
-                imm,
-            } => (
-                Some((remote_addr, rkey)),
-                Some(imm.to_be_bytes()),
-                WcOpcode::RdmaWrite,
-            ),
-            _ => {
-                return Err(VerbsError::BadSge {
-                    index: 0,
-                    why: "only a SEND or RDMA WRITE gathers its entry",
-                })
-            }
-        };
-        let Some(rc) = q.rc.as_mut() else {
-            return Err(VerbsError::WrongState {
-                state: q.state,
-                what: "send work request",
-            });
-        };
-        let token = q.next_token;
-        // The queue pair arms its ACK timer from its own clock: bring it to
-        // the context's (see `Context::advance_time`).
-        rc.advance_time(*now);
-        let signaled = wr.signaled || q.init.sq_sig_all;
-        rc.post_message(token, bytes, remote, imm, signaled)
-            .map_err(VerbsError::Post)?;
-        q.next_token += 1;
-        q.sends.insert(
-            token,
-            SendCtx {
-                wr_id: wr.wr_id,
-                signaled,
-                opcode,
-                byte_len: sge.length,
-                scatter: Vec::new(),
             },
         );
         Ok(())
@@ -1280,7 +1216,14 @@ impl Context {
         // Most frames (an ACK of unsignaled sends, a packet inside a
         // message) make no completion and change no state.
         if rc.completions_waiting() || (rc.is_error() && q.state != QpState::Err) {
-            self.deliver(qpn);
+            deliver_to(
+                q,
+                qpn,
+                &mut self.mrs,
+                &mut self.cqs,
+                &mut self.events,
+                &mut self.stats,
+            );
         }
     }
 
@@ -1427,105 +1370,190 @@ impl Context {
         let Some(q) = self.qps.get_mut(&qpn) else {
             return;
         };
-        let Some(rc) = q.rc.as_mut() else {
-            return;
-        };
-        let mut overrun = false;
-        while let Some(c) = rc.poll_completion() {
-            let status = wc_status(c.status);
-            let (cq, wc) = match c.kind {
-                CompletionKind::Recv { .. } | CompletionKind::RecvRdmaWithImm { .. } => {
-                    let Some(r) = q.recvs.remove(c.wr_id) else {
-                        continue;
-                    };
-                    let mut wc = WorkCompletion {
-                        wr_id: r.wr_id,
-                        status,
-                        opcode: WcOpcode::Recv,
-                        byte_len: 0,
-                        imm_data: None,
-                        qp_num: qpn,
-                    };
-                    match c.kind {
-                        CompletionKind::Recv { data, imm, len } => {
-                            wc.imm_data = imm.map(u32::from_be_bytes);
-                            wc.byte_len = u32::try_from(len).unwrap_or(u32::MAX);
-                            // Placed as it arrived, or handed over here.
-                            let ok = if r.placed {
-                                !r.place_failed
-                            } else {
-                                scatter(&mut self.mrs, q.pd, &r.sgl, &data)
-                            };
-                            if status == WcStatus::Success && !ok {
-                                wc.status = WcStatus::LocProtErr;
-                            }
-                            rc.recycle(data);
-                        }
-                        CompletionKind::RecvRdmaWithImm { len, imm } => {
-                            wc.opcode = WcOpcode::RecvRdmaWithImm;
-                            wc.imm_data = Some(u32::from_be_bytes(imm));
-                            wc.byte_len = u32::try_from(len).unwrap_or(u32::MAX);
-                        }
-                        _ => {}
-                    }
-                    for s in &r.sgl {
-                        unref(&mut self.mrs, s);
-                    }
-                    if q.spare_sgls.len() < SPARE_SGLS && r.sgl.len() <= MAX_SGE as usize {
-                        q.spare_sgls.push(r.sgl);
-                    }
-                    (q.init.recv_cq, wc)
-                }
-                kind => {
-                    let Some(s) = q.sends.remove(c.wr_id) else {
-                        continue;
-                    };
-                    let mut wc = WorkCompletion {
-                        wr_id: s.wr_id,
-                        status,
-                        opcode: s.opcode,
-                        byte_len: s.byte_len,
-                        imm_data: None,
-                        qp_num: qpn,
-                    };
-                    if status == WcStatus::Success {
-                        let ok = match kind {
-                            CompletionKind::Read { data } => {
-                                scatter(&mut self.mrs, q.pd, &s.scatter, &data)
-                            }
-                            CompletionKind::Atomic { orig } => {
-                                scatter(&mut self.mrs, q.pd, &s.scatter, &orig.to_le_bytes())
-                            }
-                            _ => true,
+        deliver_to(
+            q,
+            qpn,
+            &mut self.mrs,
+            &mut self.cqs,
+            &mut self.events,
+            &mut self.stats,
+        );
+    }
+}
+
+/// The fast path of [`Context::post_send`] (its checks of the queue
+/// pair, queue depth and entry count done on the queue pair it looked
+/// up): a SEND or RDMA WRITE (with or without immediate) of one
+/// scatter/gather entry. The entry is
+/// checked as the general path checks it, and its bytes go from the
+/// region straight into the packets' frames
+/// ([`QueuePair::post_message`]): no gather into a buffer, one lookup
+/// of the queue pair and of the region. The frames and completions are
+/// the general path's.
+fn post_send_one(
+    q: &mut Qp,
+    mrs: &mut BTreeMap<u32, Mr>,
+    now: u64,
+    wr: &SendWr,
+    sge: &Sge,
+) -> Result<(), VerbsError> {
+    let bytes = sge_slice(mrs, q.pd, sge, AccessFlags::NONE)
+        .map_err(|why| VerbsError::BadSge { index: 0, why })?;
+    let (remote, imm, opcode) = match wr.opcode {
+        WrOpcode::Send => (None, None, WcOpcode::Send),
+        WrOpcode::SendWithImm(imm) => (None, Some(imm.to_be_bytes()), WcOpcode::Send),
+        WrOpcode::RdmaWrite { remote_addr, rkey } => {
+            (Some((remote_addr, rkey)), None, WcOpcode::RdmaWrite)
+        }
+        WrOpcode::RdmaWriteWithImm {
+            remote_addr,
+            rkey,
+            imm,
+        } => (
+            Some((remote_addr, rkey)),
+            Some(imm.to_be_bytes()),
+            WcOpcode::RdmaWrite,
+        ),
+        _ => {
+            return Err(VerbsError::BadSge {
+                index: 0,
+                why: "only a SEND or RDMA WRITE gathers its entry",
+            })
+        }
+    };
+    let Some(rc) = q.rc.as_mut() else {
+        return Err(VerbsError::WrongState {
+            state: q.state,
+            what: "send work request",
+        });
+    };
+    let token = q.next_token;
+    // The queue pair arms its ACK timer from its own clock: bring it to
+    // the context's (see `Context::advance_time`).
+    rc.advance_time(now);
+    let signaled = wr.signaled || q.init.sq_sig_all;
+    rc.post_message(token, bytes, remote, imm, signaled)
+        .map_err(VerbsError::Post)?;
+    q.next_token += 1;
+    q.sends.insert(
+        token,
+        SendCtx {
+            wr_id: wr.wr_id,
+            signaled,
+            opcode,
+            byte_len: sge.length,
+            scatter: Vec::new(),
+        },
+    );
+    Ok(())
+}
+
+/// [`Context::deliver`] of the queue pair `q` (number `qpn`), looked
+/// up by the caller.
+fn deliver_to(
+    q: &mut Qp,
+    qpn: u32,
+    mrs: &mut BTreeMap<u32, Mr>,
+    cqs: &mut BTreeMap<u32, Cq>,
+    events: &mut Vec<CqHandle>,
+    stats: &mut ContextStats,
+) {
+    let Some(rc) = q.rc.as_mut() else {
+        return;
+    };
+    let mut overrun = false;
+    while let Some(c) = rc.poll_completion() {
+        let status = wc_status(c.status);
+        let (cq, wc) = match c.kind {
+            CompletionKind::Recv { .. } | CompletionKind::RecvRdmaWithImm { .. } => {
+                let Some(r) = q.recvs.remove(c.wr_id) else {
+                    continue;
+                };
+                let mut wc = WorkCompletion {
+                    wr_id: r.wr_id,
+                    status,
+                    opcode: WcOpcode::Recv,
+                    byte_len: 0,
+                    imm_data: None,
+                    qp_num: qpn,
+                };
+                match c.kind {
+                    CompletionKind::Recv { data, imm, len } => {
+                        wc.imm_data = imm.map(u32::from_be_bytes);
+                        wc.byte_len = u32::try_from(len).unwrap_or(u32::MAX);
+                        // Placed as it arrived, or handed over here.
+                        let ok = if r.placed {
+                            !r.place_failed
+                        } else {
+                            scatter(mrs, q.pd, &r.sgl, &data)
                         };
-                        if !ok {
+                        if status == WcStatus::Success && !ok {
                             wc.status = WcStatus::LocProtErr;
                         }
+                        rc.recycle(data);
                     }
-                    for sge in &s.scatter {
-                        unref(&mut self.mrs, sge);
+                    CompletionKind::RecvRdmaWithImm { len, imm } => {
+                        wc.opcode = WcOpcode::RecvRdmaWithImm;
+                        wc.imm_data = Some(u32::from_be_bytes(imm));
+                        wc.byte_len = u32::try_from(len).unwrap_or(u32::MAX);
                     }
-                    if wc.status == WcStatus::Success && !s.signaled {
-                        continue;
-                    }
-                    (q.init.send_cq, wc)
+                    _ => {}
                 }
-            };
-            if !push_wc(&mut self.cqs, &mut self.events, &mut self.stats, cq, wc) {
-                overrun = true;
+                for s in &r.sgl {
+                    unref(mrs, s);
+                }
+                if q.spare_sgls.len() < SPARE_SGLS && r.sgl.len() <= MAX_SGE as usize {
+                    q.spare_sgls.push(r.sgl);
+                }
+                (q.init.recv_cq, wc)
             }
+            kind => {
+                let Some(s) = q.sends.remove(c.wr_id) else {
+                    continue;
+                };
+                let mut wc = WorkCompletion {
+                    wr_id: s.wr_id,
+                    status,
+                    opcode: s.opcode,
+                    byte_len: s.byte_len,
+                    imm_data: None,
+                    qp_num: qpn,
+                };
+                if status == WcStatus::Success {
+                    let ok = match kind {
+                        CompletionKind::Read { data } => scatter(mrs, q.pd, &s.scatter, &data),
+                        CompletionKind::Atomic { orig } => {
+                            scatter(mrs, q.pd, &s.scatter, &orig.to_le_bytes())
+                        }
+                        _ => true,
+                    };
+                    if !ok {
+                        wc.status = WcStatus::LocProtErr;
+                    }
+                }
+                for sge in &s.scatter {
+                    unref(mrs, sge);
+                }
+                if wc.status == WcStatus::Success && !s.signaled {
+                    continue;
+                }
+                (q.init.send_cq, wc)
+            }
+        };
+        if !push_wc(cqs, events, stats, cq, wc) {
+            overrun = true;
         }
-        if overrun {
-            log::warn!("QP {qpn:#x}: completion queue overrun; entering the error state");
-            rc.enter_error();
-        }
-        if rc.is_error() && q.state != QpState::Err {
-            q.state = QpState::Err;
-        }
-        if overrun {
-            // The flushed completions of the error state.
-            self.deliver(qpn);
-        }
+    }
+    if overrun {
+        log::warn!("QP {qpn:#x}: completion queue overrun; entering the error state");
+        rc.enter_error();
+    }
+    if rc.is_error() && q.state != QpState::Err {
+        q.state = QpState::Err;
+    }
+    if overrun {
+        // The flushed completions of the error state.
+        deliver_to(q, qpn, mrs, cqs, events, stats);
     }
 }
 
