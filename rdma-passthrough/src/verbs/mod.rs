@@ -31,8 +31,11 @@
 //!   WRITE (with immediate), RDMA READ, compare-and-swap and fetch-and-add
 //!   (one 8-byte SGE for the original value), signaled or not; receives
 //!   whose lists a received SEND is scattered into. SEND and WRITE sources
-//!   are gathered when posted; READ and atomic results and received SENDs
-//!   are scattered when they complete.
+//!   are read when posted: a single entry's bytes go straight from the
+//!   region into the packets' frames, several entries are gathered into a
+//!   buffer first. A received SEND is scattered packet by packet, from the
+//!   frame's private copy, as each packet is accepted; READ and atomic
+//!   results are scattered when they complete.
 //! - completions with the work request id, status, opcode, byte count,
 //!   immediate data and queue pair number.
 //!
