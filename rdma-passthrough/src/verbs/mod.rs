@@ -186,6 +186,86 @@ impl<T> Pending<T> {
     }
 }
 
+/// The queue pairs by number: the numbers sorted in one array, the queue
+/// pairs at the same index in another. A lookup is a binary search of a
+/// few dense words (a received frame's destination QP, any number a peer
+/// chooses, finds nothing or the one queue pair with that number), and a
+/// walk over every queue pair (the summary, the round robin of the
+/// transmit) reads the arrays in order, in number order as a map's keys
+/// were. Creation and destruction, rare, move the entries after the
+/// number.
+struct QpTable {
+    keys: Vec<u32>,
+    vals: Vec<Qp>,
+}
+
+impl QpTable {
+    const fn new() -> QpTable {
+        QpTable {
+            keys: Vec::new(),
+            vals: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn index(&self, k: u32) -> Option<usize> {
+        self.keys.binary_search(&k).ok()
+    }
+
+    fn contains_key(&self, k: &u32) -> bool {
+        self.index(*k).is_some()
+    }
+
+    #[inline]
+    fn get(&self, k: &u32) -> Option<&Qp> {
+        self.index(*k).and_then(|i| self.vals.get(i))
+    }
+
+    #[inline]
+    fn get_mut(&mut self, k: &u32) -> Option<&mut Qp> {
+        self.index(*k).and_then(|i| self.vals.get_mut(i))
+    }
+
+    /// Inserts `q` as number `k`, returning the queue pair it replaces.
+    fn insert(&mut self, k: u32, q: Qp) -> Option<Qp> {
+        match self.keys.binary_search(&k) {
+            Ok(i) => Some(core::mem::replace(&mut self.vals[i], q)),
+            Err(i) => {
+                self.keys.insert(i, k);
+                self.vals.insert(i, q);
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &u32) -> Option<Qp> {
+        let i = self.index(*k)?;
+        self.keys.remove(i);
+        Some(self.vals.remove(i))
+    }
+
+    fn keys(&self) -> core::slice::Iter<'_, u32> {
+        self.keys.iter()
+    }
+
+    fn values(&self) -> core::slice::Iter<'_, Qp> {
+        self.vals.iter()
+    }
+
+    fn iter(&self) -> core::iter::Zip<core::slice::Iter<'_, u32>, core::slice::Iter<'_, Qp>> {
+        self.keys.iter().zip(self.vals.iter())
+    }
+}
+
+impl<'a> IntoIterator for &'a QpTable {
+    type Item = (&'a u32, &'a Qp);
+    type IntoIter = core::iter::Zip<core::slice::Iter<'a, u32>, core::slice::Iter<'a, Qp>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 struct Qp {
     pd: PdHandle,
     init: QpInitAttr,
@@ -217,7 +297,7 @@ pub struct Context {
     pds: BTreeMap<u32, Pd>,
     mrs: BTreeMap<u32, Mr>,
     cqs: BTreeMap<u32, Cq>,
-    qps: BTreeMap<u32, Qp>,
+    qps: QpTable,
     tx_cursor: u32,
     /// Some queue pair has a frame to send (kept by [`Context::refresh`]
     /// after everything that can change it): an idle poll asks no queue
@@ -318,7 +398,7 @@ impl Context {
             pds: BTreeMap::new(),
             mrs: BTreeMap::new(),
             cqs: BTreeMap::new(),
-            qps: BTreeMap::new(),
+            qps: QpTable::new(),
             tx_cursor: 0,
             tx_waiting: false,
             deadline: None,
