@@ -186,22 +186,22 @@ impl<T> Pending<T> {
     }
 }
 
-/// The queue pairs by number: the numbers sorted in one array, the queue
-/// pairs at the same index in another. A lookup is a binary search of a
-/// few dense words (a received frame's destination QP, any number a peer
-/// chooses, finds nothing or the one queue pair with that number), and a
-/// walk over every queue pair (the summary, the round robin of the
-/// transmit) reads the arrays in order, in number order as a map's keys
-/// were. Creation and destruction, rare, move the entries after the
-/// number.
-struct QpTable {
+/// Queue pairs, memory regions and completion queues by number: the
+/// numbers sorted in one array, the objects at the same index in another.
+/// A lookup is a binary search of a few dense words (a received frame's
+/// destination QP or a peer's rkey, any number a peer chooses, finds
+/// nothing or the one object with that number), and a walk over every
+/// object (the summary, the round robin of the transmit) reads the
+/// arrays in order, in number order as a map's keys were. Creation and
+/// destruction, rare, move the entries after the number.
+struct NumTable<T> {
     keys: Vec<u32>,
-    vals: Vec<Qp>,
+    vals: Vec<T>,
 }
 
-impl QpTable {
-    const fn new() -> QpTable {
-        QpTable {
+impl<T> NumTable<T> {
+    const fn new() -> NumTable<T> {
+        NumTable {
             keys: Vec::new(),
             vals: Vec::new(),
         }
@@ -217,28 +217,28 @@ impl QpTable {
     }
 
     #[inline]
-    fn get(&self, k: &u32) -> Option<&Qp> {
+    fn get(&self, k: &u32) -> Option<&T> {
         self.index(*k).and_then(|i| self.vals.get(i))
     }
 
     #[inline]
-    fn get_mut(&mut self, k: &u32) -> Option<&mut Qp> {
+    fn get_mut(&mut self, k: &u32) -> Option<&mut T> {
         self.index(*k).and_then(|i| self.vals.get_mut(i))
     }
 
-    /// Inserts `q` as number `k`, returning the queue pair it replaces.
-    fn insert(&mut self, k: u32, q: Qp) -> Option<Qp> {
+    /// Inserts `v` as number `k`, returning the object it replaces.
+    fn insert(&mut self, k: u32, v: T) -> Option<T> {
         match self.keys.binary_search(&k) {
-            Ok(i) => Some(core::mem::replace(&mut self.vals[i], q)),
+            Ok(i) => self.vals.get_mut(i).map(|old| core::mem::replace(old, v)),
             Err(i) => {
                 self.keys.insert(i, k);
-                self.vals.insert(i, q);
+                self.vals.insert(i, v);
                 None
             }
         }
     }
 
-    fn remove(&mut self, k: &u32) -> Option<Qp> {
+    fn remove(&mut self, k: &u32) -> Option<T> {
         let i = self.index(*k)?;
         self.keys.remove(i);
         Some(self.vals.remove(i))
@@ -248,18 +248,18 @@ impl QpTable {
         self.keys.iter()
     }
 
-    fn values(&self) -> core::slice::Iter<'_, Qp> {
+    fn values(&self) -> core::slice::Iter<'_, T> {
         self.vals.iter()
     }
 
-    fn iter(&self) -> core::iter::Zip<core::slice::Iter<'_, u32>, core::slice::Iter<'_, Qp>> {
+    fn iter(&self) -> core::iter::Zip<core::slice::Iter<'_, u32>, core::slice::Iter<'_, T>> {
         self.keys.iter().zip(self.vals.iter())
     }
 }
 
-impl<'a> IntoIterator for &'a QpTable {
-    type Item = (&'a u32, &'a Qp);
-    type IntoIter = core::iter::Zip<core::slice::Iter<'a, u32>, core::slice::Iter<'a, Qp>>;
+impl<'a, T> IntoIterator for &'a NumTable<T> {
+    type Item = (&'a u32, &'a T);
+    type IntoIter = core::iter::Zip<core::slice::Iter<'a, u32>, core::slice::Iter<'a, T>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
@@ -295,9 +295,9 @@ pub struct Context {
     next_qpn: u32,
     next_addr: u64,
     pds: BTreeMap<u32, Pd>,
-    mrs: BTreeMap<u32, Mr>,
-    cqs: BTreeMap<u32, Cq>,
-    qps: QpTable,
+    mrs: NumTable<Mr>,
+    cqs: NumTable<Cq>,
+    qps: NumTable<Qp>,
     tx_cursor: u32,
     /// Some queue pair has a frame to send (kept by [`Context::refresh`]
     /// after everything that can change it): an idle poll asks no queue
@@ -314,7 +314,7 @@ pub struct Context {
 /// protection domain, with the access both the region and the queue pair
 /// grant.
 struct PdRegions<'a> {
-    mrs: &'a mut BTreeMap<u32, Mr>,
+    mrs: &'a mut NumTable<Mr>,
     pd: PdHandle,
     qp_access: AccessFlags,
     /// The queue pair's receives, whose scatter lists received SENDs are
@@ -358,7 +358,7 @@ impl RegionTable for PdRegions<'_> {
 /// The bytes an SGE names in `mrs`, if it lies in a region of `pd` with
 /// `need` access.
 fn sge_slice<'m>(
-    mrs: &'m mut BTreeMap<u32, Mr>,
+    mrs: &'m mut NumTable<Mr>,
     pd: PdHandle,
     sge: &Sge,
     need: AccessFlags,
@@ -396,9 +396,9 @@ impl Context {
             next_qpn: 0x11,
             next_addr: MR_BASE,
             pds: BTreeMap::new(),
-            mrs: BTreeMap::new(),
-            cqs: BTreeMap::new(),
-            qps: QpTable::new(),
+            mrs: NumTable::new(),
+            cqs: NumTable::new(),
+            qps: NumTable::new(),
             tx_cursor: 0,
             tx_waiting: false,
             deadline: None,
@@ -1475,7 +1475,7 @@ impl Context {
 /// the general path's.
 fn post_send_one(
     q: &mut Qp,
-    mrs: &mut BTreeMap<u32, Mr>,
+    mrs: &mut NumTable<Mr>,
     now: u64,
     wr: &SendWr,
     sge: &Sge,
@@ -1536,8 +1536,8 @@ fn post_send_one(
 fn deliver_to(
     q: &mut Qp,
     qpn: u32,
-    mrs: &mut BTreeMap<u32, Mr>,
-    cqs: &mut BTreeMap<u32, Cq>,
+    mrs: &mut NumTable<Mr>,
+    cqs: &mut NumTable<Cq>,
     events: &mut Vec<CqHandle>,
     stats: &mut ContextStats,
 ) {
@@ -1643,7 +1643,7 @@ fn deliver_to(
 /// Pushes a completion; `false` (counted, the queue marked overrun) when
 /// the queue is full.
 fn push_wc(
-    cqs: &mut BTreeMap<u32, Cq>,
+    cqs: &mut NumTable<Cq>,
     events: &mut Vec<CqHandle>,
     stats: &mut ContextStats,
     cq: CqHandle,
@@ -1671,7 +1671,7 @@ fn push_wc(
 
 /// Writes `data` across the scatter list; `false` if an entry is no
 /// longer valid (nothing outside regions is written).
-fn scatter(mrs: &mut BTreeMap<u32, Mr>, pd: PdHandle, sgl: &[Sge], data: &[u8]) -> bool {
+fn scatter(mrs: &mut NumTable<Mr>, pd: PdHandle, sgl: &[Sge], data: &[u8]) -> bool {
     scatter_at(mrs, pd, sgl, 0, data)
 }
 
@@ -1679,7 +1679,7 @@ fn scatter(mrs: &mut BTreeMap<u32, Mr>, pd: PdHandle, sgl: &[Sge], data: &[u8]) 
 /// entries before are neither checked nor written); `false` if an entry
 /// written is no longer valid or the list ends first.
 fn scatter_at(
-    mrs: &mut BTreeMap<u32, Mr>,
+    mrs: &mut NumTable<Mr>,
     pd: PdHandle,
     sgl: &[Sge],
     mut offset: usize,
@@ -1713,13 +1713,13 @@ fn scatter_at(
     rest.is_empty()
 }
 
-fn unref(mrs: &mut BTreeMap<u32, Mr>, sge: &Sge) {
+fn unref(mrs: &mut NumTable<Mr>, sge: &Sge) {
     if let Some(m) = mrs.get_mut(&(sge.lkey >> 8)) {
         m.refs = m.refs.saturating_sub(1);
     }
 }
 
-fn release_refs(mrs: &mut BTreeMap<u32, Mr>, q: &Qp) {
+fn release_refs(mrs: &mut NumTable<Mr>, q: &Qp) {
     for s in q.sends.values() {
         for sge in &s.scatter {
             unref(mrs, sge);
