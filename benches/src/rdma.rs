@@ -932,9 +932,10 @@ fn verbs_peer(op: Op, link: FrameLink, total: u64) -> Result<(), String> {
             }
             for i in 0..total {
                 v.spin(start, |v| Ok(v.poll_cq()?.then_some(())))?;
-                // The pong goes from the receive buffer (gathered at
-                // post_send) and leaves at once (the doorbell), then the
-                // receive taken is posted again.
+                // The pong goes from the receive buffer (its frame built
+                // straight from the region at post_send) and leaves at
+                // once (the doorbell), then the receive taken is posted
+                // again.
                 pong.wr_id = i;
                 pong.signaled = i + 1 == total;
                 v.post_send(&pong)?;

@@ -4,7 +4,8 @@
 //! The first input byte picks a mode: raw bytes, or bytes whose IPv4
 //! lengths, IPv4 checksum and ICRC are made consistent first so that the
 //! fuzzer reaches the transport headers. Never panics; whatever parses
-//! rebuilds into a frame that parses to the same headers and payload.
+//! rebuilds into a frame that parses to the same headers and payload, and
+//! rebuilds over old bytes into the same frame.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -58,4 +59,19 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(q.headers, p.headers);
     assert_eq!(q.payload, p.payload);
     assert_eq!(q.endpoints, p.endpoints);
+    // The builder writes every byte of the frame: built over old bytes
+    // (the input's, then ones), it is the same frame, and nothing past it
+    // is written.
+    for fill in [None, Some(0xffu8)] {
+        let mut dirty: Vec<u8> = match fill {
+            None => data.iter().copied().cycle().take(out.len() + 8).collect(),
+            Some(b) => vec![b; out.len() + 8],
+        };
+        let before = dirty.clone();
+        let m = build(&p.endpoints, &p.headers, p.payload, &mut dirty)
+            .expect("a parsed packet must rebuild over old bytes");
+        assert_eq!(m, n);
+        assert_eq!(dirty[..n], out[..n]);
+        assert_eq!(dirty[n..], before[n..]);
+    }
 });

@@ -2,8 +2,10 @@
 //! frames: well-formed RoCE v2 packets addressed to either queue pair, to
 //! a queue pair that does not exist or in the wrong state, from the wrong
 //! peer, with any opcode, PSN, key, address and length; raw bytes; and
-//! posted work (SENDs, WRITEs, READs, atomics, receives), time, state
-//! changes and completion polling. Never panics, never loops, the guard
+//! posted work (SENDs, WRITEs, READs, atomics, receives; of one
+//! scatter/gather entry, the send's fast path, or of two, the general
+//! path, and receives whose SENDs are placed across two entries as they
+//! arrive), time, state changes and completion polling. Never panics, never loops, the guard
 //! region (no remote access) never changes, every region keeps its length,
 //! and a completion queue never holds more than its size.
 #![no_main]
@@ -40,8 +42,8 @@ enum Step {
         payload_len: u16,
     },
     Raw(Vec<u8>),
-    PostRecv { qp: bool, len: u16 },
-    PostSend { qp: bool, kind: u8, len: u16, signaled: bool },
+    PostRecv { qp: bool, len: u16, split: Option<u16> },
+    PostSend { qp: bool, kind: u8, len: u16, signaled: bool, split: Option<u16> },
     Time(u32),
     Modify { qp: bool, state: u8 },
     Poll,
@@ -162,11 +164,13 @@ fuzz_target!(|steps: Vec<Step>| {
                 }
             }
             Step::Raw(bytes) => ctx.handle_frame(&bytes, now),
-            Step::PostRecv { qp, len } => {
-                let sge = Sge { addr: info.addr, length: u32::from(len % 5000), lkey: info.lkey };
-                let _ = ctx.post_recv(qps[usize::from(qp)], &RecvWr { wr_id: 1, sg_list: vec![sge] });
+            Step::PostRecv { qp, len, split } => {
+                let length = u32::from(len % 5000);
+                let sge = Sge { addr: info.addr, length, lkey: info.lkey };
+                let sg_list = split_sge(sge, split);
+                let _ = ctx.post_recv(qps[usize::from(qp)], &RecvWr { wr_id: 1, sg_list });
             }
-            Step::PostSend { qp, kind, len, signaled } => {
+            Step::PostSend { qp, kind, len, signaled, split } => {
                 let remote_addr = 0x1000;
                 let rkey = 0x77;
                 let opcode = match kind % 7 {
@@ -180,7 +184,8 @@ fuzz_target!(|steps: Vec<Step>| {
                 };
                 let length = if kind % 7 >= 5 { 8 } else { u32::from(len % 5000) };
                 let sge = Sge { addr: info.addr + 8, length, lkey: info.lkey };
-                let wr = SendWr { wr_id: 2, sg_list: vec![sge], opcode, signaled };
+                let sg_list = split_sge(sge, split);
+                let wr = SendWr { wr_id: 2, sg_list, opcode, signaled };
                 let _ = ctx.post_send(qps[usize::from(qp)], &wr);
             }
             Step::Time(delta) => {
@@ -219,3 +224,16 @@ fuzz_target!(|steps: Vec<Step>| {
         assert_eq!(ctx.mr_bytes(mr).map(|b| b.len()), Ok(4096));
     }
 });
+
+/// `sge`, or `sge` cut in two at `split` (modulo its length plus one; an
+/// entry may be empty): two entries take the general paths.
+fn split_sge(sge: Sge, split: Option<u16>) -> Vec<Sge> {
+    let Some(at) = split else {
+        return vec![sge];
+    };
+    let at = u32::from(at) % (sge.length + 1);
+    vec![
+        Sge { length: at, ..sge },
+        Sge { addr: sge.addr + u64::from(at), length: sge.length - at, ..sge },
+    ]
+}

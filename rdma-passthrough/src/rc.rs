@@ -234,6 +234,22 @@ pub struct RegionRef<'a> {
 pub trait RegionTable {
     /// The region `rkey` names, if there is one this queue pair may use.
     fn lookup(&mut self, rkey: u32) -> Option<RegionRef<'_>>;
+
+    /// Places `payload`, the bytes of a received SEND that start at
+    /// `offset` in its message, in the buffer of the receive the queue
+    /// pair knows as `wr_id` (the `wr_id` it was posted with): the
+    /// responder calls it for each packet of a message it accepted, after
+    /// its checks (PSN, opcode sequence, the receive's length), so that
+    /// the bytes go from the received frame to their place once. `false`
+    /// (the default): this table does not place receives; the queue pair
+    /// keeps the bytes and hands them over in the completion's
+    /// [`CompletionKind::Recv`] `data`. A table that answers `true` for
+    /// the first packet of a message is given every packet of it, and
+    /// reports a placement it could not make in its own completion; the
+    /// completion's `data` is then empty and `len` the message's length.
+    fn place_recv(&mut self, _wr_id: u64, _offset: usize, _payload: &[u8]) -> bool {
+        false
+    }
 }
 
 /// The queue pair's own regions.
@@ -365,7 +381,8 @@ pub enum CompletionKind {
     Write,
     /// A receive: a SEND arrived (`data`, `len` its length).
     Recv {
-        /// The received message (SEND).
+        /// The received message (SEND); empty when the region table placed
+        /// it ([`RegionTable::place_recv`]).
         data: Vec<u8>,
         /// Bytes received.
         len: usize,
@@ -555,8 +572,15 @@ enum InProgress {
     None,
     Send {
         wr_id: u64,
+        /// The bytes received, when the region table does not place them
+        /// ([`RegionTable::place_recv`]).
         buf: Vec<u8>,
         cap: usize,
+        /// Bytes received so far.
+        len: usize,
+        /// Whether the region table places the bytes (asked at the first
+        /// packet).
+        placed: Option<bool>,
     },
     Write {
         rkey: u32,
@@ -858,6 +882,12 @@ impl QueuePair {
         c
     }
 
+    /// Whether completions wait to be taken.
+    #[inline]
+    pub fn completions_waiting(&self) -> bool {
+        !self.completions.is_empty()
+    }
+
     /// Completions made so far (taken or waiting): a count a driver reads
     /// around every frame it hands over, to learn that one made a
     /// completion.
@@ -950,6 +980,67 @@ impl QueuePair {
         Ok(())
     }
 
+    /// Posts a SEND (`remote` is `None`) or an RDMA WRITE (`remote` is its
+    /// address and key) whose bytes are `data`, borrowed: the fast path of
+    /// a verbs send with one scatter/gather entry. With nothing queued
+    /// ahead and room for it, the message is segmented at once, each
+    /// packet's frame built straight from `data` (no gather into a buffer
+    /// of its own); otherwise `data` is copied into a spare buffer and the
+    /// work request joins the send queue as [`QueuePair::post_send`]'s
+    /// would. Either way the frames, the completion and the errors are
+    /// those of [`QueuePair::post_send`] (`signaled`) or
+    /// [`QueuePair::post_send_unsignaled`] given the same message as a
+    /// [`SendOp`].
+    pub fn post_message(
+        &mut self,
+        wr_id: u64,
+        data: &[u8],
+        remote: Option<(u64, u32)>,
+        imm: Option<[u8; 4]>,
+        signaled: bool,
+    ) -> Result<(), PostError> {
+        if self.error {
+            return Err(PostError::QpError);
+        }
+        if data.len() > MAX_MESSAGE {
+            return Err(PostError::TooLong);
+        }
+        if self.sq.is_empty() {
+            // The footprint of a SEND or WRITE (`SendOp::footprint`).
+            let entries = data.len().div_ceil(self.cfg.pmtu).max(1);
+            if self.outstanding.len() + entries > MAX_OUTSTANDING {
+                return Err(PostError::Full);
+            }
+            let span = u32::try_from(entries).unwrap_or(u32::MAX);
+            if self.admits_span(entries, span) {
+                self.sent_any = true;
+                self.segment_message(wr_id, data, remote, imm, signaled);
+                return Ok(());
+            }
+        }
+        let mut buf = self.take_buffer();
+        buf.extend_from_slice(data);
+        let op = match remote {
+            None => SendOp::Send { data: buf, imm },
+            Some((va, rkey)) => SendOp::Write {
+                data: buf,
+                va,
+                rkey,
+                imm,
+            },
+        };
+        self.post(wr_id, op, signaled)
+    }
+
+    /// Whether the queue pair may have a frame to send: a cheap hint (one
+    /// look at each output queue) that is never `false` when
+    /// [`QueuePair::next_frame_len`] is `Some`; it may be `true` when the
+    /// only requests queued were acknowledged before they left.
+    #[inline]
+    pub fn may_have_output(&self) -> bool {
+        !self.tx.is_empty() || !self.resp.is_empty()
+    }
+
     /// Work requests posted and not yet turned into packets.
     pub fn send_queue_len(&self) -> usize {
         self.sq.len()
@@ -991,17 +1082,27 @@ impl QueuePair {
     /// turned into packets now.
     fn admits(&self, op: &SendOp) -> bool {
         let (entries, span) = op.footprint(self.cfg.pmtu);
+        if !self.admits_span(entries, span) {
+            return false;
+        }
+        if op.is_rd_atomic() {
+            let busy = self.outstanding.iter().filter(|o| o.is_rd_atomic()).count();
+            if busy >= usize::from(self.max_rd_atomic) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether `entries` more outstanding packets taking `span` PSNs fit
+    /// the limits on unacknowledged packets and on the PSN span in flight.
+    #[inline]
+    fn admits_span(&self, entries: usize, span: u32) -> bool {
         if let Some(first) = self.outstanding.front() {
             let in_flight = self.next_psn.forward_from(first.psn);
             if self.outstanding.len() + entries > MAX_OUTSTANDING
                 || in_flight.saturating_add(span) > MAX_PSN_SPAN
             {
-                return false;
-            }
-        }
-        if op.is_rd_atomic() {
-            let busy = self.outstanding.iter().filter(|o| o.is_rd_atomic()).count();
-            if busy >= usize::from(self.max_rd_atomic) {
                 return false;
             }
         }
@@ -1971,12 +2072,25 @@ impl QueuePair {
                     };
                     let mut buf = self.spare.pop().unwrap_or_default();
                     buf.clear();
-                    self.in_progress = InProgress::Send { wr_id, buf, cap };
+                    self.in_progress = InProgress::Send {
+                        wr_id,
+                        buf,
+                        cap,
+                        len: 0,
+                        placed: None,
+                    };
                 }
-                let InProgress::Send { wr_id, buf, cap } = &mut self.in_progress else {
+                let InProgress::Send {
+                    wr_id,
+                    buf,
+                    cap,
+                    len,
+                    placed,
+                } = &mut self.in_progress
+                else {
                     return;
                 };
-                if buf.len() + payload.len() > *cap {
+                if len.saturating_add(payload.len()) > *cap {
                     let wr_id = *wr_id;
                     self.in_progress = InProgress::None;
                     self.completions.push_back(Completion {
@@ -1990,7 +2104,22 @@ impl QueuePair {
                     });
                     return self.nak(bth.psn, NakCode::InvalidRequest);
                 }
-                buf.extend_from_slice(payload);
+                match placed {
+                    None => {
+                        let p = mem.place_recv(*wr_id, *len, payload);
+                        *placed = Some(p);
+                        if !p {
+                            buf.extend_from_slice(payload);
+                        }
+                    }
+                    // The table took the message's first packet: it takes
+                    // them all (and reports its own failures).
+                    Some(true) => {
+                        mem.place_recv(*wr_id, *len, payload);
+                    }
+                    Some(false) => buf.extend_from_slice(payload),
+                }
+                *len += payload.len();
             }
             Operation::RdmaWrite => {
                 if let Some(reth) = h.reth {
@@ -2100,8 +2229,9 @@ impl QueuePair {
             self.msn = (self.msn + 1) & 0x00ff_ffff;
             let done = core::mem::replace(&mut self.in_progress, InProgress::None);
             match done {
-                InProgress::Send { wr_id, buf, .. } => {
-                    let len = buf.len();
+                InProgress::Send {
+                    wr_id, buf, len, ..
+                } => {
                     self.completions.push_back(Completion {
                         wr_id,
                         status: Status::Success,

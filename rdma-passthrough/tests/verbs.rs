@@ -782,6 +782,60 @@ fn frames_are_demultiplexed_and_foreign_ones_counted() {
     );
 }
 
+/// Many queue pairs, some destroyed between others: every frame reaches
+/// the queue pair of its number, and frames for the numbers destroyed
+/// (any number a peer sends) reach none and are counted.
+#[test]
+fn many_queue_pairs_some_destroyed_are_found_by_number() {
+    let (a, b) = connected();
+    let (mut actx, mut bctx) = (a.ctx, b.ctx);
+    let mut pairs = vec![(a.qp, b.qp)];
+    for i in 0..9u32 {
+        let qa = actx.create_qp(a.pd, &init_attr(a.cq)).unwrap();
+        let qb = bctx.create_qp(b.pd, &init_attr(b.cq)).unwrap();
+        connect_qps(&mut actx, qa, &mut bctx, qb, 1000 * i, 7 + i);
+        pairs.push((qa, qb));
+    }
+    let gone = [3usize, 5, 9];
+    for &g in &gone {
+        bctx.destroy_qp(pairs[g].1).unwrap();
+    }
+    // Created after the destructions: a new number, not a reused one.
+    let late = bctx.create_qp(b.pd, &init_attr(b.cq)).unwrap();
+    assert!(pairs.iter().all(|&(_, qb)| qb != late));
+    let mut want = Vec::new();
+    for (i, &(qa, qb)) in pairs.iter().enumerate() {
+        if !gone.contains(&i) {
+            bctx.post_recv(
+                qb,
+                &RecvWr {
+                    wr_id: 100 + i as u64,
+                    sg_list: vec![sge_of(&bctx, b.mr, 16 * i as u64, 16)],
+                },
+            )
+            .unwrap();
+            want.push((100 + i as u64, qb.qp_num(), 4u32));
+        }
+        let sge = sge_of(&actx, a.mr, 0, 4);
+        actx.post_send(qa, &send_wr(i as u64, vec![sge], WrOpcode::Send))
+            .unwrap();
+    }
+    pump(&mut actx, &mut bctx, 0);
+    let mut got: Vec<_> = bctx
+        .poll_cq(b.cq, 100)
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c.status, WcStatus::Success, "{c:?}");
+            (c.wr_id, c.qp_num, c.byte_len)
+        })
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(bctx.stats().unknown_qp, gone.len() as u64);
+}
+
 fn sge_of(ctx: &Context, mr: MrHandle, offset: u64, length: u32) -> Sge {
     {
         let i = ctx.mr_info(mr).unwrap();

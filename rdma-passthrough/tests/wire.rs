@@ -292,6 +292,41 @@ fn every_opcode_round_trips_with_every_payload_length() {
     }
 }
 
+/// The builder writes every byte of the frame (it does not clear the
+/// buffer first): a frame built over old bytes is the frame built over
+/// zeros, pad, zero fields and a short frame's tail included, and the
+/// bytes past the frame are left as they were.
+#[test]
+fn a_frame_built_over_old_bytes_is_the_same_frame() {
+    for op in Opcode::ALL {
+        let l = op.layout();
+        let lens: &[usize] = if !l.payload {
+            &[0]
+        } else if l.position.ends_message() {
+            &[0, 1, 2, 3, 5, 7, 64, 1023]
+        } else {
+            &[0, 4, 64, 1024]
+        };
+        for &len in lens {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 13 + 5) as u8).collect();
+            let h = headers_for(op);
+            let mut clean = vec![0u8; 2048];
+            let n = build(&endpoints(), &h, &payload, &mut clean).unwrap();
+            for old in [0xffu8, 0xa5, 0x01] {
+                let mut dirty = vec![old; 2048];
+                let m = build(&endpoints(), &h, &payload, &mut dirty).unwrap();
+                assert_eq!(m, n, "{op:?} {len}");
+                assert_eq!(dirty[..n], clean[..n], "{op:?} {len} over {old:#x}");
+                assert!(
+                    dirty[n..].iter().all(|&b| b == old),
+                    "{op:?} {len}: wrote past the frame"
+                );
+                parse(&dirty[..n]).unwrap_or_else(|e| panic!("{op:?} {len}: {e}"));
+            }
+        }
+    }
+}
+
 #[test]
 fn builder_refuses_inconsistent_packets() {
     let mut out = [0u8; 256];

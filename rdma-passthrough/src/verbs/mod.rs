@@ -31,8 +31,11 @@
 //!   WRITE (with immediate), RDMA READ, compare-and-swap and fetch-and-add
 //!   (one 8-byte SGE for the original value), signaled or not; receives
 //!   whose lists a received SEND is scattered into. SEND and WRITE sources
-//!   are gathered when posted; READ and atomic results and received SENDs
-//!   are scattered when they complete.
+//!   are read when posted: a single entry's bytes go straight from the
+//!   region into the packets' frames, several entries are gathered into a
+//!   buffer first. A received SEND is scattered packet by packet, from the
+//!   frame's private copy, as each packet is accepted; READ and atomic
+//!   results are scattered when they complete.
 //! - completions with the work request id, status, opcode, byte count,
 //!   immediate data and queue pair number.
 //!
@@ -125,6 +128,12 @@ struct SendCtx {
 struct RecvCtx {
     wr_id: u64,
     sgl: Vec<Sge>,
+    /// The message's bytes were placed in the scatter list as they
+    /// arrived ([`RegionTable::place_recv`]).
+    placed: bool,
+    /// A placement failed (an entry no longer valid): the completion is a
+    /// local protection error.
+    place_failed: bool,
 }
 
 /// Work requests in flight by token, in the order posted (tokens grow):
@@ -158,6 +167,11 @@ impl<T> Pending<T> {
         self.0.get(self.position(token)?).map(|(_, v)| v)
     }
 
+    fn get_mut(&mut self, token: u64) -> Option<&mut T> {
+        let i = self.position(token)?;
+        self.0.get_mut(i).map(|(_, v)| v)
+    }
+
     fn remove(&mut self, token: u64) -> Option<T> {
         let i = self.position(token)?;
         self.0.remove(i).map(|(_, v)| v)
@@ -169,6 +183,86 @@ impl<T> Pending<T> {
 
     fn clear(&mut self) {
         self.0.clear();
+    }
+}
+
+/// Queue pairs, memory regions and completion queues by number: the
+/// numbers sorted in one array, the objects at the same index in another.
+/// A lookup is a binary search of a few dense words (a received frame's
+/// destination QP or a peer's rkey, any number a peer chooses, finds
+/// nothing or the one object with that number), and a walk over every
+/// object (the summary, the round robin of the transmit) reads the
+/// arrays in order, in number order as a map's keys were. Creation and
+/// destruction, rare, move the entries after the number.
+struct NumTable<T> {
+    keys: Vec<u32>,
+    vals: Vec<T>,
+}
+
+impl<T> NumTable<T> {
+    const fn new() -> NumTable<T> {
+        NumTable {
+            keys: Vec::new(),
+            vals: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn index(&self, k: u32) -> Option<usize> {
+        self.keys.binary_search(&k).ok()
+    }
+
+    fn contains_key(&self, k: &u32) -> bool {
+        self.index(*k).is_some()
+    }
+
+    #[inline]
+    fn get(&self, k: &u32) -> Option<&T> {
+        self.index(*k).and_then(|i| self.vals.get(i))
+    }
+
+    #[inline]
+    fn get_mut(&mut self, k: &u32) -> Option<&mut T> {
+        self.index(*k).and_then(|i| self.vals.get_mut(i))
+    }
+
+    /// Inserts `v` as number `k`, returning the object it replaces.
+    fn insert(&mut self, k: u32, v: T) -> Option<T> {
+        match self.keys.binary_search(&k) {
+            Ok(i) => self.vals.get_mut(i).map(|old| core::mem::replace(old, v)),
+            Err(i) => {
+                self.keys.insert(i, k);
+                self.vals.insert(i, v);
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &u32) -> Option<T> {
+        let i = self.index(*k)?;
+        self.keys.remove(i);
+        Some(self.vals.remove(i))
+    }
+
+    fn keys(&self) -> core::slice::Iter<'_, u32> {
+        self.keys.iter()
+    }
+
+    fn values(&self) -> core::slice::Iter<'_, T> {
+        self.vals.iter()
+    }
+
+    fn iter(&self) -> core::iter::Zip<core::slice::Iter<'_, u32>, core::slice::Iter<'_, T>> {
+        self.keys.iter().zip(self.vals.iter())
+    }
+}
+
+impl<'a, T> IntoIterator for &'a NumTable<T> {
+    type Item = (&'a u32, &'a T);
+    type IntoIter = core::iter::Zip<core::slice::Iter<'a, u32>, core::slice::Iter<'a, T>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
     }
 }
 
@@ -201,9 +295,9 @@ pub struct Context {
     next_qpn: u32,
     next_addr: u64,
     pds: BTreeMap<u32, Pd>,
-    mrs: BTreeMap<u32, Mr>,
-    cqs: BTreeMap<u32, Cq>,
-    qps: BTreeMap<u32, Qp>,
+    mrs: NumTable<Mr>,
+    cqs: NumTable<Cq>,
+    qps: NumTable<Qp>,
     tx_cursor: u32,
     /// Some queue pair has a frame to send (kept by [`Context::refresh`]
     /// after everything that can change it): an idle poll asks no queue
@@ -220,9 +314,12 @@ pub struct Context {
 /// protection domain, with the access both the region and the queue pair
 /// grant.
 struct PdRegions<'a> {
-    mrs: &'a mut BTreeMap<u32, Mr>,
+    mrs: &'a mut NumTable<Mr>,
     pd: PdHandle,
     qp_access: AccessFlags,
+    /// The queue pair's receives, whose scatter lists received SENDs are
+    /// placed in.
+    recvs: &'a mut Pending<RecvCtx>,
 }
 
 impl RegionTable for PdRegions<'_> {
@@ -242,12 +339,26 @@ impl RegionTable for PdRegions<'_> {
             data: &mut mr.data,
         })
     }
+
+    /// Scatters the bytes straight from the received frame's private copy
+    /// into the receive's list (checked as `scatter` checks it): the
+    /// queue pair keeps no copy of its own.
+    fn place_recv(&mut self, wr_id: u64, offset: usize, payload: &[u8]) -> bool {
+        let Some(r) = self.recvs.get_mut(wr_id) else {
+            return false;
+        };
+        if !r.place_failed && !scatter_at(self.mrs, self.pd, &r.sgl, offset, payload) {
+            r.place_failed = true;
+        }
+        r.placed = true;
+        true
+    }
 }
 
 /// The bytes an SGE names in `mrs`, if it lies in a region of `pd` with
 /// `need` access.
 fn sge_slice<'m>(
-    mrs: &'m mut BTreeMap<u32, Mr>,
+    mrs: &'m mut NumTable<Mr>,
     pd: PdHandle,
     sge: &Sge,
     need: AccessFlags,
@@ -285,9 +396,9 @@ impl Context {
             next_qpn: 0x11,
             next_addr: MR_BASE,
             pds: BTreeMap::new(),
-            mrs: BTreeMap::new(),
-            cqs: BTreeMap::new(),
-            qps: BTreeMap::new(),
+            mrs: NumTable::new(),
+            cqs: NumTable::new(),
+            qps: NumTable::new(),
             tx_cursor: 0,
             tx_waiting: false,
             deadline: None,
@@ -852,7 +963,8 @@ impl Context {
     }
 
     fn post_send_inner(&mut self, qp: QpHandle, wr: &SendWr) -> Result<(), VerbsError> {
-        let q = self.qps.get_mut(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
+        let Context { qps, mrs, now, .. } = self;
+        let q = qps.get_mut(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
         if q.state != QpState::Rts {
             return Err(VerbsError::WrongState {
                 state: q.state,
@@ -881,6 +993,16 @@ impl Context {
             });
         }
         let pd = q.pd;
+        if let (
+            WrOpcode::Send
+            | WrOpcode::SendWithImm(_)
+            | WrOpcode::RdmaWrite { .. }
+            | WrOpcode::RdmaWriteWithImm { .. },
+            [sge],
+        ) = (wr.opcode, wr.sg_list.as_slice())
+        {
+            return post_send_one(q, mrs, *now, wr, sge);
+        }
         // A spare buffer of the queue pair's (given back once segmented).
         let mut data =
             q.rc.as_mut()
@@ -904,8 +1026,8 @@ impl Context {
             AccessFlags::NONE
         };
         for (index, sge) in wr.sg_list.iter().enumerate() {
-            let bytes = sge_slice(&mut self.mrs, pd, sge, need)
-                .map_err(|why| VerbsError::BadSge { index, why })?;
+            let bytes =
+                sge_slice(mrs, pd, sge, need).map_err(|why| VerbsError::BadSge { index, why })?;
             if !scatters {
                 data.extend_from_slice(bytes);
             }
@@ -977,9 +1099,6 @@ impl Context {
                 WcOpcode::FetchAdd,
             ),
         };
-        let Some(q) = self.qps.get_mut(&qp.0) else {
-            return Err(VerbsError::NoSuchQp(qp.0));
-        };
         let Some(rc) = q.rc.as_mut() else {
             return Err(VerbsError::WrongState {
                 state: q.state,
@@ -989,7 +1108,7 @@ impl Context {
         let token = q.next_token;
         // The queue pair arms its ACK timer from its own clock: bring it to
         // the context's (see `Context::advance_time`).
-        rc.advance_time(self.now);
+        rc.advance_time(*now);
         let signaled = wr.signaled || q.init.sq_sig_all;
         if signaled {
             rc.post_send(token, op)
@@ -1006,7 +1125,7 @@ impl Context {
             Vec::new()
         };
         for s in &scatter {
-            if let Some(m) = self.mrs.get_mut(&(s.lkey >> 8)) {
+            if let Some(m) = mrs.get_mut(&(s.lkey >> 8)) {
                 m.refs += 1;
             }
         }
@@ -1026,13 +1145,19 @@ impl Context {
     /// Posts a receive work request (INIT, RTR, RTS; in ERR it completes
     /// flushed).
     pub fn post_recv(&mut self, qp: QpHandle, wr: &RecvWr) -> Result<(), VerbsError> {
-        let r = self.post_recv_inner(qp, wr);
-        self.refresh();
-        r
+        // A receive queued changes no frame to send and no timer: the
+        // summary is brought up to date only when completions moved (a
+        // queue pair in the error state flushes it at once).
+        if self.post_recv_inner(qp, wr)? {
+            self.refresh();
+        }
+        Ok(())
     }
 
-    fn post_recv_inner(&mut self, qp: QpHandle, wr: &RecvWr) -> Result<(), VerbsError> {
-        let q = self.qps.get_mut(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
+    /// Posts the receive; `Ok(true)` when completions were delivered.
+    fn post_recv_inner(&mut self, qp: QpHandle, wr: &RecvWr) -> Result<bool, VerbsError> {
+        let Context { qps, mrs, .. } = self;
+        let q = qps.get_mut(&qp.0).ok_or(VerbsError::NoSuchQp(qp.0))?;
         if q.state == QpState::Reset {
             return Err(VerbsError::WrongState {
                 state: q.state,
@@ -1054,18 +1179,15 @@ impl Context {
         }
         let pd = q.pd;
         for (index, sge) in wr.sg_list.iter().enumerate() {
-            sge_slice(&mut self.mrs, pd, sge, AccessFlags::LOCAL_WRITE)
+            sge_slice(mrs, pd, sge, AccessFlags::LOCAL_WRITE)
                 .map_err(|why| VerbsError::BadSge { index, why })?;
         }
         let cap: usize = wr.sg_list.iter().map(|s| s.length as usize).sum();
         for s in &wr.sg_list {
-            if let Some(m) = self.mrs.get_mut(&(s.lkey >> 8)) {
+            if let Some(m) = mrs.get_mut(&(s.lkey >> 8)) {
                 m.refs += 1;
             }
         }
-        let Some(q) = self.qps.get_mut(&qp.0) else {
-            return Err(VerbsError::NoSuchQp(qp.0));
-        };
         let token = q.next_token;
         q.next_token += 1;
         let mut sgl = q.spare_sgls.pop().unwrap_or_default();
@@ -1076,17 +1198,28 @@ impl Context {
             RecvCtx {
                 wr_id: wr.wr_id,
                 sgl,
+                placed: false,
+                place_failed: false,
             },
         );
-        match q.rc.as_mut() {
-            Some(rc) => rc.post_recv(token, cap),
-            None => q.early_recvs.push_back(token),
-        }
-        if q.state == QpState::Err {
+        let completions = match q.rc.as_mut() {
+            Some(rc) => {
+                rc.post_recv(token, cap);
+                rc.completions_waiting()
+            }
+            None => {
+                q.early_recvs.push_back(token);
+                false
+            }
+        };
+        let flush = q.state == QpState::Err;
+        if flush {
             self.flush_early(qp.0);
         }
-        self.deliver(qp.0);
-        Ok(())
+        if completions {
+            self.deliver(qp.0);
+        }
+        Ok(flush || completions)
     }
 
     // The transport pump.
@@ -1158,11 +1291,23 @@ impl Context {
             mrs: &mut self.mrs,
             pd: q.pd,
             qp_access: q.access,
+            recvs: &mut q.recvs,
         };
         let placed = rc.writes_placed();
         rc.receive_packet(&p, &mut table);
         self.stats.writes_placed += rc.writes_placed().wrapping_sub(placed);
-        self.deliver(qpn);
+        // Most frames (an ACK of unsignaled sends, a packet inside a
+        // message) make no completion and change no state.
+        if rc.completions_waiting() || (rc.is_error() && q.state != QpState::Err) {
+            deliver_to(
+                q,
+                qpn,
+                &mut self.mrs,
+                &mut self.cqs,
+                &mut self.events,
+                &mut self.stats,
+            );
+        }
     }
 
     /// The next frame to send, from any queue pair (round robin).
@@ -1265,7 +1410,8 @@ impl Context {
         let mut deadline: Option<u64> = None;
         for q in self.qps.values() {
             if let Some(rc) = q.rc.as_ref() {
-                waiting |= rc.next_frame_len().is_some();
+                // A hint: `next_frame_len` asks the queue pairs again.
+                waiting |= rc.may_have_output();
                 if let Some(d) = rc.next_deadline() {
                     deadline = Some(deadline.map_or(d, |e| e.min(d)));
                 }
@@ -1307,108 +1453,197 @@ impl Context {
         let Some(q) = self.qps.get_mut(&qpn) else {
             return;
         };
-        let Some(rc) = q.rc.as_mut() else {
-            return;
-        };
-        let mut overrun = false;
-        while let Some(c) = rc.poll_completion() {
-            let status = wc_status(c.status);
-            let (cq, wc) = match c.kind {
-                CompletionKind::Recv { .. } | CompletionKind::RecvRdmaWithImm { .. } => {
-                    let Some(r) = q.recvs.remove(c.wr_id) else {
-                        continue;
-                    };
-                    let mut wc = WorkCompletion {
-                        wr_id: r.wr_id,
-                        status,
-                        opcode: WcOpcode::Recv,
-                        byte_len: 0,
-                        imm_data: None,
-                        qp_num: qpn,
-                    };
-                    match c.kind {
-                        CompletionKind::Recv { data, imm, .. } => {
-                            wc.imm_data = imm.map(u32::from_be_bytes);
-                            wc.byte_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-                            if status == WcStatus::Success
-                                && !scatter(&mut self.mrs, q.pd, &r.sgl, &data)
-                            {
-                                wc.status = WcStatus::LocProtErr;
-                            }
-                            rc.recycle(data);
-                        }
-                        CompletionKind::RecvRdmaWithImm { len, imm } => {
-                            wc.opcode = WcOpcode::RecvRdmaWithImm;
-                            wc.imm_data = Some(u32::from_be_bytes(imm));
-                            wc.byte_len = u32::try_from(len).unwrap_or(u32::MAX);
-                        }
-                        _ => {}
-                    }
-                    for s in &r.sgl {
-                        unref(&mut self.mrs, s);
-                    }
-                    if q.spare_sgls.len() < SPARE_SGLS && r.sgl.len() <= MAX_SGE as usize {
-                        q.spare_sgls.push(r.sgl);
-                    }
-                    (q.init.recv_cq, wc)
-                }
-                kind => {
-                    let Some(s) = q.sends.remove(c.wr_id) else {
-                        continue;
-                    };
-                    let mut wc = WorkCompletion {
-                        wr_id: s.wr_id,
-                        status,
-                        opcode: s.opcode,
-                        byte_len: s.byte_len,
-                        imm_data: None,
-                        qp_num: qpn,
-                    };
-                    if status == WcStatus::Success {
-                        let ok = match kind {
-                            CompletionKind::Read { data } => {
-                                scatter(&mut self.mrs, q.pd, &s.scatter, &data)
-                            }
-                            CompletionKind::Atomic { orig } => {
-                                scatter(&mut self.mrs, q.pd, &s.scatter, &orig.to_le_bytes())
-                            }
-                            _ => true,
+        deliver_to(
+            q,
+            qpn,
+            &mut self.mrs,
+            &mut self.cqs,
+            &mut self.events,
+            &mut self.stats,
+        );
+    }
+}
+
+/// The fast path of [`Context::post_send`] (its checks of the queue
+/// pair, queue depth and entry count done on the queue pair it looked
+/// up): a SEND or RDMA WRITE (with or without immediate) of one
+/// scatter/gather entry. The entry is
+/// checked as the general path checks it, and its bytes go from the
+/// region straight into the packets' frames
+/// ([`QueuePair::post_message`]): no gather into a buffer, one lookup
+/// of the queue pair and of the region. The frames and completions are
+/// the general path's.
+fn post_send_one(
+    q: &mut Qp,
+    mrs: &mut NumTable<Mr>,
+    now: u64,
+    wr: &SendWr,
+    sge: &Sge,
+) -> Result<(), VerbsError> {
+    let bytes = sge_slice(mrs, q.pd, sge, AccessFlags::NONE)
+        .map_err(|why| VerbsError::BadSge { index: 0, why })?;
+    let (remote, imm, opcode) = match wr.opcode {
+        WrOpcode::Send => (None, None, WcOpcode::Send),
+        WrOpcode::SendWithImm(imm) => (None, Some(imm.to_be_bytes()), WcOpcode::Send),
+        WrOpcode::RdmaWrite { remote_addr, rkey } => {
+            (Some((remote_addr, rkey)), None, WcOpcode::RdmaWrite)
+        }
+        WrOpcode::RdmaWriteWithImm {
+            remote_addr,
+            rkey,
+            imm,
+        } => (
+            Some((remote_addr, rkey)),
+            Some(imm.to_be_bytes()),
+            WcOpcode::RdmaWrite,
+        ),
+        _ => {
+            return Err(VerbsError::BadSge {
+                index: 0,
+                why: "only a SEND or RDMA WRITE gathers its entry",
+            })
+        }
+    };
+    let Some(rc) = q.rc.as_mut() else {
+        return Err(VerbsError::WrongState {
+            state: q.state,
+            what: "send work request",
+        });
+    };
+    let token = q.next_token;
+    // The queue pair arms its ACK timer from its own clock: bring it to
+    // the context's (see `Context::advance_time`).
+    rc.advance_time(now);
+    let signaled = wr.signaled || q.init.sq_sig_all;
+    rc.post_message(token, bytes, remote, imm, signaled)
+        .map_err(VerbsError::Post)?;
+    q.next_token += 1;
+    q.sends.insert(
+        token,
+        SendCtx {
+            wr_id: wr.wr_id,
+            signaled,
+            opcode,
+            byte_len: sge.length,
+            scatter: Vec::new(),
+        },
+    );
+    Ok(())
+}
+
+/// [`Context::deliver`] of the queue pair `q` (number `qpn`), looked
+/// up by the caller.
+fn deliver_to(
+    q: &mut Qp,
+    qpn: u32,
+    mrs: &mut NumTable<Mr>,
+    cqs: &mut NumTable<Cq>,
+    events: &mut Vec<CqHandle>,
+    stats: &mut ContextStats,
+) {
+    let Some(rc) = q.rc.as_mut() else {
+        return;
+    };
+    let mut overrun = false;
+    while let Some(c) = rc.poll_completion() {
+        let status = wc_status(c.status);
+        let (cq, wc) = match c.kind {
+            CompletionKind::Recv { .. } | CompletionKind::RecvRdmaWithImm { .. } => {
+                let Some(r) = q.recvs.remove(c.wr_id) else {
+                    continue;
+                };
+                let mut wc = WorkCompletion {
+                    wr_id: r.wr_id,
+                    status,
+                    opcode: WcOpcode::Recv,
+                    byte_len: 0,
+                    imm_data: None,
+                    qp_num: qpn,
+                };
+                match c.kind {
+                    CompletionKind::Recv { data, imm, len } => {
+                        wc.imm_data = imm.map(u32::from_be_bytes);
+                        wc.byte_len = u32::try_from(len).unwrap_or(u32::MAX);
+                        // Placed as it arrived, or handed over here.
+                        let ok = if r.placed {
+                            !r.place_failed
+                        } else {
+                            scatter(mrs, q.pd, &r.sgl, &data)
                         };
-                        if !ok {
+                        if status == WcStatus::Success && !ok {
                             wc.status = WcStatus::LocProtErr;
                         }
+                        rc.recycle(data);
                     }
-                    for sge in &s.scatter {
-                        unref(&mut self.mrs, sge);
+                    CompletionKind::RecvRdmaWithImm { len, imm } => {
+                        wc.opcode = WcOpcode::RecvRdmaWithImm;
+                        wc.imm_data = Some(u32::from_be_bytes(imm));
+                        wc.byte_len = u32::try_from(len).unwrap_or(u32::MAX);
                     }
-                    if wc.status == WcStatus::Success && !s.signaled {
-                        continue;
-                    }
-                    (q.init.send_cq, wc)
+                    _ => {}
                 }
-            };
-            if !push_wc(&mut self.cqs, &mut self.events, &mut self.stats, cq, wc) {
-                overrun = true;
+                for s in &r.sgl {
+                    unref(mrs, s);
+                }
+                if q.spare_sgls.len() < SPARE_SGLS && r.sgl.len() <= MAX_SGE as usize {
+                    q.spare_sgls.push(r.sgl);
+                }
+                (q.init.recv_cq, wc)
             }
+            kind => {
+                let Some(s) = q.sends.remove(c.wr_id) else {
+                    continue;
+                };
+                let mut wc = WorkCompletion {
+                    wr_id: s.wr_id,
+                    status,
+                    opcode: s.opcode,
+                    byte_len: s.byte_len,
+                    imm_data: None,
+                    qp_num: qpn,
+                };
+                if status == WcStatus::Success {
+                    let ok = match kind {
+                        CompletionKind::Read { data } => scatter(mrs, q.pd, &s.scatter, &data),
+                        CompletionKind::Atomic { orig } => {
+                            scatter(mrs, q.pd, &s.scatter, &orig.to_le_bytes())
+                        }
+                        _ => true,
+                    };
+                    if !ok {
+                        wc.status = WcStatus::LocProtErr;
+                    }
+                }
+                for sge in &s.scatter {
+                    unref(mrs, sge);
+                }
+                if wc.status == WcStatus::Success && !s.signaled {
+                    continue;
+                }
+                (q.init.send_cq, wc)
+            }
+        };
+        if !push_wc(cqs, events, stats, cq, wc) {
+            overrun = true;
         }
-        if overrun {
-            log::warn!("QP {qpn:#x}: completion queue overrun; entering the error state");
-            rc.enter_error();
-        }
-        if rc.is_error() && q.state != QpState::Err {
-            q.state = QpState::Err;
-        }
-        if overrun {
-            // The flushed completions of the error state.
-            self.deliver(qpn);
-        }
+    }
+    if overrun {
+        log::warn!("QP {qpn:#x}: completion queue overrun; entering the error state");
+        rc.enter_error();
+    }
+    if rc.is_error() && q.state != QpState::Err {
+        q.state = QpState::Err;
+    }
+    if overrun {
+        // The flushed completions of the error state.
+        deliver_to(q, qpn, mrs, cqs, events, stats);
     }
 }
 
 /// Pushes a completion; `false` (counted, the queue marked overrun) when
 /// the queue is full.
 fn push_wc(
-    cqs: &mut BTreeMap<u32, Cq>,
+    cqs: &mut NumTable<Cq>,
     events: &mut Vec<CqHandle>,
     stats: &mut ContextStats,
     cq: CqHandle,
@@ -1436,15 +1671,38 @@ fn push_wc(
 
 /// Writes `data` across the scatter list; `false` if an entry is no
 /// longer valid (nothing outside regions is written).
-fn scatter(mrs: &mut BTreeMap<u32, Mr>, pd: PdHandle, sgl: &[Sge], data: &[u8]) -> bool {
+fn scatter(mrs: &mut NumTable<Mr>, pd: PdHandle, sgl: &[Sge], data: &[u8]) -> bool {
+    scatter_at(mrs, pd, sgl, 0, data)
+}
+
+/// Writes `data` across the scatter list from byte `offset` of it (the
+/// entries before are neither checked nor written); `false` if an entry
+/// written is no longer valid or the list ends first.
+fn scatter_at(
+    mrs: &mut NumTable<Mr>,
+    pd: PdHandle,
+    sgl: &[Sge],
+    mut offset: usize,
+    data: &[u8],
+) -> bool {
     let mut rest = data;
     for sge in sgl {
         if rest.is_empty() {
             break;
         }
+        let len = sge.length as usize;
+        if offset >= len {
+            offset -= len;
+            continue;
+        }
         let Ok(dst) = sge_slice(mrs, pd, sge, AccessFlags::LOCAL_WRITE) else {
             return false;
         };
+        // `offset < len`, the entry's length.
+        let Some(dst) = dst.get_mut(offset..) else {
+            return false;
+        };
+        offset = 0;
         let n = dst.len().min(rest.len());
         let (now, later) = rest.split_at(n);
         if let Some(d) = dst.get_mut(..n) {
@@ -1455,13 +1713,13 @@ fn scatter(mrs: &mut BTreeMap<u32, Mr>, pd: PdHandle, sgl: &[Sge], data: &[u8]) 
     rest.is_empty()
 }
 
-fn unref(mrs: &mut BTreeMap<u32, Mr>, sge: &Sge) {
+fn unref(mrs: &mut NumTable<Mr>, sge: &Sge) {
     if let Some(m) = mrs.get_mut(&(sge.lkey >> 8)) {
         m.refs = m.refs.saturating_sub(1);
     }
 }
 
-fn release_refs(mrs: &mut BTreeMap<u32, Mr>, q: &Qp) {
+fn release_refs(mrs: &mut NumTable<Mr>, q: &Qp) {
     for s in q.sends.values() {
         for sge in &s.scatter {
             unref(mrs, sge);
