@@ -358,6 +358,27 @@ pub struct ApexParams {
     /// request goes at the latest this long after the first batch that
     /// held it back so; ns, default 50 ms, at least 1 us.
     pub isolation_max_hold_ns: u64,
+    /// Adaptive isolation (see the module docs): isolation mode whose cap
+    /// on background bytes in flight is a window that follows the
+    /// latency-sensitive queues' completions, open (no isolation, work
+    /// conservation) while they keep well within their deadlines, cut by
+    /// half when they come close, grown back by
+    /// [`ApexParams::adaptive_step_bytes`] when they recover. Ignored when
+    /// [`ApexParams::isolation`] is on (a fixed cap). Default off.
+    pub adaptive_isolation: bool,
+    /// Adaptive isolation: an observation window in which more than this
+    /// share of the latency-sensitive completions took more than
+    /// [`ApexParams::guard_permille`] of their relative deadline cuts the
+    /// window, per-mille (default 50). A completion past its deadline cuts
+    /// it at once.
+    pub adaptive_late_permille: u64,
+    /// Adaptive isolation: what an observation window with no completion
+    /// over the guard adds to the window, bytes (default 1 MiB, at least
+    /// 4 KiB); a cut that leaves less than this closes it to 0.
+    pub adaptive_step_bytes: u64,
+    /// Adaptive isolation: the window opens again (no cap) once it grows
+    /// to this many bytes (default 32 MiB).
+    pub adaptive_open_bytes: u64,
 }
 
 impl Default for ApexParams {
@@ -376,6 +397,10 @@ impl Default for ApexParams {
             isolation_window_ns: 10_000_000,
             isolation_be_bytes: 0,
             isolation_max_hold_ns: 50_000_000,
+            adaptive_isolation: false,
+            adaptive_late_permille: 50,
+            adaptive_step_bytes: 1 << 20,
+            adaptive_open_bytes: 32 << 20,
         }
     }
 }
@@ -520,6 +545,164 @@ struct Isolation {
     /// The last batch found every latency-sensitive queue quiet: the
     /// background completions since then feed [`Isolation::ramp`].
     quiet: bool,
+}
+
+/// Adaptive isolation's observation window lasts this many of the
+/// smallest relative deadline among its completions (at least
+/// [`Adaptive::MIN_WINDOW_NS`]).
+const ADAPTIVE_WINDOW_DEADLINES: u64 = 8;
+
+/// Adaptive isolation's controller (see the module docs): the cap on
+/// background bytes in flight while a latency-sensitive queue is active.
+#[derive(Clone, Debug, Default)]
+struct Adaptive {
+    /// The cap, bytes; `None`: open (no isolation).
+    window: Option<u64>,
+    /// Start of the current observation window.
+    start: Nanos,
+    /// The smallest relative deadline of its completions.
+    rel_min: u64,
+    /// Latency-sensitive completions in it.
+    samples: u32,
+    /// Of them, those over the guard.
+    late: u32,
+    /// The last cut.
+    last_cut: Option<Nanos>,
+    /// Cuts and steps up so far.
+    cuts: u64,
+    grows: u64,
+    /// Cuts that closed the window (to 0) since it was last open: a
+    /// closed window waits `2^(closes-1)` clean observation windows (at
+    /// most [`ADAPTIVE_MAX_BACKOFF`]) before it lets a background
+    /// request go again, so a device on which even one background request
+    /// in flight makes latency-sensitive requests late is probed less and
+    /// less often.
+    closes: u32,
+    /// Clean observation windows in a row while closed.
+    clean: u32,
+}
+
+/// The most clean observation windows a closed adaptive window waits
+/// before it lets a background request go again.
+const ADAPTIVE_MAX_BACKOFF: u32 = 32;
+
+/// What adaptive isolation's controller did, for a look from outside
+/// ([`ApexPolicy::adaptive_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdaptiveState {
+    /// The cap on background bytes in flight while a latency-sensitive
+    /// queue is active; `None`: open.
+    pub window_bytes: Option<u64>,
+    /// Cuts (multiplicative decreases) so far.
+    pub cuts: u64,
+    /// Steps up (additive increases) so far.
+    pub grows: u64,
+}
+
+impl Adaptive {
+    /// The shortest observation window, ns.
+    const MIN_WINDOW_NS: u64 = 2_000_000;
+    /// Completions a window needs before it decides (a window of sparse
+    /// completions decides with what it has after 16 times its length).
+    const MIN_SAMPLES: u32 = 8;
+
+    /// One latency-sensitive completion: `latency` from submission against
+    /// its relative deadline `rel`; `be_bytes` background bytes are in
+    /// flight (where a cut from open starts).
+    fn observe(&mut self, now: Nanos, latency: u64, rel: u64, be_bytes: u64, p: &ApexParams) {
+        let rel = rel.max(1);
+        if self.samples == 0 {
+            self.rel_min = rel;
+            if self.start == 0 || now < self.start {
+                self.start = now;
+            }
+        } else {
+            self.rel_min = self.rel_min.min(rel);
+        }
+        self.samples = self.samples.saturating_add(1);
+        if latency as u128 * 1000 > rel as u128 * p.guard_permille as u128 {
+            self.late = self.late.saturating_add(1);
+        }
+        let cooled = |s: &Self| s.last_cut.is_none_or(|t| now.saturating_sub(t) >= rel);
+        if latency > rel && cooled(self) {
+            // A miss: cut now, not at the end of the window.
+            self.cut(now, be_bytes, p);
+            return;
+        }
+        let length = self
+            .rel_min
+            .saturating_mul(ADAPTIVE_WINDOW_DEADLINES)
+            .max(Self::MIN_WINDOW_NS);
+        let elapsed = now.saturating_sub(self.start);
+        if elapsed < length
+            || (self.samples < Self::MIN_SAMPLES && elapsed < length.saturating_mul(16))
+        {
+            return;
+        }
+        let over = self.late as u128 * 1000 > self.samples as u128 * p.adaptive_late_permille as u128;
+        if over && cooled(self) {
+            self.cut(now, be_bytes, p);
+            return;
+        }
+        if self.late == 0 {
+            match self.window {
+                Some(0) => {
+                    self.clean = self.clean.saturating_add(1);
+                    let wait = 1u32
+                        .checked_shl(self.closes.saturating_sub(1))
+                        .unwrap_or(u32::MAX)
+                        .min(ADAPTIVE_MAX_BACKOFF);
+                    if self.clean >= wait {
+                        self.grow(p);
+                    }
+                }
+                Some(_) => self.grow(p),
+                None => {}
+            }
+        } else {
+            self.clean = 0;
+        }
+        self.reset(now);
+    }
+
+    /// Additive increase: one step; at the open size the window opens.
+    fn grow(&mut self, p: &ApexParams) {
+        let Some(w) = self.window else {
+            return;
+        };
+        let up = w.saturating_add(p.adaptive_step_bytes.max(4096));
+        self.window = (up < p.adaptive_open_bytes).then_some(up);
+        if self.window.is_none() {
+            self.closes = 0;
+        }
+        self.clean = 0;
+        self.grows = self.grows.saturating_add(1);
+    }
+
+    /// Multiplicative decrease: half the window (from open, half the
+    /// background bytes in flight, at most half the open size); less than
+    /// one step closes it.
+    fn cut(&mut self, now: Nanos, be_bytes: u64, p: &ApexParams) {
+        let base = self
+            .window
+            .unwrap_or_else(|| be_bytes.min(p.adaptive_open_bytes));
+        let half = base / 2;
+        let closed = half < p.adaptive_step_bytes.max(4096);
+        if closed && self.window != Some(0) {
+            self.closes = self.closes.saturating_add(1);
+        }
+        self.window = Some(if closed { 0 } else { half });
+        self.clean = 0;
+        self.last_cut = Some(now);
+        self.cuts = self.cuts.saturating_add(1);
+        self.reset(now);
+    }
+
+    fn reset(&mut self, now: Nanos) {
+        self.start = now;
+        self.samples = 0;
+        self.late = 0;
+    }
 }
 
 /// A real-time queue is silent for at least this many of its default
@@ -710,6 +893,7 @@ pub struct ApexPolicy {
     params: ApexParams,
     throttle: Throttle,
     isolation: Isolation,
+    adaptive: Adaptive,
     queues: BTreeMap<QueueId, ApexQueue>,
     /// Per class rank, the head of every non-empty queue of that class,
     /// sorted (a binary search and a short move per change; the vectors
@@ -754,6 +938,33 @@ impl ApexPolicy {
         ThrottleState {
             rate_per_sec: self.throttle.rate,
             cuts: self.throttle.cuts,
+        }
+    }
+
+    /// What adaptive isolation's controller is doing.
+    pub fn adaptive_state(&self) -> AdaptiveState {
+        AdaptiveState {
+            window_bytes: self.adaptive.window,
+            cuts: self.adaptive.cuts,
+            grows: self.adaptive.grows,
+        }
+    }
+
+    /// Isolation mode, fixed or adaptive, is on.
+    fn isolation_on(&self) -> bool {
+        self.params.isolation || self.params.adaptive_isolation
+    }
+
+    /// The cap on background bytes in flight while a latency-sensitive
+    /// queue is active: isolation mode's fixed one, adaptive isolation's
+    /// window; `None`: no isolation.
+    fn isolation_cap(&self) -> Option<u64> {
+        if self.params.isolation {
+            Some(self.params.isolation_be_bytes)
+        } else if self.params.adaptive_isolation {
+            self.adaptive.window
+        } else {
+            None
         }
     }
 
@@ -1098,7 +1309,8 @@ impl Policy for ApexPolicy {
         // Isolation mode: while a latency-sensitive queue is active,
         // background work goes only within its cap of bytes in flight and
         // not merely because the device would idle.
-        let sensitive = if self.params.isolation {
+        let iso_cap = self.isolation_cap();
+        let sensitive = if iso_cap.is_some() {
             self.sensitive_until(core, now)
         } else {
             None
@@ -1111,12 +1323,12 @@ impl Policy for ApexPolicy {
             self.isolation.ramp = None;
         }
         self.isolation.quiet = !isolating;
-        let ramp = if self.params.isolation {
+        let ramp = if self.isolation_on() {
             self.isolation.ramp
         } else {
             None
         };
-        let cap = self.params.isolation_be_bytes;
+        let cap = iso_cap.unwrap_or(u64::MAX);
         // The bound and the throttle hold back best-effort work only:
         // real-time requests are already in deadline order among
         // themselves. They never leave the device idle: with nothing in
@@ -1206,7 +1418,11 @@ impl Policy for ApexPolicy {
         // again. With background work in flight, its completion brings the
         // next batch (no pile of writes sent at a device that stalls).
         self.isolation.wake = None;
-        if self.params.isolation {
+        if !self.params.isolation && !isolating {
+            // Adaptive isolation with its window open, or no
+            // latency-sensitive queue active: nothing is held on purpose.
+            self.isolation.hold_start = None;
+        } else if self.isolation_on() {
             if self.heads[2].is_empty() {
                 self.isolation.hold_start = None;
             } else if out.len() < room && self.isolation.be_in_flight > 0 {
@@ -1269,14 +1485,22 @@ impl Policy for ApexPolicy {
     }
 
     fn observed(&mut self, core: &Core, done: &Done) {
-        if !self.params.throttle || done.class != Some(Class::RealTime) {
-            return;
-        }
         let Some(deadline) = done.deadline else {
             return;
         };
         let rel = deadline.saturating_sub(done.arrival);
         let latency = done.now.saturating_sub(done.arrival);
+        if self.params.adaptive_isolation
+            && !self.params.isolation
+            && matches!(done.class, Some(Class::RealTime | Class::Interactive))
+        {
+            let be = self.isolation.be_bytes;
+            self.adaptive
+                .observe(done.now, latency, rel, be, &self.params);
+        }
+        if !self.params.throttle || done.class != Some(Class::RealTime) {
+            return;
+        }
         self.throttle.observe(
             done.now,
             latency,

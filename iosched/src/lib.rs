@@ -122,7 +122,7 @@ pub mod sim;
 pub mod stats;
 mod tags;
 
-pub use apex::{ApexParams, ApexPolicy, IsolationState, ThrottleState};
+pub use apex::{AdaptiveState, ApexParams, ApexPolicy, IsolationState, ThrottleState};
 pub use cost::{CostModel, CostPrior};
 pub use deadline::{DeadlineParams, DeadlinePolicy};
 pub use engine::{Policy, Sched};
