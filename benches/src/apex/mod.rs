@@ -792,7 +792,8 @@ W3's a share of its 64 KiB rate at depth 32.\n",
     s.push_str(&format!("\n{}\n", workload::OUR_PATH));
     s.push_str(
         "\nEnvironment (real path): APEXBENCH_ISOLATION=on|off|on,cap_kib=N,hold_ms=N,window_ms=N \
-(APEX's isolation mode), APEXBENCH_THROTTLE=0|1|slow, APEXBENCH_SLACK_PERMILLE=N, \
+(APEX's isolation mode) or adaptive|adaptive_off|adaptive,step_kib=N,open_kib=N,late_permille=N,hold_ms=N \
+(its adaptive isolation), APEXBENCH_THROTTLE=0|1|slow, APEXBENCH_SLACK_PERMILLE=N, \
 APEXBENCH_W1_READS=N (W1's 100 % fixed, no probe), APEXBENCH_PACING=open (our rate streams \
 strictly open loop instead of fio's pace), APEXBENCH_BREAKDOWN=1 (blkback's per-request steps), \
 APEXBENCH_SLICE_US=N (a CPU slice for every thread of both paths). Only the W2 part: \
