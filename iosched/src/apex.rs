@@ -1511,3 +1511,164 @@ impl Policy for ApexPolicy {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MS: u64 = 1_000_000;
+    const M: u64 = 1 << 20;
+
+    fn params() -> ApexParams {
+        ApexParams {
+            adaptive_isolation: true,
+            adaptive_step_bytes: M,
+            adaptive_open_bytes: 8 * M,
+            ..ApexParams::default()
+        }
+    }
+
+    /// Feeds `n` completions of a 2 ms deadline taking `latency`, one every
+    /// 100 us from `*now`.
+    fn feed(a: &mut Adaptive, now: &mut u64, n: u32, latency: u64, be: u64, p: &ApexParams) {
+        for _ in 0..n {
+            *now += 100_000;
+            a.observe(*now, latency, 2 * MS, be, p);
+        }
+    }
+
+    #[test]
+    fn a_miss_cuts_from_open_to_half_the_bytes_in_flight_then_halves() {
+        let p = params();
+        let mut a = Adaptive::default();
+        let mut now = 1;
+        // On time: stays open.
+        feed(&mut a, &mut now, 500, 100_000, 6 * M, &p);
+        assert_eq!(a.window, None);
+        // A miss: half of the 6 MiB in flight.
+        feed(&mut a, &mut now, 1, 3 * MS, 6 * M, &p);
+        assert_eq!(a.window, Some(3 * M));
+        // Another within one deadline: no second cut (cool-down).
+        feed(&mut a, &mut now, 1, 3 * MS, 6 * M, &p);
+        assert_eq!(a.window, Some(3 * M));
+        // A deadline later: half again; then below one step, closed.
+        now += 2 * MS;
+        feed(&mut a, &mut now, 1, 3 * MS, 6 * M, &p);
+        assert_eq!(a.window, Some(M + M / 2));
+        now += 2 * MS;
+        feed(&mut a, &mut now, 1, 3 * MS, 6 * M, &p);
+        assert_eq!(a.window, Some(0));
+        assert_eq!(a.cuts, 3);
+    }
+
+    #[test]
+    fn a_window_mostly_over_the_guard_cuts_and_clean_windows_grow_back() {
+        let p = params();
+        let mut a = Adaptive {
+            window: Some(4 * M),
+            ..Adaptive::default()
+        };
+        let mut now = 1;
+        // 1.5 ms of a 2 ms deadline: over the guard (half), not a miss;
+        // a whole window (8 deadlines: 16 ms from the first) cuts once.
+        let mut n = 0;
+        while a.window == Some(4 * M) {
+            feed(&mut a, &mut now, 1, 1_500_000, 0, &p);
+            n += 1;
+        }
+        assert_eq!(n, 161);
+        assert_eq!(a.window, Some(2 * M));
+        // Over the guard in fewer than 5 % of a window: no cut, no step.
+        for _ in 0..4 {
+            feed(&mut a, &mut now, 40, 100_000, 0, &p);
+            feed(&mut a, &mut now, 1, 1_500_000, 0, &p);
+        }
+        assert_eq!(a.window, Some(2 * M));
+        // Clean windows: one step each, open at 8 MiB.
+        let grows = a.grows;
+        let mut n = 0;
+        while a.window == Some(2 * M) {
+            feed(&mut a, &mut now, 1, 100_000, 0, &p);
+            n += 1;
+            // The window under way (with late ones) ends, then a clean one.
+            assert!(n <= 2 * 161, "no step up after {n} clean completions");
+        }
+        assert_eq!(a.window, Some(3 * M));
+        feed(&mut a, &mut now, 170 * 10, 100_000, 0, &p);
+        assert_eq!(a.window, None);
+        assert_eq!(a.grows, grows + 6);
+    }
+
+    #[test]
+    fn a_window_closed_again_and_again_waits_longer_to_probe() {
+        let p = params();
+        let mut a = Adaptive {
+            window: Some(M),
+            ..Adaptive::default()
+        };
+        let mut now = 1;
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            // A miss closes it.
+            now += 2 * MS;
+            feed(&mut a, &mut now, 1, 3 * MS, M, &p);
+            assert_eq!(a.window, Some(0));
+            // Clean windows until it lets one request's worth go again.
+            let mut n = 0;
+            while a.window == Some(0) {
+                feed(&mut a, &mut now, 170, 100_000, 0, &p);
+                n += 1;
+                assert!(n <= 64, "never grew back");
+            }
+            assert_eq!(a.window, Some(M));
+            waits.push(n);
+        }
+        assert_eq!(waits, [1, 2, 4, 8]);
+    }
+
+    proptest! {
+        /// Whatever the completions say: the window is open, closed (0) or
+        /// at least one step and below the open size; each cut leaves it
+        /// no larger than it was (open counts as the largest); and on-time
+        /// completions always open it again within a bounded number of
+        /// windows.
+        #[test]
+        fn the_window_stays_in_bounds_and_reopens(
+            step_kib in 4u64..4096,
+            open_steps in 1u64..64,
+            late_permille in 0u64..1000,
+            seq in proptest::collection::vec((1u64..5_000_000, 0u64..10_000_000, 1u64..20_000_000, 0u64..1 << 30), 1..400),
+        ) {
+            let p = ApexParams {
+                adaptive_isolation: true,
+                adaptive_step_bytes: step_kib * 1024,
+                adaptive_open_bytes: step_kib * 1024 * open_steps,
+                adaptive_late_permille: late_permille,
+                ..ApexParams::default()
+            };
+            let step = p.adaptive_step_bytes;
+            let mut a = Adaptive::default();
+            let mut now = 1u64;
+            for &(dt, latency, rel, be) in &seq {
+                now += dt;
+                let (before, cuts) = (a.window, a.cuts);
+                a.observe(now, latency, rel, be, &p);
+                if let Some(w) = a.window {
+                    prop_assert!(w == 0 || (w >= step && w < p.adaptive_open_bytes), "{w}");
+                }
+                if a.cuts > cuts {
+                    prop_assert!(before.is_none_or(|b| a.window.is_some_and(|w| w <= b)));
+                }
+            }
+            // On time from here: open again within the longest backoff plus
+            // one window per step.
+            let windows = ADAPTIVE_MAX_BACKOFF as u64 + open_steps + 2;
+            for _ in 0..windows * 20 {
+                now += 1_000_000;
+                a.observe(now, 0, 2_000_000, 0, &p);
+            }
+            prop_assert_eq!(a.window, None);
+        }
+    }
+}
