@@ -224,6 +224,67 @@
 //! 0.95x FIFO throughput target. The bench's figures with and without it
 //! on the loop device are in `docs/benches.md`.
 //!
+//! # Adaptive isolation
+//! Holding background work back only pays while latency-sensitive
+//! requests are actually being hurt by it: beside real-time readers that
+//! complete in a fraction of their deadline (the bench's W1: 20 ms
+//! deadlines, reads done in a few ms) the fixed mode above gives away the
+//! bulk writer's throughput for nothing, while beside reads whose tail
+//! comes close to a short deadline (W2: 2 ms) it is what keeps that tail
+//! down. [`ApexParams::adaptive_isolation`] (off by default) is isolation
+//! mode with its cap on background bytes in flight set by a feedback
+//! controller, in the manner of kyber's latency targets and of CoDel
+//! (an observation window, a target, multiplicative decrease and additive
+//! increase as in TCP's congestion window), but with each request's own
+//! relative deadline as its target:
+//! - the *window* is the cap: *open* (no cap: not isolating, the batch
+//!   builder is what it is with isolation off, work conservation included),
+//!   or a number of bytes, 0 meaning *closed* (background work goes only at
+//!   its hold deadline, as in the fixed mode with cap 0). It starts open;
+//! - every completion of a real-time or interactive request with a
+//!   deadline feeds it: its latency from submission against its relative
+//!   deadline. One past its deadline (a miss) cuts the window at once; an
+//!   *observation window* (8 of the smallest relative deadline among its
+//!   completions, at least 2 ms, and at least 8 completions unless 16
+//!   such lengths pass) in which more than
+//!   [`ApexParams::adaptive_late_permille`] (default 5 %) of the
+//!   completions took more than [`ApexParams::guard_permille`] of their
+//!   deadline (default half) cuts it at its end;
+//! - a *cut* halves the window (from open: half the background bytes in
+//!   flight then, at most half of [`ApexParams::adaptive_open_bytes`]); a
+//!   half smaller than one [`ApexParams::adaptive_step_bytes`] (default
+//!   1 MiB) closes it. After a cut the next waits one relative deadline
+//!   (the requests put on the ring after the cut need that long to show
+//!   its effect), so that one burst of late completions cuts once;
+//! - an observation window with no completion over the guard adds one
+//!   step; at [`ApexParams::adaptive_open_bytes`] (default 32 MiB) it is
+//!   open again, and the held work refills the ring in slow start (as when
+//!   the latency-sensitive queues fall quiet). A closed window waits
+//!   `2^(k-1)` clean observation windows (at most
+//!   [`ADAPTIVE_MAX_BACKOFF`]) before its first step, `k` being the times
+//!   it was closed since it was last open: on a device where one
+//!   background request in flight already makes the latency-sensitive
+//!   ones late (the simulation's writes-first device with one channel,
+//!   or the bench's loop device under a 2 ms deadline), it probes less and
+//!   less often, and behaves as the fixed mode with cap 0;
+//! - while the window is cut, everything of the fixed mode applies with
+//!   the window as the cap (the anticipation window, the hold deadline and
+//!   its wake-ups, nothing held without a latency-sensitive queue active);
+//!   while it is open nothing is held on purpose, and no hold deadline
+//!   applies (the bound and the throttle decide, as without isolation).
+//!
+//! So the window stays open, and the bulk throughput is kept, while the
+//! latency-sensitive requests keep well within their deadlines, and it
+//! closes within a few deadlines once they do not. What it costs: the
+//! misses and late completions it needs to see before it cuts (a stall
+//! that has begun is not undone), the probes it makes while recovering,
+//! and background throughput on a device whose latency-sensitive
+//! completions cross the guard for reasons that are not the background
+//! work's (a shared disk's stalls): there it closes for nothing, but
+//! never below the fixed mode's one request per hold. The window and its
+//! moves are in [`ApexPolicy::adaptive_state`]. The fixed mode
+//! ([`ApexParams::isolation`]) takes precedence when both are on.
+//!
 //! # Cost per request
 //! A real-time queue keeps its waiting requests in a binary heap by
 //! deadline (O(log n) to add and to take one), a best-effort queue in a
@@ -249,7 +310,9 @@
 //! real-time request's relative deadline) and its floor (default 50 per
 //! mille of the capacity); isolation mode, off by default, with its
 //! anticipation window (10 ms), its cap on background bytes in flight (0)
-//! and its longest hold (50 ms). Per queue: class, reservation (rate, depth,
+//! and its longest hold (50 ms); adaptive isolation, off by default, with
+//! its late share (50 per mille), step (1 MiB) and open size (32 MiB)
+//! (and isolation mode's window and hold). Per queue: class, reservation (rate, depth,
 //! and so the floor), default deadline ([`crate::QueueConfig`]). The cost
 //! model's prior ([`crate::CostPrior`]).
 //!
@@ -277,6 +340,11 @@
 //!   throttling and kyber's depth adjustment, but driven by each request's
 //!   own deadline rather than a configured target latency, and limiting a
 //!   rate of device time rather than a number of requests.
+//! - **Adaptive isolation.** APEX is work-conserving. Here the
+//!   application may choose to hold background work back while
+//!   latency-sensitive work is active, as bfq idles for a synchronous
+//!   reader, with a fixed cap or with one that a feedback controller opens
+//!   and closes from the latency-sensitive completions (above).
 //! - Best-effort classes are two (interactive before background) and the
 //!   work-conserving pass serves interactive work before early real-time
 //!   work, since early real-time work can wait by definition.
@@ -584,7 +652,7 @@ struct Adaptive {
 
 /// The most clean observation windows a closed adaptive window waits
 /// before it lets a background request go again.
-const ADAPTIVE_MAX_BACKOFF: u32 = 32;
+pub const ADAPTIVE_MAX_BACKOFF: u32 = 32;
 
 /// What adaptive isolation's controller did, for a look from outside
 /// ([`ApexPolicy::adaptive_state`]).
