@@ -1552,6 +1552,11 @@ impl Policy for ApexPolicy {
             .then(|| ApexPolicy::throttle_state(self))
     }
 
+    fn adaptive_window(&self) -> Option<AdaptiveState> {
+        (self.params.adaptive_isolation && !self.params.isolation)
+            .then(|| ApexPolicy::adaptive_state(self))
+    }
+
     fn observed(&mut self, core: &Core, done: &Done) {
         let Some(deadline) = done.deadline else {
             return;

@@ -852,6 +852,18 @@ fn run_on(
             beta as f64 / 1e3
         ));
     }
+    if let Some(a) = bf.scheduler(0).and_then(|s| s.adaptive()) {
+        m.notes.push(format!(
+            "{}: adaptive isolation after the run: {} cuts, {} steps up, window {}",
+            w.workload.prefix(),
+            a.cuts,
+            a.grows,
+            match a.window_bytes {
+                Some(b) => format!("{} KiB", b / 1024),
+                None => "open".into(),
+            }
+        ));
+    }
     if let Some(t) = bf.scheduler(0).and_then(|s| s.throttle()) {
         m.notes.push(format!(
             "{}: best-effort throttle after the run: {} cuts by late real-time completions, {}",
@@ -1038,6 +1050,9 @@ impl Scheduler for Traced {
     }
     fn throttle(&self) -> Option<iosched::ThrottleState> {
         self.inner.throttle()
+    }
+    fn adaptive(&self) -> Option<iosched::AdaptiveState> {
+        self.inner.adaptive()
     }
     fn next_wakeup(&self) -> Option<Nanos> {
         self.inner.next_wakeup()
