@@ -243,7 +243,13 @@
 //!   its hold deadline, as in the fixed mode with cap 0). It starts open;
 //! - every completion of a real-time or interactive request with a
 //!   deadline feeds it: its latency from submission against its relative
-//!   deadline. One past its deadline (a miss) cuts the window at once; an
+//!   deadline. A completion that met no background work on the device
+//!   (none in flight when it completed, none completed since it went on
+//!   the ring) counts as on time whatever its latency: it says nothing
+//!   against the background work, and a device that stalls on its own
+//!   (a shared disk) would otherwise close the window for nothing. One
+//!   that met some and came past its deadline (a miss) cuts the window at
+//!   once; an
 //!   *observation window* (8 of the smallest relative deadline among its
 //!   completions, at least 2 ms, and at least 8 completions unless 16
 //!   such lengths pass) in which more than
@@ -280,8 +286,11 @@
 //! that has begun is not undone), the probes it makes while recovering,
 //! and background throughput on a device whose latency-sensitive
 //! completions cross the guard for reasons that are not the background
-//! work's (a shared disk's stalls): there it closes for nothing, but
-//! never below the fixed mode's one request per hold. The window and its
+//! work's but come while background work is on the device (a shared
+//! disk's stalls, with the writer running): there it closes for nothing,
+//! but never below the fixed mode's one request per hold, and the stalls
+//! that come while nothing of the background is on the device let it
+//! grow back. The window and its
 //! moves are in [`ApexPolicy::adaptive_state`]. The fixed mode
 //! ([`ApexParams::isolation`]) takes precedence when both are on.
 //!
@@ -639,6 +648,8 @@ struct Adaptive {
     /// Cuts and steps up so far.
     cuts: u64,
     grows: u64,
+    /// The last background completion.
+    last_be_done: Nanos,
     /// Cuts that closed the window (to 0) since it was last open: a
     /// closed window waits `2^(closes-1)` clean observation windows (at
     /// most [`ADAPTIVE_MAX_BACKOFF`]) before it lets a background
@@ -677,8 +688,19 @@ impl Adaptive {
     /// One latency-sensitive completion: `latency` from submission against
     /// its relative deadline `rel`; `be_bytes` background bytes are in
     /// flight (where a cut from open starts).
-    fn observe(&mut self, now: Nanos, latency: u64, rel: u64, be_bytes: u64, p: &ApexParams) {
+    fn observe(
+        &mut self,
+        now: Nanos,
+        latency: u64,
+        rel: u64,
+        be_bytes: u64,
+        overlapped: bool,
+        p: &ApexParams,
+    ) {
         let rel = rel.max(1);
+        // A completion that met no background work on the device says
+        // nothing against it: it counts, but never as late.
+        let latency = if overlapped { latency } else { 0 };
         if self.samples == 0 {
             self.rel_min = rel;
             if self.start == 0 || now < self.start {
@@ -1558,6 +1580,9 @@ impl Policy for ApexPolicy {
     }
 
     fn observed(&mut self, core: &Core, done: &Done) {
+        if done.class == Some(Class::Background) {
+            self.adaptive.last_be_done = self.adaptive.last_be_done.max(done.now);
+        }
         let Some(deadline) = done.deadline else {
             return;
         };
@@ -1568,8 +1593,12 @@ impl Policy for ApexPolicy {
             && matches!(done.class, Some(Class::RealTime | Class::Interactive))
         {
             let be = self.isolation.be_bytes;
+            // Background work was on the device at some time while this
+            // request was: in flight now, or completed since it went.
+            let overlapped = self.isolation.be_in_flight > 0
+                || self.adaptive.last_be_done >= done.dispatched;
             self.adaptive
-                .observe(done.now, latency, rel, be, &self.params);
+                .observe(done.now, latency, rel, be, overlapped, &self.params);
         }
         if !self.params.throttle || done.class != Some(Class::RealTime) {
             return;
@@ -1607,7 +1636,7 @@ mod tests {
     fn feed(a: &mut Adaptive, now: &mut u64, n: u32, latency: u64, be: u64, p: &ApexParams) {
         for _ in 0..n {
             *now += 100_000;
-            a.observe(*now, latency, 2 * MS, be, p);
+            a.observe(*now, latency, 2 * MS, be, true, p);
         }
     }
 
@@ -1674,6 +1703,26 @@ mod tests {
     }
 
     #[test]
+    fn late_completions_that_met_no_background_work_do_not_cut() {
+        let p = params();
+        let mut a = Adaptive::default();
+        let mut now = 1;
+        for _ in 0..1000 {
+            now += 100_000;
+            a.observe(now, 3 * MS, 2 * MS, 0, false, &p);
+        }
+        assert_eq!((a.window, a.cuts), (None, 0));
+        // Closed, they count as clean windows: it grows back.
+        a.window = Some(0);
+        a.closes = 1;
+        for _ in 0..200 {
+            now += 100_000;
+            a.observe(now, 3 * MS, 2 * MS, 0, false, &p);
+        }
+        assert_eq!(a.window, Some(M));
+    }
+
+    #[test]
     fn a_window_closed_again_and_again_waits_longer_to_probe() {
         let p = params();
         let mut a = Adaptive {
@@ -1711,7 +1760,7 @@ mod tests {
             step_kib in 4u64..4096,
             open_steps in 1u64..64,
             late_permille in 0u64..1000,
-            seq in proptest::collection::vec((1u64..5_000_000, 0u64..10_000_000, 1u64..20_000_000, 0u64..1 << 30), 1..400),
+            seq in proptest::collection::vec((1u64..5_000_000, 0u64..10_000_000, 1u64..20_000_000, 0u64..1 << 30, any::<bool>()), 1..400),
         ) {
             let p = ApexParams {
                 adaptive_isolation: true,
@@ -1723,10 +1772,10 @@ mod tests {
             let step = p.adaptive_step_bytes;
             let mut a = Adaptive::default();
             let mut now = 1u64;
-            for &(dt, latency, rel, be) in &seq {
+            for &(dt, latency, rel, be, overlapped) in &seq {
                 now += dt;
                 let (before, cuts) = (a.window, a.cuts);
-                a.observe(now, latency, rel, be, &p);
+                a.observe(now, latency, rel, be, overlapped, &p);
                 if let Some(w) = a.window {
                     prop_assert!(w == 0 || (w >= step && w < p.adaptive_open_bytes), "{w}");
                 }
@@ -1739,7 +1788,7 @@ mod tests {
             let windows = ADAPTIVE_MAX_BACKOFF as u64 + open_steps + 2;
             for _ in 0..windows * 20 {
                 now += 1_000_000;
-                a.observe(now, 0, 2_000_000, 0, &p);
+                a.observe(now, 0, 2_000_000, 0, true, &p);
             }
             prop_assert_eq!(a.window, None);
         }
