@@ -334,8 +334,14 @@ impl Ctx {
                 fresh_dir(&dir)
                     .and_then(|_| self.paths[path].run(dev, &rw, &dir))
                     .map(|m| {
+                        // The interleaved rounds' runs say which round.
+                        let round = if r.index >= 1_000 {
+                            format!("round {}: ", r.index - 999)
+                        } else {
+                            String::new()
+                        };
                         for n in &m.notes {
-                            let n = format!("{name}: {n}");
+                            let n = format!("{name}: {round}{n}");
                             if !self.notes.contains(&n) {
                                 self.notes.push(n);
                             }
