@@ -729,7 +729,8 @@ impl Adaptive {
         {
             return;
         }
-        let over = self.late as u128 * 1000 > self.samples as u128 * p.adaptive_late_permille as u128;
+        let over =
+            self.late as u128 * 1000 > self.samples as u128 * p.adaptive_late_permille as u128;
         if over && cooled(self) {
             self.cut(now, be_bytes, p);
             return;
@@ -1595,8 +1596,8 @@ impl Policy for ApexPolicy {
             let be = self.isolation.be_bytes;
             // Background work was on the device at some time while this
             // request was: in flight now, or completed since it went.
-            let overlapped = self.isolation.be_in_flight > 0
-                || self.adaptive.last_be_done >= done.dispatched;
+            let overlapped =
+                self.isolation.be_in_flight > 0 || self.adaptive.last_be_done >= done.dispatched;
             self.adaptive
                 .observe(done.now, latency, rel, be, overlapped, &self.params);
         }

@@ -1013,7 +1013,8 @@ fn drive_adaptive(
         // Background work always waiting.
         while s.pending() < 8 {
             *next_tag += 1;
-            s.submit(write(bg, 1_000_000 + *next_tag, 1 << 20), now).unwrap();
+            s.submit(write(bg, 1_000_000 + *next_tag, 1 << 20), now)
+                .unwrap();
         }
         *next_tag += 1;
         s.submit(req(ia, *next_tag), now).unwrap();
@@ -1089,7 +1090,10 @@ fn adaptive_isolation_closes_when_reads_come_late_and_opens_when_they_recover() 
     assert!(st.cuts >= 3, "{st:?}");
     // Writes put on the ring while cut stay within the window, but for
     // one request that goes at its hold deadline.
-    assert!(closed_max <= M, "{closed_max} bytes in flight past the window");
+    assert!(
+        closed_max <= M,
+        "{closed_max} bytes in flight past the window"
+    );
     // Closed, writes go at hold deadlines (20 ms) and at the window's
     // probes, far fewer than while open; nothing starves.
     assert!(w_late < w_fast / 4, "{w_late} writes while late");

@@ -382,7 +382,10 @@ fn adaptive_isolation_cuts_w2_latency_on_a_writes_first_device() {
         plain.class("lc").unwrap().quantile(99, 100),
         adaptive.class("lc").unwrap().quantile(99, 100),
     );
-    assert!(pp > 2_000_000, "without it p99 {pp} ns: the test shows nothing");
+    assert!(
+        pp > 2_000_000,
+        "without it p99 {pp} ns: the test shows nothing"
+    );
     assert!(pa < 2_000_000, "adaptive p99 {pa} ns");
     let st = s.policy().adaptive_state();
     assert!(st.cuts > 0 && st.window_bytes == Some(0), "{st:?}");

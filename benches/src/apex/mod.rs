@@ -38,10 +38,10 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::harness::Cmp;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use iosched::PolicyKind;
 use report::RoundRatios;
-use crate::harness::Cmp;
 
 use crate::harness::{self, default_out_dir, Bench, Entry, Kind, Metric, Plan, Recorder, Round};
 use report::{ApexEntry, ApexReport, Extra, NotMeasured};

@@ -143,7 +143,12 @@ impl RoundRatios {
     /// The median of the ratios (the mean of the two middle ones for an
     /// even count); `None` without any.
     pub fn median(&self) -> Option<f64> {
-        let mut v: Vec<f64> = self.ratios.iter().copied().filter(|r| r.is_finite()).collect();
+        let mut v: Vec<f64> = self
+            .ratios
+            .iter()
+            .copied()
+            .filter(|r| r.is_finite())
+            .collect();
         if v.is_empty() {
             return None;
         }
@@ -741,7 +746,11 @@ pub fn render(rep: &ApexReport, loads: &[u64]) -> String {
                     fmt_value(hi),
                     r.cmp.symbol(),
                     r.limit,
-                    if r.met() == Some(true) { "met" } else { "NOT met" }
+                    if r.met() == Some(true) {
+                        "met"
+                    } else {
+                        "NOT met"
+                    }
                 );
             }
             for f in &r.failed {
@@ -994,7 +1003,11 @@ mod tests {
         assert_eq!(r.met(), Some(false));
         let c = r.check();
         assert_eq!(c.met, Some(false));
-        assert!(c.what.contains("median of 4 interleaved rounds"), "{}", c.what);
+        assert!(
+            c.what.contains("median of 4 interleaved rounds"),
+            "{}",
+            c.what
+        );
         r.ratios.clear();
         r.failed.push("round 1: fio failed".into());
         let c = r.check();
