@@ -130,6 +130,10 @@ pub struct RoundRatios {
     pub cmp: Cmp,
     /// Against what.
     pub limit: f64,
+    /// The ratio must be strictly below (or above) the limit ("lower
+    /// than every Linux scheduler's").
+    #[serde(default)]
+    pub strict: bool,
     /// One ratio per round, in order.
     pub ratios: Vec<f64>,
     /// Per round, which side went first.
@@ -171,10 +175,22 @@ impl RoundRatios {
 
     /// Whether the median meets the target.
     pub fn met(&self) -> Option<bool> {
-        self.median().map(|m| match self.cmp {
-            Cmp::AtMost => m <= self.limit,
-            Cmp::AtLeast => m >= self.limit,
+        self.median().map(|m| match (self.cmp, self.strict) {
+            (Cmp::AtMost, false) => m <= self.limit,
+            (Cmp::AtMost, true) => m < self.limit,
+            (Cmp::AtLeast, false) => m >= self.limit,
+            (Cmp::AtLeast, true) => m > self.limit,
         })
+    }
+
+    /// The target as text, `< 1` or `>= 0.95`.
+    pub fn target(&self) -> String {
+        let op = match (self.cmp, self.strict) {
+            (Cmp::AtMost, true) => "<",
+            (Cmp::AtLeast, true) => ">",
+            (c, false) => c.symbol(),
+        };
+        format!("{op} {}", self.limit)
     }
 
     /// As a target check.
@@ -184,7 +200,7 @@ impl RoundRatios {
             workload: self.workload.clone(),
             what: format!("{}, median of {n} interleaved rounds", self.what),
             value: self.median(),
-            target: format!("{} {}", self.cmp.symbol(), self.limit),
+            target: self.target(),
             met: self.met(),
             why: self.median().is_none().then(|| {
                 if self.failed.is_empty() {
@@ -740,12 +756,11 @@ pub fn render(rep: &ApexReport, loads: &[u64]) -> String {
             if let (Some(m), Some((lo, hi))) = (r.median(), r.range()) {
                 let _ = writeln!(
                     s,
-                    "    median {} (range {} to {}), target {} {}: {}",
+                    "    median {} (range {} to {}), target {}: {}",
                     fmt_value(m),
                     fmt_value(lo),
                     fmt_value(hi),
-                    r.cmp.symbol(),
-                    r.limit,
+                    r.target(),
                     if r.met() == Some(true) {
                         "met"
                     } else {
@@ -991,6 +1006,7 @@ mod tests {
             what: "a / b (MB/s)".into(),
             cmp: Cmp::AtLeast,
             limit: 0.95,
+            strict: false,
             ratios: vec![0.5, 1.2, 0.97],
             first: vec!["a".into(), "b".into(), "a".into()],
             failed: Vec::new(),
@@ -1013,6 +1029,16 @@ mod tests {
         let c = r.check();
         assert_eq!((c.value, c.met), (None, None));
         assert_eq!(c.why.as_deref(), Some("round 1: fio failed"));
+        // "Lower than": a median of exactly 1 is not met.
+        let w2 = RoundRatios {
+            cmp: Cmp::AtMost,
+            limit: 1.0,
+            strict: true,
+            ratios: vec![1.0, 0.5, 2.0],
+            ..r
+        };
+        assert_eq!((w2.median(), w2.met()), (Some(1.0), Some(false)));
+        assert_eq!(w2.check().target, "< 1");
     }
 
     #[test]
