@@ -5,8 +5,10 @@
 //! submissions hand the request back, cancelled requests never come out
 //! again, and when the sequence ends everything accepted and not cancelled
 //! comes out exactly once and completes. APEX runs with and without its
-//! isolation mode; in it, a batch that leaves the device idle with work
-//! waiting comes with a wake-up time in the future.
+//! isolation mode, fixed or adaptive (the adaptive window cut and grown by
+//! whatever latencies the completions give); in it, a batch that leaves
+//! the device idle with work waiting comes with a wake-up time in the
+//! future.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,6 +68,9 @@ enum Step {
 struct Input {
     policy: u8,
     isolation: Option<(u32, u32, u32)>,
+    /// Adaptive isolation (when `isolation` is `None`): step in KiB, open
+    /// size in steps, late share per mille, longest hold in us.
+    adaptive: Option<(u16, u8, u16, u32)>,
     base_ns: u64,
     ps_per_byte: u64,
     steps: Vec<Step>,
@@ -90,9 +95,24 @@ fuzz_target!(|input: Input| {
         max_requests: 4096,
         max_queues: 64,
     };
-    let isolating = kind == PolicyKind::Apex && input.isolation.is_some();
-    let mut s: Box<dyn Scheduler + Send> = match input.isolation {
-        Some((cap, window, hold)) if kind == PolicyKind::Apex => Box::new(Apex::new(
+    let isolating =
+        kind == PolicyKind::Apex && (input.isolation.is_some() || input.adaptive.is_some());
+    let mut s: Box<dyn Scheduler + Send> = match (input.isolation, input.adaptive) {
+        (None, Some((step_kib, open_steps, late, hold))) if kind == PolicyKind::Apex => {
+            let step = u64::from(step_kib) * 1024;
+            Box::new(Apex::new(
+                sched_config,
+                ApexPolicy::new(ApexParams {
+                    adaptive_isolation: true,
+                    adaptive_step_bytes: step,
+                    adaptive_open_bytes: step.saturating_mul(u64::from(open_steps)),
+                    adaptive_late_permille: u64::from(late),
+                    isolation_max_hold_ns: u64::from(hold % 1_000_000) * 1000,
+                    ..ApexParams::default()
+                }),
+            ))
+        }
+        (Some((cap, window, hold)), _) if kind == PolicyKind::Apex => Box::new(Apex::new(
             sched_config,
             ApexPolicy::new(ApexParams {
                 isolation: true,

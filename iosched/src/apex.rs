@@ -224,6 +224,76 @@
 //! 0.95x FIFO throughput target. The bench's figures with and without it
 //! on the loop device are in `docs/benches.md`.
 //!
+//! # Adaptive isolation
+//! Holding background work back only pays while latency-sensitive
+//! requests are actually being hurt by it: beside real-time readers that
+//! complete in a fraction of their deadline (the bench's W1: 20 ms
+//! deadlines, reads done in a few ms) the fixed mode above gives away the
+//! bulk writer's throughput for nothing, while beside reads whose tail
+//! comes close to a short deadline (W2: 2 ms) it is what keeps that tail
+//! down. [`ApexParams::adaptive_isolation`] (off by default) is isolation
+//! mode with its cap on background bytes in flight set by a feedback
+//! controller, in the manner of kyber's latency targets and of CoDel
+//! (an observation window, a target, multiplicative decrease and additive
+//! increase as in TCP's congestion window), but with each request's own
+//! relative deadline as its target:
+//! - the *window* is the cap: *open* (no cap: not isolating, the batch
+//!   builder is what it is with isolation off, work conservation included),
+//!   or a number of bytes, 0 meaning *closed* (background work goes only at
+//!   its hold deadline, as in the fixed mode with cap 0). It starts open;
+//! - every completion of a real-time or interactive request with a
+//!   deadline feeds it: its latency from submission against its relative
+//!   deadline. A completion that met no background work on the device
+//!   (none in flight when it completed, none completed since it went on
+//!   the ring) counts as on time whatever its latency: it says nothing
+//!   against the background work, and a device that stalls on its own
+//!   (a shared disk) would otherwise close the window for nothing. One
+//!   that met some and came past its deadline (a miss) cuts the window at
+//!   once; an
+//!   *observation window* (8 of the smallest relative deadline among its
+//!   completions, at least 2 ms, and at least 8 completions unless 16
+//!   such lengths pass) in which more than
+//!   [`ApexParams::adaptive_late_permille`] (default 5 %) of the
+//!   completions took more than [`ApexParams::guard_permille`] of their
+//!   deadline (default half) cuts it at its end;
+//! - a *cut* halves the window (from open: half the background bytes in
+//!   flight then, at most half of [`ApexParams::adaptive_open_bytes`]); a
+//!   half smaller than one [`ApexParams::adaptive_step_bytes`] (default
+//!   1 MiB) closes it. After a cut the next waits one relative deadline
+//!   (the requests put on the ring after the cut need that long to show
+//!   its effect), so that one burst of late completions cuts once;
+//! - an observation window with no completion over the guard adds one
+//!   step; at [`ApexParams::adaptive_open_bytes`] (default 32 MiB) it is
+//!   open again, and the held work refills the ring in slow start (as when
+//!   the latency-sensitive queues fall quiet). A closed window waits
+//!   `2^(k-1)` clean observation windows (at most
+//!   [`ADAPTIVE_MAX_BACKOFF`]) before its first step, `k` being the times
+//!   it was closed since it was last open: on a device where one
+//!   background request in flight already makes the latency-sensitive
+//!   ones late (the simulation's writes-first device with one channel,
+//!   or the bench's loop device under a 2 ms deadline), it probes less and
+//!   less often, and behaves as the fixed mode with cap 0;
+//! - while the window is cut, everything of the fixed mode applies with
+//!   the window as the cap (the anticipation window, the hold deadline and
+//!   its wake-ups, nothing held without a latency-sensitive queue active);
+//!   while it is open nothing is held on purpose, and no hold deadline
+//!   applies (the bound and the throttle decide, as without isolation).
+//!
+//! So the window stays open, and the bulk throughput is kept, while the
+//! latency-sensitive requests keep well within their deadlines, and it
+//! closes within a few deadlines once they do not. What it costs: the
+//! misses and late completions it needs to see before it cuts (a stall
+//! that has begun is not undone), the probes it makes while recovering,
+//! and background throughput on a device whose latency-sensitive
+//! completions cross the guard for reasons that are not the background
+//! work's but come while background work is on the device (a shared
+//! disk's stalls, with the writer running): there it closes for nothing,
+//! but never below the fixed mode's one request per hold, and the stalls
+//! that come while nothing of the background is on the device let it
+//! grow back. The window and its
+//! moves are in [`ApexPolicy::adaptive_state`]. The fixed mode
+//! ([`ApexParams::isolation`]) takes precedence when both are on.
+//!
 //! # Cost per request
 //! A real-time queue keeps its waiting requests in a binary heap by
 //! deadline (O(log n) to add and to take one), a best-effort queue in a
@@ -249,7 +319,9 @@
 //! real-time request's relative deadline) and its floor (default 50 per
 //! mille of the capacity); isolation mode, off by default, with its
 //! anticipation window (10 ms), its cap on background bytes in flight (0)
-//! and its longest hold (50 ms). Per queue: class, reservation (rate, depth,
+//! and its longest hold (50 ms); adaptive isolation, off by default, with
+//! its late share (50 per mille), step (1 MiB) and open size (32 MiB)
+//! (and isolation mode's window and hold). Per queue: class, reservation (rate, depth,
 //! and so the floor), default deadline ([`crate::QueueConfig`]). The cost
 //! model's prior ([`crate::CostPrior`]).
 //!
@@ -277,6 +349,11 @@
 //!   throttling and kyber's depth adjustment, but driven by each request's
 //!   own deadline rather than a configured target latency, and limiting a
 //!   rate of device time rather than a number of requests.
+//! - **Adaptive isolation.** APEX is work-conserving. Here the
+//!   application may choose to hold background work back while
+//!   latency-sensitive work is active, as bfq idles for a synchronous
+//!   reader, with a fixed cap or with one that a feedback controller opens
+//!   and closes from the latency-sensitive completions (above).
 //! - Best-effort classes are two (interactive before background) and the
 //!   work-conserving pass serves interactive work before early real-time
 //!   work, since early real-time work can wait by definition.
@@ -358,6 +435,27 @@ pub struct ApexParams {
     /// request goes at the latest this long after the first batch that
     /// held it back so; ns, default 50 ms, at least 1 us.
     pub isolation_max_hold_ns: u64,
+    /// Adaptive isolation (see the module docs): isolation mode whose cap
+    /// on background bytes in flight is a window that follows the
+    /// latency-sensitive queues' completions, open (no isolation, work
+    /// conservation) while they keep well within their deadlines, cut by
+    /// half when they come close, grown back by
+    /// [`ApexParams::adaptive_step_bytes`] when they recover. Ignored when
+    /// [`ApexParams::isolation`] is on (a fixed cap). Default off.
+    pub adaptive_isolation: bool,
+    /// Adaptive isolation: an observation window in which more than this
+    /// share of the latency-sensitive completions took more than
+    /// [`ApexParams::guard_permille`] of their relative deadline cuts the
+    /// window, per-mille (default 50). A completion past its deadline cuts
+    /// it at once.
+    pub adaptive_late_permille: u64,
+    /// Adaptive isolation: what an observation window with no completion
+    /// over the guard adds to the window, bytes (default 1 MiB, at least
+    /// 4 KiB); a cut that leaves less than this closes it to 0.
+    pub adaptive_step_bytes: u64,
+    /// Adaptive isolation: the window opens again (no cap) once it grows
+    /// to this many bytes (default 32 MiB).
+    pub adaptive_open_bytes: u64,
 }
 
 impl Default for ApexParams {
@@ -376,6 +474,10 @@ impl Default for ApexParams {
             isolation_window_ns: 10_000_000,
             isolation_be_bytes: 0,
             isolation_max_hold_ns: 50_000_000,
+            adaptive_isolation: false,
+            adaptive_late_permille: 50,
+            adaptive_step_bytes: 1 << 20,
+            adaptive_open_bytes: 32 << 20,
         }
     }
 }
@@ -520,6 +622,178 @@ struct Isolation {
     /// The last batch found every latency-sensitive queue quiet: the
     /// background completions since then feed [`Isolation::ramp`].
     quiet: bool,
+}
+
+/// Adaptive isolation's observation window lasts this many of the
+/// smallest relative deadline among its completions (at least
+/// [`Adaptive::MIN_WINDOW_NS`]).
+const ADAPTIVE_WINDOW_DEADLINES: u64 = 8;
+
+/// Adaptive isolation's controller (see the module docs): the cap on
+/// background bytes in flight while a latency-sensitive queue is active.
+#[derive(Clone, Debug, Default)]
+struct Adaptive {
+    /// The cap, bytes; `None`: open (no isolation).
+    window: Option<u64>,
+    /// Start of the current observation window.
+    start: Nanos,
+    /// The smallest relative deadline of its completions.
+    rel_min: u64,
+    /// Latency-sensitive completions in it.
+    samples: u32,
+    /// Of them, those over the guard.
+    late: u32,
+    /// The last cut.
+    last_cut: Option<Nanos>,
+    /// Cuts and steps up so far.
+    cuts: u64,
+    grows: u64,
+    /// The last background completion.
+    last_be_done: Nanos,
+    /// Cuts that closed the window (to 0) since it was last open: a
+    /// closed window waits `2^(closes-1)` clean observation windows (at
+    /// most [`ADAPTIVE_MAX_BACKOFF`]) before it lets a background
+    /// request go again, so a device on which even one background request
+    /// in flight makes latency-sensitive requests late is probed less and
+    /// less often.
+    closes: u32,
+    /// Clean observation windows in a row while closed.
+    clean: u32,
+}
+
+/// The most clean observation windows a closed adaptive window waits
+/// before it lets a background request go again.
+pub const ADAPTIVE_MAX_BACKOFF: u32 = 32;
+
+/// What adaptive isolation's controller did, for a look from outside
+/// ([`ApexPolicy::adaptive_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdaptiveState {
+    /// The cap on background bytes in flight while a latency-sensitive
+    /// queue is active; `None`: open.
+    pub window_bytes: Option<u64>,
+    /// Cuts (multiplicative decreases) so far.
+    pub cuts: u64,
+    /// Steps up (additive increases) so far.
+    pub grows: u64,
+}
+
+impl Adaptive {
+    /// The shortest observation window, ns.
+    const MIN_WINDOW_NS: u64 = 2_000_000;
+    /// Completions a window needs before it decides (a window of sparse
+    /// completions decides with what it has after 16 times its length).
+    const MIN_SAMPLES: u32 = 8;
+
+    /// One latency-sensitive completion: `latency` from submission against
+    /// its relative deadline `rel`; `be_bytes` background bytes are in
+    /// flight (where a cut from open starts).
+    fn observe(
+        &mut self,
+        now: Nanos,
+        latency: u64,
+        rel: u64,
+        be_bytes: u64,
+        overlapped: bool,
+        p: &ApexParams,
+    ) {
+        let rel = rel.max(1);
+        // A completion that met no background work on the device says
+        // nothing against it: it counts, but never as late.
+        let latency = if overlapped { latency } else { 0 };
+        if self.samples == 0 {
+            self.rel_min = rel;
+            if self.start == 0 || now < self.start {
+                self.start = now;
+            }
+        } else {
+            self.rel_min = self.rel_min.min(rel);
+        }
+        self.samples = self.samples.saturating_add(1);
+        if latency as u128 * 1000 > rel as u128 * p.guard_permille as u128 {
+            self.late = self.late.saturating_add(1);
+        }
+        let cooled = |s: &Self| s.last_cut.is_none_or(|t| now.saturating_sub(t) >= rel);
+        if latency > rel && cooled(self) {
+            // A miss: cut now, not at the end of the window.
+            self.cut(now, be_bytes, p);
+            return;
+        }
+        let length = self
+            .rel_min
+            .saturating_mul(ADAPTIVE_WINDOW_DEADLINES)
+            .max(Self::MIN_WINDOW_NS);
+        let elapsed = now.saturating_sub(self.start);
+        if elapsed < length
+            || (self.samples < Self::MIN_SAMPLES && elapsed < length.saturating_mul(16))
+        {
+            return;
+        }
+        let over =
+            self.late as u128 * 1000 > self.samples as u128 * p.adaptive_late_permille as u128;
+        if over && cooled(self) {
+            self.cut(now, be_bytes, p);
+            return;
+        }
+        if self.late == 0 {
+            match self.window {
+                Some(0) => {
+                    self.clean = self.clean.saturating_add(1);
+                    let wait = 1u32
+                        .checked_shl(self.closes.saturating_sub(1))
+                        .unwrap_or(u32::MAX)
+                        .min(ADAPTIVE_MAX_BACKOFF);
+                    if self.clean >= wait {
+                        self.grow(p);
+                    }
+                }
+                Some(_) => self.grow(p),
+                None => {}
+            }
+        } else {
+            self.clean = 0;
+        }
+        self.reset(now);
+    }
+
+    /// Additive increase: one step; at the open size the window opens.
+    fn grow(&mut self, p: &ApexParams) {
+        let Some(w) = self.window else {
+            return;
+        };
+        let up = w.saturating_add(p.adaptive_step_bytes.max(4096));
+        self.window = (up < p.adaptive_open_bytes).then_some(up);
+        if self.window.is_none() {
+            self.closes = 0;
+        }
+        self.clean = 0;
+        self.grows = self.grows.saturating_add(1);
+    }
+
+    /// Multiplicative decrease: half the window (from open, half the
+    /// background bytes in flight, at most half the open size); less than
+    /// one step closes it.
+    fn cut(&mut self, now: Nanos, be_bytes: u64, p: &ApexParams) {
+        let base = self
+            .window
+            .unwrap_or_else(|| be_bytes.min(p.adaptive_open_bytes));
+        let half = base / 2;
+        let closed = half < p.adaptive_step_bytes.max(4096);
+        if closed && self.window != Some(0) {
+            self.closes = self.closes.saturating_add(1);
+        }
+        self.window = Some(if closed { 0 } else { half });
+        self.clean = 0;
+        self.last_cut = Some(now);
+        self.cuts = self.cuts.saturating_add(1);
+        self.reset(now);
+    }
+
+    fn reset(&mut self, now: Nanos) {
+        self.start = now;
+        self.samples = 0;
+        self.late = 0;
+    }
 }
 
 /// A real-time queue is silent for at least this many of its default
@@ -710,6 +984,7 @@ pub struct ApexPolicy {
     params: ApexParams,
     throttle: Throttle,
     isolation: Isolation,
+    adaptive: Adaptive,
     queues: BTreeMap<QueueId, ApexQueue>,
     /// Per class rank, the head of every non-empty queue of that class,
     /// sorted (a binary search and a short move per change; the vectors
@@ -754,6 +1029,33 @@ impl ApexPolicy {
         ThrottleState {
             rate_per_sec: self.throttle.rate,
             cuts: self.throttle.cuts,
+        }
+    }
+
+    /// What adaptive isolation's controller is doing.
+    pub fn adaptive_state(&self) -> AdaptiveState {
+        AdaptiveState {
+            window_bytes: self.adaptive.window,
+            cuts: self.adaptive.cuts,
+            grows: self.adaptive.grows,
+        }
+    }
+
+    /// Isolation mode, fixed or adaptive, is on.
+    fn isolation_on(&self) -> bool {
+        self.params.isolation || self.params.adaptive_isolation
+    }
+
+    /// The cap on background bytes in flight while a latency-sensitive
+    /// queue is active: isolation mode's fixed one, adaptive isolation's
+    /// window; `None`: no isolation.
+    fn isolation_cap(&self) -> Option<u64> {
+        if self.params.isolation {
+            Some(self.params.isolation_be_bytes)
+        } else if self.params.adaptive_isolation {
+            self.adaptive.window
+        } else {
+            None
         }
     }
 
@@ -1098,7 +1400,8 @@ impl Policy for ApexPolicy {
         // Isolation mode: while a latency-sensitive queue is active,
         // background work goes only within its cap of bytes in flight and
         // not merely because the device would idle.
-        let sensitive = if self.params.isolation {
+        let iso_cap = self.isolation_cap();
+        let sensitive = if iso_cap.is_some() {
             self.sensitive_until(core, now)
         } else {
             None
@@ -1111,12 +1414,12 @@ impl Policy for ApexPolicy {
             self.isolation.ramp = None;
         }
         self.isolation.quiet = !isolating;
-        let ramp = if self.params.isolation {
+        let ramp = if self.isolation_on() {
             self.isolation.ramp
         } else {
             None
         };
-        let cap = self.params.isolation_be_bytes;
+        let cap = iso_cap.unwrap_or(u64::MAX);
         // The bound and the throttle hold back best-effort work only:
         // real-time requests are already in deadline order among
         // themselves. They never leave the device idle: with nothing in
@@ -1206,7 +1509,11 @@ impl Policy for ApexPolicy {
         // again. With background work in flight, its completion brings the
         // next batch (no pile of writes sent at a device that stalls).
         self.isolation.wake = None;
-        if self.params.isolation {
+        if !self.params.isolation && !isolating {
+            // Adaptive isolation with its window open, or no
+            // latency-sensitive queue active: nothing is held on purpose.
+            self.isolation.hold_start = None;
+        } else if self.isolation_on() {
             if self.heads[2].is_empty() {
                 self.isolation.hold_start = None;
             } else if out.len() < room && self.isolation.be_in_flight > 0 {
@@ -1268,15 +1575,35 @@ impl Policy for ApexPolicy {
             .then(|| ApexPolicy::throttle_state(self))
     }
 
+    fn adaptive_window(&self) -> Option<AdaptiveState> {
+        (self.params.adaptive_isolation && !self.params.isolation)
+            .then(|| ApexPolicy::adaptive_state(self))
+    }
+
     fn observed(&mut self, core: &Core, done: &Done) {
-        if !self.params.throttle || done.class != Some(Class::RealTime) {
-            return;
+        if done.class == Some(Class::Background) {
+            self.adaptive.last_be_done = self.adaptive.last_be_done.max(done.now);
         }
         let Some(deadline) = done.deadline else {
             return;
         };
         let rel = deadline.saturating_sub(done.arrival);
         let latency = done.now.saturating_sub(done.arrival);
+        if self.params.adaptive_isolation
+            && !self.params.isolation
+            && matches!(done.class, Some(Class::RealTime | Class::Interactive))
+        {
+            let be = self.isolation.be_bytes;
+            // Background work was on the device at some time while this
+            // request was: in flight now, or completed since it went.
+            let overlapped =
+                self.isolation.be_in_flight > 0 || self.adaptive.last_be_done >= done.dispatched;
+            self.adaptive
+                .observe(done.now, latency, rel, be, overlapped, &self.params);
+        }
+        if !self.params.throttle || done.class != Some(Class::RealTime) {
+            return;
+        }
         self.throttle.observe(
             done.now,
             latency,
@@ -1285,5 +1612,186 @@ impl Policy for ApexPolicy {
             &core.cost,
             self.params.throttle_floor_permille,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MS: u64 = 1_000_000;
+    const M: u64 = 1 << 20;
+
+    fn params() -> ApexParams {
+        ApexParams {
+            adaptive_isolation: true,
+            adaptive_step_bytes: M,
+            adaptive_open_bytes: 8 * M,
+            ..ApexParams::default()
+        }
+    }
+
+    /// Feeds `n` completions of a 2 ms deadline taking `latency`, one every
+    /// 100 us from `*now`.
+    fn feed(a: &mut Adaptive, now: &mut u64, n: u32, latency: u64, be: u64, p: &ApexParams) {
+        for _ in 0..n {
+            *now += 100_000;
+            a.observe(*now, latency, 2 * MS, be, true, p);
+        }
+    }
+
+    #[test]
+    fn a_miss_cuts_from_open_to_half_the_bytes_in_flight_then_halves() {
+        let p = params();
+        let mut a = Adaptive::default();
+        let mut now = 1;
+        // On time: stays open.
+        feed(&mut a, &mut now, 500, 100_000, 6 * M, &p);
+        assert_eq!(a.window, None);
+        // A miss: half of the 6 MiB in flight.
+        feed(&mut a, &mut now, 1, 3 * MS, 6 * M, &p);
+        assert_eq!(a.window, Some(3 * M));
+        // Another within one deadline: no second cut (cool-down).
+        feed(&mut a, &mut now, 1, 3 * MS, 6 * M, &p);
+        assert_eq!(a.window, Some(3 * M));
+        // A deadline later: half again; then below one step, closed.
+        now += 2 * MS;
+        feed(&mut a, &mut now, 1, 3 * MS, 6 * M, &p);
+        assert_eq!(a.window, Some(M + M / 2));
+        now += 2 * MS;
+        feed(&mut a, &mut now, 1, 3 * MS, 6 * M, &p);
+        assert_eq!(a.window, Some(0));
+        assert_eq!(a.cuts, 3);
+    }
+
+    #[test]
+    fn a_window_mostly_over_the_guard_cuts_and_clean_windows_grow_back() {
+        let p = params();
+        let mut a = Adaptive {
+            window: Some(4 * M),
+            ..Adaptive::default()
+        };
+        let mut now = 1;
+        // 1.5 ms of a 2 ms deadline: over the guard (half), not a miss;
+        // a whole window (8 deadlines: 16 ms from the first) cuts once.
+        let mut n = 0;
+        while a.window == Some(4 * M) {
+            feed(&mut a, &mut now, 1, 1_500_000, 0, &p);
+            n += 1;
+        }
+        assert_eq!(n, 161);
+        assert_eq!(a.window, Some(2 * M));
+        // Over the guard in fewer than 5 % of a window: no cut, no step.
+        for _ in 0..4 {
+            feed(&mut a, &mut now, 40, 100_000, 0, &p);
+            feed(&mut a, &mut now, 1, 1_500_000, 0, &p);
+        }
+        assert_eq!(a.window, Some(2 * M));
+        // Clean windows: one step each, open at 8 MiB.
+        let grows = a.grows;
+        let mut n = 0;
+        while a.window == Some(2 * M) {
+            feed(&mut a, &mut now, 1, 100_000, 0, &p);
+            n += 1;
+            // The window under way (with late ones) ends, then a clean one.
+            assert!(n <= 2 * 161, "no step up after {n} clean completions");
+        }
+        assert_eq!(a.window, Some(3 * M));
+        feed(&mut a, &mut now, 170 * 10, 100_000, 0, &p);
+        assert_eq!(a.window, None);
+        assert_eq!(a.grows, grows + 6);
+    }
+
+    #[test]
+    fn late_completions_that_met_no_background_work_do_not_cut() {
+        let p = params();
+        let mut a = Adaptive::default();
+        let mut now = 1;
+        for _ in 0..1000 {
+            now += 100_000;
+            a.observe(now, 3 * MS, 2 * MS, 0, false, &p);
+        }
+        assert_eq!((a.window, a.cuts), (None, 0));
+        // Closed, they count as clean windows: it grows back.
+        a.window = Some(0);
+        a.closes = 1;
+        for _ in 0..200 {
+            now += 100_000;
+            a.observe(now, 3 * MS, 2 * MS, 0, false, &p);
+        }
+        assert_eq!(a.window, Some(M));
+    }
+
+    #[test]
+    fn a_window_closed_again_and_again_waits_longer_to_probe() {
+        let p = params();
+        let mut a = Adaptive {
+            window: Some(M),
+            ..Adaptive::default()
+        };
+        let mut now = 1;
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            // A miss closes it.
+            now += 2 * MS;
+            feed(&mut a, &mut now, 1, 3 * MS, M, &p);
+            assert_eq!(a.window, Some(0));
+            // Clean windows until it lets one request's worth go again.
+            let mut n = 0;
+            while a.window == Some(0) {
+                feed(&mut a, &mut now, 170, 100_000, 0, &p);
+                n += 1;
+                assert!(n <= 64, "never grew back");
+            }
+            assert_eq!(a.window, Some(M));
+            waits.push(n);
+        }
+        assert_eq!(waits, [1, 2, 4, 8]);
+    }
+
+    proptest! {
+        /// Whatever the completions say: the window is open, closed (0) or
+        /// at least one step and below the open size; each cut leaves it
+        /// no larger than it was (open counts as the largest); and on-time
+        /// completions always open it again within a bounded number of
+        /// windows.
+        #[test]
+        fn the_window_stays_in_bounds_and_reopens(
+            step_kib in 4u64..4096,
+            open_steps in 1u64..64,
+            late_permille in 0u64..1000,
+            seq in proptest::collection::vec((1u64..5_000_000, 0u64..10_000_000, 1u64..20_000_000, 0u64..1 << 30, any::<bool>()), 1..400),
+        ) {
+            let p = ApexParams {
+                adaptive_isolation: true,
+                adaptive_step_bytes: step_kib * 1024,
+                adaptive_open_bytes: step_kib * 1024 * open_steps,
+                adaptive_late_permille: late_permille,
+                ..ApexParams::default()
+            };
+            let step = p.adaptive_step_bytes;
+            let mut a = Adaptive::default();
+            let mut now = 1u64;
+            for &(dt, latency, rel, be, overlapped) in &seq {
+                now += dt;
+                let (before, cuts) = (a.window, a.cuts);
+                a.observe(now, latency, rel, be, overlapped, &p);
+                if let Some(w) = a.window {
+                    prop_assert!(w == 0 || (w >= step && w < p.adaptive_open_bytes), "{w}");
+                }
+                if a.cuts > cuts {
+                    prop_assert!(before.is_none_or(|b| a.window.is_some_and(|w| w <= b)));
+                }
+            }
+            // On time from here: open again within the longest backoff plus
+            // one window per step.
+            let windows = ADAPTIVE_MAX_BACKOFF as u64 + open_steps + 2;
+            for _ in 0..windows * 20 {
+                now += 1_000_000;
+                a.observe(now, 0, 2_000_000, 0, true, &p);
+            }
+            prop_assert_eq!(a.window, None);
+        }
     }
 }

@@ -173,7 +173,11 @@ impl Fit {
         let mut y = y.min(MAX_SAMPLE_NS);
         if self.n >= WARMUP {
             let p = self.predict(x);
-            y = y.clamp(p / CLAMP, p.saturating_mul(CLAMP).min(MAX_SAMPLE_NS));
+            // A prediction past the largest sample (a huge constant, or a
+            // steep slope times a large size) would put the low end above
+            // the high one.
+            let hi = p.saturating_mul(CLAMP).min(MAX_SAMPLE_NS);
+            y = y.clamp((p / CLAMP).min(hi), hi);
         }
         // Weight of the new sample: 1/(n+1) at first (plain means), then a
         // constant 1/WINDOW (exponential decay).
@@ -383,6 +387,20 @@ impl CostModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fit whose prediction passes the largest sample times the clamp
+    /// factor (here: 1 us per byte, 64 MiB) takes a new sample without
+    /// panicking, and stays finite.
+    #[test]
+    fn a_prediction_past_the_largest_sample_does_not_break_the_clamp() {
+        let mut f = Fit::new(MAX_BASE_NS, 1_000_000_000);
+        f.n = WARMUP;
+        let x = 64 << 20;
+        assert!(f.predict(x) / CLAMP > MAX_SAMPLE_NS, "{}", f.predict(x));
+        f.observe(x, 1);
+        f.observe(x, MAX_SAMPLE_NS);
+        assert!(f.predict(x) >= 1);
+    }
 
     #[test]
     fn prior_is_used_before_samples() {

@@ -301,6 +301,10 @@ pub trait Policy: sealed::Sealed {
     fn throttle_state(&self) -> Option<crate::ThrottleState> {
         None
     }
+    /// Adaptive isolation's state, for a policy that has it.
+    fn adaptive_window(&self) -> Option<crate::AdaptiveState> {
+        None
+    }
     /// When the last batch held waiting work back on purpose while the
     /// ring had room: the time a batch should be built again (see
     /// [`Scheduler::next_wakeup`]).
@@ -678,6 +682,10 @@ impl<P: Policy> Scheduler for Sched<P> {
 
     fn throttle(&self) -> Option<crate::ThrottleState> {
         self.policy.throttle_state()
+    }
+
+    fn adaptive(&self) -> Option<crate::AdaptiveState> {
+        self.policy.adaptive_window()
     }
 
     fn next_wakeup(&self) -> Option<Nanos> {

@@ -102,7 +102,13 @@
 //!   conservation for isolation: background work is held back while a
 //!   latency-sensitive queue is active, for a bounded time, and
 //!   [`Scheduler::next_wakeup`] tells the frontend when to build the next
-//!   batch.
+//!   batch. Its adaptive form ([`ApexParams::adaptive_isolation`], also
+//!   off by default) holds it back only while the latency-sensitive
+//!   completions come close to their deadlines (a cap on background bytes
+//!   in flight, cut by half when they do, grown back a step at a time when
+//!   they recover); like the throttle it learns from requests already late,
+//!   and on a shared disk whose stalls are not the background work's it
+//!   holds that work back for nothing.
 //! - No request merging.
 #![no_std]
 
@@ -122,7 +128,7 @@ pub mod sim;
 pub mod stats;
 mod tags;
 
-pub use apex::{ApexParams, ApexPolicy, IsolationState, ThrottleState};
+pub use apex::{AdaptiveState, ApexParams, ApexPolicy, IsolationState, ThrottleState};
 pub use cost::{CostModel, CostPrior};
 pub use deadline::{DeadlineParams, DeadlinePolicy};
 pub use engine::{Policy, Sched};
@@ -484,6 +490,12 @@ pub trait Scheduler {
     /// What APEX's best-effort throttle is doing (`None` for the other
     /// policies, and with the throttle off).
     fn throttle(&self) -> Option<ThrottleState> {
+        None
+    }
+
+    /// What APEX's adaptive isolation is doing (`None` for the other
+    /// policies, and with it off).
+    fn adaptive(&self) -> Option<AdaptiveState> {
         None
     }
 

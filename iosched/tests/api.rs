@@ -981,3 +981,150 @@ fn isolation_mode_refills_the_ring_in_slow_start_when_quiet() {
     assert_eq!(s.build_batch(quiet2, 32), vec![107]);
     assert!(s.build_batch(quiet2, 32).is_empty());
 }
+
+/// Drives `s` for `ms` milliseconds from `start`: an interactive read every
+/// half millisecond that completes `read_ns` after it went, background
+/// writes of 1 MiB that complete 2 ms after they went, a batch at every
+/// step. Returns the background writes put on the ring and the most
+/// background bytes in flight beyond the adaptive window just after a
+/// batch that put a write on the ring while the window was cut.
+fn drive_adaptive(
+    s: &mut Apex,
+    ia: QueueId,
+    bg: QueueId,
+    next_tag: &mut u64,
+    start: u64,
+    ms: u64,
+    read_ns: u64,
+) -> (u64, u64) {
+    const STEP: u64 = MS / 2;
+    let mut done: Vec<(u64, u64)> = Vec::new();
+    let (mut writes, mut closed_max) = (0u64, 0u64);
+    let mut now = start;
+    while now < start + ms * MS {
+        done.sort_unstable();
+        while let Some(&(at, t)) = done.first() {
+            if at > now {
+                break;
+            }
+            s.complete(t, at).unwrap();
+            done.remove(0);
+        }
+        // Background work always waiting.
+        while s.pending() < 8 {
+            *next_tag += 1;
+            s.submit(write(bg, 1_000_000 + *next_tag, 1 << 20), now)
+                .unwrap();
+        }
+        *next_tag += 1;
+        s.submit(req(ia, *next_tag), now).unwrap();
+        let mut wrote = false;
+        for t in s.build_batch(now, 32) {
+            if t >= 1_000_000 {
+                writes += 1;
+                wrote = true;
+                done.push((now + 2 * MS, t));
+            } else {
+                done.push((now + read_ns, t));
+            }
+        }
+        let st = s.policy().isolation_state();
+        if let (Some(w), true) = (s.policy().adaptive_state().window_bytes, wrote) {
+            // A write went while the window was cut: what is in flight
+            // beyond the window (a request that went at its hold deadline
+            // may take it one request past).
+            closed_max = closed_max.max(st.be_bytes_in_flight.saturating_sub(w));
+        }
+        now += STEP;
+    }
+    // Let everything in flight complete.
+    done.sort_unstable();
+    for (at, t) in done {
+        s.complete(t, at.max(now)).unwrap();
+    }
+    (writes, closed_max)
+}
+
+fn adaptive(step: u64, open: u64) -> Apex {
+    Apex::new(
+        SchedConfig {
+            cost: CostPrior::uniform(10_000, 1),
+            ..SchedConfig::default()
+        },
+        ApexPolicy::new(ApexParams {
+            adaptive_isolation: true,
+            adaptive_step_bytes: step,
+            adaptive_open_bytes: open,
+            isolation_max_hold_ns: 20 * MS,
+            ..ApexParams::default()
+        }),
+    )
+}
+
+/// Adaptive isolation reacts in both directions: open (work-conserving)
+/// while the latency-sensitive reads keep well within their deadline; cut
+/// by half per late spell, down to closed, when they come late; holding
+/// background work to the window (and to one request per hold deadline
+/// when closed); grown back a step per clean window, and open again.
+#[test]
+fn adaptive_isolation_closes_when_reads_come_late_and_opens_when_they_recover() {
+    const M: u64 = 1 << 20;
+    let mut s = adaptive(M, 4 * M);
+    let ia = s
+        .create_queue(QueueConfig::interactive().with_deadline(2 * MS), 0)
+        .unwrap();
+    let bg = s.create_queue(QueueConfig::background(), 0).unwrap();
+    let mut tag = 0;
+    // Reads at 100 us: the window stays open and the writes fill the ring.
+    let (w_fast, _) = drive_adaptive(&mut s, ia, bg, &mut tag, MS, 100, 100_000);
+    let st = s.policy().adaptive_state();
+    assert_eq!(st.window_bytes, None, "{st:?}");
+    assert_eq!(st.cuts, 0);
+    // 100 ms, a write takes 2 ms, the ring holds 31 beside a read: the
+    // ring stays full of writes.
+    assert!(w_fast > 1000, "{w_fast} writes while open");
+    // Reads at 3 ms (past their 2 ms deadline): cut after cut, to closed.
+    let (w_late, closed_max) = drive_adaptive(&mut s, ia, bg, &mut tag, 102 * MS, 200, 3 * MS);
+    let st = s.policy().adaptive_state();
+    assert_eq!(st.window_bytes, Some(0), "{st:?}");
+    assert!(st.cuts >= 3, "{st:?}");
+    // Writes put on the ring while cut stay within the window, but for
+    // one request that goes at its hold deadline.
+    assert!(
+        closed_max <= M,
+        "{closed_max} bytes in flight past the window"
+    );
+    // Closed, writes go at hold deadlines (20 ms) and at the window's
+    // probes, far fewer than while open; nothing starves.
+    assert!(w_late < w_fast / 4, "{w_late} writes while late");
+    assert!(w_late >= 5, "background starved: {w_late} writes in 200 ms");
+    // Reads fast again: clean windows grow it back, step by step, to open.
+    let grows = st.grows;
+    drive_adaptive(&mut s, ia, bg, &mut tag, 310 * MS, 600, 100_000);
+    let st = s.policy().adaptive_state();
+    assert_eq!(st.window_bytes, None, "{st:?}");
+    assert!(st.grows >= grows + 4, "{st:?}");
+    let (w_again, _) = drive_adaptive(&mut s, ia, bg, &mut tag, 920 * MS, 100, 100_000);
+    assert!(w_again > 1000, "{w_again} writes once open again");
+}
+
+/// Adaptive isolation off (the default): the same late reads change
+/// nothing, the ring stays full of writes.
+#[test]
+fn adaptive_isolation_off_never_holds() {
+    let mut s = Apex::new(
+        SchedConfig {
+            cost: CostPrior::uniform(10_000, 1),
+            ..SchedConfig::default()
+        },
+        ApexPolicy::default(),
+    );
+    let ia = s
+        .create_queue(QueueConfig::interactive().with_deadline(2 * MS), 0)
+        .unwrap();
+    let bg = s.create_queue(QueueConfig::background(), 0).unwrap();
+    let mut tag = 0;
+    let (w, _) = drive_adaptive(&mut s, ia, bg, &mut tag, MS, 100, 3 * MS);
+    assert!(w > 1000, "{w}");
+    assert_eq!(s.policy().adaptive_state().cuts, 0);
+}

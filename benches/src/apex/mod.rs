@@ -38,8 +38,10 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::harness::Cmp;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use iosched::PolicyKind;
+use report::RoundRatios;
 
 use crate::harness::{self, default_out_dir, Bench, Entry, Kind, Metric, Plan, Recorder, Round};
 use report::{ApexEntry, ApexReport, Extra, NotMeasured};
@@ -332,8 +334,14 @@ impl Ctx {
                 fresh_dir(&dir)
                     .and_then(|_| self.paths[path].run(dev, &rw, &dir))
                     .map(|m| {
+                        // The interleaved rounds' runs say which round.
+                        let round = if r.index >= 1_000 {
+                            format!("round {}: ", r.index - 999)
+                        } else {
+                            String::new()
+                        };
                         for n in &m.notes {
-                            let n = format!("{name}: {n}");
+                            let n = format!("{name}: {round}{n}");
                             if !self.notes.contains(&n) {
                                 self.notes.push(n);
                             }
@@ -792,7 +800,8 @@ W3's a share of its 64 KiB rate at depth 32.\n",
     s.push_str(&format!("\n{}\n", workload::OUR_PATH));
     s.push_str(
         "\nEnvironment (real path): APEXBENCH_ISOLATION=on|off|on,cap_kib=N,hold_ms=N,window_ms=N \
-(APEX's isolation mode), APEXBENCH_THROTTLE=0|1|slow, APEXBENCH_SLACK_PERMILLE=N, \
+(APEX's isolation mode) or adaptive|adaptive_off|adaptive,step_kib=N,open_kib=N,late_permille=N,hold_ms=N \
+(its adaptive isolation), APEXBENCH_THROTTLE=0|1|slow, APEXBENCH_SLACK_PERMILLE=N, \
 APEXBENCH_W1_READS=N (W1's 100 % fixed, no probe), APEXBENCH_PACING=open (our rate streams \
 strictly open loop instead of fio's pace), APEXBENCH_BREAKDOWN=1 (blkback's per-request steps), \
 APEXBENCH_SLICE_US=N (a CPU slice for every thread of both paths). Only the W2 part: \
@@ -866,6 +875,12 @@ pub fn run(args: &ApexArgs) -> Result<ApexReport, String> {
         c.meta.insert("cpu_slice".into(), slice_line);
     }
     let outcome = bench.run(&args.common);
+    // The real path's comparisons again, in interleaved rounds.
+    let paired = if outcome.is_ok() {
+        paired_rounds(&mut ctx.borrow_mut())
+    } else {
+        Vec::new()
+    };
     // Detach the loop device whatever happened.
     let real_state = std::mem::replace(&mut ctx.borrow_mut().real, RealState::NotTried);
     if let RealState::Ready { mut dev, .. } = real_state {
@@ -913,6 +928,7 @@ pub fn run(args: &ApexArgs) -> Result<ApexReport, String> {
         checks: Vec::new(),
         not_measured,
         notes: c.notes.clone(),
+        rounds: paired,
     };
     report::evaluate(&mut rep, loads);
     println!();
@@ -936,6 +952,172 @@ pub fn run(args: &ApexArgs) -> Result<ApexReport, String> {
         println!("SVG plot written to {}", svg.display());
     }
     Ok(rep)
+}
+
+/// `APEXBENCH_ROUNDS`: how many interleaved rounds of the real path's
+/// comparisons follow the entries (default 5; 0 for none).
+fn rounds_wanted() -> u64 {
+    std::env::var("APEXBENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(5)
+        .min(50)
+}
+
+/// The real path's comparisons on a shared disk, as the block bench makes
+/// its own: after the entries, `APEXBENCH_ROUNDS` rounds in which the
+/// sides of each comparison run back to back, taking turns going first
+/// (W1 at 90 %: APEX and FIFO, total MB/s; W2 with the bulk job: APEX and
+/// each Linux scheduler, the latency-critical reads' p99), each run
+/// shorter than an entry's (1 s measured in a quick run, 3 s in a full
+/// one, after 200 ms). A comparison runs only when both its sides'
+/// entries were measured in this run (so `--only` chooses them too).
+fn paired_rounds(c: &mut Ctx) -> Vec<RoundRatios> {
+    if !matches!(c.real, RealState::Ready { .. }) {
+        return Vec::new();
+    }
+    let n = rounds_wanted();
+    let (iters, warmup) = if c.quick { (1_000, 200) } else { (3_000, 200) };
+    let idx = |c: &Ctx, name: &str| c.paths.iter().position(|p| p.name() == name);
+    let measured = |c: &Ctx, p: usize, w: Workload| {
+        c.real_runs
+            .iter()
+            .any(|(&(q, v, _), r)| q == p && v == w && r.is_ok())
+    };
+    let mut out = Vec::new();
+    let Some(apex) = idx(c, "apex-real") else {
+        return out;
+    };
+    // Per comparison: the workload, the other side, and the ratio.
+    type Ratio = fn(&Measured, &Measured) -> Result<f64, String>;
+    let total: Ratio = |a, b| {
+        let mb = |m: &Measured| {
+            m.classes.iter().map(|c| c.window_bytes).sum::<u64>() as f64 * 1e3
+                / m.window_ns.max(1) as f64
+        };
+        let y = mb(b);
+        if y > 0.0 {
+            Ok(mb(a) / y)
+        } else {
+            Err("the other side moved nothing".into())
+        }
+    };
+    let lc_p99: Ratio = |a, b| {
+        let p99 = |m: &Measured| {
+            let lat = &m.class("lc").ok_or("no lc class")?.latencies_ns;
+            if lat.is_empty() {
+                return Err("no lc read completed".to_string());
+            }
+            let mut v = lat.clone();
+            v.sort_unstable();
+            Ok(sorted_quantile(&v, 0.99) as f64)
+        };
+        let (x, y) = (p99(a)?, p99(b)?);
+        if y > 0.0 {
+            Ok(x / y)
+        } else {
+            Err("the other side's p99 is 0".into())
+        }
+    };
+    let mut plans: Vec<(Workload, usize, RoundRatios, Ratio)> = Vec::new();
+    let w1 = Workload::W1 { load_pct: 90 };
+    if let Some(fifo) = idx(c, "fifo-real") {
+        if measured(c, apex, w1) && measured(c, fifo, w1) {
+            plans.push((
+                w1,
+                fifo,
+                RoundRatios {
+                    workload: "W1".into(),
+                    what: "apex-real-w1-total / fifo-real-w1-total at 90 % (MB/s)".into(),
+                    cmp: Cmp::AtLeast,
+                    limit: 0.95,
+                    strict: false,
+                    ratios: Vec::new(),
+                    first: Vec::new(),
+                    failed: Vec::new(),
+                },
+                total,
+            ));
+        }
+    }
+    let w2 = Workload::W2 { bulk: true };
+    for s in fio::KernelSched::ALL {
+        let name = fio::FioPeer::new(s).name().to_string();
+        let Some(l) = idx(c, &name) else { continue };
+        if measured(c, apex, w2) && measured(c, l, w2) {
+            plans.push((
+                w2,
+                l,
+                RoundRatios {
+                    workload: "W2".into(),
+                    what: format!("apex-real-w2-lc / {name}-w2-lc (p99)"),
+                    cmp: Cmp::AtMost,
+                    limit: 1.0,
+                    strict: true,
+                    ratios: Vec::new(),
+                    first: Vec::new(),
+                    failed: Vec::new(),
+                },
+                lc_p99,
+            ));
+        }
+    }
+    if plans.is_empty() || n == 0 {
+        return out;
+    }
+    eprintln!(
+        "apexbench: {n} interleaved rounds of the real path's comparisons ({} ms measured per run)",
+        iters
+    );
+    for k in 0..n {
+        if interrupted() {
+            break;
+        }
+        let round = Round {
+            index: 1_000 + k,
+            iters,
+            warmup,
+        };
+        // Per workload: APEX first in even rounds, last in odd ones (a W2
+        // round's APEX run serves every Linux scheduler's comparison).
+        let mut works: Vec<Workload> = plans.iter().map(|p| p.0).collect();
+        works.dedup();
+        for w in works {
+            let others: Vec<usize> = plans.iter().filter(|p| p.0 == w).map(|p| p.1).collect();
+            let mut seq = others.clone();
+            if k % 2 == 0 {
+                seq.insert(0, apex);
+            } else {
+                seq.push(apex);
+            }
+            let mut got: HashMap<usize, Result<Rc<Measured>, String>> = HashMap::new();
+            for p in seq {
+                let r = c.real(p, w, round).and_then(|r| r);
+                got.insert(p, r);
+            }
+            for (_, other, rr, ratio) in plans.iter_mut().filter(|p| p.0 == w) {
+                let first = if k % 2 == 0 {
+                    "apex-real".to_string()
+                } else {
+                    c.paths[*other].name().to_string()
+                };
+                let res = match (&got[&apex], &got[other]) {
+                    (Ok(a), Ok(b)) => ratio(a, b),
+                    (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+                };
+                match res {
+                    Ok(r) => {
+                        eprintln!("  round {}: {} = {r:.2} ({first} first)", k + 1, rr.what);
+                        rr.ratios.push(r);
+                        rr.first.push(first);
+                    }
+                    Err(e) => rr.failed.push(format!("round {}: {e}", k + 1)),
+                }
+            }
+        }
+    }
+    out.extend(plans.into_iter().map(|p| p.2));
+    out
 }
 
 /// `main` of the bench binary.

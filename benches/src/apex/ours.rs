@@ -469,7 +469,34 @@ fn run_on(
                 params.throttle = on;
                 params.throttle_slow_start = slow;
             }
-            if let Some(iso) = isolation_switch() {
+            if let Some(a) = adaptive_switch() {
+                notes.push(format!(
+                    "{}: APEX's adaptive isolation {} (APEXBENCH_ISOLATION)",
+                    w.workload.prefix(),
+                    match a {
+                        None => "off".to_string(),
+                        Some(a) => format!(
+                            "on: window step {} KiB, open at {} KiB, cut when over {} per mille of the completions pass the guard, held at most {:.1} ms",
+                            a.adaptive_step_bytes / 1024,
+                            a.adaptive_open_bytes / 1024,
+                            a.adaptive_late_permille,
+                            a.isolation_max_hold_ns as f64 / 1e6
+                        ),
+                    }
+                ));
+                match a {
+                    None => params.adaptive_isolation = false,
+                    Some(a) => {
+                        params.isolation = false;
+                        params.adaptive_isolation = true;
+                        params.adaptive_step_bytes = a.adaptive_step_bytes;
+                        params.adaptive_open_bytes = a.adaptive_open_bytes;
+                        params.adaptive_late_permille = a.adaptive_late_permille;
+                        params.isolation_max_hold_ns = a.isolation_max_hold_ns;
+                        params.isolation_window_ns = a.isolation_window_ns;
+                    }
+                }
+            } else if let Some(iso) = isolation_switch() {
                 notes.push(format!(
                     "{}: APEX's isolation mode {} (APEXBENCH_ISOLATION)",
                     w.workload.prefix(),
@@ -825,6 +852,18 @@ fn run_on(
             beta as f64 / 1e3
         ));
     }
+    if let Some(a) = bf.scheduler(0).and_then(|s| s.adaptive()) {
+        m.notes.push(format!(
+            "{}: adaptive isolation after the run: {} cuts, {} steps up, window {}",
+            w.workload.prefix(),
+            a.cuts,
+            a.grows,
+            match a.window_bytes {
+                Some(b) => format!("{} KiB", b / 1024),
+                None => "open".into(),
+            }
+        ));
+    }
     if let Some(t) = bf.scheduler(0).and_then(|s| s.throttle()) {
         m.notes.push(format!(
             "{}: best-effort throttle after the run: {} cuts by late real-time completions, {}",
@@ -1011,6 +1050,9 @@ impl Scheduler for Traced {
     }
     fn throttle(&self) -> Option<iosched::ThrottleState> {
         self.inner.throttle()
+    }
+    fn adaptive(&self) -> Option<iosched::AdaptiveState> {
+        self.inner.adaptive()
     }
     fn next_wakeup(&self) -> Option<Nanos> {
         self.inner.next_wakeup()
@@ -1443,6 +1485,46 @@ fn parse_isolation(v: &str) -> Option<Option<(u64, u64, u64)>> {
     Some(Some((cap, hold, window)))
 }
 
+/// `APEXBENCH_ISOLATION=adaptive[,KEY=N,...]`: APEX's adaptive isolation
+/// ([`iosched::ApexParams::adaptive_isolation`]) with the library's
+/// parameters, some changed: `step_kib`, `open_kib`, `late_permille`,
+/// `hold_ms`, `window_ms`; `adaptive_off` runs without it. Returns
+/// `Some(None)` for off, `Some(Some(params))` for on, `None` when the
+/// variable says nothing of it.
+fn adaptive_switch() -> Option<Option<iosched::ApexParams>> {
+    parse_adaptive(&std::env::var("APEXBENCH_ISOLATION").ok()?)
+}
+
+fn parse_adaptive(v: &str) -> Option<Option<iosched::ApexParams>> {
+    let mut parts = v.trim().split(',');
+    match parts.next()?.trim() {
+        "adaptive_off" => return Some(None),
+        "adaptive" => {}
+        _ => return None,
+    }
+    let mut p = iosched::ApexParams {
+        adaptive_isolation: true,
+        ..iosched::ApexParams::default()
+    };
+    for kv in parts {
+        let (k, n) = kv.split_once('=')?;
+        let n: f64 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+        match k.trim() {
+            "step_kib" => p.adaptive_step_bytes = (n * 1024.0) as u64,
+            "open_kib" => p.adaptive_open_bytes = (n * 1024.0) as u64,
+            "late_permille" => p.adaptive_late_permille = n as u64,
+            "hold_ms" => p.isolation_max_hold_ns = (n * 1e6) as u64,
+            "window_ms" => p.isolation_window_ns = (n * 1e6) as u64,
+            _ => return None,
+        }
+    }
+    Some(Some(p))
+}
+
 /// The cost model's starting line from the device's measured capacity: the
 /// amortized device time of a 64 KiB and of a 256 KiB random read at depth
 /// 32, joined by a line (writes take the same until completions say
@@ -1487,6 +1569,16 @@ mod tests {
         assert_eq!(parse_isolation("on,depth=3"), None);
         assert_eq!(parse_isolation("on,hold_ms=-1"), None);
         assert_eq!(parse_isolation("maybe"), None);
+        assert_eq!(parse_isolation("adaptive"), None);
+        assert_eq!(parse_adaptive("on"), None);
+        assert_eq!(parse_adaptive("adaptive_off"), Some(None));
+        let a = parse_adaptive("adaptive,step_kib=512,late_permille=20")
+            .flatten()
+            .unwrap();
+        assert!(a.adaptive_isolation && !a.isolation);
+        assert_eq!(a.adaptive_step_bytes, 512 * 1024);
+        assert_eq!(a.adaptive_late_permille, 20);
+        assert_eq!(parse_adaptive("adaptive,depth=3"), None);
     }
 
     #[test]

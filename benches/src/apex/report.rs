@@ -116,6 +116,103 @@ pub struct Check {
     pub why: Option<String>,
 }
 
+/// One comparison of the real path judged on interleaved rounds: the two
+/// sides run back to back in every round, taking turns going first, and
+/// the target is judged on the median of the round-by-round ratios (as
+/// the block bench does on a shared disk).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundRatios {
+    /// `W1` or `W2`.
+    pub workload: String,
+    /// What is compared, `a / b (metric)`.
+    pub what: String,
+    /// How the ratio is judged.
+    pub cmp: Cmp,
+    /// Against what.
+    pub limit: f64,
+    /// The ratio must be strictly below (or above) the limit ("lower
+    /// than every Linux scheduler's").
+    #[serde(default)]
+    pub strict: bool,
+    /// One ratio per round, in order.
+    pub ratios: Vec<f64>,
+    /// Per round, which side went first.
+    pub first: Vec<String>,
+    /// Rounds that gave no ratio, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+}
+
+impl RoundRatios {
+    /// The median of the ratios (the mean of the two middle ones for an
+    /// even count); `None` without any.
+    pub fn median(&self) -> Option<f64> {
+        let mut v: Vec<f64> = self
+            .ratios
+            .iter()
+            .copied()
+            .filter(|r| r.is_finite())
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        Some(if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        })
+    }
+
+    /// The smallest and largest ratio.
+    pub fn range(&self) -> Option<(f64, f64)> {
+        let v = self.ratios.iter().copied().filter(|r| r.is_finite());
+        let lo = v.clone().min_by(f64::total_cmp)?;
+        let hi = v.max_by(f64::total_cmp)?;
+        Some((lo, hi))
+    }
+
+    /// Whether the median meets the target.
+    pub fn met(&self) -> Option<bool> {
+        self.median().map(|m| match (self.cmp, self.strict) {
+            (Cmp::AtMost, false) => m <= self.limit,
+            (Cmp::AtMost, true) => m < self.limit,
+            (Cmp::AtLeast, false) => m >= self.limit,
+            (Cmp::AtLeast, true) => m > self.limit,
+        })
+    }
+
+    /// The target as text, `< 1` or `>= 0.95`.
+    pub fn target(&self) -> String {
+        let op = match (self.cmp, self.strict) {
+            (Cmp::AtMost, true) => "<",
+            (Cmp::AtLeast, true) => ">",
+            (c, false) => c.symbol(),
+        };
+        format!("{op} {}", self.limit)
+    }
+
+    /// As a target check.
+    pub fn check(&self) -> Check {
+        let n = self.ratios.len();
+        Check {
+            workload: self.workload.clone(),
+            what: format!("{}, median of {n} interleaved rounds", self.what),
+            value: self.median(),
+            target: self.target(),
+            met: self.met(),
+            why: self.median().is_none().then(|| {
+                if self.failed.is_empty() {
+                    "no round gave a ratio".to_string()
+                } else {
+                    self.failed.join("; ")
+                }
+            }),
+        }
+    }
+}
+
 /// An entry (or a family, `apex-real-*`) the run could not measure.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NotMeasured {
@@ -141,6 +238,9 @@ pub struct ApexReport {
     pub not_measured: Vec<NotMeasured>,
     /// Notes on the run (device capacity, fio falling behind, ...).
     pub notes: Vec<String>,
+    /// The real path's comparisons judged on interleaved rounds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<RoundRatios>,
 }
 
 impl ApexReport {
@@ -381,6 +481,9 @@ pub fn evaluate(rep: &mut ApexReport, loads: &[u64]) {
         met: cpu.as_ref().ok().map(|&v| v <= 1000.0),
         why: cpu.err(),
     });
+    for r in &rep.rounds {
+        checks.push(r.check());
+    }
     rep.checks = checks;
     rep.targets = targets;
 }
@@ -637,6 +740,39 @@ pub fn render(rep: &ApexReport, loads: &[u64]) -> String {
     }
     s.push_str(&layout(&rows));
 
+    if !rep.rounds.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nReal path, interleaved rounds (the two sides back to back in every round, taking turns going first; judged on the median ratio)"
+        );
+        for r in &rep.rounds {
+            let rounds: Vec<String> = r
+                .ratios
+                .iter()
+                .zip(&r.first)
+                .map(|(x, f)| format!("{} ({f} first)", fmt_value(*x)))
+                .collect();
+            let _ = writeln!(s, "  {} {}: {}", r.workload, r.what, rounds.join(", "));
+            if let (Some(m), Some((lo, hi))) = (r.median(), r.range()) {
+                let _ = writeln!(
+                    s,
+                    "    median {} (range {} to {}), target {}: {}",
+                    fmt_value(m),
+                    fmt_value(lo),
+                    fmt_value(hi),
+                    r.target(),
+                    if r.met() == Some(true) {
+                        "met"
+                    } else {
+                        "NOT met"
+                    }
+                );
+            }
+            for f in &r.failed {
+                let _ = writeln!(s, "    {f}");
+            }
+        }
+    }
     let _ = writeln!(s, "\ntargets (this run):");
     for c in &rep.checks {
         let _ = match (c.value, c.met) {
@@ -859,7 +995,50 @@ mod tests {
             checks: vec![],
             not_measured: vec![],
             notes: vec![],
+            rounds: Vec::new(),
         }
+    }
+
+    #[test]
+    fn round_ratios_are_judged_on_their_median() {
+        let mut r = RoundRatios {
+            workload: "W1".into(),
+            what: "a / b (MB/s)".into(),
+            cmp: Cmp::AtLeast,
+            limit: 0.95,
+            strict: false,
+            ratios: vec![0.5, 1.2, 0.97],
+            first: vec!["a".into(), "b".into(), "a".into()],
+            failed: Vec::new(),
+        };
+        assert_eq!(r.median(), Some(0.97));
+        assert_eq!(r.range(), Some((0.5, 1.2)));
+        assert_eq!(r.met(), Some(true));
+        r.ratios.push(0.6);
+        assert_eq!(r.median(), Some((0.6 + 0.97) / 2.0));
+        assert_eq!(r.met(), Some(false));
+        let c = r.check();
+        assert_eq!(c.met, Some(false));
+        assert!(
+            c.what.contains("median of 4 interleaved rounds"),
+            "{}",
+            c.what
+        );
+        r.ratios.clear();
+        r.failed.push("round 1: fio failed".into());
+        let c = r.check();
+        assert_eq!((c.value, c.met), (None, None));
+        assert_eq!(c.why.as_deref(), Some("round 1: fio failed"));
+        // "Lower than": a median of exactly 1 is not met.
+        let w2 = RoundRatios {
+            cmp: Cmp::AtMost,
+            limit: 1.0,
+            strict: true,
+            ratios: vec![1.0, 0.5, 2.0],
+            ..r
+        };
+        assert_eq!((w2.median(), w2.met()), (Some(1.0), Some(false)));
+        assert_eq!(w2.check().target, "< 1");
     }
 
     #[test]
