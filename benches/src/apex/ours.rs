@@ -1469,13 +1469,8 @@ fn parse_isolation(v: &str) -> Option<Option<(u64, u64, u64)>> {
         d.isolation_window_ns,
     );
     for kv in parts {
-        let (k, n) = kv.split_once('=')?;
-        let n: f64 = n
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
-        match k.trim() {
+        let (k, n) = key_number(kv)?;
+        match k {
             "cap_kib" => cap = (n * 1024.0) as u64,
             "hold_ms" => hold = (n * 1e6) as u64,
             "window_ms" => window = (n * 1e6) as u64,
@@ -1483,6 +1478,18 @@ fn parse_isolation(v: &str) -> Option<Option<(u64, u64, u64)>> {
         }
     }
     Some(Some((cap, hold, window)))
+}
+
+/// One `KEY=N` of an `APEXBENCH_ISOLATION` list: the key, and N as a
+/// finite, non-negative number; `None` for anything else.
+fn key_number(kv: &str) -> Option<(&str, f64)> {
+    let (k, n) = kv.split_once('=')?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    Some((k.trim(), n))
 }
 
 /// `APEXBENCH_ISOLATION=adaptive[,KEY=N,...]`: APEX's adaptive isolation
@@ -1507,13 +1514,8 @@ fn parse_adaptive(v: &str) -> Option<Option<iosched::ApexParams>> {
         ..iosched::ApexParams::default()
     };
     for kv in parts {
-        let (k, n) = kv.split_once('=')?;
-        let n: f64 = n
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
-        match k.trim() {
+        let (k, n) = key_number(kv)?;
+        match k {
             "step_kib" => p.adaptive_step_bytes = (n * 1024.0) as u64,
             "open_kib" => p.adaptive_open_bytes = (n * 1024.0) as u64,
             "late_permille" => p.adaptive_late_permille = n as u64,
